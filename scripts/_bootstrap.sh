@@ -1,0 +1,53 @@
+# Sourced by scripts/demo, scripts/test and scripts/bench: make sure .venv exists and holds
+# exactly what pyproject.toml asks for. Idempotent: a stamp of pyproject.toml's hash skips the
+# install when nothing changed, so a second run costs well under a second.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3}"
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+export PIP_NO_INPUT=1
+
+_need_python() {
+    if ! "$PY" -c 'import sys; raise SystemExit(sys.version_info < (3, 11))' 2>/dev/null; then
+        echo "vmbusops needs Python 3.11 or newer as '$PY' (set PYTHON=/path/to/python3.11)." >&2
+        exit 2
+    fi
+}
+
+bootstrap_venv() {
+    _need_python
+    local stamp="$VENV/.vmbusops-stamp" want
+    want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "==> creating $VENV" >&2
+        "$PY" -m venv "$VENV"
+    fi
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        echo "==> installing vmbusops and its tools into $VENV" >&2
+        "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
+        "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]" 2>&1 | grep -v '^WARNING: Location' >&2 || true
+        "$VENV/bin/python" -c 'import vmbusops, trio, psrpcore, pytest_trio' \
+            || { echo "installing into $VENV failed; see the pip output above" >&2; exit 1; }
+        echo "$want" > "$stamp"
+    fi
+}
+
+# The independent PSRP peer (pypsrp 1.0.0b1, a 2022 pre-release built on psrpcore) pins
+# httpx/httpcore below 1.0, so it lives in its own environment and never shares ours.
+PEER_VENV="$ROOT/.venv-peer"
+bootstrap_peer_venv() {
+    _need_python
+    local stamp="$PEER_VENV/.vmbusops-stamp" want="pypsrp==1.0.0b1"
+    if [ ! -x "$PEER_VENV/bin/python" ]; then
+        "$PY" -m venv "$PEER_VENV"
+    fi
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        echo "==> installing the independent PSRP peer ($want) into $PEER_VENV" >&2
+        "$PEER_VENV/bin/python" -m pip install -q "$want" 2>&1 | grep -v '^WARNING: Location' >&2 || true
+        "$PEER_VENV/bin/python" -c 'import psrp' \
+            || { echo "installing $want into $PEER_VENV failed" >&2; exit 1; }
+        echo "$want" > "$stamp"
+    fi
+}

@@ -1,0 +1,152 @@
+"""One exception hierarchy for the whole product.
+
+Every layer raises one of these, translating foreign exceptions at its boundary with
+``raise X from exc``; the command line maps them to exit codes in one place
+(``vmbusops.cli.exitcodes``). Messages say what was wrong and what to do about it, and
+never carry a secret::
+
+    VmbusOpsError
+    ├── ConfigError                 bad configuration, lab file or argument
+    ├── CredentialStoreError        the local credential store: missing name, bad passphrase
+    ├── TransportError              the PowerShell host process / connection failed
+    │   ├── FramingError            the peer wrote something that is not OutOfProc framing
+    │   └── HostProcessExitedError  the child process died or closed its output
+    ├── PSRPError                   the peer spoke PSRP but refused or broke (pool broken, ...)
+    ├── PipelineStoppedError        a pipeline was stopped (cancelled or timed out)
+    ├── HostCommandError            a host-side cmdlet failed for a reason not listed below
+    ├── GuestError                  something about one VM; carries ``vm``
+    │   ├── VMNotFoundError
+    │   ├── VMNotRunningError
+    │   ├── CredentialInvalidError
+    │   ├── GuestServicesDisabledError
+    │   ├── GuestFileExistsError
+    │   ├── GuestNotReadyError      (transient)
+    │   └── SessionLostError        (transient)
+    ├── BundleError                 signed bundle rejected (subtypes in vmbusops.bundle)
+    └── JournalError
+
+``transient`` says whether retrying the same operation later may succeed; the engine's retry
+policy reads it and nothing else.
+"""
+
+from __future__ import annotations
+
+
+class VmbusOpsError(Exception):
+    """Root of every error vmbusops raises on purpose."""
+
+    transient: bool = False
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+class ConfigError(VmbusOpsError):
+    """Configuration, lab file or command-line input is wrong."""
+
+
+class CredentialStoreError(VmbusOpsError):
+    """The local encrypted credential store cannot give what was asked."""
+
+
+class TransportError(VmbusOpsError):
+    """The connection to the PowerShell host failed; every waiting caller sees it."""
+
+    transient = True
+
+
+class FramingError(TransportError):
+    """The peer wrote bytes that are not valid OutOfProc framing."""
+
+    transient = False
+
+
+class HostProcessExitedError(TransportError):
+    """The PowerShell host process exited or closed its output."""
+
+
+class PSRPError(VmbusOpsError):
+    """The peer speaks PSRP but the runspace pool or a pipeline broke or was refused."""
+
+
+class PipelineStoppedError(VmbusOpsError):
+    """A pipeline ended in the Stopped state (cancelled, or stopped by a timeout)."""
+
+
+class HostCommandError(VmbusOpsError):
+    """A host-side cmdlet failed in a way that has no more precise class."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        fqid: str | None = None,
+        category: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.fqid = fqid
+        self.category = category
+
+
+class GuestError(VmbusOpsError):
+    """Something about one guest VM."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        vm: str,
+        hint: str | None = None,
+        fqid: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.vm = vm
+        self.fqid = fqid
+
+
+class VMNotFoundError(GuestError):
+    """No VM on the host has that name or id."""
+
+
+class VMNotRunningError(GuestError):
+    """The VM exists but is not running, so its guest cannot be reached."""
+
+
+class CredentialInvalidError(GuestError):
+    """The guest refused the credential."""
+
+
+class GuestServicesDisabledError(GuestError):
+    """Copy-VMFile needs the Guest Service Interface integration service, which is off."""
+
+
+class GuestFileExistsError(GuestError):
+    """Copy-VMFile refused to overwrite a guest file (no -Force)."""
+
+
+class GuestNotReadyError(GuestError):
+    """The guest is running but PowerShell Direct does not answer yet."""
+
+    transient = True
+
+
+class SessionLostError(GuestError):
+    """The PowerShell Direct session ended under a running command."""
+
+    transient = True
+
+
+class BundleError(VmbusOpsError):
+    """A job bundle was rejected; nothing from it ran."""
+
+
+class JournalError(VmbusOpsError):
+    """The journal cannot be read or written."""

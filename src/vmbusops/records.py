@@ -1,0 +1,260 @@
+"""PowerShell stream records as frozen dataclasses.
+
+A pipeline produces, in order, records of seven streams (output, error, warning, verbose, debug,
+information, progress) and then one final state. The PSRP client decodes each PSRP message into
+exactly one of the classes below; nothing above the ``psrp`` layer ever sees psrpcore's objects.
+
+Values inside records (an output object, an information record's message data) are plain,
+immutable Python data: ``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``, ``tuple`` (a
+PowerShell list or array), :class:`PSDictValue` (a hashtable) or :class:`PSObjectValue` (any
+other object, as its type names, its properties and its string form). That keeps records
+hashable, comparable and serialisable to JSON without a PowerShell type system.
+
+Records do not know which VM or step they came from; :class:`GuestRecord` carries them with the
+VM, the step, a per-run sequence number and the time the agent received them.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeAlias
+
+
+class Stream(enum.StrEnum):
+    OUTPUT = "output"
+    ERROR = "error"
+    WARNING = "warning"
+    VERBOSE = "verbose"
+    DEBUG = "debug"
+    INFORMATION = "information"
+    PROGRESS = "progress"
+    STATE = "state"
+
+
+class PipelineState(enum.StrEnum):
+    """Final states of a pipeline (PowerShell's PSInvocationState, terminal ones only)."""
+
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    STOPPED = "Stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class PSObjectValue:
+    """A PowerShell object that is not a primitive: its type names, properties, string form."""
+
+    type_names: tuple[str, ...]
+    properties: tuple[tuple[str, Value], ...] = ()
+    to_string: str | None = None
+
+    def get(self, name: str, default: Value = None) -> Value:
+        for key, value in self.properties:
+            if key == name:
+                return value
+        return default
+
+
+@dataclass(frozen=True, slots=True)
+class PSDictValue:
+    """A PowerShell hashtable / dictionary, order kept as received."""
+
+    items: tuple[tuple[Value, Value], ...] = ()
+
+
+Value: TypeAlias = (
+    None | bool | int | float | str | bytes | tuple["Value", ...] | PSDictValue | PSObjectValue
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutputRecord:
+    stream: ClassVar[Stream] = Stream.OUTPUT
+    value: Value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorRecord:
+    """A PowerShell ErrorRecord, flattened to what an operator and a retry policy need."""
+
+    stream: ClassVar[Stream] = Stream.ERROR
+    message: str
+    fqid: str = ""
+    category: str = "NotSpecified"
+    activity: str = ""
+    reason: str = ""
+    target_name: str = ""
+    target_type: str = ""
+    exception_type: str = ""
+    target: str | None = None
+    script_stack_trace: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WarningRecord:
+    stream: ClassVar[Stream] = Stream.WARNING
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerboseRecord:
+    stream: ClassVar[Stream] = Stream.VERBOSE
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DebugRecord:
+    stream: ClassVar[Stream] = Stream.DEBUG
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InformationRecord:
+    stream: ClassVar[Stream] = Stream.INFORMATION
+    message_data: Value
+    source: str = ""
+    time_generated: str = ""
+    tags: tuple[str, ...] = ()
+    user: str = ""
+    computer: str = ""
+    process_id: int = 0
+    native_thread_id: int = 0
+    managed_thread_id: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProgressRecord:
+    stream: ClassVar[Stream] = Stream.PROGRESS
+    activity: str
+    activity_id: int = 0
+    status_description: str = ""
+    current_operation: str = ""
+    parent_activity_id: int = -1
+    percent_complete: int = -1
+    seconds_remaining: int = -1
+    completed: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineStateRecord:
+    """The last record of every pipeline."""
+
+    stream: ClassVar[Stream] = Stream.STATE
+    state: PipelineState
+    error: ErrorRecord | None = None
+
+
+Record: TypeAlias = (
+    OutputRecord
+    | ErrorRecord
+    | WarningRecord
+    | VerboseRecord
+    | DebugRecord
+    | InformationRecord
+    | ProgressRecord
+    | PipelineStateRecord
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuestRecord:
+    """A record as the agent received it from one guest."""
+
+    vm: str
+    seq: int
+    time: float
+    record: Record
+    step: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def stream(self) -> Stream:
+        return self.record.stream
+
+
+def value_to_json(value: Value) -> Any:
+    """A JSON-ready form of a record value (bytes become base64 text)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, tuple):
+        return [value_to_json(v) for v in value]
+    if isinstance(value, PSDictValue):
+        return {"$dict": [[value_to_json(k), value_to_json(v)] for k, v in value.items]}
+    return {
+        "$type": list(value.type_names),
+        "properties": {k: value_to_json(v) for k, v in value.properties},
+        "string": value.to_string,
+    }
+
+
+def record_to_json(record: Record) -> dict[str, Any]:
+    """The record's own fields as a JSON-ready dict, with ``stream`` first."""
+    out: dict[str, Any] = {"stream": record.stream.value}
+    for name in record.__dataclass_fields__:
+        if name == "stream":
+            continue
+        value = getattr(record, name)
+        if isinstance(value, ErrorRecord):
+            value = record_to_json(value)
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        elif name in ("value", "message_data"):
+            value = value_to_json(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[name] = value
+    return out
+
+
+def guest_record_to_json(rec: GuestRecord) -> dict[str, Any]:
+    """One NDJSON line's object: ``vm``, ``stream``, ``seq``, ``time``, then the record's fields."""
+    body = record_to_json(rec.record)
+    out: dict[str, Any] = {"vm": rec.vm, "stream": body.pop("stream"), "seq": rec.seq, "time": rec.time}
+    if rec.step is not None:
+        out["step"] = rec.step
+    out.update(body)
+    out.update(rec.extra)
+    return out
+
+
+def display_text(record: Record) -> str:
+    """The one-line text an operator reads for a record."""
+    match record:
+        case OutputRecord(value=value):
+            return value_display(value)
+        case ErrorRecord():
+            return record.message
+        case WarningRecord() | VerboseRecord() | DebugRecord():
+            return record.message
+        case InformationRecord(message_data=data):
+            return value_display(data)
+        case ProgressRecord():
+            pct = f" {record.percent_complete}%" if record.percent_complete >= 0 else ""
+            status = f": {record.status_description}" if record.status_description else ""
+            done = " (completed)" if record.completed else ""
+            return f"{record.activity}{status}{pct}{done}"
+        case PipelineStateRecord(state=state, error=error):
+            return state.value if error is None else f"{state.value}: {error.message}"
+
+
+def value_display(value: Value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, tuple):
+        return " ".join(value_display(v) for v in value)
+    if isinstance(value, PSDictValue):
+        return "; ".join(f"{value_display(k)}={value_display(v)}" for k, v in value.items)
+    if value.to_string is not None:
+        return value.to_string
+    return "@{" + "; ".join(f"{k}={value_display(v)}" for k, v in value.properties) + "}"
