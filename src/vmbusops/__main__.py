@@ -1,0 +1,3 @@
+from vmbusops.cli.main import main
+
+main()

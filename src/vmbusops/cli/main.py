@@ -1,0 +1,41 @@
+"""The ``vmbusops`` command: a click group; each subcommand lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from vmbusops import __version__
+from vmbusops.cli.exitcodes import exit_code_for
+from vmbusops.errors import VmbusOpsError
+
+
+class _Group(click.Group):
+    """Maps our errors to a one-line message and a documented exit code, in one place."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except VmbusOpsError as exc:
+            click.secho(f"vmbusops: {exc}", err=True, fg="red")
+            ctx.exit(exit_code_for(exc))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vmbusops")
+def cli() -> None:
+    """Manage Hyper-V tenant VMs over the VMBus: Copy-VMFile and PowerShell Direct, with live records.
+
+    State lives under $VMBUSOPS_HOME. The host defaults to the embedded simulator
+    (--host sim); on a Hyper-V host use --host local.
+    """
+
+
+# --- subcommand registration: one line per module -------------------------------------------
+# (each module defines click commands/groups; keep this block sorted)
+# --- end of registration ---------------------------------------------------------------------
+
+
+def main() -> None:
+    sys.exit(cli.main(prog_name="vmbusops", standalone_mode=True))
