@@ -1,0 +1,204 @@
+"""Guest credentials: a secret type that will not print, and the local encrypted store.
+
+A guest password is held as :class:`Secret`, whose ``str``/``repr`` are redacted, so a stray log
+line, exception or f-string cannot leak it; only :meth:`Secret.reveal` gives the text, and it is
+called in one place: building the PSCredential that PSRP sends encrypted with the session key.
+
+The store (``$VMBUSOPS_HOME/credentials.json``) keeps, per credential reference, the user name
+in clear and the password sealed with AES-256-GCM; the entry's name and user name are the
+associated data, so an entry cannot be moved to another name undetected. The key comes from
+``VMBUSOPS_CREDENTIAL_PASSPHRASE`` through scrypt when that is set, otherwise from a random key
+file (``credentials.key``, owner-only) beside the store - the usual trade-off of a service that
+must start unattended; on Windows the key file belongs in a DPAPI-protected location.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from vmbusops.errors import CredentialStoreError
+from vmbusops.home import home_dir
+
+ENV_PASSPHRASE: Final = "VMBUSOPS_CREDENTIAL_PASSPHRASE"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class Secret:
+    """A string that never shows itself by accident."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    def __str__(self) -> str:
+        return "********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and secrets.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(("Secret", len(self._value)))
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Secret cannot be pickled")
+
+
+@dataclass(frozen=True, slots=True)
+class GuestCredential:
+    """A user name and password for PowerShell Direct into a guest."""
+
+    username: str
+    password: Secret
+    reference: str = ""
+
+    def __repr__(self) -> str:
+        return f"GuestCredential(username={self.username!r}, reference={self.reference!r})"
+
+
+def check_reference(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise CredentialStoreError(
+            f"{name!r} is not a valid credential reference",
+            hint="use letters, digits, '.', '_' and '-', starting with a letter or digit",
+        )
+    return name
+
+
+class CredentialStore:
+    """The encrypted store of guest credentials under VMBUSOPS_HOME."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self._dir = directory or home_dir()
+        self._path = self._dir / "credentials.json"
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def _load(self) -> dict[str, Any]:
+        if not self._path.exists():
+            return {"version": 1, "kdf": None, "entries": {}}
+        try:
+            data = json.loads(self._path.read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CredentialStoreError(
+                f"the credential store {self._path} cannot be read: {exc.__class__.__name__}",
+                hint="restore it from backup, or move it away and set the credentials again",
+            ) from None
+        if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("entries"), dict):
+            raise CredentialStoreError(f"the credential store {self._path} is not in a format this version knows")
+        return data
+
+    def _save(self, data: dict[str, Any]) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self._path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._path)
+
+    def _key(self, data: dict[str, Any], *, create: bool) -> bytes:
+        passphrase = os.environ.get(ENV_PASSPHRASE)
+        if passphrase:
+            kdf = data.get("kdf")
+            if kdf is None:
+                if not create:
+                    raise CredentialStoreError(
+                        f"{ENV_PASSPHRASE} is set but the store {self._path} was written with its key file",
+                        hint=f"unset {ENV_PASSPHRASE}, or set the credentials again with it set",
+                    )
+                kdf = {"name": "scrypt", "salt": base64.b64encode(os.urandom(16)).decode(), "n": 2**15}
+                data["kdf"] = kdf
+            salt = base64.b64decode(kdf["salt"])
+            return Scrypt(salt=salt, length=32, n=int(kdf["n"]), r=8, p=1).derive(passphrase.encode("utf-8"))
+        if data.get("kdf") is not None:
+            raise CredentialStoreError(
+                f"the credential store {self._path} is sealed with a passphrase",
+                hint=f"set {ENV_PASSPHRASE}",
+            )
+        key_path = self._dir / "credentials.key"
+        if key_path.exists():
+            key = key_path.read_bytes()
+            if len(key) != 32:
+                raise CredentialStoreError(f"the credential key file {key_path} is damaged (wrong length)")
+            return key
+        if not create:
+            raise CredentialStoreError(f"the credential key file {key_path} is missing")
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = AESGCM.generate_key(bit_length=256)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+        return key
+
+    @staticmethod
+    def _aad(name: str, username: str) -> bytes:
+        return json.dumps([name, username]).encode("utf-8")
+
+    def set(self, name: str, username: str, password: Secret) -> None:
+        check_reference(name)
+        if not username:
+            raise CredentialStoreError("a credential needs a user name")
+        data = self._load()
+        key = self._key(data, create=True)
+        nonce = os.urandom(12)
+        sealed = AESGCM(key).encrypt(nonce, password.reveal().encode("utf-8"), self._aad(name, username))
+        data["entries"][name] = {
+            "username": username,
+            "nonce": base64.b64encode(nonce).decode(),
+            "sealed": base64.b64encode(sealed).decode(),
+        }
+        self._save(data)
+
+    def get(self, name: str) -> GuestCredential:
+        data = self._load()
+        entry = data["entries"].get(name)
+        if entry is None:
+            raise CredentialStoreError(
+                f"no credential named {name!r} in {self._path}",
+                hint=f"create it with: vmbusops cred set {name} --username USER",
+            )
+        key = self._key(data, create=False)
+        try:
+            plain = AESGCM(key).decrypt(
+                base64.b64decode(entry["nonce"]),
+                base64.b64decode(entry["sealed"]),
+                self._aad(name, entry["username"]),
+            )
+        except (InvalidTag, KeyError, ValueError):
+            raise CredentialStoreError(
+                f"the credential {name!r} cannot be decrypted (wrong key or passphrase, or the entry was altered)",
+                hint="set it again with: vmbusops cred set " + name,
+            ) from None
+        return GuestCredential(entry["username"], Secret(plain.decode("utf-8")), reference=name)
+
+    def names(self) -> list[tuple[str, str]]:
+        """(reference, user name) of every stored credential."""
+        return sorted((name, entry["username"]) for name, entry in self._load()["entries"].items())
+
+    def remove(self, name: str) -> bool:
+        data = self._load()
+        if data["entries"].pop(name, None) is None:
+            return False
+        self._save(data)
+        return True

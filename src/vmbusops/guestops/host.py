@@ -1,0 +1,372 @@
+"""What we do to guests, as a Hyper-V administrator would: the host operations.
+
+Every operation is one of a short, named list of Hyper-V cmdlets, sent as a structured command
+with typed parameters (:data:`HOST_CMDLETS`); guest script blocks are opaque text that runs
+inside the guest. A :class:`HyperVHost` wraps one open runspace pool; many operations may run
+on it at once (each is its own pipeline).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import PureWindowsPath
+from typing import Any, Final
+
+import trio
+from psrpcore.types import PSCredential, PSSecureString
+
+from vmbusops.credentials import GuestCredential
+from vmbusops.errors import (
+    GuestError,
+    GuestNotReadyError,
+    GuestServicesDisabledError,
+    HostCommandError,
+    PSRPError,
+    VMNotFoundError,
+    VMNotRunningError,
+    VmbusOpsError,
+)
+from vmbusops.guestops.classify import classify
+from vmbusops.psrp.client import Command, RunspacePool
+from vmbusops.records import (
+    ErrorRecord,
+    GuestRecord,
+    OutputRecord,
+    PipelineState,
+    PipelineStateRecord,
+    PSObjectValue,
+    Record,
+    Value,
+)
+
+GUEST_SERVICE_INTERFACE: Final = "Guest Service Interface"
+
+#: Every cmdlet the agent sends to a Hyper-V host. A least-privilege endpoint allows exactly these.
+HOST_CMDLETS: Final = frozenset(
+    {
+        "Get-VM",
+        "Get-VMIntegrationService",
+        "Enable-VMIntegrationService",
+        "Copy-VMFile",
+        "Invoke-Command",
+        "Restart-VM",
+        "Start-VM",
+        "Stop-VM",
+    }
+)
+
+_HEARTBEAT_OK = ("Ok", "OkApplicationsHealthy", "OkApplicationsUnknown")
+
+
+@dataclass(frozen=True, slots=True)
+class VMInfo:
+    name: str
+    id: str
+    state: str
+    heartbeat: str | None
+    guest_services: bool | None
+    uptime: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "Running"
+
+    @property
+    def heartbeat_ok(self) -> bool:
+        return self.heartbeat in _HEARTBEAT_OK
+
+
+@dataclass(slots=True)
+class InvokeOutcome:
+    """How a guest invocation ended."""
+
+    state: PipelineState | None = None
+    error_records: int = 0
+    failure: VmbusOpsError | None = None
+    records: int = 0
+    error_messages: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.state is PipelineState.COMPLETED and self.error_records == 0 and self.failure is None
+
+
+def _str(value: Value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, PSObjectValue):
+        return value.to_string
+    return str(value)
+
+
+def _is_connection_error(record: ErrorRecord) -> bool:
+    """Errors raised by Invoke-Command itself (reaching the guest), not by the guest's script."""
+    fqid = record.fqid
+    return (
+        "InvokeCommand" in fqid
+        or "PSSession" in fqid
+        or "RemoteRunspace" in fqid
+        or "PSRemoting" in fqid
+        or "PSDirect" in fqid
+        or fqid.startswith(("InvalidVM", "VMNotRunning", "CredentialInvalid", "RemoteSessionLost"))
+    )
+
+
+class HyperVHost:
+    """Host operations over an open runspace pool."""
+
+    def __init__(self, pool: RunspacePool) -> None:
+        self.pool = pool
+        self._seq = itertools.count(1)
+
+    # -------------------------------------------------------------- plumbing
+    async def _run_host(self, vm: str | None, *statements: Sequence[Command]) -> list[Value]:
+        """Run host cmdlets; return output values, raise the first error classified."""
+        values: list[Value] = []
+        first_error: ErrorRecord | None = None
+        async with self.pool.invoke(statements) as pipe:
+            async for record in pipe:
+                if isinstance(record, OutputRecord):
+                    values.append(record.value)
+                elif isinstance(record, ErrorRecord) and first_error is None:
+                    first_error = record
+                elif isinstance(record, PipelineStateRecord) and record.error and first_error is None:
+                    first_error = record.error
+        if first_error is not None:
+            raise classify(vm or "host", first_error)
+        return values
+
+    # -------------------------------------------------------------- VMs
+    async def list_vms(self, names: Sequence[str] | None = None) -> list[VMInfo]:
+        """Every VM on the host (or those matching ``names``), with the Guest Service Interface state."""
+        get_vm = Command("Get-VM", {"Name": list(names)} if names else {})
+        gsi = Command(
+            "Get-VMIntegrationService",
+            {"VMName": list(names) if names else "*", "Name": GUEST_SERVICE_INTERFACE},
+        )
+        values = await self._run_host(None, [get_vm], [gsi])
+        vms: list[PSObjectValue] = []
+        services: dict[str, bool] = {}
+        for value in values:
+            if not isinstance(value, PSObjectValue):
+                continue
+            if any("VMIntegrationComponent" in t or "IntegrationService" in t for t in value.type_names):
+                vm_name = _str(value.get("VMName"))
+                if vm_name is not None:
+                    services[vm_name] = bool(value.get("Enabled"))
+            else:
+                vms.append(value)
+        return [
+            VMInfo(
+                name=_str(v.get("Name")) or "",
+                id=_str(v.get("Id")) or "",
+                state=_str(v.get("State")) or "Unknown",
+                heartbeat=_str(v.get("Heartbeat")),
+                guest_services=services.get(_str(v.get("Name")) or ""),
+                uptime=_str(v.get("Uptime")),
+            )
+            for v in vms
+        ]
+
+    async def get_vm(self, name: str) -> VMInfo:
+        vms = await self.list_vms([name])
+        for vm in vms:
+            if vm.name.lower() == name.lower():
+                return vm
+        raise VMNotFoundError(f"{name}: no virtual machine with that name on this host", vm=name)
+
+    async def enable_guest_services(self, vm: str) -> None:
+        await self._run_host(
+            vm, [Command("Enable-VMIntegrationService", {"VMName": vm, "Name": GUEST_SERVICE_INTERFACE})]
+        )
+
+    async def start_vm(self, vm: str) -> None:
+        await self._run_host(vm, [Command("Start-VM", {"Name": vm})])
+
+    async def stop_vm(self, vm: str, *, turn_off: bool = False) -> None:
+        params: dict[str, Any] = {"Name": vm, "Force": True}
+        if turn_off:
+            params["TurnOff"] = True
+        await self._run_host(vm, [Command("Stop-VM", params)])
+
+    async def restart_vm(self, vm: str) -> None:
+        """Restart from the host: needs no guest network and no guest credential."""
+        await self._run_host(vm, [Command("Restart-VM", {"Name": vm, "Force": True})])
+
+    # -------------------------------------------------------------- files
+    async def copy_to_guest(
+        self,
+        vm: str,
+        source: str,
+        destination: str,
+        *,
+        create_full_path: bool = True,
+        force: bool = True,
+    ) -> None:
+        """Copy one host file into the guest with Copy-VMFile (VMBus; no guest network or credential).
+
+        Copy-VMFile reports a disabled Guest Service Interface with the same "file exists" text
+        as a real name clash, so on that error we look at the service before saying which.
+        """
+        if not PureWindowsPath(destination).is_absolute() and not destination.startswith("/"):
+            raise HostCommandError(
+                f"{vm}: guest destination {destination!r} must be an absolute path such as C:\\Temp\\file.txt"
+            )
+        params: dict[str, Any] = {
+            "Name": vm,
+            "SourcePath": source,
+            "DestinationPath": destination,
+            "FileSource": "Host",
+        }
+        if create_full_path:
+            params["CreateFullPath"] = True
+        if force:
+            params["Force"] = True
+        try:
+            await self._run_host(vm, [Command("Copy-VMFile", params)])
+        except GuestError as exc:
+            if isinstance(exc, VMNotFoundError | VMNotRunningError):
+                raise
+            info = await self._gsi_state(vm)
+            if info is False:
+                raise GuestServicesDisabledError(
+                    f"{vm}: Copy-VMFile failed because the Guest Service Interface is disabled ({exc.message})",
+                    vm=vm,
+                    hint=f"enable it with: Enable-VMIntegrationService -VMName '{vm}' "
+                    f"-Name '{GUEST_SERVICE_INTERFACE}' (or vmbusops copy --enable-guest-services)",
+                ) from exc
+            raise
+        except HostCommandError as exc:
+            if await self._gsi_state(vm) is False:
+                raise GuestServicesDisabledError(
+                    f"{vm}: Copy-VMFile failed because the Guest Service Interface is disabled ({exc.message})",
+                    vm=vm,
+                    hint=f"enable it with: Enable-VMIntegrationService -VMName '{vm}' "
+                    f"-Name '{GUEST_SERVICE_INTERFACE}'",
+                ) from exc
+            raise
+
+    async def _gsi_state(self, vm: str) -> bool | None:
+        try:
+            return (await self.get_vm(vm)).guest_services
+        except VmbusOpsError:
+            return None
+
+    # -------------------------------------------------------------- PowerShell Direct
+    @asynccontextmanager
+    async def invoke_in_guest(
+        self,
+        vm: str,
+        script: str,
+        credential: GuestCredential,
+        *,
+        arguments: Sequence[Any] = (),
+        step: str | None = None,
+        vm_id: str | None = None,
+    ) -> AsyncIterator[GuestInvocation]:
+        """Run a script block in the guest through PowerShell Direct; yield its records live."""
+        params: dict[str, Any] = {
+            "Credential": PSCredential(
+                UserName=credential.username, Password=PSSecureString(credential.password.reveal())
+            ),
+            "ScriptBlock": script,
+        }
+        if vm_id:
+            params["VMId"] = vm_id
+        else:
+            params["VMName"] = vm
+        if arguments:
+            params["ArgumentList"] = list(arguments)
+        async with self.pool.invoke([[Command("Invoke-Command", params)]]) as pipe:
+            yield GuestInvocation(vm, pipe, step)
+
+    async def run_in_guest(
+        self, vm: str, script: str, credential: GuestCredential, **kwargs: Any
+    ) -> tuple[list[GuestRecord], InvokeOutcome]:
+        """Run a script block to its end; return its records and outcome."""
+        async with self.invoke_in_guest(vm, script, credential, **kwargs) as inv:
+            records = [rec async for rec in inv]
+        return records, inv.outcome
+
+    async def wait_guest_ready(
+        self,
+        vm: str,
+        credential: GuestCredential,
+        *,
+        timeout: float = 300.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        """Wait until the heartbeat is OK and PowerShell Direct answers, or raise GuestNotReadyError."""
+        deadline = trio.current_time() + timeout
+        last: str = "no answer yet"
+        delay = poll_interval
+        while True:
+            info = await self.get_vm(vm)
+            if not info.running:
+                raise VMNotRunningError(
+                    f"{vm}: the VM is {info.state}, it will not become ready on its own",
+                    vm=vm,
+                    hint="start it first (Start-VM)",
+                )
+            if info.heartbeat_ok:
+                _, outcome = await self.run_in_guest(vm, "Write-Output 'ready'", credential)
+                if outcome.ok:
+                    return
+                failure = outcome.failure
+                if failure is not None and not failure.transient:
+                    raise failure
+                last = str(failure) if failure else "; ".join(outcome.error_messages) or "errors"
+            else:
+                last = f"heartbeat is {info.heartbeat or 'not reported'}"
+            if trio.current_time() + delay > deadline:
+                raise GuestNotReadyError(
+                    f"{vm}: the guest did not become ready within {timeout:g}s ({last})", vm=vm
+                )
+            await trio.sleep(delay)
+            delay = min(delay * 1.5, 10.0)
+
+
+class GuestInvocation:
+    """Records of one script block in one guest, wrapped with VM, sequence number and time."""
+
+    def __init__(self, vm: str, pipe: Any, step: str | None) -> None:
+        self.vm = vm
+        self._pipe = pipe
+        self._step = step
+        self._seq = 0
+        self.outcome = InvokeOutcome()
+
+    def __aiter__(self) -> AsyncIterator[GuestRecord]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[GuestRecord]:
+        outcome = self.outcome
+        try:
+            async for record in self._pipe:
+                self._observe(record)
+                self._seq += 1
+                yield GuestRecord(vm=self.vm, seq=self._seq, time=time.time(), record=record, step=self._step)
+        except PSRPError as exc:
+            outcome.failure = exc
+            raise
+
+    def _observe(self, record: Record) -> None:
+        outcome = self.outcome
+        outcome.records += 1
+        if isinstance(record, ErrorRecord):
+            outcome.error_records += 1
+            if len(outcome.error_messages) < 20:
+                outcome.error_messages.append(record.message)
+            if outcome.failure is None and _is_connection_error(record):
+                outcome.failure = classify(self.vm, record)
+        elif isinstance(record, PipelineStateRecord):
+            outcome.state = record.state
+            if record.error is not None and outcome.failure is None:
+                outcome.failure = classify(self.vm, record.error)
+
+    async def stop(self) -> None:
+        await self._pipe.stop()

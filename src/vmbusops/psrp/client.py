@@ -1,0 +1,548 @@
+"""A PSRP runspace pool over an OutOfProc byte stream, driven by trio.
+
+Theory of operation
+-------------------
+psrpcore's :class:`~psrpcore.ClientRunspacePool` is the protocol state machine; this module is
+the thin I/O around it. One :class:`RunspacePool` owns one transport and runs two tasks in the
+nursery it was opened in:
+
+* the **reader** reads bytes, splits them into OutOfProc packets (:mod:`.framing`), feeds
+  ``Data`` to psrpcore and routes every event: records to the pipeline they belong to, acks to
+  whoever waits for them, pool state changes to the pool. It never waits for anything but the
+  transport and a pipeline's bounded record buffer, so it can never deadlock on an ack.
+* the **writer** sends what psrpcore has queued, one ``Data`` packet at a time, waiting for its
+  ``DataAck`` before the next one (PowerShell's own client does the same: a ``DataAck`` is the
+  flow control of the OutOfProc transport).
+
+``Command``, ``Signal`` and ``Close`` packets are sent by the caller that needs them, which then
+waits for the matching ack. If the transport ends or the peer writes garbage, the pool becomes
+*broken*: the error is stored once and every waiter - callers waiting for acks, pipelines waiting
+for records, the pool waiting to open - wakes up and raises it. Nothing waits forever.
+
+Records are decoded on a fast path (:func:`.decode.fast_decode`) that parses the CLIXML of the
+common stream records directly; anything else goes through psrpcore's generic deserializer and
+is converted by :func:`.convert.record_from_event`. Tests prove both give equal records.
+
+A pipeline is an async context manager that yields records as they arrive. Leaving it early -
+``break``, an exception, a cancel scope expiring - stops the pipeline on the server with a PSRP
+``Signal``, waits (bounded, shielded) for its final state, and closes it, so cancellation never
+leaves a command running in a guest.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psrpcore
+import trio
+from psrpcore.types import PSInvocationState, PSRPMessageType, RunspacePoolState
+
+from vmbusops.errors import (
+    HostProcessExitedError,
+    PSRPError,
+    TransportError,
+    VmbusOpsError,
+)
+from vmbusops.psrp.convert import record_from_event
+from vmbusops.psrp.decode import fast_decode
+from vmbusops.psrp.framing import POOL_GUID, DataStream, Packet, PacketKind, PacketReader, encode
+from vmbusops.psrp.transport import Transport
+from vmbusops.records import ErrorRecord, PipelineState, PipelineStateRecord, Record
+
+log = logging.getLogger(__name__)
+
+FRAGMENT_SIZE = 32 * 1024
+DEFAULT_RECORD_BUFFER = 1024
+DEFAULT_STOP_TIMEOUT = 15.0
+
+# Message types decoded on the fast path. PipelineState stays on psrpcore's path because
+# psrpcore must see it to move its pipeline to a final state; it arrives once per pipeline.
+_FAST_TYPES = frozenset(
+    {
+        PSRPMessageType.PipelineOutput,
+        PSRPMessageType.ErrorRecord,
+        PSRPMessageType.WarningRecord,
+        PSRPMessageType.VerboseRecord,
+        PSRPMessageType.DebugRecord,
+        PSRPMessageType.InformationRecord,
+        PSRPMessageType.ProgressRecord,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _RecordEvent:
+    """What the pool's message hook returns for a fast-decoded record."""
+
+    pipeline_id: uuid.UUID | None
+    record: Record
+
+
+class _ClientPool(psrpcore.ClientRunspacePool):
+    """psrpcore's client pool with the common records decoded on the fast path."""
+
+    def _process_message(self, message: Any) -> Any:
+        if message.message_type in _FAST_TYPES:
+            record = fast_decode(message.message_type, message.data)
+            if record is not None:
+                return _RecordEvent(message.pipeline_id, record)
+        return super()._process_message(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command of a pipeline: a cmdlet name with named and positional parameters.
+
+    Parameters are typed values (str, int, bool, lists, psrpcore objects such as PSCredential),
+    never script text: the host binds them as PowerShell would, so nothing a user typed can
+    change which cmdlet runs.
+    """
+
+    name: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    arguments: Sequence[Any] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c.isspace() for c in self.name) or any(c in self.name for c in ";|&{}()$`'\""):
+            raise ValueError(f"not a command name: {self.name!r}")
+
+
+Statement = Sequence[Command]
+"""Commands piped into each other: ``A | B | C``."""
+
+
+class Pipeline:
+    """A running pipeline; iterate it for records. The last record is a PipelineStateRecord."""
+
+    def __init__(self, pool: RunspacePool, ps: psrpcore.ClientPowerShell, buffer: int) -> None:
+        self._pool = pool
+        self._ps = ps
+        self.id: uuid.UUID = ps.pipeline_id
+        self._send, self._receive = trio.open_memory_channel[Record](buffer)
+        self.final: PipelineStateRecord | None = None
+        self._abandoned = False
+        self._command_sent = False
+
+    async def _deliver(self, record: Record) -> None:
+        if self._abandoned:
+            return
+        try:
+            await self._send.send(record)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._abandoned = True
+
+    def _finish(self, record: PipelineStateRecord) -> None:
+        self.final = record
+        # The channel is bounded and the reader must not block on it here; the final state is
+        # never dropped, so when the buffer is full a task delivers it once there is room.
+        try:
+            self._send.send_nowait(record)
+        except trio.WouldBlock:
+            self._pool._nursery.start_soon(self._send_final_late, record)
+            return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        self._send.close()
+
+    async def _send_final_late(self, record: PipelineStateRecord) -> None:
+        try:
+            await self._send.send(record)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._send.close()
+
+    def _break(self, exc: VmbusOpsError) -> None:
+        self._send.close()
+
+    def __aiter__(self) -> AsyncIterator[Record]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Record]:
+        async for record in self._receive:
+            yield record
+        if self.final is None:
+            raise self._pool._broken_error()
+
+    async def collect(self) -> list[Record]:
+        """Every record until the pipeline ends."""
+        return [record async for record in self]
+
+    @property
+    def finished(self) -> bool:
+        return self.final is not None
+
+    async def stop(self, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
+        """Send a stop signal and wait (bounded) for the pipeline to reach a final state."""
+        if self.final is not None or self._pool.broken:
+            return
+        self._abandoned = True
+        self._receive.close()
+        with trio.move_on_after(timeout):
+            await self._pool._signal(self.id)
+            await self._pool._wait_pipeline_done(self)
+
+
+class RunspacePool:
+    """One PSRP runspace pool on one transport. Use :func:`open_runspace_pool`."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        nursery: trio.Nursery,
+        *,
+        max_runspaces: int,
+        record_buffer: int = DEFAULT_RECORD_BUFFER,
+    ) -> None:
+        self._transport = transport
+        self._nursery = nursery
+        self._pool = _ClientPool(min_runspaces=1, max_runspaces=max_runspaces)
+        self._reader = PacketReader()
+        self._record_buffer = record_buffer
+        self._pipelines: dict[uuid.UUID, Pipeline] = {}
+        self._ack_waiters: dict[tuple[PacketKind, uuid.UUID], trio.Event] = {}
+        self._control_lock = trio.Lock()
+        self._writer_wakeup = trio.Event()
+        self._opened = trio.Event()
+        self._session_key = trio.Event()
+        self._state_changed = trio.Event()
+        self._error: VmbusOpsError | None = None
+        self._closed = False
+        self.description = transport.describe()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def broken(self) -> bool:
+        return self._error is not None
+
+    def _broken_error(self) -> VmbusOpsError:
+        return self._error or TransportError(f"the runspace pool on {self.description} is closed")
+
+    def _fail(self, exc: VmbusOpsError) -> None:
+        """Break the pool once; wake every waiter so that each raises ``exc``."""
+        if self._error is not None:
+            return
+        self._error = exc
+        log.debug("runspace pool on %s broken: %s", self.description, exc)
+        for event in self._ack_waiters.values():
+            event.set()
+        self._ack_waiters.clear()
+        for pipe in self._pipelines.values():
+            pipe._break(exc)
+        self._opened.set()
+        self._session_key.set()
+        self._writer_wakeup.set()
+        self._notify_state()
+
+    def _raise_if_broken(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _notify_state(self) -> None:
+        self._state_changed.set()
+        self._state_changed = trio.Event()
+
+    # ------------------------------------------------------------------ reader
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                data = await self._transport.receive_some()
+                if not data:
+                    self._reader.feed_eof()
+                    detail = self._transport.failure_detail()
+                    if not self._closed:
+                        raise HostProcessExitedError(
+                            f"the PowerShell host {self.description} closed its output"
+                            + (f" ({detail})" if detail else ""),
+                            hint="the host process died or was stopped; any command that was running "
+                            "in a guest may not have finished",
+                        )
+                    return
+                self._reader.feed(data)
+                while (packet := self._reader.next_packet()) is not None:
+                    await self._on_packet(packet)
+        except VmbusOpsError as exc:
+            self._fail(exc)
+        except psrpcore.PSRPCoreError as exc:
+            self._fail(PSRPError(f"the PowerShell host {self.description} sent an invalid PSRP message: {exc}"))
+
+    async def _on_packet(self, packet: Packet) -> None:
+        if packet.kind is PacketKind.DATA:
+            self._pool.receive_data(
+                psrpcore.PSRPPayload(packet.data, psrpcore.StreamType.default, packet.pipeline_id)
+            )
+            while (event := self._pool.next_event()) is not None:
+                await self._on_event(event)
+            if self._pool._send_buffer:
+                self._writer_wakeup.set()
+            return
+        waiter = self._ack_waiters.pop((packet.kind, packet.guid), None)
+        if waiter is not None:
+            waiter.set()
+        elif packet.kind in (PacketKind.COMMAND, PacketKind.SIGNAL, PacketKind.CLOSE):
+            raise PSRPError(f"the PowerShell host sent a client-side packet <{packet.kind.value}>")
+        # An unexpected ack (for example a late CloseAck after a timeout) is harmless.
+
+    async def _on_event(self, event: Any) -> None:
+        if isinstance(event, _RecordEvent):
+            pipe = self._pipelines.get(event.pipeline_id) if event.pipeline_id else None
+            if pipe is not None:
+                await pipe._deliver(event.record)
+            return
+        if isinstance(event, psrpcore.RunspacePoolStateEvent):
+            if event.state == RunspacePoolState.Opened:
+                self._opened.set()
+            elif event.state in (RunspacePoolState.Broken, RunspacePoolState.Closed):
+                reason = ""
+                if event.reason is not None:
+                    reason = f": {event.reason}"
+                if not self._closed:
+                    self._fail(PSRPError(f"the runspace pool on {self.description} is {event.state.name}{reason}"))
+            return
+        if isinstance(event, psrpcore.EncryptedSessionKeyEvent):
+            self._session_key.set()
+            return
+        if isinstance(event, psrpcore.PipelineHostCallEvent | psrpcore.RunspacePoolHostCallEvent):
+            # We are a non-interactive host: answer every host call with an error so that a
+            # command that prompts (Read-Host, a confirmation) fails instead of hanging.
+            self._answer_host_call(event)
+            return
+        record = record_from_event(event)
+        pid = getattr(event, "pipeline_id", None)
+        pipe = self._pipelines.get(pid) if pid else None
+        if pipe is None or record is None:
+            return
+        if isinstance(record, PipelineStateRecord):
+            pipe._finish(record)
+            self._notify_state()
+        else:
+            await pipe._deliver(record)
+
+    def _answer_host_call(self, event: Any) -> None:
+        if event.ci == -100:
+            return
+        from psrpcore.types import ErrorCategoryInfo, NETException
+        from psrpcore.types import ErrorRecord as PSErrorRecord
+
+        err = PSErrorRecord(
+            Exception=NETException(Message="vmbusops is a non-interactive host; the command asked for input"),
+            CategoryInfo=ErrorCategoryInfo(),
+        )
+        if event.pipeline_id:
+            ps = self._pool.pipeline_table.get(event.pipeline_id)
+            if ps is not None:
+                ps.host_response(event.ci, error_record=err)
+        else:
+            self._pool.host_response(event.ci, error_record=err)
+        self._writer_wakeup.set()
+
+    # ------------------------------------------------------------------ writer
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self._writer_wakeup.wait()
+                self._writer_wakeup = trio.Event()
+                self._raise_if_broken()
+                while (payload := self._pool.data_to_send(FRAGMENT_SIZE)) is not None:
+                    stream = (
+                        DataStream.PROMPT_RESPONSE
+                        if payload.stream_type == psrpcore.StreamType.prompt_response
+                        else DataStream.DEFAULT
+                    )
+                    guid = payload.pipeline_id or POOL_GUID
+                    ack = self._expect_ack(PacketKind.DATA_ACK, guid)
+                    await self._transport.send_all(
+                        encode(Packet(kind=PacketKind.DATA, guid=guid, data=payload.data, stream=stream))
+                    )
+                    await ack.wait()
+                    self._raise_if_broken()
+        except VmbusOpsError as exc:
+            self._fail(exc)
+
+    def _expect_ack(self, kind: PacketKind, guid: uuid.UUID) -> trio.Event:
+        key = (kind, guid)
+        if key in self._ack_waiters:
+            raise RuntimeError(f"two waiters for {kind.value} {guid}")
+        event = trio.Event()
+        self._ack_waiters[key] = event
+        return event
+
+    async def _control(self, kind: PacketKind, guid: uuid.UUID) -> None:
+        """Send Command, Signal or Close and wait for its ack."""
+        self._raise_if_broken()
+        async with self._control_lock:
+            ack = self._expect_ack(kind.ack, guid)
+            await self._transport.send_all(encode(Packet(kind=kind, guid=guid)))
+        await ack.wait()
+        self._raise_if_broken()
+
+    async def _flush(self) -> None:
+        self._raise_if_broken()
+        self._writer_wakeup.set()
+
+    async def _signal(self, pipeline_id: uuid.UUID) -> None:
+        ps = self._pool.pipeline_table.get(pipeline_id)
+        if ps is not None and ps.state == PSInvocationState.Running:
+            ps.begin_stop()
+        await self._control(PacketKind.SIGNAL, pipeline_id)
+
+    async def _wait_pipeline_done(self, pipe: Pipeline) -> None:
+        while pipe.final is None:
+            self._raise_if_broken()
+            await self._state_changed.wait()
+
+    # ------------------------------------------------------------------ public
+    async def _open(self, timeout: float) -> None:
+        self._nursery.start_soon(self._read_loop)
+        self._nursery.start_soon(self._write_loop)
+        self._pool.open()
+        await self._flush()
+        with trio.move_on_after(timeout) as scope:
+            await self._opened.wait()
+        if scope.cancelled_caught:
+            raise TransportError(
+                f"the PowerShell host {self.description} did not open a runspace pool within {timeout:g}s"
+            )
+        self._raise_if_broken()
+
+    async def ensure_session_key(self) -> None:
+        """Exchange the session key once, before the first SecureString is sent."""
+        if self._session_key.is_set():
+            self._raise_if_broken()
+            return
+        self._pool.exchange_key()
+        await self._flush()
+        await self._session_key.wait()
+        self._raise_if_broken()
+
+    @asynccontextmanager
+    async def invoke(
+        self,
+        statements: Iterable[Statement],
+        *,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    ) -> AsyncIterator[Pipeline]:
+        """Start a pipeline of one or more statements and yield it while it runs.
+
+        On leaving the block, a pipeline that has not ended is stopped (PSRP Signal) and waited
+        for, shielded from cancellation and bounded by ``stop_timeout``; then it is closed.
+        """
+        self._raise_if_broken()
+        ps = psrpcore.ClientPowerShell(self._pool)
+        count = 0
+        needs_key = False
+        for statement in statements:
+            for command in statement:
+                ps.add_command(command.name)
+                for name, value in command.parameters.items():
+                    ps.add_parameter(name, value)
+                    needs_key = needs_key or _contains_secret(value)
+                for value in command.arguments:
+                    ps.add_argument(value)
+                    needs_key = needs_key or _contains_secret(value)
+                count += 1
+            ps.add_statement()
+        if count == 0:
+            raise ValueError("a pipeline needs at least one command")
+        pipe = Pipeline(self, ps, self._record_buffer)
+        self._pipelines[pipe.id] = pipe
+        try:
+            if needs_key:
+                await self.ensure_session_key()
+            await self._control(PacketKind.COMMAND, pipe.id)
+            pipe._command_sent = True
+            ps.start()
+            await self._flush()
+            yield pipe
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._end_pipeline(pipe, stop_timeout)
+
+    async def _end_pipeline(self, pipe: Pipeline, stop_timeout: float) -> None:
+        try:
+            if pipe._command_sent and pipe.final is None and not self.broken:
+                await pipe.stop(timeout=stop_timeout)
+            pipe._abandoned = True
+            pipe._receive.close()
+            if pipe._command_sent and not self.broken:
+                with trio.move_on_after(stop_timeout):
+                    await self._control(PacketKind.CLOSE, pipe.id)
+        except VmbusOpsError:
+            pass  # the pool is broken; every caller already sees that error
+        finally:
+            self._pipelines.pop(pipe.id, None)
+            ps = self._pool.pipeline_table.get(pipe.id)
+            if ps is not None and ps.state != PSInvocationState.Running:
+                ps.close()
+            else:
+                self._pool.pipeline_table.pop(pipe.id, None)
+
+    async def run(self, statements: Iterable[Statement], **kwargs: Any) -> list[Record]:
+        """Run a pipeline to its end and return every record (the state record last)."""
+        async with self.invoke(statements, **kwargs) as pipe:
+            return await pipe.collect()
+
+    async def _close(self) -> None:
+        with trio.CancelScope(shield=True):
+            if not self.broken:
+                with trio.move_on_after(10):
+                    for pipe in list(self._pipelines.values()):
+                        await self._end_pipeline(pipe, 5)
+                    try:
+                        await self._control(PacketKind.CLOSE, POOL_GUID)
+                    except VmbusOpsError:
+                        pass
+            self._closed = True
+            await self._transport.aclose()
+
+
+def _contains_secret(value: Any) -> bool:
+    """Whether serializing ``value`` needs the session key (a SecureString inside)."""
+    if isinstance(value, psrpcore.types.PSSecureString | psrpcore.types.PSCredential):
+        return True
+    if isinstance(value, list | tuple):
+        return any(_contains_secret(v) for v in value)
+    return False
+
+
+@asynccontextmanager
+async def open_runspace_pool(
+    connect: Callable[[trio.Nursery], Awaitable[Transport]],
+    *,
+    max_runspaces: int = 64,
+    open_timeout: float = 60.0,
+    record_buffer: int = DEFAULT_RECORD_BUFFER,
+) -> AsyncIterator[RunspacePool]:
+    """Connect a transport and open a runspace pool on it; close both on exit.
+
+    ``connect`` is an async callable taking the pool's nursery and returning a Transport.
+    """
+    async with trio.open_nursery() as nursery:
+        transport = await connect(nursery)
+        pool = RunspacePool(transport, nursery, max_runspaces=max_runspaces, record_buffer=record_buffer)
+        try:
+            await pool._open(open_timeout)
+            yield pool
+        finally:
+            await pool._close()
+            nursery.cancel_scope.cancel()
+
+
+def error_from_state(record: PipelineStateRecord) -> ErrorRecord | None:
+    """The error that ended a failed pipeline, if it carried one."""
+    return record.error if record.state is PipelineState.FAILED else None
+
+
+__all__ = [
+    "Command",
+    "Pipeline",
+    "RunspacePool",
+    "Statement",
+    "error_from_state",
+    "open_runspace_pool",
+]

@@ -1,0 +1,154 @@
+"""Byte-stream transports that carry OutOfProc framing.
+
+The runspace pool needs only a duplex byte stream: ``send_all``, ``receive_some`` (``b""`` at
+end of input), ``aclose``, and a one-line ``describe`` for error messages. A child process's
+stdin/stdout is one (``powershell.exe -ServerMode``, ``pwsh -ServerMode``, the simulator);
+an SSH channel to the host's ``powershell`` subsystem is another.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import trio
+
+from vmbusops.errors import ConfigError, HostProcessExitedError, TransportError
+
+POWERSHELL_ARGV = ("powershell.exe", "-Version", "5.1", "-NoLogo", "-NoProfile", "-ServerMode")
+PWSH_ARGV = ("pwsh", "-NoLogo", "-NoProfile", "-ServerMode")
+
+
+def simulator_argv(*, lab: str | None = None, state_dir: str | None = None) -> tuple[str, ...]:
+    """The command line that starts the simulated Hyper-V host with this interpreter."""
+    argv: list[str] = [sys.executable, "-m", "vmbusops.sim"]
+    if lab:
+        argv += ["--lab", lab]
+    if state_dir:
+        argv += ["--state-dir", state_dir]
+    return tuple(argv)
+
+
+class Transport(Protocol):
+    async def send_all(self, data: bytes) -> None: ...
+
+    async def receive_some(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+    def describe(self) -> str: ...
+
+    def failure_detail(self) -> str:
+        """What the transport knows about why it ended (exit code, stderr tail); may be empty."""
+        ...
+
+
+class ProcessTransport:
+    """A child process speaking OutOfProc on stdin/stdout.
+
+    The child's stderr is drained into a small ring so that, when the child dies, the error can
+    quote its last words (a Python traceback, a PowerShell start-up failure) instead of "EOF".
+    """
+
+    _STDERR_KEEP = 4096
+
+    def __init__(self, process: trio.Process, argv: Sequence[str]) -> None:
+        self._process = process
+        self._argv = tuple(argv)
+        assert process.stdin is not None
+        assert process.stdout is not None
+        self._stdin = process.stdin
+        self._stdout = process.stdout
+        self._stderr_tail: deque[bytes] = deque()
+        self._stderr_size = 0
+        self._send_lock = trio.Lock()
+
+    @classmethod
+    async def start(
+        cls,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        nursery: trio.Nursery,
+    ) -> ProcessTransport:
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        try:
+            process = await trio.lowlevel.open_process(
+                list(argv),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=full_env,
+            )
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"cannot start the PowerShell host {argv[0]!r}: not found",
+                hint="on a Hyper-V host use --host local (powershell.exe); elsewhere use the simulator (--host sim)",
+            ) from exc
+        except OSError as exc:
+            raise TransportError(f"cannot start the PowerShell host {argv[0]!r}: {exc}") from exc
+        transport = cls(process, argv)
+        nursery.start_soon(transport._drain_stderr)
+        return transport
+
+    async def _drain_stderr(self) -> None:
+        stderr = self._process.stderr
+        if stderr is None:
+            return
+        try:
+            while chunk := await stderr.receive_some(4096):
+                self._stderr_tail.append(chunk)
+                self._stderr_size += len(chunk)
+                while self._stderr_size > self._STDERR_KEEP and len(self._stderr_tail) > 1:
+                    self._stderr_size -= len(self._stderr_tail.popleft())
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return
+
+    def describe(self) -> str:
+        return f"{os.path.basename(self._argv[0])} (pid {self._process.pid})"
+
+    def failure_detail(self) -> str:
+        parts = []
+        code = self._process.poll()
+        if code is not None:
+            parts.append(f"exit code {code}")
+        tail = b"".join(self._stderr_tail)[-self._STDERR_KEEP :].decode("utf-8", "replace").strip()
+        if tail:
+            last = tail.splitlines()[-6:]
+            parts.append("stderr: " + " | ".join(line.strip() for line in last))
+        return "; ".join(parts)
+
+    async def send_all(self, data: bytes) -> None:
+        async with self._send_lock:
+            try:
+                await self._stdin.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise HostProcessExitedError(
+                    f"the PowerShell host {self.describe()} stopped reading its input"
+                ) from exc
+
+    async def receive_some(self) -> bytes:
+        try:
+            return await self._stdout.receive_some(256 * 1024)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+
+    async def aclose(self) -> None:
+        """Close stdin, give the child a moment to exit on its own, then kill it."""
+        with trio.CancelScope(shield=True):
+            try:
+                await self._stdin.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            with trio.move_on_after(5):
+                await self._process.wait()
+            if self._process.poll() is None:
+                self._process.kill()
+                await self._process.wait()
+            await self._stdout.aclose()
