@@ -1,0 +1,91 @@
+"""Options and plumbing the commands share: the host, credentials, running trio with Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+import trio
+
+from vmbusops.cli import exitcodes
+from vmbusops.config import Config, load_config
+from vmbusops.credentials import CredentialStore, GuestCredential
+from vmbusops.errors import CredentialStoreError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_SIM_CREDENTIAL = "lab-admin"
+
+
+def host_option(fn: F) -> F:
+    return click.option(
+        "--host",
+        "host",
+        metavar="HOST",
+        default=None,
+        help="sim (the embedded simulated host, default), local (powershell.exe on this Hyper-V host) "
+        "or pwsh; default from $VMBUSOPS_HOST or config.toml.",
+    )(fn)
+
+
+def resolve_credential(reference: str | None, config: Config, host: str | None) -> GuestCredential:
+    """The guest credential for a reference: the encrypted store first, then (simulator) the lab's."""
+    kind = host or config.host
+    name = reference or (DEFAULT_SIM_CREDENTIAL if kind == "sim" else None)
+    if name is None:
+        raise CredentialStoreError(
+            "no guest credential given",
+            hint="pass --credential NAME (create one with: vmbusops cred set NAME --username USER)",
+        )
+    store = CredentialStore()
+    try:
+        return store.get(name)
+    except CredentialStoreError:
+        if kind != "sim":
+            raise
+    from vmbusops.sim.lab import lab_credential
+
+    cred = lab_credential(name, config.lab)
+    if cred is None:
+        raise CredentialStoreError(
+            f"no credential named {name!r} in {store.path} nor in the simulator's lab",
+            hint=f"create it with: vmbusops cred set {name} --username USER",
+        )
+    return cred
+
+
+def run_trio(fn: Callable[[], Awaitable[int]]) -> int:
+    """Run ``fn`` under trio; the first Ctrl-C (or SIGTERM) cancels it cleanly and gives exit 130.
+
+    Cancelling lets every open pipeline send its PSRP stop signal and wait for the guest command
+    to end before the process exits; a second Ctrl-C interrupts at once.
+    """
+
+    async def main() -> int:
+        interrupted = False
+        result = exitcodes.OK
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal interrupted
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        interrupted = True
+                        click.echo("vmbusops: interrupted, stopping guest pipelines...", err=True)
+                        nursery.cancel_scope.cancel()
+                        return
+
+            nursery.start_soon(watch)
+            result = await fn()
+            nursery.cancel_scope.cancel()
+        return exitcodes.INTERRUPTED if interrupted else result
+
+    return trio.run(main)
+
+
+def load(config_path: str | None = None) -> Config:
+    from pathlib import Path
+
+    return load_config(Path(config_path) if config_path else None)

@@ -1,0 +1,148 @@
+"""``vmbusops vms``, ``exec`` and ``copy``: ad-hoc work on one host's guests."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from vmbusops.cli import exitcodes
+from vmbusops.cli.common import host_option, load, resolve_credential, run_trio
+from vmbusops.cli.output import RecordPrinter
+from vmbusops.errors import ConfigError, VmbusOpsError
+from vmbusops.guestops.connect import open_host
+from vmbusops.guestops.fanout import exec_in_guests
+from vmbusops.guestops.host import VMInfo
+
+
+def vm_table(vms: list[VMInfo]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for col in ("Name", "State", "Heartbeat", "Guest services", "Id"):
+        table.add_column(col)
+    for vm in vms:
+        gsi = {True: "enabled", False: "[yellow]disabled[/]", None: "?"}[vm.guest_services]
+        state = vm.state if vm.running else f"[yellow]{vm.state}[/]"
+        table.add_row(vm.name, state, vm.heartbeat or "-", gsi, vm.id)
+    return table
+
+
+@click.command("vms")
+@host_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per VM.")
+def vms_cmd(host: str | None, as_json: bool) -> None:
+    """List the host's VMs: state, heartbeat, Guest Service Interface."""
+    config = load()
+
+    async def main() -> int:
+        async with open_host(host, config=config) as hv:
+            vms = await hv.list_vms()
+        if as_json:
+            for vm in vms:
+                click.echo(json.dumps({
+                    "name": vm.name, "id": vm.id, "state": vm.state, "heartbeat": vm.heartbeat,
+                    "guest_services": vm.guest_services,
+                }))
+        else:
+            Console().print(vm_table(vms))
+        return exitcodes.OK
+
+    sys.exit(run_trio(main))
+
+
+@click.command("exec", context_settings={"ignore_unknown_options": False})
+@host_option
+@click.option("--vm", "vm_names", multiple=True, metavar="NAME", help="A guest to run in (repeatable).")
+@click.option("--all", "all_vms", is_flag=True, help="Every VM on the host.")
+@click.option("--credential", "credential_ref", metavar="NAME", help="Guest credential reference.")
+@click.option("--max-concurrency", type=click.IntRange(1, 1024), default=32, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Seconds per guest.")
+@click.option("--json", "as_json", is_flag=True, help="NDJSON: one object per record.")
+@click.argument("script", nargs=-1, required=True)
+def exec_cmd(
+    host: str | None,
+    vm_names: tuple[str, ...],
+    all_vms: bool,
+    credential_ref: str | None,
+    max_concurrency: int,
+    timeout: float | None,
+    as_json: bool,
+    script: tuple[str, ...],
+) -> None:
+    """Run a script block in guests through PowerShell Direct and print every record live.
+
+    \b
+    Example:  vmbusops exec --vm web01 --vm web02 -- 'Get-Service W3SVC; Write-Verbose hi'
+    Exit codes: 0 all guests ok, 1 a guest reported errors, 2 usage, 3 host failure, 130 Ctrl-C.
+    """
+    if not vm_names and not all_vms:
+        raise ConfigError("name the guests with --vm NAME (repeatable) or --all")
+    config = load()
+    text = " ".join(script)
+    credential = resolve_credential(credential_ref, config, host)
+
+    async def main() -> int:
+        async with open_host(host, config=config, max_runspaces=max(max_concurrency, 2)) as hv:
+            names = list(dict.fromkeys(vm_names))
+            if all_vms:
+                names = [vm.name for vm in await hv.list_vms()]
+            printer = RecordPrinter(json_lines=as_json, vm_width=max((len(n) for n in names), default=4))
+            outcomes = await exec_in_guests(
+                hv, names, text, credential,
+                on_record=printer.emit, max_concurrency=max_concurrency, timeout=timeout,
+            )
+            printer.flush()
+        failed = 0
+        for name in names:
+            outcome = outcomes.get(name)
+            if outcome is None or not outcome.ok:
+                failed += 1
+                if not as_json:
+                    why = (
+                        str(outcome.failure) if outcome and outcome.failure
+                        else f"{outcome.error_records} error record(s)" if outcome and outcome.error_records
+                        else f"ended {outcome.state}" if outcome else "did not run"
+                    )
+                    click.secho(f"{name}: failed: {why}", err=True, fg="red")
+        if not as_json:
+            click.echo(f"{len(names) - failed} of {len(names)} guest(s) succeeded", err=True)
+        return exitcodes.GUEST_ERRORS if failed else exitcodes.OK
+
+    sys.exit(run_trio(main))
+
+
+@click.command("copy")
+@host_option
+@click.option("--vm", "vm_names", multiple=True, required=True, metavar="NAME", help="Target guest (repeatable).")
+@click.option("--no-force", is_flag=True, help="Fail if the guest file exists instead of replacing it.")
+@click.option("--enable-guest-services", is_flag=True, help="Enable the Guest Service Interface first if it is off.")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dest")
+def copy_cmd(
+    host: str | None, vm_names: tuple[str, ...], no_force: bool, enable_guest_services: bool, source: Path, dest: str
+) -> None:
+    """Copy a host file into guests with Copy-VMFile (over the VMBus; no guest network or credential)."""
+    config = load()
+    src = str(source.resolve())
+
+    async def main() -> int:
+        failed = 0
+        async with open_host(host, config=config) as hv:
+            for vm in vm_names:
+                try:
+                    if enable_guest_services:
+                        info = await hv.get_vm(vm)
+                        if info.guest_services is False:
+                            await hv.enable_guest_services(vm)
+                            click.echo(f"{vm}: enabled the Guest Service Interface", err=True)
+                    await hv.copy_to_guest(vm, src, dest, force=not no_force)
+                    click.echo(f"{vm}: copied {source.name} -> {dest}")
+                except VmbusOpsError as exc:
+                    failed += 1
+                    click.secho(f"vmbusops: {exc}", err=True, fg="red")
+        return exitcodes.GUEST_ERRORS if failed else exitcodes.OK
+
+    sys.exit(run_trio(main))

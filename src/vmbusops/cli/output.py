@@ -1,0 +1,80 @@
+"""Printing records live: one line per record, prefixed by its VM, coloured by stream on a terminal,
+or one JSON object per line (NDJSON) for programs.
+
+Records from many guests interleave as they arrive; a line is written whole with one call, so
+lines never tear. Colour is only used when the stream is a terminal (and NO_COLOR is unset).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import TextIO
+
+from vmbusops.records import GuestRecord, PipelineStateRecord, Stream, display_text, guest_record_to_json
+
+_STYLE = {
+    Stream.OUTPUT: "",
+    Stream.ERROR: "\x1b[31m",
+    Stream.WARNING: "\x1b[33m",
+    Stream.VERBOSE: "\x1b[36m",
+    Stream.DEBUG: "\x1b[35m",
+    Stream.INFORMATION: "\x1b[32m",
+    Stream.PROGRESS: "\x1b[34m",
+    Stream.STATE: "\x1b[1m",
+}
+_LABEL = {
+    Stream.OUTPUT: "",
+    Stream.ERROR: "ERROR: ",
+    Stream.WARNING: "WARNING: ",
+    Stream.VERBOSE: "VERBOSE: ",
+    Stream.DEBUG: "DEBUG: ",
+    Stream.INFORMATION: "",
+    Stream.PROGRESS: "PROGRESS: ",
+    Stream.STATE: "STATE: ",
+}
+_RESET = "\x1b[0m"
+
+
+def use_colour(stream: TextIO) -> bool:
+    return stream.isatty() and "NO_COLOR" not in os.environ
+
+
+class RecordPrinter:
+    """Writes guest records as text lines or NDJSON."""
+
+    def __init__(
+        self,
+        *,
+        json_lines: bool = False,
+        out: TextIO | None = None,
+        vm_width: int = 8,
+        show_state: bool = False,
+    ) -> None:
+        self._out = out or sys.stdout
+        self._json = json_lines
+        self._colour = not json_lines and use_colour(self._out)
+        self._width = vm_width
+        self._show_state = show_state
+
+    def emit(self, rec: GuestRecord) -> None:
+        if self._json:
+            self._out.write(json.dumps(guest_record_to_json(rec), ensure_ascii=False, separators=(",", ":")) + "\n")
+            return
+        if isinstance(rec.record, PipelineStateRecord) and not self._show_state:
+            return
+        stream = rec.record.stream
+        text = display_text(rec.record)
+        label = _LABEL[stream]
+        lines = text.splitlines() or [""]
+        prefix = f"{rec.vm:<{self._width}} | "
+        if self._colour:
+            style = _STYLE[stream]
+            body = "\n".join(f"{prefix}{style}{label}{line}{_RESET}" if style else f"{prefix}{label}{line}" for line in lines)
+        else:
+            body = "\n".join(f"{prefix}{label}{line}" for line in lines)
+        self._out.write(body + "\n")
+
+    def flush(self) -> None:
+        self._out.flush()

@@ -1,0 +1,64 @@
+"""The credential store: sealed at rest, bound to its name, and never showing a password."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from vmbusops.credentials import CredentialStore, GuestCredential, Secret
+from vmbusops.errors import CredentialStoreError
+
+PASSWORD = "Pa55w0rd!-not-in-files"
+
+
+def test_round_trip_and_nothing_in_clear_on_disk(vmbusops_home: Path) -> None:
+    store = CredentialStore()
+    store.set("tenant-a", "Administrator", Secret(PASSWORD))
+    cred = store.get("tenant-a")
+    assert cred.username == "Administrator"
+    assert cred.password.reveal() == PASSWORD
+    for path in vmbusops_home.iterdir():
+        assert PASSWORD.encode() not in path.read_bytes()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_secret_and_credential_never_print_the_password() -> None:
+    cred = GuestCredential("admin", Secret(PASSWORD), reference="x")
+    for text in (str(cred.password), repr(cred.password), repr(cred), f"{cred}", f"{cred.password!r}"):
+        assert PASSWORD not in text
+
+
+def test_entry_moved_to_another_name_is_refused(vmbusops_home: Path) -> None:
+    store = CredentialStore()
+    store.set("a", "alice", Secret(PASSWORD))
+    path = vmbusops_home / "credentials.json"
+    data = json.loads(path.read_text())
+    data["entries"]["b"] = data["entries"]["a"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(CredentialStoreError, match="cannot be decrypted"):
+        store.get("b")
+
+
+def test_passphrase_mode(monkeypatch: pytest.MonkeyPatch, vmbusops_home: Path) -> None:
+    monkeypatch.setenv("VMBUSOPS_CREDENTIAL_PASSPHRASE", "correct horse")
+    CredentialStore().set("p", "bob", Secret(PASSWORD))
+    assert not (vmbusops_home / "credentials.key").exists()
+    assert CredentialStore().get("p").password.reveal() == PASSWORD
+    monkeypatch.setenv("VMBUSOPS_CREDENTIAL_PASSPHRASE", "zebra-9")
+    with pytest.raises(CredentialStoreError, match="cannot be decrypted") as info:
+        CredentialStore().get("p")
+    assert "zebra-9" not in str(info.value)
+    monkeypatch.delenv("VMBUSOPS_CREDENTIAL_PASSPHRASE")
+    with pytest.raises(CredentialStoreError, match="sealed with a passphrase"):
+        CredentialStore().get("p")
+
+
+def test_missing_and_bad_names_say_what_to_do() -> None:
+    with pytest.raises(CredentialStoreError, match="vmbusops cred set nope"):
+        CredentialStore().get("nope")
+    with pytest.raises(CredentialStoreError, match="not a valid credential reference"):
+        CredentialStore().set("../x", "u", Secret("p"))
+    assert CredentialStore().remove("nope") is False
