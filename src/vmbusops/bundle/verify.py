@@ -1,0 +1,340 @@
+"""Verifying and accepting a bundle file.
+
+Theory of operation. One pass over the file, front to back, stopping at the first failure:
+
+1. read only the first member, which must be ``envelope.json`` and no larger than
+   ``Limits.max_envelope_bytes``; parse it as DSSE;
+2. verify the signatures of keys the trust policy knows; at least one, and some scope's threshold;
+3. only now parse the manifest (strict schema);
+4. freshness: not expired, not issued in the future (both with ``Limits.clock_skew``), version
+   not lower than the last accepted for the name, id never accepted before;
+5. one trust scope must cover the targets, the credential and every step kind, with enough signers;
+6. stream every remaining member through SHA-256 (and, when accepting, into a fresh owner-only
+   directory), refusing anything not exactly as the manifest lists it.
+
+:func:`verify_bundle` performs all of it and writes nothing anywhere. :func:`accept_bundle` also
+extracts and, only when everything held, records the id and version in the replay store; on any
+failure it removes what it extracted, so a rejected bundle leaves nothing behind.
+
+Both block on file I/O; the engine calls them from a worker thread (``trio.to_thread.run_sync``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+from vmbusops.bundle.archive import TarReader, check_member
+from vmbusops.bundle.dsse import Envelope, parse_envelope, verified_signers
+from vmbusops.bundle.errors import (
+    ArchiveError,
+    DigestMismatchError,
+    DuplicateMemberError,
+    EnvelopeMissingError,
+    EnvelopeTooLargeError,
+    ExpiredBundleError,
+    LimitExceededError,
+    MemberSizeError,
+    MissingMemberError,
+    NotYetValidError,
+    UnexpectedMemberError,
+    _RejectedBundle,
+)
+from vmbusops.bundle.manifest import ENVELOPE_MEMBER, FileEntry, Manifest, format_time, parse_manifest
+from vmbusops.bundle.policy import Scope, TrustedKey, TrustPolicy
+from vmbusops.bundle.replay import ReplayStore
+from vmbusops.errors import ConfigError
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    max_envelope_bytes: int = 1 << 20
+    max_members: int = 10_000
+    max_total_bytes: int = 64 << 30
+    max_trailing_bytes: int = 1 << 20
+    clock_skew: timedelta = timedelta(minutes=5)
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifiedBundle:
+    """A bundle that passed every check. ``signers`` are the trusted keys that signed it;
+    ``scope`` is the trust scope that allowed it."""
+
+    source: str
+    manifest: Manifest
+    signers: tuple[TrustedKey, ...]
+    scope: Scope
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcceptedBundle(VerifiedBundle):
+    """A verified bundle, extracted into ``directory`` (owner-only) and recorded as accepted.
+    The caller owns ``directory`` and removes it when the job is done."""
+
+    directory: Path
+
+    def local_path(self, bundle_path: str) -> Path:
+        """Where a manifest path (a file, or a DSC module folder) was extracted."""
+        return self.directory.joinpath(*bundle_path.split("/"))
+
+
+# --- the steps, each on values --------------------------------------------------------------------
+
+
+def read_envelope(reader: TarReader, limits: Limits) -> Envelope:
+    header = reader.next_member()
+    if header is None or header.name != ENVELOPE_MEMBER:
+        found = "no members" if header is None else f"{header.name!r}"
+        raise EnvelopeMissingError(
+            f"the first member must be {ENVELOPE_MEMBER}, found {found}",
+            hint="give a .vmb file written by `vmbusops bundle build` and signed with `vmbusops bundle sign`",
+        )
+    check_member(header)
+    if header.size > limits.max_envelope_bytes:
+        raise EnvelopeTooLargeError(
+            f"the envelope is {header.size} bytes; the limit is {limits.max_envelope_bytes}",
+            hint="do not run this bundle; a real envelope is a few kilobytes",
+            member=ENVELOPE_MEMBER,
+        )
+    return parse_envelope(reader.read_member(limits.max_envelope_bytes))
+
+
+def check_freshness(
+    manifest: Manifest, *, reference_time: datetime, replay: ReplayStore, skew: timedelta
+) -> None:
+    if manifest.is_expired(reference_time, skew=skew):
+        raise ExpiredBundleError(
+            f"{manifest.name} v{manifest.version} expired at {format_time(manifest.expires)}"
+            f" (now {format_time(reference_time)})",
+            hint="ask its author for a freshly built and signed bundle",
+        )
+    if manifest.is_issued_in_future(reference_time, skew=skew):
+        raise NotYetValidError(
+            f"{manifest.name} v{manifest.version} claims to be issued at {format_time(manifest.issued)},"
+            f" in the future (now {format_time(reference_time)})",
+            hint="check this host's clock and the author's",
+        )
+    replay.check(bundle_id=manifest.id, name=manifest.name, version=manifest.version)
+
+
+def check_limits(manifest: Manifest, limits: Limits) -> None:
+    if len(manifest.files) + 1 > limits.max_members:
+        raise LimitExceededError(
+            f"the manifest lists {len(manifest.files)} files; the limit is {limits.max_members - 1}",
+            hint="split the job into smaller bundles",
+            member="(manifest)",
+        )
+    if manifest.total_size > limits.max_total_bytes:
+        raise LimitExceededError(
+            f"the manifest's files total {manifest.total_size} bytes; the limit is {limits.max_total_bytes}",
+            hint="split the job into smaller bundles",
+            member="(manifest)",
+        )
+
+
+def _open_output(root: Path, entry: FileEntry) -> BinaryIO:
+    parts = entry.path.split("/")
+    parent = root.joinpath(*parts[:-1])
+    parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(
+        parent / parts[-1],
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_BINARY | os.O_CLOEXEC,
+        0o600,
+    )
+    return os.fdopen(fd, "wb")
+
+
+def stream_members(reader: TarReader, manifest: Manifest, limits: Limits, dest: Path | None) -> None:
+    """Check (and, with ``dest``, extract) every member after the envelope against the manifest."""
+    expected = {f.path.casefold(): f for f in manifest.files}
+    seen: set[str] = set()
+    count = 1
+    while (header := reader.next_member()) is not None:
+        count += 1
+        name = header.name
+        if count > limits.max_members:
+            raise LimitExceededError(
+                f"the archive has more than {limits.max_members} members",
+                hint="do not run this bundle",
+                member=name,
+            )
+        folded = name.casefold()
+        check_member(header)
+        if folded in seen or name == ENVELOPE_MEMBER:
+            raise DuplicateMemberError(
+                f"member {name!r} appears more than once (names compare case-insensitively)",
+                hint="do not run this bundle; an archive with duplicates can hide a second version of a file",
+                member=name,
+            )
+        seen.add(folded)
+        entry = expected.get(folded)
+        if entry is None or entry.path != name:
+            raise UnexpectedMemberError(
+                f"member {name!r} is not listed in the signed manifest",
+                hint="do not run this bundle; something was added after it was signed",
+                member=name,
+            )
+        if header.size != entry.size:
+            relation = "larger" if header.size > entry.size else "smaller"
+            raise MemberSizeError(
+                f"member {name!r} is {header.size} bytes, {relation} than the {entry.size} the manifest says",
+                hint="do not run this bundle; it was altered after signing",
+                member=name,
+            )
+        digest = hashlib.sha256()
+        if dest is None:
+            for chunk in reader.iter_data():
+                digest.update(chunk)
+        else:
+            with _open_output(dest, entry) as out:
+                for chunk in reader.iter_data():
+                    digest.update(chunk)
+                    out.write(chunk)
+        if digest.hexdigest() != entry.sha256:
+            raise DigestMismatchError(
+                f"member {name!r} does not match its SHA-256 in the signed manifest",
+                hint="do not run this bundle; it was altered after signing (or damaged in transit)",
+                member=name,
+            )
+    missing = [f.path for f in manifest.files if f.path.casefold() not in seen]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise MissingMemberError(
+            f"the archive lacks {', '.join(repr(m) for m in missing[:3])}{more}, listed in the manifest",
+            hint="copy the whole bundle again; if it persists, ask its author to rebuild it",
+            member=missing[0],
+        )
+    reader.check_trailer(limits.max_trailing_bytes)
+
+
+# --- the file-level entry points -----------------------------------------------------------------
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[TarReader]:
+    label = path.name
+    try:
+        stream = path.open("rb", buffering=0)
+    except FileNotFoundError:
+        raise ConfigError(f"no bundle file {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot open bundle file {path}: {exc.strerror}") from exc
+    try:
+        with stream:
+            yield TarReader(stream)
+    except _RejectedBundle as exc:
+        if exc.bundle is None:
+            exc.bundle = label
+        raise
+    except OSError as exc:
+        raise ArchiveError(f"bundle {label}: cannot read: {exc.strerror}") from exc
+
+
+def _verify(
+    path: Path,
+    *,
+    policy: TrustPolicy,
+    replay: ReplayStore,
+    now: datetime | None,
+    limits: Limits,
+    dest: Path | None,
+) -> VerifiedBundle:
+    reference_time = now if now is not None else datetime.now(UTC)
+    with _opened(path) as reader:
+        envelope = read_envelope(reader, limits)
+        signers = verified_signers(envelope, policy.public_keys())
+        policy.check_signers(signers, signed_by=[s.keyid for s in envelope.signatures])
+        manifest = parse_manifest(envelope.payload)
+        check_freshness(manifest, reference_time=reference_time, replay=replay, skew=limits.clock_skew)
+        scope = policy.authorize(manifest, signers, reference_time=reference_time)
+        check_limits(manifest, limits)
+        stream_members(reader, manifest, limits, dest)
+    return VerifiedBundle(
+        source=path.name,
+        manifest=manifest,
+        signers=tuple(policy.keys[k] for k in sorted(signers)),
+        scope=scope,
+    )
+
+
+def verify_bundle(
+    path: Path,
+    *,
+    policy: TrustPolicy,
+    replay: ReplayStore,
+    now: datetime | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> VerifiedBundle:
+    """Every check, nothing written, nothing recorded. Raises a :class:`BundleError` subtype."""
+    return _verify(path, policy=policy, replay=replay, now=now, limits=limits, dest=None)
+
+
+def accept_bundle(
+    path: Path,
+    *,
+    policy: TrustPolicy,
+    replay: ReplayStore,
+    workdir: Path,
+    now: datetime | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> AcceptedBundle:
+    """Verify, extract into a fresh owner-only directory under ``workdir``, and record the bundle.
+
+    On any failure nothing remains: the directory is removed and nothing is recorded.
+    """
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    directory = Path(tempfile.mkdtemp(prefix="bundle-", dir=workdir))
+    try:
+        verified = _verify(path, policy=policy, replay=replay, now=now, limits=limits, dest=directory)
+        m = verified.manifest
+        replay.record(
+            bundle_id=m.id,
+            name=m.name,
+            version=m.version,
+            accepted_at=now if now is not None else datetime.now(UTC),
+        )
+    except BaseException as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        if isinstance(exc, _RejectedBundle) and exc.bundle is None:
+            exc.bundle = path.name
+        raise
+    return AcceptedBundle(
+        source=verified.source,
+        manifest=verified.manifest,
+        signers=verified.signers,
+        scope=verified.scope,
+        directory=directory,
+    )
+
+
+def read_unverified(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> tuple[Envelope, Manifest]:
+    """The envelope and manifest, signatures NOT checked: for `bundle inspect` and `bundle sign`."""
+    with _opened(path) as reader:
+        envelope = read_envelope(reader, limits)
+        return envelope, parse_manifest(envelope.payload)
+
+
+def check_contents(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> tuple[Envelope, Manifest, int]:
+    """Structure and every file's size and SHA-256, without trust: what a signer checks before
+    signing. Returns the envelope, the manifest and the byte offset where payload members start."""
+    with _opened(path) as reader:
+        envelope = read_envelope(reader, limits)
+        payload_offset = reader.offset
+        manifest = parse_manifest(envelope.payload)
+        check_limits(manifest, limits)
+        stream_members(reader, manifest, limits, None)
+    return envelope, manifest, payload_offset

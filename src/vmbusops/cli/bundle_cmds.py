@@ -1,0 +1,351 @@
+"""``vmbusops keys``, ``vmbusops bundle`` and ``vmbusops trust``: author, sign, trust, verify."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from vmbusops.bundle.build import build_bundle, sign_bundle
+from vmbusops.bundle.crypto import PrivateKey
+from vmbusops.bundle.dsse import verified_signers
+from vmbusops.bundle.errors import BadSignatureError, KeyFileError, TrustPolicyError
+from vmbusops.bundle.keys import load_public_key, read_private_key_file, write_keypair
+from vmbusops.bundle.manifest import (
+    CopyStep,
+    DscStep,
+    Manifest,
+    RebootStep,
+    ScriptStep,
+    Step,
+    StepKind,
+    WaitReadyStep,
+    format_time,
+)
+from vmbusops.bundle.paths import keys_dir, replay_store_path, trust_policy_path
+from vmbusops.bundle.policy import Scope, TrustedKey, TrustPolicy, load_trust_policy, save_trust_policy
+from vmbusops.bundle.replay import ReplayStore
+from vmbusops.bundle.scaffold import write_example
+from vmbusops.bundle.verify import read_unverified, verify_bundle
+from vmbusops.errors import ConfigError
+
+PASSPHRASE_ENV = "VMBUSOPS_KEY_PASSPHRASE"  # noqa: S105 (the variable name, not a secret)
+
+_trust_option = click.option(
+    "--trust",
+    "trust_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Trust policy file (default: $VMBUSOPS_HOME/trust.toml).",
+)
+
+
+def _read_passphrase(*, confirm: bool) -> bytes:
+    """From $VMBUSOPS_KEY_PASSPHRASE, else one line of piped stdin, else a prompt without echo."""
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value is None and not sys.stdin.isatty():
+        value = sys.stdin.readline().rstrip("\r\n")
+    if value is None:
+        value = click.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm, err=True)
+    if not value:
+        raise KeyFileError("the passphrase is empty")
+    return value.encode("utf-8")
+
+
+def _load_signing_key(spec: str) -> PrivateKey:
+    path = Path(spec)
+    if not path.exists() and os.sep not in spec and "/" not in spec:
+        path = keys_dir() / (spec if spec.endswith(".key") else f"{spec}.key")
+    data = read_private_key_file(path)
+    passphrase = _read_passphrase(confirm=False) if PrivateKey.is_encrypted_pem(data) else None
+    return PrivateKey.from_pem(data, passphrase=passphrase, source=str(path))
+
+
+def _policy(trust_path: Path | None) -> TrustPolicy:
+    return load_trust_policy(trust_path or trust_policy_path())
+
+
+def _parse_until(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--until {text!r} is not an ISO 8601 date-time (e.g. 2027-01-01T00:00:00Z)"
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _describe_step(step: Step) -> str:
+    match step:
+        case CopyStep():
+            what = f"Copy-VMFile {step.source} -> {step.destination}" + (
+                " (overwrite)" if step.overwrite else ""
+            )
+        case ScriptStep():
+            body = step.file if step.file is not None else f"inline script ({len(step.inline or '')} chars)"
+            what = f"run {body}" + (f" {' '.join(step.arguments)}" if step.arguments else "")
+        case DscStep():
+            what = f"DSC {step.mode.value} {', '.join(step.mofs)}"
+            if step.modules:
+                what += f" with modules {', '.join(step.modules)}"
+            reboots = f"allowed (max {step.max_reboots})" if step.allow_reboot else "not allowed"
+            what += f"; reboots {reboots}"
+        case RebootStep():
+            what = "restart the guest"
+        case WaitReadyStep():
+            what = "wait until the guest answers PowerShell Direct"
+    extras = []
+    if step.timeout_seconds is not None:
+        extras.append(f"timeout {step.timeout_seconds:g}s")
+    if step.retry.attempts > 1:
+        extras.append(f"{step.retry.attempts} attempts, backoff {step.retry.backoff_seconds:g}s")
+    if step.idempotent:
+        extras.append("idempotent")
+    return f"{step.name} [{step.kind.value}]: {what}" + (f" ({', '.join(extras)})" if extras else "")
+
+
+def _print_manifest(m: Manifest) -> None:
+    click.echo(f"bundle      {m.name} v{m.version}  id {m.id}")
+    click.echo(f"issued      {format_time(m.issued)}   expires {format_time(m.expires)}")
+    targets = ", ".join(m.targets.vms)
+    if m.targets.groups:
+        targets += f"  (only groups: {', '.join(m.targets.groups)})"
+    if m.targets.tags:
+        targets += f"  (only tags: {', '.join(m.targets.tags)})"
+    click.echo(f"targets     {targets}")
+    click.echo(f"credential  {m.credential}")
+    e = m.execution
+    click.echo(
+        f"execution   concurrency {e.max_concurrency.to_json()}, max errors {e.max_errors.to_json()},"
+        f" per-target timeout {e.target_timeout_seconds:g}s,"
+        f" delivery timeout {e.delivery_timeout_seconds:g}s,"
+        f" resume {e.resume.value}"
+    )
+    if m.schedule is not None:
+        s = m.schedule
+        click.echo(
+            f"schedule    cron '{s.cron}' ({s.timezone}), window {s.window_seconds:g}s,"
+            f" cut-off {s.cutoff_seconds:g}s,"
+            f" jitter {s.jitter_seconds:g}s, missed runs: {s.missed.value}"
+        )
+    click.echo("steps")
+    for i, step in enumerate(m.steps, 1):
+        click.echo(f"  {i}. {_describe_step(step)}")
+    click.echo(f"files       {len(m.files)} ({m.total_size} bytes)")
+    for f in m.files:
+        click.echo(f"  {f.sha256[:16]}  {f.size:>10}  {f.path}")
+
+
+# --- keys -----------------------------------------------------------------------------------------
+
+
+@click.group()
+def keys() -> None:
+    """Ed25519 signing keys for job bundles."""
+
+
+@keys.command("new")
+@click.argument("name")
+@click.option(
+    "--passphrase/--no-passphrase",
+    default=False,
+    help=f"Encrypt the private key; the passphrase comes from ${PASSPHRASE_ENV}, piped stdin, or a prompt.",
+)
+@click.option(
+    "-o",
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory for NAME.key and NAME.pub (default: $VMBUSOPS_HOME/keys).",
+)
+def keys_new(name: str, passphrase: bool, output_dir: Path | None) -> None:
+    """Create a key pair: NAME.key (private, owner-only) and NAME.pub (give this to host owners)."""
+    secret = _read_passphrase(confirm=True) if passphrase else None
+    private, public, key = write_keypair(output_dir or keys_dir(), name, passphrase=secret)
+    click.echo(
+        f"private key  {private}"
+        + ("  (encrypted)" if secret else "  (NOT encrypted; --passphrase encrypts)")
+    )
+    click.echo(f"public key   {public}")
+    click.echo(f"key id       {key.keyid}")
+
+
+# --- bundle ---------------------------------------------------------------------------------------
+
+
+@click.group()
+def bundle() -> None:
+    """Author, sign, inspect and verify signed job bundles (.vmb)."""
+
+
+@bundle.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def bundle_init(directory: Path) -> None:
+    """Write an example bundle source: copy a file, run a script, apply a DSC configuration."""
+    for path in write_example(directory):
+        click.echo(f"wrote {path}")
+    click.echo(f"next: vmbusops bundle build {directory} -o lab-demo.vmb")
+
+
+@bundle.command("build")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def bundle_build(directory: Path, output: Path) -> None:
+    """Build an unsigned bundle from DIRECTORY/bundle.toml and the files it names."""
+    m = build_bundle(directory, output)
+    click.echo(
+        f"built {output}: {m.name} v{m.version}, {len(m.steps)} steps, {len(m.files)} files, id {m.id}"
+    )
+    click.echo(f"next: vmbusops bundle sign {output} --key KEY")
+
+
+@bundle.command("sign")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--key", "key_spec", required=True, help="Private key file, or a key name under $VMBUSOPS_HOME/keys."
+)
+def bundle_sign(file: Path, key_spec: str) -> None:
+    """Check every file in the bundle, then add a signature (run once per signer)."""
+    key = _load_signing_key(key_spec)
+    envelope = sign_bundle(file, key)
+    click.echo(f"signed {file} with key {key.keyid[:16]} ({len(envelope.signatures)} signature(s) now)")
+
+
+@bundle.command("inspect")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_trust_option
+def bundle_inspect(file: Path, trust_path: Path | None) -> None:
+    """Show what a bundle will do, where, and who signed it (without verifying its files)."""
+    envelope, manifest = read_unverified(file)
+    _print_manifest(manifest)
+    try:
+        policy = _policy(trust_path)
+    except TrustPolicyError:
+        policy = TrustPolicy()
+    click.echo("signatures")
+    if not envelope.signatures:
+        click.echo("  (none)")
+    for sig in envelope.signatures:
+        known = policy.keys.get(sig.keyid)
+        if known is None:
+            state = "unknown key (not in the trust policy)"
+        else:
+            try:
+                ok = bool(verified_signers(envelope, {sig.keyid: known.public}))
+            except BadSignatureError:
+                ok = False
+            state = f"trusted key {known.name}: " + ("signature valid" if ok else "SIGNATURE INVALID")
+        click.echo(f"  {sig.keyid[:16]}  {state}")
+    click.echo("(inspect does not check files, expiry or scopes; run `vmbusops bundle verify`)")
+
+
+@bundle.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_trust_option
+def bundle_verify(file: Path, trust_path: Path | None) -> None:
+    """Run every check a host runs before accepting the bundle; records nothing."""
+    policy = _policy(trust_path)
+    with ReplayStore(replay_store_path()) as replay:
+        verified = verify_bundle(file, policy=policy, replay=replay)
+    m = verified.manifest
+    who = ", ".join(f"{k.name} ({k.keyid[:12]})" for k in verified.signers)
+    click.echo(
+        f"OK {file}: {m.name} v{m.version}, {len(m.steps)} steps on {', '.join(m.targets.vms)}"
+        f" as {m.credential}; {len(m.files)} files ({m.total_size} bytes) verified; signed by {who}"
+    )
+
+
+# --- trust ----------------------------------------------------------------------------------------
+
+
+@click.group()
+def trust() -> None:
+    """The trust policy: which keys may sign bundles, and for what."""
+
+
+@trust.command("add")
+@click.argument("pubkey", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--name", default=None, help="A name for the key holder (default: the file's stem).")
+@click.option("--vms", multiple=True, help="VM name glob the key may target (repeatable; default '*').")
+@click.option(
+    "--credential", multiple=True, help="Credential reference the key may use (repeatable; default any)."
+)
+@click.option("--steps", default=None, help="Comma-separated step kinds allowed (default: all).")
+@click.option("--until", default=None, help="When this trust ends (ISO 8601, UTC if no zone).")
+@click.option("--threshold", type=click.IntRange(1, 32), default=1, help="Signers needed from this scope.")
+@_trust_option
+def trust_add(  # noqa: PLR0917 (click passes options positionally)
+    pubkey: Path,
+    name: str | None,
+    vms: tuple[str, ...],
+    credential: tuple[str, ...],
+    steps: str | None,
+    until: str | None,
+    threshold: int,
+    trust_path: Path | None,
+) -> None:
+    """Trust PUBKEY to sign bundles within a scope. Keys added with the same scope share it
+    (so --threshold 2 on two keys means both must sign)."""
+    path = trust_path or trust_policy_path()
+    try:
+        policy = load_trust_policy(path)
+    except TrustPolicyError:
+        if path.exists():
+            raise
+        policy = TrustPolicy()
+    try:
+        kinds = frozenset(StepKind(s.strip()) for s in steps.split(",")) if steps else frozenset(StepKind)
+    except ValueError:
+        raise ConfigError(
+            f"--steps {steps!r}: known step kinds are {', '.join(k.value for k in StepKind)}"
+        ) from None
+    public = load_public_key(pubkey)
+    key = TrustedKey(name=name or pubkey.stem, public=public)
+    scope = Scope(
+        keys=(),
+        vms=vms or ("*",),
+        credentials=credential or ("*",),
+        steps=kinds,
+        until=_parse_until(until),
+        threshold=threshold,
+    )
+    policy = policy.with_key(key, scope)
+    save_trust_policy(policy, path)
+    click.echo(f"trusted {key.name} ({key.keyid}) in {path}")
+
+
+@trust.command("list")
+@_trust_option
+def trust_list(trust_path: Path | None) -> None:
+    """Show trusted keys and their scopes."""
+    policy = _policy(trust_path)
+    click.echo("keys")
+    for k in policy.keys.values():
+        click.echo(f"  {k.keyid}  {k.name}")
+    click.echo("scopes")
+    for i, s in enumerate(policy.scopes, 1):
+        names = ", ".join(policy.keys[k].name for k in s.keys)
+        until = format_time(s.until) if s.until else "no end"
+        click.echo(
+            f"  {i}. keys {names}; threshold {s.threshold}; vms {', '.join(s.vms)};"
+            f" credentials {', '.join(s.credentials)};"
+            f" steps {', '.join(sorted(k.value for k in s.steps))}; {until}"
+        )
+
+
+@trust.command("remove")
+@click.argument("keyid")
+@_trust_option
+def trust_remove(keyid: str, trust_path: Path | None) -> None:
+    """Stop trusting a key (full key id, or 8+ leading hex digits)."""
+    path = trust_path or trust_policy_path()
+    policy = load_trust_policy(path)
+    full = policy.resolve_keyid(keyid)
+    name = policy.keys[full].name
+    save_trust_policy(policy.without_key(full), path)
+    click.echo(f"removed {name} ({full}) from {path}")
