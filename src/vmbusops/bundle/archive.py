@@ -55,6 +55,8 @@ _COMPRESSION_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x5d\x00\x00", "lzma"),
 )
 
+_REBUILD = "do not run this file; rebuild the bundle with `vmbusops bundle build`"
+
 _TYPE_NAMES = {
     b"1": "a hard link",
     b"2": "a symbolic link",
@@ -81,12 +83,14 @@ class MemberHeader:
 
 def _octal(field: bytes, what: str) -> int:
     if field[:1] and field[0] & 0x80:
-        raise NotATarError(f"{what} uses a base-256 number; bundles use plain ustar (members under 8 GiB)")
+        raise NotATarError(
+            f"{what} uses a base-256 number; bundles use plain ustar (members under 8 GiB)", hint=_REBUILD
+        )
     text = field.split(b"\x00", 1)[0].strip(b" ")
     if not text:
         return 0
     if not all(48 <= c <= 55 for c in text):
-        raise NotATarError(f"{what} is not an octal number")
+        raise NotATarError(f"{what} is not an octal number", hint=_REBUILD)
     return int(text, 8)
 
 
@@ -112,16 +116,25 @@ def parse_header(block: bytes) -> MemberHeader | None:
         )
     if block == bytes(BLOCK):
         return None
-    stored = _octal(block[148:156], "a header checksum")
-    actual = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    if stored != actual:
-        raise NotATarError("a tar header has a bad checksum: this is not a tar archive, or it is corrupt")
+    try:
+        stored: int | None = _octal(block[148:156], "a header checksum")
+    except NotATarError:
+        stored = None
+    if stored != sum(block[:148]) + 8 * 32 + sum(block[156:]):
+        raise NotATarError(
+            "a tar header has a bad checksum: this is not a tar archive, or it is corrupt",
+            hint="give a .vmb file written by `vmbusops bundle build`; copy it again if it was",
+        )
     if block[257:263] not in (b"ustar\x00", b"ustar "):
-        raise NotATarError("a tar header lacks the ustar magic; bundles are POSIX ustar archives")
+        raise NotATarError(
+            "a tar header lacks the ustar magic; bundles are POSIX ustar archives", hint=_REBUILD
+        )
     name = _text(block[0:100])
     prefix = _text(block[345:500]) if block[257:263] == b"ustar\x00" else ""
     if name is None or prefix is None:
-        raise UnsafePathError("a member name is not valid UTF-8", member=repr(block[0:100].split(b"\x00")[0]))
+        raise UnsafePathError(
+            "a member name is not valid UTF-8", hint=_REBUILD, member=repr(block[0:100].split(b"\x00")[0])
+        )
     full = f"{prefix}/{name}" if prefix else name
     typeflag = block[156:157]
     return MemberHeader(
@@ -219,7 +232,7 @@ class TarReader:
         if header is None:
             second = self._read_exact(BLOCK, "the end marker")
             if second != bytes(BLOCK):
-                raise NotATarError("a zero block inside the archive is followed by data")
+                raise NotATarError("a zero block inside the archive is followed by data", hint=_REBUILD)
             self._current = None
             return None
         self._current = header
@@ -248,7 +261,7 @@ class TarReader:
             pad = self._read_exact(self._pending, f"the padding of member {header.name!r}")
             self._pending = 0
             if pad.count(0) != len(pad):
-                raise NotATarError(f"the padding after member {header.name!r} is not zero")
+                raise NotATarError(f"the padding after member {header.name!r} is not zero", hint=_REBUILD)
 
     def read_member(self, limit: int) -> bytes:
         """The current member's data whole, for small members only (the envelope)."""

@@ -99,6 +99,8 @@ class _RejectedBundle(BundleError):
     Sans-IO code does not know the file name; the verifier fills ``bundle`` in on the way out.
     """
 
+    default_hint: str | None = "do not run this bundle; ask its author for a freshly built and signed one"
+
     def __init__(
         self,
         message: str,
@@ -108,7 +110,7 @@ class _RejectedBundle(BundleError):
         member: str | None = None,
         keyid: str | None = None,
     ) -> None:
-        super().__init__(message, hint=hint)
+        super().__init__(message, hint=hint or self.default_hint)
         self.bundle = bundle
         self.member = member
         self.keyid = keyid
@@ -145,6 +147,8 @@ class EnvelopeTooLargeError(ArchiveError):
 class EnvelopeError(_RejectedBundle):
     """The envelope is not well-formed DSSE carrying our manifest type."""
 
+    default_hint = "rebuild the bundle with `vmbusops bundle build` and sign it again"
+
 
 class SignatureError(_RejectedBundle):
     pass
@@ -164,6 +168,10 @@ class ThresholdNotMetError(SignatureError):
 
 class ManifestError(_RejectedBundle):
     """The signed manifest does not follow the schema."""
+
+    default_hint = (
+        "the author must fix bundle.toml and rebuild; if the field is new, upgrade vmbusops on this host"
+    )
 
 
 class UnknownFieldError(ManifestError):
