@@ -225,7 +225,7 @@ def stream_members(reader: TarReader, manifest: Manifest, limits: Limits, dest: 
 
 
 @contextmanager
-def _opened(path: Path) -> Iterator[TarReader]:
+def _opened(path: Path) -> Iterator[BinaryIO]:
     label = path.name
     try:
         stream = path.open("rb", buffering=0)
@@ -235,13 +235,41 @@ def _opened(path: Path) -> Iterator[TarReader]:
         raise ConfigError(f"cannot open bundle file {path}: {exc.strerror}") from exc
     try:
         with stream:
-            yield TarReader(stream)
+            yield stream
     except _RejectedBundle as exc:
         if exc.bundle is None:
             exc.bundle = label
         raise
     except OSError as exc:
-        raise ArchiveError(f"bundle {label}: cannot read: {exc.strerror}") from exc
+        raise ArchiveError(f"cannot read the file: {exc.strerror}", bundle=label) from exc
+
+
+def verify_stream(
+    stream: BinaryIO,
+    *,
+    policy: TrustPolicy,
+    replay: ReplayStore,
+    reference_time: datetime,
+    limits: Limits = DEFAULT_LIMITS,
+    dest: Path | None = None,
+    source: str = "<stream>",
+) -> VerifiedBundle:
+    """The whole check on any binary stream (a file, a socket reader, bytes in memory)."""
+    reader = TarReader(stream)
+    envelope = read_envelope(reader, limits)
+    signers = verified_signers(envelope, policy.public_keys())
+    policy.check_signers(signers, signed_by=[s.keyid for s in envelope.signatures])
+    manifest = parse_manifest(envelope.payload)
+    check_freshness(manifest, reference_time=reference_time, replay=replay, skew=limits.clock_skew)
+    scope = policy.authorize(manifest, signers, reference_time=reference_time)
+    check_limits(manifest, limits)
+    stream_members(reader, manifest, limits, dest)
+    return VerifiedBundle(
+        source=source,
+        manifest=manifest,
+        signers=tuple(policy.keys[k] for k in sorted(signers)),
+        scope=scope,
+    )
 
 
 def _verify(
@@ -254,21 +282,16 @@ def _verify(
     dest: Path | None,
 ) -> VerifiedBundle:
     reference_time = now if now is not None else datetime.now(UTC)
-    with _opened(path) as reader:
-        envelope = read_envelope(reader, limits)
-        signers = verified_signers(envelope, policy.public_keys())
-        policy.check_signers(signers, signed_by=[s.keyid for s in envelope.signatures])
-        manifest = parse_manifest(envelope.payload)
-        check_freshness(manifest, reference_time=reference_time, replay=replay, skew=limits.clock_skew)
-        scope = policy.authorize(manifest, signers, reference_time=reference_time)
-        check_limits(manifest, limits)
-        stream_members(reader, manifest, limits, dest)
-    return VerifiedBundle(
-        source=path.name,
-        manifest=manifest,
-        signers=tuple(policy.keys[k] for k in sorted(signers)),
-        scope=scope,
-    )
+    with _opened(path) as stream:
+        return verify_stream(
+            stream,
+            policy=policy,
+            replay=replay,
+            reference_time=reference_time,
+            limits=limits,
+            dest=dest,
+            source=path.name,
+        )
 
 
 def verify_bundle(
@@ -323,15 +346,16 @@ def accept_bundle(
 
 def read_unverified(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> tuple[Envelope, Manifest]:
     """The envelope and manifest, signatures NOT checked: for `bundle inspect` and `bundle sign`."""
-    with _opened(path) as reader:
-        envelope = read_envelope(reader, limits)
+    with _opened(path) as stream:
+        envelope = read_envelope(TarReader(stream), limits)
         return envelope, parse_manifest(envelope.payload)
 
 
 def check_contents(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> tuple[Envelope, Manifest, int]:
     """Structure and every file's size and SHA-256, without trust: what a signer checks before
     signing. Returns the envelope, the manifest and the byte offset where payload members start."""
-    with _opened(path) as reader:
+    with _opened(path) as stream:
+        reader = TarReader(stream)
         envelope = read_envelope(reader, limits)
         payload_offset = reader.offset
         manifest = parse_manifest(envelope.payload)
