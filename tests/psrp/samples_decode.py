@@ -142,6 +142,17 @@ PS51_WARNING_WITH_INVOCATION = BOM + (
     b"</MS></Obj>"
 )
 
+# Write-Progress -Activity 'Copying' -Status '3 of 10' -PercentComplete 30 (MS-PSRP 2.2.2.25
+# layout; the enum written N then RefId, TN, ToString, then its value).
+PS51_PROGRESS = BOM + (
+    b'<Obj RefId="0"><MS><S N="Activity">Copying &lt;files&gt;</S><I32 N="ActivityId">0</I32>'
+    b'<S N="StatusDescription">3 of 10</S><Nil N="CurrentOperation" />'
+    b'<I32 N="ParentActivityId">-1</I32><I32 N="PercentComplete">30</I32>'
+    b'<Obj N="Type" RefId="1"><TN RefId="0"><T>System.Management.Automation.ProgressRecordType</T>'
+    b"<T>System.Enum</T><T>System.ValueType</T><T>System.Object</T></TN><ToString>Processing</ToString>"
+    b'<I32>0</I32></Obj><I32 N="SecondsRemaining">-1</I32></MS></Obj>'
+)
+
 # Get-Item C:\missing (non-terminating): the ErrorRecord as PowerShell writes it to the error
 # stream, exception with its full type chain, invocation info as extended properties. The
 # exception's own ErrorRecord property, cut at serialization depth (ToString only), is

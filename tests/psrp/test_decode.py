@@ -49,6 +49,7 @@ from vmbusops.records import (
     OutputRecord,
     PipelineState,
     PipelineStateRecord,
+    ProgressRecord,
     PSDictValue,
     PSObjectValue,
     Record,
@@ -339,6 +340,11 @@ def test_clixml_unescape_matches_psrpcore(value: str) -> None:
             PSRPMessageType.WarningRecord,
             samples.PS51_WARNING_WITH_INVOCATION,
             WarningRecord(message="disk is <10% free"),
+        ),
+        (
+            PSRPMessageType.ProgressRecord,
+            samples.PS51_PROGRESS,
+            ProgressRecord(activity="Copying <files>", status_description="3 of 10", percent_complete=30),
         ),
         (
             PSRPMessageType.ErrorRecord,

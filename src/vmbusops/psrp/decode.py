@@ -10,7 +10,7 @@ body, in two tiers:
 
 1. *Exact shapes*: one anchored regular expression per byte-for-byte shape that PowerShell
    and psrpcore write for the hottest messages (verbose/warning/debug records without
-   invocation info, primitive pipeline output). Only the text slots vary, and each slot is
+   invocation info, progress records, primitive pipeline output). Only the text slots vary, and each slot is
    checked to be plain XML character data (no markup, no character references, no CR, no
    character XML forbids) before its five predefined entities and the CLIXML ``_xHHHH_``
    escapes are decoded.
@@ -220,6 +220,22 @@ _INFORMATIONAL = re.compile(
 )
 _PRIMITIVE_OUTPUT = re.compile(
     r"<(S|I32|I64|I16|U16|U32|U64|By|SB|B|Db|Sg|D|DT|G|C)>([^<]*)</\1>|<(S|Nil) ?/>"
+)
+
+# ProgressRecord message. psrpcore writes the Type enum as RefId/N, value, TN, ToString;
+# PowerShell as N/RefId, TN, ToString, value. The ToString is not used (the value decides).
+_TEXT_PROP = r'(?:<S N="{0}"(?:>([^<]*)</S>| ?/>)|<Nil N="{0}" ?/>)'
+_PROGRESS = re.compile(
+    r'<Obj RefId="0"><MS>'
+    + _TEXT_PROP.format("Activity")
+    + r'<I32 N="ActivityId">([^<]*)</I32>'
+    + _TEXT_PROP.format("StatusDescription")
+    + _TEXT_PROP.format("CurrentOperation")
+    + r'<I32 N="ParentActivityId">([^<]*)</I32><I32 N="PercentComplete">([^<]*)</I32>'
+    r'<Obj (?:RefId="[0-9]+" N="Type"|N="Type" RefId="[0-9]+")>(?:<I32>([01])</I32>)?'
+    r'<TN RefId="0"><T>System\.Management\.Automation\.ProgressRecordType</T><T>System\.Enum</T>'
+    r"<T>System\.ValueType</T><T>System\.Object</T></TN><ToString>(?:Processing|Completed)</ToString>"
+    r'(?:<I32>([01])</I32>)?</Obj><I32 N="SecondsRemaining">([^<]*)</I32></MS></Obj>'
 )
 
 _MESSAGE_TYPES: dict[PSRPMessageType, Callable[..., Record]] = {
@@ -545,6 +561,21 @@ def _optional_int(tree: _Tree, element: ElementTree.Element | None, default: int
 
 
 def _decode_progress(data: bytes) -> Record | None:
+    m = _PROGRESS.fullmatch(_document(data))
+    if m is not None:
+        activity, activity_id, status, operation, parent, percent, kind_first, kind_last, seconds = m.groups()
+        if (kind_first is None) == (kind_last is None):
+            raise _Fallback
+        return ProgressRecord(
+            activity=_slot_text(activity or ""),
+            activity_id=_int_text("I32", activity_id),
+            status_description=_slot_text(status or ""),
+            current_operation=_slot_text(operation or ""),
+            parent_activity_id=_int_text("I32", parent),
+            percent_complete=_int_text("I32", percent),
+            seconds_remaining=_int_text("I32", seconds),
+            completed=(kind_first or kind_last) == "1",
+        )
     tree = _Tree(data)
     props = tree.members(tree.root, None)
     record_type = props["Type"]
