@@ -1,1 +1,86 @@
+"""The simulated Hyper-V host: ``python -m vmbusops.sim``, a real PSRP peer over OutOfProc framing.
 
+Theory of operation
+-------------------
+The simulator is a fake PowerShell server process. The process, its pipes, the OutOfProc framing
+(``vmbusops.psrp.framing``) and the PSRP messages (psrpcore's ``ServerRunspacePool`` and
+``ServerPipeline``) are the real thing, so any PSRP client (ours, psrpcore's, pypsrp's) talks to it
+as to ``powershell.exe -ServerMode``. Behind the protocol it simulates a Hyper-V host:
+
+- ``lab``: the lab file (VMs, credentials, latency, faults, chaos) and :func:`lab_password`;
+- ``state``: persistent VM state and guest file systems under the state directory, shared by
+  every simulator process through a file lock;
+- ``hyperv``: the host cmdlets with their real parameters and real error records
+  (Get-VM, Get-VMIntegrationService, Enable-/Disable-VMIntegrationService, Copy-VMFile,
+  Invoke-Command -VMName/-VMId, Start-VM, Stop-VM, Restart-VM); the texts are in ``pserrors``;
+- ``guest_parse`` and ``guest``: the PowerShell subset that runs inside a guest;
+- ``server`` and ``clixml``: the PSRP server loop and the wire format of its records.
+
+Host level
+----------
+The host runs structured commands only. Any other command name yields PowerShell's
+CommandNotFoundException ("The term 'X' is not recognized as the name of a cmdlet, ..."), and a
+script (``is_script``) is refused: the agent never sends script text to the host.
+
+``Invoke-Command`` checks, in order: the VM exists (else ``InvalidVMNameNotSingle``), it is
+running (``InvalidVMState``), a session opens (``session_open_ms``), the guest has booted (else
+"An error has occurred which Windows PowerShell cannot handle. A remote session might have
+ended."), the credential matches (else "The credential is invalid."). Then the script block runs
+after the VM's ``latency_ms``, and its records stream live. A VM with ``session_drop_after_records
+= N`` delivers N records and then the session breaks with the "remote session might have ended"
+error. All of these are non-terminating errors: the pipeline completes, as with the real cmdlet.
+
+Verbose and debug records are always sent. A real remote session sends them only when the
+script's preference variables ask for them; the simulator's scripts are short and written to be
+observed, so it sends every one rather than guess at preferences. Output values are sent as plain
+primitives and objects, without the PSComputerName/RunspaceId notes real remoting adds.
+
+Guest PowerShell subset
+-----------------------
+Script blocks run through a small interpreter. Supported:
+
+- statements separated by newlines or ``;``; comments ``#`` and ``<# #>``; line continuation with
+  a trailing backtick;
+- pipelines ``a | b | c``, streaming object by object;
+- literals: ``'single'`` and ``"double"`` strings (the latter expand ``$var``, ``$_``,
+  ``$env:NAME``, ``${name}`` and backtick escapes; like PowerShell, ``"$x.Name"`` and
+  ``"$args[0]"`` expand only the variable), integers, decimals, ``1KB``-style suffixes, ranges
+  ``1..N``, arrays ``a, b, c`` and ``@( ... )``, sub-expressions ``( ... )``, script blocks
+  ``{ ... }``;
+- variables: assignment ``$x = ...``, ``$args`` (from ``-ArgumentList``), ``$_``/``$PSItem``,
+  ``$true``, ``$false``, ``$null``, ``$env:COMPUTERNAME`` (and USERNAME, TEMP, SystemRoot, ...),
+  ``$PSVersionTable`` (a minimal hashtable); member access ``$x.Name`` and indexing ``$x[0]``;
+- ``foreach ($x in ...) { ... }``, ``ForEach-Object { ... }`` / ``%`` / ``foreach`` (also
+  ``-Begin``/``-End`` and ``% Name``), ``exit N``;
+- cmdlets: Write-Output, Write-Verbose, Write-Warning, Write-Error, Write-Information,
+  Write-Progress, Write-Debug, Start-Sleep (-Seconds/-Milliseconds, real and cancellable),
+  Get-Service [-Name], Get-Process [-Name|-Id], Test-Path, Get-Content, Set-Content,
+  Get-FileHash (SHA256 default; Algorithm, Hash, Path), Get-ChildItem, Get-HotFix,
+  Restart-Computer (the guest reboots; the script ends there), ``hostname``.
+
+Anything else (if/while/try, operators such as ``-eq``, method calls, hashtables, other cmdlets)
+is reported as an error record saying the simulator does not support it. Unknown commands get
+PowerShell's own CommandNotFoundException, as in a real guest. The guest's file system is real
+files under ``<state-dir>/guests/<vm>/C/``; paths are case-insensitive like Windows'.
+
+Python API
+----------
+``load_lab(path | None)`` reads a lab (the built-in default when None); ``lab_password(lab, vm)``
+and ``Lab.credential(vm)`` give the guest credentials; ``default_state_dir()`` is where the CLI
+keeps state (``$VMBUSOPS_HOME/sim``). The default lab has web01, web02, db01 (running), legacy01
+(off) and app01 (running, Guest Service Interface disabled), all with user ``Administrator``.
+"""
+
+from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password, load_lab
+
+__all__ = ["Lab", "VMSpec", "VMState", "default_state_dir", "lab_password", "load_lab"]
+
+
+def default_state_dir() -> "Path":
+    """Where ``python -m vmbusops.sim`` keeps state without --state-dir."""
+    from vmbusops.home import home_dir
+
+    return home_dir() / "sim"
+
+
+from pathlib import Path  # noqa: E402 - only for the annotation above

@@ -1,0 +1,89 @@
+"""Parameter binding as PowerShell does it, for host cmdlets and guest cmdlets alike.
+
+Names match case-insensitively, exactly or by unique prefix, or by alias; positional arguments
+fill the positional parameters in order; common parameters (-Verbose, -ErrorAction, ...) are
+accepted and ignored. Failures carry PowerShell's own ParameterBindingException texts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from vmbusops.sim import pserrors
+from vmbusops.sim.streams import SimError
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    position: int | None = None
+    switch: bool = False
+    aliases: tuple[str, ...] = ()
+
+
+COMMON_PARAMETERS = (
+    "Verbose", "Debug", "ErrorAction", "WarningAction", "InformationAction", "ErrorVariable",
+    "WarningVariable", "InformationVariable", "OutVariable", "OutBuffer", "PipelineVariable",
+)  # fmt: skip
+
+
+class BindingError(Exception):  # noqa: N818 - mirrors ParameterBindingException
+    def __init__(self, error: SimError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def bind(
+    params: tuple[Param, ...],
+    fq_name: str,
+    args: list[tuple[str | None, Any]],
+    text: Callable[[Any], str] = str,
+) -> dict[str, Any]:
+    """Bind (name or None, value) pairs to ``params``; raise BindingError as PowerShell would."""
+    bound: dict[str, Any] = {}
+    positional: list[Any] = []
+    for name, value in args:
+        if name is None:
+            positional.append(value)
+            continue
+        folded = name.casefold()
+        exact = [p for p in params if p.name.casefold() == folded or folded in (a.casefold() for a in p.aliases)]
+        matches = exact or [p for p in params if p.name.casefold().startswith(folded)]
+        if not matches:
+            if any(c.casefold().startswith(folded) for c in COMMON_PARAMETERS):
+                continue
+            raise BindingError(pserrors.parameter_not_found(fq_name, name))
+        if len(matches) > 1:
+            raise BindingError(
+                SimError(
+                    message=f"Parameter cannot be processed because the parameter name '{name}' is ambiguous. "
+                    f"Possible matches include: {' '.join('-' + p.name for p in matches)}.",
+                    fqid=f"AmbiguousParameter,{fq_name}",
+                    category="InvalidArgument",
+                    exception_type="System.Management.Automation.ParameterBindingException",
+                )
+            )
+        bound[matches[0].name] = value
+    open_positions = sorted(
+        (p for p in params if p.position is not None and p.name not in bound), key=lambda p: p.position or 0
+    )
+    for value in positional:
+        if not open_positions:
+            raise BindingError(
+                SimError(
+                    message=f"A positional parameter cannot be found that accepts argument '{text(value)}'.",
+                    fqid=f"PositionalParameterNotFound,{fq_name}",
+                    category="InvalidArgument",
+                    exception_type="System.Management.Automation.ParameterBindingException",
+                )
+            )
+        bound[open_positions.pop(0).name] = value
+    return bound
+
+
+def require(bound: dict[str, Any], fq_name: str, *names: str) -> None:
+    missing = [n for n in names if n not in bound or bound[n] is None]
+    if missing:
+        raise BindingError(pserrors.missing_mandatory(fq_name, missing))

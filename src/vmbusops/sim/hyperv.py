@@ -1,0 +1,577 @@
+"""The simulated Hyper-V host: the cmdlets the agent sends, with their parameter sets and errors.
+
+Host cmdlets arrive as structured commands (name + typed parameters), exactly as the agent sends
+them to a real ``powershell.exe``. Binding failures and unknown commands end the pipeline Failed
+with PowerShell's terminating error; per-VM problems are non-terminating error records and the
+pipeline completes, as the real cmdlets behave.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+from psrpcore.types import PSSecureString
+
+from vmbusops.sim import pserrors
+from vmbusops.sim.binding import BindingError, Param, bind, require
+from vmbusops.sim.guest import GuestSession, to_text
+from vmbusops.sim.lab import Lab, VMSpec, VMState
+from vmbusops.sim.state import INTEGRATION_SERVICES, HostStore, VMRuntime, guest_path_to_host, split_guest_path
+from vmbusops.sim.streams import (
+    InformationMessage,
+    ProgressUpdate,
+    SimError,
+    SimObject,
+    Streams,
+    TerminatingError,
+)
+
+HYPERV = "Microsoft.HyperV.PowerShell.Commands"
+
+
+class HostStreams(Streams, Protocol):
+    """The pipeline's streams plus the chaos hooks only the host level uses."""
+
+    def inject_garbage(self) -> None: ...
+
+    async def crash(self) -> None: ...
+
+
+class CommandSpec(Protocol):
+    """What psrpcore gives for each command of a pipeline (``pipe.metadata.commands``)."""
+
+    command_text: str
+    is_script: bool
+    parameters: list[tuple[str | None, Any]]
+
+
+def plain(value: Any) -> Any:
+    """psrpcore's deserialized values (PSString, PSInt, PSList, ...) as plain Python values."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, PSSecureString):
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    return value
+
+
+def names_of(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [to_text(v) for v in value]
+    return [to_text(value)]
+
+
+def _wildcard_match(name: str, pattern: str) -> bool:
+    import fnmatch
+
+    return fnmatch.fnmatchcase(name.casefold(), pattern.casefold())
+
+
+def _has_wildcard(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def _timespan(seconds: float) -> str:
+    """TimeSpan's invariant text, whole seconds: ``hh:mm:ss`` or ``d.hh:mm:ss``."""
+    total = int(max(0.0, seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    core = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}.{core}" if days else core
+
+
+class SessionDropped(Exception):  # noqa: N818 - what happened to the session
+    """The lab's fault injection broke the PowerShell Direct session."""
+
+
+class _GuestStreams:
+    """A guest session's view of the pipeline streams: counts records, stamps guest identity."""
+
+    def __init__(self, inner: Streams, spec: VMSpec, drop_after: int | None) -> None:
+        self._inner = inner
+        self._spec = spec
+        self._drop_after = drop_after
+        self._count = 0
+
+    def _count_one(self) -> None:
+        if self._drop_after is not None and self._count >= self._drop_after:
+            raise SessionDropped
+        self._count += 1
+
+    @property
+    def records_written(self) -> int:
+        return self._count
+
+    def output(self, value: Any) -> None:
+        self._count_one()
+        self._inner.output(value)
+
+    def error(self, error: SimError) -> None:
+        self._count_one()
+        self._inner.error(error)
+
+    def warning(self, message: str) -> None:
+        self._count_one()
+        self._inner.warning(message)
+
+    def verbose(self, message: str) -> None:
+        self._count_one()
+        self._inner.verbose(message)
+
+    def debug(self, message: str) -> None:
+        self._count_one()
+        self._inner.debug(message)
+
+    def information(self, info: InformationMessage) -> None:
+        self._count_one()
+        self._inner.information(
+            InformationMessage(
+                message_data=info.message_data,
+                source=info.source,
+                tags=info.tags,
+                computer=info.computer or self._spec.guest_computer_name,
+                user=info.user or f"{self._spec.guest_computer_name}\\{self._spec.username}",
+            )
+        )
+
+    def progress(self, update: ProgressUpdate) -> None:
+        self._count_one()
+        self._inner.progress(update)
+
+    async def checkpoint(self) -> None:
+        await self._inner.checkpoint()
+
+
+class HyperVHost:
+    """Runs host-level commands against the lab and its persistent state."""
+
+    def __init__(self, lab: Lab, store: HostStore, *, clock: Callable[[], float] = time.time) -> None:
+        self.lab = lab
+        self.store = store
+        self.clock = clock
+        self._cmdlets: dict[str, tuple[tuple[Param, ...], Callable[..., Any]]] = {
+            "get-vm": (
+                (Param("Name", 0, aliases=("VMName",)), Param("Id"), Param("ComputerName")),
+                self.get_vm,
+            ),
+            "get-vmintegrationservice": (
+                (Param("VMName", 0), Param("Name", 1), Param("ComputerName")),
+                self.get_vm_integration_service,
+            ),
+            "enable-vmintegrationservice": (
+                (Param("Name", 0), Param("VMName", 1), Param("Passthru", switch=True), Param("ComputerName")),
+                self.enable_vm_integration_service,
+            ),
+            "disable-vmintegrationservice": (
+                (Param("Name", 0), Param("VMName", 1), Param("Passthru", switch=True), Param("ComputerName")),
+                self.disable_vm_integration_service,
+            ),
+            "copy-vmfile": (
+                (
+                    Param("Name", 0, aliases=("VMName",)),
+                    Param("SourcePath", 1),
+                    Param("DestinationPath", 2),
+                    Param("FileSource"),
+                    Param("CreateFullPath", switch=True),
+                    Param("Force", switch=True),
+                    Param("ComputerName"),
+                ),
+                self.copy_vm_file,
+            ),
+            "invoke-command": (
+                (
+                    Param("ScriptBlock", 0, aliases=("Command",)),
+                    Param("VMName"),
+                    Param("VMId", aliases=("VMGuid",)),
+                    Param("Credential"),
+                    Param("ArgumentList", aliases=("Args",)),
+                    Param("ThrottleLimit"),
+                    Param("HideComputerName", switch=True),
+                    Param("ConfigurationName"),
+                ),
+                self.invoke_command,
+            ),
+            "restart-vm": (
+                (
+                    Param("Name", 0, aliases=("VMName",)),
+                    Param("Force", switch=True),
+                    Param("Wait", switch=True),
+                    Param("For"),
+                    Param("Timeout"),
+                    Param("Delay"),
+                    Param("Type"),
+                    Param("Passthru", switch=True),
+                ),
+                self.restart_vm,
+            ),
+            "start-vm": (
+                (Param("Name", 0, aliases=("VMName",)), Param("Passthru", switch=True)),
+                self.start_vm,
+            ),
+            "stop-vm": (
+                (
+                    Param("Name", 0, aliases=("VMName",)),
+                    Param("Force", switch=True),
+                    Param("TurnOff", switch=True),
+                    Param("Save", switch=True),
+                    Param("Passthru", switch=True),
+                ),
+                self.stop_vm,
+            ),
+        }
+
+    @property
+    def cmdlet_names(self) -> list[str]:
+        return sorted(self._cmdlets)
+
+    async def run(self, commands: list[CommandSpec], streams: HostStreams) -> None:
+        """Run a pipeline's commands (statements in order); TerminatingError ends it Failed."""
+        for command in commands:
+            if command.is_script:
+                raise TerminatingError(pserrors.script_not_allowed())
+            name = str(command.command_text)
+            entry = self._cmdlets.get(name.casefold())
+            if entry is None:
+                raise TerminatingError(pserrors.command_not_found(name))
+            await self._chaos(name, streams)
+            params, handler = entry
+            fq = f"{HYPERV}.{name.replace('-', '')}" if name.casefold() != "invoke-command" else (
+                pserrors.INVOKE_COMMAND_FQ
+            )
+            try:
+                bound = bind(params, fq, [(n, plain(v)) for n, v in command.parameters], to_text)
+                await handler(bound, streams, fq)
+            except BindingError as exc:
+                raise TerminatingError(exc.error) from None
+            await streams.checkpoint()
+
+    async def _chaos(self, name: str, streams: HostStreams) -> None:
+        host = self.lab.host
+        if host.garbage_on is not None and host.garbage_on.casefold() == name.casefold():
+            streams.inject_garbage()
+        if host.crash_on is not None and host.crash_on.casefold() == name.casefold():
+            await streams.crash()
+
+    # ---- lookups -------------------------------------------------------------------------
+
+    def _resolve(self, cmdlet: str, names: list[str], streams: Streams) -> list[VMSpec]:
+        """VMs matching names/wildcards, in lab order; errors for plain names that match nothing."""
+        if not names:
+            return list(self.lab.vms)
+        found: list[VMSpec] = []
+        for pattern in names:
+            hits = [vm for vm in self.lab.vms if _wildcard_match(vm.name, pattern)]
+            if not hits and not _has_wildcard(pattern):
+                streams.error(pserrors.vm_not_found(cmdlet, pattern))
+            found.extend(vm for vm in hits if vm not in found)
+        return found
+
+    def _vm_object(self, spec: VMSpec, rt: VMRuntime, now: float) -> SimObject:
+        uptime = now - rt.running_since if rt.state is VMState.RUNNING and rt.running_since else 0.0
+        return SimObject(
+            (
+                "Microsoft.HyperV.PowerShell.VirtualMachine",
+                "Microsoft.HyperV.PowerShell.VirtualMachineBase",
+                "Microsoft.HyperV.PowerShell.VirtualizationObject",
+                "System.Object",
+            ),
+            (
+                ("Name", spec.name),
+                ("VMName", spec.name),
+                ("Id", spec.id),
+                ("VMId", spec.id),
+                ("State", rt.state.value),
+                ("Status", "Operating normally"),
+                ("Heartbeat", rt.heartbeat(spec, now)),
+                ("Uptime", _timespan(uptime)),
+                ("Notes", spec.notes),
+                ("ComputerName", self.lab.host.name),
+                ("Generation", 2),
+                ("Version", "9.0"),
+                ("ProcessorCount", 2),
+                ("GuestServiceInterfaceEnabled", bool(rt.service_enabled("Guest Service Interface"))),
+            ),
+            f"VirtualMachine (Name = '{spec.name}') [Id = '{spec.id}']",
+        )
+
+    # ---- cmdlets -------------------------------------------------------------------------
+
+    async def get_vm(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
+        now = self.clock()
+        snapshot = self.store.snapshot()
+        if b.get("Id") is not None:
+            ids = names_of(b["Id"])
+            specs = []
+            for vm_id in ids:
+                spec = self.lab.find_by_id(vm_id)
+                if spec is None:
+                    streams.error(pserrors.vm_id_not_found("Get-VM", vm_id))
+                else:
+                    specs.append(spec)
+        else:
+            specs = self._resolve("Get-VM", names_of(b.get("Name")), streams)
+        for spec in specs:
+            streams.output(self._vm_object(spec, snapshot[spec.name.casefold()], now))
+            await streams.checkpoint()
+
+    async def get_vm_integration_service(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
+        require(b, fq, "VMName")
+        now = self.clock()
+        wanted = names_of(b.get("Name"))
+        for spec in self._resolve("Get-VMIntegrationService", names_of(b["VMName"]), streams):
+            rt = self.store.runtime(spec)
+            for name, enabled in rt.integration:
+                if wanted and not any(_wildcard_match(name, w) for w in wanted):
+                    continue
+                if not enabled:
+                    primary = None
+                elif rt.booted(now):
+                    primary = "OK"
+                else:
+                    primary = "No Contact"
+                streams.output(
+                    SimObject(
+                        ("Microsoft.HyperV.PowerShell.VMIntegrationComponent",
+                         "Microsoft.HyperV.PowerShell.VirtualizationObject", "System.Object"),  # fmt: skip
+                        (
+                            ("VMName", spec.name),
+                            ("VMId", spec.id),
+                            ("Name", name),
+                            ("Enabled", enabled),
+                            ("PrimaryStatusDescription", primary),
+                            ("SecondaryStatusDescription", None),
+                        ),
+                    )
+                )
+
+    async def enable_vm_integration_service(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
+        await self._set_integration(b, streams, fq, True, "Enable-VMIntegrationService")
+
+    async def disable_vm_integration_service(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
+        await self._set_integration(b, streams, fq, False, "Disable-VMIntegrationService")
+
+    async def _set_integration(
+        self, b: dict[str, Any], streams: Streams, fq: str, enabled: bool, cmdlet: str
+    ) -> None:
+        require(b, fq, "Name", "VMName")
+        services = names_of(b["Name"])
+        for spec in self._resolve(cmdlet, names_of(b["VMName"]), streams):
+            for service in services:
+                known = [s for s in INTEGRATION_SERVICES if _wildcard_match(s, service)]
+                if not known:
+                    streams.error(pserrors.integration_service_not_found(cmdlet, spec.name, service))
+                    continue
+                for name in known:
+                    self.store.update(spec, lambda rt, name=name: rt.with_integration(name, enabled))
+
+    async def copy_vm_file(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
+        require(b, fq, "Name", "SourcePath", "DestinationPath", "FileSource")
+        source_kind = to_text(b["FileSource"])
+        if source_kind.casefold() != "host":
+            raise BindingError(
+                SimError(
+                    message=f"Cannot bind parameter 'FileSource'. Cannot convert value \"{source_kind}\" to type "
+                    '"Microsoft.HyperV.PowerShell.CopyFileSourceType". Error: "Unable to match the identifier '
+                    f"name {source_kind} to a valid enumerator name. Specify one of the following enumerator "
+                    'names and try again:\nHost"',
+                    fqid=f"CannotConvertArgumentNoMessage,{fq}",
+                    category="InvalidArgument",
+                    exception_type="System.Management.Automation.ParameterBindingException",
+                )
+            )
+        source = Path(to_text(b["SourcePath"]))
+        destination = to_text(b["DestinationPath"])
+        for spec in self._resolve("Copy-VMFile", names_of(b["Name"]), streams):
+            error = await self._copy_one(spec, source, destination, bool(b.get("CreateFullPath")),
+                                         bool(b.get("Force")))  # fmt: skip
+            if error is not None:
+                streams.error(pserrors.copy_failed(spec.name, error))
+            await streams.checkpoint()
+
+    async def _copy_one(self, spec: VMSpec, source: Path, destination: str, full_path: bool, force: bool) -> str | None:
+        rt = self.store.runtime(spec)
+        if not rt.booted(self.clock()):
+            return pserrors.INVALID_STATE
+        if not rt.service_enabled("Guest Service Interface"):
+            # What Hyper-V really reports when the Guest Service Interface is off.
+            return pserrors.FILE_EXISTS
+        if not source.is_file():
+            return pserrors.FILE_NOT_FOUND
+        root = self.store.guest_root(spec)
+        split = split_guest_path(destination)
+        if split is None or split[0] != "C":
+            return pserrors.PATH_NOT_FOUND
+        target = guest_path_to_host(root, destination)
+        assert target is not None
+        if target.is_dir():
+            target = target / source.name
+        if target.exists() and not force:
+            return pserrors.FILE_EXISTS
+        if not target.parent.is_dir():
+            if not full_path:
+                return pserrors.PATH_NOT_FOUND
+            target.parent.mkdir(parents=True, exist_ok=True)
+        await trio.to_thread.run_sync(shutil.copyfile, source, target)
+        return None
+
+    async def invoke_command(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
+        if b.get("VMName") is None and b.get("VMId") is None:
+            raise BindingError(
+                SimError(
+                    message="The vmbusops simulator runs Invoke-Command only with -VMName or -VMId "
+                    "(PowerShell Direct).",
+                    fqid=f"NotSupportedBySimulator,{fq}",
+                    category="NotImplemented",
+                    exception_type="System.NotSupportedException",
+                )
+            )
+        require(b, fq, "ScriptBlock", "Credential")
+        script = to_text(b["ScriptBlock"])
+        arguments = b.get("ArgumentList")
+        arguments = [] if arguments is None else list(arguments) if isinstance(arguments, list) else [arguments]
+        credential = _credential(b["Credential"])
+        targets: list[VMSpec] = []
+        if b.get("VMName") is not None:
+            for name in names_of(b["VMName"]):
+                spec = self.lab.find(name)
+                if spec is None:
+                    streams.error(pserrors.invoke_vm_name_not_found(name))
+                else:
+                    targets.append(spec)
+        else:
+            for vm_id in names_of(b["VMId"]):
+                spec = self.lab.find_by_id(vm_id)
+                if spec is None:
+                    streams.error(pserrors.invoke_vm_id_not_found(vm_id))
+                else:
+                    targets.append(spec)
+        async with trio.open_nursery() as nursery:
+            for spec in targets:
+                nursery.start_soon(self._invoke_in_guest, spec, credential, script, arguments, streams)
+
+    async def _invoke_in_guest(
+        self,
+        spec: VMSpec,
+        credential: tuple[str, str] | None,
+        script: str,
+        arguments: list[Any],
+        streams: Streams,
+    ) -> None:
+        rt = self.store.runtime(spec)
+        if rt.state is not VMState.RUNNING:
+            streams.error(pserrors.invoke_vm_not_running(spec.name))
+            return
+        if self.lab.host.session_open_ms:
+            await trio.sleep(self.lab.host.session_open_ms / 1000)
+        if not self.store.runtime(spec).booted(self.clock()):
+            streams.error(pserrors.remote_session_ended(spec.name))
+            return
+        if credential is None or not _credential_matches(spec, credential, self.lab):
+            streams.error(pserrors.credential_invalid(spec.name))
+            return
+        if spec.latency_ms:
+            await trio.sleep(spec.latency_ms / 1000)
+        guest_streams = _GuestStreams(streams, spec, spec.faults.session_drop_after_records)
+        session = GuestSession(
+            spec=spec, store=self.store, streams=guest_streams, username=credential[0], arguments=arguments
+        )
+
+        async def emit(value: Any) -> None:
+            guest_streams.output(value)
+            await guest_streams.checkpoint()
+
+        try:
+            await session.run_text(script, emit)
+        except SessionDropped:
+            streams.error(pserrors.remote_session_ended(spec.name))
+
+    async def restart_vm(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
+        require(b, fq, "Name")
+        boot = self.lab.host.boot_seconds
+        for spec in self._resolve("Restart-VM", names_of(b["Name"]), streams):
+            rt = self.store.runtime(spec)
+            if rt.state is not VMState.RUNNING:
+                streams.error(pserrors.vm_state_change_failed("Restart-VM", spec.name))
+                continue
+            now = self.clock()
+            self.store.update(spec, lambda rt: rt.started(now, boot))
+            if b.get("Wait"):
+                # -Wait returns once the guest heartbeats again.
+                await trio.sleep(boot)
+
+    async def start_vm(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
+        require(b, fq, "Name")
+        boot = self.lab.host.boot_seconds
+        for spec in self._resolve("Start-VM", names_of(b["Name"]), streams):
+            if self.store.runtime(spec).state is VMState.RUNNING:
+                streams.warning(f"The virtual machine '{spec.name}' is already in the specified state.")
+                continue
+            now = self.clock()
+            self.store.update(spec, lambda rt: rt.started(now, boot))
+
+    async def stop_vm(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
+        require(b, fq, "Name")
+        for spec in self._resolve("Stop-VM", names_of(b["Name"]), streams):
+            rt = self.store.runtime(spec)
+            if rt.state is VMState.OFF:
+                streams.warning(f"The virtual machine '{spec.name}' is already in the specified state.")
+                continue
+            if b.get("Save"):
+                self.store.update(spec, lambda rt: _saved(rt))
+            else:
+                self.store.update(spec, lambda rt: rt.stopped())
+
+
+def _saved(rt: VMRuntime) -> VMRuntime:
+    from dataclasses import replace
+
+    return replace(rt, state=VMState.SAVED, running_since=None, boot_until=0.0)
+
+
+def _credential(value: Any) -> tuple[str, str] | None:
+    """(user, password) from a PSCredential; None when it is not one. The password stays here."""
+    user = getattr(value, "UserName", None)
+    secret = getattr(value, "Password", None)
+    if user is None or secret is None:
+        return None
+    if isinstance(secret, PSSecureString):
+        try:
+            secret = secret.decrypt()
+        except Exception:
+            # Not encrypted with this session's key: the guest cannot validate it.
+            return None
+    return str(user), str(secret)
+
+
+def _credential_matches(spec: VMSpec, credential: tuple[str, str], lab: Lab) -> bool:
+    from vmbusops.sim.lab import lab_password
+
+    user, password = credential
+    # Guests accept "user", ".\\user" and "COMPUTER\\user" for a local account.
+    domain, _, name = user.rpartition("\\")
+    if domain not in ("", ".") and domain.casefold() not in (
+        spec.guest_computer_name.casefold(),
+        spec.name.casefold(),
+    ):
+        return False
+    return name.casefold() == spec.username.casefold() and password == lab_password(lab, spec.name)

@@ -1,0 +1,352 @@
+"""The lab file: which VMs the simulated Hyper-V host has and how they behave.
+
+A lab is TOML::
+
+    [host]
+    name = "HV-SIM01"            # the host's computer name
+    session_open_ms = 0          # cost of opening one PowerShell Direct session
+    boot_seconds = 3.0           # how long a (re)started guest answers NoContact
+    password_seed = "..."        # guest passwords are derived from this (see lab_password)
+    crash_on = "Copy-VMFile"     # chaos: the process exits abruptly when this cmdlet starts
+    garbage_on = "Get-VM"        # chaos: non-protocol bytes are written to stdout when it starts
+
+    [[vm]]
+    name = "web01"
+    id = "GUID"                  # optional; derived from the name when absent
+    state = "Running"            # Running | Off | Saved | Paused
+    heartbeat = "OkApplicationsHealthy"
+    guest_services = true        # the Guest Service Interface integration service
+    username = "Administrator"
+    password = "..."             # optional; lab_password() otherwise
+    latency_ms = 0               # added before every Invoke-Command in this guest
+    notes = ""
+    computer_name = "WEB01"      # $env:COMPUTERNAME / hostname in the guest
+    services = [{ name = "W3SVC", display_name = "...", status = "Running" }]
+    processes = [{ name = "w3wp", id = 4120 }]
+    hotfixes = [{ id = "KB5034439", description = "Security Update", installed_on = "2024-01-09" }]
+    [vm.files]                   # seeded into the guest file system on first use
+    'C:\\inetpub\\wwwroot\\index.html' = "..."
+    [vm.faults]
+    session_drop_after_records = 100   # PowerShell Direct session breaks after N records
+
+    [generate]                   # many identical running VMs, for benchmarks
+    count = 200
+    prefix = "bench"
+    latency_ms = 0
+
+The module only parses and validates; it never touches the state directory.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import tomllib
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from vmbusops.errors import ConfigError
+
+DEFAULT_USERNAME = "Administrator"
+DEFAULT_HEARTBEAT = "OkApplicationsHealthy"
+
+
+class VMState(enum.StrEnum):
+    """Hyper-V's VMState names for the states the simulator models."""
+
+    RUNNING = "Running"
+    OFF = "Off"
+    SAVED = "Saved"
+    PAUSED = "Paused"
+
+
+class ServiceStatus(enum.StrEnum):
+    RUNNING = "Running"
+    STOPPED = "Stopped"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostConfig:
+    name: str = "HV-SIM01"
+    session_open_ms: float = 0.0
+    boot_seconds: float = 3.0
+    password_seed: str = "vmbusops-lab"
+    crash_on: str | None = None
+    garbage_on: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceSpec:
+    name: str
+    display_name: str
+    status: ServiceStatus = ServiceStatus.RUNNING
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessSpec:
+    name: str
+    id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HotfixSpec:
+    id: str
+    description: str = "Update"
+    installed_on: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultSpec:
+    # The PowerShell Direct session breaks after this many records of one Invoke-Command.
+    session_drop_after_records: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VMSpec:
+    name: str
+    id: str
+    state: VMState = VMState.RUNNING
+    heartbeat: str | None = DEFAULT_HEARTBEAT
+    guest_services: bool = False
+    username: str = DEFAULT_USERNAME
+    password: str | None = None
+    latency_ms: float = 0.0
+    notes: str = ""
+    computer_name: str = ""
+    files: tuple[tuple[str, str], ...] = ()
+    services: tuple[ServiceSpec, ...] = ()
+    processes: tuple[ProcessSpec, ...] = ()
+    hotfixes: tuple[HotfixSpec, ...] = ()
+    faults: FaultSpec = FaultSpec()
+
+    @property
+    def guest_computer_name(self) -> str:
+        return self.computer_name or self.name.upper()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lab:
+    host: HostConfig
+    vms: tuple[VMSpec, ...]
+    # Identifies the lab's content, so persisted state made from another lab is not reused.
+    fingerprint: str
+    source: str
+
+    def find(self, name: str) -> VMSpec | None:
+        """The VM with that name (Hyper-V names are case-insensitive)."""
+        folded = name.casefold()
+        for vm in self.vms:
+            if vm.name.casefold() == folded:
+                return vm
+        return None
+
+    def find_by_id(self, vm_id: str) -> VMSpec | None:
+        try:
+            wanted = uuid.UUID(str(vm_id))
+        except ValueError:
+            return None
+        for vm in self.vms:
+            if uuid.UUID(vm.id) == wanted:
+                return vm
+        return None
+
+    def credential(self, vm_name: str) -> tuple[str, str]:
+        """(username, password) that the guest accepts."""
+        vm = self.find(vm_name)
+        if vm is None:
+            raise ConfigError(f"the lab has no VM named {vm_name!r}")
+        return vm.username, lab_password(self, vm.name)
+
+
+def lab_password(lab: Lab, vm_name: str) -> str:
+    """The password a lab guest accepts: explicit in the lab file, else derived from the seed.
+
+    Derived so that a test or the demo can compute it and no password sits in a file.
+    """
+    vm = lab.find(vm_name)
+    if vm is not None and vm.password is not None:
+        return vm.password
+    name = vm.name if vm is not None else vm_name
+    digest = hashlib.sha256(f"{lab.host.password_seed}:{name.casefold()}".encode()).hexdigest()
+    return f"Lab!{digest[:16]}"
+
+
+def default_lab_text() -> str:
+    return resources.files("vmbusops.sim").joinpath("default_lab.toml").read_text(encoding="utf-8")
+
+
+def load_lab(path: str | Path | None = None) -> Lab:
+    """Read and validate a lab file; the shipped default lab when ``path`` is None."""
+    if path is None:
+        return parse_lab(default_lab_text(), source="<default lab>")
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read lab file {p}: {exc.strerror}") from exc
+    return parse_lab(text, source=str(p))
+
+
+def parse_lab(text: str, *, source: str = "<lab>") -> Lab:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"lab file {source} is not valid TOML: {exc}") from exc
+    _only_keys(raw, {"host", "vm", "generate"}, source)
+    host = _parse_host(_table(raw.get("host", {}), "host", source), source)
+    vms: list[VMSpec] = [
+        _parse_vm(_table(item, "vm", source), source) for item in _list(raw.get("vm", []), "vm", source)
+    ]
+    if "generate" in raw:
+        vms.extend(_generate(_table(raw["generate"], "generate", source), source))
+    seen: set[str] = set()
+    for vm in vms:
+        key = vm.name.casefold()
+        if key in seen:
+            raise ConfigError(f"lab file {source}: VM name {vm.name!r} appears twice")
+        seen.add(key)
+    return Lab(
+        host=host,
+        vms=tuple(vms),
+        fingerprint=hashlib.sha256(text.encode("utf-8")).hexdigest()[:16],
+        source=source,
+    )
+
+
+def _parse_host(raw: dict[str, Any], source: str) -> HostConfig:
+    _only_keys(
+        raw,
+        {"name", "session_open_ms", "boot_seconds", "password_seed", "crash_on", "garbage_on"},
+        f"{source} [host]",
+    )
+    return HostConfig(
+        name=_str(raw.get("name", "HV-SIM01"), "host.name", source),
+        session_open_ms=_num(raw.get("session_open_ms", 0), "host.session_open_ms", source),
+        boot_seconds=_num(raw.get("boot_seconds", 3.0), "host.boot_seconds", source),
+        password_seed=_str(raw.get("password_seed", "vmbusops-lab"), "host.password_seed", source),
+        crash_on=_opt_str(raw.get("crash_on"), "host.crash_on", source),
+        garbage_on=_opt_str(raw.get("garbage_on"), "host.garbage_on", source),
+    )
+
+
+_VM_KEYS = {
+    "name", "id", "state", "heartbeat", "guest_services", "username", "password", "latency_ms",
+    "notes", "computer_name", "files", "services", "processes", "hotfixes", "faults",
+}  # fmt: skip
+
+
+def _parse_vm(raw: dict[str, Any], source: str) -> VMSpec:
+    name = _str(raw.get("name"), "vm.name", source)
+    where = f"{source} [[vm]] {name!r}"
+    _only_keys(raw, _VM_KEYS, where)
+    try:
+        state = VMState(raw.get("state", "Running"))
+    except ValueError:
+        raise ConfigError(
+            f"{where}: state must be one of {', '.join(s.value for s in VMState)}, not {raw.get('state')!r}"
+        ) from None
+    vm_id = raw.get("id")
+    if vm_id is None:
+        # Stable across runs so a VMId seen once keeps meaning the same VM.
+        vm_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"vmbusops-sim:{name.casefold()}"))
+    try:
+        vm_id = str(uuid.UUID(str(vm_id)))
+    except ValueError:
+        raise ConfigError(f"{where}: id {vm_id!r} is not a GUID") from None
+    heartbeat = raw.get("heartbeat", DEFAULT_HEARTBEAT if state is VMState.RUNNING else None)
+    files = _table(raw.get("files", {}), "vm.files", source)
+    faults = _table(raw.get("faults", {}), "vm.faults", source)
+    _only_keys(faults, {"session_drop_after_records"}, f"{where} faults")
+    drop = faults.get("session_drop_after_records")
+    return VMSpec(
+        name=name,
+        id=vm_id,
+        state=state,
+        heartbeat=_opt_str(heartbeat, "vm.heartbeat", source),
+        guest_services=bool(raw.get("guest_services", False)),
+        username=_str(raw.get("username", DEFAULT_USERNAME), "vm.username", source),
+        password=_opt_str(raw.get("password"), "vm.password", source),
+        latency_ms=_num(raw.get("latency_ms", 0), "vm.latency_ms", source),
+        notes=_str(raw.get("notes", ""), "vm.notes", source),
+        computer_name=_str(raw.get("computer_name", ""), "vm.computer_name", source, empty_ok=True),
+        files=tuple((str(k), _str(v, f"vm.files[{k!r}]", source)) for k, v in files.items()),
+        services=tuple(
+            ServiceSpec(
+                name=_str(s.get("name"), "vm.services.name", source),
+                display_name=_str(s.get("display_name", s.get("name")), "vm.services.display_name", source),
+                status=ServiceStatus(s.get("status", "Running")),
+            )
+            for s in (_table(x, "vm.services", source) for x in _list(raw.get("services", []), "services", source))
+        ),
+        processes=tuple(
+            ProcessSpec(name=_str(p.get("name"), "vm.processes.name", source), id=int(p.get("id", 0)))
+            for p in (_table(x, "vm.processes", source) for x in _list(raw.get("processes", []), "processes", source))
+        ),
+        hotfixes=tuple(
+            HotfixSpec(
+                id=_str(h.get("id"), "vm.hotfixes.id", source),
+                description=_str(h.get("description", "Update"), "vm.hotfixes.description", source),
+                installed_on=str(h.get("installed_on", "")),
+            )
+            for h in (_table(x, "vm.hotfixes", source) for x in _list(raw.get("hotfixes", []), "hotfixes", source))
+        ),
+        faults=FaultSpec(session_drop_after_records=None if drop is None else int(drop)),
+    )
+
+
+def _generate(raw: dict[str, Any], source: str) -> list[VMSpec]:
+    _only_keys(raw, {"count", "prefix", "latency_ms", "guest_services"}, f"{source} [generate]")
+    count = int(raw.get("count", 0))
+    if count < 0 or count > 100_000:
+        raise ConfigError(f"{source} [generate]: count must be between 0 and 100000, not {count}")
+    prefix = _str(raw.get("prefix", "vm"), "generate.prefix", source)
+    latency = _num(raw.get("latency_ms", 0), "generate.latency_ms", source)
+    width = max(3, len(str(count)))
+    return [
+        VMSpec(
+            name=f"{prefix}{i:0{width}d}",
+            id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"vmbusops-sim:{prefix}{i:0{width}d}".casefold())),
+            state=VMState.RUNNING,
+            guest_services=bool(raw.get("guest_services", True)),
+            latency_ms=latency,
+            services=(ServiceSpec(name="WinRM", display_name="Windows Remote Management (WS-Management)"),),
+        )
+        for i in range(1, count + 1)
+    ]
+
+
+def _only_keys(raw: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def _table(value: Any, what: str, source: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"lab file {source}: {what} must be a table")
+    return value
+
+
+def _list(value: Any, what: str, source: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(f"lab file {source}: {what} must be an array")
+    return value
+
+
+def _str(value: Any, what: str, source: str, *, empty_ok: bool = False) -> str:
+    if not isinstance(value, str) or (not empty_ok and what.endswith("name") and not value):
+        raise ConfigError(f"lab file {source}: {what} must be a non-empty string")
+    return value
+
+
+def _opt_str(value: Any, what: str, source: str) -> str | None:
+    return None if value is None else _str(value, what, source)
+
+
+def _num(value: Any, what: str, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"lab file {source}: {what} must be a number >= 0")
+    return float(value)

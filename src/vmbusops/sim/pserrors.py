@@ -1,0 +1,227 @@
+"""The error records a real Hyper-V host and Windows PowerShell 5.1 produce, as the simulator sends them.
+
+Sources, so the texts can be checked and kept honest:
+
+- PowerShell's ``RemotingErrorIdStrings.resx`` and ``InvokeCommandCommand`` (PowerShell Direct):
+  ``InvalidVMNameNotSingle`` "The input VMName {0} does not resolve to a single virtual machine."
+  and ``InvalidVMIdNotSingle`` are what ``Invoke-Command -VMName/-VMId`` writes (category
+  InvalidArgument, ArgumentException). ``Enter-PSSession`` words the same case as "The input VMName
+  parameter does not resolve to any virtual machine." (``InvalidVMNameNoVM``).
+  ``InvalidVMState`` "The virtual machine {0} is not in running state." and
+  ``InvalidCredential`` "The credential is invalid." come from the same file.
+- Microsoft's PowerShell Direct troubleshooting page: "An error has occurred which Windows
+  PowerShell cannot handle. A remote session might have ended." when the guest is not booted or
+  the session dies.
+- ``Microsoft.HyperV.PowerShell`` cmdlets: "Hyper-V was unable to find a virtual machine with
+  name "X"." (``InvalidParameter,Microsoft.HyperV.PowerShell.Commands.GetVM``, InvalidArgument,
+  VirtualizationException) and Copy-VMFile's "Failed to initiate copying files to the guest: ..."
+  followed by the Win32 message and HRESULT (``OperationFailed,...CopyVMFile``). Hyper-V reports a
+  disabled Guest Service Interface with the same 0x80070050 "The file exists." text as a real
+  existing file, so a client must ask Get-VMIntegrationService to tell the two apart.
+- Windows PowerShell 5.1's CommandNotFoundException and ParameterBindingException texts.
+
+Where the exact FullyQualifiedErrorId of a remote-session failure could not be confirmed from
+source, the simulator uses ``PSSessionStateBroken`` (what Invoke-Command reports for sessions that
+fail to open or break), category OpenError.
+"""
+
+from __future__ import annotations
+
+from vmbusops.sim.streams import SimError
+
+HYPERV_EXCEPTION = "Microsoft.HyperV.PowerShell.VirtualizationException"
+HYPERV_COMMANDS = "Microsoft.HyperV.PowerShell.Commands"
+INVOKE_COMMAND_FQ = "Microsoft.PowerShell.Commands.InvokeCommandCommand"
+
+REMOTE_SESSION_ENDED = (
+    "An error has occurred which Windows PowerShell cannot handle. A remote session might have ended."
+)
+CREDENTIAL_INVALID = "The credential is invalid."
+COPY_FAILED_PREFIX = "Failed to initiate copying files to the guest"
+
+
+def _cmdlet_class(cmdlet: str) -> str:
+    """``Copy-VMFile`` -> ``CopyVMFile``: how Hyper-V names its cmdlet classes in FQIDs."""
+    return cmdlet.replace("-", "")
+
+
+def vm_not_found(cmdlet: str, name: str) -> SimError:
+    return SimError(
+        message=f'Hyper-V was unable to find a virtual machine with name "{name}".',
+        fqid=f"InvalidParameter,{HYPERV_COMMANDS}.{_cmdlet_class(cmdlet)}",
+        category="InvalidArgument",
+        exception_type=HYPERV_EXCEPTION,
+        target_name=name,
+        target_object=name,
+        activity=cmdlet,
+    )
+
+
+def vm_id_not_found(cmdlet: str, vm_id: str) -> SimError:
+    return SimError(
+        message=f'Hyper-V was unable to find a virtual machine with id "{vm_id}".',
+        fqid=f"InvalidParameter,{HYPERV_COMMANDS}.{_cmdlet_class(cmdlet)}",
+        category="InvalidArgument",
+        exception_type=HYPERV_EXCEPTION,
+        target_name=vm_id,
+        target_object=vm_id,
+        activity=cmdlet,
+    )
+
+
+def vm_state_change_failed(cmdlet: str, name: str) -> SimError:
+    return SimError(
+        message=(
+            f"'{name}' failed to change state.\n"
+            "The operation cannot be performed while the object is in its current state."
+        ),
+        fqid=f"InvalidState,{HYPERV_COMMANDS}.{_cmdlet_class(cmdlet)}",
+        category="InvalidOperation",
+        exception_type=HYPERV_EXCEPTION,
+        target_name=name,
+        activity=cmdlet,
+    )
+
+
+def integration_service_not_found(cmdlet: str, vm: str, service: str) -> SimError:
+    return SimError(
+        message=f"The integration service with name '{service}' was not found on virtual machine '{vm}'.",
+        fqid=f"InvalidParameter,{HYPERV_COMMANDS}.{_cmdlet_class(cmdlet)}",
+        category="InvalidArgument",
+        exception_type=HYPERV_EXCEPTION,
+        target_name=service,
+        activity=cmdlet,
+    )
+
+
+# Win32 texts for the HRESULTs Copy-VMFile reports.
+FILE_EXISTS = "The file exists. (0x80070050)"
+PATH_NOT_FOUND = "The system cannot find the path specified. (0x80070003)"
+FILE_NOT_FOUND = "The system cannot find the file specified. (0x80070002)"
+INVALID_STATE = "The group or resource is not in the correct state to perform the requested operation. (0x8007139F)"
+
+
+def copy_failed(vm: str, detail: str) -> SimError:
+    return SimError(
+        message=f"{COPY_FAILED_PREFIX}: {detail}",
+        fqid=f"OperationFailed,{HYPERV_COMMANDS}.CopyVMFile",
+        category="NotSpecified",
+        exception_type=HYPERV_EXCEPTION,
+        target_name=vm,
+        activity="Copy-VMFile",
+    )
+
+
+def invoke_vm_name_not_found(name: str) -> SimError:
+    return SimError(
+        message=f"The input VMName {name} does not resolve to a single virtual machine.",
+        fqid=f"InvalidVMNameNotSingle,{INVOKE_COMMAND_FQ}",
+        category="InvalidArgument",
+        exception_type="System.ArgumentException",
+        activity="Invoke-Command",
+    )
+
+
+def invoke_vm_id_not_found(vm_id: str) -> SimError:
+    return SimError(
+        message=f"The input VMId {vm_id} does not resolve to a single virtual machine.",
+        fqid=f"InvalidVMIdNotSingle,{INVOKE_COMMAND_FQ}",
+        category="InvalidArgument",
+        exception_type="System.ArgumentException",
+        activity="Invoke-Command",
+    )
+
+
+def invoke_vm_not_running(name: str) -> SimError:
+    return SimError(
+        message=f"The virtual machine {name} is not in running state.",
+        fqid=f"InvalidVMState,{INVOKE_COMMAND_FQ}",
+        category="InvalidArgument",
+        exception_type="System.ArgumentException",
+        activity="Invoke-Command",
+    )
+
+
+def credential_invalid(vm: str) -> SimError:
+    return SimError(
+        message=CREDENTIAL_INVALID,
+        fqid="PSSessionStateBroken",
+        category="OpenError",
+        exception_type="System.Management.Automation.Remoting.PSDirectException",
+        target_name=vm,
+        target_object=vm,
+    )
+
+
+def remote_session_ended(vm: str) -> SimError:
+    """The guest is not booted yet, or the session broke under a running command (transient)."""
+    return SimError(
+        message=REMOTE_SESSION_ENDED,
+        fqid="PSSessionStateBroken",
+        category="OpenError",
+        exception_type="System.Management.Automation.Remoting.PSRemotingTransportException",
+        target_name=vm,
+        target_object=vm,
+    )
+
+
+def command_not_found(name: str) -> SimError:
+    return SimError(
+        message=(
+            f"The term '{name}' is not recognized as the name of a cmdlet, function, script file, "
+            "or operable program. Check the spelling of the name, or if a path was included, "
+            "verify that the path is correct and try again."
+        ),
+        fqid="CommandNotFoundException",
+        category="ObjectNotFound",
+        exception_type="System.Management.Automation.CommandNotFoundException",
+        target_name=name,
+        target_object=name,
+        hresult=-2146233087,
+    )
+
+
+def parameter_not_found(cmdlet_fq: str, name: str) -> SimError:
+    return SimError(
+        message=f"A parameter cannot be found that matches parameter name '{name}'.",
+        fqid=f"NamedParameterNotFound,{cmdlet_fq}",
+        category="InvalidArgument",
+        exception_type="System.Management.Automation.ParameterBindingException",
+        activity=cmdlet_fq.rsplit(".", 1)[-1],
+    )
+
+
+def missing_mandatory(cmdlet_fq: str, names: list[str]) -> SimError:
+    return SimError(
+        message=f"Cannot process command because of one or more missing mandatory parameters: {' '.join(names)}.",
+        fqid=f"MissingMandatoryParameter,{cmdlet_fq}",
+        category="InvalidArgument",
+        exception_type="System.Management.Automation.ParameterBindingException",
+    )
+
+
+def script_not_allowed() -> SimError:
+    """The simulated host runs only named cmdlets; the agent never sends it script text."""
+    return SimError(
+        message=(
+            "The vmbusops simulator runs only structured Hyper-V cmdlet commands on the host; "
+            "it does not run script text (is_script commands)."
+        ),
+        fqid="ScriptNotSupportedBySimulator",
+        category="NotImplemented",
+        exception_type="System.NotSupportedException",
+    )
+
+
+def not_supported_in_guest(what: str) -> SimError:
+    """Something outside the simulated guest's PowerShell subset: say so, never pretend."""
+    return SimError(
+        message=(
+            f"The vmbusops simulator does not support {what} in guest script blocks; "
+            "see the vmbusops.sim documentation for the supported PowerShell subset."
+        ),
+        fqid="NotSupportedBySimulator",
+        category="NotImplemented",
+        exception_type="System.NotSupportedException",
+        target_name=what,
+    )

@@ -1,0 +1,263 @@
+"""The simulated host's persistent state: what changes when cmdlets run.
+
+The lab says how VMs start out; this module remembers what happened since (VM power states,
+boot times, integration services, guest files) so that one ``vmbusops`` command sees what the
+previous one did, even though each starts its own simulator process.
+
+Layout of the state directory::
+
+    state.json      VM runtime state, keyed by lab fingerprint
+    state.lock      fcntl lock; several simulator processes may run at once
+    guests/<vm>/C/  each guest's C: drive as real files
+
+Every change is a read-modify-write under an exclusive lock, written to a temporary file and
+renamed over ``state.json``, so a reader never sees half a file and two writers never lose an
+update. State made from a different lab (other fingerprint) is discarded and rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from vmbusops.errors import ConfigError
+from vmbusops.sim.lab import Lab, VMSpec, VMState
+
+GUEST_SERVICE_INTERFACE = "Guest Service Interface"
+# Hyper-V's integration services, in the order Get-VMIntegrationService lists them.
+INTEGRATION_SERVICES = (
+    GUEST_SERVICE_INTERFACE,
+    "Heartbeat",
+    "Key-Value Pair Exchange",
+    "Shutdown",
+    "Time Synchronization",
+    "VSS",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VMRuntime:
+    """What the simulated host currently knows about one VM."""
+
+    state: VMState
+    integration: tuple[tuple[str, bool], ...]
+    running_since: float | None = None
+    # The guest answers PowerShell Direct and heartbeats only after this time.
+    boot_until: float = 0.0
+
+    def service_enabled(self, name: str) -> bool | None:
+        for key, enabled in self.integration:
+            if key.casefold() == name.casefold():
+                return enabled
+        return None
+
+    def booted(self, now: float) -> bool:
+        return self.state is VMState.RUNNING and now >= self.boot_until
+
+    def heartbeat(self, spec: VMSpec, now: float) -> str | None:
+        if self.state is not VMState.RUNNING:
+            return None
+        if now < self.boot_until:
+            return "NoContact"
+        return spec.heartbeat
+
+    def with_integration(self, name: str, enabled: bool) -> VMRuntime:
+        return replace(
+            self,
+            integration=tuple((k, enabled if k.casefold() == name.casefold() else v) for k, v in self.integration),
+        )
+
+    def started(self, now: float, boot_seconds: float) -> VMRuntime:
+        return replace(self, state=VMState.RUNNING, running_since=now, boot_until=now + boot_seconds)
+
+    def stopped(self) -> VMRuntime:
+        return replace(self, state=VMState.OFF, running_since=None, boot_until=0.0)
+
+
+def initial_runtime(spec: VMSpec, now: float) -> VMRuntime:
+    return VMRuntime(
+        state=spec.state,
+        integration=tuple(
+            (name, spec.guest_services if name == GUEST_SERVICE_INTERFACE else True)
+            for name in INTEGRATION_SERVICES
+        ),
+        running_since=now if spec.state is VMState.RUNNING else None,
+    )
+
+
+def _runtime_to_json(rt: VMRuntime) -> dict[str, Any]:
+    return {
+        "state": rt.state.value,
+        "integration": dict(rt.integration),
+        "running_since": rt.running_since,
+        "boot_until": rt.boot_until,
+    }
+
+
+def _runtime_from_json(raw: dict[str, Any]) -> VMRuntime:
+    return VMRuntime(
+        state=VMState(raw["state"]),
+        integration=tuple((str(k), bool(v)) for k, v in raw["integration"].items()),
+        running_since=raw.get("running_since"),
+        boot_until=float(raw.get("boot_until", 0.0)),
+    )
+
+
+class HostStore:
+    """Persistent VM runtime state and guest file systems of one lab in one directory."""
+
+    def __init__(self, lab: Lab, state_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.lab = lab
+        self.state_dir = state_dir
+        self.clock = clock
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (state_dir / "guests").mkdir(exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the simulator state directory {state_dir}: {exc.strerror}") from exc
+        self._state_file = state_dir / "state.json"
+        self._lock_file = state_dir / "state.lock"
+
+    @contextlib.contextmanager
+    def _locked(self, exclusive: bool) -> Iterator[None]:
+        fd = os.open(self._lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _read_unlocked(self) -> dict[str, VMRuntime] | None:
+        try:
+            raw = json.loads(self._state_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            # A corrupt file is rebuilt from the lab rather than wedging every later command.
+            return None
+        if raw.get("lab") != self.lab.fingerprint:
+            return None
+        try:
+            return {name: _runtime_from_json(v) for name, v in raw["vms"].items()}
+        except (KeyError, ValueError, TypeError, AttributeError):
+            return None
+
+    def _write_unlocked(self, vms: dict[str, VMRuntime]) -> None:
+        body = json.dumps(
+            {"lab": self.lab.fingerprint, "vms": {k: _runtime_to_json(v) for k, v in vms.items()}},
+            indent=1,
+            sort_keys=True,
+        )
+        fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=".state-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(body)
+            os.replace(tmp, self._state_file)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _complete(self, vms: dict[str, VMRuntime] | None) -> tuple[dict[str, VMRuntime], bool]:
+        """Fill in VMs the state does not know yet; True if anything was added."""
+        vms = dict(vms or {})
+        changed = False
+        now = self.clock()
+        for spec in self.lab.vms:
+            key = spec.name.casefold()
+            if key not in vms:
+                vms[key] = initial_runtime(spec, now)
+                changed = True
+        return vms, changed
+
+    def snapshot(self) -> dict[str, VMRuntime]:
+        """Every VM's runtime state, keyed by case-folded name."""
+        with self._locked(exclusive=False):
+            current = self._read_unlocked()
+        vms, changed = self._complete(current)
+        if changed:
+            with self._locked(exclusive=True):
+                # Someone may have written meanwhile: merge onto what is there now.
+                vms, changed = self._complete(self._read_unlocked())
+                if changed:
+                    self._write_unlocked(vms)
+        return vms
+
+    def runtime(self, spec: VMSpec) -> VMRuntime:
+        return self.snapshot()[spec.name.casefold()]
+
+    def update(self, spec: VMSpec, change: Callable[[VMRuntime], VMRuntime]) -> VMRuntime:
+        """Apply ``change`` to one VM atomically; returns the new runtime state."""
+        with self._locked(exclusive=True):
+            vms, _ = self._complete(self._read_unlocked())
+            key = spec.name.casefold()
+            vms[key] = change(vms[key])
+            self._write_unlocked(vms)
+            return vms[key]
+
+    def guest_root(self, spec: VMSpec) -> Path:
+        """The directory holding the guest's drives, seeded with the lab's files on first use."""
+        root = self.state_dir / "guests" / spec.name.casefold()
+        marker = root / f".seeded-{self.lab.fingerprint}"
+        if marker.exists():
+            return root
+        with self._locked(exclusive=True):
+            if not marker.exists():
+                (root / "C").mkdir(parents=True, exist_ok=True)
+                for sub in ("Windows/Temp", f"Users/{spec.username}/Documents", "Program Files"):
+                    (root / "C" / sub).mkdir(parents=True, exist_ok=True)
+                for guest_path, content in spec.files:
+                    host_path = guest_path_to_host(root, guest_path)
+                    if host_path is not None and not host_path.exists():
+                        host_path.parent.mkdir(parents=True, exist_ok=True)
+                        host_path.write_text(content, encoding="utf-8")
+                marker.write_text("", encoding="utf-8")
+        return root
+
+
+def split_guest_path(path: str) -> tuple[str, list[str]] | None:
+    """``C:\\a\\b`` -> ("C", ["a", "b"]); None unless it is an absolute drive path without ``..``."""
+    p = path.replace("/", "\\")
+    if len(p) < 2 or p[1] != ":" or not p[0].isalpha():
+        return None
+    parts = [part for part in p[2:].split("\\") if part not in ("", ".")]
+    if any(part == ".." for part in parts):
+        return None
+    return p[0].upper(), parts
+
+
+def guest_path_to_host(root: Path, guest_path: str) -> Path | None:
+    """Where a guest path lives on the host, matching existing names case-insensitively.
+
+    Windows file names are case-insensitive and the host's are not, so each component is
+    looked up among the existing entries before a new name is used as given.
+    """
+    split = split_guest_path(guest_path)
+    if split is None:
+        return None
+    drive, parts = split
+    current = root / drive
+    for part in parts:
+        candidate = current / part
+        if not candidate.exists() and current.is_dir():
+            folded = part.casefold()
+            for entry in current.iterdir():
+                if entry.name.casefold() == folded:
+                    candidate = entry
+                    break
+        current = candidate
+    return current
+
+
+def host_path_to_guest(root: Path, host_path: Path) -> str:
+    rel = host_path.relative_to(root)
+    drive, *rest = rel.parts
+    return f"{drive}:\\" + "\\".join(rest)
