@@ -55,6 +55,7 @@ from vmbusops.errors import ConfigError
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)  # Windows has neither O_NOFOLLOW nor O_CLOEXEC
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,7 +153,7 @@ def _open_output(root: Path, entry: FileEntry) -> BinaryIO:
     parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(
         parent / parts[-1],
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_BINARY | os.O_CLOEXEC,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_BINARY | _O_CLOEXEC,
         0o600,
     )
     return os.fdopen(fd, "wb")
@@ -241,7 +242,11 @@ def _opened(path: Path) -> Iterator[BinaryIO]:
             exc.bundle = label
         raise
     except OSError as exc:
-        raise ArchiveError(f"cannot read the file: {exc.strerror}", bundle=label) from exc
+        raise ArchiveError(
+            f"I/O error while reading or extracting: {exc.strerror}",
+            hint="check the file and the free space under $VMBUSOPS_HOME, then try again",
+            bundle=label,
+        ) from exc
 
 
 def verify_stream(
