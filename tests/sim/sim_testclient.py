@@ -184,7 +184,9 @@ class PSRPTestClient:
             self.pool.exchange_key()
             await self.flush()
             await self.wait_for(
-                lambda: any(isinstance(e, psrpcore.EncryptedSessionKeyEvent) for e in self.events.get(None, []))
+                lambda: any(
+                    isinstance(e, psrpcore.EncryptedSessionKeyEvent) for e in self.events.get(None, [])
+                )
             )
 
     async def start(self, command: str, *, script: bool = False, **params: Any) -> psrpcore.ClientPowerShell:

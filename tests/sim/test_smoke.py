@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from vmbusops.sim.lab import Lab
-
 from sim_testclient import PSRPTestClient, admin
+
+from vmbusops.sim.lab import Lab
 
 
 async def test_get_vm_and_invoke(client: PSRPTestClient, lab: Lab) -> None:
@@ -10,7 +10,9 @@ async def test_get_vm_and_invoke(client: PSRPTestClient, lab: Lab) -> None:
     print(res.events)
     assert [str(o.Name) for o in res.output] == ["web01", "db01", "legacy01", "app01", "flaky01"]
     res = await client.run(
-        "Invoke-Command", VMName="web01", Credential=admin(lab, "web01"),
+        "Invoke-Command",
+        VMName="web01",
+        Credential=admin(lab, "web01"),
         ScriptBlock="Write-Verbose 'hi'; 1..3 | % { \"n=$_\" }; $env:COMPUTERNAME",
     )
     print(res.events)
@@ -20,6 +22,7 @@ async def test_get_vm_and_invoke(client: PSRPTestClient, lab: Lab) -> None:
 
 async def test_child_process(lab_file, tmp_path) -> None:
     from sim_testclient import sim_process
+
     from vmbusops.sim.lab import load_lab
 
     lab = load_lab(lab_file)

@@ -71,16 +71,14 @@ keeps state (``$VMBUSOPS_HOME/sim``). The default lab has web01, web02, db01 (ru
 (off) and app01 (running, Guest Service Interface disabled), all with user ``Administrator``.
 """
 
+from pathlib import Path
+
+from vmbusops.home import home_dir
 from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password, load_lab
 
 __all__ = ["Lab", "VMSpec", "VMState", "default_state_dir", "lab_password", "load_lab"]
 
 
-def default_state_dir() -> "Path":
+def default_state_dir() -> Path:
     """Where ``python -m vmbusops.sim`` keeps state without --state-dir."""
-    from vmbusops.home import home_dir
-
     return home_dir() / "sim"
-
-
-from pathlib import Path  # noqa: E402 - only for the annotation above

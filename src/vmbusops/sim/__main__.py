@@ -17,7 +17,7 @@ from typing import NoReturn
 import trio
 
 from vmbusops.errors import VmbusOpsError
-from vmbusops.home import home_dir
+from vmbusops.sim import default_state_dir
 from vmbusops.sim.hyperv import HyperVHost
 from vmbusops.sim.lab import load_lab
 from vmbusops.sim.server import PSRPServer
@@ -32,10 +32,6 @@ class _QuietParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         logging.getLogger("vmbusops.sim").error("bad command line: %s", message)
         raise SystemExit(EXIT_USAGE)
-
-
-def default_state_dir() -> Path:
-    return home_dir() / "sim"
 
 
 def _setup_logging() -> None:
@@ -78,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     parser = _QuietParser(prog="python -m vmbusops.sim", description=__doc__)
     parser.add_argument("--lab", type=Path, default=None, help="lab TOML file (default: the built-in lab)")
-    parser.add_argument("--state-dir", type=Path, default=None, help="state directory (default: $VMBUSOPS_HOME/sim)")
+    parser.add_argument(
+        "--state-dir", type=Path, default=None, help="state directory (default: $VMBUSOPS_HOME/sim)"
+    )
     args = parser.parse_args(argv)
     # From here on only packets may reach stdout (see _serve for the file descriptors).
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
@@ -87,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lab = load_lab(args.lab)
         store = HostStore(lab, args.state_dir or default_state_dir())
-    except VmbusOpsError as exc:
-        log.error("%s", exc)
+    except VmbusOpsError:
+        log.exception("cannot start")
         return EXIT_USAGE
     log.info("simulator started: lab %s (%d VMs), state %s", lab.source, len(lab.vms), store.state_dir)
     trio.run(_serve, HyperVHost(lab, store))

@@ -24,12 +24,21 @@ class Param:
 
 
 COMMON_PARAMETERS = (
-    "Verbose", "Debug", "ErrorAction", "WarningAction", "InformationAction", "ErrorVariable",
-    "WarningVariable", "InformationVariable", "OutVariable", "OutBuffer", "PipelineVariable",
-)  # fmt: skip
+    "Verbose",
+    "Debug",
+    "ErrorAction",
+    "WarningAction",
+    "InformationAction",
+    "ErrorVariable",
+    "WarningVariable",
+    "InformationVariable",
+    "OutVariable",
+    "OutBuffer",
+    "PipelineVariable",
+)
 
 
-class BindingError(Exception):  # noqa: N818 - mirrors ParameterBindingException
+class BindingError(Exception):
     def __init__(self, error: SimError) -> None:
         super().__init__(error.message)
         self.error = error
@@ -49,17 +58,20 @@ def bind(
             positional.append(value)
             continue
         folded = name.casefold()
-        exact = [p for p in params if p.name.casefold() == folded or folded in (a.casefold() for a in p.aliases)]
+        exact = [
+            p for p in params if p.name.casefold() == folded or folded in (a.casefold() for a in p.aliases)
+        ]
         matches = exact or [p for p in params if p.name.casefold().startswith(folded)]
         if not matches:
             if any(c.casefold().startswith(folded) for c in COMMON_PARAMETERS):
                 continue
             raise BindingError(pserrors.parameter_not_found(fq_name, name))
         if len(matches) > 1:
+            candidates = " ".join("-" + p.name for p in matches)
             raise BindingError(
                 SimError(
-                    message=f"Parameter cannot be processed because the parameter name '{name}' is ambiguous. "
-                    f"Possible matches include: {' '.join('-' + p.name for p in matches)}.",
+                    message="Parameter cannot be processed because the parameter name "
+                    f"'{name}' is ambiguous. Possible matches include: {candidates}.",
                     fqid=f"AmbiguousParameter,{fq_name}",
                     category="InvalidArgument",
                     exception_type="System.Management.Automation.ParameterBindingException",

@@ -52,7 +52,9 @@ _DESTINATION_CLIENT = 1
 # The same expressions psrpcore uses, so the escaping is identical (including its ranges).
 _ESCAPE_ESCAPE = re.compile("(?i)_(x)")
 _ESCAPE = re.compile("[\u0000-\u001f\u007f-\u009f\ud800-\ud8ff\udc00-\udfff\U00010000-\U0010ffff]")
-_NEEDS_ESCAPE = re.compile("(?i)_x|[\u0000-\u001f\u007f-\u009f\ud800-\ud8ff\udc00-\udfff\U00010000-\U0010ffff]")
+_NEEDS_ESCAPE = re.compile(
+    "(?i)_x|[\u0000-\u001f\u007f-\u009f\ud800-\ud8ff\udc00-\udfff\U00010000-\U0010ffff]"
+)
 
 
 def _escape_char(match: re.Match[str]) -> str:
@@ -83,7 +85,8 @@ def clixml_datetime(value: datetime.datetime) -> bytes:
 def psrpcore_xml(value: Any) -> bytes:
     """psrpcore's own serialization of a value (the slow path, and the reference for templates)."""
     element = serialize(value, PSRemotingCrypto())
-    return ElementTree.tostring(element, encoding="utf-8", method="xml")
+    xml: bytes = ElementTree.tostring(element, encoding="utf-8", method="xml")
+    return xml
 
 
 class _Template:
@@ -319,12 +322,10 @@ def fragments(object_id: int, message: bytes, max_fragment: int = MAX_FRAGMENT) 
     if total <= max_fragment:
         yield struct.pack(">QQBI", object_id, 0, 0x3, total) + message
         return
-    fragment_id = 0
-    for start in range(0, total, max_fragment):
+    for fragment_id, start in enumerate(range(0, total, max_fragment)):
         chunk = message[start : start + max_fragment]
         flags = (0x1 if start == 0 else 0) | (0x2 if start + max_fragment >= total else 0)
         yield struct.pack(">QQBI", object_id, fragment_id, flags, len(chunk)) + chunk
-        fragment_id += 1
 
 
 def native_thread_id() -> int:

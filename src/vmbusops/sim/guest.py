@@ -29,7 +29,6 @@ from vmbusops.sim.guest_parse import (
     ArrayExpr,
     Assign,
     CommandCall,
-    Exit,
     ExpandString,
     Foreach,
     Literal,
@@ -62,7 +61,7 @@ PS_VERSION_TABLE = {
 MAX_RANGE = 10_000_000
 
 
-class ScriptExit(Exception):  # noqa: N818 - control flow, named for what it means
+class ScriptExit(Exception):
     """``exit`` ran, or the guest is restarting: the script ends here."""
 
     def __init__(self, code: int) -> None:
@@ -70,7 +69,7 @@ class ScriptExit(Exception):  # noqa: N818 - control flow, named for what it mea
         self.code = code
 
 
-class StatementError(Exception):  # noqa: N818 - carries the record PowerShell would write
+class StatementError(Exception):
     """The statement cannot run; its error is written and the script goes on."""
 
     def __init__(self, error: SimError) -> None:
@@ -139,7 +138,8 @@ class GuestSession:
                 collected.append(value)
 
             await self.run_pipeline(stmt.value, collect)
-            self.set_var(stmt.var, collected[0] if len(collected) == 1 else (None if not collected else collected))
+            value = collected if len(collected) > 1 else collected[0] if collected else None
+            self.set_var(stmt.var, value)
         elif isinstance(stmt, Foreach):
             items: list[Any] = []
 
@@ -329,7 +329,7 @@ def to_int(value: Any) -> int:
     raise StatementError(
         SimError(
             message=f'Cannot convert value "{to_text(value)}" to type "System.Int32". '
-            "Error: \"Input string was not in a correct format.\"",
+            'Error: "Input string was not in a correct format."',
             fqid="InvalidCastFromStringToInteger",
             category="InvalidArgument",
             exception_type="System.Management.Automation.RuntimeException",
@@ -638,8 +638,12 @@ class GetService(Stage):
 
 def service_object(name: str, display_name: str, status: str) -> SimObject:
     return SimObject(
-        ("System.ServiceProcess.ServiceController", "System.ComponentModel.Component",
-         "System.MarshalByRefObject", "System.Object"),  # fmt: skip
+        (
+            "System.ServiceProcess.ServiceController",
+            "System.ComponentModel.Component",
+            "System.MarshalByRefObject",
+            "System.Object",
+        ),
         (("Name", name), ("ServiceName", name), ("DisplayName", display_name), ("Status", status)),
         "System.ServiceProcess.ServiceController",
     )
@@ -701,8 +705,12 @@ class GetProcess(Stage):
 
 def process_object(name: str, pid: int) -> SimObject:
     return SimObject(
-        ("System.Diagnostics.Process", "System.ComponentModel.Component", "System.MarshalByRefObject",
-         "System.Object"),  # fmt: skip
+        (
+            "System.Diagnostics.Process",
+            "System.ComponentModel.Component",
+            "System.MarshalByRefObject",
+            "System.Object",
+        ),
         (("Name", name), ("ProcessName", name), ("Id", pid)),
         f"System.Diagnostics.Process ({name})",
     )
@@ -811,8 +819,12 @@ class GetFileHash(_PathCmdlet):
     fq_name = "Microsoft.PowerShell.Commands.GetFileHashCommand"
     params = (Param("Path", 0), Param("Algorithm", 1))
     _ALGORITHMS: ClassVar[dict[str, str]] = {
-        "sha1": "SHA1", "sha256": "SHA256", "sha384": "SHA384", "sha512": "SHA512", "md5": "MD5",
-    }  # fmt: skip
+        "sha1": "SHA1",
+        "sha256": "SHA256",
+        "sha384": "SHA384",
+        "sha512": "SHA512",
+        "md5": "MD5",
+    }
 
     async def one(self, path: str) -> None:
         algorithm = self._ALGORITHMS.get(to_text(self.arg("Algorithm", "SHA256")).casefold())
@@ -844,8 +856,11 @@ class GetFileHash(_PathCmdlet):
         digest = await trio.to_thread.run_sync(_hash_file, host, algorithm)
         await self.emit(
             SimObject(
-                ("Microsoft.Powershell.Utility.FileHash", "System.Management.Automation.PSCustomObject",
-                 "System.Object"),  # fmt: skip
+                (
+                    "Microsoft.Powershell.Utility.FileHash",
+                    "System.Management.Automation.PSCustomObject",
+                    "System.Object",
+                ),
                 (("Algorithm", algorithm), ("Hash", digest.upper()), ("Path", full)),
             )
         )
@@ -878,9 +893,13 @@ class GetChildItem(Stage):
             if host is None or not host.exists():
                 self.streams.error(_path_not_found(self.fq_name, full))
                 continue
-            entries = [host] if host.is_file() else sorted(
-                host.rglob("*") if self.switch("Recurse") else host.iterdir(),
-                key=lambda p: (not p.is_dir(), str(p).casefold()),
+            entries = (
+                [host]
+                if host.is_file()
+                else sorted(
+                    host.rglob("*") if self.switch("Recurse") else host.iterdir(),
+                    key=lambda p: (not p.is_dir(), str(p).casefold()),
+                )
             )
             flt = self.arg("Filter")
             for entry in entries:
@@ -890,7 +909,9 @@ class GetChildItem(Stage):
                     continue
                 if self.switch("Directory") and not entry.is_dir():
                     continue
-                if flt is not None and not fnmatch.fnmatchcase(entry.name.casefold(), to_text(flt).casefold()):
+                if flt is not None and not fnmatch.fnmatchcase(
+                    entry.name.casefold(), to_text(flt).casefold()
+                ):
                     continue
                 await self.emit(self.item_object(entry))
 
@@ -901,16 +922,31 @@ class GetChildItem(Stage):
         written = datetime.datetime.fromtimestamp(stat.st_mtime).strftime("%Y-%m-%dT%H:%M:%S")
         if entry.is_dir():
             return SimObject(
-                ("System.IO.DirectoryInfo", "System.IO.FileSystemInfo", "System.MarshalByRefObject",
-                 "System.Object"),  # fmt: skip
-                (("Name", entry.name), ("FullName", full), ("Mode", "d-----"), ("LastWriteTime", written),
-                 ("PSIsContainer", True)),  # fmt: skip
+                (
+                    "System.IO.DirectoryInfo",
+                    "System.IO.FileSystemInfo",
+                    "System.MarshalByRefObject",
+                    "System.Object",
+                ),
+                (
+                    ("Name", entry.name),
+                    ("FullName", full),
+                    ("Mode", "d-----"),
+                    ("LastWriteTime", written),
+                    ("PSIsContainer", True),
+                ),
                 entry.name,
             )
         return SimObject(
             ("System.IO.FileInfo", "System.IO.FileSystemInfo", "System.MarshalByRefObject", "System.Object"),
-            (("Name", entry.name), ("FullName", full), ("Length", stat.st_size), ("Mode", "-a----"),
-             ("LastWriteTime", written), ("PSIsContainer", False)),  # fmt: skip
+            (
+                ("Name", entry.name),
+                ("FullName", full),
+                ("Length", stat.st_size),
+                ("Mode", "-a----"),
+                ("LastWriteTime", written),
+                ("PSIsContainer", False),
+            ),
             entry.name,
         )
 
@@ -927,11 +963,18 @@ class GetHotFix(Stage):
                 continue
             await self.emit(
                 SimObject(
-                    ("System.Management.ManagementObject#root\\cimv2\\Win32_QuickFixEngineering",
-                     "System.Management.ManagementObject", "System.Object"),  # fmt: skip
-                    (("Source", self.session.spec.guest_computer_name), ("HotFixID", fix.id),
-                     ("Description", fix.description), ("InstalledOn", fix.installed_on),
-                     ("InstalledBy", "NT AUTHORITY\\SYSTEM")),  # fmt: skip
+                    (
+                        "System.Management.ManagementObject#root\\cimv2\\Win32_QuickFixEngineering",
+                        "System.Management.ManagementObject",
+                        "System.Object",
+                    ),
+                    (
+                        ("Source", self.session.spec.guest_computer_name),
+                        ("HotFixID", fix.id),
+                        ("Description", fix.description),
+                        ("InstalledOn", fix.installed_on),
+                        ("InstalledBy", "NT AUTHORITY\\SYSTEM"),
+                    ),
                     f"\\\\{self.session.spec.guest_computer_name}\\root\\cimv2:Win32_QuickFixEngineering"
                     f'.HotFixID="{fix.id}",ServicePackInEffect=""',
                 )
@@ -940,8 +983,9 @@ class GetHotFix(Stage):
         for fix_id in sorted(missing):
             self.streams.error(
                 SimError(
-                    message=f"Cannot find the requested hotfix on the '{self.session.spec.guest_computer_name}' "
-                    "computer. Verify the input and Run the command again.",
+                    message="Cannot find the requested hotfix on the "
+                    f"'{self.session.spec.guest_computer_name}' computer. "
+                    "Verify the input and Run the command again.",
                     fqid=f"GetHotFixNoEntriesFound,{self.fq_name}",
                     category="ObjectNotFound",
                     exception_type="System.ArgumentException",
@@ -975,17 +1019,44 @@ class Hostname(Stage):
 CMDLETS: dict[str, type[Stage]] = {
     cls.name.casefold(): cls
     for cls in (
-        WriteOutput, WriteVerbose, WriteWarning, WriteDebug, WriteError, WriteInformation, WriteProgress,
-        StartSleep, ForEachObject, GetService, GetProcess, TestPath, GetContent, SetContent, GetFileHash,
-        GetChildItem, GetHotFix, RestartComputer, Hostname,
+        WriteOutput,
+        WriteVerbose,
+        WriteWarning,
+        WriteDebug,
+        WriteError,
+        WriteInformation,
+        WriteProgress,
+        StartSleep,
+        ForEachObject,
+        GetService,
+        GetProcess,
+        TestPath,
+        GetContent,
+        SetContent,
+        GetFileHash,
+        GetChildItem,
+        GetHotFix,
+        RestartComputer,
+        Hostname,
     )
-}  # fmt: skip
+}
 for _alias, _target in {
-    "%": "foreach-object", "foreach": "foreach-object", "echo": "write-output", "write": "write-output",
-    "sleep": "start-sleep", "gsv": "get-service", "gps": "get-process", "ps": "get-process",
-    "gc": "get-content", "cat": "get-content", "type": "get-content", "gci": "get-childitem",
-    "dir": "get-childitem", "ls": "get-childitem", "hostname.exe": "hostname",
-}.items():  # fmt: skip
+    "%": "foreach-object",
+    "foreach": "foreach-object",
+    "echo": "write-output",
+    "write": "write-output",
+    "sleep": "start-sleep",
+    "gsv": "get-service",
+    "gps": "get-process",
+    "ps": "get-process",
+    "gc": "get-content",
+    "cat": "get-content",
+    "type": "get-content",
+    "gci": "get-childitem",
+    "dir": "get-childitem",
+    "ls": "get-childitem",
+    "hostname.exe": "hostname",
+}.items():
     CMDLETS[_alias] = CMDLETS[_target]
 
 __all__ = ["CMDLETS", "GuestSession", "ScriptExit", "StatementError"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 
-class UnsupportedSyntax(Exception):  # noqa: N818 - reads as what happened, like PowerShell's ParseException
+class UnsupportedSyntax(Exception):
     """The script uses PowerShell outside the simulated subset (or is not valid PowerShell)."""
 
     def __init__(self, what: str) -> None:
@@ -89,8 +89,15 @@ def tokenize(src: str) -> list[Token]:
             toks.append(Token(Tok.NEWLINE, "\n", spaced=spaced))
             i += 1
         elif c in ";|{}(),":
-            kind = {";": Tok.SEMI, "|": Tok.PIPE, "{": Tok.LBRACE, "}": Tok.RBRACE,
-                    "(": Tok.LPAREN, ")": Tok.RPAREN, ",": Tok.COMMA}[c]  # fmt: skip
+            kind = {
+                ";": Tok.SEMI,
+                "|": Tok.PIPE,
+                "{": Tok.LBRACE,
+                "}": Tok.RBRACE,
+                "(": Tok.LPAREN,
+                ")": Tok.RPAREN,
+                ",": Tok.COMMA,
+            }[c]
             if c == "|" and src.startswith("||", i):
                 raise UnsupportedSyntax("the pipeline chain operator '||'")
             toks.append(Token(kind, c, spaced=spaced))
@@ -99,7 +106,7 @@ def tokenize(src: str) -> list[Token]:
             toks.append(Token(Tok.AT_LPAREN, "@(", spaced=spaced))
             i += 2
         elif c == "@":
-            raise UnsupportedSyntax(f"'{src[i:i + 2]}' (hashtables, splatting and here-strings)")
+            raise UnsupportedSyntax(f"'{src[i : i + 2]}' (hashtables, splatting and here-strings)")
         elif c == "." and src.startswith("..", i):
             toks.append(Token(Tok.DOTDOT, "..", spaced=spaced))
             i += 2
@@ -135,7 +142,7 @@ def tokenize(src: str) -> list[Token]:
             j = i
             while j < n and src[j] not in _WORD_END:
                 if src[j] in "'\"$" and j > i:
-                    raise UnsupportedSyntax(f"the compound argument '{src[i:j + 1]}...'")
+                    raise UnsupportedSyntax(f"the compound argument '{src[i : j + 1]}...'")
                 j += 1
             word = src[i:j]
             if word.startswith(("[", "&", "!", ">", "<", "+")):
@@ -164,7 +171,17 @@ def _single_quoted(src: str, i: int) -> tuple[int, str]:
         i += 1
 
 
-_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "0": "\0", "a": "\a", "b": "\b", "f": "\f", "v": "\v", "e": "\x1b"}
+_ESCAPES = {
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "0": "\0",
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "v": "\v",
+    "e": "\x1b",
+}
 
 # An expandable string is a list of literal text and variable references.
 StringPart: TypeAlias = "str | VarRef"
@@ -228,7 +245,7 @@ def _variable(src: str, i: int, *, in_string: bool = False) -> tuple[int, VarRef
         j += 1
     else:
         while j < n and (src[j].isalnum() or src[j] in "_:"):
-            if src[j] == ":" and not src[i + 1 : j].casefold() in ("env", "global", "script", "local"):
+            if src[j] == ":" and src[i + 1 : j].casefold() not in ("env", "global", "script", "local"):
                 break
             j += 1
         name = src[i + 1 : j]
@@ -246,7 +263,7 @@ def _variable(src: str, i: int, *, in_string: bool = False) -> tuple[int, VarRef
             while k < n and (src[k].isalnum() or src[k] == "_"):
                 k += 1
             if k < n and src[k] == "(":
-                raise UnsupportedSyntax(f"method calls ('.{src[j + 1:k]}(...)')")
+                raise UnsupportedSyntax(f"method calls ('.{src[j + 1 : k]}(...)')")
             accessors.append(("member", src[j + 1 : k]))
             j = k
         elif src[j] == "[":
@@ -286,7 +303,7 @@ def _number(src: str, i: int) -> tuple[int, int | float]:
         mult = 1024 ** ("kmgt".index(suffix[0]) + 1)
         j += 2
     if j < n and (src[j].isalpha() or src[j] == "_"):
-        raise UnsupportedSyntax(f"the number-like word '{src[i:j + 1]}...'")
+        raise UnsupportedSyntax(f"the number-like word '{src[i : j + 1]}...'")
     value: int | float = float(text) if is_float else int(text)
     return j, value * mult
 
@@ -373,16 +390,55 @@ class Script:
 SWITCH_PARAMETERS = frozenset(
     s.casefold()
     for s in (
-        "Force", "Recurse", "Completed", "Raw", "NoEnumerate", "File", "Directory", "PassThru",
-        "Wait", "AsJob", "NoNewline", "Verbose", "Debug", "WhatIf", "Confirm", "Leaf",
+        "Force",
+        "Recurse",
+        "Completed",
+        "Raw",
+        "NoEnumerate",
+        "File",
+        "Directory",
+        "PassThru",
+        "Wait",
+        "AsJob",
+        "NoNewline",
+        "Verbose",
+        "Debug",
+        "WhatIf",
+        "Confirm",
+        "Leaf",
     )
-)  # fmt: skip
+)
 
 _UNSUPPORTED_KEYWORDS = {
-    "if", "else", "elseif", "while", "do", "for", "switch", "function", "filter", "param", "try",
-    "catch", "finally", "throw", "return", "break", "continue", "trap", "begin", "process", "end",
-    "class", "enum", "using", "data", "workflow", "until", "dynamicparam",
-}  # fmt: skip
+    "if",
+    "else",
+    "elseif",
+    "while",
+    "do",
+    "for",
+    "switch",
+    "function",
+    "filter",
+    "param",
+    "try",
+    "catch",
+    "finally",
+    "throw",
+    "return",
+    "break",
+    "continue",
+    "trap",
+    "begin",
+    "process",
+    "end",
+    "class",
+    "enum",
+    "using",
+    "data",
+    "workflow",
+    "until",
+    "dynamicparam",
+}
 
 
 class _Parser:
@@ -401,7 +457,9 @@ class _Parser:
     def expect(self, kind: Tok) -> Token:
         tok = self.take()
         if tok.kind is not kind:
-            raise UnsupportedSyntax(f"unexpected {tok.kind.value} {tok.text!r} where {kind.value!r} was expected")
+            raise UnsupportedSyntax(
+                f"unexpected {tok.kind.value} {tok.text!r} where {kind.value!r} was expected"
+            )
         return tok
 
     def skip_separators(self) -> None:
@@ -467,7 +525,9 @@ class _Parser:
         if tok.kind is Tok.WORD:
             return self.command()
         if not first:
-            raise UnsupportedSyntax("an expression after '|' (expressions are only allowed as the first element)")
+            raise UnsupportedSyntax(
+                "an expression after '|' (expressions are only allowed as the first element)"
+            )
         return self.expression()
 
     def command(self) -> CommandCall:
@@ -485,8 +545,14 @@ class _Parser:
                     continue
                 nxt = self.peek().kind
                 takes_value = pname.casefold() not in SWITCH_PARAMETERS and nxt not in (
-                    Tok.PARAM, Tok.PIPE, Tok.NEWLINE, Tok.SEMI, Tok.EOF, Tok.RBRACE, Tok.RPAREN,
-                )  # fmt: skip
+                    Tok.PARAM,
+                    Tok.PIPE,
+                    Tok.NEWLINE,
+                    Tok.SEMI,
+                    Tok.EOF,
+                    Tok.RBRACE,
+                    Tok.RPAREN,
+                )
                 args.append((pname, self.argument() if takes_value else None))
                 continue
             args.append((None, self.argument()))

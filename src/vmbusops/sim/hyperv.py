@@ -8,10 +8,13 @@ pipeline completes, as the real cmdlets behave.
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import shutil
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,8 +24,14 @@ from psrpcore.types import PSSecureString
 from vmbusops.sim import pserrors
 from vmbusops.sim.binding import BindingError, Param, bind, require
 from vmbusops.sim.guest import GuestSession, to_text
-from vmbusops.sim.lab import Lab, VMSpec, VMState
-from vmbusops.sim.state import INTEGRATION_SERVICES, HostStore, VMRuntime, guest_path_to_host, split_guest_path
+from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password
+from vmbusops.sim.state import (
+    INTEGRATION_SERVICES,
+    HostStore,
+    VMRuntime,
+    guest_path_to_host,
+    split_guest_path,
+)
 from vmbusops.sim.streams import (
     InformationMessage,
     ProgressUpdate,
@@ -81,8 +90,6 @@ def names_of(value: Any) -> list[str]:
 
 
 def _wildcard_match(name: str, pattern: str) -> bool:
-    import fnmatch
-
     return fnmatch.fnmatchcase(name.casefold(), pattern.casefold())
 
 
@@ -100,7 +107,7 @@ def _timespan(seconds: float) -> str:
     return f"{days}.{core}" if days else core
 
 
-class SessionDropped(Exception):  # noqa: N818 - what happened to the session
+class SessionDropped(Exception):
     """The lab's fault injection broke the PowerShell Direct session."""
 
 
@@ -255,8 +262,10 @@ class HyperVHost:
                 raise TerminatingError(pserrors.command_not_found(name))
             await self._chaos(name, streams)
             params, handler = entry
-            fq = f"{HYPERV}.{name.replace('-', '')}" if name.casefold() != "invoke-command" else (
-                pserrors.INVOKE_COMMAND_FQ
+            fq = (
+                f"{HYPERV}.{name.replace('-', '')}"
+                if name.casefold() != "invoke-command"
+                else (pserrors.INVOKE_COMMAND_FQ)
             )
             try:
                 bound = bind(params, fq, [(n, plain(v)) for n, v in command.parameters], to_text)
@@ -351,8 +360,11 @@ class HyperVHost:
                     primary = "No Contact"
                 streams.output(
                     SimObject(
-                        ("Microsoft.HyperV.PowerShell.VMIntegrationComponent",
-                         "Microsoft.HyperV.PowerShell.VirtualizationObject", "System.Object"),  # fmt: skip
+                        (
+                            "Microsoft.HyperV.PowerShell.VMIntegrationComponent",
+                            "Microsoft.HyperV.PowerShell.VirtualizationObject",
+                            "System.Object",
+                        ),
                         (
                             ("VMName", spec.name),
                             ("VMId", spec.id),
@@ -382,7 +394,9 @@ class HyperVHost:
                     streams.error(pserrors.integration_service_not_found(cmdlet, spec.name, service))
                     continue
                 for name in known:
-                    self.store.update(spec, lambda rt, name=name: rt.with_integration(name, enabled))
+                    self.store.update(
+                        spec, functools.partial(VMRuntime.with_integration, name=name, enabled=enabled)
+                    )
 
     async def copy_vm_file(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
         require(b, fq, "Name", "SourcePath", "DestinationPath", "FileSource")
@@ -390,10 +404,11 @@ class HyperVHost:
         if source_kind.casefold() != "host":
             raise BindingError(
                 SimError(
-                    message=f"Cannot bind parameter 'FileSource'. Cannot convert value \"{source_kind}\" to type "
-                    '"Microsoft.HyperV.PowerShell.CopyFileSourceType". Error: "Unable to match the identifier '
-                    f"name {source_kind} to a valid enumerator name. Specify one of the following enumerator "
-                    'names and try again:\nHost"',
+                    message="Cannot bind parameter 'FileSource'. Cannot convert value "
+                    f'"{source_kind}" to type "Microsoft.HyperV.PowerShell.CopyFileSourceType". '
+                    'Error: "Unable to match the identifier name '
+                    f"{source_kind} to a valid enumerator name. Specify one of the following "
+                    'enumerator names and try again:\nHost"',
                     fqid=f"CannotConvertArgumentNoMessage,{fq}",
                     category="InvalidArgument",
                     exception_type="System.Management.Automation.ParameterBindingException",
@@ -402,20 +417,23 @@ class HyperVHost:
         source = Path(to_text(b["SourcePath"]))
         destination = to_text(b["DestinationPath"])
         for spec in self._resolve("Copy-VMFile", names_of(b["Name"]), streams):
-            error = await self._copy_one(spec, source, destination, bool(b.get("CreateFullPath")),
-                                         bool(b.get("Force")))  # fmt: skip
+            error = await self._copy_one(
+                spec, source, destination, bool(b.get("CreateFullPath")), bool(b.get("Force"))
+            )
             if error is not None:
                 streams.error(pserrors.copy_failed(spec.name, error))
             await streams.checkpoint()
 
-    async def _copy_one(self, spec: VMSpec, source: Path, destination: str, full_path: bool, force: bool) -> str | None:
+    async def _copy_one(
+        self, spec: VMSpec, source: Path, destination: str, full_path: bool, force: bool
+    ) -> str | None:
         rt = self.store.runtime(spec)
         if not rt.booted(self.clock()):
             return pserrors.INVALID_STATE
         if not rt.service_enabled("Guest Service Interface"):
             # What Hyper-V really reports when the Guest Service Interface is off.
             return pserrors.FILE_EXISTS
-        if not source.is_file():
+        if not await trio.Path(source).is_file():
             return pserrors.FILE_NOT_FOUND
         root = self.store.guest_root(spec)
         split = split_guest_path(destination)
@@ -448,7 +466,9 @@ class HyperVHost:
         require(b, fq, "ScriptBlock", "Credential")
         script = to_text(b["ScriptBlock"])
         arguments = b.get("ArgumentList")
-        arguments = [] if arguments is None else list(arguments) if isinstance(arguments, list) else [arguments]
+        arguments = (
+            [] if arguments is None else list(arguments) if isinstance(arguments, list) else [arguments]
+        )
         credential = _credential(b["Credential"])
         targets: list[VMSpec] = []
         if b.get("VMName") is not None:
@@ -514,7 +534,7 @@ class HyperVHost:
                 streams.error(pserrors.vm_state_change_failed("Restart-VM", spec.name))
                 continue
             now = self.clock()
-            self.store.update(spec, lambda rt: rt.started(now, boot))
+            self.store.update(spec, functools.partial(VMRuntime.started, now=now, boot_seconds=boot))
             if b.get("Wait"):
                 # -Wait returns once the guest heartbeats again.
                 await trio.sleep(boot)
@@ -527,7 +547,7 @@ class HyperVHost:
                 streams.warning(f"The virtual machine '{spec.name}' is already in the specified state.")
                 continue
             now = self.clock()
-            self.store.update(spec, lambda rt: rt.started(now, boot))
+            self.store.update(spec, functools.partial(VMRuntime.started, now=now, boot_seconds=boot))
 
     async def stop_vm(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
         require(b, fq, "Name")
@@ -537,14 +557,12 @@ class HyperVHost:
                 streams.warning(f"The virtual machine '{spec.name}' is already in the specified state.")
                 continue
             if b.get("Save"):
-                self.store.update(spec, lambda rt: _saved(rt))
+                self.store.update(spec, _saved)
             else:
                 self.store.update(spec, lambda rt: rt.stopped())
 
 
 def _saved(rt: VMRuntime) -> VMRuntime:
-    from dataclasses import replace
-
     return replace(rt, state=VMState.SAVED, running_since=None, boot_until=0.0)
 
 
@@ -564,8 +582,6 @@ def _credential(value: Any) -> tuple[str, str] | None:
 
 
 def _credential_matches(spec: VMSpec, credential: tuple[str, str], lab: Lab) -> bool:
-    from vmbusops.sim.lab import lab_password
-
     user, password = credential
     # Guests accept "user", ".\\user" and "COMPUTER\\user" for a local account.
     domain, _, name = user.rpartition("\\")

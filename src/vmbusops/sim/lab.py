@@ -73,7 +73,8 @@ class HostConfig:
     name: str = "HV-SIM01"
     session_open_ms: float = 0.0
     boot_seconds: float = 3.0
-    password_seed: str = "vmbusops-lab"
+    # Not a secret: passwords are derived from it so that tests can compute them.
+    password_seed: str = "vmbusops-lab"  # noqa: S105
     crash_on: str | None = None
     garbage_on: str | None = None
 
@@ -233,9 +234,22 @@ def _parse_host(raw: dict[str, Any], source: str) -> HostConfig:
 
 
 _VM_KEYS = {
-    "name", "id", "state", "heartbeat", "guest_services", "username", "password", "latency_ms",
-    "notes", "computer_name", "files", "services", "processes", "hotfixes", "faults",
-}  # fmt: skip
+    "name",
+    "id",
+    "state",
+    "heartbeat",
+    "guest_services",
+    "username",
+    "password",
+    "latency_ms",
+    "notes",
+    "computer_name",
+    "files",
+    "services",
+    "processes",
+    "hotfixes",
+    "faults",
+}
 
 
 def _parse_vm(raw: dict[str, Any], source: str) -> VMSpec:
@@ -279,11 +293,16 @@ def _parse_vm(raw: dict[str, Any], source: str) -> VMSpec:
                 display_name=_str(s.get("display_name", s.get("name")), "vm.services.display_name", source),
                 status=ServiceStatus(s.get("status", "Running")),
             )
-            for s in (_table(x, "vm.services", source) for x in _list(raw.get("services", []), "services", source))
+            for s in (
+                _table(x, "vm.services", source) for x in _list(raw.get("services", []), "services", source)
+            )
         ),
         processes=tuple(
             ProcessSpec(name=_str(p.get("name"), "vm.processes.name", source), id=int(p.get("id", 0)))
-            for p in (_table(x, "vm.processes", source) for x in _list(raw.get("processes", []), "processes", source))
+            for p in (
+                _table(x, "vm.processes", source)
+                for x in _list(raw.get("processes", []), "processes", source)
+            )
         ),
         hotfixes=tuple(
             HotfixSpec(
@@ -291,7 +310,9 @@ def _parse_vm(raw: dict[str, Any], source: str) -> VMSpec:
                 description=_str(h.get("description", "Update"), "vm.hotfixes.description", source),
                 installed_on=str(h.get("installed_on", "")),
             )
-            for h in (_table(x, "vm.hotfixes", source) for x in _list(raw.get("hotfixes", []), "hotfixes", source))
+            for h in (
+                _table(x, "vm.hotfixes", source) for x in _list(raw.get("hotfixes", []), "hotfixes", source)
+            )
         ),
         faults=FaultSpec(session_drop_after_records=None if drop is None else int(drop)),
     )

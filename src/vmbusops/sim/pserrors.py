@@ -98,7 +98,9 @@ def integration_service_not_found(cmdlet: str, vm: str, service: str) -> SimErro
 FILE_EXISTS = "The file exists. (0x80070050)"
 PATH_NOT_FOUND = "The system cannot find the path specified. (0x80070003)"
 FILE_NOT_FOUND = "The system cannot find the file specified. (0x80070002)"
-INVALID_STATE = "The group or resource is not in the correct state to perform the requested operation. (0x8007139F)"
+INVALID_STATE = (
+    "The group or resource is not in the correct state to perform the requested operation. (0x8007139F)"
+)
 
 
 def copy_failed(vm: str, detail: str) -> SimError:
@@ -193,7 +195,8 @@ def parameter_not_found(cmdlet_fq: str, name: str) -> SimError:
 
 def missing_mandatory(cmdlet_fq: str, names: list[str]) -> SimError:
     return SimError(
-        message=f"Cannot process command because of one or more missing mandatory parameters: {' '.join(names)}.",
+        message="Cannot process command because of one or more missing mandatory parameters: "
+        f"{' '.join(names)}.",
         fqid=f"MissingMandatoryParameter,{cmdlet_fq}",
         category="InvalidArgument",
         exception_type="System.Management.Automation.ParameterBindingException",

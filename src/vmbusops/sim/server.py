@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import traceback
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -141,8 +140,14 @@ class Outbox:
             nonlocal group, group_size, group_key
             if group and group_key is not None:
                 out.append(
-                    encode(Packet(kind=PacketKind.DATA, guid=group_key[0] or POOL_GUID, stream=group_key[1],
-                                  data=b"".join(group)))  # fmt: skip
+                    encode(
+                        Packet(
+                            kind=PacketKind.DATA,
+                            guid=group_key[0] or POOL_GUID,
+                            stream=group_key[1],
+                            data=b"".join(group),
+                        )
+                    )
                 )
             group = []
             group_size = 0
@@ -317,7 +322,9 @@ class PSRPServer:
 
     # ---- output ----------------------------------------------------------------------------
 
-    def queue_message(self, pipeline_id: uuid.UUID | None, message_type: PSRPMessageType, data: bytes) -> None:
+    def queue_message(
+        self, pipeline_id: uuid.UUID | None, message_type: PSRPMessageType, data: bytes
+    ) -> None:
         """Queue a PSRP message built outside psrpcore, numbered from the pool's own counter."""
         # The object id must come from psrpcore's counter so our messages and psrpcore's never
         # share an id; this is the one place the simulator reaches into psrpcore's internals.
@@ -335,8 +342,10 @@ class PSRPServer:
         """Move what psrpcore queued in the pool's send buffer to the outbox, in order."""
         buffer = self.pool._send_buffer
         for message in buffer:
-            stream = DataStream.PROMPT_RESPONSE if message.stream_type is StreamType.prompt_response else (
-                DataStream.DEFAULT
+            stream = (
+                DataStream.PROMPT_RESPONSE
+                if message.stream_type is StreamType.prompt_response
+                else (DataStream.DEFAULT)
             )
             self.outbox.add_message(_Message(message.pipeline_id, stream, message.object_id, message.data))
         buffer.clear()
@@ -377,11 +386,11 @@ class PSRPServer:
                     if not data:
                         log.info("input ended")
                         break
-                    reader.feed(data)
+                    reader.feed(bytes(data))
                     while not self._closed and (packet := reader.next_packet()) is not None:
                         await self._handle(packet)
             except FramingError as exc:
-                log.error("client sent bad framing: %s", exc)
+                log.warning("client sent bad framing, closing: %s", exc)
             await self._stop_all()
             with trio.move_on_after(10):
                 await self.outbox.wait_empty()
@@ -392,7 +401,11 @@ class PSRPServer:
         pid = packet.pipeline_id
         if kind is PacketKind.DATA:
             self._ack(packet)
-            stream = StreamType.prompt_response if packet.stream is DataStream.PROMPT_RESPONSE else StreamType.default
+            stream = (
+                StreamType.prompt_response
+                if packet.stream is DataStream.PROMPT_RESPONSE
+                else StreamType.default
+            )
             self.pool.receive_data(PSRPPayload(packet.data, stream, pid))
             while (event := self.pool.next_event()) is not None:
                 self._on_event(event)
@@ -474,7 +487,7 @@ class PSRPServer:
                     except TerminatingError as exc:
                         outcome = (PSInvocationState.Failed, exc.error)
                     except Exception as exc:  # a simulator bug must not take the whole host down
-                        log.error("pipeline %s crashed:\n%s", pipe.pipeline_id, traceback.format_exc())
+                        log.exception("pipeline %s crashed", pipe.pipeline_id)
                         outcome = (
                             PSInvocationState.Failed,
                             SimError(

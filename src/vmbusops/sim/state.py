@@ -72,7 +72,9 @@ class VMRuntime:
     def with_integration(self, name: str, enabled: bool) -> VMRuntime:
         return replace(
             self,
-            integration=tuple((k, enabled if k.casefold() == name.casefold() else v) for k, v in self.integration),
+            integration=tuple(
+                (k, enabled if k.casefold() == name.casefold() else v) for k, v in self.integration
+            ),
         )
 
     def started(self, now: float, boot_seconds: float) -> VMRuntime:
@@ -122,7 +124,9 @@ class HostStore:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             (state_dir / "guests").mkdir(exist_ok=True, mode=0o700)
         except OSError as exc:
-            raise ConfigError(f"cannot create the simulator state directory {state_dir}: {exc.strerror}") from exc
+            raise ConfigError(
+                f"cannot create the simulator state directory {state_dir}: {exc.strerror}"
+            ) from exc
         self._state_file = state_dir / "state.json"
         self._lock_file = state_dir / "state.lock"
 

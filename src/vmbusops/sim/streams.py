@@ -53,7 +53,7 @@ class SimError:
         return self.exception_type.rsplit(".", 1)[-1]
 
 
-class TerminatingError(Exception):  # noqa: N818 - PowerShell's own name for this kind of error
+class TerminatingError(Exception):
     """A cmdlet stopped the whole pipeline (the pipeline ends Failed with this record)."""
 
     def __init__(self, error: SimError) -> None:
