@@ -1,0 +1,576 @@
+"""The durable journal: jobs, runs, steps and every record, in SQLite.
+
+Theory of operation
+-------------------
+One file, ``$VMBUSOPS_HOME/journal/journal.sqlite``, in WAL mode: readers (``vmbusops jobs``,
+``vmbusops logs -f``) never block the writer, and a committed transaction survives the writing
+process being killed at any instant (``synchronous=NORMAL`` in WAL mode loses nothing on a process
+crash; only a power cut can take the last transactions back, never tear one). Several processes
+may share the file; every write is one ``BEGIN IMMEDIATE`` transaction.
+
+What is true after any crash, because of how writes are grouped:
+
+* records of a run carry ``seq`` 1, 2, 3... with no gap: a process numbers a run's records from
+  the journal's highest committed ``seq``, so records lost with a crash (never committed) leave no
+  hole, and ``(run_id, seq)`` is the primary key, so none is stored twice;
+* a step is marked ``success`` in the same transaction as (after) its last records, and the engine
+  does not start the next step before that commit; so a step the journal calls finished has all
+  its records, and it is never run again unless it says it is idempotent;
+* a job names its owner (pid and process start time, see :mod:`.owner`) and the owner refreshes a
+  heartbeat; readers show the active runs of a dead owner as ``interrupted``, and
+  :meth:`Journal.reconcile` writes that down;
+* a VM lease (``vm_leases``) names the run that may touch the VM; it is taken in one immediate
+  transaction that checks the current holder's liveness, so two processes never hold one VM.
+
+All methods block; the engine calls them from a worker thread through :class:`.writer.JournalWriter`.
+One connection is shared by the threads of a process, guarded by a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from vmbusops.engine.owner import Owner, owner_alive
+from vmbusops.engine.states import Event, Level, State, next_state
+from vmbusops.errors import JournalError
+from vmbusops.home import home_path
+
+SCHEMA_VERSION: Final = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    bundle_name      TEXT NOT NULL,
+    bundle_version   INTEGER NOT NULL,
+    bundle_id        TEXT NOT NULL,
+    source           TEXT NOT NULL,
+    manifest         TEXT NOT NULL,
+    bundle_dir       TEXT,
+    host             TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    created_at       REAL NOT NULL,
+    started_at       REAL,
+    finished_at      REAL,
+    owner_pid        INTEGER,
+    owner_started    TEXT,
+    heartbeat_at     REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    error            TEXT,
+    pruned           INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id           INTEGER NOT NULL REFERENCES jobs (id),
+    vm               TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    current_step     TEXT,
+    started_at       REAL,
+    finished_at      REAL,
+    error            TEXT,
+    records          INTEGER NOT NULL DEFAULT 0,
+    excerpt          TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (job_id, vm)
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id      INTEGER NOT NULL REFERENCES runs (id),
+    idx         INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    started_at  REAL,
+    finished_at REAL,
+    error       TEXT,
+    PRIMARY KEY (run_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (
+    run_id  INTEGER NOT NULL,
+    seq     INTEGER NOT NULL,
+    step    TEXT,
+    attempt INTEGER NOT NULL,
+    stream  TEXT NOT NULL,
+    time    REAL NOT NULL,
+    content TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS vm_leases (
+    vm            TEXT PRIMARY KEY,
+    run_id        INTEGER NOT NULL,
+    owner_pid     INTEGER NOT NULL,
+    owner_started TEXT NOT NULL,
+    heartbeat_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_job ON runs (job_id);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+"""
+
+RecordRow = tuple[int, int, str | None, int, str, float, str]
+"""(run_id, seq, step, attempt, stream, time, content JSON) as written."""
+
+
+def journal_path() -> Path:
+    return home_path("journal", "journal.sqlite")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobView:
+    id: int
+    bundle_name: str
+    bundle_version: int
+    bundle_id: str
+    source: str
+    host: str
+    state: State
+    stored_state: State
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    owner_pid: int | None
+    owner_alive: bool
+    cancel_requested: bool
+    error: str | None
+    manifest: str
+    bundle_dir: str | None
+    run_states: dict[str, int]
+
+    @property
+    def targets(self) -> int:
+        return sum(self.run_states.values())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunView:
+    id: int
+    job_id: int
+    vm: str
+    state: State
+    stored_state: State
+    current_step: str | None
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    records: int
+    excerpt: list[str]
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepView:
+    run_id: int
+    idx: int
+    name: str
+    kind: str
+    state: State
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordView:
+    run_id: int
+    vm: str
+    seq: int
+    step: str | None
+    attempt: int
+    stream: str
+    time: float
+    content: dict[str, Any]
+
+
+class Journal:
+    """One process's connection to the journal file."""
+
+    def __init__(self, path: Path | str | None = None, *, readonly: bool = False) -> None:
+        self.path = Path(path) if path is not None else journal_path()
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            if not readonly:
+                # Every statement is CREATE ... IF NOT EXISTS: safe to run by each process that opens it.
+                self._db.executescript(_SCHEMA)
+                with self._write() as db:
+                    db.execute(
+                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                    )
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot open the journal {self.path}: {exc}") from exc
+        self.path.chmod(0o600)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------------ plumbing
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One immediate transaction, committed on success, rolled back on any exception."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise JournalError(f"the journal {self.path} cannot be written: {exc}") from exc
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise JournalError(f"the journal {self.path} cannot be written: {exc}") from exc
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                cur = self._db.execute(sql, params)
+                cur.row_factory = sqlite3.Row
+                return list(cur.fetchall())
+            except sqlite3.Error as exc:
+                raise JournalError(f"the journal {self.path} cannot be read: {exc}") from exc
+
+    # ------------------------------------------------------------------ jobs
+    def create_job(
+        self,
+        *,
+        bundle_name: str,
+        bundle_version: int,
+        bundle_id: str,
+        source: str,
+        manifest: str,
+        bundle_dir: str | None,
+        host: str,
+        vms: Sequence[str],
+        steps: Sequence[tuple[str, str]],
+        owner: Owner,
+        now: float,
+    ) -> tuple[int, dict[str, int]]:
+        """A new pending job with a pending run per VM and a pending step per (run, step)."""
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO jobs (bundle_name, bundle_version, bundle_id, source, manifest, bundle_dir,"
+                " host, state, created_at, owner_pid, owner_started, heartbeat_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    bundle_name, bundle_version, bundle_id, source, manifest, bundle_dir, host,
+                    State.PENDING.value, now, owner.pid, owner.started, now,
+                ),
+            )  # fmt: skip
+            job_id = int(cur.lastrowid or 0)
+            runs: dict[str, int] = {}
+            for vm in vms:
+                run = db.execute(
+                    "INSERT INTO runs (job_id, vm, state) VALUES (?, ?, ?)", (job_id, vm, State.PENDING.value)
+                )
+                run_id = int(run.lastrowid or 0)
+                runs[vm] = run_id
+                db.executemany(
+                    "INSERT INTO steps (run_id, idx, name, kind, state) VALUES (?, ?, ?, ?, ?)",
+                    [(run_id, i, name, kind, State.PENDING.value) for i, (name, kind) in enumerate(steps)],
+                )
+        return job_id, runs
+
+    def claim_job(self, job_id: int, owner: Owner, now: float) -> None:
+        """Make ``owner`` the job's owner (resuming it); refused while another live owner holds it."""
+        with self._write() as db:
+            row = db.execute(
+                "SELECT owner_pid, owner_started, heartbeat_at FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            if row is None:
+                raise JournalError(f"no job {job_id} in the journal")
+            pid, started, beat = row
+            if (pid, started) != (owner.pid, owner.started) and owner_alive(pid, started, beat, now=now):
+                raise JournalError(
+                    f"job {job_id} is owned by the running process {pid}",
+                    hint="wait for it to finish, or cancel it with: vmbusops jobs cancel " + str(job_id),
+                )
+            db.execute(
+                "UPDATE jobs SET owner_pid = ?, owner_started = ?, heartbeat_at = ? WHERE id = ?",
+                (owner.pid, owner.started, now, job_id),
+            )
+
+    def apply(self, records: Sequence[RecordRow], updates: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Records, then state updates, in one transaction (the writer's flush)."""
+        if not records and not updates:
+            return
+        try:
+            with self._write() as db:
+                if records:
+                    db.executemany(
+                        "INSERT INTO records (run_id, seq, step, attempt, stream, time, content)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        records,
+                    )
+                for sql, params in updates:
+                    db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise JournalError(f"the journal {self.path} cannot be written: {exc}") from exc
+
+    def next_seq(self, run_id: int) -> int:
+        row = self._read("SELECT COALESCE(MAX(seq), 0) FROM records WHERE run_id = ?", (run_id,))
+        return int(row[0][0]) + 1
+
+    def heartbeat(self, job_ids: Iterable[int], owner: Owner, now: float) -> None:
+        ids = list(job_ids)
+        with self._write() as db:
+            db.executemany(
+                "UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND owner_pid = ? AND owner_started = ?",
+                [(now, j, owner.pid, owner.started) for j in ids],
+            )
+            db.execute(
+                "UPDATE vm_leases SET heartbeat_at = ? WHERE owner_pid = ? AND owner_started = ?",
+                (now, owner.pid, owner.started),
+            )
+
+    def request_cancel(self, job_id: int, vm: str | None = None) -> int:
+        """Ask the owner to cancel the job (or one VM's run); returns how many rows were marked."""
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+                raise JournalError(f"no job {job_id} in the journal", hint="list jobs with: vmbusops jobs")
+            if vm is None:
+                return db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,)).rowcount
+            return db.execute(
+                "UPDATE runs SET cancel_requested = 1 WHERE job_id = ? AND vm = ? COLLATE NOCASE",
+                (job_id, vm),
+            ).rowcount
+
+    def cancel_requests(self, job_ids: Sequence[int]) -> tuple[set[int], set[int]]:
+        """(jobs, runs) whose cancellation was asked for."""
+        if not job_ids:
+            return set(), set()
+        marks = ",".join("?" * len(job_ids))
+        # Only placeholders are interpolated; the ids are bound parameters.
+        jobs = self._read(f"SELECT id FROM jobs WHERE cancel_requested = 1 AND id IN ({marks})", job_ids)  # noqa: S608
+        runs_sql = f"SELECT id FROM runs WHERE cancel_requested = 1 AND job_id IN ({marks})"  # noqa: S608
+        runs = self._read(runs_sql, job_ids)
+        return {int(r[0]) for r in jobs}, {int(r[0]) for r in runs}
+
+    # ------------------------------------------------------------------ VM leases
+    def try_lease_vm(self, vm: str, run_id: int, owner: Owner, now: float) -> int | None:
+        """Take the VM for ``run_id``; None if taken, else the run id of the live holder."""
+        key = vm.casefold()
+        with self._write() as db:
+            row = db.execute(
+                "SELECT run_id, owner_pid, owner_started, heartbeat_at FROM vm_leases WHERE vm = ?", (key,)
+            ).fetchone()
+            if row is not None and row[0] != run_id and owner_alive(row[1], row[2], row[3], now=now):
+                return int(row[0])
+            db.execute(
+                "INSERT OR REPLACE INTO vm_leases (vm, run_id, owner_pid, owner_started, heartbeat_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (key, run_id, owner.pid, owner.started, now),
+            )
+        return None
+
+    def release_vm(self, vm: str, run_id: int) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM vm_leases WHERE vm = ? AND run_id = ?", (vm.casefold(), run_id))
+
+    # ------------------------------------------------------------------ reconciliation
+    def reconcile(self, now: float | None = None) -> list[int]:
+        """Mark what dead owners left active as interrupted; release their VM leases.
+
+        Returns the ids of the jobs it interrupted. Safe to run from any process at any time: a
+        live owner's jobs are never touched.
+        """
+        now = now if now is not None else time.time()
+        interrupted: list[int] = []
+        with self._write() as db:
+            jobs = db.execute(
+                "SELECT id, state, owner_pid, owner_started, heartbeat_at FROM jobs WHERE state IN (?, ?)",
+                (State.PENDING.value, State.IN_PROGRESS.value),
+            ).fetchall()
+            for job_id, state, pid, started, beat in jobs:
+                if owner_alive(pid, started, beat, now=now):
+                    continue
+                new = next_state(Level.JOB, State(state), Event.INTERRUPT)
+                db.execute("UPDATE jobs SET state = ? WHERE id = ?", (new.value, job_id))
+                for run_id, run_state in db.execute(
+                    "SELECT id, state FROM runs WHERE job_id = ?", (job_id,)
+                ).fetchall():
+                    if State(run_state).active:
+                        db.execute(
+                            "UPDATE runs SET state = ? WHERE id = ?",
+                            (next_state(Level.RUN, State(run_state), Event.INTERRUPT).value, run_id),
+                        )
+                    for idx, step_state in db.execute(
+                        "SELECT idx, state FROM steps WHERE run_id = ? AND state IN (?, ?)",
+                        (run_id, State.IN_PROGRESS.value, State.DELAYED.value),
+                    ).fetchall():
+                        db.execute(
+                            "UPDATE steps SET state = ? WHERE run_id = ? AND idx = ?",
+                            (next_state(Level.STEP, State(step_state), Event.INTERRUPT).value, run_id, idx),
+                        )
+                interrupted.append(int(job_id))
+            for vm, pid, started, beat in db.execute(
+                "SELECT vm, owner_pid, owner_started, heartbeat_at FROM vm_leases"
+            ).fetchall():
+                if not owner_alive(pid, started, beat, now=now):
+                    db.execute("DELETE FROM vm_leases WHERE vm = ?", (vm,))
+        return interrupted
+
+    def prune(self, *, keep_seconds: float, now: float | None = None) -> int:
+        """Delete the records of jobs finished more than ``keep_seconds`` ago (their runs keep
+        excerpts); returns how many records went."""
+        cutoff = (now if now is not None else time.time()) - keep_seconds
+        with self._write() as db:
+            ids = [
+                int(r[0])
+                for r in db.execute(
+                    "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? AND pruned = 0",
+                    (cutoff,),
+                ).fetchall()
+            ]
+            removed = 0
+            for job_id in ids:
+                removed += db.execute(
+                    "DELETE FROM records WHERE run_id IN (SELECT id FROM runs WHERE job_id = ?)", (job_id,)
+                ).rowcount
+                db.execute("UPDATE jobs SET pruned = 1 WHERE id = ?", (job_id,))
+        return removed
+
+    # ------------------------------------------------------------------ readers
+    def jobs(self, *, limit: int = 50, job_id: int | None = None) -> list[JobView]:
+        where, params = ("WHERE id = ?", [job_id]) if job_id is not None else ("", [])
+        rows = self._read(f"SELECT * FROM jobs {where} ORDER BY id DESC LIMIT ?", [*params, limit])  # noqa: S608
+        out: list[JobView] = []
+        now = time.time()
+        for r in rows:
+            alive = owner_alive(r["owner_pid"], r["owner_started"], r["heartbeat_at"], now=now)
+            stored = State(r["state"])
+            counts: dict[str, int] = {}
+            for run in self._read("SELECT state FROM runs WHERE job_id = ?", (r["id"],)):
+                s = _effective(State(run["state"]), alive)
+                counts[s.value] = counts.get(s.value, 0) + 1
+            out.append(
+                JobView(
+                    id=r["id"],
+                    bundle_name=r["bundle_name"],
+                    bundle_version=r["bundle_version"],
+                    bundle_id=r["bundle_id"],
+                    source=r["source"],
+                    host=r["host"],
+                    state=_effective(stored, alive),
+                    stored_state=stored,
+                    created_at=r["created_at"],
+                    started_at=r["started_at"],
+                    finished_at=r["finished_at"],
+                    owner_pid=r["owner_pid"],
+                    owner_alive=alive,
+                    cancel_requested=bool(r["cancel_requested"]),
+                    error=r["error"],
+                    manifest=r["manifest"],
+                    bundle_dir=r["bundle_dir"],
+                    run_states=counts,
+                )
+            )
+        return out
+
+    def job(self, job_id: int) -> JobView:
+        found = self.jobs(job_id=job_id, limit=1)
+        if not found:
+            raise JournalError(f"no job {job_id} in the journal", hint="list jobs with: vmbusops jobs")
+        return found[0]
+
+    def runs(self, job_id: int) -> list[RunView]:
+        job = self.job(job_id)
+        return [
+            RunView(
+                id=r["id"],
+                job_id=r["job_id"],
+                vm=r["vm"],
+                state=_effective(State(r["state"]), job.owner_alive),
+                stored_state=State(r["state"]),
+                current_step=r["current_step"],
+                started_at=r["started_at"],
+                finished_at=r["finished_at"],
+                error=r["error"],
+                records=r["records"],
+                excerpt=json.loads(r["excerpt"]) if r["excerpt"] else [],
+                cancel_requested=bool(r["cancel_requested"]),
+            )
+            for r in self._read("SELECT * FROM runs WHERE job_id = ? ORDER BY id", (job_id,))
+        ]
+
+    def steps(self, run_id: int) -> list[StepView]:
+        return [
+            StepView(
+                run_id=r["run_id"],
+                idx=r["idx"],
+                name=r["name"],
+                kind=r["kind"],
+                state=State(r["state"]),
+                attempts=r["attempts"],
+                started_at=r["started_at"],
+                finished_at=r["finished_at"],
+                error=r["error"],
+            )
+            for r in self._read("SELECT * FROM steps WHERE run_id = ? ORDER BY idx", (run_id,))
+        ]
+
+    def records(
+        self,
+        job_id: int,
+        *,
+        vm: str | None = None,
+        stream: str | None = None,
+        after: dict[int, int] | None = None,
+        limit: int = 10_000,
+    ) -> list[RecordView]:
+        """Records of a job in (run, seq) order; ``after`` maps run id -> last seq already seen."""
+        sql = (
+            "SELECT r.run_id, runs.vm, r.seq, r.step, r.attempt, r.stream, r.time, r.content"
+            " FROM records r JOIN runs ON runs.id = r.run_id WHERE runs.job_id = ?"
+        )
+        params: list[Any] = [job_id]
+        if vm is not None:
+            sql += " AND runs.vm = ? COLLATE NOCASE"
+            params.append(vm)
+        if stream is not None:
+            sql += " AND r.stream = ?"
+            params.append(stream)
+        if after:
+            clauses = " OR ".join("(r.run_id = ? AND r.seq > ?)" for _ in after)
+            known = ",".join("?" * len(after))
+            sql += f" AND ({clauses} OR r.run_id NOT IN ({known}))"
+            for run_id, seq in after.items():
+                params += [run_id, seq]
+            params += list(after)
+        sql += " ORDER BY r.time, r.run_id, r.seq LIMIT ?"
+        params.append(limit)
+        return [
+            RecordView(
+                run_id=r[0],
+                vm=r[1],
+                seq=r[2],
+                step=r[3],
+                attempt=r[4],
+                stream=r[5],
+                time=r[6],
+                content=json.loads(r[7]),
+            )
+            for r in self._read(sql, params)
+        ]
+
+
+def _effective(state: State, owner_alive: bool) -> State:
+    """What a reader should show: an active state under a dead owner is an interruption."""
+    if state.active and not owner_alive:
+        return State.INTERRUPTED
+    return state
