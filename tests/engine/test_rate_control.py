@@ -1,0 +1,217 @@
+"""Rate control, timeouts, cancellation and VM exclusivity, measured over the simulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from tests.engine.conftest import VM, harness_for, manifest, script, source, write_lab
+from vmbusops.engine import Journal, RunChanged, State
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    points = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
+    peak = current = 0
+    for _, delta in points:
+        current += delta
+        peak = max(peak, current)
+    return peak
+
+
+def guest_intervals(journal: Journal, job_id: int) -> dict[str, tuple[float, float]]:
+    """When each guest was producing records (times the agent received them)."""
+    spans: dict[str, tuple[float, float]] = {}
+    for rec in journal.records(job_id):
+        if rec.stream == "state":
+            continue
+        a, b = spans.get(rec.vm, (rec.time, rec.time))
+        spans[rec.vm] = (min(a, rec.time), max(b, rec.time))
+    return spans
+
+
+SLOW = "Write-Output 'start'\nStart-Sleep -Milliseconds 300\nWrite-Output 'end'"
+
+
+async def test_max_concurrency_is_never_exceeded(lab_dir: Path, tmp_path: Path) -> None:
+    vms = [VM(f"vm{i:02d}") for i in range(8)]
+    lab = write_lab(lab_dir, vms)
+    m = manifest(["vm*"], [script("slow", SLOW)], execution={"max_concurrency": "25%"})
+    async with harness_for(lab, tmp_path / "j.sqlite") as h:
+        result = await h.engine.run_job(source(m))
+        spans = guest_intervals(h.journal, result.job_id)
+    assert result.state is State.SUCCESS
+    assert len(spans) == 8
+    # 25% of 8 is 2: the guests' output windows never overlap by more than two...
+    assert max_overlap(list(spans.values())) == 2
+    # ...and delayed runs were reported as such while they waited for a slot.
+    delayed = {e.vm for e in h.events if isinstance(e, RunChanged) and e.state is State.DELAYED}
+    assert len(delayed) >= 4
+
+
+async def test_max_errors_stops_widening_exactly(lab_dir: Path, tmp_path: Path) -> None:
+    # Every target fails. With one at a time and max errors 2, the third failure exceeds it:
+    # three runs fail and every other run is skipped without starting.
+    lab = write_lab(lab_dir, [VM(f"vm{i:02d}") for i in range(7)])
+    m = manifest(
+        ["vm*"],
+        [script("bad", "Write-Error 'patch failed'")],
+        execution={"max_concurrency": 1, "max_errors": 2},
+    )
+    async with harness_for(lab, tmp_path / "j.sqlite") as h:
+        result = await h.engine.run_job(source(m))
+        runs = h.journal.runs(result.job_id)
+    states = sorted(r.state for r in runs)
+    assert states.count(State.FAILED) == 3
+    assert states.count(State.SKIPPED) == 4
+    for run in runs:
+        if run.state is State.SKIPPED:
+            assert run.started_at is None
+            assert "max errors" in (run.error or "")
+        else:
+            assert "patch failed" in (run.error or "")
+    assert result.state is State.FAILED
+
+
+async def test_max_errors_zero_with_two_in_flight(lab_dir: Path, tmp_path: Path) -> None:
+    lab = write_lab(lab_dir, [VM(f"vm{i:02d}") for i in range(6)])
+    m = manifest(
+        ["vm*"],
+        [script("bad", "Start-Sleep -Milliseconds 200\nWrite-Error 'no'")],
+        execution={"max_concurrency": 2, "max_errors": 0},
+    )
+    async with harness_for(lab, tmp_path / "j.sqlite") as h:
+        result = await h.engine.run_job(source(m))
+    states = list(result.runs.values())
+    # The two that started together both fail; the first failure stops every later start.
+    assert states.count(State.FAILED) == 2
+    assert states.count(State.SKIPPED) == 4
+
+
+async def test_delivery_and_execution_timeouts_are_told_apart(lab_dir: Path, tmp_path: Path) -> None:
+    lab = write_lab(lab_dir, [VM("vm01"), VM("vm02")])
+    m = manifest(
+        ["vm01", "vm02"],
+        [script("hang", "Write-Output 'begin'\nStart-Sleep -Seconds 30\nWrite-Output 'never'")],
+        execution={"max_concurrency": 1, "target_timeout_seconds": 1, "delivery_timeout_seconds": 0.5},
+    )
+    async with harness_for(lab, tmp_path / "j.sqlite") as h:
+        with trio.fail_after(10):
+            result = await h.engine.run_job(source(m))
+        runs = {r.vm: r for r in h.journal.runs(result.job_id)}
+        texts = [r.content.get("value") for r in h.journal.records(result.job_id)]
+    states = sorted(r.state for r in runs.values())
+    assert states == [State.DELIVERY_TIMED_OUT, State.EXECUTION_TIMED_OUT]
+    started = next(r for r in runs.values() if r.state is State.EXECUTION_TIMED_OUT)
+    waiting = next(r for r in runs.values() if r.state is State.DELIVERY_TIMED_OUT)
+    assert started.started_at is not None
+    assert waiting.started_at is None
+    assert "begin" in texts
+    assert "never" not in texts
+    steps = h.journal.steps(started.id)
+    assert steps[0].state is State.EXECUTION_TIMED_OUT
+
+
+async def test_step_timeout_inside_a_batch_is_the_steps_own(lab_dir: Path, tmp_path: Path) -> None:
+    lab = write_lab(lab_dir, [VM("vm01")])
+    m = manifest(
+        ["vm01"],
+        [
+            script("quick", "Start-Sleep -Milliseconds 400\nWrite-Output 'a'", timeout_seconds=2),
+            script("slow", "Start-Sleep -Seconds 20", timeout_seconds=0.5),
+            script("after", "Write-Output 'b'"),
+        ],
+    )
+    async with harness_for(lab, tmp_path / "j.sqlite") as h:
+        with trio.fail_after(10):
+            result = await h.engine.run_job(source(m))
+        run = h.journal.runs(result.job_id)[0]
+        steps = h.journal.steps(run.id)
+    assert result.runs["vm01"] is State.EXECUTION_TIMED_OUT
+    assert [s.state for s in steps] == [State.SUCCESS, State.EXECUTION_TIMED_OUT, State.SKIPPED]
+
+
+async def test_cancel_mid_step_stops_the_guest_pipeline(lab_dir: Path, tmp_path: Path) -> None:
+    lab = write_lab(lab_dir, [VM("vm01")])
+    long_loop = (
+        "1..200 | ForEach-Object { Write-Output $_; Start-Sleep -Milliseconds 20 }\n"
+        "Set-Content -Path 'C:\\done.txt' -Value 'finished'"
+    )
+    m = manifest(["vm01"], [script("loop", long_loop), script("next", "Write-Output 'next'")])
+    async with harness_for(lab, tmp_path / "j.sqlite") as h:
+        with trio.fail_after(15):
+            async with trio.open_nursery() as nursery:
+                job_ids: list[int] = []
+
+                async def run() -> None:
+                    await h.engine.run_job(source(m), on_created=job_ids.append)
+
+                nursery.start_soon(run)
+                # Wait until the guest is mid-step, then cancel the way `vmbusops jobs cancel` does.
+                while not any(getattr(e, "record", None) is not None for e in h.events):
+                    await trio.sleep(0.02)
+                await trio.sleep(0.3)
+                Journal(tmp_path / "j.sqlite").request_cancel(job_ids[0])
+        count_at_end = len(h.journal.records(job_ids[0]))
+        await trio.sleep(0.5)
+        # Nothing more arrives, and the guest never reached the end of its script.
+        assert len(h.journal.records(job_ids[0])) == count_at_end
+        _, outcome = await h.host.run_in_guest(
+            "vm01",
+            "Test-Path 'C:\\done.txt'",
+            __import__("tests.engine.conftest").engine.conftest.credential_for("x"),
+        )
+        run = h.journal.runs(job_ids[0])[0]
+        steps = h.journal.steps(run.id)
+        job = h.journal.job(job_ids[0])
+    assert 0 < count_at_end < 200
+    assert outcome.ok
+    assert run.state is State.CANCELLED
+    assert [s.state for s in steps] == [State.CANCELLED, State.SKIPPED]
+    assert job.state is State.CANCELLED
+
+
+async def test_vm_switched_off_mid_run_fails_that_run_only(lab_dir: Path, tmp_path: Path) -> None:
+    lab = write_lab(lab_dir, [VM("vm01"), VM("vm02")])
+    m = manifest(
+        ["vm01", "vm02"],
+        [
+            script("first", "Write-Output 'a'\nStart-Sleep -Milliseconds 600\nWrite-Output 'b'"),
+            {"kind": "wait-ready", "name": "ready"},
+            script("second", "Write-Output 'c'"),
+        ],
+        execution={"max_concurrency": 2, "max_errors": 5},
+    )
+    async with harness_for(lab, tmp_path / "j.sqlite") as h:
+        async with trio.open_nursery() as nursery:
+            results = []
+
+            async def run() -> None:
+                results.append(await h.engine.run_job(source(m)))
+
+            nursery.start_soon(run)
+            await trio.sleep(0.3)
+            await h.host.stop_vm("vm02", turn_off=True)
+        result = results[0]
+    assert result.runs == {"vm01": State.SUCCESS, "vm02": State.FAILED}
+    assert "vm02" in result.errors["vm02"]
+
+
+async def test_two_jobs_never_touch_one_vm_at_once(lab_dir: Path, tmp_path: Path) -> None:
+    lab = write_lab(lab_dir, [VM("vm01"), VM("vm02")])
+    body = "Write-Output 'in'\nStart-Sleep -Milliseconds 300\nWrite-Output 'out'"
+    a = manifest(["vm01", "vm02"], [script("a", body)], execution={"max_concurrency": 2}, name="job-a")
+    b = manifest(["vm01"], [script("b", body)], name="job-b")
+    async with harness_for(lab, tmp_path / "j.sqlite") as h:
+        results = []
+
+        async def run(m: object) -> None:
+            results.append(await h.engine.run_job(source(m)))  # type: ignore[arg-type]
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, a)
+            nursery.start_soon(run, b)
+        spans = [guest_intervals(h.journal, r.job_id)["vm01"] for r in results]
+    assert all(r.state is State.SUCCESS for r in results)
+    (a0, a1), (b0, b1) = sorted(spans)
+    assert a1 < b0, f"vm01 was used by two jobs at once: {spans}"
