@@ -124,6 +124,7 @@ class PSRPTestClient:
         self.wire: list[Packet] = []  # every packet received, in order
         self.events: dict[uuid.UUID | None, list[Any]] = {}
         self.eof = False
+        self.server_done = trio.Event()  # set when an in-memory server's serve() returned
         self._changed = trio.Event()
 
     async def _notify(self) -> None:
@@ -218,6 +219,9 @@ class PSRPTestClient:
         return self.result(ps)
 
     async def close_pipeline(self, ps: psrpcore.ClientPowerShell) -> None:
+        if ps.state == PSInvocationState.Running:
+            # psrpcore's client refuses to close a running pipeline; mark it stopping first.
+            ps.begin_stop()
         ps.close()
         await self.send_packet(Packet(kind=PacketKind.CLOSE, guid=ps.pipeline_id))
         await self.wait_for(lambda: self.acked(PacketKind.CLOSE, ps.pipeline_id) > 0)
@@ -265,8 +269,12 @@ async def in_memory_client(store: HostStore, *, max_runspaces: int = 8) -> Async
     client_end, server_end = trio.testing.memory_stream_pair()
     server = PSRPServer(HyperVHost(store.lab, store), server_end)
     client = PSRPTestClient(client_end, client_end, max_runspaces=max_runspaces)
+    async def serve() -> None:
+        await server.serve(server_end)
+        client.server_done.set()
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.serve, server_end)
+        nursery.start_soon(serve)
         nursery.start_soon(client.receive_loop)
         await client.open()
         yield client

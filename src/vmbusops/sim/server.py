@@ -72,6 +72,7 @@ log = logging.getLogger("vmbusops.sim")
 # reading 32 KiB at a time is not handed one huge line.
 MAX_PACKET_DATA = 64 * 1024
 HIGH_WATER = 1024 * 1024
+YIELD_EVERY = 64
 GARBAGE = b"vmbusops simulator: injected garbage that is not an OutOfProc packet\r\n"
 
 
@@ -204,6 +205,7 @@ class _PipelineStreams:
         self._server = server
         self._pid = pipeline_id
         self._count = 0
+        self._since_yield = 0
 
     @property
     def records_written(self) -> int:
@@ -278,7 +280,15 @@ class _PipelineStreams:
 
     async def checkpoint(self) -> None:
         await self._server.outbox.wait_for_space()
-        await trio.lowlevel.checkpoint()
+        # Yielding after every record would hand the writer one record at a time; yielding every
+        # YIELD_EVERY records lets records pile up into shared packets. A script that sleeps or
+        # waits yields anyway, so its records still go out as they happen.
+        self._since_yield += 1
+        if self._since_yield >= YIELD_EVERY:
+            self._since_yield = 0
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
 
     def inject_garbage(self) -> None:
         self._server.outbox.add_line(GARBAGE)
@@ -357,6 +367,8 @@ class PSRPServer:
         try:
             while True:
                 await self.outbox.wait_ready()
+                # One more turn of the scheduler so running pipelines can add to this batch.
+                await trio.lowlevel.checkpoint()
                 chunk = self.outbox.take()
                 if chunk:
                     await self._send.send_all(chunk)
