@@ -36,13 +36,17 @@ def cli() -> None:
 # (each module defines click commands/groups; keep this block sorted)
 from vmbusops.cli.bundle_cmds import bundle, keys, trust  # noqa: E402
 from vmbusops.cli.cred_cmds import cred  # noqa: E402
+from vmbusops.cli.engine_cmds import jobs, logs_cmd, run_cmd  # noqa: E402
 from vmbusops.cli.guest_cmds import copy_cmd, exec_cmd, vms_cmd  # noqa: E402
 
 cli.add_command(bundle)
 cli.add_command(copy_cmd)
 cli.add_command(cred)
 cli.add_command(exec_cmd)
+cli.add_command(jobs)
 cli.add_command(keys)
+cli.add_command(logs_cmd)
+cli.add_command(run_cmd)
 cli.add_command(trust)
 cli.add_command(vms_cmd)
 # --- end of registration ---------------------------------------------------------------------

@@ -1,0 +1,481 @@
+"""``vmbusops run``, ``vmbusops jobs`` and ``vmbusops logs``: jobs from signed bundles, and the journal.
+
+``run`` verifies and accepts a bundle through the bundle layer (nothing unverified ever runs from
+the command line), then runs it in this process with live progress. ``jobs`` and ``logs`` only read
+the journal, so they work while a job runs in another process and after it died; ``jobs cancel``
+writes a request that the owning process acts on within a second.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+import trio
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from vmbusops.bundle.paths import accepted_bundles_dir, replay_store_path, trust_policy_path
+from vmbusops.bundle.policy import load_trust_policy
+from vmbusops.bundle.replay import ReplayStore
+from vmbusops.bundle.verify import AcceptedBundle, accept_bundle
+from vmbusops.cli import exitcodes
+from vmbusops.cli.common import host_option, load, resolve_credential, run_trio
+from vmbusops.cli.output import RecordPrinter, use_colour
+from vmbusops.config import Config
+from vmbusops.credentials import GuestCredential
+from vmbusops.engine import (
+    EngineEvent,
+    JobResult,
+    JobSource,
+    Journal,
+    RecordArrived,
+    State,
+    open_engine,
+)
+from vmbusops.engine.journal import JobView, RecordView, RunView
+from vmbusops.guestops.connect import open_host
+from vmbusops.records import Stream
+
+_STATE_STYLE = {
+    State.SUCCESS: "green",
+    State.FAILED: "red",
+    State.DELIVERY_TIMED_OUT: "red",
+    State.EXECUTION_TIMED_OUT: "red",
+    State.CANCELLED: "yellow",
+    State.INTERRUPTED: "yellow",
+    State.SKIPPED: "dim",
+    State.IN_PROGRESS: "cyan",
+    State.DELAYED: "blue",
+    State.PENDING: "",
+}
+
+
+def _styled(state: State) -> str:
+    style = _STATE_STYLE.get(state, "")
+    return f"[{style}]{state.value}[/]" if style else state.value
+
+
+def _duration(start: float | None, end: float | None) -> str:
+    if start is None:
+        return "-"
+    return f"{(end or time.time()) - start:.1f}s"
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def _exit_code(result: JobResult) -> int:
+    return exitcodes.OK if result.state is State.SUCCESS else exitcodes.GUEST_ERRORS
+
+
+# --- live progress --------------------------------------------------------------------------------
+
+
+class Progress:
+    """Live progress of one job: a line per VM with its state and step, records underneath."""
+
+    def __init__(self, *, as_json: bool, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.as_json = as_json
+        self.live_mode = not as_json and self.out.isatty()
+        self.console = Console(file=self.out, highlight=False, no_color=not use_colour(self.out))
+        self.printer = RecordPrinter(json_lines=as_json, out=self.out, vm_width=10)
+        self.rows: dict[str, tuple[State, str | None]] = {}
+        self.live: Live | None = None
+        self.job_id: int | None = None
+
+    def table(self) -> Table:
+        table = Table(box=None, header_style="bold", title=f"job {self.job_id}" if self.job_id else None)
+        for col in ("VM", "State", "Step"):
+            table.add_column(col)
+        for vm, (state, step) in self.rows.items():
+            table.add_row(vm, _styled(state), step or "")
+        return table
+
+    def created(self, job_id: int) -> None:
+        self.job_id = job_id
+        if self.as_json:
+            self._json({"event": "job", "job": job_id})
+        elif not self.live_mode:
+            self.out.write(f"job {job_id}\n")
+        self.out.flush()
+
+    def __call__(self, event: EngineEvent) -> None:
+        if isinstance(event, RecordArrived):
+            if self.live_mode and self.live is not None:
+                self.live.console.print(self._record_text(event), markup=False, highlight=False)
+            else:
+                self.printer.emit(event.record)
+            return
+        previous = self.rows.get(event.vm)
+        self.rows[event.vm] = (event.state, event.step)
+        if self.live is not None:
+            self.live.update(self.table())
+        elif self.as_json:
+            self._json(
+                {
+                    "event": "run",
+                    "vm": event.vm,
+                    "state": event.state.value,
+                    "step": event.step,
+                    "error": event.error,
+                }
+            )
+        elif previous != (event.state, event.step):
+            step = f" ({event.step})" if event.step else ""
+            error = f": {event.error}" if event.error else ""
+            self.out.write(f"{event.vm:<10} > {event.state.value}{step}{error}\n")
+
+    def _record_text(self, event: RecordArrived) -> str:
+        buf = io.StringIO()
+        RecordPrinter(out=buf, vm_width=10).emit(event.record)
+        return buf.getvalue().rstrip("\n")
+
+    def _json(self, obj: dict[str, Any]) -> None:
+        self.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
+    def summary(self, result: JobResult, journal: Journal) -> None:
+        runs = journal.runs(result.job_id)
+        if self.as_json:
+            self._json(
+                {
+                    "event": "summary",
+                    "job": result.job_id,
+                    "state": result.state.value,
+                    "runs": [_run_json(r, journal) for r in runs],
+                }
+            )
+            return
+        table = Table(box=None, header_style="bold", title=f"job {result.job_id}: {result.state.value}")
+        for col in ("VM", "State", "Duration", "Records", "Error"):
+            table.add_column(col)
+        for r in runs:
+            table.add_row(
+                r.vm, _styled(r.state), _duration(r.started_at, r.finished_at), str(r.records), r.error or ""
+            )
+        self.console.print(table)
+
+
+def _run_json(r: RunView, journal: Journal) -> dict[str, Any]:
+    return {
+        "vm": r.vm,
+        "state": r.state.value,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "current_step": r.current_step,
+        "records": r.records,
+        "error": r.error,
+        "excerpt": r.excerpt,
+        "steps": [
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "state": s.state.value,
+                "attempts": s.attempts,
+                "started_at": s.started_at,
+                "finished_at": s.finished_at,
+                "error": s.error,
+            }
+            for s in journal.steps(r.id)
+        ],
+    }
+
+
+# --- run ------------------------------------------------------------------------------------------
+
+
+def _accept(path: Path) -> AcceptedBundle:
+    policy = load_trust_policy(trust_policy_path())
+    with ReplayStore(replay_store_path()) as replay:
+        return accept_bundle(path, policy=policy, replay=replay, workdir=accepted_bundles_dir())
+
+
+def _credential_resolver(config: Config, host: str | None) -> Any:
+    cache: dict[str, GuestCredential] = {}
+
+    def resolve(name: str) -> GuestCredential:
+        if name not in cache:
+            cache[name] = resolve_credential(name, config, host)
+        return cache[name]
+
+    return resolve
+
+
+async def _run_source(
+    config: Config,
+    host: str | None,
+    progress: Progress,
+    *,
+    bundle: AcceptedBundle | None = None,
+    resume: int | None = None,
+) -> int:
+    journal = Journal()
+    try:
+        async with (
+            open_host(host, config=config) as hv,
+            open_engine(
+                hv,
+                journal,
+                credential_for=_credential_resolver(config, host),
+                host_name=host or config.host,
+                on_event=progress,
+            ) as engine,
+        ):
+            with (
+                Live(progress.table(), console=progress.console, transient=True)
+                if progress.live_mode
+                else _Null() as live
+            ):
+                progress.live = live if isinstance(live, Live) else None
+                if bundle is not None:
+                    result = await engine.run_job(
+                        JobSource.from_accepted(bundle), on_created=progress.created
+                    )
+                else:
+                    assert resume is not None
+                    progress.created(resume)
+                    result = await engine.resume_job(resume)
+            progress.live = None
+        progress.summary(result, journal)
+        return _exit_code(result)
+    finally:
+        journal.close()
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@click.command("run")
+@host_option
+@click.argument("bundle_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--json", "as_json", is_flag=True, help="NDJSON: job, run-state and record lines, then a summary."
+)
+def run_cmd(host: str | None, bundle_file: Path, as_json: bool) -> None:
+    """Verify a signed bundle and run it on this host, with live progress.
+
+    Exit code 0 when every target succeeded, 1 when any did not, 4 when the bundle was rejected.
+    """
+    config = load()
+    bundle = _accept(bundle_file)
+    progress = Progress(as_json=as_json)
+    sys.exit(run_trio(lambda: _run_source(config, host, progress, bundle=bundle)))
+
+
+# --- jobs -----------------------------------------------------------------------------------------
+
+
+def _job_json(job: JobView) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "bundle": job.bundle_name,
+        "version": job.bundle_version,
+        "bundle_id": job.bundle_id,
+        "source": job.source,
+        "host": job.host,
+        "state": job.state.value,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "owner_pid": job.owner_pid,
+        "cancel_requested": job.cancel_requested,
+        "runs": job.run_states,
+    }
+
+
+@click.group("jobs", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per job.")
+@click.option("--limit", default=50, show_default=True, help="How many jobs, newest first.")
+@click.pass_context
+def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
+    """Jobs in the journal, newest first; subcommands show, cancel and resume one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    journal = Journal()
+    views = journal.jobs(limit=limit)
+    if as_json:
+        for job in views:
+            click.echo(json.dumps(_job_json(job)))
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("ID", "Bundle", "State", "Targets", "Runs", "Created", "Duration"):
+        table.add_column(col)
+    for job in views:
+        runs = ", ".join(f"{n} {s}" for s, n in sorted(job.run_states.items()))
+        table.add_row(
+            str(job.id),
+            f"{job.bundle_name} v{job.bundle_version}",
+            _styled(job.state),
+            str(job.targets),
+            runs,
+            _when(job.created_at),
+            _duration(job.started_at, job.finished_at),
+        )
+    Console(highlight=False).print(table)
+
+
+@jobs.command("show")
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def jobs_show(job_id: int, as_json: bool) -> None:
+    """Per-run states, durations, steps and output excerpts of one job."""
+    journal = Journal()
+    job = journal.job(job_id)
+    runs = journal.runs(job_id)
+    if as_json:
+        click.echo(json.dumps({**_job_json(job), "runs": [_run_json(r, journal) for r in runs]}))
+        return
+    console = Console(highlight=False)
+    owner = f"pid {job.owner_pid}" + ("" if job.owner_alive else " (gone)")
+    console.print(
+        f"job {job.id}  {job.bundle_name} v{job.bundle_version}  {_styled(job.state)}  owner {owner}"
+    )
+    console.print(f"created {_when(job.created_at)}  duration {_duration(job.started_at, job.finished_at)}")
+    for r in runs:
+        console.print(
+            f"\n[bold]{r.vm}[/]  {_styled(r.state)}  {_duration(r.started_at, r.finished_at)}"
+            f"  {r.records} records" + (f"  [red]{r.error}[/]" if r.error else ""),
+            markup=True,
+        )
+        for s in journal.steps(r.id):
+            tries = f" ({s.attempts} attempts)" if s.attempts > 1 else ""
+            console.print(f"  {s.name:<20} {s.kind:<10} {_styled(s.state)}{tries}")
+        for line in r.excerpt:
+            console.print(f"    | {line}", markup=False)
+
+
+@jobs.command("cancel")
+@click.argument("job_id", type=int)
+@click.option("--vm", default=None, metavar="NAME", help="Cancel only this VM's run.")
+def jobs_cancel(job_id: int, vm: str | None) -> None:
+    """Ask the process running a job to cancel it (or one VM's run); guest pipelines are stopped."""
+    journal = Journal()
+    job = journal.job(job_id)
+    if not job.state.active:
+        click.echo(f"job {job_id} is {job.state.value}; nothing to cancel")
+        return
+    if journal.request_cancel(job_id, vm) == 0:
+        click.echo(f"job {job_id} has no run on {vm}", err=True)
+        sys.exit(exitcodes.USAGE)
+    click.echo(f"cancel requested for job {job_id}" + (f" on {vm}" if vm else ""))
+
+
+@jobs.command("resume")
+@host_option
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def jobs_resume(host: str | None, job_id: int, as_json: bool) -> None:
+    """Finish an interrupted job according to its bundle's resume policy."""
+    config = load()
+    progress = Progress(as_json=as_json)
+    sys.exit(run_trio(lambda: _run_source(config, host, progress, resume=job_id)))
+
+
+# --- logs -----------------------------------------------------------------------------------------
+
+_LABEL = {
+    "error": "ERROR: ",
+    "warning": "WARNING: ",
+    "verbose": "VERBOSE: ",
+    "debug": "DEBUG: ",
+    "progress": "PROGRESS: ",
+    "state": "STATE: ",
+}
+
+
+def _value_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        if "string" in value and value["string"] is not None:
+            return str(value["string"])
+        if "$bytes" in value:
+            return str(value["$bytes"])
+        return json.dumps(value)
+    if isinstance(value, list):
+        return " ".join(_value_text(v) for v in value)
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return str(value)
+
+
+def record_text(rec: RecordView) -> str:
+    c = rec.content
+    if rec.stream == Stream.OUTPUT:
+        return _value_text(c.get("value"))
+    if rec.stream == Stream.INFORMATION:
+        return _value_text(c.get("message_data"))
+    if rec.stream == Stream.PROGRESS:
+        return f"{c.get('activity', '')}: {c.get('status_description', '')}"
+    if rec.stream == Stream.STATE:
+        return str(c.get("state", ""))
+    return str(c.get("message", ""))
+
+
+def _print_records(records: list[RecordView], as_json: bool, width: int) -> None:
+    for rec in records:
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {"vm": rec.vm, "seq": rec.seq, "time": rec.time, "step": rec.step, **rec.content},
+                    separators=(",", ":"),
+                )
+            )
+        else:
+            lines = record_text(rec).splitlines() or [""]
+            label = _LABEL.get(rec.stream, "")
+            click.echo("\n".join(f"{rec.vm:<{width}} | {label}{line}" for line in lines))
+
+
+@click.command("logs")
+@click.argument("job_id", type=int)
+@click.option("--vm", default=None, metavar="NAME", help="Only this VM's records.")
+@click.option(
+    "--stream",
+    type=click.Choice([s.value for s in Stream]),
+    default=None,
+    help="Only this stream (output, error, warning, verbose, debug, information, progress, state).",
+)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new records until the job ends.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
+def logs_cmd(job_id: int, vm: str | None, stream: str | None, follow: bool, as_json: bool) -> None:
+    """A job's records from the journal, in the order they arrived."""
+    journal = Journal()
+    journal.job(job_id)
+    width = max([len(r.vm) for r in journal.runs(job_id)] + [8])
+    seen: dict[int, int] = {}
+
+    def drain() -> None:
+        while True:
+            batch = journal.records(job_id, vm=vm, stream=stream, after=seen or None, limit=5000)
+            if not batch:
+                return
+            _print_records(batch, as_json, width)
+            for rec in batch:
+                seen[rec.run_id] = max(seen.get(rec.run_id, 0), rec.seq)
+
+    drain()
+    if not follow:
+        return
+
+    async def main() -> int:
+        while journal.job(job_id).state.active:
+            await trio.sleep(0.2)
+            drain()
+        drain()
+        return exitcodes.OK
+
+    sys.exit(run_trio(main))

@@ -1,0 +1,52 @@
+"""Signed bundles for command-line tests, made through the real build and sign path."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from tests.engine.conftest import PASSWORD
+from vmbusops.bundle.build import build_bundle, sign_bundle
+from vmbusops.bundle.crypto import PrivateKey
+from vmbusops.bundle.manifest import StepKind
+from vmbusops.bundle.paths import trust_policy_path
+from vmbusops.bundle.policy import Scope, TrustedKey, TrustPolicy, save_trust_policy
+from vmbusops.credentials import CredentialStore, Secret
+
+
+def trust_and_credential(key: PrivateKey) -> None:
+    """Under the current VMBUSOPS_HOME: trust ``key`` for every VM, and store the lab credential."""
+    scope = Scope(keys=(), vms=("*",), credentials=("lab-admin",), steps=frozenset(StepKind), threshold=1)
+    policy = TrustPolicy().with_key(TrustedKey(name="tests", public=key.public_key()), scope)
+    save_trust_policy(policy, trust_policy_path())
+    CredentialStore().set("lab-admin", "Administrator", Secret(PASSWORD))
+
+
+def signed_bundle(
+    directory: Path,
+    key: PrivateKey,
+    *,
+    vms: list[str],
+    steps: list[dict[str, Any]],
+    execution: dict[str, Any] | None = None,
+    name: str = "engine-test",
+) -> Path:
+    source = directory / f"src-{uuid.uuid4().hex[:8]}"
+    source.mkdir(parents=True)
+    doc: dict[str, Any] = {
+        "name": name,
+        "version": 1,
+        "credential": "lab-admin",
+        "targets": {"vms": vms},
+        "steps": steps,
+    }
+    if execution:
+        doc["execution"] = execution
+    (source / "bundle.toml").write_text(tomli_w.dumps(doc))
+    out = directory / f"{source.name}.vmb"
+    build_bundle(source, out)
+    sign_bundle(out, key)
+    return out
