@@ -78,7 +78,7 @@ def psrpcore_path(
     message_type: PSRPMessageType, data: bytes, cipher: Any, pool_id: uuid.UUID
 ) -> Record | None:
     # Exactly what psrpcore's RunspacePool._process_message does before an event exists.
-    obj = psrpcore.types.deserialize(ElementTree.fromstring(data), cipher=cipher)  # noqa: S314
+    obj = psrpcore.types.deserialize(ElementTree.fromstring(data), cipher=cipher)
     return record_from_event(psrpcore.PSRPEvent.create(message_type, obj, pool_id, pool_id))
 
 

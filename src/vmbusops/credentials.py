@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from vmbusops.errors import CredentialStoreError
 from vmbusops.home import home_dir
 
-ENV_PASSPHRASE: Final = "VMBUSOPS_CREDENTIAL_PASSPHRASE"
+ENV_PASSPHRASE: Final = "VMBUSOPS_CREDENTIAL_PASSPHRASE"  # noqa: S105 (a variable name)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 

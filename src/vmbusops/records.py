@@ -255,6 +255,10 @@ def value_display(value: Value) -> str:
         return " ".join(value_display(v) for v in value)
     if isinstance(value, PSDictValue):
         return "; ".join(f"{value_display(k)}={value_display(v)}" for k, v in value.items)
-    if value.to_string is not None:
+    # Like PowerShell's formatter: an object whose ToString is only its type name (a
+    # ServiceController, a hotfix) is shown by its properties instead.
+    if value.to_string is not None and value.to_string not in value.type_names:
         return value.to_string
+    if not value.properties:
+        return value.to_string or ""
     return "@{" + "; ".join(f"{k}={value_display(v)}" for k, v in value.properties) + "}"

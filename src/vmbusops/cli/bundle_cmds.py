@@ -279,7 +279,7 @@ def trust() -> None:
 @click.option("--until", default=None, help="When this trust ends (ISO 8601, UTC if no zone).")
 @click.option("--threshold", type=click.IntRange(1, 32), default=1, help="Signers needed from this scope.")
 @_trust_option
-def trust_add(  # noqa: PLR0917 (click passes options positionally)
+def trust_add(
     pubkey: Path,
     name: str | None,
     vms: tuple[str, ...],

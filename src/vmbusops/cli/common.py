@@ -11,7 +11,7 @@ import trio
 
 from vmbusops.cli import exitcodes
 from vmbusops.config import Config, load_config
-from vmbusops.credentials import CredentialStore, GuestCredential
+from vmbusops.credentials import CredentialStore, GuestCredential, Secret
 from vmbusops.errors import CredentialStoreError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,15 +45,23 @@ def resolve_credential(reference: str | None, config: Config, host: str | None) 
     except CredentialStoreError:
         if kind != "sim":
             raise
-    from vmbusops.sim.lab import lab_credential
-
-    cred = lab_credential(name, config.lab)
+    cred = lab_credential(name, config)
     if cred is None:
         raise CredentialStoreError(
             f"no credential named {name!r} in {store.path} nor in the simulator's lab",
             hint=f"create it with: vmbusops cred set {name} --username USER",
         )
     return cred
+
+
+def lab_credential(name: str, config: Config) -> GuestCredential | None:
+    """The simulator lab's administrator credential, under the reference ``lab-admin``."""
+    if name != DEFAULT_SIM_CREDENTIAL:
+        return None
+    from vmbusops.sim.lab import DEFAULT_USERNAME, lab_admin_password, load_lab
+
+    lab = load_lab(config.lab)
+    return GuestCredential(DEFAULT_USERNAME, Secret(lab_admin_password(lab)), reference=name)
 
 
 def run_trio(fn: Callable[[], Awaitable[int]]) -> int:

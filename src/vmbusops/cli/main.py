@@ -36,12 +36,14 @@ def cli() -> None:
 # (each module defines click commands/groups; keep this block sorted)
 from vmbusops.cli.bundle_cmds import bundle, keys, trust  # noqa: E402
 from vmbusops.cli.cred_cmds import cred  # noqa: E402
+from vmbusops.cli.demo import demo_cmd  # noqa: E402
 from vmbusops.cli.engine_cmds import jobs, logs_cmd, run_cmd  # noqa: E402
 from vmbusops.cli.guest_cmds import copy_cmd, exec_cmd, vms_cmd  # noqa: E402
 
 cli.add_command(bundle)
 cli.add_command(copy_cmd)
 cli.add_command(cred)
+cli.add_command(demo_cmd)
 cli.add_command(exec_cmd)
 cli.add_command(jobs)
 cli.add_command(keys)

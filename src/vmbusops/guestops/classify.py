@@ -31,14 +31,15 @@ from vmbusops.errors import (
     GuestNotReadyError,
     HostCommandError,
     SessionLostError,
+    VmbusOpsError,
     VMNotFoundError,
     VMNotRunningError,
-    VmbusOpsError,
 )
 from vmbusops.records import ErrorRecord
 
 _NOT_FOUND = (
     "does not resolve to any virtual machine",
+    "does not resolve to a single virtual machine",
     "unable to find a virtual machine with name",
     "was unable to find a virtual machine",
     "unable to find a virtual machine with id",

@@ -25,13 +25,12 @@ from vmbusops.errors import (
     GuestNotReadyError,
     GuestServicesDisabledError,
     HostCommandError,
-    PSRPError,
+    VmbusOpsError,
     VMNotFoundError,
     VMNotRunningError,
-    VmbusOpsError,
 )
 from vmbusops.guestops.classify import classify
-from vmbusops.psrp.client import Command, RunspacePool
+from vmbusops.psrp.client import Command, Pipeline, RunspacePool
 from vmbusops.records import (
     ErrorRecord,
     GuestRecord,
@@ -333,26 +332,25 @@ class HyperVHost:
 class GuestInvocation:
     """Records of one script block in one guest, wrapped with VM, sequence number and time."""
 
-    def __init__(self, vm: str, pipe: Any, step: str | None) -> None:
+    def __init__(self, vm: str, pipe: Pipeline, step: str | None) -> None:
         self.vm = vm
         self._pipe = pipe
         self._step = step
         self._seq = 0
         self.outcome = InvokeOutcome()
 
-    def __aiter__(self) -> AsyncIterator[GuestRecord]:
-        return self._iterate()
+    def __aiter__(self) -> GuestInvocation:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[GuestRecord]:
-        outcome = self.outcome
+    async def __anext__(self) -> GuestRecord:
         try:
-            async for record in self._pipe:
-                self._observe(record)
-                self._seq += 1
-                yield GuestRecord(vm=self.vm, seq=self._seq, time=time.time(), record=record, step=self._step)
-        except PSRPError as exc:
-            outcome.failure = exc
+            record = await self._pipe.__anext__()
+        except VmbusOpsError as exc:
+            self.outcome.failure = self.outcome.failure or exc
             raise
+        self._observe(record)
+        self._seq += 1
+        return GuestRecord(vm=self.vm, seq=self._seq, time=time.time(), record=record, step=self._step)
 
     def _observe(self, record: Record) -> None:
         outcome = self.outcome

@@ -160,14 +160,18 @@ class Pipeline:
     def _break(self, exc: VmbusOpsError) -> None:
         self._send.close()
 
-    def __aiter__(self) -> AsyncIterator[Record]:
-        return self._iterate()
+    # A plain async iterator, not an async generator: a caller may ``break`` out of the loop
+    # and nothing is left waiting to be finalized.
+    def __aiter__(self) -> Pipeline:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[Record]:
-        async for record in self._receive:
-            yield record
-        if self.final is None:
-            raise self._pool._broken_error()
+    async def __anext__(self) -> Record:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            if self.final is None:
+                raise self._pool._broken_error() from None
+            raise StopAsyncIteration from None
 
     async def collect(self) -> list[Record]:
         """Every record until the pipeline ends."""
@@ -254,7 +258,7 @@ class RunspacePool:
                 data = await self._transport.receive_some()
                 if not data:
                     self._reader.feed_eof()
-                    detail = self._transport.failure_detail()
+                    detail = await self._transport.failure_detail()
                     if not self._closed:
                         raise HostProcessExitedError(
                             f"the PowerShell host {self.description} closed its output"
@@ -489,7 +493,8 @@ class RunspacePool:
 
     async def _close(self) -> None:
         with trio.CancelScope(shield=True):
-            if not self.broken:
+            # A pool that never opened (or broke) has no one to say goodbye to.
+            if self._opened.is_set() and not self.broken:
                 with trio.move_on_after(10):
                     for pipe in list(self._pipelines.values()):
                         await self._end_pipeline(pipe, 5)
@@ -498,7 +503,7 @@ class RunspacePool:
                     except VmbusOpsError:
                         pass
             self._closed = True
-            await self._transport.aclose()
+            await self._transport.aclose(graceful=self._opened.is_set() and not self.broken)
 
 
 def _contains_secret(value: Any) -> bool:
@@ -522,15 +527,35 @@ async def open_runspace_pool(
 
     ``connect`` is an async callable taking the pool's nursery and returning a Transport.
     """
-    async with trio.open_nursery() as nursery:
-        transport = await connect(nursery)
-        pool = RunspacePool(transport, nursery, max_runspaces=max_runspaces, record_buffer=record_buffer)
-        try:
-            await pool._open(open_timeout)
-            yield pool
-        finally:
-            await pool._close()
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            transport = await connect(nursery)
+            pool = RunspacePool(transport, nursery, max_runspaces=max_runspaces, record_buffer=record_buffer)
+            try:
+                await pool._open(open_timeout)
+                yield pool
+            finally:
+                await pool._close()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The pool's own tasks never raise, so a group here holds the caller's one exception:
+        # hand it back as itself, not wrapped, so callers can catch our error types.
+        single = _single_leaf(group)
+        if single is None:
+            raise
+        raise single from None
+
+
+def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None
 
 
 def error_from_state(record: PipelineStateRecord) -> ErrorRecord | None:

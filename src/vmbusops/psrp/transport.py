@@ -38,11 +38,11 @@ class Transport(Protocol):
 
     async def receive_some(self) -> bytes: ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self, *, graceful: bool = True) -> None: ...
 
     def describe(self) -> str: ...
 
-    def failure_detail(self) -> str:
+    async def failure_detail(self) -> str:
         """What the transport knows about why it ended (exit code, stderr tail); may be empty."""
         ...
 
@@ -103,7 +103,7 @@ class ProcessTransport:
             return
         try:
             while chunk := await stderr.receive_some(4096):
-                self._stderr_tail.append(chunk)
+                self._stderr_tail.append(bytes(chunk))
                 self._stderr_size += len(chunk)
                 while self._stderr_size > self._STDERR_KEEP and len(self._stderr_tail) > 1:
                     self._stderr_size -= len(self._stderr_tail.popleft())
@@ -113,8 +113,13 @@ class ProcessTransport:
     def describe(self) -> str:
         return f"{os.path.basename(self._argv[0])} (pid {self._process.pid})"
 
-    def failure_detail(self) -> str:
+    async def failure_detail(self) -> str:
         parts = []
+        # The child closes stdout a moment before it is reaped; give it that moment, so the
+        # message can say how it ended.
+        with trio.move_on_after(1.0):
+            await self._process.wait()
+        await trio.sleep(0.05)  # let the stderr drain task take the last bytes
         code = self._process.poll()
         if code is not None:
             parts.append(f"exit code {code}")
@@ -135,18 +140,18 @@ class ProcessTransport:
 
     async def receive_some(self) -> bytes:
         try:
-            return await self._stdout.receive_some(256 * 1024)
+            return bytes(await self._stdout.receive_some(256 * 1024))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return b""
 
-    async def aclose(self) -> None:
-        """Close stdin, give the child a moment to exit on its own, then kill it."""
+    async def aclose(self, *, graceful: bool = True) -> None:
+        """Close stdin, give the child a moment to exit on its own (if graceful), then kill it."""
         with trio.CancelScope(shield=True):
             try:
                 await self._stdin.aclose()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-            with trio.move_on_after(5):
+            with trio.move_on_after(5 if graceful else 0.2):
                 await self._process.wait()
             if self._process.poll() is None:
                 self._process.kill()

@@ -162,17 +162,23 @@ class Lab:
         return vm.username, lab_password(self, vm.name)
 
 
-def lab_password(lab: Lab, vm_name: str) -> str:
-    """The password a lab guest accepts: explicit in the lab file, else derived from the seed.
+def lab_admin_password(lab: Lab) -> str:
+    """The lab administrator's password, which every guest accepts unless it sets its own.
 
-    Derived so that a test or the demo can compute it and no password sits in a file.
+    Derived from the seed so that a test or the demo can compute it and no password sits in a
+    file. One password for the whole lab, as a provider's image-built guests usually have; a
+    guest with ``password = "..."`` differs, which is how a lab shows a wrong-credential case.
     """
+    digest = hashlib.sha256(f"{lab.host.password_seed}:administrator".encode()).hexdigest()
+    return f"Lab!{digest[:16]}"
+
+
+def lab_password(lab: Lab, vm_name: str) -> str:
+    """The password a lab guest accepts: explicit in the lab file, else the lab admin's."""
     vm = lab.find(vm_name)
     if vm is not None and vm.password is not None:
         return vm.password
-    name = vm.name if vm is not None else vm_name
-    digest = hashlib.sha256(f"{lab.host.password_seed}:{name.casefold()}".encode()).hexdigest()
-    return f"Lab!{digest[:16]}"
+    return lab_admin_password(lab)
 
 
 def default_lab_text() -> str:

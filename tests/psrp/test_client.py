@@ -1,0 +1,243 @@
+"""The real PSRP client through a real child process, against the simulator.
+
+Nothing here is mocked: each test starts ``python -m vmbusops.sim`` as a child, speaks OutOfProc
+PSRP to it over pipes, and checks what an operator would see.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+
+from vmbusops.errors import FramingError, HostProcessExitedError, TransportError
+from vmbusops.guestops.connect import open_host
+from vmbusops.guestops.host import HyperVHost
+from vmbusops.psrp.client import Command, open_runspace_pool
+from vmbusops.psrp.framing import PacketKind, PacketReader
+from vmbusops.psrp.transport import ProcessTransport, Transport, simulator_argv
+from vmbusops.records import (
+    OutputRecord,
+    PipelineState,
+    PipelineStateRecord,
+    PSObjectValue,
+    VerboseRecord,
+)
+
+
+
+async def test_structured_commands_several_statements_one_pipeline(make_lab: Callable[..., Any]) -> None:
+    lab = make_lab()
+    async with open_host("sim", config=lab.config) as host:
+        records = await host.pool.run(
+            [
+                [Command("Get-VM", {"Name": "web01"})],
+                [Command("Get-VMIntegrationService", {"VMName": "app01", "Name": "Guest Service Interface"})],
+            ]
+        )
+    outputs = [r.value for r in records if isinstance(r, OutputRecord)]
+    assert len(outputs) == 2
+    vm, service = outputs
+    assert isinstance(vm, PSObjectValue) and vm.get("Name") == "web01" and vm.get("State") == "Running"
+    assert isinstance(service, PSObjectValue) and service.get("Enabled") is False
+    assert records[-1] == PipelineStateRecord(state=PipelineState.COMPLETED)
+
+
+def test_command_names_cannot_smuggle_script() -> None:
+    for bad in ("Get-VM; Remove-VM x", "Get-VM | Stop-VM", "$(evil)", "", "Get VM"):
+        with pytest.raises(ValueError, match="not a command name"):
+            Command(bad)
+
+
+async def test_records_arrive_live_before_the_pipeline_ends(make_lab: Callable[..., Any]) -> None:
+    lab = make_lab()
+    script = "Write-Output 'first'; Start-Sleep -Milliseconds 800; Write-Output 'second'"
+    arrivals: list[tuple[float, object]] = []
+    async with open_host("sim", config=lab.config) as host:
+        async with host.invoke_in_guest("web01", script, lab.credential()) as inv:
+            async for rec in inv:
+                arrivals.append((trio.current_time(), rec.record))
+    first_at = next(t for t, r in arrivals if isinstance(r, OutputRecord) and r.value == "first")
+    end_at = next(t for t, r in arrivals if isinstance(r, PipelineStateRecord))
+    assert end_at - first_at >= 0.6, "the first record was held back until the pipeline ended"
+
+
+async def test_many_pipelines_run_at_once_on_one_pool(make_lab: Callable[..., Any]) -> None:
+    lab = make_lab()
+    firsts: list[float] = []
+    ends: list[float] = []
+    script = "Write-Output 'started'; Start-Sleep -Milliseconds 600; Write-Output 'done'"
+
+    async def one(host: object, vm: str) -> None:
+        async with host.invoke_in_guest(vm, script, lab.credential(vm)) as inv:  # type: ignore[attr-defined]
+            async for rec in inv:
+                if isinstance(rec.record, OutputRecord) and rec.record.value == "started":
+                    firsts.append(trio.current_time())
+                if isinstance(rec.record, PipelineStateRecord):
+                    assert rec.record.state is PipelineState.COMPLETED
+                    ends.append(trio.current_time())
+
+    async with open_host("sim", config=lab.config, max_runspaces=40) as host:
+        async with trio.open_nursery() as nursery:
+            for i in range(40):
+                nursery.start_soon(one, host, ("web01", "web02")[i % 2])
+    assert len(firsts) == len(ends) == 40
+    # Every pipeline had started before any finished: they really ran concurrently.
+    assert max(firsts) < min(ends)
+
+
+async def test_leaving_a_pipeline_early_stops_the_guest_command(make_lab: Callable[..., Any]) -> None:
+    lab = make_lab()
+    cred = lab.credential()
+    script = (
+        "foreach ($i in 1..2000) { Set-Content -Path \"C:\\stop-test\\$i.txt\" -Value 'x'; "
+        "Write-Verbose \"wrote $i\"; Start-Sleep -Milliseconds 20 }"
+    )
+    async with open_host("sim", config=lab.config) as host:
+        await host.copy_to_guest("web01", __file__, "C:\\stop-test\\0.txt")
+        async with host.invoke_in_guest("web01", script, cred) as inv:
+            seen = 0
+            async for rec in inv:
+                if isinstance(rec.record, VerboseRecord):
+                    seen += 1
+                    if seen == 5:
+                        break
+        assert inv._pipe.final is not None and inv._pipe.final.state is PipelineState.STOPPED
+
+        async def count_files() -> int:
+            records, outcome = await host.run_in_guest("web01", "Get-ChildItem -Path 'C:\\stop-test'", cred)
+            assert outcome.ok, outcome
+            return sum(1 for r in records if isinstance(r.record, OutputRecord))
+
+        after_stop = await count_files()
+        await trio.sleep(0.5)
+        assert await count_files() == after_stop, "the guest kept writing after the stop"
+        assert after_stop < 50
+
+
+async def test_a_timeout_is_a_cancel_scope_that_stops_the_pipeline(make_lab: Callable[..., Any]) -> None:
+    lab = make_lab()
+    async with open_host("sim", config=lab.config) as host:
+        start = trio.current_time()
+        with trio.move_on_after(0.4) as scope:
+            async with host.invoke_in_guest("web01", "Start-Sleep -Seconds 60", lab.credential()) as inv:
+                async for _ in inv:
+                    pass
+        assert scope.cancelled_caught
+        assert trio.current_time() - start < 10
+        assert inv._pipe.final is not None and inv._pipe.final.state is PipelineState.STOPPED
+        # The pool is healthy afterwards.
+        _, outcome = await host.run_in_guest("web01", "Write-Output ok", lab.credential())
+        assert outcome.ok
+
+
+async def test_a_dying_child_fails_every_waiter_and_nothing_hangs(make_lab: Callable[..., Any]) -> None:
+    lab = make_lab('crash_on = "Copy-VMFile"')
+    failures: list[BaseException] = []
+
+    async def long_running(host: object) -> None:
+        try:
+            async with host.invoke_in_guest("web01", "Start-Sleep -Seconds 60", lab.credential()) as inv:  # type: ignore[attr-defined]
+                async for _ in inv:
+                    pass
+        except TransportError as exc:
+            failures.append(exc)
+
+    with trio.fail_after(20):
+        async with open_host("sim", config=lab.config) as host, trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(long_running, host)
+            await trio.sleep(0.3)
+            with pytest.raises(HostProcessExitedError, match="closed its output") as info:
+                await host.copy_to_guest("web01", __file__, "C:\\x.py")
+    assert len(failures) == 3
+    assert all(isinstance(f, HostProcessExitedError) for f in failures)
+    assert "exit code" in str(info.value)
+
+
+async def test_garbage_from_the_host_is_a_framing_error(make_lab: Callable[..., Any]) -> None:
+    lab = make_lab('garbage_on = "Get-VM"')
+    with trio.fail_after(20), pytest.raises(FramingError, match="not an OutOfProc packet"):
+        async with open_host("sim", config=lab.config) as host:
+            await host.list_vms()
+
+
+async def test_a_child_that_exits_at_once_is_reported_with_its_last_words() -> None:
+    argv = [sys.executable, "-c", "import sys; sys.stderr.write('cannot load profile\\n'); sys.exit(3)"]
+
+    async def connect(nursery: trio.Nursery) -> Transport:
+        return await ProcessTransport.start(argv, nursery=nursery)
+
+    with trio.fail_after(20), pytest.raises(HostProcessExitedError) as info:
+        async with open_runspace_pool(connect):
+            pass
+    assert "exit code 3" in str(info.value)
+    assert "cannot load profile" in str(info.value)
+
+
+async def test_a_child_that_never_answers_times_out_opening() -> None:
+    argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+    async def connect(nursery: trio.Nursery) -> Transport:
+        return await ProcessTransport.start(argv, nursery=nursery)
+
+    with trio.fail_after(20), pytest.raises(TransportError, match="did not open a runspace pool"):
+        async with open_runspace_pool(connect, open_timeout=0.5):
+            pass
+
+
+class RecordingTransport:
+    """A real process transport that also keeps what the client wrote, to inspect the wire."""
+
+    def __init__(self, inner: ProcessTransport) -> None:
+        self.inner = inner
+        self.sent = bytearray()
+
+    async def send_all(self, data: bytes) -> None:
+        self.sent += data
+        await self.inner.send_all(data)
+
+    async def receive_some(self) -> bytes:
+        return await self.inner.receive_some()
+
+    async def aclose(self, *, graceful: bool = True) -> None:
+        await self.inner.aclose(graceful=graceful)
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    async def failure_detail(self) -> str:
+        return await self.inner.failure_detail()
+
+
+async def test_the_password_crosses_the_wire_only_as_an_encrypted_secure_string(
+    make_lab: Callable[..., Any],
+) -> None:
+    lab = make_lab()
+    cred = lab.credential()
+    recorder: RecordingTransport | None = None
+
+    async def connect(nursery: trio.Nursery) -> Transport:
+        nonlocal recorder
+        recorder = RecordingTransport(
+            await ProcessTransport.start(simulator_argv(lab=str(lab.path)), nursery=nursery)
+        )
+        return recorder
+
+    async with open_runspace_pool(connect) as pool:
+        _, outcome = await HyperVHost(pool).run_in_guest("web01", "Write-Output 'in'", cred)
+    assert outcome.ok, outcome
+    assert recorder is not None
+    reader = PacketReader()
+    reader.feed(bytes(recorder.sent))
+    wire = b"".join(p.data for p in reader if p.kind is PacketKind.DATA)
+    secret = cred.password.reveal()
+    for encoding in ("utf-8", "utf-16-le"):
+        assert secret.encode(encoding) not in wire
+        assert base64.b64encode(secret.encode(encoding)) not in wire
+    assert b"<SS" in wire, "the credential was not sent as a SecureString"
+    assert b"PublicKey" in wire, "no session key exchange happened"
