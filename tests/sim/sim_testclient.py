@@ -269,6 +269,7 @@ async def in_memory_client(store: HostStore, *, max_runspaces: int = 8) -> Async
     client_end, server_end = trio.testing.memory_stream_pair()
     server = PSRPServer(HyperVHost(store.lab, store), server_end)
     client = PSRPTestClient(client_end, client_end, max_runspaces=max_runspaces)
+
     async def serve() -> None:
         await server.serve(server_end)
         client.server_done.set()

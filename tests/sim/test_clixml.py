@@ -82,7 +82,10 @@ def test_output_primitives_equal_psrpcore(value: object) -> None:
     pipe.write_output(value)
     expected = _queued(pipe)
     got = clixml.psrp_message(
-        PSRPMessageType.PipelineOutput, clixml.output_xml(value), pipe.runspace_pool.runspace_pool_id, pipe.pipeline_id
+        PSRPMessageType.PipelineOutput,
+        clixml.output_xml(value),
+        pipe.runspace_pool.runspace_pool_id,
+        pipe.pipeline_id,
     )
     assert got == expected
 
@@ -164,7 +167,9 @@ def test_objects_and_errors_deserialize_as_powershell_types() -> None:
     client, server = _opened_server_pool()
     from vmbusops.sim.streams import SimError, SimObject
 
-    obj = SimObject(("Microsoft.HyperV.PowerShell.VirtualMachine", "System.Object"), (("Name", "web01"),), "vm")
+    obj = SimObject(
+        ("Microsoft.HyperV.PowerShell.VirtualMachine", "System.Object"), (("Name", "web01"),), "vm"
+    )
     err = SimError(
         message="boom", fqid="X,Y", category="ObjectNotFound", exception_type="System.ArgumentException"
     )
@@ -174,7 +179,9 @@ def test_objects_and_errors_deserialize_as_powershell_types() -> None:
         (102, PSRPMessageType.ErrorRecord, clixml.error_xml(err)),
     ):
         msg = clixml.psrp_message(msg_type, data, server.runspace_pool_id, None)
-        client.receive_data(psrpcore.PSRPPayload(b"".join(clixml.fragments(oid, msg)), psrpcore.StreamType.default, None))
+        client.receive_data(
+            psrpcore.PSRPPayload(b"".join(clixml.fragments(oid, msg)), psrpcore.StreamType.default, None)
+        )
         events.append(client.next_event())
     out, error = events
     assert out.data.Name == "web01"

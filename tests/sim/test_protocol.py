@@ -107,7 +107,7 @@ async def test_many_records_are_batched_into_few_packets(client: PSRPTestClient,
         "Invoke-Command",
         VMName="web01",
         Credential=admin(lab, "web01"),
-        ScriptBlock="1..3000 | % { Write-Verbose \"line $_\" }",
+        ScriptBlock='1..3000 | % { Write-Verbose "line $_" }',
     )
     result = await client.wait(ps)
     assert result.verbose == [f"line {i}" for i in range(1, 3001)]
@@ -115,7 +115,9 @@ async def test_many_records_are_batched_into_few_packets(client: PSRPTestClient,
     assert len(data_packets) < 300
 
 
-async def test_large_output_is_fragmented_and_reassembled(client: PSRPTestClient, lab: Lab, store: HostStore) -> None:
+async def test_large_output_is_fragmented_and_reassembled(
+    client: PSRPTestClient, lab: Lab, store: HostStore
+) -> None:
     root = store.guest_root(lab.vms[0])
     big = "y" * 200_000
     (root / "C" / "big.txt").write_text(big, encoding="utf-8")

@@ -66,7 +66,8 @@ files under ``<state-dir>/guests/<vm>/C/``; paths are case-insensitive like Wind
 Python API
 ----------
 ``load_lab(path | None)`` reads a lab (the built-in default when None); ``lab_password(lab, vm)``
-and ``Lab.credential(vm)`` give the guest credentials; ``default_state_dir()`` is where the CLI
+and ``Lab.credential(vm)`` give a guest's credentials (``lab_admin_password(lab)`` is the one
+password every guest without its own ``password`` accepts); ``default_state_dir()`` is where the CLI
 keeps state (``$VMBUSOPS_HOME/sim``). The default lab has web01, web02, db01 (running), legacy01
 (off) and app01 (running, Guest Service Interface disabled), all with user ``Administrator``.
 """

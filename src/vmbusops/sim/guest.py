@@ -32,6 +32,7 @@ from vmbusops.sim.guest_parse import (
     ExpandString,
     Foreach,
     Literal,
+    MemberExpr,
     Pipeline,
     RangeExpr,
     Script,
@@ -219,6 +220,11 @@ class GuestSession:
             return None if not out else out[0] if len(out) == 1 else out
         if isinstance(expr, ScriptBlockExpr):
             return ScriptBlockValue(expr.body)
+        if isinstance(expr, MemberExpr):
+            value = await self.evaluate(expr.base)
+            for name in expr.names:
+                value = member(value, name)
+            return value
         raise StatementError(pserrors.not_supported_in_guest(f"the expression {expr!r}"))
 
     def read_var(self, ref: VarRef) -> Any:

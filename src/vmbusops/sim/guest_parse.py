@@ -345,7 +345,17 @@ class ScriptBlockExpr:
     body: Script
 
 
-Expr: TypeAlias = "Literal | ExpandString | VarRef | RangeExpr | ArrayExpr | SubExpr | ScriptBlockExpr"
+@dataclass(frozen=True, slots=True)
+class MemberExpr:
+    """``(expression).Name.Other``."""
+
+    base: Expr
+    names: tuple[str, ...]
+
+
+Expr: TypeAlias = (
+    "Literal | ExpandString | VarRef | RangeExpr | ArrayExpr | SubExpr | ScriptBlockExpr | MemberExpr"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -612,7 +622,7 @@ class _Parser:
         if tok.kind is Tok.LPAREN:
             body = Script((self.statement_in_parens(),))
             self.expect(Tok.RPAREN)
-            return SubExpr(body)
+            return self.members(SubExpr(body))
         if tok.kind is Tok.AT_LPAREN:
             body = self.script((Tok.RPAREN,))
             self.expect(Tok.RPAREN)
@@ -622,6 +632,19 @@ class _Parser:
             self.expect(Tok.RBRACE)
             return ScriptBlockExpr(body)
         raise UnsupportedSyntax(f"unexpected {tok.kind.value} {tok.text!r}")
+
+    def members(self, base: Expr) -> Expr:
+        """Member access right after ``)``: the tokenizer saw ``.Name`` as a word."""
+        nxt = self.peek()
+        if nxt.kind is not Tok.WORD or nxt.spaced or not nxt.text.startswith("."):
+            return base
+        self.take()
+        names = tuple(nxt.text[1:].split("."))
+        if not all(n.replace("_", "a").isalnum() for n in names):
+            raise UnsupportedSyntax(f"the member access '{nxt.text}'")
+        if self.peek().kind is Tok.LPAREN and not self.peek().spaced:
+            raise UnsupportedSyntax(f"method calls ('{nxt.text}(...)')")
+        return MemberExpr(base, names)
 
     def statement_in_parens(self) -> Statement:
         while self.peek().kind is Tok.NEWLINE:
