@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-
 from tests.engine.conftest import PASSWORD
+
 from vmbusops.bundle.build import build_bundle, sign_bundle
 from vmbusops.bundle.crypto import PrivateKey
 from vmbusops.bundle.manifest import StepKind

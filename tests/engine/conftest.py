@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from vmbusops.bundle.manifest import Manifest, manifest_from_dict
 from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential, Secret
-from vmbusops.engine import EngineOptions, Journal, JobSource, open_engine
+from vmbusops.engine import EngineOptions, JobSource, Journal, open_engine
 from vmbusops.engine.runner import Engine, EngineEvent
 from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.host import HyperVHost
@@ -128,8 +129,6 @@ class Harness:
 
 
 def harness_for(lab: Path, journal_file: Path, **options: Any) -> Any:
-    from contextlib import asynccontextmanager
-
     @asynccontextmanager
     async def cm() -> AsyncIterator[Harness]:
         events: list[EngineEvent] = []

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
+from tests.engine.conftest import VM, credential_for, harness_for, manifest, script, source, write_lab
 
-from tests.engine.conftest import VM, harness_for, manifest, script, source, write_lab
 from vmbusops.engine import Journal, RunChanged, State
 
 
@@ -148,7 +148,7 @@ async def test_cancel_mid_step_stops_the_guest_pipeline(lab_dir: Path, tmp_path:
 
                 nursery.start_soon(run)
                 # Wait until the guest is mid-step, then cancel the way `vmbusops jobs cancel` does.
-                while not any(getattr(e, "record", None) is not None for e in h.events):
+                while not any(getattr(e, "record", None) is not None for e in h.events):  # noqa: ASYNC110
                     await trio.sleep(0.02)
                 await trio.sleep(0.3)
                 Journal(tmp_path / "j.sqlite").request_cancel(job_ids[0])
@@ -159,7 +159,7 @@ async def test_cancel_mid_step_stops_the_guest_pipeline(lab_dir: Path, tmp_path:
         _, outcome = await h.host.run_in_guest(
             "vm01",
             "Test-Path 'C:\\done.txt'",
-            __import__("tests.engine.conftest").engine.conftest.credential_for("x"),
+            credential_for("x"),
         )
         run = h.journal.runs(job_ids[0])[0]
         steps = h.journal.steps(run.id)
@@ -213,5 +213,5 @@ async def test_two_jobs_never_touch_one_vm_at_once(lab_dir: Path, tmp_path: Path
             nursery.start_soon(run, b)
         spans = [guest_intervals(h.journal, r.job_id)["vm01"] for r in results]
     assert all(r.state is State.SUCCESS for r in results)
-    (a0, a1), (b0, b1) = sorted(spans)
-    assert a1 < b0, f"vm01 was used by two jobs at once: {spans}"
+    (_, first_end), (second_start, _) = sorted(spans)
+    assert first_end < second_start, f"vm01 was used by two jobs at once: {spans}"
