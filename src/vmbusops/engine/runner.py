@@ -75,8 +75,8 @@ from vmbusops.records import (
     PipelineState,
     PipelineStateRecord,
     ProgressRecord,
+    Record,
     display_text,
-    record_to_json,
 )
 
 DSC_GUEST_DIR = "C:\\ProgramData\\vmbusops\\dsc"
@@ -173,7 +173,7 @@ class _Run:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     cancelled: bool = False
     head: list[str] = field(default_factory=list)
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=10))
+    tail: deque[Record] = field(default_factory=lambda: deque(maxlen=10))
     dropped: int = 0
 
 
@@ -466,37 +466,38 @@ class Engine:
         return job.manifest.steps[run.current].name
 
     def _excerpt(self, run: _Run) -> list[str]:
+        tail = [line for r in run.tail for line in (display_text(r).splitlines() or [""])]
+        tail = tail[-self.options.excerpt_lines :]
         if run.dropped:
-            return [*run.head, f"... ({run.dropped} lines not shown) ...", *run.tail]
-        return [*run.head, *run.tail]
+            return [*run.head, f"... ({run.dropped} records not shown) ...", *tail]
+        return [*run.head, *tail]
 
     async def _record(self, job: _Job, run: _Run, rec: GuestRecord, step: int | None) -> None:
+        """Number a record in the run, queue it for the journal, keep it for the excerpt, pass it on.
+
+        This is on the path of every record, so it does as little as it can: JSON and display
+        text are made later (in the journal flush, and for the excerpt when the run ends).
+        """
         seq = run.next_seq
-        run.next_seq += 1
+        run.next_seq = seq + 1
         name = job.manifest.steps[step].name if step is not None else None
-        attempt = run.attempts[step] if step is not None else 0
-        out = GuestRecord(vm=run.vm, seq=seq, time=rec.time, record=rec.record, step=name)
+        record = rec.record
         await self.writer.add_record(
-            (
-                run.id,
-                seq,
-                name,
-                attempt,
-                rec.record.stream.value,
-                rec.time,
-                json.dumps(record_to_json(rec.record)),
-            )
+            (run.id, seq, name, run.attempts[step] if step is not None else 0, record, rec.time)
         )
-        if not isinstance(rec.record, PipelineStateRecord | ProgressRecord):
-            for line in display_text(rec.record).splitlines() or [""]:
-                if len(run.head) < self.options.excerpt_lines:
-                    run.head.append(line)
-                else:
-                    if len(run.tail) == run.tail.maxlen:
-                        run.dropped += 1
-                    run.tail.append(line)
+        if not isinstance(record, PipelineStateRecord | ProgressRecord):
+            if len(run.head) < self.options.excerpt_lines:
+                run.head.extend(display_text(record).splitlines() or [""])
+            else:
+                if len(run.tail) == run.tail.maxlen:
+                    run.dropped += 1
+                run.tail.append(record)
         if self.on_event is not None:
-            self.on_event(RecordArrived(job.id, out))
+            self.on_event(
+                RecordArrived(
+                    job.id, GuestRecord(vm=run.vm, seq=seq, time=rec.time, record=record, step=name)
+                )
+            )
 
     # ------------------------------------------------------------------ keeper
     async def _keep(self) -> None:

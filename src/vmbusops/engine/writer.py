@@ -17,6 +17,7 @@ cancelled; a flush is bounded by SQLite's busy timeout.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -24,6 +25,10 @@ from typing import Any, TypeVar
 import trio
 
 from vmbusops.engine.journal import Journal, RecordRow
+from vmbusops.records import Record, record_to_json
+
+PendingRecord = tuple[int, int, str | None, int, Record, float]
+"""(run_id, seq, step, attempt, record, time): serialised to JSON in the flush, off the stream's path."""
 
 T = TypeVar("T")
 
@@ -41,7 +46,7 @@ class JournalWriter:
         self.flush_records = flush_records
         self.flush_interval = flush_interval
         self.max_buffer = max_buffer
-        self._records: list[RecordRow] = []
+        self._records: list[PendingRecord] = []
         self._updates: list[tuple[str, Sequence[Any]]] = []
         self._lock = trio.Lock()
         self._wake = trio.Event()
@@ -62,7 +67,7 @@ class JournalWriter:
         finally:
             await self.commit()
 
-    async def add_record(self, row: RecordRow) -> None:
+    async def add_record(self, row: PendingRecord) -> None:
         self._records.append(row)
         if len(self._records) >= self.flush_records:
             self._wake.set()
@@ -82,10 +87,15 @@ class JournalWriter:
                 if records or updates:
                     await trio.to_thread.run_sync(self._apply, records, updates)
 
-    def _apply(self, records: list[RecordRow], updates: list[tuple[str, Sequence[Any]]]) -> None:
+    def _apply(self, records: list[PendingRecord], updates: list[tuple[str, Sequence[Any]]]) -> None:
         started = time.thread_time()
         try:
-            self.journal.apply(records, updates)
+            dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+            rows: list[RecordRow] = [
+                (run_id, seq, step, attempt, rec.stream.value, at, dumps(record_to_json(rec)))
+                for run_id, seq, step, attempt, rec, at in records
+            ]
+            self.journal.apply(rows, updates)
         finally:
             self.cpu_seconds += time.thread_time() - started
         self.records_written += len(records)
