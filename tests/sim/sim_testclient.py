@@ -24,6 +24,7 @@ import trio
 import trio.testing
 from psrpcore.types import PSCredential, PSInvocationState, PSSecureString, RunspacePoolState
 
+from vmbusops.errors import FramingError
 from vmbusops.psrp.framing import POOL_GUID, DataStream, Packet, PacketKind, PacketReader, encode
 from vmbusops.sim.hyperv import HyperVHost
 from vmbusops.sim.lab import Lab, lab_password, load_lab, parse_lab
@@ -124,6 +125,7 @@ class PSRPTestClient:
         self.wire: list[Packet] = []  # every packet received, in order
         self.events: dict[uuid.UUID | None, list[Any]] = {}
         self.eof = False
+        self.reader_error: FramingError | None = None  # what the framing parser rejected, if anything
         self.server_done = trio.Event()  # set when an in-memory server's serve() returned
         self._changed = trio.Event()
 
@@ -145,7 +147,13 @@ class PSRPTestClient:
                 self.eof = True
                 await self._notify()
                 return
-            self.reader.feed(data)
+            try:
+                self.reader.feed(data)
+            except FramingError as exc:
+                self.reader_error = exc
+                self.eof = True
+                await self._notify()
+                return
             for packet in self.reader:
                 self.wire.append(packet)
                 if packet.kind is PacketKind.DATA:

@@ -171,3 +171,11 @@ async def test_runspace_availability_messages_are_answered(client: PSRPTestClien
         lambda: any(isinstance(e, psrpcore.SetRunspaceAvailabilityEvent) for e in client.events.get(None, []))
     )
     assert client.pool.max_runspaces == 3
+
+
+async def test_pool_close_reports_closed_state_before_the_ack(store: HostStore) -> None:
+    async with in_memory_client(store) as client:
+        await client.close()
+        assert client.pool.state == psrpcore.types.RunspacePoolState.Closed
+        states = [e.state for e in client.events[None] if isinstance(e, psrpcore.RunspacePoolStateEvent)]
+        assert states[-1] == psrpcore.types.RunspacePoolState.Closed

@@ -13,7 +13,8 @@ answers each as PowerShell's ``OutOfProcessMediator`` does:
   the commands against the simulated host (``vmbusops.sim.hyperv``).
 - ``Signal P``: ``SignalAck``, then the pipeline's task is cancelled and it ends Stopped.
 - ``Close P``: a still-running pipeline is cancelled without a state message, then ``CloseAck``.
-- ``Close`` for the pool: everything stops, ``CloseAck`` is written, the server returns.
+- ``Close`` for the pool: everything stops, RunspacePoolState Closed and ``CloseAck`` are
+  written, the server returns.
 
 Everything the server writes goes through one ordered :class:`Outbox`: acknowledgements as ready
 lines, PSRP messages as (target, object id, bytes). psrpcore queues its own messages in the pool's
@@ -58,6 +59,7 @@ from psrpcore.types import (
     PSInvocationState,
     PSRPMessageType,
     PSVersion,
+    RunspacePoolState,
 )
 
 from vmbusops.errors import FramingError
@@ -435,6 +437,12 @@ class PSRPServer:
             if pid is None:
                 log.info("client closed the runspace pool")
                 await self._stop_all()
+                # PowerShell reports the pool Closed before acknowledging; clients (pypsrp) wait
+                # for that state message, not just for the ack.
+                self.pool.pipeline_table.clear()
+                if self.pool.state == RunspacePoolState.Opened:
+                    self.pool.close()
+                    self._pump()
                 self._ack(packet)
                 self._closed = True
                 return
