@@ -139,6 +139,10 @@ class PSRPTestClient:
                 raise AssertionError("the server's output ended")
             await self._changed.wait()
 
+    async def wait_eof(self) -> None:
+        while not self.eof:
+            await self._changed.wait()
+
     async def receive_loop(self) -> None:
         while True:
             data = await self.receive_stream.receive_some(65536)

@@ -96,8 +96,7 @@ async def test_garbage_on_writes_non_protocol_bytes(tmp_path: Path) -> None:
     async with sim_process(lab_file, tmp_path / "state") as sim:
         await sim.client.start("Get-VM")
         with trio.fail_after(10):
-            while sim.client.reader_error is None:
-                await trio.sleep(0.01)
+            await sim.client.wait_eof()
         assert isinstance(sim.client.reader_error, FramingError)
         assert "not an OutOfProc packet" in str(sim.client.reader_error)
 
