@@ -154,10 +154,8 @@ class PSRPTestClient:
             try:
                 self.reader.feed(data)
             except FramingError as exc:
+                # Packets parsed before the bad line still count; then the stream is over.
                 self.reader_error = exc
-                self.eof = True
-                await self._notify()
-                return
             for packet in self.reader:
                 self.wire.append(packet)
                 if packet.kind is PacketKind.DATA:
@@ -169,6 +167,10 @@ class PSRPTestClient:
                     self.pool.receive_data(psrpcore.PSRPPayload(packet.data, stream, packet.pipeline_id))
                     while (event := self.pool.next_event()) is not None:
                         self.events.setdefault(event.pipeline_id, []).append(event)
+            if self.reader_error is not None:
+                self.eof = True
+                await self._notify()
+                return
             await self._notify()
 
     async def send_packet(self, packet: Packet) -> None:
