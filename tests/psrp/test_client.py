@@ -29,7 +29,6 @@ from vmbusops.records import (
 )
 
 
-
 async def test_structured_commands_several_statements_one_pipeline(make_lab: Callable[..., Any]) -> None:
     lab = make_lab()
     async with open_host("sim", config=lab.config) as host:

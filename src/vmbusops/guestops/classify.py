@@ -49,6 +49,7 @@ _NOT_RUNNING = (
     "is not running",
     "in its current state",
     "virtual machine is off",
+    "0x8007139f",
 )
 _CREDENTIAL = ("credential is invalid", "user name or password is incorrect")
 _SESSION_LOST = (

@@ -227,11 +227,22 @@ class HyperVHost:
             params["Force"] = True
         try:
             await self._run_host(vm, [Command("Copy-VMFile", params)])
-        except GuestError as exc:
-            if isinstance(exc, VMNotFoundError | VMNotRunningError):
+        except (GuestError, HostCommandError) as exc:
+            if isinstance(exc, VMNotFoundError):
                 raise
-            info = await self._gsi_state(vm)
-            if info is False:
+            # Copy-VMFile's texts are HRESULTs that do not say which precondition failed
+            # (a disabled service reads "The file exists."), so ask the host which one did.
+            try:
+                info = await self.get_vm(vm)
+            except VmbusOpsError:
+                raise exc from None
+            if not info.running:
+                raise VMNotRunningError(
+                    f"{vm}: Copy-VMFile needs a running guest; the VM is {info.state} ({exc.message})",
+                    vm=vm,
+                    hint="start it first (Start-VM)",
+                ) from exc
+            if info.guest_services is False:
                 raise GuestServicesDisabledError(
                     f"{vm}: Copy-VMFile failed because the Guest Service Interface is disabled ({exc.message})",
                     vm=vm,
@@ -239,21 +250,6 @@ class HyperVHost:
                     f"-Name '{GUEST_SERVICE_INTERFACE}' (or vmbusops copy --enable-guest-services)",
                 ) from exc
             raise
-        except HostCommandError as exc:
-            if await self._gsi_state(vm) is False:
-                raise GuestServicesDisabledError(
-                    f"{vm}: Copy-VMFile failed because the Guest Service Interface is disabled ({exc.message})",
-                    vm=vm,
-                    hint=f"enable it with: Enable-VMIntegrationService -VMName '{vm}' "
-                    f"-Name '{GUEST_SERVICE_INTERFACE}'",
-                ) from exc
-            raise
-
-    async def _gsi_state(self, vm: str) -> bool | None:
-        try:
-            return (await self.get_vm(vm)).guest_services
-        except VmbusOpsError:
-            return None
 
     # -------------------------------------------------------------- PowerShell Direct
     @asynccontextmanager

@@ -217,6 +217,8 @@ class RunspacePool:
         self._state_changed = trio.Event()
         self._error: VmbusOpsError | None = None
         self._closed = False
+        self._reader_scope = trio.CancelScope(shield=True)
+        self._writer_scope = trio.CancelScope(shield=True)
         self.description = transport.describe()
 
     # ------------------------------------------------------------------ state
@@ -253,6 +255,12 @@ class RunspacePool:
 
     # ------------------------------------------------------------------ reader
     async def _read_loop(self) -> None:
+        # Shielded: when a caller is cancelled (Ctrl-C, a timeout), its pipelines must still be
+        # able to send their stop signal and hear the ack. Only the pool's own close ends it.
+        with self._reader_scope:
+            await self._read_packets()
+
+    async def _read_packets(self) -> None:
         try:
             while True:
                 data = await self._transport.receive_some()
@@ -347,6 +355,10 @@ class RunspacePool:
 
     # ------------------------------------------------------------------ writer
     async def _write_loop(self) -> None:
+        with self._writer_scope:
+            await self._write_payloads()
+
+    async def _write_payloads(self) -> None:
         try:
             while True:
                 await self._writer_wakeup.wait()
@@ -503,7 +515,9 @@ class RunspacePool:
                     except VmbusOpsError:
                         pass
             self._closed = True
+            self._writer_scope.cancel()
             await self._transport.aclose(graceful=self._opened.is_set() and not self.broken)
+            self._reader_scope.cancel()
 
 
 def _contains_secret(value: Any) -> bool:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -79,12 +79,21 @@ class ProcessTransport:
         if env:
             full_env.update(env)
         try:
+            # The host process gets its own session (process group on Windows): a Ctrl-C at the
+            # terminal must reach only the agent, which then stops each pipeline cleanly over
+            # PSRP before closing the host, instead of the host dying under running commands.
+            isolation: dict[str, Any] = (
+                {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+                if sys.platform == "win32"
+                else {"start_new_session": True}
+            )
             process = await trio.lowlevel.open_process(
                 list(argv),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=full_env,
+                **isolation,
             )
         except FileNotFoundError as exc:
             raise ConfigError(

@@ -1,0 +1,131 @@
+"""vmbusops vms / exec / copy / cred as an operator runs them: a real process, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def vmbusops(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vmbusops", *args],
+        input=stdin, capture_output=True, text=True, timeout=timeout, check=False, env=dict(os.environ),
+    )
+
+
+def test_vms_json(make_lab: Callable[..., Any]) -> None:
+    make_lab()
+    proc = vmbusops("vms", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert {r["name"]: r["state"] for r in rows}["legacy01"] == "Off"
+    assert {r["name"]: r["guest_services"] for r in rows}["app01"] is False
+
+
+def test_exec_json_is_ndjson_with_vm_stream_seq_time(make_lab: Callable[..., Any]) -> None:
+    make_lab()
+    proc = vmbusops(
+        "exec", "--vm", "web01", "--vm", "web02", "--json", "--",
+        "Write-Verbose 'v1'; Write-Output 'o1'; Write-Warning 'w1'",
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    for vm in ("web01", "web02"):
+        mine = [line for line in lines if line["vm"] == vm]
+        assert [m["stream"] for m in mine] == ["verbose", "output", "warning", "state"]
+        assert [m["seq"] for m in mine] == [1, 2, 3, 4]
+        assert all(isinstance(m["time"], float) for m in mine)
+        assert mine[0]["message"] == "v1" and mine[1]["value"] == "o1" and mine[3]["state"] == "Completed"
+
+
+def test_exec_exit_codes(make_lab: Callable[..., Any]) -> None:
+    make_lab()
+    ok = vmbusops("exec", "--vm", "web01", "--", "Write-Output fine")
+    assert ok.returncode == 0
+    assert "web01 | fine" in ok.stdout
+    guest_error = vmbusops("exec", "--vm", "web01", "--", "Write-Error 'bad thing'")
+    assert guest_error.returncode == 1
+    assert "bad thing" in guest_error.stdout
+    off = vmbusops("exec", "--vm", "legacy01", "--vm", "web01", "--", "hostname")
+    assert off.returncode == 1
+    assert "legacy01: failed: legacy01: The virtual machine legacy01 is not in running state." in off.stderr
+    assert "1 of 2 guest(s) succeeded" in off.stderr
+    usage = vmbusops("exec", "--", "hostname")
+    assert usage.returncode == 2
+    assert "--vm NAME" in usage.stderr
+    timed_out = vmbusops("exec", "--vm", "web01", "--timeout", "0.3", "--", "Start-Sleep -Seconds 30")
+    assert timed_out.returncode == 1
+    assert "timed out after 0.3s" in timed_out.stderr
+
+
+def test_exec_all_includes_every_vm(make_lab: Callable[..., Any]) -> None:
+    make_lab()
+    proc = vmbusops("exec", "--all", "--json", "--", "hostname")
+    assert proc.returncode == 1  # legacy01 is off
+    vms = {json.loads(line)["vm"] for line in proc.stdout.splitlines()}
+    assert {"web01", "web02", "app01", "flaky01"} <= vms
+
+
+def test_ctrl_c_stops_guest_pipelines_and_exits_130(make_lab: Callable[..., Any]) -> None:
+    make_lab()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmbusops", "exec", "--vm", "web01", "--json", "--",
+         "foreach ($i in 1..100000) { Write-Output $i; Start-Sleep -Milliseconds 20 }"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert json.loads(first)["value"] == 1
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - started < 15
+    assert "interrupted, stopping guest pipelines" in err
+    assert "Traceback" not in err
+
+
+def test_copy_cli_names_the_fix_and_can_enable_guest_services(
+    make_lab: Callable[..., Any], tmp_path: Path
+) -> None:
+    make_lab()
+    src = tmp_path / "f.txt"
+    src.write_text("x", encoding="utf-8")
+    refused = vmbusops("copy", "--vm", "app01", str(src), "C:\\f.txt")
+    assert refused.returncode == 1
+    assert "Guest Service Interface is disabled" in refused.stderr
+    assert "Enable-VMIntegrationService" in refused.stderr
+    done = vmbusops("copy", "--vm", "app01", "--enable-guest-services", str(src), "C:\\f.txt")
+    assert done.returncode == 0, done.stderr
+    assert "app01: copied f.txt" in done.stdout
+
+
+def test_cred_set_from_stdin_then_exec_with_it(make_lab: Callable[..., Any]) -> None:
+    lab = make_lab()
+    password = lab.credential().password.reveal()
+    stored = vmbusops("cred", "set", "tenant-a", "--username", "Administrator", "--password-stdin",
+                      stdin=password + "\n")
+    assert stored.returncode == 0, stored.stderr
+    listed = vmbusops("cred", "list")
+    assert "tenant-a\tAdministrator" in listed.stdout
+    proc = vmbusops("exec", "--vm", "web01", "--credential", "tenant-a", "--", "Write-Output ok")
+    assert proc.returncode == 0, proc.stderr
+    bad = vmbusops("exec", "--vm", "web01", "--credential", "nope", "--", "Write-Output ok")
+    assert bad.returncode == 2
+    assert "vmbusops cred set nope" in bad.stderr
+    for p in (stored, listed, proc, bad):
+        assert password not in p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["exec", "--help"], ["vms", "--help"]])
+def test_help_works(args: list[str]) -> None:
+    assert vmbusops(*args).returncode == 0
