@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.engine.conftest import PASSWORD, VM, harness_for, manifest, script, source, write_lab
+
 from vmbusops.engine import Journal, State
 
 
