@@ -40,6 +40,7 @@ from typing import Any
 
 import psrpcore
 import trio
+from psrpcore._payload import PSRPMessage, create_message
 from psrpcore.types import PSInvocationState, PSRPMessageType, RunspacePoolState
 
 from vmbusops.errors import (
@@ -50,6 +51,7 @@ from vmbusops.errors import (
 )
 from vmbusops.psrp.convert import record_from_event
 from vmbusops.psrp.decode import fast_decode
+from vmbusops.psrp.encode import CreatePipelineEncoder, add_statements
 from vmbusops.psrp.framing import POOL_GUID, DataStream, Packet, PacketKind, PacketReader, encode
 from vmbusops.psrp.transport import Transport
 from vmbusops.records import ErrorRecord, PipelineState, PipelineStateRecord, Record
@@ -206,6 +208,7 @@ class RunspacePool:
         self._transport = transport
         self._nursery = nursery
         self._pool = _ClientPool(min_runspaces=1, max_runspaces=max_runspaces)
+        self._encoder = CreatePipelineEncoder(self._pool)
         self._reader = PacketReader()
         self._record_buffer = record_buffer
         self._pipelines: dict[uuid.UUID, Pipeline] = {}
@@ -449,22 +452,17 @@ class RunspacePool:
         for, shielded from cancellation and bounded by ``stop_timeout``; then it is closed.
         """
         self._raise_if_broken()
+        statement_list: list[list[Command]] = [list(statement) for statement in statements]
         ps = psrpcore.ClientPowerShell(self._pool)
-        count = 0
-        needs_key = False
-        for statement in statements:
-            for command in statement:
-                ps.add_command(command.name)
-                for name, value in command.parameters.items():
-                    ps.add_parameter(name, value)
-                    needs_key = needs_key or _contains_secret(value)
-                for value in command.arguments:
-                    ps.add_argument(value)
-                    needs_key = needs_key or _contains_secret(value)
-                count += 1
-            ps.add_statement()
-        if count == 0:
+        if add_statements(ps, statement_list) == 0:
+            self._pool.pipeline_table.pop(ps.pipeline_id, None)
             raise ValueError("a pipeline needs at least one command")
+        needs_key = any(
+            _contains_secret(value)
+            for statement in statement_list
+            for command in statement
+            for value in (*command.parameters.values(), *command.arguments)
+        )
         pipe = Pipeline(self, ps, self._record_buffer)
         self._pipelines[pipe.id] = pipe
         try:
@@ -472,12 +470,35 @@ class RunspacePool:
                 await self.ensure_session_key()
             await self._control(PacketKind.COMMAND, pipe.id)
             pipe._command_sent = True
-            ps.start()
+            self._start_pipeline(ps, statement_list)
             await self._flush()
             yield pipe
         finally:
             with trio.CancelScope(shield=True):
                 await self._end_pipeline(pipe, stop_timeout)
+
+    def _start_pipeline(self, ps: psrpcore.ClientPowerShell, statements: list[list[Command]]) -> None:
+        """Queue the CreatePipeline message: from a template when the shape allows, else psrpcore."""
+        body = self._encoder.encode(statements)
+        if body is None:
+            ps.start()
+            return
+        # What psrpcore's prepare_message does once it has the serialized body.
+        pool = self._pool
+        message = create_message(
+            True, PSRPMessageType.CreatePipeline, body, pool.runspace_pool_id, ps.pipeline_id
+        )
+        pool._send_buffer.append(
+            PSRPMessage(
+                PSRPMessageType.CreatePipeline,
+                bytearray(message),
+                pool.runspace_pool_id,
+                ps.pipeline_id,
+                pool._fragment_counter,
+                psrpcore.StreamType.default,
+            )
+        )
+        ps.state = PSInvocationState.Running
 
     async def _end_pipeline(self, pipe: Pipeline, stop_timeout: float) -> None:
         try:

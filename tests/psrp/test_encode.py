@@ -1,0 +1,101 @@
+"""The template encoder gives exactly psrpcore's bytes for every CreatePipeline it handles."""
+
+from __future__ import annotations
+
+from typing import Any
+from xml.etree import ElementTree
+
+import psrpcore
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from psrpcore.types import PSCredential, PSSecureString, PSString
+
+from vmbusops.psrp.client import Command
+from vmbusops.psrp.encode import CreatePipelineEncoder, add_statements
+
+
+def keyed_pool() -> psrpcore.ClientRunspacePool:
+    pool = psrpcore.ClientRunspacePool()
+    pool._cipher.register_key(bytes(range(32)))
+    return pool
+
+
+def psrpcore_bytes(pool: psrpcore.ClientRunspacePool, statements: list[list[Command]]) -> bytes:
+    ps = psrpcore.ClientPowerShell(pool)
+    add_statements(ps, statements)
+    element = psrpcore.types.serialize(
+        ps.metadata, pool._cipher, our_capability=pool.our_capability, their_capability=pool.their_capability
+    )
+    pool.pipeline_table.pop(ps.pipeline_id, None)
+    return ElementTree.tostring(element, encoding="utf-8", method="xml")
+
+
+def invoke(vm: str, user: str, password: str, script: str, args: list[Any]) -> list[list[Command]]:
+    params: dict[str, Any] = {
+        "VMName": vm,
+        "Credential": PSCredential(UserName=user, Password=PSSecureString(password)),
+        "ScriptBlock": script,
+    }
+    if args:
+        params["ArgumentList"] = args
+    return [[Command("Invoke-Command", params)]]
+
+
+text = st.text(max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(vm=text, user=text, password=text, script=text, args=st.lists(st.one_of(text, st.integers(-5, 5)), max_size=3))
+def test_invoke_command_bytes_equal_psrpcore(vm: str, user: str, password: str, script: str, args: list[Any]) -> None:
+    pool = keyed_pool()
+    encoder = CreatePipelineEncoder(pool)
+    for _ in range(2):  # the first builds the template, the second fills it
+        statements = invoke(vm, user, password, script, args)
+        encoded = encoder.encode(statements)
+        if user:
+            assert encoded == psrpcore_bytes(pool, statements)
+        else:  # an empty user name is left to psrpcore
+            assert encoded is None
+
+
+@pytest.mark.parametrize(
+    "statements",
+    [
+        [[Command("Get-VM")]],
+        [[Command("Get-VM", {"Name": ["web01", "db&<01>"]})]],
+        [[Command("Get-VM")], [Command("Get-VMIntegrationService", {"VMName": "*", "Name": "Guest Service Interface"})]],
+        [[Command("Copy-VMFile", {"Name": "x", "SourcePath": "C:\\a b\\_x0041_.txt", "DestinationPath": "D:\\t",
+                                  "FileSource": "Host", "CreateFullPath": True, "Force": True})]],
+        [[Command("Stop-VM", {"Name": "x", "Force": True, "TurnOff": False, "Timeout": None})]],
+        [[Command("Get-VM", {}, ["positional", 7])]],
+    ],
+)
+def test_host_command_shapes_equal_psrpcore(statements: list[list[Command]]) -> None:
+    pool = keyed_pool()
+    encoder = CreatePipelineEncoder(pool)
+    assert encoder.encode(statements) == psrpcore_bytes(pool, statements)
+    assert encoder.encode(statements) == psrpcore_bytes(pool, statements)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [PSString("typed"), 2**40, 1.5, {"a": 1}, b"bytes"],
+)
+def test_values_it_cannot_carry_exactly_fall_back(value: Any) -> None:
+    encoder = CreatePipelineEncoder(keyed_pool())
+    assert encoder.encode([[Command("Get-VM", {"X": value})]]) is None
+
+
+def test_no_trailing_empty_statement() -> None:
+    pool = keyed_pool()
+    body = psrpcore_bytes(pool, [[Command("Get-VM")]])
+    assert b"ExtraCmds" not in body
+    two = psrpcore_bytes(pool, [[Command("Get-VM")], [Command("Start-VM", {"Name": "a"})]])
+    empty_statement = b'N="Cmds"><TNRef RefId="3" /><LST />'
+    assert empty_statement not in two, "an empty statement was serialized"
+    # What the check guards against: a boundary after the last statement.
+    ps = psrpcore.ClientPowerShell(pool)
+    ps.add_command("Get-VM").add_statement().add_command("Start-VM").add_statement()
+    trailing = psrpcore.types.serialize(ps.metadata, pool._cipher, our_capability=pool.our_capability)
+    assert empty_statement in ElementTree.tostring(trailing, encoding="utf-8")
