@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -128,6 +131,107 @@ def test_concurrent_processes_do_not_lose_updates(tmp_path: Path) -> None:
     assert spec is not None
     # 100 flips: back to the initial value only if every flip was applied.
     assert HostStore(lab, tmp_path).runtime(spec).service_enabled("VSS") is True
+
+
+def _stop_in_another_process(state_dir: str, vm: str) -> None:
+    lab = load_lab(None)
+    spec = lab.find(vm)
+    assert spec is not None
+    HostStore(lab, Path(state_dir)).update(spec, lambda rt: rt.stopped())
+
+
+def _run_in_another_process(target: Callable[..., None], *args: object) -> None:
+    proc = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+
+
+def test_a_change_in_another_process_is_seen_by_the_next_command(tmp_path: Path) -> None:
+    lab = load_lab(None)
+    web01, web02 = lab.find("web01"), lab.find("web02")
+    assert web01 is not None and web02 is not None
+    store = HostStore(lab, tmp_path)
+    assert store.runtime(web01).state is VMState.RUNNING  # parsed and kept in memory
+    _run_in_another_process(_stop_in_another_process, str(tmp_path), "web01")
+    assert store.runtime(web01).state is VMState.OFF
+    # And the other way round: this process's write is what the next process reads.
+    store.update(web02, lambda rt: rt.stopped())
+    _run_in_another_process(_stop_in_another_process, str(tmp_path), "db01")
+    fresh = HostStore(lab, tmp_path)
+    assert fresh.runtime(web02).state is VMState.OFF
+    assert store.runtime(lab.vms[2]).state is VMState.OFF  # db01, written after our last read
+
+
+def test_a_rewrite_that_keeps_inode_size_and_mtime_is_still_seen(tmp_path: Path) -> None:
+    # Coarse timestamps repeat and a replaced file's inode can be reused: the token each writer
+    # leaves in the lock file tells a changed file from an unchanged one all the same.
+    lab = load_lab(None)
+    web01, app01 = lab.find("web01"), lab.find("app01")
+    assert web01 is not None and app01 is not None
+    reader, writer = HostStore(lab, tmp_path), HostStore(lab, tmp_path)
+    assert reader.runtime(web01).service_enabled("VSS") is True
+    state = tmp_path / "state.json"
+    before = state.stat()
+    os.link(state, tmp_path / "old-inode")  # keep the inode the reader has seen
+    # Two changes that keep the file's size: "true" -> "false" and "false" -> "true".
+    writer.update(web01, lambda rt: rt.with_integration("VSS", False))
+    writer.update(app01, lambda rt: rt.with_integration(GUEST_SERVICE_INTERFACE, True))
+    changed = state.read_bytes()
+    assert len(changed) == before.st_size
+    # The new text in the old inode, with the old modification time, renamed into place.
+    with open(tmp_path / "old-inode", "r+b") as fh:
+        fh.write(changed)
+    os.utime(tmp_path / "old-inode", ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(tmp_path / "old-inode", state)
+    after = state.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    assert reader.runtime(web01).service_enabled("VSS") is False
+    assert reader.runtime(app01).service_enabled(GUEST_SERVICE_INTERFACE) is True
+
+
+def test_a_hand_edited_state_file_is_seen(tmp_path: Path) -> None:
+    lab = load_lab(None)
+    web01 = lab.find("web01")
+    assert web01 is not None
+    store = HostStore(lab, tmp_path)
+    assert store.runtime(web01).state is VMState.RUNNING
+    state = tmp_path / "state.json"
+    raw = json.loads(state.read_text(encoding="utf-8"))
+    raw["vms"]["web01"]["state"] = "Off"
+    state.write_text(json.dumps(raw), encoding="utf-8")
+    assert store.runtime(web01).state is VMState.OFF
+
+
+def test_reading_does_not_write_and_a_no_op_update_writes_nothing(tmp_path: Path) -> None:
+    lab = load_lab(None)
+    web01 = lab.find("web01")
+    assert web01 is not None
+    store = HostStore(lab, tmp_path)
+    store.snapshot()
+    state = tmp_path / "state.json"
+    first = state.stat()
+    for _ in range(3):
+        HostStore(lab, tmp_path).snapshot()
+        store.runtime(web01)
+        store.update(web01, lambda rt: rt)
+    after = state.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+
+
+def test_snapshots_handed_out_do_not_change_afterwards(tmp_path: Path) -> None:
+    lab = load_lab(None)
+    web01 = lab.find("web01")
+    assert web01 is not None
+    store = HostStore(lab, tmp_path)
+    before = store.snapshot()
+    store.update(web01, lambda rt: rt.stopped())
+    assert before["web01"].state is VMState.RUNNING
+    assert store.snapshot()["web01"].state is VMState.OFF
 
 
 def test_guest_paths_map_case_insensitively(tmp_path: Path) -> None:

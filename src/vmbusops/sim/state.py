@@ -13,6 +13,10 @@ Layout of the state directory::
 Every change is a read-modify-write under an exclusive lock, written to a temporary file and
 renamed over ``state.json``, so a reader never sees half a file and two writers never lose an
 update. State made from a different lab (other fingerprint) is discarded and rebuilt.
+
+Each process keeps the parsed state in memory and reads the file again only when another
+process has changed it (see :class:`HostStore`), so a command costs a few system calls, not a
+parse of every VM's state.
 """
 
 from __future__ import annotations
@@ -23,13 +27,19 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from vmbusops.errors import ConfigError
 from vmbusops.sim.lab import Lab, VMSpec, VMState
+
+# The lock file holds a random token each writer replaces (see HostStore).
+_TOKEN_BYTES = 16
+# (token, st_ino, st_size, st_mtime_ns) of state.json as last read or written.
+_FileKey = tuple[bytes, int, int, int]
 
 GUEST_SERVICE_INTERFACE = "Guest Service Interface"
 # Hyper-V's integration services, in the order Get-VMIntegrationService lists them.
@@ -114,7 +124,14 @@ def _runtime_from_json(raw: dict[str, Any]) -> VMRuntime:
 
 
 class HostStore:
-    """Persistent VM runtime state and guest file systems of one lab in one directory."""
+    """Persistent VM runtime state and guest file systems of one lab in one directory.
+
+    The parsed state stays in memory between commands. Under the lock, each use checks whether
+    ``state.json`` changed since it was read (its inode, size and modification time, plus a
+    random token every writer stores in the lock file: the inode of a replaced file can be
+    reused and coarse timestamps repeat, the token does not) and reads it again only then.
+    The file is written only when something changed.
+    """
 
     def __init__(self, lab: Lab, state_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.lab = lab
@@ -129,32 +146,66 @@ class HostStore:
             ) from exc
         self._state_file = state_dir / "state.json"
         self._lock_file = state_dir / "state.lock"
+        self._lock_fd: int | None = None
+        self._release_lock_fd: weakref.finalize[[int], HostStore] | None = None
+        # What state.json held when last read or written, and how to tell it has not changed.
+        self._vms: dict[str, VMRuntime] = {}
+        self._vms_complete = False
+        self._key: _FileKey | None = None
+
+    def close(self) -> None:
+        """Release the lock file; the store opens it again if used afterwards."""
+        if self._release_lock_fd is not None:
+            self._release_lock_fd()
+            self._release_lock_fd = None
+        self._lock_fd = None
 
     @contextlib.contextmanager
-    def _locked(self, exclusive: bool) -> Iterator[None]:
-        fd = os.open(self._lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    def _locked(self, exclusive: bool) -> Iterator[int]:
+        """Hold the lock file's fcntl lock; yields its descriptor. Never nest: one descriptor."""
+        if self._lock_fd is None:
+            # Kept open for the store's life: one flock call per use instead of open + close.
+            self._lock_fd = os.open(self._lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._release_lock_fd = weakref.finalize(self, os.close, self._lock_fd)
+        fd = self._lock_fd
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
+            yield fd
         finally:
-            os.close(fd)  # closing releases the lock
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _file_key(self, lock_fd: int) -> _FileKey | None:
+        try:
+            st = os.stat(self._state_file)
+        except FileNotFoundError:
+            return None
+        return (os.pread(lock_fd, _TOKEN_BYTES, 0), st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _load(self, lock_fd: int) -> dict[str, VMRuntime]:
+        """The state as on disk now (read again only if it changed); the lock must be held."""
+        key = self._file_key(lock_fd)
+        if key is None or key != self._key:
+            self._vms = (self._read_unlocked() or {}) if key is not None else {}
+            self._vms_complete = all(spec.name.casefold() in self._vms for spec in self.lab.vms)
+            self._key = key
+        return self._vms
 
     def _read_unlocked(self) -> dict[str, VMRuntime] | None:
         try:
-            raw = json.loads(self._state_file.read_text(encoding="utf-8"))
+            raw = json.loads(self._state_file.read_bytes())
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
             # A corrupt file is rebuilt from the lab rather than wedging every later command.
             return None
-        if raw.get("lab") != self.lab.fingerprint:
+        if not isinstance(raw, dict) or raw.get("lab") != self.lab.fingerprint:
             return None
         try:
             return {name: _runtime_from_json(v) for name, v in raw["vms"].items()}
         except (KeyError, ValueError, TypeError, AttributeError):
             return None
 
-    def _write_unlocked(self, vms: dict[str, VMRuntime]) -> None:
+    def _write_unlocked(self, lock_fd: int, vms: dict[str, VMRuntime]) -> None:
         body = json.dumps(
             {"lab": self.lab.fingerprint, "vms": {k: _runtime_to_json(v) for k, v in vms.items()}},
             indent=1,
@@ -168,56 +219,65 @@ class HostStore:
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            self._key = None
             raise
+        os.pwrite(lock_fd, os.urandom(_TOKEN_BYTES), 0)
+        self._vms = vms
+        self._vms_complete = True
+        self._key = self._file_key(lock_fd)
 
-    def _complete(self, vms: dict[str, VMRuntime] | None) -> tuple[dict[str, VMRuntime], bool]:
+    def _complete(self, vms: Mapping[str, VMRuntime]) -> tuple[dict[str, VMRuntime], bool]:
         """Fill in VMs the state does not know yet; True if anything was added."""
-        vms = dict(vms or {})
+        full = dict(vms)
         changed = False
         now = self.clock()
         for spec in self.lab.vms:
             key = spec.name.casefold()
-            if key not in vms:
-                vms[key] = initial_runtime(spec, now)
+            if key not in full:
+                full[key] = initial_runtime(spec, now)
                 changed = True
-        return vms, changed
+        return full, changed
 
-    def snapshot(self) -> dict[str, VMRuntime]:
-        """Every VM's runtime state, keyed by case-folded name."""
-        with self._locked(exclusive=False):
-            current = self._read_unlocked()
-        vms, changed = self._complete(current)
-        if changed:
-            with self._locked(exclusive=True):
-                # Someone may have written meanwhile: merge onto what is there now.
-                vms, changed = self._complete(self._read_unlocked())
-                if changed:
-                    self._write_unlocked(vms)
-        return vms
+    def snapshot(self) -> Mapping[str, VMRuntime]:
+        """Every VM's runtime state, keyed by case-folded name. Callers must not change it."""
+        with self._locked(exclusive=False) as fd:
+            vms = self._load(fd)
+            if self._vms_complete:
+                return vms
+        with self._locked(exclusive=True) as fd:
+            # Someone may have written meanwhile: merge onto what is there now.
+            vms, changed = self._complete(self._load(fd))
+            if changed:
+                self._write_unlocked(fd, vms)
+            return vms
 
     def runtime(self, spec: VMSpec) -> VMRuntime:
         return self.snapshot()[spec.name.casefold()]
 
     def update(self, spec: VMSpec, change: Callable[[VMRuntime], VMRuntime]) -> VMRuntime:
         """Apply ``change`` to one VM atomically; returns the new runtime state."""
-        with self._locked(exclusive=True):
-            vms, _ = self._complete(self._read_unlocked())
+        with self._locked(exclusive=True) as fd:
+            # A new dict each time: snapshots handed out earlier stay as they were.
+            vms, changed = self._complete(self._load(fd))
             key = spec.name.casefold()
-            vms[key] = change(vms[key])
-            self._write_unlocked(vms)
-            return vms[key]
+            new = change(vms[key])
+            if new != vms[key] or changed:
+                vms[key] = new
+                self._write_unlocked(fd, vms)
+            return new
 
     def guest_root(self, spec: VMSpec) -> Path:
         """The directory holding the guest's drives, seeded with the lab's files on first use."""
         root = self.state_dir / "guests" / spec.name.casefold()
         marker = root / f".seeded-{self.lab.fingerprint}"
+        # The marker is checked every time (one stat): another process may have reset the state.
         if marker.exists():
             return root
         with self._locked(exclusive=True):
             if not marker.exists():
-                (root / "C").mkdir(parents=True, exist_ok=True)
+                drive = root / "C"
                 for sub in ("Windows/Temp", f"Users/{spec.username}/Documents", "Program Files"):
-                    (root / "C" / sub).mkdir(parents=True, exist_ok=True)
+                    os.makedirs(drive / sub, exist_ok=True)
                 for guest_path, content in spec.files:
                     host_path = guest_path_to_host(root, guest_path)
                     if host_path is not None and not host_path.exists():
