@@ -37,6 +37,7 @@ def cli() -> None:
 from vmbusops.cli.bundle_cmds import bundle, keys, trust  # noqa: E402
 from vmbusops.cli.cred_cmds import cred  # noqa: E402
 from vmbusops.cli.demo import demo_cmd  # noqa: E402
+from vmbusops.cli.dsc_cmds import dsc  # noqa: E402
 from vmbusops.cli.engine_cmds import jobs, logs_cmd, run_cmd  # noqa: E402
 from vmbusops.cli.guest_cmds import copy_cmd, exec_cmd, vms_cmd  # noqa: E402
 
@@ -44,6 +45,7 @@ cli.add_command(bundle)
 cli.add_command(copy_cmd)
 cli.add_command(cred)
 cli.add_command(demo_cmd)
+cli.add_command(dsc)
 cli.add_command(exec_cmd)
 cli.add_command(jobs)
 cli.add_command(keys)
