@@ -51,3 +51,22 @@ bootstrap_peer_venv() {
         echo "$want" > "$stamp"
     fi
 }
+
+# The remote-host tests and the staging benchmark start their own OpenSSH server on 127.0.0.1
+# (never the system's): install Debian's openssh-server once, only when sshd is missing.
+bootstrap_sshd() {
+    local sshd
+    for sshd in /usr/sbin/sshd /usr/local/sbin/sshd; do
+        [ -x "$sshd" ] && return 0
+    done
+    command -v sshd >/dev/null 2>&1 && return 0
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "sshd (OpenSSH server) is missing and apt-get is not available; install openssh-server" >&2
+        exit 1
+    fi
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "==> installing openssh-server (for the SSH transport tests)" >&2
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends openssh-server openssh-client >&2
+}

@@ -10,7 +10,9 @@ never carry a secret::
     ├── CredentialStoreError        the local credential store: missing name, bad passphrase
     ├── TransportError              the PowerShell host process / connection failed
     │   ├── FramingError            the peer wrote something that is not OutOfProc framing
-    │   └── HostProcessExitedError  the child process died or closed its output
+    │   ├── HostProcessExitedError  the child process died or closed its output
+    │   ├── HostKeyError            a remote host's key is unknown or changed (not retried)
+    │   └── HostAuthError           a remote host refused our login (not retried)
     ├── PSRPError                   the peer spoke PSRP but refused or broke (pool broken, ...)
     ├── PipelineStoppedError        a pipeline was stopped (cancelled or timed out)
     ├── HostCommandError            a host-side cmdlet failed for a reason not listed below
@@ -70,6 +72,18 @@ class FramingError(TransportError):
 
 class HostProcessExitedError(TransportError):
     """The PowerShell host process exited or closed its output."""
+
+
+class HostKeyError(TransportError):
+    """A remote host presented a key we do not trust (unknown, or different from the one on record)."""
+
+    transient = False
+
+
+class HostAuthError(TransportError):
+    """A remote host refused the login (wrong key, user, password or certificate)."""
+
+    transient = False
 
 
 class PSRPError(VmbusOpsError):

@@ -41,9 +41,21 @@ async def open_host(
     config: Config | None = None,
     max_runspaces: int | None = None,
 ) -> AsyncIterator[HyperVHost]:
-    """Start the host's PowerShell process, open a runspace pool, and yield the host operations."""
+    """Start the host's PowerShell process, open a runspace pool, and yield the host operations.
+
+    ``kind`` may also be a remote address (``ssh://user@host[:port]``, ``winrm://host``) or the
+    name of a ``[hosts.NAME]`` entry of the configuration (:mod:`vmbusops.guestops.remote`).
+    """
     config = config or load_config()
-    argv = host_argv(kind or config.host, config)
+    from vmbusops.guestops.remote import local_kind, open_remote_host
+
+    name = kind or config.host
+    local = local_kind(name, config)
+    if local is None:
+        async with open_remote_host(name, config=config, max_runspaces=max_runspaces) as remote:
+            yield remote
+        return
+    argv = host_argv(local, config)
 
     async def connect(nursery: trio.Nursery) -> Transport:
         return await ProcessTransport.start(argv, nursery=nursery)

@@ -30,7 +30,8 @@ from vmbusops.errors import (
     VMNotRunningError,
 )
 from vmbusops.guestops.classify import classify
-from vmbusops.psrp.client import Command, Pipeline, RunspacePool
+from vmbusops.psrp.client import Command
+from vmbusops.psrp.session import HostSession, RecordStream
 from vmbusops.records import (
     ErrorRecord,
     GuestRecord,
@@ -118,7 +119,7 @@ def _is_connection_error(record: ErrorRecord) -> bool:
 class HyperVHost:
     """Host operations over an open runspace pool."""
 
-    def __init__(self, pool: RunspacePool) -> None:
+    def __init__(self, pool: HostSession) -> None:
         self.pool = pool
         self._seq = itertools.count(1)
 
@@ -328,7 +329,7 @@ class HyperVHost:
 class GuestInvocation:
     """Records of one script block in one guest, wrapped with VM, sequence number and time."""
 
-    def __init__(self, vm: str, pipe: Pipeline, step: str | None) -> None:
+    def __init__(self, vm: str, pipe: RecordStream, step: str | None) -> None:
         self.vm = vm
         self._pipe = pipe
         self._step = step

@@ -247,6 +247,10 @@ class HyperVHost:
             ),
         }
 
+        from vmbusops.sim.hostfiles import host_file_cmdlets
+
+        self._cmdlets.update(host_file_cmdlets())
+
     @property
     def cmdlet_names(self) -> list[str]:
         return sorted(self._cmdlets)

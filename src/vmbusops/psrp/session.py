@@ -1,0 +1,44 @@
+"""What the host operations need from a PowerShell session, whatever carries it.
+
+:class:`~vmbusops.psrp.client.RunspacePool` (OutOfProc: a child process or an SSH subsystem)
+and :class:`~vmbusops.psrp.winrm.WinRMSession` (WS-Management through pypsrp) both satisfy
+:class:`HostSession`: run statements of structured commands, yield their records live as
+:mod:`vmbusops.records` types, stop a pipeline that is left early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Protocol
+
+from vmbusops.records import PipelineStateRecord, Record
+
+if TYPE_CHECKING:
+    from vmbusops.psrp.client import Command
+
+
+class RecordStream(Protocol):
+    """A running pipeline: iterate for records; the last one is a PipelineStateRecord."""
+
+    @property
+    def final(self) -> PipelineStateRecord | None: ...
+
+    def __aiter__(self) -> AsyncIterator[Record]: ...
+
+    async def __anext__(self) -> Record: ...
+
+    async def collect(self) -> list[Record]: ...
+
+    async def stop(self, *, timeout: float = ...) -> None: ...
+
+
+class HostSession(Protocol):
+    """A PowerShell session on a Hyper-V host that runs structured commands."""
+
+    @property
+    def description(self) -> str: ...
+
+    def invoke(self, statements: Iterable[Sequence[Command]]) -> AbstractAsyncContextManager[RecordStream]: ...
+
+    async def run(self, statements: Iterable[Sequence[Command]], **kwargs: Any) -> list[Record]: ...
