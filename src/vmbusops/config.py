@@ -10,6 +10,16 @@ a file that decides which host the agent drives must not pass silently. ::
     [sim]
     lab = "/path/to/lab.toml"  # or VMBUSOPS_LAB; default: the built-in lab
 
+    [agent]                    # vmbusops agent: the HTTP API (see vmbusops.api)
+    listen = "127.0.0.1:8421"  # loopback unless told otherwise
+    tls_cert = "/etc/vmbusops/agent.pem"   # TLS when given; tls_key beside it
+    tls_key = "/etc/vmbusops/agent.key"
+    client_ca = "/etc/vmbusops/clients-ca.pem"  # accept client certificates signed by this CA
+    submit_rate_per_minute = 30  # per token; a burst of submit_burst is allowed
+    submit_burst = 10
+    max_bundle_bytes = 268435456
+    shutdown_grace_seconds = 30  # on SIGTERM, runs get this long to finish before they are stopped
+
     [hosts.hv01]               # remote hosts by name: --host hv01 (see vmbusops.inventory)
     transport = "ssh"
     address = "svc-vmbusops@hv01.example.net"
@@ -29,11 +39,28 @@ from vmbusops.inventory import HostEntry, parse_hosts
 
 ENV_HOST = "VMBUSOPS_HOST"
 ENV_LAB = "VMBUSOPS_LAB"
+DEFAULT_LISTEN = "127.0.0.1:8421"
 
 _KNOWN: dict[str, set[str]] = {
     "host": {"default", "max_runspaces"},
     "sim": {"lab"},
+    "agent": {
+        "listen", "tls_cert", "tls_key", "client_ca", "submit_rate_per_minute", "submit_burst",
+        "max_bundle_bytes", "shutdown_grace_seconds",
+    },
 }
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    listen: str = DEFAULT_LISTEN
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    client_ca: str | None = None
+    submit_rate_per_minute: float = 30.0
+    submit_burst: int = 10
+    max_bundle_bytes: int = 256 << 20
+    shutdown_grace_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +68,7 @@ class Config:
     host: str = "sim"
     max_runspaces: int = 64
     lab: str | None = None
+    agent: AgentConfig = AgentConfig()
     hosts: tuple[HostEntry, ...] = ()
 
     def host_entry(self, name: str) -> HostEntry | None:
@@ -78,4 +106,38 @@ def load_config(path: Path | None = None) -> Config:
     max_runspaces = host_section.get("max_runspaces", 64)
     if not isinstance(max_runspaces, int) or not 1 <= max_runspaces <= 1024:
         raise ConfigError(f"{path}: [host] max_runspaces must be a whole number from 1 to 1024")
-    return Config(host=str(host), max_runspaces=max_runspaces, lab=str(lab) if lab else None, hosts=hosts)
+    agent = _agent_config(raw.get("agent", {}), path)
+    return Config(
+        host=str(host), max_runspaces=max_runspaces, lab=str(lab) if lab else None, agent=agent, hosts=hosts
+    )
+
+
+def _agent_config(section: dict[str, Any], path: Path) -> AgentConfig:
+    def number(key: str, default: float, low: float, high: float) -> float:
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise ConfigError(f"{path}: [agent] {key} must be a number from {low:g} to {high:g}")
+        return float(value)
+
+    def text(key: str, default: str | None) -> str | None:
+        value = section.get(key, default)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{path}: [agent] {key} must be a string")
+        return value
+
+    tls_cert, tls_key = text("tls_cert", None), text("tls_key", None)
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError(f"{path}: [agent] tls_cert and tls_key go together")
+    client_ca = text("client_ca", None)
+    if client_ca is not None and tls_cert is None:
+        raise ConfigError(f"{path}: [agent] client_ca needs tls_cert and tls_key")
+    return AgentConfig(
+        listen=text("listen", DEFAULT_LISTEN) or DEFAULT_LISTEN,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        client_ca=client_ca,
+        submit_rate_per_minute=number("submit_rate_per_minute", 30, 0.01, 1e6),
+        submit_burst=int(number("submit_burst", 10, 1, 1e6)),
+        max_bundle_bytes=int(number("max_bundle_bytes", 256 << 20, 1024, 1 << 40)),
+        shutdown_grace_seconds=number("shutdown_grace_seconds", 30, 0, 86400),
+    )

@@ -34,6 +34,7 @@ def cli() -> None:
 
 # --- subcommand registration: one line per module -------------------------------------------
 # (each module defines click commands/groups; keep this block sorted)
+from vmbusops.cli.agent_cmds import agent  # noqa: E402
 from vmbusops.cli.bundle_cmds import bundle, keys, trust  # noqa: E402
 from vmbusops.cli.cred_cmds import cred  # noqa: E402
 from vmbusops.cli.demo import demo_cmd  # noqa: E402
@@ -41,6 +42,7 @@ from vmbusops.cli.dsc_cmds import dsc  # noqa: E402
 from vmbusops.cli.engine_cmds import jobs, logs_cmd, run_cmd  # noqa: E402
 from vmbusops.cli.guest_cmds import copy_cmd, exec_cmd, vms_cmd  # noqa: E402
 
+cli.add_command(agent)
 cli.add_command(bundle)
 cli.add_command(copy_cmd)
 cli.add_command(cred)

@@ -1,0 +1,349 @@
+"""The HTTP API (``/v1``), as a Starlette application over an :class:`~.service.AgentService`.
+
+Every request is authenticated first (bearer token or registered client certificate), then its
+operation is checked against the principal's scope, then what it names (a job) against the
+principal's VMs. Every refusal is logged with who and why and answered with problem details
+(RFC 7807); the token itself is never logged, only its public id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from vmbusops import __version__
+from vmbusops.api.auth import Operation, Principal, Refusal
+from vmbusops.api.cursor import Cursor, CursorError
+from vmbusops.api.follow import JobFollower, record_data
+from vmbusops.api.openapi import openapi_document
+from vmbusops.api.problems import ApiProblem, from_error, not_found
+from vmbusops.api.service import AgentService, AgentStopping, TargetsOutOfScope
+from vmbusops.api.tls import peer_certificate
+from vmbusops.api.views import job_json, run_json
+from vmbusops.engine import JobSource
+from vmbusops.engine.journal import RunView
+from vmbusops.errors import VmbusOpsError
+from vmbusops.records import Stream
+
+log = logging.getLogger("vmbusops.api")
+
+BUNDLE_TYPES = ("application/octet-stream", "application/vnd.vmbusops.bundle")
+MAX_JSON_BODY = 4096
+MAX_ID = (1 << 63) - 1
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def build_app(service: AgentService) -> Starlette:
+    def client_of(request: Request) -> str:
+        return request.client.host if request.client else "-"
+
+    def refuse(request: Request, status: int, who: str, why: str, reason: str, **headers: str) -> ApiProblem:
+        service.metrics.refusals.labels(reason).inc()
+        log.warning(
+            "refused",
+            extra={
+                "event": "refused", "who": who, "why": why, "status": status,
+                "method": request.method, "path": request.url.path, "client": client_of(request),
+            },
+        )  # fmt: skip
+        titles = {401: "Unauthorized", 403: "Forbidden", 404: "Not found", 429: "Too many submissions"}
+        kinds = {401: "unauthorized", 403: "forbidden", 404: "not-found", 429: "rate-limited"}
+        return ApiProblem(
+            status, kinds.get(status, reason), titles.get(status, "Refused"), why, headers=headers
+        )
+
+    def authenticate(request: Request, operation: Operation) -> Principal:
+        header = request.headers.get("authorization")
+        now = time.time()
+        result: Principal | Refusal
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise refuse(request, 401, "anonymous", "the Authorization header is not a bearer token", "auth",
+                             **{"WWW-Authenticate": "Bearer"})  # fmt: skip
+            result = service.principals.authenticate_token(token.strip(), now)
+        else:
+            der = peer_certificate()
+            if der is None:
+                raise refuse(
+                    request, 401, "anonymous", "no credentials", "auth", **{"WWW-Authenticate": "Bearer"}
+                )
+            result = service.principals.authenticate_certificate(der, now)
+        if isinstance(result, Refusal):
+            raise refuse(request, 401, result.who, result.why, "auth", **{"WWW-Authenticate": "Bearer"})
+        if not result.may(operation):
+            raise refuse(request, 403, str(result), f"scope does not allow {operation.value}", "scope")
+        return result
+
+    def job_id_of(request: Request) -> int:
+        value = int(request.path_params["job_id"])
+        if value > MAX_ID:
+            raise not_found(f"job {value}")
+        return value
+
+    async def visible(request: Request, who: Principal) -> tuple[Any, list[RunView]]:
+        job_id = job_id_of(request)
+        got = await service.visible_job(job_id, who)
+        if got is None:
+            exists = bool(await service.read(lambda: service.reader.jobs(job_id=job_id, limit=1)))
+            if exists:
+                raise refuse(request, 404, str(who), f"job {job_id} targets VMs outside the scope", "tenant")
+            raise not_found(f"job {job_id}")
+        return got
+
+    def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+        raw = request.query_params.get(name)
+        if raw is None:
+            return default
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            raise ApiProblem(
+                400, "bad-request", "Bad request", f"{name} must be a whole number from {low} to {high}"
+            )
+        return int(raw)
+
+    # ------------------------------------------------------------------ handlers
+    async def health(request: Request) -> Response:
+        status = "stopping" if service.stopping else "ready" if service.ready else "starting"
+        body = {"status": status, "version": __version__, "jobs_running": len(service.running)}
+        return JSONResponse(body, status_code=200 if status == "ready" else 503)
+
+    async def metrics(request: Request) -> Response:
+        authenticate(request, Operation.METRICS)
+        service.metrics.followers.set(service.broadcaster.followers)
+        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    async def submit(request: Request) -> Response:
+        who = authenticate(request, Operation.SUBMIT)
+        if service.stopping:
+            raise ApiProblem(
+                503,
+                "stopping",
+                "The agent is stopping",
+                "try again when it is back",
+                headers={"Retry-After": "5"},
+            )
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in BUNDLE_TYPES:
+            raise ApiProblem(415, "unsupported-media-type", "Unsupported media type",
+                             "send the .vmb file's bytes as application/octet-stream")  # fmt: skip
+        limit = service.config.max_bundle_bytes
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            raise ApiProblem(413, "too-large", "Bundle too large", f"bundles may be at most {limit} bytes")
+        wait = service.limiter.try_acquire(who.id)
+        if wait is not None:
+            raise refuse(request, 429, str(who), f"submission rate exceeded; retry in {wait:.1f}s", "rate",
+                         **{"Retry-After": str(max(1, round(wait)))})  # fmt: skip
+        started = time.perf_counter()
+        try:
+            path = await service.receive_bundle(request.stream(), limit)
+        except OverflowError:
+            service.metrics.submissions.labels("too-large").inc()
+            raise ApiProblem(
+                413, "too-large", "Bundle too large", f"bundles may be at most {limit} bytes"
+            ) from None
+        try:
+            if path.stat().st_size == 0:
+                raise ApiProblem(
+                    400, "bad-request", "Bad request", "the body is empty; send the .vmb file's bytes"
+                )
+            try:
+                bundle = await service.accept(path, who)
+            except TargetsOutOfScope as exc:
+                service.metrics.submissions.labels("out-of-scope").inc()
+                raise refuse(request, 403, str(who), f"bundle targets VMs outside the scope: {', '.join(exc.vms) or '(none)'}",
+                             "tenant") from None  # fmt: skip
+            except VmbusOpsError as exc:
+                service.metrics.submissions.labels("rejected").inc()
+                log.warning(
+                    "bundle rejected", extra={"event": "rejected", "who": str(who), "why": exc.message}
+                )
+                raise from_error(exc) from None
+        finally:
+            path.unlink(missing_ok=True)
+        manifest = bundle.manifest
+        if manifest.schedule is not None and service.register_schedule is not None:
+            entry = await service.register_schedule(bundle)
+            service.metrics.submissions.labels("scheduled").inc()
+            log.info(
+                "schedule registered", extra={"event": "scheduled", "who": str(who), "bundle": manifest.name}
+            )
+            return JSONResponse({"schedule": entry}, status_code=202)
+        try:
+            job_id = await service.start_job(JobSource.from_accepted(bundle), origin=str(who))
+        except AgentStopping:
+            raise ApiProblem(503, "stopping", "The agent is stopping", "try again when it is back") from None
+        except VmbusOpsError as exc:
+            service.metrics.submissions.labels("not-started").inc()
+            raise from_error(exc) from None
+        service.metrics.submissions.labels("accepted").inc()
+        service.metrics.submit_seconds.observe(time.perf_counter() - started)
+        log.info(
+            "job submitted",
+            extra={"event": "submitted", "who": str(who), "job": job_id, "bundle": manifest.name},
+        )
+        job = await service.read(service.reader.job, job_id)
+        runs = await service.read(service.reader.runs, job_id)
+        return JSONResponse(
+            {"job": job_json(job, runs)}, status_code=201, headers={"Location": f"/v1/jobs/{job_id}"}
+        )
+
+    async def list_jobs(request: Request) -> Response:
+        who = authenticate(request, Operation.READ)
+        limit = query_int(request, "limit", 50, 1, 500)
+        state = request.query_params.get("state")
+        jobs = await service.visible_jobs(who, limit=limit, state=state)
+        return JSONResponse({"jobs": [job_json(j) for j in jobs]})
+
+    async def get_job(request: Request) -> Response:
+        who = authenticate(request, Operation.READ)
+        job, runs = await visible(request, who)
+        return JSONResponse({"job": job_json(job, runs)})
+
+    async def get_runs(request: Request) -> Response:
+        who = authenticate(request, Operation.READ)
+        _, runs = await visible(request, who)
+        steps = [await service.read(service.reader.steps, r.id) for r in runs]
+        return JSONResponse({"runs": [run_json(r, s) for r, s in zip(runs, steps, strict=True)]})
+
+    def run_named(runs: list[RunView], vm: str, job_id: int) -> RunView:
+        run = next((r for r in runs if r.vm.casefold() == vm.casefold()), None)
+        if run is None:
+            raise not_found(f"run on {vm} in job {job_id}")
+        return run
+
+    async def get_run(request: Request) -> Response:
+        who = authenticate(request, Operation.READ)
+        job, runs = await visible(request, who)
+        run = run_named(runs, request.path_params["vm"], job.id)
+        return JSONResponse({"run": run_json(run, await service.read(service.reader.steps, run.id))})
+
+    async def cancel(request: Request) -> Response:
+        who = authenticate(request, Operation.CANCEL)
+        vm: str | None = request.path_params.get("vm")
+        if vm is None:
+            body = await read_small_json(request)
+            if body is not None:
+                if (
+                    not isinstance(body, dict)
+                    or set(body) - {"vm"}
+                    or not isinstance(body.get("vm", ""), str)
+                ):
+                    raise ApiProblem(400, "bad-request", "Bad request", 'the body, if any, is {"vm": "NAME"}')
+                vm = body.get("vm")
+        job, runs = await visible(request, who)
+        if vm is not None:
+            vm = run_named(runs, vm, job.id).vm
+        if not job.state.active:
+            raise ApiProblem(409, "not-active", "Nothing to cancel", f"job {job.id} is {job.state.value}; nothing to cancel",
+                             state=job.state.value)  # fmt: skip
+        await service.cancel(job.id, vm)
+        log.info("cancel requested", extra={"event": "cancel", "who": str(who), "job": job.id, "vm": vm})
+        return JSONResponse({"job": job.id, "vm": vm, "cancel_requested": True}, status_code=202)
+
+    async def records(request: Request) -> Response:
+        who = authenticate(request, Operation.READ)
+        job, runs = await visible(request, who)
+        limit = query_int(request, "limit", 1000, 1, 10_000)
+        vm = request.query_params.get("vm")
+        stream = request.query_params.get("stream")
+        if stream is not None and stream not in {s.value for s in Stream}:
+            raise ApiProblem(400, "bad-request", "Bad request", f"unknown stream {stream!r}")
+        cursor = parse_cursor(request.query_params.get("after", ""), runs)
+        rows = await service.read(
+            lambda: service.reader.records(job.id, vm=vm, stream=stream, after=cursor.as_after(), limit=limit)
+        )
+        for rec in rows:
+            cursor.move_to(rec.run_id, rec.seq)
+        return JSONResponse(
+            {
+                "records": [record_data(r.vm, r.seq, r.time, r.step, r.content) for r in rows],
+                "cursor": str(cursor),
+                "state": job.state.value,
+            }
+        )
+
+    def parse_cursor(text: str, runs: list[RunView]) -> Cursor:
+        try:
+            return Cursor.parse(text, [r.id for r in runs])
+        except CursorError as exc:
+            raise ApiProblem(400, "bad-cursor", "Bad cursor", str(exc)) from None
+
+    async def events(request: Request) -> Response:
+        who = authenticate(request, Operation.READ)
+        job, runs = await visible(request, who)
+        text = request.headers.get("last-event-id") or request.query_params.get("after", "")
+        follower = JobFollower(service, job, runs, parse_cursor(text, runs))
+        return StreamingResponse(
+            follower.events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def schedules(request: Request) -> Response:
+        who = authenticate(request, Operation.READ)
+        listing = service.list_schedules() if service.list_schedules is not None else []
+        return JSONResponse({"schedules": [s for s in listing if who.sees_job(s["targets"])]})
+
+    async def read_small_json(request: Request) -> Any:
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_JSON_BODY:
+                raise ApiProblem(413, "too-large", "Body too large", f"at most {MAX_JSON_BODY} bytes")
+        if not body.strip():
+            return None
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise ApiProblem(400, "bad-request", "Bad request", "the body is not JSON") from None
+
+    # ------------------------------------------------------------------ errors
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiProblem)
+        return exc.response(request.url.path)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return ApiProblem(
+            exc.status_code, "http", str(exc.detail), str(exc.detail), headers=dict(exc.headers or {})
+        ).response(request.url.path)
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        log.exception("request failed", extra={"event": "error", "path": request.url.path})
+        return ApiProblem(500, "internal", "Internal error", "the agent failed; see its log").response(
+            request.url.path
+        )
+
+    routes = [
+        Route("/v1/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/openapi.json", openapi, methods=["GET"]),
+        Route("/v1/jobs", submit, methods=["POST"]),
+        Route("/v1/jobs", list_jobs, methods=["GET"]),
+        Route("/v1/jobs/{job_id:int}", get_job, methods=["GET"]),
+        Route("/v1/jobs/{job_id:int}/runs", get_runs, methods=["GET"]),
+        Route("/v1/jobs/{job_id:int}/runs/{vm}", get_run, methods=["GET"]),
+        Route("/v1/jobs/{job_id:int}/cancel", cancel, methods=["POST"]),
+        Route("/v1/jobs/{job_id:int}/runs/{vm}/cancel", cancel, methods=["POST"]),
+        Route("/v1/jobs/{job_id:int}/records", records, methods=["GET"]),
+        Route("/v1/jobs/{job_id:int}/events", events, methods=["GET"]),
+        Route("/v1/schedules", schedules, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={ApiProblem: on_problem, HTTPException: on_http, Exception: on_error},
+    )

@@ -1,0 +1,282 @@
+"""Who may do what: bearer tokens and client certificates, each with a scope.
+
+Theory of operation
+-------------------
+A *principal* is whoever made a request: a bearer token, or a TLS client certificate the agent
+was told to accept. Each carries a scope: the operations it may perform (:class:`Operation`) and
+the VM name globs it may see. A job is visible to a principal only if **every** VM the job targets
+matches one of its globs (a job with no runs only to a principal that may see every VM), so a
+tenant's token never learns that another tenant's job exists: it is absent from lists, and asking
+for it by id answers 404, exactly like a job that does not exist.
+
+Tokens look like ``vmo_<id>_<secret>``. The id is public (it names the token in logs and in
+``vmbusops agent token list``); the secret is 32 random bytes, shown once when the token is made
+and stored only as its SHA-256 (a random 256-bit secret needs no slow hash), compared in constant
+time. The store is a small SQLite file, ``$VMBUSOPS_HOME/agent/principals.sqlite``, read on every
+request so that a revocation takes effect at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmbusops.errors import ConfigError
+from vmbusops.home import home_path
+
+TOKEN_PREFIX = "vmo_"  # noqa: S105 - the public prefix of every token, not a secret
+_TOKEN_RE = re.compile(r"vmo_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS principals (
+    id          TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,          -- token | cert
+    name        TEXT NOT NULL,
+    secret_hash TEXT,                   -- tokens: sha256 of the secret
+    fingerprint TEXT UNIQUE,            -- certs: sha256 of the DER certificate
+    operations  TEXT NOT NULL,
+    vms         TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    expires_at  REAL,
+    revoked_at  REAL
+);
+"""
+
+
+class Operation(enum.StrEnum):
+    SUBMIT = "submit"
+    READ = "read"
+    CANCEL = "cancel"
+    METRICS = "metrics"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Principal:
+    id: str
+    kind: str
+    name: str
+    operations: frozenset[Operation]
+    vms: tuple[str, ...]
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.id}({self.name})"
+
+    def may(self, operation: Operation) -> bool:
+        return operation in self.operations
+
+    def covers_vm(self, vm: str) -> bool:
+        folded = vm.casefold()
+        return any(fnmatch.fnmatchcase(folded, g.casefold()) for g in self.vms)
+
+    def sees_all_vms(self) -> bool:
+        return "*" in self.vms
+
+    def sees_job(self, vms: Sequence[str]) -> bool:
+        if not vms:
+            return self.sees_all_vms()
+        return all(self.covers_vm(vm) for vm in vms)
+
+    def active(self, now: float) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a credential was not accepted; ``who`` is safe to log (never a secret)."""
+
+    who: str
+    why: str
+
+
+def parse_operations(values: Iterable[str]) -> frozenset[Operation]:
+    ops: set[Operation] = set()
+    for value in values:
+        for raw in value.split(","):
+            part = raw.strip().lower()
+            if not part:
+                continue
+            if part == "all":
+                ops.update(Operation)
+                continue
+            try:
+                ops.add(Operation(part))
+            except ValueError:
+                known = ", ".join(o.value for o in Operation)
+                raise ConfigError(f"unknown operation {part!r}", hint=f"known: {known}, all") from None
+    if not ops:
+        raise ConfigError("a scope needs at least one operation", hint="for example --scope read,submit")
+    return frozenset(ops)
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("ascii")).hexdigest()
+
+
+def principals_path() -> Path:
+    return home_path("agent", "principals.sqlite")
+
+
+class PrincipalStore:
+    """Tokens and accepted client certificates, with their scopes."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or principals_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open the agent's principal store {self.path}: {exc}") from exc
+        self.path.chmod(0o600)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> PrincipalStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            cur = self._db.execute(sql, params)
+            cur.row_factory = sqlite3.Row
+            return list(cur.fetchall())
+
+    @staticmethod
+    def _principal(row: sqlite3.Row) -> Principal:
+        return Principal(
+            id=row["id"],
+            kind=row["kind"],
+            name=row["name"],
+            operations=frozenset(Operation(o) for o in json.loads(row["operations"])),
+            vms=tuple(json.loads(row["vms"])),
+            created_at=row["created_at"],
+            expires_at=row["expires_at"],
+            revoked_at=row["revoked_at"],
+        )
+
+    def _insert(
+        self,
+        *,
+        kind: str,
+        name: str,
+        operations: frozenset[Operation],
+        vms: Sequence[str],
+        expires_at: float | None,
+        secret_hash: str | None = None,
+        fingerprint: str | None = None,
+    ) -> str:
+        if not vms:
+            raise ConfigError(
+                "a scope needs at least one VM glob", hint="for example --vm 'tenant-a-*' (or '*')"
+            )
+        ident = secrets.token_hex(6)
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO principals (id, kind, name, secret_hash, fingerprint, operations, vms,"
+                    " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        ident, kind, name, secret_hash, fingerprint,
+                        json.dumps(sorted(o.value for o in operations)), json.dumps(list(vms)),
+                        time.time(), expires_at,
+                    ),
+                )  # fmt: skip
+            except sqlite3.IntegrityError as exc:
+                raise ConfigError(f"that {kind} is already registered: {exc}") from exc
+        return ident
+
+    def create_token(
+        self, *, name: str, operations: frozenset[Operation], vms: Sequence[str], expires_at: float | None
+    ) -> tuple[Principal, str]:
+        """A new token; returns it with its full text, which is never stored nor shown again."""
+        secret = secrets.token_urlsafe(32)
+        ident = self._insert(
+            kind="token", name=name, operations=operations, vms=vms, expires_at=expires_at,
+            secret_hash=_digest(secret),
+        )  # fmt: skip
+        return self.get(ident), f"{TOKEN_PREFIX}{ident}_{secret}"
+
+    def allow_certificate(
+        self,
+        *,
+        name: str,
+        fingerprint: str,
+        operations: frozenset[Operation],
+        vms: Sequence[str],
+        expires_at: float | None,
+    ) -> Principal:
+        fp = fingerprint.replace(":", "").lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", fp):
+            raise ConfigError("a certificate fingerprint is its SHA-256 in hex (64 digits, colons allowed)")
+        ident = self._insert(
+            kind="cert", name=name, operations=operations, vms=vms, expires_at=expires_at, fingerprint=fp
+        )
+        return self.get(ident)
+
+    def get(self, ident: str) -> Principal:
+        rows = self._rows("SELECT * FROM principals WHERE id = ?", (ident,))
+        if not rows:
+            raise ConfigError(f"no token or certificate with id {ident}")
+        return self._principal(rows[0])
+
+    def list(self) -> list[Principal]:
+        return [self._principal(r) for r in self._rows("SELECT * FROM principals ORDER BY created_at")]
+
+    def revoke(self, ident: str) -> Principal:
+        with self._lock:
+            changed = self._db.execute(
+                "UPDATE principals SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (time.time(), ident),
+            ).rowcount
+        principal = self.get(ident)
+        if not changed and principal.revoked_at is None:
+            raise ConfigError(f"no token or certificate with id {ident}")
+        return principal
+
+    # ------------------------------------------------------------------ authentication
+    def authenticate_token(self, token: str, now: float) -> Principal | Refusal:
+        match = _TOKEN_RE.fullmatch(token)
+        if match is None:
+            return Refusal("anonymous", "malformed bearer token")
+        ident, secret = match.groups()
+        rows = self._rows("SELECT * FROM principals WHERE id = ? AND kind = 'token'", (ident,))
+        if not rows:
+            return Refusal(f"token:{ident}", "unknown token")
+        if not hmac.compare_digest(rows[0]["secret_hash"], _digest(secret)):
+            return Refusal(f"token:{ident}", "wrong token secret")
+        principal = self._principal(rows[0])
+        if principal.revoked_at is not None:
+            return Refusal(str(principal), "token revoked")
+        if not principal.active(now):
+            return Refusal(str(principal), "token expired")
+        return principal
+
+    def authenticate_certificate(self, der: bytes, now: float) -> Principal | Refusal:
+        fp = hashlib.sha256(der).hexdigest()
+        rows = self._rows("SELECT * FROM principals WHERE fingerprint = ? AND kind = 'cert'", (fp,))
+        if not rows:
+            return Refusal(f"cert:sha256={fp[:16]}", "client certificate not registered")
+        principal = self._principal(rows[0])
+        if not principal.active(now):
+            return Refusal(str(principal), "client certificate revoked or expired")
+        return principal

@@ -1,0 +1,36 @@
+"""Prometheus metrics of one agent, in a registry of its own (several agents can share a process
+in tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.submissions = Counter(
+            "vmbusops_submissions", "Bundles submitted, by outcome", ["outcome"], registry=self.registry
+        )
+        self.refusals = Counter(
+            "vmbusops_refusals", "Requests refused, by reason", ["reason"], registry=self.registry
+        )
+        self.records = Counter(
+            "vmbusops_records", "Guest records the engine received", registry=self.registry
+        )
+        self.records_streamed = Counter(
+            "vmbusops_records_streamed", "Records sent to stream followers", registry=self.registry
+        )
+        self.jobs_running = Gauge(
+            "vmbusops_jobs_running", "Jobs running in this agent", registry=self.registry
+        )
+        self.followers = Gauge("vmbusops_stream_followers", "Open event streams", registry=self.registry)
+        self.scheduled_runs = Counter(
+            "vmbusops_scheduled_runs", "Schedule ticks, by outcome", ["outcome"], registry=self.registry
+        )
+        self.submit_seconds = Histogram(
+            "vmbusops_submit_seconds", "Time to verify a bundle and start its job", registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,448 @@
+"""The OpenAPI 3.1 document the agent serves at ``/v1/openapi.json``."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from vmbusops import __version__
+
+_PROBLEM = {"$ref": "#/components/responses/Problem"}
+
+
+def _problems(*codes: int) -> dict[str, Any]:
+    return {str(c): _PROBLEM for c in codes}
+
+
+def _job_path_params(*extra: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}},
+        *extra,
+    ]
+
+
+_VM_PARAM = {"name": "vm", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+_AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    job_ref = {"$ref": "#/components/schemas/Job"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "vmbusops agent",
+            "version": __version__,
+            "description": "Signed job bundles for Hyper-V tenant VMs, run over the VMBus; live records.",
+        },
+        "security": _AUTH,
+        "paths": {
+            "/v1/health": {
+                "get": {
+                    "summary": "Readiness",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "ready",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/Health"}}
+                            },
+                        },
+                        "503": {
+                            "description": "starting or stopping",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/Health"}}
+                            },
+                        },
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (scope: metrics)",
+                    "responses": {
+                        "200": {
+                            "description": "metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        **_problems(401, 403),
+                    },
+                }
+            },
+            "/v1/jobs": {
+                "post": {
+                    "summary": "Submit a signed bundle (.vmb bytes); verified before anything runs (scope: submit)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                        },
+                    },
+                    "responses": {
+                        "201": {
+                            "description": "job started",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["job"],
+                                        "properties": {"job": job_ref},
+                                    }
+                                }
+                            },
+                        },
+                        "202": {
+                            "description": "the bundle carries a schedule; registered",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["schedule"],
+                                        "properties": {"schedule": {"$ref": "#/components/schemas/Schedule"}},
+                                    }
+                                }
+                            },
+                        },
+                        **_problems(400, 401, 403, 413, 415, 422, 429, 503),
+                    },
+                },
+                "get": {
+                    "summary": "Jobs visible to the caller, newest first (scope: read)",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                        },
+                        {"name": "state", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "jobs",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["jobs"],
+                                        "properties": {"jobs": {"type": "array", "items": job_ref}},
+                                    }
+                                }
+                            },
+                        },
+                        **_problems(400, 401, 403),
+                    },
+                },
+            },
+            "/v1/jobs/{job_id}": {
+                "get": {
+                    "summary": "One job (scope: read)",
+                    "parameters": _job_path_params(),
+                    "responses": {
+                        "200": {
+                            "description": "the job",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["job"],
+                                        "properties": {"job": job_ref},
+                                    }
+                                }
+                            },
+                        },
+                        **_problems(401, 403, 404),
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}/runs": {
+                "get": {
+                    "summary": "A job's runs with their steps (scope: read)",
+                    "parameters": _job_path_params(),
+                    "responses": {
+                        "200": {
+                            "description": "runs",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "runs": {
+                                                "type": "array",
+                                                "items": {"$ref": "#/components/schemas/Run"},
+                                            }
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_problems(401, 403, 404),
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}/runs/{vm}": {
+                "get": {
+                    "summary": "One VM's run (scope: read)",
+                    "parameters": _job_path_params(_VM_PARAM),
+                    "responses": {
+                        "200": {
+                            "description": "the run",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {"run": {"$ref": "#/components/schemas/Run"}},
+                                    }
+                                }
+                            },
+                        },
+                        **_problems(401, 403, 404),
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}/cancel": {
+                "post": {
+                    "summary": 'Cancel a job, or one VM\'s run with {"vm": NAME} (scope: cancel)',
+                    "parameters": _job_path_params(),
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"vm": {"type": "string"}},
+                                    "additionalProperties": False,
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": {
+                            "description": "cancel requested",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/CancelAnswer"}}
+                            },
+                        },
+                        **_problems(400, 401, 403, 404, 409, 413),
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}/runs/{vm}/cancel": {
+                "post": {
+                    "summary": "Cancel one VM's run (scope: cancel)",
+                    "parameters": _job_path_params(_VM_PARAM),
+                    "responses": {
+                        "202": {
+                            "description": "cancel requested",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/CancelAnswer"}}
+                            },
+                        },
+                        **_problems(401, 403, 404, 409),
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}/records": {
+                "get": {
+                    "summary": "A page of a job's records after a cursor (scope: read)",
+                    "parameters": _job_path_params(
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "a cursor from a previous page or event id",
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                        },
+                        {"name": "vm", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "stream",
+                            "in": "query",
+                            "schema": {
+                                "type": "string",
+                                "enum": [
+                                    "output",
+                                    "error",
+                                    "warning",
+                                    "verbose",
+                                    "debug",
+                                    "information",
+                                    "progress",
+                                    "state",
+                                ],
+                            },
+                        },
+                    ),
+                    "responses": {
+                        "200": {
+                            "description": "records",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["records", "cursor", "state"],
+                                        "properties": {
+                                            "records": {
+                                                "type": "array",
+                                                "items": {"$ref": "#/components/schemas/Record"},
+                                            },
+                                            "cursor": {"type": "string"},
+                                            "state": {"type": "string"},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_problems(400, 401, 403, 404),
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}/events": {
+                "get": {
+                    "summary": "Live records and state changes (Server-Sent Events) until the job ends (scope: read)",
+                    "description": (
+                        "Events: `job` and `run` (state snapshots, no id), `record` (id = cursor after it), `end`. "
+                        "Reconnect with `Last-Event-ID` (or `?after=`) to continue without gap or repeat."
+                    ),
+                    "parameters": _job_path_params(
+                        {"name": "after", "in": "query", "schema": {"type": "string"}},
+                        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+                    ),
+                    "responses": {
+                        "200": {
+                            "description": "event stream",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        **_problems(400, 401, 403, 404),
+                    },
+                }
+            },
+            "/v1/schedules": {
+                "get": {
+                    "summary": "Registered schedules with their next run times (scope: read)",
+                    "responses": {
+                        "200": {
+                            "description": "schedules",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "schedules": {
+                                                "type": "array",
+                                                "items": {"$ref": "#/components/schemas/Schedule"},
+                                            }
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_problems(401, 403),
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "vmo_<id>_<secret>, from `vmbusops agent token create`",
+                },
+            },
+            "responses": {
+                "Problem": {
+                    "description": "RFC 7807 problem details",
+                    "content": {
+                        "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+                    },
+                }
+            },
+            "schemas": {
+                "Problem": {
+                    "type": "object",
+                    "required": ["type", "title", "status", "detail"],
+                    "properties": {
+                        "type": {"type": "string"},
+                        "title": {"type": "string"},
+                        "status": {"type": "integer"},
+                        "detail": {"type": "string"},
+                        "instance": {"type": "string"},
+                    },
+                },
+                "Health": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"type": "string", "enum": ["starting", "ready", "stopping"]},
+                        "version": {"type": "string"},
+                        "jobs_running": {"type": "integer"},
+                    },
+                },
+                "Job": {
+                    "type": "object",
+                    "required": ["id", "bundle", "version", "state", "runs"],
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "bundle": {"type": "string"},
+                        "version": {"type": "integer"},
+                        "bundle_id": {"type": "string"},
+                        "source": {"type": "string"},
+                        "host": {"type": "string"},
+                        "state": {"type": "string"},
+                        "created_at": {"type": "number"},
+                        "started_at": {"type": ["number", "null"]},
+                        "finished_at": {"type": ["number", "null"]},
+                        "owner_pid": {"type": ["integer", "null"]},
+                        "cancel_requested": {"type": "boolean"},
+                        "runs": {"type": "object", "additionalProperties": {"type": "integer"}},
+                        "targets": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "Run": {
+                    "type": "object",
+                    "required": ["vm", "state"],
+                    "properties": {
+                        "vm": {"type": "string"},
+                        "state": {"type": "string"},
+                        "records": {"type": "integer"},
+                        "error": {"type": ["string", "null"]},
+                        "steps": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
+                "Record": {
+                    "type": "object",
+                    "required": ["vm", "seq", "time", "stream"],
+                    "properties": {
+                        "vm": {"type": "string"},
+                        "seq": {"type": "integer"},
+                        "time": {"type": "number"},
+                        "step": {"type": ["string", "null"]},
+                        "stream": {"type": "string"},
+                    },
+                },
+                "CancelAnswer": {
+                    "type": "object",
+                    "properties": {
+                        "job": {"type": "integer"},
+                        "vm": {"type": ["string", "null"]},
+                        "cancel_requested": {"type": "boolean"},
+                    },
+                },
+                "Schedule": {
+                    "type": "object",
+                    "required": ["name", "cron", "targets"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "version": {"type": "integer"},
+                        "cron": {"type": "string"},
+                        "timezone": {"type": "string"},
+                        "targets": {"type": "array", "items": {"type": "string"}},
+                        "next_run": {"type": ["string", "null"]},
+                        "last_job": {"type": ["integer", "null"]},
+                    },
+                },
+            },
+        },
+    }

@@ -1,0 +1,72 @@
+"""RFC 7807 problem details: every refusal and failure the API answers with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from vmbusops.errors import (
+    BundleError,
+    ConfigError,
+    CredentialStoreError,
+    JournalError,
+    VmbusOpsError,
+)
+
+PROBLEM_TYPE = "urn:vmbusops:problem:"
+MEDIA_TYPE = "application/problem+json"
+
+
+class ApiProblem(Exception):
+    """Raised inside a handler; the app turns it into a problem-details response."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        title: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.kind = kind
+        self.title = title
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+    def response(self, instance: str | None = None) -> JSONResponse:
+        body: dict[str, Any] = {
+            "type": PROBLEM_TYPE + self.kind,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            **self.extra,
+        }
+        if instance:
+            body["instance"] = instance
+        return JSONResponse(body, status_code=self.status, headers=self.headers, media_type=MEDIA_TYPE)
+
+
+def from_error(exc: VmbusOpsError) -> ApiProblem:
+    """Our error, as the client should see it (messages never carry secrets, by contract)."""
+    if isinstance(exc, BundleError):
+        return ApiProblem(
+            422, "bundle-rejected", "Bundle rejected", exc.message, reason=type(exc).__name__,
+            hint=exc.hint, ran=False,
+        )  # fmt: skip
+    if isinstance(exc, ConfigError | CredentialStoreError):
+        return ApiProblem(
+            422, "job-not-startable", "The job cannot start on this host", exc.message, hint=exc.hint
+        )
+    if isinstance(exc, JournalError):
+        return ApiProblem(503, "journal-unavailable", "The journal is unavailable", exc.message)
+    return ApiProblem(503, "host-unavailable", "The host cannot take the job now", exc.message)
+
+
+def not_found(what: str) -> ApiProblem:
+    return ApiProblem(404, "not-found", "Not found", f"no {what}")

@@ -1,0 +1,189 @@
+"""``vmbusops agent``: the engine, the scheduler and the API in one trio process.
+
+Start-up: host connection, engine (which reconciles what a previous agent left interrupted),
+scheduler, then Hypercorn (trio worker) on the configured address. Once it listens, the agent is
+*ready*: ``/v1/health`` says so, a JSON line ``{"event": "ready", "listen": [...]}`` goes to
+stdout, the ready file (if asked for) is written, and systemd is notified (``Type=notify``).
+
+Shutdown (SIGTERM or Ctrl-C): new submissions and schedule ticks are refused at once; running
+jobs get ``shutdown_grace_seconds`` to finish; then the rest are cancelled (each guest pipeline
+gets the PSRP stop signal and the journal writes that follow are shielded), the HTTP server
+stops, and the engine flushes the journal before the process exits. A second signal skips the
+grace period. Runs stopped this way read as interrupted and resume with ``vmbusops jobs resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from vmbusops.api.app import build_app
+from vmbusops.api.auth import PrincipalStore
+from vmbusops.api.broadcast import Broadcaster
+from vmbusops.api.metrics import AgentMetrics
+from vmbusops.api.service import AgentService
+from vmbusops.api.tls import configure_tls, install_peer_cert_server
+from vmbusops.config import Config
+from vmbusops.credentials import GuestCredential
+from vmbusops.engine import EngineOptions, Journal, open_engine
+from vmbusops.guestops.connect import open_host
+
+log = logging.getLogger("vmbusops.agent")
+
+
+def _notify_systemd(state: str) -> None:
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target or not hasattr(socket, "AF_UNIX"):
+        return
+    address = "\0" + target[1:] if target.startswith("@") else target
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(state.encode(), address)
+        except OSError:
+            log.warning("cannot notify systemd", extra={"event": "notify-failed"})
+
+
+def _announce(binds: list[str], ready_file: Path | None) -> None:
+    sys.stdout.write(json.dumps({"event": "ready", "listen": binds}) + "\n")
+    sys.stdout.flush()
+    if ready_file is not None:
+        tmp = ready_file.with_name(ready_file.name + ".tmp")
+        tmp.write_text(json.dumps({"listen": binds, "pid": os.getpid()}) + "\n", encoding="utf-8")
+        tmp.replace(ready_file)
+    _notify_systemd("READY=1")
+
+
+async def _hold_jobs_nursery(
+    scope: trio.CancelScope, done: trio.Event, *, task_status: trio.TaskStatus[trio.Nursery]
+) -> None:
+    try:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                task_status.started(nursery)
+                await trio.sleep_forever()
+    finally:
+        done.set()
+
+
+def _signals() -> list[int]:
+    return [s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None]
+
+
+async def run_agent(
+    config: Config,
+    *,
+    credential_for: Callable[[str], GuestCredential],
+    host: str | None = None,
+    listen: str | None = None,
+    ready_file: Path | None = None,
+    options: EngineOptions | None = None,
+    scheduler_factory: Callable[[AgentService], Any] | None = None,
+) -> int:
+    agent = config.agent
+    hconfig = HypercornConfig()
+    hconfig.bind = [listen or agent.listen]
+    hconfig.accesslog = None
+    hconfig.errorlog = logging.getLogger("hypercorn.error")  # through our JSON handler
+    hconfig.graceful_timeout = 2.0
+    hconfig.keep_alive_timeout = 75.0
+    if agent.tls_cert and agent.tls_key:
+        configure_tls(hconfig, cert=agent.tls_cert, key=agent.tls_key, client_ca=agent.client_ca)
+        install_peer_cert_server()
+
+    broadcaster = Broadcaster()
+    metrics = AgentMetrics()
+    principals = PrincipalStore()
+    journal = Journal()
+    reader = Journal()
+    holder: list[AgentService] = []
+
+    def on_event(event: Any) -> None:
+        if holder:
+            holder[0].on_engine_event(event)
+
+    try:
+        with trio.open_signal_receiver(*_signals()) as signals:
+            async with (
+                open_host(host, config=config) as hv,
+                open_engine(
+                    hv,
+                    journal,
+                    credential_for=credential_for,
+                    host_name=host or config.host,
+                    options=options,
+                    on_event=on_event,
+                ) as engine,
+                trio.open_nursery() as top,
+            ):
+                jobs_scope = trio.CancelScope()
+                jobs_done = trio.Event()
+                jobs = await top.start(_hold_jobs_nursery, jobs_scope, jobs_done)
+                service = AgentService(
+                    engine=engine, reader=reader, jobs=jobs, principals=principals, config=agent,
+                    broadcaster=broadcaster, metrics=metrics,
+                )  # fmt: skip
+                holder.append(service)
+                scheduler_scope = trio.CancelScope()
+                if scheduler_factory is not None:
+                    scheduler = scheduler_factory(service)
+
+                    async def run_scheduler() -> None:
+                        with scheduler_scope:
+                            await scheduler.run()
+
+                    await scheduler.load()
+                    top.start_soon(run_scheduler)
+                stop_server = trio.Event()
+                app: Any = build_app(service)
+                binds = await top.start(partial(serve, app, hconfig, shutdown_trigger=stop_server.wait))
+                service.ready = True
+                log.info(
+                    "agent ready", extra={"event": "ready", "listen": binds, "host": host or config.host}
+                )
+                _announce(binds, ready_file)
+
+                received = await signals.__anext__()
+                log.info("stopping", extra={"event": "stopping", "signal": signal.Signals(received).name,
+                                            "jobs_running": len(service.running)})  # fmt: skip
+                _notify_systemd("STOPPING=1")
+                service.stopping = True
+                scheduler_scope.cancel()
+                with trio.move_on_after(agent.shutdown_grace_seconds):
+                    async with trio.open_nursery() as grace:
+
+                        async def second_signal() -> None:
+                            await signals.__anext__()
+                            log.info("second signal: stopping runs now", extra={"event": "stopping-now"})
+                            grace.cancel_scope.cancel()
+
+                        async def idle() -> None:
+                            await service.wait_idle()
+                            grace.cancel_scope.cancel()
+
+                        grace.start_soon(second_signal)
+                        grace.start_soon(idle)
+                if service.running:
+                    log.info(
+                        "interrupting runs", extra={"event": "interrupting", "jobs": sorted(service.running)}
+                    )
+                jobs_scope.cancel()
+                await jobs_done.wait()
+                stop_server.set()
+        log.info("agent stopped", extra={"event": "stopped"})
+        return 0
+    finally:
+        journal.close()
+        reader.close()
+        principals.close()

@@ -1,0 +1,232 @@
+"""The agent's core: the engine, its jobs, their followers, and what the API may ask of them.
+
+:class:`AgentService` is what the HTTP layer (:mod:`.app`) and the scheduler call; it knows
+nothing of HTTP. Jobs run as tasks of the service's job nursery, beside (not inside) the request
+that submitted them, so a client that disconnects never cancels a job. Journal reads go through a
+connection of their own in worker threads, so followers never wait behind the engine's writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from vmbusops.api.auth import Principal, PrincipalStore
+from vmbusops.api.broadcast import Broadcaster, JobEnded, StreamEvent
+from vmbusops.api.metrics import AgentMetrics
+from vmbusops.api.ratelimit import SubmitRateLimiter
+from vmbusops.bundle.manifest import Manifest
+from vmbusops.bundle.paths import accepted_bundles_dir, replay_store_path, trust_policy_path
+from vmbusops.bundle.policy import load_trust_policy
+from vmbusops.bundle.replay import ReplayStore
+from vmbusops.bundle.verify import AcceptedBundle, accept_bundle, read_unverified
+from vmbusops.config import AgentConfig
+from vmbusops.engine import Engine, JobSource, Journal, RecordArrived, State, resolve_targets
+from vmbusops.engine.journal import JobView, RunView
+from vmbusops.errors import VmbusOpsError
+
+log = logging.getLogger("vmbusops.agent")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class TargetsOutOfScope(Exception):
+    vms: tuple[str, ...]
+
+
+class AgentStopping(Exception):
+    pass
+
+
+class AgentService:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        reader: Journal,
+        jobs: trio.Nursery,
+        principals: PrincipalStore,
+        config: AgentConfig,
+        broadcaster: Broadcaster,
+        metrics: AgentMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.reader = reader
+        self.jobs_nursery = jobs
+        self.principals = principals
+        self.config = config
+        self.broadcaster = broadcaster
+        self.metrics = metrics
+        self.clock = clock
+        self.limiter = SubmitRateLimiter(
+            per_minute=config.submit_rate_per_minute, burst=config.submit_burst, clock=trio.current_time
+        )
+        self.ready = False
+        self.stopping = False
+        self.running: set[int] = set()
+        self._idle = trio.Event()
+        self._idle.set()
+        self._accept_lock = trio.Lock()
+        #: Set by the scheduler, if one runs: takes a scheduled bundle instead of running it now,
+        #: and lists the schedules (each a JSON object with at least ``targets``).
+        self.register_schedule: Callable[[AcceptedBundle], Awaitable[dict[str, Any]]] | None = None
+        self.list_schedules: Callable[[], list[dict[str, Any]]] | None = None
+
+    # ------------------------------------------------------------------ engine events
+    def on_engine_event(self, event: StreamEvent) -> None:
+        if isinstance(event, RecordArrived):
+            self.metrics.records.inc()
+        self.broadcaster.publish(event)
+
+    # ------------------------------------------------------------------ reads
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args)
+
+    async def job_vms(self, job_id: int) -> list[str]:
+        return [r.vm for r in await self.read(self.reader.runs, job_id)]
+
+    async def visible_job(self, job_id: int, who: Principal) -> tuple[JobView, list[RunView]] | None:
+        """The job and its runs if it exists and ``who`` may see it; None otherwise (same answer)."""
+
+        def get() -> tuple[JobView, list[RunView]] | None:
+            found = self.reader.jobs(job_id=job_id, limit=1)
+            if not found:
+                return None
+            return found[0], self.reader.runs(job_id)
+
+        got = await self.read(get)
+        if got is None or not who.sees_job([r.vm for r in got[1]]):
+            return None
+        return got
+
+    async def visible_jobs(self, who: Principal, *, limit: int, state: str | None) -> list[JobView]:
+        def get() -> list[JobView]:
+            out: list[JobView] = []
+            # Over-read, since some jobs may be out of scope; bounded so a list stays cheap.
+            for job in self.reader.jobs(limit=min(limit * 4, 2000)):
+                if state is not None and job.state.value != state:
+                    continue
+                if who.sees_job([r.vm for r in self.reader.runs(job.id)]):
+                    out.append(job)
+                    if len(out) >= limit:
+                        break
+            return out
+
+        return await self.read(get)
+
+    # ------------------------------------------------------------------ submit
+    async def check_targets(self, manifest: Manifest, who: Principal) -> list[str]:
+        host_vms = [vm.name for vm in await self.engine.host.list_vms()]
+        targets = resolve_targets(manifest, host_vms)
+        outside = tuple(vm for vm in targets if not who.covers_vm(vm))
+        if outside or (not targets and not who.sees_all_vms()):
+            raise TargetsOutOfScope(outside)
+        return targets
+
+    async def receive_bundle(self, chunks: AsyncIterator[bytes], limit: int) -> Path:
+        """The request body in a private file; :class:`OverflowError` past ``limit`` bytes."""
+
+        def make() -> Path:
+            incoming = accepted_bundles_dir().parent / "incoming"
+            incoming.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, name = tempfile.mkstemp(prefix="upload-", suffix=".vmb", dir=incoming)
+            os.close(fd)
+            return Path(name)
+
+        path = await trio.to_thread.run_sync(make)
+        try:
+            async with await trio.open_file(path, "wb") as out:
+                size = 0
+                async for chunk in chunks:
+                    size += len(chunk)
+                    _check_size(size, limit)
+                    await out.write(chunk)
+        except BaseException:
+            await trio.Path(path).unlink(missing_ok=True)
+            raise
+        return path
+
+    async def accept(self, path: Path, who: Principal) -> AcceptedBundle:
+        """Verify exactly as ``vmbusops run`` does; before that, refuse targets outside ``who``'s
+        scope (from the unverified manifest: refusing early is safe, and a bundle refused for
+        scope is not burnt in the replay store)."""
+        _, unverified = await trio.to_thread.run_sync(read_unverified, path)
+        await self.check_targets(unverified, who)
+
+        def accept_now() -> AcceptedBundle:
+            policy = load_trust_policy(trust_policy_path())
+            with ReplayStore(replay_store_path()) as replay:
+                return accept_bundle(path, policy=policy, replay=replay, workdir=accepted_bundles_dir())
+
+        async with self._accept_lock:
+            bundle = await trio.to_thread.run_sync(accept_now)
+        await self.check_targets(bundle.manifest, who)
+        return bundle
+
+    async def start_job(self, source: JobSource, *, origin: str) -> int:
+        """Start a job in the job nursery; returns its id once it is in the journal."""
+        if self.stopping:
+            raise AgentStopping()
+        return int(await self.jobs_nursery.start(self._job_task, source, origin))
+
+    async def _job_task(self, source: JobSource, origin: str, *, task_status: trio.TaskStatus[int]) -> None:
+        job_id = 0
+
+        def created(new_id: int) -> None:
+            nonlocal job_id
+            job_id = new_id
+            if not self.running:
+                self._idle = trio.Event()
+            self.running.add(new_id)
+            self.metrics.jobs_running.set(len(self.running))
+            task_status.started(new_id)
+
+        try:
+            result = await self.engine.run_job(source, on_created=created)
+            log.info(
+                "job finished",
+                extra={
+                    "event": "job-finished",
+                    "job": result.job_id,
+                    "state": result.state.value,
+                    "origin": origin,
+                },
+            )
+            self.broadcaster.publish(JobEnded(result.job_id, result.state))
+        except VmbusOpsError as exc:
+            if not job_id:
+                raise
+            log.warning("job failed", extra={"event": "job-failed", "job": job_id, "error": exc.message})
+            self.broadcaster.publish(JobEnded(job_id, State.FAILED))
+        finally:
+            if job_id:
+                self.running.discard(job_id)
+                self.metrics.jobs_running.set(len(self.running))
+                if not self.running:
+                    self._idle.set()
+
+    async def wait_idle(self) -> None:
+        while self.running:
+            await self._idle.wait()
+
+    # ------------------------------------------------------------------ cancel
+    async def cancel(self, job_id: int, vm: str | None) -> int:
+        """Durable request in the journal (whoever owns the job acts on it), and at once if it
+        runs here. Returns how many jobs/runs were marked."""
+        marked = await self.read(self.reader.request_cancel, job_id, vm)
+        self.engine.cancel(job_id, vm)
+        return int(marked)
+
+
+def _check_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise OverflowError(size)

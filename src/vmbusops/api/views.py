@@ -1,0 +1,54 @@
+"""The JSON shapes of jobs and runs: the same fields ``vmbusops jobs --json`` prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vmbusops.engine.journal import JobView, RunView, StepView
+
+
+def job_json(job: JobView, runs: list[RunView] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": job.id,
+        "bundle": job.bundle_name,
+        "version": job.bundle_version,
+        "bundle_id": job.bundle_id,
+        "source": job.source,
+        "host": job.host,
+        "state": job.state.value,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "owner_pid": job.owner_pid,
+        "cancel_requested": job.cancel_requested,
+        "runs": job.run_states,
+    }
+    if runs is not None:
+        out["targets"] = [r.vm for r in runs]
+    return out
+
+
+def run_json(r: RunView, steps: list[StepView]) -> dict[str, Any]:
+    return {
+        "vm": r.vm,
+        "state": r.state.value,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "current_step": r.current_step,
+        "records": r.records,
+        "error": r.error,
+        "excerpt": r.excerpt,
+        "cancel_requested": r.cancel_requested,
+        "steps": [
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "state": s.state.value,
+                "attempts": s.attempts,
+                "started_at": s.started_at,
+                "finished_at": s.finished_at,
+                "error": s.error,
+            }
+            for s in steps
+        ],
+    }

@@ -1,0 +1,216 @@
+"""``vmbusops agent``: run the host agent (engine, scheduler, HTTP API), and manage who may use it.
+
+``agent token create`` prints a token once; only its hash is kept. ``agent cert allow`` accepts a
+TLS client certificate by its SHA-256 fingerprint. Both take a scope: operations (``--scope``)
+and VM name globs (``--vm``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+from rich.console import Console
+from rich.table import Table
+
+from vmbusops.cli.common import host_option, load, resolve_credential
+from vmbusops.config import Config
+from vmbusops.credentials import GuestCredential
+from vmbusops.errors import ConfigError
+
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _seconds(text: str) -> float:
+    m = _DURATION.fullmatch(text.strip())
+    if m is None:
+        raise ConfigError(f"bad duration {text!r}", hint="for example 90d, 12h, 30m")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _credential_resolver(config: Config, host: str | None) -> Any:
+    cache: dict[str, GuestCredential] = {}
+
+    def resolve(name: str) -> GuestCredential:
+        if name not in cache:
+            cache[name] = resolve_credential(name, config, host)
+        return cache[name]
+
+    return resolve
+
+
+@click.group("agent", invoke_without_command=True)
+@host_option
+@click.option(
+    "--listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Address to serve on (default: [agent] listen, 127.0.0.1:8421).",
+)
+@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the listening URLs here once ready.")  # fmt: skip
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.pass_context
+def agent(
+    ctx: click.Context, host: str | None, listen: str | None, ready_file: Path | None, log_level: str
+) -> None:
+    """Run the host agent: engine, scheduler and the HTTP API (JSON logs on stderr).
+
+    Stops gracefully on SIGTERM or Ctrl-C: runs get [agent] shutdown_grace_seconds to finish,
+    then are stopped; a second signal stops them at once.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from vmbusops.api.logs import configure_json_logging
+    from vmbusops.api.server import run_agent
+    from vmbusops.schedule.scheduler import Scheduler
+
+    config = load()
+    configure_json_logging(log_level)
+    code = trio.run(
+        lambda: run_agent(
+            config,
+            credential_for=_credential_resolver(config, host),
+            host=host,
+            listen=listen,
+            ready_file=ready_file,
+            scheduler_factory=Scheduler.for_service,
+        )
+    )
+    sys.exit(code)
+
+
+def _scope_options(fn: Any) -> Any:
+    fn = click.option(
+        "--expires-in", default=None, metavar="DURATION", help="e.g. 90d, 12h (default: never)."
+    )(fn)
+    fn = click.option(
+        "--vm", "vms", multiple=True, metavar="GLOB", help="VMs it may see (repeatable; '*' for all)."
+    )(fn)
+    fn = click.option(
+        "--scope", "scopes", multiple=True, metavar="OPS",
+        help="Operations: submit, read, cancel, metrics, or all (comma-separated or repeated).",
+    )(fn)  # fmt: skip
+    return click.option("--name", required=True, help="Who it is for (shown in logs).")(fn)
+
+
+def _principal_json(p: Any) -> dict[str, Any]:
+    return {
+        "id": p.id, "kind": p.kind, "name": p.name, "operations": sorted(o.value for o in p.operations),
+        "vms": list(p.vms), "created_at": p.created_at, "expires_at": p.expires_at, "revoked_at": p.revoked_at,
+    }  # fmt: skip
+
+
+@agent.group("token")
+def token() -> None:
+    """Bearer tokens for API clients."""
+
+
+@token.command("create")
+@_scope_options
+@click.option("--json", "as_json", is_flag=True)
+def token_create(
+    name: str, scopes: tuple[str, ...], vms: tuple[str, ...], expires_in: str | None, as_json: bool
+) -> None:
+    """Create a token and print it once; only its hash is stored."""
+    from vmbusops.api.auth import PrincipalStore, parse_operations
+
+    ops = parse_operations(scopes or ("read",))
+    expires = time.time() + _seconds(expires_in) if expires_in else None
+    with PrincipalStore() as store:
+        principal, text = store.create_token(name=name, operations=ops, vms=list(vms), expires_at=expires)
+    if as_json:
+        click.echo(json.dumps({**_principal_json(principal), "token": text}))
+        return
+    click.echo(text)
+    click.echo(
+        f"token {principal.id} for {name}: {', '.join(sorted(o.value for o in ops))} on {', '.join(vms)}"
+        " (shown once; store it now)",
+        err=True,
+    )
+
+
+def _list(kind: str, as_json: bool) -> None:
+    from vmbusops.api.auth import PrincipalStore
+
+    with PrincipalStore() as store:
+        principals = [p for p in store.list() if p.kind == kind]
+    if as_json:
+        for p in principals:
+            click.echo(json.dumps(_principal_json(p)))
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("ID", "Name", "Operations", "VMs", "Expires", "Status"):
+        table.add_column(col)
+    now = time.time()
+    for p in principals:
+        status = "revoked" if p.revoked_at else "expired" if not p.active(now) else "active"
+        expires = time.strftime("%Y-%m-%d %H:%M", time.localtime(p.expires_at)) if p.expires_at else "never"
+        table.add_row(
+            p.id, p.name, ",".join(sorted(o.value for o in p.operations)), ",".join(p.vms), expires, status
+        )
+    Console(highlight=False).print(table)
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def token_list(as_json: bool) -> None:
+    """Tokens (never their secrets)."""
+    _list("token", as_json)
+
+
+@token.command("revoke")
+@click.argument("token_id")
+def token_revoke(token_id: str) -> None:
+    """Revoke a token at once (by its id, the part after vmo_)."""
+    from vmbusops.api.auth import PrincipalStore
+
+    with PrincipalStore() as store:
+        store.revoke(token_id)
+    click.echo(f"token {token_id} revoked")
+
+
+@agent.group("cert")
+def cert() -> None:
+    """TLS client certificates accepted as API clients (needs [agent] client_ca)."""
+
+
+@cert.command("allow")
+@_scope_options
+@click.argument("fingerprint")
+def cert_allow(
+    name: str, scopes: tuple[str, ...], vms: tuple[str, ...], expires_in: str | None, fingerprint: str
+) -> None:
+    """Accept the client certificate with this SHA-256 FINGERPRINT, with a scope."""
+    from vmbusops.api.auth import PrincipalStore, parse_operations
+
+    ops = parse_operations(scopes or ("read",))
+    expires = time.time() + _seconds(expires_in) if expires_in else None
+    with PrincipalStore() as store:
+        p = store.allow_certificate(
+            name=name, fingerprint=fingerprint, operations=ops, vms=list(vms), expires_at=expires
+        )
+    click.echo(f"certificate {p.id} for {name} allowed")
+
+
+@cert.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def cert_list(as_json: bool) -> None:
+    _list("cert", as_json)
+
+
+@cert.command("revoke")
+@click.argument("cert_id")
+def cert_revoke(cert_id: str) -> None:
+    from vmbusops.api.auth import PrincipalStore
+
+    with PrincipalStore() as store:
+        store.revoke(cert_id)
+    click.echo(f"certificate {cert_id} revoked")

@@ -1,0 +1,213 @@
+"""The scheduler: one task per registered schedule, starting each tick's job in the agent.
+
+For each tick (see :mod:`.plan`): sleep until the run's start (tick + jitter); if the previous
+run of the same schedule is still active, wait for it until the cut-off (no overlap), else skip
+the tick; never start after the cut-off; never start from an expired bundle. The job's delivery
+timeout is capped at the cut-off, so no target starts after it either. Every tick ends as one
+outcome in the store (``started``, ``skipped: ...``, ``missed``), and every skip is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from vmbusops.schedule.clock import Clock, SystemClock
+from vmbusops.schedule.plan import Window, catch_up, next_window
+from vmbusops.schedule.store import ScheduleEntry, ScheduleStore
+
+if TYPE_CHECKING:
+    from vmbusops.api.service import AgentService
+    from vmbusops.bundle.verify import AcceptedBundle
+
+log = logging.getLogger("vmbusops.schedule")
+
+Launch = Callable[[ScheduleEntry, Window], Awaitable[int]]
+JobActive = Callable[[int], Awaitable[bool]]
+
+
+def entry_json(entry: ScheduleEntry, clock: Clock) -> dict[str, Any]:
+    s = entry.manifest.schedule
+    assert s is not None
+    upcoming = next_window(entry.name, s, max(entry.last_tick, clock.now()))
+    return {
+        "name": entry.name,
+        "version": entry.version,
+        "cron": s.cron,
+        "timezone": s.timezone,
+        "window_seconds": s.window_seconds,
+        "cutoff_seconds": s.cutoff_seconds,
+        "jitter_seconds": s.jitter_seconds,
+        "missed_policy": s.missed.value,
+        "targets": list(entry.manifest.targets.vms),
+        "next_run": upcoming.start_at.isoformat(),
+        "next_cutoff": upcoming.cutoff_at.isoformat(),
+        "expires": entry.manifest.expires.isoformat(),
+        "last_tick": entry.last_tick.isoformat(),
+        "last_job": entry.last_job,
+        "last_outcome": entry.last_outcome,
+        "missed": entry.missed,
+    }
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: ScheduleStore,
+        *,
+        launch: Launch,
+        job_active: JobActive,
+        clock: Clock,
+        poll: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.launch = launch
+        self.job_active = job_active
+        self.clock = clock
+        self.poll = poll
+        self._makeup: dict[str, Window] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+        #: (schedule, tick, outcome) of every handled tick, newest last.
+        self.history: list[tuple[str, Any, str]] = []
+
+    @classmethod
+    def for_service(cls, service: AgentService) -> Scheduler:
+        from vmbusops.engine import JobSource
+
+        clock = SystemClock()
+        store = ScheduleStore()
+
+        async def launch(entry: ScheduleEntry, window: Window) -> int:
+            execution = entry.manifest.execution
+            left = (window.cutoff_at - clock.now()).total_seconds()
+            capped = replace(
+                execution, delivery_timeout_seconds=max(1.0, min(execution.delivery_timeout_seconds, left))
+            )
+            source = JobSource(
+                manifest=replace(entry.manifest, execution=capped),
+                directory=Path(entry.bundle_dir) if entry.bundle_dir else None,
+                source=entry.source,
+            )
+            service.metrics.scheduled_runs.labels("started").inc()
+            return await service.start_job(source, origin=f"schedule:{entry.name}")
+
+        async def job_active(job_id: int) -> bool:
+            return (await service.read(service.reader.job, job_id)).state.active
+
+        scheduler = cls(store, launch=launch, job_active=job_active, clock=clock)
+        service.register_schedule = scheduler.register
+        service.list_schedules = scheduler.listing
+        return scheduler
+
+    def listing(self) -> list[dict[str, Any]]:
+        return [entry_json(e, self.clock) for e in self.store.all()]
+
+    # ------------------------------------------------------------------ start-up
+    async def load(self) -> None:
+        """Report (and per policy, make up) the ticks missed while no agent ran."""
+        now = self.clock.now()
+        for entry in self.store.all():
+            schedule = entry.manifest.schedule
+            if schedule is None:
+                continue
+            caught = catch_up(entry.name, schedule, entry.last_tick, now)
+            if not caught.missed:
+                continue
+            log.warning(
+                "missed scheduled runs while the agent was down",
+                extra={
+                    "event": "schedule-missed", "schedule": entry.name, "missed": len(caught.missed),
+                    "first": caught.missed[0].isoformat(), "last": caught.missed[-1].isoformat(),
+                    "policy": schedule.missed.value,
+                },
+            )  # fmt: skip
+            for tick in caught.missed:
+                self.history.append((entry.name, tick, "missed"))
+            self.store.handled(entry.name, caught.resume_after, outcome="missed", missed=len(caught.missed))
+            if caught.makeup is not None:
+                self._makeup[entry.name] = caught.makeup
+
+    # ------------------------------------------------------------------ running
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for entry in self.store.all():
+                self._start(entry.name)
+            await trio.sleep_forever()
+
+    def _start(self, name: str) -> None:
+        old = self._scopes.pop(name, None)
+        if old is not None:
+            old.cancel()
+        scope = trio.CancelScope()
+        self._scopes[name] = scope
+        assert self._nursery is not None
+        self._nursery.start_soon(self._loop, name, scope)
+
+    async def register(self, bundle: AcceptedBundle) -> dict[str, Any]:
+        entry = self.store.register(
+            bundle.manifest, bundle_dir=str(bundle.directory), source=bundle.source, now=self.clock.now()
+        )
+        if self._nursery is not None:
+            self._start(entry.name)
+        return entry_json(entry, self.clock)
+
+    async def _loop(self, name: str, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                entries = [e for e in self.store.all() if e.name == name]
+                if not entries:
+                    return
+                entry = entries[0]
+                schedule = entry.manifest.schedule
+                if schedule is None:
+                    return
+                window = self._makeup.pop(name, None) or next_window(name, schedule, entry.last_tick)
+                await self.clock.sleep_until(window.start_at)
+                outcome, job = await self._fire(entry, window)
+                self.history.append((name, window.tick, outcome))
+                missed = 0 if outcome == "started" else 1
+                self.store.handled(name, window.tick, outcome=outcome, job=job, missed=missed)
+                if outcome == "expired":
+                    return
+
+    async def _fire(self, entry: ScheduleEntry, window: Window) -> tuple[str, int | None]:
+        now = self.clock.now()
+        fields = {"schedule": entry.name, "tick": window.tick.isoformat()}
+        if entry.manifest.is_expired(now):
+            log.warning(
+                "schedule's bundle expired; no more runs", extra={"event": "schedule-expired", **fields}
+            )
+            return "expired", None
+        if entry.last_job is not None:
+            while await self.job_active(entry.last_job):
+                if self.clock.now() >= window.cutoff_at:
+                    log.warning(
+                        "tick skipped: the previous run is still active at the cut-off",
+                        extra={
+                            "event": "schedule-skipped",
+                            "why": "overlap",
+                            "previous_job": entry.last_job,
+                            **fields,
+                        },
+                    )
+                    return "skipped: previous run still active", None
+                await self.clock.sleep_until(
+                    min(self.clock.now() + timedelta(seconds=self.poll), window.cutoff_at)
+                )
+        if self.clock.now() >= window.cutoff_at:
+            log.warning(
+                "tick skipped: past the cut-off",
+                extra={"event": "schedule-skipped", "why": "cutoff", **fields},
+            )
+            return "skipped: past the cut-off", None
+        job = await self.launch(entry, window)
+        log.info("scheduled run started", extra={"event": "schedule-run", "job": job, **fields})
+        return "started", job
