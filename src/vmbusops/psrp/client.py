@@ -32,7 +32,9 @@ leaves a command running in a guest.
 from __future__ import annotations
 
 import logging
+import struct
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -57,6 +59,10 @@ from vmbusops.psrp.transport import Transport
 from vmbusops.records import ErrorRecord, PipelineState, PipelineStateRecord, Record
 
 log = logging.getLogger(__name__)
+
+_FRAGMENT_HEADER = struct.Struct(">QQBI")
+_MESSAGE_TYPE = struct.Struct("<I")
+_NO_PIPELINE = bytes(16)
 
 FRAGMENT_SIZE = 32 * 1024
 DEFAULT_RECORD_BUFFER = 1024
@@ -86,14 +92,74 @@ class _RecordEvent:
 
 
 class _ClientPool(psrpcore.ClientRunspacePool):
-    """psrpcore's client pool with the common records decoded on the fast path."""
+    """psrpcore's client pool, with the receive path taken over for speed.
 
-    def _process_message(self, message: Any) -> Any:
-        if message.message_type in _FAST_TYPES:
-            record = fast_decode(message.message_type, message.data)
+    psrpcore re-slices its whole receive buffer for every fragment (quadratic in the size of a
+    Data packet, which carries many records) and deserializes every message generically. Here
+    fragments are cut out of each payload by offset, messages reassembled per object id, and
+    the common stream records decoded on the fast path; every other message goes to psrpcore's
+    own ``_process_message``, so its state machine sees exactly what it would have.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._partial: dict[int, list[bytes]] = {}
+        self._complete: deque[tuple[int, bytes]] = deque()
+        self._pipeline_ids: dict[bytes, uuid.UUID] = {}
+
+    def receive_data(self, data: psrpcore.PSRPPayload) -> None:
+        buf = data.data
+        view = memoryview(buf)
+        offset, size = 0, len(buf)
+        while offset < size:
+            if size - offset < _FRAGMENT_HEADER.size:
+                raise PSRPError(f"a PSRP fragment header is cut short ({size - offset} bytes)")
+            object_id, fragment_id, flags, length = _FRAGMENT_HEADER.unpack_from(buf, offset)
+            start = offset + _FRAGMENT_HEADER.size
+            offset = start + length
+            if offset > size:
+                raise PSRPError(f"a PSRP fragment claims {length} bytes but the packet has {size - start}")
+            parts = self._partial.get(object_id)
+            if parts is None:
+                if fragment_id != 0:
+                    raise PSRPError(f"PSRP object {object_id} starts with fragment {fragment_id}, not 0")
+                if flags & 0x2:  # start and end: the common case, one fragment per message
+                    self._complete.append((object_id, bytes(view[start:offset])))
+                    continue
+                self._partial[object_id] = parts = []
+            elif fragment_id != len(parts):
+                raise PSRPError(f"PSRP object {object_id}: expected fragment {len(parts)}, got {fragment_id}")
+            parts.append(bytes(view[start:offset]))
+            if flags & 0x2:
+                del self._partial[object_id]
+                self._complete.append((object_id, b"".join(parts)))
+
+    def next_event(self) -> Any:
+        if not self._complete:
+            return None
+        object_id, raw = self._complete.popleft()
+        if len(raw) < 40:
+            raise PSRPError(f"a PSRP message is {len(raw)} bytes, shorter than its 40-byte header")
+        (type_value,) = _MESSAGE_TYPE.unpack_from(raw, 4)
+        try:
+            message_type = PSRPMessageType(type_value)
+        except ValueError:
+            raise PSRPError(f"unknown PSRP message type 0x{type_value:08X}") from None
+        pid_bytes = raw[24:40]
+        pipeline_id = self._pipeline_ids.get(pid_bytes)
+        if pipeline_id is None and pid_bytes != _NO_PIPELINE:
+            if len(self._pipeline_ids) > 4096:
+                self._pipeline_ids.clear()
+            pipeline_id = self._pipeline_ids[pid_bytes] = uuid.UUID(bytes_le=pid_bytes)
+        body = raw[43:] if raw.startswith(b"\xef\xbb\xbf", 40) else raw[40:]
+        if message_type in _FAST_TYPES:
+            record = fast_decode(message_type, body)
             if record is not None:
-                return _RecordEvent(message.pipeline_id, record)
-        return super()._process_message(message)
+                return _RecordEvent(pipeline_id, record)
+        message = PSRPMessage(
+            message_type, bytearray(body), uuid.UUID(bytes_le=raw[8:24]), pipeline_id, object_id
+        )
+        return self._process_message(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,48 +185,56 @@ Statement = Sequence[Command]
 
 
 class Pipeline:
-    """A running pipeline; iterate it for records. The last record is a PipelineStateRecord."""
+    """A running pipeline; iterate it for records. The last record is a PipelineStateRecord.
+
+    Records wait in a bounded queue between the pool's reader and the consumer. The consumer
+    wakes once per batch, not per record: one OutOfProc Data packet carries many records, and
+    a trio task switch per record would cost more than decoding it. When the queue is full the
+    reader waits, which stops reading from the host: memory stays bounded by the buffer, not by
+    how much a guest prints.
+    """
 
     def __init__(self, pool: RunspacePool, ps: psrpcore.ClientPowerShell, buffer: int) -> None:
         self._pool = pool
         self._ps = ps
         self.id: uuid.UUID = ps.pipeline_id
-        self._send, self._receive = trio.open_memory_channel[Record](buffer)
+        self._capacity = max(1, buffer)
+        self._queue: deque[Record] = deque()
+        self._readable = trio.lowlevel.ParkingLot()
+        self._writable = trio.lowlevel.ParkingLot()
+        self._ended = False
         self.final: PipelineStateRecord | None = None
         self._abandoned = False
         self._command_sent = False
 
     async def _deliver(self, record: Record) -> None:
+        while len(self._queue) >= self._capacity and not self._abandoned:
+            await self._writable.park()
         if self._abandoned:
             return
-        try:
-            await self._send.send(record)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._abandoned = True
+        self._queue.append(record)
+        if self._readable:
+            self._readable.unpark_all()
 
     def _finish(self, record: PipelineStateRecord) -> None:
         self.final = record
-        # The channel is bounded and the reader must not block on it here; the final state is
-        # never dropped, so when the buffer is full a task delivers it once there is room.
-        try:
-            self._send.send_nowait(record)
-        except trio.WouldBlock:
-            self._pool._nursery.start_soon(self._send_final_late, record)
-            return
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        self._send.close()
-
-    async def _send_final_late(self, record: PipelineStateRecord) -> None:
-        try:
-            await self._send.send(record)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            self._send.close()
+        if not self._abandoned:
+            self._queue.append(record)  # never dropped, even past the bound (by one)
+        self._end()
 
     def _break(self, exc: VmbusOpsError) -> None:
-        self._send.close()
+        self._end()
+
+    def _end(self) -> None:
+        self._ended = True
+        self._readable.unpark_all()
+        self._writable.unpark_all()
+
+    def _abandon(self) -> None:
+        """The consumer is gone: drop what is queued and whatever still arrives."""
+        self._abandoned = True
+        self._queue.clear()
+        self._writable.unpark_all()
 
     # A plain async iterator, not an async generator: a caller may ``break`` out of the loop
     # and nothing is left waiting to be finalized.
@@ -168,12 +242,18 @@ class Pipeline:
         return self
 
     async def __anext__(self) -> Record:
-        try:
-            return await self._receive.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            if self.final is None:
-                raise self._pool._broken_error() from None
-            raise StopAsyncIteration from None
+        while not self._queue:
+            if self._ended or self._abandoned:
+                if self.final is None and not self._abandoned:
+                    raise self._pool._broken_error()
+                raise StopAsyncIteration
+            await self._readable.park()
+        # Honour cancellation even while a backlog drains without parking.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        record = self._queue.popleft()
+        if self._writable and len(self._queue) < self._capacity:
+            self._writable.unpark_all()
+        return record
 
     async def collect(self) -> list[Record]:
         """Every record until the pipeline ends."""
@@ -187,8 +267,7 @@ class Pipeline:
         """Send a stop signal and wait (bounded) for the pipeline to reach a final state."""
         if self.final is not None or self._pool.broken:
             return
-        self._abandoned = True
-        self._receive.close()
+        self._abandon()
         with trio.move_on_after(timeout):
             await self._pool._signal(self.id)
             await self._pool._wait_pipeline_done(self)
@@ -504,8 +583,7 @@ class RunspacePool:
         try:
             if pipe._command_sent and pipe.final is None and not self.broken:
                 await pipe.stop(timeout=stop_timeout)
-            pipe._abandoned = True
-            pipe._receive.close()
+            pipe._abandon()
             if pipe._command_sent and not self.broken:
                 with trio.move_on_after(stop_timeout):
                     await self._control(PacketKind.CLOSE, pipe.id)
