@@ -9,6 +9,7 @@ host is accepted picks an entry; ``vmbusops hosts`` checks them all. ::
     address = "svc-vmbusops@hv01.example.net:22"
     known_host_key = "ssh-ed25519 AAAA..."     # optional pin; default: ~/.ssh/known_hosts
     identity_file = "~/.ssh/vmbusops_ed25519"  # optional; default: the agent and ~/.ssh/id_*
+    subsystem = "vmbusops"                     # optional; default "powershell"
 
     [hosts.hv02]
     transport = "winrm"
@@ -31,7 +32,7 @@ HOST_KEYS: Final = frozenset(
     {
         "transport", "address", "credential", "known_hosts", "known_host_key", "identity_file",
         "use_agent", "staging_dir", "auth", "cert_validation", "client_certificate", "client_key",
-        "encryption", "configuration_name",
+        "encryption", "configuration_name", "subsystem",
     }
 )
 WINRM_AUTH: Final = ("negotiate", "ntlm", "kerberos", "certificate")
@@ -59,6 +60,8 @@ class HostEntry:
     client_key: str | None = None
     encryption: str = "auto"
     configuration_name: str | None = None
+    subsystem: str | None = None
+    """SSH: the subsystem to open (``powershell``; ``vmbusops`` for the JEA one in host_agent/)."""
 
 
 def parse_hosts(path: Path, raw: Any) -> tuple[HostEntry, ...]:

@@ -77,6 +77,7 @@ def ssh_target_for(entry: HostEntry) -> SshTarget:
         host_key=entry.known_host_key,
         client_keys=keys,
         use_agent=entry.use_agent,
+        subsystem=entry.subsystem or target.subsystem,
     )
 
 

@@ -67,8 +67,11 @@ class StageFile:
     @property
     def staged_name(self) -> str:
         name = self.name or self.local.name
-        if not name or name in (".", "..") or re.search(r"[\\/:*?\"<>|\x00-\x1f]", name):
-            raise StagingError(f"{name!r} cannot be a staged file name")
+        if not re.fullmatch(r"[A-Za-z0-9_][^\\/:*?\"<>|\x00-\x1f]*", name):
+            raise StagingError(
+                f"{name!r} cannot be a staged file name",
+                hint="a staged name starts with a letter, digit or '_' and has no path separators",
+            )
         return name
 
 

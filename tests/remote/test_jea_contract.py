@@ -1,0 +1,175 @@
+"""The JEA endpoint in host_agent/ allows exactly what the agent sends, no more and no less.
+
+Both sides are read from source, not restated here: the role capability (.psrc) and session
+configuration (.pssc) through the PowerShell grammar (tree-sitter), and the agent's commands from
+the Python syntax tree of every ``Command("...", {...})`` the package builds. A new cmdlet or parameter in the code without the endpoint (or the reverse) fails.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from psd1 import DataFileError, load_data_file
+
+import vmbusops
+from vmbusops.guestops.host import HOST_CMDLETS
+from vmbusops.guestops.remote import DEFAULT_STAGING_ROOT
+from vmbusops.guestops.staging import STAGING_CMDLETS, StageFile, _folder_name, host_path_join
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENT = ROOT / "host_agent"
+PACKAGE = Path(vmbusops.__file__).parent
+#: What every JEA (RestrictedRemoteServer) session offers besides the role; ``vmbusops hosts``
+#: uses Get-Command to list what a host allows.
+JEA_DEFAULTS = frozenset(
+    {"Clear-Host", "Exit-PSSession", "Get-Command", "Get-FormatData", "Get-Help", "Measure-Object",
+     "Out-Default", "Select-Object"}
+)
+
+
+def _role() -> dict[str, dict[str, dict[str, object]]]:
+    data = load_data_file((AGENT / "VmbusOpsHost" / "RoleCapabilities" / "VmbusOpsHost.psrc").read_bytes())
+    allowed: dict[str, dict[str, dict[str, object]]] = {}
+    for entry in data["VisibleCmdlets"]:
+        assert isinstance(entry, dict), "every visible cmdlet names its parameters"
+        name = str(entry["Name"]).rsplit("\\", 1)[-1]
+        params = entry["Parameters"]
+        params = params if isinstance(params, list) else [params]
+        allowed[name] = {str(p["Name"]): p for p in params}
+    assert set(data) <= {"GUID", "Author", "Description", "ModulesToImport", "VisibleCmdlets"}, (
+        "the role grants something besides cmdlets (functions, providers, scripts, aliases...)"
+    )
+    return allowed
+
+
+def _sent() -> dict[str, set[str]]:
+    """Cmdlet -> parameters, from every Command(...) the package builds.
+
+    The simulator (the other side) and the PSRP client (which only re-encodes the commands it is
+    handed) are not senders; every other layer is.
+    """
+    sent: dict[str, set[str]] = defaultdict(set)
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.relative_to(PACKAGE).parts[0] in ("sim", "psrp"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for func in ast.walk(tree):
+            if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            # Keys written into any dict variable of the function: params["Force"] = True
+            variables: dict[str, set[str]] = defaultdict(set)
+            for node in ast.walk(func):
+                if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                    target = node.targets[0]
+                    if isinstance(target, ast.Name):
+                        variables[target.id] |= _dict_keys(node.value)
+                    elif (
+                        isinstance(target, ast.Subscript)
+                        and isinstance(target.value, ast.Name)
+                        and isinstance(target.slice, ast.Constant)
+                        and isinstance(target.slice.value, str)
+                    ):
+                        variables[target.value.id].add(target.slice.value)
+                elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value:
+                    variables[node.target.id] |= _dict_keys(node.value)
+            for node in ast.walk(func):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Command"):
+                    continue
+                where = f"{path.relative_to(PACKAGE)}:{node.lineno}"
+                assert node.args and isinstance(node.args[0], ast.Constant), (
+                    f"{where}: a command name must be a literal, so the endpoint contract can see it"
+                )
+                name = str(node.args[0].value)
+                sent[name]  # noqa: B018 - a command with no parameters is still sent
+                params = node.args[1] if len(node.args) > 1 else None
+                if params is None:
+                    continue
+                if isinstance(params, ast.Name):
+                    assert params.id in variables, f"{where}: parameters of {name} come from an unknown place"
+                    sent[name] |= variables[params.id]
+                else:
+                    keys = _dict_keys(params, strict=True)
+                    assert keys or (isinstance(params, ast.IfExp)), f"{where}: parameters must be dict literals"
+                    sent[name] |= keys
+    return dict(sent)
+
+
+def _dict_keys(node: ast.expr, *, strict: bool = False) -> set[str]:
+    if isinstance(node, ast.Dict):
+        keys = set()
+        for key in node.keys:
+            if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                keys.add(key.value)
+            elif strict:
+                raise AssertionError(f"line {node.lineno}: parameter names must be literals")
+        return keys
+    if isinstance(node, ast.IfExp):
+        return _dict_keys(node.body, strict=strict) | _dict_keys(node.orelse, strict=strict)
+    return set()
+
+
+def test_the_role_allows_exactly_the_cmdlets_the_agent_sends() -> None:
+    allowed = _role()
+    sent = _sent()
+    assert set(allowed) == set(HOST_CMDLETS | STAGING_CMDLETS)
+    assert set(sent) - JEA_DEFAULTS == set(allowed)
+
+
+def test_the_role_allows_exactly_the_parameters_the_agent_sends() -> None:
+    allowed = _role()
+    sent = _sent()
+    for cmdlet, params in allowed.items():
+        assert set(params) == sent[cmdlet], cmdlet
+
+
+def test_the_scan_sees_the_commands_it_must() -> None:
+    sent = _sent()
+    assert {"Name", "SourcePath", "DestinationPath", "FileSource", "CreateFullPath", "Force"} == sent["Copy-VMFile"]
+    assert {"Name", "Force", "TurnOff"} == sent["Stop-VM"]
+    assert {"Credential", "ScriptBlock", "VMName", "VMId", "ArgumentList"} == sent["Invoke-Command"]
+
+
+def test_staging_paths_fit_the_endpoint_patterns_and_nothing_else_does() -> None:
+    allowed = _role()
+    pattern = str(allowed["Copy-VMFile"]["SourcePath"]["ValidatePattern"])
+    assert pattern == allowed["Get-FileHash"]["LiteralPath"]["ValidatePattern"]
+    folder = host_path_join(DEFAULT_STAGING_ROOT, _folder_name("nightly patch #7"))
+    for name in ("DSC.zip", "KB5034441.msu", "_x", "settings.ini"):
+        assert re.match(pattern, host_path_join(folder, StageFile(Path(name)).staged_name)), name
+    for path in (
+        "C:\\Windows\\System32\\config\\SAM",
+        DEFAULT_STAGING_ROOT + "\\job-1\\..",
+        DEFAULT_STAGING_ROOT + "\\job-1\\a\\b.txt",
+        DEFAULT_STAGING_ROOT + "\\other\\a.txt",
+        "\\\\server\\share\\a.txt",
+    ):
+        assert not re.match(pattern, path), path
+    assert allowed["Copy-VMFile"]["FileSource"]["ValidateSet"] == "Host"
+    assert allowed["Get-FileHash"]["Algorithm"]["ValidateSet"] == "SHA256"
+
+
+def test_the_session_is_restricted_and_maps_only_the_role() -> None:
+    data = load_data_file((AGENT / "VmbusOps.pssc").read_bytes())
+    assert data["SessionType"] == "RestrictedRemoteServer"
+    assert data["RunAsVirtualAccount"] is True
+    assert data["RunAsVirtualAccountGroups"] == ["Hyper-V Administrators"]
+    assert "Administrators" not in str(data["RunAsVirtualAccountGroups"]).replace("Hyper-V Administrators", "")
+    roles = {role["RoleCapabilities"] for role in data["RoleDefinitions"].values()}
+    assert roles == {"VmbusOpsHost"}
+    for forbidden in ("VisibleFunctions", "VisibleExternalCommands", "VisibleProviders", "ScriptsToProcess",
+                      "LanguageMode", "ExecutionPolicy", "FunctionDefinitions", "VisibleCmdlets"):
+        assert forbidden not in data, forbidden
+
+
+def test_the_data_file_reader_refuses_code() -> None:
+    assert load_data_file(b"@{ A = 'it''s'; B = 1, 2; C = @(); D = $false }") == {
+        "A": "it's", "B": [1, 2], "C": [], "D": False,
+    }
+    for code in (b"@{ A = $(Remove-Item C:\\x) }", b"@{ A = \"$env:USERNAME\" }", b"@{ A = Get-Date }",
+                 b"@{ A = $env:PATH }", b"@{ A = 'x'; a = 'y' }"):
+        with pytest.raises(DataFileError):
+            load_data_file(code)
