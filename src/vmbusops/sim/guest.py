@@ -86,6 +86,11 @@ class ScriptBlockValue:
     text: str = ""
 
 
+#: Exact scripts the simulator runs as a simulated equivalent instead of interpreting them, keyed
+#: by the SHA-256 of their UTF-8 text (the patch step's Windows Update script: ``vmbusops.sim.wua``).
+RECOGNISED_SCRIPTS: dict[str, Callable[[GuestSession, Emit], Awaitable[int]]] = {}
+
+
 class GuestSession:
     """One PowerShell Direct session: the guest, its streams, variables and arguments."""
 
@@ -110,6 +115,9 @@ class GuestSession:
 
     async def run_text(self, text: str, emit: Emit) -> int:
         """Run a script block's text; returns its exit code (0 unless ``exit N``)."""
+        equivalent = RECOGNISED_SCRIPTS.get(hashlib.sha256(text.encode("utf-8")).hexdigest())
+        if equivalent is not None:
+            return await equivalent(self, emit)
         try:
             script = parse_script(text)
         except UnsupportedSyntax as exc:
@@ -823,7 +831,7 @@ class SetContent(Stage):
 class GetFileHash(_PathCmdlet):
     name = "Get-FileHash"
     fq_name = "Microsoft.PowerShell.Commands.GetFileHashCommand"
-    params = (Param("Path", 0), Param("Algorithm", 1))
+    params = (Param("Path", 0, aliases=("LiteralPath",)), Param("Algorithm", 1))
     _ALGORITHMS: ClassVar[dict[str, str]] = {
         "sha1": "SHA1",
         "sha256": "SHA256",

@@ -21,7 +21,9 @@ from typing import Any, Protocol
 import trio
 from psrpcore.types import PSSecureString
 
+from vmbusops.sim import dsc as _dsc  # noqa: F401  (adds the DSC cmdlets to the guest subset)
 from vmbusops.sim import pserrors
+from vmbusops.sim import wua as _wua  # noqa: F401  (recognises the patch step's script)
 from vmbusops.sim.binding import BindingError, Param, bind, require
 from vmbusops.sim.guest import GuestSession, to_text
 from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password
@@ -454,6 +456,11 @@ class HyperVHost:
                 return pserrors.PATH_NOT_FOUND
             target.parent.mkdir(parents=True, exist_ok=True)
         await trio.to_thread.run_sync(shutil.copyfile, source, target)
+        corrupt = spec.faults.corrupt_copies
+        if corrupt is not None and fnmatch.fnmatchcase(destination.casefold(), corrupt.casefold()):
+            # Lab fault: the bytes arrive damaged (a flaky VMBus channel, a filter driver).
+            with target.open("ab") as fh:
+                fh.write(b"\x00corrupted")
         return None
 
     async def invoke_command(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
@@ -538,7 +545,9 @@ class HyperVHost:
                 streams.error(pserrors.vm_state_change_failed("Restart-VM", spec.name))
                 continue
             now = self.clock()
-            self.store.update(spec, functools.partial(VMRuntime.started, now=now, boot_seconds=boot))
+            # Lab fault: a guest that never finishes booting (heartbeat stays NoContact).
+            boot_for = 10 * 365 * 86400.0 if spec.faults.hang_on_restart else boot
+            self.store.update(spec, functools.partial(VMRuntime.started, now=now, boot_seconds=boot_for))
             if b.get("Wait"):
                 # -Wait returns once the guest heartbeats again.
                 await trio.sleep(boot)

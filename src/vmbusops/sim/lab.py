@@ -26,8 +26,12 @@ A lab is TOML::
     hotfixes = [{ id = "KB5034439", description = "Security Update", installed_on = "2024-01-09" }]
     [vm.files]                   # seeded into the guest file system on first use
     'C:\\inetpub\\wwwroot\\index.html' = "..."
+    features = [{ name = "Web-Server", installed = false, restart = false }]  # WindowsFeature (DSC)
+    updates = [{ kb = "KB5034441", title = "...", categories = ["Security Updates"], restart = true }]
     [vm.faults]
     session_drop_after_records = 100   # PowerShell Direct session breaks after N records
+    corrupt_copies = "*.psm1"          # Copy-VMFile writes damaged bytes to matching guest paths
+    hang_on_restart = true             # after Restart-VM the guest never boots again
 
     [generate]                   # many identical running VMs, for benchmarks
     count = 200
@@ -100,9 +104,33 @@ class HotfixSpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FeatureSpec:
+    """A Windows feature for the DSC WindowsFeature resource. ``restart`` is true (installing
+    asks for a restart) or ``"always"`` (a broken install: never in desired state, always asks)."""
+
+    name: str
+    installed: bool = False
+    restart: bool | str = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateSpec:
+    """A pending Windows update that the simulated Windows Update Agent offers."""
+
+    kb: str
+    title: str
+    categories: tuple[str, ...] = ("Updates",)
+    restart: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FaultSpec:
     # The PowerShell Direct session breaks after this many records of one Invoke-Command.
     session_drop_after_records: int | None = None
+    # Copy-VMFile damages the bytes of files whose guest path matches this glob.
+    corrupt_copies: str | None = None
+    # Restart-VM leaves the guest booting forever (heartbeat NoContact).
+    hang_on_restart: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +149,8 @@ class VMSpec:
     services: tuple[ServiceSpec, ...] = ()
     processes: tuple[ProcessSpec, ...] = ()
     hotfixes: tuple[HotfixSpec, ...] = ()
+    features: tuple[FeatureSpec, ...] = ()
+    updates: tuple[UpdateSpec, ...] = ()
     faults: FaultSpec = FaultSpec()
 
     @property
@@ -254,6 +284,8 @@ _VM_KEYS = {
     "services",
     "processes",
     "hotfixes",
+    "features",
+    "updates",
     "faults",
 }
 
@@ -279,7 +311,7 @@ def _parse_vm(raw: dict[str, Any], source: str) -> VMSpec:
     heartbeat = raw.get("heartbeat", DEFAULT_HEARTBEAT if state is VMState.RUNNING else None)
     files = _table(raw.get("files", {}), "vm.files", source)
     faults = _table(raw.get("faults", {}), "vm.faults", source)
-    _only_keys(faults, {"session_drop_after_records"}, f"{where} faults")
+    _only_keys(faults, {"session_drop_after_records", "corrupt_copies", "hang_on_restart"}, f"{where} faults")
     drop = faults.get("session_drop_after_records")
     return VMSpec(
         name=name,
@@ -320,7 +352,32 @@ def _parse_vm(raw: dict[str, Any], source: str) -> VMSpec:
                 _table(x, "vm.hotfixes", source) for x in _list(raw.get("hotfixes", []), "hotfixes", source)
             )
         ),
-        faults=FaultSpec(session_drop_after_records=None if drop is None else int(drop)),
+        features=tuple(
+            FeatureSpec(
+                name=_str(f.get("name"), "vm.features.name", source),
+                installed=bool(f.get("installed", False)),
+                restart=f.get("restart", False) if f.get("restart", False) == "always" else bool(f.get("restart")),
+            )
+            for f in (
+                _table(x, "vm.features", source) for x in _list(raw.get("features", []), "features", source)
+            )
+        ),
+        updates=tuple(
+            UpdateSpec(
+                kb=_str(u.get("kb"), "vm.updates.kb", source),
+                title=_str(u.get("title", u.get("kb")), "vm.updates.title", source),
+                categories=tuple(str(c) for c in _list(u.get("categories", ["Updates"]), "categories", source)),
+                restart=bool(u.get("restart", False)),
+            )
+            for u in (
+                _table(x, "vm.updates", source) for x in _list(raw.get("updates", []), "updates", source)
+            )
+        ),
+        faults=FaultSpec(
+            session_drop_after_records=None if drop is None else int(drop),
+            corrupt_copies=_opt_str(faults.get("corrupt_copies"), "vm.faults.corrupt_copies", source),
+            hang_on_restart=bool(faults.get("hang_on_restart", False)),
+        ),
     )
 
 

@@ -1,0 +1,139 @@
+"""The simulated LCM and Windows Update Agent, driven through a real simulator process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vmbusops.config import Config
+from vmbusops.credentials import GuestCredential, Secret
+from vmbusops.dsc.lcm import LcmParser, OperationEnded, OperationSkipped, RebootRequired
+from vmbusops.guestops.connect import open_host
+from vmbusops.guestops.host import HyperVHost
+from vmbusops.guestops.patch_script import PATCH_SCRIPT, PATCH_SCRIPT_SHA256
+from vmbusops.records import ErrorRecord, OutputRecord, PSObjectValue, VerboseRecord, WarningRecord
+from vmbusops.sim.lab import load_lab
+from vmbusops.sim.wua import PATCH_SCRIPT_SHA256 as SIM_PATCH_SHA256
+
+LAB = """
+[host]
+name = "HV-DSC"
+boot_seconds = 0.2
+password_seed = "dsc-tests"
+
+[[vm]]
+name = "web01"
+guest_services = true
+services = [{ name = "W3SVC", display_name = "WWW", status = "Stopped" }]
+features = [{ name = "Web-Server", restart = true }]
+updates = [
+  { kb = "KB5034441", title = "Security update", categories = ["Security Updates"], restart = true },
+  { kb = "KB2267602", title = "Defender definitions", categories = ["Definition Updates"] },
+]
+"""
+
+MOF = (Path(__file__).parent / "mofs" / "webserver_compiled.mof").read_text(encoding="utf-8")
+CUSTOM_MOF = """
+instance of Demo_Motd as $Demo_Motd1ref
+{
+ResourceID = "[DemoMotd]Motd";
+ Path = "C:\\\\ProgramData\\\\motd.txt";
+ Contents = "hello";
+ ModuleName = "DemoRes";
+ ModuleVersion = "2.0.0";
+ ConfigurationName = "C";
+};
+"""
+SCHEMA = '[ClassVersion("1.0.0"), FriendlyName("DemoMotd")] class Demo_Motd : OMI_BaseResource { [Key] String Path; [Write] String Contents; };'
+
+
+async def _host(tmp_path: Path) -> tuple[object, GuestCredential]:
+    lab = tmp_path / "lab.toml"
+    lab.write_text(LAB)
+    user, password = load_lab(lab).credential("web01")
+    return open_host("sim", config=Config(host="sim", lab=str(lab))), GuestCredential(user, Secret(password), reference="t")
+
+
+async def _copy_text(host: HyperVHost, tmp_path: Path, text: str, guest: str) -> None:
+    src = tmp_path / f"f{abs(hash(guest))}"
+    src.write_text(text, encoding="utf-8")
+    await host.copy_to_guest("web01", str(src), guest)
+
+
+def _events(records: list[object]) -> list[object]:
+    parser = LcmParser()
+    for rec in records:
+        r = rec.record  # type: ignore[attr-defined]
+        if isinstance(r, VerboseRecord | WarningRecord | ErrorRecord):
+            parser.receive_record(r.stream.value, r.message)
+    return list(parser.events())
+
+
+async def test_apply_reboot_resume_and_test(tmp_path: Path) -> None:
+    cm, cred = await _host(tmp_path)
+    async with cm as host:  # type: ignore[attr-defined]
+        await _copy_text(host, tmp_path, MOF, "C:\\Stage\\localhost.mof")
+        recs, outcome = await host.run_in_guest("web01", "Start-DscConfiguration -Path C:\\Stage -Wait -Verbose -Force", cred)
+        assert outcome.ok, outcome.error_messages
+        events = _events(recs)
+        # The feature asks for a restart: the LCM stops after it, the File resource waits.
+        assert any(isinstance(e, RebootRequired) for e in events)
+        sets = [e.resource for e in events if isinstance(e, OperationEnded) and e.resource and e.operation.value == "Set"]
+        assert sets == ["[WindowsFeature]IIS"]
+        recs, _ = await host.run_in_guest("web01", "Get-DscConfigurationStatus", cred)
+        status = next(r.record.value for r in recs if isinstance(r.record, OutputRecord))
+        assert isinstance(status, PSObjectValue)
+        assert status.get("LCMState") == "PendingReboot" and status.get("RebootRequested") is True
+
+        await host.restart_vm("web01")
+        await host.wait_guest_ready("web01", cred, timeout=10, poll_interval=0.1)
+        recs, outcome = await host.run_in_guest("web01", "Start-DscConfiguration -UseExisting -Wait -Verbose", cred)
+        assert outcome.ok, outcome.error_messages
+        events = _events(recs)
+        assert [e.resource for e in events if isinstance(e, OperationSkipped)] == ["[WindowsFeature]IIS"]
+        assert not any(isinstance(e, RebootRequired) for e in events)
+        recs, _ = await host.run_in_guest("web01", "Get-Content C:\\inetpub\\wwwroot\\index.html -Raw", cred)
+        assert any(isinstance(r.record, OutputRecord) and "from DSC" in str(r.record.value) for r in recs)
+
+        recs, _ = await host.run_in_guest("web01", "Test-DscConfiguration -Detailed", cred)
+        detail = next(r.record.value for r in recs if isinstance(r.record, OutputRecord))
+        assert isinstance(detail, PSObjectValue) and detail.get("InDesiredState") is True
+
+
+async def test_custom_resource_needs_its_module(tmp_path: Path) -> None:
+    cm, cred = await _host(tmp_path)
+    async with cm as host:  # type: ignore[attr-defined]
+        await _copy_text(host, tmp_path, CUSTOM_MOF, "C:\\Stage\\localhost.mof")
+        recs, outcome = await host.run_in_guest("web01", "Start-DscConfiguration -Path C:\\Stage -Wait -Verbose -Force", cred)
+        assert any("does not exist at the PowerShell module path" in m for m in outcome.error_messages)
+        base = "C:\\Program Files\\WindowsPowerShell\\Modules\\DemoRes\\2.0.0"
+        await _copy_text(host, tmp_path, "@{ ModuleVersion = '2.0.0' }", f"{base}\\DemoRes.psd1")
+        await _copy_text(host, tmp_path, SCHEMA, f"{base}\\DSCResources\\Demo_Motd\\Demo_Motd.schema.mof")
+        recs, outcome = await host.run_in_guest("web01", "Start-DscConfiguration -Path C:\\Stage -Wait -Verbose -Force", cred)
+        assert outcome.ok, outcome.error_messages
+        recs, _ = await host.run_in_guest("web01", "Get-Content C:\\ProgramData\\motd.txt", cred)
+        assert [r.record.value for r in recs if isinstance(r.record, OutputRecord)] == ["hello"]
+
+
+def test_the_simulator_recognises_exactly_the_shipped_patch_script() -> None:
+    assert SIM_PATCH_SHA256 == PATCH_SCRIPT_SHA256
+
+
+async def test_patch_script_check_then_install(tmp_path: Path) -> None:
+    cm, cred = await _host(tmp_path)
+    async with cm as host:  # type: ignore[attr-defined]
+        recs, outcome = await host.run_in_guest("web01", PATCH_SCRIPT, cred, arguments=["check", "Security Updates", ""])
+        assert outcome.ok
+        values = [r.record.value for r in recs if isinstance(r.record, OutputRecord)]
+        assert [(v.get("KB"), v.get("Result")) for v in values[:-1]] == [("KB5034441", "Pending")]  # type: ignore[union-attr]
+        recs, outcome = await host.run_in_guest("web01", PATCH_SCRIPT, cred, arguments=["install", "", ""])
+        values = [r.record.value for r in recs if isinstance(r.record, OutputRecord)]
+        summary = values[-1]
+        assert isinstance(summary, PSObjectValue)
+        assert (summary.get("Installed"), summary.get("RebootRequired")) == (2, True)
+        # Installed updates are no longer offered.
+        recs, _ = await host.run_in_guest("web01", PATCH_SCRIPT, cred, arguments=["check", "", ""])
+        summary = [r.record.value for r in recs if isinstance(r.record, OutputRecord)][-1]
+        assert isinstance(summary, PSObjectValue) and summary.get("Found") == 0
+        # Any other COM script is refused by the subset, never pretended.
+        _, outcome = await host.run_in_guest("web01", "New-Object -ComObject Microsoft.Update.Session", cred)
+        assert outcome.error_messages and "not recognized" in outcome.error_messages[0]
