@@ -30,13 +30,6 @@ TENANT_VMS = [VM("a-web01"), VM("a-web02"), VM("b-db01")]
 
 
 @dataclass
-class SSEEvent:
-    event: str
-    data: dict[str, Any]
-    id: str | None
-
-
-@dataclass
 class Agent:
     url: str
     home: Path
@@ -153,20 +146,3 @@ async def submit(agent: Agent, path: Path, who: str = "admin") -> httpx.Response
         return await client.post(
             "/v1/jobs", content=path.read_bytes(), headers={"Content-Type": "application/octet-stream"}
         )
-
-
-async def sse_events(response: httpx.Response) -> AsyncIterator[SSEEvent]:
-    event, data, ident = "message", "", None
-    async for line in response.aiter_lines():
-        if line == "":
-            if data:
-                yield SSEEvent(event, json.loads(data), ident)
-            event, data, ident = "message", "", None
-        elif line.startswith(":") or line.startswith("retry:"):
-            continue
-        elif line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            data += line[6:]
-        elif line.startswith("id: "):
-            ident = line[4:]
