@@ -62,6 +62,11 @@ class Sshd:
         return self.directory / "lab.toml"
 
     @property
+    def staging_root(self) -> Path:
+        """The host's staging folder (a real local path: the simulated host is this machine)."""
+        return self.directory / "staging"
+
+    @property
     def state_dir(self) -> Path:
         return self.directory / "state"
 

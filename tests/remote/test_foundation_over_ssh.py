@@ -3,7 +3,8 @@
 The test functions are the very ones in tests/psrp/test_client.py and
 tests/guestops/test_host_ops.py, loaded as separate module copies whose ``open_host`` opens the
 host through OpenSSH's ``powershell`` subsystem (the simulator behind sshd) instead of a child
-process. Tests that drive a child process directly (ProcessTransport) are about that transport
+process. Files given to ``copy_to_guest`` are staged onto the "host" over SFTP first, as for
+any remote host. Tests that drive a child process directly (ProcessTransport) are about that transport
 and stay where they are; every test that opens a host runs here again.
 """
 
@@ -34,7 +35,9 @@ async def open_host_over_ssh(
     assert kind == "sim" and config is not None and config.lab is not None
     server = _current[-1]
     server.use_lab(Path(config.lab))
-    async with open_ssh_host(server.target(), max_runspaces=max_runspaces or config.max_runspaces) as host:
+    async with open_ssh_host(
+        server.target(), max_runspaces=max_runspaces or config.max_runspaces, staging_root=str(server.staging_root)
+    ) as host:
         yield host
 
 

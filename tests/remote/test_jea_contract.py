@@ -84,7 +84,7 @@ def _sent() -> dict[str, set[str]]:
                     f"{where}: a command name must be a literal, so the endpoint contract can see it"
                 )
                 name = str(node.args[0].value)
-                sent[name]  # noqa: B018 - a command with no parameters is still sent
+                sent[name]  # a command with no parameters is still sent
                 params = node.args[1] if len(node.args) > 1 else None
                 if params is None:
                     continue

@@ -30,7 +30,7 @@ def test_ssh_addresses() -> None:
 
 async def test_lists_vms_over_the_powershell_subsystem(sshd: Sshd, make_lab: Callable[..., Any]) -> None:
     sshd.use_lab(make_lab().path)
-    async with open_ssh_host(sshd.target()) as host:
+    async with open_ssh_host(sshd.target(), staging_root=str(sshd.staging_root)) as host:
         assert isinstance(host.pool._transport, SshChannelTransport)  # type: ignore[attr-defined]
         assert host.pool.description.startswith(f"ssh://{sshd.username}@127.0.0.1:{sshd.port}")
         names = {vm.name for vm in await host.list_vms()}
@@ -142,7 +142,7 @@ async def test_losing_the_connection_mid_stream_is_a_transient_error(
                     killed.append(sshd.kill_sessions())
 
     with trio.fail_after(30):
-        async with open_ssh_host(sshd.target()) as host:
+        async with open_ssh_host(sshd.target(), staging_root=str(sshd.staging_root)) as host:
             with pytest.raises(HostProcessExitedError) as info:
                 await stream(host)
             assert killed and killed[0] >= 1
@@ -153,7 +153,7 @@ async def test_losing_the_connection_mid_stream_is_a_transient_error(
     assert not any(isinstance(r, PipelineStateRecord) for r in seen)
     assert all(isinstance(r, OutputRecord) for r in seen)
     # The engine's retry opens a new connection, and that works.
-    async with open_ssh_host(sshd.target()) as host:
+    async with open_ssh_host(sshd.target(), staging_root=str(sshd.staging_root)) as host:
         _, outcome = await host.run_in_guest("web01", "Write-Output 'again'", lab.credential())
         assert outcome.ok
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 from vmbusops.config import Config
 from vmbusops.errors import ConfigError
 from vmbusops.guestops.host import HyperVHost
-from vmbusops.guestops.staging import SftpStager, Stager
+from vmbusops.guestops.staging import OnDemandStaging, SftpStager, Stager
 from vmbusops.inventory import HostEntry
 from vmbusops.psrp.client import open_runspace_pool
 from vmbusops.psrp.session import HostSession
@@ -27,12 +27,35 @@ DEFAULT_STAGING_ROOT = "C:\\ProgramData\\vmbusops\\staging"
 
 
 class RemoteHyperVHost(HyperVHost):
-    """Host operations on a remote host, with a way to put files on its disk."""
+    """Host operations on a remote host, with a way to put files on its disk.
+
+    ``copy_to_guest`` accepts the agent's local paths, as on a local host: a path that was not
+    staged with :func:`~vmbusops.guestops.staging.stage_files` is staged on demand (verified,
+    once per file content) into a folder of this connection, removed when the host is closed.
+    """
 
     def __init__(self, pool: HostSession, *, stager: Stager, address: str) -> None:
         super().__init__(pool)
         self.stager = stager
         self.address = address
+        self.staged_paths: set[str] = set()
+        self._on_demand = OnDemandStaging(self)
+
+    async def copy_to_guest(
+        self,
+        vm: str,
+        source: str,
+        destination: str,
+        *,
+        create_full_path: bool = True,
+        force: bool = True,
+    ) -> None:
+        if source not in self.staged_paths:
+            source = await self._on_demand.host_path(source)
+        await super().copy_to_guest(vm, source, destination, create_full_path=create_full_path, force=force)
+
+    async def aclose_staging(self) -> None:
+        await self._on_demand.aclose()
 
 
 @asynccontextmanager
@@ -52,7 +75,10 @@ async def open_ssh_host(
             host = RemoteHyperVHost(
                 pool, stager=SftpStager(conn, staging_root or DEFAULT_STAGING_ROOT), address=target.url
             )
-            yield host
+            try:
+                yield host
+            finally:
+                await host.aclose_staging()
 
 
 _LOCAL_KINDS = ("sim", "local", "pwsh")

@@ -38,13 +38,14 @@ from vmbusops.records import ErrorRecord, OutputRecord, PipelineStateRecord, PSO
 
 if TYPE_CHECKING:
     from vmbusops.guestops.host import HyperVHost
+    from vmbusops.guestops.remote import RemoteHyperVHost
     from vmbusops.psrp.ssh import SshConnection
 
 #: Cmdlets staging sends, beside :data:`vmbusops.guestops.host.HOST_CMDLETS`.
 STAGING_CMDLETS: Final = frozenset({"Get-FileHash"})
 
-_SFTP_BLOCK = 256 * 1024
-_SFTP_REQUESTS = 64
+_SFTP_BLOCK = -1  # the largest write the server advertises (limits@openssh.com), else 16 KiB
+_SFTP_REQUESTS = 128
 _PARALLEL_FILES = 4
 _CLEANUP_TIMEOUT = 60.0
 
@@ -234,11 +235,15 @@ async def stage_files(
         raise StagingError("two staged files have the same name; give them distinct names")
     expected = await _expected_hashes(items)
     folder = await stager.make_folder(_folder_name(job))
+    registry: set[str] = getattr(host, "staged_paths", set())
+    paths: list[str] = []
     try:
         paths = await stager.put(items, folder)
         await verify_on_host(host, paths, expected)
+        registry.update(paths)
         yield paths
     finally:
+        registry.difference_update(paths)
         with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT):
             try:
                 await stager.remove_folder(folder)
@@ -246,3 +251,55 @@ async def stage_files(
                 # The job's own outcome is what the caller must see; a leftover folder has a
                 # unique name, so it never collides with a later job's files.
                 pass
+
+
+class OnDemandStaging:
+    """Stages single files as ``copy_to_guest`` meets them, for callers that pass local paths.
+
+    One folder per host connection, created at the first file and removed when the connection
+    closes; each distinct file content is uploaded and verified once, then reused (a DSC module
+    copied into fifty guests crosses the network once).
+    """
+
+    def __init__(self, host: RemoteHyperVHost) -> None:
+        self._host = host
+        self._folder: str | None = None
+        self._by_content: dict[tuple[str, int, int], str] = {}
+        self._lock = trio.Lock()
+        self._count = 0
+
+    async def host_path(self, local: str) -> str:
+        path = Path(local)
+        try:
+            info = await trio.Path(path).stat()
+        except OSError as exc:
+            raise StagingError(f"cannot stage {local}: {exc.strerror or exc}") from exc
+        key = (str(await trio.Path(local).resolve()), info.st_size, info.st_mtime_ns)
+        async with self._lock:
+            if key in self._by_content:
+                return self._by_content[key]
+            stager = self._host.stager
+            if self._folder is None:
+                self._folder = await stager.make_folder(_folder_name("session"))
+            self._count += 1
+            item = StageFile(path, name=f"{self._count:05d}_{_safe_name(path.name)}")
+            [expected] = await _expected_hashes([item])
+            [remote] = await stager.put([item], self._folder)
+            await verify_on_host(self._host, [remote], [expected])
+            self._by_content[key] = remote
+            return remote
+
+    async def aclose(self) -> None:
+        folder, self._folder = self._folder, None
+        self._by_content.clear()
+        if folder is None:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT):
+            try:
+                await self._host.stager.remove_folder(folder)
+            except (StagingError, TransportError):
+                pass
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[\\/:*?\"<>|\x00-\x1f]", "_", name) or "file"
