@@ -7,7 +7,7 @@ Times are RFC 3339 in UTC; durations are seconds. Time is never read here: calle
 ``reference_time`` (as python-tuf does), so tests control the clock.
 
 Steps run in order on every target VM. Each kind is one dataclass; the engine matches on the
-class. Adding a kind (``patch`` is next) means one dataclass, one ``_parse_*`` function and one
+class. Adding a kind means one dataclass, one ``_parse_*`` function and one
 entry in ``_STEP_PARSERS``; a manifest naming a kind this version does not know is rejected, never
 skipped.
 
@@ -43,6 +43,7 @@ class StepKind(enum.StrEnum):
     COPY = "copy"
     SCRIPT = "script"
     DSC = "dsc"
+    PATCH = "patch"
     REBOOT = "reboot"
     WAIT_READY = "wait-ready"
 
@@ -180,6 +181,21 @@ class DscStep(StepBase):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PatchStep(StepBase):
+    """Install pending Windows updates through the Windows Update Agent in the guest.
+
+    ``categories`` and ``kbs`` narrow the updates (empty: all); ``check_only`` lists what would be
+    installed and changes nothing."""
+
+    kind: ClassVar[StepKind] = StepKind.PATCH
+    categories: tuple[str, ...] = ()
+    kbs: tuple[str, ...] = ()
+    check_only: bool = False
+    allow_reboot: bool = False
+    max_reboots: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RebootStep(StepBase):
     kind: ClassVar[StepKind] = StepKind.REBOOT
 
@@ -189,7 +205,7 @@ class WaitReadyStep(StepBase):
     kind: ClassVar[StepKind] = StepKind.WAIT_READY
 
 
-Step: TypeAlias = CopyStep | ScriptStep | DscStep | RebootStep | WaitReadyStep
+Step: TypeAlias = CopyStep | ScriptStep | DscStep | PatchStep | RebootStep | WaitReadyStep
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -270,6 +286,14 @@ def _step_to_dict(step: Step) -> dict[str, Any]:
                 out["meta_config"] = step.meta_config
             out |= {
                 "mode": step.mode.value,
+                "allow_reboot": step.allow_reboot,
+                "max_reboots": step.max_reboots,
+            }
+        case PatchStep():
+            out |= {
+                "categories": list(step.categories),
+                "kbs": list(step.kbs),
+                "check_only": step.check_only,
                 "allow_reboot": step.allow_reboot,
                 "max_reboots": step.max_reboots,
             }
@@ -545,6 +569,23 @@ def _parse_dsc(f: _Fields, index: int) -> DscStep:
     )
 
 
+_KB = re.compile(r"(KB)?[0-9]{4,8}", re.IGNORECASE)
+_CATEGORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()-]{0,99}")
+
+
+def _parse_patch(f: _Fields, index: int) -> PatchStep:
+    common = _common(f, index, StepKind.PATCH)
+    allow_reboot = f.flag("allow_reboot", default=False)
+    return PatchStep(
+        **common,
+        categories=f.texts("categories", pattern=_CATEGORY, max_items=64),
+        kbs=tuple(k.upper() if k.upper().startswith("KB") else f"KB{k}" for k in f.texts("kbs", pattern=_KB)),
+        check_only=f.flag("check_only", default=False),
+        allow_reboot=allow_reboot,
+        max_reboots=f.integer("max_reboots", default=1 if allow_reboot else 0, minimum=0, maximum=10),
+    )
+
+
 def _parse_reboot(f: _Fields, index: int) -> RebootStep:
     return RebootStep(**_common(f, index, StepKind.REBOOT))
 
@@ -557,6 +598,7 @@ _STEP_PARSERS: Mapping[StepKind, Any] = {
     StepKind.COPY: _parse_copy,
     StepKind.SCRIPT: _parse_script,
     StepKind.DSC: _parse_dsc,
+    StepKind.PATCH: _parse_patch,
     StepKind.REBOOT: _parse_reboot,
     StepKind.WAIT_READY: _parse_wait_ready,
 }

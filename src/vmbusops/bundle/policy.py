@@ -12,6 +12,7 @@
     vms = ["web*"]                 # VM name globs (case-insensitive)
     credentials = ["lab-admin"]    # credential references ("*" = any)
     steps = ["copy", "script"]     # step kinds allowed
+    enable_guest_services = true   # optional: steps may enable the Guest Service Interface
     until = 2027-01-01T00:00:00Z   # optional: the scope ends then
     threshold = 2                  # distinct signers from `keys` needed
 
@@ -75,6 +76,8 @@ class Scope:
     steps: frozenset[StepKind] = frozenset(StepKind)
     until: datetime | None = None
     threshold: int = 1
+    #: Steps may turn on the Guest Service Interface (Copy-VMFile needs it; Hyper-V ships it off).
+    enable_guest_services: bool = False
 
     def same_rights(self, other: Scope) -> bool:
         return (
@@ -83,6 +86,7 @@ class Scope:
             and self.steps == other.steps
             and self.until == other.until
             and self.threshold == other.threshold
+            and self.enable_guest_services == other.enable_guest_services
         )
 
     def uncovered_targets(self, targets: Iterable[str]) -> list[str]:
@@ -253,6 +257,8 @@ class TrustPolicy:
             }
             if s.until is not None:
                 item["until"] = s.until
+            if s.enable_guest_services:
+                item["enable_guest_services"] = True
             doc["scopes"].append(item)
         header = "# vmbusops trust policy: keys that may sign job bundles, and what each may do.\n"
         return header + tomli_w.dumps(doc)
@@ -324,13 +330,22 @@ def parse_trust_policy(text: str, *, source: str = "trust.toml") -> TrustPolicy:
         threshold = item.pop("threshold", 1)
         if isinstance(threshold, bool) or not isinstance(threshold, int) or not 1 <= threshold <= 32:
             raise _bad(f"{where}.threshold", "must be an integer from 1 to 32")
+        enable_gsi = item.pop("enable_guest_services", False)
+        if not isinstance(enable_gsi, bool):
+            raise _bad(f"{where}.enable_guest_services", "must be true or false")
         if item:
             raise _bad(where, f"has unknown field(s) {', '.join(sorted(item))}")
         if not members:
             raise _bad(f"{where}.keys", "must name at least one key")
         scopes.append(
             Scope(
-                keys=members, vms=vms, credentials=credentials, steps=steps, until=until, threshold=threshold
+                keys=members,
+                vms=vms,
+                credentials=credentials,
+                steps=steps,
+                until=until,
+                threshold=threshold,
+                enable_guest_services=enable_gsi,
             )
         )
     return TrustPolicy(keys=keys, scopes=tuple(scopes))

@@ -18,6 +18,7 @@ from vmbusops.bundle.manifest import (
     CopyStep,
     DscStep,
     Manifest,
+    PatchStep,
     RebootStep,
     ScriptStep,
     Step,
@@ -95,6 +96,11 @@ def _describe_step(step: Step) -> str:
                 what += f" with modules {', '.join(step.modules)}"
             reboots = f"allowed (max {step.max_reboots})" if step.allow_reboot else "not allowed"
             what += f"; reboots {reboots}"
+        case PatchStep():
+            scope = ", ".join((*step.categories, *step.kbs)) or "all pending updates"
+            what = f"Windows Update {'check' if step.check_only else 'install'}: {scope}"
+            if step.allow_reboot:
+                what += f"; reboots allowed (max {step.max_reboots})"
         case RebootStep():
             what = "restart the guest"
         case WaitReadyStep():

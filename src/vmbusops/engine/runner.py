@@ -33,19 +33,19 @@ import json
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import trio
 
 from vmbusops.bundle.manifest import (
     CopyStep,
-    DscMode,
     DscStep,
     Manifest,
+    PatchStep,
     RebootStep,
     ResumePolicy,
     ScriptStep,
@@ -62,25 +62,24 @@ from vmbusops.engine.states import ERRORS, Event, Level, State, job_outcome, nex
 from vmbusops.engine.writer import JournalWriter
 from vmbusops.errors import (
     ConfigError,
-    GuestError,
     GuestNotReadyError,
     JournalError,
     VmbusOpsError,
     VMNotRunningError,
 )
-from vmbusops.guestops.host import HyperVHost
+from vmbusops.guestops.dsc import DscReport, GuestRun, apply_dsc, dsc_files, staging_folder
+from vmbusops.guestops.host import HyperVHost, InvokeOutcome
+from vmbusops.guestops.patch import apply_patch
 from vmbusops.records import (
     ErrorRecord,
     GuestRecord,
+    InformationRecord,
     PipelineState,
     PipelineStateRecord,
     ProgressRecord,
     Record,
     display_text,
 )
-
-DSC_GUEST_DIR = "C:\\ProgramData\\vmbusops\\dsc"
-MODULES_GUEST_DIR = "C:\\Program Files\\WindowsPowerShell\\Modules"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,10 +104,17 @@ class JobSource:
     manifest: Manifest
     directory: Path | None
     source: str
+    #: The trust scope that accepted the bundle lets steps enable the Guest Service Interface.
+    enable_guest_services: bool = False
 
     @classmethod
     def from_accepted(cls, bundle: AcceptedBundle) -> JobSource:
-        return cls(manifest=bundle.manifest, directory=bundle.directory, source=bundle.source)
+        return cls(
+            manifest=bundle.manifest,
+            directory=bundle.directory,
+            source=bundle.source,
+            enable_guest_services=bundle.scope.enable_guest_services,
+        )
 
     def local_path(self, bundle_path: str) -> Path:
         if self.directory is None:
@@ -151,6 +157,8 @@ class JobResult:
     state: State
     runs: dict[str, State]
     errors: dict[str, str]
+    #: Per VM, what its dsc and patch steps did (resources changed and failed, reboot pending, ...).
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class StepFailed(Exception):
@@ -175,6 +183,7 @@ class _Run:
     head: list[str] = field(default_factory=list)
     tail: deque[Record] = field(default_factory=lambda: deque(maxlen=10))
     dropped: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -385,6 +394,7 @@ class Engine:
             state=job.state,
             runs={r.vm: r.state for r in job.runs},
             errors={r.vm: r.error for r in job.runs if r.error},
+            details={r.vm: r.details for r in job.runs if r.details},
         )
 
     def cancel(self, job_id: int, vm: str | None = None) -> None:
@@ -714,31 +724,34 @@ class Engine:
                 await self._wait_ready(job, run, index)
             case DscStep():
                 await self._apply_dsc(job, run, index, step)
+            case PatchStep():
+                channel = _StepChannel(self, job, run, index)
+                try:
+                    patched = await apply_patch(self.host, run.vm, step, channel)
+                except VmbusOpsError:
+                    run.details[step.name] = {"failed": True}
+                    raise
+                run.details[step.name] = patched.summary()
             case ScriptStep():
                 raise AssertionError("script steps run in guest batches")
 
     async def _apply_dsc(self, job: _Job, run: _Run, index: int, step: DscStep) -> None:
-        folder = f"{DSC_GUEST_DIR}\\job-{job.id}-{step.name}"
-        for mof in step.mofs:
-            await self.host.copy_to_guest(
-                run.vm, str(job.source.local_path(mof)), f"{folder}\\{PureWindowsPath(mof).name}"
+        staging = staging_folder(job.id, step.name)
+        files = dsc_files(job.manifest, step, job.source.local_path, staging)
+        report = DscReport()
+        try:
+            await apply_dsc(
+                self.host,
+                run.vm,
+                step,
+                files,
+                _StepChannel(self, job, run, index),
+                staging=staging,
+                may_enable_guest_services=job.source.enable_guest_services,
+                report=report,
             )
-        for module in step.modules:
-            for entry in job.manifest.module_files(module):
-                rel = entry.path.removeprefix(module.rstrip("/").rsplit("/", 1)[0] + "/").lstrip("/")
-                await self.host.copy_to_guest(
-                    run.vm,
-                    str(job.source.local_path(entry.path)),
-                    f"{MODULES_GUEST_DIR}\\{rel.replace('/', chr(92))}",
-                )
-        if step.mode is DscMode.TEST:
-            script = f"Test-DscConfiguration -Path '{folder}' -Verbose"
-        else:
-            script = f"Start-DscConfiguration -Path '{folder}' -Wait -Verbose -Force"
-        failure = await self._invoke(job, run, [(index, script)], markers=False)
-        if failure is not None:
-            exc, message, _ = failure
-            raise exc if exc is not None else GuestError(f"{run.vm}: {message}", vm=run.vm)
+        finally:
+            run.details[step.name] = report.summary()
 
     async def _wait_ready(self, job: _Job, run: _Run, index: int) -> None:
         """Until the heartbeat is OK and PowerShell Direct answers (a probe that prints nothing)."""
@@ -856,6 +869,53 @@ class Engine:
         if bad is not None:
             return None, errors[bad], bad
         return None
+
+
+class _StepChannel:
+    """A host step's way into its guest: every record journaled under the step, live."""
+
+    def __init__(self, engine: Engine, job: _Job, run: _Run, index: int) -> None:
+        self.engine = engine
+        self.job = job
+        self.run_ = run
+        self.index = index
+        self.step = job.manifest.steps[index].name
+
+    async def run(
+        self,
+        script: str,
+        *,
+        arguments: Sequence[Any] = (),
+        on_record: Callable[[Record], Awaitable[None]] | None = None,
+    ) -> GuestRun:
+        records: list[Record] = []
+        outcome = InvokeOutcome()
+        async with self.engine.sessions:
+            try:
+                async with self.engine.host.invoke_in_guest(
+                    self.run_.vm, script, self.job.credential, arguments=arguments
+                ) as inv:
+                    async for rec in inv:
+                        records.append(rec.record)
+                        await self.engine._record(self.job, self.run_, rec, self.index)
+                        if on_record is not None:
+                            await on_record(rec.record)
+                    outcome = inv.outcome
+            except VmbusOpsError as exc:
+                outcome.failure = outcome.failure or exc
+        return GuestRun(outcome, records)
+
+    async def wait_ready(self) -> None:
+        await self.engine._wait_ready(self.job, self.run_, self.index)
+
+    async def note(self, text: str) -> None:
+        record = InformationRecord(message_data=text, source="vmbusops", tags=("vmbusops.agent",))
+        rec = GuestRecord(vm=self.run_.vm, seq=0, time=time.time(), record=record, step=self.step)
+        await self.engine._record(self.job, self.run_, rec, self.index)
+
+    def progress(self, text: str) -> None:
+        if self.engine.on_event is not None:
+            self.engine.on_event(RunChanged(self.job.id, self.run_.vm, self.run_.state, f"{self.step}: {text}"))
 
 
 @asynccontextmanager

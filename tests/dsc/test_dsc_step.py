@@ -1,0 +1,185 @@
+"""The dsc and patch steps through the engine, against a real simulator process."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tests.engine.conftest import PASSWORD, credential_for
+
+from vmbusops.bundle.manifest import manifest_from_dict
+from vmbusops.bundle.scaffold import EXAMPLE_FILES
+from vmbusops.config import Config
+from vmbusops.engine import EngineOptions, JobSource, Journal, State, open_engine
+from vmbusops.engine.runner import RunChanged
+from vmbusops.guestops.connect import open_host
+
+FEATURE_MOF = """
+instance of MSFT_RoleResource as $MSFT_RoleResource1ref
+{
+ResourceID = "[WindowsFeature]Web";
+ Ensure = "Present";
+ Name = "Web-Server";
+ ModuleName = "PsDesiredStateConfiguration";
+ModuleVersion = "1.0";
+ ConfigurationName = "Demo";
+};
+"""
+
+
+def lab(tmp_path: Path, *vms: str) -> Path:
+    text = '[host]\nname = "HV-DSC"\nboot_seconds = 0.2\n\n' + "\n".join(
+        f'[[vm]]\npassword = "{PASSWORD}"\n{body}\n' for body in vms
+    )
+    path = tmp_path / f"lab-{uuid.uuid4().hex[:6]}.toml"
+    path.write_text(text)
+    return path
+
+
+def source(tmp_path: Path, steps: list[dict[str, Any]], files: dict[str, str], vms: list[str], *, gsi: bool = False) -> JobSource:
+    root = tmp_path / f"bundle-{uuid.uuid4().hex[:6]}"
+    entries = []
+    for rel, text in files.items():
+        p = root.joinpath(*rel.split("/"))
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(text.encode())
+        entries.append({"path": rel, "size": len(text.encode()), "sha256": hashlib.sha256(text.encode()).hexdigest()})
+    now = datetime.now(UTC)
+    doc = {
+        "name": "dsc-test", "version": 1, "id": str(uuid.uuid4()), "issued": now.isoformat(),
+        "expires": (now + timedelta(hours=1)).isoformat(), "targets": {"vms": vms}, "credential": "lab-admin",
+        "steps": steps, "files": entries, "execution": {"max_concurrency": 8, "max_errors": 8},
+    }  # fmt: skip
+    return JobSource(manifest=manifest_from_dict(doc), directory=root, source="test", enable_guest_services=gsi)
+
+
+SCAFFOLD = {k: v for k, v in EXAMPLE_FILES.items() if k.startswith("dsc/")}
+
+
+async def run_job(lab_path: Path, src: JobSource, tmp_path: Path, **options: Any) -> tuple[Any, list[Any], Journal]:
+    events: list[Any] = []
+    journal = Journal(tmp_path / f"j-{uuid.uuid4().hex[:6]}.sqlite")
+    opts = EngineOptions(heartbeat_interval=0.1, wait_ready_poll=0.1, **options)
+    async with (
+        open_host("sim", config=Config(host="sim", lab=str(lab_path), max_runspaces=64)) as host,
+        open_engine(host, journal, credential_for=credential_for, options=opts, on_event=events.append) as engine,
+    ):
+        result = await engine.run_job(src)
+    return result, events, journal
+
+
+def dsc_step(**extra: Any) -> dict[str, Any]:
+    return {"kind": "dsc", "name": "configure", "mofs": ["dsc/localhost.mof"], "modules": ["dsc/modules/VmbusOpsDemo"], **extra}
+
+
+async def test_module_and_mof_in_reboot_mid_way_converges_and_second_run_copies_nothing(tmp_path: Path) -> None:
+    files = dict(SCAFFOLD)
+    files["dsc/localhost.mof"] = FEATURE_MOF + SCAFFOLD["dsc/localhost.mof"]
+    path = lab(
+        tmp_path,
+        'name = "web01"\nguest_services = true\nfeatures = [{ name = "Web-Server", restart = true }]',
+        'name = "web02"\nguest_services = true\nfeatures = [{ name = "Web-Server", installed = true }]',
+    )
+    src = source(tmp_path, [dsc_step(allow_reboot=True, max_reboots=2)], files, ["web01", "web02"])
+    result, events, journal = await run_job(path, src, tmp_path)
+    assert result.state is State.SUCCESS, result.errors
+    web01 = result.details["web01"]["configure"]
+    assert web01["changed"] == ["[WindowsFeature]Web", "[VmbusOpsDemoFile]Banner"]
+    assert (web01["reboots"], web01["reboot_pending"], web01["files_copied"]) == (1, False, 4)
+    assert result.details["web02"]["configure"]["reboots"] == 0
+    progress = [e.step for e in events if isinstance(e, RunChanged) and e.vm == "web01" and e.step]
+    assert any("1/2 [WindowsFeature]Web" in p for p in progress), progress
+    assert any(p.endswith("2/2: 2 changed") for p in progress), progress
+    # One continuous record story: the LCM before the reboot, the restart, the LCM after.
+    run_id = next(r.id for r in journal.runs(result.job_id) if r.vm == "web01")
+    texts = [str(r.content.get("message") or r.content.get("message_data")) for r in journal.records(result.job_id, vm="web01")]
+    first_reboot = next(i for i, t in enumerate(texts) if "A reboot is required" in t)
+    restart = next(i for i, t in enumerate(texts) if "restarting web01 from the host" in t)
+    resumed = next(i for i, t in enumerate(texts) if "methodName' = ApplyConfiguration" in t)
+    assert first_reboot < restart < resumed and run_id
+
+    again, _, _ = await run_job(path, source(tmp_path, [dsc_step(allow_reboot=True)], files, ["web01"]), tmp_path)
+    assert again.state is State.SUCCESS
+    assert again.details["web01"]["configure"]["files_copied"] == 0
+    assert again.details["web01"]["configure"]["files_skipped"] == 4
+    assert again.details["web01"]["configure"]["changed"] == []
+
+
+async def test_guest_service_interface_disabled_without_and_with_permission(tmp_path: Path) -> None:
+    path = lab(tmp_path, 'name = "app01"\nguest_services = false')
+    denied, _, _ = await run_job(path, source(tmp_path, [dsc_step()], SCAFFOLD, ["app01"]), tmp_path)
+    assert denied.state is State.FAILED
+    assert "Guest Service Interface is disabled" in denied.errors["app01"]
+    assert "Enable-VMIntegrationService -VMName 'app01'" in denied.errors["app01"]
+    allowed, _, _ = await run_job(path, source(tmp_path, [dsc_step()], SCAFFOLD, ["app01"], gsi=True), tmp_path)
+    assert allowed.state is State.SUCCESS, allowed.errors
+    assert allowed.details["app01"]["configure"]["changed"] == ["[VmbusOpsDemoFile]Banner"]
+
+
+async def test_hash_mismatch_after_copy_fails_before_applying(tmp_path: Path) -> None:
+    path = lab(tmp_path, 'name = "web01"\nguest_services = true\n[vm.faults]\ncorrupt_copies = "*.psm1"')
+    result, _, journal = await run_job(path, source(tmp_path, [dsc_step()], SCAFFOLD, ["web01"]), tmp_path)
+    assert result.state is State.FAILED
+    assert "do not have the SHA-256 the bundle lists" in result.errors["web01"]
+    assert "VmbusOpsDemo_File.psm1" in result.errors["web01"]
+    texts = [str(r.content.get("message")) for r in journal.records(result.job_id)]
+    assert not any("Start  Set" in t for t in texts)  # nothing was applied
+
+
+async def test_reboot_loop_beyond_the_budget_fails(tmp_path: Path) -> None:
+    path = lab(tmp_path, 'name = "web01"\nguest_services = true\nfeatures = [{ name = "Web-Server", restart = "always" }]')
+    files = {"dsc/localhost.mof": FEATURE_MOF}
+    step = {"kind": "dsc", "name": "configure", "mofs": ["dsc/localhost.mof"], "allow_reboot": True, "max_reboots": 2}
+    result, _, _ = await run_job(path, source(tmp_path, [step], files, ["web01"]), tmp_path)
+    assert result.state is State.FAILED
+    assert "still asks for a reboot after 2 reboot(s)" in result.errors["web01"]
+    assert result.details["web01"]["configure"]["reboot_pending"] is True
+
+
+async def test_a_guest_that_never_returns_fails_its_run_and_the_others_go_on(tmp_path: Path) -> None:
+    path = lab(
+        tmp_path,
+        'name = "web01"\nguest_services = true\nfeatures = [{ name = "Web-Server", restart = true }]\n[vm.faults]\nhang_on_restart = true',
+        'name = "web02"\nguest_services = true\nfeatures = [{ name = "Web-Server", restart = true }]',
+    )
+    files = {"dsc/localhost.mof": FEATURE_MOF}
+    step = {"kind": "dsc", "name": "configure", "mofs": ["dsc/localhost.mof"], "allow_reboot": True}
+    result, _, _ = await run_job(path, source(tmp_path, [step], files, ["web01", "web02"]), tmp_path, wait_ready_timeout=1.5)
+    assert result.runs == {"web01": State.FAILED, "web02": State.SUCCESS}
+    assert "did not become ready within 1.5s" in result.errors["web01"]
+
+
+async def test_drift_is_reported_without_changing_anything(tmp_path: Path) -> None:
+    path = lab(tmp_path, 'name = "web01"\nguest_services = true\nfeatures = [{ name = "Web-Server" }]')
+    files = dict(SCAFFOLD)
+    files["dsc/localhost.mof"] = FEATURE_MOF + SCAFFOLD["dsc/localhost.mof"]
+    result, _, journal = await run_job(path, source(tmp_path, [dsc_step(mode="test")], files, ["web01"]), tmp_path)
+    assert result.state is State.SUCCESS, result.errors
+    assert result.details["web01"]["configure"]["drifted"] == ["[VmbusOpsDemoFile]Banner", "[WindowsFeature]Web"]
+    texts = [str(r.content.get("message")) for r in journal.records(result.job_id)]
+    assert not any("Start  Set" in t for t in texts)
+    # Still drifted: the check changed nothing.
+    again, _, _ = await run_job(path, source(tmp_path, [dsc_step(mode="test")], files, ["web01"]), tmp_path)
+    assert len(again.details["web01"]["configure"]["drifted"]) == 2
+
+
+async def test_patch_check_then_install_with_a_reboot(tmp_path: Path) -> None:
+    path = lab(
+        tmp_path,
+        'name = "web01"\nguest_services = true\nupdates = [{ kb = "KB5034441", title = "Security", categories = ["Security Updates"], restart = true }, { kb = "KB1", title = "Other", categories = ["Updates"] }]',
+    )
+    check = {"kind": "patch", "name": "patch", "check_only": True, "categories": ["Security Updates"]}
+    result, _, _ = await run_job(path, source(tmp_path, [check], {}, ["web01"]), tmp_path)
+    assert result.state is State.SUCCESS
+    assert result.details["web01"]["patch"]["updates"] == ["KB5034441 Pending"]
+    install = {"kind": "patch", "name": "patch", "allow_reboot": True}
+    result, _, journal = await run_job(path, source(tmp_path, [install], {}, ["web01"]), tmp_path)
+    assert result.state is State.SUCCESS, result.errors
+    patched = result.details["web01"]["patch"]
+    assert (patched["reboots"], patched["reboot_pending"]) == (1, False)
+    assert sorted(patched["updates"]) == ["KB1 Succeeded", "KB5034441 Succeeded"]
+    progress = [r for r in journal.records(result.job_id) if r.stream == "progress"]
+    assert any(r.content.get("current_operation") == "KB5034441" for r in progress)
