@@ -214,3 +214,56 @@ def cert_revoke(cert_id: str) -> None:
     with PrincipalStore() as store:
         store.revoke(cert_id)
     click.echo(f"certificate {cert_id} revoked")
+
+
+@click.group("schedule")
+def schedule() -> None:
+    """Schedules of signed bundles (registered by submitting a bundle that carries one)."""
+
+
+@schedule.command("list")
+@click.option(
+    "--agent", "agent_url", default=None, metavar="URL", help="Ask this agent instead of the local store."
+)
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True)
+def schedule_list(agent_url: str | None, token_file: Path | None, as_json: bool) -> None:
+    """Registered schedules with their next run times, last outcome and missed runs."""
+    if agent_url is not None:
+        from vmbusops.cli.remote import resolve_agent, run_client
+
+        client = resolve_agent(agent_url, token_file)
+        rows: list[dict[str, Any]] = []
+
+        async def fetch() -> int:
+            async with client.client() as http:
+                response = await http.get("/v1/schedules")
+                if response.status_code != 200:
+                    raise ConfigError(f"the agent refused ({response.status_code}): {response.text[:200]}")
+                rows.extend(response.json()["schedules"])
+            return 0
+
+        run_client(fetch)
+    else:
+        from vmbusops.schedule.clock import SystemClock
+        from vmbusops.schedule.scheduler import entry_json
+        from vmbusops.schedule.store import ScheduleStore
+
+        store = ScheduleStore()
+        try:
+            rows = [entry_json(e, SystemClock()) for e in store.all()]
+        finally:
+            store.close()
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("Name", "Version", "Cron", "TZ", "Next run", "Cut-off", "Last job", "Last outcome", "Missed"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"], str(r["version"]), r["cron"], r["timezone"], r["next_run"], r["next_cutoff"],
+            str(r["last_job"] or "-"), r["last_outcome"] or "-", str(r["missed"]),
+        )  # fmt: skip
+    Console(highlight=False).print(table)

@@ -28,6 +28,7 @@ from vmbusops.bundle.verify import AcceptedBundle, accept_bundle
 from vmbusops.cli import exitcodes
 from vmbusops.cli.common import host_option, load, resolve_credential, run_trio
 from vmbusops.cli.output import RecordPrinter, use_colour
+from vmbusops.cli.remote import agent_option, remote_logs, resolve_agent
 from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential
 from vmbusops.engine import (
@@ -151,6 +152,7 @@ class Progress:
                     "job": result.job_id,
                     "state": result.state.value,
                     "runs": [_run_json(r, journal) for r in runs],
+                    "details": result.details,
                 }
             )
             return
@@ -162,6 +164,25 @@ class Progress:
                 r.vm, _styled(r.state), _duration(r.started_at, r.finished_at), str(r.records), r.error or ""
             )
         self.console.print(table)
+        for line in details_lines(result.details):
+            self.console.print(line, markup=False, highlight=False)
+
+
+def details_lines(details: dict[str, dict[str, Any]]) -> list[str]:
+    """Per VM and dsc/patch step: resources changed and failed, drift, updates, reboot pending."""
+    lines = []
+    for vm, steps in details.items():
+        for step, d in steps.items():
+            parts = []
+            for key, label in (("changed", "changed"), ("failed", "failed"), ("drifted", "drifted"), ("updates", "updates")):
+                value = d.get(key)
+                if isinstance(value, list):
+                    parts.append(f"{label}: {', '.join(value) if value else 'none'}")
+            if d.get("reboots"):
+                parts.append(f"reboots: {d['reboots']}")
+            parts.append(f"reboot pending: {'yes' if d.get('reboot_pending') else 'no'}")
+            lines.append(f"  {vm} {step}: " + "; ".join(parts))
+    return lines
 
 
 def _run_json(r: RunView, journal: Journal) -> dict[str, Any]:
@@ -451,8 +472,20 @@ def _print_records(records: list[RecordView], as_json: bool, width: int) -> None
 )
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new records until the job ends.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
-def logs_cmd(job_id: int, vm: str | None, stream: str | None, follow: bool, as_json: bool) -> None:
-    """A job's records from the journal, in the order they arrived."""
+@agent_option
+def logs_cmd(
+    job_id: int,
+    vm: str | None,
+    stream: str | None,
+    follow: bool,
+    as_json: bool,
+    agent_url: str | None,
+    token_file: Path | None,
+) -> None:
+    """A job's records from the journal (or from an agent's API with --agent), in the order they arrived."""
+    if agent_url is not None:
+        agent = resolve_agent(agent_url, token_file)
+        sys.exit(remote_logs(agent, job_id, vm=vm, stream=stream, follow=follow, as_json=as_json))
     journal = Journal()
     journal.job(job_id)
     width = max([len(r.vm) for r in journal.runs(job_id)] + [8])

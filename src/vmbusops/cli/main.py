@@ -34,13 +34,15 @@ def cli() -> None:
 
 # --- subcommand registration: one line per module -------------------------------------------
 # (each module defines click commands/groups; keep this block sorted)
-from vmbusops.cli.agent_cmds import agent  # noqa: E402
+from vmbusops.cli.agent_cmds import agent, schedule  # noqa: E402
 from vmbusops.cli.bundle_cmds import bundle, keys, trust  # noqa: E402
 from vmbusops.cli.cred_cmds import cred  # noqa: E402
 from vmbusops.cli.demo import demo_cmd  # noqa: E402
 from vmbusops.cli.dsc_cmds import dsc  # noqa: E402
 from vmbusops.cli.engine_cmds import jobs, logs_cmd, run_cmd  # noqa: E402
 from vmbusops.cli.guest_cmds import copy_cmd, exec_cmd, vms_cmd  # noqa: E402
+from vmbusops.cli.host_cmds import hosts_cmd  # noqa: E402
+from vmbusops.cli.remote import submit_cmd  # noqa: E402
 
 cli.add_command(agent)
 cli.add_command(bundle)
@@ -49,10 +51,13 @@ cli.add_command(cred)
 cli.add_command(demo_cmd)
 cli.add_command(dsc)
 cli.add_command(exec_cmd)
+cli.add_command(hosts_cmd)
 cli.add_command(jobs)
 cli.add_command(keys)
 cli.add_command(logs_cmd)
 cli.add_command(run_cmd)
+cli.add_command(schedule)
+cli.add_command(submit_cmd)
 cli.add_command(trust)
 cli.add_command(vms_cmd)
 # --- end of registration ---------------------------------------------------------------------

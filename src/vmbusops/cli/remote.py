@@ -1,0 +1,361 @@
+"""Clients of a remote agent: ``vmbusops submit`` and ``vmbusops logs ID --agent URL``.
+
+They print exactly what the local commands print (``run`` in its non-terminal form, ``logs``),
+from the agent's API. The token comes from ``$VMBUSOPS_TOKEN`` or ``--token-file``, never from
+an argument (arguments are visible to every user of the machine). A follower that loses the
+connection reconnects with ``Last-Event-ID`` and continues exactly where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+import httpx
+import trio
+
+from vmbusops.cli import exitcodes
+from vmbusops.cli.common import run_trio
+from vmbusops.engine.journal import RecordView
+from vmbusops.errors import BundleError, ConfigError, TransportError, VmbusOpsError
+
+ENV_AGENT = "VMBUSOPS_AGENT"
+ENV_TOKEN = "VMBUSOPS_TOKEN"  # noqa: S105 - the name of the variable, not a token
+DEFAULT_AGENT = "http://127.0.0.1:8421"
+RECONNECTS = 30
+
+
+def agent_option(fn: Any) -> Any:
+    fn = click.option(
+        "--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        help=f"File holding the API token (default: ${ENV_TOKEN}).",
+    )(fn)  # fmt: skip
+    return click.option(
+        "--agent", "agent_url", default=None, metavar="URL",
+        help=f"The agent's URL (default: ${ENV_AGENT} or {DEFAULT_AGENT}).",
+    )(fn)  # fmt: skip
+
+
+def read_token(token_file: Path | None) -> str:
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the token file {token_file}: {exc.strerror}") from None
+    else:
+        token = os.environ.get(ENV_TOKEN, "").strip()
+    if not token:
+        raise ConfigError(
+            "no API token",
+            hint=f"set ${ENV_TOKEN} or pass --token-file (create one with: vmbusops agent token create)",
+        )
+    return token
+
+
+@dataclass
+class AgentClient:
+    url: str
+    token: str
+
+    def client(self, timeout: float | None = 60.0) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.url.rstrip("/"),
+            headers={"Authorization": f"Bearer {self.token}", "User-Agent": "vmbusops-cli"},
+            timeout=httpx.Timeout(timeout, connect=10.0),
+        )
+
+
+def _problem(response: httpx.Response) -> VmbusOpsError:
+    body: dict[str, Any] = {}
+    try:
+        body = response.json()
+        detail = str(body.get("detail") or response.reason_phrase)
+        hint = body.get("hint")
+    except ValueError:
+        detail, hint = response.text[:200] or response.reason_phrase, None
+    status = response.status_code
+    if status == 422 and body.get("type", "").endswith("bundle-rejected"):
+        return BundleError(f"the agent rejected the bundle: {detail}", hint=hint)
+    if status in (401, 403):
+        return ConfigError(
+            f"the agent refused: {detail}", hint=f"check the token in ${ENV_TOKEN} and its scope"
+        )
+    if status == 404:
+        return ConfigError(f"the agent says: {detail}")
+    if status >= 500:
+        return TransportError(f"the agent failed ({status}): {detail}")
+    return ConfigError(f"the agent refused ({status}): {detail}", hint=hint)
+
+
+def _transport(exc: httpx.HTTPError, url: str) -> TransportError:
+    return TransportError(f"cannot reach the agent at {url}: {exc}")
+
+
+async def follow_events(
+    agent: AgentClient, job_id: int, on_event: Callable[[str, dict[str, Any]], None]
+) -> dict[str, Any]:
+    """Follow a job's events to its end, reconnecting after a lost connection; returns ``end``'s data."""
+    last_id: str | None = None
+    failures = 0
+    async with agent.client(timeout=None) as client:
+        while True:
+            headers = {"Last-Event-ID": last_id} if last_id is not None else {}
+            try:
+                async with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        raise _problem(response)
+                    async for name, data, ident in _sse(response.aiter_lines()):
+                        failures = 0
+                        if ident is not None:
+                            last_id = ident
+                        if name == "end":
+                            return data
+                        on_event(name, data)
+            except httpx.HTTPError as exc:
+                failures += 1
+                if failures > RECONNECTS:
+                    raise _transport(exc, agent.url) from exc
+                await trio.sleep(min(5.0, 0.2 * failures))
+
+
+async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, dict[str, Any], str | None]]:
+    name, data, ident = "message", "", None
+    async for line in lines:
+        if not line:
+            if data:
+                yield name, json.loads(data), ident
+            name, data, ident = "message", "", None
+        elif line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            data += line[6:]
+        elif line.startswith("id: "):
+            ident = line[4:]
+
+
+def run_client(fn: Callable[[], Awaitable[int]]) -> int:
+    """:func:`run_trio`, with our errors raised as themselves (not inside an exception group), so
+    the command line maps them to their exit codes."""
+    failed: list[VmbusOpsError] = []
+
+    async def main() -> int:
+        try:
+            return await fn()
+        except VmbusOpsError as exc:
+            failed.append(exc)
+            return exitcodes.HOST_FAILURE
+
+    code = run_trio(main)
+    if failed:
+        raise failed[0]
+    return code
+
+
+# --- submit ---------------------------------------------------------------------------------
+
+
+class RemoteProgress:
+    """What ``vmbusops run`` prints when its output is not a terminal, from the event stream."""
+
+    def __init__(self, *, as_json: bool, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.as_json = as_json
+        self.rows: dict[str, tuple[str, str | None]] = {}
+
+    def _json(self, obj: dict[str, Any]) -> None:
+        self.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
+    def created(self, job_id: int) -> None:
+        if self.as_json:
+            self._json({"event": "job", "job": job_id})
+        else:
+            self.out.write(f"job {job_id}\n")
+        self.out.flush()
+
+    def __call__(self, name: str, data: dict[str, Any]) -> None:
+        if name == "record":
+            self._record(data)
+        elif name == "run":
+            previous = self.rows.get(data["vm"])
+            current = (data["state"], data.get("step"))
+            self.rows[data["vm"]] = current
+            if previous == current:
+                return
+            if self.as_json:
+                self._json({"event": "run", **{k: data.get(k) for k in ("vm", "state", "step", "error")}})
+            else:
+                step = f" ({data['step']})" if data.get("step") else ""
+                error = f": {data['error']}" if data.get("error") else ""
+                self.out.write(f"{data['vm']:<10} > {data['state']}{step}{error}\n")
+        self.out.flush()
+
+    def _record(self, data: dict[str, Any]) -> None:
+        from vmbusops.cli.engine_cmds import record_text
+
+        if self.as_json:
+            body = {k: v for k, v in data.items() if k not in ("vm", "seq", "time", "step", "stream")}
+            head = {"vm": data["vm"], "stream": data["stream"], "seq": data["seq"], "time": data["time"]}
+            if data.get("step") is not None:
+                head["step"] = data["step"]
+            self._json({**head, **body})
+            return
+        if data["stream"] == "state":
+            return
+        labels = {
+            "error": "ERROR: ",
+            "warning": "WARNING: ",
+            "verbose": "VERBOSE: ",
+            "debug": "DEBUG: ",
+            "progress": "PROGRESS: ",
+        }
+        label = labels.get(data["stream"], "")
+        lines = record_text(_record_view(data)).splitlines() or [""]
+        self.out.write("\n".join(f"{data['vm']:<10} | {label}{line}" for line in lines) + "\n")
+
+    async def summary(self, agent: AgentClient, job_id: int, state: str) -> None:
+        async with agent.client() as client:
+            response = await client.get(f"/v1/jobs/{job_id}/runs")
+            if response.status_code != 200:
+                raise _problem(response)
+            runs = response.json()["runs"]
+        if self.as_json:
+            self._json({"event": "summary", "job": job_id, "state": state, "runs": runs})
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold", title=f"job {job_id}: {state}")
+        for col in ("VM", "State", "Duration", "Records", "Error"):
+            table.add_column(col)
+        for r in runs:
+            duration = (
+                f"{r['finished_at'] - r['started_at']:.1f}s" if r["started_at"] and r["finished_at"] else "-"
+            )
+            table.add_row(r["vm"], r["state"], duration, str(r["records"]), r["error"] or "")
+        Console(file=self.out, highlight=False, no_color=True).print(table)
+
+
+def _record_view(data: dict[str, Any]) -> RecordView:
+    content = {k: v for k, v in data.items() if k not in ("vm", "seq", "time", "step")}
+    return RecordView(
+        run_id=0, vm=data["vm"], seq=data["seq"], step=data.get("step"), attempt=0,
+        stream=data["stream"], time=data["time"], content=content,
+    )  # fmt: skip
+
+
+def resolve_agent(agent_url: str | None, token_file: Path | None) -> AgentClient:
+    return AgentClient(agent_url or os.environ.get(ENV_AGENT) or DEFAULT_AGENT, read_token(token_file))
+
+
+async def submit_bundle(agent: AgentClient, bundle_file: Path) -> dict[str, Any]:
+    try:
+        data = await trio.Path(bundle_file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {bundle_file}: {exc.strerror}") from None
+    async with agent.client() as client:
+        try:
+            response = await client.post(
+                "/v1/jobs", content=data, headers={"Content-Type": "application/octet-stream"}
+            )
+        except httpx.HTTPError as exc:
+            raise _transport(exc, agent.url) from exc
+    if response.status_code not in (201, 202):
+        raise _problem(response)
+    result: dict[str, Any] = response.json()
+    return result
+
+
+@click.command("submit")
+@agent_option
+@click.argument("bundle_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-f", "--follow", is_flag=True, help="Follow the job's records and states until it ends.")
+@click.option("--json", "as_json", is_flag=True, help="NDJSON, as vmbusops run --json prints.")
+def submit_cmd(
+    agent_url: str | None, token_file: Path | None, bundle_file: Path, follow: bool, as_json: bool
+) -> None:
+    """Submit a signed bundle to a (remote) agent; it is verified there before anything runs.
+
+    Exit codes as for vmbusops run: 0 when every target succeeded (or, without --follow, the job
+    was accepted), 1 when any did not, 4 when the bundle was rejected.
+    """
+    agent = resolve_agent(agent_url, token_file)
+    progress = RemoteProgress(as_json=as_json)
+
+    async def main() -> int:
+        answer = await submit_bundle(agent, bundle_file)
+        if "schedule" in answer:
+            s = answer["schedule"]
+            if as_json:
+                progress._json({"event": "schedule", **s})
+            else:
+                click.echo(f"schedule {s['name']} v{s['version']} registered: next run {s['next_run']}")
+            return exitcodes.OK
+        job_id = int(answer["job"]["id"])
+        progress.created(job_id)
+        if not follow:
+            return exitcodes.OK
+        end = await follow_events(agent, job_id, progress)
+        await progress.summary(agent, job_id, end["state"])
+        return exitcodes.OK if end["state"] == "success" else exitcodes.GUEST_ERRORS
+
+    sys.exit(run_client(main))
+
+
+# --- logs -----------------------------------------------------------------------------------
+
+
+def remote_logs(
+    agent: AgentClient, job_id: int, *, vm: str | None, stream: str | None, follow: bool, as_json: bool
+) -> int:
+    """``vmbusops logs`` against an agent: the same lines, from its API."""
+    from vmbusops.cli.engine_cmds import _print_records
+
+    async def main() -> int:
+        async with agent.client() as client:
+            try:
+                response = await client.get(f"/v1/jobs/{job_id}/runs")
+            except httpx.HTTPError as exc:
+                raise _transport(exc, agent.url) from exc
+            if response.status_code != 200:
+                raise _problem(response)
+            width = max([len(r["vm"]) for r in response.json()["runs"]] + [8])
+
+            def wanted(data: dict[str, Any]) -> bool:
+                return (vm is None or data["vm"].casefold() == vm.casefold()) and (
+                    stream is None or data["stream"] == stream
+                )
+
+            if not follow:
+                cursor = ""
+                while True:
+                    params = {
+                        "after": cursor,
+                        "limit": "5000",
+                        **({"vm": vm} if vm else {}),
+                        **({"stream": stream} if stream else {}),
+                    }
+                    response = await client.get(f"/v1/jobs/{job_id}/records", params=params)
+                    if response.status_code != 200:
+                        raise _problem(response)
+                    page = response.json()
+                    _print_records([_record_view(d) for d in page["records"]], as_json, width)
+                    if not page["records"]:
+                        return exitcodes.OK
+                    cursor = page["cursor"]
+
+        def on_event(name: str, data: dict[str, Any]) -> None:
+            if name == "record" and wanted(data):
+                _print_records([_record_view(data)], as_json, width)
+                sys.stdout.flush()
+
+        await follow_events(agent, job_id, on_event)
+        return exitcodes.OK
+
+    return run_client(main)

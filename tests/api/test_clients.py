@@ -1,0 +1,56 @@
+"""`vmbusops submit` and `vmbusops logs --agent` print what the local commands print."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import trio
+from tests.api.conftest import VMBUSOPS, Agent
+from tests.engine.conftest import script
+
+
+def cli(agent: Agent, *args: str, token: str | None = "admin") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "VMBUSOPS_HOME": str(agent.home)}
+    env.pop("VMBUSOPS_TOKEN", None)
+    if token is not None:
+        env["VMBUSOPS_TOKEN"] = agent.tokens[token]
+    return subprocess.run([VMBUSOPS, *args], capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+async def test_submit_follow_and_remote_logs_match_the_local_commands(agent: Agent) -> None:
+    steps = [script("greet", 'Write-Output "hello"; Write-Warning "careful"; Write-Error "bad thing"')]
+    path = agent.bundle(["a-web01", "a-web02"], steps)
+    done = await trio.to_thread.run_sync(lambda: cli(agent, "submit", str(path), "--agent", agent.url, "--follow"))
+    assert done.returncode == 1, done.stderr  # a guest wrote an error: as vmbusops run says
+    lines = done.stdout.splitlines()
+    job_id = int(lines[0].split()[1])
+    assert lines[0] == f"job {job_id}"
+    assert "a-web01    | hello" in lines and "a-web02    | WARNING: careful" in lines
+    assert any(line.startswith("a-web01    | ERROR: bad thing") for line in lines)
+    assert f"job {job_id}: failed" in done.stdout
+
+    local = await trio.to_thread.run_sync(lambda: cli(agent, "logs", str(job_id), token=None))
+    remote = await trio.to_thread.run_sync(lambda: cli(agent, "logs", str(job_id), "--agent", agent.url))
+    followed = await trio.to_thread.run_sync(lambda: cli(agent, "logs", str(job_id), "-f", "--agent", agent.url))
+    assert local.returncode == remote.returncode == followed.returncode == 0
+    assert remote.stdout == local.stdout
+    assert sorted(followed.stdout.splitlines()) == sorted(local.stdout.splitlines())
+    local_json = await trio.to_thread.run_sync(lambda: cli(agent, "logs", str(job_id), "--json", token=None))
+    remote_json = await trio.to_thread.run_sync(lambda: cli(agent, "logs", str(job_id), "--json", "--agent", agent.url))
+    assert remote_json.stdout == local_json.stdout
+
+
+async def test_client_errors_map_to_the_documented_exit_codes(agent: Agent, tmp_path: object) -> None:
+    path = agent.bundle(["a-web01"], [script("s", 'Write-Output "x"')])
+    no_token = await trio.to_thread.run_sync(lambda: cli(agent, "submit", str(path), "--agent", agent.url, token=None))
+    assert no_token.returncode == 2 and "VMBUSOPS_TOKEN" in no_token.stderr
+    other = await trio.to_thread.run_sync(lambda: cli(agent, "submit", str(path), "--agent", agent.url, token="tenant_b"))
+    assert other.returncode == 2 and "outside the scope" in other.stderr
+    ok = await trio.to_thread.run_sync(lambda: cli(agent, "submit", str(path), "--agent", agent.url))
+    assert ok.returncode == 0 and ok.stdout.startswith("job ")
+    replay = await trio.to_thread.run_sync(lambda: cli(agent, "submit", str(path), "--agent", agent.url))
+    assert replay.returncode == 4 and "rejected" in replay.stderr
+    for result in (no_token, other, ok, replay):
+        for token in agent.tokens.values():
+            assert token not in result.stdout + result.stderr
