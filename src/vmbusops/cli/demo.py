@@ -88,8 +88,114 @@ async def _tour(console: Console, host: HyperVHost, credential: GuestCredential)
     outcomes = await exec_in_guests(host, ["nosuchvm"], "hostname", credential, on_record=lambda r: None)
     console.print(f"  [yellow]{outcomes['nosuchvm'].failure}")
 
+    problems += await _dsc_tour(console, host, credential)
+
     console.rule("[bold]done")
     return exitcodes.OK if problems == 0 else exitcodes.GUEST_ERRORS
+
+
+DSC_BUNDLE_TOML = """\
+name = "demo-dsc"
+version = 1
+expires = "1d"
+credential = "lab-admin"
+
+[targets]
+vms = ["web01", "web02", "db01"]
+
+[execution]
+max_concurrency = 3
+max_errors = 3
+
+[[steps]]
+name = "configure"
+kind = "dsc"
+mofs = ["dsc/localhost.mof"]
+modules = ["dsc/modules/VmbusOpsDemo"]
+allow_reboot = true
+max_reboots = 2
+timeout = "10m"
+idempotent = true
+"""
+
+IIS_RESOURCE = """
+instance of MSFT_RoleResource as $MSFT_RoleResource1ref
+{
+ResourceID = "[WindowsFeature]IIS";
+ Ensure = "Present";
+ Name = "Web-Server";
+ ModuleName = "PsDesiredStateConfiguration";
+ModuleVersion = "1.0";
+ ConfigurationName = "VmbusOpsDemo";
+};
+"""
+
+
+async def _dsc_tour(console: Console, host: HyperVHost, credential: GuestCredential) -> int:
+    """A signed bundle from the scaffold: a custom resource module and a MOF into three guests."""
+    from vmbusops.bundle.build import build_bundle, sign_bundle
+    from vmbusops.bundle.crypto import PrivateKey
+    from vmbusops.bundle.manifest import StepKind
+    from vmbusops.bundle.policy import Scope, TrustedKey, TrustPolicy
+    from vmbusops.bundle.replay import ReplayStore
+    from vmbusops.bundle.scaffold import write_example
+    from vmbusops.bundle.verify import accept_bundle
+    from vmbusops.cli.engine_cmds import details_lines
+    from vmbusops.engine import EngineEvent, JobSource, Journal, RecordArrived, State, open_engine
+    from vmbusops.records import InformationRecord
+
+    console.rule("[bold]5. DSC from a signed bundle: a custom resource module and a MOF, live, with a reboot")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        source = work / "src"
+        write_example(source)
+        (source / "bundle.toml").write_text(DSC_BUNDLE_TOML, encoding="utf-8")
+        mof = source / "dsc" / "localhost.mof"
+        mof.write_text(IIS_RESOURCE + mof.read_text(encoding="utf-8"), encoding="utf-8")
+        key = PrivateKey.generate()  # throw-away: trusted only by the in-memory policy below
+        scope = Scope(
+            keys=(), vms=("web*", "db*"), credentials=("lab-admin",), steps=frozenset({StepKind.DSC}),
+            enable_guest_services=True,
+        )  # fmt: skip
+        policy = TrustPolicy().with_key(TrustedKey(name="demo", public=key.public_key()), scope)
+        bundle_file = work / "demo-dsc.vmb"
+        manifest = build_bundle(source, bundle_file)
+        sign_bundle(bundle_file, key)
+        console.print(
+            f"  built and signed {bundle_file.name}: {len(manifest.files)} files "
+            f"(module VmbusOpsDemo + localhost.mof), key {key.public_key().keyid[:16]}"
+        )
+        with ReplayStore(work / "replay.sqlite") as replay:
+            accepted = accept_bundle(bundle_file, policy=policy, replay=replay, workdir=work / "accepted")
+        console.print("  verified against the trust policy: signature, scope (dsc on web*, db*), expiry")
+
+        last: dict[str, str] = {}
+
+        def show(event: EngineEvent) -> None:
+            if isinstance(event, RecordArrived):
+                rec = event.record.record
+                if isinstance(rec, InformationRecord) and "vmbusops.agent" in rec.tags:
+                    console.print(f"  {event.record.vm:<6} [yellow]{rec.message_data!s}[/]")
+                return
+            text = f"{event.state.value}" + (f"  {event.step}" if event.step else "")
+            if last.get(event.vm) != text:
+                last[event.vm] = text
+                console.print(f"  {event.vm:<6} {text}" + (f"  [red]{event.error}[/]" if event.error else ""))
+
+        journal = Journal(work / "journal.sqlite")
+        try:
+            async with open_engine(host, journal, credential_for=lambda _name: credential, on_event=show) as engine:
+                result = await engine.run_job(JobSource.from_accepted(accepted))
+        finally:
+            journal.close()
+    console.print(f"  job {result.job_id}: [bold]{result.state.value}[/]")
+    for line in details_lines(result.details):
+        console.print(line, markup=False)
+    if result.state is not State.SUCCESS:
+        for vm, error in result.errors.items():
+            console.print(f"  [red]{vm}: {error}")
+        return 1
+    return 0
 
 
 @click.command("demo")
