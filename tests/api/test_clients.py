@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+from datetime import datetime
+from pathlib import Path
 
+import tomli_w
 import trio
 from tests.api.conftest import VMBUSOPS, Agent
 from tests.engine.conftest import script
+
+from vmbusops.bundle.build import build_bundle, sign_bundle
 
 
 def cli(agent: Agent, *args: str, token: str | None = "admin") -> subprocess.CompletedProcess[str]:
@@ -21,7 +27,9 @@ def cli(agent: Agent, *args: str, token: str | None = "admin") -> subprocess.Com
 async def test_submit_follow_and_remote_logs_match_the_local_commands(agent: Agent) -> None:
     steps = [script("greet", 'Write-Output "hello"; Write-Warning "careful"; Write-Error "bad thing"')]
     path = agent.bundle(["a-web01", "a-web02"], steps)
-    done = await trio.to_thread.run_sync(lambda: cli(agent, "submit", str(path), "--agent", agent.url, "--follow"))
+    done = await trio.to_thread.run_sync(
+        lambda: cli(agent, "submit", str(path), "--agent", agent.url, "--follow")
+    )
     assert done.returncode == 1, done.stderr  # a guest wrote an error: as vmbusops run says
     lines = done.stdout.splitlines()
     job_id = int(lines[0].split()[1])
@@ -32,20 +40,28 @@ async def test_submit_follow_and_remote_logs_match_the_local_commands(agent: Age
 
     local = await trio.to_thread.run_sync(lambda: cli(agent, "logs", str(job_id), token=None))
     remote = await trio.to_thread.run_sync(lambda: cli(agent, "logs", str(job_id), "--agent", agent.url))
-    followed = await trio.to_thread.run_sync(lambda: cli(agent, "logs", str(job_id), "-f", "--agent", agent.url))
+    followed = await trio.to_thread.run_sync(
+        lambda: cli(agent, "logs", str(job_id), "-f", "--agent", agent.url)
+    )
     assert local.returncode == remote.returncode == followed.returncode == 0
     assert remote.stdout == local.stdout
     assert sorted(followed.stdout.splitlines()) == sorted(local.stdout.splitlines())
     local_json = await trio.to_thread.run_sync(lambda: cli(agent, "logs", str(job_id), "--json", token=None))
-    remote_json = await trio.to_thread.run_sync(lambda: cli(agent, "logs", str(job_id), "--json", "--agent", agent.url))
+    remote_json = await trio.to_thread.run_sync(
+        lambda: cli(agent, "logs", str(job_id), "--json", "--agent", agent.url)
+    )
     assert remote_json.stdout == local_json.stdout
 
 
 async def test_client_errors_map_to_the_documented_exit_codes(agent: Agent, tmp_path: object) -> None:
     path = agent.bundle(["a-web01"], [script("s", 'Write-Output "x"')])
-    no_token = await trio.to_thread.run_sync(lambda: cli(agent, "submit", str(path), "--agent", agent.url, token=None))
+    no_token = await trio.to_thread.run_sync(
+        lambda: cli(agent, "submit", str(path), "--agent", agent.url, token=None)
+    )
     assert no_token.returncode == 2 and "VMBUSOPS_TOKEN" in no_token.stderr
-    other = await trio.to_thread.run_sync(lambda: cli(agent, "submit", str(path), "--agent", agent.url, token="tenant_b"))
+    other = await trio.to_thread.run_sync(
+        lambda: cli(agent, "submit", str(path), "--agent", agent.url, token="tenant_b")
+    )
     assert other.returncode == 2 and "outside the scope" in other.stderr
     ok = await trio.to_thread.run_sync(lambda: cli(agent, "submit", str(path), "--agent", agent.url))
     assert ok.returncode == 0 and ok.stdout.startswith("job ")
@@ -54,3 +70,31 @@ async def test_client_errors_map_to_the_documented_exit_codes(agent: Agent, tmp_
     for result in (no_token, other, ok, replay):
         for token in agent.tokens.values():
             assert token not in result.stdout + result.stderr
+
+
+async def test_a_bundle_with_a_schedule_is_registered_not_run(agent: Agent, tmp_path: Path) -> None:
+    src = tmp_path / "nightly"
+    src.mkdir()
+    (src / "bundle.toml").write_text(tomli_w.dumps({
+        "name": "nightly", "version": 1, "credential": "lab-admin", "targets": {"vms": ["a-*"]},
+        "steps": [{"kind": "script", "name": "s", "inline": "Write-Output 1"}],
+        "schedule": {"cron": "0 2 * * *", "window": "2h", "cutoff": "30m", "jitter": "5m", "missed": "run-once"},
+    }))  # fmt: skip
+    bundle = tmp_path / "nightly.vmb"
+    build_bundle(src, bundle)
+    sign_bundle(bundle, agent.key)
+    done = await trio.to_thread.run_sync(lambda: cli(agent, "submit", str(bundle), "--agent", agent.url))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("schedule nightly v1 registered: next run ")
+    listed = await trio.to_thread.run_sync(
+        lambda: cli(agent, "schedule", "list", "--json", "--agent", agent.url)
+    )
+    row = json.loads(listed.stdout)
+    assert row["cron"] == "0 2 * * *" and row["window_seconds"] == 7200 and row["missed_policy"] == "run-once"
+    assert datetime.fromisoformat(row["next_run"]).hour == 2
+    local = await trio.to_thread.run_sync(lambda: cli(agent, "schedule", "list", "--json", token=None))
+    assert json.loads(local.stdout)["next_run"] == row["next_run"]
+    async with agent.client("tenant_b") as b:
+        assert (await b.get("/v1/schedules")).json()["schedules"] == []
+    async with agent.client("admin") as c:
+        assert (await c.get("/v1/jobs")).json()["jobs"] == []  # nothing ran now
