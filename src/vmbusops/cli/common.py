@@ -12,7 +12,7 @@ import trio
 from vmbusops.cli import exitcodes
 from vmbusops.config import Config, load_config
 from vmbusops.credentials import CredentialStore, GuestCredential, Secret
-from vmbusops.errors import CredentialStoreError
+from vmbusops.errors import CredentialStoreError, VmbusOpsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -90,7 +90,14 @@ def run_trio(fn: Callable[[], Awaitable[int]]) -> int:
             nursery.cancel_scope.cancel()
         return exitcodes.INTERRUPTED if interrupted else result
 
-    return trio.run(main)
+    try:
+        return trio.run(main)
+    except BaseExceptionGroup as group:
+        # The signal watcher's nursery wraps the command's own error; the CLI maps ours to an
+        # exit code and a one-line message (cli.main), so hand it the error itself.
+        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], VmbusOpsError):
+            raise group.exceptions[0] from None
+        raise
 
 
 def load(config_path: str | None = None) -> Config:

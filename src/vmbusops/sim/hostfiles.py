@@ -1,8 +1,9 @@
-"""Host-side file cmdlets the agent uses to verify staged files: ``Get-FileHash``.
+"""Host cmdlets beside Hyper-V's: ``Get-FileHash`` for staged files, ``Get-Command``.
 
 A remote agent stages files onto the host's disk before Copy-VMFile reads them, then asks the
 host to hash them. The simulated host's disk is the real local file system (the simulator runs
 on the machine it pretends to be), so this hashes real files, as the real cmdlet does.
+``Get-Command`` lists what the host offers, as a JEA endpoint answers it with its visible cmdlets.
 """
 
 from __future__ import annotations
@@ -63,10 +64,39 @@ async def get_file_hash(b: dict[str, Any], streams: Streams, fq: str) -> None:
         )
 
 
-def host_file_cmdlets() -> dict[str, tuple[tuple[Param, ...], Callable[..., Any]]]:
+_MODULES = {"get-filehash": "Microsoft.PowerShell.Utility", "get-command": "Microsoft.PowerShell.Core",
+            "invoke-command": "Microsoft.PowerShell.Core"}
+_SPELLING = {
+    "get-vm": "Get-VM", "get-vmintegrationservice": "Get-VMIntegrationService",
+    "enable-vmintegrationservice": "Enable-VMIntegrationService",
+    "disable-vmintegrationservice": "Disable-VMIntegrationService", "copy-vmfile": "Copy-VMFile",
+    "invoke-command": "Invoke-Command", "restart-vm": "Restart-VM", "start-vm": "Start-VM", "stop-vm": "Stop-VM",
+    "get-filehash": "Get-FileHash", "get-command": "Get-Command",
+}
+
+
+def _spelled(name: str) -> str:
+    return _SPELLING.get(name, "-".join(part.capitalize() for part in name.split("-")))
+
+
+def host_file_cmdlets(
+    names: Callable[[], list[str]],
+) -> dict[str, tuple[tuple[Param, ...], Callable[..., Any]]]:
+    async def get_command(b: dict[str, Any], streams: Streams, fq: str) -> None:
+        for name in sorted(set(names()) | {"get-command"}):
+            streams.output(
+                SimObject(
+                    ("System.Management.Automation.CmdletInfo", "System.Management.Automation.CommandInfo",
+                     "System.Object"),
+                    (("Name", _spelled(name)), ("CommandType", "Cmdlet"), ("Source", _MODULES.get(name, "Hyper-V"))),
+                    _spelled(name),
+                )
+            )
+
     return {
         "get-filehash": (
             (Param("LiteralPath", 0, aliases=("Path", "PSPath")), Param("Algorithm")),
             get_file_hash,
         ),
+        "get-command": ((Param("Name", 0), Param("CommandType")), get_command),
     }

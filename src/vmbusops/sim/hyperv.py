@@ -251,7 +251,7 @@ class HyperVHost:
 
         from vmbusops.sim.hostfiles import host_file_cmdlets
 
-        self._cmdlets.update(host_file_cmdlets())
+        self._cmdlets.update(host_file_cmdlets(lambda: list(self._cmdlets)))
 
     @property
     def cmdlet_names(self) -> list[str]:
