@@ -12,13 +12,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trio
 from tests.engine.bundles import signed_bundle, trust_and_credential
 from tests.engine.conftest import VM, write_lab
 
@@ -144,5 +145,7 @@ def agent(agent_factory: Any) -> Agent:
 async def submit(agent: Agent, path: Path, who: str = "admin") -> httpx.Response:
     async with agent.client(who) as client:
         return await client.post(
-            "/v1/jobs", content=path.read_bytes(), headers={"Content-Type": "application/octet-stream"}
+            "/v1/jobs",
+            content=await trio.Path(path).read_bytes(),
+            headers={"Content-Type": "application/octet-stream"},
         )

@@ -173,7 +173,7 @@ async def test_bad_bundles_and_bodies_are_refused_before_anything_runs(
         is_problem(await c.get(f"/v1/jobs/{job_id}/records?after=x.y"), 400)
         is_problem(await c.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "1.2.3.4.5"}), 400)
         with trio.fail_after(10):
-            while (await c.get(f"/v1/jobs/{job_id}")).json()["job"]["state"] != "success":
+            while (await c.get(f"/v1/jobs/{job_id}")).json()["job"]["state"] != "success":  # noqa: ASYNC110 - polling the API
                 await trio.sleep(0.05)
         records = (await c.get(f"/v1/jobs/{job_id}/records")).json()["records"]
         assert [r["value"] for r in records if r["stream"] == "output"] == ["original"]
