@@ -1,19 +1,91 @@
-"""Opening a Hyper-V host over WinRM (filled in with the WinRM transport)."""
+"""Opening a Hyper-V host over WinRM: pypsrp's WS-Management under our runspace pool."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
+import trio
+
+from vmbusops.credentials import CredentialStore
 from vmbusops.errors import ConfigError
+from vmbusops.guestops.remote import DEFAULT_STAGING_ROOT, RemoteHyperVHost
+from vmbusops.guestops.staging import StageFile
 from vmbusops.inventory import HostEntry
+from vmbusops.psrp.client import open_runspace_pool
+from vmbusops.psrp.transport import Transport
+from vmbusops.psrp.winrm import WinRMTarget, WinRMTransport, parse_winrm_address
 
-if TYPE_CHECKING:
-    from vmbusops.guestops.remote import RemoteHyperVHost
+
+class WinRMNoStaging:
+    """Staging over WinRM is not built yet; say so where a copy would need it."""
+
+    def __init__(self, address: str, root: str) -> None:
+        self._address = address
+        self._root = root
+
+    @property
+    def root(self) -> str:
+        return self._root
+
+    async def make_folder(self, name: str) -> str:
+        raise ConfigError(
+            f"{self._address}: copying files onto a host over WinRM is not supported yet",
+            hint="reach this host over SSH (transport = \"ssh\") for copies, or run the agent on the host",
+        )
+
+    async def put(self, files: Sequence[StageFile], folder: str) -> list[str]:
+        raise AssertionError("unreachable: make_folder refuses first")
+
+    async def remove_folder(self, folder: str) -> None:
+        return None
+
+
+def winrm_target_for(entry: HostEntry) -> WinRMTarget:
+    target = parse_winrm_address(entry.address)
+    username = password = None
+    if entry.credential:
+        credential = CredentialStore().get(entry.credential)
+        username, password = credential.username, credential.password
+    elif entry.auth != "certificate":
+        raise ConfigError(
+            f"[hosts.{entry.name}] needs a credential for {entry.auth} authentication",
+            hint=f"vmbusops cred set {entry.name}-winrm --username 'DOMAIN\\user', then credential = \"{entry.name}-winrm\"",
+        )
+    return replace(
+        target,
+        auth=entry.auth,
+        username=username,
+        password=password,
+        cert_validation=entry.cert_validation,
+        encryption=entry.encryption,
+        client_certificate=entry.client_certificate,
+        client_key=entry.client_key,
+        configuration_name=entry.configuration_name or target.configuration_name,
+    )
+
+
+@asynccontextmanager
+async def open_winrm_target(
+    target: WinRMTarget, *, max_runspaces: int = 64, staging_root: str | None = None
+) -> AsyncIterator[RemoteHyperVHost]:
+    async def connect(nursery: trio.Nursery) -> Transport:
+        return WinRMTransport(target, nursery)
+
+    async with open_runspace_pool(connect, max_runspaces=max_runspaces) as pool:
+        host = RemoteHyperVHost(
+            pool, stager=WinRMNoStaging(target.url, staging_root or DEFAULT_STAGING_ROOT), address=target.url
+        )
+        try:
+            yield host
+        finally:
+            await host.aclose_staging()
 
 
 @asynccontextmanager
 async def open_winrm_host(entry: HostEntry, *, max_runspaces: int = 64) -> AsyncIterator[RemoteHyperVHost]:
-    raise ConfigError(f"{entry.name}: the WinRM transport is not available yet")
-    yield  # type: ignore[unreachable]
+    async with open_winrm_target(
+        winrm_target_for(entry), max_runspaces=max_runspaces, staging_root=entry.staging_dir
+    ) as host:
+        yield host
