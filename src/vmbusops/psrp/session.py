@@ -1,9 +1,10 @@
 """What the host operations need from a PowerShell session, whatever carries it.
 
-:class:`~vmbusops.psrp.client.RunspacePool` (OutOfProc: a child process or an SSH subsystem)
-and :class:`~vmbusops.psrp.winrm.WinRMSession` (WS-Management through pypsrp) both satisfy
-:class:`HostSession`: run statements of structured commands, yield their records live as
-:mod:`vmbusops.records` types, stop a pipeline that is left early.
+:class:`~vmbusops.psrp.client.RunspacePool` satisfies :class:`HostSession` over every transport
+(a child process, an SSH subsystem, WinRM through :class:`~vmbusops.psrp.winrm.WinRMTransport`):
+run statements of structured commands, yield their records live as :mod:`vmbusops.records`
+types, stop a pipeline that is left early. The host operations depend on this protocol only, so
+a session of another shape can stand in without touching them.
 """
 
 from __future__ import annotations
