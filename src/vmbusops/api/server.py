@@ -32,6 +32,7 @@ from hypercorn.trio import serve
 from vmbusops.api.app import build_app
 from vmbusops.api.auth import PrincipalStore
 from vmbusops.api.broadcast import Broadcaster
+from vmbusops.api.inventory import InventoryCachingHost
 from vmbusops.api.metrics import AgentMetrics
 from vmbusops.api.service import AgentService
 from vmbusops.api.tls import configure_tls, install_peer_cert_server
@@ -39,6 +40,7 @@ from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential
 from vmbusops.engine import EngineOptions, Journal, open_engine
 from vmbusops.guestops.connect import open_host
+from vmbusops.guestops.host import HyperVHost
 
 log = logging.getLogger("vmbusops.agent")
 
@@ -115,75 +117,100 @@ async def run_agent(
 
     try:
         with trio.open_signal_receiver(*_signals()) as signals:
-            async with (
-                open_host(host, config=config) as hv,
-                open_engine(
-                    hv,
-                    journal,
-                    credential_for=credential_for,
-                    host_name=host or config.host,
-                    options=options,
-                    on_event=on_event,
-                ) as engine,
-                trio.open_nursery() as top,
-            ):
-                jobs_scope = trio.CancelScope()
-                jobs_done = trio.Event()
-                jobs = await top.start(_hold_jobs_nursery, jobs_scope, jobs_done)
-                service = AgentService(
-                    engine=engine, reader=reader, jobs=jobs, principals=principals, config=agent,
-                    broadcaster=broadcaster, metrics=metrics,
+            async with open_host(host, config=config) as hv_direct:
+                hv = InventoryCachingHost(hv_direct)
+                await _serve(
+                    hv=hv, journal=journal, reader=reader, principals=principals, broadcaster=broadcaster,
+                    metrics=metrics, holder=holder, signals=signals, config=config,
+                    credential_for=credential_for, host=host, hconfig=hconfig, ready_file=ready_file,
+                    options=options, scheduler_factory=scheduler_factory, on_event=on_event,
                 )  # fmt: skip
-                holder.append(service)
-                scheduler_scope = trio.CancelScope()
-                if scheduler_factory is not None:
-                    scheduler = scheduler_factory(service)
-
-                    async def run_scheduler() -> None:
-                        with scheduler_scope:
-                            await scheduler.run()
-
-                    await scheduler.load()
-                    top.start_soon(run_scheduler)
-                stop_server = trio.Event()
-                app: Any = build_app(service)
-                binds = await top.start(partial(serve, app, hconfig, shutdown_trigger=stop_server.wait))
-                service.ready = True
-                log.info(
-                    "agent ready", extra={"event": "ready", "listen": binds, "host": host or config.host}
-                )
-                _announce(binds, ready_file)
-
-                received = await signals.__anext__()
-                log.info("stopping", extra={"event": "stopping", "signal": signal.Signals(received).name,
-                                            "jobs_running": len(service.running)})  # fmt: skip
-                _notify_systemd("STOPPING=1")
-                service.stopping = True
-                scheduler_scope.cancel()
-                with trio.move_on_after(agent.shutdown_grace_seconds):
-                    async with trio.open_nursery() as grace:
-
-                        async def second_signal() -> None:
-                            await signals.__anext__()
-                            log.info("second signal: stopping runs now", extra={"event": "stopping-now"})
-                            grace.cancel_scope.cancel()
-
-                        async def idle() -> None:
-                            await service.wait_idle()
-                            grace.cancel_scope.cancel()
-
-                        grace.start_soon(second_signal)
-                        grace.start_soon(idle)
-                if service.running:
-                    log.info(
-                        "interrupting runs", extra={"event": "interrupting", "jobs": sorted(service.running)}
-                    )
-                jobs_scope.cancel()
-                await jobs_done.wait()
-                stop_server.set()
         log.info("agent stopped", extra={"event": "stopped"})
         return 0
     finally:
         journal.close()
         reader.close()
         principals.close()
+
+
+async def _serve(
+    *,
+    hv: HyperVHost,
+    journal: Journal,
+    reader: Journal,
+    principals: PrincipalStore,
+    broadcaster: Broadcaster,
+    metrics: AgentMetrics,
+    holder: list[AgentService],
+    signals: Any,
+    config: Config,
+    credential_for: Callable[[str], GuestCredential],
+    host: str | None,
+    hconfig: HypercornConfig,
+    ready_file: Path | None,
+    options: EngineOptions | None,
+    scheduler_factory: Callable[[AgentService], Any] | None,
+    on_event: Callable[[Any], None],
+) -> None:
+    agent = config.agent
+    async with (
+        open_engine(
+            hv,
+            journal,
+            credential_for=credential_for,
+            host_name=host or config.host,
+            options=options,
+            on_event=on_event,
+        ) as engine,
+        trio.open_nursery() as top,
+    ):
+        jobs_scope = trio.CancelScope()
+        jobs_done = trio.Event()
+        jobs = await top.start(_hold_jobs_nursery, jobs_scope, jobs_done)
+        service = AgentService(
+            engine=engine, reader=reader, jobs=jobs, principals=principals, config=agent,
+            broadcaster=broadcaster, metrics=metrics,
+        )  # fmt: skip
+        holder.append(service)
+        scheduler_scope = trio.CancelScope()
+        if scheduler_factory is not None:
+            scheduler = scheduler_factory(service)
+
+            async def run_scheduler() -> None:
+                with scheduler_scope:
+                    await scheduler.run()
+
+            await scheduler.load()
+            top.start_soon(run_scheduler)
+        stop_server = trio.Event()
+        app: Any = build_app(service)
+        binds = await top.start(partial(serve, app, hconfig, shutdown_trigger=stop_server.wait))
+        service.ready = True
+        log.info("agent ready", extra={"event": "ready", "listen": binds, "host": host or config.host})
+        _announce(binds, ready_file)
+
+        received = await signals.__anext__()
+        log.info("stopping", extra={"event": "stopping", "signal": signal.Signals(received).name,
+                                    "jobs_running": len(service.running)})  # fmt: skip
+        _notify_systemd("STOPPING=1")
+        service.stopping = True
+        scheduler_scope.cancel()
+        with trio.move_on_after(agent.shutdown_grace_seconds):
+            async with trio.open_nursery() as grace:
+
+                async def second_signal() -> None:
+                    await signals.__anext__()
+                    log.info("second signal: stopping runs now", extra={"event": "stopping-now"})
+                    grace.cancel_scope.cancel()
+
+                async def idle() -> None:
+                    await service.wait_idle()
+                    grace.cancel_scope.cancel()
+
+                grace.start_soon(second_signal)
+                grace.start_soon(idle)
+        if service.running:
+            log.info("interrupting runs", extra={"event": "interrupting", "jobs": sorted(service.running)})
+        jobs_scope.cancel()
+        await jobs_done.wait()
+        stop_server.set()
