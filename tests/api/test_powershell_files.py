@@ -48,7 +48,9 @@ def test_manifest_exports_the_public_functions() -> None:
     manifest = (ROOT / "host_agent" / "powershell" / "VmbusOps.psd1").read_text()
     defined = set(re.findall(r"^function ([A-Za-z]+-[A-Za-z]+)", module, re.M))
     assert defined >= PUBLIC
-    exported = set(re.findall(r"'([A-Za-z]+-VmbusOps[A-Za-z]*)'", manifest.split("FunctionsToExport")[1].split("\n")[0]))
+    exported = set(
+        re.findall(r"'([A-Za-z]+-VmbusOps[A-Za-z]*)'", manifest.split("FunctionsToExport")[1].split("\n")[0])
+    )
     assert exported == PUBLIC
     for name in PUBLIC:
         body = module.split(f"function {name} {{", 1)[1]
