@@ -42,7 +42,6 @@ from vmbusops.cli.dsc_cmds import dsc  # noqa: E402
 from vmbusops.cli.engine_cmds import jobs, logs_cmd, run_cmd  # noqa: E402
 from vmbusops.cli.guest_cmds import copy_cmd, exec_cmd, vms_cmd  # noqa: E402
 from vmbusops.cli.host_cmds import hosts_cmd  # noqa: E402
-from vmbusops.cli.host_cmds import hosts_cmd  # noqa: E402
 from vmbusops.cli.remote import submit_cmd  # noqa: E402
 
 cli.add_command(agent)
@@ -52,7 +51,6 @@ cli.add_command(cred)
 cli.add_command(demo_cmd)
 cli.add_command(dsc)
 cli.add_command(exec_cmd)
-cli.add_command(hosts_cmd)
 cli.add_command(hosts_cmd)
 cli.add_command(jobs)
 cli.add_command(keys)
