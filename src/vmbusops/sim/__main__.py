@@ -44,7 +44,8 @@ def _setup_logging() -> None:
     else:
         handler = logging.NullHandler()
     root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    # Without a log file, INFO records (two per pipeline) would be built only to be dropped.
+    root.setLevel(logging.INFO if path else logging.WARNING)
     # psrpcore logs whole messages at DEBUG, credentials included (encrypted, but still): never.
     logging.getLogger("psrpcore").setLevel(logging.WARNING)
     logging.captureWarnings(True)

@@ -137,7 +137,7 @@ def _resolve_references(root: ElementTree.Element) -> _References:
     for el in root.iter():
         tag = el.tag
         if tag == "TN":
-            names = [t.text or "" for t in el.findall("T")]
+            names = [t.text or "" for t in el if t.tag == "T"]
             if names:
                 if "RefId" not in el.attrib:
                     raise _Unhandled
@@ -245,8 +245,10 @@ class _Reader:
     def _type_names(self, obj: ElementTree.Element) -> list[str]:
         """An object's type names, as psrpcore finds them: every ``TN/T``, else its ``TNRef``."""
         names = _type_names(obj)
-        if not names and (ref := obj.find("TNRef")) is not None:
-            names = self._references.type_names[ref]
+        if not names:
+            for ref in obj:
+                if ref.tag == "TNRef":
+                    return self._references.type_names[ref]
         return names
 
     def _credential(self, el: ElementTree.Element) -> GuestCredentialValue:
@@ -302,10 +304,13 @@ def _structure(obj: ElementTree.Element) -> dict[str, ElementTree.Element]:
         tag = child.tag
         if tag == "MS" and members is None:
             members = child
-        elif tag not in ("TN", "ToString"):
+        elif tag == "TN":
+            # psrpcore would rehydrate a registered type name into a class of its own.
+            if _type_names(obj)[:1] not in ([], ["System.Object"]):
+                raise _Unhandled
+        elif tag != "ToString":
             raise _Unhandled
-    if members is None or _type_names(obj)[:1] not in ([], ["System.Object"]):
-        # psrpcore would rehydrate a registered type name into a class of its own.
+    if members is None:
         raise _Unhandled
     return _properties(members)
 
@@ -338,7 +343,7 @@ def _bool(el: ElementTree.Element) -> bool:
 
 def _type_names(obj: ElementTree.Element) -> list[str]:
     """An object's inline type names (every ``TN/T``)."""
-    return [t.text or "" for t in obj.findall("TN/T")]
+    return [t.text or "" for tn in obj if tn.tag == "TN" for t in tn if t.tag == "T"]
 
 
 # ---- the hook into psrpcore's server pool ----------------------------------------------------

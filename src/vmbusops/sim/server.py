@@ -78,6 +78,8 @@ MAX_PACKET_DATA = 64 * 1024
 HIGH_WATER = 1024 * 1024
 YIELD_EVERY = 64
 GARBAGE = b"vmbusops simulator: injected garbage that is not an OutOfProc packet\r\n"
+# psrpcore's own PipelineState Completed message body, serialized once.
+_COMPLETED = clixml.psrpcore_xml(PipelineState(PipelineState=int(PSInvocationState.Completed)))
 
 
 @dataclass(slots=True)
@@ -505,8 +507,9 @@ class PSRPServer:
                     # Real PowerShell sends only the final state; set Running without a message.
                     pipe.state = PSInvocationState.Running
                     commands = run.commands
-                    names = ", ".join(str(c.command_text) for c in commands if not c.is_script)
-                    log.info("pipeline %s: %s", pipe.pipeline_id, names or "(script)")
+                    if log.isEnabledFor(logging.INFO):
+                        names = ", ".join(str(c.command_text) for c in commands if not c.is_script)
+                        log.info("pipeline %s: %s", pipe.pipeline_id, names or "(script)")
                     streams = _PipelineStreams(self, pipe.pipeline_id)
                     try:
                         await self.host.run(commands, streams)
@@ -530,7 +533,9 @@ class PSRPServer:
                         pipe.state = PSInvocationState.Running
                     pipe.stop()
                 elif outcome[1] is None:
-                    pipe.complete()
+                    # What pipe.complete() would queue, without serializing it every time.
+                    self.queue_message(pipe.pipeline_id, PSRPMessageType.PipelineState, _COMPLETED)
+                    pipe.state = PSInvocationState.Completed
                 else:
                     pipe.prepare_message(
                         PipelineState(
