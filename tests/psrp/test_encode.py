@@ -99,3 +99,16 @@ def test_no_trailing_empty_statement() -> None:
     ps.add_command("Get-VM").add_statement().add_command("Start-VM").add_statement()
     trailing = psrpcore.types.serialize(ps.metadata, pool._cipher, our_capability=pool.our_capability)
     assert empty_statement in ElementTree.tostring(trailing, encoding="utf-8")
+
+
+@settings(max_examples=100, deadline=None)
+@given(user=text.filter(bool), password=text, script=text)
+def test_guest_credential_encodes_as_the_equivalent_pscredential(user: str, password: str, script: str) -> None:
+    from vmbusops.credentials import GuestCredential, Secret
+
+    pool = keyed_pool()
+    encoder = CreatePipelineEncoder(pool)
+    ours = [[Command("Invoke-Command", {"VMName": "v", "Credential": GuestCredential(user, Secret(password)),
+                                        "ScriptBlock": script})]]
+    for _ in range(2):
+        assert encoder.encode(ours) == psrpcore_bytes(pool, invoke("v", user, password, script, []))

@@ -17,7 +17,6 @@ from pathlib import PureWindowsPath
 from typing import Any, Final
 
 import trio
-from psrpcore.types import PSCredential, PSSecureString
 
 from vmbusops.credentials import GuestCredential
 from vmbusops.errors import (
@@ -265,12 +264,9 @@ class HyperVHost:
         vm_id: str | None = None,
     ) -> AsyncIterator[GuestInvocation]:
         """Run a script block in the guest through PowerShell Direct; yield its records live."""
-        params: dict[str, Any] = {
-            "Credential": PSCredential(
-                UserName=credential.username, Password=PSSecureString(credential.password.reveal())
-            ),
-            "ScriptBlock": script,
-        }
+        # The credential goes to the PSRP layer as is; it is serialized as a PSCredential whose
+        # password is a SecureString encrypted with the session key.
+        params: dict[str, Any] = {"Credential": credential, "ScriptBlock": script}
         if vm_id:
             params["VMId"] = vm_id
         else:

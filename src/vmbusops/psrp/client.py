@@ -10,12 +10,12 @@ nursery it was opened in:
   ``Data`` to psrpcore and routes every event: records to the pipeline they belong to, acks to
   whoever waits for them, pool state changes to the pool. It never waits for anything but the
   transport and a pipeline's bounded record buffer, so it can never deadlock on an ack.
-* the **writer** sends what psrpcore has queued, one ``Data`` packet at a time, waiting for its
-  ``DataAck`` before the next one (PowerShell's own client does the same: a ``DataAck`` is the
-  flow control of the OutOfProc transport).
+* the **writer** sends what psrpcore has queued, keeping at most one ``Data`` packet in flight
+  per target (the pool, each pipeline) until its ``DataAck`` arrives - PowerShell's own flow
+  control, per command, so one pipeline's start never waits for another's ack.
 
 ``Command``, ``Signal`` and ``Close`` packets are sent by the caller that needs them, which then
-waits for the matching ack. If the transport ends or the peer writes garbage, the pool becomes
+waits for the matching ack (except a finished pipeline's ``Close``, whose ack carries nothing). If the transport ends or the peer writes garbage, the pool becomes
 *broken*: the error is stored once and every waiter - callers waiting for acks, pipelines waiting
 for records, the pool waiting to open - wakes up and raises it. Nothing waits forever.
 
@@ -42,9 +42,11 @@ from typing import Any
 
 import psrpcore
 import trio
+from psrpcore._client import _ClientPipeline
 from psrpcore._payload import PSRPMessage, create_message
 from psrpcore.types import PSInvocationState, PSRPMessageType, RunspacePoolState
 
+from vmbusops.credentials import GuestCredential
 from vmbusops.errors import (
     HostProcessExitedError,
     PSRPError,
@@ -68,8 +70,8 @@ FRAGMENT_SIZE = 32 * 1024
 DEFAULT_RECORD_BUFFER = 1024
 DEFAULT_STOP_TIMEOUT = 15.0
 
-# Message types decoded on the fast path. PipelineState stays on psrpcore's path because
-# psrpcore must see it to move its pipeline to a final state; it arrives once per pipeline.
+# Message types decoded on the fast path. PipelineState is decoded fast too, in next_event,
+# which then moves psrpcore's pipeline to that state itself.
 _FAST_TYPES = frozenset(
     {
         PSRPMessageType.PipelineOutput,
@@ -156,10 +158,20 @@ class _ClientPool(psrpcore.ClientRunspacePool):
             record = fast_decode(message_type, body)
             if record is not None:
                 return _RecordEvent(pipeline_id, record)
+        elif message_type is PSRPMessageType.PipelineState and pipeline_id in self.pipeline_table:
+            state = fast_decode(message_type, body)
+            if isinstance(state, PipelineStateRecord):
+                # What psrpcore's _process_PipelineState does: move its pipeline to the state.
+                self.pipeline_table[pipeline_id].state = PSInvocationState[state.state.value]
+                return _RecordEvent(pipeline_id, state)
         message = PSRPMessage(
             message_type, bytearray(body), uuid.UUID(bytes_le=raw[8:24]), pipeline_id, object_id
         )
         return self._process_message(message)
+
+
+class _TemplatedPipeline(_ClientPipeline):
+    """A pipeline whose CreatePipeline body came from a template: state only, no object model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +206,7 @@ class Pipeline:
     how much a guest prints.
     """
 
-    def __init__(self, pool: RunspacePool, ps: psrpcore.ClientPowerShell, buffer: int) -> None:
+    def __init__(self, pool: RunspacePool, ps: _ClientPipeline, buffer: int) -> None:
         self._pool = pool
         self._ps = ps
         self.id: uuid.UUID = ps.pipeline_id
@@ -294,6 +306,8 @@ class RunspacePool:
         self._ack_waiters: dict[tuple[PacketKind, uuid.UUID], trio.Event] = {}
         self._control_lock = trio.Lock()
         self._writer_wakeup = trio.Event()
+        self._outbox: dict[uuid.UUID, deque[psrpcore.PSRPPayload]] = {}
+        self._in_flight: set[uuid.UUID] = set()
         self._opened = trio.Event()
         self._session_key = trio.Event()
         self._state_changed = trio.Event()
@@ -375,6 +389,10 @@ class RunspacePool:
             if self._pool._send_buffer:
                 self._writer_wakeup.set()
             return
+        if packet.kind is PacketKind.DATA_ACK:
+            self._in_flight.discard(packet.guid)
+            if self._outbox:
+                self._writer_wakeup.set()
         waiter = self._ack_waiters.pop((packet.kind, packet.guid), None)
         if waiter is not None:
             waiter.set()
@@ -385,7 +403,12 @@ class RunspacePool:
     async def _on_event(self, event: Any) -> None:
         if isinstance(event, _RecordEvent):
             pipe = self._pipelines.get(event.pipeline_id) if event.pipeline_id else None
-            if pipe is not None:
+            if pipe is None:
+                return
+            if isinstance(event.record, PipelineStateRecord):
+                pipe._finish(event.record)
+                self._notify_state()
+            else:
                 await pipe._deliver(event.record)
             return
         if isinstance(event, psrpcore.RunspacePoolStateEvent):
@@ -441,24 +464,30 @@ class RunspacePool:
             await self._write_payloads()
 
     async def _write_payloads(self) -> None:
+        # Flow control is per target, as in PowerShell's client (one transport manager per
+        # command): at most one Data packet in flight for the pool and for each pipeline, but
+        # different pipelines do not wait for each other's DataAck. The writer never waits for
+        # an ack itself; the reader wakes it when one arrives.
         try:
             while True:
                 await self._writer_wakeup.wait()
                 self._writer_wakeup = trio.Event()
                 self._raise_if_broken()
                 while (payload := self._pool.data_to_send(FRAGMENT_SIZE)) is not None:
+                    self._outbox.setdefault(payload.pipeline_id or POOL_GUID, deque()).append(payload)
+                for guid in [g for g, queue in self._outbox.items() if queue and g not in self._in_flight]:
+                    payload = self._outbox[guid].popleft()
+                    if not self._outbox[guid]:
+                        del self._outbox[guid]
                     stream = (
                         DataStream.PROMPT_RESPONSE
                         if payload.stream_type == psrpcore.StreamType.prompt_response
                         else DataStream.DEFAULT
                     )
-                    guid = payload.pipeline_id or POOL_GUID
-                    ack = self._expect_ack(PacketKind.DATA_ACK, guid)
+                    self._in_flight.add(guid)
                     await self._transport.send_all(
                         encode(Packet(kind=PacketKind.DATA, guid=guid, data=payload.data, stream=stream))
                     )
-                    await ack.wait()
-                    self._raise_if_broken()
         except VmbusOpsError as exc:
             self._fail(exc)
 
@@ -469,6 +498,10 @@ class RunspacePool:
         event = trio.Event()
         self._ack_waiters[key] = event
         return event
+
+    async def _send_control(self, kind: PacketKind, guid: uuid.UUID) -> None:
+        async with self._control_lock:
+            await self._transport.send_all(encode(Packet(kind=kind, guid=guid)))
 
     async def _control(self, kind: PacketKind, guid: uuid.UUID) -> None:
         """Send Command, Signal or Close and wait for its ack."""
@@ -531,10 +564,8 @@ class RunspacePool:
         for, shielded from cancellation and bounded by ``stop_timeout``; then it is closed.
         """
         self._raise_if_broken()
-        statement_list: list[list[Command]] = [list(statement) for statement in statements]
-        ps = psrpcore.ClientPowerShell(self._pool)
-        if add_statements(ps, statement_list) == 0:
-            self._pool.pipeline_table.pop(ps.pipeline_id, None)
+        statement_list: list[list[Command]] = [list(statement) for statement in statements if statement]
+        if not statement_list:
             raise ValueError("a pipeline needs at least one command")
         needs_key = any(
             _contains_secret(value)
@@ -542,24 +573,42 @@ class RunspacePool:
             for command in statement
             for value in (*command.parameters.values(), *command.arguments)
         )
+        if needs_key:
+            # Before encoding: the template encrypts SecureStrings with the session key.
+            await self.ensure_session_key()
+        body = self._encoder.encode(statement_list)
+        ps: _ClientPipeline
+        if body is None:
+            ps = psrpcore.ClientPowerShell(self._pool)
+            add_statements(ps, statement_list)
+        else:
+            # psrpcore needs a pipeline object for its state machine, not the object model of
+            # the command list: that is already serialized in ``body``.
+            ps = _TemplatedPipeline(self._pool)
         pipe = Pipeline(self, ps, self._record_buffer)
         self._pipelines[pipe.id] = pipe
         try:
-            if needs_key:
-                await self.ensure_session_key()
-            await self._control(PacketKind.COMMAND, pipe.id)
+            # The server reads and dispatches OutOfProc packets in order on one thread, so the
+            # CreatePipeline Data can follow the Command at once instead of a round trip later;
+            # the CommandAck is still awaited before the caller gets the pipeline.
+            self._raise_if_broken()
+            async with self._control_lock:
+                command_ack = self._expect_ack(PacketKind.COMMAND_ACK, pipe.id)
+                await self._transport.send_all(encode(Packet(kind=PacketKind.COMMAND, guid=pipe.id)))
             pipe._command_sent = True
-            self._start_pipeline(ps, statement_list)
+            self._start_pipeline(ps, body)
             await self._flush()
+            await command_ack.wait()
+            self._raise_if_broken()
             yield pipe
         finally:
             with trio.CancelScope(shield=True):
                 await self._end_pipeline(pipe, stop_timeout)
 
-    def _start_pipeline(self, ps: psrpcore.ClientPowerShell, statements: list[list[Command]]) -> None:
-        """Queue the CreatePipeline message: from a template when the shape allows, else psrpcore."""
-        body = self._encoder.encode(statements)
+    def _start_pipeline(self, ps: _ClientPipeline, body: bytes | None) -> None:
+        """Queue the CreatePipeline message: the templated body if there is one, else psrpcore's."""
         if body is None:
+            assert isinstance(ps, psrpcore.ClientPowerShell)
             ps.start()
             return
         # What psrpcore's prepare_message does once it has the serialized body.
@@ -585,8 +634,9 @@ class RunspacePool:
                 await pipe.stop(timeout=stop_timeout)
             pipe._abandon()
             if pipe._command_sent and not self.broken:
-                with trio.move_on_after(stop_timeout):
-                    await self._control(PacketKind.CLOSE, pipe.id)
+                # The pipeline has ended; its CloseAck carries nothing the caller needs, so the
+                # caller does not wait a round trip for it (the reader takes it when it comes).
+                await self._send_control(PacketKind.CLOSE, pipe.id)
         except VmbusOpsError:
             pass  # the pool is broken; every caller already sees that error
         finally:
@@ -621,7 +671,7 @@ class RunspacePool:
 
 def _contains_secret(value: Any) -> bool:
     """Whether serializing ``value`` needs the session key (a SecureString inside)."""
-    if isinstance(value, psrpcore.types.PSSecureString | psrpcore.types.PSCredential):
+    if isinstance(value, psrpcore.types.PSSecureString | psrpcore.types.PSCredential | GuestCredential):
         return True
     if isinstance(value, list | tuple):
         return any(_contains_secret(v) for v in value)

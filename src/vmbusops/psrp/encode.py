@@ -32,9 +32,20 @@ import psrpcore
 from psrpcore.types import PSCredential, PSSecureString
 from psrpcore.types._serializer import _serialize_string
 
+from vmbusops.credentials import GuestCredential
+
 __all__ = ["CreatePipelineEncoder", "add_statements"]
 
 _MAX_TEMPLATES = 256
+
+
+def to_psrpcore(value: Any) -> Any:
+    """A parameter value as psrpcore serializes it: a GuestCredential becomes a PSCredential."""
+    if isinstance(value, GuestCredential):
+        return PSCredential(UserName=value.username, Password=PSSecureString(value.password.reveal()))
+    if type(value) in (list, tuple):
+        return [to_psrpcore(v) for v in value]
+    return value
 
 
 def add_statements(ps: psrpcore.ClientPowerShell, statements: Iterable[Sequence[Any]]) -> int:
@@ -54,9 +65,9 @@ def add_statements(ps: psrpcore.ClientPowerShell, statements: Iterable[Sequence[
         for command in statement:
             ps.add_command(command.name)
             for name, value in command.parameters.items():
-                ps.add_parameter(name, value)
+                ps.add_parameter(name, to_psrpcore(value))
             for value in command.arguments:
-                ps.add_argument(value)
+                ps.add_argument(to_psrpcore(value))
             count += 1
     return count
 
@@ -90,6 +101,12 @@ def _value_key(value: Any, slots: _Slots) -> Any:
         return "s"
     if type(value) in (list, tuple):
         return ("list", tuple(_value_key(v, slots) for v in value))
+    if type(value) is GuestCredential:
+        if not value.username:
+            raise LookupError("credential user name is empty")
+        slots.strings.append(value.username)
+        slots.secrets.append(value.password.reveal())
+        return "cred"
     if type(value) is PSCredential:
         username = value.UserName
         password = value.Password
@@ -160,7 +177,7 @@ class CreatePipelineEncoder:
                 return self._marker(counters[0] - 1)
             if type(value) in (list, tuple):
                 return [placeholder(v) for v in value]
-            assert type(value) is PSCredential
+            assert type(value) in (PSCredential, GuestCredential)
             user = self._marker(counters[0])
             counters[0] += 1
             secret = f"vmbusopssecret{counters[1]}x{self._nonce}"
