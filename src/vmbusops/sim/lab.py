@@ -47,7 +47,7 @@ import enum
 import hashlib
 import tomllib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -165,24 +165,29 @@ class Lab:
     # Identifies the lab's content, so persisted state made from another lab is not reused.
     fingerprint: str
     source: str
+    _by_name: dict[str, VMSpec] = field(init=False, repr=False, compare=False)
+    _by_id: dict[uuid.UUID, VMSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Every command looks a VM up, and a generated lab has hundreds: index once.
+        by_name: dict[str, VMSpec] = {}
+        by_id: dict[uuid.UUID, VMSpec] = {}
+        for vm in self.vms:
+            by_name.setdefault(vm.name.casefold(), vm)
+            by_id.setdefault(uuid.UUID(vm.id), vm)
+        object.__setattr__(self, "_by_name", by_name)
+        object.__setattr__(self, "_by_id", by_id)
 
     def find(self, name: str) -> VMSpec | None:
         """The VM with that name (Hyper-V names are case-insensitive)."""
-        folded = name.casefold()
-        for vm in self.vms:
-            if vm.name.casefold() == folded:
-                return vm
-        return None
+        return self._by_name.get(name.casefold())
 
     def find_by_id(self, vm_id: str) -> VMSpec | None:
         try:
             wanted = uuid.UUID(str(vm_id))
         except ValueError:
             return None
-        for vm in self.vms:
-            if uuid.UUID(vm.id) == wanted:
-                return vm
-        return None
+        return self._by_id.get(wanted)
 
     def credential(self, vm_name: str) -> tuple[str, str]:
         """(username, password) that the guest accepts."""
