@@ -28,9 +28,9 @@ from vmbusops.api.openapi import openapi_document
 from vmbusops.api.problems import ApiProblem, from_error, not_found
 from vmbusops.api.service import AgentService, AgentStopping, TargetsOutOfScope
 from vmbusops.api.tls import peer_certificate
-from vmbusops.api.views import job_json, run_json
 from vmbusops.engine import JobSource
 from vmbusops.engine.journal import RunView
+from vmbusops.engine.views import job_json, run_json
 from vmbusops.errors import VmbusOpsError
 from vmbusops.records import Stream
 

@@ -40,7 +40,8 @@ from vmbusops.engine import (
     State,
     open_engine,
 )
-from vmbusops.engine.journal import JobView, RecordView, RunView
+from vmbusops.engine.journal import RecordView, RunView
+from vmbusops.engine.views import job_json, run_json
 from vmbusops.guestops.connect import open_host
 from vmbusops.records import Stream
 
@@ -186,28 +187,7 @@ def details_lines(details: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _run_json(r: RunView, journal: Journal) -> dict[str, Any]:
-    return {
-        "vm": r.vm,
-        "state": r.state.value,
-        "started_at": r.started_at,
-        "finished_at": r.finished_at,
-        "current_step": r.current_step,
-        "records": r.records,
-        "error": r.error,
-        "excerpt": r.excerpt,
-        "steps": [
-            {
-                "name": s.name,
-                "kind": s.kind,
-                "state": s.state.value,
-                "attempts": s.attempts,
-                "started_at": s.started_at,
-                "finished_at": s.finished_at,
-                "error": s.error,
-            }
-            for s in journal.steps(r.id)
-        ],
-    }
+    return run_json(r, journal.steps(r.id))
 
 
 # --- run ------------------------------------------------------------------------------------------
@@ -299,24 +279,6 @@ def run_cmd(host: str | None, bundle_file: Path, as_json: bool) -> None:
 # --- jobs -----------------------------------------------------------------------------------------
 
 
-def _job_json(job: JobView) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "bundle": job.bundle_name,
-        "version": job.bundle_version,
-        "bundle_id": job.bundle_id,
-        "source": job.source,
-        "host": job.host,
-        "state": job.state.value,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "owner_pid": job.owner_pid,
-        "cancel_requested": job.cancel_requested,
-        "runs": job.run_states,
-    }
-
-
 @click.group("jobs", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per job.")
 @click.option("--limit", default=50, show_default=True, help="How many jobs, newest first.")
@@ -329,7 +291,7 @@ def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
     views = journal.jobs(limit=limit)
     if as_json:
         for job in views:
-            click.echo(json.dumps(_job_json(job)))
+            click.echo(json.dumps(job_json(job)))
         return
     table = Table(box=None, header_style="bold")
     for col in ("ID", "Bundle", "State", "Targets", "Runs", "Created", "Duration"):
@@ -357,7 +319,7 @@ def jobs_show(job_id: int, as_json: bool) -> None:
     job = journal.job(job_id)
     runs = journal.runs(job_id)
     if as_json:
-        click.echo(json.dumps({**_job_json(job), "runs": [_run_json(r, journal) for r in runs]}))
+        click.echo(json.dumps({**job_json(job), "runs": [_run_json(r, journal) for r in runs]}))
         return
     console = Console(highlight=False)
     owner = f"pid {job.owner_pid}" + ("" if job.owner_alive else " (gone)")

@@ -1,4 +1,4 @@
-"""The JSON shapes of jobs and runs: the same fields ``vmbusops jobs --json`` prints."""
+"""The JSON shapes of jobs and runs, one definition for ``vmbusops jobs --json`` and the agent's API."""
 
 from __future__ import annotations
 
