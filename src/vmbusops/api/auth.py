@@ -34,6 +34,7 @@ from pathlib import Path
 
 from vmbusops.errors import ConfigError
 from vmbusops.home import home_path
+from vmbusops.storage import open_wal_database
 
 TOKEN_PREFIX = "vmo_"  # noqa: S105 - the public prefix of every token, not a secret
 _TOKEN_RE = re.compile(r"vmo_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
@@ -135,14 +136,8 @@ class PrincipalStore:
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or principals_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open the agent's principal store {self.path}: {exc}") from exc
+        self._db = open_wal_database(self.path, _SCHEMA, what="the agent's principal store")
         self.path.chmod(0o600)
 
     def close(self) -> None:

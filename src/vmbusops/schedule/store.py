@@ -8,7 +8,6 @@ skipped or missed), so after a restart the agent knows exactly which ticks it di
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +17,7 @@ from typing import Any
 from vmbusops.bundle.manifest import Manifest, manifest_from_dict
 from vmbusops.errors import ConfigError
 from vmbusops.home import home_path
+from vmbusops.storage import open_wal_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schedules (
@@ -58,14 +58,8 @@ class ScheduleEntry:
 class ScheduleStore:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or schedules_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open the schedule store {self.path}: {exc}") from exc
+        self._db = open_wal_database(self.path, _SCHEMA, what="the schedule store")
 
     def close(self) -> None:
         with self._lock:
