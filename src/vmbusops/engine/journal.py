@@ -32,11 +32,11 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from vmbusops.engine.owner import Owner, owner_alive
 from vmbusops.engine.states import Event, Level, State, next_state
@@ -118,6 +118,13 @@ RecordRow = tuple[int, int, str | None, int, str, float, str]
 """(run_id, seq, step, attempt, stream, time, content JSON) as written."""
 
 
+T = TypeVar("T")
+
+
+class JournalBusy(JournalError):
+    """Another process holds the journal's write lock (only raised by ``without_waiting``)."""
+
+
 def journal_path() -> Path:
     return home_path("journal", "journal.sqlite")
 
@@ -195,6 +202,7 @@ class Journal:
     def __init__(self, path: Path | str | None = None, *, readonly: bool = False) -> None:
         self.path = Path(path) if path is not None else journal_path()
         self._lock = threading.Lock()
+        self._no_wait = threading.local()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -218,12 +226,36 @@ class Journal:
             self._db.close()
 
     # ------------------------------------------------------------------ plumbing
+    def without_waiting(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call a journal method, raising JournalBusy instead of waiting for another process.
+
+        A write waits only at its ``BEGIN IMMEDIATE``, before it has changed anything, so a
+        JournalBusy leaves the journal as it was and the same call can be made again with
+        waiting allowed (the writer does that in a worker thread).
+        """
+        self._no_wait.active = True
+        try:
+            return fn(*args)
+        finally:
+            self._no_wait.active = False
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One immediate transaction, committed on success, rolled back on any exception."""
         with self._lock:
+            no_wait = getattr(self._no_wait, "active", False)
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                if no_wait:
+                    self._db.execute("PRAGMA busy_timeout=0")
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                finally:
+                    if no_wait:
+                        self._db.execute("PRAGMA busy_timeout=30000")
+            except sqlite3.OperationalError as exc:
+                if no_wait and exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise JournalBusy(f"the journal {self.path} is busy") from exc
+                raise JournalError(f"the journal {self.path} cannot be written: {exc}") from exc
             except sqlite3.Error as exc:
                 raise JournalError(f"the journal {self.path} cannot be written: {exc}") from exc
             try:

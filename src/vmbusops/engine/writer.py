@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from vmbusops.engine.journal import Journal, RecordRow
+from vmbusops.engine.journal import Journal, JournalBusy, RecordRow
 from vmbusops.records import Record, record_to_json
 
 PendingRecord = tuple[int, int, str | None, int, Record, float]
@@ -41,8 +41,10 @@ class JournalWriter:
         flush_records: int = 1000,
         flush_interval: float = 0.05,
         max_buffer: int = 20_000,
+        inline_records: int = 64,
     ) -> None:
         self.journal = journal
+        self.inline_records = inline_records
         self.flush_records = flush_records
         self.flush_interval = flush_interval
         self.max_buffer = max_buffer
@@ -85,7 +87,23 @@ class JournalWriter:
                 records, self._records = self._records, []
                 updates, self._updates = self._updates, []
                 if records or updates:
-                    await trio.to_thread.run_sync(self._apply, records, updates)
+                    await self._in_journal(len(records), self._apply, records, updates)
+
+    async def _in_journal(self, records: int, fn: Callable[..., T], *args: Any) -> T:
+        """Run a journal call here when SQLite takes it at once, else in a worker thread.
+
+        State changes and leases are tens of microseconds of SQLite; a thread hop costs more,
+        and under a busy event loop the worker waits milliseconds for the GIL while every other
+        run queues behind this writer's lock. So small calls run on the trio thread without
+        waiting; a large batch of records, or a journal busy with another process's write,
+        goes to a worker thread as before.
+        """
+        if records <= self.inline_records:
+            try:
+                return self.journal.without_waiting(fn, *args)
+            except JournalBusy:
+                pass
+        return await trio.to_thread.run_sync(fn, *args)
 
     def _apply(self, records: list[PendingRecord], updates: list[tuple[str, Sequence[Any]]]) -> None:
         started = time.thread_time()
@@ -108,6 +126,6 @@ class JournalWriter:
                 records, self._records = self._records, []
                 updates, self._updates = self._updates, []
                 if records or updates:
-                    await trio.to_thread.run_sync(self._apply, records, updates)
-                result = await trio.to_thread.run_sync(fn, *args)
+                    await self._in_journal(len(records), self._apply, records, updates)
+                result = await self._in_journal(0, fn, *args)
         return result
