@@ -403,3 +403,45 @@ def test_a_command_name_that_is_not_a_string_steps_aside() -> None:
 
 def test_not_xml_steps_aside() -> None:
     assert parse_create_pipeline(b"<Obj", lambda s: s) is None
+
+
+
+# -- the same body again ---------------------------------------------------------------------------
+
+
+def _sealed_credential_body(cipher: PSRemotingCrypto) -> bytes:
+    credential = (
+        '<Obj N="V" RefId="c"><TN RefId="t"><T>System.Management.Automation.PSCredential</T>'
+        '<T>System.Object</T></TN><Props><S N="UserName">Administrator</S>'
+        f'<SS N="Password">{cipher.encrypt("Pa55-w0rd")}</SS></Props></Obj>'
+    )
+    return _message(_arg("Credential", credential) + _arg("VMName", '<Obj N="V"><LST><S>web01</S></LST></Obj>'))
+
+
+def test_a_body_read_again_is_decrypted_with_the_callers_key_each_time() -> None:
+    cipher = PSRemotingCrypto()
+    cipher.register_key(b"k" * 32)
+    data = _sealed_credential_body(cipher)
+    first = parse_create_pipeline(data, cipher.decrypt)
+    assert first is not None
+    # The same bytes under another key (a new pool, or a key exchanged again) do not decrypt.
+    other = PSRemotingCrypto()
+    other.register_key(b"o" * 32)
+    assert parse_create_pipeline(data, other.decrypt) is None
+    again = parse_create_pipeline(data, cipher.decrypt)
+    assert again is not None
+    assert again[0].parameters == [
+        ("Credential", GuestCredentialValue("Administrator", "Pa55-w0rd")),
+        ("VMName", ["web01"]),
+    ]
+
+
+def test_a_body_read_again_hands_out_new_values() -> None:
+    data = _message(_arg("Name", '<Obj N="V"><LST><S>web01</S></LST></Obj>'))
+    first = _fast(data)
+    first[0].parameters[0][1].append("changed")
+    first[0].parameters.clear()
+    first[0].end_of_statement = False
+    (command,) = _fast(data)
+    assert command.parameters == [("Name", ["web01"])]
+    assert command.end_of_statement

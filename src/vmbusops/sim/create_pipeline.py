@@ -10,6 +10,12 @@ reads just those in one walk over the element tree of :func:`xml.etree.ElementTr
 (:func:`~vmbusops.psrp.decode.clixml_unescape`) and psrpcore's session-key cipher for
 SecureStrings.
 
+A fan-out sends the same few message bodies again and again (one per VM and command, repeated
+every wave or poll), so the walk's result is kept per body in a small LRU. What is kept holds
+each credential's SecureString still encrypted (:class:`_SealedCredential`): every use decrypts
+it with the pool's current key, so a key exchanged since, or another pool's key, fails exactly
+as a fresh parse would, and the values handed out are new objects each time.
+
 It is strict. It reads the values host cmdlets take -- strings, bools, integers, ``$null``,
 lists of those, and PSCredentials (also through a ``<Ref>`` to one read before) -- and returns
 ``None`` for anything else: a hashtable, a float, a SecureString that does not decrypt with the
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +106,22 @@ class GuestCredentialValue:
         return PSCREDENTIAL  # what PowerShell prints for a credential; never the password
 
 
+@dataclass(frozen=True, slots=True)
+class _SealedCredential:
+    """A credential as the message holds it: the password is still the SecureString's text."""
+
+    UserName: str
+    secret: str = field(repr=False)
+
+
+# Bodies larger than this are parsed each time (a big script is rarely sent twice, and the cache
+# should stay small); CACHE_ENTRIES bodies are kept, least recently used first out.
+CACHE_MAX_BODY = 16 * 1024
+CACHE_ENTRIES = 1024
+_Template = tuple[tuple[str, bool, tuple[tuple[str | None, Any], ...], bool], ...]
+_templates: OrderedDict[bytes, _Template | None] = OrderedDict()
+
+
 class _Unhandled(Exception):
     """Something the fast path does not read exactly as psrpcore does."""
 
@@ -110,15 +133,65 @@ def parse_create_pipeline(
 
     ``decrypt`` turns a SecureString's text into the plain string (the pool's session key).
     """
+    if len(data) > CACHE_MAX_BODY:
+        template = _template(data)
+    else:
+        key = bytes(data)
+        try:
+            template = _templates[key]
+            _templates.move_to_end(key)
+        except KeyError:
+            template = _templates[key] = _template(data)
+            if len(_templates) > CACHE_ENTRIES:
+                _templates.popitem(last=False)
+    if template is None:
+        return None
+    try:
+        return [
+            PipelineCommand(
+                name, is_script, [(param, _unseal(value, decrypt)) for param, value in parameters], end
+            )
+            for name, is_script, parameters, end in template
+        ]
+    except _Unhandled:
+        return None
+
+
+def _template(data: bytes | bytearray) -> _Template | None:
+    """The commands with credentials still sealed, or None if psrpcore's path must read them."""
     try:
         # The same parser psrpcore runs on these bytes anyway; nothing new is exposed.
         root = ElementTree.fromstring(data)  # noqa: S314
     except ElementTree.ParseError:
         return None
     try:
-        return _Reader(root, decrypt).commands()
+        commands = _Reader(root).commands()
     except _Unhandled:
         return None
+    return tuple(
+        (c.command_text, c.is_script, tuple((n, _freeze(v)) for n, v in c.parameters), c.end_of_statement)
+        for c in commands
+    )
+
+
+def _freeze(value: Any) -> Any:
+    # Lists become tuples in the template so no caller can change what the next one gets.
+    return tuple(_freeze(v) for v in value) if isinstance(value, list) else value
+
+
+def _unseal(value: Any, decrypt: Callable[[str], str]) -> Any:
+    """A template value as the host cmdlets take it: new lists, credentials decrypted."""
+    if isinstance(value, tuple):
+        return [_unseal(v, decrypt) for v in value]
+    if isinstance(value, _SealedCredential):
+        try:
+            password = decrypt(value.secret)
+        except Exception as exc:
+            # No session key yet, or another key: psrpcore's path keeps the SecureString and the
+            # cmdlet reports the credential invalid, as before.
+            raise _Unhandled from exc
+        return GuestCredentialValue(UserName=value.UserName, Password=password)
+    return value
 
 
 @dataclass(slots=True)
@@ -156,11 +229,10 @@ def _resolve_references(root: ElementTree.Element) -> _References:
 
 
 class _Reader:
-    """One message's walk: the session key's decryption and where each <Ref> points."""
+    """One message's walk and where each <Ref> points; SecureStrings are left sealed."""
 
-    def __init__(self, root: ElementTree.Element, decrypt: Callable[[str], str]) -> None:
+    def __init__(self, root: ElementTree.Element) -> None:
         self._root = root
-        self._decrypt = decrypt
         self._references = _resolve_references(root)
         self._resolving: set[ElementTree.Element] = set()
 
@@ -251,7 +323,7 @@ class _Reader:
                     return self._references.type_names[ref]
         return names
 
-    def _credential(self, el: ElementTree.Element) -> GuestCredentialValue:
+    def _credential(self, el: ElementTree.Element) -> _SealedCredential:
         adapted = None
         type_name_groups = 0
         for child in el:
@@ -269,13 +341,7 @@ class _Reader:
         user, secret = props["UserName"], props["Password"]
         if user.tag != "S" or secret.tag != "SS":
             raise _Unhandled
-        try:
-            password = self._decrypt(secret.text or "")
-        except Exception as exc:
-            # No session key yet, or another key: psrpcore's path keeps the SecureString and the
-            # cmdlet reports the credential invalid, as before.
-            raise _Unhandled from exc
-        return GuestCredentialValue(UserName=_string(user), Password=password)
+        return _SealedCredential(UserName=_string(user), secret=secret.text or "")
 
 
 def _require(props: dict[str, ElementTree.Element], names: tuple[str, ...]) -> None:
