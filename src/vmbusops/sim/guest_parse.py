@@ -10,6 +10,7 @@ the simulator reports what it cannot do instead of guessing.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -53,6 +54,7 @@ class Token:
 
 
 _WORD_END = set(" \t\r\n|;(){},") | {"\u00a0"}
+_SINGLE_QUOTES = "'\u2018\u2019\u201a\u201b"
 
 
 def tokenize(src: str) -> list[Token]:
@@ -113,7 +115,7 @@ def tokenize(src: str) -> list[Token]:
         elif c == "=" and (i + 1 >= n or src[i + 1] != "="):
             toks.append(Token(Tok.ASSIGN, "=", spaced=spaced))
             i += 1
-        elif c == "'":
+        elif c in _SINGLE_QUOTES:
             i, text = _single_quoted(src, i)
             toks.append(Token(Tok.STRING, src[start:i], text, spaced=spaced))
         elif c == '"':
@@ -145,7 +147,8 @@ def tokenize(src: str) -> list[Token]:
                     raise UnsupportedSyntax(f"the compound argument '{src[i : j + 1]}...'")
                 j += 1
             word = src[i:j]
-            if word.startswith(("[", "&", "!", ">", "<", "+")):
+            # A lone ``&`` is the call operator (``& "C:\\x.ps1"``, ``& { ... }``): the command name "&".
+            if word != "&" and word.startswith(("[", "&", "!", ">", "<", "+")):
                 raise UnsupportedSyntax(f"'{word}' (type literals, operators, redirection, call operator)")
             toks.append(Token(Tok.WORD, word, word, spaced=spaced))
             i = j
@@ -161,9 +164,10 @@ def _single_quoted(src: str, i: int) -> tuple[int, str]:
         if i >= len(src):
             raise UnsupportedSyntax("an unterminated string")
         c = src[i]
-        if c == "'":
-            if src.startswith("''", i):
-                out.append("'")
+        # PowerShell takes the typographic single quotes as quotes too; doubled, any is literal.
+        if c in _SINGLE_QUOTES:
+            if i + 1 < len(src) and src[i + 1] in _SINGLE_QUOTES:
+                out.append(c)
                 i += 2
                 continue
             return i + 1, "".join(out)
@@ -655,6 +659,8 @@ class _Parser:
         return stmt
 
 
+# A fan-out runs the same script text in every guest; the tree is frozen, so one parse serves all.
+@functools.lru_cache(maxsize=512)
 def parse_script(src: str) -> Script:
     """Parse a script block's text, or raise UnsupportedSyntax naming what is outside the subset."""
     parser = _Parser(tokenize(src))
