@@ -35,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ from vmbusops.credentials import GuestCredential
 from vmbusops.engine.journal import Journal
 from vmbusops.engine.owner import Owner, current_owner
 from vmbusops.engine.plan import GuestBatch, batch_script, parse_marker, plan_units
+from vmbusops.engine.staged import JobStaging
 from vmbusops.engine.states import ERRORS, Event, Level, State, job_outcome, next_state
 from vmbusops.engine.writer import JournalWriter
 from vmbusops.errors import (
@@ -194,6 +195,7 @@ class _Job:
     runs: list[_Run]
     limiter: trio.CapacityLimiter
     max_errors: int
+    staging: JobStaging
     delivery_deadline: float = math.inf
     errors: int = 0
     cancel_requested: bool = False
@@ -372,6 +374,7 @@ class Engine:
             if execution.max_errors.count is None
             else execution.max_errors.count,
             errors=sum(1 for r in runs if r.state in ERRORS),
+            staging=JobStaging(self.host, job_id, source),
         )
 
     async def _execute(self, job: _Job) -> JobResult:
@@ -380,7 +383,8 @@ class Engine:
             job.delivery_deadline = trio.current_time() + job.manifest.execution.delivery_timeout_seconds
             self._job_event(job, Event.START, started=True)
             await self.writer.commit()
-            async with trio.open_nursery() as nursery:
+            # The job's staged files (remote hosts) outlive every run and go when the job ends.
+            async with job.staging, trio.open_nursery() as nursery:
                 for run in job.runs:
                     if run.state is State.PENDING:
                         nursery.start_soon(self._run_target, job, run)
@@ -712,7 +716,7 @@ class Engine:
             case CopyStep():
                 await self.host.copy_to_guest(
                     vm,
-                    str(job.source.local_path(step.source)),
+                    await job.staging.host_path(job.source.local_path(step.source)),
                     step.destination,
                     create_full_path=step.create_full_path,
                     force=step.overwrite,
@@ -737,7 +741,10 @@ class Engine:
 
     async def _apply_dsc(self, job: _Job, run: _Run, index: int, step: DscStep) -> None:
         staging = staging_folder(job.id, step.name)
-        files = dsc_files(job.manifest, step, job.source.local_path, staging)
+        files = [
+            replace(f, on_host=await job.staging.host_path(f.source))
+            for f in dsc_files(job.manifest, step, job.source.local_path, staging)
+        ]
         report = DscReport()
         try:
             await apply_dsc(

@@ -71,6 +71,8 @@ class GuestFile:
     source: Path
     guest: str
     sha256: str
+    #: Where Copy-VMFile reads it on the host, when that is not ``source`` (a remote host's staging).
+    on_host: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +244,7 @@ async def copy_files(host: HyperVHost, vm: str, files: Sequence[GuestFile], *, b
                     "Copy-VMFile",
                     {
                         "Name": vm,
-                        "SourcePath": str(f.source),
+                        "SourcePath": f.on_host or str(f.source),
                         "DestinationPath": f.guest,
                         "FileSource": "Host",
                         "CreateFullPath": True,

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import PureWindowsPath
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import trio
 
@@ -117,6 +117,9 @@ def _is_connection_error(record: ErrorRecord) -> bool:
 
 class HyperVHost:
     """Host operations over an open runspace pool."""
+
+    #: Whether the host's disk is another machine's: then files for Copy-VMFile must be staged.
+    is_remote: ClassVar[bool] = False
 
     def __init__(self, pool: HostSession) -> None:
         self.pool = pool

@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from typing import ClassVar
 
 from vmbusops.config import Config
 from vmbusops.errors import ConfigError
@@ -33,6 +34,8 @@ class RemoteHyperVHost(HyperVHost):
     staged with :func:`~vmbusops.guestops.staging.stage_files` is staged on demand (verified,
     once per file content) into a folder of this connection, removed when the host is closed.
     """
+
+    is_remote: ClassVar[bool] = True
 
     def __init__(self, pool: HostSession, *, stager: Stager, address: str) -> None:
         super().__init__(pool)

@@ -1,0 +1,122 @@
+"""A job on a remote host stages its bundle files once, shared by its runs, removed when it ends."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import trio
+from sshd import Sshd
+
+from vmbusops.bundle.manifest import manifest_from_dict
+from vmbusops.engine import EngineOptions, JobSource, Journal, open_engine
+from vmbusops.engine.states import State
+from vmbusops.guestops.remote import RemoteHyperVHost, open_ssh_host
+from vmbusops.guestops.staging import StageFile, Stager
+from vmbusops.records import OutputRecord
+
+
+class CountingStager:
+    """The host's own stager, with a count of the folders it was asked to make."""
+
+    def __init__(self, inner: Stager) -> None:
+        self.inner = inner
+        self.folders: list[str] = []
+
+    @property
+    def root(self) -> str:
+        return self.inner.root
+
+    async def make_folder(self, name: str) -> str:
+        folder = await self.inner.make_folder(name)
+        self.folders.append(folder)
+        return folder
+
+    async def put(self, files: Sequence[StageFile], folder: str) -> list[str]:
+        return await self.inner.put(files, folder)
+
+    async def remove_folder(self, folder: str) -> None:
+        await self.inner.remove_folder(folder)
+
+
+def _copy_job(bundle: Path, vms: Sequence[str]) -> JobSource:
+    conf = bundle / "conf" / "agent.ini"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("tier=gold\n", encoding="utf-8")
+    now = datetime.now(UTC)
+    manifest = manifest_from_dict(
+        {
+            "name": "push-agent-conf",
+            "version": 1,
+            "id": str(uuid.uuid4()),
+            "issued": now.isoformat(),
+            "expires": (now + timedelta(hours=1)).isoformat(),
+            "targets": {"vms": list(vms)},
+            "credential": "lab-admin",
+            "steps": [
+                {
+                    "kind": "copy",
+                    "name": "conf",
+                    "source": "conf/agent.ini",
+                    "destination": "C:\\Agent\\agent.ini",
+                }
+            ],
+            "files": [
+                {
+                    "path": "conf/agent.ini",
+                    "size": conf.stat().st_size,
+                    "sha256": hashlib.sha256(conf.read_bytes()).hexdigest(),
+                }
+            ],
+        }
+    )
+    return JobSource(manifest=manifest, directory=bundle, source="test")
+
+
+async def _run(host: RemoteHyperVHost, journal: Path, job: JobSource, credential: Any) -> dict[str, State]:
+    async with open_engine(
+        host,
+        Journal(journal),
+        credential_for=lambda _: credential,
+        options=EngineOptions(heartbeat_interval=0.1),
+    ) as engine:
+        result = await engine.run_job(job)
+    return result.runs
+
+
+async def test_a_job_stages_its_files_once_and_removes_them_when_it_ends(
+    sshd: Sshd, make_lab: Callable[..., Any], tmp_path: Path
+) -> None:
+    lab = make_lab()
+    sshd.use_lab(lab.path)
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "bad").mkdir()
+    async with open_ssh_host(sshd.target(), staging_root=str(sshd.staging_root)) as host:
+        counting = CountingStager(host.stager)
+        host.stager = counting
+
+        runs = await _run(
+            host, tmp_path / "ok.db", _copy_job(tmp_path / "ok", ["web01", "web02"]), lab.credential()
+        )
+        assert runs == {"web01": State.SUCCESS, "web02": State.SUCCESS}
+        assert len(counting.folders) == 1, "one staging folder for the whole job, not one per run"
+        assert "job-session" not in counting.folders[0] and not await trio.Path(counting.folders[0]).exists()
+        for vm in ("web01", "web02"):
+            records, outcome = await host.run_in_guest(
+                vm, "Get-Content -Path 'C:\\Agent\\agent.ini'", lab.credential(vm)
+            )
+            assert outcome.ok
+            assert [r.record.value for r in records if isinstance(r.record, OutputRecord)] == ["tier=gold"]
+
+        # app01 has no Guest Service Interface: its run fails, and the folder still goes.
+        runs = await _run(
+            host, tmp_path / "bad.db", _copy_job(tmp_path / "bad", ["web01", "app01"]), lab.credential()
+        )
+        assert runs == {"web01": State.SUCCESS, "app01": State.FAILED}
+        assert len(counting.folders) == 2
+        assert not await trio.Path(counting.folders[1]).exists()
+        assert list(sshd.staging_root.iterdir()) == []
