@@ -159,12 +159,18 @@ class CopyStep(StepBase):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScriptStep(StepBase):
-    """Run a PowerShell script in the guest: a bundle ``file`` or ``inline`` text (exactly one)."""
+    """Run a PowerShell script in the guest: a bundle ``file`` or ``inline`` text (exactly one).
+
+    A script that exits with 3010 or 1641 (the Windows Installer codes for "reboot required" and
+    "reboot started") asks for a reboot: with ``allow_reboot`` the host restarts the VM, at most
+    ``max_reboots`` times in the run; without it the run reports a reboot pending."""
 
     kind: ClassVar[StepKind] = StepKind.SCRIPT
     file: str | None = None
     inline: str | None = None
     arguments: tuple[str, ...] = ()
+    allow_reboot: bool = False
+    max_reboots: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -280,6 +286,7 @@ def _step_to_dict(step: Step) -> dict[str, Any]:
             if step.inline is not None:
                 out["inline"] = step.inline
             out["arguments"] = list(step.arguments)
+            out |= {"allow_reboot": step.allow_reboot, "max_reboots": step.max_reboots}
         case DscStep():
             out |= {"mofs": list(step.mofs), "modules": list(step.modules)}
             if step.meta_config is not None:
@@ -541,7 +548,17 @@ def _parse_script(f: _Fields, index: int) -> ScriptStep:
         )
     if file is not None:
         check_bundle_path(file, what=f"{f.where}.file")
-    return ScriptStep(**common, file=file, inline=inline, arguments=f.texts("arguments", max_items=256))
+    arguments = f.texts("arguments", max_items=256)
+    allow_reboot = f.flag("allow_reboot", default=False)
+    max_reboots = f.integer("max_reboots", default=1 if allow_reboot else 0, minimum=0, maximum=10)
+    return ScriptStep(
+        **common,
+        file=file,
+        inline=inline,
+        arguments=arguments,
+        allow_reboot=allow_reboot,
+        max_reboots=max_reboots,
+    )
 
 
 def _parse_dsc(f: _Fields, index: int) -> DscStep:

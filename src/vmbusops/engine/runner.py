@@ -57,7 +57,7 @@ from vmbusops.bundle.verify import AcceptedBundle
 from vmbusops.credentials import GuestCredential
 from vmbusops.engine.journal import Journal
 from vmbusops.engine.owner import Owner, current_owner
-from vmbusops.engine.plan import GuestBatch, batch_script, parse_marker, plan_units
+from vmbusops.engine.plan import REBOOT_EXIT_CODES, GuestBatch, batch_script, parse_marker, plan_units
 from vmbusops.engine.staged import JobStaging
 from vmbusops.engine.states import ERRORS, Event, Level, State, job_outcome, next_state
 from vmbusops.engine.writer import JournalWriter
@@ -68,7 +68,14 @@ from vmbusops.errors import (
     VmbusOpsError,
     VMNotRunningError,
 )
-from vmbusops.guestops.dsc import DscReport, GuestRun, apply_dsc, dsc_files, staging_folder
+from vmbusops.guestops.dsc import (
+    DscReport,
+    GuestRun,
+    apply_dsc,
+    dsc_files,
+    restart_and_wait,
+    staging_folder,
+)
 from vmbusops.guestops.host import HyperVHost, InvokeOutcome
 from vmbusops.guestops.patch import apply_patch
 from vmbusops.records import (
@@ -185,6 +192,8 @@ class _Run:
     tail: deque[Record] = field(default_factory=lambda: deque(maxlen=10))
     dropped: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    #: (step index, exit code) of a script step that exited asking for a reboot it may have.
+    reboot_for: tuple[int, int] | None = None
 
 
 @dataclass(eq=False)
@@ -790,10 +799,59 @@ class Engine:
     async def _guest_batch(self, job: _Job, run: _Run, batch: GuestBatch) -> None:
         parts = [(i, job.source.script_of(job.manifest.steps[i])) for i in batch.steps]  # type: ignore[arg-type]
         failure = await self._invoke(job, run, parts, markers=True)
+        reboot_for, run.reboot_for = run.reboot_for, None
+        if failure is None and reboot_for is not None:
+            failure = await self._reboot_for_script(job, run, *reboot_for)
         if failure is None:
             return
         exc, message, index = failure
         await self._step_failed(job, run, index, exc, message)
+
+    async def _reboot_for_script(
+        self, job: _Job, run: _Run, index: int, code: int
+    ) -> tuple[VmbusOpsError | None, str, int] | None:
+        """Restart the VM a script step asked to reboot, within the step's budget; then it succeeded.
+
+        The batch ended with that step (see :mod:`.plan`), so nothing else ran in the guest since.
+        """
+        step = job.manifest.steps[index]
+        assert isinstance(step, ScriptStep)
+        details = run.details.setdefault(step.name, {"exit_code": code, "reboots": 0, "reboot_pending": True})
+        details["exit_code"] = code
+        if details["reboots"] >= step.max_reboots:
+            return (
+                None,
+                f"the script asked for a reboot (exit code {code}) after {details['reboots']} reboot(s) "
+                f"(max_reboots = {step.max_reboots})",
+                index,
+            )
+        details["reboots"] += 1
+        why = f"step {step.name} exited with {code} (reboot {details['reboots']} of {step.max_reboots})"
+        try:
+            await restart_and_wait(self.host, run.vm, _StepChannel(self, job, run, index), why)
+        except VmbusOpsError as exc:
+            return exc, str(exc), index
+        details["reboot_pending"] = False
+        await self._succeed_step(run, index)
+        return None
+
+    async def _script_exited(self, job: _Job, run: _Run, index: int, code: int) -> str | None:
+        """What a script step's exit code means: None if it succeeded (perhaps reboot pending)."""
+        if code == 0:
+            return None
+        step = job.manifest.steps[index]
+        assert isinstance(step, ScriptStep)
+        if code not in REBOOT_EXIT_CODES:
+            return f"the script ended with exit code {code}"
+        if step.allow_reboot:
+            run.reboot_for = (index, code)
+            return None
+        run.details[step.name] = {"exit_code": code, "reboots": 0, "reboot_pending": True}
+        await _StepChannel(self, job, run, index).note(
+            f"vmbusops: {run.vm} needs a reboot (step {step.name} exited with {code}); "
+            "the step does not allow one"
+        )
+        return None
 
     async def _invoke(
         self, job: _Job, run: _Run, parts: list[tuple[int, str]], *, markers: bool
@@ -806,9 +864,9 @@ class Engine:
         steps = job.manifest.steps
         indices = [i for i, _ in parts]
         single = len(parts) == 1
-        script = batch_script(parts) if markers else parts[0][1]
         first = steps[indices[0]]
         arguments = first.arguments if isinstance(first, ScriptStep) and single else ()
+        script = batch_script(parts, argument_count=len(arguments)) if markers else parts[0][1]
         errors: dict[int, str] = {}
         ended: set[int] = set()
         current: int | None = None
@@ -830,7 +888,7 @@ class Engine:
                         async for rec in inv:
                             mark = parse_marker(rec.record)
                             if mark is not None:
-                                kind, index = mark
+                                kind, index = mark.kind, mark.index
                                 if index not in indices:
                                     continue
                                 if kind == "begin":
@@ -847,7 +905,13 @@ class Engine:
                                     if index in errors:
                                         break
                                     ended.add(index)
-                                    await self._succeed_step(run, index)
+                                    exited = await self._script_exited(job, run, index, mark.exit_code or 0)
+                                    if exited is not None:
+                                        errors[index] = exited
+                                        break  # stop the batch before the next step begins
+                                    if run.reboot_for is None:
+                                        await self._succeed_step(run, index)
+                                    # else it succeeds once the VM is back; it ends its batch
                                     current = None
                                     step_scope.deadline = math.inf
                                 continue

@@ -52,11 +52,17 @@ Script blocks run through a small interpreter. Supported:
   ``$PSVersionTable`` (a minimal hashtable); member access ``$x.Name`` and indexing ``$x[0]``;
 - ``foreach ($x in ...) { ... }``, ``ForEach-Object { ... }`` / ``%`` / ``foreach`` (also
   ``-Begin``/``-End`` and ``% Name``), ``exit N``;
+- the call operator ``& "C:\\path\\x.ps1" args...`` (a script file in the guest: ``exit N`` ends the
+  file and sets ``$LASTEXITCODE``, the caller goes on) and ``& { ... }`` (``exit`` there ends the
+  whole script, as in PowerShell); ``$global:``/``$script:`` prefixes name the one variable table
+  (the simulator has no scopes); single-quoted strings also close on typographic quotes;
 - cmdlets: Write-Output, Write-Verbose, Write-Warning, Write-Error, Write-Information,
   Write-Progress, Write-Debug, Start-Sleep (-Seconds/-Milliseconds, real and cancellable),
-  Get-Service [-Name], Get-Process [-Name|-Id], Test-Path, Get-Content, Set-Content,
+  Get-Service [-Name], Get-Process [-Name|-Id], Test-Path, Get-Content,
   Get-FileHash (SHA256 default; Algorithm, Hash, Path), Get-ChildItem, Get-HotFix,
-  Restart-Computer (the guest reboots; the script ends there), ``hostname``.
+  Set-Content (always UTF-8; ``-Encoding`` is accepted), Set-ExecutionPolicy (accepted, no effect:
+  the simulated guest has no execution policy), Restart-Computer (the guest reboots; the script
+  ends there, even inside a called script file), ``hostname``.
 
 Anything else (if/while/try, operators such as ``-eq``, method calls, hashtables, other cmdlets)
 is reported as an error record saying the simulator does not support it. Unknown commands get

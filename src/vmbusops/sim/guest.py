@@ -70,6 +70,10 @@ class ScriptExit(Exception):
         self.code = code
 
 
+class GuestRestarting(ScriptExit):
+    """The guest is going down under the session: no script file boundary stops this one."""
+
+
 class StatementError(Exception):
     """The statement cannot run; its error is written and the script goes on."""
 
@@ -187,6 +191,13 @@ class GuestSession:
             await stage.end()
 
     async def make_command(self, call: CommandCall, emit: Emit) -> Stage:
+        if call.name == "&":
+            if not call.args or call.args[0][0] is not None:
+                raise StatementError(pserrors.not_supported_in_guest("'&' without a command to call"))
+            values = [await self.evaluate(expr, as_argument=True) for _, expr in call.args]
+            if any(name is not None for name, _ in call.args[1:]):
+                raise StatementError(pserrors.not_supported_in_guest("named arguments after '&'"))
+            return CallOperator(self, {"target": values[0], "arguments": values[1:]}, emit)
         cls = CMDLETS.get(call.name.casefold())
         if cls is None:
             raise StatementError(pserrors.command_not_found(call.name))
@@ -797,7 +808,8 @@ class GetContent(_PathCmdlet):
 class SetContent(Stage):
     name = "Set-Content"
     fq_name = _fq(name)
-    params = (Param("Path", 0), Param("Value", 1), Param("NoNewline", switch=True))
+    # -Encoding is accepted and the file is always UTF-8 (what the agent asks for with UTF8).
+    params = (Param("Path", 0), Param("Value", 1), Param("NoNewline", switch=True), Param("Encoding"))
 
     async def begin(self) -> None:
         self.values: list[Any] = []
@@ -1019,7 +1031,51 @@ class RestartComputer(Stage):
         clock = self.session.store.clock
         self.session.store.update(spec, lambda rt: rt.started(clock(), boot))
         # The guest goes down under the session: nothing after this statement runs.
-        raise ScriptExit(0)
+        raise GuestRestarting(0)
+
+
+class SetExecutionPolicy(Stage):
+    """The simulated guest has no execution policy: accepted, changes nothing."""
+
+    name = "Set-ExecutionPolicy"
+    fq_name = _fq(name, "Microsoft.PowerShell.Security")
+    params = (Param("ExecutionPolicy", 0), Param("Scope", 1), Param("Force", switch=True))
+
+
+class CallOperator(Stage):
+    """``& <script file> args...`` or ``& { ... }``.
+
+    A script file is where ``exit N`` stops: it ends the file and sets ``$LASTEXITCODE``, as in
+    PowerShell. ``exit`` in a script block ends the whole script, also as in PowerShell.
+    """
+
+    name = "&"
+
+    async def process(self, item: Any) -> None:
+        target = self.bound["target"]
+        if isinstance(target, ScriptBlockValue):
+            await self.session.run_script(target.body, self.emit)
+            return
+        path = self.session.absolute(to_text(target))
+        host = self.session.host_path(path)
+        if host is None or not path.casefold().endswith(".ps1") or not host.is_file():
+            raise StatementError(pserrors.command_not_found(to_text(target)))
+        text = await trio.to_thread.run_sync(lambda: host.read_text(encoding="utf-8-sig"))
+        try:
+            script = parse_script(text)
+        except UnsupportedSyntax as exc:
+            raise StatementError(pserrors.not_supported_in_guest(exc.what)) from None
+        variables = self.session.variables
+        saved = variables.get("args")
+        variables["args"] = list(self.bound["arguments"])
+        try:
+            await self.session.run_script(script, self.emit)
+        except GuestRestarting:
+            raise
+        except ScriptExit as exc:
+            variables["lastexitcode"] = exc.code
+        finally:
+            variables["args"] = saved
 
 
 class Hostname(Stage):
@@ -1051,6 +1107,7 @@ CMDLETS: dict[str, type[Stage]] = {
         GetChildItem,
         GetHotFix,
         RestartComputer,
+        SetExecutionPolicy,
         Hostname,
     )
 }
@@ -1073,4 +1130,4 @@ for _alias, _target in {
 }.items():
     CMDLETS[_alias] = CMDLETS[_target]
 
-__all__ = ["CMDLETS", "GuestSession", "ScriptExit", "StatementError"]
+__all__ = ["CMDLETS", "GuestRestarting", "GuestSession", "ScriptExit", "StatementError"]

@@ -1,0 +1,57 @@
+"""The call operator in the guest subset: a script file is where ``exit N`` stops."""
+
+from __future__ import annotations
+
+from tests.sim.test_guest import run
+
+from vmbusops.engine.plan import batch_script
+from vmbusops.sim.lab import VMState
+from vmbusops.sim.state import HostStore
+
+
+async def test_exit_in_a_called_file_sets_lastexitcode_and_the_caller_goes_on(store: HostStore) -> None:
+    s = await run(
+        store,
+        r"""
+        Set-Content -Path C:\Windows\Temp\step.ps1 -Value "'in file'; `$args[1]; exit 3010; 'never'" -Encoding UTF8
+        $global:LASTEXITCODE = 0
+        & "C:\Windows\Temp\step.ps1" a b
+        "code=$LASTEXITCODE"
+        & { 'in block'; exit 7; 'never' }
+        'not reached'
+        """,
+    )
+    assert s.of("output") == ["in file", "b", "code=3010", "in block"]
+    assert s.of("error") == []
+
+
+async def test_calling_a_missing_file_is_command_not_found(store: HostStore) -> None:
+    s = await run(store, "& 'C:\\nope.ps1'; 'next'")
+    assert s.of("output") == ["next"]
+    [error] = s.of("error")
+    assert error.fqid == "CommandNotFoundException"
+
+
+async def test_restart_computer_in_a_called_file_ends_the_caller_too(store: HostStore) -> None:
+    s = await run(
+        store,
+        "Set-Content C:\\Windows\\Temp\\r.ps1 'Restart-Computer -Force'\n& C:\\Windows\\Temp\\r.ps1\n'after'",
+    )
+    assert s.of("output") == []
+    spec = store.lab.find("web01")
+    assert spec is not None
+    assert store.runtime(spec).state is VMState.RUNNING
+    assert not store.runtime(spec).booted(store.clock())
+
+
+async def test_the_engine_wrapper_reports_each_exit_code_and_keeps_quotes(store: HostStore) -> None:
+    script = batch_script([(0, "Write-Output \"it's \u2019quoted\u2019\"\nexit 5"), (1, "'two'")])
+    s = await run(store, script)
+    assert s.of("output") == ["it's \u2019quoted\u2019", "two"]
+    markers = [i.message_data for i in s.of("information")]
+    assert markers == [
+        "vmbusops-step begin 0",
+        "vmbusops-step end 0 exit=5",
+        "vmbusops-step begin 1",
+        "vmbusops-step end 1 exit=0",
+    ]
