@@ -7,6 +7,7 @@ accepted and ignored. Failures carry PowerShell's own ParameterBindingException 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,21 @@ COMMON_PARAMETERS = (
 )
 
 
+@functools.lru_cache(maxsize=256)
+def _index(params: tuple[Param, ...]) -> tuple[dict[str, list[Param]], tuple[tuple[str, Param], ...]]:
+    """A cmdlet's parameters by case-folded name and alias, and its folded names for prefixes.
+
+    Built once per parameter set: every invocation of a cmdlet would otherwise fold every name.
+    """
+    exact: dict[str, list[Param]] = {}
+    for p in params:
+        for key in (p.name.casefold(), *(a.casefold() for a in p.aliases)):
+            hits = exact.setdefault(key, [])
+            if all(h is not p for h in hits):
+                hits.append(p)
+    return exact, tuple((p.name.casefold(), p) for p in params)
+
+
 class BindingError(Exception):
     def __init__(self, error: SimError) -> None:
         super().__init__(error.message)
@@ -53,15 +69,13 @@ def bind(
     """Bind (name or None, value) pairs to ``params``; raise BindingError as PowerShell would."""
     bound: dict[str, Any] = {}
     positional: list[Any] = []
+    by_name, prefixes = _index(params)
     for name, value in args:
         if name is None:
             positional.append(value)
             continue
         folded = name.casefold()
-        exact = [
-            p for p in params if p.name.casefold() == folded or folded in (a.casefold() for a in p.aliases)
-        ]
-        matches = exact or [p for p in params if p.name.casefold().startswith(folded)]
+        matches = by_name.get(folded) or [p for key, p in prefixes if key.startswith(folded)]
         if not matches:
             if any(c.casefold().startswith(folded) for c in COMMON_PARAMETERS):
                 continue
