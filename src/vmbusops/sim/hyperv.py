@@ -514,7 +514,9 @@ class HyperVHost:
             return
         if self.lab.host.session_open_ms:
             await trio.sleep(self.lab.host.session_open_ms / 1000)
-        if not self.store.runtime(spec).booted(self.clock()):
+            # The VM may have been stopped or restarted while the session opened.
+            rt = self.store.runtime(spec)
+        if not rt.booted(self.clock()):
             streams.error(pserrors.remote_session_ended(spec.name))
             return
         if credential is None or not _credential_matches(spec, credential, self.lab):
