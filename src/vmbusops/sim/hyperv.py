@@ -496,6 +496,10 @@ class HyperVHost:
                     streams.error(pserrors.invoke_vm_id_not_found(vm_id))
                 else:
                     targets.append(spec)
+        if len(targets) == 1:
+            # The usual case (one VM per pipeline): no nursery and task to set up per pipeline.
+            await self._invoke_in_guest(targets[0], credential, script, arguments, streams)
+            return
         async with trio.open_nursery() as nursery:
             for spec in targets:
                 nursery.start_soon(self._invoke_in_guest, spec, credential, script, arguments, streams)
