@@ -465,7 +465,8 @@ class PSRPServer:
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, InitRunspacePoolEvent):
-            self._limiter.total_tokens = max(1, self.pool.max_runspaces)
+            # A plain int: psrpcore's PSInt32 would make every acquire and release build objects.
+            self._limiter.total_tokens = max(1, int(self.pool.max_runspaces))
             log.info("runspace pool opened (max runspaces %d)", self.pool.max_runspaces)
         elif isinstance(event, CreatePipelineEvent):
             pid = event.pipeline_id
@@ -482,7 +483,7 @@ class PSRPServer:
             self._nursery.start_soon(self._run_pipeline, run)
         elif isinstance(event, SetMaxRunspacesEvent):
             self.pool.runspace_availability_response(event.ci, True)
-            self._limiter.total_tokens = max(1, event.count)
+            self._limiter.total_tokens = max(1, int(event.count))
         elif isinstance(event, SetMinRunspacesEvent | ResetRunspaceStateEvent):
             self.pool.runspace_availability_response(event.ci, True)
         elif isinstance(event, GetAvailableRunspacesEvent):
