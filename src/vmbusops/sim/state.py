@@ -152,6 +152,8 @@ class HostStore:
         self._vms: dict[str, VMRuntime] = {}
         self._vms_complete = False
         self._key: _FileKey | None = None
+        # Each guest's root and seeded-marker paths, built once (see guest_root).
+        self._guest_paths: dict[str, tuple[Path, Path]] = {}
 
     def close(self) -> None:
         """Release the lock file; the store opens it again if used afterwards."""
@@ -268,10 +270,13 @@ class HostStore:
 
     def guest_root(self, spec: VMSpec) -> Path:
         """The directory holding the guest's drives, seeded with the lab's files on first use."""
-        root = self.state_dir / "guests" / spec.name.casefold()
-        marker = root / f".seeded-{self.lab.fingerprint}"
+        paths = self._guest_paths.get(spec.name)
+        if paths is None:
+            root = self.state_dir / "guests" / spec.name.casefold()
+            paths = self._guest_paths[spec.name] = (root, root / f".seeded-{self.lab.fingerprint}")
+        root, marker = paths
         # The marker is checked every time (one stat): another process may have reset the state.
-        if marker.exists():
+        if os.path.exists(marker):
             return root
         with self._locked(exclusive=True):
             if not marker.exists():
