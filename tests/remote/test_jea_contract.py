@@ -11,14 +11,21 @@ import ast
 import re
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
-from psd1 import DataFileError, load_data_file
+from psd1 import DataFileError, ScriptBlock, load_data_file
 
 import vmbusops
 from vmbusops.guestops.host import HOST_CMDLETS
 from vmbusops.guestops.remote import DEFAULT_STAGING_ROOT
-from vmbusops.guestops.staging import STAGING_CMDLETS, StageFile, _folder_name, host_path_join
+from vmbusops.guestops.staging import (
+    STAGING_CMDLETS,
+    STAGING_FUNCTIONS,
+    StageFile,
+    _folder_name,
+    host_path_join,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = ROOT / "host_agent"
@@ -31,8 +38,29 @@ JEA_DEFAULTS = frozenset(
 )
 
 
+def _role_file() -> dict[str, Any]:
+    data = load_data_file(
+        (AGENT / "VmbusOpsHost" / "RoleCapabilities" / "VmbusOpsHost.psrc").read_bytes(), script_blocks=True
+    )
+    assert isinstance(data, dict)
+    return data
+
+
+def _functions() -> dict[str, dict[str, dict[str, str]]]:
+    """Function -> its parameters (name -> attribute -> argument), from FunctionDefinitions."""
+    data = _role_file()
+    defined: dict[str, dict[str, dict[str, str]]] = {}
+    for entry in data["FunctionDefinitions"]:
+        body = entry["ScriptBlock"]
+        assert isinstance(body, ScriptBlock)
+        defined[str(entry["Name"])] = body.parameters
+    visible = data["VisibleFunctions"]
+    assert set(visible if isinstance(visible, list) else [visible]) == set(defined), "visible = defined"
+    return defined
+
+
 def _role() -> dict[str, dict[str, dict[str, object]]]:
-    data = load_data_file((AGENT / "VmbusOpsHost" / "RoleCapabilities" / "VmbusOpsHost.psrc").read_bytes())
+    data = _role_file()
     allowed: dict[str, dict[str, dict[str, object]]] = {}
     for entry in data["VisibleCmdlets"]:
         assert isinstance(entry, dict), "every visible cmdlet names its parameters"
@@ -40,9 +68,9 @@ def _role() -> dict[str, dict[str, dict[str, object]]]:
         params = entry["Parameters"]
         params = params if isinstance(params, list) else [params]
         allowed[name] = {str(p["Name"]): p for p in params}
-    assert set(data) <= {"GUID", "Author", "Description", "ModulesToImport", "VisibleCmdlets"}, (
-        "the role grants something besides cmdlets (functions, providers, scripts, aliases...)"
-    )
+    assert set(data) <= {
+        "GUID", "Author", "Description", "ModulesToImport", "VisibleCmdlets", "VisibleFunctions", "FunctionDefinitions"
+    }, "the role grants something besides cmdlets and its own functions (providers, scripts, aliases...)"
     return allowed
 
 
@@ -115,8 +143,10 @@ def _dict_keys(node: ast.expr, *, strict: bool = False) -> set[str]:
 def test_the_role_allows_exactly_the_cmdlets_the_agent_sends() -> None:
     allowed = _role()
     sent = _sent()
+    functions = _functions()
     assert set(allowed) == set(HOST_CMDLETS | STAGING_CMDLETS)
-    assert set(sent) - JEA_DEFAULTS == set(allowed)
+    assert set(functions) == set(STAGING_FUNCTIONS)
+    assert set(sent) - JEA_DEFAULTS == set(allowed) | set(functions)
 
 
 def test_the_role_allows_exactly_the_parameters_the_agent_sends() -> None:
@@ -124,6 +154,23 @@ def test_the_role_allows_exactly_the_parameters_the_agent_sends() -> None:
     sent = _sent()
     for cmdlet, params in allowed.items():
         assert set(params) == sent[cmdlet], cmdlet
+    for function, fparams in _functions().items():
+        assert set(fparams) == sent[function], function
+
+
+def test_the_staging_functions_write_and_remove_only_job_folders() -> None:
+    functions = _functions()
+    pattern = str(_role()["Copy-VMFile"]["SourcePath"]["ValidatePattern"])
+    write = functions["Write-VmbusOpsStagedFile"]
+    assert write["Path"]["ValidatePattern"] == pattern
+    assert "Mandatory" in write["Offset"]["Parameter"] and write["Offset"]["ValidateRange"].startswith("0,")
+    assert "[byte[]]" in write["Data"]
+    folder_pattern = functions["Remove-VmbusOpsStagingFolder"]["Path"]["ValidatePattern"]
+    folder = host_path_join(DEFAULT_STAGING_ROOT, _folder_name("nightly patch #7"))
+    assert re.match(folder_pattern, folder)
+    for path in (DEFAULT_STAGING_ROOT, DEFAULT_STAGING_ROOT + "\\other", "C:\\Windows", folder + "\\a.txt",
+                 DEFAULT_STAGING_ROOT + "\\job-1\\..\\..\\x"):
+        assert not re.match(folder_pattern, path), path
 
 
 def test_the_scan_sees_the_commands_it_must() -> None:

@@ -128,21 +128,50 @@ async def test_https_validates_the_certificate_by_default(wsman: WSManDouble) ->
 async def test_an_inventory_host_over_winrm(wsman: WSManDouble, vmbusops_home: Path, tmp_path: Path) -> None:
     from vmbusops.config import load_config
     from vmbusops.credentials import CredentialStore
-    from vmbusops.errors import ConfigError
     from vmbusops.guestops.connect import open_host
 
     CredentialStore().set("hv-winrm-svc", USER, Secret(PASSWORD))
     config_file = vmbusops_home / "config.toml"
     config_file.write_text(
         f'[hosts.hv-winrm]\ntransport = "winrm"\naddress = "http://127.0.0.1:{wsman.port}/wsman"\n'
-        'credential = "hv-winrm-svc"\nauth = "ntlm"\nencryption = "always"\n',
+        'credential = "hv-winrm-svc"\nauth = "ntlm"\nencryption = "always"\n'
+        f'staging_dir = "{(tmp_path / "staging").as_posix()}"\n',
         encoding="utf-8",
     )
+    (tmp_path / "staging").mkdir()
     src = tmp_path / "a.txt"
     src.write_text("x", encoding="utf-8")
     with trio.fail_after(60):
         async with open_host("hv-winrm", config=load_config(config_file)) as host:
             assert "web01" in {vm.name for vm in await host.list_vms()}
-            with pytest.raises(ConfigError, match="not supported yet"):
-                await host.copy_to_guest("web01", str(src), "C:\\a.txt")
+            # Staged over WinRM on demand, then Copy-VMFile'd from the host's disk.
+            await host.copy_to_guest("web01", str(src), "C:\\a.txt")
+            assert [p.name for p in (tmp_path / "staging").rglob("*") if p.is_file()] == ["00001_a.txt"]
+    assert list((tmp_path / "staging").iterdir()) == []
+    assert wsman.requests and all(encrypted for _, encrypted in wsman.requests)
+
+
+async def test_staging_over_winrm_in_chunks_verified_and_removed(wsman: WSManDouble, tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    from vmbusops.guestops.staging import PSRP_CHUNK, StageFile, StagingError, stage_files
+
+    root = tmp_path / "staging"
+    root.mkdir()
+    big = tmp_path / "payload.bin"
+    big.write_bytes(os.urandom(2 * PSRP_CHUNK + 3))  # three chunks, the last one 3 bytes
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    with trio.fail_after(60):
+        async with open_winrm_target(_target(wsman), staging_root=str(root)) as host:
+            async with stage_files(host, [big, empty], job="77") as paths:
+                assert [await trio.Path(p).read_bytes() for p in paths] == [await trio.Path(big).read_bytes(), b""]
+                assert Path(paths[0]).parent.name.startswith("job-77-")
+            assert list(root.iterdir()) == []
+            wrong = hashlib.sha256(b"other").hexdigest()
+            with pytest.raises(StagingError, match="is not what was sent"):
+                async with stage_files(host, [StageFile(empty, sha256=wrong)], job="78"):
+                    pytest.fail("the block must not run")
+            assert list(root.iterdir()) == []
     assert wsman.requests and all(encrypted for _, encrypted in wsman.requests)

@@ -10,7 +10,7 @@ import trio
 from vmbusops.config import Config
 from vmbusops.errors import VmbusOpsError
 from vmbusops.guestops.host import HOST_CMDLETS
-from vmbusops.guestops.staging import STAGING_CMDLETS
+from vmbusops.guestops.staging import STAGING_CMDLETS, STAGING_FUNCTIONS
 from vmbusops.psrp.client import Command
 from vmbusops.records import OutputRecord, PSObjectValue
 
@@ -59,8 +59,10 @@ async def check_host(name: str, config: Config, *, timeout: float = 30.0) -> Hos
             if isinstance(text, str):
                 allowed.add(text)
     folded = {a.casefold() for a in allowed}
-    missing = sorted(c for c in REQUIRED_CMDLETS if c.casefold() not in folded)
-    needed = {c.casefold() for c in REQUIRED_CMDLETS} | {"get-command"}
+    # Over WinRM files are staged through the endpoint's functions; over SSH, by SFTP.
+    required = REQUIRED_CMDLETS | STAGING_FUNCTIONS if transport == "winrm" else REQUIRED_CMDLETS
+    missing = sorted(c for c in required if c.casefold() not in folded)
+    needed = {c.casefold() for c in REQUIRED_CMDLETS | STAGING_FUNCTIONS} | {"get-command"}
     extra = sorted(a for a in allowed if a.casefold() not in needed)
     return HostReport(
         name, transport, address, True, time.monotonic() - start, tuple(sorted(allowed)), tuple(missing), tuple(extra)

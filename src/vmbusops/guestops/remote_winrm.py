@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
@@ -11,35 +11,11 @@ import trio
 from vmbusops.credentials import CredentialStore
 from vmbusops.errors import ConfigError
 from vmbusops.guestops.remote import DEFAULT_STAGING_ROOT, RemoteHyperVHost
-from vmbusops.guestops.staging import StageFile
+from vmbusops.guestops.staging import PsrpStager
 from vmbusops.inventory import HostEntry
 from vmbusops.psrp.client import open_runspace_pool
 from vmbusops.psrp.transport import Transport
 from vmbusops.psrp.winrm import WinRMTarget, WinRMTransport, parse_winrm_address
-
-
-class WinRMNoStaging:
-    """Staging over WinRM is not built yet; say so where a copy would need it."""
-
-    def __init__(self, address: str, root: str) -> None:
-        self._address = address
-        self._root = root
-
-    @property
-    def root(self) -> str:
-        return self._root
-
-    async def make_folder(self, name: str) -> str:
-        raise ConfigError(
-            f"{self._address}: copying files onto a host over WinRM is not supported yet",
-            hint="reach this host over SSH (transport = \"ssh\") for copies, or run the agent on the host",
-        )
-
-    async def put(self, files: Sequence[StageFile], folder: str) -> list[str]:
-        raise AssertionError("unreachable: make_folder refuses first")
-
-    async def remove_folder(self, folder: str) -> None:
-        return None
 
 
 def winrm_target_for(entry: HostEntry) -> WinRMTarget:
@@ -75,7 +51,7 @@ async def open_winrm_target(
 
     async with open_runspace_pool(connect, max_runspaces=max_runspaces) as pool:
         host = RemoteHyperVHost(
-            pool, stager=WinRMNoStaging(target.url, staging_root or DEFAULT_STAGING_ROOT), address=target.url
+            pool, stager=PsrpStager(pool, staging_root or DEFAULT_STAGING_ROOT), address=target.url
         )
         try:
             yield host

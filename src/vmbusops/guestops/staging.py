@@ -4,7 +4,8 @@ Copy-VMFile's ``-SourcePath`` is a path on the *host*. A local agent already has
 a remote agent must first put them there. :func:`stage_files` does it per job:
 
 1. create a fresh folder under the host's staging root (``job-<id>-<random>``);
-2. upload every file (SFTP over the same SSH connection that carries PSRP);
+2. upload every file: over SSH by SFTP on the connection that carries PSRP; over WinRM through
+   PSRP itself (:class:`PsrpStager`: chunks handed to the endpoint's ``Write-VmbusOpsStagedFile``);
 3. ask the host to hash what landed (``Get-FileHash -LiteralPath ... -Algorithm SHA256``, one
    pipeline for all files) and compare with the SHA-256 the bundle manifest promised;
 4. yield the host paths, to be passed to ``copy_to_guest``;
@@ -15,7 +16,8 @@ On a local host (``sim``, ``local``, ``pwsh``) the files are already on the host
 yields their own paths and nothing is copied.
 
 ``Get-FileHash`` is the only cmdlet staging adds to what the agent sends (:data:`STAGING_CMDLETS`);
-the least-privilege endpoint allows it only under the staging root.
+the least-privilege endpoint allows it only under the staging root. Over WinRM staging also calls
+the endpoint's two functions (:data:`STAGING_FUNCTIONS`), defined in its role capability.
 """
 
 from __future__ import annotations
@@ -34,20 +36,26 @@ import trio
 
 from vmbusops.errors import TransportError, VmbusOpsError
 from vmbusops.psrp.client import Command
-from vmbusops.records import ErrorRecord, OutputRecord, PipelineStateRecord, PSObjectValue
+from vmbusops.records import ErrorRecord, OutputRecord, PipelineStateRecord, PSObjectValue, Record
 
 if TYPE_CHECKING:
     from vmbusops.guestops.host import HyperVHost
     from vmbusops.guestops.remote import RemoteHyperVHost
+    from vmbusops.psrp.session import HostSession
     from vmbusops.psrp.ssh import SshConnection
 
 #: Cmdlets staging sends, beside :data:`vmbusops.guestops.host.HOST_CMDLETS`.
 STAGING_CMDLETS: Final = frozenset({"Get-FileHash"})
+#: Functions the endpoint's role defines for staging over WinRM (``host_agent/``).
+STAGING_FUNCTIONS: Final = frozenset({"Write-VmbusOpsStagedFile", "Remove-VmbusOpsStagingFolder"})
 
 _SFTP_BLOCK = -1  # the largest write the server advertises (limits@openssh.com), else 16 KiB
 _SFTP_REQUESTS = 128
 _PARALLEL_FILES = 4
 _CLEANUP_TIMEOUT = 60.0
+#: PSRP staging: bytes per Write-VmbusOpsStagedFile call, and calls in flight per transfer.
+PSRP_CHUNK = 1 << 20
+PSRP_IN_FLIGHT = 8
 
 
 class StagingError(VmbusOpsError):
@@ -168,6 +176,91 @@ class SftpStager:
             raise StagingError(f"{self._conn.describe()}: cannot {what}: {exc}") from exc
 
 
+class PsrpStager:
+    """Staging through the PSRP session itself, for hosts reached over WinRM (no SFTP there).
+
+    Each file goes as ``Write-VmbusOpsStagedFile -Path -Offset -Data`` calls of
+    :data:`PSRP_CHUNK` bytes (a byte array is sent as-is in CLIXML, base64), up to
+    :data:`PSRP_IN_FLIGHT` at once on the pool's runspaces, so the WinRM round trips overlap and
+    memory stays bounded. The endpoint's function writes only directly inside a ``job-*`` folder
+    under the staging root and creates that folder with the first chunk; what landed is then
+    hashed on the host (``Get-FileHash``) like any staged file.
+    """
+
+    def __init__(
+        self, pool: HostSession, root: str, *, chunk: int = PSRP_CHUNK, in_flight: int = PSRP_IN_FLIGHT
+    ) -> None:
+        self._pool = pool
+        self._root = root
+        self._chunk = max(1, chunk)
+        self._in_flight = max(1, in_flight)
+
+    @property
+    def root(self) -> str:
+        return self._root
+
+    async def make_folder(self, name: str) -> str:
+        return host_path_join(self._root, name)
+
+    async def put(self, files: Sequence[StageFile], folder: str) -> list[str]:
+        targets = [host_path_join(folder, f.staged_name) for f in files]
+        slots = trio.Semaphore(self._in_flight)
+        failures: list[VmbusOpsError] = []
+
+        async def write(target: str, offset: int, data: bytes) -> None:
+            try:
+                records = await self._pool.run(
+                    [[Command("Write-VmbusOpsStagedFile", {"Path": target, "Offset": offset, "Data": data})]]
+                )
+                if problem := _failure(records):
+                    raise StagingError(
+                        f"{self._pool.description}: cannot write {target} at {offset}: {problem}"
+                    )
+            except VmbusOpsError as exc:
+                failures.append(exc)
+                nursery.cancel_scope.cancel()
+            finally:
+                slots.release()
+
+        async with trio.open_nursery() as nursery:
+            for f, target in zip(files, targets, strict=True):
+                try:
+                    fh = await trio.open_file(f.local, "rb")
+                except OSError as exc:
+                    raise StagingError(f"cannot stage {f.local}: {exc.strerror or exc}") from exc
+                async with fh:
+                    offset = 0
+                    while True:
+                        await slots.acquire()
+                        data = await fh.read(self._chunk)
+                        if not data and offset:
+                            slots.release()
+                            break
+                        nursery.start_soon(write, target, offset, data)
+                        offset += len(data)
+                        if len(data) < self._chunk:
+                            break
+        if failures:
+            raise failures[0]
+        return targets
+
+    async def remove_folder(self, folder: str) -> None:
+        records = await self._pool.run([[Command("Remove-VmbusOpsStagingFolder", {"Path": folder})]])
+        if problem := _failure(records):
+            raise StagingError(
+                f"{self._pool.description}: cannot remove the staging folder {folder}: {problem}"
+            )
+
+
+def _failure(records: Sequence[Record]) -> str | None:
+    for record in records:
+        if isinstance(record, ErrorRecord):
+            return record.message
+        if isinstance(record, PipelineStateRecord) and record.error is not None:
+            return record.error.message
+    return None
+
+
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -202,7 +295,9 @@ async def verify_on_host(host: HyperVHost, paths: Sequence[str], expected: Seque
     for path, want in zip(paths, expected, strict=True):
         got = seen.get(path.casefold())
         if got != want:
-            detail = f"the host reports {got}" if got else ("; ".join(errors[:3]) or "the host did not hash it")
+            detail = (
+                f"the host reports {got}" if got else ("; ".join(errors[:3]) or "the host did not hash it")
+            )
             raise StagingError(
                 f"staged file {path} on {host.pool.description} is not what was sent: "
                 f"expected SHA-256 {want}, {detail}"

@@ -297,6 +297,8 @@ class RunspacePool:
         record_buffer: int = DEFAULT_RECORD_BUFFER,
     ) -> None:
         self._transport = transport
+        # A transport that pays a round trip per packet (WinRM: one Send each) asks for larger ones.
+        self._fragment_size: int = getattr(transport, "fragment_size", FRAGMENT_SIZE)
         self._nursery = nursery
         self._pool = _ClientPool(min_runspaces=1, max_runspaces=max_runspaces)
         self._encoder = CreatePipelineEncoder(self._pool)
@@ -473,7 +475,7 @@ class RunspacePool:
                 await self._writer_wakeup.wait()
                 self._writer_wakeup = trio.Event()
                 self._raise_if_broken()
-                while (payload := self._pool.data_to_send(FRAGMENT_SIZE)) is not None:
+                while (payload := self._pool.data_to_send(self._fragment_size)) is not None:
                     self._outbox.setdefault(payload.pipeline_id or POOL_GUID, deque()).append(payload)
                 for guid in [g for g, queue in self._outbox.items() if queue and g not in self._in_flight]:
                     payload = self._outbox[guid].popleft()

@@ -154,6 +154,10 @@ class _Connection:
 class WinRMTransport:
     """OutOfProc packets in and out, WS-Management shell operations on the wire."""
 
+    #: PSRP fragment size: each Data packet is one Command or Send round trip, so make them as
+    #: large as WinRM's default envelope (MaxEnvelopeSizekb = 500) takes once base64-encoded.
+    fragment_size = 256 * 1024
+
     def __init__(self, target: WinRMTarget, nursery: trio.Nursery) -> None:
         self._target = target
         self._nursery = nursery

@@ -1,4 +1,8 @@
-"""Host cmdlets beside Hyper-V's: ``Get-FileHash`` for staged files, ``Get-Command``.
+"""Host cmdlets beside Hyper-V's: ``Get-FileHash`` for staged files, ``Get-Command``, and the
+endpoint's two staging functions (``host_agent/``'s role defines them for WinRM staging):
+``Write-VmbusOpsStagedFile`` writes one chunk at an offset of a file in a per-job folder, and
+``Remove-VmbusOpsStagingFolder`` removes such a folder. As on the endpoint, they touch only a
+file directly inside a ``job-*`` folder, or that folder.
 
 A remote agent stages files onto the host's disk before Copy-VMFile reads them, then asks the
 host to hash them. The simulated host's disk is the real local file system (the simulator runs
@@ -9,6 +13,9 @@ on the machine it pretends to be), so this hashes real files, as the real cmdlet
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,6 +71,51 @@ async def get_file_hash(b: dict[str, Any], streams: Streams, fq: str) -> None:
         )
 
 
+_STAGED_FOLDER = re.compile(r"job-[A-Za-z0-9_.-]+")
+_STAGED_NAME = re.compile(r"[A-Za-z0-9_][^\\/:*?\"<>|\x00-\x1f]*")
+
+
+def _staging_refused(text: str, fq: str) -> BindingError:
+    return BindingError(
+        SimError(
+            message=f"Cannot validate argument on parameter 'Path'. {text!r} is not a vmbusops staging path.",
+            fqid=f"ParameterArgumentValidationError,{fq}",
+            category="InvalidData",
+            exception_type="System.Management.Automation.ParameterBindingValidationException",
+        )
+    )
+
+
+def _write_at(path: Path, offset: int, data: bytes) -> None:
+    # Chunks of one file arrive in parallel: open without truncating, as FileMode.OpenOrCreate.
+    path.parent.mkdir(exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+async def write_staged_file(b: dict[str, Any], streams: Streams, fq: str) -> None:
+    require(b, fq, "Path", "Offset", "Data")
+    text = to_text(b["Path"])
+    path = Path(text)
+    if not (_STAGED_NAME.fullmatch(path.name) and _STAGED_FOLDER.fullmatch(path.parent.name)):
+        raise _staging_refused(text, fq)
+    data = b["Data"]
+    if not isinstance(data, bytes | bytearray):
+        raise _staging_refused(f"{type(data).__name__} data for {text}", fq)
+    await trio.to_thread.run_sync(_write_at, path, int(b["Offset"]), bytes(data))
+
+
+async def remove_staging_folder(b: dict[str, Any], streams: Streams, fq: str) -> None:
+    require(b, fq, "Path")
+    text = to_text(b["Path"])
+    if not _STAGED_FOLDER.fullmatch(Path(text).name):
+        raise _staging_refused(text, fq)
+    await trio.to_thread.run_sync(lambda: shutil.rmtree(text, ignore_errors=True))
+
+
 _MODULES = {"get-filehash": "Microsoft.PowerShell.Utility", "get-command": "Microsoft.PowerShell.Core",
             "invoke-command": "Microsoft.PowerShell.Core"}
 _SPELLING = {
@@ -72,7 +124,9 @@ _SPELLING = {
     "disable-vmintegrationservice": "Disable-VMIntegrationService", "copy-vmfile": "Copy-VMFile",
     "invoke-command": "Invoke-Command", "restart-vm": "Restart-VM", "start-vm": "Start-VM", "stop-vm": "Stop-VM",
     "get-filehash": "Get-FileHash", "get-command": "Get-Command",
+    "write-vmbusopsstagedfile": "Write-VmbusOpsStagedFile", "remove-vmbusopsstagingfolder": "Remove-VmbusOpsStagingFolder",
 }
+_FUNCTIONS = frozenset({"write-vmbusopsstagedfile", "remove-vmbusopsstagingfolder"})
 
 
 def _spelled(name: str) -> str:
@@ -88,7 +142,8 @@ def host_file_cmdlets(
                 SimObject(
                     ("System.Management.Automation.CmdletInfo", "System.Management.Automation.CommandInfo",
                      "System.Object"),
-                    (("Name", _spelled(name)), ("CommandType", "Cmdlet"), ("Source", _MODULES.get(name, "Hyper-V"))),
+                    (("Name", _spelled(name)), ("CommandType", "Function" if name in _FUNCTIONS else "Cmdlet"),
+                     ("Source", "" if name in _FUNCTIONS else _MODULES.get(name, "Hyper-V"))),
                     _spelled(name),
                 )
             )
@@ -99,4 +154,6 @@ def host_file_cmdlets(
             get_file_hash,
         ),
         "get-command": ((Param("Name", 0), Param("CommandType")), get_command),
+        "write-vmbusopsstagedfile": ((Param("Path"), Param("Offset"), Param("Data")), write_staged_file),
+        "remove-vmbusopsstagingfolder": ((Param("Path"),), remove_staging_folder),
     }
