@@ -21,7 +21,7 @@ first ``Data`` for the pool            Create shell (``creationXml`` = those fra
 later ``Data`` for the pool            Send ``stdin`` (``pr`` for a prompt response)
 ``Command`` for pipeline P             acknowledged at once; the Command goes with P's data
 first ``Data`` for P                   Command (``CommandId`` = P, argument = the fragments)
-later ``Data`` for P                   Send ``stdin`` to P
+later ``Data`` for P                   Send ``stdin`` to P (on a pooled connection, acked after)
 ``Signal`` for P                       Signal ``powershell/signal/ctrl_c`` to P
 ``Close`` for P / for the pool         Signal ``Terminate`` to P / Delete shell
 =====================================  ======================================================
@@ -59,6 +59,7 @@ TERMINATE = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/signal/Term
 _OPERATION_TIMEOUT_FAULT = 2150858793
 _RECEIVE_TIMEOUT = 5  # seconds a Receive may wait on the server before it answers "nothing yet"
 _MAX_RECEIVERS = 8
+_MAX_SENDERS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +167,7 @@ class WinRMTransport:
         self._idle: list[_Connection] = []
         self._all: list[_Connection] = []
         self._receivers = trio.CapacityLimiter(_MAX_RECEIVERS)
+        self._senders = trio.CapacityLimiter(_MAX_SENDERS)
         self._inbound_send, self._inbound = trio.open_memory_channel[bytes](256)
         self._reader = PacketReader()
         self._lock = trio.Lock()
@@ -245,7 +247,11 @@ class WinRMTransport:
                 self._loops += 1
                 self._nursery.start_soon(self._receive_loop, guid)
             else:
-                await self._control_call(lambda shell: shell.send("stdin", packet.data, command_id=str(guid).upper()))
+                # A pipeline's later fragments (a large command, such as a staged file's chunk)
+                # go on a connection of their own, so that pipelines' Sends overlap; the pool
+                # sends a pipeline's next fragment only after this one's DataAck, keeping order.
+                self._nursery.start_soon(self._send_to_pipeline, guid, packet.data)
+                return
             await self._deliver(Packet(kind=PacketKind.DATA_ACK, guid=guid))
         elif kind is PacketKind.COMMAND:
             await self._deliver(Packet(kind=PacketKind.COMMAND_ACK, guid=guid))
@@ -261,6 +267,24 @@ class WinRMTransport:
                 except TransportError:
                     pass  # the command had already ended on the server
             await self._deliver(Packet(kind=PacketKind.CLOSE_ACK, guid=guid))
+
+    async def _send_to_pipeline(self, guid: uuid.UUID, data: bytes) -> None:
+        try:
+            async with self._senders:
+                if self._closed:
+                    return  # the pool is closing; its reader sees the end of the stream
+                connection = await self._borrow()
+                try:
+                    await self._in_thread(lambda: connection.shell.send("stdin", data, command_id=str(guid).upper()))
+                finally:
+                    self._idle.append(connection)
+        except Exception as exc:
+            if not self._closed:
+                log.debug("WinRM send on %s failed: %s", self.describe(), self._translate(exc))
+                # As for a failed Receive: the pool reads end-of-stream as "the host went away".
+                self._inbound_send.close()
+            return
+        await self._deliver(Packet(kind=PacketKind.DATA_ACK, guid=guid))
 
     async def _control_call(self, fn: Callable[[Any], object]) -> None:
         control = self._control
