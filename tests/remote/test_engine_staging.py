@@ -26,6 +26,7 @@ class CountingStager:
     def __init__(self, inner: Stager) -> None:
         self.inner = inner
         self.folders: list[str] = []
+        self.put_done = trio.Event()
 
     @property
     def root(self) -> str:
@@ -37,13 +38,15 @@ class CountingStager:
         return folder
 
     async def put(self, files: Sequence[StageFile], folder: str) -> list[str]:
-        return await self.inner.put(files, folder)
+        paths = await self.inner.put(files, folder)
+        self.put_done.set()
+        return paths
 
     async def remove_folder(self, folder: str) -> None:
         await self.inner.remove_folder(folder)
 
 
-def _copy_job(bundle: Path, vms: Sequence[str]) -> JobSource:
+def _copy_job(bundle: Path, vms: Sequence[str], *then: dict[str, Any]) -> JobSource:
     conf = bundle / "conf" / "agent.ini"
     conf.parent.mkdir(parents=True)
     conf.write_text("tier=gold\n", encoding="utf-8")
@@ -63,7 +66,8 @@ def _copy_job(bundle: Path, vms: Sequence[str]) -> JobSource:
                     "name": "conf",
                     "source": "conf/agent.ini",
                     "destination": "C:\\Agent\\agent.ini",
-                }
+                },
+                *then,
             ],
             "files": [
                 {
@@ -119,4 +123,40 @@ async def test_a_job_stages_its_files_once_and_removes_them_when_it_ends(
         assert runs == {"web01": State.SUCCESS, "app01": State.FAILED}
         assert len(counting.folders) == 2
         assert not await trio.Path(counting.folders[1]).exists()
+        assert list(sshd.staging_root.iterdir()) == []
+
+
+async def test_a_cancelled_job_removes_its_staging_folder(
+    sshd: Sshd, make_lab: Callable[..., Any], tmp_path: Path
+) -> None:
+    lab = make_lab()
+    sshd.use_lab(lab.path)
+    job = _copy_job(
+        tmp_path, ["web01"], {"kind": "script", "name": "wait", "inline": "Start-Sleep -Seconds 60"}
+    )
+    created: list[int] = []
+    async with open_ssh_host(sshd.target(), staging_root=str(sshd.staging_root)) as host:
+        counting = CountingStager(host.stager)
+        host.stager = counting
+        async with (
+            open_engine(
+                host,
+                Journal(tmp_path / "cancel.db"),
+                credential_for=lambda _: lab.credential(),
+                options=EngineOptions(heartbeat_interval=0.1),
+            ) as engine,
+            trio.open_nursery() as nursery,
+        ):
+            results: list[Any] = []
+
+            async def run() -> None:
+                results.append(await engine.run_job(job, on_created=created.append))
+
+            nursery.start_soon(run)
+            with trio.fail_after(20):
+                await counting.put_done.wait()
+            await trio.sleep(0.3)  # the copy is done and the script is running
+            engine.cancel(created[0])
+        assert results[0].runs == {"web01": State.CANCELLED}
+        assert not await trio.Path(counting.folders[0]).exists()
         assert list(sshd.staging_root.iterdir()) == []
