@@ -19,7 +19,7 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import trio
 
@@ -48,6 +48,7 @@ from vmbusops.sim.state import HostStore, guest_path_to_host, split_guest_path
 from vmbusops.sim.streams import InformationMessage, ProgressUpdate, SimError, SimObject, Streams
 
 Emit = Callable[[Any], Awaitable[None]]
+T = TypeVar("T")
 NO_INPUT = object()
 
 PS_VERSION_TABLE = {
@@ -794,7 +795,7 @@ class GetContent(_PathCmdlet):
         if host is None or not host.is_file():
             self.streams.error(_path_not_found(self.fq_name, self.session.absolute(path)))
             return
-        text = (await trio.to_thread.run_sync(host.read_bytes)).decode("utf-8-sig", errors="replace")
+        text = (await _read_guest_file(host)).decode("utf-8-sig", errors="replace")
         if self.switch("Raw"):
             await self.emit(text)
             return
@@ -837,7 +838,7 @@ class SetContent(Stage):
                     )
                 )
                 continue
-            await trio.to_thread.run_sync(host.write_bytes, body.encode("utf-8"))
+            await _write_guest_file(host, body.encode("utf-8"))
 
 
 class GetFileHash(_PathCmdlet):
@@ -879,7 +880,7 @@ class GetFileHash(_PathCmdlet):
                 )
             )
             return
-        digest = await trio.to_thread.run_sync(_hash_file, host, algorithm)
+        digest = await _in_guest_io(host.stat().st_size, _hash_file, host, algorithm)
         await self.emit(
             SimObject(
                 (
@@ -890,6 +891,29 @@ class GetFileHash(_PathCmdlet):
                 (("Algorithm", algorithm), ("Hash", digest.upper()), ("Path", full)),
             )
         )
+
+
+# Guest files are real files on local disk. A few KiB costs microseconds to read or write here;
+# handing it to a worker thread costs a GIL hand-off that a busy event loop delays by
+# milliseconds, paid on every Get-Content / Set-Content / Get-FileHash / script call. So small
+# files are done in place and only large ones go to a worker thread.
+_INLINE_IO_BYTES = 64 * 1024
+
+
+async def _in_guest_io(size: int, fn: Callable[..., T], *args: Any) -> T:
+    if size <= _INLINE_IO_BYTES:
+        result = fn(*args)
+        await trio.lowlevel.checkpoint()
+        return result
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+async def _read_guest_file(path: Path) -> bytes:
+    return await _in_guest_io(path.stat().st_size, path.read_bytes)  # noqa: ASYNC240 (see above)
+
+
+async def _write_guest_file(path: Path, data: bytes) -> None:
+    await _in_guest_io(len(data), path.write_bytes, data)
 
 
 def _hash_file(path: Path, algorithm: str) -> str:
@@ -1060,7 +1084,7 @@ class CallOperator(Stage):
         host = self.session.host_path(path)
         if host is None or not path.casefold().endswith(".ps1") or not host.is_file():
             raise StatementError(pserrors.command_not_found(to_text(target)))
-        text = await trio.to_thread.run_sync(lambda: host.read_text(encoding="utf-8-sig"))
+        text = (await _read_guest_file(host)).decode("utf-8-sig")
         try:
             script = parse_script(text)
         except UnsupportedSyntax as exc:
