@@ -161,7 +161,7 @@ def _peer_python() -> str | None:
 def test_pypsrp_talks_to_the_simulator(lab_file: Path, tmp_path: Path) -> None:
     peer = _peer_python()
     if peer is None:
-        pytest.skip("the independent PSRP peer environment (.venv-peer) is not installed")
+        pytest.fail("the independent PSRP peer (.venv-peer) is not installed; ./scripts/test bootstraps it")
     script = tmp_path / "peer.py"
     script.write_text(PEER_SCRIPT)
     lab = load_lab(lab_file)

@@ -165,7 +165,8 @@ async def test_parameter_binding_errors_fail_the_pipeline(client: PSRPTestClient
 
 
 async def test_runspace_availability_messages_are_answered(client: PSRPTestClient) -> None:
-    assert client.pool.set_max_runspaces(3) is None or True
+    # An opened pool asks the server and returns the request's call id.
+    assert isinstance(client.pool.set_max_runspaces(3), int)
     await client.flush()
     await client.wait_for(
         lambda: any(isinstance(e, psrpcore.SetRunspaceAvailabilityEvent) for e in client.events.get(None, []))

@@ -13,6 +13,7 @@ be parsed does not run at all.
 
 from __future__ import annotations
 
+import abc
 import datetime
 import fnmatch
 import hashlib
@@ -484,11 +485,12 @@ class WriteOutput(Stage):
             await self.emit(item)
 
 
-class _MessageWriter(Stage):
+class _MessageWriter(Stage, abc.ABC):
     params = (Param("Message", 0, aliases=("Msg",)),)
 
+    @abc.abstractmethod
     def write(self, message: str) -> None:
-        raise NotImplementedError
+        """Send one message to this cmdlet's stream."""
 
     async def process(self, item: Any) -> None:
         message = self.arg("Message") if item is NO_INPUT else item
@@ -753,7 +755,7 @@ def _path_not_found(fq: str, path: str, error_id: str = "PathNotFound") -> SimEr
     )
 
 
-class _PathCmdlet(Stage):
+class _PathCmdlet(Stage, abc.ABC):
     """Cmdlets whose -Path comes from an argument or, one by one, from the pipeline."""
 
     async def process(self, item: Any) -> None:
@@ -763,8 +765,9 @@ class _PathCmdlet(Stage):
         for path in enumerate_value(paths):
             await self.one(to_text(path.get("FullName") if isinstance(path, SimObject) else path))
 
+    @abc.abstractmethod
     async def one(self, path: str) -> None:
-        raise NotImplementedError
+        """Handle one path."""
 
 
 class TestPath(_PathCmdlet):
