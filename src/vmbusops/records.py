@@ -190,6 +190,26 @@ def value_to_json(value: Value) -> Any:
     }
 
 
+def value_from_json(obj: Any) -> Value:
+    """The value :func:`value_to_json` made, back again (as the journal gives it)."""
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    if isinstance(obj, list):
+        return tuple(value_from_json(v) for v in obj)
+    if isinstance(obj, dict):
+        if "$bytes" in obj:
+            return base64.b64decode(obj["$bytes"])
+        if "$dict" in obj:
+            return PSDictValue(tuple((value_from_json(k), value_from_json(v)) for k, v in obj["$dict"]))
+        if "$type" in obj:
+            return PSObjectValue(
+                tuple(obj["$type"]),
+                tuple((k, value_from_json(v)) for k, v in (obj.get("properties") or {}).items()),
+                obj.get("string"),
+            )
+    return str(obj)
+
+
 def record_to_json(record: Record) -> dict[str, Any]:
     """The record's own fields as a JSON-ready dict, with ``stream`` first."""
     out: dict[str, Any] = {"stream": record.stream.value}

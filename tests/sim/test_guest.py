@@ -218,6 +218,15 @@ async def test_get_file_hash_matches_hashlib(store: HostStore) -> None:
     assert md5.get("Hash") == hashlib.md5(b"hello from web01\n").hexdigest().upper()
 
 
+async def test_error_action_silently_continue_keeps_errors_off_the_stream(store: HostStore) -> None:
+    probe = r"Get-FileHash -LiteralPath 'C:\nope.txt','C:\inetpub\wwwroot\index.html' -Algorithm SHA256"
+    loud = await run(store, probe)
+    quiet = await run(store, probe + " -ErrorAction SilentlyContinue")
+    assert len(loud.of("error")) == 1
+    assert quiet.of("error") == []
+    assert len(loud.of("output")) == len(quiet.of("output")) == 1
+
+
 async def test_start_sleep_really_sleeps_and_is_cancellable(store: HostStore) -> None:
     start = trio.current_time()
     await run(store, "Start-Sleep -Milliseconds 120")

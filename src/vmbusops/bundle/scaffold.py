@@ -52,7 +52,7 @@ idempotent = true
 name = "report"
 kind = "script"
 file = "scripts/report.ps1"
-arguments = ["-Path", 'C:\\ProgramData\\vmbusops\\motd.txt']
+arguments = ['C:\\ProgramData\\vmbusops\\motd.txt']
 timeout = "5m"
 retry = { attempts = 3, backoff = "10s" }
 idempotent = true
@@ -70,15 +70,15 @@ idempotent = true
 
 MOTD = "This machine is managed by vmbusops over the VMBus.\r\n"
 
+# Plain statements only, so that the example runs unchanged on the simulated host, whose guests
+# speak a documented subset of PowerShell (no param() attributes, no if/else); on a real guest it
+# runs the same. The path arrives as the step's first argument.
 REPORT_PS1 = """\
-param([Parameter(Mandatory)][string]$Path)
+$Path = $args[0]
 Write-Verbose "checking $Path"
-if (Test-Path -Path $Path) {
-    Get-FileHash -Path $Path -Algorithm SHA256
-    Get-Content -Path $Path
-} else {
-    Write-Error "$Path is missing"
-}
+Test-Path -Path $Path
+Get-FileHash -Path $Path -Algorithm SHA256
+Get-Content -Path $Path
 """
 
 LOCALHOST_MOF = """\

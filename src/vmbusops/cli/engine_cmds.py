@@ -43,7 +43,7 @@ from vmbusops.engine import (
 from vmbusops.engine.journal import RecordView, RunView
 from vmbusops.engine.views import job_json, run_json
 from vmbusops.guestops.connect import open_host
-from vmbusops.records import Stream
+from vmbusops.records import Stream, value_display, value_from_json
 
 _STATE_STYLE = {
     State.SUCCESS: "green",
@@ -380,19 +380,8 @@ _LABEL = {
 
 
 def _value_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, dict):
-        if "string" in value and value["string"] is not None:
-            return str(value["string"])
-        if "$bytes" in value:
-            return str(value["$bytes"])
-        return json.dumps(value)
-    if isinstance(value, list):
-        return " ".join(_value_text(v) for v in value)
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    return str(value)
+    """A journaled value as the live view shows it (one renderer for both)."""
+    return value_display(value_from_json(value))
 
 
 def record_text(rec: RecordView) -> str:

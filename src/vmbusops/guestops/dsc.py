@@ -207,9 +207,10 @@ async def ensure_guest_services(host: HyperVHost, vm: str, *, may_enable: bool) 
 
 
 def hash_script(paths: Sequence[str]) -> str:
-    """One Get-FileHash for many files; a missing file is a non-terminating error, not a failure."""
+    """One Get-FileHash for many files. A missing file simply has no hash: -ErrorAction
+    SilentlyContinue keeps the expected "cannot find path" errors out of the run's record."""
     listed = ",".join(_quote(p) for p in paths)
-    return f"Get-FileHash -LiteralPath {listed} -Algorithm SHA256"
+    return f"Get-FileHash -LiteralPath {listed} -Algorithm SHA256 -ErrorAction SilentlyContinue"
 
 
 async def guest_hashes(channel: GuestChannel, paths: Sequence[str]) -> dict[str, str]:

@@ -77,7 +77,9 @@ def bind(
         folded = name.casefold()
         matches = by_name.get(folded) or [p for key, p in prefixes if key.startswith(folded)]
         if not matches:
-            if any(c.casefold().startswith(folded) for c in COMMON_PARAMETERS):
+            common = [c for c in COMMON_PARAMETERS if c.casefold().startswith(folded)]
+            if common:
+                bound[common[0]] = value  # kept under its full name; -ErrorAction is honoured
                 continue
             raise BindingError(pserrors.parameter_not_found(fq_name, name))
         if len(matches) > 1:

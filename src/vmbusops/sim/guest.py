@@ -427,6 +427,11 @@ class Stage:
 
     @property
     def streams(self) -> Streams:
+        # -ErrorAction SilentlyContinue / Ignore keep a cmdlet's non-terminating errors off the
+        # error stream, as in PowerShell (callers use it to probe, e.g. which files exist).
+        action = str(self.bound.get("ErrorAction", "")).casefold()
+        if action in ("silentlycontinue", "ignore"):
+            return _WithoutErrors(self.session.streams)
         return self.session.streams
 
     async def begin(self) -> None:
@@ -483,6 +488,41 @@ class WriteOutput(Stage):
                 await self.out_all(value)
         else:
             await self.emit(item)
+
+
+class _WithoutErrors:
+    """A cmdlet's streams with its non-terminating errors dropped (-ErrorAction SilentlyContinue)."""
+
+    def __init__(self, inner: Streams) -> None:
+        self._inner = inner
+
+    def output(self, value: Any) -> None:
+        self._inner.output(value)
+
+    def error(self, error: SimError) -> None:
+        return
+
+    def warning(self, message: str) -> None:
+        self._inner.warning(message)
+
+    def verbose(self, message: str) -> None:
+        self._inner.verbose(message)
+
+    def debug(self, message: str) -> None:
+        self._inner.debug(message)
+
+    def information(self, info: InformationMessage) -> None:
+        self._inner.information(info)
+
+    def progress(self, update: ProgressUpdate) -> None:
+        self._inner.progress(update)
+
+    @property
+    def records_written(self) -> int:
+        return self._inner.records_written
+
+    async def checkpoint(self) -> None:
+        await self._inner.checkpoint()
 
 
 class _MessageWriter(Stage, abc.ABC):
