@@ -70,3 +70,23 @@ bootstrap_sshd() {
     $sudo apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends openssh-server openssh-client >&2
 }
+
+# The real-PowerShell lane: PowerShell 7 from $VMBUSOPS_PWSH, `pwsh` on PATH, or the copy staged
+# beside the checkout (../shared/pwsh). Exports VMBUSOPS_PWSH when one is found; says so either way.
+find_pwsh() {
+    local candidate=""
+    if [ -n "${VMBUSOPS_PWSH:-}" ]; then
+        candidate="$VMBUSOPS_PWSH"
+    elif command -v pwsh >/dev/null 2>&1; then
+        candidate="$(command -v pwsh)"
+    elif [ -x "$ROOT/../shared/pwsh/pwsh" ]; then
+        candidate="$(cd "$ROOT/../shared/pwsh" && pwd)/pwsh"
+    fi
+    if [ -n "$candidate" ] && "$candidate" -NoLogo -NoProfile -c 'exit 0' >/dev/null 2>&1; then
+        export VMBUSOPS_PWSH="$candidate"
+        echo "==> real-PowerShell lane: $candidate" >&2
+    else
+        unset VMBUSOPS_PWSH
+        echo "==> real-PowerShell lane: no PowerShell 7 found; its tests will be counted as not run" >&2
+    fi
+}

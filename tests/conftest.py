@@ -89,3 +89,65 @@ def make_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str],
         return SimLab(path)
 
     return make
+
+
+# ---------------------------------------------------------------------------- real PowerShell
+# Tests marked `pwsh` run against a real PowerShell 7: $VMBUSOPS_PWSH, `pwsh` on PATH, or the copy
+# staged beside the checkout (../shared/pwsh/pwsh). Where none is found they are counted as not
+# run and the summary says so in one line; on CI (CI=true) a missing PowerShell fails the run.
+
+_PWSH_TESTS: dict[str, int] = {"ran": 0, "not_run": 0}
+
+
+def find_pwsh() -> str | None:
+    """The PowerShell 7 the real-PowerShell lane uses, or None."""
+    import os
+    import shutil
+
+    explicit = os.environ.get("VMBUSOPS_PWSH")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    on_path = shutil.which("pwsh")
+    if on_path:
+        return on_path
+    staged = Path(__file__).resolve().parents[2] / "shared" / "pwsh" / "pwsh"
+    return str(staged) if os.access(staged, os.X_OK) else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    pwsh = find_pwsh()
+    for item in items:
+        if item.get_closest_marker("pwsh") is None:
+            continue
+        if pwsh is None:
+            _PWSH_TESTS["not_run"] += 1
+            item.add_marker(pytest.mark.skip(reason="no PowerShell 7 found (set VMBUSOPS_PWSH)"))
+        else:
+            _PWSH_TESTS["ran"] += 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _PWSH_TESTS["not_run"]:
+        terminalreporter.write_line(
+            f"real-PowerShell lane: {_PWSH_TESTS['not_run']} tests NOT RUN: no PowerShell 7 found "
+            "(set VMBUSOPS_PWSH to a pwsh 7, or stage ../shared/pwsh)",
+            red=True,
+        )
+    elif _PWSH_TESTS["ran"]:
+        terminalreporter.write_line(f"real-PowerShell lane: {_PWSH_TESTS['ran']} tests selected, on {find_pwsh()}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import os
+
+    if _PWSH_TESTS["not_run"] and os.environ.get("CI") == "true" and exitstatus == 0:
+        # CI always has the staged PowerShell: a lane that could not run is a failure, not a pass.
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def pwsh_path() -> str:
+    """The real PowerShell 7 for tests marked ``pwsh`` (they are skipped where there is none)."""
+    pwsh = find_pwsh()
+    assert pwsh is not None
+    return pwsh

@@ -186,8 +186,15 @@ class Command:
     name: str
     parameters: Mapping[str, Any] = field(default_factory=dict)
     arguments: Sequence[Any] = ()
+    #: ``name`` is script text the server parses (PSRP's IsScript), not a command name. Only the
+    #: project's own fixed scripts are sent this way; user text stays a parameter value.
+    is_script: bool = False
 
     def __post_init__(self) -> None:
+        if self.is_script:
+            if not self.name.strip():
+                raise ValueError("a script command needs script text")
+            return
         if not self.name or any(c.isspace() for c in self.name) or any(c in self.name for c in ";|&{}()$`'\""):
             raise ValueError(f"not a command name: {self.name!r}")
 

@@ -63,7 +63,10 @@ def add_statements(ps: psrpcore.ClientPowerShell, statements: Iterable[Sequence[
             ps.add_statement()
         first = False
         for command in statement:
-            ps.add_command(command.name)
+            if getattr(command, "is_script", False):
+                ps.add_script(command.name)
+            else:
+                ps.add_command(command.name)
             for name, value in command.parameters.items():
                 ps.add_parameter(name, to_psrpcore(value))
             for value in command.arguments:
@@ -140,6 +143,7 @@ class CreatePipelineEncoder:
                 tuple(
                     (
                         command.name,
+                        command.is_script,
                         tuple((name, _value_key(value, slots)) for name, value in command.parameters.items()),
                         tuple(_value_key(value, slots) for value in command.arguments),
                     )
@@ -193,6 +197,7 @@ class CreatePipelineEncoder:
                     command.name,
                     {name: placeholder(value) for name, value in command.parameters.items()},
                     [placeholder(value) for value in command.arguments],
+                    is_script=command.is_script,
                 )
                 for command in statement
             ]
