@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+import trio
 
 from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential, Secret
@@ -68,35 +71,132 @@ def _events(records: list[object]) -> list[object]:
     return list(parser.events())
 
 
-async def test_apply_reboot_resume_and_test(tmp_path: Path) -> None:
+META_STOP = (Path(__file__).parent / "mofs" / "metaconfig.meta.mof").read_text(encoding="utf-8").replace(
+    '"ContinueConfiguration"', '"StopConfiguration"'
+)
+META_REBOOTS = META_STOP.replace("RebootNodeIfNeeded = False", "RebootNodeIfNeeded = True").replace(
+    '"StopConfiguration"', '"ContinueConfiguration"'
+)
+
+
+async def _first_output(host: HyperVHost, script: str, cred: GuestCredential) -> PSObjectValue:
+    recs, outcome = await host.run_in_guest("web01", script, cred)
+    assert outcome.ok, outcome.error_messages
+    value = next(r.record.value for r in recs if isinstance(r.record, OutputRecord))
+    assert isinstance(value, PSObjectValue)
+    return value
+
+
+async def _lcm_state(host: HyperVHost, cred: GuestCredential) -> str:
+    return str((await _first_output(host, "Get-DscLocalConfigurationManager", cred)).get("LCMState"))
+
+
+async def _apply_until_reboot(host: HyperVHost, tmp_path: Path, cred: GuestCredential) -> None:
+    await _copy_text(host, tmp_path, MOF, "C:\\Stage\\localhost.mof")
+    recs, outcome = await host.run_in_guest("web01", "Start-DscConfiguration -Path C:\\Stage -Wait -Verbose -Force", cred)
+    assert outcome.ok, outcome.error_messages
+    events = _events(recs)
+    # The feature asks for a restart: the LCM stops after it, the File resource waits.
+    assert any(isinstance(e, RebootRequired) for e in events)
+    sets = [e.resource for e in events if isinstance(e, OperationEnded) and e.resource and e.operation.value == "Set"]
+    assert sets == ["[WindowsFeature]IIS"]
+    status = await _first_output(host, "Get-DscConfigurationStatus", cred)
+    assert status.get("LCMState") == "PendingReboot" and status.get("RebootRequested") is True
+
+
+async def test_after_a_reboot_the_lcm_resumes_by_itself_and_is_busy_meanwhile(tmp_path: Path) -> None:
     cm, cred = await _host(tmp_path)
     async with cm as host:  # type: ignore[attr-defined]
-        await _copy_text(host, tmp_path, MOF, "C:\\Stage\\localhost.mof")
-        recs, outcome = await host.run_in_guest("web01", "Start-DscConfiguration -Path C:\\Stage -Wait -Verbose -Force", cred)
-        assert outcome.ok, outcome.error_messages
-        events = _events(recs)
-        # The feature asks for a restart: the LCM stops after it, the File resource waits.
-        assert any(isinstance(e, RebootRequired) for e in events)
-        sets = [e.resource for e in events if isinstance(e, OperationEnded) and e.resource and e.operation.value == "Set"]
-        assert sets == ["[WindowsFeature]IIS"]
-        recs, _ = await host.run_in_guest("web01", "Get-DscConfigurationStatus", cred)
-        status = next(r.record.value for r in recs if isinstance(r.record, OutputRecord))
-        assert isinstance(status, PSObjectValue)
-        assert status.get("LCMState") == "PendingReboot" and status.get("RebootRequested") is True
+        assert (await _first_output(host, "Get-DscLocalConfigurationManager", cred)).get("ActionAfterReboot") == (
+            "ContinueConfiguration"
+        )
+        await _apply_until_reboot(host, tmp_path, cred)
+        await host.restart_vm("web01")
+        await host.wait_guest_ready("web01", cred, timeout=10, poll_interval=0.05)
+        # ActionAfterReboot = ContinueConfiguration: the LCM carries on by itself, and refuses
+        # another operation until it is done.
+        assert await _lcm_state(host, cred) == "Busy"
+        _, outcome = await host.run_in_guest("web01", "Start-DscConfiguration -UseExisting -Wait -Verbose", cred)
+        assert any(
+            "Cannot invoke the ApplyConfiguration method. The PerformRequiredConfigurationChecks method is in progress"
+            in m
+            for m in outcome.error_messages
+        ), outcome.error_messages
+        _, outcome = await host.run_in_guest("web01", "Test-DscConfiguration", cred)
+        assert any("must return before TestConfiguration can be invoked" in m for m in outcome.error_messages)
+        deadline = time.monotonic() + 10
+        while (state := await _lcm_state(host, cred)) == "Busy":
+            assert time.monotonic() < deadline
+            await trio.sleep(0.1)
+        assert state == "Idle"
+        status = await _first_output(host, "Get-DscConfigurationStatus", cred)
+        assert (status.get("Status"), status.get("Type"), status.get("RebootRequested")) == ("Success", "Reboot", False)
+        recs, _ = await host.run_in_guest("web01", "Get-Content C:\\inetpub\\wwwroot\\index.html -Raw", cred)
+        assert any(isinstance(r.record, OutputRecord) and "from DSC" in str(r.record.value) for r in recs)
+        detail = await _first_output(host, "Test-DscConfiguration -Detailed", cred)
+        assert detail.get("InDesiredState") is True
 
+
+async def test_a_meta_configuration_that_stops_after_a_reboot_leaves_the_run_to_use_existing(tmp_path: Path) -> None:
+    cm, cred = await _host(tmp_path)
+    async with cm as host:  # type: ignore[attr-defined]
+        await _copy_text(host, tmp_path, META_STOP, "C:\\Stage\\localhost.meta.mof")
+        recs, outcome = await host.run_in_guest("web01", "Set-DscLocalConfigurationManager -Path C:\\Stage -Verbose", cred)
+        assert outcome.ok, outcome.error_messages
+        verbose = [r.record.message for r in recs if isinstance(r.record, VerboseRecord)]
+        assert any("methodName' = SendMetaConfigurationApply" in v for v in verbose)
+        lcm = await _first_output(host, "Get-DscLocalConfigurationManager", cred)
+        assert (lcm.get("ActionAfterReboot"), lcm.get("RebootNodeIfNeeded"), lcm.get("RefreshMode")) == (
+            "StopConfiguration",
+            False,
+            "PUSH",
+        )
+        recs, _ = await host.run_in_guest("web01", "Test-Path C:\\Windows\\System32\\Configuration\\MetaConfig.mof", cred)
+        assert [r.record.value for r in recs if isinstance(r.record, OutputRecord)] == [True]
+
+        await _apply_until_reboot(host, tmp_path, cred)
         await host.restart_vm("web01")
         await host.wait_guest_ready("web01", cred, timeout=10, poll_interval=0.1)
+        assert await _lcm_state(host, cred) == "PendingConfiguration"
         recs, outcome = await host.run_in_guest("web01", "Start-DscConfiguration -UseExisting -Wait -Verbose", cred)
         assert outcome.ok, outcome.error_messages
         events = _events(recs)
         assert [e.resource for e in events if isinstance(e, OperationSkipped)] == ["[WindowsFeature]IIS"]
         assert not any(isinstance(e, RebootRequired) for e in events)
-        recs, _ = await host.run_in_guest("web01", "Get-Content C:\\inetpub\\wwwroot\\index.html -Raw", cred)
-        assert any(isinstance(r.record, OutputRecord) and "from DSC" in str(r.record.value) for r in recs)
+        assert await _lcm_state(host, cred) == "Idle"
+        detail = await _first_output(host, "Test-DscConfiguration -Detailed", cred)
+        assert detail.get("InDesiredState") is True
 
-        recs, _ = await host.run_in_guest("web01", "Test-DscConfiguration -Detailed", cred)
-        detail = next(r.record.value for r in recs if isinstance(r.record, OutputRecord))
-        assert isinstance(detail, PSObjectValue) and detail.get("InDesiredState") is True
+
+async def test_reboot_node_if_needed_makes_the_lcm_restart_the_guest(tmp_path: Path) -> None:
+    cm, cred = await _host(tmp_path)
+    async with cm as host:  # type: ignore[attr-defined]
+        await _copy_text(host, tmp_path, META_REBOOTS, "C:\\Stage\\localhost.meta.mof")
+        _, outcome = await host.run_in_guest("web01", "Set-DscLocalConfigurationManager -Path C:\\Stage", cred)
+        assert outcome.ok, outcome.error_messages
+        await _copy_text(host, tmp_path, MOF, "C:\\Stage\\localhost.mof")
+        _, outcome = await host.run_in_guest("web01", "Start-DscConfiguration -Path C:\\Stage -Wait -Force", cred)
+        assert outcome.ok, outcome.error_messages
+        # No Restart-VM from the host: the LCM restarted the guest, which resumed the run by itself.
+        await host.wait_guest_ready("web01", cred, timeout=10, poll_interval=0.05)
+        deadline = time.monotonic() + 10
+        while await _lcm_state(host, cred) == "Busy":
+            assert time.monotonic() < deadline
+            await trio.sleep(0.1)
+        recs, _ = await host.run_in_guest("web01", "Get-DscConfigurationStatus -All", cred)
+        runs = [r.record.value for r in recs if isinstance(r.record, OutputRecord)]
+        assert [(v.get("Type"), v.get("Status")) for v in runs] == [("Reboot", "Success"), ("Initial", "Success")]  # type: ignore[union-attr]
+
+
+async def test_meta_configuration_values_outside_the_lcm_are_refused(tmp_path: Path) -> None:
+    cm, cred = await _host(tmp_path)
+    async with cm as host:  # type: ignore[attr-defined]
+        pull = META_STOP.replace('"Push"', '"Pull"')
+        await _copy_text(host, tmp_path, pull, "C:\\Stage\\localhost.meta.mof")
+        _, outcome = await host.run_in_guest("web01", "Set-DscLocalConfigurationManager -Path C:\\Stage", cred)
+        assert any("Push mode only" in m for m in outcome.error_messages), outcome.error_messages
+        lcm = await _first_output(host, "Get-DscLocalConfigurationManager", cred)
+        assert lcm.get("ActionAfterReboot") == "ContinueConfiguration"  # nothing was applied
 
 
 async def test_custom_resource_needs_its_module(tmp_path: Path) -> None:
