@@ -143,6 +143,9 @@ class PipelineStateRecord:
     stream: ClassVar[Stream] = Stream.STATE
     state: PipelineState
     error: ErrorRecord | None = None
+    #: For a guest invocation, the exit code of the last step that ended (see
+    #: ``guestops.invoker``); None where no step ended or the pipeline was not a guest's.
+    exit_code: int | None = None
 
 
 Record: TypeAlias = (
