@@ -277,3 +277,8 @@ async def test_patch_check_then_install_with_a_reboot(tmp_path: Path) -> None:
     assert sorted(patched["updates"]) == ["KB1 Succeeded", "KB5034441 Succeeded"]
     progress = [r for r in journal.records(result.job_id) if r.stream == "progress"]
     assert any(r.content.get("current_operation") == "KB5034441" for r in progress)
+    # Installed by a SYSTEM scheduled task (the WUA refuses PowerShell Direct), removed afterwards.
+    statuses = [str(r.content.get("status_description")) for r in progress]
+    assert any(t.startswith("Installing as SYSTEM (scheduled task \\vmbusops\\") for t in statuses), statuses
+    assert await _lcm_of(path, "web01", "Get-ScheduledTask") == []
+    assert await _lcm_of(path, "web01", "Get-ChildItem C:\\ProgramData\\vmbusops\\wua") == []

@@ -12,9 +12,22 @@ from vmbusops.credentials import GuestCredential, Secret
 from vmbusops.dsc.lcm import LcmParser, OperationEnded, OperationSkipped, RebootRequired
 from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.host import HyperVHost
-from vmbusops.guestops.patch_script import PATCH_SCRIPT, PATCH_SCRIPT_SHA256
-from vmbusops.records import ErrorRecord, OutputRecord, PSObjectValue, VerboseRecord, WarningRecord
+from vmbusops.guestops.patch_script import (
+    INSTALL_SCRIPT,
+    INSTALL_SCRIPT_SHA256,
+    PATCH_SCRIPT,
+    PATCH_SCRIPT_SHA256,
+)
+from vmbusops.records import (
+    ErrorRecord,
+    OutputRecord,
+    ProgressRecord,
+    PSObjectValue,
+    VerboseRecord,
+    WarningRecord,
+)
 from vmbusops.sim.lab import load_lab
+from vmbusops.sim.wua import INSTALL_SCRIPT_SHA256 as SIM_INSTALL_SHA256
 from vmbusops.sim.wua import PATCH_SCRIPT_SHA256 as SIM_PATCH_SHA256
 
 LAB = """
@@ -214,26 +227,103 @@ async def test_custom_resource_needs_its_module(tmp_path: Path) -> None:
         assert [r.record.value for r in recs if isinstance(r.record, OutputRecord)] == ["hello"]
 
 
-def test_the_simulator_recognises_exactly_the_shipped_patch_script() -> None:
-    assert SIM_PATCH_SHA256 == PATCH_SCRIPT_SHA256
+def test_the_simulator_recognises_exactly_the_shipped_patch_scripts() -> None:
+    assert (SIM_PATCH_SHA256, SIM_INSTALL_SHA256) == (PATCH_SCRIPT_SHA256, INSTALL_SCRIPT_SHA256)
 
 
-async def test_patch_script_check_then_install(tmp_path: Path) -> None:
+def _patch_args(mode: str, categories: str = "") -> list[object]:
+    return [mode, categories, "", 600, INSTALL_SCRIPT]
+
+
+async def _outputs(host: HyperVHost, script: str, cred: GuestCredential) -> list[object]:
+    recs, _ = await host.run_in_guest("web01", script, cred)
+    return [r.record.value for r in recs if isinstance(r.record, OutputRecord)]
+
+
+async def test_patch_script_checks_in_the_session_and_installs_through_a_system_task(tmp_path: Path) -> None:
     cm, cred = await _host(tmp_path)
     async with cm as host:  # type: ignore[attr-defined]
-        recs, outcome = await host.run_in_guest("web01", PATCH_SCRIPT, cred, arguments=["check", "Security Updates", ""])
+        recs, outcome = await host.run_in_guest("web01", PATCH_SCRIPT, cred, arguments=_patch_args("check", "Security Updates"))
         assert outcome.ok
         values = [r.record.value for r in recs if isinstance(r.record, OutputRecord)]
         assert [(v.get("KB"), v.get("Result")) for v in values[:-1]] == [("KB5034441", "Pending")]  # type: ignore[union-attr]
-        recs, outcome = await host.run_in_guest("web01", PATCH_SCRIPT, cred, arguments=["install", "", ""])
+        recs, outcome = await host.run_in_guest("web01", PATCH_SCRIPT, cred, arguments=_patch_args("install"))
+        assert outcome.ok, outcome.error_messages
         values = [r.record.value for r in recs if isinstance(r.record, OutputRecord)]
         summary = values[-1]
         assert isinstance(summary, PSObjectValue)
         assert (summary.get("Installed"), summary.get("RebootRequired")) == (2, True)
+        statuses = [r.record.status_description for r in recs if isinstance(r.record, ProgressRecord)]
+        assert any(s.startswith("Installing as SYSTEM (scheduled task \\vmbusops\\vmbusops-wua-") for s in statuses), statuses
+        assert any(s == "2 of 2: installing" for s in statuses), statuses
+        # The task and its folder are gone afterwards.
+        assert await _outputs(host, "Get-ScheduledTask -TaskPath '\\vmbusops\\'", cred) == []
+        assert await _outputs(host, "Get-ChildItem C:\\ProgramData\\vmbusops\\wua", cred) == []
         # Installed updates are no longer offered.
-        recs, _ = await host.run_in_guest("web01", PATCH_SCRIPT, cred, arguments=["check", "", ""])
+        recs, _ = await host.run_in_guest("web01", PATCH_SCRIPT, cred, arguments=_patch_args("check"))
         summary = [r.record.value for r in recs if isinstance(r.record, OutputRecord)][-1]
         assert isinstance(summary, PSObjectValue) and summary.get("Found") == 0
         # Any other COM script is refused by the subset, never pretended.
         _, outcome = await host.run_in_guest("web01", "New-Object -ComObject Microsoft.Update.Session", cred)
         assert outcome.error_messages and "not recognized" in outcome.error_messages[0]
+
+
+async def _stage_install(host: HyperVHost, tmp_path: Path) -> None:
+    # As Set-Content -Encoding UTF8 leaves them: a BOM, the text, a newline.
+    src = tmp_path / "install.ps1"
+    src.write_bytes(b"\xef\xbb\xbf" + (INSTALL_SCRIPT + "\r\n").encode("utf-8"))
+    await host.copy_to_guest("web01", str(src), "C:\\Stage\\install.ps1")
+    await _copy_text(host, tmp_path, '{"Categories": "", "KBs": ""}', "C:\\Stage\\request.json")
+
+
+async def test_windows_update_refuses_to_download_for_the_remote_session(tmp_path: Path) -> None:
+    cm, cred = await _host(tmp_path)
+    async with cm as host:  # type: ignore[attr-defined]
+        await _stage_install(host, tmp_path)
+        # The install script run straight over PowerShell Direct, as the patch step once did.
+        _, outcome = await host.run_in_guest("web01", INSTALL_SCRIPT, cred, arguments=["C:\\Stage"])
+        assert not outcome.ok
+        assert any(
+            'Exception calling "Download" with "0" argument(s): "Exception from HRESULT: 0x80070005 (E_ACCESSDENIED)"' in m
+            for m in outcome.error_messages
+        ), outcome.error_messages
+        lines = await _outputs(host, "Get-Content C:\\Stage\\results.jsonl", cred)
+        assert '"Kind":"error"' in str(lines[-1]) and "0x80070005" in str(lines[-1])
+        recs, _ = await host.run_in_guest("web01", PATCH_SCRIPT, cred, arguments=_patch_args("check"))
+        summary = [r.record.value for r in recs if isinstance(r.record, OutputRecord)][-1]
+        assert isinstance(summary, PSObjectValue) and summary.get("Found") == 2  # nothing was installed
+
+
+TASK_SETUP = """
+$action = New-ScheduledTaskAction -Execute 'powershell.exe' -Argument '-NoProfile -File "C:\\Stage\\{file}" -Folder "C:\\Stage"'
+$principal = New-ScheduledTaskPrincipal -UserId 'NT AUTHORITY\\SYSTEM' -LogonType ServiceAccount -RunLevel Highest
+Register-ScheduledTask -TaskName {name} -TaskPath '\\ops\\' -Action $action -Principal $principal
+Start-ScheduledTask -TaskName {name} -TaskPath '\\ops\\'
+"""
+
+
+async def test_scheduled_task_cmdlets_run_the_install_script_as_system_and_nothing_else(tmp_path: Path) -> None:
+    cm, cred = await _host(tmp_path)
+    async with cm as host:  # type: ignore[attr-defined]
+        await _stage_install(host, tmp_path)
+        _, outcome = await host.run_in_guest("web01", TASK_SETUP.format(file="install.ps1", name="wu"), cred)
+        assert outcome.ok, outcome.error_messages
+        (task,) = await _outputs(host, "Get-ScheduledTask -TaskName wu", cred)
+        assert isinstance(task, PSObjectValue) and task.get("TaskPath") == "\\ops\\"
+        (info,) = await _outputs(host, "Get-ScheduledTaskInfo -TaskName wu -TaskPath '\\ops\\'", cred)
+        assert isinstance(info, PSObjectValue) and info.get("LastTaskResult") == 0
+        lines = await _outputs(host, "Get-Content C:\\Stage\\results.jsonl", cred)
+        assert '"Kind":"summary"' in str(lines[-1]) and '"Installed":2' in str(lines[-1])
+
+        # A task whose script the simulator does not know does not pretend to run.
+        await _copy_text(host, tmp_path, "Write-Output 'something else'", "C:\\Stage\\other.ps1")
+        _, outcome = await host.run_in_guest("web01", TASK_SETUP.format(file="other.ps1", name="other"), cred)
+        assert any("does not support running the scheduled task action" in m for m in outcome.error_messages)
+        (info,) = await _outputs(host, "Get-ScheduledTaskInfo -TaskName other -TaskPath '\\ops\\'", cred)
+        assert isinstance(info, PSObjectValue) and info.get("LastTaskResult") == 1
+
+        _, outcome = await host.run_in_guest(
+            "web01", "Unregister-ScheduledTask -TaskName wu -Confirm:$false; Unregister-ScheduledTask -TaskName other -Confirm:$false", cred
+        )
+        assert outcome.ok, outcome.error_messages
+        assert await _outputs(host, "Get-ScheduledTask", cred) == []
