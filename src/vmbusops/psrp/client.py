@@ -225,6 +225,7 @@ class Pipeline:
         self.final: PipelineStateRecord | None = None
         self._abandoned = False
         self._command_sent = False
+        self._started = False
 
     async def _deliver(self, record: Record) -> None:
         while len(self._queue) >= self._capacity and not self._abandoned:
@@ -597,18 +598,20 @@ class RunspacePool:
         pipe = Pipeline(self, ps, self._record_buffer)
         self._pipelines[pipe.id] = pipe
         try:
-            # The server reads and dispatches OutOfProc packets in order on one thread, so the
-            # CreatePipeline Data can follow the Command at once instead of a round trip later;
-            # the CommandAck is still awaited before the caller gets the pipeline.
+            # The CreatePipeline Data goes only after the CommandAck. PowerShell's server
+            # (OutOfProcServerMediator) queues every input line as its own thread-pool work item:
+            # Data handled before its Command has registered the pipeline's transport is acked
+            # and dropped, and the pipeline never answers. PowerShell's own client waits too.
             self._raise_if_broken()
             async with self._control_lock:
                 command_ack = self._expect_ack(PacketKind.COMMAND_ACK, pipe.id)
                 await self._transport.send_all(encode(Packet(kind=PacketKind.COMMAND, guid=pipe.id)))
             pipe._command_sent = True
-            self._start_pipeline(ps, body)
-            await self._flush()
             await command_ack.wait()
             self._raise_if_broken()
+            self._start_pipeline(ps, body)
+            pipe._started = True
+            await self._flush()
             yield pipe
         finally:
             with trio.CancelScope(shield=True):
@@ -639,7 +642,7 @@ class RunspacePool:
 
     async def _end_pipeline(self, pipe: Pipeline, stop_timeout: float) -> None:
         try:
-            if pipe._command_sent and pipe.final is None and not self.broken:
+            if pipe._started and pipe.final is None and not self.broken:
                 await pipe.stop(timeout=stop_timeout)
             pipe._abandon()
             if pipe._command_sent and not self.broken:
