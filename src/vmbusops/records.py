@@ -143,6 +143,8 @@ class PipelineStateRecord:
     stream: ClassVar[Stream] = Stream.STATE
     state: PipelineState
     error: ErrorRecord | None = None
+    #: The N of a top-level ``exit N`` in the pipeline (PowerShell's SetShouldExit host call).
+    exit_code: int | None = None
 
 
 Record: TypeAlias = (

@@ -74,3 +74,114 @@ async def test_two_hundred_pipelines_at_once_all_answer(shared: SharedPool) -> N
 
     got = await shared.run(body)
     assert sorted(got) == list(range(200))  # type: ignore[type-var]
+
+
+# -- the host: records once, exit codes, prompts ------------------------------------------------
+
+# PowerShell Direct modelled with a child pwsh: Invoke-Command -VMName creates its remote runspace
+# with the cmdlet's own host (ours, relayed by the server), so the model does the same. Made with
+# CreateOutOfProcessRunspace($null) instead, the runspace gets no host and PowerShell drops the
+# guest's verbose, warning and debug lines even in an interactive console.
+GUEST_SESSION = r"""
+$t = [psobject].Assembly.GetType('System.Management.Automation.Runspaces.NewProcessConnectionInfo')
+$ci = $t.GetConstructors([System.Reflection.BindingFlags]'NonPublic,Instance')[0].Invoke(@($null))
+$rs = [runspacefactory]::CreateRunspace(
+    [System.Management.Automation.Runspaces.RunspaceConnectionInfo]$ci,
+    [System.Management.Automation.Host.PSHost]$Host,
+    [System.Management.Automation.Runspaces.TypeTable]$null)
+$rs.Open()
+$s = [System.Management.Automation.Runspaces.PSSession]::Create($rs, 'VMBus', $null)
+"""
+
+
+def by_stream(records: list[Record]) -> dict[str, list[Record]]:
+    out: dict[str, list[Record]] = {}
+    for r in records:
+        out.setdefault(r.stream.value, []).append(r)
+    return out
+
+
+async def test_every_line_written_through_the_host_arrives_once(shared: SharedPool) -> None:
+    # PowerShell sends each of these as a record *and* a host call (or, for $Host.UI, as a host
+    # call only): each must reach the caller exactly once, in order.
+    text = (
+        "Write-Verbose 'v1' -Verbose; Write-Warning 'w1'; Write-Debug 'd1' -Debug; Write-Host 'h1'; "
+        "Write-Progress -Activity 'a1' -Status 's1' -PercentComplete 5; "
+        "$Host.UI.WriteLine('wl'); $Host.UI.Write('w-no-newline'); 'oh' | Out-Host; "
+        "$Host.UI.WriteErrorLine('el'); $Host.UI.WriteVerboseLine('v2'); 'o'"
+    )
+    records = await shared.run(lambda pool: pool.run(script(text)))
+    from vmbusops.records import display_text
+
+    shown = [(r.stream.value, display_text(r)) for r in records]
+    assert shown == [
+        ("verbose", "v1"),
+        ("warning", "w1"),
+        ("debug", "d1"),
+        ("information", "h1"),
+        ("progress", "a1: s1 5%"),
+        ("information", "wl"),
+        ("information", "w-no-newline"),
+        ("information", "oh"),
+        ("error", "el"),
+        ("verbose", "v2"),
+        ("output", "o"),
+        ("state", "Completed"),
+    ]
+
+
+async def test_guest_verbose_and_warning_arrive_through_invoke_command(shared: SharedPool) -> None:
+    text = GUEST_SESSION + (
+        "Invoke-Command -Session $s -ScriptBlock { Write-Verbose 'guest v' -Verbose; Write-Warning 'guest w'; "
+        "Write-Debug 'guest d' -Debug; 'guest o' }; Remove-PSSession $s"
+    )
+    records = await shared.run(lambda pool: pool.run(script(text)))
+    streams = by_stream(records)
+    assert [getattr(r, "message", None) for r in streams["verbose"]] == ["guest v"]
+    assert [getattr(r, "message", None) for r in streams["warning"]] == ["guest w"]
+    assert [getattr(r, "message", None) for r in streams["debug"]] == ["guest d"]
+    assert outputs(records) == ["guest o"]
+
+
+async def test_exit_in_a_guest_brings_no_code_but_exit_in_our_pipeline_does(shared: SharedPool) -> None:
+    async def body(pool: RunspacePool) -> tuple[list[Record], int | None, list[Record], int | None]:
+        guest_text = GUEST_SESSION + (
+            "Invoke-Command -Session $s { 'before'; exit 3 }; $s.Runspace.RunspaceStateInfo.State.ToString()"
+        )
+        async with pool.invoke(script(guest_text)) as pipe:
+            guest = await pipe.collect()
+        guest_code = pipe.exit_code
+        async with pool.invoke(script("'top'; exit 3")) as pipe:
+            top = await pipe.collect()
+        return guest, guest_code, top, pipe.exit_code
+
+    guest, guest_code, top, top_code = await shared.run(body)
+    # The guest's SetShouldExit made Invoke-Command close the remote runspace; no code came back.
+    assert outputs(guest)[0] == "before"
+    assert outputs(guest)[1] in ("Closing", "Closed", "Broken")
+    assert guest_code is None and final(guest).exit_code is None
+    assert outputs(top) == ["top"]
+    assert top_code == 3
+    assert final(top) == PipelineStateRecord(state=PipelineState.COMPLETED, exit_code=3)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "Read-Host 'name'",
+        "Read-Host 'secret' -AsSecureString",
+        "Get-Credential",
+        "$Host.UI.PromptForChoice('c', 'm', [System.Management.Automation.Host.ChoiceDescription[]]@('&a', '&b'), 0)",
+        "$Host.UI.RawUI.ReadKey()",
+        "Set-Variable -Name confirmed -Value 1 -Confirm",
+    ],
+)
+async def test_a_prompt_is_answered_with_a_clear_error_at_once(shared: SharedPool, prompt: str) -> None:
+    start = time.perf_counter()
+    records = await shared.run(lambda pool: pool.run(script(prompt + "; 'after'")), timeout=10)
+    elapsed = time.perf_counter() - start
+    errors = [r for r in records if r.stream.value == "error"]
+    state = final(records)
+    messages = [getattr(e, "message", "") for e in errors] + ([state.error.message] if state.error else [])
+    assert any("unattended" in m and "no one is there to answer" in m for m in messages), records
+    assert elapsed < 5

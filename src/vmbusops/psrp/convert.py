@@ -110,6 +110,7 @@ __all__ = [
     "datetime_text",
     "enum_text",
     "error_record_from_ps",
+    "progress_from_ps",
     "record_from_event",
     "value_from_ps",
 ]
@@ -144,7 +145,7 @@ def record_from_event(event: psrpcore.PSRPEvent[Any, Any]) -> Record | None:
     if isinstance(event, psrpcore.InformationRecordEvent):
         return _information_from_ps(event.record)
     if isinstance(event, psrpcore.ProgressRecordEvent):
-        return _progress_from_ps(event.record)
+        return progress_from_ps(event.record)
     if isinstance(event, psrpcore.PipelineStateEvent):
         state = TERMINAL_STATES.get(int(event.state))
         if state is None:
@@ -208,7 +209,7 @@ def _information_from_ps(record: PSObject) -> InformationRecord:
     )
 
 
-def _progress_from_ps(record: PSObject) -> ProgressRecord:
+def progress_from_ps(record: PSObject) -> ProgressRecord:
     return ProgressRecord(
         activity=_text(_prop(record, "Activity")),
         activity_id=_int(_prop(record, "ActivityId"), 0),
