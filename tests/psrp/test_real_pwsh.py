@@ -8,6 +8,7 @@ Tests that do not break their pool share one per module (a pwsh costs 1-2 s to s
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -78,20 +79,8 @@ async def test_two_hundred_pipelines_at_once_all_answer(shared: SharedPool) -> N
 
 # -- the host: records once, exit codes, prompts ------------------------------------------------
 
-# PowerShell Direct modelled with a child pwsh: Invoke-Command -VMName creates its remote runspace
-# with the cmdlet's own host (ours, relayed by the server), so the model does the same. Made with
-# CreateOutOfProcessRunspace($null) instead, the runspace gets no host and PowerShell drops the
-# guest's verbose, warning and debug lines even in an interactive console.
-GUEST_SESSION = r"""
-$t = [psobject].Assembly.GetType('System.Management.Automation.Runspaces.NewProcessConnectionInfo')
-$ci = $t.GetConstructors([System.Reflection.BindingFlags]'NonPublic,Instance')[0].Invoke(@($null))
-$rs = [runspacefactory]::CreateRunspace(
-    [System.Management.Automation.Runspaces.RunspaceConnectionInfo]$ci,
-    [System.Management.Automation.Host.PSHost]$Host,
-    [System.Management.Automation.Runspaces.TypeTable]$null)
-$rs.Open()
-$s = [System.Management.Automation.Runspaces.PSSession]::Create($rs, 'VMBus', $null)
-"""
+# PowerShell Direct, modelled with a child pwsh (the file says why the runspace gets our host).
+GUEST_SESSION = (Path(__file__).parent / "fixtures" / "guest_session.ps1").read_text(encoding="utf-8")
 
 
 def by_stream(records: list[Record]) -> dict[str, list[Record]]:
