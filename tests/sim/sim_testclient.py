@@ -22,7 +22,7 @@ import psrpcore
 import pytest
 import trio
 import trio.testing
-from psrpcore.types import PSCredential, PSInvocationState, PSSecureString, RunspacePoolState
+from psrpcore.types import HostInfo, PSCredential, PSInvocationState, PSSecureString, RunspacePoolState
 
 from vmbusops.errors import FramingError
 from vmbusops.psrp.framing import POOL_GUID, DataStream, Packet, PacketKind, PacketReader, encode
@@ -117,10 +117,20 @@ class PipelineResult:
 class PSRPTestClient:
     """psrpcore's ClientRunspacePool over OutOfProc packets on trio streams."""
 
-    def __init__(self, send: trio.abc.SendStream, receive: trio.abc.ReceiveStream, *, max_runspaces: int = 8):
+    def __init__(
+        self,
+        send: trio.abc.SendStream,
+        receive: trio.abc.ReceiveStream,
+        *,
+        max_runspaces: int = 8,
+        host_ui: bool = True,
+    ):
         self.send_stream = send
         self.receive_stream = receive
-        self.pool = psrpcore.ClientRunspacePool(min_runspaces=1, max_runspaces=max_runspaces)
+        # A guest's verbose, warning and debug records reach only a client whose pool declares a
+        # host with a UI; most tests want them, so the client declares one unless told not to.
+        host = HostInfo(IsHostNull=False, IsHostUINull=False, IsHostRawUINull=True) if host_ui else None
+        self.pool = psrpcore.ClientRunspacePool(min_runspaces=1, max_runspaces=max_runspaces, host=host)
         self.reader = PacketReader()
         self.wire: list[Packet] = []  # every packet received, in order
         self.events: dict[uuid.UUID | None, list[Any]] = {}
@@ -278,11 +288,13 @@ def store(lab: Lab, tmp_path: Path) -> HostStore:
 
 
 @asynccontextmanager
-async def in_memory_client(store: HostStore, *, max_runspaces: int = 8) -> AsyncIterator[PSRPTestClient]:
+async def in_memory_client(
+    store: HostStore, *, max_runspaces: int = 8, host_ui: bool = True
+) -> AsyncIterator[PSRPTestClient]:
     """A server on one end of in-memory streams and an opened client on the other."""
     client_end, server_end = trio.testing.memory_stream_pair()
     server = PSRPServer(HyperVHost(store.lab, store), server_end)
-    client = PSRPTestClient(client_end, client_end, max_runspaces=max_runspaces)
+    client = PSRPTestClient(client_end, client_end, max_runspaces=max_runspaces, host_ui=host_ui)
 
     async def serve() -> None:
         await server.serve(server_end)

@@ -30,9 +30,12 @@ after the VM's ``latency_ms``, and its records stream live. A VM with ``session_
 = N`` delivers N records and then the session breaks with the "remote session might have ended"
 error. All of these are non-terminating errors: the pipeline completes, as with the real cmdlet.
 
-Verbose and debug records are always sent. A real remote session sends them only when the
-script's preference variables ask for them; the simulator's scripts are short and written to be
-observed, so it sends every one rather than guess at preferences. Output values are sent as plain
+A guest's verbose, warning and debug records reach the client only if its runspace pool
+declared a host with a UI (HostInfo with IsHostNull and IsHostUINull false), as with PowerShell
+7.6.9, which drops them otherwise even with -Verbose or the preferences at Continue. With a UI,
+every one is sent: a real session sends verbose and debug records only when the script's
+preference variables ask for them; the simulator's scripts are short and written to be observed,
+so it sends every one rather than guess at preferences. Output values are sent as plain
 primitives and objects, without the PSComputerName/RunspaceId notes real remoting adds.
 
 Guest PowerShell subset

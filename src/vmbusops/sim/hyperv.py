@@ -49,6 +49,11 @@ HYPERV = "Microsoft.HyperV.PowerShell.Commands"
 class HostStreams(Streams, Protocol):
     """The pipeline's streams plus the chaos hooks only the host level uses."""
 
+    @property
+    def host_has_ui(self) -> bool:
+        """Whether the client's runspace pool declared a host with a UI (see ``_GuestStreams``)."""
+        ...
+
     def inject_garbage(self) -> None: ...
 
     async def crash(self) -> None: ...
@@ -114,13 +119,20 @@ class SessionDropped(Exception):
 
 
 class _GuestStreams:
-    """A guest session's view of the pipeline streams: counts records, stamps guest identity."""
+    """A guest session's view of the pipeline streams: counts records, stamps guest identity.
 
-    def __init__(self, inner: Streams, spec: VMSpec, drop_after: int | None) -> None:
+    A PowerShell Direct session's verbose, warning and debug records reach the client only when
+    its runspace pool declared a host with a UI: without one, PowerShell (7.6.9, measured) drops
+    them, even with -Verbose or the preferences at Continue. Output, error, information and
+    progress records pass either way.
+    """
+
+    def __init__(self, inner: HostStreams, spec: VMSpec, drop_after: int | None) -> None:
         self._inner = inner
         self._spec = spec
         self._drop_after = drop_after
         self._count = 0
+        self._host_ui = inner.host_has_ui
 
     def _count_one(self) -> None:
         if self._drop_after is not None and self._count >= self._drop_after:
@@ -141,15 +153,18 @@ class _GuestStreams:
 
     def warning(self, message: str) -> None:
         self._count_one()
-        self._inner.warning(message)
+        if self._host_ui:
+            self._inner.warning(message)
 
     def verbose(self, message: str) -> None:
         self._count_one()
-        self._inner.verbose(message)
+        if self._host_ui:
+            self._inner.verbose(message)
 
     def debug(self, message: str) -> None:
         self._count_one()
-        self._inner.debug(message)
+        if self._host_ui:
+            self._inner.debug(message)
 
     def information(self, info: InformationMessage) -> None:
         self._count_one()
@@ -463,7 +478,7 @@ class HyperVHost:
                 fh.write(b"\x00corrupted")
         return None
 
-    async def invoke_command(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
+    async def invoke_command(self, b: dict[str, Any], streams: HostStreams, fq: str) -> None:
         if b.get("VMName") is None and b.get("VMId") is None:
             raise BindingError(
                 SimError(
@@ -510,7 +525,7 @@ class HyperVHost:
         credential: tuple[str, str] | None,
         script: str,
         arguments: list[Any],
-        streams: Streams,
+        streams: HostStreams,
     ) -> None:
         rt = self.store.runtime(spec)
         if rt.state is not VMState.RUNNING:
