@@ -115,7 +115,11 @@ def _timespan(seconds: float) -> str:
 
 
 class SessionDropped(Exception):
-    """The lab's fault injection broke the PowerShell Direct session."""
+    """The lab's fault injection broke the PowerShell Direct session; ``error`` says how."""
+
+    def __init__(self, error: SimError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class _GuestStreams:
@@ -127,16 +131,26 @@ class _GuestStreams:
     progress records pass either way.
     """
 
-    def __init__(self, inner: HostStreams, spec: VMSpec, drop_after: int | None) -> None:
+    def __init__(self, inner: HostStreams, spec: VMSpec) -> None:
         self._inner = inner
         self._spec = spec
-        self._drop_after = drop_after
+        faults = spec.faults
+        # Whichever lab fault ends the session first decides the error the client sees.
+        breaks = [
+            (n, error)
+            for n, error in (
+                (faults.session_drop_after_records, pserrors.remote_session_ended(spec.name)),
+                (faults.socket_ends_after_records, pserrors.socket_process_ended(spec.name)),
+            )
+            if n is not None
+        ]
+        self._break = min(breaks, key=lambda b: b[0]) if breaks else None
         self._count = 0
         self._host_ui = inner.host_has_ui
 
     def _count_one(self) -> None:
-        if self._drop_after is not None and self._count >= self._drop_after:
-            raise SessionDropped
+        if self._break is not None and self._count >= self._break[0]:
+            raise SessionDropped(self._break[1])
         self._count += 1
 
     @property
@@ -538,12 +552,15 @@ class HyperVHost:
         if not rt.booted(self.clock()):
             streams.error(pserrors.remote_session_ended(spec.name))
             return
+        if spec.faults.connect_fails:
+            streams.error(pserrors.session_connect_failed(spec.name))
+            return
         if credential is None or not _credential_matches(spec, credential, self.lab):
             streams.error(pserrors.credential_invalid(spec.name))
             return
         if spec.latency_ms:
             await trio.sleep(spec.latency_ms / 1000)
-        guest_streams = _GuestStreams(streams, spec, spec.faults.session_drop_after_records)
+        guest_streams = _GuestStreams(streams, spec)
         session = GuestSession(
             spec=spec, store=self.store, streams=guest_streams, username=credential[0], arguments=arguments
         )
@@ -554,8 +571,8 @@ class HyperVHost:
 
         try:
             await session.run_text(script, emit)
-        except SessionDropped:
-            streams.error(pserrors.remote_session_ended(spec.name))
+        except SessionDropped as exc:
+            streams.error(exc.error)
 
     async def restart_vm(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
         require(b, fq, "Name")

@@ -19,6 +19,9 @@ Sources, so the texts can be checked and kept honest:
   disabled Guest Service Interface with the same 0x80070050 "The file exists." text as a real
   existing file, so a client must ask Get-VMIntegrationService to tell the two apart.
 - Windows PowerShell 5.1's CommandNotFoundException and ParameterBindingException texts.
+- PowerShell's ``RemotingErrorIdStrings`` (in the 7.6.9 ``System.Management.Automation.dll``):
+  "A failure occurred while attempting to connect to the target virtual machine." and
+  ``HyperVSocketTransportProcessEnded`` inside ``IPCServerProcessReportedError``.
 
 Where the exact FullyQualifiedErrorId of a remote-session failure could not be confirmed from
 source, the simulator uses ``PSSessionStateBroken`` (what Invoke-Command reports for sessions that
@@ -159,6 +162,40 @@ def remote_session_ended(vm: str) -> SimError:
     """The guest is not booted yet, or the session broke under a running command (transient)."""
     return SimError(
         message=REMOTE_SESSION_ENDED,
+        fqid="PSSessionStateBroken",
+        category="OpenError",
+        exception_type="System.Management.Automation.Remoting.PSRemotingTransportException",
+        target_name=vm,
+        target_object=vm,
+    )
+
+
+# PowerShell's RemotingErrorIdStrings: HyperVSocketTransportProcessEnded (its text carries the
+# quotes) wrapped in IPCServerProcessReportedError, what the client side of a PowerShell Direct
+# session raises when the guest's end of the Hyper-V socket goes away under a running command.
+CONNECT_FAILED = "A failure occurred while attempting to connect to the target virtual machine."
+SOCKET_PROCESS_ENDED = (
+    'The background process reported an error with the following message: '
+    '"The Hyper-V socket target process has ended.".'
+)
+
+
+def session_connect_failed(vm: str) -> SimError:
+    """The PowerShell Direct session could not be opened (transient on a real host)."""
+    return SimError(
+        message=CONNECT_FAILED,
+        fqid="PSSessionStateBroken",
+        category="OpenError",
+        exception_type="System.Management.Automation.Remoting.PSRemotingTransportException",
+        target_name=vm,
+        target_object=vm,
+    )
+
+
+def socket_process_ended(vm: str) -> SimError:
+    """The Hyper-V socket's far end ended under a running command (transient)."""
+    return SimError(
+        message=SOCKET_PROCESS_ENDED,
         fqid="PSSessionStateBroken",
         category="OpenError",
         exception_type="System.Management.Automation.Remoting.PSRemotingTransportException",
