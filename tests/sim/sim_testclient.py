@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -220,11 +221,8 @@ class PSRPTestClient:
             ps.add_script(command)
         else:
             ps.add_command(command)
-            for name, value in params.items():
-                if value is True:
-                    ps.add_parameter(name, True)
-                else:
-                    ps.add_parameter(name, value)
+        for name, value in params.items():
+            ps.add_parameter(name, value)
         ps.start()
         pid = ps.pipeline_id
         await self.send_packet(Packet(kind=PacketKind.COMMAND, guid=pid))
@@ -264,6 +262,50 @@ class PSRPTestClient:
     async def close(self) -> None:
         await self.send_packet(Packet(kind=PacketKind.CLOSE, guid=POOL_GUID))
         await self.wait_for(lambda: self.acked(PacketKind.CLOSE, POOL_GUID) > 0)
+
+
+#: vmbusops' guest invoker, read as the agent reads it (package data), sent as a script command.
+INVOKER_SCRIPT = (
+    resources.files("vmbusops")
+    .joinpath("guestops", "powershell", "Invoke-VmbusOpsGuest.ps1")
+    .read_text(encoding="utf-8")
+)
+
+
+def invoker_params(
+    lab: Lab,
+    vm: str,
+    *steps: str,
+    indices: list[int] | None = None,
+    run_id: str = "run-1",
+    arguments: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Parameters for the guest invoker that run ``steps`` in ``vm`` as its administrator."""
+    params: dict[str, Any] = {
+        "VMName": vm,
+        "Credential": admin(lab, vm),
+        "Script": list(steps),
+        "StepIndex": indices if indices is not None else list(range(len(steps))),
+        "RunId": run_id,
+    }
+    if arguments is not None:
+        params["ArgumentList"] = arguments
+    return params
+
+
+async def run_in_guest(
+    client: PSRPTestClient, lab: Lab, vm: str, *steps: str, **options: Any
+) -> PipelineResult:
+    """Run ``steps`` in ``vm`` through the guest invoker, as the agent does."""
+    return await client.run(INVOKER_SCRIPT, script=True, **invoker_params(lab, vm, *steps, **options))
+
+
+def step_markers(result: PipelineResult) -> list[str]:
+    return [
+        str(e.record.MessageData)
+        for e in result.of(psrpcore.InformationRecordEvent)
+        if "vmbusops.step" in [str(t) for t in (e.record.Tags or [])]
+    ]
 
 
 def credential(user: str, password: str) -> PSCredential:
@@ -372,4 +414,16 @@ async def sim_process(
             nursery.cancel_scope.cancel()
 
 
-__all__ = ["TEST_LAB", "PSRPTestClient", "admin", "credential", "in_memory_client", "load_lab", "sim_process"]
+__all__ = [
+    "INVOKER_SCRIPT",
+    "TEST_LAB",
+    "PSRPTestClient",
+    "admin",
+    "credential",
+    "in_memory_client",
+    "invoker_params",
+    "load_lab",
+    "run_in_guest",
+    "sim_process",
+    "step_markers",
+]

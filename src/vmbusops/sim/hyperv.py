@@ -13,7 +13,7 @@ import functools
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,10 +22,10 @@ import trio
 from psrpcore.types import PSSecureString
 
 from vmbusops.sim import dsc as _dsc  # noqa: F401  (adds the DSC cmdlets to the guest subset)
-from vmbusops.sim import pserrors
+from vmbusops.sim import invoker, pserrors
 from vmbusops.sim import wua as _wua  # noqa: F401  (recognises the patch step's script)
 from vmbusops.sim.binding import BindingError, Param, bind, require
-from vmbusops.sim.guest import GuestSession, to_text
+from vmbusops.sim.guest import Emit, GuestSession, to_text
 from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password
 from vmbusops.sim.state import (
     INTEGRATION_SERVICES,
@@ -290,8 +290,19 @@ class HyperVHost:
         """Run a pipeline's commands (statements in order); TerminatingError ends it Failed."""
         for command in commands:
             if command.is_script:
-                raise TerminatingError(pserrors.script_not_allowed())
+                text = str(command.command_text)
+                if not invoker.is_invoker_script(text):
+                    raise TerminatingError(pserrors.script_not_allowed(text))
+                await self._chaos(invoker.INVOKER_FUNCTION, streams)
+                await self.invoke_vmbusops_guest(command.parameters, streams, as_function=False)
+                await streams.checkpoint()
+                continue
             name = str(command.command_text)
+            if name.casefold() == invoker.INVOKER_FUNCTION.casefold():
+                await self._chaos(name, streams)
+                await self.invoke_vmbusops_guest(command.parameters, streams, as_function=True)
+                await streams.checkpoint()
+                continue
             entry = self._cmdlets.get(name.casefold())
             if entry is None:
                 raise TerminatingError(pserrors.command_not_found(name))
@@ -492,6 +503,34 @@ class HyperVHost:
                 fh.write(b"\x00corrupted")
         return None
 
+    async def invoke_vmbusops_guest(
+        self, parameters: list[tuple[str | None, Any]], streams: HostStreams, *, as_function: bool
+    ) -> None:
+        """The guest invoker (``vmbusops.sim.invoker``): bind, check, then Invoke-Command natively."""
+        try:
+            call = invoker.bind_invoker([(n, plain(v)) for n, v in parameters], as_function=as_function)
+        except BindingError as exc:
+            raise TerminatingError(exc.error) from None
+        mismatch = invoker.step_count_mismatch(call)
+        if mismatch is not None:
+            raise TerminatingError(mismatch)
+        if call.vm_id is not None:
+            spec = self.lab.find_by_id(call.vm_id)
+            missing = None if spec is not None else pserrors.invoke_vm_id_not_found(call.vm_id)
+        else:
+            assert call.vm_name is not None
+            spec = self.lab.find(call.vm_name)
+            missing = None if spec is not None else pserrors.invoke_vm_name_not_found(call.vm_name)
+        if spec is None:
+            assert missing is not None
+            streams.error(missing)
+            return
+
+        async def wrapper(session: GuestSession, emit: Emit) -> None:
+            await invoker.run_guest_wrapper(session, call, emit)
+
+        await self._invoke_in_guest(spec, _credential(call.credential), wrapper, [], streams)
+
     async def invoke_command(self, b: dict[str, Any], streams: HostStreams, fq: str) -> None:
         if b.get("VMName") is None and b.get("VMId") is None:
             raise BindingError(
@@ -525,22 +564,27 @@ class HyperVHost:
                     streams.error(pserrors.invoke_vm_id_not_found(vm_id))
                 else:
                     targets.append(spec)
+
+        async def body(session: GuestSession, emit: Emit) -> None:
+            await session.run_text(script, emit)
+
         if len(targets) == 1:
             # The usual case (one VM per pipeline): no nursery and task to set up per pipeline.
-            await self._invoke_in_guest(targets[0], credential, script, arguments, streams)
+            await self._invoke_in_guest(targets[0], credential, body, arguments, streams)
             return
         async with trio.open_nursery() as nursery:
             for spec in targets:
-                nursery.start_soon(self._invoke_in_guest, spec, credential, script, arguments, streams)
+                nursery.start_soon(self._invoke_in_guest, spec, credential, body, arguments, streams)
 
     async def _invoke_in_guest(
         self,
         spec: VMSpec,
         credential: tuple[str, str] | None,
-        script: str,
+        body: Callable[[GuestSession, Emit], Awaitable[None]],
         arguments: list[Any],
         streams: HostStreams,
     ) -> None:
+        """Open a PowerShell Direct session to ``spec`` (with Invoke-Command's errors) and run ``body``."""
         rt = self.store.runtime(spec)
         if rt.state is not VMState.RUNNING:
             streams.error(pserrors.invoke_vm_not_running(spec.name))
@@ -570,7 +614,7 @@ class HyperVHost:
             await guest_streams.checkpoint()
 
         try:
-            await session.run_text(script, emit)
+            await body(session, emit)
         except SessionDropped as exc:
             streams.error(exc.error)
 

@@ -30,6 +30,8 @@ fail to open or break), category OpenError.
 
 from __future__ import annotations
 
+import hashlib
+
 from vmbusops.sim.streams import SimError
 
 HYPERV_EXCEPTION = "Microsoft.HyperV.PowerShell.VirtualizationException"
@@ -240,12 +242,17 @@ def missing_mandatory(cmdlet_fq: str, names: list[str]) -> SimError:
     )
 
 
-def script_not_allowed() -> SimError:
-    """The simulated host runs only named cmdlets; the agent never sends it script text."""
+def script_not_allowed(text: str) -> SimError:
+    """A script command other than the guest invoker: the simulated host does not run it."""
+    # The script's text is not echoed (it may hold anything); its digest tells a stale invoker
+    # copy from a different script.
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return SimError(
         message=(
-            "The vmbusops simulator runs only structured Hyper-V cmdlet commands on the host; "
-            "it does not run script text (is_script commands)."
+            "The vmbusops simulator does not support this script command on the host: it runs "
+            "structured Hyper-V cmdlet commands and, as its only script, vmbusops' guest invoker "
+            "(Invoke-VmbusOpsGuest.ps1, recognised by the SHA-256 of its exact text). "
+            f"This script's SHA-256 is {digest}."
         ),
         fqid="ScriptNotSupportedBySimulator",
         category="NotImplemented",
