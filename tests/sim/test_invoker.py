@@ -128,7 +128,7 @@ async def test_non_terminating_errors_do_not_end_a_step(client: PSRPTestClient, 
     assert step_markers(result)[-1] == "vmbusops-step end 0 exit=0"
     missing, soft = result.errors
     assert str(missing.FullyQualifiedErrorId) == "PathNotFound,Microsoft.PowerShell.Commands.GetContentCommand"
-    assert _category(missing) == ("ObjectNotFound", "", "ItemNotFoundException", "C:\\nope.txt", "String")
+    assert _category(missing) == ("ObjectNotFound", "Get-Content", "ItemNotFoundException", "C:\\nope.txt", "String")
     # Write-Error in a script file names the file in its id, as PowerShell does.
     assert str(soft.FullyQualifiedErrorId) == "Soft1,run-1-0.ps1"
     assert str(soft.Exception.PSTypeNames[0]) == "Deserialized.Microsoft.PowerShell.Commands.WriteErrorException"

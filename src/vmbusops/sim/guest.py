@@ -307,7 +307,7 @@ class GuestSession:
         try:
             bound = bind(cls.params, cls.fq_name, args, to_text)
         except BindingError as exc:
-            raise StatementError(exc.error) from None
+            raise StatementError(pserrors.with_activity(exc.error, cls.name)) from None
         return cls(self, bound, emit)
 
     # ---- expressions ---------------------------------------------------------------------
@@ -522,15 +522,23 @@ class Stage:
         self.session = session
         self.bound = bound
         self.emit = emit
+        self._streams: Streams | None = None
 
     @property
     def streams(self) -> Streams:
-        # -ErrorAction SilentlyContinue / Ignore keep a cmdlet's non-terminating errors off the
-        # error stream, as in PowerShell (callers use it to probe, e.g. which files exist).
-        action = str(self.bound.get("ErrorAction", "")).casefold()
-        if action in ("silentlycontinue", "ignore"):
-            return _WithoutErrors(self.session.streams)
-        return self.session.streams
+        """Where this cmdlet writes: its errors carry its name as their activity, as in PowerShell.
+
+        -ErrorAction SilentlyContinue / Ignore keep its non-terminating errors off the error
+        stream (callers use it to probe, e.g. which files exist).
+        """
+        if self._streams is None:
+            action = str(self.bound.get("ErrorAction", "")).casefold()
+            self._streams = _CmdletStreams(
+                self.session.streams,
+                activity=self.name if "-" in self.name else "",
+                drop_errors=action in ("silentlycontinue", "ignore"),
+            )
+        return self._streams
 
     async def begin(self) -> None:
         return None
@@ -551,7 +559,7 @@ class Stage:
         try:
             require(self.bound, self.fq_name, *names)
         except BindingError as exc:
-            raise StatementError(exc.error) from None
+            raise StatementError(pserrors.with_activity(exc.error, self.name)) from None
 
     async def out_all(self, value: Any) -> None:
         for item in enumerate_value(value):
@@ -588,17 +596,20 @@ class WriteOutput(Stage):
             await self.emit(item)
 
 
-class _WithoutErrors:
-    """A cmdlet's streams with its non-terminating errors dropped (-ErrorAction SilentlyContinue)."""
+class _CmdletStreams:
+    """A cmdlet's view of the streams: its errors named after it, or dropped (-ErrorAction)."""
 
-    def __init__(self, inner: Streams) -> None:
+    def __init__(self, inner: Streams, *, activity: str, drop_errors: bool) -> None:
         self._inner = inner
+        self._activity = activity
+        self._drop_errors = drop_errors
 
     def output(self, value: Any) -> None:
         self._inner.output(value)
 
     def error(self, error: SimError) -> None:
-        return
+        if not self._drop_errors:
+            self._inner.error(pserrors.with_activity(error, self._activity))
 
     def warning(self, message: str) -> None:
         self._inner.warning(message)
@@ -982,6 +993,7 @@ class SetContent(Stage):
                         fqid=f"GetContentWriterDirectoryNotFoundError,{self.fq_name}",
                         category="ObjectNotFound",
                         exception_type="System.IO.DirectoryNotFoundException",
+                        target_name=full,
                         target_object=full,
                     )
                 )
@@ -1021,9 +1033,10 @@ class GetFileHash(_PathCmdlet):
             self.streams.error(
                 SimError(
                     message=f"Cannot find path '{full}' because it does not exist.",
-                    fqid="FileNotFound,Get-FileHash",
+                    fqid=f"FileNotFound,{self.fq_name}",
                     category="ObjectNotFound",
                     exception_type="System.Management.Automation.ItemNotFoundException",
+                    target_name=full,
                     target_object=full,
                 )
             )

@@ -317,7 +317,7 @@ class HyperVHost:
                 bound = bind(params, fq, [(n, plain(v)) for n, v in command.parameters], to_text)
                 await handler(bound, streams, fq)
             except BindingError as exc:
-                raise TerminatingError(exc.error) from None
+                raise TerminatingError(pserrors.with_activity(exc.error, name)) from None
             await streams.checkpoint()
 
     async def _chaos(self, name: str, streams: HostStreams) -> None:

@@ -30,6 +30,7 @@ fail to open or break), category OpenError.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 from vmbusops.sim.streams import SimError
@@ -228,8 +229,14 @@ def parameter_not_found(cmdlet_fq: str, name: str) -> SimError:
         fqid=f"NamedParameterNotFound,{cmdlet_fq}",
         category="InvalidArgument",
         exception_type="System.Management.Automation.ParameterBindingException",
-        activity=cmdlet_fq.rsplit(".", 1)[-1],
     )
+
+
+def with_activity(error: SimError, command: str) -> SimError:
+    """The record as PowerShell completes it when ``command`` wrote it: the command is its activity."""
+    if error.activity or not command:
+        return error
+    return dataclasses.replace(error, activity=command)
 
 
 def missing_mandatory(cmdlet_fq: str, names: list[str]) -> SimError:
