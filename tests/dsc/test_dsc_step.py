@@ -188,10 +188,9 @@ async def test_a_step_that_finds_the_lcm_busy_waits_for_it_instead_of_cancelling
     plain = {"kind": "dsc", "name": "configure", "mofs": ["dsc/localhost.mof"]}
     first, _, _ = await run_job(path, source(tmp_path, [plain], files, ["web01"]), tmp_path)
     assert first.state is State.SUCCESS and first.details["web01"]["configure"]["reboot_pending"] is True
-    # Someone else restarts the VM; the LCM resumes the stopped run as the guest comes up.
-    async with open_host("sim", config=Config(host="sim", lab=str(path))) as host:
-        await host.restart_vm("web01")
-    again, _, journal = await run_job(path, source(tmp_path, [plain], files, ["web01"]), tmp_path)
+    # The next job restarts the VM first; the LCM resumes the stopped run as the guest comes up.
+    steps = [{"kind": "reboot", "name": "restart"}, plain]
+    again, _, journal = await run_job(path, source(tmp_path, steps, files, ["web01"]), tmp_path)
     assert again.state is State.SUCCESS, again.errors
     texts = _texts(journal, again.job_id, "web01")
     waited = next(i for i, t in enumerate(texts) if "the LCM on web01 is Busy; waiting" in t)

@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from vmbusops.errors import SessionLostError
-from vmbusops.guestops.dsc import ConfigurationError, GuestRun, wait_lcm
+from vmbusops.guestops.dsc import GuestRun, LcmWaitTimeout, wait_lcm
 from vmbusops.guestops.host import InvokeOutcome
 from vmbusops.records import OutputRecord, PipelineState, PSObjectValue, Record
 
@@ -63,7 +63,7 @@ async def test_an_idle_lcm_is_not_waited_for() -> None:
 async def test_the_wait_is_bounded_by_the_deadline(autojump_clock: trio.testing.MockClock) -> None:
     guest = ScriptedLcm(["Busy"])
     start = trio.current_time()
-    with pytest.raises(ConfigurationError, match="still Busy when the step's time to wait for it ran out"):
+    with pytest.raises(LcmWaitTimeout, match="still Busy when the step's time to wait for it ran out"):
         await wait_lcm(guest, "web01", deadline=start + 120)
     assert 100 < trio.current_time() - start <= 120
     assert 20 < len(guest.asked) < 40  # it backs off to one look every few seconds

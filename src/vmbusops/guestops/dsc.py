@@ -88,6 +88,10 @@ class ConfigurationError(GuestError):
     """The LCM failed, or the configuration did not converge within the reboot budget."""
 
 
+class LcmWaitTimeout(ConfigurationError):
+    """The LCM stayed in a state (Busy, PendingReboot) longer than the step could wait."""
+
+
 @dataclass(frozen=True, slots=True)
 class MetaSettings:
     """What the agent needs to know of a meta-configuration before applying it."""
@@ -397,7 +401,7 @@ async def wait_lcm(channel: GuestChannel, vm: str, *, deadline: float, leave: fr
     """Poll the LCM until its state is not in ``leave``; return that state.
 
     A guest that does not answer (restarting) is waited for with the channel's ``wait_ready``.
-    Raises ConfigurationError at ``deadline`` (trio time)."""
+    Raises LcmWaitTimeout at ``deadline`` (trio time)."""
     delay = LCM_POLL_FIRST
     told = False
     while True:
@@ -413,7 +417,7 @@ async def wait_lcm(channel: GuestChannel, vm: str, *, deadline: float, leave: fr
             told = True
             await channel.note(f"vmbusops: the LCM on {vm} is {state}; waiting for it ({why})")
         if trio.current_time() + delay > deadline:
-            raise ConfigurationError(
+            raise LcmWaitTimeout(
                 f"{vm}: the LCM was still {state} when the step's time to wait for it ran out",
                 vm=vm,
                 hint="Get-DscLocalConfigurationManager and Get-DscConfigurationStatus in the guest say what it is doing",
@@ -484,7 +488,9 @@ async def _wait_lcm_restart(host: HyperVHost, vm: str, channel: GuestChannel, wh
     grace = min(deadline, trio.current_time() + LCM_REBOOT_GRACE)
     try:
         await wait_lcm(channel, vm, deadline=grace, leave=frozenset({"PendingReboot"}), why="the guest restarts")
-    except ConfigurationError:
+    except LcmWaitTimeout:
+        if trio.current_time() >= deadline:
+            raise
         await restart_and_wait(host, vm, channel, f"the LCM did not restart it within {LCM_REBOOT_GRACE:g}s")
 
 
@@ -627,6 +633,7 @@ __all__ = [
     "GuestFile",
     "GuestFileMismatchError",
     "GuestRun",
+    "LcmWaitTimeout",
     "MetaSettings",
     "PushReport",
     "apply_dsc",

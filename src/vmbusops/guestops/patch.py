@@ -57,7 +57,8 @@ def _read(run: GuestRun, report: PatchReport) -> PSObjectValue | None:
 
 async def apply_patch(host: HyperVHost, vm: str, step: PatchStep, channel: GuestChannel) -> PatchReport:
     report = PatchReport()
-    wait = int(step.timeout_seconds) if step.timeout_seconds else INSTALL_WAIT_SECONDS
+    # A little less than the step's own timeout, so that the script, not a cancellation, says why.
+    wait = max(1, int(step.timeout_seconds * 0.9)) if step.timeout_seconds else INSTALL_WAIT_SECONDS
     args = ["check" if step.check_only else "install", ",".join(step.categories), ",".join(step.kbs), wait, INSTALL_SCRIPT]
     while True:
         channel.progress("Windows Update: " + ("checking" if step.check_only else "installing"))

@@ -89,7 +89,7 @@ _META_PROPERTIES = frozenset(
 
 
 #: How long the LCM stays Busy resuming a configuration after the guest has booted.
-RESUME_SECONDS = 1.0
+RESUME_SECONDS = 2.0
 LCM_FILE = "lcm.json"
 META_CLASS = "MSFT_DSCMetaConfiguration"
 _META_DEFAULTS: dict[str, Any] = {
