@@ -969,17 +969,16 @@ class SetDscLocalConfigurationManager(Stage):
         except ResourceFailed as exc:
             lcm.fail(exc.message, exc.fqid)
             return
-        for key in sorted(settings):
-            await lcm.say(META_CLASS, f"{key} = {to_text(settings[key])}")
         await lcm.lcm("End", "Set", META_CLASS, time.monotonic() - started)
         await lcm.lcm("End", "Resource", META_CLASS)
+        await lcm.lcm("End", "Set")
         await lcm.lcm("End", "Set", seconds=time.monotonic() - started)
         lcm.settings.meta = settings
         save_lcm(self.session.store, self.session.spec, lcm.settings)
         target = lcm.config_path("MetaConfig.mof")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(found.read_bytes())
-        await lcm.method_done(started)
+        await lcm.verbose("Operation 'Invoke CimMethod' complete.")
 
 
 class GetDscLocalConfigurationManager(Stage):
@@ -993,7 +992,7 @@ class GetDscLocalConfigurationManager(Stage):
         lcm = SimLcm(self)
         await lcm.settle()
         state = lcm.state
-        detail = {"Busy": "LCM is performing a consistency check.", "PendingReboot": "LCM is waiting for a reboot."}
+        detail = {"Busy": "LCM is performing a consistency check."}
         meta = lcm.settings.meta
         props: list[tuple[str, Any]] = [(k, meta.get(k, v)) for k, v in _META_DEFAULTS.items()]
         props += [
