@@ -581,7 +581,12 @@ async def apply_dsc(
                 if done:
                     break
                 continue
-            if (failure := _failure(vm, run, "the configuration failed")) is not None:
+            failure = _failure(vm, run, "the configuration failed")
+            lcm_restarts = meta is not None and meta.reboot_node_if_needed
+            if failure is not None and not (
+                # RebootNodeIfNeeded: the LCM may restart the guest under the session that watched it.
+                lcm_restarts and report.progress.reboot_required and run.outcome.failure is failure and failure.transient
+            ):
                 report.progress.mark_failed_current()
                 raise failure
             if not report.progress.reboot_required:
