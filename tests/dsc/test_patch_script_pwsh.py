@@ -27,13 +27,21 @@ param([string]$Root, [string]$Lines, [string]$Out)
 $env:ProgramData = $Root
 $global:registered = @{}
 $global:linesFile = $Lines
-function New-ScheduledTaskAction([string]$Execute, [string]$Argument) { [pscustomobject]@{ Execute = $Execute; Arguments = $Argument } }
-function New-ScheduledTaskPrincipal([string]$UserId, [string]$LogonType, [string]$RunLevel) { [pscustomobject]@{ UserId = $UserId } }
-function Register-ScheduledTask([string]$TaskName, [string]$TaskPath, $Action, $Principal, [switch]$Force) {
+function New-ScheduledTaskAction {
+    [CmdletBinding()] param([string]$Execute, [string]$Argument)
+    [pscustomobject]@{ Execute = $Execute; Arguments = $Argument }
+}
+function New-ScheduledTaskPrincipal {
+    [CmdletBinding()] param([string]$UserId, [string]$LogonType, [string]$RunLevel)
+    [pscustomobject]@{ UserId = $UserId }
+}
+function Register-ScheduledTask {
+    [CmdletBinding()] param([string]$TaskName, [string]$TaskPath, $Action, $Principal, [switch]$Force)
     $folder = ([regex]::Match($Action.Arguments, '-Folder "([^"]+)"')).Groups[1].Value
     $global:registered["$TaskPath$TaskName"] = [pscustomobject]@{ User = $Principal.UserId; Folder = $folder; Job = $null; Action = $Action.Arguments }
 }
-function Start-ScheduledTask([string]$TaskName, [string]$TaskPath) {
+function Start-ScheduledTask {
+    [CmdletBinding()] param([string]$TaskName, [string]$TaskPath)
     $task = $global:registered["$TaskPath$TaskName"]
     $task.Job = Start-ThreadJob -ArgumentList $task.Folder, $global:linesFile -ScriptBlock {
         param($folder, $source)
@@ -43,12 +51,18 @@ function Start-ScheduledTask([string]$TaskName, [string]$TaskPath) {
         }
     }
 }
-function Get-ScheduledTask([string]$TaskName, [string]$TaskPath) {
-    $job = $global:registered["$TaskPath$TaskName"].Job
-    [pscustomobject]@{ State = $(if ($job.State -eq 'Running' -or $job.State -eq 'NotStarted') { 'Running' } else { 'Ready' }) }
+function Get-ScheduledTask {
+    [CmdletBinding()] param([string]$TaskName, [string]$TaskPath)
+    $task = $global:registered["$TaskPath$TaskName"]
+    if ($null -eq $task) { Write-Error "No MSFT_ScheduledTask objects found with property 'TaskName' equal to '$TaskName'."; return }
+    [pscustomobject]@{ State = $(if ($task.Job.State -eq 'Running' -or $task.Job.State -eq 'NotStarted') { 'Running' } else { 'Ready' }) }
 }
-function Get-ScheduledTaskInfo([string]$TaskName, [string]$TaskPath) { [pscustomobject]@{ LastTaskResult = 1 } }
-function Unregister-ScheduledTask([string]$TaskName, [string]$TaskPath, [switch]$Confirm) {
+function Get-ScheduledTaskInfo {
+    [CmdletBinding()] param([string]$TaskName, [string]$TaskPath)
+    [pscustomobject]@{ LastTaskResult = 1 }
+}
+function Unregister-ScheduledTask {
+    [CmdletBinding()] param([string]$TaskName, [string]$TaskPath, [switch]$Confirm)
     $task = $global:registered["$TaskPath$TaskName"]
     $global:unregistered = [pscustomobject]@{ Name = "$TaskPath$TaskName"; User = $task.User; Action = $task.Action; Folder = $task.Folder }
     $global:registered.Remove("$TaskPath$TaskName")
@@ -56,9 +70,13 @@ function Unregister-ScheduledTask([string]$TaskName, [string]$TaskPath, [switch]
 $script = Join-Path $Root 'patch.ps1'
 $installText = Get-Content -LiteralPath (Join-Path $Root 'install-text.ps1') -Raw
 $global:LASTEXITCODE = 0
+$Error.Clear()
 $objects = @(& $script 'install' 'Security Updates' '' 30 $installText 2>&1)
+# What the guest invoker counts as the step's errors: what $Error gained, caught errors included.
+$errorCount = @($Error).Count
 [pscustomobject]@{
     ExitCode = $LASTEXITCODE
+    ErrorCount = $errorCount
     Outputs = @($objects | Where-Object { $_ -isnot [System.Management.Automation.ErrorRecord] })
     Errors = @($objects | Where-Object { $_ -is [System.Management.Automation.ErrorRecord] } | ForEach-Object { "$_" })
     Unregistered = $global:unregistered
@@ -109,6 +127,8 @@ def test_install_mode_relays_the_task_results_and_removes_the_task(pwsh_path: st
     assert unregistered["User"] == "NT AUTHORITY\\SYSTEM"
     assert "-ExecutionPolicy Bypass -File" in unregistered["Action"]
     assert (result["StillRegistered"], result["FolderLeft"], result["Errors"]) == (0, False, [])
+    # The invoker judges a step by what $Error gained too: a successful install adds nothing.
+    assert result["ErrorCount"] == 0
 
 
 def test_a_task_that_ends_without_a_summary_fails_the_script_and_is_removed(pwsh_path: str, tmp_path: Path) -> None:

@@ -66,10 +66,10 @@ async def apply_patch(host: HyperVHost, vm: str, step: PatchStep, channel: Guest
         if run.outcome.failure is not None:
             raise run.outcome.failure
         summary = _read(run, report)
-        if run.outcome.error_messages or summary is None or run.outcome.exit_code not in (0, None):
+        if run.outcome.error_messages or summary is None or not run.outcome.ok:
             why = run.outcome.error_messages[-1] if run.outcome.error_messages else "the script wrote no summary"
-            if run.outcome.exit_code not in (0, None):
-                why += f" (exit code {run.outcome.exit_code})"
+            if not run.outcome.ok:
+                why += f" ({run.outcome.why_failed()})"
             raise ConfigurationError(f"{vm}: Windows Update failed: {why}", vm=vm)
         failed = summary.get("Failed")
         report.failed += failed if isinstance(failed, int) else 0

@@ -26,7 +26,10 @@ update, a progress record and one object, then one summary object::
     vmbusopsPatchSummary = $true, Found, Installed, Failed, RebootRequired
 
 It exits 0 when it has a summary, 1 otherwise. Neither script sets ``$ErrorActionPreference =
-'Stop'`` for itself: the calls that must not fail say ``-ErrorAction Stop`` or sit in ``try``.
+'Stop'`` for itself: the calls that must not fail say ``-ErrorAction Stop`` or sit in ``try``. The
+guest invoker counts what ``$Error`` gains as the step's errors (caught ones included), so the
+script's successful path records none: it reads only whole result lines instead of catching a
+half-written one, and cleans up with ``-ErrorAction Ignore`` and a check.
 
 The simulated guest has no COM: it recognises both texts by their SHA-256
 (``vmbusops.sim.wua``), runs :data:`PATCH_SCRIPT` as a simulated equivalent, and runs a scheduled
@@ -162,11 +165,12 @@ try {
     $seen = 0
     while ($null -eq $summary) {
         $state = (Get-ScheduledTask -TaskName $taskName -TaskPath $taskPath -ErrorAction Stop).State
-        $lines = @()
-        if (Test-Path -LiteralPath $results) { $lines = @(Get-Content -LiteralPath $results -Encoding UTF8) }
+        # Only whole lines: the task may be writing the last one right now.
+        $text = ''
+        if (Test-Path -LiteralPath $results) { $text = "$(Get-Content -LiteralPath $results -Raw -Encoding UTF8 -ErrorAction Ignore)" }
+        $lines = @($text.Substring(0, $text.LastIndexOf("`n") + 1) -split "`r?`n" | Where-Object { $_ })
         while ($seen -lt $lines.Count) {
-            # The task may be writing the last line right now: read it again next time.
-            try { $entry = ConvertFrom-Json -InputObject $lines[$seen] -ErrorAction Stop } catch { break }
+            $entry = ConvertFrom-Json -InputObject $lines[$seen]
             $seen++
             switch ($entry.Kind) {
                 'progress' {
@@ -194,8 +198,13 @@ try {
     $running = $false
 } finally {
     if (-not $running) {
-        Unregister-ScheduledTask -TaskName $taskName -TaskPath $taskPath -Confirm:$false -ErrorAction SilentlyContinue
-        Remove-Item -LiteralPath $folder -Recurse -Force -ErrorAction SilentlyContinue
+        # -ErrorAction Ignore keeps a failed clean-up out of $Error (it would fail the step); it is
+        # checked and said instead.
+        Unregister-ScheduledTask -TaskName $taskName -TaskPath $taskPath -Confirm:$false -ErrorAction Ignore
+        Remove-Item -LiteralPath $folder -Recurse -Force -ErrorAction Ignore
+        if (Get-ScheduledTask -TaskName $taskName -TaskPath $taskPath -ErrorAction Ignore) {
+            Write-Warning "could not remove the scheduled task $taskPath$taskName; remove it by hand"
+        }
     }
 }
 Write-Progress -Activity $activity -Completed

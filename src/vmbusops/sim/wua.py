@@ -40,7 +40,7 @@ from vmbusops.sim.lab import UpdateSpec
 from vmbusops.sim.scheduled_tasks import TASK_SCRIPTS, SimTask, load_tasks, run_task, save_tasks
 from vmbusops.sim.streams import ProgressUpdate, SimError, SimObject
 
-PATCH_SCRIPT_SHA256: Final = "1333d39e54cfee58d9508e4b975d7eee0845a1b16921bbba57c44f725045a053"
+PATCH_SCRIPT_SHA256: Final = "0a5a86d2e1bcacdcd56ac71c241926d09ec51392a316e20054444c363a4bc4fb"
 INSTALL_SCRIPT_SHA256: Final = "d9e33381a39bed4e8dd591e462befc0d3b80a2225c8217826ee31aa644f5837c"
 WUA_FOLDER: Final = "C:\\ProgramData\\vmbusops\\wua"
 TASK_PATH: Final = "\\vmbusops\\"
