@@ -13,9 +13,12 @@ from tests.engine.conftest import PASSWORD, credential_for
 from vmbusops.bundle.manifest import manifest_from_dict
 from vmbusops.bundle.scaffold import EXAMPLE_FILES
 from vmbusops.config import Config
+from vmbusops.credentials import GuestCredential, Secret
 from vmbusops.engine import EngineOptions, JobSource, Journal, State, open_engine
 from vmbusops.engine.runner import RunChanged
 from vmbusops.guestops.connect import open_host
+from vmbusops.records import OutputRecord
+from vmbusops.sim.lab import load_lab
 
 FEATURE_MOF = """
 instance of MSFT_RoleResource as $MSFT_RoleResource1ref
@@ -125,12 +128,8 @@ def _texts(journal: Journal, job_id: int, vm: str) -> list[str]:
 
 
 async def _lcm_of(lab_path: Path, vm: str, script: str) -> list[Any]:
-    from vmbusops.records import OutputRecord
-    from vmbusops.sim.lab import load_lab
-
+    """The output objects of ``script`` in ``vm``, run outside any job (what an operator would see)."""
     user, password = load_lab(lab_path).credential(vm)
-    from vmbusops.credentials import GuestCredential, Secret
-
     async with open_host("sim", config=Config(host="sim", lab=str(lab_path))) as host:
         recs, _ = await host.run_in_guest(vm, script, GuestCredential(user, Secret(password), reference="t"))
     return [r.record.value for r in recs if isinstance(r.record, OutputRecord)]
