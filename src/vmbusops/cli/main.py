@@ -11,7 +11,6 @@ from vmbusops import __version__
 from vmbusops.cli.exitcodes import exit_code_for
 from vmbusops.errors import VmbusOpsError
 
-
 #: Every subcommand: its name -> (module, attribute). A command's module is imported only when
 #: that command runs (or when --help lists them all), so `vmbusops --version` and a short command
 #: do not load the HTTP server stack, trio or psrpcore. Keep it sorted.
