@@ -200,6 +200,25 @@ async def test_a_step_that_finds_the_lcm_busy_waits_for_it_instead_of_cancelling
     assert [h.get("Type") for h in history][:2] == ["Initial", "Reboot"]
 
 
+START_CONSISTENCY = "Start-ScheduledTask -TaskName Consistency -TaskPath '\\Microsoft\\Windows\\Desired State Configuration\\'"
+
+
+async def test_a_step_waits_for_a_consistency_check_the_lcm_is_running(tmp_path: Path) -> None:
+    path = lab(tmp_path, 'name = "web01"\nguest_services = true')
+    first, _, _ = await run_job(path, source(tmp_path, [dsc_step()], SCAFFOLD, ["web01"]), tmp_path)
+    assert first.state is State.SUCCESS, first.errors
+    # DSC's own Consistency task starts a check (as the LCM's timer does); the dsc step comes next.
+    steps = [{"kind": "script", "name": "check", "inline": START_CONSISTENCY}, dsc_step()]
+    again, _, journal = await run_job(path, source(tmp_path, steps, SCAFFOLD, ["web01"]), tmp_path)
+    assert again.state is State.SUCCESS, again.errors
+    texts = _texts(journal, again.job_id, "web01")
+    waited = next(i for i, t in enumerate(texts) if "the LCM on web01 is Busy; waiting" in t)
+    applied = next(i for i, t in enumerate(texts) if "methodName' = SendConfigurationApply" in t)
+    assert waited < applied
+    history = await _lcm_of(path, "web01", "Get-DscConfigurationStatus -All")
+    assert [h.get("Type") for h in history] == ["Initial", "Consistency", "Initial"]
+
+
 async def test_guest_service_interface_disabled_without_and_with_permission(tmp_path: Path) -> None:
     path = lab(tmp_path, 'name = "app01"\nguest_services = false')
     denied, _, _ = await run_job(path, source(tmp_path, [dsc_step()], SCAFFOLD, ["app01"]), tmp_path)
@@ -278,5 +297,5 @@ async def test_patch_check_then_install_with_a_reboot(tmp_path: Path) -> None:
     # Installed by a SYSTEM scheduled task (the WUA refuses PowerShell Direct), removed afterwards.
     statuses = [str(r.content.get("status_description")) for r in progress]
     assert any(t.startswith("Installing as SYSTEM (scheduled task \\vmbusops\\") for t in statuses), statuses
-    assert await _lcm_of(path, "web01", "Get-ScheduledTask") == []
+    assert await _lcm_of(path, "web01", "Get-ScheduledTask -TaskPath '\\vmbusops\\'") == []
     assert await _lcm_of(path, "web01", "Get-ChildItem C:\\ProgramData\\vmbusops\\wua") == []

@@ -201,6 +201,47 @@ async def test_reboot_node_if_needed_makes_the_lcm_restart_the_guest(tmp_path: P
         assert [(v.get("Type"), v.get("Status")) for v in runs] == [("Reboot", "Success"), ("Initial", "Success")]  # type: ignore[union-attr]
 
 
+FILE_MOF = """
+instance of MSFT_FileDirectoryConfiguration as $MSFT_FileDirectoryConfiguration1ref
+{
+ResourceID = "[File]Motd";
+ DestinationPath = "C:\\\\ProgramData\\\\motd.txt";
+ Contents = "hello";
+ ModuleName = "PSDesiredStateConfiguration";
+ ModuleVersion = "1.0";
+ ConfigurationName = "C";
+};
+"""
+CONSISTENCY = "\\Microsoft\\Windows\\Desired State Configuration\\"
+
+
+async def test_the_consistency_task_makes_the_lcm_busy_and_checks_without_setting(tmp_path: Path) -> None:
+    cm, cred = await _host(tmp_path)
+    async with cm as host:  # type: ignore[attr-defined]
+        await _copy_text(host, tmp_path, FILE_MOF, "C:\\Stage\\localhost.mof")
+        _, outcome = await host.run_in_guest("web01", "Start-DscConfiguration -Path C:\\Stage -Wait -Force", cred)
+        assert outcome.ok, outcome.error_messages
+        # Drift, then the built-in task Windows ships starts a consistency check.
+        await _copy_text(host, tmp_path, "changed", "C:\\ProgramData\\motd.txt")
+        (task,) = await _outputs(host, f"Get-ScheduledTask -TaskName Consistency -TaskPath '{CONSISTENCY}'", cred)
+        assert isinstance(task, PSObjectValue) and task.get("State") == "Ready"
+        _, outcome = await host.run_in_guest("web01", f"Start-ScheduledTask -TaskName Consistency -TaskPath '{CONSISTENCY}'", cred)
+        assert outcome.ok, outcome.error_messages
+        assert await _lcm_state(host, cred) == "Busy"
+        _, outcome = await host.run_in_guest("web01", "Start-DscConfiguration -UseExisting -Wait", cred)
+        assert any("must return before ApplyConfiguration can be invoked" in m for m in outcome.error_messages)
+        deadline = time.monotonic() + 10
+        while await _lcm_state(host, cred) == "Busy":
+            assert time.monotonic() < deadline
+            await trio.sleep(0.1)
+        status = await _first_output(host, "Get-DscConfigurationStatus", cred)
+        assert status.get("Type") == "Consistency"
+        not_in = status.get("ResourcesNotInDesiredState")
+        assert isinstance(not_in, tuple) and [r.get("ResourceId") for r in not_in] == ["[File]Motd"]  # type: ignore[union-attr]
+        # ApplyAndMonitor (the default) reports drift and corrects nothing.
+        assert await _outputs(host, "Get-Content C:\\ProgramData\\motd.txt", cred) == ["changed"]
+
+
 async def test_meta_configuration_values_outside_the_lcm_are_refused(tmp_path: Path) -> None:
     cm, cred = await _host(tmp_path)
     async with cm as host:  # type: ignore[attr-defined]
@@ -326,4 +367,4 @@ async def test_scheduled_task_cmdlets_run_the_install_script_as_system_and_nothi
             "web01", "Unregister-ScheduledTask -TaskName wu -Confirm:$false; Unregister-ScheduledTask -TaskName other -Confirm:$false", cred
         )
         assert outcome.ok, outcome.error_messages
-        assert await _outputs(host, "Get-ScheduledTask", cred) == []
+        assert await _outputs(host, "Get-ScheduledTask -TaskPath '\\ops\\'", cred) == []

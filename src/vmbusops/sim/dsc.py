@@ -37,10 +37,15 @@ of ``MSFT_DSCMetaConfiguration``), keeps it as ``MetaConfig.mof`` and reports it
   for a reboot (default false: it only says so);
 - ``RefreshMode``: only ``Push`` is simulated (there is no pull server); others are refused.
 
-``ConfigurationMode`` and the frequencies are kept and reported, but the simulated LCM runs no
-periodic consistency checks. A resumed run takes :data:`RESUME_SECONDS` after the guest has booted;
-meanwhile LCMState is ``Busy`` and every method that would start another LCM operation fails with
-the LCM's "is in progress and must return before" error, as a real LCM does. The resumed run's
+``ConfigurationMode`` and the frequencies are kept and reported, but the simulated LCM has no
+timer: a consistency check runs when DSC's own scheduled task
+``\\Microsoft\\Windows\\Desired State Configuration\\Consistency`` is started
+(``vmbusops.sim.scheduled_tasks``), as it can be on Windows. It takes :data:`CONSISTENCY_SECONDS`,
+then tests (ApplyAndMonitor: drift is reported in Get-DscConfigurationStatus, nothing is set) or
+applies (ApplyAndAutoCorrect); ApplyOnly runs none. A resumed run takes :data:`RESUME_SECONDS`
+after the guest has booted. While either runs, LCMState is ``Busy`` and every method that would
+start another LCM operation fails with the LCM's "is in progress and must return before" error,
+as a real LCM does; ``Start-DscConfiguration -Path -Force`` stops it, as documented. The resumed run's
 verbose lines go nowhere (no session is watching); its outcome is in Get-DscConfigurationStatus.
 Its own state (settings, a run waiting for a reboot) lives beside ``system.json`` in ``lcm.json``.
 """
@@ -65,6 +70,7 @@ from vmbusops.sim.binding import Param
 from vmbusops.sim.guest import CMDLETS, GuestSession, Stage, StatementError, to_text
 from vmbusops.sim.guest_system import GuestSystem, ask_for_reboot, load_system, reboot_pending, save_system
 from vmbusops.sim.lab import VMSpec
+from vmbusops.sim.scheduled_tasks import BUILT_IN_TASKS, SimTask
 from vmbusops.sim.state import HostStore
 from vmbusops.sim.streams import SimError, SimObject
 
@@ -119,6 +125,8 @@ class LcmSettings:
     stopped_in_boot: float | None = None
     #: A stopped run that the next boot leaves for ``Start-DscConfiguration -UseExisting``.
     pending_configuration: bool = False
+    #: When a consistency check started by the ``Consistency`` task ends (clock time); None if none runs.
+    consistency_until: float | None = None
 
     def setting(self, name: str) -> Any:
         return self.meta.get(name, _META_DEFAULTS.get(name))
@@ -477,7 +485,10 @@ class SimLcm:
 
     # ---- the LCM's own operations
     def busy_until(self) -> float | None:
-        """When a resume after a reboot ends, if the guest has rebooted since a run stopped for one."""
+        """When the LCM's own operation ends: a consistency check, or a resume after a reboot (if
+        the guest has rebooted since a run stopped for one)."""
+        if self.settings.consistency_until is not None:
+            return self.settings.consistency_until
         stopped = self.settings.stopped_in_boot
         rt = self.session.store.runtime(self.session.spec)
         if stopped is None or rt.running_since is None or rt.running_since == stopped:
@@ -494,9 +505,10 @@ class SimLcm:
         return self.system.lcm_state
 
     async def settle(self) -> None:
-        """Catch up with what the LCM did by itself since the last look: after a reboot it either
-        resumed the stopped run (``ContinueConfiguration``, once RESUME_SECONDS have passed) or
-        left it pending (``StopConfiguration``)."""
+        """Catch up with what the LCM did by itself since the last look: a consistency check that
+        has ended; after a reboot, the stopped run resumed (``ContinueConfiguration``, once
+        RESUME_SECONDS have passed) or left pending (``StopConfiguration``)."""
+        await self.settle_consistency()
         stopped = self.settings.stopped_in_boot
         rt = self.session.store.runtime(self.session.spec)
         if stopped is None or rt.running_since is None or rt.running_since == stopped:
@@ -521,6 +533,30 @@ class SimLcm:
             document = self.read_document(current, f"{CONFIG_DIR}\\Current.mof")
             if document is not None:
                 await self.apply(document, "PerformRequiredConfigurationChecks", "Reboot")
+        finally:
+            self.quiet = False
+
+    async def settle_consistency(self) -> None:
+        until = self.settings.consistency_until
+        if until is None or self.session.store.clock() < until:
+            return
+        self.settings.consistency_until = None
+        save_lcm(self.session.store, self.session.spec, self.settings)
+        current = self.config_path("Current.mof")
+        document = self.read_document(current, f"{CONFIG_DIR}\\Current.mof") if current.is_file() else None
+        if document is None:
+            return
+        self.quiet = True
+        try:
+            if str(self.settings.setting("ConfigurationMode")).casefold() == "applyandautocorrect":
+                await self.apply(document, "PerformRequiredConfigurationChecks", "Consistency")
+                return
+            # ApplyAndMonitor: test and report drift, set nothing.
+            started = time.monotonic()
+            in_state, not_in_state = await self.test(document)
+            self.record(status="Success", kind="Consistency", reboot=False, in_state=in_state,
+                        not_in_state=not_in_state, seconds=time.monotonic() - started, error=None)  # fmt: skip
+            save_system(self.session.store, self.session.spec, self.system)
         finally:
             self.quiet = False
 
@@ -776,8 +812,9 @@ class StartDscConfiguration(Stage):
         if lcm.state == "Busy":
             if not self.switch("Force"):
                 raise StatementError(busy_error("SendConfigurationApply"))
-            # -Force stops the operation in progress: the resumed run is abandoned.
+            # -Force stops the operation in progress: the resumed run or the check is abandoned.
             lcm.settings.stopped_in_boot = None
+            lcm.settings.consistency_until = None
         if lcm.system.lcm_state == "PendingConfiguration" and not self.switch("Force"):
             raise StatementError(
                 lcm_error(
@@ -900,6 +937,37 @@ class GetDscConfigurationStatus(Stage):
             )
 
 
+#: How long a consistency check started by the ``Consistency`` task keeps the LCM busy.
+CONSISTENCY_SECONDS = 2.0
+CONSISTENCY_TASK = SimTask(
+    name="Consistency",
+    path="\\Microsoft\\Windows\\Desired State Configuration\\",
+    execute="PowerShell.exe",
+    arguments="-NonInteractive -Window Hidden -Command \"Invoke-CimMethod -Namespace "
+    "root/Microsoft/Windows/DesiredStateConfiguration -ClassName MSFT_DSCLocalConfigurationManager "
+    "-MethodName PerformRequiredConfigurationChecks -Arg @{Flags = [System.UInt32]1}\"",
+    user_id="NT AUTHORITY\\SYSTEM",
+)
+
+
+async def start_consistency_check(session: GuestSession) -> tuple[int, int]:
+    """What the built-in ``Consistency`` task does: the LCM starts a consistency check (busy for
+    CONSISTENCY_SECONDS), unless it is busy already or ConfigurationMode is ApplyOnly."""
+    stage = Stage(session, {}, _no_output)
+    lcm = SimLcm(stage)
+    await lcm.settle()
+    mode = str(lcm.settings.setting("ConfigurationMode")).casefold()
+    if lcm.state == "Busy" or mode == "applyonly" or not lcm.config_path("Current.mof").is_file():
+        return 0, 1
+    lcm.settings.consistency_until = session.store.clock() + CONSISTENCY_SECONDS
+    save_lcm(session.store, session.spec, lcm.settings)
+    return 0, 1
+
+
+async def _no_output(value: Any) -> None:
+    return None
+
+
 def _meta_value(name: str, value: Any) -> Any:
     """A meta-configuration property as the LCM keeps it; raises for a value it does not take."""
     choices = _META_CHOICES.get(name)
@@ -1020,5 +1088,6 @@ DSC_CMDLETS: tuple[type[Stage], ...] = (
 )
 for _cls in DSC_CMDLETS:
     CMDLETS[_cls.name.casefold()] = _cls
+BUILT_IN_TASKS[CONSISTENCY_TASK.key] = (CONSISTENCY_TASK, start_consistency_check)
 
 __all__ = ["DSC_CMDLETS", "REBOOT_MESSAGE", "SimLcm"]

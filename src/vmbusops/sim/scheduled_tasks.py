@@ -11,12 +11,15 @@ script the simulator knows (:data:`TASK_SCRIPTS`, keyed by the SHA-256 of its te
 is started, in the task's own logon - a local one, not a remote session - as the task's principal
 (``NT AUTHORITY\\SYSTEM`` for the patch step). Anything else is not pretended: the task ends at once
 with ``LastTaskResult`` 0x1 and ``Start-ScheduledTask`` writes an error record that says the
-simulator cannot run that action. The task then reads ``Running`` for a short while
+simulator cannot run that action. Tasks Windows ships that the simulator models
+(:data:`BUILT_IN_TASKS`: DSC's ``\\Microsoft\\Windows\\Desired State Configuration\\Consistency``,
+which starts an LCM consistency check) are there from the first look and do what they do. The task then reads ``Running`` for a short while
 (:data:`RUN_SECONDS` per result line it wrote) and ``Ready`` after, as a poller on Windows sees it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -54,6 +57,9 @@ _NS = "Microsoft.Management.Infrastructure.CimInstance#Root/Microsoft/Windows/Ta
 #: (exit code, units of work done). Filled by the modules that know the scripts (``vmbusops.sim.wua``).
 TaskScript = Callable[[GuestSession, dict[str, str], str], Awaitable[tuple[int, int]]]
 TASK_SCRIPTS: dict[str, TaskScript] = {}
+#: Tasks Windows ships, present in every guest from the start, by folded path + name, with what
+#: starting one does (filled by the modules that simulate it: ``vmbusops.sim.dsc``'s Consistency).
+BUILT_IN_TASKS: dict[str, tuple[SimTask, Callable[[GuestSession], Awaitable[tuple[int, int]]]]] = {}
 
 
 @dataclass
@@ -89,7 +95,7 @@ def load_tasks(store: HostStore, spec: VMSpec) -> TaskStore:
     try:
         raw = json.loads((store.guest_root(spec) / TASKS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return TaskStore()
+        return TaskStore([dataclasses.replace(task) for task, _ in BUILT_IN_TASKS.values()])
     return TaskStore([SimTask(**t) for t in raw.get("tasks", [])])
 
 
@@ -134,6 +140,12 @@ async def run_task(session: GuestSession, task: SimTask) -> SimError | None:
     """Start ``task``: run its script natively if the simulator knows it; the error if it cannot."""
     now = session.store.clock()
     task.state = "Running"
+    built_in = BUILT_IN_TASKS.get(task.key)
+    if built_in is not None and built_in[0].execute == task.execute and built_in[0].arguments == task.arguments:
+        code, units = await built_in[1](session)
+        task.last_result = code
+        task.running_until = session.store.clock() + RUN_SECONDS * max(1, units)
+        return None
     words = _command_line(task.arguments.replace("\\", "\\\\"))
     exe = task.execute.replace("/", "\\").rsplit("\\", 1)[-1].casefold()
     file_at = next((i for i, w in enumerate(words) if _FILE_ARG.match(w)), None)
@@ -388,6 +400,7 @@ for _cls in TASK_CMDLETS:
     CMDLETS[_cls.name.casefold()] = _cls
 
 __all__ = [
+    "BUILT_IN_TASKS",
     "SYSTEM_NAMES",
     "TASK_CMDLETS",
     "TASK_SCRIPTS",
