@@ -105,7 +105,7 @@ async def test_module_and_mof_in_reboot_mid_way_converges_and_second_run_copies_
     texts = [str(r.content.get("message") or r.content.get("message_data")) for r in journal.records(result.job_id, vm="web01")]
     first_reboot = next(i for i, t in enumerate(texts) if "A reboot is required" in t)
     restart = next(i for i, t in enumerate(texts) if "restarting web01 from the host" in t)
-    resumed = next(i for i, t in enumerate(texts) if "the LCM resumed the configuration on web01 by itself" in t)
+    resumed = next(i for i, t in enumerate(texts) if "the LCM on web01 finished the configuration by itself" in t)
     assert first_reboot < restart < resumed and run_id
     assert not any("methodName' = ApplyConfiguration" in t for t in texts)
     assert not any("must return before" in t for t in texts)

@@ -426,10 +426,9 @@ async def wait_lcm(channel: GuestChannel, vm: str, *, deadline: float, leave: fr
         delay = min(delay * 1.5, LCM_POLL_MAX)
 
 
-async def _resumed_by_lcm(channel: GuestChannel, vm: str, report: DscReport) -> bool:
-    """The LCM finished the run by itself after a reboot: fold its status in.
-
-    Returns True if that run asked for yet another reboot; raises if it failed."""
+async def _finished_by_lcm(channel: GuestChannel, vm: str, report: DscReport) -> None:
+    """The LCM is Idle after a reboot: it finished the run by itself. Fold its status in; raise if
+    it failed. (Idle also means no reboot is pending: a status's RebootRequested is history.)"""
     status = await channel.run("Get-DscConfigurationStatus")
     if status.outcome.failure is not None:
         raise status.outcome.failure
@@ -449,7 +448,7 @@ async def _resumed_by_lcm(channel: GuestChannel, vm: str, report: DscReport) -> 
             progress.resources[rid] = ResourceState.IN_DESIRED_STATE
     not_in = ids("ResourcesNotInDesiredState")
     await channel.note(
-        f"vmbusops: the LCM resumed the configuration on {vm} by itself after the reboot "
+        f"vmbusops: the LCM on {vm} finished the configuration by itself after the reboot "
         f"(Get-DscConfigurationStatus: {latest.get('Status')!s}, type {latest.get('Type')!s}, "
         f"{len(ids('ResourcesInDesiredState'))} resource(s) in desired state, {len(not_in)} not)"
     )
@@ -460,7 +459,6 @@ async def _resumed_by_lcm(channel: GuestChannel, vm: str, report: DscReport) -> 
         raise ConfigurationError(
             f"{vm}: the configuration the LCM resumed after the reboot failed: {latest.get('Error')!s}", vm=vm
         )
-    return latest.get("RebootRequested") is True
 
 
 async def _after_lcm(channel: GuestChannel, vm: str, state: str, report: DscReport) -> tuple[str | None, bool]:
@@ -475,9 +473,7 @@ async def _after_lcm(channel: GuestChannel, vm: str, state: str, report: DscRepo
         report.progress.reboot_required = True
         await channel.note(f"vmbusops: the LCM on {vm} asks for another reboot")
         return None, False
-    if await _resumed_by_lcm(channel, vm, report):
-        report.progress.reboot_required = True
-        return None, False
+    await _finished_by_lcm(channel, vm, report)
     return None, True
 
 
