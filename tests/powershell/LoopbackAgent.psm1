@@ -90,24 +90,27 @@ function New-LoopbackAgentBundle {
         [Parameter(Mandatory)] [string[]] $Script,
         [string[]] $VM = @('web01'),
         [string] $Key = 'alice',
-        [int] $Version = 1
+        [int] $Version = 1,
+        # More top-level TOML (e.g. a [schedule] table), written after the targets.
+        [string[]] $Toml = @()
     )
     $source = Join-Path $Lab.Root "src-$Name-$Version"
     $null = New-Item -ItemType Directory -Force -Path (Join-Path $source 'scripts')
-    $toml = [System.Collections.Generic.List[string]]::new()
-    $toml.Add("name = `"$Name`"")
-    $toml.Add("version = $Version")
-    $toml.Add('credential = "lab-admin"')
-    $toml.Add('[targets]')
-    $toml.Add('vms = [' + (($VM | ForEach-Object { "`"$_`"" }) -join ', ') + ']')
+    $lines = [System.Collections.Generic.List[string]]::new()
+    $lines.Add("name = `"$Name`"")
+    $lines.Add("version = $Version")
+    $lines.Add('credential = "lab-admin"')
+    $lines.Add('[targets]')
+    $lines.Add('vms = [' + (($VM | ForEach-Object { "`"$_`"" }) -join ', ') + ']')
+    foreach ($line in $Toml) { $lines.Add($line) }
     for ($i = 0; $i -lt $Script.Count; $i++) {
         Set-Content -LiteralPath (Join-Path $source "scripts/step$i.ps1") -Value $Script[$i] -Encoding utf8NoBOM
-        $toml.Add('[[steps]]')
-        $toml.Add("name = `"step$i`"")
-        $toml.Add('kind = "script"')
-        $toml.Add("file = `"scripts/step$i.ps1`"")
+        $lines.Add('[[steps]]')
+        $lines.Add("name = `"step$i`"")
+        $lines.Add('kind = "script"')
+        $lines.Add("file = `"scripts/step$i.ps1`"")
     }
-    Set-Content -LiteralPath (Join-Path $source 'bundle.toml') -Value $toml -Encoding utf8NoBOM
+    Set-Content -LiteralPath (Join-Path $source 'bundle.toml') -Value $lines -Encoding utf8NoBOM
     $out = Join-Path $Lab.Root "$Name-$Version.vmb"
     $null = Invoke-VmbusOpsCli $Lab 'bundle', 'build', $source, '-o', $out
     $null = Invoke-VmbusOpsCli $Lab 'bundle', 'sign', $out, '--key', $Key

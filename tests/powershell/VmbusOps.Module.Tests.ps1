@@ -113,6 +113,33 @@ Describe 'A signed bundle, submitted, waited for and read back' {
     }
 }
 
+Describe 'What else a bundle can be and a guest can write' {
+    It 'a bundle with a schedule is registered, not run: a VmbusOps.Schedule with its next run' {
+        $weekly = New-LoopbackAgentBundle -Lab $lab -Name 'weekly' -Script "Write-Output 'patch'" `
+            -Toml '[schedule]', 'cron = "0 2 * * 6"', 'window = "4h"', 'timezone = "UTC"'
+        $schedule = Submit-VmbusOpsJob -Path $weekly @admin
+        $schedule.PSObject.TypeNames[0] | Should -Be 'VmbusOps.Schedule'
+        $schedule.Name | Should -Be 'weekly'
+        $schedule.NextRun | Should -BeOfType [datetime]
+        $next = $schedule.NextRun.ToUniversalTime()
+        $next.DayOfWeek | Should -Be 'Saturday'
+        $next.Hour | Should -Be 2
+        $next | Should -BeGreaterThan ([datetime]::UtcNow)
+    }
+
+    It 'objects and information records read as text, not as JSON' {
+        $objects = New-LoopbackAgentBundle -Lab $lab -Name 'objects' `
+            -Script "Get-Service -Name W3SVC; Write-Information -MessageData 'a note'"
+        $job = Submit-VmbusOpsJob -Path $objects @admin | Wait-VmbusOpsJob -PollSeconds 1 @admin
+        $job.State | Should -Be 'success'
+        $records = Receive-VmbusOpsJobOutput -Id $job.Id @admin
+        $service = $records | Where-Object Stream -EQ 'output'
+        $service.Record.value.'$type' | Should -Not -BeNullOrEmpty
+        $service.Message | Should -Be $service.Record.value.string
+        ($records | Where-Object Stream -EQ 'information').Message | Should -Be 'a note'
+    }
+}
+
 Describe 'Following a running job' {
     It 'Receive-VmbusOpsJobOutput -Wait streams until the end, never repeating or skipping a record' {
         $job = Submit-VmbusOpsJob -Path $counting @admin
