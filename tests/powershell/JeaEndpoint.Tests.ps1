@@ -370,3 +370,48 @@ Describe 'The staging functions on a real file system' {
         Test-Path -LiteralPath "$root/other" | Should -BeTrue
     }
 }
+
+Describe 'The virtual account and the staging folder''s ACL' {
+    BeforeAll {
+        # install.ps1 is parsed, not run (it needs Windows and elevation); its access table is a
+        # function of its own, defined here from its syntax tree and called.
+        $installPath = Join-Path $repo 'host_agent/service/install.ps1'
+        $tokens = $null; $errors = $null
+        $install = [System.Management.Automation.Language.Parser]::ParseFile($installPath, [ref]$tokens, [ref]$errors)
+        function Get-Assigned([string] $Name) {
+            $install.FindAll({ param($a) $a -is [System.Management.Automation.Language.AssignmentStatementAst] -and
+                    $a.Left.Extent.Text -eq "`$$Name" }, $true) | ForEach-Object { $_.Right.Extent.Text }
+        }
+        $accessFunction = $install.Find({ param($a) $a -is [System.Management.Automation.Language.FunctionDefinitionAst] -and
+                $a.Name -eq 'Get-VmbusOpsStagingAccess' }, $true)
+    }
+
+    It 'install.ps1 grants the staging folder to one group besides SYSTEM and Administrators' {
+        $accessFunction | Should -Not -BeNullOrEmpty -Because 'install.ps1 sets up the staging folder'
+        . ([scriptblock]::Create($accessFunction.Extent.Text))
+        $group = @(Get-Assigned 'stagingGroup')
+        $group.Count | Should -Be 1
+        $group = [scriptblock]::Create($group[0]).InvokeReturnAsIs()
+        $grants = Get-VmbusOpsStagingAccess -Group $group
+        @($grants | Where-Object Identity -NotIn 'S-1-5-18', 'S-1-5-32-544').Identity | Should -Be @($group)
+        ($grants | Where-Object Identity -EQ $group).Rights | Should -Be 'Modify'
+    }
+
+    It 'the virtual account joins that group, and no administrators group' {
+        . ([scriptblock]::Create($accessFunction.Extent.Text))
+        $group = [scriptblock]::Create(@(Get-Assigned 'stagingGroup')[0]).InvokeReturnAsIs()
+        $session.RunAsVirtualAccount | Should -BeTrue
+        $session.RunAsVirtualAccountGroups | Should -Contain $group
+        $session.RunAsVirtualAccountGroups | Should -Contain 'Hyper-V Administrators'
+        $session.RunAsVirtualAccountGroups | Where-Object { $_ -match 'Administrators$' -and $_ -ne 'Hyper-V Administrators' } |
+            Should -BeNullOrEmpty
+    }
+
+    It 'install.ps1 creates the staging folder where the role''s path patterns point' {
+        Get-Assigned 'stateDir' | Should -Be "Join-Path `$env:ProgramData 'vmbusops'"
+        Get-Assigned 'stagingDir' | Should -Be "Join-Path `$stateDir 'staging'"
+        $pattern = ($role.VisibleCmdlets | Where-Object Name -EQ 'Copy-VMFile').Parameters |
+            Where-Object Name -EQ 'SourcePath' | ForEach-Object ValidatePattern
+        $pattern | Should -BeLike '^C:\\ProgramData\\vmbusops\\staging\\job-*'
+    }
+}

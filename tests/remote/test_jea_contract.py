@@ -250,7 +250,7 @@ def test_the_session_is_restricted_and_maps_only_the_role() -> None:
     data = load_data_file((AGENT / "VmbusOps.pssc").read_bytes())
     assert data["SessionType"] == "RestrictedRemoteServer"
     assert data["RunAsVirtualAccount"] is True
-    assert data["RunAsVirtualAccountGroups"] == ["Hyper-V Administrators"]
+    assert data["RunAsVirtualAccountGroups"] == ["Hyper-V Administrators", "vmbusops-staging"]
     assert "Administrators" not in str(data["RunAsVirtualAccountGroups"]).replace("Hyper-V Administrators", "")
     roles = {role["RoleCapabilities"] for role in data["RoleDefinitions"].values()}
     assert roles == {"VmbusOpsHost"}
