@@ -142,7 +142,33 @@ def _sent() -> dict[str, set[str]]:
                     keys = _dict_keys(params, strict=True)
                     assert keys or (isinstance(params, ast.IfExp)), f"{where}: parameters must be dict literals"
                     sent[name] |= keys
+    if INVOKER_FUNCTION in sent:
+        # What the agent sends through the invoker is the invoker's own calls on the host.
+        for cmdlet, params in _called_by_the_invoker().items():
+            sent[cmdlet] |= params
     return dict(sent)
+
+
+def _called_by_the_invoker() -> dict[str, set[str]]:
+    """Cmdlet -> parameters that the guest invoker's own body calls on the host.
+
+    The invoker builds its target as ``$target['VMName'] = ...`` / ``$target['VMId'] = ...`` and
+    splats it into one ``Invoke-Command`` call (tests/powershell/JeaEndpoint.Tests.ps1 shows what
+    that call binds, with PowerShell's binder).
+    """
+    host_part = INVOKER_SCRIPT.split("\n'@\n", 1)[1]  # after the guest script's here-string
+    lines = host_part.splitlines()
+    calls = [i for i, line in enumerate(lines) if line.startswith("Invoke-Command ")]
+    assert len(calls) == 1, "the invoker calls Invoke-Command once on the host"
+    index = calls[0]
+    text = lines[index]
+    while text.rstrip().endswith("`"):  # a line continued with a backtick
+        index += 1
+        text = text.rstrip()[:-1] + " " + lines[index].strip()
+    params = set(re.findall(r"(?<![\w$])-([A-Za-z]+)", text))
+    if "@target" in text:
+        params |= set(re.findall(r"\$target\['([A-Za-z]+)'\]", host_part))
+    return {"Invoke-Command": params}
 
 
 #: Command names the package gives as constants rather than literals.
