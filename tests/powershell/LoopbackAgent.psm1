@@ -68,6 +68,8 @@ function New-LoopbackAgentLab {
         LogPath    = Join-Path $Root 'agent.log'
     }
     $null = New-Item -ItemType Directory -Force -Path $lab.Home
+    # Runs still going when the tests end are stopped at once, not waited for.
+    Set-Content -LiteralPath (Join-Path $lab.Home 'config.toml') -Value '[agent]', 'shutdown_grace_seconds = 0.2' -Encoding utf8NoBOM
     $null = Invoke-VmbusOpsCli $lab 'keys', 'new', 'alice', '--passphrase'
     $null = Invoke-VmbusOpsCli $lab 'keys', 'new', 'mallory', '--passphrase'
     $null = Invoke-VmbusOpsCli $lab 'trust', 'add', (Join-Path $lab.Home 'keys/alice.pub'), '--vms', '*',

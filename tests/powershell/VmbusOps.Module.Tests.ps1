@@ -171,6 +171,7 @@ Describe 'Failures are PowerShell errors with ids a runbook can branch on' {
         $null = Submit-VmbusOpsJob -Path $again @admin
         $err = { Submit-VmbusOpsJob -Path $again @admin } | Should -Throw -ErrorId 'VmbusOps.BundleRejected,Submit-VmbusOpsJob' -PassThru
         $err.Exception.Message | Should -BeLike '*already accepted*'
+        $err.ErrorDetails.RecommendedAction | Should -Not -BeNullOrEmpty
     }
 
     It 'a token outside the bundle''s VMs: VmbusOps.Forbidden' {
