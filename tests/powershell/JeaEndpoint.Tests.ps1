@@ -415,3 +415,77 @@ Describe 'The virtual account and the staging folder''s ACL' {
         $pattern | Should -BeLike '^C:\\ProgramData\\vmbusops\\staging\\job-*'
     }
 }
+
+Describe 'The guest script Invoke-VmbusOpsGuest hands over, run where a guest would run it' {
+    BeforeAll {
+        # Invoke-Command is shadowed again, this time by one that does what PowerShell Direct does
+        # with the block: its text is run in a fresh runspace (the guest) with -ArgumentList as
+        # arguments. Information records carry the step markers; $env:TEMP is the guest's temp.
+        $body = ($role.FunctionDefinitions | Where-Object Name -EQ 'Invoke-VmbusOpsGuest').ScriptBlock.ToString()
+        Set-Item -Path function:script:Invoke-VmbusOpsGuest -Value ([scriptblock]::Create($body))
+        $credential = [pscredential]::new('guest\Administrator', (ConvertTo-SecureString -String ([guid]::NewGuid()) -AsPlainText -Force))
+        function Invoke-Command {
+            [CmdletBinding(DefaultParameterSetName = 'VMName')]
+            param(
+                [Parameter(Mandatory, ParameterSetName = 'VMName')] [string[]] $VMName,
+                [Parameter(Mandatory, ParameterSetName = 'VMId')] [guid[]] $VMId,
+                [Parameter(Mandatory)] [pscredential] $Credential,
+                [Parameter(Mandatory)] [scriptblock] $ScriptBlock,
+                [object[]] $ArgumentList
+            )
+            $guest = [powershell]::Create()
+            try {
+                $null = $guest.AddScript($ScriptBlock.ToString())
+                foreach ($a in $ArgumentList) { $null = $guest.AddArgument($a) }
+                $output = $guest.Invoke()
+                [pscustomobject]@{
+                    Output  = @($output | ForEach-Object { "$_" })
+                    Markers = @($guest.Streams.Information | Where-Object { $_.Tags -contains 'vmbusops.step' } | ForEach-Object { "$($_.MessageData)" })
+                    Errors  = @($guest.Streams.Error | ForEach-Object { "$_" })
+                }
+            } finally {
+                $guest.Dispose()
+            }
+        }
+        $savedTemp = $env:TEMP
+        $env:TEMP = Join-Path $TestDrive 'guest-temp'
+        $null = New-Item -ItemType Directory -Force -Path $env:TEMP
+        function Invoke-Steps([string[]] $Script, [object[]] $ArgumentList = @()) {
+            $indices = @(0..($Script.Count - 1))
+            Invoke-VmbusOpsGuest -VMName 'web01' -Credential $credential -Script $Script -StepIndex $indices -RunId 'run-g' -ArgumentList $ArgumentList
+        }
+    }
+
+    AfterAll { $env:TEMP = $savedTemp }
+
+    It 'marks each step and stops after the first that exits non-zero' {
+        $r = Invoke-Steps 'Write-Output a', 'Write-Output b; exit 3', 'Write-Output c'
+        $r.Output | Should -Be 'a', 'b'
+        $r.Markers | Should -Be 'vmbusops-step begin 0', 'vmbusops-step end 0 exit=0', 'vmbusops-step begin 1', 'vmbusops-step end 1 exit=3'
+    }
+
+    It 'reports a throw as exit code 1 with its error, and runs nothing after it' {
+        $r = Invoke-Steps 'throw "broken"', 'Write-Output never'
+        $r.Markers | Should -Be 'vmbusops-step begin 0', 'vmbusops-step end 0 exit=1'
+        $r.Errors | Should -Be 'broken'
+        $r.Output | Should -BeNullOrEmpty
+    }
+
+    It 'lets a non-terminating error pass, and a native command''s exit code count' {
+        $r = Invoke-Steps 'Write-Error "soft"; Write-Output after', '& /bin/sh -c "exit 4"'
+        $r.Output | Should -Be 'after'
+        $r.Errors | Should -Be 'soft'
+        $r.Markers | Should -Be 'vmbusops-step begin 0', 'vmbusops-step end 0 exit=0', 'vmbusops-step begin 1', 'vmbusops-step end 1 exit=4'
+    }
+
+    It 'ends only the step on a stray break' {
+        $r = Invoke-Steps 'Write-Output x; break; Write-Output y', 'Write-Output z'
+        $r.Output | Should -Be 'x', 'z'
+    }
+
+    It 'gives a lone step its arguments, and leaves no step file behind' {
+        $r = Invoke-Steps 'param($a, $b) Write-Output "$a$b"' -ArgumentList 'x', 2
+        $r.Output | Should -Be 'x2'
+        @(Get-ChildItem -LiteralPath (Join-Path $env:TEMP 'vmbusops')) | Should -BeNullOrEmpty
+    }
+}
