@@ -318,7 +318,8 @@ function Wait-VmbusOpsJob {
             }
             if ($pending.Count -eq 0) { break }
             if ((Get-Date) -gt $deadline) {
-                Write-Error -ErrorId 'VmbusOps.WaitTimeout' -Message "jobs $($pending -join ', ') still running after $TimeoutSeconds s"
+                Write-Error -ErrorId 'VmbusOps.WaitTimeout' -Category OperationTimeout -TargetObject @($pending) `
+                    -Message "jobs $($pending -join ', ') still running after $TimeoutSeconds s"
                 return
             }
             Start-Sleep -Seconds $PollSeconds

@@ -152,8 +152,10 @@ Describe 'Following a running job' {
 
     It 'Wait-VmbusOpsJob gives up after -TimeoutSeconds with VmbusOps.WaitTimeout' {
         $job = Submit-VmbusOpsJob -Path $slow @admin
-        { $job | Wait-VmbusOpsJob -TimeoutSeconds 1 -PollSeconds 1 @admin -ErrorAction Stop } |
-            Should -Throw -ErrorId 'VmbusOps.WaitTimeout,Wait-VmbusOpsJob'
+        $err = { $job | Wait-VmbusOpsJob -TimeoutSeconds 1 -PollSeconds 1 @admin -ErrorAction Stop } |
+            Should -Throw -ErrorId 'VmbusOps.WaitTimeout,Wait-VmbusOpsJob' -PassThru
+        $err.CategoryInfo.Category | Should -Be 'OperationTimeout'
+        $err.TargetObject | Should -Be @($job.Id)
     }
 }
 
