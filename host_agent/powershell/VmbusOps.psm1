@@ -61,6 +61,10 @@ function Resolve-VmbusOpsConnection {
     [pscustomobject]@{ Agent = $Agent.TrimEnd('/'); Headers = @{ Authorization = "Bearer $plain" }; Caller = $Caller }
 }
 
+# An answer without problem details (a proxy's error page; on 5.1, any error answer without a
+# Content-Length, whose body Invoke-RestMethod does not read): the kind its status would have had.
+$script:StatusKind = @{ 401 = 'unauthorized'; 403 = 'forbidden'; 404 = 'not-found'; 413 = 'too-large'; 429 = 'rate-limited' }
+
 # HTTP status -> the PowerShell error category a runbook can branch on.
 $script:StatusCategory = @{
     400 = 'InvalidArgument'; 401 = 'AuthenticationError'; 403 = 'PermissionDenied'; 404 = 'ObjectNotFound'
@@ -96,8 +100,13 @@ function ConvertFrom-VmbusOpsFailure {
         $message = "$($problem.title): $($problem.detail)"
         if ($problem.PSObject.Properties['hint'] -and $problem.hint) { $hint = "$($problem.hint)" }
     } else {
-        $kind = "http-$status"
-        $message = "$Method $Path answered HTTP ${status}: $body"
+        $kind = if ($script:StatusKind.ContainsKey($status)) { $script:StatusKind[$status] } else { "http-$status" }
+        $text = ($body -replace '\s+', ' ').Trim()
+        if ($text.Length -gt 200) { $text = $text.Substring(0, 200) + '...' }
+        # HttpResponseMessage (7) has ReasonPhrase, HttpWebResponse (5.1) StatusDescription.
+        $reason = Get-VmbusOpsProperty $response 'ReasonPhrase'
+        if (-not $reason) { $reason = Get-VmbusOpsProperty $response 'StatusDescription' }
+        $message = "$Method $Path answered HTTP $status $reason$(if ($text) { ": $text" })"
     }
     $words = foreach ($word in ($kind -split '[^A-Za-z0-9]+')) {
         if ($word) { $word.Substring(0, 1).ToUpperInvariant() + $word.Substring(1) }

@@ -226,3 +226,60 @@ Describe 'Failures are PowerShell errors with ids a runbook can branch on' {
         Assert-NoToken (($err | Out-String) + $err.Exception.ToString())
     }
 }
+
+Describe 'Answers that are not the agent''s problem details' {
+    BeforeAll {
+        # A loopback HTTP server that answers each request with the next canned answer, as a
+        # reverse proxy or a gateway in front of the agent might (and as Windows PowerShell 5.1
+        # sees any error answer without a Content-Length: no body at all).
+        $port = Get-FreeLoopbackPort
+        $listener = [System.Net.HttpListener]::new()
+        $listener.Prefixes.Add("http://127.0.0.1:$port/")
+        $listener.Start()
+        $server = [powershell]::Create()
+        $null = $server.AddScript({
+                param($listener)
+                $answers = @(
+                    @{ Status = 404; Type = $null; Body = '' }
+                    @{ Status = 502; Type = 'text/html'; Body = "<html><body><h1>502 Bad Gateway</h1>`n<p>upstream   closed</p></body></html>" }
+                    @{ Status = 401; Type = 'text/plain'; Body = 'denied by the gateway' }
+                )
+                foreach ($answer in $answers) {
+                    $context = $listener.GetContext()
+                    $context.Response.StatusCode = $answer.Status
+                    if ($answer.Type) { $context.Response.ContentType = $answer.Type }
+                    $bytes = [System.Text.Encoding]::UTF8.GetBytes($answer.Body)
+                    $context.Response.ContentLength64 = $bytes.Length
+                    $context.Response.OutputStream.Write($bytes, 0, $bytes.Length)
+                    $context.Response.Close()
+                }
+            }).AddArgument($listener)
+        $serving = $server.BeginInvoke()
+        $gateway = @{ Agent = "http://127.0.0.1:$port"; Token = $lab.Tokens['admin'] }
+    }
+
+    AfterAll {
+        $listener.Stop()
+        $listener.Close()
+        $server.Dispose()
+    }
+
+    It 'a 404 without a body is still VmbusOps.NotFound' {
+        $err = { Get-VmbusOpsJob -Id 5 @gateway -ErrorAction Stop } | Should -Throw -ErrorId 'VmbusOps.NotFound,Get-VmbusOpsJob' -PassThru
+        $err.CategoryInfo.Category | Should -Be 'ObjectNotFound'
+        $err.Exception.Message | Should -BeLike '*HTTP 404*'
+    }
+
+    It 'a gateway''s HTML page is VmbusOps.Http502, with its text on one line' {
+        $err = { Get-VmbusOpsJob @gateway } | Should -Throw -ErrorId 'VmbusOps.Http502,Get-VmbusOpsJob' -PassThru
+        $err.CategoryInfo.Category | Should -Be 'ResourceUnavailable'
+        $err.Exception.Message | Should -BeLike '*HTTP 502*upstream closed*'
+    }
+
+    It 'a 401 in plain text is VmbusOps.Unauthorized' {
+        $err = { Get-VmbusOpsJob @gateway } | Should -Throw -ErrorId 'VmbusOps.Unauthorized,Get-VmbusOpsJob' -PassThru
+        $err.CategoryInfo.Category | Should -Be 'AuthenticationError'
+        $err.Exception.Message | Should -BeLike '*denied by the gateway*'
+        $serving.AsyncWaitHandle.WaitOne(5000) | Should -BeTrue -Because 'the server gave all its answers'
+    }
+}
