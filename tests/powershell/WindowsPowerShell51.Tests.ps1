@@ -107,6 +107,16 @@ $n = 5L; $m = 0x10; $k = 1kb
         Find-PowerShell7Construct -Script $script | ForEach-Object { "line $($_.Line): $($_.What)" } | Should -BeNullOrEmpty
     }
 
+    It 'leaves out a file that declares it needs PowerShell 7, and only such a file' {
+        $tree = Join-Path $TestDrive 'tree'
+        $null = New-Item -ItemType Directory -Force -Path "$tree/host_agent", "$tree/src"
+        Set-Content -LiteralPath "$tree/src/for7.ps1" -Value '#Requires -Version 7.0', '$a = $b ?? 1'
+        Set-Content -LiteralPath "$tree/src/core.ps1" -Value '#Requires -PSEdition Core', '1'
+        Set-Content -LiteralPath "$tree/src/for51.ps1" -Value '#Requires -Version 5.1', '1'
+        Set-Content -LiteralPath "$tree/host_agent/plain.psm1" -Value '1'
+        (Get-ShippedPowerShellFile -Root $tree).Name | Sort-Object | Should -Be 'for51.ps1', 'plain.psm1'
+    }
+
     It 'refuses a BOM-less file with non-ASCII text, and accepts it with a BOM' {
         $text = [System.Text.Encoding]::UTF8.GetBytes("# caf$([char]0xE9)`n")
         Test-WindowsPowerShellEncoding -Bytes $text | Should -Not -BeNullOrEmpty

@@ -205,10 +205,26 @@ function Find-CommandFinding {
 }
 
 function Get-ShippedPowerShellFile {
-    <# The PowerShell files vmbusops ships: everything under host_agent/, and the scripts under src/. #>
+    <#
+        The PowerShell files vmbusops ships to Windows: everything under host_agent/, and the
+        scripts under src/ (the guest invoker, run on hosts and in guests). A file that declares
+        `#Requires -Version 6` or more, or `#Requires -PSEdition Core`, says it is not for 5.1:
+        PowerShell enforces that declaration, so it is left out.
+    #>
     param([Parameter(Mandatory)] [string] $Root)
-    Get-ChildItem -Recurse -File -Path (Join-Path $Root 'host_agent') -Include '*.ps1', '*.psm1', '*.psd1', '*.psrc', '*.pssc'
-    Get-ChildItem -Recurse -File -Path (Join-Path $Root 'src') -Include '*.ps1', '*.psm1', '*.psd1'
+    $candidates = @(
+        Get-ChildItem -Recurse -File -Path (Join-Path $Root 'host_agent') -Include '*.ps1', '*.psm1', '*.psd1', '*.psrc', '*.pssc'
+        Get-ChildItem -Recurse -File -Path (Join-Path $Root 'src') -Include '*.ps1'
+    )
+    foreach ($file in $candidates) {
+        $tokens = $null; $errors = $null
+        $requires = [System.Management.Automation.Language.Parser]::ParseFile($file.FullName, [ref]$tokens, [ref]$errors).ScriptRequirements
+        if ($requires -and (($requires.RequiredPSVersion -and $requires.RequiredPSVersion.Major -ge 6) -or
+                ($requires.RequiredPSEditions -contains 'Core' -and $requires.RequiredPSEditions -notcontains 'Desktop'))) {
+            continue
+        }
+        $file
+    }
 }
 
 function Test-WindowsPowerShellEncoding {
