@@ -23,7 +23,7 @@ from vmbusops.guestops.patch_script import INSTALL_SCRIPT, PATCH_SCRIPT
 pytestmark = pytest.mark.pwsh
 
 HARNESS = r"""
-param([string]$Root, [string]$Lines, [string]$Out)
+param([string]$Root, [string]$Lines, [string]$Out, [int]$Timeout = 30)
 $env:ProgramData = $Root
 $global:registered = @{}
 $global:linesFile = $Lines
@@ -71,7 +71,7 @@ $script = Join-Path $Root 'patch.ps1'
 $installText = Get-Content -LiteralPath (Join-Path $Root 'install-text.ps1') -Raw
 $global:LASTEXITCODE = 0
 $Error.Clear()
-$objects = @(& $script 'install' 'Security Updates' '' 30 $installText 2>&1)
+$objects = @(& $script 'install' 'Security Updates' '' $Timeout $installText 2>&1)
 # What the guest invoker counts as the step's errors: what $Error gained, caught errors included.
 $errorCount = @($Error).Count
 [pscustomobject]@{
@@ -81,12 +81,12 @@ $errorCount = @($Error).Count
     Errors = @($objects | Where-Object { $_ -is [System.Management.Automation.ErrorRecord] } | ForEach-Object { "$_" })
     Unregistered = $global:unregistered
     StillRegistered = $global:registered.Count
-    FolderLeft = (Test-Path -LiteralPath $global:unregistered.Folder)
+    FolderLeft = $(if ($global:unregistered) { Test-Path -LiteralPath $global:unregistered.Folder } else { $null })
 } | ConvertTo-Json -Depth 4 | Set-Content -LiteralPath $Out
 """
 
 
-def _run(pwsh_path: str, tmp_path: Path, lines: list[dict[str, object]]) -> dict[str, object]:
+def _run(pwsh_path: str, tmp_path: Path, lines: list[dict[str, object]], *, timeout: int = 30) -> dict[str, object]:
     (tmp_path / "patch.ps1").write_text(PATCH_SCRIPT, encoding="utf-8")
     (tmp_path / "install-text.ps1").write_text(INSTALL_SCRIPT, encoding="utf-8")
     (tmp_path / "harness.ps1").write_text(HARNESS, encoding="utf-8")
@@ -94,7 +94,7 @@ def _run(pwsh_path: str, tmp_path: Path, lines: list[dict[str, object]]) -> dict
     out = tmp_path / "out.json"
     subprocess.run(
         [pwsh_path, "-NoLogo", "-NoProfile", "-NonInteractive", "-File", str(tmp_path / "harness.ps1"),
-         "-Root", str(tmp_path), "-Lines", str(tmp_path / "lines.txt"), "-Out", str(out)],
+         "-Root", str(tmp_path), "-Lines", str(tmp_path / "lines.txt"), "-Out", str(out), "-Timeout", str(timeout)],
         check=True, timeout=120, capture_output=True,
     )  # fmt: skip
     result: dict[str, object] = json.loads(out.read_text(encoding="utf-8-sig"))
@@ -143,6 +143,17 @@ def test_a_task_that_ends_without_a_summary_fails_the_script_and_is_removed(pwsh
     assert any("Windows Update (as SYSTEM): Exception from HRESULT: 0x80240022" in e for e in errors), errors
     assert any("the Windows Update task ended without a result (LastTaskResult 0x00000001)" in e for e in errors), errors
     assert (result["StillRegistered"], result["FolderLeft"]) == (0, False)
+
+
+def test_a_task_still_running_at_the_timeout_fails_the_script_and_is_left_alone(pwsh_path: str, tmp_path: Path) -> None:
+    progress = {"Kind": "progress", "Status": "1 of 1: installing", "KB": "KB5034441", "Percent": 0}
+    result = _run(pwsh_path, tmp_path, [progress] * 6 + [UPDATE], timeout=1)
+    assert result["ExitCode"] == 1, result
+    errors = result["Errors"]
+    assert isinstance(errors, list)
+    assert any("did not finish within 1 s; it is left running" in e for e in errors), errors
+    # Nothing kills an install half way: the task stays registered, its folder stays.
+    assert (result["StillRegistered"], result["Unregistered"]) == (1, None)
 
 
 # The install script with the WUA's COM objects shadowed by a function New-Object: each update
