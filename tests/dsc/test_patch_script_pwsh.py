@@ -49,13 +49,15 @@ function Start-ScheduledTask {
             Start-Sleep -Milliseconds 700
             Add-Content -LiteralPath (Join-Path $folder 'results.jsonl') -Value $line
         }
+        Set-Content -LiteralPath (Join-Path $folder '.task-ended') -Value 'ended'
     }
 }
 function Get-ScheduledTask {
     [CmdletBinding()] param([string]$TaskName, [string]$TaskPath)
     $task = $global:registered["$TaskPath$TaskName"]
     if ($null -eq $task) { Write-Error "No MSFT_ScheduledTask objects found with property 'TaskName' equal to '$TaskName'."; return }
-    [pscustomobject]@{ State = $(if ($task.Job.State -eq 'Running' -or $task.Job.State -eq 'NotStarted') { 'Running' } else { 'Ready' }) }
+    # The fake task has ended once it says so (a thread job's State is no clock for that under load).
+    [pscustomobject]@{ State = $(if (Test-Path -LiteralPath (Join-Path $task.Folder '.task-ended')) { 'Ready' } else { 'Running' }) }
 }
 function Get-ScheduledTaskInfo {
     [CmdletBinding()] param([string]$TaskName, [string]$TaskPath)
