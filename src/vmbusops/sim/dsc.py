@@ -95,7 +95,7 @@ _META_PROPERTIES = frozenset(
 
 
 #: How long the LCM stays Busy resuming a configuration after the guest has booted.
-RESUME_SECONDS = 2.0
+RESUME_SECONDS = 3.0
 LCM_FILE = "lcm.json"
 META_CLASS = "MSFT_DSCMetaConfiguration"
 _META_DEFAULTS: dict[str, Any] = {
@@ -938,7 +938,7 @@ class GetDscConfigurationStatus(Stage):
 
 
 #: How long a consistency check started by the ``Consistency`` task keeps the LCM busy.
-CONSISTENCY_SECONDS = 2.0
+CONSISTENCY_SECONDS = 3.0
 CONSISTENCY_TASK = SimTask(
     name="Consistency",
     path="\\Microsoft\\Windows\\Desired State Configuration\\",
