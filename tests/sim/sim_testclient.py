@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import psrpcore
 import pytest
 import trio
 import trio.testing
-from psrpcore.types import PSCredential, PSInvocationState, PSSecureString, RunspacePoolState
+from psrpcore.types import HostInfo, PSCredential, PSInvocationState, PSSecureString, RunspacePoolState
 
 from vmbusops.errors import FramingError
 from vmbusops.psrp.framing import POOL_GUID, DataStream, Packet, PacketKind, PacketReader, encode
@@ -117,10 +118,20 @@ class PipelineResult:
 class PSRPTestClient:
     """psrpcore's ClientRunspacePool over OutOfProc packets on trio streams."""
 
-    def __init__(self, send: trio.abc.SendStream, receive: trio.abc.ReceiveStream, *, max_runspaces: int = 8):
+    def __init__(
+        self,
+        send: trio.abc.SendStream,
+        receive: trio.abc.ReceiveStream,
+        *,
+        max_runspaces: int = 8,
+        host_ui: bool = True,
+    ):
         self.send_stream = send
         self.receive_stream = receive
-        self.pool = psrpcore.ClientRunspacePool(min_runspaces=1, max_runspaces=max_runspaces)
+        # A guest's verbose, warning and debug records reach only a client whose pool declares a
+        # host with a UI; most tests want them, so the client declares one unless told not to.
+        host = HostInfo(IsHostNull=False, IsHostUINull=False, IsHostRawUINull=True) if host_ui else None
+        self.pool = psrpcore.ClientRunspacePool(min_runspaces=1, max_runspaces=max_runspaces, host=host)
         self.reader = PacketReader()
         self.wire: list[Packet] = []  # every packet received, in order
         self.events: dict[uuid.UUID | None, list[Any]] = {}
@@ -210,11 +221,8 @@ class PSRPTestClient:
             ps.add_script(command)
         else:
             ps.add_command(command)
-            for name, value in params.items():
-                if value is True:
-                    ps.add_parameter(name, True)
-                else:
-                    ps.add_parameter(name, value)
+        for name, value in params.items():
+            ps.add_parameter(name, value)
         ps.start()
         pid = ps.pipeline_id
         await self.send_packet(Packet(kind=PacketKind.COMMAND, guid=pid))
@@ -256,6 +264,50 @@ class PSRPTestClient:
         await self.wait_for(lambda: self.acked(PacketKind.CLOSE, POOL_GUID) > 0)
 
 
+#: vmbusops' guest invoker, read as the agent reads it (package data), sent as a script command.
+INVOKER_SCRIPT = (
+    resources.files("vmbusops")
+    .joinpath("guestops", "powershell", "Invoke-VmbusOpsGuest.ps1")
+    .read_text(encoding="utf-8")
+)
+
+
+def invoker_params(
+    lab: Lab,
+    vm: str,
+    *steps: str,
+    indices: list[int] | None = None,
+    run_id: str = "run-1",
+    arguments: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Parameters for the guest invoker that run ``steps`` in ``vm`` as its administrator."""
+    params: dict[str, Any] = {
+        "VMName": vm,
+        "Credential": admin(lab, vm),
+        "Script": list(steps),
+        "StepIndex": indices if indices is not None else list(range(len(steps))),
+        "RunId": run_id,
+    }
+    if arguments is not None:
+        params["ArgumentList"] = arguments
+    return params
+
+
+async def run_in_guest(
+    client: PSRPTestClient, lab: Lab, vm: str, *steps: str, **options: Any
+) -> PipelineResult:
+    """Run ``steps`` in ``vm`` through the guest invoker, as the agent does."""
+    return await client.run(INVOKER_SCRIPT, script=True, **invoker_params(lab, vm, *steps, **options))
+
+
+def step_markers(result: PipelineResult) -> list[str]:
+    return [
+        str(e.record.MessageData)
+        for e in result.of(psrpcore.InformationRecordEvent)
+        if "vmbusops.step" in [str(t) for t in (e.record.Tags or [])]
+    ]
+
+
 def credential(user: str, password: str) -> PSCredential:
     return PSCredential(UserName=user, Password=PSSecureString(password))
 
@@ -278,11 +330,13 @@ def store(lab: Lab, tmp_path: Path) -> HostStore:
 
 
 @asynccontextmanager
-async def in_memory_client(store: HostStore, *, max_runspaces: int = 8) -> AsyncIterator[PSRPTestClient]:
+async def in_memory_client(
+    store: HostStore, *, max_runspaces: int = 8, host_ui: bool = True
+) -> AsyncIterator[PSRPTestClient]:
     """A server on one end of in-memory streams and an opened client on the other."""
     client_end, server_end = trio.testing.memory_stream_pair()
     server = PSRPServer(HyperVHost(store.lab, store), server_end)
-    client = PSRPTestClient(client_end, client_end, max_runspaces=max_runspaces)
+    client = PSRPTestClient(client_end, client_end, max_runspaces=max_runspaces, host_ui=host_ui)
 
     async def serve() -> None:
         await server.serve(server_end)
@@ -360,4 +414,16 @@ async def sim_process(
             nursery.cancel_scope.cancel()
 
 
-__all__ = ["TEST_LAB", "PSRPTestClient", "admin", "credential", "in_memory_client", "load_lab", "sim_process"]
+__all__ = [
+    "INVOKER_SCRIPT",
+    "TEST_LAB",
+    "PSRPTestClient",
+    "admin",
+    "credential",
+    "in_memory_client",
+    "invoker_params",
+    "load_lab",
+    "run_in_guest",
+    "sim_process",
+    "step_markers",
+]

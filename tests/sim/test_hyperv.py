@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import trio
 from psrpcore.types import PSInvocationState
-from sim_testclient import PSRPTestClient, admin, credential
+from sim_testclient import PSRPTestClient, admin, credential, in_memory_client
 
-from vmbusops.sim.lab import Lab
+from vmbusops.errors import ConfigError
+from vmbusops.sim.lab import Lab, parse_lab
 from vmbusops.sim.state import HostStore, guest_path_to_host
 
 
@@ -255,3 +257,62 @@ async def test_start_and_stop_vm(client: PSRPTestClient) -> None:
     assert saved.output[0].State == "Saved"
     nosuch = await client.run("Stop-VM", Name="nosuch")
     assert nosuch.error_ids == ["InvalidParameter,Microsoft.HyperV.PowerShell.Commands.StopVM"]
+
+
+FAULT_LAB = r"""
+[host]
+name = "HV-FAULTS"
+boot_seconds = 0.1
+password_seed = "fault-seed"
+
+[[vm]]
+name = "noconnect01"
+state = "Running"
+[vm.faults]
+connect_fails = true
+
+[[vm]]
+name = "socket01"
+state = "Running"
+[vm.faults]
+socket_ends_after_records = 2
+"""
+
+
+async def test_lab_faults_break_powershell_direct_as_hyperv_does(tmp_path: Path) -> None:
+    lab = parse_lab(FAULT_LAB, source="<fault lab>")
+    store = HostStore(lab, tmp_path / "state")
+    async with in_memory_client(store) as client:
+        refused = await client.run(
+            "Invoke-Command",
+            VMName="noconnect01",
+            Credential=admin(lab, "noconnect01"),
+            ScriptBlock="Write-Output never",
+        )
+        ended = await client.run(
+            "Invoke-Command",
+            VMName="socket01",
+            Credential=admin(lab, "socket01"),
+            ScriptBlock="1..5 | ForEach-Object { $_ }",
+        )
+    assert refused.output == []
+    assert refused.error_messages == [
+        "A failure occurred while attempting to connect to the target virtual machine."
+    ]
+    assert ended.output == [1, 2]
+    assert ended.error_messages == [
+        'The background process reported an error with the following message: '
+        '"The Hyper-V socket target process has ended.".'
+    ]
+    for result in (refused, ended):
+        assert result.state == PSInvocationState.Completed
+        (record,) = result.errors
+        assert str(record.FullyQualifiedErrorId) == "PSSessionStateBroken"
+        assert str(record.Exception.PSTypeNames[0]) == (
+            "Deserialized.System.Management.Automation.Remoting.PSRemotingTransportException"
+        )
+
+
+def test_unknown_fault_keys_are_refused() -> None:
+    with pytest.raises(ConfigError, match="faults"):
+        parse_lab(FAULT_LAB.replace("connect_fails", "connect_flakes"), source="<fault lab>")

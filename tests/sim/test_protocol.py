@@ -133,7 +133,7 @@ async def test_large_output_is_fragmented_and_reassembled(
 async def test_host_refuses_scripts_and_unknown_commands(client: PSRPTestClient) -> None:
     script = await client.run("Get-VM | Stop-VM", script=True)
     assert script.state == PSInvocationState.Failed
-    assert "does not run script text" in str(script.state_event.reason.Exception.Message)
+    assert "does not support this script command" in str(script.state_event.reason.Exception.Message)
 
     unknown = await client.run("Remove-VM", Name="web01")
     assert unknown.state == PSInvocationState.Failed

@@ -17,8 +17,14 @@ CredentialInvalidError          "The credential is invalid."               no
 GuestServicesDisabledError      Copy-VMFile failing to initiate the copy    no
                                 while the Guest Service Interface is off
 GuestFileExistsError            "...The file exists. (0x80070050)"          no
-SessionLostError                "A remote session might have ended."       yes
-GuestNotReadyError              the guest has not booted far enough        yes
+SessionLostError                "A remote session might have ended.",      yes
+                                "The Hyper-V socket target process has
+                                ended." (the guest's end of the socket
+                                went away under a running command)
+GuestNotReadyError              the guest has not booted far enough,       yes
+                                "A failure occurred while attempting to
+                                connect to the target virtual machine."
+                                (the session could not be opened)
 ==============================  =========================================  ==========
 """
 
@@ -56,12 +62,16 @@ _SESSION_LOST = (
     "a remote session might have ended",
     "the pipe has been ended",
     "the virtual machine has been restarted",
+    # HyperVSocketTransportProcessEnded, usually inside "The background process reported an
+    # error with the following message: ...".
+    "the hyper-v socket target process has ended",
 )
 _NOT_READY = (
     "not yet ready",
     "guest is not ready",
     "operating system is still starting",
     "no contact with the guest",
+    "a failure occurred while attempting to connect to the target virtual machine",
 )
 _FILE_EXISTS = ("0x80070050", "the file exists")
 

@@ -18,9 +18,13 @@ as to ``powershell.exe -ServerMode``. Behind the protocol it simulates a Hyper-V
 
 Host level
 ----------
-The host runs structured commands only. Any other command name yields PowerShell's
-CommandNotFoundException ("The term 'X' is not recognized as the name of a cmdlet, ..."), and a
-script (``is_script``) is refused: the agent never sends script text to the host.
+The host runs structured commands, and one script: vmbusops' guest invoker
+(``Invoke-VmbusOpsGuest.ps1``), recognised by the SHA-256 of its exact text, or called by name as
+the function ``Invoke-VmbusOpsGuest`` a JEA role defines; ``invoker`` binds its parameters as
+PowerShell's binder does and runs its guest wrapper natively (step markers, step files, exit
+codes). Any other script command (``is_script``) is refused with an error saying so. Any other
+command name yields PowerShell's CommandNotFoundException ("The term 'X' is not recognized as the
+name of a cmdlet, ...").
 
 ``Invoke-Command`` checks, in order: the VM exists (else ``InvalidVMNameNotSingle``), it is
 running (``InvalidVMState``), a session opens (``session_open_ms``), the guest has booted (else
@@ -28,11 +32,17 @@ running (``InvalidVMState``), a session opens (``session_open_ms``), the guest h
 ended."), the credential matches (else "The credential is invalid."). Then the script block runs
 after the VM's ``latency_ms``, and its records stream live. A VM with ``session_drop_after_records
 = N`` delivers N records and then the session breaks with the "remote session might have ended"
-error. All of these are non-terminating errors: the pipeline completes, as with the real cmdlet.
+error; ``socket_ends_after_records = N`` ends it with the Hyper-V socket's "target process has
+ended" error instead, and ``connect_fails = true`` refuses every session with "A failure occurred
+while attempting to connect to the target virtual machine.". All of these are non-terminating
+errors: the pipeline completes, as with the real cmdlet.
 
-Verbose and debug records are always sent. A real remote session sends them only when the
-script's preference variables ask for them; the simulator's scripts are short and written to be
-observed, so it sends every one rather than guess at preferences. Output values are sent as plain
+A guest's verbose, warning and debug records reach the client only if its runspace pool
+declared a host with a UI (HostInfo with IsHostNull and IsHostUINull false), as with PowerShell
+7.6.9, which drops them otherwise even with -Verbose or the preferences at Continue. With a UI,
+every one is sent: a real session sends verbose and debug records only when the script's
+preference variables ask for them; the simulator's scripts are short and written to be observed,
+so it sends every one rather than guess at preferences. Output values are sent as plain
 primitives and objects, without the PSComputerName/RunspaceId notes real remoting adds.
 
 Guest PowerShell subset
@@ -51,7 +61,9 @@ Script blocks run through a small interpreter. Supported:
   ``$true``, ``$false``, ``$null``, ``$env:COMPUTERNAME`` (and USERNAME, TEMP, SystemRoot, ...),
   ``$PSVersionTable`` (a minimal hashtable); member access ``$x.Name`` and indexing ``$x[0]``;
 - ``foreach ($x in ...) { ... }``, ``ForEach-Object { ... }`` / ``%`` / ``foreach`` (also
-  ``-Begin``/``-End`` and ``% Name``), ``exit N``;
+  ``-Begin``/``-End`` and ``% Name``), ``exit N``; ``throw`` / ``throw <value>`` (the record
+  PowerShell makes: RuntimeException, the text as its id, OperationStopped); ``break`` and
+  ``continue`` without a label (outside a loop they leave the script, as in PowerShell);
 - the call operator ``& "C:\\path\\x.ps1" args...`` (a script file in the guest: ``exit N`` ends the
   file and sets ``$LASTEXITCODE``, the caller goes on) and ``& { ... }`` (``exit`` there ends the
   whole script, as in PowerShell); ``$global:``/``$script:`` prefixes name the one variable table
@@ -64,7 +76,7 @@ Script blocks run through a small interpreter. Supported:
   the simulated guest has no execution policy), Restart-Computer (the guest reboots; the script
   ends there, even inside a called script file), ``hostname``.
 
-Anything else (if/while/try, operators such as ``-eq``, method calls, hashtables, other cmdlets)
+Anything else (if/while/try/return, operators such as ``-eq``, method calls, hashtables, other cmdlets)
 is reported as an error record saying the simulator does not support it. Unknown commands get
 PowerShell's own CommandNotFoundException, as in a real guest. The guest's file system is real
 files under ``<state-dir>/guests/<vm>/C/``; paths are case-insensitive like Windows'.

@@ -29,7 +29,9 @@ from vmbusops.sim.binding import BindingError, Param, bind, require
 from vmbusops.sim.guest_parse import (
     ArrayExpr,
     Assign,
+    Break,
     CommandCall,
+    Continue,
     ExpandString,
     Foreach,
     Literal,
@@ -40,6 +42,7 @@ from vmbusops.sim.guest_parse import (
     ScriptBlockExpr,
     Statement,
     SubExpr,
+    Throw,
     UnsupportedSyntax,
     VarRef,
     parse_script,
@@ -77,11 +80,51 @@ class GuestRestarting(ScriptExit):
 
 
 class StatementError(Exception):
-    """The statement cannot run; its error is written and the script goes on."""
+    """The statement cannot run; its error is written and the script goes on.
+
+    Unless a ``try`` encloses the running script (the guest invoker's, around each step): then,
+    as in PowerShell, the error ends the script and goes to the ``catch``.
+    """
 
     def __init__(self, error: SimError) -> None:
         super().__init__(error.message)
         self.error = error
+
+
+class ScriptTerminated(Exception):
+    """A terminating error (``throw``, an error under ``-ErrorAction Stop``): the script ends."""
+
+    def __init__(self, error: SimError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class LoopBreak(Exception):
+    """``break``: unwinds to the innermost loop (or out of the script, as in PowerShell)."""
+
+
+class LoopContinue(Exception):
+    """``continue``: unwinds to the innermost loop's next turn (or out of the script)."""
+
+
+def thrown_error(value: Any) -> SimError:
+    """The ErrorRecord PowerShell makes for ``throw <value>`` (pwsh 7.6.9, measured)."""
+    if value is None:
+        return SimError(
+            message="ScriptHalted",
+            fqid="ScriptHalted",
+            category="OperationStopped",
+            exception_type="System.Management.Automation.RuntimeException",
+        )
+    message = to_text(value)
+    return SimError(
+        message=message,
+        fqid=message,
+        category="OperationStopped",
+        exception_type="System.Management.Automation.RuntimeException",
+        target_name=message,
+        target_object=message,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +159,10 @@ class GuestSession:
         self.root = store.guest_root(spec)
         self.cwd = f"C:\\Users\\{spec.username}\\Documents"
         self.variables: dict[str, Any] = {"args": list(arguments or [])}
+        # The script file running now (Write-Error names it in its FullyQualifiedErrorId), and
+        # whether a ``try`` encloses the running script (statement errors then end it).
+        self.script_file: str | None = None
+        self.in_try = False
 
     # ---- running -------------------------------------------------------------------------
 
@@ -133,6 +180,14 @@ class GuestSession:
             await self.run_script(script, emit)
         except ScriptExit as exc:
             return exc.code
+        except ScriptTerminated as exc:
+            # A script block sent straight to Invoke-Command: its terminating error is the last
+            # thing it writes. (PowerShell's Invoke-Command would also rethrow a `throw` on the
+            # host's side; the guest invoker is how the agent runs scripts, and it catches them.)
+            self.streams.error(exc.error)
+            return 1
+        except (LoopBreak, LoopContinue):
+            return 0  # `break` / `continue` outside any loop leave the script
         return 0
 
     async def run_script(self, script: Script, emit: Emit) -> None:
@@ -140,6 +195,8 @@ class GuestSession:
             try:
                 await self.run_statement(statement, emit)
             except StatementError as exc:
+                if self.in_try:
+                    raise
                 self.streams.error(exc.error)
             await self.streams.checkpoint()
 
@@ -164,10 +221,51 @@ class GuestSession:
             await self.run_pipeline(stmt.source, gather)
             for item in items:
                 self.set_var(stmt.var, item)
-                await self.run_script(stmt.body, emit)
+                try:
+                    await self.run_script(stmt.body, emit)
+                except LoopBreak:
+                    break
+                except LoopContinue:
+                    continue
+        elif isinstance(stmt, Throw):
+            value = None if stmt.value is None else await self.evaluate(stmt.value)
+            raise ScriptTerminated(thrown_error(value))
+        elif isinstance(stmt, Break):
+            raise LoopBreak
+        elif isinstance(stmt, Continue):
+            raise LoopContinue
         else:
             code = 0 if stmt.code is None else to_int(await self.evaluate(stmt.code))
             raise ScriptExit(code)
+
+    async def run_script_file(self, target: str, arguments: list[Any], emit: Emit) -> None:
+        """``& <path>.ps1 args...``: ``exit N`` ends the file and sets ``$LASTEXITCODE``.
+
+        ``break`` / ``continue`` with no loop in the file leave it and go on unwinding in the
+        caller, as in PowerShell; terminating errors end the file and go on too.
+        """
+        path = self.absolute(target)
+        host = self.host_path(path)
+        if host is None or not path.casefold().endswith(".ps1") or not host.is_file():
+            raise StatementError(pserrors.command_not_found(target))
+        text = (await _read_guest_file(host)).decode("utf-8-sig")
+        try:
+            script = parse_script(text)
+        except UnsupportedSyntax as exc:
+            raise StatementError(pserrors.not_supported_in_guest(exc.what)) from None
+        variables = self.variables
+        saved, saved_file = variables.get("args"), self.script_file
+        variables["args"] = arguments
+        self.script_file = path.rsplit("\\", 1)[-1]
+        try:
+            await self.run_script(script, emit)
+        except GuestRestarting:
+            raise
+        except ScriptExit as exc:
+            variables["lastexitcode"] = exc.code
+        finally:
+            variables["args"] = saved
+            self.script_file = saved_file
 
     def set_var(self, var: VarRef, value: Any) -> None:
         if var.accessors or var.name.casefold().startswith("env:"):
@@ -209,7 +307,7 @@ class GuestSession:
         try:
             bound = bind(cls.params, cls.fq_name, args, to_text)
         except BindingError as exc:
-            raise StatementError(exc.error) from None
+            raise StatementError(pserrors.with_activity(exc.error, cls.name)) from None
         return cls(self, bound, emit)
 
     # ---- expressions ---------------------------------------------------------------------
@@ -424,15 +522,23 @@ class Stage:
         self.session = session
         self.bound = bound
         self.emit = emit
+        self._streams: Streams | None = None
 
     @property
     def streams(self) -> Streams:
-        # -ErrorAction SilentlyContinue / Ignore keep a cmdlet's non-terminating errors off the
-        # error stream, as in PowerShell (callers use it to probe, e.g. which files exist).
-        action = str(self.bound.get("ErrorAction", "")).casefold()
-        if action in ("silentlycontinue", "ignore"):
-            return _WithoutErrors(self.session.streams)
-        return self.session.streams
+        """Where this cmdlet writes: its errors carry its name as their activity, as in PowerShell.
+
+        -ErrorAction SilentlyContinue / Ignore keep its non-terminating errors off the error
+        stream (callers use it to probe, e.g. which files exist).
+        """
+        if self._streams is None:
+            action = str(self.bound.get("ErrorAction", "")).casefold()
+            self._streams = _CmdletStreams(
+                self.session.streams,
+                activity=self.name if "-" in self.name else "",
+                drop_errors=action in ("silentlycontinue", "ignore"),
+            )
+        return self._streams
 
     async def begin(self) -> None:
         return None
@@ -453,7 +559,7 @@ class Stage:
         try:
             require(self.bound, self.fq_name, *names)
         except BindingError as exc:
-            raise StatementError(exc.error) from None
+            raise StatementError(pserrors.with_activity(exc.error, self.name)) from None
 
     async def out_all(self, value: Any) -> None:
         for item in enumerate_value(value):
@@ -490,17 +596,20 @@ class WriteOutput(Stage):
             await self.emit(item)
 
 
-class _WithoutErrors:
-    """A cmdlet's streams with its non-terminating errors dropped (-ErrorAction SilentlyContinue)."""
+class _CmdletStreams:
+    """A cmdlet's view of the streams: its errors named after it, or dropped (-ErrorAction)."""
 
-    def __init__(self, inner: Streams) -> None:
+    def __init__(self, inner: Streams, *, activity: str, drop_errors: bool) -> None:
         self._inner = inner
+        self._activity = activity
+        self._drop_errors = drop_errors
 
     def output(self, value: Any) -> None:
         self._inner.output(value)
 
     def error(self, error: SimError) -> None:
-        return
+        if not self._drop_errors:
+            self._inner.error(pserrors.with_activity(error, self._activity))
 
     def warning(self, message: str) -> None:
         self._inner.warning(message)
@@ -575,13 +684,20 @@ class WriteError(Stage):
     async def process(self, item: Any) -> None:
         message = to_text(self.arg("Message") if item is NO_INPUT else item)
         error_id = self.arg("ErrorId")
+        fqid = to_text(error_id) if error_id else "Microsoft.PowerShell.Commands.WriteErrorException"
+        if self.session.script_file is not None:
+            # Inside a script file PowerShell qualifies the id with the file's name (measured).
+            fqid = f"{fqid},{self.session.script_file}"
+        target = self.arg("TargetObject")
         self.streams.error(
             SimError(
                 message=message,
-                fqid=to_text(error_id) if error_id else "Microsoft.PowerShell.Commands.WriteErrorException",
+                fqid=fqid,
                 category=to_text(self.arg("Category", "NotSpecified")),
                 exception_type="Microsoft.PowerShell.Commands.WriteErrorException",
-                target_object=self.arg("TargetObject"),
+                target_name="" if target is None else to_text(target),
+                target_object=target,
+                activity="Write-Error",
             )
         )
         await self.streams.checkpoint()
@@ -877,6 +993,7 @@ class SetContent(Stage):
                         fqid=f"GetContentWriterDirectoryNotFoundError,{self.fq_name}",
                         category="ObjectNotFound",
                         exception_type="System.IO.DirectoryNotFoundException",
+                        target_name=full,
                         target_object=full,
                     )
                 )
@@ -916,9 +1033,10 @@ class GetFileHash(_PathCmdlet):
             self.streams.error(
                 SimError(
                     message=f"Cannot find path '{full}' because it does not exist.",
-                    fqid="FileNotFound,Get-FileHash",
+                    fqid=f"FileNotFound,{self.fq_name}",
                     category="ObjectNotFound",
                     exception_type="System.Management.Automation.ItemNotFoundException",
+                    target_name=full,
                     target_object=full,
                 )
             )
@@ -1123,26 +1241,7 @@ class CallOperator(Stage):
         if isinstance(target, ScriptBlockValue):
             await self.session.run_script(target.body, self.emit)
             return
-        path = self.session.absolute(to_text(target))
-        host = self.session.host_path(path)
-        if host is None or not path.casefold().endswith(".ps1") or not host.is_file():
-            raise StatementError(pserrors.command_not_found(to_text(target)))
-        text = (await _read_guest_file(host)).decode("utf-8-sig")
-        try:
-            script = parse_script(text)
-        except UnsupportedSyntax as exc:
-            raise StatementError(pserrors.not_supported_in_guest(exc.what)) from None
-        variables = self.session.variables
-        saved = variables.get("args")
-        variables["args"] = list(self.bound["arguments"])
-        try:
-            await self.session.run_script(script, self.emit)
-        except GuestRestarting:
-            raise
-        except ScriptExit as exc:
-            variables["lastexitcode"] = exc.code
-        finally:
-            variables["args"] = saved
+        await self.session.run_script_file(to_text(target), list(self.bound["arguments"]), self.emit)
 
 
 class Hostname(Stage):

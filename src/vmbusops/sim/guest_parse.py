@@ -392,7 +392,24 @@ class Exit:
     code: Expr | None
 
 
-Statement: TypeAlias = "Pipeline | Assign | Foreach | Exit"
+@dataclass(frozen=True, slots=True)
+class Throw:
+    """``throw`` or ``throw <expression>``: a terminating error."""
+
+    value: Expr | None
+
+
+@dataclass(frozen=True, slots=True)
+class Break:
+    """``break`` (no label): leaves the innermost loop, or the script when there is none."""
+
+
+@dataclass(frozen=True, slots=True)
+class Continue:
+    """``continue`` (no label): the innermost loop's next turn, or leaves the script."""
+
+
+Statement: TypeAlias = "Pipeline | Assign | Foreach | Exit | Throw | Break | Continue"
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,10 +454,7 @@ _UNSUPPORTED_KEYWORDS = {
     "try",
     "catch",
     "finally",
-    "throw",
     "return",
-    "break",
-    "continue",
     "trap",
     "begin",
     "process",
@@ -498,11 +512,15 @@ class _Parser:
             word = tok.text.casefold()
             if word == "foreach" and self.peek(1).kind is Tok.LPAREN:
                 return self.foreach()
-            if word == "exit":
+            if word in ("exit", "throw"):
                 self.take()
-                if self.peek().kind in (Tok.NEWLINE, Tok.SEMI, Tok.EOF, Tok.RBRACE):
-                    return Exit(None)
-                return Exit(self.expression())
+                value = None if self.at_statement_end() else self.expression()
+                return Exit(value) if word == "exit" else Throw(value)
+            if word in ("break", "continue"):
+                self.take()
+                if not self.at_statement_end():
+                    raise UnsupportedSyntax(f"'{tok.text}' with a label")
+                return Break() if word == "break" else Continue()
             if word in _UNSUPPORTED_KEYWORDS:
                 raise UnsupportedSyntax(f"the '{tok.text}' keyword")
         if tok.kind is Tok.VARIABLE and self.peek(1).kind is Tok.ASSIGN:
@@ -510,6 +528,9 @@ class _Parser:
             self.take()
             return Assign(tok.value, self.pipeline())
         return self.pipeline()
+
+    def at_statement_end(self) -> bool:
+        return self.peek().kind in (Tok.NEWLINE, Tok.SEMI, Tok.EOF, Tok.RBRACE, Tok.RPAREN)
 
     def foreach(self) -> Foreach:
         self.take()

@@ -13,7 +13,7 @@ import functools
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,10 +22,10 @@ import trio
 from psrpcore.types import PSSecureString
 
 from vmbusops.sim import dsc as _dsc  # noqa: F401  (adds the DSC cmdlets to the guest subset)
-from vmbusops.sim import pserrors
+from vmbusops.sim import invoker, pserrors
 from vmbusops.sim import wua as _wua  # noqa: F401  (recognises the patch step's script)
 from vmbusops.sim.binding import BindingError, Param, bind, require
-from vmbusops.sim.guest import GuestSession, to_text
+from vmbusops.sim.guest import Emit, GuestSession, to_text
 from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password
 from vmbusops.sim.state import (
     INTEGRATION_SERVICES,
@@ -48,6 +48,11 @@ HYPERV = "Microsoft.HyperV.PowerShell.Commands"
 
 class HostStreams(Streams, Protocol):
     """The pipeline's streams plus the chaos hooks only the host level uses."""
+
+    @property
+    def host_has_ui(self) -> bool:
+        """Whether the client's runspace pool declared a host with a UI (see ``_GuestStreams``)."""
+        ...
 
     def inject_garbage(self) -> None: ...
 
@@ -110,21 +115,42 @@ def _timespan(seconds: float) -> str:
 
 
 class SessionDropped(Exception):
-    """The lab's fault injection broke the PowerShell Direct session."""
+    """The lab's fault injection broke the PowerShell Direct session; ``error`` says how."""
+
+    def __init__(self, error: SimError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class _GuestStreams:
-    """A guest session's view of the pipeline streams: counts records, stamps guest identity."""
+    """A guest session's view of the pipeline streams: counts records, stamps guest identity.
 
-    def __init__(self, inner: Streams, spec: VMSpec, drop_after: int | None) -> None:
+    A PowerShell Direct session's verbose, warning and debug records reach the client only when
+    its runspace pool declared a host with a UI: without one, PowerShell (7.6.9, measured) drops
+    them, even with -Verbose or the preferences at Continue. Output, error, information and
+    progress records pass either way.
+    """
+
+    def __init__(self, inner: HostStreams, spec: VMSpec) -> None:
         self._inner = inner
         self._spec = spec
-        self._drop_after = drop_after
+        faults = spec.faults
+        # Whichever lab fault ends the session first decides the error the client sees.
+        breaks = [
+            (n, error)
+            for n, error in (
+                (faults.session_drop_after_records, pserrors.remote_session_ended(spec.name)),
+                (faults.socket_ends_after_records, pserrors.socket_process_ended(spec.name)),
+            )
+            if n is not None
+        ]
+        self._break = min(breaks, key=lambda b: b[0]) if breaks else None
         self._count = 0
+        self._host_ui = inner.host_has_ui
 
     def _count_one(self) -> None:
-        if self._drop_after is not None and self._count >= self._drop_after:
-            raise SessionDropped
+        if self._break is not None and self._count >= self._break[0]:
+            raise SessionDropped(self._break[1])
         self._count += 1
 
     @property
@@ -141,15 +167,18 @@ class _GuestStreams:
 
     def warning(self, message: str) -> None:
         self._count_one()
-        self._inner.warning(message)
+        if self._host_ui:
+            self._inner.warning(message)
 
     def verbose(self, message: str) -> None:
         self._count_one()
-        self._inner.verbose(message)
+        if self._host_ui:
+            self._inner.verbose(message)
 
     def debug(self, message: str) -> None:
         self._count_one()
-        self._inner.debug(message)
+        if self._host_ui:
+            self._inner.debug(message)
 
     def information(self, info: InformationMessage) -> None:
         self._count_one()
@@ -261,8 +290,19 @@ class HyperVHost:
         """Run a pipeline's commands (statements in order); TerminatingError ends it Failed."""
         for command in commands:
             if command.is_script:
-                raise TerminatingError(pserrors.script_not_allowed())
+                text = str(command.command_text)
+                if not invoker.is_invoker_script(text):
+                    raise TerminatingError(pserrors.script_not_allowed(text))
+                await self._chaos(invoker.INVOKER_FUNCTION, streams)
+                await self.invoke_vmbusops_guest(command.parameters, streams, as_function=False)
+                await streams.checkpoint()
+                continue
             name = str(command.command_text)
+            if name.casefold() == invoker.INVOKER_FUNCTION.casefold():
+                await self._chaos(name, streams)
+                await self.invoke_vmbusops_guest(command.parameters, streams, as_function=True)
+                await streams.checkpoint()
+                continue
             entry = self._cmdlets.get(name.casefold())
             if entry is None:
                 raise TerminatingError(pserrors.command_not_found(name))
@@ -277,7 +317,7 @@ class HyperVHost:
                 bound = bind(params, fq, [(n, plain(v)) for n, v in command.parameters], to_text)
                 await handler(bound, streams, fq)
             except BindingError as exc:
-                raise TerminatingError(exc.error) from None
+                raise TerminatingError(pserrors.with_activity(exc.error, name)) from None
             await streams.checkpoint()
 
     async def _chaos(self, name: str, streams: HostStreams) -> None:
@@ -463,7 +503,35 @@ class HyperVHost:
                 fh.write(b"\x00corrupted")
         return None
 
-    async def invoke_command(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
+    async def invoke_vmbusops_guest(
+        self, parameters: list[tuple[str | None, Any]], streams: HostStreams, *, as_function: bool
+    ) -> None:
+        """The guest invoker (``vmbusops.sim.invoker``): bind, check, then Invoke-Command natively."""
+        try:
+            call = invoker.bind_invoker([(n, plain(v)) for n, v in parameters], as_function=as_function)
+        except BindingError as exc:
+            raise TerminatingError(exc.error) from None
+        mismatch = invoker.step_count_mismatch(call)
+        if mismatch is not None:
+            raise TerminatingError(mismatch)
+        if call.vm_id is not None:
+            spec = self.lab.find_by_id(call.vm_id)
+            missing = None if spec is not None else pserrors.invoke_vm_id_not_found(call.vm_id)
+        else:
+            assert call.vm_name is not None
+            spec = self.lab.find(call.vm_name)
+            missing = None if spec is not None else pserrors.invoke_vm_name_not_found(call.vm_name)
+        if spec is None:
+            assert missing is not None
+            streams.error(missing)
+            return
+
+        async def wrapper(session: GuestSession, emit: Emit) -> None:
+            await invoker.run_guest_wrapper(session, call, emit)
+
+        await self._invoke_in_guest(spec, _credential(call.credential), wrapper, [], streams)
+
+    async def invoke_command(self, b: dict[str, Any], streams: HostStreams, fq: str) -> None:
         if b.get("VMName") is None and b.get("VMId") is None:
             raise BindingError(
                 SimError(
@@ -496,22 +564,27 @@ class HyperVHost:
                     streams.error(pserrors.invoke_vm_id_not_found(vm_id))
                 else:
                     targets.append(spec)
+
+        async def body(session: GuestSession, emit: Emit) -> None:
+            await session.run_text(script, emit)
+
         if len(targets) == 1:
             # The usual case (one VM per pipeline): no nursery and task to set up per pipeline.
-            await self._invoke_in_guest(targets[0], credential, script, arguments, streams)
+            await self._invoke_in_guest(targets[0], credential, body, arguments, streams)
             return
         async with trio.open_nursery() as nursery:
             for spec in targets:
-                nursery.start_soon(self._invoke_in_guest, spec, credential, script, arguments, streams)
+                nursery.start_soon(self._invoke_in_guest, spec, credential, body, arguments, streams)
 
     async def _invoke_in_guest(
         self,
         spec: VMSpec,
         credential: tuple[str, str] | None,
-        script: str,
+        body: Callable[[GuestSession, Emit], Awaitable[None]],
         arguments: list[Any],
-        streams: Streams,
+        streams: HostStreams,
     ) -> None:
+        """Open a PowerShell Direct session to ``spec`` (with Invoke-Command's errors) and run ``body``."""
         rt = self.store.runtime(spec)
         if rt.state is not VMState.RUNNING:
             streams.error(pserrors.invoke_vm_not_running(spec.name))
@@ -523,12 +596,15 @@ class HyperVHost:
         if not rt.booted(self.clock()):
             streams.error(pserrors.remote_session_ended(spec.name))
             return
+        if spec.faults.connect_fails:
+            streams.error(pserrors.session_connect_failed(spec.name))
+            return
         if credential is None or not _credential_matches(spec, credential, self.lab):
             streams.error(pserrors.credential_invalid(spec.name))
             return
         if spec.latency_ms:
             await trio.sleep(spec.latency_ms / 1000)
-        guest_streams = _GuestStreams(streams, spec, spec.faults.session_drop_after_records)
+        guest_streams = _GuestStreams(streams, spec)
         session = GuestSession(
             spec=spec, store=self.store, streams=guest_streams, username=credential[0], arguments=arguments
         )
@@ -538,9 +614,9 @@ class HyperVHost:
             await guest_streams.checkpoint()
 
         try:
-            await session.run_text(script, emit)
-        except SessionDropped:
-            streams.error(pserrors.remote_session_ended(spec.name))
+            await body(session, emit)
+        except SessionDropped as exc:
+            streams.error(exc.error)
 
     async def restart_vm(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
         require(b, fq, "Name")

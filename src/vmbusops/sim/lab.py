@@ -32,6 +32,11 @@ A lab is TOML::
     session_drop_after_records = 100   # PowerShell Direct session breaks after N records
     corrupt_copies = "*.psm1"          # Copy-VMFile writes damaged bytes to matching guest paths
     hang_on_restart = true             # after Restart-VM the guest never boots again
+    connect_fails = true               # every PowerShell Direct session fails to open: "A failure
+                                       #   occurred while attempting to connect to the target
+                                       #   virtual machine."
+    socket_ends_after_records = 100    # the Hyper-V socket ends after N records: "... The Hyper-V
+                                       #   socket target process has ended. ..."
 
     [generate]                   # many identical running VMs, for benchmarks
     count = 200
@@ -131,6 +136,10 @@ class FaultSpec:
     corrupt_copies: str | None = None
     # Restart-VM leaves the guest booting forever (heartbeat NoContact).
     hang_on_restart: bool = False
+    # Every PowerShell Direct session to the guest fails while connecting (transient on a real host).
+    connect_fails: bool = False
+    # The Hyper-V socket's target process ends after this many records of one Invoke-Command.
+    socket_ends_after_records: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -316,8 +325,19 @@ def _parse_vm(raw: dict[str, Any], source: str) -> VMSpec:
     heartbeat = raw.get("heartbeat", DEFAULT_HEARTBEAT if state is VMState.RUNNING else None)
     files = _table(raw.get("files", {}), "vm.files", source)
     faults = _table(raw.get("faults", {}), "vm.faults", source)
-    _only_keys(faults, {"session_drop_after_records", "corrupt_copies", "hang_on_restart"}, f"{where} faults")
+    _only_keys(
+        faults,
+        {
+            "session_drop_after_records",
+            "corrupt_copies",
+            "hang_on_restart",
+            "connect_fails",
+            "socket_ends_after_records",
+        },
+        f"{where} faults",
+    )
     drop = faults.get("session_drop_after_records")
+    socket_ends = faults.get("socket_ends_after_records")
     return VMSpec(
         name=name,
         id=vm_id,
@@ -382,6 +402,8 @@ def _parse_vm(raw: dict[str, Any], source: str) -> VMSpec:
             session_drop_after_records=None if drop is None else int(drop),
             corrupt_copies=_opt_str(faults.get("corrupt_copies"), "vm.faults.corrupt_copies", source),
             hang_on_restart=bool(faults.get("hang_on_restart", False)),
+            connect_fails=bool(faults.get("connect_fails", False)),
+            socket_ends_after_records=None if socket_ends is None else int(socket_ends),
         ),
     )
 

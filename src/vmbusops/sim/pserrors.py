@@ -19,6 +19,9 @@ Sources, so the texts can be checked and kept honest:
   disabled Guest Service Interface with the same 0x80070050 "The file exists." text as a real
   existing file, so a client must ask Get-VMIntegrationService to tell the two apart.
 - Windows PowerShell 5.1's CommandNotFoundException and ParameterBindingException texts.
+- PowerShell's ``RemotingErrorIdStrings`` (in the 7.6.9 ``System.Management.Automation.dll``):
+  "A failure occurred while attempting to connect to the target virtual machine." and
+  ``HyperVSocketTransportProcessEnded`` inside ``IPCServerProcessReportedError``.
 
 Where the exact FullyQualifiedErrorId of a remote-session failure could not be confirmed from
 source, the simulator uses ``PSSessionStateBroken`` (what Invoke-Command reports for sessions that
@@ -26,6 +29,9 @@ fail to open or break), category OpenError.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import hashlib
 
 from vmbusops.sim.streams import SimError
 
@@ -167,6 +173,40 @@ def remote_session_ended(vm: str) -> SimError:
     )
 
 
+# PowerShell's RemotingErrorIdStrings: HyperVSocketTransportProcessEnded (its text carries the
+# quotes) wrapped in IPCServerProcessReportedError, what the client side of a PowerShell Direct
+# session raises when the guest's end of the Hyper-V socket goes away under a running command.
+CONNECT_FAILED = "A failure occurred while attempting to connect to the target virtual machine."
+SOCKET_PROCESS_ENDED = (
+    'The background process reported an error with the following message: '
+    '"The Hyper-V socket target process has ended.".'
+)
+
+
+def session_connect_failed(vm: str) -> SimError:
+    """The PowerShell Direct session could not be opened (transient on a real host)."""
+    return SimError(
+        message=CONNECT_FAILED,
+        fqid="PSSessionStateBroken",
+        category="OpenError",
+        exception_type="System.Management.Automation.Remoting.PSRemotingTransportException",
+        target_name=vm,
+        target_object=vm,
+    )
+
+
+def socket_process_ended(vm: str) -> SimError:
+    """The Hyper-V socket's far end ended under a running command (transient)."""
+    return SimError(
+        message=SOCKET_PROCESS_ENDED,
+        fqid="PSSessionStateBroken",
+        category="OpenError",
+        exception_type="System.Management.Automation.Remoting.PSRemotingTransportException",
+        target_name=vm,
+        target_object=vm,
+    )
+
+
 def command_not_found(name: str) -> SimError:
     return SimError(
         message=(
@@ -189,8 +229,14 @@ def parameter_not_found(cmdlet_fq: str, name: str) -> SimError:
         fqid=f"NamedParameterNotFound,{cmdlet_fq}",
         category="InvalidArgument",
         exception_type="System.Management.Automation.ParameterBindingException",
-        activity=cmdlet_fq.rsplit(".", 1)[-1],
     )
+
+
+def with_activity(error: SimError, command: str) -> SimError:
+    """The record as PowerShell completes it when ``command`` wrote it: the command is its activity."""
+    if error.activity or not command:
+        return error
+    return dataclasses.replace(error, activity=command)
 
 
 def missing_mandatory(cmdlet_fq: str, names: list[str]) -> SimError:
@@ -203,12 +249,17 @@ def missing_mandatory(cmdlet_fq: str, names: list[str]) -> SimError:
     )
 
 
-def script_not_allowed() -> SimError:
-    """The simulated host runs only named cmdlets; the agent never sends it script text."""
+def script_not_allowed(text: str) -> SimError:
+    """A script command other than the guest invoker: the simulated host does not run it."""
+    # The script's text is not echoed (it may hold anything); its digest tells a stale invoker
+    # copy from a different script.
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return SimError(
         message=(
-            "The vmbusops simulator runs only structured Hyper-V cmdlet commands on the host; "
-            "it does not run script text (is_script commands)."
+            "The vmbusops simulator does not support this script command on the host: it runs "
+            "structured Hyper-V cmdlet commands and, as its only script, vmbusops' guest invoker "
+            "(Invoke-VmbusOpsGuest.ps1, recognised by the SHA-256 of its exact text). "
+            f"This script's SHA-256 is {digest}."
         ),
         fqid="ScriptNotSupportedBySimulator",
         category="NotImplemented",

@@ -9,7 +9,9 @@ answers each as PowerShell's ``OutOfProcessMediator`` does:
   ``ServerRunspacePool``, which answers negotiation (SessionCapability, ApplicationPrivateData,
   RunspacePoolState Opened) and key exchange (EncryptedSessionKey) by itself.
 - ``Command P``: a ``ServerPipeline`` is created and ``CommandAck`` sent. ``Data P`` is acknowledged
-  before anything of the pipeline is streamed; its CreatePipeline message starts a task that runs
+  before anything of the pipeline is streamed; ``Data P`` that comes before ``Command P`` is
+  acknowledged and dropped (the pipeline never starts), as PowerShell's mediator drops Data it
+  processes before the pipeline's Command has registered; its CreatePipeline message starts a task that runs
   the commands against the simulated host (``vmbusops.sim.hyperv``). The pool is psrpcore's
   with one change: CreatePipeline is read by ``vmbusops.sim.create_pipeline`` when it can, which
   is several times cheaper than psrpcore's generic deserializer.
@@ -218,6 +220,10 @@ class _PipelineStreams:
     def records_written(self) -> int:
         return self._count
 
+    @property
+    def host_has_ui(self) -> bool:
+        return self._server.host_has_ui
+
     def _queue(self, message_type: PSRPMessageType, data: bytes) -> None:
         self._count += 1
         self._server.queue_message(self._pid, message_type, data)
@@ -337,6 +343,19 @@ class PSRPServer:
         self._nursery: trio.Nursery | None = None
         self._closed = False
 
+    @property
+    def host_has_ui(self) -> bool:
+        """Whether the client declared a host with a UI when it opened the pool.
+
+        PowerShell's server gives a pipeline the pool's host unless the pipeline brings its own
+        (HostInfo.UseRunspaceHost false); a remote session's verbose, warning and debug records
+        reach the client only through a host UI. psrpcore's clients, like most, leave
+        UseRunspaceHost at true, so the pool's declaration decides; a pipeline that brings a
+        host of its own is not modelled.
+        """
+        host = self.pool.host
+        return host is not None and not host.IsHostNull and not host.IsHostUINull
+
     # ---- output ----------------------------------------------------------------------------
 
     def queue_message(
@@ -420,6 +439,13 @@ class PSRPServer:
         pid = packet.pipeline_id
         if kind is PacketKind.DATA:
             self._ack(packet)
+            if pid is not None and pid not in self.pool.pipeline_table:
+                # PowerShell's mediator runs each input line as its own work item: a pipeline's
+                # Data handled before its Command registered the pipeline is acknowledged and
+                # dropped, and that pipeline never starts. Lines are handled here in order, so
+                # only Data whose Command has not arrived at all can be dropped honestly.
+                log.warning("dropped Data for pipeline %s: its Command has not arrived", pid)
+                return
             stream = (
                 StreamType.prompt_response
                 if packet.stream is DataStream.PROMPT_RESPONSE
