@@ -150,9 +150,6 @@ function ConvertTo-LabVM {
         'Microsoft.HyperV.PowerShell.VirtualizationObject', 'System.Object') {
         $object.PSObject.TypeNames.Add($name)
     }
-    $object | Add-Member -MemberType ScriptMethod -Name ToString -Force -Value {
-        "VirtualMachine (Name = '$($this.Name)') [Id = '$($this.Id)']"
-    }
     $object
 }
 
