@@ -442,6 +442,11 @@ function Restart-VM {
 # ---------------------------------------------------------------------------------------------
 # PowerShell Direct.
 
+# A child pwsh's connection info (what Start-Job uses); its constructor is internal.
+$script:NewProcessConnection = [psobject].Assembly.GetType(
+    'System.Management.Automation.Runspaces.NewProcessConnectionInfo').GetConstructors(
+    [System.Reflection.BindingFlags] 'NonPublic,Instance')[0]
+
 # Runs first in each guest session: the guest's C: drive, working folder and identity.
 $script:GuestSetup = {
     param([string] $Root, [string] $ComputerName, [string] $UserName)
@@ -459,8 +464,15 @@ $script:GuestSetup = {
 
 function New-LabGuestSession {
     # A remote session to a child pwsh set up as the guest: PowerShell Direct's process boundary.
+    # Invoke-Command -VMName gives its remote runspace the cmdlet's own host (here the PSRP
+    # client's, relayed by this server), so the guest's verbose, warning and debug lines reach a
+    # client that declared a host UI. [runspacefactory]::CreateOutOfProcessRunspace would give it
+    # no host, and PowerShell would drop those lines; hence the connection info's own constructor.
     param([hashtable] $Guest)
-    $runspace = [runspacefactory]::CreateOutOfProcessRunspace($null)
+    $runspace = [runspacefactory]::CreateRunspace(
+        [System.Management.Automation.Runspaces.RunspaceConnectionInfo] $script:NewProcessConnection.Invoke(@($null)),
+        [System.Management.Automation.Host.PSHost] $Host,
+        [System.Management.Automation.Runspaces.TypeTable] $null)
     try {
         $runspace.Open()
         $session = [System.Management.Automation.Runspaces.PSSession]::Create($runspace, 'VMBus', $null)
