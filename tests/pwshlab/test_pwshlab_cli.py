@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from pwshlab_support import PwshLab
 
-from conftest import PwshLab
 from vmbusops.bundle.build import build_bundle, sign_bundle
 from vmbusops.bundle.crypto import PrivateKey
 from vmbusops.bundle.manifest import StepKind

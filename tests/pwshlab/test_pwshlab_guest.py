@@ -10,8 +10,8 @@ its lab folder, not a disk.
 from __future__ import annotations
 
 import pytest
+from pwshlab_support import PwshLab
 
-from conftest import PwshLab
 from vmbusops.errors import CredentialInvalidError, SessionLostError, VMNotFoundError, VMNotRunningError
 from vmbusops.guestops.invoker import invoker_command, parse_marker
 from vmbusops.psrp.client import Command

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from pwshlab_support import PwshLab
 
-from conftest import PwshLab
 from vmbusops.errors import (
     GuestFileExistsError,
     GuestServicesDisabledError,

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import LAB_TEXT
+from pwshlab_support import LAB_TEXT
+
 from vmbusops.sim import pserrors
 from vmbusops.sim.lab import load_lab
 from vmbusops.sim.state import HostStore
