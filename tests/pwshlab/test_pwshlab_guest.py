@@ -84,6 +84,15 @@ async def test_powershell_direct_refusals_are_classified(pwsh_lab: PwshLab) -> N
         _, booting = await host.run_in_guest("web02", "1", pwsh_lab.credential("web02"))
         # wait_guest_ready polls Get-VM's heartbeat and a guest probe until both answer.
         await host.wait_guest_ready("web02", pwsh_lab.credential("web02"), timeout=60, poll_interval=0.5)
+        # A guest that restarts itself ends the session under the step: no end marker, no later step.
+        command = invoker_command(
+            vm="web02", steps=[(0, "'a'; Restart-Computer -Force; 'b'"), (1, "'c'")], credential=pwsh_lab.credential("web02")
+        )
+        rebooted = await host.pool.run([[command]])
+        after = await host.get_vm("web02")
+    assert [r.value for r in rebooted if isinstance(r, OutputRecord)] == ["a"]
+    assert [m.kind for r in rebooted if (m := parse_marker(r)) is not None] == ["begin"]
+    assert after.heartbeat == "NoContact"
     assert isinstance(wrong.failure, CredentialInvalidError)
     assert "The credential is invalid." in str(wrong.failure)
     assert isinstance(off.failure, VMNotRunningError)

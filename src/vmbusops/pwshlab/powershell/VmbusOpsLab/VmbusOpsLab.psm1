@@ -449,7 +449,7 @@ $script:NewProcessConnection = [psobject].Assembly.GetType(
 
 # Runs first in each guest session: the guest's C: drive, working folder and identity.
 $script:GuestSetup = {
-    param([string] $Root, [string] $ComputerName, [string] $UserName)
+    param([string] $Root, [string] $ComputerName, [string] $UserName, [string] $VMName)
     $null = New-PSDrive -Name C -PSProvider FileSystem -Root $Root -Scope Global
     Set-Location -LiteralPath 'C:\'
     $environment = [ordered]@{
@@ -460,6 +460,25 @@ $script:GuestSetup = {
     }
     foreach ($key in $environment.Keys) { Set-Item -LiteralPath "env:$key" -Value $environment[$key] }
     function global:hostname { $env:COMPUTERNAME }
+    # The guest's power is the lab VM's, never this machine's: PowerShell 7 on Linux has its own
+    # Restart-Computer and Stop-Computer, which these functions shadow. Restart-Computer restarts
+    # the lab VM and ends the session, as a rebooting guest does, through the host's SetShouldExit
+    # (which closes a remote session whatever script file it is called from).
+    $global:VmbusOpsLabVM = $VMName
+    function global:Restart-Computer {
+        [CmdletBinding()]
+        param([Parameter(Position = 0)][string[]] $ComputerName, [switch] $Force, [switch] $Wait)
+        $arguments = @('-m', 'vmbusops.pwshlab.labctl', '--state-dir', $env:VMBUSOPS_PWSHLAB_STATE)
+        if ($env:VMBUSOPS_PWSHLAB_LAB) { $arguments += @('--lab', $env:VMBUSOPS_PWSHLAB_LAB) }
+        $request = ConvertTo-Json -Compress -InputObject @{ op = 'restart'; names = @($global:VmbusOpsLabVM) }
+        $null = $request | & $env:VMBUSOPS_PWSHLAB_PYTHON @arguments
+        $Host.SetShouldExit(0)
+    }
+    function global:Stop-Computer {
+        [CmdletBinding()]
+        param([Parameter(Position = 0)][string[]] $ComputerName, [switch] $Force)
+        throw 'vmbusops lab: Stop-Computer is not modelled in a lab guest (use Stop-VM on the host)'
+    }
 }
 
 function New-LabGuestSession {
@@ -477,7 +496,7 @@ function New-LabGuestSession {
         $runspace.Open()
         $session = [System.Management.Automation.Runspaces.PSSession]::Create($runspace, 'VMBus', $null)
         Microsoft.PowerShell.Core\Invoke-Command -Session $session -ScriptBlock $script:GuestSetup `
-            -ArgumentList $Guest['root'], $Guest['computer_name'], $Guest['user'] -ErrorAction Stop
+            -ArgumentList $Guest['root'], $Guest['computer_name'], $Guest['user'], $Guest['name'] -ErrorAction Stop
         [pscustomobject]@{ Session = $session; Runspace = $runspace }
     } catch {
         $runspace.Dispose()
