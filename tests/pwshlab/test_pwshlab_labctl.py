@@ -51,6 +51,18 @@ def test_open_guest_checks_in_the_simulators_order_and_never_echoes_the_password
     assert answer["errors"][0]["fqid"] == pserrors.invoke_vm_not_running("legacy01").fqid
 
 
+def test_a_guest_whose_sessions_fail_to_connect(tmp_path: Path) -> None:
+    lab_file = tmp_path / "lab.toml"
+    lab_file.write_text(LAB_TEXT + '\n[vm.faults]\nconnect_fails = true\n', encoding="utf-8")  # on app01
+    lab = load_lab(lab_file)
+    user, password = lab.credential("app01")
+    _, answer, _ = labctl(tmp_path / "state", lab_file, {"op": "open-guest", "vm_name": "app01", "user": user,
+                                                         "password": password})
+    expected = pserrors.session_connect_failed("app01")
+    assert [(e["message"], e["fqid"]) for e in answer["errors"]] == [(expected.message, expected.fqid)]
+    assert "guest" not in answer
+
+
 def test_a_request_it_cannot_answer_is_fatal(tmp_path: Path) -> None:
     lab_file = tmp_path / "lab.toml"
     lab_file.write_text(LAB_TEXT, encoding="utf-8")

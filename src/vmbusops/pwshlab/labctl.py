@@ -263,8 +263,9 @@ class LabHost:
         """PowerShell Direct's checks before a session opens, in the simulator's order.
 
         The VM exists, it is running, a session opens (``session_open_ms``), the guest has
-        booted, the credential matches; then the VM's ``latency_ms`` passes and ``guest`` says
-        where its ``C:`` drive is and who it is.
+        booted, the session connects (the lab fault ``connect_fails``), the credential matches;
+        then the VM's ``latency_ms`` passes and ``guest`` says where its ``C:`` drive is and who
+        it is. The faults that break a session after N records are not modelled here.
         """
         if request.get("vm_id"):
             vm_id = str(request["vm_id"])
@@ -288,6 +289,9 @@ class LabHost:
             rt = self.store.runtime(spec)
         if not rt.booted(self.clock()):
             answer.error(pserrors.remote_session_ended(spec.name))
+            return
+        if spec.faults.connect_fails:
+            answer.error(pserrors.session_connect_failed(spec.name))
             return
         user = str(request.get("user", ""))
         if not _credential_matches(self.lab, spec, user, str(request.get("password", ""))):
