@@ -9,7 +9,10 @@ its lab folder, not a disk.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import trio
 from pwshlab_support import PwshLab
 
 from vmbusops.errors import CredentialInvalidError, SessionLostError, VMNotFoundError, VMNotRunningError
@@ -102,3 +105,40 @@ async def test_powershell_direct_refusals_are_classified(pwsh_lab: PwshLab) -> N
     for outcome in (wrong, off, missing, booting):
         assert pwsh_lab.lab.credential("web01")[1] not in str(outcome.failure)
         assert "not-the-password" not in str(outcome.failure)
+
+
+def _lab_processes(state_dir: str) -> list[int]:
+    """Processes started for this test's lab: they carry its state directory in their environment."""
+    marker = f"VMBUSOPS_PWSHLAB_STATE={state_dir}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+async def test_a_stopped_guest_command_leaves_no_guest_process(pwsh_lab: PwshLab) -> None:
+    state_dir = str(pwsh_lab.home / "sim")
+    async with pwsh_lab.open() as host:
+        [server] = _lab_processes(state_dir)
+        with trio.move_on_after(30) as scope:
+            async with host.invoke_in_guest("web01", "Write-Output started; Start-Sleep -Seconds 120",
+                                            pwsh_lab.credential()) as invocation:
+                async for record in invocation:
+                    if isinstance(record.record, OutputRecord):
+                        assert record.record.value == "started"
+                        # The guest runs in its own process beside the host's PowerShell.
+                        assert len(_lab_processes(state_dir)) == 2
+                        break
+        assert not scope.cancelled_caught
+        # Leaving the block stopped the pipeline (a PSRP Signal); the guest session is disposed.
+        for _ in range(100):
+            if _lab_processes(state_dir) == [server]:
+                break
+            await trio.sleep(0.2)
+        assert _lab_processes(state_dir) == [server]
+    assert _lab_processes(state_dir) == []

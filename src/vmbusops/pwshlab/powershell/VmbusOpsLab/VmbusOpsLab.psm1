@@ -545,8 +545,8 @@ function Invoke-LabGuestCommand {
 # transformation, whose refusal reads "Cannot process argument transformation on parameter
 # 'ScriptBlock'", where the cmdlet on a Hyper-V host says "Cannot bind parameter 'ScriptBlock'.
 # Cannot convert the "..." value of type "System.String" to type
-# "System.Management.Automation.ScriptBlock"." with FullyQualifiedErrorId
-# CannotConvertArgument,Microsoft.PowerShell.Commands.InvokeCommandCommand.
+# "System.Management.Automation.ScriptBlock"." (FullyQualifiedErrorId
+# CannotConvertArgumentNoMessage, to which PowerShell appends this function's name).
 $script:InvokeCommandBody = @'
 begin {
     $labSets = 'VMName', 'VMId', 'FilePathVMName', 'FilePathVMId'
