@@ -83,6 +83,9 @@ async def test_powershell_direct_refusals_are_classified(pwsh_lab: PwshLab) -> N
         _, wrong = await host.run_in_guest("web01", "1", pwsh_lab.credential(password="not-the-password"))
         _, off = await host.run_in_guest("legacy01", "1", pwsh_lab.credential("legacy01"))
         _, missing = await host.run_in_guest("ghost01", "1", pwsh_lab.credential())
+        by_id, ok = await host.run_in_guest(
+            "web01", "hostname", pwsh_lab.credential(), vm_id=pwsh_lab.lab.find("web01").id  # type: ignore[union-attr]
+        )
         await host.restart_vm("web02")
         _, booting = await host.run_in_guest("web02", "1", pwsh_lab.credential("web02"))
         # wait_guest_ready polls Get-VM's heartbeat and a guest probe until both answer.
@@ -96,6 +99,7 @@ async def test_powershell_direct_refusals_are_classified(pwsh_lab: PwshLab) -> N
     assert [r.value for r in rebooted if isinstance(r, OutputRecord)] == ["a"]
     assert [m.kind for r in rebooted if (m := parse_marker(r)) is not None] == ["begin"]
     assert after.heartbeat == "NoContact"
+    assert ok.ok and [r.record.value for r in by_id if isinstance(r.record, OutputRecord)] == ["WEB01-LAB"]
     assert isinstance(wrong.failure, CredentialInvalidError)
     assert "The credential is invalid." in str(wrong.failure)
     assert isinstance(off.failure, VMNotRunningError)

@@ -1,3 +1,5 @@
+#Requires -Version 7.0
+
 # vmbusops lab: the Hyper-V cmdlets the agent sends, as functions that real PowerShell binds.
 #
 # Each function carries the real cmdlet's parameter sets and parameter types, so PowerShell's own
