@@ -18,6 +18,22 @@ guest session (the process boundary PowerShell Direct has), with the guest's fol
 drive. What this lane cannot show: Hyper-V itself, Windows PowerShell 5.1 in the guest (native
 stderr handling, execution policy and the FileSystem provider differ on Linux), DSC's LCM and
 Windows Update; those stay with the simulator and a real host.
+
+Where the lab knowingly differs from a Hyper-V host:
+
+- errors written by the lab's functions carry PowerShell's ``,<function name>`` suffix on their
+  FullyQualifiedErrorId; messages, categories and exception types are the simulator's;
+- Invoke-Command's ``-ScriptBlock`` is untyped in the function and bound by the real cmdlet, so a
+  string is refused with the cmdlet's own message (a typed function parameter would say
+  "Cannot process argument transformation");
+- guest output carries ``PSComputerName`` ``localhost`` and information records the machine's
+  user and computer name, not the guest's;
+- the guest is not a sandbox: its script runs as the agent's user on this machine, with ``C:``
+  as a drive over the guest's lab folder; ``Restart-Computer`` restarts the lab VM and
+  ``Stop-Computer`` is refused, shadowing PowerShell 7's own;
+- modelled lab settings: ``session_open_ms``, ``latency_ms``, ``boot_seconds``, the faults
+  ``connect_fails``, ``hang_on_restart`` and ``corrupt_copies``; not modelled: the faults that
+  break a session after N records, ``crash_on``/``garbage_on``, ``-AsJob``.
 """
 
 from __future__ import annotations
