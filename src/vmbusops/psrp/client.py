@@ -79,7 +79,7 @@ import psrpcore
 import trio
 from psrpcore._client import _ClientPipeline
 from psrpcore._payload import PSRPMessage, create_message
-from psrpcore.types import PSInvocationState, PSRPMessageType, RunspacePoolState
+from psrpcore.types import HostMethodIdentifier, PSInvocationState, PSRPMessageType, RunspacePoolState
 
 from vmbusops.credentials import GuestCredential
 from vmbusops.errors import (
@@ -89,7 +89,7 @@ from vmbusops.errors import (
     VmbusOpsError,
 )
 from vmbusops.psrp.convert import record_from_event
-from vmbusops.psrp.decode import fast_decode
+from vmbusops.psrp.decode import fast_decode, fast_host_line
 from vmbusops.psrp.encode import CreatePipelineEncoder, add_statements
 from vmbusops.psrp.framing import POOL_GUID, DataStream, Packet, PacketKind, PacketReader, encode
 from vmbusops.psrp.hostcalls import EchoFilter, HostCallAction, action_of, record_from_host_call, refusal
@@ -119,6 +119,15 @@ _FAST_TYPES = frozenset(
         PSRPMessageType.ProgressRecord,
     }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _HostLineEvent:
+    """What the pool's message hook returns for a void one-string host call decoded fast."""
+
+    pipeline_id: uuid.UUID
+    method: HostMethodIdentifier
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +203,11 @@ class _ClientPool(psrpcore.ClientRunspacePool):
             record = fast_decode(message_type, body)
             if record is not None:
                 return _RecordEvent(pipeline_id, record)
+        elif message_type is PSRPMessageType.PipelineHostCall and pipeline_id is not None:
+            # Void (ci -100): psrpcore keeps no state for it, so it need not see it.
+            line = fast_host_line(body)
+            if line is not None:
+                return _HostLineEvent(pipeline_id, *line)
         elif message_type is PSRPMessageType.PipelineState and pipeline_id in self.pipeline_table:
             state = fast_decode(message_type, body)
             if isinstance(state, PipelineStateRecord):
@@ -462,6 +476,12 @@ class RunspacePool:
                 self._notify_state()
             else:
                 await pipe._deliver(event.record)
+            return
+        if isinstance(event, _HostLineEvent):
+            pipe = self._pipelines.get(event.pipeline_id)
+            record = record_from_host_call(event.method, [event.text])
+            if pipe is not None and record is not None and not pipe._echoes.is_echo(record):
+                await pipe._deliver(record)
             return
         if isinstance(event, psrpcore.RunspacePoolStateEvent):
             if event.state == RunspacePoolState.Opened:
