@@ -371,6 +371,7 @@ class RunspacePool:
         self._pipelines: dict[uuid.UUID, Pipeline] = {}
         self._ack_waiters: dict[tuple[PacketKind, uuid.UUID], trio.Event] = {}
         self._control_lock = trio.Lock()
+        self._deferred = bytearray()
         self._writer_wakeup = trio.Event()
         self._outbox: dict[uuid.UUID, deque[psrpcore.PSRPPayload]] = {}
         self._in_flight: set[uuid.UUID] = set()
@@ -573,6 +574,8 @@ class RunspacePool:
                 await self._writer_wakeup.wait()
                 self._writer_wakeup = trio.Event()
                 self._raise_if_broken()
+                if self._deferred:
+                    await self._send_control_bytes(b"")
                 while (payload := self._pool.data_to_send(self._fragment_size)) is not None:
                     self._outbox.setdefault(payload.pipeline_id or POOL_GUID, deque()).append(payload)
                 for guid in [g for g, queue in self._outbox.items() if queue and g not in self._in_flight]:
@@ -599,16 +602,23 @@ class RunspacePool:
         self._ack_waiters[key] = event
         return event
 
-    async def _send_control(self, kind: PacketKind, guid: uuid.UUID) -> None:
+    def _defer_control(self, kind: PacketKind, guid: uuid.UUID) -> None:
+        """Queue a packet whose ack no one waits for; it rides with the next write."""
+        self._deferred += encode(Packet(kind=kind, guid=guid))
+        self._writer_wakeup.set()
+
+    async def _send_control_bytes(self, packet: bytes) -> None:
+        """Write ``packet`` after any deferred packets, in one write (a pipe write wakes the host)."""
         async with self._control_lock:
-            await self._transport.send_all(encode(Packet(kind=kind, guid=guid)))
+            data, self._deferred = bytes(self._deferred) + packet, bytearray()
+            if data:
+                await self._transport.send_all(data)
 
     async def _control(self, kind: PacketKind, guid: uuid.UUID) -> None:
         """Send Command, Signal or Close and wait for its ack."""
         self._raise_if_broken()
-        async with self._control_lock:
-            ack = self._expect_ack(kind.ack, guid)
-            await self._transport.send_all(encode(Packet(kind=kind, guid=guid)))
+        ack = self._expect_ack(kind.ack, guid)
+        await self._send_control_bytes(encode(Packet(kind=kind, guid=guid)))
         await ack.wait()
         self._raise_if_broken()
 
@@ -693,9 +703,8 @@ class RunspacePool:
             # Data handled before its Command has registered the pipeline's transport is acked
             # and dropped, and the pipeline never answers. PowerShell's own client waits too.
             self._raise_if_broken()
-            async with self._control_lock:
-                command_ack = self._expect_ack(PacketKind.COMMAND_ACK, pipe.id)
-                await self._transport.send_all(encode(Packet(kind=PacketKind.COMMAND, guid=pipe.id)))
+            command_ack = self._expect_ack(PacketKind.COMMAND_ACK, pipe.id)
+            await self._send_control_bytes(encode(Packet(kind=PacketKind.COMMAND, guid=pipe.id)))
             pipe._command_sent = True
             await command_ack.wait()
             self._raise_if_broken()
@@ -738,7 +747,7 @@ class RunspacePool:
             if pipe._command_sent and not self.broken:
                 # The pipeline has ended; its CloseAck carries nothing the caller needs, so the
                 # caller does not wait a round trip for it (the reader takes it when it comes).
-                await self._send_control(PacketKind.CLOSE, pipe.id)
+                self._defer_control(PacketKind.CLOSE, pipe.id)
         except VmbusOpsError:
             pass  # the pool is broken; every caller already sees that error
         finally:
