@@ -355,3 +355,45 @@ async def test_a_server_killed_mid_pipeline_is_a_clear_error(pwsh_path: str) -> 
     with trio.fail_after(30), pytest.raises(HostProcessExitedError) as info:
         await kill_mid_pipeline()
     assert "closed its output" in str(info.value)
+
+
+async def test_what_pwsh_sends_now_decodes_equal_both_ways(pwsh_path: str) -> None:
+    # The recorded fixtures' cases, live: every record message the installed pwsh sends decodes
+    # on the fast path, equal to psrpcore's generic path, and every host call the client turns
+    # into a record matches psrpcore's reading of it.
+    import sys
+    import uuid
+    from xml.etree import ElementTree
+
+    import psrpcore
+    from psrpcore.types import PSRPMessageType
+
+    from vmbusops.psrp.convert import record_from_event
+    from vmbusops.psrp.decode import fast_decode, fast_host_line
+    from vmbusops.psrp.hostcalls import record_from_host_call
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    import record_pwsh
+
+    with trio.fail_after(60):
+        messages = await record_pwsh.record(pwsh_path)
+    checked = 0
+    for message in messages:
+        kind = PSRPMessageType[message["type"]]
+        clixml = message["clixml"]
+        obj = psrpcore.types.deserialize(ElementTree.fromstring(clixml), cipher=psrpcore.PSRemotingCrypto())
+        event = psrpcore.PSRPEvent.create(kind, obj, uuid.uuid4(), uuid.uuid4())
+        if kind is PSRPMessageType.PipelineHostCall:
+            line = fast_host_line(clixml.encode("utf-8"))
+            if line is not None:
+                assert record_from_host_call(line[0], [line[1]]) == record_from_host_call(
+                    event.method_identifier, event.method_parameters
+                )
+            continue
+        slow = record_from_event(event)
+        if slow is None:
+            continue
+        assert fast_decode(kind, clixml.encode("utf-8")) == slow, message["case"]
+        checked += 1
+    assert {m["case"] for m in messages} == set(record_pwsh.CASES)
+    assert checked >= 30
