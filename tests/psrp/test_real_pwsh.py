@@ -397,3 +397,21 @@ async def test_what_pwsh_sends_now_decodes_equal_both_ways(pwsh_path: str) -> No
         checked += 1
     assert {m["case"] for m in messages} == set(record_pwsh.CASES)
     assert checked >= 30
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Write-Verbose ('x' * 300) -Verbose", [("verbose", "x" * 300)]),  # wider than the buffer
+        ("Write-Warning \"multi`nline\"", [("warning", "multi\nline")]),
+        ("Write-Verbose \"cr`r`nlf <&>\" -Verbose", [("verbose", "cr\r\nlf <&>")]),
+        ("Write-Host 'nn' -NoNewline; Write-Host 'nn'", [("information", "nn"), ("information", "nn")]),
+        ("Write-Verbose 'same' -Verbose; $Host.UI.WriteVerboseLine('same')", [("verbose", "same"), ("verbose", "same")]),
+        ("Write-Information 'i' -InformationAction Continue", [("information", "i")]),
+    ],
+)
+async def test_echo_edge_cases_arrive_once(shared: SharedPool, text: str, expected: list[tuple[str, str]]) -> None:
+    from vmbusops.records import display_text
+
+    records = await shared.run(lambda pool: pool.run(script(text)))
+    assert [(r.stream.value, display_text(r)) for r in records[:-1]] == expected
