@@ -55,6 +55,10 @@ async def records(kind: str, path: str, count: int, rest: list[str]) -> dict[str
     async with AsyncRunspacePool(server(kind, path)) as pool:
         ps = AsyncPowerShell(pool)
         if kind == "pwsh":
+            # Warm, as ours does: the first pipeline on a runspace pays for loading and JIT.
+            warm = AsyncPowerShell(pool)
+            warm.add_script(script.replace(str(count), "10", 1))
+            await warm.invoke()
             ps.add_script(script)
         else:
             vm, user = rest
