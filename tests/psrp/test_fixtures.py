@@ -291,3 +291,29 @@ def test_fast_host_lines_equal_psrpcore_for_any_text(line: str) -> None:
 
 def xml_text(value: str) -> str:
     return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+ERROR_MESSAGES = [
+    m for m in MESSAGES if m["type"] == "ErrorRecord" or (m["type"] == "PipelineState" and "ErrorRecord" in m["clixml"])
+]
+_TEXT_PROPERTY = re.compile(
+    r'<S N="(FullyQualifiedErrorId|TargetObject|Message|ErrorCategory_Reason|MyCommand|PositionMessage)">[^<]*</S>'
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    index=st.integers(0, len(ERROR_MESSAGES) - 1),
+    value=st.text(alphabet=st.one_of(st.characters(codec="utf-8"), st.sampled_from("<>&\r\n_x000A__x_\u5f00")), max_size=40),
+)
+def test_recorded_error_records_with_any_text_decode_equal_both_ways(index: int, value: str) -> None:
+    # Every text property of a real error record (a guest's included) replaced with hostile text.
+    message = ERROR_MESSAGES[index]
+    kind = PSRPMessageType[message["type"]]
+    escaped = xml_text(_serialize_string(value))
+    clixml = _TEXT_PROPERTY.sub(lambda m: f'<S N="{m.group(1)}">{escaped}</S>', message["clixml"])
+    slow = record_from_event(psrpcore_event(kind, clixml))
+    fast = fast_decode(kind, clixml.encode("utf-8"))
+    assert fast is None or fast == slow
+    if "\r" not in value and not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]", value):
+        assert fast is not None, "a real error record fell back to psrpcore"
