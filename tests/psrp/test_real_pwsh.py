@@ -15,7 +15,7 @@ import trio
 from pwsh_pool import SharedPool, shared_pool_fixture
 
 from vmbusops.psrp.client import Command, RunspacePool
-from vmbusops.records import OutputRecord, PipelineState, PipelineStateRecord, Record
+from vmbusops.records import ErrorRecord, OutputRecord, PipelineState, PipelineStateRecord, Record
 
 pytestmark = pytest.mark.pwsh
 
@@ -415,3 +415,32 @@ async def test_echo_edge_cases_arrive_once(shared: SharedPool, text: str, expect
 
     records = await shared.run(lambda pool: pool.run(script(text)))
     assert [(r.stream.value, display_text(r)) for r in records[:-1]] == expected
+
+
+@pytest.mark.parametrize("by_id", [False, True])
+async def test_the_guest_invoker_binds_as_a_templated_script_command(shared: SharedPool, by_id: bool) -> None:
+    # The product's main script command, with every parameter it takes, sent twice (template
+    # built, then filled): PowerShell's binder accepts it and it gets as far as Invoke-Command
+    # -VMName, which on Linux has no Hyper-V module. A binding error would name a parameter.
+    from vmbusops.credentials import GuestCredential, Secret
+    from vmbusops.guestops.invoker import invoker_command
+
+    async def body(pool: RunspacePool) -> list[list[Record]]:
+        runs = []
+        for run in range(2):
+            command = invoker_command(
+                vm="web01",
+                vm_id="6e0c2a3b-1111-2222-3333-444455556666" if by_id else None,
+                steps=[(0, "Write-Output $args[0]")],
+                credential=GuestCredential("admin", Secret("not-a-real-password")),
+                arguments=[f"arg{run}", 7],
+                run_id=f"run{run}",
+            )
+            runs.append(await pool.run([[command]]))
+        return runs
+
+    for records in await shared.run(body):
+        errors = [r for r in records if isinstance(r, ErrorRecord)]
+        assert [(e.fqid, e.activity) for e in errors] == [
+            ("HyperVModuleNotAvailable,Microsoft.PowerShell.Commands.InvokeCommandCommand", "Invoke-Command")
+        ], errors
