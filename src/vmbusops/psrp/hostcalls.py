@@ -12,9 +12,9 @@ record, or a Write-Host line, it sends the record first and the matching host ca
 it, in the same pipeline (``InternalHostUserInterface.Write*Record`` writes the record's buffer,
 then calls the host) - in our own pipeline and for a guest's records relayed by Invoke-Command
 alike, and so does Write-Information when its action is Continue. Write-Error and
-Write-Information (by default) send the record only. A script that writes to
-``$Host.UI`` itself (``$Host.UI.WriteLine``, ``WriteVerboseLine``, ``WriteErrorLine``,
-``Out-Host``) sends the host call only. So a ``Write*`` host call is an *echo* when the
+Write-Information (by default) send the record only. ``$Host.UI.WriteVerboseLine`` (and its
+warning and debug kin) sends both, like Write-Verbose; ``$Host.UI.WriteLine``, ``Write``,
+``WriteErrorLine`` and ``Out-Host`` send the host call only. So a ``Write*`` host call is an *echo* when the
 message just before it in its pipeline is the same record; :class:`EchoFilter` drops echoes and
 every other ``Write*`` call becomes the matching record: each line reaches the caller once.
 
