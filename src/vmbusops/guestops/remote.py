@@ -79,6 +79,7 @@ async def open_ssh_host(
                 pool, stager=SftpStager(conn, staging_root or DEFAULT_STAGING_ROOT), address=target.url
             )
             try:
+                await host.choose_invoker()
                 yield host
             finally:
                 await host.aclose_staging()
