@@ -85,7 +85,7 @@ async def open_ssh_host(
                 await host.aclose_staging()
 
 
-_LOCAL_KINDS = ("sim", "local", "pwsh")
+_LOCAL_KINDS = ("sim", "local", "pwsh", "pwsh-lab")
 
 
 def local_kind(name: str, config: Config) -> str | None:
