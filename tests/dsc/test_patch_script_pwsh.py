@@ -162,7 +162,7 @@ def test_a_task_still_running_at_the_timeout_fails_the_script_and_is_left_alone(
 # offers Download / Install as script methods; -Deny makes Download throw E_ACCESSDENIED, as the
 # WUA does for a remote session.
 INSTALL_HARNESS = r"""
-param([string]$Folder, [switch]$Deny)
+param([string]$Folder, [switch]$Deny, [switch]$Check)
 $global:deny = [bool]$Deny
 function New-Object([string]$ComObject) {
     if ($ComObject -eq 'Microsoft.Update.UpdateColl') {
@@ -198,6 +198,14 @@ function New-Object([string]$ComObject) {
     $session
 }
 $global:LASTEXITCODE = 0
+if ($Check) {
+    $env:ProgramData = $Folder
+    $Error.Clear()
+    $objects = @(& (Join-Path $Folder 'patch.ps1') 'check' 'Security Updates' '' 30 '')
+    [pscustomobject]@{ ExitCode = $LASTEXITCODE; ErrorCount = @($Error).Count; Outputs = $objects } |
+        ConvertTo-Json -Depth 3 | Set-Content -LiteralPath (Join-Path $Folder 'out.json')
+    exit 0
+}
 & (Join-Path $Folder 'install.ps1') -Folder $Folder
 exit $LASTEXITCODE
 """
@@ -230,3 +238,18 @@ def test_the_install_script_reports_a_refused_download_and_exits_1(pwsh_path: st
     assert entries[-1]["Kind"] == "error"
     assert "0x80070005 (E_ACCESSDENIED)" in str(entries[-1]["Message"])
     assert not any(e["Kind"] == "summary" for e in entries)
+
+
+def test_check_mode_searches_in_the_session_and_lists_without_installing(pwsh_path: str, tmp_path: Path) -> None:
+    (tmp_path / "patch.ps1").write_text(PATCH_SCRIPT, encoding="utf-8")
+    (tmp_path / "harness.ps1").write_text(INSTALL_HARNESS, encoding="utf-8")
+    # -Deny: Download would be refused; check mode never calls it.
+    args = [pwsh_path, "-NoLogo", "-NoProfile", "-NonInteractive", "-File", str(tmp_path / "harness.ps1"),
+            "-Folder", str(tmp_path), "-Check", "-Deny"]  # fmt: skip
+    subprocess.run(args, timeout=120, capture_output=True, check=True)
+    result = json.loads((tmp_path / "out.json").read_text(encoding="utf-8-sig"))
+    assert (result["ExitCode"], result["ErrorCount"]) == (0, 0), result
+    outputs = result["Outputs"]
+    assert [(o["KB"], o["Result"]) for o in outputs[:-1]] == [("KB5034441", "Pending")]
+    assert outputs[-1]["vmbusopsPatchSummary"] is True and outputs[-1]["Found"] == 1
+    assert not (tmp_path / "vmbusops").exists()  # no task, no folder
