@@ -207,72 +207,89 @@ class HyperVHost:
         self.lab = lab
         self.store = store
         self.clock = clock
+        # Parameter types as the Hyper-V module and Invoke-Command declare them: names are
+        # [string[]], switches [switch], ids [guid], credentials [pscredential].
+        names = "strings"
         self._cmdlets: dict[str, tuple[tuple[Param, ...], Callable[..., Any]]] = {
             "get-vm": (
-                (Param("Name", 0, aliases=("VMName",)), Param("Id"), Param("ComputerName")),
+                (
+                    Param("Name", 0, aliases=("VMName",), kind=names),
+                    Param("Id", kind="guid"),
+                    Param("ComputerName", kind=names),
+                ),
                 self.get_vm,
             ),
             "get-vmintegrationservice": (
-                (Param("VMName", 0), Param("Name", 1), Param("ComputerName")),
+                (Param("VMName", 0, kind=names), Param("Name", 1, kind=names), Param("ComputerName", kind=names)),
                 self.get_vm_integration_service,
             ),
             "enable-vmintegrationservice": (
-                (Param("Name", 0), Param("VMName", 1), Param("Passthru", switch=True), Param("ComputerName")),
+                (
+                    Param("Name", 0, kind=names),
+                    Param("VMName", 1, kind=names),
+                    Param("Passthru", switch=True, kind="switch"),
+                    Param("ComputerName", kind=names),
+                ),
                 self.enable_vm_integration_service,
             ),
             "disable-vmintegrationservice": (
-                (Param("Name", 0), Param("VMName", 1), Param("Passthru", switch=True), Param("ComputerName")),
+                (
+                    Param("Name", 0, kind=names),
+                    Param("VMName", 1, kind=names),
+                    Param("Passthru", switch=True, kind="switch"),
+                    Param("ComputerName", kind=names),
+                ),
                 self.disable_vm_integration_service,
             ),
             "copy-vmfile": (
                 (
-                    Param("Name", 0, aliases=("VMName",)),
-                    Param("SourcePath", 1),
-                    Param("DestinationPath", 2),
+                    Param("Name", 0, aliases=("VMName",), kind=names),
+                    Param("SourcePath", 1, kind="string"),
+                    Param("DestinationPath", 2, kind="string"),
                     Param("FileSource"),
-                    Param("CreateFullPath", switch=True),
-                    Param("Force", switch=True),
-                    Param("ComputerName"),
+                    Param("CreateFullPath", switch=True, kind="switch"),
+                    Param("Force", switch=True, kind="switch"),
+                    Param("ComputerName", kind=names),
                 ),
                 self.copy_vm_file,
             ),
             "invoke-command": (
                 (
                     Param("ScriptBlock", 0, aliases=("Command",)),
-                    Param("VMName"),
-                    Param("VMId", aliases=("VMGuid",)),
-                    Param("Credential"),
+                    Param("VMName", kind=names),
+                    Param("VMId", aliases=("VMGuid",), kind="guids"),
+                    Param("Credential", kind="credential"),
                     Param("ArgumentList", aliases=("Args",)),
-                    Param("ThrottleLimit"),
-                    Param("HideComputerName", switch=True),
-                    Param("ConfigurationName"),
+                    Param("ThrottleLimit", kind="int"),
+                    Param("HideComputerName", switch=True, kind="switch"),
+                    Param("ConfigurationName", kind="string"),
                 ),
                 self.invoke_command,
             ),
             "restart-vm": (
                 (
-                    Param("Name", 0, aliases=("VMName",)),
-                    Param("Force", switch=True),
-                    Param("Wait", switch=True),
+                    Param("Name", 0, aliases=("VMName",), kind=names),
+                    Param("Force", switch=True, kind="switch"),
+                    Param("Wait", switch=True, kind="switch"),
                     Param("For"),
-                    Param("Timeout"),
-                    Param("Delay"),
+                    Param("Timeout", kind="int"),
+                    Param("Delay", kind="int"),
                     Param("Type"),
-                    Param("Passthru", switch=True),
+                    Param("Passthru", switch=True, kind="switch"),
                 ),
                 self.restart_vm,
             ),
             "start-vm": (
-                (Param("Name", 0, aliases=("VMName",)), Param("Passthru", switch=True)),
+                (Param("Name", 0, aliases=("VMName",), kind=names), Param("Passthru", switch=True, kind="switch")),
                 self.start_vm,
             ),
             "stop-vm": (
                 (
-                    Param("Name", 0, aliases=("VMName",)),
-                    Param("Force", switch=True),
-                    Param("TurnOff", switch=True),
-                    Param("Save", switch=True),
-                    Param("Passthru", switch=True),
+                    Param("Name", 0, aliases=("VMName",), kind=names),
+                    Param("Force", switch=True, kind="switch"),
+                    Param("TurnOff", switch=True, kind="switch"),
+                    Param("Save", switch=True, kind="switch"),
+                    Param("Passthru", switch=True, kind="switch"),
                 ),
                 self.stop_vm,
             ),
