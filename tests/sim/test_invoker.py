@@ -312,3 +312,11 @@ async def test_verbose_from_a_step_needs_a_host_ui(store: HostStore, lab: Lab) -
         assert len(result.of(psrpcore.WarningRecordEvent)) == len(expected)
         assert result.output == ["o"]
         assert len(step_markers(result)) == 2
+
+
+async def test_the_invoker_runs_when_psrpcore_reads_the_pipeline(client: PSRPTestClient, lab: Lab) -> None:
+    # A float argument is outside what the fast CreatePipeline reader takes: psrpcore's own
+    # deserializer reads this message, and its commands carry is_script the same way.
+    result = await run_in_guest(client, lab, "web01", "Write-Output $args", arguments=[1.5, "x"])
+    assert result.output == [1.5, "x"]
+    assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=0"]
