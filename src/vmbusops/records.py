@@ -89,6 +89,11 @@ class ErrorRecord:
     exception_type: str = ""
     target: str | None = None
     script_stack_trace: str | None = None
+    #: Where it happened, when PowerShell sent its InvocationInfo (for a guest's error, the
+    #: guest's command): the command, its line in the script, and PowerShell's "At line:..." text.
+    command_name: str = ""
+    script_line_number: int = 0
+    position_message: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,6 +148,10 @@ class PipelineStateRecord:
     stream: ClassVar[Stream] = Stream.STATE
     state: PipelineState
     error: ErrorRecord | None = None
+    #: The pipeline's exit code: the N of a top-level ``exit N`` (PowerShell's SetShouldExit host
+    #: call) or, for a guest invocation, the exit code of the last step that ended (see
+    #: ``guestops.invoker``); None when there is none.
+    exit_code: int | None = None
 
 
 Record: TypeAlias = (

@@ -35,6 +35,7 @@ from psrpcore.types import (
     PSList,
     PSRPMessageType,
     PSSecureString,
+    PSString,
     PSUInt,
     PSVersion,
 )
@@ -253,6 +254,21 @@ FAST_VALUES: list[tuple[Any, Any]] = [
 ]
 
 
+def _with_notes(value: Any) -> Any:
+    """A value as Invoke-Command sends a guest's output: with note properties added."""
+    from psrpcore.types import add_note_property
+
+    add_note_property(value, "PSComputerName", "vm01")
+    add_note_property(value, "PSShowComputerName", True)
+    return value
+
+
+FAST_VALUES += [
+    (_with_notes(PSString("guest o")), "guest o"),
+    (_with_notes(PSInt64(7)), 7),
+]
+
+
 @pytest.mark.parametrize(("value", "expected"), FAST_VALUES)
 def test_output_values_are_fast_decoded(value: Any, expected: Any) -> None:
     records = assert_fast_and_equal(samples.exchange(lambda pipe: pipe.write_output(value)))
@@ -360,6 +376,8 @@ def test_clixml_unescape_matches_psrpcore(value: str) -> None:
                 exception_type="System.Management.Automation.ItemNotFoundException",
                 target="C:\\missing",
                 script_stack_trace="at <ScriptBlock>, <No file>: line 1",
+                command_name="Get-Item",
+                script_line_number=1,
             ),
         ),
     ],

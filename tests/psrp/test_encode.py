@@ -112,3 +112,74 @@ def test_guest_credential_encodes_as_the_equivalent_pscredential(user: str, pass
                                         "ScriptBlock": script})]]
     for _ in range(2):
         assert encoder.encode(ours) == psrpcore_bytes(pool, invoke("v", user, password, script, []))
+
+
+# -- script commands (PSRP IsScript) ---------------------------------------------------------------
+
+scripts = st.text(min_size=1, max_size=200).filter(lambda s: bool(s.strip()))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    body=scripts,
+    name=text,
+    number=st.integers(-(2**31), 2**31 - 1),
+    many=st.lists(text, max_size=4),
+    indices=st.lists(st.integers(0, 50), max_size=4),
+    user=text.filter(bool),
+    password=text,
+)
+def test_script_command_with_parameters_bytes_equal_psrpcore(
+    body: str, name: str, number: int, many: list[str], indices: list[int], user: str, password: str
+) -> None:
+    pool = keyed_pool()
+    encoder = CreatePipelineEncoder(pool)
+    params: dict[str, Any] = {
+        "Name": name,
+        "Number": number,
+        "Many": many,
+        "Indices": indices,
+        "Credential": PSCredential(UserName=user, Password=PSSecureString(password)),
+    }
+    statements = [[Command(body, params, [name], is_script=True)], [Command("Get-VM", {"Name": name})]]
+    for _ in range(2):
+        encoded = encoder.encode(statements)
+        assert encoded is not None, "a script command fell back to psrpcore"
+        assert encoded == psrpcore_bytes(pool, statements)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    steps=st.lists(text, min_size=1, max_size=3),
+    vm=text.filter(bool),
+    user=text.filter(bool),
+    password=text,
+    args=st.lists(st.one_of(text, st.integers(-5, 5)), max_size=3),
+    by_id=st.booleans(),
+)
+def test_the_guest_invoker_templates(
+    steps: list[str], vm: str, user: str, password: str, args: list[Any], by_id: bool
+) -> None:
+    from vmbusops.credentials import GuestCredential, Secret
+    from vmbusops.guestops.invoker import INVOKER_SCRIPT, invoker_command
+
+    pool = keyed_pool()
+    encoder = CreatePipelineEncoder(pool)
+    for round_ in range(2):
+        command = invoker_command(
+            vm=vm,
+            vm_id="6e0c2a3b-1111-2222-3333-444455556666" if by_id else None,
+            steps=list(enumerate(steps)),
+            credential=GuestCredential(user, Secret(password)),
+            arguments=args if len(steps) == 1 else (),
+            run_id=f"run{round_}",
+        )
+        assert command.is_script and command.name == INVOKER_SCRIPT
+        encoded = encoder.encode([[command]])
+        assert encoded is not None, "the guest invoker fell back to psrpcore"
+        as_pscredential = Command(
+            command.name,
+            {**command.parameters, "Credential": PSCredential(UserName=user, Password=PSSecureString(password))},
+            is_script=True,
+        )
+        assert encoded == psrpcore_bytes(pool, [[as_pscredential]])

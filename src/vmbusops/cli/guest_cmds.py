@@ -76,7 +76,10 @@ def exec_cmd(
 
     \b
     Example:  vmbusops exec --vm web01 --vm web02 -- 'Get-Service W3SVC; Write-Verbose hi'
-    Exit codes: 0 all guests ok, 1 a guest reported errors, 2 usage, 3 host failure, 130 Ctrl-C.
+    A guest succeeds when its script exits 0 (`exit N` sets the code; a terminating error is 1);
+    error records alone, such as a native tool's stderr lines, do not fail it. --json gives each
+    guest's code as `exit_code` on its final (state) record.
+    Exit codes: 0 all guests ok, 1 a guest failed, 2 usage, 3 host failure, 130 Ctrl-C.
     """
     if not vm_names and not all_vms:
         raise ConfigError("name the guests with --vm NAME (repeatable) or --all")
@@ -101,11 +104,7 @@ def exec_cmd(
             if outcome is None or not outcome.ok:
                 failed += 1
                 if not as_json:
-                    why = (
-                        str(outcome.failure) if outcome and outcome.failure
-                        else f"{outcome.error_records} error record(s)" if outcome and outcome.error_records
-                        else f"ended {outcome.state}" if outcome else "did not run"
-                    )
+                    why = outcome.why_failed() if outcome else "did not run"
                     click.secho(f"{name}: failed: {why}", err=True, fg="red")
         if not as_json:
             click.echo(f"{len(names) - failed} of {len(names)} guest(s) succeeded", err=True)

@@ -57,7 +57,7 @@ from vmbusops.bundle.verify import AcceptedBundle
 from vmbusops.credentials import GuestCredential
 from vmbusops.engine.journal import Journal
 from vmbusops.engine.owner import Owner, current_owner
-from vmbusops.engine.plan import REBOOT_EXIT_CODES, GuestBatch, batch_script, parse_marker, plan_units
+from vmbusops.engine.plan import REBOOT_EXIT_CODES, GuestBatch, parse_marker, plan_units
 from vmbusops.engine.staged import JobStaging
 from vmbusops.engine.states import ERRORS, Event, Level, State, job_outcome, next_state
 from vmbusops.engine.writer import JournalWriter
@@ -798,7 +798,7 @@ class Engine:
 
     async def _guest_batch(self, job: _Job, run: _Run, batch: GuestBatch) -> None:
         parts = [(i, job.source.script_of(job.manifest.steps[i])) for i in batch.steps]  # type: ignore[arg-type]
-        failure = await self._invoke(job, run, parts, markers=True)
+        failure = await self._invoke(job, run, parts)
         reboot_for, run.reboot_for = run.reboot_for, None
         if failure is None and reboot_for is not None:
             failure = await self._reboot_for_script(job, run, *reboot_for)
@@ -854,24 +854,25 @@ class Engine:
         return None
 
     async def _invoke(
-        self, job: _Job, run: _Run, parts: list[tuple[int, str]], *, markers: bool
+        self, job: _Job, run: _Run, parts: list[tuple[int, str]]
     ) -> tuple[VmbusOpsError | None, str, int] | None:
-        """Run steps in one Invoke-Command; mark each begun / succeeded; return the first failure.
+        """Run steps in one guest invocation; mark each begun / succeeded; return the first failure.
 
-        Returns None when every step in ``parts`` succeeded or when some never began (an ``exit``
-        ended the script block early: the caller plans again from the first that did not begin).
+        A step fails by its exit code (see :mod:`.plan`); error records it wrote are journaled
+        and shown but do not fail it. Returns None when every step in ``parts`` succeeded or when
+        some never began (the caller plans again from the first that did not begin).
         """
         steps = job.manifest.steps
         indices = [i for i, _ in parts]
         single = len(parts) == 1
         first = steps[indices[0]]
         arguments = first.arguments if isinstance(first, ScriptStep) and single else ()
-        script = batch_script(parts, argument_count=len(arguments)) if markers else parts[0][1]
         errors: dict[int, str] = {}
+        first_error: dict[int, str] = {}
         ended: set[int] = set()
         current: int | None = None
         step_scope = trio.CancelScope()
-        if not markers or single:
+        if single:
             if run.steps[indices[0]] is not State.IN_PROGRESS:
                 await self._begin_step(job, run, indices[0])
             current = indices[0]
@@ -882,8 +883,8 @@ class Engine:
         with step_scope:
             async with self.sessions:
                 try:
-                    async with self.host.invoke_in_guest(
-                        run.vm, script, job.credential, arguments=arguments
+                    async with self.host.invoke_steps(
+                        run.vm, parts, job.credential, arguments=arguments
                     ) as inv:
                         async for rec in inv:
                             mark = parse_marker(rec.record)
@@ -907,7 +908,8 @@ class Engine:
                                     ended.add(index)
                                     exited = await self._script_exited(job, run, index, mark.exit_code or 0)
                                     if exited is not None:
-                                        errors[index] = exited
+                                        said = first_error.get(index)
+                                        errors[index] = f"{said} ({exited})" if said else exited
                                         break  # stop the batch before the next step begins
                                     if run.reboot_for is None:
                                         await self._succeed_step(run, index)
@@ -917,7 +919,7 @@ class Engine:
                                 continue
                             await self._record(job, run, rec, current)
                             if isinstance(rec.record, ErrorRecord) and current is not None:
-                                errors.setdefault(current, rec.record.message)
+                                first_error.setdefault(current, rec.record.message)
                     failure = inv.outcome.failure
                     state = inv.outcome.state
                 except VmbusOpsError as exc:

@@ -1,9 +1,10 @@
 """What we do to guests, as a Hyper-V administrator would: the host operations.
 
 Every operation is one of a short, named list of Hyper-V cmdlets, sent as a structured command
-with typed parameters (:data:`HOST_CMDLETS`); guest script blocks are opaque text that runs
-inside the guest. A :class:`HyperVHost` wraps one open runspace pool; many operations may run
-on it at once (each is its own pipeline).
+with typed parameters (:data:`HOST_CMDLETS`). Guest scripts are opaque text that runs inside the
+guest: they travel as parameter values of the guest invoker (:mod:`.invoker`), which runs each one
+as a script file in the guest and reports its exit code. A :class:`HyperVHost` wraps one open
+runspace pool; many operations may run on it at once (each is its own pipeline).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from vmbusops.errors import (
     VMNotRunningError,
 )
 from vmbusops.guestops.classify import classify
+from vmbusops.guestops.invoker import invoker_command, parse_marker
 from vmbusops.psrp.client import Command
 from vmbusops.psrp.session import HostSession, RecordStream
 from vmbusops.records import (
@@ -44,7 +46,8 @@ from vmbusops.records import (
 
 GUEST_SERVICE_INTERFACE: Final = "Guest Service Interface"
 
-#: Every cmdlet the agent sends to a Hyper-V host. A least-privilege endpoint allows exactly these.
+#: Every cmdlet the agent sends to a Hyper-V host, or that the guest invoker calls on it. A
+#: least-privilege endpoint allows exactly these, plus the invoker as a function.
 HOST_CMDLETS: Final = frozenset(
     {
         "Get-VM",
@@ -81,17 +84,34 @@ class VMInfo:
 
 @dataclass(slots=True)
 class InvokeOutcome:
-    """How a guest invocation ended."""
+    """How a guest invocation ended.
+
+    A guest script succeeds when it exits 0: error records it wrote (a native tool's stderr
+    lines, a non-terminating Write-Error) are counted and shown but do not fail it by themselves,
+    as ``powershell.exe -File`` and every fleet tool judge a script. A terminating error is exit
+    code 1 (see the invoker). ``exit_code`` is None when no step ended: the session failed first.
+    """
 
     state: PipelineState | None = None
     error_records: int = 0
     failure: VmbusOpsError | None = None
     records: int = 0
     error_messages: list[str] = field(default_factory=list)
+    exit_code: int | None = None
 
     @property
     def ok(self) -> bool:
-        return self.state is PipelineState.COMPLETED and self.error_records == 0 and self.failure is None
+        return self.state is PipelineState.COMPLETED and self.failure is None and self.exit_code == 0
+
+    def why_failed(self) -> str:
+        """One line for an operator: why this invocation did not succeed."""
+        if self.failure is not None:
+            return str(self.failure)
+        if self.exit_code not in (None, 0):
+            return f"exit code {self.exit_code}"
+        if self.state is not PipelineState.COMPLETED:
+            return f"the invocation ended {self.state.value if self.state else 'without a state'}"
+        return "no step ended in the guest"
 
 
 def _str(value: Value) -> str | None:
@@ -121,9 +141,11 @@ class HyperVHost:
     #: Whether the host's disk is another machine's: then files for Copy-VMFile must be staged.
     is_remote: ClassVar[bool] = False
 
-    def __init__(self, pool: HostSession) -> None:
+    def __init__(self, pool: HostSession, *, invoker_as_function: bool = False) -> None:
         self.pool = pool
         self._seq = itertools.count(1)
+        #: A JEA endpoint refuses script commands: call its role's Invoke-VmbusOpsGuest instead.
+        self.invoker_as_function = invoker_as_function
 
     # -------------------------------------------------------------- plumbing
     async def _run_host(self, vm: str | None, *statements: Sequence[Command]) -> list[Value]:
@@ -256,6 +278,35 @@ class HyperVHost:
 
     # -------------------------------------------------------------- PowerShell Direct
     @asynccontextmanager
+    async def invoke_steps(
+        self,
+        vm: str,
+        steps: Sequence[tuple[int, str]],
+        credential: GuestCredential,
+        *,
+        arguments: Sequence[Any] = (),
+        step: str | None = None,
+        vm_id: str | None = None,
+    ) -> AsyncIterator[GuestInvocation]:
+        """Run ``steps`` ((index, script) pairs) in one PowerShell Direct session; yield records live.
+
+        The step markers come through with the records (see :func:`.invoker.parse_marker`): the
+        engine needs them to tell which step a record belongs to.
+        """
+        # The credential goes to the PSRP layer as is; it is serialized as a PSCredential whose
+        # password is a SecureString encrypted with the session key.
+        command = invoker_command(
+            vm=vm,
+            steps=steps,
+            credential=credential,
+            arguments=arguments,
+            vm_id=vm_id,
+            as_function=self.invoker_as_function,
+        )
+        async with self.pool.invoke([[command]]) as pipe:
+            yield GuestInvocation(vm, pipe, step, markers=True)
+
+    @asynccontextmanager
     async def invoke_in_guest(
         self,
         vm: str,
@@ -266,23 +317,26 @@ class HyperVHost:
         step: str | None = None,
         vm_id: str | None = None,
     ) -> AsyncIterator[GuestInvocation]:
-        """Run a script block in the guest through PowerShell Direct; yield its records live."""
-        # The credential goes to the PSRP layer as is; it is serialized as a PSCredential whose
-        # password is a SecureString encrypted with the session key.
-        params: dict[str, Any] = {"Credential": credential, "ScriptBlock": script}
-        if vm_id:
-            params["VMId"] = vm_id
-        else:
-            params["VMName"] = vm
-        if arguments:
-            params["ArgumentList"] = list(arguments)
-        async with self.pool.invoke([[Command("Invoke-Command", params)]]) as pipe:
-            yield GuestInvocation(vm, pipe, step)
+        """Run one script in the guest through PowerShell Direct; yield its records live.
+
+        The step markers are taken out; the script's exit code is ``outcome.exit_code`` and the
+        ``exit_code`` of the final state record.
+        """
+        command = invoker_command(
+            vm=vm,
+            steps=[(0, script)],
+            credential=credential,
+            arguments=arguments,
+            vm_id=vm_id,
+            as_function=self.invoker_as_function,
+        )
+        async with self.pool.invoke([[command]]) as pipe:
+            yield GuestInvocation(vm, pipe, step, markers=False)
 
     async def run_in_guest(
         self, vm: str, script: str, credential: GuestCredential, **kwargs: Any
     ) -> tuple[list[GuestRecord], InvokeOutcome]:
-        """Run a script block to its end; return its records and outcome."""
+        """Run a script in the guest to its end; return its records and outcome."""
         async with self.invoke_in_guest(vm, script, credential, **kwargs) as inv:
             records = [rec async for rec in inv]
         return records, inv.outcome
@@ -326,27 +380,41 @@ class HyperVHost:
 
 
 class GuestInvocation:
-    """Records of one script block in one guest, wrapped with VM, sequence number and time."""
+    """Records of one guest invocation, wrapped with VM, sequence number and time.
 
-    def __init__(self, vm: str, pipe: RecordStream, step: str | None) -> None:
+    The invoker's ``end`` markers set ``outcome.exit_code``; with ``markers=False`` the markers
+    are consumed here and the final state record carries the exit code instead.
+    """
+
+    def __init__(self, vm: str, pipe: RecordStream, step: str | None, *, markers: bool = True) -> None:
         self.vm = vm
         self._pipe = pipe
         self._step = step
         self._seq = 0
+        self._markers = markers
         self.outcome = InvokeOutcome()
 
     def __aiter__(self) -> GuestInvocation:
         return self
 
     async def __anext__(self) -> GuestRecord:
-        try:
-            record = await self._pipe.__anext__()
-        except VmbusOpsError as exc:
-            self.outcome.failure = self.outcome.failure or exc
-            raise
-        self._observe(record)
-        self._seq += 1
-        return GuestRecord(vm=self.vm, seq=self._seq, time=time.time(), record=record, step=self._step)
+        while True:
+            try:
+                record = await self._pipe.__anext__()
+            except VmbusOpsError as exc:
+                self.outcome.failure = self.outcome.failure or exc
+                raise
+            mark = parse_marker(record)
+            if mark is not None:
+                if mark.kind == "end":
+                    self.outcome.exit_code = mark.exit_code if mark.exit_code is not None else 0
+                if not self._markers:
+                    continue
+            elif isinstance(record, PipelineStateRecord) and self.outcome.exit_code is not None:
+                record = PipelineStateRecord(state=record.state, error=record.error, exit_code=self.outcome.exit_code)
+            self._observe(record)
+            self._seq += 1
+            return GuestRecord(vm=self.vm, seq=self._seq, time=time.time(), record=record, step=self._step)
 
     def _observe(self, record: Record) -> None:
         outcome = self.outcome

@@ -27,10 +27,45 @@ A pipeline is an async context manager that yields records as they arrive. Leavi
 ``break``, an exception, a cancel scope expiring - stops the pipeline on the server with a PSRP
 ``Signal``, waits (bounded, shielded) for its final state, and closes it, so cancellation never
 leaves a command running in a guest.
+
+The host
+--------
+The pool declares a host with a UI (:func:`host_info`, the data PowerShell's own console client
+sends): without one PowerShell drops a guest's verbose, warning and debug lines even with
+``-Verbose``. PowerShell then calls that host; :mod:`.hostcalls` says when a call repeats a record
+just sent (then it is dropped, so every line arrives once). Every host call, and what we do:
+
+================================  ===============================================================
+host call                         what the client does
+================================  ===============================================================
+WriteVerboseLine                  VerboseRecord, unless it echoes the record just before it
+WriteWarningLine                  WarningRecord, likewise
+WriteDebugLine                    DebugRecord, likewise
+WriteProgress                     ProgressRecord, likewise
+Write1, Write2, WriteLine1-3      InformationRecord tagged ``PSHOST`` whose data is a
+                                  HostInformationMessage (as Write-Host's), unless it echoes one
+WriteErrorLine                    ErrorRecord with the line as its message (never an echo)
+SetShouldExit(N)                  N becomes the pipeline's exit code
+                                  (``Pipeline.exit_code``, ``PipelineStateRecord.exit_code``)
+other void calls (Set* of the     nothing: no answer is expected. The RawUI setters only update
+raw UI, Enter/ExitNestedPrompt,   what PowerShell caches of our HostDefaultData.
+Notify*Application, Push/Pop-
+Runspace, FlushInputBuffer,
+SetBufferContents*, Scroll*)
+ReadLine, ReadLineAsSecureString  answered at once with an error: no person is there to answer,
+Prompt, PromptForCredential1/2,   so the command fails instead of hanging
+PromptForChoice(MultipleSel.),
+ReadKey, GetKeyAvailable
+every other call expecting an     answered at once with an error (PowerShell answers the RawUI
+answer (Get* of the host or its   getters from the HostDefaultData we declared and does not ask;
+raw UI, GetBufferContents,        the others have no meaningful answer from an agent)
+GetRunspace, GetIsRunspacePushed)
+================================  ===============================================================
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import struct
 import uuid
@@ -57,6 +92,7 @@ from vmbusops.psrp.convert import record_from_event
 from vmbusops.psrp.decode import fast_decode
 from vmbusops.psrp.encode import CreatePipelineEncoder, add_statements
 from vmbusops.psrp.framing import POOL_GUID, DataStream, Packet, PacketKind, PacketReader, encode
+from vmbusops.psrp.hostcalls import EchoFilter, HostCallAction, action_of, record_from_host_call, refusal
 from vmbusops.psrp.transport import Transport
 from vmbusops.records import ErrorRecord, PipelineState, PipelineStateRecord, Record
 
@@ -224,9 +260,14 @@ class Pipeline:
         self._ended = False
         self.final: PipelineStateRecord | None = None
         self._abandoned = False
+        self._echoes = EchoFilter()
+        #: The N of a top-level ``exit N`` in the pipeline (its SetShouldExit host call), if any.
+        self.exit_code: int | None = None
         self._command_sent = False
+        self._started = False
 
     async def _deliver(self, record: Record) -> None:
+        self._echoes.saw_record(record)
         while len(self._queue) >= self._capacity and not self._abandoned:
             await self._writable.park()
         if self._abandoned:
@@ -236,6 +277,8 @@ class Pipeline:
             self._readable.unpark_all()
 
     def _finish(self, record: PipelineStateRecord) -> None:
+        if self.exit_code is not None and record.exit_code is None:
+            record = dataclasses.replace(record, exit_code=self.exit_code)
         self.final = record
         if not self._abandoned:
             self._queue.append(record)  # never dropped, even past the bound (by one)
@@ -307,7 +350,7 @@ class RunspacePool:
         # A transport that pays a round trip per packet (WinRM: one Send each) asks for larger ones.
         self._fragment_size: int = getattr(transport, "fragment_size", FRAGMENT_SIZE)
         self._nursery = nursery
-        self._pool = _ClientPool(min_runspaces=1, max_runspaces=max_runspaces)
+        self._pool = _ClientPool(min_runspaces=1, max_runspaces=max_runspaces, host=host_info())
         self._encoder = CreatePipelineEncoder(self._pool)
         self._reader = PacketReader()
         self._record_buffer = record_buffer
@@ -434,9 +477,7 @@ class RunspacePool:
             self._session_key.set()
             return
         if isinstance(event, psrpcore.PipelineHostCallEvent | psrpcore.RunspacePoolHostCallEvent):
-            # We are a non-interactive host: answer every host call with an error so that a
-            # command that prompts (Read-Host, a confirmation) fails instead of hanging.
-            self._answer_host_call(event)
+            await self._on_host_call(event)
             return
         record = record_from_event(event)
         pid = getattr(event, "pipeline_id", None)
@@ -449,15 +490,45 @@ class RunspacePool:
         else:
             await pipe._deliver(record)
 
-    def _answer_host_call(self, event: Any) -> None:
+    async def _on_host_call(
+        self, event: psrpcore.PipelineHostCallEvent | psrpcore.RunspacePoolHostCallEvent
+    ) -> None:
+        """Act on a host call as the table in :mod:`.hostcalls` says; answer it if it expects one."""
+        method = event.method_identifier
+        action = action_of(method)
+        pipe = self._pipelines.get(event.pipeline_id) if event.pipeline_id else None
+        if action is HostCallAction.REFUSE or event.ci != -100:
+            # A non-interactive host: a call that needs an answer gets an error at once, so a
+            # command that prompts (Read-Host, a confirmation, Get-Credential) fails, never hangs.
+            self._refuse_host_call(event)
+            return
+        if pipe is None:
+            return
+        if action is HostCallAction.EXIT_CODE:
+            code = event.method_parameters[0] if event.method_parameters else None
+            if isinstance(code, int) and not isinstance(code, bool):
+                pipe.exit_code = int(code)
+            return
+        if action is HostCallAction.RECORD:
+            record = record_from_host_call(method, event.method_parameters)
+            if record is not None and not pipe._echoes.is_echo(record):
+                await pipe._deliver(record)
+
+    def _refuse_host_call(
+        self, event: psrpcore.PipelineHostCallEvent | psrpcore.RunspacePoolHostCallEvent
+    ) -> None:
         if event.ci == -100:
             return
-        from psrpcore.types import ErrorCategoryInfo, NETException
+        from psrpcore.types import ErrorCategory, ErrorCategoryInfo, NETException
         from psrpcore.types import ErrorRecord as PSErrorRecord
 
+        method = event.method_identifier
         err = PSErrorRecord(
-            Exception=NETException(Message="vmbusops is a non-interactive host; the command asked for input"),
-            CategoryInfo=ErrorCategoryInfo(),
+            Exception=NETException(Message=refusal(method)),
+            CategoryInfo=ErrorCategoryInfo(
+                Category=ErrorCategory.NotImplemented, Activity=method.name, Reason="NonInteractiveHost"
+            ),
+            FullyQualifiedErrorId="VmbusOpsNonInteractiveHost",
         )
         if event.pipeline_id:
             ps = self._pool.pipeline_table.get(event.pipeline_id)
@@ -597,18 +668,20 @@ class RunspacePool:
         pipe = Pipeline(self, ps, self._record_buffer)
         self._pipelines[pipe.id] = pipe
         try:
-            # The server reads and dispatches OutOfProc packets in order on one thread, so the
-            # CreatePipeline Data can follow the Command at once instead of a round trip later;
-            # the CommandAck is still awaited before the caller gets the pipeline.
+            # The CreatePipeline Data goes only after the CommandAck. PowerShell's server
+            # (OutOfProcServerMediator) queues every input line as its own thread-pool work item:
+            # Data handled before its Command has registered the pipeline's transport is acked
+            # and dropped, and the pipeline never answers. PowerShell's own client waits too.
             self._raise_if_broken()
             async with self._control_lock:
                 command_ack = self._expect_ack(PacketKind.COMMAND_ACK, pipe.id)
                 await self._transport.send_all(encode(Packet(kind=PacketKind.COMMAND, guid=pipe.id)))
             pipe._command_sent = True
-            self._start_pipeline(ps, body)
-            await self._flush()
             await command_ack.wait()
             self._raise_if_broken()
+            self._start_pipeline(ps, body)
+            pipe._started = True
+            await self._flush()
             yield pipe
         finally:
             with trio.CancelScope(shield=True):
@@ -639,7 +712,7 @@ class RunspacePool:
 
     async def _end_pipeline(self, pipe: Pipeline, stop_timeout: float) -> None:
         try:
-            if pipe._command_sent and pipe.final is None and not self.broken:
+            if pipe._started and pipe.final is None and not self.broken:
                 await pipe.stop(timeout=stop_timeout)
             pipe._abandon()
             if pipe._command_sent and not self.broken:
@@ -676,6 +749,36 @@ class RunspacePool:
             self._writer_scope.cancel()
             await self._transport.aclose(graceful=self._opened.is_set() and not self.broken)
             self._reader_scope.cancel()
+
+
+def host_info() -> psrpcore.types.HostInfo:
+    """The host the runspace pool declares: a console with a UI, as PowerShell's own client sends.
+
+    Declaring a UI is what makes PowerShell pass on a guest's verbose, warning and debug lines
+    (Invoke-Command of a remote session writes them through the host); without one they are
+    dropped even with ``-Verbose``. The raw UI data is what a 120x50 console would report;
+    PowerShell's server answers RawUI getters from it without a round trip.
+    """
+    from psrpcore.types import ConsoleColor, Coordinates, HostDefaultData, HostInfo, Size
+
+    return HostInfo(
+        IsHostNull=False,
+        IsHostUINull=False,
+        IsHostRawUINull=False,
+        UseRunspaceHost=True,
+        HostDefaultData=HostDefaultData(
+            ForegroundColor=ConsoleColor.Gray,
+            BackgroundColor=ConsoleColor.Black,
+            CursorPosition=Coordinates(X=0, Y=0),
+            WindowPosition=Coordinates(X=0, Y=0),
+            CursorSize=25,
+            BufferSize=Size(Width=120, Height=3000),
+            WindowSize=Size(Width=120, Height=50),
+            MaxWindowSize=Size(Width=120, Height=50),
+            MaxPhysicalWindowSize=Size(Width=240, Height=84),
+            WindowTitle="vmbusops",
+        ),
+    )
 
 
 def _contains_secret(value: Any) -> bool:

@@ -87,6 +87,7 @@ from psrpcore.types import (
     PSSecureString,
     PSVersion,
 )
+from psrpcore.types._complex import RemoteCommandInfo  # a namedtuple psrpcore does not export
 
 from vmbusops.records import (
     DebugRecord,
@@ -110,6 +111,7 @@ __all__ = [
     "datetime_text",
     "enum_text",
     "error_record_from_ps",
+    "progress_from_ps",
     "record_from_event",
     "value_from_ps",
 ]
@@ -121,6 +123,7 @@ SECURE_STRING = PSObjectValue(
 """What every SecureString becomes: its type, never its content."""
 
 _DESERIALIZED = "Deserialized."
+_ERROR_RECORD = "System.Management.Automation.ErrorRecord"
 
 TERMINAL_STATES: dict[int, PipelineState] = {
     int(PSInvocationState.Completed): PipelineState.COMPLETED,
@@ -144,7 +147,7 @@ def record_from_event(event: psrpcore.PSRPEvent[Any, Any]) -> Record | None:
     if isinstance(event, psrpcore.InformationRecordEvent):
         return _information_from_ps(event.record)
     if isinstance(event, psrpcore.ProgressRecordEvent):
-        return _progress_from_ps(event.record)
+        return progress_from_ps(event.record)
     if isinstance(event, psrpcore.PipelineStateEvent):
         state = TERMINAL_STATES.get(int(event.state))
         if state is None:
@@ -157,16 +160,35 @@ def record_from_event(event: psrpcore.PSRPEvent[Any, Any]) -> Record | None:
 
 def error_record_from_ps(record: object) -> ErrorRecord:
     """Flatten a psrpcore ErrorRecord (anything else becomes a record with its text)."""
+    if (
+        not isinstance(record, PSErrorRecord)
+        and isinstance(record, PSObject)
+        and _ERROR_RECORD in _type_names(record)
+        and _prop(record, "ErrorCategory_Category") is not None
+    ):
+        # A subclass psrpcore has no class for (a guest's RemotingErrorRecord, relayed by
+        # Invoke-Command): the same flattened properties, so read it as an ErrorRecord.
+        record = PSErrorRecord.FromPSObjectForRemoting(record)
     if not isinstance(record, PSErrorRecord):
         return ErrorRecord(message=value_display(value_from_ps(record)))
 
     exception = _prop(record, "Exception")
     exception_type = ""
     exception_message: object = None
+    invocation: object = None
     if isinstance(exception, PSObject):
         names = _type_names(exception)
-        exception_type = names[0] if names else ""
+        # A guest's error arrives wrapped in a RemoteException; the guest's own exception
+        # type is what tells one failure from another.
+        remote = _prop(exception, "SerializedRemoteException")
+        if isinstance(remote, PSObject) and _type_names(remote):
+            names = _type_names(remote)
+        exception_type = strip_deserialized(names[0]) if names else ""
         exception_message = _prop(exception, "Message")
+        # psrpcore leaves a non-extended InvocationInfo here (a RemoteException has its own).
+        invocation = _prop(exception, "SerializedRemoteInvocationInfo")
+    if record.InvocationInfo is not None:
+        invocation = record.InvocationInfo
 
     details = _prop(record, "ErrorDetails")
     details_message = _prop(details, "Message") if details is not None else None
@@ -187,7 +209,26 @@ def error_record_from_ps(record: object) -> ErrorRecord:
         exception_type=exception_type,
         target=None if target is None else value_display(value_from_ps(target)),
         script_stack_trace=None if stack is None else _text(stack),
+        **_invocation_fields(invocation),
     )
+
+
+def _invocation_fields(invocation: object) -> dict[str, Any]:
+    if not isinstance(invocation, PSObject):
+        return {}
+    command = _prop(invocation, "MyCommand")
+    if isinstance(command, RemoteCommandInfo):  # psrpcore's, from extended info
+        command = command.Name
+    return {
+        "command_name": _text(command),
+        "script_line_number": _int(_prop(invocation, "ScriptLineNumber"), 0),
+        "position_message": _text(_prop(invocation, "PositionMessage")),
+    }
+
+
+def strip_deserialized(name: str) -> str:
+    """A type name without PowerShell's ``Deserialized.`` prefix (a guest's types carry it)."""
+    return name[len(_DESERIALIZED) :] if name.startswith(_DESERIALIZED) else name
 
 
 def _information_from_ps(record: PSObject) -> InformationRecord:
@@ -208,7 +249,7 @@ def _information_from_ps(record: PSObject) -> InformationRecord:
     )
 
 
-def _progress_from_ps(record: PSObject) -> ProgressRecord:
+def progress_from_ps(record: PSObject) -> ProgressRecord:
     return ProgressRecord(
         activity=_text(_prop(record, "Activity")),
         activity_id=_int(_prop(record, "ActivityId"), 0),

@@ -40,7 +40,7 @@ from xml.etree import ElementTree
 from psrpcore.types import ErrorCategory, ProgressRecordType, PSCustomObject, PSRPMessageType
 from psrpcore.types._base import TypeRegistry
 
-from vmbusops.psrp.convert import TERMINAL_STATES, enum_text, offset_text
+from vmbusops.psrp.convert import TERMINAL_STATES, enum_text, offset_text, strip_deserialized
 from vmbusops.records import (
     DebugRecord,
     ErrorRecord,
@@ -412,6 +412,10 @@ class _Tree:
             if primitive is None or primitive.tag not in _INT_RANGES or groups:
                 raise _Fallback
             return enum_text(cls(_int_text(primitive.tag, primitive.text or "")))
+        if primitive is not None and not names and "Props" not in groups:
+            # A primitive with note properties only: every object a guest sends through
+            # Invoke-Command (PSComputerName, RunspaceId, PSShowComputerName). The notes are dropped.
+            return _primitive(primitive.tag, primitive.text)
         if primitive is not None:
             # An integer with extra type names is an enum psrpcore has no class for; any
             # other extended primitive is rare enough to leave to psrpcore.
@@ -465,10 +469,23 @@ class _Tree:
             raise _Fallback
         exception_names = self.type_names(exception)
         exception_groups = self._groups(exception)
-        if "Message" in exception_groups.get("MS", {}):
+        exception_extended = exception_groups.get("MS", {})
+        if "Message" in exception_extended or "SerializedRemoteInvocationInfo" in exception_extended:
             raise _Fallback
-        message_element = exception_groups.get("Props", {}).get("Message")
+        exception_props = exception_groups.get("Props", {})
+        message_element = exception_props.get("Message")
         exception_message = "" if message_element is None else self.text(message_element)
+        remote = exception_props.get("SerializedRemoteException")
+        if remote is not None and remote.tag == "Obj" and self.type_names(remote):
+            exception_names = self.type_names(remote)
+
+        extended = props["SerializeExtendedInfo"]
+        if _tag_text(extended, "B").lower() == "true":
+            invocation = self._extended_invocation(props)
+        elif "SerializedRemoteInvocationInfo" in exception_props:
+            invocation = self._invocation(exception_props["SerializedRemoteInvocationInfo"])
+        else:
+            invocation = self._invocation(props["InvocationInfo"])
 
         category = _CATEGORIES[_int_text("I32", _tag_text(props["ErrorCategory_Category"], "I32"))]
         details = props.get("ErrorDetails_Message")
@@ -486,13 +503,46 @@ class _Tree:
             reason=self.text(props["ErrorCategory_Reason"]),
             target_name=self.text(props["ErrorCategory_TargetName"]),
             target_type=self.text(props["ErrorCategory_TargetType"]),
-            exception_type=exception_names[0] if exception_names else "",
+            exception_type=strip_deserialized(exception_names[0]) if exception_names else "",
             target=None if target.tag == "Nil" else value_display(self.value(target)),
             script_stack_trace=None if stack is None or stack.tag == "Nil" else self.text(stack),
+            command_name=invocation[0],
+            script_line_number=invocation[1],
+            position_message=invocation[2],
         )
 
+    def _invocation(self, element: ElementTree.Element) -> tuple[str, int, str]:
+        """Command, line and position of a serialized InvocationInfo (adapted, then extended)."""
+        if element.tag == "Nil":
+            return "", 0, ""
+        if element.tag != "Obj" or self.type_names(element)[:1] not in _INVOCATION_INFO:
+            raise _Fallback
+        groups = self._groups(element)
+        props = {**groups.get("MS", {}), **groups.get("Props", {})}
 
-_ERROR_SHAPE = frozenset((_ERROR_RECORD,))
+        def text(name: str) -> str:
+            found = props.get(name)
+            return "" if found is None else self.text(found)
+
+        line = props.get("ScriptLineNumber")
+        return text("MyCommand"), 0 if line is None else self.integer(line, 0), text("PositionMessage")
+
+    def _extended_invocation(self, props: dict[str, ElementTree.Element]) -> tuple[str, int, str]:
+        """What psrpcore rebuilds from flattened ``InvocationInfo_*`` properties (no position text)."""
+        command = ""
+        if "CommandInfo_CommandType" in props:
+            command = self.text(props["CommandInfo_Name"])
+        line = props.get("InvocationInfo_ScriptLineNumber")
+        if line is None or line.tag not in _INT_RANGES:
+            raise _Fallback
+        return command, self.integer(line, 0), ""
+
+
+_ERROR_SHAPE = frozenset((_ERROR_RECORD, "System.Management.Automation.Runspaces.RemotingErrorRecord"))
+_INVOCATION_INFO = (
+    ("System.Management.Automation.InvocationInfo",),
+    ("Deserialized.System.Management.Automation.InvocationInfo",),
+)
 _ERROR_REQUIRED = (
     "Exception",
     "TargetObject",

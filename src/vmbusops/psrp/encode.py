@@ -15,8 +15,10 @@ fills the markers with its own values, escaped exactly as psrpcore escapes them 
 ``_xHHHH_`` escapes, then XML text escaping), and SecureStrings encrypted with the pool's
 session key exactly as psrpcore encrypts them.
 
-Anything the template cannot carry exactly - a value of another type, a nested object, a
-script command - makes :meth:`CreatePipelineEncoder.encode` return ``None`` and the caller uses
+A script command (PSRP IsScript, such as the guest invoker's ~4 KB script) templates like a
+cmdlet: its text is part of the shape, so it is serialized once per pool and its parameters
+fill the slots. Anything the template cannot carry exactly - a value of another type, a nested
+object - makes :meth:`CreatePipelineEncoder.encode` return ``None`` and the caller uses
 psrpcore's path. Tests prove the two give byte-identical messages.
 """
 
