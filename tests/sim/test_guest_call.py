@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from tests.sim.test_guest import run
 
-from vmbusops.engine.plan import batch_script
 from vmbusops.sim.lab import VMState
 from vmbusops.sim.state import HostStore
 
@@ -42,16 +41,3 @@ async def test_restart_computer_in_a_called_file_ends_the_caller_too(store: Host
     assert spec is not None
     assert store.runtime(spec).state is VMState.RUNNING
     assert not store.runtime(spec).booted(store.clock())
-
-
-async def test_the_engine_wrapper_reports_each_exit_code_and_keeps_quotes(store: HostStore) -> None:
-    script = batch_script([(0, "Write-Output \"it's \u2019quoted\u2019\"\nexit 5"), (1, "'two'")])
-    s = await run(store, script)
-    assert s.of("output") == ["it's \u2019quoted\u2019", "two"]
-    markers = [i.message_data for i in s.of("information")]
-    assert markers == [
-        "vmbusops-step begin 0",
-        "vmbusops-step end 0 exit=5",
-        "vmbusops-step begin 1",
-        "vmbusops-step end 1 exit=0",
-    ]

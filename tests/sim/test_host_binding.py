@@ -97,3 +97,33 @@ def test_no_value_a_psrp_client_can_send_binds_a_scriptblock(value: Any, message
     with pytest.raises(BindingError) as caught:
         convert(Param("ScriptBlock", kind="scriptblock"), value, INVOKE_COMMAND)
     assert message in caught.value.error.message
+
+
+async def test_invoke_command_refuses_a_string_script_block_as_powershell_does(
+    client: PSRPTestClient, lab: Lab
+) -> None:
+    result = await client.run("Invoke-Command", VMName="web01", Credential=admin(lab, "web01"), ScriptBlock="x")
+    assert result.state == PSInvocationState.Failed
+    reason = result.state_event.reason
+    assert str(reason.FullyQualifiedErrorId) == f"CannotConvertArgumentNoMessage,{INVOKE_COMMAND}"
+    assert str(reason.Exception.Message) == (
+        "Cannot bind parameter 'ScriptBlock'. Cannot convert the \"x\" value of type \"System.String\" "
+        'to type "System.Management.Automation.ScriptBlock".'
+    )
+    assert str(reason.Exception.PSTypeNames[0]) == (
+        "Deserialized.System.Management.Automation.ParameterBindingException"
+    )
+    info = reason.CategoryInfo
+    assert (info.Category.name, str(info.Activity), str(info.Reason)) == (
+        "InvalidArgument",
+        "Invoke-Command",
+        "ParameterBindingException",
+    )
+    # Nothing reached the guest.
+    assert result.output == [] and result.errors == []
+
+
+async def test_invoke_command_without_a_script_block_has_no_parameter_set(client: PSRPTestClient, lab: Lab) -> None:
+    fqid, message, _ = await _failure(client, "Invoke-Command", VMName="web01", Credential=admin(lab, "web01"))
+    assert fqid == f"AmbiguousParameterSet,{INVOKE_COMMAND}"
+    assert message.startswith("Parameter set cannot be resolved using the specified named parameters.")

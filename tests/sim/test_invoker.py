@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import psrpcore
 import pytest
 from psrpcore.types import PSInvocationState
 from sim_testclient import (
@@ -122,7 +121,11 @@ async def test_break_inside_a_loop_leaves_only_the_loop(client: PSRPTestClient, 
 
 async def test_non_terminating_errors_do_not_end_a_step(client: PSRPTestClient, lab: Lab) -> None:
     result = await run_in_guest(
-        client, lab, "web01", "Get-Content C:\\nope.txt; Write-Error 'soft' -ErrorId Soft1; Write-Output after"
+        client,
+        lab,
+        "web01",
+        "Get-Content C:\\nope.txt; Write-Error 'soft' -ErrorId Soft1; Write-Output after",
+        run_id="run-1",
     )
     assert result.output == ["after"]
     assert step_markers(result)[-1] == "vmbusops-step end 0 exit=0"
@@ -302,21 +305,16 @@ async def test_other_script_commands_are_refused_by_name(client: PSRPTestClient,
         assert "exit=" not in str(reason.Exception.Message)
 
 
-async def test_verbose_from_a_step_needs_a_host_ui(store: HostStore, lab: Lab) -> None:
-    from sim_testclient import in_memory_client
-
-    for host_ui, expected in ((True, ["v"]), (False, [])):
-        async with in_memory_client(store, host_ui=host_ui) as client:
-            result = await run_in_guest(client, lab, "web01", "Write-Verbose v; Write-Warning w; Write-Output o")
-        assert result.verbose == expected
-        assert len(result.of(psrpcore.WarningRecordEvent)) == len(expected)
-        assert result.output == ["o"]
-        assert len(step_markers(result)) == 2
-
-
 async def test_the_invoker_runs_when_psrpcore_reads_the_pipeline(client: PSRPTestClient, lab: Lab) -> None:
     # A float argument is outside what the fast CreatePipeline reader takes: psrpcore's own
     # deserializer reads this message, and its commands carry is_script the same way.
     result = await run_in_guest(client, lab, "web01", "Write-Output $args", arguments=[1.5, "x"])
     assert result.output == [1.5, "x"]
     assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=0"]
+
+
+async def test_step_text_arrives_as_written_quotes_and_all(client: PSRPTestClient, lab: Lab) -> None:
+    # The text is a parameter value, never spliced into script text: quotes need no escaping.
+    result = await run_in_guest(client, lab, "web01", "Write-Output \"it's \u2019quoted\u2019\"\nexit 5", "'two'")
+    assert result.output == ["it's \u2019quoted\u2019"]
+    assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=5"]

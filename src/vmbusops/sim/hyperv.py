@@ -255,7 +255,7 @@ class HyperVHost:
             ),
             "invoke-command": (
                 (
-                    Param("ScriptBlock", 0, aliases=("Command",)),
+                    Param("ScriptBlock", 0, aliases=("Command",), kind="scriptblock"),
                     Param("VMName", kind=names),
                     Param("VMId", aliases=("VMGuid",), kind="guids"),
                     Param("Credential", kind="credential"),
@@ -546,9 +546,16 @@ class HyperVHost:
         async def wrapper(session: GuestSession, emit: Emit) -> None:
             await invoker.run_guest_wrapper(session, call, emit)
 
-        await self._invoke_in_guest(spec, _credential(call.credential), wrapper, [], streams)
+        await self._invoke_in_guest(spec, _credential(call.credential), wrapper, streams)
 
     async def invoke_command(self, b: dict[str, Any], streams: HostStreams, fq: str) -> None:
+        """Invoke-Command sent directly: it can never run, as with PowerShell over PSRP.
+
+        Its -ScriptBlock is a [scriptblock], which no value a PSRP client sends binds to (the
+        binder refuses it before this runs); without it, no VM parameter set is complete. Guest
+        code runs through the guest invoker (``invoke_vmbusops_guest``), which builds the script
+        block on the host as PowerShell requires.
+        """
         if b.get("VMName") is None and b.get("VMId") is None:
             raise BindingError(
                 SimError(
@@ -559,46 +566,22 @@ class HyperVHost:
                     exception_type="System.NotSupportedException",
                 )
             )
-        require(b, fq, "ScriptBlock", "Credential")
-        script = to_text(b["ScriptBlock"])
-        arguments = b.get("ArgumentList")
-        arguments = (
-            [] if arguments is None else list(arguments) if isinstance(arguments, list) else [arguments]
+        raise BindingError(
+            SimError(
+                message="Parameter set cannot be resolved using the specified named parameters. One or "
+                "more parameters issued cannot be used together or an insufficient number of "
+                "parameters were provided.",
+                fqid=f"AmbiguousParameterSet,{fq}",
+                category="InvalidArgument",
+                exception_type="System.Management.Automation.ParameterBindingException",
+            )
         )
-        credential = _credential(b["Credential"])
-        targets: list[VMSpec] = []
-        if b.get("VMName") is not None:
-            for name in names_of(b["VMName"]):
-                spec = self.lab.find(name)
-                if spec is None:
-                    streams.error(pserrors.invoke_vm_name_not_found(name))
-                else:
-                    targets.append(spec)
-        else:
-            for vm_id in names_of(b["VMId"]):
-                spec = self.lab.find_by_id(vm_id)
-                if spec is None:
-                    streams.error(pserrors.invoke_vm_id_not_found(vm_id))
-                else:
-                    targets.append(spec)
-
-        async def body(session: GuestSession, emit: Emit) -> None:
-            await session.run_text(script, emit)
-
-        if len(targets) == 1:
-            # The usual case (one VM per pipeline): no nursery and task to set up per pipeline.
-            await self._invoke_in_guest(targets[0], credential, body, arguments, streams)
-            return
-        async with trio.open_nursery() as nursery:
-            for spec in targets:
-                nursery.start_soon(self._invoke_in_guest, spec, credential, body, arguments, streams)
 
     async def _invoke_in_guest(
         self,
         spec: VMSpec,
         credential: tuple[str, str] | None,
         body: Callable[[GuestSession, Emit], Awaitable[None]],
-        arguments: list[Any],
         streams: HostStreams,
     ) -> None:
         """Open a PowerShell Direct session to ``spec`` (with Invoke-Command's errors) and run ``body``."""
@@ -623,7 +606,7 @@ class HyperVHost:
             await trio.sleep(spec.latency_ms / 1000)
         guest_streams = _GuestStreams(streams, spec)
         session = GuestSession(
-            spec=spec, store=self.store, streams=guest_streams, username=credential[0], arguments=arguments
+            spec=spec, store=self.store, streams=guest_streams, username=credential[0]
         )
 
         async def emit(value: Any) -> None:

@@ -70,6 +70,7 @@ from vmbusops.psrp.framing import POOL_GUID, DataStream, Packet, PacketKind, Pac
 from vmbusops.sim import clixml
 from vmbusops.sim.create_pipeline import ParsedCreatePipelineEvent, SimRunspacePool
 from vmbusops.sim.hyperv import CommandSpec, HyperVHost
+from vmbusops.sim.invoker import INVOKER_FUNCTION, is_invoker_script
 from vmbusops.sim.streams import InformationMessage, ProgressUpdate, SimError, TerminatingError
 
 log = logging.getLogger("vmbusops.sim")
@@ -535,8 +536,16 @@ class PSRPServer:
                     pipe.state = PSInvocationState.Running
                     commands = run.commands
                     if log.isEnabledFor(logging.INFO):
-                        names = ", ".join(str(c.command_text) for c in commands if not c.is_script)
-                        log.info("pipeline %s: %s", pipe.pipeline_id, names or "(script)")
+                        # A script's text is never logged; the guest invoker is named.
+                        names = ", ".join(
+                            str(c.command_text)
+                            if not c.is_script
+                            else f"{INVOKER_FUNCTION} (script)"
+                            if is_invoker_script(str(c.command_text))
+                            else "(script)"
+                            for c in commands
+                        )
+                        log.info("pipeline %s: %s", pipe.pipeline_id, names)
                     streams = _PipelineStreams(self, pipe.pipeline_id)
                     try:
                         await self.host.run(commands, streams)
