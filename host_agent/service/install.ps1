@@ -5,7 +5,9 @@
     Install the vmbusops host agent as a Windows service on a Hyper-V host.
 .DESCRIPTION
     Creates a Python virtual environment under -InstallDir, installs vmbusops from -Wheel,
-    creates the service account's state directory (%ProgramData%\vmbusops, owner-only),
+    creates the service account's state directory (%ProgramData%\vmbusops, owner-only) and the
+    staging folder for remote agents (%ProgramData%\vmbusops\staging, writable only through the
+    local group vmbusops-staging, which the JEA endpoint's virtual account joins),
     writes config.toml ([agent] listen defaults to 127.0.0.1:8421), and registers the service
     with WinSW (vmbusops-agent.xml beside this script). The service account must be a member of
     "Hyper-V Administrators"; it is asked for once and stored by the Service Control Manager.
@@ -44,6 +46,40 @@ foreach ($who in @('BUILTIN\Administrators', $ServiceAccount.UserName)) {
     $acl.AddAccessRule($rule)
 }
 Set-Acl -Path $stateDir -AclObject $acl
+
+# Staging for remote agents (host_agent/README.md). Copy-VMFile reads from the host's disk, so a
+# remote agent stages job files under this folder first. Over WinRM the JEA session runs as a
+# virtual account whose only groups are VmbusOps.pssc's RunAsVirtualAccountGroups; over SSH it
+# runs as its user. Both write through one local group, the only one besides SYSTEM and
+# Administrators that this folder's ACL names: VmbusOps.pssc must list it (a test checks that).
+$stagingGroup = 'vmbusops-staging'
+$stagingDir = Join-Path $stateDir 'staging'
+
+function Get-VmbusOpsStagingAccess {
+    # Who may do what in the staging folder, as Set-Acl gets it below. SYSTEM and Administrators
+    # by SID: their names are translated on localized Windows.
+    param([Parameter(Mandatory)] [string] $Group)
+    @(
+        [pscustomobject]@{ Identity = 'S-1-5-18'; Rights = 'FullControl' }
+        [pscustomobject]@{ Identity = 'S-1-5-32-544'; Rights = 'FullControl' }
+        [pscustomobject]@{ Identity = $Group; Rights = 'Modify' }
+    )
+}
+
+if ($PSCmdlet.ShouldProcess($stagingDir, "create the staging folder, writable through the local group $stagingGroup")) {
+    if (-not (Get-LocalGroup -Name $stagingGroup -ErrorAction SilentlyContinue)) {
+        $null = New-LocalGroup -Name $stagingGroup -Description 'vmbusops: writes job files to the staging folder (JEA virtual accounts, the SSH agent user)'
+    }
+    $null = New-Item -ItemType Directory -Force -Path $stagingDir
+    $acl = New-Object System.Security.AccessControl.DirectorySecurity
+    $acl.SetAccessRuleProtection($true, $false)
+    foreach ($grant in Get-VmbusOpsStagingAccess -Group $stagingGroup) {
+        $who = if ($grant.Identity -like 'S-1-*') { [System.Security.Principal.SecurityIdentifier]$grant.Identity } else { [System.Security.Principal.NTAccount]$grant.Identity }
+        $rule = New-Object System.Security.AccessControl.FileSystemAccessRule($who, $grant.Rights, 'ContainerInherit,ObjectInherit', 'None', 'Allow')
+        $acl.AddAccessRule($rule)
+    }
+    Set-Acl -Path $stagingDir -AclObject $acl
+}
 
 if ($PSCmdlet.ShouldProcess($InstallDir, 'create the virtual environment and install vmbusops')) {
     & $Python -3.11 -m venv (Join-Path $InstallDir 'venv')

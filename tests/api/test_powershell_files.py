@@ -1,5 +1,6 @@
-"""The PowerShell module and the service install script parse (tree-sitter's PowerShell grammar;
-no PowerShell runs here), and the manifest exports exactly the module's public functions."""
+"""The shipped PowerShell parses (tree-sitter's PowerShell grammar; no PowerShell runs here), and
+the manifest exports exactly the module's public functions. Where a PowerShell 7 is found,
+tests/powershell/*.Tests.ps1 judge the same files with PowerShell's own parser and engine."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ FILES = [
     ROOT / "host_agent" / "powershell" / "VmbusOps.psm1",
     ROOT / "host_agent" / "powershell" / "VmbusOps.psd1",
     ROOT / "host_agent" / "service" / "install.ps1",
+    ROOT / "host_agent" / "VmbusOps.pssc",
+    ROOT / "host_agent" / "VmbusOpsHost" / "VmbusOpsHost.psd1",
+    ROOT / "host_agent" / "VmbusOpsHost" / "RoleCapabilities" / "VmbusOpsHost.psrc",
+    ROOT / "src" / "vmbusops" / "guestops" / "powershell" / "Invoke-VmbusOpsGuest.ps1",
 ]
 PUBLIC = {"Submit-VmbusOpsJob", "Get-VmbusOpsJob", "Wait-VmbusOpsJob", "Receive-VmbusOpsJobOutput"}
 

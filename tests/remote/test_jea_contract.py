@@ -2,7 +2,10 @@
 
 Both sides are read from source, not restated here: the role capability (.psrc) and session
 configuration (.pssc) through the PowerShell grammar (tree-sitter), and the agent's commands from
-the Python syntax tree of every ``Command("...", {...})`` the package builds. A new cmdlet or parameter in the code without the endpoint (or the reverse) fails.
+the Python syntax tree of every ``Command("...", {...})`` the package builds. A new cmdlet or
+parameter in the code without the endpoint (or the reverse) fails. The role's guest invoker
+function is the agent's invoker script, byte for byte. (tests/powershell/JeaEndpoint.Tests.ps1
+loads the same files into a real JEA runspace of PowerShell 7.)
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import pytest
 from psd1 import DataFileError, ScriptBlock, load_data_file
 
 import vmbusops
+from vmbusops.guestops import invoker
 from vmbusops.guestops.host import HOST_CMDLETS
+from vmbusops.guestops.invoker import INVOKER_FUNCTION, INVOKER_SCRIPT
 from vmbusops.guestops.remote import DEFAULT_STAGING_ROOT
 from vmbusops.guestops.staging import (
     STAGING_CMDLETS,
@@ -64,7 +69,10 @@ def _role() -> dict[str, dict[str, dict[str, object]]]:
     allowed: dict[str, dict[str, dict[str, object]]] = {}
     for entry in data["VisibleCmdlets"]:
         assert isinstance(entry, dict), "every visible cmdlet names its parameters"
-        name = str(entry["Name"]).rsplit("\\", 1)[-1]
+        name = str(entry["Name"])
+        # JEA names the proxy of an entry with Parameters exactly as written: 'Hyper-V\Get-VM'
+        # would answer only to that name, never to the Get-VM the agent sends.
+        assert "\\" not in name, f"{name}: a module-qualified name is unreachable by its plain name"
         params = entry["Parameters"]
         params = params if isinstance(params, list) else [params]
         allowed[name] = {str(p["Name"]): p for p in params}
@@ -108,10 +116,21 @@ def _sent() -> dict[str, set[str]]:
                 if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Command"):
                     continue
                 where = f"{path.relative_to(PACKAGE)}:{node.lineno}"
-                assert node.args and isinstance(node.args[0], ast.Constant), (
+                if any(k.arg == "is_script" for k in node.keywords):
+                    # The one script command: on a JEA endpoint the role's function of the same body.
+                    assert node.args and isinstance(node.args[0], ast.Name) and node.args[0].id == "INVOKER_SCRIPT", (
+                        f"{where}: the agent sends no script but the guest invoker"
+                    )
+                    continue
+                assert node.args and isinstance(node.args[0], ast.Constant | ast.Name), (
                     f"{where}: a command name must be a literal, so the endpoint contract can see it"
                 )
-                name = str(node.args[0].value)
+                first = node.args[0]
+                if isinstance(first, ast.Name):
+                    assert first.id in _NAMED_COMMANDS, f"{where}: command name {first.id} is not a known constant"
+                    name = _NAMED_COMMANDS[first.id]
+                else:
+                    name = str(first.value)
                 sent[name]  # a command with no parameters is still sent
                 params = node.args[1] if len(node.args) > 1 else None
                 if params is None:
@@ -123,7 +142,37 @@ def _sent() -> dict[str, set[str]]:
                     keys = _dict_keys(params, strict=True)
                     assert keys or (isinstance(params, ast.IfExp)), f"{where}: parameters must be dict literals"
                     sent[name] |= keys
+    if INVOKER_FUNCTION in sent:
+        # What the agent sends through the invoker is the invoker's own calls on the host.
+        for cmdlet, params in _called_by_the_invoker().items():
+            sent[cmdlet] |= params
     return dict(sent)
+
+
+def _called_by_the_invoker() -> dict[str, set[str]]:
+    """Cmdlet -> parameters that the guest invoker's own body calls on the host.
+
+    The invoker builds its target as ``$target['VMName'] = ...`` / ``$target['VMId'] = ...`` and
+    splats it into one ``Invoke-Command`` call (tests/powershell/JeaEndpoint.Tests.ps1 shows what
+    that call binds, with PowerShell's binder).
+    """
+    host_part = INVOKER_SCRIPT.split("\n'@\n", 1)[1]  # after the guest script's here-string
+    lines = host_part.splitlines()
+    calls = [i for i, line in enumerate(lines) if line.startswith("Invoke-Command ")]
+    assert len(calls) == 1, "the invoker calls Invoke-Command once on the host"
+    index = calls[0]
+    text = lines[index]
+    while text.rstrip().endswith("`"):  # a line continued with a backtick
+        index += 1
+        text = text.rstrip()[:-1] + " " + lines[index].strip()
+    params = set(re.findall(r"(?<![\w$])-([A-Za-z]+)", text))
+    if "@target" in text:
+        params |= set(re.findall(r"\$target\['([A-Za-z]+)'\]", host_part))
+    return {"Invoke-Command": params}
+
+
+#: Command names the package gives as constants rather than literals.
+_NAMED_COMMANDS = {"INVOKER_FUNCTION": INVOKER_FUNCTION}
 
 
 def _dict_keys(node: ast.expr, *, strict: bool = False) -> set[str]:
@@ -145,15 +194,23 @@ def test_the_role_allows_exactly_the_cmdlets_the_agent_sends() -> None:
     sent = _sent()
     functions = _functions()
     assert set(allowed) == set(HOST_CMDLETS | STAGING_CMDLETS)
-    assert set(functions) == set(STAGING_FUNCTIONS)
+    assert set(functions) == set(STAGING_FUNCTIONS) | {INVOKER_FUNCTION}
     assert set(sent) - JEA_DEFAULTS == set(allowed) | set(functions)
+
+
+#: Parameters the role must allow though the agent never sends them. Invoke-Command -VMId runs
+#: ``Get-VM -Id $args[0]`` inside the session (PowerShell's
+#: PSRemotingCmdlet.CreateHelpersForSpecifiedVMSession), through the role's Get-VM proxy;
+#: tests/powershell/JeaEndpoint.Tests.ps1 shows the call in a JEA runspace.
+USED_INSIDE_THE_ENDPOINT = {"Get-VM": {"Id"}}
 
 
 def test_the_role_allows_exactly_the_parameters_the_agent_sends() -> None:
     allowed = _role()
     sent = _sent()
+    assert "VMId" in sent["Invoke-Command"] or "VMId" in sent[INVOKER_FUNCTION]
     for cmdlet, params in allowed.items():
-        assert set(params) == sent[cmdlet], cmdlet
+        assert set(params) == sent[cmdlet] | USED_INSIDE_THE_ENDPOINT.get(cmdlet, set()), cmdlet
     for function, fparams in _functions().items():
         assert set(fparams) == sent[function], function
 
@@ -173,11 +230,27 @@ def test_the_staging_functions_write_and_remove_only_job_folders() -> None:
         assert not re.match(folder_pattern, path), path
 
 
+def test_the_role_runs_guests_through_the_agents_own_invoker() -> None:
+    data = _role_file()
+    [entry] = [e for e in data["FunctionDefinitions"] if e["Name"] == INVOKER_FUNCTION]
+    text = entry["ScriptBlock"].text
+    assert text.startswith("{") and text.endswith("}")
+    body = text[1:-1]
+    shipped = INVOKER_SCRIPT
+    # Only line endings may differ (a checkout with CRLF): every other byte is the agent's script.
+    assert body.replace("\r\n", "\n") == shipped.replace("\r\n", "\n"), (
+        "the role's Invoke-VmbusOpsGuest differs from guestops/powershell/Invoke-VmbusOpsGuest.ps1: "
+        "paste the file between the braces again"
+    )
+    assert invoker.INVOKER_FUNCTION == "Invoke-VmbusOpsGuest"
+
+
 def test_the_scan_sees_the_commands_it_must() -> None:
     sent = _sent()
     assert {"Name", "SourcePath", "DestinationPath", "FileSource", "CreateFullPath", "Force"} == sent["Copy-VMFile"]
     assert {"Name", "Force", "TurnOff"} == sent["Stop-VM"]
     assert {"Credential", "ScriptBlock", "VMName", "VMId", "ArgumentList"} == sent["Invoke-Command"]
+    assert {"VMName", "VMId", "Credential", "Script", "StepIndex", "RunId", "ArgumentList"} == sent[INVOKER_FUNCTION]
 
 
 def test_staging_paths_fit_the_endpoint_patterns_and_nothing_else_does() -> None:
@@ -203,7 +276,7 @@ def test_the_session_is_restricted_and_maps_only_the_role() -> None:
     data = load_data_file((AGENT / "VmbusOps.pssc").read_bytes())
     assert data["SessionType"] == "RestrictedRemoteServer"
     assert data["RunAsVirtualAccount"] is True
-    assert data["RunAsVirtualAccountGroups"] == ["Hyper-V Administrators"]
+    assert data["RunAsVirtualAccountGroups"] == ["Hyper-V Administrators", "vmbusops-staging"]
     assert "Administrators" not in str(data["RunAsVirtualAccountGroups"]).replace("Hyper-V Administrators", "")
     roles = {role["RoleCapabilities"] for role in data["RoleDefinitions"].values()}
     assert roles == {"VmbusOpsHost"}

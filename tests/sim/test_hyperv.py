@@ -211,9 +211,9 @@ async def test_the_invoker_reaches_one_vm(client: PSRPTestClient, lab: Lab) -> N
 
 async def test_session_drop_fault_after_n_records(client: PSRPTestClient, lab: Lab) -> None:
     result = await run_in_guest(client, lab, "flaky01", "1..20")
-    # Five records cross the session: the step's begin marker and four outputs.
+    # The invoker's markers do not count: the script's five records cross, then the session breaks.
     assert step_markers(result) == ["vmbusops-step begin 0"]
-    assert result.output == [1, 2, 3, 4]
+    assert result.output == [1, 2, 3, 4, 5]
     assert result.error_messages == [
         "An error has occurred which Windows PowerShell cannot handle. A remote session might have ended."
     ]
@@ -298,7 +298,7 @@ async def test_lab_faults_break_powershell_direct_as_hyperv_does(tmp_path: Path)
         "A failure occurred while attempting to connect to the target virtual machine."
     ]
     assert step_markers(ended) == ["vmbusops-step begin 0"]
-    assert ended.output == [1]  # two records: the begin marker and one output
+    assert ended.output == [1, 2]
     assert ended.error_messages == [
         "The background process reported an error with the following message: "
         '"The Hyper-V socket target process has ended.".'

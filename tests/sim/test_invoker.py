@@ -49,9 +49,9 @@ async def test_steps_run_as_script_files_between_markers(client: PSRPTestClient,
     assert result.state == PSInvocationState.Completed
     assert step_markers(result) == [
         "vmbusops-step begin 4",
-        "vmbusops-step end 4 exit=0",
+        "vmbusops-step end 4 exit=0 errors=0",
         "vmbusops-step begin 5",
-        "vmbusops-step end 5 exit=0",
+        "vmbusops-step end 5 exit=0 errors=0",
     ]
     # The step saw its own file; the file is gone once the step ended.
     assert result.output == ["one", "Run-42-4.ps1"]
@@ -68,16 +68,16 @@ async def test_exit_ends_the_step_with_its_code_and_the_batch(client: PSRPTestCl
     result = await run_in_guest(client, lab, "web01", "Write-Output a; exit 3; Write-Output b", "Write-Output never")
     assert result.state == PSInvocationState.Completed
     assert result.output == ["a"]
-    assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=3"]
+    assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=3 errors=0"]
     # `exit` ended the step, not the session: the next invocation in the guest works.
     again = await run_in_guest(client, lab, "web01", "exit")
-    assert step_markers(again)[-1] == "vmbusops-step end 0 exit=0"
+    assert step_markers(again)[-1] == "vmbusops-step end 0 exit=0 errors=0"
 
 
 async def test_throw_is_an_error_record_and_exit_code_1(client: PSRPTestClient, lab: Lab) -> None:
     result = await run_in_guest(client, lab, "web01", "Write-Output a; throw 'boom, twice'; Write-Output b", "1")
     assert result.output == ["a"]
-    assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=1"]
+    assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=1 errors=1"]
     (record,) = result.errors
     assert str(record.Exception.Message) == "boom, twice"
     assert str(record.FullyQualifiedErrorId) == "boom, twice"
@@ -90,7 +90,7 @@ async def test_throw_is_an_error_record_and_exit_code_1(client: PSRPTestClient, 
 async def test_bare_throw_is_script_halted(client: PSRPTestClient, lab: Lab) -> None:
     result = await run_in_guest(client, lab, "web01", "throw")
     assert result.error_ids == ["ScriptHalted"]
-    assert step_markers(result)[-1] == "vmbusops-step end 0 exit=1"
+    assert step_markers(result)[-1] == "vmbusops-step end 0 exit=1 errors=1"
 
 
 async def test_break_and_continue_end_only_their_step(client: PSRPTestClient, lab: Lab) -> None:
@@ -106,11 +106,11 @@ async def test_break_and_continue_end_only_their_step(client: PSRPTestClient, la
     assert result.output == ["x", 1, "next"]
     assert step_markers(result) == [
         "vmbusops-step begin 0",
-        "vmbusops-step end 0 exit=0",
+        "vmbusops-step end 0 exit=0 errors=0",
         "vmbusops-step begin 1",
-        "vmbusops-step end 1 exit=0",
+        "vmbusops-step end 1 exit=0 errors=0",
         "vmbusops-step begin 2",
-        "vmbusops-step end 2 exit=0",
+        "vmbusops-step end 2 exit=0 errors=0",
     ]
 
 
@@ -119,16 +119,18 @@ async def test_break_inside_a_loop_leaves_only_the_loop(client: PSRPTestClient, 
     assert result.output == [1, "after-loop"]
 
 
-async def test_non_terminating_errors_do_not_end_a_step(client: PSRPTestClient, lab: Lab) -> None:
+async def test_non_terminating_errors_do_not_end_a_step_but_fail_it(client: PSRPTestClient, lab: Lab) -> None:
     result = await run_in_guest(
         client,
         lab,
         "web01",
         "Get-Content C:\\nope.txt; Write-Error 'soft' -ErrorId Soft1; Write-Output after",
+        "Write-Output never",
         run_id="run-1",
     )
     assert result.output == ["after"]
-    assert step_markers(result)[-1] == "vmbusops-step end 0 exit=0"
+    # Both records count: the step ran to its end, then failed, and the next did not start.
+    assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=0 errors=2"]
     missing, soft = result.errors
     assert str(missing.FullyQualifiedErrorId) == "PathNotFound,Microsoft.PowerShell.Commands.GetContentCommand"
     assert _category(missing) == ("ObjectNotFound", "Get-Content", "ItemNotFoundException", "C:\\nope.txt", "String")
@@ -143,7 +145,7 @@ async def test_a_statement_error_inside_the_wrappers_try_ends_the_step(client: P
     # parameter that does not bind) go to its catch: the step ends with code 1.
     result = await run_in_guest(client, lab, "web01", "Get-Content -Frob x; Write-Output after", "Write-Output never")
     assert result.output == []
-    assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=1"]
+    assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=1 errors=1"]
     (record,) = result.errors
     # Write-Error -ErrorRecord drops the command qualifier from the id (measured).
     assert str(record.FullyQualifiedErrorId) == "NamedParameterNotFound"
@@ -155,7 +157,7 @@ async def test_a_statement_error_inside_the_wrappers_try_ends_the_step(client: P
 
 async def test_a_step_outside_the_guest_subset_fails_visibly(client: PSRPTestClient, lab: Lab) -> None:
     result = await run_in_guest(client, lab, "web01", "while ($true) { }")
-    assert step_markers(result)[-1] == "vmbusops-step end 0 exit=1"
+    assert step_markers(result)[-1] == "vmbusops-step end 0 exit=1 errors=1"
     assert result.error_ids == ["NotSupportedBySimulator"]
     assert "'while' keyword" in result.error_messages[0]
 
@@ -169,7 +171,7 @@ async def test_the_function_form_and_the_vmid_parameter_set(client: PSRPTestClie
     result = await client.run("Invoke-VmbusOpsGuest", **params)
     assert result.state == PSInvocationState.Completed
     assert result.output == [spec.guest_computer_name]
-    assert step_markers(result)[-1] == "vmbusops-step end 0 exit=0"
+    assert step_markers(result)[-1] == "vmbusops-step end 0 exit=0 errors=0"
 
 
 async def test_reaching_the_guest_fails_as_invoke_command_does(client: PSRPTestClient, lab: Lab) -> None:
@@ -310,11 +312,11 @@ async def test_the_invoker_runs_when_psrpcore_reads_the_pipeline(client: PSRPTes
     # deserializer reads this message, and its commands carry is_script the same way.
     result = await run_in_guest(client, lab, "web01", "Write-Output $args", arguments=[1.5, "x"])
     assert result.output == [1.5, "x"]
-    assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=0"]
+    assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=0 errors=0"]
 
 
 async def test_step_text_arrives_as_written_quotes_and_all(client: PSRPTestClient, lab: Lab) -> None:
     # The text is a parameter value, never spliced into script text: quotes need no escaping.
     result = await run_in_guest(client, lab, "web01", "Write-Output \"it's \u2019quoted\u2019\"\nexit 5", "'two'")
     assert result.output == ["it's \u2019quoted\u2019"]
-    assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=5"]
+    assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=5 errors=0"]

@@ -60,7 +60,7 @@ async def test_guest_verbose_warning_debug_need_a_host_ui(store: HostStore, lab:
         assert [str(e.record.MessageData) for e in result.of(psrpcore.InformationRecordEvent)] == [
             "vmbusops-step begin 0",
             "info",
-            "vmbusops-step end 0 exit=0",
+            "vmbusops-step end 0 exit=0 errors=1",
         ]
 
 

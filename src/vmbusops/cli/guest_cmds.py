@@ -76,9 +76,9 @@ def exec_cmd(
 
     \b
     Example:  vmbusops exec --vm web01 --vm web02 -- 'Get-Service W3SVC; Write-Verbose hi'
-    A guest succeeds when its script exits 0 (`exit N` sets the code; a terminating error is 1);
-    error records alone, such as a native tool's stderr lines, do not fail it. --json gives each
-    guest's code as `exit_code` on its final (state) record.
+    A guest succeeds when its script exits 0 (`exit N` sets the code; a terminating error is 1)
+    and writes no PowerShell error; a native tool's stderr lines do not fail it by themselves.
+    --json gives each guest's code as `exit_code` on its final (state) record.
     Exit codes: 0 all guests ok, 1 a guest failed, 2 usage, 3 host failure, 130 Ctrl-C.
     """
     if not vm_names and not all_vms:

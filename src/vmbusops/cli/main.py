@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -10,9 +11,43 @@ from vmbusops import __version__
 from vmbusops.cli.exitcodes import exit_code_for
 from vmbusops.errors import VmbusOpsError
 
+#: Every subcommand: its name -> (module, attribute). A command's module is imported only when
+#: that command runs (or when --help lists them all), so `vmbusops --version` and a short command
+#: do not load the HTTP server stack, trio or psrpcore. Keep it sorted.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "agent": ("vmbusops.cli.agent_cmds", "agent"),
+    "bundle": ("vmbusops.cli.bundle_cmds", "bundle"),
+    "copy": ("vmbusops.cli.guest_cmds", "copy_cmd"),
+    "cred": ("vmbusops.cli.cred_cmds", "cred"),
+    "demo": ("vmbusops.cli.demo", "demo_cmd"),
+    "dsc": ("vmbusops.cli.dsc_cmds", "dsc"),
+    "exec": ("vmbusops.cli.guest_cmds", "exec_cmd"),
+    "hosts": ("vmbusops.cli.host_cmds", "hosts_cmd"),
+    "jobs": ("vmbusops.cli.engine_cmds", "jobs"),
+    "keys": ("vmbusops.cli.bundle_cmds", "keys"),
+    "logs": ("vmbusops.cli.engine_cmds", "logs_cmd"),
+    "run": ("vmbusops.cli.engine_cmds", "run_cmd"),
+    "schedule": ("vmbusops.cli.agent_cmds", "schedule"),
+    "submit": ("vmbusops.cli.remote", "submit_cmd"),
+    "trust": ("vmbusops.cli.bundle_cmds", "trust"),
+    "vms": ("vmbusops.cli.guest_cmds", "vms_cmd"),
+}
+
 
 class _Group(click.Group):
-    """Maps our errors to a one-line message and a documented exit code, in one place."""
+    """Loads each subcommand from :data:`COMMANDS` when it is asked for, and maps our errors to a
+    one-line message and a documented exit code, in one place."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = COMMANDS.get(cmd_name)
+        if where is None:
+            return None
+        command = getattr(importlib.import_module(where[0]), where[1])
+        assert isinstance(command, click.Command)
+        return command
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -30,37 +65,6 @@ def cli() -> None:
     State lives under $VMBUSOPS_HOME. The host defaults to the embedded simulator
     (--host sim); on a Hyper-V host use --host local.
     """
-
-
-# --- subcommand registration: one line per module -------------------------------------------
-# (each module defines click commands/groups; keep this block sorted)
-from vmbusops.cli.agent_cmds import agent, schedule  # noqa: E402
-from vmbusops.cli.bundle_cmds import bundle, keys, trust  # noqa: E402
-from vmbusops.cli.cred_cmds import cred  # noqa: E402
-from vmbusops.cli.demo import demo_cmd  # noqa: E402
-from vmbusops.cli.dsc_cmds import dsc  # noqa: E402
-from vmbusops.cli.engine_cmds import jobs, logs_cmd, run_cmd  # noqa: E402
-from vmbusops.cli.guest_cmds import copy_cmd, exec_cmd, vms_cmd  # noqa: E402
-from vmbusops.cli.host_cmds import hosts_cmd  # noqa: E402
-from vmbusops.cli.remote import submit_cmd  # noqa: E402
-
-cli.add_command(agent)
-cli.add_command(bundle)
-cli.add_command(copy_cmd)
-cli.add_command(cred)
-cli.add_command(demo_cmd)
-cli.add_command(dsc)
-cli.add_command(exec_cmd)
-cli.add_command(hosts_cmd)
-cli.add_command(jobs)
-cli.add_command(keys)
-cli.add_command(logs_cmd)
-cli.add_command(run_cmd)
-cli.add_command(schedule)
-cli.add_command(submit_cmd)
-cli.add_command(trust)
-cli.add_command(vms_cmd)
-# --- end of registration ---------------------------------------------------------------------
 
 
 def main() -> None:

@@ -907,6 +907,8 @@ class Engine:
                                         break
                                     ended.add(index)
                                     exited = await self._script_exited(job, run, index, mark.exit_code or 0)
+                                    if exited is None and mark.errors:
+                                        exited = f"the script wrote {mark.errors} error record(s)"
                                     if exited is not None:
                                         said = first_error.get(index)
                                         errors[index] = f"{said} ({exited})" if said else exited

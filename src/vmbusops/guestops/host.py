@@ -86,10 +86,11 @@ class VMInfo:
 class InvokeOutcome:
     """How a guest invocation ended.
 
-    A guest script succeeds when it exits 0: error records it wrote (a native tool's stderr
-    lines, a non-terminating Write-Error) are counted and shown but do not fail it by themselves,
-    as ``powershell.exe -File`` and every fleet tool judge a script. A terminating error is exit
-    code 1 (see the invoker). ``exit_code`` is None when no step ended: the session failed first.
+    A guest script succeeds when it exits 0 and wrote no PowerShell error record. A terminating
+    error is exit code 1 (see the invoker); a native tool's stderr lines are error records on the
+    wire (Windows PowerShell 5.1's remoting makes them so) but count as neither: the tool's exit
+    code speaks for it. ``exit_code`` is None when no step ended: the session failed first;
+    ``script_errors`` is what the invoker counted, ``error_records`` every error record seen.
     """
 
     state: PipelineState | None = None
@@ -98,10 +99,16 @@ class InvokeOutcome:
     records: int = 0
     error_messages: list[str] = field(default_factory=list)
     exit_code: int | None = None
+    script_errors: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.state is PipelineState.COMPLETED and self.failure is None and self.exit_code == 0
+        return (
+            self.state is PipelineState.COMPLETED
+            and self.failure is None
+            and self.exit_code == 0
+            and self.script_errors == 0
+        )
 
     def why_failed(self) -> str:
         """One line for an operator: why this invocation did not succeed."""
@@ -109,6 +116,9 @@ class InvokeOutcome:
             return str(self.failure)
         if self.exit_code not in (None, 0):
             return f"exit code {self.exit_code}"
+        if self.script_errors:
+            first = f": {self.error_messages[0]}" if self.error_messages else ""
+            return f"{self.script_errors} error record(s){first}"
         if self.state is not PipelineState.COMPLETED:
             return f"the invocation ended {self.state.value if self.state else 'without a state'}"
         return "no step ended in the guest"
@@ -408,6 +418,7 @@ class GuestInvocation:
             if mark is not None:
                 if mark.kind == "end":
                     self.outcome.exit_code = mark.exit_code if mark.exit_code is not None else 0
+                    self.outcome.script_errors += mark.errors
                 if not self._markers:
                     continue
             elif isinstance(record, PipelineStateRecord) and self.outcome.exit_code is not None:

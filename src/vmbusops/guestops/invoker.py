@@ -34,16 +34,22 @@ INVOKER_SCRIPT: Final = (
 INVOKER_SHA256: Final = hashlib.sha256(INVOKER_SCRIPT.encode("utf-8")).hexdigest()
 
 MARKER_TAG: Final = "vmbusops.step"
-_MARKER = re.compile(r"vmbusops-step (begin|end) ([0-9]+)(?: exit=(-?[0-9]*))?")
+_MARKER = re.compile(r"vmbusops-step (begin|end) ([0-9]+)(?: exit=(-?[0-9]*))?(?: errors=([0-9]+))?")
 
 
 @dataclass(frozen=True, slots=True)
 class StepMarker:
-    """A step's ``begin`` or ``end``; an ``end`` carries the step's exit code."""
+    """A step's ``begin`` or ``end``; an ``end`` carries the step's exit code and how many
+    PowerShell error records it wrote (native commands' stderr lines not counted)."""
 
     kind: str
     index: int
     exit_code: int | None = None
+    errors: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return self.kind == "end" and (bool(self.exit_code) or self.errors > 0)
 
 
 def parse_marker(record: Record) -> StepMarker | None:
@@ -57,7 +63,12 @@ def parse_marker(record: Record) -> StepMarker | None:
     if m is None:
         return None
     code = m[3]
-    return StepMarker(m[1], int(m[2]), None if code is None else int(code) if code not in ("", "-") else 0)
+    return StepMarker(
+        m[1],
+        int(m[2]),
+        None if code is None else int(code) if code not in ("", "-") else 0,
+        int(m[4]) if m[4] else 0,
+    )
 
 
 def new_run_id() -> str:

@@ -23,8 +23,9 @@ natively in the guest session (its text is in the ``.ps1``): for each step an in
 ``vmbusops-step begin N`` tagged ``vmbusops.step``; the step's text written to
 ``$env:TEMP\\vmbusops\\<RunId>-<N>.ps1`` (UTF-8 with a BOM, as Windows PowerShell 5.1's
 ``Set-Content -Encoding UTF8`` writes it) and run as a script file with the arguments, inside the
-wrapper's ``try`` and its loop of one; the file removed; ``vmbusops-step end N exit=CODE``; a code
-other than 0 ends the batch. Inside that ``try`` PowerShell sends statement-terminating errors
+wrapper's ``try`` and its loop of one; the file removed; ``vmbusops-step end N exit=CODE
+errors=COUNT``, COUNT being the error records the step wrote other than native stderr lines (what
+the wrapper counts in ``$Error``); a code or a count other than 0 ends the batch. Inside that ``try`` PowerShell sends statement-terminating errors
 (an unknown command, a parameter that does not bind) to the ``catch`` too, so they end the step
 with code 1, like ``throw``. The ``catch`` rewrites the record with ``Write-Error -ErrorRecord``,
 which makes its activity ``Write-Error`` and drops the ``,Command`` qualifier from its id (measured).
@@ -52,7 +53,7 @@ from vmbusops.sim.guest import (
     thrown_error,
     to_text,
 )
-from vmbusops.sim.streams import InformationMessage, SimError
+from vmbusops.sim.streams import InformationMessage, ProgressUpdate, SimError, Streams
 
 INVOKER_FUNCTION: Final = "Invoke-VmbusOpsGuest"
 INVOKER_TEXT: Final = (
@@ -317,6 +318,45 @@ def _without_command_suffix(fqid: str) -> str:
     return _COMMAND_SUFFIX.sub("", fqid)
 
 
+class _ErrorCount:
+    """The step's streams, counting what ``$Error`` gains: every error record but a native
+    command's stderr lines (``NativeCommandError*``), as the wrapper counts them."""
+
+    def __init__(self, inner: Streams) -> None:
+        self._inner = inner
+        self.count = 0
+
+    def output(self, value: Any) -> None:
+        self._inner.output(value)
+
+    def error(self, error: SimError) -> None:
+        if not error.fqid.startswith("NativeCommandError"):
+            self.count += 1
+        self._inner.error(error)
+
+    def warning(self, message: str) -> None:
+        self._inner.warning(message)
+
+    def verbose(self, message: str) -> None:
+        self._inner.verbose(message)
+
+    def debug(self, message: str) -> None:
+        self._inner.debug(message)
+
+    def information(self, info: InformationMessage) -> None:
+        self._inner.information(info)
+
+    def progress(self, update: ProgressUpdate) -> None:
+        self._inner.progress(update)
+
+    @property
+    def records_written(self) -> int:
+        return self._inner.records_written
+
+    async def checkpoint(self) -> None:
+        await self._inner.checkpoint()
+
+
 async def run_guest_wrapper(session: GuestSession, call: InvokerCall, emit: Emit) -> None:
     """The invoker's guest script block, natively (see the module docstring)."""
     streams = session.streams
@@ -336,6 +376,8 @@ async def run_guest_wrapper(session: GuestSession, call: InvokerCall, emit: Emit
         if host is None:  # $env:TEMP is always on C: in the simulated guest
             raise AssertionError(f"no guest file system under {path!r}")
         code: Any = 0
+        counted = _ErrorCount(streams)
+        session.streams = counted
         try:
             # Windows PowerShell 5.1's Set-Content -Encoding UTF8: a BOM, the text, a newline.
             host.write_bytes(b"\xef\xbb\xbf" + (text + "\r\n").encode("utf-8"))
@@ -350,19 +392,20 @@ async def run_guest_wrapper(session: GuestSession, call: InvokerCall, emit: Emit
             code = session.variables.get("lastexitcode")
         except (StatementError, ScriptTerminated) as exc:
             code = 1
-            streams.error(_caught(exc.error))
+            counted.error(_caught(exc.error))
         finally:
+            session.streams = streams
             host.unlink(missing_ok=True)
         code_text = "0" if code is None else to_text(code)
         streams.information(
             InformationMessage(
-                message_data=f"vmbusops-step end {index} exit={code_text}",
+                message_data=f"vmbusops-step end {index} exit={code_text} errors={counted.count}",
                 source="Write-Information",
                 tags=(MARKER_TAG,),
             )
         )
         await streams.checkpoint()
-        if code_text != "0":
+        if code_text != "0" or counted.count:
             break
 
 

@@ -12,14 +12,16 @@
 # script block, `exit` closes the whole PowerShell Direct session and the code is lost). Around
 # each step it writes an information record tagged 'vmbusops.step':
 #     vmbusops-step begin <index>
-#     vmbusops-step end <index> exit=<code>
+#     vmbusops-step end <index> exit=<code> errors=<count>
 # <code> is the step's `exit N`, else its last native command's exit code, else 0; a terminating
 # error (a throw, or an error under the step's own $ErrorActionPreference = 'Stop') is reported as
-# an error record and exit code 1, as `powershell.exe -File` reports it. Non-terminating errors,
-# native commands' stderr lines included, are records and do not end a step by themselves: the
-# wrapper never sets $ErrorActionPreference, so on Windows PowerShell 5.1 a tool that writes to
-# stderr and exits 0 succeeds. A step whose code is not 0 ends the batch: the next step does not
-# start. Step files are removed when their step ends, stopped or not.
+# an error record and exit code 1, as `powershell.exe -File` reports it. <count> is how many
+# PowerShell error records the step wrote (what $Error gained), not counting native commands'
+# stderr lines (NativeCommandError*): the wrapper never sets $ErrorActionPreference, so on Windows
+# PowerShell 5.1, where remoting turns stderr lines into error records, a tool that writes to
+# stderr and exits 0 does not fail its step. A step fails when its code is not 0 or its count is
+# not 0; a failed step ends the batch and the next step does not start. Step files are removed
+# when their step ends, stopped or not.
 [CmdletBinding(DefaultParameterSetName = 'VMName')]
 param(
     [Parameter(Mandatory = $true, ParameterSetName = 'VMName')]
@@ -66,6 +68,8 @@ for ($i = 0; $i -lt $texts.Count; $i++) {
     $path = Join-Path $folder ('{0}-{1}.ps1' -f $RunId, $index)
     Write-Information -MessageData "vmbusops-step begin $index" -Tags 'vmbusops.step'
     $code = 0
+    $thrown = $null
+    $Error.Clear()
     try {
         Set-Content -LiteralPath $path -Value $texts[$i] -Encoding UTF8 -ErrorAction Stop
         $global:LASTEXITCODE = 0
@@ -74,18 +78,25 @@ for ($i = 0; $i -lt $texts.Count; $i++) {
         $code = $global:LASTEXITCODE
     } catch {
         $code = 1
-        # Reported, not rethrown: Invoke-Command makes an error thrown by `throw` terminating on
-        # the host's side, which would end the whole invocation instead of this step.
-        if ($_.Exception -is [System.Management.Automation.RuntimeException]) {
-            $_.Exception.WasThrownFromThrowStatement = $false
-        }
-        Write-Error -ErrorRecord $_
+        $thrown = $_
     } finally {
-        Remove-Item -LiteralPath $path -Force -ErrorAction SilentlyContinue
+        Remove-Item -LiteralPath $path -Force -ErrorAction Ignore
     }
     if ($null -eq $code) { $code = 0 }
-    Write-Information -MessageData "vmbusops-step end $index exit=$code" -Tags 'vmbusops.step'
-    if ($code -ne 0) { break }
+    $written = @($Error | Where-Object {
+        $_ -is [System.Management.Automation.ErrorRecord] -and
+        $_.FullyQualifiedErrorId -notlike 'NativeCommandError*'
+    }).Count
+    if ($null -ne $thrown) {
+        # Reported, not rethrown: Invoke-Command makes an error thrown by `throw` terminating on
+        # the host's side, which would end the whole invocation instead of this step.
+        if ($thrown.Exception -is [System.Management.Automation.RuntimeException]) {
+            $thrown.Exception.WasThrownFromThrowStatement = $false
+        }
+        Write-Error -ErrorRecord $thrown
+    }
+    Write-Information -MessageData "vmbusops-step end $index exit=$code errors=$written" -Tags 'vmbusops.step'
+    if ($code -ne 0 -or $written -ne 0) { break }
 }
 '@
 
