@@ -320,3 +320,30 @@ async def test_step_text_arrives_as_written_quotes_and_all(client: PSRPTestClien
     result = await run_in_guest(client, lab, "web01", "Write-Output \"it's \u2019quoted\u2019\"\nexit 5", "'two'")
     assert result.output == ["it's \u2019quoted\u2019"]
     assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=5 errors=0"]
+
+
+@pytest.mark.parametrize(
+    "step",
+    ["$ErrorActionPreference = 'Stop'; Get-Content C:\\nope; 'after'", "Get-Content C:\\nope -ErrorAction Stop; 'after'"],
+)
+async def test_an_error_under_stop_ends_the_step_as_a_terminating_error(
+    client: PSRPTestClient, lab: Lab, step: str
+) -> None:
+    result = await run_in_guest(client, lab, "web01", step, "Write-Output never")
+    assert result.output == []
+    assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=1 errors=1"]
+    (record,) = result.errors
+    # Caught and written again by the wrapper: no command qualifier, activity Write-Error (measured).
+    assert str(record.FullyQualifiedErrorId) == "PathNotFound"
+    assert _category(record)[:3] == ("ObjectNotFound", "Write-Error", "ItemNotFoundException")
+
+
+async def test_silently_continue_still_counts_and_ignore_does_not(client: PSRPTestClient, lab: Lab) -> None:
+    # pwsh 7.6.9: SilentlyContinue keeps the record off the stream but $Error gains it; Ignore does not.
+    silent = await run_in_guest(client, lab, "web01", "Get-Content C:\\nope -ErrorAction SilentlyContinue; 'after'")
+    assert silent.output == ["after"]
+    assert silent.errors == []
+    assert step_markers(silent)[-1] == "vmbusops-step end 0 exit=0 errors=1"
+    ignored = await run_in_guest(client, lab, "web01", "Get-Content C:\\nope -ErrorAction Ignore; 'after'")
+    assert ignored.errors == []
+    assert step_markers(ignored)[-1] == "vmbusops-step end 0 exit=0 errors=0"
