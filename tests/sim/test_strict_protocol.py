@@ -71,3 +71,33 @@ async def test_host_cmdlet_warnings_pass_without_a_host_ui(store: HostStore) -> 
     assert [str(e.record.Message) for e in result.of(psrpcore.WarningRecordEvent)] == [
         "The virtual machine 'web01' is already in the specified state."
     ]
+
+
+async def test_with_a_host_ui_each_record_is_followed_by_its_host_call(store: HostStore, lab: Lab) -> None:
+    script = "Write-Verbose verb; Write-Warning warn; Write-Debug dbg; Write-Progress -Activity act -Status st; 'out'"
+    kinds: dict[bool, list[str]] = {}
+    for host_ui in (True, False):
+        async with in_memory_client(store, host_ui=host_ui) as client:
+            result = await run_in_guest(client, lab, "web01", script)
+        kinds[host_ui] = [
+            f"call {e.method_identifier.name} {e.method_parameters[0]}"
+            if isinstance(e, psrpcore.PipelineHostCallEvent)
+            else type(e).__name__
+            for e in result.events
+            if not isinstance(e, psrpcore.InformationRecordEvent | psrpcore.PipelineStateEvent)
+        ]
+        calls = result.of(psrpcore.PipelineHostCallEvent)
+        assert all(int(c.ci) == -100 for c in calls)  # void calls: nothing to answer
+    # As pwsh 7.6.9 sends them (measured): the record, then the matching host call.
+    assert kinds[True] == [
+        "VerboseRecordEvent",
+        "call WriteVerboseLine verb",
+        "WarningRecordEvent",
+        "call WriteWarningLine warn",
+        "DebugRecordEvent",
+        "call WriteDebugLine dbg",
+        "ProgressRecordEvent",
+        "call WriteProgress 0",
+        "PipelineOutputEvent",
+    ]
+    assert kinds[False] == ["ProgressRecordEvent", "PipelineOutputEvent"]

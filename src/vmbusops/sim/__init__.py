@@ -40,6 +40,8 @@ errors: the pipeline completes, as with the real cmdlet.
 A guest's verbose, warning and debug records reach the client only if its runspace pool
 declared a host with a UI (HostInfo with IsHostNull and IsHostUINull false), as with PowerShell
 7.6.9, which drops them otherwise even with -Verbose or the preferences at Continue. With a UI,
+each verbose, warning, debug and progress record is followed by its void host call
+(WriteVerboseLine, WriteWarningLine, WriteDebugLine, WriteProgress), as pwsh sends them. With a UI,
 every one is sent: a real session sends verbose and debug records only when the script's
 preference variables ask for them; the simulator's scripts are short and written to be observed,
 so it sends every one rather than guess at preferences. Output values are sent as plain
@@ -60,6 +62,8 @@ Script blocks run through a small interpreter. Supported:
 - variables: assignment ``$x = ...``, ``$args`` (from ``-ArgumentList``), ``$_``/``$PSItem``,
   ``$true``, ``$false``, ``$null``, ``$env:COMPUTERNAME`` (and USERNAME, TEMP, SystemRoot, ...),
   ``$PSVersionTable`` (a minimal hashtable); member access ``$x.Name`` and indexing ``$x[0]``;
+- error actions: ``-ErrorAction`` and ``$ErrorActionPreference`` (``Stop`` makes a cmdlet's error
+  terminating; ``SilentlyContinue`` hides it but ``$Error`` still gains it; ``Ignore`` drops it);
 - ``foreach ($x in ...) { ... }``, ``ForEach-Object { ... }`` / ``%`` / ``foreach`` (also
   ``-Begin``/``-End`` and ``% Name``), ``exit N``; ``throw`` / ``throw <value>`` (the record
   PowerShell makes: RuntimeException, the text as its id, OperationStopped); ``break`` and
