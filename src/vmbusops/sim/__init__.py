@@ -26,11 +26,16 @@ codes). Any other script command (``is_script``) is refused with an error saying
 command name yields PowerShell's CommandNotFoundException ("The term 'X' is not recognized as the
 name of a cmdlet, ...").
 
-``Invoke-Command`` checks, in order: the VM exists (else ``InvalidVMNameNotSingle``), it is
-running (``InvalidVMState``), a session opens (``session_open_ms``), the guest has booted (else
-"An error has occurred which Windows PowerShell cannot handle. A remote session might have
-ended."), the credential matches (else "The credential is invalid."). Then the script block runs
-after the VM's ``latency_ms``, and its records stream live. A VM with ``session_drop_after_records
+Parameters bind by type as PowerShell's binder binds them (``binding``): names are [string[]],
+switches [switch], ids [guid], credentials [pscredential]. ``Invoke-Command`` sent directly never
+runs: no value a PSRP client can send binds to its [scriptblock] -ScriptBlock, and the simulator
+refuses it with PowerShell's own error. The guest invoker reaches a guest the way its
+``Invoke-Command -VMName/-VMId`` does, checking in order: the VM exists (else
+``InvalidVMNameNotSingle``), it is running (``InvalidVMState``), a session opens
+(``session_open_ms``), the guest has booted (else "An error has occurred which Windows PowerShell
+cannot handle. A remote session might have ended."), the credential matches (else "The
+credential is invalid."). Then the steps run after the VM's ``latency_ms``, and their records
+stream live. A VM with ``session_drop_after_records
 = N`` delivers N records and then the session breaks with the "remote session might have ended"
 error; ``socket_ends_after_records = N`` ends it with the Hyper-V socket's "target process has
 ended" error instead, and ``connect_fails = true`` refuses every session with "A failure occurred

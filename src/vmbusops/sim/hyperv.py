@@ -3,7 +3,8 @@
 Host cmdlets arrive as structured commands (name + typed parameters), exactly as the agent sends
 them to a real ``powershell.exe``. Binding failures and unknown commands end the pipeline Failed
 with PowerShell's terminating error; per-VM problems are non-terminating error records and the
-pipeline completes, as the real cmdlets behave.
+pipeline completes, as the real cmdlets behave. The one script command accepted is the guest
+invoker (``vmbusops.sim.invoker``), the only way guest code runs.
 """
 
 from __future__ import annotations
