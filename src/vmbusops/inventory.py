@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from vmbusops.errors import ConfigError
 
-HOST_TRANSPORTS: Final = ("ssh", "winrm", "sim", "local", "pwsh")
+HOST_TRANSPORTS: Final = ("ssh", "winrm", "sim", "local", "pwsh", "pwsh-lab")
 HOST_KEYS: Final = frozenset(
     {
         "transport", "address", "credential", "known_hosts", "known_host_key", "identity_file",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import sys
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -240,3 +241,30 @@ async def test_the_password_crosses_the_wire_only_as_an_encrypted_secure_string(
         assert base64.b64encode(secret.encode(encoding)) not in wire
     assert b"<SS" in wire, "the credential was not sent as a SecureString"
     assert b"PublicKey" in wire, "no session key exchange happened"
+
+
+async def test_every_pipeline_is_closed_on_the_wire(make_lab: Callable[..., Any]) -> None:
+    # A finished pipeline's Close is not awaited: it rides with the next write (usually the next
+    # pipeline's Command). It must still go out, once per pipeline, and the pool's Close last.
+    lab = make_lab()
+    recorder: RecordingTransport | None = None
+
+    async def connect(nursery: trio.Nursery) -> Transport:
+        nonlocal recorder
+        recorder = RecordingTransport(await ProcessTransport.start(simulator_argv(lab=str(lab.path)), nursery=nursery))
+        return recorder
+
+    ids = []
+    async with open_runspace_pool(connect) as pool:
+        for _ in range(20):
+            async with pool.invoke([[Command("Get-VM", {"Name": "web01"})]]) as pipe:
+                ids.append(pipe.id)
+                await pipe.collect()
+    assert recorder is not None
+    reader = PacketReader()
+    reader.feed(bytes(recorder.sent))
+    packets = list(reader)
+    closes = [p.guid for p in packets if p.kind is PacketKind.CLOSE]
+    assert closes[:-1] == ids
+    assert closes[-1] == uuid.UUID(int=0)
+    assert packets[-1].kind is PacketKind.CLOSE

@@ -9,6 +9,7 @@ client's host-call table and echo rule, so a case reads as the caller's record s
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,13 @@ from xml.etree import ElementTree
 
 import psrpcore
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psrpcore.types import PSRPMessageType
+from psrpcore.types._serializer import _serialize_string
 
 from vmbusops.psrp.convert import record_from_event
-from vmbusops.psrp.decode import fast_decode
+from vmbusops.psrp.decode import fast_decode, fast_host_line
 from vmbusops.psrp.hostcalls import EchoFilter, HostCallAction, action_of, record_from_host_call
 from vmbusops.records import (
     ErrorRecord,
@@ -251,3 +255,65 @@ def test_guest_throw_reports_the_guest_exception_type() -> None:
     assert (error.message, error.fqid) == ("guest kaboom", "guest kaboom")
     assert error.exception_type == "System.Management.Automation.RuntimeException"
     assert error.script_line_number == 1
+
+
+# -- host calls on the fast path ---------------------------------------------------------------------
+
+HOST_CALLS = [m for m in MESSAGES if m["type"] == "PipelineHostCall"]
+
+
+@pytest.mark.parametrize("index", range(len(HOST_CALLS)))
+def test_fast_host_lines_equal_psrpcore(index: int) -> None:
+    message = HOST_CALLS[index]
+    event = psrpcore_event(PSRPMessageType.PipelineHostCall, message["clixml"])
+    fast = fast_host_line(message["clixml"].encode("utf-8"))
+    if fast is None:
+        # Only calls with other arguments (colours, a progress record, an exit code) go slow.
+        assert [type(p) for p in event.method_parameters] != [psrpcore.types.PSString] or event.ci != -100
+        return
+    method, text = fast
+    assert method is event.method_identifier
+    assert record_from_host_call(method, [text]) == record_from_host_call(method, event.method_parameters)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.one_of(st.characters(codec="utf-8"), st.sampled_from("<>&\r\n_x000D__x_\u5f00")), max_size=60))
+def test_fast_host_lines_equal_psrpcore_for_any_text(line: str) -> None:
+    recorded = next(m["clixml"] for m in HOST_CALLS if "WriteVerboseLine" in m["clixml"])
+    clixml = re.sub(r"<S>[^<]*</S>", lambda _: f"<S>{xml_text(_serialize_string(line))}</S>", recorded)
+    event = psrpcore_event(PSRPMessageType.PipelineHostCall, clixml)
+    fast = fast_host_line(clixml.encode("utf-8"))
+    if fast is not None:
+        assert record_from_host_call(*fast[:1], [fast[1]]) == record_from_host_call(
+            event.method_identifier, event.method_parameters
+        )
+
+
+def xml_text(value: str) -> str:
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+ERROR_MESSAGES = [
+    m for m in MESSAGES if m["type"] == "ErrorRecord" or (m["type"] == "PipelineState" and "ErrorRecord" in m["clixml"])
+]
+_TEXT_PROPERTY = re.compile(
+    r'<S N="(FullyQualifiedErrorId|TargetObject|Message|ErrorCategory_Reason|MyCommand|PositionMessage)">[^<]*</S>'
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    index=st.integers(0, len(ERROR_MESSAGES) - 1),
+    value=st.text(alphabet=st.one_of(st.characters(codec="utf-8"), st.sampled_from("<>&\r\n_x000A__x_\u5f00")), max_size=40),
+)
+def test_recorded_error_records_with_any_text_decode_equal_both_ways(index: int, value: str) -> None:
+    # Every text property of a real error record (a guest's included) replaced with hostile text.
+    message = ERROR_MESSAGES[index]
+    kind = PSRPMessageType[message["type"]]
+    escaped = xml_text(_serialize_string(value))
+    clixml = _TEXT_PROPERTY.sub(lambda m: f'<S N="{m.group(1)}">{escaped}</S>', message["clixml"])
+    slow = record_from_event(psrpcore_event(kind, clixml))
+    fast = fast_decode(kind, clixml.encode("utf-8"))
+    assert fast is None or fast == slow
+    if "\r" not in value and not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]", value):
+        assert fast is not None, "a real error record fell back to psrpcore"

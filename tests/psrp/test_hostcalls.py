@@ -63,7 +63,10 @@ def test_a_call_echoes_only_the_record_right_before_it() -> None:
     assert isinstance(host_line, InformationRecord)
     echoes.saw_record(host_line)
     assert echoes.is_echo(record_from_host_call(Method.WriteLine3, [ConsoleColor.Red, ConsoleColor.Black, "hi"]))
-    echoes.saw_record(InformationRecord(message_data="hi", tags=("t",)))  # Write-Information: no echo
+    # Write-Information -InformationAction Continue: the record, then a host line with its text.
+    echoes.saw_record(InformationRecord(message_data="hi", tags=("t",)))
+    assert echoes.is_echo(host_line)
+    echoes.saw_record(InformationRecord(message_data="other", tags=("t",)))
     assert not echoes.is_echo(host_line)
     echoes.saw_record(ErrorRecord(message="e"))
     assert not echoes.is_echo(ErrorRecord(message="e"))  # WriteErrorLine never echoes Write-Error

@@ -15,7 +15,7 @@ import trio
 from pwsh_pool import SharedPool, shared_pool_fixture
 
 from vmbusops.psrp.client import Command, RunspacePool
-from vmbusops.records import OutputRecord, PipelineState, PipelineStateRecord, Record
+from vmbusops.records import ErrorRecord, OutputRecord, PipelineState, PipelineStateRecord, Record
 
 pytestmark = pytest.mark.pwsh
 
@@ -355,3 +355,95 @@ async def test_a_server_killed_mid_pipeline_is_a_clear_error(pwsh_path: str) -> 
     with trio.fail_after(30), pytest.raises(HostProcessExitedError) as info:
         await kill_mid_pipeline()
     assert "closed its output" in str(info.value)
+
+
+async def test_what_pwsh_sends_now_decodes_equal_both_ways(pwsh_path: str) -> None:
+    # The recorded fixtures' cases, live: every record message the installed pwsh sends decodes
+    # on the fast path, equal to psrpcore's generic path, and every host call the client turns
+    # into a record matches psrpcore's reading of it.
+    import sys
+    import uuid
+    from xml.etree import ElementTree
+
+    import psrpcore
+    from psrpcore.types import PSRPMessageType
+
+    from vmbusops.psrp.convert import record_from_event
+    from vmbusops.psrp.decode import fast_decode, fast_host_line
+    from vmbusops.psrp.hostcalls import record_from_host_call
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    import record_pwsh
+
+    # Each guest case starts a child pwsh; two of them cover the guest's shapes (streams, the
+    # remoting error record) and keep this test's time modest. The fixtures hold all of them.
+    cases = {k: v for k, v in record_pwsh.CASES.items() if not k.startswith("guest_") or k in ("guest_streams", "guest_errors")}
+    with trio.fail_after(60):
+        messages = await record_pwsh.record(pwsh_path, cases)
+    checked = 0
+    for message in messages:
+        kind = PSRPMessageType[message["type"]]
+        clixml = message["clixml"]
+        obj = psrpcore.types.deserialize(ElementTree.fromstring(clixml), cipher=psrpcore.PSRemotingCrypto())
+        event = psrpcore.PSRPEvent.create(kind, obj, uuid.uuid4(), uuid.uuid4())
+        if kind is PSRPMessageType.PipelineHostCall:
+            line = fast_host_line(clixml.encode("utf-8"))
+            if line is not None:
+                assert record_from_host_call(line[0], [line[1]]) == record_from_host_call(
+                    event.method_identifier, event.method_parameters
+                )
+            continue
+        slow = record_from_event(event)
+        if slow is None:
+            continue
+        assert fast_decode(kind, clixml.encode("utf-8")) == slow, message["case"]
+        checked += 1
+    assert {m["case"] for m in messages} == set(cases)
+    assert checked >= 25
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Write-Verbose ('x' * 300) -Verbose", [("verbose", "x" * 300)]),  # wider than the buffer
+        ("Write-Warning \"multi`nline\"", [("warning", "multi\nline")]),
+        ("Write-Verbose \"cr`r`nlf <&>\" -Verbose", [("verbose", "cr\r\nlf <&>")]),
+        ("Write-Host 'nn' -NoNewline; Write-Host 'nn'", [("information", "nn"), ("information", "nn")]),
+        ("Write-Verbose 'same' -Verbose; $Host.UI.WriteVerboseLine('same')", [("verbose", "same"), ("verbose", "same")]),
+        ("Write-Information 'i' -InformationAction Continue", [("information", "i")]),
+    ],
+)
+async def test_echo_edge_cases_arrive_once(shared: SharedPool, text: str, expected: list[tuple[str, str]]) -> None:
+    from vmbusops.records import display_text
+
+    records = await shared.run(lambda pool: pool.run(script(text)))
+    assert [(r.stream.value, display_text(r)) for r in records[:-1]] == expected
+
+
+@pytest.mark.parametrize("by_id", [False, True])
+async def test_the_guest_invoker_binds_as_a_templated_script_command(shared: SharedPool, by_id: bool) -> None:
+    # The product's main script command, with every parameter it takes, sent twice (template
+    # built, then filled): PowerShell's binder accepts it and it gets as far as Invoke-Command
+    # -VMName, which on Linux has no Hyper-V module. A binding error would name a parameter.
+    from vmbusops.credentials import GuestCredential, Secret
+    from vmbusops.guestops.invoker import invoker_command
+
+    async def body(pool: RunspacePool) -> list[list[Record]]:
+        runs = []
+        for run in range(2):
+            command = invoker_command(
+                vm="web01",
+                vm_id="6e0c2a3b-1111-2222-3333-444455556666" if by_id else None,
+                steps=[(0, "Write-Output $args[0]")],
+                credential=GuestCredential("admin", Secret("not-a-real-password")),
+                arguments=[f"arg{run}", 7],
+                run_id=f"run{run}",
+            )
+            runs.append(await pool.run([[command]]))
+        return runs
+
+    for records in await shared.run(body):
+        errors = [r for r in records if isinstance(r, ErrorRecord)]
+        assert [(e.fqid, e.activity) for e in errors] == [
+            ("HyperVModuleNotAvailable,Microsoft.PowerShell.Commands.InvokeCommandCommand", "Invoke-Command")
+        ], errors

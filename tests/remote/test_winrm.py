@@ -80,7 +80,7 @@ async def test_host_operations_and_live_records_over_encrypted_winrm(
     assert [r.value for r in records if isinstance(r, OutputRecord)] == ["first", "second"]
     assert any(isinstance(r, VerboseRecord) and r.message == "v" for r in records)
     assert any(isinstance(r, WarningRecord) and r.message == "w" for r in records)
-    assert records[-1] == PipelineStateRecord(state=PipelineState.COMPLETED)
+    assert records[-1] == PipelineStateRecord(state=PipelineState.COMPLETED, exit_code=0)
     first = next(t for t, r in arrivals if isinstance(r, OutputRecord))
     assert arrivals[-1][0] - first >= 0.5, "records were held back until the pipeline ended"
     # Every SOAP message crossed the wire encrypted; neither the password nor a command is visible.

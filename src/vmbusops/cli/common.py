@@ -17,6 +17,8 @@ from vmbusops.errors import CredentialStoreError, VmbusOpsError
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_SIM_CREDENTIAL = "lab-admin"
+#: Host kinds whose guests are the simulator's lab (its credentials resolve ``lab-admin``).
+LAB_HOST_KINDS = ("sim", "pwsh-lab")
 
 
 def host_option(fn: F) -> F:
@@ -25,15 +27,15 @@ def host_option(fn: F) -> F:
         "host",
         metavar="HOST",
         default=None,
-        help="sim (the embedded simulated host, default), local (powershell.exe on this Hyper-V host) "
-        "or pwsh; default from $VMBUSOPS_HOST or config.toml.",
+        help="sim (the embedded simulated host, default), local (powershell.exe on this Hyper-V host), "
+        "pwsh, or pwsh-lab (the lab on real PowerShell 7); default from $VMBUSOPS_HOST or config.toml.",
     )(fn)
 
 
 def resolve_credential(reference: str | None, config: Config, host: str | None) -> GuestCredential:
     """The guest credential for a reference: the encrypted store first, then (simulator) the lab's."""
     kind = host or config.host
-    name = reference or (DEFAULT_SIM_CREDENTIAL if kind == "sim" else None)
+    name = reference or (DEFAULT_SIM_CREDENTIAL if kind in LAB_HOST_KINDS else None)
     if name is None:
         raise CredentialStoreError(
             "no guest credential given",
@@ -43,7 +45,7 @@ def resolve_credential(reference: str | None, config: Config, host: str | None) 
     try:
         return store.get(name)
     except CredentialStoreError:
-        if kind != "sim":
+        if kind not in LAB_HOST_KINDS:
             raise
     cred = lab_credential(name, config)
     if cred is None:

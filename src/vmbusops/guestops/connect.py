@@ -1,12 +1,15 @@
-"""Opening a Hyper-V host by name: ``sim``, ``local`` or ``pwsh``.
+"""Opening a Hyper-V host by name: ``sim``, ``local``, ``pwsh`` or ``pwsh-lab``.
 
 ``sim`` starts the simulated Hyper-V host as a child process; ``local`` starts Windows
-PowerShell 5.1 in server mode on this Hyper-V host; ``pwsh`` starts PowerShell 7 in server mode.
-All three speak the same OutOfProc PSRP to the same client code.
+PowerShell 5.1 in server mode on this Hyper-V host; ``pwsh`` starts PowerShell 7 in server mode;
+``pwsh-lab`` starts PowerShell 7 with the lab's Hyper-V module over the simulator's lab and state
+(:mod:`vmbusops.pwshlab`). All of them speak the same OutOfProc PSRP to the same client code.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,9 +19,16 @@ from vmbusops.config import Config, load_config
 from vmbusops.errors import ConfigError
 from vmbusops.guestops.host import HyperVHost
 from vmbusops.psrp.client import open_runspace_pool
-from vmbusops.psrp.transport import POWERSHELL_ARGV, PWSH_ARGV, ProcessTransport, Transport, simulator_argv
+from vmbusops.psrp.transport import (
+    POWERSHELL_ARGV,
+    PWSH_ARGV,
+    ProcessTransport,
+    Transport,
+    require_pwsh,
+    simulator_argv,
+)
 
-HOST_KINDS = ("sim", "local", "pwsh")
+HOST_KINDS = ("sim", "local", "pwsh", "pwsh-lab")
 
 
 def host_argv(kind: str, config: Config) -> tuple[str, ...]:
@@ -27,11 +37,26 @@ def host_argv(kind: str, config: Config) -> tuple[str, ...]:
     if kind == "local":
         return POWERSHELL_ARGV
     if kind == "pwsh":
-        return PWSH_ARGV
+        return (require_pwsh(), *PWSH_ARGV[1:])
+    if kind == "pwsh-lab":
+        from vmbusops.pwshlab import lab_argv
+
+        return lab_argv(require_pwsh())
     raise ConfigError(
         f"unknown host {kind!r}",
         hint=f"use one of: {', '.join(HOST_KINDS)} (or set VMBUSOPS_HOST)",
     )
+
+
+def host_environment(kind: str, config: Config) -> dict[str, str] | None:
+    """What the host process needs on top of the agent's environment (``pwsh-lab`` only)."""
+    if kind != "pwsh-lab":
+        return None
+    from vmbusops.pwshlab import lab_environment
+    from vmbusops.sim import default_state_dir
+
+    # labctl runs with this interpreter, so the lab module uses the agent's own vmbusops.
+    return lab_environment(python=sys.executable, state_dir=default_state_dir(), lab=config.lab, inherited=os.environ)
 
 
 @asynccontextmanager
@@ -56,9 +81,10 @@ async def open_host(
             yield remote
         return
     argv = host_argv(local, config)
+    env = host_environment(local, config)
 
     async def connect(nursery: trio.Nursery) -> Transport:
-        return await ProcessTransport.start(argv, nursery=nursery)
+        return await ProcessTransport.start(argv, env=env, nursery=nursery)
 
     async with open_runspace_pool(connect, max_runspaces=max_runspaces or config.max_runspaces) as pool:
         yield HyperVHost(pool)

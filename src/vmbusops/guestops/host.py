@@ -30,7 +30,7 @@ from vmbusops.errors import (
     VMNotRunningError,
 )
 from vmbusops.guestops.classify import classify
-from vmbusops.guestops.invoker import invoker_command, parse_marker
+from vmbusops.guestops.invoker import INVOKER_FUNCTION, invoker_command, parse_marker
 from vmbusops.psrp.client import Command
 from vmbusops.psrp.session import HostSession, RecordStream
 from vmbusops.records import (
@@ -173,6 +173,21 @@ class HyperVHost:
         if first_error is not None:
             raise classify(vm or "host", first_error)
         return values
+
+    async def choose_invoker(self) -> None:
+        """Use the endpoint's ``Invoke-VmbusOpsGuest`` function where it defines one.
+
+        A JEA endpoint (NoLanguage) refuses script commands, and its role capability defines the
+        invoker as a function of the same body (``host_agent/jea``); any other endpoint runs the
+        script command. One ``Get-Command`` when a remote host is opened tells them apart.
+        """
+        found = False
+        async with self.pool.invoke([[Command("Get-Command", {"Name": INVOKER_FUNCTION})]]) as pipe:
+            async for record in pipe:
+                if isinstance(record, OutputRecord) and isinstance(record.value, PSObjectValue):
+                    name = _str(record.value.get("Name"))
+                    found = found or (name or "").casefold() == INVOKER_FUNCTION.casefold()
+        self.invoker_as_function = found
 
     # -------------------------------------------------------------- VMs
     async def list_vms(self, names: Sequence[str] | None = None) -> list[VMInfo]:

@@ -10,6 +10,7 @@ import trio
 from vmbusops.config import Config
 from vmbusops.errors import VmbusOpsError
 from vmbusops.guestops.host import HOST_CMDLETS
+from vmbusops.guestops.invoker import INVOKER_FUNCTION
 from vmbusops.guestops.staging import STAGING_CMDLETS, STAGING_FUNCTIONS
 from vmbusops.psrp.client import Command
 from vmbusops.records import OutputRecord, PSObjectValue
@@ -61,8 +62,12 @@ async def check_host(name: str, config: Config, *, timeout: float = 30.0) -> Hos
     folded = {a.casefold() for a in allowed}
     # Over WinRM files are staged through the endpoint's functions; over SSH, by SFTP.
     required = REQUIRED_CMDLETS | STAGING_FUNCTIONS if transport == "winrm" else REQUIRED_CMDLETS
+    # Guest runs need the invoker: on the project's JEA endpoint (known by its staging
+    # functions) the role's function, since a NoLanguage endpoint refuses the script command.
+    if any(f.casefold() in folded for f in STAGING_FUNCTIONS):
+        required = required | {INVOKER_FUNCTION}
     missing = sorted(c for c in required if c.casefold() not in folded)
-    needed = {c.casefold() for c in REQUIRED_CMDLETS | STAGING_FUNCTIONS} | {"get-command"}
+    needed = {c.casefold() for c in REQUIRED_CMDLETS | STAGING_FUNCTIONS | {INVOKER_FUNCTION}} | {"get-command"}
     extra = sorted(a for a in allowed if a.casefold() not in needed)
     return HostReport(
         name, transport, address, True, time.monotonic() - start, tuple(sorted(allowed)), tuple(missing), tuple(extra)

@@ -79,12 +79,13 @@ async def open_ssh_host(
                 pool, stager=SftpStager(conn, staging_root or DEFAULT_STAGING_ROOT), address=target.url
             )
             try:
+                await host.choose_invoker()
                 yield host
             finally:
                 await host.aclose_staging()
 
 
-_LOCAL_KINDS = ("sim", "local", "pwsh")
+_LOCAL_KINDS = ("sim", "local", "pwsh", "pwsh-lab")
 
 
 def local_kind(name: str, config: Config) -> str | None:

@@ -54,6 +54,7 @@ async def open_winrm_target(
             pool, stager=PsrpStager(pool, staging_root or DEFAULT_STAGING_ROOT), address=target.url
         )
         try:
+            await host.choose_invoker()
             yield host
         finally:
             await host.aclose_staging()

@@ -61,6 +61,10 @@ answer (Get* of the host or its   getters from the HostDefaultData we declared a
 raw UI, GetBufferContents,        the others have no meaningful answer from an agent)
 GetRunspace, GetIsRunspacePushed)
 ================================  ===============================================================
+
+Measured on pwsh 7.6.9: ``$Host.UI.WriteInformation`` is no PSRP host method and reaches no
+client; ``EnterNestedPrompt`` and ``GetBufferContents`` are refused by PowerShell's server itself
+("Remote host method ... is not implemented") and never reach us either.
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ import psrpcore
 import trio
 from psrpcore._client import _ClientPipeline
 from psrpcore._payload import PSRPMessage, create_message
-from psrpcore.types import PSInvocationState, PSRPMessageType, RunspacePoolState
+from psrpcore.types import HostMethodIdentifier, PSInvocationState, PSRPMessageType, RunspacePoolState
 
 from vmbusops.credentials import GuestCredential
 from vmbusops.errors import (
@@ -89,7 +93,7 @@ from vmbusops.errors import (
     VmbusOpsError,
 )
 from vmbusops.psrp.convert import record_from_event
-from vmbusops.psrp.decode import fast_decode
+from vmbusops.psrp.decode import fast_decode, fast_host_line
 from vmbusops.psrp.encode import CreatePipelineEncoder, add_statements
 from vmbusops.psrp.framing import POOL_GUID, DataStream, Packet, PacketKind, PacketReader, encode
 from vmbusops.psrp.hostcalls import EchoFilter, HostCallAction, action_of, record_from_host_call, refusal
@@ -119,6 +123,15 @@ _FAST_TYPES = frozenset(
         PSRPMessageType.ProgressRecord,
     }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _HostLineEvent:
+    """What the pool's message hook returns for a void one-string host call decoded fast."""
+
+    pipeline_id: uuid.UUID
+    method: HostMethodIdentifier
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +207,11 @@ class _ClientPool(psrpcore.ClientRunspacePool):
             record = fast_decode(message_type, body)
             if record is not None:
                 return _RecordEvent(pipeline_id, record)
+        elif message_type is PSRPMessageType.PipelineHostCall and pipeline_id is not None:
+            # Void (ci -100): psrpcore keeps no state for it, so it need not see it.
+            line = fast_host_line(body)
+            if line is not None:
+                return _HostLineEvent(pipeline_id, *line)
         elif message_type is PSRPMessageType.PipelineState and pipeline_id in self.pipeline_table:
             state = fast_decode(message_type, body)
             if isinstance(state, PipelineStateRecord):
@@ -357,6 +375,7 @@ class RunspacePool:
         self._pipelines: dict[uuid.UUID, Pipeline] = {}
         self._ack_waiters: dict[tuple[PacketKind, uuid.UUID], trio.Event] = {}
         self._control_lock = trio.Lock()
+        self._deferred = bytearray()
         self._writer_wakeup = trio.Event()
         self._outbox: dict[uuid.UUID, deque[psrpcore.PSRPPayload]] = {}
         self._in_flight: set[uuid.UUID] = set()
@@ -463,6 +482,12 @@ class RunspacePool:
             else:
                 await pipe._deliver(event.record)
             return
+        if isinstance(event, _HostLineEvent):
+            pipe = self._pipelines.get(event.pipeline_id)
+            record = record_from_host_call(event.method, [event.text])
+            if pipe is not None and record is not None and not pipe._echoes.is_echo(record):
+                await pipe._deliver(record)
+            return
         if isinstance(event, psrpcore.RunspacePoolStateEvent):
             if event.state == RunspacePoolState.Opened:
                 self._opened.set()
@@ -553,6 +578,8 @@ class RunspacePool:
                 await self._writer_wakeup.wait()
                 self._writer_wakeup = trio.Event()
                 self._raise_if_broken()
+                if self._deferred:
+                    await self._send_control_bytes(b"")
                 while (payload := self._pool.data_to_send(self._fragment_size)) is not None:
                     self._outbox.setdefault(payload.pipeline_id or POOL_GUID, deque()).append(payload)
                 for guid in [g for g, queue in self._outbox.items() if queue and g not in self._in_flight]:
@@ -579,16 +606,23 @@ class RunspacePool:
         self._ack_waiters[key] = event
         return event
 
-    async def _send_control(self, kind: PacketKind, guid: uuid.UUID) -> None:
+    def _defer_control(self, kind: PacketKind, guid: uuid.UUID) -> None:
+        """Queue a packet whose ack no one waits for; it rides with the next write."""
+        self._deferred += encode(Packet(kind=kind, guid=guid))
+        self._writer_wakeup.set()
+
+    async def _send_control_bytes(self, packet: bytes) -> None:
+        """Write ``packet`` after any deferred packets, in one write (a pipe write wakes the host)."""
         async with self._control_lock:
-            await self._transport.send_all(encode(Packet(kind=kind, guid=guid)))
+            data, self._deferred = bytes(self._deferred) + packet, bytearray()
+            if data:
+                await self._transport.send_all(data)
 
     async def _control(self, kind: PacketKind, guid: uuid.UUID) -> None:
         """Send Command, Signal or Close and wait for its ack."""
         self._raise_if_broken()
-        async with self._control_lock:
-            ack = self._expect_ack(kind.ack, guid)
-            await self._transport.send_all(encode(Packet(kind=kind, guid=guid)))
+        ack = self._expect_ack(kind.ack, guid)
+        await self._send_control_bytes(encode(Packet(kind=kind, guid=guid)))
         await ack.wait()
         self._raise_if_broken()
 
@@ -673,9 +707,8 @@ class RunspacePool:
             # Data handled before its Command has registered the pipeline's transport is acked
             # and dropped, and the pipeline never answers. PowerShell's own client waits too.
             self._raise_if_broken()
-            async with self._control_lock:
-                command_ack = self._expect_ack(PacketKind.COMMAND_ACK, pipe.id)
-                await self._transport.send_all(encode(Packet(kind=PacketKind.COMMAND, guid=pipe.id)))
+            command_ack = self._expect_ack(PacketKind.COMMAND_ACK, pipe.id)
+            await self._send_control_bytes(encode(Packet(kind=PacketKind.COMMAND, guid=pipe.id)))
             pipe._command_sent = True
             await command_ack.wait()
             self._raise_if_broken()
@@ -718,7 +751,7 @@ class RunspacePool:
             if pipe._command_sent and not self.broken:
                 # The pipeline has ended; its CloseAck carries nothing the caller needs, so the
                 # caller does not wait a round trip for it (the reader takes it when it comes).
-                await self._send_control(PacketKind.CLOSE, pipe.id)
+                self._defer_control(PacketKind.CLOSE, pipe.id)
         except VmbusOpsError:
             pass  # the pool is broken; every caller already sees that error
         finally:

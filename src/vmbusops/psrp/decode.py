@@ -37,7 +37,13 @@ import re
 from collections.abc import Callable
 from xml.etree import ElementTree
 
-from psrpcore.types import ErrorCategory, ProgressRecordType, PSCustomObject, PSRPMessageType
+from psrpcore.types import (
+    ErrorCategory,
+    HostMethodIdentifier,
+    ProgressRecordType,
+    PSCustomObject,
+    PSRPMessageType,
+)
 from psrpcore.types._base import TypeRegistry
 
 from vmbusops.psrp.convert import TERMINAL_STATES, enum_text, offset_text, strip_deserialized
@@ -57,7 +63,7 @@ from vmbusops.records import (
     value_display,
 )
 
-__all__ = ["clixml_unescape", "fast_decode"]
+__all__ = ["clixml_unescape", "fast_decode", "fast_host_line"]
 
 
 class _Fallback(Exception):
@@ -665,3 +671,42 @@ _DECODERS: dict[PSRPMessageType, Callable[[bytes], Record | None]] = {
     PSRPMessageType.ProgressRecord: _decode_progress,
     PSRPMessageType.PipelineState: _decode_pipeline_state,
 }
+
+
+# -- host calls ---------------------------------------------------------------------------------
+
+# A void host call (ci -100) with one string argument: WriteVerboseLine and its kin, as PowerShell
+# writes them. With a UI declared every verbose, warning and debug line comes as a record and
+# again as one of these; psrpcore's generic deserializer would cost more than the record itself.
+_HOST_LINE = re.compile(
+    r'<Obj RefId="0"><MS><I64 N="ci">-100</I64><Obj N="mi" RefId="1"><TN RefId="0">'
+    r"<T>System\.Management\.Automation\.Remoting\.RemoteHostMethodId</T><T>System\.Enum</T>"
+    r"<T>System\.ValueType</T><T>System\.Object</T></TN><ToString>[A-Za-z0-9]*</ToString>"
+    r'<I32>([0-9]+)</I32></Obj><Obj N="mp" RefId="2"><TN RefId="1"><T>System\.Collections\.ArrayList</T>'
+    r"<T>System\.Object</T></TN><LST>(?:<S>([^<]*)</S>|<S ?/>)</LST></Obj></MS></Obj>"
+)
+_HOST_LINE_METHODS = {
+    int(m): m
+    for m in (
+        HostMethodIdentifier.WriteVerboseLine,
+        HostMethodIdentifier.WriteWarningLine,
+        HostMethodIdentifier.WriteDebugLine,
+        HostMethodIdentifier.WriteErrorLine,
+        HostMethodIdentifier.WriteLine2,
+        HostMethodIdentifier.Write1,
+    )
+}
+
+
+def fast_host_line(data: bytes) -> tuple[HostMethodIdentifier, str] | None:
+    """``(method, text)`` of a void one-string host call message, or ``None`` for psrpcore's path."""
+    m = _HOST_LINE.fullmatch(_document(data))
+    if m is None:
+        return None
+    method = _HOST_LINE_METHODS.get(int(m.group(1)))
+    if method is None:
+        return None
+    try:
+        return method, _slot_text(m.group(2) or "")
+    except _Fallback:
+        return None

@@ -11,9 +11,10 @@ Measured against pwsh 7.6.9: whenever PowerShell writes a verbose, warning, debu
 record, or a Write-Host line, it sends the record first and the matching host call right after
 it, in the same pipeline (``InternalHostUserInterface.Write*Record`` writes the record's buffer,
 then calls the host) - in our own pipeline and for a guest's records relayed by Invoke-Command
-alike. Write-Error and Write-Information send the record only. A script that writes to
-``$Host.UI`` itself (``$Host.UI.WriteLine``, ``WriteVerboseLine``, ``WriteErrorLine``,
-``Out-Host``) sends the host call only. So a ``Write*`` host call is an *echo* when the
+alike, and so does Write-Information when its action is Continue. Write-Error and
+Write-Information (by default) send the record only. ``$Host.UI.WriteVerboseLine`` (and its
+warning and debug kin) sends both, like Write-Verbose; ``$Host.UI.WriteLine``, ``Write``,
+``WriteErrorLine`` and ``Out-Host`` send the host call only. So a ``Write*`` host call is an *echo* when the
 message just before it in its pipeline is the same record; :class:`EchoFilter` drops echoes and
 every other ``Write*`` call becomes the matching record: each line reaches the caller once.
 
@@ -40,6 +41,7 @@ from vmbusops.records import (
     Record,
     VerboseRecord,
     WarningRecord,
+    value_display,
 )
 
 __all__ = ["HOST_INFORMATION_TYPES", "EchoFilter", "HostCallAction", "action_of", "record_from_host_call", "refusal"]
@@ -184,13 +186,16 @@ class EchoFilter:
         if isinstance(record, ProgressRecord):
             return record == last
         if isinstance(record, InformationRecord) and isinstance(last, InformationRecord):
-            return _HOST_TAG in last.tags and _host_text(last) == _host_text(record)
+            # Write-Host's record (a HostInformationMessage), or Write-Information's when its
+            # action is Continue: the host call writes the record's text.
+            return _host_text(last) == _host_text(record)
         return False
 
 
-def _host_text(record: InformationRecord) -> str | None:
+def _host_text(record: InformationRecord) -> str:
     data = record.message_data
-    if isinstance(data, PSObjectValue):
+    # A guest's arrives as Deserialized.System.Management.Automation.HostInformationMessage.
+    if isinstance(data, PSObjectValue) and data.type_names and data.type_names[0].endswith(HOST_INFORMATION_TYPES[0]):
         message = data.get("Message")
-        return message if isinstance(message, str) else None
-    return data if isinstance(data, str) else None
+        return message if isinstance(message, str) else value_display(message)
+    return value_display(data)

@@ -9,18 +9,54 @@ an SSH channel to the host's ``powershell`` subsystem is another.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 
 from vmbusops.errors import ConfigError, HostProcessExitedError, TransportError
 
-POWERSHELL_ARGV = ("powershell.exe", "-Version", "5.1", "-NoLogo", "-NoProfile", "-ServerMode")
+# No -Version: on powershell.exe it asks for an older engine (-Version 2 loads PowerShell 2.0
+# semantics) and is not how a 5.1 host is started; powershell.exe is Windows PowerShell 5.1.
+POWERSHELL_ARGV = ("powershell.exe", "-NoLogo", "-NoProfile", "-ServerMode")
 PWSH_ARGV = ("pwsh", "-NoLogo", "-NoProfile", "-ServerMode")
+#: Where to look for PowerShell 7 first (an executable path).
+ENV_PWSH = "VMBUSOPS_PWSH"
+
+
+def find_pwsh() -> str | None:
+    """The PowerShell 7 to use: $VMBUSOPS_PWSH, ``pwsh`` on PATH, or ../shared/pwsh/pwsh beside the checkout.
+
+    The same order as the test suite's and scripts/_bootstrap.sh's ``find_pwsh``.
+    """
+    explicit = os.environ.get(ENV_PWSH)
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    on_path = shutil.which("pwsh")
+    if on_path:
+        return on_path
+    # src/vmbusops/psrp/transport.py -> the checkout's parent folder.
+    staged = Path(__file__).resolve().parents[4] / "shared" / "pwsh" / "pwsh"
+    return str(staged) if os.access(staged, os.X_OK) else None
+
+
+def require_pwsh() -> str:
+    """:func:`find_pwsh`, or a one-line ConfigError saying where it looked."""
+    pwsh = find_pwsh()
+    if pwsh is None:
+        explicit = os.environ.get(ENV_PWSH)
+        raise ConfigError(
+            f"{ENV_PWSH}={explicit!r} is not an executable PowerShell 7"
+            if explicit
+            else "no PowerShell 7 found: not in $VMBUSOPS_PWSH, not on PATH as pwsh, not in ../shared/pwsh",
+            hint="install PowerShell 7 or set VMBUSOPS_PWSH to its pwsh",
+        )
+    return pwsh
 
 
 def simulator_argv(*, lab: str | None = None, state_dir: str | None = None) -> tuple[str, ...]:

@@ -125,8 +125,9 @@ _SPELLING = {
     "invoke-command": "Invoke-Command", "restart-vm": "Restart-VM", "start-vm": "Start-VM", "stop-vm": "Stop-VM",
     "get-filehash": "Get-FileHash", "get-command": "Get-Command",
     "write-vmbusopsstagedfile": "Write-VmbusOpsStagedFile", "remove-vmbusopsstagingfolder": "Remove-VmbusOpsStagingFolder",
+    "invoke-vmbusopsguest": "Invoke-VmbusOpsGuest",
 }
-_FUNCTIONS = frozenset({"write-vmbusopsstagedfile", "remove-vmbusopsstagingfolder"})
+_FUNCTIONS = frozenset({"write-vmbusopsstagedfile", "remove-vmbusopsstagingfolder", "invoke-vmbusopsguest"})
 
 
 def _spelled(name: str) -> str:

@@ -304,7 +304,8 @@ class HyperVHost:
 
         from vmbusops.sim.hostfiles import host_file_cmdlets
 
-        self._cmdlets.update(host_file_cmdlets(lambda: list(self._cmdlets)))
+        # Get-Command lists the invoker as a JEA role defines it: a function, called by name.
+        self._cmdlets.update(host_file_cmdlets(lambda: [*self._cmdlets, invoker.INVOKER_FUNCTION.casefold()]))
 
     @property
     def cmdlet_names(self) -> list[str]:

@@ -1,0 +1,392 @@
+"""``python -m vmbusops.pwshlab.labctl --state-dir DIR [--lab FILE]``: the lab's Hyper-V host, one request at a time.
+
+The lab module's PowerShell functions (``VmbusOpsLab.psm1``) leave every decision about VMs to
+this entry point, so that the ``pwsh-lab`` host and the simulator share one state directory, one
+set of rules and one set of error texts: it uses the simulator's own lab file reader, its
+:class:`~vmbusops.sim.state.HostStore` (the fcntl-locked ``state.json`` and the guests' ``C:``
+folders) and the error records of :mod:`vmbusops.sim.pserrors`.
+
+One request per process: a JSON object on stdin (``{"op": "get-vm", ...}``), one JSON object on
+stdout::
+
+    {"objects": [...], "errors": [{"message", "fqid", "category", "exception_type",
+     "target_name", "target_object", "activity"}], "warnings": ["..."], "guest": {...}}
+
+A request it cannot read, or a lab it cannot load, gives ``{"fatal": "..."}`` and exit code 2.
+Guest passwords arrive only in the stdin request (``open-guest``); nothing here prints them.
+The imports are kept to what the answer needs: this runs once per lab cmdlet call.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from vmbusops.errors import VmbusOpsError
+from vmbusops.sim import pserrors
+from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password, load_lab
+from vmbusops.sim.state import (
+    GUEST_SERVICE_INTERFACE,
+    INTEGRATION_SERVICES,
+    HostStore,
+    VMRuntime,
+    guest_path_to_host,
+    split_guest_path,
+)
+from vmbusops.sim.streams import SimError
+
+EXIT_FATAL = 2
+# A guest that hangs on restart never finishes booting (ten years is never, for a lab).
+_HUNG_BOOT_SECONDS = 10 * 365 * 86400.0
+
+
+class BadRequest(Exception):
+    """The request is not one this entry point answers."""
+
+
+class Answer:
+    """What one request produces: objects, non-terminating errors, warnings, a guest to open."""
+
+    def __init__(self) -> None:
+        self.objects: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
+        self.guest: dict[str, Any] | None = None
+
+    def error(self, error: SimError) -> None:
+        self.errors.append(
+            {
+                "message": error.message,
+                "fqid": error.fqid,
+                "category": error.category,
+                "exception_type": error.exception_type,
+                "target_name": error.target_name,
+                "target_object": None if error.target_object is None else str(error.target_object),
+                "activity": error.activity,
+            }
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"objects": self.objects, "errors": self.errors, "warnings": self.warnings}
+        if self.guest is not None:
+            body["guest"] = self.guest
+        return body
+
+
+def _names(request: dict[str, Any], key: str) -> list[str]:
+    value = request.get(key)
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def _wildcard_match(name: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(name.casefold(), pattern.casefold())
+
+
+def _has_wildcard(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+class LabHost:
+    """The host-level rules, as the simulator's ``HyperVHost`` applies them, over a JSON answer."""
+
+    def __init__(self, lab: Lab, store: HostStore, *, clock: Callable[[], float] = time.time) -> None:
+        self.lab = lab
+        self.store = store
+        self.clock = clock
+
+    def resolve(self, cmdlet: str, names: list[str], answer: Answer) -> list[VMSpec]:
+        """VMs matching names or wildcards, in lab order; an error for a plain name that matches none."""
+        if not names:
+            return list(self.lab.vms)
+        found: list[VMSpec] = []
+        for pattern in names:
+            hits = [vm for vm in self.lab.vms if _wildcard_match(vm.name, pattern)]
+            if not hits and not _has_wildcard(pattern):
+                answer.error(pserrors.vm_not_found(cmdlet, pattern))
+            found.extend(vm for vm in hits if vm not in found)
+        return found
+
+    def vm_object(self, spec: VMSpec, rt: VMRuntime, now: float) -> dict[str, Any]:
+        uptime = now - rt.running_since if rt.state is VMState.RUNNING and rt.running_since else 0.0
+        return {
+            "Name": spec.name,
+            "Id": spec.id,
+            "State": rt.state.value,
+            "Status": "Operating normally",
+            "Heartbeat": rt.heartbeat(spec, now),
+            "UptimeSeconds": int(max(0.0, uptime)),
+            "Notes": spec.notes,
+            "ComputerName": self.lab.host.name,
+            "Generation": 2,
+            "Version": "9.0",
+            "ProcessorCount": 2,
+            "GuestServiceInterfaceEnabled": bool(rt.service_enabled(GUEST_SERVICE_INTERFACE)),
+        }
+
+    # ---- cmdlets -------------------------------------------------------------------------
+
+    def get_vm(self, request: dict[str, Any], answer: Answer) -> None:
+        now = self.clock()
+        snapshot = self.store.snapshot()
+        ids = _names(request, "ids")
+        if ids:
+            specs = []
+            for vm_id in ids:
+                spec = self.lab.find_by_id(vm_id)
+                if spec is None:
+                    answer.error(pserrors.vm_id_not_found("Get-VM", vm_id))
+                else:
+                    specs.append(spec)
+        else:
+            specs = self.resolve("Get-VM", _names(request, "names"), answer)
+        answer.objects.extend(self.vm_object(spec, snapshot[spec.name.casefold()], now) for spec in specs)
+
+    def get_integration(self, request: dict[str, Any], answer: Answer) -> None:
+        now = self.clock()
+        wanted = _names(request, "names")
+        for spec in self.resolve("Get-VMIntegrationService", _names(request, "vm_names"), answer):
+            rt = self.store.runtime(spec)
+            for name, enabled in rt.integration:
+                if wanted and not any(_wildcard_match(name, w) for w in wanted):
+                    continue
+                primary = None if not enabled else "OK" if rt.booted(now) else "No Contact"
+                answer.objects.append(
+                    {
+                        "VMName": spec.name,
+                        "VMId": spec.id,
+                        "Name": name,
+                        "Enabled": enabled,
+                        "PrimaryStatusDescription": primary,
+                        "SecondaryStatusDescription": None,
+                    }
+                )
+
+    def set_integration(self, request: dict[str, Any], answer: Answer) -> None:
+        enabled = bool(request.get("enabled"))
+        cmdlet = "Enable-VMIntegrationService" if enabled else "Disable-VMIntegrationService"
+        services = _names(request, "names")
+        for spec in self.resolve(cmdlet, _names(request, "vm_names"), answer):
+            for service in services:
+                known = [s for s in INTEGRATION_SERVICES if _wildcard_match(s, service)]
+                if not known:
+                    answer.error(pserrors.integration_service_not_found(cmdlet, spec.name, service))
+                    continue
+                for name in known:
+                    self.store.update(
+                        spec, functools.partial(VMRuntime.with_integration, name=name, enabled=enabled)
+                    )
+
+    def copy(self, request: dict[str, Any], answer: Answer) -> None:
+        source = Path(str(request["source"]))
+        destination = str(request["destination"])
+        for spec in self.resolve("Copy-VMFile", _names(request, "names"), answer):
+            detail = self._copy_one(
+                spec, source, destination, bool(request.get("create_full_path")), bool(request.get("force"))
+            )
+            if detail is not None:
+                answer.error(pserrors.copy_failed(spec.name, detail))
+
+    def _copy_one(self, spec: VMSpec, source: Path, destination: str, full_path: bool, force: bool) -> str | None:
+        rt = self.store.runtime(spec)
+        if not rt.booted(self.clock()):
+            return pserrors.INVALID_STATE
+        if not rt.service_enabled(GUEST_SERVICE_INTERFACE):
+            # What Hyper-V reports when the Guest Service Interface is off.
+            return pserrors.FILE_EXISTS
+        if not source.is_file():
+            return pserrors.FILE_NOT_FOUND
+        root = self.store.guest_root(spec)
+        split = split_guest_path(destination)
+        if split is None or split[0] != "C":
+            return pserrors.PATH_NOT_FOUND
+        target = guest_path_to_host(root, destination)
+        assert target is not None
+        if target.is_dir():
+            target = target / source.name
+        if target.exists() and not force:
+            return pserrors.FILE_EXISTS
+        if not target.parent.is_dir():
+            if not full_path:
+                return pserrors.PATH_NOT_FOUND
+            target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        corrupt = spec.faults.corrupt_copies
+        if corrupt is not None and fnmatch.fnmatchcase(destination.casefold(), corrupt.casefold()):
+            with target.open("ab") as fh:
+                fh.write(b"\x00corrupted")
+        return None
+
+    def start(self, request: dict[str, Any], answer: Answer) -> None:
+        boot = self.lab.host.boot_seconds
+        for spec in self.resolve("Start-VM", _names(request, "names"), answer):
+            if self.store.runtime(spec).state is VMState.RUNNING:
+                answer.warnings.append(f"The virtual machine '{spec.name}' is already in the specified state.")
+                continue
+            self.store.update(spec, functools.partial(VMRuntime.started, now=self.clock(), boot_seconds=boot))
+
+    def stop(self, request: dict[str, Any], answer: Answer) -> None:
+        for spec in self.resolve("Stop-VM", _names(request, "names"), answer):
+            rt = self.store.runtime(spec)
+            if rt.state is VMState.OFF:
+                answer.warnings.append(f"The virtual machine '{spec.name}' is already in the specified state.")
+                continue
+            if request.get("save"):
+                self.store.update(spec, _saved)
+            else:
+                self.store.update(spec, VMRuntime.stopped)
+
+    def restart(self, request: dict[str, Any], answer: Answer) -> None:
+        boot = self.lab.host.boot_seconds
+        for spec in self.resolve("Restart-VM", _names(request, "names"), answer):
+            if self.store.runtime(spec).state is not VMState.RUNNING:
+                answer.error(pserrors.vm_state_change_failed("Restart-VM", spec.name))
+                continue
+            boot_for = _HUNG_BOOT_SECONDS if spec.faults.hang_on_restart else boot
+            self.store.update(spec, functools.partial(VMRuntime.started, now=self.clock(), boot_seconds=boot_for))
+            if request.get("wait"):
+                # -Wait returns once the guest heartbeats again.
+                time.sleep(boot)
+
+    def open_guest(self, request: dict[str, Any], answer: Answer) -> None:
+        """PowerShell Direct's checks before a session opens, in the simulator's order.
+
+        The VM exists, it is running, a session opens (``session_open_ms``), the guest has
+        booted, the session connects (the lab fault ``connect_fails``), the credential matches;
+        then the VM's ``latency_ms`` passes and ``guest`` says where its ``C:`` drive is and who
+        it is. The faults that break a session after N records are not modelled here.
+        """
+        if request.get("vm_id"):
+            vm_id = str(request["vm_id"])
+            spec = self.lab.find_by_id(vm_id)
+            if spec is None:
+                answer.error(pserrors.invoke_vm_id_not_found(vm_id))
+                return
+        else:
+            name = str(request.get("vm_name", ""))
+            spec = self.lab.find(name)
+            if spec is None:
+                answer.error(pserrors.invoke_vm_name_not_found(name))
+                return
+        rt = self.store.runtime(spec)
+        if rt.state is not VMState.RUNNING:
+            answer.error(pserrors.invoke_vm_not_running(spec.name))
+            return
+        if self.lab.host.session_open_ms:
+            time.sleep(self.lab.host.session_open_ms / 1000)
+            # The VM may have been stopped or restarted while the session opened.
+            rt = self.store.runtime(spec)
+        if not rt.booted(self.clock()):
+            answer.error(pserrors.remote_session_ended(spec.name))
+            return
+        if spec.faults.connect_fails:
+            answer.error(pserrors.session_connect_failed(spec.name))
+            return
+        user = str(request.get("user", ""))
+        if not _credential_matches(self.lab, spec, user, str(request.get("password", ""))):
+            answer.error(pserrors.credential_invalid(spec.name))
+            return
+        if spec.latency_ms:
+            time.sleep(spec.latency_ms / 1000)
+        answer.guest = {
+            "name": spec.name,
+            "id": spec.id,
+            "root": str(self.store.guest_root(spec) / "C"),
+            "computer_name": spec.guest_computer_name,
+            "user": spec.username,
+        }
+
+
+def _saved(rt: VMRuntime) -> VMRuntime:
+    return replace(rt, state=VMState.SAVED, running_since=None, boot_until=0.0)
+
+
+def _credential_matches(lab: Lab, spec: VMSpec, user: str, password: str) -> bool:
+    # Guests accept "user", ".\\user" and "COMPUTER\\user" for a local account.
+    domain, _, name = user.rpartition("\\")
+    if domain not in ("", ".") and domain.casefold() not in (
+        spec.guest_computer_name.casefold(),
+        spec.name.casefold(),
+    ):
+        return False
+    return name.casefold() == spec.username.casefold() and password == lab_password(lab, spec.name)
+
+
+OPERATIONS: dict[str, Callable[[LabHost, dict[str, Any], Answer], None]] = {
+    "get-vm": LabHost.get_vm,
+    "get-integration": LabHost.get_integration,
+    "set-integration": LabHost.set_integration,
+    "copy": LabHost.copy,
+    "start": LabHost.start,
+    "stop": LabHost.stop,
+    "restart": LabHost.restart,
+    "open-guest": LabHost.open_guest,
+}
+
+
+def answer_request(host: LabHost, request: dict[str, Any]) -> Answer:
+    op = request.get("op")
+    handler = OPERATIONS.get(str(op))
+    if handler is None:
+        raise BadRequest(f"unknown operation {op!r}")
+    answer = Answer()
+    try:
+        handler(host, request, answer)
+    except KeyError as exc:
+        raise BadRequest(f"{op}: missing {exc.args[0]!r}") from None
+    return answer
+
+
+def _parse_argv(argv: list[str]) -> tuple[Path, str | None]:
+    state_dir: Path | None = None
+    lab: str | None = None
+    it = iter(argv)
+    for arg in it:
+        if arg == "--state-dir":
+            state_dir = Path(next(it, ""))
+        elif arg == "--lab":
+            lab = next(it, "") or None
+        else:
+            raise BadRequest(f"unexpected argument {arg!r}")
+    if state_dir is None or not str(state_dir):
+        raise BadRequest("--state-dir is required")
+    return state_dir, lab
+
+
+def _read_request(data: bytes) -> dict[str, Any]:
+    request = json.loads(data)
+    if not isinstance(request, dict):
+        raise BadRequest("the request must be a JSON object")
+    return request
+
+
+def main(argv: list[str] | None = None) -> int:
+    out = sys.stdout
+    try:
+        state_dir, lab_path = _parse_argv(sys.argv[1:] if argv is None else argv)
+        request = _read_request(sys.stdin.buffer.read())
+        lab = load_lab(lab_path)
+        host = LabHost(lab, HostStore(lab, state_dir))
+        body = answer_request(host, request).to_json()
+        code = 0
+    except (BadRequest, VmbusOpsError, ValueError, OSError) as exc:
+        body = {"fatal": str(exc)}
+        code = EXIT_FATAL
+    out.write(json.dumps(body))
+    out.flush()
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

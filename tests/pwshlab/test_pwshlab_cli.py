@@ -1,0 +1,96 @@
+"""The command line with --host pwsh-lab: the whole product, each command its own real PowerShell."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomli_w
+from pwshlab_support import PwshLab
+
+from vmbusops.bundle.build import build_bundle, sign_bundle
+from vmbusops.bundle.crypto import PrivateKey
+from vmbusops.bundle.manifest import StepKind
+from vmbusops.bundle.paths import trust_policy_path
+from vmbusops.bundle.policy import Scope, TrustedKey, TrustPolicy, save_trust_policy
+
+pytestmark = pytest.mark.pwsh
+
+
+def vmbusops(command: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vmbusops", command, "--host", "pwsh-lab", *args],
+        capture_output=True, text=True, timeout=timeout, check=False, env=dict(os.environ),
+    )
+
+
+def test_vms_copy_and_exec_all(pwsh_lab: PwshLab, tmp_path: Path) -> None:
+    vms = vmbusops("vms", "--json")
+    assert vms.returncode == 0, vms.stderr
+    rows = {row["name"]: row for row in map(json.loads, vms.stdout.splitlines())}
+    assert (rows["legacy01"]["state"], rows["app01"]["guest_services"]) == ("Off", False)
+
+    payload = tmp_path / "motd.txt"
+    payload.write_text("managed over the VMBus\n", encoding="utf-8")
+    copied = vmbusops("copy", "--vm", "web02", str(payload), "C:\\ProgramData\\vmbusops\\motd.txt")
+    assert copied.returncode == 0, copied.stderr
+    assert pwsh_lab.guest_file("web02", "ProgramData", "vmbusops", "motd.txt").read_text(encoding="utf-8") == (
+        "managed over the VMBus\n"
+    )
+
+    # Every VM: records live as NDJSON, an exit code per VM from the guest invoker.
+    proc = vmbusops(
+        "exec", "--all", "--json", "--",
+        "Write-Output \"$(hostname) $env:TEMP\"; if ($env:COMPUTERNAME -eq 'WEB02') { exit 5 }",
+    )
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 1, proc.stderr  # legacy01 is off, web02 exits 5
+    by_vm: dict[str, list[dict[str, object]]] = {}
+    for line in lines:
+        by_vm.setdefault(str(line.get("vm")), []).append(line)
+    assert [m["value"] for m in by_vm["web01"] if m["stream"] == "output"] == ["WEB01-LAB C:\\Windows\\Temp"]
+    assert [m["value"] for m in by_vm["web02"] if m["stream"] == "output"] == ["WEB02 C:\\Windows\\Temp"]
+    for vm in ("web01", "web02", "app01"):
+        assert [m["seq"] for m in by_vm[vm]] == list(range(1, len(by_vm[vm]) + 1))
+    exit_codes = {vm: [m.get("exit_code") for m in mine if m["stream"] == "state"] for vm, mine in by_vm.items()}
+    assert exit_codes == {"web01": [0], "web02": [5], "app01": [0], "legacy01": [None]}
+    [refusal] = [m for m in by_vm["legacy01"] if m["stream"] == "error"]
+    assert refusal["message"] == "The virtual machine legacy01 is not in running state."
+    assert str(refusal["fqid"]).startswith("InvalidVMState,Microsoft.PowerShell.Commands.InvokeCommandCommand")
+    assert pwsh_lab.lab.credential("web01")[1] not in proc.stdout + proc.stderr
+
+
+def test_a_signed_bundle_runs_on_pwsh_lab(pwsh_lab: PwshLab, tmp_path: Path) -> None:
+    key = PrivateKey.generate()
+    scope = Scope(keys=(), vms=("web*",), credentials=("lab-admin",), steps=frozenset(StepKind), threshold=1)
+    save_trust_policy(TrustPolicy().with_key(TrustedKey(name="lab", public=key.public_key()), scope), trust_policy_path())
+    source = tmp_path / "bundle"
+    (source / "files").mkdir(parents=True)
+    (source / "files" / "setting.txt").write_text("setting=1\n", encoding="utf-8")
+    steps = [
+        {"name": "copy-setting", "kind": "copy", "source": "files/setting.txt",
+         "destination": "C:\\ProgramData\\app\\setting.txt"},
+        {"name": "install", "kind": "script", "allow_reboot": True, "max_reboots": 1,
+         "inline": "Get-Content -LiteralPath 'C:\\ProgramData\\app\\setting.txt'\nexit 3010"},
+        {"name": "reboot", "kind": "reboot"},
+        {"name": "ready", "kind": "wait-ready"},
+        {"name": "report", "kind": "script", "inline": "Write-Output \"up on $(hostname)\""},
+    ]
+    doc = {"name": "lab-run", "version": 1, "credential": "lab-admin", "targets": {"vms": ["web01"]}, "steps": steps}
+    (source / "bundle.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
+    bundle = tmp_path / "lab-run.vmb"
+    build_bundle(source, bundle)
+    sign_bundle(bundle, key)
+
+    run = vmbusops("run", str(bundle), "--json", timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    values = [line.get("value") for line in lines if line.get("stream") == "output"]
+    assert "setting=1" in values
+    assert "up on WEB01-LAB" in values
+    assert pwsh_lab.guest_file("web01", "ProgramData", "app", "setting.txt").is_file()
+    assert pwsh_lab.lab.credential("web01")[1] not in run.stdout + run.stderr
