@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 from psrpcore.types import PSInvocationState
 from sim_testclient import (
     INVOKER_SCRIPT,
@@ -16,6 +18,7 @@ from sim_testclient import (
     credential,
     invoker_params,
     run_in_guest,
+    start_in_guest,
     step_markers,
 )
 
@@ -347,3 +350,21 @@ async def test_silently_continue_still_counts_and_ignore_does_not(client: PSRPTe
     ignored = await run_in_guest(client, lab, "web01", "Get-Content C:\\nope -ErrorAction Ignore; 'after'")
     assert ignored.errors == []
     assert step_markers(ignored)[-1] == "vmbusops-step end 0 exit=0 errors=0"
+
+
+async def test_a_stopped_step_leaves_no_step_file(client: PSRPTestClient, lab: Lab, store: HostStore) -> None:
+    ps = await start_in_guest(client, lab, "web01", "Start-Sleep -Seconds 30", run_id="stopped")
+    spec = lab.find("web01")
+    assert spec is not None
+    folder = guest_path_to_host(store.guest_root(spec), STEP_FOLDER)
+    assert folder is not None
+    with trio.fail_after(5):
+        await client.wait_for(lambda: step_markers(client.result(ps)) == ["vmbusops-step begin 0"])
+        # Everything blocked: the step is in its Start-Sleep, its file written.
+        await trio.testing.wait_all_tasks_blocked()
+    assert [p.name for p in folder.iterdir()] == ["stopped-0.ps1"]
+    with trio.fail_after(5):
+        await client.stop(ps)
+        result = await client.wait(ps)
+    assert result.state == PSInvocationState.Stopped
+    assert list(folder.iterdir()) == []
