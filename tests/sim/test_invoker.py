@@ -368,3 +368,15 @@ async def test_a_stopped_step_leaves_no_step_file(client: PSRPTestClient, lab: L
         result = await client.wait(ps)
     assert result.state == PSInvocationState.Stopped
     assert list(folder.iterdir()) == []
+
+
+async def test_step_indices_convert_as_int32(client: PSRPTestClient, lab: Lab) -> None:
+    # PowerShell converts "3", 2.5 (to the even 2) and $true to Int32, and refuses what overflows.
+    result = await run_in_guest(client, lab, "web01", "'a'", "'b'", "'c'", indices=["3", 2.5, True])
+    assert [m.split()[2] for m in step_markers(result)] == ["3", "3", "2", "2", "1", "1"]
+    params = invoker_params(lab, "web01", "'a'", indices=[2**31])
+    refused = await client.run(INVOKER_SCRIPT, script=True, **params)
+    assert refused.state == PSInvocationState.Failed
+    assert str(refused.state_event.reason.Exception.Message).endswith(
+        'Error: "Value was either too large or too small for an Int32.""'
+    )

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import re
 import uuid
 from dataclasses import dataclass
@@ -225,6 +226,10 @@ def _to_int32(value: Any) -> tuple[int | None, str]:
         return int(value), ""
     if isinstance(value, int):
         number = value
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return None, "Value was either too large or too small for an Int32."
+        number = round(value)  # .NET rounds a double to the nearest even integer, as round() does
     elif isinstance(value, str):
         try:
             number = int(value.strip())
