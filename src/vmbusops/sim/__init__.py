@@ -83,7 +83,10 @@ Script blocks run through a small interpreter. Supported:
   Get-FileHash (SHA256 default; Algorithm, Hash, Path), Get-ChildItem, Get-HotFix,
   Set-Content (always UTF-8; ``-Encoding`` is accepted), Set-ExecutionPolicy (accepted, no effect:
   the simulated guest has no execution policy), Restart-Computer (the guest reboots; the script
-  ends there, even inside a called script file), ``hostname``.
+  ends there, even inside a called script file), ``hostname``, and one native command,
+  ``cmd.exe /c`` with ``echo TEXT``, ``echo TEXT 1>&2`` and ``exit /b N`` (stderr lines become
+  NativeCommandError records as Windows PowerShell 5.1's remoting makes them, terminating under
+  ``$ErrorActionPreference = 'Stop'``; the exit code sets ``$LASTEXITCODE``).
 
 Anything else (if/while/try/return, operators such as ``-eq``, method calls, hashtables, other cmdlets)
 is reported as an error record saying the simulator does not support it. Unknown commands get

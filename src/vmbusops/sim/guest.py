@@ -17,6 +17,7 @@ import abc
 import datetime
 import fnmatch
 import hashlib
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -1278,6 +1279,55 @@ class Hostname(Stage):
         await self.emit(self.session.spec.guest_computer_name)
 
 
+class CmdExe(Stage):
+    """``cmd.exe /c "..."``: a native command, as Windows PowerShell 5.1 remoting delivers one.
+
+    What it models is what native tools do to a PowerShell Direct session: stdout lines are output
+    strings; each stderr line becomes an error record (the first ``NativeCommandError``, the rest
+    ``NativeCommandErrorMessage``, exception RemoteException, target the line), which the script's
+    ``$ErrorActionPreference = 'Stop'`` makes terminating, as in Windows PowerShell 5.1 (PowerShell
+    7.2 and later leave native stderr alone); the exit code sets ``$LASTEXITCODE``. Of cmd's
+    language it runs ``echo TEXT``, ``echo TEXT 1>&2`` (or ``>&2``) and ``exit /b N``, joined with
+    ``&`` or ``&&``; anything else is refused as unsupported, never faked.
+    """
+
+    name = "cmd.exe"
+    fq_name = "cmd.exe"
+    params = (Param("Switch", 0), Param("Command", 1))
+
+    async def process(self, item: Any) -> None:
+        switch = to_text(self.bound.get("Switch") or "").casefold()
+        if switch not in ("/c", "/s"):
+            raise StatementError(pserrors.not_supported_in_guest(f"cmd.exe {switch or 'without /c'}"))
+        code, stderr_lines = 0, 0
+        # `&` joins commands, except where it is part of a redirection such as `1>&2`.
+        for part in re.split(r"(?<!>)&&?", to_text(self.bound.get("Command") or "")):
+            command = part.strip()
+            exited = re.fullmatch(r"exit\s+/b\s+(-?[0-9]+)", command, re.IGNORECASE)
+            if exited:
+                code = int(exited[1])
+                break
+            echo = re.fullmatch(r"echo\s+(.*?)\s*(1?>&2)?", command, re.IGNORECASE | re.DOTALL)
+            if echo is None:
+                raise StatementError(pserrors.not_supported_in_guest(f"the cmd.exe command {command!r}"))
+            if echo[2]:
+                stderr_lines += 1
+                self.streams.error(
+                    SimError(
+                        message=echo[1],
+                        fqid="NativeCommandError" if stderr_lines == 1 else "NativeCommandErrorMessage",
+                        category="NotSpecified",
+                        exception_type="System.Management.Automation.RemoteException",
+                        target_name=echo[1],
+                        target_object=echo[1],
+                    )
+                )
+            else:
+                await self.emit(echo[1])
+            await self.streams.checkpoint()
+        self.session.variables["lastexitcode"] = code
+
+
 CMDLETS: dict[str, type[Stage]] = {
     cls.name.casefold(): cls
     for cls in (
@@ -1301,6 +1351,7 @@ CMDLETS: dict[str, type[Stage]] = {
         RestartComputer,
         SetExecutionPolicy,
         Hostname,
+        CmdExe,
     )
 }
 for _alias, _target in {
@@ -1319,6 +1370,7 @@ for _alias, _target in {
     "dir": "get-childitem",
     "ls": "get-childitem",
     "hostname.exe": "hostname",
+    "cmd": "cmd.exe",
 }.items():
     CMDLETS[_alias] = CMDLETS[_target]
 
