@@ -73,6 +73,15 @@ GUEST_CASES: list[tuple[str, list[str], list[object]]] = [
     ("errors written count", ["Write-Error 'bad'; Write-Output after"], []),
     ("arguments", ["$args.Count; $args"], ["a", 2]),
     ("streams", ["Write-Warning 'w'; Write-Verbose 'v' -Verbose; Write-Information 'i'; 'o'"], []),
+    ("break and continue end only their step", ["'x'; break; 'y'", "1..3 | ForEach-Object { $_; continue }; 'z'", "'next'"], []),
+    ("a break inside a loop leaves the loop", ["foreach ($i in 1..3) { $i; break }; 'after-loop'"], []),
+    ("a bad parameter ends the step", ["Get-Content -Frob x; 'after'", "'never'"], []),
+    ("-ErrorAction Stop ends the step", ["Write-Error 'hard' -ErrorAction Stop; 'after'"], []),
+    ("$ErrorActionPreference Stop ends the step", ["$ErrorActionPreference = 'Stop'; Write-Error 'hard'; 'after'"], []),
+    ("SilentlyContinue hides but counts", ["Write-Error 'quiet' -ErrorAction SilentlyContinue; 'after'", "'never'"], []),
+    ("Ignore neither shows nor counts", ["Write-Error 'gone' -ErrorAction Ignore; 'after'", "'next'"], []),
+    ("a bare throw", ["throw"], []),
+    ("exit without a code", ["'a'; exit", "'next'"], []),
 ]
 
 
