@@ -36,7 +36,7 @@ from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.fanout import exec_in_guests
 from vmbusops.psrp.client import Command, open_runspace_pool
 from vmbusops.psrp.framing import PacketKind
-from vmbusops.psrp.transport import ProcessTransport, Transport
+from vmbusops.psrp.transport import ProcessTransport, Transport, find_pwsh
 from vmbusops.sim.lab import DEFAULT_USERNAME, lab_admin_password, load_lab
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,16 +118,6 @@ async def fan_out(vms: int, latency_ms: int, concurrency: int) -> tuple[float, f
         assert not failed, f"fan-out failures: {failed[:3]}"
         ideal = -(-vms // concurrency) * latency_ms / 1000
         return elapsed, ideal
-
-
-def find_pwsh() -> str | None:
-    """PowerShell 7 as the tests find it: $VMBUSOPS_PWSH, pwsh on PATH, or ../shared/pwsh."""
-    import shutil
-
-    for candidate in (os.environ.get("VMBUSOPS_PWSH"), shutil.which("pwsh"), str(ROOT.parent / "shared" / "pwsh" / "pwsh")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def pwsh_connect(pwsh: str) -> Callable[[trio.Nursery], Awaitable[Transport]]:

@@ -100,18 +100,10 @@ _PWSH_TESTS: dict[str, int] = {"ran": 0, "not_run": 0}
 
 
 def find_pwsh() -> str | None:
-    """The PowerShell 7 the real-PowerShell lane uses, or None."""
-    import os
-    import shutil
+    """The PowerShell 7 the real-PowerShell lane uses, or None (the product's own resolver)."""
+    from vmbusops.psrp.transport import find_pwsh as resolve
 
-    explicit = os.environ.get("VMBUSOPS_PWSH")
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    on_path = shutil.which("pwsh")
-    if on_path:
-        return on_path
-    staged = Path(__file__).resolve().parents[2] / "shared" / "pwsh" / "pwsh"
-    return str(staged) if os.access(staged, os.X_OK) else None
+    return resolve()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -10,16 +10,29 @@ Theory of operation
    pipeline holds many ``Copy-VMFile`` statements (one round trip for the batch) and several
    batches run at once on the runspace pool. A second ``Get-FileHash`` invocation then checks
    every copied file; a mismatch fails the step before anything is applied.
-3. *Apply.* ``Start-DscConfiguration -Path <staging> -Wait -Verbose -Force`` (``-UseExisting`` when
-   resuming) runs through the caller's :class:`GuestChannel`, which journals every record; the LCM
-   lines are parsed as they arrive and fold into :class:`~vmbusops.dsc.progress.ConfigurationProgress`.
-4. *Reboots.* When the LCM says a reboot is required and the step allows it, the VM is restarted
-   from the host (``Restart-VM``: no guest network or credential), the channel waits until the guest
-   is ready (bounded), and the configuration resumes with ``-UseExisting``, until it converges or
-   ``max_reboots`` is spent. ``Get-DscConfigurationStatus`` and ``Test-DscConfiguration -Detailed``
+3. *The LCM first.* An LCM runs operations of its own (it resumes a configuration after a reboot,
+   runs consistency checks) and refuses a new one meanwhile ("... method is in progress and must
+   return before ... can be invoked"). Before anything is sent to it, ``Get-DscLocalConfigurationManager``
+   is polled until ``LCMState`` leaves ``Busy``, within the step's timeout. A meta-configuration
+   (``localhost.meta.mof``) is then applied with ``Set-DscLocalConfigurationManager -Path <staging>``;
+   it is read here first, and one that lets the LCM restart the guest by itself
+   (``RebootNodeIfNeeded``) is refused unless the step allows reboots.
+4. *Apply.* ``Start-DscConfiguration -Path <staging> -Wait -Verbose -Force`` runs through the
+   caller's :class:`GuestChannel`, which journals every record; the LCM lines are parsed as they
+   arrive and fold into :class:`~vmbusops.dsc.progress.ConfigurationProgress`.
+5. *Reboots.* When the LCM says a reboot is required and the step allows it, the VM is restarted
+   from the host (``Restart-VM``: no guest network or credential) - or, with ``RebootNodeIfNeeded``,
+   the LCM restarts it and the step waits for that - and the channel waits until the guest is ready
+   (bounded). What happens next is the LCM's choice (``ActionAfterReboot``), so the step waits for
+   it to leave ``Busy`` and reads ``LCMState``: ``PendingConfiguration`` (StopConfiguration) is resumed
+   with ``Start-DscConfiguration -UseExisting``; ``PendingReboot`` means the resumed run asked for
+   another reboot; ``Idle`` means the LCM resumed by itself (ContinueConfiguration, the default),
+   and ``Get-DscConfigurationStatus`` says how that run ended - it is not applied again. Reboots
+   stop at ``max_reboots``. ``Test-DscConfiguration -Detailed`` and ``Get-DscConfigurationStatus``
    confirm the end state.
-5. *Drift check* (``mode = "test"``): the MOF is staged and tested with
-   ``Test-DscConfiguration -ReferenceConfiguration``; drifted resources are reported, nothing is set.
+6. *Drift check* (``mode = "test"``): the MOF is staged and tested with
+   ``Test-DscConfiguration -ReferenceConfiguration``; drifted resources are reported, nothing is set
+   (the meta-configuration is not applied either).
 """
 
 from __future__ import annotations
@@ -34,7 +47,7 @@ import trio
 
 from vmbusops.bundle.manifest import DscMode, DscStep, FileEntry, Manifest
 from vmbusops.dsc.lcm import LcmParser
-from vmbusops.dsc.mof import MofSyntaxError, resource_ids
+from vmbusops.dsc.mof import MofSyntaxError, parse_mof, resource_ids
 from vmbusops.dsc.progress import ConfigurationProgress, ResourceState
 from vmbusops.errors import ConfigError, GuestError, GuestServicesDisabledError, VmbusOpsError
 from vmbusops.guestops.classify import classify
@@ -56,6 +69,15 @@ DSC_STAGING_DIR = "C:\\ProgramData\\vmbusops\\dsc"
 #: Copy-VMFile statements per pipeline, and pipelines in flight at once, when pushing files.
 COPY_BATCH = 64
 COPY_PARALLEL = 4
+#: How long a step without a timeout waits for a busy LCM, and how often it looks.
+LCM_BUSY_WAIT = 3600.0
+LCM_POLL_FIRST = 0.2
+LCM_POLL_MAX = 5.0
+#: How long a step waits for the LCM to restart the guest itself (RebootNodeIfNeeded) before it
+#: restarts the VM from the host.
+LCM_REBOOT_GRACE = 300.0
+META_CLASS = "MSFT_DSCMetaConfiguration"
+_BUSY = re.compile(r"method is in progress and must return before \S+ can be invoked", re.IGNORECASE)
 
 
 class GuestFileMismatchError(GuestError):
@@ -64,6 +86,30 @@ class GuestFileMismatchError(GuestError):
 
 class ConfigurationError(GuestError):
     """The LCM failed, or the configuration did not converge within the reboot budget."""
+
+
+class LcmWaitTimeout(ConfigurationError):
+    """The LCM stayed in a state (Busy, PendingReboot) longer than the step could wait."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetaSettings:
+    """What the agent needs to know of a meta-configuration before applying it."""
+
+    action_after_reboot: str = "ContinueConfiguration"
+    reboot_node_if_needed: bool = False
+
+    @classmethod
+    def of(cls, text: str) -> MetaSettings:
+        """Read a compiled meta-configuration MOF; raises MofSyntaxError or ConfigError."""
+        doc = parse_mof(text)
+        meta = next((i for i in doc.instances if i.class_name.casefold() == META_CLASS.casefold()), None)
+        if meta is None:
+            raise ConfigError(f"the meta-configuration has no instance of {META_CLASS}")
+        return cls(
+            action_after_reboot=meta.text("ActionAfterReboot", "ContinueConfiguration"),
+            reboot_node_if_needed=meta.get("RebootNodeIfNeeded") is True,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +375,121 @@ def _failure(vm: str, run: GuestRun, what: str) -> VmbusOpsError | None:
     return None
 
 
+def _lcm_busy(run: GuestRun) -> bool:
+    """Whether the LCM refused the call because an operation of its own is in progress."""
+    return any(_BUSY.search(m) for m in run.outcome.error_messages)
+
+
+async def lcm_state(channel: GuestChannel, vm: str) -> str | None:
+    """The LCM's ``LCMState``; None when the guest did not answer (it may be restarting)."""
+    run = await channel.run("Get-DscLocalConfigurationManager")
+    failure = run.outcome.failure
+    if failure is not None:
+        if failure.transient:
+            return None
+        raise failure
+    info = next((v for v in run.outputs if isinstance(v, PSObjectValue)), None)
+    state = info.get("LCMState") if info is not None else None
+    if not isinstance(state, str):
+        why = run.outcome.error_messages[-1] if run.outcome.error_messages else "no LCMState in its answer"
+        raise ConfigurationError(f"{vm}: Get-DscLocalConfigurationManager failed: {why}", vm=vm)
+    return state
+
+
+async def wait_lcm(channel: GuestChannel, vm: str, *, deadline: float, leave: frozenset[str] = frozenset({"Busy"}),
+                   why: str = "it is busy") -> str:  # fmt: skip
+    """Poll the LCM until its state is not in ``leave``; return that state.
+
+    A guest that does not answer (restarting) is waited for with the channel's ``wait_ready``.
+    Raises LcmWaitTimeout at ``deadline`` (trio time)."""
+    delay = LCM_POLL_FIRST
+    told = False
+    while True:
+        state = await lcm_state(channel, vm)
+        if state is None:
+            await channel.wait_ready()
+            continue
+        if state not in leave:
+            if told:
+                await channel.note(f"vmbusops: the LCM on {vm} is {state} now")
+            return state
+        if not told:
+            told = True
+            await channel.note(f"vmbusops: the LCM on {vm} is {state}; waiting for it ({why})")
+        if trio.current_time() + delay > deadline:
+            raise LcmWaitTimeout(
+                f"{vm}: the LCM was still {state} when the step's time to wait for it ran out",
+                vm=vm,
+                hint="Get-DscLocalConfigurationManager and Get-DscConfigurationStatus in the guest say what it is doing",
+            )
+        await trio.sleep(delay)
+        delay = min(delay * 1.5, LCM_POLL_MAX)
+
+
+async def _finished_by_lcm(channel: GuestChannel, vm: str, report: DscReport) -> None:
+    """The LCM is Idle after a reboot: it finished the run by itself. Fold its status in; raise if
+    it failed. (Idle also means no reboot is pending: a status's RebootRequested is history.)"""
+    status = await channel.run("Get-DscConfigurationStatus")
+    if status.outcome.failure is not None:
+        raise status.outcome.failure
+    latest = next((v for v in status.outputs if isinstance(v, PSObjectValue)), None)
+    if latest is None:
+        raise ConfigurationError(f"{vm}: Get-DscConfigurationStatus reports no run after the reboot", vm=vm)
+
+    def ids(name: str) -> list[str]:
+        items = latest.get(name)
+        if not isinstance(items, tuple):
+            return []
+        return [str(v.get("ResourceId")) for v in items if isinstance(v, PSObjectValue) and v.get("ResourceId")]
+
+    progress = report.progress
+    for rid in ids("ResourcesInDesiredState"):
+        if progress.resources.get(rid) not in (ResourceState.CHANGED, ResourceState.IN_DESIRED_STATE):
+            progress.resources[rid] = ResourceState.IN_DESIRED_STATE
+    not_in = ids("ResourcesNotInDesiredState")
+    await channel.note(
+        f"vmbusops: the LCM on {vm} finished the configuration by itself after the reboot "
+        f"(Get-DscConfigurationStatus: {latest.get('Status')!s}, type {latest.get('Type')!s}, "
+        f"{len(ids('ResourcesInDesiredState'))} resource(s) in desired state, {len(not_in)} not)"
+    )
+    channel.progress(progress.line())
+    if latest.get("Status") == "Failure":
+        for rid in not_in:
+            progress.resources[rid] = ResourceState.FAILED
+        raise ConfigurationError(
+            f"{vm}: the configuration the LCM resumed after the reboot failed: {latest.get('Error')!s}", vm=vm
+        )
+
+
+async def _after_lcm(channel: GuestChannel, vm: str, state: str, report: DscReport) -> tuple[str | None, bool]:
+    """What to do once the LCM is no longer busy after a reboot: (script to run next, done).
+
+    ``None`` as the script means "reboot again" (the resumed run asked for one)."""
+    report.progress.begin_run()
+    if state == "PendingConfiguration":
+        # ActionAfterReboot = StopConfiguration: the run waits for us.
+        return "Start-DscConfiguration -UseExisting -Wait -Verbose", False
+    if state == "PendingReboot":
+        report.progress.reboot_required = True
+        await channel.note(f"vmbusops: the LCM on {vm} asks for another reboot")
+        return None, False
+    await _finished_by_lcm(channel, vm, report)
+    return None, True
+
+
+async def _wait_lcm_restart(host: HyperVHost, vm: str, channel: GuestChannel, why: str, *, deadline: float) -> None:
+    """RebootNodeIfNeeded: the LCM restarts the guest itself; wait until it has (the LCM no longer
+    says PendingReboot), restarting it from the host only if it does not within the grace time."""
+    await channel.note(f"vmbusops: the LCM restarts {vm} itself (RebootNodeIfNeeded): {why}")
+    grace = min(deadline, trio.current_time() + LCM_REBOOT_GRACE)
+    try:
+        await wait_lcm(channel, vm, deadline=grace, leave=frozenset({"PendingReboot"}), why="the guest restarts")
+    except LcmWaitTimeout:
+        if trio.current_time() >= deadline:
+            raise
+        await restart_and_wait(host, vm, channel, f"the LCM did not restart it within {LCM_REBOOT_GRACE:g}s")
+
+
 async def restart_and_wait(host: HyperVHost, vm: str, channel: GuestChannel, why: str) -> None:
     await channel.note(f"vmbusops: restarting {vm} from the host (Restart-VM): {why}")
     await host.restart_vm(vm)
@@ -357,10 +518,25 @@ async def apply_dsc(
     except (OSError, UnicodeDecodeError, MofSyntaxError) as exc:
         raise ConfigError(f"step {step.name}: cannot read the MOF {mof.source.name}: {exc}") from exc
     report.progress = ConfigurationProgress.of(ids)
+    meta: MetaSettings | None = None
+    meta_file = next((f for f in files if f.guest.endswith("\\localhost.meta.mof")), None)
+    if meta_file is not None and step.mode is not DscMode.TEST:
+        try:
+            meta = MetaSettings.of(meta_file.source.read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError, MofSyntaxError, ConfigError) as exc:
+            raise ConfigError(f"step {step.name}: cannot read the meta-configuration {meta_file.source.name}: {exc}") from exc
+        if meta.reboot_node_if_needed and not step.allow_reboot:
+            raise ConfigError(
+                f"step {step.name}: the meta-configuration lets the LCM restart the guest by itself "
+                "(RebootNodeIfNeeded = $true) but the step does not allow reboots",
+                hint="set allow_reboot = true (and max_reboots) on the step, or RebootNodeIfNeeded = $false",
+            )
+    deadline = trio.current_time() + (step.timeout_seconds or LCM_BUSY_WAIT)
     if await ensure_guest_services(host, vm, may_enable=may_enable_guest_services):
         await channel.note(f"vmbusops: enabled the Guest Service Interface on {vm} (allowed by the trust scope)")
     report.push = await push_files(host, vm, files, channel)
     channel.progress(report.progress.line())
+    await wait_lcm(channel, vm, deadline=deadline)
 
     if step.mode is DscMode.TEST:
         run = await _lcm_run(channel, f"Test-DscConfiguration -ReferenceConfiguration {_quote(mof.guest)} -Verbose", report.progress)
@@ -378,14 +554,39 @@ async def apply_dsc(
         )
         return report
 
-    script = f"Start-DscConfiguration -Path {_quote(staging)} -Wait -Verbose -Force"
-    while True:
-        run = await _lcm_run(channel, script, report.progress)
-        if (failure := _failure(vm, run, "the configuration failed")) is not None:
-            report.progress.mark_failed_current()
+    if meta is not None:
+        run = await channel.run(f"Set-DscLocalConfigurationManager -Path {_quote(staging)} -Verbose")
+        if (failure := _failure(vm, run, "Set-DscLocalConfigurationManager failed")) is not None:
             raise failure
-        if not report.progress.reboot_required:
-            break
+        await channel.note(
+            f"vmbusops: LCM meta-configuration applied on {vm} (ActionAfterReboot = {meta.action_after_reboot}, "
+            f"RebootNodeIfNeeded = {meta.reboot_node_if_needed})"
+        )
+
+    first = f"Start-DscConfiguration -Path {_quote(staging)} -Wait -Verbose -Force"
+    script: str | None = first
+    while True:
+        if script is not None:
+            run = await _lcm_run(channel, script, report.progress)
+            if _lcm_busy(run):
+                # The LCM started an operation of its own since we looked: wait, then decide again.
+                state = await wait_lcm(channel, vm, deadline=deadline, why="it refused the call while busy")
+                if script == first:
+                    continue
+                script, done = await _after_lcm(channel, vm, state, report)
+                if done:
+                    break
+                continue
+            failure = _failure(vm, run, "the configuration failed")
+            lcm_restarts = meta is not None and meta.reboot_node_if_needed
+            if failure is not None and not (
+                # RebootNodeIfNeeded: the LCM may restart the guest under the session that watched it.
+                lcm_restarts and report.progress.reboot_required and run.outcome.failure is failure and failure.transient
+            ):
+                report.progress.mark_failed_current()
+                raise failure
+            if not report.progress.reboot_required:
+                break
         if not step.allow_reboot:
             report.reboot_pending = True
             await channel.note(f"vmbusops: {vm} needs a reboot to finish the configuration; the step does not allow one")
@@ -399,8 +600,15 @@ async def apply_dsc(
                 hint="look at the resource that keeps asking (the run's records); raise max_reboots only if it is expected",
             )
         report.reboots += 1
-        await restart_and_wait(host, vm, channel, f"the LCM asked for a reboot (reboot {report.reboots} of {step.max_reboots})")
-        script = "Start-DscConfiguration -UseExisting -Wait -Verbose"
+        why = f"the LCM asked for a reboot (reboot {report.reboots} of {step.max_reboots})"
+        if meta is not None and meta.reboot_node_if_needed:
+            await _wait_lcm_restart(host, vm, channel, why, deadline=deadline)
+        else:
+            await restart_and_wait(host, vm, channel, why)
+        state = await wait_lcm(channel, vm, deadline=deadline, why="it resumes the configuration after the reboot")
+        script, done = await _after_lcm(channel, vm, state, report)
+        if done:
+            break
 
     confirm = await channel.run("Test-DscConfiguration -Detailed")
     detail = next((v for v in confirm.outputs if isinstance(v, PSObjectValue)), None)
@@ -426,13 +634,17 @@ __all__ = [
     "GuestFile",
     "GuestFileMismatchError",
     "GuestRun",
+    "LcmWaitTimeout",
+    "MetaSettings",
     "PushReport",
     "apply_dsc",
     "copy_files",
     "dsc_files",
     "ensure_guest_services",
     "guest_hashes",
+    "lcm_state",
     "push_files",
     "restart_and_wait",
     "staging_folder",
+    "wait_lcm",
 ]

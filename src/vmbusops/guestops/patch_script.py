@@ -1,71 +1,56 @@
-"""The guest script of the ``patch`` step: Windows Update through the Windows Update Agent COM API.
+"""The guest scripts of the ``patch`` step: Windows Update through the Windows Update Agent COM API.
 
-It runs inside the guest through PowerShell Direct with three arguments (mode, categories, KB
-ids) and writes, per update, a progress record and one result object, then one summary object::
+Why two scripts
+---------------
+Microsoft documents that ``IUpdateSession::CreateUpdateDownloader`` and ``CreateUpdateInstaller``
+are not available to a remote session: ``Download()`` and ``Install()`` fail with E_ACCESSDENIED
+(0x80070005). PowerShell Direct is a remote session. Searching is allowed. So:
+
+- :data:`PATCH_SCRIPT` runs in the PowerShell Direct session. In ``check`` mode it searches and
+  lists what would be installed. In ``install`` mode it writes :data:`INSTALL_SCRIPT` and a small
+  request (categories, KB ids) to ``C:\\ProgramData\\vmbusops\\wua\\<id>``, registers a scheduled task
+  that runs it as ``NT AUTHORITY\\SYSTEM`` (a local, non-remote logon), starts it, and polls the
+  task's result file, relaying each line as it appears; it removes the task and the folder when
+  it ends, whatever happened. It gives up waiting after ``TimeoutSeconds`` (exit 1), leaving a task
+  that is still running registered, so that nothing kills an install half way.
+- :data:`INSTALL_SCRIPT` runs as that task: search, download and install, one update at a time,
+  writing one JSON line per event to ``results.jsonl``.
+
+Arguments of :data:`PATCH_SCRIPT`: mode (``check`` | ``install``), categories and KB ids (comma
+separated, empty for all), the timeout in seconds, and the text of :data:`INSTALL_SCRIPT` (passed
+rather than embedded, so the guest writes exactly the text the agent ships). Its output, per
+update, a progress record and one object, then one summary object::
 
     KB, Title, Categories, Result (Pending | Succeeded | SucceededWithErrors | Failed | Aborted),
     RebootRequired
     vmbusopsPatchSummary = $true, Found, Installed, Failed, RebootRequired
 
-The simulated guest does not implement COM; it recognises this exact text by its SHA-256
-(``vmbusops.sim.wua.PATCH_SCRIPT_SHA256``) and runs a simulated equivalent over the lab's pending
-updates. A test pins the two together, so changing the script without the simulator fails loudly.
+It exits 0 when it has a summary, 1 otherwise. Neither script sets ``$ErrorActionPreference =
+'Stop'`` for itself: the calls that must not fail say ``-ErrorAction Stop`` or sit in ``try``. The
+guest invoker counts what ``$Error`` gains as the step's errors (caught ones included), so the
+script's successful path records none: it reads only whole result lines instead of catching a
+half-written one, and cleans up with ``-ErrorAction Ignore`` and a check.
+
+Both are package data (``powershell/*.ps1``), so the real-PowerShell lane's Windows PowerShell
+5.1 check reads them as it reads the guest invoker. The simulated guest has no COM: it recognises
+both texts by their SHA-256
+(``vmbusops.sim.wua``), runs :data:`PATCH_SCRIPT` as a simulated equivalent, and runs a scheduled
+task whose ``-File`` holds exactly :data:`INSTALL_SCRIPT` as SYSTEM; run in the remote session,
+that script's Download is refused with E_ACCESSDENIED, as on Windows. A test pins the hashes, so
+changing a script without the simulator fails loudly.
 """
 
 from __future__ import annotations
 
 import hashlib
+from importlib import resources
 from typing import Final
 
-PATCH_SCRIPT: Final = """\
-# vmbusops patch step: search, download and install updates with the Windows Update Agent API.
-param([string]$Mode = 'install', [string]$Categories = '', [string]$KBs = '')
-$ErrorActionPreference = 'Stop'
-$wantCategories = @($Categories -split ',' | Where-Object { $_ } | ForEach-Object { $_.Trim() })
-$wantKbs = @($KBs -split ',' | Where-Object { $_ } | ForEach-Object { $_.Trim().ToUpper() -replace '^KB', '' })
-$resultNames = @{ 0 = 'NotStarted'; 1 = 'InProgress'; 2 = 'Succeeded'; 3 = 'SucceededWithErrors'; 4 = 'Failed'; 5 = 'Aborted' }
-$session = New-Object -ComObject Microsoft.Update.Session
-$session.ClientApplicationID = 'vmbusops'
-Write-Progress -Activity 'Windows Update' -Status 'Searching for updates' -PercentComplete 0
-$found = $session.CreateUpdateSearcher().Search("IsInstalled=0 and Type='Software' and IsHidden=0")
-$selected = @()
-foreach ($update in $found.Updates) {
-    $names = @($update.Categories | ForEach-Object { $_.Name })
-    $ids = @($update.KBArticleIDs)
-    if ($wantCategories.Count -and -not ($names | Where-Object { $wantCategories -contains $_ })) { continue }
-    if ($wantKbs.Count -and -not ($ids | Where-Object { $wantKbs -contains $_ })) { continue }
-    $selected += $update
-}
-$installed = 0; $failed = 0; $reboot = $false; $n = 0
-foreach ($update in $selected) {
-    $n++
-    $kb = 'KB' + (@($update.KBArticleIDs) -join ',KB')
-    $names = @($update.Categories | ForEach-Object { $_.Name }) -join ', '
-    $percent = [int](100 * ($n - 1) / $selected.Count)
-    if ($Mode -eq 'check') {
-        Write-Progress -Activity 'Windows Update' -Status "$n of $($selected.Count): would install" -CurrentOperation $kb -PercentComplete $percent
-        [pscustomobject]@{ KB = $kb; Title = $update.Title; Categories = $names; Result = 'Pending'; RebootRequired = $false }
-        continue
-    }
-    if (-not $update.EulaAccepted) { $update.AcceptEula() }
-    $one = New-Object -ComObject Microsoft.Update.UpdateColl
-    [void]$one.Add($update)
-    Write-Progress -Activity 'Windows Update' -Status "$n of $($selected.Count): downloading" -CurrentOperation $kb -PercentComplete $percent
-    $downloader = $session.CreateUpdateDownloader()
-    $downloader.Updates = $one
-    [void]$downloader.Download()
-    Write-Progress -Activity 'Windows Update' -Status "$n of $($selected.Count): installing" -CurrentOperation $kb -PercentComplete $percent
-    $installer = $session.CreateUpdateInstaller()
-    $installer.Updates = $one
-    $outcome = $installer.Install()
-    $code = $outcome.GetUpdateResult(0).ResultCode
-    if ($code -eq 2 -or $code -eq 3) { $installed++ } else { $failed++ }
-    $needs = [bool]$outcome.GetUpdateResult(0).RebootRequired
-    $reboot = $reboot -or $needs
-    [pscustomobject]@{ KB = $kb; Title = $update.Title; Categories = $names; Result = $resultNames[[int]$code]; RebootRequired = $needs }
-}
-Write-Progress -Activity 'Windows Update' -Completed
-[pscustomobject]@{ vmbusopsPatchSummary = $true; Found = $selected.Count; Installed = $installed; Failed = $failed; RebootRequired = $reboot }
-"""
+_FOLDER = resources.files("vmbusops.guestops").joinpath("powershell")
+#: The remote session's part, ``powershell/Invoke-VmbusOpsPatch.ps1``.
+PATCH_SCRIPT: Final = _FOLDER.joinpath("Invoke-VmbusOpsPatch.ps1").read_text(encoding="utf-8")
+#: The SYSTEM task's part, ``powershell/Install-VmbusOpsUpdate.ps1``.
+INSTALL_SCRIPT: Final = _FOLDER.joinpath("Install-VmbusOpsUpdate.ps1").read_text(encoding="utf-8")
 
+INSTALL_SCRIPT_SHA256: Final = hashlib.sha256(INSTALL_SCRIPT.encode("utf-8")).hexdigest()
 PATCH_SCRIPT_SHA256: Final = hashlib.sha256(PATCH_SCRIPT.encode("utf-8")).hexdigest()

@@ -24,16 +24,42 @@ Resources applied (class: what it changes in the simulated guest):
 Other resource classes fail with a "not supported by the simulator" error rather than pretend.
 The configuration documents live where a real LCM keeps them
 (``C:\\Windows\\System32\\Configuration\\Current.mof``); status history lives in the guest's
-system state (``vmbusops.sim.guest_system``). After a reboot the simulated LCM does not resume on
-its own: ``Start-DscConfiguration -UseExisting`` resumes, which is what the agent sends.
+system state (``vmbusops.sim.guest_system``).
+
+The LCM's own settings (the meta-configuration) are applied with ``Set-DscLocalConfigurationManager
+-Path <folder>``, which reads ``<computer>.meta.mof`` or ``localhost.meta.mof`` there (an instance
+of ``MSFT_DSCMetaConfiguration``), keeps it as ``MetaConfig.mof`` and reports it through
+``Get-DscLocalConfigurationManager``. The settings it acts on:
+
+- ``ActionAfterReboot``: when a run stopped for a reboot, the next boot either resumes it by itself
+  (``ContinueConfiguration``, the default) or leaves it for ``Start-DscConfiguration -UseExisting``
+  (``StopConfiguration``; LCMState ``PendingConfiguration``);
+- ``RebootNodeIfNeeded``: when true, the LCM restarts the guest itself at the end of a run that asks
+  for a reboot (default false: it only says so);
+- ``RefreshMode``: only ``Push`` is simulated (there is no pull server); others are refused.
+
+``ConfigurationMode`` and the frequencies are kept and reported, but the simulated LCM has no
+timer: a consistency check runs when DSC's own scheduled task
+``\\Microsoft\\Windows\\Desired State Configuration\\Consistency`` is started
+(``vmbusops.sim.scheduled_tasks``), as it can be on Windows. It takes :data:`CONSISTENCY_SECONDS`,
+then tests (ApplyAndMonitor: drift is reported in Get-DscConfigurationStatus, nothing is set) or
+applies (ApplyAndAutoCorrect); ApplyOnly runs none. A resumed run takes :data:`RESUME_SECONDS`
+after the guest has booted. While either runs, LCMState is ``Busy`` and every method that would
+start another LCM operation fails with the LCM's "is in progress and must return before" error,
+as a real LCM does; ``Start-DscConfiguration -Path -Force`` stops it, as documented. The resumed run's
+verbose lines go nowhere (no session is watching); its outcome is in Get-DscConfigurationStatus.
+Its own state (settings, a run waiting for a reboot) lives beside ``system.json`` in ``lcm.json``.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
+import os
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,6 +70,9 @@ from vmbusops.sim import pserrors
 from vmbusops.sim.binding import Param
 from vmbusops.sim.guest import CMDLETS, GuestSession, Stage, StatementError, to_text
 from vmbusops.sim.guest_system import GuestSystem, ask_for_reboot, load_system, reboot_pending, save_system
+from vmbusops.sim.lab import VMSpec
+from vmbusops.sim.scheduled_tasks import BUILT_IN_TASKS, SimTask
+from vmbusops.sim.state import HostStore
 from vmbusops.sim.streams import SimError, SimObject
 
 CONFIG_DIR = "C:\\Windows\\System32\\Configuration"
@@ -64,6 +93,84 @@ _META_PROPERTIES = frozenset(
         "PsDscRunAsCredential",
     )
 )
+
+
+#: How long the LCM stays Busy resuming a configuration after the guest has booted.
+RESUME_SECONDS = 3.0
+LCM_FILE = "lcm.json"
+META_CLASS = "MSFT_DSCMetaConfiguration"
+_META_DEFAULTS: dict[str, Any] = {
+    "ActionAfterReboot": "ContinueConfiguration",
+    "AllowModuleOverwrite": False,
+    "ConfigurationMode": "ApplyAndMonitor",
+    "ConfigurationModeFrequencyMins": 15,
+    "DebugMode": ["NONE"],
+    "RebootNodeIfNeeded": False,
+    "RefreshFrequencyMins": 30,
+    "RefreshMode": "PUSH",
+    "StatusRetentionTimeInDays": 10,
+}
+_META_CHOICES: dict[str, tuple[str, ...]] = {
+    "ActionAfterReboot": ("ContinueConfiguration", "StopConfiguration"),
+    "ConfigurationMode": ("ApplyOnly", "ApplyAndMonitor", "ApplyAndAutoCorrect"),
+    "RefreshMode": ("Push", "Pull", "Disabled"),
+}
+
+
+@dataclass
+class LcmSettings:
+    """The simulated LCM's own memory: its meta-configuration and a run waiting for a reboot."""
+
+    meta: dict[str, Any] = field(default_factory=lambda: dict(_META_DEFAULTS))
+    #: ``running_since`` of the boot in which a run stopped for a reboot; None when none did.
+    stopped_in_boot: float | None = None
+    #: A stopped run that the next boot leaves for ``Start-DscConfiguration -UseExisting``.
+    pending_configuration: bool = False
+    #: When a consistency check started by the ``Consistency`` task ends (clock time); None if none runs.
+    consistency_until: float | None = None
+
+    def setting(self, name: str) -> Any:
+        return self.meta.get(name, _META_DEFAULTS.get(name))
+
+    @property
+    def continues_after_reboot(self) -> bool:
+        return str(self.setting("ActionAfterReboot")).casefold() == "continueconfiguration"
+
+    @property
+    def reboots_node(self) -> bool:
+        return self.setting("RebootNodeIfNeeded") is True
+
+
+def load_lcm(store: HostStore, spec: VMSpec) -> LcmSettings:
+    try:
+        raw = json.loads((store.guest_root(spec) / LCM_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return LcmSettings()
+    settings = LcmSettings()
+    for key, value in raw.items():
+        if hasattr(settings, key):
+            setattr(settings, key, value)
+    return settings
+
+
+def save_lcm(store: HostStore, spec: VMSpec, settings: LcmSettings) -> None:
+    path = store.guest_root(spec) / LCM_FILE
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".lcm-", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(asdict(settings), indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def busy_error(method: str) -> SimError:
+    """What the LCM answers a method call while it is running an operation of its own."""
+    return SimError(
+        message=f"Cannot invoke the {method} method. The PerformRequiredConfigurationChecks method is in "
+        f"progress and must return before {method} can be invoked. Use -Force option if that is available "
+        "to cancel the current operation.",
+        fqid="MI RESULT 1",
+        category="ResourceBusy",
+        exception_type="Microsoft.Management.Infrastructure.CimException",
+    )
 
 
 class ResourceFailed(Exception):
@@ -376,11 +483,101 @@ class SimLcm:
         self.session = stage.session
         self.node = self.session.spec.guest_computer_name
         self.system = load_system(self.session.store, self.session.spec)
+        self.settings = load_lcm(self.session.store, self.session.spec)
+        #: A run of the LCM's own (a resume after a reboot): no session sees its lines.
+        self.quiet = False
+
+    # ---- the LCM's own operations
+    def busy_until(self) -> float | None:
+        """When the LCM's own operation ends: a consistency check, or a resume after a reboot (if
+        the guest has rebooted since a run stopped for one)."""
+        if self.settings.consistency_until is not None:
+            return self.settings.consistency_until
+        stopped = self.settings.stopped_in_boot
+        rt = self.session.store.runtime(self.session.spec)
+        if stopped is None or rt.running_since is None or rt.running_since == stopped:
+            return None
+        if not self.settings.continues_after_reboot:
+            return None
+        return rt.boot_until + RESUME_SECONDS
+
+    @property
+    def state(self) -> str:
+        until = self.busy_until()
+        if until is not None and self.session.store.clock() < until:
+            return "Busy"
+        return self.system.lcm_state
+
+    async def settle(self) -> None:
+        """Catch up with what the LCM did by itself since the last look: a consistency check that
+        has ended; after a reboot, the stopped run resumed (``ContinueConfiguration``, once
+        RESUME_SECONDS have passed) or left pending (``StopConfiguration``)."""
+        await self.settle_consistency()
+        stopped = self.settings.stopped_in_boot
+        rt = self.session.store.runtime(self.session.spec)
+        if stopped is None or rt.running_since is None or rt.running_since == stopped:
+            return
+        if not self.settings.continues_after_reboot:
+            self.settings.stopped_in_boot = None
+            self.settings.pending_configuration = True
+            self.system.lcm_state = "PendingConfiguration"
+            save_system(self.session.store, self.session.spec, self.system)
+            save_lcm(self.session.store, self.session.spec, self.settings)
+            return
+        until = self.busy_until()
+        if until is None or self.session.store.clock() < until:
+            return
+        self.settings.stopped_in_boot = None
+        save_lcm(self.session.store, self.session.spec, self.settings)
+        current = self.config_path("Current.mof")
+        if not current.is_file():
+            return
+        self.quiet = True
+        try:
+            document = self.read_document(current, f"{CONFIG_DIR}\\Current.mof")
+            if document is not None:
+                await self.apply(document, "PerformRequiredConfigurationChecks", "Reboot")
+        finally:
+            self.quiet = False
+
+    async def settle_consistency(self) -> None:
+        until = self.settings.consistency_until
+        if until is None or self.session.store.clock() < until:
+            return
+        self.settings.consistency_until = None
+        save_lcm(self.session.store, self.session.spec, self.settings)
+        current = self.config_path("Current.mof")
+        document = self.read_document(current, f"{CONFIG_DIR}\\Current.mof") if current.is_file() else None
+        if document is None:
+            return
+        self.quiet = True
+        try:
+            if str(self.settings.setting("ConfigurationMode")).casefold() == "applyandautocorrect":
+                await self.apply(document, "PerformRequiredConfigurationChecks", "Consistency")
+                return
+            # ApplyAndMonitor: test and report drift, set nothing.
+            started = time.monotonic()
+            in_state, not_in_state = await self.test(document)
+            self.record(status="Success", kind="Consistency", reboot=False, in_state=in_state,
+                        not_in_state=not_in_state, seconds=time.monotonic() - started, error=None)  # fmt: skip
+            save_system(self.session.store, self.session.spec, self.system)
+        finally:
+            self.quiet = False
+
+    def refuse_if_busy(self, method: str) -> None:
+        if self.state == "Busy":
+            raise StatementError(busy_error(method))
 
     # ---- output in the LCM's format
     async def verbose(self, text: str) -> None:
+        if self.quiet:
+            return
         self.session.streams.verbose(text)
         await self.session.streams.checkpoint()
+
+    def warn(self, text: str) -> None:
+        if not self.quiet:
+            self.session.streams.warning(text)
 
     async def lcm(self, verb: str, op: str, resource: str | None = None, seconds: float | None = None,
                   result: bool | None = None) -> None:  # fmt: skip
@@ -411,7 +608,8 @@ class SimLcm:
         await self.verbose(f"Time taken for configuration job to complete is {time.monotonic() - started:.3f} seconds")
 
     def fail(self, message: str, fqid: str) -> None:
-        self.session.streams.error(lcm_error(message, fqid))
+        if not self.quiet:
+            self.session.streams.error(lcm_error(message, fqid))
 
     # ---- documents
     def config_path(self, name: str) -> Path:
@@ -466,7 +664,7 @@ class SimLcm:
                         else:
                             await self.say(rid, m)
                     for w in done.warnings:
-                        self.session.streams.warning(f"[{self.node}]:{PAD}[{rid}] {w}")
+                        self.warn(f"[{self.node}]:{PAD}[{rid}] {w}")
                     await self.lcm("End", "Set", rid, time.monotonic() - t1)
                     in_state.append(rid)
                     reboot = reboot or done.reboot
@@ -492,8 +690,9 @@ class SimLcm:
             await self.say("", "Consistency check completed.")
         if reboot:
             await self.say("", REBOOT_MESSAGE)
-            self.session.streams.warning(f"[{self.node}]:{PAD}[] {REBOOT_MESSAGE}")
+            self.warn(f"[{self.node}]:{PAD}[] {REBOOT_MESSAGE}")
             ask_for_reboot(self.session.store, self.session.spec, self.system)
+            self.settings.stopped_in_boot = self.session.store.runtime(self.session.spec).running_since
         await self.lcm("End", "Set")
         await self.lcm("End", "Set", seconds=time.monotonic() - started)
         if failure is not None:
@@ -511,8 +710,19 @@ class SimLcm:
             seconds=time.monotonic() - started,
             error=failure,
         )
+        self.settings.pending_configuration = False
         save_system(self.session.store, self.session.spec, self.system)
+        save_lcm(self.session.store, self.session.spec, self.settings)
         await self.method_done(started)
+        if reboot and self.settings.reboots_node:
+            self.restart_guest()
+
+    def restart_guest(self) -> None:
+        """RebootNodeIfNeeded: the LCM restarts the guest once the run has returned."""
+        spec, store = self.session.spec, self.session.store
+        boot = store.lab.host.boot_seconds
+        now = store.clock()
+        store.update(spec, lambda rt: rt.started(now, boot))
 
     # ---- test
     async def test(self, document: MofDocument) -> tuple[list[str], list[str]]:
@@ -588,8 +798,10 @@ class StartDscConfiguration(Stage):
         if not self.switch("Wait"):
             raise StatementError(pserrors.not_supported_in_guest("Start-DscConfiguration without -Wait (jobs)"))
         lcm = SimLcm(self)
+        await lcm.settle()
         current = lcm.config_path("Current.mof")
         if self.switch("UseExisting"):
+            lcm.refuse_if_busy("ApplyConfiguration")
             if not current.is_file():
                 raise StatementError(
                     lcm_error(
@@ -603,6 +815,12 @@ class StartDscConfiguration(Stage):
                 await lcm.apply(document, "ApplyConfiguration", "Consistency")
             return
         self.require("Path")
+        if lcm.state == "Busy":
+            if not self.switch("Force"):
+                raise StatementError(busy_error("SendConfigurationApply"))
+            # -Force stops the operation in progress: the resumed run or the check is abandoned.
+            lcm.settings.stopped_in_boot = None
+            lcm.settings.consistency_until = None
         if lcm.system.lcm_state == "PendingConfiguration" and not self.switch("Force"):
             raise StatementError(
                 lcm_error(
@@ -645,6 +863,8 @@ class TestDscConfiguration(Stage):
 
     async def process(self, item: Any) -> None:
         lcm = SimLcm(self)
+        await lcm.settle()
+        lcm.refuse_if_busy("TestConfiguration")
         reference = self.arg("ReferenceConfiguration")
         if reference is not None:
             shown = self.session.absolute(to_text(reference))
@@ -692,7 +912,9 @@ class GetDscConfigurationStatus(Stage):
     fields: ClassVar[tuple[str, ...]] = ()
 
     async def process(self, item: Any) -> None:
-        system = load_system(self.session.store, self.session.spec)
+        lcm = SimLcm(self)
+        await lcm.settle()
+        system = lcm.system
         pending = reboot_pending(self.session.store, self.session.spec, system)
         history = system.history if self.switch("All") else system.history[:1]
         if not history:
@@ -711,7 +933,7 @@ class GetDscConfigurationStatus(Stage):
                         ("RebootRequested", bool(entry["reboot"]) and pending),
                         ("NumberOfResources", len(entry["in"]) + len(entry["not_in"])),
                         ("DurationInSeconds", entry["seconds"]),
-                        ("LCMState", system.lcm_state),
+                        ("LCMState", lcm.state),
                         ("Error", entry["error"]),
                         ("ResourcesInDesiredState", _resource_objects(list(entry["in"]), True)),
                         ("ResourcesNotInDesiredState", _resource_objects(list(entry["not_in"]), False)),
@@ -721,8 +943,157 @@ class GetDscConfigurationStatus(Stage):
             )
 
 
-DSC_CMDLETS: tuple[type[Stage], ...] = (StartDscConfiguration, TestDscConfiguration, GetDscConfigurationStatus)
+#: How long a consistency check started by the ``Consistency`` task keeps the LCM busy.
+CONSISTENCY_SECONDS = 3.0
+CONSISTENCY_TASK = SimTask(
+    name="Consistency",
+    path="\\Microsoft\\Windows\\Desired State Configuration\\",
+    execute="PowerShell.exe",
+    arguments="-NonInteractive -Window Hidden -Command \"Invoke-CimMethod -Namespace "
+    "root/Microsoft/Windows/DesiredStateConfiguration -ClassName MSFT_DSCLocalConfigurationManager "
+    "-MethodName PerformRequiredConfigurationChecks -Arg @{Flags = [System.UInt32]1}\"",
+    user_id="NT AUTHORITY\\SYSTEM",
+)
+
+
+async def start_consistency_check(session: GuestSession) -> tuple[int, int]:
+    """What the built-in ``Consistency`` task does: the LCM starts a consistency check (busy for
+    CONSISTENCY_SECONDS), unless it is busy already or ConfigurationMode is ApplyOnly."""
+    stage = Stage(session, {}, _no_output)
+    lcm = SimLcm(stage)
+    await lcm.settle()
+    mode = str(lcm.settings.setting("ConfigurationMode")).casefold()
+    if lcm.state == "Busy" or mode == "applyonly" or not lcm.config_path("Current.mof").is_file():
+        return 0, 1
+    lcm.settings.consistency_until = session.store.clock() + CONSISTENCY_SECONDS
+    save_lcm(session.store, session.spec, lcm.settings)
+    return 0, 1
+
+
+async def _no_output(value: Any) -> None:
+    return None
+
+
+def _meta_value(name: str, value: Any) -> Any:
+    """A meta-configuration property as the LCM keeps it; raises for a value it does not take."""
+    choices = _META_CHOICES.get(name)
+    if choices is None:
+        if isinstance(value, tuple):
+            return [to_text(v) for v in value]
+        return value if isinstance(value, str | int | float | bool) or value is None else to_text(value)
+    text = to_text(value)
+    match = next((c for c in choices if c.casefold() == text.casefold()), None)
+    if match is None:
+        raise ResourceFailed(
+            f"The value '{text}' of property '{name}' of {META_CLASS} is not valid; it must be one of "
+            f"{', '.join(choices)}.",
+            fqid="MI RESULT 4",
+        )
+    if name == "RefreshMode" and match != "Push":
+        raise ResourceFailed(
+            f"The vmbusops simulator runs the LCM in Push mode only (RefreshMode = '{match}' needs a pull "
+            "service or disables the LCM); see vmbusops.sim.dsc.",
+            fqid="NotSupportedBySimulator",
+        )
+    return match.upper() if name == "RefreshMode" else match
+
+
+class SetDscLocalConfigurationManager(Stage):
+    """Applies a meta-configuration: ``<computer>.meta.mof`` or ``localhost.meta.mof`` in -Path."""
+
+    name = "Set-DscLocalConfigurationManager"
+    fq_name = "Set-DscLocalConfigurationManager"
+    params = (Param("Path", 0), Param("Force", switch=True), Param("ComputerName"))
+
+    async def process(self, item: Any) -> None:
+        self.require("Path")
+        lcm = SimLcm(self)
+        await lcm.settle()
+        lcm.refuse_if_busy("SendMetaConfigurationApply")
+        folder = self.session.absolute(to_text(self.arg("Path")))
+        host = self.session.host_path(folder)
+        names = [f"{self.session.spec.guest_computer_name}.meta.mof", "localhost.meta.mof"]
+        found = next((host / n for n in names if host is not None and (host / n).is_file()), None)
+        if found is None:
+            raise StatementError(
+                lcm_error(
+                    f"Unable to find the computer-specific meta-configuration MOF file (.meta.mof) for "
+                    f"computer localhost in {folder}.",
+                    "ConfigurationNotFound",
+                    "ObjectNotFound",
+                )
+            )
+        document = lcm.read_document(found, f"{folder}\\{found.name}")
+        if document is None:
+            return
+        started = time.monotonic()
+        await lcm.method("SendMetaConfigurationApply")
+        await lcm.lcm("Start", "Set")
+        meta = next((i for i in document.instances if i.class_name.casefold() == META_CLASS.casefold()), None)
+        if meta is None:
+            lcm.fail(f"The meta-configuration {found.name} has no instance of {META_CLASS}.", "MI RESULT 4")
+            return
+        await lcm.lcm("Start", "Resource", META_CLASS)
+        await lcm.lcm("Start", "Set", META_CLASS)
+        settings = dict(lcm.settings.meta)
+        try:
+            for key, value in meta.properties:
+                known = next((k for k in _META_DEFAULTS if k.casefold() == key.casefold()), key)
+                settings[known] = _meta_value(known, value)
+        except ResourceFailed as exc:
+            lcm.fail(exc.message, exc.fqid)
+            return
+        await lcm.lcm("End", "Set", META_CLASS, time.monotonic() - started)
+        await lcm.lcm("End", "Resource", META_CLASS)
+        await lcm.lcm("End", "Set")
+        await lcm.lcm("End", "Set", seconds=time.monotonic() - started)
+        lcm.settings.meta = settings
+        save_lcm(self.session.store, self.session.spec, lcm.settings)
+        target = lcm.config_path("MetaConfig.mof")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(found.read_bytes())
+        await lcm.verbose("Operation 'Invoke CimMethod' complete.")
+
+
+class GetDscLocalConfigurationManager(Stage):
+    """The LCM's settings and state (``LCMState``: Idle, Busy, PendingReboot, PendingConfiguration)."""
+
+    name = "Get-DscLocalConfigurationManager"
+    fq_name = "Get-DscLocalConfigurationManager"
+    params = (Param("CimSession"),)
+
+    async def process(self, item: Any) -> None:
+        lcm = SimLcm(self)
+        await lcm.settle()
+        state = lcm.state
+        detail = {"Busy": "LCM is performing a consistency check."}
+        meta = lcm.settings.meta
+        props: list[tuple[str, Any]] = [(k, meta.get(k, v)) for k, v in _META_DEFAULTS.items()]
+        props += [
+            ("LCMCompatibleVersions", ["1.0", "2.0"]),
+            ("LCMState", state),
+            ("LCMStateDetail", detail.get(state, "")),
+            ("LCMVersion", "2.0"),
+            ("PSComputerName", None),
+        ]
+        await self.emit(
+            SimObject(
+                (f"Microsoft.Management.Infrastructure.CimInstance#{LCM_NS}/{META_CLASS}", "System.Object"),
+                tuple(sorted(props)),
+                META_CLASS,
+            )
+        )
+
+
+DSC_CMDLETS: tuple[type[Stage], ...] = (
+    StartDscConfiguration,
+    TestDscConfiguration,
+    GetDscConfigurationStatus,
+    SetDscLocalConfigurationManager,
+    GetDscLocalConfigurationManager,
+)
 for _cls in DSC_CMDLETS:
     CMDLETS[_cls.name.casefold()] = _cls
+BUILT_IN_TASKS[CONSISTENCY_TASK.key] = (CONSISTENCY_TASK, start_consistency_check)
 
 __all__ = ["DSC_CMDLETS", "REBOOT_MESSAGE", "SimLcm"]

@@ -249,8 +249,10 @@ class GuestSession:
         if host is None or not path.casefold().endswith(".ps1") or not host.is_file():
             raise StatementError(pserrors.command_not_found(target))
         text = (await _read_guest_file(host)).decode("utf-8-sig")
+        # A file whose text the simulator knows (less the newline Set-Content adds) runs as its equivalent.
+        known = RECOGNISED_SCRIPTS.get(hashlib.sha256(text.removesuffix("\r\n").encode("utf-8")).hexdigest())
         try:
-            script = parse_script(text)
+            script = parse_script("" if known else text)
         except UnsupportedSyntax as exc:
             raise StatementError(pserrors.not_supported_in_guest(exc.what)) from None
         variables = self.variables
@@ -258,6 +260,8 @@ class GuestSession:
         variables["args"] = arguments
         self.script_file = path.rsplit("\\", 1)[-1]
         try:
+            if known is not None:
+                variables["lastexitcode"] = await known(self, emit)
             await self.run_script(script, emit)
         except GuestRestarting:
             raise
