@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from pwshlab_support import PwshLab
-from tests.dsc.test_dsc_step import FEATURE_MOF, SCAFFOLD, dsc_step, source
+from tests.dsc.test_dsc_step import FEATURE_MOF, META_STOP, SCAFFOLD, dsc_step, source
 
 from vmbusops.engine import EngineOptions, Journal, State, open_engine
 from vmbusops.engine.runner import RunChanged
@@ -57,9 +57,12 @@ def stage_in_guest(lab: PwshLab, folder: str, mof: str) -> None:
 
 
 async def test_the_dsc_step_converges_through_a_reboot_with_per_resource_progress(dsc_lab: PwshLab, tmp_path: Path) -> None:
+    # StopConfiguration: after the reboot the LCM waits for the step, which resumes with -UseExisting.
     files = dict(SCAFFOLD)
     files["dsc/localhost.mof"] = FEATURE_MOF + DEMO_MOF
-    src = source(tmp_path, [dsc_step(allow_reboot=True, max_reboots=2)], files, ["web01"])
+    files["dsc/localhost.meta.mof"] = META_STOP
+    step = dsc_step(allow_reboot=True, max_reboots=2, meta_config="dsc/localhost.meta.mof")
+    src = source(tmp_path, [step], files, ["web01"])
     events: list[Any] = []
     journal = Journal(tmp_path / "journal.sqlite")
     options = EngineOptions(heartbeat_interval=0.2, wait_ready_poll=0.3)
@@ -69,23 +72,31 @@ async def test_the_dsc_step_converges_through_a_reboot_with_per_resource_progres
                     options=options, on_event=events.append) as engine,
     ):  # fmt: skip
         result = await engine.run_job(src)
+        records, _ = await host.run_in_guest("web01", "Get-DscLocalConfigurationManager", dsc_lab.credential())
     assert result.state is State.SUCCESS, result.errors
     detail = result.details["web01"]["configure"]
     assert detail["changed"] == ["[WindowsFeature]Web", "[VmbusOpsDemoFile]Banner"]
-    assert (detail["reboots"], detail["reboot_pending"], detail["files_copied"]) == (1, False, 4)
+    assert (detail["reboots"], detail["reboot_pending"], detail["files_copied"]) == (1, False, 5)
     progress = [e.step for e in events if isinstance(e, RunChanged) and e.step]
-    assert any("1/2 [WindowsFeature]Web" in p for p in progress), progress
+    assert any("[WindowsFeature]Web" in p for p in progress), progress
     assert any(p.endswith("2/2: 2 changed") for p in progress), progress
     # The custom resource wrote its file into the guest's C: drive (the lab folder).
     banner = dsc_lab.guest_file("web01", "ProgramData", "vmbusops", "banner.txt")
     assert banner.read_text(encoding="utf-8") == "Configured by vmbusops"
-    # One record story, as on the simulator: the LCM asks, the host restarts the VM, -UseExisting resumes.
+    # One record story, as on the simulator: the meta-configuration, the LCM asks for a reboot,
+    # the host restarts the VM, -UseExisting resumes.
     texts = [str(r.content.get("message") or r.content.get("message_data")) for r in journal.records(result.job_id, vm="web01")]
+    meta = next(i for i, t in enumerate(texts) if "methodName' = SendMetaConfigurationApply" in t)
+    applied = next(i for i, t in enumerate(texts) if "methodName' = SendConfigurationApply" in t)
     asked = next(i for i, t in enumerate(texts) if "A reboot is required" in t)
     restart = next(i for i, t in enumerate(texts) if "restarting web01 from the host" in t)
     resumed = next(i for i, t in enumerate(texts) if "methodName' = ApplyConfiguration" in t)
-    assert asked < restart < resumed
+    assert meta < applied < asked < restart < resumed
     assert dsc_lab.credential().password.reveal() not in "\n".join(texts)
+    [settings] = [r.record.value for r in records if isinstance(r.record, OutputRecord)]
+    assert isinstance(settings, PSObjectValue)
+    assert settings.type_names[0].endswith("/MSFT_DSCMetaConfiguration")
+    assert (settings.get("ActionAfterReboot"), settings.get("LCMState")) == ("StopConfiguration", "Idle")
 
 
 async def test_lcm_verbose_records_arrive_while_the_lcm_is_still_working(dsc_lab: PwshLab) -> None:
