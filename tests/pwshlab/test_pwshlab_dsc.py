@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from pwshlab_support import PwshLab
 from tests.dsc.test_dsc_step import FEATURE_MOF, META_STOP, SCAFFOLD, dsc_step, source
 
@@ -26,12 +27,15 @@ from vmbusops.records import ErrorRecord, OutputRecord, PSObjectValue, VerboseRe
 
 pytestmark = pytest.mark.pwsh
 
-# web01 gets two features: one whose install asks for a reboot, one that takes a while to install.
+# web01 gets features: one whose install asks for a reboot, one that takes a while to install,
+# one that takes longer than any test waits.
 FEATURES = (
     'computer_name = "WEB01-LAB"\n'
-    'features = [{ name = "Web-Server", restart = true }, { name = "Web-Mgmt-Tools", install_seconds = 3.0 }]'
+    'features = [{ name = "Web-Server", restart = true }, { name = "Web-Mgmt-Tools", install_seconds = 3.0 },'
+    ' { name = "Web-Slow", install_seconds = 600.0 }]'
 )
 SLOW_MOF = FEATURE_MOF.replace("[WindowsFeature]Web", "[WindowsFeature]Tools").replace('"Web-Server"', '"Web-Mgmt-Tools"')
+ENDLESS_MOF = FEATURE_MOF.replace("[WindowsFeature]Web", "[WindowsFeature]Slow").replace('"Web-Server"', '"Web-Slow"')
 DEMO_MOF = SCAFFOLD["dsc/localhost.mof"]
 
 
@@ -133,6 +137,43 @@ async def test_lcm_verbose_records_arrive_while_the_lcm_is_still_working(dsc_lab
     assert after_install - before_install > 1.5, arrivals
     # Record by record: the lines keep their order, none lost.
     assert [m for _, m in arrivals][-1].startswith("Time taken for configuration job to complete")
+
+
+def _lab_processes(state_dir: str) -> list[int]:
+    """Processes of this test's lab (the server, guests, labctl): its state directory is in their environment."""
+    marker = f"VMBUSOPS_PWSHLAB_STATE={state_dir}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+async def test_stopping_a_dsc_run_stops_the_lcm(dsc_lab: PwshLab) -> None:
+    stage_in_guest(dsc_lab, "stage", ENDLESS_MOF)
+    state_dir = str(dsc_lab.home / "sim")
+    async with dsc_lab.open() as host:
+        [server] = _lab_processes(state_dir)
+        with trio.move_on_after(60) as scope:
+            async with host.invoke_in_guest(
+                "web01", "Start-DscConfiguration -Path 'C:\\stage' -Wait -Verbose -Force", dsc_lab.credential()
+            ) as invocation:
+                async for rec in invocation:
+                    if isinstance(rec.record, VerboseRecord) and "[ Start  Set      ]  [[WindowsFeature]Slow]" in rec.record.message:
+                        break
+        assert not scope.cancelled_caught
+        # Leaving the block stopped the pipeline: the guest function killed labctl, mid-install.
+        for _ in range(150):
+            if _lab_processes(state_dir) == [server]:
+                break
+            await trio.sleep(0.2)
+        assert _lab_processes(state_dir) == [server]
+    system = dsc_lab.guest_file("web01").parent / "system.json"
+    assert not system.exists() or '"web-slow": true' not in system.read_text(encoding="utf-8")
 
 
 def _lcm_view(records: list[Any]) -> list[tuple[str, str]]:

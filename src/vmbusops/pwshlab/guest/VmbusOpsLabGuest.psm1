@@ -146,7 +146,13 @@ function Invoke-LabLcm {
         $stderr = $process.StandardError.ReadToEndAsync()
         $process.StandardInput.Write((ConvertTo-Json -InputObject $request -Depth 6 -Compress))
         $process.StandardInput.Close()
-        while ($null -ne ($line = $process.StandardOutput.ReadLine())) {
+        while ($true) {
+            # Waited for in short slices: a stop (the agent cancelling the run) is honoured
+            # between statements, and a blocking ReadLine would hold it until the LCM's next line.
+            $next = $process.StandardOutput.ReadLineAsync()
+            while (-not $next.Wait(100)) { }
+            $line = $next.Result
+            if ($null -eq $line) { break }
             $record = ConvertFrom-Json -InputObject $line -AsHashtable -DateKind String -Depth 64
             if ($record.ContainsKey('verbose')) { $Cmdlet.WriteVerbose([string] $record['verbose']) }
             elseif ($record.ContainsKey('warning')) { $Cmdlet.WriteWarning([string] $record['warning']) }
