@@ -15,7 +15,8 @@
 # Invoke-Command -VMName/-VMId asks labctl whether PowerShell Direct would open a session (the VM
 # exists and runs, the guest has booted, the credential is valid), then opens a real remote
 # session to a child pwsh (what Start-Job uses), sets it up as the guest (a C: drive rooted at the
-# guest's folder in the lab state, $env:COMPUTERNAME, $env:TEMP, `hostname`) and runs the script
+# guest's folder in the lab state, $env:COMPUTERNAME, $env:TEMP, `hostname`, the DSC cmdlets of
+# ../../guest/VmbusOpsLabGuest.psm1 over the simulator's LCM) and runs the script
 # block there with the real Invoke-Command -Session. Remoting's own semantics follow: output is
 # deserialized, `exit N` in a script block closes the session without a code, and verbose,
 # warning and debug records reach a PSRP client only when it declares a host UI. Any other use of
