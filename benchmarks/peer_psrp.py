@@ -5,7 +5,7 @@ Runs under the peer's own interpreter (.venv-peer), never ours: it shares no cod
     python peer_psrp.py pwsh PWSH pipelines N       # N sequential pipelines on a warm pool
     python peer_psrp.py pwsh PWSH records N         # N verbose records streamed from one pipeline
     python peer_psrp.py sim PYTHON pipelines N
-    python peer_psrp.py sim PYTHON records N VM USER   # through Invoke-Command; password in
+    python peer_psrp.py sim PYTHON records N VM USER   # through the guest invoker; password in
                                                        # VMBUSOPS_PEER_PASSWORD, never argv
 
 Prints one JSON object: {"count": ..., "seconds": ...}; opening the pool is not timed.
@@ -18,10 +18,15 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from psrpcore.types import PSCredential, PSSecureString
 
 from psrp import AsyncPowerShell, AsyncRunspacePool, ProcessInfo
+
+# The peer's way into a guest and its host with a UI, as the peer tests drive the simulator.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "peer"))
+from pypsrp_peer import in_guest, with_ui
 
 VERBOSE_LINE = "LCM:  [ Start  Set      ]  [[File]f$_]"
 
@@ -42,7 +47,8 @@ def pipeline(pool: AsyncRunspacePool, kind: str) -> AsyncPowerShell:
 
 
 async def pipelines(kind: str, path: str, count: int) -> dict[str, float]:
-    async with AsyncRunspacePool(server(kind, path)) as pool:
+    # A host with a UI, as our client declares one: both pay for the same host calls.
+    async with AsyncRunspacePool(server(kind, path), host=with_ui()) as pool:
         await pipeline(pool, kind).invoke()  # warm
         start = time.perf_counter()
         for _ in range(count):
@@ -52,7 +58,7 @@ async def pipelines(kind: str, path: str, count: int) -> dict[str, float]:
 
 async def records(kind: str, path: str, count: int, rest: list[str]) -> dict[str, float]:
     script = f'1..{count} | ForEach-Object {{ Write-Verbose "{VERBOSE_LINE}" -Verbose }}'
-    async with AsyncRunspacePool(server(kind, path)) as pool:
+    async with AsyncRunspacePool(server(kind, path), host=with_ui()) as pool:
         ps = AsyncPowerShell(pool)
         if kind == "pwsh":
             # Warm, as ours does: the first pipeline on a runspace pays for loading and JIT.
@@ -63,11 +69,7 @@ async def records(kind: str, path: str, count: int, rest: list[str]) -> dict[str
         else:
             vm, user = rest
             password = os.environ["VMBUSOPS_PEER_PASSWORD"]
-            ps.add_command("Invoke-Command").add_parameters(
-                VMName=vm,
-                Credential=PSCredential(UserName=user, Password=PSSecureString(password)),
-                ScriptBlock=script,
-            )
+            ps = in_guest(pool, vm, PSCredential(UserName=user, Password=PSSecureString(password)), script, [])
         start = time.perf_counter()
         await ps.invoke()
         elapsed = time.perf_counter() - start

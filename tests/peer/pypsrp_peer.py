@@ -18,10 +18,17 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from psrpcore.types import PSCredential, PSSecureString
 
-from psrp import AsyncPowerShell, AsyncRunspacePool, ProcessInfo
+from psrp import AsyncPowerShell, AsyncRunspacePool, ProcessInfo, PSHost, PSHostUI
+
+# The guest invoker as a file, read as text: the peer runs guests the way PowerShell requires (a
+# script command that builds the ScriptBlock on the server), without importing vmbusops.
+INVOKER = (
+    Path(__file__).resolve().parents[2] / "src" / "vmbusops" / "guestops" / "powershell" / "Invoke-VmbusOpsGuest.ps1"
+)
 
 
 def sim_info(python: str) -> ProcessInfo:
@@ -32,9 +39,40 @@ def credential(user: str, password: str) -> PSCredential:
     return PSCredential(UserName=user, Password=PSSecureString(password))
 
 
+class _QuietUI(PSHostUI):
+    """PowerShell follows a verbose, warning, debug or progress record with the matching host
+    call; the records already carry the text, so the calls are taken and dropped."""
+
+    def write_verbose_line(self, line: str) -> None:
+        pass
+
+    def write_warning_line(self, line: str) -> None:
+        pass
+
+    def write_debug_line(self, line: str) -> None:
+        pass
+
+    def write_progress(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+def with_ui() -> PSHost:
+    """A host with a UI: without one, PowerShell drops a guest's verbose and warning records."""
+    return PSHost(ui=_QuietUI())
+
+
+def in_guest(pool: AsyncRunspacePool, vm: str, cred: PSCredential, script: str, arguments: list[str]) -> AsyncPowerShell:
+    ps = AsyncPowerShell(pool)
+    ps.add_script(INVOKER.read_text(encoding="utf-8"))
+    ps.add_parameters(VMName=vm, Credential=cred, Script=[script], StepIndex=[0], RunId="peer-1")
+    if arguments:
+        ps.add_parameter("ArgumentList", arguments)
+    return ps
+
+
 async def smoke(python: str, source: str, user: str, password: str) -> dict[str, object]:
     out: dict[str, object] = {}
-    async with AsyncRunspacePool(sim_info(python)) as pool:
+    async with AsyncRunspacePool(sim_info(python), host=with_ui()) as pool:
         ps = AsyncPowerShell(pool)
         ps.add_command("Get-VM")
         vms = await ps.invoke()
@@ -49,12 +87,12 @@ async def smoke(python: str, source: str, user: str, password: str) -> dict[str,
         await ps.invoke()
         out["copy_errors"] = [str(e) for e in ps.streams.error]
 
-        ps = AsyncPowerShell(pool)
-        ps.add_command("Invoke-Command").add_parameters(
-            VMName="web01",
-            Credential=credential(user, password),
-            ScriptBlock="Write-Verbose 'from the peer'; Get-Content 'C:\\Temp\\peer.txt'; Write-Output $args[0]",
-            ArgumentList=["arg-one"],
+        ps = in_guest(
+            pool,
+            "web01",
+            credential(user, password),
+            "Write-Verbose 'from the peer'; Get-Content 'C:\\Temp\\peer.txt'; Write-Output $args[0]",
+            ["arg-one"],
         )
         result = await ps.invoke()
         out["invoke_output"] = [str(v) for v in result]
@@ -78,12 +116,9 @@ async def pipelines(python: str, count: int) -> dict[str, object]:
 
 
 async def records(python: str, count: int, vm: str, user: str, password: str) -> dict[str, object]:
-    async with AsyncRunspacePool(sim_info(python)) as pool:
-        ps = AsyncPowerShell(pool)
-        ps.add_command("Invoke-Command").add_parameters(
-            VMName=vm, Credential=credential(user, password),
-            ScriptBlock=f"1..{count} | ForEach-Object {{ Write-Verbose \"LCM:  [ Start  Set      ]  [[File]f$_]\" }}",
-        )
+    async with AsyncRunspacePool(sim_info(python), host=with_ui()) as pool:
+        script = f"1..{count} | ForEach-Object {{ Write-Verbose \"LCM:  [ Start  Set      ]  [[File]f$_]\" }}"
+        ps = in_guest(pool, vm, credential(user, password), script, [])
         start = time.perf_counter()
         await ps.invoke()
         elapsed = time.perf_counter() - start

@@ -277,17 +277,25 @@ def invoker_params(
     vm: str,
     *steps: str,
     indices: list[int] | None = None,
-    run_id: str = "run-1",
+    run_id: str | None = None,
     arguments: list[Any] | None = None,
+    credential: Any = None,
+    vm_id: str | None = None,
 ) -> dict[str, Any]:
-    """Parameters for the guest invoker that run ``steps`` in ``vm`` as its administrator."""
+    """Parameters for the guest invoker that run ``steps`` in ``vm`` (as its administrator by default).
+
+    Each call gets its own RunId unless given one, as the agent's do: step files are named by it.
+    """
     params: dict[str, Any] = {
         "VMName": vm,
-        "Credential": admin(lab, vm),
+        "Credential": admin(lab, vm) if credential is None else credential,
         "Script": list(steps),
         "StepIndex": indices if indices is not None else list(range(len(steps))),
-        "RunId": run_id,
+        "RunId": run_id or uuid.uuid4().hex,
     }
+    if vm_id is not None:
+        del params["VMName"]
+        params["VMId"] = vm_id
     if arguments is not None:
         params["ArgumentList"] = arguments
     return params
@@ -298,6 +306,13 @@ async def run_in_guest(
 ) -> PipelineResult:
     """Run ``steps`` in ``vm`` through the guest invoker, as the agent does."""
     return await client.run(INVOKER_SCRIPT, script=True, **invoker_params(lab, vm, *steps, **options))
+
+
+async def start_in_guest(
+    client: PSRPTestClient, lab: Lab, vm: str, *steps: str, **options: Any
+) -> psrpcore.ClientPowerShell:
+    """Start ``steps`` in ``vm`` through the guest invoker; the caller waits for it."""
+    return await client.start(INVOKER_SCRIPT, script=True, **invoker_params(lab, vm, *steps, **options))
 
 
 def step_markers(result: PipelineResult) -> list[str]:
@@ -425,5 +440,6 @@ __all__ = [
     "load_lab",
     "run_in_guest",
     "sim_process",
+    "start_in_guest",
     "step_markers",
 ]

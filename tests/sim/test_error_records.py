@@ -1,8 +1,10 @@
 """Error records in the shape PowerShell sends them, checked against records measured with pwsh 7.6.9.
 
-Each row is what pwsh 7.6.9 sent over PSRP for the same command (FullyQualifiedErrorId, category,
-activity, reason, target name and type, exception type); the guest's paths differ (C:\\ here), so
-the target is checked against the path the test used.
+Each row is what pwsh 7.6.9 gave for the same command run as a step of the guest invoker
+(FullyQualifiedErrorId, category, activity, reason, target name and type, exception type):
+non-terminating records as the cmdlet wrote them (the same as over PSRP at top level), and the
+statement-terminating ones as the invoker's catch writes them again (activity Write-Error, no
+command qualifier). The guest's paths differ (C:\\ here), so the target is the path the test used.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 
 import pytest
 from psrpcore.types import PSInvocationState
-from sim_testclient import PSRPTestClient, admin
+from sim_testclient import PSRPTestClient, run_in_guest
 
 from vmbusops.sim.lab import Lab
 
@@ -30,8 +32,8 @@ MEASURED = [
     ),
     (
         "Get-Content -Frob x",
-        "NamedParameterNotFound,Microsoft.PowerShell.Commands.GetContentCommand",
-        ("InvalidArgument", "Get-Content", "ParameterBindingException", "", ""),
+        "NamedParameterNotFound",
+        ("InvalidArgument", "Write-Error", "ParameterBindingException", "", ""),
         "System.Management.Automation.ParameterBindingException",
     ),
     (
@@ -48,26 +50,26 @@ MEASURED = [
     ),
     (
         "Write-Error 'w1'",
-        "Microsoft.PowerShell.Commands.WriteErrorException",
+        "Microsoft.PowerShell.Commands.WriteErrorException,shape-0.ps1",
         ("NotSpecified", "Write-Error", "WriteErrorException", "", ""),
         "Microsoft.PowerShell.Commands.WriteErrorException",
     ),
     (
         "Write-Error 'w2' -ErrorId E2 -TargetObject t -Category InvalidData",
-        "E2",
+        "E2,shape-0.ps1",
         ("InvalidData", "Write-Error", "WriteErrorException", "t", "String"),
         "Microsoft.PowerShell.Commands.WriteErrorException",
     ),
     (
         "nosuchcmd",
         "CommandNotFoundException",
-        ("ObjectNotFound", "", "CommandNotFoundException", "nosuchcmd", "String"),
+        ("ObjectNotFound", "Write-Error", "CommandNotFoundException", "nosuchcmd", "String"),
         "System.Management.Automation.CommandNotFoundException",
     ),
     (
         "throw 'boom'",
         "boom",
-        ("OperationStopped", "", "RuntimeException", "boom", "String"),
+        ("OperationStopped", "Write-Error", "RuntimeException", "boom", "String"),
         "System.Management.Automation.RuntimeException",
     ),
 ]
@@ -88,7 +90,7 @@ def _shape(record: Any) -> tuple[str, str, str, str, str]:
 async def test_guest_error_records_match_powershells(
     client: PSRPTestClient, lab: Lab, script: str, fqid: str, category: tuple[str, ...], exception: str
 ) -> None:
-    result = await client.run("Invoke-Command", VMName="web01", Credential=admin(lab, "web01"), ScriptBlock=script)
+    result = await run_in_guest(client, lab, "web01", script, run_id="shape")
     assert result.state == PSInvocationState.Completed
     (record,) = result.errors
     assert str(record.FullyQualifiedErrorId) == fqid
@@ -101,4 +103,10 @@ async def test_guest_error_records_match_powershells(
 async def test_host_cmdlet_binding_errors_name_the_cmdlet(client: PSRPTestClient) -> None:
     result = await client.run("Get-VM", Nmae="web01")
     assert result.state == PSInvocationState.Failed
-    assert _shape(result.state_event.reason) == ("InvalidArgument", "Get-VM", "ParameterBindingException", "", "")
+    assert _shape(result.state_event.reason) == (
+        "InvalidArgument",
+        "Get-VM",
+        "ParameterBindingException",
+        "",
+        "",
+    )

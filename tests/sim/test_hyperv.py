@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 import trio
 from psrpcore.types import PSInvocationState
-from sim_testclient import PSRPTestClient, admin, credential, in_memory_client
+from sim_testclient import (
+    INVOKER_SCRIPT,
+    PSRPTestClient,
+    admin,
+    credential,
+    in_memory_client,
+    invoker_params,
+    run_in_guest,
+    step_markers,
+)
 
 from vmbusops.errors import ConfigError
 from vmbusops.sim.lab import Lab, parse_lab
@@ -136,32 +145,30 @@ async def test_copy_vm_file_errors_for_vm_state_and_guest_services(
 
 async def test_invoke_command_errors(client: PSRPTestClient, lab: Lab) -> None:
     good = admin(lab, "web01")
-    missing = await client.run("Invoke-Command", VMName="nosuch", Credential=good, ScriptBlock="1")
+    missing = await run_in_guest(client, lab, "nosuch", "1", credential=good)
     assert missing.error_messages == ["The input VMName nosuch does not resolve to a single virtual machine."]
     assert missing.error_ids == ["InvalidVMNameNotSingle,Microsoft.PowerShell.Commands.InvokeCommandCommand"]
     assert missing.state == PSInvocationState.Completed
 
-    by_id = await client.run(
-        "Invoke-Command", VMId="00000000-0000-0000-0000-0000000000ff", Credential=good, ScriptBlock="1"
+    by_id = await run_in_guest(
+        client, lab, "web01", "1", vm_id="00000000-0000-0000-0000-0000000000ff", credential=good
     )
     assert by_id.error_ids == ["InvalidVMIdNotSingle,Microsoft.PowerShell.Commands.InvokeCommandCommand"]
 
-    off = await client.run("Invoke-Command", VMName="legacy01", Credential=good, ScriptBlock="1")
+    off = await run_in_guest(client, lab, "legacy01", "1", credential=good)
     assert off.error_messages == ["The virtual machine legacy01 is not in running state."]
 
-    wrong = await client.run(
-        "Invoke-Command", VMName="web01", Credential=credential("Administrator", "wrong"), ScriptBlock="1"
-    )
+    wrong = await run_in_guest(client, lab, "web01", "1", credential=credential("Administrator", "wrong"))
     assert wrong.error_messages == ["The credential is invalid."]
     assert wrong.output == []
     assert "wrong" not in repr(wrong.errors[0].Exception.Message)
 
-    other_vm_password = await client.run(
-        "Invoke-Command", VMName="db01", Credential=admin(lab, "web01"), ScriptBlock="1"
-    )
+    other_vm_password = await run_in_guest(client, lab, "db01", "1", credential=admin(lab, "web01"))
     assert other_vm_password.error_messages == ["The credential is invalid."]
 
-    no_cred = await client.run("Invoke-Command", VMName="web01", ScriptBlock="1")
+    without = invoker_params(lab, "web01", "1")
+    del without["Credential"]
+    no_cred = await client.run(INVOKER_SCRIPT, script=True, **without)
     assert no_cred.state == PSInvocationState.Failed
     assert "missing mandatory parameters: Credential" in str(no_cred.state_event.reason.Exception.Message)
 
@@ -171,38 +178,41 @@ async def test_invoke_command_by_id_with_domain_forms_and_arguments(client: PSRP
     password = lab.credential("db01")[1]
     assert password == "Explicit-Pa55"
     for user in ("Administrator", ".\\Administrator", "DB01\\administrator"):
-        result = await client.run(
-            "Invoke-Command",
-            VMId=spec.id,
-            Credential=credential(user, password),
-            ScriptBlock='"$($args)"'.replace("$($args)", "$args") + "; $args[1]",
-            ArgumentList=["a", "b"],
+        result = await run_in_guest(
+            client,
+            lab,
+            "db01",
+            '"$args"; $args[1]',
+            vm_id=spec.id,
+            credential=credential(user, password),
+            arguments=["a", "b"],
         )
         assert result.output == ["a b", "b"], user
 
 
 async def test_invoke_command_honours_latency(client: PSRPTestClient, lab: Lab) -> None:
     start = trio.current_time()
-    await client.run("Invoke-Command", VMName="db01", Credential=admin(lab, "db01"), ScriptBlock="1")
+    await run_in_guest(client, lab, "db01", "1")
     assert trio.current_time() - start >= 0.05
 
 
-async def test_invoke_command_on_several_vms(client: PSRPTestClient, lab: Lab) -> None:
-    password = lab.credential("web01")[1]
-    result = await client.run(
-        "Invoke-Command",
-        VMName=["web01", "nosuch"],
-        Credential=credential("Administrator", password),
-        ScriptBlock="$env:COMPUTERNAME",
+async def test_the_invoker_reaches_one_vm(client: PSRPTestClient, lab: Lab) -> None:
+    # The invoker's -VMName is a [string]: a list of VMs is refused as PowerShell refuses it.
+    params = invoker_params(lab, "web01", "$env:COMPUTERNAME")
+    params["VMName"] = ["web01", "db01"]
+    result = await client.run(INVOKER_SCRIPT, script=True, **params)
+    assert result.state == PSInvocationState.Failed
+    assert str(result.state_event.reason.Exception.Message) == (
+        "Cannot process argument transformation on parameter 'VMName'. Cannot convert value to type System.String."
     )
-    assert result.output == ["WEB01"]
-    assert len(result.errors) == 1
+    one = await run_in_guest(client, lab, "web01", "$env:COMPUTERNAME")
+    assert one.output == ["WEB01"]
 
 
 async def test_session_drop_fault_after_n_records(client: PSRPTestClient, lab: Lab) -> None:
-    result = await client.run(
-        "Invoke-Command", VMName="flaky01", Credential=admin(lab, "flaky01"), ScriptBlock="1..20"
-    )
+    result = await run_in_guest(client, lab, "flaky01", "1..20")
+    # The invoker's markers do not count: the script's five records cross, then the session breaks.
+    assert step_markers(result) == ["vmbusops-step begin 0"]
     assert result.output == [1, 2, 3, 4, 5]
     assert result.error_messages == [
         "An error has occurred which Windows PowerShell cannot handle. A remote session might have ended."
@@ -214,16 +224,14 @@ async def test_restart_vm_reboots_with_no_contact_until_booted(client: PSRPTestC
     await client.run("Restart-VM", Name="web01", Force=True)
     during = await client.run("Get-VM", Name="web01")
     assert during.output[0].Heartbeat == "NoContact"
-    direct = await client.run(
-        "Invoke-Command", VMName="web01", Credential=admin(lab, "web01"), ScriptBlock="1"
-    )
+    direct = await run_in_guest(client, lab, "web01", "1")
     assert direct.error_messages == [
         "An error has occurred which Windows PowerShell cannot handle. A remote session might have ended."
     ]
     await trio.sleep(lab.host.boot_seconds + 0.05)
     after = await client.run("Get-VM", Name="web01")
     assert after.output[0].Heartbeat == "OkApplicationsHealthy"
-    ok = await client.run("Invoke-Command", VMName="web01", Credential=admin(lab, "web01"), ScriptBlock="1")
+    ok = await run_in_guest(client, lab, "web01", "1")
     assert ok.output == [1]
 
     off = await client.run("Restart-VM", Name="legacy01", Force=True)
@@ -283,25 +291,16 @@ async def test_lab_faults_break_powershell_direct_as_hyperv_does(tmp_path: Path)
     lab = parse_lab(FAULT_LAB, source="<fault lab>")
     store = HostStore(lab, tmp_path / "state")
     async with in_memory_client(store) as client:
-        refused = await client.run(
-            "Invoke-Command",
-            VMName="noconnect01",
-            Credential=admin(lab, "noconnect01"),
-            ScriptBlock="Write-Output never",
-        )
-        ended = await client.run(
-            "Invoke-Command",
-            VMName="socket01",
-            Credential=admin(lab, "socket01"),
-            ScriptBlock="1..5 | ForEach-Object { $_ }",
-        )
+        refused = await run_in_guest(client, lab, "noconnect01", "Write-Output never")
+        ended = await run_in_guest(client, lab, "socket01", "1..5 | ForEach-Object { $_ }")
     assert refused.output == []
     assert refused.error_messages == [
         "A failure occurred while attempting to connect to the target virtual machine."
     ]
+    assert step_markers(ended) == ["vmbusops-step begin 0"]
     assert ended.output == [1, 2]
     assert ended.error_messages == [
-        'The background process reported an error with the following message: '
+        "The background process reported an error with the following message: "
         '"The Hyper-V socket target process has ended.".'
     ]
     for result in (refused, ended):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import psrpcore
 import pytest
+import trio
+import trio.testing
 from psrpcore.types import PSInvocationState
 from sim_testclient import (
     INVOKER_SCRIPT,
@@ -17,6 +18,7 @@ from sim_testclient import (
     credential,
     invoker_params,
     run_in_guest,
+    start_in_guest,
     step_markers,
 )
 
@@ -127,6 +129,7 @@ async def test_non_terminating_errors_do_not_end_a_step_but_fail_it(client: PSRP
         "web01",
         "Get-Content C:\\nope.txt; Write-Error 'soft' -ErrorId Soft1; Write-Output after",
         "Write-Output never",
+        run_id="run-1",
     )
     assert result.output == ["after"]
     # Both records count: the step ran to its end, then failed, and the next did not start.
@@ -307,13 +310,73 @@ async def test_other_script_commands_are_refused_by_name(client: PSRPTestClient,
         assert "exit=" not in str(reason.Exception.Message)
 
 
-async def test_verbose_from_a_step_needs_a_host_ui(store: HostStore, lab: Lab) -> None:
-    from sim_testclient import in_memory_client
+async def test_the_invoker_runs_when_psrpcore_reads_the_pipeline(client: PSRPTestClient, lab: Lab) -> None:
+    # A float argument is outside what the fast CreatePipeline reader takes: psrpcore's own
+    # deserializer reads this message, and its commands carry is_script the same way.
+    result = await run_in_guest(client, lab, "web01", "Write-Output $args", arguments=[1.5, "x"])
+    assert result.output == [1.5, "x"]
+    assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=0 errors=0"]
 
-    for host_ui, expected in ((True, ["v"]), (False, [])):
-        async with in_memory_client(store, host_ui=host_ui) as client:
-            result = await run_in_guest(client, lab, "web01", "Write-Verbose v; Write-Warning w; Write-Output o")
-        assert result.verbose == expected
-        assert len(result.of(psrpcore.WarningRecordEvent)) == len(expected)
-        assert result.output == ["o"]
-        assert len(step_markers(result)) == 2
+
+async def test_step_text_arrives_as_written_quotes_and_all(client: PSRPTestClient, lab: Lab) -> None:
+    # The text is a parameter value, never spliced into script text: quotes need no escaping.
+    result = await run_in_guest(client, lab, "web01", "Write-Output \"it's \u2019quoted\u2019\"\nexit 5", "'two'")
+    assert result.output == ["it's \u2019quoted\u2019"]
+    assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=5 errors=0"]
+
+
+@pytest.mark.parametrize(
+    "step",
+    ["$ErrorActionPreference = 'Stop'; Get-Content C:\\nope; 'after'", "Get-Content C:\\nope -ErrorAction Stop; 'after'"],
+)
+async def test_an_error_under_stop_ends_the_step_as_a_terminating_error(
+    client: PSRPTestClient, lab: Lab, step: str
+) -> None:
+    result = await run_in_guest(client, lab, "web01", step, "Write-Output never")
+    assert result.output == []
+    assert step_markers(result) == ["vmbusops-step begin 0", "vmbusops-step end 0 exit=1 errors=1"]
+    (record,) = result.errors
+    # Caught and written again by the wrapper: no command qualifier, activity Write-Error (measured).
+    assert str(record.FullyQualifiedErrorId) == "PathNotFound"
+    assert _category(record)[:3] == ("ObjectNotFound", "Write-Error", "ItemNotFoundException")
+
+
+async def test_silently_continue_still_counts_and_ignore_does_not(client: PSRPTestClient, lab: Lab) -> None:
+    # pwsh 7.6.9: SilentlyContinue keeps the record off the stream but $Error gains it; Ignore does not.
+    silent = await run_in_guest(client, lab, "web01", "Get-Content C:\\nope -ErrorAction SilentlyContinue; 'after'")
+    assert silent.output == ["after"]
+    assert silent.errors == []
+    assert step_markers(silent)[-1] == "vmbusops-step end 0 exit=0 errors=1"
+    ignored = await run_in_guest(client, lab, "web01", "Get-Content C:\\nope -ErrorAction Ignore; 'after'")
+    assert ignored.errors == []
+    assert step_markers(ignored)[-1] == "vmbusops-step end 0 exit=0 errors=0"
+
+
+async def test_a_stopped_step_leaves_no_step_file(client: PSRPTestClient, lab: Lab, store: HostStore) -> None:
+    ps = await start_in_guest(client, lab, "web01", "Start-Sleep -Seconds 30", run_id="stopped")
+    spec = lab.find("web01")
+    assert spec is not None
+    folder = guest_path_to_host(store.guest_root(spec), STEP_FOLDER)
+    assert folder is not None
+    with trio.fail_after(5):
+        await client.wait_for(lambda: step_markers(client.result(ps)) == ["vmbusops-step begin 0"])
+        # Everything blocked: the step is in its Start-Sleep, its file written.
+        await trio.testing.wait_all_tasks_blocked()
+    assert [p.name for p in folder.iterdir()] == ["stopped-0.ps1"]
+    with trio.fail_after(5):
+        await client.stop(ps)
+        result = await client.wait(ps)
+    assert result.state == PSInvocationState.Stopped
+    assert list(folder.iterdir()) == []
+
+
+async def test_step_indices_convert_as_int32(client: PSRPTestClient, lab: Lab) -> None:
+    # PowerShell converts "3", 2.5 (to the even 2) and $true to Int32, and refuses what overflows.
+    result = await run_in_guest(client, lab, "web01", "'a'", "'b'", "'c'", indices=["3", 2.5, True])
+    assert [m.split()[2] for m in step_markers(result)] == ["3", "3", "2", "2", "1", "1"]
+    params = invoker_params(lab, "web01", "'a'", indices=[2**31])
+    refused = await client.run(INVOKER_SCRIPT, script=True, **params)
+    assert refused.state == PSInvocationState.Failed
+    assert str(refused.state_event.reason.Exception.Message).endswith(
+        'Error: "Value was either too large or too small for an Int32.""'
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 from psrpcore.types import PSInvocationState
-from sim_testclient import TEST_LAB, admin, sim_command, sim_process
+from sim_testclient import TEST_LAB, run_in_guest, sim_command, sim_process
 
 from vmbusops.errors import FramingError
 from vmbusops.sim.lab import load_lab
@@ -19,11 +19,8 @@ from vmbusops.sim.lab import load_lab
 async def test_child_serves_closes_cleanly_and_never_writes_stderr(lab_file: Path, tmp_path: Path) -> None:
     lab = load_lab(lab_file)
     async with sim_process(lab_file, tmp_path / "state") as sim:
-        result = await sim.client.run(
-            "Invoke-Command",
-            VMName="web01",
-            Credential=admin(lab, "web01"),
-            ScriptBlock="Write-Verbose 'from the guest'; Get-Service W3SVC | % Status",
+        result = await run_in_guest(
+            sim.client, lab, "web01", "Write-Verbose 'from the guest'; Get-Service W3SVC | % Status"
         )
         assert result.output == ["Running"]
         assert result.verbose == ["from the guest"]
@@ -61,12 +58,10 @@ async def test_log_file_only_when_asked_and_never_the_password(lab_file: Path, t
     log = tmp_path / "sim.log"
     password = lab.credential("web01")[1]
     async with sim_process(lab_file, tmp_path / "state", env={"VMBUSOPS_SIM_LOG": str(log)}) as sim:
-        await sim.client.run(
-            "Invoke-Command", VMName="web01", Credential=admin(lab, "web01"), ScriptBlock="'x'"
-        )
+        await run_in_guest(sim.client, lab, "web01", "'x'")
         await sim.client.close()
     text = log.read_text(encoding="utf-8")
-    assert "Invoke-Command" in text
+    assert "Invoke-VmbusOpsGuest (script)" in text
     assert password not in text
     assert bytes(sim.stderr) == b""
 
@@ -121,29 +116,39 @@ import asyncio, sys
 import psrp
 from psrpcore.types import PSCredential, PSSecureString
 
-async def main(python, state, lab, password):
+async def main(python, state, lab, password, invoker_path):
+    invoker = open(invoker_path, encoding="utf-8").read()
     conn = psrp.ProcessInfo(python, ["-m", "vmbusops.sim", "--state-dir", state, "--lab", lab])
+
+    def guest(rp, script, secret):
+        ps = psrp.AsyncPowerShell(rp)
+        ps.add_script(invoker)
+        ps.add_parameters(
+            VMName="web01",
+            Credential=PSCredential(UserName="Administrator", Password=PSSecureString(secret)),
+            Script=[script],
+            StepIndex=[0],
+            RunId="peer-1",
+        )
+        return ps
+
+    # pypsrp declares no host unless given one: the guest's verbose records are dropped.
     async with psrp.AsyncRunspacePool(conn) as rp:
         ps = psrp.AsyncPowerShell(rp)
         ps.add_command("Get-VM")
         print("VMS", ",".join(str(o.Name) for o in await ps.invoke()))
-        ps = psrp.AsyncPowerShell(rp)
-        ps.add_command("Invoke-Command").add_parameters(
-            VMName="web01",
-            Credential=PSCredential(UserName="Administrator", Password=PSSecureString(password)),
-            ScriptBlock="1..3 | % { Write-Verbose \"v$_\"; \"o$_\" }",
-        )
+        ps = guest(rp, "1..3 | % { Write-Verbose \"v$_\"; \"o$_\" }", password)
         out = await ps.invoke()
         print("OUT", ",".join(str(o) for o in out))
-        print("VERBOSE", ",".join(str(v.Message) for v in ps.streams.verbose))
-        ps = psrp.AsyncPowerShell(rp)
-        ps.add_command("Invoke-Command").add_parameters(
-            VMName="web01",
-            Credential=PSCredential(UserName="Administrator", Password=PSSecureString("wrong")),
-            ScriptBlock="1",
-        )
+        print("NOHOST-VERBOSE", ",".join(str(v.Message) for v in ps.streams.verbose))
+        print("MARKERS", ",".join(str(i.MessageData) for i in ps.streams.information))
+        ps = guest(rp, "1", "wrong")
         await ps.invoke()
         print("ERROR", ps.streams.error[0])
+    async with psrp.AsyncRunspacePool(conn, host=psrp.PSHost(ui=psrp.PSHostUI())) as rp:
+        ps = guest(rp, "1..3 | % { Write-Verbose \"v$_\"; \"o$_\" }", password)
+        await ps.invoke()
+        print("VERBOSE", ",".join(str(v.Message) for v in ps.streams.verbose))
 
 asyncio.run(main(*sys.argv[1:]))
 """
@@ -174,6 +179,10 @@ def test_pypsrp_talks_to_the_simulator(lab_file: Path, tmp_path: Path) -> None:
             str(tmp_path / "state"),
             str(lab_file),
             lab.credential("web01")[1],
+            str(
+                Path(__file__).resolve().parents[2]
+                / "src/vmbusops/guestops/powershell/Invoke-VmbusOpsGuest.ps1"
+            ),
         ],
         capture_output=True,
         timeout=60,
@@ -184,5 +193,7 @@ def test_pypsrp_talks_to_the_simulator(lab_file: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr.decode()
     assert "VMS web01,db01,legacy01,app01,flaky01" in out
     assert "OUT o1,o2,o3" in out
+    assert "MARKERS vmbusops-step begin 0,vmbusops-step end 0 exit=0" in out
+    assert "NOHOST-VERBOSE \n" in out
     assert "VERBOSE v1,v2,v3" in out
     assert "ERROR The credential is invalid." in out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psrpcore
 import trio
 from psrpcore.types import PSInvocationState
-from sim_testclient import PSRPTestClient, admin, in_memory_client
+from sim_testclient import PSRPTestClient, in_memory_client, run_in_guest, start_in_guest
 
 from vmbusops.psrp.framing import POOL_GUID, PacketKind
 from vmbusops.sim.lab import Lab
@@ -26,9 +26,7 @@ async def test_pool_open_acks_data_before_negotiation(client: PSRPTestClient) ->
 
 
 async def test_pipeline_data_ack_comes_before_records(client: PSRPTestClient, lab: Lab) -> None:
-    ps = await client.start(
-        "Invoke-Command", VMName="web01", Credential=admin(lab, "web01"), ScriptBlock="Write-Verbose a; 1"
-    )
+    ps = await start_in_guest(client, lab, "web01", "Write-Verbose a; 1")
     result = await client.wait(ps)
     pid = ps.pipeline_id
     assert _index(client, PacketKind.COMMAND_ACK, pid) < _index(client, PacketKind.DATA_ACK, pid)
@@ -42,11 +40,8 @@ async def test_pipeline_data_ack_comes_before_records(client: PSRPTestClient, la
 
 
 async def test_signal_stops_a_running_pipeline(client: PSRPTestClient, lab: Lab) -> None:
-    ps = await client.start(
-        "Invoke-Command",
-        VMName="web01",
-        Credential=admin(lab, "web01"),
-        ScriptBlock="Write-Verbose before; Start-Sleep -Seconds 30; Write-Verbose after",
+    ps = await start_in_guest(
+        client, lab, "web01", "Write-Verbose before; Start-Sleep -Seconds 30; Write-Verbose after"
     )
     await client.wait_for(lambda: client.result(ps).verbose == ["before"])
     with trio.fail_after(5):
@@ -59,9 +54,7 @@ async def test_signal_stops_a_running_pipeline(client: PSRPTestClient, lab: Lab)
 
 
 async def test_close_of_running_pipeline_sends_no_state(client: PSRPTestClient, lab: Lab) -> None:
-    ps = await client.start(
-        "Invoke-Command", VMName="web01", Credential=admin(lab, "web01"), ScriptBlock="Start-Sleep 30"
-    )
+    ps = await start_in_guest(client, lab, "web01", "Start-Sleep 30")
     with trio.fail_after(5):
         await client.close_pipeline(ps)
     # The server stays usable after the close.
@@ -82,12 +75,7 @@ async def _timed_sleepers(store: HostStore, lab: Lab, max_runspaces: int, count:
     async with in_memory_client(store, max_runspaces=max_runspaces) as client:
         start = trio.current_time()
         pipes = [
-            await client.start(
-                "Invoke-Command",
-                VMName="web01",
-                Credential=admin(lab, "web01"),
-                ScriptBlock="Start-Sleep -Milliseconds 300; 'done'",
-            )
+            await start_in_guest(client, lab, "web01", "Start-Sleep -Milliseconds 300; 'done'")
             for _ in range(count)
         ]
         results = [await client.wait(ps) for ps in pipes]
@@ -103,12 +91,7 @@ async def test_pipelines_run_concurrently_up_to_max_runspaces(store: HostStore, 
 
 
 async def test_many_records_are_batched_into_few_packets(client: PSRPTestClient, lab: Lab) -> None:
-    ps = await client.start(
-        "Invoke-Command",
-        VMName="web01",
-        Credential=admin(lab, "web01"),
-        ScriptBlock='1..3000 | % { Write-Verbose "line $_" }',
-    )
+    ps = await start_in_guest(client, lab, "web01", '1..3000 | % { Write-Verbose "line $_" }')
     result = await client.wait(ps)
     assert result.verbose == [f"line {i}" for i in range(1, 3001)]
     data_packets = [p for p in client.wire if p.kind is PacketKind.DATA and p.guid == ps.pipeline_id]
@@ -121,12 +104,7 @@ async def test_large_output_is_fragmented_and_reassembled(
     root = store.guest_root(lab.vms[0])
     big = "y" * 200_000
     (root / "C" / "big.txt").write_text(big, encoding="utf-8")
-    result = await client.run(
-        "Invoke-Command",
-        VMName="web01",
-        Credential=admin(lab, "web01"),
-        ScriptBlock="Get-Content C:\\big.txt -Raw",
-    )
+    result = await run_in_guest(client, lab, "web01", "Get-Content C:\\big.txt -Raw")
     assert result.output == [big]
 
 

@@ -253,10 +253,11 @@ async def ensure_guest_services(host: HyperVHost, vm: str, *, may_enable: bool) 
 
 
 def hash_script(paths: Sequence[str]) -> str:
-    """One Get-FileHash for many files. A missing file simply has no hash: -ErrorAction
-    SilentlyContinue keeps the expected "cannot find path" errors out of the run's record."""
+    """One Get-FileHash for many files. A missing file simply has no hash: -ErrorAction Ignore
+    keeps the expected "cannot find path" errors out of the run's record and out of ``$Error``,
+    where SilentlyContinue would leave them for the invoker to count as the step's errors."""
     listed = ",".join(_quote(p) for p in paths)
-    return f"Get-FileHash -LiteralPath {listed} -Algorithm SHA256 -ErrorAction SilentlyContinue"
+    return f"Get-FileHash -LiteralPath {listed} -Algorithm SHA256 -ErrorAction Ignore"
 
 
 async def guest_hashes(channel: GuestChannel, paths: Sequence[str]) -> dict[str, str]:

@@ -26,11 +26,16 @@ codes). Any other script command (``is_script``) is refused with an error saying
 command name yields PowerShell's CommandNotFoundException ("The term 'X' is not recognized as the
 name of a cmdlet, ...").
 
-``Invoke-Command`` checks, in order: the VM exists (else ``InvalidVMNameNotSingle``), it is
-running (``InvalidVMState``), a session opens (``session_open_ms``), the guest has booted (else
-"An error has occurred which Windows PowerShell cannot handle. A remote session might have
-ended."), the credential matches (else "The credential is invalid."). Then the script block runs
-after the VM's ``latency_ms``, and its records stream live. A VM with ``session_drop_after_records
+Parameters bind by type as PowerShell's binder binds them (``binding``): names are [string[]],
+switches [switch], ids [guid], credentials [pscredential]. ``Invoke-Command`` sent directly never
+runs: no value a PSRP client can send binds to its [scriptblock] -ScriptBlock, and the simulator
+refuses it with PowerShell's own error. The guest invoker reaches a guest the way its
+``Invoke-Command -VMName/-VMId`` does, checking in order: the VM exists (else
+``InvalidVMNameNotSingle``), it is running (``InvalidVMState``), a session opens
+(``session_open_ms``), the guest has booted (else "An error has occurred which Windows PowerShell
+cannot handle. A remote session might have ended."), the credential matches (else "The
+credential is invalid."). Then the steps run after the VM's ``latency_ms``, and their records
+stream live. A VM with ``session_drop_after_records
 = N`` delivers N records and then the session breaks with the "remote session might have ended"
 error; ``socket_ends_after_records = N`` ends it with the Hyper-V socket's "target process has
 ended" error instead, and ``connect_fails = true`` refuses every session with "A failure occurred
@@ -40,6 +45,8 @@ errors: the pipeline completes, as with the real cmdlet.
 A guest's verbose, warning and debug records reach the client only if its runspace pool
 declared a host with a UI (HostInfo with IsHostNull and IsHostUINull false), as with PowerShell
 7.6.9, which drops them otherwise even with -Verbose or the preferences at Continue. With a UI,
+each verbose, warning, debug and progress record is followed by its void host call
+(WriteVerboseLine, WriteWarningLine, WriteDebugLine, WriteProgress), as pwsh sends them. With a UI,
 every one is sent: a real session sends verbose and debug records only when the script's
 preference variables ask for them; the simulator's scripts are short and written to be observed,
 so it sends every one rather than guess at preferences. Output values are sent as plain
@@ -60,6 +67,8 @@ Script blocks run through a small interpreter. Supported:
 - variables: assignment ``$x = ...``, ``$args`` (from ``-ArgumentList``), ``$_``/``$PSItem``,
   ``$true``, ``$false``, ``$null``, ``$env:COMPUTERNAME`` (and USERNAME, TEMP, SystemRoot, ...),
   ``$PSVersionTable`` (a minimal hashtable); member access ``$x.Name`` and indexing ``$x[0]``;
+- error actions: ``-ErrorAction`` and ``$ErrorActionPreference`` (``Stop`` makes a cmdlet's error
+  terminating; ``SilentlyContinue`` hides it but ``$Error`` still gains it; ``Ignore`` drops it);
 - ``foreach ($x in ...) { ... }``, ``ForEach-Object { ... }`` / ``%`` / ``foreach`` (also
   ``-Begin``/``-End`` and ``% Name``), ``exit N``; ``throw`` / ``throw <value>`` (the record
   PowerShell makes: RuntimeException, the text as its id, OperationStopped); ``break`` and

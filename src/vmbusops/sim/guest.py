@@ -163,6 +163,8 @@ class GuestSession:
         # whether a ``try`` encloses the running script (statement errors then end it).
         self.script_file: str | None = None
         self.in_try = False
+        # Errors kept off the stream by -ErrorAction SilentlyContinue: $Error still gains them.
+        self.silenced_errors = 0
 
     # ---- running -------------------------------------------------------------------------
 
@@ -249,20 +251,26 @@ class GuestSession:
         if host is None or not path.casefold().endswith(".ps1") or not host.is_file():
             raise StatementError(pserrors.command_not_found(target))
         text = (await _read_guest_file(host)).decode("utf-8-sig")
-        # A file whose text the simulator knows (less the newline Set-Content adds) runs as its equivalent.
-        known = RECOGNISED_SCRIPTS.get(hashlib.sha256(text.removesuffix("\r\n").encode("utf-8")).hexdigest())
-        try:
-            script = parse_script("" if known else text)
-        except UnsupportedSyntax as exc:
-            raise StatementError(pserrors.not_supported_in_guest(exc.what)) from None
+        # A recognised script (the patch step's) written as a step file: Set-Content added a newline.
+        equivalent = RECOGNISED_SCRIPTS.get(hashlib.sha256(text.encode("utf-8")).hexdigest()) or (
+            RECOGNISED_SCRIPTS.get(hashlib.sha256(text.removesuffix("\r\n").encode("utf-8")).hexdigest())
+        )
+        script = None
+        if equivalent is None:
+            try:
+                script = parse_script(text)
+            except UnsupportedSyntax as exc:
+                raise StatementError(pserrors.not_supported_in_guest(exc.what)) from None
         variables = self.variables
         saved, saved_file = variables.get("args"), self.script_file
         variables["args"] = arguments
         self.script_file = path.rsplit("\\", 1)[-1]
         try:
-            if known is not None:
-                variables["lastexitcode"] = await known(self, emit)
-            await self.run_script(script, emit)
+            if equivalent is not None:
+                variables["lastexitcode"] = await equivalent(self, emit)
+            else:
+                assert script is not None
+                await self.run_script(script, emit)
         except GuestRestarting:
             raise
         except ScriptExit as exc:
@@ -536,11 +544,13 @@ class Stage:
         stream (callers use it to probe, e.g. which files exist).
         """
         if self._streams is None:
-            action = str(self.bound.get("ErrorAction", "")).casefold()
+            action = self.bound.get("ErrorAction")
+            if action is None:
+                action = self.session.variables.get("erroractionpreference")
             self._streams = _CmdletStreams(
-                self.session.streams,
+                self.session,
                 activity=self.name if "-" in self.name else "",
-                drop_errors=action in ("silentlycontinue", "ignore"),
+                action=str(action or "Continue").casefold(),
             )
         return self._streams
 
@@ -601,19 +611,31 @@ class WriteOutput(Stage):
 
 
 class _CmdletStreams:
-    """A cmdlet's view of the streams: its errors named after it, or dropped (-ErrorAction)."""
+    """A cmdlet's view of the streams: its errors named after it and handled by its error action.
 
-    def __init__(self, inner: Streams, *, activity: str, drop_errors: bool) -> None:
-        self._inner = inner
+    The action is the cmdlet's -ErrorAction, else the script's ``$ErrorActionPreference``:
+    ``Stop`` makes a non-terminating error terminating (the script ends, a ``try`` catches it);
+    ``SilentlyContinue`` keeps it off the error stream but, as in PowerShell, ``$Error`` still
+    gains it; ``Ignore`` drops it altogether (pwsh 7.6.9, measured).
+    """
+
+    def __init__(self, session: GuestSession, *, activity: str, action: str) -> None:
+        self._session = session
+        self._inner = session.streams
         self._activity = activity
-        self._drop_errors = drop_errors
+        self._action = action
 
     def output(self, value: Any) -> None:
         self._inner.output(value)
 
     def error(self, error: SimError) -> None:
-        if not self._drop_errors:
-            self._inner.error(pserrors.with_activity(error, self._activity))
+        error = pserrors.with_activity(error, self._activity)
+        if self._action == "stop":
+            raise ScriptTerminated(error)
+        if self._action == "silentlycontinue":
+            self._session.silenced_errors += 1
+        elif self._action != "ignore":
+            self._inner.error(error)
 
     def warning(self, message: str) -> None:
         self._inner.warning(message)

@@ -3,7 +3,8 @@
 Host cmdlets arrive as structured commands (name + typed parameters), exactly as the agent sends
 them to a real ``powershell.exe``. Binding failures and unknown commands end the pipeline Failed
 with PowerShell's terminating error; per-VM problems are non-terminating error records and the
-pipeline completes, as the real cmdlets behave.
+pipeline completes, as the real cmdlets behave. The one script command accepted is the guest
+invoker (``vmbusops.sim.invoker``), the only way guest code runs.
 """
 
 from __future__ import annotations
@@ -213,72 +214,89 @@ class HyperVHost:
         self.lab = lab
         self.store = store
         self.clock = clock
+        # Parameter types as the Hyper-V module and Invoke-Command declare them: names are
+        # [string[]], switches [switch], ids [guid], credentials [pscredential].
+        names = "strings"
         self._cmdlets: dict[str, tuple[tuple[Param, ...], Callable[..., Any]]] = {
             "get-vm": (
-                (Param("Name", 0, aliases=("VMName",)), Param("Id"), Param("ComputerName")),
+                (
+                    Param("Name", 0, aliases=("VMName",), kind=names),
+                    Param("Id", kind="guid"),
+                    Param("ComputerName", kind=names),
+                ),
                 self.get_vm,
             ),
             "get-vmintegrationservice": (
-                (Param("VMName", 0), Param("Name", 1), Param("ComputerName")),
+                (Param("VMName", 0, kind=names), Param("Name", 1, kind=names), Param("ComputerName", kind=names)),
                 self.get_vm_integration_service,
             ),
             "enable-vmintegrationservice": (
-                (Param("Name", 0), Param("VMName", 1), Param("Passthru", switch=True), Param("ComputerName")),
+                (
+                    Param("Name", 0, kind=names),
+                    Param("VMName", 1, kind=names),
+                    Param("Passthru", switch=True, kind="switch"),
+                    Param("ComputerName", kind=names),
+                ),
                 self.enable_vm_integration_service,
             ),
             "disable-vmintegrationservice": (
-                (Param("Name", 0), Param("VMName", 1), Param("Passthru", switch=True), Param("ComputerName")),
+                (
+                    Param("Name", 0, kind=names),
+                    Param("VMName", 1, kind=names),
+                    Param("Passthru", switch=True, kind="switch"),
+                    Param("ComputerName", kind=names),
+                ),
                 self.disable_vm_integration_service,
             ),
             "copy-vmfile": (
                 (
-                    Param("Name", 0, aliases=("VMName",)),
-                    Param("SourcePath", 1),
-                    Param("DestinationPath", 2),
+                    Param("Name", 0, aliases=("VMName",), kind=names),
+                    Param("SourcePath", 1, kind="string"),
+                    Param("DestinationPath", 2, kind="string"),
                     Param("FileSource"),
-                    Param("CreateFullPath", switch=True),
-                    Param("Force", switch=True),
-                    Param("ComputerName"),
+                    Param("CreateFullPath", switch=True, kind="switch"),
+                    Param("Force", switch=True, kind="switch"),
+                    Param("ComputerName", kind=names),
                 ),
                 self.copy_vm_file,
             ),
             "invoke-command": (
                 (
-                    Param("ScriptBlock", 0, aliases=("Command",)),
-                    Param("VMName"),
-                    Param("VMId", aliases=("VMGuid",)),
-                    Param("Credential"),
+                    Param("ScriptBlock", 0, aliases=("Command",), kind="scriptblock"),
+                    Param("VMName", kind=names),
+                    Param("VMId", aliases=("VMGuid",), kind="guids"),
+                    Param("Credential", kind="credential"),
                     Param("ArgumentList", aliases=("Args",)),
-                    Param("ThrottleLimit"),
-                    Param("HideComputerName", switch=True),
-                    Param("ConfigurationName"),
+                    Param("ThrottleLimit", kind="int"),
+                    Param("HideComputerName", switch=True, kind="switch"),
+                    Param("ConfigurationName", kind="string"),
                 ),
                 self.invoke_command,
             ),
             "restart-vm": (
                 (
-                    Param("Name", 0, aliases=("VMName",)),
-                    Param("Force", switch=True),
-                    Param("Wait", switch=True),
+                    Param("Name", 0, aliases=("VMName",), kind=names),
+                    Param("Force", switch=True, kind="switch"),
+                    Param("Wait", switch=True, kind="switch"),
                     Param("For"),
-                    Param("Timeout"),
-                    Param("Delay"),
+                    Param("Timeout", kind="int"),
+                    Param("Delay", kind="int"),
                     Param("Type"),
-                    Param("Passthru", switch=True),
+                    Param("Passthru", switch=True, kind="switch"),
                 ),
                 self.restart_vm,
             ),
             "start-vm": (
-                (Param("Name", 0, aliases=("VMName",)), Param("Passthru", switch=True)),
+                (Param("Name", 0, aliases=("VMName",), kind=names), Param("Passthru", switch=True, kind="switch")),
                 self.start_vm,
             ),
             "stop-vm": (
                 (
-                    Param("Name", 0, aliases=("VMName",)),
-                    Param("Force", switch=True),
-                    Param("TurnOff", switch=True),
-                    Param("Save", switch=True),
-                    Param("Passthru", switch=True),
+                    Param("Name", 0, aliases=("VMName",), kind=names),
+                    Param("Force", switch=True, kind="switch"),
+                    Param("TurnOff", switch=True, kind="switch"),
+                    Param("Save", switch=True, kind="switch"),
+                    Param("Passthru", switch=True, kind="switch"),
                 ),
                 self.stop_vm,
             ),
@@ -536,9 +554,16 @@ class HyperVHost:
         async def wrapper(session: GuestSession, emit: Emit) -> None:
             await invoker.run_guest_wrapper(session, call, emit)
 
-        await self._invoke_in_guest(spec, _credential(call.credential), wrapper, [], streams)
+        await self._invoke_in_guest(spec, _credential(call.credential), wrapper, streams)
 
     async def invoke_command(self, b: dict[str, Any], streams: HostStreams, fq: str) -> None:
+        """Invoke-Command sent directly: it can never run, as with PowerShell over PSRP.
+
+        Its -ScriptBlock is a [scriptblock], which no value a PSRP client sends binds to (the
+        binder refuses it before this runs); without it, no VM parameter set is complete. Guest
+        code runs through the guest invoker (``invoke_vmbusops_guest``), which builds the script
+        block on the host as PowerShell requires.
+        """
         if b.get("VMName") is None and b.get("VMId") is None:
             raise BindingError(
                 SimError(
@@ -549,46 +574,22 @@ class HyperVHost:
                     exception_type="System.NotSupportedException",
                 )
             )
-        require(b, fq, "ScriptBlock", "Credential")
-        script = to_text(b["ScriptBlock"])
-        arguments = b.get("ArgumentList")
-        arguments = (
-            [] if arguments is None else list(arguments) if isinstance(arguments, list) else [arguments]
+        raise BindingError(
+            SimError(
+                message="Parameter set cannot be resolved using the specified named parameters. One or "
+                "more parameters issued cannot be used together or an insufficient number of "
+                "parameters were provided.",
+                fqid=f"AmbiguousParameterSet,{fq}",
+                category="InvalidArgument",
+                exception_type="System.Management.Automation.ParameterBindingException",
+            )
         )
-        credential = _credential(b["Credential"])
-        targets: list[VMSpec] = []
-        if b.get("VMName") is not None:
-            for name in names_of(b["VMName"]):
-                spec = self.lab.find(name)
-                if spec is None:
-                    streams.error(pserrors.invoke_vm_name_not_found(name))
-                else:
-                    targets.append(spec)
-        else:
-            for vm_id in names_of(b["VMId"]):
-                spec = self.lab.find_by_id(vm_id)
-                if spec is None:
-                    streams.error(pserrors.invoke_vm_id_not_found(vm_id))
-                else:
-                    targets.append(spec)
-
-        async def body(session: GuestSession, emit: Emit) -> None:
-            await session.run_text(script, emit)
-
-        if len(targets) == 1:
-            # The usual case (one VM per pipeline): no nursery and task to set up per pipeline.
-            await self._invoke_in_guest(targets[0], credential, body, arguments, streams)
-            return
-        async with trio.open_nursery() as nursery:
-            for spec in targets:
-                nursery.start_soon(self._invoke_in_guest, spec, credential, body, arguments, streams)
 
     async def _invoke_in_guest(
         self,
         spec: VMSpec,
         credential: tuple[str, str] | None,
         body: Callable[[GuestSession, Emit], Awaitable[None]],
-        arguments: list[Any],
         streams: HostStreams,
     ) -> None:
         """Open a PowerShell Direct session to ``spec`` (with Invoke-Command's errors) and run ``body``."""
@@ -613,7 +614,7 @@ class HyperVHost:
             await trio.sleep(spec.latency_ms / 1000)
         guest_streams = _GuestStreams(streams, spec)
         session = GuestSession(
-            spec=spec, store=self.store, streams=guest_streams, username=credential[0], arguments=arguments
+            spec=spec, store=self.store, streams=guest_streams, username=credential[0]
         )
 
         async def emit(value: Any) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import re
 import uuid
 from dataclasses import dataclass
@@ -225,6 +226,10 @@ def _to_int32(value: Any) -> tuple[int | None, str]:
         return int(value), ""
     if isinstance(value, int):
         number = value
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return None, "Value was either too large or too small for an Int32."
+        number = round(value)  # .NET rounds a double to the nearest even integer, as round() does
     elif isinstance(value, str):
         try:
             number = int(value.strip())
@@ -305,7 +310,7 @@ def _caught(error: SimError) -> SimError:
     return dataclasses.replace(error, fqid=_without_command_suffix(error.fqid), activity="Write-Error")
 
 
-_COMMAND_SUFFIX = re.compile(r",[A-Za-z][A-Za-z0-9_.\-]*[.\-][A-Za-z0-9_.\-]*\Z")
+_COMMAND_SUFFIX = re.compile(r",[A-Za-z0-9][A-Za-z0-9_.\-]*[.\-][A-Za-z0-9_.\-]*\Z")
 
 
 def _without_command_suffix(fqid: str) -> str:
@@ -378,6 +383,7 @@ async def run_guest_wrapper(session: GuestSession, call: InvokerCall, emit: Emit
         code: Any = 0
         counted = _ErrorCount(streams)
         session.streams = counted
+        silenced_before = session.silenced_errors
         try:
             # Windows PowerShell 5.1's Set-Content -Encoding UTF8: a BOM, the text, a newline.
             host.write_bytes(b"\xef\xbb\xbf" + (text + "\r\n").encode("utf-8"))
@@ -397,15 +403,16 @@ async def run_guest_wrapper(session: GuestSession, call: InvokerCall, emit: Emit
             session.streams = streams
             host.unlink(missing_ok=True)
         code_text = "0" if code is None else to_text(code)
+        written = counted.count + session.silenced_errors - silenced_before
         streams.information(
             InformationMessage(
-                message_data=f"vmbusops-step end {index} exit={code_text} errors={counted.count}",
+                message_data=f"vmbusops-step end {index} exit={code_text} errors={written}",
                 source="Write-Information",
                 tags=(MARKER_TAG,),
             )
         )
         await streams.checkpoint()
-        if code_text != "0" or counted.count:
+        if code_text != "0" or written:
             break
 
 

@@ -55,10 +55,13 @@ from psrpcore import (
     StreamType,
 )
 from psrpcore.types import (
+    HostMethodIdentifier,
     InformationRecordMsg,
+    PipelineHostCall,
     PipelineState,
     ProgressRecordMsg,
     ProgressRecordType,
+    PSInt64,
     PSInvocationState,
     PSRPMessageType,
     PSVersion,
@@ -70,6 +73,7 @@ from vmbusops.psrp.framing import POOL_GUID, DataStream, Packet, PacketKind, Pac
 from vmbusops.sim import clixml
 from vmbusops.sim.create_pipeline import ParsedCreatePipelineEvent, SimRunspacePool
 from vmbusops.sim.hyperv import CommandSpec, HyperVHost
+from vmbusops.sim.invoker import INVOKER_FUNCTION, is_invoker_script
 from vmbusops.sim.streams import InformationMessage, ProgressUpdate, SimError, TerminatingError
 
 log = logging.getLogger("vmbusops.sim")
@@ -238,14 +242,28 @@ class _PipelineStreams:
     def error(self, error: SimError) -> None:
         self._queue(PSRPMessageType.ErrorRecord, clixml.error_xml(error))
 
+    def _echo(self, method: HostMethodIdentifier, parameters: list[Any]) -> None:
+        """The host call PowerShell makes right after a record when the client declared a UI.
+
+        Measured with pwsh 7.6.9: a verbose, warning, debug or progress record is followed by
+        WriteVerboseLine / WriteWarningLine / WriteDebugLine / WriteProgress with the same content,
+        on the default stream, void (call id -100). Not a record: lab faults do not count it.
+        """
+        if self._server.host_has_ui:
+            call = PipelineHostCall(ci=-100, mi=method, mp=parameters)
+            self._server.queue_message(self._pid, PSRPMessageType.PipelineHostCall, clixml.psrpcore_xml(call))
+
     def warning(self, message: str) -> None:
         self._queue(PSRPMessageType.WarningRecord, clixml.warning_xml(message))
+        self._echo(HostMethodIdentifier.WriteWarningLine, [message])
 
     def verbose(self, message: str) -> None:
         self._queue(PSRPMessageType.VerboseRecord, clixml.verbose_xml(message))
+        self._echo(HostMethodIdentifier.WriteVerboseLine, [message])
 
     def debug(self, message: str) -> None:
         self._queue(PSRPMessageType.DebugRecord, clixml.debug_xml(message))
+        self._echo(HostMethodIdentifier.WriteDebugLine, [message])
 
     def information(self, info: InformationMessage) -> None:
         host = self._server.host.lab.host.name
@@ -290,6 +308,9 @@ class _PipelineStreams:
             SecondsRemaining=update.seconds_remaining,
         )
         self._queue(PSRPMessageType.ProgressRecord, clixml.psrpcore_xml(record))
+        # The host call carries the record as remoting serializes a ProgressRecord: the same
+        # properties as the record message (psrpcore reads them back so).
+        self._echo(HostMethodIdentifier.WriteProgress, [PSInt64(0), record])
 
     async def checkpoint(self) -> None:
         await self._server.outbox.wait_for_space()
@@ -535,8 +556,16 @@ class PSRPServer:
                     pipe.state = PSInvocationState.Running
                     commands = run.commands
                     if log.isEnabledFor(logging.INFO):
-                        names = ", ".join(str(c.command_text) for c in commands if not c.is_script)
-                        log.info("pipeline %s: %s", pipe.pipeline_id, names or "(script)")
+                        # A script's text is never logged; the guest invoker is named.
+                        names = ", ".join(
+                            str(c.command_text)
+                            if not c.is_script
+                            else f"{INVOKER_FUNCTION} (script)"
+                            if is_invoker_script(str(c.command_text))
+                            else "(script)"
+                            for c in commands
+                        )
+                        log.info("pipeline %s: %s", pipe.pipeline_id, names)
                     streams = _PipelineStreams(self, pipe.pipeline_id)
                     try:
                         await self.host.run(commands, streams)
