@@ -19,6 +19,14 @@ drive. What this lane cannot show: Hyper-V itself, Windows PowerShell 5.1 in the
 stderr handling, execution policy and the FileSystem provider differ on Linux), DSC's LCM and
 Windows Update; those stay with the simulator and a real host.
 
+DSC in a guest: each guest session imports ``guest/VmbusOpsLabGuest.psm1`` (kept off the host's
+PSModulePath), whose DSC cmdlets (PSDesiredStateConfiguration's parameter sets) hand each call
+to labctl's ``dsc`` operation (:mod:`vmbusops.pwshlab.labdsc`). There the simulator's LCM runs
+over the same lab state and guest files and streams its records as JSON lines, which the guest
+function writes as they come: the LCM itself is simulated, but every one of its lines crosses
+the guest's remote session, the lab's PSRP server and the agent's client live. The same module
+gives ``Get-FileHash`` the guest's own ``C:`` paths, as on Windows.
+
 Where the lab knowingly differs from a Hyper-V host:
 
 - errors written by the lab's functions carry PowerShell's ``,<function name>`` suffix on their
@@ -28,6 +36,9 @@ Where the lab knowingly differs from a Hyper-V host:
   "Cannot process argument transformation");
 - guest output carries ``PSComputerName`` ``localhost`` and information records the machine's
   user and computer name, not the guest's;
+- DSC's verbose lines show only under ``-Verbose``, as in PowerShell (the simulator writes them
+  whatever the preference); cmdlets and parameters the simulator's LCM does not model are refused
+  with its "does not support" error;
 - the guest is not a sandbox: its script runs as the agent's user on this machine, with ``C:``
   as a drive over the guest's lab folder; ``Restart-Computer`` restarts the lab VM and
   ``Stop-Computer`` is refused, shadowing PowerShell 7's own;

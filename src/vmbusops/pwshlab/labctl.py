@@ -7,7 +7,7 @@ set of rules and one set of error texts: it uses the simulator's own lab file re
 folders) and the error records of :mod:`vmbusops.sim.pserrors`.
 
 One request per process: a JSON object on stdin (``{"op": "get-vm", ...}``), one JSON object on
-stdout::
+stdout (the ``dsc`` operation streams JSON lines instead: see :mod:`vmbusops.pwshlab.labdsc`)::
 
     {"objects": [...], "errors": [{"message", "fqid", "category", "exception_type",
      "target_name", "target_object", "activity"}], "warnings": ["..."], "guest": {...}}
@@ -28,9 +28,10 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from vmbusops.errors import VmbusOpsError
+from vmbusops.pwshlab.labjson import error_json
 from vmbusops.sim import pserrors
 from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password, load_lab
 from vmbusops.sim.state import (
@@ -62,17 +63,7 @@ class Answer:
         self.guest: dict[str, Any] | None = None
 
     def error(self, error: SimError) -> None:
-        self.errors.append(
-            {
-                "message": error.message,
-                "fqid": error.fqid,
-                "category": error.category,
-                "exception_type": error.exception_type,
-                "target_name": error.target_name,
-                "target_object": None if error.target_object is None else str(error.target_object),
-                "activity": error.activity,
-            }
-        )
+        self.errors.append(error_json(error))
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"objects": self.objects, "errors": self.errors, "warnings": self.warnings}
@@ -335,6 +326,20 @@ OPERATIONS: dict[str, Callable[[LabHost, dict[str, Any], Answer], None]] = {
 }
 
 
+def _stream_dsc(host: LabHost, request: dict[str, Any], out: IO[str]) -> None:
+    # Imported here: the LCM's modules (trio, the guest's PowerShell subset) cost every other
+    # operation start-up time it does not need.
+    from vmbusops.pwshlab.labdsc import stream_dsc
+
+    stream_dsc(host.lab, host.store, request, out, clock=host.clock)
+
+
+#: Operations whose answer is a stream of JSON lines, written as they happen (see labdsc).
+STREAMING_OPERATIONS: dict[str, Callable[[LabHost, dict[str, Any], IO[str]], None]] = {
+    "dsc": _stream_dsc,
+}
+
+
 def answer_request(host: LabHost, request: dict[str, Any]) -> Answer:
     op = request.get("op")
     handler = OPERATIONS.get(str(op))
@@ -378,9 +383,17 @@ def main(argv: list[str] | None = None) -> int:
         request = _read_request(sys.stdin.buffer.read())
         lab = load_lab(lab_path)
         host = LabHost(lab, HostStore(lab, state_dir))
+        streaming = STREAMING_OPERATIONS.get(str(request.get("op")))
+        if streaming is not None:
+            try:
+                streaming(host, request, out)
+            except KeyError as exc:
+                raise BadRequest(f"{request.get('op')}: missing {exc.args[0]!r}") from None
+            return 0
         body = answer_request(host, request).to_json()
         code = 0
     except (BadRequest, VmbusOpsError, ValueError, OSError) as exc:
+        # A stream ends with this line instead of its "end".
         body = {"fatal": str(exc)}
         code = EXIT_FATAL
     out.write(json.dumps(body))

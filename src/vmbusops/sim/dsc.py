@@ -11,7 +11,8 @@ Resources applied (class: what it changes in the simulated guest):
 
 - ``MSFT_FileDirectoryConfiguration`` (File): files and directories on the guest's C: drive;
 - ``MSFT_RoleResource`` (WindowsFeature): the lab's ``features``; one with ``restart = true``
-  asks for a reboot after installing, one with ``restart = "always"`` never settles (a reboot loop);
+  asks for a reboot after installing, one with ``restart = "always"`` never settles (a reboot loop),
+  one with ``install_seconds`` takes that long to install (a slow resource);
 - ``MSFT_ServiceResource`` (Service): State and StartupType of the guest's services;
 - ``MSFT_RegistryResource`` (Registry) and ``MSFT_EnvironmentResource`` (Environment);
 - any class from a custom module: present only if the module was copied to
@@ -187,6 +188,8 @@ class Outcome:
     messages: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     reboot: bool = False
+    #: How long the change takes; the LCM waits that long before writing its messages.
+    seconds: float = 0.0
 
 
 def lcm_error(message: str, fqid: str, category: str = "InvalidOperation") -> SimError:
@@ -296,6 +299,7 @@ class Resources:
             ]
         )
         self.system.features[name.casefold()] = want
+        out.seconds = spec.install_seconds
         if spec.restart:
             out.warnings.append(
                 f"You must restart this server to finish the {'installation' if want else 'removal'} process."
@@ -652,6 +656,8 @@ class SimLcm:
                     t1 = time.monotonic()
                     await self.lcm("Start", "Set", rid)
                     done = set_(inst)
+                    if done.seconds:
+                        await trio.sleep(done.seconds)
                     for m in done.messages:
                         if m.startswith("["):
                             await self.verbose(f"[{self.node}]:{PAD}{m}")

@@ -27,6 +27,7 @@ A lab is TOML::
     [vm.files]                   # seeded into the guest file system on first use
     'C:\\inetpub\\wwwroot\\index.html' = "..."
     features = [{ name = "Web-Server", installed = false, restart = false }]  # WindowsFeature (DSC)
+                                 # install_seconds = 2.0: how long installing it takes
     updates = [{ kb = "KB5034441", title = "...", categories = ["Security Updates"], restart = true }]
     [vm.faults]
     session_drop_after_records = 100   # PowerShell Direct session breaks after N records
@@ -111,11 +112,14 @@ class HotfixSpec:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FeatureSpec:
     """A Windows feature for the DSC WindowsFeature resource. ``restart`` is true (installing
-    asks for a restart) or ``"always"`` (a broken install: never in desired state, always asks)."""
+    asks for a restart) or ``"always"`` (a broken install: never in desired state, always asks).
+    ``install_seconds`` is how long installing or removing it takes (the LCM waits, its lines so far
+    already written), as a real feature install keeps the LCM in one resource for a while."""
 
     name: str
     installed: bool = False
     restart: bool | str = False
+    install_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -382,6 +386,7 @@ def _parse_vm(raw: dict[str, Any], source: str) -> VMSpec:
                 name=_str(f.get("name"), "vm.features.name", source),
                 installed=bool(f.get("installed", False)),
                 restart=f.get("restart", False) if f.get("restart", False) == "always" else bool(f.get("restart")),
+                install_seconds=_num(f.get("install_seconds", 0), "vm.features.install_seconds", source),
             )
             for f in (
                 _table(x, "vm.features", source) for x in _list(raw.get("features", []), "features", source)

@@ -15,7 +15,8 @@
 # Invoke-Command -VMName/-VMId asks labctl whether PowerShell Direct would open a session (the VM
 # exists and runs, the guest has booted, the credential is valid), then opens a real remote
 # session to a child pwsh (what Start-Job uses), sets it up as the guest (a C: drive rooted at the
-# guest's folder in the lab state, $env:COMPUTERNAME, $env:TEMP, `hostname`) and runs the script
+# guest's folder in the lab state, $env:COMPUTERNAME, $env:TEMP, `hostname`, the DSC cmdlets of
+# ../../guest/VmbusOpsLabGuest.psm1 over the simulator's LCM) and runs the script
 # block there with the real Invoke-Command -Session. Remoting's own semantics follow: output is
 # deserialized, `exit N` in a script block closes the session without a code, and verbose,
 # warning and debug records reach a PSRP client only when it declares a host UI. Any other use of
@@ -449,9 +450,13 @@ $script:NewProcessConnection = [psobject].Assembly.GetType(
     'System.Management.Automation.Runspaces.NewProcessConnectionInfo').GetConstructors(
     [System.Reflection.BindingFlags] 'NonPublic,Instance')[0]
 
-# Runs first in each guest session: the guest's C: drive, working folder and identity.
+# The guest session's own module: the DSC cmdlets, over the simulator's LCM. It lives outside
+# this folder (which is on the host's PSModulePath) so the host never loads it by itself.
+$script:GuestModule = [System.IO.Path]::GetFullPath((Join-Path $PSScriptRoot '..' '..' 'guest' 'VmbusOpsLabGuest.psm1'))
+
+# Runs first in each guest session: the guest's C: drive, working folder, identity and cmdlets.
 $script:GuestSetup = {
-    param([string] $Root, [string] $ComputerName, [string] $UserName, [string] $VMName)
+    param([string] $Root, [string] $ComputerName, [string] $UserName, [string] $VMName, [string] $GuestModule)
     $null = New-PSDrive -Name C -PSProvider FileSystem -Root $Root -Scope Global
     Set-Location -LiteralPath 'C:\'
     $environment = [ordered]@{
@@ -467,6 +472,7 @@ $script:GuestSetup = {
     # the lab VM and ends the session, as a rebooting guest does, through the host's SetShouldExit
     # (which closes a remote session whatever script file it is called from).
     $global:VmbusOpsLabVM = $VMName
+    Import-Module -Name $GuestModule -Global -ErrorAction Stop
     function global:Restart-Computer {
         [CmdletBinding()]
         param([Parameter(Position = 0)][string[]] $ComputerName, [switch] $Force, [switch] $Wait)
@@ -498,7 +504,7 @@ function New-LabGuestSession {
         $runspace.Open()
         $session = [System.Management.Automation.Runspaces.PSSession]::Create($runspace, 'VMBus', $null)
         Microsoft.PowerShell.Core\Invoke-Command -Session $session -ScriptBlock $script:GuestSetup `
-            -ArgumentList $Guest['root'], $Guest['computer_name'], $Guest['user'], $Guest['name'] -ErrorAction Stop
+            -ArgumentList $Guest['root'], $Guest['computer_name'], $Guest['user'], $Guest['name'], $script:GuestModule -ErrorAction Stop
         [pscustomobject]@{ Session = $session; Runspace = $runspace }
     } catch {
         $runspace.Dispose()
