@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from xml.etree import ElementTree
 
 import psrpcore
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from psrpcore.types import PSRPMessageType
+from psrpcore.types import PSRPMessageType, deserialize
 
 from vmbusops.sim import clixml
 
@@ -192,3 +193,19 @@ def test_objects_and_errors_deserialize_as_powershell_types() -> None:
     assert str(record.FullyQualifiedErrorId) == "X,Y"
     assert record.CategoryInfo.Category == psrpcore.types.ErrorCategory.ObjectNotFound
     assert str(record.CategoryInfo.Reason) == "ArgumentException"
+
+
+@given(st.text())
+def test_host_line_is_pwsh_shaped_and_means_what_psrpcore_would_send(text: str) -> None:
+    from psrpcore.types import HostMethodIdentifier, PipelineHostCall
+
+    from vmbusops.psrp.decode import fast_host_line
+    from vmbusops.sim.clixml import host_line_xml, psrpcore_xml
+
+    method = HostMethodIdentifier.WriteVerboseLine
+    ours = host_line_xml(method.name, int(method), text)
+    # The client's fast path takes it (pwsh's own bytes), and so does psrpcore's deserializer.
+    assert fast_host_line(ours) == (method, text)
+    theirs = psrpcore_xml(PipelineHostCall(ci=-100, mi=method, mp=[text]))
+    decoded = [deserialize(ElementTree.fromstring(x), cipher=psrpcore.PSRemotingCrypto()) for x in (ours, theirs)]
+    assert [(d.ci, d.mi, list(d.mp)) for d in decoded] == [(-100, method, [text])] * 2

@@ -219,6 +219,24 @@ def information_xml(
     )
 
 
+# A void host call with one string, byte for byte as pwsh 7.6.9 serializes it (psrpcore orders
+# the attributes and elements otherwise): what PowerShell sends after a verbose, warning or debug
+# record when the client declared a UI.
+_HOST_LINE = (
+    b'<Obj RefId="0"><MS><I64 N="ci">-100</I64><Obj N="mi" RefId="1"><TN RefId="0">'
+    b"<T>System.Management.Automation.Remoting.RemoteHostMethodId</T><T>System.Enum</T>"
+    b"<T>System.ValueType</T><T>System.Object</T></TN><ToString>%s</ToString>"
+    b'<I32>%d</I32></Obj><Obj N="mp" RefId="2"><TN RefId="1"><T>System.Collections.ArrayList</T>'
+    b"<T>System.Object</T></TN><LST>%s</LST></Obj></MS></Obj>"
+)
+
+
+def host_line_xml(method_name: str, method_id: int, text: str) -> bytes:
+    """A void one-string host call (WriteVerboseLine and its kind), in pwsh's own bytes."""
+    item = b"<S>" + clixml_text(text) + b"</S>" if text else b"<S />"
+    return _HOST_LINE % (method_name.encode("ascii"), method_id, item)
+
+
 _INT32 = range(-(2**31), 2**31)
 _INT64 = range(-(2**63), 2**63)
 

@@ -250,8 +250,11 @@ class _PipelineStreams:
         on the default stream, void (call id -100). Not a record: lab faults do not count it.
         """
         if self._server.host_has_ui:
-            call = PipelineHostCall(ci=-100, mi=method, mp=parameters)
-            self._server.queue_message(self._pid, PSRPMessageType.PipelineHostCall, clixml.psrpcore_xml(call))
+            if len(parameters) == 1 and type(parameters[0]) is str:
+                data = clixml.host_line_xml(method.name, int(method), parameters[0])
+            else:
+                data = clixml.psrpcore_xml(PipelineHostCall(ci=-100, mi=method, mp=parameters))
+            self._server.queue_message(self._pid, PSRPMessageType.PipelineHostCall, data)
 
     def warning(self, message: str) -> None:
         self._queue(PSRPMessageType.WarningRecord, clixml.warning_xml(message))
