@@ -107,16 +107,17 @@ def test_large_negative_integers_are_int64_unlike_psrpcore() -> None:
     pid=st.integers(min_value=0, max_value=2**32 - 1),
     ntid=st.integers(min_value=0, max_value=2**32 - 1),
     when=st.datetimes(min_value=datetime.datetime(2000, 1, 1), max_value=datetime.datetime(2100, 1, 1)),
+    tag=st.none() | texts,
 )
 def test_information_record_equals_psrpcore(
-    message: str, source: str, user: str, computer: str, pid: int, ntid: int, when: datetime.datetime
+    message: str, source: str, user: str, computer: str, pid: int, ntid: int, when: datetime.datetime, tag: str | None
 ) -> None:
     pipe = _server_pipeline()
     pipe.write_information(
         message,
         source,
         time_generated=psrpcore.types.PSDateTime.fromisoformat(when.isoformat()),
-        tags=[],
+        tags=[] if tag is None else [tag],
         user=user,
         computer=computer,
         process_id=pid,
@@ -132,6 +133,7 @@ def test_information_record_equals_psrpcore(
         computer=computer,
         process_id=pid,
         native_thread_id=ntid,
+        tag=tag,
     )
     rpid = pipe.runspace_pool.runspace_pool_id
     assert clixml.psrp_message(PSRPMessageType.InformationRecord, data, rpid, pipe.pipeline_id) == expected

@@ -131,21 +131,11 @@ _WARNING = _informational_template(WarningRecord)
 _DEBUG = _informational_template(DebugRecord)
 
 _SENTINEL_TIME = PSDateTime(1999, 9, 9, 9, 9, 9, 999999)
-_INFORMATION = _Template(
-    psrpcore_xml(
-        InformationRecordMsg(
-            MessageData=_MSG,
-            Source="VMBUSOPSSIMSOURCESLOT",
-            TimeGenerated=_SENTINEL_TIME,
-            Tags=[],
-            User="VMBUSOPSSIMUSERSLOT",
-            Computer="VMBUSOPSSIMCOMPUTERSLOT",
-            ProcessId=987654301,
-            NativeThreadId=987654302,
-            ManagedThreadId=987654303,
-        )
-    ),
-    {
+_TAG = "VMBUSOPSSIMTAGSLOT"
+
+
+def _information_template(tags: list[str]) -> _Template:
+    slots = {
         _MSG.encode(): "msg",
         b"VMBUSOPSSIMSOURCESLOT": "source",
         clixml_datetime(_SENTINEL_TIME): "time",
@@ -154,8 +144,30 @@ _INFORMATION = _Template(
         b"987654301": "pid",
         b"987654302": "ntid",
         b"987654303": "mtid",
-    },
-)
+    }
+    if tags:
+        slots[_TAG.encode()] = "tag"
+    return _Template(
+        psrpcore_xml(
+            InformationRecordMsg(
+                MessageData=_MSG,
+                Source="VMBUSOPSSIMSOURCESLOT",
+                TimeGenerated=_SENTINEL_TIME,
+                Tags=tags,
+                User="VMBUSOPSSIMUSERSLOT",
+                Computer="VMBUSOPSSIMCOMPUTERSLOT",
+                ProcessId=987654301,
+                NativeThreadId=987654302,
+                ManagedThreadId=987654303,
+            )
+        ),
+        slots,
+    )
+
+
+_INFORMATION = _information_template([])
+# One tag: the guest invoker's step markers, two per step, are the common case.
+_INFORMATION_TAGGED = _information_template([_TAG])
 
 
 def _informational_xml(template: _Template, cls: type[PSObject], message: str) -> bytes:
@@ -189,15 +201,16 @@ def information_xml(
     process_id: int,
     native_thread_id: int,
     managed_thread_id: int = 0,
+    tag: str | None = None,
 ) -> bytes:
-    """An InformationRecord whose message data is a string and which has no tags."""
-    if not (message and source and user and computer):
+    """An InformationRecord whose message data is a string and which has no tag or one."""
+    if not (message and source and user and computer) or tag == "":
         return psrpcore_xml(
             InformationRecordMsg(
                 MessageData=message,
                 Source=source,
                 TimeGenerated=time_generated,
-                Tags=[],
+                Tags=[tag] if tag is not None else [],
                 User=user,
                 Computer=computer,
                 ProcessId=process_id,
@@ -205,8 +218,10 @@ def information_xml(
                 ManagedThreadId=managed_thread_id,
             )
         )
-    return _INFORMATION.render(
+    template = _INFORMATION if tag is None else _INFORMATION_TAGGED
+    return template.render(
         {
+            "tag": clixml_text(tag or ""),
             "msg": clixml_text(message),
             "source": clixml_text(source),
             "time": clixml_datetime(time_generated),

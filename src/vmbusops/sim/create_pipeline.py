@@ -31,6 +31,7 @@ message goes through psrpcore unchanged.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections import OrderedDict
@@ -400,7 +401,15 @@ def _list_items(obj: ElementTree.Element) -> list[ElementTree.Element]:
 def _string(el: ElementTree.Element) -> str:
     if len(el):
         raise _Unhandled
-    return clixml_unescape(el.text or "")
+    text = el.text or ""
+    # The guest invoker's script text (kilobytes, every line break escaped) is the same in every
+    # pipeline; the values around it are not, so the message-level cache never hits for it.
+    return _unescape_long(text) if len(text) > 512 else clixml_unescape(text)
+
+
+@functools.lru_cache(maxsize=32)
+def _unescape_long(text: str) -> str:
+    return clixml_unescape(text)
 
 
 def _bool(el: ElementTree.Element) -> bool:

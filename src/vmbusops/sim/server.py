@@ -273,7 +273,7 @@ class _PipelineStreams:
         computer = info.computer or host
         user = info.user or f"{host}\\Administrator"
         now = datetime.datetime.now()
-        if isinstance(info.message_data, str) and type(info.message_data) is str and not info.tags:
+        if type(info.message_data) is str and len(info.tags) <= 1:
             data = clixml.information_xml(
                 info.message_data,
                 source=info.source,
@@ -282,6 +282,7 @@ class _PipelineStreams:
                 computer=computer,
                 process_id=clixml.PROCESS_ID,
                 native_thread_id=clixml.native_thread_id(),
+                tag=info.tags[0] if info.tags else None,
             )
         else:
             data = clixml.psrpcore_xml(
