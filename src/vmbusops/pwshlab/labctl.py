@@ -22,7 +22,6 @@ from __future__ import annotations
 import fnmatch
 import functools
 import json
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -33,14 +32,13 @@ from typing import IO, Any
 from vmbusops.errors import VmbusOpsError
 from vmbusops.pwshlab.labjson import error_json
 from vmbusops.sim import pserrors
+from vmbusops.sim.guestcopy import copy_target, write_copy
 from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password, load_lab
 from vmbusops.sim.state import (
     GUEST_SERVICE_INTERFACE,
     INTEGRATION_SERVICES,
     HostStore,
     VMRuntime,
-    guest_path_to_host,
-    split_guest_path,
 )
 from vmbusops.sim.streams import SimError
 
@@ -190,33 +188,10 @@ class LabHost:
                 answer.error(pserrors.copy_failed(spec.name, detail))
 
     def _copy_one(self, spec: VMSpec, source: Path, destination: str, full_path: bool, force: bool) -> str | None:
-        rt = self.store.runtime(spec)
-        if not rt.booted(self.clock()):
-            return pserrors.INVALID_STATE
-        if not rt.service_enabled(GUEST_SERVICE_INTERFACE):
-            # What Hyper-V reports when the Guest Service Interface is off.
-            return pserrors.FILE_EXISTS
-        if not source.is_file():
-            return pserrors.FILE_NOT_FOUND
-        root = self.store.guest_root(spec)
-        split = split_guest_path(destination)
-        if split is None or split[0] != "C":
-            return pserrors.PATH_NOT_FOUND
-        target = guest_path_to_host(root, destination)
-        assert target is not None
-        if target.is_dir():
-            target = target / source.name
-        if target.exists() and not force:
-            return pserrors.FILE_EXISTS
-        if not target.parent.is_dir():
-            if not full_path:
-                return pserrors.PATH_NOT_FOUND
-            target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-        corrupt = spec.faults.corrupt_copies
-        if corrupt is not None and fnmatch.fnmatchcase(destination.casefold(), corrupt.casefold()):
-            with target.open("ab") as fh:
-                fh.write(b"\x00corrupted")
+        target = copy_target(self.store, spec, self.clock(), source, destination, full_path=full_path, force=force)
+        if isinstance(target, str):
+            return target
+        write_copy(spec, source, target, destination)
         return None
 
     def start(self, request: dict[str, Any], answer: Answer) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,13 +26,12 @@ from vmbusops.sim import invoker, pserrors
 from vmbusops.sim import wua as _wua  # noqa: F401  (recognises the patch step's script)
 from vmbusops.sim.binding import BindingError, Param, bind, require
 from vmbusops.sim.guest import Emit, GuestSession, to_text
+from vmbusops.sim.guestcopy import copy_target, write_copy
 from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password
 from vmbusops.sim.state import (
     INTEGRATION_SERVICES,
     HostStore,
     VMRuntime,
-    guest_path_to_host,
-    split_guest_path,
 )
 from vmbusops.sim.streams import (
     InformationMessage,
@@ -498,34 +496,10 @@ class HyperVHost:
     async def _copy_one(
         self, spec: VMSpec, source: Path, destination: str, full_path: bool, force: bool
     ) -> str | None:
-        rt = self.store.runtime(spec)
-        if not rt.booted(self.clock()):
-            return pserrors.INVALID_STATE
-        if not rt.service_enabled("Guest Service Interface"):
-            # What Hyper-V really reports when the Guest Service Interface is off.
-            return pserrors.FILE_EXISTS
-        if not await trio.Path(source).is_file():
-            return pserrors.FILE_NOT_FOUND
-        root = self.store.guest_root(spec)
-        split = split_guest_path(destination)
-        if split is None or split[0] != "C":
-            return pserrors.PATH_NOT_FOUND
-        target = guest_path_to_host(root, destination)
-        assert target is not None
-        if target.is_dir():
-            target = target / source.name
-        if target.exists() and not force:
-            return pserrors.FILE_EXISTS
-        if not target.parent.is_dir():
-            if not full_path:
-                return pserrors.PATH_NOT_FOUND
-            target.parent.mkdir(parents=True, exist_ok=True)
-        await trio.to_thread.run_sync(shutil.copyfile, source, target)
-        corrupt = spec.faults.corrupt_copies
-        if corrupt is not None and fnmatch.fnmatchcase(destination.casefold(), corrupt.casefold()):
-            # Lab fault: the bytes arrive damaged (a flaky VMBus channel, a filter driver).
-            with target.open("ab") as fh:
-                fh.write(b"\x00corrupted")
+        target = copy_target(self.store, spec, self.clock(), source, destination, full_path=full_path, force=force)
+        if isinstance(target, str):
+            return target
+        await trio.to_thread.run_sync(write_copy, spec, source, target, destination)
         return None
 
     async def invoke_vmbusops_guest(
