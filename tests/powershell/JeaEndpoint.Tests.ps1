@@ -461,21 +461,26 @@ Describe 'The guest script Invoke-VmbusOpsGuest hands over, run where a guest wo
     It 'marks each step and stops after the first that exits non-zero' {
         $r = Invoke-Steps 'Write-Output a', 'Write-Output b; exit 3', 'Write-Output c'
         $r.Output | Should -Be 'a', 'b'
-        $r.Markers | Should -Be 'vmbusops-step begin 0', 'vmbusops-step end 0 exit=0', 'vmbusops-step begin 1', 'vmbusops-step end 1 exit=3'
+        $r.Markers | Should -Be 'vmbusops-step begin 0', 'vmbusops-step end 0 exit=0 errors=0', 'vmbusops-step begin 1', 'vmbusops-step end 1 exit=3 errors=0'
     }
 
     It 'reports a throw as exit code 1 with its error, and runs nothing after it' {
         $r = Invoke-Steps 'throw "broken"', 'Write-Output never'
-        $r.Markers | Should -Be 'vmbusops-step begin 0', 'vmbusops-step end 0 exit=1'
+        $r.Markers | Should -Be 'vmbusops-step begin 0', 'vmbusops-step end 0 exit=1 errors=1'
         $r.Errors | Should -Be 'broken'
         $r.Output | Should -BeNullOrEmpty
     }
 
-    It 'lets a non-terminating error pass, and a native command''s exit code count' {
-        $r = Invoke-Steps 'Write-Error "soft"; Write-Output after', '& /bin/sh -c "exit 4"'
+    It 'runs a step on past a non-terminating error, then counts it and runs nothing after' {
+        $r = Invoke-Steps 'Write-Error "soft"; Write-Output after', 'Write-Output never'
         $r.Output | Should -Be 'after'
         $r.Errors | Should -Be 'soft'
-        $r.Markers | Should -Be 'vmbusops-step begin 0', 'vmbusops-step end 0 exit=0', 'vmbusops-step begin 1', 'vmbusops-step end 1 exit=4'
+        $r.Markers | Should -Be 'vmbusops-step begin 0', 'vmbusops-step end 0 exit=0 errors=1'
+    }
+
+    It 'takes a native command''s exit code, and does not count its stderr lines' {
+        $r = Invoke-Steps '& /bin/sh -c "echo noise 1>&2; exit 0"', '& /bin/sh -c "exit 4"'
+        $r.Markers | Should -Be 'vmbusops-step begin 0', 'vmbusops-step end 0 exit=0 errors=0', 'vmbusops-step begin 1', 'vmbusops-step end 1 exit=4 errors=0'
     }
 
     It 'ends only the step on a stray break' {
