@@ -19,7 +19,6 @@ The imports are kept to what the answer needs: this runs once per lab cmdlet cal
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import json
 import sys
@@ -32,10 +31,15 @@ from typing import IO, Any
 from vmbusops.errors import VmbusOpsError
 from vmbusops.pwshlab.labjson import error_json
 from vmbusops.sim import pserrors
-from vmbusops.sim.guestcopy import copy_target, write_copy
+from vmbusops.sim.hostrules import (
+    copy_target,
+    resolve_vms,
+    vm_facts,
+    wildcard_match,
+    write_copy,
+)
 from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password, load_lab
 from vmbusops.sim.state import (
-    GUEST_SERVICE_INTERFACE,
     INTEGRATION_SERVICES,
     HostStore,
     VMRuntime,
@@ -79,14 +83,6 @@ def _names(request: dict[str, Any], key: str) -> list[str]:
     return [str(value)]
 
 
-def _wildcard_match(name: str, pattern: str) -> bool:
-    return fnmatch.fnmatchcase(name.casefold(), pattern.casefold())
-
-
-def _has_wildcard(text: str) -> bool:
-    return any(c in text for c in "*?[")
-
-
 class LabHost:
     """The host-level rules, as the simulator's ``HyperVHost`` applies them, over a JSON answer."""
 
@@ -96,33 +92,10 @@ class LabHost:
         self.clock = clock
 
     def resolve(self, cmdlet: str, names: list[str], answer: Answer) -> list[VMSpec]:
-        """VMs matching names or wildcards, in lab order; an error for a plain name that matches none."""
-        if not names:
-            return list(self.lab.vms)
-        found: list[VMSpec] = []
-        for pattern in names:
-            hits = [vm for vm in self.lab.vms if _wildcard_match(vm.name, pattern)]
-            if not hits and not _has_wildcard(pattern):
-                answer.error(pserrors.vm_not_found(cmdlet, pattern))
-            found.extend(vm for vm in hits if vm not in found)
-        return found
+        return resolve_vms(self.lab, cmdlet, names, answer.error)
 
     def vm_object(self, spec: VMSpec, rt: VMRuntime, now: float) -> dict[str, Any]:
-        uptime = now - rt.running_since if rt.state is VMState.RUNNING and rt.running_since else 0.0
-        return {
-            "Name": spec.name,
-            "Id": spec.id,
-            "State": rt.state.value,
-            "Status": "Operating normally",
-            "Heartbeat": rt.heartbeat(spec, now),
-            "UptimeSeconds": int(max(0.0, uptime)),
-            "Notes": spec.notes,
-            "ComputerName": self.lab.host.name,
-            "Generation": 2,
-            "Version": "9.0",
-            "ProcessorCount": 2,
-            "GuestServiceInterfaceEnabled": bool(rt.service_enabled(GUEST_SERVICE_INTERFACE)),
-        }
+        return vm_facts(self.lab, spec, rt, now)
 
     # ---- cmdlets -------------------------------------------------------------------------
 
@@ -148,7 +121,7 @@ class LabHost:
         for spec in self.resolve("Get-VMIntegrationService", _names(request, "vm_names"), answer):
             rt = self.store.runtime(spec)
             for name, enabled in rt.integration:
-                if wanted and not any(_wildcard_match(name, w) for w in wanted):
+                if wanted and not any(wildcard_match(name, w) for w in wanted):
                     continue
                 primary = None if not enabled else "OK" if rt.booted(now) else "No Contact"
                 answer.objects.append(
@@ -168,7 +141,7 @@ class LabHost:
         services = _names(request, "names")
         for spec in self.resolve(cmdlet, _names(request, "vm_names"), answer):
             for service in services:
-                known = [s for s in INTEGRATION_SERVICES if _wildcard_match(s, service)]
+                known = [s for s in INTEGRATION_SERVICES if wildcard_match(s, service)]
                 if not known:
                     answer.error(pserrors.integration_service_not_found(cmdlet, spec.name, service))
                     continue

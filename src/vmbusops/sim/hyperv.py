@@ -9,7 +9,6 @@ invoker (``vmbusops.sim.invoker``), the only way guest code runs.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import time
 import uuid
@@ -26,7 +25,13 @@ from vmbusops.sim import invoker, pserrors
 from vmbusops.sim import wua as _wua  # noqa: F401  (recognises the patch step's script)
 from vmbusops.sim.binding import BindingError, Param, bind, require
 from vmbusops.sim.guest import Emit, GuestSession, to_text
-from vmbusops.sim.guestcopy import copy_target, write_copy
+from vmbusops.sim.hostrules import (
+    copy_target,
+    resolve_vms,
+    vm_facts,
+    wildcard_match,
+    write_copy,
+)
 from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password
 from vmbusops.sim.state import (
     INTEGRATION_SERVICES,
@@ -93,14 +98,6 @@ def names_of(value: Any) -> list[str]:
     if isinstance(value, list | tuple):
         return [to_text(v) for v in value]
     return [to_text(value)]
-
-
-def _wildcard_match(name: str, pattern: str) -> bool:
-    return fnmatch.fnmatchcase(name.casefold(), pattern.casefold())
-
-
-def _has_wildcard(text: str) -> bool:
-    return any(c in text for c in "*?[")
 
 
 def _timespan(seconds: float) -> str:
@@ -353,19 +350,10 @@ class HyperVHost:
     # ---- lookups -------------------------------------------------------------------------
 
     def _resolve(self, cmdlet: str, names: list[str], streams: Streams) -> list[VMSpec]:
-        """VMs matching names/wildcards, in lab order; errors for plain names that match nothing."""
-        if not names:
-            return list(self.lab.vms)
-        found: list[VMSpec] = []
-        for pattern in names:
-            hits = [vm for vm in self.lab.vms if _wildcard_match(vm.name, pattern)]
-            if not hits and not _has_wildcard(pattern):
-                streams.error(pserrors.vm_not_found(cmdlet, pattern))
-            found.extend(vm for vm in hits if vm not in found)
-        return found
+        return resolve_vms(self.lab, cmdlet, names, streams.error)
 
     def _vm_object(self, spec: VMSpec, rt: VMRuntime, now: float) -> SimObject:
-        uptime = now - rt.running_since if rt.state is VMState.RUNNING and rt.running_since else 0.0
+        facts = vm_facts(self.lab, spec, rt, now)
         return SimObject(
             (
                 "Microsoft.HyperV.PowerShell.VirtualMachine",
@@ -378,16 +366,13 @@ class HyperVHost:
                 ("VMName", spec.name),
                 ("Id", spec.id),
                 ("VMId", spec.id),
-                ("State", rt.state.value),
-                ("Status", "Operating normally"),
-                ("Heartbeat", rt.heartbeat(spec, now)),
-                ("Uptime", _timespan(uptime)),
-                ("Notes", spec.notes),
-                ("ComputerName", self.lab.host.name),
-                ("Generation", 2),
-                ("Version", "9.0"),
-                ("ProcessorCount", 2),
-                ("GuestServiceInterfaceEnabled", bool(rt.service_enabled("Guest Service Interface"))),
+                *((k, facts[k]) for k in ("State", "Status", "Heartbeat")),
+                ("Uptime", _timespan(facts["UptimeSeconds"])),
+                *(
+                    (k, facts[k])
+                    for k in ("Notes", "ComputerName", "Generation", "Version", "ProcessorCount",
+                              "GuestServiceInterfaceEnabled")
+                ),
             ),
             f"VirtualMachine (Name = '{spec.name}') [Id = '{spec.id}']",
         )
@@ -419,7 +404,7 @@ class HyperVHost:
         for spec in self._resolve("Get-VMIntegrationService", names_of(b["VMName"]), streams):
             rt = self.store.runtime(spec)
             for name, enabled in rt.integration:
-                if wanted and not any(_wildcard_match(name, w) for w in wanted):
+                if wanted and not any(wildcard_match(name, w) for w in wanted):
                     continue
                 if not enabled:
                     primary = None
@@ -458,7 +443,7 @@ class HyperVHost:
         services = names_of(b["Name"])
         for spec in self._resolve(cmdlet, names_of(b["VMName"]), streams):
             for service in services:
-                known = [s for s in INTEGRATION_SERVICES if _wildcard_match(s, service)]
+                known = [s for s in INTEGRATION_SERVICES if wildcard_match(s, service)]
                 if not known:
                     streams.error(pserrors.integration_service_not_found(cmdlet, spec.name, service))
                     continue
