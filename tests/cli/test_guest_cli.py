@@ -40,7 +40,7 @@ def test_exec_json_is_ndjson_with_vm_stream_seq_time(make_lab: Callable[..., Any
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     for vm in ("web01", "web02"):
-        mine = [line for line in lines if line["vm"] == vm]
+        mine = [line for line in lines if line["vm"] == vm and line["stream"] != "result"]
         assert [m["stream"] for m in mine] == ["verbose", "output", "warning", "state"]
         assert [m["seq"] for m in mine] == [1, 2, 3, 4]
         assert all(isinstance(m["time"], float) for m in mine)
@@ -129,3 +129,34 @@ def test_cred_set_from_stdin_then_exec_with_it(make_lab: Callable[..., Any]) -> 
 @pytest.mark.parametrize("args", [["--help"], ["exec", "--help"], ["vms", "--help"]])
 def test_help_works(args: list[str]) -> None:
     assert vmbusops(*args).returncode == 0
+
+
+def test_exec_json_ends_each_guest_with_its_verdict(make_lab: Callable[..., Any]) -> None:
+    make_lab()
+    proc = vmbusops(
+        "exec", "--vm", "web01", "--vm", "legacy01", "--vm", "web02", "--json", "--timeout", "5", "--",
+        "Write-Error 'soft'; 'after'",
+    )
+    assert proc.returncode == 1
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    results = {line["vm"]: line for line in lines if line["stream"] == "result"}
+    assert set(results) == {"web01", "legacy01", "web02"}
+    # web01 ended Completed with exit code 0, yet it failed: the result line says so.
+    web01 = results["web01"]
+    assert (web01["ok"], web01["exit_code"], web01["errors"]) == (False, 0, 1)
+    assert "soft" in web01["failure"]
+    assert results["legacy01"]["ok"] is False and "not in running state" in results["legacy01"]["failure"]
+    # Each guest's verdict is its last line.
+    for vm in results:
+        assert [line for line in lines if line["vm"] == vm][-1]["stream"] == "result"
+    fine = vmbusops("exec", "--vm", "web01", "--json", "--", "'ok'")
+    [verdict] = [json.loads(line) for line in fine.stdout.splitlines() if '"stream":"result"' in line]
+    assert (verdict["ok"], verdict["exit_code"], verdict["failure"], fine.returncode) == (True, 0, None, 0)
+
+
+def test_exec_json_reports_a_timed_out_guest(make_lab: Callable[..., Any]) -> None:
+    make_lab()
+    proc = vmbusops("exec", "--vm", "web01", "--timeout", "0.5", "--json", "--", "'before'; Start-Sleep -Seconds 30")
+    assert proc.returncode == 1
+    last = json.loads(proc.stdout.splitlines()[-1])
+    assert last["stream"] == "result" and last["ok"] is False and "timed out" in last["failure"]

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from vmbusops.cli import exitcodes
 from vmbusops.cli.common import host_option, load, resolve_credential, run_trio
-from vmbusops.cli.output import RecordPrinter
+from vmbusops.cli.output import RecordPrinter, terminal_safe
 from vmbusops.errors import ConfigError, VmbusOpsError
 from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.fanout import exec_in_guests
@@ -78,7 +78,7 @@ def exec_cmd(
     Example:  vmbusops exec --vm web01 --vm web02 -- 'Get-Service W3SVC; Write-Verbose hi'
     A guest succeeds when its script exits 0 (`exit N` sets the code; a terminating error is 1)
     and writes no PowerShell error; a native tool's stderr lines do not fail it by themselves.
-    --json gives each guest's code as `exit_code` on its final (state) record.
+    --json ends each guest with a `result` line: ok, exit_code, errors, failure.
     Exit codes: 0 all guests ok, 1 a guest failed, 2 usage, 3 host failure, 130 Ctrl-C.
     """
     if not vm_names and not all_vms:
@@ -101,11 +101,15 @@ def exec_cmd(
         failed = 0
         for name in names:
             outcome = outcomes.get(name)
+            if as_json:
+                # One verdict per guest, last: a program reads it instead of judging the records
+                # (a guest can end Completed yet have failed; a timed-out one has no state record).
+                printer.emit_result(name, outcome)
             if outcome is None or not outcome.ok:
                 failed += 1
                 if not as_json:
                     why = outcome.why_failed() if outcome else "did not run"
-                    click.secho(f"{name}: failed: {why}", err=True, fg="red")
+                    click.secho(f"{name}: failed: {terminal_safe(why)}", err=True, fg="red")
         if not as_json:
             click.echo(f"{len(names) - failed} of {len(names)} guest(s) succeeded", err=True)
         return exitcodes.GUEST_ERRORS if failed else exitcodes.OK

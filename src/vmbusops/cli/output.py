@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import TextIO
+import time
+from typing import TYPE_CHECKING, TextIO
 
 from vmbusops.records import GuestRecord, PipelineStateRecord, Stream, display_text, guest_record_to_json
+
+if TYPE_CHECKING:
+    from vmbusops.guestops.host import InvokeOutcome
 
 _STYLE = {
     Stream.OUTPUT: "",
@@ -35,6 +39,17 @@ _LABEL = {
     Stream.STATE: "STATE: ",
 }
 _RESET = "\x1b[0m"
+
+
+# Guest text is hostile: a control character (ESC starting a colour, a title or a screen clear;
+# BEL; a bare CR that rewrites the line) would reach the operator's terminal as a command. Each
+# is shown as a visible escape instead; tab stays, and line breaks split records into lines.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c not in (0x09, 0x0A)}
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control character but tab and newline shown as ``\\xNN``."""
+    return text.translate(_CONTROL)
 
 
 def use_colour(stream: TextIO) -> bool:
@@ -65,7 +80,7 @@ class RecordPrinter:
         if isinstance(rec.record, PipelineStateRecord) and not self._show_state:
             return
         stream = rec.record.stream
-        text = display_text(rec.record)
+        text = terminal_safe(display_text(rec.record))
         label = _LABEL[stream]
         lines = text.splitlines() or [""]
         prefix = f"{rec.vm:<{self._width}} | "
@@ -75,6 +90,19 @@ class RecordPrinter:
         else:
             body = "\n".join(f"{prefix}{label}{line}" for line in lines)
         self._out.write(body + "\n")
+
+    def emit_result(self, vm: str, outcome: InvokeOutcome | None) -> None:
+        """A guest's verdict as one NDJSON line (``stream: result``): what exec's exit code says of it."""
+        line = {
+            "vm": vm,
+            "stream": "result",
+            "time": time.time(),
+            "ok": bool(outcome and outcome.ok),
+            "exit_code": outcome.exit_code if outcome else None,
+            "errors": outcome.script_errors if outcome else 0,
+            "failure": None if outcome is not None and outcome.ok else (outcome.why_failed() if outcome else "did not run"),
+        }
+        self._out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
 
     def flush(self) -> None:
         self._out.flush()
