@@ -160,3 +160,19 @@ def test_exec_json_reports_a_timed_out_guest(make_lab: Callable[..., Any]) -> No
     assert proc.returncode == 1
     last = json.loads(proc.stdout.splitlines()[-1])
     assert last["stream"] == "result" and last["ok"] is False and "timed out" in last["failure"]
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(make_lab: Callable[..., Any]) -> None:
+    make_lab()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmbusops", "exec", "--vm", "web01", "--vm", "web02", "--json", "--",
+         "1..5000 | ForEach-Object { \"line $_\" }"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline()  # one line, then the reader leaves, as `| head -1` does
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr

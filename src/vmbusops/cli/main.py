@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -67,5 +68,19 @@ def cli() -> None:
     """
 
 
+def _only_broken_pipes(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_broken_pipes(e) for e in exc.exceptions)
+    return isinstance(exc, BrokenPipeError)
+
+
 def main() -> None:
-    sys.exit(cli.main(prog_name="vmbusops", standalone_mode=True))
+    try:
+        sys.exit(cli.main(prog_name="vmbusops", standalone_mode=True))
+    except BaseException as exc:
+        if not _only_broken_pipes(exc):
+            raise
+        # The reader went away (`| head`): say nothing more, as a pipeline's earlier command
+        # does. Python would complain again while flushing a stdout nobody reads.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
