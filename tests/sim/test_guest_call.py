@@ -41,3 +41,19 @@ async def test_restart_computer_in_a_called_file_ends_the_caller_too(store: Host
     assert spec is not None
     assert store.runtime(spec).state is VMState.RUNNING
     assert not store.runtime(spec).booted(store.clock())
+
+
+async def test_write_host_is_an_information_record_tagged_pshost(store: HostStore) -> None:
+    s = await run(store, "Write-Host 'to the host'; 'out'")
+    [info] = s.of("information")
+    assert (info.message_data, info.source, info.tags) == ("to the host", "Write-Host", ("PSHOST",))
+    assert s.of("output") == ["out"]
+
+
+async def test_a_real_cmdlet_the_simulator_lacks_is_unsupported_not_unknown(store: HostStore) -> None:
+    s = await run(store, "Read-Host 'name'")
+    [error] = s.of("error")
+    assert error.fqid == "NotSupportedBySimulator" and "Read-Host" in error.message
+    s = await run(store, "Frobnicate-Thing")
+    [error] = s.of("error")
+    assert error.fqid == "CommandNotFoundException"

@@ -82,15 +82,19 @@ Script blocks run through a small interpreter. Supported:
   Get-Service [-Name], Get-Process [-Name|-Id], Test-Path, Get-Content,
   Get-FileHash (SHA256 default; Algorithm, Hash, Path), Get-ChildItem, Get-HotFix,
   Set-Content (always UTF-8; ``-Encoding`` is accepted), Set-ExecutionPolicy (accepted, no effect:
-  the simulated guest has no execution policy), Restart-Computer (the guest reboots; the script
+  the simulated guest has no execution policy), Write-Host (an information record tagged PSHOST),
+  Restart-Computer (the guest reboots; the script
   ends there, even inside a called script file), ``hostname``, and one native command,
   ``cmd.exe /c`` with ``echo TEXT``, ``echo TEXT 1>&2`` and ``exit /b N`` (stderr lines become
   NativeCommandError records as Windows PowerShell 5.1's remoting makes them, terminating under
   ``$ErrorActionPreference = 'Stop'``; the exit code sets ``$LASTEXITCODE``).
 
 Anything else (if/while/try/return, operators such as ``-eq``, method calls, hashtables, other cmdlets)
-is reported as an error record saying the simulator does not support it. Unknown commands get
-PowerShell's own CommandNotFoundException, as in a real guest. The guest's file system is real
+is reported as an error record saying the simulator does not support it; that includes the common
+cmdlets every Windows guest has (Read-Host, Get-Date, Get-Item, ...), which are never called
+unknown. Unknown commands get PowerShell's own CommandNotFoundException, as in a real guest.
+Unlike PowerShell, Write-Verbose and Write-Debug write their records without ``-Verbose`` /
+``-Debug`` (the preference variables are not modelled; pwsh-lab shows the real rule). The guest's file system is real
 files under ``<state-dir>/guests/<vm>/C/``; paths are case-insensitive like Windows'.
 
 Python API

@@ -313,6 +313,9 @@ class GuestSession:
             return CallOperator(self, {"target": values[0], "arguments": values[1:]}, emit)
         cls = CMDLETS.get(call.name.casefold())
         if cls is None:
+            if call.name.casefold() in _WINDOWS_CMDLETS_NOT_SIMULATED:
+                # A real guest has it: "not recognized" would be a lie about the guest.
+                raise StatementError(pserrors.not_supported_in_guest(f"the cmdlet {call.name}"))
             raise StatementError(pserrors.command_not_found(call.name))
         args: list[tuple[str | None, Any]] = []
         for name, expr in call.args:
@@ -739,6 +742,23 @@ class WriteInformation(Stage):
         data = self.arg("MessageData") if item is NO_INPUT else item
         tags = tuple(to_text(t) for t in enumerate_value(self.arg("Tags")))
         self.streams.information(InformationMessage(message_data=data, source="Write-Information", tags=tags))
+        await self.streams.checkpoint()
+
+
+class WriteHost(Stage):
+    """Write-Host: an information record tagged PSHOST, as PowerShell 5+ writes it (text only:
+    the simulated guest keeps no colours)."""
+
+    name = "Write-Host"
+    fq_name = _fq(name)
+    params = (Param("Object", 0), Param("NoNewline", switch=True), Param("Separator"),
+              Param("ForegroundColor"), Param("BackgroundColor"))
+
+    async def process(self, item: Any) -> None:
+        value = self.arg("Object") if item is NO_INPUT else item
+        separator = to_text(self.arg("Separator", " "))
+        text = separator.join(to_text(v) for v in enumerate_value(value)) if value is not None else ""
+        self.streams.information(InformationMessage(message_data=text, source="Write-Host", tags=("PSHOST",)))
         await self.streams.checkpoint()
 
 
@@ -1328,6 +1348,23 @@ class CmdExe(Stage):
         self.session.variables["lastexitcode"] = code
 
 
+# Cmdlets every Windows guest has that the simulated guest does not run: refused as unsupported,
+# never reported as unknown. (Read-Host and Get-Credential would prompt; the agent answers any
+# prompt with an error, which only a real host or pwsh-lab can show.)
+_WINDOWS_CMDLETS_NOT_SIMULATED = frozenset(
+    name.casefold()
+    for name in (
+        "Read-Host", "Get-Credential", "Get-Item", "Get-ItemProperty", "Set-ItemProperty", "New-Item",
+        "Remove-Item", "Copy-Item", "Move-Item", "Rename-Item", "Get-Date", "Select-Object", "Where-Object",
+        "Sort-Object", "Measure-Object", "Out-File", "Out-Null", "Out-String", "Add-Content", "Get-Command",
+        "Get-Module", "Import-Module", "Invoke-WebRequest", "Invoke-RestMethod", "Start-Process",
+        "Stop-Process", "Start-Service", "Stop-Service", "Restart-Service", "Set-Service", "Get-WmiObject",
+        "Get-CimInstance", "Get-NetIPAddress", "Get-WindowsFeature", "Install-WindowsFeature",
+        "Get-ScheduledTask", "ConvertTo-Json", "ConvertFrom-Json", "Test-Connection", "Get-EventLog",
+        "Get-WinEvent", "Get-Acl", "Set-Acl", "New-Object", "Get-Member", "Format-Table", "Format-List",
+    )
+)
+
 CMDLETS: dict[str, type[Stage]] = {
     cls.name.casefold(): cls
     for cls in (
@@ -1337,6 +1374,7 @@ CMDLETS: dict[str, type[Stage]] = {
         WriteDebug,
         WriteError,
         WriteInformation,
+        WriteHost,
         WriteProgress,
         StartSleep,
         ForEachObject,
