@@ -50,14 +50,19 @@ def test_vms_copy_and_exec_all(pwsh_lab: PwshLab, tmp_path: Path) -> None:
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert proc.returncode == 1, proc.stderr  # legacy01 is off, web02 exits 5
     by_vm: dict[str, list[dict[str, object]]] = {}
+    verdicts = {str(line["vm"]): line for line in lines if line["stream"] == "result"}
     for line in lines:
-        by_vm.setdefault(str(line.get("vm")), []).append(line)
+        if line["stream"] != "result":
+            by_vm.setdefault(str(line.get("vm")), []).append(line)
     assert [m["value"] for m in by_vm["web01"] if m["stream"] == "output"] == ["WEB01-LAB C:\\Windows\\Temp"]
     assert [m["value"] for m in by_vm["web02"] if m["stream"] == "output"] == ["WEB02 C:\\Windows\\Temp"]
     for vm in ("web01", "web02", "app01"):
         assert [m["seq"] for m in by_vm[vm]] == list(range(1, len(by_vm[vm]) + 1))
     exit_codes = {vm: [m.get("exit_code") for m in mine if m["stream"] == "state"] for vm, mine in by_vm.items()}
     assert exit_codes == {"web01": [0], "web02": [5], "app01": [0], "legacy01": [None]}
+    assert {vm: (v["ok"], v["exit_code"]) for vm, v in verdicts.items()} == {
+        "web01": (True, 0), "web02": (False, 5), "app01": (True, 0), "legacy01": (False, None),
+    }
     [refusal] = [m for m in by_vm["legacy01"] if m["stream"] == "error"]
     assert refusal["message"] == "The virtual machine legacy01 is not in running state."
     assert str(refusal["fqid"]).startswith("InvalidVMState,Microsoft.PowerShell.Commands.InvokeCommandCommand")

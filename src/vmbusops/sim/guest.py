@@ -1350,7 +1350,8 @@ class CmdExe(Stage):
 
 # Cmdlets every Windows guest has that the simulated guest does not run: refused as unsupported,
 # never reported as unknown. (Read-Host and Get-Credential would prompt; the agent answers any
-# prompt with an error, which only a real host or pwsh-lab can show.)
+# prompt with an error, which only a real host or pwsh-lab can show. New-Object stays unknown:
+# the Windows Update scripts' COM objects are what the simulator recognises instead.)
 _WINDOWS_CMDLETS_NOT_SIMULATED = frozenset(
     name.casefold()
     for name in (
@@ -1361,7 +1362,7 @@ _WINDOWS_CMDLETS_NOT_SIMULATED = frozenset(
         "Stop-Process", "Start-Service", "Stop-Service", "Restart-Service", "Set-Service", "Get-WmiObject",
         "Get-CimInstance", "Get-NetIPAddress", "Get-WindowsFeature", "Install-WindowsFeature",
         "Get-ScheduledTask", "ConvertTo-Json", "ConvertFrom-Json", "Test-Connection", "Get-EventLog",
-        "Get-WinEvent", "Get-Acl", "Set-Acl", "New-Object", "Get-Member", "Format-Table", "Format-List",
+        "Get-WinEvent", "Get-Acl", "Set-Acl", "Get-Member", "Format-Table", "Format-List",
     )
 )
 
