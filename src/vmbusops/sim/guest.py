@@ -50,7 +50,14 @@ from vmbusops.sim.guest_parse import (
 )
 from vmbusops.sim.lab import VMSpec
 from vmbusops.sim.state import HostStore, guest_path_to_host, split_guest_path
-from vmbusops.sim.streams import InformationMessage, ProgressUpdate, SimError, SimObject, Streams
+from vmbusops.sim.streams import (
+    ForwardingStreams,
+    InformationMessage,
+    ProgressUpdate,
+    SimError,
+    SimObject,
+    Streams,
+)
 
 Emit = Callable[[Any], Awaitable[None]]
 T = TypeVar("T")
@@ -614,7 +621,7 @@ class WriteOutput(Stage):
             await self.emit(item)
 
 
-class _CmdletStreams:
+class _CmdletStreams(ForwardingStreams):
     """A cmdlet's view of the streams: its errors named after it and handled by its error action.
 
     The action is the cmdlet's -ErrorAction, else the script's ``$ErrorActionPreference``:
@@ -624,13 +631,10 @@ class _CmdletStreams:
     """
 
     def __init__(self, session: GuestSession, *, activity: str, action: str) -> None:
+        super().__init__(session.streams)
         self._session = session
-        self._inner = session.streams
         self._activity = activity
         self._action = action
-
-    def output(self, value: Any) -> None:
-        self._inner.output(value)
 
     def error(self, error: SimError) -> None:
         error = pserrors.with_activity(error, self._activity)
@@ -640,28 +644,6 @@ class _CmdletStreams:
             self._session.silenced_errors += 1
         elif self._action != "ignore":
             self._inner.error(error)
-
-    def warning(self, message: str) -> None:
-        self._inner.warning(message)
-
-    def verbose(self, message: str) -> None:
-        self._inner.verbose(message)
-
-    def debug(self, message: str) -> None:
-        self._inner.debug(message)
-
-    def information(self, info: InformationMessage) -> None:
-        self._inner.information(info)
-
-    def progress(self, update: ProgressUpdate) -> None:
-        self._inner.progress(update)
-
-    @property
-    def records_written(self) -> int:
-        return self._inner.records_written
-
-    async def checkpoint(self) -> None:
-        await self._inner.checkpoint()
 
 
 class _MessageWriter(Stage, abc.ABC):

@@ -54,7 +54,7 @@ from vmbusops.sim.guest import (
     thrown_error,
     to_text,
 )
-from vmbusops.sim.streams import InformationMessage, ProgressUpdate, SimError, Streams
+from vmbusops.sim.streams import ForwardingStreams, InformationMessage, SimError, Streams
 
 INVOKER_FUNCTION: Final = "Invoke-VmbusOpsGuest"
 INVOKER_TEXT: Final = (
@@ -323,43 +323,18 @@ def _without_command_suffix(fqid: str) -> str:
     return _COMMAND_SUFFIX.sub("", fqid)
 
 
-class _ErrorCount:
+class _ErrorCount(ForwardingStreams):
     """The step's streams, counting what ``$Error`` gains: every error record but a native
     command's stderr lines (``NativeCommandError*``), as the wrapper counts them."""
 
     def __init__(self, inner: Streams) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.count = 0
-
-    def output(self, value: Any) -> None:
-        self._inner.output(value)
 
     def error(self, error: SimError) -> None:
         if not error.fqid.startswith("NativeCommandError"):
             self.count += 1
         self._inner.error(error)
-
-    def warning(self, message: str) -> None:
-        self._inner.warning(message)
-
-    def verbose(self, message: str) -> None:
-        self._inner.verbose(message)
-
-    def debug(self, message: str) -> None:
-        self._inner.debug(message)
-
-    def information(self, info: InformationMessage) -> None:
-        self._inner.information(info)
-
-    def progress(self, update: ProgressUpdate) -> None:
-        self._inner.progress(update)
-
-    @property
-    def records_written(self) -> int:
-        return self._inner.records_written
-
-    async def checkpoint(self) -> None:
-        await self._inner.checkpoint()
 
 
 async def run_guest_wrapper(session: GuestSession, call: InvokerCall, emit: Emit) -> None:

@@ -108,3 +108,38 @@ class Streams(Protocol):
     async def checkpoint(self) -> None:
         """Let the writer catch up (backpressure) and let cancellation in."""
         ...
+
+
+class ForwardingStreams:
+    """Streams that pass every write to ``inner``; a view that changes one stream overrides it."""
+
+    def __init__(self, inner: Streams) -> None:
+        self._inner = inner
+
+    def output(self, value: Any) -> None:
+        self._inner.output(value)
+
+    def error(self, error: SimError) -> None:
+        self._inner.error(error)
+
+    def warning(self, message: str) -> None:
+        self._inner.warning(message)
+
+    def verbose(self, message: str) -> None:
+        self._inner.verbose(message)
+
+    def debug(self, message: str) -> None:
+        self._inner.debug(message)
+
+    def information(self, info: InformationMessage) -> None:
+        self._inner.information(info)
+
+    def progress(self, update: ProgressUpdate) -> None:
+        self._inner.progress(update)
+
+    @property
+    def records_written(self) -> int:
+        return self._inner.records_written
+
+    async def checkpoint(self) -> None:
+        await self._inner.checkpoint()
