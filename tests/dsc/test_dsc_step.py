@@ -14,8 +14,7 @@ from vmbusops.bundle.manifest import manifest_from_dict
 from vmbusops.bundle.scaffold import EXAMPLE_FILES
 from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential, Secret
-from vmbusops.engine import EngineOptions, JobSource, Journal, State, open_engine
-from vmbusops.engine.runner import RunChanged
+from vmbusops.engine import EngineOptions, JobSource, Journal, RunChanged, State, open_engine
 from vmbusops.guestops.connect import open_host
 from vmbusops.records import OutputRecord
 from vmbusops.sim.lab import load_lab

@@ -20,8 +20,7 @@ import pytest
 from vmbusops.bundle.manifest import Manifest, manifest_from_dict
 from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential, Secret
-from vmbusops.engine import EngineOptions, JobSource, Journal, open_engine
-from vmbusops.engine.runner import Engine, EngineEvent
+from vmbusops.engine import Engine, EngineEvent, EngineOptions, JobSource, Journal, open_engine
 from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.host import HyperVHost
 

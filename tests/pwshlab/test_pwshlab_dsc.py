@@ -21,8 +21,7 @@ import trio
 from pwshlab_support import PwshLab
 from tests.dsc.test_dsc_step import FEATURE_MOF, META_STOP, SCAFFOLD, dsc_step, source
 
-from vmbusops.engine import EngineOptions, Journal, State, open_engine
-from vmbusops.engine.runner import RunChanged
+from vmbusops.engine import EngineOptions, Journal, RunChanged, State, open_engine
 from vmbusops.records import ErrorRecord, OutputRecord, PSObjectValue, VerboseRecord, WarningRecord
 
 pytestmark = pytest.mark.pwsh

@@ -161,7 +161,7 @@ def build_app(service: AgentService) -> Starlette:
                     400, "bad-request", "Bad request", "the body is empty; send the .vmb file's bytes"
                 )
             try:
-                bundle = await service.accept(path, who)
+                bundle, targets = await service.accept(path, who)
             except TargetsOutOfScope as exc:
                 service.metrics.submissions.labels("out-of-scope").inc()
                 raise refuse(request, 403, str(who), f"bundle targets VMs outside the scope: {', '.join(exc.vms) or '(none)'}",
@@ -183,7 +183,7 @@ def build_app(service: AgentService) -> Starlette:
             )
             return JSONResponse({"schedule": entry}, status_code=202)
         try:
-            job_id = await service.start_job(JobSource.from_accepted(bundle), origin=str(who))
+            job_id = await service.start_job(JobSource.from_accepted(bundle, targets=tuple(targets)), origin=str(who))
         except AgentStopping:
             raise ApiProblem(503, "stopping", "The agent is stopping", "try again when it is back") from None
         except VmbusOpsError as exc:

@@ -155,12 +155,13 @@ class AgentService:
             raise
         return path
 
-    async def accept(self, path: Path, who: Principal) -> AcceptedBundle:
+    async def accept(self, path: Path, who: Principal) -> tuple[AcceptedBundle, list[str]]:
         """Verify exactly as ``vmbusops run`` does; before that, refuse targets outside ``who``'s
         scope (from the unverified manifest: refusing early is safe, and a bundle refused for
-        scope is not burnt in the replay store)."""
+        scope is not burnt in the replay store). Returns the bundle and the VMs it targets, resolved
+        once here for the job to run on."""
         _, unverified = await trio.to_thread.run_sync(read_unverified, path)
-        await self.check_targets(unverified, who)
+        targets = await self.check_targets(unverified, who)
 
         def accept_now() -> AcceptedBundle:
             policy = load_trust_policy(trust_policy_path())
@@ -170,8 +171,8 @@ class AgentService:
         async with self._accept_lock:
             bundle = await trio.to_thread.run_sync(accept_now)
         if bundle.manifest.targets != unverified.targets:  # the same file, so never; but be sure
-            await self.check_targets(bundle.manifest, who)
-        return bundle
+            targets = await self.check_targets(bundle.manifest, who)
+        return bundle, targets
 
     async def start_job(self, source: JobSource, *, origin: str) -> int:
         """Start a job in the job nursery; returns its id once it is in the journal."""

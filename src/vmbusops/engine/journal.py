@@ -38,12 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
 from vmbusops.engine.owner import Owner, owner_alive
 from vmbusops.engine.states import Event, Level, State, next_state
 from vmbusops.errors import JournalError
 from vmbusops.home import home_path
+from vmbusops.storage import add_missing_columns
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -65,7 +67,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     heartbeat_at     REAL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     error            TEXT,
-    pruned           INTEGER NOT NULL DEFAULT 0
+    pruned           INTEGER NOT NULL DEFAULT 0,
+    enable_guest_services INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS runs (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -114,6 +117,9 @@ CREATE INDEX IF NOT EXISTS runs_job ON runs (job_id);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 """
 
+#: Columns added after schema 1, added to an older journal when it is opened: (table, column, definition).
+_ADDED_COLUMNS: Final = (("jobs", "enable_guest_services", "INTEGER NOT NULL DEFAULT 0"),)
+
 RecordRow = tuple[int, int, str | None, int, str, float, str]
 """(run_id, seq, step, attempt, stream, time, content JSON) as written."""
 
@@ -148,6 +154,8 @@ class JobView:
     error: str | None
     manifest: str
     bundle_dir: str | None
+    #: The trust scope that accepted the bundle lets its steps enable the Guest Service Interface.
+    enable_guest_services: bool
     run_states: dict[str, int]
 
     @property
@@ -214,8 +222,9 @@ class Journal:
                 # Every statement is CREATE ... IF NOT EXISTS: safe to run by each process that opens it.
                 self._db.executescript(_SCHEMA)
                 with self._write() as db:
+                    add_missing_columns(db, _ADDED_COLUMNS)
                     db.execute(
-                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                     )
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open the journal {self.path}: {exc}") from exc
@@ -287,6 +296,7 @@ class Journal:
         source: str,
         manifest: str,
         bundle_dir: str | None,
+        enable_guest_services: bool,
         host: str,
         vms: Sequence[str],
         steps: Sequence[tuple[str, str]],
@@ -297,11 +307,11 @@ class Journal:
         with self._write() as db:
             cur = db.execute(
                 "INSERT INTO jobs (bundle_name, bundle_version, bundle_id, source, manifest, bundle_dir,"
-                " host, state, created_at, owner_pid, owner_started, heartbeat_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " enable_guest_services, host, state, created_at, owner_pid, owner_started, heartbeat_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    bundle_name, bundle_version, bundle_id, source, manifest, bundle_dir, host,
-                    State.PENDING.value, now, owner.pid, owner.started, now,
+                    bundle_name, bundle_version, bundle_id, source, manifest, bundle_dir,
+                    int(enable_guest_services), host, State.PENDING.value, now, owner.pid, owner.started, now,
                 ),
             )  # fmt: skip
             job_id = int(cur.lastrowid or 0)
@@ -337,9 +347,9 @@ class Journal:
                 (owner.pid, owner.started, now, job_id),
             )
 
-    def apply(self, records: Sequence[RecordRow], updates: Sequence[tuple[str, Sequence[Any]]]) -> None:
-        """Records, then state updates, in one transaction (the writer's flush)."""
-        if not records and not updates:
+    def apply(self, records: Sequence[RecordRow], changes: Sequence[Change]) -> None:
+        """Records, then state changes, in one transaction (the writer's flush)."""
+        if not records and not changes:
             return
         try:
             with self._write() as db:
@@ -349,8 +359,8 @@ class Journal:
                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
                         records,
                     )
-                for sql, params in updates:
-                    db.execute(sql, params)
+                for change in changes:
+                    db.execute(*_update(change))
         except sqlite3.Error as exc:
             raise JournalError(f"the journal {self.path} cannot be written: {exc}") from exc
 
@@ -509,6 +519,7 @@ class Journal:
                     error=r["error"],
                     manifest=r["manifest"],
                     bundle_dir=r["bundle_dir"],
+                    enable_guest_services=bool(r["enable_guest_services"]),
                     run_states=counts,
                 )
             )
@@ -599,6 +610,45 @@ class Journal:
             )
             for r in self._read(sql, params)
         ]
+
+
+def _update(change: Change) -> tuple[str, list[Any]]:
+    """The one UPDATE that writes ``change``: only the fields it sets."""
+    sets: list[str] = []
+    params: list[Any] = []
+
+    def put(column: str, value: Any, expr: str = "?") -> None:
+        if value is not None:
+            sets.append(f"{column} = {expr}")
+            params.append(value)
+
+    match change:
+        case JobChange():
+            put("state", change.state.value)
+            put("started_at", change.started_at, "COALESCE(started_at, ?)")
+            put("finished_at", change.finished_at)
+            where, keys = "jobs SET {} WHERE id = ?", [change.job_id]
+        case RunChange():
+            put("state", change.state.value if change.state is not None else None)
+            sets.append("current_step = ?")
+            params.append(change.current_step)
+            put("records", change.records)
+            put("error", change.error)
+            put("started_at", change.started_at)
+            put("finished_at", change.finished_at)
+            put("excerpt", json.dumps(change.excerpt) if change.excerpt is not None else None)
+            where, keys = "runs SET {} WHERE id = ?", [change.run_id]
+        case StepChange():
+            put("state", change.state.value)
+            put("attempts", change.attempts)
+            put("started_at", change.started_at)
+            if change.clear:
+                sets += ["finished_at = NULL", "error = NULL"]
+            put("finished_at", change.finished_at)
+            put("error", change.error)
+            where, keys = "steps SET {} WHERE run_id = ? AND idx = ?", [change.run_id, change.index]
+    # Only fixed column names are interpolated; every value is a bound parameter.
+    return "UPDATE " + where.format(", ".join(sets)), [*params, *keys]
 
 
 def _effective(state: State, owner_alive: bool) -> State:

@@ -1,8 +1,8 @@
 """A job's bundle files on a remote host's disk, staged once and shared by the job's runs.
 
 Copy-VMFile reads its source from the host. On a local host the extracted bundle already is on
-the host's disk; on a remote one (``host.is_remote``) every file the job's steps copy - copy
-steps' sources, dsc steps' module files and MOFs - is staged with
+the host's disk; on a remote one (``host.is_remote``) every file the job's steps copy (each step's
+executor says which: :func:`vmbusops.engine.executors.copied_files`) is staged with
 :func:`~vmbusops.guestops.staging.stage_files` into one per-job folder the first time a run needs
 one of them. Fifty runs of the job then copy from the same verified files, and the folder lives
 exactly as long as the job: :class:`JobStaging` is entered around the job's runs and its exit
@@ -16,6 +16,7 @@ and that a job whose steps copy nothing never touches the host's disk.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -23,37 +24,22 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from vmbusops.bundle.manifest import CopyStep, DscStep, Manifest
+from vmbusops.engine.source import JobSource
 from vmbusops.guestops.staging import StageFile, stage_files
 
 if TYPE_CHECKING:
-    from vmbusops.engine.runner import JobSource
     from vmbusops.guestops.host import HyperVHost
-
-
-def copied_files(manifest: Manifest) -> list[str]:
-    """The bundle paths the manifest's steps copy into guests, each once, in step order."""
-    paths: dict[str, None] = {}
-    for step in manifest.steps:
-        if isinstance(step, CopyStep):
-            paths[step.source] = None
-        elif isinstance(step, DscStep):
-            for module in step.modules:
-                paths.update((entry.path, None) for entry in manifest.module_files(module.rstrip("/")))
-            paths.update((mof, None) for mof in step.mofs)
-            if step.meta_config is not None:
-                paths[step.meta_config] = None
-    return list(paths)
 
 
 class JobStaging:
     """Host paths for one job's bundle files: the files themselves on a local host, staged
     copies (made at first use, removed on exit) on a remote one."""
 
-    def __init__(self, host: HyperVHost, job_id: int, source: JobSource) -> None:
+    def __init__(self, host: HyperVHost, job_id: int, source: JobSource, bundle_paths: Sequence[str]) -> None:
         self._host = host
         self._job_id = job_id
         self._source = source
+        self._bundle_paths = list(bundle_paths)
         self._stack = AsyncExitStack()
         self._lock = trio.Lock()
         self._staged: dict[str, str] | None = None
@@ -86,14 +72,13 @@ class JobStaging:
     async def _stage(self) -> dict[str, str]:
         manifest = self._source.manifest
         hashes = {entry.path: entry.sha256 for entry in manifest.files}
-        bundle_paths = copied_files(manifest)
         items = [
             StageFile(
                 self._source.local_path(path),
                 sha256=hashes.get(path),
                 name=f"{i:04d}_{_flat_name(path)}",
             )
-            for i, path in enumerate(bundle_paths, 1)
+            for i, path in enumerate(self._bundle_paths, 1)
         ]
         paths = await self._stack.enter_async_context(stage_files(self._host, items, job=str(self._job_id)))
         self.uploads += 1

@@ -161,8 +161,8 @@ _TABLES: Mapping[Level, Mapping[State, Mapping[Event, State]]] = {
 class TransitionError(VmbusOpsError):
     """An event that the state it happened in does not allow (a bug, or a corrupt journal)."""
 
-    def __init__(self, level: Level, state: State, event: Event) -> None:
-        super().__init__(f"a {level.value} in state {state.value!r} cannot take the event {event.value!r}")
+    def __init__(self, level: Level, state: State, event: Event, *, why: str | None = None) -> None:
+        super().__init__(why or f"a {level.value} in state {state.value!r} cannot take the event {event.value!r}")
         self.level = level
         self.state = state
         self.event = event

@@ -24,11 +24,9 @@ from typing import Any, TypeVar
 
 import trio
 
+from vmbusops.engine.changes import Change, PendingRecord
 from vmbusops.engine.journal import Journal, JournalBusy, RecordRow
-from vmbusops.records import Record, record_to_json
-
-PendingRecord = tuple[int, int, str | None, int, Record, float]
-"""(run_id, seq, step, attempt, record, time): serialised to JSON in the flush, off the stream's path."""
+from vmbusops.records import record_to_json
 
 T = TypeVar("T")
 
@@ -49,7 +47,7 @@ class JournalWriter:
         self.flush_interval = flush_interval
         self.max_buffer = max_buffer
         self._records: list[PendingRecord] = []
-        self._updates: list[tuple[str, Sequence[Any]]] = []
+        self._changes: list[Change] = []
         self._lock = trio.Lock()
         self._wake = trio.Event()
         #: CPU seconds spent in journal writes (worker-thread CPU time), and what was written.
@@ -76,18 +74,18 @@ class JournalWriter:
             if len(self._records) >= self.max_buffer:
                 await self.commit()
 
-    def update(self, sql: str, params: Sequence[Any]) -> None:
-        """A state change, written with the next batch (after every record queued before it)."""
-        self._updates.append((sql, params))
+    def change(self, changes: Sequence[Change]) -> None:
+        """State changes, written with the next batch (after every record queued before them)."""
+        self._changes.extend(changes)
 
     async def commit(self) -> None:
         """Write everything queued so far; return when it is committed."""
         with trio.CancelScope(shield=True):
             async with self._lock:
                 records, self._records = self._records, []
-                updates, self._updates = self._updates, []
-                if records or updates:
-                    await self._in_journal(len(records), self._apply, records, updates)
+                changes, self._changes = self._changes, []
+                if records or changes:
+                    await self._in_journal(len(records), self._apply, records, changes)
 
     async def _in_journal(self, records: int, fn: Callable[..., T], *args: Any) -> T:
         """Run a journal call here when SQLite takes it at once, else in a worker thread.
@@ -105,7 +103,7 @@ class JournalWriter:
                 pass
         return await trio.to_thread.run_sync(fn, *args)
 
-    def _apply(self, records: list[PendingRecord], updates: list[tuple[str, Sequence[Any]]]) -> None:
+    def _apply(self, records: list[PendingRecord], changes: list[Change]) -> None:
         started = time.thread_time()
         try:
             dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -113,7 +111,7 @@ class JournalWriter:
                 (run_id, seq, step, attempt, rec.stream.value, at, dumps(record_to_json(rec)))
                 for run_id, seq, step, attempt, rec, at in records
             ]
-            self.journal.apply(rows, updates)
+            self.journal.apply(rows, changes)
         finally:
             self.cpu_seconds += time.thread_time() - started
         self.records_written += len(records)
@@ -124,8 +122,8 @@ class JournalWriter:
         with trio.CancelScope(shield=True):
             async with self._lock:
                 records, self._records = self._records, []
-                updates, self._updates = self._updates, []
-                if records or updates:
-                    await self._in_journal(len(records), self._apply, records, updates)
+                changes, self._changes = self._changes, []
+                if records or changes:
+                    await self._in_journal(len(records), self._apply, records, changes)
                 result = await self._in_journal(0, fn, *args)
         return result

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import PureWindowsPath
 from typing import Any, ClassVar, Final
@@ -312,11 +312,14 @@ class HyperVHost:
         arguments: Sequence[Any] = (),
         step: str | None = None,
         vm_id: str | None = None,
+        number: Callable[[], int] | None = None,
     ) -> AsyncIterator[GuestInvocation]:
         """Run ``steps`` ((index, script) pairs) in one PowerShell Direct session; yield records live.
 
-        The step markers come through with the records (see :func:`.invoker.parse_marker`): the
-        engine needs them to tell which step a record belongs to.
+        The step markers come through with the records (see :func:`.invoker.parse_marker`), with
+        ``seq`` 0: the engine needs them to tell which step a record belongs to, and journals none.
+        ``number`` gives the records their ``seq`` (the engine's run numbering); by default they
+        are numbered 1, 2, 3... within the invocation.
         """
         # The credential goes to the PSRP layer as is; it is serialized as a PSCredential whose
         # password is a SecureString encrypted with the session key.
@@ -329,7 +332,7 @@ class HyperVHost:
             as_function=self.invoker_as_function,
         )
         async with self.pool.invoke([[command]]) as pipe:
-            yield GuestInvocation(vm, pipe, step, markers=True)
+            yield GuestInvocation(vm, pipe, step, markers=True, number=number)
 
     @asynccontextmanager
     async def invoke_in_guest(
@@ -341,11 +344,12 @@ class HyperVHost:
         arguments: Sequence[Any] = (),
         step: str | None = None,
         vm_id: str | None = None,
+        number: Callable[[], int] | None = None,
     ) -> AsyncIterator[GuestInvocation]:
         """Run one script in the guest through PowerShell Direct; yield its records live.
 
         The step markers are taken out; the script's exit code is ``outcome.exit_code`` and the
-        ``exit_code`` of the final state record.
+        ``exit_code`` of the final state record. ``number`` as for :meth:`invoke_steps`.
         """
         command = invoker_command(
             vm=vm,
@@ -356,7 +360,7 @@ class HyperVHost:
             as_function=self.invoker_as_function,
         )
         async with self.pool.invoke([[command]]) as pipe:
-            yield GuestInvocation(vm, pipe, step, markers=False)
+            yield GuestInvocation(vm, pipe, step, markers=False, number=number)
 
     async def run_in_guest(
         self, vm: str, script: str, credential: GuestCredential, **kwargs: Any
@@ -373,8 +377,15 @@ class HyperVHost:
         *,
         timeout: float = 300.0,
         poll_interval: float = 1.0,
+        sessions: trio.CapacityLimiter | None = None,
     ) -> None:
-        """Wait until the heartbeat is OK and PowerShell Direct answers, or raise GuestNotReadyError."""
+        """Wait until the heartbeat is OK and PowerShell Direct answers, or raise GuestNotReadyError.
+
+        The one wait for a guest, for ``vmbusops`` commands and the engine's steps alike: Get-VM's
+        heartbeat first, then a probe through PowerShell Direct (which prints one line); polled
+        every ``poll_interval``, backing off by half each time up to 10 s. The probe holds a slot
+        of ``sessions`` (the engine's host-wide session limit) while it runs.
+        """
         deadline = trio.current_time() + timeout
         last: str = "no answer yet"
         delay = poll_interval
@@ -387,7 +398,10 @@ class HyperVHost:
                     hint="start it first (Start-VM)",
                 )
             if info.heartbeat_ok:
-                _, outcome = await self.run_in_guest(vm, "Write-Output 'ready'", credential)
+                async with AsyncExitStack() as stack:
+                    if sessions is not None:
+                        await stack.enter_async_context(sessions)
+                    _, outcome = await self.run_in_guest(vm, "Write-Output 'ready'", credential)
                 if outcome.ok:
                     return
                 failure = outcome.failure
@@ -411,11 +425,19 @@ class GuestInvocation:
     are consumed here and the final state record carries the exit code instead.
     """
 
-    def __init__(self, vm: str, pipe: RecordStream, step: str | None, *, markers: bool = True) -> None:
+    def __init__(
+        self,
+        vm: str,
+        pipe: RecordStream,
+        step: str | None,
+        *,
+        markers: bool = True,
+        number: Callable[[], int] | None = None,
+    ) -> None:
         self.vm = vm
         self._pipe = pipe
         self._step = step
-        self._seq = 0
+        self._number = number if number is not None else itertools.count(1).__next__
         self._markers = markers
         self.outcome = InvokeOutcome()
 
@@ -436,11 +458,11 @@ class GuestInvocation:
                     self.outcome.script_errors += mark.errors
                 if not self._markers:
                     continue
-            elif isinstance(record, PipelineStateRecord) and self.outcome.exit_code is not None:
+                return GuestRecord(vm=self.vm, seq=0, time=time.time(), record=record, step=self._step)
+            if isinstance(record, PipelineStateRecord) and self.outcome.exit_code is not None:
                 record = PipelineStateRecord(state=record.state, error=record.error, exit_code=self.outcome.exit_code)
             self._observe(record)
-            self._seq += 1
-            return GuestRecord(vm=self.vm, seq=self._seq, time=time.time(), record=record, step=self._step)
+            return GuestRecord(vm=self.vm, seq=self._number(), time=time.time(), record=record, step=self._step)
 
     def _observe(self, record: Record) -> None:
         outcome = self.outcome

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -90,10 +89,12 @@ class Scheduler:
             capped = replace(
                 execution, delivery_timeout_seconds=max(1.0, min(execution.delivery_timeout_seconds, left))
             )
-            source = JobSource(
-                manifest=replace(entry.manifest, execution=capped),
-                directory=Path(entry.bundle_dir) if entry.bundle_dir else None,
+            source = JobSource.from_schedule(
+                entry.manifest,
+                bundle_dir=entry.bundle_dir,
                 source=entry.source,
+                enable_guest_services=entry.enable_guest_services,
+                execution=capped,
             )
             service.metrics.scheduled_runs.labels("started").inc()
             return await service.start_job(source, origin=f"schedule:{entry.name}")
@@ -153,7 +154,11 @@ class Scheduler:
 
     async def register(self, bundle: AcceptedBundle) -> dict[str, Any]:
         entry = self.store.register(
-            bundle.manifest, bundle_dir=str(bundle.directory), source=bundle.source, now=self.clock.now()
+            bundle.manifest,
+            bundle_dir=str(bundle.directory),
+            source=bundle.source,
+            enable_guest_services=bundle.scope.enable_guest_services,
+            now=self.clock.now(),
         )
         if self._nursery is not None:
             self._start(entry.name)

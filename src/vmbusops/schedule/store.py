@@ -31,9 +31,12 @@ CREATE TABLE IF NOT EXISTS schedules (
     last_tick     TEXT NOT NULL,
     last_job      INTEGER,
     last_outcome  TEXT,
-    missed        INTEGER NOT NULL DEFAULT 0
+    missed        INTEGER NOT NULL DEFAULT 0,
+    enable_guest_services INTEGER NOT NULL DEFAULT 0
 );
 """
+#: Columns added since the first schema, added to an older store when it is opened.
+_ADDED_COLUMNS = (("schedules", "enable_guest_services", "INTEGER NOT NULL DEFAULT 0"),)
 
 
 def schedules_path() -> Path:
@@ -48,6 +51,8 @@ class ScheduleEntry:
     manifest: Manifest
     bundle_dir: str | None
     source: str
+    #: The trust scope that accepted the bundle lets its steps enable the Guest Service Interface.
+    enable_guest_services: bool
     registered_at: datetime
     last_tick: datetime
     last_job: int | None
@@ -59,7 +64,7 @@ class ScheduleStore:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or schedules_path()
         self._lock = threading.Lock()
-        self._db = open_wal_database(self.path, _SCHEMA, what="the schedule store")
+        self._db = open_wal_database(self.path, _SCHEMA, what="the schedule store", added_columns=_ADDED_COLUMNS)
 
     def close(self) -> None:
         with self._lock:
@@ -70,14 +75,21 @@ class ScheduleStore:
             return list(self._db.execute(sql, params).fetchall())
 
     def register(
-        self, manifest: Manifest, *, bundle_dir: str | None, source: str, now: datetime
+        self,
+        manifest: Manifest,
+        *,
+        bundle_dir: str | None,
+        source: str,
+        now: datetime,
+        enable_guest_services: bool = False,
     ) -> ScheduleEntry:
         self._exec(
             "INSERT OR REPLACE INTO schedules (name, version, bundle_id, manifest, bundle_dir, source,"
-            " registered_at, last_tick, last_job, last_outcome, missed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0)",
+            " enable_guest_services, registered_at, last_tick, last_job, last_outcome, missed)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0)",
             (
                 manifest.name, manifest.version, manifest.id, manifest.to_json().decode("utf-8"), bundle_dir,
-                source, now.isoformat(), now.isoformat(),
+                source, int(enable_guest_services), now.isoformat(), now.isoformat(),
             ),
         )  # fmt: skip
         return self.get(manifest.name)
@@ -103,7 +115,7 @@ class ScheduleStore:
     def all(self) -> list[ScheduleEntry]:
         rows = self._exec(
             "SELECT name, version, bundle_id, manifest, bundle_dir, source, registered_at, last_tick,"
-            " last_job, last_outcome, missed FROM schedules ORDER BY name"
+            " last_job, last_outcome, missed, enable_guest_services FROM schedules ORDER BY name"
         )
         return [
             ScheduleEntry(
@@ -113,6 +125,7 @@ class ScheduleStore:
                 manifest=manifest_from_dict(json.loads(r[3])),
                 bundle_dir=r[4],
                 source=r[5],
+                enable_guest_services=bool(r[11]),
                 registered_at=datetime.fromisoformat(r[6]),
                 last_tick=datetime.fromisoformat(r[7]),
                 last_job=r[8],

@@ -1,0 +1,60 @@
+"""What the engine asks the journal to write, as values (sans-IO).
+
+The run machine (:mod:`.machine`) says what changed as :class:`JobChange`, :class:`RunChange` and
+:class:`StepChange` values; the journal writer queues them behind the records that came before and
+:meth:`.journal.Journal.apply` turns each into its one ``UPDATE``. So the SQL lives in the journal
+alone, and what the engine decided can be read (and tested) without a database.
+
+A field left ``None`` is not written; ``clear`` on a step change (a new attempt) empties its
+finish time and error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vmbusops.engine.states import State
+from vmbusops.records import Record
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobChange:
+    job_id: int
+    state: State
+    #: Written only if the job has no start time yet (a resumed job keeps its first).
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunChange:
+    run_id: int
+    #: None: only where the run is (current step, records so far) changed.
+    state: State | None
+    current_step: str | None
+    records: int
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    excerpt: list[str] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepChange:
+    run_id: int
+    index: int
+    state: State
+    attempts: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    #: A new attempt: forget the previous attempt's finish time and error.
+    clear: bool = False
+
+
+Change = JobChange | RunChange | StepChange
+
+PendingRecord = tuple[int, int, str | None, int, Record, float]
+"""(run_id, seq, step, attempt, record, time): serialised to JSON in the flush, off the stream's path."""
+
+__all__ = ["Change", "JobChange", "PendingRecord", "RunChange", "StepChange"]

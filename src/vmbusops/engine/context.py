@@ -1,0 +1,164 @@
+"""A run's way to the world: the host, its guest, the journal and the watchers.
+
+:class:`RunContext` is what an executor (:mod:`.executors`) is given. It carries out what the
+run's :class:`~.machine.RunMachine` decides (journal changes queued behind the records before
+them, events to the watchers) and gives the steps their host, guest credential, bundle files and
+the host-wide limit on PowerShell Direct sessions. :class:`StepChannel` is one step's view of it, in
+the shape guest-side operations (:mod:`vmbusops.guestops.dsc`, :mod:`vmbusops.guestops.patch`)
+take: every record they see is journaled under the step, live.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from vmbusops.bundle.manifest import Step
+from vmbusops.credentials import GuestCredential
+from vmbusops.engine.changes import Change
+from vmbusops.engine.events import EngineEvent, RunChanged
+from vmbusops.engine.machine import Output, RunMachine
+from vmbusops.engine.source import JobSource
+from vmbusops.engine.staged import JobStaging
+from vmbusops.engine.writer import JournalWriter
+from vmbusops.errors import VmbusOpsError
+from vmbusops.guestops.dsc import GuestRun
+from vmbusops.guestops.host import HyperVHost, InvokeOutcome
+from vmbusops.records import GuestRecord, InformationRecord, Record
+
+
+def emit(
+    writer: JournalWriter, on_event: Callable[[EngineEvent], None] | None, outputs: Sequence[Output]
+) -> None:
+    """Carry out a machine's outputs: journal changes to the writer, events to the watchers."""
+    changes: list[Change] = []
+    for out in outputs:
+        if isinstance(out, RunChanged):
+            if on_event is not None:
+                on_event(out)
+        else:
+            changes.append(out)
+    if changes:
+        writer.change(changes)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaitReady:
+    """How long a run waits for its guest to be back (heartbeat OK, PowerShell Direct answers)."""
+
+    timeout: float
+    poll: float
+
+
+@dataclass(eq=False, kw_only=True)
+class RunContext:
+    machine: RunMachine
+    host: HyperVHost
+    source: JobSource
+    credential: GuestCredential
+    staging: JobStaging
+    writer: JournalWriter
+    #: PowerShell Direct sessions open at once on this host, across all jobs.
+    sessions: trio.CapacityLimiter
+    wait: WaitReady
+    on_event: Callable[[EngineEvent], None] | None
+
+    @property
+    def vm(self) -> str:
+        return self.machine.vm
+
+    @property
+    def steps(self) -> Sequence[Step]:
+        return self.source.manifest.steps
+
+    # ------------------------------------------------------------------ the machine's outputs
+    def emit(self, outputs: Sequence[Output]) -> None:
+        """Queue the journal changes (behind the records before them); tell the watchers."""
+        emit(self.writer, self.on_event, outputs)
+
+    async def commit(self) -> None:
+        await self.writer.commit()
+
+    async def begin(self, index: int) -> None:
+        """Step ``index`` starts an attempt; durable before the step does anything."""
+        outputs = self.machine.begin_step(index)
+        if outputs:
+            self.emit(outputs)
+            await self.commit()
+
+    async def succeed(self, index: int) -> None:
+        """The commit point: the step's records and its success are durable before anything else."""
+        self.emit(self.machine.succeed_step(index))
+        await self.commit()
+
+    async def record(self, rec: GuestRecord, index: int | None) -> None:
+        row, arrived = self.machine.record(rec, index)
+        await self.writer.add_record(row)
+        if self.on_event is not None:
+            self.on_event(arrived)
+
+    def channel(self, index: int) -> StepChannel:
+        return StepChannel(self, index)
+
+    # ------------------------------------------------------------------ the guest
+    async def wait_ready(self) -> None:
+        await self.host.wait_guest_ready(
+            self.vm,
+            self.credential,
+            timeout=self.wait.timeout,
+            poll_interval=self.wait.poll,
+            sessions=self.sessions,
+        )
+
+
+class StepChannel:
+    """A step's way into its guest (a :class:`vmbusops.guestops.dsc.GuestChannel`)."""
+
+    def __init__(self, ctx: RunContext, index: int) -> None:
+        self.ctx = ctx
+        self.index = index
+
+    async def run(
+        self,
+        script: str,
+        *,
+        arguments: Sequence[Any] = (),
+        on_record: Callable[[Record], Awaitable[None]] | None = None,
+    ) -> GuestRun:
+        ctx = self.ctx
+        records: list[Record] = []
+        outcome = InvokeOutcome()
+        async with ctx.sessions:
+            try:
+                async with ctx.host.invoke_in_guest(
+                    ctx.vm, script, ctx.credential, arguments=arguments, number=ctx.machine.take_seq
+                ) as inv:
+                    async for rec in inv:
+                        records.append(rec.record)
+                        await ctx.record(rec, self.index)
+                        if on_record is not None:
+                            await on_record(rec.record)
+                    outcome = inv.outcome
+            except VmbusOpsError as exc:
+                outcome.failure = outcome.failure or exc
+        return GuestRun(outcome, records)
+
+    async def wait_ready(self) -> None:
+        await self.ctx.wait_ready()
+
+    async def note(self, text: str) -> None:
+        """Journal a line from the agent itself under the step."""
+        record = InformationRecord(message_data=text, source="vmbusops", tags=("vmbusops.agent",))
+        rec = GuestRecord(vm=self.ctx.vm, seq=self.ctx.machine.take_seq(), time=time.time(), record=record)
+        await self.ctx.record(rec, self.index)
+
+    def progress(self, text: str) -> None:
+        if self.ctx.on_event is not None:
+            self.ctx.on_event(self.ctx.machine.progress(self.index, text))
+
+
+__all__ = ["RunContext", "StepChannel", "WaitReady", "emit"]

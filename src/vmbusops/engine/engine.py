@@ -1,0 +1,389 @@
+"""The job engine: a job's runs, their steps, rate control, retries, cancellation, resumption.
+
+Theory of operation
+-------------------
+:func:`open_engine` gives an :class:`Engine` bound to one host, one journal and one nursery, in
+which two background tasks live: the journal writer (:mod:`.writer`) and the *keeper*, which every
+``heartbeat_interval`` refreshes the owner's heartbeat on its jobs and VM leases and polls the
+journal for cancel requests (``vmbusops jobs cancel`` only writes a flag; the owner acts on it).
+
+The engine is the trio side of the work; what a job and its runs *are* lives in the sans-IO
+machines of :mod:`.machine`, which decide every journal change and every watcher event; each step
+kind is carried out by its executor (:mod:`.executors`). Here is only *when* things happen.
+
+:meth:`Engine.run_job` resolves the bundle's targets against the host's VMs (unless the submission
+already did), writes a pending job with one pending run per VM, and runs every run as a task of its
+own. A run goes through:
+
+1. *delivery*: take the VM's lease (:mod:`.leases`: no other job and no other process touches the
+   VM meanwhile), then a slot of the job's max concurrency; while it waits it is ``delayed``. Not
+   started by the job's delivery deadline: ``delivery-timed-out``. Once it holds a slot it checks
+   max errors: exceeded means ``skipped``.
+2. *execution*, under the run's execution timeout: the steps in order, as units planned by
+   :mod:`.plan` (guest batches, host steps). Each step has its own timeout and retry policy:
+   transient errors (``VmbusOpsError.transient``) wait out the backoff (``delayed``) and try
+   again; anything else fails the step and the run at once with the real message. Guest
+   invocations also hold a slot of the host-wide PowerShell Direct session limit.
+
+Cancellation is a cancel scope per run: leaving a guest pipeline's context sends the PSRP stop
+signal and waits for the pipeline to end, so the guest command stops; the journal writes that
+follow are shielded. Every change is queued to the journal behind the records that preceded it;
+the end of each step is a commit point.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+from vmbusops.bundle.manifest import ResumePolicy
+from vmbusops.credentials import GuestCredential
+from vmbusops.engine.context import RunContext, WaitReady, emit
+from vmbusops.engine.events import EngineEvent, JobResult
+from vmbusops.engine.executors import StepFailed, copied_files, executor_of
+from vmbusops.engine.journal import Journal
+from vmbusops.engine.leases import VmLeases
+from vmbusops.engine.machine import JobMachine, Output, RunMachine, StepInfo
+from vmbusops.engine.owner import Owner, current_owner
+from vmbusops.engine.plan import GuestBatch, plan_units
+from vmbusops.engine.source import JobSource, resolve_targets
+from vmbusops.engine.staged import JobStaging
+from vmbusops.engine.states import State
+from vmbusops.engine.writer import JournalWriter
+from vmbusops.errors import JournalError, VmbusOpsError
+from vmbusops.guestops.host import HyperVHost
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineOptions:
+    #: PowerShell Direct sessions open at once on this host, across all jobs.
+    max_sessions: int = 32
+    flush_records: int = 1000
+    flush_interval: float = 0.05
+    max_buffer: int = 20_000
+    heartbeat_interval: float = 1.0
+    #: How often a waiting run looks at a VM lease held by another process.
+    lease_poll_interval: float = 0.25
+    excerpt_lines: int = 10
+    wait_ready_timeout: float = 300.0
+    wait_ready_poll: float = 1.0
+
+
+@dataclass(eq=False)
+class _Job:
+    machine: JobMachine
+    source: JobSource
+    credential: GuestCredential
+    staging: JobStaging
+    limiter: trio.CapacityLimiter
+    #: Per run id: its cancel scope, and whether someone asked to cancel it.
+    scopes: dict[int, trio.CancelScope]
+    cancelled: set[int]
+    delivery_deadline: float = 0.0
+
+    @property
+    def runs(self) -> list[RunMachine]:
+        return self.machine.runs
+
+
+class Engine:
+    """Runs jobs on one host, journaling everything. Make one with :func:`open_engine`."""
+
+    def __init__(
+        self,
+        host: HyperVHost,
+        journal: Journal,
+        writer: JournalWriter,
+        *,
+        credential_for: Callable[[str], GuestCredential],
+        host_name: str,
+        options: EngineOptions,
+        on_event: Callable[[EngineEvent], None] | None,
+    ) -> None:
+        self.host = host
+        self.journal = journal
+        self.writer = writer
+        self.credential_for = credential_for
+        self.host_name = host_name
+        self.options = options
+        self.on_event = on_event
+        self.owner: Owner = current_owner()
+        self.sessions = trio.CapacityLimiter(max(1, options.max_sessions))
+        self.leases = VmLeases(journal, writer, self.owner, poll_interval=options.lease_poll_interval)
+        self._jobs: dict[int, _Job] = {}
+
+    # ------------------------------------------------------------------ jobs
+    async def run_job(
+        self, source: JobSource, *, on_created: Callable[[int], None] | None = None
+    ) -> JobResult:
+        """Resolve the targets (unless the submission did), journal a new job, run it to its end."""
+        manifest = source.manifest
+        credential = self.credential_for(manifest.credential)
+        if source.targets is not None:
+            vms = list(source.targets)
+        else:
+            vms = resolve_targets(manifest, [vm.name for vm in await self.host.list_vms()])
+        job_id, run_ids = await self.writer.call(
+            lambda: self.journal.create_job(
+                bundle_name=manifest.name,
+                bundle_version=manifest.version,
+                bundle_id=manifest.id,
+                source=source.source,
+                manifest=manifest.to_json().decode("utf-8"),
+                bundle_dir=str(source.directory) if source.directory is not None else None,
+                enable_guest_services=source.enable_guest_services,
+                host=self.host_name,
+                vms=vms,
+                steps=[(s.name, s.kind.value) for s in manifest.steps],
+                owner=self.owner,
+                now=time.time(),
+            )
+        )
+        if on_created is not None:
+            on_created(job_id)
+        runs = [self._run_machine(job_id, source, run_ids[vm], vm) for vm in vms]
+        return await self._execute(self._job(job_id, source, credential, runs))
+
+    async def resume_job(self, job_id: int, source: JobSource | None = None) -> JobResult:
+        """Take over an interrupted job and finish it according to its bundle's resume policy."""
+        await self.writer.call(self.journal.reconcile)
+        view = await self.writer.call(self.journal.job, job_id)
+        if view.stored_state is not State.INTERRUPTED:
+            raise JournalError(
+                f"job {job_id} is {view.state.value}; only an interrupted job can be resumed",
+            )
+        await self.writer.call(self.journal.claim_job, job_id, self.owner, time.time())
+        source = source if source is not None else JobSource.from_journal(view)
+        credential = self.credential_for(source.manifest.credential)
+        abandon = source.manifest.execution.resume is ResumePolicy.ABANDON
+        runs: list[RunMachine] = []
+        outputs: list[Output] = []
+        for rv in await self.writer.call(self.journal.runs, job_id):
+            steps = await self.writer.call(self.journal.steps, rv.id)
+            run = self._run_machine(job_id, source, rv.id, rv.vm)
+            run.state = rv.stored_state
+            run.step_states = [s.state for s in steps]
+            run.attempts = [s.attempts for s in steps]
+            run.next_seq = await self.writer.call(self.journal.next_seq, rv.id)
+            run.error = rv.error
+            outputs += run.resume(abandon=abandon)
+            runs.append(run)
+        job = self._job(job_id, source, credential, runs)
+        job.machine.state = State.INTERRUPTED
+        self._emit([*outputs, *job.machine.resume()])
+        await self.writer.commit()
+        return await self._execute(job)
+
+    def _run_machine(self, job_id: int, source: JobSource, run_id: int, vm: str) -> RunMachine:
+        restart = source.manifest.execution.resume is ResumePolicy.RESTART
+        steps = [
+            StepInfo(s.name, resumable=restart or s.idempotent or executor_of(s).always_resumable)
+            for s in source.manifest.steps
+        ]
+        return RunMachine(
+            job_id=job_id, id=run_id, vm=vm, steps=steps, excerpt_lines=self.options.excerpt_lines
+        )
+
+    def _job(
+        self, job_id: int, source: JobSource, credential: GuestCredential, runs: list[RunMachine]
+    ) -> _Job:
+        execution = source.manifest.execution
+        total = len(runs)
+        max_errors = (
+            execution.max_errors.of(total)
+            if execution.max_errors.count is None
+            else execution.max_errors.count
+        )
+        return _Job(
+            machine=JobMachine(id=job_id, runs=runs, max_errors=max_errors),
+            source=source,
+            credential=credential,
+            staging=JobStaging(self.host, job_id, source, copied_files(source.manifest)),
+            limiter=trio.CapacityLimiter(max(1, execution.max_concurrency.of(total))),
+            scopes={run.id: trio.CancelScope() for run in runs},
+            cancelled=set(),
+        )
+
+    async def _execute(self, job: _Job) -> JobResult:
+        job_id = job.machine.id
+        self._jobs[job_id] = job
+        try:
+            job.delivery_deadline = (
+                trio.current_time() + job.source.manifest.execution.delivery_timeout_seconds
+            )
+            self._emit(job.machine.start())
+            await self.writer.commit()
+            # The job's staged files (remote hosts) outlive every run and go when the job ends.
+            async with job.staging, trio.open_nursery() as nursery:
+                for run in job.runs:
+                    if run.state is State.PENDING:
+                        nursery.start_soon(self._run_target, job, run)
+            self._emit(job.machine.finish())
+            await self.writer.commit()
+        finally:
+            del self._jobs[job_id]
+        return JobResult(
+            job_id=job_id,
+            state=job.machine.state,
+            runs={r.vm: r.state for r in job.runs},
+            errors={r.vm: r.error for r in job.runs if r.error},
+            details={r.vm: r.details for r in job.runs if r.details},
+        )
+
+    def cancel(self, job_id: int, vm: str | None = None) -> None:
+        """Cancel a job of this engine (or one VM's run): stops its guest pipelines."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        if vm is None:
+            job.machine.cancel_requested = True
+        for run in job.runs:
+            if vm is None or run.vm.casefold() == vm.casefold():
+                self._cancel_run(job, run.id)
+
+    def _cancel_run(self, job: _Job, run_id: int) -> None:
+        job.cancelled.add(run_id)
+        job.scopes[run_id].cancel()
+
+    def _emit(self, outputs: list[Output]) -> None:
+        emit(self.writer, self.on_event, outputs)
+
+    # ------------------------------------------------------------------ keeper
+    async def _keep(self) -> None:
+        """Heartbeat the owner's jobs and leases; act on cancel requests from the journal."""
+        while True:
+            await trio.sleep(self.options.heartbeat_interval)
+            ids = list(self._jobs)
+            await self.writer.call(self.journal.heartbeat, ids, self.owner, time.time())
+            if not ids:
+                continue
+            jobs, runs = await self.writer.call(self.journal.cancel_requests, ids)
+            for job_id in jobs:
+                job = self._jobs.get(job_id)
+                if job is not None and not job.machine.cancel_requested:
+                    self.cancel(job_id)
+            for job in list(self._jobs.values()):
+                for run in job.runs:
+                    if run.id in runs and run.id not in job.cancelled:
+                        self._cancel_run(job, run.id)
+
+    # ------------------------------------------------------------------ one run
+    async def _run_target(self, job: _Job, run: RunMachine) -> None:
+        ctx = RunContext(
+            machine=run,
+            host=self.host,
+            source=job.source,
+            credential=job.credential,
+            staging=job.staging,
+            writer=self.writer,
+            sessions=self.sessions,
+            wait=WaitReady(timeout=self.options.wait_ready_timeout, poll=self.options.wait_ready_poll),
+            on_event=self.on_event,
+        )
+        scope = job.scopes[run.id]
+        lease = False
+        slot = False
+        try:
+            with scope:
+                with trio.move_on_at(job.delivery_deadline) as delivery:
+                    await self.leases.take(run.vm, run.id, waiting=lambda: ctx.emit(run.wait()))
+                    lease = True
+                    if job.limiter.available_tokens == 0:
+                        ctx.emit(run.wait())
+                    await job.limiter.acquire_on_behalf_of(run)
+                    slot = True
+                if delivery.cancelled_caught:
+                    self._end(
+                        job,
+                        ctx,
+                        run.delivery_timed_out(job.source.manifest.execution.delivery_timeout_seconds),
+                    )
+                    return
+                if job.machine.over_max_errors:
+                    self._end(job, ctx, run.skip(job.machine.errors, job.machine.max_errors))
+                    return
+                await self._execute_run(job, ctx)
+            if scope.cancelled_caught and not run.state.terminal:
+                self._end(job, ctx, run.cancel())
+        except VmbusOpsError as exc:
+            # Something outside any step (the journal, the host connection): the run fails with it.
+            if not run.state.terminal:
+                self._end(job, ctx, run.fail_outside_steps(str(exc)))
+        finally:
+            with trio.CancelScope(shield=True):
+                if slot:
+                    job.limiter.release_on_behalf_of(run)
+                if lease:
+                    await self.leases.release(run.vm, run.id)
+                await self.writer.commit()
+
+    def _end(self, job: _Job, ctx: RunContext, outputs: list[Output]) -> None:
+        ctx.emit(outputs)
+        job.machine.run_ended(ctx.machine)
+
+    async def _execute_run(self, job: _Job, ctx: RunContext) -> None:
+        run = ctx.machine
+        ctx.emit(run.start())
+        await self.writer.commit()
+        timeout = job.source.manifest.execution.target_timeout_seconds
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await self._execute_steps(ctx)
+            except StepFailed as failed:
+                self._end(job, ctx, run.fail(failed.event, failed.message))
+                return
+        if scope.cancelled_caught:
+            self._end(job, ctx, run.execution_timed_out(timeout))
+            return
+        self._end(job, ctx, run.succeed())
+
+    async def _execute_steps(self, ctx: RunContext) -> None:
+        steps = ctx.steps
+        while (index := ctx.machine.next_step()) is not None:
+            unit = plan_units(steps, index, ctx.source.script_of)[0]
+            indices = unit.steps if isinstance(unit, GuestBatch) else (unit.index,)
+            await executor_of(steps[index]).run(ctx, indices)
+
+
+@asynccontextmanager
+async def open_engine(
+    host: HyperVHost,
+    journal: Journal,
+    *,
+    credential_for: Callable[[str], GuestCredential],
+    host_name: str = "sim",
+    options: EngineOptions | None = None,
+    on_event: Callable[[EngineEvent], None] | None = None,
+) -> AsyncIterator[Engine]:
+    """An engine with its journal writer and keeper running; both stop (flushed) on exit."""
+    options = options or EngineOptions()
+    writer = JournalWriter(
+        journal,
+        flush_records=options.flush_records,
+        flush_interval=options.flush_interval,
+        max_buffer=options.max_buffer,
+    )
+    await trio.to_thread.run_sync(journal.reconcile)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        engine = Engine(
+            host,
+            journal,
+            writer,
+            credential_for=credential_for,
+            host_name=host_name,
+            options=options,
+            on_event=on_event,
+        )
+        nursery.start_soon(engine._keep)
+        try:
+            yield engine
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+__all__ = ["Engine", "EngineOptions", "open_engine"]

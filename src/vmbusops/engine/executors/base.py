@@ -1,0 +1,96 @@
+"""What every executor is, and the part of carrying out a step all host-side kinds share."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Protocol
+
+import trio
+
+from vmbusops.bundle.manifest import Manifest, Step
+from vmbusops.engine.context import RunContext
+from vmbusops.engine.states import Event
+from vmbusops.errors import VmbusOpsError
+
+
+class StepFailed(Exception):
+    """A step ended its run: failed (``event`` FAIL) or timed out (EXECUTION_TIMEOUT)."""
+
+    def __init__(self, event: Event, message: str) -> None:
+        super().__init__(message)
+        self.event = event
+        self.message = message
+
+
+class Executor(Protocol):
+    """Carries out one kind of step."""
+
+    #: Runs again after an interruption under the ``resume`` policy even when the bundle does not
+    #: call it idempotent (it converges by nature).
+    always_resumable: bool
+
+    def files(self, manifest: Manifest, step: Step) -> Iterable[str]:
+        """The bundle paths the step copies into the guest (staged on a remote host first)."""
+        ...
+
+    async def run(self, ctx: RunContext, indices: tuple[int, ...]) -> None:
+        """Carry out the steps ``indices`` (one, or a guest batch: see :mod:`..plan`).
+
+        Returns when each has succeeded, or has failed and waits to be tried again (it is
+        ``delayed``; the run plans again from the first step not done); raises
+        :class:`StepFailed` when one ended the run."""
+        ...
+
+
+async def attempt_failed(ctx: RunContext, index: int, error: VmbusOpsError | None, message: str) -> None:
+    """A step's attempt failed: wait out the backoff if the error is transient and the step has
+    attempts left (the caller then tries again), else raise :class:`StepFailed`."""
+    step = ctx.steps[index]
+    machine = ctx.machine
+    if error is not None and error.transient and machine.attempts[index] < step.retry.attempts:
+        ctx.emit(machine.retry_step(index, message))
+        await ctx.commit()
+        await trio.sleep(step.retry.delay_before_retry(machine.attempts[index]))
+        return
+    ctx.emit(machine.fail_step(index, message))
+    raise StepFailed(Event.FAIL, f"step {step.name}: {message}")
+
+
+def timed_out(ctx: RunContext, index: int) -> StepFailed:
+    message, outputs = ctx.machine.time_out_step(index, ctx.steps[index].timeout_seconds)
+    ctx.emit(outputs)
+    return StepFailed(Event.EXECUTION_TIMEOUT, message)
+
+
+class HostStepExecutor:
+    """A step the host carries out on its own (one at a time): attempt, timeout, retry.
+
+    A kind subclasses it and writes :meth:`carry_out`; a :class:`~vmbusops.errors.VmbusOpsError`
+    it raises fails the attempt with its message (retried when transient)."""
+
+    always_resumable = False
+
+    def files(self, manifest: Manifest, step: Step) -> Iterable[str]:
+        return ()
+
+    async def run(self, ctx: RunContext, indices: tuple[int, ...]) -> None:
+        (index,) = indices
+        step = ctx.steps[index]
+        await ctx.begin(index)
+        timeout = step.timeout_seconds if step.timeout_seconds is not None else math.inf
+        try:
+            with trio.move_on_after(timeout) as scope:
+                await self.carry_out(ctx, index, step)
+        except VmbusOpsError as exc:
+            await attempt_failed(ctx, index, exc, str(exc))
+            return
+        if scope.cancelled_caught:
+            raise timed_out(ctx, index)
+        await ctx.succeed(index)
+
+    async def carry_out(self, ctx: RunContext, index: int, step: Step) -> None:
+        raise NotImplementedError
+
+
+__all__ = ["Executor", "HostStepExecutor", "StepFailed", "attempt_failed", "timed_out"]

@@ -1,0 +1,384 @@
+"""A job's and its runs' bookkeeping as a sans-IO state machine.
+
+Theory of operation
+-------------------
+In the spirit of h11's ``_state.py``: a :class:`RunMachine` holds everything the engine knows about
+one run (its state, each step's state and attempts, the current step, the numbering of its
+records, the excerpt kept for ``vmbusops jobs``, what its steps reported) and changes only when it
+is told that something happened: the run waits, starts, a step begins, a record arrives, a step
+succeeds, fails, times out, is cancelled; the run ends; after a crash it is resumed or abandoned.
+Each such method returns what follows from it: the journal changes (:mod:`.changes`) to write, in
+order, and the events (:mod:`.events`) to show. It reads no clock of its own (``clock`` is given),
+does no I/O and never waits; every state change goes through :func:`.states.next_state`, so an
+event its state does not allow raises :class:`~.states.TransitionError` before anything changed.
+
+The trio side (:mod:`.engine`, :mod:`.context`) decides *when* things happen (leases, slots,
+timeouts, guest pipelines) and hands the outputs to the journal writer and the watchers. So
+everything the journal and the watchers ever see of a run is decided here, and is tested here
+(``tests/engine/test_machine.py``) without a process, a host or a database.
+
+Records are numbered here and only here: :meth:`RunMachine.take_seq` gives the next number of the
+run (the guest invocation numbers its records with it, and the agent's own notes take theirs the
+same way), continuing after the highest one the journal holds when a run is resumed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmbusops.engine.changes import Change, JobChange, PendingRecord, RunChange, StepChange
+from vmbusops.engine.events import RecordArrived, RunChanged
+from vmbusops.engine.states import (
+    ERRORS,
+    Event,
+    Level,
+    State,
+    TransitionError,
+    allowed_events,
+    job_outcome,
+    next_state,
+)
+from vmbusops.records import GuestRecord, PipelineStateRecord, ProgressRecord, Record, display_text
+
+Output = Change | RunChanged
+"""What a machine's method returns: journal changes and view events, in the order they happen."""
+
+#: Steps a run can still start (a delayed one waits out a retry's backoff).
+_STARTABLE = (State.PENDING, State.DELAYED)
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """What the machine needs to know of a bundle step."""
+
+    name: str
+    #: May run again after an interruption under the ``resume`` policy (idempotent, or a kind
+    #: that converges by nature, like DSC).
+    resumable: bool = False
+
+
+@dataclass(eq=False)
+class RunMachine:
+    """One run of a job: the run's and its steps' states, records and excerpt."""
+
+    job_id: int
+    id: int
+    vm: str
+    steps: Sequence[StepInfo]
+    state: State = State.PENDING
+    step_states: list[State] = field(default_factory=list)
+    attempts: list[int] = field(default_factory=list)
+    #: The number the next record of the run gets.
+    next_seq: int = 1
+    current: int | None = None
+    error: str | None = None
+    excerpt_lines: int = 10
+    clock: Callable[[], float] = time.time
+    #: Per step name, what the step reported (dsc resources, patch updates, script reboots).
+    details: dict[str, Any] = field(default_factory=dict)
+    #: (step index, exit code) of a script step that exited asking for a reboot it may have.
+    reboot_for: tuple[int, int] | None = None
+    _head: list[str] = field(default_factory=list)
+    _tail: deque[Record] = field(init=False)
+    _dropped: int = 0
+
+    def __post_init__(self) -> None:
+        n = len(self.steps)
+        self.step_states = self.step_states or [State.PENDING] * n
+        self.attempts = self.attempts or [0] * n
+        if len(self.step_states) != n or len(self.attempts) != n:
+            raise ValueError(f"run {self.id} has {len(self.step_states)} step states for {n} steps")
+        self._tail = deque(maxlen=self.excerpt_lines)
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def current_step(self) -> str | None:
+        return self.steps[self.current].name if self.current is not None else None
+
+    def next_step(self) -> int | None:
+        """The first step the run has not carried out yet (None: all are done)."""
+        return next((i for i, s in enumerate(self.step_states) if s in _STARTABLE), None)
+
+    def excerpt(self) -> list[str]:
+        """The first and last lines the run printed, for ``vmbusops jobs show``."""
+        tail = [line for r in self._tail for line in (display_text(r).splitlines() or [""])]
+        tail = tail[-self.excerpt_lines :]
+        if self._dropped:
+            return [*self._head, f"... ({self._dropped} records not shown) ...", *tail]
+        return [*self._head, *tail]
+
+    # ------------------------------------------------------------------ records
+    def take_seq(self) -> int:
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        return seq
+
+    def record(self, rec: GuestRecord, index: int | None) -> tuple[PendingRecord, RecordArrived]:
+        """A record of step ``index`` (None: outside any step), numbered by :meth:`take_seq`.
+
+        On the path of every record, so it does as little as it can: JSON and display text are
+        made later (in the journal flush, and for the excerpt when the run ends).
+        """
+        record = rec.record
+        name = self.steps[index].name if index is not None else None
+        attempt = self.attempts[index] if index is not None else 0
+        if not isinstance(record, PipelineStateRecord | ProgressRecord):
+            if len(self._head) < self.excerpt_lines:
+                self._head.extend(display_text(record).splitlines() or [""])
+            else:
+                if len(self._tail) == self._tail.maxlen:
+                    self._dropped += 1
+                self._tail.append(record)
+        arrived = GuestRecord(vm=self.vm, seq=rec.seq, time=rec.time, record=record, step=name)
+        return (self.id, rec.seq, name, attempt, record, rec.time), RecordArrived(self.job_id, arrived)
+
+    # ------------------------------------------------------------------ the run
+    def wait(self) -> list[Output]:
+        """The run waits for its VM's lease or a concurrency slot (said once)."""
+        if self.state is not State.PENDING:
+            return []
+        return self._run(Event.WAIT)
+
+    def start(self) -> list[Output]:
+        return self._run(Event.START, started=True)
+
+    def succeed(self) -> list[Output]:
+        """Every step succeeded."""
+        self._check(Event.SUCCEED)
+        for i, s in enumerate(self.step_states):
+            if s is not State.SUCCESS:
+                raise TransitionError(
+                    Level.RUN, self.state, Event.SUCCEED, why=f"a run cannot succeed while step {self.steps[i].name} is {s.value}"
+                )
+        self.current = None
+        return self._finish(Event.SUCCEED, None)
+
+    def delivery_timed_out(self, timeout: float) -> list[Output]:
+        return self._finish(
+            Event.DELIVERY_TIMEOUT, f"{self.vm}: not started within the delivery timeout ({timeout:g}s)"
+        )
+
+    def skip(self, errors: int, max_errors: int) -> list[Output]:
+        """Not started: max errors was exceeded."""
+        message = f"not started: {errors} runs failed, more than max errors ({max_errors})"
+        self._check(Event.SKIP)
+        return [*self.skip_steps(), *self._finish(Event.SKIP, message)]
+
+    def fail(self, event: Event, message: str) -> list[Output]:
+        """A step ended the run (failed, or timed out): the steps after it are skipped."""
+        self._check(event)
+        return [*self._end_current_step(event, message), *self.skip_steps(), *self._finish(event, message)]
+
+    def fail_outside_steps(self, message: str) -> list[Output]:
+        """Something outside any step failed (the journal, the host connection)."""
+        self._check(Event.FAIL)
+        return [*self._end_current_step(Event.FAIL, message), *self._finish(Event.FAIL, message)]
+
+    def execution_timed_out(self, timeout: float) -> list[Output]:
+        message = f"{self.vm}: the run did not finish within its execution timeout ({timeout:g}s)"
+        self._check(Event.EXECUTION_TIMEOUT)
+        return [
+            *self._end_current_step(Event.EXECUTION_TIMEOUT, message),
+            *self.skip_steps(),
+            *self._finish(Event.EXECUTION_TIMEOUT, message),
+        ]
+
+    def cancel(self) -> list[Output]:
+        self._check(Event.CANCEL)
+        return [
+            *self._end_current_step(Event.CANCEL, "cancelled"),
+            *self.skip_steps(),
+            *self._finish(Event.CANCEL, f"{self.vm}: cancelled"),
+        ]
+
+    def resume(self, *, abandon: bool) -> list[Output]:
+        """After an interruption: run again from the interrupted step, or abandon the run.
+
+        ``abandon`` is the bundle's resume policy saying so; a step that is not resumable
+        abandons the run too (it may have done half its work)."""
+        if self.state is not State.INTERRUPTED:
+            return []
+        self._check(Event.RESUME)
+        if abandon:
+            return self._abandon("the agent stopped under this run and the bundle's resume policy is abandon")
+        out: list[Output] = []
+        for i, s in enumerate(self.step_states):
+            if s is not State.INTERRUPTED:
+                continue
+            if not self.steps[i].resumable:
+                return self._abandon(
+                    f"step {self.steps[i].name} was interrupted and is not idempotent, so it is not run again"
+                )
+            out += self._step(i, Event.RESUME)
+        return [*out, *self._run(Event.RESUME)]
+
+    def _abandon(self, message: str) -> list[Output]:
+        self._check(Event.ABANDON)
+        out: list[Output] = []
+        for i, s in enumerate(self.step_states):
+            if s is State.INTERRUPTED:
+                out += self._step(i, Event.ABANDON, error=message)
+            elif s in _STARTABLE:
+                out += self._step(i, Event.SKIP)
+        return [*out, *self._finish(Event.ABANDON, message)]
+
+    # ------------------------------------------------------------------ steps
+    def begin_step(self, index: int) -> list[Output]:
+        """Step ``index`` starts an attempt (a no-op if it already is in progress)."""
+        if self.step_states[index] is State.IN_PROGRESS:
+            return []
+        if self.state is not State.IN_PROGRESS:
+            raise TransitionError(
+                Level.STEP, self.step_states[index], Event.START, why=f"a step cannot start in a {self.state.value} run"
+            )
+        busy = self.current
+        if busy is not None and busy != index and self.step_states[busy] is State.IN_PROGRESS:
+            raise TransitionError(
+                Level.STEP,
+                self.step_states[index],
+                Event.START,
+                why=f"step {self.steps[index].name} cannot start while step {self.steps[busy].name} is in progress",
+            )
+        self.current = index
+        out = self._step(index, Event.START)
+        out.append(self._where())
+        out.append(RunChanged(self.job_id, self.vm, self.state, self.current_step))
+        return out
+
+    def succeed_step(self, index: int) -> list[Output]:
+        return self._step(index, Event.SUCCEED)
+
+    def retry_step(self, index: int, message: str) -> list[Output]:
+        """The attempt failed with a transient error and the step has attempts left: it waits."""
+        return self._step(index, Event.WAIT, error=message)
+
+    def fail_step(self, index: int, message: str) -> list[Output]:
+        return self._step(index, Event.FAIL, error=message)
+
+    def time_out_step(self, index: int, timeout: float | None) -> tuple[str, list[Output]]:
+        limit = f"{timeout:g}s" if timeout is not None else "no limit"
+        message = f"step {self.steps[index].name}: did not finish within its timeout ({limit})"
+        return message, self._step(index, Event.EXECUTION_TIMEOUT, error=message)
+
+    def skip_steps(self) -> list[Output]:
+        out: list[Output] = []
+        for i, s in enumerate(self.step_states):
+            if s in _STARTABLE:
+                out += self._step(i, Event.SKIP)
+        return out
+
+    def progress(self, index: int, text: str) -> RunChanged:
+        """Where a step is (shown in the run view's step column; not journaled)."""
+        return RunChanged(self.job_id, self.vm, self.state, f"{self.steps[index].name}: {text}")
+
+    # ------------------------------------------------------------------ plumbing
+    def _check(self, event: Event) -> None:
+        """Raise TransitionError now if the run cannot take ``event``, before anything changes."""
+        next_state(Level.RUN, self.state, event)
+
+    def _end_current_step(self, event: Event, message: str) -> list[Output]:
+        index = self.current
+        if index is None or self.step_states[index] not in (State.IN_PROGRESS, State.DELAYED):
+            return []
+        out: list[Output] = []
+        if self.step_states[index] is State.DELAYED and event not in allowed_events(Level.STEP, State.DELAYED):
+            # Waiting out a retry's backoff: the step fails or times out as the attempt it waited for.
+            out += self._step(index, Event.START)
+        return [*out, *self._step(index, event, error=message)]
+
+    def _finish(self, event: Event, error: str | None) -> list[Output]:
+        self.error = error if event is not Event.SUCCEED else None
+        return self._run(event, error=self.error, finished=True)
+
+    def _run(
+        self, event: Event, *, error: str | None = None, started: bool = False, finished: bool = False
+    ) -> list[Output]:
+        self.state = next_state(Level.RUN, self.state, event)
+        now = self.clock() if started or finished else None
+        change = RunChange(
+            run_id=self.id,
+            state=self.state,
+            current_step=self.current_step,
+            records=self.next_seq - 1,
+            error=error,
+            started_at=now if started else None,
+            finished_at=now if finished else None,
+            excerpt=self.excerpt() if finished else None,
+        )
+        return [change, RunChanged(self.job_id, self.vm, self.state, self.current_step, error)]
+
+    def _where(self) -> RunChange:
+        return RunChange(
+            run_id=self.id, state=None, current_step=self.current_step, records=self.next_seq - 1
+        )
+
+    def _step(self, index: int, event: Event, *, error: str | None = None) -> list[Output]:
+        new = next_state(Level.STEP, self.step_states[index], event)
+        self.step_states[index] = new
+        now = self.clock()
+        attempts: int | None = None
+        if event is Event.START:
+            self.attempts[index] += 1
+            attempts = self.attempts[index]
+        change = StepChange(
+            run_id=self.id,
+            index=index,
+            state=new,
+            attempts=attempts,
+            started_at=now if event is Event.START else None,
+            finished_at=now if new.terminal else None,
+            error=error,
+            clear=event is Event.START,
+        )
+        return [change]
+
+
+@dataclass(eq=False)
+class JobMachine:
+    """A job: its state, and the max-errors count over its runs."""
+
+    id: int
+    runs: list[RunMachine]
+    max_errors: int
+    state: State = State.PENDING
+    cancel_requested: bool = False
+    clock: Callable[[], float] = time.time
+    errors: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.errors = sum(1 for r in self.runs if r.state in ERRORS)
+
+    @property
+    def over_max_errors(self) -> bool:
+        return self.errors > self.max_errors
+
+    def run_ended(self, run: RunMachine) -> None:
+        if run.state in ERRORS:
+            self.errors += 1
+
+    def resume(self) -> list[Output]:
+        return [self._event(Event.RESUME)]
+
+    def start(self) -> list[Output]:
+        return [self._event(Event.START, started=True)]
+
+    def finish(self) -> list[Output]:
+        """Every run has ended: the job ends with what they came to (see :func:`.states.job_outcome`)."""
+        outcome = job_outcome((r.state for r in self.runs), cancel_requested=self.cancel_requested)
+        return [self._event(outcome, finished=True)]
+
+    def _event(self, event: Event, *, started: bool = False, finished: bool = False) -> JobChange:
+        self.state = next_state(Level.JOB, self.state, event)
+        return JobChange(
+            job_id=self.id,
+            state=self.state,
+            started_at=self.clock() if started else None,
+            finished_at=self.clock() if finished else None,
+        )
+
+
+__all__ = ["JobMachine", "Output", "RunMachine", "StepInfo"]
