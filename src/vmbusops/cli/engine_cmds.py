@@ -26,12 +26,12 @@ from vmbusops.bundle.policy import load_trust_policy
 from vmbusops.bundle.replay import ReplayStore
 from vmbusops.bundle.verify import AcceptedBundle, accept_bundle
 from vmbusops.cli import exitcodes
-from vmbusops.cli.common import host_option, load, resolve_credential, run_trio
+from vmbusops.cli.common import host_option, load, run_trio
 from vmbusops.cli.output import RecordPrinter, use_colour
 from vmbusops.cli.record_lines import print_records
 from vmbusops.cli.remote import agent_option, remote_logs, resolve_agent
 from vmbusops.config import Config
-from vmbusops.credentials import GuestCredential
+from vmbusops.credentials import credential_resolver
 from vmbusops.engine import (
     EngineEvent,
     JobResult,
@@ -200,17 +200,6 @@ def _accept(path: Path) -> AcceptedBundle:
         return accept_bundle(path, policy=policy, replay=replay, workdir=accepted_bundles_dir())
 
 
-def _credential_resolver(config: Config, host: str | None) -> Any:
-    cache: dict[str, GuestCredential] = {}
-
-    def resolve(name: str) -> GuestCredential:
-        if name not in cache:
-            cache[name] = resolve_credential(name, config, host)
-        return cache[name]
-
-    return resolve
-
-
 async def _run_source(
     config: Config,
     host: str | None,
@@ -226,7 +215,7 @@ async def _run_source(
             open_engine(
                 hv,
                 journal,
-                credential_for=_credential_resolver(config, host),
+                credential_for=credential_resolver(config, host),
                 host_name=host or config.host,
                 on_event=progress,
             ) as engine,
