@@ -10,6 +10,11 @@ associated data, so an entry cannot be moved to another name undetected. The key
 ``VMBUSOPS_CREDENTIAL_PASSPHRASE`` through scrypt when that is set, otherwise from a random key
 file (``credentials.key``, owner-only) beside the store - the usual trade-off of a service that
 must start unattended; on Windows the key file belongs in a DPAPI-protected location.
+
+A credential reference (``--credential NAME``, a manifest's ``credential``) becomes a
+:class:`GuestCredential` in one function, :func:`resolve_credential`: the store first, then, for
+the simulated lab's host kinds, the lab's own administrator. :func:`credential_resolver` wraps it
+for the engine, which asks once per target.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -30,8 +36,14 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from vmbusops.errors import CredentialStoreError
 from vmbusops.home import home_dir
 
+if TYPE_CHECKING:
+    from vmbusops.config import Config
+
 ENV_PASSPHRASE: Final = "VMBUSOPS_CREDENTIAL_PASSPHRASE"  # noqa: S105 (a variable name)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+LAB_CREDENTIAL: Final = "lab-admin"
+#: Host kinds whose guests are the simulator's lab (its credentials resolve ``lab-admin``).
+LAB_HOST_KINDS: Final = ("sim", "pwsh-lab")
 
 
 class Secret:
@@ -202,3 +214,53 @@ class CredentialStore:
             return False
         self._save(data)
         return True
+
+
+def resolve_credential(reference: str | None, config: Config, host: str | None) -> GuestCredential:
+    """The guest credential for a reference: the encrypted store first, then (simulator) the lab's.
+
+    ``host`` is the host kind in use (``config.host`` when None); with no reference, the lab's host
+    kinds use ``lab-admin`` and every other kind refuses."""
+    kind = host or config.host
+    name = reference or (LAB_CREDENTIAL if kind in LAB_HOST_KINDS else None)
+    if name is None:
+        raise CredentialStoreError(
+            "no guest credential given",
+            hint="pass --credential NAME (create one with: vmbusops cred set NAME --username USER)",
+        )
+    store = CredentialStore()
+    try:
+        return store.get(name)
+    except CredentialStoreError:
+        if kind not in LAB_HOST_KINDS:
+            raise
+    cred = _lab_credential(name, config)
+    if cred is None:
+        raise CredentialStoreError(
+            f"no credential named {name!r} in {store.path} nor in the simulator's lab",
+            hint=f"create it with: vmbusops cred set {name} --username USER",
+        )
+    return cred
+
+
+def credential_resolver(config: Config, host: str | None) -> Callable[[str], GuestCredential]:
+    """The engine's ``credential_for``: :func:`resolve_credential` for each reference, remembered
+    after the first success so the store is read (and its key derived) once per reference."""
+    resolved: dict[str, GuestCredential] = {}
+
+    def credential_for(name: str) -> GuestCredential:
+        if name not in resolved:
+            resolved[name] = resolve_credential(name, config, host)
+        return resolved[name]
+
+    return credential_for
+
+
+def _lab_credential(name: str, config: Config) -> GuestCredential | None:
+    """The simulator lab's administrator credential, under the reference ``lab-admin``."""
+    if name != LAB_CREDENTIAL:
+        return None
+    from vmbusops.sim.lab import DEFAULT_USERNAME, lab_admin_password, load_lab
+
+    lab = load_lab(config.lab)
+    return GuestCredential(DEFAULT_USERNAME, Secret(lab_admin_password(lab)), reference=name)

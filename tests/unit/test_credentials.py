@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from vmbusops.credentials import CredentialStore, GuestCredential, Secret
+from vmbusops.config import Config
+from vmbusops.credentials import (
+    CredentialStore,
+    GuestCredential,
+    Secret,
+    credential_resolver,
+    resolve_credential,
+)
 from vmbusops.errors import CredentialStoreError
 
 PASSWORD = "Pa55w0rd!-not-in-files"
@@ -62,3 +69,30 @@ def test_missing_and_bad_names_say_what_to_do() -> None:
     with pytest.raises(CredentialStoreError, match="not a valid credential reference"):
         CredentialStore().set("../x", "u", Secret("p"))
     assert CredentialStore().remove("nope") is False
+
+
+def test_a_reference_resolves_from_the_store_once_per_resolver(vmbusops_home: Path) -> None:
+    store = CredentialStore()
+    store.set("tenant-a", "Administrator", Secret(PASSWORD))
+    credential_for = credential_resolver(Config(host="local"), None)
+    assert credential_for("tenant-a").username == "Administrator"
+    store.set("tenant-a", "Operator", Secret(PASSWORD))
+    assert credential_for("tenant-a").username == "Administrator"  # remembered, not re-read
+    assert resolve_credential("tenant-a", Config(host="local"), None).username == "Operator"
+
+
+def test_only_the_lab_host_kinds_have_a_default_credential(vmbusops_home: Path) -> None:
+    with pytest.raises(CredentialStoreError, match="no guest credential given"):
+        resolve_credential(None, Config(host="local"), None)
+    lab = resolve_credential(None, Config(host="local"), "sim")
+    assert lab.reference == "lab-admin"
+    CredentialStore().set("lab-admin", "someone-else", Secret(PASSWORD))
+    assert resolve_credential(None, Config(), None).username == "someone-else"  # the store comes first
+
+
+def test_an_unknown_reference_says_where_it_looked(vmbusops_home: Path) -> None:
+    with pytest.raises(CredentialStoreError, match="vmbusops cred set nope") as local:
+        credential_resolver(Config(host="local"), None)("nope")
+    assert "simulator" not in local.value.message
+    with pytest.raises(CredentialStoreError, match="nor in the simulator's lab"):
+        credential_resolver(Config(host="local"), "pwsh-lab")("nope")

@@ -40,7 +40,7 @@ from vmbusops.bundle.errors import (
     TruncatedBundleError,
     UnsafePathError,
 )
-from vmbusops.bundle.manifest import ENVELOPE_MEMBER, check_bundle_path
+from vmbusops.bundle.member_paths import ENVELOPE_MEMBER, check_bundle_path
 
 BLOCK = 512
 RECORD = 20 * BLOCK

@@ -27,13 +27,10 @@ from vmbusops.bundle.archive import CHUNK, TarWriter
 from vmbusops.bundle.crypto import PrivateKey
 from vmbusops.bundle.dsse import PAYLOAD_TYPE, Envelope
 from vmbusops.bundle.errors import BundleSourceError, ManifestError
-from vmbusops.bundle.manifest import (
-    ENVELOPE_MEMBER,
-    Manifest,
-    check_bundle_path,
-    format_time,
-    manifest_from_dict,
-)
+from vmbusops.bundle.manifest import Manifest, manifest_from_dict
+from vmbusops.bundle.member_paths import ENVELOPE_MEMBER, check_bundle_path
+from vmbusops.bundle.schema import format_time
+from vmbusops.bundle.steps import STEP_KINDS
 from vmbusops.bundle.verify import DEFAULT_LIMITS, Limits, check_contents
 
 SOURCE_FILE = "bundle.toml"
@@ -59,6 +56,15 @@ _EXECUTION_DURATIONS = {
     "delivery_timeout": "delivery_timeout_seconds",
 }
 _SCHEDULE_DURATIONS = {"window": "window_seconds", "cutoff": "cutoff_seconds", "jitter": "jitter_seconds"}
+# The fields of every step kind that name bundle paths, holding one path or a list of them. Their
+# order is the order of the manifest's file list (and so part of the signed bytes): single paths
+# first, then lists, each in the order the step kinds declare them.
+_STEP_PATH_FIELDS = tuple(
+    dict.fromkeys(k for c in STEP_KINDS.values() for k, is_list in c.bundle_ref_fields() if not is_list)
+)
+_STEP_PATH_LIST_FIELDS = tuple(
+    dict.fromkeys(k for c in STEP_KINDS.values() for k, is_list in c.bundle_ref_fields() if is_list)
+)
 
 
 def parse_duration(value: object, where: str) -> float:
@@ -86,13 +92,14 @@ def _rename_durations(table: object, names: dict[str, str], where: str) -> Any:
 
 def _referenced_paths(doc: dict[str, Any]) -> list[str]:
     """Files and folders the steps name, plus ``include``; tolerant of wrong types (the manifest
-    parser reports those precisely)."""
+    parser reports those precisely). A step's path fields are looked for under every kind's names,
+    whatever its own kind, so a misplaced or misspelt one is still found and reported."""
     refs: list[str] = []
     for step in doc.get("steps", []) if isinstance(doc.get("steps"), list) else []:
         if not isinstance(step, dict):
             continue
-        refs.extend(step[k] for k in ("source", "file", "meta_config") if isinstance(step.get(k), str))
-        for key in ("mofs", "modules"):
+        refs.extend(step[k] for k in _STEP_PATH_FIELDS if isinstance(step.get(k), str))
+        for key in _STEP_PATH_LIST_FIELDS:
             if isinstance(step.get(key), list):
                 refs.extend(v for v in step[key] if isinstance(v, str))
     include = doc.get("include", [])

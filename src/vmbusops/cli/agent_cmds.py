@@ -19,9 +19,8 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from vmbusops.cli.common import host_option, load, resolve_credential
-from vmbusops.config import Config
-from vmbusops.credentials import GuestCredential
+from vmbusops.cli.common import host_option, load
+from vmbusops.credentials import credential_resolver
 from vmbusops.errors import ConfigError
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
@@ -33,17 +32,6 @@ def _seconds(text: str) -> float:
     if m is None:
         raise ConfigError(f"bad duration {text!r}", hint="for example 90d, 12h, 30m")
     return int(m.group(1)) * _UNITS[m.group(2)]
-
-
-def _credential_resolver(config: Config, host: str | None) -> Any:
-    cache: dict[str, GuestCredential] = {}
-
-    def resolve(name: str) -> GuestCredential:
-        if name not in cache:
-            cache[name] = resolve_credential(name, config, host)
-        return cache[name]
-
-    return resolve
 
 
 @click.group("agent", invoke_without_command=True)
@@ -77,7 +65,7 @@ def agent(
     code = trio.run(
         lambda: run_agent(
             config,
-            credential_for=_credential_resolver(config, host),
+            credential_for=credential_resolver(config, host),
             host=host,
             listen=listen,
             ready_file=ready_file,

@@ -14,18 +14,7 @@ from vmbusops.bundle.crypto import PrivateKey
 from vmbusops.bundle.dsse import verified_signers
 from vmbusops.bundle.errors import BadSignatureError, KeyFileError, TrustPolicyError
 from vmbusops.bundle.keys import load_public_key, read_private_key_file, write_keypair
-from vmbusops.bundle.manifest import (
-    CopyStep,
-    DscStep,
-    Manifest,
-    PatchStep,
-    RebootStep,
-    ScriptStep,
-    Step,
-    StepKind,
-    WaitReadyStep,
-    format_time,
-)
+from vmbusops.bundle.manifest import Manifest, Step, StepKind, format_time
 from vmbusops.bundle.paths import keys_dir, replay_store_path, trust_policy_path
 from vmbusops.bundle.policy import Scope, TrustedKey, TrustPolicy, load_trust_policy, save_trust_policy
 from vmbusops.bundle.replay import ReplayStore
@@ -82,29 +71,7 @@ def _parse_until(text: str | None) -> datetime | None:
 
 
 def _describe_step(step: Step) -> str:
-    match step:
-        case CopyStep():
-            what = f"Copy-VMFile {step.source} -> {step.destination}" + (
-                " (overwrite)" if step.overwrite else ""
-            )
-        case ScriptStep():
-            body = step.file if step.file is not None else f"inline script ({len(step.inline or '')} chars)"
-            what = f"run {body}" + (f" {' '.join(step.arguments)}" if step.arguments else "")
-        case DscStep():
-            what = f"DSC {step.mode.value} {', '.join(step.mofs)}"
-            if step.modules:
-                what += f" with modules {', '.join(step.modules)}"
-            reboots = f"allowed (max {step.max_reboots})" if step.allow_reboot else "not allowed"
-            what += f"; reboots {reboots}"
-        case PatchStep():
-            scope = ", ".join((*step.categories, *step.kbs)) or "all pending updates"
-            what = f"Windows Update {'check' if step.check_only else 'install'}: {scope}"
-            if step.allow_reboot:
-                what += f"; reboots allowed (max {step.max_reboots})"
-        case RebootStep():
-            what = "restart the guest"
-        case WaitReadyStep():
-            what = "wait until the guest answers PowerShell Direct"
+    what = step.describe()
     extras = []
     if step.timeout_seconds is not None:
         extras.append(f"timeout {step.timeout_seconds:g}s")

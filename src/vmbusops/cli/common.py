@@ -1,4 +1,4 @@
-"""Options and plumbing the commands share: the host, credentials, running trio with Ctrl-C."""
+"""Options and plumbing the commands share: the host, loading the configuration, running trio with Ctrl-C."""
 
 from __future__ import annotations
 
@@ -11,15 +11,9 @@ import trio
 
 from vmbusops.cli import exitcodes
 from vmbusops.config import Config, load_config
-from vmbusops.credentials import CredentialStore, GuestCredential, Secret
-from vmbusops.errors import CredentialStoreError, VmbusOpsError
+from vmbusops.errors import VmbusOpsError
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-DEFAULT_SIM_CREDENTIAL = "lab-admin"
-#: Host kinds whose guests are the simulator's lab (its credentials resolve ``lab-admin``).
-LAB_HOST_KINDS = ("sim", "pwsh-lab")
-
 
 def host_option(fn: F) -> F:
     return click.option(
@@ -30,40 +24,6 @@ def host_option(fn: F) -> F:
         help="sim (the embedded simulated host, default), local (powershell.exe on this Hyper-V host), "
         "pwsh, or pwsh-lab (the lab on real PowerShell 7); default from $VMBUSOPS_HOST or config.toml.",
     )(fn)
-
-
-def resolve_credential(reference: str | None, config: Config, host: str | None) -> GuestCredential:
-    """The guest credential for a reference: the encrypted store first, then (simulator) the lab's."""
-    kind = host or config.host
-    name = reference or (DEFAULT_SIM_CREDENTIAL if kind in LAB_HOST_KINDS else None)
-    if name is None:
-        raise CredentialStoreError(
-            "no guest credential given",
-            hint="pass --credential NAME (create one with: vmbusops cred set NAME --username USER)",
-        )
-    store = CredentialStore()
-    try:
-        return store.get(name)
-    except CredentialStoreError:
-        if kind not in LAB_HOST_KINDS:
-            raise
-    cred = lab_credential(name, config)
-    if cred is None:
-        raise CredentialStoreError(
-            f"no credential named {name!r} in {store.path} nor in the simulator's lab",
-            hint=f"create it with: vmbusops cred set {name} --username USER",
-        )
-    return cred
-
-
-def lab_credential(name: str, config: Config) -> GuestCredential | None:
-    """The simulator lab's administrator credential, under the reference ``lab-admin``."""
-    if name != DEFAULT_SIM_CREDENTIAL:
-        return None
-    from vmbusops.sim.lab import DEFAULT_USERNAME, lab_admin_password, load_lab
-
-    lab = load_lab(config.lab)
-    return GuestCredential(DEFAULT_USERNAME, Secret(lab_admin_password(lab)), reference=name)
 
 
 def run_trio(fn: Callable[[], Awaitable[int]]) -> int:

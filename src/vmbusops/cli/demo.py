@@ -15,10 +15,10 @@ import click
 from rich.console import Console
 
 from vmbusops.cli import exitcodes
-from vmbusops.cli.common import load, resolve_credential, run_trio
+from vmbusops.cli.common import load, run_trio
 from vmbusops.cli.guest_cmds import vm_table
 from vmbusops.cli.output import RecordPrinter
-from vmbusops.credentials import GuestCredential, Secret
+from vmbusops.credentials import GuestCredential, Secret, resolve_credential
 from vmbusops.errors import VmbusOpsError
 from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.fanout import exec_in_guests

@@ -26,11 +26,12 @@ from vmbusops.bundle.policy import load_trust_policy
 from vmbusops.bundle.replay import ReplayStore
 from vmbusops.bundle.verify import AcceptedBundle, accept_bundle
 from vmbusops.cli import exitcodes
-from vmbusops.cli.common import host_option, load, resolve_credential, run_trio
+from vmbusops.cli.common import host_option, load, run_trio
 from vmbusops.cli.output import RecordPrinter, use_colour
+from vmbusops.cli.record_lines import print_records
 from vmbusops.cli.remote import agent_option, remote_logs, resolve_agent
 from vmbusops.config import Config
-from vmbusops.credentials import GuestCredential
+from vmbusops.credentials import credential_resolver
 from vmbusops.engine import (
     EngineEvent,
     JobResult,
@@ -40,10 +41,10 @@ from vmbusops.engine import (
     State,
     open_engine,
 )
-from vmbusops.engine.journal import RecordView, RunView
+from vmbusops.engine.journal import RunView
 from vmbusops.engine.views import job_json, run_json
 from vmbusops.guestops.connect import open_host
-from vmbusops.records import Stream, value_display, value_from_json
+from vmbusops.records import Stream
 
 _STATE_STYLE = {
     State.SUCCESS: "green",
@@ -199,17 +200,6 @@ def _accept(path: Path) -> AcceptedBundle:
         return accept_bundle(path, policy=policy, replay=replay, workdir=accepted_bundles_dir())
 
 
-def _credential_resolver(config: Config, host: str | None) -> Any:
-    cache: dict[str, GuestCredential] = {}
-
-    def resolve(name: str) -> GuestCredential:
-        if name not in cache:
-            cache[name] = resolve_credential(name, config, host)
-        return cache[name]
-
-    return resolve
-
-
 async def _run_source(
     config: Config,
     host: str | None,
@@ -225,7 +215,7 @@ async def _run_source(
             open_engine(
                 hv,
                 journal,
-                credential_for=_credential_resolver(config, host),
+                credential_for=credential_resolver(config, host),
                 host_name=host or config.host,
                 on_event=progress,
             ) as engine,
@@ -369,49 +359,6 @@ def jobs_resume(host: str | None, job_id: int, as_json: bool) -> None:
 
 # --- logs -----------------------------------------------------------------------------------------
 
-_LABEL = {
-    "error": "ERROR: ",
-    "warning": "WARNING: ",
-    "verbose": "VERBOSE: ",
-    "debug": "DEBUG: ",
-    "progress": "PROGRESS: ",
-    "state": "STATE: ",
-}
-
-
-def _value_text(value: Any) -> str:
-    """A journaled value as the live view shows it (one renderer for both)."""
-    return value_display(value_from_json(value))
-
-
-def record_text(rec: RecordView) -> str:
-    c = rec.content
-    if rec.stream == Stream.OUTPUT:
-        return _value_text(c.get("value"))
-    if rec.stream == Stream.INFORMATION:
-        return _value_text(c.get("message_data"))
-    if rec.stream == Stream.PROGRESS:
-        return f"{c.get('activity', '')}: {c.get('status_description', '')}"
-    if rec.stream == Stream.STATE:
-        return str(c.get("state", ""))
-    return str(c.get("message", ""))
-
-
-def _print_records(records: list[RecordView], as_json: bool, width: int) -> None:
-    for rec in records:
-        if as_json:
-            click.echo(
-                json.dumps(
-                    {"vm": rec.vm, "seq": rec.seq, "time": rec.time, "step": rec.step, **rec.content},
-                    separators=(",", ":"),
-                )
-            )
-        else:
-            lines = record_text(rec).splitlines() or [""]
-            label = _LABEL.get(rec.stream, "")
-            click.echo("\n".join(f"{rec.vm:<{width}} | {label}{line}" for line in lines))
-
-
 @click.command("logs")
 @click.argument("job_id", type=int)
 @click.option("--vm", default=None, metavar="NAME", help="Only this VM's records.")
@@ -447,7 +394,7 @@ def logs_cmd(
             batch = journal.records(job_id, vm=vm, stream=stream, after=seen or None, limit=5000)
             if not batch:
                 return
-            _print_records(batch, as_json, width)
+            print_records(batch, as_json, width)
             for rec in batch:
                 seen[rec.run_id] = max(seen.get(rec.run_id, 0), rec.seq)
 

@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from vmbusops.cli import exitcodes
-from vmbusops.cli.common import host_option, load, resolve_credential, run_trio
+from vmbusops.cli.common import host_option, load, run_trio
 from vmbusops.cli.output import RecordPrinter, terminal_safe
+from vmbusops.credentials import resolve_credential
 from vmbusops.errors import ConfigError, VmbusOpsError
 from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.fanout import exec_in_guests

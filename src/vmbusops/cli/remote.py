@@ -22,6 +22,7 @@ import trio
 
 from vmbusops.cli import exitcodes
 from vmbusops.cli.common import run_trio
+from vmbusops.cli.record_lines import print_records, record_text
 from vmbusops.engine.journal import RecordView
 from vmbusops.errors import BundleError, ConfigError, TransportError, VmbusOpsError
 
@@ -197,8 +198,6 @@ class RemoteProgress:
         self.out.flush()
 
     def _record(self, data: dict[str, Any]) -> None:
-        from vmbusops.cli.engine_cmds import record_text
-
         if self.as_json:
             body = {k: v for k, v in data.items() if k not in ("vm", "seq", "time", "step", "stream")}
             head = {"vm": data["vm"], "stream": data["stream"], "seq": data["seq"], "time": data["time"]}
@@ -315,8 +314,6 @@ def remote_logs(
     agent: AgentClient, job_id: int, *, vm: str | None, stream: str | None, follow: bool, as_json: bool
 ) -> int:
     """``vmbusops logs`` against an agent: the same lines, from its API."""
-    from vmbusops.cli.engine_cmds import _print_records
-
     async def main() -> int:
         async with agent.client() as client:
             try:
@@ -345,14 +342,14 @@ def remote_logs(
                     if response.status_code != 200:
                         raise _problem(response)
                     page = response.json()
-                    _print_records([_record_view(d) for d in page["records"]], as_json, width)
+                    print_records([_record_view(d) for d in page["records"]], as_json, width)
                     if not page["records"]:
                         return exitcodes.OK
                     cursor = page["cursor"]
 
         def on_event(name: str, data: dict[str, Any]) -> None:
             if name == "record" and wanted(data):
-                _print_records([_record_view(data)], as_json, width)
+                print_records([_record_view(data)], as_json, width)
                 sys.stdout.flush()
 
         await follow_events(agent, job_id, on_event)

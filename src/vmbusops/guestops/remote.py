@@ -3,7 +3,8 @@
 The host operations are the same :class:`~vmbusops.guestops.host.HyperVHost` as for a local
 host; what differs is the session under them and that files Copy-VMFile reads must first be
 staged onto the host's disk (:mod:`vmbusops.guestops.staging`), so a remote host carries a
-stager for that.
+stager for that (:class:`~vmbusops.guestops.remote_host.RemoteHyperVHost`). WinRM support lives
+in :mod:`vmbusops.guestops.remote_winrm`, imported only when a WinRM host is opened.
 """
 
 from __future__ import annotations
@@ -12,53 +13,15 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import ClassVar
 
 from vmbusops.config import Config
 from vmbusops.errors import ConfigError
-from vmbusops.guestops.host import HyperVHost
-from vmbusops.guestops.staging import OnDemandStaging, SftpStager, Stager
+from vmbusops.guestops.remote_host import DEFAULT_STAGING_ROOT, RemoteHyperVHost
+from vmbusops.guestops.staging import SftpStager
 from vmbusops.inventory import HostEntry
 from vmbusops.psrp.client import open_runspace_pool
-from vmbusops.psrp.session import HostSession
 from vmbusops.psrp.ssh import SshConnection, SshTarget, parse_user_host
 from vmbusops.psrp.transport import Transport
-
-DEFAULT_STAGING_ROOT = "C:\\ProgramData\\vmbusops\\staging"
-
-
-class RemoteHyperVHost(HyperVHost):
-    """Host operations on a remote host, with a way to put files on its disk.
-
-    ``copy_to_guest`` accepts the agent's local paths, as on a local host: a path that was not
-    staged with :func:`~vmbusops.guestops.staging.stage_files` is staged on demand (verified,
-    once per file content) into a folder of this connection, removed when the host is closed.
-    """
-
-    is_remote: ClassVar[bool] = True
-
-    def __init__(self, pool: HostSession, *, stager: Stager, address: str) -> None:
-        super().__init__(pool)
-        self.stager = stager
-        self.address = address
-        self.staged_paths: set[str] = set()
-        self._on_demand = OnDemandStaging(self)
-
-    async def copy_to_guest(
-        self,
-        vm: str,
-        source: str,
-        destination: str,
-        *,
-        create_full_path: bool = True,
-        force: bool = True,
-    ) -> None:
-        if source not in self.staged_paths:
-            source = await self._on_demand.host_path(source)
-        await super().copy_to_guest(vm, source, destination, create_full_path=create_full_path, force=force)
-
-    async def aclose_staging(self) -> None:
-        await self._on_demand.aclose()
 
 
 @asynccontextmanager

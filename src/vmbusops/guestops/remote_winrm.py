@@ -10,7 +10,7 @@ import trio
 
 from vmbusops.credentials import CredentialStore
 from vmbusops.errors import ConfigError
-from vmbusops.guestops.remote import DEFAULT_STAGING_ROOT, RemoteHyperVHost
+from vmbusops.guestops.remote_host import DEFAULT_STAGING_ROOT, RemoteHyperVHost
 from vmbusops.guestops.staging import PsrpStager
 from vmbusops.inventory import HostEntry
 from vmbusops.psrp.client import open_runspace_pool

@@ -40,7 +40,7 @@ from vmbusops.records import ErrorRecord, OutputRecord, PipelineStateRecord, PSO
 
 if TYPE_CHECKING:
     from vmbusops.guestops.host import HyperVHost
-    from vmbusops.guestops.remote import RemoteHyperVHost
+    from vmbusops.guestops.remote_host import RemoteHyperVHost
     from vmbusops.psrp.session import HostSession
     from vmbusops.psrp.ssh import SshConnection
 

@@ -1,0 +1,59 @@
+"""Journaled records as ``vmbusops logs`` prints them, from the local journal or an agent's API.
+
+Both ``cli/engine_cmds.py`` (the journal) and ``cli/remote.py`` (an agent) print through here, so a
+record reads the same whichever way it arrived.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from vmbusops.engine.journal import RecordView
+from vmbusops.records import Stream, value_display, value_from_json
+
+_LABEL = {
+    "error": "ERROR: ",
+    "warning": "WARNING: ",
+    "verbose": "VERBOSE: ",
+    "debug": "DEBUG: ",
+    "progress": "PROGRESS: ",
+    "state": "STATE: ",
+}
+
+
+def _value_text(value: Any) -> str:
+    """A journaled value as the live view shows it (one renderer for both)."""
+    return value_display(value_from_json(value))
+
+
+def record_text(rec: RecordView) -> str:
+    """A journaled record's text, without the VM or stream label."""
+    c = rec.content
+    if rec.stream == Stream.OUTPUT:
+        return _value_text(c.get("value"))
+    if rec.stream == Stream.INFORMATION:
+        return _value_text(c.get("message_data"))
+    if rec.stream == Stream.PROGRESS:
+        return f"{c.get('activity', '')}: {c.get('status_description', '')}"
+    if rec.stream == Stream.STATE:
+        return str(c.get("state", ""))
+    return str(c.get("message", ""))
+
+
+def print_records(records: list[RecordView], as_json: bool, width: int) -> None:
+    """``vmbusops logs`` lines (or JSON objects), the VM name padded to ``width``."""
+    for rec in records:
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {"vm": rec.vm, "seq": rec.seq, "time": rec.time, "step": rec.step, **rec.content},
+                    separators=(",", ":"),
+                )
+            )
+        else:
+            lines = record_text(rec).splitlines() or [""]
+            label = _LABEL.get(rec.stream, "")
+            click.echo("\n".join(f"{rec.vm:<{width}} | {label}{line}" for line in lines))
