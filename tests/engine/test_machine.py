@@ -301,3 +301,12 @@ def test_agent_notes_are_journaled_as_information() -> None:
     rec = GuestRecord(vm="web01", seq=run.take_seq(), time=1.0, record=InformationRecord(message_data="hi"))
     row, _ = run.record(rec, 0)
     assert row[1] == 1 and run.excerpt() == ["hi"]
+
+
+# ---------------------------------------------------------------------- the executor registry
+def test_every_step_kind_has_exactly_one_executor() -> None:
+    from vmbusops.bundle.manifest import StepKind
+    from vmbusops.engine.executors import EXECUTORS
+
+    assert set(EXECUTORS) == set(StepKind)
+    assert len({id(e) for e in EXECUTORS.values()}) == len(StepKind)

@@ -3,8 +3,9 @@
 Adding a step kind takes three things:
 
 1. its manifest dataclass (see :mod:`vmbusops.bundle.manifest`);
-2. one file here with its executor: most kinds subclass :class:`.base.HostStepExecutor` and write
-   ``carry_out`` (and ``files`` if the step copies bundle files into the guest); the engine gives it
+2. one file here with its executor: most kinds subclass :class:`.base.HostStepExecutor` for their
+   step class and write ``carry_out`` (and ``copies`` if the step copies bundle files into the
+   guest); the engine gives it
    a :class:`~vmbusops.engine.context.RunContext` (host, guest credential, bundle files, a channel
    into the guest whose records are journaled under the step);
 3. one line in :data:`EXECUTORS`.
@@ -17,7 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from vmbusops.bundle.manifest import Manifest, Step, StepKind
+from vmbusops.bundle.manifest import (
+    CopyStep,
+    DscStep,
+    Manifest,
+    PatchStep,
+    RebootStep,
+    Step,
+    StepKind,
+    WaitReadyStep,
+)
 from vmbusops.engine.executors.base import Executor, StepFailed
 from vmbusops.engine.executors.copy import CopyExecutor
 from vmbusops.engine.executors.dsc import DscExecutor
@@ -27,12 +37,12 @@ from vmbusops.engine.executors.script import ScriptExecutor
 from vmbusops.engine.executors.wait_ready import WaitReadyExecutor
 
 EXECUTORS: Mapping[StepKind, Executor] = {
-    StepKind.COPY: CopyExecutor(),
+    StepKind.COPY: CopyExecutor(CopyStep),
     StepKind.SCRIPT: ScriptExecutor(),
-    StepKind.DSC: DscExecutor(),
-    StepKind.PATCH: PatchExecutor(),
-    StepKind.REBOOT: RebootExecutor(),
-    StepKind.WAIT_READY: WaitReadyExecutor(),
+    StepKind.DSC: DscExecutor(DscStep),
+    StepKind.PATCH: PatchExecutor(PatchStep),
+    StepKind.REBOOT: RebootExecutor(RebootStep),
+    StepKind.WAIT_READY: WaitReadyExecutor(WaitReadyStep),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import trio
 
@@ -63,16 +63,33 @@ def timed_out(ctx: RunContext, index: int) -> StepFailed:
     return StepFailed(Event.EXECUTION_TIMEOUT, message)
 
 
-class HostStepExecutor:
+StepT = TypeVar("StepT", bound=Step)
+
+
+class HostStepExecutor(Generic[StepT]):
     """A step the host carries out on its own (one at a time): attempt, timeout, retry.
 
-    A kind subclasses it and writes :meth:`carry_out`; a :class:`~vmbusops.errors.VmbusOpsError`
-    it raises fails the attempt with its message (retried when transient)."""
+    A kind subclasses it for its step class and writes :meth:`carry_out` (and :meth:`copies` when
+    the step copies bundle files into the guest); a :class:`~vmbusops.errors.VmbusOpsError` it
+    raises fails the attempt with its message (retried when transient)."""
 
     always_resumable = False
 
+    def __init__(self, step_type: type[StepT]) -> None:
+        self.step_type = step_type
+
     def files(self, manifest: Manifest, step: Step) -> Iterable[str]:
+        return self.copies(manifest, self._of(step))
+
+    def copies(self, manifest: Manifest, step: StepT) -> Iterable[str]:
         return ()
+
+    def _of(self, step: Step) -> StepT:
+        if not isinstance(step, self.step_type):
+            raise TypeError(
+                f"{type(self).__name__} carries out {self.step_type.__name__}, not {type(step).__name__}"
+            )
+        return step
 
     async def run(self, ctx: RunContext, indices: tuple[int, ...]) -> None:
         (index,) = indices
@@ -81,7 +98,7 @@ class HostStepExecutor:
         timeout = step.timeout_seconds if step.timeout_seconds is not None else math.inf
         try:
             with trio.move_on_after(timeout) as scope:
-                await self.carry_out(ctx, index, step)
+                await self.carry_out(ctx, index, self._of(step))
         except VmbusOpsError as exc:
             await attempt_failed(ctx, index, exc, str(exc))
             return
@@ -89,7 +106,7 @@ class HostStepExecutor:
             raise timed_out(ctx, index)
         await ctx.succeed(index)
 
-    async def carry_out(self, ctx: RunContext, index: int, step: Step) -> None:
+    async def carry_out(self, ctx: RunContext, index: int, step: StepT) -> None:
         raise NotImplementedError
 
 

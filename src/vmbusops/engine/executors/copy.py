@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from vmbusops.bundle.manifest import CopyStep, Manifest, Step
+from vmbusops.bundle.manifest import CopyStep, Manifest
 from vmbusops.engine.context import RunContext
 from vmbusops.engine.executors.base import HostStepExecutor
 
 
-class CopyExecutor(HostStepExecutor):
-    def files(self, manifest: Manifest, step: Step) -> Iterable[str]:
-        assert isinstance(step, CopyStep)
+class CopyExecutor(HostStepExecutor[CopyStep]):
+    def copies(self, manifest: Manifest, step: CopyStep) -> Iterable[str]:
         return (step.source,)
 
-    async def carry_out(self, ctx: RunContext, index: int, step: Step) -> None:
-        assert isinstance(step, CopyStep)
+    async def carry_out(self, ctx: RunContext, index: int, step: CopyStep) -> None:
         await ctx.host.copy_to_guest(
             ctx.vm,
             await ctx.staging.host_path(ctx.source.local_path(step.source)),

@@ -5,26 +5,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from vmbusops.bundle.manifest import DscStep, Manifest, Step
+from vmbusops.bundle.manifest import DscStep, Manifest
 from vmbusops.engine.context import RunContext
 from vmbusops.engine.executors.base import HostStepExecutor
 from vmbusops.guestops.dsc import DscReport, apply_dsc, dsc_files, staging_folder
 
 
-class DscExecutor(HostStepExecutor):
+class DscExecutor(HostStepExecutor[DscStep]):
     #: A configuration converges: applying it again after an interruption is always safe.
     always_resumable = True
 
-    def files(self, manifest: Manifest, step: Step) -> Iterable[str]:
-        assert isinstance(step, DscStep)
+    def copies(self, manifest: Manifest, step: DscStep) -> Iterable[str]:
         for module in step.modules:
             yield from (entry.path for entry in manifest.module_files(module.rstrip("/")))
         yield from step.mofs
         if step.meta_config is not None:
             yield step.meta_config
 
-    async def carry_out(self, ctx: RunContext, index: int, step: Step) -> None:
-        assert isinstance(step, DscStep)
+    async def carry_out(self, ctx: RunContext, index: int, step: DscStep) -> None:
         staging = staging_folder(ctx.machine.job_id, step.name)
         files = [
             replace(f, on_host=await ctx.staging.host_path(f.source))

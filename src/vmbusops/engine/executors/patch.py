@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from vmbusops.bundle.manifest import PatchStep, Step
+from vmbusops.bundle.manifest import PatchStep
 from vmbusops.engine.context import RunContext
 from vmbusops.engine.executors.base import HostStepExecutor
 from vmbusops.errors import VmbusOpsError
 from vmbusops.guestops.patch import apply_patch
 
 
-class PatchExecutor(HostStepExecutor):
-    async def carry_out(self, ctx: RunContext, index: int, step: Step) -> None:
-        assert isinstance(step, PatchStep)
+class PatchExecutor(HostStepExecutor[PatchStep]):
+    async def carry_out(self, ctx: RunContext, index: int, step: PatchStep) -> None:
         details = ctx.machine.details
         try:
             patched = await apply_patch(ctx.host, ctx.vm, step, ctx.channel(index))

@@ -12,7 +12,7 @@ import math
 
 import trio
 
-from vmbusops.bundle.manifest import ScriptStep
+from vmbusops.bundle.manifest import Manifest, ScriptStep, Step
 from vmbusops.engine.batch import BatchFailure, BatchTracker, Next
 from vmbusops.engine.context import RunContext
 from vmbusops.engine.executors.base import attempt_failed, timed_out
@@ -25,7 +25,7 @@ from vmbusops.records import ErrorRecord
 class ScriptExecutor:
     always_resumable = False
 
-    def files(self, manifest: object, step: object) -> tuple[str, ...]:
+    def files(self, manifest: Manifest, step: Step) -> tuple[str, ...]:
         return ()  # a script travels as text, in the invocation
 
     async def run(self, ctx: RunContext, indices: tuple[int, ...]) -> None:

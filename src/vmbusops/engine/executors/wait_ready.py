@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from vmbusops.bundle.manifest import Step
+from vmbusops.bundle.manifest import WaitReadyStep
 from vmbusops.engine.context import RunContext
 from vmbusops.engine.executors.base import HostStepExecutor
 
 
-class WaitReadyExecutor(HostStepExecutor):
+class WaitReadyExecutor(HostStepExecutor[WaitReadyStep]):
     always_resumable = True  # waiting changes nothing
 
-    async def carry_out(self, ctx: RunContext, index: int, step: Step) -> None:
+    async def carry_out(self, ctx: RunContext, index: int, step: WaitReadyStep) -> None:
         await ctx.wait_ready()
