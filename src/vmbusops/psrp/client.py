@@ -81,8 +81,6 @@ from typing import Any
 
 import psrpcore
 import trio
-from psrpcore._client import _ClientPipeline
-from psrpcore._payload import PSRPMessage, create_message
 from psrpcore.types import HostMethodIdentifier, PSInvocationState, PSRPMessageType, RunspacePoolState
 
 from vmbusops.credentials import GuestCredential
@@ -97,6 +95,13 @@ from vmbusops.psrp.decode import fast_decode, fast_host_line
 from vmbusops.psrp.encode import CreatePipelineEncoder, add_statements
 from vmbusops.psrp.framing import POOL_GUID, DataStream, Packet, PacketKind, PacketReader, encode
 from vmbusops.psrp.hostcalls import EchoFilter, HostCallAction, action_of, record_from_host_call, refusal
+from vmbusops.psrp.psrpcore_private import (
+    ClientPipeline,
+    TemplatedPipeline,
+    has_queued_messages,
+    process_message,
+    queue_client_message,
+)
 from vmbusops.psrp.transport import Transport
 from vmbusops.records import ErrorRecord, PipelineState, PipelineStateRecord, Record
 
@@ -149,7 +154,7 @@ class _ClientPool(psrpcore.ClientRunspacePool):
     Data packet, which carries many records) and deserializes every message generically. Here
     fragments are cut out of each payload by offset, messages reassembled per object id, and
     the common stream records decoded on the fast path; every other message goes to psrpcore's
-    own ``_process_message``, so its state machine sees exactly what it would have.
+    own message handling (:func:`.psrpcore_private.process_message`), so its state machine sees exactly what it would have.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -218,14 +223,14 @@ class _ClientPool(psrpcore.ClientRunspacePool):
                 # What psrpcore's _process_PipelineState does: move its pipeline to the state.
                 self.pipeline_table[pipeline_id].state = PSInvocationState[state.state.value]
                 return _RecordEvent(pipeline_id, state)
-        message = PSRPMessage(
-            message_type, bytearray(body), uuid.UUID(bytes_le=raw[8:24]), pipeline_id, object_id
+        return process_message(
+            self,
+            message_type,
+            body,
+            runspace_pool_id=uuid.UUID(bytes_le=raw[8:24]),
+            pipeline_id=pipeline_id,
+            object_id=object_id,
         )
-        return self._process_message(message)
-
-
-class _TemplatedPipeline(_ClientPipeline):
-    """A pipeline whose CreatePipeline body came from a template: state only, no object model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +272,7 @@ class Pipeline:
     how much a guest prints.
     """
 
-    def __init__(self, pool: RunspacePool, ps: _ClientPipeline, buffer: int) -> None:
+    def __init__(self, pool: RunspacePool, ps: ClientPipeline, buffer: int) -> None:
         self._pool = pool
         self._ps = ps
         self.id: uuid.UUID = ps.pipeline_id
@@ -457,7 +462,7 @@ class RunspacePool:
             )
             while (event := self._pool.next_event()) is not None:
                 await self._on_event(event)
-            if self._pool._send_buffer:
+            if has_queued_messages(self._pool):
                 self._writer_wakeup.set()
             return
         if packet.kind is PacketKind.DATA_ACK:
@@ -691,14 +696,14 @@ class RunspacePool:
             # Before encoding: the template encrypts SecureStrings with the session key.
             await self.ensure_session_key()
         body = self._encoder.encode(statement_list)
-        ps: _ClientPipeline
+        ps: ClientPipeline
         if body is None:
             ps = psrpcore.ClientPowerShell(self._pool)
             add_statements(ps, statement_list)
         else:
             # psrpcore needs a pipeline object for its state machine, not the object model of
             # the command list: that is already serialized in ``body``.
-            ps = _TemplatedPipeline(self._pool)
+            ps = TemplatedPipeline(self._pool)
         pipe = Pipeline(self, ps, self._record_buffer)
         self._pipelines[pipe.id] = pipe
         try:
@@ -720,27 +725,13 @@ class RunspacePool:
             with trio.CancelScope(shield=True):
                 await self._end_pipeline(pipe, stop_timeout)
 
-    def _start_pipeline(self, ps: _ClientPipeline, body: bytes | None) -> None:
+    def _start_pipeline(self, ps: ClientPipeline, body: bytes | None) -> None:
         """Queue the CreatePipeline message: the templated body if there is one, else psrpcore's."""
         if body is None:
             assert isinstance(ps, psrpcore.ClientPowerShell)
             ps.start()
             return
-        # What psrpcore's prepare_message does once it has the serialized body.
-        pool = self._pool
-        message = create_message(
-            True, PSRPMessageType.CreatePipeline, body, pool.runspace_pool_id, ps.pipeline_id
-        )
-        pool._send_buffer.append(
-            PSRPMessage(
-                PSRPMessageType.CreatePipeline,
-                bytearray(message),
-                pool.runspace_pool_id,
-                ps.pipeline_id,
-                pool._fragment_counter,
-                psrpcore.StreamType.default,
-            )
-        )
+        queue_client_message(self._pool, PSRPMessageType.CreatePipeline, body, ps.pipeline_id)
         ps.state = PSInvocationState.Running
 
     async def _end_pipeline(self, pipe: Pipeline, stop_timeout: float) -> None:

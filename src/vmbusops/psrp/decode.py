@@ -44,9 +44,9 @@ from psrpcore.types import (
     PSCustomObject,
     PSRPMessageType,
 )
-from psrpcore.types._base import TypeRegistry
 
 from vmbusops.psrp.convert import TERMINAL_STATES, enum_text, offset_text, strip_deserialized
+from vmbusops.psrp.psrpcore_private import REHYDRATED_TYPES
 from vmbusops.records import (
     DebugRecord,
     ErrorRecord,
@@ -289,9 +289,9 @@ def _decode_output(data: bytes) -> Record | None:
 
 # -- tier 2: element walk -----------------------------------------------------------------------
 
-# psrpcore turns an object whose first type name it knows into an instance of its own class,
-# which may transform it; the walk accepts only the known types below and otherwise falls back.
-_REGISTRY: dict[str, type] = TypeRegistry().type_registry
+# psrpcore turns an object whose first type name is in REHYDRATED_TYPES into an instance of its
+# own class, which may transform it; the walk accepts only the known types below and otherwise
+# falls back.
 _CUSTOM_OBJECT = tuple(PSCustomObject.PSObject.type_names)
 _REGISTERED_CONTAINERS = {
     "System.Collections.Hashtable": frozenset(("DCT",)),
@@ -346,7 +346,7 @@ class _Tree:
             raise _Fallback
         names = self.type_names(obj)
         if first_names is None:
-            if names and names[0] in _REGISTRY:
+            if names and names[0] in REHYDRATED_TYPES:
                 raise _Fallback
         elif not names or names[0] not in first_names:
             raise _Fallback
@@ -392,7 +392,7 @@ class _Tree:
 
     def _object(self, obj: ElementTree.Element) -> Value:
         names = self.type_names(obj)
-        cls = _REGISTRY.get(names[0]) if names else None
+        cls = REHYDRATED_TYPES.get(names[0]) if names else None
         to_string: str | None = None
         has_to_string = False
         container: ElementTree.Element | None = None

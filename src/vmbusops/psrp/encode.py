@@ -32,9 +32,9 @@ from xml.etree import ElementTree
 
 import psrpcore
 from psrpcore.types import PSCredential, PSSecureString
-from psrpcore.types._serializer import _serialize_string
 
 from vmbusops.credentials import GuestCredential
+from vmbusops.psrp.psrpcore_private import serialize_string, session_cipher
 
 __all__ = ["CreatePipelineEncoder", "add_statements"]
 
@@ -163,13 +163,15 @@ class CreatePipelineEncoder:
             template = self._build(statements, len(slots.strings), len(slots.secrets))
             self._templates[key] = template
         text, secret_slots = template
-        values = [_xml_text(_serialize_string(s)) for s in slots.strings]
+        values = [_xml_text(serialize_string(s)) for s in slots.strings]
         text = self._slot_re.sub(lambda m: values[int(m.group(1))], text)
+        cipher = session_cipher(self._pool)
         for encrypted_marker, index in secret_slots.items():
-            text = text.replace(encrypted_marker, self._pool._cipher.encrypt(slots.secrets[index]))
+            text = text.replace(encrypted_marker, cipher.encrypt(slots.secrets[index]))
         return text.encode("utf-8")
 
     def _build(self, statements: Sequence[Sequence[Any]], n_strings: int, n_secrets: int) -> tuple[str, dict[str, int]]:
+        cipher = session_cipher(self._pool)
         counters = [0, 0]
         secret_markers: dict[str, int] = {}
 
@@ -187,7 +189,7 @@ class CreatePipelineEncoder:
             user = self._marker(counters[0])
             counters[0] += 1
             secret = f"vmbusopssecret{counters[1]}x{self._nonce}"
-            secret_markers[self._pool._cipher.encrypt(secret)] = counters[1]
+            secret_markers[cipher.encrypt(secret)] = counters[1]
             counters[1] += 1
             return PSCredential(UserName=user, Password=PSSecureString(secret))
 
@@ -212,7 +214,7 @@ class CreatePipelineEncoder:
             add_statements(ps, shaped)
             element = psrpcore.types.serialize(
                 ps.metadata,
-                self._pool._cipher,
+                cipher,
                 our_capability=self._pool.our_capability,
                 their_capability=self._pool.their_capability,
             )
