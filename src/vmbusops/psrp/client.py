@@ -74,9 +74,9 @@ import logging
 import struct
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psrpcore
@@ -90,6 +90,7 @@ from vmbusops.errors import (
     TransportError,
     VmbusOpsError,
 )
+from vmbusops.psrp.command import Command, Statement
 from vmbusops.psrp.convert import record_from_event
 from vmbusops.psrp.decode import fast_decode, fast_host_line
 from vmbusops.psrp.encode import CreatePipelineEncoder, add_statements
@@ -231,35 +232,6 @@ class _ClientPool(psrpcore.ClientRunspacePool):
             pipeline_id=pipeline_id,
             object_id=object_id,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    """One command of a pipeline: a cmdlet name with named and positional parameters.
-
-    Parameters are typed values (str, int, bool, lists, psrpcore objects such as PSCredential),
-    never script text: the host binds them as PowerShell would, so nothing a user typed can
-    change which cmdlet runs.
-    """
-
-    name: str
-    parameters: Mapping[str, Any] = field(default_factory=dict)
-    arguments: Sequence[Any] = ()
-    #: ``name`` is script text the server parses (PSRP's IsScript), not a command name. Only the
-    #: project's own fixed scripts are sent this way; user text stays a parameter value.
-    is_script: bool = False
-
-    def __post_init__(self) -> None:
-        if self.is_script:
-            if not self.name.strip():
-                raise ValueError("a script command needs script text")
-            return
-        if not self.name or any(c.isspace() for c in self.name) or any(c in self.name for c in ";|&{}()$`'\""):
-            raise ValueError(f"not a command name: {self.name!r}")
-
-
-Statement = Sequence[Command]
-"""Commands piped into each other: ``A | B | C``."""
 
 
 class Pipeline:

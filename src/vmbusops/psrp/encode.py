@@ -34,6 +34,7 @@ import psrpcore
 from psrpcore.types import PSCredential, PSSecureString
 
 from vmbusops.credentials import GuestCredential
+from vmbusops.psrp.command import Command, Statement
 from vmbusops.psrp.psrpcore_private import serialize_string, session_cipher
 
 __all__ = ["CreatePipelineEncoder", "add_statements"]
@@ -50,7 +51,7 @@ def to_psrpcore(value: Any) -> Any:
     return value
 
 
-def add_statements(ps: psrpcore.ClientPowerShell, statements: Iterable[Sequence[Any]]) -> int:
+def add_statements(ps: psrpcore.ClientPowerShell, statements: Iterable[Statement]) -> int:
     """Add statements to a psrpcore pipeline; returns the number of commands.
 
     A statement boundary goes *between* statements only: a trailing one would send an empty
@@ -65,7 +66,7 @@ def add_statements(ps: psrpcore.ClientPowerShell, statements: Iterable[Sequence[
             ps.add_statement()
         first = False
         for command in statement:
-            if getattr(command, "is_script", False):
+            if command.is_script:
                 ps.add_script(command.name)
             else:
                 ps.add_command(command.name)
@@ -137,7 +138,7 @@ class CreatePipelineEncoder:
     def _marker(self, index: int) -> str:
         return f"vmbusopsslot{index}x{self._nonce}"
 
-    def encode(self, statements: Sequence[Sequence[Any]]) -> bytes | None:
+    def encode(self, statements: Sequence[Statement]) -> bytes | None:
         """The CreatePipeline message body for these statements, or None to use psrpcore."""
         slots = _Slots()
         try:
@@ -170,7 +171,7 @@ class CreatePipelineEncoder:
             text = text.replace(encrypted_marker, cipher.encrypt(slots.secrets[index]))
         return text.encode("utf-8")
 
-    def _build(self, statements: Sequence[Sequence[Any]], n_strings: int, n_secrets: int) -> tuple[str, dict[str, int]]:
+    def _build(self, statements: Sequence[Statement], n_strings: int, n_secrets: int) -> tuple[str, dict[str, int]]:
         cipher = session_cipher(self._pool)
         counters = [0, 0]
         secret_markers: dict[str, int] = {}
@@ -192,8 +193,6 @@ class CreatePipelineEncoder:
             secret_markers[cipher.encrypt(secret)] = counters[1]
             counters[1] += 1
             return PSCredential(UserName=user, Password=PSSecureString(secret))
-
-        from vmbusops.psrp.client import Command  # the dataclass only; no cycle at import time
 
         shaped = [
             [
