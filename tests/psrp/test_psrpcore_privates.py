@@ -8,7 +8,7 @@ name, or touches a private attribute of a psrpcore object (one psrpcore's own cl
 
 Without types a scan cannot tell a psrpcore object from one of ours, so it goes by name: a
 private name psrpcore defines is a reach into psrpcore unless the same file defines it for a
-class of its own (``SecretStr._value`` is ours) and reads it on something other than a
+class of its own (``Secret._value`` is ours) and reads it on something other than a
 subclass of psrpcore's. A subclass of a psrpcore class may not touch, override or assign any
 of psrpcore's private names on ``self`` at all.
 """

@@ -39,7 +39,6 @@ class Pipeline:
 
     def __init__(self, pool: RunspacePool, ps: ClientPipeline, buffer: int) -> None:
         self._pool = pool
-        self._ps = ps
         self.id: uuid.UUID = ps.pipeline_id
         self._capacity = max(1, buffer)
         self._queue: deque[Record] = deque()
