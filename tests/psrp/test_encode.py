@@ -13,11 +13,12 @@ from psrpcore.types import PSCredential, PSSecureString, PSString
 
 from vmbusops.psrp.client import Command
 from vmbusops.psrp.encode import CreatePipelineEncoder, add_statements
+from vmbusops.psrp.psrpcore_private import session_cipher
 
 
 def keyed_pool() -> psrpcore.ClientRunspacePool:
     pool = psrpcore.ClientRunspacePool()
-    pool._cipher.register_key(bytes(range(32)))
+    session_cipher(pool).register_key(bytes(range(32)))
     return pool
 
 
@@ -25,7 +26,7 @@ def psrpcore_bytes(pool: psrpcore.ClientRunspacePool, statements: list[list[Comm
     ps = psrpcore.ClientPowerShell(pool)
     add_statements(ps, statements)
     element = psrpcore.types.serialize(
-        ps.metadata, pool._cipher, our_capability=pool.our_capability, their_capability=pool.their_capability
+        ps.metadata, session_cipher(pool), our_capability=pool.our_capability, their_capability=pool.their_capability
     )
     pool.pipeline_table.pop(ps.pipeline_id, None)
     return ElementTree.tostring(element, encoding="utf-8", method="xml")
@@ -97,7 +98,7 @@ def test_no_trailing_empty_statement() -> None:
     # What the check guards against: a boundary after the last statement.
     ps = psrpcore.ClientPowerShell(pool)
     ps.add_command("Get-VM").add_statement().add_command("Start-VM").add_statement()
-    trailing = psrpcore.types.serialize(ps.metadata, pool._cipher, our_capability=pool.our_capability)
+    trailing = psrpcore.types.serialize(ps.metadata, session_cipher(pool), our_capability=pool.our_capability)
     assert empty_statement in ElementTree.tostring(trailing, encoding="utf-8")
 
 

@@ -20,11 +20,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from psrpcore.types import PSRPMessageType
-from psrpcore.types._serializer import _serialize_string
 
 from vmbusops.psrp.convert import record_from_event
 from vmbusops.psrp.decode import fast_decode, fast_host_line
 from vmbusops.psrp.hostcalls import EchoFilter, HostCallAction, action_of, record_from_host_call
+from vmbusops.psrp.psrpcore_private import serialize_string
 from vmbusops.records import (
     ErrorRecord,
     InformationRecord,
@@ -280,7 +280,7 @@ def test_fast_host_lines_equal_psrpcore(index: int) -> None:
 @given(st.text(alphabet=st.one_of(st.characters(codec="utf-8"), st.sampled_from("<>&\r\n_x000D__x_\u5f00")), max_size=60))
 def test_fast_host_lines_equal_psrpcore_for_any_text(line: str) -> None:
     recorded = next(m["clixml"] for m in HOST_CALLS if "WriteVerboseLine" in m["clixml"])
-    clixml = re.sub(r"<S>[^<]*</S>", lambda _: f"<S>{xml_text(_serialize_string(line))}</S>", recorded)
+    clixml = re.sub(r"<S>[^<]*</S>", lambda _: f"<S>{xml_text(serialize_string(line))}</S>", recorded)
     event = psrpcore_event(PSRPMessageType.PipelineHostCall, clixml)
     fast = fast_host_line(clixml.encode("utf-8"))
     if fast is not None:
@@ -310,7 +310,7 @@ def test_recorded_error_records_with_any_text_decode_equal_both_ways(index: int,
     # Every text property of a real error record (a guest's included) replaced with hostile text.
     message = ERROR_MESSAGES[index]
     kind = PSRPMessageType[message["type"]]
-    escaped = xml_text(_serialize_string(value))
+    escaped = xml_text(serialize_string(value))
     clixml = _TEXT_PROPERTY.sub(lambda m: f'<S N="{m.group(1)}">{escaped}</S>', message["clixml"])
     slow = record_from_event(psrpcore_event(kind, clixml))
     fast = fast_decode(kind, clixml.encode("utf-8"))

@@ -19,71 +19,32 @@ waits for the matching ack (except a finished pipeline's ``Close``, whose ack ca
 *broken*: the error is stored once and every waiter - callers waiting for acks, pipelines waiting
 for records, the pool waiting to open - wakes up and raises it. Nothing waits forever.
 
-Records are decoded on a fast path (:func:`.decode.fast_decode`) that parses the CLIXML of the
-common stream records directly; anything else goes through psrpcore's generic deserializer and
-is converted by :func:`.convert.record_from_event`. Tests prove both give equal records.
-
 A pipeline is an async context manager that yields records as they arrive. Leaving it early -
 ``break``, an exception, a cancel scope expiring - stops the pipeline on the server with a PSRP
 ``Signal``, waits (bounded, shielded) for its final state, and closes it, so cancellation never
 leaves a command running in a guest.
 
-The host
---------
-The pool declares a host with a UI (:func:`host_info`, the data PowerShell's own console client
-sends): without one PowerShell drops a guest's verbose, warning and debug lines even with
-``-Verbose``. PowerShell then calls that host; :mod:`.hostcalls` says when a call repeats a record
-just sent (then it is dropped, so every line arrives once). Every host call, and what we do:
+The receive path (:mod:`.receive`) decodes the common records on a fast path (:mod:`.decode`);
+anything else goes through psrpcore's generic deserializer and is converted by
+:func:`.convert.record_from_event`. Tests prove both give equal records. CreatePipeline
+messages are built from templates where they can be (:mod:`.encode`).
 
-================================  ===============================================================
-host call                         what the client does
-================================  ===============================================================
-WriteVerboseLine                  VerboseRecord, unless it echoes the record just before it
-WriteWarningLine                  WarningRecord, likewise
-WriteDebugLine                    DebugRecord, likewise
-WriteProgress                     ProgressRecord, likewise
-Write1, Write2, WriteLine1-3      InformationRecord tagged ``PSHOST`` whose data is a
-                                  HostInformationMessage (as Write-Host's), unless it echoes one
-WriteErrorLine                    ErrorRecord with the line as its message (never an echo)
-SetShouldExit(N)                  N becomes the pipeline's exit code
-                                  (``Pipeline.exit_code``, ``PipelineStateRecord.exit_code``)
-other void calls (Set* of the     nothing: no answer is expected. The RawUI setters only update
-raw UI, Enter/ExitNestedPrompt,   what PowerShell caches of our HostDefaultData.
-Notify*Application, Push/Pop-
-Runspace, FlushInputBuffer,
-SetBufferContents*, Scroll*)
-ReadLine, ReadLineAsSecureString  answered at once with an error: no person is there to answer,
-Prompt, PromptForCredential1/2,   so the command fails instead of hanging
-PromptForChoice(MultipleSel.),
-ReadKey, GetKeyAvailable
-every other call expecting an     answered at once with an error (PowerShell answers the RawUI
-answer (Get* of the host or its   getters from the HostDefaultData we declared and does not ask;
-raw UI, GetBufferContents,        the others have no meaningful answer from an agent)
-GetRunspace, GetIsRunspacePushed)
-================================  ===============================================================
-
-Measured on pwsh 7.6.9: ``$Host.UI.WriteInformation`` is no PSRP host method and reaches no
-client; ``EnterNestedPrompt`` and ``GetBufferContents`` are refused by PowerShell's server itself
-("Remote host method ... is not implemented") and never reach us either.
+The pool declares a host with a UI (:func:`.hostcalls.host_info`) and answers every host call
+as the table in :mod:`.hostcalls` says.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import struct
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import psrpcore
 import trio
-from psrpcore._client import _ClientPipeline
-from psrpcore._payload import PSRPMessage, create_message
-from psrpcore.types import HostMethodIdentifier, PSInvocationState, PSRPMessageType, RunspacePoolState
+from psrpcore.types import PSInvocationState, PSRPMessageType, RunspacePoolState
 
 from vmbusops.credentials import GuestCredential
 from vmbusops.errors import (
@@ -92,265 +53,32 @@ from vmbusops.errors import (
     TransportError,
     VmbusOpsError,
 )
+from vmbusops.psrp.command import Command, Statement
 from vmbusops.psrp.convert import record_from_event
-from vmbusops.psrp.decode import fast_decode, fast_host_line
 from vmbusops.psrp.encode import CreatePipelineEncoder, add_statements
 from vmbusops.psrp.framing import POOL_GUID, DataStream, Packet, PacketKind, PacketReader, encode
-from vmbusops.psrp.hostcalls import EchoFilter, HostCallAction, action_of, record_from_host_call, refusal
+from vmbusops.psrp.hostcalls import (
+    HostCallAction,
+    action_of,
+    host_info,
+    record_from_host_call,
+    refusal_error_record,
+)
+from vmbusops.psrp.pipeline import DEFAULT_STOP_TIMEOUT, Pipeline
+from vmbusops.psrp.psrpcore_private import (
+    ClientPipeline,
+    TemplatedPipeline,
+    has_queued_messages,
+    queue_client_message,
+)
+from vmbusops.psrp.receive import ClientPool, HostLineEvent, RecordEvent
 from vmbusops.psrp.transport import Transport
 from vmbusops.records import ErrorRecord, PipelineState, PipelineStateRecord, Record
 
 log = logging.getLogger(__name__)
 
-_FRAGMENT_HEADER = struct.Struct(">QQBI")
-_MESSAGE_TYPE = struct.Struct("<I")
-_NO_PIPELINE = bytes(16)
-
 FRAGMENT_SIZE = 32 * 1024
 DEFAULT_RECORD_BUFFER = 1024
-DEFAULT_STOP_TIMEOUT = 15.0
-
-# Message types decoded on the fast path. PipelineState is decoded fast too, in next_event,
-# which then moves psrpcore's pipeline to that state itself.
-_FAST_TYPES = frozenset(
-    {
-        PSRPMessageType.PipelineOutput,
-        PSRPMessageType.ErrorRecord,
-        PSRPMessageType.WarningRecord,
-        PSRPMessageType.VerboseRecord,
-        PSRPMessageType.DebugRecord,
-        PSRPMessageType.InformationRecord,
-        PSRPMessageType.ProgressRecord,
-    }
-)
-
-
-@dataclass(frozen=True, slots=True)
-class _HostLineEvent:
-    """What the pool's message hook returns for a void one-string host call decoded fast."""
-
-    pipeline_id: uuid.UUID
-    method: HostMethodIdentifier
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class _RecordEvent:
-    """What the pool's message hook returns for a fast-decoded record."""
-
-    pipeline_id: uuid.UUID | None
-    record: Record
-
-
-class _ClientPool(psrpcore.ClientRunspacePool):
-    """psrpcore's client pool, with the receive path taken over for speed.
-
-    psrpcore re-slices its whole receive buffer for every fragment (quadratic in the size of a
-    Data packet, which carries many records) and deserializes every message generically. Here
-    fragments are cut out of each payload by offset, messages reassembled per object id, and
-    the common stream records decoded on the fast path; every other message goes to psrpcore's
-    own ``_process_message``, so its state machine sees exactly what it would have.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._partial: dict[int, list[bytes]] = {}
-        self._complete: deque[tuple[int, bytes]] = deque()
-        self._pipeline_ids: dict[bytes, uuid.UUID] = {}
-
-    def receive_data(self, data: psrpcore.PSRPPayload) -> None:
-        buf = data.data
-        view = memoryview(buf)
-        offset, size = 0, len(buf)
-        while offset < size:
-            if size - offset < _FRAGMENT_HEADER.size:
-                raise PSRPError(f"a PSRP fragment header is cut short ({size - offset} bytes)")
-            object_id, fragment_id, flags, length = _FRAGMENT_HEADER.unpack_from(buf, offset)
-            start = offset + _FRAGMENT_HEADER.size
-            offset = start + length
-            if offset > size:
-                raise PSRPError(f"a PSRP fragment claims {length} bytes but the packet has {size - start}")
-            parts = self._partial.get(object_id)
-            if parts is None:
-                if fragment_id != 0:
-                    raise PSRPError(f"PSRP object {object_id} starts with fragment {fragment_id}, not 0")
-                if flags & 0x2:  # start and end: the common case, one fragment per message
-                    self._complete.append((object_id, bytes(view[start:offset])))
-                    continue
-                self._partial[object_id] = parts = []
-            elif fragment_id != len(parts):
-                raise PSRPError(f"PSRP object {object_id}: expected fragment {len(parts)}, got {fragment_id}")
-            parts.append(bytes(view[start:offset]))
-            if flags & 0x2:
-                del self._partial[object_id]
-                self._complete.append((object_id, b"".join(parts)))
-
-    def next_event(self) -> Any:
-        if not self._complete:
-            return None
-        object_id, raw = self._complete.popleft()
-        if len(raw) < 40:
-            raise PSRPError(f"a PSRP message is {len(raw)} bytes, shorter than its 40-byte header")
-        (type_value,) = _MESSAGE_TYPE.unpack_from(raw, 4)
-        try:
-            message_type = PSRPMessageType(type_value)
-        except ValueError:
-            raise PSRPError(f"unknown PSRP message type 0x{type_value:08X}") from None
-        pid_bytes = raw[24:40]
-        pipeline_id = self._pipeline_ids.get(pid_bytes)
-        if pipeline_id is None and pid_bytes != _NO_PIPELINE:
-            if len(self._pipeline_ids) > 4096:
-                self._pipeline_ids.clear()
-            pipeline_id = self._pipeline_ids[pid_bytes] = uuid.UUID(bytes_le=pid_bytes)
-        body = raw[43:] if raw.startswith(b"\xef\xbb\xbf", 40) else raw[40:]
-        if message_type in _FAST_TYPES:
-            record = fast_decode(message_type, body)
-            if record is not None:
-                return _RecordEvent(pipeline_id, record)
-        elif message_type is PSRPMessageType.PipelineHostCall and pipeline_id is not None:
-            # Void (ci -100): psrpcore keeps no state for it, so it need not see it.
-            line = fast_host_line(body)
-            if line is not None:
-                return _HostLineEvent(pipeline_id, *line)
-        elif message_type is PSRPMessageType.PipelineState and pipeline_id in self.pipeline_table:
-            state = fast_decode(message_type, body)
-            if isinstance(state, PipelineStateRecord):
-                # What psrpcore's _process_PipelineState does: move its pipeline to the state.
-                self.pipeline_table[pipeline_id].state = PSInvocationState[state.state.value]
-                return _RecordEvent(pipeline_id, state)
-        message = PSRPMessage(
-            message_type, bytearray(body), uuid.UUID(bytes_le=raw[8:24]), pipeline_id, object_id
-        )
-        return self._process_message(message)
-
-
-class _TemplatedPipeline(_ClientPipeline):
-    """A pipeline whose CreatePipeline body came from a template: state only, no object model."""
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    """One command of a pipeline: a cmdlet name with named and positional parameters.
-
-    Parameters are typed values (str, int, bool, lists, psrpcore objects such as PSCredential),
-    never script text: the host binds them as PowerShell would, so nothing a user typed can
-    change which cmdlet runs.
-    """
-
-    name: str
-    parameters: Mapping[str, Any] = field(default_factory=dict)
-    arguments: Sequence[Any] = ()
-    #: ``name`` is script text the server parses (PSRP's IsScript), not a command name. Only the
-    #: project's own fixed scripts are sent this way; user text stays a parameter value.
-    is_script: bool = False
-
-    def __post_init__(self) -> None:
-        if self.is_script:
-            if not self.name.strip():
-                raise ValueError("a script command needs script text")
-            return
-        if not self.name or any(c.isspace() for c in self.name) or any(c in self.name for c in ";|&{}()$`'\""):
-            raise ValueError(f"not a command name: {self.name!r}")
-
-
-Statement = Sequence[Command]
-"""Commands piped into each other: ``A | B | C``."""
-
-
-class Pipeline:
-    """A running pipeline; iterate it for records. The last record is a PipelineStateRecord.
-
-    Records wait in a bounded queue between the pool's reader and the consumer. The consumer
-    wakes once per batch, not per record: one OutOfProc Data packet carries many records, and
-    a trio task switch per record would cost more than decoding it. When the queue is full the
-    reader waits, which stops reading from the host: memory stays bounded by the buffer, not by
-    how much a guest prints.
-    """
-
-    def __init__(self, pool: RunspacePool, ps: _ClientPipeline, buffer: int) -> None:
-        self._pool = pool
-        self._ps = ps
-        self.id: uuid.UUID = ps.pipeline_id
-        self._capacity = max(1, buffer)
-        self._queue: deque[Record] = deque()
-        self._readable = trio.lowlevel.ParkingLot()
-        self._writable = trio.lowlevel.ParkingLot()
-        self._ended = False
-        self.final: PipelineStateRecord | None = None
-        self._abandoned = False
-        self._echoes = EchoFilter()
-        #: The N of a top-level ``exit N`` in the pipeline (its SetShouldExit host call), if any.
-        self.exit_code: int | None = None
-        self._command_sent = False
-        self._started = False
-
-    async def _deliver(self, record: Record) -> None:
-        self._echoes.saw_record(record)
-        while len(self._queue) >= self._capacity and not self._abandoned:
-            await self._writable.park()
-        if self._abandoned:
-            return
-        self._queue.append(record)
-        if self._readable:
-            self._readable.unpark_all()
-
-    def _finish(self, record: PipelineStateRecord) -> None:
-        if self.exit_code is not None and record.exit_code is None:
-            record = dataclasses.replace(record, exit_code=self.exit_code)
-        self.final = record
-        if not self._abandoned:
-            self._queue.append(record)  # never dropped, even past the bound (by one)
-        self._end()
-
-    def _break(self, exc: VmbusOpsError) -> None:
-        self._end()
-
-    def _end(self) -> None:
-        self._ended = True
-        self._readable.unpark_all()
-        self._writable.unpark_all()
-
-    def _abandon(self) -> None:
-        """The consumer is gone: drop what is queued and whatever still arrives."""
-        self._abandoned = True
-        self._queue.clear()
-        self._writable.unpark_all()
-
-    # A plain async iterator, not an async generator: a caller may ``break`` out of the loop
-    # and nothing is left waiting to be finalized.
-    def __aiter__(self) -> Pipeline:
-        return self
-
-    async def __anext__(self) -> Record:
-        while not self._queue:
-            if self._ended or self._abandoned:
-                if self.final is None and not self._abandoned:
-                    raise self._pool._broken_error()
-                raise StopAsyncIteration
-            await self._readable.park()
-        # Honour cancellation even while a backlog drains without parking.
-        await trio.lowlevel.checkpoint_if_cancelled()
-        record = self._queue.popleft()
-        if self._writable and len(self._queue) < self._capacity:
-            self._writable.unpark_all()
-        return record
-
-    async def collect(self) -> list[Record]:
-        """Every record until the pipeline ends."""
-        return [record async for record in self]
-
-    @property
-    def finished(self) -> bool:
-        return self.final is not None
-
-    async def stop(self, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
-        """Send a stop signal and wait (bounded) for the pipeline to reach a final state."""
-        if self.final is not None or self._pool.broken:
-            return
-        self._abandon()
-        with trio.move_on_after(timeout):
-            await self._pool._signal(self.id)
-            await self._pool._wait_pipeline_done(self)
 
 
 class RunspacePool:
@@ -368,7 +96,7 @@ class RunspacePool:
         # A transport that pays a round trip per packet (WinRM: one Send each) asks for larger ones.
         self._fragment_size: int = getattr(transport, "fragment_size", FRAGMENT_SIZE)
         self._nursery = nursery
-        self._pool = _ClientPool(min_runspaces=1, max_runspaces=max_runspaces, host=host_info())
+        self._pool = ClientPool(min_runspaces=1, max_runspaces=max_runspaces, host=host_info())
         self._encoder = CreatePipelineEncoder(self._pool)
         self._reader = PacketReader()
         self._record_buffer = record_buffer
@@ -457,7 +185,7 @@ class RunspacePool:
             )
             while (event := self._pool.next_event()) is not None:
                 await self._on_event(event)
-            if self._pool._send_buffer:
+            if has_queued_messages(self._pool):
                 self._writer_wakeup.set()
             return
         if packet.kind is PacketKind.DATA_ACK:
@@ -472,7 +200,7 @@ class RunspacePool:
         # An unexpected ack (for example a late CloseAck after a timeout) is harmless.
 
     async def _on_event(self, event: Any) -> None:
-        if isinstance(event, _RecordEvent):
+        if isinstance(event, RecordEvent):
             pipe = self._pipelines.get(event.pipeline_id) if event.pipeline_id else None
             if pipe is None:
                 return
@@ -482,7 +210,7 @@ class RunspacePool:
             else:
                 await pipe._deliver(event.record)
             return
-        if isinstance(event, _HostLineEvent):
+        if isinstance(event, HostLineEvent):
             pipe = self._pipelines.get(event.pipeline_id)
             record = record_from_host_call(event.method, [event.text])
             if pipe is not None and record is not None and not pipe._echoes.is_echo(record):
@@ -544,17 +272,7 @@ class RunspacePool:
     ) -> None:
         if event.ci == -100:
             return
-        from psrpcore.types import ErrorCategory, ErrorCategoryInfo, NETException
-        from psrpcore.types import ErrorRecord as PSErrorRecord
-
-        method = event.method_identifier
-        err = PSErrorRecord(
-            Exception=NETException(Message=refusal(method)),
-            CategoryInfo=ErrorCategoryInfo(
-                Category=ErrorCategory.NotImplemented, Activity=method.name, Reason="NonInteractiveHost"
-            ),
-            FullyQualifiedErrorId="VmbusOpsNonInteractiveHost",
-        )
+        err = refusal_error_record(event.method_identifier)
         if event.pipeline_id:
             ps = self._pool.pipeline_table.get(event.pipeline_id)
             if ps is not None:
@@ -691,14 +409,14 @@ class RunspacePool:
             # Before encoding: the template encrypts SecureStrings with the session key.
             await self.ensure_session_key()
         body = self._encoder.encode(statement_list)
-        ps: _ClientPipeline
+        ps: ClientPipeline
         if body is None:
             ps = psrpcore.ClientPowerShell(self._pool)
             add_statements(ps, statement_list)
         else:
             # psrpcore needs a pipeline object for its state machine, not the object model of
             # the command list: that is already serialized in ``body``.
-            ps = _TemplatedPipeline(self._pool)
+            ps = TemplatedPipeline(self._pool)
         pipe = Pipeline(self, ps, self._record_buffer)
         self._pipelines[pipe.id] = pipe
         try:
@@ -720,27 +438,13 @@ class RunspacePool:
             with trio.CancelScope(shield=True):
                 await self._end_pipeline(pipe, stop_timeout)
 
-    def _start_pipeline(self, ps: _ClientPipeline, body: bytes | None) -> None:
+    def _start_pipeline(self, ps: ClientPipeline, body: bytes | None) -> None:
         """Queue the CreatePipeline message: the templated body if there is one, else psrpcore's."""
         if body is None:
             assert isinstance(ps, psrpcore.ClientPowerShell)
             ps.start()
             return
-        # What psrpcore's prepare_message does once it has the serialized body.
-        pool = self._pool
-        message = create_message(
-            True, PSRPMessageType.CreatePipeline, body, pool.runspace_pool_id, ps.pipeline_id
-        )
-        pool._send_buffer.append(
-            PSRPMessage(
-                PSRPMessageType.CreatePipeline,
-                bytearray(message),
-                pool.runspace_pool_id,
-                ps.pipeline_id,
-                pool._fragment_counter,
-                psrpcore.StreamType.default,
-            )
-        )
+        queue_client_message(self._pool, PSRPMessageType.CreatePipeline, body, ps.pipeline_id)
         ps.state = PSInvocationState.Running
 
     async def _end_pipeline(self, pipe: Pipeline, stop_timeout: float) -> None:
@@ -783,35 +487,6 @@ class RunspacePool:
             await self._transport.aclose(graceful=self._opened.is_set() and not self.broken)
             self._reader_scope.cancel()
 
-
-def host_info() -> psrpcore.types.HostInfo:
-    """The host the runspace pool declares: a console with a UI, as PowerShell's own client sends.
-
-    Declaring a UI is what makes PowerShell pass on a guest's verbose, warning and debug lines
-    (Invoke-Command of a remote session writes them through the host); without one they are
-    dropped even with ``-Verbose``. The raw UI data is what a 120x50 console would report;
-    PowerShell's server answers RawUI getters from it without a round trip.
-    """
-    from psrpcore.types import ConsoleColor, Coordinates, HostDefaultData, HostInfo, Size
-
-    return HostInfo(
-        IsHostNull=False,
-        IsHostUINull=False,
-        IsHostRawUINull=False,
-        UseRunspaceHost=True,
-        HostDefaultData=HostDefaultData(
-            ForegroundColor=ConsoleColor.Gray,
-            BackgroundColor=ConsoleColor.Black,
-            CursorPosition=Coordinates(X=0, Y=0),
-            WindowPosition=Coordinates(X=0, Y=0),
-            CursorSize=25,
-            BufferSize=Size(Width=120, Height=3000),
-            WindowSize=Size(Width=120, Height=50),
-            MaxWindowSize=Size(Width=120, Height=50),
-            MaxPhysicalWindowSize=Size(Width=240, Height=84),
-            WindowTitle="vmbusops",
-        ),
-    )
 
 
 def _contains_secret(value: Any) -> bool:

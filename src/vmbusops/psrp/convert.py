@@ -87,8 +87,8 @@ from psrpcore.types import (
     PSSecureString,
     PSVersion,
 )
-from psrpcore.types._complex import RemoteCommandInfo  # a namedtuple psrpcore does not export
 
+from vmbusops.psrp.psrpcore_private import RemoteCommandInfo
 from vmbusops.records import (
     DebugRecord,
     ErrorRecord,

@@ -32,9 +32,10 @@ from xml.etree import ElementTree
 
 import psrpcore
 from psrpcore.types import PSCredential, PSSecureString
-from psrpcore.types._serializer import _serialize_string
 
 from vmbusops.credentials import GuestCredential
+from vmbusops.psrp.command import Command, Statement
+from vmbusops.psrp.psrpcore_private import serialize_string, session_cipher
 
 __all__ = ["CreatePipelineEncoder", "add_statements"]
 
@@ -50,7 +51,7 @@ def to_psrpcore(value: Any) -> Any:
     return value
 
 
-def add_statements(ps: psrpcore.ClientPowerShell, statements: Iterable[Sequence[Any]]) -> int:
+def add_statements(ps: psrpcore.ClientPowerShell, statements: Iterable[Statement]) -> int:
     """Add statements to a psrpcore pipeline; returns the number of commands.
 
     A statement boundary goes *between* statements only: a trailing one would send an empty
@@ -65,7 +66,7 @@ def add_statements(ps: psrpcore.ClientPowerShell, statements: Iterable[Sequence[
             ps.add_statement()
         first = False
         for command in statement:
-            if getattr(command, "is_script", False):
+            if command.is_script:
                 ps.add_script(command.name)
             else:
                 ps.add_command(command.name)
@@ -137,7 +138,7 @@ class CreatePipelineEncoder:
     def _marker(self, index: int) -> str:
         return f"vmbusopsslot{index}x{self._nonce}"
 
-    def encode(self, statements: Sequence[Sequence[Any]]) -> bytes | None:
+    def encode(self, statements: Sequence[Statement]) -> bytes | None:
         """The CreatePipeline message body for these statements, or None to use psrpcore."""
         slots = _Slots()
         try:
@@ -163,13 +164,15 @@ class CreatePipelineEncoder:
             template = self._build(statements, len(slots.strings), len(slots.secrets))
             self._templates[key] = template
         text, secret_slots = template
-        values = [_xml_text(_serialize_string(s)) for s in slots.strings]
+        values = [_xml_text(serialize_string(s)) for s in slots.strings]
         text = self._slot_re.sub(lambda m: values[int(m.group(1))], text)
+        cipher = session_cipher(self._pool)
         for encrypted_marker, index in secret_slots.items():
-            text = text.replace(encrypted_marker, self._pool._cipher.encrypt(slots.secrets[index]))
+            text = text.replace(encrypted_marker, cipher.encrypt(slots.secrets[index]))
         return text.encode("utf-8")
 
-    def _build(self, statements: Sequence[Sequence[Any]], n_strings: int, n_secrets: int) -> tuple[str, dict[str, int]]:
+    def _build(self, statements: Sequence[Statement], n_strings: int, n_secrets: int) -> tuple[str, dict[str, int]]:
+        cipher = session_cipher(self._pool)
         counters = [0, 0]
         secret_markers: dict[str, int] = {}
 
@@ -187,11 +190,9 @@ class CreatePipelineEncoder:
             user = self._marker(counters[0])
             counters[0] += 1
             secret = f"vmbusopssecret{counters[1]}x{self._nonce}"
-            secret_markers[self._pool._cipher.encrypt(secret)] = counters[1]
+            secret_markers[cipher.encrypt(secret)] = counters[1]
             counters[1] += 1
             return PSCredential(UserName=user, Password=PSSecureString(secret))
-
-        from vmbusops.psrp.client import Command  # the dataclass only; no cycle at import time
 
         shaped = [
             [
@@ -212,7 +213,7 @@ class CreatePipelineEncoder:
             add_statements(ps, shaped)
             element = psrpcore.types.serialize(
                 ps.metadata,
-                self._pool._cipher,
+                cipher,
                 our_capability=self._pool.our_capability,
                 their_capability=self._pool.their_capability,
             )

@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-The runspace pool declares a host with a UI (:func:`vmbusops.psrp.client.host_info`): without
-one PowerShell drops the verbose, warning and debug lines of a guest reached through
-``Invoke-Command``. With one, PowerShell also *calls* that host: ``WriteVerboseLine`` and the
+The runspace pool declares a host with a UI (:func:`host_info`, the data PowerShell's own
+console client sends): without one PowerShell drops the verbose, warning and debug lines of a
+guest reached through ``Invoke-Command``. With one, PowerShell also *calls* that host: ``WriteVerboseLine`` and the
 rest of the ``Write*`` family, ``SetShouldExit`` on ``exit N``, ``ReadLine`` and the prompts.
 
 Measured against pwsh 7.6.9: whenever PowerShell writes a verbose, warning, debug or progress
@@ -18,8 +18,38 @@ warning and debug kin) sends both, like Write-Verbose; ``$Host.UI.WriteLine``, `
 message just before it in its pipeline is the same record; :class:`EchoFilter` drops echoes and
 every other ``Write*`` call becomes the matching record: each line reaches the caller once.
 
-The table of what the client does with each call is in :mod:`vmbusops.psrp.client`'s docstring;
-:func:`action_of` implements it.
+Every host call, and what the client does (:func:`action_of` implements the table):
+
+================================  ===============================================================
+host call                         what the client does
+================================  ===============================================================
+WriteVerboseLine                  VerboseRecord, unless it echoes the record just before it
+WriteWarningLine                  WarningRecord, likewise
+WriteDebugLine                    DebugRecord, likewise
+WriteProgress                     ProgressRecord, likewise
+Write1, Write2, WriteLine1-3      InformationRecord tagged ``PSHOST`` whose data is a
+                                  HostInformationMessage (as Write-Host's), unless it echoes one
+WriteErrorLine                    ErrorRecord with the line as its message (never an echo)
+SetShouldExit(N)                  N becomes the pipeline's exit code
+                                  (``Pipeline.exit_code``, ``PipelineStateRecord.exit_code``)
+other void calls (Set* of the     nothing: no answer is expected. The RawUI setters only update
+raw UI, Enter/ExitNestedPrompt,   what PowerShell caches of our HostDefaultData.
+Notify*Application, Push/Pop-
+Runspace, FlushInputBuffer,
+SetBufferContents*, Scroll*)
+ReadLine, ReadLineAsSecureString  answered at once with an error: no person is there to answer,
+Prompt, PromptForCredential1/2,   so the command fails instead of hanging
+PromptForChoice(MultipleSel.),
+ReadKey, GetKeyAvailable
+every other call expecting an     answered at once with an error (PowerShell answers the RawUI
+answer (Get* of the host or its   getters from the HostDefaultData we declared and does not ask;
+raw UI, GetBufferContents,        the others have no meaningful answer from an agent)
+GetRunspace, GetIsRunspacePushed)
+================================  ===============================================================
+
+Measured on pwsh 7.6.9: ``$Host.UI.WriteInformation`` is no PSRP host method and reaches no
+client; ``EnterNestedPrompt`` and ``GetBufferContents`` are refused by PowerShell's server itself
+("Remote host method ... is not implemented") and never reach us either.
 """
 
 from __future__ import annotations
@@ -28,8 +58,19 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from psrpcore.types import (
+    ConsoleColor,
+    Coordinates,
+    ErrorCategory,
+    ErrorCategoryInfo,
+    HostDefaultData,
+    HostInfo,
+    NETException,
+    PSObject,
+    Size,
+)
+from psrpcore.types import ErrorRecord as PSErrorRecord
 from psrpcore.types import HostMethodIdentifier as Method
-from psrpcore.types import PSObject
 
 from vmbusops.psrp.convert import enum_text, progress_from_ps
 from vmbusops.records import (
@@ -44,7 +85,44 @@ from vmbusops.records import (
     value_display,
 )
 
-__all__ = ["HOST_INFORMATION_TYPES", "EchoFilter", "HostCallAction", "action_of", "record_from_host_call", "refusal"]
+__all__ = [
+    "HOST_INFORMATION_TYPES",
+    "EchoFilter",
+    "HostCallAction",
+    "action_of",
+    "host_info",
+    "record_from_host_call",
+    "refusal",
+    "refusal_error_record",
+]
+
+
+def host_info() -> HostInfo:
+    """The host the runspace pool declares: a console with a UI, as PowerShell's own client sends.
+
+    Declaring a UI is what makes PowerShell pass on a guest's verbose, warning and debug lines
+    (Invoke-Command of a remote session writes them through the host); without one they are
+    dropped even with ``-Verbose``. The raw UI data is what a 120x50 console would report;
+    PowerShell's server answers RawUI getters from it without a round trip.
+    """
+    return HostInfo(
+        IsHostNull=False,
+        IsHostUINull=False,
+        IsHostRawUINull=False,
+        UseRunspaceHost=True,
+        HostDefaultData=HostDefaultData(
+            ForegroundColor=ConsoleColor.Gray,
+            BackgroundColor=ConsoleColor.Black,
+            CursorPosition=Coordinates(X=0, Y=0),
+            WindowPosition=Coordinates(X=0, Y=0),
+            CursorSize=25,
+            BufferSize=Size(Width=120, Height=3000),
+            WindowSize=Size(Width=120, Height=50),
+            MaxWindowSize=Size(Width=120, Height=50),
+            MaxPhysicalWindowSize=Size(Width=240, Height=84),
+            WindowTitle="vmbusops",
+        ),
+    )
 
 
 class HostCallAction(enum.Enum):
@@ -106,6 +184,17 @@ def refusal(method: Method) -> str:
             "and no one is there to answer"
         )
     return f"vmbusops runs commands unattended and does not answer the host call {method.name}"
+
+
+def refusal_error_record(method: Method) -> PSErrorRecord:
+    """The error a call that expects an answer is answered with (its message is :func:`refusal`)."""
+    return PSErrorRecord(
+        Exception=NETException(Message=refusal(method)),
+        CategoryInfo=ErrorCategoryInfo(
+            Category=ErrorCategory.NotImplemented, Activity=method.name, Reason="NonInteractiveHost"
+        ),
+        FullyQualifiedErrorId="VmbusOpsNonInteractiveHost",
+    )
 
 
 def record_from_host_call(method: Method, parameters: Sequence[object]) -> Record | None:

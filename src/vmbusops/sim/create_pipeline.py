@@ -40,12 +40,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.etree import ElementTree
 
-from psrpcore import CreatePipelineEvent, PowerShell, PSRPCoreError, PSRPEvent, ServerRunspacePool
-from psrpcore._payload import PSRPMessage
-from psrpcore.types import PSObject, PSRPMessageType
-from psrpcore.types._serializer import deserialize
+from psrpcore import CreatePipelineEvent, PowerShell, PSRPCoreError, PSRPEvent
+from psrpcore.types import PSObject, PSRPMessageType, deserialize
 
 from vmbusops.psrp.decode import clixml_unescape
+from vmbusops.psrp.psrpcore_private import HookedServerRunspacePool, ReceivedMessage, session_cipher
 
 __all__ = [
     "GuestCredentialValue",
@@ -447,21 +446,21 @@ class ParsedCreatePipelineEvent(CreatePipelineEvent):
         return self._psrpcore_view()
 
 
-class SimRunspacePool(ServerRunspacePool):
+class SimRunspacePool(HookedServerRunspacePool):
     """psrpcore's server pool; CreatePipeline messages are read by :func:`parse_create_pipeline`."""
 
-    def _process_message(self, message: PSRPMessage) -> PSRPEvent[Any, Any]:
+    def handle_message(self, message: ReceivedMessage) -> PSRPEvent[Any, Any]:
         if message.message_type != PSRPMessageType.CreatePipeline or message.pipeline_id is None:
-            return super()._process_message(message)
+            return super().handle_message(message)
         data = bytes(message.data)
-        commands = parse_create_pipeline(data, self._cipher.decrypt)
+        cipher = session_cipher(self)
+        commands = parse_create_pipeline(data, cipher.decrypt)
         if commands is None:
-            return super()._process_message(message)
+            return super().handle_message(message)
         if message.pipeline_id not in self.pipeline_table:
             raise PSRPCoreError(f"Failed to find pipeline for incoming event {message.pipeline_id!s}")
         # psrpcore would set pipe.metadata to its PowerShell object here; the server takes the
         # commands from the event instead, and pipe.metadata stays None.
-        cipher = self._cipher
 
         def psrpcore_view() -> PowerShell:
             value = deserialize(ElementTree.fromstring(data), cipher)  # noqa: S314

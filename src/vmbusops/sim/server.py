@@ -70,6 +70,7 @@ from psrpcore.types import (
 
 from vmbusops.errors import FramingError
 from vmbusops.psrp.framing import POOL_GUID, DataStream, Packet, PacketKind, PacketReader, encode
+from vmbusops.psrp.psrpcore_private import next_object_id, take_queued_messages
 from vmbusops.sim import clixml
 from vmbusops.sim.create_pipeline import ParsedCreatePipelineEvent, SimRunspacePool
 from vmbusops.sim.hyperv import CommandSpec, HyperVHost
@@ -388,8 +389,8 @@ class PSRPServer:
     ) -> None:
         """Queue a PSRP message built outside psrpcore, numbered from the pool's own counter."""
         # The object id must come from psrpcore's counter so our messages and psrpcore's never
-        # share an id; this is the one place the simulator reaches into psrpcore's internals.
-        object_id = self.pool._fragment_counter
+        # share an id.
+        object_id = next_object_id(self.pool)
         self.outbox.add_message(
             _Message(
                 pipeline_id,
@@ -401,15 +402,13 @@ class PSRPServer:
 
     def _pump(self) -> None:
         """Move what psrpcore queued in the pool's send buffer to the outbox, in order."""
-        buffer = self.pool._send_buffer
-        for message in buffer:
+        for message in take_queued_messages(self.pool):
             stream = (
                 DataStream.PROMPT_RESPONSE
                 if message.stream_type is StreamType.prompt_response
                 else (DataStream.DEFAULT)
             )
             self.outbox.add_message(_Message(message.pipeline_id, stream, message.object_id, message.data))
-        buffer.clear()
 
     def _ack(self, packet: Packet) -> None:
         self.outbox.add_line(encode(Packet(kind=packet.kind.ack, guid=packet.guid)))
