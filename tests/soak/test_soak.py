@@ -1,0 +1,15 @@
+"""A short seeded chaos soak (``./scripts/soak --minutes 10`` is the long one)."""
+
+from __future__ import annotations
+
+import pytest
+from tests.soak.chaos import run_soak
+
+
+@pytest.mark.slow
+def test_a_short_seeded_soak_loses_nothing_and_the_agent_comes_back() -> None:
+    report = run_soak(40, seed=11, vms=6)
+    print("\n".join(report.lines()))
+    assert sum(report.actions.values()) >= 5, report.lines()
+    assert report.answered_201 > 0 and report.jobs >= report.answered_201 - 1
+    assert report.ok, "\n".join(report.lines())
