@@ -113,4 +113,4 @@ async def test_a_killed_host_is_reopened_and_later_jobs_run(tmp_path: Path, vmbu
     # One line per change of state, not one per attempt (the lab was away for several attempts).
     assert events.count("host-down") == 1 and events.count("host-up") == 1, events
     down = next(line for line in lines if line.get("event") == "host-down")
-    assert down["host"] == "sim" and "closed its output" in down["reason"]
+    assert down["host"] == "sim" and down["reason"].startswith("the PowerShell host")
