@@ -19,6 +19,8 @@ a file that decides which host the agent drives must not pass silently. ::
     submit_burst = 10
     max_bundle_bytes = 268435456
     shutdown_grace_seconds = 30  # on SIGTERM, runs get this long to finish before they are stopped
+    host_wait_seconds = 10       # a submission waits this long for a host being reopened, then 503
+    host_reconnect_max_seconds = 30  # the longest wait between attempts to reopen a dead host
 
     [hosts.hv01]               # remote hosts by name: --host hv01 (see vmbusops.inventory)
     transport = "ssh"
@@ -46,7 +48,7 @@ _KNOWN: dict[str, set[str]] = {
     "sim": {"lab"},
     "agent": {
         "listen", "tls_cert", "tls_key", "client_ca", "submit_rate_per_minute", "submit_burst",
-        "max_bundle_bytes", "shutdown_grace_seconds",
+        "max_bundle_bytes", "shutdown_grace_seconds", "host_wait_seconds", "host_reconnect_max_seconds",
     },
 }
 
@@ -61,6 +63,8 @@ class AgentConfig:
     submit_burst: int = 10
     max_bundle_bytes: int = 256 << 20
     shutdown_grace_seconds: float = 30.0
+    host_wait_seconds: float = 10.0
+    host_reconnect_max_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,4 +144,6 @@ def _agent_config(section: dict[str, Any], path: Path) -> AgentConfig:
         submit_burst=int(number("submit_burst", 10, 1, 1e6)),
         max_bundle_bytes=int(number("max_bundle_bytes", 256 << 20, 1024, 1 << 40)),
         shutdown_grace_seconds=number("shutdown_grace_seconds", 30, 0, 86400),
+        host_wait_seconds=number("host_wait_seconds", 10, 0, 300),
+        host_reconnect_max_seconds=number("host_reconnect_max_seconds", 30, 0.05, 3600),
     )

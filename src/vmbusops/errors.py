@@ -12,7 +12,8 @@ never carry a secret::
     │   ├── FramingError            the peer wrote something that is not OutOfProc framing
     │   ├── HostProcessExitedError  the child process died or closed its output
     │   ├── HostKeyError            a remote host's key is unknown or changed (not retried)
-    │   └── HostAuthError           a remote host refused our login (not retried)
+    │   ├── HostAuthError           a remote host refused our login (not retried)
+    │   └── HostDownError           the agent's host connection is down, being reopened
     ├── PSRPError                   the peer spoke PSRP but refused or broke (pool broken, ...)
     ├── PipelineStoppedError        a pipeline was stopped (cancelled or timed out)
     ├── HostCommandError            a host-side cmdlet failed for a reason not listed below
@@ -84,6 +85,21 @@ class HostAuthError(TransportError):
     """A remote host refused the login (wrong key, user, password or certificate)."""
 
     transient = False
+
+
+class HostDownError(TransportError):
+    """The agent's connection to its host died and is being reopened; nothing was started.
+
+    ``since`` is when it went down (seconds since the epoch), ``retry_after`` how many seconds
+    until the next attempt to reopen it (a hint for a client's ``Retry-After``)."""
+
+    def __init__(
+        self, message: str, *, host: str, since: float, retry_after: float, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.host = host
+        self.since = since
+        self.retry_after = retry_after
 
 
 class PSRPError(VmbusOpsError):

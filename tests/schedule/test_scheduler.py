@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from vmbusops.bundle.manifest import Manifest, manifest_from_dict
+from vmbusops.errors import HostDownError
 from vmbusops.schedule.clock import ManualClock
 from vmbusops.schedule.plan import Window, catch_up, next_window, window_of
 from vmbusops.schedule.scheduler import Scheduler
@@ -155,4 +156,28 @@ async def test_an_expired_bundle_stops_its_schedule(tmp_path: Path) -> None:
         assert scheduler.history[-1][2] == "expired"
         await advance_to(clock, T0 + timedelta(days=2))
         assert host.launched == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_tick_while_the_host_is_down_is_skipped_and_the_schedule_goes_on(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    host = Host(clock)
+    down = True
+
+    async def launch(entry: ScheduleEntry, window: Window) -> int:
+        if down:
+            raise HostDownError("the Hyper-V host sim is down", host="sim", since=0.0, retry_after=1.0)
+        return await host.launch(entry, window)
+
+    store = ScheduleStore(tmp_path / "schedules.sqlite")
+    scheduler = Scheduler(store, launch=launch, job_active=host.job_active, clock=clock, poll=60)
+    store.register(scheduled(jitter=0), bundle_dir=None, source="test", now=T0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(scheduler.run)
+        await advance_to(clock, T0 + timedelta(hours=1, minutes=1))
+        assert [outcome for _, _, outcome in scheduler.history] == ["skipped: host down"]
+        down = False
+        await advance_to(clock, T0 + timedelta(days=1, hours=1, minutes=1))
+        assert [outcome for _, _, outcome in scheduler.history] == ["skipped: host down", "started"]
+        assert len(host.launched) == 1
         nursery.cancel_scope.cancel()

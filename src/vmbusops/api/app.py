@@ -25,13 +25,13 @@ from vmbusops.api.auth import Operation, Principal, Refusal
 from vmbusops.api.cursor import Cursor, CursorError
 from vmbusops.api.follow import JobFollower, record_data
 from vmbusops.api.openapi import openapi_document
-from vmbusops.api.problems import ApiProblem, from_error, not_found
+from vmbusops.api.problems import ApiProblem, from_error, host_down, not_found
 from vmbusops.api.service import AgentService, AgentStopping, TargetsOutOfScope
 from vmbusops.api.tls import peer_certificate
 from vmbusops.engine import JobSource
 from vmbusops.engine.journal import RunView
 from vmbusops.engine.views import job_json, run_json
-from vmbusops.errors import VmbusOpsError
+from vmbusops.errors import HostDownError, VmbusOpsError
 from vmbusops.records import Stream
 
 log = logging.getLogger("vmbusops.api")
@@ -113,8 +113,18 @@ def build_app(service: AgentService) -> Starlette:
 
     # ------------------------------------------------------------------ handlers
     async def health(request: Request) -> Response:
-        status = "stopping" if service.stopping else "ready" if service.ready else "starting"
-        body = {"status": status, "version": __version__, "jobs_running": len(service.running)}
+        host = service.hosts.status
+        status = (
+            "stopping" if service.stopping
+            else "starting" if not service.ready
+            else "ready" if host.up
+            else "host-down"
+        )  # fmt: skip
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(host.since))
+        body = {
+            "status": status, "version": __version__, "jobs_running": len(service.running),
+            "host": {"name": host.name, "up": host.up, "since": since},
+        }  # fmt: skip
         return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
     async def metrics(request: Request) -> Response:
@@ -162,6 +172,9 @@ def build_app(service: AgentService) -> Starlette:
                 )
             try:
                 bundle, targets = await service.accept(path, who)
+            except HostDownError as exc:
+                service.metrics.submissions.labels("host-down").inc()
+                raise host_down(exc) from None
             except TargetsOutOfScope as exc:
                 service.metrics.submissions.labels("out-of-scope").inc()
                 raise refuse(request, 403, str(who), f"bundle targets VMs outside the scope: {', '.join(exc.vms) or '(none)'}",

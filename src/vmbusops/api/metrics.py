@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from vmbusops.guestops.supervisor import HostStatus
+
 
 class AgentMetrics:
     def __init__(self) -> None:
@@ -31,6 +33,21 @@ class AgentMetrics:
         self.submit_seconds = Histogram(
             "vmbusops_submit_seconds", "Time to verify a bundle and start its job", registry=self.registry
         )
+
+        self.host_up = Gauge(
+            "vmbusops_host_up", "1 while the Hyper-V host connection is up", ["host"], registry=self.registry
+        )
+        self.host_reconnects = Counter(
+            "vmbusops_host_reconnects", "Host connections reopened after one died", ["host"], registry=self.registry
+        )
+        self._reconnects_seen = 0
+
+    def host_changed(self, status: HostStatus) -> None:
+        """A :class:`~vmbusops.guestops.supervisor.HostSupervisor`'s ``on_change``."""
+        self.host_up.labels(status.name).set(1 if status.up else 0)
+        if status.reconnects > self._reconnects_seen:
+            self.host_reconnects.labels(status.name).inc(status.reconnects - self._reconnects_seen)
+            self._reconnects_seen = status.reconnects
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -49,7 +49,7 @@ def openapi_document() -> dict[str, Any]:
                             },
                         },
                         "503": {
-                            "description": "starting or stopping",
+                            "description": "starting, stopping, or the host connection is down (being reopened)",
                             "content": {
                                 "application/json": {"schema": {"$ref": "#/components/schemas/Health"}}
                             },
@@ -375,9 +375,18 @@ def openapi_document() -> dict[str, Any]:
                 "Health": {
                     "type": "object",
                     "properties": {
-                        "status": {"type": "string", "enum": ["starting", "ready", "stopping"]},
+                        "status": {"type": "string", "enum": ["starting", "ready", "host-down", "stopping"]},
                         "version": {"type": "string"},
                         "jobs_running": {"type": "integer"},
+                        "host": {
+                            "type": "object",
+                            "description": "the Hyper-V host connection: up or down, since when (UTC)",
+                            "properties": {
+                                "name": {"type": "string"},
+                                "up": {"type": "boolean"},
+                                "since": {"type": "string", "format": "date-time"},
+                            },
+                        },
                     },
                 },
                 "Job": {

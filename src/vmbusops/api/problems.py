@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -10,6 +11,7 @@ from vmbusops.errors import (
     BundleError,
     ConfigError,
     CredentialStoreError,
+    HostDownError,
     JournalError,
     VmbusOpsError,
 )
@@ -63,9 +65,20 @@ def from_error(exc: VmbusOpsError) -> ApiProblem:
         return ApiProblem(
             422, "job-not-startable", "The job cannot start on this host", exc.message, hint=exc.hint
         )
+    if isinstance(exc, HostDownError):
+        return host_down(exc)
     if isinstance(exc, JournalError):
         return ApiProblem(503, "journal-unavailable", "The journal is unavailable", exc.message)
     return ApiProblem(503, "host-unavailable", "The host cannot take the job now", exc.message)
+
+
+def host_down(exc: HostDownError) -> ApiProblem:
+    """The host connection is being reopened: retryable, nothing was started (the cause is in the
+    agent's log, not here: it may quote the host's stderr)."""
+    return ApiProblem(
+        503, "host-down", "The Hyper-V host is down", exc.message, hint=exc.hint, host=exc.host,
+        headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))},
+    )  # fmt: skip
 
 
 def not_found(what: str) -> ApiProblem:

@@ -1,7 +1,10 @@
 """``vmbusops agent``: the engine, the scheduler and the API in one trio process.
 
 Start-up: host connection, engine (which reconciles what a previous agent left interrupted),
-scheduler, then Hypercorn (trio worker) on the configured address. Once it listens, the agent is
+scheduler, then Hypercorn (trio worker) on the configured address. The host connection is held by
+a :class:`~vmbusops.guestops.supervisor.HostSupervisor`: if the host process (or SSH / WinRM
+session) dies later, the runs on it fail, the agent reopens it with backoff, and meanwhile
+``/v1/health`` says ``host-down`` and submissions get a retryable 503. Once it listens, the agent is
 *ready*: ``/v1/health`` says so, a JSON line ``{"event": "ready", "listen": [...]}`` goes to
 stdout, the ready file (if asked for) is written, and systemd is notified (``Type=notify``).
 
@@ -40,7 +43,7 @@ from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential
 from vmbusops.engine import EngineOptions, Journal, open_engine
 from vmbusops.guestops.connect import open_host
-from vmbusops.guestops.host import HyperVHost
+from vmbusops.guestops.supervisor import Backoff, HostSupervisor, supervise_host
 
 log = logging.getLogger("vmbusops.agent")
 
@@ -117,8 +120,14 @@ async def run_agent(
 
     try:
         with trio.open_signal_receiver(*_signals()) as signals:
-            async with open_host(host, config=config) as hv_direct:
-                hv = InventoryCachingHost(hv_direct)
+            supervisor = HostSupervisor(
+                host or config.host,
+                partial(open_host, host, config=config),
+                backoff=Backoff(cap=agent.host_reconnect_max_seconds),
+                wrap=InventoryCachingHost,
+                on_change=metrics.host_changed,
+            )
+            async with supervise_host(supervisor) as hv:
                 await _serve(
                     hv=hv, journal=journal, reader=reader, principals=principals, broadcaster=broadcaster,
                     metrics=metrics, holder=holder, signals=signals, config=config,
@@ -135,7 +144,7 @@ async def run_agent(
 
 async def _serve(
     *,
-    hv: HyperVHost,
+    hv: HostSupervisor,
     journal: Journal,
     reader: Journal,
     principals: PrincipalStore,
@@ -168,7 +177,7 @@ async def _serve(
         jobs_done = trio.Event()
         jobs = await top.start(_hold_jobs_nursery, jobs_scope, jobs_done)
         service = AgentService(
-            engine=engine, reader=reader, jobs=jobs, principals=principals, config=agent,
+            engine=engine, hosts=hv, reader=reader, jobs=jobs, principals=principals, config=agent,
             broadcaster=broadcaster, metrics=metrics,
         )  # fmt: skip
         holder.append(service)

@@ -2,7 +2,10 @@
 
 :class:`AgentService` is what the HTTP layer (:mod:`.app`) and the scheduler call; it knows
 nothing of HTTP. Jobs run as tasks of the service's job nursery, beside (not inside) the request
-that submitted them, so a client that disconnects never cancels a job. Journal reads go through a
+that submitted them, so a client that disconnects never cancels a job. The host connection is
+the :class:`~vmbusops.guestops.supervisor.HostSupervisor`'s: while it is being reopened, a
+submission waits up to ``host_wait_seconds`` for it, then is refused with
+:class:`~vmbusops.errors.HostDownError` before anything is verified or journaled. Journal reads go through a
 connection of their own in worker threads, so followers never wait behind the engine's writer.
 """
 
@@ -32,6 +35,7 @@ from vmbusops.config import AgentConfig
 from vmbusops.engine import Engine, JobSource, Journal, RecordArrived, State, resolve_targets
 from vmbusops.engine.journal import JobView, RunView
 from vmbusops.errors import VmbusOpsError
+from vmbusops.guestops.supervisor import HostSupervisor
 
 log = logging.getLogger("vmbusops.agent")
 T = TypeVar("T")
@@ -51,6 +55,7 @@ class AgentService:
         self,
         *,
         engine: Engine,
+        hosts: HostSupervisor,
         reader: Journal,
         jobs: trio.Nursery,
         principals: PrincipalStore,
@@ -60,6 +65,7 @@ class AgentService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
+        self.hosts = hosts
         self.reader = reader
         self.jobs_nursery = jobs
         self.principals = principals
@@ -125,7 +131,8 @@ class AgentService:
 
     # ------------------------------------------------------------------ submit
     async def check_targets(self, manifest: Manifest, who: Principal) -> list[str]:
-        host_vms = [vm.name for vm in await self.engine.host.list_vms()]
+        host = await self.hosts.wait_current(self.config.host_wait_seconds)
+        host_vms = [vm.name for vm in await host.list_vms()]
         targets = resolve_targets(manifest, host_vms)
         outside = tuple(vm for vm in targets if not who.covers_vm(vm))
         if outside or (not targets and not who.sees_all_vms()):

@@ -2,7 +2,9 @@
 
 Theory of operation
 -------------------
-:func:`open_engine` gives an :class:`Engine` bound to one host, one journal and one nursery, in
+:func:`open_engine` gives an :class:`Engine` bound to one host (one connection, or in the agent a
+:class:`~vmbusops.guestops.supervisor.HostSupervisor` that reopens it; a job keeps the connection
+it started on), one journal and one nursery, in
 which two background tasks live: the journal writer (:mod:`.writer`) and the *keeper*, which every
 ``heartbeat_interval`` refreshes the owner's heartbeat on its jobs and VM leases and polls the
 journal for cancel requests (``vmbusops jobs cancel`` only writes a flag; the owner acts on it).
@@ -56,6 +58,7 @@ from vmbusops.engine.states import State
 from vmbusops.engine.writer import JournalWriter
 from vmbusops.errors import JournalError, VmbusOpsError
 from vmbusops.guestops.host import HyperVHost
+from vmbusops.guestops.supervisor import HostSupervisor
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,6 +79,8 @@ class EngineOptions:
 @dataclass(eq=False)
 class _Job:
     machine: JobMachine
+    #: The host connection the job started on; all its runs use it (see :attr:`Engine.host`).
+    host: HyperVHost
     source: JobSource
     credential: GuestCredential
     staging: JobStaging
@@ -95,7 +100,7 @@ class Engine:
 
     def __init__(
         self,
-        host: HyperVHost,
+        host: HyperVHost | HostSupervisor,
         journal: Journal,
         writer: JournalWriter,
         *,
@@ -104,7 +109,7 @@ class Engine:
         options: EngineOptions,
         on_event: Callable[[EngineEvent], None] | None,
     ) -> None:
-        self.host = host
+        self._host = host
         self.journal = journal
         self.writer = writer
         self.credential_for = credential_for
@@ -116,6 +121,16 @@ class Engine:
         self.leases = VmLeases(journal, writer, self.owner, poll_interval=options.lease_poll_interval)
         self._jobs: dict[int, _Job] = {}
 
+    @property
+    def host(self) -> HyperVHost:
+        """The host to start new work on. Under a :class:`HostSupervisor` that is the current
+        connection, or :class:`~vmbusops.errors.HostDownError` while it is being reopened. A job
+        takes it once, before anything is journaled, and keeps it: its runs (and its staged
+        files) belong to that connection and fail with its error if it dies."""
+        if isinstance(self._host, HostSupervisor):
+            return self._host.current()
+        return self._host
+
     # ------------------------------------------------------------------ jobs
     async def run_job(
         self, source: JobSource, *, on_created: Callable[[int], None] | None = None
@@ -123,10 +138,11 @@ class Engine:
         """Resolve the targets (unless the submission did), journal a new job, run it to its end."""
         manifest = source.manifest
         credential = self.credential_for(manifest.credential)
+        host = self.host
         if source.targets is not None:
             vms = list(source.targets)
         else:
-            vms = resolve_targets(manifest, [vm.name for vm in await self.host.list_vms()])
+            vms = resolve_targets(manifest, [vm.name for vm in await host.list_vms()])
         job_id, run_ids = await self.writer.call(
             lambda: self.journal.create_job(
                 bundle_name=manifest.name,
@@ -146,10 +162,11 @@ class Engine:
         if on_created is not None:
             on_created(job_id)
         runs = [self._run_machine(job_id, source, run_ids[vm], vm) for vm in vms]
-        return await self._execute(self._job(job_id, source, credential, runs))
+        return await self._execute(self._job(job_id, host, source, credential, runs))
 
     async def resume_job(self, job_id: int, source: JobSource | None = None) -> JobResult:
         """Take over an interrupted job and finish it according to its bundle's resume policy."""
+        host = self.host
         await self.writer.call(self.journal.reconcile)
         view = await self.writer.call(self.journal.job, job_id)
         if view.stored_state is not State.INTERRUPTED:
@@ -172,7 +189,7 @@ class Engine:
             run.error = rv.error
             outputs += run.resume(abandon=abandon)
             runs.append(run)
-        job = self._job(job_id, source, credential, runs)
+        job = self._job(job_id, host, source, credential, runs)
         job.machine.state = State.INTERRUPTED
         self._emit([*outputs, *job.machine.resume()])
         await self.writer.commit()
@@ -189,7 +206,12 @@ class Engine:
         )
 
     def _job(
-        self, job_id: int, source: JobSource, credential: GuestCredential, runs: list[RunMachine]
+        self,
+        job_id: int,
+        host: HyperVHost,
+        source: JobSource,
+        credential: GuestCredential,
+        runs: list[RunMachine],
     ) -> _Job:
         execution = source.manifest.execution
         total = len(runs)
@@ -200,9 +222,10 @@ class Engine:
         )
         return _Job(
             machine=JobMachine(id=job_id, runs=runs, max_errors=max_errors),
+            host=host,
             source=source,
             credential=credential,
-            staging=JobStaging(self.host, job_id, source, copied_files(source.manifest)),
+            staging=JobStaging(host, job_id, source, copied_files(source.manifest)),
             limiter=trio.CapacityLimiter(max(1, execution.max_concurrency.of(total))),
             scopes={run.id: trio.CancelScope() for run in runs},
             cancelled=set(),
@@ -275,7 +298,7 @@ class Engine:
     async def _run_target(self, job: _Job, run: RunMachine) -> None:
         ctx = RunContext(
             machine=run,
-            host=self.host,
+            host=job.host,
             source=job.source,
             credential=job.credential,
             staging=job.staging,
@@ -351,7 +374,7 @@ class Engine:
 
 @asynccontextmanager
 async def open_engine(
-    host: HyperVHost,
+    host: HyperVHost | HostSupervisor,
     journal: Journal,
     *,
     credential_for: Callable[[str], GuestCredential],
@@ -359,7 +382,10 @@ async def open_engine(
     options: EngineOptions | None = None,
     on_event: Callable[[EngineEvent], None] | None = None,
 ) -> AsyncIterator[Engine]:
-    """An engine with its journal writer and keeper running; both stop (flushed) on exit."""
+    """An engine with its journal writer and keeper running; both stop (flushed) on exit.
+
+    ``host`` is one connection (the command line), or a :class:`HostSupervisor` that reopens it
+    when it dies (the agent)."""
     options = options or EngineOptions()
     writer = JournalWriter(
         journal,

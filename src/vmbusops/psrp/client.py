@@ -111,6 +111,7 @@ class RunspacePool:
         self._session_key = trio.Event()
         self._state_changed = trio.Event()
         self._error: VmbusOpsError | None = None
+        self._broken = trio.Event()
         self._closed = False
         self._reader_scope = trio.CancelScope(shield=True)
         self._writer_scope = trio.CancelScope(shield=True)
@@ -129,6 +130,7 @@ class RunspacePool:
         if self._error is not None:
             return
         self._error = exc
+        self._broken.set()
         log.debug("runspace pool on %s broken: %s", self.description, exc)
         for event in self._ack_waiters.values():
             event.set()
@@ -139,6 +141,14 @@ class RunspacePool:
         self._session_key.set()
         self._writer_wakeup.set()
         self._notify_state()
+
+    async def wait_broken(self) -> VmbusOpsError:
+        """Wait until the pool breaks (the host died, the connection went away, the peer wrote
+        garbage) and return the error every caller sees. The reader notices at once, whether or
+        not a command is running; a pool closed on purpose never breaks."""
+        await self._broken.wait()
+        assert self._error is not None
+        return self._error
 
     def _raise_if_broken(self) -> None:
         if self._error is not None:

@@ -3,7 +3,7 @@
 :class:`~vmbusops.psrp.client.RunspacePool` satisfies :class:`HostSession` over every transport
 (a child process, an SSH subsystem, WinRM through :class:`~vmbusops.psrp.winrm.WinRMTransport`):
 run statements of structured commands, yield their records live as :mod:`vmbusops.records`
-types, stop a pipeline that is left early. The host operations depend on this protocol only, so
+types, stop a pipeline that is left early, say when the session broke under us. The host operations depend on this protocol only, so
 a session of another shape can stand in without touching them.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
+from vmbusops.errors import VmbusOpsError
 from vmbusops.records import PipelineStateRecord, Record
 
 if TYPE_CHECKING:
@@ -48,3 +49,7 @@ class HostSession(Protocol):
     def invoke(self, statements: Iterable[Sequence[Command]]) -> AbstractAsyncContextManager[RecordStream]: ...
 
     async def run(self, statements: Iterable[Sequence[Command]], **kwargs: Any) -> list[Record]: ...
+
+    async def wait_broken(self) -> VmbusOpsError:
+        """Wait until the session breaks under us; return the error its callers see."""
+        ...

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from vmbusops.errors import HostDownError
 from vmbusops.schedule.clock import Clock, SystemClock
 from vmbusops.schedule.plan import Window, catch_up, next_window
 from vmbusops.schedule.store import ScheduleEntry, ScheduleStore
@@ -96,6 +97,8 @@ class Scheduler:
                 enable_guest_services=entry.enable_guest_services,
                 execution=capped,
             )
+            # A host being reopened may come back within the window: wait for it until the cut-off.
+            await service.hosts.wait_current(max(0.0, left))
             service.metrics.scheduled_runs.labels("started").inc()
             return await service.start_job(source, origin=f"schedule:{entry.name}")
 
@@ -213,6 +216,14 @@ class Scheduler:
                 extra={"event": "schedule-skipped", "why": "cutoff", **fields},
             )
             return "skipped: past the cut-off", None
-        job = await self.launch(entry, window)
+        try:
+            job = await self.launch(entry, window)
+        except HostDownError as exc:
+            # The agent is reopening its host and it did not come back before the cut-off.
+            log.warning(
+                "tick skipped: the host is down",
+                extra={"event": "schedule-skipped", "why": "host-down", "host": exc.host, **fields},
+            )
+            return "skipped: host down", None
         log.info("scheduled run started", extra={"event": "schedule-run", "job": job, **fields})
         return "started", job
