@@ -251,6 +251,9 @@ def trust() -> None:
 @click.option("--steps", default=None, help="Comma-separated step kinds allowed (default: all).")
 @click.option("--until", default=None, help="When this trust ends (ISO 8601, UTC if no zone).")
 @click.option("--threshold", type=click.IntRange(1, 32), default=1, help="Signers needed from this scope.")
+@click.option(
+    "--rename", is_flag=True, help="The key is trusted already: only give it the name --name (scopes unchanged)."
+)
 @_trust_option
 def trust_add(
     pubkey: Path,
@@ -260,10 +263,15 @@ def trust_add(
     steps: str | None,
     until: str | None,
     threshold: int,
+    rename: bool,
     trust_path: Path | None,
 ) -> None:
     """Trust PUBKEY to sign bundles within a scope. Keys added with the same scope share it
-    (so --threshold 2 on two keys means both must sign)."""
+    (so --threshold 2 on two keys means both must sign).
+
+    A key trusted already is left as it is: the same name and scope again is a no-op (exit 0);
+    anything else is refused (exit 2), but --rename gives it a new name. To change what a key
+    may do, remove it and add it again."""
     path = trust_path or trust_policy_path()
     try:
         policy = load_trust_policy(path)
@@ -287,9 +295,37 @@ def trust_add(
         until=_parse_until(until),
         threshold=threshold,
     )
+    known = policy.keys.get(key.keyid)
+    if rename:
+        _rename_key(policy, path, key, known, scoped=bool(vms or credential or steps or until or threshold != 1))
+        return
+    if known is not None:
+        if known.name == key.name and policy.has_scope(key.keyid, scope):
+            click.echo(f"{key.keyid[:16]} is already trusted as {known.name} with this scope; nothing changed")
+            return
+        raise TrustPolicyError(
+            f"{pubkey} is already trusted as {known.name} ({key.keyid[:16]}); nothing changed",
+            hint=f"to rename it: vmbusops trust add {pubkey} --name NEW --rename; to change what it may do:"
+            f" vmbusops trust remove {key.keyid[:16]}, then add it again",
+        )
     policy = policy.with_key(key, scope)
     save_trust_policy(policy, path)
     click.echo(f"trusted {key.name} ({key.keyid}) in {path}")
+
+
+def _rename_key(policy: TrustPolicy, path: Path, key: TrustedKey, known: TrustedKey | None, *, scoped: bool) -> None:
+    if known is None:
+        raise TrustPolicyError(
+            f"{key.keyid[:16]} is not trusted, so there is nothing to rename",
+            hint="trust it with: vmbusops trust add PUBKEY (without --rename)",
+        )
+    if scoped:
+        raise TrustPolicyError(
+            "--rename changes only the name; it takes no scope options",
+            hint=f"to change what the key may do: vmbusops trust remove {key.keyid[:16]}, then add it again",
+        )
+    save_trust_policy(policy.renamed(key.keyid, key.name), path)
+    click.echo(f"renamed {known.name} ({key.keyid}) to {key.name} in {path}")
 
 
 @trust.command("list")
