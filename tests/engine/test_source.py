@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vmbusops.bundle.manifest import Manifest, manifest_from_dict
 from vmbusops.engine import JobSource, Journal
-from vmbusops.engine.owner import current_owner
+from vmbusops.owner import current_owner
 from vmbusops.schedule.store import ScheduleStore
 
 
