@@ -48,14 +48,14 @@ from vmbusops.engine.executors import StepFailed, copied_files, executor_of
 from vmbusops.engine.journal import Journal
 from vmbusops.engine.leases import VmLeases
 from vmbusops.engine.machine import JobMachine, Output, RunMachine, StepInfo
-from vmbusops.engine.owner import Owner, current_owner
 from vmbusops.engine.plan import GuestBatch, plan_units
 from vmbusops.engine.source import JobSource, resolve_targets
 from vmbusops.engine.staged import JobStaging
 from vmbusops.engine.states import State
 from vmbusops.engine.writer import JournalWriter
-from vmbusops.errors import JournalError, VmbusOpsError
+from vmbusops.errors import BundleError, JournalError, VmbusOpsError
 from vmbusops.guestops.host import HyperVHost
+from vmbusops.owner import Owner, current_owner
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,6 +136,7 @@ class Engine:
                 manifest=manifest.to_json().decode("utf-8"),
                 bundle_dir=str(source.directory) if source.directory is not None else None,
                 enable_guest_services=source.enable_guest_services,
+                envelope=source.envelope.decode("utf-8") if source.envelope is not None else None,
                 host=self.host_name,
                 vms=vms,
                 steps=[(s.name, s.kind.value) for s in manifest.steps],
@@ -148,8 +149,17 @@ class Engine:
         runs = [self._run_machine(job_id, source, run_ids[vm], vm) for vm in vms]
         return await self._execute(self._job(job_id, source, credential, runs))
 
-    async def resume_job(self, job_id: int, source: JobSource | None = None) -> JobResult:
-        """Take over an interrupted job and finish it according to its bundle's resume policy."""
+    async def resume_job(
+        self, job_id: int, source: JobSource | None = None, *, recheck: Callable[[JobSource], object] | None
+    ) -> JobResult:
+        """Take over an interrupted job and finish it according to its bundle's resume policy.
+
+        ``recheck`` judges the job's bundle again first (in a worker thread; the callers pass
+        :func:`.acceptance.recheck`: today's trust policy, scope, expiry, the kept files). If it
+        raises a :class:`BundleError`, nothing runs: the job and its interrupted runs end failed
+        with the reason in the journal, and the error is raised. ``None`` only where the bundle's
+        trust is not in question (tests of the engine alone).
+        """
         await self.writer.call(self.journal.reconcile)
         view = await self.writer.call(self.journal.job, job_id)
         if view.stored_state is not State.INTERRUPTED:
@@ -158,6 +168,15 @@ class Engine:
             )
         await self.writer.call(self.journal.claim_job, job_id, self.owner, time.time())
         source = source if source is not None else JobSource.from_journal(view)
+        refused: BundleError | None = None
+        if recheck is not None:
+            try:
+                await trio.to_thread.run_sync(recheck, source)
+            except BundleError as exc:
+                refused = exc
+        if refused is not None:
+            await self._refuse_resume(job_id, source, f"not resumed: {refused.message}")
+            raise refused
         credential = self.credential_for(source.manifest.credential)
         abandon = source.manifest.execution.resume is ResumePolicy.ABANDON
         runs: list[RunMachine] = []
@@ -177,6 +196,22 @@ class Engine:
         self._emit([*outputs, *job.machine.resume()])
         await self.writer.commit()
         return await self._execute(job)
+
+    async def _refuse_resume(self, job_id: int, source: JobSource, message: str) -> None:
+        """The interrupted job's bundle failed verification again: end it, and its runs, with why."""
+        runs: list[RunMachine] = []
+        outputs: list[Output] = []
+        for rv in await self.writer.call(self.journal.runs, job_id):
+            steps = await self.writer.call(self.journal.steps, rv.id)
+            run = self._run_machine(job_id, source, rv.id, rv.vm)
+            run.state = rv.stored_state
+            run.step_states = [s.state for s in steps]
+            run.attempts = [s.attempts for s in steps]
+            outputs += run.refuse(message)
+            runs.append(run)
+        job = JobMachine(id=job_id, runs=runs, max_errors=0, state=State.INTERRUPTED)
+        self._emit([*outputs, *job.refuse(message)])
+        await self.writer.commit()
 
     def _run_machine(self, job_id: int, source: JobSource, run_id: int, vm: str) -> RunMachine:
         restart = source.manifest.execution.resume is ResumePolicy.RESTART
