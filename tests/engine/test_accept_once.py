@@ -156,6 +156,7 @@ def test_a_run_killed_before_its_job_exists_leaves_the_bundle_unused(
     held = subprocess.run([sys.executable, "-c", reserve, str(path)], env=env, check=False, capture_output=True)
     assert held.returncode == 0, held.stderr
     assert jobs(vmbusops_home) == []
+    assert vmbusops(env, "bundle", "verify", str(path)).returncode == 0
     ok = vmbusops(env, "run", str(path))
     assert ok.returncode == 0, ok.stderr
     assert [state for _, state in jobs(vmbusops_home)] == ["success"]

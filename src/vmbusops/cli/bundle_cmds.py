@@ -15,9 +15,8 @@ from vmbusops.bundle.dsse import verified_signers
 from vmbusops.bundle.errors import BadSignatureError, KeyFileError, TrustPolicyError
 from vmbusops.bundle.keys import load_public_key, read_private_key_file, write_keypair
 from vmbusops.bundle.manifest import Manifest, Step, StepKind, format_time
-from vmbusops.bundle.paths import keys_dir, replay_store_path, trust_policy_path
+from vmbusops.bundle.paths import keys_dir, trust_policy_path
 from vmbusops.bundle.policy import Scope, TrustedKey, TrustPolicy, load_trust_policy, save_trust_policy
-from vmbusops.bundle.replay import ReplayStore
 from vmbusops.bundle.scaffold import write_example
 from vmbusops.bundle.verify import read_unverified, verify_bundle
 from vmbusops.errors import ConfigError
@@ -222,8 +221,10 @@ def bundle_inspect(file: Path, trust_path: Path | None) -> None:
 @_trust_option
 def bundle_verify(file: Path, trust_path: Path | None) -> None:
     """Run every check a host runs before accepting the bundle; records nothing."""
+    from vmbusops.engine.acceptance import reading_replay
+
     policy = _policy(trust_path)
-    with ReplayStore(replay_store_path()) as replay:
+    with reading_replay() as replay:
         verified = verify_bundle(file, policy=policy, replay=replay)
     m = verified.manifest
     who = ", ".join(f"{k.name} ({k.keyid[:12]})" for k in verified.signers)

@@ -24,16 +24,17 @@ from vmbusops.bundle.paths import accepted_bundles_dir, replay_store_path, trust
 from vmbusops.bundle.policy import load_trust_policy
 from vmbusops.bundle.replay import HasFact, ReplayStore
 from vmbusops.bundle.verify import AcceptedBundle, VerifiedBundle, accept_bundle, release_accepted, reverify
-from vmbusops.engine.journal import Journal
+from vmbusops.engine.journal import Journal, journal_path
 from vmbusops.engine.source import JobSource
 from vmbusops.schedule.store import ScheduleStore, schedules_path
 
 
-def bundle_has_fact(journal: Journal) -> HasFact:
-    """Whether a job (in ``journal``) or a schedule (in the agent's store) of a bundle id exists."""
+def bundle_has_fact(journal: Journal | None) -> HasFact:
+    """Whether a job (in ``journal``; None: there is no journal yet) or a schedule (in the agent's
+    store) of a bundle id exists."""
 
     def has_fact(bundle_id: str) -> bool:
-        if journal.has_bundle(bundle_id):
+        if journal is not None and journal.has_bundle(bundle_id):
             return True
         path = schedules_path()
         if not path.exists():
@@ -47,8 +48,13 @@ def bundle_has_fact(journal: Journal) -> HasFact:
     return has_fact
 
 
-def open_replay(journal: Journal) -> ReplayStore:
+def open_replay(journal: Journal | None) -> ReplayStore:
     return ReplayStore(replay_store_path(), has_fact=bundle_has_fact(journal))
+
+
+def reading_replay() -> ReplayStore:
+    """The replay store as ``bundle verify`` reads it: nothing written, the journal only read."""
+    return open_replay(Journal(readonly=True) if journal_path().exists() else None)
 
 
 def accept(path: Path, journal: Journal) -> AcceptedBundle:
@@ -80,4 +86,6 @@ def recheck(source: JobSource) -> VerifiedBundle:
     return recheck_kept(source.envelope, source.manifest, source.directory)
 
 
-__all__ = ["accept", "bundle_has_fact", "confirm", "open_replay", "recheck", "recheck_kept", "release"]
+__all__ = [
+    "accept", "bundle_has_fact", "confirm", "open_replay", "reading_replay", "recheck", "recheck_kept", "release",
+]  # fmt: skip
