@@ -363,6 +363,9 @@ def test_same_bundle_twice(lab: Lab, tmp_path: Path) -> None:
         lab.good, policy=trusting(lab.alice), replay=lab.replay, workdir=tmp_path / "ok", now=lab.now
     )
     assert (first.directory / "files" / "motd.txt").is_file()
+    # held while its job is being made, then accepted for good
+    assert_rejected(lab, lab.good, E.ReplayedBundleError, "is being accepted by process")
+    lab.replay.confirm(first.manifest.id)
     assert_rejected(lab, lab.good, E.ReplayedBundleError, "was already accepted on this host")
     # re-signing does not make it new: the id is in the signed manifest
     sign_bundle(lab.good, lab.bob)

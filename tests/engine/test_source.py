@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vmbusops.bundle.manifest import Manifest, manifest_from_dict
 from vmbusops.engine import JobSource, Journal
-from vmbusops.engine.owner import current_owner
+from vmbusops.owner import current_owner
 from vmbusops.schedule.store import ScheduleStore
 
 
@@ -40,6 +40,7 @@ def journal_job(journal: Journal, manifest: Manifest, *, gsi: bool) -> int:
         manifest=manifest.to_json().decode(),
         bundle_dir="/srv/bundles/x",
         enable_guest_services=gsi,
+        envelope='{"signed": "envelope"}',
         host="HV1",
         vms=["web01"],
         steps=[("hello", "script")],
@@ -57,6 +58,7 @@ def test_a_resumed_job_keeps_the_permission_its_bundle_was_accepted_with(tmp_pat
     assert source.enable_guest_services is True
     assert (source.manifest, source.directory, source.source) == (manifest, Path("/srv/bundles/x"), "api:ops")
     assert JobSource.from_journal(journal.job(plain)).enable_guest_services is False
+    assert source.envelope == b'{"signed": "envelope"}'  # kept, so resuming can verify it again
 
 
 def test_a_journal_from_before_the_permission_column_opens_and_defaults_it_off(tmp_path: Path) -> None:
@@ -74,7 +76,9 @@ def test_a_journal_from_before_the_permission_column_opens_and_defaults_it_off(t
 def test_a_scheduled_tick_keeps_the_permission_and_takes_the_window_s_execution(tmp_path: Path) -> None:
     store = ScheduleStore(tmp_path / "schedules.sqlite")
     manifest = dsc_manifest()
-    store.register(manifest, bundle_dir="/b", source="api:ops", now=datetime.now(UTC), enable_guest_services=True)
+    store.register(
+        manifest, bundle_dir="/b", source="api:ops", now=datetime.now(UTC), enable_guest_services=True, envelope=b"{}"
+    )
     entry = store.get(manifest.name)
     capped = replace(manifest.execution, delivery_timeout_seconds=5.0)
     source = JobSource.from_schedule(
@@ -83,7 +87,9 @@ def test_a_scheduled_tick_keeps_the_permission_and_takes_the_window_s_execution(
         source=entry.source,
         enable_guest_services=entry.enable_guest_services,
         execution=capped,
+        envelope=entry.envelope,
     )
     assert source.enable_guest_services is True
+    assert source.envelope == b"{}"
     assert source.manifest.execution.delivery_timeout_seconds == 5.0
     assert source.directory == Path("/b")

@@ -189,19 +189,28 @@ def build_app(service: AgentService) -> Starlette:
             path.unlink(missing_ok=True)
         manifest = bundle.manifest
         if manifest.schedule is not None and service.register_schedule is not None:
-            entry = await service.register_schedule(bundle)
+            made = False
+            try:
+                entry = await service.register_schedule(bundle)
+                made = True
+            finally:
+                await service.settle(bundle, made=made)
             service.metrics.submissions.labels("scheduled").inc()
             log.info(
                 "schedule registered", extra={"event": "scheduled", "who": str(who), "bundle": manifest.name}
             )
             return JSONResponse({"schedule": entry}, status_code=202)
+        made = False
         try:
             job_id = await service.start_job(JobSource.from_accepted(bundle, targets=tuple(targets)), origin=str(who))
+            made = True
         except AgentStopping:
             raise ApiProblem(503, "stopping", "The agent is stopping", "try again when it is back") from None
         except VmbusOpsError as exc:
             service.metrics.submissions.labels("not-started").inc()
             raise from_error(exc) from None
+        finally:
+            await service.settle(bundle, made=made)
         service.metrics.submissions.labels("accepted").inc()
         service.metrics.submit_seconds.observe(time.perf_counter() - started)
         log.info(

@@ -405,6 +405,10 @@ def openapi_document() -> dict[str, Any]:
                         "finished_at": {"type": ["number", "null"]},
                         "owner_pid": {"type": ["integer", "null"]},
                         "cancel_requested": {"type": "boolean"},
+                        "error": {
+                            "type": ["string", "null"],
+                            "description": "why the job ended when no run says it (a resume refused)",
+                        },
                         "runs": {"type": "object", "additionalProperties": {"type": "integer"}},
                         "targets": {"type": "array", "items": {"type": "string"}},
                     },

@@ -27,12 +27,10 @@ from vmbusops.api.broadcast import Broadcaster, JobEnded, StreamEvent
 from vmbusops.api.metrics import AgentMetrics
 from vmbusops.api.ratelimit import SubmitRateLimiter
 from vmbusops.bundle.manifest import Manifest
-from vmbusops.bundle.paths import accepted_bundles_dir, replay_store_path, trust_policy_path
-from vmbusops.bundle.policy import load_trust_policy
-from vmbusops.bundle.replay import ReplayStore
-from vmbusops.bundle.verify import AcceptedBundle, accept_bundle, read_unverified
+from vmbusops.bundle.paths import accepted_bundles_dir
+from vmbusops.bundle.verify import AcceptedBundle, read_unverified
 from vmbusops.config import AgentConfig
-from vmbusops.engine import Engine, JobSource, Journal, RecordArrived, State, resolve_targets
+from vmbusops.engine import Engine, JobSource, Journal, RecordArrived, State, acceptance, resolve_targets
 from vmbusops.engine.journal import JobView, RunView
 from vmbusops.errors import VmbusOpsError
 from vmbusops.guestops.supervisor import HostSupervisor
@@ -164,22 +162,31 @@ class AgentService:
 
     async def accept(self, path: Path, who: Principal) -> tuple[AcceptedBundle, list[str]]:
         """Verify exactly as ``vmbusops run`` does; before that, refuse targets outside ``who``'s
-        scope (from the unverified manifest: refusing early is safe, and a bundle refused for
-        scope is not burnt in the replay store). Returns the bundle and the VMs it targets, resolved
+        scope and a credential reference this host cannot resolve (from the unverified manifest:
+        refusing early is safe, and a bundle refused so is not burnt in the replay store); asking
+        the host for its VMs shows it answers. Returns the bundle, reserved for this process until
+        :meth:`settle` (see :mod:`vmbusops.engine.acceptance`), and the VMs it targets, resolved
         once here for the job to run on."""
         _, unverified = await trio.to_thread.run_sync(read_unverified, path)
         targets = await self.check_targets(unverified, who)
-
-        def accept_now() -> AcceptedBundle:
-            policy = load_trust_policy(trust_policy_path())
-            with ReplayStore(replay_store_path()) as replay:
-                return accept_bundle(path, policy=policy, replay=replay, workdir=accepted_bundles_dir())
-
+        await trio.to_thread.run_sync(self.engine.credential_for, unverified.credential)
         async with self._accept_lock:
-            bundle = await trio.to_thread.run_sync(accept_now)
+            bundle = await trio.to_thread.run_sync(acceptance.accept, path, self.reader)
         if bundle.manifest.targets != unverified.targets:  # the same file, so never; but be sure
-            targets = await self.check_targets(bundle.manifest, who)
+            try:
+                targets = await self.check_targets(bundle.manifest, who)
+            except BaseException:
+                await self.settle(bundle, made=False)
+                raise
         return bundle, targets
+
+    async def settle(self, bundle: AcceptedBundle, *, made: bool) -> None:
+        """The bundle's job or schedule was ``made``: its acceptance stands; or it was not: the
+        bundle is given back (it may be submitted again). Shielded: a cancelled request still
+        settles what it reserved."""
+        settle = acceptance.confirm if made else acceptance.release
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(settle, bundle, self.reader)
 
     async def start_job(self, source: JobSource, *, origin: str) -> int:
         """Start a job in the job nursery; returns its id once it is in the journal."""

@@ -219,6 +219,16 @@ class TrustPolicy:
         scopes.append(replace(scope, keys=(key.keyid,)))
         return TrustPolicy(keys=keys, scopes=tuple(scopes))
 
+    def has_scope(self, keyid: str, scope: Scope) -> bool:
+        """Whether ``keyid`` is already in a scope with ``scope``'s rights."""
+        return any(keyid in s.keys and s.same_rights(scope) for s in self.scopes)
+
+    def renamed(self, keyid: str, name: str) -> TrustPolicy:
+        """The same policy, with the trusted key ``keyid`` under another name."""
+        keys = dict(self.keys)
+        keys[keyid] = replace(keys[keyid], name=name)
+        return TrustPolicy(keys=keys, scopes=self.scopes)
+
     def without_key(self, keyid: str) -> TrustPolicy:
         keys = {k: v for k, v in self.keys.items() if k != keyid}
         scopes = []

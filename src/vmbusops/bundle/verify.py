@@ -7,14 +7,22 @@ Theory of operation. One pass over the file, front to back, stopping at the firs
 2. verify the signatures of keys the trust policy knows; at least one, and some scope's threshold;
 3. only now parse the manifest (strict schema);
 4. freshness: not expired, not issued in the future (both with ``Limits.clock_skew``), version
-   not lower than the last accepted for the name, id never accepted before;
+   not lower than the last accepted for the name, id never accepted (nor held) before;
 5. one trust scope must cover the targets, the credential and every step kind, with enough signers;
 6. stream every remaining member through SHA-256 (and, when accepting, into a fresh owner-only
    directory), refusing anything not exactly as the manifest lists it.
 
 :func:`verify_bundle` performs all of it and writes nothing anywhere. :func:`accept_bundle` also
-extracts and, only when everything held, records the id and version in the replay store; on any
-failure it removes what it extracted, so a rejected bundle leaves nothing behind.
+extracts and, only when everything held, *reserves* the id and version in the replay store for
+the calling process; on any failure it removes what it extracted, so a rejected bundle leaves
+nothing behind. The caller then creates the bundle's job (or schedule) and confirms the
+reservation, or releases it (:func:`release_accepted`) when it could not: see
+:mod:`vmbusops.bundle.replay` for why acceptance and the job are one fact.
+
+:func:`reverify` is the same judgement, made again later, on what a job kept of its bundle (the
+signed envelope, the manifest, the extracted files): signatures against today's trust policy,
+scope, expiry, each file's SHA-256; it neither reads nor writes the replay store. Resuming a job
+and each tick of a schedule call it, so a key removed from the trust policy since stops them.
 
 Both block on file I/O; the engine calls them from a worker thread (``trio.to_thread.run_sync``).
 """
@@ -27,7 +35,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
@@ -38,6 +46,7 @@ from vmbusops.bundle.errors import (
     ArchiveError,
     DigestMismatchError,
     DuplicateMemberError,
+    EnvelopeError,
     EnvelopeMissingError,
     EnvelopeTooLargeError,
     ExpiredBundleError,
@@ -52,6 +61,7 @@ from vmbusops.bundle.manifest import ENVELOPE_MEMBER, FileEntry, Manifest, forma
 from vmbusops.bundle.policy import Scope, TrustedKey, TrustPolicy
 from vmbusops.bundle.replay import ReplayStore
 from vmbusops.errors import ConfigError
+from vmbusops.owner import Owner, current_owner
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
@@ -79,14 +89,19 @@ class VerifiedBundle:
     manifest: Manifest
     signers: tuple[TrustedKey, ...]
     scope: Scope
+    #: The signed envelope as verified: a job keeps it so that resuming can verify it again.
+    envelope: Envelope
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AcceptedBundle(VerifiedBundle):
-    """A verified bundle, extracted into ``directory`` (owner-only) and recorded as accepted.
-    The caller owns ``directory`` and removes it when the job is done."""
+    """A verified bundle, extracted into ``directory`` (owner-only) and reserved in the replay
+    store for ``holder``, which confirms it once the bundle's job or schedule exists, or gives it
+    back with :func:`release_accepted`. The caller owns ``directory`` and removes it when the job
+    is done."""
 
     directory: Path
+    holder: Owner
 
     def local_path(self, bundle_path: str) -> Path:
         """Where a manifest path (a file, or a DSC module folder) was extracted."""
@@ -274,6 +289,7 @@ def verify_stream(
         manifest=manifest,
         signers=tuple(policy.keys[k] for k in sorted(signers)),
         scope=scope,
+        envelope=envelope,
     )
 
 
@@ -319,21 +335,25 @@ def accept_bundle(
     workdir: Path,
     now: datetime | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    holder: Owner | None = None,
 ) -> AcceptedBundle:
-    """Verify, extract into a fresh owner-only directory under ``workdir``, and record the bundle.
+    """Verify, extract into a fresh owner-only directory under ``workdir``, and reserve the bundle
+    for ``holder`` (this process by default).
 
     On any failure nothing remains: the directory is removed and nothing is recorded.
     """
+    holder = holder if holder is not None else current_owner()
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     directory = Path(tempfile.mkdtemp(prefix="bundle-", dir=workdir))
     try:
         verified = _verify(path, policy=policy, replay=replay, now=now, limits=limits, dest=directory)
         m = verified.manifest
-        replay.record(
+        replay.reserve(
             bundle_id=m.id,
             name=m.name,
             version=m.version,
             accepted_at=now if now is not None else datetime.now(UTC),
+            holder=holder,
         )
     except BaseException as exc:
         shutil.rmtree(directory, ignore_errors=True)
@@ -345,8 +365,103 @@ def accept_bundle(
         manifest=verified.manifest,
         signers=verified.signers,
         scope=verified.scope,
+        envelope=verified.envelope,
         directory=directory,
+        holder=holder,
     )
+
+
+def release_accepted(bundle: AcceptedBundle, replay: ReplayStore) -> None:
+    """No job or schedule could be made of ``bundle``: give its acceptance back, remove its files."""
+    replay.release(bundle.manifest.id, bundle.holder)
+    shutil.rmtree(bundle.directory, ignore_errors=True)
+
+
+def reverify(
+    envelope: bytes | None,
+    manifest: Manifest,
+    *,
+    policy: TrustPolicy,
+    directory: Path | None,
+    now: datetime | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> VerifiedBundle:
+    """Judge a bundle accepted earlier again, on what its job kept: ``envelope`` (its JSON),
+    the ``manifest`` the job runs, and the files extracted into ``directory``.
+
+    Every check of :func:`verify_stream` but the replay store's: the envelope must still be signed
+    by keys today's ``policy`` trusts, in a scope that still covers the manifest, which must be
+    the one signed and not expired; each file must still have its signed SHA-256.
+    """
+    reference_time = now if now is not None else datetime.now(UTC)
+    if envelope is None:
+        raise EnvelopeMissingError(
+            f"{manifest.name} v{manifest.version}: its signed envelope was not kept, so it cannot be"
+            " verified again",
+            hint="submit a freshly built and signed bundle for the remaining work",
+        )
+    if len(envelope) > limits.max_envelope_bytes:
+        raise EnvelopeTooLargeError(
+            f"the kept envelope is {len(envelope)} bytes; the limit is {limits.max_envelope_bytes}",
+            member=ENVELOPE_MEMBER,
+        )
+    parsed = parse_envelope(envelope)
+    signers = verified_signers(parsed, policy.public_keys())
+    policy.check_signers(signers, signed_by=[s.keyid for s in parsed.signatures])
+    signed = parse_manifest(parsed.payload)
+    if not _runs_as_signed(manifest, signed):
+        raise EnvelopeError(
+            f"{manifest.name} v{manifest.version}: the kept manifest is not the one its envelope signs",
+            hint="do not resume this job; submit a freshly built and signed bundle",
+        )
+    if signed.is_expired(reference_time, skew=limits.clock_skew):
+        raise ExpiredBundleError(
+            f"{signed.name} v{signed.version} expired at {format_time(signed.expires)}"
+            f" (now {format_time(reference_time)})",
+            hint="ask its author for a freshly built and signed bundle",
+        )
+    scope = policy.authorize(signed, signers, reference_time=reference_time)
+    if signed.files:
+        if directory is None:
+            raise MissingMemberError(
+                f"{signed.name}: the job kept no folder for its files", member=signed.files[0].path
+            )
+        for entry in signed.files:
+            _check_kept_file(directory, entry)
+    return VerifiedBundle(
+        source=signed.name,
+        manifest=signed,
+        signers=tuple(policy.keys[k] for k in sorted(signers)),
+        scope=scope,
+        envelope=parsed,
+    )
+
+
+def _runs_as_signed(kept: Manifest, signed: Manifest) -> bool:
+    """``kept`` is ``signed``, but for a delivery timeout a scheduled tick may have shortened."""
+    limit = signed.execution.delivery_timeout_seconds
+    as_signed = replace(kept, execution=replace(kept.execution, delivery_timeout_seconds=limit))
+    return kept.execution.delivery_timeout_seconds <= limit and as_signed.to_json() == signed.to_json()
+
+
+def _check_kept_file(directory: Path, entry: FileEntry) -> None:
+    path = directory.joinpath(*entry.path.split("/"))
+    digest = hashlib.sha256()
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_BINARY | _O_CLOEXEC)
+        with os.fdopen(fd, "rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise MissingMemberError(
+            f"the kept file {entry.path!r} cannot be read: {exc.strerror}", member=entry.path
+        ) from exc
+    if digest.hexdigest() != entry.sha256:
+        raise DigestMismatchError(
+            f"the kept file {entry.path!r} no longer matches its SHA-256 in the signed manifest",
+            hint="do not resume this job; its files were altered after it was accepted",
+            member=entry.path,
+        )
 
 
 def read_unverified(path: Path, *, limits: Limits = DEFAULT_LIMITS) -> tuple[Envelope, Manifest]:

@@ -15,9 +15,8 @@ from vmbusops.bundle.dsse import verified_signers
 from vmbusops.bundle.errors import BadSignatureError, KeyFileError, TrustPolicyError
 from vmbusops.bundle.keys import load_public_key, read_private_key_file, write_keypair
 from vmbusops.bundle.manifest import Manifest, Step, StepKind, format_time
-from vmbusops.bundle.paths import keys_dir, replay_store_path, trust_policy_path
+from vmbusops.bundle.paths import keys_dir, trust_policy_path
 from vmbusops.bundle.policy import Scope, TrustedKey, TrustPolicy, load_trust_policy, save_trust_policy
-from vmbusops.bundle.replay import ReplayStore
 from vmbusops.bundle.scaffold import write_example
 from vmbusops.bundle.verify import read_unverified, verify_bundle
 from vmbusops.errors import ConfigError
@@ -222,8 +221,10 @@ def bundle_inspect(file: Path, trust_path: Path | None) -> None:
 @_trust_option
 def bundle_verify(file: Path, trust_path: Path | None) -> None:
     """Run every check a host runs before accepting the bundle; records nothing."""
+    from vmbusops.engine.acceptance import reading_replay
+
     policy = _policy(trust_path)
-    with ReplayStore(replay_store_path()) as replay:
+    with reading_replay() as replay:
         verified = verify_bundle(file, policy=policy, replay=replay)
     m = verified.manifest
     who = ", ".join(f"{k.name} ({k.keyid[:12]})" for k in verified.signers)
@@ -251,6 +252,9 @@ def trust() -> None:
 @click.option("--steps", default=None, help="Comma-separated step kinds allowed (default: all).")
 @click.option("--until", default=None, help="When this trust ends (ISO 8601, UTC if no zone).")
 @click.option("--threshold", type=click.IntRange(1, 32), default=1, help="Signers needed from this scope.")
+@click.option(
+    "--rename", is_flag=True, help="The key is trusted already: only give it the name --name (scopes unchanged)."
+)
 @_trust_option
 def trust_add(
     pubkey: Path,
@@ -260,10 +264,15 @@ def trust_add(
     steps: str | None,
     until: str | None,
     threshold: int,
+    rename: bool,
     trust_path: Path | None,
 ) -> None:
     """Trust PUBKEY to sign bundles within a scope. Keys added with the same scope share it
-    (so --threshold 2 on two keys means both must sign)."""
+    (so --threshold 2 on two keys means both must sign).
+
+    A key trusted already is left as it is: the same name and scope again is a no-op (exit 0);
+    anything else is refused (exit 2), but --rename gives it a new name. To change what a key
+    may do, remove it and add it again."""
     path = trust_path or trust_policy_path()
     try:
         policy = load_trust_policy(path)
@@ -287,9 +296,37 @@ def trust_add(
         until=_parse_until(until),
         threshold=threshold,
     )
+    known = policy.keys.get(key.keyid)
+    if rename:
+        _rename_key(policy, path, key, known, scoped=bool(vms or credential or steps or until or threshold != 1))
+        return
+    if known is not None:
+        if known.name == key.name and policy.has_scope(key.keyid, scope):
+            click.echo(f"{key.keyid[:16]} is already trusted as {known.name} with this scope; nothing changed")
+            return
+        raise TrustPolicyError(
+            f"{pubkey} is already trusted as {known.name} ({key.keyid[:16]}); nothing changed",
+            hint=f"to rename it: vmbusops trust add {pubkey} --name NEW --rename; to change what it may do:"
+            f" vmbusops trust remove {key.keyid[:16]}, then add it again",
+        )
     policy = policy.with_key(key, scope)
     save_trust_policy(policy, path)
     click.echo(f"trusted {key.name} ({key.keyid}) in {path}")
+
+
+def _rename_key(policy: TrustPolicy, path: Path, key: TrustedKey, known: TrustedKey | None, *, scoped: bool) -> None:
+    if known is None:
+        raise TrustPolicyError(
+            f"{key.keyid[:16]} is not trusted, so there is nothing to rename",
+            hint="trust it with: vmbusops trust add PUBKEY (without --rename)",
+        )
+    if scoped:
+        raise TrustPolicyError(
+            "--rename changes only the name; it takes no scope options",
+            hint=f"to change what the key may do: vmbusops trust remove {key.keyid[:16]}, then add it again",
+        )
+    save_trust_policy(policy.renamed(key.keyid, key.name), path)
+    click.echo(f"renamed {known.name} ({key.keyid}) to {key.name} in {path}")
 
 
 @trust.command("list")

@@ -1,7 +1,11 @@
 """``vmbusops run``, ``vmbusops jobs`` and ``vmbusops logs``: jobs from signed bundles, and the journal.
 
 ``run`` verifies and accepts a bundle through the bundle layer (nothing unverified ever runs from
-the command line), then runs it in this process with live progress. ``jobs`` and ``logs`` only read
+the command line), then runs it in this process with live progress. What can be known before the
+bundle is accepted is checked first (its credential reference resolves, the host answers); the
+acceptance is reserved until the job is in the journal and given back if it never got there
+(:mod:`vmbusops.engine.acceptance`), so a failed ``run`` can simply be run again. ``jobs resume``
+verifies the job's kept bundle again against today's trust policy before it runs anything. ``jobs`` and ``logs`` only read
 the journal, so they work while a job runs in another process and after it died; ``jobs cancel``
 writes a request that the owning process acts on within a second.
 """
@@ -21,10 +25,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from vmbusops.bundle.paths import accepted_bundles_dir, replay_store_path, trust_policy_path
-from vmbusops.bundle.policy import load_trust_policy
-from vmbusops.bundle.replay import ReplayStore
-from vmbusops.bundle.verify import AcceptedBundle, accept_bundle
+from vmbusops.bundle.verify import AcceptedBundle, read_unverified
 from vmbusops.cli import exitcodes
 from vmbusops.cli.common import host_option, load, run_trio
 from vmbusops.cli.output import RecordPrinter, use_colour
@@ -33,12 +34,14 @@ from vmbusops.cli.remote import agent_option, remote_logs, resolve_agent
 from vmbusops.config import Config
 from vmbusops.credentials import credential_resolver
 from vmbusops.engine import (
+    Engine,
     EngineEvent,
     JobResult,
     JobSource,
     Journal,
     RecordArrived,
     State,
+    acceptance,
     open_engine,
 )
 from vmbusops.engine.journal import RunView
@@ -194,28 +197,27 @@ def _run_json(r: RunView, journal: Journal) -> dict[str, Any]:
 # --- run ------------------------------------------------------------------------------------------
 
 
-def _accept(path: Path) -> AcceptedBundle:
-    policy = load_trust_policy(trust_policy_path())
-    with ReplayStore(replay_store_path()) as replay:
-        return accept_bundle(path, policy=policy, replay=replay, workdir=accepted_bundles_dir())
-
-
 async def _run_source(
     config: Config,
     host: str | None,
     progress: Progress,
     *,
-    bundle: AcceptedBundle | None = None,
+    bundle_file: Path | None = None,
     resume: int | None = None,
 ) -> int:
     journal = Journal()
     try:
+        credential_for = credential_resolver(config, host)
+        if bundle_file is not None:
+            # Found before the bundle is accepted, so a refusal here uses nothing up.
+            _, unverified = await trio.to_thread.run_sync(read_unverified, bundle_file)
+            credential_for(unverified.credential)
         async with (
             open_host(host, config=config) as hv,
             open_engine(
                 hv,
                 journal,
-                credential_for=credential_resolver(config, host),
+                credential_for=credential_for,
                 host_name=host or config.host,
                 on_event=progress,
             ) as engine,
@@ -226,19 +228,36 @@ async def _run_source(
                 else _Null() as live
             ):
                 progress.live = live if isinstance(live, Live) else None
-                if bundle is not None:
-                    result = await engine.run_job(
-                        JobSource.from_accepted(bundle), on_created=progress.created
-                    )
+                if bundle_file is not None:
+                    result = await _run_accepted(engine, journal, bundle_file, progress)
                 else:
                     assert resume is not None
                     progress.created(resume)
-                    result = await engine.resume_job(resume)
+                    result = await engine.resume_job(resume, recheck=acceptance.recheck)
             progress.live = None
         progress.summary(result, journal)
         return _exit_code(result)
     finally:
         journal.close()
+
+
+async def _run_accepted(engine: Engine, journal: Journal, bundle_file: Path, progress: Progress) -> JobResult:
+    """Accept the bundle and run its job; the acceptance stands only once the job exists."""
+    bundle: AcceptedBundle = await trio.to_thread.run_sync(acceptance.accept, bundle_file, journal)
+    created = False
+
+    def on_created(job_id: int) -> None:
+        nonlocal created
+        created = True
+        acceptance.confirm(bundle, journal)
+        progress.created(job_id)
+
+    try:
+        return await engine.run_job(JobSource.from_accepted(bundle), on_created=on_created)
+    except BaseException:
+        if not created:
+            acceptance.release(bundle, journal)
+        raise
 
 
 class _Null:
@@ -261,9 +280,8 @@ def run_cmd(host: str | None, bundle_file: Path, as_json: bool) -> None:
     Exit code 0 when every target succeeded, 1 when any did not, 4 when the bundle was rejected.
     """
     config = load()
-    bundle = _accept(bundle_file)
     progress = Progress(as_json=as_json)
-    sys.exit(run_trio(lambda: _run_source(config, host, progress, bundle=bundle)))
+    sys.exit(run_trio(lambda: _run_source(config, host, progress, bundle_file=bundle_file)))
 
 
 # --- jobs -----------------------------------------------------------------------------------------
@@ -317,6 +335,8 @@ def jobs_show(job_id: int, as_json: bool) -> None:
         f"job {job.id}  {job.bundle_name} v{job.bundle_version}  {_styled(job.state)}  owner {owner}"
     )
     console.print(f"created {_when(job.created_at)}  duration {_duration(job.started_at, job.finished_at)}")
+    if job.error:
+        console.print(f"[red]{job.error}[/]", markup=True)
     for r in runs:
         console.print(
             f"\n[bold]{r.vm}[/]  {_styled(r.state)}  {_duration(r.started_at, r.finished_at)}"
@@ -351,7 +371,10 @@ def jobs_cancel(job_id: int, vm: str | None) -> None:
 @click.argument("job_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
 def jobs_resume(host: str | None, job_id: int, as_json: bool) -> None:
-    """Finish an interrupted job according to its bundle's resume policy."""
+    """Finish an interrupted job according to its bundle's resume policy.
+
+    Its bundle is verified again first, against today's trust policy; if that fails, the job ends
+    failed with the reason and nothing runs (exit code 4)."""
     config = load()
     progress = Progress(as_json=as_json)
     sys.exit(run_trio(lambda: _run_source(config, host, progress, resume=job_id)))

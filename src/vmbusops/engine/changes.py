@@ -24,6 +24,8 @@ class JobChange:
     #: Written only if the job has no start time yet (a resumed job keeps its first).
     started_at: float | None = None
     finished_at: float | None = None
+    #: Why the job ended the way it did, when no run says it (a resume refused).
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

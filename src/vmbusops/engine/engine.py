@@ -50,15 +50,15 @@ from vmbusops.engine.executors import StepFailed, copied_files, executor_of
 from vmbusops.engine.journal import Journal
 from vmbusops.engine.leases import VmLeases
 from vmbusops.engine.machine import JobMachine, Output, RunMachine, StepInfo
-from vmbusops.engine.owner import Owner, current_owner
 from vmbusops.engine.plan import GuestBatch, plan_units
 from vmbusops.engine.source import JobSource, resolve_targets
 from vmbusops.engine.staged import JobStaging
 from vmbusops.engine.states import State
 from vmbusops.engine.writer import JournalWriter
-from vmbusops.errors import JournalError, VmbusOpsError
+from vmbusops.errors import BundleError, JournalError, VmbusOpsError
 from vmbusops.guestops.host import HyperVHost
 from vmbusops.guestops.supervisor import HostSupervisor
+from vmbusops.owner import Owner, current_owner
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,6 +152,7 @@ class Engine:
                 manifest=manifest.to_json().decode("utf-8"),
                 bundle_dir=str(source.directory) if source.directory is not None else None,
                 enable_guest_services=source.enable_guest_services,
+                envelope=source.envelope.decode("utf-8") if source.envelope is not None else None,
                 host=self.host_name,
                 vms=vms,
                 steps=[(s.name, s.kind.value) for s in manifest.steps],
@@ -164,8 +165,17 @@ class Engine:
         runs = [self._run_machine(job_id, source, run_ids[vm], vm) for vm in vms]
         return await self._execute(self._job(job_id, host, source, credential, runs))
 
-    async def resume_job(self, job_id: int, source: JobSource | None = None) -> JobResult:
-        """Take over an interrupted job and finish it according to its bundle's resume policy."""
+    async def resume_job(
+        self, job_id: int, source: JobSource | None = None, *, recheck: Callable[[JobSource], object] | None
+    ) -> JobResult:
+        """Take over an interrupted job and finish it according to its bundle's resume policy.
+
+        ``recheck`` judges the job's bundle again first (in a worker thread; the callers pass
+        :func:`.acceptance.recheck`: today's trust policy, scope, expiry, the kept files). If it
+        raises a :class:`BundleError`, nothing runs: the job and its interrupted runs end failed
+        with the reason in the journal, and the error is raised. ``None`` only where the bundle's
+        trust is not in question (tests of the engine alone).
+        """
         host = self.host
         await self.writer.call(self.journal.reconcile)
         view = await self.writer.call(self.journal.job, job_id)
@@ -175,10 +185,36 @@ class Engine:
             )
         await self.writer.call(self.journal.claim_job, job_id, self.owner, time.time())
         source = source if source is not None else JobSource.from_journal(view)
+        refused: BundleError | None = None
+        if recheck is not None:
+            try:
+                await trio.to_thread.run_sync(recheck, source)
+            except BundleError as exc:
+                refused = exc
+        if refused is not None:
+            await self._refuse_resume(job_id, source, f"not resumed: {refused.message}")
+            raise refused
         credential = self.credential_for(source.manifest.credential)
         abandon = source.manifest.execution.resume is ResumePolicy.ABANDON
+        runs = await self._stored_runs(job_id, source)
+        outputs = [out for run in runs for out in run.resume(abandon=abandon)]
+        job = self._job(job_id, host, source, credential, runs)
+        job.machine.state = State.INTERRUPTED
+        self._emit([*outputs, *job.machine.resume()])
+        await self.writer.commit()
+        return await self._execute(job)
+
+    async def _refuse_resume(self, job_id: int, source: JobSource, message: str) -> None:
+        """The interrupted job's bundle failed verification again: end it, and its runs, with why."""
+        runs = await self._stored_runs(job_id, source)
+        outputs = [out for run in runs for out in run.refuse(message)]
+        job = JobMachine(id=job_id, runs=runs, max_errors=0, state=State.INTERRUPTED)
+        self._emit([*outputs, *job.refuse(message)])
+        await self.writer.commit()
+
+    async def _stored_runs(self, job_id: int, source: JobSource) -> list[RunMachine]:
+        """The job's runs as the journal left them (to resume or refuse an interrupted job)."""
         runs: list[RunMachine] = []
-        outputs: list[Output] = []
         for rv in await self.writer.call(self.journal.runs, job_id):
             steps = await self.writer.call(self.journal.steps, rv.id)
             run = self._run_machine(job_id, source, rv.id, rv.vm)
@@ -187,13 +223,8 @@ class Engine:
             run.attempts = [s.attempts for s in steps]
             run.next_seq = await self.writer.call(self.journal.next_seq, rv.id)
             run.error = rv.error
-            outputs += run.resume(abandon=abandon)
             runs.append(run)
-        job = self._job(job_id, host, source, credential, runs)
-        job.machine.state = State.INTERRUPTED
-        self._emit([*outputs, *job.machine.resume()])
-        await self.writer.commit()
-        return await self._execute(job)
+        return runs
 
     def _run_machine(self, job_id: int, source: JobSource, run_id: int, vm: str) -> RunMachine:
         restart = source.manifest.execution.resume is ResumePolicy.RESTART

@@ -16,7 +16,7 @@ What is true after any crash, because of how writes are grouped:
 * a step is marked ``success`` in the same transaction as (after) its last records, and the engine
   does not start the next step before that commit; so a step the journal calls finished has all
   its records, and it is never run again unless it says it is idempotent;
-* a job names its owner (pid and process start time, see :mod:`.owner`) and the owner refreshes a
+* a job names its owner (pid and process start time, see :mod:`vmbusops.owner`) and the owner refreshes a
   heartbeat; readers show the active runs of a dead owner as ``interrupted``, and
   :meth:`Journal.reconcile` writes that down;
 * a VM lease (``vm_leases``) names the run that may touch the VM; it is taken in one immediate
@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
-from vmbusops.engine.owner import Owner, owner_alive
 from vmbusops.engine.states import Event, Level, State, next_state
 from vmbusops.errors import JournalError
 from vmbusops.home import home_path
+from vmbusops.owner import Owner, owner_alive
 from vmbusops.storage import add_missing_columns
 
 SCHEMA_VERSION: Final = 2
@@ -68,7 +68,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     error            TEXT,
     pruned           INTEGER NOT NULL DEFAULT 0,
-    enable_guest_services INTEGER NOT NULL DEFAULT 0
+    enable_guest_services INTEGER NOT NULL DEFAULT 0,
+    envelope         TEXT
 );
 CREATE TABLE IF NOT EXISTS runs (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -118,7 +119,10 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 """
 
 #: Columns added after schema 1, added to an older journal when it is opened: (table, column, definition).
-_ADDED_COLUMNS: Final = (("jobs", "enable_guest_services", "INTEGER NOT NULL DEFAULT 0"),)
+_ADDED_COLUMNS: Final = (
+    ("jobs", "enable_guest_services", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "envelope", "TEXT"),
+)
 
 RecordRow = tuple[int, int, str | None, int, str, float, str]
 """(run_id, seq, step, attempt, stream, time, content JSON) as written."""
@@ -156,6 +160,8 @@ class JobView:
     bundle_dir: str | None
     #: The trust scope that accepted the bundle lets its steps enable the Guest Service Interface.
     enable_guest_services: bool
+    #: The signed envelope the bundle was accepted with (JSON), verified again on resume.
+    envelope: str | None
     run_states: dict[str, int]
 
     @property
@@ -297,6 +303,7 @@ class Journal:
         manifest: str,
         bundle_dir: str | None,
         enable_guest_services: bool,
+        envelope: str | None,
         host: str,
         vms: Sequence[str],
         steps: Sequence[tuple[str, str]],
@@ -307,11 +314,11 @@ class Journal:
         with self._write() as db:
             cur = db.execute(
                 "INSERT INTO jobs (bundle_name, bundle_version, bundle_id, source, manifest, bundle_dir,"
-                " enable_guest_services, host, state, created_at, owner_pid, owner_started, heartbeat_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " enable_guest_services, envelope, host, state, created_at, owner_pid, owner_started,"
+                " heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     bundle_name, bundle_version, bundle_id, source, manifest, bundle_dir,
-                    int(enable_guest_services), host, State.PENDING.value, now, owner.pid, owner.started, now,
+                    int(enable_guest_services), envelope, host, State.PENDING.value, now, owner.pid, owner.started, now,
                 ),
             )  # fmt: skip
             job_id = int(cur.lastrowid or 0)
@@ -520,10 +527,15 @@ class Journal:
                     manifest=r["manifest"],
                     bundle_dir=r["bundle_dir"],
                     enable_guest_services=bool(r["enable_guest_services"]),
+                    envelope=r["envelope"],
                     run_states=counts,
                 )
             )
         return out
+
+    def has_bundle(self, bundle_id: str) -> bool:
+        """Whether a job of this bundle id exists (its acceptance stands: see bundle.replay)."""
+        return bool(self._read("SELECT 1 FROM jobs WHERE bundle_id = ? LIMIT 1", (bundle_id,)))
 
     def job(self, job_id: int) -> JobView:
         found = self.jobs(job_id=job_id, limit=1)
@@ -627,6 +639,7 @@ def _update(change: Change) -> tuple[str, list[Any]]:
             put("state", change.state.value)
             put("started_at", change.started_at, "COALESCE(started_at, ?)")
             put("finished_at", change.finished_at)
+            put("error", change.error)
             where, keys = "jobs SET {} WHERE id = ?", [change.job_id]
         case RunChange():
             put("state", change.state.value if change.state is not None else None)

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import trio
 
 from vmbusops.engine.journal import Journal
-from vmbusops.engine.owner import Owner
 from vmbusops.engine.writer import JournalWriter
+from vmbusops.owner import Owner
 
 
 class VmLeases:

@@ -216,6 +216,13 @@ class RunMachine:
             out += self._step(i, Event.RESUME)
         return [*out, *self._run(Event.RESUME)]
 
+    def refuse(self, message: str) -> list[Output]:
+        """After an interruption, the job's bundle no longer passes verification: the run is
+        abandoned with ``message`` and nothing of it runs again."""
+        if self.state is not State.INTERRUPTED:
+            return []
+        return self._abandon(message)
+
     def _abandon(self, message: str) -> list[Output]:
         self._check(Event.ABANDON)
         out: list[Output] = []
@@ -363,6 +370,10 @@ class JobMachine:
     def resume(self) -> list[Output]:
         return [self._event(Event.RESUME)]
 
+    def refuse(self, message: str) -> list[Output]:
+        """An interrupted job whose bundle no longer passes verification ends failed, with why."""
+        return [self._event(Event.ABANDON, finished=True, error=message)]
+
     def start(self) -> list[Output]:
         return [self._event(Event.START, started=True)]
 
@@ -371,13 +382,16 @@ class JobMachine:
         outcome = job_outcome((r.state for r in self.runs), cancel_requested=self.cancel_requested)
         return [self._event(outcome, finished=True)]
 
-    def _event(self, event: Event, *, started: bool = False, finished: bool = False) -> JobChange:
+    def _event(
+        self, event: Event, *, started: bool = False, finished: bool = False, error: str | None = None
+    ) -> JobChange:
         self.state = next_state(Level.JOB, self.state, event)
         return JobChange(
             job_id=self.id,
             state=self.state,
             started_at=self.clock() if started else None,
             finished_at=self.clock() if finished else None,
+            error=error,
         )
 
 

@@ -37,6 +37,9 @@ class JobSource:
     #: The VMs, when they were resolved already at submission (the API checks them against the
     #: caller's scope); None: the engine resolves the manifest's targets when the job starts.
     targets: tuple[str, ...] | None = None
+    #: The signed envelope (JSON) the bundle was accepted with, kept to verify it again on resume
+    #: and on each scheduled tick; None for a job made without one (it cannot be resumed).
+    envelope: bytes | None = None
 
     @classmethod
     def from_accepted(cls, bundle: AcceptedBundle, *, targets: tuple[str, ...] | None = None) -> JobSource:
@@ -46,6 +49,7 @@ class JobSource:
             source=bundle.source,
             enable_guest_services=bundle.scope.enable_guest_services,
             targets=targets,
+            envelope=bundle.envelope.to_json(),
         )
 
     @classmethod
@@ -56,6 +60,7 @@ class JobSource:
             directory=Path(job.bundle_dir) if job.bundle_dir else None,
             source=job.source,
             enable_guest_services=job.enable_guest_services,
+            envelope=job.envelope.encode("utf-8") if job.envelope is not None else None,
         )
 
     @classmethod
@@ -67,6 +72,7 @@ class JobSource:
         source: str,
         enable_guest_services: bool,
         execution: ExecutionPolicy,
+        envelope: bytes | None,
     ) -> JobSource:
         """One tick of a registered schedule, under ``execution`` (the tick's window caps it)."""
         return cls(
@@ -74,6 +80,7 @@ class JobSource:
             directory=Path(bundle_dir) if bundle_dir else None,
             source=source,
             enable_guest_services=enable_guest_services,
+            envelope=envelope,
         )
 
     def local_path(self, bundle_path: str) -> Path:

@@ -21,6 +21,7 @@ def job_json(job: JobView, runs: list[RunView] | None = None) -> dict[str, Any]:
         "finished_at": job.finished_at,
         "owner_pid": job.owner_pid,
         "cancel_requested": job.cancel_requested,
+        "error": job.error,
         "runs": job.run_states,
     }
     if runs is not None:

@@ -4,7 +4,10 @@ For each tick (see :mod:`.plan`): sleep until the run's start (tick + jitter); i
 run of the same schedule is still active, wait for it until the cut-off (no overlap), else skip
 the tick; never start after the cut-off; never start from an expired bundle. The job's delivery
 timeout is capped at the cut-off, so no target starts after it either. Every tick ends as one
-outcome in the store (``started``, ``skipped: ...``, ``missed``), and every skip is logged.
+outcome in the store (``started``, ``skipped: ...``, ``refused: ...``, ``missed``), and every skip
+is logged. Before each tick's job the kept bundle is verified again against today's trust policy
+(the launcher does it): a refusal is the tick's outcome and is logged, and the schedule keeps its
+next ticks, which run again once the bundle passes (an expired bundle ends the schedule).
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from vmbusops.errors import HostDownError
+from vmbusops.errors import BundleError, HostDownError
 from vmbusops.schedule.clock import Clock, SystemClock
 from vmbusops.schedule.plan import Window, catch_up, next_window
 from vmbusops.schedule.store import ScheduleEntry, ScheduleStore
@@ -80,11 +84,14 @@ class Scheduler:
     @classmethod
     def for_service(cls, service: AgentService) -> Scheduler:
         from vmbusops.engine import JobSource
+        from vmbusops.engine.acceptance import recheck_kept
 
         clock = SystemClock()
         store = ScheduleStore()
 
         async def launch(entry: ScheduleEntry, window: Window) -> int:
+            directory = Path(entry.bundle_dir) if entry.bundle_dir else None
+            await trio.to_thread.run_sync(recheck_kept, entry.envelope, entry.manifest, directory)
             execution = entry.manifest.execution
             left = (window.cutoff_at - clock.now()).total_seconds()
             capped = replace(
@@ -96,6 +103,7 @@ class Scheduler:
                 source=entry.source,
                 enable_guest_services=entry.enable_guest_services,
                 execution=capped,
+                envelope=entry.envelope,
             )
             # A host being reopened may come back within the window: wait for it until the cut-off.
             await service.hosts.wait_current(max(0.0, left))
@@ -161,6 +169,7 @@ class Scheduler:
             bundle_dir=str(bundle.directory),
             source=bundle.source,
             enable_guest_services=bundle.scope.enable_guest_services,
+            envelope=bundle.envelope.to_json(),
             now=self.clock.now(),
         )
         if self._nursery is not None:
@@ -225,5 +234,11 @@ class Scheduler:
                 extra={"event": "schedule-skipped", "why": "host-down", "host": exc.host, **fields},
             )
             return "skipped: host down", None
+        except BundleError as exc:
+            log.warning(
+                "tick refused: the schedule's bundle failed verification again",
+                extra={"event": "schedule-refused", "why": exc.message, **fields},
+            )
+            return f"refused: {exc.message}", None
         log.info("scheduled run started", extra={"event": "schedule-run", "job": job, **fields})
         return "started", job

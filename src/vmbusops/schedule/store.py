@@ -32,11 +32,15 @@ CREATE TABLE IF NOT EXISTS schedules (
     last_job      INTEGER,
     last_outcome  TEXT,
     missed        INTEGER NOT NULL DEFAULT 0,
-    enable_guest_services INTEGER NOT NULL DEFAULT 0
+    enable_guest_services INTEGER NOT NULL DEFAULT 0,
+    envelope      TEXT
 );
 """
 #: Columns added since the first schema, added to an older store when it is opened.
-_ADDED_COLUMNS = (("schedules", "enable_guest_services", "INTEGER NOT NULL DEFAULT 0"),)
+_ADDED_COLUMNS = (
+    ("schedules", "enable_guest_services", "INTEGER NOT NULL DEFAULT 0"),
+    ("schedules", "envelope", "TEXT"),
+)
 
 
 def schedules_path() -> Path:
@@ -53,6 +57,8 @@ class ScheduleEntry:
     source: str
     #: The trust scope that accepted the bundle lets its steps enable the Guest Service Interface.
     enable_guest_services: bool
+    #: The signed envelope (JSON) the bundle was accepted with: each tick verifies it again.
+    envelope: bytes | None
     registered_at: datetime
     last_tick: datetime
     last_job: int | None
@@ -82,17 +88,23 @@ class ScheduleStore:
         source: str,
         now: datetime,
         enable_guest_services: bool = False,
+        envelope: bytes | None = None,
     ) -> ScheduleEntry:
         self._exec(
             "INSERT OR REPLACE INTO schedules (name, version, bundle_id, manifest, bundle_dir, source,"
-            " enable_guest_services, registered_at, last_tick, last_job, last_outcome, missed)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0)",
+            " enable_guest_services, envelope, registered_at, last_tick, last_job, last_outcome, missed)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, 0)",
             (
                 manifest.name, manifest.version, manifest.id, manifest.to_json().decode("utf-8"), bundle_dir,
-                source, int(enable_guest_services), now.isoformat(), now.isoformat(),
+                source, int(enable_guest_services), envelope.decode("utf-8") if envelope is not None else None,
+                now.isoformat(), now.isoformat(),
             ),
         )  # fmt: skip
         return self.get(manifest.name)
+
+    def has_bundle(self, bundle_id: str) -> bool:
+        """Whether a schedule of this bundle id is registered (its acceptance stands)."""
+        return bool(self._exec("SELECT 1 FROM schedules WHERE bundle_id = ? LIMIT 1", (bundle_id,)))
 
     def handled(
         self, name: str, tick: datetime, *, outcome: str, job: int | None = None, missed: int = 0
@@ -115,7 +127,7 @@ class ScheduleStore:
     def all(self) -> list[ScheduleEntry]:
         rows = self._exec(
             "SELECT name, version, bundle_id, manifest, bundle_dir, source, registered_at, last_tick,"
-            " last_job, last_outcome, missed, enable_guest_services FROM schedules ORDER BY name"
+            " last_job, last_outcome, missed, enable_guest_services, envelope FROM schedules ORDER BY name"
         )
         return [
             ScheduleEntry(
@@ -126,6 +138,7 @@ class ScheduleStore:
                 bundle_dir=r[4],
                 source=r[5],
                 enable_guest_services=bool(r[11]),
+                envelope=r[12].encode("utf-8") if r[12] is not None else None,
                 registered_at=datetime.fromisoformat(r[6]),
                 last_tick=datetime.fromisoformat(r[7]),
                 last_job=r[8],

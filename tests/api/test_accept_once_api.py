@@ -1,0 +1,28 @@
+"""A submission whose job cannot be made uses nothing up: the same bundle can be submitted again."""
+
+from __future__ import annotations
+
+from tests.api.conftest import Agent, submit
+from tests.engine.conftest import PASSWORD
+from tests.engine.test_accept_once import QUICK, bundle
+
+from vmbusops.bundle.paths import trust_policy_path
+from vmbusops.bundle.policy import Scope, TrustedKey, TrustPolicy, save_trust_policy
+from vmbusops.credentials import CredentialStore, Secret
+
+
+async def test_a_submission_refused_for_its_credential_can_be_made_again(agent: Agent) -> None:
+    scope = Scope(keys=(), credentials=("*",))
+    save_trust_policy(
+        TrustPolicy().with_key(TrustedKey(name="tests", public=agent.key.public_key()), scope), trust_policy_path()
+    )
+    path = bundle(agent.bundles, agent.key, credential="ops-admin", steps=[QUICK], vms=("a-web01",))
+    for _ in range(2):
+        r = await submit(agent, path)
+        assert r.status_code == 422, r.text
+        assert "no credential named 'ops-admin'" in r.json()["detail"]
+    CredentialStore().set("ops-admin", "Administrator", Secret(PASSWORD))
+    r = await submit(agent, path)
+    assert r.status_code == 201, r.text
+    again = await submit(agent, path)
+    assert again.status_code != 201 and "already accepted" in again.json()["detail"]

@@ -1,0 +1,47 @@
+"""`trust add` of a key already trusted changes nothing unless asked to rename it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from vmbusops.bundle.keys import write_keypair
+from vmbusops.bundle.paths import trust_policy_path
+from vmbusops.cli.exitcodes import OK, USAGE
+from vmbusops.cli.main import cli
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_adding_a_trusted_key_again_says_so_and_changes_nothing(tmp_path: Path, vmbusops_home: Path) -> None:
+    _, pub, _ = write_keypair(tmp_path, "alice", passphrase=None)
+    assert run("trust", "add", str(pub), "--vms", "web*")[0] == OK
+    before = trust_policy_path().read_text()
+
+    code, out, _ = run("trust", "add", str(pub), "--vms", "web*")
+    assert code == OK and "already trusted as alice with this scope; nothing changed" in out
+
+    code, _, err = run("trust", "add", str(pub), "--name", "mallory")
+    assert code == USAGE
+    assert "is already trusted as alice" in err and "nothing changed" in err and "Traceback" not in err
+    code, _, err = run("trust", "add", str(pub), "--vms", "*")
+    assert code == USAGE and "already trusted as alice" in err
+    assert trust_policy_path().read_text() == before
+
+    code, out, _ = run("trust", "add", str(pub), "--name", "alice-2024", "--rename")
+    assert code == OK and "renamed alice" in out
+    code, out, _ = run("trust", "list")
+    assert "alice-2024" in out and "web*" in out and out.count("vms ") == 1
+
+
+def test_rename_needs_a_trusted_key_and_no_scope_options(tmp_path: Path, vmbusops_home: Path) -> None:
+    _, pub, _ = write_keypair(tmp_path, "bob", passphrase=None)
+    code, _, err = run("trust", "add", str(pub), "--rename")
+    assert code == USAGE and "not trusted, so there is nothing to rename" in err
+    assert run("trust", "add", str(pub))[0] == OK
+    code, _, err = run("trust", "add", str(pub), "--name", "b", "--rename", "--vms", "x*")
+    assert code == USAGE and "--rename changes only the name" in err
