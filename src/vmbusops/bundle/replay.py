@@ -15,6 +15,7 @@ from types import TracebackType
 
 from vmbusops.bundle.errors import ReplayedBundleError, VersionRollbackError
 from vmbusops.errors import JournalError
+from vmbusops.storage import cannot_write, rollback_quietly
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accepted (
@@ -77,11 +78,13 @@ class ReplayStore:
                     "INSERT INTO accepted (id, name, version, accepted_at) VALUES (?, ?, ?, ?)",
                     (bundle_id, name, version, accepted_at.isoformat()),
                 )
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                rollback_quietly(self._db)  # never in place of the error that got us here
                 raise
-            self._db.execute("COMMIT")
         except sqlite3.Error as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                raise cannot_write("the bundle replay store", self.path, exc) from exc
             raise JournalError(f"cannot record bundle {name} in {self.path}: {exc}") from exc
 
     def close(self) -> None:
