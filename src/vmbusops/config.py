@@ -22,6 +22,12 @@ a file that decides which host the agent drives must not pass silently. ::
     host_wait_seconds = 10       # a submission waits this long for a host being reopened, then 503
     host_reconnect_max_seconds = 30  # the longest wait between attempts to reopen a dead host
 
+    [retention]                # what the journal and the bundle store keep (see vmbusops.retention)
+    records_days = 30          # records of jobs finished longer ago are deleted (runs keep excerpts)
+    jobs_days = 90             # finished jobs are deleted entirely after this long
+    interval_minutes = 60      # how often the agent prunes (vmbusops prune does it now)
+    journal_max_mb = 0         # the journal file's size limit; 0: none (only the disk's)
+
     [hosts.hv01]               # remote hosts by name: --host hv01 (see vmbusops.inventory)
     transport = "ssh"
     address = "svc-vmbusops@hv01.example.net"
@@ -50,6 +56,7 @@ _KNOWN: dict[str, set[str]] = {
         "listen", "tls_cert", "tls_key", "client_ca", "submit_rate_per_minute", "submit_burst",
         "max_bundle_bytes", "shutdown_grace_seconds", "host_wait_seconds", "host_reconnect_max_seconds",
     },
+    "retention": {"records_days", "jobs_days", "interval_minutes", "journal_max_mb"},
 }
 
 
@@ -68,11 +75,21 @@ class AgentConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    records_days: float = 30.0
+    jobs_days: float = 90.0
+    interval_minutes: float = 60.0
+    #: 0: no limit.
+    journal_max_mb: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     host: str = "sim"
     max_runspaces: int = 64
     lab: str | None = None
     agent: AgentConfig = AgentConfig()
+    retention: RetentionConfig = RetentionConfig()
     hosts: tuple[HostEntry, ...] = ()
 
     def host_entry(self, name: str) -> HostEntry | None:
@@ -111,8 +128,25 @@ def load_config(path: Path | None = None) -> Config:
     if not isinstance(max_runspaces, int) or not 1 <= max_runspaces <= 1024:
         raise ConfigError(f"{path}: [host] max_runspaces must be a whole number from 1 to 1024")
     agent = _agent_config(raw.get("agent", {}), path)
+    retention = _retention_config(raw.get("retention", {}), path)
     return Config(
-        host=str(host), max_runspaces=max_runspaces, lab=str(lab) if lab else None, agent=agent, hosts=hosts
+        host=str(host), max_runspaces=max_runspaces, lab=str(lab) if lab else None, agent=agent,
+        retention=retention, hosts=hosts,
+    )  # fmt: skip
+
+
+def _retention_config(section: dict[str, Any], path: Path) -> RetentionConfig:
+    def number(key: str, default: float, low: float, high: float) -> float:
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise ConfigError(f"{path}: [retention] {key} must be a number from {low:g} to {high:g}")
+        return float(value)
+
+    return RetentionConfig(
+        records_days=number("records_days", 30, 0, 36500),
+        jobs_days=number("jobs_days", 90, 0, 36500),
+        interval_minutes=number("interval_minutes", 60, 1, 10080),
+        journal_max_mb=number("journal_max_mb", 0, 0, 1 << 30),
     )
 
 

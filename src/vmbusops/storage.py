@@ -1,4 +1,5 @@
-"""Opening the agent's small SQLite stores (principals, schedules) the same way everywhere."""
+"""Opening the agent's small SQLite stores (principals, schedules) the same way everywhere, and
+saying the same thing when one of our SQLite files cannot be written."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from vmbusops.errors import ConfigError
+from vmbusops.errors import ConfigError, JournalError
+from vmbusops.home import home_dir
 
 
 def add_missing_columns(db: sqlite3.Connection, columns: Sequence[tuple[str, str, str]]) -> None:
@@ -40,3 +42,33 @@ def open_wal_database(
     except sqlite3.Error as exc:
         raise ConfigError(f"cannot open {what} {path}: {exc}") from exc
     return db
+
+
+def cannot_write(what: str, path: Path | str, exc: sqlite3.Error, *, limit: str | None = None) -> JournalError:
+    """The error for a failed write to one of our SQLite files, ``what`` naming it ("the journal").
+
+    A full disk (or a store at its configured size ``limit``, which SQLite reports the same way)
+    is the one failure an operator can fix on the spot, so the one line says how; anything else
+    keeps SQLite's words.
+    """
+    if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+        reason = "disk full" if limit is None else f"disk full or at its limit ({limit})"
+        return JournalError(
+            f"{what} {path} cannot be written: {reason} (SQLITE_FULL); free space under"
+            f" {home_dir(create=False)} or prune with: vmbusops prune"
+        )
+    return JournalError(f"{what} {path} cannot be written: {exc}")
+
+
+def rollback_quietly(db: sqlite3.Connection) -> None:
+    """Undo the open transaction, if there still is one, without hiding why it failed.
+
+    After SQLITE_FULL (and a few other errors) SQLite may already have rolled the transaction
+    back itself; a ROLLBACK then fails with "no transaction is active", and that error must not
+    replace the one that explains what happened. Nothing of the transaction was committed either way.
+    """
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass

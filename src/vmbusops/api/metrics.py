@@ -26,6 +26,10 @@ class AgentMetrics:
         self.jobs_running = Gauge(
             "vmbusops_jobs_running", "Jobs running in this agent", registry=self.registry
         )
+        #: Set to read the journal's size when scraped (the database file and its write-ahead log).
+        self.journal_bytes = Gauge(
+            "vmbusops_journal_bytes", "Size of the journal on disk", registry=self.registry
+        )
         self.followers = Gauge("vmbusops_stream_followers", "Open event streams", registry=self.registry)
         self.scheduled_runs = Counter(
             "vmbusops_scheduled_runs", "Schedule ticks, by outcome", ["outcome"], registry=self.registry

@@ -1,10 +1,11 @@
 """``vmbusops agent``: the engine, the scheduler and the API in one trio process.
 
 Start-up: host connection, engine (which reconciles what a previous agent left interrupted),
-scheduler, then Hypercorn (trio worker) on the configured address. The host connection is held by
-a :class:`~vmbusops.guestops.supervisor.HostSupervisor`: if the host process (or SSH / WinRM
-session) dies later, the runs on it fail, the agent reopens it with backoff, and meanwhile
-``/v1/health`` says ``host-down`` and submissions get a retryable 503. Once it listens, the agent is
+scheduler, retention (:mod:`vmbusops.retention`, a pass now and every ``interval_minutes``), then
+Hypercorn (trio worker) on the configured address. The host connection is held by a
+:class:`~vmbusops.guestops.supervisor.HostSupervisor`: if the host process (or SSH / WinRM session)
+dies later, the runs on it fail, the agent reopens it with backoff, and meanwhile ``/v1/health``
+says ``host-down`` and submissions get a retryable 503. Once it listens, the agent is
 *ready*: ``/v1/health`` says so, a JSON line ``{"event": "ready", "listen": [...]}`` goes to
 stdout, the ready file (if asked for) is written, and systemd is notified (``Type=notify``).
 
@@ -42,8 +43,10 @@ from vmbusops.api.tls import configure_tls, install_peer_cert_server
 from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential
 from vmbusops.engine import EngineOptions, Journal, open_engine
+from vmbusops.engine.journal_retention import journal_bytes
 from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.supervisor import Backoff, HostSupervisor, supervise_host
+from vmbusops.retention import keep_retention
 
 log = logging.getLogger("vmbusops.agent")
 
@@ -110,7 +113,7 @@ async def run_agent(
     broadcaster = Broadcaster()
     metrics = AgentMetrics()
     principals = PrincipalStore()
-    journal = Journal()
+    journal = Journal(max_mb=config.retention.journal_max_mb)
     reader = Journal()
     holder: list[AgentService] = []
 
@@ -181,6 +184,9 @@ async def _serve(
             broadcaster=broadcaster, metrics=metrics,
         )  # fmt: skip
         holder.append(service)
+        metrics.journal_bytes.set_function(lambda: journal_bytes(journal.path))
+        retention_scope = trio.CancelScope()
+        top.start_soon(partial(keep_retention, config.retention, retention_scope, journal_path=journal.path))
         scheduler_scope = trio.CancelScope()
         if scheduler_factory is not None:
             scheduler = scheduler_factory(service)
@@ -204,6 +210,7 @@ async def _serve(
         _notify_systemd("STOPPING=1")
         service.stopping = True
         scheduler_scope.cancel()
+        retention_scope.cancel()
         with trio.move_on_after(agent.shutdown_grace_seconds):
             async with trio.open_nursery() as grace:
 

@@ -35,7 +35,7 @@ from types import TracebackType
 from vmbusops.bundle.errors import ReplayedBundleError, VersionRollbackError
 from vmbusops.errors import JournalError
 from vmbusops.owner import Owner, owner_alive
-from vmbusops.storage import add_missing_columns
+from vmbusops.storage import add_missing_columns, cannot_write, rollback_quietly
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accepted (
@@ -126,11 +126,13 @@ class ReplayStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 fn()
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                rollback_quietly(self._db)  # never in place of the error that got us here
                 raise
-            self._db.execute("COMMIT")
         except sqlite3.Error as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                raise cannot_write("the bundle replay store", self.path, exc) from exc
             raise JournalError(f"cannot {what} in {self.path}: {exc}") from exc
 
     def _settle_dead(self, bundle_id: str, name: str) -> None:

@@ -55,10 +55,14 @@ def run_trio(fn: Callable[[], Awaitable[int]]) -> int:
     try:
         return trio.run(main)
     except BaseExceptionGroup as group:
-        # The signal watcher's nursery wraps the command's own error; the CLI maps ours to an
-        # exit code and a one-line message (cli.main), so hand it the error itself.
-        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], VmbusOpsError):
-            raise group.exceptions[0] from None
+        # The signal watcher's nursery (and the host connection's, around the engine) wraps the
+        # command's own error; the CLI maps ours to an exit code and a one-line message
+        # (cli.main), so hand it the error itself.
+        sole: BaseException = group
+        while isinstance(sole, BaseExceptionGroup) and len(sole.exceptions) == 1:
+            sole = sole.exceptions[0]
+        if isinstance(sole, VmbusOpsError):
+            raise sole from None
         raise
 
 

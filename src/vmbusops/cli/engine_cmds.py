@@ -45,6 +45,7 @@ from vmbusops.engine import (
     open_engine,
 )
 from vmbusops.engine.journal import RunView
+from vmbusops.engine.journal_retention import journal_bytes
 from vmbusops.engine.views import job_json, run_json
 from vmbusops.guestops.connect import open_host
 from vmbusops.records import Stream
@@ -205,7 +206,7 @@ async def _run_source(
     bundle_file: Path | None = None,
     resume: int | None = None,
 ) -> int:
-    journal = Journal()
+    journal = Journal(max_mb=config.retention.journal_max_mb)
     try:
         credential_for = credential_resolver(config, host)
         if bundle_file is not None:
@@ -316,6 +317,9 @@ def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
             _duration(job.started_at, job.finished_at),
         )
     Console(highlight=False).print(table)
+    from vmbusops.cli.prune_cmd import human_bytes
+
+    click.echo(f"journal: {human_bytes(journal_bytes(journal.path))} ({journal.path}); vmbusops prune removes what [retention] no longer keeps")
 
 
 @jobs.command("show")

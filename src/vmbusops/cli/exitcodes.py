@@ -6,7 +6,8 @@ code   meaning
 0      success: every guest did what was asked
 1      a guest reported errors (error records, a failed or stopped pipeline)
 2      usage error: bad arguments, configuration or input file
-3      host or transport failure: the PowerShell host could not be reached
+3      host or transport failure: the PowerShell host could not be reached, or a store under
+       $VMBUSOPS_HOME (the journal, the replay store) cannot be written, e.g. the disk is full
 4      a bundle was rejected: nothing from it ran
 130    interrupted (Ctrl-C); guest pipelines were stopped first
 =====  =====================================================================

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "jobs": ("vmbusops.cli.engine_cmds", "jobs"),
     "keys": ("vmbusops.cli.bundle_cmds", "keys"),
     "logs": ("vmbusops.cli.engine_cmds", "logs_cmd"),
+    "prune": ("vmbusops.cli.prune_cmd", "prune_cmd"),
     "run": ("vmbusops.cli.engine_cmds", "run_cmd"),
     "schedule": ("vmbusops.cli.agent_cmds", "schedule"),
     "submit": ("vmbusops.cli.remote", "submit_cmd"),

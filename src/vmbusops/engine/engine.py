@@ -364,6 +364,10 @@ class Engine:
             if scope.cancelled_caught and not run.state.terminal:
                 self._end(job, ctx, run.cancel())
         except VmbusOpsError as exc:
+            if exc is self.writer.failure:
+                # The journal cannot be written: the run stops as it is there (interrupted once
+                # this process is gone), not failed by a state that could never be written.
+                raise
             # Something outside any step (the journal, the host connection): the run fails with it.
             if not run.state.terminal:
                 self._end(job, ctx, run.fail_outside_steps(str(exc)))
@@ -425,22 +429,36 @@ async def open_engine(
         max_buffer=options.max_buffer,
     )
     await trio.to_thread.run_sync(journal.reconcile)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(writer.run)
-        engine = Engine(
-            host,
-            journal,
-            writer,
-            credential_for=credential_for,
-            host_name=host_name,
-            options=options,
-            on_event=on_event,
-        )
-        nursery.start_soon(engine._keep)
-        try:
-            yield engine
-        finally:
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            engine = Engine(
+                host,
+                journal,
+                writer,
+                credential_for=credential_for,
+                host_name=host_name,
+                options=options,
+                on_event=on_event,
+            )
+            nursery.start_soon(engine._keep)
+            try:
+                yield engine
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # Once the journal cannot be written, every task that writes fails the same way (the
+        # writer refuses all later writes): one cause, said once.
+        failure = writer.failure
+        if failure is not None and _only_journal_errors(group):
+            raise failure from failure.__cause__
+        raise
+
+
+def _only_journal_errors(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_journal_errors(e) for e in exc.exceptions)
+    return isinstance(exc, JournalError)
 
 
 __all__ = ["Engine", "EngineOptions", "open_engine"]

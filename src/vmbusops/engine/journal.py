@@ -32,18 +32,20 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from vmbusops.engine import journal_retention
 from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
+from vmbusops.engine.journal_retention import Prunable
 from vmbusops.engine.states import Event, Level, State, next_state
 from vmbusops.errors import JournalError
 from vmbusops.home import home_path
 from vmbusops.owner import Owner, owner_alive
-from vmbusops.storage import add_missing_columns
+from vmbusops.storage import add_missing_columns, cannot_write, rollback_quietly
 
 SCHEMA_VERSION: Final = 2
 
@@ -213,17 +215,27 @@ class RecordView:
 class Journal:
     """One process's connection to the journal file."""
 
-    def __init__(self, path: Path | str | None = None, *, readonly: bool = False) -> None:
+    def __init__(
+        self, path: Path | str | None = None, *, readonly: bool = False, max_mb: float | None = None
+    ) -> None:
+        """Open (creating if needed) the journal; ``max_mb`` caps the database file's size
+        (``[retention] journal_max_mb``): a write past it fails as a full disk would."""
         self.path = Path(path) if path is not None else journal_path()
         self._lock = threading.Lock()
         self._no_wait = threading.local()
+        self._limit = f"[retention] journal_max_mb = {max_mb:g}" if max_mb else None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
             self._db.execute("PRAGMA busy_timeout=30000")
+            # Before the first table exists, so that pruning can give pages back to the disk.
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            if max_mb:
+                page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+                self._db.execute(f"PRAGMA max_page_count={max(1, int(max_mb * 2**20) // page_size)}")
             if not readonly:
                 # Every statement is CREATE ... IF NOT EXISTS: safe to run by each process that opens it.
                 self._db.executescript(_SCHEMA)
@@ -233,6 +245,8 @@ class Journal:
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                     )
         except sqlite3.Error as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                raise self._cannot_write(exc) from exc
             raise JournalError(f"cannot open the journal {self.path}: {exc}") from exc
         self.path.chmod(0o600)
 
@@ -270,18 +284,21 @@ class Journal:
             except sqlite3.OperationalError as exc:
                 if no_wait and exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                     raise JournalBusy(f"the journal {self.path} is busy") from exc
-                raise JournalError(f"the journal {self.path} cannot be written: {exc}") from exc
+                raise self._cannot_write(exc) from exc
             except sqlite3.Error as exc:
-                raise JournalError(f"the journal {self.path} cannot be written: {exc}") from exc
+                raise self._cannot_write(exc) from exc
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            try:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise JournalError(f"the journal {self.path} cannot be written: {exc}") from exc
+                rollback_quietly(self._db)
+                raise self._cannot_write(exc) from exc
+            except BaseException:
+                rollback_quietly(self._db)
+                raise
+
+    def _cannot_write(self, exc: sqlite3.Error) -> JournalError:
+        return cannot_write("the journal", self.path, exc, limit=self._limit)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -358,18 +375,15 @@ class Journal:
         """Records, then state changes, in one transaction (the writer's flush)."""
         if not records and not changes:
             return
-        try:
-            with self._write() as db:
-                if records:
-                    db.executemany(
-                        "INSERT INTO records (run_id, seq, step, attempt, stream, time, content)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        records,
-                    )
-                for change in changes:
-                    db.execute(*_update(change))
-        except sqlite3.Error as exc:
-            raise JournalError(f"the journal {self.path} cannot be written: {exc}") from exc
+        with self._write() as db:
+            if records:
+                db.executemany(
+                    "INSERT INTO records (run_id, seq, step, attempt, stream, time, content)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    records,
+                )
+            for change in changes:
+                db.execute(*_update(change))
 
     def next_seq(self, run_id: int) -> int:
         row = self._read("SELECT COALESCE(MAX(seq), 0) FROM records WHERE run_id = ?", (run_id,))
@@ -474,25 +488,42 @@ class Journal:
                     db.execute("DELETE FROM vm_leases WHERE vm = ?", (vm,))
         return interrupted
 
-    def prune(self, *, keep_seconds: float, now: float | None = None) -> int:
-        """Delete the records of jobs finished more than ``keep_seconds`` ago (their runs keep
-        excerpts); returns how many records went."""
-        cutoff = (now if now is not None else time.time()) - keep_seconds
+    # ------------------------------------------------------------------ retention (SQL: .journal_retention)
+    def prunable(self, *, records_before: float, jobs_before: float, keep_jobs: Collection[int] = ()) -> Prunable:
+        """What retention may remove: finished jobs' records and rows past their times."""
+        with self._lock:
+            try:
+                return journal_retention.prunable(
+                    self._db, records_before=records_before, jobs_before=jobs_before, keep_jobs=keep_jobs
+                )
+            except sqlite3.Error as exc:
+                raise JournalError(f"the journal {self.path} cannot be read: {exc}") from exc
+
+    def forget_records(self, job_id: int, *, batch: int = 5000) -> int:
+        """Delete a finished job's records (its runs keep their excerpts), a transaction per
+        ``batch`` so the engine's writer never waits long; returns how many went."""
+        removed = 0
+        while True:
+            with self._write() as db:
+                done = journal_retention.delete_records(db, job_id, batch)
+            removed += done
+            if done == 0:
+                return removed
+
+    def delete_job(self, job_id: int) -> int:
+        """Delete a finished job entirely; returns how many records went with it."""
+        removed = self.forget_records(job_id)
         with self._write() as db:
-            ids = [
-                int(r[0])
-                for r in db.execute(
-                    "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? AND pruned = 0",
-                    (cutoff,),
-                ).fetchall()
-            ]
-            removed = 0
-            for job_id in ids:
-                removed += db.execute(
-                    "DELETE FROM records WHERE run_id IN (SELECT id FROM runs WHERE job_id = ?)", (job_id,)
-                ).rowcount
-                db.execute("UPDATE jobs SET pruned = 1 WHERE id = ?", (job_id,))
+            journal_retention.delete_job(db, job_id)
         return removed
+
+    def compact(self) -> None:
+        """Give the pages that pruning freed back to the disk, as far as readers allow."""
+        with self._lock:
+            try:
+                journal_retention.compact(self._db)
+            except sqlite3.Error as exc:
+                raise self._cannot_write(exc) from exc
 
     # ------------------------------------------------------------------ readers
     def jobs(self, *, limit: int = 50, job_id: int | None = None) -> list[JobView]:

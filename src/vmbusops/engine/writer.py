@@ -13,6 +13,12 @@ flush (back-pressure through :meth:`add_record`), so memory stays flat however m
 :meth:`commit` is the engine's commit point: it flushes everything queued so far and returns once it
 is durable. It runs shielded from cancellation, so a cancelled run still records that it was
 cancelled; a flush is bounded by SQLite's busy timeout.
+
+A flush that fails (a full disk, above all) is rolled back whole, and what it carried is gone. From
+then on the writer writes nothing more and every call raises that first error (:attr:`failure`):
+a later, smaller write could succeed and leave a hole in a run's records, or a state written
+after records that are missing. So the journal stays exactly as it was at the last commit, as
+after a crash: the owner's runs read as interrupted once it exits, and resume from there.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import trio
 
 from vmbusops.engine.changes import Change, PendingRecord
 from vmbusops.engine.journal import Journal, JournalBusy, RecordRow
+from vmbusops.errors import JournalError
 from vmbusops.records import record_to_json
 
 T = TypeVar("T")
@@ -54,6 +61,8 @@ class JournalWriter:
         self.cpu_seconds = 0.0
         self.records_written = 0
         self.flushes = 0
+        #: The error of the flush that failed; once set, nothing more is written.
+        self.failure: JournalError | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The flusher; start it in a nursery. Flushes what is left when cancelled."""
@@ -65,7 +74,8 @@ class JournalWriter:
                 self._wake = trio.Event()
                 await self.commit()
         finally:
-            await self.commit()
+            if self.failure is None:
+                await self.commit()
 
     async def add_record(self, row: PendingRecord) -> None:
         self._records.append(row)
@@ -82,10 +92,20 @@ class JournalWriter:
         """Write everything queued so far; return when it is committed."""
         with trio.CancelScope(shield=True):
             async with self._lock:
-                records, self._records = self._records, []
-                changes, self._changes = self._changes, []
-                if records or changes:
-                    await self._in_journal(len(records), self._apply, records, changes)
+                await self._flush()
+
+    async def _flush(self) -> None:
+        """Write what is queued (the lock held); a failure stops every later write."""
+        if self.failure is not None:
+            raise self.failure
+        records, self._records = self._records, []
+        changes, self._changes = self._changes, []
+        if records or changes:
+            try:
+                await self._in_journal(len(records), self._apply, records, changes)
+            except JournalError as exc:
+                self.failure = exc
+                raise
 
     async def _in_journal(self, records: int, fn: Callable[..., T], *args: Any) -> T:
         """Run a journal call here when SQLite takes it at once, else in a worker thread.
@@ -121,9 +141,6 @@ class JournalWriter:
         """Run another journal method in a worker thread, after what is queued (shielded)."""
         with trio.CancelScope(shield=True):
             async with self._lock:
-                records, self._records = self._records, []
-                changes, self._changes = self._changes, []
-                if records or changes:
-                    await self._in_journal(len(records), self._apply, records, changes)
+                await self._flush()
                 result = await self._in_journal(0, fn, *args)
         return result

@@ -1,0 +1,36 @@
+"""The agent applies retention on its own, shows the journal's size in /metrics, and still stops."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import trio
+from tests.engine.test_retention import NOW, add_job, bundle_folder
+
+from vmbusops.engine import Journal, State
+from vmbusops.retention import DAY
+
+
+async def test_the_agent_prunes_at_start_reports_the_journal_size_and_stops_cleanly(agent_factory: Any) -> None:
+    journal = Journal()
+    folder = bundle_folder("finished")
+    # Finished 40 days ago (by the wall clock the agent reads): past the default 30 days.
+    old = add_job(journal, folder, state=State.SUCCESS, finished_days_ago=(NOW - time.time()) / DAY + 40)
+    journal.close()
+
+    agent = agent_factory()
+    reader = Journal()
+    # The first pass runs at start-up; wait for it (an agent has no event to wait on from here).
+    with trio.move_on_after(30):
+        while folder.exists() or reader.records(old):  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    assert not folder.exists()
+    assert reader.records(old) == []
+
+    async with agent.client() as client:
+        text = (await client.get("/metrics")).text
+    [size] = re.findall(r"^vmbusops_journal_bytes (\S+)$", text, re.MULTILINE)
+    assert float(size) >= reader.path.stat().st_size > 0
+    assert agent.stop() == 0  # the retention task ends with the agent
