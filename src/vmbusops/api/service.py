@@ -8,6 +8,7 @@ connection of their own in worker threads, so followers never wait behind the en
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import tempfile
@@ -94,8 +95,9 @@ class AgentService:
     async def job_vms(self, job_id: int) -> list[str]:
         return [r.vm for r in await self.read(self.reader.runs, job_id)]
 
-    async def visible_job(self, job_id: int, who: Principal) -> tuple[JobView, list[RunView]] | None:
-        """The job and its runs if it exists and ``who`` may see it; None otherwise (same answer)."""
+    async def find_job(self, job_id: int) -> tuple[JobView, list[RunView]] | None:
+        """The job and its runs, whoever may see them; None if there is no such job. Callers
+        answering a principal check :meth:`Principal.sees_job` and answer both cases alike."""
 
         def get() -> tuple[JobView, list[RunView]] | None:
             found = self.reader.jobs(job_id=job_id, limit=1)
@@ -103,10 +105,7 @@ class AgentService:
                 return None
             return found[0], self.reader.runs(job_id)
 
-        got = await self.read(get)
-        if got is None or not who.sees_job([r.vm for r in got[1]]):
-            return None
-        return got
+        return await self.read(get)
 
     async def visible_jobs(self, who: Principal, *, limit: int, state: str | None) -> list[JobView]:
         def get() -> list[JobView]:
@@ -127,9 +126,12 @@ class AgentService:
     async def check_targets(self, manifest: Manifest, who: Principal) -> list[str]:
         host_vms = [vm.name for vm in await self.engine.host.list_vms()]
         targets = resolve_targets(manifest, host_vms)
-        outside = tuple(vm for vm in targets if not who.covers_vm(vm))
-        if outside or (not targets and not who.sees_all_vms()):
-            raise TargetsOutOfScope(outside)
+        if any(not who.covers_vm(vm) for vm in targets) or (not targets and not who.sees_all_vms()):
+            # Name the manifest's own patterns that reached outside, never the host's VMs: a
+            # tenant's glob must not list another tenant's VM names back to it.
+            raise TargetsOutOfScope(
+                tuple(p for p in manifest.targets.vms if _reaches_outside(p, targets, who))
+            )
         return targets
 
     async def receive_bundle(self, chunks: AsyncIterator[bytes], limit: int) -> Path:
@@ -227,6 +229,12 @@ class AgentService:
         marked = await self.read(self.reader.request_cancel, job_id, vm)
         self.engine.cancel(job_id, vm)
         return int(marked)
+
+
+def _reaches_outside(pattern: str, targets: list[str], who: Principal) -> bool:
+    folded = pattern.casefold()
+    matched = [vm for vm in targets if fnmatch.fnmatchcase(vm.casefold(), folded)]
+    return not targets or any(not who.covers_vm(vm) for vm in matched)
 
 
 def _check_size(size: int, limit: int) -> None:
