@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from vmbusops.errors import CredentialStoreError
-from vmbusops.home import home_dir
+from vmbusops.home import home_dir, private_dir
 
 if TYPE_CHECKING:
     from vmbusops.config import Config
@@ -120,7 +120,7 @@ class CredentialStore:
         return data
 
     def _save(self, data: dict[str, Any]) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self._dir)
         tmp = self._path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

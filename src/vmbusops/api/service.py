@@ -33,6 +33,7 @@ from vmbusops.config import AgentConfig
 from vmbusops.engine import Engine, JobSource, Journal, RecordArrived, State, resolve_targets
 from vmbusops.engine.journal import JobView, RunView
 from vmbusops.errors import VmbusOpsError
+from vmbusops.home import private_dir
 
 log = logging.getLogger("vmbusops.agent")
 T = TypeVar("T")
@@ -139,7 +140,7 @@ class AgentService:
 
         def make() -> Path:
             incoming = accepted_bundles_dir().parent / "incoming"
-            incoming.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(incoming)
             fd, name = tempfile.mkstemp(prefix="upload-", suffix=".vmb", dir=incoming)
             os.close(fd)
             return Path(name)

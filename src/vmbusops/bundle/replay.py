@@ -15,6 +15,7 @@ from types import TracebackType
 
 from vmbusops.bundle.errors import ReplayedBundleError, VersionRollbackError
 from vmbusops.errors import JournalError
+from vmbusops.storage import private_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accepted (
@@ -32,11 +33,11 @@ class ReplayStore:
         self.path = path
         try:
             if isinstance(path, Path):
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                private_database(path)  # owner-only, and so are SQLite's side files
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open the bundle replay store {path}: {exc}") from exc
 
     @classmethod

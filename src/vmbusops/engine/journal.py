@@ -43,7 +43,7 @@ from vmbusops.engine.owner import Owner, owner_alive
 from vmbusops.engine.states import Event, Level, State, next_state
 from vmbusops.errors import JournalError
 from vmbusops.home import home_path
-from vmbusops.storage import add_missing_columns
+from vmbusops.storage import add_missing_columns, private_database
 
 SCHEMA_VERSION: Final = 2
 
@@ -212,7 +212,7 @@ class Journal:
         self._lock = threading.Lock()
         self._no_wait = threading.local()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_database(self.path)  # owner-only, and so are the -wal and -shm files
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -226,9 +226,8 @@ class Journal:
                     db.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                     )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open the journal {self.path}: {exc}") from exc
-        self.path.chmod(0o600)
 
     def close(self) -> None:
         with self._lock:
