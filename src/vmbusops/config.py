@@ -20,6 +20,10 @@ a file that decides which host the agent drives must not pass silently. ::
     max_bundle_bytes = 268435456
     shutdown_grace_seconds = 30  # on SIGTERM, runs get this long to finish before they are stopped
 
+    [credentials]
+    key_file = "/etc/vmbusops/credentials.key"  # the guest credentials' sealing key, kept outside
+                               # the home (default: systemd's $CREDENTIALS_DIRECTORY, else the home)
+
     [hosts.hv01]               # remote hosts by name: --host hv01 (see vmbusops.inventory)
     transport = "ssh"
     address = "svc-vmbusops@hv01.example.net"
@@ -44,6 +48,7 @@ DEFAULT_LISTEN = "127.0.0.1:8421"
 _KNOWN: dict[str, set[str]] = {
     "host": {"default", "max_runspaces"},
     "sim": {"lab"},
+    "credentials": {"key_file"},
     "agent": {
         "listen", "tls_cert", "tls_key", "client_ca", "submit_rate_per_minute", "submit_burst",
         "max_bundle_bytes", "shutdown_grace_seconds",
@@ -70,6 +75,7 @@ class Config:
     lab: str | None = None
     agent: AgentConfig = AgentConfig()
     hosts: tuple[HostEntry, ...] = ()
+    credential_key_file: str | None = None
 
     def host_entry(self, name: str) -> HostEntry | None:
         """The inventory's ``[hosts.NAME]`` entry, if there is one."""
@@ -107,9 +113,13 @@ def load_config(path: Path | None = None) -> Config:
     if not isinstance(max_runspaces, int) or not 1 <= max_runspaces <= 1024:
         raise ConfigError(f"{path}: [host] max_runspaces must be a whole number from 1 to 1024")
     agent = _agent_config(raw.get("agent", {}), path)
+    key_file = raw.get("credentials", {}).get("key_file")
+    if key_file is not None and (not isinstance(key_file, str) or not os.path.isabs(key_file)):
+        raise ConfigError(f"{path}: [credentials] key_file must be an absolute path")
     return Config(
-        host=str(host), max_runspaces=max_runspaces, lab=str(lab) if lab else None, agent=agent, hosts=hosts
-    )
+        host=str(host), max_runspaces=max_runspaces, lab=str(lab) if lab else None, agent=agent, hosts=hosts,
+        credential_key_file=key_file,
+    )  # fmt: skip
 
 
 def _agent_config(section: dict[str, Any], path: Path) -> AgentConfig:

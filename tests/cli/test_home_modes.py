@@ -67,6 +67,7 @@ def test_every_path_under_the_home_is_owner_only(tmp_path: Path, vmbusops_home: 
     ok("trust", "add", str(vmbusops_home / "keys" / "alice.pub"), "--vms", "*", "--credential", "lab-admin",
        "--steps", "copy,script,dsc")  # fmt: skip
     ok("run", "lab-demo.vmb")
+    ok("cred", "set", "tenant-a", "--username", "Administrator", "--password-stdin", stdin="not-a-real-one\n")
 
     # The agent: a token, a job submitted over HTTP, and a schedule registered.
     token = ok("agent", "token", "create", "--name", "ops", "--scope", "all", "--vm", "*").strip().split()[-1]
