@@ -28,6 +28,10 @@ a file that decides which host the agent drives must not pass silently. ::
     interval_minutes = 60      # how often the agent prunes (vmbusops prune does it now)
     journal_max_mb = 0         # the journal file's size limit; 0: none (only the disk's)
 
+    [credentials]
+    key_file = "/etc/vmbusops/credentials.key"  # the guest credentials' sealing key, kept outside
+                               # the home (default: systemd's $CREDENTIALS_DIRECTORY, else the home)
+
     [hosts.hv01]               # remote hosts by name: --host hv01 (see vmbusops.inventory)
     transport = "ssh"
     address = "svc-vmbusops@hv01.example.net"
@@ -52,6 +56,7 @@ DEFAULT_LISTEN = "127.0.0.1:8421"
 _KNOWN: dict[str, set[str]] = {
     "host": {"default", "max_runspaces"},
     "sim": {"lab"},
+    "credentials": {"key_file"},
     "agent": {
         "listen", "tls_cert", "tls_key", "client_ca", "submit_rate_per_minute", "submit_burst",
         "max_bundle_bytes", "shutdown_grace_seconds", "host_wait_seconds", "host_reconnect_max_seconds",
@@ -91,6 +96,7 @@ class Config:
     agent: AgentConfig = AgentConfig()
     retention: RetentionConfig = RetentionConfig()
     hosts: tuple[HostEntry, ...] = ()
+    credential_key_file: str | None = None
 
     def host_entry(self, name: str) -> HostEntry | None:
         """The inventory's ``[hosts.NAME]`` entry, if there is one."""
@@ -129,9 +135,12 @@ def load_config(path: Path | None = None) -> Config:
         raise ConfigError(f"{path}: [host] max_runspaces must be a whole number from 1 to 1024")
     agent = _agent_config(raw.get("agent", {}), path)
     retention = _retention_config(raw.get("retention", {}), path)
+    key_file = raw.get("credentials", {}).get("key_file")
+    if key_file is not None and (not isinstance(key_file, str) or not os.path.isabs(key_file)):
+        raise ConfigError(f"{path}: [credentials] key_file must be an absolute path")
     return Config(
         host=str(host), max_runspaces=max_runspaces, lab=str(lab) if lab else None, agent=agent,
-        retention=retention, hosts=hosts,
+        retention=retention, hosts=hosts, credential_key_file=key_file,
     )  # fmt: skip
 
 

@@ -7,9 +7,14 @@ called in one place: building the PSCredential that PSRP sends encrypted with th
 The store (``$VMBUSOPS_HOME/credentials.json``) keeps, per credential reference, the user name
 in clear and the password sealed with AES-256-GCM; the entry's name and user name are the
 associated data, so an entry cannot be moved to another name undetected. The key comes from
-``VMBUSOPS_CREDENTIAL_PASSPHRASE`` through scrypt when that is set, otherwise from a random key
-file (``credentials.key``, owner-only) beside the store - the usual trade-off of a service that
-must start unattended; on Windows the key file belongs in a DPAPI-protected location.
+``VMBUSOPS_CREDENTIAL_PASSPHRASE`` through scrypt when that is set, otherwise from a random
+32-byte key file, owner-only, found by :meth:`CredentialStore.key_location`: the config's
+``[credentials] key_file``; else ``vmbusops-credentials.key`` in systemd's
+``$CREDENTIALS_DIRECTORY`` (``LoadCredentialEncrypted=``, sealed by the TPM or the host key, never
+in the home); else ``credentials.key`` in the home. Only a key kept outside the home protects the
+store from someone who can read the home (a backup, a copied disk); in the home it is the usual
+trade-off of a service that must start unattended. On Windows the key file belongs in a
+DPAPI-protected location (not implemented here).
 
 A credential reference (``--credential NAME``, a manifest's ``credential``) becomes a
 :class:`GuestCredential` in one function, :func:`resolve_credential`: the store first, then, for
@@ -34,12 +39,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from vmbusops.errors import CredentialStoreError
-from vmbusops.home import home_dir
+from vmbusops.home import home_dir, private_dir
 
 if TYPE_CHECKING:
     from vmbusops.config import Config
 
 ENV_PASSPHRASE: Final = "VMBUSOPS_CREDENTIAL_PASSPHRASE"  # noqa: S105 (a variable name)
+#: Set by systemd for a unit with ``LoadCredential=`` / ``LoadCredentialEncrypted=``.
+ENV_SYSTEMD_CREDENTIALS: Final = "CREDENTIALS_DIRECTORY"
+SYSTEMD_KEY_NAME: Final = "vmbusops-credentials.key"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LAB_CREDENTIAL: Final = "lab-admin"
 #: Host kinds whose guests are the simulator's lab (its credentials resolve ``lab-admin``).
@@ -97,9 +105,29 @@ def check_reference(name: str) -> str:
 class CredentialStore:
     """The encrypted store of guest credentials under VMBUSOPS_HOME."""
 
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(self, directory: Path | None = None, *, key_file: Path | None = None) -> None:
+        self._in_home = directory is None
         self._dir = directory or home_dir()
         self._path = self._dir / "credentials.json"
+        self._key_file = key_file
+
+    def key_location(self) -> tuple[Path, bool]:
+        """Where the sealing key file is, and whether it may be created there when missing:
+        ``key_file`` if given; else (for the home's store) the config's ``[credentials] key_file``;
+        else systemd's credential if the unit passes one (read-only: never created there); else
+        beside the store."""
+        if self._key_file is not None:
+            return self._key_file, True
+        if self._in_home:
+            from vmbusops.config import load_config
+
+            configured = load_config().credential_key_file
+            if configured is not None:
+                return Path(configured), True
+        systemd = os.environ.get(ENV_SYSTEMD_CREDENTIALS)
+        if systemd and (Path(systemd) / SYSTEMD_KEY_NAME).is_file():
+            return Path(systemd) / SYSTEMD_KEY_NAME, False
+        return self._dir / "credentials.key", True
 
     @property
     def path(self) -> Path:
@@ -120,7 +148,7 @@ class CredentialStore:
         return data
 
     def _save(self, data: dict[str, Any]) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self._dir)
         tmp = self._path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -148,19 +176,29 @@ class CredentialStore:
                 f"the credential store {self._path} is sealed with a passphrase",
                 hint=f"set {ENV_PASSPHRASE}",
             )
-        key_path = self._dir / "credentials.key"
-        if key_path.exists():
-            key = key_path.read_bytes()
-            if len(key) != 32:
-                raise CredentialStoreError(f"the credential key file {key_path} is damaged (wrong length)")
-            return key
-        if not create:
-            raise CredentialStoreError(f"the credential key file {key_path} is missing")
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = AESGCM.generate_key(bit_length=256)
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key)
+        key_path, may_create = self.key_location()
+        try:
+            if key_path.exists():
+                key = key_path.read_bytes()
+                if len(key) != 32:
+                    raise CredentialStoreError(
+                        f"the credential key file {key_path} is damaged (wrong length)",
+                        hint="it holds 32 random bytes, e.g. from: head -c 32 /dev/urandom",
+                    )
+                return key
+            if not create or not may_create:
+                raise CredentialStoreError(f"the credential key file {key_path} is missing")
+            if key_path.parent == self._dir:
+                private_dir(self._dir)
+            key = AESGCM.generate_key(bit_length=256)
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(key)
+        except OSError as exc:
+            raise CredentialStoreError(
+                f"cannot use the credential key file {key_path}: {exc.strerror}",
+                hint="check [credentials] key_file in config.toml and that folder's owner",
+            ) from None
         return key
 
     @staticmethod

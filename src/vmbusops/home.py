@@ -3,6 +3,11 @@
 Configuration, the credential store, the simulator's state, the journal and the trust policy
 all live below it, so that users and tests can run isolated instances side by side by pointing
 ``VMBUSOPS_HOME`` somewhere else. Without it, the platform's usual per-user data directory.
+
+Everything below it is owner-only: folders 0700, files 0600, whatever the umask. Folders are
+made with :func:`private_dir` (``Path.mkdir(parents=True)`` gives the parents it makes the
+default mode, not the one asked for) and files created with :func:`private_file` or opened with
+mode 0600 and ``O_CREAT``. On Windows the per-user data directory's ACL does this job.
 """
 
 from __future__ import annotations
@@ -15,12 +20,20 @@ import platformdirs
 ENV_HOME = "VMBUSOPS_HOME"
 
 
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+_POSIX = os.name == "posix"
+
+
 def home_dir(*, create: bool = True) -> Path:
-    """The state directory; created (owner-only) on first use."""
+    """The state directory; created owner-only on first use, and made owner-only if it was not
+    (a folder made beforehand by hand, a package, or systemd's ``StateDirectory=``)."""
     raw = os.environ.get(ENV_HOME)
     path = Path(raw).expanduser() if raw else Path(platformdirs.user_data_dir("vmbusops", appauthor=False))
     if create:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(path)
+        if _POSIX and path.stat().st_mode & 0o077 and path.stat().st_uid == os.geteuid():
+            path.chmod(PRIVATE_DIR)
     return path
 
 
@@ -28,5 +41,35 @@ def home_path(*parts: str, create_parent: bool = True) -> Path:
     """A path below the state directory, its parent created."""
     path = home_dir().joinpath(*parts)
     if create_parent:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(path.parent)
+    return path
+
+
+def private_dir(path: Path) -> Path:
+    """``mkdir -p`` where every folder it makes is 0700 (existing ones are left as they are)."""
+    missing: list[Path] = []
+    current = path
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:
+            continue  # made meanwhile by another process
+        if _POSIX:
+            folder.chmod(PRIVATE_DIR)  # mkdir's mode is masked by the umask
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create ``path`` (empty) as 0600 if it does not exist; make it 0600 if it does. For files
+    another library then opens (SQLite), so they never exist with the umask's mode."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), PRIVATE_FILE)
+    try:
+        if _POSIX:
+            os.fchmod(fd, PRIVATE_FILE)
+    finally:
+        os.close(fd)
     return path

@@ -3,12 +3,28 @@ saying the same thing when one of our SQLite files cannot be written."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
 from vmbusops.errors import ConfigError, JournalError
-from vmbusops.home import home_dir
+from vmbusops.home import PRIVATE_FILE, home_dir, private_file
+
+#: The files SQLite keeps beside a database; it creates them with the database file's mode.
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def private_database(path: Path) -> Path:
+    """Make ``path`` an owner-only file before SQLite opens it, so the -wal and -shm files SQLite
+    then creates (with the database's mode) are owner-only too; side files left by an older
+    version are tightened. Every SQLite store under the home is opened after this."""
+    private_file(path)
+    for suffix in SQLITE_SIDE_FILES:
+        side = path.with_name(path.name + suffix)
+        if side.exists() and os.name == "posix":
+            side.chmod(PRIVATE_FILE)
+    return path
 
 
 def add_missing_columns(db: sqlite3.Connection, columns: Sequence[tuple[str, str, str]]) -> None:
@@ -29,17 +45,17 @@ def open_wal_database(
 ) -> sqlite3.Connection:
     """Open (creating if needed) a WAL-mode SQLite database in autocommit mode, schema applied.
 
-    Shared between threads (callers serialize access with their own lock); the parent folder is
-    created owner-only. ``what`` names the store in the error a broken file gives;
+    Shared between threads (callers serialize access with their own lock); the file, its parent
+    folder and SQLite's side files are owner-only (:func:`private_database`). ``what`` names the store in the error a broken file gives;
     ``added_columns`` are columns newer than the first schema (see :func:`add_missing_columns`).
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
+        private_database(path)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(schema)
         add_missing_columns(db, added_columns)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise ConfigError(f"cannot open {what} {path}: {exc}") from exc
     return db
 

@@ -96,3 +96,47 @@ def test_an_unknown_reference_says_where_it_looked(vmbusops_home: Path) -> None:
     assert "simulator" not in local.value.message
     with pytest.raises(CredentialStoreError, match="nor in the simulator's lab"):
         credential_resolver(Config(host="local"), "pwsh-lab")("nope")
+
+
+def test_sealing_key_can_live_outside_the_home(tmp_path: Path, vmbusops_home: Path) -> None:
+    keys = tmp_path / "etc-vmbusops"
+    keys.mkdir()
+    (vmbusops_home / "config.toml").write_text(f'[credentials]\nkey_file = "{keys / "credentials.key"}"\n')
+    CredentialStore().set("tenant-a", "Administrator", Secret(PASSWORD))
+    assert stat.S_IMODE((keys / "credentials.key").stat().st_mode) == 0o600
+    assert sorted(p.name for p in vmbusops_home.iterdir()) == ["config.toml", "credentials.json"]
+    assert CredentialStore().get("tenant-a").password.reveal() == PASSWORD
+    # Whoever has only the home (a backup, a copied disk) has nothing that opens the store.
+    (vmbusops_home / "config.toml").unlink()
+    with pytest.raises(CredentialStoreError, match=r"credentials\.key is missing"):
+        CredentialStore().get("tenant-a")
+
+
+def test_sealing_key_from_systemds_credentials_directory(
+    tmp_path: Path, vmbusops_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = tmp_path / "run-credentials"
+    creds.mkdir()
+    (creds / "vmbusops-credentials.key").write_bytes(bytes(range(32)))
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    CredentialStore().set("tenant-a", "Administrator", Secret(PASSWORD))
+    assert not (vmbusops_home / "credentials.key").exists()
+    assert CredentialStore().get("tenant-a").password.reveal() == PASSWORD
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(CredentialStoreError, match="is missing"):
+        CredentialStore().get("tenant-a")
+    # A unit that passes no such credential falls back to the home; systemd's folder is never written.
+    empty = tmp_path / "no-credential"
+    empty.mkdir()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(empty))
+    CredentialStore().set("tenant-b", "Administrator", Secret(PASSWORD))
+    assert list(empty.iterdir()) == [] and (vmbusops_home / "credentials.key").exists()
+
+
+def test_key_file_setting_must_be_absolute(vmbusops_home: Path) -> None:
+    from vmbusops.config import load_config
+    from vmbusops.errors import ConfigError
+
+    (vmbusops_home / "config.toml").write_text('[credentials]\nkey_file = "credentials.key"\n')
+    with pytest.raises(ConfigError, match=r"\[credentials\] key_file must be an absolute path"):
+        load_config()

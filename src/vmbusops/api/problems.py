@@ -83,3 +83,9 @@ def host_down(exc: HostDownError) -> ApiProblem:
 
 def not_found(what: str) -> ApiProblem:
     return ApiProblem(404, "not-found", "Not found", f"no {what}")
+
+
+def job_not_visible(job_id: int) -> ApiProblem:
+    """The one answer for a job that does not exist and for one outside the caller's scope: the
+    same status, body and headers, so a tenant cannot tell another tenant's job from no job."""
+    return not_found(f"job {job_id} visible to you")

@@ -11,6 +11,7 @@ connection of their own in worker threads, so followers never wait behind the en
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import tempfile
@@ -34,6 +35,7 @@ from vmbusops.engine import Engine, JobSource, Journal, RecordArrived, State, ac
 from vmbusops.engine.journal import JobView, RunView
 from vmbusops.errors import VmbusOpsError
 from vmbusops.guestops.supervisor import HostSupervisor
+from vmbusops.home import private_dir
 
 log = logging.getLogger("vmbusops.agent")
 T = TypeVar("T")
@@ -98,8 +100,9 @@ class AgentService:
     async def job_vms(self, job_id: int) -> list[str]:
         return [r.vm for r in await self.read(self.reader.runs, job_id)]
 
-    async def visible_job(self, job_id: int, who: Principal) -> tuple[JobView, list[RunView]] | None:
-        """The job and its runs if it exists and ``who`` may see it; None otherwise (same answer)."""
+    async def find_job(self, job_id: int) -> tuple[JobView, list[RunView]] | None:
+        """The job and its runs, whoever may see them; None if there is no such job. Callers
+        answering a principal check :meth:`Principal.sees_job` and answer both cases alike."""
 
         def get() -> tuple[JobView, list[RunView]] | None:
             found = self.reader.jobs(job_id=job_id, limit=1)
@@ -107,10 +110,7 @@ class AgentService:
                 return None
             return found[0], self.reader.runs(job_id)
 
-        got = await self.read(get)
-        if got is None or not who.sees_job([r.vm for r in got[1]]):
-            return None
-        return got
+        return await self.read(get)
 
     async def visible_jobs(self, who: Principal, *, limit: int, state: str | None) -> list[JobView]:
         def get() -> list[JobView]:
@@ -132,9 +132,12 @@ class AgentService:
         host = await self.hosts.wait_current(self.config.host_wait_seconds)
         host_vms = [vm.name for vm in await host.list_vms()]
         targets = resolve_targets(manifest, host_vms)
-        outside = tuple(vm for vm in targets if not who.covers_vm(vm))
-        if outside or (not targets and not who.sees_all_vms()):
-            raise TargetsOutOfScope(outside)
+        if any(not who.covers_vm(vm) for vm in targets) or (not targets and not who.sees_all_vms()):
+            # Name the manifest's own patterns that reached outside, never the host's VMs: a
+            # tenant's glob must not list another tenant's VM names back to it.
+            raise TargetsOutOfScope(
+                tuple(p for p in manifest.targets.vms if _reaches_outside(p, targets, who))
+            )
         return targets
 
     async def receive_bundle(self, chunks: AsyncIterator[bytes], limit: int) -> Path:
@@ -142,7 +145,7 @@ class AgentService:
 
         def make() -> Path:
             incoming = accepted_bundles_dir().parent / "incoming"
-            incoming.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(incoming)
             fd, name = tempfile.mkstemp(prefix="upload-", suffix=".vmb", dir=incoming)
             os.close(fd)
             return Path(name)
@@ -241,6 +244,12 @@ class AgentService:
         marked = await self.read(self.reader.request_cancel, job_id, vm)
         self.engine.cancel(job_id, vm)
         return int(marked)
+
+
+def _reaches_outside(pattern: str, targets: list[str], who: Principal) -> bool:
+    folded = pattern.casefold()
+    matched = [vm for vm in targets if fnmatch.fnmatchcase(vm.casefold(), folded)]
+    return not targets or any(not who.covers_vm(vm) for vm in matched)
 
 
 def _check_size(size: int, limit: int) -> None:

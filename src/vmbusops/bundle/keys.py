@@ -9,6 +9,7 @@ from pathlib import Path
 
 from vmbusops.bundle.crypto import PrivateKey, PublicKey
 from vmbusops.bundle.errors import KeyFileError
+from vmbusops.home import private_dir, private_file
 
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -17,7 +18,7 @@ def write_keypair(directory: Path, name: str, *, passphrase: bytes | None) -> tu
     """Generate an Ed25519 key pair; refuses to overwrite. Returns (private path, public path, key)."""
     if not _KEY_NAME.fullmatch(name):
         raise KeyFileError(f"key name {name!r} must be letters, digits, '.', '_' or '-'")
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(directory)
     private_path, public_path = directory / f"{name}.key", directory / f"{name}.pub"
     for p in (private_path, public_path):
         if p.exists():
@@ -29,7 +30,7 @@ def write_keypair(directory: Path, name: str, *, passphrase: bytes | None) -> tu
             f.write(key.to_pem(passphrase))
             f.flush()
             os.fsync(f.fileno())
-        public_path.write_bytes(key.public_key().to_pem())
+        private_file(public_path).write_bytes(key.public_key().to_pem())
     except OSError as exc:
         raise KeyFileError(f"cannot write key files in {directory}: {exc.strerror}") from exc
     return private_path, public_path, key.public_key()

@@ -54,6 +54,7 @@ from vmbusops.bundle.errors import (
     UntrustedSignerError,
 )
 from vmbusops.bundle.manifest import Manifest, StepKind
+from vmbusops.home import private_dir, private_file
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -375,7 +376,7 @@ def load_trust_policy(path: Path) -> TrustPolicy:
 
 
 def save_trust_policy(policy: TrustPolicy, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(policy.to_toml(), encoding="utf-8")
+    private_file(tmp).write_text(policy.to_toml(), encoding="utf-8")  # 0600 before a byte is in it
     tmp.replace(path)

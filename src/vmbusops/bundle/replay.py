@@ -35,7 +35,7 @@ from types import TracebackType
 from vmbusops.bundle.errors import ReplayedBundleError, VersionRollbackError
 from vmbusops.errors import JournalError
 from vmbusops.owner import Owner, owner_alive
-from vmbusops.storage import add_missing_columns, cannot_write, rollback_quietly
+from vmbusops.storage import add_missing_columns, cannot_write, private_database, rollback_quietly
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accepted (
@@ -63,12 +63,12 @@ class ReplayStore:
         self.has_fact = has_fact
         try:
             if isinstance(path, Path):
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                private_database(path)  # owner-only, and so are SQLite's side files
             self._db = sqlite3.connect(path, isolation_level=None)
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             add_missing_columns(self._db, _ADDED_COLUMNS)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot open the bundle replay store {path}: {exc}") from exc
 
     @classmethod

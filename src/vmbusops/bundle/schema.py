@@ -20,10 +20,10 @@ a ``StrEnum``            one of its values
 a ``JsonRecord``         a nested object, read by that record's own fields
 =======================  ===========================================================
 
-Anything else (numbers, which always have a range; patterns; bundle paths; a default that depends
+Anything else (numbers, which always have a range; patterns; bundle and guest paths; a default that depends
 on an earlier field) carries a :class:`Spec` in the field's metadata: ``field(metadata=...)`` with
 one of the helpers below (:func:`text`, :func:`integer`, :func:`seconds`, :func:`number`,
-:func:`bundle_path`, :func:`bundle_paths`) or a :class:`Spec` with its own ``read``. A spec's
+:func:`bundle_path`, :func:`bundle_paths`, :func:`guest_path`) or a :class:`Spec` with its own ``read``. A spec's
 ``read`` sees the fields read before it (``known``), plus whatever the caller put in ``context``.
 """
 
@@ -39,6 +39,7 @@ from typing import Any, Final, Literal, Self, TypeAlias, get_type_hints
 
 from vmbusops.bundle.errors import ManifestError, UnknownFieldError
 from vmbusops.bundle.member_paths import check_bundle_path
+from vmbusops.guest_paths import EXAMPLE, guest_path_problem
 
 
 class _Required:
@@ -187,6 +188,24 @@ def bundle_path(names: BundleRef | None = None) -> Any:
         return value
 
     return spec(read, names=names)
+
+
+def guest_path() -> Any:
+    """A path in the guest (see :func:`vmbusops.guest_paths.guest_path_problem`); the message
+    names the step, when the record has a name, and the rule the path broke."""
+
+    def read(r: FieldReader, key: str, default: object, known: Mapping[str, Any]) -> Any:
+        value = r.text(key, default)
+        problem = None if value is None else guest_path_problem(value)
+        if problem is not None:
+            name = f" ({known['name']!r})" if isinstance(known.get("name"), str) else ""
+            raise ManifestError(
+                f"{r.where}{name}.{key} {value!r} {problem}",
+                hint=f"use an absolute Windows path such as {EXAMPLE}",
+            )
+        return value
+
+    return spec(read)
 
 
 def bundle_paths(names: BundleRef, *, at_least_one: str | None = None) -> Any:

@@ -22,6 +22,7 @@ from vmbusops.bundle.schema import (
     JsonRecord,
     bundle_path,
     bundle_paths,
+    guest_path,
     integer,
     number,
     seconds,
@@ -100,11 +101,11 @@ class StepBase(JsonRecord):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CopyStep(StepBase):
-    """Copy-VMFile one bundle file to a guest path."""
+    """Copy-VMFile one bundle file to a guest path (checked by :mod:`vmbusops.guest_paths`)."""
 
     kind: ClassVar[StepKind] = StepKind.COPY
     source: str = field(metadata=bundle_path("file"))
-    destination: str
+    destination: str = field(metadata=guest_path())
     overwrite: bool = True  # -Force
     create_full_path: bool = True  # -CreateFullPath
 

@@ -61,6 +61,7 @@ from vmbusops.bundle.manifest import ENVELOPE_MEMBER, FileEntry, Manifest, forma
 from vmbusops.bundle.policy import Scope, TrustedKey, TrustPolicy
 from vmbusops.bundle.replay import ReplayStore
 from vmbusops.errors import ConfigError
+from vmbusops.home import private_dir
 from vmbusops.owner import Owner, current_owner
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -165,7 +166,7 @@ def check_limits(manifest: Manifest, limits: Limits) -> None:
 def _open_output(root: Path, entry: FileEntry) -> BinaryIO:
     parts = entry.path.split("/")
     parent = root.joinpath(*parts[:-1])
-    parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(parent)
     fd = os.open(
         parent / parts[-1],
         os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_BINARY | _O_CLOEXEC,
@@ -343,7 +344,7 @@ def accept_bundle(
     On any failure nothing remains: the directory is removed and nothing is recorded.
     """
     holder = holder if holder is not None else current_owner()
-    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(workdir)
     directory = Path(tempfile.mkdtemp(prefix="bundle-", dir=workdir))
     try:
         verified = _verify(path, policy=policy, replay=replay, now=now, limits=limits, dest=directory)

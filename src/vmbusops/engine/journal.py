@@ -34,18 +34,18 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from vmbusops.engine import journal_retention
 from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
 from vmbusops.engine.journal_retention import Prunable
+from vmbusops.engine.journal_rows import JobView, RecordView, RunView, StepView
 from vmbusops.engine.states import Event, Level, State, next_state
 from vmbusops.errors import JournalError
 from vmbusops.home import home_path
 from vmbusops.owner import Owner, owner_alive
-from vmbusops.storage import add_missing_columns, cannot_write, rollback_quietly
+from vmbusops.storage import add_missing_columns, cannot_write, private_database, rollback_quietly
 
 SCHEMA_VERSION: Final = 2
 
@@ -141,77 +141,6 @@ def journal_path() -> Path:
     return home_path("journal", "journal.sqlite")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobView:
-    id: int
-    bundle_name: str
-    bundle_version: int
-    bundle_id: str
-    source: str
-    host: str
-    state: State
-    stored_state: State
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    owner_pid: int | None
-    owner_alive: bool
-    cancel_requested: bool
-    error: str | None
-    manifest: str
-    bundle_dir: str | None
-    #: The trust scope that accepted the bundle lets its steps enable the Guest Service Interface.
-    enable_guest_services: bool
-    #: The signed envelope the bundle was accepted with (JSON), verified again on resume.
-    envelope: str | None
-    run_states: dict[str, int]
-
-    @property
-    def targets(self) -> int:
-        return sum(self.run_states.values())
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunView:
-    id: int
-    job_id: int
-    vm: str
-    state: State
-    stored_state: State
-    current_step: str | None
-    started_at: float | None
-    finished_at: float | None
-    error: str | None
-    records: int
-    excerpt: list[str]
-    cancel_requested: bool
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepView:
-    run_id: int
-    idx: int
-    name: str
-    kind: str
-    state: State
-    attempts: int
-    started_at: float | None
-    finished_at: float | None
-    error: str | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RecordView:
-    run_id: int
-    vm: str
-    seq: int
-    step: str | None
-    attempt: int
-    stream: str
-    time: float
-    content: dict[str, Any]
-
-
 class Journal:
     """One process's connection to the journal file."""
 
@@ -225,7 +154,7 @@ class Journal:
         self._no_wait = threading.local()
         self._limit = f"[retention] journal_max_mb = {max_mb:g}" if max_mb else None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_database(self.path)  # owner-only, and so are the -wal and -shm files
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
             self._db.execute("PRAGMA busy_timeout=30000")
             # Before the first table exists, so that pruning can give pages back to the disk.
@@ -244,11 +173,10 @@ class Journal:
                     db.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                     )
-        except sqlite3.Error as exc:
-            if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+        except (sqlite3.Error, OSError) as exc:
+            if isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
                 raise self._cannot_write(exc) from exc
             raise JournalError(f"cannot open the journal {self.path}: {exc}") from exc
-        self.path.chmod(0o600)
 
     def close(self) -> None:
         with self._lock:
@@ -700,3 +628,16 @@ def _effective(state: State, owner_alive: bool) -> State:
     if state.active and not owner_alive:
         return State.INTERRUPTED
     return state
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "JobView",
+    "Journal",
+    "JournalBusy",
+    "RecordRow",
+    "RecordView",
+    "RunView",
+    "StepView",
+    "journal_path",
+]

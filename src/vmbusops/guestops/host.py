@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import PureWindowsPath
 from typing import Any, ClassVar, Final
 
 import trio
@@ -29,6 +28,8 @@ from vmbusops.errors import (
     VMNotFoundError,
     VMNotRunningError,
 )
+from vmbusops.guest_paths import EXAMPLE as GUEST_PATH_EXAMPLE
+from vmbusops.guest_paths import guest_path_problem
 from vmbusops.guestops.classify import classify
 from vmbusops.guestops.invoker import INVOKER_FUNCTION, invoker_command, parse_marker
 from vmbusops.psrp.client import Command
@@ -261,9 +262,11 @@ class HyperVHost:
         Copy-VMFile reports a disabled Guest Service Interface with the same "file exists" text
         as a real name clash, so on that error we look at the service before saying which.
         """
-        if not PureWindowsPath(destination).is_absolute() and not destination.startswith("/"):
+        problem = guest_path_problem(destination)
+        if problem is not None:  # the manifest's rule, again: ``guest copy`` and DSC files come here too
             raise HostCommandError(
-                f"{vm}: guest destination {destination!r} must be an absolute path such as C:\\Temp\\file.txt"
+                f"{vm}: guest destination {destination!r} {problem}",
+                hint=f"use an absolute Windows path such as {GUEST_PATH_EXAMPLE}",
             )
         params: dict[str, Any] = {
             "Name": vm,

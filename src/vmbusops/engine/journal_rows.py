@@ -1,0 +1,79 @@
+"""What the journal's readers return: a job, a run, a step, a record, as stored (and as shown)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vmbusops.engine.states import State
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobView:
+    id: int
+    bundle_name: str
+    bundle_version: int
+    bundle_id: str
+    source: str
+    host: str
+    state: State
+    stored_state: State
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    owner_pid: int | None
+    owner_alive: bool
+    cancel_requested: bool
+    error: str | None
+    manifest: str
+    bundle_dir: str | None
+    #: The trust scope that accepted the bundle lets its steps enable the Guest Service Interface.
+    enable_guest_services: bool
+    #: The signed envelope the bundle was accepted with (JSON), verified again on resume.
+    envelope: str | None
+    run_states: dict[str, int]
+
+    @property
+    def targets(self) -> int:
+        return sum(self.run_states.values())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunView:
+    id: int
+    job_id: int
+    vm: str
+    state: State
+    stored_state: State
+    current_step: str | None
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    records: int
+    excerpt: list[str]
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepView:
+    run_id: int
+    idx: int
+    name: str
+    kind: str
+    state: State
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordView:
+    run_id: int
+    vm: str
+    seq: int
+    step: str | None
+    attempt: int
+    stream: str
+    time: float
+    content: dict[str, Any]
