@@ -65,6 +65,7 @@ class Report:
     resumed: int = 0
     states: dict[str, int] = field(default_factory=dict)
     records: int = 0
+    restarts: int = 0
     health_gaps: int = 0
     longest_gap: float = 0.0
     disk_full_possible: bool = False
@@ -84,7 +85,7 @@ class Report:
             f"{self.refused} refused while broken, {self.unanswered} unanswered",
             f"  jobs: {self.jobs} ({states}); {self.resumed} resumed afterwards",
             f"  records journaled: {self.records}; health gaps: {self.health_gaps} "
-            f"(longest {self.longest_gap:.1f} s)",
+            f"(longest {self.longest_gap:.1f} s); the agent exited {self.restarts} time(s) and was restarted",
             "  invariants: " + ("all hold" if self.ok else f"{len(self.violations)} VIOLATED"),
             *(f"    {v}" for v in self.violations[:20]),
         ]
@@ -222,6 +223,9 @@ class Agent:
             self.proc.wait()
             self.proc = None
 
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
@@ -300,6 +304,16 @@ class Soak:
             await trio.sleep(0.25)
         self.report.violations.append(f"the agent did not answer /v1/health for {trio.current_time() - (down_since or 0):.0f} s")
 
+    async def service_manager(self, until: float) -> None:
+        """What systemd does for the agent (``Restart=on-failure``): start it again when it exits."""
+        while trio.current_time() < until + 60:
+            await trio.sleep(1.0)
+            if self.agent.exited():
+                self.report.restarts += 1
+                self.agent.proc = None
+                with contextlib.suppress(RuntimeError):
+                    await trio.to_thread.run_sync(self.agent.start)
+
     async def chaos(self, until: float, mounted: bool) -> None:
         while True:
             await trio.sleep(self.rng.uniform(2.0, 5.0))
@@ -330,6 +344,7 @@ class Soak:
             self.nursery = nursery
             nursery.start_soon(self.chaos, until, mounted)
             nursery.start_soon(self.health, until)
+            nursery.start_soon(self.service_manager, until)
             await self.submitter(until)
             deadline = trio.current_time() + 120
             async with self.client() as c:
@@ -340,7 +355,8 @@ class Soak:
                     await trio.sleep(0.5)
             for scope in self.followers:
                 scope.cancel()
-        await self.came_back()
+            await self.came_back()
+            nursery.cancel_scope.cancel()
 
     async def came_back(self) -> None:
         """After the last break, a new bundle is accepted and runs to success: the agent healed."""
