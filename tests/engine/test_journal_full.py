@@ -26,7 +26,7 @@ def new_job(journal: Journal) -> tuple[int, int]:
     """A pending job with one run; (job id, run id)."""
     job_id, runs = journal.create_job(
         bundle_name="flood", bundle_version=1, bundle_id="id-1", source="test", manifest="{}",
-        bundle_dir=None, enable_guest_services=False, host="sim", vms=["vm01"], steps=[("s", "script")],
+        bundle_dir=None, enable_guest_services=False, envelope=None, host="sim", vms=["vm01"], steps=[("s", "script")],
         owner=current_owner(), now=time.time(),
     )  # fmt: skip
     return job_id, runs["vm01"]

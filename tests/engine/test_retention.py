@@ -36,7 +36,7 @@ def add_job(journal: Journal, folder: Path | None, *, state: State, finished_day
     """A job with one run and 3 records, moved to ``state`` (finished that long ago, if given)."""
     job_id, runs = journal.create_job(
         bundle_name="b", bundle_version=1, bundle_id=f"id-{time.monotonic_ns()}", source="test", manifest="{}",
-        bundle_dir=str(folder) if folder else None, enable_guest_services=False, host="sim", vms=["vm01"],
+        bundle_dir=str(folder) if folder else None, enable_guest_services=False, envelope=None, host="sim", vms=["vm01"],
         steps=[("s", "script")], owner=current_owner(), now=NOW - 100 * DAY,
     )  # fmt: skip
     rows = [(runs["vm01"], seq, "s", 1, "output", NOW, '"x"') for seq in (1, 2, 3)]
