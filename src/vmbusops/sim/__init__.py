@@ -10,10 +10,15 @@ as to ``powershell.exe -ServerMode``. Behind the protocol it simulates a Hyper-V
 - ``lab``: the lab file (VMs, credentials, latency, faults, chaos) and :func:`lab_password`;
 - ``state``: persistent VM state and guest file systems under the state directory, shared by
   every simulator process through a file lock;
-- ``hyperv``: the host cmdlets with their real parameters and real error records
+- ``cmdlets``: every command the simulator answers, host and guest, listed by name;
+- ``hyperv``: the host that runs them (:class:`~vmbusops.sim.hyperv.HyperVHost`); ``vm_cmdlets``
+  and ``hostfiles``: the host cmdlets with their real parameters and real error records
   (Get-VM, Get-VMIntegrationService, Enable-/Disable-VMIntegrationService, Copy-VMFile,
   Invoke-Command -VMName/-VMId, Start-VM, Stop-VM, Restart-VM); the texts are in ``pserrors``;
-- ``guest_parse`` and ``guest``: the PowerShell subset that runs inside a guest;
+- the PowerShell subset that runs inside a guest: ``guest_parse`` (the parser), ``guest`` (the
+  evaluator, one session), ``guest_values``, ``guest_stage`` (what a cmdlet is), and the cmdlets:
+  ``guest_cmdlets``, ``guest_files``, ``scheduled_tasks``, ``dsc`` (with ``dsc_lcm`` and
+  ``dsc_resources``), ``wua`` (the patch step's scripts);
 - ``server`` and ``clixml``: the PSRP server loop and the wire format of its records.
 
 Host level
