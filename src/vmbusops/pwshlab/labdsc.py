@@ -163,6 +163,10 @@ async def run_dsc_cmdlet(
         streams.error(pserrors.with_activity(exc.error, cls.name))
         return
     session = GuestSession(spec=spec, store=store, streams=streams, username=spec.username)
+    # Every line is streamed: the guest function writes each one with its own $PSCmdlet, whose
+    # -Verbose / -Debug and preference variables are what decides, as PowerShell's rule.
+    session.variables["verbosepreference"] = "Continue"
+    session.variables["debugpreference"] = "Continue"
     location = str(request.get("location") or "")
     split = split_guest_path(location.replace("/", "\\"))
     if split is not None and split[0] == "C":

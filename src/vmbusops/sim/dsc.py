@@ -4,7 +4,9 @@ Get-DscConfigurationStatus, and the LCM's own Set-/Get-DscLocalConfigurationMana
 Each runs one operation of the simulated Local Configuration Manager (``vmbusops.sim.dsc_lcm``:
 it reads the real MOF documents, runs Test then Set for each resource of
 ``vmbusops.sim.dsc_resources`` and writes the LCM's verbose lines in WMF 5.1's format), so the
-agent's LCM parser reads the simulator exactly as it reads a real guest.
+agent's LCM parser reads the simulator exactly as it reads a real guest. As in PowerShell, those
+lines are written only when the cmdlet is called with ``-Verbose`` (or ``$VerbosePreference`` says
+so); the product always passes it.
 
 The LCM's own settings (the meta-configuration) are applied with ``Set-DscLocalConfigurationManager
 -Path <folder>``, which reads ``<computer>.meta.mof`` or ``localhost.meta.mof`` there (an instance

@@ -5,7 +5,9 @@ WMF 5.1's format, and the LCM's own memory.
 ``DependsOn``, runs Test then Set for each one (``vmbusops.sim.dsc_resources``) and writes the LCM's
 verbose lines as WMF 5.1 writes them (``[NODE]: LCM:  [ Start  Set      ]  [[File]Index]``, padding,
 durations to four decimals, "A reboot is required to progress further. Please reboot the system."),
-so the agent's LCM parser reads the simulator exactly as it reads a real guest.
+so the agent's LCM parser reads the simulator exactly as it reads a real guest. The lines go to the
+streams of the cmdlet that called the LCM, so, as in PowerShell, they are written only when that
+cmdlet's ``-Verbose`` (or ``$VerbosePreference``) asks for them.
 
 The configuration documents live where a real LCM keeps them
 (``C:\\Windows\\System32\\Configuration\\Current.mof``); status history lives in the guest's
@@ -229,8 +231,9 @@ class SimLcm:
     async def verbose(self, text: str) -> None:
         if self.quiet:
             return
-        self.session.streams.verbose(text)
-        await self.session.streams.checkpoint()
+        # The calling cmdlet's streams: its -Verbose (or $VerbosePreference) decides, as in PowerShell.
+        self.stage.streams.verbose(text)
+        await self.stage.streams.checkpoint()
 
     def warn(self, text: str) -> None:
         if not self.quiet:

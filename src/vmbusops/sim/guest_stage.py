@@ -38,18 +38,33 @@ class Stage:
         """Where this cmdlet writes: its errors carry its name as their activity, as in PowerShell.
 
         -ErrorAction SilentlyContinue / Ignore keep its non-terminating errors off the error
-        stream (callers use it to probe, e.g. which files exist).
+        stream (callers use it to probe, e.g. which files exist); its verbose and debug records
+        are written only when its -Verbose / -Debug or the preference variables ask for them.
         """
         if self._streams is None:
-            action = self.bound.get("ErrorAction")
-            if action is None:
-                action = self.session.variables.get("erroractionpreference")
             self._streams = _CmdletStreams(
                 self.session,
                 activity=self.name if "-" in self.name else "",
-                action=str(action or "Continue").casefold(),
+                action=self._preference("ErrorAction", "Continue"),
+                verbose=self._preference("Verbose", "SilentlyContinue"),
+                debug=self._preference("Debug", "SilentlyContinue"),
             )
         return self._streams
+
+    def _preference(self, parameter: str, default: str) -> str:
+        """The action for one stream, folded: the cmdlet's common parameter, else the script's
+        preference variable, else PowerShell's default.
+
+        -Verbose and -Debug are switches: present, they mean Continue (-Debug as in PowerShell 7;
+        Windows PowerShell 5.1 makes it Inquire, a prompt); ``-Verbose:$false`` means
+        SilentlyContinue.
+        """
+        value = self.bound.get(parameter)
+        if value is not None and parameter in ("Verbose", "Debug"):
+            value = "Continue" if value else "SilentlyContinue"
+        if value is None:
+            value = self.session.variables.get(f"{parameter}preference".casefold())
+        return str(value or default).casefold()
 
     async def begin(self) -> None:
         return None
@@ -84,19 +99,26 @@ def fq_name_of(cmdlet: str, namespace: str = "Microsoft.PowerShell.Commands") ->
 
 
 class _CmdletStreams(ForwardingStreams):
-    """A cmdlet's view of the streams: its errors named after it and handled by its error action.
+    """A cmdlet's view of the streams: its errors named after it and handled by its error action,
+    its verbose and debug records written only as their preferences say.
 
-    The action is the cmdlet's -ErrorAction, else the script's ``$ErrorActionPreference``:
+    The error action is the cmdlet's -ErrorAction, else the script's ``$ErrorActionPreference``:
     ``Stop`` makes a non-terminating error terminating (the script ends, a ``try`` catches it);
     ``SilentlyContinue`` keeps it off the error stream but, as in PowerShell, ``$Error`` still
     gains it; ``Ignore`` drops it altogether (pwsh 7.6.9, measured).
+
+    Verbose and debug records are written under ``Continue`` and dropped under
+    ``SilentlyContinue`` (PowerShell's default) or ``Ignore``; ``Stop`` and ``Inquire`` are refused
+    as unsupported rather than pretended.
     """
 
-    def __init__(self, session: GuestSession, *, activity: str, action: str) -> None:
+    def __init__(self, session: GuestSession, *, activity: str, action: str, verbose: str, debug: str) -> None:
         super().__init__(session.streams)
         self._session = session
         self._activity = activity
         self._action = action
+        self._verbose = verbose
+        self._debug = debug
 
     def error(self, error: SimError) -> None:
         error = pserrors.with_activity(error, self._activity)
@@ -106,3 +128,20 @@ class _CmdletStreams(ForwardingStreams):
             self._session.silenced_errors += 1
         elif self._action != "ignore":
             self._inner.error(error)
+
+    def verbose(self, message: str) -> None:
+        if _writes(self._verbose, "VerbosePreference"):
+            self._inner.verbose(message)
+
+    def debug(self, message: str) -> None:
+        if _writes(self._debug, "DebugPreference"):
+            self._inner.debug(message)
+
+
+def _writes(action: str, preference: str) -> bool:
+    """Whether a verbose or debug record is written under ``action`` (folded)."""
+    if action == "continue":
+        return True
+    if action in ("silentlycontinue", "ignore"):
+        return False
+    raise StatementError(pserrors.not_supported_in_guest(f"{preference} or -{preference[:-10]} set to '{action}'"))
