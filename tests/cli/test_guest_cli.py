@@ -35,7 +35,7 @@ def test_exec_json_is_ndjson_with_vm_stream_seq_time(make_lab: Callable[..., Any
     make_lab()
     proc = vmbusops(
         "exec", "--vm", "web01", "--vm", "web02", "--json", "--",
-        "Write-Verbose 'v1'; Write-Output 'o1'; Write-Warning 'w1'",
+        "Write-Verbose 'v1' -Verbose; Write-Output 'o1'; Write-Warning 'w1'",
     )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]

@@ -14,7 +14,7 @@ async def test_a_run_streams_every_step_into_the_journal(lab_dir: Path, tmp_path
     m = manifest(
         ["web*"],
         [
-            script("hello", "Write-Output 'one'\nWrite-Verbose 'two'"),
+            script("hello", "Write-Output 'one'\nWrite-Verbose 'two' -Verbose"),
             script("count", "1..3 | ForEach-Object { Write-Output $_ }"),
         ],
     )

@@ -14,6 +14,7 @@ from pwshlab_support import PwshLab
 from vmbusops.guestops.invoker import invoker_command
 from vmbusops.psrp.client import Command
 from vmbusops.records import (
+    DebugRecord,
     ErrorRecord,
     InformationRecord,
     OutputRecord,
@@ -82,6 +83,12 @@ GUEST_CASES: list[tuple[str, list[str], list[object]]] = [
     ("Ignore neither shows nor counts", ["Write-Error 'gone' -ErrorAction Ignore; 'after'", "'next'"], []),
     ("a bare throw", ["throw"], []),
     ("exit without a code", ["'a'; exit", "'next'"], []),
+    ("verbose and debug are silent unless asked for", ["Write-Verbose 'v'; Write-Debug 'd'; 'o'"], []),
+    ("-Verbose and -Debug ask for them", ["Write-Verbose 'v' -Verbose; Write-Debug 'd' -Debug; 'o'"], []),
+    ("the preference variables ask for them",
+     ["$VerbosePreference = 'Continue'; $DebugPreference = 'Continue'; Write-Verbose 'v'; Write-Debug 'd'"], []),
+    ("-Verbose:$false overrides the preference",
+     ["$VerbosePreference = 'Continue'; Write-Verbose 'off' -Verbose:$false; Write-Verbose 'on'"], []),
 ]
 
 
@@ -95,7 +102,7 @@ def _guest_view(records: list[object]) -> list[tuple[str, object]]:
             view.append(("output", record.value))
         elif isinstance(record, ErrorRecord):
             view.append(("error", record.message))
-        elif isinstance(record, WarningRecord | VerboseRecord):
+        elif isinstance(record, WarningRecord | VerboseRecord | DebugRecord):
             view.append((type(record).__name__, record.message))
         elif isinstance(record, InformationRecord):
             view.append(("information", record.message_data))

@@ -65,7 +65,7 @@ async def test_host_operations_and_live_records_over_encrypted_winrm(
 ) -> None:
     lab = make_lab()
     cred = lab.credential()
-    script = "Write-Verbose 'v'; Write-Output 'first'; Start-Sleep -Milliseconds 700; Write-Warning 'w'; Write-Output 'second'"
+    script = "Write-Verbose 'v' -Verbose; Write-Output 'first'; Start-Sleep -Milliseconds 700; Write-Warning 'w'; Write-Output 'second'"
     arrivals: list[tuple[float, object]] = []
     with trio.fail_after(60):
         async with open_winrm_target(_target(wsman)) as host:

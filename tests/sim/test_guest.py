@@ -72,7 +72,7 @@ async def test_write_cmdlets_reach_their_streams_in_order(store: HostStore) -> N
         store,
         """
         Write-Output 'out'
-        Write-Verbose "v"; Write-Warning 'w'; Write-Debug d
+        Write-Verbose "v" -Verbose; Write-Warning 'w'; Write-Debug d -Debug
         Write-Error 'bad thing'
         Write-Information -MessageData 'info' -Tags a,b
         Write-Progress -Activity Copying -Status Half -PercentComplete 50
@@ -130,7 +130,7 @@ async def test_ranges_pipelines_foreach_and_exit(store: HostStore) -> None:
         """
         1..3 | ForEach-Object { "item $_" }
         3..1 | % { $_ }
-        foreach ($x in 1..2) { Write-Verbose "x=$x" }
+        foreach ($x in 1..2) { Write-Verbose "x=$x" -Verbose }
         $list = @(1, 2, 3)
         $list.Count
         1..2 | foreach -Begin { 'begin' } -Process { $PSItem } -End { 'end' }
@@ -294,3 +294,24 @@ def test_parser_accepts_comments_continuations_and_switch_parameters() -> None:
 
 async def test_lab_shape_is_what_tests_assume(lab: Lab) -> None:
     assert [vm.name for vm in lab.vms] == ["web01", "db01", "legacy01", "app01", "flaky01"]
+
+
+async def test_verbose_and_debug_are_written_only_when_asked_for(store: HostStore) -> None:
+    # PowerShell's defaults are SilentlyContinue: nothing without -Verbose / -Debug or a preference.
+    s = await run(store, "Write-Verbose quiet; Write-Debug quiet; 'o'")
+    assert s.records == [("output", "o")]
+    s = await run(store, "Write-Verbose v -Verbose; Write-Debug d -Debug")
+    assert s.records == [("verbose", "v"), ("debug", "d")]
+    s = await run(
+        store,
+        "$VerbosePreference = 'Continue'; $DebugPreference = 'Continue'; Write-Verbose v; Write-Debug d; "
+        "Write-Verbose off -Verbose:$false; $VerbosePreference = 'SilentlyContinue'; Write-Verbose gone",
+    )
+    assert s.records == [("verbose", "v"), ("debug", "d")]
+
+
+async def test_a_verbose_preference_the_simulator_does_not_model_is_refused(store: HostStore) -> None:
+    s = await run(store, "$VerbosePreference = 'Inquire'; Write-Verbose v; 'next'")
+    assert s.of("verbose") == []
+    assert [e.fqid for e in s.of("error")] == ["NotSupportedBySimulator"]
+    assert s.of("output") == ["next"]

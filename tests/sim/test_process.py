@@ -20,7 +20,7 @@ async def test_child_serves_closes_cleanly_and_never_writes_stderr(lab_file: Pat
     lab = load_lab(lab_file)
     async with sim_process(lab_file, tmp_path / "state") as sim:
         result = await run_in_guest(
-            sim.client, lab, "web01", "Write-Verbose 'from the guest'; Get-Service W3SVC | % Status"
+            sim.client, lab, "web01", "Write-Verbose 'from the guest' -Verbose; Get-Service W3SVC | % Status"
         )
         assert result.output == ["Running"]
         assert result.verbose == ["from the guest"]
@@ -137,7 +137,7 @@ async def main(python, state, lab, password, invoker_path):
         ps = psrp.AsyncPowerShell(rp)
         ps.add_command("Get-VM")
         print("VMS", ",".join(str(o.Name) for o in await ps.invoke()))
-        ps = guest(rp, "1..3 | % { Write-Verbose \"v$_\"; \"o$_\" }", password)
+        ps = guest(rp, "1..3 | % { Write-Verbose \"v$_\" -Verbose; \"o$_\" }", password)
         out = await ps.invoke()
         print("OUT", ",".join(str(o) for o in out))
         print("NOHOST-VERBOSE", ",".join(str(v.Message) for v in ps.streams.verbose))
@@ -146,7 +146,7 @@ async def main(python, state, lab, password, invoker_path):
         await ps.invoke()
         print("ERROR", ps.streams.error[0])
     async with psrp.AsyncRunspacePool(conn, host=psrp.PSHost(ui=psrp.PSHostUI())) as rp:
-        ps = guest(rp, "1..3 | % { Write-Verbose \"v$_\"; \"o$_\" }", password)
+        ps = guest(rp, "1..3 | % { Write-Verbose \"v$_\" -Verbose; \"o$_\" }", password)
         await ps.invoke()
         print("VERBOSE", ",".join(str(v.Message) for v in ps.streams.verbose))
 

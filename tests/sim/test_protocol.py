@@ -26,7 +26,7 @@ async def test_pool_open_acks_data_before_negotiation(client: PSRPTestClient) ->
 
 
 async def test_pipeline_data_ack_comes_before_records(client: PSRPTestClient, lab: Lab) -> None:
-    ps = await start_in_guest(client, lab, "web01", "Write-Verbose a; 1")
+    ps = await start_in_guest(client, lab, "web01", "Write-Verbose a -Verbose; 1")
     result = await client.wait(ps)
     pid = ps.pipeline_id
     assert _index(client, PacketKind.COMMAND_ACK, pid) < _index(client, PacketKind.DATA_ACK, pid)
@@ -41,7 +41,7 @@ async def test_pipeline_data_ack_comes_before_records(client: PSRPTestClient, la
 
 async def test_signal_stops_a_running_pipeline(client: PSRPTestClient, lab: Lab) -> None:
     ps = await start_in_guest(
-        client, lab, "web01", "Write-Verbose before; Start-Sleep -Seconds 30; Write-Verbose after"
+        client, lab, "web01", "$VerbosePreference = 'Continue'; Write-Verbose before; Start-Sleep -Seconds 30; Write-Verbose after"
     )
     await client.wait_for(lambda: client.result(ps).verbose == ["before"])
     with trio.fail_after(5):
@@ -91,7 +91,7 @@ async def test_pipelines_run_concurrently_up_to_max_runspaces(store: HostStore, 
 
 
 async def test_many_records_are_batched_into_few_packets(client: PSRPTestClient, lab: Lab) -> None:
-    ps = await start_in_guest(client, lab, "web01", '1..3000 | % { Write-Verbose "line $_" }')
+    ps = await start_in_guest(client, lab, "web01", '1..3000 | % { Write-Verbose "line $_" -Verbose }')
     result = await client.wait(ps)
     assert result.verbose == [f"line {i}" for i in range(1, 3001)]
     data_packets = [p for p in client.wire if p.kind is PacketKind.DATA and p.guid == ps.pipeline_id]

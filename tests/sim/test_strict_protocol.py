@@ -37,7 +37,7 @@ async def test_data_sent_before_its_command_is_acked_and_dropped(client: PSRPTes
 
 async def test_guest_verbose_warning_debug_need_a_host_ui(store: HostStore, lab: Lab) -> None:
     script = (
-        "Write-Output out; Write-Verbose verb; Write-Warning warn; Write-Debug dbg; "
+        "Write-Output out; Write-Verbose verb -Verbose; Write-Warning warn; Write-Debug dbg -Debug; "
         "Write-Information info; Write-Error err"
     )
     results = {}
@@ -74,7 +74,10 @@ async def test_host_cmdlet_warnings_pass_without_a_host_ui(store: HostStore) -> 
 
 
 async def test_with_a_host_ui_each_record_is_followed_by_its_host_call(store: HostStore, lab: Lab) -> None:
-    script = "Write-Verbose verb; Write-Warning warn; Write-Debug dbg; Write-Progress -Activity act -Status st; 'out'"
+    script = (
+        "Write-Verbose verb -Verbose; Write-Warning warn; Write-Debug dbg -Debug; "
+        "Write-Progress -Activity act -Status st; 'out'"
+    )
     kinds: dict[bool, list[str]] = {}
     for host_ui in (True, False):
         async with in_memory_client(store, host_ui=host_ui) as client:

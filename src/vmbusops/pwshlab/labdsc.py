@@ -6,7 +6,8 @@ Linux has no Local Configuration Manager, so a ``pwsh-lab`` guest's DSC cmdlets
 (``Start-DscConfiguration``, ``Test-DscConfiguration``, ``Get-DscConfigurationStatus``, and the
 LCM's own ``Set-``/``Get-DscLocalConfigurationManager`` where the simulator has them) are
 functions of the guest session (``VmbusOpsLabGuest.psm1``) that hand the call, as PowerShell bound
-it, to this operation. It runs the simulator's own cmdlet (:mod:`vmbusops.sim.dsc`) on a
+it, to this operation. It runs the simulator's own cmdlet (:mod:`vmbusops.sim.dsc`, found in the
+simulator's registry :mod:`vmbusops.sim.cmdlets`) on a
 :class:`~vmbusops.sim.guest.GuestSession` over the lab's state directory, so both lanes share one
 LCM, one guest system (``system.json``) and the guest's ``C:`` files.
 
@@ -41,8 +42,9 @@ import trio
 from vmbusops.pwshlab.labjson import error_json
 from vmbusops.sim import pserrors
 from vmbusops.sim.binding import BindingError, bind
-from vmbusops.sim.dsc import DSC_CMDLETS
-from vmbusops.sim.guest import NO_INPUT, GuestSession, StatementError, to_text
+from vmbusops.sim.cmdlets import GUEST_CMDLETS
+from vmbusops.sim.guest import GuestSession
+from vmbusops.sim.guest_values import NO_INPUT, StatementError, to_text
 from vmbusops.sim.lab import Lab
 from vmbusops.sim.state import HostStore, split_guest_path
 from vmbusops.sim.streams import InformationMessage, ProgressUpdate, SimError, SimObject, TerminatingError
@@ -110,7 +112,17 @@ class LineStreams:
         await trio.lowlevel.checkpoint()
 
 
-CMDLETS_BY_NAME = {cls.name.casefold(): cls for cls in DSC_CMDLETS}
+#: The guest functions of ``VmbusOpsLabGuest.psm1`` that hand their call to this operation.
+LAB_DSC_CMDLETS = frozenset(
+    name.casefold()
+    for name in (
+        "Start-DscConfiguration",
+        "Test-DscConfiguration",
+        "Get-DscConfigurationStatus",
+        "Set-DscLocalConfigurationManager",
+        "Get-DscLocalConfigurationManager",
+    )
+)
 
 
 async def run_dsc_cmdlet(
@@ -132,7 +144,7 @@ async def run_dsc_cmdlet(
         streams.error(pserrors.remote_session_ended(spec.name))
         return
     cmdlet = str(request["cmdlet"])
-    cls = CMDLETS_BY_NAME.get(cmdlet.casefold())
+    cls = GUEST_CMDLETS.get(cmdlet.casefold()) if cmdlet.casefold() in LAB_DSC_CMDLETS else None
     if cls is None:
         streams.error(pserrors.not_supported_in_guest(f"the DSC cmdlet {cmdlet}"))
         return
@@ -151,6 +163,10 @@ async def run_dsc_cmdlet(
         streams.error(pserrors.with_activity(exc.error, cls.name))
         return
     session = GuestSession(spec=spec, store=store, streams=streams, username=spec.username)
+    # Every line is streamed: the guest function writes each one with its own $PSCmdlet, whose
+    # -Verbose / -Debug and preference variables are what decides, as PowerShell's rule.
+    session.variables["verbosepreference"] = "Continue"
+    session.variables["debugpreference"] = "Continue"
     location = str(request.get("location") or "")
     split = split_guest_path(location.replace("/", "\\"))
     if split is not None and split[0] == "C":

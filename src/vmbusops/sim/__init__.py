@@ -10,10 +10,15 @@ as to ``powershell.exe -ServerMode``. Behind the protocol it simulates a Hyper-V
 - ``lab``: the lab file (VMs, credentials, latency, faults, chaos) and :func:`lab_password`;
 - ``state``: persistent VM state and guest file systems under the state directory, shared by
   every simulator process through a file lock;
-- ``hyperv``: the host cmdlets with their real parameters and real error records
+- ``cmdlets``: every command the simulator answers, host and guest, listed by name;
+- ``hyperv``: the host that runs them (:class:`~vmbusops.sim.hyperv.HyperVHost`); ``vm_cmdlets``
+  and ``hostfiles``: the host cmdlets with their real parameters and real error records
   (Get-VM, Get-VMIntegrationService, Enable-/Disable-VMIntegrationService, Copy-VMFile,
   Invoke-Command -VMName/-VMId, Start-VM, Stop-VM, Restart-VM); the texts are in ``pserrors``;
-- ``guest_parse`` and ``guest``: the PowerShell subset that runs inside a guest;
+- the PowerShell subset that runs inside a guest: ``guest_parse`` (the parser), ``guest`` (the
+  evaluator, one session), ``guest_values``, ``guest_stage`` (what a cmdlet is), and the cmdlets:
+  ``guest_cmdlets``, ``guest_files``, ``scheduled_tasks``, ``dsc`` (with ``dsc_lcm`` and
+  ``dsc_resources``), ``wua`` (the patch step's scripts);
 - ``server`` and ``clixml``: the PSRP server loop and the wire format of its records.
 
 Host level
@@ -46,11 +51,11 @@ A guest's verbose, warning and debug records reach the client only if its runspa
 declared a host with a UI (HostInfo with IsHostNull and IsHostUINull false), as with PowerShell
 7.6.9, which drops them otherwise even with -Verbose or the preferences at Continue. With a UI,
 each verbose, warning, debug and progress record is followed by its void host call
-(WriteVerboseLine, WriteWarningLine, WriteDebugLine, WriteProgress), as pwsh sends them. With a UI,
-every one is sent: a real session sends verbose and debug records only when the script's
-preference variables ask for them; the simulator's scripts are short and written to be observed,
-so it sends every one rather than guess at preferences. Output values are sent as plain
-primitives and objects, without the PSComputerName/RunspaceId notes real remoting adds.
+(WriteVerboseLine, WriteWarningLine, WriteDebugLine, WriteProgress), as pwsh sends them. As in
+PowerShell, a guest cmdlet writes verbose and debug records only when asked to: its ``-Verbose`` /
+``-Debug`` switch, else ``$VerbosePreference`` / ``$DebugPreference`` (default SilentlyContinue).
+Output values are sent as plain primitives and objects, without the PSComputerName/RunspaceId
+notes real remoting adds.
 
 Guest PowerShell subset
 -----------------------
@@ -69,6 +74,12 @@ Script blocks run through a small interpreter. Supported:
   ``$PSVersionTable`` (a minimal hashtable); member access ``$x.Name`` and indexing ``$x[0]``;
 - error actions: ``-ErrorAction`` and ``$ErrorActionPreference`` (``Stop`` makes a cmdlet's error
   terminating; ``SilentlyContinue`` hides it but ``$Error`` still gains it; ``Ignore`` drops it);
+- verbose and debug output: a cmdlet's ``-Verbose`` / ``-Debug`` (``-Verbose:$false`` too), else
+  ``$VerbosePreference`` / ``$DebugPreference``: written under ``Continue``, dropped under
+  ``SilentlyContinue`` (the default) and ``Ignore``; ``Stop`` and ``Inquire`` are refused as
+  unsupported. The LCM's lines follow its cmdlet's ``-Verbose``. ``-Debug`` means Continue, as in
+  PowerShell 7 (Windows PowerShell 5.1 makes it Inquire, a prompt). The simulator has no advanced
+  functions or scopes, so an enclosing function's ``-Verbose`` is not modelled;
 - ``foreach ($x in ...) { ... }``, ``ForEach-Object { ... }`` / ``%`` / ``foreach`` (also
   ``-Begin``/``-End`` and ``% Name``), ``exit N``; ``throw`` / ``throw <value>`` (the record
   PowerShell makes: RuntimeException, the text as its id, OperationStopped); ``break`` and
@@ -92,10 +103,9 @@ Script blocks run through a small interpreter. Supported:
 Anything else (if/while/try/return, operators such as ``-eq``, method calls, hashtables, other cmdlets)
 is reported as an error record saying the simulator does not support it; that includes the common
 cmdlets every Windows guest has (Read-Host, Get-Date, Get-Item, ...), which are never called
-unknown. Unknown commands get PowerShell's own CommandNotFoundException, as in a real guest.
-Unlike PowerShell, Write-Verbose and Write-Debug write their records without ``-Verbose`` /
-``-Debug`` (the preference variables are not modelled; pwsh-lab shows the real rule). The guest's file system is real
-files under ``<state-dir>/guests/<vm>/C/``; paths are case-insensitive like Windows'.
+unknown. Unknown commands get PowerShell's own CommandNotFoundException, as in a real guest. The
+guest's file system is real files under ``<state-dir>/guests/<vm>/C/``; paths are case-insensitive
+like Windows'.
 
 Python API
 ----------

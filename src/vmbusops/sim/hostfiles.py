@@ -16,14 +16,14 @@ import hashlib
 import os
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from vmbusops.sim.binding import BindingError, Param, require
-from vmbusops.sim.guest import to_text
+from vmbusops.sim.guest_values import to_text
+from vmbusops.sim.host_command import HostCmdlet, HostContext
 from vmbusops.sim.streams import SimError, SimObject, Streams
 
 UTILITY = "Microsoft.PowerShell.Commands"
@@ -37,7 +37,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest().upper()
 
 
-async def get_file_hash(b: dict[str, Any], streams: Streams, fq: str) -> None:
+async def get_file_hash(host: HostContext, b: dict[str, Any], streams: Streams, fq: str) -> None:
     require(b, fq, "LiteralPath")
     algorithm = to_text(b.get("Algorithm") or "SHA256")
     if algorithm.upper() != "SHA256":
@@ -96,7 +96,7 @@ def _write_at(path: Path, offset: int, data: bytes) -> None:
         os.close(fd)
 
 
-async def write_staged_file(b: dict[str, Any], streams: Streams, fq: str) -> None:
+async def write_staged_file(host: HostContext, b: dict[str, Any], streams: Streams, fq: str) -> None:
     require(b, fq, "Path", "Offset", "Data")
     text = to_text(b["Path"])
     path = Path(text)
@@ -108,7 +108,7 @@ async def write_staged_file(b: dict[str, Any], streams: Streams, fq: str) -> Non
     await trio.to_thread.run_sync(_write_at, path, int(b["Offset"]), bytes(data))
 
 
-async def remove_staging_folder(b: dict[str, Any], streams: Streams, fq: str) -> None:
+async def remove_staging_folder(host: HostContext, b: dict[str, Any], streams: Streams, fq: str) -> None:
     require(b, fq, "Path")
     text = to_text(b["Path"])
     if not _STAGED_FOLDER.fullmatch(Path(text).name):
@@ -134,27 +134,20 @@ def _spelled(name: str) -> str:
     return _SPELLING.get(name, "-".join(part.capitalize() for part in name.split("-")))
 
 
-def host_file_cmdlets(
-    names: Callable[[], list[str]],
-) -> dict[str, tuple[tuple[Param, ...], Callable[..., Any]]]:
-    async def get_command(b: dict[str, Any], streams: Streams, fq: str) -> None:
-        for name in sorted(set(names()) | {"get-command"}):
-            streams.output(
-                SimObject(
-                    ("System.Management.Automation.CmdletInfo", "System.Management.Automation.CommandInfo",
-                     "System.Object"),
-                    (("Name", _spelled(name)), ("CommandType", "Function" if name in _FUNCTIONS else "Cmdlet"),
-                     ("Source", "" if name in _FUNCTIONS else _MODULES.get(name, "Hyper-V"))),
-                    _spelled(name),
-                )
+async def get_command(host: HostContext, b: dict[str, Any], streams: Streams, fq: str) -> None:
+    for name in sorted(set(host.command_names) | {"get-command"}):
+        streams.output(
+            SimObject(
+                ("System.Management.Automation.CmdletInfo", "System.Management.Automation.CommandInfo",
+                 "System.Object"),
+                (("Name", _spelled(name)), ("CommandType", "Function" if name in _FUNCTIONS else "Cmdlet"),
+                 ("Source", "" if name in _FUNCTIONS else _MODULES.get(name, "Hyper-V"))),
+                _spelled(name),
             )
+        )
 
-    return {
-        "get-filehash": (
-            (Param("LiteralPath", 0, aliases=("Path", "PSPath")), Param("Algorithm")),
-            get_file_hash,
-        ),
-        "get-command": ((Param("Name", 0), Param("CommandType")), get_command),
-        "write-vmbusopsstagedfile": ((Param("Path"), Param("Offset"), Param("Data")), write_staged_file),
-        "remove-vmbusopsstagingfolder": ((Param("Path"),), remove_staging_folder),
-    }
+
+GET_FILE_HASH = HostCmdlet((Param("LiteralPath", 0, aliases=("Path", "PSPath")), Param("Algorithm")), get_file_hash)
+GET_COMMAND = HostCmdlet((Param("Name", 0), Param("CommandType")), get_command)
+WRITE_STAGED_FILE = HostCmdlet((Param("Path"), Param("Offset"), Param("Data")), write_staged_file)
+REMOVE_STAGING_FOLDER = HostCmdlet((Param("Path"),), remove_staging_folder)

@@ -1,53 +1,42 @@
-"""The simulated Hyper-V host: the cmdlets the agent sends, with their parameter sets and errors.
+"""The simulated Hyper-V host: runs the commands the agent sends, as a real host runs them.
 
 Host cmdlets arrive as structured commands (name + typed parameters), exactly as the agent sends
-them to a real ``powershell.exe``. Binding failures and unknown commands end the pipeline Failed
-with PowerShell's terminating error; per-VM problems are non-terminating error records and the
-pipeline completes, as the real cmdlets behave. The one script command accepted is the guest
-invoker (``vmbusops.sim.invoker``), the only way guest code runs.
+them to a real ``powershell.exe``; :class:`HyperVHost` looks each one up in the host's table
+(``vmbusops.sim.cmdlets``), binds its parameters and runs it. Binding failures and unknown commands
+end the pipeline Failed with PowerShell's terminating error; per-VM problems are non-terminating
+error records and the pipeline completes, as the real cmdlets behave. The one script command
+accepted is the guest invoker (``vmbusops.sim.invoker``), the only way guest code runs; it opens a
+PowerShell Direct session to the guest (:class:`~vmbusops.sim.guest.GuestSession`) with
+Invoke-Command's checks and errors.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
-from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 from psrpcore.types import PSSecureString
 
-from vmbusops.sim import dsc as _dsc  # noqa: F401  (adds the DSC cmdlets to the guest subset)
 from vmbusops.sim import invoker, pserrors
-from vmbusops.sim import wua as _wua  # noqa: F401  (recognises the patch step's script)
-from vmbusops.sim.binding import BindingError, Param, bind, require
-from vmbusops.sim.guest import Emit, GuestSession, to_text
-from vmbusops.sim.hostrules import (
-    copy_target,
-    resolve_vms,
-    vm_facts,
-    wildcard_match,
-    write_copy,
-)
+from vmbusops.sim.binding import BindingError, bind
+from vmbusops.sim.cmdlets import HOST_CMDLETS
+from vmbusops.sim.guest import GuestSession
+from vmbusops.sim.guest_values import Emit, to_text
 from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password
-from vmbusops.sim.state import (
-    INTEGRATION_SERVICES,
-    HostStore,
-    VMRuntime,
-)
+from vmbusops.sim.state import HostStore
 from vmbusops.sim.streams import (
     InformationMessage,
     ProgressUpdate,
     SimError,
-    SimObject,
     Streams,
     TerminatingError,
 )
 
 HYPERV = "Microsoft.HyperV.PowerShell.Commands"
+
 
 
 class HostStreams(Streams, Protocol):
@@ -91,23 +80,6 @@ def plain(value: Any) -> Any:
         return {plain(k): plain(v) for k, v in value.items()}
     return value
 
-
-def names_of(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, list | tuple):
-        return [to_text(v) for v in value]
-    return [to_text(value)]
-
-
-def _timespan(seconds: float) -> str:
-    """TimeSpan's invariant text, whole seconds: ``hh:mm:ss`` or ``d.hh:mm:ss``."""
-    total = int(max(0.0, seconds))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    core = f"{hours:02d}:{minutes:02d}:{secs:02d}"
-    return f"{days}.{core}" if days else core
 
 
 class SessionDropped(Exception):
@@ -202,6 +174,7 @@ class _GuestStreams:
         await self._inner.checkpoint()
 
 
+
 class HyperVHost:
     """Runs host-level commands against the lab and its persistent state."""
 
@@ -209,102 +182,12 @@ class HyperVHost:
         self.lab = lab
         self.store = store
         self.clock = clock
-        # Parameter types as the Hyper-V module and Invoke-Command declare them: names are
-        # [string[]], switches [switch], ids [guid], credentials [pscredential].
-        names = "strings"
-        self._cmdlets: dict[str, tuple[tuple[Param, ...], Callable[..., Any]]] = {
-            "get-vm": (
-                (
-                    Param("Name", 0, aliases=("VMName",), kind=names),
-                    Param("Id", kind="guid"),
-                    Param("ComputerName", kind=names),
-                ),
-                self.get_vm,
-            ),
-            "get-vmintegrationservice": (
-                (Param("VMName", 0, kind=names), Param("Name", 1, kind=names), Param("ComputerName", kind=names)),
-                self.get_vm_integration_service,
-            ),
-            "enable-vmintegrationservice": (
-                (
-                    Param("Name", 0, kind=names),
-                    Param("VMName", 1, kind=names),
-                    Param("Passthru", switch=True, kind="switch"),
-                    Param("ComputerName", kind=names),
-                ),
-                self.enable_vm_integration_service,
-            ),
-            "disable-vmintegrationservice": (
-                (
-                    Param("Name", 0, kind=names),
-                    Param("VMName", 1, kind=names),
-                    Param("Passthru", switch=True, kind="switch"),
-                    Param("ComputerName", kind=names),
-                ),
-                self.disable_vm_integration_service,
-            ),
-            "copy-vmfile": (
-                (
-                    Param("Name", 0, aliases=("VMName",), kind=names),
-                    Param("SourcePath", 1, kind="string"),
-                    Param("DestinationPath", 2, kind="string"),
-                    Param("FileSource"),
-                    Param("CreateFullPath", switch=True, kind="switch"),
-                    Param("Force", switch=True, kind="switch"),
-                    Param("ComputerName", kind=names),
-                ),
-                self.copy_vm_file,
-            ),
-            "invoke-command": (
-                (
-                    Param("ScriptBlock", 0, aliases=("Command",), kind="scriptblock"),
-                    Param("VMName", kind=names),
-                    Param("VMId", aliases=("VMGuid",), kind="guids"),
-                    Param("Credential", kind="credential"),
-                    Param("ArgumentList", aliases=("Args",)),
-                    Param("ThrottleLimit", kind="int"),
-                    Param("HideComputerName", switch=True, kind="switch"),
-                    Param("ConfigurationName", kind="string"),
-                ),
-                self.invoke_command,
-            ),
-            "restart-vm": (
-                (
-                    Param("Name", 0, aliases=("VMName",), kind=names),
-                    Param("Force", switch=True, kind="switch"),
-                    Param("Wait", switch=True, kind="switch"),
-                    Param("For"),
-                    Param("Timeout", kind="int"),
-                    Param("Delay", kind="int"),
-                    Param("Type"),
-                    Param("Passthru", switch=True, kind="switch"),
-                ),
-                self.restart_vm,
-            ),
-            "start-vm": (
-                (Param("Name", 0, aliases=("VMName",), kind=names), Param("Passthru", switch=True, kind="switch")),
-                self.start_vm,
-            ),
-            "stop-vm": (
-                (
-                    Param("Name", 0, aliases=("VMName",), kind=names),
-                    Param("Force", switch=True, kind="switch"),
-                    Param("TurnOff", switch=True, kind="switch"),
-                    Param("Save", switch=True, kind="switch"),
-                    Param("Passthru", switch=True, kind="switch"),
-                ),
-                self.stop_vm,
-            ),
-        }
-
-        from vmbusops.sim.hostfiles import host_file_cmdlets
-
-        # Get-Command lists the invoker as a JEA role defines it: a function, called by name.
-        self._cmdlets.update(host_file_cmdlets(lambda: [*self._cmdlets, invoker.INVOKER_FUNCTION.casefold()]))
 
     @property
-    def cmdlet_names(self) -> list[str]:
-        return sorted(self._cmdlets)
+    def command_names(self) -> list[str]:
+        """Every command this host answers, folded; Get-Command lists the invoker as a JEA role
+        defines it: a function, called by name."""
+        return sorted([*HOST_CMDLETS, invoker.INVOKER_FUNCTION.casefold()])
 
     async def run(self, commands: list[CommandSpec], streams: HostStreams) -> None:
         """Run a pipeline's commands (statements in order); TerminatingError ends it Failed."""
@@ -323,19 +206,18 @@ class HyperVHost:
                 await self.invoke_vmbusops_guest(command.parameters, streams, as_function=True)
                 await streams.checkpoint()
                 continue
-            entry = self._cmdlets.get(name.casefold())
-            if entry is None:
+            cmdlet = HOST_CMDLETS.get(name.casefold())
+            if cmdlet is None:
                 raise TerminatingError(pserrors.command_not_found(name))
             await self._chaos(name, streams)
-            params, handler = entry
             fq = (
                 f"{HYPERV}.{name.replace('-', '')}"
                 if name.casefold() != "invoke-command"
                 else (pserrors.INVOKE_COMMAND_FQ)
             )
             try:
-                bound = bind(params, fq, [(n, plain(v)) for n, v in command.parameters], to_text)
-                await handler(bound, streams, fq)
+                bound = bind(cmdlet.params, fq, [(n, plain(v)) for n, v in command.parameters], to_text)
+                await cmdlet.run(self, bound, streams, fq)
             except BindingError as exc:
                 raise TerminatingError(pserrors.with_activity(exc.error, name)) from None
             await streams.checkpoint()
@@ -346,146 +228,6 @@ class HyperVHost:
             streams.inject_garbage()
         if host.crash_on is not None and host.crash_on.casefold() == name.casefold():
             await streams.crash()
-
-    # ---- lookups -------------------------------------------------------------------------
-
-    def _resolve(self, cmdlet: str, names: list[str], streams: Streams) -> list[VMSpec]:
-        return resolve_vms(self.lab, cmdlet, names, streams.error)
-
-    def _vm_object(self, spec: VMSpec, rt: VMRuntime, now: float) -> SimObject:
-        facts = vm_facts(self.lab, spec, rt, now)
-        return SimObject(
-            (
-                "Microsoft.HyperV.PowerShell.VirtualMachine",
-                "Microsoft.HyperV.PowerShell.VirtualMachineBase",
-                "Microsoft.HyperV.PowerShell.VirtualizationObject",
-                "System.Object",
-            ),
-            (
-                ("Name", spec.name),
-                ("VMName", spec.name),
-                ("Id", spec.id),
-                ("VMId", spec.id),
-                *((k, facts[k]) for k in ("State", "Status", "Heartbeat")),
-                ("Uptime", _timespan(facts["UptimeSeconds"])),
-                *(
-                    (k, facts[k])
-                    for k in ("Notes", "ComputerName", "Generation", "Version", "ProcessorCount",
-                              "GuestServiceInterfaceEnabled")
-                ),
-            ),
-            f"VirtualMachine (Name = '{spec.name}') [Id = '{spec.id}']",
-        )
-
-    # ---- cmdlets -------------------------------------------------------------------------
-
-    async def get_vm(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
-        now = self.clock()
-        snapshot = self.store.snapshot()
-        if b.get("Id") is not None:
-            ids = names_of(b["Id"])
-            specs = []
-            for vm_id in ids:
-                spec = self.lab.find_by_id(vm_id)
-                if spec is None:
-                    streams.error(pserrors.vm_id_not_found("Get-VM", vm_id))
-                else:
-                    specs.append(spec)
-        else:
-            specs = self._resolve("Get-VM", names_of(b.get("Name")), streams)
-        for spec in specs:
-            streams.output(self._vm_object(spec, snapshot[spec.name.casefold()], now))
-            await streams.checkpoint()
-
-    async def get_vm_integration_service(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
-        require(b, fq, "VMName")
-        now = self.clock()
-        wanted = names_of(b.get("Name"))
-        for spec in self._resolve("Get-VMIntegrationService", names_of(b["VMName"]), streams):
-            rt = self.store.runtime(spec)
-            for name, enabled in rt.integration:
-                if wanted and not any(wildcard_match(name, w) for w in wanted):
-                    continue
-                if not enabled:
-                    primary = None
-                elif rt.booted(now):
-                    primary = "OK"
-                else:
-                    primary = "No Contact"
-                streams.output(
-                    SimObject(
-                        (
-                            "Microsoft.HyperV.PowerShell.VMIntegrationComponent",
-                            "Microsoft.HyperV.PowerShell.VirtualizationObject",
-                            "System.Object",
-                        ),
-                        (
-                            ("VMName", spec.name),
-                            ("VMId", spec.id),
-                            ("Name", name),
-                            ("Enabled", enabled),
-                            ("PrimaryStatusDescription", primary),
-                            ("SecondaryStatusDescription", None),
-                        ),
-                    )
-                )
-
-    async def enable_vm_integration_service(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
-        await self._set_integration(b, streams, fq, True, "Enable-VMIntegrationService")
-
-    async def disable_vm_integration_service(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
-        await self._set_integration(b, streams, fq, False, "Disable-VMIntegrationService")
-
-    async def _set_integration(
-        self, b: dict[str, Any], streams: Streams, fq: str, enabled: bool, cmdlet: str
-    ) -> None:
-        require(b, fq, "Name", "VMName")
-        services = names_of(b["Name"])
-        for spec in self._resolve(cmdlet, names_of(b["VMName"]), streams):
-            for service in services:
-                known = [s for s in INTEGRATION_SERVICES if wildcard_match(s, service)]
-                if not known:
-                    streams.error(pserrors.integration_service_not_found(cmdlet, spec.name, service))
-                    continue
-                for name in known:
-                    self.store.update(
-                        spec, functools.partial(VMRuntime.with_integration, name=name, enabled=enabled)
-                    )
-
-    async def copy_vm_file(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
-        require(b, fq, "Name", "SourcePath", "DestinationPath", "FileSource")
-        source_kind = to_text(b["FileSource"])
-        if source_kind.casefold() != "host":
-            raise BindingError(
-                SimError(
-                    message="Cannot bind parameter 'FileSource'. Cannot convert value "
-                    f'"{source_kind}" to type "Microsoft.HyperV.PowerShell.CopyFileSourceType". '
-                    'Error: "Unable to match the identifier name '
-                    f"{source_kind} to a valid enumerator name. Specify one of the following "
-                    'enumerator names and try again:\nHost"',
-                    fqid=f"CannotConvertArgumentNoMessage,{fq}",
-                    category="InvalidArgument",
-                    exception_type="System.Management.Automation.ParameterBindingException",
-                )
-            )
-        source = Path(to_text(b["SourcePath"]))
-        destination = to_text(b["DestinationPath"])
-        for spec in self._resolve("Copy-VMFile", names_of(b["Name"]), streams):
-            error = await self._copy_one(
-                spec, source, destination, bool(b.get("CreateFullPath")), bool(b.get("Force"))
-            )
-            if error is not None:
-                streams.error(pserrors.copy_failed(spec.name, error))
-            await streams.checkpoint()
-
-    async def _copy_one(
-        self, spec: VMSpec, source: Path, destination: str, full_path: bool, force: bool
-    ) -> str | None:
-        target = copy_target(self.store, spec, self.clock(), source, destination, full_path=full_path, force=force)
-        if isinstance(target, str):
-            return target
-        await trio.to_thread.run_sync(write_copy, spec, source, target, destination)
-        return None
 
     async def invoke_vmbusops_guest(
         self, parameters: list[tuple[str | None, Any]], streams: HostStreams, *, as_function: bool
@@ -514,35 +256,6 @@ class HyperVHost:
             await invoker.run_guest_wrapper(session, call, emit)
 
         await self._invoke_in_guest(spec, _credential(call.credential), wrapper, streams)
-
-    async def invoke_command(self, b: dict[str, Any], streams: HostStreams, fq: str) -> None:
-        """Invoke-Command sent directly: it can never run, as with PowerShell over PSRP.
-
-        Its -ScriptBlock is a [scriptblock], which no value a PSRP client sends binds to (the
-        binder refuses it before this runs); without it, no VM parameter set is complete. Guest
-        code runs through the guest invoker (``invoke_vmbusops_guest``), which builds the script
-        block on the host as PowerShell requires.
-        """
-        if b.get("VMName") is None and b.get("VMId") is None:
-            raise BindingError(
-                SimError(
-                    message="The vmbusops simulator runs Invoke-Command only with -VMName or -VMId "
-                    "(PowerShell Direct).",
-                    fqid=f"NotSupportedBySimulator,{fq}",
-                    category="NotImplemented",
-                    exception_type="System.NotSupportedException",
-                )
-            )
-        raise BindingError(
-            SimError(
-                message="Parameter set cannot be resolved using the specified named parameters. One or "
-                "more parameters issued cannot be used together or an insufficient number of "
-                "parameters were provided.",
-                fqid=f"AmbiguousParameterSet,{fq}",
-                category="InvalidArgument",
-                exception_type="System.Management.Automation.ParameterBindingException",
-            )
-        )
 
     async def _invoke_in_guest(
         self,
@@ -584,48 +297,6 @@ class HyperVHost:
             await body(session, emit)
         except SessionDropped as exc:
             streams.error(exc.error)
-
-    async def restart_vm(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
-        require(b, fq, "Name")
-        boot = self.lab.host.boot_seconds
-        for spec in self._resolve("Restart-VM", names_of(b["Name"]), streams):
-            rt = self.store.runtime(spec)
-            if rt.state is not VMState.RUNNING:
-                streams.error(pserrors.vm_state_change_failed("Restart-VM", spec.name))
-                continue
-            now = self.clock()
-            # Lab fault: a guest that never finishes booting (heartbeat stays NoContact).
-            boot_for = 10 * 365 * 86400.0 if spec.faults.hang_on_restart else boot
-            self.store.update(spec, functools.partial(VMRuntime.started, now=now, boot_seconds=boot_for))
-            if b.get("Wait"):
-                # -Wait returns once the guest heartbeats again.
-                await trio.sleep(boot)
-
-    async def start_vm(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
-        require(b, fq, "Name")
-        boot = self.lab.host.boot_seconds
-        for spec in self._resolve("Start-VM", names_of(b["Name"]), streams):
-            if self.store.runtime(spec).state is VMState.RUNNING:
-                streams.warning(f"The virtual machine '{spec.name}' is already in the specified state.")
-                continue
-            now = self.clock()
-            self.store.update(spec, functools.partial(VMRuntime.started, now=now, boot_seconds=boot))
-
-    async def stop_vm(self, b: dict[str, Any], streams: Streams, fq: str) -> None:
-        require(b, fq, "Name")
-        for spec in self._resolve("Stop-VM", names_of(b["Name"]), streams):
-            rt = self.store.runtime(spec)
-            if rt.state is VMState.OFF:
-                streams.warning(f"The virtual machine '{spec.name}' is already in the specified state.")
-                continue
-            if b.get("Save"):
-                self.store.update(spec, _saved)
-            else:
-                self.store.update(spec, lambda rt: rt.stopped())
-
-
-def _saved(rt: VMRuntime) -> VMRuntime:
-    return replace(rt, state=VMState.SAVED, running_since=None, boot_until=0.0)
 
 
 def _credential(value: Any) -> tuple[str, str] | None:

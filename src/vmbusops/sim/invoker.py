@@ -44,9 +44,9 @@ from typing import Any, Final
 
 from vmbusops.sim import pserrors
 from vmbusops.sim.binding import BindingError, Param, bind
-from vmbusops.sim.guest import (
+from vmbusops.sim.guest import GuestSession
+from vmbusops.sim.guest_values import (
     Emit,
-    GuestSession,
     LoopBreak,
     LoopContinue,
     ScriptTerminated,

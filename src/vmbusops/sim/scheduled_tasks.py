@@ -6,13 +6,13 @@ The cmdlets of the guest subset: ``New-ScheduledTaskAction``, ``New-ScheduledTas
 and ``Unregister-ScheduledTask``.
 
 What a task can run: ``powershell.exe ... -File <path> [-Name value ...]`` where the file holds a
-script the simulator knows (:data:`TASK_SCRIPTS`, keyed by the SHA-256 of its text as
+script the simulator knows (``TASK_SCRIPTS`` in ``vmbusops.sim.cmdlets``, keyed by the SHA-256 of its text as
 ``Set-Content -Encoding UTF8`` leaves it: less the BOM and the final newline). It runs when the task
 is started, in the task's own logon - a local one, not a remote session - as the task's principal
 (``NT AUTHORITY\\SYSTEM`` for the patch step). Anything else is not pretended: the task ends at once
 with ``LastTaskResult`` 0x1 and ``Start-ScheduledTask`` writes an error record that says the
 simulator cannot run that action. Tasks Windows ships that the simulator models
-(:data:`BUILT_IN_TASKS`: DSC's ``\\Microsoft\\Windows\\Desired State Configuration\\Consistency``,
+(``BUILT_IN_TASKS`` in ``vmbusops.sim.cmdlets``: DSC's ``\\Microsoft\\Windows\\Desired State Configuration\\Consistency``,
 which starts an LCM consistency check) are there from the first look and do what they do. The task then reads ``Running`` for a short while
 (:data:`RUN_SECONDS` per result line it wrote) and ``Ready`` after, as a poller on Windows sees it.
 """
@@ -28,22 +28,16 @@ import shlex
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from vmbusops.sim import pserrors
 from vmbusops.sim.binding import Param
-from vmbusops.sim.guest import (
-    CMDLETS,
-    NO_INPUT,
-    GuestSession,
-    Stage,
-    StatementError,
-    enumerate_value,
-    to_text,
-)
-from vmbusops.sim.lab import VMSpec
-from vmbusops.sim.state import HostStore
+from vmbusops.sim.guest_stage import Stage
+from vmbusops.sim.guest_values import NO_INPUT, StatementError, enumerate_value, to_text
 from vmbusops.sim.streams import SimError, SimObject
+
+if TYPE_CHECKING:
+    from vmbusops.sim.guest import GuestSession
 
 TASKS_FILE: Final = "tasks.json"
 #: How long a started task stays Running, per unit of work it reports.
@@ -54,12 +48,10 @@ SYSTEM_NAMES: Final = frozenset({"system", "nt authority\\system", "s-1-5-18", "
 _NS = "Microsoft.Management.Infrastructure.CimInstance#Root/Microsoft/Windows/TaskScheduler"
 
 #: A task's script run natively: (session, the task's -Name value arguments, the principal) ->
-#: (exit code, units of work done). Filled by the modules that know the scripts (``vmbusops.sim.wua``).
-TaskScript = Callable[[GuestSession, dict[str, str], str], Awaitable[tuple[int, int]]]
-TASK_SCRIPTS: dict[str, TaskScript] = {}
-#: Tasks Windows ships, present in every guest from the start, by folded path + name, with what
-#: starting one does (filled by the modules that simulate it: ``vmbusops.sim.dsc``'s Consistency).
-BUILT_IN_TASKS: dict[str, tuple[SimTask, Callable[[GuestSession], Awaitable[tuple[int, int]]]]] = {}
+#: (exit code, units of work done).
+TaskScript = Callable[["GuestSession", dict[str, str], str], Awaitable[tuple[int, int]]]
+#: What starting a task Windows ships does: (session) -> (exit code, units of work done).
+BuiltInTaskStart = Callable[["GuestSession"], Awaitable[tuple[int, int]]]
 
 
 @dataclass
@@ -91,16 +83,17 @@ class TaskStore:
         return None
 
 
-def load_tasks(store: HostStore, spec: VMSpec) -> TaskStore:
+def load_tasks(session: GuestSession) -> TaskStore:
+    """The guest's tasks; before anything was registered, the tasks Windows ships."""
     try:
-        raw = json.loads((store.guest_root(spec) / TASKS_FILE).read_text(encoding="utf-8"))
+        raw = json.loads((session.root / TASKS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return TaskStore([dataclasses.replace(task) for task, _ in BUILT_IN_TASKS.values()])
+        return TaskStore([dataclasses.replace(task) for task, _ in session.catalog.built_in_tasks.values()])
     return TaskStore([SimTask(**t) for t in raw.get("tasks", [])])
 
 
-def save_tasks(store: HostStore, spec: VMSpec, tasks: TaskStore) -> None:
-    path = store.guest_root(spec) / TASKS_FILE
+def save_tasks(session: GuestSession, tasks: TaskStore) -> None:
+    path = session.root / TASKS_FILE
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tasks-", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(json.dumps({"tasks": [asdict(t) for t in tasks.tasks]}, indent=1))
@@ -140,7 +133,7 @@ async def run_task(session: GuestSession, task: SimTask) -> SimError | None:
     """Start ``task``: run its script natively if the simulator knows it; the error if it cannot."""
     now = session.store.clock()
     task.state = "Running"
-    built_in = BUILT_IN_TASKS.get(task.key)
+    built_in = session.catalog.built_in_tasks.get(task.key)
     if built_in is not None and built_in[0].execute == task.execute and built_in[0].arguments == task.arguments:
         code, units = await built_in[1](session)
         task.last_result = code
@@ -155,7 +148,7 @@ async def run_task(session: GuestSession, task: SimTask) -> SimError | None:
         host = session.host_path(words[file_at + 1])
         if host is not None and host.is_file():
             digest = hashlib.sha256(script_text(host.read_bytes()).encode("utf-8")).hexdigest()
-            script = TASK_SCRIPTS.get(digest)
+            script = session.catalog.task_scripts.get(digest)
         rest = words[file_at + 2 :]
         for i in range(0, len(rest) - 1, 2):
             if rest[i].startswith("-"):
@@ -245,14 +238,14 @@ class NewScheduledTaskPrincipal(Stage):
 
 class _TaskCmdlet(Stage):
     def tasks(self) -> TaskStore:
-        store = load_tasks(self.session.store, self.session.spec)
+        store = load_tasks(self.session)
         now = self.session.store.clock()
         for task in store.tasks:
             settle(task, now)
         return store
 
     def save(self, tasks: TaskStore) -> None:
-        save_tasks(self.session.store, self.session.spec, tasks)
+        save_tasks(self.session, tasks)
 
     def target(self, tasks: TaskStore, item: Any) -> SimTask | None:
         path: str | None
@@ -387,23 +380,9 @@ class UnregisterScheduledTask(_TaskCmdlet):
             self.save(tasks)
 
 
-TASK_CMDLETS: tuple[type[Stage], ...] = (
-    NewScheduledTaskAction,
-    NewScheduledTaskPrincipal,
-    RegisterScheduledTask,
-    GetScheduledTask,
-    GetScheduledTaskInfo,
-    StartScheduledTask,
-    UnregisterScheduledTask,
-)
-for _cls in TASK_CMDLETS:
-    CMDLETS[_cls.name.casefold()] = _cls
-
 __all__ = [
-    "BUILT_IN_TASKS",
     "SYSTEM_NAMES",
-    "TASK_CMDLETS",
-    "TASK_SCRIPTS",
+    "BuiltInTaskStart",
     "SimTask",
     "TaskScript",
     "load_tasks",

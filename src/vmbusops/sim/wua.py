@@ -2,8 +2,9 @@
 
 The guest PowerShell subset has no COM, so ``New-Object -ComObject Microsoft.Update.Session``
 cannot run. Instead the simulator recognises the patch step's exact scripts by the SHA-256 of
-their text (pinned by a test against ``vmbusops.guestops.patch_script``) and runs simulated
-equivalents over the lab's pending ``updates`` minus those already installed:
+their text (pinned by a test against ``vmbusops.guestops.patch_script``; the scripts are listed in
+``vmbusops.sim.cmdlets``) and runs simulated equivalents over the lab's pending ``updates`` minus
+those already installed:
 
 - :data:`PATCH_SCRIPT_SHA256`, run in the PowerShell Direct session: ``check`` searches (allowed
   from a remote session) and lists; ``install`` does what the script does - writes the install
@@ -27,18 +28,20 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 import trio.lowlevel
 
-from vmbusops.sim.guest import RECOGNISED_SCRIPTS, Emit, GuestSession, to_int, to_text
 from vmbusops.sim.guest_system import ask_for_reboot, load_system, save_system
+from vmbusops.sim.guest_values import Emit, to_int, to_text
 from vmbusops.sim.lab import UpdateSpec
-from vmbusops.sim.scheduled_tasks import TASK_SCRIPTS, SimTask, load_tasks, run_task, save_tasks
+from vmbusops.sim.scheduled_tasks import SimTask, load_tasks, run_task, save_tasks
 from vmbusops.sim.streams import ProgressUpdate, SimError, SimObject
+
+if TYPE_CHECKING:
+    from vmbusops.sim.guest import GuestSession
 
 PATCH_SCRIPT_SHA256: Final = "0a5a86d2e1bcacdcd56ac71c241926d09ec51392a316e20054444c363a4bc4fb"
 INSTALL_SCRIPT_SHA256: Final = "d9e33381a39bed4e8dd591e462befc0d3b80a2225c8217826ee31aa644f5837c"
@@ -215,9 +218,9 @@ async def run_patch_script(session: GuestSession, emit: Emit) -> int:
         (host / "install.ps1").write_bytes(b"\xef\xbb\xbf" + (install_text + "\r\n").encode("utf-8"))
         request = json.dumps({"Categories": categories, "KBs": kbs}, indent=4).replace("\n", "\r\n")
         (host / "request.json").write_bytes(b"\xef\xbb\xbf" + (request + "\r\n").encode("utf-8"))
-        tasks = load_tasks(session.store, session.spec)
+        tasks = load_tasks(session)
         tasks.tasks.append(task)
-        save_tasks(session.store, session.spec, tasks)
+        save_tasks(session, tasks)
         progress(f"Installing as SYSTEM (scheduled task {TASK_PATH}{task.name})", 0)
         error = await run_task(session, task)
         if error is not None:
@@ -253,9 +256,9 @@ async def run_patch_script(session: GuestSession, emit: Emit) -> int:
             )
             return 1
     finally:
-        tasks = load_tasks(session.store, session.spec)
+        tasks = load_tasks(session)
         tasks.tasks = [t for t in tasks.tasks if t.key != task.key]
-        save_tasks(session.store, session.spec, tasks)
+        save_tasks(session, tasks)
         _remove_tree(host)
     progress("Completed", 100, completed=True)
     await emit(
@@ -299,17 +302,12 @@ def _summary(found: int, installed: int, failed: int, reboot: bool) -> SimObject
     )
 
 
-_IN_SESSION: dict[str, Callable[[GuestSession, Emit], Awaitable[int]]] = {
-    PATCH_SCRIPT_SHA256: run_patch_script,
-    INSTALL_SCRIPT_SHA256: run_install_in_session,
-}
-RECOGNISED_SCRIPTS.update(_IN_SESSION)
-TASK_SCRIPTS[INSTALL_SCRIPT_SHA256] = run_install_as_task
-
 __all__ = [
     "INSTALL_SCRIPT_SHA256",
     "PATCH_SCRIPT_SHA256",
     "access_denied",
     "run_install",
+    "run_install_as_task",
+    "run_install_in_session",
     "run_patch_script",
 ]

@@ -1,0 +1,46 @@
+"""What a host cmdlet is to the simulated host: its parameters and the function that runs it.
+
+The host's cmdlets are listed by name in ``vmbusops.sim.cmdlets``; ``vmbusops.sim.hyperv``'s
+:class:`~vmbusops.sim.hyperv.HyperVHost` binds a command's parameters to :attr:`HostCmdlet.params`
+and calls :attr:`HostCmdlet.run` with itself as the :class:`HostContext`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from vmbusops.sim.binding import Param
+from vmbusops.sim.lab import Lab
+from vmbusops.sim.state import HostStore
+from vmbusops.sim.streams import Streams
+
+
+class HostContext(Protocol):
+    """The host a cmdlet runs on: the lab, its persistent state and the clock."""
+
+    @property
+    def lab(self) -> Lab: ...
+
+    @property
+    def store(self) -> HostStore: ...
+
+    def clock(self) -> float: ...
+
+    @property
+    def command_names(self) -> list[str]:
+        """Every command the host answers, folded (what Get-Command lists)."""
+        ...
+
+
+#: ``run(host, bound parameters, streams, the cmdlet's fully qualified name)``.
+HostRun = Callable[[HostContext, dict[str, Any], Streams, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class HostCmdlet:
+    """A host cmdlet: its parameters as its module declares them, and what runs it."""
+
+    params: tuple[Param, ...]
+    run: HostRun
