@@ -160,3 +160,22 @@ async def test_a_cancelled_job_removes_its_staging_folder(
         assert results[0].runs == {"web01": State.CANCELLED}
         assert not await trio.Path(counting.folders[0]).exists()
         assert list(sshd.staging_root.iterdir()) == []
+
+
+async def test_the_agent_s_vm_listing_cache_keeps_a_remote_host_staging(
+    sshd: Sshd, make_lab: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The agent caches the host's VM listing; the host it runs jobs on must stay the remote one."""
+    lab = make_lab()
+    sshd.use_lab(lab.path)
+    (tmp_path / "ok").mkdir()
+    async with open_ssh_host(sshd.target(), staging_root=str(sshd.staging_root)) as host:
+        counting = CountingStager(host.stager)
+        host.stager = counting
+        cached = host.cache_listing(ttl=60.0)
+        assert cached.is_remote
+        listed = [vm.name for vm in await cached.list_vms()]
+        assert [vm.name for vm in await cached.list_vms()] == listed  # from the copy
+        runs = await _run(cached, tmp_path / "ok.db", _copy_job(tmp_path / "ok", ["web01"]), lab.credential())
+        assert runs == {"web01": State.SUCCESS}
+        assert len(counting.folders) == 1, "the copy was staged on the remote host"

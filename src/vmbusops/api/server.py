@@ -36,7 +36,6 @@ from hypercorn.trio import serve
 from vmbusops.api.app import build_app
 from vmbusops.api.auth import PrincipalStore
 from vmbusops.api.broadcast import Broadcaster
-from vmbusops.api.inventory import InventoryCachingHost
 from vmbusops.api.metrics import AgentMetrics
 from vmbusops.api.service import AgentService
 from vmbusops.api.tls import configure_tls, install_peer_cert_server
@@ -127,7 +126,7 @@ async def run_agent(
                 host or config.host,
                 partial(open_host, host, config=config),
                 backoff=Backoff(cap=agent.host_reconnect_max_seconds),
-                wrap=InventoryCachingHost,
+                wrap=lambda opened: opened.cache_listing(ttl=2.0),
                 on_change=metrics.host_changed,
             )
             async with supervise_host(supervisor) as hv:

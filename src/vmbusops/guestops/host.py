@@ -154,9 +154,25 @@ class HyperVHost:
 
     def __init__(self, pool: HostSession, *, invoker_as_function: bool = False) -> None:
         self.pool = pool
-        self._seq = itertools.count(1)
         #: A JEA endpoint refuses script commands: call its role's Invoke-VmbusOpsGuest instead.
         self.invoker_as_function = invoker_as_function
+        self._listing_ttl = 0.0
+        self._listing: list[VMInfo] | None = None
+        self._listed_at = -float("inf")
+        self._listing_lock = trio.Lock()
+
+    def cache_listing(self, ttl: float) -> HyperVHost:
+        """Answer a full VM listing from a copy at most ``ttl`` seconds old; returns this host.
+
+        Every submission to the agent resolves its targets against the host's VMs, and on a host
+        with many VMs ``Get-VM`` is the most expensive part of it: a burst of submissions shares
+        one listing, fetched once for all callers waiting at that moment. A listing by name always
+        asks the host. A VM created within ``ttl`` may be missed by a glob target; a target named
+        exactly is kept by the engine anyway and fails, if the VM does not exist, with Hyper-V's
+        own message. The host keeps its kind (local or remote staging, JEA's invoker function).
+        """
+        self._listing_ttl = ttl
+        return self
 
     # -------------------------------------------------------------- plumbing
     async def _run_host(self, vm: str | None, *statements: Sequence[Command]) -> list[Value]:
@@ -193,6 +209,15 @@ class HyperVHost:
     # -------------------------------------------------------------- VMs
     async def list_vms(self, names: Sequence[str] | None = None) -> list[VMInfo]:
         """Every VM on the host (or those matching ``names``), with the Guest Service Interface state."""
+        if names or self._listing_ttl <= 0:
+            return await self._list_vms(names)
+        async with self._listing_lock:
+            if self._listing is None or trio.current_time() - self._listed_at > self._listing_ttl:
+                self._listing = await self._list_vms(None)
+                self._listed_at = trio.current_time()
+            return list(self._listing)
+
+    async def _list_vms(self, names: Sequence[str] | None) -> list[VMInfo]:
         get_vm = Command("Get-VM", {"Name": list(names)} if names else {})
         gsi = Command(
             "Get-VMIntegrationService",
