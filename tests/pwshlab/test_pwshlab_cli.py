@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import tomli_w
 from pwshlab_support import PwshLab
+from tests.builders import bundle_doc, write_bundle_source
 
 from vmbusops.bundle.build import build_bundle, sign_bundle
 from vmbusops.bundle.crypto import PrivateKey
@@ -73,9 +73,6 @@ def test_a_signed_bundle_runs_on_pwsh_lab(pwsh_lab: PwshLab, tmp_path: Path) -> 
     key = PrivateKey.generate()
     scope = Scope(keys=(), vms=("web*",), credentials=("lab-admin",), steps=frozenset(StepKind), threshold=1)
     save_trust_policy(TrustPolicy().with_key(TrustedKey(name="lab", public=key.public_key()), scope), trust_policy_path())
-    source = tmp_path / "bundle"
-    (source / "files").mkdir(parents=True)
-    (source / "files" / "setting.txt").write_text("setting=1\n", encoding="utf-8")
     steps = [
         {"name": "copy-setting", "kind": "copy", "source": "files/setting.txt",
          "destination": "C:\\ProgramData\\app\\setting.txt"},
@@ -85,8 +82,9 @@ def test_a_signed_bundle_runs_on_pwsh_lab(pwsh_lab: PwshLab, tmp_path: Path) -> 
         {"name": "ready", "kind": "wait-ready"},
         {"name": "report", "kind": "script", "inline": "Write-Output \"up on $(hostname)\""},
     ]
-    doc = {"name": "lab-run", "version": 1, "credential": "lab-admin", "targets": {"vms": ["web01"]}, "steps": steps}
-    (source / "bundle.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
+    source = write_bundle_source(
+        tmp_path / "bundle", bundle_doc(["web01"], steps, name="lab-run"), {"files/setting.txt": "setting=1\n"}
+    )
     bundle = tmp_path / "lab-run.vmb"
     build_bundle(source, bundle)
     sign_bundle(bundle, key)
