@@ -136,7 +136,7 @@ async def test_a_timeout_is_a_cancel_scope_that_stops_the_pipeline(make_lab: Cal
 
 
 async def test_a_dying_child_fails_every_waiter_and_nothing_hangs(make_lab: Callable[..., Any]) -> None:
-    lab = make_lab('crash_on = "Copy-VMFile"')
+    lab = make_lab(crash_on="Copy-VMFile")
     failures: list[BaseException] = []
 
     async def long_running(host: object) -> None:
@@ -160,7 +160,7 @@ async def test_a_dying_child_fails_every_waiter_and_nothing_hangs(make_lab: Call
 
 
 async def test_garbage_from_the_host_is_a_framing_error(make_lab: Callable[..., Any]) -> None:
-    lab = make_lab('garbage_on = "Get-VM"')
+    lab = make_lab(garbage_on="Get-VM")
     with trio.fail_after(20), pytest.raises(FramingError, match="not an OutOfProc packet"):
         async with open_host("sim", config=lab.config) as host:
             await host.list_vms()
