@@ -86,6 +86,7 @@ def make_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., S
 # run and the summary says so in one line; on CI (CI=true) a missing PowerShell fails the run.
 
 _PWSH_TESTS: dict[str, int] = {"ran": 0, "not_run": 0}
+_NO_PWSH = "no PowerShell 7 found (set VMBUSOPS_PWSH)"
 
 
 def find_pwsh() -> str | None:
@@ -96,15 +97,20 @@ def find_pwsh() -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    pwsh = find_pwsh()
+    if find_pwsh() is not None:
+        return
     for item in items:
-        if item.get_closest_marker("pwsh") is None:
-            continue
-        if pwsh is None:
-            _PWSH_TESTS["not_run"] += 1
-            item.add_marker(pytest.mark.skip(reason="no PowerShell 7 found (set VMBUSOPS_PWSH)"))
-        else:
-            _PWSH_TESTS["ran"] += 1
+        if item.get_closest_marker("pwsh") is not None:
+            item.add_marker(pytest.mark.skip(reason=_NO_PWSH))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # Counted from the reports, not at collection: under pytest-xdist the workers collect, and
+    # the controller, which prints the summary and sets the exit status, only sees reports.
+    if report.when != "setup" or "pwsh" not in report.keywords:
+        return
+    lacking = report.skipped and isinstance(report.longrepr, tuple) and report.longrepr[2].endswith(_NO_PWSH)
+    _PWSH_TESTS["not_run" if lacking else "ran"] += 1
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -115,7 +121,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             red=True,
         )
     elif _PWSH_TESTS["ran"]:
-        terminalreporter.write_line(f"real-PowerShell lane: {_PWSH_TESTS['ran']} tests selected, on {find_pwsh()}")
+        terminalreporter.write_line(f"real-PowerShell lane: {_PWSH_TESTS['ran']} tests run, on {find_pwsh()}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
