@@ -1,8 +1,14 @@
-"""Host operations against the simulated Hyper-V host: results and every classified error."""
+"""Host operations against the simulated Hyper-V host: results and every classified error.
+
+The simulator runs in this process (tests.simhost): these tests are about the host operations.
+tests/remote/test_foundation_over_ssh.py runs the same functions again with ``open_host``
+swapped for a real sshd in front of the simulator.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +16,7 @@ import pytest
 import trio
 from tests.simhost import open_sim_host
 
+from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential, Secret
 from vmbusops.errors import (
     CredentialInvalidError,
@@ -24,6 +31,12 @@ from vmbusops.guestops.host import HOST_CMDLETS, HyperVHost
 from vmbusops.records import OutputRecord
 
 
+def open_host(kind: str, *, config: Config, max_runspaces: int | None = None) -> AbstractAsyncContextManager[HyperVHost]:
+    """The host these tests run on (``kind`` is always "sim"); the SSH copy of this module replaces it."""
+    assert kind == "sim" and config.lab is not None
+    return open_sim_host(config.lab, max_runspaces=max_runspaces or config.max_runspaces)
+
+
 async def guest_text(host: HyperVHost, vm: str, path: str, cred: GuestCredential) -> list[object]:
     records, outcome = await host.run_in_guest(vm, f"Get-Content -Path '{path}'", cred)
     assert outcome.ok, outcome
@@ -32,7 +45,7 @@ async def guest_text(host: HyperVHost, vm: str, path: str, cred: GuestCredential
 
 async def test_list_vms_reports_state_heartbeat_and_guest_services(make_lab: Callable[..., Any]) -> None:
     lab = make_lab()
-    async with open_sim_host(lab.path) as host:
+    async with open_host("sim", config=lab.config) as host:
         vms = {vm.name: vm for vm in await host.list_vms()}
     assert set(vms) == {"web01", "web02", "legacy01", "app01", "flaky01"}
     assert vms["web01"].running and vms["web01"].heartbeat_ok and vms["web01"].guest_services is True
@@ -45,7 +58,7 @@ async def test_copy_in_then_read_back_in_the_guest(make_lab: Callable[..., Any],
     lab = make_lab()
     src = tmp_path / "settings.ini"
     src.write_text("mode=maintenance\n", encoding="utf-8")
-    async with open_sim_host(lab.path) as host:
+    async with open_host("sim", config=lab.config) as host:
         await host.copy_to_guest("web01", str(src), "C:\\Deep\\New\\Folder\\settings.ini")
         assert await guest_text(host, "web01", "C:\\Deep\\New\\Folder\\settings.ini", lab.credential()) == [
             "mode=maintenance"
@@ -63,7 +76,7 @@ async def test_disabled_guest_services_is_named_with_the_fix(make_lab: Callable[
     lab = make_lab()
     src = tmp_path / "a.txt"
     src.write_text("x", encoding="utf-8")
-    async with open_sim_host(lab.path) as host:
+    async with open_host("sim", config=lab.config) as host:
         with pytest.raises(GuestServicesDisabledError) as info:
             await host.copy_to_guest("app01", str(src), "C:\\a.txt")
         assert info.value.vm == "app01"
@@ -78,7 +91,7 @@ async def test_classified_errors(make_lab: Callable[..., Any], tmp_path: Path) -
     cred = lab.credential()
     src = tmp_path / "a.txt"
     src.write_text("x", encoding="utf-8")
-    async with open_sim_host(lab.path) as host:
+    async with open_host("sim", config=lab.config) as host:
         _, outcome = await host.run_in_guest("nosuchvm", "hostname", cred)
         assert isinstance(outcome.failure, VMNotFoundError)
         assert not outcome.failure.transient
@@ -109,7 +122,7 @@ async def test_classified_errors(make_lab: Callable[..., Any], tmp_path: Path) -
 async def test_restart_then_wait_guest_ready(make_lab: Callable[..., Any]) -> None:
     lab = make_lab()
     cred = lab.credential()
-    async with open_sim_host(lab.path) as host:
+    async with open_host("sim", config=lab.config) as host:
         await host.restart_vm("web02")
         _, outcome = await host.run_in_guest("web02", "hostname", cred)
         assert outcome.failure is not None and outcome.failure.transient, outcome
@@ -125,7 +138,7 @@ async def test_restart_then_wait_guest_ready(make_lab: Callable[..., Any]) -> No
 
 async def test_start_and_stop_vm(make_lab: Callable[..., Any]) -> None:
     lab = make_lab()
-    async with open_sim_host(lab.path) as host:
+    async with open_host("sim", config=lab.config) as host:
         await host.start_vm("legacy01")
         assert (await host.get_vm("legacy01")).running
         await host.stop_vm("legacy01")
