@@ -4,12 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from tests.builders import VM, write_lab
 
 if TYPE_CHECKING:
     from vmbusops.credentials import GuestCredential
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Child processes (``python -m vmbusops``, the simulator, an agent) import the same vmbusops as
+    the tests do: this checkout's src/, not whatever the environment has installed."""
+    import os
+
+    import vmbusops
+
+    src = str(Path(vmbusops.__file__).resolve().parents[1])
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if src not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([src, *paths])
 
 
 @pytest.fixture(autouse=True)
@@ -22,40 +36,17 @@ def vmbusops_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     yield home
 
 
-CLIENT_LAB = r"""
-[host]
-name = "HV-CLIENT"
-session_open_ms = 0
-boot_seconds = 0.5
-password_seed = "client-tests"
-
-[[vm]]
-name = "web01"
-state = "Running"
-guest_services = true
-services = [{ name = "W3SVC", display_name = "World Wide Web Publishing Service", status = "Running" }]
-
-[[vm]]
-name = "web02"
-state = "Running"
-guest_services = true
-
-[[vm]]
-name = "legacy01"
-state = "Off"
-
-[[vm]]
-name = "app01"
-state = "Running"
-guest_services = false
-
-[[vm]]
-name = "flaky01"
-state = "Running"
-guest_services = true
-[vm.faults]
-session_drop_after_records = 3
-"""
+#: The lab most client, CLI and remote tests run on (passwords derived from its seed).
+CLIENT_VMS = (
+    VM("web01", more={"services": [
+        {"name": "W3SVC", "display_name": "World Wide Web Publishing Service", "status": "Running"},
+    ]}),
+    VM("web02"),
+    VM("legacy01", state="Off", guest_services=False),
+    VM("app01", guest_services=False),
+    VM("flaky01", faults={"session_drop_after_records": 3}),
+)  # fmt: skip
+CLIENT_HOST = {"name": "HV-CLIENT", "boot_seconds": 0.5, "password_seed": "client-tests"}
 
 
 class SimLab:
@@ -77,14 +68,12 @@ class SimLab:
 
 
 @pytest.fixture
-def make_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], SimLab]:
-    """Write a lab (default: CLIENT_LAB, plus any extra [host] lines) and point VMBUSOPS_LAB at it."""
+def make_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., SimLab]:
+    """Write the client lab (any ``host`` keyword adds or replaces a [host] key, e.g. crash_on) and
+    point VMBUSOPS_LAB at it."""
 
-    def make(extra_host: str = "", text: str | None = None) -> SimLab:
-        body = text if text is not None else CLIENT_LAB.replace('password_seed = "client-tests"',
-                                                               'password_seed = "client-tests"\n' + extra_host)
-        path = tmp_path / f"lab-{abs(hash(body))}.toml"
-        path.write_text(body, encoding="utf-8")
+    def make(**host: Any) -> SimLab:
+        path = write_lab(tmp_path, CLIENT_VMS, **{**CLIENT_HOST, **host})
         monkeypatch.setenv("VMBUSOPS_LAB", str(path))
         return SimLab(path)
 
@@ -97,6 +86,7 @@ def make_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str],
 # run and the summary says so in one line; on CI (CI=true) a missing PowerShell fails the run.
 
 _PWSH_TESTS: dict[str, int] = {"ran": 0, "not_run": 0}
+_NO_PWSH = "no PowerShell 7 found (set VMBUSOPS_PWSH)"
 
 
 def find_pwsh() -> str | None:
@@ -107,15 +97,20 @@ def find_pwsh() -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    pwsh = find_pwsh()
+    if find_pwsh() is not None:
+        return
     for item in items:
-        if item.get_closest_marker("pwsh") is None:
-            continue
-        if pwsh is None:
-            _PWSH_TESTS["not_run"] += 1
-            item.add_marker(pytest.mark.skip(reason="no PowerShell 7 found (set VMBUSOPS_PWSH)"))
-        else:
-            _PWSH_TESTS["ran"] += 1
+        if item.get_closest_marker("pwsh") is not None:
+            item.add_marker(pytest.mark.skip(reason=_NO_PWSH))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # Counted from the reports, not at collection: under pytest-xdist the workers collect, and
+    # the controller, which prints the summary and sets the exit status, only sees reports.
+    if report.when != "setup" or "pwsh" not in report.keywords:
+        return
+    lacking = report.skipped and isinstance(report.longrepr, tuple) and report.longrepr[2].endswith(_NO_PWSH)
+    _PWSH_TESTS["not_run" if lacking else "ran"] += 1
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -126,7 +121,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             red=True,
         )
     elif _PWSH_TESTS["ran"]:
-        terminalreporter.write_line(f"real-PowerShell lane: {_PWSH_TESTS['ran']} tests selected, on {find_pwsh()}")
+        terminalreporter.write_line(f"real-PowerShell lane: {_PWSH_TESTS['ran']} tests run, on {find_pwsh()}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

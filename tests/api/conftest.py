@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from tests.builders import VM, write_lab
 from tests.engine.bundles import signed_bundle, trust_and_credential
-from tests.engine.conftest import VM, write_lab
 
 from vmbusops.api.auth import Operation, PrincipalStore
 from vmbusops.bundle.crypto import PrivateKey

@@ -9,7 +9,7 @@ from contextlib import aclosing
 import trio
 from tests.api.conftest import Agent, submit
 from tests.api.sse_client import SSEEvent, open_sse
-from tests.engine.conftest import script
+from tests.builders import script
 
 from vmbusops.engine import Journal, State
 

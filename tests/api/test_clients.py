@@ -8,10 +8,9 @@ import subprocess
 from datetime import datetime
 from pathlib import Path
 
-import tomli_w
 import trio
 from tests.api.conftest import VMBUSOPS, Agent
-from tests.engine.conftest import script
+from tests.builders import bundle_doc, script, write_bundle_source
 
 from vmbusops.bundle.build import build_bundle, sign_bundle
 
@@ -73,13 +72,11 @@ async def test_client_errors_map_to_the_documented_exit_codes(agent: Agent, tmp_
 
 
 async def test_a_bundle_with_a_schedule_is_registered_not_run(agent: Agent, tmp_path: Path) -> None:
-    src = tmp_path / "nightly"
-    src.mkdir()
-    (src / "bundle.toml").write_text(tomli_w.dumps({
-        "name": "nightly", "version": 1, "credential": "lab-admin", "targets": {"vms": ["a-*"]},
-        "steps": [{"kind": "script", "name": "s", "inline": "Write-Output 1"}],
-        "schedule": {"cron": "0 2 * * *", "window": "2h", "cutoff": "30m", "jitter": "5m", "missed": "run-once"},
-    }))  # fmt: skip
+    schedule = {"cron": "0 2 * * *", "window": "2h", "cutoff": "30m", "jitter": "5m", "missed": "run-once"}
+    src = write_bundle_source(
+        tmp_path / "nightly",
+        bundle_doc(["a-*"], [script("s", "Write-Output 1")], name="nightly", schedule=schedule),
+    )
     bundle = tmp_path / "nightly.vmb"
     build_bundle(src, bundle)
     sign_bundle(bundle, agent.key)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 from tests.api.conftest import Agent, submit
-from tests.engine.conftest import script
+from tests.builders import script
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 

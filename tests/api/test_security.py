@@ -7,10 +7,9 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 import trio
 from tests.api.conftest import Agent, submit
-from tests.engine.conftest import script
+from tests.builders import bundle_doc, script, write_bundle_source
 
 from vmbusops.bundle.build import build_bundle, sign_bundle
 
@@ -118,21 +117,16 @@ async def test_bad_bundles_and_bodies_are_refused_before_anything_runs(
     agent_factory: Any, tmp_path: Path
 ) -> None:
     agent: Agent = agent_factory(config="[agent]\nmax_bundle_bytes = 200000\n")
-    src = tmp_path / "unsigned-src"
-    src.mkdir()
-    (src / "bundle.toml").write_text(
-        'name = "unsigned"\nversion = 1\ncredential = "lab-admin"\ntargets = { vms = ["a-web01"] }\n'
-        'steps = [{ kind = "script", name = "s", inline = "Write-Output 1" }]\n'
+    src = write_bundle_source(
+        tmp_path / "unsigned-src", bundle_doc(["a-web01"], [script("s", "Write-Output 1")], name="unsigned")
     )
     unsigned = tmp_path / "unsigned.vmb"
     build_bundle(src, unsigned)
-    filed_src = tmp_path / "filed"
-    filed_src.mkdir()
-    (filed_src / "run.ps1").write_text('Write-Output "original"\n')
-    (filed_src / "bundle.toml").write_text(tomli_w.dumps({
-        "name": "filed", "version": 1, "credential": "lab-admin", "targets": {"vms": ["a-web01"]},
-        "steps": [{"kind": "script", "name": "s", "file": "run.ps1"}],
-    }))  # fmt: skip
+    filed_src = write_bundle_source(
+        tmp_path / "filed",
+        bundle_doc(["a-web01"], [{"kind": "script", "name": "s", "file": "run.ps1"}], name="filed"),
+        {"run.ps1": 'Write-Output "original"\n'},
+    )
     filed = tmp_path / "filed.vmb"
     build_bundle(filed_src, filed)
     sign_bundle(filed, agent.key)

@@ -1,23 +1,16 @@
-"""The README's author -> sign -> trust -> verify -> run flow, as an operator types it."""
+"""The README's author -> sign -> trust -> verify -> run flow, as an operator types it (in this
+process: tests.clirun)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-
-def vmbusops(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vmbusops", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False,
-    )
+from tests.clirun import vmbusops
 
 
 def test_scaffolded_bundle_runs_on_the_default_simulated_lab(tmp_path: Path, vmbusops_home: Path) -> None:
-    env = dict(os.environ, VMBUSOPS_KEY_PASSPHRASE="correct horse battery")
+    env = {"VMBUSOPS_KEY_PASSPHRASE": "correct horse battery"}
     steps = [
         ("bundle", "init", "lab-demo"),
         ("keys", "new", "alice", "--passphrase"),

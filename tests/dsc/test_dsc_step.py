@@ -1,21 +1,18 @@
-"""The dsc and patch steps through the engine, against a real simulator process."""
+"""The dsc and patch steps through the engine, against the simulator (in this process: tests.simhost)."""
 
 from __future__ import annotations
 
-import hashlib
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.engine.conftest import PASSWORD, credential_for
+from tests.builders import VM, manifest, write_files, write_lab
+from tests.engine.conftest import credential_for
+from tests.simhost import open_sim_host
 
-from vmbusops.bundle.manifest import manifest_from_dict
 from vmbusops.bundle.scaffold import EXAMPLE_FILES
-from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential, Secret
 from vmbusops.engine import EngineOptions, JobSource, Journal, RunChanged, State, open_engine
-from vmbusops.guestops.connect import open_host
 from vmbusops.records import OutputRecord
 from vmbusops.sim.lab import load_lab
 
@@ -32,30 +29,19 @@ ModuleVersion = "1.0";
 """
 
 
-def lab(tmp_path: Path, *vms: str) -> Path:
-    text = '[host]\nname = "HV-DSC"\nboot_seconds = 0.2\n\n' + "\n".join(
-        f'[[vm]]\npassword = "{PASSWORD}"\n{body}\n' for body in vms
-    )
-    path = tmp_path / f"lab-{uuid.uuid4().hex[:6]}.toml"
-    path.write_text(text)
-    return path
+def lab(tmp_path: Path, *vms: VM) -> Path:
+    return write_lab(tmp_path, vms, name="HV-DSC", boot_seconds=0.2)
+
+
+WEB_SERVER = {"name": "Web-Server", "restart": True}
 
 
 def source(tmp_path: Path, steps: list[dict[str, Any]], files: dict[str, str], vms: list[str], *, gsi: bool = False) -> JobSource:
     root = tmp_path / f"bundle-{uuid.uuid4().hex[:6]}"
-    entries = []
-    for rel, text in files.items():
-        p = root.joinpath(*rel.split("/"))
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(text.encode())
-        entries.append({"path": rel, "size": len(text.encode()), "sha256": hashlib.sha256(text.encode()).hexdigest()})
-    now = datetime.now(UTC)
-    doc = {
-        "name": "dsc-test", "version": 1, "id": str(uuid.uuid4()), "issued": now.isoformat(),
-        "expires": (now + timedelta(hours=1)).isoformat(), "targets": {"vms": vms}, "credential": "lab-admin",
-        "steps": steps, "files": entries, "execution": {"max_concurrency": 8, "max_errors": 8},
-    }  # fmt: skip
-    return JobSource(manifest=manifest_from_dict(doc), directory=root, source="test", enable_guest_services=gsi)
+    job = manifest(
+        vms, steps, name="dsc-test", files=write_files(root, files), execution={"max_concurrency": 8, "max_errors": 8}
+    )
+    return JobSource(manifest=job, directory=root, source="test", enable_guest_services=gsi)
 
 
 SCAFFOLD = {k: v for k, v in EXAMPLE_FILES.items() if k.startswith("dsc/")}
@@ -66,7 +52,7 @@ async def run_job(lab_path: Path, src: JobSource, tmp_path: Path, **options: Any
     journal = Journal(tmp_path / f"j-{uuid.uuid4().hex[:6]}.sqlite")
     opts = EngineOptions(heartbeat_interval=0.1, wait_ready_poll=0.1, **options)
     async with (
-        open_host("sim", config=Config(host="sim", lab=str(lab_path), max_runspaces=64)) as host,
+        open_sim_host(lab_path, max_runspaces=64) as host,
         open_engine(host, journal, credential_for=credential_for, options=opts, on_event=events.append) as engine,
     ):
         result = await engine.run_job(src)
@@ -82,8 +68,8 @@ async def test_module_and_mof_in_reboot_mid_way_converges_and_second_run_copies_
     files["dsc/localhost.mof"] = FEATURE_MOF + SCAFFOLD["dsc/localhost.mof"]
     path = lab(
         tmp_path,
-        'name = "web01"\nguest_services = true\nfeatures = [{ name = "Web-Server", restart = true }]',
-        'name = "web02"\nguest_services = true\nfeatures = [{ name = "Web-Server", installed = true }]',
+        VM("web01", more={"features": [WEB_SERVER]}),
+        VM("web02", more={"features": [{"name": "Web-Server", "installed": True}]}),
     )
     src = source(tmp_path, [dsc_step(allow_reboot=True, max_reboots=2)], files, ["web01", "web02"])
     result, events, journal = await run_job(path, src, tmp_path)
@@ -129,7 +115,7 @@ def _texts(journal: Journal, job_id: int, vm: str) -> list[str]:
 async def _lcm_of(lab_path: Path, vm: str, script: str) -> list[Any]:
     """The output objects of ``script`` in ``vm``, run outside any job (what an operator would see)."""
     user, password = load_lab(lab_path).credential(vm)
-    async with open_host("sim", config=Config(host="sim", lab=str(lab_path))) as host:
+    async with open_sim_host(lab_path) as host:
         recs, _ = await host.run_in_guest(vm, script, GuestCredential(user, Secret(password), reference="t"))
     return [r.record.value for r in recs if isinstance(r.record, OutputRecord)]
 
@@ -138,7 +124,7 @@ async def test_the_meta_configuration_is_applied_and_stop_configuration_is_resum
     files = dict(SCAFFOLD)
     files["dsc/localhost.mof"] = FEATURE_MOF + SCAFFOLD["dsc/localhost.mof"]
     files["dsc/localhost.meta.mof"] = META_STOP
-    path = lab(tmp_path, 'name = "web01"\nguest_services = true\nfeatures = [{ name = "Web-Server", restart = true }]')
+    path = lab(tmp_path, VM("web01", more={"features": [WEB_SERVER]}))
     step = dsc_step(allow_reboot=True, max_reboots=2, meta_config="dsc/localhost.meta.mof")
     result, _, journal = await run_job(path, source(tmp_path, [step], files, ["web01"]), tmp_path)
     assert result.state is State.SUCCESS, result.errors
@@ -159,7 +145,7 @@ async def test_the_meta_configuration_is_applied_and_stop_configuration_is_resum
 
 async def test_reboot_node_if_needed_needs_a_step_that_allows_reboots_and_the_lcm_restarts_the_guest(tmp_path: Path) -> None:
     files = {"dsc/localhost.mof": FEATURE_MOF, "dsc/localhost.meta.mof": META_REBOOTS}
-    path = lab(tmp_path, 'name = "web01"\nguest_services = true\nfeatures = [{ name = "Web-Server", restart = true }]')
+    path = lab(tmp_path, VM("web01", more={"features": [WEB_SERVER]}))
     base = {"kind": "dsc", "name": "configure", "mofs": ["dsc/localhost.mof"], "meta_config": "dsc/localhost.meta.mof"}
     refused, _, journal = await run_job(path, source(tmp_path, [base], files, ["web01"]), tmp_path)
     assert refused.state is State.FAILED
@@ -181,7 +167,7 @@ async def test_reboot_node_if_needed_needs_a_step_that_allows_reboots_and_the_lc
 
 
 async def test_a_step_that_finds_the_lcm_busy_waits_for_it_instead_of_cancelling_it(tmp_path: Path) -> None:
-    path = lab(tmp_path, 'name = "web01"\nguest_services = true\nfeatures = [{ name = "Web-Server", restart = true }]')
+    path = lab(tmp_path, VM("web01", more={"features": [WEB_SERVER]}))
     files = {"dsc/localhost.mof": FEATURE_MOF}
     plain = {"kind": "dsc", "name": "configure", "mofs": ["dsc/localhost.mof"]}
     first, _, _ = await run_job(path, source(tmp_path, [plain], files, ["web01"]), tmp_path)
@@ -203,7 +189,7 @@ START_CONSISTENCY = "Start-ScheduledTask -TaskName Consistency -TaskPath '\\Micr
 
 
 async def test_a_step_waits_for_a_consistency_check_the_lcm_is_running(tmp_path: Path) -> None:
-    path = lab(tmp_path, 'name = "web01"\nguest_services = true')
+    path = lab(tmp_path, VM("web01"))
     first, _, _ = await run_job(path, source(tmp_path, [dsc_step()], SCAFFOLD, ["web01"]), tmp_path)
     assert first.state is State.SUCCESS, first.errors
     # DSC's own Consistency task starts a check (as the LCM's timer does); the dsc step comes next.
@@ -219,7 +205,7 @@ async def test_a_step_waits_for_a_consistency_check_the_lcm_is_running(tmp_path:
 
 
 async def test_guest_service_interface_disabled_without_and_with_permission(tmp_path: Path) -> None:
-    path = lab(tmp_path, 'name = "app01"\nguest_services = false')
+    path = lab(tmp_path, VM("app01", guest_services=False))
     denied, _, _ = await run_job(path, source(tmp_path, [dsc_step()], SCAFFOLD, ["app01"]), tmp_path)
     assert denied.state is State.FAILED
     assert "Guest Service Interface is disabled" in denied.errors["app01"]
@@ -230,7 +216,7 @@ async def test_guest_service_interface_disabled_without_and_with_permission(tmp_
 
 
 async def test_hash_mismatch_after_copy_fails_before_applying(tmp_path: Path) -> None:
-    path = lab(tmp_path, 'name = "web01"\nguest_services = true\n[vm.faults]\ncorrupt_copies = "*.psm1"')
+    path = lab(tmp_path, VM("web01", faults={"corrupt_copies": "*.psm1"}))
     result, _, journal = await run_job(path, source(tmp_path, [dsc_step()], SCAFFOLD, ["web01"]), tmp_path)
     assert result.state is State.FAILED
     assert "do not have the SHA-256 the bundle lists" in result.errors["web01"]
@@ -240,7 +226,7 @@ async def test_hash_mismatch_after_copy_fails_before_applying(tmp_path: Path) ->
 
 
 async def test_reboot_loop_beyond_the_budget_fails(tmp_path: Path) -> None:
-    path = lab(tmp_path, 'name = "web01"\nguest_services = true\nfeatures = [{ name = "Web-Server", restart = "always" }]')
+    path = lab(tmp_path, VM("web01", more={"features": [{"name": "Web-Server", "restart": "always"}]}))
     files = {"dsc/localhost.mof": FEATURE_MOF}
     step = {"kind": "dsc", "name": "configure", "mofs": ["dsc/localhost.mof"], "allow_reboot": True, "max_reboots": 2}
     result, _, _ = await run_job(path, source(tmp_path, [step], files, ["web01"]), tmp_path)
@@ -252,8 +238,8 @@ async def test_reboot_loop_beyond_the_budget_fails(tmp_path: Path) -> None:
 async def test_a_guest_that_never_returns_fails_its_run_and_the_others_go_on(tmp_path: Path) -> None:
     path = lab(
         tmp_path,
-        'name = "web01"\nguest_services = true\nfeatures = [{ name = "Web-Server", restart = true }]\n[vm.faults]\nhang_on_restart = true',
-        'name = "web02"\nguest_services = true\nfeatures = [{ name = "Web-Server", restart = true }]',
+        VM("web01", more={"features": [WEB_SERVER]}, faults={"hang_on_restart": True}),
+        VM("web02", more={"features": [WEB_SERVER]}),
     )
     files = {"dsc/localhost.mof": FEATURE_MOF}
     step = {"kind": "dsc", "name": "configure", "mofs": ["dsc/localhost.mof"], "allow_reboot": True}
@@ -263,7 +249,7 @@ async def test_a_guest_that_never_returns_fails_its_run_and_the_others_go_on(tmp
 
 
 async def test_drift_is_reported_without_changing_anything(tmp_path: Path) -> None:
-    path = lab(tmp_path, 'name = "web01"\nguest_services = true\nfeatures = [{ name = "Web-Server" }]')
+    path = lab(tmp_path, VM("web01", more={"features": [{"name": "Web-Server"}]}))
     files = dict(SCAFFOLD)
     files["dsc/localhost.mof"] = FEATURE_MOF + SCAFFOLD["dsc/localhost.mof"]
     result, _, journal = await run_job(path, source(tmp_path, [dsc_step(mode="test")], files, ["web01"]), tmp_path)
@@ -279,7 +265,10 @@ async def test_drift_is_reported_without_changing_anything(tmp_path: Path) -> No
 async def test_patch_check_then_install_with_a_reboot(tmp_path: Path) -> None:
     path = lab(
         tmp_path,
-        'name = "web01"\nguest_services = true\nupdates = [{ kb = "KB5034441", title = "Security", categories = ["Security Updates"], restart = true }, { kb = "KB1", title = "Other", categories = ["Updates"] }]',
+        VM("web01", more={"updates": [
+            {"kb": "KB5034441", "title": "Security", "categories": ["Security Updates"], "restart": True},
+            {"kb": "KB1", "title": "Other", "categories": ["Updates"]},
+        ]}),
     )
     check = {"kind": "patch", "name": "patch", "check_only": True, "categories": ["Security Updates"]}
     result, _, _ = await run_job(path, source(tmp_path, [check], {}, ["web01"]), tmp_path)

@@ -1,4 +1,4 @@
-"""The simulated LCM and Windows Update Agent, driven through a real simulator process."""
+"""The simulated LCM and Windows Update Agent, driven through the host operations (simulator in this process: tests.simhost)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 
 import trio
+from tests.builders import VM, lab_text
+from tests.simhost import open_sim_host
 
-from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential, Secret
 from vmbusops.dsc.lcm import LcmParser, OperationEnded, OperationSkipped, RebootRequired
-from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.host import HyperVHost
 from vmbusops.guestops.patch_script import (
     INSTALL_SCRIPT,
@@ -30,22 +30,19 @@ from vmbusops.sim.lab import load_lab
 from vmbusops.sim.wua import INSTALL_SCRIPT_SHA256 as SIM_INSTALL_SHA256
 from vmbusops.sim.wua import PATCH_SCRIPT_SHA256 as SIM_PATCH_SHA256
 
-LAB = """
-[host]
-name = "HV-DSC"
-boot_seconds = 0.2
-password_seed = "dsc-tests"
-
-[[vm]]
-name = "web01"
-guest_services = true
-services = [{ name = "W3SVC", display_name = "WWW", status = "Stopped" }]
-features = [{ name = "Web-Server", restart = true }]
-updates = [
-  { kb = "KB5034441", title = "Security update", categories = ["Security Updates"], restart = true },
-  { kb = "KB2267602", title = "Defender definitions", categories = ["Definition Updates"] },
-]
-"""
+LAB = lab_text(
+    [VM("web01", more={
+        "services": [{"name": "W3SVC", "display_name": "WWW", "status": "Stopped"}],
+        "features": [{"name": "Web-Server", "restart": True}],
+        "updates": [
+            {"kb": "KB5034441", "title": "Security update", "categories": ["Security Updates"], "restart": True},
+            {"kb": "KB2267602", "title": "Defender definitions", "categories": ["Definition Updates"]},
+        ],
+    })],
+    name="HV-DSC",
+    boot_seconds=0.2,
+    password_seed="dsc-tests",
+)  # fmt: skip
 
 MOF = (Path(__file__).parent / "mofs" / "webserver_compiled.mof").read_text(encoding="utf-8")
 CUSTOM_MOF = """
@@ -66,7 +63,7 @@ async def _host(tmp_path: Path) -> tuple[object, GuestCredential]:
     lab = tmp_path / "lab.toml"
     lab.write_text(LAB)
     user, password = load_lab(lab).credential("web01")
-    return open_host("sim", config=Config(host="sim", lab=str(lab))), GuestCredential(user, Secret(password), reference="t")
+    return open_sim_host(lab), GuestCredential(user, Secret(password), reference="t")
 
 
 async def _copy_text(host: HyperVHost, tmp_path: Path, text: str, guest: str) -> None:

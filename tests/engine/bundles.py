@@ -6,8 +6,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-from tests.engine.conftest import PASSWORD
+from tests.builders import CREDENTIAL, PASSWORD, bundle_doc, write_bundle_source
 
 from vmbusops.bundle.build import build_bundle, sign_bundle
 from vmbusops.bundle.crypto import PrivateKey
@@ -19,10 +18,10 @@ from vmbusops.credentials import CredentialStore, Secret
 
 def trust_and_credential(key: PrivateKey) -> None:
     """Under the current VMBUSOPS_HOME: trust ``key`` for every VM, and store the lab credential."""
-    scope = Scope(keys=(), vms=("*",), credentials=("lab-admin",), steps=frozenset(StepKind), threshold=1)
+    scope = Scope(keys=(), vms=("*",), credentials=(CREDENTIAL,), steps=frozenset(StepKind), threshold=1)
     policy = TrustPolicy().with_key(TrustedKey(name="tests", public=key.public_key()), scope)
     save_trust_policy(policy, trust_policy_path())
-    CredentialStore().set("lab-admin", "Administrator", Secret(PASSWORD))
+    CredentialStore().set(CREDENTIAL, "Administrator", Secret(PASSWORD))
 
 
 def signed_bundle(
@@ -34,18 +33,9 @@ def signed_bundle(
     execution: dict[str, Any] | None = None,
     name: str = "engine-test",
 ) -> Path:
-    source = directory / f"src-{uuid.uuid4().hex[:8]}"
-    source.mkdir(parents=True)
-    doc: dict[str, Any] = {
-        "name": name,
-        "version": 1,
-        "credential": "lab-admin",
-        "targets": {"vms": vms},
-        "steps": steps,
-    }
-    if execution:
-        doc["execution"] = execution
-    (source / "bundle.toml").write_text(tomli_w.dumps(doc))
+    source = write_bundle_source(
+        directory / f"src-{uuid.uuid4().hex[:8]}", bundle_doc(vms, steps, name=name, execution=execution or None)
+    )
     out = directory / f"{source.name}.vmb"
     build_bundle(source, out)
     sign_bundle(out, key)

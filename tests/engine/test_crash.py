@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.builders import VM, write_lab
 from tests.engine.bundles import signed_bundle, trust_and_credential
-from tests.engine.conftest import VM, write_lab
 
 from vmbusops.bundle.crypto import PrivateKey
 from vmbusops.engine.states import State

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import trio
-from tests.engine.conftest import VM, credential_for, harness_for, manifest, script, source, write_lab
+from tests.builders import VM, manifest, script, write_lab
+from tests.engine.conftest import credential_for, harness_for, source
+from vmbusops.engine.runner import EngineEvent
 
 from vmbusops.engine import Journal, RunChanged, State
+from vmbusops.records import OutputRecord
 
 
 def max_overlap(intervals: list[tuple[float, float]]) -> int:
@@ -16,6 +20,31 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     for _, delta in points:
         current += delta
         peak = max(peak, current)
+    return peak
+
+
+def run_story(events: list[EngineEvent], job_id: int | None = None) -> list[tuple[str, State]]:
+    """Each run's state changes, in the order the engine made them (a step's progress left out)."""
+    story: list[tuple[str, State]] = []
+    last: dict[tuple[int, str], State] = {}
+    for e in events:
+        if isinstance(e, RunChanged) and (job_id is None or e.job_id == job_id):
+            if last.get((e.job_id, e.vm)) is not e.state:
+                story.append((e.vm, e.state))
+            last[(e.job_id, e.vm)] = e.state
+    return story
+
+
+def peak_in_progress(story: list[tuple[str, State]]) -> int:
+    """The most runs in progress at once, from the engine's own story."""
+    active: set[str] = set()
+    peak = 0
+    for vm, state in story:
+        if state is State.IN_PROGRESS:
+            active.add(vm)
+        elif state.terminal:
+            active.discard(vm)
+        peak = max(peak, len(active))
     return peak
 
 
@@ -42,11 +71,22 @@ async def test_max_concurrency_is_never_exceeded(lab_dir: Path, tmp_path: Path) 
         spans = guest_intervals(h.journal, result.job_id)
     assert result.state is State.SUCCESS
     assert len(spans) == 8
-    # 25% of 8 is 2: the guests' output windows never overlap by more than two...
+    # 25% of 8 is 2: the engine never has more than two runs in progress, and does have two...
+    story = run_story(h.events)
+    assert peak_in_progress(story) == 2, story
+    # ...so the guests' output windows never overlap by more than two...
     assert max_overlap(list(spans.values())) == 2
-    # ...and delayed runs were reported as such while they waited for a slot.
-    delayed = {e.vm for e in h.events if isinstance(e, RunChanged) and e.state is State.DELAYED}
-    assert len(delayed) >= 4
+    # ...every run but the first two was reported delayed while it waited for a slot...
+    starts = [vm for vm, state in story if state is State.IN_PROGRESS]
+    delayed = [vm for vm, state in story if state is State.DELAYED]
+    assert sorted(starts) == [vm.name for vm in vms]
+    assert sorted(delayed) == sorted(starts[2:]), story
+    # ...and each of them started only after a run before it had ended and freed its slot.
+    for vm in starts[2:]:
+        at = story.index((vm, State.IN_PROGRESS))
+        ended = sum(1 for _, state in story[:at] if state.terminal)
+        started = sum(1 for _, state in story[:at] if state is State.IN_PROGRESS)
+        assert started - ended < 2, f"{vm} started while two runs were in progress: {story}"
 
 
 async def test_max_errors_stops_widening_exactly(lab_dir: Path, tmp_path: Path) -> None:
@@ -64,6 +104,11 @@ async def test_max_errors_stops_widening_exactly(lab_dir: Path, tmp_path: Path) 
     states = sorted(r.state for r in runs)
     assert states.count(State.FAILED) == 3
     assert states.count(State.SKIPPED) == 4
+    # One at a time, and nothing started after the third failure.
+    story = run_story(h.events)
+    assert peak_in_progress(story) == 1
+    third_failure = [i for i, (_, state) in enumerate(story) if state is State.FAILED][2]
+    assert not any(state is State.IN_PROGRESS for _, state in story[third_failure:]), story
     for run in runs:
         if run.state is State.SKIPPED:
             assert run.started_at is None
@@ -86,6 +131,12 @@ async def test_max_errors_zero_with_two_in_flight(lab_dir: Path, tmp_path: Path)
     # The two that started together both fail; the first failure stops every later start.
     assert states.count(State.FAILED) == 2
     assert states.count(State.SKIPPED) == 4
+    story = run_story(h.events)
+    assert peak_in_progress(story) == 2, story
+    first_failure = next(i for i, (_, state) in enumerate(story) if state is State.FAILED)
+    assert [vm for vm, state in story if state is State.IN_PROGRESS] == [
+        vm for vm, state in story[:first_failure] if state is State.IN_PROGRESS
+    ], story
 
 
 async def test_delivery_and_execution_timeouts_are_told_apart(lab_dir: Path, tmp_path: Path) -> None:
@@ -156,7 +207,7 @@ async def test_cancel_mid_step_stops_the_guest_pipeline(lab_dir: Path, tmp_path:
         await trio.sleep(0.5)
         # Nothing more arrives, and the guest never reached the end of its script.
         assert len(h.journal.records(job_ids[0])) == count_at_end
-        _, outcome = await h.host.run_in_guest(
+        done, outcome = await h.host.run_in_guest(
             "vm01",
             "Test-Path 'C:\\done.txt'",
             credential_for("x"),
@@ -166,6 +217,8 @@ async def test_cancel_mid_step_stops_the_guest_pipeline(lab_dir: Path, tmp_path:
         job = h.journal.job(job_ids[0])
     assert 0 < count_at_end < 200
     assert outcome.ok
+    # The step was stopped inside the guest: the line after its loop never ran.
+    assert [r.record.value for r in done if isinstance(r.record, OutputRecord)] == [False]
     assert run.state is State.CANCELLED
     assert [s.state for s in steps] == [State.CANCELLED, State.SKIPPED]
     assert job.state is State.CANCELLED
@@ -193,8 +246,16 @@ async def test_vm_switched_off_mid_run_fails_that_run_only(lab_dir: Path, tmp_pa
             await trio.sleep(0.3)
             await h.host.stop_vm("vm02", turn_off=True)
         result = results[0]
+        steps = {r.vm: h.journal.steps(r.id) for r in h.journal.runs(result.job_id)}
     assert result.runs == {"vm01": State.SUCCESS, "vm02": State.FAILED}
-    assert "vm02" in result.errors["vm02"]
+    # Off in the middle of the first step, or just after it: either way the failure says so.
+    assert re.fullmatch(
+        r"step (first|ready): vm02: (The virtual machine vm02 is not in running state\.|the VM is Off, it will not become ready)(\n.*)?",
+        result.errors["vm02"],
+        re.DOTALL,
+    ), result.errors["vm02"]
+    assert [s.state for s in steps["vm01"]] == [State.SUCCESS] * 3
+    assert steps["vm02"][2].state is State.SKIPPED
 
 
 async def test_two_jobs_never_touch_one_vm_at_once(lab_dir: Path, tmp_path: Path) -> None:
@@ -215,3 +276,11 @@ async def test_two_jobs_never_touch_one_vm_at_once(lab_dir: Path, tmp_path: Path
     assert all(r.state is State.SUCCESS for r in results)
     (_, first_end), (second_start, _) = sorted(spans)
     assert first_end < second_start, f"vm01 was used by two jobs at once: {spans}"
+    # The engine's own story agrees: vm01's run in one job ended before the other's started.
+    vm01 = [(e.job_id, e.state) for e in h.events if isinstance(e, RunChanged) and e.vm == "vm01" and e.step is None]
+    first_job = next(job for job, state in vm01 if state is State.IN_PROGRESS)
+    handover = vm01.index((first_job, State.SUCCESS))
+    assert all(job == first_job for job, state in vm01[:handover] if state is State.IN_PROGRESS), vm01
+    # The other job's run waited, reported as delayed, and started after the handover.
+    (second_job,) = {job for job, _ in vm01} - {first_job}
+    assert vm01.index((second_job, State.DELAYED)) < handover < vm01.index((second_job, State.IN_PROGRESS)), vm01

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.engine.conftest import PASSWORD, VM, harness_for, manifest, script, source, write_lab
+from tests.builders import PASSWORD, VM, manifest, script, write_lab
+from tests.engine.conftest import harness_for, source
 
 from vmbusops.engine import Journal, State
 
@@ -53,8 +54,8 @@ async def test_permanent_error_fails_the_run_with_the_real_message(lab_dir: Path
         result = await h.engine.run_job(source(m))
     assert result.runs == {"web01": State.SUCCESS, "off01": State.FAILED, "nosuch": State.FAILED}
     assert result.state is State.FAILED
-    assert "off01" in result.errors["off01"]
-    assert (
-        "does not resolve to any virtual machine" in result.errors["nosuch"]
-        or "nosuch" in result.errors["nosuch"]
-    )
+    # Each failure is the host's own words about that VM, not a generic "failed".
+    assert "off01: The virtual machine off01 is not in running state." in result.errors["off01"]
+    assert "hint: start it first (Start-VM)" in result.errors["off01"]
+    assert "does not resolve to a single virtual machine" in result.errors["nosuch"]
+    assert "hint: list the host's VMs with 'vmbusops vms'" in result.errors["nosuch"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.engine.conftest import VM, harness_for, manifest, script, source, write_lab
+from tests.builders import VM, manifest, script, write_lab
+from tests.engine.conftest import harness_for, source
 
 from vmbusops.engine import Journal, State
 from vmbusops.engine.plan import GuestBatch, StepMarker, parse_marker, plan_units

@@ -1,14 +1,22 @@
-"""Host operations against the simulated Hyper-V host: results and every classified error."""
+"""Host operations against the simulated Hyper-V host: results and every classified error.
+
+The simulator runs in this process (tests.simhost): these tests are about the host operations.
+tests/remote/test_foundation_over_ssh.py runs the same functions again with ``open_host``
+swapped for a real sshd in front of the simulator.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from tests.simhost import open_sim_host
 
+from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential, Secret
 from vmbusops.errors import (
     CredentialInvalidError,
@@ -19,9 +27,14 @@ from vmbusops.errors import (
     VMNotFoundError,
     VMNotRunningError,
 )
-from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.host import HOST_CMDLETS, HyperVHost
 from vmbusops.records import OutputRecord
+
+
+def open_host(kind: str, *, config: Config, max_runspaces: int | None = None) -> AbstractAsyncContextManager[HyperVHost]:
+    """The host these tests run on (``kind`` is always "sim"); the SSH copy of this module replaces it."""
+    assert kind == "sim" and config.lab is not None
+    return open_sim_host(config.lab, max_runspaces=max_runspaces or config.max_runspaces)
 
 
 async def guest_text(host: HyperVHost, vm: str, path: str, cred: GuestCredential) -> list[object]:

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from vmbusops.guestops.connect import open_host
+from tests.simhost import open_sim_host
+
 from vmbusops.records import ErrorRecord, OutputRecord
 
 TOOL = 'cmd.exe /c "echo working & echo warning: cache cold 1>&2 & echo second line 1>&2 & exit /b 0"'
@@ -21,7 +22,7 @@ TOOL = 'cmd.exe /c "echo working & echo warning: cache cold 1>&2 & echo second l
 
 async def test_stderr_lines_are_records_and_do_not_fail_the_step(make_lab: Callable[..., Any]) -> None:
     lab = make_lab()
-    async with open_host("sim", config=lab.config) as host:
+    async with open_sim_host(lab.path) as host:
         records, outcome = await host.run_in_guest("web01", f"{TOOL}\n'after the tool'", lab.credential())
     assert [r.record.value for r in records if isinstance(r.record, OutputRecord)] == ["working", "after the tool"]
     errors = [r.record for r in records if isinstance(r.record, ErrorRecord)]
@@ -35,7 +36,7 @@ async def test_stderr_lines_are_records_and_do_not_fail_the_step(make_lab: Calla
 
 async def test_under_the_old_wrappers_preference_the_same_tool_ends_the_step(make_lab: Callable[..., Any]) -> None:
     lab = make_lab()
-    async with open_host("sim", config=lab.config) as host:
+    async with open_sim_host(lab.path) as host:
         records, outcome = await host.run_in_guest(
             "web01", f"$ErrorActionPreference = 'Stop'\n{TOOL}\n'after the tool'", lab.credential()
         )
@@ -47,7 +48,7 @@ async def test_under_the_old_wrappers_preference_the_same_tool_ends_the_step(mak
 
 async def test_the_tools_exit_code_is_the_steps(make_lab: Callable[..., Any]) -> None:
     lab = make_lab()
-    async with open_host("sim", config=lab.config) as host:
+    async with open_sim_host(lab.path) as host:
         _, failed = await host.run_in_guest("web01", 'cmd /c "echo e 1>&2 & exit /b 3"', lab.credential())
         _, refused = await host.run_in_guest("web01", 'cmd /c "dir C:\\"', lab.credential())
     assert (failed.exit_code, failed.script_errors, failed.ok) == (3, 0, False)

@@ -91,7 +91,7 @@ async def smoke(python: str, source: str, user: str, password: str) -> dict[str,
             pool,
             "web01",
             credential(user, password),
-            "Write-Verbose 'from the peer'; Get-Content 'C:\\Temp\\peer.txt'; Write-Output $args[0]",
+            "Write-Verbose 'from the peer' -Verbose; Get-Content 'C:\\Temp\\peer.txt'; Write-Output $args[0]",
             ["arg-one"],
         )
         result = await ps.invoke()

@@ -131,12 +131,13 @@ async def test_a_timeout_is_a_cancel_scope_that_stops_the_pipeline(make_lab: Cal
         assert trio.current_time() - start < 10
         assert inv._pipe.final is not None and inv._pipe.final.state is PipelineState.STOPPED
         # The pool is healthy afterwards.
-        _, outcome = await host.run_in_guest("web01", "Write-Output ok", lab.credential())
+        records, outcome = await host.run_in_guest("web01", "Write-Output ok", lab.credential())
         assert outcome.ok
+        assert [r.record.value for r in records if isinstance(r.record, OutputRecord)] == ["ok"]
 
 
 async def test_a_dying_child_fails_every_waiter_and_nothing_hangs(make_lab: Callable[..., Any]) -> None:
-    lab = make_lab('crash_on = "Copy-VMFile"')
+    lab = make_lab(crash_on="Copy-VMFile")
     failures: list[BaseException] = []
 
     async def long_running(host: object) -> None:
@@ -156,11 +157,11 @@ async def test_a_dying_child_fails_every_waiter_and_nothing_hangs(make_lab: Call
                 await host.copy_to_guest("web01", __file__, "C:\\x.py")
     assert len(failures) == 3
     assert all(isinstance(f, HostProcessExitedError) for f in failures)
-    assert "exit code" in str(info.value)
+    assert "exit code 70" in str(info.value)  # the simulator's EXIT_CRASH: it died, it did not just close
 
 
 async def test_garbage_from_the_host_is_a_framing_error(make_lab: Callable[..., Any]) -> None:
-    lab = make_lab('garbage_on = "Get-VM"')
+    lab = make_lab(garbage_on="Get-VM")
     with trio.fail_after(20), pytest.raises(FramingError, match="not an OutOfProc packet"):
         async with open_host("sim", config=lab.config) as host:
             await host.list_vms()

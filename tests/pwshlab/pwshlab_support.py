@@ -5,6 +5,8 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+from tests.builders import VM, lab_text
+
 from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential, Secret
 from vmbusops.guestops.connect import open_host
@@ -13,36 +15,20 @@ from vmbusops.sim.lab import Lab, load_lab
 
 # boot_seconds is short so a restarted guest comes back within a test; session_open_ms is 0 so
 # the time a test takes is PowerShell's own.
-LAB_TEXT = r"""
-[host]
-name = "HV-LAB01"
-session_open_ms = 0
-boot_seconds = 2.0
-password_seed = "pwsh-lab-tests"
-
-[[vm]]
-name = "web01"
-state = "Running"
-guest_services = true
-computer_name = "WEB01-LAB"
-
-[vm.files]
-'C:\inetpub\wwwroot\index.html' = "<html>web01</html>\n"
-
-[[vm]]
-name = "web02"
-state = "Running"
-guest_services = true
-
-[[vm]]
-name = "legacy01"
-state = "Off"
-
-[[vm]]
-name = "app01"
-state = "Running"
-guest_services = false
-"""
+LAB_TEXT = lab_text(
+    [
+        VM("web01", more={
+            "computer_name": "WEB01-LAB",
+            "files": {"C:\\inetpub\\wwwroot\\index.html": "<html>web01</html>\n"},
+        }),
+        VM("web02"),
+        VM("legacy01", state="Off", guest_services=False),
+        VM("app01", guest_services=False),  # last: a test appends [vm.faults] to it
+    ],
+    name="HV-LAB01",
+    boot_seconds=2.0,
+    password_seed="pwsh-lab-tests",
+)  # fmt: skip
 
 
 class PwshLab:

@@ -1,16 +1,16 @@
-"""The command line with --host pwsh-lab: the whole product, each command its own real PowerShell."""
+"""The command line with --host pwsh-lab: the whole product, each command its own real PowerShell
+(the command itself runs in this process: tests.clirun)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import tomli_w
 from pwshlab_support import PwshLab
+from tests.builders import bundle_doc, write_bundle_source
+from tests.clirun import Ran
+from tests.clirun import vmbusops as run_cli
 
 from vmbusops.bundle.build import build_bundle, sign_bundle
 from vmbusops.bundle.crypto import PrivateKey
@@ -21,11 +21,9 @@ from vmbusops.bundle.policy import Scope, TrustedKey, TrustPolicy, save_trust_po
 pytestmark = pytest.mark.pwsh
 
 
-def vmbusops(command: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vmbusops", command, "--host", "pwsh-lab", *args],
-        capture_output=True, text=True, timeout=timeout, check=False, env=dict(os.environ),
-    )
+def vmbusops(command: str, *args: str) -> Ran:
+    """``vmbusops COMMAND --host pwsh-lab ...`` (in this process; the PowerShell is real)."""
+    return run_cli(command, "--host", "pwsh-lab", *args)
 
 
 def test_vms_copy_and_exec_all(pwsh_lab: PwshLab, tmp_path: Path) -> None:
@@ -73,9 +71,6 @@ def test_a_signed_bundle_runs_on_pwsh_lab(pwsh_lab: PwshLab, tmp_path: Path) -> 
     key = PrivateKey.generate()
     scope = Scope(keys=(), vms=("web*",), credentials=("lab-admin",), steps=frozenset(StepKind), threshold=1)
     save_trust_policy(TrustPolicy().with_key(TrustedKey(name="lab", public=key.public_key()), scope), trust_policy_path())
-    source = tmp_path / "bundle"
-    (source / "files").mkdir(parents=True)
-    (source / "files" / "setting.txt").write_text("setting=1\n", encoding="utf-8")
     steps = [
         {"name": "copy-setting", "kind": "copy", "source": "files/setting.txt",
          "destination": "C:\\ProgramData\\app\\setting.txt"},
@@ -85,13 +80,14 @@ def test_a_signed_bundle_runs_on_pwsh_lab(pwsh_lab: PwshLab, tmp_path: Path) -> 
         {"name": "ready", "kind": "wait-ready"},
         {"name": "report", "kind": "script", "inline": "Write-Output \"up on $(hostname)\""},
     ]
-    doc = {"name": "lab-run", "version": 1, "credential": "lab-admin", "targets": {"vms": ["web01"]}, "steps": steps}
-    (source / "bundle.toml").write_text(tomli_w.dumps(doc), encoding="utf-8")
+    source = write_bundle_source(
+        tmp_path / "bundle", bundle_doc(["web01"], steps, name="lab-run"), {"files/setting.txt": "setting=1\n"}
+    )
     bundle = tmp_path / "lab-run.vmb"
     build_bundle(source, bundle)
     sign_bundle(bundle, key)
 
-    run = vmbusops("run", str(bundle), "--json", timeout=300)
+    run = vmbusops("run", str(bundle), "--json")
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     values = [line.get("value") for line in lines if line.get("stream") == "output"]

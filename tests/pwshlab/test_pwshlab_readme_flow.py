@@ -1,32 +1,23 @@
 """The README's bundle flow, typed as a user would, with ``--host pwsh-lab`` on ``run``.
 
 The same commands as tests/cli/test_readme_flow.py on the default lab; only the run goes through
-real PowerShell: its copy, script and dsc steps (the LCM's lines streamed from the lab's LCM
+real PowerShell (the commands run in this process: tests.clirun): its copy, script and dsc steps (the LCM's lines streamed from the lab's LCM
 through each guest's remote session) on web01, web02 and db01.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from tests.clirun import vmbusops
 
 pytestmark = pytest.mark.pwsh
 
 
-def vmbusops(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vmbusops", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-
-
 def test_the_scaffolded_bundle_runs_on_pwsh_lab(tmp_path: Path, vmbusops_home: Path, pwsh_path: str) -> None:
-    env = dict(os.environ, VMBUSOPS_KEY_PASSPHRASE="correct horse battery", VMBUSOPS_PWSH=pwsh_path)
+    env = {"VMBUSOPS_KEY_PASSPHRASE": "correct horse battery", "VMBUSOPS_PWSH": pwsh_path}
     steps = [
         ("bundle", "init", "lab-demo"),
         ("keys", "new", "alice", "--passphrase"),

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import trio
 from sshd import Sshd
+from tests.builders import manifest, write_files
 
-from vmbusops.bundle.manifest import manifest_from_dict
 from vmbusops.engine import EngineOptions, JobSource, Journal, open_engine
 from vmbusops.engine.states import State
 from vmbusops.guestops.remote import RemoteHyperVHost, open_ssh_host
@@ -47,38 +44,10 @@ class CountingStager:
 
 
 def _copy_job(bundle: Path, vms: Sequence[str], *then: dict[str, Any]) -> JobSource:
-    conf = bundle / "conf" / "agent.ini"
-    conf.parent.mkdir(parents=True)
-    conf.write_text("tier=gold\n", encoding="utf-8")
-    now = datetime.now(UTC)
-    manifest = manifest_from_dict(
-        {
-            "name": "push-agent-conf",
-            "version": 1,
-            "id": str(uuid.uuid4()),
-            "issued": now.isoformat(),
-            "expires": (now + timedelta(hours=1)).isoformat(),
-            "targets": {"vms": list(vms)},
-            "credential": "lab-admin",
-            "steps": [
-                {
-                    "kind": "copy",
-                    "name": "conf",
-                    "source": "conf/agent.ini",
-                    "destination": "C:\\Agent\\agent.ini",
-                },
-                *then,
-            ],
-            "files": [
-                {
-                    "path": "conf/agent.ini",
-                    "size": conf.stat().st_size,
-                    "sha256": hashlib.sha256(conf.read_bytes()).hexdigest(),
-                }
-            ],
-        }
-    )
-    return JobSource(manifest=manifest, directory=bundle, source="test")
+    files = write_files(bundle, {"conf/agent.ini": "tier=gold\n"})
+    copy = {"kind": "copy", "name": "conf", "source": "conf/agent.ini", "destination": "C:\\Agent\\agent.ini"}
+    job = manifest(vms, [copy, *then], name="push-agent-conf", files=files)
+    return JobSource(manifest=job, directory=bundle, source="test")
 
 
 async def _run(host: RemoteHyperVHost, journal: Path, job: JobSource, credential: Any) -> dict[str, State]:

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sshd import Sshd
+from tests.clirun import vmbusops
 
 from vmbusops.config import load_config
 from vmbusops.credentials import CredentialStore, Secret
 from vmbusops.errors import ConfigError
-
-
-def vmbusops(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vmbusops", *args],
-        capture_output=True, text=True, timeout=timeout, check=False, env=dict(os.environ),
-    )
 
 
 def _closed_port() -> int:

@@ -154,8 +154,9 @@ async def test_losing_the_connection_mid_stream_is_a_transient_error(
     assert all(isinstance(r, OutputRecord) for r in seen)
     # The engine's retry opens a new connection, and that works.
     async with open_ssh_host(sshd.target(), staging_root=str(sshd.staging_root)) as host:
-        _, outcome = await host.run_in_guest("web01", "Write-Output 'again'", lab.credential())
+        records, outcome = await host.run_in_guest("web01", "Write-Output 'again'", lab.credential())
         assert outcome.ok
+        assert [r.record.value for r in records if isinstance(r.record, OutputRecord)] == ["again"]
 
 
 async def test_a_host_without_the_subsystem_is_explained(sshd: Sshd) -> None:

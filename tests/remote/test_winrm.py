@@ -102,8 +102,9 @@ async def test_a_cancelled_pipeline_is_stopped_on_the_host(wsman: WSManDouble, m
                         pass
             assert scope.cancelled_caught
             assert inv._pipe.final is not None and inv._pipe.final.state is PipelineState.STOPPED
-            _, outcome = await host.run_in_guest("web01", "Write-Output 'still fine'", lab.credential())
+            records, outcome = await host.run_in_guest("web01", "Write-Output 'still fine'", lab.credential())
             assert outcome.ok
+            assert [r.record.value for r in records if isinstance(r.record, OutputRecord)] == ["still fine"]
 
 
 async def test_a_failed_login_is_an_auth_error_without_the_password(wsman: WSManDouble) -> None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import trio
 import trio.testing
+from tests.builders import manifest, script
 
-from vmbusops.bundle.manifest import Manifest, manifest_from_dict
+from vmbusops.bundle.manifest import Manifest
 from vmbusops.errors import HostDownError
 from vmbusops.schedule.clock import ManualClock
 from vmbusops.schedule.plan import Window, catch_up, next_window, window_of
@@ -22,15 +22,12 @@ T0 = datetime(2026, 3, 1, 1, 0, tzinfo=UTC)
 def scheduled(
     *, missed: str = "skip", jitter: float = 300, expires: datetime | None = None, tz: str = "UTC"
 ) -> Manifest:
-    return manifest_from_dict({
-        "name": "nightly-patch", "version": 1, "id": str(uuid.uuid4()),
-        "issued": (T0 - timedelta(days=1)).isoformat(),
-        "expires": (expires or T0 + timedelta(days=30)).isoformat(),
-        "targets": {"vms": ["a-*"]}, "credential": "lab-admin",
-        "steps": [{"kind": "script", "name": "s", "inline": "Write-Output 1"}], "files": [],
-        "schedule": {"cron": "0 2 * * *", "window_seconds": 3600, "cutoff_seconds": 600,
-                     "jitter_seconds": jitter, "missed": missed, "timezone": tz},
-    })  # fmt: skip
+    return manifest(
+        ["a-*"], [script("s", "Write-Output 1")], name="nightly-patch",
+        issued=T0 - timedelta(days=1), expires=expires or T0 + timedelta(days=30),
+        schedule={"cron": "0 2 * * *", "window_seconds": 3600, "cutoff_seconds": 600,
+                  "jitter_seconds": jitter, "missed": missed, "timezone": tz},
+    )  # fmt: skip
 
 
 class Host:

@@ -24,6 +24,7 @@ import pytest
 import trio
 import trio.testing
 from psrpcore.types import HostInfo, PSCredential, PSInvocationState, PSSecureString, RunspacePoolState
+from tests.builders import VM, lab_text
 
 from vmbusops.errors import FramingError
 from vmbusops.psrp.framing import POOL_GUID, DataStream, Packet, PacketKind, PacketReader, encode
@@ -32,49 +33,25 @@ from vmbusops.sim.lab import Lab, lab_password, load_lab, parse_lab
 from vmbusops.sim.server import PSRPServer
 from vmbusops.sim.state import HostStore
 
-TEST_LAB = r"""
-[host]
-name = "HV-TEST"
-session_open_ms = 0
-boot_seconds = 0.3
-password_seed = "test-seed"
-
-[[vm]]
-name = "web01"
-state = "Running"
-guest_services = true
-services = [
-    { name = "W3SVC", display_name = "World Wide Web Publishing Service", status = "Running" },
-    { name = "Spooler", display_name = "Print Spooler", status = "Stopped" },
-]
-processes = [{ name = "w3wp", id = 4120 }]
-hotfixes = [{ id = "KB5034439", description = "Security Update", installed_on = "2024-01-09" }]
-[vm.files]
-'C:\inetpub\wwwroot\index.html' = "hello from web01\n"
-
-[[vm]]
-name = "db01"
-state = "Running"
-guest_services = true
-password = "Explicit-Pa55"
-latency_ms = 50
-
-[[vm]]
-name = "legacy01"
-state = "Off"
-
-[[vm]]
-name = "app01"
-state = "Running"
-guest_services = false
-
-[[vm]]
-name = "flaky01"
-state = "Running"
-guest_services = true
-[vm.faults]
-session_drop_after_records = 5
-"""
+TEST_LAB = lab_text(
+    [
+        VM("web01", more={
+            "services": [
+                {"name": "W3SVC", "display_name": "World Wide Web Publishing Service", "status": "Running"},
+                {"name": "Spooler", "display_name": "Print Spooler", "status": "Stopped"},
+            ],
+            "processes": [{"name": "w3wp", "id": 4120}],
+            "hotfixes": [{"id": "KB5034439", "description": "Security Update", "installed_on": "2024-01-09"}],
+            "files": {"C:\\inetpub\\wwwroot\\index.html": "hello from web01\n"},
+        }),
+        VM("db01", password="Explicit-Pa55", latency_ms=50),
+        VM("legacy01", state="Off", guest_services=False),
+        VM("app01", guest_services=False),
+        VM("flaky01", faults={"session_drop_after_records": 5}),
+    ],
+    boot_seconds=0.3,
+    password_seed="test-seed",
+)  # fmt: skip
 
 
 @dataclass
