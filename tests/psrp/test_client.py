@@ -180,6 +180,24 @@ async def test_a_child_that_exits_at_once_is_reported_with_its_last_words() -> N
     assert "cannot load profile" in str(info.value)
 
 
+async def test_a_child_that_stopped_reading_is_reported_with_its_last_words_on_the_send_path() -> None:
+    """A send to a child that closed its input says how the child ended, as a receive does."""
+    script = (
+        "import os, sys, time; os.close(0); os.close(1); sys.stderr.write('cannot load profile\\n');"
+        " sys.stderr.flush(); time.sleep(0.3); sys.exit(3)"
+    )
+    async with trio.open_nursery() as nursery:
+        transport = await ProcessTransport.start([sys.executable, "-c", script], nursery=nursery)
+        with trio.fail_after(20):
+            assert await transport.receive_some() == b""  # its output is closed, so its input is too
+            with pytest.raises(HostProcessExitedError) as info:
+                await transport.send_all(b"x" * 65536)
+        await transport.aclose(graceful=False)
+    assert "stopped reading its input" in str(info.value)
+    assert "exit code 3" in str(info.value)
+    assert "cannot load profile" in str(info.value)
+
+
 async def test_a_child_that_never_answers_times_out_opening() -> None:
     argv = [sys.executable, "-c", "import time; time.sleep(60)"]
 

@@ -179,8 +179,11 @@ class ProcessTransport:
             try:
                 await self._stdin.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # The child may have exited before the first message: say how, as the receive path does.
+                detail = await self.failure_detail()
                 raise HostProcessExitedError(
                     f"the PowerShell host {self.describe()} stopped reading its input"
+                    + (f" ({detail})" if detail else "")
                 ) from exc
 
     async def receive_some(self) -> bytes:
