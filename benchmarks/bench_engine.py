@@ -117,7 +117,7 @@ async def bench_flood(work: Path, mib: int) -> None:
     line_kib = 64
     count = mib * 1024 // line_kib
     chunk = "v" * (line_kib * 1024 - 1)
-    script = f"$line = '{chunk}'\n1..{count} | ForEach-Object {{ Write-Verbose $line }}"
+    script = f"$line = '{chunk}'\n1..{count} | ForEach-Object {{ Write-Verbose $line -Verbose }}"
     m = manifest([{"kind": "script", "name": "flood", "inline": script}], 1)
     config = Config(host="sim", lab=str(lab), max_runspaces=4)
     journal = Journal(work / "flood.sqlite")

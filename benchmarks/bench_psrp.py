@@ -64,7 +64,7 @@ async def ours_pipelines(count: int) -> float:
 
 
 async def ours_records(count: int) -> tuple[int, float]:
-    script = f'1..{count} | ForEach-Object {{ Write-Verbose "LCM:  [ Start  Set      ]  [[File]f$_]" }}'
+    script = f'1..{count} | ForEach-Object {{ Write-Verbose "LCM:  [ Start  Set      ]  [[File]f$_]" -Verbose }}'
     async with open_host("sim", config=Config()) as host:
         start = time.perf_counter()
         records, _ = await host.run_in_guest("web01", script, credential())

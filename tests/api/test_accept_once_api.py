@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.api.conftest import Agent, submit
-from tests.engine.conftest import PASSWORD
+from tests.builders import PASSWORD
 from tests.engine.test_accept_once import QUICK, bundle
 
 from vmbusops.bundle.paths import trust_policy_path

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import trio
 from tests.api.conftest import TENANT_VMS, Agent, make_tokens, start_agent, submit, wait_ready
+from tests.builders import lab_text, script
 from tests.engine.bundles import trust_and_credential
-from tests.engine.conftest import lab_text, script
 
 from vmbusops.api.auth import PrincipalStore
 from vmbusops.bundle.crypto import PrivateKey
@@ -25,7 +25,7 @@ CONFIG = "[agent]\nhost_wait_seconds = 0.2\nhost_reconnect_max_seconds = 0.2\n"
 
 
 def crashing_lab(tmp_path: Path) -> Path:
-    text = lab_text(TENANT_VMS).replace("[host]\n", '[host]\ncrash_on = "Restart-VM"\n', 1)
+    text = lab_text(TENANT_VMS, crash_on="Restart-VM")
     path = tmp_path / "lab.toml"
     path.write_text(text)
     return path

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from tests.api.conftest import Agent, submit
 from tests.api.test_security import SLOW
-from tests.engine.conftest import script
+from tests.builders import script
 
 VM_OF_A = "a-web01"
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.builders import VM, write_lab
 from tests.engine.bundles import signed_bundle, trust_and_credential
-from tests.engine.conftest import VM, write_lab
 
 from vmbusops.bundle.crypto import PrivateKey
 

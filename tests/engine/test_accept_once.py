@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import tomli_w
-from tests.engine.conftest import PASSWORD, VM, write_lab
+from tests.builders import PASSWORD, VM, write_lab
 
 from vmbusops.bundle.build import build_bundle, sign_bundle
 from vmbusops.bundle.crypto import PrivateKey

@@ -117,7 +117,7 @@ async def pipelines(python: str, count: int) -> dict[str, object]:
 
 async def records(python: str, count: int, vm: str, user: str, password: str) -> dict[str, object]:
     async with AsyncRunspacePool(sim_info(python), host=with_ui()) as pool:
-        script = f"1..{count} | ForEach-Object {{ Write-Verbose \"LCM:  [ Start  Set      ]  [[File]f$_]\" }}"
+        script = f"1..{count} | ForEach-Object {{ Write-Verbose \"LCM:  [ Start  Set      ]  [[File]f$_]\" -Verbose }}"
         ps = in_guest(pool, vm, credential(user, password), script, [])
         start = time.perf_counter()
         await ps.invoke()

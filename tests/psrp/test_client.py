@@ -95,7 +95,7 @@ async def test_leaving_a_pipeline_early_stops_the_guest_command(make_lab: Callab
     cred = lab.credential()
     script = (
         "foreach ($i in 1..2000) { Set-Content -Path \"C:\\stop-test\\$i.txt\" -Value 'x'; "
-        "Write-Verbose \"wrote $i\"; Start-Sleep -Milliseconds 20 }"
+        "Write-Verbose \"wrote $i\" -Verbose; Start-Sleep -Milliseconds 20 }"
     )
     async with open_host("sim", config=lab.config) as host:
         await host.copy_to_guest("web01", __file__, "C:\\stop-test\\0.txt")

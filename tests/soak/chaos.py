@@ -204,6 +204,8 @@ class Agent:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
+            self.proc.wait()
+            self.forget()
             raise RuntimeError(f"the agent did not start: see {self.home / 'agent.log'}")
         self.url = json.loads(line)["listen"][0]
 
@@ -221,7 +223,13 @@ class Agent:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-            self.proc = None
+            self.forget()
+
+    def forget(self) -> None:
+        """Drop the process (it has ended): close our end of its output."""
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
 
     def exited(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
@@ -233,7 +241,7 @@ class Agent:
                 self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.kill()
-            self.proc = None
+            self.forget()
 
 
 # ---------------------------------------------------------------------- the run
@@ -310,7 +318,7 @@ class Soak:
             await trio.sleep(1.0)
             if self.agent.exited():
                 self.report.restarts += 1
-                self.agent.proc = None
+                self.agent.forget()
                 with contextlib.suppress(RuntimeError):
                     await trio.to_thread.run_sync(self.agent.start)
 

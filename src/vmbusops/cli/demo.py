@@ -25,7 +25,7 @@ from vmbusops.guestops.fanout import exec_in_guests
 from vmbusops.guestops.host import HyperVHost
 
 TOUR_SCRIPT = """
-Write-Verbose "Checking remote management on $env:COMPUTERNAME"
+Write-Verbose "Checking remote management on $env:COMPUTERNAME" -Verbose
 Write-Progress -Activity 'Inventory' -Status 'services' -PercentComplete 50
 Get-Service -Name WinRM
 Write-Information "inventory of $env:COMPUTERNAME done"
