@@ -11,7 +11,9 @@ bundles (one folder per bundle under ``$VMBUSOPS_HOME/bundles/accepted/``, possi
 * a bundle's folder goes as soon as nothing needs it: no job that is not finished names it and no
   registered schedule does. A folder that no job names at all is left alone for a day
   (:data:`UNCLAIMED_GRACE_SECONDS`): its bundle may have been accepted a moment ago, with the job
-  about to be written, in this process or another.
+  about to be written, in this process or another;
+* an upload the agent was receiving when it stopped (``bundles/incoming/upload-*.vmb``; a finished
+  request always removes its own) goes once it is a day old.
 
 Never removed, whatever its age: a job that is not finished (pending, running, or interrupted: it
 must stay resumable, with its bundle's files) ; the bundle of a registered schedule; the last job
@@ -27,9 +29,11 @@ what would go).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,10 +68,13 @@ class PrunePlan:
     #: Bundle folders no unfinished job and no schedule needs, and their size.
     bundle_dirs: tuple[Path, ...]
     bundle_bytes: int
+    #: Uploads left by an agent that stopped while receiving them, and their size.
+    stale_uploads: tuple[Path, ...] = ()
+    upload_bytes: int = 0
 
     @property
     def empty(self) -> bool:
-        return not (self.record_jobs or self.delete_jobs or self.bundle_dirs)
+        return not (self.record_jobs or self.delete_jobs or self.bundle_dirs or self.stale_uploads)
 
 
 def plan_prune(
@@ -100,12 +107,23 @@ def plan_prune(
             continue
         folders.append(entry)
         size += _tree_bytes(entry)
+    uploads: list[Path] = []
+    upload_size = 0
+    incoming = root.parent / "incoming"
+    for entry in sorted(incoming.glob("upload-*.vmb")) if incoming.is_dir() else []:
+        with contextlib.suppress(OSError):  # a request that ends removes its own upload meanwhile
+            info = entry.lstat()
+            if stat.S_ISREG(info.st_mode) and info.st_mtime <= now - UNCLAIMED_GRACE_SECONDS:
+                uploads.append(entry)
+                upload_size += info.st_size
     return PrunePlan(
         record_jobs=found.record_jobs,
         records=found.records,
         delete_jobs=found.delete_jobs,
         bundle_dirs=tuple(folders),
         bundle_bytes=size,
+        stale_uploads=tuple(uploads),
+        upload_bytes=upload_size,
     )
 
 
@@ -114,6 +132,8 @@ def carry_out(journal: Journal, plan: PrunePlan, *, check: Callable[[], None] = 
     for folder in plan.bundle_dirs:
         shutil.rmtree(folder, ignore_errors=True)  # what cannot go now goes on a later pass
         check()
+    for upload in plan.stale_uploads:
+        upload.unlink(missing_ok=True)
     deleted = set(plan.delete_jobs)
     for job_id in plan.record_jobs:
         if job_id not in deleted:

@@ -129,3 +129,19 @@ async def test_the_agent_applies_retention_at_start_and_every_interval(
     assert [t for t, _ in passes] == [i * 3600.0 for i in range(14)]
     assert [p.record_jobs for _, p in passes] == [()] * 13 + [(job,)]
     assert records(journal, job) == 0
+
+
+def test_an_upload_left_by_a_stopped_agent_goes_once_it_is_a_day_old(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    incoming = accepted_bundles_dir().parent / "incoming"
+    incoming.mkdir(parents=True)
+    stale, fresh, other = incoming / "upload-a1.vmb", incoming / "upload-b2.vmb", incoming / "notes.txt"
+    for path, age_days in ((stale, 2.0), (fresh, 0.1), (other, 5.0)):
+        path.write_bytes(b"\0" * 1000)
+        os.utime(path, (NOW - age_days * DAY, NOW - age_days * DAY))
+    policy = RetentionConfig(records_days=30, jobs_days=90)
+    dry = prune(journal, policy, now=NOW, dry_run=True)
+    assert (dry.stale_uploads, dry.upload_bytes) == ((stale,), 1000)
+    assert stale.exists()
+    prune(journal, policy, now=NOW)
+    assert not stale.exists() and fresh.exists() and other.exists()

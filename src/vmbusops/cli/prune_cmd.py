@@ -46,6 +46,10 @@ def plan_lines(plan: PrunePlan, *, dry_run: bool) -> list[str]:
             f"{verb}: {len(plan.bundle_dirs)} bundle folder(s), {human_bytes(plan.bundle_bytes)}:"
             f" {', '.join(d.name for d in plan.bundle_dirs)}"
         )
+    if plan.stale_uploads:
+        lines.append(
+            f"{verb}: {len(plan.stale_uploads)} upload(s) left by a stopped agent, {human_bytes(plan.upload_bytes)}"
+        )
     return lines
 
 
@@ -73,6 +77,8 @@ def prune_cmd(dry_run: bool, as_json: bool) -> None:
                     "deleted_jobs": list(plan.delete_jobs),
                     "bundle_dirs": [str(d) for d in plan.bundle_dirs],
                     "bundle_bytes": plan.bundle_bytes,
+                    "stale_uploads": [str(u) for u in plan.stale_uploads],
+                    "upload_bytes": plan.upload_bytes,
                     "journal_bytes": size,
                 }
             )
