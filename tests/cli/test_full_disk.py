@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.builders import VM, write_lab
+from tests.builders import VM, bundle_doc, write_bundle_source, write_lab
 from tests.engine.bundles import signed_bundle, trust_and_credential
 
+from vmbusops.bundle.build import build_bundle, sign_bundle
 from vmbusops.bundle.crypto import PrivateKey
 
 FLOOD = '1..5000 | ForEach-Object { Write-Output "line $_ ' + "x" * 300 + '" }'
@@ -116,3 +117,29 @@ def test_a_full_disk_under_home_is_one_line_naming_the_store_and_nothing_is_lost
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = [json.loads(line)["seq"] for line in vmbusops("logs", str(job["id"]), "--json", env=env).stdout.splitlines()]
     assert after[: len(seen)] == seen
+
+
+def test_a_bundle_too_big_for_the_disk_is_refused_in_one_line_and_can_be_run_later(
+    tmp_path: Path, tmpfs_home: Path
+) -> None:
+    key, env = setup(tmp_path, tmpfs_home)
+    doc = bundle_doc(
+        ["vm01"],
+        [{"kind": "copy", "name": "big", "source": "payload.bin", "destination": "C:\\Temp\\payload.bin"}],
+        name="big",
+    )
+    source = write_bundle_source(tmp_path / "src-big", doc, {"payload.bin": os.urandom(3 << 20)})
+    out = tmp_path / "big.vmb"
+    build_bundle(source, out)
+    sign_bundle(out, key)
+    run = vmbusops("run", str(out), env=env)
+    assert run.returncode != 0
+    assert run.stderr.splitlines() == [
+        "vmbusops: bundle big.vmb: I/O error while reading or extracting: No space left on device",
+        "  hint: check the file and the free space under $VMBUSOPS_HOME, then try again",
+    ]
+    assert not any((tmpfs_home / "bundles" / "accepted").glob("bundle-*")), "nothing extracted stays"
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(tmpfs_home)], check=True)
+    again = vmbusops("run", str(out), env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
