@@ -170,8 +170,11 @@ class Journal:
                 self._db.executescript(_SCHEMA)
                 with self._write() as db:
                     add_missing_columns(db, _ADDED_COLUMNS)
+                    # Written only when it changes: opening a journal on a full disk must not need a page.
                     db.execute(
-                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                        "INSERT INTO meta (key, value) VALUES ('schema', ?)"
+                        " ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE value != excluded.value",
+                        (str(SCHEMA_VERSION),),
                     )
         except (sqlite3.Error, OSError) as exc:
             if isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
