@@ -55,6 +55,15 @@ class ConfigError(VmbusOpsError):
     """Configuration, lab file or command-line input is wrong."""
 
 
+class NoSuchJobError(ConfigError):
+    """The journal has no job with the id given (a usage error: exit code 2)."""
+
+
+class JobStateError(ConfigError):
+    """The job is not in a state that allows what was asked (resume a finished job, take over a
+    job a live process owns): a usage error, exit code 2."""
+
+
 class CredentialStoreError(VmbusOpsError):
     """The local encrypted credential store cannot give what was asked."""
 

@@ -233,8 +233,9 @@ async def _run_source(
                     result = await _run_accepted(engine, journal, bundle_file, progress)
                 else:
                     assert resume is not None
-                    progress.created(resume)
-                    result = await engine.resume_job(resume, recheck=acceptance.recheck)
+                    result = await engine.resume_job(
+                        resume, recheck=acceptance.recheck, on_resumed=progress.created
+                    )
             progress.live = None
         progress.summary(result, journal)
         return _exit_code(result)

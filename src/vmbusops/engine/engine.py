@@ -55,7 +55,7 @@ from vmbusops.engine.source import JobSource, resolve_targets
 from vmbusops.engine.staged import JobStaging
 from vmbusops.engine.states import State
 from vmbusops.engine.writer import JournalWriter
-from vmbusops.errors import BundleError, JournalError, VmbusOpsError
+from vmbusops.errors import BundleError, JobStateError, JournalError, VmbusOpsError
 from vmbusops.guestops.host import HyperVHost
 from vmbusops.guestops.supervisor import HostSupervisor
 from vmbusops.owner import Owner, current_owner
@@ -166,9 +166,16 @@ class Engine:
         return await self._execute(self._job(job_id, host, source, credential, runs))
 
     async def resume_job(
-        self, job_id: int, source: JobSource | None = None, *, recheck: Callable[[JobSource], object] | None
+        self,
+        job_id: int,
+        source: JobSource | None = None,
+        *,
+        recheck: Callable[[JobSource], object] | None,
+        on_resumed: Callable[[int], None] | None = None,
     ) -> JobResult:
         """Take over an interrupted job and finish it according to its bundle's resume policy.
+
+        ``on_resumed`` is called once the job is taken over and its bundle passed, before it runs.
 
         ``recheck`` judges the job's bundle again first (in a worker thread; the callers pass
         :func:`.acceptance.recheck`: today's trust policy, scope, expiry, the kept files). If it
@@ -180,8 +187,9 @@ class Engine:
         await self.writer.call(self.journal.reconcile)
         view = await self.writer.call(self.journal.job, job_id)
         if view.stored_state is not State.INTERRUPTED:
-            raise JournalError(
+            raise JobStateError(
                 f"job {job_id} is {view.state.value}; only an interrupted job can be resumed",
+                hint="see it with: vmbusops jobs show " + str(job_id),
             )
         await self.writer.call(self.journal.claim_job, job_id, self.owner, time.time())
         source = source if source is not None else JobSource.from_journal(view)
@@ -202,6 +210,8 @@ class Engine:
         job.machine.state = State.INTERRUPTED
         self._emit([*outputs, *job.machine.resume()])
         await self.writer.commit()
+        if on_resumed is not None:
+            on_resumed(job_id)
         return await self._execute(job)
 
     async def _refuse_resume(self, job_id: int, source: JobSource, message: str) -> None:

@@ -42,7 +42,7 @@ from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
 from vmbusops.engine.journal_retention import Prunable
 from vmbusops.engine.journal_rows import JobView, RecordView, RunView, StepView
 from vmbusops.engine.states import Event, Level, State, next_state
-from vmbusops.errors import JournalError
+from vmbusops.errors import JobStateError, JournalError, NoSuchJobError
 from vmbusops.home import home_path
 from vmbusops.owner import Owner, owner_alive
 from vmbusops.storage import add_missing_columns, cannot_write, private_database, rollback_quietly
@@ -290,10 +290,10 @@ class Journal:
                 "SELECT owner_pid, owner_started, heartbeat_at FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
             if row is None:
-                raise JournalError(f"no job {job_id} in the journal")
+                raise NoSuchJobError(f"no job {job_id} in the journal", hint="list jobs with: vmbusops jobs")
             pid, started, beat = row
             if (pid, started) != (owner.pid, owner.started) and owner_alive(pid, started, beat, now=now):
-                raise JournalError(
+                raise JobStateError(
                     f"job {job_id} is owned by the running process {pid}",
                     hint="wait for it to finish, or cancel it with: vmbusops jobs cancel " + str(job_id),
                 )
@@ -336,7 +336,7 @@ class Journal:
         """Ask the owner to cancel the job (or one VM's run); returns how many rows were marked."""
         with self._write() as db:
             if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
-                raise JournalError(f"no job {job_id} in the journal", hint="list jobs with: vmbusops jobs")
+                raise NoSuchJobError(f"no job {job_id} in the journal", hint="list jobs with: vmbusops jobs")
             if vm is None:
                 return db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,)).rowcount
             return db.execute(
@@ -502,7 +502,7 @@ class Journal:
     def job(self, job_id: int) -> JobView:
         found = self.jobs(job_id=job_id, limit=1)
         if not found:
-            raise JournalError(f"no job {job_id} in the journal", hint="list jobs with: vmbusops jobs")
+            raise NoSuchJobError(f"no job {job_id} in the journal", hint="list jobs with: vmbusops jobs")
         return found[0]
 
     def runs(self, job_id: int) -> list[RunView]:
