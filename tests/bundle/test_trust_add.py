@@ -45,3 +45,27 @@ def test_rename_needs_a_trusted_key_and_no_scope_options(tmp_path: Path, vmbusop
     assert run("trust", "add", str(pub))[0] == OK
     code, _, err = run("trust", "add", str(pub), "--name", "b", "--rename", "--vms", "x*")
     assert code == USAGE and "--rename changes only the name" in err
+
+
+def test_a_name_says_which_key_signed_so_two_keys_never_share_one(tmp_path: Path, vmbusops_home: Path) -> None:
+    _, bob, _ = write_keypair(tmp_path, "bob", passphrase=None)
+    _, carol, _ = write_keypair(tmp_path, "carol", passphrase=None)
+    _, dave, _ = write_keypair(tmp_path, "dave", passphrase=None)
+    assert run("trust", "add", str(bob))[0] == OK
+    assert run("trust", "add", str(carol))[0] == OK
+    before = trust_policy_path().read_text()
+    for pub, args in ((dave, ["--name", "bob"]), (carol, ["--name", "bob", "--rename"])):
+        code, _, err = run("trust", "add", str(pub), *args)
+        assert code == USAGE and "is already trusted as bob; nothing changed" in err, (args, err)
+    assert trust_policy_path().read_text() == before
+
+
+def test_the_same_scope_in_another_order_is_the_same_scope(tmp_path: Path, vmbusops_home: Path) -> None:
+    _, pub, _ = write_keypair(tmp_path, "alice", passphrase=None)
+    assert run("trust", "add", str(pub), "--vms", "db01", "--vms", "web*", "--credential", "a", "--credential", "b")[0] == OK
+    code, out, _ = run("trust", "add", str(pub), "--vms", "web*", "--vms", "db01", "--credential", "b", "--credential", "a")
+    assert code == OK and "with this scope; nothing changed" in out
+    code, _, err = run("trust", "add", str(pub), "--vms", "*")
+    assert code == USAGE and "with another scope; nothing changed" in err
+    code, out, _ = run("trust", "add", str(pub), "--name", "alice", "--rename")
+    assert code == OK and "already trusted as alice; nothing changed" in out

@@ -81,9 +81,10 @@ class Scope:
     enable_guest_services: bool = False
 
     def same_rights(self, other: Scope) -> bool:
+        """The same rights, whatever order the VM globs and credentials were listed in."""
         return (
-            self.vms == other.vms
-            and self.credentials == other.credentials
+            sorted(self.vms) == sorted(other.vms)
+            and sorted(self.credentials) == sorted(other.credentials)
             and self.steps == other.steps
             and self.until == other.until
             and self.threshold == other.threshold

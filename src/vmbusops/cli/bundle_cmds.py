@@ -297,15 +297,24 @@ def trust_add(
         threshold=threshold,
     )
     known = policy.keys.get(key.keyid)
+    namesake = next((k for k in policy.keys.values() if k.name == key.name and k.keyid != key.keyid), None)
+    if namesake is not None and (known is None or rename):
+        # "signed by NAME" must say which key signed.
+        raise TrustPolicyError(
+            f"another key ({namesake.keyid[:16]}) is already trusted as {key.name}; nothing changed",
+            hint="choose another name with --name",
+        )
     if rename:
         _rename_key(policy, path, key, known, scoped=bool(vms or credential or steps or until or threshold != 1))
         return
     if known is not None:
-        if known.name == key.name and policy.has_scope(key.keyid, scope):
+        same_scope = policy.has_scope(key.keyid, scope)
+        if known.name == key.name and same_scope:
             click.echo(f"{key.keyid[:16]} is already trusted as {known.name} with this scope; nothing changed")
             return
+        differs = " with another scope" if known.name == key.name else ""
         raise TrustPolicyError(
-            f"{pubkey} is already trusted as {known.name} ({key.keyid[:16]}); nothing changed",
+            f"{pubkey} is already trusted as {known.name} ({key.keyid[:16]}){differs}; nothing changed",
             hint=f"to rename it: vmbusops trust add {pubkey} --name NEW --rename; to change what it may do:"
             f" vmbusops trust remove {key.keyid[:16]}, then add it again",
         )
@@ -320,6 +329,9 @@ def _rename_key(policy: TrustPolicy, path: Path, key: TrustedKey, known: Trusted
             f"{key.keyid[:16]} is not trusted, so there is nothing to rename",
             hint="trust it with: vmbusops trust add PUBKEY (without --rename)",
         )
+    if known.name == key.name:
+        click.echo(f"{key.keyid[:16]} is already trusted as {key.name}; nothing changed")
+        return
     if scoped:
         raise TrustPolicyError(
             "--rename changes only the name; it takes no scope options",
