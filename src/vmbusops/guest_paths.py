@@ -21,9 +21,10 @@ EXAMPLE = "C:\\Temp\\file.txt"
 _DRIVE = re.compile(r"[A-Za-z]:\\")
 _RESERVED = frozenset(
     {"con", "prn", "aux", "nul", "conin$", "conout$"}
-    | {f"com{n}" for n in range(1, 10)}
-    | {f"lpt{n}" for n in range(1, 10)}
+    | {f"{port}{n}" for port in ("com", "lpt") for n in (*"123456789", "\u00b9", "\u00b2", "\u00b3")}
 )
+"""Windows' reserved device names, COM and LPT with the superscript digits 1-3 included (Windows
+reserves those too)."""
 _NOT_IN_NAMES = frozenset('<>"|?*/')
 MAX_CHARS = 32_767
 

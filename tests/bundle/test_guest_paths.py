@@ -32,6 +32,7 @@ GOOD = [
     "C:\\Temp\\nul-not-reserved.txt",
     "C:\\Temp\\CONSOLE.log",
     "C:\\Temp\\com10",
+    "C:\\Temp\\COM\u2074.txt",  # only the superscripts 1-3 are reserved
     "C:\\Temp\\a.b.c",
 ]
 
@@ -55,6 +56,8 @@ BAD = {
     "C:\\CON\\x.txt": "reserved device name",
     "C:\\Temp\\Com1.log": "reserved device name",
     "C:\\Temp\\LPT9": "reserved device name",
+    "C:\\Temp\\COM\u00b9.txt": "reserved device name",
+    "C:\\Temp\\lpt\u00b3": "reserved device name",
     "C:\\Temp\\aux .txt": "reserved device name",
     "C:\\Temp\\..\\Windows\\x.dll": "'..'",
     "C:\\Temp\\.\\x.txt": "'..'",
