@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from vmbusops.errors import CredentialStoreError
+from vmbusops.errors import CredentialStoreError, NoSuchCredentialError
 from vmbusops.home import home_dir, private_dir
 
 if TYPE_CHECKING:
@@ -224,8 +224,9 @@ class CredentialStore:
         data = self._load()
         entry = data["entries"].get(name)
         if entry is None:
-            raise CredentialStoreError(
+            raise NoSuchCredentialError(
                 f"no credential named {name!r} in {self._path}",
+                name=name,
                 hint=f"create it with: vmbusops cred set {name} --username USER",
             )
         key = self._key(data, create=False)
@@ -274,8 +275,9 @@ def resolve_credential(reference: str | None, config: Config, host: str | None) 
             raise
     cred = _lab_credential(name, config)
     if cred is None:
-        raise CredentialStoreError(
+        raise NoSuchCredentialError(
             f"no credential named {name!r} in {store.path} nor in the simulator's lab",
+            name=name,
             hint=f"create it with: vmbusops cred set {name} --username USER",
         )
     return cred

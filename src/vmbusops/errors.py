@@ -68,6 +68,15 @@ class CredentialStoreError(VmbusOpsError):
     """The local encrypted credential store cannot give what was asked."""
 
 
+class NoSuchCredentialError(CredentialStoreError):
+    """No credential by that name. ``name`` is kept apart from the message, which names the
+    store's path: the agent's API says only the name to a remote caller."""
+
+    def __init__(self, message: str, *, name: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.name = name
+
+
 class TransportError(VmbusOpsError):
     """The connection to the PowerShell host failed; every waiting caller sees it."""
 

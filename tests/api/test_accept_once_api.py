@@ -20,7 +20,8 @@ async def test_a_submission_refused_for_its_credential_can_be_made_again(agent: 
     for _ in range(2):
         r = await submit(agent, path)
         assert r.status_code == 422, r.text
-        assert "no credential named 'ops-admin'" in r.json()["detail"]
+        assert r.json()["detail"] == "no credential named 'ops-admin' on this host"
+        assert str(agent.home) not in r.text, "a remote caller is not told the host's paths"
     CredentialStore().set("ops-admin", "Administrator", Secret(PASSWORD))
     r = await submit(agent, path)
     assert r.status_code == 201, r.text

@@ -13,6 +13,7 @@ from vmbusops.errors import (
     CredentialStoreError,
     HostDownError,
     JournalError,
+    NoSuchCredentialError,
     VmbusOpsError,
 )
 
@@ -60,6 +61,13 @@ def from_error(exc: VmbusOpsError) -> ApiProblem:
         return ApiProblem(
             422, "bundle-rejected", "Bundle rejected", exc.message, reason=type(exc).__name__,
             hint=exc.hint, ran=False,
+        )  # fmt: skip
+    if isinstance(exc, NoSuchCredentialError):
+        # The message names the store's path on the host; a remote caller needs only the name.
+        return ApiProblem(
+            422, "job-not-startable", "The job cannot start on this host",
+            f"no credential named {exc.name!r} on this host",
+            hint="the host's operator creates it with: vmbusops cred set " + exc.name,
         )  # fmt: skip
     if isinstance(exc, ConfigError | CredentialStoreError):
         return ApiProblem(
