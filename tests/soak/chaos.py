@@ -81,11 +81,14 @@ class Report:
         return [
             f"soak: {self.seconds:.0f} s; survived {acts}"
             + ("" if self.disk_full_possible else " (disk-full not possible here: no tmpfs)"),
-            f"  bundles: {self.submitted} submitted, {self.answered_201} accepted (201), "
-            f"{self.refused} refused while broken, {self.unanswered} unanswered",
+            f"  bundles: {self.submitted} submitted, {self.answered_201} accepted (201 Created), "
+            f"{self.refused} refused while something was broken (503 and the like), "
+            f"{self.unanswered} unanswered (the agent was down or restarting)",
             f"  jobs: {self.jobs} ({states}); {self.resumed} resumed afterwards",
             f"  records journaled: {self.records}; health gaps: {self.health_gaps} "
-            f"(longest {self.longest_gap:.1f} s); the agent exited {self.restarts} time(s) and was restarted",
+            f"(longest {self.longest_gap:.1f} s)",
+            f"  the agent stopped on its own {self.restarts} time(s) (a full disk stops it) and was started"
+            " again, as its systemd unit does",
             "  invariants: " + ("all hold" if self.ok else f"{len(self.violations)} VIOLATED"),
             *(f"    {v}" for v in self.violations[:20]),
         ]
