@@ -69,3 +69,12 @@ def test_the_same_scope_in_another_order_is_the_same_scope(tmp_path: Path, vmbus
     assert code == USAGE and "with another scope; nothing changed" in err
     code, out, _ = run("trust", "add", str(pub), "--name", "alice", "--rename")
     assert code == OK and "already trusted as alice; nothing changed" in out
+
+
+def test_trust_remove_takes_the_name_trust_list_shows(tmp_path: Path, vmbusops_home: Path) -> None:
+    _, pub, _ = write_keypair(tmp_path, "alice", passphrase=None)
+    assert run("trust", "add", str(pub))[0] == OK
+    code, out, _ = run("trust", "remove", "alice")
+    assert code == OK and out.startswith("removed alice (")
+    code, _, err = run("trust", "remove", "alice")
+    assert code == USAGE and "'alice' matches 0 trusted keys" in err

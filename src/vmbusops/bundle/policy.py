@@ -241,11 +241,15 @@ class TrustPolicy:
         return TrustPolicy(keys=keys, scopes=tuple(scopes))
 
     def resolve_keyid(self, prefix: str) -> str:
+        """The key id a key's name, or 8 or more leading hex digits of its id, stand for."""
+        named = [k.keyid for k in self.keys.values() if k.name == prefix]
+        if len(named) == 1:
+            return named[0]
         matches = [k for k in self.keys if k.startswith(prefix.lower())] if len(prefix) >= 8 else []
         if len(matches) != 1:
             raise TrustPolicyError(
                 f"{prefix!r} matches {len(matches)} trusted keys",
-                hint="give at least 8 leading hex digits of exactly one key id (see: vmbusops trust list)",
+                hint="give a key's name, or 8 or more leading hex digits of its id (see: vmbusops trust list)",
             )
         return matches[0]
 

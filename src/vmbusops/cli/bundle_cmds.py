@@ -364,7 +364,7 @@ def trust_list(trust_path: Path | None) -> None:
 @click.argument("keyid")
 @_trust_option
 def trust_remove(keyid: str, trust_path: Path | None) -> None:
-    """Stop trusting a key (full key id, or 8+ leading hex digits)."""
+    """Stop trusting a key: its name, its full key id, or 8 or more leading hex digits of it."""
     path = trust_path or trust_policy_path()
     policy = load_trust_policy(path)
     full = policy.resolve_keyid(keyid)
