@@ -103,6 +103,21 @@ def test_copy_cli_names_the_fix_and_can_enable_guest_services(
     assert "app01: copied f.txt" in done.stdout
 
 
+def test_copy_to_a_bad_guest_path_is_one_usage_error_before_any_vm(
+    make_lab: Callable[..., Any], tmp_path: Path
+) -> None:
+    make_lab()
+    src = tmp_path / "f.txt"
+    src.write_text("x", encoding="utf-8")
+    done = vmbusops("copy", "--vm", "web01", "--vm", "db01", str(src), "x.txt")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines() == [
+        "vmbusops: guest destination 'x.txt' is not an absolute Windows path (a drive letter, a colon and a"
+        " backslash)",
+        "  hint: use an absolute Windows path such as C:\\Temp\\file.txt",
+    ]
+
+
 def test_cred_set_from_stdin_then_exec_with_it(make_lab: Callable[..., Any]) -> None:
     lab = make_lab()
     password = lab.credential().password.reveal()

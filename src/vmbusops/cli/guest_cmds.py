@@ -15,6 +15,8 @@ from vmbusops.cli.common import host_option, load, run_trio
 from vmbusops.cli.output import RecordPrinter, terminal_safe
 from vmbusops.credentials import resolve_credential
 from vmbusops.errors import ConfigError, VmbusOpsError
+from vmbusops.guest_paths import EXAMPLE as GUEST_PATH_EXAMPLE
+from vmbusops.guest_paths import guest_path_problem
 from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.fanout import exec_in_guests
 from vmbusops.guestops.host import VMInfo
@@ -131,6 +133,11 @@ def copy_cmd(
     """Copy a host file into guests with Copy-VMFile (over the VMBus; no guest network or credential)."""
     config = load()
     src = str(source.resolve())
+    problem = guest_path_problem(dest)
+    if problem is not None:  # the same rule the host applies: say it once, before any VM
+        raise ConfigError(
+            f"guest destination {dest!r} {problem}", hint=f"use an absolute Windows path such as {GUEST_PATH_EXAMPLE}"
+        )
 
     async def main() -> int:
         failed = 0
