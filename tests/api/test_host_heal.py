@@ -86,6 +86,7 @@ async def test_a_killed_host_is_reopened_and_later_jobs_run(tmp_path: Path, vmbu
             assert body["status"] == "host-down"
             assert body["host"]["name"] == "sim" and body["host"]["up"] is False
             assert body["host"]["since"].endswith("Z")
+            assert int(down.headers["retry-after"]) >= 1  # when to look again
 
             # A submission while the host is down: a clear, retryable refusal, not the pipe error.
             r = await submit(agent, agent.bundle(["a-web02"], [script("hello", "Write-Output hi")]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -121,7 +122,9 @@ def build_app(service: AgentService) -> Starlette:
             "status": status, "version": __version__, "jobs_running": len(service.running),
             "host": {"name": host.name, "up": host.up, "since": since},
         }  # fmt: skip
-        return JSONResponse(body, status_code=200 if status == "ready" else 503)
+        # A host being reopened: when to look again (as a refused submission says too).
+        retry = {"Retry-After": str(max(1, math.ceil(service.hosts.retry_after)))} if status == "host-down" else None
+        return JSONResponse(body, status_code=200 if status == "ready" else 503, headers=retry)
 
     async def metrics(request: Request) -> Response:
         authenticate(request, Operation.METRICS)

@@ -105,12 +105,17 @@ class HostSupervisor:
     def status(self) -> HostStatus:
         return self._status
 
+    @property
+    def retry_after(self) -> float:
+        """Seconds until the next attempt to reopen the host (0 while it is up)."""
+        return 0.0 if self._host is not None else max(0.0, self._retry_at - trio.current_time())
+
     def current(self) -> HyperVHost:
         """The host to start new work on; :class:`HostDownError` while there is none."""
         if self._host is not None:
             return self._host
         status = self._status
-        retry_after = max(0.0, self._retry_at - trio.current_time())
+        retry_after = self.retry_after
         raise HostDownError(
             f"the Hyper-V host {self.name} is down since {_utc(status.since)}; the agent is reopening it",
             host=self.name,
