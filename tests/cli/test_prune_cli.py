@@ -49,6 +49,15 @@ def test_prune_shows_then_removes_what_retention_no_longer_keeps(vmbusops_home: 
     # The JSON form stays one job per line.
     assert [json.loads(line)["id"] for line in runner.invoke(cli, ["jobs", "--json"]).output.splitlines()] == [kept, old]
 
+    # The logs of a pruned job say where its records went; a kept job's say nothing of the kind.
+    pruned = runner.invoke(cli, ["logs", str(old)])
+    assert (pruned.exit_code, pruned.stdout) == (0, "")
+    assert pruned.stderr.splitlines() == [
+        f"vmbusops: job {old}'s records were removed by retention ([retention] records_days); its runs keep"
+        f" an excerpt: vmbusops jobs show {old}"
+    ]
+    assert runner.invoke(cli, ["logs", str(kept)]).stderr == ""
+
 
 def test_a_bad_retention_setting_is_one_line_and_a_usage_error(vmbusops_home: Path) -> None:
     (vmbusops_home / "config.toml").write_text("[retention]\nrecords_days = -1\n")

@@ -413,7 +413,12 @@ def logs_cmd(
         agent = resolve_agent(agent_url, token_file)
         sys.exit(remote_logs(agent, job_id, vm=vm, stream=stream, follow=follow, as_json=as_json))
     journal = Journal()
-    journal.job(job_id)
+    if journal.job(job_id).pruned:
+        click.echo(
+            f"vmbusops: job {job_id}'s records were removed by retention ([retention] records_days);"
+            f" its runs keep an excerpt: vmbusops jobs show {job_id}",
+            err=True,
+        )
     width = max([len(r.vm) for r in journal.runs(job_id)] + [8])
     seen: dict[int, int] = {}
 

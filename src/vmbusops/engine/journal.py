@@ -489,6 +489,7 @@ class Journal:
                     manifest=r["manifest"],
                     bundle_dir=r["bundle_dir"],
                     enable_guest_services=bool(r["enable_guest_services"]),
+                    pruned=bool(r["pruned"]),
                     envelope=r["envelope"],
                     run_states=counts,
                 )

@@ -31,6 +31,8 @@ class JobView:
     enable_guest_services: bool
     #: The signed envelope the bundle was accepted with (JSON), verified again on resume.
     envelope: str | None
+    #: Retention removed the job's records (its runs keep their excerpts).
+    pruned: bool
     run_states: dict[str, int]
 
     @property
