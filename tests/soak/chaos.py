@@ -260,6 +260,8 @@ class Soak:
     accepted: dict[str, int] = field(default_factory=dict)  # bundle id -> job id from a 201
     followers: list[trio.CancelScope] = field(default_factory=list)
     nursery: trio.Nursery | None = None
+    #: Held while the agent is being killed or started, so the service manager never starts a second one.
+    lifecycle: trio.Lock = field(default_factory=trio.Lock)
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -316,14 +318,17 @@ class Soak:
         self.report.violations.append(f"the agent did not answer /v1/health for {trio.current_time() - (down_since or 0):.0f} s")
 
     async def service_manager(self, until: float) -> None:
-        """What systemd does for the agent (``Restart=on-failure``): start it again when it exits."""
-        while trio.current_time() < until + 60:
+        """What systemd does for the agent (``Restart=on-failure``, ``RestartSec=1``): start it again
+        when it exits, and again a second later when it could not start (say, the disk is full)."""
+        while True:  # until the soak is over (its nursery is cancelled)
             await trio.sleep(1.0)
-            if self.agent.exited():
-                self.report.restarts += 1
-                self.agent.forget()
-                with contextlib.suppress(RuntimeError):
-                    await trio.to_thread.run_sync(self.agent.start)
+            async with self.lifecycle:
+                if self.agent.exited():
+                    self.report.restarts += 1
+                    self.agent.forget()
+                if self.agent.proc is None:
+                    with contextlib.suppress(RuntimeError):
+                        await trio.to_thread.run_sync(self.agent.start)
 
     async def chaos(self, until: float, mounted: bool) -> None:
         while True:
@@ -333,9 +338,11 @@ class Soak:
             action = self.rng.choice([a for a in ACTIONS if mounted or a != "disk-full"])
             self.report.actions[action] += 1
             if action == "agent-kill":
-                self.agent.kill()
-                await trio.sleep(self.rng.uniform(0.1, 1.0))
-                await trio.to_thread.run_sync(self.agent.start)
+                async with self.lifecycle:
+                    self.agent.kill()
+                    await trio.sleep(self.rng.uniform(0.1, 1.0))
+                    with contextlib.suppress(RuntimeError):  # not starting: the service manager retries
+                        await trio.to_thread.run_sync(self.agent.start)
             elif action == "host-kill":
                 for pid in self.agent.children():
                     with contextlib.suppress(ProcessLookupError):
