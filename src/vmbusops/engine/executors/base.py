@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Generic, Protocol, TypeVar
 
@@ -66,7 +67,7 @@ def timed_out(ctx: RunContext, index: int) -> StepFailed:
 StepT = TypeVar("StepT", bound=Step)
 
 
-class HostStepExecutor(Generic[StepT]):
+class HostStepExecutor(ABC, Generic[StepT]):
     """A step the host carries out on its own (one at a time): attempt, timeout, retry.
 
     A kind subclasses it for its step class and writes :meth:`carry_out` (and :meth:`copies` when
@@ -106,8 +107,9 @@ class HostStepExecutor(Generic[StepT]):
             raise timed_out(ctx, index)
         await ctx.succeed(index)
 
+    @abstractmethod
     async def carry_out(self, ctx: RunContext, index: int, step: StepT) -> None:
-        raise NotImplementedError
+        """Do the step's work on the host (and in the guest, through ``ctx.channel(index)``)."""
 
 
 __all__ = ["Executor", "HostStepExecutor", "StepFailed", "attempt_failed", "timed_out"]
