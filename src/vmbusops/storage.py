@@ -67,7 +67,7 @@ def cannot_write(what: str, path: Path | str, exc: sqlite3.Error, *, limit: str 
     is the one failure an operator can fix on the spot, so the one line says how; anything else
     keeps SQLite's words.
     """
-    if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
         reason = "disk full" if limit is None else f"disk full or at its limit ({limit})"
         return JournalError(
             f"{what} {path} cannot be written: {reason} (SQLITE_FULL); free space under"

@@ -59,6 +59,8 @@ async def test_follow_resume_without_gap_or_duplicate_matches_journal(agent: Age
         stored = journal.records(job_id, limit=100_000)
     finally:
         journal.close()
+    # Each record's id is its number in the job: 1, 2, 3... across the reconnection, as journaled.
+    assert [int(e.id or 0) for e in records] == [rec.n for rec in stored] == list(range(1, len(stored) + 1))
     expected: dict[str, list[int]] = defaultdict(list)
     for rec in stored:
         expected[rec.vm].append(rec.seq)

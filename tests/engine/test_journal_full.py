@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vmbusops.engine.changes import RunChange
-from vmbusops.engine.journal import Journal
+from vmbusops.engine.journal import Journal, RecordRow
 from vmbusops.engine.states import State
 from vmbusops.engine.writer import JournalWriter
 from vmbusops.errors import JournalError
@@ -32,16 +32,16 @@ def new_job(journal: Journal) -> tuple[int, int]:
     return job_id, runs["vm01"]
 
 
-def rows(run_id: int, start: int, count: int) -> list[tuple[int, int, str | None, int, str, float, str]]:
-    return [(run_id, seq, "s", 1, "output", 0.0, f'"{LINE}"') for seq in range(start, start + count)]
+def rows(job_id: int, run_id: int, start: int, count: int) -> list[RecordRow]:
+    return [(job_id, run_id, seq, "s", 1, "output", 0.0, f'"{LINE}"') for seq in range(start, start + count)]
 
 
-def fill(journal: Journal, run_id: int) -> tuple[int, JournalError]:
+def fill(journal: Journal, job_id: int, run_id: int) -> tuple[int, JournalError]:
     """Write batches of 50 records until the journal refuses one; (records committed, the error)."""
     seq = 1
     while True:
         try:
-            journal.apply(rows(run_id, seq, 50), [])
+            journal.apply(rows(job_id, run_id, seq, 50), [])
         except JournalError as exc:
             return seq - 1, exc
         seq += 50
@@ -50,7 +50,7 @@ def fill(journal: Journal, run_id: int) -> tuple[int, JournalError]:
 def test_a_full_journal_says_what_is_full_and_what_to_do_and_stays_usable(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite", max_mb=0.25)
     job_id, run_id = new_job(journal)
-    committed, error = fill(journal, run_id)
+    committed, error = fill(journal, job_id, run_id)
     assert committed > 0
     text = str(error)
     assert "\n" not in text
@@ -76,7 +76,7 @@ async def test_after_a_failed_flush_the_writer_writes_nothing_more(tmp_path: Pat
         for _ in range(100):
             for _ in range(50):
                 seq += 1
-                await writer.add_record((run_id, seq, "s", 1, OutputRecord(value=LINE), 0.0))
+                await writer.add_record((job_id, run_id, seq, "s", 1, OutputRecord(value=LINE), 0.0))
             await writer.commit()
 
     with pytest.raises(JournalError, match="SQLITE_FULL") as first:
@@ -84,7 +84,7 @@ async def test_after_a_failed_flush_the_writer_writes_nothing_more(tmp_path: Pat
     committed = journal.next_seq(run_id) - 1
     # A later, smaller write would fit; it must not be made: the records of the failed flush are
     # gone, so writing on would leave a hole in the run's records and a state after it.
-    await writer.add_record((run_id, seq + 1, "s", 1, OutputRecord(value="small"), 0.0))
+    await writer.add_record((job_id, run_id, seq + 1, "s", 1, OutputRecord(value="small"), 0.0))
     writer.change([RunChange(run_id=run_id, state=State.FAILED, current_step=None, records=seq + 1)])
     with pytest.raises(JournalError) as again:
         await writer.commit()

@@ -67,7 +67,7 @@ def test_records_are_numbered_once_per_run_and_named_by_their_step() -> None:
         GuestRecord(vm="web01", seq=run.take_seq(), time=2.0, record=OutputRecord(value="two")), 0
     )
     assert (first.seq, arrived.record.seq) == (1, 2)
-    assert row[:4] == (3, 2, "a", 1)  # run id, seq, step, attempt
+    assert row[:5] == (7, 3, 2, "a", 1)  # job id, run id, seq, step, attempt
     assert arrived.job_id == 7 and arrived.record.step == "a"
     outside = text(run, "three", None)
     assert (outside.seq, outside.step) == (3, None)
@@ -300,7 +300,7 @@ def test_agent_notes_are_journaled_as_information() -> None:
     run = machine("a")
     rec = GuestRecord(vm="web01", seq=run.take_seq(), time=1.0, record=InformationRecord(message_data="hi"))
     row, _ = run.record(rec, 0)
-    assert row[1] == 1 and run.excerpt() == ["hi"]
+    assert row[2] == 1 and run.excerpt() == ["hi"]
 
 
 # ---------------------------------------------------------------------- the executor registry

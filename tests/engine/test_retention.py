@@ -39,7 +39,7 @@ def add_job(journal: Journal, folder: Path | None, *, state: State, finished_day
         bundle_dir=str(folder) if folder else None, enable_guest_services=False, envelope=None, host="sim", vms=["vm01"],
         steps=[("s", "script")], owner=current_owner(), now=NOW - 100 * DAY,
     )  # fmt: skip
-    rows = [(runs["vm01"], seq, "s", 1, "output", NOW, '"x"') for seq in (1, 2, 3)]
+    rows = [(job_id, runs["vm01"], seq, "s", 1, "output", NOW, '{"stream":"output","value":"x"}') for seq in (1, 2, 3)]
     finished = None if finished_days_ago is None else NOW - finished_days_ago * DAY
     journal.apply(rows, [JobChange(job_id=job_id, state=state, finished_at=finished)])
     return job_id

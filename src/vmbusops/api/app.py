@@ -23,14 +23,14 @@ from starlette.routing import Route
 
 from vmbusops import __version__
 from vmbusops.api.auth import Operation, Principal, Refusal
-from vmbusops.api.cursor import Cursor, CursorError
-from vmbusops.api.follow import JobFollower, record_data
+from vmbusops.api.cursor import CursorError, parse_cursor
+from vmbusops.api.follow import JobFollower, RecordText
 from vmbusops.api.openapi import openapi_document
 from vmbusops.api.problems import ApiProblem, from_error, host_down, job_not_visible, not_found
 from vmbusops.api.service import AgentService, AgentStopping, TargetsOutOfScope
 from vmbusops.api.tls import peer_certificate
 from vmbusops.engine import JobSource
-from vmbusops.engine.journal import RunView
+from vmbusops.engine.journal import Journal, RunView
 from vmbusops.engine.views import job_json, run_json
 from vmbusops.errors import HostDownError, VmbusOpsError
 from vmbusops.records import Stream
@@ -216,8 +216,7 @@ def build_app(service: AgentService) -> Starlette:
             "job submitted",
             extra={"event": "submitted", "who": str(who), "job": job_id, "bundle": manifest.name},
         )
-        job = await service.read(service.reader.job, job_id)
-        runs = await service.read(service.reader.runs, job_id)
+        job, runs = await service.read(lambda j: (j.job(job_id), j.runs(job_id)))
         return JSONResponse(
             {"job": job_json(job, runs)}, status_code=201, headers={"Location": f"/v1/jobs/{job_id}"}
         )
@@ -237,7 +236,7 @@ def build_app(service: AgentService) -> Starlette:
     async def get_runs(request: Request) -> Response:
         who = authenticate(request, Operation.READ)
         _, runs = await visible(request, who)
-        steps = [await service.read(service.reader.steps, r.id) for r in runs]
+        steps = await service.read(lambda j: [j.steps(r.id) for r in runs])
         return JSONResponse({"runs": [run_json(r, s) for r, s in zip(runs, steps, strict=True)]})
 
     def run_named(runs: list[RunView], vm: str, job_id: int) -> RunView:
@@ -250,7 +249,7 @@ def build_app(service: AgentService) -> Starlette:
         who = authenticate(request, Operation.READ)
         job, runs = await visible(request, who)
         run = run_named(runs, request.path_params["vm"], job.id)
-        return JSONResponse({"run": run_json(run, await service.read(service.reader.steps, run.id))})
+        return JSONResponse({"run": run_json(run, await service.read(lambda j: j.steps(run.id)))})
 
     async def cancel(request: Request) -> Response:
         who = authenticate(request, Operation.CANCEL)
@@ -283,23 +282,22 @@ def build_app(service: AgentService) -> Starlette:
         stream = request.query_params.get("stream")
         if stream is not None and stream not in {s.value for s in Stream}:
             raise ApiProblem(400, "bad-request", "Bad request", f"unknown stream {stream!r}")
-        cursor = parse_cursor(request.query_params.get("after", ""), runs)
-        rows = await service.read(
-            lambda: service.reader.records(job.id, vm=vm, stream=stream, after=cursor.as_after(), limit=limit)
-        )
-        for rec in rows:
-            cursor.move_to(rec.run_id, rec.seq)
-        return JSONResponse(
-            {
-                "records": [record_data(r.vm, r.seq, r.time, r.step, r.content) for r in rows],
-                "cursor": str(cursor),
-                "state": job.state.value,
-            }
-        )
+        after = cursor_at(request.query_params.get("after", ""))
+        run_id = run_named(runs, vm, job.id).id if vm is not None else None
+        text = RecordText(runs)
 
-    def parse_cursor(text: str, runs: list[RunView]) -> Cursor:
+        def page(journal: Journal) -> tuple[int, str]:
+            rows = journal.stored_records(job.id, after=after, run_id=run_id, stream=stream, limit=limit)
+            return (rows[-1][1] if rows else after), ",".join(map(text, rows))
+
+        cursor, records = await service.read(page)
+        # The records' JSON is spliced as stored (see RecordText); the rest is encoded here.
+        body = f'{{"records":[{records}],"cursor":"{cursor}","state":{json.dumps(job.state.value)}}}'
+        return Response(body, media_type="application/json")
+
+    def cursor_at(text: str) -> int:
         try:
-            return Cursor.parse(text, [r.id for r in runs])
+            return parse_cursor(text)
         except CursorError as exc:
             raise ApiProblem(400, "bad-cursor", "Bad cursor", str(exc)) from None
 
@@ -307,7 +305,7 @@ def build_app(service: AgentService) -> Starlette:
         who = authenticate(request, Operation.READ)
         job, runs = await visible(request, who)
         text = request.headers.get("last-event-id") or request.query_params.get("after", "")
-        follower = JobFollower(service, job, runs, parse_cursor(text, runs))
+        follower = JobFollower(service, job, runs, cursor_at(text))
         return StreamingResponse(
             follower.events(),
             media_type="text/event-stream",

@@ -1,21 +1,26 @@
-"""The engine's events, fanned out to the followers of each job.
+"""Committed records and state changes, fanned out to the followers of each job.
 
-The engine calls :meth:`Broadcaster.publish` synchronously on the path of every record, so it
-must never wait: each follower has a bounded buffer, and a follower too slow to keep up loses
-live events instead of slowing the guests. It notices (the next record it gets is not the next
-in its run) and reads what it missed from the journal, which has every record (see
+The engine's journal writer tells the agent of every commit (:meth:`Broadcaster.publish_commit`),
+so a follower is sent only what is durable and numbered: a record's ``n`` is its place in the job
+for good, and a follower's position is one number. Publishing is synchronous on the writer's path
+and must never wait: each follower has a bounded buffer, and a follower too slow to keep up loses
+live events instead of slowing the writer. It notices (the next record it gets is not the next
+``n``) and reads what it missed from the journal, where it already is (see
 :mod:`vmbusops.api.follow`). So the buffer bounds memory, not correctness.
+
+Records go out as one event per job per commit, so a follower's cost is per batch where it can be.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import trio
 
-from vmbusops.engine import EngineEvent, State
+from vmbusops.engine import RunChanged, State
+from vmbusops.engine.journal import StoredRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +31,15 @@ class JobEnded:
     state: State
 
 
-StreamEvent = EngineEvent | JobEnded
+@dataclass(frozen=True, slots=True)
+class RecordsCommitted:
+    """Records of one job that one journal commit made durable, in ``n`` order."""
+
+    job_id: int
+    rows: list[StoredRecord]
+
+
+StreamEvent = RecordsCommitted | RunChanged | JobEnded
 
 
 class Broadcaster:
@@ -44,6 +57,23 @@ class Broadcaster:
                 send.send_nowait(event)
             except trio.WouldBlock:
                 self.dropped += 1
+
+    def publish_commit(self, records: Sequence[StoredRecord], events: Sequence[RunChanged]) -> None:
+        """One commit: each followed job's records (one event), then the state events, in order."""
+        subs = self._subs
+        if not subs:
+            return
+        by_job: dict[int, list[StoredRecord]] = {}
+        for row in records:
+            if row[0] in subs:
+                rows = by_job.get(row[0])
+                if rows is None:
+                    rows = by_job[row[0]] = []
+                rows.append(row)
+        for job_id, rows in by_job.items():
+            self.publish(RecordsCommitted(job_id, rows))
+        for event in events:
+            self.publish(event)
 
     @contextmanager
     def subscribe(self, job_id: int) -> Iterator[trio.MemoryReceiveChannel[StreamEvent]]:

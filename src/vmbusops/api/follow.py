@@ -2,48 +2,51 @@
 
 Theory of operation
 -------------------
-A follower subscribes to the job's live events *before* it reads the journal, then sends from
-the journal everything after its :class:`~.cursor.Cursor` (catch-up), then live events. Every
-record moves the cursor only if it is the next seq of its run, so whatever order live events and
-journal rows arrive in, a record is sent at most once and never after a later one of its run:
+The journal numbers a job's records 1, 2, 3... (``n``) in the order they were committed, and the
+agent hears of every commit of its engine's writer (:mod:`.broadcast`). A follower's position is
+the ``n`` of the last record it sent. It subscribes to the job's commits *before* it reads the
+journal, then sends from the journal everything after its position (catch-up, in pages of one
+range scan each), then what commits bring:
 
-* a live record at or below the cursor was already sent from the journal: skipped;
-* a live record beyond the next one means some were not seen live (published before the
-  subscription, or dropped because this follower fell behind): the follower catches up from the
-  journal, which has every record once flushed (within the writer's flush interval); until then
-  the live record is dropped and fetched with the rest on the next catch-up;
-* the stream ends when the job does (:class:`~.broadcast.JobEnded`, or for a job another process
-  runs, its state in the journal) after a last catch-up: the engine commits every record before
-  the job's final state, so nothing is left behind.
+* a committed record at or below the position was already sent from the journal: skipped;
+* a committed record beyond the next one means some were not seen live (committed before the
+  subscription, or dropped because this follower fell behind): they are in the journal already,
+  so the follower reads them from there at once, and goes on;
+* the stream ends when the job does (:class:`~.broadcast.JobEnded`) after a last catch-up: the
+  engine commits every record before the job's final state, so nothing is left behind.
 
-Each record event's ``id`` is the cursor after it. A client reconnects with ``Last-Event-ID``
-(or ``?after=``) and continues exactly there. State events (``job``, ``run``) carry no id: they
-are snapshots, sent again in full on every (re)connection.
+A follower of a job this agent runs does no work while no commit comes (a keep-alive comment
+every :data:`KEEPALIVE` seconds). A job another process runs (``vmbusops run`` beside the agent)
+brings no commits here: its follower reads the journal every :data:`IDLE_POLL` seconds.
+
+Each record event's ``id`` is its ``n``. A client reconnects with ``Last-Event-ID`` (or
+``?after=``) and continues exactly there. State events (``job``, ``run``) carry no id: they are
+snapshots, sent again in full on every (re)connection.
+
+A record's JSON is spliced from the stored JSON text (:class:`RecordText`), never decoded and
+encoded again: the same object ``vmbusops logs --json`` prints.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from functools import partial
 from typing import Any
 
 import trio
 
-from vmbusops.api.broadcast import JobEnded
-from vmbusops.api.cursor import Cursor
+from vmbusops.api.broadcast import JobEnded, RecordsCommitted
 from vmbusops.api.service import AgentService
-from vmbusops.engine import RecordArrived, RunChanged
-from vmbusops.engine.journal import JobView, RecordView, RunView
-from vmbusops.records import record_to_json
+from vmbusops.engine import RunChanged
+from vmbusops.engine.journal import JobView, Journal, RunView, StoredRecord
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
-#: How long a follower waits for live events before it looks at the journal itself.
+#: How often a follower of a job run by another process reads the journal while nothing comes.
 IDLE_POLL = 0.5
-#: While a gap is open, how soon the journal is read again.
-GAP_POLL = 0.02
 KEEPALIVE = 15.0
-CATCH_UP_BATCH = 5000
+CATCH_UP_BATCH = 2000
 LIVE_BATCH = 512
 
 
@@ -60,57 +63,86 @@ def run_data(run: RunView) -> dict[str, Any]:
     return {"vm": run.vm, "state": run.state.value, "step": run.current_step, "error": run.error}
 
 
-def record_data(vm: str, seq: int, time: float, step: str | None, content: dict[str, Any]) -> dict[str, Any]:
-    """The same object ``vmbusops logs --json`` prints for a record."""
-    return {"vm": vm, "seq": seq, "time": time, "step": step, **content}
+def changed_data(event: RunChanged) -> dict[str, Any]:
+    return {"vm": event.vm, "state": event.state.value, "step": event.step, "error": event.error}
+
+
+class RecordText:
+    """A stored record's JSON as the API gives it: ``{"vm", "seq", "time", "step", ...content}``.
+
+    Spliced from the stored content's JSON text (an object, ``stream`` first), so a record costs
+    one string format, not a decode and an encode. The VM and step names are encoded once each.
+    """
+
+    def __init__(self, runs: Iterable[RunView]) -> None:
+        self._vm = {r.id: _dumps(r.vm) for r in runs}
+        self._step: dict[str | None, str] = {None: "null"}
+
+    def __call__(self, row: StoredRecord) -> str:
+        step = self._step.get(row[4])
+        if step is None:
+            step = self._step[row[4]] = _dumps(row[4])
+        content = row[8]
+        rest = "," + content[1:] if len(content) > 2 else "}"
+        return f'{{"vm":{self._vm.get(row[2], "null")},"seq":{row[3]},"time":{row[7]!r},"step":{step}{rest}'
+
+    def event(self, row: StoredRecord) -> str:
+        return f"id: {row[1]}\nevent: record\ndata: {self(row)}\n\n"
 
 
 class JobFollower:
-    def __init__(self, service: AgentService, job: JobView, runs: list[RunView], cursor: Cursor) -> None:
+    def __init__(self, service: AgentService, job: JobView, runs: list[RunView], after: int) -> None:
         self.service = service
         self.job = job
         self.runs = runs
-        self.cursor = cursor
-        self.run_of_vm = {r.vm: r.id for r in runs}
+        self.position = after
+        self.text = RecordText(runs)
         self.sent = 0
 
     async def _catch_up(self) -> str:
+        """Every committed record past the position, from the journal (a worker thread formats them)."""
         out: list[str] = []
         while True:
-            batch: list[RecordView] = await self.service.read(
-                lambda: self.service.reader.records(
-                    self.job.id, after=self.cursor.as_after(), limit=CATCH_UP_BATCH
-                )
-            )
-            for rec in _in_run_order(batch):
-                if self.cursor.advance(rec.run_id, rec.seq):
-                    out.append(
-                        sse(
-                            "record",
-                            record_data(rec.vm, rec.seq, rec.time, rec.step, rec.content),
-                            str(self.cursor),
-                        )
-                    )
-            if len(batch) < CATCH_UP_BATCH:
-                break
-        self.sent += len(out)
-        return "".join(out)
+            count, self.position, text = await self.service.read(partial(self._page, self.position))
+            self.sent += count
+            out.append(text)
+            if count < CATCH_UP_BATCH:
+                return "".join(out)
 
-    def _live_record(self, event: RecordArrived) -> str | None:
-        rec = event.record
-        run_id = self.run_of_vm.get(rec.vm)
-        if run_id is None or not self.cursor.advance(run_id, rec.seq):
-            return None
-        self.sent += 1
-        data = record_data(rec.vm, rec.seq, rec.time, rec.step, record_to_json(rec.record))
-        return sse("record", data, str(self.cursor))
+    def _page(self, after: int, journal: Journal) -> tuple[int, int, str]:
+        rows = journal.stored_records(self.job.id, after=after, limit=CATCH_UP_BATCH)
+        return len(rows), rows[-1][1] if rows else after, "".join(map(self.text.event, rows))
+
+    async def _committed(self, rows: list[StoredRecord]) -> str:
+        out: list[str] = []
+        event = self.text.event
+        for row in rows:
+            n = row[1]
+            if n <= self.position:
+                continue
+            if n != self.position + 1:
+                out.append(await self._catch_up())  # missed some: the journal has them
+                if n <= self.position:
+                    continue
+            out.append(event(row))
+            self.position = n
+            self.sent += 1
+        return "".join(out)
 
     async def _finish(self) -> str:
         text = await self._catch_up()
-        job = await self.service.read(self.service.reader.job, self.job.id)
-        runs = await self.service.read(self.service.reader.runs, self.job.id)
+        job_id = self.job.id
+        job, runs = await self.service.read(lambda j: (j.job(job_id), j.runs(job_id)))
         tail = "".join(sse("run", run_data(r)) for r in runs)
         return text + tail + sse("end", job_data(job))
+
+    async def _ended_elsewhere(self) -> bool:
+        """Whether the job has ended, for a job this agent does not run (or whose end it missed)."""
+        if self.job.id in self.service.running:
+            return False
+        job_id = self.job.id
+        job = await self.service.read(lambda j: j.job(job_id))
+        return not job.state.active
 
     async def events(self) -> AsyncIterator[str]:
         service = self.service
@@ -128,22 +160,20 @@ class JobFollower:
                 if not self.job.state.active:
                     yield await self._finish()
                     return
-                gap = False
                 idle_since = trio.current_time()
                 while True:
                     first = None
-                    with trio.move_on_after(GAP_POLL if gap else IDLE_POLL):
+                    with trio.move_on_after(IDLE_POLL):
                         first = await live.receive()
                     if first is None:
-                        chunk = await self._catch_up()
-                        gap = False
-                        if chunk:
-                            idle_since = trio.current_time()
-                            yield chunk
-                        job = await service.read(service.reader.job, self.job.id)
-                        if not job.state.active:
-                            yield await self._finish()
-                            return
+                        if self.job.id not in service.running:
+                            chunk = await self._catch_up()
+                            if chunk:
+                                idle_since = trio.current_time()
+                                yield chunk
+                            if await self._ended_elsewhere():
+                                yield await self._finish()
+                                return
                         if trio.current_time() - idle_since > KEEPALIVE:
                             idle_since = trio.current_time()
                             yield ": keep-alive\n\n"
@@ -157,47 +187,19 @@ class JobFollower:
                     out: list[str] = []
                     ended = False
                     for event in batch:
-                        if isinstance(event, RecordArrived):
-                            sent = self._live_record(event)
-                            if sent is not None:
-                                out.append(sent)
-                            elif self._beyond(event):
-                                gap = True
+                        if isinstance(event, RecordsCommitted):
+                            out.append(await self._committed(event.rows))
                         elif isinstance(event, RunChanged):
-                            data = {
-                                "vm": event.vm,
-                                "state": event.state.value,
-                                "step": event.step,
-                                "error": event.error,
-                            }
-                            out.append(sse("run", data))
+                            out.append(sse("run", changed_data(event)))
                         elif isinstance(event, JobEnded):
                             ended = True
-                    if gap:
-                        out.append(await self._catch_up())
-                        # Whatever is still missing is not flushed yet: look again soon.
-                        gap = any(isinstance(e, RecordArrived) and self._beyond(e) for e in batch)
-                    if out:
+                    text = "".join(out)
+                    if text:
                         idle_since = trio.current_time()
-                        yield "".join(out)
+                        yield text
                     if ended:
                         yield await self._finish()
                         return
             finally:
                 service.metrics.followers.dec()
                 service.metrics.records_streamed.inc(self.sent)
-
-    def _beyond(self, event: RecordArrived) -> bool:
-        """The record is past the next one of its run: some before it were not seen."""
-        run_id = self.run_of_vm.get(event.record.vm)
-        return run_id is not None and event.record.seq > self.cursor.seq(run_id)
-
-
-def _in_run_order(batch: list[RecordView]) -> list[RecordView]:
-    """The journal's order (by time), unless a clock step put a run's records out of seq order."""
-    last: dict[int, int] = {}
-    for rec in batch:
-        if rec.seq < last.get(rec.run_id, 0):
-            return sorted(batch, key=lambda r: (r.run_id, r.seq))
-        last[rec.run_id] = rec.seq
-    return batch

@@ -249,7 +249,11 @@ def openapi_document() -> dict[str, Any]:
                             "name": "after",
                             "in": "query",
                             "schema": {"type": "string"},
-                            "description": "a cursor from a previous page or event id",
+                            "description": (
+                                "a cursor: the number of the last record already had (a page's `cursor`,"
+                                " or a record event's id); records are numbered 1, 2, 3... in the order"
+                                " the job journaled them"
+                            ),
                         },
                         {
                             "name": "limit",
@@ -303,7 +307,8 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "Live records and state changes (Server-Sent Events) until the job ends (scope: read)",
                     "description": (
-                        "Events: `job` and `run` (state snapshots, no id), `record` (id = cursor after it), `end`. "
+                        "Events: `job` and `run` (state snapshots, no id), `record` (id = the record's number in the job,"
+                        " a cursor), `end`. Records are sent once durable in the journal. "
                         "Reconnect with `Last-Event-ID` (or `?after=`) to continue without gap or repeat."
                     ),
                     "parameters": _job_path_params(

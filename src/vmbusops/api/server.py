@@ -43,6 +43,7 @@ from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential
 from vmbusops.engine import EngineOptions, Journal, open_engine
 from vmbusops.engine.journal_retention import journal_bytes
+from vmbusops.engine.readers import JournalReaders
 from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.supervisor import Backoff, HostSupervisor, supervise_host
 from vmbusops.retention import keep_retention
@@ -114,12 +115,7 @@ async def run_agent(
     principals = PrincipalStore()
     journal = Journal(max_mb=config.retention.journal_max_mb)
     reader = Journal()
-    holder: list[AgentService] = []
-
-    def on_event(event: Any) -> None:
-        if holder:
-            holder[0].on_engine_event(event)
-
+    readers = JournalReaders(journal.path)
     try:
         with trio.open_signal_receiver(*_signals()) as signals:
             supervisor = HostSupervisor(
@@ -131,16 +127,17 @@ async def run_agent(
             )
             async with supervise_host(supervisor) as hv:
                 await _serve(
-                    hv=hv, journal=journal, reader=reader, principals=principals, broadcaster=broadcaster,
-                    metrics=metrics, holder=holder, signals=signals, config=config,
+                    hv=hv, journal=journal, reader=reader, readers=readers, principals=principals, broadcaster=broadcaster,
+                    metrics=metrics, signals=signals, config=config,
                     credential_for=credential_for, host=host, hconfig=hconfig, ready_file=ready_file,
-                    options=options, scheduler_factory=scheduler_factory, on_event=on_event,
+                    options=options, scheduler_factory=scheduler_factory,
                 )  # fmt: skip
         log.info("agent stopped", extra={"event": "stopped"})
         return 0
     finally:
         journal.close()
         reader.close()
+        readers.close()
         principals.close()
 
 
@@ -149,10 +146,10 @@ async def _serve(
     hv: HostSupervisor,
     journal: Journal,
     reader: Journal,
+    readers: JournalReaders,
     principals: PrincipalStore,
     broadcaster: Broadcaster,
     metrics: AgentMetrics,
-    holder: list[AgentService],
     signals: Any,
     config: Config,
     credential_for: Callable[[str], GuestCredential],
@@ -161,7 +158,6 @@ async def _serve(
     ready_file: Path | None,
     options: EngineOptions | None,
     scheduler_factory: Callable[[AgentService], Any] | None,
-    on_event: Callable[[Any], None],
 ) -> None:
     agent = config.agent
     async with (
@@ -171,7 +167,6 @@ async def _serve(
             credential_for=credential_for,
             host_name=host or config.host,
             options=options,
-            on_event=on_event,
         ) as engine,
         trio.open_nursery() as top,
     ):
@@ -180,9 +175,9 @@ async def _serve(
         jobs = await top.start(_hold_jobs_nursery, jobs_scope, jobs_done)
         service = AgentService(
             engine=engine, hosts=hv, reader=reader, jobs=jobs, principals=principals, config=agent,
-            broadcaster=broadcaster, metrics=metrics,
+            broadcaster=broadcaster, metrics=metrics, readers=readers,
         )  # fmt: skip
-        holder.append(service)
+        engine.writer.on_commit = service.on_commit
         metrics.journal_bytes.set_function(lambda: journal_bytes(journal.path))
         retention_scope = trio.CancelScope()
         top.start_soon(partial(keep_retention, config.retention, retention_scope, journal_path=journal.path))

@@ -5,8 +5,11 @@ nothing of HTTP. Jobs run as tasks of the service's job nursery, beside (not ins
 that submitted them, so a client that disconnects never cancels a job. The host connection is
 the :class:`~vmbusops.guestops.supervisor.HostSupervisor`'s: while it is being reopened, a
 submission waits up to ``host_wait_seconds`` for it, then is refused with
-:class:`~vmbusops.errors.HostDownError` before anything is verified or journaled. Journal reads go through a
-connection of their own in worker threads, so followers never wait behind the engine's writer.
+:class:`~vmbusops.errors.HostDownError` before anything is verified or journaled. Journal reads go through
+:class:`~vmbusops.engine.readers.JournalReaders` in worker threads, so they never wait behind the
+engine's writer nor behind each other (a follower catching up a large job holds one connection of
+several). Followers are fed from the writer's commits (:meth:`AgentService.on_commit`): they see a
+record once it is durable, numbered, and never before.
 """
 
 from __future__ import annotations
@@ -24,15 +27,17 @@ from typing import Any, TypeVar
 import trio
 
 from vmbusops.api.auth import Principal, PrincipalStore
-from vmbusops.api.broadcast import Broadcaster, JobEnded, StreamEvent
+from vmbusops.api.broadcast import Broadcaster, JobEnded
 from vmbusops.api.metrics import AgentMetrics
 from vmbusops.api.ratelimit import SubmitRateLimiter
 from vmbusops.bundle.manifest import Manifest
 from vmbusops.bundle.paths import accepted_bundles_dir
 from vmbusops.bundle.verify import AcceptedBundle, read_unverified
 from vmbusops.config import AgentConfig
-from vmbusops.engine import Engine, JobSource, Journal, RecordArrived, State, acceptance, resolve_targets
-from vmbusops.engine.journal import JobView, RunView
+from vmbusops.engine import Engine, JobSource, Journal, State, acceptance, resolve_targets
+from vmbusops.engine.events import RunChanged
+from vmbusops.engine.journal import JobView, RunView, StoredRecord
+from vmbusops.engine.readers import JournalReaders
 from vmbusops.errors import VmbusOpsError
 from vmbusops.guestops.supervisor import HostSupervisor
 from vmbusops.home import private_dir
@@ -57,6 +62,7 @@ class AgentService:
         engine: Engine,
         hosts: HostSupervisor,
         reader: Journal,
+        readers: JournalReaders,
         jobs: trio.Nursery,
         principals: PrincipalStore,
         config: AgentConfig,
@@ -66,7 +72,9 @@ class AgentService:
     ) -> None:
         self.engine = engine
         self.hosts = hosts
+        #: The connection for the API's own writes (acceptance, cancel requests).
         self.reader = reader
+        self.readers = readers
         self.jobs_nursery = jobs
         self.principals = principals
         self.config = config
@@ -88,38 +96,39 @@ class AgentService:
         self.list_schedules: Callable[[], list[dict[str, Any]]] | None = None
 
     # ------------------------------------------------------------------ engine events
-    def on_engine_event(self, event: StreamEvent) -> None:
-        if isinstance(event, RecordArrived):
-            self.metrics.records.inc()
-        self.broadcaster.publish(event)
+    def on_commit(self, records: list[StoredRecord], events: list[RunChanged]) -> None:
+        """A journal commit of the engine's writer: its records and state events, to the followers."""
+        self.metrics.records.inc(len(records))
+        self.broadcaster.publish_commit(records, events)
 
     # ------------------------------------------------------------------ reads
-    async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        return await trio.to_thread.run_sync(fn, *args)
+    async def read(self, fn: Callable[[Journal], T]) -> T:
+        """``fn(journal)`` on a reading connection of its own, in a worker thread."""
+        return await self.readers.run(fn)
 
     async def job_vms(self, job_id: int) -> list[str]:
-        return [r.vm for r in await self.read(self.reader.runs, job_id)]
+        return [r.vm for r in await self.read(lambda j: j.runs(job_id))]
 
     async def find_job(self, job_id: int) -> tuple[JobView, list[RunView]] | None:
         """The job and its runs, whoever may see them; None if there is no such job. Callers
         answering a principal check :meth:`Principal.sees_job` and answer both cases alike."""
 
-        def get() -> tuple[JobView, list[RunView]] | None:
-            found = self.reader.jobs(job_id=job_id, limit=1)
+        def get(journal: Journal) -> tuple[JobView, list[RunView]] | None:
+            found = journal.jobs(job_id=job_id, limit=1)
             if not found:
                 return None
-            return found[0], self.reader.runs(job_id)
+            return found[0], journal.runs(job_id)
 
         return await self.read(get)
 
     async def visible_jobs(self, who: Principal, *, limit: int, state: str | None) -> list[JobView]:
-        def get() -> list[JobView]:
+        def get(journal: Journal) -> list[JobView]:
             out: list[JobView] = []
             # Over-read, since some jobs may be out of scope; bounded so a list stays cheap.
-            for job in self.reader.jobs(limit=min(limit * 4, 2000)):
+            for job in journal.jobs(limit=min(limit * 4, 2000)):
                 if state is not None and job.state.value != state:
                     continue
-                if who.sees_job([r.vm for r in self.reader.runs(job.id)]):
+                if who.sees_job([r.vm for r in journal.runs(job.id)]):
                     out.append(job)
                     if len(out) >= limit:
                         break
@@ -241,7 +250,7 @@ class AgentService:
     async def cancel(self, job_id: int, vm: str | None) -> int:
         """Durable request in the journal (whoever owns the job acts on it), and at once if it
         runs here. Returns how many jobs/runs were marked."""
-        marked = await self.read(self.reader.request_cancel, job_id, vm)
+        marked = await trio.to_thread.run_sync(self.reader.request_cancel, job_id, vm)
         self.engine.cancel(job_id, vm)
         return int(marked)
 

@@ -420,16 +420,16 @@ def logs_cmd(
             err=True,
         )
     width = max([len(r.vm) for r in journal.runs(job_id)] + [8])
-    seen: dict[int, int] = {}
+    seen = 0
 
     def drain() -> None:
+        nonlocal seen
         while True:
-            batch = journal.records(job_id, vm=vm, stream=stream, after=seen or None, limit=5000)
+            batch = journal.records(job_id, vm=vm, stream=stream, after=seen, limit=5000)
             if not batch:
                 return
             print_records(batch, as_json, width)
-            for rec in batch:
-                seen[rec.run_id] = max(seen.get(rec.run_id, 0), rec.seq)
+            seen = batch[-1].n
 
     drain()
     if not follow:

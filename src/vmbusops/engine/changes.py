@@ -56,7 +56,7 @@ class StepChange:
 
 Change = JobChange | RunChange | StepChange
 
-PendingRecord = tuple[int, int, str | None, int, Record, float]
-"""(run_id, seq, step, attempt, record, time): serialised to JSON in the flush, off the stream's path."""
+PendingRecord = tuple[int, int, int, str | None, int, Record, float]
+"""(job_id, run_id, seq, step, attempt, record, time): serialised to JSON in the flush, off the stream's path."""
 
 __all__ = ["Change", "JobChange", "PendingRecord", "RunChange", "StepChange"]

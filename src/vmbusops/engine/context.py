@@ -36,14 +36,16 @@ def emit(
 ) -> None:
     """Carry out a machine's outputs: journal changes to the writer, events to the watchers."""
     changes: list[Change] = []
+    events: list[RunChanged] = []
     for out in outputs:
         if isinstance(out, RunChanged):
+            events.append(out)
             if on_event is not None:
                 on_event(out)
         else:
             changes.append(out)
-    if changes:
-        writer.change(changes)
+    if changes or events:
+        writer.change(changes, events)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

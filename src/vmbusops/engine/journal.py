@@ -12,7 +12,11 @@ What is true after any crash, because of how writes are grouped:
 
 * records of a run carry ``seq`` 1, 2, 3... with no gap: a process numbers a run's records from
   the journal's highest committed ``seq``, so records lost with a crash (never committed) leave no
-  hole, and ``(run_id, seq)`` is the primary key, so none is stored twice;
+  hole, and ``(run_id, seq)`` is unique, so none is stored twice;
+* records of a job carry ``n`` 1, 2, 3... in the order they were committed, numbered inside the
+  writing transaction from the job's highest committed ``n``: ``(job_id, n)`` is the primary key,
+  so a reader pages through a job with one comparison (``n > cursor``), never a sort, and a
+  follower's position in a job is one number (see :mod:`.journal_schema`);
 * a step is marked ``success`` in the same transaction as (after) its last records, and the engine
   does not start the next step before that commit; so a step the journal calls finished has all
   its records, and it is never run again unless it says it is idempotent;
@@ -35,99 +39,25 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 from vmbusops.engine import journal_retention
 from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
 from vmbusops.engine.journal_retention import Prunable
 from vmbusops.engine.journal_rows import JobView, RecordView, RunView, StepView
+from vmbusops.engine.journal_schema import SCHEMA, SCHEMA_VERSION, upgrade
 from vmbusops.engine.states import Event, Level, State, next_state
 from vmbusops.errors import JobStateError, JournalError, NoSuchJobError
 from vmbusops.home import home_path
 from vmbusops.owner import Owner, owner_alive
-from vmbusops.storage import add_missing_columns, cannot_write, private_database, rollback_quietly
+from vmbusops.storage import cannot_write, private_database, rollback_quietly
 
-SCHEMA_VERSION: Final = 2
+RecordRow = tuple[int, int, int, str | None, int, str, float, str]
+"""(job_id, run_id, seq, step, attempt, stream, time, content JSON), as the writer hands it over."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (
-    id               INTEGER PRIMARY KEY AUTOINCREMENT,
-    bundle_name      TEXT NOT NULL,
-    bundle_version   INTEGER NOT NULL,
-    bundle_id        TEXT NOT NULL,
-    source           TEXT NOT NULL,
-    manifest         TEXT NOT NULL,
-    bundle_dir       TEXT,
-    host             TEXT NOT NULL,
-    state            TEXT NOT NULL,
-    created_at       REAL NOT NULL,
-    started_at       REAL,
-    finished_at      REAL,
-    owner_pid        INTEGER,
-    owner_started    TEXT,
-    heartbeat_at     REAL,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    error            TEXT,
-    pruned           INTEGER NOT NULL DEFAULT 0,
-    enable_guest_services INTEGER NOT NULL DEFAULT 0,
-    envelope         TEXT
-);
-CREATE TABLE IF NOT EXISTS runs (
-    id               INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id           INTEGER NOT NULL REFERENCES jobs (id),
-    vm               TEXT NOT NULL,
-    state            TEXT NOT NULL,
-    current_step     TEXT,
-    started_at       REAL,
-    finished_at      REAL,
-    error            TEXT,
-    records          INTEGER NOT NULL DEFAULT 0,
-    excerpt          TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (job_id, vm)
-);
-CREATE TABLE IF NOT EXISTS steps (
-    run_id      INTEGER NOT NULL REFERENCES runs (id),
-    idx         INTEGER NOT NULL,
-    name        TEXT NOT NULL,
-    kind        TEXT NOT NULL,
-    state       TEXT NOT NULL,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    started_at  REAL,
-    finished_at REAL,
-    error       TEXT,
-    PRIMARY KEY (run_id, idx)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS records (
-    run_id  INTEGER NOT NULL,
-    seq     INTEGER NOT NULL,
-    step    TEXT,
-    attempt INTEGER NOT NULL,
-    stream  TEXT NOT NULL,
-    time    REAL NOT NULL,
-    content TEXT NOT NULL,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS vm_leases (
-    vm            TEXT PRIMARY KEY,
-    run_id        INTEGER NOT NULL,
-    owner_pid     INTEGER NOT NULL,
-    owner_started TEXT NOT NULL,
-    heartbeat_at  REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS runs_job ON runs (job_id);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
-"""
-
-#: Columns added after schema 1, added to an older journal when it is opened: (table, column, definition).
-_ADDED_COLUMNS: Final = (
-    ("jobs", "enable_guest_services", "INTEGER NOT NULL DEFAULT 0"),
-    ("jobs", "envelope", "TEXT"),
-)
-
-RecordRow = tuple[int, int, str | None, int, str, float, str]
-"""(run_id, seq, step, attempt, stream, time, content JSON) as written."""
+StoredRecord = tuple[int, int, int, int, str | None, int, str, float, str]
+"""(job_id, n, run_id, seq, step, attempt, stream, time, content JSON), as stored: ``n`` numbers
+the job's records in the order they were committed."""
 
 
 T = TypeVar("T")
@@ -166,10 +96,9 @@ class Journal:
                 page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
                 self._db.execute(f"PRAGMA max_page_count={max(1, int(max_mb * 2**20) // page_size)}")
             if not readonly:
-                # Every statement is CREATE ... IF NOT EXISTS: safe to run by each process that opens it.
-                self._db.executescript(_SCHEMA)
+                self._db.executescript(SCHEMA)
                 with self._write() as db:
-                    add_missing_columns(db, _ADDED_COLUMNS)
+                    upgrade(db)
                     # Written only when it changes: opening a journal on a full disk must not need a page.
                     db.execute(
                         "INSERT INTO meta (key, value) VALUES ('schema', ?)"
@@ -230,6 +159,13 @@ class Journal:
 
     def _cannot_write(self, exc: sqlite3.Error) -> JournalError:
         return cannot_write("the journal", self.path, exc, limit=self._limit)
+
+    def _read_tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise JournalError(f"the journal {self.path} cannot be read: {exc}") from exc
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -302,19 +238,29 @@ class Journal:
                 (owner.pid, owner.started, now, job_id),
             )
 
-    def apply(self, records: Sequence[RecordRow], changes: Sequence[Change]) -> None:
-        """Records, then state changes, in one transaction (the writer's flush)."""
+    def apply(self, records: Sequence[RecordRow], changes: Sequence[Change]) -> list[StoredRecord]:
+        """Records, then state changes, in one transaction (the writer's flush); returns the
+        records as stored, each numbered after the highest ``n`` its job has committed."""
         if not records and not changes:
-            return
+            return []
+        stored: list[StoredRecord] = []
         with self._write() as db:
             if records:
+                last: dict[int, int] = {}
+                for job_id in {row[0] for row in records}:
+                    found = db.execute("SELECT MAX(n) FROM records WHERE job_id = ?", (job_id,)).fetchone()[0]
+                    last[job_id] = found or 0
+                for row in records:
+                    n = last[row[0]] = last[row[0]] + 1
+                    stored.append((row[0], n, *row[1:]))
                 db.executemany(
-                    "INSERT INTO records (run_id, seq, step, attempt, stream, time, content)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    records,
+                    "INSERT INTO records (job_id, n, run_id, seq, step, attempt, stream, time, content)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    stored,
                 )
             for change in changes:
                 db.execute(*_update(change))
+        return stored
 
     def next_seq(self, run_id: int) -> int:
         row = self._read("SELECT COALESCE(MAX(seq), 0) FROM records WHERE run_id = ?", (run_id,))
@@ -420,7 +366,9 @@ class Journal:
         return interrupted
 
     # ------------------------------------------------------------------ retention (SQL: .journal_retention)
-    def prunable(self, *, records_before: float, jobs_before: float, keep_jobs: Collection[int] = ()) -> Prunable:
+    def prunable(
+        self, *, records_before: float, jobs_before: float, keep_jobs: Collection[int] = ()
+    ) -> Prunable:
         """What retention may remove: finished jobs' records and rows past their times."""
         with self._lock:
             try:
@@ -542,48 +490,73 @@ class Journal:
             for r in self._read("SELECT * FROM steps WHERE run_id = ? ORDER BY idx", (run_id,))
         ]
 
+    def stored_records(
+        self,
+        job_id: int,
+        *,
+        after: int = 0,
+        run_id: int | None = None,
+        stream: str | None = None,
+        limit: int = 10_000,
+    ) -> list[StoredRecord]:
+        """A page of the job's records as stored, in the order they were journaled: those
+        numbered past ``after`` (the ``n`` of the last record already seen), optionally of one
+        run or stream. One comparison on a key: the cost of a page does not grow with the job."""
+        sql = "SELECT job_id, n, run_id, seq, step, attempt, stream, time, content FROM records"
+        params: list[Any]
+        if run_id is not None:
+            # A run's records are numbered in seq order, so its index (run_id, seq) gives them
+            # in ``n`` order without a sort.
+            sql += " WHERE run_id = ? AND n > ?"
+            params = [run_id, after]
+            order = " ORDER BY seq LIMIT ?"
+        else:
+            sql += " WHERE job_id = ? AND n > ?"
+            params = [job_id, after]
+            order = " ORDER BY n LIMIT ?"
+        if stream is not None:
+            sql += " AND stream = ?"
+            params.append(stream)
+        rows: list[StoredRecord] = self._read_tuples(sql + order, [*params, limit])
+        return rows
+
+    def run_ids(self, job_id: int) -> dict[str, int]:
+        """The job's runs: VM name -> run id."""
+        return {
+            str(r[1]): int(r[0])
+            for r in self._read_tuples("SELECT id, vm FROM runs WHERE job_id = ?", (job_id,))
+        }
+
     def records(
         self,
         job_id: int,
         *,
         vm: str | None = None,
         stream: str | None = None,
-        after: dict[int, int] | None = None,
+        after: int = 0,
         limit: int = 10_000,
     ) -> list[RecordView]:
-        """Records of a job in (run, seq) order; ``after`` maps run id -> last seq already seen."""
-        sql = (
-            "SELECT r.run_id, runs.vm, r.seq, r.step, r.attempt, r.stream, r.time, r.content"
-            " FROM records r JOIN runs ON runs.id = r.run_id WHERE runs.job_id = ?"
-        )
-        params: list[Any] = [job_id]
+        """A page of :meth:`stored_records`, decoded; ``vm`` picks one VM's (in any case)."""
+        runs = self.run_ids(job_id)
+        vms = {run_id: name for name, run_id in runs.items()}
+        run_id = None
         if vm is not None:
-            sql += " AND runs.vm = ? COLLATE NOCASE"
-            params.append(vm)
-        if stream is not None:
-            sql += " AND r.stream = ?"
-            params.append(stream)
-        if after:
-            clauses = " OR ".join("(r.run_id = ? AND r.seq > ?)" for _ in after)
-            known = ",".join("?" * len(after))
-            sql += f" AND ({clauses} OR r.run_id NOT IN ({known}))"
-            for run_id, seq in after.items():
-                params += [run_id, seq]
-            params += list(after)
-        sql += " ORDER BY r.time, r.run_id, r.seq LIMIT ?"
-        params.append(limit)
+            run_id = next((i for name, i in runs.items() if name.casefold() == vm.casefold()), None)
+            if run_id is None:
+                return []
         return [
             RecordView(
-                run_id=r[0],
-                vm=r[1],
-                seq=r[2],
-                step=r[3],
-                attempt=r[4],
-                stream=r[5],
-                time=r[6],
-                content=json.loads(r[7]),
+                run_id=r[2],
+                vm=vms.get(r[2], ""),
+                n=r[1],
+                seq=r[3],
+                step=r[4],
+                attempt=r[5],
+                stream=r[6],
+                time=r[7],
+                content=json.loads(r[8]),
             )
-            for r in self._read(sql, params)
+            for r in self.stored_records(job_id, after=after, run_id=run_id, stream=stream, limit=limit)
         ]
 
 
@@ -643,5 +616,6 @@ __all__ = [
     "RecordView",
     "RunView",
     "StepView",
+    "StoredRecord",
     "journal_path",
 ]

@@ -50,11 +50,7 @@ def prunable(
     ]
     records = 0
     for job_id in record_jobs:
-        records += int(
-            db.execute(
-                "SELECT COUNT(*) FROM records WHERE run_id IN (SELECT id FROM runs WHERE job_id = ?)", (job_id,)
-            ).fetchone()[0]
-        )
+        records += int(db.execute("SELECT COUNT(*) FROM records WHERE job_id = ?", (job_id,)).fetchone()[0])
     keep = set(keep_jobs)
     delete_jobs = [
         int(r[0])
@@ -74,9 +70,8 @@ def prunable(
 def delete_records(db: sqlite3.Connection, job_id: int, batch: int) -> int:
     """Up to ``batch`` records of the job; how many went (0: none left, and the job says so)."""
     removed = db.execute(
-        "DELETE FROM records WHERE (run_id, seq) IN (SELECT run_id, seq FROM records"
-        " WHERE run_id IN (SELECT id FROM runs WHERE job_id = ?) LIMIT ?)",
-        (job_id, batch),
+        "DELETE FROM records WHERE job_id = ? AND n IN (SELECT n FROM records WHERE job_id = ? ORDER BY n LIMIT ?)",
+        (job_id, job_id, batch),
     ).rowcount
     if removed == 0:
         db.execute("UPDATE jobs SET pruned = 1 WHERE id = ?", (job_id,))
@@ -89,7 +84,7 @@ def delete_job(db: sqlite3.Connection, job_id: int) -> None:
     if row is None or row[0] not in _FINISHED:
         return
     runs = "SELECT id FROM runs WHERE job_id = ?"
-    db.execute(f"DELETE FROM records WHERE run_id IN ({runs})", (job_id,))  # noqa: S608
+    db.execute("DELETE FROM records WHERE job_id = ?", (job_id,))
     db.execute(f"DELETE FROM steps WHERE run_id IN ({runs})", (job_id,))  # noqa: S608
     db.execute("DELETE FROM runs WHERE job_id = ?", (job_id,))
     db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))

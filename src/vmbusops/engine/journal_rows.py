@@ -73,6 +73,8 @@ class StepView:
 class RecordView:
     run_id: int
     vm: str
+    #: The job's record number (1, 2, 3... in the order journaled); 0 where the source has none.
+    n: int = 0
     seq: int
     step: str | None
     attempt: int

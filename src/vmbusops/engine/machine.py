@@ -134,7 +134,7 @@ class RunMachine:
                     self._dropped += 1
                 self._tail.append(record)
         arrived = GuestRecord(vm=self.vm, seq=rec.seq, time=rec.time, record=record, step=name)
-        return (self.id, rec.seq, name, attempt, record, rec.time), RecordArrived(self.job_id, arrived)
+        return (self.job_id, self.id, rec.seq, name, attempt, record, rec.time), RecordArrived(self.job_id, arrived)
 
     # ------------------------------------------------------------------ the run
     def wait(self) -> list[Output]:

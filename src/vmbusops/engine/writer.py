@@ -31,7 +31,8 @@ from typing import Any, TypeVar
 import trio
 
 from vmbusops.engine.changes import Change, PendingRecord
-from vmbusops.engine.journal import Journal, JournalBusy, RecordRow
+from vmbusops.engine.events import RunChanged
+from vmbusops.engine.journal import Journal, JournalBusy, RecordRow, StoredRecord
 from vmbusops.errors import JournalError
 from vmbusops.records import record_to_json
 
@@ -55,6 +56,10 @@ class JournalWriter:
         self.max_buffer = max_buffer
         self._records: list[PendingRecord] = []
         self._changes: list[Change] = []
+        self._events: list[RunChanged] = []
+        #: Told of every commit, on the trio thread: the records as stored (numbered) and the
+        #: state events of the changes it carried, in order. The agent feeds its followers from it.
+        self.on_commit: Callable[[list[StoredRecord], list[RunChanged]], None] | None = None
         self._lock = trio.Lock()
         self._wake = trio.Event()
         #: CPU seconds spent in journal writes (worker-thread CPU time), and what was written.
@@ -84,9 +89,12 @@ class JournalWriter:
             if len(self._records) >= self.max_buffer:
                 await self.commit()
 
-    def change(self, changes: Sequence[Change]) -> None:
-        """State changes, written with the next batch (after every record queued before them)."""
+    def change(self, changes: Sequence[Change], events: Sequence[RunChanged] = ()) -> None:
+        """State changes, written with the next batch (after every record queued before them);
+        ``events`` say what they change, told to :attr:`on_commit` once they are committed."""
         self._changes.extend(changes)
+        if self.on_commit is not None:
+            self._events.extend(events)
 
     async def commit(self) -> None:
         """Write everything queued so far; return when it is committed."""
@@ -100,12 +108,15 @@ class JournalWriter:
             raise self.failure
         records, self._records = self._records, []
         changes, self._changes = self._changes, []
-        if records or changes:
+        events, self._events = self._events, []
+        if records or changes or events:
             try:
-                await self._in_journal(len(records), self._apply, records, changes)
+                stored = await self._in_journal(len(records), self._apply, records, changes)
             except JournalError as exc:
                 self.failure = exc
                 raise
+            if self.on_commit is not None and (stored or events):
+                self.on_commit(stored, events)
 
     async def _in_journal(self, records: int, fn: Callable[..., T], *args: Any) -> T:
         """Run a journal call here when SQLite takes it at once, else in a worker thread.
@@ -123,19 +134,20 @@ class JournalWriter:
                 pass
         return await trio.to_thread.run_sync(fn, *args)
 
-    def _apply(self, records: list[PendingRecord], changes: list[Change]) -> None:
+    def _apply(self, records: list[PendingRecord], changes: list[Change]) -> list[StoredRecord]:
         started = time.thread_time()
         try:
             dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
             rows: list[RecordRow] = [
-                (run_id, seq, step, attempt, rec.stream.value, at, dumps(record_to_json(rec)))
-                for run_id, seq, step, attempt, rec, at in records
+                (job_id, run_id, seq, step, attempt, rec.stream.value, at, dumps(record_to_json(rec)))
+                for job_id, run_id, seq, step, attempt, rec, at in records
             ]
-            self.journal.apply(rows, changes)
+            stored = self.journal.apply(rows, changes)
         finally:
             self.cpu_seconds += time.thread_time() - started
         self.records_written += len(records)
         self.flushes += 1
+        return stored
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run another journal method in a worker thread, after what is queued (shielded)."""

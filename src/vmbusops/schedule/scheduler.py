@@ -111,7 +111,7 @@ class Scheduler:
             return await service.start_job(source, origin=f"schedule:{entry.name}")
 
         async def job_active(job_id: int) -> bool:
-            return (await service.read(service.reader.job, job_id)).state.active
+            return (await service.read(lambda j: j.job(job_id))).state.active
 
         scheduler = cls(store, launch=launch, job_active=job_active, clock=clock)
         service.register_schedule = scheduler.register

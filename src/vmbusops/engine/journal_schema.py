@@ -1,0 +1,130 @@
+"""The journal's tables, and how a journal written by an older version is brought up to date.
+
+Schema 3 keys records on ``(job_id, n)``: ``n`` numbers a job's records 1, 2, 3... in the order
+they were journaled, so reading a job is a range scan of the primary key with a cursor of one
+number (``n > cursor``), whatever the job's size or its number of runs. ``(run_id, seq)`` stays
+unique through ``records_run``, which also serves a run's highest ``seq`` and reads of one VM.
+
+Schema 2 keyed records on ``(run_id, seq)`` alone; :func:`upgrade` rebuilds such a table once,
+in one transaction, numbering each job's records in the order schema 2 read them (by time).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+from vmbusops.storage import add_missing_columns
+
+SCHEMA_VERSION: Final = 3
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    bundle_name      TEXT NOT NULL,
+    bundle_version   INTEGER NOT NULL,
+    bundle_id        TEXT NOT NULL,
+    source           TEXT NOT NULL,
+    manifest         TEXT NOT NULL,
+    bundle_dir       TEXT,
+    host             TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    created_at       REAL NOT NULL,
+    started_at       REAL,
+    finished_at      REAL,
+    owner_pid        INTEGER,
+    owner_started    TEXT,
+    heartbeat_at     REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    error            TEXT,
+    pruned           INTEGER NOT NULL DEFAULT 0,
+    enable_guest_services INTEGER NOT NULL DEFAULT 0,
+    envelope         TEXT
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id           INTEGER NOT NULL REFERENCES jobs (id),
+    vm               TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    current_step     TEXT,
+    started_at       REAL,
+    finished_at      REAL,
+    error            TEXT,
+    records          INTEGER NOT NULL DEFAULT 0,
+    excerpt          TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (job_id, vm)
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id      INTEGER NOT NULL REFERENCES runs (id),
+    idx         INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    started_at  REAL,
+    finished_at REAL,
+    error       TEXT,
+    PRIMARY KEY (run_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS vm_leases (
+    vm            TEXT PRIMARY KEY,
+    run_id        INTEGER NOT NULL,
+    owner_pid     INTEGER NOT NULL,
+    owner_started TEXT NOT NULL,
+    heartbeat_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_job ON runs (job_id);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+"""
+
+#: Columns added after schema 1, added to an older journal when it is opened: (table, column, definition).
+ADDED_COLUMNS: Final = (
+    ("jobs", "enable_guest_services", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "envelope", "TEXT"),
+)
+
+
+_RECORDS = """
+CREATE TABLE {if_not_exists}records (
+    job_id  INTEGER NOT NULL,
+    n       INTEGER NOT NULL,
+    run_id  INTEGER NOT NULL,
+    seq     INTEGER NOT NULL,
+    step    TEXT,
+    attempt INTEGER NOT NULL,
+    stream  TEXT NOT NULL,
+    time    REAL NOT NULL,
+    content TEXT NOT NULL,
+    PRIMARY KEY (job_id, n)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX {if_not_exists}records_run ON records (run_id, seq);
+"""
+
+#: Every statement is CREATE ... IF NOT EXISTS: safe to run by each process that opens the journal.
+SCHEMA: Final = _TABLES + _RECORDS.format(if_not_exists="IF NOT EXISTS ")
+
+
+def upgrade(db: sqlite3.Connection) -> None:
+    """Bring an older journal's tables to this version (inside the caller's write transaction)."""
+    add_missing_columns(db, ADDED_COLUMNS)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(records)")}
+    if "n" not in columns:
+        db.execute("DROP INDEX IF EXISTS records_run")
+        db.execute("ALTER TABLE records RENAME TO records_v2")
+        # Statement by statement: executescript would commit the caller's transaction.
+        for statement in _RECORDS.format(if_not_exists="").split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(
+            "INSERT INTO records (job_id, n, run_id, seq, step, attempt, stream, time, content)"
+            " SELECT runs.job_id,"
+            " row_number() OVER (PARTITION BY runs.job_id ORDER BY r.time, r.run_id, r.seq),"
+            " r.run_id, r.seq, r.step, r.attempt, r.stream, r.time, r.content"
+            " FROM records_v2 r JOIN runs ON runs.id = r.run_id"
+        )
+        db.execute("DROP TABLE records_v2")
+
+
+__all__ = ["ADDED_COLUMNS", "SCHEMA", "SCHEMA_VERSION", "upgrade"]

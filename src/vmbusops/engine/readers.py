@@ -1,0 +1,53 @@
+"""Readers of the journal that never wait on each other, for a process that serves many.
+
+One :class:`~.journal.Journal` connection is shared by the threads of a process behind a lock, so
+a reader catching up a large job would hold every other read (a job's status above all) until it
+is done. WAL lets any number of connections read at once, each from its own snapshot, without
+blocking the writer; :class:`JournalReaders` keeps a few such connections and lends each to one
+worker thread at a time. Connections are opened when first needed and kept for reuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from vmbusops.engine.journal import Journal
+
+T = TypeVar("T")
+
+
+class JournalReaders:
+    def __init__(self, path: Path, *, size: int = 4) -> None:
+        self.path = path
+        self._limiter = trio.CapacityLimiter(size)
+        self._idle: list[Journal] = []
+        self._open: list[Journal] = []
+
+    async def run(self, fn: Callable[[Journal], T]) -> T:
+        """``fn(journal)`` in a worker thread, on a connection no other call uses meanwhile."""
+        async with self._limiter:
+            journal = self._idle.pop() if self._idle else None
+            if journal is None:
+                journal = await trio.to_thread.run_sync(self._connect)
+            try:
+                return await trio.to_thread.run_sync(fn, journal)
+            finally:
+                self._idle.append(journal)
+
+    def _connect(self) -> Journal:
+        journal = Journal(self.path, readonly=True)
+        self._open.append(journal)
+        return journal
+
+    def close(self) -> None:
+        for journal in self._open:
+            journal.close()
+        self._open.clear()
+        self._idle.clear()
+
+
+__all__ = ["JournalReaders"]

@@ -1,0 +1,140 @@
+"""Followers fed from the journal writer's commits: every record once, in order, even when they
+fall behind and lose live events; and a record's JSON as ``logs --json`` gives it.
+
+The follower runs in process over the real pieces around it (the journal, its writer, the
+broadcaster, the reading connections); only the agent's HTTP layer is left out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from vmbusops.api.broadcast import Broadcaster, JobEnded
+from vmbusops.api.follow import JobFollower, RecordText
+from vmbusops.api.metrics import AgentMetrics
+from vmbusops.engine.changes import JobChange
+from vmbusops.engine.journal import Journal, StoredRecord
+from vmbusops.engine.readers import JournalReaders
+from vmbusops.engine.states import State
+from vmbusops.engine.writer import JournalWriter
+from vmbusops.owner import current_owner
+from vmbusops.records import ErrorRecord, OutputRecord, Record, VerboseRecord, record_to_json
+
+VMS = ["web01", "web02", "db01"]
+
+
+class Surroundings:
+    """What a follower asks of the agent's service, made of the real parts."""
+
+    def __init__(self, path: Path, broadcaster: Broadcaster) -> None:
+        self.readers = JournalReaders(path)
+        self.broadcaster = broadcaster
+        self.metrics = AgentMetrics()
+        self.running: set[int] = set()
+
+    async def read(self, fn: Any) -> Any:
+        return await self.readers.run(fn)
+
+
+def parse(text: str) -> list[tuple[str, str | None, dict[str, Any]]]:
+    out = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+        if "event" in fields:
+            out.append((fields["event"], fields.get("id"), json.loads(fields["data"])))
+    return out
+
+
+async def collect(events: AsyncIterator[str], slow: bool) -> list[tuple[str, str | None, dict[str, Any]]]:
+    got = []
+    async for chunk in events:
+        got += parse(chunk)
+        if slow:
+            await trio.sleep(0.05)  # a client that reads slowly: the broadcaster drops for it
+    return got
+
+
+@pytest.mark.parametrize("slow", [False, True])
+async def test_a_follower_sends_every_committed_record_once_in_order(tmp_path: Path, slow: bool) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    job_id, runs = journal.create_job(
+        bundle_name="b", bundle_version=1, bundle_id="id-1", source="test", manifest="{}", bundle_dir=None,
+        enable_guest_services=False, envelope=None, host="sim", vms=VMS, steps=[("s", "script")],
+        owner=current_owner(), now=time.time(),
+    )  # fmt: skip
+    journal.apply([], [JobChange(job_id=job_id, state=State.IN_PROGRESS)])
+    broadcaster = Broadcaster(buffer=2)
+    service = Surroundings(path, broadcaster)
+    service.running.add(job_id)
+    writer = JournalWriter(journal, flush_records=10**9, flush_interval=10**9)
+    writer.on_commit = broadcaster.publish_commit
+    # Some records are committed before the follower comes: it catches up from the journal.
+    for i in range(1, 6):
+        await writer.add_record((job_id, runs["web01"], i, "s", 1, OutputRecord(value=f"early {i}"), float(i)))
+    await writer.commit()
+    job, view_runs = journal.job(job_id), journal.runs(job_id)
+    follower = JobFollower(service, job, view_runs, after=0)  # type: ignore[arg-type]
+    got: list[tuple[str, str | None, dict[str, Any]]] = []
+    total = 5
+
+    async def follow() -> None:
+        got.extend(await collect(follower.events(), slow))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follow)
+        await trio.sleep(0.01)
+        seqs = dict.fromkeys(VMS, 0)
+        seqs["web01"] = 5
+        for burst in range(40):
+            for vm in VMS:
+                for _ in range(3):
+                    seqs[vm] += 1
+                    rec = VerboseRecord(message=f"{vm} {seqs[vm]} \x1b[31m<b>") if burst % 2 else OutputRecord(value=burst)
+                    await writer.add_record((job_id, runs[vm], seqs[vm], "s", 1, rec, 100.0 + total))
+                    total += 1
+            await writer.commit()
+            await trio.lowlevel.checkpoint()
+        writer.change([JobChange(job_id=job_id, state=State.SUCCESS)])
+        await writer.commit()
+        service.running.discard(job_id)
+        broadcaster.publish(JobEnded(job_id, State.SUCCESS))
+    records = [(ident, data) for event, ident, data in got if event == "record"]
+    assert [int(ident or 0) for ident, _ in records] == list(range(1, total + 1))
+    stored = journal.records(job_id, limit=10**6)
+    assert [(d["vm"], d["seq"], d["stream"]) for _, d in records] == [(r.vm, r.seq, r.stream) for r in stored]
+    assert got[-1][0] == "end" and got[-1][2]["state"] == "success"
+    if slow:
+        assert broadcaster.dropped > 0  # the gap path was taken, not just the live one
+    service.readers.close()
+
+
+def test_a_records_json_is_what_logs_json_gives() -> None:
+    records: list[Record] = [
+        OutputRecord(value="ä\u2028 line"),
+        VerboseRecord(message='quote " back\\slash \x00 \x1b[2J'),
+        ErrorRecord(message="boom", category="NotSpecified", fqid="X,Y", target="<script>"),
+    ]
+
+    class Run:
+        def __init__(self, id: int, vm: str) -> None:
+            self.id, self.vm = id, vm
+
+    text = RecordText([Run(7, 'we"b01'), Run(8, "db01")])  # type: ignore[list-item]
+    for i, (rec, step) in enumerate(zip(records, ["s", None, 'st"ep'], strict=True)):
+        content = json.dumps(record_to_json(rec), separators=(",", ":"), ensure_ascii=False)
+        row: StoredRecord = (1, i + 1, 7 if i % 2 == 0 else 8, i + 3, step, 1, rec.stream.value, 1234.5 + i / 3, content)
+        expected = {"vm": 'we"b01' if i % 2 == 0 else "db01", "seq": i + 3, "time": 1234.5 + i / 3, "step": step}
+        expected.update(record_to_json(rec))
+        spliced = text(row)
+        assert json.loads(spliced) == expected
+        assert list(json.loads(spliced)) == list(expected)  # and in the same key order
+        assert text.event(row) == f"id: {i + 1}\nevent: record\ndata: {spliced}\n\n"
+        assert "\n" not in spliced  # one SSE data line whatever the guest printed

@@ -1,0 +1,168 @@
+"""A job's records are numbered in the order they were committed and read in pages keyed on that.
+
+What makes reading a large job linear: every page is one range scan of a key, never a sort, and
+the cursor is one number. The plans are read from SQLite itself (EXPLAIN QUERY PLAN of the very
+statements the journal runs), so a change of schema or query that brings a sort back fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import trio
+
+from vmbusops.engine.changes import RunChange
+from vmbusops.engine.events import RunChanged
+from vmbusops.engine.journal import Journal, RecordRow, StoredRecord
+from vmbusops.engine.states import State
+from vmbusops.engine.writer import JournalWriter
+from vmbusops.owner import current_owner
+from vmbusops.records import OutputRecord, VerboseRecord
+
+
+def new_job(journal: Journal, vms: list[str], name: str = "b") -> tuple[int, dict[str, int]]:
+    return journal.create_job(
+        bundle_name=name, bundle_version=1, bundle_id=f"id-{name}-{time.monotonic_ns()}", source="test",
+        manifest="{}", bundle_dir=None, enable_guest_services=False, envelope=None, host="sim", vms=vms,
+        steps=[("s", "script")], owner=current_owner(), now=time.time(),
+    )  # fmt: skip
+
+
+def row(job_id: int, run_id: int, seq: int, stream: str = "output", at: float = 0.0) -> RecordRow:
+    return (job_id, run_id, seq, "s", 1, stream, at, json.dumps({"stream": stream, "value": f"{run_id}:{seq}"}))
+
+
+def test_records_are_numbered_per_job_in_commit_order_across_runs_and_commits(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    a, a_runs = new_job(journal, ["web01", "web02"], "a")
+    b, b_runs = new_job(journal, ["db01"], "b")
+    w1, w2, d1 = a_runs["web01"], a_runs["web02"], b_runs["db01"]
+    first = journal.apply([row(a, w1, 1), row(b, d1, 1), row(a, w2, 1), row(a, w1, 2)], [])
+    assert [(r[0], r[1]) for r in first] == [(a, 1), (b, 1), (a, 2), (a, 3)]
+    second = journal.apply([row(b, d1, 2), row(a, w2, 2)], [])
+    assert [(r[0], r[1]) for r in second] == [(b, 2), (a, 4)]
+    # Another connection (another process) goes on from what is committed.
+    other = Journal(tmp_path / "j.sqlite")
+    assert [r[1] for r in other.apply([row(a, w1, 3)], [])] == [5]
+    pages = [journal.records(a, after=after, limit=2) for after in (0, 2, 4)]
+    assert [[(r.n, r.vm, r.seq) for r in p] for p in pages] == [
+        [(1, "web01", 1), (2, "web02", 1)],
+        [(3, "web01", 2), (4, "web02", 2)],
+        [(5, "web01", 3)],
+    ]
+    assert journal.records(a, after=5) == []
+    assert [r.n for r in journal.records(a, vm="WEB02")] == [2, 4]  # a VM in any case
+    assert [r.n for r in journal.records(a, vm="web01", after=3)] == [5]
+    assert journal.records(a, vm="nowhere") == []
+    assert [r.content["value"] for r in journal.records(b)] == [f"{d1}:1", f"{d1}:2"]
+
+
+def test_a_filtered_page_and_stored_rows_keep_the_order_and_the_text(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    job, runs = new_job(journal, ["web01"])
+    run = runs["web01"]
+    journal.apply([row(job, run, i, "verbose" if i % 2 else "output") for i in range(1, 11)], [])
+    assert [r.n for r in journal.records(job, stream="verbose", after=3, limit=2)] == [5, 7]
+    stored = journal.stored_records(job, after=8)
+    assert stored == [
+        (job, 9, run, 9, "s", 1, "verbose", 0.0, json.dumps({"stream": "verbose", "value": f"{run}:9"})),
+        (job, 10, run, 10, "s", 1, "output", 0.0, json.dumps({"stream": "output", "value": f"{run}:10"})),
+    ]
+
+
+def test_no_page_sorts_and_each_seeks_its_key(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    job, runs = new_job(journal, ["web01", "web02"])
+    journal.apply([row(job, runs["web01"], i) for i in range(1, 50)], [])
+    statements: list[str] = []
+    journal._db.set_trace_callback(statements.append)
+    journal.records(job, after=10, limit=5)
+    journal.records(job, vm="web01", after=10, limit=5)
+    journal.records(job, stream="output", after=10, limit=5)
+    journal._db.set_trace_callback(None)
+    pages = [s for s in statements if s.startswith("SELECT job_id, n")]
+    assert len(pages) == 3
+    db = sqlite3.connect(path)
+    for statement in pages:
+        plan = " / ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + statement))
+        assert "TEMP B-TREE" not in plan, plan
+        assert "SEARCH records USING" in plan, plan
+    db.close()
+
+
+def test_a_schema_2_journal_is_brought_to_numbered_records_once(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    job, runs = new_job(journal, ["web01", "web02"])
+    other, other_runs = new_job(journal, ["db01"], "other")
+    journal.close()
+    # The records table as schema 2 had it: keyed on (run_id, seq) alone, no job, no number.
+    db = sqlite3.connect(path)
+    db.executescript(
+        "DROP TABLE records; CREATE TABLE records (run_id INTEGER NOT NULL, seq INTEGER NOT NULL, step TEXT,"
+        " attempt INTEGER NOT NULL, stream TEXT NOT NULL, time REAL NOT NULL, content TEXT NOT NULL,"
+        " PRIMARY KEY (run_id, seq)) WITHOUT ROWID; UPDATE meta SET value = '2' WHERE key = 'schema';"
+    )
+    w1, w2, d1 = runs["web01"], runs["web02"], other_runs["db01"]
+    old = [(w1, 1, 10.0), (w2, 1, 11.0), (w1, 2, 12.0), (d1, 1, 10.5), (w2, 2, 13.0)]
+    db.executemany(
+        "INSERT INTO records VALUES (?, ?, 's', 1, 'output', ?, ?)",
+        [(r, s, t, json.dumps({"stream": "output", "value": f"{r}:{s}"})) for r, s, t in old],
+    )
+    db.commit()
+    db.close()
+    journal = Journal(path)
+    assert [(r.n, r.run_id, r.seq) for r in journal.records(job)] == [(1, w1, 1), (2, w2, 1), (3, w1, 2), (4, w2, 2)]
+    assert [(r.n, r.content["value"]) for r in journal.records(other)] == [(1, f"{d1}:1")]
+    assert journal.next_seq(w1) == 3
+    assert [r[1] for r in journal.apply([row(job, w1, 3)], [])] == [5]
+    journal.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "3"
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'records_v2'").fetchone() is None
+    try:
+        db.execute("INSERT INTO records VALUES (?, 99, ?, 1, 's', 1, 'output', 0, '{}')", (job, w1))
+        raise AssertionError("a run's seq was stored twice")
+    except sqlite3.IntegrityError:
+        pass
+    db.close()
+    Journal(path).close()  # opening it again changes nothing
+
+
+async def test_the_writer_tells_each_commit_numbered_records_then_their_state_events(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    job, runs = new_job(journal, ["web01"])
+    run = runs["web01"]
+    writer = JournalWriter(journal, flush_records=10**9, flush_interval=10**9)
+    told: list[tuple[list[StoredRecord], list[RunChanged]]] = []
+    writer.on_commit = lambda records, events: told.append((records, events))
+    done = RunChanged(job_id=job, vm="web01", state=State.SUCCESS, step=None)
+    await writer.add_record((job, run, 1, "s", 1, OutputRecord(value="one"), 1.0))
+    await writer.add_record((job, run, 2, "s", 1, VerboseRecord(message="two"), 2.0))
+    writer.change([RunChange(run_id=run, state=State.SUCCESS, current_step=None, records=2)], [done])
+    assert told == []  # nothing is told before it is durable
+    await writer.commit()
+    assert len(told) == 1
+    records, events = told[0]
+    assert [(r[1], r[3], json.loads(r[8])) for r in records] == [
+        (1, 1, {"stream": "output", "value": "one"}),
+        (2, 2, {"stream": "verbose", "message": "two"}),
+    ]
+    assert events == [done]
+    assert journal.runs(job)[0].state is State.SUCCESS
+    await writer.commit()
+    assert len(told) == 1  # an empty commit tells nothing
+
+
+async def test_a_writer_nobody_listens_to_keeps_no_events(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    job, _ = new_job(journal, ["web01"])
+    writer = JournalWriter(journal)
+    for _ in range(3):
+        writer.change([], [RunChanged(job_id=job, vm="web01", state=State.IN_PROGRESS, step="s")])
+    assert writer._events == []
+    await trio.lowlevel.checkpoint()
