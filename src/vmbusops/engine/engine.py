@@ -66,7 +66,10 @@ class EngineOptions:
     #: PowerShell Direct sessions open at once on this host, across all jobs.
     max_sessions: int = 32
     flush_records: int = 1000
-    flush_interval: float = 0.05
+    #: The longest a record waits in memory before it is committed; an API follower sees it
+    #: then (followers are fed from commits), so this bounds their latency. A commit of a few
+    #: records costs tens of microseconds, so 100 a second is cheap.
+    flush_interval: float = 0.01
     max_buffer: int = 20_000
     heartbeat_interval: float = 1.0
     #: How often a waiting run looks at a VM lease held by another process.

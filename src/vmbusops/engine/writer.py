@@ -10,6 +10,11 @@ its records.
 The buffer is bounded: a producer that gets ``max_buffer`` records ahead of the disk waits for a
 flush (back-pressure through :meth:`add_record`), so memory stays flat however much a guest prints.
 
+Each commit numbers the records it carries (their job's ``n``, see :mod:`.journal_schema`) and,
+after it is durable, tells :attr:`JournalWriter.on_commit` what it carried: the records as stored
+and the state events of its changes. That is how the agent feeds its followers only what is
+durable, in the order it was committed.
+
 :meth:`commit` is the engine's commit point: it flushes everything queued so far and returns once it
 is durable. It runs shielded from cancellation, so a cancelled run still records that it was
 cancelled; a flush is bounded by SQLite's busy timeout.
