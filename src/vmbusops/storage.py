@@ -3,6 +3,7 @@ saying the same thing when one of our SQLite files cannot be written."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Sequence
@@ -22,8 +23,10 @@ def private_database(path: Path) -> Path:
     private_file(path)
     for suffix in SQLITE_SIDE_FILES:
         side = path.with_name(path.name + suffix)
-        if side.exists() and os.name == "posix":
-            side.chmod(PRIVATE_FILE)
+        if os.name == "posix":
+            # Another connection's transaction may remove its rollback journal at any moment.
+            with contextlib.suppress(FileNotFoundError):
+                side.chmod(PRIVATE_FILE)
     return path
 
 
