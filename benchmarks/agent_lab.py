@@ -101,9 +101,11 @@ def running_agent(home: Path) -> Iterator[Agent]:
         try:
             assert agent.stdout is not None
             line = agent.stdout.readline()
-            if not line:
-                raise RuntimeError(f"the agent did not start; see {home / 'agent.log'}")
             yield Agent(pid=agent.pid, url=json.loads(line)["listen"][0])
+        except BaseException:
+            # The home is a temporary directory: say what the agent logged before it goes.
+            sys.stderr.write((home / "agent.log").read_text(errors="replace")[-4000:])
+            raise
         finally:
             agent.terminate()
             agent.wait(timeout=60)
