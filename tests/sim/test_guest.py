@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -269,7 +273,7 @@ async def test_unsupported_syntax_is_reported_not_guessed(store: HostStore, scri
 
 
 async def test_unknown_command_is_command_not_found_and_script_continues(store: HostStore) -> None:
-    # (Get-Date, which this used to call, exists on every real guest: now refused as unsupported.)
+    # (Get-Date, which this used to call, exists on every real guest: it is never unknown.)
     s = await run(store, "Get-Frobnication; 'still here'")
     [error] = s.of("error")
     assert error.fqid == "CommandNotFoundException"
@@ -315,3 +319,33 @@ async def test_a_verbose_preference_the_simulator_does_not_model_is_refused(stor
     assert s.of("verbose") == []
     assert [e.fqid for e in s.of("error")] == ["NotSupportedBySimulator"]
     assert s.of("output") == ["next"]
+
+
+_ROUND_TRIP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}[+-]\d\d:\d\d"
+
+
+async def test_get_date_format_o_is_the_guest_clock_as_round_trip_text(lab: Lab, tmp_path: Path) -> None:
+    store = HostStore(lab, tmp_path / "state", clock=lambda: 1_796_062_603.641_234)
+    s = await run(store, '$t = Get-Date -Format o; Write-Output "at $t"; Get-Date -Format O')
+    first, second = s.of("output")
+    assert first == f"at {second}" and re.fullmatch(_ROUND_TRIP, second)
+    # Seven fraction digits as .NET writes them; the offset says which local time it is.
+    assert datetime.fromisoformat(second[:26] + second[27:]).timestamp() == 1_796_062_603.641_234
+
+
+async def test_get_date_without_format_o_is_refused_not_pretended(store: HostStore) -> None:
+    s = await run(store, "Get-Date; Get-Date -Format yyyy; Get-Date -UFormat %s; 'next'")
+    errors = s.of("error")
+    assert [e.fqid for e in errors] == ["NotSupportedBySimulator"] * 3
+    assert s.of("output") == ["next"]
+
+
+@pytest.mark.pwsh
+def test_get_date_format_o_has_the_shape_real_powershell_writes(pwsh_path: str) -> None:
+    out = subprocess.run(
+        [pwsh_path, "-NoProfile", "-Command", "Get-Date -Format o"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert re.fullmatch(_ROUND_TRIP, out), out

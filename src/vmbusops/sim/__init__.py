@@ -95,14 +95,15 @@ Script blocks run through a small interpreter. Supported:
   Set-Content (always UTF-8; ``-Encoding`` is accepted), Set-ExecutionPolicy (accepted, no effect:
   the simulated guest has no execution policy), Write-Host (an information record tagged PSHOST),
   Restart-Computer (the guest reboots; the script
-  ends there, even inside a called script file), ``hostname``, and one native command,
+  ends there, even inside a called script file), ``Get-Date -Format o`` (the guest's clock as
+  round-trip text; no other form of Get-Date), ``hostname``, and one native command,
   ``cmd.exe /c`` with ``echo TEXT``, ``echo TEXT 1>&2`` and ``exit /b N`` (stderr lines become
   NativeCommandError records as Windows PowerShell 5.1's remoting makes them, terminating under
   ``$ErrorActionPreference = 'Stop'``; the exit code sets ``$LASTEXITCODE``).
 
 Anything else (if/while/try/return, operators such as ``-eq``, method calls, hashtables, other cmdlets)
 is reported as an error record saying the simulator does not support it; that includes the common
-cmdlets every Windows guest has (Read-Host, Get-Date, Get-Item, ...), which are never called
+cmdlets every Windows guest has (Read-Host, Get-Item, Select-Object, ...), which are never called
 unknown. Unknown commands get PowerShell's own CommandNotFoundException, as in a real guest. The
 guest's file system is real files under ``<state-dir>/guests/<vm>/C/``; paths are case-insensitive
 like Windows'.

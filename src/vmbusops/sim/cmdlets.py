@@ -98,6 +98,7 @@ GUEST_CMDLETS: Final[Mapping[str, type[Stage]]] = _folded(
         "Write-Host": guest_cmdlets.WriteHost,
         "Write-Progress": guest_cmdlets.WriteProgress,
         "Start-Sleep": guest_cmdlets.StartSleep,
+        "Get-Date": guest_cmdlets.GetDate,
         "ForEach-Object": guest_cmdlets.ForEachObject,
         # Microsoft.PowerShell.Management and Security
         "Get-Service": guest_cmdlets.GetService,
@@ -154,7 +155,7 @@ GUEST_CMDLETS_NOT_SIMULATED: Final = frozenset(
     name.casefold()
     for name in (
         "Read-Host", "Get-Credential", "Get-Item", "Get-ItemProperty", "Set-ItemProperty", "New-Item",
-        "Remove-Item", "Copy-Item", "Move-Item", "Rename-Item", "Get-Date", "Select-Object", "Where-Object",
+        "Remove-Item", "Copy-Item", "Move-Item", "Rename-Item", "Select-Object", "Where-Object",
         "Sort-Object", "Measure-Object", "Out-File", "Out-Null", "Out-String", "Add-Content", "Get-Command",
         "Get-Module", "Import-Module", "Invoke-WebRequest", "Invoke-RestMethod", "Start-Process",
         "Stop-Process", "Start-Service", "Stop-Service", "Restart-Service", "Set-Service", "Get-WmiObject",

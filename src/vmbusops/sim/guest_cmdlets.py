@@ -1,4 +1,4 @@
-"""The guest subset's own cmdlets: the Write-* family, ForEach-Object, Start-Sleep, and what a
+"""The guest subset's own cmdlets: the Write-* family, ForEach-Object, Start-Sleep, Get-Date, and what a
 script asks a Windows guest about itself (services, processes, hotfixes), its restart, and
 ``hostname`` / ``cmd.exe``. File cmdlets are in ``vmbusops.sim.guest_files``; every cmdlet is
 listed by name in ``vmbusops.sim.cmdlets``.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import fnmatch
 import re
+from datetime import datetime
 from typing import Any
 
 import trio
@@ -175,6 +176,27 @@ class WriteProgress(Stage):
             )
         )
         await self.streams.checkpoint()
+
+
+class GetDate(Stage):
+    """Get-Date -Format o: the guest's clock as round-trip text (a string, as -Format makes it),
+    local time with its offset and 100 ns digits, ``2026-11-30T19:16:44.2124212+01:00``. The
+    DateTime object and every other format are refused as unsupported."""
+
+    name = "Get-Date"
+    fq_name = fq_name_of(name)
+    params = (Param("Date", 0), Param("Format"), Param("UFormat"), Param("DisplayHint"), Param("Year"),
+              Param("Month"), Param("Day"), Param("Hour"), Param("Minute"), Param("Second"),
+              Param("Millisecond"))  # fmt: skip
+
+    async def process(self, item: Any) -> None:
+        form = self.arg("Format")
+        if set(self.bound) - {"Format"} or form is None or to_text(form) not in ("o", "O"):
+            raise StatementError(pserrors.not_supported_in_guest("Get-Date other than 'Get-Date -Format o'"))
+        now = datetime.fromtimestamp(self.session.store.clock()).astimezone()
+        # .NET writes seven fraction digits; the clock has microseconds, so the last is 0.
+        text = now.isoformat(timespec="microseconds")
+        await self.emit(f"{text[:26]}0{text[26:]}")
 
 
 class StartSleep(Stage):
