@@ -65,10 +65,10 @@ def populate(journal: Any, job_id: int, run_ids: Sequence[int], count: int, *, s
     record i is seq i // runs + 1 of run i mod runs, a tenth of a millisecond after record i-1."""
     dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
     runs = len(run_ids)
-    batch: list[tuple[int, int, str | None, int, str, float, str]] = []
+    batch: list[tuple[int, int, int, str | None, int, str, float, str]] = []
     for i in range(count):
         content = dumps({"stream": "verbose", "message": f"{i:>9} {MESSAGE}"[:80]})
-        batch.append((run_ids[i % runs], i // runs + 1, STEP, 1, "verbose", start + i * 1e-4, content))
+        batch.append((job_id, run_ids[i % runs], i // runs + 1, STEP, 1, "verbose", start + i * 1e-4, content))
         if len(batch) == 10_000:
             journal.apply(batch, [])
             batch = []
@@ -76,18 +76,17 @@ def populate(journal: Any, job_id: int, run_ids: Sequence[int], count: int, *, s
 
 
 def read_all(journal: Any, job_id: int, page: int, deadline: float) -> tuple[int, list[float], bool]:
-    """Page through the whole job as a follower does: (records read, each page's seconds,
-    whether it reached the end before ``deadline``)."""
-    after: dict[int, int] = {}
+    """Page through the whole job as ``vmbusops logs`` does: (records read, each page's seconds,
+    whether it reached the end before ``deadline``). The cursor is the last record's number."""
+    after = 0
     pages: list[float] = []
     total = 0
     while time.perf_counter() < deadline:
         started = time.perf_counter()
         batch = journal.records(job_id, after=after, limit=page)
         pages.append(time.perf_counter() - started)
-        for rec in batch:
-            if rec.seq > after.get(rec.run_id, 0):
-                after[rec.run_id] = rec.seq
+        if batch:
+            after = batch[-1].n
         total += len(batch)
         if len(batch) < page:
             return total, pages, True

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -35,6 +35,7 @@ from vmbusops.engine.views import job_json, run_json
 from vmbusops.errors import HostDownError, VmbusOpsError
 from vmbusops.records import Stream
 
+T = TypeVar("T")
 log = logging.getLogger("vmbusops.api")
 
 BUNDLE_TYPES = ("application/octet-stream", "application/vnd.vmbusops.bundle")
@@ -92,7 +93,16 @@ def build_app(service: AgentService) -> Starlette:
         the operator reads, says which it was."""
         job_id = int(request.path_params["job_id"])
         got = await service.find_job(job_id) if job_id <= MAX_ID else None
-        if got is not None and who.sees_job([r.vm for r in got[1]]):
+        return may_see(request, who, job_id, got, [r.vm for r in got[1]] if got is not None else [])
+
+    async def visible_targets(request: Request, who: Principal) -> tuple[Any, list[str]]:
+        """As :func:`visible`, with only the VMs the job targets (a status call's read)."""
+        job_id = int(request.path_params["job_id"])
+        got = await service.find_job_targets(job_id) if job_id <= MAX_ID else None
+        return may_see(request, who, job_id, got, got[1] if got is not None else [])
+
+    def may_see(request: Request, who: Principal, job_id: int, got: T | None, vms: list[str]) -> T:
+        if got is not None and who.sees_job(vms):
             return got
         why = f"no job {job_id}" if got is None else f"job {job_id} targets VMs outside the scope"
         refuse(request, 404, str(who), why, "not-visible")
@@ -218,7 +228,7 @@ def build_app(service: AgentService) -> Starlette:
         )
         job, runs = await service.read(lambda j: (j.job(job_id), j.runs(job_id)))
         return JSONResponse(
-            {"job": job_json(job, runs)}, status_code=201, headers={"Location": f"/v1/jobs/{job_id}"}
+            {"job": job_json(job, [r.vm for r in runs])}, status_code=201, headers={"Location": f"/v1/jobs/{job_id}"}
         )
 
     async def list_jobs(request: Request) -> Response:
@@ -230,8 +240,8 @@ def build_app(service: AgentService) -> Starlette:
 
     async def get_job(request: Request) -> Response:
         who = authenticate(request, Operation.READ)
-        job, runs = await visible(request, who)
-        return JSONResponse({"job": job_json(job, runs)})
+        job, targets = await visible_targets(request, who)
+        return JSONResponse({"job": job_json(job, targets)})
 
     async def get_runs(request: Request) -> Response:
         who = authenticate(request, Operation.READ)

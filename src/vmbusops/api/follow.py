@@ -99,42 +99,43 @@ class JobFollower:
         self.text = RecordText(runs)
         self.sent = 0
 
-    async def _catch_up(self) -> str:
-        """Every committed record past the position, from the journal (a worker thread formats them)."""
-        out: list[str] = []
+    async def _catch_up(self) -> AsyncIterator[str]:
+        """Every committed record past the position, from the journal, a page at a time (a worker
+        thread formats it): what is sent is never more than a page ahead of the client, and a
+        client that goes away stops the reading at the next page."""
         while True:
             count, self.position, text = await self.service.read(partial(self._page, self.position))
             self.sent += count
-            out.append(text)
+            if text:
+                yield text
             if count < CATCH_UP_BATCH:
-                return "".join(out)
+                return
 
     def _page(self, after: int, journal: Journal) -> tuple[int, int, str]:
         rows = journal.stored_records(self.job.id, after=after, limit=CATCH_UP_BATCH)
         return len(rows), rows[-1][1] if rows else after, "".join(map(self.text.event, rows))
 
-    async def _committed(self, rows: list[StoredRecord]) -> str:
-        out: list[str] = []
+    def _committed(self, rows: list[StoredRecord], out: list[str]) -> bool:
+        """Append the events of the committed records not sent yet; False at a gap (some were
+        not seen live: the journal has them, and the caller catches up before going on)."""
         event = self.text.event
         for row in rows:
             n = row[1]
             if n <= self.position:
                 continue
             if n != self.position + 1:
-                out.append(await self._catch_up())  # missed some: the journal has them
-                if n <= self.position:
-                    continue
+                return False
             out.append(event(row))
             self.position = n
             self.sent += 1
-        return "".join(out)
+        return True
 
-    async def _finish(self) -> str:
-        text = await self._catch_up()
+    async def _finish(self) -> AsyncIterator[str]:
+        async for text in self._catch_up():
+            yield text
         job_id = self.job.id
         job, runs = await self.service.read(lambda j: (j.job(job_id), j.runs(job_id)))
-        tail = "".join(sse("run", run_data(r)) for r in runs)
-        return text + tail + sse("end", job_data(job))
+        yield "".join(sse("run", run_data(r)) for r in runs) + sse("end", job_data(job))
 
     async def _ended_elsewhere(self) -> bool:
         """Whether the job has ended, for a job this agent does not run (or whose end it missed)."""
@@ -154,11 +155,11 @@ class JobFollower:
                     + sse("job", job_data(self.job))
                     + "".join(sse("run", run_data(r)) for r in self.runs)
                 )
-                text = await self._catch_up()
-                if text:
+                async for text in self._catch_up():
                     yield text
                 if not self.job.state.active:
-                    yield await self._finish()
+                    async for text in self._finish():
+                        yield text
                     return
                 idle_since = trio.current_time()
                 while True:
@@ -167,12 +168,12 @@ class JobFollower:
                         first = await live.receive()
                     if first is None:
                         if self.job.id not in service.running:
-                            chunk = await self._catch_up()
-                            if chunk:
+                            async for text in self._catch_up():
                                 idle_since = trio.current_time()
-                                yield chunk
+                                yield text
                             if await self._ended_elsewhere():
-                                yield await self._finish()
+                                async for text in self._finish():
+                                    yield text
                                 return
                         if trio.current_time() - idle_since > KEEPALIVE:
                             idle_since = trio.current_time()
@@ -188,17 +189,23 @@ class JobFollower:
                     ended = False
                     for event in batch:
                         if isinstance(event, RecordsCommitted):
-                            out.append(await self._committed(event.rows))
+                            if not self._committed(event.rows, out):
+                                if out:
+                                    yield "".join(out)
+                                    out = []
+                                async for text in self._catch_up():
+                                    yield text
+                                self._committed(event.rows, out)  # what is past the journal's read
                         elif isinstance(event, RunChanged):
                             out.append(sse("run", changed_data(event)))
                         elif isinstance(event, JobEnded):
                             ended = True
-                    text = "".join(out)
-                    if text:
+                    if out:
                         idle_since = trio.current_time()
-                        yield text
+                        yield "".join(out)
                     if ended:
-                        yield await self._finish()
+                        async for text in self._finish():
+                            yield text
                         return
             finally:
                 service.metrics.followers.dec()

@@ -107,7 +107,7 @@ class AgentService:
         return await self.readers.run(fn)
 
     async def job_vms(self, job_id: int) -> list[str]:
-        return [r.vm for r in await self.read(lambda j: j.runs(job_id))]
+        return list(await self.read(lambda j: j.run_ids(job_id)))
 
     async def find_job(self, job_id: int) -> tuple[JobView, list[RunView]] | None:
         """The job and its runs, whoever may see them; None if there is no such job. Callers
@@ -121,6 +121,15 @@ class AgentService:
 
         return await self.read(get)
 
+    async def find_job_targets(self, job_id: int) -> tuple[JobView, list[str]] | None:
+        """The job and the VMs it targets (what a status needs), as :meth:`find_job` does."""
+
+        def get(journal: Journal) -> tuple[JobView, list[str]] | None:
+            found = journal.jobs(job_id=job_id, limit=1)
+            return (found[0], list(journal.run_ids(job_id))) if found else None
+
+        return await self.read(get)
+
     async def visible_jobs(self, who: Principal, *, limit: int, state: str | None) -> list[JobView]:
         def get(journal: Journal) -> list[JobView]:
             out: list[JobView] = []
@@ -128,7 +137,7 @@ class AgentService:
             for job in journal.jobs(limit=min(limit * 4, 2000)):
                 if state is not None and job.state.value != state:
                     continue
-                if who.sees_job([r.vm for r in journal.runs(job.id)]):
+                if who.sees_job(list(journal.run_ids(job.id))):
                     out.append(job)
                     if len(out) >= limit:
                         break

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from vmbusops.engine import journal_retention
 from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
@@ -414,9 +414,10 @@ class Journal:
             alive = owner_alive(r["owner_pid"], r["owner_started"], r["heartbeat_at"], now=now)
             stored = State(r["state"])
             counts: dict[str, int] = {}
-            for run in self._read("SELECT state FROM runs WHERE job_id = ?", (r["id"],)):
-                s = _effective(State(run["state"]), alive)
-                counts[s.value] = counts.get(s.value, 0) + 1
+            grouped = "SELECT state, COUNT(*) FROM runs WHERE job_id = ? GROUP BY state"
+            for state, count in self._read_tuples(grouped, (r["id"],)):
+                s = _effective(State(state), alive).value
+                counts[s] = counts.get(s, 0) + count
             out.append(
                 JobView(
                     id=r["id"],
@@ -455,24 +456,24 @@ class Journal:
         return found[0]
 
     def runs(self, job_id: int) -> list[RunView]:
-        job = self.job(job_id)
-        return [
-            RunView(
-                id=r["id"],
-                job_id=r["job_id"],
-                vm=r["vm"],
-                state=_effective(State(r["state"]), job.owner_alive),
-                stored_state=State(r["state"]),
-                current_step=r["current_step"],
-                started_at=r["started_at"],
-                finished_at=r["finished_at"],
-                error=r["error"],
-                records=r["records"],
-                excerpt=json.loads(r["excerpt"]) if r["excerpt"] else [],
-                cancel_requested=bool(r["cancel_requested"]),
-            )
-            for r in self._read("SELECT * FROM runs WHERE job_id = ? ORDER BY id", (job_id,))
-        ]
+        owner = self._read_tuples("SELECT owner_pid, owner_started, heartbeat_at FROM jobs WHERE id = ?", (job_id,))
+        if not owner:
+            raise NoSuchJobError(f"no job {job_id} in the journal", hint="list jobs with: vmbusops jobs")
+        alive = owner_alive(*owner[0], now=time.time())
+        out: list[RunView] = []
+        for r in self._read_tuples(
+            "SELECT id, job_id, vm, state, current_step, started_at, finished_at, error, records, excerpt,"
+            " cancel_requested FROM runs WHERE job_id = ? ORDER BY id",
+            (job_id,),
+        ):
+            stored = _STATE_OF[r[3]]
+            view = RunView(
+                id=r[0], job_id=r[1], vm=r[2], state=_effective(stored, alive), stored_state=stored,
+                current_step=r[4], started_at=r[5], finished_at=r[6], error=r[7], records=r[8],
+                excerpt_json=r[9], cancel_requested=bool(r[10]),
+            )  # fmt: skip
+            out.append(view)
+        return out
 
     def steps(self, run_id: int) -> list[StepView]:
         return [
@@ -598,6 +599,10 @@ def _update(change: Change) -> tuple[str, list[Any]]:
             where, keys = "steps SET {} WHERE run_id = ? AND idx = ?", [change.run_id, change.index]
     # Only fixed column names are interpolated; every value is a bound parameter.
     return "UPDATE " + where.format(", ".join(sets)), [*params, *keys]
+
+
+#: A stored state's text to its State, without an Enum call per row.
+_STATE_OF: Final = {s.value: s for s in State}
 
 
 def _effective(state: State, owner_alive: bool) -> State:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +53,14 @@ class RunView:
     finished_at: float | None
     error: str | None
     records: int
-    excerpt: list[str]
     cancel_requested: bool
+    #: The excerpt as stored (JSON), decoded only when asked for: a job's status reads every run.
+    excerpt_json: str | None = None
+
+    @property
+    def excerpt(self) -> list[str]:
+        """The run's head-and-tail excerpt (its lines as an operator reads them)."""
+        return list(json.loads(self.excerpt_json)) if self.excerpt_json else []
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

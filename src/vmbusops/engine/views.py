@@ -7,7 +7,7 @@ from typing import Any
 from vmbusops.engine.journal import JobView, RunView, StepView
 
 
-def job_json(job: JobView, runs: list[RunView] | None = None) -> dict[str, Any]:
+def job_json(job: JobView, targets: list[str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": job.id,
         "bundle": job.bundle_name,
@@ -24,8 +24,8 @@ def job_json(job: JobView, runs: list[RunView] | None = None) -> dict[str, Any]:
         "error": job.error,
         "runs": job.run_states,
     }
-    if runs is not None:
-        out["targets"] = [r.vm for r in runs]
+    if targets is not None:
+        out["targets"] = targets
     return out
 
 
