@@ -164,6 +164,7 @@ async def _serve(
     on_event: Callable[[Any], None],
 ) -> None:
     agent = config.agent
+    options = options or EngineOptions(max_sessions=config.max_sessions)
     async with (
         open_engine(
             hv,
@@ -200,7 +201,9 @@ async def _serve(
         app: Any = build_app(service)
         binds = await top.start(partial(serve, app, hconfig, shutdown_trigger=stop_server.wait))
         service.ready = True
-        log.info("agent ready", extra={"event": "ready", "listen": binds, "host": host or config.host})
+        log.info("agent ready", extra={
+            "event": "ready", "listen": binds, "host": host or config.host, "max_sessions": options.max_sessions,
+        })  # fmt: skip
         _announce(binds, ready_file)
 
         received = await signals.__anext__()

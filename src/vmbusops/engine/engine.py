@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import trio
 
 from vmbusops.bundle.manifest import ResumePolicy
+from vmbusops.config import DEFAULT_MAX_SESSIONS
 from vmbusops.credentials import GuestCredential
 from vmbusops.engine.context import RunContext, WaitReady, emit
 from vmbusops.engine.events import EngineEvent, JobResult
@@ -63,8 +64,9 @@ from vmbusops.owner import Owner, current_owner
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineOptions:
-    #: PowerShell Direct sessions open at once on this host, across all jobs.
-    max_sessions: int = 32
+    #: PowerShell Direct sessions open at once on this host, across all jobs (``[host]
+    #: max_sessions``); a job's own max concurrency is a limit under it.
+    max_sessions: int = DEFAULT_MAX_SESSIONS
     flush_records: int = 1000
     flush_interval: float = 0.05
     max_buffer: int = 20_000
