@@ -25,7 +25,8 @@ own. A run goes through:
    :mod:`.plan` (guest batches, host steps). Each step has its own timeout and retry policy:
    transient errors (``VmbusOpsError.transient``) wait out the backoff (``delayed``) and try
    again; anything else fails the step and the run at once with the real message. Guest
-   invocations also hold a slot of the host-wide PowerShell Direct session limit.
+   invocations also hold a slot of the host-wide PowerShell Direct session limit
+   (``EngineOptions.max_sessions``, from ``[host] max_sessions``).
 
 Cancellation is a cancel scope per run: leaving a guest pipeline's context sends the PSRP stop
 signal and waits for the pipeline to end, so the guest command stops; the journal writes that
