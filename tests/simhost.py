@@ -24,6 +24,7 @@ from vmbusops.psrp.client import open_runspace_pool
 from vmbusops.psrp.transport import Transport
 from vmbusops.sim import default_state_dir
 from vmbusops.sim.hyperv import HyperVHost as SimulatedHost
+from vmbusops.sim.hyperv import SessionCount
 from vmbusops.sim.lab import load_lab
 from vmbusops.sim.server import PSRPServer
 from vmbusops.sim.state import HostStore
@@ -68,12 +69,17 @@ class MemoryTransport:
 
 @asynccontextmanager
 async def open_sim_host(
-    lab: Path | str | None, *, state_dir: Path | None = None, max_runspaces: int = 256
+    lab: Path | str | None,
+    *,
+    state_dir: Path | None = None,
+    max_runspaces: int = 256,
+    sessions: SessionCount | None = None,
 ) -> AsyncIterator[HyperVHost]:
     """The host operations on the simulator, as ``open_host("sim")`` gives them, in this process.
 
     The state directory defaults to the one the simulator process would use ($VMBUSOPS_HOME/sim),
-    so a test may mix this with a real simulator process over the same lab and state.
+    so a test may mix this with a real simulator process over the same lab and state. The
+    simulator counts its open PowerShell Direct sessions in ``sessions`` when one is given.
     """
     sim_lab = load_lab(lab)
     store = HostStore(sim_lab, state_dir or default_state_dir())
@@ -81,7 +87,7 @@ async def open_sim_host(
     async def connect(nursery: trio.Nursery) -> Transport:
         client_end, server_end = trio.testing.memory_stream_pair()
         served = trio.Event()
-        server = PSRPServer(SimulatedHost(sim_lab, store), server_end)
+        server = PSRPServer(SimulatedHost(sim_lab, store, sessions=sessions), server_end)
 
         async def serve() -> None:
             try:

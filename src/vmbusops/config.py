@@ -5,7 +5,8 @@ a file that decides which host the agent drives must not pass silently. ::
 
     [host]
     default = "sim"            # sim | local | pwsh | pwsh-lab  (or VMBUSOPS_HOST, or --host)
-    max_runspaces = 64
+    max_sessions = 32          # PowerShell Direct sessions open at once on the host, all jobs together
+    max_runspaces = 64         # the host process's runspace pool; at least max_sessions + 8
 
     [sim]
     lab = "/path/to/lab.toml"  # or VMBUSOPS_LAB; default: the built-in lab
@@ -52,9 +53,17 @@ from vmbusops.inventory import HostEntry, parse_hosts
 ENV_HOST = "VMBUSOPS_HOST"
 ENV_LAB = "VMBUSOPS_LAB"
 DEFAULT_LISTEN = "127.0.0.1:8421"
+#: Invoke-Command's own default ThrottleLimit. Each open PowerShell Direct session holds a runspace
+#: in the host's PowerShell process and a remoting process in the guest, so the host's memory
+#: grows with it: raise it with the host's memory in mind.
+DEFAULT_MAX_SESSIONS = 32
+MAX_SESSIONS_LIMIT = 1024
+#: Runspaces beyond the sessions, so host-side commands (Get-VM, Copy-VMFile) never queue behind
+#: guest sessions that hold every runspace.
+HOST_COMMAND_RUNSPACES = 8
 
 _KNOWN: dict[str, set[str]] = {
-    "host": {"default", "max_runspaces"},
+    "host": {"default", "max_runspaces", "max_sessions"},
     "sim": {"lab"},
     "credentials": {"key_file"},
     "agent": {
@@ -92,6 +101,8 @@ class RetentionConfig:
 class Config:
     host: str = "sim"
     max_runspaces: int = 64
+    #: PowerShell Direct sessions open at once on the host, across all jobs (``[host] max_sessions``).
+    max_sessions: int = DEFAULT_MAX_SESSIONS
     lab: str | None = None
     agent: AgentConfig = AgentConfig()
     retention: RetentionConfig = RetentionConfig()
@@ -104,6 +115,11 @@ class Config:
             if entry.name == name:
                 return entry
         return None
+
+    @property
+    def pool_runspaces(self) -> int:
+        """The runspace pool to open on the host: room for every session and for host commands."""
+        return max(self.max_runspaces, self.max_sessions + HOST_COMMAND_RUNSPACES)
 
 
 def load_config(path: Path | None = None) -> Config:
@@ -133,13 +149,19 @@ def load_config(path: Path | None = None) -> Config:
     max_runspaces = host_section.get("max_runspaces", 64)
     if not isinstance(max_runspaces, int) or not 1 <= max_runspaces <= 1024:
         raise ConfigError(f"{path}: [host] max_runspaces must be a whole number from 1 to 1024")
+    max_sessions = host_section.get("max_sessions", DEFAULT_MAX_SESSIONS)
+    whole = isinstance(max_sessions, int) and not isinstance(max_sessions, bool)
+    if not whole or not 1 <= max_sessions <= MAX_SESSIONS_LIMIT:
+        raise ConfigError(
+            f"{path}: [host] max_sessions must be a whole number from 1 to {MAX_SESSIONS_LIMIT}"
+        )
     agent = _agent_config(raw.get("agent", {}), path)
     retention = _retention_config(raw.get("retention", {}), path)
     key_file = raw.get("credentials", {}).get("key_file")
     if key_file is not None and (not isinstance(key_file, str) or not os.path.isabs(key_file)):
         raise ConfigError(f"{path}: [credentials] key_file must be an absolute path")
     return Config(
-        host=str(host), max_runspaces=max_runspaces, lab=str(lab) if lab else None, agent=agent,
+        host=str(host), max_runspaces=max_runspaces, max_sessions=max_sessions, lab=str(lab) if lab else None, agent=agent,
         retention=retention, hosts=hosts, credential_key_file=key_file,
     )  # fmt: skip
 

@@ -79,14 +79,20 @@ def make_tokens(store: PrincipalStore) -> dict[str, str]:
 
 
 def start_agent(
-    home: Path, tmp: Path, lab: Path, *, extra_env: dict[str, str] | None = None, config: str = ""
+    home: Path,
+    tmp: Path,
+    lab: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    config: str = "",
+    args: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "VMBUSOPS_HOME": str(home), "VMBUSOPS_LAB": str(lab), **(extra_env or {})}
     if config:
         (home / "config.toml").write_text(config)
     with (tmp / "agent.log").open("ab") as stderr:
         return subprocess.Popen(
-            [VMBUSOPS, "agent", "--host", "sim", "--listen", "127.0.0.1:0"],
+            [VMBUSOPS, "agent", "--host", "sim", "--listen", "127.0.0.1:0", *args],
             stdout=subprocess.PIPE,
             stderr=stderr,
             env=env,
@@ -111,13 +117,13 @@ def wait_ready(process: subprocess.Popen[bytes], timeout: float = 30.0) -> str:
 def agent_factory(tmp_path: Path, vmbusops_home: Path) -> Iterator[Any]:
     started: list[Agent] = []
 
-    def make(vms: list[VM] | None = None, config: str = "", **lab: Any) -> Agent:
+    def make(vms: list[VM] | None = None, config: str = "", args: tuple[str, ...] = (), **lab: Any) -> Agent:
         key = PrivateKey.generate()
         trust_and_credential(key)
         labfile = write_lab(tmp_path, vms or TENANT_VMS, **lab)
         with PrincipalStore() as store:
             tokens = make_tokens(store)
-        process = start_agent(vmbusops_home, tmp_path, labfile, config=config)
+        process = start_agent(vmbusops_home, tmp_path, labfile, config=config, args=args)
         bundles = tmp_path / "bundles"
         bundles.mkdir(exist_ok=True)
         agent = Agent(

@@ -20,6 +20,7 @@ from vmbusops.bundle.manifest import Manifest
 from vmbusops.credentials import GuestCredential, Secret
 from vmbusops.engine import Engine, EngineEvent, EngineOptions, JobSource, Journal, open_engine
 from vmbusops.guestops.host import HyperVHost
+from vmbusops.sim.hyperv import SessionCount
 
 
 def credential_for(name: str) -> GuestCredential:
@@ -47,14 +48,18 @@ class Harness:
         self.events = events
 
 
-def harness_for(lab: Path, journal_file: Path, **options: Any) -> AbstractAsyncContextManager[Harness]:
+def harness_for(
+    lab: Path, journal_file: Path, *, sessions: SessionCount | None = None, **options: Any
+) -> AbstractAsyncContextManager[Harness]:
+    """``sessions``: where the simulator counts the PowerShell Direct sessions open at once."""
+
     @asynccontextmanager
     async def cm() -> AsyncIterator[Harness]:
         events: list[EngineEvent] = []
         # Left open after the block, so tests can read what the engine wrote.
         journal = Journal(journal_file)
         async with (
-            open_sim_host(lab) as host,
+            open_sim_host(lab, sessions=sessions) as host,
             open_engine(
                 host,
                 journal,

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from psrpcore.types import PSRPMessageType, deserialize
 
 from vmbusops.sim import clixml
+from vmbusops.sim.streams import SimObject
 
 # Everything psrpcore can encode: no lone surrogates outside the range it escapes.
 texts = st.text(
@@ -211,3 +212,42 @@ def test_host_line_is_pwsh_shaped_and_means_what_psrpcore_would_send(text: str) 
     theirs = psrpcore_xml(PipelineHostCall(ci=-100, mi=method, mp=[text]))
     decoded = [deserialize(ElementTree.fromstring(x), cipher=psrpcore.PSRemotingCrypto()) for x in (ours, theirs)]
     assert [(d.ci, d.mi, list(d.mp)) for d in decoded] == [(-100, method, [text])] * 2
+
+
+flat_values = (
+    texts
+    | st.integers(min_value=-(2**31), max_value=2**63 - 1)
+    | st.booleans()
+    | st.none()
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    type_names=st.lists(
+        st.sampled_from(["Microsoft.HyperV.PowerShell.VirtualMachine", "System.Object", "A.B"]),
+        min_size=1,
+        max_size=3,
+        unique=True,
+    ),
+    properties=st.lists(
+        st.tuples(st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,12}", fullmatch=True), flat_values), max_size=12
+    ),
+    to_string=st.none() | texts,
+)
+def test_flat_objects_equal_psrpcore(
+    type_names: list[str], properties: list[tuple[str, object]], to_string: str | None
+) -> None:
+    names = [n for n, _ in properties]
+    if len({n.casefold() for n in names}) != len(names):
+        return  # PowerShell refuses two note properties of one name
+    value = SimObject(tuple(type_names), tuple(properties), to_string)
+    assert clixml.output_xml(value) == clixml.psrpcore_xml(clixml.to_psobject(value))
+    # The second object of a shape comes from its template.
+    assert clixml.output_xml(value) == clixml.psrpcore_xml(clixml.to_psobject(value))
+
+
+def test_objects_with_nested_values_keep_psrpcore() -> None:
+    inner = SimObject(("Inner",), (("X", 1),))
+    value = SimObject(("Outer",), (("Name", "a"), ("Child", inner), ("List", [1, "b"])))
+    assert clixml.output_xml(value) == clixml.psrpcore_xml(clixml.to_psobject(value))

@@ -160,6 +160,7 @@ async def _serve(
     scheduler_factory: Callable[[AgentService], Any] | None,
 ) -> None:
     agent = config.agent
+    options = options or EngineOptions(max_sessions=config.max_sessions)
     async with (
         open_engine(
             hv,
@@ -195,7 +196,9 @@ async def _serve(
         app: Any = build_app(service)
         binds = await top.start(partial(serve, app, hconfig, shutdown_trigger=stop_server.wait))
         service.ready = True
-        log.info("agent ready", extra={"event": "ready", "listen": binds, "host": host or config.host})
+        log.info("agent ready", extra={
+            "event": "ready", "listen": binds, "host": host or config.host, "max_sessions": options.max_sessions,
+        })  # fmt: skip
         _announce(binds, ready_file)
 
         received = await signals.__anext__()

@@ -7,6 +7,7 @@ and VM name globs (``--vm``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vmbusops.cli.common import host_option, load
+from vmbusops.config import DEFAULT_MAX_SESSIONS, MAX_SESSIONS_LIMIT
 from vmbusops.credentials import credential_resolver
 from vmbusops.errors import ConfigError
 
@@ -45,14 +47,30 @@ def _seconds(text: str) -> float:
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the listening URLs here once ready.")  # fmt: skip
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--max-sessions", type=click.IntRange(1, MAX_SESSIONS_LIMIT), default=None, metavar="N",
+    help=f"PowerShell Direct sessions open at once on the host, all jobs together (default: [host] "
+    f"max_sessions, {DEFAULT_MAX_SESSIONS}).",
+)  # fmt: skip
 @click.pass_context
 def agent(
-    ctx: click.Context, host: str | None, listen: str | None, ready_file: Path | None, log_level: str
+    ctx: click.Context,
+    host: str | None,
+    listen: str | None,
+    ready_file: Path | None,
+    log_level: str,
+    max_sessions: int | None,
 ) -> None:
     """Run the host agent: engine, scheduler and the HTTP API (JSON logs on stderr).
 
     Stops gracefully on SIGTERM or Ctrl-C: runs get [agent] shutdown_grace_seconds to finish,
     then are stopped; a second signal stops them at once.
+
+    At most --max-sessions guest sessions are open at once; runs beyond it wait for one to end,
+    and a bundle's max_concurrency is a limit for its job under this one. The default, 32, is
+    Invoke-Command's own ThrottleLimit: each PowerShell Direct session holds a runspace in the
+    host's PowerShell process and a remoting process in the guest, so raise it with the host's
+    memory in mind.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -61,6 +79,8 @@ def agent(
     from vmbusops.schedule.scheduler import Scheduler
 
     config = load()
+    if max_sessions is not None:
+        config = dataclasses.replace(config, max_sessions=max_sessions)
     configure_json_logging(log_level)
     code = trio.run(
         lambda: run_agent(

@@ -36,6 +36,7 @@ from vmbusops.credentials import credential_resolver
 from vmbusops.engine import (
     Engine,
     EngineEvent,
+    EngineOptions,
     JobResult,
     JobSource,
     Journal,
@@ -220,6 +221,7 @@ async def _run_source(
                 journal,
                 credential_for=credential_for,
                 host_name=host or config.host,
+                options=EngineOptions(max_sessions=config.max_sessions),
                 on_event=progress,
             ) as engine,
         ):

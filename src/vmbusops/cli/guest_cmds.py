@@ -13,6 +13,7 @@ from rich.table import Table
 from vmbusops.cli import exitcodes
 from vmbusops.cli.common import host_option, load, run_trio
 from vmbusops.cli.output import RecordPrinter, terminal_safe
+from vmbusops.config import HOST_COMMAND_RUNSPACES
 from vmbusops.credentials import resolve_credential
 from vmbusops.errors import ConfigError, VmbusOpsError
 from vmbusops.guest_paths import EXAMPLE as GUEST_PATH_EXAMPLE
@@ -61,7 +62,10 @@ def vms_cmd(host: str | None, as_json: bool) -> None:
 @click.option("--vm", "vm_names", multiple=True, metavar="NAME", help="A guest to run in (repeatable).")
 @click.option("--all", "all_vms", is_flag=True, help="Every VM on the host.")
 @click.option("--credential", "credential_ref", metavar="NAME", help="Guest credential reference.")
-@click.option("--max-concurrency", type=click.IntRange(1, 1024), default=32, show_default=True)
+@click.option(
+    "--max-concurrency", type=click.IntRange(1, 1024), default=None, metavar="N",
+    help="Guests at once (default: [host] max_sessions, 32; each is a PowerShell Direct session).",
+)  # fmt: skip
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Seconds per guest.")
 @click.option("--json", "as_json", is_flag=True, help="NDJSON: one object per record.")
 @click.argument("script", nargs=-1, required=True)
@@ -70,7 +74,7 @@ def exec_cmd(
     vm_names: tuple[str, ...],
     all_vms: bool,
     credential_ref: str | None,
-    max_concurrency: int,
+    max_concurrency: int | None,
     timeout: float | None,
     as_json: bool,
     script: tuple[str, ...],
@@ -89,16 +93,17 @@ def exec_cmd(
     config = load()
     text = " ".join(script)
     credential = resolve_credential(credential_ref, config, host)
+    concurrency = max_concurrency or config.max_sessions
 
     async def main() -> int:
-        async with open_host(host, config=config, max_runspaces=max(max_concurrency, 2)) as hv:
+        async with open_host(host, config=config, max_runspaces=concurrency + HOST_COMMAND_RUNSPACES) as hv:
             names = list(dict.fromkeys(vm_names))
             if all_vms:
                 names = [vm.name for vm in await hv.list_vms()]
             printer = RecordPrinter(json_lines=as_json, vm_width=max((len(n) for n in names), default=4))
             outcomes = await exec_in_guests(
                 hv, names, text, credential,
-                on_record=printer.emit, max_concurrency=max_concurrency, timeout=timeout,
+                on_record=printer.emit, max_concurrency=concurrency, timeout=timeout,
             )
             printer.flush()
         failed = 0

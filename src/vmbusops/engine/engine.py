@@ -25,7 +25,8 @@ own. A run goes through:
    :mod:`.plan` (guest batches, host steps). Each step has its own timeout and retry policy:
    transient errors (``VmbusOpsError.transient``) wait out the backoff (``delayed``) and try
    again; anything else fails the step and the run at once with the real message. Guest
-   invocations also hold a slot of the host-wide PowerShell Direct session limit.
+   invocations also hold a slot of the host-wide PowerShell Direct session limit
+   (``EngineOptions.max_sessions``, from ``[host] max_sessions``).
 
 Cancellation is a cancel scope per run: leaving a guest pipeline's context sends the PSRP stop
 signal and waits for the pipeline to end, so the guest command stops; the journal writes that
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 import trio
 
 from vmbusops.bundle.manifest import ResumePolicy
+from vmbusops.config import DEFAULT_MAX_SESSIONS
 from vmbusops.credentials import GuestCredential
 from vmbusops.engine.context import RunContext, WaitReady, emit
 from vmbusops.engine.events import EngineEvent, JobResult
@@ -63,8 +65,9 @@ from vmbusops.owner import Owner, current_owner
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineOptions:
-    #: PowerShell Direct sessions open at once on this host, across all jobs.
-    max_sessions: int = 32
+    #: PowerShell Direct sessions open at once on this host, across all jobs (``[host]
+    #: max_sessions``); a job's own max concurrency is a limit under it.
+    max_sessions: int = DEFAULT_MAX_SESSIONS
     flush_records: int = 1000
     #: The longest a record waits in memory before it is committed; an API follower sees it
     #: then (followers are fed from commits), so this bounds their latency. A commit of a few

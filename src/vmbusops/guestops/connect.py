@@ -86,5 +86,5 @@ async def open_host(
     async def connect(nursery: trio.Nursery) -> Transport:
         return await ProcessTransport.start(argv, env=env, nursery=nursery)
 
-    async with open_runspace_pool(connect, max_runspaces=max_runspaces or config.max_runspaces) as pool:
+    async with open_runspace_pool(connect, max_runspaces=max_runspaces or config.pool_runspaces) as pool:
         yield HyperVHost(pool)

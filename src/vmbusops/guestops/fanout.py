@@ -1,8 +1,9 @@
 """Running one script block in many guests at once, at most N at a time.
 
 Each guest gets its own pipeline on the shared runspace pool; a capacity limiter bounds how
-many run at once (PowerShell Direct sessions are not free: a host copes with a few dozen, a
-guest with a few). A per-guest timeout is a cancel scope around that guest's pipeline, so it
+many run at once (PowerShell Direct sessions are not free: each holds a runspace in the host's
+PowerShell process and a remoting process in the guest; ``vmbusops exec`` defaults to the host's
+``[host] max_sessions``). A per-guest timeout is a cancel scope around that guest's pipeline, so it
 stops that guest's command (PSRP Signal) and no other.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import trio
 
+from vmbusops.config import DEFAULT_MAX_SESSIONS
 from vmbusops.credentials import GuestCredential
 from vmbusops.errors import PipelineStoppedError, VmbusOpsError
 from vmbusops.guestops.host import HyperVHost, InvokeOutcome
@@ -27,7 +29,7 @@ async def exec_in_guests(
     credential: GuestCredential,
     *,
     on_record: Callable[[GuestRecord], Any],
-    max_concurrency: int = 32,
+    max_concurrency: int = DEFAULT_MAX_SESSIONS,
     timeout: float | None = None,
     arguments: Sequence[Any] = (),
 ) -> dict[str, InvokeOutcome]:

@@ -82,7 +82,7 @@ async def open_remote_host(
     max_runspaces: int | None = None,
 ) -> AsyncIterator[RemoteHyperVHost]:
     """Open a remote host given as ``ssh://...``, ``winrm://...`` or an inventory name."""
-    runspaces = max_runspaces or config.max_runspaces
+    runspaces = max_runspaces or config.pool_runspaces
     entry = config.host_entry(name)
     if entry is None:
         if name.startswith("ssh://"):

@@ -3,10 +3,11 @@
 Why not psrpcore's serializer for everything: it builds an ElementTree per record, about 0.1-0.2 ms
 each, which caps a stream of verbose lines at a few thousand records a second. The records a
 guest writes most (verbose / warning / debug / information strings, string and integer output) have
-a fixed shape, so their CLIXML is rendered from templates. The templates are cut out of psrpcore's
-own serialization of a prototype record at import time, so they cannot drift from it; the tests
-check byte-for-byte equality with psrpcore for many inputs. Everything else (objects, error records,
-progress) goes through psrpcore.
+a fixed shape, and so do objects whose properties are all primitives (Get-VM's VMs), so their
+CLIXML is rendered from templates. The templates are cut out of psrpcore's own serialization of a
+prototype (at import time; an object's on the first use of its shape), so they cannot drift from
+it; the tests check byte-for-byte equality with psrpcore for many inputs. Everything else (nested objects, error
+records, progress) goes through psrpcore.
 
 Strings follow psrpcore's escaping exactly: ``_x`` is escaped first, then C0/C1 controls and
 surrogates become ``_xHHHH_``, then XML's ``& < >``.
@@ -257,7 +258,8 @@ _INT64 = range(-(2**63), 2**63)
 
 
 def output_xml(value: Any) -> bytes:
-    """CLIXML of one output object; primitives on the fast path, the rest through psrpcore."""
+    """CLIXML of one output object; primitives and flat objects on the fast path, the rest through
+    psrpcore."""
     if type(value) is str:
         return b"<S>" + clixml_text(value) + b"</S>" if value else b"<S />"
     if type(value) is bool:
@@ -267,7 +269,87 @@ def output_xml(value: Any) -> bytes:
             return b"<I32>%d</I32>" % value
         if value in _INT64:
             return b"<I64>%d</I64>" % value
+    if type(value) is SimObject:
+        flat = _flat_xml(value)
+        if flat is not None:
+            return flat
     return psrpcore_xml(to_psobject(value))
+
+
+# Objects whose properties are all strings, integers, booleans or null (Get-VM's VMs, Get-Service's
+# services, ...): one template per shape (type names, property names and kinds), cut from
+# psrpcore's serialization of a prototype of that shape. A listing of 500 VMs is 1000 such objects.
+_FLAT_TEXT = "VMBUSOPSSIMPROP%03dSLOT"
+_FLAT_TO_STRING = "VMBUSOPSSIMTOSTRINGSLOT"
+_FLAT_I32 = 987_650_000
+_FLAT_I64 = 98_765_000_000_000
+_FLAT_SHAPES_MAX = 256
+_flat_templates: dict[tuple[Any, ...], _Template | None] = {}
+
+
+def _flat_kind(prop: Any) -> Any:
+    """How a property shapes its element: "S" (a string with text), "I32"/"I64", or the value itself
+    (an empty string, a boolean, null: nothing to fill in). ``...`` when it is not flat."""
+    kind = type(prop)
+    if kind is str:
+        return "S" if prop else ""
+    if kind is int:
+        return "I32" if prop in _INT32 else "I64" if prop in _INT64 else ...
+    if kind is bool or prop is None:
+        return prop
+    return ...
+
+
+def _flat_xml(value: SimObject) -> bytes | None:
+    kinds = tuple(_flat_kind(prop) for _, prop in value.properties)
+    if ... in kinds:
+        return None
+    to_string = value.to_string
+    if to_string and _NEEDS_ESCAPE.search(to_string):
+        return None  # psrpcore writes a ToString's control characters raw: its way, on its path
+    shape = (value.type_names, tuple(n for n, _ in value.properties), kinds, _flat_kind(to_string))
+    template = _flat_templates.get(shape, ...)
+    if template is ...:
+        if len(_flat_templates) >= _FLAT_SHAPES_MAX:
+            return None
+        template = _flat_templates[shape] = _flat_template(value, kinds)
+    if template is None:
+        return None
+    fill: dict[str, bytes] = {}
+    for index, ((_, prop), kind) in enumerate(zip(value.properties, kinds, strict=True)):
+        if kind == "S":
+            fill[str(index)] = clixml_text(prop)
+        elif kind in ("I32", "I64"):
+            fill[str(index)] = b"%d" % prop
+    if to_string:
+        fill["to_string"] = clixml_text(to_string)
+    return template.render(fill)
+
+
+def _flat_template(value: SimObject, kinds: tuple[Any, ...]) -> _Template | None:
+    """The template for ``value``'s shape, or None when a sentinel does not come out once."""
+    props: list[tuple[str, Any]] = []
+    slots: dict[bytes, str] = {}
+    for index, ((name, prop), kind) in enumerate(zip(value.properties, kinds, strict=True)):
+        sentinel: Any = prop
+        if kind == "S":
+            sentinel = _FLAT_TEXT % index
+        elif kind == "I32":
+            sentinel = _FLAT_I32 + index
+        elif kind == "I64":
+            sentinel = _FLAT_I64 + index
+        if sentinel is not prop:
+            slots[str(sentinel).encode()] = str(index)
+        props.append((name, sentinel))
+    to_string = value.to_string
+    if to_string:
+        to_string = _FLAT_TO_STRING
+        slots[_FLAT_TO_STRING.encode()] = "to_string"
+    proto = SimObject(value.type_names, tuple(props), to_string)
+    try:
+        return _Template(psrpcore_xml(to_psobject(proto)), slots)
+    except RuntimeError:
+        return None
 
 
 def to_psobject(value: Any) -> Any:

@@ -40,11 +40,16 @@ def resolve_vms(lab: Lab, cmdlet: str, names: list[str], error: Callable[[SimErr
     if not names:
         return list(lab.vms)
     found: list[VMSpec] = []
+    # By identity: comparing specs field by field made ``-VMName *`` quadratic in the lab's size.
+    seen: set[int] = set()
     for pattern in names:
         hits = [vm for vm in lab.vms if wildcard_match(vm.name, pattern)]
         if not hits and not has_wildcard(pattern):
             error(pserrors.vm_not_found(cmdlet, pattern))
-        found.extend(vm for vm in hits if vm not in found)
+        for vm in hits:
+            if id(vm) not in seen:
+                seen.add(id(vm))
+                found.append(vm)
     return found
 
 

@@ -7,7 +7,9 @@ end the pipeline Failed with PowerShell's terminating error; per-VM problems are
 error records and the pipeline completes, as the real cmdlets behave. The one script command
 accepted is the guest invoker (``vmbusops.sim.invoker``), the only way guest code runs; it opens a
 PowerShell Direct session to the guest (:class:`~vmbusops.sim.guest.GuestSession`) with
-Invoke-Command's checks and errors.
+Invoke-Command's checks and errors. :class:`SessionCount` counts the sessions open at once, from
+the moment one starts opening until its command ends, and the most there have been, so a test
+can see how many sessions a client holds (a real host's memory grows with that number).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
@@ -26,7 +29,7 @@ from vmbusops.sim.cmdlets import HOST_CMDLETS
 from vmbusops.sim.guest import GuestSession
 from vmbusops.sim.guest_values import Emit, to_text
 from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password
-from vmbusops.sim.state import HostStore
+from vmbusops.sim.state import HostStore, VMRuntime
 from vmbusops.sim.streams import (
     InformationMessage,
     ProgressUpdate,
@@ -175,13 +178,29 @@ class _GuestStreams:
 
 
 
+@dataclass(slots=True)
+class SessionCount:
+    """PowerShell Direct sessions open now on the simulated host, and the most open at once."""
+
+    open: int = 0
+    peak: int = 0
+
+
 class HyperVHost:
     """Runs host-level commands against the lab and its persistent state."""
 
-    def __init__(self, lab: Lab, store: HostStore, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        store: HostStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        sessions: SessionCount | None = None,
+    ) -> None:
         self.lab = lab
         self.store = store
         self.clock = clock
+        self.sessions = sessions if sessions is not None else SessionCount()
 
     @property
     def command_names(self) -> list[str]:
@@ -269,6 +288,22 @@ class HyperVHost:
         if rt.state is not VMState.RUNNING:
             streams.error(pserrors.invoke_vm_not_running(spec.name))
             return
+        count = self.sessions
+        count.open += 1
+        count.peak = max(count.peak, count.open)
+        try:
+            await self._in_session(spec, rt, credential, body, streams)
+        finally:
+            count.open -= 1
+
+    async def _in_session(
+        self,
+        spec: VMSpec,
+        rt: VMRuntime,
+        credential: tuple[str, str] | None,
+        body: Callable[[GuestSession, Emit], Awaitable[None]],
+        streams: HostStreams,
+    ) -> None:
         if self.lab.host.session_open_ms:
             await trio.sleep(self.lab.host.session_open_ms / 1000)
             # The VM may have been stopped or restarted while the session opened.

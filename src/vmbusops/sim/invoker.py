@@ -342,7 +342,7 @@ async def run_guest_wrapper(session: GuestSession, call: InvokerCall, emit: Emit
     streams = session.streams
     folder = session.environment()["temp"] + "\\vmbusops"
     host_folder = session.host_path(folder)
-    if host_folder is not None:
+    if host_folder is not None and not host_folder.is_dir():
         host_folder.mkdir(parents=True, exist_ok=True)
     for index, text in zip(call.step_indices, call.scripts, strict=True):
         streams.information(

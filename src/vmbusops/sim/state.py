@@ -314,6 +314,12 @@ def guest_path_to_host(root: Path, guest_path: str) -> Path | None:
         return None
     drive, parts = split
     current = root / drive
+    if len(parts) > 1:
+        # Every folder there as named (the common case: one stat, not two per component) is what
+        # the lookup below would pick component by component.
+        parent = current.joinpath(*parts[:-1])
+        if os.path.isdir(parent):
+            current, parts = parent, parts[-1:]
     for part in parts:
         candidate = current / part
         if not candidate.exists() and current.is_dir():
