@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import base64
 import enum
+import json
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from typing import Any, ClassVar, TypeAlias
 
 
@@ -223,19 +227,89 @@ def record_to_json(record: Record) -> dict[str, Any]:
     """The record's own fields as a JSON-ready dict, with ``stream`` first."""
     out: dict[str, Any] = {"stream": record.stream.value}
     for name in record.__dataclass_fields__:
-        if name == "stream":
-            continue
-        value = getattr(record, name)
-        if isinstance(value, ErrorRecord):
-            value = record_to_json(value)
-        elif isinstance(value, enum.Enum):
-            value = value.value
-        elif name in ("value", "message_data"):
-            value = value_to_json(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[name] = value
+        if name != "stream":
+            out[name] = _field_to_json(name, getattr(record, name))
     return out
+
+
+def _field_to_json(name: str, value: Any) -> Any:
+    if isinstance(value, ErrorRecord):
+        return record_to_json(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if name in ("value", "message_data"):
+        return value_to_json(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+#: The json module's own string escaper (its C one when built): what ``json.dumps`` writes for a
+#: ``str`` with ``ensure_ascii=False``.
+_json_string: Callable[[str], str] = encode_basestring
+_json_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def record_json(record: Record) -> str:
+    """``json.dumps(record_to_json(record))``, compact and non-ASCII kept: a record as the journal stores it.
+
+    The same text, made without the dict: a journaled flood of output spends its CPU here. Each
+    field's text is made on its own, a string by json's own escaper and any other value by
+    ``json.dumps`` of what :func:`record_to_json` gives for it, so the text cannot differ.
+    """
+    return _RECORD_JSON[type(record)](record)
+
+
+def _field_json(name: str, value: Any) -> str:
+    if type(value) is str:
+        return _json_string(value)
+    if value is None:
+        return "null"
+    if type(value) is int:
+        return int.__repr__(value)
+    if type(value) is bool:
+        return "true" if value else "false"
+    return _json_dumps(_field_to_json(name, value))
+
+
+def _record_json_of(cls: type[Any]) -> Callable[[Any], str]:
+    """The :func:`record_json` of one record class: its stream and field keys written once."""
+    head = '{"stream":' + _json_string(cls.stream.value)
+    fields = [(f",{_json_string(name)}:", name) for name in cls.__dataclass_fields__ if name != "stream"]
+    if len(fields) == 1:  # output, warning, verbose, debug: the records a flood is made of
+        ((key, name),) = fields
+        head += key
+        get = operator.attrgetter(name)
+
+        def one_field(record: Any) -> str:
+            value = get(record)
+            return f"{head}{_json_string(value) if type(value) is str else _field_json(name, value)}}}"
+
+        return one_field
+
+    def many_fields(record: Any) -> str:
+        parts = [head]
+        for key, name in fields:
+            parts += (key, _field_json(name, getattr(record, name)))
+        parts.append("}")
+        return "".join(parts)
+
+    return many_fields
+
+
+_RECORD_JSON: dict[type[Any], Callable[[Any], str]] = {
+    cls: _record_json_of(cls)
+    for cls in (
+        OutputRecord,
+        ErrorRecord,
+        WarningRecord,
+        VerboseRecord,
+        DebugRecord,
+        InformationRecord,
+        ProgressRecord,
+        PipelineStateRecord,
+    )
+}
 
 
 def guest_record_to_json(rec: GuestRecord) -> dict[str, Any]:

@@ -76,6 +76,17 @@ def test_records_are_numbered_once_per_run_and_named_by_their_step() -> None:
     assert run.begin_step(1)[1] == RunChange(run_id=3, state=None, current_step="b", records=3)
 
 
+def test_with_no_watcher_a_record_is_journaled_and_kept_for_the_excerpt_but_no_event_is_made() -> None:
+    run = machine("a")
+    run.start()
+    run.begin_step(0)
+    rec = GuestRecord(vm="web01", seq=run.take_seq(), time=2.0, record=OutputRecord(value="quiet"))
+    row, arrived = run.record(rec, 0, watched=False)
+    assert arrived is None
+    assert row[:5] == (7, 3, 1, "a", 1) and row[5] == OutputRecord(value="quiet")
+    assert run.excerpt() == ["quiet"]
+
+
 def test_a_resumed_run_numbers_on_from_the_journal() -> None:
     run = machine("a")
     run.next_seq = 42

@@ -98,10 +98,11 @@ class RunContext:
         await self.commit()
 
     async def record(self, rec: GuestRecord, index: int | None) -> None:
-        row, arrived = self.machine.record(rec, index)
+        on_event = self.on_event
+        row, arrived = self.machine.record(rec, index, watched=on_event is not None)
         await self.writer.add_record(row)
-        if self.on_event is not None:
-            self.on_event(arrived)
+        if on_event is not None and arrived is not None:
+            on_event(arrived)
 
     def channel(self, index: int) -> StepChannel:
         return StepChannel(self, index)

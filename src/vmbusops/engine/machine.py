@@ -49,6 +49,8 @@ Output = Change | RunChanged
 
 #: Steps a run can still start (a delayed one waits out a retry's backoff).
 _STARTABLE = (State.PENDING, State.DELAYED)
+#: Records shown live but never in a run's excerpt.
+_NOT_IN_EXCERPT = (PipelineStateRecord, ProgressRecord)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +86,8 @@ class RunMachine:
     reboot_for: tuple[int, int] | None = None
     _head: list[str] = field(default_factory=list)
     _tail: deque[Record] = field(init=False)
-    _dropped: int = 0
+    #: Records that went to the tail, the ones it no longer holds included.
+    _tailed: int = 0
 
     def __post_init__(self) -> None:
         n = len(self.steps)
@@ -107,8 +110,9 @@ class RunMachine:
         """The first and last lines the run printed, for ``vmbusops jobs show``."""
         tail = [line for r in self._tail for line in (display_text(r).splitlines() or [""])]
         tail = tail[-self.excerpt_lines :]
-        if self._dropped:
-            return [*self._head, f"... ({self._dropped} records not shown) ...", *tail]
+        dropped = self._tailed - len(self._tail)
+        if dropped:
+            return [*self._head, f"... ({dropped} records not shown) ...", *tail]
         return [*self._head, *tail]
 
     # ------------------------------------------------------------------ records
@@ -117,24 +121,30 @@ class RunMachine:
         self.next_seq = seq + 1
         return seq
 
-    def record(self, rec: GuestRecord, index: int | None) -> tuple[PendingRecord, RecordArrived]:
+    def record(
+        self, rec: GuestRecord, index: int | None, *, watched: bool = True
+    ) -> tuple[PendingRecord, RecordArrived | None]:
         """A record of step ``index`` (None: outside any step), numbered by :meth:`take_seq`.
 
         On the path of every record, so it does as little as it can: JSON and display text are
-        made later (in the journal flush, and for the excerpt when the run ends).
+        made later (in the journal flush, and for the excerpt when the run ends), and the event
+        for the watchers only when there are some (``watched``).
         """
         record = rec.record
         name = self.steps[index].name if index is not None else None
         attempt = self.attempts[index] if index is not None else 0
-        if not isinstance(record, PipelineStateRecord | ProgressRecord):
+        if not isinstance(record, _NOT_IN_EXCERPT):
             if len(self._head) < self.excerpt_lines:
                 self._head.extend(display_text(record).splitlines() or [""])
             else:
-                if len(self._tail) == self._tail.maxlen:
-                    self._dropped += 1
                 self._tail.append(record)
-        arrived = GuestRecord(vm=self.vm, seq=rec.seq, time=rec.time, record=record, step=name)
-        return (self.job_id, self.id, rec.seq, name, attempt, record, rec.time), RecordArrived(self.job_id, arrived)
+                self._tailed += 1
+        arrived = None
+        if watched:
+            arrived = RecordArrived(
+                self.job_id, GuestRecord(vm=self.vm, seq=rec.seq, time=rec.time, record=record, step=name)
+            )
+        return (self.job_id, self.id, rec.seq, name, attempt, record, rec.time), arrived
 
     # ------------------------------------------------------------------ the run
     def wait(self) -> list[Output]:

@@ -28,7 +28,6 @@ after a crash: the owner's runs read as interrupted once it exits, and resume fr
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -39,7 +38,7 @@ from vmbusops.engine.changes import Change, PendingRecord
 from vmbusops.engine.events import RunChanged
 from vmbusops.engine.journal import Journal, JournalBusy, RecordRow, StoredRecord
 from vmbusops.errors import JournalError
-from vmbusops.records import record_to_json
+from vmbusops.records import record_json
 
 T = TypeVar("T")
 
@@ -142,9 +141,8 @@ class JournalWriter:
     def _apply(self, records: list[PendingRecord], changes: list[Change]) -> list[StoredRecord]:
         started = time.thread_time()
         try:
-            dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
             rows: list[RecordRow] = [
-                (job_id, run_id, seq, step, attempt, rec.stream.value, at, dumps(record_to_json(rec)))
+                (job_id, run_id, seq, step, attempt, rec.stream.value, at, record_json(rec))
                 for job_id, run_id, seq, step, attempt, rec, at in records
             ]
             stored = self.journal.apply(rows, changes)
