@@ -11,6 +11,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -166,3 +167,32 @@ async def test_a_writer_nobody_listens_to_keeps_no_events(tmp_path: Path) -> Non
         writer.change([], [RunChanged(job_id=job, vm="web01", state=State.IN_PROGRESS, step="s")])
     assert writer._events == []
     await trio.lowlevel.checkpoint()
+
+
+async def test_while_someone_follows_the_writer_commits_sooner(tmp_path: Path, autojump_clock: Any) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    job, runs = new_job(journal, ["web01"])
+    writer = JournalWriter(journal, flush_records=10**9, flush_interval=5.0, followed_interval=0.01)
+    told: list[float] = []
+    writer.on_commit = lambda records, events: told.append(trio.current_time())
+    following = False
+    writer.followed = lambda: following
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await writer.add_record((job, runs["web01"], 1, "s", 1, OutputRecord(value="x"), 0.0))
+        await trio.sleep(1.0)
+        assert told == []  # nobody follows: the record waits for the larger batch
+        await trio.sleep(5.0)
+        assert len(told) == 1
+        following = True
+        start = trio.current_time()
+        await trio.sleep(0.02)  # the writer's current wait ends first, then it looks again
+        await writer.add_record((job, runs["web01"], 2, "s", 1, OutputRecord(value="y"), 0.0))
+        await trio.sleep(5.0)
+        assert len(told) == 2 and told[1] - start <= 5.0
+        await trio.sleep(0.05)
+        await writer.add_record((job, runs["web01"], 3, "s", 1, OutputRecord(value="z"), 0.0))
+        added = trio.current_time()
+        await trio.sleep(0.05)
+        assert len(told) == 3 and told[2] - added <= 0.011
+        nursery.cancel_scope.cancel()

@@ -179,6 +179,7 @@ async def _serve(
             broadcaster=broadcaster, metrics=metrics, readers=readers,
         )  # fmt: skip
         engine.writer.on_commit = service.on_commit
+        engine.writer.followed = lambda: broadcaster.followers > 0
         metrics.journal_bytes.set_function(lambda: journal_bytes(journal.path))
         retention_scope = trio.CancelScope()
         top.start_soon(partial(keep_retention, config.retention, retention_scope, journal_path=journal.path))

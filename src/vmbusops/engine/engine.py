@@ -69,10 +69,12 @@ class EngineOptions:
     #: max_sessions``); a job's own max concurrency is a limit under it.
     max_sessions: int = DEFAULT_MAX_SESSIONS
     flush_records: int = 1000
-    #: The longest a record waits in memory before it is committed; an API follower sees it
-    #: then (followers are fed from commits), so this bounds their latency. A commit of a few
-    #: records costs tens of microseconds, so 100 a second is cheap.
-    flush_interval: float = 0.01
+    #: The longest a record waits in memory before it is committed. An API follower sees a
+    #: record when it is committed (followers are fed from commits), so while any follows, the
+    #: writer commits at least every ``followed_flush_interval``; otherwise larger, cheaper
+    #: batches (a commit's cost per record falls with its size).
+    flush_interval: float = 0.05
+    followed_flush_interval: float = 0.01
     max_buffer: int = 20_000
     heartbeat_interval: float = 1.0
     #: How often a waiting run looks at a VM lease held by another process.
@@ -442,6 +444,7 @@ async def open_engine(
         journal,
         flush_records=options.flush_records,
         flush_interval=options.flush_interval,
+        followed_interval=options.followed_flush_interval,
         max_buffer=options.max_buffer,
     )
     await trio.to_thread.run_sync(journal.reconcile)

@@ -50,6 +50,7 @@ class JournalWriter:
         *,
         flush_records: int = 1000,
         flush_interval: float = 0.05,
+        followed_interval: float = 0.01,
         max_buffer: int = 20_000,
         inline_records: int = 64,
     ) -> None:
@@ -57,6 +58,9 @@ class JournalWriter:
         self.inline_records = inline_records
         self.flush_records = flush_records
         self.flush_interval = flush_interval
+        #: While :attr:`followed` says someone waits on commits, they come at least this often.
+        self.followed_interval = followed_interval
+        self.followed: Callable[[], bool] | None = None
         self.max_buffer = max_buffer
         self._records: list[PendingRecord] = []
         self._changes: list[Change] = []
@@ -78,7 +82,8 @@ class JournalWriter:
         task_status.started()
         try:
             while True:
-                with trio.move_on_after(self.flush_interval):
+                followed = self.followed is not None and self.followed()
+                with trio.move_on_after(self.followed_interval if followed else self.flush_interval):
                     await self._wake.wait()
                 self._wake = trio.Event()
                 await self.commit()
