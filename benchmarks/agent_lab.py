@@ -50,7 +50,7 @@ class AgentHome:
         return out
 
 
-def prepare_home(home: Path, vms: Sequence[str], *, max_runspaces: int = 64) -> AgentHome:
+def prepare_home(home: Path, vms: Sequence[str], *, max_runspaces: int = 64, max_sessions: int = 32) -> AgentHome:
     """Write the home's trust policy, credential, token, lab and config (in this process's
     ``VMBUSOPS_HOME``, which it sets)."""
     os.environ["VMBUSOPS_HOME"] = str(home)
@@ -79,7 +79,7 @@ def prepare_home(home: Path, vms: Sequence[str], *, max_runspaces: int = 64) -> 
     lab.write_text("\n".join(lines))
     (home / "config.toml").write_text(
         "[agent]\nsubmit_burst = 100000\nsubmit_rate_per_minute = 1000000\n"
-        f'[sim]\nlab = "{lab}"\n[host]\nmax_runspaces = {max_runspaces}\n'
+        f'[sim]\nlab = "{lab}"\n[host]\nmax_runspaces = {max_runspaces}\nmax_sessions = {max_sessions}\n'
     )
     return AgentHome(home=home, token=token, key=key)
 
