@@ -96,7 +96,10 @@ def running_agent(home: Path) -> Iterator[Agent]:
     exe = str(Path(sys.executable).parent / "vmbusops")
     env = {**os.environ, "VMBUSOPS_HOME": str(home)}
     with (home / "agent.log").open("wb") as log:
-        agent = subprocess.Popen([exe, "agent", "--listen", "127.0.0.1:0", "--log-level", "warning"],
+        # VMBUSOPS_BENCH_PROFILE=FILE runs the agent under cProfile, written to FILE when it stops.
+        profile = os.environ.get("VMBUSOPS_BENCH_PROFILE")
+        wrap = [sys.executable, "-m", "cProfile", "-o", profile] if profile else []
+        agent = subprocess.Popen([*wrap, exe, "agent", "--listen", "127.0.0.1:0", "--log-level", "warning"],
                                  stdout=subprocess.PIPE, stderr=log, env=env)  # fmt: skip
         try:
             assert agent.stdout is not None
