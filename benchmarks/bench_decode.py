@@ -1,13 +1,16 @@
 """Records per second: fast_decode against psrpcore's deserialize + event + record_from_event.
 
-Run with ``python benchmarks/bench_decode.py [N]``. The messages are the bodies psrpcore's own
-server writes (a DSC-like verbose line, a warning, an information record, a progress record,
+Run with ``python benchmarks/bench_decode.py [N [ROUNDS]]``. The messages are the bodies psrpcore's
+own server writes (a DSC-like verbose line, a warning, an information record, a progress record,
 an ErrorRecord and a string of output); both sides decode exactly the same bytes, and the
 slow side does what psrpcore's ``RunspacePool._process_message`` does before an event exists.
+Rounds alternate the two sides (ours over N messages, psrpcore over N/20); each rate is the
+median of its rounds, printed with the spread of the ratio per round.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 import uuid
@@ -46,9 +49,7 @@ def sample_messages() -> dict[str, Message]:
     pipe.start()
     server._send_buffer.clear()
 
-    pipe.write_verbose(
-        "[WIN-GUEST01]: LCM:  [ End    Test     ]  [[File]DirectoryCopy]  in 0.0620 seconds."
-    )
+    pipe.write_verbose("[WIN-GUEST01]: LCM:  [ End    Test     ]  [[File]DirectoryCopy]  in 0.0620 seconds.")
     pipe.write_warning("[WIN-GUEST01]: The configuration is not in the desired state.")
     pipe.write_information("Copying C:\\Temp\\payload.zip", "Expand-Archive", tags=["PSHOST"])
     pipe.write_progress("Copying files", 1, "37 of 120", current_operation="payload.zip", percent_complete=30)
@@ -82,29 +83,48 @@ def psrpcore_path(
     return record_from_event(psrpcore.PSRPEvent.create(message_type, obj, pool_id, pool_id))
 
 
-def rate(decode: Callable[[], object], n: int) -> float:
-    """Records per second, best of three runs of ``n``."""
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(n):
-            decode()
-        best = min(best, time.perf_counter() - start)
-    return n / best
+def seconds(decode: Callable[[], object], n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        decode()
+    return time.perf_counter() - start
 
 
-def main(n: int = 20_000) -> None:
+def interleaved_rates(
+    fast: Callable[[], object], n_fast: int, slow: Callable[[], object], n_slow: int, rounds: int
+) -> tuple[list[float], list[float]]:
+    """Records per second of each side per round, rounds run fast, slow, fast, slow, ..."""
+    fast_rates: list[float] = []
+    slow_rates: list[float] = []
+    for _ in range(rounds):
+        fast_rates.append(n_fast / seconds(fast, n_fast))
+        slow_rates.append(n_slow / seconds(slow, n_slow))
+    return fast_rates, slow_rates
+
+
+def main(n: int = 20_000, rounds: int = 5) -> None:
     cipher = psrpcore.PSRemotingCrypto()
     pool_id = uuid.uuid4()
-    print(f"{'message':<16}{'bytes':>7}{'fast rec/s':>14}{'psrpcore rec/s':>16}{'ratio':>8}")
+    print(f"medians of {rounds} interleaved rounds (fast, psrpcore, fast, ...)")
+    print(f"{'message':<16}{'bytes':>7}{'fast rec/s':>14}{'psrpcore rec/s':>16}{'ratio':>8}  per round")
     for name, (message_type, data) in sample_messages().items():
         fast = fast_decode(message_type, data)
         assert fast is not None, name
         assert fast == psrpcore_path(message_type, data, cipher, pool_id), name
-        fast_rate = rate(partial(fast_decode, message_type, data), n)
-        slow_rate = rate(partial(psrpcore_path, message_type, data, cipher, pool_id), max(n // 20, 200))
-        print(f"{name:<16}{len(data):>7}{fast_rate:>14,.0f}{slow_rate:>16,.0f}{fast_rate / slow_rate:>7.1f}x")
+        fast_rates, slow_rates = interleaved_rates(
+            partial(fast_decode, message_type, data),
+            n,
+            partial(psrpcore_path, message_type, data, cipher, pool_id),
+            max(n // 20, 200),
+            rounds,
+        )
+        fast_rate, slow_rate = statistics.median(fast_rates), statistics.median(slow_rates)
+        per_round = [f / s for f, s in zip(fast_rates, slow_rates, strict=True)]
+        print(
+            f"{name:<16}{len(data):>7}{fast_rate:>14,.0f}{slow_rate:>16,.0f}{fast_rate / slow_rate:>7.1f}x"
+            f"  {min(per_round):.1f}x-{max(per_round):.1f}x"
+        )
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20_000)
+    main(*(int(arg) for arg in sys.argv[1:3]))

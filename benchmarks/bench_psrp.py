@@ -1,14 +1,19 @@
 """./scripts/bench psrp - our PSRP client against pypsrp 1.0.0b1's, in one run, on two servers:
 PowerShell's own (pwsh -NoLogo -NoProfile -s, when one is found) and the simulator.
 
-For each server, rounds alternate ours, peer, ours, peer, ... and each figure is the median of
-its rounds (--rounds, default 5), so drift on this shared machine hits both sides alike:
+Every comparison runs in interleaved rounds (--rounds, default 5): ours, anchor, ours, anchor, ...
+so drift on this shared machine hits both sides alike. Each figure is the median of its rounds,
+each ratio is of medians, and beside it is the ratio's spread per round (lowest-highest), so a
+reader sees how stable it is. For each server, ours against pypsrp (in its own interpreter,
+VMBUSOPS_PEER_PYTHON, see peer_psrp.py):
   * pipelines per second, one at a time on a warm pool (ours / peer's)
   * verbose records per second streamed from one pipeline (ours / peer's)
 Then, against pwsh, what sending a pipeline's data only after its CommandAck costs (one
 Command -> CommandAck round trip) beside a whole pipeline; and, on the simulator, our CPU per
-pipeline, record decoding (our fast path vs psrpcore's) and a 200-VM fan-out against its ideal.
-The output ends with what these figures leave out.
+pipeline against starting a child process, record decoding (our fast path against psrpcore's,
+bench_decode.py) and a 200-VM fan-out against its ideal (the latency's waves, computed) and
+against the same waves of bare sleeps on this machine (measured). The output ends with what
+these figures leave out.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -64,7 +70,9 @@ async def ours_pipelines(count: int) -> float:
 
 
 async def ours_records(count: int) -> tuple[int, float]:
-    script = f'1..{count} | ForEach-Object {{ Write-Verbose "LCM:  [ Start  Set      ]  [[File]f$_]" -Verbose }}'
+    script = (
+        f'1..{count} | ForEach-Object {{ Write-Verbose "LCM:  [ Start  Set      ]  [[File]f$_]" -Verbose }}'
+    )
     async with open_host("sim", config=Config()) as host:
         start = time.perf_counter()
         records, _ = await host.run_in_guest("web01", script, credential())
@@ -118,6 +126,21 @@ async def fan_out(vms: int, latency_ms: int, concurrency: int) -> tuple[float, f
         assert not failed, f"fan-out failures: {failed[:3]}"
         ideal = -(-vms // concurrency) * latency_ms / 1000
         return elapsed, ideal
+
+
+async def sleep_floor(vms: int, latency_ms: int, concurrency: int) -> float:
+    """The fan-out's waves with nothing but the latency in them: this machine's floor for it."""
+    limiter = trio.CapacityLimiter(concurrency)
+
+    async def one() -> None:
+        async with limiter:
+            await trio.sleep(latency_ms / 1000)
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(vms):
+            nursery.start_soon(one)
+    return time.perf_counter() - start
 
 
 def pwsh_connect(pwsh: str) -> Callable[[trio.Nursery], Awaitable[Transport]]:
@@ -175,10 +198,38 @@ def run_peer_bench(*args: str, password: str = "") -> dict[str, float]:
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """Rates (count / s) of each side per round, rounds run ours, peer, ours, peer, ..."""
+
+    ours: list[float]
+    peer: list[float]
+
+    def line(self, label: str) -> str:
+        ours = statistics.median(self.ours)
+        line = f"{label:<44} ours {ours:8.0f}"
+        if not self.peer:
+            return line + "   (peer not installed: no ratio)"
+        peer = statistics.median(self.peer)
+        return (
+            line
+            + f"   pypsrp 1.0.0b1 {peer:8.0f}   ratio {ours / peer:5.2f}x  ({spread(self.ours, self.peer)})"
+        )
+
+
+def spread(ours: list[float], anchor: list[float]) -> str:
+    """The ratio ours / anchor of each round (rates), lowest to highest: how stable the median is."""
+    per_round = [o / a for o, a in zip(ours, anchor, strict=True)]
+    return f"per round {ratio(min(per_round))}-{ratio(max(per_round))}"
+
+
+def ratio(value: float) -> str:
+    return f"{value:.2f}x" if value < 10 else f"{value:.0f}x"
+
+
 def interleaved(
     rounds: int, ours: Callable[[], tuple[int, float]], peer: Callable[[], tuple[int, float]] | None
-) -> tuple[float, float | None]:
-    """Median rate (count / s) of each side over rounds run ours, peer, ours, peer, ..."""
+) -> Rates:
     our_rates: list[float] = []
     peer_rates: list[float] = []
     for _ in range(rounds):
@@ -187,16 +238,7 @@ def interleaved(
         if peer is not None:
             count, seconds = peer()
             peer_rates.append(count / seconds)
-    return statistics.median(our_rates), statistics.median(peer_rates) if peer_rates else None
-
-
-def rate_line(label: str, ours: float, peer: float | None) -> str:
-    line = f"{label:<44} ours {ours:8.0f}"
-    if peer is not None:
-        line += f"   pypsrp 1.0.0b1 {peer:8.0f}   ratio {ours / peer:5.2f}x"
-    else:
-        line += "   (peer not installed: no ratio)"
-    return line
+    return Rates(our_rates, peer_rates)
 
 
 def compare_on_pwsh(pwsh: str, args: argparse.Namespace, with_peer: bool) -> None:
@@ -210,8 +252,11 @@ def compare_on_pwsh(pwsh: str, args: argparse.Namespace, with_peer: bool) -> Non
         r = run_peer_bench("pwsh", pwsh, "pipelines", str(n))
         return int(r["count"]), r["seconds"]
 
-    ours, peer = interleaved(args.rounds, ours_p, peer_p if with_peer else None)
-    print(rate_line("pipelines/s (warm pool, Write-Output 1):", ours, peer))
+    print(
+        interleaved(args.rounds, ours_p, peer_p if with_peer else None).line(
+            "pipelines/s (warm pool, Write-Output 1):"
+        )
+    )
 
     def ours_r() -> tuple[int, float]:
         got, seconds = trio.run(ours_pwsh_records, pwsh, m)
@@ -223,8 +268,8 @@ def compare_on_pwsh(pwsh: str, args: argparse.Namespace, with_peer: bool) -> Non
         assert int(r["count"]) == m, f"the peer streamed {r['count']} of {m} verbose records"
         return int(r["count"]), r["seconds"]
 
-    ours, peer = interleaved(args.rounds, ours_r, peer_r if with_peer else None)
-    print(rate_line(f"verbose records/s ({m} from one pipeline):", ours, peer))
+    rates = interleaved(args.rounds, ours_r, peer_r if with_peer else None)
+    print(rates.line(f"verbose records/s ({m} from one pipeline):"))
 
     trip, whole = trio.run(pwsh_command_round_trip, pwsh, 200)
     print(
@@ -244,8 +289,11 @@ def compare_on_simulator(args: argparse.Namespace, password: str, with_peer: boo
         r = run_peer_bench("sim", sys.executable, "pipelines", str(n))
         return int(r["count"]), r["seconds"]
 
-    ours, peer = interleaved(args.rounds, ours_p, peer_p if with_peer else None)
-    print(rate_line("pipelines/s (warm pool, Get-VM):", ours, peer))
+    print(
+        interleaved(args.rounds, ours_p, peer_p if with_peer else None).line(
+            "pipelines/s (warm pool, Get-VM):"
+        )
+    )
 
     def ours_r() -> tuple[int, float]:
         got, seconds = trio.run(ours_records, m)
@@ -253,12 +301,14 @@ def compare_on_simulator(args: argparse.Namespace, password: str, with_peer: boo
         return got, seconds
 
     def peer_r() -> tuple[int, float]:
-        r = run_peer_bench("sim", sys.executable, "records", str(m), "web01", DEFAULT_USERNAME, password=password)
+        r = run_peer_bench(
+            "sim", sys.executable, "records", str(m), "web01", DEFAULT_USERNAME, password=password
+        )
         assert int(r["count"]) == m, f"the peer streamed {r['count']} of {m} verbose records"
         return int(r["count"]), r["seconds"]
 
-    ours, peer = interleaved(args.rounds, ours_r, peer_r if with_peer else None)
-    print(rate_line(f"verbose records/s ({m} from a guest):", ours, peer))
+    rates = interleaved(args.rounds, ours_r, peer_r if with_peer else None)
+    print(rates.line(f"verbose records/s ({m} from a guest):"))
 
 
 LEFT_OUT = """What these figures leave out:
@@ -266,26 +316,63 @@ LEFT_OUT = """What these figures leave out:
     pools are warm before timing starts, on both sides;
   * concurrency: pipelines run one at a time; many at once (the agent's fan-out) is the
     simulator's fan-out line, and against pwsh the pool size matters (about 10 ms per runspace);
-  * the peer collects its records at the end of a pipeline and declares no host; ours yields
-    each record live and declares a host with a UI, so pwsh sends each verbose line twice (the
-    record and a WriteVerboseLine host call) and ours reads and drops the copy: a real cost of
-    receiving a guest's verbose lines at all, counted in our figures only;
+  * the peer collects its records at the end of a pipeline, ours yields each record live; both
+    declare a host with a UI (without one PowerShell drops a guest's verbose records), so both
+    pay for the host calls pwsh sends beside each verbose line;
+  * the peer's interpreter start and imports: each of its rounds is a fresh process, timed
+    from inside after its pool is open, as ours is timed inside this process;
   * Windows PowerShell 5.1 and a real Hyper-V host: no Invoke-Command -VMName, no guest, no
     VMBus latency; against pwsh, the verbose lines come from the server's own pipeline;
   * the machine: 2 cores shared with other work; medians of interleaved rounds damp that noise,
     they do not remove it."""
 
 
-def best(values: list[float]) -> float:
-    return min(values)
+def simulator_only(args: argparse.Namespace) -> None:
+    """Our CPU against child start-up, decoding against psrpcore, fan-out against its ideal."""
+    print(f"## the simulator only (median of {args.rounds} interleaved rounds)")
+    cpu: list[float] = []
+    bare: list[float] = []
+    opened: list[float] = []
+    for _ in range(args.rounds):
+        cpu.append(trio.run(our_cpu_per_pipeline, args.pipelines))
+        started, pool = trio.run(child_start_cost)
+        bare.append(started)
+        opened.append(pool)
+    c, b, o = (statistics.median(x) for x in (cpu, bare, opened))
+    print(
+        f"agent CPU per pipeline:          {c * 1e3:6.3f} ms   vs starting a bare Python child "
+        f"{b * 1e3:6.1f} ms ({b / c:5.0f}x, {spread(bare, cpu)}) and starting the host + opening a pool "
+        f"{o * 1e3:6.1f} ms ({o / c:5.0f}x, {spread(opened, cpu)})"
+    )
+
+    print("record decoding (same bytes, results checked equal first):")
+    bench_decode.main(5_000, rounds=args.rounds)
+
+    vms, latency_ms, concurrency = 200, 250, 50
+    elapsed: list[float] = []
+    floor: list[float] = []
+    ideal = 0.0
+    for _ in range(args.rounds):
+        seconds, ideal = trio.run(fan_out, vms, latency_ms, concurrency)
+        elapsed.append(seconds)
+        floor.append(trio.run(sleep_floor, vms, latency_ms, concurrency))
+    e, f = statistics.median(elapsed), statistics.median(floor)
+    over_ideal = [x / ideal for x in elapsed]
+    print(
+        f"fan-out {vms} VMs x {latency_ms} ms, {concurrency} at a time: {e:5.2f}s vs ideal {ideal:4.2f}s "
+        f"= {e / ideal:4.2f}x (goal <= 1.15x, {'met' if e / ideal <= 1.15 else 'NOT met'}; "
+        f"per round {ratio(min(over_ideal))}-{ratio(max(over_ideal))}); "
+        f"the same waves of sleeps alone {f:4.2f}s, so {e / f:4.2f}x ({spread(elapsed, floor)})"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pipelines", type=int, default=300)
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per comparison (median)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of the simulator-only figures (best)")
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument("--skip-extras", action="store_true", help="only the ours-vs-peer comparisons")
     args = parser.parse_args()
@@ -305,25 +392,7 @@ def main() -> None:
             print(LEFT_OUT)
             return
 
-        print(f"## the simulator only (best of {args.repeat})")
-        cpu = best([trio.run(our_cpu_per_pipeline, args.pipelines) for _ in range(args.repeat)])
-        starts = [trio.run(child_start_cost) for _ in range(args.repeat)]
-        bare = best([s[0] for s in starts])
-        opened = best([s[1] for s in starts])
-        print(
-            f"agent CPU per pipeline:          {cpu * 1e3:6.3f} ms   vs starting a bare Python child "
-            f"{bare * 1e3:6.1f} ms ({bare / cpu:5.0f}x) and starting the host + opening a pool "
-            f"{opened * 1e3:6.1f} ms ({opened / cpu:5.0f}x)"
-        )
-
-        print("record decoding (same bytes, results checked equal first):")
-        bench_decode.main(5_000)
-
-        fan = [trio.run(fan_out, 200, 250, 50) for _ in range(args.repeat)]
-        elapsed = best([f[0] for f in fan])
-        ideal = fan[0][1]
-        print(f"fan-out 200 VMs x 250 ms, 50 at a time: {elapsed:5.2f}s vs ideal {ideal:4.2f}s "
-              f"= {elapsed / ideal:4.2f}x (goal <= 1.15x)")
+        simulator_only(args)
         print(LEFT_OUT)
 
 
