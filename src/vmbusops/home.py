@@ -12,7 +12,9 @@ mode 0600 and ``O_CREAT``. On Windows the per-user data directory's ACL does thi
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 import platformdirs
@@ -64,12 +66,25 @@ def private_dir(path: Path) -> Path:
 
 def private_file(path: Path) -> Path:
     """Create ``path`` (empty) as 0600 if it does not exist; make it 0600 if it does. For files
-    another library then opens (SQLite), so they never exist with the umask's mode."""
+    another library then opens (SQLite), so they never exist with the umask's mode.
+
+    An existing file is never opened here: closing any descriptor of a file drops every POSIX
+    lock this process holds on it, SQLite's included, and another process's SQLite would then
+    take this one's database for unused and delete its write-ahead log under it.
+    """
     private_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), PRIVATE_FILE)
     try:
-        if _POSIX:
-            os.fchmod(fd, PRIVATE_FILE)
-    finally:
-        os.close(fd)
+        found = os.lstat(path)
+    except FileNotFoundError:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), PRIVATE_FILE)
+        except FileExistsError:
+            found = os.lstat(path)  # made meanwhile by another process: treated as found
+        else:
+            os.close(fd)  # a file nobody had open: no lock to lose
+            return path
+    if stat.S_ISLNK(found.st_mode):
+        raise OSError(errno.ELOOP, "a symbolic link where a private file belongs", str(path))
+    if _POSIX and stat.S_IMODE(found.st_mode) != PRIVATE_FILE:
+        os.chmod(path, PRIVATE_FILE)
     return path

@@ -157,6 +157,7 @@ async def test_bad_bundles_and_bodies_are_refused_before_anything_runs(
                 400,
             )
         is_problem(await c.get("/v1/jobs?limit=0"), 400)
+        is_problem(await c.get("/v1/jobs?limit=%C2%B2"), 400)  # a digit to str.isdigit, not to int()
         is_problem(await c.get("/v1/jobs/1/records?after=x.y"), 404)  # no job 1 yet
         is_problem(await c.get(f"/v1/jobs/{2**70}"), 404)
         assert (await c.get("/v1/jobs")).json()["jobs"] == []
@@ -165,6 +166,7 @@ async def test_bad_bundles_and_bodies_are_refused_before_anything_runs(
         assert r.status_code == 201, r.text
         job_id = r.json()["job"]["id"]
         is_problem(await c.get(f"/v1/jobs/{job_id}/records?after=x.y"), 400)
+        is_problem(await c.get(f"/v1/jobs/{job_id}/records?limit=%C2%B2"), 400)
         is_problem(await c.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "1.2.3.4.5"}), 400)
         with trio.fail_after(10):
             while (await c.get(f"/v1/jobs/{job_id}")).json()["job"]["state"] != "success":  # noqa: ASYNC110 - polling the API

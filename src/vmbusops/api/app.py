@@ -112,7 +112,7 @@ def build_app(service: AgentService) -> Starlette:
         raw = request.query_params.get(name)
         if raw is None:
             return default
-        if not raw.isdigit() or not low <= int(raw) <= high:
+        if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
             raise ApiProblem(
                 400, "bad-request", "Bad request", f"{name} must be a whole number from {low} to {high}"
             )
@@ -160,7 +160,7 @@ def build_app(service: AgentService) -> Starlette:
                              "send the .vmb file's bytes as application/octet-stream")  # fmt: skip
         limit = service.config.max_bundle_bytes
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
+        if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > limit):
             raise ApiProblem(413, "too-large", "Bundle too large", f"bundles may be at most {limit} bytes")
         wait = service.limiter.try_acquire(who.id)
         if wait is not None:

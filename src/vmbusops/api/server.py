@@ -48,6 +48,9 @@ from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.supervisor import Backoff, HostSupervisor, supervise_host
 from vmbusops.retention import keep_retention
 
+#: How long a thread may hold the interpreter while another waits (Python's default is 5 ms).
+GIL_SWITCH_SECONDS = 0.0005
+
 log = logging.getLogger("vmbusops.agent")
 
 
@@ -100,6 +103,9 @@ async def run_agent(
     scheduler_factory: Callable[[AgentService], Any] | None = None,
 ) -> int:
     agent = config.agent
+    # Journal reads run in worker threads beside the event loop; a short switch interval lets a
+    # status call's thread have the interpreter soon while a follower's catch-up formats a page.
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     hconfig = HypercornConfig()
     hconfig.bind = [listen or agent.listen]
     hconfig.accesslog = None
