@@ -44,3 +44,12 @@ def test_resuming_a_finished_job_is_a_usage_error_and_starts_nothing(vmbusops_ho
         f"vmbusops: job {job_id} is success; only an interrupted job can be resumed",
         f"  hint: see it with: vmbusops jobs show {job_id}",
     ]
+
+
+def test_logs_of_a_vm_the_job_does_not_target_is_a_usage_error_followed_or_not(vmbusops_home: Path) -> None:
+    job_id = finished_job()
+    for extra in ([], ["-f"]):
+        done = vmbusops("logs", str(job_id), "--vm", "nosuch", *extra)
+        assert (done.returncode, done.stdout) == (2, ""), (extra, done)
+        assert done.stderr.splitlines() == [f"vmbusops: no run on nosuch in job {job_id}", "  hint: its VMs: vm01"]
+    assert vmbusops("logs", str(job_id), "--vm", "VM01").returncode == 0

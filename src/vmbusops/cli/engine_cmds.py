@@ -48,6 +48,7 @@ from vmbusops.engine import (
 from vmbusops.engine.journal import RunView
 from vmbusops.engine.journal_retention import journal_bytes
 from vmbusops.engine.views import job_json, run_json
+from vmbusops.errors import ConfigError
 from vmbusops.guestops.connect import open_host
 from vmbusops.records import Stream
 
@@ -421,7 +422,10 @@ def logs_cmd(
             f" its runs keep an excerpt: vmbusops jobs show {job_id}",
             err=True,
         )
-    width = max([len(r.vm) for r in journal.runs(job_id)] + [8])
+    names = [r.vm for r in journal.runs(job_id)]
+    if vm is not None and vm.casefold() not in {n.casefold() for n in names}:
+        raise ConfigError(f"no run on {vm} in job {job_id}", hint=f"its VMs: {', '.join(names) or 'none'}")
+    width = max([len(n) for n in names] + [8])
     seen = 0
 
     def drain() -> None:

@@ -322,7 +322,10 @@ def remote_logs(
                 raise _transport(exc, agent.url) from exc
             if response.status_code != 200:
                 raise _problem(response)
-            width = max([len(r["vm"]) for r in response.json()["runs"]] + [8])
+            names = [r["vm"] for r in response.json()["runs"]]
+            if vm is not None and vm.casefold() not in {n.casefold() for n in names}:
+                raise ConfigError(f"no run on {vm} in job {job_id}", hint=f"its VMs: {', '.join(names) or 'none'}")
+            width = max([len(n) for n in names] + [8])
 
             def wanted(data: dict[str, Any]) -> bool:
                 return (vm is None or data["vm"].casefold() == vm.casefold()) and (
