@@ -50,6 +50,12 @@ async def test_submit_follow_and_remote_logs_match_the_local_commands(agent: Age
         lambda: cli(agent, "logs", str(job_id), "--json", "--agent", agent.url)
     )
     assert remote_json.stdout == local_json.stdout
+    for follow in ([], ["-f"]):  # a VM the job does not target: one line, exit 2, followed or not
+        nosuch = await trio.to_thread.run_sync(
+            lambda: cli(agent, "logs", str(job_id), "--vm", "nosuch", *follow, "--agent", agent.url)  # noqa: B023
+        )
+        assert (nosuch.returncode, nosuch.stdout) == (2, ""), nosuch
+        assert nosuch.stderr.splitlines()[0] == f"vmbusops: no run on nosuch in job {job_id}"
 
 
 async def test_client_errors_map_to_the_documented_exit_codes(agent: Agent, tmp_path: object) -> None:
