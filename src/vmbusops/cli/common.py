@@ -11,7 +11,7 @@ import trio
 
 from vmbusops.cli import exitcodes
 from vmbusops.config import Config, load_config
-from vmbusops.errors import VmbusOpsError
+from vmbusops.errors import ConfigError, VmbusOpsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -70,3 +70,10 @@ def load(config_path: str | None = None) -> Config:
     from pathlib import Path
 
     return load_config(Path(config_path) if config_path else None)
+
+
+def require_run(vm: str | None, names: list[str], job_id: int) -> None:
+    """``vmbusops logs --vm``: a VM the job does not target is a usage error, whichever way the
+    records are read (the journal or an agent)."""
+    if vm is not None and vm.casefold() not in {n.casefold() for n in names}:
+        raise ConfigError(f"no run on {vm} in job {job_id}", hint=f"its VMs: {', '.join(names) or 'none'}")

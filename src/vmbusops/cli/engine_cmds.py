@@ -27,7 +27,7 @@ from rich.table import Table
 
 from vmbusops.bundle.verify import AcceptedBundle, read_unverified
 from vmbusops.cli import exitcodes
-from vmbusops.cli.common import host_option, load, run_trio
+from vmbusops.cli.common import host_option, load, require_run, run_trio
 from vmbusops.cli.output import RecordPrinter, use_colour
 from vmbusops.cli.record_lines import print_records
 from vmbusops.cli.remote import agent_option, remote_logs, resolve_agent
@@ -48,7 +48,6 @@ from vmbusops.engine import (
 from vmbusops.engine.journal import RunView
 from vmbusops.engine.journal_retention import journal_bytes
 from vmbusops.engine.views import job_json, run_json
-from vmbusops.errors import ConfigError
 from vmbusops.guestops.connect import open_host
 from vmbusops.records import Stream
 
@@ -423,8 +422,7 @@ def logs_cmd(
             err=True,
         )
     names = [r.vm for r in journal.runs(job_id)]
-    if vm is not None and vm.casefold() not in {n.casefold() for n in names}:
-        raise ConfigError(f"no run on {vm} in job {job_id}", hint=f"its VMs: {', '.join(names) or 'none'}")
+    require_run(vm, names, job_id)
     width = max([len(n) for n in names] + [8])
     seen = 0
 

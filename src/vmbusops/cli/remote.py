@@ -21,7 +21,7 @@ import httpx
 import trio
 
 from vmbusops.cli import exitcodes
-from vmbusops.cli.common import run_trio
+from vmbusops.cli.common import require_run, run_trio
 from vmbusops.cli.record_lines import print_records, record_text
 from vmbusops.engine.journal import RecordView
 from vmbusops.errors import BundleError, ConfigError, TransportError, VmbusOpsError
@@ -323,8 +323,7 @@ def remote_logs(
             if response.status_code != 200:
                 raise _problem(response)
             names = [r["vm"] for r in response.json()["runs"]]
-            if vm is not None and vm.casefold() not in {n.casefold() for n in names}:
-                raise ConfigError(f"no run on {vm} in job {job_id}", hint=f"its VMs: {', '.join(names) or 'none'}")
+            require_run(vm, names, job_id)
             width = max([len(n) for n in names] + [8])
 
             def wanted(data: dict[str, Any]) -> bool:
