@@ -1,6 +1,6 @@
 """Reading one big job's records from the journal, and the agent's status calls while followers catch up.
 
-    ./scripts/bench journal [--sizes 10000,100000,1000000] [--runs 500] [--page 5000] [--rounds 3]
+    ./scripts/bench journal [--sizes 10000,100000,1000000] [--runs 500] [--page 2000] [--rounds 3]
                             [--cap 60] [--status-records 200000] [--followers 1,4] [--no-reads] [--no-status]
 
 1. Read rate. For each size, one finished job of that many records spread over --runs runs,
@@ -322,7 +322,7 @@ def main() -> None:
     ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
     parser.add_argument("--sizes", type=ints, default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--runs", type=int, default=500)
-    parser.add_argument("--page", type=int, default=5000)
+    parser.add_argument("--page", type=int, default=2000)  # the journal's READ_PAGE, as logs reads
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cap", type=float, default=60.0, help="seconds before a read is given up")
     parser.add_argument("--status-records", type=int, default=200_000)

@@ -45,7 +45,7 @@ from vmbusops.engine import (
     acceptance,
     open_engine,
 )
-from vmbusops.engine.journal import RunView
+from vmbusops.engine.journal import READ_PAGE, RunView
 from vmbusops.engine.journal_retention import journal_bytes
 from vmbusops.engine.views import job_json, run_json
 from vmbusops.guestops.connect import open_host
@@ -429,7 +429,7 @@ def logs_cmd(
     def drain() -> None:
         nonlocal seen
         while True:
-            batch = journal.records(job_id, vm=vm, stream=stream, after=seen, limit=5000)
+            batch = journal.records(job_id, vm=vm, stream=stream, after=seen, limit=READ_PAGE)
             if not batch:
                 return
             print_records(batch, as_json, width)

@@ -76,7 +76,9 @@ class StepView:
     error: str | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, which made building
+# a view cost 3.5 us against 0.9 us, and a reader of a big job builds one per record.
+@dataclass(slots=True, kw_only=True)
 class RecordView:
     run_id: int
     vm: str
