@@ -400,6 +400,8 @@ function Read-VmbusOpsEventStream {
         $request.Method = 'GET'
         $request.Accept = 'text/event-stream'
         $request.AllowReadStreamBuffering = $false
+        # Not pooled: an unfinished event stream must be cut, never drained on close (5.1 drains).
+        $request.KeepAlive = $false
         # The agent sends a keep-alive line every 15 s: a minute of silence is a dead connection.
         $request.ReadWriteTimeout = 60000
         $request.Headers.Add('Authorization', $Connection.Headers.Authorization)
@@ -442,6 +444,7 @@ function Read-VmbusOpsEventStream {
         $connected = $true
         $droppedAt = $null
         $reader = [System.IO.StreamReader]::new($response.GetResponseStream(), [System.Text.UTF8Encoding]::new($false))
+        $ended = $false
         try {
             $name = 'message'; $id = $null
             $data = [System.Text.StringBuilder]::new()
@@ -457,8 +460,9 @@ function Read-VmbusOpsEventStream {
                     # A blank line ends an event.
                     if ($data.Length -gt 0) {
                         if ($null -ne $id -and $id -match '^[0-9]+$') { $lastId = [long]$id }
+                        if ($name -eq 'end') { $ended = $true }
                         [pscustomobject]@{ Event = $name; Id = $id; Data = ($data.ToString() | ConvertFrom-Json) }
-                        if ($name -eq 'end') { return }
+                        if ($ended) { return }
                     }
                     $name = 'message'; $id = $null
                     [void]$data.Clear()
@@ -485,6 +489,8 @@ function Read-VmbusOpsEventStream {
                 }
             }
         } finally {
+            # Left early (the pipeline stopped: Select-Object -First, Ctrl-C): cut the connection.
+            if (-not $ended) { $request.Abort() }
             $reader.Dispose()
             $response.Dispose()
         }
@@ -552,7 +558,8 @@ function Receive-VmbusOpsJobOutput {
         (VmbusOps.GuestError), warnings, verbose, debug and information records as "[VM] text"
         in theirs, progress as a progress bar per VM. It ends when the job ends; a dropped
         connection is resumed after the last record (Last-Event-ID). -After N starts after
-        record N (each record's number is its event id).
+        record N (each record's number is its event id). Ctrl-C takes effect when the next line
+        arrives (the agent sends one at least every 15 s).
     .OUTPUTS
         VmbusOps.Record
     #>

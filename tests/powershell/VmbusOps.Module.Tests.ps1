@@ -215,6 +215,15 @@ Describe 'Following live over the event stream (-Follow), and cancelling (Stop-V
         @(Receive-VmbusOpsJobOutput -Id $job.Id -Follow -After 1000 @admin) | Should -BeNullOrEmpty
     }
 
+    It 'stops reading when the pipeline has what it wants, the job still running' {
+        $job = Submit-VmbusOpsJob -Path (New-LoopbackAgentBundle -Lab $lab -Name 'endless' `
+                -Script "Write-Output 'one'; Write-Output 'two'; Start-Sleep -Seconds 60") @admin
+        $first = Receive-VmbusOpsJobOutput -Id $job.Id -Follow @admin | Select-Object -First 1
+        $first.Message | Should -Be 'one'
+        (Get-VmbusOpsJob -Id $job.Id @admin).State | Should -Be 'in-progress'
+        Stop-VmbusOpsJob -Id $job.Id @admin
+    }
+
     It 'an unknown job: non-terminating VmbusOps.NotFound, as without -Follow' {
         { Receive-VmbusOpsJobOutput -Id 99999 -Follow @admin -ErrorAction Stop } |
             Should -Throw -ErrorId 'VmbusOps.NotFound,Receive-VmbusOpsJobOutput'
