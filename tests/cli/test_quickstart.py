@@ -172,3 +172,24 @@ def test_the_wrapper_bootstraps_a_missing_venv_first(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "vmbusops needs Python 3.11 or newer" in proc.stderr
     assert not (root / ".venv").exists()
+
+
+def test_after_scripts_demo_the_line_it_prints_puts_vmbusops_on_path(tmp_path: Path) -> None:
+    """./scripts/demo runs the tour, then says how to reach the command; doing what it says works."""
+    root = fake_checkout(tmp_path)
+    shutil.copy2(ROOT / "scripts" / "demo", root / "scripts" / "demo")
+    venv_bin = root / ".venv" / "bin"
+    checkout_command(venv_bin)
+    (venv_bin / "python").symlink_to(sys.executable)
+    stamp = hashlib.sha256((root / "pyproject.toml").read_bytes()).hexdigest()
+    (root / ".venv" / ".vmbusops-stamp").write_text(stamp + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMBUSOPS_")}
+    env["TMPDIR"] = str(tmp_path)
+    demo = run([str(root / "scripts" / "demo")], root, env)
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    [hint] = [line for line in demo.stderr.splitlines() if line.startswith("==> vmbusops is ")]
+    export = hint.split(": ", 1)[1].split(", or run ")[0]
+    assert export == f'export PATH="{venv_bin}:$PATH"'
+    after = run(["bash", "--norc", "-c", f"{export}; cd /; vmbusops --version"], tmp_path, env)
+    assert after.returncode == 0, after.stderr
+    assert after.stdout.startswith("vmbusops, version ")
