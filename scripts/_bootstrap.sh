@@ -25,7 +25,7 @@ bootstrap_venv() {
         "$PY" -m venv "$VENV"
     fi
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-        echo "==> installing vmbusops and its tools into $VENV" >&2
+        echo "==> installing vmbusops (editable) and its pinned dev tools (pyproject.toml [dev]: pytest, ruff, mypy...) into $VENV with pip, from PyPI" >&2
         "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
         "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]" 2>&1 | grep -v '^WARNING: Location' >&2 || true
         "$VENV/bin/python" -c 'import vmbusops, trio, psrpcore, pytest_trio' \
@@ -66,7 +66,11 @@ bootstrap_sshd() {
     fi
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    echo "==> installing openssh-server (for the SSH transport tests)" >&2
+    # Said before anything happens: this is the one system-wide change the scripts make.
+    echo "==> sshd is missing: installing Debian's openssh-server and openssh-client SYSTEM-WIDE" >&2
+    echo "    with: ${sudo:+sudo }apt-get update && ${sudo:+sudo }apt-get install openssh-server openssh-client" >&2
+    echo "    (the SSH transport tests start their own sshd on 127.0.0.1; Debian's package may also" >&2
+    echo "    enable its ssh service: 'systemctl disable --now ssh' turns that off)" >&2
     $sudo apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends openssh-server openssh-client >&2
 }

@@ -11,6 +11,8 @@
 
         Get-ChildItem .\bundles\*.vmb | Submit-VmbusOpsJob | Wait-VmbusOpsJob | Where-Object State -ne 'success'
         Submit-VmbusOpsJob .\patch.vmb | Receive-VmbusOpsJobOutput -Wait -Stream error,warning
+        Submit-VmbusOpsJob .\patch.vmb | Receive-VmbusOpsJobOutput -Follow -Verbose    # live, stream by stream
+        Get-VmbusOpsJob -State in-progress | Stop-VmbusOpsJob
 #>
 
 Set-StrictMode -Version 3.0
@@ -78,20 +80,30 @@ function ConvertFrom-VmbusOpsFailure {
         VmbusOps.<Kind> (bundle-rejected -> VmbusOps.BundleRejected). No HTTP answer at all
         (refused, reset, name resolution, TLS) is VmbusOps.AgentUnreachable.
         Works on both editions: 5.1 throws a WebException, 7 an HttpResponseException or an
-        HttpRequestException; both keep the answer's body in ErrorDetails.Message.
+        HttpRequestException; both keep the answer's body in ErrorDetails.Message, which the
+        caller passes as -Body (HttpWebRequest's WebException, on both: the caller reads it).
     #>
-    param([Parameter(Mandatory)] $Failure, [Parameter(Mandatory)] $Connection, [string] $Method, [string] $Path)
+    param(
+        [Parameter(Mandatory)] [System.Exception] $Exception,
+        [Parameter(Mandatory)] $Connection,
+        [string] $Body,
+        [string] $Method,
+        [string] $Path
+    )
+    # A .NET method call's failure (HttpWebRequest.GetResponse) arrives wrapped.
+    if ($Exception -is [System.Management.Automation.MethodInvocationException] -and $Exception.InnerException) {
+        $Exception = $Exception.InnerException
+    }
     $response = $null
-    if ($Failure.Exception.PSObject.Properties['Response']) { $response = $Failure.Exception.Response }
+    if ($Exception.PSObject.Properties['Response']) { $response = $Exception.Response }
     if ($null -eq $response) {
         return New-VmbusOpsErrorRecord -ErrorId 'VmbusOps.AgentUnreachable' -Category ConnectionError `
-            -Message "Cannot reach the vmbusops agent at $($Connection.Agent): $($Failure.Exception.Message)" `
-            -TargetObject $Connection.Agent -InnerException $Failure.Exception `
+            -Message "Cannot reach the vmbusops agent at $($Connection.Agent): $($Exception.Message)" `
+            -TargetObject $Connection.Agent -InnerException $Exception `
             -RecommendedAction 'Check -Agent (or $env:VMBUSOPS_AGENT) and that the agent is running: vmbusops agent'
     }
     $status = [int]$response.StatusCode
-    $body = ''
-    if ($Failure.ErrorDetails -and $Failure.ErrorDetails.Message) { $body = $Failure.ErrorDetails.Message }
+    if (-not $Body) { $Body = '' }
     $problem = $null
     try { $problem = $body | ConvertFrom-Json -ErrorAction Stop } catch { $problem = $null }
     $hint = $null
@@ -120,8 +132,9 @@ function ConvertFrom-VmbusOpsFailure {
 function Invoke-VmbusOpsApi {
     <#
         One request to the agent. Failures are terminating errors of the calling public cmdlet,
-        except that with -NotFoundIsNonTerminating a 404 is written as a non-terminating error of
-        that cmdlet and nothing is returned (one unknown job id among several must not end the rest).
+        except that with -NotFoundIsNonTerminating a 404 (and any -NonTerminatingCategory) is
+        written as a non-terminating error of that cmdlet and nothing is returned (one unknown job
+        id among several must not end the rest).
     #>
     param(
         [Parameter(Mandatory)] $Connection,
@@ -129,8 +142,11 @@ function Invoke-VmbusOpsApi {
         [string] $Method = 'Get',
         [string] $InFile,
         [string] $ContentType,
-        [switch] $NotFoundIsNonTerminating
+        [switch] $NotFoundIsNonTerminating,
+        # More error categories written as non-terminating errors (Stop-VmbusOpsJob: InvalidOperation).
+        [string[]] $NonTerminatingCategory = @()
     )
+    if ($NotFoundIsNonTerminating) { $NonTerminatingCategory += 'ObjectNotFound' }
     $request = @{
         Uri         = $Connection.Agent + $Path
         Method      = $Method
@@ -143,8 +159,10 @@ function Invoke-VmbusOpsApi {
     try {
         Invoke-RestMethod @request
     } catch {
-        $record = ConvertFrom-VmbusOpsFailure -Failure $_ -Connection $Connection -Method $Method -Path $Path
-        if ($NotFoundIsNonTerminating -and $record.CategoryInfo.Category -eq 'ObjectNotFound') {
+        $body = $null
+        if ($_.ErrorDetails) { $body = $_.ErrorDetails.Message }
+        $record = ConvertFrom-VmbusOpsFailure -Exception $_.Exception -Body $body -Connection $Connection -Method $Method -Path $Path
+        if ($NonTerminatingCategory -contains "$($record.CategoryInfo.Category)") {
             $Connection.Caller.WriteError($record)
             return
         }
@@ -336,29 +354,248 @@ function Wait-VmbusOpsJob {
     }
 }
 
+function ConvertTo-VmbusOpsRecord {
+    # One record of the agent's JSON (a records page's or an SSE record event's) as a VmbusOps.Record.
+    param($Record, [int] $JobId)
+    $r = $Record
+    $text = switch ($r.stream) {
+        'output' { ConvertTo-VmbusOpsText $r.value }
+        'information' { ConvertTo-VmbusOpsText $r.message_data }
+        'progress' { "$($r.activity): $($r.status_description)" }
+        'state' { "$($r.state)" }
+        default { "$($r.message)" }
+    }
+    [pscustomobject]@{
+        PSTypeName = 'VmbusOps.Record'; JobId = $JobId; VM = $r.vm; Seq = [int]$r.seq
+        Stream = $r.stream; Step = Get-VmbusOpsProperty $r 'step'; Time = ConvertTo-VmbusOpsTime $r.time
+        Message = $text; Record = $r
+    }
+}
+
+function Read-VmbusOpsEventStream {
+    <#
+        GET /v1/jobs/ID/events: the job's Server-Sent Events, written to the pipeline one by one as
+        they arrive (objects with Event, Id and Data, the event's JSON decoded), until the agent's
+        `end` event. The answer is read line by line, never as a whole: it lasts as long as the job.
+
+        HttpWebRequest is on both editions (5.1's .NET Framework and 7's .NET; on 7 it does not
+        buffer the response either). A connection that drops before the end is opened again with
+        Last-Event-ID (the last record's number), so nothing is repeated or skipped, for up to
+        -ReconnectSeconds; the agent's `retry:` field says how long to wait between attempts.
+        Writes nothing and returns after a non-terminating 404 (an unknown job).
+    #>
+    param(
+        [Parameter(Mandatory)] $Connection,
+        [Parameter(Mandatory)] [int] $JobId,
+        [long] $After = 0,
+        [int] $ReconnectSeconds = 60
+    )
+    $path = "/v1/jobs/$JobId/events"
+    $lastId = $After
+    $retryMilliseconds = 1000
+    $connected = $false
+    $droppedAt = $null
+    while ($true) {
+        $request = [System.Net.HttpWebRequest]([System.Net.WebRequest]::Create($Connection.Agent + $path))
+        $request.Method = 'GET'
+        $request.Accept = 'text/event-stream'
+        $request.AllowReadStreamBuffering = $false
+        # Not pooled: an unfinished event stream must be cut, never drained on close (5.1 drains).
+        $request.KeepAlive = $false
+        # The agent sends a keep-alive line every 15 s: a minute of silence is a dead connection.
+        $request.ReadWriteTimeout = 60000
+        $request.Headers.Add('Authorization', $Connection.Headers.Authorization)
+        if ($lastId -gt 0) { $request.Headers.Add('Last-Event-ID', [string]$lastId) }
+        Write-Verbose "GET $($Connection.Agent)$path (after record $lastId)"
+        $response = $null
+        try {
+            $response = $request.GetResponse()
+        } catch {
+            $failure = $_.Exception
+            if ($failure -is [System.Management.Automation.MethodInvocationException] -and $failure.InnerException) {
+                $failure = $failure.InnerException
+            }
+            $answer = $null
+            if ($failure.PSObject.Properties['Response']) { $answer = $failure.Response }
+            if ($null -eq $answer -and $connected) {
+                # The agent went away while the job was followed: it may be restarting.
+                if ($null -eq $droppedAt) { $droppedAt = [DateTime]::UtcNow }
+                if (([DateTime]::UtcNow - $droppedAt).TotalSeconds -lt $ReconnectSeconds) {
+                    Start-Sleep -Milliseconds $retryMilliseconds
+                    continue
+                }
+            }
+            $body = $null
+            if ($null -ne $answer) {
+                try {
+                    $errorReader = [System.IO.StreamReader]::new($answer.GetResponseStream())
+                    $body = $errorReader.ReadToEnd()
+                    $errorReader.Dispose()
+                } catch { $body = $null }
+                $answer.Dispose()
+            }
+            $record = ConvertFrom-VmbusOpsFailure -Exception $failure -Body $body -Connection $Connection -Method GET -Path $path
+            if ("$($record.CategoryInfo.Category)" -eq 'ObjectNotFound') {
+                $Connection.Caller.WriteError($record)
+                return
+            }
+            $Connection.Caller.ThrowTerminatingError($record)
+        }
+        $connected = $true
+        $droppedAt = $null
+        $reader = [System.IO.StreamReader]::new($response.GetResponseStream(), [System.Text.UTF8Encoding]::new($false))
+        $ended = $false
+        try {
+            $name = 'message'; $id = $null
+            $data = [System.Text.StringBuilder]::new()
+            while ($true) {
+                try {
+                    $line = $reader.ReadLine()
+                } catch {
+                    Write-Verbose "the event stream broke: $($_.Exception.Message)"
+                    $line = $null
+                }
+                if ($null -eq $line) { break }
+                if ($line.Length -eq 0) {
+                    # A blank line ends an event.
+                    if ($data.Length -gt 0) {
+                        if ($null -ne $id -and $id -match '^[0-9]+$') { $lastId = [long]$id }
+                        if ($name -eq 'end') { $ended = $true }
+                        [pscustomobject]@{ Event = $name; Id = $id; Data = ($data.ToString() | ConvertFrom-Json) }
+                        if ($ended) { return }
+                    }
+                    $name = 'message'; $id = $null
+                    [void]$data.Clear()
+                    continue
+                }
+                if ($line.StartsWith(':')) { continue }
+                $colon = $line.IndexOf(':')
+                if ($colon -lt 0) { $field = $line; $value = '' } else {
+                    $field = $line.Substring(0, $colon)
+                    $value = $line.Substring($colon + 1)
+                    if ($value.StartsWith(' ')) { $value = $value.Substring(1) }
+                }
+                switch ($field) {
+                    'event' { $name = $value }
+                    'id' { $id = $value }
+                    'data' {
+                        if ($data.Length -gt 0) { [void]$data.Append("`n") }
+                        [void]$data.Append($value)
+                    }
+                    'retry' {
+                        $ms = 0
+                        if ([int]::TryParse($value, [ref]$ms) -and $ms -gt 0) { $retryMilliseconds = $ms }
+                    }
+                }
+            }
+        } finally {
+            # Left early (the pipeline stopped: Select-Object -First, Ctrl-C): cut the connection.
+            if (-not $ended) { $request.Abort() }
+            $reader.Dispose()
+            $response.Dispose()
+        }
+        # The answer ended without the `end` event: reconnect where it stopped.
+        $droppedAt = [DateTime]::UtcNow
+        Start-Sleep -Milliseconds $retryMilliseconds
+    }
+}
+
+function Write-VmbusOpsRecordToStream {
+    <#
+        A VmbusOps.Record to the PowerShell stream it came from, on the calling cmdlet: output
+        records as objects to the output, errors as non-terminating errors (VmbusOps.GuestError,
+        the record as the target), warnings, verbose, debug and information records as
+        "[VM] text" in their streams, progress as one progress bar per VM, and a run's end (the
+        state stream) as a verbose line.
+    #>
+    param([Parameter(Mandatory)] $Item, [Parameter(Mandatory)] [System.Management.Automation.PSCmdlet] $Caller,
+        [Parameter(Mandatory)] [hashtable] $ProgressIds)
+    $line = "[$($Item.VM)] $($Item.Message)"
+    $r = $Item.Record
+    switch ($Item.Stream) {
+        'output' { $Caller.WriteObject($Item) }
+        'error' {
+            $Caller.WriteError((New-VmbusOpsErrorRecord -ErrorId 'VmbusOps.GuestError' -Category FromStdErr `
+                -Message $line -TargetObject $Item))
+        }
+        'warning' { $Caller.WriteWarning($line) }
+        'verbose' { $Caller.WriteVerbose($line) }
+        'debug' { $Caller.WriteDebug($line) }
+        'information' {
+            $information = [System.Management.Automation.InformationRecord]::new($line, "$($Item.VM)")
+            $information.Tags.Add('VmbusOps')
+            $information.Tags.Add("$($Item.VM)")
+            $Caller.WriteInformation($information)
+        }
+        'progress' {
+            if (-not $ProgressIds.ContainsKey("$($Item.VM)")) { $ProgressIds["$($Item.VM)"] = $ProgressIds.Count + 1 }
+            $activity = "$(Get-VmbusOpsProperty $r 'activity')"
+            if (-not $activity) { $activity = 'progress' }
+            $progress = [System.Management.Automation.ProgressRecord]::new($ProgressIds["$($Item.VM)"], "[$($Item.VM)] $activity",
+                $(if ("$(Get-VmbusOpsProperty $r 'status_description')") { "$($r.status_description)" } else { 'working' }))
+            $percent = Get-VmbusOpsProperty $r 'percent_complete'
+            if ($null -ne $percent -and [int]$percent -ge 0 -and [int]$percent -le 100) { $progress.PercentComplete = [int]$percent }
+            if (Get-VmbusOpsProperty $r 'completed') {
+                $progress.RecordType = [System.Management.Automation.ProgressRecordType]::Completed
+            }
+            $Caller.WriteProgress($progress)
+        }
+        default { $Caller.WriteVerbose("$line ($($Item.Stream))") }
+    }
+}
+
 function Receive-VmbusOpsJobOutput {
     <#
     .SYNOPSIS
         A job's records (output, errors, warnings, verbose, progress...), in order; -Wait follows
         the job until it ends, never repeating or skipping a record (the agent's cursor).
+    .DESCRIPTION
+        Without -Follow, every record is a VmbusOps.Record object on the output stream.
+
+        -Follow reads the agent's live event stream (Server-Sent Events) and writes each record
+        to its own PowerShell stream as it arrives, as Receive-Job does: output records (as
+        VmbusOps.Record objects) to the output, guest errors as non-terminating errors
+        (VmbusOps.GuestError), warnings, verbose, debug and information records as "[VM] text"
+        in theirs, progress as a progress bar per VM. It ends when the job ends; a dropped
+        connection is resumed after the last record (Last-Event-ID). -After N starts after
+        record N (each record's number is its event id). Ctrl-C takes effect when the next line
+        arrives (the agent sends one at least every 15 s).
     .OUTPUTS
         VmbusOps.Record
     #>
-    [CmdletBinding()]
+    [CmdletBinding(DefaultParameterSetName = 'Page')]
     [OutputType('VmbusOps.Record')]
     param(
         [Parameter(Mandatory, Position = 0, ValueFromPipelineByPropertyName)] [int[]] $Id,
         [string] $VM,
         [ValidateSet('output', 'error', 'warning', 'verbose', 'debug', 'information', 'progress', 'state')]
         [string[]] $Stream,
-        [switch] $Wait,
-        [ValidateRange(1, 60)] [int] $PollSeconds = 1,
+        [Parameter(ParameterSetName = 'Page')] [switch] $Wait,
+        [Parameter(ParameterSetName = 'Page')] [ValidateRange(1, 60)] [int] $PollSeconds = 1,
+        [Parameter(Mandatory, ParameterSetName = 'Follow')] [switch] $Follow,
+        [Parameter(ParameterSetName = 'Follow')] [ValidateScript({ $_ -ge 0 })] [long] $After = 0,
+        [Parameter(ParameterSetName = 'Follow')] [ValidateRange(0, 86400)] [int] $ReconnectSeconds = 60,
         [string] $Agent,
         [securestring] $Token
     )
     begin { $connection = Resolve-VmbusOpsConnection -Caller $PSCmdlet -Agent $Agent -Token $Token }
     process {
         foreach ($jobId in $Id) {
+            if ($Follow) {
+                $progressIds = @{}
+                $caller = $PSCmdlet
+                Read-VmbusOpsEventStream -Connection $connection -JobId $jobId -After $After -ReconnectSeconds $ReconnectSeconds |
+                    ForEach-Object -Process {
+                        if ($_.Event -eq 'record') {
+                            if ($VM -and $_.Data.vm -ne $VM) { return }
+                            if ($Stream -and $Stream -notcontains $_.Data.stream) { return }
+                            Write-VmbusOpsRecordToStream -Item (ConvertTo-VmbusOpsRecord $_.Data $jobId) -Caller $caller -ProgressIds $progressIds
+                        } elseif ($_.Event -eq 'end') {
+                            Write-Verbose "job $jobId ended: $($_.Data.state)"
+                        }
+                    }
+                continue
+            }
             $cursor = ''
             while ($true) {
                 $query = "?limit=5000&after=$([uri]::EscapeDataString($cursor))"
@@ -367,18 +604,7 @@ function Receive-VmbusOpsJobOutput {
                 if ($null -eq $page) { break }
                 foreach ($r in $page.records) {
                     if ($Stream -and $Stream -notcontains $r.stream) { continue }
-                    $text = switch ($r.stream) {
-                        'output' { ConvertTo-VmbusOpsText $r.value }
-                        'information' { ConvertTo-VmbusOpsText $r.message_data }
-                        'progress' { "$($r.activity): $($r.status_description)" }
-                        'state' { "$($r.state)" }
-                        default { "$($r.message)" }
-                    }
-                    [pscustomobject]@{
-                        PSTypeName = 'VmbusOps.Record'; JobId = $jobId; VM = $r.vm; Seq = [int]$r.seq
-                        Stream = $r.stream; Step = Get-VmbusOpsProperty $r 'step'; Time = ConvertTo-VmbusOpsTime $r.time
-                        Message = $text; Record = $r
-                    }
+                    ConvertTo-VmbusOpsRecord $r $jobId
                 }
                 $cursor = $page.cursor
                 if (@($page.records).Count -ge 5000) { continue }
@@ -392,4 +618,46 @@ function Receive-VmbusOpsJobOutput {
     }
 }
 
-Export-ModuleMember -Function @('Submit-VmbusOpsJob', 'Get-VmbusOpsJob', 'Wait-VmbusOpsJob', 'Receive-VmbusOpsJobOutput')
+function Stop-VmbusOpsJob {
+    <#
+    .SYNOPSIS
+        Cancel jobs (or one VM's run of each, with -VM): the agent stops their guest pipelines.
+    .DESCRIPTION
+        Asks the agent to cancel (POST /v1/jobs/ID/cancel, or .../runs/VM/cancel); the token
+        needs the cancel scope. A job that has already ended is a non-terminating
+        VmbusOps.NotActive error, an unknown one VmbusOps.NotFound; the other ids still go.
+        -PassThru writes each job as it reads after the request (CancelRequested is true; the
+        job ends shortly after: Wait-VmbusOpsJob).
+    .OUTPUTS
+        VmbusOps.Job, with -PassThru
+    #>
+    [CmdletBinding(SupportsShouldProcess)]
+    [OutputType('VmbusOps.Job')]
+    param(
+        [Parameter(Mandatory, Position = 0, ValueFromPipelineByPropertyName)] [int[]] $Id,
+        [string] $VM,
+        [switch] $PassThru,
+        [string] $Agent,
+        [securestring] $Token
+    )
+    begin { $connection = Resolve-VmbusOpsConnection -Caller $PSCmdlet -Agent $Agent -Token $Token }
+    process {
+        foreach ($jobId in $Id) {
+            $path = "/v1/jobs/$jobId/cancel"
+            $what = "job $jobId"
+            if ($VM) {
+                $path = "/v1/jobs/$jobId/runs/$([uri]::EscapeDataString($VM))/cancel"
+                $what = "job $jobId on $VM"
+            }
+            if (-not $PSCmdlet.ShouldProcess($what, "cancel on $($connection.Agent)")) { continue }
+            $answer = Invoke-VmbusOpsApi -Connection $connection -Path $path -Method Post -NotFoundIsNonTerminating `
+                -NonTerminatingCategory 'InvalidOperation'
+            if ($null -eq $answer -or -not $PassThru) { continue }
+            $job = Invoke-VmbusOpsApi -Connection $connection -Path "/v1/jobs/$jobId" -NotFoundIsNonTerminating
+            if ($null -ne $job) { ConvertTo-VmbusOpsJob $job.job $connection }
+        }
+    }
+}
+
+Export-ModuleMember -Function @('Submit-VmbusOpsJob', 'Get-VmbusOpsJob', 'Wait-VmbusOpsJob', 'Receive-VmbusOpsJobOutput',
+    'Stop-VmbusOpsJob')

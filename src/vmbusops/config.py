@@ -14,11 +14,11 @@ a file that decides which host the agent drives must not pass silently. ::
     [agent]                    # vmbusops agent: the HTTP API (see vmbusops.api)
     listen = "127.0.0.1:8421"  # loopback unless told otherwise
     tls_cert = "/etc/vmbusops/agent.pem"   # TLS when given; tls_key beside it
-    tls_key = "/etc/vmbusops/agent.key"
+    tls_key = "/etc/vmbusops/agent.key"    # the certificate's private key (PEM)
     client_ca = "/etc/vmbusops/clients-ca.pem"  # accept client certificates signed by this CA
     submit_rate_per_minute = 30  # per token; a burst of submit_burst is allowed
-    submit_burst = 10
-    max_bundle_bytes = 268435456
+    submit_burst = 10            # submissions a token may make at once before the rate applies
+    max_bundle_bytes = 268435456 # the largest bundle a submission may upload (bytes)
     shutdown_grace_seconds = 30  # on SIGTERM, runs get this long to finish before they are stopped
     host_wait_seconds = 10       # a submission waits this long for a host being reopened, then 503
     host_reconnect_max_seconds = 30  # the longest wait between attempts to reopen a dead host

@@ -5,11 +5,15 @@ names its credential in the encrypted store - never a secret itself. ``--host NA
 host is accepted picks an entry; ``vmbusops hosts`` checks them all. ::
 
     [hosts.hv01]
-    transport = "ssh"                          # ssh | winrm | sim | local | pwsh
-    address = "svc-vmbusops@hv01.example.net:22"
+    transport = "ssh"                          # ssh | winrm | sim | local | pwsh | pwsh-lab
+    address = "svc-vmbusops@hv01.example.net:22"  # ssh: [user@]host[:port]; winrm: host or URL
     known_host_key = "ssh-ed25519 AAAA..."     # optional pin; default: ~/.ssh/known_hosts
+    known_hosts = "/etc/vmbusops/known_hosts"  # ssh: the known_hosts file (default ~/.ssh/known_hosts)
     identity_file = "~/.ssh/vmbusops_ed25519"  # optional; default: the agent and ~/.ssh/id_*
+    use_agent = true                           # ssh: offer the SSH agent's keys (true or false)
     subsystem = "vmbusops"                     # optional; default "powershell"
+    staging_dir = 'D:\\vmbusops\\staging'        # where files for Copy-VMFile are staged on the
+                                               # host (default C:\\ProgramData\\vmbusops\\staging)
 
     [hosts.hv02]
     transport = "winrm"
@@ -17,6 +21,11 @@ host is accepted picks an entry; ``vmbusops hosts`` checks them all. ::
     credential = "hv02-svc"                    # a reference in the credential store
     auth = "negotiate"                         # negotiate | ntlm | kerberos | certificate
     configuration_name = "VmbusOps"            # the JEA endpoint (host_agent/)
+    cert_validation = true                     # HTTPS: true (system CAs), a CA bundle path, or
+                                               # false (labs only; says so loudly)
+    client_certificate = "/etc/vmbusops/hv02.pem"  # auth = "certificate": the client certificate
+    client_key = "/etc/vmbusops/hv02.key"      # and its key
+    encryption = "auto"                        # message encryption over HTTP: auto | always | never
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ FILES = [
     ROOT / "host_agent" / "VmbusOpsHost" / "RoleCapabilities" / "VmbusOpsHost.psrc",
     ROOT / "src" / "vmbusops" / "guestops" / "powershell" / "Invoke-VmbusOpsGuest.ps1",
 ]
-PUBLIC = {"Submit-VmbusOpsJob", "Get-VmbusOpsJob", "Wait-VmbusOpsJob", "Receive-VmbusOpsJobOutput"}
+PUBLIC = {
+    "Submit-VmbusOpsJob", "Get-VmbusOpsJob", "Wait-VmbusOpsJob", "Receive-VmbusOpsJobOutput", "Stop-VmbusOpsJob",
+}
 
 
 def parse(source: bytes) -> tree_sitter.Tree:

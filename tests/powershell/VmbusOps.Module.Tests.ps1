@@ -39,9 +39,9 @@ AfterAll {
 }
 
 Describe 'The module' {
-    It 'exports exactly the four cmdlets the manifest names' {
+    It 'exports exactly the five cmdlets the manifest names' {
         (Get-Module VmbusOps).ExportedFunctions.Keys | Sort-Object |
-            Should -Be @('Get-VmbusOpsJob', 'Receive-VmbusOpsJobOutput', 'Submit-VmbusOpsJob', 'Wait-VmbusOpsJob')
+            Should -Be @('Get-VmbusOpsJob', 'Receive-VmbusOpsJobOutput', 'Stop-VmbusOpsJob', 'Submit-VmbusOpsJob', 'Wait-VmbusOpsJob')
         Test-ModuleManifest -Path (Join-Path $repo 'host_agent/powershell/VmbusOps.psd1') | Should -Not -BeNullOrEmpty
     }
 }
@@ -156,6 +156,145 @@ Describe 'Following a running job' {
             Should -Throw -ErrorId 'VmbusOps.WaitTimeout,Wait-VmbusOpsJob' -PassThru
         $err.CategoryInfo.Category | Should -Be 'OperationTimeout'
         $err.TargetObject | Should -Be @($job.Id)
+    }
+}
+
+Describe 'Following live over the event stream (-Follow), and cancelling (Stop-VmbusOpsJob)' {
+    It 'writes each record to its own PowerShell stream, and ends with the job' {
+        $mixed = New-LoopbackAgentBundle -Lab $lab -Name 'mixed' -Script (
+            "Write-Output 'out one'; Write-Warning 'careful'; Write-Verbose 'details' -Verbose; " +
+            "Write-Information -MessageData 'a note'; Write-Output 'out two'; Write-Error 'it broke'")
+        $job = Submit-VmbusOpsJob -Path $mixed @admin
+        $all = @(Receive-VmbusOpsJobOutput -Id $job.Id -Follow -Verbose -ErrorAction Continue @admin *>&1)
+        $output = @($all | Where-Object { $_.PSObject.TypeNames[0] -eq 'VmbusOps.Record' })
+        $output.Message | Should -Be @('out one', 'out two')
+        $output.VM | Should -Be @('web01', 'web01')
+        ($all | Where-Object { $_ -is [System.Management.Automation.WarningRecord] }).Message | Should -Be '[web01] careful'
+        ($all | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] -and $_.Message -like '`[web01`] details' }) |
+            Should -Not -BeNullOrEmpty
+        $info = @($all | Where-Object { $_ -is [System.Management.Automation.InformationRecord] })
+        $info.MessageData | Should -Be '[web01] a note'
+        $info.Tags | Should -Contain 'web01'
+        $errors = @($all | Where-Object { $_ -is [System.Management.Automation.ErrorRecord] })
+        $errors.Count | Should -Be 1
+        $errors[0].FullyQualifiedErrorId | Should -Be 'VmbusOps.GuestError,Receive-VmbusOpsJobOutput'
+        $errors[0].Exception.Message | Should -Be '[web01] it broke'
+        $errors[0].TargetObject.Stream | Should -Be 'error'
+        # It returned on its own: the job is over.
+        (Get-VmbusOpsJob -Id $job.Id @admin).State | Should -Not -BeIn @('pending', 'delayed', 'in-progress')
+    }
+
+    It 'gets each record while the job runs: cancelled on its first line, the job never writes its second' {
+        $long = New-LoopbackAgentBundle -Lab $lab -Name 'long' -Script "Write-Output 'first'; Start-Sleep -Seconds 60; Write-Output 'never'"
+        $job = Submit-VmbusOpsJob -Path $long @admin
+        $seen = @(Receive-VmbusOpsJobOutput -Id $job.Id -Follow @admin | ForEach-Object {
+                if ($_.Message -eq 'first') { Stop-VmbusOpsJob -Id $job.Id @admin }
+                $_
+            })
+        $seen.Message | Should -Be @('first')
+        ($job | Wait-VmbusOpsJob -PollSeconds 1 -TimeoutSeconds 60 @admin).State | Should -Be 'cancelled'
+    }
+
+    It 'filters by VM and stream' {
+        $job = Submit-VmbusOpsJob -Path $hello @admin | Wait-VmbusOpsJob -PollSeconds 1 @admin
+        $web02 = @(Receive-VmbusOpsJobOutput -Id $job.Id -Follow -VM web02 -Stream output, warning @admin 3>&1)
+        $web02.Count | Should -Be 2
+        $web02[0].VM | Should -Be 'web02'
+        $web02[0].Message | Should -Be 'hello from the guest'
+        "$($web02[1])" | Should -Be '[web02] mind the gap'
+    }
+
+    It '-After N starts after record N (the event id: on one VM, its Seq)' {
+        $counted = New-LoopbackAgentBundle -Lab $lab -Name 'counted' -Script '1..25 | ForEach-Object { Write-Output "line $_" }'
+        $job = Submit-VmbusOpsJob -Path $counted @admin | Wait-VmbusOpsJob -PollSeconds 1 @admin
+        $all = @(Receive-VmbusOpsJobOutput -Id $job.Id -Follow @admin)
+        $all.Message | Should -Be (1..25 | ForEach-Object { "line $_" })
+        $late = @(Receive-VmbusOpsJobOutput -Id $job.Id -Follow -After 20 @admin)
+        $late.Seq | Should -Be @(21..25)
+        $late.Message | Should -Be @(21..25 | ForEach-Object { "line $_" })
+        @(Receive-VmbusOpsJobOutput -Id $job.Id -Follow -After 1000 @admin) | Should -BeNullOrEmpty
+    }
+
+    It 'stops reading when the pipeline has what it wants, the job still running' {
+        $job = Submit-VmbusOpsJob -Path (New-LoopbackAgentBundle -Lab $lab -Name 'endless' `
+                -Script "Write-Output 'one'; Write-Output 'two'; Start-Sleep -Seconds 60") @admin
+        $first = Receive-VmbusOpsJobOutput -Id $job.Id -Follow @admin | Select-Object -First 1
+        $first.Message | Should -Be 'one'
+        (Get-VmbusOpsJob -Id $job.Id @admin).State | Should -Be 'in-progress'
+        Stop-VmbusOpsJob -Id $job.Id @admin
+    }
+
+    It 'an unknown job: non-terminating VmbusOps.NotFound, as without -Follow' {
+        { Receive-VmbusOpsJobOutput -Id 99999 -Follow @admin -ErrorAction Stop } |
+            Should -Throw -ErrorId 'VmbusOps.NotFound,Receive-VmbusOpsJobOutput'
+    }
+
+    It 'Stop-VmbusOpsJob: a finished job is VmbusOps.NotActive, an unknown one NotFound, and the others still go' {
+        $slowJob = Submit-VmbusOpsJob -Path (New-LoopbackAgentBundle -Lab $lab -Name 'stoppable' -Script 'Start-Sleep -Seconds 60') @admin
+        $finished = (Get-VmbusOpsJob -State success -Limit 1 @admin).Id
+        $stopped = Stop-VmbusOpsJob -Id $finished, 99999, $slowJob.Id -PassThru @admin -ErrorAction SilentlyContinue -ErrorVariable failures
+        $stopped.Id | Should -Be $slowJob.Id
+        $stopped.CancelRequested | Should -BeTrue
+        $ours = @($failures | Where-Object { $_ -is [System.Management.Automation.ErrorRecord] -and $_.FullyQualifiedErrorId -like 'VmbusOps.*' })
+        $ours.FullyQualifiedErrorId | Should -Be @('VmbusOps.NotActive,Stop-VmbusOpsJob', 'VmbusOps.NotFound,Stop-VmbusOpsJob')
+        $ours[0].CategoryInfo.Category | Should -Be 'InvalidOperation'
+        ($slowJob | Wait-VmbusOpsJob -PollSeconds 1 -TimeoutSeconds 60 @admin).State | Should -Be 'cancelled'
+    }
+
+    It 'Stop-VmbusOpsJob needs the cancel scope: VmbusOps.Forbidden, and -WhatIf sends nothing' {
+        $job = Submit-VmbusOpsJob -Path (New-LoopbackAgentBundle -Lab $lab -Name 'kept' -Script 'Start-Sleep -Seconds 60') @admin
+        { Stop-VmbusOpsJob -Id $job.Id -Agent $url -Token $lab.Tokens['tenant'] } |
+            Should -Throw -ErrorId 'VmbusOps.Forbidden,Stop-VmbusOpsJob'
+        Stop-VmbusOpsJob -Id $job.Id -WhatIf @admin
+        (Get-VmbusOpsJob -Id $job.Id @admin).CancelRequested | Should -BeFalse
+        Stop-VmbusOpsJob -Id $job.Id -VM web01 @admin
+        ($job | Wait-VmbusOpsJob -PollSeconds 1 -TimeoutSeconds 60 @admin).State | Should -Be 'cancelled'
+    }
+}
+
+Describe 'A followed connection that drops' {
+    BeforeAll {
+        # An event stream server that ends its first answer after two records (no `end` event)
+        # and serves the rest to whoever asks again, noting the Last-Event-ID it was given.
+        $port = Get-FreeLoopbackPort
+        $listener = [System.Net.HttpListener]::new()
+        $listener.Prefixes.Add("http://127.0.0.1:$port/")
+        $listener.Start()
+        $seen = [System.Collections.Concurrent.ConcurrentQueue[string]]::new()
+        $server = [powershell]::Create()
+        $null = $server.AddScript({
+                param($listener, $seen)
+                function Record([int] $n) {
+                    "id: $n`nevent: record`ndata: {`"vm`":`"web01`",`"seq`":$n,`"time`":1.5,`"step`":`"s`",`"stream`":`"output`",`"value`":`"line $n`"}`n`n"
+                }
+                $answers = @(
+                    ("retry: 10`n`nevent: job`ndata: {`"job`":7,`"state`":`"in-progress`"}`n`n: keep-alive`n`n" + (Record 1) + (Record 2)),
+                    ((Record 3) + "event: end`ndata: {`"job`":7,`"state`":`"success`",`"cancel_requested`":false}`n`n")
+                )
+                foreach ($answer in $answers) {
+                    $context = $listener.GetContext()
+                    $seen.Enqueue("$($context.Request.Url.AbsolutePath) after=$($context.Request.Headers['Last-Event-ID'])")
+                    $context.Response.ContentType = 'text/event-stream'
+                    $context.Response.SendChunked = $true
+                    $bytes = [System.Text.Encoding]::UTF8.GetBytes($answer)
+                    $context.Response.OutputStream.Write($bytes, 0, $bytes.Length)
+                    $context.Response.Close()
+                }
+            }).AddArgument($listener).AddArgument($seen)
+        $serving = $server.BeginInvoke()
+    }
+
+    AfterAll {
+        $listener.Stop()
+        $listener.Close()
+        $server.Dispose()
+    }
+
+    It 'is opened again after the last record it got, with Last-Event-ID: nothing repeated or skipped' {
+        $records = @(Receive-VmbusOpsJobOutput -Id 7 -Follow -Agent "http://127.0.0.1:$port" -Token $lab.Tokens['admin'])
+        $records.Message | Should -Be @('line 1', 'line 2', 'line 3')
+        $serving.AsyncWaitHandle.WaitOne(5000) | Should -BeTrue -Because 'the server gave both its answers'
+        $seen.ToArray() | Should -Be @('/v1/jobs/7/events after=', '/v1/jobs/7/events after=2')
     }
 }
 

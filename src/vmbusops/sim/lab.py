@@ -11,25 +11,29 @@ A lab is TOML::
     garbage_on = "Get-VM"        # chaos: non-protocol bytes are written to stdout when it starts
 
     [[vm]]
-    name = "web01"
+    name = "web01"               # the VM's name (required; unique, case-insensitively)
     id = "GUID"                  # optional; derived from the name when absent
     state = "Running"            # Running | Off | Saved | Paused
-    heartbeat = "OkApplicationsHealthy"
+    heartbeat = "OkApplicationsHealthy"  # the Heartbeat integration service's status (a running
+                                 # VM's default; none when it is not running)
     guest_services = true        # the Guest Service Interface integration service
-    username = "Administrator"
+    username = "Administrator"   # the guest account the lab's password belongs to
     password = "..."             # optional; lab_password() otherwise
     latency_ms = 0               # added before every Invoke-Command in this guest
-    notes = ""
+    notes = ""                   # Get-VM's Notes
     computer_name = "WEB01"      # $env:COMPUTERNAME / hostname in the guest
     services = [{ name = "W3SVC", display_name = "...", status = "Running" }]
-    processes = [{ name = "w3wp", id = 4120 }]
+                                 # Get-Service in the guest; status Running or Stopped
+    processes = [{ name = "w3wp", id = 4120 }]  # Get-Process in the guest
     hotfixes = [{ id = "KB5034439", description = "Security Update", installed_on = "2024-01-09" }]
+                                 # Get-HotFix in the guest: updates already installed
+    features = [{ name = "Web-Server", installed = false, restart = false }]  # WindowsFeature (DSC);
+                                 # install_seconds = 2.0 is how long installing one takes
+    updates = [{ kb = "KB5034441", title = "...", categories = ["Security Updates"], restart = true }]
+                                 # pending updates the Windows Update Agent offers (patch steps)
     [vm.files]                   # seeded into the guest file system on first use
     'C:\\inetpub\\wwwroot\\index.html' = "..."
-    features = [{ name = "Web-Server", installed = false, restart = false }]  # WindowsFeature (DSC)
-                                 # install_seconds = 2.0: how long installing it takes
-    updates = [{ kb = "KB5034441", title = "...", categories = ["Security Updates"], restart = true }]
-    [vm.faults]
+    [vm.faults]                  # chaos, per VM
     session_drop_after_records = 100   # PowerShell Direct session breaks after N records
     corrupt_copies = "*.psm1"          # Copy-VMFile writes damaged bytes to matching guest paths
     hang_on_restart = true             # after Restart-VM the guest never boots again
@@ -40,9 +44,10 @@ A lab is TOML::
                                        #   socket target process has ended. ..."
 
     [generate]                   # many identical running VMs, for benchmarks
-    count = 200
-    prefix = "bench"
-    latency_ms = 0
+    count = 200                  # how many (0 to 100000; default 0)
+    prefix = "bench"             # named bench001, bench002... (default "vm")
+    latency_ms = 0               # as for [[vm]]
+    guest_services = true        # as for [[vm]] (default true here)
 
 The module only parses and validates; it never touches the state directory.
 """
@@ -250,7 +255,7 @@ def parse_lab(text: str, *, source: str = "<lab>") -> Lab:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"lab file {source} is not valid TOML: {exc}") from exc
-    _only_keys(raw, {"host", "vm", "generate"}, source)
+    _only_keys(raw, TOP_KEYS, source)
     host = _parse_host(_table(raw.get("host", {}), "host", source), source)
     vms: list[VMSpec] = [
         _parse_vm(_table(item, "vm", source), source) for item in _list(raw.get("vm", []), "vm", source)
@@ -272,11 +277,7 @@ def parse_lab(text: str, *, source: str = "<lab>") -> Lab:
 
 
 def _parse_host(raw: dict[str, Any], source: str) -> HostConfig:
-    _only_keys(
-        raw,
-        {"name", "session_open_ms", "boot_seconds", "password_seed", "crash_on", "garbage_on"},
-        f"{source} [host]",
-    )
+    _only_keys(raw, HOST_KEYS, f"{source} [host]")
     return HostConfig(
         name=_str(raw.get("name", "HV-SIM01"), "host.name", source),
         session_open_ms=_num(raw.get("session_open_ms", 0), "host.session_open_ms", source),
@@ -287,7 +288,15 @@ def _parse_host(raw: dict[str, Any], source: str) -> HostConfig:
     )
 
 
-_VM_KEYS = {
+#: The keys each table of a lab file may have (anything else is an error); vmbusops.reference
+#: documents exactly these.
+TOP_KEYS = {"host", "vm", "generate"}
+HOST_KEYS = {"name", "session_open_ms", "boot_seconds", "password_seed", "crash_on", "garbage_on"}
+FAULT_KEYS = {
+    "session_drop_after_records", "corrupt_copies", "hang_on_restart", "connect_fails", "socket_ends_after_records",
+}  # fmt: skip
+GENERATE_KEYS = {"count", "prefix", "latency_ms", "guest_services"}
+VM_KEYS = {
     "name",
     "id",
     "state",
@@ -311,7 +320,7 @@ _VM_KEYS = {
 def _parse_vm(raw: dict[str, Any], source: str) -> VMSpec:
     name = _str(raw.get("name"), "vm.name", source)
     where = f"{source} [[vm]] {name!r}"
-    _only_keys(raw, _VM_KEYS, where)
+    _only_keys(raw, VM_KEYS, where)
     try:
         state = VMState(raw.get("state", "Running"))
     except ValueError:
@@ -329,17 +338,7 @@ def _parse_vm(raw: dict[str, Any], source: str) -> VMSpec:
     heartbeat = raw.get("heartbeat", DEFAULT_HEARTBEAT if state is VMState.RUNNING else None)
     files = _table(raw.get("files", {}), "vm.files", source)
     faults = _table(raw.get("faults", {}), "vm.faults", source)
-    _only_keys(
-        faults,
-        {
-            "session_drop_after_records",
-            "corrupt_copies",
-            "hang_on_restart",
-            "connect_fails",
-            "socket_ends_after_records",
-        },
-        f"{where} faults",
-    )
+    _only_keys(faults, FAULT_KEYS, f"{where} faults")
     drop = faults.get("session_drop_after_records")
     socket_ends = faults.get("socket_ends_after_records")
     return VMSpec(
@@ -414,7 +413,7 @@ def _parse_vm(raw: dict[str, Any], source: str) -> VMSpec:
 
 
 def _generate(raw: dict[str, Any], source: str) -> list[VMSpec]:
-    _only_keys(raw, {"count", "prefix", "latency_ms", "guest_services"}, f"{source} [generate]")
+    _only_keys(raw, GENERATE_KEYS, f"{source} [generate]")
     count = int(raw.get("count", 0))
     if count < 0 or count > 100_000:
         raise ConfigError(f"{source} [generate]: count must be between 0 and 100000, not {count}")
