@@ -211,7 +211,10 @@ def build_app(service: AgentService) -> Starlette:
             return JSONResponse({"schedule": entry}, status_code=202)
         made = False
         try:
-            job_id = await service.start_job(JobSource.from_accepted(bundle, targets=tuple(targets)), origin=str(who))
+            source = JobSource.from_accepted(
+                bundle, targets=tuple(targets), submitter=who.submitter(peer_certificate())
+            )
+            job_id = await service.start_job(source, origin=str(who))
             made = True
         except AgentStopping:
             raise ApiProblem(503, "stopping", "The agent is stopping", "try again when it is back") from None
