@@ -44,6 +44,7 @@ from typing import Any, Final, TypeVar
 from vmbusops.engine import journal_retention
 from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
 from vmbusops.engine.journal_history import (
+    LAST_ALIVE,
     RECORDS_OF_RUN,
     JobFilter,
     interrupt_job,
@@ -345,14 +346,15 @@ class Journal:
         interrupted: list[int] = []
         with self._write() as db:
             jobs = db.execute(
-                "SELECT id, state, owner_pid, owner_started, heartbeat_at FROM jobs WHERE state IN (?, ?)",
+                f"SELECT id, state, owner_pid, owner_started, heartbeat_at, {LAST_ALIVE} FROM jobs"  # noqa: S608
+                " WHERE state IN (?, ?)",
                 (State.PENDING.value, State.IN_PROGRESS.value),
             ).fetchall()
-            for job_id, state, pid, started, beat in jobs:
+            for job_id, state, pid, started, beat, last_alive in jobs:
                 if owner_alive(pid, started, beat, now=now):
                     continue
-                # It stopped when its owner was last known to work: its last heartbeat.
-                interrupt_job(db, job_id, State(state), beat)
+                # It stopped when its owner was last known to work (see .journal_history).
+                interrupt_job(db, job_id, State(state), last_alive)
                 interrupted.append(int(job_id))
             for vm, pid, started, beat in db.execute(
                 "SELECT vm, owner_pid, owner_started, heartbeat_at FROM vm_leases"
@@ -415,7 +417,7 @@ class Journal:
     ) -> list[JobView]:
         """Jobs, newest first: one by id, or a page of those ``where`` picks (keyset on the id)."""
         if job_id is not None:
-            return self._job_views(self._read("SELECT * FROM jobs WHERE id = ?", [job_id]))
+            return self._job_views(self._read(f"SELECT *, {LAST_ALIVE} AS last_alive FROM jobs WHERE id = ?", [job_id]))  # noqa: S608
         f = where or JobFilter()
         out: list[JobView] = []
         before = f.before
@@ -423,7 +425,9 @@ class Journal:
         # checked on the views too; read on until the page is full or the jobs run out.
         while len(out) < limit:
             sql, params = job_where(JobFilter(vm=f.vm, state=f.state, since=f.since, submitter=f.submitter, before=before))
-            rows = self._read(f"SELECT * FROM jobs{sql} ORDER BY id DESC LIMIT ?", [*params, limit])  # noqa: S608
+            rows = self._read(
+                f"SELECT *, {LAST_ALIVE} AS last_alive FROM jobs{sql} ORDER BY id DESC LIMIT ?", [*params, limit]  # noqa: S608
+            )
             out += [v for v in self._job_views(rows) if f.state is None or v.state is f.state][: limit - len(out)]
             if len(rows) < limit:
                 break
@@ -454,7 +458,7 @@ class Journal:
                     stored_state=stored,
                     created_at=r["created_at"],
                     started_at=r["started_at"],
-                    finished_at=stopped_at(stored, alive, r["finished_at"], r["heartbeat_at"]),
+                    finished_at=stopped_at(stored, alive, r["finished_at"], r["last_alive"]),
                     owner_pid=r["owner_pid"],
                     owner_alive=alive,
                     cancel_requested=bool(r["cancel_requested"]),
@@ -480,25 +484,27 @@ class Journal:
         return found[0]
 
     def runs(self, job_id: int) -> list[RunView]:
-        owner = self._read_tuples("SELECT owner_pid, owner_started, heartbeat_at FROM jobs WHERE id = ?", (job_id,))
+        owner = self._read_tuples(
+            f"SELECT owner_pid, owner_started, heartbeat_at, {LAST_ALIVE} FROM jobs WHERE id = ?", (job_id,)  # noqa: S608
+        )
         if not owner:
             raise NoSuchJobError(f"no job {job_id} in the journal", hint="list jobs with: vmbusops jobs")
-        alive = owner_alive(*owner[0], now=time.time())
+        alive = owner_alive(*owner[0][:3], now=time.time())
         rows = self._read_tuples(
             "SELECT id, job_id, vm, state, current_step, started_at, finished_at, error, records, excerpt,"
             " cancel_requested FROM runs WHERE job_id = ? ORDER BY id",
             (job_id,),
         )
-        return [self._run_view(r, alive, owner[0][2]) for r in rows]
+        return [self._run_view(r, alive, owner[0][3]) for r in rows]
 
-    def _run_view(self, r: Sequence[Any], alive: bool, heartbeat: float | None) -> RunView:
+    def _run_view(self, r: Sequence[Any], alive: bool, last_alive: float | None) -> RunView:
         """A run as a reader should see it: a run that has not ended counts the records the
-        journal holds, and one that stopped under a dead owner ended at its last heartbeat."""
+        journal holds, and one that stopped under a dead owner ended when it was last alive."""
         stored = _STATE_OF[r[3]]
         records = r[8]
         if not stored.terminal:
             records = int(self._read_tuples(RECORDS_OF_RUN, (r[0],))[0][0])
-        finished = stopped_at(stored, alive, r[6], heartbeat) if r[5] is not None else None
+        finished = stopped_at(stored, alive, r[6], last_alive) if r[5] is not None else None
         return RunView(
             id=r[0], job_id=r[1], vm=r[2], state=_effective(stored, alive), stored_state=stored,
             current_step=r[4], started_at=r[5], finished_at=finished, error=r[7], records=records,
@@ -523,7 +529,7 @@ class Journal:
             rows = self._read_tuples(sql, [vm, *params, limit])
             for r in rows:
                 alive = owner_alive(r[13], r[14], r[15], now=now)
-                run = self._run_view((*r[:8], r[8], None, r[9]), alive, r[15])
+                run = self._run_view((*r[:8], r[8], None, r[9]), alive, r[16])
                 if state is None or run.state is state:
                     out.append(VmRunView(run=run, bundle_name=r[10], bundle_version=r[11], submitter=r[12]))
             if len(rows) < limit:

@@ -11,9 +11,9 @@ written down when a job is interrupted (:func:`interrupt_job`) and read for any 
 not ended (:data:`RECORDS_OF_RUN`).
 
 An interrupted job's duration ends when it stopped: when its owner marked it interrupted (Ctrl-C,
-SIGTERM, the agent stopping), or, for an owner that died, at the owner's last heartbeat, the last
-moment it was known to be working. Readers never measure a job or run that is not active against
-the clock.
+SIGTERM, the agent stopping), or, for an owner that died, at the last moment it was known to be
+working (:data:`LAST_ALIVE`: its last heartbeat or its last committed record, whichever is later).
+Readers never measure a job or run that is not active against the clock.
 
 Filters are keyset pages on the job id (newest first): ``before`` is the id of the last job of
 the previous page, so a page costs the same however deep it is and jobs created meanwhile never
@@ -31,6 +31,13 @@ from vmbusops.engine.states import ACTIVE, Event, Level, State, next_state
 
 #: A run's record count as the records table has it (its highest seq: seqs have no gap).
 RECORDS_OF_RUN: Final = "SELECT COALESCE(MAX(seq), 0) FROM records WHERE run_id = ?"
+
+#: A column of ``jobs``: the last moment its owner is known to have worked on it (its heartbeat,
+#: its start, its last committed record: one probe of the records' primary key).
+LAST_ALIVE: Final = (
+    "MAX(COALESCE(jobs.heartbeat_at, 0), COALESCE(jobs.started_at, 0),"
+    " COALESCE((SELECT r.time FROM records r WHERE r.job_id = jobs.id ORDER BY r.n DESC LIMIT 1), 0))"
+)
 
 
 def interrupt_job(db: sqlite3.Connection, job_id: int, state: State, stopped_at: float | None) -> None:
@@ -122,14 +129,14 @@ def job_where(f: JobFilter) -> tuple[str, list[Any]]:
 
 
 #: One VM's runs across jobs, newest job first, with what a history line shows of its job.
-VM_RUNS: Final = (
-    "SELECT runs.id, runs.job_id, runs.vm, runs.state, runs.current_step, runs.started_at,"
+_VM_RUN_COLUMNS: Final = (
+    "runs.id, runs.job_id, runs.vm, runs.state, runs.current_step, runs.started_at,"
     " runs.finished_at, runs.error, runs.records, runs.cancel_requested,"
     " jobs.bundle_name, jobs.bundle_version, jobs.submitter,"
-    " jobs.owner_pid, jobs.owner_started, jobs.heartbeat_at"
-    " FROM runs JOIN jobs ON jobs.id = runs.job_id"
-    " WHERE runs.vm = ? COLLATE NOCASE"
+    " jobs.owner_pid, jobs.owner_started, jobs.heartbeat_at, " + LAST_ALIVE
 )
+# Only fixed column names and the fixed LAST_ALIVE expression are joined in.
+VM_RUNS: Final = f"SELECT {_VM_RUN_COLUMNS} FROM runs JOIN jobs ON jobs.id = runs.job_id WHERE runs.vm = ? COLLATE NOCASE"  # noqa: S608
 
 
 def vm_runs_sql(*, since: float | None, before: int | None, states: Sequence[State] | None) -> tuple[str, list[Any]]:
@@ -149,6 +156,7 @@ def vm_runs_sql(*, since: float | None, before: int | None, states: Sequence[Sta
 
 
 __all__ = [
+    "LAST_ALIVE",
     "RECORDS_OF_RUN",
     "VM_RUNS",
     "JobFilter",
