@@ -7,7 +7,10 @@ acceptance is reserved until the job is in the journal and given back if it neve
 (:mod:`vmbusops.engine.acceptance`), so a failed ``run`` can simply be run again. ``jobs resume``
 verifies the job's kept bundle again against today's trust policy before it runs anything. ``jobs`` and ``logs`` only read
 the journal, so they work while a job runs in another process and after it died; ``jobs cancel``
-writes a request that the owning process acts on within a second.
+writes a request that the owning process acts on within a second. With ``--agent URL`` the readers
+and ``jobs cancel`` ask an agent's API instead (:mod:`.jobs_view`, :mod:`.remote`). Ctrl-C during
+``run`` or ``jobs resume`` leaves the job interrupted in the journal and prints where each run
+stands and the command that finishes it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from vmbusops.cli.jobs_view import (
     jobs_table,
     local_job,
     local_jobs,
+    out_console,
     print_job,
     print_json_lines,
     remote_cancel,
@@ -404,7 +408,7 @@ def jobs(
     if as_json:
         print_json_lines(views)
         return
-    Console(highlight=False).print(jobs_table(views))
+    out_console().print(jobs_table(views))
     if agent_url is None:
         from vmbusops.cli.prune_cmd import human_bytes
 
@@ -426,7 +430,7 @@ def jobs_show(job_id: int, as_json: bool, agent_url: str | None, token_file: Pat
     if as_json:
         click.echo(json.dumps({**job, "runs": runs}))
         return
-    print_job(job, runs, Console(highlight=False))
+    print_job(job, runs, out_console())
 
 
 @jobs.command("cancel")

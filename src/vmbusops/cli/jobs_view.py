@@ -87,6 +87,11 @@ def when(value: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
+def out_console() -> Console:
+    """The console the listings print on (one place to say how tables meet the terminal)."""
+    return Console(highlight=False)
+
+
 def print_json_lines(items: Iterable[dict[str, Any]]) -> None:
     for item in items:
         click.echo(json.dumps(item))
@@ -302,7 +307,7 @@ def history_cmd(
     if not entries:
         click.echo(f"no runs on {vm}" + (" matching the filters" if state or since else ""))
         return
-    Console(highlight=False).print(history_table(entries))
+    out_console().print(history_table(entries))
 
 
 def _quote(vm: str) -> str:
@@ -319,6 +324,7 @@ __all__ = [
     "jobs_table",
     "local_job",
     "local_jobs",
+    "out_console",
     "print_job",
     "remote_cancel",
     "remote_get",
