@@ -23,13 +23,13 @@ SLOW = 'Write-Output "one"; Write-Output "two"; Write-Output "three"; Start-Slee
 VMS = ["vm01", "vm02"]
 
 
-def start_run(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+def start_run(tmp_path: Path, env: dict[str, str], *flags: str) -> subprocess.Popen[str]:
     key = PrivateKey.generate()
     trust_and_credential(key)
     steps = [{"kind": "script", "name": "hold", "inline": SLOW}]
     bundle = signed_bundle(tmp_path, key, vms=VMS, steps=steps)
     return subprocess.Popen(
-        [sys.executable, "-m", "vmbusops", "run", str(bundle)],
+        [sys.executable, "-m", "vmbusops", "run", str(bundle), *flags],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
 
@@ -45,6 +45,8 @@ def wait_for_output(proc: subprocess.Popen[str]) -> list[str]:
         lines.append(line)
         if line.rstrip().endswith("| three"):
             waiting.discard(line.split()[0])
+        elif line.startswith("{") and json.loads(line).get("value") == "three":
+            waiting.discard(json.loads(line)["vm"])
     return lines
 
 
@@ -132,3 +134,19 @@ def test_a_killed_run_reads_interrupted_with_its_journaled_records_and_a_stopped
     history = [json.loads(line) for line in vmbusops("history", "--vm", "VM01", "--json", env=env).stdout.splitlines()]
     assert [(h["job"], h["state"], h["records"]) for h in history] == [(job_id, "interrupted", counts["vm01"])]
     assert history[0]["submitter"]  # the local user who ran it
+
+
+def test_ctrl_c_of_run_json_ends_with_a_summary_object_naming_the_resume_command(
+    tmp_path: Path, vmbusops_home: Path
+) -> None:
+    env = env_for(tmp_path, vmbusops_home)
+    proc = start_run(tmp_path, env, "--json")
+    first = wait_for_output(proc)
+    job_id = json.loads(first[0])["job"]
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    summary = json.loads(rest.splitlines()[-1])
+    assert (summary["event"], summary["job"], summary["state"]) == ("summary", job_id, "interrupted")
+    assert summary["interrupted"] == 2 and summary["resume"] == f"vmbusops jobs resume {job_id}"
+    assert [r["state"] for r in summary["runs"]] == ["interrupted", "interrupted"]

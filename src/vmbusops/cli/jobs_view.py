@@ -49,7 +49,16 @@ def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         "--since", default=None, metavar="WHEN",
         help="Only those created since WHEN: an ISO date or date-time (2026-11-30, 2026-11-30T08:00Z) or an age (30m, 2h, 3d).",
     )(fn)  # fmt: skip
-    return click.option("--state", type=click.Choice(STATES), default=None, help="Only those in this state.")(fn)
+    return click.option(
+        "--state", default=None, metavar="STATE", callback=_check_state,
+        help=f"Only those in this state: {', '.join(STATES)}.",
+    )(fn)  # fmt: skip
+
+
+def _check_state(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and value not in STATES:
+        raise ConfigError(f"--state {value[:40]!r} is not a state: use one of {', '.join(STATES)}")
+    return value
 
 
 def since_epoch(text: str | None) -> float | None:
