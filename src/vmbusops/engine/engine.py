@@ -36,6 +36,7 @@ the end of each step is a commit point.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -302,7 +303,8 @@ class Engine:
                 # cancellation may come wrapped in the nurseries' groups): it is interrupted now,
                 # as it stands, for `jobs resume`; readers see when it stopped.
                 if cancelled_here() and self.writer.failure is None:
-                    await self.writer.call(self.journal.interrupt, [job_id], time.time())
+                    with contextlib.suppress(JournalError):  # unwritable: readers still say interrupted
+                        await self.writer.call(self.journal.interrupt, [job_id], time.time())
                 raise
             self._emit(job.machine.finish())
             await self.writer.commit()
