@@ -88,7 +88,9 @@ def test_a_scheduled_tick_keeps_the_permission_and_takes_the_window_s_execution(
         enable_guest_services=entry.enable_guest_services,
         execution=capped,
         envelope=entry.envelope,
+        schedule=entry.name,
     )
+    assert source.submitter == f"schedule:{entry.name}"
     assert source.enable_guest_services is True
     assert source.envelope == b"{}"
     assert source.manifest.execution.delivery_timeout_seconds == 5.0

@@ -25,13 +25,14 @@ from vmbusops import __version__
 from vmbusops.api.auth import Operation, Principal, Refusal
 from vmbusops.api.cursor import CursorError, parse_cursor
 from vmbusops.api.follow import JobFollower, RecordText
+from vmbusops.api.listing import JOB_PARAMS, VM_RUN_PARAMS, next_link, parse_list_query
 from vmbusops.api.openapi import openapi_document
 from vmbusops.api.problems import ApiProblem, from_error, host_down, job_not_visible, not_found
 from vmbusops.api.service import AgentService, AgentStopping, TargetsOutOfScope
 from vmbusops.api.tls import peer_certificate
 from vmbusops.engine import JobSource
 from vmbusops.engine.journal import Journal, RunView
-from vmbusops.engine.views import job_json, run_json
+from vmbusops.engine.views import job_json, run_json, vm_run_json
 from vmbusops.errors import HostDownError, VmbusOpsError
 from vmbusops.records import Stream
 
@@ -211,7 +212,10 @@ def build_app(service: AgentService) -> Starlette:
             return JSONResponse({"schedule": entry}, status_code=202)
         made = False
         try:
-            job_id = await service.start_job(JobSource.from_accepted(bundle, targets=tuple(targets)), origin=str(who))
+            source = JobSource.from_accepted(
+                bundle, targets=tuple(targets), submitter=who.submitter(peer_certificate())
+            )
+            job_id = await service.start_job(source, origin=str(who))
             made = True
         except AgentStopping:
             raise ApiProblem(503, "stopping", "The agent is stopping", "try again when it is back") from None
@@ -233,10 +237,24 @@ def build_app(service: AgentService) -> Starlette:
 
     async def list_jobs(request: Request) -> Response:
         who = authenticate(request, Operation.READ)
-        limit = query_int(request, "limit", 50, 1, 500)
-        state = request.query_params.get("state")
-        jobs = await service.visible_jobs(who, limit=limit, state=state)
-        return JSONResponse({"jobs": [job_json(j) for j in jobs]})
+        params = dict(request.query_params)
+        jobs, cursor = await service.visible_jobs(who, parse_list_query(params, allowed=JOB_PARAMS))
+        body = {"jobs": [job_json(j) for j in jobs], "next": None if cursor is None else str(cursor)}
+        return JSONResponse(body, headers=next_link(request.url.path, params, cursor))
+
+    async def vm_runs(request: Request) -> Response:
+        """One VM's runs across the jobs the caller may see (its history); a VM outside the
+        caller's scope is answered as one without runs is not: 404, as a job it may not see."""
+        who = authenticate(request, Operation.READ)
+        vm = request.path_params["vm"]
+        params = dict(request.query_params)
+        query = parse_list_query(params, allowed=VM_RUN_PARAMS)
+        if not who.covers_vm(vm):
+            refuse(request, 404, str(who), f"VM {vm!r} is outside the scope", "not-visible")
+            raise not_found(f"VM {vm}")
+        runs, cursor = await service.visible_vm_runs(who, vm, query)
+        body = {"runs": [vm_run_json(r) for r in runs], "next": None if cursor is None else str(cursor)}
+        return JSONResponse(body, headers=next_link(request.url.path, params, cursor))
 
     async def get_job(request: Request) -> Response:
         who = authenticate(request, Operation.READ)
@@ -370,6 +388,7 @@ def build_app(service: AgentService) -> Starlette:
         Route("/v1/jobs/{job_id:int}/runs/{vm}/cancel", cancel, methods=["POST"]),
         Route("/v1/jobs/{job_id:int}/records", records, methods=["GET"]),
         Route("/v1/jobs/{job_id:int}/events", events, methods=["GET"]),
+        Route("/v1/vms/{vm}/runs", vm_runs, methods=["GET"]),
         Route("/v1/schedules", schedules, methods=["GET"]),
     ]
     return Starlette(

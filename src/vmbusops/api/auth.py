@@ -94,6 +94,20 @@ class Principal:
     def active(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
 
+    def submitter(self, certificate: bytes | None = None) -> str:
+        """Who a job this principal submits is journaled as: ``token:NAME``, or for a client
+        certificate ``cert:`` and its subject (the name it was allowed under if it has none)."""
+        if self.kind == "cert" and certificate is not None:
+            from cryptography import x509
+
+            try:
+                subject = x509.load_der_x509_certificate(certificate).subject.rfc4514_string()
+            except ValueError:
+                subject = ""
+            if subject:
+                return f"cert:{subject}"
+        return f"{self.kind}:{self.name}"
+
 
 @dataclass(frozen=True, slots=True)
 class Refusal:

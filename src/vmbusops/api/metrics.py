@@ -5,7 +5,37 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from vmbusops.engine.journal import RunView
+from vmbusops.engine.states import State
+from vmbusops.guestops.classify import classify
 from vmbusops.guestops.supervisor import HostStatus
+from vmbusops.records import ErrorRecord
+
+#: Run durations: from seconds (a script) to hours (patching with reboots).
+RUN_SECONDS_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, float("inf"))
+#: The failure code of a run that ended in a state that says it all.
+_CODE_OF_STATE = {
+    State.SUCCESS: "none",
+    State.DELIVERY_TIMED_OUT: "DeliveryTimedOut",
+    State.EXECUTION_TIMED_OUT: "ExecutionTimedOut",
+    State.CANCELLED: "Cancelled",
+    State.SKIPPED: "MaxErrorsExceeded",
+    State.INTERRUPTED: "Interrupted",
+}
+
+
+def failure_code(run: RunView) -> str:
+    """A run's failure class, for the ``code`` label: its end state where that says it all, else
+    the class its error message classifies as (the guest errors of :mod:`.guestops.classify`),
+    else ``Failed``."""
+    code = _CODE_OF_STATE.get(run.state)
+    if code is not None:
+        return code
+    if run.error:
+        name = type(classify(run.vm, ErrorRecord(message=run.error))).__name__
+        if name != "HostCommandError":
+            return name.removesuffix("Error")
+    return "Failed"
 
 
 class AgentMetrics:
@@ -34,6 +64,14 @@ class AgentMetrics:
         self.scheduled_runs = Counter(
             "vmbusops_scheduled_runs", "Schedule ticks, by outcome", ["outcome"], registry=self.registry
         )
+        self.runs = Counter(
+            "vmbusops_runs", "Runs that ended, by outcome (their state) and failure code",
+            ["outcome", "code"], registry=self.registry,
+        )  # fmt: skip
+        self.run_seconds = Histogram(
+            "vmbusops_run_seconds", "How long runs took, start to end, by outcome",
+            ["outcome"], buckets=RUN_SECONDS_BUCKETS, registry=self.registry,
+        )  # fmt: skip
         self.submit_seconds = Histogram(
             "vmbusops_submit_seconds", "Time to verify a bundle and start its job", registry=self.registry
         )
@@ -45,6 +83,15 @@ class AgentMetrics:
             "vmbusops_host_reconnects", "Host connections reopened after one died", ["host"], registry=self.registry
         )
         self._reconnects_seen = 0
+
+    def runs_ended(self, runs: list[RunView]) -> None:
+        """A job's runs, once it has ended: each counted by outcome and code, and timed."""
+        for run in runs:
+            if run.state.active:
+                continue
+            self.runs.labels(run.state.value, failure_code(run)).inc()
+            if run.started_at is not None and run.finished_at is not None:
+                self.run_seconds.labels(run.state.value).observe(max(0.0, run.finished_at - run.started_at))
 
     def host_changed(self, status: HostStatus) -> None:
         """A :class:`~vmbusops.guestops.supervisor.HostSupervisor`'s ``on_change``."""

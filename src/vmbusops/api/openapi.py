@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from vmbusops import __version__
+from vmbusops.engine.states import State
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 
@@ -23,6 +24,26 @@ def _job_path_params(*extra: dict[str, Any]) -> list[dict[str, Any]]:
 
 _VM_PARAM = {"name": "vm", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
 _AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
+_STATES = [s.value for s in State]
+_LIST_PARAMS: list[dict[str, Any]] = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+    {
+        "name": "cursor", "in": "query", "description": "a page's `next`: continue below this job id",
+        "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+    },
+    {"name": "state", "in": "query", "schema": {"type": "string", "enum": _STATES}},
+    {
+        "name": "since", "in": "query",
+        "description": "created at or after: an ISO 8601 date or date-time, or an age (30m, 2h, 3d, 1w)",
+        "schema": {"type": "string", "minLength": 1},
+    },
+]  # fmt: skip
+_VM_QUERY = {"name": "vm", "in": "query", "description": "jobs with a run on this VM", "schema": {"type": "string", "minLength": 1}}
+_SUBMITTER_QUERY = {
+    "name": "submitter", "in": "query", "description": "token:NAME, cert:SUBJECT, a local user, schedule:NAME",
+    "schema": {"type": "string", "minLength": 1},
+}  # fmt: skip
+_NEXT = {"type": ["string", "null"], "description": "the cursor of the next page; null at the end"}
 
 
 @cache
@@ -107,24 +128,17 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
                 "get": {
-                    "summary": "Jobs visible to the caller, newest first (scope: read)",
-                    "parameters": [
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
-                        },
-                        {"name": "state", "in": "query", "schema": {"type": "string"}},
-                    ],
+                    "summary": "Jobs visible to the caller, newest first, a page at a time (scope: read)",
+                    "parameters": [*_LIST_PARAMS, _VM_QUERY, _SUBMITTER_QUERY],
                     "responses": {
                         "200": {
-                            "description": "jobs",
+                            "description": "a page of jobs; `next` (also a Link rel=next header) continues it",
                             "content": {
                                 "application/json": {
                                     "schema": {
                                         "type": "object",
-                                        "required": ["jobs"],
-                                        "properties": {"jobs": {"type": "array", "items": job_ref}},
+                                        "required": ["jobs", "next"],
+                                        "properties": {"jobs": {"type": "array", "items": job_ref}, "next": _NEXT},
                                     }
                                 }
                             },
@@ -132,6 +146,30 @@ def openapi_document() -> dict[str, Any]:
                         **_problems(400, 401, 403),
                     },
                 },
+            },
+            "/v1/vms/{vm}/runs": {
+                "get": {
+                    "summary": "One VM's runs across the jobs visible to the caller, newest first (scope: read)",
+                    "parameters": [_VM_PARAM, *_LIST_PARAMS],
+                    "responses": {
+                        "200": {
+                            "description": "a page of the VM's runs; `next` (also a Link rel=next header) continues it",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["runs", "next"],
+                                        "properties": {
+                                            "runs": {"type": "array", "items": {"$ref": "#/components/schemas/VmRun"}},
+                                            "next": _NEXT,
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_problems(400, 401, 403, 404),
+                    },
+                }
             },
             "/v1/jobs/{job_id}": {
                 "get": {
@@ -403,6 +441,10 @@ def openapi_document() -> dict[str, Any]:
                         "version": {"type": "integer"},
                         "bundle_id": {"type": "string"},
                         "source": {"type": "string"},
+                        "submitter": {
+                            "type": ["string", "null"],
+                            "description": "token:NAME, cert:SUBJECT, the local user of `vmbusops run`, or schedule:NAME",
+                        },
                         "host": {"type": "string"},
                         "state": {"type": "string"},
                         "created_at": {"type": "number"},
@@ -427,6 +469,23 @@ def openapi_document() -> dict[str, Any]:
                         "records": {"type": "integer"},
                         "error": {"type": ["string", "null"]},
                         "steps": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
+                "VmRun": {
+                    "type": "object",
+                    "required": ["job", "bundle", "vm", "state"],
+                    "properties": {
+                        "job": {"type": "integer"},
+                        "bundle": {"type": "string"},
+                        "version": {"type": "integer"},
+                        "submitter": {"type": ["string", "null"]},
+                        "vm": {"type": "string"},
+                        "state": {"type": "string"},
+                        "current_step": {"type": ["string", "null"]},
+                        "started_at": {"type": ["number", "null"]},
+                        "finished_at": {"type": ["number", "null"]},
+                        "records": {"type": "integer"},
+                        "error": {"type": ["string", "null"]},
                     },
                 },
                 "Record": {

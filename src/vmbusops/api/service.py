@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +28,7 @@ import trio
 
 from vmbusops.api.auth import Principal, PrincipalStore
 from vmbusops.api.broadcast import Broadcaster, JobEnded
+from vmbusops.api.listing import MAX_SCAN, ListQuery
 from vmbusops.api.metrics import AgentMetrics
 from vmbusops.api.ratelimit import SubmitRateLimiter
 from vmbusops.bundle.manifest import Manifest
@@ -36,7 +37,7 @@ from vmbusops.bundle.verify import AcceptedBundle, read_unverified
 from vmbusops.config import AgentConfig
 from vmbusops.engine import Engine, JobSource, Journal, State, acceptance, resolve_targets
 from vmbusops.engine.events import RunChanged
-from vmbusops.engine.journal import JobView, RunView, StoredRecord
+from vmbusops.engine.journal import JobFilter, JobView, RunView, StoredRecord, VmRunView
 from vmbusops.engine.readers import JournalReaders
 from vmbusops.errors import VmbusOpsError
 from vmbusops.guestops.supervisor import HostSupervisor
@@ -130,18 +131,55 @@ class AgentService:
 
         return await self.read(get)
 
-    async def visible_jobs(self, who: Principal, *, limit: int, state: str | None) -> list[JobView]:
-        def get(journal: Journal) -> list[JobView]:
+    async def visible_jobs(self, who: Principal, query: ListQuery) -> tuple[list[JobView], int | None]:
+        """A page of the jobs ``who`` may see that ``query`` picks, and the cursor of the next
+        page (None at the end). At most :data:`.listing.MAX_SCAN` jobs are read per page: past
+        them it ends early, with a cursor to continue from."""
+        where = JobFilter(
+            vm=query.vm, state=query.state, since=query.since, submitter=query.submitter, before=query.cursor
+        )
+
+        def get(journal: Journal) -> tuple[list[JobView], int | None]:
             out: list[JobView] = []
-            # Over-read, since some jobs may be out of scope; bounded so a list stays cheap.
-            for job in journal.jobs(limit=min(limit * 4, 2000)):
-                if state is not None and job.state.value != state:
-                    continue
-                if who.sees_job(list(journal.run_ids(job.id))):
-                    out.append(job)
-                    if len(out) >= limit:
-                        break
-            return out
+            before = query.cursor
+            scanned = 0
+            while scanned < MAX_SCAN:
+                size = min(200, MAX_SCAN - scanned)
+                batch = journal.jobs(limit=size, where=replace(where, before=before))
+                for job in batch:
+                    scanned += 1
+                    before = job.id
+                    if who.sees_job(list(journal.run_ids(job.id))):
+                        out.append(job)
+                        if len(out) == query.limit:
+                            return out, job.id
+                if len(batch) < size:
+                    return out, None
+            return out, before
+
+        return await self.read(get)
+
+    async def visible_vm_runs(self, who: Principal, vm: str, query: ListQuery) -> tuple[list[VmRunView], int | None]:
+        """A page of ``vm``'s runs across the jobs ``who`` may see, newest job first, and the next
+        page's cursor (a job id), as :meth:`visible_jobs`."""
+
+        def get(journal: Journal) -> tuple[list[VmRunView], int | None]:
+            out: list[VmRunView] = []
+            before = query.cursor
+            scanned = 0
+            while scanned < MAX_SCAN:
+                size = min(200, MAX_SCAN - scanned)
+                batch = journal.vm_history(vm, limit=size, since=query.since, before=before, state=query.state)
+                for entry in batch:
+                    scanned += 1
+                    before = entry.run.job_id
+                    if who.sees_job(list(journal.run_ids(entry.run.job_id))):
+                        out.append(entry)
+                        if len(out) == query.limit:
+                            return out, entry.run.job_id
+                if len(batch) < size:
+                    return out, None
+            return out, before
 
         return await self.read(get)
 
@@ -239,6 +277,7 @@ class AgentService:
                 },
             )
             self.broadcaster.publish(JobEnded(result.job_id, result.state))
+            self.metrics.runs_ended(await self.read(lambda j: j.runs(result.job_id)))
         except VmbusOpsError as exc:
             if not job_id:
                 raise

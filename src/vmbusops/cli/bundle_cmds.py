@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -19,7 +21,8 @@ from vmbusops.bundle.paths import keys_dir, trust_policy_path
 from vmbusops.bundle.policy import Scope, TrustedKey, TrustPolicy, load_trust_policy, save_trust_policy
 from vmbusops.bundle.scaffold import write_example
 from vmbusops.bundle.verify import read_unverified, verify_bundle
-from vmbusops.errors import ConfigError
+from vmbusops.cli.exitcodes import exit_code_for
+from vmbusops.errors import BundleError, ConfigError
 
 PASSPHRASE_ENV = "VMBUSOPS_KEY_PASSPHRASE"  # noqa: S105 (the variable name, not a secret)
 
@@ -147,6 +150,43 @@ def keys_new(name: str, passphrase: bool, output_dir: Path | None) -> None:
     click.echo(f"key id       {key.keyid}")
 
 
+@keys.command("list")
+@click.option(
+    "-d", "--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Where the key pairs are (default: $VMBUSOPS_HOME/keys).",
+)  # fmt: skip
+@_trust_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per key (kind signing or trusted).")
+def keys_list(directory: Path | None, trust_path: Path | None, as_json: bool) -> None:
+    """Signing keys under $VMBUSOPS_HOME/keys and the keys this host's trust policy trusts, with key ids."""
+    from vmbusops.cli.bundle_json import signing_keys, trusted_keys
+
+    policy = _policy(trust_path)
+    where = directory or keys_dir()
+    mine, trusted = signing_keys(where, policy), trusted_keys(policy)
+    if as_json:
+        for item in [*mine, *trusted]:
+            click.echo(json.dumps(item))
+        return
+    click.echo(f"signing keys ({where})")
+    if not mine:
+        click.echo("  (none; make one with: vmbusops keys new NAME)")
+    for k in mine:
+        what = "private+public" if k["private"] and k["public"] else "private only" if k["private"] else "public only"
+        notes = [what + (", encrypted" if k["encrypted"] else "")]
+        if k["trusted_as"]:
+            notes.append(f"trusted here as {k['trusted_as']}")
+        if k["problem"]:
+            notes.append(f"unreadable: {k['problem']}")
+        click.echo(f"  {k['keyid'] or '(key id needs the passphrase or NAME.pub)':<64}  {k['name']}  ({'; '.join(notes)})")
+    click.echo(f"trusted keys ({trust_path or trust_policy_path()})")
+    if not trusted:
+        click.echo("  (none; trust a key with: vmbusops trust add NAME.pub)")
+    for t in trusted:
+        scopes = ", ".join(str(i) for i in t["scopes"]) or "none"
+        click.echo(f"  {t['keyid']}  {t['name']}  (scopes {scopes}: vmbusops trust list)")
+
+
 # --- bundle ---------------------------------------------------------------------------------------
 
 
@@ -191,42 +231,68 @@ def bundle_sign(file: Path, key_spec: str) -> None:
 @bundle.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @_trust_option
-def bundle_inspect(file: Path, trust_path: Path | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: the manifest and its signatures.")
+def bundle_inspect(file: Path, trust_path: Path | None, as_json: bool) -> None:
     """Show what a bundle will do, where, and who signed it (without verifying its files)."""
     envelope, manifest = read_unverified(file)
-    _print_manifest(manifest)
     try:
         policy = _policy(trust_path)
     except TrustPolicyError:
         policy = TrustPolicy()
-    click.echo("signatures")
-    if not envelope.signatures:
-        click.echo("  (none)")
+    signatures: list[dict[str, Any]] = []
     for sig in envelope.signatures:
         known = policy.keys.get(sig.keyid)
-        if known is None:
+        valid: bool | None = None
+        if known is not None:
+            try:
+                valid = bool(verified_signers(envelope, {sig.keyid: known.public}))
+            except BadSignatureError:
+                valid = False
+        signatures.append({"keyid": sig.keyid, "trusted_as": known.name if known else None, "valid": valid})
+    if as_json:
+        from vmbusops.cli.bundle_json import manifest_json
+
+        click.echo(json.dumps({"file": str(file), **manifest_json(manifest), "signatures": signatures, "verified": False}))
+        return
+    _print_manifest(manifest)
+    click.echo("signatures")
+    if not signatures:
+        click.echo("  (none)")
+    for s in signatures:
+        if s["trusted_as"] is None:
             state = "unknown key (not in the trust policy)"
         else:
-            try:
-                ok = bool(verified_signers(envelope, {sig.keyid: known.public}))
-            except BadSignatureError:
-                ok = False
-            state = f"trusted key {known.name}: " + ("signature valid" if ok else "SIGNATURE INVALID")
-        click.echo(f"  {sig.keyid[:16]}  {state}")
+            state = f"trusted key {s['trusted_as']}: " + ("signature valid" if s["valid"] else "SIGNATURE INVALID")
+        click.echo(f"  {s['keyid'][:16]}  {state}")
     click.echo("(inspect does not check files, expiry or scopes; run `vmbusops bundle verify`)")
 
 
 @bundle.command("verify")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @_trust_option
-def bundle_verify(file: Path, trust_path: Path | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help='One JSON object: {"ok": true, ...} or {"ok": false, "reason", "error"} (exit 4).')
+def bundle_verify(file: Path, trust_path: Path | None, as_json: bool) -> None:
     """Run every check a host runs before accepting the bundle; records nothing."""
     from vmbusops.engine.acceptance import reading_replay
 
     policy = _policy(trust_path)
-    with reading_replay() as replay:
-        verified = verify_bundle(file, policy=policy, replay=replay)
+    try:
+        with reading_replay() as replay:
+            verified = verify_bundle(file, policy=policy, replay=replay)
+    except BundleError as exc:
+        if not as_json:
+            raise
+        from vmbusops.cli.bundle_json import rejected_json
+
+        click.echo(json.dumps(rejected_json(file, exc)))
+        sys.exit(exit_code_for(exc))
     m = verified.manifest
+    if as_json:
+        from vmbusops.cli.bundle_json import manifest_json
+
+        signers = [{"name": k.name, "keyid": k.keyid} for k in verified.signers]
+        click.echo(json.dumps({"ok": True, "file": str(file), **manifest_json(m), "signers": signers}))
+        return
     who = ", ".join(f"{k.name} ({k.keyid[:12]})" for k in verified.signers)
     click.echo(
         f"OK {file}: {m.name} v{m.version}, {len(m.steps)} steps on {', '.join(m.targets.vms)}"

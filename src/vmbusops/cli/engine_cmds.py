@@ -7,7 +7,10 @@ acceptance is reserved until the job is in the journal and given back if it neve
 (:mod:`vmbusops.engine.acceptance`), so a failed ``run`` can simply be run again. ``jobs resume``
 verifies the job's kept bundle again against today's trust policy before it runs anything. ``jobs`` and ``logs`` only read
 the journal, so they work while a job runs in another process and after it died; ``jobs cancel``
-writes a request that the owning process acts on within a second.
+writes a request that the owning process acts on within a second. With ``--agent URL`` the readers
+and ``jobs cancel`` ask an agent's API instead (:mod:`.jobs_view`, :mod:`.remote`). Ctrl-C during
+``run`` or ``jobs resume`` leaves the job interrupted in the journal and prints where each run
+stands and the command that finishes it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import io
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,11 +32,25 @@ from rich.table import Table
 from vmbusops.bundle.verify import AcceptedBundle, read_unverified
 from vmbusops.cli import exitcodes
 from vmbusops.cli.common import host_option, load, require_run, run_trio
+from vmbusops.cli.jobs_view import (
+    filter_options,
+    iso,
+    jobs_table,
+    local_job,
+    local_jobs,
+    out_console,
+    print_job,
+    print_json_lines,
+    remote_cancel,
+    remote_get,
+    remote_pages,
+    since_epoch,
+)
 from vmbusops.cli.output import RecordPrinter, use_colour
 from vmbusops.cli.record_lines import print_records
 from vmbusops.cli.remote import agent_option, remote_logs, resolve_agent
 from vmbusops.config import Config
-from vmbusops.credentials import credential_resolver
+from vmbusops.credentials import GuestCredential, credential_resolver
 from vmbusops.engine import (
     Engine,
     EngineEvent,
@@ -45,9 +63,10 @@ from vmbusops.engine import (
     acceptance,
     open_engine,
 )
-from vmbusops.engine.journal import READ_PAGE, RunView
+from vmbusops.engine.engine import cancelled_here
+from vmbusops.engine.journal import READ_PAGE, RunView, journal_path
 from vmbusops.engine.journal_retention import journal_bytes
-from vmbusops.engine.views import job_json, run_json
+from vmbusops.engine.views import run_json
 from vmbusops.guestops.connect import open_host
 from vmbusops.records import Stream
 
@@ -70,8 +89,9 @@ def _styled(state: State) -> str:
     return f"[{style}]{state.value}[/]" if style else state.value
 
 
-def _duration(start: float | None, end: float | None) -> str:
-    if start is None:
+def _duration(start: float | None, end: float | None, state: State) -> str:
+    """How long it took, or has taken so far while it is active; "-" if it never started."""
+    if start is None or (end is None and not state.active):
         return "-"
     return f"{(end or time.time()) - start:.1f}s"
 
@@ -168,11 +188,48 @@ class Progress:
             table.add_column(col)
         for r in runs:
             table.add_row(
-                r.vm, _styled(r.state), _duration(r.started_at, r.finished_at), str(r.records), r.error or ""
+                r.vm, _styled(r.state), _duration(r.started_at, r.finished_at, r.state), str(r.records), r.error or ""
             )
         self.console.print(table)
         for line in details_lines(result.details):
             self.console.print(line, markup=False, highlight=False)
+
+
+    def interrupted(self, job_id: int, journal: Journal) -> None:
+        """The job was interrupted here (Ctrl-C): where each VM's run stands, and how to finish it."""
+        runs = journal.runs(job_id)
+        counts: dict[str, int] = {}
+        for r in runs:
+            counts[r.state.value] = counts.get(r.state.value, 0) + 1
+        left = counts.get(State.INTERRUPTED.value, 0)
+        resume = f"vmbusops jobs resume {job_id}"
+        if self.as_json:
+            self._json(
+                {
+                    "event": "summary",
+                    "job": job_id,
+                    "state": State.INTERRUPTED.value,
+                    "runs": [_run_json(r, journal) for r in runs],
+                    "interrupted": left,
+                    **({"resume": resume} if left else {}),
+                }
+            )
+            return
+        table = Table(box=None, header_style="bold", title=f"job {job_id}: interrupted")
+        for col in ("VM", "State", "Step", "Duration", "Records"):
+            table.add_column(col)
+        for r in runs:
+            table.add_row(
+                r.vm, _styled(r.state), r.current_step or "", _duration(r.started_at, r.finished_at, r.state),
+                str(r.records),
+            )  # fmt: skip
+        self.console.print(table)
+        states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        self.console.print(f"job {job_id}: {states}", markup=False, highlight=False)
+        if left:
+            runs_word = "run" if left == 1 else "runs"
+            self.console.print(f"{left} {runs_word} interrupted; resume with: {resume}", markup=False, highlight=False)
+        self.out.flush()
 
 
 def details_lines(details: dict[str, dict[str, Any]]) -> list[str]:
@@ -214,35 +271,54 @@ async def _run_source(
             # Found before the bundle is accepted, so a refusal here uses nothing up.
             _, unverified = await trio.to_thread.run_sync(read_unverified, bundle_file)
             credential_for(unverified.credential)
-        async with (
-            open_host(host, config=config) as hv,
-            open_engine(
-                hv,
-                journal,
-                credential_for=credential_for,
-                host_name=host or config.host,
-                options=EngineOptions(max_sessions=config.max_sessions),
-                on_event=progress,
-            ) as engine,
-        ):
-            with (
-                Live(progress.table(), console=progress.console, transient=True)
-                if progress.live_mode
-                else _Null() as live
-            ):
-                progress.live = live if isinstance(live, Live) else None
-                if bundle_file is not None:
-                    result = await _run_accepted(engine, journal, bundle_file, progress)
-                else:
-                    assert resume is not None
-                    result = await engine.resume_job(
-                        resume, recheck=acceptance.recheck, on_resumed=progress.created
-                    )
-            progress.live = None
+        try:
+            result = await _run_engine(config, host, progress, journal, credential_for, bundle_file, resume)
+        except BaseException:
+            # Ctrl-C (or SIGTERM): the engine wrote the job down as interrupted; say what stands.
+            if cancelled_here() and progress.job_id is not None:
+                progress.interrupted(progress.job_id, journal)
+            raise
         progress.summary(result, journal)
         return _exit_code(result)
     finally:
         journal.close()
+
+
+async def _run_engine(
+    config: Config,
+    host: str | None,
+    progress: Progress,
+    journal: Journal,
+    credential_for: Callable[[str], GuestCredential],
+    bundle_file: Path | None,
+    resume: int | None,
+) -> JobResult:
+    async with (
+        open_host(host, config=config) as hv,
+        open_engine(
+            hv,
+            journal,
+            credential_for=credential_for,
+            host_name=host or config.host,
+            options=EngineOptions(max_sessions=config.max_sessions),
+            on_event=progress,
+        ) as engine,
+    ):
+        with (
+            Live(progress.table(), console=progress.console, transient=True)
+            if progress.live_mode
+            else _Null() as live
+        ):
+            progress.live = live if isinstance(live, Live) else None
+            if bundle_file is not None:
+                result = await _run_accepted(engine, journal, bundle_file, progress)
+            else:
+                assert resume is not None
+                result = await engine.resume_job(
+                    resume, recheck=acceptance.recheck, on_resumed=progress.created
+                )
+        progress.live = None
+    return result
 
 
 async def _run_accepted(engine: Engine, journal: Journal, bundle_file: Path, progress: Progress) -> JobResult:
@@ -257,11 +333,22 @@ async def _run_accepted(engine: Engine, journal: Journal, bundle_file: Path, pro
         progress.created(job_id)
 
     try:
-        return await engine.run_job(JobSource.from_accepted(bundle), on_created=on_created)
+        return await engine.run_job(JobSource.from_accepted(bundle, submitter=local_user()), on_created=on_created)
     except BaseException:
         if not created:
             acceptance.release(bundle, journal)
         raise
+
+
+def local_user() -> str:
+    """Who runs this command, as a job's submitter: the operating system's user name."""
+    import getpass
+    import os
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return f"uid:{os.getuid()}" if hasattr(os, "getuid") else "unknown"
 
 
 class _Null:
@@ -293,75 +380,68 @@ def run_cmd(host: str | None, bundle_file: Path, as_json: bool) -> None:
 
 @click.group("jobs", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per job.")
-@click.option("--limit", default=50, show_default=True, help="How many jobs, newest first.")
+@click.option("--vm", default=None, metavar="NAME", help="Only jobs with a run on this VM (its history: vmbusops history --vm NAME).")
+@filter_options
+@click.option("--submitter", default=None, metavar="WHO", help="Only jobs submitted by WHO (token:NAME, cert:SUBJECT, a user, schedule:NAME).")
+@agent_option
 @click.pass_context
-def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
-    """Jobs in the journal, newest first; subcommands show, cancel and resume one."""
+def jobs(
+    ctx: click.Context,
+    as_json: bool,
+    vm: str | None,
+    state: str | None,
+    since: str | None,
+    limit: int,
+    submitter: str | None,
+    agent_url: str | None,
+    token_file: Path | None,
+) -> None:
+    """Jobs in the journal (or an agent's, with --agent), newest first; subcommands show, cancel and resume one."""
     if ctx.invoked_subcommand is not None:
         return
-    journal = Journal()
-    views = journal.jobs(limit=limit)
+    after = since_epoch(since)
+    if agent_url is not None:
+        params = {"vm": vm, "state": state, "since": iso(after) if after is not None else None, "submitter": submitter}
+        views = remote_pages(agent_url, token_file, "/v1/jobs", "jobs", {k: v for k, v in params.items() if v}, limit)
+    else:
+        views = local_jobs(vm=vm, state=state, since=after, submitter=submitter, limit=limit)
     if as_json:
-        for job in views:
-            click.echo(json.dumps(job_json(job)))
+        print_json_lines(views)
         return
-    table = Table(box=None, header_style="bold")
-    for col in ("ID", "Bundle", "State", "Targets", "Runs", "Created", "Duration"):
-        table.add_column(col)
-    for job in views:
-        runs = ", ".join(f"{n} {s}" for s, n in sorted(job.run_states.items()))
-        table.add_row(
-            str(job.id),
-            f"{job.bundle_name} v{job.bundle_version}",
-            _styled(job.state),
-            str(job.targets),
-            runs,
-            _when(job.created_at),
-            _duration(job.started_at, job.finished_at),
-        )
-    Console(highlight=False).print(table)
-    from vmbusops.cli.prune_cmd import human_bytes
+    out_console().print(jobs_table(views))
+    if agent_url is None:
+        from vmbusops.cli.prune_cmd import human_bytes
 
-    click.echo(f"journal: {human_bytes(journal_bytes(journal.path))} ({journal.path}); vmbusops prune removes what [retention] no longer keeps")
+        path = journal_path()
+        click.echo(f"journal: {human_bytes(journal_bytes(path))} ({path}); vmbusops prune removes what [retention] no longer keeps")
 
 
 @jobs.command("show")
 @click.argument("job_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
-def jobs_show(job_id: int, as_json: bool) -> None:
+@agent_option
+def jobs_show(job_id: int, as_json: bool, agent_url: str | None, token_file: Path | None) -> None:
     """Per-run states, durations, steps and output excerpts of one job."""
-    journal = Journal()
-    job = journal.job(job_id)
-    runs = journal.runs(job_id)
+    if agent_url is not None:
+        job = remote_get(agent_url, token_file, f"/v1/jobs/{job_id}", {})["job"]
+        runs = remote_get(agent_url, token_file, f"/v1/jobs/{job_id}/runs", {})["runs"]
+    else:
+        job, runs = local_job(job_id)
     if as_json:
-        click.echo(json.dumps({**job_json(job), "runs": [_run_json(r, journal) for r in runs]}))
+        click.echo(json.dumps({**job, "runs": runs}))
         return
-    console = Console(highlight=False)
-    owner = f"pid {job.owner_pid}" + ("" if job.owner_alive else " (gone)")
-    console.print(
-        f"job {job.id}  {job.bundle_name} v{job.bundle_version}  {_styled(job.state)}  owner {owner}"
-    )
-    console.print(f"created {_when(job.created_at)}  duration {_duration(job.started_at, job.finished_at)}")
-    if job.error:
-        console.print(f"[red]{job.error}[/]", markup=True)
-    for r in runs:
-        console.print(
-            f"\n[bold]{r.vm}[/]  {_styled(r.state)}  {_duration(r.started_at, r.finished_at)}"
-            f"  {r.records} records" + (f"  [red]{r.error}[/]" if r.error else ""),
-            markup=True,
-        )
-        for s in journal.steps(r.id):
-            tries = f" ({s.attempts} attempts)" if s.attempts > 1 else ""
-            console.print(f"  {s.name:<20} {s.kind:<10} {_styled(s.state)}{tries}")
-        for line in r.excerpt:
-            console.print(f"    | {line}", markup=False)
+    print_job(job, runs, out_console())
 
 
 @jobs.command("cancel")
 @click.argument("job_id", type=int)
 @click.option("--vm", default=None, metavar="NAME", help="Cancel only this VM's run.")
-def jobs_cancel(job_id: int, vm: str | None) -> None:
+@agent_option
+def jobs_cancel(job_id: int, vm: str | None, agent_url: str | None, token_file: Path | None) -> None:
     """Ask the process running a job to cancel it (or one VM's run); guest pipelines are stopped."""
+    if agent_url is not None:
+        click.echo(remote_cancel(agent_url, token_file, job_id, vm))
+        return
     journal = Journal()
     job = journal.job(job_id)
     if not job.state.active:

@@ -132,12 +132,15 @@ def exec_cmd(
 @click.option("--enable-guest-services", is_flag=True, help="Enable the Guest Service Interface first if it is off.")
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("dest")
+@click.option("--json", "as_json", is_flag=True, help='One JSON object per VM: {"vm", "ok", "dest", "bytes"} or {"vm", "ok": false, "error"}.')
 def copy_cmd(
-    host: str | None, vm_names: tuple[str, ...], no_force: bool, enable_guest_services: bool, source: Path, dest: str
+    host: str | None, vm_names: tuple[str, ...], no_force: bool, enable_guest_services: bool, source: Path, dest: str,
+    as_json: bool = False,
 ) -> None:
     """Copy a host file into guests with Copy-VMFile (over the VMBus; no guest network or credential)."""
     config = load()
     src = str(source.resolve())
+    size = source.stat().st_size
     problem = guest_path_problem(dest)
     if problem is not None:  # the same rule the host applies: say it once, before any VM
         raise ConfigError(
@@ -148,16 +151,24 @@ def copy_cmd(
         failed = 0
         async with open_host(host, config=config) as hv:
             for vm in vm_names:
+                enabled = False
                 try:
                     if enable_guest_services:
                         info = await hv.get_vm(vm)
                         if info.guest_services is False:
                             await hv.enable_guest_services(vm)
+                            enabled = True
                             click.echo(f"{vm}: enabled the Guest Service Interface", err=True)
                     await hv.copy_to_guest(vm, src, dest, force=not no_force)
-                    click.echo(f"{vm}: copied {source.name} -> {dest}")
+                    if as_json:
+                        click.echo(json.dumps({"vm": vm, "ok": True, "source": src, "dest": dest,
+                                               "bytes": size, "enabled_guest_services": enabled}))
+                    else:
+                        click.echo(f"{vm}: copied {source.name} -> {dest}")
                 except VmbusOpsError as exc:
                     failed += 1
+                    if as_json:
+                        click.echo(json.dumps({"vm": vm, "ok": False, "dest": dest, "error": exc.message, "hint": exc.hint}))
                     click.secho(f"vmbusops: {exc}", err=True, fg="red")
         return exitcodes.GUEST_ERRORS if failed else exitcodes.OK
 

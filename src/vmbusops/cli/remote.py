@@ -98,6 +98,11 @@ def _transport(exc: httpx.HTTPError, url: str) -> TransportError:
     return TransportError(f"cannot reach the agent at {url}: {exc}")
 
 
+#: For the other clients of an agent (:mod:`.jobs_view`): an answer's refusal, and no answer.
+problem_of = _problem
+transport_error = _transport
+
+
 async def follow_events(
     agent: AgentClient, job_id: int, on_event: Callable[[str, dict[str, Any]], None]
 ) -> dict[str, Any]:

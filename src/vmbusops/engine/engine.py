@@ -36,6 +36,8 @@ the end of each step is a commit point.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -161,6 +163,7 @@ class Engine:
                 bundle_dir=str(source.directory) if source.directory is not None else None,
                 enable_guest_services=source.enable_guest_services,
                 envelope=source.envelope.decode("utf-8") if source.envelope is not None else None,
+                submitter=source.submitter,
                 host=self.host_name,
                 vms=vms,
                 steps=[(s.name, s.kind.value) for s in manifest.steps],
@@ -290,10 +293,19 @@ class Engine:
             self._emit(job.machine.start())
             await self.writer.commit()
             # The job's staged files (remote hosts) outlive every run and go when the job ends.
-            async with job.staging, trio.open_nursery() as nursery:
-                for run in job.runs:
-                    if run.state is State.PENDING:
-                        nursery.start_soon(self._run_target, job, run)
+            try:
+                async with job.staging, trio.open_nursery() as nursery:
+                    for run in job.runs:
+                        if run.state is State.PENDING:
+                            nursery.start_soon(self._run_target, job, run)
+            except BaseException:
+                # This process stops under the job (Ctrl-C, SIGTERM, the agent stopping; the
+                # cancellation may come wrapped in the nurseries' groups): it is interrupted now,
+                # as it stands, for `jobs resume`; readers see when it stopped.
+                if cancelled_here() and self.writer.failure is None:
+                    with contextlib.suppress(JournalError):  # unwritable: readers still say interrupted
+                        await self.writer.call(self.journal.interrupt, [job_id], time.time())
+                raise
             self._emit(job.machine.finish())
             await self.writer.commit()
         finally:
@@ -474,10 +486,15 @@ async def open_engine(
         raise
 
 
+def cancelled_here() -> bool:
+    """Whether the calling task is being cancelled (its effective deadline has passed)."""
+    return trio.current_effective_deadline() == -math.inf
+
+
 def _only_journal_errors(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_only_journal_errors(e) for e in exc.exceptions)
     return isinstance(exc, JournalError)
 
 
-__all__ = ["Engine", "EngineOptions", "open_engine"]
+__all__ = ["Engine", "EngineOptions", "cancelled_here", "open_engine"]

@@ -43,10 +43,21 @@ from typing import Any, Final, TypeVar
 
 from vmbusops.engine import journal_retention
 from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
+from vmbusops.engine.journal_history import (
+    LAST_ALIVE,
+    RECORDS_OF_RUN,
+    JobFilter,
+    interrupt_job,
+    job_where,
+    step_shown,
+    stopped_at,
+    stored_states,
+    vm_runs_sql,
+)
 from vmbusops.engine.journal_retention import Prunable
-from vmbusops.engine.journal_rows import JobView, RecordView, RunView, StepView
+from vmbusops.engine.journal_rows import JobView, RecordView, RunView, StepView, VmRunView
 from vmbusops.engine.journal_schema import SCHEMA, SCHEMA_VERSION, upgrade
-from vmbusops.engine.states import Event, Level, State, next_state
+from vmbusops.engine.states import State
 from vmbusops.errors import JobStateError, JournalError, NoSuchJobError
 from vmbusops.home import home_path
 from vmbusops.owner import Owner, owner_alive
@@ -193,6 +204,7 @@ class Journal:
         bundle_dir: str | None,
         enable_guest_services: bool,
         envelope: str | None,
+        submitter: str | None = None,
         host: str,
         vms: Sequence[str],
         steps: Sequence[tuple[str, str]],
@@ -203,11 +215,12 @@ class Journal:
         with self._write() as db:
             cur = db.execute(
                 "INSERT INTO jobs (bundle_name, bundle_version, bundle_id, source, manifest, bundle_dir,"
-                " enable_guest_services, envelope, host, state, created_at, owner_pid, owner_started,"
-                " heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " enable_guest_services, envelope, submitter, host, state, created_at, owner_pid, owner_started,"
+                " heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     bundle_name, bundle_version, bundle_id, source, manifest, bundle_dir,
-                    int(enable_guest_services), envelope, host, State.PENDING.value, now, owner.pid, owner.started, now,
+                    int(enable_guest_services), envelope, submitter, host, State.PENDING.value, now, owner.pid,
+                    owner.started, now,
                 ),
             )  # fmt: skip
             job_id = int(cur.lastrowid or 0)
@@ -338,30 +351,15 @@ class Journal:
         interrupted: list[int] = []
         with self._write() as db:
             jobs = db.execute(
-                "SELECT id, state, owner_pid, owner_started, heartbeat_at FROM jobs WHERE state IN (?, ?)",
+                f"SELECT id, state, owner_pid, owner_started, heartbeat_at, {LAST_ALIVE} FROM jobs"  # noqa: S608
+                " WHERE state IN (?, ?)",
                 (State.PENDING.value, State.IN_PROGRESS.value),
             ).fetchall()
-            for job_id, state, pid, started, beat in jobs:
+            for job_id, state, pid, started, beat, last_alive in jobs:
                 if owner_alive(pid, started, beat, now=now):
                     continue
-                new = next_state(Level.JOB, State(state), Event.INTERRUPT)
-                db.execute("UPDATE jobs SET state = ? WHERE id = ?", (new.value, job_id))
-                for run_id, run_state in db.execute(
-                    "SELECT id, state FROM runs WHERE job_id = ?", (job_id,)
-                ).fetchall():
-                    if State(run_state).active:
-                        db.execute(
-                            "UPDATE runs SET state = ? WHERE id = ?",
-                            (next_state(Level.RUN, State(run_state), Event.INTERRUPT).value, run_id),
-                        )
-                    for idx, step_state in db.execute(
-                        "SELECT idx, state FROM steps WHERE run_id = ? AND state IN (?, ?)",
-                        (run_id, State.IN_PROGRESS.value, State.DELAYED.value),
-                    ).fetchall():
-                        db.execute(
-                            "UPDATE steps SET state = ? WHERE run_id = ? AND idx = ?",
-                            (next_state(Level.STEP, State(step_state), Event.INTERRUPT).value, run_id, idx),
-                        )
+                # It stopped when its owner was last known to work (see .journal_history).
+                interrupt_job(db, job_id, State(state), last_alive)
                 interrupted.append(int(job_id))
             for vm, pid, started, beat in db.execute(
                 "SELECT vm, owner_pid, owner_started, heartbeat_at FROM vm_leases"
@@ -369,6 +367,15 @@ class Journal:
                 if not owner_alive(pid, started, beat, now=now):
                     db.execute("DELETE FROM vm_leases WHERE vm = ?", (vm,))
         return interrupted
+
+    def interrupt(self, job_ids: Sequence[int], now: float) -> None:
+        """This process stops (Ctrl-C, SIGTERM) under these jobs: each that is still active is
+        interrupted now, with its runs' record counts as the journal holds them."""
+        with self._write() as db:
+            for job_id in job_ids:
+                row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is not None and State(row[0]).active:
+                    interrupt_job(db, job_id, State(row[0]), now)
 
     # ------------------------------------------------------------------ retention (SQL: .journal_retention)
     def prunable(
@@ -410,9 +417,29 @@ class Journal:
                 raise self._cannot_write(exc) from exc
 
     # ------------------------------------------------------------------ readers
-    def jobs(self, *, limit: int = 50, job_id: int | None = None) -> list[JobView]:
-        where, params = ("WHERE id = ?", [job_id]) if job_id is not None else ("", [])
-        rows = self._read(f"SELECT * FROM jobs {where} ORDER BY id DESC LIMIT ?", [*params, limit])  # noqa: S608
+    def jobs(
+        self, *, limit: int = 50, job_id: int | None = None, where: JobFilter | None = None
+    ) -> list[JobView]:
+        """Jobs, newest first: one by id, or a page of those ``where`` picks (keyset on the id)."""
+        if job_id is not None:
+            return self._job_views(self._read(f"SELECT *, {LAST_ALIVE} AS last_alive FROM jobs WHERE id = ?", [job_id]))  # noqa: S608
+        f = where or JobFilter()
+        out: list[JobView] = []
+        before = f.before
+        # The shown state of an active job depends on its owner's liveness, so a state filter is
+        # checked on the views too; read on until the page is full or the jobs run out.
+        while len(out) < limit:
+            sql, params = job_where(JobFilter(vm=f.vm, state=f.state, since=f.since, submitter=f.submitter, before=before))
+            rows = self._read(
+                f"SELECT *, {LAST_ALIVE} AS last_alive FROM jobs{sql} ORDER BY id DESC LIMIT ?", [*params, limit]  # noqa: S608
+            )
+            out += [v for v in self._job_views(rows) if f.state is None or v.state is f.state][: limit - len(out)]
+            if len(rows) < limit:
+                break
+            before = int(rows[-1]["id"])
+        return out
+
+    def _job_views(self, rows: list[sqlite3.Row]) -> list[JobView]:
         out: list[JobView] = []
         now = time.time()
         for r in rows:
@@ -430,12 +457,13 @@ class Journal:
                     bundle_version=r["bundle_version"],
                     bundle_id=r["bundle_id"],
                     source=r["source"],
+                    submitter=r["submitter"] if "submitter" in r.keys() else None,  # noqa: SIM118
                     host=r["host"],
                     state=_effective(stored, alive),
                     stored_state=stored,
                     created_at=r["created_at"],
                     started_at=r["started_at"],
-                    finished_at=r["finished_at"],
+                    finished_at=stopped_at(stored, alive, r["finished_at"], r["last_alive"]),
                     owner_pid=r["owner_pid"],
                     owner_alive=alive,
                     cancel_requested=bool(r["cancel_requested"]),
@@ -461,39 +489,83 @@ class Journal:
         return found[0]
 
     def runs(self, job_id: int) -> list[RunView]:
-        owner = self._read_tuples("SELECT owner_pid, owner_started, heartbeat_at FROM jobs WHERE id = ?", (job_id,))
+        owner = self._read_tuples(
+            f"SELECT owner_pid, owner_started, heartbeat_at, {LAST_ALIVE} FROM jobs WHERE id = ?", (job_id,)  # noqa: S608
+        )
         if not owner:
             raise NoSuchJobError(f"no job {job_id} in the journal", hint="list jobs with: vmbusops jobs")
-        alive = owner_alive(*owner[0], now=time.time())
-        out: list[RunView] = []
-        for r in self._read_tuples(
+        alive = owner_alive(*owner[0][:3], now=time.time())
+        rows = self._read_tuples(
             "SELECT id, job_id, vm, state, current_step, started_at, finished_at, error, records, excerpt,"
             " cancel_requested FROM runs WHERE job_id = ? ORDER BY id",
             (job_id,),
-        ):
-            stored = _STATE_OF[r[3]]
-            view = RunView(
-                id=r[0], job_id=r[1], vm=r[2], state=_effective(stored, alive), stored_state=stored,
-                current_step=r[4], started_at=r[5], finished_at=r[6], error=r[7], records=r[8],
-                excerpt_json=r[9], cancel_requested=bool(r[10]),
-            )  # fmt: skip
-            out.append(view)
-        return out
+        )
+        return [self._run_view(r, alive, owner[0][3]) for r in rows]
+
+    def _run_view(self, r: Sequence[Any], alive: bool, last_alive: float | None) -> RunView:
+        """A run as a reader should see it: a run that has not ended counts the records the
+        journal holds, and one that stopped under a dead owner ended when it was last alive."""
+        stored = _STATE_OF[r[3]]
+        records = r[8]
+        if not stored.terminal:
+            records = int(self._read_tuples(RECORDS_OF_RUN, (r[0],))[0][0])
+        finished = stopped_at(stored, alive, r[6], last_alive) if r[5] is not None else None
+        return RunView(
+            id=r[0], job_id=r[1], vm=r[2], state=_effective(stored, alive), stored_state=stored,
+            current_step=r[4], started_at=r[5], finished_at=finished, error=r[7], records=records,
+            excerpt_json=r[9], cancel_requested=bool(r[10]),
+        )  # fmt: skip
+
+    def vm_history(
+        self,
+        vm: str,
+        *,
+        limit: int = 50,
+        since: float | None = None,
+        before: int | None = None,
+        state: State | None = None,
+    ) -> list[VmRunView]:
+        """One VM's runs across jobs, newest job first (keyset ``before``: a job id)."""
+        states = None if state is None else stored_states(state)
+        out: list[VmRunView] = []
+        now = time.time()
+        while len(out) < limit:
+            sql, params = vm_runs_sql(since=since, before=before, states=states)
+            rows = self._read_tuples(sql, [vm, *params, limit])
+            for r in rows:
+                alive = owner_alive(r[13], r[14], r[15], now=now)
+                run = self._run_view((*r[:8], r[8], None, r[9]), alive, r[16])
+                if state is None or run.state is state:
+                    out.append(VmRunView(run=run, bundle_name=r[10], bundle_version=r[11], submitter=r[12]))
+            if len(rows) < limit:
+                break
+            before = int(rows[-1][1])
+        return out[:limit]
 
     def steps(self, run_id: int) -> list[StepView]:
+        """A run's steps; a step left running by a dead owner reads as interrupted, as its run does."""
+        rows = self._read(
+            "SELECT steps.*, jobs.owner_pid, jobs.owner_started, jobs.heartbeat_at FROM steps"
+            " JOIN runs ON runs.id = steps.run_id JOIN jobs ON jobs.id = runs.job_id"
+            " WHERE steps.run_id = ? ORDER BY steps.idx",
+            (run_id,),
+        )
+        now = time.time()
         return [
             StepView(
                 run_id=r["run_id"],
                 idx=r["idx"],
                 name=r["name"],
                 kind=r["kind"],
-                state=State(r["state"]),
+                state=step_shown(
+                    State(r["state"]), owner_alive(r["owner_pid"], r["owner_started"], r["heartbeat_at"], now=now)
+                ),
                 attempts=r["attempts"],
                 started_at=r["started_at"],
                 finished_at=r["finished_at"],
                 error=r["error"],
             )
-            for r in self._read("SELECT * FROM steps WHERE run_id = ? ORDER BY idx", (run_id,))
+            for r in rows
         ]
 
     def stored_records(
@@ -620,6 +692,7 @@ def _effective(state: State, owner_alive: bool) -> State:
 __all__ = [
     "READ_PAGE",
     "SCHEMA_VERSION",
+    "JobFilter",
     "JobView",
     "Journal",
     "JournalBusy",
@@ -628,5 +701,6 @@ __all__ = [
     "RunView",
     "StepView",
     "StoredRecord",
+    "VmRunView",
     "journal_path",
 ]

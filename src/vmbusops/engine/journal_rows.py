@@ -16,6 +16,9 @@ class JobView:
     bundle_version: int
     bundle_id: str
     source: str
+    #: Who submitted it: an API principal (``token:NAME``, ``cert:SUBJECT``), the local user of
+    #: ``vmbusops run``, or ``schedule:NAME``; None for jobs journaled before it was recorded.
+    submitter: str | None
     host: str
     state: State
     stored_state: State
@@ -90,3 +93,13 @@ class RecordView:
     stream: str
     time: float
     content: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VmRunView:
+    """One run of a VM's history, with what it shows of the run's job."""
+
+    run: RunView
+    bundle_name: str
+    bundle_version: int
+    submitter: str | None

@@ -40,9 +40,13 @@ class JobSource:
     #: The signed envelope (JSON) the bundle was accepted with, kept to verify it again on resume
     #: and on each scheduled tick; None for a job made without one (it cannot be resumed).
     envelope: bytes | None = None
+    #: Who submitted the job (see :attr:`.journal_rows.JobView.submitter`).
+    submitter: str | None = None
 
     @classmethod
-    def from_accepted(cls, bundle: AcceptedBundle, *, targets: tuple[str, ...] | None = None) -> JobSource:
+    def from_accepted(
+        cls, bundle: AcceptedBundle, *, targets: tuple[str, ...] | None = None, submitter: str | None = None
+    ) -> JobSource:
         return cls(
             manifest=bundle.manifest,
             directory=bundle.directory,
@@ -50,6 +54,7 @@ class JobSource:
             enable_guest_services=bundle.scope.enable_guest_services,
             targets=targets,
             envelope=bundle.envelope.to_json(),
+            submitter=submitter,
         )
 
     @classmethod
@@ -61,6 +66,7 @@ class JobSource:
             source=job.source,
             enable_guest_services=job.enable_guest_services,
             envelope=job.envelope.encode("utf-8") if job.envelope is not None else None,
+            submitter=job.submitter,
         )
 
     @classmethod
@@ -73,14 +79,17 @@ class JobSource:
         enable_guest_services: bool,
         execution: ExecutionPolicy,
         envelope: bytes | None,
+        schedule: str,
     ) -> JobSource:
-        """One tick of a registered schedule, under ``execution`` (the tick's window caps it)."""
+        """One tick of the schedule named ``schedule``, under ``execution`` (the tick's window
+        caps it); its submitter is ``schedule:NAME``."""
         return cls(
             manifest=replace(manifest, execution=execution),
             directory=Path(bundle_dir) if bundle_dir else None,
             source=source,
             enable_guest_services=enable_guest_services,
             envelope=envelope,
+            submitter=f"schedule:{schedule}",
         )
 
     def local_path(self, bundle_path: str) -> Path:

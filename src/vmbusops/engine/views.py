@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmbusops.engine.journal import JobView, RunView, StepView
+from vmbusops.engine.journal import JobView, RunView, StepView, VmRunView
 
 
 def job_json(job: JobView, targets: list[str] | None = None) -> dict[str, Any]:
@@ -14,6 +14,7 @@ def job_json(job: JobView, targets: list[str] | None = None) -> dict[str, Any]:
         "version": job.bundle_version,
         "bundle_id": job.bundle_id,
         "source": job.source,
+        "submitter": job.submitter,
         "host": job.host,
         "state": job.state.value,
         "created_at": job.created_at,
@@ -52,4 +53,22 @@ def run_json(r: RunView, steps: list[StepView]) -> dict[str, Any]:
             }
             for s in steps
         ],
+    }
+
+
+def vm_run_json(entry: VmRunView) -> dict[str, Any]:
+    """One run of a VM's history (``vmbusops history``, ``GET /v1/vms/{vm}/runs``)."""
+    r = entry.run
+    return {
+        "job": r.job_id,
+        "bundle": entry.bundle_name,
+        "version": entry.bundle_version,
+        "submitter": entry.submitter,
+        "vm": r.vm,
+        "state": r.state.value,
+        "current_step": r.current_step,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "records": r.records,
+        "error": r.error,
     }

@@ -104,6 +104,7 @@ class Scheduler:
                 enable_guest_services=entry.enable_guest_services,
                 execution=capped,
                 envelope=entry.envelope,
+                schedule=entry.name,
             )
             # A host being reopened may come back within the window: wait for it until the cut-off.
             await service.hosts.wait_current(max(0.0, left))
