@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from vmbusops import __version__
@@ -30,7 +30,7 @@ from vmbusops.api.follow import JobFollower, RecordText
 from vmbusops.api.openapi import openapi_document
 from vmbusops.api.problems import ApiProblem, from_error, host_down, job_not_visible, not_found
 from vmbusops.api.service import AgentService, AgentStopping, TargetsOutOfScope
-from vmbusops.api.sessions import CSRF_HEADER, SESSION_COOKIE, ConsoleSessions, cross_site
+from vmbusops.api.sessions import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, ConsoleSessions, cross_site
 from vmbusops.api.tls import peer_certificate
 from vmbusops.engine import JobSource
 from vmbusops.engine.journal import Journal, RunView
@@ -86,9 +86,12 @@ def build_app(service: AgentService) -> Starlette:
         elif cookie is not None:  # the web console's session (see api/sessions.py)
             got = sessions.authenticate(cookie)
             result = got if isinstance(got, Refusal) else got[0]
-            if not isinstance(got, Refusal) and request.method not in ("GET", "HEAD"):
-                if not sessions.csrf_matches(got[1], request.headers.get(CSRF_HEADER)):
-                    raise refuse(request, 403, str(result), "missing or wrong CSRF token", "csrf")
+            if (
+                not isinstance(got, Refusal)
+                and request.method not in SAFE_METHODS
+                and not sessions.csrf_matches(got[1], request.headers.get(CSRF_HEADER))
+            ):
+                raise refuse(request, 403, str(result), "missing or wrong CSRF token", "csrf")
         else:
             der = peer_certificate()
             if der is None:
