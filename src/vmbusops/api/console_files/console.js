@@ -192,13 +192,30 @@
   // ------------------------------------------------------------------ one job, live
   function dscProgress(step) {
     // "dsc: 3/7 [File]Index: 2 changed, 1 in desired state" (see vmbusops.dsc.progress).
-    const m = /^[^:]*: (\d+)\/(\d+)( .*)?$/.exec(step || "");
+    const m = /^[^:]*: (\d+)\/(\d+)(.*)$/.exec(step || "");
     if (!m) return null;
     return el("span", { class: "dsc" },
       el("progress", { max: m[2], value: m[1] }), m[1] + "/" + m[2] + (m[3] || ""));
   }
+  // A journaled value as `vmbusops logs` shows it (vmbusops.records.value_display, in JavaScript).
+  function value(v) {
+    if (v === null || v === undefined) return "";
+    if (typeof v === "boolean") return v ? "True" : "False";
+    if (typeof v === "string" || typeof v === "number") return String(v);
+    if (Array.isArray(v)) return v.map(value).join(" ");
+    if (typeof v !== "object") return String(v);
+    if ("$bytes" in v) return "(" + String(v.$bytes).length + " base64 characters)";
+    if ("$dict" in v) return (v.$dict || []).map(([k, x]) => value(k) + "=" + value(x)).join("; ");
+    if ("$type" in v) {
+      const types = v.$type || [];
+      if (v.string !== null && v.string !== undefined && !types.includes(v.string)) return String(v.string);
+      const props = Object.entries(v.properties || {});
+      if (!props.length) return v.string || "";
+      return "@{" + props.map(([k, x]) => k + "=" + value(x)).join("; ") + "}";
+    }
+    return JSON.stringify(v);
+  }
   function recordText(r) {
-    const value = (v) => (typeof v === "string" ? v : v === null || v === undefined ? "" : JSON.stringify(v));
     switch (r.stream) {
       case "output": return value(r.value);
       case "information": return value(r.message_data);
@@ -231,17 +248,17 @@
       const cancel = job && may("cancel") && ACTIVE.has(job.state) && !job.cancel_requested
         ? el("button", { type: "button", class: "danger", id: "cancel-job", on: { click: cancelJob } }, "Cancel job")
         : null;
-      head.replaceChildren(el("h1", {}, "job " + id), job ? badge(job.state) : null,
+      head.replaceChildren(...[el("h1", {}, "job " + id), job ? badge(job.state) : null,
         job && job.bundle ? el("span", { class: "muted" }, job.bundle + (job.version ? " v" + job.version : "")) : null,
         job && job.cancel_requested && ACTIVE.has(job.state) ? el("span", { class: "muted" }, "cancel requested") : null,
-        cancel);
+        cancel].filter((node) => node !== null));
     }
     function drawRuns() {
       runsBody.replaceChildren(...[...runs.entries()].map(([vm, r]) => el("tr", {
         class: "clickable" + (vm === selected ? " selected" : ""), "data-vm": vm,
         on: { click: () => select(vm === selected ? "" : vm) },
       }, el("td", {}, vm), el("td", { class: "run-state" }, badge(r.state)),
-      el("td", { class: "run-step" }, r.step || ""), el("td", {}, dscProgress(r.step)),
+      el("td", { class: "run-step" }, dscProgress(r.step) ? r.step.split(": ")[0] : r.step || ""), el("td", {}, dscProgress(r.step)),
       el("td", { class: "error" }, r.error || ""))));
       tabs.replaceChildren(el("button", { type: "button", class: selected === "" ? "active" : "", on: { click: () => select("") } }, "all VMs"),
         ...[...runs.keys()].map((vm) => el("button", { type: "button", "data-vm": vm, class: vm === selected ? "active" : "", on: { click: () => select(vm) } }, vm)));
