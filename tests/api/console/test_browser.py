@@ -186,3 +186,45 @@ def test_a_tenant_never_sees_another_tenants_job(agent: Agent, browser: Any) -> 
     wait_for(browser, lambda d: attributes(d, "#vms-body tr[data-vm]", "data-vm"), "the VM list")
     vms = sorted(attributes(browser, "#vms-body tr[data-vm]", "data-vm"))
     assert vms == ["a-web01", "a-web02"]
+
+
+def dsc_bundle(agent: Agent, vms: list[str]) -> Path:
+    """The scaffold's configuration (a custom file resource) with a Windows feature after it."""
+    from tests.builders import bundle_doc, write_bundle_source
+
+    from vmbusops.bundle.build import build_bundle, sign_bundle
+    from vmbusops.bundle.scaffold import EXAMPLE_FILES
+    from vmbusops.cli.demo import IIS_RESOURCE
+
+    files = {k: v for k, v in EXAMPLE_FILES.items() if k.startswith("dsc/")}
+    files["dsc/localhost.mof"] += IIS_RESOURCE
+    step = {"kind": "dsc", "name": "configure", "mofs": ["dsc/localhost.mof"], "modules": ["dsc/modules/VmbusOpsDemo"]}
+    source = write_bundle_source(agent.bundles / "dsc-src", bundle_doc(vms, [step], name="dsc-console"), files)
+    out = agent.bundles / "dsc.vmb"
+    build_bundle(source, out)
+    sign_bundle(out, agent.key)
+    return out
+
+
+def test_dsc_per_resource_progress_is_shown_live(agent_factory: Any, browser: Any) -> None:
+    from tests.builders import VM
+
+    # Installing the feature takes long enough to be seen, then the job is cancelled.
+    slow = {"features": [{"name": "Web-Server", "installed": False, "install_seconds": 600}]}
+    agent = agent_factory(vms=[VM("a-web01", more=slow), VM("a-web02")])
+    sign_in(browser, agent, "tenant_a")
+    job_id = submit_sync(agent, dsc_bundle(agent, ["a-web01"]), "tenant_a")
+    browser.get(f"{agent.url}/console/#/jobs/{job_id}")
+
+    def progress(driver: Any) -> dict[str, str] | None:
+        got: dict[str, str] | None = driver.execute_script(
+            "const p = document.querySelector('#runs-body tr[data-vm=\"a-web01\"] progress');"
+            " return p ? {value: p.getAttribute('value'), max: p.getAttribute('max'),"
+            " text: p.parentElement.textContent, step: p.closest('tr').querySelector('.run-step').textContent} : null"
+        )
+        return got if got and "[WindowsFeature]IIS" in got["text"] else None
+
+    shown = wait_for(browser, progress, "the DSC progress of a-web01")
+    assert shown == {"value": "1", "max": "2", "text": "1/2 [WindowsFeature]IIS: 1 changed", "step": "configure"}
+    click(browser, "#cancel-job")
+    wait_for(browser, lambda d: job_badge(d) == "cancelled", "the job cancelled")
