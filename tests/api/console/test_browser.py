@@ -153,6 +153,11 @@ def test_hostile_record_renders_as_text(agent: Agent, browser: Any) -> None:
     assert {"rec s-output", "rec s-warning", "rec s-error"} <= streams, [line.text for line in lines]
     for line in hostile:
         assert line.find_element(By.CSS_SELECTOR, ".text").get_attribute("textContent") == HOSTILE
+    # Each stream in a colour of its own (the style sheet applied, not only the class set).
+    colours = browser.execute_script(
+        "return ['s-output', 's-warning', 's-error'].map(c => getComputedStyle(document.querySelector('#records .rec.' + c)).color)"
+    )
+    assert len(set(colours)) == 3, colours
     # The markup stayed text: no element was made from it, no script ran, no alert opened.
     assert browser.find_elements(By.CSS_SELECTOR, "#records script, #records img, #records b") == []
     assert browser.find_elements(By.CSS_SELECTOR, "body script:not([src]), img") == []
@@ -171,8 +176,14 @@ def test_a_tenant_never_sees_another_tenants_job(agent: Agent, browser: Any) -> 
     mine = submit_sync(agent, agent.bundle(["a-web01"], [script("a-only", "Write-Output 'tenant a'")]), "tenant_a")
     sign_in(browser, agent, "tenant_a")
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f"#jobs-body tr[data-job='{mine}']"), "tenant A's job")
-    jobs = attributes(browser, "#jobs-body tr", "data-job")
-    assert jobs == [str(mine)]
+    other = submit_sync(agent, agent.bundle(["a-web02"], [script("a-two", "Write-Output 'tenant a two'")]), "tenant_a")
+    wait_for(browser, lambda d: attributes(d, "#jobs-body tr", "data-job") == [str(other), str(mine)], "tenant A's jobs only")
+
+    # Filtered by VM (typed into the form): only the job that targets it.
+    browser.find_element(By.ID, "filter-vm").send_keys("A-WEB01")
+    click(browser, "#filter-apply")
+    wait_for(browser, lambda d: attributes(d, "#jobs-body tr", "data-job") == [str(mine)], "the VM filter")
+    assert "vm=A-WEB01" in browser.current_url
 
     # Asked for by id, the other tenant's job is "not found", its records never shown.
     browser.get(f"{agent.url}/console/#/jobs/{theirs}")
