@@ -14,6 +14,7 @@ origin, no framing, no form posted elsewhere) is the second lock, should a mista
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -48,6 +49,7 @@ FILES: dict[str, tuple[str, str]] = {
     "console.css": ("console.css", "text/css; charset=utf-8"),
 }
 MAX_SIGN_IN_BODY = 1024
+log = logging.getLogger("vmbusops.api")
 
 Authenticate = Callable[[Request, Operation], Principal]
 Refuse = Callable[..., ApiProblem]
@@ -133,6 +135,7 @@ def console_routes(
         if not result.may(Operation.READ):
             raise refuse(request, 403, str(result), "scope does not allow read", "scope")
         session_id, csrf = sessions.open(result)
+        log.info("console sign-in", extra={"event": "signed-in", "who": str(result)})
         response = JSONResponse(describe(result, "session", csrf), headers={"Cache-Control": "no-store"})
         response.headers["Set-Cookie"] = session_cookie(session_id, secure=request.url.scheme == "https")
         return response
@@ -146,6 +149,7 @@ def console_routes(
             if not sessions.csrf_matches(got[1], request.headers.get(CSRF_HEADER)):
                 raise refuse(request, 403, str(got[0]), "missing or wrong CSRF token", "csrf")
             sessions.close(cookie)
+            log.info("console sign-out", extra={"event": "signed-out", "who": str(got[0])})
         response = Response(status_code=204)
         response.headers["Set-Cookie"] = session_cookie("", secure=request.url.scheme == "https", max_age=0)
         return response
