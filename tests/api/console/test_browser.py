@@ -108,9 +108,12 @@ def test_job_list_to_live_records_to_cancel(agent: Agent, browser: Any) -> None:
     # The job's VMs with their state and step, then records arriving live for each VM.
     wait_for(browser, lambda d: len(run_rows(d)) == 2, "both VMs' rows")
     wait_for(browser, lambda d: "line 5" in record_texts(d, "a-web02"), "a-web02's records")
-    runs = run_rows(browser)
-    assert set(runs) == {"a-web01", "a-web02"}, runs
-    assert all(r["state"] == "in-progress" and "count" in r["text"] for r in runs.values()), runs
+    wait_for(
+        browser,
+        lambda d: all(r["state"] == "in-progress" and "count" in r["text"] for r in run_rows(d).values()),
+        "both VMs in progress in step count",
+    )
+    assert set(run_rows(browser)) == {"a-web01", "a-web02"}
     seen = len(record_texts(browser, "a-web02"))
     wait_for(browser, lambda d: len(record_texts(d, "a-web02")) > seen + 5, "more records while watching")
     lines = record_texts(browser, "a-web02")
