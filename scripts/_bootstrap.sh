@@ -75,6 +75,25 @@ bootstrap_sshd() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends openssh-server openssh-client >&2
 }
 
+# The web console's browser tests drive headless Chromium through its driver (Selenium comes with
+# the venv's dev extras): install Debian's chromium and chromium-driver once, only when missing.
+# Exports VMBUSOPS_BROWSER=required, so that a browser test fails rather than skips without them.
+bootstrap_chromium() {
+    export VMBUSOPS_BROWSER=required
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "chromium or chromedriver is missing and apt-get is not available; install chromium and chromium-driver" >&2
+        exit 1
+    fi
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "==> installing chromium and chromium-driver (for the web console's browser tests)" >&2
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >&2
+}
+
 # The real-PowerShell lane: PowerShell 7 from $VMBUSOPS_PWSH, `pwsh` on PATH, or the copy staged
 # beside the checkout (../shared/pwsh). Exports VMBUSOPS_PWSH when one is found; says so either way.
 find_pwsh() {

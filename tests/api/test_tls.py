@@ -90,11 +90,17 @@ async def test_tls_with_client_certificates(agent_factory: Any, tmp_path: Path) 
         r = await c.get("/v1/jobs")
         assert r.status_code == 200, r.text
         assert (await c.post("/v1/jobs/1/cancel")).status_code == 403  # read-only scope
+        # The web console needs no sign-in with a certificate: it is who the browser is.
+        me = (await c.get("/console/session")).json()
+        assert (me["via"], me["name"], me["csrf"]) == ("certificate", "runbook-a", None)
     async with client(s_cert, s_key) as c:
         r = await c.get("/v1/jobs")
         assert r.status_code == 401 and "not registered" in r.json()["detail"]
     async with client() as c:
         assert (await c.get("/v1/jobs")).status_code == 401
         assert (await c.get("/v1/jobs", headers=agent.headers("admin"))).status_code == 200
+        # Over TLS, the console's session cookie is Secure as well.
+        r = await c.post("/console/session", json={"token": agent.tokens["reader"]})
+        assert r.status_code == 200 and "; Secure" in r.headers["set-cookie"]
     refused = [line for line in agent.log_lines() if line.get("event") == "refused"]
     assert any(line["who"].startswith("cert:sha256=") for line in refused)

@@ -17,18 +17,21 @@ from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from vmbusops import __version__
 from vmbusops.api.auth import Operation, Principal, Refusal
+from vmbusops.api.console import SecurityHeaders, console_routes
 from vmbusops.api.cursor import CursorError, parse_cursor
 from vmbusops.api.follow import JobFollower, RecordText
 from vmbusops.api.listing import JOB_PARAMS, VM_RUN_PARAMS, next_link, parse_list_query
 from vmbusops.api.openapi import openapi_document
 from vmbusops.api.problems import ApiProblem, from_error, host_down, job_not_visible, not_found
 from vmbusops.api.service import AgentService, AgentStopping, TargetsOutOfScope
+from vmbusops.api.sessions import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, ConsoleSessions, cross_site
 from vmbusops.api.tls import peer_certificate
 from vmbusops.engine import JobSource
 from vmbusops.engine.journal import Journal, RunView
@@ -47,6 +50,8 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def build_app(service: AgentService) -> Starlette:
+    sessions = ConsoleSessions(service.principals)
+
     def client_of(request: Request) -> str:
         return request.client.host if request.client else "-"
 
@@ -69,12 +74,25 @@ def build_app(service: AgentService) -> Starlette:
         header = request.headers.get("authorization")
         now = time.time()
         result: Principal | Refusal
+        why = cross_site(request.method, request.headers, request.url.scheme, request.headers.get("host", ""))
+        if why is not None:
+            raise refuse(request, 403, "browser", why, "cross-site")
+        cookie = request.cookies.get(SESSION_COOKIE)
         if header is not None:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise refuse(request, 401, "anonymous", "the Authorization header is not a bearer token", "auth",
                              **{"WWW-Authenticate": "Bearer"})  # fmt: skip
             result = service.principals.authenticate_token(token.strip(), now)
+        elif cookie is not None:  # the web console's session (see api/sessions.py)
+            got = sessions.authenticate(cookie)
+            result = got if isinstance(got, Refusal) else got[0]
+            if (
+                not isinstance(got, Refusal)
+                and request.method not in SAFE_METHODS
+                and not sessions.csrf_matches(got[1], request.headers.get(CSRF_HEADER))
+            ):
+                raise refuse(request, 403, str(result), "missing or wrong CSRF token", "csrf")
         else:
             der = peer_certificate()
             if der is None:
@@ -390,8 +408,10 @@ def build_app(service: AgentService) -> Starlette:
         Route("/v1/jobs/{job_id:int}/events", events, methods=["GET"]),
         Route("/v1/vms/{vm}/runs", vm_runs, methods=["GET"]),
         Route("/v1/schedules", schedules, methods=["GET"]),
+        *console_routes(service, sessions, authenticate, refuse),
     ]
     return Starlette(
         routes=routes,
+        middleware=[Middleware(SecurityHeaders)],
         exception_handlers={ApiProblem: on_problem, HTTPException: on_http, Exception: on_error},
     )

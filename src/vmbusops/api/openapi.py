@@ -386,6 +386,28 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/vms": {
+                "get": {
+                    "summary": "The host's VMs that the caller's scope covers (scope: read)",
+                    "responses": {
+                        "200": {
+                            "description": "VMs with their integration state",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["vms"],
+                                        "properties": {
+                                            "vms": {"type": "array", "items": {"$ref": "#/components/schemas/Vm"}}
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_problems(401, 403, 503),
+                    },
+                }
+            },
         },
         "components": {
             "securitySchemes": {
@@ -505,6 +527,18 @@ def openapi_document() -> dict[str, Any]:
                         "job": {"type": "integer"},
                         "vm": {"type": ["string", "null"]},
                         "cancel_requested": {"type": "boolean"},
+                    },
+                },
+                "Vm": {
+                    "type": "object",
+                    "required": ["vm", "id", "state", "heartbeat", "guest_services", "uptime"],
+                    "properties": {
+                        "vm": {"type": "string"},
+                        "id": {"type": "string"},
+                        "state": {"type": "string"},
+                        "heartbeat": {"type": ["string", "null"]},
+                        "guest_services": {"type": ["boolean", "null"]},
+                        "uptime": {"type": ["string", "null"]},
                     },
                 },
                 "Schedule": {

@@ -160,8 +160,9 @@ class StepChannel:
         await self.ctx.record(rec, self.index)
 
     def progress(self, text: str) -> None:
-        if self.ctx.on_event is not None:
-            self.ctx.on_event(self.ctx.machine.progress(self.index, text))
+        """Where the step is, to the live view and (after the records before it are committed) to
+        the agent's followers; not journaled."""
+        emit(self.ctx.writer, self.ctx.on_event, [self.ctx.machine.progress(self.index, text)])
 
 
 __all__ = ["RunContext", "StepChannel", "WaitReady", "emit"]
