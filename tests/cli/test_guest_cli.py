@@ -21,8 +21,8 @@ def test_vms_json(make_lab: Callable[..., Any]) -> None:
     proc = vmbusops("vms", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert {r["name"]: r["state"] for r in rows}["legacy01"] == "Off"
-    assert {r["name"]: r["guest_services"] for r in rows}["app01"] is False
+    assert {r["vm"]: r["state"] for r in rows}["legacy01"] == "Off"
+    assert {r["vm"]: r["guest_services"] for r in rows}["app01"] is False
 
 
 def test_exec_json_is_ndjson_with_vm_stream_seq_time(make_lab: Callable[..., Any]) -> None:

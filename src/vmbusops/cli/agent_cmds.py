@@ -17,10 +17,10 @@ from typing import Any
 
 import click
 import trio
-from rich.console import Console
 from rich.table import Table
 
 from vmbusops.cli.common import host_option, load
+from vmbusops.cli.output import console
 from vmbusops.config import DEFAULT_MAX_SESSIONS, MAX_SESSIONS_LIMIT
 from vmbusops.credentials import credential_resolver
 from vmbusops.errors import ConfigError
@@ -164,7 +164,7 @@ def _list(kind: str, as_json: bool) -> None:
         table.add_row(
             p.id, p.name, ",".join(sorted(o.value for o in p.operations)), ",".join(p.vms), expires, status
         )
-    Console(highlight=False).print(table)
+    console(highlight=False).print(table)
 
 
 @token.command("list")
@@ -274,4 +274,4 @@ def schedule_list(agent_url: str | None, token_file: Path | None, as_json: bool)
             r["name"], str(r["version"]), r["cron"], r["timezone"], r["next_run"], r["next_cutoff"],
             str(r["last_job"] or "-"), r["last_outcome"] or "-", str(r["missed"]),
         )  # fmt: skip
-    Console(highlight=False).print(table)
+    console(highlight=False).print(table)

@@ -21,14 +21,14 @@ from typing import Any, TextIO
 
 import click
 import trio
-from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from vmbusops.bundle.verify import AcceptedBundle, read_unverified
 from vmbusops.cli import exitcodes
 from vmbusops.cli.common import host_option, load, require_run, run_trio
-from vmbusops.cli.output import RecordPrinter, use_colour
+from vmbusops.cli.output import RecordPrinter, console, use_colour
 from vmbusops.cli.record_lines import print_records
 from vmbusops.cli.remote import agent_option, remote_logs, resolve_agent
 from vmbusops.config import Config
@@ -94,7 +94,7 @@ class Progress:
         self.out = out or sys.stdout
         self.as_json = as_json
         self.live_mode = not as_json and self.out.isatty()
-        self.console = Console(file=self.out, highlight=False, no_color=not use_colour(self.out))
+        self.console = console(self.out, highlight=False, no_color=not use_colour(self.out))
         self.printer = RecordPrinter(json_lines=as_json, out=self.out, vm_width=10)
         self.rows: dict[str, tuple[State, str | None]] = {}
         self.live: Live | None = None
@@ -319,7 +319,7 @@ def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
             _when(job.created_at),
             _duration(job.started_at, job.finished_at),
         )
-    Console(highlight=False).print(table)
+    console(highlight=False).print(table)
     from vmbusops.cli.prune_cmd import human_bytes
 
     click.echo(f"journal: {human_bytes(journal_bytes(journal.path))} ({journal.path}); vmbusops prune removes what [retention] no longer keeps")
@@ -336,25 +336,25 @@ def jobs_show(job_id: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({**job_json(job), "runs": [_run_json(r, journal) for r in runs]}))
         return
-    console = Console(highlight=False)
+    out = console(highlight=False)
     owner = f"pid {job.owner_pid}" + ("" if job.owner_alive else " (gone)")
-    console.print(
+    out.print(
         f"job {job.id}  {job.bundle_name} v{job.bundle_version}  {_styled(job.state)}  owner {owner}"
     )
-    console.print(f"created {_when(job.created_at)}  duration {_duration(job.started_at, job.finished_at)}")
+    out.print(f"created {_when(job.created_at)}  duration {_duration(job.started_at, job.finished_at)}")
     if job.error:
-        console.print(f"[red]{job.error}[/]", markup=True)
+        out.print(f"[red]{escape(job.error)}[/]", markup=True)
     for r in runs:
-        console.print(
-            f"\n[bold]{r.vm}[/]  {_styled(r.state)}  {_duration(r.started_at, r.finished_at)}"
-            f"  {r.records} records" + (f"  [red]{r.error}[/]" if r.error else ""),
+        out.print(
+            f"\n[bold]{escape(r.vm)}[/]  {_styled(r.state)}  {_duration(r.started_at, r.finished_at)}"
+            f"  {r.records} records" + (f"  [red]{escape(r.error)}[/]" if r.error else ""),
             markup=True,
         )
         for s in journal.steps(r.id):
             tries = f" ({s.attempts} attempts)" if s.attempts > 1 else ""
-            console.print(f"  {s.name:<20} {s.kind:<10} {_styled(s.state)}{tries}")
+            out.print(f"  {s.name:<20} {s.kind:<10} {_styled(s.state)}{tries}")
         for line in r.excerpt:
-            console.print(f"    | {line}", markup=False)
+            out.print(f"    | {line}", markup=False)
 
 
 @jobs.command("cancel")

@@ -7,12 +7,11 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from vmbusops.cli import exitcodes
 from vmbusops.cli.common import host_option, load, run_trio
-from vmbusops.cli.output import RecordPrinter, terminal_safe
+from vmbusops.cli.output import RecordPrinter, console, terminal_safe
 from vmbusops.config import HOST_COMMAND_RUNSPACES
 from vmbusops.credentials import resolve_credential
 from vmbusops.errors import ConfigError, VmbusOpsError
@@ -47,11 +46,11 @@ def vms_cmd(host: str | None, as_json: bool) -> None:
         if as_json:
             for vm in vms:
                 click.echo(json.dumps({
-                    "name": vm.name, "id": vm.id, "state": vm.state, "heartbeat": vm.heartbeat,
+                    "vm": vm.name, "id": vm.id, "state": vm.state, "heartbeat": vm.heartbeat,
                     "guest_services": vm.guest_services,
                 }))
         else:
-            Console().print(vm_table(vms))
+            console().print(vm_table(vms))
         return exitcodes.OK
 
     sys.exit(run_trio(main))

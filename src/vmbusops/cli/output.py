@@ -11,11 +11,13 @@ import json
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from vmbusops.records import GuestRecord, PipelineStateRecord, Stream, display_text, guest_record_to_json
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from vmbusops.guestops.host import InvokeOutcome
 
 _STYLE = {
@@ -54,6 +56,25 @@ def terminal_safe(text: str) -> str:
 
 def use_colour(stream: TextIO) -> bool:
     return stream.isatty() and "NO_COLOR" not in os.environ
+
+
+#: The width a console writes to a file or a pipe: wide enough that no table is cut and no line wraps.
+UNBOUNDED_WIDTH = 1 << 15
+
+
+def console(out: TextIO | None = None, **options: Any) -> Console:
+    """A Rich console for ``out`` (stdout by default).
+
+    On a terminal it fits the terminal. Anywhere else (a file, a pipe, a program reading) nothing is
+    wrapped or cut: a hint's command, a path or a table row stays on its line whole, whatever
+    ``COLUMNS`` says, and no colour is written.
+    """
+    from rich.console import Console
+
+    out = out or sys.stdout
+    if out.isatty():
+        return Console(file=out, **options)
+    return Console(file=out, **{**options, "width": UNBOUNDED_WIDTH, "soft_wrap": True, "no_color": True})
 
 
 class RecordPrinter:

@@ -22,6 +22,7 @@ import trio
 
 from vmbusops.cli import exitcodes
 from vmbusops.cli.common import require_run, run_trio
+from vmbusops.cli.output import console
 from vmbusops.cli.record_lines import print_records, record_text
 from vmbusops.engine.journal import RecordView
 from vmbusops.errors import BundleError, ConfigError, TransportError, VmbusOpsError
@@ -227,7 +228,6 @@ class RemoteProgress:
         if self.as_json:
             self._json({"event": "summary", "job": job_id, "state": state, "runs": runs})
             return
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(box=None, header_style="bold", title=f"job {job_id}: {state}")
@@ -238,7 +238,7 @@ class RemoteProgress:
                 f"{r['finished_at'] - r['started_at']:.1f}s" if r["started_at"] and r["finished_at"] else "-"
             )
             table.add_row(r["vm"], r["state"], duration, str(r["records"]), r["error"] or "")
-        Console(file=self.out, highlight=False, no_color=True).print(table)
+        console(self.out, highlight=False, no_color=True).print(table)
 
 
 def _record_view(data: dict[str, Any]) -> RecordView:
