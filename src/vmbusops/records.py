@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from typing import Any, ClassVar, TypeAlias
 
+from vmbusops.times import iso_time
+
 
 class Stream(enum.StrEnum):
     OUTPUT = "output"
@@ -313,9 +315,13 @@ _RECORD_JSON: dict[type[Any], Callable[[Any], str]] = {
 
 
 def guest_record_to_json(rec: GuestRecord) -> dict[str, Any]:
-    """One NDJSON line's object: ``vm``, ``stream``, ``seq``, ``time``, then the record's fields."""
+    """One NDJSON line's object: ``vm``, ``event`` (``record``), ``stream``, ``seq``, ``time`` (ISO
+    8601 UTC), the ``step`` if any, then the record's fields: the keys ``logs --json`` and the API
+    give a journaled record."""
     body = record_to_json(rec.record)
-    out: dict[str, Any] = {"vm": rec.vm, "stream": body.pop("stream"), "seq": rec.seq, "time": rec.time}
+    out: dict[str, Any] = {
+        "vm": rec.vm, "event": "record", "stream": body.pop("stream"), "seq": rec.seq, "time": iso_time(rec.time)
+    }
     if rec.step is not None:
         out["step"] = rec.step
     out.update(body)

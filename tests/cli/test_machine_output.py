@@ -3,7 +3,6 @@ the same keys and ISO 8601 times in every JSON line, a failure ``code``, and who
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 

@@ -405,9 +405,9 @@ def openapi_document() -> dict[str, Any]:
                         "source": {"type": "string"},
                         "host": {"type": "string"},
                         "state": {"type": "string"},
-                        "created_at": {"type": "number"},
-                        "started_at": {"type": ["number", "null"]},
-                        "finished_at": {"type": ["number", "null"]},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "started_at": {"type": ["string", "null"], "format": "date-time"},
+                        "finished_at": {"type": ["string", "null"], "format": "date-time"},
                         "owner_pid": {"type": ["integer", "null"]},
                         "cancel_requested": {"type": "boolean"},
                         "error": {
@@ -424,6 +424,8 @@ def openapi_document() -> dict[str, Any]:
                     "properties": {
                         "vm": {"type": "string"},
                         "state": {"type": "string"},
+                        "started_at": {"type": ["string", "null"], "format": "date-time"},
+                        "finished_at": {"type": ["string", "null"], "format": "date-time"},
                         "records": {"type": "integer"},
                         "error": {"type": ["string", "null"]},
                         "steps": {"type": "array", "items": {"type": "object"}},
@@ -431,11 +433,12 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "Record": {
                     "type": "object",
-                    "required": ["vm", "seq", "time", "stream"],
+                    "required": ["vm", "event", "stream", "seq", "time"],
                     "properties": {
                         "vm": {"type": "string"},
+                        "event": {"const": "record"},
                         "seq": {"type": "integer"},
-                        "time": {"type": "number"},
+                        "time": {"type": "string", "format": "date-time", "description": "ISO 8601, UTC"},
                         "step": {"type": ["string", "null"]},
                         "stream": {"type": "string"},
                     },

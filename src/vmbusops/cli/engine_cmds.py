@@ -50,6 +50,7 @@ from vmbusops.engine.journal_retention import journal_bytes
 from vmbusops.engine.views import job_json, run_json
 from vmbusops.guestops.connect import open_host
 from vmbusops.records import Stream
+from vmbusops.times import iso_time
 
 _STATE_STYLE = {
     State.SUCCESS: "green",
@@ -132,6 +133,7 @@ class Progress:
                 {
                     "event": "run",
                     "vm": event.vm,
+                    "time": iso_time(time.time()),
                     "state": event.state.value,
                     "step": event.step,
                     "error": event.error,

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from vmbusops.records import GuestRecord, PipelineStateRecord, Stream, display_text, guest_record_to_json
+from vmbusops.times import iso_time
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -116,8 +117,9 @@ class RecordPrinter:
         """A guest's verdict as one NDJSON line (``stream: result``): what exec's exit code says of it."""
         line = {
             "vm": vm,
+            "event": "result",
             "stream": "result",
-            "time": time.time(),
+            "time": iso_time(time.time()),
             "ok": bool(outcome and outcome.ok),
             "exit_code": outcome.exit_code if outcome else None,
             "errors": outcome.script_errors if outcome else 0,

@@ -26,6 +26,7 @@ from vmbusops.cli.output import console
 from vmbusops.cli.record_lines import print_records, record_text
 from vmbusops.engine.journal import RecordView
 from vmbusops.errors import BundleError, ConfigError, TransportError, VmbusOpsError
+from vmbusops.times import seconds_of
 
 ENV_AGENT = "VMBUSOPS_AGENT"
 ENV_TOKEN = "VMBUSOPS_TOKEN"  # noqa: S105 - the name of the variable, not a token
@@ -200,8 +201,8 @@ class RemoteProgress:
 
     def _record(self, data: dict[str, Any]) -> None:
         if self.as_json:
-            body = {k: v for k, v in data.items() if k not in ("vm", "seq", "time", "step", "stream")}
-            head = {"vm": data["vm"], "stream": data["stream"], "seq": data["seq"], "time": data["time"]}
+            body = {k: v for k, v in data.items() if k not in ("vm", "event", "seq", "time", "step", "stream")}
+            head = {"vm": data["vm"], "event": "record", "stream": data["stream"], "seq": data["seq"], "time": data["time"]}
             if data.get("step") is not None:
                 head["step"] = data["step"]
             self._json({**head, **body})
@@ -235,17 +236,19 @@ class RemoteProgress:
             table.add_column(col)
         for r in runs:
             duration = (
-                f"{r['finished_at'] - r['started_at']:.1f}s" if r["started_at"] and r["finished_at"] else "-"
+                f"{seconds_of(r['finished_at']) - seconds_of(r['started_at']):.1f}s"
+                if r["started_at"] and r["finished_at"]
+                else "-"
             )
             table.add_row(r["vm"], r["state"], duration, str(r["records"]), r["error"] or "")
         console(self.out, highlight=False, no_color=True).print(table)
 
 
 def _record_view(data: dict[str, Any]) -> RecordView:
-    content = {k: v for k, v in data.items() if k not in ("vm", "seq", "time", "step")}
+    content = {k: v for k, v in data.items() if k not in ("vm", "event", "seq", "time", "step")}
     return RecordView(
         run_id=0, vm=data["vm"], seq=data["seq"], step=data.get("step"), attempt=0,
-        stream=data["stream"], time=data["time"], content=content,
+        stream=data["stream"], time=seconds_of(data["time"]), content=content,
     )  # fmt: skip
 
 

@@ -1,10 +1,14 @@
-"""The JSON shapes of jobs and runs, one definition for ``vmbusops jobs --json`` and the agent's API."""
+"""The JSON shapes of jobs and runs, one definition for ``vmbusops jobs --json`` and the agent's API.
+
+Times are ISO 8601 UTC text (:mod:`vmbusops.times`); the journal keeps seconds since the epoch.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from vmbusops.engine.journal import JobView, RunView, StepView
+from vmbusops.times import iso_time_or_none as _iso
 
 
 def job_json(job: JobView, targets: list[str] | None = None) -> dict[str, Any]:
@@ -16,9 +20,9 @@ def job_json(job: JobView, targets: list[str] | None = None) -> dict[str, Any]:
         "source": job.source,
         "host": job.host,
         "state": job.state.value,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
         "owner_pid": job.owner_pid,
         "cancel_requested": job.cancel_requested,
         "error": job.error,
@@ -33,8 +37,8 @@ def run_json(r: RunView, steps: list[StepView]) -> dict[str, Any]:
     return {
         "vm": r.vm,
         "state": r.state.value,
-        "started_at": r.started_at,
-        "finished_at": r.finished_at,
+        "started_at": _iso(r.started_at),
+        "finished_at": _iso(r.finished_at),
         "current_step": r.current_step,
         "records": r.records,
         "error": r.error,
@@ -46,8 +50,8 @@ def run_json(r: RunView, steps: list[StepView]) -> dict[str, Any]:
                 "kind": s.kind,
                 "state": s.state.value,
                 "attempts": s.attempts,
-                "started_at": s.started_at,
-                "finished_at": s.finished_at,
+                "started_at": _iso(s.started_at),
+                "finished_at": _iso(s.finished_at),
                 "error": s.error,
             }
             for s in steps
