@@ -3,10 +3,18 @@ the same keys and ISO 8601 times in every JSON line, a failure ``code``, and who
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
+from tests.builders import VM, script, write_lab
 from tests.clirun import vmbusops
+from tests.engine.bundles import signed_bundle, trust_and_credential
+
+from vmbusops.bundle.crypto import PrivateKey
 
 
 def test_tables_are_not_cut_or_wrapped_off_a_terminal(make_lab: Callable[..., Any]) -> None:
@@ -18,3 +26,84 @@ def test_tables_are_not_cut_or_wrapped_off_a_terminal(make_lab: Callable[..., An
     assert all(len(row.split()[-1]) == 36 for row in rows[1:]), rows  # each VM's whole id
     assert "…" not in proc.stdout
     assert "\x1b[" not in proc.stdout
+
+
+def ndjson(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def results(text: str) -> dict[str, dict[str, Any]]:
+    return {line["vm"]: line for line in ndjson(text) if line["event"] == "result"}
+
+
+def test_exec_reports_the_exit_code_and_fails_on_it_unless_told_to_ignore_it(make_lab: Callable[..., Any]) -> None:
+    make_lab()
+    failed = vmbusops("exec", "--vm", "web01", "--json", "--", "'a'; exit 3")
+    assert failed.returncode == 1, failed.stderr
+    assert {k: results(failed.stdout)["web01"][k] for k in ("ok", "exit_code", "code")} == {
+        "ok": False, "exit_code": 3, "code": "ExitCode",
+    }  # fmt: skip
+    ignored = vmbusops("exec", "--vm", "web01", "--ignore-exit-code", "--json", "--", "'a'; exit 3")
+    assert ignored.returncode == 0, ignored.stderr
+    assert {k: results(ignored.stdout)["web01"][k] for k in ("ok", "exit_code", "code")} == {
+        "ok": True, "exit_code": 3, "code": None,
+    }  # fmt: skip
+    # An error record still fails the guest: only the exit code is ignored.
+    errors = vmbusops("exec", "--vm", "web01", "--ignore-exit-code", "--json", "--", "Write-Error 'boom'; exit 3")
+    assert errors.returncode == 1
+    assert results(errors.stdout)["web01"]["code"] == "ScriptFailed"
+    text = vmbusops("exec", "--vm", "web01", "--", "'a'; exit 3")
+    assert text.returncode == 1 and "exit code 3" in text.stderr
+
+
+def test_every_failed_guest_has_a_stable_code(make_lab: Callable[..., Any]) -> None:
+    make_lab()
+    proc = vmbusops(
+        "exec", "--vm", "web01", "--vm", "legacy01", "--timeout", "1", "--json", "--",
+        "Start-Sleep -Seconds 30",
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    got = results(proc.stdout)
+    assert (got["web01"]["code"], got["legacy01"]["code"]) == ("Timeout", "VMNotRunning")
+    for line in ndjson(proc.stdout):
+        assert list(line)[:3] == ["vm", "event", "stream"], line
+        assert datetime.fromisoformat(line["time"]).utcoffset() == timedelta(0)
+
+
+def test_run_logs_and_jobs_give_the_exit_code_and_failure_code_of_each_run_and_step(
+    vmbusops_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = PrivateKey.generate()
+    trust_and_credential(key)
+    monkeypatch.setenv("VMBUSOPS_LAB", str(write_lab(tmp_path, [VM("web01"), VM("legacy01", state="Off")])))
+    steps = [script("hello", "'hello'"), script("fails", "'about to exit'\nexit 3"), script("never", "'never'")]
+    bundle = signed_bundle(tmp_path, key, vms=["web01", "legacy01"], steps=steps)
+    ran = vmbusops("run", "--json", str(bundle))
+    assert ran.returncode == 1, ran.stderr
+    lines = ndjson(ran.stdout)
+    assert {line["event"] for line in lines} == {"job", "run", "record", "summary"}
+    for line in lines:
+        if "time" in line:
+            assert datetime.fromisoformat(line["time"]).utcoffset() == timedelta(0)
+    assert [r["value"] for r in lines if r["event"] == "record" and r["stream"] == "output"] == ["hello", "about to exit"]
+    ended = {line["vm"]: line for line in lines if line["event"] == "run" and line["state"] == "failed"}
+    assert (ended["web01"]["code"], ended["legacy01"]["code"]) == ("ExitCode", "VMNotRunning")
+    [summary] = [line for line in lines if line["event"] == "summary"]
+    runs = {r["vm"]: r for r in summary["runs"]}
+    assert runs["web01"]["code"] == "ExitCode"
+    assert [(s["name"], s["state"], s["code"], s["exit_code"]) for s in runs["web01"]["steps"]] == [
+        ("hello", "success", None, 0),
+        ("fails", "failed", "ExitCode", 3),
+        ("never", "skipped", None, None),
+    ]
+    assert runs["legacy01"]["code"] == "VMNotRunning"
+    assert datetime.fromisoformat(runs["web01"]["finished_at"]) >= datetime.fromisoformat(runs["web01"]["started_at"])
+
+    job = summary["job"]
+    shown = json.loads(vmbusops("jobs", "show", str(job), "--json").stdout)
+    assert {r["vm"]: r["code"] for r in shown["runs"]} == {"web01": "ExitCode", "legacy01": "VMNotRunning"}
+    assert shown["runs"] == summary["runs"]
+    logs = ndjson(vmbusops("logs", str(job), "--json").stdout)
+    assert [list(r)[:6] for r in logs] == [["vm", "event", "stream", "seq", "time", "step"]] * len(logs)
+    live = [r for r in lines if r["event"] == "record"]
+    assert [(r["vm"], r["seq"], r["time"]) for r in logs] == [(r["vm"], r["seq"], r["time"]) for r in live]

@@ -61,11 +61,11 @@ def job_data(job: JobView) -> dict[str, Any]:
 
 
 def run_data(run: RunView) -> dict[str, Any]:
-    return {"vm": run.vm, "state": run.state.value, "step": run.current_step, "error": run.error}
+    return {"vm": run.vm, "state": run.state.value, "step": run.current_step, "error": run.error, "code": run.code}
 
 
 def changed_data(event: RunChanged) -> dict[str, Any]:
-    return {"vm": event.vm, "state": event.state.value, "step": event.step, "error": event.error}
+    return {"vm": event.vm, "state": event.state.value, "step": event.step, "error": event.error, "code": event.code}
 
 
 class RecordText:

@@ -137,6 +137,7 @@ class Progress:
                     "state": event.state.value,
                     "step": event.step,
                     "error": event.error,
+                    "code": event.code,
                 }
             )
         elif previous != (event.state, event.step):

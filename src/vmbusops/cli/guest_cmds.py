@@ -67,6 +67,10 @@ def vms_cmd(host: str | None, as_json: bool) -> None:
 )  # fmt: skip
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Seconds per guest.")
 @click.option("--json", "as_json", is_flag=True, help="NDJSON: one object per record.")
+@click.option(
+    "--ignore-exit-code", is_flag=True,
+    help="A non-zero exit code does not fail a guest (it is still reported); error records still do.",
+)  # fmt: skip
 @click.argument("script", nargs=-1, required=True)
 def exec_cmd(
     host: str | None,
@@ -76,6 +80,7 @@ def exec_cmd(
     max_concurrency: int | None,
     timeout: float | None,
     as_json: bool,
+    ignore_exit_code: bool,
     script: tuple[str, ...],
 ) -> None:
     """Run a script block in guests through PowerShell Direct and print every record live.
@@ -84,7 +89,8 @@ def exec_cmd(
     Example:  vmbusops exec --vm web01 --vm web02 -- 'Get-Service W3SVC; Write-Verbose hi'
     A guest succeeds when its script exits 0 (`exit N` sets the code; a terminating error is 1)
     and writes no PowerShell error; a native tool's stderr lines do not fail it by themselves.
-    --json ends each guest with a `result` line: ok, exit_code, errors, failure.
+    --ignore-exit-code lets a guest whose script ended with another exit code succeed.
+    --json ends each guest with a `result` line: ok, exit_code, errors, code, failure.
     Exit codes: 0 all guests ok, 1 a guest failed, 2 usage, 3 host failure, 130 Ctrl-C.
     """
     if not vm_names and not all_vms:
@@ -108,14 +114,15 @@ def exec_cmd(
         failed = 0
         for name in names:
             outcome = outcomes.get(name)
+            ok = outcome is not None and (outcome.ok_but_exit_code if ignore_exit_code else outcome.ok)
             if as_json:
                 # One verdict per guest, last: a program reads it instead of judging the records
                 # (a guest can end Completed yet have failed; a timed-out one has no state record).
-                printer.emit_result(name, outcome)
-            if outcome is None or not outcome.ok:
+                printer.emit_result(name, outcome, ok=ok, ignore_exit_code=ignore_exit_code)
+            if not ok:
                 failed += 1
                 if not as_json:
-                    why = outcome.why_failed() if outcome else "did not run"
+                    why = outcome.why_failed(ignore_exit_code=ignore_exit_code) if outcome else "did not run"
                     click.secho(f"{name}: failed: {terminal_safe(why)}", err=True, fg="red")
         if not as_json:
             click.echo(f"{len(names) - failed} of {len(names)} guest(s) succeeded", err=True)

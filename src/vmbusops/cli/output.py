@@ -13,6 +13,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
+from vmbusops.errors import FailureCode
 from vmbusops.records import GuestRecord, PipelineStateRecord, Stream, display_text, guest_record_to_json
 from vmbusops.times import iso_time
 
@@ -113,17 +114,19 @@ class RecordPrinter:
             body = "\n".join(f"{prefix}{label}{line}" for line in lines)
         self._out.write(body + "\n")
 
-    def emit_result(self, vm: str, outcome: InvokeOutcome | None) -> None:
-        """A guest's verdict as one NDJSON line (``stream: result``): what exec's exit code says of it."""
+    def emit_result(self, vm: str, outcome: InvokeOutcome | None, *, ok: bool, ignore_exit_code: bool = False) -> None:
+        """A guest's verdict as one NDJSON line (``event: result``): what exec's exit code says of
+        it (``ok``), its exit code, and when it failed, the failure ``code`` and why."""
         line = {
             "vm": vm,
             "event": "result",
             "stream": "result",
             "time": iso_time(time.time()),
-            "ok": bool(outcome and outcome.ok),
+            "ok": ok,
             "exit_code": outcome.exit_code if outcome else None,
             "errors": outcome.script_errors if outcome else 0,
-            "failure": None if outcome is not None and outcome.ok else (outcome.why_failed() if outcome else "did not run"),
+            "code": None if ok else (outcome.failure_code(ignore_exit_code=ignore_exit_code) if outcome else FailureCode.INTERNAL),
+            "failure": None if ok else (outcome.why_failed(ignore_exit_code=ignore_exit_code) if outcome else "did not run"),
         }
         self._out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
 

@@ -192,7 +192,7 @@ class RemoteProgress:
             if previous == current:
                 return
             if self.as_json:
-                self._json({"event": "run", **{k: data.get(k) for k in ("vm", "state", "step", "error")}})
+                self._json({"event": "run", **{k: data.get(k) for k in ("vm", "state", "step", "error", "code")}})
             else:
                 step = f" ({data['step']})" if data.get("step") else ""
                 error = f": {data['error']}" if data.get("error") else ""

@@ -463,14 +463,14 @@ class Journal:
         out: list[RunView] = []
         for r in self._read_tuples(
             "SELECT id, job_id, vm, state, current_step, started_at, finished_at, error, records, excerpt,"
-            " cancel_requested FROM runs WHERE job_id = ? ORDER BY id",
+            " cancel_requested, code FROM runs WHERE job_id = ? ORDER BY id",
             (job_id,),
         ):
             stored = _STATE_OF[r[3]]
             view = RunView(
                 id=r[0], job_id=r[1], vm=r[2], state=_effective(stored, alive), stored_state=stored,
                 current_step=r[4], started_at=r[5], finished_at=r[6], error=r[7], records=r[8],
-                excerpt_json=r[9], cancel_requested=bool(r[10]),
+                excerpt_json=r[9], cancel_requested=bool(r[10]), code=r[11],
             )  # fmt: skip
             out.append(view)
         return out
@@ -487,6 +487,8 @@ class Journal:
                 started_at=r["started_at"],
                 finished_at=r["finished_at"],
                 error=r["error"],
+                code=r["code"],
+                exit_code=r["exit_code"],
             )
             for r in self._read("SELECT * FROM steps WHERE run_id = ? ORDER BY idx", (run_id,))
         ]
@@ -584,6 +586,7 @@ def _update(change: Change) -> tuple[str, list[Any]]:
             params.append(change.current_step)
             put("records", change.records)
             put("error", change.error)
+            put("code", change.code)
             put("started_at", change.started_at)
             put("finished_at", change.finished_at)
             put("excerpt", json.dumps(change.excerpt) if change.excerpt is not None else None)
@@ -593,9 +596,11 @@ def _update(change: Change) -> tuple[str, list[Any]]:
             put("attempts", change.attempts)
             put("started_at", change.started_at)
             if change.clear:
-                sets += ["finished_at = NULL", "error = NULL"]
+                sets += ["finished_at = NULL", "error = NULL", "code = NULL", "exit_code = NULL"]
             put("finished_at", change.finished_at)
             put("error", change.error)
+            put("code", change.code)
+            put("exit_code", change.exit_code)
             where, keys = "steps SET {} WHERE run_id = ? AND idx = ?", [change.run_id, change.index]
     # Only fixed column names are interpolated; every value is a bound parameter.
     return "UPDATE " + where.format(", ".join(sets)), [*params, *keys]

@@ -83,6 +83,9 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 ADDED_COLUMNS: Final = (
     ("jobs", "enable_guest_services", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "envelope", "TEXT"),
+    ("runs", "code", "TEXT"),
+    ("steps", "code", "TEXT"),
+    ("steps", "exit_code", "INTEGER"),
 )
 
 

@@ -42,6 +42,7 @@ def run_json(r: RunView, steps: list[StepView]) -> dict[str, Any]:
         "current_step": r.current_step,
         "records": r.records,
         "error": r.error,
+        "code": r.code,
         "excerpt": r.excerpt,
         "cancel_requested": r.cancel_requested,
         "steps": [
@@ -53,6 +54,8 @@ def run_json(r: RunView, steps: list[StepView]) -> dict[str, Any]:
                 "started_at": _iso(s.started_at),
                 "finished_at": _iso(s.finished_at),
                 "error": s.error,
+                "code": s.code,
+                "exit_code": s.exit_code,
             }
             for s in steps
         ],

@@ -49,7 +49,7 @@ from vmbusops.bundle.manifest import DscMode, DscStep, FileEntry, Manifest
 from vmbusops.dsc.lcm import LcmParser
 from vmbusops.dsc.mof import MofSyntaxError, parse_mof, resource_ids
 from vmbusops.dsc.progress import ConfigurationProgress, ResourceState
-from vmbusops.errors import ConfigError, GuestError, GuestServicesDisabledError, VmbusOpsError
+from vmbusops.errors import ConfigError, FailureCode, GuestError, GuestServicesDisabledError, VmbusOpsError
 from vmbusops.guestops.classify import classify
 from vmbusops.guestops.host import GUEST_SERVICE_INTERFACE, HyperVHost, InvokeOutcome
 from vmbusops.psrp.client import Command
@@ -83,9 +83,13 @@ _BUSY = re.compile(r"method is in progress and must return before \S+ can be inv
 class GuestFileMismatchError(GuestError):
     """A file copied into the guest does not have the SHA-256 the bundle lists."""
 
+    code = FailureCode.GUEST_FILE_MISMATCH
+
 
 class ConfigurationError(GuestError):
     """The LCM failed, or the configuration did not converge within the reboot budget."""
+
+    code = FailureCode.CONFIGURATION_FAILED
 
 
 class LcmWaitTimeout(ConfigurationError):
