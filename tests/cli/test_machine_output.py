@@ -4,6 +4,7 @@ the same keys and ISO 8601 times in every JSON line, a failure ``code``, and who
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from tests.clirun import vmbusops
 from tests.engine.bundles import signed_bundle, trust_and_credential
 
 from vmbusops.bundle.crypto import PrivateKey
+from vmbusops.errors import FailureCode, VmbusOpsError
 
 
 def test_tables_are_not_cut_or_wrapped_off_a_terminal(make_lab: Callable[..., Any]) -> None:
@@ -107,3 +109,17 @@ def test_run_logs_and_jobs_give_the_exit_code_and_failure_code_of_each_run_and_s
     assert [list(r)[:6] for r in logs] == [["vm", "event", "stream", "seq", "time", "step"]] * len(logs)
     live = [r for r in lines if r["event"] == "record"]
     assert [(r["vm"], r["seq"], r["time"]) for r in logs] == [(r["vm"], r["seq"], r["time"]) for r in live]
+
+
+def test_the_readme_lists_every_failure_code_and_every_error_class_has_one() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `(\w+)` \|", readme, flags=re.MULTILINE))
+    assert listed == {code.value for code in FailureCode}
+
+    def classes(cls: type[VmbusOpsError]) -> list[type[VmbusOpsError]]:
+        return [cls, *(c for sub in cls.__subclasses__() for c in classes(sub))]
+
+    import vmbusops.guestops.dsc  # noqa: F401  (its error classes)
+
+    for cls in classes(VmbusOpsError):
+        assert isinstance(cls.code, FailureCode), cls
