@@ -4,7 +4,10 @@ the same keys and ISO 8601 times in every JSON line, a failure ``code``, and who
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -123,3 +126,40 @@ def test_the_readme_lists_every_failure_code_and_every_error_class_has_one() -> 
 
     for cls in classes(VmbusOpsError):
         assert isinstance(cls.code, FailureCode), cls
+
+
+LONG = "x" * 6000  # longer than a pipe's atomic write and than a text stream's chunk
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
+def test_lines_from_many_guests_at_once_are_never_torn_in_a_file(
+    vmbusops_home: Path, tmp_path: Path, as_json: bool
+) -> None:
+    """A real process writing stdout and stderr into one file (``> out 2>&1``), 16 guests at
+    once with different latencies, each printing long lines: every line of the file is whole."""
+    vms = [VM(f"vm{i:02d}", latency_ms=(i * 7) % 40) for i in range(16)]
+    vms.append(VM("off01", state="Off"))  # a failure line on stderr, into the same file
+    lab = write_lab(tmp_path, vms, password_seed="torn-lines")  # lab-admin is every guest's
+    env = {**os.environ, "VMBUSOPS_LAB": str(lab), "VMBUSOPS_HOME": str(vmbusops_home), "NO_COLOR": "1"}
+    script_text = '1..60 | ForEach-Object { Write-Output "line $_ ' + LONG + '" }'
+    out = tmp_path / "out.txt"
+    with out.open("wb") as sink:
+        proc = subprocess.run(
+            [sys.executable, "-m", "vmbusops", "exec", "--all", *(["--json"] if as_json else []), "--", script_text],
+            env=env, stdout=sink, stderr=sink, timeout=300, check=False,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    lines = out.read_text(encoding="utf-8").splitlines()
+    records = 0
+    for line in lines:
+        if as_json:
+            obj = json.loads(line)  # a torn line is not JSON
+            if obj["event"] == "record" and obj["stream"] == "output":
+                assert re.fullmatch(r"line \d+ " + LONG, obj["value"]), obj["vm"]
+                records += 1
+        elif "xxxxxxxx" in line:  # any part of a guest's long line is on one whole line of its own
+            assert re.fullmatch(r"vm\d\d +\| line \d+ " + LONG, line), line[:80]
+            records += 1
+        else:  # the failed guest's record and verdict, and the summary, on their own lines
+            assert line.startswith(("off01", "  hint: ", "16 of 17 guest(s) succeeded")), line
+    assert records == 16 * 60
