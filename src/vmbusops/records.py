@@ -341,12 +341,19 @@ def display_text(record: Record) -> str:
         case InformationRecord(message_data=data):
             return value_display(data)
         case ProgressRecord():
-            pct = f" {record.percent_complete}%" if record.percent_complete >= 0 else ""
-            status = f": {record.status_description}" if record.status_description else ""
-            done = " (completed)" if record.completed else ""
-            return f"{record.activity}{status}{pct}{done}"
+            return progress_text(
+                record.activity, record.status_description, record.percent_complete, completed=record.completed
+            )
         case PipelineStateRecord(state=state, error=error):
             return state.value if error is None else f"{state.value}: {error.message}"
+
+
+def progress_text(activity: str, status: str, percent: int, *, completed: bool = False) -> str:
+    """A progress record's line: ``activity: status 40%``, ``(completed)`` at its end."""
+    pct = f" {percent}%" if percent >= 0 else ""
+    shown = f": {status}" if status else ""
+    done = " (completed)" if completed else ""
+    return f"{activity}{shown}{pct}{done}"
 
 
 def value_display(value: Value) -> str:

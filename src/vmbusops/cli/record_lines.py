@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from vmbusops.engine.journal import RecordView
-from vmbusops.records import Stream, value_display, value_from_json
+from vmbusops.records import Stream, progress_text, value_display, value_from_json
 from vmbusops.times import iso_time
 
 _LABEL = {
@@ -38,7 +38,11 @@ def record_text(rec: RecordView) -> str:
     if rec.stream == Stream.INFORMATION:
         return _value_text(c.get("message_data"))
     if rec.stream == Stream.PROGRESS:
-        return f"{c.get('activity', '')}: {c.get('status_description', '')}"
+        percent = c.get("percent_complete")
+        return progress_text(
+            str(c.get("activity", "")), str(c.get("status_description") or ""),
+            percent if isinstance(percent, int) else -1, completed=bool(c.get("completed")),
+        )  # fmt: skip
     if rec.stream == Stream.STATE:
         return str(c.get("state", ""))
     return str(c.get("message", ""))
