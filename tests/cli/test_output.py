@@ -91,3 +91,29 @@ def test_logs_show_the_progress_percentage_the_live_view_shows() -> None:
     content = record_to_json(record)
     view = RecordView(run_id=1, vm="web01", seq=1, step=None, attempt=1, stream="progress", time=0.0, content=content)
     assert record_text(view) == display_text(record) == "Copying: files 40%"
+
+
+def test_the_live_run_table_shows_states_not_markup_and_guest_text_is_not_markup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rich.live import Live
+
+    from vmbusops.cli.engine_cmds import Progress
+    from vmbusops.engine import RecordArrived, RunChanged, State
+
+    monkeypatch.setenv("COLUMNS", "100")
+    out = Terminal()
+    progress = Progress(as_json=False, out=out)
+    assert progress.live_mode
+    progress.created(1)
+    with Live(progress.table(), console=progress.console, auto_refresh=False, transient=True) as live:
+        progress.live = live
+        progress(RunChanged(1, "web01", State.FAILED, "[bold]step[/]", "boom"))
+        # A record is printed with markup off, which also draws the table again (the first frame
+        # that showed "[red]failed[/]").
+        record = GuestRecord(vm="web01", seq=1, time=0.0, record=OutputRecord(value="[red]not markup[/]"))
+        progress(RecordArrived(1, record))
+    text = out.getvalue()
+    assert "failed" in text and "[red]failed" not in text
+    assert "[red]not markup[/]" in text
+    assert "[bold]step[/]" in text  # a step name is text, shown as it is

@@ -24,6 +24,7 @@ import trio
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from vmbusops.bundle.verify import AcceptedBundle, read_unverified
 from vmbusops.cli import exitcodes
@@ -67,8 +68,15 @@ _STATE_STYLE = {
 
 
 def _styled(state: State) -> str:
+    """The state as console markup, for a line of markup text."""
     style = _STATE_STYLE.get(state, "")
     return f"[{style}]{state.value}[/]" if style else state.value
+
+
+def _state_text(state: State) -> Text:
+    """The state as a table cell: styled text, not markup. A live table is also drawn by a print
+    of guest text with markup off, and a cell of markup would then show ``[red]failed[/]``."""
+    return Text(state.value, style=_STATE_STYLE.get(state, ""))
 
 
 def _duration(start: float | None, end: float | None) -> str:
@@ -106,7 +114,7 @@ class Progress:
         for col in ("VM", "State", "Step"):
             table.add_column(col)
         for vm, (state, step) in self.rows.items():
-            table.add_row(vm, _styled(state), step or "")
+            table.add_row(Text(vm), _state_text(state), Text(step or ""))
         return table
 
     def created(self, job_id: int) -> None:
@@ -171,7 +179,8 @@ class Progress:
             table.add_column(col)
         for r in runs:
             table.add_row(
-                r.vm, _styled(r.state), _duration(r.started_at, r.finished_at), str(r.records), r.error or ""
+                Text(r.vm), _state_text(r.state), _duration(r.started_at, r.finished_at), str(r.records),
+                Text(r.error or ""),
             )
         self.console.print(table)
         for line in details_lines(result.details):
@@ -315,8 +324,8 @@ def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
         runs = ", ".join(f"{n} {s}" for s, n in sorted(job.run_states.items()))
         table.add_row(
             str(job.id),
-            f"{job.bundle_name} v{job.bundle_version}",
-            _styled(job.state),
+            Text(f"{job.bundle_name} v{job.bundle_version}"),
+            _state_text(job.state),
             str(job.targets),
             runs,
             _when(job.created_at),
@@ -355,7 +364,7 @@ def jobs_show(job_id: int, as_json: bool) -> None:
         )
         for s in journal.steps(r.id):
             tries = f" ({s.attempts} attempts)" if s.attempts > 1 else ""
-            out.print(f"  {s.name:<20} {s.kind:<10} {_styled(s.state)}{tries}")
+            out.print(f"  {escape(s.name):<20} {s.kind:<10} {_styled(s.state)}{tries}")
         for line in r.excerpt:
             out.print(f"    | {line}", markup=False)
 

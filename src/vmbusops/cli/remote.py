@@ -230,6 +230,7 @@ class RemoteProgress:
             self._json({"event": "summary", "job": job_id, "state": state, "runs": runs})
             return
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(box=None, header_style="bold", title=f"job {job_id}: {state}")
         for col in ("VM", "State", "Duration", "Records", "Error"):
@@ -240,7 +241,7 @@ class RemoteProgress:
                 if r["started_at"] and r["finished_at"]
                 else "-"
             )
-            table.add_row(r["vm"], r["state"], duration, str(r["records"]), r["error"] or "")
+            table.add_row(Text(r["vm"]), r["state"], duration, str(r["records"]), Text(r["error"] or ""))
         console(self.out, highlight=False, no_color=True).print(table)
 
 
