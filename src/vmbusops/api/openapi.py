@@ -428,7 +428,14 @@ def openapi_document() -> dict[str, Any]:
                         "finished_at": {"type": ["string", "null"], "format": "date-time"},
                         "records": {"type": "integer"},
                         "error": {"type": ["string", "null"]},
-                        "steps": {"type": "array", "items": {"type": "object"}},
+                        "code": {
+                            "type": ["string", "null"],
+                            "description": "why the run failed, a stable name (README: failure codes)",
+                        },
+                        "steps": {
+                            "type": "array",
+                            "items": {"type": "object", "description": "name, kind, state, code, exit_code, ..."},
+                        },
                     },
                 },
                 "Record": {
