@@ -37,7 +37,7 @@ def test_the_live_view_writes_guest_text_without_control_characters() -> None:
     assert "x\\x1b[2Jy" in text
 
 
-def progress(vm: str, seq: int, percent: int, *, activity: str = "Copying", completed: bool = False) -> GuestRecord:
+def progress_record(vm: str, seq: int, percent: int, *, activity: str = "Copying", completed: bool = False) -> GuestRecord:
     record = ProgressRecord(activity=activity, status_description="files", percent_complete=percent, completed=completed)
     return GuestRecord(vm=vm, seq=seq, time=0.0, record=record)
 
@@ -46,9 +46,9 @@ def test_off_a_terminal_an_activity_gets_a_line_per_tenth_and_its_end() -> None:
     out = io.StringIO()
     printer = RecordPrinter(out=out, vm_width=5)
     for pct in range(101):
-        printer.emit(progress("web01", pct + 1, pct))
-        printer.emit(progress("web02", pct + 1, pct // 2, activity="Installing"))
-    printer.emit(progress("web01", 200, 100, completed=True))
+        printer.emit(progress_record("web01", pct + 1, pct))
+        printer.emit(progress_record("web02", pct + 1, pct // 2, activity="Installing"))
+    printer.emit(progress_record("web01", 200, 100, completed=True))
     printer.emit(GuestRecord(vm="web01", seq=201, time=0.0, record=OutputRecord(value="done")))
     lines = out.getvalue().splitlines()
     web01 = [line for line in lines if line.startswith("web01")]
@@ -74,9 +74,9 @@ def test_on_a_terminal_progress_is_one_status_line_rewritten_and_gone_at_the_end
     out = Terminal()
     printer = RecordPrinter(out=out, vm_width=5)
     for pct in range(0, 100, 5):
-        printer.emit(progress("web01", pct + 1, pct))
+        printer.emit(progress_record("web01", pct + 1, pct))
     printer.emit(GuestRecord(vm="web01", seq=200, time=0.0, record=OutputRecord(value="a line")))
-    printer.emit(progress("web01", 201, 99))
+    printer.emit(progress_record("web01", 201, 99))
     printer.flush()
     text = out.getvalue()
     # What a terminal shows once every carriage return and erase has been applied.
@@ -117,3 +117,19 @@ def test_the_live_run_table_shows_states_not_markup_and_guest_text_is_not_markup
     assert "failed" in text and "[red]failed" not in text
     assert "[red]not markup[/]" in text
     assert "[bold]step[/]" in text  # a step name is text, shown as it is
+
+
+def test_under_the_live_run_table_an_activity_gets_a_line_per_tenth() -> None:
+    from rich.live import Live
+
+    from vmbusops.cli.engine_cmds import Progress
+    from vmbusops.engine import RecordArrived
+
+    out = Terminal()
+    progress = Progress(as_json=False, out=out)
+    progress.created(1)
+    with Live(progress.table(), console=progress.console, auto_refresh=False, transient=True) as live:
+        progress.live = live
+        for pct in range(100):
+            progress(RecordArrived(1, progress_record("web01", pct + 1, pct)))
+    assert out.getvalue().count("PROGRESS: Copying: files") == 10

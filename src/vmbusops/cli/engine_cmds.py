@@ -105,6 +105,10 @@ class Progress:
         self.live_mode = not as_json and self.out.isatty()
         self.console = console(self.out, highlight=False, no_color=not use_colour(self.out))
         self.printer = RecordPrinter(json_lines=as_json, out=self.out, vm_width=10)
+        #: Under the live table, records are lines of text the table is printed around; one
+        #: printer for them all, so an activity's progress gets a line per tenth, not per record.
+        self._live_buffer = io.StringIO()
+        self._live_printer = RecordPrinter(out=self._live_buffer, vm_width=10)
         self.rows: dict[str, tuple[State, str | None]] = {}
         self.live: Live | None = None
         self.job_id: int | None = None
@@ -128,7 +132,9 @@ class Progress:
     def __call__(self, event: EngineEvent) -> None:
         if isinstance(event, RecordArrived):
             if self.live_mode and self.live is not None:
-                self.live.console.print(self._record_text(event), markup=False, highlight=False)
+                text = self._record_text(event)
+                if text is not None:
+                    self.live.console.print(text, markup=False, highlight=False)
             else:
                 self.printer.emit(event.record)
             return
@@ -153,10 +159,13 @@ class Progress:
             error = f": {event.error}" if event.error else ""
             self.out.write(f"{event.vm:<10} > {event.state.value}{step}{error}\n")
 
-    def _record_text(self, event: RecordArrived) -> str:
-        buf = io.StringIO()
-        RecordPrinter(out=buf, vm_width=10).emit(event.record)
-        return buf.getvalue().rstrip("\n")
+    def _record_text(self, event: RecordArrived) -> str | None:
+        """The record's lines for the live view (None: a progress record that gets no line)."""
+        buf = self._live_buffer
+        buf.seek(0)
+        buf.truncate()
+        self._live_printer.emit(event.record)
+        return buf.getvalue().rstrip("\n") or None
 
     def _json(self, obj: dict[str, Any]) -> None:
         self.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
