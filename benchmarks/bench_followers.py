@@ -53,6 +53,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agent_lab import AgentHome, cpu_seconds, percentile, prepare_home, running_agent
 
+from vmbusops.times import seconds_of
+
 #: What a follower collects: guest->follower and agent->follower seconds, and per job the guest
 #: times of its first and last record.
 Latencies = dict[str, Any]
@@ -94,7 +96,7 @@ async def follow(url: str, token: str, job_id: int, got: Latencies) -> None:
                 if b"\nevent: record\n" in block:
                     data = json.loads(block.split(b"data: ", 1)[1])
                     got["records"] += 1
-                    got["agent"].append(now - data["time"])
+                    got["agent"].append(now - seconds_of(data["time"]))
                     emitted = guest_time(data.get("value"))
                     if emitted is not None:
                         got["guest"].append(now - emitted)

@@ -171,9 +171,13 @@ function Invoke-VmbusOpsApi {
 }
 
 function ConvertTo-VmbusOpsTime {
-    param($Seconds)
-    if ($null -eq $Seconds) { return $null }
-    [DateTimeOffset]::FromUnixTimeMilliseconds([long]([double]$Seconds * 1000)).LocalDateTime
+    # The agent writes times as ISO 8601 UTC text; seconds since the epoch are read too.
+    param($Value)
+    if ($null -eq $Value) { return $null }
+    if ($Value -is [double] -or $Value -is [long] -or $Value -is [int] -or $Value -is [decimal]) {
+        return [DateTimeOffset]::FromUnixTimeMilliseconds([long]([double]$Value * 1000)).LocalDateTime
+    }
+    ConvertFrom-VmbusOpsDate $Value
 }
 
 function ConvertFrom-VmbusOpsDate {

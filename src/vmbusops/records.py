@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from typing import Any, ClassVar, TypeAlias
 
+from vmbusops.times import iso_time
+
 
 class Stream(enum.StrEnum):
     OUTPUT = "output"
@@ -313,9 +315,13 @@ _RECORD_JSON: dict[type[Any], Callable[[Any], str]] = {
 
 
 def guest_record_to_json(rec: GuestRecord) -> dict[str, Any]:
-    """One NDJSON line's object: ``vm``, ``stream``, ``seq``, ``time``, then the record's fields."""
+    """One NDJSON line's object: ``vm``, ``event`` (``record``), ``stream``, ``seq``, ``time`` (ISO
+    8601 UTC), the ``step`` if any, then the record's fields: the keys ``logs --json`` and the API
+    give a journaled record."""
     body = record_to_json(rec.record)
-    out: dict[str, Any] = {"vm": rec.vm, "stream": body.pop("stream"), "seq": rec.seq, "time": rec.time}
+    out: dict[str, Any] = {
+        "vm": rec.vm, "event": "record", "stream": body.pop("stream"), "seq": rec.seq, "time": iso_time(rec.time)
+    }
     if rec.step is not None:
         out["step"] = rec.step
     out.update(body)
@@ -335,12 +341,19 @@ def display_text(record: Record) -> str:
         case InformationRecord(message_data=data):
             return value_display(data)
         case ProgressRecord():
-            pct = f" {record.percent_complete}%" if record.percent_complete >= 0 else ""
-            status = f": {record.status_description}" if record.status_description else ""
-            done = " (completed)" if record.completed else ""
-            return f"{record.activity}{status}{pct}{done}"
+            return progress_text(
+                record.activity, record.status_description, record.percent_complete, completed=record.completed
+            )
         case PipelineStateRecord(state=state, error=error):
             return state.value if error is None else f"{state.value}: {error.message}"
+
+
+def progress_text(activity: str, status: str, percent: int, *, completed: bool = False) -> str:
+    """A progress record's line: ``activity: status 40%``, ``(completed)`` at its end."""
+    pct = f" {percent}%" if percent >= 0 else ""
+    shown = f": {status}" if status else ""
+    done = " (completed)" if completed else ""
+    return f"{activity}{shown}{pct}{done}"
 
 
 def value_display(value: Value) -> str:

@@ -43,9 +43,9 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "CREDENTIALS_DIRECTORY": ("cred, every command that uses a credential",
                               "set by systemd (LoadCredential=): vmbusops-credentials.key there is the "
                               "sealing key when [credentials] key_file is not set"),
-    "VMBUSOPS_AGENT": ("submit, logs --agent, schedule list --agent; the runbook module",
+    "VMBUSOPS_AGENT": ("submit; the runbook module",
                        "the agent's URL (default http://127.0.0.1:8421)"),
-    "VMBUSOPS_TOKEN": ("submit, logs --agent, schedule list --agent; the runbook module",
+    "VMBUSOPS_TOKEN": ("submit and every command's --agent; the runbook module",
                        "the agent API token (else --token-file / -Token)"),
     "VMBUSOPS_PWSH": ("--host pwsh, --host pwsh-lab, ./scripts/test", "the PowerShell 7 to run (else pwsh "
                       "on PATH, else ../shared/pwsh/pwsh beside the checkout)"),
@@ -59,6 +59,8 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "_VMBUSOPS_COMPLETE": ("vmbusops (click)", "bash_source, zsh_source or fish_source: print the shell "
                            "completion script instead of running (see Shell completion)"),
     "PYTHON": ("./scripts/*, ./vmbusops", "the Python 3.11+ that creates .venv (default python3)"),
+    "VMBUSOPS_BROWSER": ("./scripts/test, the web console's browser tests", "required (set by ./scripts/test "
+                         "once it installed Chromium): a missing browser fails those tests instead of skipping them"),
     "VMBUSOPS_TEST_WORKERS": ("./scripts/test", "pytest-xdist workers (default auto; 0: one process)"),
     "VMBUSOPS_PEER_PYTHON": ("./scripts/test, the tests", "the interpreter of .venv-peer (the independent "
                              "PSRP client); set by ./scripts/test"),

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import sys
 from collections import defaultdict
 from contextlib import aclosing
+from datetime import datetime
 
 import trio
 from tests.api.conftest import Agent, submit
@@ -133,3 +137,29 @@ async def test_sigterm_stops_runs_cleanly_and_flushes_the_journal(agent_factory:
         journal.close()
     events_logged = [line.get("event") for line in agent.log_lines()]
     assert "stopping" in events_logged and "stopped" in events_logged
+
+
+async def test_failed_runs_carry_their_code_and_times_are_iso_in_runs_records_and_events(agent: Agent) -> None:
+    path = agent.bundle(["a-web01"], [script("hello", "'hello'"), script("fails", "exit 3")])
+    r = await submit(agent, path)
+    assert r.status_code == 201, r.text
+    job_id = r.json()["job"]["id"]
+    events = await follow(agent, job_id)
+    assert events[-1].event == "end" and events[-1].data["state"] == "failed"
+    ended = [e.data for e in events if e.event == "run" and e.data["state"] == "failed"]
+    assert ended and all(d["code"] == "ExitCode" for d in ended)
+    records = [e.data for e in events if e.event == "record"]
+    assert records and all(d["event"] == "record" and d["time"].endswith("+00:00") for d in records)
+    async with agent.client() as c:
+        [run] = (await c.get(f"/v1/jobs/{job_id}/runs")).json()["runs"]
+        job = (await c.get(f"/v1/jobs/{job_id}")).json()["job"]
+        page = (await c.get(f"/v1/jobs/{job_id}/records")).json()
+    assert run["code"] == "ExitCode"
+    assert [(s["name"], s["code"], s["exit_code"]) for s in run["steps"]] == [("hello", None, 0), ("fails", "ExitCode", 3)]
+    assert datetime.fromisoformat(job["created_at"]) <= datetime.fromisoformat(run["finished_at"])
+    assert page["records"] == records  # the same objects from the list and the events
+    logs = await trio.run_process(
+        [sys.executable, "-m", "vmbusops", "logs", str(job_id), "--json"],
+        capture_stdout=True, env={**os.environ, "VMBUSOPS_HOME": str(agent.home)},
+    )  # fmt: skip
+    assert [json.loads(line) for line in logs.stdout.decode().splitlines()] == records

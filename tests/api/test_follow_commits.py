@@ -19,13 +19,15 @@ import trio
 from vmbusops.api.broadcast import Broadcaster, JobEnded
 from vmbusops.api.follow import JobFollower, RecordText
 from vmbusops.api.metrics import AgentMetrics
+from vmbusops.cli.record_lines import record_json
 from vmbusops.engine.changes import JobChange
-from vmbusops.engine.journal import Journal, StoredRecord
+from vmbusops.engine.journal import Journal, RecordView, StoredRecord
 from vmbusops.engine.readers import JournalReaders
 from vmbusops.engine.states import State
 from vmbusops.engine.writer import JournalWriter
 from vmbusops.owner import current_owner
 from vmbusops.records import ErrorRecord, OutputRecord, Record, VerboseRecord, record_to_json
+from vmbusops.times import iso_time
 
 VMS = ["web01", "web02", "db01"]
 
@@ -131,8 +133,16 @@ def test_a_records_json_is_what_logs_json_gives() -> None:
     for i, (rec, step) in enumerate(zip(records, ["s", None, 'st"ep'], strict=True)):
         content = json.dumps(record_to_json(rec), separators=(",", ":"), ensure_ascii=False)
         row: StoredRecord = (1, i + 1, 7 if i % 2 == 0 else 8, i + 3, step, 1, rec.stream.value, 1234.5 + i / 3, content)
-        expected = {"vm": 'we"b01' if i % 2 == 0 else "db01", "seq": i + 3, "time": 1234.5 + i / 3, "step": step}
-        expected.update(record_to_json(rec))
+        fields = record_to_json(rec)
+        expected = {
+            "vm": 'we"b01' if i % 2 == 0 else "db01", "event": "record", "stream": fields.pop("stream"),
+            "seq": i + 3, "time": iso_time(1234.5 + i / 3), "step": step, **fields,
+        }  # fmt: skip
+        view = RecordView(
+            run_id=row[2], vm=expected["vm"], seq=row[3], step=step, attempt=1, stream=row[6], time=row[7],
+            content=json.loads(content),
+        )  # fmt: skip
+        assert json.dumps(record_json(view), separators=(",", ":"), ensure_ascii=False) == text(row)  # logs --json
         spliced = text(row)
         assert json.loads(spliced) == expected
         assert list(json.loads(spliced)) == list(expected)  # and in the same key order

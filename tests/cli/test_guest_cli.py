@@ -21,8 +21,8 @@ def test_vms_json(make_lab: Callable[..., Any]) -> None:
     proc = vmbusops("vms", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert {r["name"]: r["state"] for r in rows}["legacy01"] == "Off"
-    assert {r["name"]: r["guest_services"] for r in rows}["app01"] is False
+    assert {r["vm"]: r["state"] for r in rows}["legacy01"] == "Off"
+    assert {r["vm"]: r["guest_services"] for r in rows}["app01"] is False
 
 
 def test_exec_json_is_ndjson_with_vm_stream_seq_time(make_lab: Callable[..., Any]) -> None:
@@ -37,7 +37,7 @@ def test_exec_json_is_ndjson_with_vm_stream_seq_time(make_lab: Callable[..., Any
         mine = [line for line in lines if line["vm"] == vm and line["stream"] != "result"]
         assert [m["stream"] for m in mine] == ["verbose", "output", "warning", "state"]
         assert [m["seq"] for m in mine] == [1, 2, 3, 4]
-        assert all(isinstance(m["time"], float) for m in mine)
+        assert all(m["event"] == "record" and m["time"].endswith("+00:00") for m in mine)
         assert mine[0]["message"] == "v1" and mine[1]["value"] == "o1" and mine[3]["state"] == "Completed"
 
 

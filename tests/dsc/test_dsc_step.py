@@ -95,6 +95,13 @@ async def test_module_and_mof_in_reboot_mid_way_converges_and_second_run_copies_
     assert not any("methodName' = ApplyConfiguration" in t for t in texts)
     assert not any("must return before" in t for t in texts)
     assert restart < next(i for i, t in enumerate(texts) if "the LCM on web01 is Busy; waiting" in t) < resumed
+    # The agent's own checks (file hashes, the LCM's state, the final test) are not guest output:
+    # a note sums them up, and the run's records are numbered without a gap.
+    records = journal.records(result.job_id, vm="web01")
+    assert [r for r in records if r.stream == "output"] == []
+    assert not any("SHA256" in t and "Hash=" in t for t in texts)
+    assert any("SHA-256 verified" in t for t in texts)
+    assert [r.seq for r in records] == list(range(1, len(records) + 1))
 
     again, _, _ = await run_job(path, source(tmp_path, [dsc_step(allow_reboot=True)], files, ["web01"]), tmp_path)
     assert again.state is State.SUCCESS

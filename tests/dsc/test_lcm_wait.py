@@ -25,9 +25,14 @@ class ScriptedLcm:
         self.waited_ready = 0
 
     async def run(
-        self, script: str, *, arguments: Sequence[Any] = (), on_record: Callable[[Record], Awaitable[None]] | None = None
+        self,
+        script: str,
+        *,
+        arguments: Sequence[Any] = (),
+        on_record: Callable[[Record], Awaitable[None]] | None = None,
+        quiet: bool = False,
     ) -> GuestRun:
-        assert script == "Get-DscLocalConfigurationManager"
+        assert script == "Get-DscLocalConfigurationManager" and quiet  # the agent's own poll: not journaled
         self.asked.append(trio.current_time())
         state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
         if state is None:

@@ -108,7 +108,9 @@ def test_a_transient_failure_delays_the_step_and_the_next_attempt_starts_clean()
     run = machine("a")
     run.start()
     run.begin_step(0)
-    assert run.retry_step(0, "not ready") == [StepChange(run_id=3, index=0, state=S.DELAYED, error="not ready")]
+    assert run.retry_step(0, "not ready", "GuestNotReady") == [
+        StepChange(run_id=3, index=0, state=S.DELAYED, error="not ready", code="GuestNotReady")
+    ]
     assert run.next_step() == 0
     out = run.begin_step(0)
     assert out[0] == StepChange(run_id=3, index=0, state=S.IN_PROGRESS, attempts=2, started_at=100.0, clear=True)
@@ -122,17 +124,18 @@ def test_cancelling_ends_the_current_step_skips_the_rest_and_keeps_the_message()
     run.begin_step(1)
     out = changes(run.cancel())
     assert out[:2] == [
-        StepChange(run_id=3, index=1, state=S.CANCELLED, finished_at=100.0, error="cancelled"),
+        StepChange(run_id=3, index=1, state=S.CANCELLED, finished_at=100.0, error="cancelled", code="Cancelled"),
         StepChange(run_id=3, index=2, state=S.SKIPPED, finished_at=100.0),
     ]
     assert isinstance(out[2], RunChange) and out[2].state is S.CANCELLED and out[2].error == "web01: cancelled"
+    assert out[2].code == "Cancelled" and run.code == "Cancelled"
     assert run.step_states == [S.SUCCESS, S.CANCELLED, S.SKIPPED]
 
 
 @pytest.mark.parametrize(
     ("end", "step_state", "run_state"),
     [
-        (lambda r: r.fail_outside_steps("the host went away"), S.FAILED, S.FAILED),
+        (lambda r: r.fail_outside_steps("the host went away", "HostUnreachable"), S.FAILED, S.FAILED),
         (lambda r: r.execution_timed_out(5.0), S.EXECUTION_TIMED_OUT, S.EXECUTION_TIMED_OUT),
         (lambda r: r.cancel(), S.CANCELLED, S.CANCELLED),
     ],
@@ -143,7 +146,7 @@ def test_a_run_can_end_while_its_step_waits_out_a_retry(
     run = machine("a", "b")
     run.start()
     run.begin_step(0)
-    run.retry_step(0, "transient")
+    run.retry_step(0, "transient", "SessionLost")
     end(run)
     assert run.step_states == [step_state, S.SKIPPED] if step_state is not S.FAILED else [step_state, S.PENDING]
     assert run.state is run_state
@@ -155,7 +158,7 @@ def test_an_event_the_run_cannot_take_changes_nothing() -> None:
     run.begin_step(0)
     run.cancel()
     before = (run.state, list(run.step_states), list(run.attempts))
-    for end in (run.cancel, lambda: run.execution_timed_out(1), lambda: run.fail(Event.FAIL, "x"), run.succeed):
+    for end in (run.cancel, lambda: run.execution_timed_out(1), lambda: run.fail(Event.FAIL, "x", "ScriptFailed"), run.succeed):
         with pytest.raises(TransitionError):
             end()
         assert (run.state, run.step_states, run.attempts) == before
@@ -209,10 +212,10 @@ _EVENTS: dict[str, Callable[[RunMachine], list[Output]]] = {
     "start": lambda r: r.start(),
     "begin": lambda r: r.begin_step(r.next_step() if r.next_step() is not None else 0),
     "step-ok": lambda r: r.succeed_step(r.current if r.current is not None else 0),
-    "retry": lambda r: r.retry_step(r.current if r.current is not None else 0, "transient"),
+    "retry": lambda r: r.retry_step(r.current if r.current is not None else 0, "transient", "SessionLost"),
     "succeed": lambda r: r.succeed(),
-    "fail": lambda r: r.fail(Event.FAIL, "step failed"),
-    "outside": lambda r: r.fail_outside_steps("host gone"),
+    "fail": lambda r: r.fail(Event.FAIL, "step failed", "ScriptFailed"),
+    "outside": lambda r: r.fail_outside_steps("host gone", "HostUnreachable"),
     "timeout": lambda r: r.execution_timed_out(1.0),
     "cancel": lambda r: r.cancel(),
     "late": lambda r: r.delivery_timed_out(1.0),
@@ -250,7 +253,7 @@ def test_the_job_counts_errors_and_ends_with_its_runs() -> None:
     job = JobMachine(id=7, runs=runs, max_errors=0, clock=lambda: 5.0)
     assert job.start() == [JobChange(job_id=7, state=S.IN_PROGRESS, started_at=5.0)]
     runs[0].start()
-    runs[0].fail(Event.FAIL, "boom")
+    runs[0].fail(Event.FAIL, "boom", "ScriptFailed")
     job.run_ended(runs[0])
     assert job.over_max_errors
     runs[1].skip(job.errors, job.max_errors)
@@ -301,7 +304,7 @@ def test_an_invocation_that_fails_blames_the_step_that_was_running_or_next() -> 
 def test_a_pipeline_that_ends_mid_step_fails_that_step() -> None:
     t = BatchTracker((0,))
     t.begin(0)
-    assert t.finish(None, PipelineState.STOPPED) == BatchFailure(0, "the pipeline ended Stopped")
+    assert t.finish(None, PipelineState.STOPPED) == BatchFailure(0, "the pipeline ended Stopped", code="Cancelled")
     assert t.finish(None, None) == BatchFailure(0, "the pipeline ended without a state")
     # Completed without the step's end marker: no failure; the caller marks the step done.
     assert t.finish(None, PipelineState.COMPLETED) is None and t.current == 0

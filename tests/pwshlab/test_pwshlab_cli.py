@@ -29,7 +29,7 @@ def vmbusops(command: str, *args: str) -> Ran:
 def test_vms_copy_and_exec_all(pwsh_lab: PwshLab, tmp_path: Path) -> None:
     vms = vmbusops("vms", "--json")
     assert vms.returncode == 0, vms.stderr
-    rows = {row["name"]: row for row in map(json.loads, vms.stdout.splitlines())}
+    rows = {row["vm"]: row for row in map(json.loads, vms.stdout.splitlines())}
     assert (rows["legacy01"]["state"], rows["app01"]["guest_services"]) == ("Off", False)
 
     payload = tmp_path / "motd.txt"

@@ -73,7 +73,7 @@ def test_hosts_reports_reachability_and_allowed_cmdlets(inventory: Any) -> None:
 def test_vms_exec_and_copy_by_host_name(inventory: Any, tmp_path: Path) -> None:
     proc = vmbusops("vms", "--host", "hv-ssh", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert "web01" in {json.loads(line)["name"] for line in proc.stdout.splitlines()}
+    assert "web01" in {json.loads(line)["vm"] for line in proc.stdout.splitlines()}
     src = tmp_path / "motd.txt"
     src.write_text("maintenance tonight\n", encoding="utf-8")
     copied = vmbusops("copy", "--host", "hv-ssh", "--vm", "web01", str(src), "C:\\Temp\\motd.txt")

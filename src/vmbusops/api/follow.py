@@ -40,6 +40,7 @@ from vmbusops.api.broadcast import JobEnded, RecordsCommitted
 from vmbusops.api.service import AgentService
 from vmbusops.engine import RunChanged
 from vmbusops.engine.journal import JobView, Journal, RunView, StoredRecord
+from vmbusops.times import iso_time
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -60,18 +61,21 @@ def job_data(job: JobView) -> dict[str, Any]:
 
 
 def run_data(run: RunView) -> dict[str, Any]:
-    return {"vm": run.vm, "state": run.state.value, "step": run.current_step, "error": run.error}
+    return {"vm": run.vm, "state": run.state.value, "step": run.current_step, "error": run.error, "code": run.code}
 
 
 def changed_data(event: RunChanged) -> dict[str, Any]:
-    return {"vm": event.vm, "state": event.state.value, "step": event.step, "error": event.error}
+    return {"vm": event.vm, "state": event.state.value, "step": event.step, "error": event.error, "code": event.code}
 
 
 class RecordText:
-    """A stored record's JSON as the API gives it: ``{"vm", "seq", "time", "step", ...content}``.
+    """A stored record's JSON as the API gives it: ``{"vm", "event", "stream", "seq", "time",
+    "step", ...content}``, the object ``vmbusops logs --json`` prints (``cli.record_lines``).
 
-    Spliced from the stored content's JSON text (an object, ``stream`` first), so a record costs
-    one string format, not a decode and an encode. The VM and step names are encoded once each.
+    Spliced from the stored content's JSON text (an object, ``{"stream":"<stream>"`` first, the
+    stream also in its own column), so a record costs one string format, not a decode and an
+    encode. The VM and step names are encoded once each; the stored epoch time is written as ISO
+    8601 UTC (:func:`vmbusops.times.iso_time`).
     """
 
     def __init__(self, runs: Iterable[RunView]) -> None:
@@ -82,9 +86,12 @@ class RecordText:
         step = self._step.get(row[4])
         if step is None:
             step = self._step[row[4]] = _dumps(row[4])
-        content = row[8]
-        rest = "," + content[1:] if len(content) > 2 else "}"
-        return f'{{"vm":{self._vm.get(row[2], "null")},"seq":{row[3]},"time":{row[7]!r},"step":{step}{rest}'
+        stream = row[6]
+        rest = row[8][len(stream) + 12 :]  # what follows '{"stream":"<stream>"': ',...}' or '}'
+        return (
+            f'{{"vm":{self._vm.get(row[2], "null")},"event":"record","stream":"{stream}","seq":{row[3]},'
+            f'"time":"{iso_time(row[7])}","step":{step}{rest}'
+        )
 
     def event(self, row: StoredRecord) -> str:
         return f"id: {row[1]}\nevent: record\ndata: {self(row)}\n\n"

@@ -7,35 +7,38 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from vmbusops.engine.journal import RunView
 from vmbusops.engine.states import State
+from vmbusops.errors import FailureCode
 from vmbusops.guestops.classify import classify
 from vmbusops.guestops.supervisor import HostStatus
 from vmbusops.records import ErrorRecord
 
 #: Run durations: from seconds (a script) to hours (patching with reboots).
 RUN_SECONDS_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, float("inf"))
-#: The failure code of a run that ended in a state that says it all.
+#: The failure code of a run whose journal has none (written before runs carried a code): the
+#: code its end state implies.
 _CODE_OF_STATE = {
-    State.SUCCESS: "none",
-    State.DELIVERY_TIMED_OUT: "DeliveryTimedOut",
-    State.EXECUTION_TIMED_OUT: "ExecutionTimedOut",
-    State.CANCELLED: "Cancelled",
-    State.SKIPPED: "MaxErrorsExceeded",
+    State.DELIVERY_TIMED_OUT: FailureCode.DELIVERY_TIMEOUT.value,
+    State.EXECUTION_TIMED_OUT: FailureCode.TIMEOUT.value,
+    State.CANCELLED: FailureCode.CANCELLED.value,
+    State.SKIPPED: FailureCode.SKIPPED.value,
     State.INTERRUPTED: "Interrupted",
 }
 
 
 def failure_code(run: RunView) -> str:
-    """A run's failure class, for the ``code`` label: its end state where that says it all, else
-    the class its error message classifies as (the guest errors of :mod:`.guestops.classify`),
-    else ``Failed``."""
+    """A run's failure code, for the ``code`` label: ``none`` for a success, else the code the
+    engine journaled (:class:`~vmbusops.errors.FailureCode`); for a run journaled without one,
+    what its end state implies, or the class its error message classifies as."""
+    if run.state is State.SUCCESS:
+        return "none"
+    if run.code:
+        return run.code
     code = _CODE_OF_STATE.get(run.state)
     if code is not None:
         return code
     if run.error:
-        name = type(classify(run.vm, ErrorRecord(message=run.error))).__name__
-        if name != "HostCommandError":
-            return name.removesuffix("Error")
-    return "Failed"
+        return classify(run.vm, ErrorRecord(message=run.error)).code.value
+    return FailureCode.GUEST_ERROR.value
 
 
 class AgentMetrics:

@@ -469,9 +469,9 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "host": {"type": "string"},
                         "state": {"type": "string"},
-                        "created_at": {"type": "number"},
-                        "started_at": {"type": ["number", "null"]},
-                        "finished_at": {"type": ["number", "null"]},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "started_at": {"type": ["string", "null"], "format": "date-time"},
+                        "finished_at": {"type": ["string", "null"], "format": "date-time"},
                         "owner_pid": {"type": ["integer", "null"]},
                         "cancel_requested": {"type": "boolean"},
                         "error": {
@@ -488,9 +488,18 @@ def openapi_document() -> dict[str, Any]:
                     "properties": {
                         "vm": {"type": "string"},
                         "state": {"type": "string"},
+                        "started_at": {"type": ["string", "null"], "format": "date-time"},
+                        "finished_at": {"type": ["string", "null"], "format": "date-time"},
                         "records": {"type": "integer"},
                         "error": {"type": ["string", "null"]},
-                        "steps": {"type": "array", "items": {"type": "object"}},
+                        "code": {
+                            "type": ["string", "null"],
+                            "description": "why the run failed, a stable name (README: failure codes)",
+                        },
+                        "steps": {
+                            "type": "array",
+                            "items": {"type": "object", "description": "name, kind, state, code, exit_code, ..."},
+                        },
                     },
                 },
                 "VmRun": {
@@ -512,11 +521,12 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "Record": {
                     "type": "object",
-                    "required": ["vm", "seq", "time", "stream"],
+                    "required": ["vm", "event", "stream", "seq", "time"],
                     "properties": {
                         "vm": {"type": "string"},
+                        "event": {"const": "record"},
                         "seq": {"type": "integer"},
-                        "time": {"type": "number"},
+                        "time": {"type": "string", "format": "date-time", "description": "ISO 8601, UTC"},
                         "step": {"type": ["string", "null"]},
                         "stream": {"type": "string"},
                     },

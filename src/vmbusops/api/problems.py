@@ -56,7 +56,14 @@ class ApiProblem(Exception):
 
 
 def from_error(exc: VmbusOpsError) -> ApiProblem:
-    """Our error, as the client should see it (messages never carry secrets, by contract)."""
+    """Our error, as the client should see it (messages never carry secrets, by contract), with
+    its failure ``code`` (:class:`~vmbusops.errors.FailureCode`) for programs."""
+    problem = _problem_of(exc)
+    problem.extra.setdefault("code", exc.code.value)
+    return problem
+
+
+def _problem_of(exc: VmbusOpsError) -> ApiProblem:
     if isinstance(exc, BundleError):
         return ApiProblem(
             422, "bundle-rejected", "Bundle rejected", exc.message, reason=type(exc).__name__,

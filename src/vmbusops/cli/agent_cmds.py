@@ -17,13 +17,14 @@ from typing import Any
 
 import click
 import trio
-from rich.console import Console
 from rich.table import Table
 
 from vmbusops.cli.common import host_option, load
+from vmbusops.cli.output import console
 from vmbusops.config import DEFAULT_MAX_SESSIONS, MAX_SESSIONS_LIMIT
 from vmbusops.credentials import credential_resolver
 from vmbusops.errors import ConfigError
+from vmbusops.times import iso_time, iso_time_or_none
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -112,7 +113,8 @@ def _scope_options(fn: Any) -> Any:
 def _principal_json(p: Any) -> dict[str, Any]:
     return {
         "id": p.id, "kind": p.kind, "name": p.name, "operations": sorted(o.value for o in p.operations),
-        "vms": list(p.vms), "created_at": p.created_at, "expires_at": p.expires_at, "revoked_at": p.revoked_at,
+        "vms": list(p.vms), "created_at": iso_time(p.created_at), "expires_at": iso_time_or_none(p.expires_at),
+        "revoked_at": iso_time_or_none(p.revoked_at),
     }  # fmt: skip
 
 
@@ -164,7 +166,7 @@ def _list(kind: str, as_json: bool) -> None:
         table.add_row(
             p.id, p.name, ",".join(sorted(o.value for o in p.operations)), ",".join(p.vms), expires, status
         )
-    Console(highlight=False).print(table)
+    console(highlight=False).print(table)
 
 
 @token.command("list")
@@ -274,4 +276,4 @@ def schedule_list(agent_url: str | None, token_file: Path | None, as_json: bool)
             r["name"], str(r["version"]), r["cron"], r["timezone"], r["next_run"], r["next_cutoff"],
             str(r["last_job"] or "-"), r["last_outcome"] or "-", str(r["missed"]),
         )  # fmt: skip
-    Console(highlight=False).print(table)
+    console(highlight=False).print(table)

@@ -18,6 +18,7 @@ from vmbusops.cli import exitcodes
 from vmbusops.cli.common import load, run_trio
 from vmbusops.cli.guest_cmds import vm_table
 from vmbusops.cli.output import RecordPrinter
+from vmbusops.cli.output import console as output_console
 from vmbusops.credentials import GuestCredential, Secret, resolve_credential
 from vmbusops.errors import VmbusOpsError
 from vmbusops.guestops.connect import open_host
@@ -203,7 +204,7 @@ def demo_cmd() -> None:
     """A short tour on the simulated Hyper-V host: VMs, Copy-VMFile, live records, common failures."""
     config = load()
     credential = resolve_credential(None, config, "sim")
-    console = Console(highlight=False)
+    console = output_console(highlight=False)
 
     async def main() -> int:
         async with open_host("sim", config=config) as host:

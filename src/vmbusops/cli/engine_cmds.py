@@ -25,9 +25,9 @@ from typing import Any, TextIO
 
 import click
 import trio
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from vmbusops.bundle.verify import AcceptedBundle, read_unverified
 from vmbusops.cli import exitcodes
@@ -46,7 +46,7 @@ from vmbusops.cli.jobs_view import (
     remote_pages,
     since_epoch,
 )
-from vmbusops.cli.output import RecordPrinter, use_colour
+from vmbusops.cli.output import RecordPrinter, console, use_colour
 from vmbusops.cli.record_lines import print_records
 from vmbusops.cli.remote import agent_option, remote_logs, resolve_agent
 from vmbusops.config import Config
@@ -69,6 +69,7 @@ from vmbusops.engine.journal_retention import journal_bytes
 from vmbusops.engine.views import run_json
 from vmbusops.guestops.connect import open_host
 from vmbusops.records import Stream
+from vmbusops.times import iso_time
 
 _STATE_STYLE = {
     State.SUCCESS: "green",
@@ -84,9 +85,10 @@ _STATE_STYLE = {
 }
 
 
-def _styled(state: State) -> str:
-    style = _STATE_STYLE.get(state, "")
-    return f"[{style}]{state.value}[/]" if style else state.value
+def _state_text(state: State) -> Text:
+    """The state as a table cell: styled text, not markup. A live table is also drawn by a print
+    of guest text with markup off, and a cell of markup would then show ``[red]failed[/]``."""
+    return Text(state.value, style=_STATE_STYLE.get(state, ""))
 
 
 def _duration(start: float | None, end: float | None, state: State) -> str:
@@ -94,10 +96,6 @@ def _duration(start: float | None, end: float | None, state: State) -> str:
     if start is None or (end is None and not state.active):
         return "-"
     return f"{(end or time.time()) - start:.1f}s"
-
-
-def _when(t: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
 def _exit_code(result: JobResult) -> int:
@@ -114,8 +112,12 @@ class Progress:
         self.out = out or sys.stdout
         self.as_json = as_json
         self.live_mode = not as_json and self.out.isatty()
-        self.console = Console(file=self.out, highlight=False, no_color=not use_colour(self.out))
+        self.console = console(self.out, highlight=False, no_color=not use_colour(self.out))
         self.printer = RecordPrinter(json_lines=as_json, out=self.out, vm_width=10)
+        #: Under the live table, records are lines of text the table is printed around; one
+        #: printer for them all, so an activity's progress gets a line per tenth, not per record.
+        self._live_buffer = io.StringIO()
+        self._live_printer = RecordPrinter(out=self._live_buffer, vm_width=10)
         self.rows: dict[str, tuple[State, str | None]] = {}
         self.live: Live | None = None
         self.job_id: int | None = None
@@ -125,7 +127,7 @@ class Progress:
         for col in ("VM", "State", "Step"):
             table.add_column(col)
         for vm, (state, step) in self.rows.items():
-            table.add_row(vm, _styled(state), step or "")
+            table.add_row(Text(vm), _state_text(state), Text(step or ""))
         return table
 
     def created(self, job_id: int) -> None:
@@ -139,7 +141,9 @@ class Progress:
     def __call__(self, event: EngineEvent) -> None:
         if isinstance(event, RecordArrived):
             if self.live_mode and self.live is not None:
-                self.live.console.print(self._record_text(event), markup=False, highlight=False)
+                text = self._record_text(event)
+                if text is not None:
+                    self.live.console.print(text, markup=False, highlight=False)
             else:
                 self.printer.emit(event.record)
             return
@@ -152,9 +156,11 @@ class Progress:
                 {
                     "event": "run",
                     "vm": event.vm,
+                    "time": iso_time(time.time()),
                     "state": event.state.value,
                     "step": event.step,
                     "error": event.error,
+                    "code": event.code,
                 }
             )
         elif previous != (event.state, event.step):
@@ -162,10 +168,13 @@ class Progress:
             error = f": {event.error}" if event.error else ""
             self.out.write(f"{event.vm:<10} > {event.state.value}{step}{error}\n")
 
-    def _record_text(self, event: RecordArrived) -> str:
-        buf = io.StringIO()
-        RecordPrinter(out=buf, vm_width=10).emit(event.record)
-        return buf.getvalue().rstrip("\n")
+    def _record_text(self, event: RecordArrived) -> str | None:
+        """The record's lines for the live view (None: a progress record that gets no line)."""
+        buf = self._live_buffer
+        buf.seek(0)
+        buf.truncate()
+        self._live_printer.emit(event.record)
+        return buf.getvalue().rstrip("\n") or None
 
     def _json(self, obj: dict[str, Any]) -> None:
         self.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
@@ -188,7 +197,8 @@ class Progress:
             table.add_column(col)
         for r in runs:
             table.add_row(
-                r.vm, _styled(r.state), _duration(r.started_at, r.finished_at, r.state), str(r.records), r.error or ""
+                Text(r.vm), _state_text(r.state), _duration(r.started_at, r.finished_at, r.state), str(r.records),
+                Text(r.error or ""),
             )
         self.console.print(table)
         for line in details_lines(result.details):
@@ -220,8 +230,8 @@ class Progress:
             table.add_column(col)
         for r in runs:
             table.add_row(
-                r.vm, _styled(r.state), r.current_step or "", _duration(r.started_at, r.finished_at, r.state),
-                str(r.records),
+                Text(r.vm), _state_text(r.state), Text(r.current_step or ""),
+                _duration(r.started_at, r.finished_at, r.state), str(r.records),
             )  # fmt: skip
         self.console.print(table)
         states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))

@@ -7,12 +7,11 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from vmbusops.cli import exitcodes
 from vmbusops.cli.common import host_option, load, run_trio
-from vmbusops.cli.output import RecordPrinter, terminal_safe
+from vmbusops.cli.output import RecordPrinter, console, terminal_safe
 from vmbusops.config import HOST_COMMAND_RUNSPACES
 from vmbusops.credentials import resolve_credential
 from vmbusops.errors import ConfigError, VmbusOpsError
@@ -47,11 +46,11 @@ def vms_cmd(host: str | None, as_json: bool) -> None:
         if as_json:
             for vm in vms:
                 click.echo(json.dumps({
-                    "name": vm.name, "id": vm.id, "state": vm.state, "heartbeat": vm.heartbeat,
+                    "vm": vm.name, "id": vm.id, "state": vm.state, "heartbeat": vm.heartbeat,
                     "guest_services": vm.guest_services,
                 }))
         else:
-            Console().print(vm_table(vms))
+            console().print(vm_table(vms))
         return exitcodes.OK
 
     sys.exit(run_trio(main))
@@ -68,6 +67,10 @@ def vms_cmd(host: str | None, as_json: bool) -> None:
 )  # fmt: skip
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, help="Seconds per guest.")
 @click.option("--json", "as_json", is_flag=True, help="NDJSON: one object per record.")
+@click.option(
+    "--ignore-exit-code", is_flag=True,
+    help="A non-zero exit code does not fail a guest (it is still reported); error records still do.",
+)  # fmt: skip
 @click.argument("script", nargs=-1, required=True)
 def exec_cmd(
     host: str | None,
@@ -77,6 +80,7 @@ def exec_cmd(
     max_concurrency: int | None,
     timeout: float | None,
     as_json: bool,
+    ignore_exit_code: bool,
     script: tuple[str, ...],
 ) -> None:
     """Run a script block in guests through PowerShell Direct and print every record live.
@@ -85,7 +89,8 @@ def exec_cmd(
     Example:  vmbusops exec --vm web01 --vm web02 -- 'Get-Service W3SVC; Write-Verbose hi'
     A guest succeeds when its script exits 0 (`exit N` sets the code; a terminating error is 1)
     and writes no PowerShell error; a native tool's stderr lines do not fail it by themselves.
-    --json ends each guest with a `result` line: ok, exit_code, errors, failure.
+    --ignore-exit-code lets a guest whose script ended with another exit code succeed.
+    --json ends each guest with a `result` line: ok, exit_code, errors, code, failure.
     Exit codes: 0 all guests ok, 1 a guest failed, 2 usage, 3 host failure, 130 Ctrl-C.
     """
     if not vm_names and not all_vms:
@@ -109,14 +114,15 @@ def exec_cmd(
         failed = 0
         for name in names:
             outcome = outcomes.get(name)
+            ok = outcome is not None and (outcome.ok_but_exit_code if ignore_exit_code else outcome.ok)
             if as_json:
                 # One verdict per guest, last: a program reads it instead of judging the records
                 # (a guest can end Completed yet have failed; a timed-out one has no state record).
-                printer.emit_result(name, outcome)
-            if outcome is None or not outcome.ok:
+                printer.emit_result(name, outcome, ok=ok, ignore_exit_code=ignore_exit_code)
+            if not ok:
                 failed += 1
                 if not as_json:
-                    why = outcome.why_failed() if outcome else "did not run"
+                    why = outcome.why_failed(ignore_exit_code=ignore_exit_code) if outcome else "did not run"
                     click.secho(f"{name}: failed: {terminal_safe(why)}", err=True, fg="red")
         if not as_json:
             click.echo(f"{len(names) - failed} of {len(names)} guest(s) succeeded", err=True)

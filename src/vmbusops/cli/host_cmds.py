@@ -6,11 +6,11 @@ import json
 import sys
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from vmbusops.cli import exitcodes
 from vmbusops.cli.common import load, run_trio
+from vmbusops.cli.output import console
 from vmbusops.errors import ConfigError
 
 
@@ -52,7 +52,7 @@ def hosts_cmd(names: tuple[str, ...], timeout: float, as_json: bool) -> None:
                     ("[red]" + ", ".join(r.missing) + "[/]") if r.missing else "-",
                     ", ".join(r.extra) or "-",
                 )
-            Console().print(table)
+            console().print(table)
             for r in reports:
                 if r.error:
                     click.secho(f"{r.name}: {r.error}", err=True, fg="red")

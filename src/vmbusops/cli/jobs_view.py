@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from vmbusops.cli.output import console
 from vmbusops.engine.states import ACTIVE, State
 from vmbusops.errors import ConfigError
 from vmbusops.when import parse_since
@@ -97,8 +98,8 @@ def when(value: Any) -> str:
 
 
 def out_console() -> Console:
-    """The console the listings print on (one place to say how tables meet the terminal)."""
-    return Console(highlight=False)
+    """The console the listings print on: fitted to a terminal, never wrapped or cut elsewhere."""
+    return console(highlight=False)
 
 
 def print_json_lines(items: Iterable[dict[str, Any]]) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 import click
 
 from vmbusops.engine.journal import RecordView
-from vmbusops.records import Stream, value_display, value_from_json
+from vmbusops.records import Stream, progress_text, value_display, value_from_json
+from vmbusops.times import iso_time
 
 _LABEL = {
     "error": "ERROR: ",
@@ -37,22 +38,33 @@ def record_text(rec: RecordView) -> str:
     if rec.stream == Stream.INFORMATION:
         return _value_text(c.get("message_data"))
     if rec.stream == Stream.PROGRESS:
-        return f"{c.get('activity', '')}: {c.get('status_description', '')}"
+        percent = c.get("percent_complete")
+        return progress_text(
+            str(c.get("activity", "")), str(c.get("status_description") or ""),
+            percent if isinstance(percent, int) else -1, completed=bool(c.get("completed")),
+        )  # fmt: skip
     if rec.stream == Stream.STATE:
         return str(c.get("state", ""))
     return str(c.get("message", ""))
+
+
+def record_json(rec: RecordView) -> dict[str, Any]:
+    """A journaled record as ``logs --json`` prints it and the agent's API gives it (see
+    :class:`vmbusops.api.follow.RecordText`): ``vm``, ``event``, ``stream``, ``seq``, ``time`` (ISO
+    8601 UTC), ``step``, then the record's own fields."""
+    content = dict(rec.content)
+    head = {
+        "vm": rec.vm, "event": "record", "stream": content.pop("stream", rec.stream), "seq": rec.seq,
+        "time": iso_time(rec.time), "step": rec.step,
+    }  # fmt: skip
+    return {**head, **content}
 
 
 def print_records(records: list[RecordView], as_json: bool, width: int) -> None:
     """``vmbusops logs`` lines (or JSON objects), the VM name padded to ``width``."""
     for rec in records:
         if as_json:
-            click.echo(
-                json.dumps(
-                    {"vm": rec.vm, "seq": rec.seq, "time": rec.time, "step": rec.step, **rec.content},
-                    separators=(",", ":"),
-                )
-            )
+            click.echo(json.dumps(record_json(rec), separators=(",", ":"), ensure_ascii=False))
         else:
             lines = record_text(rec).splitlines() or [""]
             label = _LABEL.get(rec.stream, "")

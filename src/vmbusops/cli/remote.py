@@ -22,9 +22,11 @@ import trio
 
 from vmbusops.cli import exitcodes
 from vmbusops.cli.common import require_run, run_trio
+from vmbusops.cli.output import console
 from vmbusops.cli.record_lines import print_records, record_text
 from vmbusops.engine.journal import RecordView
 from vmbusops.errors import BundleError, ConfigError, TransportError, VmbusOpsError
+from vmbusops.times import seconds_of
 
 ENV_AGENT = "VMBUSOPS_AGENT"
 ENV_TOKEN = "VMBUSOPS_TOKEN"  # noqa: S105 - the name of the variable, not a token
@@ -195,7 +197,7 @@ class RemoteProgress:
             if previous == current:
                 return
             if self.as_json:
-                self._json({"event": "run", **{k: data.get(k) for k in ("vm", "state", "step", "error")}})
+                self._json({"event": "run", **{k: data.get(k) for k in ("vm", "state", "step", "error", "code")}})
             else:
                 step = f" ({data['step']})" if data.get("step") else ""
                 error = f": {data['error']}" if data.get("error") else ""
@@ -204,8 +206,8 @@ class RemoteProgress:
 
     def _record(self, data: dict[str, Any]) -> None:
         if self.as_json:
-            body = {k: v for k, v in data.items() if k not in ("vm", "seq", "time", "step", "stream")}
-            head = {"vm": data["vm"], "stream": data["stream"], "seq": data["seq"], "time": data["time"]}
+            body = {k: v for k, v in data.items() if k not in ("vm", "event", "seq", "time", "step", "stream")}
+            head = {"vm": data["vm"], "event": "record", "stream": data["stream"], "seq": data["seq"], "time": data["time"]}
             if data.get("step") is not None:
                 head["step"] = data["step"]
             self._json({**head, **body})
@@ -232,25 +234,27 @@ class RemoteProgress:
         if self.as_json:
             self._json({"event": "summary", "job": job_id, "state": state, "runs": runs})
             return
-        from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(box=None, header_style="bold", title=f"job {job_id}: {state}")
         for col in ("VM", "State", "Duration", "Records", "Error"):
             table.add_column(col)
         for r in runs:
             duration = (
-                f"{r['finished_at'] - r['started_at']:.1f}s" if r["started_at"] and r["finished_at"] else "-"
+                f"{seconds_of(r['finished_at']) - seconds_of(r['started_at']):.1f}s"
+                if r["started_at"] and r["finished_at"]
+                else "-"
             )
-            table.add_row(r["vm"], r["state"], duration, str(r["records"]), r["error"] or "")
-        Console(file=self.out, highlight=False, no_color=True).print(table)
+            table.add_row(Text(r["vm"]), r["state"], duration, str(r["records"]), Text(r["error"] or ""))
+        console(self.out, highlight=False, no_color=True).print(table)
 
 
 def _record_view(data: dict[str, Any]) -> RecordView:
-    content = {k: v for k, v in data.items() if k not in ("vm", "seq", "time", "step")}
+    content = {k: v for k, v in data.items() if k not in ("vm", "event", "seq", "time", "step")}
     return RecordView(
         run_id=0, vm=data["vm"], seq=data["seq"], step=data.get("step"), attempt=0,
-        stream=data["stream"], time=data["time"], content=content,
+        stream=data["stream"], time=seconds_of(data["time"]), content=content,
     )  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from vmbusops.errors import VmbusOpsError
+from vmbusops.errors import FailureCode, VmbusOpsError
 from vmbusops.records import PipelineState
 
 
@@ -30,6 +30,14 @@ class BatchFailure:
     index: int
     message: str
     error: VmbusOpsError | None = None
+    #: The step's own verdict's code (an exit code, error records); None: the error's, else ScriptFailed.
+    code: str | None = None
+
+    @property
+    def failure_code(self) -> str:
+        if self.code is not None:
+            return self.code
+        return self.error.code if self.error is not None else FailureCode.SCRIPT_FAILED
 
 
 @dataclass(eq=False)
@@ -40,8 +48,9 @@ class BatchTracker:
     #: The step whose records are arriving; None between steps.
     current: int | None = None
     ended: set[int] = field(default_factory=set)
-    #: Per failed step, the message it fails with.
+    #: Per failed step, the message it fails with (and its code, when its exit gave one).
     failed: dict[int, str] = field(default_factory=dict)
+    codes: dict[int, str] = field(default_factory=dict)
     _first_error: dict[int, str] = field(default_factory=dict)
 
     def begin(self, index: int) -> Next:
@@ -52,8 +61,9 @@ class BatchTracker:
         self.current = index
         return Next.BEGIN
 
-    def end(self, index: int, failure: str | None) -> Next:
-        """Step ``index`` ended; ``failure`` is what its exit says is wrong (None: it succeeded)."""
+    def end(self, index: int, failure: str | None, code: str | None = None) -> Next:
+        """Step ``index`` ended; ``failure`` is what its exit says is wrong (None: it succeeded),
+        ``code`` its failure code."""
         if index not in self.indices:
             return Next.IGNORE
         if index in self.failed:
@@ -62,6 +72,8 @@ class BatchTracker:
         if failure is not None:
             said = self._first_error.get(index)
             self.failed[index] = f"{said} ({failure})" if said else failure
+            if code is not None:
+                self.codes[index] = code
             return Next.STOP  # before the next step begins
         self.current = None
         return Next.ENDED
@@ -83,15 +95,17 @@ class BatchTracker:
             return BatchFailure(self.first_unended(), str(error), error)
         if self.current is not None:
             if self.current in self.failed:
-                return BatchFailure(self.current, self.failed[self.current])
+                return BatchFailure(self.current, self.failed[self.current], code=self.codes.get(self.current))
             if state is PipelineState.COMPLETED:
                 return None
             return BatchFailure(
-                self.current, f"the pipeline ended {state.value if state else 'without a state'}"
+                self.current,
+                f"the pipeline ended {state.value if state else 'without a state'}",
+                code=FailureCode.CANCELLED if state is PipelineState.STOPPED else None,
             )
         bad = next((i for i in self.indices if i in self.failed), None)
         if bad is not None:
-            return BatchFailure(bad, self.failed[bad])
+            return BatchFailure(bad, self.failed[bad], code=self.codes.get(bad))
         return None
 
 

@@ -36,6 +36,8 @@ class RunChange:
     current_step: str | None
     records: int
     error: str | None = None
+    #: The failure code (:class:`~vmbusops.errors.FailureCode`) written with ``error``.
+    code: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
     excerpt: list[str] | None = None
@@ -50,7 +52,10 @@ class StepChange:
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
-    #: A new attempt: forget the previous attempt's finish time and error.
+    code: str | None = None
+    #: The guest script's exit code, when the step ran one.
+    exit_code: int | None = None
+    #: A new attempt: forget the previous attempt's finish time, error, code and exit code.
     clear: bool = False
 
 

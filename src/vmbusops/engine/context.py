@@ -5,11 +5,14 @@ run's :class:`~.machine.RunMachine` decides (journal changes queued behind the r
 them, events to the watchers) and gives the steps their host, guest credential, bundle files and
 the host-wide limit on PowerShell Direct sessions. :class:`StepChannel` is one step's view of it, in
 the shape guest-side operations (:mod:`vmbusops.guestops.dsc`, :mod:`vmbusops.guestops.patch`)
-take: every record they see is journaled under the step, live.
+take: every record they see is journaled under the step, live (a quiet run's output and state
+excepted: the agent's own checks, numbered apart so the run's record numbers have no gap).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +31,10 @@ from vmbusops.engine.writer import JournalWriter
 from vmbusops.errors import VmbusOpsError
 from vmbusops.guestops.dsc import GuestRun
 from vmbusops.guestops.host import HyperVHost, InvokeOutcome
-from vmbusops.records import GuestRecord, InformationRecord, Record
+from vmbusops.records import GuestRecord, InformationRecord, OutputRecord, PipelineStateRecord, Record
+
+#: What a quiet run (the agent's own checks) does not journal: its objects and its end.
+_QUIET = (OutputRecord, PipelineStateRecord)
 
 
 def emit(
@@ -131,18 +137,24 @@ class StepChannel:
         *,
         arguments: Sequence[Any] = (),
         on_record: Callable[[Record], Awaitable[None]] | None = None,
+        quiet: bool = False,
     ) -> GuestRun:
         ctx = self.ctx
         records: list[Record] = []
         outcome = InvokeOutcome()
+        take_seq = ctx.machine.take_seq
         async with ctx.sessions:
             try:
                 async with ctx.host.invoke_in_guest(
-                    ctx.vm, script, ctx.credential, arguments=arguments, number=ctx.machine.take_seq
-                ) as inv:
+                    ctx.vm, script, ctx.credential, arguments=arguments,
+                    number=itertools.count(1).__next__ if quiet else take_seq,
+                ) as inv:  # fmt: skip
                     async for rec in inv:
                         records.append(rec.record)
-                        await ctx.record(rec, self.index)
+                        if not quiet:
+                            await ctx.record(rec, self.index)
+                        elif not isinstance(rec.record, _QUIET):
+                            await ctx.record(dataclasses.replace(rec, seq=take_seq()), self.index)
                         if on_record is not None:
                             await on_record(rec.record)
                     outcome = inv.outcome

@@ -400,7 +400,7 @@ class Engine:
                 raise
             # Something outside any step (the journal, the host connection): the run fails with it.
             if not run.state.terminal:
-                self._end(job, ctx, run.fail_outside_steps(str(exc)))
+                self._end(job, ctx, run.fail_outside_steps(str(exc), exc.code))
         finally:
             with trio.CancelScope(shield=True):
                 if slot:
@@ -422,7 +422,7 @@ class Engine:
             try:
                 await self._execute_steps(ctx)
             except StepFailed as failed:
-                self._end(job, ctx, run.fail(failed.event, failed.message))
+                self._end(job, ctx, run.fail(failed.event, failed.message, failed.code))
                 return
         if scope.cancelled_caught:
             self._end(job, ctx, run.execution_timed_out(timeout))

@@ -18,6 +18,8 @@ class RunChanged:
     state: State
     step: str | None
     error: str | None = None
+    #: The failure code (:class:`~vmbusops.errors.FailureCode`) of a run that ended unsuccessfully.
+    code: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

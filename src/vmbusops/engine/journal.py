@@ -497,7 +497,7 @@ class Journal:
         alive = owner_alive(*owner[0][:3], now=time.time())
         rows = self._read_tuples(
             "SELECT id, job_id, vm, state, current_step, started_at, finished_at, error, records, excerpt,"
-            " cancel_requested FROM runs WHERE job_id = ? ORDER BY id",
+            " cancel_requested, code FROM runs WHERE job_id = ? ORDER BY id",
             (job_id,),
         )
         return [self._run_view(r, alive, owner[0][3]) for r in rows]
@@ -513,7 +513,7 @@ class Journal:
         return RunView(
             id=r[0], job_id=r[1], vm=r[2], state=_effective(stored, alive), stored_state=stored,
             current_step=r[4], started_at=r[5], finished_at=finished, error=r[7], records=records,
-            excerpt_json=r[9], cancel_requested=bool(r[10]),
+            excerpt_json=r[9], cancel_requested=bool(r[10]), code=r[11],
         )  # fmt: skip
 
     def vm_history(
@@ -534,7 +534,7 @@ class Journal:
             rows = self._read_tuples(sql, [vm, *params, limit])
             for r in rows:
                 alive = owner_alive(r[13], r[14], r[15], now=now)
-                run = self._run_view((*r[:8], r[8], None, r[9]), alive, r[16])
+                run = self._run_view((*r[:8], r[8], None, r[9], r[17]), alive, r[16])
                 if state is None or run.state is state:
                     out.append(VmRunView(run=run, bundle_name=r[10], bundle_version=r[11], submitter=r[12]))
             if len(rows) < limit:
@@ -564,6 +564,8 @@ class Journal:
                 started_at=r["started_at"],
                 finished_at=r["finished_at"],
                 error=r["error"],
+                code=r["code"],
+                exit_code=r["exit_code"],
             )
             for r in rows
         ]
@@ -661,6 +663,7 @@ def _update(change: Change) -> tuple[str, list[Any]]:
             params.append(change.current_step)
             put("records", change.records)
             put("error", change.error)
+            put("code", change.code)
             put("started_at", change.started_at)
             put("finished_at", change.finished_at)
             put("excerpt", json.dumps(change.excerpt) if change.excerpt is not None else None)
@@ -670,9 +673,11 @@ def _update(change: Change) -> tuple[str, list[Any]]:
             put("attempts", change.attempts)
             put("started_at", change.started_at)
             if change.clear:
-                sets += ["finished_at = NULL", "error = NULL"]
+                sets += ["finished_at = NULL", "error = NULL", "code = NULL", "exit_code = NULL"]
             put("finished_at", change.finished_at)
             put("error", change.error)
+            put("code", change.code)
+            put("exit_code", change.exit_code)
             where, keys = "steps SET {} WHERE run_id = ? AND idx = ?", [change.run_id, change.index]
     # Only fixed column names are interpolated; every value is a bound parameter.
     return "UPDATE " + where.format(", ".join(sets)), [*params, *keys]

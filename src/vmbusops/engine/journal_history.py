@@ -133,7 +133,7 @@ _VM_RUN_COLUMNS: Final = (
     "runs.id, runs.job_id, runs.vm, runs.state, runs.current_step, runs.started_at,"
     " runs.finished_at, runs.error, runs.records, runs.cancel_requested,"
     " jobs.bundle_name, jobs.bundle_version, jobs.submitter,"
-    " jobs.owner_pid, jobs.owner_started, jobs.heartbeat_at, " + LAST_ALIVE
+    " jobs.owner_pid, jobs.owner_started, jobs.heartbeat_at, " + LAST_ALIVE + ", runs.code"
 )
 # Only fixed column names and the fixed LAST_ALIVE expression are joined in.
 VM_RUNS: Final = f"SELECT {_VM_RUN_COLUMNS} FROM runs JOIN jobs ON jobs.id = runs.job_id WHERE runs.vm = ? COLLATE NOCASE"  # noqa: S608

@@ -57,6 +57,8 @@ class RunView:
     error: str | None
     records: int
     cancel_requested: bool
+    #: Why the run failed, for programs (a :class:`~vmbusops.errors.FailureCode`); None if it did not.
+    code: str | None = None
     #: The excerpt as stored (JSON), decoded only when asked for: a job's status reads every run.
     excerpt_json: str | None = None
 
@@ -77,6 +79,10 @@ class StepView:
     started_at: float | None
     finished_at: float | None
     error: str | None
+    #: Why the step failed, for programs (a :class:`~vmbusops.errors.FailureCode`); None if it did not.
+    code: str | None = None
+    #: The guest script's exit code (script steps), None when none came back.
+    exit_code: int | None = None
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, which made building

@@ -42,6 +42,7 @@ from vmbusops.engine.states import (
     job_outcome,
     next_state,
 )
+from vmbusops.errors import FailureCode
 from vmbusops.records import GuestRecord, PipelineStateRecord, ProgressRecord, Record, display_text
 
 Output = Change | RunChanged
@@ -78,6 +79,8 @@ class RunMachine:
     next_seq: int = 1
     current: int | None = None
     error: str | None = None
+    #: The run's failure code (a :class:`~vmbusops.errors.FailureCode`) when it did not succeed.
+    code: str | None = None
     excerpt_lines: int = 10
     clock: Callable[[], float] = time.time
     #: Per step name, what the step reported (dsc resources, patch updates, script reboots).
@@ -165,44 +168,50 @@ class RunMachine:
                     Level.RUN, self.state, Event.SUCCEED, why=f"a run cannot succeed while step {self.steps[i].name} is {s.value}"
                 )
         self.current = None
-        return self._finish(Event.SUCCEED, None)
+        return self._finish(Event.SUCCEED, None, None)
 
     def delivery_timed_out(self, timeout: float) -> list[Output]:
         return self._finish(
-            Event.DELIVERY_TIMEOUT, f"{self.vm}: not started within the delivery timeout ({timeout:g}s)"
+            Event.DELIVERY_TIMEOUT,
+            f"{self.vm}: not started within the delivery timeout ({timeout:g}s)",
+            FailureCode.DELIVERY_TIMEOUT,
         )
 
     def skip(self, errors: int, max_errors: int) -> list[Output]:
         """Not started: max errors was exceeded."""
         message = f"not started: {errors} runs failed, more than max errors ({max_errors})"
         self._check(Event.SKIP)
-        return [*self.skip_steps(), *self._finish(Event.SKIP, message)]
+        return [*self.skip_steps(), *self._finish(Event.SKIP, message, FailureCode.SKIPPED)]
 
-    def fail(self, event: Event, message: str) -> list[Output]:
-        """A step ended the run (failed, or timed out): the steps after it are skipped."""
+    def fail(self, event: Event, message: str, code: str) -> list[Output]:
+        """A step ended the run (failed, or timed out) with ``code``: the steps after it are skipped."""
         self._check(event)
-        return [*self._end_current_step(event, message), *self.skip_steps(), *self._finish(event, message)]
+        return [
+            *self._end_current_step(event, message, code),
+            *self.skip_steps(),
+            *self._finish(event, message, code),
+        ]
 
-    def fail_outside_steps(self, message: str) -> list[Output]:
+    def fail_outside_steps(self, message: str, code: str) -> list[Output]:
         """Something outside any step failed (the journal, the host connection)."""
         self._check(Event.FAIL)
-        return [*self._end_current_step(Event.FAIL, message), *self._finish(Event.FAIL, message)]
+        return [*self._end_current_step(Event.FAIL, message, code), *self._finish(Event.FAIL, message, code)]
 
     def execution_timed_out(self, timeout: float) -> list[Output]:
         message = f"{self.vm}: the run did not finish within its execution timeout ({timeout:g}s)"
         self._check(Event.EXECUTION_TIMEOUT)
         return [
-            *self._end_current_step(Event.EXECUTION_TIMEOUT, message),
+            *self._end_current_step(Event.EXECUTION_TIMEOUT, message, FailureCode.TIMEOUT),
             *self.skip_steps(),
-            *self._finish(Event.EXECUTION_TIMEOUT, message),
+            *self._finish(Event.EXECUTION_TIMEOUT, message, FailureCode.TIMEOUT),
         ]
 
     def cancel(self) -> list[Output]:
         self._check(Event.CANCEL)
         return [
-            *self._end_current_step(Event.CANCEL, "cancelled"),
+            *self._end_current_step(Event.CANCEL, "cancelled", FailureCode.CANCELLED),
             *self.skip_steps(),
-            *self._finish(Event.CANCEL, f"{self.vm}: cancelled"),
+            *self._finish(Event.CANCEL, f"{self.vm}: cancelled", FailureCode.CANCELLED),
         ]
 
     def resume(self, *, abandon: bool) -> list[Output]:
@@ -238,10 +247,10 @@ class RunMachine:
         out: list[Output] = []
         for i, s in enumerate(self.step_states):
             if s is State.INTERRUPTED:
-                out += self._step(i, Event.ABANDON, error=message)
+                out += self._step(i, Event.ABANDON, error=message, code=FailureCode.ABANDONED)
             elif s in _STARTABLE:
                 out += self._step(i, Event.SKIP)
-        return [*out, *self._finish(Event.ABANDON, message)]
+        return [*out, *self._finish(Event.ABANDON, message, FailureCode.ABANDONED)]
 
     # ------------------------------------------------------------------ steps
     def begin_step(self, index: int) -> list[Output]:
@@ -269,17 +278,21 @@ class RunMachine:
     def succeed_step(self, index: int) -> list[Output]:
         return self._step(index, Event.SUCCEED)
 
-    def retry_step(self, index: int, message: str) -> list[Output]:
+    def retry_step(self, index: int, message: str, code: str) -> list[Output]:
         """The attempt failed with a transient error and the step has attempts left: it waits."""
-        return self._step(index, Event.WAIT, error=message)
+        return self._step(index, Event.WAIT, error=message, code=code)
 
-    def fail_step(self, index: int, message: str) -> list[Output]:
-        return self._step(index, Event.FAIL, error=message)
+    def step_exited(self, index: int, exit_code: int) -> list[Output]:
+        """The guest script of step ``index`` exited with ``exit_code`` (kept with the step)."""
+        return [StepChange(run_id=self.id, index=index, state=self.step_states[index], exit_code=exit_code)]
+
+    def fail_step(self, index: int, message: str, code: str) -> list[Output]:
+        return self._step(index, Event.FAIL, error=message, code=code)
 
     def time_out_step(self, index: int, timeout: float | None) -> tuple[str, list[Output]]:
         limit = f"{timeout:g}s" if timeout is not None else "no limit"
         message = f"step {self.steps[index].name}: did not finish within its timeout ({limit})"
-        return message, self._step(index, Event.EXECUTION_TIMEOUT, error=message)
+        return message, self._step(index, Event.EXECUTION_TIMEOUT, error=message, code=FailureCode.TIMEOUT)
 
     def skip_steps(self) -> list[Output]:
         out: list[Output] = []
@@ -297,7 +310,7 @@ class RunMachine:
         """Raise TransitionError now if the run cannot take ``event``, before anything changes."""
         next_state(Level.RUN, self.state, event)
 
-    def _end_current_step(self, event: Event, message: str) -> list[Output]:
+    def _end_current_step(self, event: Event, message: str, code: str) -> list[Output]:
         index = self.current
         if index is None or self.step_states[index] not in (State.IN_PROGRESS, State.DELAYED):
             return []
@@ -305,14 +318,21 @@ class RunMachine:
         if self.step_states[index] is State.DELAYED and event not in allowed_events(Level.STEP, State.DELAYED):
             # Waiting out a retry's backoff: the step fails or times out as the attempt it waited for.
             out += self._step(index, Event.START)
-        return [*out, *self._step(index, event, error=message)]
+        return [*out, *self._step(index, event, error=message, code=code)]
 
-    def _finish(self, event: Event, error: str | None) -> list[Output]:
+    def _finish(self, event: Event, error: str | None, code: str | None) -> list[Output]:
         self.error = error if event is not Event.SUCCEED else None
-        return self._run(event, error=self.error, finished=True)
+        self.code = code if event is not Event.SUCCEED else None
+        return self._run(event, error=self.error, code=self.code, finished=True)
 
     def _run(
-        self, event: Event, *, error: str | None = None, started: bool = False, finished: bool = False
+        self,
+        event: Event,
+        *,
+        error: str | None = None,
+        code: str | None = None,
+        started: bool = False,
+        finished: bool = False,
     ) -> list[Output]:
         self.state = next_state(Level.RUN, self.state, event)
         now = self.clock() if started or finished else None
@@ -322,18 +342,21 @@ class RunMachine:
             current_step=self.current_step,
             records=self.next_seq - 1,
             error=error,
+            code=code,
             started_at=now if started else None,
             finished_at=now if finished else None,
             excerpt=self.excerpt() if finished else None,
         )
-        return [change, RunChanged(self.job_id, self.vm, self.state, self.current_step, error)]
+        return [change, RunChanged(self.job_id, self.vm, self.state, self.current_step, error, code)]
 
     def _where(self) -> RunChange:
         return RunChange(
             run_id=self.id, state=None, current_step=self.current_step, records=self.next_seq - 1
         )
 
-    def _step(self, index: int, event: Event, *, error: str | None = None) -> list[Output]:
+    def _step(
+        self, index: int, event: Event, *, error: str | None = None, code: str | None = None
+    ) -> list[Output]:
         new = next_state(Level.STEP, self.step_states[index], event)
         self.step_states[index] = new
         now = self.clock()
@@ -349,6 +372,7 @@ class RunMachine:
             started_at=now if event is Event.START else None,
             finished_at=now if new.terminal else None,
             error=error,
+            code=code,
             clear=event is Event.START,
         )
         return [change]

@@ -1,10 +1,14 @@
-"""The JSON shapes of jobs and runs, one definition for ``vmbusops jobs --json`` and the agent's API."""
+"""The JSON shapes of jobs and runs, one definition for ``vmbusops jobs --json`` and the agent's API.
+
+Times are ISO 8601 UTC text (:mod:`vmbusops.times`); the journal keeps seconds since the epoch.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from vmbusops.engine.journal import JobView, RunView, StepView, VmRunView
+from vmbusops.times import iso_time_or_none as _iso
 
 
 def job_json(job: JobView, targets: list[str] | None = None) -> dict[str, Any]:
@@ -17,9 +21,9 @@ def job_json(job: JobView, targets: list[str] | None = None) -> dict[str, Any]:
         "submitter": job.submitter,
         "host": job.host,
         "state": job.state.value,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
         "owner_pid": job.owner_pid,
         "cancel_requested": job.cancel_requested,
         "error": job.error,
@@ -34,11 +38,12 @@ def run_json(r: RunView, steps: list[StepView]) -> dict[str, Any]:
     return {
         "vm": r.vm,
         "state": r.state.value,
-        "started_at": r.started_at,
-        "finished_at": r.finished_at,
+        "started_at": _iso(r.started_at),
+        "finished_at": _iso(r.finished_at),
         "current_step": r.current_step,
         "records": r.records,
         "error": r.error,
+        "code": r.code,
         "excerpt": r.excerpt,
         "cancel_requested": r.cancel_requested,
         "steps": [
@@ -47,9 +52,11 @@ def run_json(r: RunView, steps: list[StepView]) -> dict[str, Any]:
                 "kind": s.kind,
                 "state": s.state.value,
                 "attempts": s.attempts,
-                "started_at": s.started_at,
-                "finished_at": s.finished_at,
+                "started_at": _iso(s.started_at),
+                "finished_at": _iso(s.finished_at),
                 "error": s.error,
+                "code": s.code,
+                "exit_code": s.exit_code,
             }
             for s in steps
         ],
@@ -67,8 +74,9 @@ def vm_run_json(entry: VmRunView) -> dict[str, Any]:
         "vm": r.vm,
         "state": r.state.value,
         "current_step": r.current_step,
-        "started_at": r.started_at,
-        "finished_at": r.finished_at,
+        "started_at": _iso(r.started_at),
+        "finished_at": _iso(r.finished_at),
         "records": r.records,
         "error": r.error,
+        "code": r.code,
     }

@@ -49,7 +49,7 @@ from vmbusops.bundle.manifest import DscMode, DscStep, FileEntry, Manifest
 from vmbusops.dsc.lcm import LcmParser
 from vmbusops.dsc.mof import MofSyntaxError, parse_mof, resource_ids
 from vmbusops.dsc.progress import ConfigurationProgress, ResourceState
-from vmbusops.errors import ConfigError, GuestError, GuestServicesDisabledError, VmbusOpsError
+from vmbusops.errors import ConfigError, FailureCode, GuestError, GuestServicesDisabledError, VmbusOpsError
 from vmbusops.guestops.classify import classify
 from vmbusops.guestops.host import GUEST_SERVICE_INTERFACE, HyperVHost, InvokeOutcome
 from vmbusops.psrp.client import Command
@@ -83,9 +83,13 @@ _BUSY = re.compile(r"method is in progress and must return before \S+ can be inv
 class GuestFileMismatchError(GuestError):
     """A file copied into the guest does not have the SHA-256 the bundle lists."""
 
+    code = FailureCode.GUEST_FILE_MISMATCH
+
 
 class ConfigurationError(GuestError):
     """The LCM failed, or the configuration did not converge within the reboot budget."""
+
+    code = FailureCode.CONFIGURATION_FAILED
 
 
 class LcmWaitTimeout(ConfigurationError):
@@ -132,10 +136,17 @@ class GuestRun:
 
 
 class GuestChannel(Protocol):
-    """How a step runs scripts in its guest; the engine journals every record it passes."""
+    """How a step runs scripts in its guest; the engine journals every record it passes, but for
+    a ``quiet`` run's output and state: the agent's own checks (file hashes, the LCM's state),
+    which a note sums up in a line where it matters."""
 
     async def run(
-        self, script: str, *, arguments: Sequence[Any] = (), on_record: Callable[[Record], Awaitable[None]] | None = None
+        self,
+        script: str,
+        *,
+        arguments: Sequence[Any] = (),
+        on_record: Callable[[Record], Awaitable[None]] | None = None,
+        quiet: bool = False,
     ) -> GuestRun: ...
 
     async def wait_ready(self) -> None: ...
@@ -264,7 +275,7 @@ async def guest_hashes(channel: GuestChannel, paths: Sequence[str]) -> dict[str,
     """SHA-256 (lower-case hex) of each path present in the guest, keyed by case-folded path."""
     if not paths:
         return {}
-    run = await channel.run(hash_script(paths))
+    run = await channel.run(hash_script(paths), quiet=True)
     if run.outcome.failure is not None:
         raise run.outcome.failure
     hashes: dict[str, str] = {}
@@ -383,7 +394,7 @@ def _lcm_busy(run: GuestRun) -> bool:
 
 async def lcm_state(channel: GuestChannel, vm: str) -> str | None:
     """The LCM's ``LCMState``; None when the guest did not answer (it may be restarting)."""
-    run = await channel.run("Get-DscLocalConfigurationManager")
+    run = await channel.run("Get-DscLocalConfigurationManager", quiet=True)
     failure = run.outcome.failure
     if failure is not None:
         if failure.transient:
@@ -430,7 +441,7 @@ async def wait_lcm(channel: GuestChannel, vm: str, *, deadline: float, leave: fr
 async def _finished_by_lcm(channel: GuestChannel, vm: str, report: DscReport) -> None:
     """The LCM is Idle after a reboot: it finished the run by itself. Fold its status in; raise if
     it failed. (Idle also means no reboot is pending: a status's RebootRequested is history.)"""
-    status = await channel.run("Get-DscConfigurationStatus")
+    status = await channel.run("Get-DscConfigurationStatus", quiet=True)
     if status.outcome.failure is not None:
         raise status.outcome.failure
     latest = next((v for v in status.outputs if isinstance(v, PSObjectValue)), None)
@@ -611,7 +622,7 @@ async def apply_dsc(
         if done:
             break
 
-    confirm = await channel.run("Test-DscConfiguration -Detailed")
+    confirm = await channel.run("Test-DscConfiguration -Detailed", quiet=True)
     detail = next((v for v in confirm.outputs if isinstance(v, PSObjectValue)), None)
     if confirm.outcome.failure is not None:
         raise confirm.outcome.failure
@@ -619,7 +630,7 @@ async def apply_dsc(
         not_in = detail.get("ResourcesNotInDesiredState")
         names = [str(v.get("ResourceId")) for v in not_in if isinstance(v, PSObjectValue)] if isinstance(not_in, tuple) else []
         raise ConfigurationError(f"{vm}: after applying, Test-DscConfiguration reports {', '.join(names) or 'resources'} not in desired state", vm=vm)
-    status = await channel.run("Get-DscConfigurationStatus")
+    status = await channel.run("Get-DscConfigurationStatus", quiet=True)
     latest = next((v for v in status.outputs if isinstance(v, PSObjectValue)), None)
     if latest is not None and latest.get("Status") == "Failure":
         raise ConfigurationError(f"{vm}: Get-DscConfigurationStatus reports the last run failed: {latest.get('Error')!s}", vm=vm)

@@ -17,7 +17,7 @@ import trio
 
 from vmbusops.config import DEFAULT_MAX_SESSIONS
 from vmbusops.credentials import GuestCredential
-from vmbusops.errors import PipelineStoppedError, VmbusOpsError
+from vmbusops.errors import PipelineTimedOutError, VmbusOpsError
 from vmbusops.guestops.host import HyperVHost, InvokeOutcome
 from vmbusops.records import GuestRecord
 
@@ -50,7 +50,7 @@ async def exec_in_guests(
                     outcome.failure = outcome.failure or exc
             if scope.cancelled_caught:
                 outcome = outcomes.setdefault(vm, InvokeOutcome())
-                outcome.failure = PipelineStoppedError(
+                outcome.failure = PipelineTimedOutError(
                     f"{vm}: timed out after {timeout:g}s; the guest command was stopped"
                 )
 

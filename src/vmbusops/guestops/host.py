@@ -20,6 +20,7 @@ import trio
 
 from vmbusops.credentials import GuestCredential
 from vmbusops.errors import (
+    FailureCode,
     GuestError,
     GuestNotReadyError,
     GuestServicesDisabledError,
@@ -104,18 +105,35 @@ class InvokeOutcome:
 
     @property
     def ok(self) -> bool:
+        return self.ok_but_exit_code and self.exit_code == 0
+
+    @property
+    def ok_but_exit_code(self) -> bool:
+        """Succeeded but for a non-zero exit code (an exit code came back: the script ended)."""
         return (
             self.state is PipelineState.COMPLETED
             and self.failure is None
-            and self.exit_code == 0
+            and self.exit_code is not None
             and self.script_errors == 0
         )
 
-    def why_failed(self) -> str:
+    def failure_code(self, *, ignore_exit_code: bool = False) -> FailureCode:
+        """Why this invocation did not succeed, for programs (see :meth:`why_failed`)."""
+        if self.failure is not None:
+            return self.failure.code
+        if self.exit_code not in (None, 0) and not ignore_exit_code:
+            return FailureCode.EXIT_CODE
+        if self.script_errors:
+            return FailureCode.SCRIPT_FAILED
+        if self.state is PipelineState.STOPPED:
+            return FailureCode.CANCELLED
+        return FailureCode.SCRIPT_FAILED
+
+    def why_failed(self, *, ignore_exit_code: bool = False) -> str:
         """One line for an operator: why this invocation did not succeed."""
         if self.failure is not None:
             return str(self.failure)
-        if self.exit_code not in (None, 0):
+        if self.exit_code not in (None, 0) and not ignore_exit_code:
             return f"exit code {self.exit_code}"
         if self.script_errors:
             first = f": {self.error_messages[0]}" if self.error_messages else ""

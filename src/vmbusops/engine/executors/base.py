@@ -12,16 +12,18 @@ import trio
 from vmbusops.bundle.manifest import Manifest, Step
 from vmbusops.engine.context import RunContext
 from vmbusops.engine.states import Event
-from vmbusops.errors import VmbusOpsError
+from vmbusops.errors import FailureCode, VmbusOpsError
 
 
 class StepFailed(Exception):
-    """A step ended its run: failed (``event`` FAIL) or timed out (EXECUTION_TIMEOUT)."""
+    """A step ended its run: failed (``event`` FAIL) or timed out (EXECUTION_TIMEOUT), with the
+    step's failure ``code`` (:class:`~vmbusops.errors.FailureCode`)."""
 
-    def __init__(self, event: Event, message: str) -> None:
+    def __init__(self, event: Event, message: str, code: str) -> None:
         super().__init__(message)
         self.event = event
         self.message = message
+        self.code = code
 
 
 class Executor(Protocol):
@@ -44,24 +46,28 @@ class Executor(Protocol):
         ...
 
 
-async def attempt_failed(ctx: RunContext, index: int, error: VmbusOpsError | None, message: str) -> None:
+async def attempt_failed(
+    ctx: RunContext, index: int, error: VmbusOpsError | None, message: str, code: str | None = None
+) -> None:
     """A step's attempt failed: wait out the backoff if the error is transient and the step has
-    attempts left (the caller then tries again), else raise :class:`StepFailed`."""
+    attempts left (the caller then tries again), else raise :class:`StepFailed`. ``code`` is the
+    failure's code (default: the error's, else ScriptFailed)."""
     step = ctx.steps[index]
     machine = ctx.machine
+    code = code or (error.code if error is not None else FailureCode.SCRIPT_FAILED)
     if error is not None and error.transient and machine.attempts[index] < step.retry.attempts:
-        ctx.emit(machine.retry_step(index, message))
+        ctx.emit(machine.retry_step(index, message, code))
         await ctx.commit()
         await trio.sleep(step.retry.delay_before_retry(machine.attempts[index]))
         return
-    ctx.emit(machine.fail_step(index, message))
-    raise StepFailed(Event.FAIL, f"step {step.name}: {message}")
+    ctx.emit(machine.fail_step(index, message, code))
+    raise StepFailed(Event.FAIL, f"step {step.name}: {message}", code)
 
 
 def timed_out(ctx: RunContext, index: int) -> StepFailed:
     message, outputs = ctx.machine.time_out_step(index, ctx.steps[index].timeout_seconds)
     ctx.emit(outputs)
-    return StepFailed(Event.EXECUTION_TIMEOUT, message)
+    return StepFailed(Event.EXECUTION_TIMEOUT, message, FailureCode.TIMEOUT)
 
 
 StepT = TypeVar("StepT", bound=Step)

@@ -17,7 +17,7 @@ from vmbusops.engine.batch import BatchFailure, BatchTracker, Next
 from vmbusops.engine.context import RunContext
 from vmbusops.engine.executors.base import attempt_failed, timed_out
 from vmbusops.engine.plan import REBOOT_EXIT_CODES, parse_marker
-from vmbusops.errors import VmbusOpsError
+from vmbusops.errors import FailureCode, VmbusOpsError
 from vmbusops.guestops.dsc import restart_and_wait
 from vmbusops.records import ErrorRecord
 
@@ -34,7 +34,7 @@ class ScriptExecutor:
         if failure is None and reboot_for is not None:
             failure = await _reboot_for_script(ctx, *reboot_for)
         if failure is not None:
-            await attempt_failed(ctx, failure.index, failure.error, failure.message)
+            await attempt_failed(ctx, failure.index, failure.error, failure.message, failure.failure_code)
 
 
 def _step(ctx: RunContext, index: int) -> ScriptStep:
@@ -48,12 +48,14 @@ def _deadline(ctx: RunContext, index: int) -> float:
     return trio.current_time() + t if t is not None else math.inf
 
 
-async def _exited(ctx: RunContext, index: int, code: int, errors: int) -> str | None:
-    """What a script step's exit means: None if it succeeded (perhaps with a reboot pending)."""
+async def _exited(ctx: RunContext, index: int, code: int, errors: int) -> tuple[str, FailureCode] | None:
+    """What a script step's exit means, and its failure code: None if it succeeded (perhaps with
+    a reboot pending)."""
     step = _step(ctx, index)
     details = ctx.machine.details
+    ctx.emit(ctx.machine.step_exited(index, code))
     if code != 0 and code not in REBOOT_EXIT_CODES:
-        return f"the script ended with exit code {code}"
+        return f"the script ended with exit code {code}", FailureCode.EXIT_CODE
     if code in REBOOT_EXIT_CODES:
         if step.allow_reboot:
             ctx.machine.reboot_for = (index, code)
@@ -64,7 +66,7 @@ async def _exited(ctx: RunContext, index: int, code: int, errors: int) -> str | 
                 "the step does not allow one"
             )
     if errors:
-        return f"the script wrote {errors} error record(s)"
+        return f"the script wrote {errors} error record(s)", FailureCode.SCRIPT_FAILED
     return None
 
 
@@ -109,7 +111,7 @@ async def _invoke(ctx: RunContext, indices: tuple[int, ...]) -> BatchFailure | N
                             exited = None
                             if mark.index in tracker.indices and mark.index not in tracker.failed:
                                 exited = await _exited(ctx, mark.index, mark.exit_code or 0, mark.errors)
-                            verdict = tracker.end(mark.index, exited)
+                            verdict = tracker.end(mark.index, *(exited or (None, None)))
                             if verdict is Next.ENDED:
                                 if machine.reboot_for is None:
                                     await ctx.succeed(mark.index)
