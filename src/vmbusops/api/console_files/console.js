@@ -228,7 +228,7 @@
     }
   }
   function jobView(id) {
-    const runs = new Map();       // vm -> {state, step, error}
+    const runs = new Map();       // vm -> {state, step, error, code}
     let selected = "";            // "" = every VM
     let job = null;
     let lines = 0;
@@ -259,7 +259,7 @@
         on: { click: () => select(vm === selected ? "" : vm) },
       }, el("td", {}, vm), el("td", { class: "run-state" }, badge(r.state)),
       el("td", { class: "run-step" }, dscProgress(r.step) ? r.step.split(": ")[0] : r.step || ""), el("td", {}, dscProgress(r.step)),
-      el("td", { class: "error" }, r.error || ""))));
+      el("td", { class: "error" }, (r.code ? r.code + ": " : "") + (r.error || "")))));
       tabs.replaceChildren(el("button", { type: "button", class: selected === "" ? "active" : "", on: { click: () => select("") } }, "all VMs"),
         ...[...runs.keys()].map((vm) => el("button", { type: "button", "data-vm": vm, class: vm === selected ? "active" : "", on: { click: () => select(vm) } }, vm)));
     }
@@ -297,7 +297,7 @@
     stream.addEventListener("job", (e) => { job = Object.assign(job || {}, JSON.parse(e.data)); drawHead(); });
     stream.addEventListener("run", (e) => {
       const r = JSON.parse(e.data);
-      runs.set(r.vm, { state: r.state, step: r.step, error: r.error });
+      runs.set(r.vm, { state: r.state, step: r.step, error: r.error, code: r.code });
       drawRuns();
     });
     stream.addEventListener("record", (e) => addRecord(JSON.parse(e.data)));
