@@ -238,7 +238,7 @@ def schedule() -> None:
 def schedule_list(agent_url: str | None, token_file: Path | None, as_json: bool) -> None:
     """Registered schedules with their next run times, last outcome and missed runs."""
     if agent_url is not None:
-        from vmbusops.cli.remote import resolve_agent, run_client
+        from vmbusops.cli.remote import problem, resolve_agent, run_client
 
         client = resolve_agent(agent_url, token_file)
         rows: list[dict[str, Any]] = []
@@ -247,7 +247,7 @@ def schedule_list(agent_url: str | None, token_file: Path | None, as_json: bool)
             async with client.client() as http:
                 response = await http.get("/v1/schedules")
                 if response.status_code != 200:
-                    raise ConfigError(f"the agent refused ({response.status_code}): {response.text[:200]}")
+                    raise problem(response)
                 rows.extend(response.json()["schedules"])
             return 0
 

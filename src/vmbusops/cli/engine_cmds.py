@@ -48,7 +48,7 @@ from vmbusops.engine import (
 from vmbusops.engine.journal import RunView
 from vmbusops.engine.journal_retention import journal_bytes
 from vmbusops.engine.views import job_json, run_json
-from vmbusops.guestops.connect import open_host
+from vmbusops.guestops.connect import check_host, open_host
 from vmbusops.records import Stream
 
 _STATE_STYLE = {
@@ -209,6 +209,7 @@ async def _run_source(
 ) -> int:
     journal = Journal(max_mb=config.retention.journal_max_mb)
     try:
+        check_host(host, config)  # before the credential, whose lookup depends on the host
         credential_for = credential_resolver(config, host)
         if bundle_file is not None:
             # Found before the bundle is accepted, so a refusal here uses nothing up.

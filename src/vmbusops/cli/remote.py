@@ -72,7 +72,7 @@ class AgentClient:
         )
 
 
-def _problem(response: httpx.Response) -> VmbusOpsError:
+def problem(response: httpx.Response) -> VmbusOpsError:
     body: dict[str, Any] = {}
     try:
         body = response.json()
@@ -98,6 +98,14 @@ def _transport(exc: httpx.HTTPError, url: str) -> TransportError:
     return TransportError(f"cannot reach the agent at {url}: {exc}")
 
 
+def _agent_of(exc: httpx.HTTPError) -> str:
+    try:
+        url = exc.request.url
+    except RuntimeError:  # an error raised outside a request
+        return "its URL"
+    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
+
+
 async def follow_events(
     agent: AgentClient, job_id: int, on_event: Callable[[str, dict[str, Any]], None]
 ) -> dict[str, Any]:
@@ -111,7 +119,7 @@ async def follow_events(
                 async with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as response:
                     if response.status_code != 200:
                         await response.aread()
-                        raise _problem(response)
+                        raise problem(response)
                     async for name, data, ident in _sse(response.aiter_lines()):
                         failures = 0
                         if ident is not None:
@@ -143,7 +151,8 @@ async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, dict[str, 
 
 def run_client(fn: Callable[[], Awaitable[int]]) -> int:
     """:func:`run_trio`, with our errors raised as themselves (not inside an exception group), so
-    the command line maps them to their exit codes."""
+    the command line maps them to their exit codes. An agent that cannot be reached (refused,
+    reset, timed out) is a :class:`TransportError` naming its URL, whichever request met it."""
     failed: list[VmbusOpsError] = []
 
     async def main() -> int:
@@ -151,7 +160,9 @@ def run_client(fn: Callable[[], Awaitable[int]]) -> int:
             return await fn()
         except VmbusOpsError as exc:
             failed.append(exc)
-            return exitcodes.HOST_FAILURE
+        except httpx.HTTPError as exc:
+            failed.append(_transport(exc, _agent_of(exc)))
+        return exitcodes.HOST_FAILURE
 
     code = run_trio(main)
     if failed:
@@ -222,7 +233,7 @@ class RemoteProgress:
         async with agent.client() as client:
             response = await client.get(f"/v1/jobs/{job_id}/runs")
             if response.status_code != 200:
-                raise _problem(response)
+                raise problem(response)
             runs = response.json()["runs"]
         if self.as_json:
             self._json({"event": "summary", "job": job_id, "state": state, "runs": runs})
@@ -266,7 +277,7 @@ async def submit_bundle(agent: AgentClient, bundle_file: Path) -> dict[str, Any]
         except httpx.HTTPError as exc:
             raise _transport(exc, agent.url) from exc
     if response.status_code not in (201, 202):
-        raise _problem(response)
+        raise problem(response)
     result: dict[str, Any] = response.json()
     return result
 
@@ -321,7 +332,7 @@ def remote_logs(
             except httpx.HTTPError as exc:
                 raise _transport(exc, agent.url) from exc
             if response.status_code != 200:
-                raise _problem(response)
+                raise problem(response)
             names = [r["vm"] for r in response.json()["runs"]]
             require_run(vm, names, job_id)
             width = max([len(n) for n in names] + [8])
@@ -342,7 +353,7 @@ def remote_logs(
                     }
                     response = await client.get(f"/v1/jobs/{job_id}/records", params=params)
                     if response.status_code != 200:
-                        raise _problem(response)
+                        raise problem(response)
                     page = response.json()
                     print_records([_record_view(d) for d in page["records"]], as_json, width)
                     if not page["records"]:
