@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vmbusops.cli.common import host_option, load
+from vmbusops.cli.remote import agent_read_option
 from vmbusops.config import DEFAULT_MAX_SESSIONS, MAX_SESSIONS_LIMIT
 from vmbusops.credentials import credential_resolver
 from vmbusops.errors import ConfigError
@@ -230,10 +231,7 @@ def schedule() -> None:
 
 
 @schedule.command("list")
-@click.option(
-    "--agent", "agent_url", default=None, metavar="URL", help="Ask this agent instead of the local store."
-)
-@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@agent_read_option("the local schedule store")
 @click.option("--json", "as_json", is_flag=True)
 def schedule_list(agent_url: str | None, token_file: Path | None, as_json: bool) -> None:
     """Registered schedules with their next run times, last outcome and missed runs."""

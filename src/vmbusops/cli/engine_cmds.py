@@ -30,7 +30,7 @@ from vmbusops.cli import exitcodes
 from vmbusops.cli.common import host_option, load, require_run, run_trio
 from vmbusops.cli.output import RecordPrinter, use_colour
 from vmbusops.cli.record_lines import print_records
-from vmbusops.cli.remote import agent_option, remote_logs, resolve_agent
+from vmbusops.cli.remote import agent_read_option, remote_logs, resolve_agent
 from vmbusops.config import Config
 from vmbusops.credentials import credential_resolver
 from vmbusops.engine import (
@@ -273,7 +273,7 @@ class _Null:
         return None
 
 
-@click.command("run")
+@click.command("run", epilog=exitcodes.EXIT_CODES_HELP)
 @host_option
 @click.argument("bundle_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -282,7 +282,7 @@ class _Null:
 def run_cmd(host: str | None, bundle_file: Path, as_json: bool) -> None:
     """Verify a signed bundle and run it on this host, with live progress.
 
-    Exit code 0 when every target succeeded, 1 when any did not, 4 when the bundle was rejected.
+    The exit code is the job's outcome: 0 when every target succeeded, 1 when any did not.
     """
     config = load()
     progress = Progress(as_json=as_json)
@@ -374,7 +374,7 @@ def jobs_cancel(job_id: int, vm: str | None) -> None:
     click.echo(f"cancel requested for job {job_id}" + (f" on {vm}" if vm else ""))
 
 
-@jobs.command("resume")
+@jobs.command("resume", epilog=exitcodes.EXIT_CODES_HELP)
 @host_option
 @click.argument("job_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
@@ -382,7 +382,8 @@ def jobs_resume(host: str | None, job_id: int, as_json: bool) -> None:
     """Finish an interrupted job according to its bundle's resume policy.
 
     Its bundle is verified again first, against today's trust policy; if that fails, the job ends
-    failed with the reason and nothing runs (exit code 4)."""
+    failed with the reason and nothing runs (exit code 4). A job that is not interrupted (it
+    finished, or a live process owns it) is a usage error (exit code 2)."""
     config = load()
     progress = Progress(as_json=as_json)
     sys.exit(run_trio(lambda: _run_source(config, host, progress, resume=job_id)))
@@ -390,7 +391,7 @@ def jobs_resume(host: str | None, job_id: int, as_json: bool) -> None:
 
 # --- logs -----------------------------------------------------------------------------------------
 
-@click.command("logs")
+@click.command("logs", epilog=exitcodes.EXIT_CODES_HELP)
 @click.argument("job_id", type=int)
 @click.option("--vm", default=None, metavar="NAME", help="Only this VM's records.")
 @click.option(
@@ -401,7 +402,7 @@ def jobs_resume(host: str | None, job_id: int, as_json: bool) -> None:
 )
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new records until the job ends.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
-@agent_option
+@agent_read_option("the local journal")
 def logs_cmd(
     job_id: int,
     vm: str | None,

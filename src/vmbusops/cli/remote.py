@@ -33,14 +33,21 @@ RECONNECTS = 30
 
 
 def agent_option(fn: Any) -> Any:
+    """``--agent URL`` and ``--token-file`` for a command that only talks to an agent (submit)."""
+    return _agent_options(fn, f"The agent's URL (default: ${ENV_AGENT} or {DEFAULT_AGENT}).")
+
+
+def agent_read_option(instead_of: str) -> Callable[[Any], Any]:
+    """``--agent URL`` and ``--token-file`` for a command that reads ``instead_of`` without one."""
+    return lambda fn: _agent_options(fn, f"Ask the agent at this URL instead of {instead_of}.")
+
+
+def _agent_options(fn: Any, agent_help: str) -> Any:
     fn = click.option(
         "--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-        help=f"File holding the API token (default: ${ENV_TOKEN}).",
+        help=f"File holding the agent's API token (default: ${ENV_TOKEN}).",
     )(fn)  # fmt: skip
-    return click.option(
-        "--agent", "agent_url", default=None, metavar="URL",
-        help=f"The agent's URL (default: ${ENV_AGENT} or {DEFAULT_AGENT}).",
-    )(fn)  # fmt: skip
+    return click.option("--agent", "agent_url", default=None, metavar="URL", help=agent_help)(fn)
 
 
 def read_token(token_file: Path | None) -> str:
@@ -282,7 +289,7 @@ async def submit_bundle(agent: AgentClient, bundle_file: Path) -> dict[str, Any]
     return result
 
 
-@click.command("submit")
+@click.command("submit", epilog=exitcodes.EXIT_CODES_HELP)
 @agent_option
 @click.argument("bundle_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-f", "--follow", is_flag=True, help="Follow the job's records and states until it ends.")
@@ -292,8 +299,8 @@ def submit_cmd(
 ) -> None:
     """Submit a signed bundle to a (remote) agent; it is verified there before anything runs.
 
-    Exit codes as for vmbusops run: 0 when every target succeeded (or, without --follow, the job
-    was accepted), 1 when any did not, 4 when the bundle was rejected.
+    Without --follow, exit code 0 says the job was accepted; with it, the job's outcome, as for
+    vmbusops run.
     """
     agent = resolve_agent(agent_url, token_file)
     progress = RemoteProgress(as_json=as_json)
