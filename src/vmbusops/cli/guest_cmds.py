@@ -166,7 +166,10 @@ async def _chosen_guests(hv: HyperVHost, patterns: tuple[str, ...]) -> list[str]
 
 @click.command("copy", epilog=exitcodes.EXIT_CODES_HELP)
 @host_option
-@click.option("--vm", "vm_names", multiple=True, required=True, metavar="NAME", help="Target guest (repeatable).")
+@click.option(
+    "--vm", "vm_names", multiple=True, required=True, metavar="NAME",
+    help="Target guest (repeatable): a name or a glob, as exec --vm takes; each must match a VM of the host.",
+)  # fmt: skip
 @click.option("--no-force", is_flag=True, help="Fail if the guest file exists instead of replacing it.")
 @click.option("--enable-guest-services", is_flag=True, help="Enable the Guest Service Interface first if it is off.")
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -186,7 +189,7 @@ def copy_cmd(
     async def main() -> int:
         failed = 0
         async with open_host(host, config=config) as hv:
-            for vm in vm_names:
+            for vm in await _chosen_guests(hv, vm_names):
                 try:
                     if enable_guest_services:
                         info = await hv.get_vm(vm)
