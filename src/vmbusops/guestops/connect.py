@@ -69,6 +69,11 @@ def host_environment(kind: str, config: Config) -> dict[str, str] | None:
         return None
     from vmbusops.pwshlab import lab_environment
     from vmbusops.sim import default_state_dir
+    from vmbusops.sim.lab import load_lab
+
+    # The lab's cmdlets read the lab file on every call, where a bad one would fail each as a host
+    # error: read it once here, so it is the usage error it is, in the lab parser's own words.
+    load_lab(config.lab)
 
     # labctl runs with this interpreter, so the lab module uses the agent's own vmbusops.
     return lab_environment(python=sys.executable, state_dir=default_state_dir(), lab=config.lab, inherited=os.environ)
