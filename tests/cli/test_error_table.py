@@ -30,7 +30,7 @@ from vmbusops.cli import exitcodes
 
 USAGE, HOST, BUNDLE = exitcodes.USAGE, exitcodes.HOST_FAILURE, exitcodes.BUNDLE_REJECTED
 DEAD_AGENT = "http://127.0.0.1:1"  # nothing listens on port 1
-TOKEN = "vmo_table-token-never-shown"  # noqa: S105 - a made-up token the output must never show
+TOKEN = "vmo_table-token-never-shown"  # a made-up token the output must never show
 NOISE = ("Traceback", "Exception ignored", "ExceptionGroup", "BrokenPipeError", "Usage: ")
 
 
