@@ -42,13 +42,14 @@ class Case:
     env: Mapping[str, str] = field(default_factory=dict)
     never: str | None = None  # a wrong diagnosis this case once gave
     job: bool = False  # a finished job 1 exists first
+    home_files: Mapping[str, str] = field(default_factory=dict)  # written under $VMBUSOPS_HOME first
 
 
 def case(
     name: str, *args: str, code: int, says: str, env: Mapping[str, str] | None = None, never: str | None = None,
-    job: bool = False,
+    job: bool = False, home_files: Mapping[str, str] | None = None,
 ) -> Any:
-    return pytest.param(Case(args, code, says, env or {}, never, job), id=name)
+    return pytest.param(Case(args, code, says, env or {}, never, job, home_files or {}), id=name)
 
 
 LAB = "VMBUSOPS_LAB"
@@ -145,6 +146,19 @@ CASES = [
     case("trust-add-bad-steps", "trust", "add", "{tmp}/motd.txt", "--steps", "bogus", code=USAGE,
          says="known step kinds are"),
     case("keys-new-bad-name", "keys", "new", "../x", code=USAGE, says="key name '../x' must be"),
+    case("build-missing-source", "bundle", "build", "{tmp}/nosuch", "-o", "{tmp}/x.vmb", code=USAGE,
+         says="does not exist"),
+    case("sign-missing-key", "bundle", "sign", "{tmp}/job.vmb", "--key", "nosuch", code=USAGE,
+         says="cannot read private key"),
+    case("trust-remove-unknown", "trust", "remove", "nosuch", code=USAGE, says="nosuch"),
+    # state under $VMBUSOPS_HOME that cannot be read: named, never a traceback
+    case("trust-policy-corrupt", "trust", "list", home_files={"trust.toml": "garbage"}, code=USAGE,
+         says="is not valid TOML"),
+    case("credentials-corrupt", "cred", "list", home_files={"credentials.json": "{bad"}, code=USAGE,
+         says="cannot be read"),
+    case("journal-corrupt", "jobs", home_files={"journal/journal.sqlite": "garbage" * 200}, code=HOST,
+         says="file is not a database"),
+    case("jobs-limit-negative", "jobs", "--limit", "-1", code=USAGE, says="--limit"),
     # agent administration
     case("agent-listen-not-host-port", "agent", "--listen", "bogus", code=USAGE, says="cannot listen on 'bogus'"),
     case("agent-listen-unresolvable", "agent", "--listen", "nosuch.invalid:8421", code=USAGE,
@@ -220,6 +234,9 @@ def test_a_bad_input_is_one_line_with_its_documented_exit_code(case: Case, scene
     if case.job:
         ran = vmbusops("run", str(scene.tmp / "job.vmb"))
         assert ran.returncode in (0, 1), ran  # finished, whatever its outcome
+    for name, text in case.home_files.items():
+        (Path(os.environ["VMBUSOPS_HOME"]) / name).parent.mkdir(parents=True, exist_ok=True)
+        (Path(os.environ["VMBUSOPS_HOME"]) / name).write_text(text)
     env = {name: scene.fill(value) for name, value in case.env.items()}
     args = [scene.fill(a) for a in case.args]
     ran = vmbusops(*args, env=env)

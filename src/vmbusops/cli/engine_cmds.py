@@ -294,7 +294,9 @@ def run_cmd(host: str | None, bundle_file: Path, as_json: bool) -> None:
 
 @click.group("jobs", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per job.")
-@click.option("--limit", default=50, show_default=True, help="How many jobs, newest first.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="How many jobs, newest first."
+)
 @click.pass_context
 def jobs(ctx: click.Context, as_json: bool, limit: int) -> None:
     """Jobs in the journal, newest first; subcommands show, cancel and resume one."""
