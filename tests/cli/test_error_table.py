@@ -71,6 +71,8 @@ CASES = [
          env={LAB: "{tmp}/unknown.toml"}, code=USAGE, says="unknown key(s) bogus", never=SIM_CLOSED),
     case("lab-bad-run", "run", "{tmp}/job.vmb", env={LAB: "{tmp}/bad.toml"}, code=USAGE, says="is not valid TOML",
          never=SIM_CLOSED),
+    case("lab-bad-agent", "agent", "--listen", "127.0.0.1:0", env={LAB: "{tmp}/badstate.toml"}, code=USAGE,
+         says="state must be one of", never=SIM_CLOSED),
     # $VMBUSOPS_HOME: not a directory, under a file, a parent that does not exist, not writable.
     case("home-is-a-file", "vms", env={HOME: "{tmp}/afile"}, code=USAGE, says="cannot be used: it is not a directory"),
     case("home-under-a-file", "jobs", env={HOME: "{tmp}/afile/home"}, code=USAGE, says="cannot be used"),
