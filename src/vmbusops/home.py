@@ -8,6 +8,10 @@ Everything below it is owner-only: folders 0700, files 0600, whatever the umask.
 made with :func:`private_dir` (``Path.mkdir(parents=True)`` gives the parents it makes the
 default mode, not the one asked for) and files created with :func:`private_file` or opened with
 mode 0600 and ``O_CREAT``. On Windows the per-user data directory's ACL does this job.
+
+A state directory that cannot be made or is not a folder (a file, a parent that does not exist
+on a read-only or virtual file system, no permission) is a configuration error (exit code 2)
+saying which path and why, raised by :func:`home_dir` before anything is written there.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import stat
 from pathlib import Path
 
 import platformdirs
+
+from vmbusops.errors import ConfigError
 
 ENV_HOME = "VMBUSOPS_HOME"
 
@@ -33,9 +39,21 @@ def home_dir(*, create: bool = True) -> Path:
     raw = os.environ.get(ENV_HOME)
     path = Path(raw).expanduser() if raw else Path(platformdirs.user_data_dir("vmbusops", appauthor=False))
     if create:
-        private_dir(path)
-        if _POSIX and path.stat().st_mode & 0o077 and path.stat().st_uid == os.geteuid():
-            path.chmod(PRIVATE_DIR)
+        try:
+            private_dir(path)
+            found = path.stat()
+            if not stat.S_ISDIR(found.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "it is not a directory")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "this user may not write in it")
+            if _POSIX and found.st_mode & 0o077 and found.st_uid == os.geteuid():
+                path.chmod(PRIVATE_DIR)
+        except OSError as exc:
+            where = f"{ENV_HOME}={raw}" if raw else f"the state directory {path}"
+            raise ConfigError(
+                f"{where} cannot be used: {exc.strerror or exc}",
+                hint=f"point {ENV_HOME} at a directory you can write (it is created if missing)",
+            ) from None
     return path
 
 

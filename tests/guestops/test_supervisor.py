@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from vmbusops.errors import HostDownError, HostProcessExitedError
+from vmbusops.errors import ConfigError, HostDownError
 from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.supervisor import Backoff, HostStatus, HostSupervisor, supervise_host
 
@@ -69,7 +69,7 @@ async def test_a_host_that_cannot_start_fails_the_start_with_its_own_error(make_
     supervisor = HostSupervisor("sim", partial(open_host, "sim", config=lab.config))
     # The real error, as itself (not in an exception group, not "host down"), for the command
     # line to print in one line: a host that never came up is not one to wait for.
-    with trio.fail_after(30), pytest.raises(HostProcessExitedError, match="exit code"):
+    with trio.fail_after(30), pytest.raises(ConfigError, match="cannot read lab file"):
         async with supervise_host(supervisor):
             pass
     assert supervisor.status.up is False and supervisor.status.reconnects == 0

@@ -46,7 +46,8 @@ def test_vms_copy_and_exec_all(pwsh_lab: PwshLab, tmp_path: Path) -> None:
         "Write-Output \"$(hostname) $env:TEMP\"; if ($env:COMPUTERNAME -eq 'WEB02') { exit 5 }",
     )
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert proc.returncode == 1, proc.stderr  # legacy01 is off, web02 exits 5
+    assert proc.returncode == 1, proc.stderr  # web02 exits 5; legacy01 is off, so --all skips it
+    assert "--all: skipped, not running: legacy01 (Off)" in proc.stderr
     by_vm: dict[str, list[dict[str, object]]] = {}
     verdicts = {str(line["vm"]): line for line in lines if line["stream"] == "result"}
     for line in lines:
@@ -57,14 +58,19 @@ def test_vms_copy_and_exec_all(pwsh_lab: PwshLab, tmp_path: Path) -> None:
     for vm in ("web01", "web02", "app01"):
         assert [m["seq"] for m in by_vm[vm]] == list(range(1, len(by_vm[vm]) + 1))
     exit_codes = {vm: [m.get("exit_code") for m in mine if m["stream"] == "state"] for vm, mine in by_vm.items()}
-    assert exit_codes == {"web01": [0], "web02": [5], "app01": [0], "legacy01": [None]}
+    assert exit_codes == {"web01": [0], "web02": [5], "app01": [0]}
     assert {vm: (v["ok"], v["exit_code"]) for vm, v in verdicts.items()} == {
-        "web01": (True, 0), "web02": (False, 5), "app01": (True, 0), "legacy01": (False, None),
+        "web01": (True, 0), "web02": (False, 5), "app01": (True, 0),
     }
-    [refusal] = [m for m in by_vm["legacy01"] if m["stream"] == "error"]
+    # Named, a VM that is off is tried, and refused with Invoke-Command's own error.
+    off = vmbusops("exec", "--vm", "legacy01", "--json", "--", "hostname")
+    assert off.returncode == 1, off.stderr
+    off_lines = [json.loads(line) for line in off.stdout.splitlines()]
+    assert [(v["ok"], v["exit_code"]) for v in off_lines if v["stream"] == "result"] == [(False, None)]
+    [refusal] = [m for m in off_lines if m["stream"] == "error"]
     assert refusal["message"] == "The virtual machine legacy01 is not in running state."
     assert str(refusal["fqid"]).startswith("InvalidVMState,Microsoft.PowerShell.Commands.InvokeCommandCommand")
-    assert pwsh_lab.lab.credential("web01")[1] not in proc.stdout + proc.stderr
+    assert pwsh_lab.lab.credential("web01")[1] not in proc.stdout + proc.stderr + off.stdout + off.stderr
 
 
 def test_a_signed_bundle_runs_on_pwsh_lab(pwsh_lab: PwshLab, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ def test_the_scaffolded_bundle_runs_on_pwsh_lab(tmp_path: Path, vmbusops_home: P
         ("keys", "new", "alice", "--passphrase"),
         ("bundle", "build", "lab-demo", "-o", "lab-demo.vmb"),
         ("bundle", "sign", "lab-demo.vmb", "--key", "alice"),
-        ("trust", "add", str(vmbusops_home / "keys" / "alice.pub"), "--vms", "web*", "--vms", "db01",
+        ("trust", "add", str(vmbusops_home / "keys" / "alice.pub"), "--vm", "web*", "--vm", "db01",
          "--credential", "lab-admin", "--steps", "copy,script,dsc"),
         ("bundle", "verify", "lab-demo.vmb"),
     ]  # fmt: skip

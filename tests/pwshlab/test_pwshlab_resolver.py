@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from tests.builders import VM, write_lab
 
 from vmbusops.config import Config
 from vmbusops.errors import ConfigError
@@ -43,7 +44,7 @@ def test_pwsh_on_path_comes_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_pwsh_lab_starts_server_mode_with_the_lab_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VMBUSOPS_PWSH", str(_executable(tmp_path / "pwsh")))
-    lab = tmp_path / "lab.toml"
+    lab = write_lab(tmp_path, [VM("web01")])  # read once here: a bad lab is a usage error before pwsh starts
     argv = host_argv("pwsh-lab", Config(host="pwsh-lab", lab=str(lab)))
     assert argv[1:5] == ("-NoLogo", "-NoProfile", "-s", "-ConfigurationFile")
     assert Path(argv[5]).is_file() and argv[5].endswith("VmbusOpsLab.pssc")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from psrpcore.types import PSInvocationState
 from sim_testclient import TEST_LAB, run_in_guest, sim_command, sim_process
 
 from vmbusops.errors import FramingError
+from vmbusops.psrp.transport import REFUSAL_PREFIX
 from vmbusops.sim.lab import load_lab
 
 
@@ -96,7 +98,7 @@ async def test_garbage_on_writes_non_protocol_bytes(tmp_path: Path) -> None:
         assert "not an OutOfProc packet" in str(sim.client.reader_error)
 
 
-def test_bad_lab_exits_2_silently(tmp_path: Path) -> None:
+def test_bad_lab_exits_2_with_one_refusal_line_and_no_packet(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[[vm]]\nname = 'a'\nstate = 'Sleeping'\n")
     proc = subprocess.run(
@@ -108,7 +110,10 @@ def test_bad_lab_exits_2_silently(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stdout == b""
-    assert proc.stderr == b""
+    # The one line a client turns into the lab parser's own usage error (ProcessTransport).
+    prefix, _, said = proc.stderr.decode().partition(REFUSAL_PREFIX)
+    assert prefix == "" and said.endswith("\n") and "\n" not in said[:-1], proc.stderr
+    assert "state must be one of" in json.loads(said)["message"]
 
 
 PEER_SCRIPT = r"""

@@ -44,6 +44,7 @@ from vmbusops.credentials import GuestCredential
 from vmbusops.engine import EngineOptions, Journal, open_engine
 from vmbusops.engine.journal_retention import journal_bytes
 from vmbusops.engine.readers import JournalReaders
+from vmbusops.errors import ConfigError
 from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.supervisor import Backoff, HostSupervisor, supervise_host
 from vmbusops.retention import keep_retention
@@ -92,6 +93,27 @@ def _signals() -> list[int]:
     return [s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None]
 
 
+def check_listen(bind: str) -> str:
+    """``bind`` if the agent can listen there; else the one-line usage error saying why (a bad
+    HOST:PORT, a name that does not resolve, an address in use or not ours), before anything
+    starts, rather than the server's traceback once the host is open."""
+    host, sep, port = bind.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"cannot listen on {bind!r}: not HOST:PORT", hint="for example --listen 127.0.0.1:8421")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+            probe.bind(address)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {bind}: {exc.strerror or exc}",
+            hint="pass --listen HOST:PORT with an address of this machine and a free port",
+        ) from None
+    return bind
+
+
 async def run_agent(
     config: Config,
     *,
@@ -107,7 +129,7 @@ async def run_agent(
     # status call's thread have the interpreter soon while a follower's catch-up formats a page.
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     hconfig = HypercornConfig()
-    hconfig.bind = [listen or agent.listen]
+    hconfig.bind = [check_listen(listen or agent.listen)]
     hconfig.accesslog = None
     hconfig.errorlog = logging.getLogger("hypercorn.error")  # through our JSON handler
     hconfig.graceful_timeout = 2.0

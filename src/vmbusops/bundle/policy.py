@@ -153,7 +153,7 @@ class TrustPolicy:
                     TargetOutOfScopeError(
                         f"targets {', '.join(uncovered)} are outside the VMs that {who} may sign for"
                         f" ({', '.join(scope.vms)})",
-                        hint="narrow the bundle's targets, or widen the scope: vmbusops trust add --vms",
+                        hint="narrow the bundle's targets, or widen the scope: vmbusops trust add --vm",
                         keyid=next(iter(mine)),
                     )
                 )

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from vmbusops.cli.common import host_option, load
 from vmbusops.cli.output import console
+from vmbusops.cli.remote import agent_read_option
 from vmbusops.config import DEFAULT_MAX_SESSIONS, MAX_SESSIONS_LIMIT
 from vmbusops.credentials import credential_resolver
 from vmbusops.errors import ConfigError
@@ -232,15 +233,12 @@ def schedule() -> None:
 
 
 @schedule.command("list")
-@click.option(
-    "--agent", "agent_url", default=None, metavar="URL", help="Ask this agent instead of the local store."
-)
-@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@agent_read_option("the local schedule store")
 @click.option("--json", "as_json", is_flag=True)
 def schedule_list(agent_url: str | None, token_file: Path | None, as_json: bool) -> None:
     """Registered schedules with their next run times, last outcome and missed runs."""
     if agent_url is not None:
-        from vmbusops.cli.remote import resolve_agent, run_client
+        from vmbusops.cli.remote import problem, resolve_agent, run_client
 
         client = resolve_agent(agent_url, token_file)
         rows: list[dict[str, Any]] = []
@@ -249,7 +247,7 @@ def schedule_list(agent_url: str | None, token_file: Path | None, as_json: bool)
             async with client.client() as http:
                 response = await http.get("/v1/schedules")
                 if response.status_code != 200:
-                    raise ConfigError(f"the agent refused ({response.status_code}): {response.text[:200]}")
+                    raise problem(response)
                 rows.extend(response.json()["schedules"])
             return 0
 

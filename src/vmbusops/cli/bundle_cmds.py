@@ -311,7 +311,10 @@ def trust() -> None:
 @trust.command("add")
 @click.argument("pubkey", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--name", default=None, help="A name for the key holder (default: the file's stem).")
-@click.option("--vms", multiple=True, help="VM name glob the key may target (repeatable; default '*').")
+@click.option(
+    "--vm", "vms", multiple=True, metavar="GLOB", help="VM name or glob the key may target (repeatable; default '*')."
+)
+@click.option("--vms", "vms_alias", multiple=True, hidden=True)  # the option's earlier name, still accepted
 @click.option(
     "--credential", multiple=True, help="Credential reference the key may use (repeatable; default any)."
 )
@@ -326,6 +329,7 @@ def trust_add(
     pubkey: Path,
     name: str | None,
     vms: tuple[str, ...],
+    vms_alias: tuple[str, ...],
     credential: tuple[str, ...],
     steps: str | None,
     until: str | None,
@@ -339,6 +343,7 @@ def trust_add(
     A key trusted already is left as it is: the same name and scope again is a no-op (exit 0);
     anything else is refused (exit 2), but --rename gives it a new name. To change what a key
     may do, remove it and add it again."""
+    vms = vms + vms_alias
     path = trust_path or trust_policy_path()
     try:
         policy = load_trust_policy(path)

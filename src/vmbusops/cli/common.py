@@ -22,7 +22,9 @@ def host_option(fn: F) -> F:
         metavar="HOST",
         default=None,
         help="sim (the embedded simulated host, default), local (powershell.exe on this Hyper-V host), "
-        "pwsh, or pwsh-lab (the lab on real PowerShell 7); default from $VMBUSOPS_HOST or config.toml.",
+        "pwsh, pwsh-lab (the lab on real PowerShell 7), ssh://[user@]host[:port] or winrm://host (a remote "
+        "Hyper-V host), or the NAME of a [hosts.NAME] entry of config.toml; default from $VMBUSOPS_HOST "
+        "or config.toml.",
     )(fn)
 
 

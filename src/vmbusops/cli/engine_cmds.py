@@ -48,7 +48,7 @@ from vmbusops.cli.jobs_view import (
 )
 from vmbusops.cli.output import RecordPrinter, console, use_colour
 from vmbusops.cli.record_lines import print_records
-from vmbusops.cli.remote import agent_option, remote_logs, resolve_agent
+from vmbusops.cli.remote import agent_read_option, remote_logs, resolve_agent
 from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential, credential_resolver
 from vmbusops.engine import (
@@ -67,7 +67,7 @@ from vmbusops.engine.engine import cancelled_here
 from vmbusops.engine.journal import READ_PAGE, RunView, journal_path
 from vmbusops.engine.journal_retention import journal_bytes
 from vmbusops.engine.views import run_json
-from vmbusops.guestops.connect import open_host
+from vmbusops.guestops.connect import check_host, open_host
 from vmbusops.records import Stream
 from vmbusops.times import iso_time
 
@@ -276,6 +276,7 @@ async def _run_source(
 ) -> int:
     journal = Journal(max_mb=config.retention.journal_max_mb)
     try:
+        check_host(host, config)  # before the credential, whose lookup depends on the host
         credential_for = credential_resolver(config, host)
         if bundle_file is not None:
             # Found before the bundle is accepted, so a refusal here uses nothing up.
@@ -369,7 +370,7 @@ class _Null:
         return None
 
 
-@click.command("run")
+@click.command("run", epilog=exitcodes.EXIT_CODES_HELP)
 @host_option
 @click.argument("bundle_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -378,7 +379,7 @@ class _Null:
 def run_cmd(host: str | None, bundle_file: Path, as_json: bool) -> None:
     """Verify a signed bundle and run it on this host, with live progress.
 
-    Exit code 0 when every target succeeded, 1 when any did not, 4 when the bundle was rejected.
+    The exit code is the job's outcome: 0 when every target succeeded, 1 when any did not.
     """
     config = load()
     progress = Progress(as_json=as_json)
@@ -393,7 +394,7 @@ def run_cmd(host: str | None, bundle_file: Path, as_json: bool) -> None:
 @click.option("--vm", default=None, metavar="NAME", help="Only jobs with a run on this VM (its history: vmbusops history --vm NAME).")
 @filter_options
 @click.option("--submitter", default=None, metavar="WHO", help="Only jobs submitted by WHO (token:NAME, cert:SUBJECT, a user, schedule:NAME).")
-@agent_option
+@agent_read_option("the local journal")
 @click.pass_context
 def jobs(
     ctx: click.Context,
@@ -429,7 +430,7 @@ def jobs(
 @jobs.command("show")
 @click.argument("job_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
-@agent_option
+@agent_read_option("the local journal")
 def jobs_show(job_id: int, as_json: bool, agent_url: str | None, token_file: Path | None) -> None:
     """Per-run states, durations, steps and output excerpts of one job."""
     if agent_url is not None:
@@ -446,7 +447,7 @@ def jobs_show(job_id: int, as_json: bool, agent_url: str | None, token_file: Pat
 @jobs.command("cancel")
 @click.argument("job_id", type=int)
 @click.option("--vm", default=None, metavar="NAME", help="Cancel only this VM's run.")
-@agent_option
+@agent_read_option("the local journal")
 def jobs_cancel(job_id: int, vm: str | None, agent_url: str | None, token_file: Path | None) -> None:
     """Ask the process running a job to cancel it (or one VM's run); guest pipelines are stopped."""
     if agent_url is not None:
@@ -463,7 +464,7 @@ def jobs_cancel(job_id: int, vm: str | None, agent_url: str | None, token_file: 
     click.echo(f"cancel requested for job {job_id}" + (f" on {vm}" if vm else ""))
 
 
-@jobs.command("resume")
+@jobs.command("resume", epilog=exitcodes.EXIT_CODES_HELP)
 @host_option
 @click.argument("job_id", type=int)
 @click.option("--json", "as_json", is_flag=True)
@@ -471,7 +472,8 @@ def jobs_resume(host: str | None, job_id: int, as_json: bool) -> None:
     """Finish an interrupted job according to its bundle's resume policy.
 
     Its bundle is verified again first, against today's trust policy; if that fails, the job ends
-    failed with the reason and nothing runs (exit code 4)."""
+    failed with the reason and nothing runs (exit code 4). A job that is not interrupted (it
+    finished, or a live process owns it) is a usage error (exit code 2)."""
     config = load()
     progress = Progress(as_json=as_json)
     sys.exit(run_trio(lambda: _run_source(config, host, progress, resume=job_id)))
@@ -479,7 +481,7 @@ def jobs_resume(host: str | None, job_id: int, as_json: bool) -> None:
 
 # --- logs -----------------------------------------------------------------------------------------
 
-@click.command("logs")
+@click.command("logs", epilog=exitcodes.EXIT_CODES_HELP)
 @click.argument("job_id", type=int)
 @click.option("--vm", default=None, metavar="NAME", help="Only this VM's records.")
 @click.option(
@@ -490,7 +492,7 @@ def jobs_resume(host: str | None, job_id: int, as_json: bool) -> None:
 )
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new records until the job ends.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
-@agent_option
+@agent_read_option("the local journal")
 def logs_cmd(
     job_id: int,
     vm: str | None,

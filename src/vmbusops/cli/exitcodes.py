@@ -5,12 +5,18 @@ code   meaning
 =====  =====================================================================
 0      success: every guest did what was asked
 1      a guest reported errors (error records, a failed or stopped pipeline)
-2      usage error: bad arguments, configuration or input file
-3      host or transport failure: the PowerShell host could not be reached, or a store under
-       $VMBUSOPS_HOME (the journal, the replay store) cannot be written, e.g. the disk is full
+2      usage error: bad arguments, configuration or input file, a job, VM or run that does not
+       exist, a job in a state that does not allow what was asked, a $VMBUSOPS_HOME that cannot
+       be used at all (not a directory, cannot be created)
+3      host or transport failure: the PowerShell host (or an agent) could not be reached, or a
+       store under $VMBUSOPS_HOME (the journal, the replay store) cannot be written, e.g. the
+       disk is full
 4      a bundle was rejected: nothing from it ran
 130    interrupted (Ctrl-C); guest pipelines were stopped first
 =====  =====================================================================
+
+:data:`EXIT_CODES_HELP` says the same in a line each; every command that reaches a host, a guest
+or an agent shows it under its ``--help`` (click's epilog), so no command lists only some.
 """
 
 from __future__ import annotations
@@ -32,6 +38,17 @@ USAGE = 2
 HOST_FAILURE = 3
 BUNDLE_REJECTED = 4
 INTERRUPTED = 130
+
+_MEANING = {
+    OK: "success: every guest did what was asked",
+    GUEST_ERRORS: "a guest failed (an error record, a non-zero exit, a failed step or run)",
+    USAGE: "usage error: arguments, configuration, input file, or a job or VM that does not exist",
+    HOST_FAILURE: "host or transport failure (the host or agent cannot be reached), or a full disk",
+    BUNDLE_REJECTED: "a bundle was rejected: nothing from it ran",
+    INTERRUPTED: "interrupted (Ctrl-C); guest pipelines were stopped first",
+}
+#: The exit codes for a command's ``--help`` (``\b`` keeps click from rewrapping the lines).
+EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in _MEANING.items())
 
 
 def exit_code_for(exc: VmbusOpsError) -> int:

@@ -17,9 +17,10 @@ from vmbusops.credentials import resolve_credential
 from vmbusops.errors import ConfigError, VmbusOpsError
 from vmbusops.guest_paths import EXAMPLE as GUEST_PATH_EXAMPLE
 from vmbusops.guest_paths import guest_path_problem
-from vmbusops.guestops.connect import open_host
+from vmbusops.guestops.connect import check_host, open_host
 from vmbusops.guestops.fanout import exec_in_guests
-from vmbusops.guestops.host import VMInfo
+from vmbusops.guestops.host import HyperVHost, VMInfo
+from vmbusops.vm_names import vms_matching
 
 
 def vm_table(vms: list[VMInfo]) -> Table:
@@ -33,7 +34,7 @@ def vm_table(vms: list[VMInfo]) -> Table:
     return table
 
 
-@click.command("vms")
+@click.command("vms", epilog=exitcodes.EXIT_CODES_HELP)
 @host_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per VM.")
 def vms_cmd(host: str | None, as_json: bool) -> None:
@@ -56,10 +57,17 @@ def vms_cmd(host: str | None, as_json: bool) -> None:
     sys.exit(run_trio(main))
 
 
-@click.command("exec", context_settings={"ignore_unknown_options": False})
+@click.command("exec", context_settings={"ignore_unknown_options": False}, epilog=exitcodes.EXIT_CODES_HELP)
 @host_option
-@click.option("--vm", "vm_names", multiple=True, metavar="NAME", help="A guest to run in (repeatable).")
-@click.option("--all", "all_vms", is_flag=True, help="Every VM on the host.")
+@click.option(
+    "--vm", "vm_names", multiple=True, metavar="NAME",
+    help="A guest to run in (repeatable): a name or a glob such as 'web*', matched case-insensitively "
+    "as a bundle's targets are; each must match a VM of the host.",
+)  # fmt: skip
+@click.option(
+    "--all", "all_vms", is_flag=True,
+    help="Every running VM of the host; those not running are named as skipped (not failures).",
+)  # fmt: skip
 @click.option("--credential", "credential_ref", metavar="NAME", help="Guest credential reference.")
 @click.option(
     "--max-concurrency", type=click.IntRange(1, 1024), default=None, metavar="N",
@@ -86,30 +94,33 @@ def exec_cmd(
     """Run a script block in guests through PowerShell Direct and print every record live.
 
     \b
-    Example:  vmbusops exec --vm web01 --vm web02 -- 'Get-Service W3SVC; Write-Verbose hi'
+    Example:  vmbusops exec --vm web01 --vm 'app*' -- 'Get-Service W3SVC; Write-Verbose hi'
     A guest succeeds when its script exits 0 (`exit N` sets the code; a terminating error is 1)
     and writes no PowerShell error; a native tool's stderr lines do not fail it by themselves.
     --ignore-exit-code lets a guest whose script ended with another exit code succeed.
     --json ends each guest with a `result` line: ok, exit_code, errors, code, failure.
-    Exit codes: 0 all guests ok, 1 a guest failed, 2 usage, 3 host failure, 130 Ctrl-C.
+    A --vm that matches no VM of the host is a usage error (exit code 2), found before anything runs.
     """
+    if all_vms and vm_names:
+        raise ConfigError(
+            "--all and --vm cannot be used together", hint="--all is every running VM; to pick some, use --vm alone"
+        )
     if not vm_names and not all_vms:
-        raise ConfigError("name the guests with --vm NAME (repeatable) or --all")
+        raise ConfigError("name the guests with --vm NAME (repeatable, globs allowed) or --all")
     config = load()
     text = " ".join(script)
+    check_host(host, config)  # before the credential, whose lookup depends on the host
     credential = resolve_credential(credential_ref, config, host)
     concurrency = max_concurrency or config.max_sessions
 
     async def main() -> int:
         async with open_host(host, config=config, max_runspaces=concurrency + HOST_COMMAND_RUNSPACES) as hv:
-            names = list(dict.fromkeys(vm_names))
-            if all_vms:
-                names = [vm.name for vm in await hv.list_vms()]
+            names = await _chosen_guests(hv, vm_names)
             printer = RecordPrinter(json_lines=as_json, vm_width=max((len(n) for n in names), default=4))
             outcomes = await exec_in_guests(
                 hv, names, text, credential,
                 on_record=printer.emit, max_concurrency=concurrency, timeout=timeout,
-            )
+            )  # fmt: skip
             printer.flush()
         failed = 0
         for name in names:
@@ -131,9 +142,40 @@ def exec_cmd(
     sys.exit(run_trio(main))
 
 
-@click.command("copy")
+async def _chosen_guests(hv: HyperVHost, patterns: tuple[str, ...]) -> list[str]:
+    """The guests ``exec`` runs in: what each --vm name or glob matches (each VM once, spelled as
+    the host spells it), or with none (``--all``) every running VM, the others named on stderr
+    as skipped. A --vm that matches nothing, or an --all that finds nothing running, is a usage
+    error raised before anything runs."""
+    vms = await hv.list_vms()
+    if not patterns:
+        skipped = [vm for vm in vms if not vm.running]
+        if skipped:
+            listed = ", ".join(f"{vm.name} ({vm.state})" for vm in skipped)
+            click.echo(f"--all: skipped, not running: {terminal_safe(listed)}", err=True)
+        names = [vm.name for vm in vms if vm.running]
+        if not names:
+            raise ConfigError(
+                "--all: no VM of the host is running, so there is nothing to run in",
+                hint="start one first (Start-VM), or name VMs with --vm to try them anyway",
+            )
+        return names
+    host_names = [vm.name for vm in vms]
+    unmatched = [p for p in patterns if not vms_matching(p, host_names)]
+    if unmatched:
+        raise ConfigError(
+            f"no VM of the host matches {', '.join(repr(p) for p in unmatched)}",
+            hint="list the host's VMs with: vmbusops vms (names and globs match case-insensitively)",
+        )
+    return list(dict.fromkeys(name for p in patterns for name in vms_matching(p, host_names)))
+
+
+@click.command("copy", epilog=exitcodes.EXIT_CODES_HELP)
 @host_option
-@click.option("--vm", "vm_names", multiple=True, required=True, metavar="NAME", help="Target guest (repeatable).")
+@click.option(
+    "--vm", "vm_names", multiple=True, required=True, metavar="NAME",
+    help="Target guest (repeatable): a name or a glob, as exec --vm takes; each must match a VM of the host.",
+)  # fmt: skip
 @click.option("--no-force", is_flag=True, help="Fail if the guest file exists instead of replacing it.")
 @click.option("--enable-guest-services", is_flag=True, help="Enable the Guest Service Interface first if it is off.")
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -156,7 +198,7 @@ def copy_cmd(
     async def main() -> int:
         failed = 0
         async with open_host(host, config=config) as hv:
-            for vm in vm_names:
+            for vm in await _chosen_guests(hv, vm_names):
                 enabled = False
                 try:
                     if enable_guest_services:

@@ -283,9 +283,9 @@ def remote_cancel(agent_url: str | None, token_file: Path | None, job_id: int, v
 
 
 def _agent_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    from vmbusops.cli.remote import agent_option
+    from vmbusops.cli.remote import agent_read_option
 
-    return agent_option(fn)  # type: ignore[no-any-return]
+    return agent_read_option("the local journal")(fn)  # type: ignore[no-any-return]
 
 
 @click.command("history")

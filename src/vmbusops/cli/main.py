@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 import click
 
@@ -53,12 +54,32 @@ class _Group(click.Group):
         assert isinstance(command, click.Command)
         return command
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            _usage_error(exc)
+
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except VmbusOpsError as exc:
             click.secho(f"vmbusops: {exc}", err=True, fg="red")
             ctx.exit(exit_code_for(exc))
+        except click.UsageError as exc:  # a subcommand's arguments, as click's parser judged them
+            _usage_error(exc)
+
+
+def _usage_error(exc: click.UsageError) -> NoReturn:
+    """Click's usage errors in our one-line form (click's own is four lines with a usage
+    synopsis): what was wrong, then where the command's help is. Bare ``vmbusops`` (no
+    arguments) still shows the help."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        raise exc
+    where = exc.ctx.command_path if exc.ctx is not None else "vmbusops"
+    click.secho(f"vmbusops: {exc.format_message()}", err=True, fg="red")
+    click.echo(f"  hint: see {where} --help", err=True)
+    raise click.exceptions.Exit(exc.exit_code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -35,14 +35,21 @@ RECONNECTS = 30
 
 
 def agent_option(fn: Any) -> Any:
+    """``--agent URL`` and ``--token-file`` for a command that only talks to an agent (submit)."""
+    return _agent_options(fn, f"The agent's URL (default: ${ENV_AGENT} or {DEFAULT_AGENT}).")
+
+
+def agent_read_option(instead_of: str) -> Callable[[Any], Any]:
+    """``--agent URL`` and ``--token-file`` for a command that reads ``instead_of`` without one."""
+    return lambda fn: _agent_options(fn, f"Ask the agent at this URL instead of {instead_of}.")
+
+
+def _agent_options(fn: Any, agent_help: str) -> Any:
     fn = click.option(
         "--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-        help=f"File holding the API token (default: ${ENV_TOKEN}).",
+        help=f"File holding the agent's API token (default: ${ENV_TOKEN}).",
     )(fn)  # fmt: skip
-    return click.option(
-        "--agent", "agent_url", default=None, metavar="URL",
-        help=f"The agent's URL (default: ${ENV_AGENT} or {DEFAULT_AGENT}).",
-    )(fn)  # fmt: skip
+    return click.option("--agent", "agent_url", default=None, metavar="URL", help=agent_help)(fn)
 
 
 def read_token(token_file: Path | None) -> str:
@@ -74,7 +81,7 @@ class AgentClient:
         )
 
 
-def _problem(response: httpx.Response) -> VmbusOpsError:
+def problem(response: httpx.Response) -> VmbusOpsError:
     body: dict[str, Any] = {}
     try:
         body = response.json()
@@ -101,8 +108,16 @@ def _transport(exc: httpx.HTTPError, url: str) -> TransportError:
 
 
 #: For the other clients of an agent (:mod:`.jobs_view`): an answer's refusal, and no answer.
-problem_of = _problem
+problem_of = problem
 transport_error = _transport
+
+
+def _agent_of(exc: httpx.HTTPError) -> str:
+    try:
+        url = exc.request.url
+    except RuntimeError:  # an error raised outside a request
+        return "its URL"
+    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
 
 
 async def follow_events(
@@ -118,7 +133,7 @@ async def follow_events(
                 async with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as response:
                     if response.status_code != 200:
                         await response.aread()
-                        raise _problem(response)
+                        raise problem(response)
                     async for name, data, ident in _sse(response.aiter_lines()):
                         failures = 0
                         if ident is not None:
@@ -150,7 +165,8 @@ async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, dict[str, 
 
 def run_client(fn: Callable[[], Awaitable[int]]) -> int:
     """:func:`run_trio`, with our errors raised as themselves (not inside an exception group), so
-    the command line maps them to their exit codes."""
+    the command line maps them to their exit codes. An agent that cannot be reached (refused,
+    reset, timed out) is a :class:`TransportError` naming its URL, whichever request met it."""
     failed: list[VmbusOpsError] = []
 
     async def main() -> int:
@@ -158,7 +174,9 @@ def run_client(fn: Callable[[], Awaitable[int]]) -> int:
             return await fn()
         except VmbusOpsError as exc:
             failed.append(exc)
-            return exitcodes.HOST_FAILURE
+        except httpx.HTTPError as exc:
+            failed.append(_transport(exc, _agent_of(exc)))
+        return exitcodes.HOST_FAILURE
 
     code = run_trio(main)
     if failed:
@@ -229,7 +247,7 @@ class RemoteProgress:
         async with agent.client() as client:
             response = await client.get(f"/v1/jobs/{job_id}/runs")
             if response.status_code != 200:
-                raise _problem(response)
+                raise problem(response)
             runs = response.json()["runs"]
         if self.as_json:
             self._json({"event": "summary", "job": job_id, "state": state, "runs": runs})
@@ -275,12 +293,12 @@ async def submit_bundle(agent: AgentClient, bundle_file: Path) -> dict[str, Any]
         except httpx.HTTPError as exc:
             raise _transport(exc, agent.url) from exc
     if response.status_code not in (201, 202):
-        raise _problem(response)
+        raise problem(response)
     result: dict[str, Any] = response.json()
     return result
 
 
-@click.command("submit")
+@click.command("submit", epilog=exitcodes.EXIT_CODES_HELP)
 @agent_option
 @click.argument("bundle_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-f", "--follow", is_flag=True, help="Follow the job's records and states until it ends.")
@@ -290,8 +308,8 @@ def submit_cmd(
 ) -> None:
     """Submit a signed bundle to a (remote) agent; it is verified there before anything runs.
 
-    Exit codes as for vmbusops run: 0 when every target succeeded (or, without --follow, the job
-    was accepted), 1 when any did not, 4 when the bundle was rejected.
+    Without --follow, exit code 0 says the job was accepted; with it, the job's outcome, as for
+    vmbusops run.
     """
     agent = resolve_agent(agent_url, token_file)
     progress = RemoteProgress(as_json=as_json)
@@ -330,7 +348,7 @@ def remote_logs(
             except httpx.HTTPError as exc:
                 raise _transport(exc, agent.url) from exc
             if response.status_code != 200:
-                raise _problem(response)
+                raise problem(response)
             names = [r["vm"] for r in response.json()["runs"]]
             require_run(vm, names, job_id)
             width = max([len(n) for n in names] + [8])
@@ -351,7 +369,7 @@ def remote_logs(
                     }
                     response = await client.get(f"/v1/jobs/{job_id}/records", params=params)
                     if response.status_code != 200:
-                        raise _problem(response)
+                        raise problem(response)
                     page = response.json()
                     print_records([_record_view(d) for d in page["records"]], as_json, width)
                     if not page["records"]:

@@ -9,7 +9,6 @@ scheduled DSC job keeps exactly the permissions its bundle was accepted with.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from vmbusops.bundle.manifest import ExecutionPolicy, Manifest, ScriptStep, manifest_from_dict
 from vmbusops.errors import ConfigError
+from vmbusops.vm_names import is_glob, vms_matching
 
 if TYPE_CHECKING:
     from vmbusops.bundle.verify import AcceptedBundle
@@ -112,8 +112,9 @@ class JobSource:
 def resolve_targets(manifest: Manifest, host_vms: Sequence[str]) -> list[str]:
     """The VMs a bundle targets on this host, in the manifest's order, each once.
 
-    A pattern with wildcards matches VM names case-insensitively; a plain name is kept even if the
-    host has no such VM, so that its run fails with Hyper-V's own message rather than vanishing.
+    A name or glob matches VM names case-insensitively (:mod:`vmbusops.vm_names`, as ``exec --vm``
+    does); a plain name is kept even if the host has no such VM, so that its run fails with
+    Hyper-V's own message in the journal rather than vanishing.
     """
     if manifest.targets.groups or manifest.targets.tags:
         raise ConfigError(
@@ -123,10 +124,7 @@ def resolve_targets(manifest: Manifest, host_vms: Sequence[str]) -> list[str]:
     chosen: list[str] = []
     seen: set[str] = set()
     for pattern in manifest.targets.vms:
-        if any(c in pattern for c in "*?["):
-            names = [vm for vm in host_vms if fnmatch.fnmatchcase(vm.casefold(), pattern.casefold())]
-        else:
-            names = [next((vm for vm in host_vms if vm.casefold() == pattern.casefold()), pattern)]
+        names = vms_matching(pattern, host_vms) or ([] if is_glob(pattern) else [pattern])
         for name in names:
             if name.casefold() not in seen:
                 seen.add(name.casefold())

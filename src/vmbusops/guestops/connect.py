@@ -42,10 +42,25 @@ def host_argv(kind: str, config: Config) -> tuple[str, ...]:
         from vmbusops.pwshlab import lab_argv
 
         return lab_argv(require_pwsh())
-    raise ConfigError(
-        f"unknown host {kind!r}",
-        hint=f"use one of: {', '.join(HOST_KINDS)} (or set VMBUSOPS_HOST)",
+    raise unknown_host(kind)
+
+
+def unknown_host(name: str) -> ConfigError:
+    return ConfigError(
+        f"unknown host {name!r}",
+        hint=f"use one of: {', '.join(HOST_KINDS)}, ssh://[user@]host[:port], winrm://host, or the NAME of "
+        "a [hosts.NAME] entry of config.toml (or set VMBUSOPS_HOST)",
     )
+
+
+def check_host(kind: str | None, config: Config) -> None:
+    """Raise :func:`unknown_host` for a host name nothing can open, before a command looks up
+    anything that depends on the host (a guest credential), so the error names the real mistake."""
+    from vmbusops.guestops.remote import local_kind
+
+    local = local_kind(kind or config.host, config)
+    if local is not None and local not in HOST_KINDS:
+        raise unknown_host(local)
 
 
 def host_environment(kind: str, config: Config) -> dict[str, str] | None:
@@ -54,6 +69,11 @@ def host_environment(kind: str, config: Config) -> dict[str, str] | None:
         return None
     from vmbusops.pwshlab import lab_environment
     from vmbusops.sim import default_state_dir
+    from vmbusops.sim.lab import load_lab
+
+    # The lab's cmdlets read the lab file on every call, where a bad one would fail each as a host
+    # error: read it once here, so it is the usage error it is, in the lab parser's own words.
+    load_lab(config.lab)
 
     # labctl runs with this interpreter, so the lab module uses the agent's own vmbusops.
     return lab_environment(python=sys.executable, state_dir=default_state_dir(), lab=config.lab, inherited=os.environ)

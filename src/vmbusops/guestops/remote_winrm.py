@@ -25,6 +25,13 @@ def winrm_target_for(entry: HostEntry) -> WinRMTarget:
         credential = CredentialStore().get(entry.credential)
         username, password = credential.username, credential.password
     elif entry.auth != "certificate":
+        if "://" in entry.name:  # --host winrm://...: no [hosts.NAME] entry, so nowhere to name one
+            raise ConfigError(
+                f"{entry.name} needs a credential for {entry.auth} authentication",
+                hint=f"add a [hosts.NAME] entry to config.toml with address = \"{entry.address}\" and "
+                "credential = \"NAME-winrm\", run: vmbusops cred set NAME-winrm --username 'DOMAIN\\user', "
+                "then use --host NAME",
+            )
         raise ConfigError(
             f"[hosts.{entry.name}] needs a credential for {entry.auth} authentication",
             hint=f"vmbusops cred set {entry.name}-winrm --username 'DOMAIN\\user', then credential = \"{entry.name}-winrm\"",

@@ -8,6 +8,7 @@ an SSH channel to the host's ``powershell`` subsystem is another.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +28,16 @@ POWERSHELL_ARGV = ("powershell.exe", "-NoLogo", "-NoProfile", "-ServerMode")
 PWSH_ARGV = ("pwsh", "-NoLogo", "-NoProfile", "-ServerMode")
 #: Where to look for PowerShell 7 first (an executable path).
 ENV_PWSH = "VMBUSOPS_PWSH"
+#: A host process that will not start because of what it was given (the simulator's lab file or
+#: state directory) writes one line to stderr, this prefix then ``{"message": ..., "hint": ...}``,
+#: and exits; :class:`ProcessTransport` raises it as the :class:`ConfigError` it is, so the
+#: operator reads the host's own words and a usage error's exit code, not "closed its output".
+REFUSAL_PREFIX = "vmbusops-host-refused: "
+
+
+def refusal_line(exc: ConfigError) -> bytes:
+    """The stderr line a host process writes when it refuses to start (see :data:`REFUSAL_PREFIX`)."""
+    return (REFUSAL_PREFIX + json.dumps({"message": exc.message, "hint": exc.hint}) + "\n").encode("utf-8")
 
 
 def find_pwsh() -> str | None:
@@ -101,6 +112,7 @@ class ProcessTransport:
         self._stdout = process.stdout
         self._stderr_tail: deque[bytes] = deque()
         self._stderr_size = 0
+        self._stderr_done = trio.Event()
         self._send_lock = trio.Lock()
 
     @classmethod
@@ -144,16 +156,30 @@ class ProcessTransport:
 
     async def _drain_stderr(self) -> None:
         stderr = self._process.stderr
-        if stderr is None:
-            return
         try:
-            while chunk := await stderr.receive_some(4096):
+            while stderr is not None and (chunk := await stderr.receive_some(4096)):
                 self._stderr_tail.append(bytes(chunk))
                 self._stderr_size += len(chunk)
                 while self._stderr_size > self._STDERR_KEEP and len(self._stderr_tail) > 1:
                     self._stderr_size -= len(self._stderr_tail.popleft())
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             return
+        finally:
+            self._stderr_done.set()
+
+    async def _raise_if_refused(self) -> None:
+        """At the end of the child's output: if it refused to start, raise what it said."""
+        with trio.move_on_after(1.0):
+            await self._stderr_done.wait()
+        tail = b"".join(self._stderr_tail).decode("utf-8", "replace")
+        for line in reversed(tail.splitlines()):
+            if line.startswith(REFUSAL_PREFIX):
+                try:
+                    said = json.loads(line[len(REFUSAL_PREFIX) :])
+                    message, hint = str(said["message"]), said.get("hint")
+                except (ValueError, KeyError, TypeError):
+                    return
+                raise ConfigError(message, hint=str(hint) if hint else None)
 
     def describe(self) -> str:
         return f"{os.path.basename(self._argv[0])} (pid {self._process.pid})"
@@ -180,6 +206,7 @@ class ProcessTransport:
                 await self._stdin.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 # The child may have exited before the first message: say how, as the receive path does.
+                await self._raise_if_refused()
                 detail = await self.failure_detail()
                 raise HostProcessExitedError(
                     f"the PowerShell host {self.describe()} stopped reading its input"
@@ -188,9 +215,12 @@ class ProcessTransport:
 
     async def receive_some(self) -> bytes:
         try:
-            return bytes(await self._stdout.receive_some(256 * 1024))
+            data = bytes(await self._stdout.receive_some(256 * 1024))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return b""
+            data = b""
+        if not data:
+            await self._raise_if_refused()
+        return data
 
     async def aclose(self, *, graceful: bool = True) -> None:
         """Close stdin, give the child a moment to exit on its own (if graceful), then kill it."""

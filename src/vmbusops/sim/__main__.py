@@ -1,8 +1,11 @@
 """``python -m vmbusops.sim [--lab FILE] [--state-dir DIR]``: a fake PowerShell server on stdin/stdout.
 
-Only OutOfProc packets ever reach stdout and nothing reaches stderr (clients such as pypsrp merge
-stderr into stdout, so one stray line would break the protocol). Diagnostics go to the file named
-by ``VMBUSOPS_SIM_LOG`` when it is set, and nowhere otherwise.
+Only OutOfProc packets ever reach stdout and, once it serves, nothing reaches stderr (clients such
+as pypsrp merge stderr into stdout, so one stray line would break the protocol). Diagnostics go to
+the file named by ``VMBUSOPS_SIM_LOG`` when it is set, and nowhere otherwise. The one exception is
+a refusal to start (a bad lab file or state directory): then no protocol will follow, and one line
+on stderr (``vmbusops.psrp.transport.refusal_line``) carries the reason to the client, which shows
+it as the usage error it is.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import NoReturn
 
 import trio
 
-from vmbusops.errors import VmbusOpsError
+from vmbusops.errors import ConfigError, VmbusOpsError
+from vmbusops.psrp.transport import refusal_line
 from vmbusops.sim import default_state_dir
 from vmbusops.sim.hyperv import HyperVHost
 from vmbusops.sim.lab import load_lab
@@ -86,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lab = load_lab(args.lab)
         store = HostStore(lab, args.state_dir or default_state_dir())
-    except VmbusOpsError:
+    except VmbusOpsError as exc:
         log.exception("cannot start")
+        # fd 2 is still the client's pipe here (only sys.stderr was replaced): say why, once.
+        reason = exc if isinstance(exc, ConfigError) else ConfigError(exc.message, hint=exc.hint)
+        os.write(2, refusal_line(reason))
         return EXIT_USAGE
     log.info("simulator started: lab %s (%d VMs), state %s", lab.source, len(lab.vms), store.state_dir)
     trio.run(_serve, HyperVHost(lab, store))

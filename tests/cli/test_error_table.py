@@ -1,0 +1,353 @@
+"""Every bad input, for every command: one line that says what was wrong (and, on a second line,
+``  hint:`` what to do), the exit code src/vmbusops/cli/exitcodes.py documents for it, nothing
+on stdout, no traceback, no secret.
+
+The table is the command line as an operator types it, run through the real click group with the
+simulator as the host. ``{tmp}`` in an argument or a variable is the test's scratch folder, where
+:func:`scene` wrote the files the cases name; ``{unwritable}`` is a directory this user cannot
+create. Cases that need a process of their own (a reader that goes away, an agent) follow the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.api.conftest import Agent, agent_factory  # noqa: F401 - the fixture, for the agent tests
+from tests.builders import PASSWORD, script
+from tests.clirun import Ran, vmbusops
+from tests.engine.bundles import signed_bundle, trust_and_credential
+
+from vmbusops.bundle.crypto import PrivateKey
+from vmbusops.cli import exitcodes
+
+USAGE, HOST, BUNDLE = exitcodes.USAGE, exitcodes.HOST_FAILURE, exitcodes.BUNDLE_REJECTED
+DEAD_AGENT = "http://127.0.0.1:1"  # nothing listens on port 1
+TOKEN = "vmo_table-token-never-shown"  # a made-up token the output must never show
+NOISE = ("Traceback", "Exception ignored", "ExceptionGroup", "BrokenPipeError", "Usage: ")
+
+
+@dataclass(frozen=True)
+class Case:
+    args: tuple[str, ...]
+    code: int
+    says: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    never: str | None = None  # a wrong diagnosis this case once gave
+    job: bool = False  # a finished job 1 exists first
+    home_files: Mapping[str, str] = field(default_factory=dict)  # written under $VMBUSOPS_HOME first
+
+
+def case(
+    name: str, *args: str, code: int, says: str, env: Mapping[str, str] | None = None, never: str | None = None,
+    job: bool = False, home_files: Mapping[str, str] | None = None,
+) -> Any:
+    return pytest.param(Case(args, code, says, env or {}, never, job, home_files or {}), id=name)
+
+
+LAB = "VMBUSOPS_LAB"
+HOME = "VMBUSOPS_HOME"
+SIM_CLOSED = "closed its output"
+
+CASES = [
+    # The lab file: the simulator's own words, as a usage error, for every command that starts it.
+    case("lab-bad-toml", "vms", env={LAB: "{tmp}/bad.toml"}, code=USAGE, says="is not valid TOML", never=SIM_CLOSED),
+    case("lab-bad-state", "vms", env={LAB: "{tmp}/badstate.toml"}, code=USAGE,
+         says="state must be one of Running, Off, Saved, Paused, not 'flying'", never=SIM_CLOSED),
+    case("lab-unknown-key", "vms", env={LAB: "{tmp}/unknown.toml"}, code=USAGE, says="unknown key(s) bogus",
+         never=SIM_CLOSED),
+    case("lab-missing", "vms", env={LAB: "{tmp}/nosuch.toml"}, code=USAGE, says="cannot read lab file",
+         never=SIM_CLOSED),
+    case("lab-bad-exec", "exec", "--vm", "web01", "--credential", "lab-admin", "--", "hostname",
+         env={LAB: "{tmp}/badstate.toml"}, code=USAGE, says="state must be one of", never=SIM_CLOSED),
+    case("lab-bad-copy", "copy", "--vm", "web01", "{tmp}/motd.txt", "C:\\Temp\\motd.txt",
+         env={LAB: "{tmp}/unknown.toml"}, code=USAGE, says="unknown key(s) bogus", never=SIM_CLOSED),
+    case("lab-bad-run", "run", "{tmp}/job.vmb", env={LAB: "{tmp}/bad.toml"}, code=USAGE, says="is not valid TOML",
+         never=SIM_CLOSED),
+    case("lab-bad-agent", "agent", "--listen", "127.0.0.1:0", env={LAB: "{tmp}/badstate.toml"}, code=USAGE,
+         says="state must be one of", never=SIM_CLOSED),
+    # $VMBUSOPS_HOME: not a directory, under a file, a parent that does not exist, not writable.
+    case("home-is-a-file", "vms", env={HOME: "{tmp}/afile"}, code=USAGE, says="cannot be used: it is not a directory"),
+    case("home-under-a-file", "jobs", env={HOME: "{tmp}/afile/home"}, code=USAGE, says="cannot be used"),
+    case("home-parent-missing", "vms", env={HOME: "/proc/vmbusops-nosuch/home"}, code=USAGE,
+         says="VMBUSOPS_HOME=/proc/vmbusops-nosuch/home cannot be used"),
+    case("home-unwritable", "cred", "list", env={HOME: "{unwritable}"}, code=USAGE, says="cannot be used"),
+    case("home-unwritable-exec", "exec", "--vm", "web01", "--", "hostname", env={HOME: "{unwritable}"}, code=USAGE,
+         says="cannot be used"),
+    case("config-bad-toml", "vms", env={HOME: "{tmp}/badconfig"}, code=USAGE, says="config.toml"),
+    # An agent that is not there, or no token for it.
+    case("agent-dead-schedule", "schedule", "list", "--agent", DEAD_AGENT, code=HOST,
+         says=f"cannot reach the agent at {DEAD_AGENT}"),
+    case("agent-dead-logs", "logs", "1", "--agent", DEAD_AGENT, code=HOST, says=f"cannot reach the agent at {DEAD_AGENT}"),
+    case("agent-dead-logs-follow", "logs", "1", "-f", "--agent", DEAD_AGENT, code=HOST,
+         says=f"cannot reach the agent at {DEAD_AGENT}"),
+    case("agent-dead-submit", "submit", "{tmp}/job.vmb", "--agent", DEAD_AGENT, code=HOST,
+         says=f"cannot reach the agent at {DEAD_AGENT}"),
+    case("agent-no-token", "schedule", "list", "--agent", DEAD_AGENT, env={"VMBUSOPS_TOKEN": ""}, code=USAGE,
+         says="no API token"),
+    case("agent-token-file-missing", "logs", "1", "--agent", DEAD_AGENT, "--token-file", "{tmp}/nosuch", code=USAGE,
+         says="cannot read the token file"),
+    case("submit-missing-file", "submit", "{tmp}/nosuch.vmb", "--agent", DEAD_AGENT, code=USAGE, says="cannot read"),
+    # The host: a name nothing can open is named as such, not blamed on the credential.
+    case("host-bogus-exec", "exec", "--host", "bogus", "--vm", "web01", "--credential", "lab-admin", "--", "hostname",
+         code=USAGE, says="unknown host 'bogus'", never="credential"),
+    case("host-bogus-env", "exec", "--vm", "web01", "--", "hostname", env={"VMBUSOPS_HOST": "bogus"}, code=USAGE,
+         says="unknown host 'bogus'", never="credential"),
+    case("host-bogus-vms", "vms", "--host", "bogus", code=USAGE, says="unknown host 'bogus'"),
+    case("host-bogus-run", "run", "--host", "bogus", "{tmp}/job.vmb", code=USAGE, says="unknown host 'bogus'",
+         never="credential"),
+    case("host-winrm-no-credential", "vms", "--host", "winrm://127.0.0.1:1", code=USAGE,
+         says="winrm://127.0.0.1:1 needs a credential", never="cred set winrm://"),
+    case("host-ssh-dead", "vms", "--host", "ssh://vmbusops@127.0.0.1:1", code=HOST, says="cannot reach"),
+    # Jobs: one that does not exist, or is not in a state that allows what was asked, is a usage error.
+    case("jobs-show-missing", "jobs", "show", "999", code=USAGE, says="no job 999"),
+    case("logs-missing", "logs", "999", code=USAGE, says="no job 999"),
+    case("logs-follow-missing", "logs", "999", "-f", code=USAGE, says="no job 999"),
+    case("jobs-resume-missing", "jobs", "resume", "999", code=USAGE, says="no job 999"),
+    case("jobs-cancel-missing", "jobs", "cancel", "999", code=USAGE, says="no job 999"),
+    case("jobs-resume-finished", "jobs", "resume", "1", code=USAGE, says="only an interrupted job can be resumed",
+         job=True),
+    case("logs-vm-not-in-job", "logs", "1", "--vm", "nosuch", code=USAGE, says="no run on nosuch in job 1", job=True),
+    case("jobs-show-not-a-number", "jobs", "show", "abc", code=USAGE, says="'abc' is not a valid integer"),
+    case("logs-bad-stream", "logs", "1", "--stream", "bogus", code=USAGE, says="'bogus' is not one of"),
+    # exec: which guests.
+    case("exec-no-guests", "exec", "--", "hostname", code=USAGE, says="name the guests"),
+    case("exec-all-and-vm", "exec", "--all", "--vm", "web01", "--", "hostname", code=USAGE,
+         says="--all and --vm cannot be used together"),
+    case("exec-vm-missing", "exec", "--vm", "nosuch", "--", "hostname", code=USAGE, says="no VM of the host matches 'nosuch'"),
+    case("exec-glob-matches-nothing", "exec", "--vm", "zz*", "--", "hostname", code=USAGE,
+         says="no VM of the host matches 'zz*'"),
+    case("exec-no-credential", "exec", "--vm", "web01", "--credential", "nosuch", "--", "hostname", code=USAGE,
+         says="no credential named 'nosuch'"),
+    case("exec-no-script", "exec", "--vm", "web01", code=USAGE, says="Missing argument 'SCRIPT...'"),
+    case("exec-bad-timeout", "exec", "--vm", "web01", "--timeout", "0", "--", "hostname", code=USAGE, says="--timeout"),
+    case("exec-bad-concurrency", "exec", "--vm", "web01", "--max-concurrency", "0", "--", "x", code=USAGE,
+         says="--max-concurrency"),
+    case("exec-unknown-option", "exec", "--vms", "web01", "--", "hostname", code=USAGE, says="No such option"),
+    # copy
+    case("copy-missing-source", "copy", "--vm", "web01", "{tmp}/nosuch.txt", "C:\\Temp\\x.txt", code=USAGE,
+         says="does not exist"),
+    case("copy-relative-destination", "copy", "--vm", "web01", "{tmp}/motd.txt", "Temp\\x.txt", code=USAGE,
+         says="is not an absolute Windows path"),
+    case("copy-vm-missing", "copy", "--vm", "nosuch", "{tmp}/motd.txt", "C:\\Temp\\x.txt", code=USAGE,
+         says="no VM of the host matches 'nosuch'"),
+    # bundles, keys and trust
+    case("run-missing-bundle", "run", "{tmp}/nosuch.vmb", code=USAGE, says="no bundle file"),
+    case("run-garbage-bundle", "run", "{tmp}/garbage.vmb", code=BUNDLE, says="too short to be a tar archive"),
+    case("inspect-garbage-bundle", "bundle", "inspect", "{tmp}/garbage.vmb", code=BUNDLE, says="too short"),
+    case("verify-garbage-bundle", "bundle", "verify", "{tmp}/garbage.vmb", code=BUNDLE, says="too short"),
+    case("trust-add-not-a-key", "trust", "add", "{tmp}/motd.txt", code=USAGE, says="is not a PEM public key"),
+    case("trust-add-missing-key", "trust", "add", "{tmp}/nosuch.pub", code=USAGE, says="does not exist"),
+    case("trust-add-bad-steps", "trust", "add", "{tmp}/motd.txt", "--steps", "bogus", code=USAGE,
+         says="known step kinds are"),
+    case("keys-new-bad-name", "keys", "new", "../x", code=USAGE, says="key name '../x' must be"),
+    case("build-missing-source", "bundle", "build", "{tmp}/nosuch", "-o", "{tmp}/x.vmb", code=USAGE,
+         says="does not exist"),
+    case("sign-missing-key", "bundle", "sign", "{tmp}/job.vmb", "--key", "nosuch", code=USAGE,
+         says="cannot read private key"),
+    case("trust-remove-unknown", "trust", "remove", "nosuch", code=USAGE, says="nosuch"),
+    # state under $VMBUSOPS_HOME that cannot be read: named, never a traceback
+    case("trust-policy-corrupt", "trust", "list", home_files={"trust.toml": "garbage"}, code=USAGE,
+         says="is not valid TOML"),
+    case("credentials-corrupt", "cred", "list", home_files={"credentials.json": "{bad"}, code=USAGE,
+         says="cannot be read"),
+    case("journal-corrupt", "jobs", home_files={"journal/journal.sqlite": "garbage" * 200}, code=HOST,
+         says="file is not a database"),
+    case("jobs-limit-negative", "jobs", "--limit", "-1", code=USAGE, says="--limit"),
+    # agent administration
+    case("agent-listen-not-host-port", "agent", "--listen", "bogus", code=USAGE, says="cannot listen on 'bogus'"),
+    case("agent-listen-unresolvable", "agent", "--listen", "nosuch.invalid:8421", code=USAGE,
+         says="cannot listen on nosuch.invalid:8421"),
+    case("agent-bad-max-sessions", "agent", "--max-sessions", "0", code=USAGE, says="--max-sessions"),
+    case("token-bad-duration", "agent", "token", "create", "--name", "x", "--expires-in", "soon", code=USAGE,
+         says="bad duration 'soon'"),
+    case("token-revoke-missing", "agent", "token", "revoke", "nosuch", code=USAGE, says="no token or certificate"),
+    # the rest
+    case("dsc-missing-transcript", "dsc", "parse-lcm", "{tmp}/nosuch.txt", code=USAGE, says="No such file"),
+    case("unknown-command", "nosuch", code=USAGE, says="No such command 'nosuch'"),
+    case("unknown-option", "--bogus", code=USAGE, says="No such option"),
+    case("prune-unknown-option", "prune", "--bogus", code=USAGE, says="No such option"),
+    case("cred-remove-missing", "cred", "remove", "nosuch", code=USAGE, says="nosuch"),
+]  # fmt: skip
+
+
+@dataclass
+class Scene:
+    tmp: Path
+    unwritable: str
+    secrets: list[str]
+
+    def fill(self, text: str) -> str:
+        return text.replace("{tmp}", str(self.tmp)).replace("{unwritable}", self.unwritable)
+
+
+@pytest.fixture
+def scene(tmp_path: Path, make_lab: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[Scene]:
+    lab = make_lab()
+    monkeypatch.setenv("VMBUSOPS_TOKEN", TOKEN)
+    (tmp_path / "bad.toml").write_text("x = [\n")
+    (tmp_path / "badstate.toml").write_text('[[vm]]\nname = "a"\nstate = "flying"\n')
+    (tmp_path / "unknown.toml").write_text("bogus = 1\n")
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "motd.txt").write_text("hello\n")
+    (tmp_path / "garbage.vmb").write_bytes(b"\x00not a bundle" * 8)
+    (tmp_path / "badconfig").mkdir()
+    (tmp_path / "badconfig" / "config.toml").write_text("[host\n")
+    key = PrivateKey.generate()
+    trust_and_credential(key)
+    job = signed_bundle(tmp_path, key, vms=["web01"], steps=[script("s", "Write-Output hi")])
+    job.rename(tmp_path / "job.vmb")
+    if os.geteuid() == 0:  # root may write anywhere a mode allows; sysfs refuses new folders even to root
+        unwritable = "/sys/vmbusops-unwritable/home"
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        unwritable = str(tmp_path / "ro" / "home")
+    secrets = [PASSWORD, TOKEN, *(lab.lab.credential(vm.name)[1] for vm in lab.lab.vms)]
+    yield Scene(tmp_path, unwritable, secrets)
+    if (tmp_path / "ro").exists():
+        (tmp_path / "ro").chmod(0o700)
+
+
+def assert_one_line(ran: Ran, *, code: int, says: str, secrets: list[str], never: str | None = None) -> None:
+    shown = f"exit {ran.returncode}\nstdout: {ran.stdout!r}\nstderr: {ran.stderr!r}"
+    assert ran.returncode == code, shown
+    assert ran.stdout == "", shown
+    lines = ran.stderr.splitlines()
+    assert 1 <= len(lines) <= 2, shown
+    assert lines[0].startswith("vmbusops: ") and says in lines[0], shown
+    if len(lines) == 2:
+        assert lines[1].startswith("  hint: "), shown
+    assert not any(noise in ran.stderr for noise in NOISE), shown
+    if never is not None:
+        assert never not in ran.stderr, shown
+    for secret in secrets:
+        assert secret not in ran.stdout + ran.stderr
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_bad_input_is_one_line_with_its_documented_exit_code(case: Case, scene: Scene) -> None:
+    if case.job:
+        ran = vmbusops("run", str(scene.tmp / "job.vmb"))
+        assert ran.returncode in (0, 1), ran  # finished, whatever its outcome
+    for name, text in case.home_files.items():
+        (Path(os.environ["VMBUSOPS_HOME"]) / name).parent.mkdir(parents=True, exist_ok=True)
+        (Path(os.environ["VMBUSOPS_HOME"]) / name).write_text(text)
+    env = {name: scene.fill(value) for name, value in case.env.items()}
+    args = [scene.fill(a) for a in case.args]
+    ran = vmbusops(*args, env=env)
+    assert_one_line(ran, code=case.code, says=case.says, secrets=scene.secrets, never=case.never)
+
+
+def test_every_command_is_in_the_table() -> None:
+    from vmbusops.cli.main import COMMANDS
+
+    named = {p.values[0].args[0] for p in CASES}  # type: ignore[attr-defined]
+    named |= {"hosts", "demo"}  # hosts: tests/remote/test_hosts_cli.py; demo takes no input to get wrong
+    assert set(COMMANDS) <= named, sorted(set(COMMANDS) - named)
+
+
+# --- what the table's one-liners replaced -------------------------------------------------------
+
+
+def test_exec_takes_globs_as_bundles_do(make_lab: Callable[..., Any]) -> None:
+    make_lab()
+    ran = vmbusops("exec", "--vm", "WEB0?", "--vm", "web01", "--json", "--", "hostname")
+    assert ran.returncode == 0, ran.stderr
+    results = [json.loads(line) for line in ran.stdout.splitlines() if '"result"' in line]
+    assert [r["vm"] for r in results] == ["web01", "web02"]  # the host's spelling, each VM once
+
+
+def test_trust_add_takes_vm_like_every_command_and_still_vms(tmp_path: Path) -> None:
+    assert vmbusops("keys", "new", "alice").returncode == 0
+    pub = str(Path(os.environ["VMBUSOPS_HOME"]) / "keys" / "alice.pub")
+    added = vmbusops("trust", "add", pub, "--vm", "web*", "--vms", "db01", "--credential", "lab-admin")
+    assert added.returncode == 0, added.stderr
+    listed = vmbusops("trust", "list").stdout
+    assert "web*" in listed and "db01" in listed
+    assert "--vms" not in vmbusops("trust", "add", "--help").stdout
+
+
+@pytest.mark.parametrize("command", [["run"], ["exec"], ["copy"], ["vms"], ["submit"], ["logs"], ["jobs", "resume"]])
+def test_help_lists_every_exit_code(command: list[str]) -> None:
+    shown = vmbusops(*command, "--help").stdout
+    for code in (0, 1, 2, 3, 4, 130):
+        assert f"\n    {code} " in shown, (code, shown)
+
+
+def test_host_help_names_every_kind_of_host() -> None:
+    shown = " ".join(vmbusops("vms", "--help").stdout.split())
+    for kind in ("sim", "local", "pwsh-lab", "ssh://", "winrm://", "[hosts.NAME]"):
+        assert kind in shown, kind
+
+
+# --- readers that go away, agents ---------------------------------------------------------------
+
+
+def _head_one(*args: str, env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """Run ``vmbusops ARGS | head -1``: read one line, leave; the exit code and stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmbusops", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    code = proc.wait(timeout=120)
+    assert first, stderr
+    return code, stderr
+
+
+def test_a_reader_that_leaves_a_local_listing_gets_no_noise(make_lab: Callable[..., Any], tmp_path: Path) -> None:
+    make_lab()
+    key = PrivateKey.generate()
+    trust_and_credential(key)
+    loud = script("loud", '1..4000 | ForEach-Object { "line $_" }')
+    assert vmbusops("run", str(signed_bundle(tmp_path, key, vms=["web01", "web02"], steps=[loud]))).returncode in (0, 1)
+    for args in (["logs", "1"], ["logs", "1", "--json"], ["logs", "1", "-f"], ["jobs", "show", "1", "--json"]):
+        code, stderr = _head_one(*args)
+        assert code in (0, 1), (args, code, stderr)  # 1: the reader left before the end
+        assert stderr == "", (args, stderr)
+
+
+def test_following_an_agent_into_a_reader_that_leaves_is_quiet(agent_factory: Callable[..., Agent]) -> None:  # noqa: F811
+    agent = agent_factory()
+    # Quiet at first, so the follower's first line comes live over SSE, not from the catch-up.
+    loud = script("loud", 'Start-Sleep -Seconds 3; 1..3000 | ForEach-Object { "line $_" }; Start-Sleep -Seconds 1; "done"')
+    env = {"VMBUSOPS_HOME": str(agent.home), "VMBUSOPS_TOKEN": agent.tokens["admin"]}
+    submitted = subprocess.run(
+        [sys.executable, "-m", "vmbusops", "submit", str(agent.bundle(["a-web01", "a-web02"], [loud])),
+         "--agent", agent.url],
+        capture_output=True, text=True, env={**os.environ, **env}, timeout=60, check=False,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split()[1]
+    for args in (["logs", job_id, "-f"], ["logs", job_id, "-f", "--json"], ["logs", job_id]):
+        code, stderr = _head_one(*args, "--agent", agent.url, env=env)
+        assert code in (0, 1), (args, code, stderr)
+        assert stderr == "", (args, stderr)
+        assert agent.tokens["admin"] not in stderr
+
+
+def test_an_agent_that_stopped_is_one_line(agent_factory: Callable[..., Agent]) -> None:  # noqa: F811
+    agent = agent_factory()
+    url = agent.url
+    assert agent.stop() == 0
+    env = {"VMBUSOPS_HOME": str(agent.home), "VMBUSOPS_TOKEN": agent.tokens["admin"]}
+    for args in (["schedule", "list"], ["logs", "1"]):
+        ran = subprocess.run(
+            [sys.executable, "-m", "vmbusops", *args, "--agent", url],
+            capture_output=True, text=True, env={**os.environ, **env}, timeout=60, check=False,
+        )  # fmt: skip
+        assert_one_line(
+            Ran(ran.returncode, ran.stdout, ran.stderr), code=HOST, says=f"cannot reach the agent at {url}",
+            secrets=[agent.tokens["admin"]],
+        )
