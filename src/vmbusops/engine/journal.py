@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from vmbusops.engine import journal_retention
-from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
+from vmbusops.engine.changes import Change
 from vmbusops.engine.journal_history import (
     LAST_ALIVE,
     RECORDS_OF_RUN,
@@ -56,7 +56,7 @@ from vmbusops.engine.journal_history import (
 )
 from vmbusops.engine.journal_retention import Prunable
 from vmbusops.engine.journal_rows import JobView, RecordView, RunView, StepView, VmRunView
-from vmbusops.engine.journal_schema import SCHEMA, SCHEMA_VERSION, upgrade
+from vmbusops.engine.journal_schema import SCHEMA, SCHEMA_VERSION, update_sql, upgrade
 from vmbusops.engine.states import State
 from vmbusops.errors import JobStateError, JournalError, NoSuchJobError
 from vmbusops.home import home_path
@@ -277,7 +277,7 @@ class Journal:
                     stored,
                 )
             for change in changes:
-                db.execute(*_update(change))
+                db.execute(*update_sql(change))
         return stored
 
     def next_seq(self, run_id: int) -> int:
@@ -638,49 +638,6 @@ class Journal:
             )
             for r in self.stored_records(job_id, after=after, run_id=run_id, stream=stream, limit=limit)
         ]
-
-
-def _update(change: Change) -> tuple[str, list[Any]]:
-    """The one UPDATE that writes ``change``: only the fields it sets."""
-    sets: list[str] = []
-    params: list[Any] = []
-
-    def put(column: str, value: Any, expr: str = "?") -> None:
-        if value is not None:
-            sets.append(f"{column} = {expr}")
-            params.append(value)
-
-    match change:
-        case JobChange():
-            put("state", change.state.value)
-            put("started_at", change.started_at, "COALESCE(started_at, ?)")
-            put("finished_at", change.finished_at)
-            put("error", change.error)
-            where, keys = "jobs SET {} WHERE id = ?", [change.job_id]
-        case RunChange():
-            put("state", change.state.value if change.state is not None else None)
-            sets.append("current_step = ?")
-            params.append(change.current_step)
-            put("records", change.records)
-            put("error", change.error)
-            put("code", change.code)
-            put("started_at", change.started_at)
-            put("finished_at", change.finished_at)
-            put("excerpt", json.dumps(change.excerpt) if change.excerpt is not None else None)
-            where, keys = "runs SET {} WHERE id = ?", [change.run_id]
-        case StepChange():
-            put("state", change.state.value)
-            put("attempts", change.attempts)
-            put("started_at", change.started_at)
-            if change.clear:
-                sets += ["finished_at = NULL", "error = NULL", "code = NULL", "exit_code = NULL"]
-            put("finished_at", change.finished_at)
-            put("error", change.error)
-            put("code", change.code)
-            put("exit_code", change.exit_code)
-            where, keys = "steps SET {} WHERE run_id = ? AND idx = ?", [change.run_id, change.index]
-    # Only fixed column names are interpolated; every value is a bound parameter.
-    return "UPDATE " + where.format(", ".join(sets)), [*params, *keys]
 
 
 #: A stored state's text to its State, without an Enum call per row.

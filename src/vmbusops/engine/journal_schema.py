@@ -1,4 +1,5 @@
-"""The journal's tables, and how a journal written by an older version is brought up to date.
+"""The journal's tables, how a journal written by an older version is brought up to date, and
+the one UPDATE each state change is written with (:func:`update_sql`).
 
 Schema 3 keys records on ``(job_id, n)``: ``n`` numbers a job's records 1, 2, 3... in the order
 they were journaled, so reading a job is a range scan of the primary key with a cursor of one
@@ -11,9 +12,11 @@ in one transaction, numbering each job's records in the order schema 2 read them
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from typing import Final
+from typing import Any, Final
 
+from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
 from vmbusops.storage import add_missing_columns
 
 SCHEMA_VERSION: Final = 3
@@ -132,3 +135,46 @@ def upgrade(db: sqlite3.Connection) -> None:
 
 
 __all__ = ["ADDED_COLUMNS", "SCHEMA", "SCHEMA_VERSION", "upgrade"]
+
+
+def update_sql(change: Change) -> tuple[str, list[Any]]:
+    """The one UPDATE that writes ``change``: only the fields it sets."""
+    sets: list[str] = []
+    params: list[Any] = []
+
+    def put(column: str, value: Any, expr: str = "?") -> None:
+        if value is not None:
+            sets.append(f"{column} = {expr}")
+            params.append(value)
+
+    match change:
+        case JobChange():
+            put("state", change.state.value)
+            put("started_at", change.started_at, "COALESCE(started_at, ?)")
+            put("finished_at", change.finished_at)
+            put("error", change.error)
+            where, keys = "jobs SET {} WHERE id = ?", [change.job_id]
+        case RunChange():
+            put("state", change.state.value if change.state is not None else None)
+            sets.append("current_step = ?")
+            params.append(change.current_step)
+            put("records", change.records)
+            put("error", change.error)
+            put("code", change.code)
+            put("started_at", change.started_at)
+            put("finished_at", change.finished_at)
+            put("excerpt", json.dumps(change.excerpt) if change.excerpt is not None else None)
+            where, keys = "runs SET {} WHERE id = ?", [change.run_id]
+        case StepChange():
+            put("state", change.state.value)
+            put("attempts", change.attempts)
+            put("started_at", change.started_at)
+            if change.clear:
+                sets += ["finished_at = NULL", "error = NULL", "code = NULL", "exit_code = NULL"]
+            put("finished_at", change.finished_at)
+            put("error", change.error)
+            put("code", change.code)
+            put("exit_code", change.exit_code)
+            where, keys = "steps SET {} WHERE run_id = ? AND idx = ?", [change.run_id, change.index]
+    # Only fixed column names are interpolated; every value is a bound parameter.
+    return "UPDATE " + where.format(", ".join(sets)), [*params, *keys]
