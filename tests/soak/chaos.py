@@ -459,17 +459,22 @@ def check(home: Path, soak: Soak) -> None:
         value = json.loads(content).get("value")
         if isinstance(value, str):
             lines.setdefault((run_id, step, attempt), []).append(value)
-    done_attempts: dict[tuple[int, str | None], int] = {}
-    for (run_id, step, _attempt), got in lines.items():
+    # The attempts of each step whose script ran to its end ("done"). A step is idempotent here, so
+    # an attempt whose end the agent never saw (killed, or its host killed, after "done" and before
+    # the outcome was journaled) is rightly run again; what must never happen is an attempt after
+    # the one that succeeded: the step's last attempt is the one that finished, and no later one ran.
+    done_attempts: dict[tuple[int, str | None], set[int]] = {}
+    for (run_id, step, attempt), got in lines.items():
         numbers = [int(t.rsplit(" ", 1)[1]) for t in got if " line " in t]
         if numbers != list(range(1, len(numbers) + 1)):
             report.violations.append(f"run {run_id} step {step}: lines {numbers[:8]}... not 1..n once each")
         if any(t.startswith("done ") for t in got):
-            done_attempts[(run_id, step)] = done_attempts.get((run_id, step), 0) + 1
-    for run_id, name, state in journal.execute("SELECT run_id, name, state FROM steps"):
-        if state == "success" and done_attempts.get((run_id, name), 0) != 1:
+            done_attempts.setdefault((run_id, step), set()).add(attempt)
+    for run_id, name, state, attempts in journal.execute("SELECT run_id, name, state, attempts FROM steps"):
+        done = sorted(done_attempts.get((run_id, name), set()))
+        if state == "success" and (not done or done[-1] != attempts):
             report.violations.append(
-                f"run {run_id} step {name} succeeded with {done_attempts.get((run_id, name), 0)} finished attempts"
+                f"run {run_id} step {name} succeeded in attempt {attempts}, but finished in attempts {done}"
             )
     journal.close()
     replay.close()
