@@ -66,11 +66,11 @@ def test_copy_json_is_one_line_per_vm_and_exit_1_when_any_failed(make_lab: Calla
     make_lab()
     src = tmp_path / "f.txt"
     src.write_text("hello", encoding="utf-8")
-    done = vmbusops("copy", "--vm", "web01", "--vm", "nosuch", "--json", str(src), "C:\\f.txt")
+    done = vmbusops("copy", "--vm", "web01", "--vm", "legacy01", "--json", str(src), "C:\\f.txt")  # legacy01 is off
     assert done.returncode == 1
     by_vm = {d["vm"]: d for d in lines(done.stdout)}
     assert by_vm["web01"] == {
         "vm": "web01", "ok": True, "source": str(src.resolve()), "dest": "C:\\f.txt", "bytes": 5,
         "enabled_guest_services": False,
     }  # fmt: skip
-    assert by_vm["nosuch"]["ok"] is False and "unable to find a virtual machine" in by_vm["nosuch"]["error"]
+    assert by_vm["legacy01"]["ok"] is False and "needs a running guest" in by_vm["legacy01"]["error"]

@@ -138,14 +138,15 @@ def test_lines_from_many_guests_at_once_are_never_torn_in_a_file(
     """A real process writing stdout and stderr into one file (``> out 2>&1``), 16 guests at
     once with different latencies, each printing long lines: every line of the file is whole."""
     vms = [VM(f"vm{i:02d}", latency_ms=(i * 7) % 40) for i in range(16)]
-    vms.append(VM("off01", state="Off"))  # a failure line on stderr, into the same file
+    vms.append(VM("off01", state="Off"))  # named, so tried: a failure line on stderr, into the same file
     lab = write_lab(tmp_path, vms, password_seed="torn-lines")  # lab-admin is every guest's
     env = {**os.environ, "VMBUSOPS_LAB": str(lab), "VMBUSOPS_HOME": str(vmbusops_home), "NO_COLOR": "1"}
     script_text = '1..60 | ForEach-Object { Write-Output "line $_ ' + LONG + '" }'
     out = tmp_path / "out.txt"
     with out.open("wb") as sink:
         proc = subprocess.run(
-            [sys.executable, "-m", "vmbusops", "exec", "--all", *(["--json"] if as_json else []), "--", script_text],
+            [sys.executable, "-m", "vmbusops", "exec", "--vm", "vm*", "--vm", "off01", *(["--json"] if as_json else []),
+             "--", script_text],
             env=env, stdout=sink, stderr=sink, timeout=300, check=False,
         )  # fmt: skip
     assert proc.returncode == 1
