@@ -89,7 +89,7 @@ bootstrap_chromium() {
     fi
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    echo "==> installing chromium and chromium-driver (for the web console's browser tests)" >&2
+    echo "==> installing Debian's chromium and chromium-driver system-wide with apt-get${sudo:+ (sudo)}, for the web console's browser tests" >&2
     $sudo apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >&2
 }
