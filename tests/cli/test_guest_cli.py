@@ -187,5 +187,5 @@ def test_a_reader_that_goes_away_gets_no_traceback(make_lab: Callable[..., Any])
     proc.stdout.close()
     stderr = proc.stderr.read().decode()
     proc.stderr.close()
-    assert proc.wait(timeout=60) == 1
+    assert proc.wait(timeout=60) == 141  # as for SIGPIPE, not 1 (a guest failed)
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr

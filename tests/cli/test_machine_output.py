@@ -59,6 +59,9 @@ def test_exec_reports_the_exit_code_and_fails_on_it_unless_told_to_ignore_it(mak
     assert results(errors.stdout)["web01"]["code"] == "ScriptFailed"
     text = vmbusops("exec", "--vm", "web01", "--", "'a'; exit 3")
     assert text.returncode == 1 and "exit code 3" in text.stderr
+    # A terminating error exits 1 too, but its cause is the error: ScriptFailed, naming it.
+    thrown = results(vmbusops("exec", "--vm", "web01", "--json", "--", "throw 'boom'").stdout)["web01"]
+    assert (thrown["code"], thrown["exit_code"]) == ("ScriptFailed", 1) and "boom" in thrown["failure"], thrown
 
 
 def test_every_failed_guest_has_a_stable_code(make_lab: Callable[..., Any]) -> None:

@@ -35,14 +35,23 @@ Write-Warning 'this is a simulated guest'
 """
 
 
+def _rule(console: Console, title: str) -> None:
+    """A section's heading: a rule across a terminal; elsewhere (a file, a CI log), whose width is
+    unbounded so that nothing is cut, a short line instead of a rule thousands of columns wide."""
+    if console.is_terminal:
+        console.rule(title)
+    else:
+        console.print(f"\n== {title} ==")
+
+
 async def _tour(console: Console, host: HyperVHost, credential: GuestCredential) -> int:
     problems = 0
 
-    console.rule("[bold]1. The VMs on this host (Get-VM, Get-VMIntegrationService)")
+    _rule(console, "[bold]1. The VMs on this host (Get-VM, Get-VMIntegrationService)")
     vms = await host.list_vms()
     console.print(vm_table(vms))
 
-    console.rule("[bold]2. Copy a file into guests over the VMBus (Copy-VMFile, no guest network)")
+    _rule(console, "[bold]2. Copy a file into guests over the VMBus (Copy-VMFile, no guest network)")
     with tempfile.TemporaryDirectory() as tmp:
         motd = Path(tmp) / "motd.txt"
         motd.write_text("Maintenance window: Sunday 02:00-04:00 UTC\n", encoding="utf-8")
@@ -50,7 +59,7 @@ async def _tour(console: Console, host: HyperVHost, credential: GuestCredential)
             await host.copy_to_guest(vm, str(motd), "C:\\Temp\\vmbusops\\motd.txt")
             console.print(f"  {vm}: copied motd.txt -> C:\\Temp\\vmbusops\\motd.txt")
 
-    console.rule("[bold]3. Run a script block in three guests at once (PowerShell Direct), records live")
+    _rule(console, "[bold]3. Run a script block in three guests at once (PowerShell Direct), records live")
     printer = RecordPrinter(vm_width=5)
     outcomes = await exec_in_guests(
         host, ["web01", "web02", "db01"], TOUR_SCRIPT, credential, on_record=printer.emit, max_concurrency=3
@@ -61,7 +70,7 @@ async def _tour(console: Console, host: HyperVHost, credential: GuestCredential)
             problems += 1
             console.print(f"  [red]{vm}: unexpected failure: {outcome.failure or outcome.error_messages}")
 
-    console.rule("[bold]4. What goes wrong, and what vmbusops says about it")
+    _rule(console, "[bold]4. What goes wrong, and what vmbusops says about it")
     console.print("[dim]a VM that is switched off:[/]")
     outcomes = await exec_in_guests(host, ["legacy01"], "hostname", credential, on_record=lambda r: None)
     console.print(f"  [yellow]{outcomes['legacy01'].failure}")
@@ -91,7 +100,7 @@ async def _tour(console: Console, host: HyperVHost, credential: GuestCredential)
 
     problems += await _dsc_tour(console, host, credential)
 
-    console.rule("[bold]done")
+    _rule(console, "[bold]done")
     return exitcodes.OK if problems == 0 else exitcodes.GUEST_ERRORS
 
 
@@ -145,7 +154,7 @@ async def _dsc_tour(console: Console, host: HyperVHost, credential: GuestCredent
     from vmbusops.engine import EngineEvent, JobSource, Journal, RecordArrived, State, open_engine
     from vmbusops.records import InformationRecord
 
-    console.rule("[bold]5. DSC from a signed bundle: a custom resource module and a MOF, live, with a reboot")
+    _rule(console, "[bold]5. DSC from a signed bundle: a custom resource module and a MOF, live, with a reboot")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         source = work / "src"

@@ -71,6 +71,9 @@ from vmbusops.guestops.connect import check_host, open_host
 from vmbusops.records import Stream
 from vmbusops.times import iso_time
 
+#: A job id: SQLite's integers are 64-bit, so a larger number is a usage error, not an overflow.
+JOB_ID = click.IntRange(1, 2**63 - 1)
+
 _STATE_STYLE = {
     State.SUCCESS: "green",
     State.FAILED: "red",
@@ -428,7 +431,7 @@ def jobs(
 
 
 @jobs.command("show")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.option("--json", "as_json", is_flag=True)
 @agent_read_option("the local journal")
 def jobs_show(job_id: int, as_json: bool, agent_url: str | None, token_file: Path | None) -> None:
@@ -445,7 +448,7 @@ def jobs_show(job_id: int, as_json: bool, agent_url: str | None, token_file: Pat
 
 
 @jobs.command("cancel")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.option("--vm", default=None, metavar="NAME", help="Cancel only this VM's run.")
 @agent_read_option("the local journal")
 def jobs_cancel(job_id: int, vm: str | None, agent_url: str | None, token_file: Path | None) -> None:
@@ -466,7 +469,7 @@ def jobs_cancel(job_id: int, vm: str | None, agent_url: str | None, token_file: 
 
 @jobs.command("resume", epilog=exitcodes.EXIT_CODES_HELP)
 @host_option
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.option("--json", "as_json", is_flag=True)
 def jobs_resume(host: str | None, job_id: int, as_json: bool) -> None:
     """Finish an interrupted job according to its bundle's resume policy.
@@ -482,7 +485,7 @@ def jobs_resume(host: str | None, job_id: int, as_json: bool) -> None:
 # --- logs -----------------------------------------------------------------------------------------
 
 @click.command("logs", epilog=exitcodes.EXIT_CODES_HELP)
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=JOB_ID)
 @click.option("--vm", default=None, metavar="NAME", help="Only this VM's records.")
 @click.option(
     "--stream",

@@ -13,6 +13,7 @@ code   meaning
        disk is full
 4      a bundle was rejected: nothing from it ran
 130    interrupted (Ctrl-C); guest pipelines were stopped first
+141    the reader of the output went away (``| head``), as for a command killed by SIGPIPE
 =====  =====================================================================
 
 :data:`EXIT_CODES_HELP` says the same in a line each; every command that reaches a host, a guest
@@ -38,6 +39,7 @@ USAGE = 2
 HOST_FAILURE = 3
 BUNDLE_REJECTED = 4
 INTERRUPTED = 130
+READER_GONE = 141
 
 _MEANING = {
     OK: "success: every guest did what was asked",
@@ -46,6 +48,7 @@ _MEANING = {
     HOST_FAILURE: "host or transport failure (the host or agent cannot be reached), or a full disk",
     BUNDLE_REJECTED: "a bundle was rejected: nothing from it ran",
     INTERRUPTED: "interrupted (Ctrl-C); guest pipelines were stopped first",
+    READER_GONE: "the reader of the output went away (| head), as for SIGPIPE",
 }
 #: The exit codes for a command's ``--help`` (``\b`` keeps click from rewrapping the lines).
 EXIT_CODES_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in _MEANING.items())

@@ -10,6 +10,7 @@ from typing import NoReturn
 import click
 
 from vmbusops import __version__
+from vmbusops.cli import exitcodes
 from vmbusops.cli.exitcodes import exit_code_for
 from vmbusops.errors import VmbusOpsError
 
@@ -98,13 +99,22 @@ def _only_broken_pipes(exc: BaseException) -> bool:
     return isinstance(exc, BrokenPipeError)
 
 
+def _click_saw_a_broken_pipe() -> bool:
+    """Click answers a broken pipe it catches itself with exit 1, after wrapping stdout so that
+    its last flush is quiet; that wrapper is how to tell it from a guest's failure."""
+    return type(sys.stdout).__name__ == "_PacifyFlushWrapper"
+
+
 def main() -> None:
     try:
         sys.exit(cli.main(prog_name="vmbusops", standalone_mode=True))
     except BaseException as exc:
+        if isinstance(exc, SystemExit) and exc.code == 1 and _click_saw_a_broken_pipe():
+            sys.exit(exitcodes.READER_GONE)
         if not _only_broken_pipes(exc):
             raise
-        # The reader went away (`| head`): say nothing more, as a pipeline's earlier command
-        # does. Python would complain again while flushing a stdout nobody reads.
+        # The reader went away (`| head`): say nothing more, and exit as a command killed by
+        # SIGPIPE does (128 + 13), not 1, which says a guest failed. Python would complain again
+        # while flushing a stdout nobody reads.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+        sys.exit(exitcodes.READER_GONE)

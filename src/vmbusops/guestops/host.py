@@ -121,10 +121,11 @@ class InvokeOutcome:
         """Why this invocation did not succeed, for programs (see :meth:`why_failed`)."""
         if self.failure is not None:
             return self.failure.code
-        if self.exit_code not in (None, 0) and not ignore_exit_code:
-            return FailureCode.EXIT_CODE
+        # Error records first: a terminating error also sets exit code 1, and its cause is the error.
         if self.script_errors:
             return FailureCode.SCRIPT_FAILED
+        if self.exit_code not in (None, 0) and not ignore_exit_code:
+            return FailureCode.EXIT_CODE
         if self.state is PipelineState.STOPPED:
             return FailureCode.CANCELLED
         return FailureCode.SCRIPT_FAILED
@@ -133,11 +134,12 @@ class InvokeOutcome:
         """One line for an operator: why this invocation did not succeed."""
         if self.failure is not None:
             return str(self.failure)
-        if self.exit_code not in (None, 0) and not ignore_exit_code:
-            return f"exit code {self.exit_code}"
+        code = f"exit code {self.exit_code}" if self.exit_code not in (None, 0) and not ignore_exit_code else ""
         if self.script_errors:
             first = f": {self.error_messages[0]}" if self.error_messages else ""
-            return f"{self.script_errors} error record(s){first}"
+            return f"{self.script_errors} error record(s){', ' + code if code else ''}{first}"
+        if code:
+            return code
         if self.state is not PipelineState.COMPLETED:
             return f"the invocation ended {self.state.value if self.state else 'without a state'}"
         return "no step ended in the guest"

@@ -55,6 +55,9 @@ async def _exited(ctx: RunContext, index: int, code: int, errors: int) -> tuple[
     details = ctx.machine.details
     ctx.emit(ctx.machine.step_exited(index, code))
     if code != 0 and code not in REBOOT_EXIT_CODES:
+        # A terminating error also exits 1: the error records say the cause, as exec's verdict does.
+        if errors:
+            return f"the script wrote {errors} error record(s) and ended with exit code {code}", FailureCode.SCRIPT_FAILED
         return f"the script ended with exit code {code}", FailureCode.EXIT_CODE
     if code in REBOOT_EXIT_CODES:
         if step.allow_reboot:
