@@ -101,6 +101,21 @@ def _duration(start: float | None, end: float | None, state: State) -> str:
     return f"{(end or time.time()) - start:.1f}s"
 
 
+def _runs_table(title: str, runs: list[RunView], *, interrupted: bool = False) -> Table:
+    """A job's runs as ``run`` ends with them: VM, state, duration, records and why a run failed;
+    for an interrupted job, where each run stood (its step) instead of the error. Cells are
+    styled text, never markup, so guest and bundle text is shown as it is."""
+    table = Table(box=None, header_style="bold", title=title)
+    for col in ("VM", "State", *(("Step",) if interrupted else ()), "Duration", "Records", *(() if interrupted else ("Error",))):
+        table.add_column(col)
+    for r in runs:
+        step = (Text(r.current_step or ""),) if interrupted else ()
+        error = () if interrupted else (Text(r.error or ""),)
+        table.add_row(Text(r.vm), _state_text(r.state), *step, _duration(r.started_at, r.finished_at, r.state),
+                      str(r.records), *error)  # fmt: skip
+    return table
+
+
 def _exit_code(result: JobResult) -> int:
     return exitcodes.OK if result.state is State.SUCCESS else exitcodes.GUEST_ERRORS
 
@@ -195,15 +210,7 @@ class Progress:
                 }
             )
             return
-        table = Table(box=None, header_style="bold", title=f"job {result.job_id}: {result.state.value}")
-        for col in ("VM", "State", "Duration", "Records", "Error"):
-            table.add_column(col)
-        for r in runs:
-            table.add_row(
-                Text(r.vm), _state_text(r.state), _duration(r.started_at, r.finished_at, r.state), str(r.records),
-                Text(r.error or ""),
-            )
-        self.console.print(table)
+        self.console.print(_runs_table(f"job {result.job_id}: {result.state.value}", runs))
         for line in details_lines(result.details):
             self.console.print(line, markup=False, highlight=False)
 
@@ -228,15 +235,7 @@ class Progress:
                 }
             )
             return
-        table = Table(box=None, header_style="bold", title=f"job {job_id}: interrupted")
-        for col in ("VM", "State", "Step", "Duration", "Records"):
-            table.add_column(col)
-        for r in runs:
-            table.add_row(
-                Text(r.vm), _state_text(r.state), Text(r.current_step or ""),
-                _duration(r.started_at, r.finished_at, r.state), str(r.records),
-            )  # fmt: skip
-        self.console.print(table)
+        self.console.print(_runs_table(f"job {job_id}: interrupted", runs, interrupted=True))
         states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         self.console.print(f"job {job_id}: {states}", markup=False, highlight=False)
         if left:
