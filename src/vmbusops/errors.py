@@ -87,6 +87,12 @@ class FailureCode(enum.StrEnum):
     CREDENTIAL_NOT_FOUND = "CredentialNotFound"
     CREDENTIAL_STORE = "CredentialStoreError"
     JOURNAL_ERROR = "JournalError"
+    #: The fleet's broker (NATS) cannot be reached, or refused what was asked.
+    BROKER_UNREACHABLE = "BrokerUnreachable"
+    #: Not started: a run of the job's canary wave did not succeed.
+    CANARY_FAILED = "CanaryFailed"
+    #: Not started: no live fleet host runs the VM (it was never seen, or only on dead hosts).
+    NOT_PLACED = "NotPlaced"
     #: Anything else (a bug: the message says more).
     INTERNAL = "InternalError"
 

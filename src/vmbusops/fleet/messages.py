@@ -1,0 +1,394 @@
+"""The fleet's messages, as values, and their strict JSON form.
+
+The broker is a transport, never trusted: :func:`parse` accepts exactly the shapes below (the
+version, the kind, every field with its type) and raises :class:`FleetMessageError` for anything
+else, so a receiver logs one line and drops the message rather than acting on a guess.
+
+Where each goes (see ``docs/adr/0007-fleet.md``):
+
+- the log, controller subject: :class:`JobFact`, :class:`DispatchFact`, :class:`SkipFact`,
+  :class:`CancelFact`, :class:`LostFact`;
+- the log, a host's subject: :class:`BatchFact`, :class:`MovedFact`, :class:`RefusedFact`;
+- a host's work subject: :class:`DispatchWork`, :class:`CancelWork`.
+
+Each message knows its JetStream message id (:meth:`msg_id`), which makes a repeated publish of
+the same fact a no-op within the stream's duplicate window.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+from vmbusops.errors import VmbusOpsError
+
+VERSION = 1
+T = TypeVar("T")
+
+
+class FleetMessageError(VmbusOpsError):
+    """A message from the broker that is not one of the fleet's messages."""
+
+
+#: (seq, step, attempt, stream, time, record JSON text): a record as a batch carries it.
+WireRecord = tuple[int, str | None, int, str, float, str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunPlacement:
+    vm: str
+    vm_id: str
+    host: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunStartWire:
+    """Where a dispatched run stands: its steps' states (values of ``engine.states.State``),
+    attempts, and the number its next record gets."""
+
+    step_states: tuple[str, ...]
+    attempts: tuple[int, ...]
+    next_seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobFact:
+    kind: ClassVar[str] = "job"
+    submission: str
+    bundle: str
+    envelope: str
+    manifest: str
+    source: str
+    submitter: str | None
+    enable_guest_services: bool
+    runs: tuple[RunPlacement, ...]
+    time: float
+
+    def msg_id(self) -> str:
+        return f"job-{self.submission}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DispatchFact:
+    kind: ClassVar[str] = "dispatch"
+    job: int
+    run: int
+    host: str
+    epoch: int
+    reason: str
+    time: float
+
+    def msg_id(self) -> str:
+        return f"dispatch-{self.job}-{self.run}-{self.epoch}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SkipFact:
+    kind: ClassVar[str] = "skip"
+    job: int
+    run: int
+    reason: str
+    code: str
+    time: float
+
+    def msg_id(self) -> str:
+        return f"skip-{self.job}-{self.run}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelFact:
+    kind: ClassVar[str] = "cancel"
+    job: int
+    #: None: the whole job.
+    run: int | None
+    time: float
+
+    def msg_id(self) -> str:
+        return f"cancel-{self.job}-{'all' if self.run is None else self.run}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LostFact:
+    kind: ClassVar[str] = "lost"
+    job: int
+    run: int
+    epoch: int
+    reason: str
+    time: float
+
+    def msg_id(self) -> str:
+        return f"lost-{self.job}-{self.run}-{self.epoch}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchFact:
+    kind: ClassVar[str] = "batch"
+    host: str
+    job: int
+    run: int
+    epoch: int
+    n: int
+    records: tuple[WireRecord, ...]
+    #: Run and step changes as ``engine`` serialises them (``run_id`` left out).
+    changes: tuple[dict[str, Any], ...]
+    time: float
+
+    def msg_id(self) -> str:
+        return f"batch-{self.host}-{self.job}-{self.run}-{self.epoch}-{self.n}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MovedFact:
+    kind: ClassVar[str] = "moved"
+    host: str
+    job: int
+    run: int
+    epoch: int
+    reason: str
+    time: float
+
+    def msg_id(self) -> str:
+        return f"moved-{self.host}-{self.job}-{self.run}-{self.epoch}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefusedFact:
+    kind: ClassVar[str] = "refused"
+    host: str
+    job: int
+    run: int
+    epoch: int
+    code: str
+    reason: str
+    time: float
+
+    def msg_id(self) -> str:
+        return f"refused-{self.host}-{self.job}-{self.run}-{self.epoch}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DispatchWork:
+    kind: ClassVar[str] = "dispatch"
+    job: int
+    run: int
+    vm: str
+    vm_id: str
+    epoch: int
+    bundle: str
+    start: RunStartWire
+    controller: str
+    time: float
+
+    def msg_id(self) -> str:
+        return f"dispatch-{self.job}-{self.run}-{self.epoch}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelWork:
+    kind: ClassVar[str] = "cancel"
+    job: int
+    run: int
+    epoch: int
+
+    def msg_id(self) -> str:
+        return f"cancel-{self.job}-{self.run}-{self.epoch}"
+
+
+LogFact = JobFact | DispatchFact | SkipFact | CancelFact | LostFact | BatchFact | MovedFact | RefusedFact
+Work = DispatchWork | CancelWork
+_CTL: dict[str, type[Any]] = {c.kind: c for c in (JobFact, DispatchFact, SkipFact, CancelFact, LostFact)}
+_HOST: dict[str, type[Any]] = {c.kind: c for c in (BatchFact, MovedFact, RefusedFact)}
+_WORK: dict[str, type[Any]] = {c.kind: c for c in (DispatchWork, CancelWork)}
+
+
+# ---------------------------------------------------------------------- encoding
+def encode(message: LogFact | Work) -> bytes:
+    body: dict[str, Any] = {"v": VERSION, "kind": message.kind}
+    for f in fields(message):
+        body[f.name] = _plain(getattr(message, f.name))
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, RunPlacement | RunStartWire):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------- decoding
+def parse_ctl(data: bytes) -> LogFact:
+    """A message of the controller's log subject."""
+    return _parse(data, _CTL, "controller log")  # type: ignore[no-any-return]
+
+
+def parse_host(data: bytes, *, host: str) -> LogFact:
+    """A message of ``host``'s log subject; a fact that names another host is refused (a host's
+    NATS user may only publish on its own subject, and the fact must agree with it)."""
+    fact = _parse(data, _HOST, "host log")
+    if fact.host != host:
+        raise FleetMessageError(f"a fact on host {host!r}'s subject claims host {fact.host!r}")
+    return fact  # type: ignore[no-any-return]
+
+
+def parse_work(data: bytes) -> Work:
+    return _parse(data, _WORK, "work")  # type: ignore[no-any-return]
+
+
+def _parse(data: bytes, kinds: dict[str, type[Any]], where: str) -> Any:
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FleetMessageError(f"{where} message is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise FleetMessageError(f"{where} message is not a JSON object")
+    if body.get("v") != VERSION:
+        raise FleetMessageError(f"{where} message has version {body.get('v')!r}, expected {VERSION}")
+    kind = body.get("kind")
+    cls = kinds.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise FleetMessageError(f"{where} message has unknown kind {kind!r}")
+    names = {f.name for f in fields(cls)}
+    extra = set(body) - names - {"v", "kind"}
+    if extra:
+        raise FleetMessageError(f"{where} {kind} message has unknown field(s) {', '.join(sorted(extra))}")
+    values: dict[str, Any] = {}
+    for name in names:
+        if name not in body:
+            raise FleetMessageError(f"{where} {kind} message lacks {name!r}")
+        try:
+            values[name] = _OVERRIDES.get((cls, name), _FIELDS[name])(body[name])
+        except (TypeError, ValueError) as exc:
+            raise FleetMessageError(f"{where} {kind} message: {name}: {exc}") from None
+    return cls(**values)
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"expected an integer, got {type(v).__name__}")
+    return v
+
+
+def _pos(v: Any) -> int:
+    n = _int(v)
+    if n < 1:
+        raise ValueError(f"expected a positive integer, got {n}")
+    return n
+
+
+def _nonneg(v: Any) -> int:
+    n = _int(v)
+    if n < 0:
+        raise ValueError(f"expected an integer >= 0, got {n}")
+    return n
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def _opt(fn: Callable[[Any], T]) -> Callable[[Any], T | None]:
+    return lambda v: None if v is None else fn(v)
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"expected true or false, got {type(v).__name__}")
+    return v
+
+
+def _num(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise TypeError(f"expected a number, got {type(v).__name__}")
+    return float(v)
+
+
+def _digest(v: Any) -> str:
+    s = _str(v)
+    if len(s) != 64 or any(c not in "0123456789abcdef" for c in s):
+        raise ValueError("expected a SHA-256 as 64 lowercase hex digits")
+    return s
+
+
+def _host(v: Any) -> str:
+    from vmbusops.fleet.names import _HOST_NAME
+
+    s = _str(v)
+    if not _HOST_NAME.fullmatch(s):
+        raise ValueError(f"{s!r} is not a fleet host name")
+    return s
+
+
+def _list(v: Any) -> list[Any]:
+    if not isinstance(v, list):
+        raise TypeError(f"expected a list, got {type(v).__name__}")
+    return v
+
+
+def _obj(v: Any, keys: set[str]) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise TypeError(f"expected an object, got {type(v).__name__}")
+    if set(v) != keys:
+        raise ValueError(f"expected exactly the keys {', '.join(sorted(keys))}")
+    return v
+
+
+def _placement(v: Any) -> RunPlacement:
+    o = _obj(v, {"vm", "vm_id", "host"})
+    return RunPlacement(vm=_str(o["vm"]), vm_id=_str(o["vm_id"]), host=_host(o["host"]))
+
+
+def _start(v: Any) -> RunStartWire:
+    o = _obj(v, {"step_states", "attempts", "next_seq"})
+    states = tuple(_str(s) for s in _list(o["step_states"]))
+    attempts = tuple(_nonneg(a) for a in _list(o["attempts"]))
+    if len(states) != len(attempts):
+        raise ValueError("step_states and attempts differ in length")
+    return RunStartWire(step_states=states, attempts=attempts, next_seq=_pos(o["next_seq"]))
+
+
+def _record(v: Any) -> WireRecord:
+    r = _list(v)
+    if len(r) != 6:
+        raise ValueError("a record is [seq, step, attempt, stream, time, json]")
+    return (_pos(r[0]), _opt(_str)(r[1]), _nonneg(r[2]), _str(r[3]), _num(r[4]), _str(r[5]))
+
+
+def _change(v: Any) -> dict[str, Any]:
+    if not isinstance(v, dict) or v.get("t") not in ("run", "step"):
+        raise ValueError("a change is an object with t = run or step")
+    return v
+
+
+_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "submission": _str,
+    "bundle": _digest,
+    "envelope": _str,
+    "manifest": _str,
+    "source": _str,
+    "submitter": _opt(_str),
+    "enable_guest_services": _bool,
+    "runs": lambda v: tuple(_placement(p) for p in _list(v)),
+    "time": _num,
+    "job": _pos,
+    "run": _pos,
+    "host": _host,
+    "epoch": _pos,
+    "reason": _str,
+    "code": _str,
+    "n": _pos,
+    "records": lambda v: tuple(_record(r) for r in _list(v)),
+    "changes": lambda v: tuple(_change(c) for c in _list(v)),
+    "vm": _str,
+    "vm_id": _str,
+    "start": _start,
+    "controller": _str,
+}
+
+#: Fields whose type differs in one message.
+_OVERRIDES: dict[tuple[type[Any], str], Callable[[Any], Any]] = {(CancelFact, "run"): _opt(_pos)}
