@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
@@ -38,16 +38,22 @@ changes: st.SearchStrategy[Change] = st.one_of(
 )  # fmt: skip
 
 
+#: No deadline: the machine these run on is shared, and a slow example is not a wrong one.
+PROPERTIES = settings(deadline=None, database=None)
+
+
 def wire(change: Change, **kw: Any) -> Any:
     """``change`` as it crosses the broker: JSON text, read back."""
     return json.loads(json.dumps(change_to_json(change, **kw)))
 
 
+@PROPERTIES
 @given(changes)
 def test_every_change_comes_back_exactly(change: Change) -> None:
     assert change_from_json(wire(change)) == change
 
 
+@PROPERTIES
 @given(changes, ids)
 def test_a_change_sent_without_its_id_comes_back_under_the_readers_id(change: Change, other: int) -> None:
     data = wire(change, ids=False)
@@ -124,6 +130,7 @@ json_values = st.recursive(
 )
 
 
+@PROPERTIES
 @given(changes, st.sampled_from(["t", "run_id", "job_id", "index", "state", "records", "attempts", "excerpt",
                                  "clear", "started_at", "error", "exit_code", "current_step", "x"]), json_values)
 def test_any_tampered_field_gives_a_change_or_a_value_error_never_anything_else(
