@@ -19,7 +19,7 @@ from tests.builders import VM, manifest, script, write_lab
 from tests.engine.conftest import credential_for, harness_for, source
 
 from vmbusops.bundle.manifest import Manifest
-from vmbusops.engine import Journal, RecordArrived, RunStart, State
+from vmbusops.engine import Journal, RecordArrived, RunChanged, RunStart, State
 from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
 from vmbusops.engine.changes_json import change_from_json, change_to_json
 from vmbusops.engine.journal import RecordRow, StoredRecord
@@ -322,3 +322,21 @@ async def test_a_controller_journal_applies_two_hosts_runs_as_their_journals_hol
     assert [r.seq for r in vm02] == list(range(1, len(vm02) + 1))
     assert [s.attempts for s in controller.steps(runs["vm02"])] == [1, 2]  # step two ran again on B
     assert {r.state for r in controller.runs(job_id)} == {S.SUCCESS}
+
+
+async def test_the_tap_is_told_nothing_of_a_commit_that_wrote_nothing(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    job_id, runs = new_job(journal, ["vm01"], ["one"])
+    writer = JournalWriter(journal)
+    batches = tap(writer)
+    events: list[object] = []
+    writer.on_commit = lambda stored, changed: events.append(changed)
+    await writer.commit()  # nothing queued
+    # A progress note: an event for the followers, no change to the journal.
+    writer.change([], [RunChanged(job_id, "vm01", S.IN_PROGRESS, "one: 50%")])
+    await writer.commit()
+    assert batches == [] and len(events) == 1
+    change = StepChange(run_id=runs["vm01"], index=0, state=S.IN_PROGRESS, attempts=1)
+    writer.change([change])
+    await writer.commit()
+    assert batches == [([], [change])]
