@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("vmbusops.cli.demo", "demo_cmd"),
     "dsc": ("vmbusops.cli.dsc_cmds", "dsc"),
     "exec": ("vmbusops.cli.guest_cmds", "exec_cmd"),
+    "fleet": ("vmbusops.cli.fleet_cmds", "fleet"),
     "history": ("vmbusops.cli.jobs_view", "history_cmd"),
     "hosts": ("vmbusops.cli.host_cmds", "hosts_cmd"),
     "jobs": ("vmbusops.cli.engine_cmds", "jobs"),

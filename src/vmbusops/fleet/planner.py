@@ -169,6 +169,8 @@ class Planner:
     canary: int = 1
     host_ttl: float = 10.0
     placement_timeout: float = 300.0
+    #: The lease term this planner decides in.
+    term: int = 0
     #: Work message ids sent in this term.
     sent: set[str] = field(default_factory=set)
     #: Run id -> (host, boot) it was seen dispatched on.
@@ -374,6 +376,8 @@ class Lease:
         self._seen: tuple[int | None, float] | None = None
         self._renewed: float | None = None
         self.holder: str | None = None
+        #: The API address the lease's holder wrote.
+        self.holder_url: str | None = None
 
     def active(self, now: float) -> bool:
         return self._renewed is not None and now - self._renewed < 2 * self.ttl / 3
@@ -389,6 +393,7 @@ class Lease:
             except ValueError:
                 body = {}
         self.holder = body.get("id") if isinstance(body.get("id"), str) else None
+        self.holder_url = body.get("url") if isinstance(body.get("url"), str) else None
         found = body.get("term")
         term = found if isinstance(found, int) else 0
         if self._seen is None or self._seen[0] != rev:
@@ -418,6 +423,7 @@ class Lease:
             return False
         self.term = write.term
         self.revision = revision
+        self.holder, self.holder_url = self.me, self.url
         self._renewed = now
         self._seen = (revision, now)
         return True
