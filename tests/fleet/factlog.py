@@ -8,6 +8,9 @@ from typing import Any
 
 from tests.builders import manifest_doc, script
 
+from vmbusops.engine.changes import RunChange, StepChange
+from vmbusops.engine.changes_json import change_to_json
+from vmbusops.engine.states import State
 from vmbusops.fleet.broker import StreamMessage
 from vmbusops.fleet.messages import (
     BatchFact,
@@ -70,14 +73,13 @@ def batch(host: str, job: int, run: int, epoch: int, n: int, records: list[Any],
 
 
 def run_change(state: str | None, step: str | None, records: int, **more: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"t": "run", "current_step": step, "records": records, **more}
-    if state is not None:
-        body["state"] = state
-    return {k: v for k, v in body.items() if v is not None or k == "current_step"}
+    """A run change as an agent forwards it (``engine.changes_json``, the run id left out)."""
+    change = RunChange(run_id=0, state=State(state) if state else None, current_step=step, records=records, **more)
+    return change_to_json(change, ids=False)
 
 
 def step_change(index: int, state: str, **more: Any) -> dict[str, Any]:
-    return {"t": "step", "index": index, "state": state, **more}
+    return change_to_json(StepChange(run_id=0, index=index, state=State(state), **more), ids=False)
 
 
 def whole_run(host: str, job: int, run: int, epoch: int, *, first_n: int = 1, start_seq: int = 1, steps: int = 2, at: float = T0) -> list[BatchFact]:

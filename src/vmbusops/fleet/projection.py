@@ -42,6 +42,7 @@ from typing import Any
 
 from vmbusops.bundle.manifest import manifest_from_dict
 from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
+from vmbusops.engine.changes_json import change_from_json
 from vmbusops.engine.events import RunChanged
 from vmbusops.engine.journal import StoredRecord
 from vmbusops.engine.journal_schema import update_sql
@@ -454,56 +455,16 @@ def _bad_record(record: WireRecord, last: int, steps: list[str]) -> str | None:
     return None
 
 
-_RUN_FIELDS = {"state", "current_step", "records", "error", "code", "started_at", "finished_at", "excerpt"}
-_STEP_FIELDS = {"index", "state", "attempts", "started_at", "finished_at", "error", "code", "exit_code", "clear"}
-
-
 def _change(raw: dict[str, Any], run_id: int, steps: int) -> Change:
-    """A run or step change of a batch (``engine.changes_json``'s form, ``run_id`` left out),
-    checked field by field: the host's word, never trusted."""
-    kind = raw.get("t")
-    body = {k: v for k, v in raw.items() if k != "t"}
-    allowed = _RUN_FIELDS if kind == "run" else _STEP_FIELDS
-    extra = set(body) - allowed
-    if extra:
-        raise ValueError(f"a {kind} change has unknown field(s) {', '.join(sorted(extra))}")
-
-    def opt(name: str, types: type | tuple[type, ...]) -> Any:
-        value = body.get(name)
-        if value is None:
-            return None
-        if (isinstance(value, bool) and types is not bool) or not isinstance(value, types):
-            raise TypeError(f"{kind} change: {name} has the wrong type")
-        return value
-
-    state_text = opt("state", str)
-    state = State(state_text) if state_text is not None else None
-    if kind == "run":
-        excerpt = opt("excerpt", list)
-        if excerpt is not None and not all(isinstance(line, str) for line in excerpt):
-            raise TypeError("run change: excerpt must be a list of strings")
-        records = opt("records", int)
-        if records is None:
-            raise ValueError("a run change lacks records")
-        return RunChange(
-            run_id=run_id, state=state, current_step=opt("current_step", str), records=records,
-            error=opt("error", str), code=opt("code", str), started_at=_time(opt("started_at", (int, float))),
-            finished_at=_time(opt("finished_at", (int, float))), excerpt=excerpt,
-        )  # fmt: skip
-    index = opt("index", int)
-    if index is None or not 0 <= index < steps:
-        raise ValueError(f"a step change names no step of the run ({index!r})")
-    if state is None:
-        raise ValueError("a step change lacks its state")
-    return StepChange(
-        run_id=run_id, index=index, state=state, attempts=opt("attempts", int),
-        started_at=_time(opt("started_at", (int, float))), finished_at=_time(opt("finished_at", (int, float))),
-        error=opt("error", str), code=opt("code", str), exit_code=opt("exit_code", int), clear=bool(opt("clear", bool)),
-    )  # fmt: skip
-
-
-def _time(value: int | float | None) -> float | None:
-    return None if value is None else float(value)
+    """A run or step change of a batch (the host's word, never trusted): parsed strictly by
+    :func:`~vmbusops.engine.changes_json.change_from_json`, for this run and one of its steps
+    (a job's state is the projection's own)."""
+    if raw.get("t") not in ("run", "step"):
+        raise ValueError("a batch carries run and step changes only")
+    change = change_from_json(raw, run_id=run_id)
+    if isinstance(change, StepChange) and not 0 <= change.index < steps:
+        raise ValueError(f"a step change names no step of the run ({change.index})")
+    return change
 
 
 __all__ = ["FLEET_HOST", "Applied", "Projection"]
