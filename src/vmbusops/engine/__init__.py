@@ -8,6 +8,7 @@ schema and every SQL statement; :mod:`.writer` batches what goes into it.
 from vmbusops.engine.engine import Engine, EngineOptions, open_engine
 from vmbusops.engine.events import EngineEvent, JobResult, RecordArrived, RunChanged
 from vmbusops.engine.journal import Journal, journal_path
+from vmbusops.engine.run_start import RunStart
 from vmbusops.engine.source import JobSource, resolve_targets
 from vmbusops.engine.states import Event, Level, State
 
@@ -22,6 +23,7 @@ __all__ = [
     "Level",
     "RecordArrived",
     "RunChanged",
+    "RunStart",
     "State",
     "journal_path",
     "open_engine",

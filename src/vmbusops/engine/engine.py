@@ -15,7 +15,9 @@ kind is carried out by its executor (:mod:`.executors`). Here is only *when* thi
 
 :meth:`Engine.run_job` resolves the bundle's targets against the host's VMs (unless the submission
 already did), writes a pending job with one pending run per VM, and runs every run as a task of its
-own. A run goes through:
+own. :meth:`Engine.run_fleet_run` runs one run of a fleet job the same way, as a local job with
+one run that goes on from where the fleet run stands (steps done on another host are not run
+again; one running there is resumed as after a crash). A run goes through:
 
 1. *delivery*: take the VM's lease (:mod:`.leases`: no other job and no other process touches the
    VM meanwhile), then a slot of the job's max concurrency; while it waits it is ``delayed``. Not
@@ -37,6 +39,7 @@ the end of each step is a commit point.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -55,6 +58,7 @@ from vmbusops.engine.journal import Journal
 from vmbusops.engine.leases import VmLeases
 from vmbusops.engine.machine import JobMachine, Output, RunMachine, StepInfo
 from vmbusops.engine.plan import GuestBatch, plan_units
+from vmbusops.engine.run_start import RunStart
 from vmbusops.engine.source import JobSource, resolve_targets
 from vmbusops.engine.staged import JobStaging
 from vmbusops.engine.states import State
@@ -153,7 +157,58 @@ class Engine:
             vms = list(source.targets)
         else:
             vms = resolve_targets(manifest, [vm.name for vm in await host.list_vms()])
-        job_id, run_ids = await self.writer.call(
+        job_id, run_ids = await self._create_job(source, vms)
+        if on_created is not None:
+            on_created(job_id)
+        runs = [self._run_machine(job_id, source, run_ids[vm], vm) for vm in vms]
+        return await self._execute(self._job(job_id, host, source, credential, runs))
+
+    async def run_fleet_run(
+        self,
+        source: JobSource,
+        vm: str,
+        start: RunStart | None,
+        *,
+        on_created: Callable[[int], None] | None = None,
+    ) -> JobResult:
+        """Run one run of a fleet job here, as a local job with one run for ``vm``, going on from
+        where the fleet run stands (``start``; None: from the beginning).
+
+        Its steps that succeeded elsewhere stay succeeded and are not run again; one that was
+        running there is resumed or abandoned by the bundle's resume rules exactly as after a
+        crash (:meth:`.machine.RunMachine.carry_on`); its records are numbered on from
+        ``start.next_seq``. That preset is committed to the journal before the run starts, and
+        the run then goes as any other (leases, ``max_sessions``, timeouts, :meth:`cancel`).
+        A ``start`` that does not fit the bundle's steps raises ValueError before anything is
+        journaled; ``on_created`` is called with the local job's id once it is journaled.
+        """
+        manifest = source.manifest
+        if start is not None:
+            start.check(len(manifest.steps))
+        source = dataclasses.replace(source, targets=(vm,))
+        credential = self.credential_for(manifest.credential)
+        host = self.host
+        job_id, run_ids = await self._create_job(source, [vm])
+        if on_created is not None:
+            on_created(job_id)
+        run = self._run_machine(job_id, source, run_ids[vm], vm)
+        if start is not None:
+            self._emit(
+                run.carry_on(
+                    start.step_states,
+                    start.attempts,
+                    start.next_seq,
+                    abandon=manifest.execution.resume is ResumePolicy.ABANDON,
+                    cause="the run left its previous host while it ran",
+                )
+            )
+            await self.writer.commit()
+        return await self._execute(self._job(job_id, host, source, credential, [run]))
+
+    async def _create_job(self, source: JobSource, vms: list[str]) -> tuple[int, dict[str, int]]:
+        """Journal a pending job of ``source`` with a pending run per VM; its id and run ids."""
+        manifest = source.manifest
+        return await self.writer.call(
             lambda: self.journal.create_job(
                 bundle_name=manifest.name,
                 bundle_version=manifest.version,
@@ -171,10 +226,6 @@ class Engine:
                 now=time.time(),
             )
         )
-        if on_created is not None:
-            on_created(job_id)
-        runs = [self._run_machine(job_id, source, run_ids[vm], vm) for vm in vms]
-        return await self._execute(self._job(job_id, host, source, credential, runs))
 
     async def resume_job(
         self,

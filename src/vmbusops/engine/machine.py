@@ -6,7 +6,8 @@ In the spirit of h11's ``_state.py``: a :class:`RunMachine` holds everything the
 one run (its state, each step's state and attempts, the current step, the numbering of its
 records, the excerpt kept for ``vmbusops jobs``, what its steps reported) and changes only when it
 is told that something happened: the run waits, starts, a step begins, a record arrives, a step
-succeeds, fails, times out, is cancelled; the run ends; after a crash it is resumed or abandoned.
+succeeds, fails, times out, is cancelled; the run ends; after a crash it is resumed or abandoned;
+a fleet run that another host began carries on from where it stood there.
 Each such method returns what follows from it: the journal changes (:mod:`.changes`) to write, in
 order, and the events (:mod:`.events`) to show. It reads no clock of its own (``clock`` is given),
 does no I/O and never waits; every state change goes through :func:`.states.next_state`, so an
@@ -19,7 +20,8 @@ everything the journal and the watchers ever see of a run is decided here, and i
 
 Records are numbered here and only here: :meth:`RunMachine.take_seq` gives the next number of the
 run (the guest invocation numbers its records with it, and the agent's own notes take theirs the
-same way), continuing after the highest one the journal holds when a run is resumed.
+same way), continuing after the highest one the journal holds when a run is resumed, and after
+the fleet run's last one when it carries on from another host.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from vmbusops.engine.changes import Change, JobChange, PendingRecord, RunChange, StepChange
 from vmbusops.engine.events import RecordArrived, RunChanged
+from vmbusops.engine.run_start import CARRIED_STATES
 from vmbusops.engine.states import (
     ERRORS,
     Event,
@@ -50,6 +53,11 @@ Output = Change | RunChanged
 
 #: Steps a run can still start (a delayed one waits out a retry's backoff).
 _STARTABLE = (State.PENDING, State.DELAYED)
+#: A step's state where a run stood on another host -> its state when the run carries on here
+#: (see :meth:`RunMachine.carry_on`): one that was running is interrupted, as by a crash.
+_CARRIED: Final = {
+    s: State.INTERRUPTED if s in (State.IN_PROGRESS, State.DELAYED) else s for s in CARRIED_STATES
+}
 #: Records shown live but never in a run's excerpt.
 _NOT_IN_EXCERPT = (PipelineStateRecord, ProgressRecord)
 
@@ -214,16 +222,17 @@ class RunMachine:
             *self._finish(Event.CANCEL, f"{self.vm}: cancelled", FailureCode.CANCELLED),
         ]
 
-    def resume(self, *, abandon: bool) -> list[Output]:
+    def resume(self, *, abandon: bool, cause: str = "the agent stopped under this run") -> list[Output]:
         """After an interruption: run again from the interrupted step, or abandon the run.
 
         ``abandon`` is the bundle's resume policy saying so; a step that is not resumable
-        abandons the run too (it may have done half its work)."""
+        abandons the run too (it may have done half its work). ``cause`` says what interrupted
+        the run, in the message of a run abandoned by the policy."""
         if self.state is not State.INTERRUPTED:
             return []
         self._check(Event.RESUME)
         if abandon:
-            return self._abandon("the agent stopped under this run and the bundle's resume policy is abandon")
+            return self._abandon(f"{cause} and the bundle's resume policy is abandon")
         out: list[Output] = []
         for i, s in enumerate(self.step_states):
             if s is not State.INTERRUPTED:
@@ -234,6 +243,42 @@ class RunMachine:
                 )
             out += self._step(i, Event.RESUME)
         return [*out, *self._run(Event.RESUME)]
+
+    def carry_on(
+        self,
+        step_states: Sequence[State],
+        attempts: Sequence[int],
+        next_seq: int,
+        *,
+        abandon: bool,
+        cause: str,
+    ) -> list[Output]:
+        """A run that began elsewhere (a fleet run that another host ran part of) goes on here
+        from where it stands: its steps' states and attempts there, its records numbered on from
+        ``next_seq``. A step that succeeded stays so and is not run again; a step that was
+        running there (in progress, or waiting out a retry's backoff) is interrupted, and the run
+        is then resumed or abandoned exactly as after a crash (:meth:`resume`, with ``abandon``
+        and ``cause``). Only a run that has not begun here can carry on."""
+        if self.state is not State.PENDING or any(s is not State.PENDING for s in self.step_states):
+            raise TransitionError(Level.RUN, self.state, Event.RESUME, why=f"run {self.id} has begun here already")
+        n = len(self.steps)
+        if len(step_states) != n or len(attempts) != n:
+            raise ValueError(
+                f"run {self.id}: {len(step_states)} step states and {len(attempts)} attempts for {n} steps"
+            )
+        self.next_seq = next_seq
+        out: list[Output] = []
+        for i, (s, tries) in enumerate(zip(step_states, attempts, strict=True)):
+            state = _CARRIED.get(s)
+            if state is None:
+                raise ValueError(f"run {self.id}: step {self.steps[i].name} cannot go on from {s.value}")
+            self.attempts[i] = tries
+            if state is not State.PENDING or tries:
+                self.step_states[i] = state
+                out.append(StepChange(run_id=self.id, index=i, state=state, attempts=tries))
+        if State.INTERRUPTED not in self.step_states:
+            return [*out, self._where()]
+        return [*out, *self._run(Event.INTERRUPT), *self.resume(abandon=abandon, cause=cause)]
 
     def refuse(self, message: str) -> list[Output]:
         """After an interruption, the job's bundle no longer passes verification: the run is

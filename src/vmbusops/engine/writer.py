@@ -13,7 +13,8 @@ flush (back-pressure through :meth:`add_record`), so memory stays flat however m
 Each commit numbers the records it carries (their job's ``n``, see :mod:`.journal_schema`) and,
 after it is durable, tells :attr:`JournalWriter.on_commit` what it carried: the records as stored
 and the state events of its changes. That is how the agent feeds its followers only what is
-durable, in the order it was committed.
+durable, in the order it was committed. :attr:`JournalWriter.on_applied` is told the same records
+and every change the commit carried (what a fleet agent forwards to the fleet's controller).
 
 :meth:`commit` is the engine's commit point: it flushes everything queued so far and returns once it
 is durable. It runs shielded from cancellation, so a cancelled run still records that it was
@@ -68,6 +69,12 @@ class JournalWriter:
         #: Told of every commit, on the trio thread: the records as stored (numbered) and the
         #: state events of the changes it carried, in order. The agent feeds its followers from it.
         self.on_commit: Callable[[list[StoredRecord], list[RunChanged]], None] | None = None
+        #: Told of every commit that wrote something, on the trio thread, before
+        #: :attr:`on_commit`: the records as stored and every change it carried (job, run and
+        #: step changes), in the order they were applied. A fleet agent forwards from it what
+        #: each commit carried for a run, for the controller's journal to apply the same. Like
+        #: :attr:`on_commit` it must neither block nor raise (an error would fail the committer).
+        self.on_applied: Callable[[list[StoredRecord], list[Change]], None] | None = None
         self._lock = trio.Lock()
         self._wake = trio.Event()
         #: CPU seconds spent in journal writes (worker-thread CPU time), and what was written.
@@ -124,6 +131,8 @@ class JournalWriter:
             except JournalError as exc:
                 self.failure = exc
                 raise
+            if self.on_applied is not None and (stored or changes):
+                self.on_applied(stored, changes)
             if self.on_commit is not None and (stored or events):
                 self.on_commit(stored, events)
 
