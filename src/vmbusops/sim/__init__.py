@@ -117,6 +117,7 @@ keeps state (``$VMBUSOPS_HOME/sim``). The default lab has web01, web02, db01 (ru
 (off) and app01 (running, Guest Service Interface disabled), all with user ``Administrator``.
 """
 
+import os
 from pathlib import Path
 
 from vmbusops.home import home_dir
@@ -125,6 +126,13 @@ from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password, load_lab
 __all__ = ["Lab", "VMSpec", "VMState", "default_state_dir", "lab_password", "load_lab"]
 
 
+#: A state directory every simulator process uses instead of $VMBUSOPS_HOME/sim: how the agents of
+#: a simulated fleet, each with its own home, share one lab's state.
+ENV_STATE = "VMBUSOPS_SIM_STATE"
+
+
 def default_state_dir() -> Path:
-    """Where ``python -m vmbusops.sim`` keeps state without --state-dir."""
-    return home_dir() / "sim"
+    """Where ``python -m vmbusops.sim`` keeps state without --state-dir: $VMBUSOPS_SIM_STATE, else
+    ``$VMBUSOPS_HOME/sim``."""
+    explicit = os.environ.get(ENV_STATE)
+    return Path(explicit) if explicit else home_dir() / "sim"
