@@ -108,12 +108,23 @@ unknown. Unknown commands get PowerShell's own CommandNotFoundException, as in a
 guest's file system is real files under ``<state-dir>/guests/<vm>/C/``; paths are case-insensitive
 like Windows'.
 
+Several hosts
+-------------
+A lab may declare a fleet: ``[[hosts]]``, some of them nodes of a failover cluster, each VM owned
+by one host (``lab``). The state then says which host owns each VM now and which hosts are down.
+``python -m vmbusops.sim --as HV-B`` (host spec ``sim:HV-B``) serves one host: Get-VM, every VM
+cmdlet and Invoke-Command see only the VMs it owns now, any other is "not found" with Hyper-V's
+own error. ``cluster`` moves VMs as a cluster does (``migrate_vm``, ``fail_host``,
+``restore_host``; ``vmbusops lab``): a PowerShell Direct session open on the host a VM leaves
+breaks under its running command with the Hyper-V socket's "target process has ended" error
+(``hyperv``), and a failed host's process exits. Without ``--as`` a process serves every VM.
+
 Python API
 ----------
 ``load_lab(path | None)`` reads a lab (the built-in default when None); ``lab_password(lab, vm)``
 and ``Lab.credential(vm)`` give a guest's credentials (``lab_admin_password(lab)`` is the one
 password every guest without its own ``password`` accepts); ``default_state_dir()`` is where the CLI
-keeps state (``$VMBUSOPS_HOME/sim``). The default lab has web01, web02, db01 (running), legacy01
+keeps state (``$VMBUSOPS_SIM_STATE``, else ``$VMBUSOPS_HOME/sim``). The default lab has web01, web02, db01 (running), legacy01
 (off) and app01 (running, Guest Service Interface disabled), all with user ``Administrator``.
 """
 
