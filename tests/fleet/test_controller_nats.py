@@ -67,7 +67,7 @@ async def take_work(broker: NatsBroker, host: str) -> list[messages.Work]:
 
 async def until(predicate: object, timeout: float = 30.0) -> None:
     with trio.fail_after(timeout):
-        while not predicate():  # type: ignore[operator]
+        while not predicate():  # type: ignore[operator]  # noqa: ASYNC110 - another process moves it
             await trio.sleep(0.05)
 
 

@@ -20,8 +20,7 @@ import trio
 
 from vmbusops.cli.common import load
 from vmbusops.errors import ConfigError
-
-PASSWORD_ENV = "VMBUSOPS_NATS_PASSWORD"  # noqa: S105 - the name of the variable, not a password
+from vmbusops.fleet.agent_config import ENV_NATS_PASSWORD, check_url
 
 
 @click.group("fleet")
@@ -30,20 +29,25 @@ def fleet() -> None:
 
 
 def _password(password_file: Path | None) -> str | None:
+    """The NATS password: from its file, else ``$VMBUSOPS_NATS_PASSWORD`` (never a flag)."""
     if password_file is not None:
         try:
-            return password_file.read_text(encoding="utf-8").strip() or None
+            text = password_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(
                 f"cannot read the NATS password file {password_file}: {exc.strerror}",
                 hint="give a readable file holding only the password",
             ) from None
-    return os.environ.get(PASSWORD_ENV) or None
+        if not text:
+            raise ConfigError(f"the NATS password file {password_file} is empty")
+        return text
+    return os.environ.get(ENV_NATS_PASSWORD) or None
 
 
 @fleet.command("serve")
-@click.option("--nats", "url", required=True, metavar="URL", help="The fleet's NATS server: nats://HOST:PORT or tls://...")
-@click.option("--nats-user", "user", default=None, metavar="NAME", help=f"NATS user (its password: ${PASSWORD_ENV}).")
+@click.option("--nats", "url", default=None, metavar="URL",
+              help="The fleet's NATS server: nats://HOST:PORT or tls://... (default: [fleet] url).")  # fmt: skip
+@click.option("--nats-user", "user", default=None, metavar="NAME", help=f"NATS user (its password: ${ENV_NATS_PASSWORD}).")
 @click.option("--nats-password-file", "password_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE", help="Read the NATS password from this file.")  # fmt: skip
 @click.option("--nats-ca", "tls_ca", type=click.Path(dir_okay=False), default=None, metavar="PEM",
@@ -68,7 +72,7 @@ def _password(password_file: Path | None) -> str | None:
 @click.option("--placement-timeout", type=click.FloatRange(0.1, 86400 * 7), default=300.0, show_default=True,
               metavar="SECONDS", help="A run whose VM is on no live host for this long is skipped.")  # fmt: skip
 def serve_cmd(
-    url: str,
+    url: str | None,
     user: str | None,
     password_file: Path | None,
     tls_ca: str | None,
@@ -89,35 +93,36 @@ def serve_cmd(
     Prints {"event": "ready", "listen": [...]} once it serves. Stops on SIGTERM or Ctrl-C; a
     standby takes over once the lease has not moved for --lease-ttl.
     """
-    from contextlib import asynccontextmanager
-
     from vmbusops.api.logs import configure_json_logging
     from vmbusops.fleet.controller import ControllerOptions
     from vmbusops.fleet.serve import run_controller
 
-    if not (url.startswith(("nats://", "tls://"))):
-        raise ConfigError(f"--nats {url!r} is not a NATS URL", hint="for example --nats nats://127.0.0.1:4222")
     config = load()
+    section = config.fleet
+    url = url or section.url
+    if url is None:
+        raise ConfigError("no NATS URL", hint="pass --nats nats://HOST:PORT or set [fleet] url")
+    check_url(url)
+    user = user or section.user
+    tls_ca, tls_cert, tls_key = tls_ca or section.tls_ca, tls_cert or section.tls_cert, tls_key or section.tls_key
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("--nats-cert and --nats-key go together", hint="give both, or neither")
     bind = listen or config.agent.listen
-    password = _password(password_file)
+    password = _password(password_file or (Path(section.password_file) if section.password_file else None))
+    if password is not None and user is None:
+        raise ConfigError("a NATS password without a user", hint="give the user with --nats-user or [fleet] user")
 
-    @asynccontextmanager
-    async def open_broker() -> Any:
-        from vmbusops.fleet.nats_broker import NatsBroker
+    def open_fleet_broker() -> Any:
+        from vmbusops.fleet.nats_broker import open_broker
 
-        broker = await NatsBroker.connect(
+        return open_broker(
             url, user=user, password=password, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
             name=f"vmbusops-controller-{controller_id or bind}",
         )  # fmt: skip
-        try:
-            yield broker
-        finally:
-            with trio.CancelScope(shield=True):
-                await broker.aclose()
 
     options = ControllerOptions(
         id=controller_id or f"{socket.gethostname()}:{bind.rpartition(':')[2]}", url=public_url or "",
         canary=canary, host_ttl=host_ttl, lease_ttl=lease_ttl, placement_timeout=placement_timeout,
     )  # fmt: skip
     configure_json_logging(log_level)
-    sys.exit(trio.run(lambda: run_controller(config, open_broker=open_broker, options=options, listen=listen, ready_file=ready_file)))
+    sys.exit(trio.run(lambda: run_controller(config, open_broker=open_fleet_broker, options=options, listen=listen, ready_file=ready_file)))

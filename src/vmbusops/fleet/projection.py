@@ -136,6 +136,10 @@ class Projection:
                     out.records, out.events, out.ended, out.created = [], [], [], None
                     out.skipped = skip.reason
                     _bump(db, skip.counter)
+                    level = logging.WARNING if skip.counter == "bad_messages" else logging.INFO
+                    log.log(level, "log message skipped", extra={
+                        "event": "skipped", "seq": message.seq, "counter": skip.counter, "why": skip.reason,
+                    })  # fmt: skip
             elif out.skipped is not None:
                 _bump(db, "bad_messages")
             _put(db, "last_seq", message.seq)

@@ -130,6 +130,11 @@ class FleetService(AgentService):
         targets = resolve_targets(manifest, names)
         if any(not who.covers_vm(vm) for vm in targets) or (not targets and not who.sees_all_vms()):
             raise TargetsOutOfScope(tuple(p for p in manifest.targets.vms if _reaches_outside(p, targets, who)))
+        if not targets:
+            raise ConfigError(
+                f"the bundle's targets ({', '.join(manifest.targets.vms)}) match no VM on a host of the fleet",
+                hint="name VMs the fleet's agents report (see GET /v1/vms)",
+            )
         unplaced = [vm for vm in targets if vm.casefold() not in by_name]
         if unplaced:
             raise ConfigError(
