@@ -165,6 +165,15 @@ class FleetProcs:
     def bundle(self, vms: list[str], steps: list[dict[str, Any]], **execution: Any) -> Path:
         return signed_bundle(self.bundles, self.key, vms=vms, steps=steps, execution=execution or None, name="fleet-e2e")
 
+    def lab_cmd(self, *args: str) -> str:
+        """``vmbusops lab ...`` on this fleet's lab and state (a migration, a failed node)."""
+        done = subprocess.run(
+            [VMBUSOPS, "lab", *args, "--lab", str(self.lab), "--state-dir", str(self.state)],
+            capture_output=True, text=True, env=self.env(self.tmp / "vmbusops-home"), check=False, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
     def close(self) -> None:
         for proc in self.procs:
             proc.kill()
@@ -233,3 +242,12 @@ async def placed(ctl: Proc, where: dict[str, str], *, timeout: float = 60.0) -> 
                 if {v["vm"]: v["host"] for v in vms if v["alive"]} == where:
                     return
                 await trio.sleep(0.1)
+
+
+async def until_record(ctl: Proc, job: int, vm: str, text: str, *, timeout: float = 60.0) -> None:
+    """Wait until the controller's journal has a record of ``vm`` whose value contains ``text``."""
+    with trio.fail_after(timeout):
+        while not any(
+            r["vm"] == vm and text in str(r.get("value", "")) for r in await records_of(ctl, job)
+        ):  # fmt: skip
+            await trio.sleep(0.1)
