@@ -29,6 +29,10 @@ a file that decides which host the agent drives must not pass silently. ::
     interval_minutes = 60      # how often the agent prunes (vmbusops prune does it now)
     journal_max_mb = 0         # the journal file's size limit; 0: none (only the disk's)
 
+    [fleet]                    # vmbusops agent --fleet (see vmbusops.fleet.agent_config)
+    url = "nats://nats.example.net:4222"
+    host = "hv01"              # this host's fleet name; cluster, user, password_file, tls_* too
+
     [credentials]
     key_file = "/etc/vmbusops/credentials.key"  # the guest credentials' sealing key, kept outside
                                # the home (default: systemd's $CREDENTIALS_DIRECTORY, else the home)
@@ -42,11 +46,12 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vmbusops.errors import ConfigError
+from vmbusops.fleet.agent_config import FLEET_KEYS, FleetConfig, parse_fleet_section
 from vmbusops.home import home_dir
 from vmbusops.inventory import HostEntry, parse_hosts
 
@@ -71,6 +76,7 @@ _KNOWN: dict[str, set[str]] = {
         "max_bundle_bytes", "shutdown_grace_seconds", "host_wait_seconds", "host_reconnect_max_seconds",
     },
     "retention": {"records_days", "jobs_days", "interval_minutes", "journal_max_mb"},
+    "fleet": set(FLEET_KEYS),
 }
 
 
@@ -108,6 +114,8 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     hosts: tuple[HostEntry, ...] = ()
     credential_key_file: str | None = None
+    #: ``[fleet]``: how ``vmbusops agent --fleet`` joins a fleet (see :mod:`vmbusops.fleet.agent_config`).
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
     def host_entry(self, name: str) -> HostEntry | None:
         """The inventory's ``[hosts.NAME]`` entry, if there is one."""
@@ -163,6 +171,7 @@ def load_config(path: Path | None = None) -> Config:
     return Config(
         host=str(host), max_runspaces=max_runspaces, max_sessions=max_sessions, lab=str(lab) if lab else None, agent=agent,
         retention=retention, hosts=hosts, credential_key_file=key_file,
+        fleet=parse_fleet_section(raw.get("fleet", {}), path),
     )  # fmt: skip
 
 

@@ -30,7 +30,7 @@ from vmbusops.api.follow import JobFollower, RecordText
 from vmbusops.api.listing import JOB_PARAMS, VM_RUN_PARAMS, next_link, parse_list_query
 from vmbusops.api.openapi import openapi_document
 from vmbusops.api.problems import ApiProblem, from_error, host_down, job_not_visible, not_found
-from vmbusops.api.service import AgentService, AgentStopping, TargetsOutOfScope
+from vmbusops.api.service import AgentService, AgentStopping, NotActiveController, TargetsOutOfScope
 from vmbusops.api.sessions import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, ConsoleSessions, cross_site
 from vmbusops.api.tls import peer_certificate
 from vmbusops.engine import JobSource
@@ -203,6 +203,11 @@ def build_app(service: AgentService) -> Starlette:
             except HostDownError as exc:
                 service.metrics.submissions.labels("host-down").inc()
                 raise host_down(exc) from None
+            except NotActiveController as exc:
+                service.metrics.submissions.labels("standby").inc()
+                where = f"; the active one is {exc.active_url}" if exc.active_url else ""
+                raise ApiProblem(503, "not-active", "Not the active controller",
+                                 f"this fleet controller is on standby{where}", headers={"Retry-After": "2"}) from None  # fmt: skip
             except TargetsOutOfScope as exc:
                 service.metrics.submissions.labels("out-of-scope").inc()
                 raise refuse(request, 403, str(who), f"bundle targets VMs outside the scope: {', '.join(exc.vms) or '(none)'}",

@@ -157,17 +157,12 @@ def console_routes(
     async def vms(request: Request) -> Response:
         who = authenticate(request, Operation.READ)
         try:
-            host = await service.hosts.wait_current(service.config.host_wait_seconds)
-            listing = await host.list_vms()
+            listing = await service.vm_listing(who)
         except HostDownError as exc:
             raise host_down(exc) from None
         except VmbusOpsError as exc:
             raise from_error(exc) from None
-        return JSONResponse({"vms": [
-            {"vm": v.name, "id": v.id, "state": v.state, "heartbeat": v.heartbeat,
-             "guest_services": v.guest_services, "uptime": v.uptime}
-            for v in listing if who.covers_vm(v.name)
-        ]})  # fmt: skip
+        return JSONResponse({"vms": listing})
 
     return [
         Route("/console", to_console, methods=["GET"]),

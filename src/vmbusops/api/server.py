@@ -14,6 +14,12 @@ jobs get ``shutdown_grace_seconds`` to finish; then the rest are cancelled (each
 gets the PSRP stop signal and the journal writes that follow are shielded), the HTTP server
 stops, and the engine flushes the journal before the process exits. A second signal skips the
 grace period. Runs stopped this way read as interrupted and resume with ``vmbusops jobs resume``.
+
+With ``--fleet`` the agent also joins a fleet (:mod:`vmbusops.fleet.agent`): the broker is reached
+before the host is opened, and the fleet worker heartbeats, takes this host's work and forwards
+its runs' commits beside the API. On shutdown it takes no more work, its runs get the same grace,
+and what is queued for the broker is published before the process exits (fleet runs are not
+resumed here: the fleet's controller dispatches them again).
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ from vmbusops.engine import EngineOptions, Journal, open_engine
 from vmbusops.engine.journal_retention import journal_bytes
 from vmbusops.engine.readers import JournalReaders
 from vmbusops.errors import ConfigError
+from vmbusops.fleet.agent_config import FleetJoin
+from vmbusops.fleet.agent_serve import fleet_broker, start_fleet
+from vmbusops.fleet.broker import Broker
 from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.supervisor import Backoff, HostSupervisor, supervise_host
 from vmbusops.retention import keep_retention
@@ -123,6 +132,7 @@ async def run_agent(
     ready_file: Path | None = None,
     options: EngineOptions | None = None,
     scheduler_factory: Callable[[AgentService], Any] | None = None,
+    fleet: FleetJoin | None = None,
 ) -> int:
     agent = config.agent
     # Journal reads run in worker threads beside the event loop; a short switch interval lets a
@@ -145,21 +155,23 @@ async def run_agent(
     reader = Journal()
     readers = JournalReaders(journal.path)
     try:
-        with trio.open_signal_receiver(*_signals()) as signals:
-            supervisor = HostSupervisor(
-                host or config.host,
-                partial(open_host, host, config=config),
-                backoff=Backoff(cap=agent.host_reconnect_max_seconds),
-                wrap=lambda opened: opened.cache_listing(ttl=2.0),
-                on_change=metrics.host_changed,
-            )
-            async with supervise_host(supervisor) as hv:
-                await _serve(
-                    hv=hv, journal=journal, reader=reader, readers=readers, principals=principals, broadcaster=broadcaster,
-                    metrics=metrics, signals=signals, config=config,
-                    credential_for=credential_for, host=host, hconfig=hconfig, ready_file=ready_file,
-                    options=options, scheduler_factory=scheduler_factory,
-                )  # fmt: skip
+        # A fleet's broker is reached first: one that cannot be stops the agent before anything starts.
+        async with fleet_broker(fleet) as broker:
+            with trio.open_signal_receiver(*_signals()) as signals:
+                supervisor = HostSupervisor(
+                    host or config.host,
+                    partial(open_host, host, config=config),
+                    backoff=Backoff(cap=agent.host_reconnect_max_seconds),
+                    wrap=lambda opened: opened.cache_listing(ttl=2.0),
+                    on_change=metrics.host_changed,
+                )
+                async with supervise_host(supervisor) as hv:
+                    await _serve(
+                        hv=hv, journal=journal, reader=reader, readers=readers, principals=principals, broadcaster=broadcaster,
+                        metrics=metrics, signals=signals, config=config,
+                        credential_for=credential_for, host=host, hconfig=hconfig, ready_file=ready_file,
+                        options=options, scheduler_factory=scheduler_factory, fleet=(broker, fleet),
+                    )  # fmt: skip
         log.info("agent stopped", extra={"event": "stopped"})
         return 0
     finally:
@@ -186,6 +198,7 @@ async def _serve(
     ready_file: Path | None,
     options: EngineOptions | None,
     scheduler_factory: Callable[[AgentService], Any] | None,
+    fleet: tuple[Broker | None, FleetJoin | None] = (None, None),
 ) -> None:
     agent = config.agent
     options = options or EngineOptions(max_sessions=config.max_sessions)
@@ -223,6 +236,10 @@ async def _serve(
             top.start_soon(run_scheduler)
         stop_server = trio.Event()
         app: Any = build_app(service)
+        broker, join = fleet
+        worker = None
+        if broker is not None and join is not None:
+            worker = await start_fleet(top, broker, join, engine=engine, jobs=jobs, config=config)
         binds = await top.start(partial(serve, app, hconfig, shutdown_trigger=stop_server.wait))
         service.ready = True
         log.info("agent ready", extra={
@@ -235,6 +252,8 @@ async def _serve(
                                     "jobs_running": len(service.running)})  # fmt: skip
         _notify_systemd("STOPPING=1")
         service.stopping = True
+        if worker is not None:
+            worker.stopping = True  # takes no more fleet work; what it runs gets the grace below
         scheduler_scope.cancel()
         retention_scope.cancel()
         with trio.move_on_after(agent.shutdown_grace_seconds):
@@ -247,6 +266,8 @@ async def _serve(
 
                 async def idle() -> None:
                     await service.wait_idle()
+                    if worker is not None:
+                        await worker.wait_idle()
                     grace.cancel_scope.cancel()
 
                 grace.start_soon(second_signal)
@@ -255,4 +276,6 @@ async def _serve(
             log.info("interrupting runs", extra={"event": "interrupting", "jobs": sorted(service.running)})
         jobs_scope.cancel()
         await jobs_done.wait()
+        if worker is not None:
+            await worker.stop(drain=agent.shutdown_grace_seconds)
         stop_server.set()

@@ -56,6 +56,14 @@ class AgentStopping(Exception):
     pass
 
 
+class NotActiveController(Exception):
+    """A fleet controller on standby: it serves reads; submissions go to the active one."""
+
+    def __init__(self, active_url: str | None) -> None:
+        super().__init__(active_url)
+        self.active_url = active_url
+
+
 class AgentService:
     def __init__(
         self,
@@ -195,6 +203,15 @@ class AgentService:
                 tuple(p for p in manifest.targets.vms if _reaches_outside(p, targets, who))
             )
         return targets
+
+    async def vm_listing(self, who: Principal) -> list[dict[str, Any]]:
+        """The VMs ``who`` may see, as ``GET /v1/vms`` lists them."""
+        host = await self.hosts.wait_current(self.config.host_wait_seconds)
+        return [
+            {"vm": v.name, "id": v.id, "state": v.state, "heartbeat": v.heartbeat,
+             "guest_services": v.guest_services, "uptime": v.uptime}
+            for v in await host.list_vms() if who.covers_vm(v.name)
+        ]  # fmt: skip
 
     async def receive_bundle(self, chunks: AsyncIterator[bytes], limit: int) -> Path:
         """The request body in a private file; :class:`OverflowError` past ``limit`` bytes."""

@@ -38,6 +38,26 @@ def _seconds(text: str) -> float:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
+def _fleet_options(fn: Any) -> Any:
+    """``--fleet`` and its companions (each also in the config file's ``[fleet]`` section)."""
+    path = click.Path(dir_okay=False)
+    options: list[tuple[tuple[str, str], dict[str, Any]]] = [
+        (("--fleet", "url"), {"metavar": "URL", "help": "Join a fleet: its NATS server, nats://HOST:PORT or tls://..."}),
+        (("--fleet-host", "fleet_host"), {"metavar": "NAME",
+            "help": "This host's name in the fleet (default: [fleet] host, else the --host name)."}),
+        (("--cluster", "cluster"), {"metavar": "NAME", "help": "The failover cluster this host belongs to."}),
+        (("--fleet-user", "user"), {"metavar": "NAME", "help": "NATS user (its password: $VMBUSOPS_NATS_PASSWORD)."}),
+        (("--fleet-password-file", "password_file"), {"type": path, "metavar": "FILE",
+            "help": "Read the NATS password from FILE (never give it as a flag)."}),
+        (("--fleet-ca", "tls_ca"), {"type": path, "metavar": "PEM", "help": "CA of the NATS server's TLS certificate."}),
+        (("--fleet-cert", "tls_cert"), {"type": path, "metavar": "PEM", "help": "TLS client certificate for NATS."}),
+        (("--fleet-key", "tls_key"), {"type": path, "metavar": "PEM", "help": "Its private key."}),
+    ]  # fmt: skip
+    for decl, kw in reversed(options):
+        fn = click.option(*decl, default=None, **kw)(fn)
+    return fn
+
+
 @click.group("agent", invoke_without_command=True)
 @host_option
 @click.option(
@@ -54,6 +74,7 @@ def _seconds(text: str) -> float:
     help=f"PowerShell Direct sessions open at once on the host, all jobs together (default: [host] "
     f"max_sessions, {DEFAULT_MAX_SESSIONS}).",
 )  # fmt: skip
+@_fleet_options
 @click.pass_context
 def agent(
     ctx: click.Context,
@@ -62,6 +83,14 @@ def agent(
     ready_file: Path | None,
     log_level: str,
     max_sessions: int | None,
+    url: str | None,
+    fleet_host: str | None,
+    cluster: str | None,
+    user: str | None,
+    password_file: str | None,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Run the host agent: engine, scheduler and the HTTP API (JSON logs on stderr).
 
@@ -73,6 +102,11 @@ def agent(
     Invoke-Command's own ThrottleLimit: each PowerShell Direct session holds a runspace in the
     host's PowerShell process and a remoting process in the guest, so raise it with the host's
     memory in mind.
+
+    With --fleet nats://HOST:PORT (or [fleet] url) the agent also joins a fleet: it heartbeats
+    its host and VMs, takes the runs the fleet's controller dispatches to it, verifies each
+    bundle with this host's own trust policy, runs it here and publishes its records and states.
+    A bad URL is a usage error (2); a broker that cannot be reached at start stops it (3).
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -83,6 +117,14 @@ def agent(
     config = load()
     if max_sessions is not None:
         config = dataclasses.replace(config, max_sessions=max_sessions)
+    join = None
+    if url is not None or config.fleet.url is not None:
+        from vmbusops.fleet.agent_config import fleet_join
+
+        join = fleet_join(
+            config.fleet, url=url, host=fleet_host, default_host=host or config.host, cluster=cluster, user=user,
+            password_file=password_file, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+        )  # fmt: skip
     configure_json_logging(log_level)
     code = trio.run(
         lambda: run_agent(
@@ -92,6 +134,7 @@ def agent(
             listen=listen,
             ready_file=ready_file,
             scheduler_factory=Scheduler.for_service,
+            fleet=join,
         )
     )
     sys.exit(code)

@@ -59,7 +59,7 @@ from vmbusops.engine.leases import VmLeases
 from vmbusops.engine.machine import JobMachine, Output, RunMachine, StepInfo
 from vmbusops.engine.plan import GuestBatch, plan_units
 from vmbusops.engine.run_start import RunStart
-from vmbusops.engine.source import JobSource, resolve_targets
+from vmbusops.engine.source import FLEET_SOURCE_PREFIX, JobSource, resolve_targets
 from vmbusops.engine.staged import JobStaging
 from vmbusops.engine.states import State
 from vmbusops.engine.writer import JournalWriter
@@ -248,6 +248,11 @@ class Engine:
         host = self.host
         await self.writer.call(self.journal.reconcile)
         view = await self.writer.call(self.journal.job, job_id)
+        if view.source.startswith(FLEET_SOURCE_PREFIX):
+            raise JobStateError(
+                f"job {job_id} ran a fleet run ({view.source}); the fleet's controller dispatches it again",
+                hint="a fleet run is not resumed on its host; see it on the controller",
+            )
         if view.stored_state is not State.INTERRUPTED:
             raise JobStateError(
                 f"job {job_id} is {view.state.value}; only an interrupted job can be resumed",

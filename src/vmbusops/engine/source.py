@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from vmbusops.engine.journal import JobView
 
 
+#: How the source of a local job that runs a fleet run begins: such a job is the fleet's to
+#: dispatch again, never resumed here (``vmbusops jobs resume`` refuses it).
+FLEET_SOURCE_PREFIX = "fleet:"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobSource:
     """A manifest, the directory its files were extracted to (if any), and its permissions."""
@@ -132,4 +137,4 @@ def resolve_targets(manifest: Manifest, host_vms: Sequence[str]) -> list[str]:
     return chosen
 
 
-__all__ = ["JobSource", "resolve_targets"]
+__all__ = ["FLEET_SOURCE_PREFIX", "JobSource", "resolve_targets"]

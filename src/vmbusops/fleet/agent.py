@@ -1,0 +1,590 @@
+"""The fleet worker inside ``vmbusops agent --fleet``: :class:`FleetAgent`.
+
+Theory of operation
+-------------------
+The agent process keeps its engine, journal, jobs nursery and HTTP API; the fleet worker adds
+three tasks beside them (see ``docs/adr/0007-fleet.md`` for the whole fleet):
+
+- **presence** (:mod:`.agent_presence`): every ``heartbeat`` the host entry is put (host, cluster,
+  this process's boot id, a sequence number, the host's VMs from ``Get-VM``, ``max_sessions``) and
+  the placement of each VM the host lists is written when it changed (compare-and-set). If no
+  beat could be written for ``host_ttl``, the agent has lost the broker: the controller will judge
+  this host dead and dispatch its runs elsewhere, so every fleet run here is cancelled now (their
+  later facts carry the old epoch, which the controller's projection fences off). Beats go on
+  being tried, and resume once the broker answers.
+- **work**: the host's durable pull consumer is read in order. A ``dispatch`` is taken once per
+  (job, run, epoch) (:class:`.agent_store.FleetStore`); its bundle is fetched by digest, hashed
+  again and verified with this host's own trust policy, scope by the run's VM name, and expiry
+  (:mod:`.agent_bundles`); replay: a bundle id serves every run of one fleet job and never a
+  second one (the host's replay store also records it, so ``vmbusops run`` of that bundle here is
+  refused, and a bundle run here before is refused to the fleet). A refusal is published as a
+  ``refused`` fact and nothing runs. Otherwise the local job is created (one run, going on from
+  the dispatch's step states: :meth:`Engine.run_fleet_run`), the message is acked, and the run
+  goes in the agent's jobs nursery under the agent's own ``max_sessions``. A ``cancel`` cancels
+  that local run. A message that does not parse is logged in one line and terminated.
+- **forwarding** (:mod:`.agent_batches`): the journal writer's ``on_applied`` tap turns each
+  commit into one ``batch`` per fleet run it touched, queued in order; one task publishes them in
+  that order, each awaited, retried with the same message id (so a retry is never a duplicate)
+  with backoff on a broker error, never dropped nor reordered while the process lives. A batch
+  that ends a run failed is held until the VM is looked up by name on this host: if the host no
+  longer has it (live migration, failover), the run's terminal failure is left out of the batch
+  and a ``moved`` fact follows it, for the controller to dispatch the run where the VM is now.
+
+On start, fleet runs an earlier agent process left unfinished are not resumed here: their rows
+become ``stale`` and their local jobs, if interrupted, are ended with a line saying so (and
+``vmbusops jobs resume`` refuses any fleet job); the controller dispatches them again, with a new
+epoch, once it sees this process's new boot id.
+
+No message carries a secret: a run's guest credential is resolved here, by the manifest's
+credential reference, from this agent's own store, as for a local job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from vmbusops.bundle.errors import ReplayedBundleError
+from vmbusops.engine import acceptance
+from vmbusops.engine.changes import Change
+from vmbusops.engine.engine import Engine
+from vmbusops.engine.journal import StoredRecord
+from vmbusops.engine.run_start import RunStart
+from vmbusops.engine.source import FLEET_SOURCE_PREFIX, JobSource
+from vmbusops.engine.states import State
+from vmbusops.errors import BundleError, FailureCode, VmbusOpsError
+from vmbusops.fleet import messages
+from vmbusops.fleet.agent_batches import (
+    BatchBuilder,
+    FleetRunKey,
+    PendingBatch,
+    Tracked,
+    moved_split,
+    wire_changes,
+)
+from vmbusops.fleet.agent_bundles import (
+    REPLAYED_BUNDLE,
+    FleetBundle,
+    Refusal,
+    bundle_cache_dir,
+    fetch_bundle,
+    verify_for_vm,
+)
+from vmbusops.fleet.agent_presence import Placement, host_entry, put_host_entry
+from vmbusops.fleet.agent_store import DONE, REFUSED, RUNNING, STALE, FleetStore
+from vmbusops.fleet.broker import Broker, BrokerError, Delivery
+from vmbusops.fleet.names import check_host_name, host_log_subject
+from vmbusops.guestops.host import VMInfo
+from vmbusops.owner import current_owner
+
+log = logging.getLogger("vmbusops.fleet.agent")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetAgentOptions:
+    host: str
+    cluster: str | None = None
+    #: Seconds between heartbeats.
+    heartbeat: float = 1.0
+    #: No heartbeat written for this long: the broker is lost, this host's fleet runs stop.
+    host_ttl: float = 10.0
+    max_sessions: int = 32
+    #: The largest bundle archive taken from the broker.
+    max_bundle_bytes: int = 256 << 20
+    #: Records kept in memory for batches not yet published; beyond, read back from the journal.
+    max_inline_records: int = 20_000
+    #: Messages taken from the work consumer at once, and how long one fetch waits.
+    work_batch: int = 16
+    work_wait: float = 1.0
+    #: Backoff between retries of a publish or a fetch the broker failed.
+    retry_min: float = 0.05
+    retry_max: float = 2.0
+
+
+class FleetAgent:
+    def __init__(
+        self,
+        broker: Broker,
+        engine: Engine,
+        store: FleetStore,
+        jobs: trio.Nursery,
+        options: FleetAgentOptions,
+    ) -> None:
+        self.broker = broker
+        self.engine = engine
+        self.store = store
+        self.jobs = jobs
+        self.options = options
+        self.host = check_host_name(options.host)
+        self.subject = host_log_subject(self.host)
+        self.boot = uuid.uuid4().hex
+        self.owner = current_owner()
+        self.builder = BatchBuilder(max_inline_records=options.max_inline_records)
+        self.placement = Placement(broker, self.host, options.cluster, self.boot)
+        #: Fleet runs of this process, by key, while they run.
+        self.running: dict[FleetRunKey, Tracked] = {}
+        self._wake = trio.Event()
+        self._chained: Callable[[list[StoredRecord], list[Change]], None] | None = None
+        self.seq = 0
+        self.last_beat_ok = 0.0
+        self.lost = False
+        self.vms: list[VMInfo] = []
+        self.stopping = False
+        self._scope = trio.CancelScope()
+        #: Set (and replaced) whenever a run ends or a batch was published.
+        self._changed = trio.Event()
+        #: Counters (tests and the logs read them).
+        self.published = 0
+        self.refused = 0
+        self.moved = 0
+        self.duplicates = 0
+
+    # ------------------------------------------------------------------ life
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Settle what an earlier process left, then heartbeat, take work and forward commits
+        until :meth:`stop` (or cancelled)."""
+        await self._settle_stale()
+        writer = self.engine.writer
+        self._chained = writer.on_applied
+        writer.on_applied = self._applied
+        self.last_beat_ok = trio.current_time()
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._beat_loop)
+                    nursery.start_soon(self._watch_lease)
+                    nursery.start_soon(self._forward_loop)
+                    nursery.start_soon(self._work_loop)
+                    log.info("fleet agent started", extra={
+                        "event": "fleet-started", "host": self.host, "cluster": self.options.cluster,
+                        "boot": self.boot,
+                    })  # fmt: skip
+                    task_status.started()
+        finally:
+            writer.on_applied = self._chained
+
+    async def stop(self, drain: float) -> None:
+        """Take no more work; publish what is queued (for at most ``drain`` seconds); stop."""
+        self.stopping = True
+        with trio.move_on_after(drain):
+            while self.builder.queue:
+                await self._changed.wait()
+        if self.builder.queue:
+            log.warning("stopping with batches unpublished", extra={
+                "event": "fleet-unpublished", "batches": len(self.builder.queue),
+            })  # fmt: skip
+        self._scope.cancel()
+
+    async def _settle_stale(self) -> None:
+        """Fleet runs an earlier process took and did not finish: not resumed here (see the
+        module's docstring)."""
+        for row in await trio.to_thread.run_sync(self.store.left_by_others, self.owner):
+            self.store.set_state(row.job, row.run, row.epoch, STALE)
+            if row.local_job is None:
+                continue
+            try:
+                await abandon_local_job(self.engine, row.local_job, row.job, row.run, row.epoch)
+            except VmbusOpsError as exc:
+                log.warning("cannot end a stale fleet job", extra={
+                    "event": "fleet-stale-failed", "job": row.local_job, "error": exc.message,
+                })  # fmt: skip
+            log.info("fleet run of an earlier agent process left to the controller", extra={
+                "event": "fleet-stale", "fleet_job": row.job, "run": row.run, "epoch": row.epoch,
+                "local_job": row.local_job,
+            })  # fmt: skip
+
+    # ------------------------------------------------------------------ presence
+    async def _list_vms(self) -> list[VMInfo]:
+        try:
+            self.vms = await self.engine.host.list_vms()
+        except VmbusOpsError as exc:
+            log.debug("cannot list the host's VMs", extra={"event": "fleet-list-failed", "error": exc.message})
+        return self.vms
+
+    async def _beat_loop(self) -> None:
+        failing = False
+        while True:
+            started = trio.current_time()
+            vms = await self._list_vms()
+            self.seq += 1
+            entry = host_entry(
+                host=self.host, cluster=self.options.cluster, boot=self.boot, seq=self.seq, vms=vms,
+                max_sessions=self.options.max_sessions,
+            )  # fmt: skip
+            try:
+                with trio.fail_after(max(self.options.host_ttl / 2, self.options.heartbeat)):
+                    await put_host_entry(self.broker, self.host, entry)
+                    self.last_beat_ok = trio.current_time()
+                    if failing or self.lost:
+                        log.info("the broker takes heartbeats again", extra={"event": "fleet-broker-back"})
+                    failing = False
+                    self.lost = False
+                    await self.placement.update(vms)
+            except (BrokerError, trio.TooSlowError) as exc:
+                if not failing:
+                    log.warning("cannot write the heartbeat", extra={
+                        "event": "fleet-heartbeat-failed", "error": str(exc) or "timed out",
+                    })  # fmt: skip
+                failing = True
+            await trio.sleep_until(started + self.options.heartbeat)
+
+    async def _watch_lease(self) -> None:
+        """No heartbeat for ``host_ttl``: the controller will call this host dead, so its fleet
+        runs stop here now."""
+        while True:
+            await trio.sleep(min(self.options.heartbeat, self.options.host_ttl / 4))
+            if self.lost or trio.current_time() - self.last_beat_ok < self.options.host_ttl:
+                continue
+            self.lost = True
+            log.warning("lost the broker: cancelling this host's fleet runs", extra={
+                "event": "fleet-broker-lost", "runs": len(self.running),
+            })  # fmt: skip
+            for tracked in list(self.running.values()):
+                self.engine.cancel(tracked.local_job)
+
+    # ------------------------------------------------------------------ work
+    async def _work_loop(self) -> None:
+        delay = self.options.retry_min
+        while not self.stopping:
+            try:
+                deliveries = await self.broker.fetch_work(
+                    self.host, batch=self.options.work_batch, timeout=self.options.work_wait
+                )
+            except BrokerError:
+                await trio.sleep(delay)
+                delay = min(delay * 2, self.options.retry_max)
+                continue
+            delay = self.options.retry_min
+            for delivery in deliveries:
+                await self._handle(delivery)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        try:
+            work = messages.parse_work(delivery.data)
+        except messages.FleetMessageError as exc:
+            log.warning("dropped a work message", extra={"event": "fleet-bad-work", "error": exc.message})
+            await self._settle(delivery, term=True)
+            return
+        if isinstance(work, messages.CancelWork):
+            self._cancel(work)
+            await self._settle(delivery)
+            return
+        try:
+            await self._dispatch(work, delivery)
+        except BrokerError as exc:
+            # Left unacked: the broker delivers it again after its ack wait.
+            log.warning("dispatch left for redelivery", extra={
+                "event": "fleet-dispatch-retry", "fleet_job": work.job, "run": work.run, "error": exc.message,
+            })  # fmt: skip
+
+    async def _settle(self, delivery: Delivery, *, term: bool = False) -> None:
+        try:
+            await (self.broker.term(delivery) if term else self.broker.ack(delivery))
+        except BrokerError as exc:
+            # Delivered again later, and then found taken (or cancelled) already.
+            log.info("cannot ack a work message", extra={"event": "fleet-ack-failed", "error": exc.message})
+
+    def _cancel(self, work: messages.CancelWork) -> None:
+        tracked = self.running.get(FleetRunKey(work.job, work.run, work.epoch))
+        log.info("cancel from the controller", extra={
+            "event": "fleet-cancel", "fleet_job": work.job, "run": work.run, "epoch": work.epoch,
+            "local_job": tracked.local_job if tracked else None,
+        })  # fmt: skip
+        if tracked is not None:
+            self.engine.cancel(tracked.local_job)
+
+    async def _dispatch(self, work: messages.DispatchWork, delivery: Delivery) -> None:
+        key = FleetRunKey(work.job, work.run, work.epoch)
+        if self.store.get(work.job, work.run, work.epoch) is not None or (
+            self.store.latest_epoch(work.job, work.run) > work.epoch
+        ):
+            self.duplicates += 1
+            log.info("dispatch taken before: not run again", extra={
+                "event": "fleet-duplicate", "fleet_job": work.job, "run": work.run, "epoch": work.epoch,
+            })  # fmt: skip
+            await self._settle(delivery)
+            return
+        for older in [t for k, t in self.running.items() if (k.job, k.run) == (key.job, key.run)]:
+            self.engine.cancel(older.local_job)  # the controller moved the run on from that epoch
+        try:
+            bundle = await self._bundle(work)
+            start = _run_start(work, len(bundle.verified.manifest.steps))
+        except Refusal as refusal:
+            await self._refuse(work, refusal)
+            self.store.take(work.job, work.run, work.epoch, work.vm, self.owner)
+            self.store.set_state(work.job, work.run, work.epoch, REFUSED)
+            await self._settle(delivery)
+            return
+        self.store.take(work.job, work.run, work.epoch, work.vm, self.owner)
+        self.jobs.start_soon(self._run_one, work, bundle, start, delivery)
+
+    async def _bundle(self, work: messages.DispatchWork) -> FleetBundle:
+        """Fetch, verify, and bind the bundle to the fleet job (replay); Refusal if refused."""
+        data = await self._retrying(
+            lambda: fetch_bundle(
+                self.broker, work.bundle, cache=bundle_cache_dir(), max_bytes=self.options.max_bundle_bytes
+            ),
+            attempts=5,
+        )
+        bundle = await trio.to_thread.run_sync(lambda: verify_for_vm(data, vm=work.vm, digest=work.bundle))
+        try:
+            try:
+                # Resolved here, from this agent's own store, as for a local job; only found now
+                # (a missing one refuses the run before anything is used up), never sent anywhere.
+                self.engine.credential_for(bundle.verified.manifest.credential)
+            except VmbusOpsError as exc:
+                raise Refusal(exc.code.value, exc.message) from None
+            await trio.to_thread.run_sync(self._bind, bundle, work.job)
+        except BaseException:
+            _remove(bundle)
+            raise
+        return bundle
+
+    def _bind(self, bundle: FleetBundle, job: int) -> None:
+        manifest = bundle.verified.manifest
+        bound = self.store.bundle_job(manifest.id)
+        if bound is None:
+            bound = self.store.bind_bundle(manifest.id, job)
+            if bound == job:
+                # The first run of this job here: the host's replay store judges (and records)
+                # the bundle as for any acceptance, so a bundle run here before never serves the
+                # fleet, and a fleet bundle is never run again by `vmbusops run`. Bound first, so
+                # a crash in between cannot refuse this job's own later runs.
+                try:
+                    self._accept_once(bundle)
+                except Refusal:
+                    self.store.unbind_bundle(manifest.id, job)
+                    raise
+        if bound != job:
+            raise Refusal(
+                REPLAYED_BUNDLE,
+                f"bundle id {manifest.id} ({manifest.name} v{manifest.version}) already served fleet job"
+                f" {bound} on this host; a bundle serves one job",
+            )
+
+    def _accept_once(self, bundle: FleetBundle) -> None:
+        manifest = bundle.verified.manifest
+        with acceptance.open_replay(self.engine.journal) as replay:
+            try:
+                replay.reserve(
+                    bundle_id=manifest.id, name=manifest.name, version=manifest.version,
+                    accepted_at=datetime.now(UTC), holder=self.owner,
+                )  # fmt: skip
+                replay.confirm(manifest.id)
+            except ReplayedBundleError as exc:
+                raise Refusal(REPLAYED_BUNDLE, exc.message) from None
+            except BundleError as exc:
+                raise Refusal(exc.code.value, exc.message) from None
+
+    async def _refuse(self, work: messages.DispatchWork, refusal: Refusal) -> None:
+        self.refused += 1
+        log.warning("refused a dispatched run's bundle", extra={
+            "event": "fleet-refused", "fleet_job": work.job, "run": work.run, "epoch": work.epoch,
+            "code": refusal.code, "reason": refusal.reason,
+        })  # fmt: skip
+        fact = messages.RefusedFact(
+            host=self.host, job=work.job, run=work.run, epoch=work.epoch, code=refusal.code,
+            reason=refusal.reason, time=time.time(),
+        )  # fmt: skip
+        await self._publish(fact)
+
+    async def _run_one(
+        self, work: messages.DispatchWork, bundle: FleetBundle, start: RunStart, delivery: Delivery
+    ) -> None:
+        key = FleetRunKey(work.job, work.run, work.epoch)
+        verified = bundle.verified
+        source = JobSource(
+            manifest=verified.manifest,
+            directory=bundle.directory,
+            source=f"{FLEET_SOURCE_PREFIX}job {work.job} run {work.run} epoch {work.epoch}",
+            enable_guest_services=verified.scope.enable_guest_services,
+            targets=(work.vm,),
+            envelope=verified.envelope.to_json(),
+            submitter=f"fleet:{work.controller}",
+        )
+        created = trio.Event()
+
+        def on_created(local_job: int) -> None:
+            # Before the job's first commit: the tap must know the run from its first change.
+            local_run = self.engine.journal.run_ids(local_job)[work.vm]
+            tracked = Tracked(key=key, vm=work.vm, vm_id=work.vm_id, local_job=local_job, local_run=local_run)
+            self.builder.track(tracked)
+            self.running[key] = tracked
+            self.store.set_state(work.job, work.run, work.epoch, RUNNING, local_job=local_job)
+            created.set()
+            log.info("fleet run started", extra={
+                "event": "fleet-run", "fleet_job": work.job, "run": work.run, "epoch": work.epoch,
+                "vm": work.vm, "local_job": local_job,
+            })  # fmt: skip
+
+        async with trio.open_nursery() as nursery:
+
+            async def ack_once_created() -> None:
+                await created.wait()
+                await self._settle(delivery)
+
+            nursery.start_soon(ack_once_created)
+            try:
+                await self.engine.run_fleet_run(source, work.vm, start, on_created=on_created)
+            except VmbusOpsError as exc:
+                log.warning("fleet run could not run", extra={
+                    "event": "fleet-run-failed", "fleet_job": work.job, "run": work.run, "error": exc.message,
+                })  # fmt: skip
+            finally:
+                self.running.pop(key, None)
+                self._notify()
+                if not created.is_set():
+                    # Nothing was journaled (the host being reopened, say): forget the dispatch,
+                    # unacked, so that its redelivery is taken again.
+                    nursery.cancel_scope.cancel()
+                    self.store.forget(work.job, work.run, work.epoch)
+                    _remove(bundle)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_idle(self) -> None:
+        """Return once no fleet run runs here."""
+        while self.running:
+            await self._changed.wait()
+
+    # ------------------------------------------------------------------ forwarding
+    def _applied(self, stored: list[StoredRecord], changes: list[Change]) -> None:
+        try:
+            if self.builder.applied(stored, changes, time.time()):
+                self._wake.set()
+        except Exception:  # the tap must never fail the journal's committer
+            log.exception("cannot queue a fleet batch", extra={"event": "fleet-batch-failed"})
+        if self._chained is not None:
+            self._chained(stored, changes)
+
+    async def _forward_loop(self) -> None:
+        while True:
+            if not self.builder.queue:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            pending = self.builder.queue[0]
+            await self._forward(pending)
+            self.builder.sent(pending)
+            self._notify()
+
+    async def _forward(self, pending: PendingBatch) -> None:
+        tracked = pending.tracked
+        key = tracked.key
+        changes: Sequence[Change] = pending.changes
+        moved = pending.ends_failed and not await self._vm_here(tracked)
+        if moved:
+            changes = moved_split(changes)
+        records = pending.records if pending.records is not None else await self._read_back(pending)
+        if records or changes or not moved:
+            await self._publish(messages.BatchFact(
+                host=self.host, job=key.job, run=key.run, epoch=key.epoch, n=pending.n, records=tuple(records),
+                changes=tuple(wire_changes(changes)), time=pending.time,
+            ))  # fmt: skip
+            self.store.set_last_n(key.job, key.run, key.epoch, pending.n)
+        if moved:
+            self.moved += 1
+            reason = f"VM {tracked.vm} is no longer on host {self.host}"
+            log.info("fleet run's VM left this host", extra={
+                "event": "fleet-moved", "fleet_job": key.job, "run": key.run, "epoch": key.epoch, "vm": tracked.vm,
+            })  # fmt: skip
+            await self._publish(messages.MovedFact(
+                host=self.host, job=key.job, run=key.run, epoch=key.epoch, reason=reason, time=time.time(),
+            ))  # fmt: skip
+        if pending.ends:
+            self.builder.untrack(tracked)
+            self.store.set_state(key.job, key.run, key.epoch, DONE)
+
+    async def _read_back(self, pending: PendingBatch) -> list[messages.WireRecord]:
+        """The records of a batch queued while too many waited, from the local journal."""
+        after, last = pending.spilled
+        if last <= after:
+            return []
+        journal = self.engine.journal
+        rows = await trio.to_thread.run_sync(
+            lambda: journal.stored_records(pending.tracked.local_job, after=after, limit=last - after)
+        )
+        return [(r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows if r[1] <= last]
+
+    async def _vm_here(self, tracked: Tracked) -> bool:
+        """Whether this host still has the run's VM (asked now, by name, not from a listing);
+        when the host cannot say, it is taken to be here (the failure stands as it is)."""
+        for attempt in range(3):
+            try:
+                found = await self.engine.host.list_vms([tracked.vm])
+            except VmbusOpsError as exc:
+                if exc.code is FailureCode.VM_NOT_FOUND:
+                    return False
+                await trio.sleep(self.options.retry_max * (attempt + 1) / 2)
+                continue
+            return any(
+                vm.name.casefold() == tracked.vm.casefold() and (not tracked.vm_id or vm.id.lower() == tracked.vm_id.lower())
+                for vm in found
+            )
+        return True
+
+    async def _publish(self, fact: messages.BatchFact | messages.MovedFact | messages.RefusedFact) -> None:
+        """Publish, retried with the same message id until the broker takes it."""
+        data = messages.encode(fact)
+        msg_id = fact.msg_id()
+        await self._retrying(lambda: self.broker.publish(self.subject, data, msg_id=msg_id), attempts=None)
+        self.published += 1
+
+    async def _retrying(self, call: Callable[[], Any], *, attempts: int | None) -> Any:
+        delay = self.options.retry_min
+        tried = 0
+        while True:
+            try:
+                return await call()
+            except BrokerError:
+                tried += 1
+                if attempts is not None and tried >= attempts:
+                    raise
+                await trio.sleep(delay)
+                delay = min(delay * 2, self.options.retry_max)
+
+
+def _run_start(work: messages.DispatchWork, steps: int) -> RunStart:
+    """The dispatch's start as the engine takes it; a Refusal when it does not fit the bundle."""
+    try:
+        start = RunStart(
+            step_states=tuple(State(s) for s in work.start.step_states),
+            attempts=tuple(work.start.attempts),
+            next_seq=work.start.next_seq,
+        )
+        start.check(steps)
+    except ValueError as exc:
+        raise Refusal(FailureCode.INTERNAL.value, f"the dispatch's start does not fit the bundle: {exc}") from None
+    return start
+
+
+def _remove(bundle: FleetBundle) -> None:
+    import shutil
+
+    shutil.rmtree(bundle.directory, ignore_errors=True)
+
+
+async def abandon_local_job(engine: Engine, local_job: int, job: int, run: int, epoch: int) -> None:
+    """End an interrupted local job of a fleet run with a line saying why it is not resumed here."""
+    journal = engine.journal
+    view = await engine.writer.call(journal.job, local_job)
+    if view.stored_state is not State.INTERRUPTED:
+        return
+    await engine.writer.call(journal.claim_job, local_job, engine.owner, time.time())
+    message = (
+        f"fleet job {job} run {run} (epoch {epoch}) stopped with the agent process that ran it;"
+        " the fleet controller dispatches it again, it is not resumed here"
+    )
+    await engine._refuse_resume(local_job, JobSource.from_journal(view), message)
+
+
+__all__ = ["FleetAgent", "FleetAgentOptions", "abandon_local_job"]

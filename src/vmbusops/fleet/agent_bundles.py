@@ -1,0 +1,172 @@
+"""A dispatched run's bundle, as a fleet agent gets and judges it.
+
+The broker is a transport, never trusted, so the agent judges every bundle itself, exactly as it
+judges one submitted to its own API:
+
+1. the archive comes from the fleet's object store by its SHA-256 (cached on disk under the
+   agent's private home by that digest, so the runs of one job fetch it once); whatever is read,
+   from the cache or the broker, is hashed again and refused if it does not match;
+2. :func:`vmbusops.bundle.verify.verify_stream` with this host's trust policy: the signature,
+   the trust scope (targets, credential, step kinds, threshold, its end), expiry, every member's
+   SHA-256; extracted into a fresh owner-only directory for the local job;
+3. the run's VM: one of the manifest's targets must name it, and the scope that allowed the
+   bundle must cover it by name.
+
+Replay (a bundle id serves every run of one fleet job, never a second one) is the agent's own
+store's (:class:`.agent_store.FleetStore`) and the host's replay store's: see :mod:`.agent`.
+
+A refusal is a :class:`Refusal` (code and one-line reason) that the agent publishes as a
+``refused`` fact; nothing runs. Blocking parts run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import trio
+
+from vmbusops.bundle.paths import accepted_bundles_dir, trust_policy_path
+from vmbusops.bundle.policy import load_trust_policy
+from vmbusops.bundle.replay import ReplayStore
+from vmbusops.bundle.verify import VerifiedBundle, verify_stream
+from vmbusops.errors import BundleError, FailureCode
+from vmbusops.fleet.broker import Broker
+from vmbusops.home import home_dir, private_dir
+from vmbusops.vm_names import vms_matching
+
+#: The ``refused`` code of a bundle that already served another fleet job on this host.
+REPLAYED_BUNDLE = "ReplayedBundle"
+
+
+class Refusal(Exception):
+    """This agent refuses to run a dispatched run's bundle (nothing of it ran)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class FleetBundle:
+    verified: VerifiedBundle
+    #: Where its files were extracted (owned by the local job).
+    directory: Path
+
+
+def bundle_cache_dir() -> Path:
+    """Where fetched bundle archives are kept, by digest (owner-only)."""
+    return private_dir(home_dir() / "fleet" / "bundles")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_cached(cache: Path, digest: str) -> bytes | None:
+    """The cached archive of ``digest`` if it is there and still hashes to it (else it is removed)."""
+    path = cache / f"{digest}.vmb"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if _sha256(data) != digest:
+        path.unlink(missing_ok=True)
+        return None
+    return data
+
+
+def write_cached(cache: Path, digest: str, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".part-", dir=cache)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, cache / f"{digest}.vmb")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+async def fetch_bundle(broker: Broker, digest: str, *, cache: Path, max_bytes: int) -> bytes:
+    """The archive of ``digest``, from the cache or the object store; :class:`Refusal` if the
+    store has none, or something that is not it; :class:`BrokerError` if the broker failed."""
+    data = await trio.to_thread.run_sync(read_cached, cache, digest)
+    if data is not None:
+        return data
+    data = await broker.get_bundle(digest)
+    if data is None:
+        raise Refusal(FailureCode.BUNDLE_REJECTED.value, f"the fleet's bundle store has no bundle {digest[:16]}")
+    if len(data) > max_bytes:
+        raise Refusal(
+            FailureCode.BUNDLE_REJECTED.value,
+            f"bundle {digest[:16]} is {len(data)} bytes, over this agent's limit of {max_bytes}",
+        )
+    if _sha256(data) != digest:
+        raise Refusal(
+            FailureCode.BUNDLE_REJECTED.value,
+            f"the bundle fetched as {digest[:16]} does not have that SHA-256; not run",
+        )
+    await trio.to_thread.run_sync(write_cached, cache, digest, data)
+    return data
+
+
+def verify_for_vm(data: bytes, *, vm: str, digest: str, now: datetime | None = None) -> FleetBundle:
+    """Verify the archive with this host's trust policy and extract it; :class:`Refusal` if any
+    check fails, or the run's VM is not among its targets and its scope (blocks: a worker thread)."""
+    reference = now if now is not None else datetime.now(UTC)
+    workdir = private_dir(accepted_bundles_dir())
+    directory = Path(tempfile.mkdtemp(prefix="fleet-", dir=workdir))
+    try:
+        try:
+            policy = load_trust_policy(trust_policy_path())
+            # Replay is judged by the caller, per fleet job: this verification checks expiry only.
+            verified = verify_stream(
+                io.BytesIO(data),
+                policy=policy,
+                replay=ReplayStore.in_memory(),
+                reference_time=reference,
+                dest=directory,
+                source=f"fleet bundle {digest[:16]}",
+            )
+        except BundleError as exc:
+            raise Refusal(exc.code.value, exc.message) from None
+        check_vm(verified, vm)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return FleetBundle(verified=verified, directory=directory)
+
+
+def check_vm(verified: VerifiedBundle, vm: str) -> None:
+    """The run's VM must be one the manifest targets and one the signers' scope covers by name."""
+    manifest = verified.manifest
+    if not any(vms_matching(pattern, [vm]) for pattern in manifest.targets.vms):
+        raise Refusal(
+            FailureCode.BUNDLE_REJECTED.value, f"{manifest.name} v{manifest.version} does not target VM {vm!r}"
+        )
+    if verified.scope.uncovered_targets([vm]):
+        raise Refusal(
+            FailureCode.BUNDLE_REJECTED.value,
+            f"VM {vm!r} is outside the VMs its signers may sign for on this host ({', '.join(verified.scope.vms)})",
+        )
+
+
+__all__ = [
+    "REPLAYED_BUNDLE",
+    "FleetBundle",
+    "Refusal",
+    "bundle_cache_dir",
+    "check_vm",
+    "fetch_bundle",
+    "read_cached",
+    "verify_for_vm",
+    "write_cached",
+]  # fmt: skip
+

@@ -1,0 +1,161 @@
+"""How ``vmbusops agent`` joins a fleet: the ``[fleet]`` section and ``--fleet`` options.
+
+::
+
+    [fleet]                          # vmbusops agent --fleet: join a fleet over NATS JetStream
+    url = "nats://nats.example.net:4222"   # or tls://...; --fleet URL
+    host = "hv01"                    # this host's fleet name (default: the configured host's name)
+    cluster = "c1"                   # its failover cluster, if any
+    user = "hv01"                    # its NATS user (may only use its own subjects)
+    password_file = "/etc/vmbusops/nats.pass"  # or $VMBUSOPS_NATS_PASSWORD; never on the command line
+    tls_ca = "/etc/vmbusops/nats-ca.pem"       # TLS to NATS when given (or a tls:// URL)
+    tls_cert = "/etc/vmbusops/nats-client.pem" # a client certificate, with tls_key
+    tls_key = "/etc/vmbusops/nats-client.key"
+    heartbeat_seconds = 1            # how often the host entry is written
+    host_ttl_seconds = 10            # no heartbeat written for this long: this host's fleet runs stop
+
+The command line's options win over the section. The password is read from
+``VMBUSOPS_NATS_PASSWORD`` or the password file, never from a flag or the URL, so it is not in
+the process list or a shell's history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from vmbusops.errors import ConfigError
+from vmbusops.fleet.names import check_host_name
+
+ENV_NATS_PASSWORD = "VMBUSOPS_NATS_PASSWORD"  # noqa: S105 - the variable's name, not a password
+FLEET_KEYS = frozenset({
+    "url", "host", "cluster", "user", "password_file", "tls_ca", "tls_cert", "tls_key", "heartbeat_seconds",
+    "host_ttl_seconds",
+})  # fmt: skip
+_SCHEMES = ("nats", "tls")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetConfig:
+    url: str | None = None
+    host: str | None = None
+    cluster: str | None = None
+    user: str | None = None
+    password_file: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    heartbeat_seconds: float = 1.0
+    host_ttl_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetJoin:
+    """Everything the agent needs to join: checked, the password read."""
+
+    url: str
+    host: str
+    cluster: str | None
+    user: str | None
+    password: str | None = field(repr=False)
+    tls_ca: str | None
+    tls_cert: str | None
+    tls_key: str | None
+    heartbeat: float
+    host_ttl: float
+
+
+def parse_fleet_section(section: dict[str, Any], path: Path) -> FleetConfig:
+    def text(key: str) -> str | None:
+        value = section.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{path}: [fleet] {key} must be a non-empty string")
+        return value
+
+    def number(key: str, default: float, low: float, high: float) -> float:
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise ConfigError(f"{path}: [fleet] {key} must be a number from {low:g} to {high:g}")
+        return float(value)
+
+    return FleetConfig(
+        url=text("url"), host=text("host"), cluster=text("cluster"), user=text("user"),
+        password_file=text("password_file"), tls_ca=text("tls_ca"), tls_cert=text("tls_cert"),
+        tls_key=text("tls_key"), heartbeat_seconds=number("heartbeat_seconds", 1.0, 0.05, 60),
+        host_ttl_seconds=number("host_ttl_seconds", 10.0, 0.5, 3600),
+    )  # fmt: skip
+
+
+def check_url(url: str) -> str:
+    """``url`` if it names a NATS server (nats:// or tls://, a host, a port if any), else the
+    usage error; a URL that carries a password is refused (it would show in the process list)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"bad --fleet URL {url!r}: {exc}", hint="for example nats://127.0.0.1:4222") from None
+    if parts.scheme not in _SCHEMES or not parts.hostname or parts.path not in ("", "/"):
+        raise ConfigError(
+            f"bad --fleet URL {url!r}: expected nats://HOST[:PORT] or tls://HOST[:PORT]",
+            hint="for example nats://127.0.0.1:4222",
+        )
+    if port == 0:
+        raise ConfigError(f"bad --fleet URL {url!r}: port 0", hint="for example nats://127.0.0.1:4222")
+    if parts.password is not None:
+        raise ConfigError(
+            "the --fleet URL carries a password",
+            hint=f"give the user with --fleet-user and the password in ${ENV_NATS_PASSWORD} or --fleet-password-file",
+        )
+    return url
+
+
+def fleet_join(
+    section: FleetConfig,
+    *,
+    url: str | None,
+    host: str | None,
+    default_host: str,
+    cluster: str | None = None,
+    user: str | None = None,
+    password_file: str | None = None,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> FleetJoin:
+    """The options over the section, checked; the password from the environment or its file."""
+    given: dict[str, Any] = {
+        "url": url, "host": host, "cluster": cluster, "user": user, "password_file": password_file,
+        "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key,
+    }  # fmt: skip
+    merged = dataclasses.replace(section, **{k: v for k, v in given.items() if v is not None})
+    if merged.url is None:
+        raise ConfigError("no fleet URL", hint="pass --fleet nats://HOST:PORT or set [fleet] url")
+    name = check_host_name(merged.host or default_host)
+    if merged.cluster is not None:
+        check_host_name(merged.cluster)
+    if (merged.tls_cert is None) != (merged.tls_key is None):
+        raise ConfigError("--fleet-cert and --fleet-key go together", hint="give both, or neither")
+    password = os.environ.get(ENV_NATS_PASSWORD) or None
+    if merged.password_file is not None:
+        try:
+            password = Path(merged.password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the NATS password file {merged.password_file}: {exc.strerror}") from None
+        if not password:
+            raise ConfigError(f"the NATS password file {merged.password_file} is empty")
+    if password is not None and merged.user is None:
+        raise ConfigError("a NATS password without a user", hint="give the user with --fleet-user or [fleet] user")
+    if merged.host_ttl_seconds <= merged.heartbeat_seconds:
+        raise ConfigError("[fleet] host_ttl_seconds must be longer than heartbeat_seconds")
+    return FleetJoin(
+        url=check_url(merged.url), host=name, cluster=merged.cluster, user=merged.user, password=password,
+        tls_ca=merged.tls_ca, tls_cert=merged.tls_cert, tls_key=merged.tls_key,
+        heartbeat=merged.heartbeat_seconds, host_ttl=merged.host_ttl_seconds,
+    )  # fmt: skip
+
+
+__all__ = ["ENV_NATS_PASSWORD", "FLEET_KEYS", "FleetConfig", "FleetJoin", "check_url", "fleet_join", "parse_fleet_section"]

@@ -1,0 +1,248 @@
+"""The fleet controller's trio side: follow the log into the projection, hold the lease, decide.
+
+Theory of operation
+-------------------
+Every controller runs two tasks (:meth:`Controller.run`):
+
+- **follow**: read the LOG stream in order from the projection's last applied sequence and
+  apply each message (:mod:`.projection`: one transaction each, a page of them per worker-thread
+  call); after each page, tell the API's followers what was committed
+  (``on_commit``) and which jobs ended (``on_ended``). A standby does exactly this, so its
+  journal is always the active one's, up to the log's head.
+- **govern**: every ``tick`` seconds read the lease, the hosts and the placement buckets. The
+  lease (:class:`.planner.Lease`) says whether this controller is active; a new term starts a new
+  :class:`.planner.Planner`. The active one, once its projection has caught up with the log,
+  plans (a pure function of the projection, the hosts and the placement), publishes the facts it
+  decided on the log, sends what hosts must do on their work subjects, and waits until its own
+  projection has applied its facts before it plans again.
+
+A broker error is transient: it is logged once per kind and the task goes on at its next tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from vmbusops.engine.events import RunChanged
+from vmbusops.engine.journal import StoredRecord
+from vmbusops.engine.states import State
+from vmbusops.fleet.broker import Broker, BrokerError, StreamMessage
+from vmbusops.fleet.messages import encode
+from vmbusops.fleet.names import (
+    CONTROLLER_LEASE_KEY,
+    CTL_SUBJECT,
+    HOSTS_BUCKET,
+    LEASES_BUCKET,
+    PLACEMENT_BUCKET,
+    work_subject,
+)
+from vmbusops.fleet.planner import Decide, HostView, HostWatch, Lease, Placed, Planner, parse_placement
+from vmbusops.fleet.projection import Applied, Projection
+from vmbusops.fleet.store import FleetJournal
+from vmbusops.owner import current_owner
+
+log = logging.getLogger("vmbusops.fleet")
+
+LOG_PAGE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerOptions:
+    id: str
+    #: Where this controller's API answers (kept in the lease, for a standby to point at).
+    url: str
+    canary: int = 1
+    host_ttl: float = 10.0
+    lease_ttl: float = 15.0
+    placement_timeout: float = 300.0
+    tick: float = 0.5
+
+
+class Controller:
+    def __init__(
+        self,
+        broker: Broker,
+        journal: FleetJournal,
+        options: ControllerOptions,
+        *,
+        on_commit: Callable[[list[StoredRecord], list[RunChanged]], None] | None = None,
+        on_ended: Callable[[int, State], None] | None = None,
+        on_created: Callable[[int], None] | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.broker = broker
+        self.journal = journal
+        self.options = options
+        self.projection = Projection(journal, current_owner())
+        self.on_commit = on_commit
+        self.on_ended = on_ended
+        self.on_created = on_created
+        self.wall = wall
+        self.lease = Lease(options.id, options.url, options.lease_ttl)
+        self.watch = HostWatch(options.host_ttl)
+        self.hosts: dict[str, HostView] = {}
+        self.placement: dict[str, Placed] = {}
+        self.planner: Planner | None = None
+        self.applied = journal.last_seq()
+        self._progress = trio.Event()
+        self._consumers: set[str] = set()
+        self._complaints: set[str] = set()
+        self.broker_up = False
+
+    # ------------------------------------------------------------------ state
+    def active(self) -> bool:
+        return self.lease.active(trio.current_time())
+
+    @property
+    def leader_url(self) -> str | None:
+        """The API address of the controller that holds the lease, as the lease says."""
+        return self.lease.holder_url
+
+    async def wait_applied(self, seq: int, timeout: float) -> bool:
+        """Wait until the projection has applied the log up to ``seq``; False on timeout."""
+        with trio.move_on_after(timeout):
+            while self.applied < seq:
+                await self._progress.wait()
+        return self.applied >= seq
+
+    async def publish_fact(self, fact: Decide) -> int:
+        """Publish a fact on the controller subject; its stream sequence."""
+        ack = await self.broker.publish(CTL_SUBJECT, encode(fact.fact), msg_id=fact.fact.msg_id())
+        return ack.seq
+
+    # ------------------------------------------------------------------ tasks
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._until_ok("create the fleet's streams and buckets", self.broker.ensure_fleet)
+        await trio.to_thread.run_sync(self.journal.adopt, current_owner(), self.wall())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.follow)
+            nursery.start_soon(self.govern)
+            nursery.start_soon(self.heartbeat)
+            task_status.started()
+
+    async def _until_ok(self, what: str, fn: Callable[[], Awaitable[object]]) -> None:
+        while True:
+            try:
+                await fn()
+            except BrokerError as exc:
+                self._complain(what, exc)
+                await trio.sleep(self.options.tick)
+            else:
+                self.broker_up = True
+                return
+
+    def _complain(self, what: str, exc: BrokerError) -> None:
+        self.broker_up = False
+        if what not in self._complaints:
+            self._complaints.add(what)
+            log.warning("broker error", extra={"event": "broker-error", "doing": what, "error": exc.message})
+
+    async def follow(self) -> None:
+        """Apply the log to the projection, in order, forever."""
+        while True:
+            try:
+                messages = await self.broker.read_log(after=self.applied, batch=LOG_PAGE, timeout=1.0)
+            except BrokerError as exc:
+                self._complain("read the log", exc)
+                await trio.sleep(self.options.tick)
+                continue
+            self._complaints.discard("read the log")
+            self.broker_up = True
+            if not messages:
+                continue
+            applied = await trio.to_thread.run_sync(self._apply_all, messages)
+            for one in applied:
+                self._told(one)
+            self.applied = max(self.applied, messages[-1].seq)
+            self._progress.set()
+            self._progress = trio.Event()
+
+    def _apply_all(self, messages: list[StreamMessage]) -> list[Applied]:
+        return [self.projection.apply(m) for m in messages]
+
+    def _told(self, applied: Applied) -> None:
+        if applied.created is not None and self.on_created is not None:
+            self.on_created(applied.created)
+        if self.on_commit is not None and (applied.records or applied.events):
+            self.on_commit(applied.records, applied.events)
+        if self.on_ended is not None:
+            for job_id, state in applied.ended:
+                self.on_ended(job_id, state)
+
+    async def heartbeat(self) -> None:
+        """Keep this process the owner of the active fleet jobs in the journal (readers in other
+        processes judge an active job by its owner's heartbeat)."""
+        owner = current_owner()
+        while True:
+            await trio.sleep(5.0)
+            jobs = await trio.to_thread.run_sync(self.journal.active_jobs)
+            if jobs:
+                await trio.to_thread.run_sync(self.journal.heartbeat, [j.job_id for j in jobs], owner, self.wall())
+
+    async def govern(self) -> None:
+        while True:
+            try:
+                await self._govern_once()
+            except BrokerError as exc:
+                self._complain("govern", exc)
+            await trio.sleep(self.options.tick)
+
+    async def _govern_once(self) -> None:
+        broker = self.broker
+        now = trio.current_time()
+        entry = await broker.kv_get(LEASES_BUCKET, CONTROLLER_LEASE_KEY)
+        write = self.lease.observe(entry, now)
+        if write is not None:
+            if write.last is None:
+                revision = await broker.kv_create(LEASES_BUCKET, CONTROLLER_LEASE_KEY, write.value)
+            else:
+                revision = await broker.kv_update(LEASES_BUCKET, CONTROLLER_LEASE_KEY, write.value, last=write.last)
+            was = self.planner
+            if self.lease.written(write, revision, trio.current_time()) and (was is None or was.term != write.term):
+                log.info("controller active", extra={"event": "active", "id": self.options.id, "term": write.term})
+                self.planner = Planner(
+                    controller=self.options.id, canary=self.options.canary, host_ttl=self.options.host_ttl,
+                    placement_timeout=self.options.placement_timeout, term=write.term,
+                )  # fmt: skip
+        self.hosts = self.watch.update(await broker.kv_entries(HOSTS_BUCKET), trio.current_time())
+        self.placement = parse_placement(await broker.kv_entries(PLACEMENT_BUCKET))
+        self._complaints.discard("govern")
+        planner = self.planner
+        if planner is None or not self.active():
+            if planner is not None:
+                log.info("controller standby", extra={"event": "standby", "id": self.options.id})
+                self.planner = None
+            return
+        for host in self.hosts:
+            if host not in self._consumers:
+                await broker.ensure_work_consumer(host)
+                self._consumers.add(host)
+        if self.applied < await broker.last_log_seq():
+            return  # decide only on the whole log
+        jobs = await trio.to_thread.run_sync(self.journal.active_jobs)
+        if not jobs:
+            return
+        ids = [r.run_id for j in jobs for r in j.runs if r.dispatched and not r.started]
+        starts = await trio.to_thread.run_sync(lambda: {i: self.journal.run_start(i) for i in ids})
+        actions = planner.plan(jobs, self.hosts, self.placement, starts, now=trio.current_time(), wall=self.wall())
+        last = 0
+        for action in actions:
+            if isinstance(action, Decide):
+                last = max(last, await self.publish_fact(action))
+                log.info("decided", extra={"event": "decided", "fact": action.fact.msg_id()})
+            else:
+                try:
+                    await broker.publish(work_subject(action.host), encode(action.work), msg_id=action.work.msg_id())
+                except BrokerError:
+                    planner.sent.discard(action.work.msg_id())  # sent again at the next tick
+                    raise
+        if last:
+            await self.wait_applied(last, self.options.lease_ttl)
+
+
+__all__ = ["Controller", "ControllerOptions"]

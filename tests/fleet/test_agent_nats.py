@@ -1,0 +1,269 @@
+"""A fleet agent (the FleetAgent on the in-process simulator, its own engine and journal) against a
+real nats-server, with the test acting as the controller: it creates the host's work consumer,
+puts bundles in the object store, publishes work and reads the host's facts from the log."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from tests.builders import VM, write_lab
+from tests.engine.bundles import signed_bundle, trust_and_credential
+from tests.engine.conftest import credential_for
+from tests.simhost import open_sim_host
+
+from vmbusops.bundle.crypto import PrivateKey
+from vmbusops.engine import EngineOptions, Journal, open_engine
+from vmbusops.engine.changes import RunChange, StepChange
+from vmbusops.engine.changes_json import change_from_json
+from vmbusops.engine.states import State
+from vmbusops.fleet import messages, names
+from vmbusops.fleet.agent import FleetAgent, FleetAgentOptions
+from vmbusops.fleet.agent_store import FleetStore
+
+from vmbusops.fleet.nats_broker import NatsBroker, open_broker
+from vmbusops.fleet.natsserver import NatsServer
+from vmbusops.guestops.host import HyperVHost
+
+HOST = "HV-A"
+SAY = {"kind": "script", "name": "say", "inline": '1..5 | ForEach-Object { Write-Output "line $_" }'}
+SECOND = {"kind": "script", "name": "second", "inline": 'Write-Output "done"'}
+SLOW = {"kind": "script", "name": "slow", "inline": 'Write-Output "started"; Start-Sleep -Seconds 60'}
+
+
+@dataclass
+class Fleet:
+    """The test's controller side and the agent under test."""
+
+    controller: NatsBroker
+    agent: FleetAgent
+    journal: Journal
+    host: HyperVHost
+    tmp: Path
+    key: PrivateKey
+    after: int = 0
+    facts: list[messages.LogFact] | None = None
+
+    async def put(self, path: Path) -> str:
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        await self.controller.put_bundle(digest, data)
+        return digest
+
+    async def vm_id(self, vm: str) -> str:
+        return next(v.id.lower() for v in await self.host.list_vms() if v.name == vm)
+
+    async def dispatch(self, job: int, run: int, vm: str, digest: str, *, epoch: int = 1, steps: int = 1,
+                       msg_id: str | None = None) -> messages.DispatchWork:  # fmt: skip
+        work = messages.DispatchWork(
+            job=job, run=run, vm=vm, vm_id=await self.vm_id(vm), epoch=epoch, bundle=digest,
+            start=messages.RunStartWire(step_states=("pending",) * steps, attempts=(0,) * steps, next_seq=1),
+            controller="test", time=0.0,
+        )  # fmt: skip
+        await self.controller.publish(names.work_subject(HOST), messages.encode(work), msg_id=msg_id or work.msg_id())
+        return work
+
+    async def cancel(self, job: int, run: int, epoch: int = 1) -> None:
+        work = messages.CancelWork(job=job, run=run, epoch=epoch)
+        await self.controller.publish(names.work_subject(HOST), messages.encode(work), msg_id=work.msg_id())
+
+    async def read_until(self, done: Callable[[list[messages.LogFact]], bool]) -> list[messages.LogFact]:
+        """The host's facts so far, read until ``done`` says enough (the test fails after 30 s)."""
+        facts = self.facts = self.facts or []
+        with trio.fail_after(30):
+            while not done(facts):
+                for m in await self.controller.read_log(after=self.after, batch=100, timeout=1.0):
+                    self.after = m.seq
+                    if m.subject == names.host_log_subject(HOST):
+                        facts.append(messages.parse_host(m.data, host=HOST))
+        return facts
+
+
+def batches(facts: list[messages.LogFact], job: int, run: int = 1) -> list[messages.BatchFact]:
+    return [f for f in facts if isinstance(f, messages.BatchFact) and (f.job, f.run) == (job, run)]
+
+
+def ended(job: int, run: int = 1) -> Callable[[list[messages.LogFact]], bool]:
+    def done(facts: list[messages.LogFact]) -> bool:
+        return any(
+            c["t"] == "run" and State(c.get("state", "pending")).terminal
+            for b in batches(facts, job, run) for c in b.changes
+        )  # fmt: skip
+
+    return done
+
+
+def local_jobs(journal: Journal) -> list[Any]:
+    return list(journal.jobs())
+
+
+@asynccontextmanager
+async def fleet_of(nats: NatsServer, controller: NatsBroker, tmp: Path, **options: Any) -> AsyncIterator[Fleet]:
+    key = PrivateKey.generate()
+    trust_and_credential(key)
+    lab = write_lab(tmp / "labs", [VM("web01"), VM("web02"), VM("web03")])
+    await controller.ensure_work_consumer(HOST)
+    journal = Journal(tmp / "journal.sqlite")
+    store = FleetStore(tmp / "fleet.sqlite")
+    async with (
+        open_broker(nats.url, host=HOST, name="test-agent", reconnect_wait=0.1, request_timeout=2.0) as broker,
+        open_sim_host(lab) as host,
+        open_engine(host, journal, credential_for=credential_for,
+                    options=EngineOptions(heartbeat_interval=0.1, lease_poll_interval=0.05)) as engine,  # fmt: skip
+        trio.open_nursery() as jobs,
+    ):
+        agent = FleetAgent(broker, engine, store, jobs, FleetAgentOptions(host=HOST, cluster="c1", **options))
+        await jobs.start(agent.run)
+        yield Fleet(controller=controller, agent=agent, journal=journal, host=host, tmp=tmp, key=key)
+        jobs.cancel_scope.cancel()
+    store.close()
+
+
+def replay_changes(found: list[messages.BatchFact]) -> tuple[State | None, list[State]]:
+    """The run's and its steps' states after applying every forwarded change in order."""
+    run: State | None = None
+    steps: dict[int, State] = {}
+    for b in found:
+        for c in b.changes:
+            change = change_from_json(c, run_id=1)
+            if isinstance(change, RunChange) and change.state is not None:
+                run = change.state
+            elif isinstance(change, StepChange):
+                steps[change.index] = change.state
+    return run, [steps[i] for i in sorted(steps)]
+
+
+async def test_a_dispatched_run_is_forwarded_as_its_local_journal_holds_it_and_runs_once(
+    nats_server: NatsServer, broker: NatsBroker, tmp_path: Path
+) -> None:
+    async with fleet_of(nats_server, broker, tmp_path) as fleet:
+        digest = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01", "web02"], steps=[SAY, SECOND]))
+        await fleet.dispatch(7, 1, "web01", digest, steps=2)
+        facts = await fleet.read_until(ended(7))
+        found = batches(facts, 7)
+        assert [b.n for b in found] == list(range(1, len(found) + 1))
+        assert {(b.host, b.epoch) for b in found} == {(HOST, 1)}
+        [job] = local_jobs(fleet.journal)
+        assert job.source.startswith("fleet:")
+        stored = fleet.journal.stored_records(job.id)
+        forwarded = [list(r) for b in found for r in b.records]
+        assert forwarded == [[r[3], r[4], r[5], r[6], r[7], r[8]] for r in stored]
+        said = [json.loads(r[5])["value"] for r in forwarded if r[3] == "output"]
+        assert said == ["line 1", "line 2", "line 3", "line 4", "line 5", "done"]
+        [run] = fleet.journal.runs(job.id)
+        assert replay_changes(found) == (run.state, [s.state for s in fleet.journal.steps(run.id)])
+        assert run.state is State.SUCCESS
+
+        # The same dispatch again (a controller's re-publish, a redelivery): nothing runs twice.
+        await fleet.dispatch(7, 1, "web01", digest, steps=2, msg_id="dispatch-7-1-1-again")
+        # A second run of the same fleet job may use the same bundle.
+        await fleet.dispatch(7, 2, "web02", digest, steps=2)
+        await fleet.read_until(ended(7, 2))
+        assert fleet.agent.duplicates == 1
+        assert len(local_jobs(fleet.journal)) == 2
+
+
+async def test_a_bundle_this_host_does_not_trust_or_used_by_another_job_is_refused_and_nothing_runs(
+    nats_server: NatsServer, broker: NatsBroker, tmp_path: Path
+) -> None:
+    async with fleet_of(nats_server, broker, tmp_path) as fleet:
+        stranger = PrivateKey.generate()
+        untrusted = await fleet.put(signed_bundle(tmp_path, stranger, vms=["web01"], steps=[SAY]))
+        await fleet.dispatch(3, 1, "web01", untrusted)
+        facts = await fleet.read_until(lambda fs: any(isinstance(f, messages.RefusedFact) for f in fs))
+        [refused] = [f for f in facts if isinstance(f, messages.RefusedFact)]
+        assert (refused.job, refused.code) == (3, "BundleRejected")
+        assert local_jobs(fleet.journal) == []
+
+        # Out of the bundle's targets: refused as well.
+        trusted = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01"], steps=[SAY]))
+        await fleet.dispatch(4, 1, "web02", trusted)
+        await fleet.read_until(lambda fs: sum(isinstance(f, messages.RefusedFact) for f in fs) == 2)
+        assert "does not target VM 'web02'" in [f for f in fleet.facts or [] if isinstance(f, messages.RefusedFact)][-1].reason
+
+        # One fleet job's bundle, given to a second fleet job: a replay.
+        await fleet.dispatch(5, 1, "web01", trusted)
+        await fleet.read_until(ended(5))
+        await fleet.dispatch(6, 1, "web01", trusted)
+        facts = await fleet.read_until(lambda fs: sum(isinstance(f, messages.RefusedFact) for f in fs) == 3)
+        replayed = [f for f in facts if isinstance(f, messages.RefusedFact)][-1]
+        assert (replayed.job, replayed.code) == (6, "ReplayedBundle")
+        assert "already served fleet job 5" in replayed.reason
+        assert len(local_jobs(fleet.journal)) == 1
+
+
+async def test_cancel_work_cancels_the_local_run(nats_server: NatsServer, broker: NatsBroker, tmp_path: Path) -> None:
+    async with fleet_of(nats_server, broker, tmp_path) as fleet:
+        digest = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01"], steps=[SLOW]))
+        await fleet.dispatch(9, 1, "web01", digest)
+        await fleet.read_until(lambda fs: any(r[5].find("started") >= 0 for b in batches(fs, 9) for r in b.records))
+        await fleet.cancel(9, 1)
+        facts = await fleet.read_until(ended(9))
+        assert replay_changes(batches(facts, 9))[0] is State.CANCELLED
+
+
+async def test_host_entry_and_placement_are_kept_with_compare_and_set(
+    nats_server: NatsServer, broker: NatsBroker, tmp_path: Path
+) -> None:
+    async with fleet_of(nats_server, broker, tmp_path, heartbeat=0.1) as fleet:
+        with trio.fail_after(30):
+            while (entry := await broker.kv_get(names.HOSTS_BUCKET, HOST)) is None or json.loads(entry.value)["seq"] < 3:
+                await trio.sleep(0.05)
+        doc = json.loads(entry.value)
+        assert (doc["host"], doc["cluster"], doc["boot"]) == (HOST, "c1", fleet.agent.boot)
+        assert sorted(v["vm"] for v in doc["vms"]) == ["web01", "web02", "web03"]
+        vm_id = await fleet.vm_id("web02")
+        placed = await broker.kv_get(names.PLACEMENT_BUCKET, vm_id)
+        assert placed is not None
+        assert json.loads(placed.value) == {
+            "vm": "web02", "vm_id": vm_id, "host": HOST, "cluster": "c1", "state": "Running", "boot": fleet.agent.boot,
+        }  # fmt: skip
+        # Unchanged: never written again, whatever the beats.
+        writes = fleet.agent.placement.writes
+        beat = fleet.agent.seq
+        with trio.fail_after(30):
+            while fleet.agent.seq < beat + 5:
+                await trio.sleep(0.05)
+        assert fleet.agent.placement.writes == writes
+        assert (await broker.kv_get(names.PLACEMENT_BUCKET, vm_id)).revision == placed.revision  # type: ignore[union-attr]
+        # Another host claims the VM (a migration seen there first): this host lists it, so it is
+        # here, and the entry is taken back, on the revision read (compare-and-set).
+        other = json.dumps({"vm": "web02", "vm_id": vm_id, "host": "HV-B", "cluster": "c1", "state": "Off", "boot": "b"})
+        await broker.kv_put(names.PLACEMENT_BUCKET, vm_id, other.encode())
+        fleet.agent.placement.known.pop(vm_id)  # as after a restart: nothing cached
+        with trio.fail_after(30):
+            while json.loads((await broker.kv_get(names.PLACEMENT_BUCKET, vm_id)).value)["host"] != HOST:  # type: ignore[union-attr]
+                await trio.sleep(0.05)
+
+
+async def test_a_host_that_loses_the_broker_cancels_its_runs_and_comes_back(
+    nats_server: NatsServer, broker: NatsBroker, tmp_path: Path
+) -> None:
+    async with fleet_of(nats_server, broker, tmp_path, heartbeat=0.1, host_ttl=1.0) as fleet:
+        digest = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01"], steps=[SLOW]))
+        await fleet.dispatch(11, 1, "web01", digest)
+        await fleet.read_until(lambda fs: any("started" in r[5] for b in batches(fs, 11) for r in b.records))
+        await trio.to_thread.run_sync(nats_server.kill)
+        with trio.fail_after(30):
+            while not fleet.agent.lost:
+                await trio.sleep(0.05)
+        [job] = local_jobs(fleet.journal)
+        with trio.fail_after(30):
+            while fleet.journal.runs(job.id)[0].state is not State.CANCELLED:
+                await trio.sleep(0.05)
+        await trio.to_thread.run_sync(nats_server.start)
+        with trio.fail_after(30):
+            while fleet.agent.lost:
+                await trio.sleep(0.05)
+        # The run's last batches (its cancellation, epoch 1) were kept and published once back.
+        facts = await fleet.read_until(ended(11))
+        assert replay_changes(batches(facts, 11))[0] is State.CANCELLED
+
+
+

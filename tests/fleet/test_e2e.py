@@ -1,0 +1,184 @@
+"""The fleet end to end, as real processes: a nats-server, controllers (``vmbusops fleet serve``)
+and three agents (``vmbusops agent --fleet``) over one simulated cluster lab (HV-A and HV-B are
+nodes of CL1, HV-C a lone host). After each scenario: every run ended exactly once, no finished
+step ran again, and the controller's journal holds what the agents' journals hold."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.fleet.fleetprocs import (
+    HOSTS,
+    FleetProcs,
+    Proc,
+    placed,
+    records_of,
+    runs_of,
+    submit,
+    until_record,
+    wait_job,
+)
+
+from vmbusops.fleet.natsserver import NatsServer
+
+VMS = {"vm-a1": "HV-A", "vm-a2": "HV-A", "vm-b1": "HV-B", "vm-c1": "HV-C"}
+
+
+def marker_step(n: int, extra: str = "") -> dict[str, Any]:
+    """A step that says once that it ran (a re-run would say it twice)."""
+    return {"kind": "script", "name": f"s{n}", "inline": f'Write-Output "ran s{n} on $env:COMPUTERNAME"{extra}'}
+
+
+@pytest.fixture
+def fleet(nats_server: NatsServer, tmp_path: Path) -> Iterator[FleetProcs]:
+    procs = FleetProcs(tmp_path, nats_server.url, dict(VMS))
+    try:
+        yield procs
+    except BaseException:
+        print(procs.logs())
+        raise
+    finally:
+        procs.close()
+
+
+def local_records(agent: Proc, vm: str) -> list[tuple[int, str, str]]:
+    """The records the agent's own journal holds for ``vm`` over its local jobs: (seq, stream, JSON)."""
+    journal = agent.journal()
+    try:
+        return [
+            (row[3], row[6], row[8])
+            for job in journal.jobs(limit=1000)
+            for run in journal.runs(job.id) if run.vm == vm
+            for row in journal.stored_records(job.id, run_id=run.id)
+        ]  # fmt: skip
+    finally:
+        journal.close()
+
+
+#: What the controller itself writes on a run (see fleet.projection): the rest came from agents.
+CONTROLLER_NOTES = ("run moved to host ", "run left host ", "run lost host ")
+
+
+def controller_note(record: dict[str, Any]) -> bool:
+    return record["step"] is None and str(record.get("message", "")).startswith(CONTROLLER_NOTES)
+
+
+async def check_once(
+    ctl: Proc, job: int, fleet: FleetProcs, *, steps: int, interrupted: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
+    """Every run ended once; each finished step's marker appears once (a step cut off mid-way,
+    ``interrupted``, may have begun again); record counts match the agents' journals."""
+    records = await records_of(ctl, job)
+    assert [r for r in records if r.get("event") != "record"] == []
+    runs = await runs_of(ctl, job)
+    said = Counter((r["vm"], r.get("value")) for r in records if r["stream"] == "output")
+    assert all(count == 1 for (_, text), count in said.items() if str(text).split(" ")[1] not in interrupted), said
+    for run in runs:
+        assert run["state"] in ("success", "failed", "cancelled", "skipped"), run
+        ran = [k for k, v in said.items() if k[0] == run["vm"]]
+        assert len(ran) <= steps
+        mine = [r for r in records if r["vm"] == run["vm"]]
+        assert run["records"] == len(mine) == (mine[-1]["seq"] if mine else 0)
+        local = {seq: (stream, text) for a in fleet.agents.values() for seq, stream, text in local_records(a, run["vm"])}
+        forwarded = [r for r in mine if not controller_note(r)]
+        # Each record the agents sent is one their journals hold, under the same number.
+        for r in forwarded:
+            assert r["seq"] in local and local[r["seq"]][0] == r["stream"], r
+        assert len(forwarded) == len(local), (run["vm"], len(forwarded), len(local))
+    return runs
+
+
+async def test_a_job_over_vms_on_every_host(fleet: FleetProcs) -> None:
+    for host in HOSTS:
+        fleet.start_agent(host)
+    ctl = fleet.start_controller("ctl1", "--canary", "1")
+    path = fleet.bundle(["vm-*"], [marker_step(1), marker_step(2)], max_concurrency="50%")
+    await placed(ctl, VMS)
+    response = await submit(ctl, path)
+    assert response.status_code == 201, response.text
+    job = response.json()["job"]
+    assert job["host"] == "fleet" and job["targets"] == ["vm-a1", "vm-a2", "vm-b1", "vm-c1"]
+    ended = await wait_job(ctl, job["id"])
+    assert ended["state"] == "success", ended
+    runs = await check_once(ctl, job["id"], fleet, steps=2)
+    assert {r["vm"]: r["state"] for r in runs} == dict.fromkeys(VMS, "success")
+
+
+def slow_step(n: int, seconds: int) -> dict[str, Any]:
+    """A step that says it began, then takes ``seconds``; safe to run again (idempotent)."""
+    return {**marker_step(n, f"; Start-Sleep -Seconds {seconds}"), "idempotent": True}
+
+
+async def start_job(fleet: FleetProcs, ctl: Proc, vms: dict[str, str], steps: list[dict[str, Any]]) -> int:
+    await placed(ctl, vms)
+    response = await submit(ctl, fleet.bundle(sorted(vms), steps, max_concurrency="100%"))
+    assert response.status_code == 201, response.text
+    return int(response.json()["job"]["id"])
+
+
+async def test_a_vm_live_migrated_mid_step_goes_on_from_its_last_finished_step_on_its_new_host(
+    fleet: FleetProcs,
+) -> None:
+    for host in HOSTS:
+        fleet.start_agent(host)
+    ctl = fleet.start_controller("ctl1", "--canary", "0")
+    job = await start_job(fleet, ctl, VMS, [marker_step(1), slow_step(2, 4), marker_step(3)])
+    await until_record(ctl, job, "vm-a1", "ran s2")
+    fleet.lab_cmd("migrate", "vm-a1", "--to", "HV-B")
+    ended = await wait_job(ctl, job)
+    assert ended["state"] == "success", ended
+    runs = await check_once(ctl, job, fleet, steps=3, interrupted=frozenset({"s2"}))
+    assert {r["vm"]: r["state"] for r in runs} == dict.fromkeys(VMS, "success")
+    records = await records_of(ctl, job)
+    moved = [str(r.get("message")) for r in records if r["vm"] == "vm-a1" and r["step"] is None]
+    assert any("run moved to host HV-B" in m for m in moved), moved
+    said = [r["value"] for r in records if r["vm"] == "vm-a1" and r["stream"] == "output"]
+    assert said[0] == "ran s1 on VM-A1" and said[-1].startswith("ran s3")
+    assert said.count("ran s1 on VM-A1") == 1
+
+
+async def test_an_agent_killed_mid_run_has_its_runs_dispatched_again_when_it_is_back(fleet: FleetProcs) -> None:
+    for host in HOSTS:
+        fleet.start_agent(host)
+    ctl = fleet.start_controller("ctl1", "--canary", "0")
+    job = await start_job(fleet, ctl, VMS, [marker_step(1), slow_step(2, 4), marker_step(3)])
+    await until_record(ctl, job, "vm-c1", "ran s2")
+    fleet.agents["HV-C"].kill()
+    fleet.start_agent("HV-C")  # a new process: a new boot id, its old local run not resumed
+    ended = await wait_job(ctl, job)
+    assert ended["state"] == "success", ended
+    runs = await check_once(ctl, job, fleet, steps=3, interrupted=frozenset({"s2"}))
+    assert {r["vm"]: r["state"] for r in runs} == dict.fromkeys(VMS, "success")
+
+
+async def test_the_controller_killed_mid_job_is_taken_over_by_a_standby(fleet: FleetProcs) -> None:
+    for host in HOSTS:
+        fleet.start_agent(host)
+    first = fleet.start_controller("ctl1", "--canary", "0")
+    standby = fleet.start_controller("ctl2", "--canary", "0")
+    job = await start_job(fleet, first, VMS, [marker_step(1), slow_step(2, 3), marker_step(3)])
+    async with standby.client() as client:
+        refused = await client.post("/v1/jobs", content=b"x", headers={"Content-Type": "application/octet-stream"})
+    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    await until_record(first, job, "vm-b1", "ran s2")
+    first.kill()
+    ended = await wait_job(standby, job)
+    assert ended["state"] == "success", ended
+    runs = await check_once(standby, job, fleet, steps=3)
+    assert {r["vm"]: r["state"] for r in runs} == dict.fromkeys(VMS, "success")
+
+
+async def test_nats_server_restarted_on_its_store_mid_job(fleet: FleetProcs, nats_server: NatsServer) -> None:
+    for host in HOSTS:
+        fleet.start_agent(host)
+    ctl = fleet.start_controller("ctl1", "--canary", "0")
+    job = await start_job(fleet, ctl, VMS, [marker_step(1), slow_step(2, 3), marker_step(3)])
+    await until_record(ctl, job, "vm-a2", "ran s2")
+    nats_server.restart()
+    ended = await wait_job(ctl, job)
+    assert ended["state"] == "success", ended
+    await check_once(ctl, job, fleet, steps=3)

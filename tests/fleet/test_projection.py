@@ -1,0 +1,198 @@
+"""The LOG -> journal projection: deterministic, exactly-once, fenced, with JobMachine's outcome."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from tests.fleet.factlog import FactLog, batch, out, run_change, step_change, whole_run
+
+from vmbusops.api.follow import RecordText
+from vmbusops.engine.states import State
+from vmbusops.fleet.messages import CancelFact, DispatchFact, LostFact, MovedFact, RefusedFact, SkipFact
+from vmbusops.fleet.names import CTL_SUBJECT
+from vmbusops.fleet.projection import Projection
+from vmbusops.fleet.store import FleetJournal
+from vmbusops.owner import current_owner
+
+
+def project(path: Path, log: FactLog) -> Projection:
+    projection = Projection(FleetJournal(path), current_owner())
+    for message in log.messages:
+        projection.apply(message)
+    return projection
+
+
+def dump(path: Path) -> list[object]:
+    """Everything the projection decides, as rows (owner and heartbeat are each process's own)."""
+    db = sqlite3.connect(path)
+    try:
+        out: list[object] = []
+        job_cols = [r[1] for r in db.execute("PRAGMA table_info(jobs)") if r[1] not in ("owner_pid", "owner_started", "heartbeat_at")]
+        out.append(db.execute(f"SELECT {', '.join(job_cols)} FROM jobs ORDER BY id").fetchall())
+        for table, order in (("runs", "id"), ("steps", "run_id, idx"), ("records", "job_id, n"), ("fleet_runs", "run_id"), ("fleet_jobs", "job_id"), ("fleet_state", "key")):
+            out.append(db.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall())
+        return out
+    finally:
+        db.close()
+
+
+def two_host_log() -> FactLog:
+    log = FactLog()
+    log.job([("vm1", "hv1"), ("vm2", "hv2")])
+    log.add(DispatchFact(job=1, run=1, host="hv1", epoch=1, reason="first dispatch", time=log.tick()))
+    log.add(DispatchFact(job=1, run=2, host="hv2", epoch=1, reason="first dispatch", time=log.tick()))
+    b1 = whole_run("hv1", 1, 1, 1)
+    b2 = whole_run("hv2", 1, 2, 1)
+    log.add(b1[0])
+    log.add(b2[0])
+    log.add(b1[0])  # a duplicate delivery past the stream's window
+    log.add(b1[1])
+    log.add(b2[1])
+    return log
+
+
+def test_two_projections_of_one_log_are_identical_down_to_record_numbers(tmp_path: Path) -> None:
+    log = two_host_log()
+    a = project(tmp_path / "a.sqlite", log)
+    b = project(tmp_path / "b.sqlite", log)
+    assert dump(tmp_path / "a.sqlite") == dump(tmp_path / "b.sqlite")
+    # What `logs --json` and SSE show, byte for byte.
+    texts = []
+    for p in (a, b):
+        runs = p.journal.runs(1)
+        text = RecordText(runs)
+        texts.append("\n".join(text(r) for r in p.journal.stored_records(1)))
+    assert texts[0] == texts[1]
+    assert [r[1] for r in a.journal.stored_records(1)] == list(range(1, 13))
+    job = a.journal.job(1)
+    assert job.state is State.SUCCESS and job.host == "fleet"
+    assert [r.state for r in a.journal.runs(1)] == [State.SUCCESS, State.SUCCESS]
+    assert a.journal.counter("fenced") == 1
+
+
+def test_a_message_is_applied_once_even_if_given_again(tmp_path: Path) -> None:
+    log = two_host_log()
+    p = project(tmp_path / "j.sqlite", log)
+    before = dump(tmp_path / "j.sqlite")
+    for message in log.messages:
+        assert p.apply(message).skipped == "applied already"
+    assert dump(tmp_path / "j.sqlite") == before
+    assert p.last_seq() == len(log.messages)
+
+
+def test_batches_of_an_old_epoch_or_out_of_order_are_fenced_off(tmp_path: Path) -> None:
+    log = FactLog()
+    log.job([("vm1", "hv1")])
+    log.add(DispatchFact(job=1, run=1, host="hv1", epoch=1, reason="first dispatch", time=log.tick()))
+    first = whole_run("hv1", 1, 1, 1)
+    log.add(first[0])
+    log.add(LostFact(job=1, run=1, epoch=1, reason="host hv1 lost its lease", time=log.tick()))
+    # hv1 goes on talking: fenced.
+    log.add(first[1])
+    log.add(DispatchFact(job=1, run=1, host="hv2", epoch=2, reason="vm moved from hv1 to hv2", time=log.tick()))
+    # The new host resumes at step 2, after the controller's two notes (seq 4 and 5).
+    resumed = [
+        batch("hv2", 1, 1, 2, 2, [], []),  # n = 2 before 1: fenced
+    ]
+    good = batch(
+        "hv2", 1, 1, 2, 1,
+        [out("step 2", 6, "s2")],
+        [run_change("in-progress", None, 5), step_change(1, "in-progress", attempts=1, clear=True), step_change(1, "success"),
+         run_change("success", None, 6, excerpt=[])],
+    )  # fmt: skip
+    for f in resumed:
+        log.add(f)
+    log.add(good)
+    p = project(tmp_path / "j.sqlite", log)
+    j = p.journal
+    assert j.counter("fenced") == 2
+    records = j.records(1)
+    assert [r.seq for r in records] == [1, 2, 3, 4, 5, 6]
+    assert [r.n for r in records] == [1, 2, 3, 4, 5, 6]
+    assert "lost host hv1" in records[3].content["message"]
+    assert "run moved to host hv2" in records[4].content["message"]
+    assert [s.state for s in j.steps(1)] == [State.SUCCESS, State.SUCCESS]
+    assert j.job(1).state is State.SUCCESS
+    runs = j.fleet_runs(1)
+    assert (runs[0].host, runs[0].epoch, runs[0].last_n) == ("hv2", 2, 1)
+
+
+def test_a_batch_whose_records_do_not_follow_the_run_is_refused_whole(tmp_path: Path) -> None:
+    log = FactLog()
+    log.job([("vm1", "hv1")])
+    log.add(DispatchFact(job=1, run=1, host="hv1", epoch=1, reason="first dispatch", time=log.tick()))
+    log.add(batch("hv1", 1, 1, 1, 1, [out("a", 1), out("b", 3)], [run_change("in-progress", None, 0)]))
+    bad_json = list(out("x", 1))
+    bad_json[5] = '{"stream":"output","value":'
+    log.add(batch("hv1", 1, 1, 1, 1, [tuple(bad_json)], []))
+    log.add(batch("hv1", 1, 1, 1, 1, [], [{"t": "step", "index": 7, "state": "success"}]))
+    log.raw(CTL_SUBJECT, b'{"v":1,"kind":"nonsense"}')
+    p = project(tmp_path / "j.sqlite", log)
+    assert p.journal.stored_records(1) == []
+    assert p.journal.counter("bad_messages") == 4
+    assert p.last_seq() == 6
+
+
+def test_the_job_ends_as_job_machine_would_and_skips_count_as_failures(tmp_path: Path) -> None:
+    log = FactLog()
+    log.job([("vm1", "hv1"), ("vm2", "hv2"), ("vm3", "hv3")])
+    log.add(DispatchFact(job=1, run=1, host="hv1", epoch=1, reason="first dispatch", time=log.tick()))
+    for f in whole_run("hv1", 1, 1, 1):
+        log.add(f)
+    log.add(DispatchFact(job=1, run=2, host="hv2", epoch=1, reason="first dispatch", time=log.tick()))
+    log.add(RefusedFact(host="hv2", job=1, run=2, epoch=1, code="ReplayedBundle", reason="seen before", time=log.tick()))
+    p = project(tmp_path / "j.sqlite", log)
+    assert p.journal.job(1).state is State.IN_PROGRESS
+    log.add(SkipFact(job=1, run=3, reason="max errors exceeded", code="Skipped", time=log.tick()))
+    applied = p.apply(log.messages[-1])
+    assert applied.ended == [(1, State.FAILED)]
+    runs = p.journal.runs(1)
+    assert [r.state for r in runs] == [State.SUCCESS, State.FAILED, State.SKIPPED]
+    assert runs[1].code == "ReplayedBundle" and "seen before" in (runs[1].error or "")
+    assert [s.state for s in p.journal.steps(runs[2].id)] == [State.SKIPPED, State.SKIPPED]
+
+
+def test_cancel_ends_undispatched_runs_at_once_and_waits_for_running_ones(tmp_path: Path) -> None:
+    log = FactLog()
+    log.job([("vm1", "hv1"), ("vm2", "hv2")])
+    log.add(DispatchFact(job=1, run=1, host="hv1", epoch=1, reason="first dispatch", time=log.tick()))
+    first = whole_run("hv1", 1, 1, 1)
+    log.add(first[0])
+    log.add(CancelFact(job=1, run=None, time=log.tick()))
+    p = project(tmp_path / "j.sqlite", log)
+    runs = p.journal.runs(1)
+    assert [r.state for r in runs] == [State.IN_PROGRESS, State.CANCELLED]
+    assert p.journal.job(1).cancel_requested
+    log.add(batch("hv1", 1, 1, 1, 2, [], [step_change(1, "cancelled"), run_change("cancelled", None, 3, code="Cancelled")]))
+    applied = p.apply(log.messages[-1])
+    assert applied.ended == [(1, State.CANCELLED)]
+
+
+def test_moved_run_waits_and_a_skip_for_its_vm_placed_nowhere_ends_it(tmp_path: Path) -> None:
+    log = FactLog()
+    log.job([("vm1", "hv1")])
+    log.add(DispatchFact(job=1, run=1, host="hv1", epoch=1, reason="first dispatch", time=log.tick()))
+    log.add(whole_run("hv1", 1, 1, 1)[0])
+    log.add(MovedFact(host="hv1", job=1, run=1, epoch=1, reason="live migration", time=log.tick()))
+    p = project(tmp_path / "j.sqlite", log)
+    run = p.journal.runs(1)[0]
+    assert run.state is State.DELAYED
+    assert p.journal.fleet_runs(1)[0].waiting == "moved"
+    assert p.journal.run_start(1) == (("success", "pending"), (1, 0), 5)
+    log.add(SkipFact(job=1, run=1, reason="vm1 is placed on no live host", code="NotPlaced", time=log.tick()))
+    p.apply(log.messages[-1])
+    assert p.journal.job(1).state is State.FAILED
+
+
+@pytest.mark.parametrize("dup", ["job", "dispatch"])
+def test_duplicate_decisions_change_nothing(tmp_path: Path, dup: str) -> None:
+    log = FactLog()
+    job = log.job([("vm1", "hv1")])
+    d = DispatchFact(job=1, run=1, host="hv1", epoch=1, reason="first dispatch", time=log.tick())
+    log.add(d)
+    log.add(job if dup == "job" else d)
+    p = project(tmp_path / "j.sqlite", log)
+    assert len(p.journal.jobs()) == 1
+    assert p.journal.counter("duplicates") == 1
