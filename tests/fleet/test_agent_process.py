@@ -29,7 +29,7 @@ SLOW = {"kind": "script", "name": "slow", "inline": 'Write-Output "started"; Sta
 
 def run_cli(*args: str, home: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [VMBUSOPS, *args], capture_output=True, text=True, timeout=60,
+        [VMBUSOPS, *args], capture_output=True, text=True, timeout=60, check=False,
         env={**os.environ, "VMBUSOPS_HOME": str(home), **(env or {})},
     )  # fmt: skip
 
