@@ -209,8 +209,15 @@ async def _dsc_tour(console: Console, host: HyperVHost, credential: GuestCredent
 
 
 @click.command("demo")
-def demo_cmd() -> None:
+@click.option("--fleet", "fleet", is_flag=True,
+              help="Tour a simulated fleet instead: nats-server, a controller and three agents on loopback; "
+              "one job over every host, a live migration and a killed agent mid-job.")  # fmt: skip
+def demo_cmd(fleet: bool) -> None:
     """A short tour on the simulated Hyper-V host: VMs, Copy-VMFile, live records, common failures."""
+    if fleet:
+        from vmbusops.cli.demo_fleet import run_fleet_demo
+
+        sys.exit(run_fleet_demo(output_console(highlight=False)))
     config = load()
     credential = resolve_credential(None, config, "sim")
     console = output_console(highlight=False)
