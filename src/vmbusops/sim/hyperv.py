@@ -248,7 +248,7 @@ class HyperVHost:
         return spec if spec is not None and self.owns(spec) else None
 
     def is_down(self) -> bool:
-        """Whether this fleet host is down (``vmbusops lab fail-host``); never for the lab's only host."""
+        """Whether this fleet host is down (``vmbusops lab fail-host``); never without an identity."""
         return self.identity is not None and self.identity in self.store.down_hosts()
 
     def check_down(self) -> bool:
