@@ -228,12 +228,17 @@ async def test_a_bundle_this_host_does_not_trust_or_used_by_another_job_is_refus
 
 async def test_cancel_work_cancels_the_local_run(nats_server: NatsServer, broker: NatsBroker, tmp_path: Path) -> None:
     async with fleet_of(nats_server, broker, tmp_path) as fleet:
-        digest = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01"], steps=[SLOW]))
+        digest = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01", "web02"], steps=[SLOW]))
         await fleet.dispatch(9, 1, "web01", digest)
         await fleet.read_until(lambda fs: any(r[5].find("started") >= 0 for b in batches(fs, 9) for r in b.records))
         await fleet.cancel(9, 1)
         facts = await fleet.read_until(ended(9))
         assert replay_changes(batches(facts, 9))[0] is State.CANCELLED
+        # A cancel right behind its dispatch, before the local job exists, is not lost.
+        await fleet.dispatch(9, 2, "web02", digest)
+        await fleet.cancel(9, 2)
+        facts = await fleet.read_until(ended(9, 2))
+        assert replay_changes(batches(facts, 9, 2))[0] is State.CANCELLED
 
 
 async def test_host_entry_and_placement_are_kept_with_compare_and_set(
