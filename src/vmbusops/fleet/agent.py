@@ -228,13 +228,20 @@ class FleetAgent:
                         log.info("the broker takes heartbeats again", extra={"event": "fleet-broker-back"})
                     failing = False
                     self.lost = False
-                    await self.placement.update(vms)
             except (BrokerError, trio.TooSlowError) as exc:
                 if not failing:
                     log.warning("cannot write the heartbeat", extra={
                         "event": "fleet-heartbeat-failed", "error": str(exc) or "timed out",
                     })  # fmt: skip
                 failing = True
+            if not failing:
+                try:
+                    with trio.fail_after(max(self.options.host_ttl / 2, self.options.heartbeat)):
+                        await self.placement.update(vms)
+                except (BrokerError, trio.TooSlowError) as exc:
+                    log.info("placement not written; next beat", extra={
+                        "event": "fleet-placement-failed", "error": str(exc) or "timed out",
+                    })  # fmt: skip
             await trio.sleep_until(started + self.options.heartbeat)
 
     async def _watch_lease(self) -> None:
