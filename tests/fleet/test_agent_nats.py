@@ -18,6 +18,7 @@ import trio
 from tests.builders import VM, lab_doc, write_lab
 from tests.engine.bundles import signed_bundle, trust_and_credential
 from tests.engine.conftest import credential_for
+from tests.fleet.conftest import CONTROLLER, PASSWORDS
 from tests.simhost import open_sim_host
 
 from vmbusops.bundle.crypto import PrivateKey
@@ -131,7 +132,8 @@ def cluster_lab(tmp: Path) -> Path:
 
 @asynccontextmanager
 async def fleet_of(
-    nats: NatsServer, controller: NatsBroker, tmp: Path, *, lab: Path | None = None, **options: Any
+    nats: NatsServer, controller: NatsBroker, tmp: Path, *, lab: Path | None = None,
+    password: str | None = None, **options: Any,
 ) -> AsyncIterator[Fleet]:
     key = PrivateKey.generate()
     trust_and_credential(key)
@@ -140,7 +142,10 @@ async def fleet_of(
     journal = Journal(tmp / "journal.sqlite")
     store = FleetStore(tmp / "fleet.sqlite")
     async with (
-        open_broker(nats.url, host=HOST, name="test-agent", reconnect_wait=0.1, request_timeout=2.0) as broker,
+        open_broker(
+            nats.url, host=HOST, name="test-agent", reconnect_wait=0.1, request_timeout=2.0,
+            user=HOST if password else None, password=password,
+        ) as broker,
         open_sim_host(lab, identity=HOST if lab.name == "cluster.toml" else None) as host,
         open_engine(host, journal, credential_for=credential_for,
                     options=EngineOptions(heartbeat_interval=0.1, lease_poll_interval=0.05)) as engine,  # fmt: skip
@@ -318,3 +323,24 @@ async def test_a_run_whose_vm_migrates_away_is_reported_moved_not_failed(
         assert run_state is State.IN_PROGRESS
         assert step_states == [State.SUCCESS, State.IN_PROGRESS]
         assert facts.index(moved) == len(facts) - 1  # after the last batch of the run
+
+
+async def test_an_agent_does_everything_it_must_as_its_own_restricted_nats_user(
+    fleet_server: NatsServer, tmp_path: Path
+) -> None:
+    async with open_broker(
+        fleet_server.url, user=CONTROLLER, password=PASSWORDS[CONTROLLER], name="test-controller", reconnect_wait=0.1
+    ) as controller:
+        await controller.ensure_fleet()
+        async with fleet_of(fleet_server, controller, tmp_path, password=PASSWORDS[HOST], heartbeat=0.1,
+                            max_inline_records=0) as fleet:  # fmt: skip
+            digest = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01"], steps=[SAY, SECOND]))
+            await fleet.dispatch(13, 1, "web01", digest, steps=2)
+            facts = await fleet.read_until(ended(13))
+            # Every record was held back (no memory for any) and read back from the journal.
+            [job] = local_jobs(fleet.journal)
+            forwarded = [list(r) for b in batches(facts, 13) for r in b.records]
+            assert forwarded == [[r[3], r[4], r[5], r[6], r[7], r[8]] for r in fleet.journal.stored_records(job.id)]
+            assert len(forwarded) == 7
+            assert await controller.kv_get(names.PLACEMENT_BUCKET, await fleet.vm_id("web01")) is not None
+            assert await controller.kv_get(names.HOSTS_BUCKET, HOST) is not None
