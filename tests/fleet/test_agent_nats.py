@@ -33,7 +33,7 @@ from vmbusops.fleet.nats_broker import NatsBroker, open_broker
 from vmbusops.fleet.natsserver import NatsServer
 from vmbusops.guestops.host import HyperVHost
 from vmbusops.sim import default_state_dir
-from vmbusops.sim.cluster import migrate_vm
+from vmbusops.sim.cluster import fail_host, migrate_vm
 from vmbusops.sim.lab import load_lab
 from vmbusops.sim.state import HostStore
 
@@ -344,3 +344,21 @@ async def test_an_agent_does_everything_it_must_as_its_own_restricted_nats_user(
             assert len(forwarded) == 7
             assert await controller.kv_get(names.PLACEMENT_BUCKET, await fleet.vm_id("web01")) is not None
             assert await controller.kv_get(names.HOSTS_BUCKET, HOST) is not None
+
+
+async def test_a_run_on_a_failed_node_is_moved_once_placement_shows_its_vm_elsewhere(
+    nats_server: NatsServer, broker: NatsBroker, tmp_path: Path
+) -> None:
+    lab = cluster_lab(tmp_path)
+    async with fleet_of(nats_server, broker, tmp_path, lab=lab, heartbeat=0.1, host_ttl=5.0, retry_max=0.1) as fleet:
+        digest = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01"], steps=[SAY, SLOW]))
+        vm_id = await fleet.vm_id("web01")
+        await fleet.dispatch(14, 1, "web01", digest, steps=2)
+        await fleet.read_until(lambda fs: any("started" in r[5] for b in batches(fs, 14) for r in b.records))
+        fleet.agent.placement.known.clear()
+        fail_host(HostStore(load_lab(lab), default_state_dir()), HOST)
+        # HV-B's agent, which has the VM now, says so in placement.
+        entry = {"vm": "web01", "vm_id": vm_id, "host": "HV-B", "cluster": "CL1", "state": "Running", "boot": "b"}
+        await broker.kv_put(names.PLACEMENT_BUCKET, vm_id, json.dumps(entry).encode())
+        facts = await fleet.read_until(lambda fs: any(isinstance(f, messages.MovedFact) for f in fs))
+        assert replay_changes(batches(facts, 14)) == (State.IN_PROGRESS, [State.SUCCESS, State.IN_PROGRESS])
