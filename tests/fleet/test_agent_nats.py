@@ -40,6 +40,7 @@ from vmbusops.sim.state import HostStore
 HOST = "HV-A"
 SAY = {"kind": "script", "name": "say", "inline": '1..5 | ForEach-Object { Write-Output "line $_" }'}
 SECOND = {"kind": "script", "name": "second", "inline": 'Write-Output "done"'}
+MARK = {"kind": "script", "name": "mark", "inline": "Set-Content -Path C:\\fleet-marker.txt -Value 5"}
 SLOW = {"kind": "script", "name": "slow", "inline": 'Write-Output "started"; Start-Sleep -Seconds 60'}
 
 
@@ -207,12 +208,14 @@ async def test_a_bundle_this_host_does_not_trust_or_used_by_another_job_is_refus
 ) -> None:
     async with fleet_of(nats_server, broker, tmp_path) as fleet:
         stranger = PrivateKey.generate()
-        untrusted = await fleet.put(signed_bundle(tmp_path, stranger, vms=["web01"], steps=[SAY]))
+        untrusted = await fleet.put(signed_bundle(tmp_path, stranger, vms=["web01"], steps=[MARK]))
         await fleet.dispatch(3, 1, "web01", untrusted)
         facts = await fleet.read_until(lambda fs: any(isinstance(f, messages.RefusedFact) for f in fs))
         [refused] = [f for f in facts if isinstance(f, messages.RefusedFact)]
         assert (refused.job, refused.code) == (3, "BundleRejected")
         assert local_jobs(fleet.journal) == []
+        marker = default_state_dir() / "guests" / "web01" / "C" / "fleet-marker.txt"
+        assert not marker.exists()  # nothing reached the guest
 
         # Out of the bundle's targets: refused as well.
         trusted = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01"], steps=[SAY]))
@@ -221,14 +224,18 @@ async def test_a_bundle_this_host_does_not_trust_or_used_by_another_job_is_refus
         assert "does not target VM 'web02'" in [f for f in fleet.facts or [] if isinstance(f, messages.RefusedFact)][-1].reason
 
         # One fleet job's bundle, given to a second fleet job: a replay.
+        trusted = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01"], steps=[MARK]))
         await fleet.dispatch(5, 1, "web01", trusted)
         await fleet.read_until(ended(5))
+        assert marker.read_text(encoding="utf-8-sig").strip() == "5"  # the guest check sees a run
+        marker.unlink()
         await fleet.dispatch(6, 1, "web01", trusted)
         facts = await fleet.read_until(lambda fs: sum(isinstance(f, messages.RefusedFact) for f in fs) == 3)
         replayed = [f for f in facts if isinstance(f, messages.RefusedFact)][-1]
         assert (replayed.job, replayed.code) == (6, "ReplayedBundle")
         assert "already served fleet job 5" in replayed.reason
         assert len(local_jobs(fleet.journal)) == 1
+        assert not marker.exists()
 
 
 async def test_cancel_work_cancels_the_local_run(nats_server: NatsServer, broker: NatsBroker, tmp_path: Path) -> None:
