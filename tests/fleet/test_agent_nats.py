@@ -237,6 +237,14 @@ async def test_a_bundle_this_host_does_not_trust_or_used_by_another_job_is_refus
         assert len(local_jobs(fleet.journal)) == 1
         assert not marker.exists()
 
+        # A start that does not fit the bundle's steps (a controller's bug): refused, not guessed.
+        other = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01"], steps=[MARK]))
+        await fleet.dispatch(8, 1, "web01", other, steps=3)
+        facts = await fleet.read_until(lambda fs: sum(isinstance(f, messages.RefusedFact) for f in fs) == 4)
+        misfit = [f for f in facts if isinstance(f, messages.RefusedFact)][-1]
+        assert (misfit.job, misfit.code) == (8, "InternalError") and "does not fit" in misfit.reason
+        assert len(local_jobs(fleet.journal)) == 1 and not marker.exists()
+
 
 async def test_cancel_work_cancels_the_local_run(nats_server: NatsServer, broker: NatsBroker, tmp_path: Path) -> None:
     async with fleet_of(nats_server, broker, tmp_path) as fleet:

@@ -334,8 +334,7 @@ class FleetAgent:
         for older in [t for k, t in self.running.items() if (k.job, k.run) == (key.job, key.run)]:
             self.engine.cancel(older.local_job)  # the controller moved the run on from that epoch
         try:
-            bundle = await self._bundle(work)
-            start = _run_start(work, len(bundle.verified.manifest.steps))
+            bundle, start = await self._bundle(work)
         except Refusal as refusal:
             await self._refuse(work, refusal)
             self.store.take(work.job, work.run, work.epoch, work.vm, self.owner)
@@ -345,8 +344,9 @@ class FleetAgent:
         self.store.take(work.job, work.run, work.epoch, work.vm, self.owner)
         self.jobs.start_soon(self._run_one, work, bundle, start, delivery)
 
-    async def _bundle(self, work: messages.DispatchWork) -> FleetBundle:
-        """Fetch, verify, and bind the bundle to the fleet job (replay); Refusal if refused."""
+    async def _bundle(self, work: messages.DispatchWork) -> tuple[FleetBundle, RunStart]:
+        """Fetch, verify, and bind the bundle to the fleet job (replay), and check the dispatch's
+        start against it; Refusal if refused (nothing is left behind then)."""
         data = await self._retrying(
             lambda: fetch_bundle(
                 self.broker, work.bundle, cache=bundle_cache_dir(), max_bytes=self.options.max_bundle_bytes
@@ -355,6 +355,7 @@ class FleetAgent:
         )
         bundle = await trio.to_thread.run_sync(lambda: verify_for_vm(data, vm=work.vm, digest=work.bundle))
         try:
+            start = _run_start(work, len(bundle.verified.manifest.steps))
             try:
                 # Resolved here, from this agent's own store, as for a local job; only found now
                 # (a missing one refuses the run before anything is used up), never sent anywhere.
@@ -365,7 +366,7 @@ class FleetAgent:
         except BaseException:
             _remove(bundle)
             raise
-        return bundle
+        return bundle, start
 
     def _bind(self, bundle: FleetBundle, job: int) -> None:
         manifest = bundle.verified.manifest
