@@ -170,11 +170,21 @@ async def test_the_controller_killed_mid_job_is_taken_over_by_a_standby(fleet: F
         refused = await client.post("/v1/jobs", content=b"x", headers={"Content-Type": "application/octet-stream"})
     assert refused.status_code == 503 and refused.headers["Retry-After"]
     await until_record(first, job, "vm-b1", "ran s2")
+    async with first.client() as client:
+        page = (await client.get(f"/v1/jobs/{job}/records")).json()
     first.kill()
     ended = await wait_job(standby, job)
     assert ended["state"] == "success", ended
     runs = await check_once(standby, job, fleet, steps=3)
     assert {r["vm"]: r["state"] for r in runs} == dict.fromkeys(VMS, "success")
+    # A follower of the first one goes on at the standby from where it was: no gap, no repeat.
+    cursor = int(page["cursor"])
+    everything = await records_of(standby, job)
+    assert everything[:cursor] == page["records"]
+    async with standby.client() as client:
+        stream = await client.get(f"/v1/jobs/{job}/events", headers={"Last-Event-ID": str(cursor)})
+    ids = [int(line[4:]) for line in stream.text.splitlines() if line.startswith("id: ")]
+    assert ids == list(range(cursor + 1, len(everything) + 1))
 
 
 async def test_nats_server_restarted_on_its_store_mid_job(fleet: FleetProcs, nats_server: NatsServer) -> None:
