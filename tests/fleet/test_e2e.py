@@ -278,3 +278,20 @@ async def test_a_host_cut_off_from_the_broker_stops_its_run_and_it_goes_on_once_
         runs = await check_once(ctl, job, fleet, steps=3, interrupted=frozenset({"s2"}))
         assert {r["vm"]: r["state"] for r in runs} == dict.fromkeys(VMS, "success")
         nursery.cancel_scope.cancel()
+
+
+async def test_cancel_reaches_every_host(fleet: FleetProcs) -> None:
+    for host in HOSTS:
+        fleet.start_agent(host)
+    ctl = fleet.start_controller("ctl1", "--canary", "0")
+    job = await start_job(fleet, ctl, VMS, [marker_step(1), slow_step(2, 60), marker_step(3)])
+    for vm in VMS:
+        await until_record(ctl, job, vm, "ran s2")
+    async with ctl.client() as client:
+        response = await client.post(f"/v1/jobs/{job}/cancel")
+    assert response.status_code == 202, response.text
+    ended = await wait_job(ctl, job)
+    assert ended["state"] == "cancelled", ended
+    runs = await check_once(ctl, job, fleet, steps=3)
+    assert {r["vm"]: r["state"] for r in runs} == dict.fromkeys(VMS, "cancelled")
+    assert all(r["steps"][2]["state"] == "skipped" for r in runs)
