@@ -94,6 +94,27 @@ bootstrap_chromium() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >&2
 }
 
+# The fleet's tests start their own nats-server (JetStream) on 127.0.0.1: install Debian's
+# nats-server once, only when missing. Exports VMBUSOPS_NATS=required, so that a fleet test fails
+# rather than skips without it.
+bootstrap_nats_server() {
+    export VMBUSOPS_NATS=required
+    command -v nats-server >/dev/null 2>&1 && return 0
+    [ -x /usr/sbin/nats-server ] && return 0
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "nats-server is missing and apt-get is not available; install nats-server (2.9 or newer)" >&2
+        exit 1
+    fi
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "==> nats-server is missing: installing Debian's nats-server SYSTEM-WIDE" >&2
+    echo "    with: ${sudo:+sudo }apt-get update && ${sudo:+sudo }apt-get install nats-server" >&2
+    echo "    (the fleet tests start their own nats-server on 127.0.0.1; the package may also" >&2
+    echo "    enable its nats-server service: 'systemctl disable --now nats-server' turns that off)" >&2
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nats-server >&2
+}
+
 # The real-PowerShell lane: PowerShell 7 from $VMBUSOPS_PWSH, `pwsh` on PATH, or the copy staged
 # beside the checkout (../shared/pwsh). Exports VMBUSOPS_PWSH when one is found; says so either way.
 find_pwsh() {

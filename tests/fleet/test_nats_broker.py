@@ -1,0 +1,178 @@
+"""NatsBroker against a real nats-server: the log, key-value CAS, work, bundles, restarts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+import trio
+
+from vmbusops.fleet import names
+from vmbusops.fleet.broker import BrokerError, StreamMessage
+from vmbusops.fleet.nats_broker import NatsBroker, open_broker
+from vmbusops.fleet.natsserver import NatsServer
+
+
+async def publish_ctl(broker: NatsBroker, first: int, last: int) -> None:
+    for i in range(first, last + 1):
+        await broker.publish(names.CTL_SUBJECT, b"fact %d" % i, msg_id=f"fact-{i}")
+
+
+async def read_all(broker: NatsBroker, after: int, until: int, batch: int) -> list[StreamMessage]:
+    out: list[StreamMessage] = []
+    while after < until:
+        got = await broker.read_log(after=after, batch=batch, timeout=10)
+        assert got, f"nothing after {after} within 10 s"
+        assert len(got) <= batch
+        out += got
+        after = got[-1].seq
+    return out
+
+
+async def test_a_second_publish_of_one_message_id_adds_nothing(broker: NatsBroker) -> None:
+    first = await broker.publish(names.CTL_SUBJECT, b"job", msg_id="job-1")
+    again = await broker.publish(names.CTL_SUBJECT, b"job", msg_id="job-1")
+    other = await broker.publish(names.host_log_subject("HV-A"), b"batch", msg_id="batch-1")
+    assert (first.stream, first.duplicate) == (names.LOG_STREAM, False)
+    assert (again.seq, again.duplicate) == (first.seq, True)
+    assert (other.seq, other.duplicate) == (first.seq + 1, False)
+    assert await broker.last_log_seq() == other.seq
+
+
+async def test_the_log_reads_in_order_from_any_sequence(broker: NatsBroker) -> None:
+    await publish_ctl(broker, 1, 25)
+    got = await read_all(broker, 0, 25, batch=7)
+    assert [m.seq for m in got] == list(range(1, 26))
+    assert [m.data for m in got] == [b"fact %d" % i for i in range(1, 26)]
+    assert {m.subject for m in got} == {names.CTL_SUBJECT}
+    # nothing more: an empty answer once the timeout passes
+    assert await broker.read_log(after=25, batch=5, timeout=0.2) == []
+    # a reader asking from elsewhere (a standby catching up, a rewind) gets exactly that
+    assert [m.seq for m in await broker.read_log(after=10, batch=3, timeout=5)] == [11, 12, 13]
+    assert [m.seq for m in await broker.read_log(after=2, batch=2, timeout=5)] == [3, 4]
+    # and what is published while a read waits arrives in that read
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(publish_ctl, broker, 26, 26)
+        late = await broker.read_log(after=25, batch=5, timeout=10)
+    assert [m.seq for m in late] == [26]
+
+
+async def test_the_log_survives_a_killed_and_restarted_server(
+    nats_server: NatsServer, broker: NatsBroker
+) -> None:
+    await publish_ctl(broker, 1, 10)
+    before = await read_all(broker, 0, 4, batch=4)
+    await trio.to_thread.run_sync(lambda: nats_server.restart(hard=True))
+    # publishes ride the reconnection (or fail as BrokerError, retried with the same id)
+    for i in range(11, 16):
+        while True:
+            try:
+                await broker.publish(names.CTL_SUBJECT, b"fact %d" % i, msg_id=f"fact-{i}")
+                break
+            except BrokerError:
+                await trio.sleep(0.1)
+    after: list[StreamMessage] = []
+    last = before[-1].seq
+    while last < 15:
+        try:
+            got = await broker.read_log(after=last, batch=3, timeout=5)
+        except BrokerError:
+            await trio.sleep(0.1)
+            continue
+        after += got
+        if got:
+            last = got[-1].seq
+    seqs = [m.seq for m in before + after]
+    assert seqs == list(range(1, 16)), "a gap or a repeat across the restart"
+    assert [m.data for m in before + after] == [b"fact %d" % i for i in range(1, 16)]
+
+
+async def test_key_value_compare_and_set(broker: NatsBroker) -> None:
+    bucket = names.LEASES_BUCKET
+    assert await broker.kv_get(bucket, "controller") is None
+    rev = await broker.kv_create(bucket, "controller", b"ctl-1")
+    assert rev is not None
+    assert await broker.kv_create(bucket, "controller", b"ctl-2") is None
+    rev2 = await broker.kv_update(bucket, "controller", b"ctl-1 again", last=rev)
+    assert rev2 is not None and rev2 > rev
+    # a standby that read the old revision loses
+    assert await broker.kv_update(bucket, "controller", b"ctl-2", last=rev) is None
+    entry = await broker.kv_get(bucket, "controller")
+    assert entry is not None and (entry.value, entry.revision) == (b"ctl-1 again", rev2)
+    # a deleted key can be created again
+    await broker.kv_delete(bucket, "controller")
+    assert await broker.kv_get(bucket, "controller") is None
+    assert await broker.kv_create(bucket, "controller", b"ctl-3") is not None
+
+
+async def test_kv_entries_are_the_current_values(broker: NatsBroker) -> None:
+    bucket = names.PLACEMENT_BUCKET
+    assert await broker.kv_entries(bucket) == {}
+    await broker.kv_put(bucket, "vm-1", b"on A")
+    await broker.kv_put(bucket, "vm-2", b"on B")
+    last = await broker.kv_put(bucket, "vm-1", b"on B")
+    await broker.kv_put(bucket, "vm-3", b"on A")
+    await broker.kv_delete(bucket, "vm-3")
+    entries = await broker.kv_entries(bucket)
+    assert sorted(entries) == ["vm-1", "vm-2"]
+    assert (entries["vm-1"].value, entries["vm-1"].revision) == (b"on B", last)
+    assert entries["vm-2"].value == b"on B"
+
+
+async def test_work_is_redelivered_until_acked_and_never_after_term(broker: NatsBroker) -> None:
+    await broker.ensure_work_consumer("HV-A", ack_wait=1.0)
+    await broker.publish(names.work_subject("HV-A"), b"dispatch 1", msg_id="dispatch-1")
+    await broker.publish(names.work_subject("HV-B"), b"not for A", msg_id="dispatch-b")
+    first = await broker.fetch_work("HV-A", batch=10, timeout=5)
+    assert [(d.data, d.num_delivered) for d in first] == [(b"dispatch 1", 1)]
+    # not acked: it comes back after the ack wait, counted
+    again = await broker.fetch_work("HV-A", batch=10, timeout=10)
+    assert [(d.data, d.num_delivered) for d in again] == [(b"dispatch 1", 2)]
+    assert again[0].seq == first[0].seq
+    await broker.ack(again[0])
+    await broker.publish(names.work_subject("HV-A"), b"garbage", msg_id="dispatch-2")
+    bad = await broker.fetch_work("HV-A", batch=10, timeout=5)
+    assert [d.data for d in bad] == [b"garbage"]
+    await broker.term(bad[0])
+    await broker.publish(names.work_subject("HV-A"), b"dispatch 3", msg_id="dispatch-3")
+    # past the ack wait: only the new message, neither the acked nor the termed one
+    await trio.sleep(1.5)
+    rest = await broker.fetch_work("HV-A", batch=10, timeout=2)
+    assert [(d.data, d.num_delivered) for d in rest] == [(b"dispatch 3", 1)]
+    await broker.ack(rest[0])
+    assert await broker.fetch_work("HV-A", batch=10, timeout=0.3) == []
+
+
+async def test_a_bundle_round_trips_through_the_object_store(broker: NatsBroker) -> None:
+    data = os.urandom(5 * 1024 * 1024 + 17)
+    digest = hashlib.sha256(data).hexdigest()
+    assert await broker.get_bundle(digest) is None
+    await broker.put_bundle(digest, data)
+    await broker.put_bundle(digest, data)  # named by its content: a second put is harmless
+    assert await broker.get_bundle(digest) == data
+    small = b"PK\x03\x04 tiny"
+    await broker.put_bundle(hashlib.sha256(small).hexdigest(), small)
+    assert await broker.get_bundle(hashlib.sha256(small).hexdigest()) == small
+
+
+async def test_ensure_fleet_twice_and_from_a_second_controller(
+    nats_server: NatsServer, broker: NatsBroker
+) -> None:
+    await broker.publish(names.CTL_SUBJECT, b"kept", msg_id="kept")
+    await broker.ensure_work_consumer("HV-A")
+    await broker.ensure_fleet()
+    async with open_broker(nats_server.url, name="second-controller") as second:
+        await second.ensure_fleet()
+        await second.ensure_work_consumer("HV-A")
+        await second.ensure_work_consumer("HV-A", ack_wait=5.0)
+        assert [m.data for m in await second.read_log(after=0, batch=5, timeout=5)] == [b"kept"]
+    assert await broker.last_log_seq() == 1
+
+
+async def test_an_unreachable_server_is_a_broker_error(nats_server: NatsServer) -> None:
+    url = nats_server.url
+    await trio.to_thread.run_sync(nats_server.kill)
+    with pytest.raises(BrokerError, match="connect to"):
+        async with open_broker(url, request_timeout=1.0):
+            pass
