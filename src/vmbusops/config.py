@@ -29,9 +29,17 @@ a file that decides which host the agent drives must not pass silently. ::
     interval_minutes = 60      # how often the agent prunes (vmbusops prune does it now)
     journal_max_mb = 0         # the journal file's size limit; 0: none (only the disk's)
 
-    [fleet]                    # vmbusops agent --fleet (see vmbusops.fleet.agent_config)
-    url = "nats://nats.example.net:4222"
-    host = "hv01"              # this host's fleet name; cluster, user, password_file, tls_* too
+    [fleet]                    # vmbusops agent --fleet: join a fleet (see vmbusops.fleet.agent_config)
+    url = "nats://nats.example.net:4222"   # the fleet's NATS server (nats:// or tls://); --fleet wins
+    host = "hv01"              # this host's name in the fleet (default: the --host name); --fleet-host
+    cluster = "c1"             # the failover cluster this host is a node of; --cluster
+    user = "hv01"              # this host's NATS user (it may use its own subjects only); --fleet-user
+    password_file = "/etc/vmbusops/nats.pass"  # its password (else $VMBUSOPS_NATS_PASSWORD; never a flag)
+    tls_ca = "/etc/vmbusops/nats-ca.pem"       # TLS to NATS, checked against this CA; --fleet-ca
+    tls_cert = "/etc/vmbusops/nats-client.pem" # a TLS client certificate for NATS, with tls_key; --fleet-cert
+    tls_key = "/etc/vmbusops/nats-client.key"  # its private key (PEM); --fleet-key
+    heartbeat_seconds = 1      # how often the host entry (and the VMs' placement) is written
+    host_ttl_seconds = 10      # no heartbeat written for this long: this host's fleet runs are cancelled
 
     [credentials]
     key_file = "/etc/vmbusops/credentials.key"  # the guest credentials' sealing key, kept outside

@@ -49,6 +49,8 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
                        "the agent API token (else --token-file / -Token)"),
     "VMBUSOPS_PWSH": ("--host pwsh, --host pwsh-lab, ./scripts/test", "the PowerShell 7 to run (else pwsh "
                       "on PATH, else ../shared/pwsh/pwsh beside the checkout)"),
+    "VMBUSOPS_NATS_PASSWORD": ("agent --fleet", "the agent's NATS password (else [fleet] password_file or "
+                               "--fleet-password-file; never a flag)"),
     "VMBUSOPS_SIM_STATE": ("the simulator, vmbusops lab", "the simulator's state folder (default "
                            "$VMBUSOPS_HOME/sim): the agents of a simulated fleet, each with its own home, "
                            "share one lab's state through it"),
@@ -218,6 +220,7 @@ def _table_section(table: Table, example: Example, title: str) -> list[str]:
 
 def config_section() -> list[str]:
     from vmbusops import config, inventory
+    from vmbusops.fleet.agent_config import FleetConfig
 
     example = annotated_example(config.__doc__ or "")
     hosts = annotated_example(inventory.__doc__ or "", rename=[(r"^hosts\.[^.]+$", "hosts.NAME")])
@@ -228,6 +231,7 @@ def config_section() -> list[str]:
         Table("agent", frozenset(known["agent"]), config.AgentConfig),
         Table("retention", frozenset(known["retention"]), config.RetentionConfig),
         Table("credentials", frozenset(known["credentials"]), config.Config, (("key_file", "credential_key_file"),)),
+        Table("fleet", frozenset(known["fleet"]), FleetConfig),
     ]
     extra = sorted(set(known) - {t.name for t in tables})
     if extra:

@@ -5,15 +5,17 @@ puts bundles in the object store, publishes work and reads the host's facts from
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 import trio
-from tests.builders import VM, write_lab
+from tests.builders import VM, lab_doc, write_lab
 from tests.engine.bundles import signed_bundle, trust_and_credential
 from tests.engine.conftest import credential_for
 from tests.simhost import open_sim_host
@@ -26,10 +28,13 @@ from vmbusops.engine.states import State
 from vmbusops.fleet import messages, names
 from vmbusops.fleet.agent import FleetAgent, FleetAgentOptions
 from vmbusops.fleet.agent_store import FleetStore
-
 from vmbusops.fleet.nats_broker import NatsBroker, open_broker
 from vmbusops.fleet.natsserver import NatsServer
 from vmbusops.guestops.host import HyperVHost
+from vmbusops.sim import default_state_dir
+from vmbusops.sim.cluster import migrate_vm
+from vmbusops.sim.lab import load_lab
+from vmbusops.sim.state import HostStore
 
 HOST = "HV-A"
 SAY = {"kind": "script", "name": "say", "inline": '1..5 | ForEach-Object { Write-Output "line $_" }'}
@@ -51,7 +56,7 @@ class Fleet:
     facts: list[messages.LogFact] | None = None
 
     async def put(self, path: Path) -> str:
-        data = path.read_bytes()
+        data = await trio.Path(path).read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         await self.controller.put_bundle(digest, data)
         return digest
@@ -85,6 +90,16 @@ class Fleet:
         return facts
 
 
+async def until(check: Callable[[], bool | Awaitable[bool]]) -> None:
+    """Wait until ``check`` holds (the test fails after 30 s)."""
+    with trio.fail_after(30):
+        while True:
+            result = check()
+            if await result if inspect.isawaitable(result) else result:
+                return
+            await trio.sleep(0.05)
+
+
 def batches(facts: list[messages.LogFact], job: int, run: int = 1) -> list[messages.BatchFact]:
     return [f for f in facts if isinstance(f, messages.BatchFact) and (f.job, f.run) == (job, run)]
 
@@ -103,17 +118,30 @@ def local_jobs(journal: Journal) -> list[Any]:
     return list(journal.jobs())
 
 
+def cluster_lab(tmp: Path) -> Path:
+    """Hosts HV-A and HV-B, nodes of cluster CL1; the VMs start on HV-A."""
+    doc = lab_doc([VM("web01", more={"host": HOST}), VM("web02", more={"host": HOST}), VM("web03", more={"host": HOST})])
+    del doc["host"]["name"]
+    doc["hosts"] = [{"name": HOST, "cluster": "CL1"}, {"name": "HV-B", "cluster": "CL1"}]
+    path = tmp / "labs" / "cluster.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(doc), encoding="utf-8")
+    return path
+
+
 @asynccontextmanager
-async def fleet_of(nats: NatsServer, controller: NatsBroker, tmp: Path, **options: Any) -> AsyncIterator[Fleet]:
+async def fleet_of(
+    nats: NatsServer, controller: NatsBroker, tmp: Path, *, lab: Path | None = None, **options: Any
+) -> AsyncIterator[Fleet]:
     key = PrivateKey.generate()
     trust_and_credential(key)
-    lab = write_lab(tmp / "labs", [VM("web01"), VM("web02"), VM("web03")])
+    lab = lab or write_lab(tmp / "labs", [VM("web01"), VM("web02"), VM("web03")])
     await controller.ensure_work_consumer(HOST)
     journal = Journal(tmp / "journal.sqlite")
     store = FleetStore(tmp / "fleet.sqlite")
     async with (
         open_broker(nats.url, host=HOST, name="test-agent", reconnect_wait=0.1, request_timeout=2.0) as broker,
-        open_sim_host(lab) as host,
+        open_sim_host(lab, identity=HOST if lab.name == "cluster.toml" else None) as host,
         open_engine(host, journal, credential_for=credential_for,
                     options=EngineOptions(heartbeat_interval=0.1, lease_poll_interval=0.05)) as engine,  # fmt: skip
         trio.open_nursery() as jobs,
@@ -200,21 +228,30 @@ async def test_a_bundle_this_host_does_not_trust_or_used_by_another_job_is_refus
 
 async def test_cancel_work_cancels_the_local_run(nats_server: NatsServer, broker: NatsBroker, tmp_path: Path) -> None:
     async with fleet_of(nats_server, broker, tmp_path) as fleet:
-        digest = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01"], steps=[SLOW]))
+        digest = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01", "web02"], steps=[SLOW]))
         await fleet.dispatch(9, 1, "web01", digest)
         await fleet.read_until(lambda fs: any(r[5].find("started") >= 0 for b in batches(fs, 9) for r in b.records))
         await fleet.cancel(9, 1)
         facts = await fleet.read_until(ended(9))
         assert replay_changes(batches(facts, 9))[0] is State.CANCELLED
+        # A cancel right behind its dispatch, before the local job exists, is not lost.
+        await fleet.dispatch(9, 2, "web02", digest)
+        await fleet.cancel(9, 2)
+        facts = await fleet.read_until(ended(9, 2))
+        assert replay_changes(batches(facts, 9, 2))[0] is State.CANCELLED
 
 
 async def test_host_entry_and_placement_are_kept_with_compare_and_set(
     nats_server: NatsServer, broker: NatsBroker, tmp_path: Path
 ) -> None:
     async with fleet_of(nats_server, broker, tmp_path, heartbeat=0.1) as fleet:
-        with trio.fail_after(30):
-            while (entry := await broker.kv_get(names.HOSTS_BUCKET, HOST)) is None or json.loads(entry.value)["seq"] < 3:
-                await trio.sleep(0.05)
+        async def beats(n: int) -> bool:
+            entry = await broker.kv_get(names.HOSTS_BUCKET, HOST)
+            return entry is not None and json.loads(entry.value)["seq"] >= n
+
+        await until(lambda: beats(3))
+        entry = await broker.kv_get(names.HOSTS_BUCKET, HOST)
+        assert entry is not None
         doc = json.loads(entry.value)
         assert (doc["host"], doc["cluster"], doc["boot"]) == (HOST, "c1", fleet.agent.boot)
         assert sorted(v["vm"] for v in doc["vms"]) == ["web01", "web02", "web03"]
@@ -227,9 +264,7 @@ async def test_host_entry_and_placement_are_kept_with_compare_and_set(
         # Unchanged: never written again, whatever the beats.
         writes = fleet.agent.placement.writes
         beat = fleet.agent.seq
-        with trio.fail_after(30):
-            while fleet.agent.seq < beat + 5:
-                await trio.sleep(0.05)
+        await until(lambda: fleet.agent.seq >= beat + 5)
         assert fleet.agent.placement.writes == writes
         assert (await broker.kv_get(names.PLACEMENT_BUCKET, vm_id)).revision == placed.revision  # type: ignore[union-attr]
         # Another host claims the VM (a migration seen there first): this host lists it, so it is
@@ -237,9 +272,11 @@ async def test_host_entry_and_placement_are_kept_with_compare_and_set(
         other = json.dumps({"vm": "web02", "vm_id": vm_id, "host": "HV-B", "cluster": "c1", "state": "Off", "boot": "b"})
         await broker.kv_put(names.PLACEMENT_BUCKET, vm_id, other.encode())
         fleet.agent.placement.known.pop(vm_id)  # as after a restart: nothing cached
-        with trio.fail_after(30):
-            while json.loads((await broker.kv_get(names.PLACEMENT_BUCKET, vm_id)).value)["host"] != HOST:  # type: ignore[union-attr]
-                await trio.sleep(0.05)
+        async def placed_here() -> bool:
+            entry = await broker.kv_get(names.PLACEMENT_BUCKET, vm_id)
+            return entry is not None and json.loads(entry.value)["host"] == HOST
+
+        await until(placed_here)
 
 
 async def test_a_host_that_loses_the_broker_cancels_its_runs_and_comes_back(
@@ -250,20 +287,34 @@ async def test_a_host_that_loses_the_broker_cancels_its_runs_and_comes_back(
         await fleet.dispatch(11, 1, "web01", digest)
         await fleet.read_until(lambda fs: any("started" in r[5] for b in batches(fs, 11) for r in b.records))
         await trio.to_thread.run_sync(nats_server.kill)
-        with trio.fail_after(30):
-            while not fleet.agent.lost:
-                await trio.sleep(0.05)
+        await until(lambda: fleet.agent.lost)
         [job] = local_jobs(fleet.journal)
-        with trio.fail_after(30):
-            while fleet.journal.runs(job.id)[0].state is not State.CANCELLED:
-                await trio.sleep(0.05)
+        await until(lambda: fleet.journal.runs(job.id)[0].state is State.CANCELLED)
         await trio.to_thread.run_sync(nats_server.start)
-        with trio.fail_after(30):
-            while fleet.agent.lost:
-                await trio.sleep(0.05)
+        await until(lambda: not fleet.agent.lost)
         # The run's last batches (its cancellation, epoch 1) were kept and published once back.
         facts = await fleet.read_until(ended(11))
         assert replay_changes(batches(facts, 11))[0] is State.CANCELLED
 
 
-
+async def test_a_run_whose_vm_migrates_away_is_reported_moved_not_failed(
+    nats_server: NatsServer, broker: NatsBroker, tmp_path: Path
+) -> None:
+    lab = cluster_lab(tmp_path)
+    async with fleet_of(nats_server, broker, tmp_path, lab=lab) as fleet:
+        digest = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01"], steps=[SAY, SLOW]))
+        await fleet.dispatch(12, 1, "web01", digest, steps=2)
+        await fleet.read_until(lambda fs: any("started" in r[5] for b in batches(fs, 12) for r in b.records))
+        migrate_vm(HostStore(load_lab(lab), default_state_dir()), "web01", "HV-B")
+        facts = await fleet.read_until(lambda fs: any(isinstance(f, messages.MovedFact) for f in fs))
+        [moved] = [f for f in facts if isinstance(f, messages.MovedFact)]
+        assert (moved.job, moved.run, moved.epoch, moved.host) == (12, 1, 1, HOST)
+        assert "web01" in moved.reason
+        # Locally the run failed; the fleet run stands as its batches said: the first step done,
+        # the second one as it was when the VM left (resumed by its rules where it is now).
+        [job] = local_jobs(fleet.journal)
+        assert fleet.journal.runs(job.id)[0].state is State.FAILED
+        run_state, step_states = replay_changes(batches(facts, 12))
+        assert run_state is State.IN_PROGRESS
+        assert step_states == [State.SUCCESS, State.IN_PROGRESS]
+        assert facts.index(moved) == len(facts) - 1  # after the last batch of the run

@@ -145,6 +145,8 @@ class FleetAgent:
         self.refused = 0
         self.moved = 0
         self.duplicates = 0
+        #: Runs the controller cancelled before their local job existed.
+        self.cancelled: set[FleetRunKey] = set()
 
     # ------------------------------------------------------------------ life
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -226,13 +228,20 @@ class FleetAgent:
                         log.info("the broker takes heartbeats again", extra={"event": "fleet-broker-back"})
                     failing = False
                     self.lost = False
-                    await self.placement.update(vms)
             except (BrokerError, trio.TooSlowError) as exc:
                 if not failing:
                     log.warning("cannot write the heartbeat", extra={
                         "event": "fleet-heartbeat-failed", "error": str(exc) or "timed out",
                     })  # fmt: skip
                 failing = True
+            if not failing:
+                try:
+                    with trio.fail_after(max(self.options.host_ttl / 2, self.options.heartbeat)):
+                        await self.placement.update(vms)
+                except (BrokerError, trio.TooSlowError) as exc:
+                    log.info("placement not written; next beat", extra={
+                        "event": "fleet-placement-failed", "error": str(exc) or "timed out",
+                    })  # fmt: skip
             await trio.sleep_until(started + self.options.heartbeat)
 
     async def _watch_lease(self) -> None:
@@ -273,7 +282,7 @@ class FleetAgent:
             await self._settle(delivery, term=True)
             return
         if isinstance(work, messages.CancelWork):
-            self._cancel(work)
+            await self._cancel(work)
             await self._settle(delivery)
             return
         try:
@@ -291,14 +300,20 @@ class FleetAgent:
             # Delivered again later, and then found taken (or cancelled) already.
             log.info("cannot ack a work message", extra={"event": "fleet-ack-failed", "error": exc.message})
 
-    def _cancel(self, work: messages.CancelWork) -> None:
-        tracked = self.running.get(FleetRunKey(work.job, work.run, work.epoch))
+    async def _cancel(self, work: messages.CancelWork) -> None:
+        key = FleetRunKey(work.job, work.run, work.epoch)
+        tracked = self.running.get(key)
         log.info("cancel from the controller", extra={
             "event": "fleet-cancel", "fleet_job": work.job, "run": work.run, "epoch": work.epoch,
             "local_job": tracked.local_job if tracked else None,
         })  # fmt: skip
         if tracked is not None:
-            self.engine.cancel(tracked.local_job)
+            self.engine.cancel(tracked.local_job)  # at once, if the engine runs it already
+            # and durably, for the engine's keeper to act on if it is only about to.
+            await self.engine.writer.call(self.engine.journal.request_cancel, tracked.local_job)
+        else:
+            # Taken, its local job not made yet: cancelled as soon as it is (see _run_one).
+            self.cancelled.add(key)
 
     async def _dispatch(self, work: messages.DispatchWork, delivery: Delivery) -> None:
         key = FleetRunKey(work.job, work.run, work.epoch)
@@ -428,6 +443,13 @@ class FleetAgent:
 
             async def ack_once_created() -> None:
                 await created.wait()
+                tracked = self.running.get(key)
+                if key in self.cancelled and tracked is not None:
+                    # A cancel that came before the job: the durable request the engine's keeper
+                    # acts on once the job runs (its next heartbeat), as `jobs cancel` does.
+                    self.cancelled.discard(key)
+                    journal = self.engine.journal
+                    await self.engine.writer.call(journal.request_cancel, tracked.local_job)
                 await self._settle(delivery)
 
             nursery.start_soon(ack_once_created)
@@ -490,7 +512,6 @@ class FleetAgent:
                 host=self.host, job=key.job, run=key.run, epoch=key.epoch, n=pending.n, records=tuple(records),
                 changes=tuple(wire_changes(changes)), time=pending.time,
             ))  # fmt: skip
-            self.store.set_last_n(key.job, key.run, key.epoch, pending.n)
         if moved:
             self.moved += 1
             reason = f"VM {tracked.vm} is no longer on host {self.host}"
@@ -502,6 +523,7 @@ class FleetAgent:
             ))  # fmt: skip
         if pending.ends:
             self.builder.untrack(tracked)
+            self.store.set_last_n(key.job, key.run, key.epoch, pending.n)
             self.store.set_state(key.job, key.run, key.epoch, DONE)
 
     async def _read_back(self, pending: PendingBatch) -> list[messages.WireRecord]:

@@ -2,13 +2,14 @@
 
 :func:`fleet_broker` connects before the host is opened, so a broker that cannot be reached stops
 ``vmbusops agent --fleet`` at once with one line (exit code 3) rather than after start-up; once
-connected, the client reconnects by itself for as long as the agent lives.
+connected, the client reconnects by itself for as long as the agent lives. A URL that names no
+server gets an answer within :data:`CONNECT_SECONDS`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
 
@@ -17,7 +18,10 @@ from vmbusops.engine.engine import Engine
 from vmbusops.fleet.agent import FleetAgent, FleetAgentOptions
 from vmbusops.fleet.agent_config import FleetJoin
 from vmbusops.fleet.agent_store import FleetStore, fleet_store_path
-from vmbusops.fleet.broker import Broker
+from vmbusops.fleet.broker import Broker, BrokerError
+
+#: How long the agent tries to reach its broker at start before it gives up (exit code 3).
+CONNECT_SECONDS = 10.0
 
 
 @asynccontextmanager
@@ -28,10 +32,19 @@ async def fleet_broker(join: FleetJoin | None) -> AsyncIterator[Broker | None]:
         return
     from vmbusops.fleet.nats_broker import open_broker
 
-    async with open_broker(
-        join.url, user=join.user, password=join.password, tls_ca=join.tls_ca, tls_cert=join.tls_cert,
-        tls_key=join.tls_key, host=join.host, name=f"vmbusops-agent-{join.host}",
-    ) as broker:  # fmt: skip
+    async with AsyncExitStack() as stack:
+        # Bounded here whatever the client does about a first connection that fails (it may
+        # keep trying): an agent that cannot reach its broker at start says so and stops.
+        with trio.move_on_after(CONNECT_SECONDS) as waited:
+            broker = await stack.enter_async_context(open_broker(
+                join.url, user=join.user, password=join.password, tls_ca=join.tls_ca, tls_cert=join.tls_cert,
+                tls_key=join.tls_key, host=join.host, name=f"vmbusops-agent-{join.host}",
+            ))  # fmt: skip
+        if waited.cancelled_caught:
+            raise BrokerError(
+                f"cannot reach the fleet's broker at {join.url} within {CONNECT_SECONDS:g} s",
+                hint="check the URL and that nats-server runs there (and TLS, user and password, if it asks for them)",
+            )
         yield broker
 
 

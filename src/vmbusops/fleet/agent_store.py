@@ -3,8 +3,8 @@
 A small SQLite file beside the agent's journal (``fleet.sqlite``), with two tables:
 
 - ``fleet_runs``: one row per dispatch taken, keyed by (fleet job, fleet run, epoch): the local
-  job that runs it, its state here, the process that took it, and the ``n`` of the last batch
-  published for it. A dispatch whose key is known is never run again (the work stream may deliver
+  job that runs it, its state here, the process that took it, and the ``n`` of its last batch
+  (written when the run ends here). A dispatch whose key is known is never run again (the work stream may deliver
   a message twice: after an ack that was lost, or a controller that re-published it);
 - ``fleet_bundles``: bundle id -> the one fleet job it may serve on this host (replay: a bundle
   serves every run of one fleet job, never a second job).

@@ -251,8 +251,8 @@ def _parse(data: bytes, kinds: dict[str, type[Any]], where: str) -> Any:
     cls = kinds.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise FleetMessageError(f"{where} message has unknown kind {kind!r}")
-    names = {f.name for f in fields(cls)}
-    extra = set(body) - names - {"v", "kind"}
+    names = [f.name for f in fields(cls)]
+    extra = set(body) - set(names) - {"v", "kind"}
     if extra:
         raise FleetMessageError(f"{where} {kind} message has unknown field(s) {', '.join(sorted(extra))}")
     values: dict[str, Any] = {}
