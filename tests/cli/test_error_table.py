@@ -191,6 +191,13 @@ CASES = [
     case("unknown-option", "--bogus", code=USAGE, says="No such option"),
     case("prune-unknown-option", "prune", "--bogus", code=USAGE, says="No such option"),
     case("cred-remove-missing", "cred", "remove", "nosuch", code=USAGE, says="nosuch"),
+    # the fleet's controller
+    case("fleet-no-url", "fleet", "serve", code=USAGE, says="no NATS URL"),
+    case("fleet-bad-url", "fleet", "serve", "--nats", "http://x:4222", code=USAGE, says="bad --nats URL"),
+    case("fleet-password-no-user", "fleet", "serve", "--nats", "nats://127.0.0.1:1", code=USAGE,
+         env={"VMBUSOPS_NATS_PASSWORD": TOKEN}, says="a NATS password without a user"),
+    case("fleet-no-broker", "fleet", "serve", "--nats", "nats://127.0.0.1:1", "--listen", "127.0.0.1:0", code=HOST,
+         says="no server could be reached"),
     # the simulated fleet
     case("lab-migrate-unknown-host", "lab", "migrate", "web01", "--to", "HV-X", code=USAGE,
          says="The cluster node was not found."),

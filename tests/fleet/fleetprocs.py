@@ -136,13 +136,14 @@ class FleetProcs:
         proc.url = _wait_ready(proc)
         return proc
 
-    def start_agent(self, host: str) -> Proc:
+    def start_agent(self, host: str, nats_url: str | None = None) -> Proc:
         home = self._home(host)
         (home / "config.toml").write_text(
             f"[fleet]\nheartbeat_seconds = 0.2\nhost_ttl_seconds = {self.host_ttl}\n", encoding="utf-8"
         )
         proc = self._start(host, home, [
-            "agent", "--host", f"sim:{host}", "--listen", "127.0.0.1:0", "--fleet", self.nats_url, "--fleet-host", host,
+            "agent", "--host", f"sim:{host}", "--listen", "127.0.0.1:0", "--fleet", nats_url or self.nats_url,
+            "--fleet-host", host,
         ])  # fmt: skip
         self.agents[host] = proc
         return proc
@@ -247,7 +248,62 @@ async def placed(ctl: Proc, where: dict[str, str], *, timeout: float = 60.0) -> 
 async def until_record(ctl: Proc, job: int, vm: str, text: str, *, timeout: float = 60.0) -> None:
     """Wait until the controller's journal has a record of ``vm`` whose value contains ``text``."""
     with trio.fail_after(timeout):
-        while not any(
+        while not any(  # noqa: ASYNC110 - another process moves it
             r["vm"] == vm and text in str(r.get("value", "")) for r in await records_of(ctl, job)
         ):  # fmt: skip
             await trio.sleep(0.1)
+
+
+class Cuttable:
+    """A TCP relay to the nats-server that the test can cut (every connection dropped, new ones
+    refused) and mend: a host's network path to the broker, and only that host's."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.removeprefix("nats://").rpartition(":")
+        self.target = (host, int(port))
+        self.port = 0
+        self.cut_off = False
+        self._scopes: set[trio.CancelScope] = set()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._relay, listeners)
+
+    async def _relay(self, client: trio.SocketStream) -> None:
+        async with client:
+            if self.cut_off:
+                return
+            with trio.CancelScope() as scope:
+                self._scopes.add(scope)
+                try:
+                    server = await trio.open_tcp_stream(*self.target)
+                    async with server, trio.open_nursery() as nursery:
+                        nursery.start_soon(self._pump, client, server, nursery.cancel_scope)
+                        nursery.start_soon(self._pump, server, client, nursery.cancel_scope)
+                except OSError:
+                    pass
+                finally:
+                    self._scopes.discard(scope)
+
+    @staticmethod
+    async def _pump(src: trio.SocketStream, dst: trio.SocketStream, scope: trio.CancelScope) -> None:
+        try:
+            while data := await src.receive_some(65536):
+                await dst.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+    def cut(self) -> None:
+        self.cut_off = True
+        for scope in list(self._scopes):
+            scope.cancel()
+
+    def mend(self) -> None:
+        self.cut_off = False

@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
-
 from tests.fleet.factlog import DIGEST, FactLog, whole_run
 from tests.fleet.test_projection import dump
+
 from vmbusops.fleet import messages, names
 from vmbusops.fleet.controller import Controller, ControllerOptions
 from vmbusops.fleet.nats_broker import NatsBroker, open_broker

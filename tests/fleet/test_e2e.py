@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from tests.fleet.fleetprocs import (
     HOSTS,
+    Cuttable,
     FleetProcs,
     Proc,
     placed,
@@ -23,7 +25,10 @@ from tests.fleet.fleetprocs import (
     wait_job,
 )
 
+from vmbusops.fleet import messages, names
+from vmbusops.fleet.nats_broker import NatsBroker
 from vmbusops.fleet.natsserver import NatsServer
+from vmbusops.fleet.store import FleetJournal
 
 VMS = {"vm-a1": "HV-A", "vm-a2": "HV-A", "vm-b1": "HV-B", "vm-c1": "HV-C"}
 
@@ -165,11 +170,21 @@ async def test_the_controller_killed_mid_job_is_taken_over_by_a_standby(fleet: F
         refused = await client.post("/v1/jobs", content=b"x", headers={"Content-Type": "application/octet-stream"})
     assert refused.status_code == 503 and refused.headers["Retry-After"]
     await until_record(first, job, "vm-b1", "ran s2")
+    async with first.client() as client:
+        page = (await client.get(f"/v1/jobs/{job}/records")).json()
     first.kill()
     ended = await wait_job(standby, job)
     assert ended["state"] == "success", ended
     runs = await check_once(standby, job, fleet, steps=3)
     assert {r["vm"]: r["state"] for r in runs} == dict.fromkeys(VMS, "success")
+    # A follower of the first one goes on at the standby from where it was: no gap, no repeat.
+    cursor = int(page["cursor"])
+    everything = await records_of(standby, job)
+    assert everything[:cursor] == page["records"]
+    async with standby.client() as client:
+        stream = await client.get(f"/v1/jobs/{job}/events", headers={"Last-Event-ID": str(cursor)})
+    ids = [int(line[4:]) for line in stream.text.splitlines() if line.startswith("id: ")]
+    assert ids == list(range(cursor + 1, len(everything) + 1))
 
 
 async def test_nats_server_restarted_on_its_store_mid_job(fleet: FleetProcs, nats_server: NatsServer) -> None:
@@ -182,3 +197,101 @@ async def test_nats_server_restarted_on_its_store_mid_job(fleet: FleetProcs, nat
     ended = await wait_job(ctl, job)
     assert ended["state"] == "success", ended
     await check_once(ctl, job, fleet, steps=3)
+
+
+def applied_seq(ctl: Proc) -> int:
+    """The last log sequence the controller's projection applied (its journal says)."""
+    journal = FleetJournal(ctl.home / "journal" / "journal.sqlite", readonly=True)
+    try:
+        return journal.last_seq()
+    finally:
+        journal.close()
+
+
+def fact_bundle(log: list[Any]) -> str:
+    return next(f.bundle for f in (messages.parse_ctl(m.data) for m in log if m.subject == names.CTL_SUBJECT) if isinstance(f, messages.JobFact))
+
+
+async def test_duplicate_deliveries_of_every_fact_and_dispatch_change_nothing(
+    fleet: FleetProcs, broker: NatsBroker
+) -> None:
+    for host in HOSTS:
+        fleet.start_agent(host)
+    ctl = fleet.start_controller("ctl1", "--canary", "0")
+    job = await start_job(fleet, ctl, VMS, [marker_step(1), marker_step(2)])
+    assert (await wait_job(ctl, job))["state"] == "success"
+    before = await records_of(ctl, job)
+    # Every fact of the log again, under new message ids (as after the duplicate window), and
+    # every dispatch again on the hosts' work subjects.
+    seen = 0
+    facts = []
+    while batch := await broker.read_log(after=seen, batch=500, timeout=1.0):
+        facts += batch
+        seen = batch[-1].seq
+    again = 0
+    for m in facts:
+        await broker.publish(m.subject, m.data, msg_id=f"again-{m.seq}")
+        if m.subject == names.CTL_SUBJECT:
+            fact = messages.parse_ctl(m.data)
+            if isinstance(fact, messages.DispatchFact):
+                start = messages.RunStartWire(step_states=("pending", "pending"), attempts=(0, 0), next_seq=1)
+                work = messages.DispatchWork(
+                    job=fact.job, run=fact.run, vm="any", vm_id="any", epoch=fact.epoch, bundle=fact_bundle(facts),
+                    start=start, controller="test", time=0.0,
+                )  # fmt: skip
+                await broker.publish(names.work_subject(fact.host), messages.encode(work), msg_id=f"again-w-{m.seq}")
+                again += 1
+    assert again == len(VMS)
+    last = await broker.last_log_seq()
+    with trio.fail_after(60):  # each host took its dispatch again, and dropped it
+        while sum(a.log.read_text().count('"fleet-duplicate"') for a in fleet.agents.values()) < again:  # noqa: ASYNC110 - other processes
+            await trio.sleep(0.1)
+    with trio.fail_after(30):  # the controller has applied every copy
+        while applied_seq(ctl) < last:  # noqa: ASYNC110 - another process
+            await trio.sleep(0.1)
+    assert await broker.last_log_seq() == last  # no host ran anything again
+    assert await records_of(ctl, job) == before
+    await check_once(ctl, job, fleet, steps=2)
+
+
+async def test_a_host_cut_off_from_the_broker_stops_its_run_and_it_goes_on_once_the_host_is_back(
+    fleet: FleetProcs, nats_server: NatsServer
+) -> None:
+    relay = Cuttable(nats_server.url)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(relay.run)
+        for host in ("HV-A", "HV-B"):
+            fleet.start_agent(host)
+        await trio.to_thread.run_sync(lambda: fleet.start_agent("HV-C", relay.url))
+        ctl = fleet.start_controller("ctl1", "--canary", "0")
+        job = await start_job(fleet, ctl, VMS, [marker_step(1), slow_step(2, 6), marker_step(3)])
+        await until_record(ctl, job, "vm-c1", "ran s2")
+        relay.cut()
+        with trio.fail_after(60):
+            while not any(  # noqa: ASYNC110 - another process
+                r["vm"] == "vm-c1" and "lost host HV-C" in str(r.get("message")) for r in await records_of(ctl, job)
+            ):  # fmt: skip
+                await trio.sleep(0.2)
+        relay.mend()
+        ended = await wait_job(ctl, job)
+        assert ended["state"] == "success", ended
+        runs = await check_once(ctl, job, fleet, steps=3, interrupted=frozenset({"s2"}))
+        assert {r["vm"]: r["state"] for r in runs} == dict.fromkeys(VMS, "success")
+        nursery.cancel_scope.cancel()
+
+
+async def test_cancel_reaches_every_host(fleet: FleetProcs) -> None:
+    for host in HOSTS:
+        fleet.start_agent(host)
+    ctl = fleet.start_controller("ctl1", "--canary", "0")
+    job = await start_job(fleet, ctl, VMS, [marker_step(1), slow_step(2, 60), marker_step(3)])
+    for vm in VMS:
+        await until_record(ctl, job, vm, "ran s2")
+    async with ctl.client() as client:
+        response = await client.post(f"/v1/jobs/{job}/cancel")
+    assert response.status_code == 202, response.text
+    ended = await wait_job(ctl, job)
+    assert ended["state"] == "cancelled", ended
+    runs = await check_once(ctl, job, fleet, steps=3)
+    assert {r["vm"]: r["state"] for r in runs} == dict.fromkeys(VMS, "cancelled")
+    assert all(r["steps"][2]["state"] == "skipped" for r in runs)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +104,10 @@ def serve_cmd(
     url = url or section.url
     if url is None:
         raise ConfigError("no NATS URL", hint="pass --nats nats://HOST:PORT or set [fleet] url")
-    check_url(url)
+    try:
+        check_url(url)
+    except ConfigError as exc:  # its words name the agent's option
+        raise ConfigError(exc.message.replace("--fleet", "--nats"), hint=exc.hint) from None
     user = user or section.user
     tls_ca, tls_cert, tls_key = tls_ca or section.tls_ca, tls_cert or section.tls_cert, tls_key or section.tls_key
     if (tls_cert is None) != (tls_key is None):
@@ -112,17 +117,20 @@ def serve_cmd(
     if password is not None and user is None:
         raise ConfigError("a NATS password without a user", hint="give the user with --nats-user or [fleet] user")
 
-    def open_fleet_broker() -> Any:
+    @asynccontextmanager
+    async def open_fleet_broker() -> AsyncIterator[Any]:
         from vmbusops.fleet.nats_broker import open_broker
 
-        return open_broker(
+        async with open_broker(
             url, user=user, password=password, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
             name=f"vmbusops-controller-{controller_id or bind}",
-        )  # fmt: skip
+        ) as broker:  # fmt: skip
+            # JSON logs from here: a broker that cannot be reached at start is one line, not a log.
+            configure_json_logging(log_level)
+            yield broker
 
     options = ControllerOptions(
         id=controller_id or f"{socket.gethostname()}:{bind.rpartition(':')[2]}", url=public_url or "",
         canary=canary, host_ttl=host_ttl, lease_ttl=lease_ttl, placement_timeout=placement_timeout,
     )  # fmt: skip
-    configure_json_logging(log_level)
     sys.exit(trio.run(lambda: run_controller(config, open_broker=open_fleet_broker, options=options, listen=listen, ready_file=ready_file)))

@@ -31,6 +31,7 @@ import trio
 from vmbusops.engine.events import RunChanged
 from vmbusops.engine.journal import StoredRecord
 from vmbusops.engine.states import State
+from vmbusops.errors import VmbusOpsError
 from vmbusops.fleet.broker import Broker, BrokerError, StreamMessage
 from vmbusops.fleet.messages import encode
 from vmbusops.fleet.names import (
@@ -190,6 +191,8 @@ class Controller:
                 await self._govern_once()
             except BrokerError as exc:
                 self._complain("govern", exc)
+            except VmbusOpsError as exc:
+                log.warning("cannot decide now", extra={"event": "govern-failed", "error": exc.message})
             await trio.sleep(self.options.tick)
 
     async def _govern_once(self) -> None:

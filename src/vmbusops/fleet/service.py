@@ -152,7 +152,9 @@ class FleetService(AgentService):
     async def vm_listing(self, who: Principal) -> list[dict[str, Any]]:
         return [
             {"vm": p.vm, "id": p.vm_id, "host": p.host, "cluster": p.cluster, "state": p.state,
-             "alive": bool(self.controller.hosts.get(p.host) and self.controller.hosts[p.host].alive)}
+             "alive": bool(self.controller.hosts.get(p.host) and self.controller.hosts[p.host].alive),
+             # What one agent's listing also has, unknown to the fleet (the console shows "unknown").
+             "heartbeat": None, "guest_services": None, "uptime": None}
             for p in sorted(self.controller.placement.values(), key=lambda p: (p.vm.casefold(), p.vm_id))
             if who.covers_vm(p.vm)
         ]  # fmt: skip
