@@ -232,6 +232,8 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]], w
     print(f"  wall, median of {len(fl)} rounds: fleet ({total} VMs) {f_wall:.2f} s = {f_wall / ideal:.2f} x ideal; "
           f"single host ({args.vms_per_host} VMs) {s_wall:.2f} s = {s_wall / ideal:.2f} x ideal; "
           f"fleet / single = {f_wall / s_wall:.2f}")  # fmt: skip
+    print(f"    beyond the ideal, per wave: fleet {(f_wall - ideal) / waves:.2f} s, single host {(s_wall - ideal) / waves:.2f} s "
+          f"(the POST, dispatch and the job's end included)")  # fmt: skip
     walls = {side: ", ".join(f"{x['wall']:.2f}" for x in xs) for side, xs in results.items()}
     print(f"    rounds: fleet {walls['fleet']}; single {walls['single']}")
     for side, xs in (("fleet (controller SSE)", fl), ("single host (agent SSE)", sg)):
