@@ -96,8 +96,8 @@ class FleetProcs:
     tmp: Path
     nats_url: str
     vms: dict[str, str]
-    host_ttl: float = 2.0
-    lease_ttl: float = 2.0
+    host_ttl: float = 5.0
+    lease_ttl: float = 3.0
     key: PrivateKey = field(default_factory=PrivateKey.generate)
     procs: list[Proc] = field(default_factory=list)
     agents: dict[str, Proc] = field(default_factory=dict)
