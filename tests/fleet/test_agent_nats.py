@@ -18,6 +18,7 @@ import trio
 from tests.builders import VM, lab_doc, write_lab
 from tests.engine.bundles import signed_bundle, trust_and_credential
 from tests.engine.conftest import credential_for
+from tests.fleet.conftest import CONTROLLER, PASSWORDS
 from tests.simhost import open_sim_host
 
 from vmbusops.bundle.crypto import PrivateKey
@@ -32,13 +33,14 @@ from vmbusops.fleet.nats_broker import NatsBroker, open_broker
 from vmbusops.fleet.natsserver import NatsServer
 from vmbusops.guestops.host import HyperVHost
 from vmbusops.sim import default_state_dir
-from vmbusops.sim.cluster import migrate_vm
+from vmbusops.sim.cluster import fail_host, migrate_vm
 from vmbusops.sim.lab import load_lab
 from vmbusops.sim.state import HostStore
 
 HOST = "HV-A"
 SAY = {"kind": "script", "name": "say", "inline": '1..5 | ForEach-Object { Write-Output "line $_" }'}
 SECOND = {"kind": "script", "name": "second", "inline": 'Write-Output "done"'}
+MARK = {"kind": "script", "name": "mark", "inline": "Set-Content -Path C:\\fleet-marker.txt -Value 5"}
 SLOW = {"kind": "script", "name": "slow", "inline": 'Write-Output "started"; Start-Sleep -Seconds 60'}
 
 
@@ -131,7 +133,8 @@ def cluster_lab(tmp: Path) -> Path:
 
 @asynccontextmanager
 async def fleet_of(
-    nats: NatsServer, controller: NatsBroker, tmp: Path, *, lab: Path | None = None, **options: Any
+    nats: NatsServer, controller: NatsBroker, tmp: Path, *, lab: Path | None = None,
+    password: str | None = None, **options: Any,
 ) -> AsyncIterator[Fleet]:
     key = PrivateKey.generate()
     trust_and_credential(key)
@@ -140,7 +143,10 @@ async def fleet_of(
     journal = Journal(tmp / "journal.sqlite")
     store = FleetStore(tmp / "fleet.sqlite")
     async with (
-        open_broker(nats.url, host=HOST, name="test-agent", reconnect_wait=0.1, request_timeout=2.0) as broker,
+        open_broker(
+            nats.url, host=HOST, name="test-agent", reconnect_wait=0.1, request_timeout=2.0,
+            user=HOST if password else None, password=password,
+        ) as broker,
         open_sim_host(lab, identity=HOST if lab.name == "cluster.toml" else None) as host,
         open_engine(host, journal, credential_for=credential_for,
                     options=EngineOptions(heartbeat_interval=0.1, lease_poll_interval=0.05)) as engine,  # fmt: skip
@@ -202,12 +208,14 @@ async def test_a_bundle_this_host_does_not_trust_or_used_by_another_job_is_refus
 ) -> None:
     async with fleet_of(nats_server, broker, tmp_path) as fleet:
         stranger = PrivateKey.generate()
-        untrusted = await fleet.put(signed_bundle(tmp_path, stranger, vms=["web01"], steps=[SAY]))
+        untrusted = await fleet.put(signed_bundle(tmp_path, stranger, vms=["web01"], steps=[MARK]))
         await fleet.dispatch(3, 1, "web01", untrusted)
         facts = await fleet.read_until(lambda fs: any(isinstance(f, messages.RefusedFact) for f in fs))
         [refused] = [f for f in facts if isinstance(f, messages.RefusedFact)]
         assert (refused.job, refused.code) == (3, "BundleRejected")
         assert local_jobs(fleet.journal) == []
+        marker = default_state_dir() / "guests" / "web01" / "C" / "fleet-marker.txt"
+        assert not marker.exists()  # nothing reached the guest
 
         # Out of the bundle's targets: refused as well.
         trusted = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01"], steps=[SAY]))
@@ -216,14 +224,26 @@ async def test_a_bundle_this_host_does_not_trust_or_used_by_another_job_is_refus
         assert "does not target VM 'web02'" in [f for f in fleet.facts or [] if isinstance(f, messages.RefusedFact)][-1].reason
 
         # One fleet job's bundle, given to a second fleet job: a replay.
+        trusted = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01"], steps=[MARK]))
         await fleet.dispatch(5, 1, "web01", trusted)
         await fleet.read_until(ended(5))
+        assert marker.read_text(encoding="utf-8-sig").strip() == "5"  # the guest check sees a run
+        marker.unlink()
         await fleet.dispatch(6, 1, "web01", trusted)
         facts = await fleet.read_until(lambda fs: sum(isinstance(f, messages.RefusedFact) for f in fs) == 3)
         replayed = [f for f in facts if isinstance(f, messages.RefusedFact)][-1]
         assert (replayed.job, replayed.code) == (6, "ReplayedBundle")
         assert "already served fleet job 5" in replayed.reason
         assert len(local_jobs(fleet.journal)) == 1
+        assert not marker.exists()
+
+        # A start that does not fit the bundle's steps (a controller's bug): refused, not guessed.
+        other = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01"], steps=[MARK]))
+        await fleet.dispatch(8, 1, "web01", other, steps=3)
+        facts = await fleet.read_until(lambda fs: sum(isinstance(f, messages.RefusedFact) for f in fs) == 4)
+        misfit = [f for f in facts if isinstance(f, messages.RefusedFact)][-1]
+        assert (misfit.job, misfit.code) == (8, "InternalError") and "does not fit" in misfit.reason
+        assert len(local_jobs(fleet.journal)) == 1 and not marker.exists()
 
 
 async def test_cancel_work_cancels_the_local_run(nats_server: NatsServer, broker: NatsBroker, tmp_path: Path) -> None:
@@ -318,3 +338,42 @@ async def test_a_run_whose_vm_migrates_away_is_reported_moved_not_failed(
         assert run_state is State.IN_PROGRESS
         assert step_states == [State.SUCCESS, State.IN_PROGRESS]
         assert facts.index(moved) == len(facts) - 1  # after the last batch of the run
+
+
+async def test_an_agent_does_everything_it_must_as_its_own_restricted_nats_user(
+    fleet_server: NatsServer, tmp_path: Path
+) -> None:
+    async with open_broker(
+        fleet_server.url, user=CONTROLLER, password=PASSWORDS[CONTROLLER], name="test-controller", reconnect_wait=0.1
+    ) as controller:
+        await controller.ensure_fleet()
+        async with fleet_of(fleet_server, controller, tmp_path, password=PASSWORDS[HOST], heartbeat=0.1,
+                            max_inline_records=0) as fleet:  # fmt: skip
+            digest = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01"], steps=[SAY, SECOND]))
+            await fleet.dispatch(13, 1, "web01", digest, steps=2)
+            facts = await fleet.read_until(ended(13))
+            # Every record was held back (no memory for any) and read back from the journal.
+            [job] = local_jobs(fleet.journal)
+            forwarded = [list(r) for b in batches(facts, 13) for r in b.records]
+            assert forwarded == [[r[3], r[4], r[5], r[6], r[7], r[8]] for r in fleet.journal.stored_records(job.id)]
+            assert len(forwarded) == 7
+            assert await controller.kv_get(names.PLACEMENT_BUCKET, await fleet.vm_id("web01")) is not None
+            assert await controller.kv_get(names.HOSTS_BUCKET, HOST) is not None
+
+
+async def test_a_run_on_a_failed_node_is_moved_once_placement_shows_its_vm_elsewhere(
+    nats_server: NatsServer, broker: NatsBroker, tmp_path: Path
+) -> None:
+    lab = cluster_lab(tmp_path)
+    async with fleet_of(nats_server, broker, tmp_path, lab=lab, heartbeat=0.1, host_ttl=5.0, retry_max=0.1) as fleet:
+        digest = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01"], steps=[SAY, SLOW]))
+        vm_id = await fleet.vm_id("web01")
+        await fleet.dispatch(14, 1, "web01", digest, steps=2)
+        await fleet.read_until(lambda fs: any("started" in r[5] for b in batches(fs, 14) for r in b.records))
+        fleet.agent.placement.known.clear()
+        fail_host(HostStore(load_lab(lab), default_state_dir()), HOST)
+        # HV-B's agent, which has the VM now, says so in placement.
+        entry = {"vm": "web01", "vm_id": vm_id, "host": "HV-B", "cluster": "CL1", "state": "Running", "boot": "b"}
+        await broker.kv_put(names.PLACEMENT_BUCKET, vm_id, json.dumps(entry).encode())
+        facts = await fleet.read_until(lambda fs: any(isinstance(f, messages.MovedFact) for f in fs))
+        assert replay_changes(batches(facts, 14)) == (State.IN_PROGRESS, [State.SUCCESS, State.IN_PROGRESS])

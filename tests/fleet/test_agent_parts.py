@@ -3,6 +3,7 @@ joining options."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from vmbusops.engine.journal import StoredRecord
 from vmbusops.engine.states import State
 from vmbusops.errors import ConfigError
 from vmbusops.fleet.agent_batches import BatchBuilder, FleetRunKey, Tracked, moved_split, wire_changes
+from vmbusops.fleet.agent_bundles import Refusal, fetch_bundle, read_cached
 from vmbusops.fleet.agent_config import ENV_NATS_PASSWORD, FleetConfig, check_url, fleet_join
 from vmbusops.fleet.agent_store import RUNNING, STALE, FleetStore
 from vmbusops.owner import Owner, current_owner
@@ -156,3 +158,34 @@ def test_joining_options_are_checked_and_the_password_never_comes_from_a_flag(
     with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[fleet\]"):
         load_config(tmp_path / "config.toml")
 
+
+
+async def test_a_bundle_is_taken_only_with_its_digest_from_the_cache_or_the_broker(tmp_path: Path) -> None:
+    good = b"the archive"
+    digest = hashlib.sha256(good).hexdigest()
+
+    class Store:
+        def __init__(self, data: bytes | None) -> None:
+            self.data = data
+            self.gets = 0
+
+        async def get_bundle(self, digest: str) -> bytes | None:
+            self.gets += 1
+            return self.data
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for data, what in ((None, "has no bundle"), (b"something else", "does not have that SHA-256")):
+        with pytest.raises(Refusal, match=what):
+            await fetch_bundle(Store(data), digest, cache=cache, max_bytes=1000)  # type: ignore[arg-type]
+    with pytest.raises(Refusal, match="over this agent's limit"):
+        await fetch_bundle(Store(good), digest, cache=cache, max_bytes=3)  # type: ignore[arg-type]
+    store = Store(good)
+    assert await fetch_bundle(store, digest, cache=cache, max_bytes=1000) == good  # type: ignore[arg-type]
+    assert await fetch_bundle(store, digest, cache=cache, max_bytes=1000) == good  # type: ignore[arg-type]
+    assert store.gets == 1  # the second came from the cache
+    (cache / f"{digest}.vmb").write_bytes(b"tampered")
+    assert read_cached(cache, digest) is None  # hashed again, and dropped
+    assert not (cache / f"{digest}.vmb").exists()
+    assert await fetch_bundle(store, digest, cache=cache, max_bytes=1000) == good  # type: ignore[arg-type]
+    assert store.gets == 2

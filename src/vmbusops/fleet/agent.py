@@ -41,6 +41,7 @@ credential reference, from this agent's own store, as for a local job.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -80,7 +81,7 @@ from vmbusops.fleet.agent_bundles import (
 from vmbusops.fleet.agent_presence import Placement, host_entry, put_host_entry
 from vmbusops.fleet.agent_store import DONE, REFUSED, RUNNING, STALE, FleetStore
 from vmbusops.fleet.broker import Broker, BrokerError, Delivery
-from vmbusops.fleet.names import check_host_name, host_log_subject
+from vmbusops.fleet.names import PLACEMENT_BUCKET, check_host_name, host_log_subject
 from vmbusops.guestops.host import VMInfo
 from vmbusops.owner import current_owner
 
@@ -204,10 +205,14 @@ class FleetAgent:
 
     # ------------------------------------------------------------------ presence
     async def _list_vms(self) -> list[VMInfo]:
+        """The host's VMs now; none while the host cannot be asked (a VM this host cannot see is
+        claimed neither in its entry nor in placement, where another host may have it by now)."""
         try:
             self.vms = await self.engine.host.list_vms()
         except VmbusOpsError as exc:
-            log.debug("cannot list the host's VMs", extra={"event": "fleet-list-failed", "error": exc.message})
+            if self.vms:
+                log.info("cannot list the host's VMs", extra={"event": "fleet-list-failed", "error": exc.message})
+            self.vms = []
         return self.vms
 
     async def _beat_loop(self) -> None:
@@ -329,8 +334,7 @@ class FleetAgent:
         for older in [t for k, t in self.running.items() if (k.job, k.run) == (key.job, key.run)]:
             self.engine.cancel(older.local_job)  # the controller moved the run on from that epoch
         try:
-            bundle = await self._bundle(work)
-            start = _run_start(work, len(bundle.verified.manifest.steps))
+            bundle, start = await self._bundle(work)
         except Refusal as refusal:
             await self._refuse(work, refusal)
             self.store.take(work.job, work.run, work.epoch, work.vm, self.owner)
@@ -340,8 +344,9 @@ class FleetAgent:
         self.store.take(work.job, work.run, work.epoch, work.vm, self.owner)
         self.jobs.start_soon(self._run_one, work, bundle, start, delivery)
 
-    async def _bundle(self, work: messages.DispatchWork) -> FleetBundle:
-        """Fetch, verify, and bind the bundle to the fleet job (replay); Refusal if refused."""
+    async def _bundle(self, work: messages.DispatchWork) -> tuple[FleetBundle, RunStart]:
+        """Fetch, verify, and bind the bundle to the fleet job (replay), and check the dispatch's
+        start against it; Refusal if refused (nothing is left behind then)."""
         data = await self._retrying(
             lambda: fetch_bundle(
                 self.broker, work.bundle, cache=bundle_cache_dir(), max_bytes=self.options.max_bundle_bytes
@@ -350,6 +355,7 @@ class FleetAgent:
         )
         bundle = await trio.to_thread.run_sync(lambda: verify_for_vm(data, vm=work.vm, digest=work.bundle))
         try:
+            start = _run_start(work, len(bundle.verified.manifest.steps))
             try:
                 # Resolved here, from this agent's own store, as for a local job; only found now
                 # (a missing one refuses the run before anything is used up), never sent anywhere.
@@ -360,7 +366,7 @@ class FleetAgent:
         except BaseException:
             _remove(bundle)
             raise
-        return bundle
+        return bundle, start
 
     def _bind(self, bundle: FleetBundle, job: int) -> None:
         manifest = bundle.verified.manifest
@@ -538,8 +544,11 @@ class FleetAgent:
         return [(r[3], r[4], r[5], r[6], r[7], r[8]) for r in rows if r[1] <= last]
 
     async def _vm_here(self, tracked: Tracked) -> bool:
-        """Whether this host still has the run's VM (asked now, by name, not from a listing);
-        when the host cannot say, it is taken to be here (the failure stands as it is)."""
+        """Whether this host still has the run's VM: asked now, by name, not from a listing.
+
+        When the host cannot say (its connection is down: the node itself may have failed while
+        this agent runs elsewhere), the fleet's placement decides: the VM is gone if, within
+        ``host_ttl``, another host's agent says it has it; otherwise the failure stands."""
         for attempt in range(3):
             try:
                 found = await self.engine.host.list_vms([tracked.vm])
@@ -552,7 +561,25 @@ class FleetAgent:
                 vm.name.casefold() == tracked.vm.casefold() and (not tracked.vm_id or vm.id.lower() == tracked.vm_id.lower())
                 for vm in found
             )
+        with trio.move_on_after(self.options.host_ttl):
+            while True:
+                if await self._placed_elsewhere(tracked):
+                    return False
+                await trio.sleep(self.options.heartbeat)
         return True
+
+    async def _placed_elsewhere(self, tracked: Tracked) -> bool:
+        try:
+            entry = await self.broker.kv_get(PLACEMENT_BUCKET, tracked.vm_id.lower()) if tracked.vm_id else None
+        except BrokerError:
+            return False
+        if entry is None:
+            return False
+        try:
+            host = json.loads(entry.value).get("host")
+        except (ValueError, AttributeError):
+            return False
+        return isinstance(host, str) and host != self.host
 
     async def _publish(self, fact: messages.BatchFact | messages.MovedFact | messages.RefusedFact) -> None:
         """Publish, retried with the same message id until the broker takes it."""
