@@ -96,8 +96,8 @@ class FleetProcs:
     tmp: Path
     nats_url: str
     vms: dict[str, str]
-    host_ttl: float = 2.0
-    lease_ttl: float = 2.0
+    host_ttl: float = 5.0
+    lease_ttl: float = 3.0
     key: PrivateKey = field(default_factory=PrivateKey.generate)
     procs: list[Proc] = field(default_factory=list)
     agents: dict[str, Proc] = field(default_factory=dict)
@@ -185,7 +185,7 @@ class FleetProcs:
         return "\n".join(f"--- {p.name}\n{p.log.read_text(errors='replace')[-4000:]}" for p in self.procs)
 
 
-def _wait_ready(proc: Proc, timeout: float = 60.0) -> str:
+def _wait_ready(proc: Proc, timeout: float = 120.0) -> str:
     assert proc.process.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -205,7 +205,7 @@ async def submit(ctl: Proc, path: Path) -> httpx.Response:
         )
 
 
-async def wait_job(ctl: Proc, job: int, *, timeout: float = 90.0) -> dict[str, Any]:
+async def wait_job(ctl: Proc, job: int, *, timeout: float = 180.0) -> dict[str, Any]:
     """The job once it has ended, as the controller's API says."""
     with trio.fail_after(timeout):
         async with ctl.client() as client:
@@ -234,7 +234,7 @@ async def records_of(ctl: Proc, job: int) -> list[dict[str, Any]]:
             after = body["cursor"]
 
 
-async def placed(ctl: Proc, where: dict[str, str], *, timeout: float = 60.0) -> None:
+async def placed(ctl: Proc, where: dict[str, str], *, timeout: float = 120.0) -> None:
     """Wait until the controller's placement (``GET /v1/vms``) shows each VM on its host."""
     with trio.fail_after(timeout):
         async with ctl.client() as client:
@@ -245,7 +245,7 @@ async def placed(ctl: Proc, where: dict[str, str], *, timeout: float = 60.0) -> 
                 await trio.sleep(0.1)
 
 
-async def until_record(ctl: Proc, job: int, vm: str, text: str, *, timeout: float = 60.0) -> None:
+async def until_record(ctl: Proc, job: int, vm: str, text: str, *, timeout: float = 120.0) -> None:
     """Wait until the controller's journal has a record of ``vm`` whose value contains ``text``."""
     with trio.fail_after(timeout):
         while not any(  # noqa: ASYNC110 - another process moves it

@@ -243,7 +243,7 @@ async def test_duplicate_deliveries_of_every_fact_and_dispatch_change_nothing(
                 again += 1
     assert again == len(VMS)
     last = await broker.last_log_seq()
-    with trio.fail_after(60):  # each host took its dispatch again, and dropped it
+    with trio.fail_after(120):  # each host took its dispatch again, and dropped it
         while sum(a.log.read_text().count('"fleet-duplicate"') for a in fleet.agents.values()) < again:  # noqa: ASYNC110 - other processes
             await trio.sleep(0.1)
     with trio.fail_after(30):  # the controller has applied every copy
