@@ -1,31 +1,19 @@
-"""A fleet of real processes for end-to-end tests: a nats-server (the test's fixture), controllers
-(``vmbusops fleet serve``) and agents (``vmbusops agent --fleet``) over one simulated cluster
-lab whose state they share, each process with its own VMBUSOPS_HOME."""
+"""A fleet of real processes for end-to-end tests: the test's nats-server fixture, and over it
+:class:`vmbusops.fleet.localfleet.LocalFleet`'s controllers (``vmbusops fleet serve``) and agents
+(``vmbusops agent --fleet``), started one by one by the test, over one simulated cluster lab whose
+state they share, each process with its own VMBUSOPS_HOME."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
-from tests.builders import PASSWORD
-from tests.engine.bundles import signed_bundle, trust_and_credential
 
-from vmbusops.api.auth import Operation, PrincipalStore
-from vmbusops.bundle.crypto import PrivateKey
-from vmbusops.engine.journal import Journal
+from vmbusops.fleet.localfleet import FleetProcess, LocalFleet, vmbusops_command
 
-VMBUSOPS = str(Path(sys.executable).parent / "vmbusops")
 HOSTS = ("HV-A", "HV-B", "HV-C")
 
 LAB = """
@@ -43,159 +31,38 @@ cluster = "CL1"
 name = "HV-C"
 """
 
+#: A process of the fleet (its ``client()`` is the API's, with the controller's token).
+Proc = FleetProcess
+
 
 def lab_text(vms: dict[str, str]) -> str:
-    """``vms``: VM name -> the host that owns it at first."""
-    return LAB + "".join(
-        f'\n[[vm]]\nname = "{vm}"\nhost = "{host}"\nusername = "Administrator"\npassword = "{PASSWORD}"\n'
-        for vm, host in vms.items()
-    )
+    """``vms``: VM name -> the host that owns it at first (guests take the lab's own credential)."""
+    return LAB + "".join(f'\n[[vm]]\nname = "{vm}"\nhost = "{host}"\n' for vm, host in vms.items())
 
 
-@contextmanager
-def home_env(home: Path) -> Iterator[None]:
-    old = os.environ.get("VMBUSOPS_HOME")
-    os.environ["VMBUSOPS_HOME"] = str(home)
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["VMBUSOPS_HOME"]
-        else:
-            os.environ["VMBUSOPS_HOME"] = old
+class FleetProcs(LocalFleet):
+    """:class:`LocalFleet` on the test's nats-server, nothing started until the test says."""
 
-
-@dataclass
-class Proc:
-    name: str
-    home: Path
-    process: subprocess.Popen[bytes]
-    log: Path
-    url: str = ""
-    token: str = ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        return self.process.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-
-    def journal(self) -> Journal:
-        return Journal(self.home / "journal" / "journal.sqlite", readonly=True)
-
-    def client(self, timeout: float = 30.0) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=timeout)
-
-
-@dataclass
-class FleetProcs:
-    tmp: Path
-    nats_url: str
-    vms: dict[str, str]
-    host_ttl: float = 5.0
-    lease_ttl: float = 3.0
-    key: PrivateKey = field(default_factory=PrivateKey.generate)
-    procs: list[Proc] = field(default_factory=list)
-    agents: dict[str, Proc] = field(default_factory=dict)
-    controllers: list[Proc] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.lab = self.tmp / "fleet-lab.toml"
-        self.lab.write_text(lab_text(self.vms), encoding="utf-8")
-        self.state = self.tmp / "sim-state"
-        self.state.mkdir(exist_ok=True)
-        self.bundles = self.tmp / "bundles"
-        self.bundles.mkdir(exist_ok=True)
-
-    def env(self, home: Path) -> dict[str, str]:
-        return {
-            **os.environ, "VMBUSOPS_HOME": str(home), "VMBUSOPS_LAB": str(self.lab),
-            "VMBUSOPS_SIM_STATE": str(self.state),
-        }  # fmt: skip
-
-    def _home(self, name: str) -> Path:
-        home = self.tmp / f"home-{name}"
-        if not home.exists():
-            home.mkdir()
-            with home_env(home):
-                trust_and_credential(self.key)
-        return home
-
-    def _start(self, name: str, home: Path, args: list[str]) -> Proc:
-        logpath = self.tmp / f"{name}.log"
-        with logpath.open("ab") as err:
-            process = subprocess.Popen(
-                [VMBUSOPS, *args], stdout=subprocess.PIPE, stderr=err, env=self.env(home), start_new_session=True
-            )
-        proc = Proc(name=name, home=home, process=process, log=logpath)
-        self.procs.append(proc)
-        proc.url = _wait_ready(proc)
-        return proc
-
-    def start_agent(self, host: str, nats_url: str | None = None) -> Proc:
-        home = self._home(host)
-        (home / "config.toml").write_text(
-            f"[fleet]\nheartbeat_seconds = 0.2\nhost_ttl_seconds = {self.host_ttl}\n", encoding="utf-8"
-        )
-        proc = self._start(host, home, [
-            "agent", "--host", f"sim:{host}", "--listen", "127.0.0.1:0", "--fleet", nats_url or self.nats_url,
-            "--fleet-host", host,
-        ])  # fmt: skip
-        self.agents[host] = proc
-        return proc
-
-    def start_controller(self, name: str, *extra: str) -> Proc:
-        home = self._home(name)
-        fresh = not (home / "tokens-made").exists()
-        if fresh:
-            with home_env(home), PrincipalStore() as store:
-                _, token = store.create_token(name="e2e", operations=frozenset(Operation), vms=["*"], expires_at=None)
-            (home / "tokens-made").write_text(token, encoding="utf-8")
-        proc = self._start(name, home, [
-            "fleet", "serve", "--nats", self.nats_url, "--listen", "127.0.0.1:0", "--id", name,
-            "--host-ttl", str(self.host_ttl), "--lease-ttl", str(self.lease_ttl), *extra,
-        ])  # fmt: skip
-        proc.token = (home / "tokens-made").read_text(encoding="utf-8")
-        self.controllers.append(proc)
-        return proc
+    def __init__(self, tmp: Path, nats_url: str, vms: dict[str, str], *, host_ttl: float = 5.0, lease_ttl: float = 3.0) -> None:
+        super().__init__(
+            tmp, lab_text=lab_text(vms), nats_url=nats_url, controllers=0, start_agents=False, host_ttl=host_ttl,
+            lease_ttl=lease_ttl, heartbeat=0.2, canary=1, log_level="info",
+        )  # fmt: skip
+        self.vms = vms
+        self.start()
 
     def bundle(self, vms: list[str], steps: list[dict[str, Any]], **execution: Any) -> Path:
-        return signed_bundle(self.bundles, self.key, vms=vms, steps=steps, execution=execution or None, name="fleet-e2e")
+        return self.sign_bundle(vms, steps, execution=execution or None, name="fleet-e2e")
 
     def lab_cmd(self, *args: str) -> str:
         """``vmbusops lab ...`` on this fleet's lab and state (a migration, a failed node)."""
         done = subprocess.run(
-            [VMBUSOPS, "lab", *args, "--lab", str(self.lab), "--state-dir", str(self.state)],
-            capture_output=True, text=True, env=self.env(self.tmp / "vmbusops-home"), check=False, timeout=60,
+            [*vmbusops_command(), "lab", *args, "--lab", str(self.lab_path), "--state-dir", str(self.state_dir)],
+            capture_output=True, text=True, env=self._env(self.directory / "vmbusops-home", None), check=False,
+            timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         return done.stdout
-
-    def close(self) -> None:
-        for proc in self.procs:
-            proc.kill()
-            if proc.process.stdout is not None:
-                proc.process.stdout.close()
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.log.read_text(errors='replace')[-4000:]}" for p in self.procs)
-
-
-def _wait_ready(proc: Proc, timeout: float = 120.0) -> str:
-    assert proc.process.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.process.stdout.readline()
-        if not line:
-            raise AssertionError(f"{proc.name} exited before ready ({proc.process.wait()}): {proc.log.read_text()[-3000:]}")
-        doc = json.loads(line)
-        if doc.get("event") == "ready":
-            return "http://" + str(doc["listen"][0]).removeprefix("http://")
-    raise AssertionError(f"{proc.name} not ready in time")
 
 
 async def submit(ctl: Proc, path: Path) -> httpx.Response:

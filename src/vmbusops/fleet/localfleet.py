@@ -47,6 +47,7 @@ import httpx
 import tomli_w
 
 from vmbusops.bundle.crypto import PrivateKey
+from vmbusops.engine.journal import Journal
 from vmbusops.fleet.natsserver import NatsServer, fleet_permissions
 
 #: The NATS user of the controllers when hosts have users of their own.
@@ -69,6 +70,8 @@ class FleetProcess:
     log: Path
     popen: subprocess.Popen[bytes]
     url: str = ""
+    #: A controller's API token (the fleet's); empty for an agent.
+    token: str = ""
 
     @property
     def pid(self) -> int:
@@ -91,6 +94,15 @@ class FleetProcess:
         """SIGKILL: what a crashed host or a power cut does to the process."""
         self.stop(signal.SIGKILL)
 
+    def journal(self) -> Journal:
+        """The process's own journal, read only (an agent's local jobs; a controller's projection)."""
+        return Journal(self.home / "journal" / "journal.sqlite", readonly=True)
+
+    def client(self, timeout: float = 30.0) -> httpx.AsyncClient:
+        """An async HTTP client of this process's API (a controller's: with the fleet's token)."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
+
     def log_tail(self, chars: int = 4000) -> str:
         try:
             return self.log.read_text(encoding="utf-8", errors="replace")[-chars:]
@@ -98,7 +110,7 @@ class FleetProcess:
             return ""
 
 
-def _vmbusops_command() -> list[str]:
+def vmbusops_command() -> list[str]:
     """How to start ``vmbusops`` as this interpreter would (the console script beside it, else -m)."""
     script = Path(sys.executable).parent / "vmbusops"
     return [str(script)] if script.exists() else [sys.executable, "-m", "vmbusops"]
@@ -109,15 +121,21 @@ class LocalFleet:
     """A nats-server, controllers and one agent per host of a multi-host lab, on loopback.
 
     ``lab_text``: the lab file (with ``[[hosts]]``); ``hosts``: the hosts that get an agent
-    (default: every host of the lab). ``agent_config`` / ``controller_config``: extra TOML text
+    (default: every host of the lab), each started by :meth:`start` unless ``start_agents`` is
+    False (then :meth:`start_agent` starts them one by one); ``controllers``: how many
+    controllers :meth:`start` starts (0: :meth:`start_controller` does). ``nats_url``: use that
+    nats-server (the caller's, left running on exit) instead of starting one. ``agent_config`` / ``controller_config``: extra TOML text
     for each process's ``config.toml`` (``[host] max_sessions``, ...). ``canary``: the
-    controllers' ``--canary``.
+    controllers' ``--canary``. ``log_level``: every process's
+    ``--log-level`` (their logs are JSON lines on stderr, kept in ``logs/NAME.log``).
     """
 
     directory: Path
     lab_text: str
     hosts: Sequence[str] | None = None
     controllers: int = 1
+    start_agents: bool = True
+    nats_url: str | None = None
     per_host_users: bool = False
     host_ttl: float = 2.0
     lease_ttl: float = 3.0
@@ -127,10 +145,11 @@ class LocalFleet:
     controller_config: str = ""
     controller_args: Sequence[str] = ()
     wait_placed: bool = True
+    log_level: str = "warning"
     env: Mapping[str, str] = field(default_factory=dict)
     key: PrivateKey = field(default_factory=PrivateKey.generate)
 
-    nats: NatsServer = field(init=False)
+    nats: NatsServer | None = field(init=False, default=None)
     agents: dict[str, FleetProcess] = field(init=False, default_factory=dict)
     controller_procs: list[FleetProcess] = field(init=False, default_factory=list)
     token: str = field(init=False, default="")
@@ -167,7 +186,10 @@ class LocalFleet:
     def start(self) -> None:
         """nats-server, then every agent and controller (started together, then waited for),
         then (``wait_placed``) until the controller shows every VM on its host, alive."""
-        if self.per_host_users:
+        if self.nats_url is not None:
+            if self.per_host_users:
+                raise LocalFleetError("per-host users need the local fleet's own nats-server (no nats_url)")
+        elif self.per_host_users:
             self._passwords = {name: secrets.token_hex(16) for name in [CONTROLLER_USER, *self.host_names]}
             self.nats = NatsServer(
                 self.directory / "nats", users=self._passwords,
@@ -175,13 +197,15 @@ class LocalFleet:
             )  # fmt: skip
         else:
             self.nats = NatsServer(self.directory / "nats")
-        self.nats.start()
+        if self.nats is not None:
+            self.nats.start()
+            self.nats_url = self.nats.url
         # Controllers first: the first one makes the fleet's streams and buckets.
-        started = [self._spawn_controller(f"ctl{i + 1}") for i in range(self.controllers)]
-        started += [self._spawn_agent(host) for host in self.host_names]
+        started = [self._spawn_controller(f"ctl{i + 1}", ()) for i in range(self.controllers)]
+        started += [self._spawn_agent(host, None) for host in (self.host_names if self.start_agents else ())]
         for proc in started:
             self._wait_ready(proc)
-        if self.wait_placed:
+        if self.wait_placed and self.controller_procs and self.start_agents:
             self.wait_until_placed()
 
     def _home(self, name: str) -> Path:
@@ -214,7 +238,7 @@ class LocalFleet:
         log = self.logs_dir / f"{name}.log"
         with log.open("ab") as err:
             popen = subprocess.Popen(
-                [*_vmbusops_command(), *args, "--ready-file", str(ready)], stdin=subprocess.DEVNULL,
+                [*vmbusops_command(), *args, "--ready-file", str(ready)], stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=err, env=self._env(home, user), start_new_session=True,
             )  # fmt: skip
         proc = FleetProcess(name=name, home=home, args=args, log=log, popen=popen)
@@ -239,14 +263,14 @@ class LocalFleet:
     def _user_args(self, user: str) -> list[str]:
         return [user] if self.per_host_users else []
 
-    def _spawn_agent(self, host: str) -> FleetProcess:
+    def _spawn_agent(self, host: str, nats_url: str | None) -> FleetProcess:
         home = self._home(host)
         (home / "config.toml").write_text(
             f"[fleet]\nheartbeat_seconds = {self.heartbeat}\nhost_ttl_seconds = {self.host_ttl}\n"
             + self.agent_config, encoding="utf-8",
         )  # fmt: skip
-        args = ["agent", "--host", f"sim:{host}", "--listen", "127.0.0.1:0", "--log-level", "warning",
-                "--fleet", self.nats.url, "--fleet-host", host]  # fmt: skip
+        args = ["agent", "--host", f"sim:{host}", "--listen", "127.0.0.1:0", "--log-level", self.log_level,
+                "--fleet", nats_url or self.broker_url, "--fleet-host", host]  # fmt: skip
         spec = self.lab.find_host(host)
         if spec is not None and spec.cluster:
             args += ["--cluster", spec.cluster]
@@ -256,7 +280,7 @@ class LocalFleet:
         self.agents[host] = proc
         return proc
 
-    def _spawn_controller(self, name: str) -> FleetProcess:
+    def _spawn_controller(self, name: str, extra: Sequence[str]) -> FleetProcess:
         from vmbusops.api.auth import Operation, PrincipalStore
         from vmbusops.home import private_dir
 
@@ -277,12 +301,13 @@ class LocalFleet:
             "[agent]\nsubmit_burst = 100000\nsubmit_rate_per_minute = 1000000\n" + self.controller_config,
             encoding="utf-8",
         )
-        args = ["fleet", "serve", "--nats", self.nats.url, "--listen", "127.0.0.1:0", "--id", name,
-                "--log-level", "warning", "--canary", str(self.canary), "--host-ttl", str(self.host_ttl),
-                "--lease-ttl", str(self.lease_ttl), *self.controller_args]  # fmt: skip
+        args = ["fleet", "serve", "--nats", self.broker_url, "--listen", "127.0.0.1:0", "--id", name,
+                "--log-level", self.log_level, "--canary", str(self.canary), "--host-ttl", str(self.host_ttl),
+                "--lease-ttl", str(self.lease_ttl), *self.controller_args, *extra]  # fmt: skip
         if self.per_host_users:
             args += ["--nats-user", CONTROLLER_USER]
         proc = self._spawn(name, home, args, CONTROLLER_USER if self.per_host_users else None)
+        proc.token = self.token
         self.controller_procs.append(proc)
         return proc
 
@@ -296,8 +321,11 @@ class LocalFleet:
         raise LocalFleetError("no controller of the local fleet is running")
 
     @property
-    def nats_url(self) -> str:
-        return self.nats.url
+    def broker_url(self) -> str:
+        """The fleet's nats-server: its own, or the one it was given."""
+        if self.nats_url is None:
+            raise LocalFleetError("the local fleet has no nats-server yet: start it first")
+        return self.nats_url
 
     def client(self, timeout: float = 30.0) -> httpx.Client:
         """An HTTP client of the controller's API, with the fleet's token."""
@@ -386,12 +414,13 @@ class LocalFleet:
         """SIGKILL the agent of ``host`` (a crashed host agent; its VMs run on)."""
         self.agents[host].kill()
 
-    def start_agent(self, host: str) -> FleetProcess:
-        """Start (again) the agent of ``host``: a new process, so a new boot id."""
+    def start_agent(self, host: str, nats_url: str | None = None) -> FleetProcess:
+        """Start (again) the agent of ``host``: a new process, so a new boot id (``nats_url``: reach
+        the broker there instead, a relay say)."""
         old = self.agents.get(host)
         if old is not None and old.alive():
             raise LocalFleetError(f"the agent of {host} is running")
-        proc = self._spawn_agent(host)
+        proc = self._spawn_agent(host, nats_url)
         self._wait_ready(proc)
         return proc
 
@@ -401,9 +430,11 @@ class LocalFleet:
         """SIGKILL a controller (the first: the active one, unless the lease moved)."""
         self.controller_procs[index].kill()
 
-    def start_controller(self) -> FleetProcess:
-        """One more controller (a standby while another holds the lease)."""
-        proc = self._spawn_controller(f"ctl{len(self.controller_procs) + 1}")
+    def start_controller(self, name: str | None = None, *extra: str) -> FleetProcess:
+        """One more controller (a standby while another holds the lease); ``extra``: more
+        ``fleet serve`` options (the last of a repeated one wins). A name already used starts that
+        controller again, on its home and journal."""
+        proc = self._spawn_controller(name or f"ctl{len(self.controller_procs) + 1}", extra)
         self._wait_ready(proc)
         return proc
 
@@ -457,9 +488,8 @@ class LocalFleet:
             except subprocess.TimeoutExpired:
                 proc.popen.kill()
                 proc.popen.wait()
-        nats = getattr(self, "nats", None)
-        if nats is not None:
-            nats.stop()
+        if self.nats is not None:
+            self.nats.stop()
 
     def logs(self, chars: int = 3000) -> str:
         """The end of every process's log, for a failure's report."""
