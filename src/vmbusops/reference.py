@@ -49,8 +49,10 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
                        "the agent API token (else --token-file / -Token)"),
     "VMBUSOPS_PWSH": ("--host pwsh, --host pwsh-lab, ./scripts/test", "the PowerShell 7 to run (else pwsh "
                       "on PATH, else ../shared/pwsh/pwsh beside the checkout)"),
-    "VMBUSOPS_NATS_PASSWORD": ("agent --fleet", "the agent's NATS password (else [fleet] password_file or "
-                               "--fleet-password-file; never a flag)"),
+    "VMBUSOPS_NATS_PASSWORD": ("agent --fleet, fleet serve", "the fleet's NATS password for --fleet-user or "
+                               "--nats-user (else [fleet] password_file or the --...-password-file; never a flag)"),
+    "VMBUSOPS_NATS": ("./scripts/test, the tests", "required: a fleet test fails, rather than skips, without a "
+                      "nats-server; set by ./scripts/test"),
     "VMBUSOPS_SIM_STATE": ("the simulator, vmbusops lab", "the simulator's state folder (default "
                            "$VMBUSOPS_HOME/sim): the agents of a simulated fleet, each with its own home, "
                            "share one lab's state through it"),
