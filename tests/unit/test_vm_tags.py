@@ -28,7 +28,7 @@ def test_several_tags_lines_add_up() -> None:
         "tags = web",
         "tags: wéb",  # not ASCII
         "tags: \u0430pp",  # a Cyrillic a that looks like an ASCII one
-        "tagſ: web",  # a long s, which a Unicode case fold would take for an s
+        "tag\u017f: web",  # a long s, which a Unicode case fold would take for an s
         "tags: web\x00",
         "tags: -web",
         "tags: " + "a" * 65,

@@ -14,7 +14,8 @@ machines of :mod:`.machine`, which decide every journal change and every watcher
 kind is carried out by its executor (:mod:`.executors`). Here is only *when* things happen.
 
 :meth:`Engine.run_job` resolves the bundle's targets against the host's VMs (unless the submission
-already did), writes a pending job with one pending run per VM, and runs every run as a task of its
+already did) and bounds them by the signer's scope (:mod:`.targets`), writes a pending job with
+one pending run per VM (and the VMs the scope left out), and runs every run as a task of its
 own. A run goes through:
 
 1. *delivery*: take the VM's lease (:mod:`.leases`: no other job and no other process touches the
@@ -55,7 +56,7 @@ from vmbusops.engine.journal import Journal
 from vmbusops.engine.leases import VmLeases
 from vmbusops.engine.machine import JobMachine, Output, RunMachine, StepInfo
 from vmbusops.engine.plan import GuestBatch, plan_units
-from vmbusops.engine.source import JobSource, resolve_targets
+from vmbusops.engine.source import JobSource
 from vmbusops.engine.staged import JobStaging
 from vmbusops.engine.states import State
 from vmbusops.engine.writer import JournalWriter
@@ -149,10 +150,8 @@ class Engine:
         manifest = source.manifest
         credential = self.credential_for(manifest.credential)
         host = self.host
-        if source.targets is not None:
-            vms = list(source.targets)
-        else:
-            vms = resolve_targets(manifest, [vm.name for vm in await host.list_vms()])
+        source = await source.resolved_on(host)  # the targets, bounded by the signer's scope
+        vms = list(source.targets or ())
         job_id, run_ids = await self.writer.call(
             lambda: self.journal.create_job(
                 bundle_name=manifest.name,
@@ -166,6 +165,7 @@ class Engine:
                 submitter=source.submitter,
                 host=self.host_name,
                 vms=vms,
+                left_out=source.left_out,
                 steps=[(s.name, s.kind.value) for s in manifest.steps],
                 owner=self.owner,
                 now=time.time(),
