@@ -13,6 +13,7 @@ of each member object (``VirtualMachine (Name = 'web01') [Id = '...']``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from vmbusops.sim import pserrors
@@ -20,6 +21,7 @@ from vmbusops.sim.binding import BindingError, Param
 from vmbusops.sim.guest_values import to_text
 from vmbusops.sim.host_command import HostCmdlet, HostContext
 from vmbusops.sim.hostrules import has_wildcard, wildcard_match
+from vmbusops.sim.lab import Lab
 from vmbusops.sim.lab_groups import GroupSpec
 from vmbusops.sim.streams import SimError, SimObject, Streams
 
@@ -44,28 +46,55 @@ def group_not_found(what: str, value: str) -> SimError:
     )
 
 
-def _group_object(host: HostContext, group: GroupSpec) -> SimObject:
-    by_name = {g.name.casefold(): g for g in host.lab.groups}
-    vm_members = []
-    for name in group.vms:
-        spec = host.lab.find(name)
-        if spec is not None:
-            vm_members.append(f"VirtualMachine (Name = '{spec.name}') [Id = '{spec.id}']")
-    group_members = [
-        f"VMGroup (Name = '{g.name}') [Id = '{g.id}']" for g in (by_name[m.casefold()] for m in group.groups)
-    ]
+def group_facts(lab: Lab, group: GroupSpec) -> dict[str, Any]:
+    """What Get-VMGroup reports of one group, before either host shapes it into its own object:
+    members as ``{"Name", "Id"}``."""
+    by_name = {g.name.casefold(): g for g in lab.groups}
+    vms = [spec for spec in (lab.find(name) for name in group.vms) if spec is not None]
+    return {
+        "Name": group.name,
+        "InstanceId": group.id,
+        "GroupType": group.group_type,
+        "VMMembers": [{"Name": spec.name, "Id": spec.id} for spec in vms],
+        "VMGroupMembers": [{"Name": g.name, "Id": g.id} for g in (by_name[m.casefold()] for m in group.groups)],
+        "ComputerName": lab.host.name,
+    }
+
+
+def select_groups(lab: Lab, names: list[str], group_id: str | None, error: Callable[[SimError], None]) -> list[GroupSpec]:
+    """The groups ``-Name`` (names or wildcards; none: all) or ``-Id`` picks, in lab order; an error
+    for a plain name or an id that matches none."""
+    groups = list(lab.groups)
+    if group_id is not None:
+        chosen = [g for g in groups if g.id == group_id]
+        if not chosen:
+            error(group_not_found("id", group_id))
+        return chosen
+    picked: list[GroupSpec] = []
+    for pattern in names or ["*"]:
+        hits = [g for g in groups if wildcard_match(g.name, pattern)]
+        if not hits and not has_wildcard(pattern):
+            error(group_not_found("name", pattern))
+        picked.extend(g for g in hits if g not in picked)
+    return picked
+
+
+def _group_object(facts: dict[str, Any]) -> SimObject:
+    # Past the default serialization depth a member arrives as its string form.
+    vm_members = [f"VirtualMachine (Name = '{m['Name']}') [Id = '{m['Id']}']" for m in facts["VMMembers"]]
+    group_members = [f"VMGroup (Name = '{m['Name']}') [Id = '{m['Id']}']" for m in facts["VMGroupMembers"]]
     return SimObject(
         ("Microsoft.HyperV.PowerShell.VMGroup", "Microsoft.HyperV.PowerShell.VirtualizationObject", "System.Object"),
         (
-            ("Name", group.name),
-            ("InstanceId", group.id),
-            ("GroupType", group.group_type),
+            ("Name", facts["Name"]),
+            ("InstanceId", facts["InstanceId"]),
+            ("GroupType", facts["GroupType"]),
             ("VMMembers", vm_members),
             ("VMGroupMembers", group_members),
-            ("ComputerName", host.lab.host.name),
+            ("ComputerName", facts["ComputerName"]),
             ("IsDeleted", False),
         ),
-        f"VMGroup (Name = '{group.name}') [Id = '{group.id}']",
+        f"VMGroup (Name = '{facts['Name']}') [Id = '{facts['InstanceId']}']",
     )
 
 
@@ -80,21 +109,8 @@ async def get_vm_group(host: HostContext, b: dict[str, Any], streams: Streams, f
                 exception_type="System.Management.Automation.ParameterBindingException",
             )
         )
-    groups = list(host.lab.groups)
-    if b.get("Id") is not None:
-        chosen = [g for g in groups if g.id == b["Id"]]
-        if not chosen:
-            streams.error(group_not_found("id", b["Id"]))
-    else:
-        patterns = _names(b.get("Name"))
-        chosen = []
-        for pattern in patterns or ["*"]:
-            hits = [g for g in groups if wildcard_match(g.name, pattern) and g not in chosen]
-            if not hits and not has_wildcard(pattern) and not any(wildcard_match(g.name, pattern) for g in chosen):
-                streams.error(group_not_found("name", pattern))
-            chosen.extend(hits)
-    for group in chosen:
-        streams.output(_group_object(host, group))
+    for group in select_groups(host.lab, _names(b.get("Name")), b.get("Id"), streams.error):
+        streams.output(_group_object(group_facts(host.lab, group)))
         await streams.checkpoint()
 
 
@@ -109,4 +125,4 @@ GET_VM_GROUP = HostCmdlet(
     get_vm_group,
 )
 
-__all__ = ["GET_VM_GROUP", "get_vm_group", "group_not_found"]
+__all__ = ["GET_VM_GROUP", "get_vm_group", "group_facts", "group_not_found", "select_groups"]
