@@ -83,7 +83,7 @@ def test_groups_and_tags_narrow_the_named_vms(lab: Path, tmp_path: Path) -> None
 
 def test_a_group_wholly_outside_the_scope_refuses_the_job_and_touches_nothing(lab: Path, tmp_path: Path) -> None:
     code, _, stderr = run(tmp_path, ("web*",), {"groups": ["data-tier"]})
-    assert code != 0
+    assert code == 4  # the bundle is refused, as any bundle reaching outside its signer's scope
     assert "no VM the bundle's targets select is in the signer's trust scope (web*); left out: db01" in stderr
     assert "Traceback" not in stderr
     assert not touched("db01")
@@ -91,9 +91,9 @@ def test_a_group_wholly_outside_the_scope_refuses_the_job_and_touches_nothing(la
 
 def test_an_unknown_group_or_a_selection_of_nothing_is_refused_with_why(lab: Path, tmp_path: Path) -> None:
     code, _, stderr = run(tmp_path, ("*",), {"groups": ["no-such-group"]})
-    assert code != 0 and "no VM group named 'no-such-group' on this host" in stderr, stderr
+    assert code == 2 and "no VM group named 'no-such-group' on this host" in stderr, stderr
     code, _, stderr = run(tmp_path, ("*",), {"tags": ["nobody"]})
-    assert code != 0 and "the bundle's targets select no VM on this host (tags nobody)" in stderr, stderr
+    assert code == 2 and "the bundle's targets select no VM on this host (tags nobody)" in stderr, stderr
 
 
 def test_a_cycle_of_management_groups_is_refused(vmbusops_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,6 +104,6 @@ def test_a_cycle_of_management_groups_is_refused(vmbusops_home: Path, tmp_path: 
     ]
     monkeypatch.setenv("VMBUSOPS_LAB", str(write_lab(tmp_path, VMS, groups=groups)))
     code, _, stderr = run(tmp_path, ("*",), {"groups": ["outer"]})
-    assert code != 0
+    assert code == 2
     assert "VM group 'outer' contains itself (outer -> inner -> outer)" in stderr, stderr
     assert not touched("web01")
