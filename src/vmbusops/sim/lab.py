@@ -43,7 +43,7 @@ A lab is TOML::
     socket_ends_after_records = 100    # the Hyper-V socket ends after N records: "... The Hyper-V
                                        #   socket target process has ended. ..."
 
-    [[group]]                    # a Hyper-V VM group, listed by Get-VMGroup (vmbusops.sim.lab_groups)
+    [[group]]                    # listed by Get-VMGroup (see vmbusops.sim.lab_groups)
     name = "web-tier"            # unique, case-insensitively
     type = "VMCollectionType"    # VMCollectionType (members: vms) | ManagementCollectionType
                                  # (members: groups, of either type; nested ones count recursively)
