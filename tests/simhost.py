@@ -23,6 +23,7 @@ from vmbusops.guestops.host import HyperVHost
 from vmbusops.psrp.client import open_runspace_pool
 from vmbusops.psrp.transport import Transport
 from vmbusops.sim import default_state_dir
+from vmbusops.sim.cluster import serving
 from vmbusops.sim.hyperv import HyperVHost as SimulatedHost
 from vmbusops.sim.hyperv import SessionCount
 from vmbusops.sim.lab import load_lab
@@ -74,12 +75,15 @@ async def open_sim_host(
     state_dir: Path | None = None,
     max_runspaces: int = 256,
     sessions: SessionCount | None = None,
+    identity: str | None = None,
 ) -> AsyncIterator[HyperVHost]:
     """The host operations on the simulator, as ``open_host("sim")`` gives them, in this process.
 
     The state directory defaults to the one the simulator process would use ($VMBUSOPS_HOME/sim),
     so a test may mix this with a real simulator process over the same lab and state. The
-    simulator counts its open PowerShell Direct sessions in ``sessions`` when one is given.
+    simulator counts its open PowerShell Direct sessions in ``sessions`` when one is given;
+    ``identity`` serves one host of a lab with ``[[hosts]]``, as ``sim:HOST`` does (a failed host's
+    process would exit: here its commands fail instead).
     """
     sim_lab = load_lab(lab)
     store = HostStore(sim_lab, state_dir or default_state_dir())
@@ -87,7 +91,8 @@ async def open_sim_host(
     async def connect(nursery: trio.Nursery) -> Transport:
         client_end, server_end = trio.testing.memory_stream_pair()
         served = trio.Event()
-        server = PSRPServer(SimulatedHost(sim_lab, store, sessions=sessions), server_end)
+        serves = None if identity is None else serving(sim_lab, identity).name
+        server = PSRPServer(SimulatedHost(sim_lab, store, sessions=sessions, identity=serves), server_end)
 
         async def serve() -> None:
             try:

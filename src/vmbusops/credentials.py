@@ -261,6 +261,7 @@ def resolve_credential(reference: str | None, config: Config, host: str | None) 
     ``host`` is the host kind in use (``config.host`` when None); with no reference, the lab's host
     kinds use ``lab-admin`` and every other kind refuses."""
     kind = host or config.host
+    kind = "sim" if kind.startswith("sim:") else kind  # one host of a simulated fleet
     name = reference or (LAB_CREDENTIAL if kind in LAB_HOST_KINDS else None)
     if name is None:
         raise CredentialStoreError(

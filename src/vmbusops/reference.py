@@ -31,7 +31,7 @@ from typing import Any
 ENVIRONMENT: dict[str, tuple[str, str]] = {
     "VMBUSOPS_HOME": ("every command", "the folder holding all state (config.toml, credentials, keys, trust "
                       "policy, journal, simulator state); default: the platform's per-user data folder"),
-    "VMBUSOPS_HOST": ("host commands, run, agent", "the host when --host is not given: sim, local, pwsh, "
+    "VMBUSOPS_HOST": ("host commands, run, agent", "the host when --host is not given: sim, sim:HOST, local, pwsh, "
                       "pwsh-lab, ssh://..., winrm://... or a [hosts.NAME]; overrides [host] default"),
     "VMBUSOPS_LAB": ("the simulator, pwsh-lab", "the lab file (TOML, below); overrides [sim] lab; default: "
                      "the built-in lab"),
@@ -49,6 +49,9 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
                        "the agent API token (else --token-file / -Token)"),
     "VMBUSOPS_PWSH": ("--host pwsh, --host pwsh-lab, ./scripts/test", "the PowerShell 7 to run (else pwsh "
                       "on PATH, else ../shared/pwsh/pwsh beside the checkout)"),
+    "VMBUSOPS_SIM_STATE": ("the simulator, vmbusops lab", "the simulator's state folder (default "
+                           "$VMBUSOPS_HOME/sim): the agents of a simulated fleet, each with its own home, "
+                           "share one lab's state through it"),
     "VMBUSOPS_SIM_LOG": ("the simulator (python -m vmbusops.sim)", "a file for its diagnostics (it writes "
                          "nothing to stderr: stdout carries the protocol)"),
     "VMBUSOPS_PWSHLAB_PYTHON": ("pwsh-lab (set by vmbusops, not by you)",
@@ -263,7 +266,9 @@ def lab_section() -> list[str]:
         "",
     ]
     lines += _table_section(Table("host", frozenset(lab.HOST_KEYS), lab.HostConfig), example, "`[host]`")
-    vm = Table("vm", frozenset(lab.VM_KEYS), lab.VMSpec, required=frozenset({"name"}))
+    lines += _table_section(Table("hosts", frozenset(lab.HOSTS_KEYS)), example, "`[[hosts]]`")
+    # A VM's host defaults to the lab's first host: derived, not VMSpec's placeholder.
+    vm = Table("vm", frozenset(lab.VM_KEYS), lab.VMSpec, (("host", "(derived)"),), required=frozenset({"name"}))
     lines += _table_section(vm, example, "`[[vm]]`: one per VM")
     lines += _table_section(Table("vm.faults", frozenset(lab.FAULT_KEYS), lab.FaultSpec), example, "`[vm.faults]`")
     lines += _table_section(Table("generate", frozenset(lab.GENERATE_KEYS)), example, "`[generate]`")

@@ -191,6 +191,14 @@ CASES = [
     case("unknown-option", "--bogus", code=USAGE, says="No such option"),
     case("prune-unknown-option", "prune", "--bogus", code=USAGE, says="No such option"),
     case("cred-remove-missing", "cred", "remove", "nosuch", code=USAGE, says="nosuch"),
+    # the simulated fleet
+    case("lab-migrate-unknown-host", "lab", "migrate", "web01", "--to", "HV-X", code=USAGE,
+         says="The cluster node was not found."),
+    case("lab-migrate-unknown-vm", "lab", "migrate", "nosuch", "--to", "HV-CLIENT", code=USAGE,
+         says='unable to find a virtual machine with name "nosuch"'),
+    case("lab-fail-unknown-host", "lab", "fail-host", "HV-X", code=USAGE, says="'HV-X' is not a host of the lab"),
+    case("lab-bad-lab", "lab", "status", env={LAB: "{tmp}/bad.toml"}, code=USAGE, says="is not valid TOML"),
+    case("sim-host-not-in-lab", "vms", "--host", "sim:HV-X", code=USAGE, says="has no host named 'HV-X'"),
 ]  # fmt: skip
 
 

@@ -21,7 +21,7 @@ def host_option(fn: F) -> F:
         "host",
         metavar="HOST",
         default=None,
-        help="sim (the embedded simulated host, default), local (powershell.exe on this Hyper-V host), "
+        help="sim (the embedded simulated host, default), sim:HOST (one host of a lab with [[hosts]]), local (powershell.exe on this Hyper-V host), "
         "pwsh, pwsh-lab (the lab on real PowerShell 7), ssh://[user@]host[:port] or winrm://host (a remote "
         "Hyper-V host), or the NAME of a [hosts.NAME] entry of config.toml; default from $VMBUSOPS_HOST "
         "or config.toml.",

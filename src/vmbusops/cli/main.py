@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "hosts": ("vmbusops.cli.host_cmds", "hosts_cmd"),
     "jobs": ("vmbusops.cli.engine_cmds", "jobs"),
     "keys": ("vmbusops.cli.bundle_cmds", "keys"),
+    "lab": ("vmbusops.cli.lab_cmds", "lab"),
     "logs": ("vmbusops.cli.engine_cmds", "logs_cmd"),
     "prune": ("vmbusops.cli.prune_cmd", "prune_cmd"),
     "reference": ("vmbusops.cli.reference_cmd", "reference_cmd"),

@@ -1,6 +1,8 @@
-"""Opening a Hyper-V host by name: ``sim``, ``local``, ``pwsh`` or ``pwsh-lab``.
+"""Opening a Hyper-V host by name: ``sim``, ``sim:HOST``, ``local``, ``pwsh`` or ``pwsh-lab``.
 
-``sim`` starts the simulated Hyper-V host as a child process; ``local`` starts Windows
+``sim`` starts the simulated Hyper-V host as a child process; ``sim:HOST`` starts it as the host
+HOST of a lab with several (``[[hosts]]``: only the VMs HOST owns now; :mod:`vmbusops.sim.cluster`);
+``local`` starts Windows
 PowerShell 5.1 in server mode on this Hyper-V host; ``pwsh`` starts PowerShell 7 in server mode;
 ``pwsh-lab`` starts PowerShell 7 with the lab's Hyper-V module over the simulator's lab and state
 (:mod:`vmbusops.pwshlab`). All of them speak the same OutOfProc PSRP to the same client code.
@@ -9,6 +11,7 @@ PowerShell 5.1 in server mode on this Hyper-V host; ``pwsh`` starts PowerShell 7
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,11 +32,16 @@ from vmbusops.psrp.transport import (
 )
 
 HOST_KINDS = ("sim", "local", "pwsh", "pwsh-lab")
+#: ``sim:HOST``: one host of a simulated fleet (the lab's host names: letters, digits, - and _).
+SIM_HOST = re.compile(r"sim:([A-Za-z0-9_-]{1,64})")
 
 
 def host_argv(kind: str, config: Config) -> tuple[str, ...]:
     if kind == "sim":
         return simulator_argv(lab=config.lab)
+    fleet_host = SIM_HOST.fullmatch(kind)
+    if fleet_host is not None:
+        return (*simulator_argv(lab=config.lab), "--as", fleet_host.group(1))
     if kind == "local":
         return POWERSHELL_ARGV
     if kind == "pwsh":
@@ -48,7 +56,7 @@ def host_argv(kind: str, config: Config) -> tuple[str, ...]:
 def unknown_host(name: str) -> ConfigError:
     return ConfigError(
         f"unknown host {name!r}",
-        hint=f"use one of: {', '.join(HOST_KINDS)}, ssh://[user@]host[:port], winrm://host, or the NAME of "
+        hint=f"use one of: {', '.join(HOST_KINDS)}, sim:HOST, ssh://[user@]host[:port], winrm://host, or the NAME of "
         "a [hosts.NAME] entry of config.toml (or set VMBUSOPS_HOST)",
     )
 
@@ -59,7 +67,7 @@ def check_host(kind: str | None, config: Config) -> None:
     from vmbusops.guestops.remote import local_kind
 
     local = local_kind(kind or config.host, config)
-    if local is not None and local not in HOST_KINDS:
+    if local is not None and local not in HOST_KINDS and SIM_HOST.fullmatch(local) is None:
         raise unknown_host(local)
 
 

@@ -108,15 +108,27 @@ unknown. Unknown commands get PowerShell's own CommandNotFoundException, as in a
 guest's file system is real files under ``<state-dir>/guests/<vm>/C/``; paths are case-insensitive
 like Windows'.
 
+Several hosts
+-------------
+A lab may declare a fleet: ``[[hosts]]``, some of them nodes of a failover cluster, each VM owned
+by one host (``lab``). The state then says which host owns each VM now and which hosts are down.
+``python -m vmbusops.sim --as HV-B`` (host spec ``sim:HV-B``) serves one host: Get-VM, every VM
+cmdlet and Invoke-Command see only the VMs it owns now, any other is "not found" with Hyper-V's
+own error. ``cluster`` moves VMs as a cluster does (``migrate_vm``, ``fail_host``,
+``restore_host``; ``vmbusops lab``): a PowerShell Direct session open on the host a VM leaves
+breaks under its running command with the Hyper-V socket's "target process has ended" error
+(``hyperv``), and a failed host's process exits. Without ``--as`` a process serves every VM.
+
 Python API
 ----------
 ``load_lab(path | None)`` reads a lab (the built-in default when None); ``lab_password(lab, vm)``
 and ``Lab.credential(vm)`` give a guest's credentials (``lab_admin_password(lab)`` is the one
 password every guest without its own ``password`` accepts); ``default_state_dir()`` is where the CLI
-keeps state (``$VMBUSOPS_HOME/sim``). The default lab has web01, web02, db01 (running), legacy01
+keeps state (``$VMBUSOPS_SIM_STATE``, else ``$VMBUSOPS_HOME/sim``). The default lab has web01, web02, db01 (running), legacy01
 (off) and app01 (running, Guest Service Interface disabled), all with user ``Administrator``.
 """
 
+import os
 from pathlib import Path
 
 from vmbusops.home import home_dir
@@ -125,6 +137,13 @@ from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password, load_lab
 __all__ = ["Lab", "VMSpec", "VMState", "default_state_dir", "lab_password", "load_lab"]
 
 
+#: A state directory every simulator process uses instead of $VMBUSOPS_HOME/sim: how the agents of
+#: a simulated fleet, each with its own home, share one lab's state.
+ENV_STATE = "VMBUSOPS_SIM_STATE"
+
+
 def default_state_dir() -> Path:
-    """Where ``python -m vmbusops.sim`` keeps state without --state-dir."""
-    return home_dir() / "sim"
+    """Where ``python -m vmbusops.sim`` keeps state without --state-dir: $VMBUSOPS_SIM_STATE, else
+    ``$VMBUSOPS_HOME/sim``."""
+    explicit = os.environ.get(ENV_STATE)
+    return Path(explicit) if explicit else home_dir() / "sim"

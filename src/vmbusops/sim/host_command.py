@@ -7,12 +7,12 @@ and calls :attr:`HostCmdlet.run` with itself as the :class:`HostContext`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from vmbusops.sim.binding import Param
-from vmbusops.sim.lab import Lab
+from vmbusops.sim.lab import Lab, VMSpec
 from vmbusops.sim.state import HostStore
 from vmbusops.sim.streams import Streams
 
@@ -27,6 +27,14 @@ class HostContext(Protocol):
     def store(self) -> HostStore: ...
 
     def clock(self) -> float: ...
+
+    def owned_vms(self) -> Sequence[VMSpec] | None:
+        """The VMs this host owns now, in lab order; None when it serves every VM of the lab."""
+        ...
+
+    def find_vm_by_id(self, vm_id: str) -> VMSpec | None:
+        """The VM with that id, if this host owns it now."""
+        ...
 
     @property
     def command_names(self) -> list[str]:

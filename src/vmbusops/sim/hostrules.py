@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,26 @@ def has_wildcard(text: str) -> bool:
     return any(c in text for c in "*?[")
 
 
-def resolve_vms(lab: Lab, cmdlet: str, names: list[str], error: Callable[[SimError], None]) -> list[VMSpec]:
-    """VMs matching names or wildcards, in lab order; an error for a plain name that matches none."""
+def resolve_vms(
+    lab: Lab,
+    cmdlet: str,
+    names: list[str],
+    error: Callable[[SimError], None],
+    *,
+    vms: Sequence[VMSpec] | None = None,
+) -> list[VMSpec]:
+    """VMs matching names or wildcards, in lab order; an error for a plain name that matches none.
+
+    ``vms`` are the VMs the host has (default: every VM of the lab); a simulator serving one host
+    of a fleet passes the ones that host owns now, so a VM elsewhere is as unknown as no VM."""
+    candidates = lab.vms if vms is None else vms
     if not names:
-        return list(lab.vms)
+        return list(candidates)
     found: list[VMSpec] = []
     # By identity: comparing specs field by field made ``-VMName *`` quadratic in the lab's size.
     seen: set[int] = set()
     for pattern in names:
-        hits = [vm for vm in lab.vms if wildcard_match(vm.name, pattern)]
+        hits = [vm for vm in candidates if wildcard_match(vm.name, pattern)]
         if not hits and not has_wildcard(pattern):
             error(pserrors.vm_not_found(cmdlet, pattern))
         for vm in hits:
@@ -64,7 +75,7 @@ def vm_facts(lab: Lab, spec: VMSpec, rt: VMRuntime, now: float) -> dict[str, Any
         "Heartbeat": rt.heartbeat(spec, now),
         "UptimeSeconds": int(max(0.0, uptime)),
         "Notes": spec.notes,
-        "ComputerName": lab.host.name,
+        "ComputerName": rt.host or lab.host.name,
         "Generation": 2,
         "Version": "9.0",
         "ProcessorCount": 2,

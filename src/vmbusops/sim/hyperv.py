@@ -10,6 +10,21 @@ PowerShell Direct session to the guest (:class:`~vmbusops.sim.guest.GuestSession
 Invoke-Command's checks and errors. :class:`SessionCount` counts the sessions open at once, from
 the moment one starts opening until its command ends, and the most there have been, so a test
 can see how many sessions a client holds (a real host's memory grows with that number).
+
+A host of a fleet (``identity``, from ``python -m vmbusops.sim --as NAME``; see
+:mod:`vmbusops.sim.cluster`) has only the VMs it owns now: any other is unknown to its cmdlets
+and to Invoke-Command, with their real errors. A PowerShell Direct session runs beside a watch
+that looks at the VM's owner every :data:`OWNER_POLL_SECONDS` (a look at the state the store keeps
+in memory, read again only when another process changed the file); when the VM left the host
+(live migration, failover), the session breaks under the running command as a real one does when
+the VM's end of the Hyper-V socket goes away: PowerShell's client
+(``HyperVSocketClientSessionTransportManagerBase.ProcessReaderThread`` in PowerShell's
+``OutOfProcTransportManager.cs``) raises the same PSRemotingTransportException,
+IPCServerProcessReportedError wrapping HyperVSocketTransportProcessEnded, whether the socket
+ended or its read failed (``pserrors.socket_process_ended``). The records written before stay
+written; the guest itself goes on running on its new host, files and all. When the host itself
+is down, ``on_down`` runs first (a simulator process exits: a dead node answers nothing); without
+it (in-process), sessions break the same way and commands fail.
 """
 
 from __future__ import annotations
@@ -39,6 +54,8 @@ from vmbusops.sim.streams import (
 )
 
 HYPERV = "Microsoft.HyperV.PowerShell.Commands"
+#: How often an open PowerShell Direct session of a fleet host checks that its VM is still there.
+OWNER_POLL_SECONDS = 0.25
 
 
 
@@ -196,11 +213,51 @@ class HyperVHost:
         *,
         clock: Callable[[], float] = time.time,
         sessions: SessionCount | None = None,
+        identity: str | None = None,
+        on_down: Callable[[], None] | None = None,
     ) -> None:
         self.lab = lab
         self.store = store
         self.clock = clock
         self.sessions = sessions if sessions is not None else SessionCount()
+        #: The fleet host this process serves (the lab's spelling), or None: every VM of the lab.
+        self.identity = identity
+        #: What a dead node does when it sees it is down: a process exits (``__main__``); without
+        #: one (in-process) its commands and sessions fail instead.
+        self.on_down = on_down
+
+    @property
+    def computer_name(self) -> str:
+        return self.identity or self.lab.host.name
+
+    def owned_vms(self) -> list[VMSpec] | None:
+        if self.identity is None:
+            return None
+        snapshot = self.store.snapshot()
+        return [spec for spec in self.lab.vms if snapshot[spec.name.casefold()].host == self.identity]
+
+    def owns(self, spec: VMSpec) -> bool:
+        return self.identity is None or self.store.runtime(spec).host == self.identity
+
+    def find_vm_by_id(self, vm_id: str) -> VMSpec | None:
+        spec = self.lab.find_by_id(vm_id)
+        return spec if spec is not None and self.owns(spec) else None
+
+    def find_vm(self, name: str) -> VMSpec | None:
+        spec = self.lab.find(name)
+        return spec if spec is not None and self.owns(spec) else None
+
+    def is_down(self) -> bool:
+        """Whether this fleet host is down (``vmbusops lab fail-host``); never without an identity."""
+        return self.identity is not None and self.identity in self.store.down_hosts()
+
+    def check_down(self) -> bool:
+        """:meth:`is_down`, and when it is, :attr:`on_down` first (which, in a process, exits)."""
+        if not self.is_down():
+            return False
+        if self.on_down is not None:
+            self.on_down()
+        return True
 
     @property
     def command_names(self) -> list[str]:
@@ -210,6 +267,8 @@ class HyperVHost:
 
     async def run(self, commands: list[CommandSpec], streams: HostStreams) -> None:
         """Run a pipeline's commands (statements in order); TerminatingError ends it Failed."""
+        if self.check_down():
+            raise TerminatingError(pserrors.host_down(self.computer_name))
         for command in commands:
             if command.is_script:
                 text = str(command.command_text)
@@ -260,11 +319,11 @@ class HyperVHost:
         if mismatch is not None:
             raise TerminatingError(mismatch)
         if call.vm_id is not None:
-            spec = self.lab.find_by_id(call.vm_id)
+            spec = self.find_vm_by_id(call.vm_id)
             missing = None if spec is not None else pserrors.invoke_vm_id_not_found(call.vm_id)
         else:
             assert call.vm_name is not None
-            spec = self.lab.find(call.vm_name)
+            spec = self.find_vm(call.vm_name)
             missing = None if spec is not None else pserrors.invoke_vm_name_not_found(call.vm_name)
         if spec is None:
             assert missing is not None
@@ -292,9 +351,43 @@ class HyperVHost:
         count.open += 1
         count.peak = max(count.peak, count.open)
         try:
-            await self._in_session(spec, rt, credential, body, streams)
+            if self.identity is None:
+                await self._in_session(spec, rt, credential, body, streams)
+            else:
+                await self._watched(spec, rt, credential, body, streams)
         finally:
             count.open -= 1
+
+    async def _watched(
+        self,
+        spec: VMSpec,
+        rt: VMRuntime,
+        credential: tuple[str, str] | None,
+        body: Callable[[GuestSession, Emit], Awaitable[None]],
+        streams: HostStreams,
+    ) -> None:
+        """:meth:`_in_session`, broken as a real session breaks when the VM leaves this host."""
+        moves = rt.moves
+        with trio.CancelScope() as session_scope:
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    while True:
+                        await trio.sleep(OWNER_POLL_SECONDS)
+                        # The host's own death first: a failover moves the VM in the same change.
+                        if self.check_down():
+                            session_scope.cancel()
+                            return
+                        now = self.store.runtime(spec)
+                        if now.host != self.identity or now.moves != moves:
+                            session_scope.cancel()
+                            return
+
+                nursery.start_soon(watch)
+                await self._in_session(spec, rt, credential, body, streams)
+                nursery.cancel_scope.cancel()
+        if session_scope.cancelled_caught:
+            streams.error(pserrors.socket_process_ended(spec.name))
 
     async def _in_session(
         self,

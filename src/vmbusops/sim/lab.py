@@ -10,8 +10,18 @@ A lab is TOML::
     crash_on = "Copy-VMFile"     # chaos: the process exits abruptly when this cmdlet starts
     garbage_on = "Get-VM"        # chaos: non-protocol bytes are written to stdout when it starts
 
+    [[hosts]]                    # a fleet: several simulated hosts over one lab and one state
+    name = "HV-A"                # a host's name, [A-Za-z0-9_-]{1,64}; python -m vmbusops.sim --as HV-A
+                                 # (host spec sim:HV-A) serves it. Without [[hosts]] the lab has one
+                                 # host, [host] name; with them [host] keeps only the defaults
+    cluster = "CL1"              # the failover cluster it is a node of: VMs live-migrate and fail
+                                 # over between nodes of one cluster (default: none, a lone host)
+    prefix = "HV-"               # instead of name: count hosts named HV-01, HV-02, ...
+    count = 20                   # how many hosts this entry declares with prefix (default 1)
+
     [[vm]]
     name = "web01"               # the VM's name (required; unique, case-insensitively)
+    host = "HV-A"                # the host that owns it at first (default: the lab's first host)
     id = "GUID"                  # optional; derived from the name when absent
     state = "Running"            # Running | Off | Saved | Paused
     heartbeat = "OkApplicationsHealthy"  # the Heartbeat integration service's status (a running
@@ -56,6 +66,8 @@ A lab is TOML::
     prefix = "bench"             # named bench001, bench002... (default "vm")
     latency_ms = 0               # as for [[vm]]
     guest_services = true        # as for [[vm]] (default true here)
+    hosts = ["HV-A", "HV-B"]     # spread them round robin over these hosts ("*": every host in lab
+                                 # order; default: the first host)
 
 The module only parses and validates; it never touches the state directory.
 """
@@ -64,6 +76,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 import tomllib
 import uuid
 from dataclasses import dataclass, field
@@ -76,6 +89,9 @@ from vmbusops.sim.lab_groups import GroupSpec, parse_groups
 
 DEFAULT_USERNAME = "Administrator"
 DEFAULT_HEARTBEAT = "OkApplicationsHealthy"
+#: What a host or cluster name of ``[[hosts]]`` may be (a fleet uses host names as subject tokens).
+HOST_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_HOSTS = 10_000
 
 
 class VMState(enum.StrEnum):
@@ -101,6 +117,14 @@ class HostConfig:
     password_seed: str = "vmbusops-lab"  # noqa: S105
     crash_on: str | None = None
     garbage_on: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostSpec:
+    """One simulated host of the lab: its name and the failover cluster it is a node of."""
+
+    name: str
+    cluster: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,6 +203,8 @@ class VMSpec:
     features: tuple[FeatureSpec, ...] = ()
     updates: tuple[UpdateSpec, ...] = ()
     faults: FaultSpec = FaultSpec()
+    #: The host that owns the VM when the state is new (the state then says where it is now).
+    host: str = ""
 
     @property
     def guest_computer_name(self) -> str:
@@ -189,6 +215,8 @@ class VMSpec:
 class Lab:
     host: HostConfig
     vms: tuple[VMSpec, ...]
+    #: The simulated hosts, in lab order: ``[[hosts]]``, else the one ``[host] name``.
+    hosts: tuple[HostSpec, ...]
     # Identifies the lab's content, so persisted state made from another lab is not reused.
     fingerprint: str
     source: str
@@ -196,6 +224,7 @@ class Lab:
     groups: tuple[GroupSpec, ...] = ()
     _by_name: dict[str, VMSpec] = field(init=False, repr=False, compare=False)
     _by_id: dict[uuid.UUID, VMSpec] = field(init=False, repr=False, compare=False)
+    _hosts: dict[str, HostSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Every command looks a VM up, and a generated lab has hundreds: index once.
@@ -206,6 +235,11 @@ class Lab:
             by_id.setdefault(uuid.UUID(vm.id), vm)
         object.__setattr__(self, "_by_name", by_name)
         object.__setattr__(self, "_by_id", by_id)
+        object.__setattr__(self, "_hosts", {h.name.casefold(): h for h in self.hosts})
+
+    def find_host(self, name: str) -> HostSpec | None:
+        """The host with that name (host names are case-insensitive, as Windows computer names)."""
+        return self._hosts.get(name.casefold())
 
     def find(self, name: str) -> VMSpec | None:
         """The VM with that name (Hyper-V names are case-insensitive)."""
@@ -267,12 +301,23 @@ def parse_lab(text: str, *, source: str = "<lab>") -> Lab:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"lab file {source} is not valid TOML: {exc}") from exc
     _only_keys(raw, TOP_KEYS, source)
-    host = _parse_host(_table(raw.get("host", {}), "host", source), source)
+    host_table = _table(raw.get("host", {}), "host", source)
+    host = _parse_host(host_table, source)
+    if "hosts" in raw:
+        if "name" in host_table:
+            raise ConfigError(
+                f"lab file {source}: [host] name names the one host of a single-host lab; with [[hosts]], "
+                "name each host there ([host] keeps the defaults: session_open_ms, boot_seconds, ...)"
+            )
+        hosts = _parse_hosts(_list(raw["hosts"], "hosts", source), source)
+    else:
+        hosts = (HostSpec(name=host.name),)
     vms: list[VMSpec] = [
-        _parse_vm(_table(item, "vm", source), source) for item in _list(raw.get("vm", []), "vm", source)
+        _parse_vm(_table(item, "vm", source), source, hosts)
+        for item in _list(raw.get("vm", []), "vm", source)
     ]
     if "generate" in raw:
-        vms.extend(_generate(_table(raw["generate"], "generate", source), source))
+        vms.extend(_generate(_table(raw["generate"], "generate", source), source, hosts))
     seen: set[str] = set()
     for vm in vms:
         key = vm.name.casefold()
@@ -282,6 +327,7 @@ def parse_lab(text: str, *, source: str = "<lab>") -> Lab:
     return Lab(
         host=host,
         vms=tuple(vms),
+        hosts=hosts,
         fingerprint=hashlib.sha256(text.encode("utf-8")).hexdigest()[:16],
         source=source,
         groups=parse_groups(raw.get("group", []), [vm.name for vm in vms], source),
@@ -302,14 +348,16 @@ def _parse_host(raw: dict[str, Any], source: str) -> HostConfig:
 
 #: The keys each table of a lab file may have (anything else is an error); vmbusops.reference
 #: documents exactly these.
-TOP_KEYS = {"host", "vm", "generate", "group"}
+TOP_KEYS = {"host", "hosts", "vm", "generate", "group"}
 HOST_KEYS = {"name", "session_open_ms", "boot_seconds", "password_seed", "crash_on", "garbage_on"}
 FAULT_KEYS = {
     "session_drop_after_records", "corrupt_copies", "hang_on_restart", "connect_fails", "socket_ends_after_records",
 }  # fmt: skip
-GENERATE_KEYS = {"count", "prefix", "latency_ms", "guest_services"}
+GENERATE_KEYS = {"count", "prefix", "latency_ms", "guest_services", "hosts"}
+HOSTS_KEYS = {"name", "cluster", "prefix", "count"}
 VM_KEYS = {
     "name",
+    "host",
     "id",
     "state",
     "heartbeat",
@@ -329,10 +377,72 @@ VM_KEYS = {
 }
 
 
-def _parse_vm(raw: dict[str, Any], source: str) -> VMSpec:
+def _parse_hosts(items: list[Any], source: str) -> tuple[HostSpec, ...]:
+    hosts: list[HostSpec] = []
+    for item in items:
+        raw = _table(item, "hosts", source)
+        _only_keys(raw, HOSTS_KEYS, f"{source} [[hosts]]")
+        cluster = raw.get("cluster")
+        if cluster is not None:
+            cluster = _host_name(cluster, "hosts.cluster", source)
+        if "prefix" in raw:
+            if "name" in raw:
+                raise ConfigError(f"lab file {source}: a [[hosts]] entry has a name or a prefix, not both")
+            prefix = _str(raw["prefix"], "hosts.prefix", source)
+            count = raw.get("count", 1)
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_HOSTS:
+                raise ConfigError(f"lab file {source}: hosts.count must be a whole number from 1 to {MAX_HOSTS}")
+            width = max(2, len(str(count)))
+            names = [f"{prefix}{i:0{width}d}" for i in range(1, count + 1)]
+        else:
+            if "count" in raw:
+                raise ConfigError(f"lab file {source}: hosts.count goes with a prefix (hosts named PREFIX01, ...)")
+            names = [_str(raw.get("name"), "hosts.name", source)]
+        hosts.extend(HostSpec(name=_host_name(n, "hosts.name", source), cluster=cluster) for n in names)
+    if not hosts:
+        raise ConfigError(f"lab file {source}: hosts is empty; declare at least one [[hosts]] entry")
+    if len(hosts) > MAX_HOSTS:
+        raise ConfigError(f"lab file {source}: more than {MAX_HOSTS} hosts")
+    seen: set[str] = set()
+    for h in hosts:
+        if h.name.casefold() in seen:
+            raise ConfigError(f"lab file {source}: host name {h.name!r} appears twice")
+        seen.add(h.name.casefold())
+    return tuple(hosts)
+
+
+def _host_name(value: Any, what: str, source: str) -> str:
+    if not isinstance(value, str) or HOST_NAME.fullmatch(value) is None:
+        raise ConfigError(
+            f"lab file {source}: {what} must be 1 to 64 letters, digits, '-' or '_', not {value!r}"
+        )
+    return value
+
+
+def _owner(value: Any, hosts: tuple[HostSpec, ...], where: str) -> str:
+    """The lab's spelling of the host a VM names (the first host when it names none)."""
+    if value is None:
+        return hosts[0].name
+    if isinstance(value, str):
+        for h in hosts:
+            if h.name.casefold() == value.casefold():
+                return h.name
+    raise ConfigError(
+        f"{where}: host {value!r} is not a host of this lab",
+        hint=f"the lab's hosts: {_some_hosts(hosts)} (declare more with [[hosts]])",
+    )
+
+
+def _some_hosts(hosts: tuple[HostSpec, ...]) -> str:
+    names = [h.name for h in hosts[:10]]
+    return ", ".join(names) + (f" and {len(hosts) - 10} more" if len(hosts) > 10 else "")
+
+
+def _parse_vm(raw: dict[str, Any], source: str, hosts: tuple[HostSpec, ...]) -> VMSpec:
     name = _str(raw.get("name"), "vm.name", source)
     where = f"{source} [[vm]] {name!r}"
     _only_keys(raw, VM_KEYS, where)
+    owner = _owner(raw.get("host"), hosts, where)
     try:
         state = VMState(raw.get("state", "Running"))
     except ValueError:
@@ -356,6 +466,7 @@ def _parse_vm(raw: dict[str, Any], source: str) -> VMSpec:
     return VMSpec(
         name=name,
         id=vm_id,
+        host=owner,
         state=state,
         heartbeat=_opt_str(heartbeat, "vm.heartbeat", source),
         guest_services=bool(raw.get("guest_services", False)),
@@ -424,8 +535,18 @@ def _parse_vm(raw: dict[str, Any], source: str) -> VMSpec:
     )
 
 
-def _generate(raw: dict[str, Any], source: str) -> list[VMSpec]:
+def _generate(raw: dict[str, Any], source: str, hosts: tuple[HostSpec, ...]) -> list[VMSpec]:
     _only_keys(raw, GENERATE_KEYS, f"{source} [generate]")
+    spread = raw.get("hosts")
+    if spread is None:
+        owners = [hosts[0].name]
+    elif spread == "*":
+        owners = [h.name for h in hosts]
+    else:
+        wanted = _list(spread, "generate.hosts", source)
+        if not wanted:
+            raise ConfigError(f"lab file {source}: generate.hosts is empty; name hosts, or \"*\" for all")
+        owners = [_owner(h, hosts, f"{source} [generate]") for h in wanted]
     count = int(raw.get("count", 0))
     if count < 0 or count > 100_000:
         raise ConfigError(f"{source} [generate]: count must be between 0 and 100000, not {count}")
@@ -440,6 +561,7 @@ def _generate(raw: dict[str, Any], source: str) -> list[VMSpec]:
             guest_services=bool(raw.get("guest_services", True)),
             latency_ms=latency,
             services=(ServiceSpec(name="WinRM", display_name="Windows Remote Management (WS-Management)"),),
+            host=owners[(i - 1) % len(owners)],
         )
         for i in range(1, count + 1)
     ]

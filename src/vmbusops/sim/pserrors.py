@@ -207,6 +207,17 @@ def socket_process_ended(vm: str) -> SimError:
     )
 
 
+def host_down(host: str) -> SimError:
+    """A command reached a fleet host the lab has failed (its process is about to exit)."""
+    return SimError(
+        message=f"The simulated Hyper-V host {host} is down (vmbusops lab fail-host).",
+        fqid="HostDown",
+        category="ResourceUnavailable",
+        exception_type="System.Management.Automation.Remoting.PSRemotingTransportException",
+        target_name=host,
+    )
+
+
 def command_not_found(name: str) -> SimError:
     return SimError(
         message=(

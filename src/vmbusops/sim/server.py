@@ -270,7 +270,7 @@ class _PipelineStreams:
         self._echo(HostMethodIdentifier.WriteDebugLine, [message])
 
     def information(self, info: InformationMessage) -> None:
-        host = self._server.host.lab.host.name
+        host = self._server.host.computer_name
         computer = info.computer or host
         user = info.user or f"{host}\\Administrator"
         now = datetime.datetime.now()

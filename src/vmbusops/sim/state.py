@@ -6,7 +6,8 @@ previous one did, even though each starts its own simulator process.
 
 Layout of the state directory::
 
-    state.json      VM runtime state, keyed by lab fingerprint
+    state.json      VM runtime state (and, in a lab of several hosts, which host owns each VM
+                    and which hosts are down), keyed by lab fingerprint
     state.lock      fcntl lock; several simulator processes may run at once
     guests/<vm>/C/  each guest's C: drive as real files
 
@@ -62,6 +63,11 @@ class VMRuntime:
     running_since: float | None = None
     # The guest answers PowerShell Direct and heartbeats only after this time.
     boot_until: float = 0.0
+    #: The host that owns the VM now (the lab's host at first; see vmbusops.sim.cluster).
+    host: str = ""
+    #: How often it changed owner: a session opened before a move (even one there and back) is
+    #: one the move broke.
+    moves: int = 0
 
     def service_enabled(self, name: str) -> bool | None:
         for key, enabled in self.integration:
@@ -96,6 +102,7 @@ class VMRuntime:
 
 def initial_runtime(spec: VMSpec, now: float) -> VMRuntime:
     return VMRuntime(
+        host=spec.host,
         state=spec.state,
         integration=tuple(
             (name, spec.guest_services if name == GUEST_SERVICE_INTERFACE else True)
@@ -111,16 +118,31 @@ def _runtime_to_json(rt: VMRuntime) -> dict[str, Any]:
         "integration": dict(rt.integration),
         "running_since": rt.running_since,
         "boot_until": rt.boot_until,
+        "host": rt.host,
+        "moves": rt.moves,
     }
 
 
-def _runtime_from_json(raw: dict[str, Any]) -> VMRuntime:
+def _runtime_from_json(raw: dict[str, Any], spec: VMSpec | None) -> VMRuntime:
+    host = raw.get("host")
     return VMRuntime(
         state=VMState(raw["state"]),
         integration=tuple((str(k), bool(v)) for k, v in raw["integration"].items()),
         running_since=raw.get("running_since"),
         boot_until=float(raw.get("boot_until", 0.0)),
+        # State written before VMs had owners: the lab's host.
+        host=str(host) if host else (spec.host if spec is not None else ""),
+        moves=int(raw.get("moves", 0)),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class FleetState:
+    """What a change of several VMs at once sees and returns (:meth:`HostStore.transact`): every
+    VM's runtime state, keyed by case-folded name, and the hosts that are down."""
+
+    vms: dict[str, VMRuntime]
+    down: frozenset[str]
 
 
 class HostStore:
@@ -150,6 +172,7 @@ class HostStore:
         self._release_lock_fd: weakref.finalize[[int], HostStore] | None = None
         # What state.json held when last read or written, and how to tell it has not changed.
         self._vms: dict[str, VMRuntime] = {}
+        self._down: frozenset[str] = frozenset()
         self._vms_complete = False
         self._key: _FileKey | None = None
         # Each guest's root and seeded-marker paths, built once (see guest_root).
@@ -187,12 +210,13 @@ class HostStore:
         """The state as on disk now (read again only if it changed); the lock must be held."""
         key = self._file_key(lock_fd)
         if key is None or key != self._key:
-            self._vms = (self._read_unlocked() or {}) if key is not None else {}
+            read = self._read_unlocked() if key is not None else None
+            self._vms, self._down = read if read is not None else ({}, frozenset())
             self._vms_complete = all(spec.name.casefold() in self._vms for spec in self.lab.vms)
             self._key = key
         return self._vms
 
-    def _read_unlocked(self) -> dict[str, VMRuntime] | None:
+    def _read_unlocked(self) -> tuple[dict[str, VMRuntime], frozenset[str]] | None:
         try:
             raw = json.loads(self._state_file.read_bytes())
         except FileNotFoundError:
@@ -203,13 +227,19 @@ class HostStore:
         if not isinstance(raw, dict) or raw.get("lab") != self.lab.fingerprint:
             return None
         try:
-            return {name: _runtime_from_json(v) for name, v in raw["vms"].items()}
+            vms = {name: _runtime_from_json(v, self.lab.find(name)) for name, v in raw["vms"].items()}
+            return vms, frozenset(str(h) for h in raw.get("down", ()))
         except (KeyError, ValueError, TypeError, AttributeError):
             return None
 
-    def _write_unlocked(self, lock_fd: int, vms: dict[str, VMRuntime]) -> None:
+    def _write_unlocked(self, lock_fd: int, vms: dict[str, VMRuntime], down: frozenset[str] | None = None) -> None:
+        down = self._down if down is None else down
         body = json.dumps(
-            {"lab": self.lab.fingerprint, "vms": {k: _runtime_to_json(v) for k, v in vms.items()}},
+            {
+                "lab": self.lab.fingerprint,
+                "vms": {k: _runtime_to_json(v) for k, v in vms.items()},
+                "down": sorted(down),
+            },
             indent=1,
             sort_keys=True,
         )
@@ -225,6 +255,7 @@ class HostStore:
             raise
         os.pwrite(lock_fd, os.urandom(_TOKEN_BYTES), 0)
         self._vms = vms
+        self._down = down
         self._vms_complete = True
         self._key = self._file_key(lock_fd)
 
@@ -255,6 +286,24 @@ class HostStore:
 
     def runtime(self, spec: VMSpec) -> VMRuntime:
         return self.snapshot()[spec.name.casefold()]
+
+    def down_hosts(self) -> frozenset[str]:
+        """The hosts that are down now (``vmbusops lab fail-host``), as the lab spells them."""
+        self.snapshot()
+        return self._down
+
+    def transact(self, change: Callable[[FleetState], FleetState]) -> FleetState:
+        """Apply ``change`` to every VM and the down hosts at once, atomically; returns the new state.
+
+        ``change`` gets a copy it may keep; it must not raise after deciding to change nothing
+        half-way (raise before, and nothing is written)."""
+        with self._locked(exclusive=True) as fd:
+            vms, changed = self._complete(self._load(fd))
+            before = FleetState(vms=dict(vms), down=self._down)
+            after = change(before)
+            if changed or after.down != self._down or after.vms != vms:
+                self._write_unlocked(fd, dict(after.vms), after.down)
+            return after
 
     def update(self, spec: VMSpec, change: Callable[[VMRuntime], VMRuntime]) -> VMRuntime:
         """Apply ``change`` to one VM atomically; returns the new runtime state."""

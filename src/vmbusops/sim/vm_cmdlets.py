@@ -48,7 +48,7 @@ def _timespan(seconds: float) -> str:
 
 
 def _resolve(host: HostContext, cmdlet: str, names: list[str], streams: Streams) -> list[VMSpec]:
-    return resolve_vms(host.lab, cmdlet, names, streams.error)
+    return resolve_vms(host.lab, cmdlet, names, streams.error, vms=host.owned_vms())
 
 
 def _vm_object(host: HostContext, spec: VMSpec, rt: VMRuntime, now: float) -> SimObject:
@@ -84,7 +84,7 @@ async def get_vm(host: HostContext, b: dict[str, Any], streams: Streams, fq: str
         ids = names_of(b["Id"])
         specs = []
         for vm_id in ids:
-            spec = host.lab.find_by_id(vm_id)
+            spec = host.find_vm_by_id(vm_id)
             if spec is None:
                 streams.error(pserrors.vm_id_not_found("Get-VM", vm_id))
             else:
