@@ -4,7 +4,7 @@ Everything has a default, so no file is needed. Unknown keys are errors, not ign
 a file that decides which host the agent drives must not pass silently. ::
 
     [host]
-    default = "sim"            # sim | local | pwsh | pwsh-lab  (or VMBUSOPS_HOST, or --host)
+    default = "sim"            # sim | sim:HOST | local | pwsh | pwsh-lab  (or VMBUSOPS_HOST, or --host)
     max_sessions = 32          # PowerShell Direct sessions open at once on the host, all jobs together
     max_runspaces = 64         # the host process's runspace pool; at least max_sessions + 8
 

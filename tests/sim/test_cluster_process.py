@@ -7,10 +7,17 @@ from pathlib import Path
 
 import pytest
 import trio
+from tests.simhost import open_sim_host
 
 from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential, Secret
-from vmbusops.errors import ConfigError, HostProcessExitedError, SessionLostError, VMNotFoundError
+from vmbusops.errors import (
+    ConfigError,
+    HostProcessExitedError,
+    SessionLostError,
+    VmbusOpsError,
+    VMNotFoundError,
+)
 from vmbusops.guestops.connect import open_host
 from vmbusops.records import ErrorRecord, OutputRecord
 from vmbusops.sim import default_state_dir
@@ -157,3 +164,13 @@ async def test_a_lone_host_that_fails_keeps_its_vm_unreachable_until_it_is_back(
     async with open_host("sim:HV-L", config=fleet.config) as lone:
         vm = await lone.get_vm("lone01")
         assert vm.running and vm.heartbeat == "NoContact"  # the node rebooted: so did its VMs
+
+
+async def test_in_process_a_failed_host_refuses_every_command(fleet: Fleet) -> None:
+    """tests.simhost's in-process simulator cannot exit as a dead node's process does: its
+    commands fail instead, so an agent test over it still sees the host gone."""
+    async with open_sim_host(fleet.path, identity="hv-b") as b:
+        assert [vm.name for vm in await b.list_vms()] == ["db01"]
+        fail_host(fleet.store, "HV-B")
+        with pytest.raises(VmbusOpsError, match=r"The simulated Hyper-V host HV-B is down"):
+            await b.list_vms()

@@ -205,7 +205,7 @@ def build_app(service: AgentService) -> Starlette:
                 raise host_down(exc) from None
             except TargetsOutOfScope as exc:
                 service.metrics.submissions.labels("out-of-scope").inc()
-                raise refuse(request, 403, str(who), f"bundle targets VMs outside the scope: {', '.join(exc.vms) or '(none)'}",
+                raise refuse(request, 403, str(who), f"bundle targets VMs outside the scope: {', '.join(exc.vms) or '(its groups or tags select none inside)'}",
                              "tenant") from None  # fmt: skip
             except VmbusOpsError as exc:
                 service.metrics.submissions.labels("rejected").inc()

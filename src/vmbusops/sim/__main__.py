@@ -24,6 +24,7 @@ import argparse
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
@@ -70,14 +71,19 @@ def _setup_logging() -> None:
     logging.captureWarnings(True)
 
 
+def _die(identity: str) -> NoReturn:
+    """A node that dies takes its processes with it, mid-command or idle: no last words."""
+    logging.getLogger("vmbusops.sim").warning("host %s failed: exiting as a dead node", identity)
+    logging.shutdown()
+    os._exit(EXIT_HOST_DOWN)
+
+
 async def _exit_when_down(host: HyperVHost) -> None:
-    """A node that dies takes its processes with it: exit as soon as the lab fails this host."""
+    """Exit as soon as the lab fails this host, even while no command runs (:meth:`HyperVHost.check_down`
+    exits too when a command or a session's watch sees it first)."""
     while True:
         await trio.sleep(DOWN_POLL_SECONDS)
-        if host.is_down():
-            logging.getLogger("vmbusops.sim").warning("host %s failed: exiting as a dead node", host.identity)
-            logging.shutdown()
-            os._exit(EXIT_HOST_DOWN)
+        host.check_down()
 
 
 async def _serve(host: HyperVHost) -> None:
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         lab = load_lab(args.lab)
         identity = None if args.identity is None else serving(lab, args.identity).name
         store = HostStore(lab, args.state_dir or default_state_dir())
-        host = HyperVHost(lab, store, identity=identity)
+        host = HyperVHost(lab, store, identity=identity, on_down=None if identity is None else partial(_die, identity))
         if host.is_down():
             assert identity is not None
             down = host_down_error(identity)

@@ -16,13 +16,15 @@ A host of a fleet (``identity``, from ``python -m vmbusops.sim --as NAME``; see
 and to Invoke-Command, with their real errors. A PowerShell Direct session runs beside a watch
 that looks at the VM's owner every :data:`OWNER_POLL_SECONDS` (a look at the state the store keeps
 in memory, read again only when another process changed the file); when the VM left the host
-(live migration, failover) or the host went down, the session breaks under the running command
-as a real one does when the VM's end of the Hyper-V socket goes away: PowerShell's client
+(live migration, failover), the session breaks under the running command as a real one does when
+the VM's end of the Hyper-V socket goes away: PowerShell's client
 (``HyperVSocketClientSessionTransportManagerBase.ProcessReaderThread`` in PowerShell's
 ``OutOfProcTransportManager.cs``) raises the same PSRemotingTransportException,
 IPCServerProcessReportedError wrapping HyperVSocketTransportProcessEnded, whether the socket
 ended or its read failed (``pserrors.socket_process_ended``). The records written before stay
-written; the guest itself goes on running on its new host, files and all.
+written; the guest itself goes on running on its new host, files and all. When the host itself
+is down, ``on_down`` runs first (a simulator process exits: a dead node answers nothing); without
+it (in-process), sessions break the same way and commands fail.
 """
 
 from __future__ import annotations
@@ -212,6 +214,7 @@ class HyperVHost:
         clock: Callable[[], float] = time.time,
         sessions: SessionCount | None = None,
         identity: str | None = None,
+        on_down: Callable[[], None] | None = None,
     ) -> None:
         self.lab = lab
         self.store = store
@@ -219,6 +222,9 @@ class HyperVHost:
         self.sessions = sessions if sessions is not None else SessionCount()
         #: The fleet host this process serves (the lab's spelling), or None: every VM of the lab.
         self.identity = identity
+        #: What a dead node does when it sees it is down: a process exits (``__main__``); without
+        #: one (in-process) its commands and sessions fail instead.
+        self.on_down = on_down
 
     @property
     def computer_name(self) -> str:
@@ -242,8 +248,16 @@ class HyperVHost:
         return spec if spec is not None and self.owns(spec) else None
 
     def is_down(self) -> bool:
-        """Whether this fleet host is down (``vmbusops lab fail-host``); never for the lab's only host."""
+        """Whether this fleet host is down (``vmbusops lab fail-host``); never without an identity."""
         return self.identity is not None and self.identity in self.store.down_hosts()
+
+    def check_down(self) -> bool:
+        """:meth:`is_down`, and when it is, :attr:`on_down` first (which, in a process, exits)."""
+        if not self.is_down():
+            return False
+        if self.on_down is not None:
+            self.on_down()
+        return True
 
     @property
     def command_names(self) -> list[str]:
@@ -253,8 +267,7 @@ class HyperVHost:
 
     async def run(self, commands: list[CommandSpec], streams: HostStreams) -> None:
         """Run a pipeline's commands (statements in order); TerminatingError ends it Failed."""
-        if self.is_down():
-            # The process exits as soon as it sees this (``__main__``); until then, nothing runs.
+        if self.check_down():
             raise TerminatingError(pserrors.host_down(self.computer_name))
         for command in commands:
             if command.is_script:
@@ -361,8 +374,12 @@ class HyperVHost:
                 async def watch() -> None:
                     while True:
                         await trio.sleep(OWNER_POLL_SECONDS)
+                        # The host's own death first: a failover moves the VM in the same change.
+                        if self.check_down():
+                            session_scope.cancel()
+                            return
                         now = self.store.runtime(spec)
-                        if now.host != self.identity or now.moves != moves or self.is_down():
+                        if now.host != self.identity or now.moves != moves:
                             session_scope.cancel()
                             return
 
