@@ -62,12 +62,14 @@ def lab_doc(
     session_open_ms: float = 0,
     boot_seconds: float = 0.5,
     password_seed: str | None = None,
+    groups: Sequence[Mapping[str, Any]] = (),
     **host: Any,
 ) -> dict[str, Any]:
     """A lab as the TOML parser reads it; ``host`` adds other ``[host]`` keys (crash_on, ...).
 
     Without a ``password_seed`` every VM that names no password gets :data:`PASSWORD`; with one,
-    the simulator derives such a VM's password from the seed (``lab_password``).
+    the simulator derives such a VM's password from the seed (``lab_password``). ``groups`` are
+    the lab's ``[[group]]`` tables, as written in TOML.
     """
     head: dict[str, Any] = {"name": name, "session_open_ms": session_open_ms, "boot_seconds": boot_seconds}
     if password_seed is not None:
@@ -77,7 +79,7 @@ def lab_doc(
     if password_seed is None:
         for doc in docs:
             doc.setdefault("password", PASSWORD)
-    return {"host": head, "vm": docs}
+    return {"host": head, "vm": docs, **({"group": [dict(g) for g in groups]} if groups else {})}
 
 
 def lab_text(vms: Iterable[VM], **host: Any) -> str:

@@ -255,7 +255,7 @@ def config_section() -> list[str]:
 
 
 def lab_section() -> list[str]:
-    from vmbusops.sim import lab
+    from vmbusops.sim import lab, lab_groups
 
     example = annotated_example(lab.__doc__ or "")
     documented_top = {t for (t, _) in example.entries} | set(example.notes)
@@ -278,6 +278,10 @@ def lab_section() -> list[str]:
     lines += _table_section(vm, example, "`[[vm]]`: one per VM")
     lines += _table_section(Table("vm.faults", frozenset(lab.FAULT_KEYS), lab.FaultSpec), example, "`[vm.faults]`")
     lines += _table_section(Table("generate", frozenset(lab.GENERATE_KEYS)), example, "`[generate]`")
+    group = Table(
+        "group", frozenset(lab_groups.GROUP_KEYS), lab_groups.GroupSpec, (("type", "group_type"),), frozenset({"name"})
+    )
+    lines += _table_section(group, example, "`[[group]]`: one per Hyper-V VM group")
     return lines
 
 

@@ -16,9 +16,10 @@ from vmbusops.bundle.policy import Scope, TrustedKey, TrustPolicy, save_trust_po
 from vmbusops.credentials import CredentialStore, Secret
 
 
-def trust_and_credential(key: PrivateKey) -> None:
-    """Under the current VMBUSOPS_HOME: trust ``key`` for every VM, and store the lab credential."""
-    scope = Scope(keys=(), vms=("*",), credentials=(CREDENTIAL,), steps=frozenset(StepKind), threshold=1)
+def trust_and_credential(key: PrivateKey, vms: tuple[str, ...] = ("*",)) -> None:
+    """Under the current VMBUSOPS_HOME: trust ``key`` for ``vms`` (globs; default every VM), and
+    store the lab credential."""
+    scope = Scope(keys=(), vms=vms, credentials=(CREDENTIAL,), steps=frozenset(StepKind), threshold=1)
     policy = TrustPolicy().with_key(TrustedKey(name="tests", public=key.public_key()), scope)
     save_trust_policy(policy, trust_policy_path())
     CredentialStore().set(CREDENTIAL, "Administrator", Secret(PASSWORD))
@@ -32,9 +33,13 @@ def signed_bundle(
     steps: list[dict[str, Any]],
     execution: dict[str, Any] | None = None,
     name: str = "engine-test",
+    targets: dict[str, Any] | None = None,
 ) -> Path:
+    """``targets`` (groups, tags, ...) replaces the ``targets`` table that ``vms`` would make."""
+    extra = {"targets": targets} if targets is not None else {}
     source = write_bundle_source(
-        directory / f"src-{uuid.uuid4().hex[:8]}", bundle_doc(vms, steps, name=name, execution=execution or None)
+        directory / f"src-{uuid.uuid4().hex[:8]}",
+        bundle_doc(vms, steps, name=name, execution=execution or None, **extra),
     )
     out = directory / f"{source.name}.vmb"
     build_bundle(source, out)

@@ -15,12 +15,13 @@ from typing import Any
 
 import tomli_w
 import trio
-from tests.builders import VM, lab_doc, write_lab
+from tests.builders import VM, bundle_doc, lab_doc, write_bundle_source, write_lab
 from tests.engine.bundles import signed_bundle, trust_and_credential
 from tests.engine.conftest import credential_for
 from tests.fleet.conftest import CONTROLLER, PASSWORDS
 from tests.simhost import open_sim_host
 
+from vmbusops.bundle.build import build_bundle, sign_bundle
 from vmbusops.bundle.crypto import PrivateKey
 from vmbusops.engine import EngineOptions, Journal, open_engine
 from vmbusops.engine.changes import RunChange, StepChange
@@ -133,12 +134,12 @@ def cluster_lab(tmp: Path) -> Path:
 
 @asynccontextmanager
 async def fleet_of(
-    nats: NatsServer, controller: NatsBroker, tmp: Path, *, lab: Path | None = None,
+    nats: NatsServer, controller: NatsBroker, tmp: Path, *, lab: Path | None = None, vms: list[VM] | None = None,
     password: str | None = None, **options: Any,
 ) -> AsyncIterator[Fleet]:
     key = PrivateKey.generate()
     trust_and_credential(key)
-    lab = lab or write_lab(tmp / "labs", [VM("web01"), VM("web02"), VM("web03")])
+    lab = lab or write_lab(tmp / "labs", vms or [VM("web01"), VM("web02"), VM("web03")])
     await controller.ensure_work_consumer(HOST)
     journal = Journal(tmp / "journal.sqlite")
     store = FleetStore(tmp / "fleet.sqlite")
@@ -377,3 +378,23 @@ async def test_a_run_on_a_failed_node_is_moved_once_placement_shows_its_vm_elsew
         await broker.kv_put(names.PLACEMENT_BUCKET, vm_id, json.dumps(entry).encode())
         facts = await fleet.read_until(lambda fs: any(isinstance(f, messages.MovedFact) for f in fs))
         assert replay_changes(batches(facts, 14)) == (State.IN_PROGRESS, [State.SUCCESS, State.IN_PROGRESS])
+
+
+async def test_a_bundle_by_tag_serves_only_the_vms_its_tags_select_on_this_host(
+    nats_server: NatsServer, broker: NatsBroker, tmp_path: Path
+) -> None:
+    vms = [VM("web01", more={"notes": "tags: web"}), VM("web02", more={"notes": "tags: db"})]
+    async with fleet_of(nats_server, broker, tmp_path, vms=vms) as fleet:
+        doc = bundle_doc([], [SAY], name="by-tag")
+        doc["targets"] = {"tags": ["web"]}
+        source = write_bundle_source(tmp_path / "by-tag", doc)
+        build_bundle(source, tmp_path / "by-tag.vmb")
+        sign_bundle(tmp_path / "by-tag.vmb", fleet.key)
+        digest = await fleet.put(tmp_path / "by-tag.vmb")
+        await fleet.dispatch(20, 1, "web01", digest)
+        await fleet.read_until(ended(20))
+        await fleet.dispatch(20, 2, "web02", digest)
+        facts = await fleet.read_until(lambda fs: any(isinstance(f, messages.RefusedFact) for f in fs))
+        [refused] = [f for f in facts if isinstance(f, messages.RefusedFact)]
+        assert (refused.run, refused.code) == (2, "BundleRejected") and "does not select VM 'web02'" in refused.reason
+        assert len(local_jobs(fleet.journal)) == 1

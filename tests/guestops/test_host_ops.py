@@ -147,6 +147,6 @@ async def test_start_and_stop_vm(make_lab: Callable[..., Any]) -> None:
 
 def test_the_host_cmdlet_list_is_the_architecture_list() -> None:
     assert {
-        "Get-VM", "Get-VMIntegrationService", "Enable-VMIntegrationService", "Copy-VMFile",
+        "Get-VM", "Get-VMIntegrationService", "Get-VMGroup", "Enable-VMIntegrationService", "Copy-VMFile",
         "Invoke-Command", "Restart-VM", "Start-VM", "Stop-VM",
     } == HOST_CMDLETS

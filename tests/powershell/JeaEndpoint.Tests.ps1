@@ -158,6 +158,7 @@ Describe 'A JEA runspace built from the shipped files' {
     It 'binds what the agent sends to <Command>' -ForEach @(
         @{ Command = 'Get-VM'; Parameters = @{ Name = 'web01' } }
         @{ Command = 'Get-VMIntegrationService'; Parameters = @{ VMName = 'web01'; Name = 'Guest Service Interface' } }
+        @{ Command = 'Get-VMGroup'; Parameters = @{ Name = '*' } }
         @{ Command = 'Enable-VMIntegrationService'; Parameters = @{ VMName = 'web01'; Name = 'Guest Service Interface' } }
         @{ Command = 'Copy-VMFile'; Parameters = @{ Name = 'web01'; SourcePath = 'C:\ProgramData\vmbusops\staging\job-7-ab12\motd.txt'
                 DestinationPath = 'C:\ProgramData\vmbusops\motd.txt'; FileSource = 'Host'; CreateFullPath = $true; Force = $true } }
@@ -180,6 +181,10 @@ Describe 'A JEA runspace built from the shipped files' {
             Parameters = @{ Name = 'web01'; SourcePath = 'C:\ProgramData\vmbusops\staging\job-1\..\..\secret.txt'; DestinationPath = 'C:\x'; FileSource = 'Host' } }
         @{ Why = 'a copy from the guest'; Command = 'Copy-VMFile'; Error = 'ParameterArgumentValidationError*'
             Parameters = @{ Name = 'web01'; SourcePath = 'C:\ProgramData\vmbusops\staging\job-1\a.txt'; DestinationPath = 'C:\x'; FileSource = 'Guest' } }
+        @{ Why = 'Get-VMGroup of one group by name'; Command = 'Get-VMGroup'; Error = 'ParameterArgumentValidationError*'
+            Parameters = @{ Name = 'web-tier' } }
+        @{ Why = 'Get-VMGroup on another host'; Command = 'Get-VMGroup'; Error = 'NamedParameterNotFound*'
+            Parameters = @{ Name = '*'; ComputerName = 'hv2' } }
         @{ Why = 'another integration service'; Command = 'Enable-VMIntegrationService'; Error = 'ParameterArgumentValidationError*'
             Parameters = @{ VMName = 'web01'; Name = 'Heartbeat' } }
         @{ Why = 'Invoke-Command to a computer'; Command = 'Invoke-Command'; Error = 'NamedParameterNotFound*'

@@ -210,7 +210,7 @@ def build_app(service: AgentService) -> Starlette:
                                  f"this fleet controller is on standby{where}", headers={"Retry-After": "2"}) from None  # fmt: skip
             except TargetsOutOfScope as exc:
                 service.metrics.submissions.labels("out-of-scope").inc()
-                raise refuse(request, 403, str(who), f"bundle targets VMs outside the scope: {', '.join(exc.vms) or '(none)'}",
+                raise refuse(request, 403, str(who), f"bundle targets VMs outside the scope: {', '.join(exc.vms) or '(its groups or tags select none inside)'}",
                              "tenant") from None  # fmt: skip
             except VmbusOpsError as exc:
                 service.metrics.submissions.labels("rejected").inc()

@@ -35,10 +35,11 @@ from vmbusops.bundle.manifest import Manifest
 from vmbusops.bundle.paths import accepted_bundles_dir
 from vmbusops.bundle.verify import AcceptedBundle, read_unverified
 from vmbusops.config import AgentConfig
-from vmbusops.engine import Engine, JobSource, Journal, State, acceptance, resolve_targets
+from vmbusops.engine import Engine, JobSource, Journal, State, acceptance
 from vmbusops.engine.events import RunChanged
 from vmbusops.engine.journal import JobFilter, JobView, RunView, StoredRecord, VmRunView
 from vmbusops.engine.readers import JournalReaders
+from vmbusops.engine.targets import resolve_on_host
 from vmbusops.errors import VmbusOpsError
 from vmbusops.guestops.supervisor import HostSupervisor
 from vmbusops.home import private_dir
@@ -193,9 +194,16 @@ class AgentService:
 
     # ------------------------------------------------------------------ submit
     async def check_targets(self, manifest: Manifest, who: Principal) -> list[str]:
+        """The VMs the bundle's targets select that ``who`` may run on. A name or glob of the
+        bundle's ``vms`` reaching outside the caller's scope refuses the bundle; VMs that groups or
+        tags alone select (no ``vms``) outside it are dropped unnamed: they are not the caller's
+        to run on, nor to learn of. The signer's scope bounds the rest when the job starts."""
         host = await self.hosts.wait_current(self.config.host_wait_seconds)
-        host_vms = [vm.name for vm in await host.list_vms()]
-        targets = resolve_targets(manifest, host_vms)
+        targets = await resolve_on_host(manifest, host)
+        if not manifest.targets.vms:
+            targets = [vm for vm in targets if who.covers_vm(vm)]
+            if not targets:
+                raise TargetsOutOfScope(())
         if any(not who.covers_vm(vm) for vm in targets) or (not targets and not who.sees_all_vms()):
             # Name the manifest's own patterns that reached outside, never the host's VMs: a
             # tenant's glob must not list another tenant's VM names back to it.

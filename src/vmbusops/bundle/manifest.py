@@ -24,9 +24,13 @@ Steps run in order on every target VM. A step kind is declared in ``bundle/steps
 Nothing else in ``bundle/`` or ``cli/bundle_cmds.py`` names a kind. A manifest naming a kind this
 version does not know is rejected, never skipped.
 
-Targets: ``vms`` are VM names and globs (case-insensitive, as Hyper-V names are). ``groups`` and
-``tags``, when given, narrow that set to VMs in one of those groups / carrying one of those tags;
-they never add VMs, so a signer's VM scope bounds every bundle it signs.
+Targets: ``vms`` are VM names and globs (case-insensitive, as Hyper-V names are). ``groups``
+(Hyper-V VM group names or globs) and ``tags`` (tag names kept in a VM's Notes, see
+:mod:`vmbusops.vm_tags`), when given, narrow that set to VMs in one of those groups and carrying
+one of those tags; without ``vms`` they select among all the host's VMs. They are resolved on the
+host when the job starts (:mod:`vmbusops.engine.targets`), and the VMs they select are then checked
+by name against the signer's trust scope: a VM outside it is left out of the job, so a group or a
+tag never widens what a key may touch.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ from vmbusops.bundle.steps import (
     WaitReadyStep,
     step_from_dict,
 )
+from vmbusops.vm_tags import is_tag_name
 
 __all__ = [  # the steps' names are re-exported: callers import every manifest type from here
     "ENVELOPE_MEMBER",
@@ -158,7 +163,7 @@ def _amount(minimum: int) -> Any:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Targets(JsonRecord):
     vms: tuple[str, ...] = field(
-        metadata=spec(lambda r, key, default, known: r.texts(key, default, _VM_PATTERN))
+        default=(), metadata=spec(lambda r, key, default, known: r.texts(key, default, _VM_PATTERN))
     )
     groups: tuple[str, ...] = field(
         default=(), metadata=spec(lambda r, key, default, known: r.texts(key, default, _VM_PATTERN))
@@ -168,8 +173,13 @@ class Targets(JsonRecord):
     )
 
     def validate(self, where: str) -> None:
-        if not self.vms:
-            raise ManifestError(f"{where}.vms must name at least one VM or glob")
+        if not (self.vms or self.groups or self.tags):
+            raise ManifestError(f"{where}.vms must name at least one VM or glob (or give groups or tags)")
+        bad = [t for t in self.tags if not is_tag_name(t)]
+        if bad:
+            raise ManifestError(
+                f"{where}.tags: {bad[0]!r} is not a tag name (ASCII letters, digits, '.', '_' or '-', up to 64)"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

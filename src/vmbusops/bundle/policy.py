@@ -101,6 +101,11 @@ class Scope:
         return self.until is not None and reference_time >= self.until
 
 
+def scope_covers_vm(scope_glob: str, vm: str) -> bool:
+    """Whether a scope's VM glob covers a VM (by name, case-insensitively) or a bundle's glob."""
+    return _glob_covers(scope_glob, vm)
+
+
 def _glob_covers(scope_glob: str, target: str) -> bool:
     scope_glob, target = scope_glob.casefold(), target.casefold()
     if not _GLOB_CHARS & set(target):

@@ -22,9 +22,9 @@ expires = "7d"                   # from build time, or an RFC 3339 date-time
 credential = "lab-admin"         # a name in the host's credential store, never a secret
 
 [targets]
-vms = ["web01", "web02", "db01"] # names or globs ("web*")
-# groups = ["frontend"]          # optional: narrow to VMs in these groups
-# tags = ["patch-tuesday"]       # optional: narrow to VMs with these notes tags
+vms = ["web01", "web02", "db01"] # names or globs ("web*"); optional when groups or tags are given
+# groups = ["frontend"]          # optional: narrow to VMs in these Hyper-V VM groups (Get-VMGroup)
+# tags = ["patch-tuesday"]       # optional: narrow to VMs whose Notes have a line "tags: patch-tuesday"
 
 [execution]
 max_concurrency = "50%"          # a count or a percentage of targets

@@ -84,15 +84,20 @@ def _describe_step(step: Step) -> str:
     return f"{step.name} [{step.kind.value}]: {what}" + (f" ({', '.join(extras)})" if extras else "")
 
 
+def describe_targets(m: Manifest) -> str:
+    """The targets in one line: VM names and globs, then the groups and tags that narrow them."""
+    text = ", ".join(m.targets.vms) or "every VM of the host"
+    if m.targets.groups:
+        text += f"  (only groups: {', '.join(m.targets.groups)})"
+    if m.targets.tags:
+        text += f"  (only tags: {', '.join(m.targets.tags)})"
+    return text
+
+
 def _print_manifest(m: Manifest) -> None:
     click.echo(f"bundle      {m.name} v{m.version}  id {m.id}")
     click.echo(f"issued      {format_time(m.issued)}   expires {format_time(m.expires)}")
-    targets = ", ".join(m.targets.vms)
-    if m.targets.groups:
-        targets += f"  (only groups: {', '.join(m.targets.groups)})"
-    if m.targets.tags:
-        targets += f"  (only tags: {', '.join(m.targets.tags)})"
-    click.echo(f"targets     {targets}")
+    click.echo(f"targets     {describe_targets(m)}")
     click.echo(f"credential  {m.credential}")
     e = m.execution
     click.echo(
@@ -295,7 +300,7 @@ def bundle_verify(file: Path, trust_path: Path | None, as_json: bool) -> None:
         return
     who = ", ".join(f"{k.name} ({k.keyid[:12]})" for k in verified.signers)
     click.echo(
-        f"OK {file}: {m.name} v{m.version}, {len(m.steps)} steps on {', '.join(m.targets.vms)}"
+        f"OK {file}: {m.name} v{m.version}, {len(m.steps)} steps on {describe_targets(m)}"
         f" as {m.credential}; {len(m.files)} files ({m.total_size} bytes) verified; signed by {who}"
     )
 

@@ -46,7 +46,7 @@ from vmbusops.cli.jobs_view import (
     remote_pages,
     since_epoch,
 )
-from vmbusops.cli.output import RecordPrinter, console, use_colour
+from vmbusops.cli.output import RecordPrinter, console, terminal_safe, use_colour
 from vmbusops.cli.record_lines import print_records
 from vmbusops.cli.remote import agent_read_option, remote_logs, resolve_agent
 from vmbusops.config import Config
@@ -199,6 +199,7 @@ class Progress:
 
     def summary(self, result: JobResult, journal: Journal) -> None:
         runs = journal.runs(result.job_id)
+        left_out = journal.job(result.job_id).left_out
         if self.as_json:
             self._json(
                 {
@@ -207,10 +208,13 @@ class Progress:
                     "state": result.state.value,
                     "runs": [_run_json(r, journal) for r in runs],
                     "details": result.details,
+                    **({"left_out": [lo.to_json() for lo in left_out]} if left_out else {}),
                 }
             )
             return
         self.console.print(_runs_table(f"job {result.job_id}: {result.state.value}", runs))
+        for lo in left_out:
+            self.console.print(f"left out {terminal_safe(lo.vm)}: {lo.why}", markup=False, highlight=False)
         for line in details_lines(result.details):
             self.console.print(line, markup=False, highlight=False)
 

@@ -139,6 +139,8 @@ def print_job(job: dict[str, Any], runs: list[dict[str, Any]], console: Console)
     )
     if job.get("error"):
         console.print(f"[red]{escape(job['error'])}[/]")
+    for lo in job.get("left_out", []):
+        console.print(f"left out {escape(lo['vm'])}: {escape(lo['why'])}")
     for r in runs:
         error = f"  [red]{escape(r['error'])}[/]" if r.get("error") else ""
         console.print(f"\n[bold]{escape(r['vm'])}[/]  {styled(r['state'])}  {duration(r)}  {r['records']} records{error}")

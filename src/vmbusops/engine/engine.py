@@ -14,7 +14,8 @@ machines of :mod:`.machine`, which decide every journal change and every watcher
 kind is carried out by its executor (:mod:`.executors`). Here is only *when* things happen.
 
 :meth:`Engine.run_job` resolves the bundle's targets against the host's VMs (unless the submission
-already did), writes a pending job with one pending run per VM, and runs every run as a task of its
+already did) and bounds them by the signer's scope (:mod:`.targets`), writes a pending job with
+one pending run per VM (and the VMs the scope left out), and runs every run as a task of its
 own. :meth:`Engine.run_fleet_run` runs one run of a fleet job the same way, as a local job with
 one run that goes on from where the fleet run stands (steps done on another host are not run
 again; one running there is resumed as after a crash). A run goes through:
@@ -59,7 +60,7 @@ from vmbusops.engine.leases import VmLeases
 from vmbusops.engine.machine import JobMachine, Output, RunMachine, StepInfo
 from vmbusops.engine.plan import GuestBatch, plan_units
 from vmbusops.engine.run_start import RunStart
-from vmbusops.engine.source import FLEET_SOURCE_PREFIX, JobSource, resolve_targets
+from vmbusops.engine.source import FLEET_SOURCE_PREFIX, JobSource
 from vmbusops.engine.staged import JobStaging
 from vmbusops.engine.states import State
 from vmbusops.engine.writer import JournalWriter
@@ -153,10 +154,8 @@ class Engine:
         manifest = source.manifest
         credential = self.credential_for(manifest.credential)
         host = self.host
-        if source.targets is not None:
-            vms = list(source.targets)
-        else:
-            vms = resolve_targets(manifest, [vm.name for vm in await host.list_vms()])
+        source = await source.resolved_on(host)  # the targets, bounded by the signer's scope
+        vms = list(source.targets or ())
         job_id, run_ids = await self._create_job(source, vms)
         if on_created is not None:
             on_created(job_id)
@@ -221,6 +220,7 @@ class Engine:
                 submitter=source.submitter,
                 host=self.host_name,
                 vms=vms,
+                left_out=source.left_out,
                 steps=[(s.name, s.kind.value) for s in manifest.steps],
                 owner=self.owner,
                 now=time.time(),

@@ -55,7 +55,15 @@ from vmbusops.engine.journal_history import (
     vm_runs_sql,
 )
 from vmbusops.engine.journal_retention import Prunable
-from vmbusops.engine.journal_rows import JobView, RecordView, RunView, StepView, VmRunView
+from vmbusops.engine.journal_rows import (
+    JobView,
+    LeftOut,
+    RecordView,
+    RunView,
+    StepView,
+    VmRunView,
+    left_out_of,
+)
 from vmbusops.engine.journal_schema import SCHEMA, SCHEMA_VERSION, update_sql, upgrade
 from vmbusops.engine.states import State
 from vmbusops.errors import JobStateError, JournalError, NoSuchJobError
@@ -207,20 +215,22 @@ class Journal:
         submitter: str | None = None,
         host: str,
         vms: Sequence[str],
+        left_out: Sequence[LeftOut] = (),
         steps: Sequence[tuple[str, str]],
         owner: Owner,
         now: float,
     ) -> tuple[int, dict[str, int]]:
-        """A new pending job with a pending run per VM and a pending step per (run, step)."""
+        """A new pending job with a pending run per VM and a pending step per (run, step); ``left_out``
+        are VMs its targets selected that it does not touch, with why (:mod:`.targets`)."""
         with self._write() as db:
             cur = db.execute(
                 "INSERT INTO jobs (bundle_name, bundle_version, bundle_id, source, manifest, bundle_dir,"
                 " enable_guest_services, envelope, submitter, host, state, created_at, owner_pid, owner_started,"
-                " heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " heartbeat_at, left_out) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     bundle_name, bundle_version, bundle_id, source, manifest, bundle_dir,
                     int(enable_guest_services), envelope, submitter, host, State.PENDING.value, now, owner.pid,
-                    owner.started, now,
+                    owner.started, now, json.dumps([lo.to_json() for lo in left_out]) if left_out else None,
                 ),
             )  # fmt: skip
             job_id = int(cur.lastrowid or 0)
@@ -458,6 +468,7 @@ class Journal:
                     bundle_id=r["bundle_id"],
                     source=r["source"],
                     submitter=r["submitter"] if "submitter" in r.keys() else None,  # noqa: SIM118
+                    left_out=left_out_of(r["left_out"] if "left_out" in r.keys() else None),  # noqa: SIM118
                     host=r["host"],
                     state=_effective(stored, alive),
                     stored_state=stored,

@@ -9,6 +9,25 @@ from typing import Any
 from vmbusops.engine.states import State
 
 
+@dataclass(frozen=True, slots=True)
+class LeftOut:
+    """A VM the bundle's targets selected that the job does not touch, and why
+    (:mod:`vmbusops.engine.targets`)."""
+
+    vm: str
+    why: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"vm": self.vm, "why": self.why}
+
+
+def left_out_of(text: str | None) -> tuple[LeftOut, ...]:
+    """The job's ``left_out`` column (JSON) as records; () for none or a journal without it."""
+    if not text:
+        return ()
+    return tuple(LeftOut(str(item["vm"]), str(item["why"])) for item in json.loads(text))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobView:
     id: int
@@ -38,6 +57,8 @@ class JobView:
     #: Retention removed the job's records (its runs keep their excerpts).
     pruned: bool
     run_states: dict[str, int]
+    #: VMs the targets selected that the signer's scope left out, with why.
+    left_out: tuple[LeftOut, ...] = ()
 
     @property
     def targets(self) -> int:

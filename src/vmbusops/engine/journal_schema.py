@@ -87,6 +87,7 @@ ADDED_COLUMNS: Final = (
     ("jobs", "enable_guest_services", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "envelope", "TEXT"),
     ("jobs", "submitter", "TEXT"),
+    ("jobs", "left_out", "TEXT"),
     ("runs", "code", "TEXT"),
     ("steps", "code", "TEXT"),
     ("steps", "exit_code", "INTEGER"),

@@ -10,18 +10,18 @@ scheduled DSC job keeps exactly the permissions its bundle was accepted with.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmbusops.bundle.manifest import ExecutionPolicy, Manifest, ScriptStep, manifest_from_dict
+from vmbusops.engine.targets import LeftOut, resolve_on_host, resolve_targets, within_scope
 from vmbusops.errors import ConfigError
-from vmbusops.vm_names import is_glob, vms_matching
 
 if TYPE_CHECKING:
     from vmbusops.bundle.verify import AcceptedBundle
     from vmbusops.engine.journal import JobView
+    from vmbusops.guestops.host import HyperVHost
 
 
 #: How the source of a local job that runs a fleet run begins: such a job is the fleet's to
@@ -47,6 +47,12 @@ class JobSource:
     envelope: bytes | None = None
     #: Who submitted the job (see :attr:`.journal_rows.JobView.submitter`).
     submitter: str | None = None
+    #: The VM globs of the trust scope that accepted the bundle: the VMs its targets resolve to
+    #: are checked against them by name (:func:`.targets.within_scope`); None: not checked (a
+    #: resumed job, whose runs exist already, and the engine's own tests).
+    scope_vms: tuple[str, ...] | None = None
+    #: VMs the targets selected that the signer's scope left out (set by :meth:`resolved_on`).
+    left_out: tuple[LeftOut, ...] = ()
 
     @classmethod
     def from_accepted(
@@ -60,6 +66,7 @@ class JobSource:
             targets=targets,
             envelope=bundle.envelope.to_json(),
             submitter=submitter,
+            scope_vms=bundle.scope.vms,
         )
 
     @classmethod
@@ -85,6 +92,7 @@ class JobSource:
         execution: ExecutionPolicy,
         envelope: bytes | None,
         schedule: str,
+        scope_vms: tuple[str, ...] | None = None,
     ) -> JobSource:
         """One tick of the schedule named ``schedule``, under ``execution`` (the tick's window
         caps it); its submitter is ``schedule:NAME``."""
@@ -95,7 +103,16 @@ class JobSource:
             enable_guest_services=enable_guest_services,
             envelope=envelope,
             submitter=f"schedule:{schedule}",
+            scope_vms=scope_vms,
         )
+
+    async def resolved_on(self, host: HyperVHost) -> JobSource:
+        """This source with its targets resolved on ``host`` (unless the submission resolved them)
+        and bounded by the signer's scope: :attr:`targets` the VMs to run on, :attr:`left_out`
+        those the scope does not cover. Raises ConfigError or a ScopeError when nothing is left."""
+        vms = self.targets if self.targets is not None else await resolve_on_host(self.manifest, host)
+        kept, left_out = within_scope(vms, self.scope_vms)
+        return replace(self, targets=tuple(kept), left_out=(*self.left_out, *left_out))
 
     def local_path(self, bundle_path: str) -> Path:
         if self.directory is None:
@@ -112,29 +129,6 @@ class JobSource:
             raise ConfigError(
                 f"cannot read the script {step.file!r} of step {step.name}: {exc.strerror}"
             ) from exc
-
-
-def resolve_targets(manifest: Manifest, host_vms: Sequence[str]) -> list[str]:
-    """The VMs a bundle targets on this host, in the manifest's order, each once.
-
-    A name or glob matches VM names case-insensitively (:mod:`vmbusops.vm_names`, as ``exec --vm``
-    does); a plain name is kept even if the host has no such VM, so that its run fails with
-    Hyper-V's own message in the journal rather than vanishing.
-    """
-    if manifest.targets.groups or manifest.targets.tags:
-        raise ConfigError(
-            f"{manifest.name}: target groups and tags are not supported on this host",
-            hint="name the VMs (globs allowed) in targets.vms",
-        )
-    chosen: list[str] = []
-    seen: set[str] = set()
-    for pattern in manifest.targets.vms:
-        names = vms_matching(pattern, host_vms) or ([] if is_glob(pattern) else [pattern])
-        for name in names:
-            if name.casefold() not in seen:
-                seen.add(name.casefold())
-                chosen.append(name)
-    return chosen
 
 
 __all__ = ["FLEET_SOURCE_PREFIX", "JobSource", "resolve_targets"]

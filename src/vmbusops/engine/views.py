@@ -29,6 +29,8 @@ def job_json(job: JobView, targets: list[str] | None = None) -> dict[str, Any]:
         "error": job.error,
         "runs": job.run_states,
     }
+    if job.left_out:
+        out["left_out"] = [lo.to_json() for lo in job.left_out]
     if targets is not None:
         out["targets"] = targets
     return out

@@ -77,6 +77,7 @@ from vmbusops.fleet.agent_bundles import (
     bundle_cache_dir,
     fetch_bundle,
     verify_for_vm,
+    vm_selected_here,
 )
 from vmbusops.fleet.agent_presence import Placement, host_entry, put_host_entry
 from vmbusops.fleet.agent_store import DONE, REFUSED, RUNNING, STALE, FleetStore
@@ -292,8 +293,9 @@ class FleetAgent:
             return
         try:
             await self._dispatch(work, delivery)
-        except BrokerError as exc:
-            # Left unacked: the broker delivers it again after its ack wait.
+        except VmbusOpsError as exc:
+            # The broker or the host could not answer: left unacked, the broker delivers it
+            # again after its ack wait, and it is judged afresh then.
             log.warning("dispatch left for redelivery", extra={
                 "event": "fleet-dispatch-retry", "fleet_job": work.job, "run": work.run, "error": exc.message,
             })  # fmt: skip
@@ -356,6 +358,7 @@ class FleetAgent:
         bundle = await trio.to_thread.run_sync(lambda: verify_for_vm(data, vm=work.vm, digest=work.bundle))
         try:
             start = _run_start(work, len(bundle.verified.manifest.steps))
+            await vm_selected_here(bundle.verified.manifest, work.vm, self.engine.host)
             try:
                 # Resolved here, from this agent's own store, as for a local job; only found now
                 # (a missing one refuses the run before anything is used up), never sent anywhere.

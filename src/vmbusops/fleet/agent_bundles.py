@@ -32,12 +32,15 @@ from pathlib import Path
 
 import trio
 
+from vmbusops.bundle.manifest import Manifest
 from vmbusops.bundle.paths import accepted_bundles_dir, trust_policy_path
 from vmbusops.bundle.policy import load_trust_policy
 from vmbusops.bundle.replay import ReplayStore
 from vmbusops.bundle.verify import VerifiedBundle, verify_stream
-from vmbusops.errors import BundleError, FailureCode
+from vmbusops.engine.targets import resolve_on_host
+from vmbusops.errors import BundleError, ConfigError, FailureCode
 from vmbusops.fleet.broker import Broker
+from vmbusops.guestops.host import HyperVHost
 from vmbusops.home import home_dir, private_dir
 from vmbusops.vm_names import vms_matching
 
@@ -147,7 +150,8 @@ def verify_for_vm(data: bytes, *, vm: str, digest: str, now: datetime | None = N
 def check_vm(verified: VerifiedBundle, vm: str) -> None:
     """The run's VM must be one the manifest targets and one the signers' scope covers by name."""
     manifest = verified.manifest
-    if not any(vms_matching(pattern, [vm]) for pattern in manifest.targets.vms):
+    # Targets by group or tag are judged on the host (:func:`vm_selected_here`); names here.
+    if manifest.targets.vms and not any(vms_matching(pattern, [vm]) for pattern in manifest.targets.vms):
         raise Refusal(
             FailureCode.BUNDLE_REJECTED.value, f"{manifest.name} v{manifest.version} does not target VM {vm!r}"
         )
@@ -155,6 +159,22 @@ def check_vm(verified: VerifiedBundle, vm: str) -> None:
         raise Refusal(
             FailureCode.BUNDLE_REJECTED.value,
             f"VM {vm!r} is outside the VMs its signers may sign for on this host ({', '.join(verified.scope.vms)})",
+        )
+
+
+async def vm_selected_here(manifest: Manifest, vm: str, host: HyperVHost) -> None:
+    """A bundle that targets groups or tags: the run's VM must be one its targets select on this
+    host now (its groups, its Notes); :class:`Refusal` if not."""
+    if not (manifest.targets.groups or manifest.targets.tags):
+        return
+    try:
+        selected = await resolve_on_host(manifest, host)
+    except ConfigError as exc:
+        raise Refusal(FailureCode.BUNDLE_REJECTED.value, exc.message) from None
+    if vm.casefold() not in {name.casefold() for name in selected}:
+        raise Refusal(
+            FailureCode.BUNDLE_REJECTED.value,
+            f"{manifest.name} v{manifest.version} does not select VM {vm!r} on this host (its groups or tags)",
         )
 
 
@@ -167,6 +187,7 @@ __all__ = [
     "fetch_bundle",
     "read_cached",
     "verify_for_vm",
+    "vm_selected_here",
     "write_cached",
 ]  # fmt: skip
 

@@ -33,6 +33,7 @@ from vmbusops.guest_paths import EXAMPLE as GUEST_PATH_EXAMPLE
 from vmbusops.guest_paths import guest_path_problem
 from vmbusops.guestops.classify import classify
 from vmbusops.guestops.invoker import INVOKER_FUNCTION, invoker_command, parse_marker
+from vmbusops.guestops.vm_groups import VMGroupInfo, parse_vm_group
 from vmbusops.psrp.client import Command
 from vmbusops.psrp.session import HostSession, RecordStream
 from vmbusops.records import (
@@ -54,6 +55,7 @@ HOST_CMDLETS: Final = frozenset(
     {
         "Get-VM",
         "Get-VMIntegrationService",
+        "Get-VMGroup",
         "Enable-VMIntegrationService",
         "Copy-VMFile",
         "Invoke-Command",
@@ -74,6 +76,8 @@ class VMInfo:
     heartbeat: str | None
     guest_services: bool | None
     uptime: str | None = None
+    #: Get-VM's Notes: free text, where tags are kept (:mod:`vmbusops.vm_tags`); hostile text.
+    notes: str = ""
 
     @property
     def running(self) -> bool:
@@ -263,9 +267,16 @@ class HyperVHost:
                 heartbeat=_str(v.get("Heartbeat")),
                 guest_services=services.get(_str(v.get("Name")) or ""),
                 uptime=_str(v.get("Uptime")),
+                notes=_str(v.get("Notes")) or "",
             )
             for v in vms
         ]
+
+    async def list_vm_groups(self) -> list[VMGroupInfo]:
+        """Every VM group of the host, with its members: one ``Get-VMGroup -Name *`` (a JEA role
+        cannot allow a cmdlet with no parameter at all, so the endpoint allows exactly this one)."""
+        values = await self._run_host(None, [Command("Get-VMGroup", {"Name": "*"})])
+        return [g for g in (parse_vm_group(v) for v in values) if g is not None]
 
     async def get_vm(self, name: str) -> VMInfo:
         vms = await self.list_vms([name])

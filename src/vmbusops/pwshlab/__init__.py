@@ -5,8 +5,8 @@ Theory of operation
 ``--host pwsh-lab`` starts a real PowerShell 7 PSRP server (``pwsh -NoLogo -NoProfile -s``) with
 the session configuration file ``powershell/VmbusOpsLab.pssc``, which PowerShell applies to every
 runspace of the pool it serves. It imports the module ``VmbusOpsLab``: the Hyper-V cmdlets the
-agent sends (Get-VM, Get-VMIntegrationService, Enable-VMIntegrationService, Copy-VMFile,
-Invoke-Command -VMName/-VMId, Start-VM, Stop-VM, Restart-VM) as functions with the real
+agent sends (Get-VM, Get-VMGroup, Get-VMIntegrationService, Enable-VMIntegrationService,
+Copy-VMFile, Invoke-Command -VMName/-VMId, Start-VM, Stop-VM, Restart-VM) as functions with the real
 parameter sets and types, so PowerShell's own binder, serializer and remoting judge what the
 agent sends and what comes back.
 
@@ -29,6 +29,9 @@ gives ``Get-FileHash`` the guest's own ``C:`` paths, as on Windows.
 
 Where the lab knowingly differs from a Hyper-V host:
 
+- a VM group's members are written as objects (a PSCustomObject crosses remoting whole), where a
+  Hyper-V host's VMGroup objects would send them past the serialization depth as their string
+  form, which the simulator sends: the agent reads both;
 - errors written by the lab's functions carry PowerShell's ``,<function name>`` suffix on their
   FullyQualifiedErrorId; messages, categories and exception types are the simulator's;
 - Invoke-Command's ``-ScriptBlock`` is untyped in the function and bound by the real cmdlet, so a

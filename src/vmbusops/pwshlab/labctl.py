@@ -115,6 +115,13 @@ class LabHost:
             specs = self.resolve("Get-VM", _names(request, "names"), answer)
         answer.objects.extend(self.vm_object(spec, snapshot[spec.name.casefold()], now) for spec in specs)
 
+    def get_vm_group(self, request: dict[str, Any], answer: Answer) -> None:
+        from vmbusops.sim.group_cmdlets import group_facts, select_groups
+
+        group_id = request.get("id")
+        groups = select_groups(self.lab, _names(request, "names"), str(group_id) if group_id else None, answer.error)
+        answer.objects.extend(group_facts(self.lab, g) for g in groups)
+
     def get_integration(self, request: dict[str, Any], answer: Answer) -> None:
         now = self.clock()
         wanted = _names(request, "names")
@@ -264,6 +271,7 @@ def _credential_matches(lab: Lab, spec: VMSpec, user: str, password: str) -> boo
 
 OPERATIONS: dict[str, Callable[[LabHost, dict[str, Any], Answer], None]] = {
     "get-vm": LabHost.get_vm,
+    "get-vm-group": LabHost.get_vm_group,
     "get-integration": LabHost.get_integration,
     "set-integration": LabHost.set_integration,
     "copy": LabHost.copy,

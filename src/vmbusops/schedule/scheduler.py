@@ -91,7 +91,7 @@ class Scheduler:
 
         async def launch(entry: ScheduleEntry, window: Window) -> int:
             directory = Path(entry.bundle_dir) if entry.bundle_dir else None
-            await trio.to_thread.run_sync(recheck_kept, entry.envelope, entry.manifest, directory)
+            verified = await trio.to_thread.run_sync(recheck_kept, entry.envelope, entry.manifest, directory)
             execution = entry.manifest.execution
             left = (window.cutoff_at - clock.now()).total_seconds()
             capped = replace(
@@ -105,6 +105,7 @@ class Scheduler:
                 execution=capped,
                 envelope=entry.envelope,
                 schedule=entry.name,
+                scope_vms=verified.scope.vms,
             )
             # A host being reopened may come back within the window: wait for it until the cut-off.
             await service.hosts.wait_current(max(0.0, left))

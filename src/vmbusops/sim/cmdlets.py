@@ -20,7 +20,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeVar
 
-from vmbusops.sim import dsc, guest_cmdlets, guest_files, hostfiles, scheduled_tasks, vm_cmdlets, wua
+from vmbusops.sim import (
+    dsc,
+    group_cmdlets,
+    guest_cmdlets,
+    guest_files,
+    hostfiles,
+    scheduled_tasks,
+    vm_cmdlets,
+    wua,
+)
 from vmbusops.sim.guest_stage import Stage
 from vmbusops.sim.guest_values import Emit
 from vmbusops.sim.host_command import HostCmdlet
@@ -46,6 +55,7 @@ HOST_CMDLETS: Final[Mapping[str, HostCmdlet]] = _folded(
         # Hyper-V
         "Get-VM": vm_cmdlets.GET_VM,
         "Get-VMIntegrationService": vm_cmdlets.GET_VM_INTEGRATION_SERVICE,
+        "Get-VMGroup": group_cmdlets.GET_VM_GROUP,
         "Enable-VMIntegrationService": vm_cmdlets.ENABLE_VM_INTEGRATION_SERVICE,
         "Disable-VMIntegrationService": vm_cmdlets.DISABLE_VM_INTEGRATION_SERVICE,
         "Copy-VMFile": vm_cmdlets.COPY_VM_FILE,

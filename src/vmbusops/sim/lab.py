@@ -53,6 +53,14 @@ A lab is TOML::
     socket_ends_after_records = 100    # the Hyper-V socket ends after N records: "... The Hyper-V
                                        #   socket target process has ended. ..."
 
+    [[group]]                    # listed by Get-VMGroup (see vmbusops.sim.lab_groups)
+    name = "web-tier"            # unique, case-insensitively
+    type = "VMCollectionType"    # VMCollectionType (members: vms) | ManagementCollectionType
+                                 # (members: groups, of either type; nested ones count recursively)
+    vms = ["web01"]              # a VM collection's member VMs
+    groups = []                  # a management collection's member groups
+    id = "GUID"                  # optional; derived from the name when absent
+
     [generate]                   # many identical running VMs, for benchmarks
     count = 200                  # how many (0 to 100000; default 0)
     prefix = "bench"             # named bench001, bench002... (default "vm")
@@ -77,6 +85,7 @@ from pathlib import Path
 from typing import Any
 
 from vmbusops.errors import ConfigError
+from vmbusops.sim.lab_groups import GroupSpec, parse_groups
 
 DEFAULT_USERNAME = "Administrator"
 DEFAULT_HEARTBEAT = "OkApplicationsHealthy"
@@ -211,6 +220,8 @@ class Lab:
     # Identifies the lab's content, so persisted state made from another lab is not reused.
     fingerprint: str
     source: str
+    #: The lab's VM groups ([[group]]), in lab order.
+    groups: tuple[GroupSpec, ...] = ()
     _by_name: dict[str, VMSpec] = field(init=False, repr=False, compare=False)
     _by_id: dict[uuid.UUID, VMSpec] = field(init=False, repr=False, compare=False)
     _hosts: dict[str, HostSpec] = field(init=False, repr=False, compare=False)
@@ -319,6 +330,7 @@ def parse_lab(text: str, *, source: str = "<lab>") -> Lab:
         hosts=hosts,
         fingerprint=hashlib.sha256(text.encode("utf-8")).hexdigest()[:16],
         source=source,
+        groups=parse_groups(raw.get("group", []), [vm.name for vm in vms], source),
     )
 
 
@@ -336,7 +348,7 @@ def _parse_host(raw: dict[str, Any], source: str) -> HostConfig:
 
 #: The keys each table of a lab file may have (anything else is an error); vmbusops.reference
 #: documents exactly these.
-TOP_KEYS = {"host", "hosts", "vm", "generate"}
+TOP_KEYS = {"host", "hosts", "vm", "generate", "group"}
 HOST_KEYS = {"name", "session_open_ms", "boot_seconds", "password_seed", "crash_on", "garbage_on"}
 FAULT_KEYS = {
     "session_drop_after_records", "corrupt_copies", "hang_on_restart", "connect_fails", "socket_ends_after_records",

@@ -25,6 +25,15 @@ function Get-VM {
     [pscustomobject]@{ Name = $vmName; VMName = $vmName; Id = $vmId; VMId = $vmId; State = 'Running' }
 }
 
+function Get-VMGroup {
+    [CmdletBinding(DefaultParameterSetName = 'Name')]
+    param(
+        [Parameter(Position = 0, ParameterSetName = 'Name')] [string[]] $Name,
+        [Parameter(Position = 0, ParameterSetName = 'Id')] [Nullable[guid]] $Id
+    )
+    Add-StandInCall 'Get-VMGroup' $PSBoundParameters
+}
+
 function Get-VMIntegrationService {
     [CmdletBinding()]
     param([Parameter(Mandatory)] [string[]] $VMName, [string[]] $Name)
@@ -68,5 +77,5 @@ function Stop-VM {
     Add-StandInCall 'Stop-VM' $PSBoundParameters
 }
 
-Export-ModuleMember -Function Get-VM, Get-VMIntegrationService, Enable-VMIntegrationService, Copy-VMFile, Restart-VM,
+Export-ModuleMember -Function Get-VM, Get-VMGroup, Get-VMIntegrationService, Enable-VMIntegrationService, Copy-VMFile, Restart-VM,
     Start-VM, Stop-VM

@@ -42,6 +42,7 @@ try {
         $enums = [ordered]@{
             'Microsoft.HyperV.PowerShell.CopyFileSourceType' = @('Host')
             'Microsoft.HyperV.PowerShell.WaitVMTypes'        = @('Heartbeat', 'IPAddress')
+            'Microsoft.HyperV.PowerShell.GroupType'          = @('VMCollectionType', 'ManagementCollectionType')
         }
         foreach ($name in $enums.Keys) {
             $enum = $module.DefineEnum($name, 'Public', [int])
@@ -174,6 +175,39 @@ function ConvertTo-LabIntegrationComponent {
     $object
 }
 
+function ConvertTo-LabMember {
+    # A group's member VM or group, typed as Hyper-V types it, with Hyper-V's string form: past
+    # the default serialization depth that string is what a remote client receives.
+    param([hashtable] $Member, [string] $TypeName)
+    $short = $TypeName.Split('.')[-1]
+    $object = [pscustomobject][ordered]@{ Name = $Member['Name']; Id = [guid] $Member['Id'] }
+    $object.PSObject.TypeNames.Clear()
+    foreach ($name in $TypeName, 'Microsoft.HyperV.PowerShell.VirtualizationObject', 'System.Object') {
+        $object.PSObject.TypeNames.Add($name)
+    }
+    $text = "$short (Name = '$($Member['Name'])') [Id = '$($Member['Id'])']"
+    $object | Add-Member -MemberType ScriptMethod -Name ToString -Value ([scriptblock]::Create("'" + $text.Replace("'", "''") + "'")) -Force
+    $object
+}
+
+function ConvertTo-LabVMGroup {
+    param([hashtable] $Group)
+    $object = [pscustomobject][ordered]@{
+        Name           = $Group['Name']
+        InstanceId     = [guid] $Group['InstanceId']
+        GroupType      = [Microsoft.HyperV.PowerShell.GroupType] $Group['GroupType']
+        VMMembers      = @(foreach ($m in @($Group['VMMembers'])) { if ($null -ne $m) { ConvertTo-LabMember $m 'Microsoft.HyperV.PowerShell.VirtualMachine' } })
+        VMGroupMembers = @(foreach ($m in @($Group['VMGroupMembers'])) { if ($null -ne $m) { ConvertTo-LabMember $m 'Microsoft.HyperV.PowerShell.VMGroup' } })
+        ComputerName   = $Group['ComputerName']
+        IsDeleted      = $false
+    }
+    $object.PSObject.TypeNames.Clear()
+    foreach ($name in 'Microsoft.HyperV.PowerShell.VMGroup', 'Microsoft.HyperV.PowerShell.VirtualizationObject', 'System.Object') {
+        $object.PSObject.TypeNames.Add($name)
+    }
+    $object
+}
+
 function Get-LabVMByName {
     param([System.Management.Automation.PSCmdlet] $Cmdlet, [string[]] $Name)
     $answer = Invoke-LabControl -Operation 'get-vm' -Request @{ names = @($Name) }
@@ -208,6 +242,33 @@ function Get-VM {
         foreach ($vm in @($answer['objects'])) { if ($null -ne $vm) { ConvertTo-LabVM $vm } }
         Write-LabAnswer -Cmdlet $PSCmdlet -Answer $answer
     }
+}
+
+function Get-VMGroup {
+    # Get-VMGroup's two parameter sets: Name (default) and Id, each with CimSession, ComputerName
+    # and Credential.
+    [CmdletBinding(DefaultParameterSetName = 'Name')]
+    [OutputType('Microsoft.HyperV.PowerShell.VMGroup')]
+    param(
+        [Parameter(ParameterSetName = 'Name', Position = 0)]
+        [ValidateNotNullOrEmpty()]
+        [string[]] $Name,
+
+        [Parameter(ParameterSetName = 'Id', Position = 0)]
+        [Nullable[guid]] $Id,
+
+        [ValidateNotNullOrEmpty()]
+        [Microsoft.Management.Infrastructure.CimSession[]] $CimSession,
+
+        [ValidateNotNullOrEmpty()]
+        [string[]] $ComputerName,
+
+        [pscredential[]] $Credential
+    )
+    $request = if ($PSCmdlet.ParameterSetName -eq 'Id' -and $null -ne $Id) { @{ id = [string] $Id } } else { @{ names = @($Name | Where-Object { $null -ne $_ }) } }
+    $answer = Invoke-LabControl -Operation 'get-vm-group' -Request $request
+    foreach ($g in @($answer['objects'])) { if ($null -ne $g) { ConvertTo-LabVMGroup $g } }
+    Write-LabAnswer -Cmdlet $PSCmdlet -Answer $answer
 }
 
 function Get-VMIntegrationService {
@@ -610,6 +671,6 @@ Set-Item -LiteralPath 'function:script:Invoke-Command' -Value $ExecutionContext.
 Remove-Variable -Name metadata, parameters, untyped, definition
 
 Export-ModuleMember -Function @(
-    'Get-VM', 'Get-VMIntegrationService', 'Enable-VMIntegrationService', 'Disable-VMIntegrationService',
+    'Get-VM', 'Get-VMGroup', 'Get-VMIntegrationService', 'Enable-VMIntegrationService', 'Disable-VMIntegrationService',
     'Copy-VMFile', 'Start-VM', 'Stop-VM', 'Restart-VM', 'Invoke-Command'
 )
