@@ -233,6 +233,7 @@ async def test_duplicate_deliveries_of_every_fact_and_dispatch_change_nothing(
     ctl = fleet.start_controller("ctl1", "--canary", "0")
     job = await start_job(fleet, ctl, VMS, [marker_step(1), marker_step(2)])
     assert (await wait_job(ctl, job))["state"] == "success"
+    await check_once(ctl, job, fleet, steps=2)
     before = await records_of(ctl, job)
     # Every fact of the log again, under new message ids (as after the duplicate window), and
     # every dispatch again on the hosts' work subjects.
