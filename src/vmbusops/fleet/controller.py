@@ -11,7 +11,8 @@ Every controller runs two tasks (:meth:`Controller.run`):
   journal is always the active one's, up to the log's head.
 - **govern**: every ``tick`` seconds read the lease, the hosts and the placement buckets. The
   lease (:class:`.planner.Lease`) says whether this controller is active; a new term starts a new
-  :class:`.planner.Planner`. The active one, once its projection has caught up with the log,
+  :class:`.planner.Planner`. A standby notes the agent boot id each dispatched run is seen under
+  (:func:`.planner.note_boots`), so the term it may take knows which agents restarted. The active one, once its projection has caught up with the log,
   plans (a pure function of the projection, the hosts and the placement), publishes the facts it
   decided on the log, sends what hosts must do on their work subjects, and waits until its own
   projection has applied its facts before it plans again.
