@@ -374,8 +374,12 @@ class HyperVHost:
                 async def watch() -> None:
                     while True:
                         await trio.sleep(OWNER_POLL_SECONDS)
+                        # The host's own death first: a failover moves the VM in the same change.
+                        if self.check_down():
+                            session_scope.cancel()
+                            return
                         now = self.store.runtime(spec)
-                        if now.host != self.identity or now.moves != moves or self.check_down():
+                        if now.host != self.identity or now.moves != moves:
                             session_scope.cancel()
                             return
 
