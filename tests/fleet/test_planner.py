@@ -11,7 +11,7 @@ from tests.fleet.factlog import FactLog, batch, run_change, step_change, whole_r
 from vmbusops.engine.states import State
 from vmbusops.fleet.broker import KvEntry
 from vmbusops.fleet.messages import CancelFact, CancelWork, DispatchFact, DispatchWork, LostFact, SkipFact
-from vmbusops.fleet.planner import Decide, HostView, HostWatch, Lease, Placed, Planner
+from vmbusops.fleet.planner import Decide, HostView, HostWatch, Lease, Placed, Planner, note_boots
 from vmbusops.fleet.projection import Projection
 from vmbusops.fleet.store import FleetJournal
 from vmbusops.owner import current_owner
@@ -244,3 +244,20 @@ def test_lease_is_taken_when_free_renewed_and_taken_over_when_it_stops_moving() 
     assert a.observe(entry("controller", 3, id="b", url="http://b", term=2), 5.0) is None
     assert not a.active(5.0)
     assert not a.written(take, None, 5.0)
+
+
+def test_a_new_term_knows_the_boot_a_standby_saw_and_loses_runs_of_a_restarted_agent(tmp_path: Path) -> None:
+    f = Fleet(tmp_path, canary=0)
+    f.host("hv1", boot="b1")
+    f.place("vm1", "hv1")
+    f.log.job([("vm1", "hv1")])
+    f.step()
+    f.step()
+    # A standby watching: it notes the boot the run was dispatched under.
+    boots: dict[int, tuple[str, str]] = {}
+    note_boots(boots, f.projection.journal.active_jobs(), f.hosts)
+    assert boots == {1: ("hv1", "b1")}
+    # The agent restarts, then the standby takes over: its planner sees the change.
+    f.host("hv1", boot="b2")
+    f.planner = Planner(controller="c2", host_ttl=2.0, boots=boots)
+    assert [type(a).__name__ for a in f.step()] == ["LostFact"]

@@ -11,7 +11,8 @@ Every controller runs two tasks (:meth:`Controller.run`):
   journal is always the active one's, up to the log's head.
 - **govern**: every ``tick`` seconds read the lease, the hosts and the placement buckets. The
   lease (:class:`.planner.Lease`) says whether this controller is active; a new term starts a new
-  :class:`.planner.Planner`. The active one, once its projection has caught up with the log,
+  :class:`.planner.Planner`. A standby notes the agent boot id each dispatched run is seen under
+  (:func:`.planner.note_boots`), so the term it may take knows which agents restarted. The active one, once its projection has caught up with the log,
   plans (a pure function of the projection, the hosts and the placement), publishes the facts it
   decided on the log, sends what hosts must do on their work subjects, and waits until its own
   projection has applied its facts before it plans again.
@@ -42,7 +43,16 @@ from vmbusops.fleet.names import (
     PLACEMENT_BUCKET,
     work_subject,
 )
-from vmbusops.fleet.planner import Decide, HostView, HostWatch, Lease, Placed, Planner, parse_placement
+from vmbusops.fleet.planner import (
+    Decide,
+    HostView,
+    HostWatch,
+    Lease,
+    Placed,
+    Planner,
+    note_boots,
+    parse_placement,
+)
 from vmbusops.fleet.projection import Applied, Projection
 from vmbusops.fleet.store import FleetJournal
 from vmbusops.owner import current_owner
@@ -89,6 +99,8 @@ class Controller:
         self.hosts: dict[str, HostView] = {}
         self.placement: dict[str, Placed] = {}
         self.planner: Planner | None = None
+        #: Run id -> (host, agent boot) it was seen dispatched on, kept in either role.
+        self.boots: dict[int, tuple[str, str]] = {}
         self.applied = journal.last_seq()
         self._progress = trio.Event()
         self._consumers: set[str] = set()
@@ -210,7 +222,7 @@ class Controller:
                 log.info("controller active", extra={"event": "active", "id": self.options.id, "term": write.term})
                 self.planner = Planner(
                     controller=self.options.id, canary=self.options.canary, host_ttl=self.options.host_ttl,
-                    placement_timeout=self.options.placement_timeout, term=write.term,
+                    placement_timeout=self.options.placement_timeout, term=write.term, boots=self.boots,
                 )  # fmt: skip
         self.hosts = self.watch.update(await broker.kv_entries(HOSTS_BUCKET), trio.current_time())
         self.placement = parse_placement(await broker.kv_entries(PLACEMENT_BUCKET))
@@ -220,6 +232,8 @@ class Controller:
             if planner is not None:
                 log.info("controller standby", extra={"event": "standby", "id": self.options.id})
                 self.planner = None
+            jobs = await trio.to_thread.run_sync(self.journal.active_jobs)
+            note_boots(self.boots, jobs, self.hosts)
             return
         for host in self.hosts:
             if host not in self._consumers:

@@ -173,8 +173,9 @@ class Planner:
     term: int = 0
     #: Work message ids sent in this term.
     sent: set[str] = field(default_factory=set)
-    #: Run id -> (host, boot) it was seen dispatched on.
-    _boots: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: Run id -> (host, agent boot id) it was seen dispatched on; shared with the controller,
+    #: which keeps it current on standby too (:func:`note_boots`), so a new term knows them.
+    boots: dict[int, tuple[str, str]] = field(default_factory=dict)
     #: Run id -> (host, boot, when) it was judged lost.
     _lost: dict[int, tuple[str, str | None, float]] = field(default_factory=dict)
     #: Run id -> since when its VM has been placed on no live host.
@@ -277,17 +278,17 @@ class Planner:
         wall: float,
     ) -> list[Action]:
         host = hosts.get(run.host)
-        boot = self._boots.get(run.run_id)
+        boot = self.boots.get(run.run_id)
         if host is not None and host.alive and (boot is None or boot[0] != run.host):
-            self._boots[run.run_id] = (run.host, host.boot)
-            boot = self._boots[run.run_id]
+            self.boots[run.run_id] = (run.host, host.boot)
+            boot = self.boots[run.run_id]
         if host is None or not host.alive or (boot is not None and boot[1] != host.boot):
             why = (
                 f"host {run.host} lost its lease" if host is None or not host.alive
                 else f"the agent of host {run.host} restarted"
             )  # fmt: skip
             self._lost[run.run_id] = (run.host, boot[1] if boot is not None else None, now)
-            self._boots.pop(run.run_id, None)
+            self.boots.pop(run.run_id, None)
             return [Decide(LostFact(job=job.job_id, run=run.run_id, epoch=run.epoch, reason=why, time=wall))]
         out: list[Action] = []
         if not run.started and run.run_id in starts:
@@ -345,9 +346,26 @@ class Planner:
         return placed if host is not None and host.alive else None
 
     def _forget(self, run_id: int) -> None:
-        self._boots.pop(run_id, None)
+        self.boots.pop(run_id, None)
         self._lost.pop(run_id, None)
         self._unplaced.pop(run_id, None)
+
+
+def note_boots(boots: dict[int, tuple[str, str]], jobs: Sequence[FleetJob], hosts: Mapping[str, HostView]) -> None:
+    """What a standby keeps for the term it may take: the agent boot id each dispatched run was
+    first seen under (an agent that restarts does not resume its runs: they are lost)."""
+    active = set()
+    for job in jobs:
+        for run in job.runs:
+            if not run.dispatched or run.state.terminal:
+                continue
+            active.add(run.run_id)
+            host = hosts.get(run.host)
+            known = boots.get(run.run_id)
+            if host is not None and host.alive and (known is None or known[0] != run.host):
+                boots[run.run_id] = (run.host, host.boot)
+    for run_id in set(boots) - active:
+        del boots[run_id]
 
 
 # ---------------------------------------------------------------------- the lease
@@ -431,5 +449,5 @@ class Lease:
 
 __all__ = [
     "CANARY_FAILED", "NOT_PLACED", "Action", "Decide", "HostView", "HostWatch", "Lease", "LeaseWrite", "Placed",
-    "Planner", "Send", "parse_placement",
+    "Planner", "Send", "note_boots", "parse_placement",
 ]  # fmt: skip
