@@ -176,3 +176,22 @@ async def test_an_unreachable_server_is_a_broker_error(nats_server: NatsServer) 
     with pytest.raises(BrokerError, match="connect to"):
         async with open_broker(url, request_timeout=1.0):
             pass
+
+
+async def test_work_waits_across_a_killed_and_restarted_server(
+    nats_server: NatsServer, broker: NatsBroker
+) -> None:
+    await broker.ensure_work_consumer("HV-A")
+    await broker.publish(names.work_subject("HV-A"), b"dispatch 1", msg_id="dispatch-1")
+    await trio.to_thread.run_sync(lambda: nats_server.restart(hard=True))
+    async with open_broker(nats_server.url, host="HV-A", name="agent") as agent:
+        work = await agent.fetch_work("HV-A", batch=5, timeout=10)
+        assert [d.data for d in work] == [b"dispatch 1"]
+        await agent.ack(work[0])
+    # the controller's connection came back by itself
+    while True:
+        try:
+            assert (await broker.publish(names.CTL_SUBJECT, b"after", msg_id="after")).seq == 1
+            break
+        except BrokerError:
+            await trio.sleep(0.1)

@@ -89,8 +89,9 @@ class Broker(Protocol):
     async def kv_delete(self, bucket: str, key: str) -> None: ...
 
     # work (durable pull consumers on the work stream) --------------------
-    async def ensure_work_consumer(self, host: str) -> None:
-        """The host's durable pull consumer on its work subject (controller creates it)."""
+    async def ensure_work_consumer(self, host: str, *, ack_wait: float = 30.0) -> None:
+        """The host's durable pull consumer on its work subject (controller creates it); a
+        message not acked within ``ack_wait`` seconds is delivered again."""
 
     async def delete_work_consumer(self, host: str) -> None: ...
 

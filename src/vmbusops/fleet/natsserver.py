@@ -112,7 +112,10 @@ def render_conf(value: Any, indent: int = 0) -> str:
         ]
         return "{\n" + "\n".join(lines) + f"\n{pad}}}"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(render_conf(v, indent + 1) for v in value) + "]"
+        items = [render_conf(v, indent + 1) for v in value]
+        if sum(len(i) + 2 for i in items) < 60 and not any("\n" in i for i in items):
+            return "[" + ", ".join(items) + "]"
+        return "[\n" + "\n".join(f"{pad}  {i}" for i in items) + f"\n{pad}]"
     raise TypeError(f"cannot write {type(value).__name__} in a nats-server configuration")
 
 
@@ -190,7 +193,12 @@ class NatsServer:
         binary: str | None = None,
         port: int | None = None,
         ready_timeout: float = 20.0,
+        config_text: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """``config_text``: a configuration of the caller's (listening on 127.0.0.1:``port``)
+        instead of the one made of ``users``, ``permissions`` and ``tls``; ``env``: variables
+        added to the server's environment (what ``$NAME`` in a configuration reads)."""
         found = binary or find_nats_server()
         if found is None:
             raise NatsServerError("nats-server is not installed (Debian package nats-server)")
@@ -204,7 +212,12 @@ class NatsServer:
         self.users = dict(users or {})
         self.tls = tls
         self.ready_timeout = ready_timeout
+        self._env = {**os.environ, **(env or {})}
         self._proc: subprocess.Popen[bytes] | None = None
+        if config_text is not None:
+            self.config_path.write_text(config_text, encoding="utf-8")
+            os.chmod(self.config_path, 0o600)
+            return
         conf = server_config(
             listen=f"127.0.0.1:{self.port}",
             store_dir=self.store_dir,
@@ -239,6 +252,7 @@ class NatsServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                env=self._env,
             )
         deadline = time.monotonic() + self.ready_timeout
         while True:
