@@ -1,0 +1,53 @@
+"""Every run of a job gets its signed receipt when it ends, whatever the end: success, failure,
+cancellation. Written by the engine's hook (with the VM's Hyper-V id), not made later on demand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+from tests.builders import PASSWORD, VM, manifest, script, write_lab
+from tests.engine.conftest import harness_for, source
+
+from vmbusops.engine import Journal, State
+from vmbusops.receipts import find_run, host_key, receipt_hook, transcript_chunks, verify_receipt
+
+LOOP = '1..200 | ForEach-Object { Write-Output "tick $_"; Start-Sleep -Milliseconds 50 }'
+
+
+async def test_receipts_are_written_for_succeeded_failed_and_cancelled_runs(tmp_path: Path) -> None:
+    lab = write_lab(tmp_path, [VM("web01"), VM("web02"), VM("off01", state="Off")])
+    key = host_key(tmp_path / "host.key")
+    async with harness_for(lab, tmp_path / "j.sqlite") as h:
+        h.engine.after_run = receipt_hook(h.journal, key=key)
+        done = await h.engine.run_job(source(manifest(["web02"], [script("hello", "'hello'")])))
+        h.events.clear()
+        with trio.fail_after(15):
+            async with trio.open_nursery() as nursery:
+                ids: list[int] = []
+
+                async def run() -> None:
+                    await h.engine.run_job(source(manifest(["web01", "off01"], [script("loop", LOOP)])), on_created=ids.append)
+
+                nursery.start_soon(run)
+                while not any(getattr(e, "record", None) is not None for e in h.events):  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+                Journal(tmp_path / "j.sqlite").request_cancel(ids[0])
+    journal = h.journal
+    outcomes = {}
+    for job_id in (done.job_id, ids[0]):
+        for run in find_run(journal, job_id, None):
+            stored = journal.receipt(run.id)
+            assert stored is not None, f"no receipt for {run.vm}"  # written by the hook, at the run's end
+            transcript = b"".join(transcript_chunks(journal, run))
+            payload = verify_receipt(stored.encode(), key.public_key(), transcript).payload
+            assert PASSWORD not in stored
+            assert payload["vm"]["id"]  # the hook asked the host
+            assert payload["outcome"] == run.state.value and payload["run"] == run.id
+            assert payload["transcript"]["records"] == run.records
+            outcomes[run.vm] = (payload["outcome"], payload["code"], [s["result"] for s in payload["steps"]])
+    assert outcomes == {
+        "web02": (State.SUCCESS.value, None, ["success"]),
+        "web01": (State.CANCELLED.value, "Cancelled", ["cancelled"]),
+        "off01": (State.FAILED.value, "VMNotRunning", ["failed"]),
+    }
