@@ -11,7 +11,7 @@ code   meaning
 3      host or transport failure: the PowerShell host (or an agent) could not be reached, or a
        store under $VMBUSOPS_HOME (the journal, the replay store) cannot be written, e.g. the
        disk is full
-4      a bundle was rejected: nothing from it ran
+4      a bundle was rejected: nothing from it ran (also: ``receipt verify`` refused a receipt)
 130    interrupted (Ctrl-C); guest pipelines were stopped first
 141    the reader of the output went away (``| head``), as for a command killed by SIGPIPE
 =====  =====================================================================
