@@ -74,6 +74,8 @@ from vmbusops.times import iso_time, iso_time_or_none
 PAYLOAD_TYPE: Final = "application/vnd.vmbusops.receipt+json; version=1"
 RECEIPT_VERSION: Final = 1
 MAX_RECEIPT_BYTES: Final = 1 << 20
+#: How long a run's end waits for the host to name the VM's Hyper-V id for its receipt.
+VM_ID_TIMEOUT: Final = 10.0
 
 log = logging.getLogger("vmbusops.receipts")
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -256,10 +258,10 @@ def receipt_hook(journal: Journal, *, key: PrivateKey | None = None) -> Callable
 
     async def after_run(host: Any, job_id: int, run_id: int, vm: str) -> None:
         vm_id: str | None = None
-        with trio.move_on_after(10):
+        with trio.move_on_after(VM_ID_TIMEOUT):
             try:
                 vm_id = next((v.id or None for v in await host.list_vms() if v.name.casefold() == vm.casefold()), None)
-            except VmbusOpsError:
+            except Exception:  # the id is a nicety: no way of failing to get it may touch the run
                 vm_id = None
 
         def write() -> None:

@@ -4,6 +4,7 @@ against the host key), another tenant gets the answer a missing job gets."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -45,6 +46,16 @@ async def test_the_jobs_tenant_gets_receipt_and_transcript_and_no_one_else_does(
             assert denied.status_code == 404 and denied.json()["detail"] == f"no job {job} visible to you"
     async with agent.client(None) as anonymous:
         assert (await anonymous.get(f"/v1/jobs/{job}/runs/a-web01/receipt")).status_code == 401
+    # A receipt lost (the agent stopped between the run's end and its receipt) is made when asked for.
+    db = sqlite3.connect(agent.home / "journal" / "journal.sqlite")
+    with db:
+        db.execute("DELETE FROM receipts")
+    db.close()
+    async with agent.client("tenant_a") as a:
+        again = await a.get(f"/v1/jobs/{job}/runs/a-web01/receipt")
+    assert again.status_code == 200, again.text
+    remade = verify_receipt(again.content, host.public_key(), transcript.content).payload
+    assert remade["vm"] == {"name": "a-web01", "id": None} and remade["steps"] == got.payload["steps"]
 
 
 def cli(*args: str, home: Path, token: str) -> subprocess.CompletedProcess[str]:

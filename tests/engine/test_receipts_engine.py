@@ -3,6 +3,7 @@ cancellation. Written by the engine's hook (with the VM's Hyper-V id), not made 
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import trio
@@ -51,3 +52,17 @@ async def test_receipts_are_written_for_succeeded_failed_and_cancelled_runs(tmp_
         "web01": (State.CANCELLED.value, "Cancelled", ["cancelled"]),
         "off01": (State.FAILED.value, "VMNotRunning", ["failed"]),
     }
+
+
+def test_a_journal_from_before_receipts_gains_the_table_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE receipts")  # as a journal written before receipts existed
+    db.commit()
+    db.close()
+    journal = Journal(path)
+    assert journal.receipt(1) is None
+    assert journal.store_receipt(1, 1, "first", 0.0) == "first"
+    assert journal.store_receipt(1, 1, "second", 0.0) == "first"  # written once: the first stays
+    journal.close()
