@@ -14,7 +14,8 @@ envelope (:mod:`vmbusops.bundle.dsse`) of type :data:`PAYLOAD_TYPE`, signed by t
 payload is a JSON object (:func:`receipt_payload`):
 
 * ``receipt`` (1), ``issued_at``;
-* ``host``: the host the job ran on (its name in the journal) and the host key's id;
+* ``host``: the Hyper-V host the job ran on (its name in the journal: ``local``, ``sim`` or a
+  remote host's), the machine that ran the engine (its network name) and the host key's id;
 * ``bundle``: name, version, id, ``digest`` (``{"sha256": ...}`` of the signed envelope the job was
   accepted with, byte for byte as the journal keeps it; null for a job made without one) and
   ``signers``: the key ids of the signatures that envelope carries (acceptance verified every one
@@ -55,6 +56,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -187,7 +189,7 @@ def receipt_payload(journal: Journal, run: RunView, *, host_keyid: str, vm_id: s
     return {
         "receipt": RECEIPT_VERSION,
         "issued_at": iso_time(time.time()),
-        "host": {"name": job.host, "key_id": host_keyid},
+        "host": {"name": job.host, "machine": platform.node(), "key_id": host_keyid},
         "bundle": {
             "name": job.bundle_name,
             "version": job.bundle_version,
