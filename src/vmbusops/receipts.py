@@ -33,8 +33,8 @@ credential: nothing in a receipt can carry a secret.
 
 The *transcript* of a run is defined as: the run's records in ``seq`` order, each as the JSON
 object ``vmbusops logs --json`` prints for it and the API sends (``{"vm", "event", "stream",
-"seq", "time", "step", ...the stored content}``, spliced from the stored JSON text exactly as
-:class:`vmbusops.api.follow.RecordText` does), each followed by one ``"\\n"``, encoded as UTF-8.
+"seq", "time", "step", ...the stored content}``, spliced from the stored JSON text by
+:func:`vmbusops.engine.journal_rows.spliced_record`), each followed by one ``"\\n"``, in UTF-8.
 ``vmbusops receipt transcript JOB --vm VM`` and ``GET /v1/jobs/{id}/runs/{vm}/transcript`` give
 exactly those bytes; its SHA-256 is the receipt's ``transcript.sha256``.
 
@@ -69,6 +69,7 @@ from vmbusops.bundle.crypto import PrivateKey, PublicKey
 from vmbusops.bundle.dsse import Envelope, Signature, pae, parse_envelope, strict_json
 from vmbusops.bundle.errors import EnvelopeError, KeyFileError
 from vmbusops.engine.journal import READ_PAGE, Journal, RunView, StepView
+from vmbusops.engine.journal_rows import spliced_record
 from vmbusops.errors import BundleError, ConfigError, JobStateError, NoSuchJobError, VmbusOpsError
 from vmbusops.home import home_path, private_dir
 from vmbusops.times import iso_time, iso_time_or_none
@@ -118,24 +119,21 @@ def host_key(path: Path | None = None) -> PrivateKey:
 
 
 # ---------------------------------------------------------------- the transcript
-def _line(vm_json: str, row: tuple[Any, ...]) -> str:
-    """One stored record as ``logs --json`` prints it (the splice of api.follow.RecordText)."""
-    stream = row[6]
-    rest = row[8][len(stream) + 12 :]  # what follows '{"stream":"<stream>"'
-    return (
-        f'{{"vm":{vm_json},"event":"record","stream":"{stream}","seq":{row[3]},'
-        f'"time":"{iso_time(row[7])}","step":{_dumps(row[4])}{rest}'
-    )
-
-
 def transcript_chunks(journal: Journal, run: RunView) -> Iterator[bytes]:
     """The run's transcript (see the module doc), a page of records at a time."""
     vm_json = _dumps(run.vm)
+    steps: dict[str | None, str] = {}
     after = 0
     while True:
         rows = journal.stored_records(run.job_id, run_id=run.id, after=after, limit=READ_PAGE)
+        lines: list[str] = []
+        for r in rows:
+            step = steps.get(r[4])
+            if step is None:
+                step = steps[r[4]] = _dumps(r[4])
+            lines.append(spliced_record(vm_json, step, r) + "\n")
         if rows:
-            yield "".join(_line(vm_json, r) + "\n" for r in rows).encode("utf-8")
+            yield "".join(lines).encode("utf-8")
             after = rows[-1][1]
         if len(rows) < READ_PAGE:
             return
