@@ -114,7 +114,7 @@ def _print_receipt(p: dict[str, Any]) -> None:
         ("bundle sha256", digest),
         ("signers", ", ".join(k[:16] for k in bundle["signers"]) or "-"),
         ("transcript", f"{p['transcript']['records']} records, sha256 {p['transcript']['sha256']}"),
-        ("host", f"{p['host']['name']}, issued {p['issued_at']}"),
+        ("host", f"{p['host']['name']} on {p['host'].get('machine') or '?'}, issued {p['issued_at']}"),
     ]
     for name, value in rows:
         out.print(f"{name:<19} {escape(str(value))}")
