@@ -3,6 +3,7 @@ against the host key), another tenant gets the answer a missing job gets."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -86,9 +87,15 @@ async def test_receipt_export_and_transcript_through_the_agent_verify_on_the_ten
         checked = cli("receipt", "verify", str(r_file), "--host-key", str(pub), "--transcript", str(t_file),
                       home=home, token=token)  # fmt: skip
         denied = cli("receipt", "export", str(job), *remote, home=home, token=agent.tokens["tenant_b"])
-        return [receipt, transcript, checked, denied]
+        shown = cli("receipt", "show", str(job), "--agent", agent.url, "--host-key", str(pub), "--json",
+                    home=home, token=token)  # fmt: skip
+        keyless = cli("receipt", "show", str(job), "--agent", agent.url, home=home, token=token)
+        return [receipt, transcript, checked, denied, shown, keyless]
 
-    receipt, transcript, checked, denied = await trio.to_thread.run_sync(tenant_side)
+    receipt, transcript, checked, denied, shown, keyless = await trio.to_thread.run_sync(tenant_side)
+    assert shown.returncode == 0, shown.stderr
+    assert [json.loads(line)["vm"]["name"] for line in shown.stdout.splitlines()] == ["a-web02"]
+    assert keyless.returncode == 2 and "--agent needs --host-key" in keyless.stderr
     assert receipt.returncode == 0 and transcript.returncode == 0, receipt.stderr + transcript.stderr
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.startswith(f"receipt verified: job {job} on a-web02 (success)")

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 
@@ -79,13 +80,30 @@ def _fetch(agent: AgentClient, path: str) -> bytes:
 @click.argument("job_id", type=JOB_ID)
 @click.option("--vm", default=None, metavar="NAME", help="Only this VM's run (default: every finished run).")
 @click.option("--json", "as_json", is_flag=True, help="Each receipt's signed payload as one JSON line.")
-def show_cmd(job_id: int, vm: str | None, as_json: bool) -> None:
-    """The job's receipts, each checked against this host's key, decoded. A finished run whose
-    receipt is missing (the process stopped before writing it) gets it now."""
+@click.option(
+    "--host-key", "host_key_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+    help="Check against this published host key (default: this host's own; needed with --agent).",
+)  # fmt: skip
+@agent_read_option("the local journal")
+def show_cmd(
+    job_id: int, vm: str | None, as_json: bool, host_key_file: Path | None, agent_url: str | None,
+    token_file: Path | None,
+) -> None:  # fmt: skip
+    """The job's receipts, each checked against the host's key, decoded. Locally, a finished run
+    whose receipt is missing (the process stopped before writing it) gets it now."""
+    from vmbusops.bundle.keys import load_public_key
     from vmbusops.receipts import host_key, verify_receipt
 
-    public = host_key().public_key()
-    found = _local_receipts(job_id, vm)
+    if agent_url is not None and host_key_file is None:
+        raise ConfigError(
+            "--agent needs --host-key: a receipt from an agent is checked against the key its provider published",
+            hint="the provider prints it with: vmbusops receipt host-key",
+        )
+    public = load_public_key(host_key_file) if host_key_file is not None else host_key().public_key()
+    if agent_url is not None:
+        found = _remote_receipts(resolve_agent(agent_url, token_file), job_id, vm)
+    else:
+        found = _local_receipts(job_id, vm)
     if not found:
         raise ConfigError(f"job {job_id} has no finished run yet", hint=f"see it with: vmbusops jobs show {job_id}")
     for data in found:
@@ -94,6 +112,18 @@ def show_cmd(job_id: int, vm: str | None, as_json: bool) -> None:
             click.echo(json.dumps(payload, separators=(",", ":"), ensure_ascii=False))
         else:
             _print_receipt(payload)
+
+
+def _remote_receipts(agent: AgentClient, job_id: int, vm: str | None) -> list[bytes]:
+    """The receipts of the job's finished runs (or one VM's), from the agent's API."""
+    from vmbusops.engine.states import State
+
+    if vm is not None:
+        return [_fetch(agent, f"/v1/jobs/{job_id}/runs/{quote(vm, safe='')}/receipt")]
+    runs = json.loads(_fetch(agent, f"/v1/jobs/{job_id}/runs"))["runs"]
+    return [
+        _fetch(agent, f"/v1/jobs/{job_id}/runs/{quote(r['vm'], safe='')}/receipt") for r in runs if State(r["state"]).terminal
+    ]
 
 
 def _print_receipt(p: dict[str, Any]) -> None:
@@ -135,7 +165,7 @@ def _print_receipt(p: dict[str, Any]) -> None:
 def export_cmd(job_id: int, vm: str, agent_url: str | None, token_file: Path | None) -> None:
     """Write the run's signed receipt (its DSSE envelope, JSON) to stdout, for the tenant."""
     if agent_url is not None:
-        data = _fetch(resolve_agent(agent_url, token_file), f"/v1/jobs/{job_id}/runs/{vm}/receipt")
+        data = _fetch(resolve_agent(agent_url, token_file), f"/v1/jobs/{job_id}/runs/{quote(vm, safe='')}/receipt")
     else:
         data = _local_receipts(job_id, vm)[0]
     sys.stdout.buffer.write(data)
@@ -151,7 +181,7 @@ def transcript_cmd(job_id: int, vm: str, agent_url: str | None, token_file: Path
     --json` prints, the bytes whose SHA-256 its receipt signs."""
     out = sys.stdout.buffer
     if agent_url is not None:
-        out.write(_fetch(resolve_agent(agent_url, token_file), f"/v1/jobs/{job_id}/runs/{vm}/transcript"))
+        out.write(_fetch(resolve_agent(agent_url, token_file), f"/v1/jobs/{job_id}/runs/{quote(vm, safe='')}/transcript"))
         out.flush()
         return
     from vmbusops.receipts import find_run, transcript_of
