@@ -6,12 +6,23 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 import trio
 from tests.builders import PASSWORD, VM, manifest, script, write_lab
 from tests.engine.conftest import harness_for, source
+from tests.engine.test_journal_pages import new_job, row
 
 from vmbusops.engine import Journal, State
-from vmbusops.receipts import find_run, host_key, receipt_hook, transcript_chunks, verify_receipt
+from vmbusops.errors import JobStateError
+from vmbusops.receipts import (
+    find_run,
+    host_key,
+    receipt_hook,
+    transcript_chunks,
+    transcript_of,
+    verify_receipt,
+    write_receipt,
+)  # fmt: skip
 
 LOOP = '1..200 | ForEach-Object { Write-Output "tick $_"; Start-Sleep -Milliseconds 50 }'
 
@@ -65,4 +76,28 @@ def test_a_journal_from_before_receipts_gains_the_table_when_opened(tmp_path: Pa
     assert journal.receipt(1) is None
     assert journal.store_receipt(1, 1, "first", 0.0) == "first"
     assert journal.store_receipt(1, 1, "second", 0.0) == "first"  # written once: the first stays
+    journal.close()
+
+
+def test_retention_keeps_receipts_with_their_job_and_a_removed_transcript_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    job, runs = new_job(journal, ["web01", "web02"])
+    journal.apply([row(job, runs["web01"], 1), row(job, runs["web02"], 1)], [])
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("UPDATE jobs SET state = 'success', finished_at = 1 WHERE id = ?", (job,))
+        db.execute("UPDATE runs SET state = 'success', finished_at = 1 WHERE job_id = ?", (job,))
+    db.close()
+    key = host_key(tmp_path / "host.key")
+    [web01], [web02] = find_run(journal, job, "web01"), find_run(journal, job, "web02")
+    kept = write_receipt(journal, web01, key)
+    journal.forget_records(job)
+    assert write_receipt(journal, web01, key) == kept  # the receipt outlives the records it digests
+    with pytest.raises(JobStateError, match="pruned before its receipt"):
+        write_receipt(journal, web02, key)
+    with pytest.raises(JobStateError, match="removed by retention"):
+        list(transcript_of(journal, web01))
+    journal.delete_job(job)
+    assert journal.receipt(web01.id) is None  # and goes with the job
     journal.close()
