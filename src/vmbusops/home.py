@@ -1,8 +1,8 @@
 """Where vmbusops keeps its state: one directory, ``VMBUSOPS_HOME``.
 
-Configuration, the credential store, the simulator's state, the journal and the trust policy
-all live below it, so that users and tests can run isolated instances side by side by pointing
-``VMBUSOPS_HOME`` somewhere else. Without it, the platform's usual per-user data directory.
+Configuration, the credential store, the simulator's state, the journal, the trust policy and the
+host's receipt-signing key (:mod:`vmbusops.receipts`) all live below it, so that users and tests
+can run isolated instances side by side by pointing ``VMBUSOPS_HOME`` somewhere else. Without it, the platform's usual per-user data directory.
 
 Everything below it is owner-only: folders 0700, files 0600, whatever the umask. Folders are
 made with :func:`private_dir` (``Path.mkdir(parents=True)`` gives the parents it makes the

@@ -29,6 +29,8 @@ def routes(job_id: int) -> list[tuple[str, str, dict[str, Any]]]:
         ("GET", f"{j}/records?after=not-a-cursor", {}),
         ("GET", f"{j}/events", {}),
         ("GET", f"{j}/events", {"headers": {"Last-Event-ID": "3"}}),
+        ("GET", f"{j}/runs/{VM_OF_A}/receipt", {}),
+        ("GET", f"{j}/runs/{VM_OF_A}/transcript", {}),
         ("POST", f"{j}/cancel", {}),
         ("POST", f"{j}/cancel", {"json": {"vm": VM_OF_A}}),
         ("POST", f"{j}/runs/{VM_OF_A}/cancel", {}),

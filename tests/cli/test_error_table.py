@@ -206,6 +206,17 @@ CASES = [
     case("lab-fail-unknown-host", "lab", "fail-host", "HV-X", code=USAGE, says="'HV-X' is not a host of the lab"),
     case("lab-bad-lab", "lab", "status", env={LAB: "{tmp}/bad.toml"}, code=USAGE, says="is not valid TOML"),
     case("sim-host-not-in-lab", "vms", "--host", "sim:HV-X", code=USAGE, says="has no host named 'HV-X'"),
+    # receipts
+    case("receipt-no-journal", "receipt", "show", "1", code=USAGE, says="there is no journal here yet"),
+    case("receipt-no-such-job", "receipt", "show", "7", job=True, code=USAGE, says="no job 7"),
+    case("receipt-no-such-run", "receipt", "export", "1", "--vm", "nosuch", job=True, code=USAGE,
+         says="job 1 has no run on nosuch"),
+    case("receipt-verify-missing", "receipt", "verify", "{tmp}/nosuch.json", "--host-key", "{tmp}/motd.txt",
+         code=USAGE, says="is not a PEM public key"),
+    case("receipt-verify-not-a-receipt", "receipt", "verify", "{tmp}/garbage.vmb", "--host-key", "{tmp}/host.pub",
+         code=BUNDLE, says="the receipt is not valid JSON"),
+    case("receipt-agent-down", "receipt", "transcript", "1", "--vm", "web01", "--agent", DEAD_AGENT, code=HOST,
+         says="cannot reach the agent"),
 ]  # fmt: skip
 
 
@@ -229,6 +240,7 @@ def scene(tmp_path: Path, make_lab: Callable[..., Any], monkeypatch: pytest.Monk
     (tmp_path / "afile").write_text("")
     (tmp_path / "motd.txt").write_text("hello\n")
     (tmp_path / "garbage.vmb").write_bytes(b"\x00not a bundle" * 8)
+    (tmp_path / "host.pub").write_bytes(PrivateKey.generate().public_key().to_pem())
     (tmp_path / "badconfig").mkdir()
     (tmp_path / "badconfig" / "config.toml").write_text("[host\n")
     key = PrivateKey.generate()

@@ -187,6 +187,9 @@ def test_after_scripts_demo_the_line_it_prints_puts_vmbusops_on_path(tmp_path: P
     env["TMPDIR"] = str(tmp_path)
     demo = run([str(root / "scripts" / "demo")], root, env)
     assert demo.returncode == 0, demo.stderr[-2000:]
+    # The tour ends by checking each run's signed receipt as a tenant would.
+    verified = [line.split("(")[0].strip() for line in demo.stdout.splitlines() if "receipt verified:" in line]
+    assert verified == [f"receipt verified: {vm}" for vm in ("web01", "web02", "db01")], demo.stdout[-2000:]
     [hint] = [line for line in demo.stderr.splitlines() if line.startswith("==> vmbusops is ")]
     export = hint.split(": ", 1)[1].split(", or run ")[0]
     assert export == f'export PATH="{venv_bin}:$PATH"'

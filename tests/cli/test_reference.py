@@ -124,7 +124,7 @@ def test_bash_completion_completes_commands_and_choices_in_a_real_bash(tmp_path:
     checkout_command(bin_dir)
     script = textwrap.dedent("""\
         eval "$(_VMBUSOPS_COMPLETE=bash_source vmbusops)"
-        COMP_WORDS=(vmbusops re); COMP_CWORD=1; _vmbusops_completion vmbusops; echo "1:${COMPREPLY[*]}"
+        COMP_WORDS=(vmbusops ref); COMP_CWORD=1; _vmbusops_completion vmbusops; echo "1:${COMPREPLY[*]}"
         COMPREPLY=(); COMP_WORDS=(vmbusops logs 1 --stream ve); COMP_CWORD=4; _vmbusops_completion vmbusops; echo "2:${COMPREPLY[*]}"
         """)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path)}

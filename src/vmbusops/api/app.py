@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from vmbusops import __version__
+from vmbusops import __version__, receipts
 from vmbusops.api.auth import Operation, Principal, Refusal
 from vmbusops.api.console import SecurityHeaders, console_routes
 from vmbusops.api.cursor import CursorError, parse_cursor
@@ -36,7 +36,7 @@ from vmbusops.api.tls import peer_certificate
 from vmbusops.engine import JobSource
 from vmbusops.engine.journal import Journal, RunView
 from vmbusops.engine.views import job_json, run_json, vm_run_json
-from vmbusops.errors import HostDownError, VmbusOpsError
+from vmbusops.errors import HostDownError, JobStateError, VmbusOpsError
 from vmbusops.records import Stream
 
 T = TypeVar("T")
@@ -302,6 +302,20 @@ def build_app(service: AgentService) -> Starlette:
         run = run_named(runs, request.path_params["vm"], job.id)
         return JSONResponse({"run": run_json(run, await service.read(lambda j: j.steps(run.id)))})
 
+    async def run_receipt(request: Request) -> Response:
+        """The run's signed receipt (:mod:`vmbusops.receipts`), or its transcript's bytes."""
+        who = authenticate(request, Operation.READ)
+        job, runs = await visible(request, who)
+        run = run_named(runs, request.path_params["vm"], job.id)
+        try:
+            if request.url.path.endswith("/transcript"):
+                body = await service.read(lambda j: b"".join(receipts.transcript_of(j, run)))
+                return Response(body, media_type="application/x-ndjson")
+            body = await service.read(lambda j: receipts.write_receipt(j, run, receipts.host_key()))
+        except JobStateError as exc:
+            raise ApiProblem(409, "not-finished", "No receipt yet", exc.message) from None
+        return Response(body, media_type="application/json")
+
     async def cancel(request: Request) -> Response:
         who = authenticate(request, Operation.CANCEL)
         vm: str | None = request.path_params.get("vm")
@@ -409,6 +423,8 @@ def build_app(service: AgentService) -> Starlette:
         Route("/v1/jobs/{job_id:int}/runs/{vm}", get_run, methods=["GET"]),
         Route("/v1/jobs/{job_id:int}/cancel", cancel, methods=["POST"]),
         Route("/v1/jobs/{job_id:int}/runs/{vm}/cancel", cancel, methods=["POST"]),
+        Route("/v1/jobs/{job_id:int}/runs/{vm}/receipt", run_receipt, methods=["GET"]),
+        Route("/v1/jobs/{job_id:int}/runs/{vm}/transcript", run_receipt, methods=["GET"]),
         Route("/v1/jobs/{job_id:int}/records", records, methods=["GET"]),
         Route("/v1/jobs/{job_id:int}/events", events, methods=["GET"]),
         Route("/v1/vms/{vm}/runs", vm_runs, methods=["GET"]),

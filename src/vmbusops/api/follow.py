@@ -40,7 +40,7 @@ from vmbusops.api.broadcast import JobEnded, RecordsCommitted
 from vmbusops.api.service import AgentService
 from vmbusops.engine import RunChanged
 from vmbusops.engine.journal import JobView, Journal, RunView, StoredRecord
-from vmbusops.times import iso_time
+from vmbusops.engine.journal_rows import spliced_record
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -69,14 +69,9 @@ def changed_data(event: RunChanged) -> dict[str, Any]:
 
 
 class RecordText:
-    """A stored record's JSON as the API gives it: ``{"vm", "event", "stream", "seq", "time",
-    "step", ...content}``, the object ``vmbusops logs --json`` prints (``cli.record_lines``).
-
-    Spliced from the stored content's JSON text (an object, ``{"stream":"<stream>"`` first, the
-    stream also in its own column), so a record costs one string format, not a decode and an
-    encode. The VM and step names are encoded once each; the stored epoch time is written as ISO
-    8601 UTC (:func:`vmbusops.times.iso_time`).
-    """
+    """A stored record's JSON as the API gives it (:func:`~vmbusops.engine.journal_rows.spliced_record`),
+    the object ``vmbusops logs --json`` prints (``cli.record_lines``), with the VM and step names
+    encoded once each."""
 
     def __init__(self, runs: Iterable[RunView]) -> None:
         self._vm = {r.id: _dumps(r.vm) for r in runs}
@@ -86,12 +81,7 @@ class RecordText:
         step = self._step.get(row[4])
         if step is None:
             step = self._step[row[4]] = _dumps(row[4])
-        stream = row[6]
-        rest = row[8][len(stream) + 12 :]  # what follows '{"stream":"<stream>"': ',...}' or '}'
-        return (
-            f'{{"vm":{self._vm.get(row[2], "null")},"event":"record","stream":"{stream}","seq":{row[3]},'
-            f'"time":"{iso_time(row[7])}","step":{step}{rest}'
-        )
+        return spliced_record(self._vm.get(row[2], "null"), step, row)
 
     def event(self, row: StoredRecord) -> str:
         return f"id: {row[1]}\nevent: record\ndata: {self(row)}\n\n"

@@ -22,6 +22,22 @@ def _job_path_params(*extra: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+#: A receipt's DSSE envelope (see vmbusops.receipts for the signed payload's fields).
+_RECEIPT: dict[str, Any] = {
+    "type": "object",
+    "required": ["payloadType", "payload", "signatures"],
+    "properties": {
+        "payloadType": {"type": "string", "enum": ["application/vnd.vmbusops.receipt+json; version=1"]},
+        "payload": {"type": "string", "contentEncoding": "base64"},
+        "signatures": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"keyid": {"type": "string"}, "sig": {"type": "string"}},
+            },
+        },
+    },
+}
 _VM_PARAM = {"name": "vm", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
 _AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
 _STATES = [s.value for s in State]
@@ -234,6 +250,32 @@ def openapi_document() -> dict[str, Any]:
                             },
                         },
                         **_problems(401, 403, 404),
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}/runs/{vm}/receipt": {
+                "get": {
+                    "summary": "The finished run's receipt: a DSSE envelope signed by the host key (scope: read)",
+                    "parameters": _job_path_params(_VM_PARAM),
+                    "responses": {
+                        "200": {
+                            "description": "the receipt (verify it with `vmbusops receipt verify`)",
+                            "content": {"application/json": {"schema": _RECEIPT}},
+                        },
+                        **_problems(401, 403, 404, 409),
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}/runs/{vm}/transcript": {
+                "get": {
+                    "summary": "The run's transcript, whose SHA-256 its receipt signs (scope: read)",
+                    "parameters": _job_path_params(_VM_PARAM),
+                    "responses": {
+                        "200": {
+                            "description": "the run's records in order, one `logs --json` line each",
+                            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                        },
+                        **_problems(401, 403, 404, 409),
                     },
                 }
             },

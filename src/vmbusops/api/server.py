@@ -56,6 +56,7 @@ from vmbusops.fleet.agent_serve import fleet_broker, start_fleet
 from vmbusops.fleet.broker import Broker
 from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.supervisor import Backoff, HostSupervisor, supervise_host
+from vmbusops.receipts import receipt_hook
 from vmbusops.retention import keep_retention
 
 #: How long a thread may hold the interpreter while another waits (Python's default is 5 ms).
@@ -220,6 +221,7 @@ async def _serve(
             broadcaster=broadcaster, metrics=metrics, readers=readers,
         )  # fmt: skip
         engine.writer.on_commit = service.on_commit
+        engine.after_run = receipt_hook(journal)  # each finished run's signed receipt
         engine.writer.followed = lambda: broadcaster.followers > 0
         metrics.journal_bytes.set_function(lambda: journal_bytes(journal.path))
         retention_scope = trio.CancelScope()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -152,6 +153,7 @@ async def _dsc_tour(console: Console, host: HyperVHost, credential: GuestCredent
     from vmbusops.bundle.verify import accept_bundle
     from vmbusops.cli.engine_cmds import details_lines
     from vmbusops.engine import EngineEvent, JobSource, Journal, RecordArrived, State, open_engine
+    from vmbusops.receipts import receipt_hook
     from vmbusops.records import InformationRecord
 
     _rule(console, "[bold]5. DSC from a signed bundle: a custom resource module and a MOF, live, with a reboot")
@@ -195,7 +197,9 @@ async def _dsc_tour(console: Console, host: HyperVHost, credential: GuestCredent
         journal = Journal(work / "journal.sqlite")
         try:
             async with open_engine(host, journal, credential_for=lambda _name: credential, on_event=show) as engine:
+                engine.after_run = receipt_hook(journal)
                 result = await engine.run_job(JobSource.from_accepted(accepted))
+            verified = _verify_receipts(journal, result.job_id)
         finally:
             journal.close()
     console.print(f"  job {result.job_id}: [bold]{result.state.value}[/]")
@@ -205,7 +209,23 @@ async def _dsc_tour(console: Console, host: HyperVHost, credential: GuestCredent
         for vm, error in result.errors.items():
             console.print(f"  [red]{vm}: {error}")
         return 1
+    console.print("[dim]signed receipts, checked against the host's key (vmbusops receipt verify does the same):[/]")
+    for line in verified:
+        console.print(line, markup=False)
     return 0
+
+
+def _verify_receipts(journal: Any, job_id: int) -> list[str]:
+    """Each run's signed receipt, checked as a tenant would: the host's public key, the transcript."""
+    from vmbusops.receipts import find_run, host_key, receipts_of, transcript_chunks, verify_receipt
+
+    public = host_key().public_key()
+    lines = []
+    for run, receipt in zip(find_run(journal, job_id, None), receipts_of(journal, job_id, None), strict=True):
+        transcript = b"".join(transcript_chunks(journal, run))
+        records = verify_receipt(receipt, public, transcript).transcript_records
+        lines.append(f"  receipt verified: {run.vm} (host key {public.keyid[:16]}, transcript of {records} records)")
+    return lines
 
 
 @click.command("demo")

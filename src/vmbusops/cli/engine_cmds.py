@@ -68,6 +68,7 @@ from vmbusops.engine.journal import READ_PAGE, RunView, journal_path
 from vmbusops.engine.journal_retention import journal_bytes
 from vmbusops.engine.views import run_json
 from vmbusops.guestops.connect import check_host, open_host
+from vmbusops.receipts import receipt_hook
 from vmbusops.records import Stream
 from vmbusops.times import iso_time
 
@@ -321,6 +322,7 @@ async def _run_engine(
             on_event=progress,
         ) as engine,
     ):
+        engine.after_run = receipt_hook(journal)  # each finished run's signed receipt
         with (
             Live(progress.table(), console=progress.console, transient=True)
             if progress.live_mode

@@ -11,7 +11,7 @@ code   meaning
 3      host or transport failure: the PowerShell host (or an agent) could not be reached, or a
        store under $VMBUSOPS_HOME (the journal, the replay store) cannot be written, e.g. the
        disk is full
-4      a bundle was rejected: nothing from it ran
+4      a bundle was rejected: nothing from it ran; or ``receipt verify`` refused a receipt
 130    interrupted (Ctrl-C); guest pipelines were stopped first
 141    the reader of the output went away (``| head``), as for a command killed by SIGPIPE
 =====  =====================================================================
@@ -46,7 +46,7 @@ _MEANING = {
     GUEST_ERRORS: "a guest failed (an error record, a non-zero exit, a failed step or run)",
     USAGE: "usage error: arguments, configuration, input file, or a job or VM that does not exist",
     HOST_FAILURE: "host or transport failure (the host or agent cannot be reached), or a full disk",
-    BUNDLE_REJECTED: "a bundle was rejected: nothing from it ran",
+    BUNDLE_REJECTED: "a bundle was rejected (nothing from it ran), or a receipt did not verify",
     INTERRUPTED: "interrupted (Ctrl-C); guest pipelines were stopped first",
     READER_GONE: "the reader of the output went away (| head), as for SIGPIPE",
 }

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lab": ("vmbusops.cli.lab_cmds", "lab"),
     "logs": ("vmbusops.cli.engine_cmds", "logs_cmd"),
     "prune": ("vmbusops.cli.prune_cmd", "prune_cmd"),
+    "receipt": ("vmbusops.cli.receipt_cmds", "receipt"),
     "reference": ("vmbusops.cli.reference_cmd", "reference_cmd"),
     "run": ("vmbusops.cli.engine_cmds", "run_cmd"),
     "schedule": ("vmbusops.cli.agent_cmds", "schedule"),

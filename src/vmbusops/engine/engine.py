@@ -43,7 +43,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -135,6 +135,9 @@ class Engine:
         self.sessions = trio.CapacityLimiter(max(1, options.max_sessions))
         self.leases = VmLeases(journal, writer, self.owner, poll_interval=options.lease_poll_interval)
         self._jobs: dict[int, _Job] = {}
+        #: Called once a run's end is committed (the agent and `vmbusops run` write its signed
+        #: receipt there, :func:`vmbusops.receipts.receipt_hook`): host, job id, run id, VM.
+        self.after_run: Callable[[HyperVHost, int, int, str], Awaitable[None]] | None = None
 
     @property
     def host(self) -> HyperVHost:
@@ -464,6 +467,8 @@ class Engine:
                 if lease:
                     await self.leases.release(run.vm, run.id)
                 await self.writer.commit()
+                if self.after_run is not None and run.state.terminal and self.writer.failure is None:
+                    await self.after_run(job.host, job.machine.id, run.id, run.vm)
 
     def _end(self, job: _Job, ctx: RunContext, outputs: list[Output]) -> None:
         ctx.emit(outputs)

@@ -611,6 +611,20 @@ class Journal:
         rows: list[StoredRecord] = self._read_tuples(sql + order, [*params, limit])
         return rows
 
+    def receipt(self, run_id: int) -> str | None:
+        """The run's signed receipt (its envelope's JSON), if one was written."""
+        rows = self._read_tuples("SELECT envelope FROM receipts WHERE run_id = ?", (run_id,))
+        return str(rows[0][0]) if rows else None
+
+    def store_receipt(self, run_id: int, job_id: int, envelope: str, now: float) -> str:
+        """Keep the run's receipt unless one is kept already; returns the one kept."""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO receipts (run_id, job_id, envelope, created_at) VALUES (?, ?, ?, ?)",
+                (run_id, job_id, envelope, now),
+            )
+            return str(db.execute("SELECT envelope FROM receipts WHERE run_id = ?", (run_id,)).fetchone()[0])
+
     def run_ids(self, job_id: int) -> dict[str, int]:
         """The job's runs: VM name -> run id."""
         return {

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmbusops.engine.states import State
+from vmbusops.times import iso_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,3 +131,21 @@ class VmRunView:
     bundle_name: str
     bundle_version: int
     submitter: str | None
+
+
+def spliced_record(vm_json: str, step_json: str, row: tuple[Any, ...]) -> str:
+    """A stored record (``StoredRecord``) as its readers are given it: ``{"vm", "event", "stream",
+    "seq", "time", "step", ...content}``, the object ``vmbusops logs --json`` prints, the API sends
+    and a run's transcript (:mod:`vmbusops.receipts`) holds; ``vm_json`` and ``step_json`` are the
+    names encoded as JSON.
+
+    Spliced from the stored content's JSON text (an object, ``{"stream":"<stream>"`` first, the
+    stream also in its own column), so a record costs one string format, not a decode and an
+    encode; the stored epoch time is written as ISO 8601 UTC (:func:`vmbusops.times.iso_time`).
+    """
+    stream = row[6]
+    rest = row[8][len(stream) + 12 :]  # what follows '{"stream":"<stream>"': ',...}' or '}'
+    return (
+        f'{{"vm":{vm_json},"event":"record","stream":"{stream}","seq":{row[3]},'
+        f'"time":"{iso_time(row[7])}","step":{step_json}{rest}'
+    )

@@ -6,6 +6,10 @@ they were journaled, so reading a job is a range scan of the primary key with a 
 number (``n > cursor``), whatever the job's size or its number of runs. ``(run_id, seq)`` stays
 unique through ``records_run``, which also serves a run's highest ``seq`` and reads of one VM.
 
+Tables added since are created when a journal is opened for writing (every statement of
+:data:`SCHEMA` is ``CREATE ... IF NOT EXISTS``), so an older journal gains them empty: the
+``receipts`` table (one signed receipt per finished run, :mod:`vmbusops.receipts`) came so.
+
 Schema 2 keyed records on ``(run_id, seq)`` alone; :func:`upgrade` rebuilds such a table once,
 in one transaction, numbering each job's records in the order schema 2 read them (by time).
 """
@@ -77,6 +81,12 @@ CREATE TABLE IF NOT EXISTS vm_leases (
     owner_pid     INTEGER NOT NULL,
     owner_started TEXT NOT NULL,
     heartbeat_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS receipts (
+    run_id     INTEGER PRIMARY KEY,
+    job_id     INTEGER NOT NULL,
+    envelope   TEXT NOT NULL,
+    created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_job ON runs (job_id);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
