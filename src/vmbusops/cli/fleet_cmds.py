@@ -134,3 +134,12 @@ def serve_cmd(
         canary=canary, host_ttl=host_ttl, lease_ttl=lease_ttl, placement_timeout=placement_timeout,
     )  # fmt: skip
     sys.exit(trio.run(lambda: run_controller(config, open_broker=open_fleet_broker, options=options, listen=listen, ready_file=ready_file)))
+
+
+def _register_nats_config() -> None:
+    from vmbusops.cli.fleet_nats_cmd import nats_config_cmd
+
+    fleet.add_command(nats_config_cmd, "nats-config")
+
+
+_register_nats_config()
