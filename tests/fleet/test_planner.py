@@ -204,7 +204,7 @@ def test_lost_is_not_decided_twice_for_one_epoch(tmp_path: Path) -> None:
     f.host("hv1", alive=False)
     f.step()
     assert f.step() == []
-    assert isinstance(f.runs()[0], object) and f.runs()[0].waiting == "lost"
+    assert f.runs()[0].waiting == "lost"
     assert f.projection.journal.counter("fenced") == 0
     assert LostFact(job=1, run=1, epoch=1, reason="x", time=0).msg_id() == "lost-1-1-1"
 
