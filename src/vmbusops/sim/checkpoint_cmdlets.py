@@ -5,8 +5,9 @@ Server 2022): ``Checkpoint-VM -Name`` (alias VMName) with ``-SnapshotName`` (ali
 ``Restore-VMSnapshot -Name -VMName`` as single strings, ``Remove-VMSnapshot -VMName -Name`` as
 string arrays; the aliases Get-VMCheckpoint, Restore-VMCheckpoint and Remove-VMCheckpoint resolve to
 these cmdlets. Restore-VMSnapshot asks for confirmation (ConfirmImpact High) unless
-``-Confirm:$false``; a client without a host UI cannot answer, so the simulator fails as such a
-client does. Objects sent by value (``-VM``, ``-VMSnapshot``) are refused as PSRP clients cannot
+``-Confirm:$false``: the simulator cannot put the question to the client's host, and ends the
+command as a cmdlet does whose host cannot answer (the message is the simulator's: a real client
+that refuses prompts words its own). Objects sent by value (``-VM``, ``-VMSnapshot``) are refused as PSRP clients cannot
 send live Hyper-V objects. What each does is :mod:`vmbusops.sim.checkpoints`.
 """
 
@@ -19,7 +20,7 @@ from vmbusops.sim.binding import Param, ParamSet, choose_set
 from vmbusops.sim.host_command import HostCmdlet, HostContext
 from vmbusops.sim.hostrules import resolve_vms
 from vmbusops.sim.lab import VMSpec
-from vmbusops.sim.streams import SimError, SimObject, Streams
+from vmbusops.sim.streams import SimError, SimObject, Streams, TerminatingError
 from vmbusops.sim.vm_cmdlets import names_of
 
 SNAPSHOT_TYPES = (
@@ -157,10 +158,10 @@ async def restore_vm_snapshot(host: HostContext, b: dict[str, Any], streams: Str
         if b.get("WhatIf"):
             continue
         if b.get("Confirm") is not False:
-            streams.error(
+            # ShouldProcess asks the client's host; when it cannot answer, the cmdlet ends there.
+            raise TerminatingError(
                 pserrors.confirmation_needed("Restore-VMSnapshot", f'Restore-VMSnapshot will restore checkpoint "{b["Name"]}".')
             )
-            continue
         checkpoints.restore_snapshot(
             host.store, host.lab, spec, b["Name"], passthru=bool(b.get("Passthru")),
             output=lambda facts: streams.output(_snapshot_object(facts)), report=streams.error,
@@ -259,15 +260,7 @@ async def get_volume(host: HostContext, b: dict[str, Any], streams: Streams, fq:
     path = b["FilePath"] or ""
     facts = checkpoints.volume_facts(host.lab, host.store, path)
     if facts is None:
-        streams.error(
-            SimError(
-                message=f"No MSFT_Volume objects found with property 'FilePath' equal to '{path}'.  "
-                "Verify the value of the property and retry.",
-                fqid="CmdletizationQuery_NotFound_FilePath,Get-Volume", category="ObjectNotFound",
-                exception_type="Microsoft.PowerShell.Cmdletization.Cim.CimJobException",
-                target_name=path, activity="Get-Volume",
-            )
-        )
+        streams.error(pserrors.volume_not_found(path))
         return
     streams.output(SimObject(VOLUME_TYPES, tuple(facts.items()), f"MSFT_Volume (ObjectId = \"{facts['Path']}\")"))
 
