@@ -244,6 +244,10 @@ async def test_binding_follows_the_parameter_sets(ckstore: HostStore) -> None:
         assert await failure("Remove-VMSnapshot", Name="a") == (
             "MissingMandatoryParameter,Microsoft.HyperV.PowerShell.Commands.RemoveVMSnapshot"
         )
+        # No PSRP client can send a live VMSnapshot: the binder refuses what arrives, before sets.
+        assert await failure("Restore-VMSnapshot", Name="a", VMName="web01", VMSnapshot="x", Confirm=False) == (
+            f"CannotConvertArgumentNoMessage,{restore}"
+        )
         assert await failure("Checkpoint-VM", Name="web01", Description="x") == (
             "NamedParameterNotFound,Microsoft.HyperV.PowerShell.Commands.CheckpointVM"
         )

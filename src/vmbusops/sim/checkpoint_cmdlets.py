@@ -7,8 +7,8 @@ string arrays; the aliases Get-VMCheckpoint, Restore-VMCheckpoint and Remove-VMC
 these cmdlets. Restore-VMSnapshot asks for confirmation (ConfirmImpact High) unless
 ``-Confirm:$false``: the simulator cannot put the question to the client's host, and ends the
 command as a cmdlet does whose host cannot answer (the message is the simulator's: a real client
-that refuses prompts words its own). Objects sent by value (``-VM``, ``-VMSnapshot``) are refused as PSRP clients cannot
-send live Hyper-V objects. What each does is :mod:`vmbusops.sim.checkpoints`.
+that refuses prompts words its own). Objects sent by value (``-VM``, ``-VMSnapshot``) are refused by the binder, as no PSRP
+client can send a live Hyper-V object. What each does is :mod:`vmbusops.sim.checkpoints`.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ def _no_objects(cmdlet: str, parameter: str) -> SimError:
     )
 
 
+# Live Hyper-V objects: no PSRP client can send one (see binding's "live:" kind).
+_VM = "live:Microsoft.HyperV.PowerShell.VirtualMachine"
+_SNAPSHOT = "live:Microsoft.HyperV.PowerShell.VMSnapshot"
 _SHOULD_PROCESS = (Param("Confirm", switch=True, kind="switch", aliases=("cf",)),
                    Param("WhatIf", switch=True, kind="switch", aliases=("wi",)))
 
@@ -87,7 +90,7 @@ async def checkpoint_vm(host: HostContext, b: dict[str, Any], streams: Streams, 
 CHECKPOINT_VM = HostCmdlet(
     (
         Param("Name", 0, aliases=("VMName",), kind="strings", sets=("Name",)),
-        Param("VM", sets=("VMObject",)),
+        Param("VM", kind=_VM, sets=("VMObject",)),
         Param("SnapshotName", 1, aliases=("CheckpointName",), kind="string"),
         Param("AsJob", switch=True, kind="switch"),
         Param("Passthru", switch=True, kind="switch"),
@@ -128,10 +131,10 @@ async def get_vm_snapshot(host: HostContext, b: dict[str, Any], streams: Streams
 GET_VM_SNAPSHOT = HostCmdlet(
     (
         Param("VMName", 0, kind="strings", sets=("VMName",)),
-        Param("VM", sets=("VMObject",)),
+        Param("VM", kind=_VM, sets=("VMObject",)),
         Param("Id", kind="guid", sets=("Id",)),
-        Param("ParentOf", sets=("Parent",)),
-        Param("ChildOf", sets=("Child",)),
+        Param("ParentOf", kind="live:Microsoft.HyperV.PowerShell.VirtualMachineBase", sets=("Parent",)),
+        Param("ChildOf", kind=_SNAPSHOT, sets=("Child",)),
         Param("Name", 1, kind="string", sets=("VMName", "VMObject", "Parent", "Child")),
         Param("SnapshotType", aliases=("VMRecoveryCheckpoint",), kind="string",
               sets=("VMName", "VMObject", "Parent", "Child")),
@@ -172,8 +175,8 @@ RESTORE_VM_SNAPSHOT = HostCmdlet(
     (
         Param("Name", 0, kind="string", sets=("SnapshotName", "VM")),
         Param("VMName", 1, kind="string", sets=("SnapshotName",)),
-        Param("VMSnapshot", aliases=("VMCheckpoint",), sets=("SnapshotObject",)),
-        Param("VM", sets=("VM",)),
+        Param("VMSnapshot", aliases=("VMCheckpoint",), kind=_SNAPSHOT, sets=("SnapshotObject",)),
+        Param("VM", kind=_VM, sets=("VM",)),
         Param("AsJob", switch=True, kind="switch"),
         Param("Passthru", switch=True, kind="switch"),
         *_SHOULD_PROCESS,
@@ -206,8 +209,8 @@ async def remove_vm_snapshot(host: HostContext, b: dict[str, Any], streams: Stre
 REMOVE_VM_SNAPSHOT = HostCmdlet(
     (
         Param("VMName", 0, kind="strings", sets=("SnapshotName",)),
-        Param("VM", sets=("VMObject",)),
-        Param("VMSnapshot", aliases=("VMCheckpoint",), sets=("SnapshotObject",)),
+        Param("VM", kind=_VM, sets=("VMObject",)),
+        Param("VMSnapshot", aliases=("VMCheckpoint",), kind=_SNAPSHOT, sets=("SnapshotObject",)),
         Param("Name", 1, kind="strings", sets=("SnapshotName", "VMObject")),
         Param("IncludeAllChildSnapshots", switch=True, kind="switch", aliases=("IncludeAllChildCheckpoints",)),
         Param("AsJob", switch=True, kind="switch"),
@@ -238,7 +241,7 @@ async def get_vm_hard_disk_drive(host: HostContext, b: dict[str, Any], streams: 
 GET_VM_HARD_DISK_DRIVE = HostCmdlet(
     (
         Param("VMName", 0, kind="strings", sets=("VMName",)),
-        Param("VM", sets=("VMObject",)),
+        Param("VM", kind=_VM, sets=("VMObject",)),
         Param("ControllerType"), Param("ControllerNumber", kind="int"), Param("ControllerLocation", kind="int"),
         Param("CimSession", sets=("VMName",)), Param("ComputerName", kind="strings", sets=("VMName",)),
         Param("Credential", sets=("VMName",)),
