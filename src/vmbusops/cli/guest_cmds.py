@@ -180,7 +180,7 @@ async def _chosen_guests(hv: HyperVHost, patterns: tuple[str, ...]) -> list[str]
 @click.option("--enable-guest-services", is_flag=True, help="Enable the Guest Service Interface first if it is off.")
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("dest")
-@click.option("--json", "as_json", is_flag=True, help='One JSON object per VM: {"vm", "ok", "dest", "bytes"} or {"vm", "ok": false, "error"}.')
+@click.option("--json", "as_json", is_flag=True, help='One JSON object per VM: {"vm", "ok", "dest", "bytes"} or {"vm", "ok": false, "code", "error"}.')
 def copy_cmd(
     host: str | None, vm_names: tuple[str, ...], no_force: bool, enable_guest_services: bool, source: Path, dest: str,
     as_json: bool = False,
@@ -210,13 +210,14 @@ def copy_cmd(
                     await hv.copy_to_guest(vm, src, dest, force=not no_force)
                     if as_json:
                         click.echo(json.dumps({"vm": vm, "ok": True, "source": src, "dest": dest,
-                                               "bytes": size, "enabled_guest_services": enabled}))
+                                               "bytes": size, "enabled_guest_services": enabled, "code": None}))
                     else:
                         click.echo(f"{vm}: copied {source.name} -> {dest}")
                 except VmbusOpsError as exc:
                     failed += 1
                     if as_json:
-                        click.echo(json.dumps({"vm": vm, "ok": False, "dest": dest, "error": exc.message, "hint": exc.hint}))
+                        click.echo(json.dumps({"vm": vm, "ok": False, "dest": dest, "code": exc.code.value,
+                                               "error": exc.message, "hint": exc.hint}))
                     click.secho(f"vmbusops: {exc}", err=True, fg="red")
         return exitcodes.GUEST_ERRORS if failed else exitcodes.OK
 
