@@ -277,7 +277,30 @@ def _record_view(data: dict[str, Any]) -> RecordView:
 
 
 def resolve_agent(agent_url: str | None, token_file: Path | None) -> AgentClient:
-    return AgentClient(agent_url or os.environ.get(ENV_AGENT) or DEFAULT_AGENT, read_token(token_file))
+    """The agent to ask (``--agent``, else ``$VMBUSOPS_AGENT``, else the default) and the token.
+
+    A URL that is not an agent's (no http:// or https://, no host) is bad input, said before any
+    token is read or any connection tried: nothing could reach it."""
+    if agent_url:
+        url, given = agent_url, f"--agent {agent_url[:200]!r}"
+    else:
+        url = os.environ.get(ENV_AGENT) or DEFAULT_AGENT
+        given = f"${ENV_AGENT} {url[:200]!r}"
+    if not _is_agent_url(url):
+        raise ConfigError(
+            f"{given} is not an agent's URL",
+            hint=f"give http:// or https://, a host and a port, such as {DEFAULT_AGENT}",
+        )
+    return AgentClient(url, read_token(token_file))
+
+
+def _is_agent_url(url: str) -> bool:
+    try:
+        parsed = httpx.URL(url)
+        parsed.port  # noqa: B018 - a port that is not a number raises here
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.host)
 
 
 async def submit_bundle(agent: AgentClient, bundle_file: Path) -> dict[str, Any]:
