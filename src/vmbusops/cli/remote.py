@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from vmbusops.cli.output import console
 from vmbusops.cli.record_lines import print_records, record_text
 from vmbusops.engine.journal import RecordView
 from vmbusops.errors import BundleError, ConfigError, TransportError, VmbusOpsError
-from vmbusops.times import seconds_of
+from vmbusops.times import iso_time, seconds_of
 
 ENV_AGENT = "VMBUSOPS_AGENT"
 ENV_TOKEN = "VMBUSOPS_TOKEN"  # noqa: S105 - the name of the variable, not a token
@@ -215,7 +216,10 @@ class RemoteProgress:
             if previous == current:
                 return
             if self.as_json:
-                self._json({"event": "run", **{k: data.get(k) for k in ("vm", "state", "step", "error", "code")}})
+                # The time it is printed, as vmbusops run --json stamps its run lines.
+                when = data.get("time") or iso_time(time.time())
+                self._json({"event": "run", "vm": data.get("vm"), "time": when,
+                            **{k: data.get(k) for k in ("state", "step", "error", "code")}})
             else:
                 step = f" ({data['step']})" if data.get("step") else ""
                 error = f": {data['error']}" if data.get("error") else ""
