@@ -83,6 +83,8 @@ class FailureCode(enum.StrEnum):
     #: A host-side cmdlet failed for a reason that has no more precise code.
     HOST_COMMAND_FAILED = "HostCommandFailed"
     BUNDLE_REJECTED = "BundleRejected"
+    #: A bundle rejected because its id was accepted before (on this host, or by another fleet job).
+    REPLAYED_BUNDLE = "ReplayedBundle"
     CONFIG_ERROR = "ConfigError"
     CREDENTIAL_NOT_FOUND = "CredentialNotFound"
     CREDENTIAL_STORE = "CredentialStoreError"
