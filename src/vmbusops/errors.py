@@ -27,7 +27,7 @@ never carry a secret::
     │   ├── GuestNotReadyError      (transient)
     │   └── SessionLostError        (transient)
     ├── BundleError                 signed bundle rejected (subtypes in vmbusops.bundle)
-    └── JournalError
+    └── JournalError                the journal or another store under $VMBUSOPS_HOME (disk full)
 
 ``transient`` says whether retrying the same operation later may succeed; the engine's retry
 policy reads it and nothing else.
@@ -306,6 +306,7 @@ class BundleError(VmbusOpsError):
 
 
 class JournalError(VmbusOpsError):
-    """The journal cannot be read or written."""
+    """The journal, or another store under $VMBUSOPS_HOME (the replay store, a bundle being
+    extracted), cannot be read or written: exit code 3."""
 
     code = FailureCode.JOURNAL_ERROR
