@@ -172,6 +172,8 @@ CASES = [
     case("trust-add-bad-steps", "trust", "add", "{tmp}/motd.txt", "--steps", "bogus", code=USAGE,
          says="known step kinds are"),
     case("keys-new-bad-name", "keys", "new", "../x", code=USAGE, says="key name '../x' must be"),
+    case("init-folder-not-empty", "bundle", "init", "{tmp}/badconfig", code=USAGE,
+         says="badconfig is not empty and does not hold the example unchanged"),
     case("build-missing-source", "bundle", "build", "{tmp}/nosuch", "-o", "{tmp}/x.vmb", code=USAGE,
          says="does not exist"),
     case("sign-missing-key", "bundle", "sign", "{tmp}/job.vmb", "--key", "nosuch", code=USAGE,

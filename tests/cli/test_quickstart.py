@@ -113,6 +113,21 @@ def test_the_readme_quick_start_runs_as_written(tmp_path: Path) -> None:
     assert sorted(p.name for p in work.iterdir()) == ["lab-demo", "lab-demo.vmb", "motd.txt"]
 
 
+def test_the_quick_start_runs_again_in_the_same_folder(tmp_path: Path) -> None:
+    """Run twice where it was run before: `bundle init` finds its own example unchanged and says
+    so, and every command exits 0 again."""
+    cmds = commands(quick_start_blocks(README.read_text("utf-8"))[0])
+    work = tmp_path / "again"
+    work.mkdir()
+    bin_dir = tmp_path / "bin"
+    checkout_command(bin_dir)
+    env = fresh_env(tmp_path, bin_dir)
+    for _ in range(2):
+        proc = run(["bash", "--noprofile", "--norc", "-c", checked_script(cmds)], work, env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "lab-demo already holds the example bundle source, unchanged" in proc.stdout
+
+
 def test_a_failing_quick_start_command_fails_the_run(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     checkout_command(bin_dir)
