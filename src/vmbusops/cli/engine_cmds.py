@@ -45,6 +45,7 @@ from vmbusops.cli.jobs_view import (
     remote_get,
     remote_pages,
     since_epoch,
+    vm_holder,
 )
 from vmbusops.cli.output import RecordPrinter, console, terminal_safe, use_colour
 from vmbusops.cli.record_lines import print_records
@@ -449,7 +450,7 @@ def jobs_show(job_id: int, as_json: bool, agent_url: str | None, token_file: Pat
     if as_json:
         click.echo(json.dumps({**job, "runs": runs}))
         return
-    print_job(job, runs, out_console())
+    print_job(job, runs, out_console(), vm_holder(job_id, agent_url, token_file))
 
 
 @jobs.command("cancel")

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vmbusops.cli.output import console
+from vmbusops.cli.output import console, terminal_safe
 from vmbusops.engine.states import ACTIVE, State
 from vmbusops.errors import ConfigError
 from vmbusops.when import parse_since
@@ -126,8 +126,31 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     return table
 
 
-def print_job(job: dict[str, Any], runs: list[dict[str, Any]], console: Console) -> None:
-    """``jobs show``: the job, then each run with its steps and output excerpt."""
+def why_waiting(run: dict[str, Any], runs: list[dict[str, Any]], holder: Callable[[str], int | None]) -> str | None:
+    """Why a run of an active job is not going on now, or None: a step waits out a retry's
+    backoff; or the run waits for its VM (``holder``: the other job whose run on it is in
+    progress) or for a slot of the job's max concurrency."""
+    for s in run.get("steps", []):
+        if s["state"] == State.DELAYED.value:
+            failed = f": {s['error']}" if s.get("error") else ""
+            return f"waiting to retry step {s['name']} (attempt {s.get('attempts', 0)} failed{failed})"
+    if run["state"] != State.DELAYED.value:
+        return None
+    other = holder(run["vm"])
+    if other is not None:
+        return f"waiting for {run['vm']}: job {other}'s run on it is in progress (one run per VM at a time)"
+    going = sum(r["state"] == State.IN_PROGRESS.value for r in runs)
+    return f"waiting for a slot: the job's max concurrency is reached ({going} of its runs in progress)"
+
+
+def print_job(
+    job: dict[str, Any],
+    runs: list[dict[str, Any]],
+    console: Console,
+    holder: Callable[[str], int | None] = lambda vm: None,
+) -> None:
+    """``jobs show``: the job, then each run with its steps and output excerpt, and why a run
+    that waits is waiting (:func:`why_waiting`)."""
     owner = job.get("owner_pid")
     head = f"job {job['id']}  {escape(job['bundle'])} v{job['version']}  {styled(job['state'])}"
     if owner is not None:
@@ -144,6 +167,9 @@ def print_job(job: dict[str, Any], runs: list[dict[str, Any]], console: Console)
     for r in runs:
         error = f"  [red]{escape(r['error'])}[/]" if r.get("error") else ""
         console.print(f"\n[bold]{escape(r['vm'])}[/]  {styled(r['state'])}  {duration(r)}  {r['records']} records{error}")
+        waiting = why_waiting(r, runs, holder) if job["state"] in _ACTIVE else None
+        if waiting is not None:
+            console.print(f"  [blue]{escape(terminal_safe(waiting))}[/]")
         for s in r.get("steps", []):
             tries = f" ({s['attempts']} attempts)" if s.get("attempts", 0) > 1 else ""
             console.print(f"  {escape(s['name']):<20} {escape(s['kind']):<10} {styled(s['state'])}{tries}")
@@ -196,6 +222,21 @@ def local_history(vm: str, *, state: str | None, since: float | None, limit: int
         return [vm_run_json(e) for e in entries]
     finally:
         journal.close()
+
+
+def vm_holder(job_id: int, agent_url: str | None = None, token_file: Path | None = None) -> Callable[[str], int | None]:
+    """For :func:`why_waiting`: the other job whose run on a VM is in progress (the journal's, or
+    the agent's), if there is one."""
+
+    def holder(vm: str) -> int | None:
+        if agent_url is not None:
+            path = f"/v1/vms/{_quote(vm)}/runs"
+            entries = remote_pages(agent_url, token_file, path, "runs", {"state": State.IN_PROGRESS.value}, 10)
+        else:
+            entries = local_history(vm, state=State.IN_PROGRESS.value, since=None, limit=10)
+        return next((e["job"] for e in entries if e["job"] != job_id), None)
+
+    return holder
 
 
 def local_job(job_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -341,4 +382,6 @@ __all__ = [
     "remote_cancel",
     "remote_get",
     "remote_pages",
+    "vm_holder",
+    "why_waiting",
 ]
