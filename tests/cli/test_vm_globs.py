@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from tests.builders import VM, script, write_lab
 from tests.clirun import vmbusops
 from tests.engine.bundles import signed_bundle, trust_and_credential
@@ -26,37 +27,32 @@ def lines(*args: str) -> list[dict[str, object]]:
 
 
 def test_jobs_and_history_take_a_glob_as_exec_does(
-    tmp_path: Path, vmbusops_home: Path, monkeypatch: object
+    tmp_path: Path, vmbusops_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import os
+    monkeypatch.setenv("VMBUSOPS_LAB", str(write_lab(tmp_path, [VM("web01"), VM("web02"), VM("db01")])))
+    key = PrivateKey.generate()
+    trust_and_credential(key)
+    ran(tmp_path, key, ["web01", "web02"], "a")  # job 1
+    ran(tmp_path, key, ["db01"], "b")  # job 2
+    ran(tmp_path, key, ["web02", "db01"], "c", "'x'; exit 3")  # job 3: both fail
 
-    os.environ["VMBUSOPS_LAB"] = str(write_lab(tmp_path, [VM("web01"), VM("web02"), VM("db01")]))
-    try:
-        key = PrivateKey.generate()
-        trust_and_credential(key)
-        ran(tmp_path, key, ["web01", "web02"], "a")  # job 1
-        ran(tmp_path, key, ["db01"], "b")  # job 2
-        ran(tmp_path, key, ["web02", "db01"], "c", "'x'; exit 3")  # job 3: both fail
+    assert [j["id"] for j in lines("jobs", "--vm", "WEB*")] == [3, 1]
+    assert [j["id"] for j in lines("jobs", "--vm", "db0?")] == [3, 2]
+    assert [j["id"] for j in lines("jobs", "--vm", "web0[1]")] == [1]
+    assert [j["id"] for j in lines("jobs", "--vm", "web*", "--state", "failed")] == [3]
+    assert lines("jobs", "--vm", "zz*") == []
+    assert [j["id"] for j in lines("jobs", "--vm", "WEB01")] == [1]  # a name: as before
 
-        assert [j["id"] for j in lines("jobs", "--vm", "WEB*")] == [3, 1]
-        assert [j["id"] for j in lines("jobs", "--vm", "db0?")] == [3, 2]
-        assert [j["id"] for j in lines("jobs", "--vm", "web0[1]")] == [1]
-        assert [j["id"] for j in lines("jobs", "--vm", "web*", "--state", "failed")] == [3]
-        assert lines("jobs", "--vm", "zz*") == []
-        assert [j["id"] for j in lines("jobs", "--vm", "WEB01")] == [1]  # a name: as before
-
-        history = lines("history", "--vm", "web*")
-        assert [(h["job"], h["vm"], h["state"]) for h in history] == [
-            (3, "web02", "failed"), (1, "web01", "success"), (1, "web02", "success"),
-        ]  # fmt: skip
-        # The same shape as a name's history, entry for entry.
-        assert history[0] == lines("history", "--vm", "web02")[0]
-        assert [(h["job"], h["vm"]) for h in lines("history", "--vm", "*", "--state", "failed")] == [
-            (3, "web02"), (3, "db01"),
-        ]  # fmt: skip
-        assert [h["job"] for h in lines("history", "--vm", "*", "--limit", "2")] == [3, 3]
-        text = vmbusops("history", "--vm", "web*").stdout
-        assert "web01" in text and "web02" in text
-        assert vmbusops("history", "--vm", "zz*").stdout == "no runs on a VM matching 'zz*'\n"
-    finally:
-        del os.environ["VMBUSOPS_LAB"]
+    history = lines("history", "--vm", "web*")
+    assert [(h["job"], h["vm"], h["state"]) for h in history] == [
+        (3, "web02", "failed"), (1, "web01", "success"), (1, "web02", "success"),
+    ]  # fmt: skip
+    # The same shape as a name's history, entry for entry.
+    assert history[0] == lines("history", "--vm", "web02")[0]
+    assert [(h["job"], h["vm"]) for h in lines("history", "--vm", "*", "--state", "failed")] == [
+        (3, "web02"), (3, "db01"),
+    ]  # fmt: skip
+    assert [h["job"] for h in lines("history", "--vm", "*", "--limit", "2")] == [3, 3]
+    text = vmbusops("history", "--vm", "web*").stdout
+    assert "web01" in text and "web02" in text
+    assert vmbusops("history", "--vm", "zz*").stdout == "no runs on a VM matching 'zz*'\n"
