@@ -27,7 +27,7 @@ never carry a secret::
     │   ├── GuestNotReadyError      (transient)
     │   └── SessionLostError        (transient)
     ├── BundleError                 signed bundle rejected (subtypes in vmbusops.bundle)
-    └── JournalError
+    └── JournalError                the journal or another store under $VMBUSOPS_HOME (disk full)
 
 ``transient`` says whether retrying the same operation later may succeed; the engine's retry
 policy reads it and nothing else.
@@ -83,6 +83,8 @@ class FailureCode(enum.StrEnum):
     #: A host-side cmdlet failed for a reason that has no more precise code.
     HOST_COMMAND_FAILED = "HostCommandFailed"
     BUNDLE_REJECTED = "BundleRejected"
+    #: A bundle rejected because its id was accepted before (on this host, or by another fleet job).
+    REPLAYED_BUNDLE = "ReplayedBundle"
     CONFIG_ERROR = "ConfigError"
     CREDENTIAL_NOT_FOUND = "CredentialNotFound"
     CREDENTIAL_STORE = "CredentialStoreError"
@@ -304,6 +306,7 @@ class BundleError(VmbusOpsError):
 
 
 class JournalError(VmbusOpsError):
-    """The journal cannot be read or written."""
+    """The journal, or another store under $VMBUSOPS_HOME (the replay store, a bundle being
+    extracted), cannot be read or written: exit code 3."""
 
     code = FailureCode.JOURNAL_ERROR

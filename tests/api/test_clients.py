@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import trio
@@ -56,6 +56,35 @@ async def test_submit_follow_and_remote_logs_match_the_local_commands(agent: Age
         )
         assert (nosuch.returncode, nosuch.stdout) == (2, ""), nosuch
         assert nosuch.stderr.splitlines()[0] == f"vmbusops: no run on nosuch in job {job_id}"
+
+
+async def test_submit_follow_json_lines_carry_their_time_as_run_json_does(agent: Agent) -> None:
+    path = agent.bundle(["a-web01"], [script("greet", 'Write-Output "hello"')])
+    done = await trio.to_thread.run_sync(
+        lambda: cli(agent, "submit", str(path), "--agent", agent.url, "--follow", "--json")
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    runs = [line for line in lines if line["event"] == "run"]
+    assert runs and [line for line in lines if line["event"] == "record"]
+    for line in lines:
+        if line["event"] in ("run", "record"):
+            assert datetime.fromisoformat(line["time"]).utcoffset() == timedelta(0), line
+    # the keys, in the order vmbusops run --json writes a run line
+    assert all(list(line) == ["event", "vm", "time", "state", "step", "error", "code"] for line in runs), runs
+
+
+async def test_jobs_and_history_globs_read_an_agent_as_the_journal(agent: Agent) -> None:
+    path = agent.bundle(["a-web01", "a-web02"], [script("greet", 'Write-Output "hello"')])
+    done = await trio.to_thread.run_sync(lambda: cli(agent, "submit", str(path), "--agent", agent.url, "--follow"))
+    assert done.returncode == 0, done.stderr
+    for args in (["jobs", "--vm", "A-WEB*", "--json"], ["history", "--vm", "a-web0?", "--json"]):
+        remote = await trio.to_thread.run_sync(lambda: cli(agent, *args, "--agent", agent.url))  # noqa: B023
+        local = await trio.to_thread.run_sync(lambda: cli(agent, *args, token=None))  # noqa: B023
+        assert remote.returncode == local.returncode == 0, remote.stderr + local.stderr
+        assert remote.stdout and remote.stdout.splitlines() == local.stdout.splitlines(), (remote.stdout, local.stdout)
+    history = [json.loads(line) for line in remote.stdout.splitlines()]
+    assert sorted(h["vm"] for h in history) == ["a-web01", "a-web02"]
 
 
 async def test_client_errors_map_to_the_documented_exit_codes(agent: Agent, tmp_path: object) -> None:

@@ -101,6 +101,14 @@ CASES = [
          says="no API token"),
     case("agent-token-file-missing", "logs", "1", "--agent", DEAD_AGENT, "--token-file", "{tmp}/nosuch", code=USAGE,
          says="cannot read the token file"),
+    # An agent URL that is not one: bad input (2), not an agent that cannot be reached (3).
+    case("agent-not-a-url", "jobs", "--agent", "notaurl", code=USAGE, says="--agent 'notaurl' is not an agent's URL"),
+    case("agent-url-no-host", "submit", "{tmp}/job.vmb", "--agent", "http://", code=USAGE,
+         says="--agent 'http://' is not an agent's URL"),
+    case("agent-url-bad-scheme", "logs", "1", "--agent", "ftp://127.0.0.1:8421", code=USAGE,
+         says="--agent 'ftp://127.0.0.1:8421' is not an agent's URL"),
+    case("agent-env-not-a-url", "submit", "{tmp}/job.vmb", env={"VMBUSOPS_AGENT": "127.0.0.1:8421"}, code=USAGE,
+         says="$VMBUSOPS_AGENT '127.0.0.1:8421' is not an agent's URL"),
     case("submit-missing-file", "submit", "{tmp}/nosuch.vmb", "--agent", DEAD_AGENT, code=USAGE, says="cannot read"),
     # The host: a name nothing can open is named as such, not blamed on the credential.
     case("host-bogus-exec", "exec", "--host", "bogus", "--vm", "web01", "--credential", "lab-admin", "--", "hostname",
@@ -164,6 +172,8 @@ CASES = [
     case("trust-add-bad-steps", "trust", "add", "{tmp}/motd.txt", "--steps", "bogus", code=USAGE,
          says="known step kinds are"),
     case("keys-new-bad-name", "keys", "new", "../x", code=USAGE, says="key name '../x' must be"),
+    case("init-folder-not-empty", "bundle", "init", "{tmp}/badconfig", code=USAGE,
+         says="badconfig is not empty and does not hold the example unchanged"),
     case("build-missing-source", "bundle", "build", "{tmp}/nosuch", "-o", "{tmp}/x.vmb", code=USAGE,
          says="does not exist"),
     case("sign-missing-key", "bundle", "sign", "{tmp}/job.vmb", "--key", "nosuch", code=USAGE,

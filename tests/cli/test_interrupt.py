@@ -150,3 +150,53 @@ def test_ctrl_c_of_run_json_ends_with_a_summary_object_naming_the_resume_command
     assert (summary["event"], summary["job"], summary["state"]) == ("summary", job_id, "interrupted")
     assert summary["interrupted"] == 2 and summary["resume"] == f"vmbusops jobs resume {job_id}"
     assert [r["state"] for r in summary["runs"]] == ["interrupted", "interrupted"]
+
+
+def test_a_resume_the_trust_policy_refuses_is_coded_bundle_rejected(tmp_path: Path, vmbusops_home: Path) -> None:
+    env = env_for(tmp_path, vmbusops_home)
+    key = PrivateKey.generate()
+    trust_and_credential(key)
+    steps = [{"kind": "script", "name": "hold", "inline": SLOW, "idempotent": True}]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmbusops", "run", str(signed_bundle(tmp_path, key, vms=VMS, steps=steps))],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    job_id = int(wait_for_output(proc)[0].split()[1])
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert vmbusops("trust", "remove", key.public_key().keyid[:16], env=env).returncode == 0
+
+    refused = vmbusops("jobs", "resume", str(job_id), env=env)
+    assert refused.returncode == 4, refused.stderr
+    job = shown(env, job_id)
+    assert job["state"] == "failed"
+    for run in job["runs"]:
+        # Nothing about the run was abandoned by its resume policy: its bundle was rejected.
+        assert (run["state"], run["code"]) == ("failed", "BundleRejected"), run
+        assert [(s["state"], s["code"]) for s in run["steps"]] == [("failed", "BundleRejected")], run
+
+
+def test_ctrl_c_of_exec_json_ends_each_guest_with_a_result_and_names_the_interrupted(
+    tmp_path: Path, vmbusops_home: Path
+) -> None:
+    env = env_for(tmp_path, vmbusops_home)
+    trust_and_credential(PrivateKey.generate())  # the lab's credential, stored as lab-admin
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmbusops", "exec", "--vm", "vm0*", "--credential", "lab-admin", "--json", "--", SLOW],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    wait_for_output(proc)
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    lines = [json.loads(line) for line in rest.splitlines()]
+    results = {line["vm"]: line for line in lines if line["event"] == "result"}
+    assert sorted(results) == VMS, rest
+    for line in results.values():
+        assert (line["ok"], line["code"], line["interrupted"]) == (False, "Cancelled", True), line
+        assert "interrupted" in line["failure"]
+    summary = lines[-1]
+    assert (summary["event"], summary["interrupted"], summary["succeeded"], summary["failed"]) == (
+        "summary", VMS, [], []
+    ), summary
+    assert "interrupted: vm01, vm02" in err  # and said to the operator, on stderr

@@ -71,6 +71,7 @@ def test_copy_json_is_one_line_per_vm_and_exit_1_when_any_failed(make_lab: Calla
     by_vm = {d["vm"]: d for d in lines(done.stdout)}
     assert by_vm["web01"] == {
         "vm": "web01", "ok": True, "source": str(src.resolve()), "dest": "C:\\f.txt", "bytes": 5,
-        "enabled_guest_services": False,
+        "enabled_guest_services": False, "code": None,
     }  # fmt: skip
     assert by_vm["legacy01"]["ok"] is False and "needs a running guest" in by_vm["legacy01"]["error"]
+    assert by_vm["legacy01"]["code"] == "VMNotRunning"

@@ -78,6 +78,18 @@ def test_every_failed_guest_has_a_stable_code(make_lab: Callable[..., Any]) -> N
         assert datetime.fromisoformat(line["time"]).utcoffset() == timedelta(0)
 
 
+def test_copy_json_gives_each_failed_vm_its_stable_code(make_lab: Callable[..., Any], tmp_path: Path) -> None:
+    make_lab()
+    source = tmp_path / "motd.txt"
+    source.write_text("hello\n")
+    ran = vmbusops("copy", "--vm", "web01", "--vm", "app01", "--vm", "legacy01", "--json", str(source), "C:\\Temp\\m.txt")
+    assert ran.returncode == 1, ran.stderr
+    got = {line["vm"]: line for line in ndjson(ran.stdout)}
+    assert {vm: (line["ok"], line["code"]) for vm, line in got.items()} == {
+        "web01": (True, None), "app01": (False, "GuestServicesDisabled"), "legacy01": (False, "VMNotRunning"),
+    }  # fmt: skip
+
+
 def test_run_logs_and_jobs_give_the_exit_code_and_failure_code_of_each_run_and_step(
     vmbusops_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -56,12 +56,19 @@ def checked_script(cmds: list[str]) -> str:
     the first that does not exit 0 and naming it."""
     lines = ["set -o pipefail"]
     for i, cmd in enumerate(cmds, 1):
+        lines.append(f"echo '::out {i}'")  # where each command's stdout starts, for out_of()
         lines.append(cmd)
         lines.append(
             f'rc=$?; if [ "$rc" -ne 0 ]; then echo "quick start command {i} exited $rc: "{shlex.quote(cmd)} >&2; '
             f"exit 99; fi; echo '::done {i}' >&2"
         )
     return "\n".join(lines) + "\n"
+
+
+def out_of(stdout: str, cmds: list[str]) -> dict[str, str]:
+    """What each command of a :func:`checked_script` wrote on stdout."""
+    parts = re.split(r"^::out (\d+)\n", stdout, flags=re.M)
+    return {cmds[int(i) - 1]: text for i, text in zip(parts[1::2], parts[2::2], strict=True)}
 
 
 def checkout_command(bin_dir: Path) -> Path:
@@ -111,6 +118,26 @@ def test_the_readme_quick_start_runs_as_written(tmp_path: Path) -> None:
     # The block made its own home under TMPDIR, never the user's.
     assert not (tmp_path / "user" / ".vmbusops").exists()
     assert sorted(p.name for p in work.iterdir()) == ["lab-demo", "lab-demo.vmb", "motd.txt"]
+    # A command that shows what the job did shows something: the block's example has it to show.
+    shown = out_of(proc.stdout, cmds)
+    for cmd in cmds:
+        if cmd.startswith(("vmbusops logs", "vmbusops jobs show")):
+            assert shown[cmd].strip(), f"{cmd!r} printed nothing"
+
+
+def test_the_quick_start_runs_again_in_the_same_folder(tmp_path: Path) -> None:
+    """Run twice where it was run before: `bundle init` finds its own example unchanged and says
+    so, and every command exits 0 again."""
+    cmds = commands(quick_start_blocks(README.read_text("utf-8"))[0])
+    work = tmp_path / "again"
+    work.mkdir()
+    bin_dir = tmp_path / "bin"
+    checkout_command(bin_dir)
+    env = fresh_env(tmp_path, bin_dir)
+    for _ in range(2):
+        proc = run(["bash", "--noprofile", "--norc", "-c", checked_script(cmds)], work, env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "lab-demo already holds the example bundle source, unchanged" in proc.stdout
 
 
 def test_a_failing_quick_start_command_fails_the_run(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ policy, a key file, a bundle source directory being built) are configuration err
     │   ├── ExpiredBundleError
     │   ├── NotYetValidError            issued in the future (beyond the allowed clock skew)
     │   ├── VersionRollbackError        version lower than the last accepted for its name
-    │   └── ReplayedBundleError         this bundle id was accepted before
+    │   └── ReplayedBundleError         this bundle id was accepted before (code ReplayedBundle)
     ├── ScopeError                      signers may not do this
     │   ├── TargetOutOfScopeError
     │   ├── CredentialOutOfScopeError
@@ -49,7 +49,7 @@ policy, a key file, a bundle source directory being built) are configuration err
 
 from __future__ import annotations
 
-from vmbusops.errors import BundleError, ConfigError
+from vmbusops.errors import BundleError, ConfigError, FailureCode
 
 __all__ = [
     "ArchiveError",
@@ -199,7 +199,7 @@ class VersionRollbackError(FreshnessError):
 
 
 class ReplayedBundleError(FreshnessError):
-    pass
+    code = FailureCode.REPLAYED_BUNDLE
 
 
 class ScopeError(_RejectedBundle):

@@ -29,6 +29,7 @@ Both block on file I/O; the engine calls them from a worker thread (``trio.to_th
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -60,8 +61,8 @@ from vmbusops.bundle.errors import (
 from vmbusops.bundle.manifest import ENVELOPE_MEMBER, FileEntry, Manifest, format_time, parse_manifest
 from vmbusops.bundle.policy import Scope, TrustedKey, TrustPolicy
 from vmbusops.bundle.replay import ReplayStore
-from vmbusops.errors import ConfigError
-from vmbusops.home import private_dir
+from vmbusops.errors import ConfigError, JournalError
+from vmbusops.home import home_dir, private_dir
 from vmbusops.owner import Owner, current_owner
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -258,6 +259,12 @@ def _opened(path: Path) -> Iterator[BinaryIO]:
             exc.bundle = label
         raise
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # Our store is full, not the bundle at fault: exit code 3, as for a full journal.
+            raise JournalError(
+                f"bundle {label} cannot be extracted under $VMBUSOPS_HOME: {exc.strerror}",
+                hint=f"free space under {home_dir(create=False)}, then run it again (the bundle was not rejected)",
+            ) from exc
         raise ArchiveError(
             f"I/O error while reading or extracting: {exc.strerror}",
             hint="check the file and the free space under $VMBUSOPS_HOME, then try again",

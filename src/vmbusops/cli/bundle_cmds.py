@@ -14,12 +14,12 @@ import click
 from vmbusops.bundle.build import build_bundle, sign_bundle
 from vmbusops.bundle.crypto import PrivateKey
 from vmbusops.bundle.dsse import verified_signers
-from vmbusops.bundle.errors import BadSignatureError, KeyFileError, TrustPolicyError
+from vmbusops.bundle.errors import BadSignatureError, BundleSourceError, KeyFileError, TrustPolicyError
 from vmbusops.bundle.keys import load_public_key, read_private_key_file, write_keypair
 from vmbusops.bundle.manifest import Manifest, Step, StepKind, format_time
 from vmbusops.bundle.paths import keys_dir, trust_policy_path
 from vmbusops.bundle.policy import Scope, TrustedKey, TrustPolicy, load_trust_policy, save_trust_policy
-from vmbusops.bundle.scaffold import write_example
+from vmbusops.bundle.scaffold import EXAMPLE_FILES, write_example
 from vmbusops.bundle.verify import read_unverified, verify_bundle
 from vmbusops.cli.exitcodes import exit_code_for
 from vmbusops.errors import BundleError, ConfigError
@@ -202,11 +202,49 @@ def bundle() -> None:
 
 @bundle.command("init")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-def bundle_init(directory: Path) -> None:
-    """Write an example bundle source: copy a file, run a script, apply a DSC configuration."""
-    for path in write_example(directory):
-        click.echo(f"wrote {path}")
+@click.option("--force", is_flag=True, help="Write the example's files over those of a folder that is not empty.")
+def bundle_init(directory: Path, force: bool) -> None:
+    """Write an example bundle source: copy a file, run a script, apply a DSC configuration.
+
+    A folder that already holds the example, unchanged, is left as it is (so the quick start can
+    run again where it ran); any other folder that is not empty is refused unless --force.
+    """
+    nonempty = directory.is_dir() and any(directory.iterdir())
+    if nonempty and _holds_example(directory):
+        click.echo(f"{directory} already holds the example bundle source, unchanged; nothing written")
+    elif nonempty and not force:
+        raise BundleSourceError(
+            f"{directory} is not empty and does not hold the example unchanged",
+            hint=f"give a new folder, or write the example's files over it with: vmbusops bundle init --force {directory}",
+        )
+    else:
+        written = write_example(directory) if not nonempty else _overwrite_example(directory)
+        for path in written:
+            click.echo(f"wrote {path}")
     click.echo(f"next: vmbusops bundle build {directory} -o lab-demo.vmb")
+
+
+def _holds_example(directory: Path) -> bool:
+    try:
+        return all(
+            directory.joinpath(*rel.split("/")).read_bytes() == text.encode("utf-8") for rel, text in EXAMPLE_FILES.items()
+        )
+    except OSError:
+        return False
+
+
+def _overwrite_example(directory: Path) -> list[Path]:
+    """``bundle init --force``: the example's files, written over what is there (nothing else is touched)."""
+    written = []
+    for rel, text in EXAMPLE_FILES.items():
+        path = directory.joinpath(*rel.split("/"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(text.encode("utf-8"))
+        except OSError as exc:
+            raise BundleSourceError(f"cannot write {path}: {exc.strerror}") from None
+        written.append(path)
+    return written
 
 
 @bundle.command("build")

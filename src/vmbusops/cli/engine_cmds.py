@@ -34,17 +34,23 @@ from vmbusops.cli import exitcodes
 from vmbusops.cli.common import host_option, load, require_run, run_trio
 from vmbusops.cli.jobs_view import (
     filter_options,
+    glob_jobs,
     iso,
     jobs_table,
     local_job,
+    local_job_pages,
     local_jobs,
+    local_runs,
     out_console,
     print_job,
     print_json_lines,
     remote_cancel,
     remote_get,
+    remote_job_pages,
     remote_pages,
+    remote_runs,
     since_epoch,
+    vm_holder,
 )
 from vmbusops.cli.output import RecordPrinter, console, terminal_safe, use_colour
 from vmbusops.cli.record_lines import print_records
@@ -71,6 +77,7 @@ from vmbusops.guestops.connect import check_host, open_host
 from vmbusops.receipts import receipt_hook
 from vmbusops.records import Stream
 from vmbusops.times import iso_time
+from vmbusops.vm_names import is_glob
 
 #: A job id: SQLite's integers are 64-bit, so a larger number is a usage error, not an overflow.
 JOB_ID = click.IntRange(1, 2**63 - 1)
@@ -399,7 +406,11 @@ def run_cmd(host: str | None, bundle_file: Path, as_json: bool) -> None:
 
 @click.group("jobs", invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per job.")
-@click.option("--vm", default=None, metavar="NAME", help="Only jobs with a run on this VM (its history: vmbusops history --vm NAME).")
+@click.option(
+    "--vm", default=None, metavar="NAME",
+    help="Only jobs with a run on this VM, or on a VM a glob such as 'web*' matches (case-insensitively, as exec "
+    "--vm matches); its history: vmbusops history --vm NAME.",
+)  # fmt: skip
 @filter_options
 @click.option("--submitter", default=None, metavar="WHO", help="Only jobs submitted by WHO (token:NAME, cert:SUBJECT, a user, schedule:NAME).")
 @agent_read_option("the local journal")
@@ -419,7 +430,14 @@ def jobs(
     if ctx.invoked_subcommand is not None:
         return
     after = since_epoch(since)
-    if agent_url is not None:
+    if vm is not None and is_glob(vm):  # the jobs with a run on a VM it matches, as exec --vm matches
+        if agent_url is not None:
+            params = {"state": state, "since": iso(after) if after is not None else None, "submitter": submitter}
+            found = remote_job_pages(agent_url, token_file, {k: v for k, v in params.items() if v})
+            views = glob_jobs(vm, found, remote_runs(agent_url, token_file), limit)
+        else:
+            views = glob_jobs(vm, local_job_pages(state=state, since=after, submitter=submitter), local_runs, limit)
+    elif agent_url is not None:
         params = {"vm": vm, "state": state, "since": iso(after) if after is not None else None, "submitter": submitter}
         views = remote_pages(agent_url, token_file, "/v1/jobs", "jobs", {k: v for k, v in params.items() if v}, limit)
     else:
@@ -449,7 +467,7 @@ def jobs_show(job_id: int, as_json: bool, agent_url: str | None, token_file: Pat
     if as_json:
         click.echo(json.dumps({**job, "runs": runs}))
         return
-    print_job(job, runs, out_console())
+    print_job(job, runs, out_console(), vm_holder(job_id, agent_url, token_file))
 
 
 @jobs.command("cancel")

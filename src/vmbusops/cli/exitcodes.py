@@ -9,8 +9,8 @@ code   meaning
        exist, a job in a state that does not allow what was asked, a $VMBUSOPS_HOME that cannot
        be used at all (not a directory, cannot be created)
 3      host or transport failure: the PowerShell host (or an agent) could not be reached, or a
-       store under $VMBUSOPS_HOME (the journal, the replay store) cannot be written, e.g. the
-       disk is full
+       store under $VMBUSOPS_HOME (the journal, the replay store, a bundle being extracted)
+       cannot be written, e.g. the disk is full
 4      a bundle was rejected: nothing from it ran; or ``receipt verify`` refused a receipt
 130    interrupted (Ctrl-C); guest pipelines were stopped first
 141    the reader of the output went away (``| head``), as for a command killed by SIGPIPE

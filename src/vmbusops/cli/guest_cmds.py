@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import click
 from rich.table import Table
@@ -14,12 +17,13 @@ from vmbusops.cli.common import host_option, load, run_trio
 from vmbusops.cli.output import RecordPrinter, console, terminal_safe
 from vmbusops.config import HOST_COMMAND_RUNSPACES
 from vmbusops.credentials import resolve_credential
+from vmbusops.engine.engine import cancelled_here
 from vmbusops.errors import ConfigError, VmbusOpsError
 from vmbusops.guest_paths import EXAMPLE as GUEST_PATH_EXAMPLE
 from vmbusops.guest_paths import guest_path_problem
 from vmbusops.guestops.connect import check_host, open_host
 from vmbusops.guestops.fanout import exec_in_guests
-from vmbusops.guestops.host import HyperVHost, VMInfo
+from vmbusops.guestops.host import GuestInvocation, HyperVHost, InvokeOutcome, VMInfo
 from vmbusops.vm_names import vms_matching
 
 
@@ -98,7 +102,8 @@ def exec_cmd(
     A guest succeeds when its script exits 0 (`exit N` sets the code; a terminating error is 1)
     and writes no PowerShell error; a native tool's stderr lines do not fail it by themselves.
     --ignore-exit-code lets a guest whose script ended with another exit code succeed.
-    --json ends each guest with a `result` line: ok, exit_code, errors, code, failure.
+    --json ends each guest with a `result` line: ok, exit_code, errors, code, failure; after
+    Ctrl-C, a `summary` line names the guests that succeeded, failed and were interrupted.
     A --vm that matches no VM of the host is a usage error (exit code 2), found before anything runs.
     """
     if all_vms and vm_names:
@@ -117,10 +122,17 @@ def exec_cmd(
         async with open_host(host, config=config, max_runspaces=concurrency + HOST_COMMAND_RUNSPACES) as hv:
             names = await _chosen_guests(hv, vm_names)
             printer = RecordPrinter(json_lines=as_json, vm_width=max((len(n) for n in names), default=4))
-            outcomes = await exec_in_guests(
-                hv, names, text, credential,
-                on_record=printer.emit, max_concurrency=concurrency, timeout=timeout,
-            )  # fmt: skip
+            watched = _Watched(hv)
+            try:
+                outcomes = await exec_in_guests(
+                    cast(HyperVHost, watched), names, text, credential,
+                    on_record=printer.emit, max_concurrency=concurrency, timeout=timeout,
+                )  # fmt: skip
+            except BaseException:
+                if cancelled_here():  # Ctrl-C: every guest still gets its verdict
+                    printer.flush()
+                    _report_interrupted(names, watched, printer, as_json=as_json, ignore_exit_code=ignore_exit_code)
+                raise
             printer.flush()
         failed = 0
         for name in names:
@@ -140,6 +152,54 @@ def exec_cmd(
         return exitcodes.GUEST_ERRORS if failed else exitcodes.OK
 
     sys.exit(run_trio(main))
+
+
+class _Watched:
+    """The host, as exec_in_guests sees it, noting how far each guest got: an interrupted exec
+    (Ctrl-C cancels exec_in_guests before it returns) still tells which guests had finished."""
+
+    def __init__(self, hv: HyperVHost) -> None:
+        self._hv = hv
+        self.outcomes: dict[str, InvokeOutcome] = {}
+        self.ended: set[str] = set()
+
+    @asynccontextmanager
+    async def invoke_in_guest(self, vm: str, *args: Any, **kwargs: Any) -> AsyncIterator[GuestInvocation]:
+        self.outcomes.setdefault(vm, InvokeOutcome())
+        try:
+            async with self._hv.invoke_in_guest(vm, *args, **kwargs) as inv:
+                self.outcomes[vm] = inv.outcome
+                yield inv
+        except VmbusOpsError as exc:
+            self.outcomes[vm].failure = self.outcomes[vm].failure or exc
+            self.ended.add(vm)
+            raise
+        self.ended.add(vm)
+
+
+def _report_interrupted(
+    names: list[str], watched: _Watched, printer: RecordPrinter, *, as_json: bool, ignore_exit_code: bool
+) -> None:
+    """After Ctrl-C: a guest that had finished gets its own verdict; the others are interrupted."""
+    succeeded: list[str] = []
+    failed: list[str] = []
+    interrupted: list[str] = []
+    for name in names:
+        if name not in watched.ended:
+            interrupted.append(name)
+            if as_json:
+                printer.emit_interrupted(name, started=name in watched.outcomes)
+            continue
+        outcome = watched.outcomes[name]
+        ok = outcome.ok_but_exit_code if ignore_exit_code else outcome.ok
+        (succeeded if ok else failed).append(name)
+        if as_json:
+            printer.emit_result(name, outcome, ok=ok, ignore_exit_code=ignore_exit_code)
+    if as_json:
+        printer.emit_summary(succeeded=succeeded, failed=failed, interrupted=interrupted)
+        printer.flush()
+    if interrupted:
+        click.echo(f"interrupted: {terminal_safe(', '.join(interrupted))}", err=True)
 
 
 async def _chosen_guests(hv: HyperVHost, patterns: tuple[str, ...]) -> list[str]:
@@ -180,7 +240,7 @@ async def _chosen_guests(hv: HyperVHost, patterns: tuple[str, ...]) -> list[str]
 @click.option("--enable-guest-services", is_flag=True, help="Enable the Guest Service Interface first if it is off.")
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("dest")
-@click.option("--json", "as_json", is_flag=True, help='One JSON object per VM: {"vm", "ok", "dest", "bytes"} or {"vm", "ok": false, "error"}.')
+@click.option("--json", "as_json", is_flag=True, help='One JSON object per VM: {"vm", "ok", "dest", "bytes"} or {"vm", "ok": false, "code", "error"}.')
 def copy_cmd(
     host: str | None, vm_names: tuple[str, ...], no_force: bool, enable_guest_services: bool, source: Path, dest: str,
     as_json: bool = False,
@@ -210,13 +270,14 @@ def copy_cmd(
                     await hv.copy_to_guest(vm, src, dest, force=not no_force)
                     if as_json:
                         click.echo(json.dumps({"vm": vm, "ok": True, "source": src, "dest": dest,
-                                               "bytes": size, "enabled_guest_services": enabled}))
+                                               "bytes": size, "enabled_guest_services": enabled, "code": None}))
                     else:
                         click.echo(f"{vm}: copied {source.name} -> {dest}")
                 except VmbusOpsError as exc:
                     failed += 1
                     if as_json:
-                        click.echo(json.dumps({"vm": vm, "ok": False, "dest": dest, "error": exc.message, "hint": exc.hint}))
+                        click.echo(json.dumps({"vm": vm, "ok": False, "dest": dest, "code": exc.code.value,
+                                               "error": exc.message, "hint": exc.hint}))
                     click.secho(f"vmbusops: {exc}", err=True, fg="red")
         return exitcodes.GUEST_ERRORS if failed else exitcodes.OK
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vmbusops.cli.output import console
+from vmbusops.cli.output import console, terminal_safe
 from vmbusops.engine.states import ACTIVE, State
 from vmbusops.errors import ConfigError
+from vmbusops.vm_names import is_glob, vms_matching
 from vmbusops.when import parse_since
 
 _ACTIVE = {s.value for s in ACTIVE}
@@ -126,8 +127,31 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     return table
 
 
-def print_job(job: dict[str, Any], runs: list[dict[str, Any]], console: Console) -> None:
-    """``jobs show``: the job, then each run with its steps and output excerpt."""
+def why_waiting(run: dict[str, Any], runs: list[dict[str, Any]], holder: Callable[[str], int | None]) -> str | None:
+    """Why a run of an active job is not going on now, or None: a step waits out a retry's
+    backoff; or the run waits for its VM (``holder``: the other job whose run on it is in
+    progress) or for a slot of the job's max concurrency."""
+    for s in run.get("steps", []):
+        if s["state"] == State.DELAYED.value:
+            failed = f": {s['error']}" if s.get("error") else ""
+            return f"waiting to retry step {s['name']} (attempt {s.get('attempts', 0)} failed{failed})"
+    if run["state"] != State.DELAYED.value:
+        return None
+    other = holder(run["vm"])
+    if other is not None:
+        return f"waiting for {run['vm']}: job {other}'s run on it is in progress (one run per VM at a time)"
+    going = sum(r["state"] == State.IN_PROGRESS.value for r in runs)
+    return f"waiting for a slot: the job's max concurrency is reached ({going} of its runs in progress)"
+
+
+def print_job(
+    job: dict[str, Any],
+    runs: list[dict[str, Any]],
+    console: Console,
+    holder: Callable[[str], int | None] = lambda vm: None,
+) -> None:
+    """``jobs show``: the job, then each run with its steps and output excerpt, and why a run
+    that waits is waiting (:func:`why_waiting`)."""
     owner = job.get("owner_pid")
     head = f"job {job['id']}  {escape(job['bundle'])} v{job['version']}  {styled(job['state'])}"
     if owner is not None:
@@ -144,6 +168,9 @@ def print_job(job: dict[str, Any], runs: list[dict[str, Any]], console: Console)
     for r in runs:
         error = f"  [red]{escape(r['error'])}[/]" if r.get("error") else ""
         console.print(f"\n[bold]{escape(r['vm'])}[/]  {styled(r['state'])}  {duration(r)}  {r['records']} records{error}")
+        waiting = why_waiting(r, runs, holder) if job["state"] in _ACTIVE else None
+        if waiting is not None:
+            console.print(f"  [blue]{escape(terminal_safe(waiting))}[/]")
         for s in r.get("steps", []):
             tries = f" ({s['attempts']} attempts)" if s.get("attempts", 0) > 1 else ""
             console.print(f"  {escape(s['name']):<20} {escape(s['kind']):<10} {styled(s['state'])}{tries}")
@@ -151,13 +178,15 @@ def print_job(job: dict[str, Any], runs: list[dict[str, Any]], console: Console)
             console.print(f"    | {line}", markup=False)
 
 
-def history_table(entries: list[dict[str, Any]]) -> Table:
+def history_table(entries: list[dict[str, Any]], *, with_vm: bool = False) -> Table:
+    """``history``: a VM's runs; ``with_vm`` adds the VM's column (for a glob's many VMs)."""
     table = Table(box=None, header_style="bold")
-    for col in ("Job", "Bundle", "State", "Started", "Duration", "Records", "Submitter", "Failure"):
+    for col in ("Job", *(("VM",) if with_vm else ()), "Bundle", "State", "Started", "Duration", "Records", "Submitter", "Failure"):
         table.add_column(col)
     for e in entries:
         table.add_row(
             str(e["job"]),
+            *((escape(e["vm"]),) if with_vm else ()),
             escape(f"{e['bundle']} v{e['version']}"),
             styled(e["state"]),
             when(e.get("started_at")),
@@ -196,6 +225,108 @@ def local_history(vm: str, *, state: str | None, since: float | None, limit: int
         return [vm_run_json(e) for e in entries]
     finally:
         journal.close()
+
+
+def vm_holder(job_id: int, agent_url: str | None = None, token_file: Path | None = None) -> Callable[[str], int | None]:
+    """For :func:`why_waiting`: the other job whose run on a VM is in progress (the journal's, or
+    the agent's), if there is one."""
+
+    def holder(vm: str) -> int | None:
+        if agent_url is not None:
+            path = f"/v1/vms/{_quote(vm)}/runs"
+            entries = remote_pages(agent_url, token_file, path, "runs", {"state": State.IN_PROGRESS.value}, 10)
+        else:
+            entries = local_history(vm, state=State.IN_PROGRESS.value, since=None, limit=10)
+        return next((e["job"] for e in entries if e["job"] != job_id), None)
+
+    return holder
+
+
+# --- a --vm glob: the jobs with a run on a VM it matches ---------------------------------------
+
+
+def glob_jobs(
+    pattern: str, jobs: Iterable[dict[str, Any]], runs_of: Callable[[int], list[dict[str, Any]]], limit: int
+) -> list[dict[str, Any]]:
+    """``jobs --vm GLOB``: of ``jobs`` (newest first, the other filters applied), the first
+    ``limit`` with a run on a VM ``pattern`` matches."""
+    out: list[dict[str, Any]] = []
+    for job in jobs:
+        if len(out) >= limit:
+            break
+        if vms_matching(pattern, [r["vm"] for r in runs_of(job["id"])]):
+            out.append(job)
+    return out
+
+
+def glob_history(
+    pattern: str,
+    jobs: Iterable[dict[str, Any]],
+    runs_of: Callable[[int], list[dict[str, Any]]],
+    *,
+    state: str | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """``history --vm GLOB``: the runs on the VMs ``pattern`` matches, newest job first, each as
+    one VM's history gives it (:func:`vmbusops.engine.views.vm_run_json`)."""
+    out: list[dict[str, Any]] = []
+    for job in jobs:
+        runs = runs_of(job["id"])
+        matched = set(vms_matching(pattern, [r["vm"] for r in runs]))
+        for r in (r for r in runs if r["vm"] in matched):
+            if len(out) >= limit:
+                return out
+            if state is None or r["state"] == state:
+                out.append({
+                    "job": job["id"], "bundle": job["bundle"], "version": job["version"], "submitter": job["submitter"],
+                    **{k: r[k] for k in ("vm", "state", "current_step", "started_at", "finished_at", "records", "error", "code")},
+                })  # fmt: skip
+    return out
+
+
+def local_job_pages(*, state: str | None, since: float | None, submitter: str | None) -> Iterator[dict[str, Any]]:
+    """Every job of the journal the filters pick, newest first, read a page at a time."""
+    from vmbusops.engine.journal import JobFilter, Journal
+    from vmbusops.engine.views import job_json
+
+    journal = Journal()
+    try:
+        before: int | None = None
+        while True:
+            where = JobFilter(state=State(state) if state else None, since=since, submitter=submitter, before=before)
+            page = journal.jobs(limit=500, where=where)
+            yield from (job_json(j) for j in page)
+            if len(page) < 500:
+                return
+            before = page[-1].id
+    finally:
+        journal.close()
+
+
+def local_runs(job_id: int) -> list[dict[str, Any]]:
+    from vmbusops.engine.journal import Journal
+    from vmbusops.engine.views import run_json
+
+    journal = Journal()
+    try:
+        return [run_json(r, []) for r in journal.runs(job_id)]
+    finally:
+        journal.close()
+
+
+def remote_job_pages(agent_url: str, token_file: Path | None, params: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """Every job of the agent the filters pick (and the token may see), newest first."""
+    cursor: str | None = None
+    while True:
+        page = remote_get(agent_url, token_file, "/v1/jobs", {**params, "limit": "500", **({"cursor": cursor} if cursor else {})})
+        yield from page["jobs"]
+        cursor = page.get("next")
+        if not cursor or not page["jobs"]:
+            return
+
+
+def remote_runs(agent_url: str, token_file: Path | None) -> Callable[[int], list[dict[str, Any]]]:
+    return lambda job_id: list(remote_get(agent_url, token_file, f"/v1/jobs/{job_id}/runs", {})["runs"])
 
 
 def local_job(job_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -291,7 +422,11 @@ def _agent_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.command("history")
-@click.option("--vm", required=True, metavar="NAME", help="The VM whose runs to show, across jobs.")
+@click.option(
+    "--vm", required=True, metavar="NAME",
+    help="The VM whose runs to show, across jobs: a name, or a glob such as 'web*' (matched case-insensitively, "
+    "as exec --vm is) for the runs of every VM it matches.",
+)  # fmt: skip
 @filter_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
 @_agent_options
@@ -306,7 +441,14 @@ def history_cmd(
 ) -> None:
     """One VM's runs across jobs, newest first: job, bundle, state, start, duration, failure."""
     after = since_epoch(since)
-    if agent_url is not None:
+    if is_glob(vm):
+        if agent_url is not None:
+            since_param = {"since": iso(after)} if after is not None else {}
+            jobs, runs_of = remote_job_pages(agent_url, token_file, since_param), remote_runs(agent_url, token_file)
+        else:
+            jobs, runs_of = local_job_pages(state=None, since=after, submitter=None), local_runs
+        entries = glob_history(vm, jobs, runs_of, state=state, limit=limit)
+    elif agent_url is not None:
         params = {"state": state or "", "since": iso(after) if after is not None else ""}
         entries = remote_pages(
             agent_url, token_file, f"/v1/vms/{_quote(vm)}/runs", "runs", {k: v for k, v in params.items() if v}, limit
@@ -317,9 +459,10 @@ def history_cmd(
         print_json_lines(entries)
         return
     if not entries:
-        click.echo(f"no runs on {vm}" + (" matching the filters" if state or since else ""))
+        where = f"a VM matching {vm!r}" if is_glob(vm) else vm
+        click.echo(f"no runs on {terminal_safe(where)}" + (" matching the filters" if state or since else ""))
         return
-    out_console().print(history_table(entries))
+    out_console().print(history_table(entries, with_vm=is_glob(vm)))
 
 
 def _quote(vm: str) -> str:
@@ -332,13 +475,20 @@ def _quote(vm: str) -> str:
 
 __all__ = [
     "filter_options",
+    "glob_jobs",
     "history_cmd",
     "jobs_table",
     "local_job",
+    "local_job_pages",
     "local_jobs",
+    "local_runs",
     "out_console",
     "print_job",
     "remote_cancel",
     "remote_get",
+    "remote_job_pages",
     "remote_pages",
+    "remote_runs",
+    "vm_holder",
+    "why_waiting",
 ]

@@ -194,6 +194,25 @@ class RecordPrinter:
         }
         self._out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
 
+    def emit_interrupted(self, vm: str, *, started: bool) -> None:
+        """The verdict of a guest Ctrl-C stopped (or kept from starting): a ``result`` line, as
+        every guest gets, with ``interrupted``."""
+        why = "the guest command was stopped" if started else "it had not started"
+        line = {
+            "vm": vm, "event": "result", "stream": "result", "time": iso_time(time.time()),
+            "ok": False, "exit_code": None, "errors": 0, "code": FailureCode.CANCELLED,
+            "failure": f"interrupted (Ctrl-C): {why}", "interrupted": True,
+        }  # fmt: skip
+        self._out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+    def emit_summary(self, *, succeeded: list[str], failed: list[str], interrupted: list[str]) -> None:
+        """After Ctrl-C, exec's last line: which guests succeeded, failed, and were interrupted."""
+        line = {
+            "event": "summary", "stream": "summary", "time": iso_time(time.time()),
+            "succeeded": succeeded, "failed": failed, "interrupted": interrupted,
+        }  # fmt: skip
+        self._out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+
     def flush(self) -> None:
         """Write out what is pending; a progress status line goes (what it said has passed)."""
         if self._status:

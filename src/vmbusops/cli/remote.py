@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from vmbusops.cli.output import console
 from vmbusops.cli.record_lines import print_records, record_text
 from vmbusops.engine.journal import RecordView
 from vmbusops.errors import BundleError, ConfigError, TransportError, VmbusOpsError
-from vmbusops.times import seconds_of
+from vmbusops.times import iso_time, seconds_of
 
 ENV_AGENT = "VMBUSOPS_AGENT"
 ENV_TOKEN = "VMBUSOPS_TOKEN"  # noqa: S105 - the name of the variable, not a token
@@ -215,7 +216,10 @@ class RemoteProgress:
             if previous == current:
                 return
             if self.as_json:
-                self._json({"event": "run", **{k: data.get(k) for k in ("vm", "state", "step", "error", "code")}})
+                # The time it is printed, as vmbusops run --json stamps its run lines.
+                when = data.get("time") or iso_time(time.time())
+                self._json({"event": "run", "vm": data.get("vm"), "time": when,
+                            **{k: data.get(k) for k in ("state", "step", "error", "code")}})
             else:
                 step = f" ({data['step']})" if data.get("step") else ""
                 error = f": {data['error']}" if data.get("error") else ""
@@ -277,7 +281,30 @@ def _record_view(data: dict[str, Any]) -> RecordView:
 
 
 def resolve_agent(agent_url: str | None, token_file: Path | None) -> AgentClient:
-    return AgentClient(agent_url or os.environ.get(ENV_AGENT) or DEFAULT_AGENT, read_token(token_file))
+    """The agent to ask (``--agent``, else ``$VMBUSOPS_AGENT``, else the default) and the token.
+
+    A URL that is not an agent's (no http:// or https://, no host) is bad input, said before any
+    token is read or any connection tried: nothing could reach it."""
+    if agent_url:
+        url, given = agent_url, f"--agent {agent_url[:200]!r}"
+    else:
+        url = os.environ.get(ENV_AGENT) or DEFAULT_AGENT
+        given = f"${ENV_AGENT} {url[:200]!r}"
+    if not _is_agent_url(url):
+        raise ConfigError(
+            f"{given} is not an agent's URL",
+            hint=f"give http:// or https://, a host and a port, such as {DEFAULT_AGENT}",
+        )
+    return AgentClient(url, read_token(token_file))
+
+
+def _is_agent_url(url: str) -> bool:
+    try:
+        parsed = httpx.URL(url)
+        parsed.port  # noqa: B018 - a port that is not a number raises here
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.host)
 
 
 async def submit_bundle(agent: AgentClient, bundle_file: Path) -> dict[str, Any]:

@@ -281,21 +281,21 @@ class RunMachine:
         return [*out, *self._run(Event.INTERRUPT), *self.resume(abandon=abandon, cause=cause)]
 
     def refuse(self, message: str) -> list[Output]:
-        """After an interruption, the job's bundle no longer passes verification: the run is
-        abandoned with ``message`` and nothing of it runs again."""
+        """After an interruption, the job's bundle no longer passes verification: the run ends
+        with ``message``, coded as the rejected bundle it is, and nothing of it runs again."""
         if self.state is not State.INTERRUPTED:
             return []
-        return self._abandon(message)
+        return self._abandon(message, FailureCode.BUNDLE_REJECTED)
 
-    def _abandon(self, message: str) -> list[Output]:
+    def _abandon(self, message: str, code: FailureCode = FailureCode.ABANDONED) -> list[Output]:
         self._check(Event.ABANDON)
         out: list[Output] = []
         for i, s in enumerate(self.step_states):
             if s is State.INTERRUPTED:
-                out += self._step(i, Event.ABANDON, error=message, code=FailureCode.ABANDONED)
+                out += self._step(i, Event.ABANDON, error=message, code=code)
             elif s in _STARTABLE:
                 out += self._step(i, Event.SKIP)
-        return [*out, *self._finish(Event.ABANDON, message, FailureCode.ABANDONED)]
+        return [*out, *self._finish(Event.ABANDON, message, code)]
 
     # ------------------------------------------------------------------ steps
     def begin_step(self, index: int) -> list[Output]:

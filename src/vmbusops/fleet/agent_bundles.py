@@ -45,7 +45,7 @@ from vmbusops.home import home_dir, private_dir
 from vmbusops.vm_names import vms_matching
 
 #: The ``refused`` code of a bundle that already served another fleet job on this host.
-REPLAYED_BUNDLE = "ReplayedBundle"
+REPLAYED_BUNDLE = FailureCode.REPLAYED_BUNDLE.value
 
 
 class Refusal(Exception):
