@@ -5,7 +5,9 @@
 1. the engine's CPU per journaled record over bare ``exec`` (guestops.fanout)'s CPU per record,
    while 100 guests print as fast as they can (CPU-bound): the same fan-out and output, median of
    interleaved rounds (engine, exec, engine, exec...); with the raw SQLite insert of the same rows
-   as a second anchor (the least a journal of them can cost) and the journal writes' share;
+   as a second anchor (the least a journal of them can cost: in the journal's own commits, of the
+   sizes the round made), that insert without the ``(run_id, seq)`` index beside it (what the
+   per-run index costs), and the journal writes' share;
    ``--profile`` adds a cProfile of one more engine round;
 2. peak RSS while one guest streams --flood-mib of output as long verbose lines: sampled as the
    output grows, so a flat line shows memory is bounded by buffers, not by output size;
@@ -103,10 +105,12 @@ async def bench_throughput(work: Path, vms: int, lines: int, rounds: int, profil
     engine_cpu: list[float] = []
     exec_cpu: list[float] = []
     floor_cpu: list[float] = []
+    no_run_index: list[float] = []
     engine_wall: list[float] = []
     exec_wall: list[float] = []
     journal_share: list[float] = []
     batches: list[float] = []
+    big: list[float] = []
     async with open_host("sim", config=config) as host:
         # Not timed: the simulator lays out each new guest's storage once.
         await bench_bare(host, names, script, vms)
@@ -120,7 +124,8 @@ async def bench_throughput(work: Path, vms: int, lines: int, rounds: int, profil
                     source="bench",
                 )
                 written, writer_cpu = engine.writer.records_written, engine.writer.cpu_seconds
-                flushes = engine.writer.flushes
+                sizes: list[int] = []
+                engine.writer.on_applied = lambda stored, _, sizes=sizes: sizes.append(len(stored)) if stored else None
                 cpu0, t0 = cpu_seconds(), time.perf_counter()
                 result = await engine.run_job(job)
                 wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
@@ -129,9 +134,12 @@ async def bench_throughput(work: Path, vms: int, lines: int, rounds: int, profil
                 engine_cpu.append(cpu / records)
                 engine_wall.append(wall / records)
                 journal_share.append((engine.writer.cpu_seconds - writer_cpu) / cpu)
-                # The journal's own batches: a commit every flush_interval, or flush_records.
-                batches.append(records / (engine.writer.flushes - flushes))
-                floor_cpu.append(await bench_sqlite_floor(work, journal, result.job_id, round(batches[-1])))
+                engine.writer.on_applied = None
+                # The journal's own commits: every flush_interval, flush_records, or a run's step.
+                batches.append(sum(sizes) / len(sizes))
+                big.append(statistics.median(sorted(sizes)[len(sizes) // 2 :]))
+                floor_cpu.append(await bench_sqlite_floor(work, journal, result.job_id, sizes))
+                no_run_index.append(await bench_sqlite_floor(work, journal, result.job_id, sizes, run_index=False))
                 cpu0, t0 = cpu_seconds(), time.perf_counter()
                 count = await bench_bare(host, names, script, vms)
                 wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
@@ -148,9 +156,15 @@ async def bench_throughput(work: Path, vms: int, lines: int, rounds: int, profil
     )
     print(
         f"    engine minus exec {(e - x) * us:.1f} us/record; raw SQLite insert of the same rows,"
-        f" {median(batches):.0f} a transaction (the journal's), as they arrived, content already encoded:"
+        f" in the journal's own commits ({median(batches):.0f} rows each on average; the larger half"
+        f" {median(big):.0f}), in their order, content already encoded:"
         f" {f * us:.1f} us/record ({f / x:.2f}x exec); journal writes {100 * median(journal_share):.0f}%"
         " of the engine's CPU"
+    )
+    r = median(no_run_index)
+    print(
+        f"    of the insert, the (run_id, seq) index: {(f - r) * us:.1f} us/record ({(f - r) / x:.2f}x exec);"
+        f" the same rows without it {r * us:.1f} us/record"
     )
     print(
         "    CPU is this process's (time.process_time, all threads), where the engine and exec both run;"
@@ -176,10 +190,15 @@ async def bench_bare(host: Any, vms: list[str], script: str, concurrency: int) -
     return count
 
 
-async def bench_sqlite_floor(work: Path, journal: Journal, job_id: int, batch: int) -> float:
+async def bench_sqlite_floor(
+    work: Path, journal: Journal, job_id: int, sizes: list[int], *, run_index: bool = True
+) -> float:
     """CPU per row to insert a job's stored records, as stored, into an empty copy of their table.
 
-    As the journal writes them: in the order they arrived, ``batch`` a transaction.
+    As the journal wrote them: in the order they were committed, in transactions of the same
+    ``sizes`` (a flood's commits are large, a run's first and last small). Without
+    ``run_index``, the copy lacks the ``(run_id, seq)`` index: what that index costs is the
+    difference (its entries go to one B-tree leaf per run, interleaved as the runs print).
     """
 
     def insert() -> float:
@@ -188,16 +207,17 @@ async def bench_sqlite_floor(work: Path, journal: Journal, job_id: int, batch: i
             sql
             for (sql,) in src.execute(
                 "SELECT sql FROM sqlite_master WHERE tbl_name = 'records' AND sql IS NOT NULL"
+                + ("" if run_index else " AND name != 'records_run'")
             )
         ]
         rows = src.execute(
-            "SELECT records.* FROM records JOIN runs ON runs.id = records.run_id WHERE runs.job_id = ?"
-            " ORDER BY records.time, records.run_id, records.seq",
+            "SELECT * FROM records WHERE job_id = ? ORDER BY n",
             (job_id,),
         ).fetchall()
         src.close()
         path = work / "floor.sqlite"
-        path.unlink(missing_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
         db = sqlite3.connect(path, isolation_level=None)
         for pragma in ("journal_mode=WAL", "synchronous=NORMAL"):
             db.execute(f"PRAGMA {pragma}")
@@ -205,10 +225,13 @@ async def bench_sqlite_floor(work: Path, journal: Journal, job_id: int, batch: i
             db.execute(sql)
         insert = f"INSERT INTO records VALUES ({', '.join('?' * len(rows[0]))})"
         cpu0 = time.thread_time()
-        for i in range(0, len(rows), batch):
+        assert sum(sizes) == len(rows), (sum(sizes), len(rows))
+        i = 0
+        for size in sizes:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany(insert, rows[i : i + batch])
+            db.executemany(insert, rows[i : i + size])
             db.execute("COMMIT")
+            i += size
         cpu = time.thread_time() - cpu0
         db.close()
         return cpu / len(rows)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from vmbusops.api import follow
 from vmbusops.api.broadcast import Broadcaster, JobEnded
 from vmbusops.api.follow import JobFollower, RecordText
 from vmbusops.api.metrics import AgentMetrics
@@ -37,6 +38,7 @@ class Surroundings:
 
     def __init__(self, path: Path, broadcaster: Broadcaster) -> None:
         self.readers = JournalReaders(path)
+        self.catch_up = trio.CapacityLimiter(1)
         self.broadcaster = broadcaster
         self.metrics = AgentMetrics()
         self.running: set[int] = set()
@@ -148,3 +150,66 @@ def test_a_records_json_is_what_logs_json_gives() -> None:
         assert list(json.loads(spliced)) == list(expected)  # and in the same key order
         assert text.event(row) == f"id: {i + 1}\nevent: record\ndata: {spliced}\n\n"
         assert "\n" not in spliced  # one SSE data line whatever the guest printed
+
+
+def new_job(journal: Journal) -> tuple[int, dict[str, int]]:
+    return journal.create_job(
+        bundle_name="b", bundle_version=1, bundle_id="id-1", source="test", manifest="{}", bundle_dir=None,
+        enable_guest_services=False, envelope=None, host="sim", vms=VMS, steps=[("s", "script")],
+        owner=current_owner(), now=time.time(),
+    )  # fmt: skip
+
+
+async def test_followers_catching_up_at_once_read_one_page_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages hold the interpreter while they are formatted: one at a time, whoever asks, and
+    each follower still gets every record in order."""
+    monkeypatch.setattr(follow, "CATCH_UP_BATCH", 7)
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    job_id, runs = new_job(journal)
+    rows = [(job_id, runs[VMS[i % 3]], i // 3 + 1, "s", 1, "output", float(i), '{"stream":"output","value":1}')
+            for i in range(50)]  # fmt: skip
+    journal.apply(rows, [JobChange(job_id=job_id, state=State.SUCCESS)])
+    service = Surroundings(path, Broadcaster())
+    at_once = most = 0
+    page = JobFollower._page
+
+    def counted(self: JobFollower, after: int, j: Journal) -> tuple[int, int, str]:
+        nonlocal at_once, most
+        at_once += 1
+        most = max(most, at_once)
+        try:
+            time.sleep(0.002)  # long enough for another page to start, if one could
+            return page(self, after, j)
+        finally:
+            at_once -= 1
+
+    monkeypatch.setattr(JobFollower, "_page", counted)
+    job, view_runs = journal.job(job_id), journal.runs(job_id)
+    got: list[list[int]] = [[] for _ in range(4)]
+
+    async def one(i: int) -> None:
+        follower = JobFollower(service, job, view_runs, after=0)  # type: ignore[arg-type]
+        got[i] = [int(ident or 0) for event, ident, _ in await collect(follower.events(), False) if event == "record"]
+
+    async with trio.open_nursery() as nursery:
+        for i in range(4):
+            nursery.start_soon(one, i)
+    assert got == [list(range(1, 51))] * 4
+    assert most == 1
+    service.readers.close()
+
+
+async def test_a_read_on_the_loops_own_connection_sees_every_commit(tmp_path: Path) -> None:
+    """``run_here`` keeps its connection between calls; each call still reads what is committed."""
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    job_id, runs = new_job(journal)
+    readers = JournalReaders(path)
+    assert (await readers.run_here(lambda j: j.job(job_id))).state is State.PENDING
+    journal.apply([], [JobChange(job_id=job_id, state=State.IN_PROGRESS)])
+    assert (await readers.run_here(lambda j: j.job(job_id))).state is State.IN_PROGRESS
+    assert await readers.run_here(lambda j: j.run_ids(job_id)) == runs
+    readers.close()

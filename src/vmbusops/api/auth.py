@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import functools
 import hashlib
 import hmac
 import json
@@ -28,7 +29,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,16 +81,19 @@ class Principal:
         return operation in self.operations
 
     def covers_vm(self, vm: str) -> bool:
-        folded = vm.casefold()
-        return any(fnmatch.fnmatchcase(folded, g.casefold()) for g in self.vms)
+        return _scope_matcher(self.vms)(vm.casefold()) is not None
 
     def sees_all_vms(self) -> bool:
         return "*" in self.vms
 
     def sees_job(self, vms: Sequence[str]) -> bool:
+        """Whether every VM of a job is in scope (a status call asks it of hundreds of names)."""
+        if self.sees_all_vms():  # '*' matches every name
+            return True
         if not vms:
-            return self.sees_all_vms()
-        return all(self.covers_vm(vm) for vm in vms)
+            return False
+        match = _scope_matcher(self.vms)
+        return all(match(vm.casefold()) is not None for vm in vms)
 
     def active(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
@@ -107,6 +111,15 @@ class Principal:
             if subject:
                 return f"cert:{subject}"
         return f"{self.kind}:{self.name}"
+
+
+@functools.lru_cache(maxsize=256)
+def _scope_matcher(globs: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
+    """One pattern for a scope's globs, matched against a casefolded name: what
+    ``any(fnmatch.fnmatchcase(name, g.casefold()) for g in globs)`` says, in one match."""
+    if not globs:
+        return lambda _: None
+    return re.compile("|".join(f"(?:{fnmatch.translate(g.casefold())})" for g in globs)).match
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,10 +98,12 @@ class JobFollower:
 
     async def _catch_up(self) -> AsyncIterator[str]:
         """Every committed record past the position, from the journal, a page at a time (a worker
-        thread formats it): what is sent is never more than a page ahead of the client, and a
-        client that goes away stops the reading at the next page."""
+        thread formats it, one page of one follower at a time: ``service.catch_up``): what is sent
+        is never more than a page ahead of the client, and a client that goes away stops the
+        reading at the next page."""
         while True:
-            count, self.position, text = await self.service.read(partial(self._page, self.position))
+            async with self.service.catch_up:
+                count, self.position, text = await self.service.read(partial(self._page, self.position))
             self.sent += count
             if text:
                 yield text

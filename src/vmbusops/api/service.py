@@ -8,7 +8,7 @@ submission waits up to ``host_wait_seconds`` for it, then is refused with
 :class:`~vmbusops.errors.HostDownError` before anything is verified or journaled. Journal reads go through
 :class:`~vmbusops.engine.readers.JournalReaders` in worker threads, so they never wait behind the
 engine's writer nor behind each other (a follower catching up a large job holds one connection of
-several). Followers are fed from the writer's commits (:meth:`AgentService.on_commit`): they see a
+several; a job's status, a small read, is made on the event loop's own connection). Followers are fed from the writer's commits (:meth:`AgentService.on_commit`): they see a
 record once it is durable, numbered, and never before.
 """
 
@@ -85,6 +85,10 @@ class AgentService:
         #: The connection for the API's own writes (acceptance, cancel requests).
         self.reader = reader
         self.readers = readers
+        #: Followers' catch-up pages are read and formatted one at a time, whoever asks: a page
+        #: holds the interpreter for milliseconds, and several at once would only queue for it
+        #: beside the event loop (and a status call on it); the limiter is first come, first served.
+        self.catch_up = trio.CapacityLimiter(1)
         self.jobs_nursery = jobs
         self.principals = principals
         self.config = config
@@ -132,13 +136,15 @@ class AgentService:
         return await self.read(get)
 
     async def find_job_targets(self, job_id: int) -> tuple[JobView, list[str]] | None:
-        """The job and the VMs it targets (what a status needs), as :meth:`find_job` does."""
+        """The job and the VMs it targets (what a status needs), as :meth:`find_job` does: read on
+        the event loop's own connection (:meth:`JournalReaders.run_here`), a status call being
+        the read that must stay quick while followers page through large jobs in worker threads."""
 
         def get(journal: Journal) -> tuple[JobView, list[str]] | None:
             found = journal.jobs(job_id=job_id, limit=1)
             return (found[0], list(journal.run_ids(job_id))) if found else None
 
-        return await self.read(get)
+        return await self.readers.run_here(get)
 
     async def visible_jobs(self, who: Principal, query: ListQuery) -> tuple[list[JobView], int | None]:
         """A page of the jobs ``who`` may see that ``query`` picks, and the cursor of the next

@@ -5,6 +5,13 @@ a reader catching up a large job would hold every other read (a job's status abo
 is done. WAL lets any number of connections read at once, each from its own snapshot, without
 blocking the writer; :class:`JournalReaders` keeps a few such connections and lends each to one
 worker thread at a time. Connections are opened when first needed and kept for reuse.
+
+A small read (a job's status: its row and its VMs' names, well under a millisecond) costs less
+than the trip to a worker thread and back, and a trip to a thread is where a busy process makes a
+caller wait: the thread, and then the event loop again, each wait for the interpreter while
+another thread (a follower's page) holds it. :meth:`JournalReaders.run_here` makes such a read
+on the calling thread, on a connection of its own: a WAL reader takes no lock another
+connection holds for long, so it does not wait on the writer nor on the other readers either.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ class JournalReaders:
         self._limiter = trio.CapacityLimiter(size)
         self._idle: list[Journal] = []
         self._open: list[Journal] = []
+        self._here: Journal | None = None
 
     async def run(self, fn: Callable[[Journal], T]) -> T:
         """``fn(journal)`` in a worker thread, on a connection no other call uses meanwhile."""
@@ -38,6 +46,23 @@ class JournalReaders:
             finally:
                 self._idle.append(journal)
 
+    async def run_here(self, fn: Callable[[Journal], T]) -> T:
+        """``fn(journal)`` on this thread (the event loop's), for reads that take well under a
+        millisecond; its connection is used by this thread only, one call at a time."""
+        here = self._here
+        if here is None:
+            here = self._keep_here(await trio.to_thread.run_sync(self._connect))
+        return fn(here)
+
+    def _keep_here(self, opened: Journal) -> Journal:
+        """The loop's connection: ``opened``, unless another first call kept one meanwhile (then
+        ``opened`` joins the pool)."""
+        if self._here is None:
+            self._here = opened
+        else:
+            self._idle.append(opened)
+        return self._here
+
     def _connect(self) -> Journal:
         journal = Journal(self.path, readonly=True)
         self._open.append(journal)
@@ -48,6 +73,7 @@ class JournalReaders:
             journal.close()
         self._open.clear()
         self._idle.clear()
+        self._here = None
 
 
 __all__ = ["JournalReaders"]
