@@ -50,6 +50,7 @@ from vmbusops.engine.states import Event, Level, State, TransitionError, job_out
 from vmbusops.errors import FailureCode, VmbusOpsError
 from vmbusops.fleet.broker import StreamMessage
 from vmbusops.fleet.messages import (
+    BatchesFact,
     BatchFact,
     CancelFact,
     DispatchFact,
@@ -75,6 +76,10 @@ log = logging.getLogger("vmbusops.fleet")
 FLEET_HOST = "fleet"
 _STREAMS = frozenset(s.value for s in Stream)
 _NOT_STARTED = (State.PENDING, State.DELAYED)
+#: The run states that are not terminal.
+_LIVE = tuple(s.value for s in State if not s.terminal)
+_ANY_LIVE_RUN = "SELECT 1 FROM runs WHERE job_id = ? AND state IN (?, ?, ?, ?) LIMIT 1"
+assert len(_LIVE) == 4, _LIVE
 
 
 class Skip(Exception):
@@ -112,38 +117,58 @@ class Projection:
 
     def apply(self, message: StreamMessage) -> Applied:
         """Apply one LOG message (blocking SQLite; the caller runs it off the event loop)."""
-        out = Applied(seq=message.seq)
+        return self.apply_page([message])[0]
+
+    def apply_page(self, messages: Sequence[StreamMessage]) -> list[Applied]:
+        """Apply LOG messages in order, in one transaction (blocking SQLite; the caller runs it off
+        the event loop): each message's effects in a savepoint of their own, so that one that is
+        skipped leaves the others be, and the last sequence written once, in the same transaction.
+        One commit (one fsync) per page rather than per message is what lets the projection keep up
+        with a fleet's records."""
+        outs: list[Applied] = []
+        with self.journal.transaction() as db:
+            last = _get(db, "last_seq")
+            for message in messages:
+                out = Applied(seq=message.seq)
+                outs.append(out)
+                if message.seq <= last:
+                    out.skipped = "applied already"
+                    continue
+                self._one(db, message, out)
+                last = message.seq
+            _put(db, "last_seq", last)
+        return outs
+
+    def _one(self, db: sqlite3.Connection, message: StreamMessage, out: Applied) -> None:
         try:
             fact = _parse(message)
         except FleetMessageError as exc:
             log.warning("bad log message", extra={"event": "bad-message", "seq": message.seq, "error": exc.message})
-            fact = None
             out.skipped = exc.message
+            _bump(db, "bad_messages")
+            return
         out.fact = fact
-        with self.journal.transaction() as db:
-            last = _get(db, "last_seq")
-            if message.seq <= last:
-                out.skipped = "applied already"
-                return out
-            if fact is not None:
-                db.execute("SAVEPOINT fact")
-                try:
-                    _Apply(db, out, self.owner).fact(fact)
-                    db.execute("RELEASE fact")
-                except Skip as skip:
-                    db.execute("ROLLBACK TO fact")
-                    db.execute("RELEASE fact")
-                    out.records, out.events, out.ended, out.created = [], [], [], None
-                    out.skipped = skip.reason
-                    _bump(db, skip.counter)
-                    level = logging.WARNING if skip.counter == "bad_messages" else logging.INFO
-                    log.log(level, "log message skipped", extra={
-                        "event": "skipped", "seq": message.seq, "counter": skip.counter, "why": skip.reason,
-                    })  # fmt: skip
-            elif out.skipped is not None:
-                _bump(db, "bad_messages")
-            _put(db, "last_seq", message.seq)
-        return out
+        parts = fact.batches if isinstance(fact, BatchesFact) else (fact,)
+        skipped: list[str] = []
+        for part in parts:
+            db.execute("SAVEPOINT fact")
+            mark = (len(out.records), len(out.events), len(out.ended))
+            try:
+                _Apply(db, out, self.owner).fact(part)
+                db.execute("RELEASE fact")
+            except Skip as skip:
+                db.execute("ROLLBACK TO fact")
+                db.execute("RELEASE fact")
+                del out.records[mark[0] :], out.events[mark[1] :], out.ended[mark[2] :]
+                out.created = None if isinstance(part, JobFact) else out.created
+                skipped.append(skip.reason)
+                _bump(db, skip.counter)
+                level = logging.WARNING if skip.counter == "bad_messages" else logging.INFO
+                log.log(level, "log message skipped", extra={
+                    "event": "skipped", "seq": message.seq, "counter": skip.counter, "why": skip.reason,
+                })  # fmt: skip
+        if skipped and len(skipped) == len(parts):
+            out.skipped = "; ".join(skipped)
 
 
 def _parse(message: StreamMessage) -> LogFact:
@@ -305,7 +330,8 @@ class _Apply:
                     RunChanged(now.job_id, now.vm, now.state, now.current_step, change.error, change.code)
                 )
         db.execute("UPDATE fleet_runs SET last_n = ? WHERE run_id = ?", (fact.n, run.run_id))
-        self.maybe_end(run.job_id, fact.time)
+        if any(isinstance(c, RunChange) and c.state is not None and c.state.terminal for c in changes):
+            self.maybe_end(run.job_id, fact.time)
 
     def wait(self, fact: MovedFact | LostFact) -> None:
         run = self.run(fact.job, fact.run)
@@ -423,15 +449,15 @@ class _Apply:
         self.out.events.append(RunChanged(run.job_id, run.vm, state, None, message, code))
 
     def maybe_end(self, job_id: int, at: float) -> None:
-        """End the job if every run has ended (``states.job_outcome``)."""
+        """End the job if every run has ended (``states.job_outcome``); called when a run ended."""
         db = self.db
         job = db.execute("SELECT state, cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
         state = State(job[0])
         if not state.active:
             return
-        runs = [State(r[0]) for r in db.execute("SELECT state FROM runs WHERE job_id = ?", (job_id,))]
-        if not all(s.terminal for s in runs):
+        if db.execute(_ANY_LIVE_RUN, (job_id, *_LIVE)).fetchone():
             return
+        runs = [State(r[0]) for r in db.execute("SELECT state FROM runs WHERE job_id = ?", (job_id,))]
         outcome = job_outcome(runs, cancel_requested=bool(job[1]))
         final = next_state(Level.JOB, State.IN_PROGRESS, outcome)
         self.write([JobChange(job_id=job_id, state=final, started_at=at, finished_at=at)])
