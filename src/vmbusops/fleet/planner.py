@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmbusops.bundle.manifest import manifest_from_dict
+from vmbusops.bundle.manifest import ExecutionPolicy, manifest_from_dict
 from vmbusops.engine.states import ERRORS, State
 from vmbusops.errors import FailureCode, VmbusOpsError
 from vmbusops.fleet.broker import KvEntry
@@ -48,6 +48,7 @@ from vmbusops.fleet.messages import (
     RunStartWire,
     SkipFact,
     Work,
+    dispatch_work_id,
 )
 from vmbusops.fleet.names import check_host_name
 from vmbusops.fleet.store import FleetJob, FleetRun
@@ -180,6 +181,13 @@ class Planner:
     _lost: dict[int, tuple[str, str | None, float]] = field(default_factory=dict)
     #: Run id -> since when its VM has been placed on no live host.
     _unplaced: dict[int, float] = field(default_factory=dict)
+    #: Job id -> its manifest's execution settings (read once).
+    _executions: dict[int, ExecutionPolicy] = field(default_factory=dict)
+
+    def needs_start(self, run: FleetRun) -> bool:
+        """Whether :meth:`plan` needs where ``run`` stands (``starts``): dispatched, not started,
+        its work not sent in this term."""
+        return run.dispatched and not run.started and dispatch_work_id(run.job_id, run.run_id, run.epoch) not in self.sent
 
     def plan(
         self,
@@ -192,6 +200,8 @@ class Planner:
         wall: float,
     ) -> list[Action]:
         out: list[Action] = []
+        for gone in set(self._executions) - {j.job_id for j in jobs}:
+            del self._executions[gone]
         for job in jobs:
             out += self._job(job, hosts, placement, starts, now=now, wall=wall)
         return out
@@ -208,10 +218,13 @@ class Planner:
         wall: float,
     ) -> list[Action]:
         out: list[Action] = []
-        try:
-            execution = manifest_from_dict(json.loads(job.manifest)).execution
-        except (ValueError, VmbusOpsError):
-            return out
+        execution = self._executions.get(job.job_id)
+        if execution is None:
+            try:
+                execution = manifest_from_dict(json.loads(job.manifest)).execution
+            except (ValueError, VmbusOpsError):
+                return out
+            self._executions[job.job_id] = execution
         runs = job.runs
         total = len(runs)
         max_concurrency = execution.max_concurrency.of(total)
