@@ -347,12 +347,19 @@ def _digest(v: Any) -> str:
 
 
 def _host(v: Any) -> str:
-    from vmbusops.fleet.names import _HOST_NAME
-
     s = _str(v)
-    if not _HOST_NAME.fullmatch(s):
-        raise ValueError(f"{s!r} is not a fleet host name")
+    if s not in _HOSTS_SEEN:
+        from vmbusops.fleet.names import _HOST_NAME
+
+        if not _HOST_NAME.fullmatch(s):
+            raise ValueError(f"{s!r} is not a fleet host name")
+        if len(_HOSTS_SEEN) < 4096:
+            _HOSTS_SEEN.add(s)
     return s
+
+
+#: Host names found valid (a fleet has a few hundred; checked once each).
+_HOSTS_SEEN: set[str] = set()
 
 
 def _list(v: Any) -> list[Any]:
@@ -394,15 +401,28 @@ def _batches(v: Any) -> tuple[BatchFact, ...]:
     items = _list(v)
     if not items:
         raise ValueError("expected at least one batch")
-    out = []
-    for item in items:
-        if not isinstance(item, dict):
-            raise TypeError(f"expected a batch object, got {type(item).__name__}")
-        try:
-            out.append(_build(BatchFact, item, "a batch of a", set()))
-        except FleetMessageError as exc:
-            raise ValueError(exc.message) from None
-    return tuple(out)
+    return tuple(_batch(item) for item in items)
+
+
+_BATCH_KEYS = frozenset(f.name for f in fields(BatchFact))
+
+
+def _batch(v: Any) -> BatchFact:
+    """One batch of a ``batches`` message: the fields of a ``batch`` message, no more, no less
+    (spelled out rather than through :func:`_build`: there are many of them)."""
+    if not isinstance(v, dict):
+        raise TypeError(f"expected a batch object, got {type(v).__name__}")
+    if v.keys() != _BATCH_KEYS:
+        extra, missing = set(v) - _BATCH_KEYS, _BATCH_KEYS - set(v)
+        raise ValueError(
+            f"a batch has unknown field(s) {', '.join(sorted(extra))}" if extra
+            else f"a batch lacks {', '.join(sorted(missing))}"
+        )  # fmt: skip
+    return BatchFact(
+        host=_host(v["host"]), job=_pos(v["job"]), run=_pos(v["run"]), epoch=_pos(v["epoch"]), n=_pos(v["n"]),
+        records=tuple(_record(r) for r in _list(v["records"])), changes=tuple(_change(c) for c in _list(v["changes"])),
+        time=_num(v["time"]),
+    )  # fmt: skip
 
 
 def _change(v: Any) -> dict[str, Any]:
