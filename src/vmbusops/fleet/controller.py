@@ -2,20 +2,24 @@
 
 Theory of operation
 -------------------
-Every controller runs two tasks (:meth:`Controller.run`):
+Every controller runs these tasks (:meth:`Controller.run`):
 
 - **follow**: read the LOG stream in order from the projection's last applied sequence and
-  apply each message (:mod:`.projection`: one transaction each, a page of them per worker-thread
-  call); after each page, tell the API's followers what was committed
-  (``on_commit``) and which jobs ended (``on_ended``). A standby does exactly this, so its
-  journal is always the active one's, up to the log's head.
+  apply each page of messages read (:meth:`.projection.Projection.apply_page`: one transaction
+  per page, in a worker thread); after each page, tell the API's followers what was committed
+  (``on_commit``, once per page), which jobs ended (``on_ended``), and wake the planner if the
+  page changed what it decides from. A standby does exactly this, so its journal is always the
+  active one's, up to the log's head.
 - **govern**: every ``tick`` seconds read the lease, the hosts and the placement buckets. The
   lease (:class:`.planner.Lease`) says whether this controller is active; a new term starts a new
   :class:`.planner.Planner`. A standby notes the agent boot id each dispatched run is seen under
-  (:func:`.planner.note_boots`), so the term it may take knows which agents restarted. The active one, once its projection has caught up with the log,
-  plans (a pure function of the projection, the hosts and the placement), publishes the facts it
-  decided on the log, sends what hosts must do on their work subjects, and waits until its own
-  projection has applied its facts before it plans again.
+  (:func:`.planner.note_boots`), so the term it may take knows which agents restarted. The
+  active one decides after each look and whenever the follower wakes it (at most every
+  ``min_gap``), once its projection has applied the log as far as it was when its term began:
+  it plans (a pure function of the projection, the hosts and the placement), publishes the
+  facts it decided on the log and sends what hosts must do on their work subjects (each batch
+  pipelined, :meth:`.broker.Broker.publish_many`), waits until its own projection has applied
+  its facts, and then plans again at once.
 
 A broker error is transient: it is logged once per kind and the task goes on at its next tick.
 """
@@ -74,7 +78,7 @@ class ControllerOptions:
     placement_timeout: float = 300.0
     tick: float = 0.5
     #: The least time between two decisions woken by the log (what came meanwhile is decided together).
-    min_gap: float = 0.02
+    min_gap: float = 0.05
 
 
 class Controller:
