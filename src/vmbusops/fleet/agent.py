@@ -91,10 +91,9 @@ from vmbusops.owner import current_owner
 log = logging.getLogger("vmbusops.fleet.agent")
 
 #: At most this many batches, of about this many bytes, go in one message (NATS's default
-#: max_payload is 1 MiB); a record's share of the size is its JSON plus a bound on the rest.
+#: max_payload is 1 MiB).
 MAX_GROUP_BATCHES = 256
 MAX_GROUP_BYTES = 256 << 10
-_GROUP_OVERHEAD = 128
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -511,7 +510,7 @@ class FleetAgent:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 continue
-            group = self._group()
+            group = self.builder.next_group(MAX_GROUP_BATCHES, MAX_GROUP_BYTES)
             if len(group) == 1:
                 await self._forward(group[0])
             else:
@@ -519,22 +518,6 @@ class FleetAgent:
             for pending in group:
                 self.builder.sent(pending)
             self._notify()
-
-    def _group(self) -> list[PendingBatch]:
-        """What to publish next, from the head of the queue: the batches queued since the last
-        publish, up to a bound, as one message; a batch that may end in a move, or whose records
-        are to be read back from the journal, goes alone."""
-        queue = self.builder.queue
-        group: list[PendingBatch] = []
-        size = 0
-        for pending in queue:
-            if pending.records is None or pending.ends_failed:
-                break
-            size += _GROUP_OVERHEAD + sum(len(r[5]) + _GROUP_OVERHEAD for r in pending.records)
-            if group and (len(group) >= MAX_GROUP_BATCHES or size > MAX_GROUP_BYTES):
-                break
-            group.append(pending)
-        return group or [queue[0]]
 
     async def _forward_group(self, group: list[PendingBatch]) -> None:
         batches = tuple(self._batch_fact(p, p.changes, p.records or []) for p in group)
