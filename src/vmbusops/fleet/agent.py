@@ -350,7 +350,8 @@ class FleetAgent:
             self.store.set_state(work.job, work.run, work.epoch, REFUSED)
             await self._settle(delivery)
             return
-        self.store.take(work.job, work.run, work.epoch, work.vm, self.owner)
+        # A durable write (synchronous=FULL): off the event loop, which the host's runs share.
+        await trio.to_thread.run_sync(self.store.take, work.job, work.run, work.epoch, work.vm, self.owner)
         self.jobs.start_soon(self._run_one, work, bundle, start, delivery)
 
     async def _bundle(self, work: messages.DispatchWork) -> tuple[FleetBundle, RunStart]:

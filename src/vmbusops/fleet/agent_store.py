@@ -14,8 +14,9 @@ States of a row: ``accepted`` (taken, its local job being made), ``running``, ``
 running by an earlier agent process: not resumed here, the controller dispatches it again with a
 new epoch once it sees this process's boot id).
 
-Every call blocks (SQLite, ``synchronous=FULL`` on the writes that decide what runs); they are
-short, and the agent makes them on its trio thread.
+Every call blocks (SQLite, ``synchronous=FULL`` on the writes that decide what runs); the agent
+takes a dispatch and records ended runs in a worker thread, and makes the others (a run's local
+job as it is created, refusals, stale rows) on its trio thread.
 """
 
 from __future__ import annotations
