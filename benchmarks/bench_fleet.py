@@ -3,6 +3,7 @@ guest -> controller SSE follower, and CPU per record.
 
     ./scripts/bench fleet [--agents 20] [--vms-per-host 50] [--latency-ms 250] [--concurrency 200]
                           [--followers 20] [--records 10] [--interval-ms 100] [--rounds 3] [--quick]
+                          [--keep-logs DIR]
 
 Fleet: a local fleet (:class:`vmbusops.fleet.localfleet.LocalFleet`): nats-server on loopback, one
 controller (``--canary 0``), and ``--agents`` agents, each serving one simulated host of a lab
@@ -48,6 +49,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -169,6 +171,7 @@ def main() -> None:
     parser.add_argument("--interval-ms", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a smoke run: 4 agents x 10 VMs, concurrency 20")
+    parser.add_argument("--keep-logs", type=Path, help="copy the fleet's logs (controller, agents, nats-server) here")
     args = parser.parse_args()
     if args.quick:
         args.agents, args.vms_per_host, args.concurrency = 4, 10, 20
@@ -216,8 +219,11 @@ def main() -> None:
                     if r:
                         results[side].append(out)
             report(args, results, waves, nominal, total)
-            if any(x["errors"] for v in results.values() for x in v):
-                print("  (see the logs: the fleet's are under the temporary directory while it runs)")
+            if args.keep_logs is not None:
+                shutil.copytree(fleet.logs_dir, args.keep_logs, dirs_exist_ok=True)
+                print(f"  the fleet's logs are in {args.keep_logs}")
+            elif any(x["errors"] for v in results.values() for x in v):
+                print("  (see the logs: --keep-logs DIR copies them)")
 
 
 def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]], waves: int, nominal: float, total: int) -> None:

@@ -32,7 +32,7 @@ class FactLog:
         self.time = T0
 
     def add(self, fact: LogFact) -> StreamMessage:
-        host = getattr(fact, "host", None) if fact.kind in ("batch", "moved", "refused") else None
+        host = getattr(fact, "host", None) if fact.kind in ("batch", "batches", "moved", "refused") else None
         subject = CTL_SUBJECT if host is None else host_log_subject(host)
         message = StreamMessage(subject=subject, seq=len(self.messages) + 1, data=encode(fact))
         self.messages.append(message)

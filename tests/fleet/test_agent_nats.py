@@ -89,7 +89,9 @@ class Fleet:
                 for m in await self.controller.read_log(after=self.after, batch=100, timeout=1.0):
                     self.after = m.seq
                     if m.subject == names.host_log_subject(HOST):
-                        facts.append(messages.parse_host(m.data, host=HOST))
+                        fact = messages.parse_host(m.data, host=HOST)
+                        # Batches published together are the same batches, one after another.
+                        facts += fact.batches if isinstance(fact, messages.BatchesFact) else [fact]
         return facts
 
 

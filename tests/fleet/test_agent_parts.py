@@ -17,7 +17,7 @@ from vmbusops.errors import ConfigError
 from vmbusops.fleet.agent_batches import BatchBuilder, FleetRunKey, Tracked, moved_split, wire_changes
 from vmbusops.fleet.agent_bundles import Refusal, fetch_bundle, read_cached
 from vmbusops.fleet.agent_config import ENV_NATS_PASSWORD, FleetConfig, check_url, fleet_join
-from vmbusops.fleet.agent_store import RUNNING, STALE, FleetStore
+from vmbusops.fleet.agent_store import DONE, RUNNING, STALE, FleetStore
 from vmbusops.owner import Owner, current_owner
 
 
@@ -102,6 +102,44 @@ def test_over_the_memory_bound_records_are_left_in_the_journal_and_numbered_by_r
     builder.sent(held)
     builder.sent(spilled)
     assert builder.inline_records == 0 and not builder.queue
+
+
+def test_what_was_queued_goes_in_one_message_within_bounds_and_a_batch_that_may_move_goes_alone() -> None:
+    builder = BatchBuilder(max_inline_records=6)
+    a, b = _tracked(5, 40, 90), _tracked(6, 41, 91)
+    builder.track(a)
+    builder.track(b)
+    for k in range(3):  # three commits, each a record of both runs
+        builder.applied([_rec(40, k + 1, 90, k + 1), _rec(41, k + 1, 91, k + 1)], [], now=1.0)
+    failed = RunChange(run_id=90, state=State.FAILED, current_step=None, records=3, error="gone", code="X")
+    builder.applied([], [failed], now=2.0)
+    builder.applied([_rec(41, 4, 91, 4), _rec(41, 5, 91, 5)], [], now=3.0)  # past the bound: spilled
+    builder.applied([_rec(41, 6, 91, 6)], [], now=4.0)
+    queue = list(builder.queue)
+    assert builder.next_group(256, 1 << 20) == queue[:6]
+    assert builder.next_group(4, 1 << 20) == queue[:4]
+    assert builder.next_group(256, 1) == queue[:1]  # one batch goes even over the size
+    for pending in queue[:6]:
+        builder.sent(pending)
+    assert builder.next_group(256, 1 << 20) == [queue[6]]  # may end in a move: alone
+    builder.sent(queue[6])
+    assert builder.next_group(256, 1 << 20) == [queue[7]]  # to be read back: alone
+    builder.sent(queue[7])
+    assert builder.next_group(256, 1 << 20) == [queue[8]]
+
+
+def test_the_store_records_runs_that_ended_in_one_write(tmp_path: Path) -> None:
+    store = FleetStore(tmp_path / "fleet.sqlite")
+    me = current_owner()
+    for run in (1, 2, 3):
+        store.take(7, run, 1, f"vm{run}", me)
+        store.set_state(7, run, 1, RUNNING, local_job=10 + run)
+    store.done([(7, 1, 1, 4), (7, 3, 1, 9)])
+    rows = {r: store.get(7, r, 1) for r in (1, 2, 3)}
+    assert {r: (row.state, row.last_n) for r, row in rows.items() if row} == {
+        1: (DONE, 4), 2: (RUNNING, 0), 3: (DONE, 9),
+    }
+    store.close()
 
 
 def test_a_run_whose_vm_left_keeps_all_but_its_terminal_failure() -> None:

@@ -88,7 +88,10 @@ async def test_an_agent_killed_under_a_fleet_run_leaves_it_to_the_controller(
                 for m in await broker.read_log(after=after, batch=50, timeout=1.0):
                     after = m.seq
                     fact = messages.parse_host(m.data, host=HOST)
-                    started = started or (isinstance(fact, messages.BatchFact) and any("started" in r[5] for r in fact.records))
+                    found = fact.batches if isinstance(fact, messages.BatchesFact) else [fact]
+                    started = started or any(
+                        isinstance(f, messages.BatchFact) and any("started" in r[5] for r in f.records) for f in found
+                    )
         agent.kill()  # SIGKILL, under the run
         agent.wait()
         if agent.stdout is not None:

@@ -42,6 +42,12 @@ def _facts() -> st.SearchStrategy[m.LogFact | m.Work]:
                   records=st.lists(record, max_size=3).map(tuple),
                   changes=st.lists(st.fixed_dictionaries({"t": st.sampled_from(["run", "step"])}), max_size=2).map(tuple),
                   time=times),
+        hosts.flatmap(lambda h: st.builds(
+            m.BatchesFact, host=st.just(h), batches=st.lists(st.builds(
+                m.BatchFact, host=st.just(h), job=ids, run=ids, epoch=ids, n=ids,
+                records=st.lists(record, max_size=2).map(tuple), changes=st.just(()), time=times,
+            ), min_size=1, max_size=3).map(tuple),
+        )),
         st.builds(m.MovedFact, host=hosts, job=ids, run=ids, epoch=ids, reason=texts, time=times),
         st.builds(m.RefusedFact, host=hosts, job=ids, run=ids, epoch=ids, code=texts, reason=texts, time=times),
         st.builds(m.DispatchWork, job=ids, run=ids, vm=texts, vm_id=texts, epoch=ids, bundle=st.just(DIGEST),
@@ -53,7 +59,7 @@ def _facts() -> st.SearchStrategy[m.LogFact | m.Work]:
 def _parse_any(message: m.LogFact | m.Work, data: bytes) -> object:
     if isinstance(message, m.DispatchWork | m.CancelWork):
         return m.parse_work(data)
-    if isinstance(message, m.BatchFact | m.MovedFact | m.RefusedFact):
+    if isinstance(message, m.BatchFact | m.BatchesFact | m.MovedFact | m.RefusedFact):
         return m.parse_host(data, host=message.host)
     return m.parse_ctl(data)
 
@@ -68,6 +74,8 @@ def test_message_ids_name_what_makes_a_fact_the_same_fact() -> None:
     assert a.msg_id() == "batch-HV-A-3-7-2-5"
     assert m.DispatchFact(job=3, run=7, host="HV-B", epoch=2, reason="", time=0).msg_id() == "dispatch-3-7-2"
     assert m.CancelFact(job=3, run=None, time=0).msg_id() == "cancel-3-all"
+    b = m.BatchFact(host="HV-A", job=3, run=8, epoch=1, n=1, records=(), changes=(), time=1.0)
+    assert m.BatchesFact(host="HV-A", batches=(a, b)).msg_id() == "batches-HV-A-3-7-2-5-2"
 
 
 def _batch(**over: object) -> bytes:
@@ -94,6 +102,30 @@ def _batch(**over: object) -> bytes:
     ],
 )
 def test_a_malformed_host_fact_is_refused_with_why(data: bytes, says: str) -> None:
+    with pytest.raises(m.FleetMessageError) as info:
+        m.parse_host(data, host="HV-A")
+    assert says in str(info.value)
+
+
+def _batches(*batches: dict[str, object]) -> bytes:
+    one = json.loads(_batch())
+    del one["v"], one["kind"]
+    return json.dumps({"v": 1, "kind": "batches", "host": "HV-A", "batches": [{**one, **b} for b in batches]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (json.dumps({"v": 1, "kind": "batches", "host": "HV-A", "batches": []}).encode(), "at least one batch"),
+        (_batches({}, {"host": "HV-B"}), "claims host 'HV-B'"),
+        (_batches({"extra": 1}), "unknown field(s) extra"),
+        (_batches({"kind": "batch"}), "unknown field(s) kind"),
+        (_batches({"n": 0}), "expected a positive integer"),
+        (_batches({"records": [[1]]}), "a record is"),
+        (_batches({"host": "HV-A.>"}), "is not a fleet host name"),
+    ],
+)
+def test_a_malformed_batches_fact_is_refused_whole(data: bytes, says: str) -> None:
     with pytest.raises(m.FleetMessageError) as info:
         m.parse_host(data, host="HV-A")
     assert says in str(info.value)

@@ -10,7 +10,15 @@ from tests.fleet.factlog import FactLog, batch, run_change, step_change, whole_r
 
 from vmbusops.engine.states import State
 from vmbusops.fleet.broker import KvEntry
-from vmbusops.fleet.messages import CancelFact, CancelWork, DispatchFact, DispatchWork, LostFact, SkipFact
+from vmbusops.fleet.messages import (
+    CancelFact,
+    CancelWork,
+    DispatchFact,
+    DispatchWork,
+    LostFact,
+    MovedFact,
+    SkipFact,
+)
 from vmbusops.fleet.planner import Decide, HostView, HostWatch, Lease, Placed, Planner, note_boots
 from vmbusops.fleet.projection import Projection
 from vmbusops.fleet.store import FleetJournal
@@ -27,12 +35,17 @@ class Fleet:
         self.hosts: dict[str, HostView] = {}
         self.placement: dict[str, Placed] = {}
         self.now = 0.0
+        #: The placement bucket's revisions (every write is a new one, as in a KV bucket).
+        self.revision = 0
 
     def host(self, name: str, *, alive: bool = True, boot: str = "b1") -> None:
         self.hosts[name] = HostView(host=name, cluster=None, boot=boot, alive=alive, seen=self.now)
 
     def place(self, vm: str, host: str) -> None:
-        self.placement[f"id-{vm}"] = Placed(vm=vm, vm_id=f"id-{vm}", host=host, cluster=None, state="Running", boot="b1")
+        self.revision += 1
+        self.placement[f"id-{vm}"] = Placed(
+            vm=vm, vm_id=f"id-{vm}", host=host, cluster=None, state="Running", boot="b1", revision=self.revision
+        )
 
     def fact(self, fact: Any) -> None:
         self.projection.apply(self.log.add(fact))
@@ -154,6 +167,57 @@ def test_same_host_same_boot_waits_a_host_ttl_before_dispatching_again(tmp_path:
     assert f.step() == []
     f.now += 2.0
     assert dispatches(f.step()) == [(1, "hv1", 2)]
+
+
+def test_a_moved_run_is_not_sent_back_to_the_host_it_left_on_that_hosts_stale_placement(tmp_path: Path) -> None:
+    f = Fleet(tmp_path, canary=0)
+    f.host("HV-A")
+    f.host("HV-B")
+    f.place("web01", "HV-A")
+    f.log.job([("web01", "HV-A")])
+    f.step()
+    f.step()
+    f.fact(whole_run("HV-A", 1, 1, 1)[0])
+    # Live-migrated: HV-A's agent says so before HV-B's agent has written the VM's placement.
+    f.fact(MovedFact(host="HV-A", job=1, run=1, epoch=1, reason="VM web01 is no longer on host HV-A", time=f.log.tick()))
+    assert dispatches(f.step()) == []
+    assert dispatches(f.step()) == []
+    f.place("web01", "HV-B")
+    assert dispatches(f.step()) == [(1, "HV-B", 2)]
+
+
+def test_a_moved_run_goes_back_to_the_host_it_left_once_that_host_places_its_vm_again(tmp_path: Path) -> None:
+    f = Fleet(tmp_path, canary=0)
+    f.host("HV-A")
+    f.host("HV-B")
+    f.place("web01", "HV-A")
+    f.log.job([("web01", "HV-A")])
+    f.step()
+    f.step()
+    f.fact(MovedFact(host="HV-A", job=1, run=1, epoch=1, reason="gone", time=f.log.tick()))
+    assert dispatches(f.step()) == []
+    f.place("web01", "HV-A")  # migrated back: HV-A's agent wrote the entry again
+    assert dispatches(f.step()) == [(1, "HV-A", 2)]
+
+
+def test_a_moved_run_goes_back_once_the_host_it_left_lists_its_vm_in_a_later_heartbeat(tmp_path: Path) -> None:
+    """A controller that first sees the run waiting after the VM came back (a new term, say):
+    the entry is not rewritten, the host's heartbeats say where the VM is."""
+    f = Fleet(tmp_path, canary=0)
+    f.host("HV-A")
+    f.place("web01", "HV-A")
+    f.log.job([("web01", "HV-A")])
+    f.step()
+    f.step()
+    f.fact(MovedFact(host="HV-A", job=1, run=1, epoch=1, reason="gone", time=f.log.tick()))
+    assert dispatches(f.step()) == []
+    listed = frozenset({"id-web01"})
+    f.hosts["HV-A"] = HostView(host="HV-A", cluster=None, boot="b1", alive=True, seen=f.now, beats=1, vm_ids=listed)
+    assert dispatches(f.step()) == []  # that beat's listing may be from before the VM left
+    f.hosts["HV-A"] = HostView(host="HV-A", cluster=None, boot="b1", alive=True, seen=f.now, beats=2, vm_ids=frozenset())
+    assert dispatches(f.step()) == []  # not listed
+    f.hosts["HV-A"] = HostView(host="HV-A", cluster=None, boot="b1", alive=True, seen=f.now, beats=3, vm_ids=listed)
+    assert dispatches(f.step()) == [(1, "HV-A", 2)]
 
 
 def test_a_vm_placed_nowhere_is_skipped_after_the_placement_timeout(tmp_path: Path) -> None:

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.fleet.factlog import FactLog, batch, out, run_change, step_change, whole_run
 
 from vmbusops.api.follow import RecordText
 from vmbusops.engine.states import State
-from vmbusops.fleet.messages import CancelFact, DispatchFact, LostFact, MovedFact, RefusedFact, SkipFact
+from vmbusops.fleet.broker import StreamMessage
+from vmbusops.fleet.messages import (
+    BatchesFact,
+    CancelFact,
+    DispatchFact,
+    LostFact,
+    MovedFact,
+    RefusedFact,
+    SkipFact,
+    parse_host,
+)
 from vmbusops.fleet.names import CTL_SUBJECT
 from vmbusops.fleet.projection import Projection
 from vmbusops.fleet.store import FleetJournal
@@ -196,3 +209,89 @@ def test_duplicate_decisions_change_nothing(tmp_path: Path, dup: str) -> None:
     p = project(tmp_path / "j.sqlite", log)
     assert len(p.journal.jobs()) == 1
     assert p.journal.counter("duplicates") == 1
+
+
+def batches_log() -> FactLog:
+    """The two-host log's batches sent as hosts send them under load: several in one message,
+    with a duplicate and a stale epoch among them."""
+    log = FactLog()
+    log.job([("vm1", "hv1"), ("vm2", "hv1")])
+    log.add(DispatchFact(job=1, run=1, host="hv1", epoch=1, reason="first dispatch", time=log.tick()))
+    log.add(DispatchFact(job=1, run=2, host="hv1", epoch=1, reason="first dispatch", time=log.tick()))
+    b1 = whole_run("hv1", 1, 1, 1)
+    b2 = whole_run("hv1", 1, 2, 1)
+    stale = whole_run("hv1", 1, 2, 2)[0]
+    log.add(BatchesFact(host="hv1", batches=(b1[0], b2[0], stale)))
+    log.add(BatchesFact(host="hv1", batches=(b1[0], b1[1])))  # b1[0] again: fenced alone
+    log.add(b2[1])
+    return log
+
+
+def test_batches_in_one_message_are_each_applied_or_fenced_as_if_they_came_alone(tmp_path: Path) -> None:
+    log = batches_log()
+    together = project(tmp_path / "together.sqlite", log)
+    alone = FactLog()
+    for message in log.messages:
+        fact = parse_host(message.data, host="hv1") if message.subject != CTL_SUBJECT else None
+        if isinstance(fact, BatchesFact):
+            for one in fact.batches:
+                alone.add(one)
+        else:
+            alone.raw(message.subject, message.data)
+    single = project(tmp_path / "alone.sqlite", alone)
+    for p in (together, single):
+        assert [r[1] for r in p.journal.stored_records(1)] == list(range(1, 13))
+        assert p.journal.job(1).state is State.SUCCESS
+        assert p.journal.counter("fenced") == 2  # the stale epoch, the repeat
+    rows_together, rows_alone = dump(tmp_path / "together.sqlite"), dump(tmp_path / "alone.sqlite")
+    assert rows_together[:5] == rows_alone[:5]  # jobs, runs, steps, records, fleet_runs
+
+
+def test_a_page_applied_in_one_transaction_is_the_log_applied_message_by_message(tmp_path: Path) -> None:
+    log = batches_log()
+    paged = Projection(FleetJournal(tmp_path / "paged.sqlite"), current_owner())
+    applied = paged.apply_page(log.messages[:4]) + paged.apply_page(log.messages[2:])
+    assert [a.skipped for a in applied[4:6]] == ["applied already"] * 2  # the overlap
+    assert sum(len(a.records) for a in applied) == 12
+    project(tmp_path / "one.sqlite", log)
+    assert dump(tmp_path / "paged.sqlite") == dump(tmp_path / "one.sqlite")
+    assert paged.last_seq() == len(log.messages)
+
+
+def test_a_page_that_fails_midway_leaves_nothing_and_is_applied_whole_again(tmp_path: Path) -> None:
+    log = FactLog()
+    log.job([("vm1", "hv1"), ("vm2", "hv1")])
+    log.add(DispatchFact(job=1, run=1, host="hv1", epoch=1, reason="first dispatch", time=log.tick()))
+    log.add(DispatchFact(job=1, run=2, host="hv1", epoch=1, reason="first dispatch", time=log.tick()))
+    for fact in whole_run("hv1", 1, 1, 1):
+        log.add(fact)
+    p = Projection(FleetJournal(tmp_path / "j.sqlite"), current_owner())
+    p.apply_page(log.messages[:4])
+    last = log.messages[4]
+    after = StreamMessage(subject=last.subject, seq=last.seq + 1, data=b"{}")
+    with pytest.raises(RuntimeError), _failing_after(p, 1):
+        p.apply_page([last, after])
+    assert p.last_seq() == 4 and len(p.journal.stored_records(1)) == 3
+    p.apply_page([last])
+    project(tmp_path / "one.sqlite", log)
+    assert dump(tmp_path / "j.sqlite") == dump(tmp_path / "one.sqlite")
+
+
+@contextmanager
+def _failing_after(p: Projection, good: int) -> Iterator[None]:
+    """The projection's writes fail (as a full disk would) after ``good`` messages of a page."""
+    real = p._one
+    calls = 0
+
+    def one(db: sqlite3.Connection, message: StreamMessage, out: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > good:
+            raise RuntimeError("disk full")
+        real(db, message, out)
+
+    p._one = one  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        p._one = real  # type: ignore[method-assign]

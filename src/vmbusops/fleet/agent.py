@@ -24,8 +24,10 @@ three tasks beside them (see ``docs/adr/0007-fleet.md`` for the whole fleet):
   that local run. A message that does not parse is logged in one line and terminated.
 - **forwarding** (:mod:`.agent_batches`): the journal writer's ``on_applied`` tap turns each
   commit into one ``batch`` per fleet run it touched, queued in order; one task publishes them in
-  that order, each awaited, retried with the same message id (so a retry is never a duplicate)
-  with backoff on a broker error, never dropped nor reordered while the process lives. A batch
+  that order, what was queued while it published the last message going in one ``batches``
+  message (so many commits of many runs cost one publish and one acknowledgement), each message
+  awaited, retried with the same message id (so a retry is never a duplicate) with backoff on a
+  broker error, never dropped nor reordered while the process lives. A batch
   that ends a run failed is held until the VM is looked up by name on this host: if the host no
   longer has it (live migration, failover), the run's terminal failure is left out of the batch
   and a ``moved`` fact follows it, for the controller to dispatch the run where the VM is now.
@@ -80,13 +82,18 @@ from vmbusops.fleet.agent_bundles import (
     vm_selected_here,
 )
 from vmbusops.fleet.agent_presence import Placement, host_entry, put_host_entry
-from vmbusops.fleet.agent_store import DONE, REFUSED, RUNNING, STALE, FleetStore
+from vmbusops.fleet.agent_store import REFUSED, RUNNING, STALE, FleetStore
 from vmbusops.fleet.broker import Broker, BrokerError, Delivery
 from vmbusops.fleet.names import PLACEMENT_BUCKET, check_host_name, host_log_subject
 from vmbusops.guestops.host import VMInfo
 from vmbusops.owner import current_owner
 
 log = logging.getLogger("vmbusops.fleet.agent")
+
+#: At most this many batches, of about this many bytes, go in one message (NATS's default
+#: max_payload is 1 MiB).
+MAX_GROUP_BATCHES = 256
+MAX_GROUP_BYTES = 256 << 10
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -343,7 +350,8 @@ class FleetAgent:
             self.store.set_state(work.job, work.run, work.epoch, REFUSED)
             await self._settle(delivery)
             return
-        self.store.take(work.job, work.run, work.epoch, work.vm, self.owner)
+        # A durable write (synchronous=FULL): off the event loop, which the host's runs share.
+        await trio.to_thread.run_sync(self.store.take, work.job, work.run, work.epoch, work.vm, self.owner)
         self.jobs.start_soon(self._run_one, work, bundle, start, delivery)
 
     async def _bundle(self, work: messages.DispatchWork) -> tuple[FleetBundle, RunStart]:
@@ -503,10 +511,35 @@ class FleetAgent:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 continue
-            pending = self.builder.queue[0]
-            await self._forward(pending)
-            self.builder.sent(pending)
+            group = self.builder.next_group(MAX_GROUP_BATCHES, MAX_GROUP_BYTES)
+            if len(group) == 1:
+                await self._forward(group[0])
+            else:
+                await self._forward_group(group)
+            for pending in group:
+                self.builder.sent(pending)
             self._notify()
+
+    async def _forward_group(self, group: list[PendingBatch]) -> None:
+        batches = tuple(self._batch_fact(p, p.changes, p.records or []) for p in group)
+        await self._publish(messages.BatchesFact(host=self.host, batches=batches))
+        await self._ended([p for p in group if p.ends])
+
+    def _batch_fact(
+        self, pending: PendingBatch, changes: Sequence[Change], records: Sequence[messages.WireRecord]
+    ) -> messages.BatchFact:
+        key = pending.tracked.key
+        return messages.BatchFact(
+            host=self.host, job=key.job, run=key.run, epoch=key.epoch, n=pending.n, records=tuple(records),
+            changes=tuple(wire_changes(changes)), time=pending.time,
+        )  # fmt: skip
+
+    async def _ended(self, ended: list[PendingBatch]) -> None:
+        for pending in ended:
+            self.builder.untrack(pending.tracked)
+        if ended:
+            rows = [(p.tracked.key.job, p.tracked.key.run, p.tracked.key.epoch, p.n) for p in ended]
+            await trio.to_thread.run_sync(self.store.done, rows)
 
     async def _forward(self, pending: PendingBatch) -> None:
         tracked = pending.tracked
@@ -517,10 +550,7 @@ class FleetAgent:
             changes = moved_split(changes)
         records = pending.records if pending.records is not None else await self._read_back(pending)
         if records or changes or not moved:
-            await self._publish(messages.BatchFact(
-                host=self.host, job=key.job, run=key.run, epoch=key.epoch, n=pending.n, records=tuple(records),
-                changes=tuple(wire_changes(changes)), time=pending.time,
-            ))  # fmt: skip
+            await self._publish(self._batch_fact(pending, changes, records))
         if moved:
             self.moved += 1
             reason = f"VM {tracked.vm} is no longer on host {self.host}"
@@ -531,9 +561,7 @@ class FleetAgent:
                 host=self.host, job=key.job, run=key.run, epoch=key.epoch, reason=reason, time=time.time(),
             ))  # fmt: skip
         if pending.ends:
-            self.builder.untrack(tracked)
-            self.store.set_last_n(key.job, key.run, key.epoch, pending.n)
-            self.store.set_state(key.job, key.run, key.epoch, DONE)
+            await self._ended([pending])
 
     async def _read_back(self, pending: PendingBatch) -> list[messages.WireRecord]:
         """The records of a batch queued while too many waited, from the local journal."""
@@ -584,7 +612,9 @@ class FleetAgent:
             return False
         return isinstance(host, str) and host != self.host
 
-    async def _publish(self, fact: messages.BatchFact | messages.MovedFact | messages.RefusedFact) -> None:
+    async def _publish(
+        self, fact: messages.BatchFact | messages.BatchesFact | messages.MovedFact | messages.RefusedFact
+    ) -> None:
         """Publish, retried with the same message id until the broker takes it."""
         data = messages.encode(fact)
         msg_id = fact.msg_id()

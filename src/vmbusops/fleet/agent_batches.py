@@ -33,6 +33,9 @@ from vmbusops.engine.journal import StoredRecord
 from vmbusops.engine.states import State
 from vmbusops.fleet.messages import WireRecord
 
+#: A bound on a batch's or a record's JSON beside the record text, for sizing a message.
+_BATCH_OVERHEAD = 128
+
 #: Run states that end a run as a failure the host's VM leaving could explain.
 FAILED_STATES = frozenset({State.FAILED, State.EXECUTION_TIMED_OUT, State.DELIVERY_TIMED_OUT})
 
@@ -148,6 +151,22 @@ class BatchBuilder:
                 self.inline_records += len(pending.records)
             self.queue.append(pending)
         return len(order)
+
+    def next_group(self, max_batches: int, max_bytes: int) -> list[PendingBatch]:
+        """What to publish next, from the head of the queue (not taken off it): every batch
+        queued, up to ``max_batches`` of about ``max_bytes`` in all, as one message; a batch that
+        may end in a move (:attr:`PendingBatch.ends_failed`), or whose records are to be read back
+        from the journal, goes alone."""
+        group: list[PendingBatch] = []
+        size = 0
+        for pending in self.queue:
+            if pending.records is None or pending.ends_failed:
+                break
+            size += _BATCH_OVERHEAD + sum(len(r[5]) + _BATCH_OVERHEAD for r in pending.records)
+            if group and (len(group) >= max_batches or size > max_bytes):
+                break
+            group.append(pending)
+        return group or [self.queue[0]]
 
     def sent(self, pending: PendingBatch) -> None:
         """``pending`` (the head of the queue) was published: forget it."""

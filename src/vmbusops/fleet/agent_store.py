@@ -14,8 +14,9 @@ States of a row: ``accepted`` (taken, its local job being made), ``running``, ``
 running by an earlier agent process: not resumed here, the controller dispatches it again with a
 new epoch once it sees this process's boot id).
 
-Every call blocks (SQLite, ``synchronous=FULL`` on the writes that decide what runs); they are
-short, and the agent makes them on its trio thread.
+Every call blocks (SQLite, ``synchronous=FULL`` on the writes that decide what runs); the agent
+takes a dispatch and records ended runs in a worker thread, and makes the others (a run's local
+job as it is created, refusals, stale rows) on its trio thread.
 """
 
 from __future__ import annotations
@@ -125,8 +126,24 @@ class FleetStore:
                 (state, local_job, job, run, epoch),
             )
 
-    def set_last_n(self, job: int, run: int, epoch: int, n: int) -> None:
-        self._run("UPDATE fleet_runs SET last_n = ? WHERE job = ? AND run = ? AND epoch = ?", (n, job, run, epoch))
+    def done(self, ended: list[tuple[int, int, int, int]]) -> None:
+        """Runs (job, run, epoch, last batch n) whose last batch was published: one transaction."""
+        if not ended:
+            return
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany(
+                        "UPDATE fleet_runs SET state = ?, last_n = ? WHERE job = ? AND run = ? AND epoch = ?",
+                        [(DONE, n, job, run, epoch) for job, run, epoch, n in ended],
+                    )
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise JournalError(f"the fleet agent's store {self.path} cannot be written: {exc}") from exc
 
     def forget(self, job: int, run: int, epoch: int) -> None:
         """The dispatch was taken but its local job could not be made: it may be taken again."""

@@ -13,6 +13,7 @@ what makes a retried publish harmless (JetStream drops a second message with the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -70,6 +71,11 @@ class Broker(Protocol):
 
     async def publish(self, subject: str, data: bytes, *, msg_id: str) -> PubAck:
         """Publish to a stream and wait for its acknowledgement."""
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes, str]]) -> list[PubAck]:
+        """Publish (subject, data, message id) each, in this order, without waiting for one
+        acknowledgement before sending the next; their acknowledgements. A failure of any raises
+        (some may have been taken: a retry with the same ids is harmless)."""
 
     # key-value ------------------------------------------------------------
     async def kv_get(self, bucket: str, key: str) -> KvEntry | None: ...

@@ -2,20 +2,24 @@
 
 Theory of operation
 -------------------
-Every controller runs two tasks (:meth:`Controller.run`):
+Every controller runs these tasks (:meth:`Controller.run`):
 
 - **follow**: read the LOG stream in order from the projection's last applied sequence and
-  apply each message (:mod:`.projection`: one transaction each, a page of them per worker-thread
-  call); after each page, tell the API's followers what was committed
-  (``on_commit``) and which jobs ended (``on_ended``). A standby does exactly this, so its
-  journal is always the active one's, up to the log's head.
+  apply each page of messages read (:meth:`.projection.Projection.apply_page`: one transaction
+  per page, in a worker thread); after each page, tell the API's followers what was committed
+  (``on_commit``, once per page), which jobs ended (``on_ended``), and wake the planner if the
+  page changed what it decides from. A standby does exactly this, so its journal is always the
+  active one's, up to the log's head.
 - **govern**: every ``tick`` seconds read the lease, the hosts and the placement buckets. The
   lease (:class:`.planner.Lease`) says whether this controller is active; a new term starts a new
   :class:`.planner.Planner`. A standby notes the agent boot id each dispatched run is seen under
-  (:func:`.planner.note_boots`), so the term it may take knows which agents restarted. The active one, once its projection has caught up with the log,
-  plans (a pure function of the projection, the hosts and the placement), publishes the facts it
-  decided on the log, sends what hosts must do on their work subjects, and waits until its own
-  projection has applied its facts before it plans again.
+  (:func:`.planner.note_boots`), so the term it may take knows which agents restarted. The
+  active one decides after each look and whenever the follower wakes it (at most every
+  ``min_gap``), once its projection has applied the log as far as it was when its term began:
+  it plans (a pure function of the projection, the hosts and the placement), publishes the
+  facts it decided on the log and sends what hosts must do on their work subjects (each batch
+  pipelined, :meth:`.broker.Broker.publish_many`), waits until its own projection has applied
+  its facts, and then plans again at once.
 
 A broker error is transient: it is logged once per kind and the task goes on at its next tick.
 """
@@ -33,8 +37,8 @@ from vmbusops.engine.events import RunChanged
 from vmbusops.engine.journal import StoredRecord
 from vmbusops.engine.states import State
 from vmbusops.errors import VmbusOpsError
-from vmbusops.fleet.broker import Broker, BrokerError, StreamMessage
-from vmbusops.fleet.messages import encode
+from vmbusops.fleet.broker import Broker, BrokerError
+from vmbusops.fleet.messages import BatchesFact, BatchFact, encode
 from vmbusops.fleet.names import (
     CONTROLLER_LEASE_KEY,
     CTL_SUBJECT,
@@ -50,6 +54,7 @@ from vmbusops.fleet.planner import (
     Lease,
     Placed,
     Planner,
+    Send,
     note_boots,
     parse_placement,
 )
@@ -72,6 +77,8 @@ class ControllerOptions:
     lease_ttl: float = 15.0
     placement_timeout: float = 300.0
     tick: float = 0.5
+    #: The least time between two decisions woken by the log (what came meanwhile is decided together).
+    min_gap: float = 0.05
 
 
 class Controller:
@@ -103,6 +110,10 @@ class Controller:
         self.boots: dict[int, tuple[str, str]] = {}
         self.applied = journal.last_seq()
         self._progress = trio.Event()
+        #: Set when the projection applied something the planner decides from.
+        self._decide_wake = trio.Event()
+        #: The log's last sequence when this term began (None: not read yet).
+        self._term_head: int | None = None
         self._consumers: set[str] = set()
         self._complaints: set[str] = set()
         self.broker_up = False
@@ -168,24 +179,30 @@ class Controller:
             self.broker_up = True
             if not messages:
                 continue
-            applied = await trio.to_thread.run_sync(self._apply_all, messages)
-            for one in applied:
-                self._told(one)
+            applied = await trio.to_thread.run_sync(self.projection.apply_page, messages)
+            self._told(applied)
             self.applied = max(self.applied, messages[-1].seq)
             self._progress.set()
             self._progress = trio.Event()
 
-    def _apply_all(self, messages: list[StreamMessage]) -> list[Applied]:
-        return [self.projection.apply(m) for m in messages]
-
-    def _told(self, applied: Applied) -> None:
-        if applied.created is not None and self.on_created is not None:
-            self.on_created(applied.created)
-        if self.on_commit is not None and (applied.records or applied.events):
-            self.on_commit(applied.records, applied.events)
+    def _told(self, page: list[Applied]) -> None:
+        """Tell the API what a page of the log did (the followers once per page), and wake the
+        planner if it changed what the planner decides from."""
+        records: list[StoredRecord] = []
+        events: list[RunChanged] = []
+        for applied in page:
+            if applied.created is not None and self.on_created is not None:
+                self.on_created(applied.created)
+            records += applied.records
+            events += applied.events
+            if _matters(applied):
+                self._decide_wake.set()
+        if self.on_commit is not None and (records or events):
+            self.on_commit(records, events)
         if self.on_ended is not None:
-            for job_id, state in applied.ended:
-                self.on_ended(job_id, state)
+            for applied in page:
+                for job_id, state in applied.ended:
+                    self.on_ended(job_id, state)
 
     async def heartbeat(self) -> None:
         """Keep this process the owner of the active fleet jobs in the journal (readers in other
@@ -198,16 +215,29 @@ class Controller:
                 await trio.to_thread.run_sync(self.journal.heartbeat, [j.job_id for j in jobs], owner, self.wall())
 
     async def govern(self) -> None:
+        """Look at the lease, the hosts and placement every ``tick``; decide after each look and
+        whenever the projection applied something that changes a decision (a run ended or waits,
+        a job came, a fact of the controller's own), at most every ``min_gap`` seconds."""
+        next_look = trio.current_time()
         while True:
+            again = False
             try:
-                await self._govern_once()
+                if trio.current_time() >= next_look:
+                    next_look = trio.current_time() + self.options.tick
+                    await self._look()
+                self._decide_wake = trio.Event()
+                again = await self._decide()
             except BrokerError as exc:
                 self._complain("govern", exc)
             except VmbusOpsError as exc:
                 log.warning("cannot decide now", extra={"event": "govern-failed", "error": exc.message})
-            await trio.sleep(self.options.tick)
+            if again:
+                continue  # what it decided is applied: decide again on it at once
+            with trio.move_on_at(next_look):
+                await self._decide_wake.wait()
+                await trio.sleep(self.options.min_gap)
 
-    async def _govern_once(self) -> None:
+    async def _look(self) -> None:
         broker = self.broker
         now = trio.current_time()
         entry = await broker.kv_get(LEASES_BUCKET, CONTROLLER_LEASE_KEY)
@@ -224,6 +254,7 @@ class Controller:
                     controller=self.options.id, canary=self.options.canary, host_ttl=self.options.host_ttl,
                     placement_timeout=self.options.placement_timeout, term=write.term, boots=self.boots,
                 )  # fmt: skip
+                self._term_head = None
         self.hosts = self.watch.update(await broker.kv_entries(HOSTS_BUCKET), trio.current_time())
         self.placement = parse_placement(await broker.kv_entries(PLACEMENT_BUCKET))
         self._complaints.discard("govern")
@@ -239,27 +270,55 @@ class Controller:
             if host not in self._consumers:
                 await broker.ensure_work_consumer(host)
                 self._consumers.add(host)
-        if self.applied < await broker.last_log_seq():
-            return  # decide only on the whole log
+
+    async def _decide(self) -> bool:
+        """Plan once and carry it out; True if facts were published (and applied)."""
+        broker = self.broker
+        planner = self.planner
+        if planner is None or not self.active():
+            return False
+        if self._term_head is None:
+            self._term_head = await broker.last_log_seq()
+        if self.applied < self._term_head:
+            return False  # a new term decides only once it has applied the log as it found it
         jobs = await trio.to_thread.run_sync(self.journal.active_jobs)
         if not jobs:
-            return
-        ids = [r.run_id for j in jobs for r in j.runs if r.dispatched and not r.started]
-        starts = await trio.to_thread.run_sync(lambda: {i: self.journal.run_start(i) for i in ids})
+            return False
+        ids = [r.run_id for j in jobs for r in j.runs if planner.needs_start(r)]
+        starts = await trio.to_thread.run_sync(self.journal.run_starts, ids)
         actions = planner.plan(jobs, self.hosts, self.placement, starts, now=trio.current_time(), wall=self.wall())
+        facts = [a for a in actions if isinstance(a, Decide)]
+        sends = [a for a in actions if isinstance(a, Send)]
         last = 0
-        for action in actions:
-            if isinstance(action, Decide):
-                last = max(last, await self.publish_fact(action))
-                log.info("decided", extra={"event": "decided", "fact": action.fact.msg_id()})
-            else:
-                try:
-                    await broker.publish(work_subject(action.host), encode(action.work), msg_id=action.work.msg_id())
-                except BrokerError:
-                    planner.sent.discard(action.work.msg_id())  # sent again at the next tick
-                    raise
+        if facts:
+            acks = await broker.publish_many([(CTL_SUBJECT, encode(a.fact), a.fact.msg_id()) for a in facts])
+            # A fact the log had already (a decision the projection did not take) is no news.
+            last = max((a.seq for a in acks if not a.duplicate), default=0)
+            for fact in facts:
+                log.info("decided", extra={"event": "decided", "fact": fact.fact.msg_id()})
+        if sends:
+            try:
+                await broker.publish_many(
+                    [(work_subject(a.host), encode(a.work), a.work.msg_id()) for a in sends]
+                )
+            except BrokerError:
+                for send in sends:
+                    planner.sent.discard(send.work.msg_id())  # sent again at the next pass
+                raise
         if last:
-            await self.wait_applied(last, self.options.lease_ttl)
+            return await self.wait_applied(last, self.options.lease_ttl)
+        return False
+
+
+def _matters(applied: Applied) -> bool:
+    """Whether a message the projection applied can change what the planner decides."""
+    if applied.skipped is not None and not applied.records and not applied.events:
+        return False
+    if applied.created is not None or applied.ended:
+        return True
+    if not isinstance(applied.fact, BatchFact | BatchesFact):
+        return True
+    return any(e.state.terminal or e.state is State.DELAYED for e in applied.events)
 
 
 __all__ = ["Controller", "ControllerOptions"]

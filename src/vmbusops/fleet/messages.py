@@ -8,7 +8,8 @@ Where each goes (see ``docs/adr/0007-fleet.md``):
 
 - the log, controller subject: :class:`JobFact`, :class:`DispatchFact`, :class:`SkipFact`,
   :class:`CancelFact`, :class:`LostFact`;
-- the log, a host's subject: :class:`BatchFact`, :class:`MovedFact`, :class:`RefusedFact`;
+- the log, a host's subject: :class:`BatchFact` (or several in one :class:`BatchesFact`),
+  :class:`MovedFact`, :class:`RefusedFact`;
 - a host's work subject: :class:`DispatchWork`, :class:`CancelWork`.
 
 Each message knows its JetStream message id (:meth:`msg_id`), which makes a repeated publish of
@@ -140,6 +141,22 @@ class BatchFact:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BatchesFact:
+    """Batches of one host, in the order its commits made them, in one message: what the host's
+    forwarder had queued when it published (one publish, one acknowledgement and one log message
+    for many commits of many runs). Each batch is applied, fenced or skipped as if it had come
+    alone; the message id is the first batch's and the count (a retry publishes the same group)."""
+
+    kind: ClassVar[str] = "batches"
+    host: str
+    batches: tuple[BatchFact, ...]
+
+    def msg_id(self) -> str:
+        first = self.batches[0]
+        return f"batches-{self.host}-{first.job}-{first.run}-{first.epoch}-{first.n}-{len(self.batches)}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MovedFact:
     kind: ClassVar[str] = "moved"
     host: str
@@ -182,7 +199,12 @@ class DispatchWork:
     time: float
 
     def msg_id(self) -> str:
-        return f"dispatch-{self.job}-{self.run}-{self.epoch}"
+        return dispatch_work_id(self.job, self.run, self.epoch)
+
+
+def dispatch_work_id(job: int, run: int, epoch: int) -> str:
+    """The message id of a run's dispatch work in an epoch."""
+    return f"dispatch-{job}-{run}-{epoch}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -196,10 +218,12 @@ class CancelWork:
         return f"cancel-{self.job}-{self.run}-{self.epoch}"
 
 
-LogFact = JobFact | DispatchFact | SkipFact | CancelFact | LostFact | BatchFact | MovedFact | RefusedFact
+LogFact = (
+    JobFact | DispatchFact | SkipFact | CancelFact | LostFact | BatchFact | BatchesFact | MovedFact | RefusedFact
+)
 Work = DispatchWork | CancelWork
 _CTL: dict[str, type[Any]] = {c.kind: c for c in (JobFact, DispatchFact, SkipFact, CancelFact, LostFact)}
-_HOST: dict[str, type[Any]] = {c.kind: c for c in (BatchFact, MovedFact, RefusedFact)}
+_HOST: dict[str, type[Any]] = {c.kind: c for c in (BatchFact, BatchesFact, MovedFact, RefusedFact)}
 _WORK: dict[str, type[Any]] = {c.kind: c for c in (DispatchWork, CancelWork)}
 
 
@@ -212,7 +236,7 @@ def encode(message: LogFact | Work) -> bytes:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, RunPlacement | RunStartWire):
+    if isinstance(value, RunPlacement | RunStartWire | BatchFact):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
@@ -229,8 +253,10 @@ def parse_host(data: bytes, *, host: str) -> LogFact:
     """A message of ``host``'s log subject; a fact that names another host is refused (a host's
     NATS user may only publish on its own subject, and the fact must agree with it)."""
     fact = _parse(data, _HOST, "host log")
-    if fact.host != host:
-        raise FleetMessageError(f"a fact on host {host!r}'s subject claims host {fact.host!r}")
+    claims = {b.host for b in fact.batches} | {fact.host} if isinstance(fact, BatchesFact) else {fact.host}
+    if claims != {host}:
+        other = sorted(claims - {host})[0]
+        raise FleetMessageError(f"a fact on host {host!r}'s subject claims host {other!r}")
     return fact  # type: ignore[no-any-return]
 
 
@@ -251,8 +277,13 @@ def _parse(data: bytes, kinds: dict[str, type[Any]], where: str) -> Any:
     cls = kinds.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise FleetMessageError(f"{where} message has unknown kind {kind!r}")
+    return _build(cls, body, where, {"v", "kind"})
+
+
+def _build(cls: type[Any], body: dict[str, Any], where: str, header: set[str]) -> Any:
+    kind = cls.kind
     names = [f.name for f in fields(cls)]
-    extra = set(body) - set(names) - {"v", "kind"}
+    extra = set(body) - set(names) - header
     if extra:
         raise FleetMessageError(f"{where} {kind} message has unknown field(s) {', '.join(sorted(extra))}")
     values: dict[str, Any] = {}
@@ -316,12 +347,19 @@ def _digest(v: Any) -> str:
 
 
 def _host(v: Any) -> str:
-    from vmbusops.fleet.names import _HOST_NAME
-
     s = _str(v)
-    if not _HOST_NAME.fullmatch(s):
-        raise ValueError(f"{s!r} is not a fleet host name")
+    if s not in _HOSTS_SEEN:
+        from vmbusops.fleet.names import _HOST_NAME
+
+        if not _HOST_NAME.fullmatch(s):
+            raise ValueError(f"{s!r} is not a fleet host name")
+        if len(_HOSTS_SEEN) < 4096:
+            _HOSTS_SEEN.add(s)
     return s
+
+
+#: Host names found valid (a fleet has a few hundred; checked once each).
+_HOSTS_SEEN: set[str] = set()
 
 
 def _list(v: Any) -> list[Any]:
@@ -359,6 +397,34 @@ def _record(v: Any) -> WireRecord:
     return (_pos(r[0]), _opt(_str)(r[1]), _nonneg(r[2]), _str(r[3]), _num(r[4]), _str(r[5]))
 
 
+def _batches(v: Any) -> tuple[BatchFact, ...]:
+    items = _list(v)
+    if not items:
+        raise ValueError("expected at least one batch")
+    return tuple(_batch(item) for item in items)
+
+
+_BATCH_KEYS = frozenset(f.name for f in fields(BatchFact))
+
+
+def _batch(v: Any) -> BatchFact:
+    """One batch of a ``batches`` message: the fields of a ``batch`` message, no more, no less
+    (spelled out rather than through :func:`_build`: there are many of them)."""
+    if not isinstance(v, dict):
+        raise TypeError(f"expected a batch object, got {type(v).__name__}")
+    if v.keys() != _BATCH_KEYS:
+        extra, missing = set(v) - _BATCH_KEYS, _BATCH_KEYS - set(v)
+        raise ValueError(
+            f"a batch has unknown field(s) {', '.join(sorted(extra))}" if extra
+            else f"a batch lacks {', '.join(sorted(missing))}"
+        )  # fmt: skip
+    return BatchFact(
+        host=_host(v["host"]), job=_pos(v["job"]), run=_pos(v["run"]), epoch=_pos(v["epoch"]), n=_pos(v["n"]),
+        records=tuple(_record(r) for r in _list(v["records"])), changes=tuple(_change(c) for c in _list(v["changes"])),
+        time=_num(v["time"]),
+    )  # fmt: skip
+
+
 def _change(v: Any) -> dict[str, Any]:
     if not isinstance(v, dict) or v.get("t") not in ("run", "step"):
         raise ValueError("a change is an object with t = run or step")
@@ -388,6 +454,7 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "vm_id": _str,
     "start": _start,
     "controller": _str,
+    "batches": _batches,
 }
 
 #: Fields whose type differs in one message.

@@ -33,7 +33,7 @@ import hashlib
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
 
@@ -333,6 +333,17 @@ class NatsBroker:
             return PubAck(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
 
         return await self._call(f"publish to {subject}", go(), (subject,))
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes, str]]) -> list[PubAck]:
+        async def go() -> list[PubAck]:
+            # Each publish writes its message before its first wait, so they go out in order.
+            acks = await asyncio.gather(*(
+                self._jsc.publish(subject, data, headers={"Nats-Msg-Id": msg_id}) for subject, data, msg_id in messages
+            ))  # fmt: skip
+            return [PubAck(stream=a.stream, seq=a.seq, duplicate=bool(a.duplicate)) for a in acks]
+
+        subjects = tuple(sorted({m[0] for m in messages}))
+        return await self._call(f"publish to {', '.join(subjects)}", go(), subjects)
 
     # key-value -----------------------------------------------------------------------------
     def _kv(self, bucket: str) -> KeyValue:

@@ -22,7 +22,9 @@ The rules (docs/adr/0007-fleet.md):
 - a dispatched run whose host is dead, or whose host's agent restarted (a new boot id), is
   ``lost``; a run that waits (lost or moved) is dispatched again, epoch + 1, once its VM is seen
   on a live host: another host, the same host under a new boot id, or the same host alive again
-  for ``host_ttl`` after the loss (its agent has stopped the old epoch's run by then);
+  for ``host_ttl`` after the loss (its agent has stopped the old epoch's run by then); after a
+  ``moved``, a placement entry naming the host the VM left is the one from before it left until it
+  is written again or that host lists the VM in its second heartbeat since (:meth:`Planner._left_behind`);
 - the WORK message of a dispatched run whose host has not reported on it is sent once per term
   (its message id makes a repeat harmless); so is a cancel to the host of a dispatched run whose
   job or run is marked cancelled.
@@ -35,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmbusops.bundle.manifest import manifest_from_dict
+from vmbusops.bundle.manifest import ExecutionPolicy, manifest_from_dict
 from vmbusops.engine.states import ERRORS, State
 from vmbusops.errors import FailureCode, VmbusOpsError
 from vmbusops.fleet.broker import KvEntry
@@ -48,6 +50,7 @@ from vmbusops.fleet.messages import (
     RunStartWire,
     SkipFact,
     Work,
+    dispatch_work_id,
 )
 from vmbusops.fleet.names import check_host_name
 from vmbusops.fleet.store import FleetJob, FleetRun
@@ -65,6 +68,10 @@ class HostView:
     alive: bool
     #: When (controller monotonic clock) its entry's revision last changed.
     seen: float
+    #: How many times this controller saw the entry's revision change (heartbeats seen).
+    beats: int = 0
+    #: The VM ids its last entry lists.
+    vm_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,8 @@ class Placed:
     cluster: str | None
     state: str
     boot: str | None
+    #: The entry's revision in the placement bucket (every write makes a higher one).
+    revision: int = 0
 
 
 def parse_host_entry(entry: KvEntry) -> dict[str, Any] | None:
@@ -99,6 +108,7 @@ def parse_placement(entries: Mapping[str, KvEntry]) -> dict[str, Placed]:
                 vm=str(body["vm"]), vm_id=str(body["vm_id"]).lower(), host=check_host_name(str(body["host"])),
                 cluster=body.get("cluster") if isinstance(body.get("cluster"), str) else None,
                 state=str(body.get("state", "")), boot=body.get("boot") if isinstance(body.get("boot"), str) else None,
+                revision=entry.revision,
             )  # fmt: skip
         except (ValueError, KeyError, TypeError, VmbusOpsError):
             continue
@@ -114,6 +124,7 @@ class HostWatch:
     def __init__(self, host_ttl: float) -> None:
         self.host_ttl = host_ttl
         self._seen: dict[str, tuple[int, float, dict[str, Any]]] = {}
+        self._beats: dict[str, int] = {}
 
     def update(self, entries: Mapping[str, KvEntry], now: float) -> dict[str, HostView]:
         for key, entry in entries.items():
@@ -123,19 +134,29 @@ class HostWatch:
             old = self._seen.get(key)
             if old is None or old[0] != entry.revision:
                 self._seen[key] = (entry.revision, now, body)
+                self._beats[key] = self._beats.get(key, 0) + 1
         for key in list(self._seen):
             if key not in entries:
                 del self._seen[key]
+                self._beats.pop(key, None)
         return self.views(now)
 
     def views(self, now: float) -> dict[str, HostView]:
         return {
             host: HostView(
                 host=host, cluster=body.get("cluster") if isinstance(body.get("cluster"), str) else None,
-                boot=str(body["boot"]), alive=now - seen < self.host_ttl, seen=seen,
+                boot=str(body["boot"]), alive=now - seen < self.host_ttl, seen=seen, beats=self._beats.get(host, 0),
+                vm_ids=_listed_ids(body),
             )
             for host, (_, seen, body) in self._seen.items()
         }
+
+
+def _listed_ids(body: dict[str, Any]) -> frozenset[str]:
+    vms = body.get("vms")
+    if not isinstance(vms, list):
+        return frozenset()
+    return frozenset(str(v["vm_id"]).lower() for v in vms if isinstance(v, dict) and isinstance(v.get("vm_id"), str))
 
 
 # ---------------------------------------------------------------------- what it decides
@@ -180,6 +201,16 @@ class Planner:
     _lost: dict[int, tuple[str, str | None, float]] = field(default_factory=dict)
     #: Run id -> since when its VM has been placed on no live host.
     _unplaced: dict[int, float] = field(default_factory=dict)
+    #: Run id -> (placement revision, host beats) when it was first seen waiting after a move:
+    #: an entry no newer still names the host the VM left (see :meth:`_left_behind`).
+    _left: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: Job id -> its manifest's execution settings (read once).
+    _executions: dict[int, ExecutionPolicy] = field(default_factory=dict)
+
+    def needs_start(self, run: FleetRun) -> bool:
+        """Whether :meth:`plan` needs where ``run`` stands (``starts``): dispatched, not started,
+        its work not sent in this term."""
+        return run.dispatched and not run.started and dispatch_work_id(run.job_id, run.run_id, run.epoch) not in self.sent
 
     def plan(
         self,
@@ -192,6 +223,8 @@ class Planner:
         wall: float,
     ) -> list[Action]:
         out: list[Action] = []
+        for gone in set(self._executions) - {j.job_id for j in jobs}:
+            del self._executions[gone]
         for job in jobs:
             out += self._job(job, hosts, placement, starts, now=now, wall=wall)
         return out
@@ -208,10 +241,13 @@ class Planner:
         wall: float,
     ) -> list[Action]:
         out: list[Action] = []
-        try:
-            execution = manifest_from_dict(json.loads(job.manifest)).execution
-        except (ValueError, VmbusOpsError):
-            return out
+        execution = self._executions.get(job.job_id)
+        if execution is None:
+            try:
+                execution = manifest_from_dict(json.loads(job.manifest)).execution
+            except (ValueError, VmbusOpsError):
+                return out
+            self._executions[job.job_id] = execution
         runs = job.runs
         total = len(runs)
         max_concurrency = execution.max_concurrency.of(total)
@@ -313,7 +349,7 @@ class Planner:
         self, run: FleetRun, hosts: Mapping[str, HostView], placement: Mapping[str, Placed], *, now: float, wall: float
     ) -> list[Action]:
         """A run lost or moved: dispatch it again once its VM is on a live host it may go to."""
-        where = self._live_placement(run, hosts, placement)
+        where = None if self._left_behind(run, hosts, placement) else self._live_placement(run, hosts, placement)
         if where is None:
             since = self._unplaced.setdefault(run.run_id, now)
             if now - since >= self.placement_timeout:
@@ -334,9 +370,28 @@ class Planner:
         if run.cancel_requested:
             return []
         self._lost.pop(run.run_id, None)
+        self._left.pop(run.run_id, None)
         return [
             Decide(DispatchFact(job=run.job_id, run=run.run_id, host=where.host, epoch=run.epoch + 1, reason=reason, time=wall))
         ]
+
+    def _left_behind(self, run: FleetRun, hosts: Mapping[str, HostView], placement: Mapping[str, Placed]) -> bool:
+        """Whether the VM's placement is what it was before the VM left the run's host: after a
+        ``moved``, the entry may name the host the VM left until its new host's agent writes it,
+        and sending the run back there would only fail again. The entry counts again once it is
+        newer than when this planner first saw the run wait, or once that host has listed the VM
+        in its second heartbeat since (the first may have listed it before it left)."""
+        if run.waiting != "moved":
+            return False
+        placed = placement.get(run.vm_id.lower())
+        host = hosts.get(run.host)
+        first = self._left.get(run.run_id)
+        if first is None:
+            stale = placed.revision if placed is not None and placed.host == run.host else 0
+            first = self._left[run.run_id] = (stale, host.beats if host is not None else 0)
+        if placed is None or placed.host != run.host or placed.revision > first[0]:
+            return False
+        return not (host is not None and host.beats >= first[1] + 2 and run.vm_id.lower() in host.vm_ids)
 
     def _live_placement(self, run: FleetRun, hosts: Mapping[str, HostView], placement: Mapping[str, Placed]) -> Placed | None:
         placed = placement.get(run.vm_id.lower())
@@ -349,6 +404,7 @@ class Planner:
         self.boots.pop(run_id, None)
         self._lost.pop(run_id, None)
         self._unplaced.pop(run_id, None)
+        self._left.pop(run_id, None)
 
 
 def note_boots(boots: dict[int, tuple[str, str]], jobs: Sequence[FleetJob], hosts: Mapping[str, HostView]) -> None:

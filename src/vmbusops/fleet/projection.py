@@ -36,7 +36,8 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,7 @@ from vmbusops.engine.states import Event, Level, State, TransitionError, job_out
 from vmbusops.errors import FailureCode, VmbusOpsError
 from vmbusops.fleet.broker import StreamMessage
 from vmbusops.fleet.messages import (
+    BatchesFact,
     BatchFact,
     CancelFact,
     DispatchFact,
@@ -75,6 +77,10 @@ log = logging.getLogger("vmbusops.fleet")
 FLEET_HOST = "fleet"
 _STREAMS = frozenset(s.value for s in Stream)
 _NOT_STARTED = (State.PENDING, State.DELAYED)
+#: The run states that are not terminal.
+_LIVE = tuple(s.value for s in State if not s.terminal)
+_ANY_LIVE_RUN = "SELECT 1 FROM runs WHERE job_id = ? AND state IN (?, ?, ?, ?) LIMIT 1"
+assert len(_LIVE) == 4, _LIVE
 
 
 class Skip(Exception):
@@ -106,44 +112,67 @@ class Projection:
     def __init__(self, journal: FleetJournal, owner: Owner) -> None:
         self.journal = journal
         self.owner = owner
+        self.known = _Known()
 
     def last_seq(self) -> int:
         return self.journal.last_seq()
 
     def apply(self, message: StreamMessage) -> Applied:
         """Apply one LOG message (blocking SQLite; the caller runs it off the event loop)."""
-        out = Applied(seq=message.seq)
+        return self.apply_page([message])[0]
+
+    def apply_page(self, messages: Sequence[StreamMessage]) -> list[Applied]:
+        """Apply LOG messages in order, in one transaction (blocking SQLite; the caller runs it off
+        the event loop): each message's effects in a savepoint of their own, so that one that is
+        skipped leaves the others be, and the last sequence written once, in the same transaction.
+        One commit (one fsync) per page rather than per message is what lets the projection keep up
+        with a fleet's records."""
+        outs: list[Applied] = []
+        known = self.known
+        with _forgotten_on_error(known), self.journal.transaction() as db:
+            last = _get(db, "last_seq")
+            for message in messages:
+                out = Applied(seq=message.seq)
+                outs.append(out)
+                if message.seq <= last:
+                    out.skipped = "applied already"
+                    continue
+                self._one(db, message, out)
+                last = message.seq
+            _put(db, "last_seq", last)
+        return outs
+
+    def _one(self, db: sqlite3.Connection, message: StreamMessage, out: Applied) -> None:
         try:
             fact = _parse(message)
         except FleetMessageError as exc:
             log.warning("bad log message", extra={"event": "bad-message", "seq": message.seq, "error": exc.message})
-            fact = None
             out.skipped = exc.message
+            _bump(db, "bad_messages")
+            return
         out.fact = fact
-        with self.journal.transaction() as db:
-            last = _get(db, "last_seq")
-            if message.seq <= last:
-                out.skipped = "applied already"
-                return out
-            if fact is not None:
-                db.execute("SAVEPOINT fact")
-                try:
-                    _Apply(db, out, self.owner).fact(fact)
-                    db.execute("RELEASE fact")
-                except Skip as skip:
-                    db.execute("ROLLBACK TO fact")
-                    db.execute("RELEASE fact")
-                    out.records, out.events, out.ended, out.created = [], [], [], None
-                    out.skipped = skip.reason
-                    _bump(db, skip.counter)
-                    level = logging.WARNING if skip.counter == "bad_messages" else logging.INFO
-                    log.log(level, "log message skipped", extra={
-                        "event": "skipped", "seq": message.seq, "counter": skip.counter, "why": skip.reason,
-                    })  # fmt: skip
-            elif out.skipped is not None:
-                _bump(db, "bad_messages")
-            _put(db, "last_seq", message.seq)
-        return out
+        parts = fact.batches if isinstance(fact, BatchesFact) else (fact,)
+        skipped: list[str] = []
+        for part in parts:
+            db.execute("SAVEPOINT fact")
+            mark = (len(out.records), len(out.events), len(out.ended))
+            try:
+                _Apply(db, out, self.owner, self.known).fact(part)
+                db.execute("RELEASE fact")
+            except Skip as skip:
+                db.execute("ROLLBACK TO fact")
+                db.execute("RELEASE fact")
+                self.known.clear()
+                del out.records[mark[0] :], out.events[mark[1] :], out.ended[mark[2] :]
+                out.created = None if isinstance(part, JobFact) else out.created
+                skipped.append(skip.reason)
+                _bump(db, skip.counter)
+                level = logging.WARNING if skip.counter == "bad_messages" else logging.INFO
+                log.log(level, "log message skipped", extra={
+                    "event": "skipped", "seq": message.seq, "counter": skip.counter, "why": skip.reason,
+                })  # fmt: skip
+        if skipped and len(skipped) == len(parts):
+            out.skipped = "; ".join(skipped)
 
 
 def _parse(message: StreamMessage) -> LogFact:
@@ -171,6 +200,36 @@ def _bump(db: sqlite3.Connection, key: str) -> None:
     _put(db, key, _get(db, key) + 1)
 
 
+class _Known:
+    """What the projection's own writes made true, kept between messages to spare a query per
+    batch: a run's step names (fixed at the job's creation), a run's last record seq and a job's
+    last record ``n`` (only the projection adds records). Cleared whenever a transaction or a
+    savepoint is rolled back; a run's entries go when it ends."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, list[str]] = {}
+        self.last_seq: dict[int, int] = {}
+        self.last_n: dict[int, int] = {}
+
+    def clear(self) -> None:
+        self.steps.clear()
+        self.last_seq.clear()
+        self.last_n.clear()
+
+    def ended(self, run_id: int) -> None:
+        self.steps.pop(run_id, None)
+        self.last_seq.pop(run_id, None)
+
+
+@contextmanager
+def _forgotten_on_error(known: _Known) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        known.clear()
+        raise
+
+
 @dataclass
 class _Run:
     job_id: int
@@ -187,10 +246,11 @@ class _Run:
 class _Apply:
     """The effects of one fact, inside the projection's transaction."""
 
-    def __init__(self, db: sqlite3.Connection, out: Applied, owner: Owner) -> None:
+    def __init__(self, db: sqlite3.Connection, out: Applied, owner: Owner, known: _Known) -> None:
         self.db = db
         self.out = out
         self.owner = owner
+        self.known = known
 
     def fact(self, fact: LogFact) -> None:
         match fact:
@@ -280,8 +340,8 @@ class _Apply:
             raise Skip(f"batch {fact.msg_id()}: expected n = {run.last_n + 1}", "fenced")
         if run.state.terminal:
             raise Skip(f"batch {fact.msg_id()}: run {run.run_id} has ended", "fenced")
-        steps = [r[0] for r in db.execute("SELECT name FROM steps WHERE run_id = ? ORDER BY idx", (run.run_id,))]
-        last_seq = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM records WHERE run_id = ?", (run.run_id,)).fetchone()[0])
+        steps = self.steps_of(run.run_id)
+        last_seq = self.seq_of(run) - 1
         rows: list[tuple[Any, ...]] = []
         for record in fact.records:
             seq, step, attempt, stream, at, content = record
@@ -305,7 +365,9 @@ class _Apply:
                     RunChanged(now.job_id, now.vm, now.state, now.current_step, change.error, change.code)
                 )
         db.execute("UPDATE fleet_runs SET last_n = ? WHERE run_id = ?", (fact.n, run.run_id))
-        self.maybe_end(run.job_id, fact.time)
+        if any(isinstance(c, RunChange) and c.state is not None and c.state.terminal for c in changes):
+            self.known.ended(run.run_id)
+            self.maybe_end(run.job_id, fact.time)
 
     def wait(self, fact: MovedFact | LostFact) -> None:
         run = self.run(fact.job, fact.run)
@@ -362,17 +424,33 @@ class _Apply:
 
     def seq_of(self, run: _Run) -> int:
         """The seq the run's next record takes."""
-        return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM records WHERE run_id = ?", (run.run_id,)).fetchone()[0]) + 1
+        last = self.known.last_seq.get(run.run_id)
+        if last is None:
+            row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM records WHERE run_id = ?", (run.run_id,)).fetchone()
+            last = self.known.last_seq[run.run_id] = int(row[0])
+        return last + 1
+
+    def steps_of(self, run_id: int) -> list[str]:
+        steps = self.known.steps.get(run_id)
+        if steps is None:
+            rows = self.db.execute("SELECT name FROM steps WHERE run_id = ? ORDER BY idx", (run_id,))
+            steps = self.known.steps[run_id] = [r[0] for r in rows]
+        return steps
 
     def records(self, rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:
             return
         job_id = rows[0][0]
-        n = int(self.db.execute("SELECT COALESCE(MAX(n), 0) FROM records WHERE job_id = ?", (job_id,)).fetchone()[0])
+        known = self.known
+        n = known.last_n.get(job_id)
+        if n is None:
+            n = int(self.db.execute("SELECT COALESCE(MAX(n), 0) FROM records WHERE job_id = ?", (job_id,)).fetchone()[0])
         stored: list[StoredRecord] = []
         for row in rows:
             n += 1
             stored.append((row[0], n, *row[1:]))
+            known.last_seq[row[1]] = row[2]
+        known.last_n[job_id] = n
         self.db.executemany(
             "INSERT INTO records (job_id, n, run_id, seq, step, attempt, stream, time, content)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -413,6 +491,7 @@ class _Apply:
                         finished_at=at, error=message, code=code,
                     )
                 )  # fmt: skip
+        self.known.ended(run.run_id)
         changes.append(
             RunChange(
                 run_id=run.run_id, state=state, current_step=None, records=self.seq_of(run) - 1,
@@ -423,19 +502,20 @@ class _Apply:
         self.out.events.append(RunChanged(run.job_id, run.vm, state, None, message, code))
 
     def maybe_end(self, job_id: int, at: float) -> None:
-        """End the job if every run has ended (``states.job_outcome``)."""
+        """End the job if every run has ended (``states.job_outcome``); called when a run ended."""
         db = self.db
         job = db.execute("SELECT state, cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
         state = State(job[0])
         if not state.active:
             return
-        runs = [State(r[0]) for r in db.execute("SELECT state FROM runs WHERE job_id = ?", (job_id,))]
-        if not all(s.terminal for s in runs):
+        if db.execute(_ANY_LIVE_RUN, (job_id, *_LIVE)).fetchone():
             return
+        runs = [State(r[0]) for r in db.execute("SELECT state FROM runs WHERE job_id = ?", (job_id,))]
         outcome = job_outcome(runs, cancel_requested=bool(job[1]))
         final = next_state(Level.JOB, State.IN_PROGRESS, outcome)
         self.write([JobChange(job_id=job_id, state=final, started_at=at, finished_at=at)])
         self.out.ended.append((job_id, final))
+        self.known.last_n.pop(job_id, None)
 
 
 def _bad_record(record: WireRecord, last: int, steps: list[str]) -> str | None:

@@ -168,6 +168,10 @@ class FleetJournal(Journal):
         row = self._read_tuples("SELECT job_id FROM fleet_jobs WHERE submission = ?", (submission,))
         return int(row[0][0]) if row else None
 
+    def run_starts(self, run_ids: list[int]) -> dict[int, tuple[tuple[str, ...], tuple[int, ...], int]]:
+        """:meth:`run_start` of each run."""
+        return {i: self.run_start(i) for i in run_ids}
+
     def run_start(self, run_id: int) -> tuple[tuple[str, ...], tuple[int, ...], int]:
         """Where a run stands, for its dispatch: its steps' states and attempts, its next seq."""
         steps = self._read_tuples("SELECT state, attempts FROM steps WHERE run_id = ? ORDER BY idx", (run_id,))
