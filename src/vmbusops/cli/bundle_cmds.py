@@ -327,6 +327,9 @@ def trust() -> None:
 @click.option("--until", default=None, help="When this trust ends (ISO 8601, UTC if no zone).")
 @click.option("--threshold", type=click.IntRange(1, 32), default=1, help="Signers needed from this scope.")
 @click.option(
+    "--checkpoints", is_flag=True, help="The key may guard steps with checkpoints (take, restore, remove them)."
+)
+@click.option(
     "--rename", is_flag=True, help="The key is trusted already: only give it the name --name (scopes unchanged)."
 )
 @_trust_option
@@ -339,6 +342,7 @@ def trust_add(
     steps: str | None,
     until: str | None,
     threshold: int,
+    checkpoints: bool,
     rename: bool,
     trust_path: Path | None,
 ) -> None:
@@ -371,6 +375,7 @@ def trust_add(
         steps=kinds,
         until=_parse_until(until),
         threshold=threshold,
+        checkpoints=checkpoints,
     )
     known = policy.keys.get(key.keyid)
     namesake = next((k for k in policy.keys.values() if k.name == key.name and k.keyid != key.keyid), None)
