@@ -56,6 +56,8 @@ from vmbusops.engine.journal_history import (
 )
 from vmbusops.engine.journal_retention import Prunable
 from vmbusops.engine.journal_rows import (
+    CHECKPOINTS_OF_RUN,
+    CheckpointView,
     JobView,
     LeftOut,
     RecordView,
@@ -610,6 +612,11 @@ class Journal:
             params.append(stream)
         rows: list[StoredRecord] = self._read_tuples(sql + order, [*params, limit])
         return rows
+
+    def checkpoints(self, run_id: int) -> list[CheckpointView]:
+        """The checkpoints of the run's guarded spans (:mod:`.guard`), in span order."""
+        rows = self._read_tuples(CHECKPOINTS_OF_RUN, (run_id,))
+        return [CheckpointView(*r[:4], None if r[4] is None else bool(r[4]), *r[5:]) for r in rows]
 
     def receipt(self, run_id: int) -> str | None:
         """The run's signed receipt (its envelope's JSON), if one was written."""
