@@ -81,6 +81,8 @@ def _describe_step(step: Step) -> str:
         extras.append(f"{step.retry.attempts} attempts, backoff {step.retry.backoff_seconds:g}s")
     if step.idempotent:
         extras.append("idempotent")
+    if step.guard is not None:
+        extras.append(f"guarded by a {step.guard.value}")
     return f"{step.name} [{step.kind.value}]: {what}" + (f" ({', '.join(extras)})" if extras else "")
 
 
@@ -112,6 +114,13 @@ def _print_manifest(m: Manifest) -> None:
             f"schedule    cron '{s.cron}' ({s.timezone}), window {s.window_seconds:g}s,"
             f" cut-off {s.cutoff_seconds:g}s,"
             f" jitter {s.jitter_seconds:g}s, missed runs: {s.missed.value}"
+        )
+    if m.guard is not None:
+        g = m.guard
+        spans = ", ".join(f"{m.steps[s.first].name}..{m.steps[s.last].name}" for s in m.guarded_spans())
+        click.echo(
+            f"guard       {g.checkpoint.value} checkpoint, {g.min_free_gb:g} GiB free first,"
+            f" health: {g.health.describe()}; spans: {spans}"
         )
     click.echo("steps")
     for i, step in enumerate(m.steps, 1):

@@ -83,6 +83,7 @@ _STATE_STYLE = {
     State.CANCELLED: "yellow",
     State.INTERRUPTED: "yellow",
     State.SKIPPED: "dim",
+    State.ROLLED_BACK: "magenta",
     State.IN_PROGRESS: "cyan",
     State.DELAYED: "blue",
     State.PENDING: "",
@@ -118,7 +119,7 @@ def _runs_table(title: str, runs: list[RunView], *, interrupted: bool = False) -
 
 
 def _exit_code(result: JobResult) -> int:
-    return exitcodes.OK if result.state is State.SUCCESS else exitcodes.GUEST_ERRORS
+    return exitcodes.job_exit_code([s.value for s in result.runs.values()])
 
 
 # --- live progress --------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ _STYLE = {
     "cancelled": "yellow",
     "interrupted": "yellow",
     "skipped": "dim",
+    "rolled-back": "magenta",
     "in-progress": "cyan",
     "delayed": "blue",
 }
