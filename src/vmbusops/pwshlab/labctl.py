@@ -95,7 +95,9 @@ class LabHost:
         return resolve_vms(self.lab, cmdlet, names, answer.error)
 
     def vm_object(self, spec: VMSpec, rt: VMRuntime, now: float) -> dict[str, Any]:
-        return vm_facts(self.lab, spec, rt, now)
+        from vmbusops.sim.checkpoints import vm_checkpoint_facts
+
+        return {**vm_facts(self.lab, spec, rt, now), **vm_checkpoint_facts(spec, rt)}
 
     # ---- cmdlets -------------------------------------------------------------------------
 

@@ -32,6 +32,16 @@ class Param:
     aliases: tuple[str, ...] = ()
     # How the binder converts a value (see the module docstring); "object" takes it as it comes.
     kind: str = "object"
+    # The parameter sets it belongs to (none named: every set of the cmdlet).
+    sets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ParamSet:
+    """One of a cmdlet's parameter sets: its name and the parameters it makes mandatory."""
+
+    name: str
+    mandatory: tuple[str, ...] = ()
 
 
 COMMON_PARAMETERS = (
@@ -258,6 +268,39 @@ def convert(param: Param, value: Any, fq_name: str, text: Callable[[Any], str] =
             f'"{_net_type(value)}" to type "{_PS_TYPES["scriptblock"]}".',
         )
     raise ValueError(f"unknown parameter kind {kind!r}")
+
+
+def choose_set(
+    bound: dict[str, Any], params: tuple[Param, ...], sets: tuple[ParamSet, ...], fq_name: str
+) -> str:
+    """The parameter set the bound parameters select (the first of ``sets`` is the default), as
+    PowerShell's binder chooses it; BindingError when none or several fit, or one misses a mandatory one.
+
+    A set fits when every bound parameter belongs to it. Of several that fit, the default wins, else
+    the only one whose mandatory parameters are all bound."""
+    member = {p.name: p.sets for p in params}
+    given = [n for n in bound if n in member]
+    fits = [s for s in sets if all(not member[n] or s.name in member[n] for n in given)]
+    complete = [s for s in fits if all(bound.get(m) is not None for m in s.mandatory)]
+    chosen = None
+    if fits and fits[0] is sets[0]:
+        chosen = fits[0]
+    elif len(complete) == 1:
+        chosen = complete[0]
+    elif len(fits) == 1:
+        chosen = fits[0]
+    if chosen is None:
+        raise BindingError(
+            SimError(
+                message="Parameter set cannot be resolved using the specified named parameters. One or more "
+                "parameters issued cannot be used together or an insufficient number of parameters were provided.",
+                fqid=f"AmbiguousParameterSet,{fq_name}",
+                category="InvalidArgument",
+                exception_type=_BINDING,
+            )
+        )
+    require(bound, fq_name, *chosen.mandatory)
+    return chosen.name
 
 
 def require(bound: dict[str, Any], fq_name: str, *names: str) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from vmbusops.sim import (
+    checkpoint_cmdlets,
     dsc,
     group_cmdlets,
     guest_cmdlets,
@@ -64,12 +65,27 @@ HOST_CMDLETS: Final[Mapping[str, HostCmdlet]] = _folded(
         "Stop-VM": vm_cmdlets.STOP_VM,
         # Microsoft.PowerShell.Core
         "Invoke-Command": vm_cmdlets.INVOKE_COMMAND,
+        "Checkpoint-VM": checkpoint_cmdlets.CHECKPOINT_VM,
+        "Get-VMSnapshot": checkpoint_cmdlets.GET_VM_SNAPSHOT,
+        "Restore-VMSnapshot": checkpoint_cmdlets.RESTORE_VM_SNAPSHOT,
+        "Remove-VMSnapshot": checkpoint_cmdlets.REMOVE_VM_SNAPSHOT,
+        "Get-VMHardDiskDrive": checkpoint_cmdlets.GET_VM_HARD_DISK_DRIVE,
+        "Get-Volume": checkpoint_cmdlets.GET_VOLUME,
         "Get-Command": hostfiles.GET_COMMAND,
         # Microsoft.PowerShell.Utility
         "Get-FileHash": hostfiles.GET_FILE_HASH,
         # functions of the endpoint's JEA role, for WinRM staging
         "Write-VmbusOpsStagedFile": hostfiles.WRITE_STAGED_FILE,
         "Remove-VmbusOpsStagingFolder": hostfiles.REMOVE_STAGING_FOLDER,
+    }
+)
+
+#: The Hyper-V module's aliases of host cmdlets: a call by alias runs (and reports errors as) the cmdlet.
+HOST_ALIASES: Final[Mapping[str, str]] = _folded(
+    {
+        "Get-VMCheckpoint": "Get-VMSnapshot",
+        "Restore-VMCheckpoint": "Restore-VMSnapshot",
+        "Remove-VMCheckpoint": "Remove-VMSnapshot",
     }
 )
 
@@ -206,6 +222,7 @@ __all__ = [
     "GUEST_CMDLETS",
     "GUEST_CMDLETS_NOT_SIMULATED",
     "GUEST_SCRIPTS",
+    "HOST_ALIASES",
     "HOST_CMDLETS",
     "TASK_SCRIPTS",
     "GuestCatalog",

@@ -40,7 +40,7 @@ from psrpcore.types import PSSecureString
 
 from vmbusops.sim import invoker, pserrors
 from vmbusops.sim.binding import BindingError, bind
-from vmbusops.sim.cmdlets import HOST_CMDLETS
+from vmbusops.sim.cmdlets import HOST_ALIASES, HOST_CMDLETS
 from vmbusops.sim.guest import GuestSession
 from vmbusops.sim.guest_values import Emit, to_text
 from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password
@@ -263,7 +263,7 @@ class HyperVHost:
     def command_names(self) -> list[str]:
         """Every command this host answers, folded; Get-Command lists the invoker as a JEA role
         defines it: a function, called by name."""
-        return sorted([*HOST_CMDLETS, invoker.INVOKER_FUNCTION.casefold()])
+        return sorted([*HOST_CMDLETS, *HOST_ALIASES, invoker.INVOKER_FUNCTION.casefold()])
 
     async def run(self, commands: list[CommandSpec], streams: HostStreams) -> None:
         """Run a pipeline's commands (statements in order); TerminatingError ends it Failed."""
@@ -279,6 +279,7 @@ class HyperVHost:
                 await streams.checkpoint()
                 continue
             name = str(command.command_text)
+            name = HOST_ALIASES.get(name.casefold(), name)
             if name.casefold() == invoker.INVOKER_FUNCTION.casefold():
                 await self._chaos(name, streams)
                 await self.invoke_vmbusops_guest(command.parameters, streams, as_function=True)

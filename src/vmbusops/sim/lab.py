@@ -41,6 +41,13 @@ A lab is TOML::
                                  # install_seconds = 2.0 is how long installing one takes
     updates = [{ kb = "KB5034441", title = "...", categories = ["Security Updates"], restart = true }]
                                  # pending updates the Windows Update Agent offers (patch steps)
+    checkpoint_type = "Production"  # Get-VM's CheckpointType: Production (falls back to a standard
+                                 # checkpoint when it cannot take one) | ProductionOnly | Standard | Disabled
+    vss = true                   # the guest's Backup (volume shadow copy) service works; false: no
+                                 # production checkpoint while the VM runs (see vmbusops.sim.checkpoints)
+    memory_mb = 2048             # MemoryStartup: what a standard checkpoint of the running VM saves
+    storage_free_mb = 131072     # free space on the volume holding the VM's disks and checkpoints
+                                 # (each checkpoint takes some; too little: "not enough space")
     [vm.files]                   # seeded into the guest file system on first use
     'C:\\inetpub\\wwwroot\\index.html' = "..."
     [vm.faults]                  # chaos, per VM
@@ -101,6 +108,15 @@ class VMState(enum.StrEnum):
     OFF = "Off"
     SAVED = "Saved"
     PAUSED = "Paused"
+
+
+class CheckpointType(enum.StrEnum):
+    """Hyper-V's CheckpointType of a VM (Set-VM -CheckpointType)."""
+
+    DISABLED = "Disabled"
+    PRODUCTION = "Production"
+    PRODUCTION_ONLY = "ProductionOnly"
+    STANDARD = "Standard"
 
 
 class ServiceStatus(enum.StrEnum):
@@ -203,6 +219,10 @@ class VMSpec:
     features: tuple[FeatureSpec, ...] = ()
     updates: tuple[UpdateSpec, ...] = ()
     faults: FaultSpec = FaultSpec()
+    checkpoint_type: CheckpointType = CheckpointType.PRODUCTION
+    vss: bool = True
+    memory_mb: float = 2048.0
+    storage_free_mb: float = 131072.0
     #: The host that owns the VM when the state is new (the state then says where it is now).
     host: str = ""
 
@@ -374,6 +394,10 @@ VM_KEYS = {
     "features",
     "updates",
     "faults",
+    "checkpoint_type",
+    "vss",
+    "memory_mb",
+    "storage_free_mb",
 }
 
 
@@ -461,6 +485,13 @@ def _parse_vm(raw: dict[str, Any], source: str, hosts: tuple[HostSpec, ...]) -> 
     files = _table(raw.get("files", {}), "vm.files", source)
     faults = _table(raw.get("faults", {}), "vm.faults", source)
     _only_keys(faults, FAULT_KEYS, f"{where} faults")
+    try:
+        checkpoint_type = CheckpointType(raw.get("checkpoint_type", "Production"))
+    except ValueError:
+        raise ConfigError(
+            f"{where}: checkpoint_type must be one of {', '.join(c.value for c in CheckpointType)}, "
+            f"not {raw.get('checkpoint_type')!r}"
+        ) from None
     drop = faults.get("session_drop_after_records")
     socket_ends = faults.get("socket_ends_after_records")
     return VMSpec(
@@ -525,6 +556,10 @@ def _parse_vm(raw: dict[str, Any], source: str, hosts: tuple[HostSpec, ...]) -> 
                 _table(x, "vm.updates", source) for x in _list(raw.get("updates", []), "updates", source)
             )
         ),
+        checkpoint_type=checkpoint_type,
+        vss=bool(raw.get("vss", True)),
+        memory_mb=_num(raw.get("memory_mb", 2048), "vm.memory_mb", source),
+        storage_free_mb=_num(raw.get("storage_free_mb", 131072), "vm.storage_free_mb", source),
         faults=FaultSpec(
             session_drop_after_records=None if drop is None else int(drop),
             corrupt_copies=_opt_str(faults.get("corrupt_copies"), "vm.faults.corrupt_copies", source),

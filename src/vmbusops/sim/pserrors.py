@@ -290,3 +290,100 @@ def not_supported_in_guest(what: str) -> SimError:
         exception_type="System.NotSupportedException",
         target_name=what,
     )
+
+
+# Checkpoints. Sources: Microsoft's Hyper-V module reference (parameter sets, aliases), and error
+# records real hosts printed in public logs: Checkpoint-VM's "Hyper-V was unable to find a virtual
+# machine with name ..." as ObjectNotFound,...CheckpointVM; Get-VMCheckpoint's "Unable to find a
+# snapshot matching the given criteria." (ObjectNotFound, [Get-VMSnapshot]); "Checkpoint operation
+# failed." followed by "Checkpoints have been disabled." and the per-VM lines, and by "Production
+# checkpoints cannot be created." The not-enough-space and ambiguous-name texts are the
+# simulator's (the Win32 text and HRESULT of ERROR_DISK_FULL are real): docs/checkpoints.md lists
+# what a real host still has to confirm.
+CHECKPOINT_FAILED = "Checkpoint operation failed."
+SNAPSHOT_NOT_FOUND = "Unable to find a snapshot matching the given criteria."
+DISK_FULL = "There is not enough space on the disk. (0x80070070)"
+
+
+def checkpoint_vm_not_found(name: str) -> SimError:
+    return SimError(
+        message=f'Hyper-V was unable to find a virtual machine with name "{name}".',
+        fqid=f"ObjectNotFound,{HYPERV_COMMANDS}.CheckpointVM",
+        category="ObjectNotFound",
+        exception_type=HYPERV_EXCEPTION,
+        activity="Checkpoint-VM",
+    )
+
+
+def snapshot_not_found(cmdlet: str, name: str) -> SimError:
+    return SimError(
+        message=SNAPSHOT_NOT_FOUND,
+        fqid=f"ObjectNotFound,{HYPERV_COMMANDS}.{_cmdlet_class(cmdlet)}",
+        category="ObjectNotFound",
+        exception_type=HYPERV_EXCEPTION,
+        target_name=name,
+        activity=cmdlet,
+    )
+
+
+def _checkpoint_failed(vm: str, vm_id: str, summary: str, detail: str) -> SimError:
+    return SimError(
+        message=(
+            f"{CHECKPOINT_FAILED}\n{summary}\n"
+            f"Checkpoint operation for '{vm}' failed. (Virtual machine ID {vm_id.upper()})\n{detail}"
+        ),
+        fqid=f"OperationFailed,{HYPERV_COMMANDS}.CheckpointVM",
+        category="NotSpecified",
+        exception_type=HYPERV_EXCEPTION,
+        target_name=vm,
+        activity="Checkpoint-VM",
+    )
+
+
+def checkpoints_disabled(vm: str, vm_id: str) -> SimError:
+    return _checkpoint_failed(
+        vm, vm_id, "Checkpoints have been disabled.",
+        f"Checkpoints have been disabled for '{vm}'. (Virtual machine ID {vm_id.upper()}).",
+    )
+
+
+def production_unavailable(vm: str, vm_id: str) -> SimError:
+    return _checkpoint_failed(
+        vm, vm_id, "Production checkpoints cannot be created.",
+        f"Production checkpoints cannot be created for '{vm}'. (Virtual machine ID {vm_id.upper()})\n"
+        "The operating system in the virtual machine is not running, or the Backup (volume shadow copy) "
+        "integration service is not available.",
+    )
+
+
+def not_enough_space(vm: str, vm_id: str) -> SimError:
+    return _checkpoint_failed(
+        vm, vm_id, DISK_FULL,
+        f"Could not create checkpoint for '{vm}': {DISK_FULL}. (Virtual machine ID {vm_id.upper()})",
+    )
+
+
+def snapshot_ambiguous(cmdlet: str, vm: str, name: str) -> SimError:
+    return SimError(
+        message=f'The name "{name}" matches more than one checkpoint of virtual machine "{vm}".',
+        fqid=f"InvalidParameter,{HYPERV_COMMANDS}.{_cmdlet_class(cmdlet)}",
+        category="InvalidArgument",
+        exception_type=HYPERV_EXCEPTION,
+        target_name=name,
+        activity=cmdlet,
+    )
+
+
+def confirmation_needed(cmdlet: str, what: str) -> SimError:
+    """ShouldProcess asked the client's host to confirm; a client without a host UI cannot."""
+    return SimError(
+        message=(
+            "A command that prompts the user failed because the host program or the command type does not "
+            "support user interaction. The host was attempting to request confirmation with the following "
+            f"message: Are you sure you want to perform this action?\n{what}"
+        ),
+        fqid=f"HostException,{HYPERV_COMMANDS}.{_cmdlet_class(cmdlet)}",
+        category="NotSpecified",
+        exception_type="System.Management.Automation.Host.HostException",
+        activity=cmdlet,
+    )

@@ -9,7 +9,10 @@ Layout of the state directory::
     state.json      VM runtime state (and, in a lab of several hosts, which host owns each VM
                     and which hosts are down), keyed by lab fingerprint
     state.lock      fcntl lock; several simulator processes may run at once
-    guests/<vm>/C/  each guest's C: drive as real files
+    guests/<vm>/C/  each guest's C: drive as real files (beside it, system.json, lcm.json,
+                    tasks.json...: the rest of what the guest keeps)
+    checkpoints/<vm>/<id>/  a copy of guests/<vm> as it was when checkpoint <id> was taken
+                    (its name, type and parent are in state.json with the VM)
 
 Every change is a read-modify-write under an exclusive lock, written to a temporary file and
 renamed over ``state.json``, so a reader never sees half a file and two writers never lose an
@@ -55,6 +58,22 @@ INTEGRATION_SERVICES = (
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointRecord:
+    """One checkpoint of a VM (a VMSnapshot): the guest's copy is in ``checkpoints/<vm>/<id>``."""
+
+    id: str
+    name: str
+    created: float
+    #: A production checkpoint (VSS in the guest, no memory) or a standard one.
+    production: bool
+    #: The VM's power state the checkpoint holds: "Off" when it holds no memory.
+    state: str
+    parent: str | None = None
+    #: Space it takes on the VM's volume, in MiB.
+    size_mb: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VMRuntime:
     """What the simulated host currently knows about one VM."""
 
@@ -68,6 +87,9 @@ class VMRuntime:
     #: How often it changed owner: a session opened before a move (even one there and back) is
     #: one the move broke.
     moves: int = 0
+    #: The VM's checkpoints, oldest first, and the one its current state descends from.
+    checkpoints: tuple[CheckpointRecord, ...] = ()
+    current_checkpoint: str | None = None
 
     def service_enabled(self, name: str) -> bool | None:
         for key, enabled in self.integration:
@@ -120,6 +142,12 @@ def _runtime_to_json(rt: VMRuntime) -> dict[str, Any]:
         "boot_until": rt.boot_until,
         "host": rt.host,
         "moves": rt.moves,
+        "checkpoints": [
+            {"id": c.id, "name": c.name, "created": c.created, "production": c.production, "state": c.state,
+             "parent": c.parent, "size_mb": c.size_mb}
+            for c in rt.checkpoints
+        ],
+        "current_checkpoint": rt.current_checkpoint,
     }
 
 
@@ -133,6 +161,15 @@ def _runtime_from_json(raw: dict[str, Any], spec: VMSpec | None) -> VMRuntime:
         # State written before VMs had owners: the lab's host.
         host=str(host) if host else (spec.host if spec is not None else ""),
         moves=int(raw.get("moves", 0)),
+        checkpoints=tuple(
+            CheckpointRecord(
+                id=str(c["id"]), name=str(c["name"]), created=float(c["created"]), production=bool(c["production"]),
+                state=str(c["state"]), parent=None if c.get("parent") is None else str(c["parent"]),
+                size_mb=float(c.get("size_mb", 0.0)),
+            )
+            for c in raw.get("checkpoints", ())
+        ),
+        current_checkpoint=None if raw.get("current_checkpoint") is None else str(raw["current_checkpoint"]),
     )
 
 
@@ -316,6 +353,14 @@ class HostStore:
                 vms[key] = new
                 self._write_unlocked(fd, vms)
             return new
+
+    def checkpoint_root(self, spec: VMSpec, checkpoint_id: str) -> Path:
+        """Where checkpoint ``checkpoint_id`` keeps its copy of the guest (see vmbusops.sim.checkpoints)."""
+        return self.state_dir / "checkpoints" / spec.name.casefold() / checkpoint_id
+
+    def locked(self) -> contextlib.AbstractContextManager[int]:
+        """The store's exclusive lock, for changing a guest's files with no other writer of the state."""
+        return self._locked(exclusive=True)
 
     def guest_root(self, spec: VMSpec) -> Path:
         """The directory holding the guest's drives, seeded with the lab's files on first use."""

@@ -18,6 +18,7 @@ import trio
 
 from vmbusops.sim import pserrors
 from vmbusops.sim.binding import BindingError, Param, require
+from vmbusops.sim.checkpoints import vm_checkpoint_facts
 from vmbusops.sim.guest_values import to_text
 from vmbusops.sim.host_command import HostCmdlet, HostContext
 from vmbusops.sim.hostrules import copy_target, resolve_vms, vm_facts, wildcard_match, write_copy
@@ -72,6 +73,7 @@ def _vm_object(host: HostContext, spec: VMSpec, rt: VMRuntime, now: float) -> Si
                 for k in ("Notes", "ComputerName", "Generation", "Version", "ProcessorCount",
                           "GuestServiceInterfaceEnabled")
             ),
+            *vm_checkpoint_facts(spec, rt).items(),
         ),
         f"VirtualMachine (Name = '{spec.name}') [Id = '{spec.id}']",
     )
