@@ -615,8 +615,7 @@ class Journal:
 
     def checkpoints(self, run_id: int) -> list[CheckpointView]:
         """The checkpoints of the run's guarded spans (:mod:`.guard`), in span order."""
-        rows = self._read_tuples(CHECKPOINTS_OF_RUN, (run_id,))
-        return [CheckpointView(*r[:4], None if r[4] is None else bool(r[4]), *r[5:]) for r in rows]
+        return [CheckpointView.from_row(r) for r in self._read_tuples(CHECKPOINTS_OF_RUN, (run_id,))]
 
     def receipt(self, run_id: int) -> str | None:
         """The run's signed receipt (its envelope's JSON), if one was written."""

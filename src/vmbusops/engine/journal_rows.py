@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,12 @@ class CheckpointView:
     taken_at: float | None
     restored_at: float | None
     removed_at: float | None
+
+    @classmethod
+    def from_row(cls, r: Sequence[Any]) -> CheckpointView:
+        """From a row of :data:`CHECKPOINTS_OF_RUN`."""
+        production = None if r[4] is None else bool(r[4])
+        return cls(r[0], r[1], r[2], r[3], production, r[5], r[6], r[7], r[8], r[9])
 
     def to_json(self) -> dict[str, Any]:
         """As a receipt, ``jobs show --json`` and the API give it (no host error text: that can
