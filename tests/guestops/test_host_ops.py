@@ -149,4 +149,7 @@ def test_the_host_cmdlet_list_is_the_architecture_list() -> None:
     assert {
         "Get-VM", "Get-VMIntegrationService", "Get-VMGroup", "Enable-VMIntegrationService", "Copy-VMFile",
         "Invoke-Command", "Restart-VM", "Start-VM", "Stop-VM",
+        # Checkpoint-guarded steps (guestops.checkpoints); Get-Volume is the Storage module's.
+        "Checkpoint-VM", "Get-VMSnapshot", "Restore-VMSnapshot", "Remove-VMSnapshot", "Get-VMHardDiskDrive",
+        "Get-Volume",
     } == HOST_CMDLETS

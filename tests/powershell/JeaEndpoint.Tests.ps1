@@ -86,9 +86,13 @@ Describe 'The role capability file' {
         }
     }
 
-    It 'makes visible exactly the functions it defines, each with a param block' {
+    It 'makes visible exactly the functions it defines, each with a param block, and Get-Volume restricted' {
         $defined = $role.FunctionDefinitions | ForEach-Object { $_.Name }
-        @($role.VisibleFunctions) | Sort-Object | Should -Be ($defined | Sort-Object)
+        @($role.VisibleFunctions | Where-Object { $_ -is [string] }) | Sort-Object | Should -Be ($defined | Sort-Object)
+        # A module's function (Storage's Get-Volume is CDXML, not a cmdlet) is restricted as a cmdlet is.
+        $modular = @($role.VisibleFunctions | Where-Object { $_ -isnot [string] })
+        $modular.Name | Should -Be @('Get-Volume')
+        $modular[0].Parameters.Name | Should -Be @('FilePath')
         foreach ($definition in $role.FunctionDefinitions) {
             $definition.ScriptBlock | Should -BeOfType [scriptblock]
             $definition.ScriptBlock.Ast.ParamBlock | Should -Not -BeNullOrEmpty -Because $definition.Name
@@ -150,7 +154,7 @@ Describe 'A JEA runspace built from the shipped files' {
 
     It 'offers the role''s commands by the names the agent sends, and JEA''s defaults, nothing else' {
         $names = (Invoke-InJea 'Get-Command').Output.Name
-        $roleNames = @($role.VisibleCmdlets.Name) + @($role.VisibleFunctions)
+        $roleNames = @($role.VisibleCmdlets.Name) + @($role.VisibleFunctions | ForEach-Object { if ($_ -is [string]) { $_ } else { $_.Name } })
         $defaults = 'Clear-Host', 'Exit-PSSession', 'Get-Command', 'Get-FormatData', 'Get-Help', 'Measure-Object', 'Out-Default', 'Select-Object'
         $names | Sort-Object | Should -Be (($roleNames + $defaults) | Sort-Object)
     }
@@ -165,6 +169,13 @@ Describe 'A JEA runspace built from the shipped files' {
         @{ Command = 'Restart-VM'; Parameters = @{ Name = 'web01'; Force = $true } }
         @{ Command = 'Start-VM'; Parameters = @{ Name = 'web01' } }
         @{ Command = 'Stop-VM'; Parameters = @{ Name = 'web01'; Force = $true; TurnOff = $true } }
+        @{ Command = 'Checkpoint-VM'; Parameters = @{ Name = 'web01'; SnapshotName = 'vmbusops-job-7-step-2'; Passthru = $true } }
+        @{ Command = 'Get-VMSnapshot'; Parameters = @{ VMName = 'web01' } }
+        @{ Command = 'Get-VMSnapshot'; Parameters = @{ VMName = 'web01'; Name = 'vmbusops-job-7-step-2' } }
+        @{ Command = 'Restore-VMSnapshot'; Parameters = @{ VMName = 'web01'; Name = 'vmbusops-job-7-step-2'; Confirm = $false } }
+        @{ Command = 'Remove-VMSnapshot'; Parameters = @{ VMName = 'web01'; Name = 'vmbusops-job-7-step-2'; Confirm = $false } }
+        @{ Command = 'Get-VMHardDiskDrive'; Parameters = @{ VMName = 'web01' } }
+        @{ Command = 'Get-Volume'; Parameters = @{ FilePath = 'C:\Hyper-V\web01\Virtual Hard Disks\web01.vhdx' } }
     ) {
         $result = Invoke-InJea $Command $Parameters
         $result.Thrown | Should -BeNullOrEmpty
@@ -195,6 +206,22 @@ Describe 'A JEA runspace built from the shipped files' {
             Parameters = @{ LiteralPath = '/etc/hostname'; Algorithm = 'SHA256' } }
         @{ Why = 'another hash algorithm'; Command = 'Get-FileHash'; Error = 'ParameterArgumentValidationError*'
             Parameters = @{ LiteralPath = 'C:\ProgramData\vmbusops\staging\job-1\a.txt'; Algorithm = 'MD5' } }
+        @{ Why = 'removing a checkpoint''s children with it'; Command = 'Remove-VMSnapshot'; Error = 'NamedParameterNotFound*'
+            Parameters = @{ VMName = 'web01'; Name = 'vmbusops-job-1'; IncludeAllChildSnapshots = $true } }
+        @{ Why = 'removing every checkpoint by wildcard'; Command = 'Remove-VMSnapshot'; Error = 'ParameterArgumentValidationError*'
+            Parameters = @{ VMName = 'web01'; Name = '*'; Confirm = $false } }
+        @{ Why = 'restoring checkpoints by wildcard'; Command = 'Restore-VMSnapshot'; Error = 'ParameterArgumentValidationError*'
+            Parameters = @{ VMName = 'web01'; Name = 'vmbusops-*'; Confirm = $false } }
+        @{ Why = 'a checkpoint named with a wildcard'; Command = 'Checkpoint-VM'; Error = 'ParameterArgumentValidationError*'
+            Parameters = @{ Name = 'web01'; SnapshotName = 'a[1]' } }
+        @{ Why = 'a checkpoint on another host'; Command = 'Checkpoint-VM'; Error = 'NamedParameterNotFound*'
+            Parameters = @{ Name = 'web01'; SnapshotName = 'a'; ComputerName = 'hv2' } }
+        @{ Why = 'Get-Volume of every volume'; Command = 'Get-Volume'; Error = 'NamedParameterNotFound*'
+            Parameters = @{ DriveLetter = 'C' } }
+        @{ Why = 'an alias of a checkpoint cmdlet'; Command = 'Get-VMCheckpoint'; Error = 'CommandNotFoundException*'
+            Parameters = @{ VMName = 'web01' } }
+        @{ Why = 'changing the checkpoint type'; Command = 'Set-VM'; Error = 'CommandNotFoundException*'
+            Parameters = @{ Name = 'web01'; CheckpointType = 'Disabled' } }
         @{ Why = 'a command the role does not name'; Command = 'Get-ChildItem'; Error = 'CommandNotFoundException*'
             Parameters = @{ Path = '/' } }
         @{ Why = 'a cmdlet by its module-qualified name'; Command = 'Microsoft.PowerShell.Management\Get-ChildItem'; Error = 'CommandNotFoundException*'
@@ -205,6 +232,14 @@ Describe 'A JEA runspace built from the shipped files' {
         $id = if ($result.Thrown.PSObject.Properties['ErrorRecord'] -and $result.Thrown.ErrorRecord) { $result.Thrown.ErrorRecord.FullyQualifiedErrorId } else { $result.Thrown.GetType().Name }
         $id | Should -BeLike $Error
         $calls.Count | Should -Be 0
+    }
+
+    It 'runs Restore-VMSnapshot only with -Confirm:$false: it asks otherwise, and a remote client cannot answer' {
+        $result = Invoke-InJea 'Restore-VMSnapshot' @{ VMName = 'web01'; Name = 'vmbusops-job-1' }
+        $calls.Count | Should -Be 0
+        $failure = @($result.Errors) + @($result.Thrown) | Where-Object { $_ } | Select-Object -First 1
+        # The text the simulator's Restore-VMSnapshot gives too (vmbusops.sim.pserrors.confirmation_needed).
+        "$failure" | Should -BeLike '*A command that prompts the user failed because the host program or the command type does not support user interaction. The host was attempting to request confirmation with the following message: Are you sure you want to perform this action?*'
     }
 
     It 'runs Invoke-VmbusOpsGuest, whose Invoke-Command finds the VM <By> through the role''s Get-VM' -ForEach @(

@@ -21,6 +21,7 @@ from psd1 import DataFileError, ScriptBlock, load_data_file
 
 import vmbusops
 from vmbusops.guestops import invoker
+from vmbusops.guestops.checkpoints import CHECKPOINT_NAME
 from vmbusops.guestops.host import HOST_CMDLETS
 from vmbusops.guestops.invoker import INVOKER_FUNCTION, INVOKER_SCRIPT
 from vmbusops.guestops.remote import DEFAULT_STAGING_ROOT
@@ -60,8 +61,22 @@ def _functions() -> dict[str, dict[str, dict[str, str]]]:
         assert isinstance(body, ScriptBlock)
         defined[str(entry["Name"])] = body.parameters
     visible = data["VisibleFunctions"]
-    assert set(visible if isinstance(visible, list) else [visible]) == set(defined), "visible = defined"
+    named = [v for v in (visible if isinstance(visible, list) else [visible]) if isinstance(v, str)]
+    assert set(named) == set(defined), "visible by name = defined"
     return defined
+
+
+def _module_functions() -> dict[str, dict[str, dict[str, object]]]:
+    """VisibleFunctions entries restricted as cmdlets are (a module's function, e.g. Storage's
+    CDXML Get-Volume): function -> its allowed parameters."""
+    visible = _role_file()["VisibleFunctions"]
+    allowed: dict[str, dict[str, dict[str, object]]] = {}
+    for entry in visible if isinstance(visible, list) else [visible]:
+        if isinstance(entry, dict):
+            params = entry["Parameters"]
+            params = params if isinstance(params, list) else [params]
+            allowed[str(entry["Name"])] = {str(p["Name"]): p for p in params}
+    return allowed
 
 
 def _role() -> dict[str, dict[str, dict[str, object]]]:
@@ -193,9 +208,10 @@ def test_the_role_allows_exactly_the_cmdlets_the_agent_sends() -> None:
     allowed = _role()
     sent = _sent()
     functions = _functions()
-    assert set(allowed) == set(HOST_CMDLETS | STAGING_CMDLETS)
+    modular = _module_functions()
+    assert set(allowed) | set(modular) == set(HOST_CMDLETS | STAGING_CMDLETS)
     assert set(functions) == set(STAGING_FUNCTIONS) | {INVOKER_FUNCTION}
-    assert set(sent) - JEA_DEFAULTS == set(allowed) | set(functions)
+    assert set(sent) - JEA_DEFAULTS == set(allowed) | set(functions) | set(modular)
 
 
 #: Parameters the role must allow though the agent never sends them. Invoke-Command -VMId runs
@@ -209,8 +225,9 @@ def test_the_role_allows_exactly_the_parameters_the_agent_sends() -> None:
     allowed = _role()
     sent = _sent()
     assert "VMId" in sent["Invoke-Command"] or "VMId" in sent[INVOKER_FUNCTION]
-    for cmdlet, params in allowed.items():
-        assert set(params) == sent[cmdlet] | USED_INSIDE_THE_ENDPOINT.get(cmdlet, set()), cmdlet
+    for cmdlet, params in (allowed | _module_functions()).items():
+        # -Confirm is a common parameter: a JEA proxy keeps it whatever the role lists.
+        assert set(params) == sent[cmdlet] - {"Confirm"} | USED_INSIDE_THE_ENDPOINT.get(cmdlet, set()), cmdlet
     for function, fparams in _functions().items():
         assert set(fparams) == sent[function], function
 
@@ -251,6 +268,21 @@ def test_the_scan_sees_the_commands_it_must() -> None:
     assert {"Name", "Force", "TurnOff"} == sent["Stop-VM"]
     assert {"Credential", "ScriptBlock", "VMName", "VMId", "ArgumentList"} == sent["Invoke-Command"]
     assert {"VMName", "VMId", "Credential", "Script", "StepIndex", "RunId", "ArgumentList"} == sent[INVOKER_FUNCTION]
+
+
+def test_checkpoint_names_fit_the_endpoint_pattern_and_wildcards_do_not() -> None:
+    allowed = _role()
+    patterns = {
+        str(allowed[cmdlet][param]["ValidatePattern"])
+        for cmdlet, param in (("Checkpoint-VM", "SnapshotName"), ("Get-VMSnapshot", "Name"),
+                              ("Restore-VMSnapshot", "Name"), ("Remove-VMSnapshot", "Name"))
+    }
+    assert patterns == {CHECKPOINT_NAME.pattern}, "one name rule, the agent's"
+    assert "IncludeAllChildSnapshots" not in allowed["Remove-VMSnapshot"]
+    for name in ("vmbusops-job-7-step-2", "a", "x.y_z-1"):
+        assert re.fullmatch("^(" + CHECKPOINT_NAME.pattern + ")$", name), name
+    for name in ("*", "vmbusops-*", "a[1]", "?", "", "-x", "a b", "x" * 101):
+        assert not re.fullmatch("^(" + CHECKPOINT_NAME.pattern + ")$", name), name
 
 
 def test_staging_paths_fit_the_endpoint_patterns_and_nothing_else_does() -> None:

@@ -31,6 +31,8 @@ from vmbusops.errors import (
 )
 from vmbusops.guest_paths import EXAMPLE as GUEST_PATH_EXAMPLE
 from vmbusops.guest_paths import guest_path_problem
+from vmbusops.guestops import checkpoints
+from vmbusops.guestops.checkpoints import CheckpointInfo, CheckpointRoom
 from vmbusops.guestops.classify import classify
 from vmbusops.guestops.invoker import INVOKER_FUNCTION, invoker_command, parse_marker
 from vmbusops.guestops.vm_groups import VMGroupInfo, parse_vm_group
@@ -62,6 +64,14 @@ HOST_CMDLETS: Final = frozenset(
         "Restart-VM",
         "Start-VM",
         "Stop-VM",
+        # Checkpoint-guarded steps (vmbusops.guestops.checkpoints). Get-Volume is a function of the
+        # Storage module, not a cmdlet: the JEA role lists it under VisibleFunctions.
+        "Checkpoint-VM",
+        "Get-VMSnapshot",
+        "Restore-VMSnapshot",
+        "Remove-VMSnapshot",
+        "Get-VMHardDiskDrive",
+        "Get-Volume",
     }
 )
 
@@ -302,6 +312,23 @@ class HyperVHost:
     async def restart_vm(self, vm: str) -> None:
         """Restart from the host: needs no guest network and no guest credential."""
         await self._run_host(vm, [Command("Restart-VM", {"Name": vm, "Force": True})])
+
+    # -------------------------------------------------------------- checkpoints
+    # Thin: the commands, their errors and the facts about Hyper-V are in guestops.checkpoints.
+    async def checkpoint_vm(self, vm: str, name: str) -> CheckpointInfo:
+        return await checkpoints.checkpoint_vm(self._run_host, vm, name)
+
+    async def get_checkpoints(self, vm: str, name: str | None = None) -> list[CheckpointInfo]:
+        return await checkpoints.get_checkpoints(self._run_host, vm, name)
+
+    async def restore_checkpoint(self, vm: str, name: str) -> None:
+        await checkpoints.restore_checkpoint(self._run_host, vm, name)
+
+    async def remove_checkpoint(self, vm: str, name: str, *, missing_ok: bool = True) -> bool:
+        return await checkpoints.remove_checkpoint(self._run_host, vm, name, missing_ok=missing_ok)
+
+    async def checkpoint_room(self, vm: str) -> CheckpointRoom:
+        return await checkpoints.checkpoint_room(self._run_host, vm)
 
     # -------------------------------------------------------------- files
     async def copy_to_guest(

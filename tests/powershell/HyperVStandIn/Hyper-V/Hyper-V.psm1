@@ -77,5 +77,72 @@ function Stop-VM {
     Add-StandInCall 'Stop-VM' $PSBoundParameters
 }
 
+# The checkpoint cmdlets, with the parameter sets of Microsoft's reference (Windows Server 2022).
+# Restore-VMSnapshot asks for confirmation (ConfirmImpact High), as its documented example shows.
+
+function Checkpoint-VM {
+    [CmdletBinding(DefaultParameterSetName = 'Name', SupportsShouldProcess)]
+    param(
+        [Parameter(Mandatory, Position = 0, ParameterSetName = 'Name', ValueFromPipeline)] [Alias('VMName')] [string[]] $Name,
+        [Parameter(Mandatory, Position = 0, ParameterSetName = 'VMObject', ValueFromPipeline)] [object[]] $VM,
+        [Parameter(Position = 1)] [Alias('CheckpointName')] [string] $SnapshotName,
+        [Parameter(ParameterSetName = 'Name')] [string[]] $ComputerName,
+        [switch] $AsJob,
+        [switch] $Passthru
+    )
+    Add-StandInCall 'Checkpoint-VM' $PSBoundParameters
+}
+
+function Get-VMSnapshot {
+    [CmdletBinding(DefaultParameterSetName = 'VMName')]
+    param(
+        [Parameter(Mandatory, Position = 0, ParameterSetName = 'VMName', ValueFromPipeline)] [string[]] $VMName,
+        [Parameter(Mandatory, Position = 0, ParameterSetName = 'VMObject', ValueFromPipeline)] [object[]] $VM,
+        [Parameter(Mandatory, Position = 0, ParameterSetName = 'Id')] [Nullable[guid]] $Id,
+        [Parameter(Position = 1, ParameterSetName = 'VMName')] [Parameter(Position = 1, ParameterSetName = 'VMObject')] [string] $Name,
+        [Parameter(ParameterSetName = 'VMName')] [Parameter(ParameterSetName = 'Id')] [string[]] $ComputerName
+    )
+    Add-StandInCall 'Get-VMSnapshot' $PSBoundParameters
+}
+
+function Restore-VMSnapshot {
+    [CmdletBinding(DefaultParameterSetName = 'SnapshotName', SupportsShouldProcess, ConfirmImpact = 'High')]
+    param(
+        [Parameter(Mandatory, Position = 0, ParameterSetName = 'SnapshotName')] [Parameter(Mandatory, ParameterSetName = 'VM')] [string] $Name,
+        [Parameter(Mandatory, Position = 1, ParameterSetName = 'SnapshotName')] [string] $VMName,
+        [Parameter(Mandatory, Position = 0, ParameterSetName = 'SnapshotObject', ValueFromPipeline)] [Alias('VMCheckpoint')] [object] $VMSnapshot,
+        [Parameter(Mandatory, Position = 0, ParameterSetName = 'VM', ValueFromPipeline)] [object] $VM,
+        [Parameter(ParameterSetName = 'SnapshotName')] [string[]] $ComputerName,
+        [switch] $AsJob,
+        [switch] $Passthru
+    )
+    if ($PSCmdlet.ShouldProcess($Name, 'Restore-VMSnapshot')) { Add-StandInCall 'Restore-VMSnapshot' $PSBoundParameters }
+}
+
+function Remove-VMSnapshot {
+    [CmdletBinding(DefaultParameterSetName = 'SnapshotName', SupportsShouldProcess)]
+    param(
+        [Parameter(Mandatory, Position = 0, ParameterSetName = 'SnapshotName')] [string[]] $VMName,
+        [Parameter(Mandatory, Position = 0, ParameterSetName = 'VMObject', ValueFromPipeline)] [object[]] $VM,
+        [Parameter(Mandatory, Position = 0, ParameterSetName = 'SnapshotObject', ValueFromPipeline)] [Alias('VMCheckpoint')] [object[]] $VMSnapshot,
+        [Parameter(Position = 1, ParameterSetName = 'SnapshotName')] [Parameter(Position = 1, ParameterSetName = 'VMObject')] [string[]] $Name,
+        [Parameter(ParameterSetName = 'SnapshotName')] [string[]] $ComputerName,
+        [Alias('IncludeAllChildCheckpoints')] [switch] $IncludeAllChildSnapshots,
+        [switch] $AsJob,
+        [switch] $Passthru
+    )
+    if ($PSCmdlet.ShouldProcess(($Name -join ', '), 'Remove-VMSnapshot')) { Add-StandInCall 'Remove-VMSnapshot' $PSBoundParameters }
+}
+
+function Get-VMHardDiskDrive {
+    [CmdletBinding(DefaultParameterSetName = 'VMName')]
+    param(
+        [Parameter(Mandatory, Position = 0, ParameterSetName = 'VMName')] [string[]] $VMName,
+        [Parameter(Mandatory, Position = 0, ParameterSetName = 'VMObject', ValueFromPipeline)] [object[]] $VM,
+        [int] $ControllerNumber
+    )
+    Add-StandInCall 'Get-VMHardDiskDrive' $PSBoundParameters
+}
+
 Export-ModuleMember -Function Get-VM, Get-VMGroup, Get-VMIntegrationService, Enable-VMIntegrationService, Copy-VMFile, Restart-VM,
-    Start-VM, Stop-VM
+    Start-VM, Stop-VM, Checkpoint-VM, Get-VMSnapshot, Restore-VMSnapshot, Remove-VMSnapshot, Get-VMHardDiskDrive
