@@ -10,10 +10,10 @@ import pytest
 from tests.builders import bundle_doc, write_bundle_source
 from tests.clirun import vmbusops
 
-from vmbusops.bundle.guard import Span
-from vmbusops.bundle.manifest import manifest_from_dict
 from vmbusops.bundle.crypto import PrivateKey
 from vmbusops.bundle.errors import TrustPolicyError
+from vmbusops.bundle.guard import Span
+from vmbusops.bundle.manifest import manifest_from_dict
 from vmbusops.bundle.policy import Scope, TrustedKey, TrustPolicy, parse_trust_policy
 from vmbusops.cli.exitcodes import OK, USAGE
 

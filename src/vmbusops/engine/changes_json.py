@@ -41,7 +41,7 @@ def change_to_json(change: Change, *, ids: bool = True) -> dict[str, Any]:
     """``change`` as a JSON-ready dict (see the module's docstring); ``ids=False`` leaves its
     job or run id out."""
     if isinstance(change, CheckpointChange):
-        raise ValueError("a checkpoint's phases stay in the journal of the host that took it")
+        raise TypeError("a checkpoint's phases stay in the journal of the host that took it")
     out: dict[str, Any] = {"t": _KIND_OF[type(change)]}
     for f in dataclasses.fields(change):
         value = getattr(change, f.name)

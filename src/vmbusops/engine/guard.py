@@ -62,7 +62,8 @@ from vmbusops.engine.executors.base import StepFailed
 from vmbusops.engine.journal_rows import CheckpointView
 from vmbusops.engine.machine import Output
 from vmbusops.engine.states import Event
-from vmbusops.errors import FailureCode, HostCommandError, VmbusOpsError
+from vmbusops.errors import FailureCode, VmbusOpsError
+from vmbusops.guestops.checkpoints import CheckpointError
 from vmbusops.records import PSObjectValue
 
 GIB = 1024**3
@@ -182,7 +183,7 @@ class RunGuards:
         await self._phase(span, name, Phase.PLANNED, outcome=None)
         try:
             info = await ctx.host.checkpoint_vm(ctx.vm, name)
-        except HostCommandError as exc:  # refused by Hyper-V (disabled, no space, no production): none taken
+        except CheckpointError as exc:  # refused by Hyper-V (disabled, no space, no production): none taken
             await self._refuse(span, name, f"Checkpoint-VM failed: {exc}", remove=True)
         except BaseException:
             with trio.CancelScope(shield=True):
