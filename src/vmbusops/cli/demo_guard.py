@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-
 from rich.console import Console
 from rich.markup import escape
 
