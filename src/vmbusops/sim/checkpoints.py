@@ -35,6 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from vmbusops.home import private_dir
 from vmbusops.sim import pserrors
 from vmbusops.sim.hostrules import has_wildcard, wildcard_match
 from vmbusops.sim.lab import CheckpointType, Lab, VMSpec, VMState
@@ -106,7 +107,7 @@ def default_name(spec: VMSpec, now: float) -> str:
 
 def _copy_tree(source: Path, target: Path) -> None:
     """A full copy of ``source`` at ``target`` (made beside it, then renamed into place)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(target.parent)  # owner-only, as everything under the home
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:
         shutil.copytree(source, tmp, symlinks=True)
