@@ -330,3 +330,51 @@ def test_cancel_mid_span_restores_before_the_run_ends(tmp_path: Path, vmbusops_h
     assert (state, code) == ("rolled-back", "RolledBack") and error is not None and "cancelled" in error
     assert_same_guest(before, scene.guest())
     assert scene.checkpoints_on_host() == []
+
+
+def test_the_run_timing_out_mid_span_rolls_back(tmp_path: Path, vmbusops_home: Path) -> None:
+    scene = Scene(tmp_path, vmbusops_home, web01())
+    scene.visit()
+    before = scene.guest()
+    bundle = signed_bundle(
+        tmp_path, scene.key, vms=["web01"], steps=[deploy(status=0, pause=30)], guard={"health": HEALTH},
+        execution={"target_timeout": "3s"},
+    )  # fmt: skip
+    ran = vmbusops("run", str(bundle), env=scene.env)
+    assert ran.returncode == exitcodes.ROLLED_BACK, ran
+    state, code, error = run_state(scene.db, 1)
+    assert (state, code) == ("rolled-back", "RolledBack") and error is not None and "execution timeout" in error
+    assert scene.jobs("1")["runs"][0]["steps"][0]["state"] == "execution-timed-out"
+    assert_same_guest(before, scene.guest())
+    assert scene.checkpoints_on_host() == []
+
+
+def test_a_dsc_health_check_judges_by_test_dscconfiguration(tmp_path: Path, vmbusops_home: Path) -> None:
+    scene = Scene(tmp_path, vmbusops_home, web01())
+    scene.visit()
+    before = scene.guest()
+    bundle = signed_bundle(tmp_path, scene.key, vms=["web01"], steps=[deploy(status=0)], guard={"health": {"dsc": True}})
+    ran = vmbusops("run", str(bundle), env=scene.env)
+    # A guest with no DSC configuration cannot be confirmed healthy by one: the change is put back.
+    assert ran.returncode == exitcodes.ROLLED_BACK, ran
+    _, _, error = run_state(scene.db, 1)
+    assert error is not None and "Test-DscConfiguration" in error and "Current configuration does not exist" in error
+    assert_same_guest(before, scene.guest())
+    assert scene.checkpoints_on_host() == []
+
+
+async def test_a_dsc_health_check_keeps_a_change_that_leaves_the_configuration_converged(tmp_path: Path) -> None:
+    from tests.builders import manifest, write_files
+    from tests.dsc.test_dsc_step import FEATURE_MOF, run_job
+
+    from vmbusops.engine import JobSource, State
+
+    lab = write_lab(tmp_path, [web01(features=[{"name": "Web-Server", "restart": False}])], boot_seconds=0.2)
+    root = tmp_path / "bundle"
+    steps = [{"kind": "dsc", "name": "configure", "mofs": ["dsc/localhost.mof"]}, deploy(status=1)]
+    job = manifest(["web01"], steps, files=write_files(root, {"dsc/localhost.mof": FEATURE_MOF}), guard={"health": {"dsc": True}})
+    result, _, journal = await run_job(lab, JobSource(manifest=job, directory=root, source="test"), tmp_path)
+    assert result.state is State.SUCCESS, result.errors
+    (run_id,) = journal.run_ids(result.job_id).values()
+    (row,) = journal.checkpoints(run_id)
+    assert (row.phase, row.outcome, row.restored_at) == ("removed", "kept", None)

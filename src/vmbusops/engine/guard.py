@@ -280,8 +280,8 @@ class RunGuards:
                 run = await channel.run(check.inline)
                 return None if run.outcome.ok else run.outcome.why_failed()
             run = await channel.run("Test-DscConfiguration -Detailed", quiet=True)
-            if run.outcome.failure is not None:
-                return str(run.outcome.failure)
+            if not run.outcome.ok:  # no current configuration, the LCM busy: no health confirmed
+                return f"Test-DscConfiguration: {run.outcome.why_failed()}"
             detail = next((v for v in run.outputs if isinstance(v, PSObjectValue)), None)
             if detail is None or detail.get("InDesiredState") is not True:
                 return "Test-DscConfiguration reports drift"
