@@ -378,3 +378,15 @@ async def test_a_dsc_health_check_keeps_a_change_that_leaves_the_configuration_c
     (run_id,) = journal.run_ids(result.job_id).values()
     (row,) = journal.checkpoints(run_id)
     assert (row.phase, row.outcome, row.restored_at) == ("removed", "kept", None)
+
+
+def test_jobs_show_says_the_run_rolled_back_and_names_its_checkpoint(tmp_path: Path, vmbusops_home: Path) -> None:
+    scene = Scene(tmp_path, vmbusops_home, web01())
+    assert vmbusops("run", str(scene.bundle([deploy(status=1)])), env=scene.env).returncode == exitcodes.ROLLED_BACK
+    (run,) = scene.jobs("1")["runs"]
+    assert run["state"] == "rolled-back" and run["code"] == "RolledBack"
+    assert [(c["name"], c["outcome"], c["type"]) for c in run["checkpoints"]] == [
+        ("vmbusops-job1-run1-deploy", "rolled-back", "production")
+    ]
+    shown = vmbusops("jobs", "show", "1", env=scene.env)
+    assert "rolled-back" in shown.stdout and "checkpoint vmbusops-job1-run1-deploy  production  rolled-back" in shown.stdout
