@@ -76,3 +76,25 @@ def test_refusals_are_one_line_usage_errors_and_change_nothing(tmp_path: Path) -
         assert ran.stderr.startswith("vmbusops: ") and says in ran.stderr.splitlines()[0], ran.stderr
         assert "Traceback" not in ran.stderr
     assert status(env) == before
+
+
+def test_status_shows_each_vms_checkpoints(tmp_path: Path) -> None:
+    from vmbusops.sim import checkpoints
+    from vmbusops.sim.lab import load_lab
+    from vmbusops.sim.state import HostStore
+    from vmbusops.sim.streams import SimError
+
+    env = lab_env(tmp_path)
+    store = HostStore(load_lab(env["VMBUSOPS_LAB"]), Path(env["VMBUSOPS_SIM_STATE"]))
+    spec = store.lab.find("vm002")
+    assert spec is not None
+    taken = checkpoints.take(store, spec, "vmbusops-job-1", store.clock())
+    assert not isinstance(taken, SimError)
+    store.close()
+    shown = {v["vm"]: v["checkpoints"] for v in status(env)["vms"]}  # type: ignore[attr-defined]
+    assert [c["name"] for c in shown["vm002"]] == ["vmbusops-job-1"] and shown["vm001"] == []
+    assert shown["vm002"][0]["production"] is True
+    # A live migration keeps the VM's checkpoints with it.
+    assert vmbusops("lab", "migrate", "vm002", "--to", "HV-01", env=env).returncode == 0
+    text = vmbusops("lab", "status", env=env).stdout.splitlines()
+    assert "vm002  Running  on HV-01  checkpoints: vmbusops-job-1" in text

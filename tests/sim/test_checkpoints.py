@@ -207,7 +207,10 @@ async def test_checkpoint_errors_are_hyperv_s(ckstore: HostStore) -> None:
 
         # Restore-VMSnapshot asks for confirmation; a client that cannot answer gets an error.
         asked = await client.run("Restore-VMSnapshot", Name="dup", VMName="web01")
-        assert asked.error_ids == ["HostException,Microsoft.HyperV.PowerShell.Commands.RestoreVMSnapshot"]
+        assert asked.state == PSInvocationState.Failed
+        assert str(asked.state_event.reason.FullyQualifiedErrorId) == (
+            "HostException,Microsoft.HyperV.PowerShell.Commands.RestoreVMSnapshot"
+        )
 
 
 async def test_restore_while_running_discards_the_running_state(ckstore: HostStore) -> None:
@@ -230,15 +233,20 @@ async def test_binding_follows_the_parameter_sets(ckstore: HostStore) -> None:
 
     restore = "Microsoft.HyperV.PowerShell.Commands.RestoreVMSnapshot"
     async with in_memory_client(ckstore) as client:
-        assert await failure("Restore-VMSnapshot", Name="a", VMName="web01", VMSnapshot="x", Confirm=False) == (
-            f"AmbiguousParameterSet,{restore}"
+        assert await failure("Get-VMSnapshot", VMName="web01", Id="00000000-0000-0000-0000-0000000000aa") == (
+            "AmbiguousParameterSet,Microsoft.HyperV.PowerShell.Commands.GetVMSnapshot"
         )
+        assert await failure("Restore-VMSnapshot", Name="a", Confirm=False) == f"MissingMandatoryParameter,{restore}"
         # -VMName of Restore-VMSnapshot is one string, not an array.
         assert (await failure("Restore-VMSnapshot", Name="a", VMName=["web01", "novss01"], Confirm=False)).startswith(
             "CannotConvertArgument,"
         )
         assert await failure("Remove-VMSnapshot", Name="a") == (
             "MissingMandatoryParameter,Microsoft.HyperV.PowerShell.Commands.RemoveVMSnapshot"
+        )
+        # No PSRP client can send a live VMSnapshot: the binder refuses what arrives, before sets.
+        assert await failure("Restore-VMSnapshot", Name="a", VMName="web01", VMSnapshot="x", Confirm=False) == (
+            f"CannotConvertArgumentNoMessage,{restore}"
         )
         assert await failure("Checkpoint-VM", Name="web01", Description="x") == (
             "NamedParameterNotFound,Microsoft.HyperV.PowerShell.Commands.CheckpointVM"

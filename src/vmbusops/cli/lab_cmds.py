@@ -4,7 +4,7 @@ A lab with several hosts (``[[hosts]]``) runs one simulator per host (``--host s
 one state directory; these commands change that state as a cluster would (:mod:`vmbusops.sim.cluster`),
 and every simulator process sees the change at once::
 
-    vmbusops lab status                      # where each VM is, which hosts are down
+    vmbusops lab status                      # where each VM is, its checkpoints, which hosts are down
     vmbusops lab migrate web01 --to HV-B     # live migration within web01's cluster
     vmbusops lab fail-host HV-A              # the node dies: its VMs fail over and restart
     vmbusops lab restore-host HV-A           # the node is back
@@ -75,16 +75,24 @@ def lab() -> None:
 @lab.command("status")
 @_options
 def status_cmd(lab_path: str | None, state_dir: Path | None, as_json: bool) -> None:
-    """Show each VM's host now and the hosts that are down."""
+    """Show each VM's host now, its checkpoints, and the hosts that are down."""
     from vmbusops.sim.cluster import placements
 
     with _store(lab_path, state_dir) as store:
         rows, down = placements(store)
         hosts = [(h.name, h.cluster, h.name in down) for h in store.lab.hosts]
+        runtimes = store.snapshot()
+        # Each VM's checkpoints, oldest first (vmbusops.sim.checkpoints).
+        checkpoints = {
+            r.vm: [{"name": c.name, "id": c.id, "production": c.production, "state": c.state, "created": c.created}
+                   for c in runtimes[r.vm.casefold()].checkpoints]
+            for r in rows
+        }  # fmt: skip
     if as_json:
         click.echo(json.dumps({
             "hosts": [{"host": n, "cluster": c, "down": d} for n, c, d in hosts],
-            "vms": [{"vm": r.vm, "host": r.host, "cluster": r.cluster, "state": r.state, "reachable": r.reachable}
+            "vms": [{"vm": r.vm, "host": r.host, "cluster": r.cluster, "state": r.state, "reachable": r.reachable,
+                     "checkpoints": checkpoints[r.vm]}
                     for r in rows],
         }))  # fmt: skip
         return
@@ -92,7 +100,8 @@ def status_cmd(lab_path: str | None, state_dir: Path | None, as_json: bool) -> N
         click.echo(f"host {name}  cluster {cluster or '-'}  {'DOWN' if is_down else 'up'}")
     for r in rows:
         where = r.host if r.reachable else f"{r.host} (down: unreachable)"
-        click.echo(f"{terminal_safe(r.vm)}  {r.state}  on {where}")
+        held = ", ".join(terminal_safe(c["name"]) for c in checkpoints[r.vm])
+        click.echo(f"{terminal_safe(r.vm)}  {r.state}  on {where}" + (f"  checkpoints: {held}" if held else ""))
 
 
 @lab.command("migrate")

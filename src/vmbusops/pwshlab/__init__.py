@@ -6,8 +6,9 @@ Theory of operation
 the session configuration file ``powershell/VmbusOpsLab.pssc``, which PowerShell applies to every
 runspace of the pool it serves. It imports the module ``VmbusOpsLab``: the Hyper-V cmdlets the
 agent sends (Get-VM, Get-VMGroup, Get-VMIntegrationService, Enable-VMIntegrationService,
-Copy-VMFile, Invoke-Command -VMName/-VMId, Start-VM, Stop-VM, Restart-VM) as functions with the real
-parameter sets and types, so PowerShell's own binder, serializer and remoting judge what the
+Copy-VMFile, Invoke-Command -VMName/-VMId, Start-VM, Stop-VM, Restart-VM, and for checkpoints
+Checkpoint-VM, Get-/Restore-/Remove-VMSnapshot, Get-VMHardDiskDrive and Storage's Get-Volume) as
+functions with the real parameter sets and types, so PowerShell's own binder, serializer and remoting judge what the
 agent sends and what comes back.
 
 What a cmdlet does to the lab is decided by :mod:`vmbusops.pwshlab.labctl`, run with the agent's

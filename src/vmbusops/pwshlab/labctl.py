@@ -256,6 +256,90 @@ class LabHost:
         }
 
 
+def _lab_facts(facts: dict[str, Any]) -> dict[str, Any]:
+    """Facts as JSON: datetimes as ISO 8601 text (the module makes them [datetime] again)."""
+    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in facts.items()}
+
+
+def _checkpoint(host: LabHost, request: dict[str, Any], answer: Answer) -> None:
+    from vmbusops.sim import checkpoints
+
+    # Checkpoint-VM reports an unknown VM as ObjectNotFound (Get-VM: InvalidParameter).
+    specs = resolve_vms(
+        host.lab, "Checkpoint-VM", _names(request, "names"),
+        lambda e: answer.error(pserrors.checkpoint_vm_not_found(e.target_name)),
+    )
+    name = request.get("snapshot_name")
+    checkpoints.checkpoint_vm(
+        host.store, host.lab, specs, None if name is None else str(name), host.clock(),
+        passthru=bool(request.get("passthru")), output=lambda f: answer.objects.append(_lab_facts(f)),
+        report=answer.error,
+    )
+
+
+def _get_snapshot(host: LabHost, request: dict[str, Any], answer: Answer) -> None:
+    from vmbusops.sim import checkpoints
+
+    if request.get("id"):
+        wanted = str(request["id"])
+        for spec in host.lab.vms:
+            rt = host.store.runtime(spec)
+            for c in rt.checkpoints:
+                if c.id == wanted:
+                    answer.objects.append(_lab_facts(checkpoints.snapshot_facts(host.lab, spec, rt, c)))
+                    return
+        answer.error(pserrors.snapshot_not_found("Get-VMSnapshot", wanted))
+        return
+    name = request.get("name")
+    kind = request.get("snapshot_type")
+    checkpoints.get_snapshots(
+        host.store, host.lab, host.resolve("Get-VMSnapshot", _names(request, "vm_names"), answer),
+        None if name is None else str(name), None if kind is None else str(kind),
+        output=lambda f: answer.objects.append(_lab_facts(f)), report=answer.error,
+    )
+
+
+def _restore_snapshot(host: LabHost, request: dict[str, Any], answer: Answer) -> None:
+    from vmbusops.sim import checkpoints
+
+    for spec in host.resolve("Restore-VMSnapshot", _names(request, "vm_names"), answer):
+        checkpoints.restore_snapshot(
+            host.store, host.lab, spec, str(request["name"]), passthru=bool(request.get("passthru")),
+            output=lambda f: answer.objects.append(_lab_facts(f)), report=answer.error,
+        )
+
+
+def _remove_snapshot(host: LabHost, request: dict[str, Any], answer: Answer) -> None:
+    from vmbusops.sim import checkpoints
+
+    checkpoints.remove_snapshots(
+        host.store, host.lab, host.resolve("Remove-VMSnapshot", _names(request, "vm_names"), answer),
+        _names(request, "names") or None, children=bool(request.get("children")),
+        passthru=False, output=answer.objects.append, report=answer.error,
+    )
+
+
+def _get_hard_disk(host: LabHost, request: dict[str, Any], answer: Answer) -> None:
+    from vmbusops.sim import checkpoints
+
+    for spec in host.resolve("Get-VMHardDiskDrive", _names(request, "vm_names"), answer):
+        answer.objects.append(
+            {"VMName": spec.name, "VMId": spec.id, "Path": checkpoints.vhd_path(spec),
+             "ComputerName": host.store.runtime(spec).host or host.lab.host.name}
+        )
+
+
+def _get_volume(host: LabHost, request: dict[str, Any], answer: Answer) -> None:
+    from vmbusops.sim import checkpoints
+
+    path = str(request.get("file_path") or "")
+    facts = checkpoints.volume_facts(host.lab, host.store, path)
+    if facts is None:
+        answer.error(pserrors.volume_not_found(path))
+    else:
+        answer.objects.append(facts)
+
+
 def _saved(rt: VMRuntime) -> VMRuntime:
     return replace(rt, state=VMState.SAVED, running_since=None, boot_until=0.0)
 
@@ -281,6 +365,12 @@ OPERATIONS: dict[str, Callable[[LabHost, dict[str, Any], Answer], None]] = {
     "stop": LabHost.stop,
     "restart": LabHost.restart,
     "open-guest": LabHost.open_guest,
+    "checkpoint": _checkpoint,
+    "get-snapshot": _get_snapshot,
+    "restore-snapshot": _restore_snapshot,
+    "remove-snapshot": _remove_snapshot,
+    "get-hard-disk": _get_hard_disk,
+    "get-volume": _get_volume,
 }
 
 

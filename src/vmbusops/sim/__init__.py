@@ -14,7 +14,9 @@ as to ``powershell.exe -ServerMode``. Behind the protocol it simulates a Hyper-V
 - ``hyperv``: the host that runs them (:class:`~vmbusops.sim.hyperv.HyperVHost`); ``vm_cmdlets``
   and ``hostfiles``: the host cmdlets with their real parameters and real error records
   (Get-VM, Get-VMIntegrationService, Enable-/Disable-VMIntegrationService, Copy-VMFile,
-  Invoke-Command -VMName/-VMId, Start-VM, Stop-VM, Restart-VM); the texts are in ``pserrors``;
+  Invoke-Command -VMName/-VMId, Start-VM, Stop-VM, Restart-VM); ``checkpoint_cmdlets`` over
+  ``checkpoints``: Checkpoint-VM, Get-/Restore-/Remove-VMSnapshot, Get-VMHardDiskDrive and
+  Get-Volume, checkpoints that keep the whole guest; the texts are in ``pserrors``;
 - the PowerShell subset that runs inside a guest: ``guest_parse`` (the parser), ``guest`` (the
   evaluator, one session), ``guest_values``, ``guest_stage`` (what a cmdlet is), and the cmdlets:
   ``guest_cmdlets``, ``guest_files``, ``scheduled_tasks``, ``dsc`` (with ``dsc_lcm`` and

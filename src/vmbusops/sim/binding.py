@@ -9,7 +9,9 @@ value for a compiled cmdlet's parameter of that .NET type, argument by argument 
 given, with the errors pwsh 7.6.9 sends over PSRP (measured): ``[string]``, ``[string[]]``,
 ``[switch]``, ``[int]``, ``[guid]`` / ``[guid[]]``, ``[pscredential]`` and ``[scriptblock]``.
 PowerShell never converts a string to a ScriptBlock and deserializes a sent ScriptBlock as a
-string, so no PSRP client can bind ``[scriptblock]``: every value is refused.
+string, so no PSRP client can bind ``[scriptblock]``: every value is refused; likewise a kind
+``live:<.NET type>`` (a Hyper-V VirtualMachine or VMSnapshot parameter), which only a live object
+of that type binds.
 """
 
 from __future__ import annotations
@@ -266,6 +268,16 @@ def convert(param: Param, value: Any, fq_name: str, text: Callable[[Any], str] =
             fq_name,
             f"Cannot bind parameter '{param.name}'. Cannot convert the \"{text(value)}\" value of type "
             f'"{_net_type(value)}" to type "{_PS_TYPES["scriptblock"]}".',
+        )
+    if kind.startswith("live:"):
+        # A live object of a module's own .NET type (a Hyper-V VirtualMachine, VMSnapshot...): no
+        # PSRP client can send one (what arrives is a string or a Deserialized.* property bag), so
+        # the binder converts nothing to it.
+        raise _cannot_convert(
+            param,
+            fq_name,
+            f"Cannot bind parameter '{param.name}'. Cannot convert the \"{text(value)}\" value of type "
+            f'"{_net_type(value)}" to type "{kind.removeprefix("live:")}".',
         )
     raise ValueError(f"unknown parameter kind {kind!r}")
 

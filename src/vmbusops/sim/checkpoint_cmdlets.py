@@ -5,9 +5,10 @@ Server 2022): ``Checkpoint-VM -Name`` (alias VMName) with ``-SnapshotName`` (ali
 ``Restore-VMSnapshot -Name -VMName`` as single strings, ``Remove-VMSnapshot -VMName -Name`` as
 string arrays; the aliases Get-VMCheckpoint, Restore-VMCheckpoint and Remove-VMCheckpoint resolve to
 these cmdlets. Restore-VMSnapshot asks for confirmation (ConfirmImpact High) unless
-``-Confirm:$false``; a client without a host UI cannot answer, so the simulator fails as such a
-client does. Objects sent by value (``-VM``, ``-VMSnapshot``) are refused as PSRP clients cannot
-send live Hyper-V objects. What each does is :mod:`vmbusops.sim.checkpoints`.
+``-Confirm:$false``: the simulator cannot put the question to the client's host, and ends the
+command as a cmdlet does whose host cannot answer (the message is the simulator's: a real client
+that refuses prompts words its own). Objects sent by value (``-VM``, ``-VMSnapshot``) are refused by the binder, as no PSRP
+client can send a live Hyper-V object. What each does is :mod:`vmbusops.sim.checkpoints`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from vmbusops.sim.binding import Param, ParamSet, choose_set
 from vmbusops.sim.host_command import HostCmdlet, HostContext
 from vmbusops.sim.hostrules import resolve_vms
 from vmbusops.sim.lab import VMSpec
-from vmbusops.sim.streams import SimError, SimObject, Streams
+from vmbusops.sim.streams import SimError, SimObject, Streams, TerminatingError
 from vmbusops.sim.vm_cmdlets import names_of
 
 SNAPSHOT_TYPES = (
@@ -60,6 +61,9 @@ def _no_objects(cmdlet: str, parameter: str) -> SimError:
     )
 
 
+# Live Hyper-V objects: no PSRP client can send one (see binding's "live:" kind).
+_VM = "live:Microsoft.HyperV.PowerShell.VirtualMachine"
+_SNAPSHOT = "live:Microsoft.HyperV.PowerShell.VMSnapshot"
 _SHOULD_PROCESS = (Param("Confirm", switch=True, kind="switch", aliases=("cf",)),
                    Param("WhatIf", switch=True, kind="switch", aliases=("wi",)))
 
@@ -86,7 +90,7 @@ async def checkpoint_vm(host: HostContext, b: dict[str, Any], streams: Streams, 
 CHECKPOINT_VM = HostCmdlet(
     (
         Param("Name", 0, aliases=("VMName",), kind="strings", sets=("Name",)),
-        Param("VM", sets=("VMObject",)),
+        Param("VM", kind=_VM, sets=("VMObject",)),
         Param("SnapshotName", 1, aliases=("CheckpointName",), kind="string"),
         Param("AsJob", switch=True, kind="switch"),
         Param("Passthru", switch=True, kind="switch"),
@@ -127,10 +131,10 @@ async def get_vm_snapshot(host: HostContext, b: dict[str, Any], streams: Streams
 GET_VM_SNAPSHOT = HostCmdlet(
     (
         Param("VMName", 0, kind="strings", sets=("VMName",)),
-        Param("VM", sets=("VMObject",)),
+        Param("VM", kind=_VM, sets=("VMObject",)),
         Param("Id", kind="guid", sets=("Id",)),
-        Param("ParentOf", sets=("Parent",)),
-        Param("ChildOf", sets=("Child",)),
+        Param("ParentOf", kind="live:Microsoft.HyperV.PowerShell.VirtualMachineBase", sets=("Parent",)),
+        Param("ChildOf", kind=_SNAPSHOT, sets=("Child",)),
         Param("Name", 1, kind="string", sets=("VMName", "VMObject", "Parent", "Child")),
         Param("SnapshotType", aliases=("VMRecoveryCheckpoint",), kind="string",
               sets=("VMName", "VMObject", "Parent", "Child")),
@@ -157,10 +161,10 @@ async def restore_vm_snapshot(host: HostContext, b: dict[str, Any], streams: Str
         if b.get("WhatIf"):
             continue
         if b.get("Confirm") is not False:
-            streams.error(
+            # ShouldProcess asks the client's host; when it cannot answer, the cmdlet ends there.
+            raise TerminatingError(
                 pserrors.confirmation_needed("Restore-VMSnapshot", f'Restore-VMSnapshot will restore checkpoint "{b["Name"]}".')
             )
-            continue
         checkpoints.restore_snapshot(
             host.store, host.lab, spec, b["Name"], passthru=bool(b.get("Passthru")),
             output=lambda facts: streams.output(_snapshot_object(facts)), report=streams.error,
@@ -171,8 +175,8 @@ RESTORE_VM_SNAPSHOT = HostCmdlet(
     (
         Param("Name", 0, kind="string", sets=("SnapshotName", "VM")),
         Param("VMName", 1, kind="string", sets=("SnapshotName",)),
-        Param("VMSnapshot", aliases=("VMCheckpoint",), sets=("SnapshotObject",)),
-        Param("VM", sets=("VM",)),
+        Param("VMSnapshot", aliases=("VMCheckpoint",), kind=_SNAPSHOT, sets=("SnapshotObject",)),
+        Param("VM", kind=_VM, sets=("VM",)),
         Param("AsJob", switch=True, kind="switch"),
         Param("Passthru", switch=True, kind="switch"),
         *_SHOULD_PROCESS,
@@ -205,8 +209,8 @@ async def remove_vm_snapshot(host: HostContext, b: dict[str, Any], streams: Stre
 REMOVE_VM_SNAPSHOT = HostCmdlet(
     (
         Param("VMName", 0, kind="strings", sets=("SnapshotName",)),
-        Param("VM", sets=("VMObject",)),
-        Param("VMSnapshot", aliases=("VMCheckpoint",), sets=("SnapshotObject",)),
+        Param("VM", kind=_VM, sets=("VMObject",)),
+        Param("VMSnapshot", aliases=("VMCheckpoint",), kind=_SNAPSHOT, sets=("SnapshotObject",)),
         Param("Name", 1, kind="strings", sets=("SnapshotName", "VMObject")),
         Param("IncludeAllChildSnapshots", switch=True, kind="switch", aliases=("IncludeAllChildCheckpoints",)),
         Param("AsJob", switch=True, kind="switch"),
@@ -237,7 +241,7 @@ async def get_vm_hard_disk_drive(host: HostContext, b: dict[str, Any], streams: 
 GET_VM_HARD_DISK_DRIVE = HostCmdlet(
     (
         Param("VMName", 0, kind="strings", sets=("VMName",)),
-        Param("VM", sets=("VMObject",)),
+        Param("VM", kind=_VM, sets=("VMObject",)),
         Param("ControllerType"), Param("ControllerNumber", kind="int"), Param("ControllerLocation", kind="int"),
         Param("CimSession", sets=("VMName",)), Param("ComputerName", kind="strings", sets=("VMName",)),
         Param("Credential", sets=("VMName",)),
@@ -259,15 +263,7 @@ async def get_volume(host: HostContext, b: dict[str, Any], streams: Streams, fq:
     path = b["FilePath"] or ""
     facts = checkpoints.volume_facts(host.lab, host.store, path)
     if facts is None:
-        streams.error(
-            SimError(
-                message=f"No MSFT_Volume objects found with property 'FilePath' equal to '{path}'.  "
-                "Verify the value of the property and retry.",
-                fqid="CmdletizationQuery_NotFound_FilePath,Get-Volume", category="ObjectNotFound",
-                exception_type="Microsoft.PowerShell.Cmdletization.Cim.CimJobException",
-                target_name=path, activity="Get-Volume",
-            )
-        )
+        streams.error(pserrors.volume_not_found(path))
         return
     streams.output(SimObject(VOLUME_TYPES, tuple(facts.items()), f"MSFT_Volume (ObjectId = \"{facts['Path']}\")"))
 

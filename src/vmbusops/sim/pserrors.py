@@ -387,3 +387,16 @@ def confirmation_needed(cmdlet: str, what: str) -> SimError:
         exception_type="System.Management.Automation.Host.HostException",
         activity=cmdlet,
     )
+
+
+def volume_not_found(path: str) -> SimError:
+    """Get-Volume -FilePath of a path on no volume the host has (CDXML's not-found text)."""
+    return SimError(
+        message=f"No MSFT_Volume objects found with property 'FilePath' equal to '{path}'.  "
+        "Verify the value of the property and retry.",
+        fqid="CmdletizationQuery_NotFound_FilePath,Get-Volume",
+        category="ObjectNotFound",
+        exception_type="Microsoft.PowerShell.Cmdletization.Cim.CimJobException",
+        target_name=path,
+        activity="Get-Volume",
+    )

@@ -24,7 +24,7 @@
 #
 # Error records are the simulator's (message, FullyQualifiedErrorId, category, exception type);
 # PowerShell appends ",<function name>" to the FullyQualifiedErrorId of an error a function writes.
-# Not modelled here: -AsJob, -CimSession/-ComputerName to other hosts, the VM object parameter sets
+# Checkpoints are in VmbusOpsLab.Checkpoints.ps1. Not modelled here: -AsJob, -CimSession/-ComputerName to other hosts, the VM object parameter sets
 # beyond Get-VMIntegrationService -VM, and the lab faults that live in the simulator's protocol
 # layer (crash_on, garbage_on, session_drop_after_records).
 
@@ -148,6 +148,14 @@ function ConvertTo-LabVM {
         Version                      = $VM['Version']
         ProcessorCount               = $VM['ProcessorCount']
         GuestServiceInterfaceEnabled = $VM['GuestServiceInterfaceEnabled']
+        CheckpointType               = $VM['CheckpointType']
+        Path                         = $VM['Path']
+        ConfigurationLocation        = $VM['ConfigurationLocation']
+        SnapshotFileLocation         = $VM['SnapshotFileLocation']
+        CheckpointFileLocation       = $VM['CheckpointFileLocation']
+        MemoryStartup                = [long] $VM['MemoryStartup']
+        ParentSnapshotId             = if ($VM['ParentSnapshotId']) { [guid] $VM['ParentSnapshotId'] } else { $null }
+        ParentSnapshotName           = $VM['ParentSnapshotName']
     }
     $object.PSObject.TypeNames.Clear()
     foreach ($name in 'Microsoft.HyperV.PowerShell.VirtualMachine', 'Microsoft.HyperV.PowerShell.VirtualMachineBase',
@@ -670,7 +678,11 @@ $definition = [scriptblock]::Create(
 Set-Item -LiteralPath 'function:script:Invoke-Command' -Value $ExecutionContext.SessionState.Module.NewBoundScriptBlock($definition)
 Remove-Variable -Name metadata, parameters, untyped, definition
 
+# Checkpoints: Checkpoint-VM, Get-/Restore-/Remove-VMSnapshot, Get-VMHardDiskDrive, Get-Volume.
+. (Join-Path $PSScriptRoot 'VmbusOpsLab.Checkpoints.ps1')
+
 Export-ModuleMember -Function @(
     'Get-VM', 'Get-VMGroup', 'Get-VMIntegrationService', 'Enable-VMIntegrationService', 'Disable-VMIntegrationService',
-    'Copy-VMFile', 'Start-VM', 'Stop-VM', 'Restart-VM', 'Invoke-Command'
-)
+    'Copy-VMFile', 'Start-VM', 'Stop-VM', 'Restart-VM', 'Invoke-Command', 'Checkpoint-VM', 'Get-VMSnapshot',
+    'Restore-VMSnapshot', 'Remove-VMSnapshot', 'Get-VMHardDiskDrive', 'Get-Volume'
+) -Alias 'Get-VMCheckpoint', 'Restore-VMCheckpoint', 'Remove-VMCheckpoint'
