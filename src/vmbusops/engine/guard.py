@@ -148,7 +148,11 @@ class RunGuards:
     # ------------------------------------------------------------------ after a crash
     async def settle(self) -> None:
         """Finish what the journal says a crashed owner left under way (module doc's table);
-        raises :class:`RolledBack` when the run must end so."""
+        raises :class:`RolledBack` when the run must end so. Not cancellable: it finishes."""
+        with trio.CancelScope(shield=True):
+            await self._settle()
+
+    async def _settle(self) -> None:
         for span in self.spans:
             row = self.rows.get(span.first)
             if row is None or not is_open(row):
@@ -191,14 +195,15 @@ class RunGuards:
                 await self._phase(span, name, Phase.REMOVED, outcome=Outcome.REFUSED.value, reason="cancelled while taking it")
             raise
         if self.guard.checkpoint is CheckpointPolicy.PRODUCTION and not info.production:
-            await self._refuse(
-                span, name, "Hyper-V took a standard checkpoint (the guest could not make a production one)"
-                " and the bundle's policy requires production", remove=True)  # fmt: skip
-        await self._phase(span, name, Phase.TAKEN, production=info.production)
-        kind = "production" if info.production else "standard"
-        await self._note(span.first, f"{kind} checkpoint {name} taken of {ctx.vm}")
+            with trio.CancelScope(shield=True):
+                await self._refuse(
+                    span, name, "Hyper-V took a standard checkpoint (the guest could not make a production one)"
+                    " and the bundle's policy requires production", remove=True)  # fmt: skip
         failure: tuple[str, Event] | None = None
         try:
+            await self._phase(span, name, Phase.TAKEN, production=info.production)
+            kind = "production" if info.production else "standard"
+            await self._note(span.first, f"{kind} checkpoint {name} taken of {ctx.vm}")
             await run_steps()
             problem = await self.health(span.last)
             if problem is not None:
@@ -211,11 +216,20 @@ class RunGuards:
                 await self._restore(span, name, why)
                 self.end(ctx.machine.roll_back(f"rolled back to checkpoint {name}: {why}", event, event_code(event)))
             raise
-        if failure is None:
-            await self._remove(span, name, Outcome.KEPT)
-            return
-        await self._restore(span, name, failure[0])
-        raise RolledBack(f"rolled back to checkpoint {name}: {failure[0]}", failure[1])
+        except VmbusOpsError as exc:
+            if exc.code is FailureCode.JOURNAL_ERROR:
+                raise  # nothing can be journaled: the row says where it stood, for resume
+            # The host connection, a session: the change may be half done; try to put it back
+            # (a restore that fails too keeps the checkpoint and says so).
+            failure = (str(exc), Event.FAIL)
+        # Once begun, keeping or rolling back finishes: a cancel now would leave the checkpoint.
+        with trio.CancelScope(shield=True):
+            if failure is None:
+                await self._remove(span, name, Outcome.KEPT)
+            else:
+                await self._restore(span, name, failure[0])
+        if failure is not None:
+            raise RolledBack(f"rolled back to checkpoint {name}: {failure[0]}", failure[1])
 
     async def _check_room(self, span: Span, name: str) -> None:
         room = await self.ctx.host.checkpoint_room(self.ctx.vm)
