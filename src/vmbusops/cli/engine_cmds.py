@@ -388,7 +388,8 @@ class _Null:
 def run_cmd(host: str | None, bundle_file: Path, as_json: bool) -> None:
     """Verify a signed bundle and run it on this host, with live progress.
 
-    The exit code is the job's outcome: 0 when every target succeeded, 1 when any did not.
+    The exit code is the job's outcome: 0 when every target succeeded; 5 when every target that
+    did not was rolled back to its checkpoint (a guarded change failed and was put back); else 1.
     """
     config = load()
     progress = Progress(as_json=as_json)

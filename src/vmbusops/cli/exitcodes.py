@@ -13,7 +13,8 @@ code   meaning
        disk is full
 4      a bundle was rejected: nothing from it ran; or ``receipt verify`` refused a receipt
 5      a guarded change failed and every run that did not succeed was rolled back: its VM is
-       as it was before the change, and no checkpoint is left (``run``, ``jobs resume``)
+       as it was before the change, and no checkpoint is left (``run``, ``jobs resume``,
+       ``submit --follow``)
 130    interrupted (Ctrl-C); guest pipelines were stopped first
 141    the reader of the output went away (``| head``), as for a command killed by SIGPIPE
 =====  =====================================================================
