@@ -61,6 +61,14 @@ class FailureCode(enum.StrEnum):
     SKIPPED = "Skipped"
     #: Interrupted (the process running it stopped) and not run again, as its resume policy says.
     ABANDONED = "Abandoned"
+    #: A guarded change failed (a step, the health check, a timeout, a cancel, a crash) and the
+    #: VM was put back to the checkpoint taken before it (the run is ``rolled-back``).
+    ROLLED_BACK = "RolledBack"
+    #: A guarded span did not start: checkpoints disabled, not enough room, or no production
+    #: checkpoint where the bundle's policy requires one.
+    CHECKPOINT_REFUSED = "CheckpointRefused"
+    #: A checkpoint could not be restored or removed; it is kept, the VM left as it is.
+    CHECKPOINT_FAILED = "CheckpointFailed"
     VM_NOT_FOUND = "VMNotFound"
     VM_NOT_RUNNING = "VMNotRunning"
     CREDENTIAL_INVALID = "CredentialInvalid"

@@ -26,7 +26,11 @@ payload is a JSON object (:func:`receipt_payload`):
 * ``steps``: each step's ``name``, ``kind``, ``result`` (its state), ``exit_code``, ``started_at``,
   ``finished_at``;
 * ``transcript``: ``sha256`` and ``records`` of the run's transcript (below);
-* ``checkpoints``: the checkpoint actions taken for the run (an empty list where none were).
+* ``checkpoints``: the checkpoints of the run's guarded spans (:mod:`vmbusops.engine.guard`), an
+  empty list where none were taken: each one's ``name``, ``type`` (production or standard),
+  ``outcome`` (``kept``: the change stayed; ``rolled-back``; ``failed``: a restore failed and it
+  is kept; ``refused``), the last ``phase`` reached, and when it was ``taken_at``,
+  ``restored_at`` and ``removed_at`` (null for what did not happen).
 
 Times are ISO 8601 UTC (:func:`vmbusops.times.iso_time`). No error text, no script, no
 credential: nothing in a receipt can carry a secret.
@@ -204,7 +208,7 @@ def receipt_payload(journal: Journal, run: RunView, *, host_keyid: str, vm_id: s
         "finished_at": iso_time_or_none(run.finished_at),
         "steps": [_step_json(s) for s in journal.steps(run.id)],
         "transcript": {"sha256": sha, "records": count},
-        "checkpoints": [],
+        "checkpoints": [c.to_json() for c in journal.checkpoints(run.id)],
     }
 
 

@@ -130,3 +130,14 @@ async def test_a_bundle_with_a_schedule_is_registered_not_run(agent: Agent, tmp_
         assert (await b.get("/v1/schedules")).json()["schedules"] == []
     async with agent.client("admin") as c:
         assert (await c.get("/v1/jobs")).json()["jobs"] == []  # nothing ran now
+
+
+async def test_submit_follow_exits_5_when_a_guarded_change_was_rolled_back(agent: Agent) -> None:
+    from tests.engine.bundles import trust_and_credential
+
+    trust_and_credential(agent.key, checkpoints=True)  # the agent reads its trust policy per bundle
+    steps = [script("change", 'Write-Output "changed"', guard="checkpoint")]
+    path = agent.bundle(["a-web01"], steps, guard={"health": {"inline": "exit 1"}})
+    done = await trio.to_thread.run_sync(lambda: cli(agent, "submit", str(path), "--agent", agent.url, "--follow"))
+    assert done.returncode == 5, done.stderr
+    assert "rolled-back" in done.stdout and "rolled back to checkpoint vmbusops-job1-run1-change" in done.stdout

@@ -287,8 +287,8 @@ def build_app(service: AgentService) -> Starlette:
     async def get_runs(request: Request) -> Response:
         who = authenticate(request, Operation.READ)
         _, runs = await visible(request, who)
-        steps = await service.read(lambda j: [j.steps(r.id) for r in runs])
-        return JSONResponse({"runs": [run_json(r, s) for r, s in zip(runs, steps, strict=True)]})
+        steps = await service.read(lambda j: [(j.steps(r.id), j.checkpoints(r.id)) for r in runs])
+        return JSONResponse({"runs": [run_json(r, *s) for r, s in zip(runs, steps, strict=True)]})
 
     def run_named(runs: list[RunView], vm: str, job_id: int) -> RunView:
         run = next((r for r in runs if r.vm.casefold() == vm.casefold()), None)
@@ -300,7 +300,8 @@ def build_app(service: AgentService) -> Starlette:
         who = authenticate(request, Operation.READ)
         job, runs = await visible(request, who)
         run = run_named(runs, request.path_params["vm"], job.id)
-        return JSONResponse({"run": run_json(run, await service.read(lambda j: j.steps(run.id)))})
+        steps, checkpoints = await service.read(lambda j: (j.steps(run.id), j.checkpoints(run.id)))
+        return JSONResponse({"run": run_json(run, steps, checkpoints)})
 
     async def run_receipt(request: Request) -> Response:
         """The run's signed receipt (:mod:`vmbusops.receipts`), or its transcript's bytes."""

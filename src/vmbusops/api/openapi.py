@@ -542,6 +542,14 @@ def openapi_document() -> dict[str, Any]:
                             "type": "array",
                             "items": {"type": "object", "description": "name, kind, state, code, exit_code, ..."},
                         },
+                        "checkpoints": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "description": "a guarded span's checkpoint: name, type, phase, outcome"
+                                " (kept, rolled-back, failed, refused), taken_at, restored_at, removed_at",
+                            },
+                        },
                     },
                 },
                 "VmRun": {

@@ -47,6 +47,7 @@ _TOP_LEVEL = {
     "steps",
     "execution",
     "schedule",
+    "guard",
     "include",
 }
 _STEP_DURATIONS = {"timeout": "timeout_seconds"}
@@ -191,6 +192,9 @@ def manifest_from_source(
         manifest_doc["execution"] = _rename_durations(doc["execution"], _EXECUTION_DURATIONS, "execution")
     if "schedule" in doc:
         manifest_doc["schedule"] = _rename_durations(doc["schedule"], _SCHEDULE_DURATIONS, "schedule")
+    if isinstance(doc.get("guard"), dict) and isinstance(doc["guard"].get("health"), dict):
+        guard = manifest_doc["guard"] = dict(doc["guard"])
+        guard["health"] = _rename_durations(guard["health"], _STEP_DURATIONS, "guard.health")
     for rel, local in files.items():
         size, sha = _hash_file(local)
         manifest_doc["files"].append({"path": rel, "size": size, "sha256": sha})

@@ -222,6 +222,10 @@ class TrustExpiredError(ScopeError):
     pass
 
 
+class CheckpointOutOfScopeError(ScopeError):
+    """The bundle guards steps with checkpoints and the signer's scope does not allow it."""
+
+
 class MemberError(_RejectedBundle):
     """One archive member is wrong; ``member`` names it."""
 

@@ -47,6 +47,7 @@ from typing import Any
 
 from vmbusops.bundle.dsse import strict_json
 from vmbusops.bundle.errors import ManifestError
+from vmbusops.bundle.guard import Guard, Span, check_guard, guarded_spans
 from vmbusops.bundle.member_paths import ENVELOPE_MEMBER, MAX_PATH_BYTES, check_bundle_path
 from vmbusops.bundle.schema import (
     FieldReader,
@@ -85,6 +86,7 @@ __all__ = [  # the steps' names are re-exported: callers import every manifest t
     "DscStep",
     "ExecutionPolicy",
     "FileEntry",
+    "Guard",
     "Manifest",
     "MissedRunPolicy",
     "PatchStep",
@@ -93,6 +95,7 @@ __all__ = [  # the steps' names are re-exported: callers import every manifest t
     "RetryPolicy",
     "Schedule",
     "ScriptStep",
+    "Span",
     "Step",
     "StepKind",
     "Targets",
@@ -305,6 +308,8 @@ class Manifest(JsonRecord):
     execution: ExecutionPolicy = field(default_factory=ExecutionPolicy)
     schedule: Schedule | None = None
     files: tuple[FileEntry, ...] = field(metadata=spec(_files))
+    #: How steps that say ``guard = "checkpoint"`` (or all, with ``all_steps``) are protected.
+    guard: Guard | None = None
 
     def is_expired(self, reference_time: datetime, *, skew: timedelta = timedelta(0)) -> bool:
         return reference_time - skew >= self.expires
@@ -346,6 +351,11 @@ class Manifest(JsonRecord):
         names = [s.name for s in self.steps]
         if len(set(names)) != len(names):
             raise ManifestError("step names must be unique within a bundle")
+        check_guard(self.guard, [s.guard is not None for s in self.steps], names)
+
+    def guarded_spans(self) -> tuple[Span, ...]:
+        """The runs of contiguous guarded steps, each under one checkpoint (none without a guard)."""
+        return guarded_spans(self.guard, [s.guard is not None for s in self.steps])
 
 
 def manifest_to_dict(m: Manifest) -> dict[str, Any]:

@@ -13,6 +13,8 @@
     credentials = ["lab-admin"]    # credential references ("*" = any)
     steps = ["copy", "script"]     # step kinds allowed
     enable_guest_services = true   # optional: steps may enable the Guest Service Interface
+    checkpoints = true             # optional: steps may run under a checkpoint guard (take,
+                                   # restore and remove checkpoints of the VMs)
     until = 2027-01-01T00:00:00Z   # optional: the scope ends then
     threshold = 2                  # distinct signers from `keys` needed
 
@@ -44,6 +46,7 @@ import tomli_w
 
 from vmbusops.bundle.crypto import PublicKey
 from vmbusops.bundle.errors import (
+    CheckpointOutOfScopeError,
     CredentialOutOfScopeError,
     ScopeError,
     StepKindOutOfScopeError,
@@ -79,6 +82,9 @@ class Scope:
     threshold: int = 1
     #: Steps may turn on the Guest Service Interface (Copy-VMFile needs it; Hyper-V ships it off).
     enable_guest_services: bool = False
+    #: Bundles may guard steps with checkpoints: take, restore (which discards whatever the guest
+    #: wrote since) and remove checkpoints of the VMs in scope.
+    checkpoints: bool = False
 
     def same_rights(self, other: Scope) -> bool:
         """The same rights, whatever order the VM globs and credentials were listed in."""
@@ -89,6 +95,7 @@ class Scope:
             and self.until == other.until
             and self.threshold == other.threshold
             and self.enable_guest_services == other.enable_guest_services
+            and self.checkpoints == other.checkpoints
         )
 
     def uncovered_targets(self, targets: Iterable[str]) -> list[str]:
@@ -177,6 +184,14 @@ class TrustPolicy:
                         f"step kind(s) {', '.join(kinds)} are not allowed for {who}"
                         f" (allowed: {', '.join(sorted(k.value for k in scope.steps))})",
                         hint="drop those steps, or widen the scope: vmbusops trust add --steps",
+                        keyid=next(iter(mine)),
+                    )
+                )
+            elif manifest.guard is not None and not scope.checkpoints:
+                failures.append(
+                    CheckpointOutOfScopeError(
+                        f"the bundle guards steps with checkpoints, which {who} may not sign for",
+                        hint="drop the bundle's guard, or allow it: vmbusops trust add --checkpoints",
                         keyid=next(iter(mine)),
                     )
                 )
@@ -280,6 +295,8 @@ class TrustPolicy:
                 item["until"] = s.until
             if s.enable_guest_services:
                 item["enable_guest_services"] = True
+            if s.checkpoints:
+                item["checkpoints"] = True
             doc["scopes"].append(item)
         header = "# vmbusops trust policy: keys that may sign job bundles, and what each may do.\n"
         return header + tomli_w.dumps(doc)
@@ -354,6 +371,9 @@ def parse_trust_policy(text: str, *, source: str = "trust.toml") -> TrustPolicy:
         enable_gsi = item.pop("enable_guest_services", False)
         if not isinstance(enable_gsi, bool):
             raise _bad(f"{where}.enable_guest_services", "must be true or false")
+        checkpoints = item.pop("checkpoints", False)
+        if not isinstance(checkpoints, bool):
+            raise _bad(f"{where}.checkpoints", "must be true or false")
         if item:
             raise _bad(where, f"has unknown field(s) {', '.join(sorted(item))}")
         if not members:
@@ -367,6 +387,7 @@ def parse_trust_policy(text: str, *, source: str = "trust.toml") -> TrustPolicy:
                 until=until,
                 threshold=threshold,
                 enable_guest_services=enable_gsi,
+                checkpoints=checkpoints,
             )
         )
     return TrustPolicy(keys=keys, scopes=tuple(scopes))

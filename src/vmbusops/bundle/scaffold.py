@@ -33,6 +33,13 @@ target_timeout = "30m"
 delivery_timeout = "2h"
 resume = "resume"                # resume | restart | abandon
 
+# [guard]                        # optional: steps that say guard = "checkpoint" run under a checkpoint
+# all_steps = false              # true: the whole run is one guarded span
+# checkpoint = "production"      # production | production-or-standard
+# min_free_gb = 10               # free space the VM's disk and checkpoint volumes must have first
+# health = { inline = "Get-Service W3SVC | Out-Null", timeout = "5m" }  # or { dsc = true }
+#                                # (the signer's trust scope needs checkpoints = true)
+
 # [schedule]                     # optional: run again under a maintenance window
 # cron = "0 2 * * 6"
 # window = "4h"
@@ -60,6 +67,7 @@ idempotent = true
 [[steps]]
 name = "configure"
 kind = "dsc"
+# guard = "checkpoint"           # restore the VM if this step or the [guard] health check fails
 mofs = ["dsc/localhost.mof"]
 modules = ["dsc/modules/VmbusOpsDemo"]
 mode = "apply"                   # apply | test

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias, get_args
 
 from vmbusops.bundle.errors import ManifestError, UnknownStepKindError
+from vmbusops.bundle.guard import GuardKind
 from vmbusops.bundle.schema import (
     REQUIRED,
     FieldReader,
@@ -82,6 +83,10 @@ class StepBase(JsonRecord):
     timeout_seconds: float | None = field(default=None, metadata=seconds())
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     idempotent: bool = False
+    #: ``"checkpoint"``: the step runs under a checkpoint of the VM (see :mod:`vmbusops.bundle.guard`).
+    guard: GuardKind | None = field(
+        default=None, metadata=spec(lambda r, key, default, known: r.choice(key, default, GuardKind))
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind.value, **JsonRecord.to_dict(self)}

@@ -81,6 +81,8 @@ def _describe_step(step: Step) -> str:
         extras.append(f"{step.retry.attempts} attempts, backoff {step.retry.backoff_seconds:g}s")
     if step.idempotent:
         extras.append("idempotent")
+    if step.guard is not None:
+        extras.append(f"guarded by a {step.guard.value}")
     return f"{step.name} [{step.kind.value}]: {what}" + (f" ({', '.join(extras)})" if extras else "")
 
 
@@ -112,6 +114,13 @@ def _print_manifest(m: Manifest) -> None:
             f"schedule    cron '{s.cron}' ({s.timezone}), window {s.window_seconds:g}s,"
             f" cut-off {s.cutoff_seconds:g}s,"
             f" jitter {s.jitter_seconds:g}s, missed runs: {s.missed.value}"
+        )
+    if m.guard is not None:
+        g = m.guard
+        spans = ", ".join(f"{m.steps[s.first].name}..{m.steps[s.last].name}" for s in m.guarded_spans())
+        click.echo(
+            f"guard       {g.checkpoint.value} checkpoint, {g.min_free_gb:g} GiB free first,"
+            f" health: {g.health.describe()}; spans: {spans}"
         )
     click.echo("steps")
     for i, step in enumerate(m.steps, 1):
@@ -365,6 +374,9 @@ def trust() -> None:
 @click.option("--until", default=None, help="When this trust ends (ISO 8601, UTC if no zone).")
 @click.option("--threshold", type=click.IntRange(1, 32), default=1, help="Signers needed from this scope.")
 @click.option(
+    "--checkpoints", is_flag=True, help="The key may guard steps with checkpoints (take, restore, remove them)."
+)
+@click.option(
     "--rename", is_flag=True, help="The key is trusted already: only give it the name --name (scopes unchanged)."
 )
 @_trust_option
@@ -377,6 +389,7 @@ def trust_add(
     steps: str | None,
     until: str | None,
     threshold: int,
+    checkpoints: bool,
     rename: bool,
     trust_path: Path | None,
 ) -> None:
@@ -409,6 +422,7 @@ def trust_add(
         steps=kinds,
         until=_parse_until(until),
         threshold=threshold,
+        checkpoints=checkpoints,
     )
     known = policy.keys.get(key.keyid)
     namesake = next((k for k in policy.keys.values() if k.name == key.name and k.keyid != key.keyid), None)

@@ -46,9 +46,11 @@ def manifest_json(m: Manifest) -> dict[str, Any]:
             {
                 "name": s.name, "kind": s.kind.value, "describe": s.describe(), "timeout_seconds": s.timeout_seconds,
                 "attempts": s.retry.attempts, "backoff_seconds": s.retry.backoff_seconds, "idempotent": s.idempotent,
+                "guard": s.guard.value if s.guard is not None else None,
             }
             for s in m.steps
         ],
+        "guard": None if m.guard is None else m.guard.to_dict(),
         "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in m.files],
         "bytes": m.total_size,
     }  # fmt: skip

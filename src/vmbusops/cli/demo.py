@@ -17,6 +17,7 @@ from rich.console import Console
 
 from vmbusops.cli import exitcodes
 from vmbusops.cli.common import load, run_trio
+from vmbusops.cli.demo_guard import guarded_tour
 from vmbusops.cli.guest_cmds import vm_table
 from vmbusops.cli.output import RecordPrinter
 from vmbusops.cli.output import console as output_console
@@ -100,6 +101,7 @@ async def _tour(console: Console, host: HyperVHost, credential: GuestCredential)
     console.print(f"  [yellow]{outcomes['nosuchvm'].failure}")
 
     problems += await _dsc_tour(console, host, credential)
+    problems += await guarded_tour(console, host, credential, _rule)
 
     _rule(console, "[bold]done")
     return exitcodes.OK if problems == 0 else exitcodes.GUEST_ERRORS

@@ -90,6 +90,7 @@ _STATE_STYLE = {
     State.CANCELLED: "yellow",
     State.INTERRUPTED: "yellow",
     State.SKIPPED: "dim",
+    State.ROLLED_BACK: "magenta",
     State.IN_PROGRESS: "cyan",
     State.DELAYED: "blue",
     State.PENDING: "",
@@ -125,7 +126,7 @@ def _runs_table(title: str, runs: list[RunView], *, interrupted: bool = False) -
 
 
 def _exit_code(result: JobResult) -> int:
-    return exitcodes.OK if result.state is State.SUCCESS else exitcodes.GUEST_ERRORS
+    return exitcodes.job_exit_code([s.value for s in result.runs.values()])
 
 
 # --- live progress --------------------------------------------------------------------------------
@@ -394,7 +395,8 @@ class _Null:
 def run_cmd(host: str | None, bundle_file: Path, as_json: bool) -> None:
     """Verify a signed bundle and run it on this host, with live progress.
 
-    The exit code is the job's outcome: 0 when every target succeeded, 1 when any did not.
+    The exit code is the job's outcome: 0 when every target succeeded; 5 when every target that
+    did not was rolled back to its checkpoint (a guarded change failed and was put back); else 1.
     """
     config = load()
     progress = Progress(as_json=as_json)

@@ -12,6 +12,9 @@ code   meaning
        store under $VMBUSOPS_HOME (the journal, the replay store, a bundle being extracted)
        cannot be written, e.g. the disk is full
 4      a bundle was rejected: nothing from it ran; or ``receipt verify`` refused a receipt
+5      a guarded change failed and every run that did not succeed was rolled back: its VM is
+       as it was before the change, and no checkpoint is left (``run``, ``jobs resume``,
+       ``submit --follow``)
 130    interrupted (Ctrl-C); guest pipelines were stopped first
 141    the reader of the output went away (``| head``), as for a command killed by SIGPIPE
 =====  =====================================================================
@@ -38,6 +41,7 @@ GUEST_ERRORS = 1
 USAGE = 2
 HOST_FAILURE = 3
 BUNDLE_REJECTED = 4
+ROLLED_BACK = 5
 INTERRUPTED = 130
 READER_GONE = 141
 
@@ -47,6 +51,7 @@ _MEANING = {
     USAGE: "usage error: arguments, configuration, input file, or a job or VM that does not exist",
     HOST_FAILURE: "host or transport failure (the host or agent cannot be reached), or a full disk",
     BUNDLE_REJECTED: "a bundle was rejected (nothing from it ran), or a receipt did not verify",
+    ROLLED_BACK: "a guarded change failed and was rolled back (every run not successful is rolled-back)",
     INTERRUPTED: "interrupted (Ctrl-C); guest pipelines were stopped first",
     READER_GONE: "the reader of the output went away (| head), as for SIGPIPE",
 }
@@ -64,3 +69,12 @@ def exit_code_for(exc: VmbusOpsError) -> int:
     if isinstance(exc, GuestError | PipelineStoppedError):
         return GUEST_ERRORS
     return HOST_FAILURE
+
+
+def job_exit_code(run_states: list[str]) -> int:
+    """A finished job's exit code from its runs' states: 0 when all succeeded; 5 when every
+    other one rolled back; else 1."""
+    others = [s for s in run_states if s != "success"]
+    if not others:
+        return OK
+    return ROLLED_BACK if all(s == "rolled-back" for s in others) else GUEST_ERRORS

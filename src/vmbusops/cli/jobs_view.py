@@ -36,6 +36,7 @@ _STYLE = {
     "cancelled": "yellow",
     "interrupted": "yellow",
     "skipped": "dim",
+    "rolled-back": "magenta",
     "in-progress": "cyan",
     "delayed": "blue",
 }
@@ -174,6 +175,8 @@ def print_job(
         for s in r.get("steps", []):
             tries = f" ({s['attempts']} attempts)" if s.get("attempts", 0) > 1 else ""
             console.print(f"  {escape(s['name']):<20} {escape(s['kind']):<10} {styled(s['state'])}{tries}")
+        for c in r.get("checkpoints", []):
+            console.print(f"  checkpoint {escape(c['name'])}  {escape(c['type'] or '-')}  {styled(c['outcome'] or c['phase'])}")
         for line in r.get("excerpt", []):
             console.print(f"    | {line}", markup=False)
 
@@ -337,7 +340,7 @@ def local_job(job_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     try:
         job = journal.job(job_id)
         runs = journal.runs(job_id)
-        return job_json(job), [run_json(r, journal.steps(r.id)) for r in runs]
+        return job_json(job), [run_json(r, journal.steps(r.id), journal.checkpoints(r.id)) for r in runs]
     finally:
         journal.close()
 

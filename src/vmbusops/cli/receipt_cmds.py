@@ -155,6 +155,9 @@ def _print_receipt(p: dict[str, Any]) -> None:
             s["started_at"] or "-", s["finished_at"] or "-",
         )  # fmt: skip
     out.print(table)
+    for c in p.get("checkpoints") or ():
+        done = ", ".join(f"{what} {c[what + '_at']}" for what in ("taken", "restored", "removed") if c.get(what + "_at"))
+        out.print(f"{'checkpoint':<19} {escape(str(c['name']))}: {c['type'] or '-'}, {c['outcome'] or c['phase']}; {done}")
     out.print()
 
 

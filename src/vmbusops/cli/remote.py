@@ -247,7 +247,8 @@ class RemoteProgress:
         lines = record_text(_record_view(data)).splitlines() or [""]
         self.out.write("\n".join(f"{data['vm']:<10} | {label}{line}" for line in lines) + "\n")
 
-    async def summary(self, agent: AgentClient, job_id: int, state: str) -> None:
+    async def summary(self, agent: AgentClient, job_id: int, state: str) -> list[str]:
+        """Print the job's runs as it ended; returns their states."""
         async with agent.client() as client:
             response = await client.get(f"/v1/jobs/{job_id}/runs")
             if response.status_code != 200:
@@ -255,7 +256,7 @@ class RemoteProgress:
             runs = response.json()["runs"]
         if self.as_json:
             self._json({"event": "summary", "job": job_id, "state": state, "runs": runs})
-            return
+            return [r["state"] for r in runs]
         from rich.table import Table
         from rich.text import Text
 
@@ -270,6 +271,7 @@ class RemoteProgress:
             )
             table.add_row(Text(r["vm"]), r["state"], duration, str(r["records"]), Text(r["error"] or ""))
         console(self.out, highlight=False, no_color=True).print(table)
+        return [r["state"] for r in runs]
 
 
 def _record_view(data: dict[str, Any]) -> RecordView:
@@ -355,8 +357,10 @@ def submit_cmd(
         if not follow:
             return exitcodes.OK
         end = await follow_events(agent, job_id, progress)
-        await progress.summary(agent, job_id, end["state"])
-        return exitcodes.OK if end["state"] == "success" else exitcodes.GUEST_ERRORS
+        states = await progress.summary(agent, job_id, end["state"])
+        if end["state"] == "success":
+            return exitcodes.OK
+        return exitcodes.job_exit_code(states) or exitcodes.GUEST_ERRORS  # 5 when every other run rolled back
 
     sys.exit(run_client(main))
 

@@ -59,9 +59,30 @@ class StepChange:
     clear: bool = False
 
 
-Change = JobChange | RunChange | StepChange
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointChange:
+    """Where a guarded span's checkpoint stands (see :mod:`.guard`): the row of ``(run_id, span)``
+    is created or updated; a time left ``None`` keeps what the row has."""
+
+    run_id: int
+    #: The span's first step index.
+    span: int
+    name: str
+    phase: str
+    #: ``kept`` (the change stays), ``rolled-back``, or ``failed`` (a restore failed: kept for the
+    #: operator); None while the span runs.
+    outcome: str | None = None
+    production: bool | None = None
+    reason: str | None = None
+    planned_at: float | None = None
+    taken_at: float | None = None
+    restored_at: float | None = None
+    removed_at: float | None = None
+
+
+Change = JobChange | RunChange | StepChange | CheckpointChange
 
 PendingRecord = tuple[int, int, int, str | None, int, Record, float]
 """(job_id, run_id, seq, step, attempt, record, time): serialised to JSON in the flush, off the stream's path."""
 
-__all__ = ["Change", "JobChange", "PendingRecord", "RunChange", "StepChange"]
+__all__ = ["Change", "CheckpointChange", "JobChange", "PendingRecord", "RunChange", "StepChange"]

@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
+from vmbusops.engine.changes import Change, CheckpointChange, JobChange, RunChange, StepChange
 from vmbusops.engine.states import State
 
 #: What SQLite can store in an INTEGER column.
@@ -40,6 +40,8 @@ _STATES: Final = {s.value: s for s in State}
 def change_to_json(change: Change, *, ids: bool = True) -> dict[str, Any]:
     """``change`` as a JSON-ready dict (see the module's docstring); ``ids=False`` leaves its
     job or run id out."""
+    if isinstance(change, CheckpointChange):
+        raise TypeError("a checkpoint's phases stay in the journal of the host that took it")
     out: dict[str, Any] = {"t": _KIND_OF[type(change)]}
     for f in dataclasses.fields(change):
         value = getattr(change, f.name)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -55,6 +56,7 @@ from vmbusops.credentials import GuestCredential
 from vmbusops.engine.context import RunContext, WaitReady, emit
 from vmbusops.engine.events import EngineEvent, JobResult
 from vmbusops.engine.executors import StepFailed, copied_files, executor_of
+from vmbusops.engine.guard import RolledBack, RunGuards, is_open
 from vmbusops.engine.journal import Journal
 from vmbusops.engine.leases import VmLeases
 from vmbusops.engine.machine import JobMachine, Output, RunMachine, StepInfo
@@ -62,7 +64,7 @@ from vmbusops.engine.plan import GuestBatch, plan_units
 from vmbusops.engine.run_start import RunStart
 from vmbusops.engine.source import FLEET_SOURCE_PREFIX, JobSource
 from vmbusops.engine.staged import JobStaging
-from vmbusops.engine.states import State
+from vmbusops.engine.states import Event, State
 from vmbusops.engine.writer import JournalWriter
 from vmbusops.errors import BundleError, JobStateError, JournalError, VmbusOpsError
 from vmbusops.guestops.host import HyperVHost
@@ -275,7 +277,13 @@ class Engine:
         credential = self.credential_for(source.manifest.credential)
         abandon = source.manifest.execution.resume is ResumePolicy.ABANDON
         runs = await self._stored_runs(job_id, source)
-        outputs = [out for run in runs for out in run.resume(abandon=abandon)]
+        # A run with a checkpoint open resumes whatever its policy says: its guard settles it
+        # (restores, removes) when it starts again (see .guard).
+        guarded = {r.id for r in runs if any(map(is_open, await self.writer.call(self.journal.checkpoints, r.id)))}
+        for run in runs:
+            if run.id in guarded:
+                run.steps = [dataclasses.replace(s, resumable=True) for s in run.steps]
+        outputs = [out for run in runs for out in run.resume(abandon=abandon and run.id not in guarded)]
         job = self._job(job_id, host, source, credential, runs)
         job.machine.state = State.INTERRUPTED
         self._emit([*outputs, *job.machine.resume()])
@@ -481,19 +489,50 @@ class Engine:
         timeout = job.source.manifest.execution.target_timeout_seconds
         with trio.move_on_after(timeout) as scope:
             try:
-                await self._execute_steps(ctx)
+                await self._execute_steps(ctx, await self._guards(job, ctx, scope, timeout))
             except StepFailed as failed:
                 self._end(job, ctx, run.fail(failed.event, failed.message, failed.code))
                 return
+            except RolledBack as rolled:
+                self._end(job, ctx, run.roll_back(rolled.message, rolled.event))
+                return
         if scope.cancelled_caught:
-            self._end(job, ctx, run.execution_timed_out(timeout))
+            if not run.state.terminal:  # a guard that rolled back has ended it
+                self._end(job, ctx, run.execution_timed_out(timeout))
             return
         self._end(job, ctx, run.succeed())
 
-    async def _execute_steps(self, ctx: RunContext) -> None:
+    async def _guards(self, job: _Job, ctx: RunContext, scope: trio.CancelScope, timeout: float) -> RunGuards | None:
+        """The run's checkpoint guards, with what the journal says of them, settled after a crash."""
+        manifest = ctx.source.manifest
+        if manifest.guard is None:
+            return None
+        rows = await self.writer.call(self.journal.checkpoints, ctx.machine.id)
+
+        def why_cancelled() -> tuple[str, Event]:
+            if ctx.machine.id in job.cancelled:
+                return "cancelled", Event.CANCEL
+            if scope.cancel_called:
+                return f"the run did not finish within its execution timeout ({timeout:g}s)", Event.EXECUTION_TIMEOUT
+            return "the agent stopped under the run", Event.CANCEL
+
+        guards = RunGuards(
+            ctx, manifest.guard, manifest.guarded_spans(), {r.span: r for r in rows},
+            end=lambda outputs: self._end(job, ctx, outputs), why_cancelled=why_cancelled,
+        )  # fmt: skip
+        await guards.settle()
+        return guards
+
+    async def _execute_steps(self, ctx: RunContext, guards: RunGuards | None = None, last: int | None = None) -> None:
+        """The run's steps from the first not done (to ``last``), each guarded span under its guard."""
         steps = ctx.steps
-        while (index := ctx.machine.next_step()) is not None:
-            unit = plan_units(steps, index, ctx.source.script_of)[0]
+        while (index := ctx.machine.next_step()) is not None and (last is None or index <= last):
+            span = guards.span_of(index) if guards is not None and last is None else None
+            if guards is not None and span is not None:
+                await guards.run_span(span, functools.partial(self._execute_steps, ctx, guards, span.last))
+                continue
+            limit = guards.limit(index) if guards is not None else len(steps)
+            unit = plan_units(steps[:limit], index, ctx.source.script_of)[0]
             indices = unit.steps if isinstance(unit, GuestBatch) else (unit.index,)
             await executor_of(steps[index]).run(ctx, indices)
 

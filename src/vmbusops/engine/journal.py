@@ -56,6 +56,8 @@ from vmbusops.engine.journal_history import (
 )
 from vmbusops.engine.journal_retention import Prunable
 from vmbusops.engine.journal_rows import (
+    CHECKPOINTS_OF_RUN,
+    CheckpointView,
     JobView,
     LeftOut,
     RecordView,
@@ -610,6 +612,10 @@ class Journal:
             params.append(stream)
         rows: list[StoredRecord] = self._read_tuples(sql + order, [*params, limit])
         return rows
+
+    def checkpoints(self, run_id: int) -> list[CheckpointView]:
+        """The checkpoints of the run's guarded spans (:mod:`.guard`), in span order."""
+        return [CheckpointView.from_row(r) for r in self._read_tuples(CHECKPOINTS_OF_RUN, (run_id,))]
 
     def receipt(self, run_id: int) -> str | None:
         """The run's signed receipt (its envelope's JSON), if one was written."""

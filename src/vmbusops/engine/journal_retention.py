@@ -87,6 +87,7 @@ def delete_job(db: sqlite3.Connection, job_id: int) -> None:
     db.execute("DELETE FROM records WHERE job_id = ?", (job_id,))
     db.execute("DELETE FROM receipts WHERE job_id = ?", (job_id,))
     db.execute(f"DELETE FROM steps WHERE run_id IN ({runs})", (job_id,))  # noqa: S608
+    db.execute(f"DELETE FROM checkpoints WHERE run_id IN ({runs})", (job_id,))  # noqa: S608
     db.execute("DELETE FROM runs WHERE job_id = ?", (job_id,))
     db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 

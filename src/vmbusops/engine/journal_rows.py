@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,49 @@ def left_out_of(text: str | None) -> tuple[LeftOut, ...]:
     if not text:
         return ()
     return tuple(LeftOut(str(item["vm"]), str(item["why"])) for item in json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointView:
+    """A guarded span's checkpoint as the journal keeps it (see :mod:`vmbusops.engine.guard`)."""
+
+    span: int
+    name: str
+    phase: str
+    outcome: str | None
+    production: bool | None
+    reason: str | None
+    planned_at: float | None
+    taken_at: float | None
+    restored_at: float | None
+    removed_at: float | None
+
+    @classmethod
+    def from_row(cls, r: Sequence[Any]) -> CheckpointView:
+        """From a row of :data:`CHECKPOINTS_OF_RUN`."""
+        production = None if r[4] is None else bool(r[4])
+        return cls(r[0], r[1], r[2], r[3], production, r[5], r[6], r[7], r[8], r[9])
+
+    def to_json(self) -> dict[str, Any]:
+        """As a receipt, ``jobs show --json`` and the API give it (no host error text: that can
+        carry what the guest wrote; the run's error has it)."""
+        return {
+            "name": self.name, "phase": self.phase, "outcome": self.outcome,
+            "type": None if self.production is None else "production" if self.production else "standard",
+            "taken_at": _iso(self.taken_at), "restored_at": _iso(self.restored_at),
+            "removed_at": _iso(self.removed_at),
+        }  # fmt: skip
+
+
+#: A run's checkpoint rows, in span order.
+CHECKPOINTS_OF_RUN = (
+    "SELECT span, name, phase, outcome, production, reason, planned_at, taken_at, restored_at, removed_at"
+    " FROM checkpoints WHERE run_id = ? ORDER BY span"
+)
+
+
+def _iso(t: float | None) -> str | None:
+    return iso_time(t) if t is not None else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,7 +8,8 @@ unique through ``records_run``, which also serves a run's highest ``seq`` and re
 
 Tables added since are created when a journal is opened for writing (every statement of
 :data:`SCHEMA` is ``CREATE ... IF NOT EXISTS``), so an older journal gains them empty: the
-``receipts`` table (one signed receipt per finished run, :mod:`vmbusops.receipts`) came so.
+``receipts`` table (one signed receipt per finished run, :mod:`vmbusops.receipts`) came so, and
+the ``checkpoints`` table (one row per guarded span of a run, :mod:`.guard`).
 
 Schema 2 keyed records on ``(run_id, seq)`` alone; :func:`upgrade` rebuilds such a table once,
 in one transaction, numbering each job's records in the order schema 2 read them (by time).
@@ -20,7 +21,7 @@ import json
 import sqlite3
 from typing import Any, Final
 
-from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
+from vmbusops.engine.changes import Change, CheckpointChange, JobChange, RunChange, StepChange
 from vmbusops.storage import add_missing_columns
 
 SCHEMA_VERSION: Final = 3
@@ -88,6 +89,20 @@ CREATE TABLE IF NOT EXISTS receipts (
     envelope   TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id      INTEGER NOT NULL,
+    span        INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    phase       TEXT NOT NULL,
+    outcome     TEXT,
+    production  INTEGER,
+    reason      TEXT,
+    planned_at  REAL,
+    taken_at    REAL,
+    restored_at REAL,
+    removed_at  REAL,
+    PRIMARY KEY (run_id, span)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_job ON runs (job_id);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 """
@@ -159,6 +174,8 @@ def update_sql(change: Change) -> tuple[str, list[Any]]:
             params.append(value)
 
     match change:
+        case CheckpointChange():
+            return _checkpoint_sql(change)
         case JobChange():
             put("state", change.state.value)
             put("started_at", change.started_at, "COALESCE(started_at, ?)")
@@ -189,3 +206,18 @@ def update_sql(change: Change) -> tuple[str, list[Any]]:
             where, keys = "steps SET {} WHERE run_id = ? AND idx = ?", [change.run_id, change.index]
     # Only fixed column names are interpolated; every value is a bound parameter.
     return "UPDATE " + where.format(", ".join(sets)), [*params, *keys]
+
+
+def _checkpoint_sql(c: CheckpointChange) -> tuple[str, list[Any]]:
+    """The row of a guarded span, created at its first phase and updated at every later one."""
+    production = None if c.production is None else int(c.production)
+    return (
+        "INSERT INTO checkpoints (run_id, span, name, phase, outcome, production, reason, planned_at,"
+        " taken_at, restored_at, removed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (run_id, span) DO UPDATE SET name = excluded.name, phase = excluded.phase,"
+        " outcome = COALESCE(excluded.outcome, outcome), production = COALESCE(excluded.production, production),"
+        " reason = COALESCE(excluded.reason, reason), taken_at = COALESCE(excluded.taken_at, taken_at),"
+        " restored_at = COALESCE(excluded.restored_at, restored_at),"
+        " removed_at = COALESCE(excluded.removed_at, removed_at)",
+        [c.run_id, c.span, c.name, c.phase, c.outcome, production, c.reason, c.planned_at, c.taken_at, c.restored_at, c.removed_at],
+    )

@@ -200,6 +200,17 @@ class RunMachine:
             *self._finish(event, message, code),
         ]
 
+    def roll_back(self, message: str, step_event: Event = Event.FAIL, step_code: str | None = None) -> list[Output]:
+        """A guarded span failed and its checkpoint was restored (``message``: why, and which
+        checkpoint): a step still running ends with ``step_event`` (the timeout or cancel that
+        caused it), the steps after it are skipped, and the run ends rolled-back."""
+        self._check(Event.ROLL_BACK)
+        return [
+            *self._end_current_step(step_event, message, step_code or FailureCode.ROLLED_BACK),
+            *self.skip_steps(),
+            *self._finish(Event.ROLL_BACK, message, FailureCode.ROLLED_BACK),
+        ]
+
     def fail_outside_steps(self, message: str, code: str) -> list[Output]:
         """Something outside any step failed (the journal, the host connection)."""
         self._check(Event.FAIL)

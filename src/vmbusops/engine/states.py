@@ -21,6 +21,8 @@ cancelled                   someone asked it to stop; the guest pipeline was sto
 interrupted                 the process that owned it died under it
 skipped                     never started: max errors was exceeded (run), or an earlier step
                             ended the run (step)
+rolled-back                 (run) a guarded change failed, and the VM was put back to the
+                            checkpoint taken before it (see :mod:`vmbusops.engine.guard`)
 ==========================  ==================================================================
 
 Things happen to them as :class:`Event` values; :func:`next_state` gives the state an event
@@ -60,6 +62,7 @@ class State(enum.StrEnum):
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
     SKIPPED = "skipped"
+    ROLLED_BACK = "rolled-back"
 
     @property
     def active(self) -> bool:
@@ -84,6 +87,7 @@ class Event(enum.StrEnum):
     SKIP = "skip"
     RESUME = "resume"  # after an interruption, per the bundle's resume policy
     ABANDON = "abandon"  # after an interruption, when the policy (or a step) forbids resuming
+    ROLL_BACK = "roll-back"  # a guarded span failed and its checkpoint was restored
 
 
 ACTIVE: Final = frozenset({State.PENDING, State.DELAYED, State.IN_PROGRESS})
@@ -95,10 +99,13 @@ TERMINAL: Final = frozenset(
         State.EXECUTION_TIMED_OUT,
         State.CANCELLED,
         State.SKIPPED,
+        State.ROLLED_BACK,
     }
 )
-#: What counts towards a job's max errors.
-ERRORS: Final = frozenset({State.FAILED, State.DELIVERY_TIMED_OUT, State.EXECUTION_TIMED_OUT})
+#: What counts towards a job's max errors (a rolled-back run's change failed, too).
+ERRORS: Final = frozenset(
+    {State.FAILED, State.DELIVERY_TIMED_OUT, State.EXECUTION_TIMED_OUT, State.ROLLED_BACK}
+)
 
 S, E = State, Event
 
@@ -131,7 +138,8 @@ _RUN: Mapping[State, Mapping[Event, State]] = {
         E.DELIVERY_TIMEOUT: S.DELIVERY_TIMED_OUT,
         E.FAIL: S.FAILED,
     },
-    S.IN_PROGRESS: _RUNNING,
+    # Only a run rolls back: its steps keep the states they ended in.
+    S.IN_PROGRESS: {**_RUNNING, E.ROLL_BACK: S.ROLLED_BACK},
     S.INTERRUPTED: _AFTER_INTERRUPT,
 }
 

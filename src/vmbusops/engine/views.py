@@ -5,9 +5,11 @@ Times are ISO 8601 UTC text (:mod:`vmbusops.times`); the journal keeps seconds s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from vmbusops.engine.journal import JobView, RunView, StepView, VmRunView
+from vmbusops.engine.journal_rows import CheckpointView
 from vmbusops.times import iso_time_or_none as _iso
 
 
@@ -36,7 +38,8 @@ def job_json(job: JobView, targets: list[str] | None = None) -> dict[str, Any]:
     return out
 
 
-def run_json(r: RunView, steps: list[StepView]) -> dict[str, Any]:
+def run_json(r: RunView, steps: list[StepView], checkpoints: Sequence[CheckpointView] = ()) -> dict[str, Any]:
+    """``checkpoints``: the run's guarded spans (:mod:`.guard`), as its receipt lists them."""
     return {
         "vm": r.vm,
         "state": r.state.value,
@@ -62,6 +65,7 @@ def run_json(r: RunView, steps: list[StepView]) -> dict[str, Any]:
             }
             for s in steps
         ],
+        "checkpoints": [c.to_json() for c in checkpoints],
     }
 
 

@@ -8,7 +8,7 @@
 (function () {
   const ACTIVE = new Set(["pending", "delayed", "in-progress"]);
   const STATES = ["pending", "delayed", "in-progress", "success", "failed", "delivery-timed-out",
-    "execution-timed-out", "cancelled", "interrupted", "skipped"];
+    "execution-timed-out", "cancelled", "interrupted", "skipped", "rolled-back"];
   const STREAMS = ["output", "error", "warning", "verbose", "debug", "information", "progress", "state"];
   const LABELS = { error: "ERROR: ", warning: "WARNING: ", verbose: "VERBOSE: ", debug: "DEBUG: ",
     progress: "PROGRESS: ", state: "STATE: " };
