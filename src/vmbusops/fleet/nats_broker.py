@@ -70,6 +70,9 @@ _READER_IDLE = 300.0
 _KV_OP = "KV-Operation"
 _OBJ_DIGEST = "SHA-256="
 
+#: How long closing a client whose first connection failed may take (it holds no state).
+_CLOSE_AFTER_FAILED_CONNECT = 1.0
+
 #: JetStream's error number for "stream name already in use with a different configuration".
 _ERR_STREAM_IN_USE = 10058
 
@@ -181,8 +184,10 @@ class NatsBroker:
             try:
                 await nc.connect(**options)
             except BaseException:
+                # Bounded: after a failed TLS upgrade (an untrusted certificate) nats-py's close
+                # waits for ever on the plain stream that start_tls took over.
                 with suppress(Exception):
-                    await nc.close()
+                    await asyncio.wait_for(nc.close(), _CLOSE_AFTER_FAILED_CONNECT)
                 raise
             nc.options["allow_reconnect"] = True
             nc.options["max_reconnect_attempts"] = -1
