@@ -6,10 +6,11 @@ The agent process keeps its engine, journal, jobs nursery and HTTP API; the flee
 three tasks beside them (see ``docs/adr/0007-fleet.md`` for the whole fleet):
 
 - **presence** (:mod:`.agent_presence`): every ``heartbeat`` the host entry is put (host, cluster,
-  this process's boot id, a sequence number, the host's VMs from ``Get-VM``, ``max_sessions``) and
-  the placement of each VM the host lists is written when it changed (compare-and-set). If no
-  beat could be written for ``host_ttl``, the agent has lost the broker: the controller will judge
-  this host dead and dispatch its runs elsewhere, so every fleet run here is cancelled now (their
+  this process's boot id, a sequence number, the host's VMs as last listed, ``max_sessions``); apart
+  from the beats, the VMs are listed (``Get-VM``) every ``heartbeat`` and the placement of each VM
+  the host lists is written when it changed (compare-and-set), so a host slow to list never
+  delays a beat. If no beat could be written for ``host_ttl``, the agent has lost the broker: the
+  controller will judge this host dead and dispatch its runs elsewhere, so every fleet run here is cancelled now (their
   later facts carry the old epoch, which the controller's projection fences off). Beats go on
   being tried, and resume once the broker answers.
 - **work**: the host's durable pull consumer is read in order. A ``dispatch`` is taken once per
@@ -137,7 +138,10 @@ class FleetAgent:
         self.seq = 0
         self.last_beat_ok = 0.0
         self.lost = False
+        #: The host's VMs as last listed (by :meth:`_list_loop`); each beat carries them.
         self.vms: list[VMInfo] = []
+        self.listed = trio.Event()
+        self.beat_failing = False
         self.stopping = False
         self._scope = trio.CancelScope()
         #: Set (and replaced) whenever a run ends or a batch was published.
@@ -162,6 +166,7 @@ class FleetAgent:
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._list_loop)
                     nursery.start_soon(self._beat_loop)
                     nursery.start_soon(self._watch_lease)
                     nursery.start_soon(self._forward_loop)
@@ -214,40 +219,51 @@ class FleetAgent:
             if self.vms:
                 log.info("cannot list the host's VMs", extra={"event": "fleet-list-failed", "error": exc.message})
             self.vms = []
+        self.listed.set()
         return self.vms
 
-    async def _beat_loop(self) -> None:
-        failing = False
+    async def _list_loop(self) -> None:
+        """Refresh the listing (and the placement it implies) every ``heartbeat``, apart from the
+        beats: a host slow to answer ``Get-VM`` under load must not make the controller think it
+        lost, so each beat carries the last listing this loop got."""
         while True:
             started = trio.current_time()
             vms = await self._list_vms()
+            if not self.beat_failing:
+                try:
+                    with trio.fail_after(max(self.options.host_ttl / 2, self.options.heartbeat)):
+                        await self.placement.update(vms)
+                except (BrokerError, trio.TooSlowError) as exc:
+                    log.info("placement not written; next listing", extra={
+                        "event": "fleet-placement-failed", "error": str(exc) or "timed out",
+                    })  # fmt: skip
+            await trio.sleep_until(started + self.options.heartbeat)
+
+    async def _beat_loop(self) -> None:
+        # The first beat waits a little for the first listing, so it can say which VMs are here.
+        with trio.move_on_after(self.options.heartbeat):
+            await self.listed.wait()
+        while True:
+            started = trio.current_time()
             self.seq += 1
             entry = host_entry(
-                host=self.host, cluster=self.options.cluster, boot=self.boot, seq=self.seq, vms=vms,
+                host=self.host, cluster=self.options.cluster, boot=self.boot, seq=self.seq, vms=self.vms,
                 max_sessions=self.options.max_sessions,
             )  # fmt: skip
             try:
                 with trio.fail_after(max(self.options.host_ttl / 2, self.options.heartbeat)):
                     await put_host_entry(self.broker, self.host, entry)
                     self.last_beat_ok = trio.current_time()
-                    if failing or self.lost:
+                    if self.beat_failing or self.lost:
                         log.info("the broker takes heartbeats again", extra={"event": "fleet-broker-back"})
-                    failing = False
+                    self.beat_failing = False
                     self.lost = False
             except (BrokerError, trio.TooSlowError) as exc:
-                if not failing:
+                if not self.beat_failing:
                     log.warning("cannot write the heartbeat", extra={
                         "event": "fleet-heartbeat-failed", "error": str(exc) or "timed out",
                     })  # fmt: skip
-                failing = True
-            if not failing:
-                try:
-                    with trio.fail_after(max(self.options.host_ttl / 2, self.options.heartbeat)):
-                        await self.placement.update(vms)
-                except (BrokerError, trio.TooSlowError) as exc:
-                    log.info("placement not written; next beat", extra={
-                        "event": "fleet-placement-failed", "error": str(exc) or "timed out",
-                    })  # fmt: skip
+                self.beat_failing = True
             await trio.sleep_until(started + self.options.heartbeat)
 
     async def _watch_lease(self) -> None:
