@@ -84,7 +84,9 @@ from vmbusops.fleet.agent_presence import Placement, host_entry, put_host_entry
 from vmbusops.fleet.agent_store import DONE, REFUSED, RUNNING, STALE, FleetStore
 from vmbusops.fleet.broker import Broker, BrokerError, Delivery
 from vmbusops.fleet.names import PLACEMENT_BUCKET, check_host_name, host_log_subject
+from vmbusops.fleet.vm_labels import GROUPS_EVERY, group_names, labels_of
 from vmbusops.guestops.host import VMInfo
+from vmbusops.guestops.vm_groups import VMGroupInfo
 from vmbusops.owner import current_owner
 
 log = logging.getLogger("vmbusops.fleet.agent")
@@ -141,6 +143,10 @@ class FleetAgent:
         #: The host's VMs as last listed (by :meth:`_list_loop`); each beat carries them.
         self.vms: list[VMInfo] = []
         self.listed = trio.Event()
+        #: The host's VM groups as last listed, when; the groups and tags of its VMs.
+        self.groups: list[VMGroupInfo] | None = None
+        self.groups_at = 0.0
+        self.labels: dict[str, dict[str, list[str]]] = {}
         self.beat_failing = False
         self.stopping = False
         self._scope = trio.CancelScope()
@@ -229,6 +235,7 @@ class FleetAgent:
         while True:
             started = trio.current_time()
             vms = await self._list_vms()
+            await self._label(vms)
             if not self.beat_failing:
                 try:
                     with trio.fail_after(max(self.options.host_ttl / 2, self.options.heartbeat)):
@@ -239,6 +246,18 @@ class FleetAgent:
                     })  # fmt: skip
             await trio.sleep_until(started + self.options.heartbeat)
 
+    async def _label(self, vms: list[VMInfo]) -> None:
+        """The groups and tags of ``vms`` for the beats (groups listed every ``GROUPS_EVERY``)."""
+        if self.groups is None or trio.current_time() - self.groups_at >= GROUPS_EVERY:
+            self.groups_at = trio.current_time()
+            try:
+                self.groups = await self.engine.host.list_vm_groups()
+            except VmbusOpsError as exc:
+                if self.groups is None or self.groups:
+                    log.info("cannot list the host's VM groups", extra={"event": "fleet-groups-failed", "error": exc.message})
+                self.groups = []
+        self.labels = labels_of(vms, self.groups)
+
     async def _beat_loop(self) -> None:
         # The first beat waits a little for the first listing, so it can say which VMs are here.
         with trio.move_on_after(self.options.heartbeat):
@@ -248,7 +267,7 @@ class FleetAgent:
             self.seq += 1
             entry = host_entry(
                 host=self.host, cluster=self.options.cluster, boot=self.boot, seq=self.seq, vms=self.vms,
-                max_sessions=self.options.max_sessions,
+                max_sessions=self.options.max_sessions, labels=self.labels, groups=group_names(self.groups or []),
             )  # fmt: skip
             try:
                 with trio.fail_after(max(self.options.host_ttl / 2, self.options.heartbeat)):
