@@ -68,6 +68,8 @@ DEFAULT_ACK_WAIT = 30.0
 _READER_IDLE = 300.0
 
 _KV_OP = "KV-Operation"
+#: Entries fetched at once when a bucket is listed.
+_KV_PAGE = 256
 _OBJ_DIGEST = "SHA-256="
 
 #: How long closing a client whose first connection failed may take (it holds no state).
@@ -404,16 +406,24 @@ class NatsBroker:
             num_replicas=1,
         )
         out: dict[str, KvEntry] = {}
+        # The keys there are now. Reading on "until nothing is pending" chased the tail of a
+        # bucket written faster than it was read (host entries: every beat of every host) and
+        # never ended; the listing ends once each of these keys was read (a key rewritten
+        # meanwhile comes later in the stream, with its newer value).
+        state = (await self._jsc.stream_info(stream, subjects_filter=pre + ">")).state
+        wanted = {subject[len(pre) :] for subject in (state.subjects or {})}
+        seen: set[str] = set()
         info = await self._jsc.add_consumer(stream, config)
         sub = await self._jsc.pull_subscribe_bind(stream=stream, consumer=info.name)
         try:
             pending = info.num_pending or 0
-            while pending > 0:
-                msgs = await sub.fetch(min(pending, 256), timeout=self._timeout)
+            while pending > 0 and not wanted <= seen:
+                msgs = await sub.fetch(min(pending, _KV_PAGE), timeout=self._timeout)
                 for msg in msgs:
                     meta = msg.metadata
                     pending = meta.num_pending
                     key = msg.subject[len(pre) :]
+                    seen.add(key)
                     op = (msg.headers or {}).get(_KV_OP)
                     if op in ("DEL", "PURGE"):
                         out.pop(key, None)
