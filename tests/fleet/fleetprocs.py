@@ -5,6 +5,7 @@ state they share, each process with its own VMBUSOPS_HOME."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -35,17 +36,23 @@ name = "HV-C"
 Proc = FleetProcess
 
 
-def lab_text(vms: dict[str, str]) -> str:
-    """``vms``: VM name -> the host that owns it at first (guests take the lab's own credential)."""
-    return LAB + "".join(f'\n[[vm]]\nname = "{vm}"\nhost = "{host}"\n' for vm, host in vms.items())
+def lab_text(vms: dict[str, str], notes: dict[str, str] | None = None) -> str:
+    """``vms``: VM name -> the host that owns it at first (guests take the lab's own credential);
+    ``notes``: VM name -> its Notes."""
+    return LAB + "".join(
+        f'\n[[vm]]\nname = "{vm}"\nhost = "{host}"\n'
+        + (f"notes = {json.dumps((notes or {})[vm])}\n" if vm in (notes or {}) else "")
+        for vm, host in vms.items()
+    )
 
 
 class FleetProcs(LocalFleet):
     """:class:`LocalFleet` on the test's nats-server, nothing started until the test says."""
 
-    def __init__(self, tmp: Path, nats_url: str, vms: dict[str, str], *, host_ttl: float = 5.0, lease_ttl: float = 3.0) -> None:
+    def __init__(self, tmp: Path, nats_url: str, vms: dict[str, str], *, host_ttl: float = 5.0, lease_ttl: float = 3.0,
+                 more_lab: str = "", notes: dict[str, str] | None = None) -> None:  # fmt: skip
         super().__init__(
-            tmp, lab_text=lab_text(vms), nats_url=nats_url, controllers=0, start_agents=False, host_ttl=host_ttl,
+            tmp, lab_text=lab_text(vms, notes) + more_lab, nats_url=nats_url, controllers=0, start_agents=False, host_ttl=host_ttl,
             lease_ttl=lease_ttl, heartbeat=0.2, canary=1, log_level="info",
         )  # fmt: skip
         self.vms = vms

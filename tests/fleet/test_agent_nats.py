@@ -400,3 +400,29 @@ async def test_a_bundle_by_tag_serves_only_the_vms_its_tags_select_on_this_host(
         [refused] = [f for f in facts if isinstance(f, messages.RefusedFact)]
         assert (refused.run, refused.code) == (2, "BundleRejected") and "does not select VM 'web02'" in refused.reason
         assert len(local_jobs(fleet.journal)) == 1
+
+
+async def test_a_host_slow_to_list_its_vms_still_beats_with_the_last_listing(
+    nats_server: NatsServer, broker: NatsBroker, tmp_path: Path
+) -> None:
+    async with fleet_of(nats_server, broker, tmp_path, heartbeat=0.1, host_ttl=1.0) as fleet:
+        await until(lambda: len(fleet.agent.vms) == 3)
+        host = fleet.agent.engine.host
+        release = trio.Event()
+        stalled = trio.Event()
+        listing = host.list_vms
+
+        async def stuck(names: Any = None) -> Any:  # Get-VM that does not answer until released
+            stalled.set()
+            await release.wait()
+            return await listing(names)
+
+        host.list_vms = stuck  # type: ignore[method-assign]
+        await stalled.wait()
+        beat = fleet.agent.seq
+        await until(lambda: fleet.agent.seq >= beat + 5)  # beats go on while Get-VM hangs
+        entry = await broker.kv_get(names.HOSTS_BUCKET, HOST)
+        assert entry is not None and json.loads(entry.value)["seq"] > beat
+        assert sorted(v["vm"] for v in json.loads(entry.value)["vms"]) == ["web01", "web02", "web03"]
+        assert not fleet.agent.lost
+        release.set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import Any
 
 import pytest
 import trio
@@ -118,6 +119,38 @@ async def test_kv_entries_are_the_current_values(broker: NatsBroker) -> None:
     assert sorted(entries) == ["vm-1", "vm-2"]
     assert (entries["vm-1"].value, entries["vm-1"].revision) == (b"on B", last)
     assert entries["vm-2"].value == b"on B"
+
+
+async def test_kv_entries_end_while_the_bucket_is_written_faster_than_it_is_read(
+    broker: NatsBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Host entries change every beat of every host: a listing must not chase them. Here, one
+    entry a page, every host the listing has read beats again before the next page (as a busy
+    fleet does to a slow reader): there is always more to read, and the listing still ends."""
+    from nats.js.client import JetStreamContext
+
+    from vmbusops.fleet import nats_broker
+
+    bucket = names.HOSTS_BUCKET
+    for host in ("hv1", "hv2", "hv3"):
+        await broker.kv_put(bucket, host, b"beat 0")
+    fetch = JetStreamContext.PullSubscription.fetch
+    read: set[str] = set()
+
+    async def beat_then_fetch(self: JetStreamContext.PullSubscription, *args: Any, **kw: Any) -> Any:
+        js = broker._js
+        assert js is not None
+        for subject in sorted(read):
+            await js.publish(subject, b"beat again")
+        msgs = await fetch(self, *args, **kw)
+        read.update(m.subject for m in msgs)
+        return msgs
+
+    monkeypatch.setattr(nats_broker, "_KV_PAGE", 1)
+    monkeypatch.setattr(JetStreamContext.PullSubscription, "fetch", beat_then_fetch)
+    with trio.fail_after(nats_broker.DEFAULT_REQUEST_TIMEOUT * 2):  # a guard against the chase
+        entries = await broker.kv_entries(bucket)
+    assert sorted(entries) == ["hv1", "hv2", "hv3"]
 
 
 async def test_work_is_redelivered_until_acked_and_never_after_term(broker: NatsBroker) -> None:

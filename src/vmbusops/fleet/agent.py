@@ -6,10 +6,11 @@ The agent process keeps its engine, journal, jobs nursery and HTTP API; the flee
 three tasks beside them (see ``docs/adr/0007-fleet.md`` for the whole fleet):
 
 - **presence** (:mod:`.agent_presence`): every ``heartbeat`` the host entry is put (host, cluster,
-  this process's boot id, a sequence number, the host's VMs from ``Get-VM``, ``max_sessions``) and
-  the placement of each VM the host lists is written when it changed (compare-and-set). If no
-  beat could be written for ``host_ttl``, the agent has lost the broker: the controller will judge
-  this host dead and dispatch its runs elsewhere, so every fleet run here is cancelled now (their
+  this process's boot id, a sequence number, the host's VMs as last listed, ``max_sessions``); apart
+  from the beats, the VMs are listed (``Get-VM``) every ``heartbeat`` and the placement of each VM
+  the host lists is written when it changed (compare-and-set), so a host slow to list never
+  delays a beat. If no beat could be written for ``host_ttl``, the agent has lost the broker: the
+  controller will judge this host dead and dispatch its runs elsewhere, so every fleet run here is cancelled now (their
   later facts carry the old epoch, which the controller's projection fences off). Beats go on
   being tried, and resume once the broker answers.
 - **work**: the host's durable pull consumer is read in order. A ``dispatch`` is taken once per
@@ -77,7 +78,9 @@ from vmbusops.fleet.agent_bundles import (
     FleetBundle,
     Refusal,
     bundle_cache_dir,
+    dispatch_start,
     fetch_bundle,
+    remove_bundle,
     verify_for_vm,
     vm_selected_here,
 )
@@ -85,7 +88,9 @@ from vmbusops.fleet.agent_presence import Placement, host_entry, put_host_entry
 from vmbusops.fleet.agent_store import REFUSED, RUNNING, STALE, FleetStore
 from vmbusops.fleet.broker import Broker, BrokerError, Delivery
 from vmbusops.fleet.names import PLACEMENT_BUCKET, check_host_name, host_log_subject
+from vmbusops.fleet.vm_labels import GROUPS_EVERY, group_names, labels_of
 from vmbusops.guestops.host import VMInfo
+from vmbusops.guestops.vm_groups import VMGroupInfo
 from vmbusops.owner import current_owner
 
 log = logging.getLogger("vmbusops.fleet.agent")
@@ -144,7 +149,14 @@ class FleetAgent:
         self.seq = 0
         self.last_beat_ok = 0.0
         self.lost = False
+        #: The host's VMs as last listed (by :meth:`_list_loop`); each beat carries them.
         self.vms: list[VMInfo] = []
+        self.listed = trio.Event()
+        #: The host's VM groups as last listed, when; the groups and tags of its VMs.
+        self.groups: list[VMGroupInfo] | None = None
+        self.groups_at = 0.0
+        self.labels: dict[str, dict[str, list[str]]] = {}
+        self.beat_failing = False
         self.stopping = False
         self._scope = trio.CancelScope()
         #: Set (and replaced) whenever a run ends or a batch was published.
@@ -169,6 +181,7 @@ class FleetAgent:
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._list_loop)
                     nursery.start_soon(self._beat_loop)
                     nursery.start_soon(self._watch_lease)
                     nursery.start_soon(self._forward_loop)
@@ -221,40 +234,64 @@ class FleetAgent:
             if self.vms:
                 log.info("cannot list the host's VMs", extra={"event": "fleet-list-failed", "error": exc.message})
             self.vms = []
+        self.listed.set()
         return self.vms
 
-    async def _beat_loop(self) -> None:
-        failing = False
+    async def _list_loop(self) -> None:
+        """Refresh the listing (and the placement it implies) every ``heartbeat``, apart from the
+        beats: a host slow to answer ``Get-VM`` under load must not make the controller think it
+        lost, so each beat carries the last listing this loop got."""
         while True:
             started = trio.current_time()
             vms = await self._list_vms()
+            await self._label(vms)
+            if not self.beat_failing:
+                try:
+                    with trio.fail_after(max(self.options.host_ttl / 2, self.options.heartbeat)):
+                        await self.placement.update(vms)
+                except (BrokerError, trio.TooSlowError) as exc:
+                    log.info("placement not written; next listing", extra={
+                        "event": "fleet-placement-failed", "error": str(exc) or "timed out",
+                    })  # fmt: skip
+            await trio.sleep_until(started + self.options.heartbeat)
+
+    async def _label(self, vms: list[VMInfo]) -> None:
+        """The groups and tags of ``vms`` for the beats (groups listed every ``GROUPS_EVERY``)."""
+        if self.groups is None or trio.current_time() - self.groups_at >= GROUPS_EVERY:
+            self.groups_at = trio.current_time()
+            try:
+                self.groups = await self.engine.host.list_vm_groups()
+            except VmbusOpsError as exc:
+                if self.groups is None or self.groups:
+                    log.info("cannot list the host's VM groups", extra={"event": "fleet-groups-failed", "error": exc.message})
+                self.groups = []
+        self.labels = labels_of(vms, self.groups)
+
+    async def _beat_loop(self) -> None:
+        # The first beat waits a little for the first listing, so it can say which VMs are here.
+        with trio.move_on_after(self.options.heartbeat):
+            await self.listed.wait()
+        while True:
+            started = trio.current_time()
             self.seq += 1
             entry = host_entry(
-                host=self.host, cluster=self.options.cluster, boot=self.boot, seq=self.seq, vms=vms,
-                max_sessions=self.options.max_sessions,
+                host=self.host, cluster=self.options.cluster, boot=self.boot, seq=self.seq, vms=self.vms,
+                max_sessions=self.options.max_sessions, labels=self.labels, groups=group_names(self.groups or []),
             )  # fmt: skip
             try:
                 with trio.fail_after(max(self.options.host_ttl / 2, self.options.heartbeat)):
                     await put_host_entry(self.broker, self.host, entry)
                     self.last_beat_ok = trio.current_time()
-                    if failing or self.lost:
+                    if self.beat_failing or self.lost:
                         log.info("the broker takes heartbeats again", extra={"event": "fleet-broker-back"})
-                    failing = False
+                    self.beat_failing = False
                     self.lost = False
             except (BrokerError, trio.TooSlowError) as exc:
-                if not failing:
+                if not self.beat_failing:
                     log.warning("cannot write the heartbeat", extra={
                         "event": "fleet-heartbeat-failed", "error": str(exc) or "timed out",
                     })  # fmt: skip
-                failing = True
-            if not failing:
-                try:
-                    with trio.fail_after(max(self.options.host_ttl / 2, self.options.heartbeat)):
-                        await self.placement.update(vms)
-                except (BrokerError, trio.TooSlowError) as exc:
-                    log.info("placement not written; next beat", extra={
-                        "event": "fleet-placement-failed", "error": str(exc) or "timed out",
-                    })  # fmt: skip
+                self.beat_failing = True
             await trio.sleep_until(started + self.options.heartbeat)
 
     async def _watch_lease(self) -> None:
@@ -365,7 +402,7 @@ class FleetAgent:
         )
         bundle = await trio.to_thread.run_sync(lambda: verify_for_vm(data, vm=work.vm, digest=work.bundle))
         try:
-            start = _run_start(work, len(bundle.verified.manifest.steps))
+            start = dispatch_start(work, len(bundle.verified.manifest.steps))
             await vm_selected_here(bundle.verified.manifest, work.vm, self.engine.host)
             try:
                 # Resolved here, from this agent's own store, as for a local job; only found now
@@ -375,7 +412,7 @@ class FleetAgent:
                 raise Refusal(exc.code.value, exc.message) from None
             await trio.to_thread.run_sync(self._bind, bundle, work.job)
         except BaseException:
-            _remove(bundle)
+            remove_bundle(bundle)
             raise
         return bundle, start
 
@@ -484,7 +521,7 @@ class FleetAgent:
                     # unacked, so that its redelivery is taken again.
                     nursery.cancel_scope.cancel()
                     self.store.forget(work.job, work.run, work.epoch)
-                    _remove(bundle)
+                    remove_bundle(bundle)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -633,26 +670,6 @@ class FleetAgent:
                     raise
                 await trio.sleep(delay)
                 delay = min(delay * 2, self.options.retry_max)
-
-
-def _run_start(work: messages.DispatchWork, steps: int) -> RunStart:
-    """The dispatch's start as the engine takes it; a Refusal when it does not fit the bundle."""
-    try:
-        start = RunStart(
-            step_states=tuple(State(s) for s in work.start.step_states),
-            attempts=tuple(work.start.attempts),
-            next_seq=work.start.next_seq,
-        )
-        start.check(steps)
-    except ValueError as exc:
-        raise Refusal(FailureCode.INTERNAL.value, f"the dispatch's start does not fit the bundle: {exc}") from None
-    return start
-
-
-def _remove(bundle: FleetBundle) -> None:
-    import shutil
-
-    shutil.rmtree(bundle.directory, ignore_errors=True)
 
 
 async def abandon_local_job(engine: Engine, local_job: int, job: int, run: int, epoch: int) -> None:

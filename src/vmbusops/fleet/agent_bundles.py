@@ -37,8 +37,11 @@ from vmbusops.bundle.paths import accepted_bundles_dir, trust_policy_path
 from vmbusops.bundle.policy import load_trust_policy
 from vmbusops.bundle.replay import ReplayStore
 from vmbusops.bundle.verify import VerifiedBundle, verify_stream
+from vmbusops.engine.run_start import RunStart
+from vmbusops.engine.states import State
 from vmbusops.engine.targets import resolve_on_host
 from vmbusops.errors import BundleError, ConfigError, FailureCode
+from vmbusops.fleet import messages
 from vmbusops.fleet.broker import Broker
 from vmbusops.guestops.host import HyperVHost
 from vmbusops.home import home_dir, private_dir
@@ -178,14 +181,34 @@ async def vm_selected_here(manifest: Manifest, vm: str, host: HyperVHost) -> Non
         )
 
 
+def dispatch_start(work: messages.DispatchWork, steps: int) -> RunStart:
+    """The dispatch's start as the engine takes it; a Refusal when it does not fit the bundle."""
+    try:
+        start = RunStart(
+            step_states=tuple(State(s) for s in work.start.step_states),
+            attempts=tuple(work.start.attempts),
+            next_seq=work.start.next_seq,
+        )
+        start.check(steps)
+    except ValueError as exc:
+        raise Refusal(FailureCode.INTERNAL.value, f"the dispatch's start does not fit the bundle: {exc}") from None
+    return start
+
+
+def remove_bundle(bundle: FleetBundle) -> None:
+    shutil.rmtree(bundle.directory, ignore_errors=True)
+
+
 __all__ = [
     "REPLAYED_BUNDLE",
     "FleetBundle",
     "Refusal",
     "bundle_cache_dir",
     "check_vm",
+    "dispatch_start",
     "fetch_bundle",
     "read_cached",
+    "remove_bundle",
     "verify_for_vm",
     "vm_selected_here",
     "write_cached",

@@ -4,8 +4,13 @@ Host entry (KV ``vmbusops_hosts``, key = the host's fleet name), put every heart
 
     {"host": "hv01", "cluster": "c1" | null, "boot": "<uuid hex, one per agent process>",
      "seq": 1, 2, ..., "time": <seconds since the epoch>,
-     "vms": [{"vm": "web01", "vm_id": "<lowercase guid>", "state": "Running"}, ...],
-     "max_sessions": 32}
+     "vms": [{"vm": "web01", "vm_id": "<lowercase guid>", "state": "Running",
+              "groups": ["web-tier"], "tags": ["web"]}, ...],
+     "max_sessions": 32, "groups": ["web-tier", ...]}
+
+A VM row has ``groups`` and ``tags`` only when it has some, the entry ``groups`` only when the
+host has any (:mod:`vmbusops.fleet.vm_labels`: how the controller resolves a bundle's groups and
+tags over the fleet).
 
 The controller judges a host alive while the entry's revision keeps changing; a new ``boot``
 tells it the agent process is new (its runs of the old process were not resumed here).
@@ -29,7 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +49,12 @@ def _dumps(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
-def vm_rows(vms: Sequence[VMInfo]) -> list[dict[str, str]]:
-    return [{"vm": vm.name, "vm_id": vm.id.lower(), "state": vm.state} for vm in vms]
+def vm_rows(vms: Sequence[VMInfo], labels: Mapping[str, Mapping[str, list[str]]] | None = None) -> list[dict[str, Any]]:
+    """A row per VM; ``labels`` (:func:`vmbusops.fleet.vm_labels.labels_of`) adds its groups and tags."""
+    return [
+        {"vm": vm.name, "vm_id": vm.id.lower(), "state": vm.state, **(labels or {}).get(vm.id.lower(), {})}
+        for vm in vms
+    ]
 
 
 def host_entry(
@@ -57,10 +66,13 @@ def host_entry(
     vms: Sequence[VMInfo],
     max_sessions: int,
     now: float | None = None,
+    labels: Mapping[str, Mapping[str, list[str]]] | None = None,
+    groups: Sequence[str] = (),
 ) -> bytes:
     return _dumps({
         "host": host, "cluster": cluster, "boot": boot, "seq": seq,
-        "time": time.time() if now is None else now, "vms": vm_rows(vms), "max_sessions": max_sessions,
+        "time": time.time() if now is None else now, "vms": vm_rows(vms, labels), "max_sessions": max_sessions,
+        **({"groups": list(groups)} if groups else {}),
     })  # fmt: skip
 
 

@@ -66,6 +66,9 @@ class JobFact:
     enable_guest_services: bool
     runs: tuple[RunPlacement, ...]
     time: float
+    #: The VMs the targets selected that the signer's scope left out (JSON text of the journal's
+    #: ``left_out`` column); may be absent.
+    left_out: str | None = None
 
     def msg_id(self) -> str:
         return f"job-{self.submission}"
@@ -231,7 +234,10 @@ _WORK: dict[str, type[Any]] = {c.kind: c for c in (DispatchWork, CancelWork)}
 def encode(message: LogFact | Work) -> bytes:
     body: dict[str, Any] = {"v": VERSION, "kind": message.kind}
     for f in fields(message):
-        body[f.name] = _plain(getattr(message, f.name))
+        value = getattr(message, f.name)
+        if value is None and f.name in _OPTIONAL.get(type(message), ()):
+            continue
+        body[f.name] = _plain(value)
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -289,6 +295,8 @@ def _build(cls: type[Any], body: dict[str, Any], where: str, header: set[str]) -
     values: dict[str, Any] = {}
     for name in names:
         if name not in body:
+            if name in _OPTIONAL.get(cls, ()):
+                continue
             raise FleetMessageError(f"{where} {kind} message lacks {name!r}")
         try:
             values[name] = _OVERRIDES.get((cls, name), _FIELDS[name])(body[name])
@@ -455,7 +463,11 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
     "start": _start,
     "controller": _str,
     "batches": _batches,
+    "left_out": _opt(_str),
 }
+
+#: Fields a message may leave out (then their default); left out when encoded as None.
+_OPTIONAL: dict[type[Any], tuple[str, ...]] = {JobFact: ("left_out",)}
 
 #: Fields whose type differs in one message.
 _OVERRIDES: dict[tuple[type[Any], str], Callable[[Any], Any]] = {(CancelFact, "run"): _opt(_pos)}

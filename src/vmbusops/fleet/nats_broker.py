@@ -68,7 +68,12 @@ DEFAULT_ACK_WAIT = 30.0
 _READER_IDLE = 300.0
 
 _KV_OP = "KV-Operation"
+#: Entries fetched at once when a bucket is listed.
+_KV_PAGE = 256
 _OBJ_DIGEST = "SHA-256="
+
+#: How long closing a client whose first connection failed may take (it holds no state).
+_CLOSE_AFTER_FAILED_CONNECT = 1.0
 
 #: JetStream's error number for "stream name already in use with a different configuration".
 _ERR_STREAM_IN_USE = 10058
@@ -181,8 +186,10 @@ class NatsBroker:
             try:
                 await nc.connect(**options)
             except BaseException:
+                # Bounded: after a failed TLS upgrade (an untrusted certificate) nats-py's close
+                # waits for ever on the plain stream that start_tls took over.
                 with suppress(Exception):
-                    await nc.close()
+                    await asyncio.wait_for(nc.close(), _CLOSE_AFTER_FAILED_CONNECT)
                 raise
             nc.options["allow_reconnect"] = True
             nc.options["max_reconnect_attempts"] = -1
@@ -410,16 +417,24 @@ class NatsBroker:
             num_replicas=1,
         )
         out: dict[str, KvEntry] = {}
+        # The keys there are now. Reading on "until nothing is pending" chased the tail of a
+        # bucket written faster than it was read (host entries: every beat of every host) and
+        # never ended; the listing ends once each of these keys was read (a key rewritten
+        # meanwhile comes later in the stream, with its newer value).
+        state = (await self._jsc.stream_info(stream, subjects_filter=pre + ">")).state
+        wanted = {subject[len(pre) :] for subject in (state.subjects or {})}
+        seen: set[str] = set()
         info = await self._jsc.add_consumer(stream, config)
         sub = await self._jsc.pull_subscribe_bind(stream=stream, consumer=info.name)
         try:
             pending = info.num_pending or 0
-            while pending > 0:
-                msgs = await sub.fetch(min(pending, 256), timeout=self._timeout)
+            while pending > 0 and not wanted <= seen:
+                msgs = await sub.fetch(min(pending, _KV_PAGE), timeout=self._timeout)
                 for msg in msgs:
                     meta = msg.metadata
                     pending = meta.num_pending
                     key = msg.subject[len(pre) :]
+                    seen.add(key)
                     op = (msg.headers or {}).get(_KV_OP)
                     if op in ("DEL", "PURGE"):
                         out.pop(key, None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 from collections.abc import Coroutine
 from contextlib import suppress
 from typing import Any, TypeVar
@@ -114,6 +115,11 @@ class CallGuard:
             if self.sub_denied is not None:
                 text += f" (the server refused to subscribe to {self.sub_denied.subject})"
             return text
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            why = exc.verify_message or str(exc)
+            return f"the server's TLS certificate is not trusted ({why}); give the CA that signed it"
+        if isinstance(exc, ssl.SSLError):
+            return f"the TLS handshake failed ({exc.reason or exc})"
         if isinstance(exc, nats.errors.ConnectionClosedError):
             return "the connection is closed"
         if isinstance(exc, nats.errors.NoServersError):

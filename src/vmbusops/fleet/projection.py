@@ -285,11 +285,11 @@ class _Apply:
         cur = db.execute(
             "INSERT INTO jobs (bundle_name, bundle_version, bundle_id, source, manifest, bundle_dir,"
             " enable_guest_services, envelope, submitter, host, state, created_at, owner_pid, owner_started,"
-            " heartbeat_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " heartbeat_at, left_out) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 manifest.name, manifest.version, manifest.id, fact.source, fact.manifest, None,
                 int(fact.enable_guest_services), fact.envelope, fact.submitter, FLEET_HOST, State.PENDING.value,
-                fact.time, self.owner.pid, self.owner.started, fact.time,
+                fact.time, self.owner.pid, self.owner.started, fact.time, fact.left_out,
             ),
         )  # fmt: skip
         job_id = int(cur.lastrowid or 0)

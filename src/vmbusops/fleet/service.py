@@ -7,8 +7,9 @@ from the fleet:
 
 - a submission is verified with this controller's trust policy and replay store
   (:mod:`vmbusops.engine.acceptance`, as the agent does), its targets resolved against placement
-  (names and globs as one agent resolves them against its VMs; the caller's scope checked by VM
-  name), the archive's bytes put in the object store under their SHA-256, and a ``job`` fact
+  (names and globs as one agent resolves them against its VMs; groups and tags from what the live
+  hosts report, :mod:`vmbusops.fleet.vm_labels`; the caller's scope checked by VM name, the
+  signer's scope bounding what groups and tags selected, the rest left out), the archive's bytes put in the object store under their SHA-256, and a ``job`` fact
   published; the answer waits until the projection has applied that fact, which gives the id;
 - a standby controller refuses submissions (503, ``Retry-After``) and serves everything else;
 - cancel publishes a ``cancel`` fact (the active controller takes it to the hosts);
@@ -21,6 +22,7 @@ reads its own; the projection feeds the followers (:meth:`FleetService.on_commit
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 import uuid
@@ -37,9 +39,12 @@ from vmbusops.bundle.manifest import Manifest
 from vmbusops.bundle.verify import AcceptedBundle, read_unverified
 from vmbusops.engine import JobSource, acceptance, resolve_targets
 from vmbusops.engine.states import State
+from vmbusops.engine.targets import within_scope
 from vmbusops.errors import ConfigError, VmbusOpsError
 from vmbusops.fleet.messages import CancelFact, JobFact, RunPlacement
-from vmbusops.fleet.planner import Decide, Placed
+from vmbusops.fleet.names import HOSTS_BUCKET
+from vmbusops.fleet.planner import Decide, Placed, parse_host_entry
+from vmbusops.fleet.vm_labels import resolve_in_fleet
 from vmbusops.guestops.supervisor import HostStatus
 
 if TYPE_CHECKING:
@@ -55,6 +60,10 @@ if TYPE_CHECKING:
 
 #: How long a submission or a cancel waits for the projection to apply its fact.
 APPLY_WAIT_SECONDS = 30.0
+
+
+def _out_of_scope() -> list[str]:
+    raise TargetsOutOfScope(())
 
 
 class FleetNotReady(VmbusOpsError):
@@ -127,7 +136,14 @@ class FleetService(AgentService):
     async def check_targets(self, manifest: Manifest, who: Principal) -> list[str]:
         by_name = self._placed_by_name()
         names = sorted({p[0].vm for p in by_name.values()}, key=str.casefold)
-        targets = resolve_targets(manifest, names)
+        if manifest.targets.groups or manifest.targets.tags:
+            targets = await self._by_groups_or_tags(manifest)
+            if not manifest.targets.vms:
+                # As on one agent: VMs groups or tags alone select outside the caller's scope
+                # are dropped unnamed (not the caller's to run on, nor to learn of).
+                targets = [vm for vm in targets if who.covers_vm(vm)] or _out_of_scope()
+        else:
+            targets = resolve_targets(manifest, names)
         if any(not who.covers_vm(vm) for vm in targets) or (not targets and not who.sees_all_vms()):
             raise TargetsOutOfScope(tuple(p for p in manifest.targets.vms if _reaches_outside(p, targets, who)))
         if not targets:
@@ -148,6 +164,18 @@ class FleetService(AgentService):
                 hint="rename one of them; a fleet job names each VM once",
             )
         return targets
+
+    async def _by_groups_or_tags(self, manifest: Manifest) -> list[str]:
+        """The VMs on live hosts that the bundle's groups and tags select, from the hosts' own
+        reports (read now: a submission is rare, the entries change every beat)."""
+        live = {h for h, view in self.controller.hosts.items() if view.alive}
+        entries = {}
+        for key, entry in (await self.controller.broker.kv_entries(HOSTS_BUCKET)).items():
+            body = parse_host_entry(entry)
+            if body is not None and key in live:
+                entries[key] = body
+        placed = [(p.vm, p.vm_id, p.host) for p in self.controller.placement.values() if p.host in live]
+        return resolve_in_fleet(manifest, placed, entries)
 
     async def vm_listing(self, who: Principal) -> list[dict[str, Any]]:
         return [
@@ -188,16 +216,20 @@ class FleetService(AgentService):
         if digest is None or source.targets is None:
             raise FleetNotReady("the submission was not accepted by this controller")
         self._refuse_if_standby()
+        # The signer's scope bounds what groups and tags selected, by VM name (a bundle's own
+        # names were checked against it when it was accepted); the rest is left out, with why.
+        kept, left_out = within_scope(source.targets, source.scope_vms)
         by_name = self._placed_by_name()
         runs = tuple(
             RunPlacement(vm=vm, vm_id=by_name[vm.casefold()][0].vm_id, host=by_name[vm.casefold()][0].host)
-            for vm in source.targets
+            for vm in kept
         )
         fact = JobFact(
             submission=uuid.uuid4().hex, bundle=digest,
             envelope=source.envelope.decode("utf-8") if source.envelope is not None else "",
             manifest=source.manifest.to_json().decode("utf-8"), source=source.source, submitter=source.submitter,
             enable_guest_services=source.enable_guest_services, runs=runs, time=time.time(),
+            left_out=json.dumps([lo.to_json() for lo in left_out]) if left_out else None,
         )  # fmt: skip
         seq = await self.controller.publish_fact(Decide(fact))
         if not await self.controller.wait_applied(seq, APPLY_WAIT_SECONDS):

@@ -328,19 +328,26 @@
 
   // ------------------------------------------------------------------ the host's VMs, schedules
   function vmsView() {
+    // A fleet controller's listing says where each VM is (host, cluster): then those columns show.
+    const head = el("thead");
     const body = el("tbody", { id: "vms-body" });
-    $("view").replaceChildren(el("h1", {}, "VMs on this host"),
-      el("table", { id: "vms" },
-        el("thead", {}, el("tr", {}, ["VM", "State", "Heartbeat", "Guest Service Interface", "Uptime", ""].map((h) => el("th", {}, h)))),
-        body));
+    const heading = el("h1", {}, "VMs on this host");
+    $("view").replaceChildren(heading, el("table", { id: "vms" }, head, body));
+    const columns = (fleet) => [...(fleet ? ["VM", "Host", "Cluster"] : ["VM"]),
+      "State", "Heartbeat", "Guest Service Interface", "Uptime", ""];
     leave = every(POLL_MS * 3, async () => {
       const vms = (await api("/v1/vms")).vms;
+      const fleet = vms.some((v) => "host" in v);
+      heading.textContent = fleet ? "VMs of the fleet" : "VMs on this host";
+      head.replaceChildren(el("tr", {}, columns(fleet).map((h) => el("th", {}, h))));
       body.replaceChildren(...vms.map((v) => el("tr", { "data-vm": v.vm },
-        el("td", {}, v.vm), el("td", {}, v.state), el("td", {}, v.heartbeat || ""),
+        el("td", {}, v.vm),
+        fleet ? [el("td", { class: "host" }, v.host || ""), el("td", { class: "cluster" }, v.cluster || "")] : [],
+        el("td", {}, v.state), el("td", {}, v.heartbeat || ""),
         el("td", {}, v.guest_services === null ? "unknown" : v.guest_services ? "enabled" : "disabled"),
         el("td", {}, v.uptime || ""),
         el("td", {}, el("a", { href: "#/jobs?vm=" + encodeURIComponent(v.vm) }, "jobs")))));
-      if (!vms.length) body.replaceChildren(el("tr", {}, el("td", { colspan: 6, class: "muted" }, "No VMs in scope.")));
+      if (!vms.length) body.replaceChildren(el("tr", {}, el("td", { colspan: columns(fleet).length, class: "muted" }, "No VMs in scope.")));
     });
   }
   function schedulesView() {
