@@ -62,6 +62,9 @@ def test_hosts_reports_reachability_and_allowed_cmdlets(inventory: Any) -> None:
     ssh = rows["hv-ssh"]
     assert ssh["reachable"] and ssh["transport"] == "ssh" and ssh["missing"] == []
     assert {"Get-VM", "Copy-VMFile", "Invoke-Command", "Get-FileHash"} <= set(ssh["allowed"])
+    # Hyper-V's own spelling; its aliases (Get-VMCheckpoint...) name no command of their own.
+    assert {"Checkpoint-VM", "Get-VMSnapshot", "Restore-VMSnapshot"} <= set(ssh["allowed"])
+    assert not any("checkpoint" in a.casefold() and a != "Checkpoint-VM" for a in ssh["allowed"])
     assert ssh["extra"] == ["Disable-VMIntegrationService"], "the simulator offers one cmdlet the agent never sends"
     assert rows["hv-sim"]["reachable"]
     assert not rows["hv-down"]["reachable"] and "cannot reach" in rows["hv-down"]["error"]

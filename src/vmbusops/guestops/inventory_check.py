@@ -37,6 +37,13 @@ class HostReport:
         return self.reachable and not self.missing
 
 
+def _is_alias(command_type: object) -> bool:
+    """Get-Command's CommandType: a string from the simulator, an enum object from PowerShell."""
+    if isinstance(command_type, PSObjectValue):
+        command_type = command_type.to_string
+    return command_type == "Alias"
+
+
 async def check_host(name: str, config: Config, *, timeout: float = 30.0) -> HostReport:
     """Open the host, list the cmdlets it allows (``Get-Command``), compare with what we need."""
     from vmbusops.guestops.connect import open_host
@@ -56,6 +63,8 @@ async def check_host(name: str, config: Config, *, timeout: float = 30.0) -> Hos
     for record in records:
         if isinstance(record, OutputRecord):
             value = record.value
+            if isinstance(value, PSObjectValue) and _is_alias(value.get("CommandType")):
+                continue  # another name of a listed command, not a command of its own
             text = value.get("Name") if isinstance(value, PSObjectValue) else value
             if isinstance(text, str):
                 allowed.add(text)

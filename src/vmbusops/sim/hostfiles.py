@@ -126,6 +126,11 @@ _SPELLING = {
     "get-filehash": "Get-FileHash", "get-command": "Get-Command",
     "write-vmbusopsstagedfile": "Write-VmbusOpsStagedFile", "remove-vmbusopsstagingfolder": "Remove-VmbusOpsStagingFolder",
     "invoke-vmbusopsguest": "Invoke-VmbusOpsGuest",
+    "checkpoint-vm": "Checkpoint-VM", "get-vmsnapshot": "Get-VMSnapshot", "restore-vmsnapshot": "Restore-VMSnapshot",
+    "remove-vmsnapshot": "Remove-VMSnapshot", "get-vmharddiskdrive": "Get-VMHardDiskDrive",
+    "get-volume": "Get-Volume", "get-vmcheckpoint": "Get-VMCheckpoint",
+    "restore-vmcheckpoint": "Restore-VMCheckpoint", "remove-vmcheckpoint": "Remove-VMCheckpoint",
+    "get-vmgroup": "Get-VMGroup",
 }
 _FUNCTIONS = frozenset({"write-vmbusopsstagedfile", "remove-vmbusopsstagingfolder", "invoke-vmbusopsguest"})
 
@@ -135,7 +140,21 @@ def _spelled(name: str) -> str:
 
 
 async def get_command(host: HostContext, b: dict[str, Any], streams: Streams, fq: str) -> None:
+    from vmbusops.sim.cmdlets import HOST_ALIASES
+
     for name in sorted(set(host.command_names) | {"get-command"}):
+        if name in HOST_ALIASES:
+            # As Get-Command lists an alias: an AliasInfo naming the cmdlet it resolves to.
+            streams.output(
+                SimObject(
+                    ("System.Management.Automation.AliasInfo", "System.Management.Automation.CommandInfo",
+                     "System.Object"),
+                    (("Name", _spelled(name)), ("CommandType", "Alias"),
+                     ("ResolvedCommandName", _spelled(HOST_ALIASES[name].casefold())), ("Source", "Hyper-V")),
+                    _spelled(name),
+                )
+            )
+            continue
         streams.output(
             SimObject(
                 ("System.Management.Automation.CmdletInfo", "System.Management.Automation.CommandInfo",
