@@ -72,7 +72,7 @@ import trio
 from vmbusops.bundle.crypto import PrivateKey, PublicKey
 from vmbusops.bundle.dsse import Envelope, Signature, pae, parse_envelope, strict_json
 from vmbusops.bundle.errors import EnvelopeError, KeyFileError
-from vmbusops.engine.journal import READ_PAGE, Journal, RunView, StepView
+from vmbusops.engine.journal import READ_PAGE, JobView, Journal, RunView, StepView
 from vmbusops.engine.journal_rows import spliced_record
 from vmbusops.errors import BundleError, ConfigError, JobStateError, NoSuchJobError, VmbusOpsError
 from vmbusops.home import home_path, private_dir
@@ -177,9 +177,12 @@ def find_run(journal: Journal, job_id: int, vm: str | None) -> list[RunView]:
     return found
 
 
-def receipt_payload(journal: Journal, run: RunView, *, host_keyid: str, vm_id: str | None) -> dict[str, Any]:
-    """The receipt of a finished run, from what the journal holds (see the module doc)."""
-    job = journal.job(run.job_id)
+def receipt_payload(
+    journal: Journal, run: RunView, *, host_keyid: str, vm_id: str | None, job: JobView | None = None
+) -> dict[str, Any]:
+    """The receipt of a finished run, from what the journal holds (see the module doc); ``job``
+    is the run's job as already read, if it was."""
+    job = job or journal.job(run.job_id)
     envelope = job.envelope.encode("utf-8") if job.envelope is not None else None
     signers: list[str] = []
     if envelope is not None:
@@ -235,12 +238,13 @@ def write_receipt(journal: Journal, run: RunView, key: PrivateKey, *, vm_id: str
             f"the run of job {run.job_id} on {run.vm} is {run.state.value}: a receipt is written when it ends",
             hint=f"wait for it: vmbusops logs -f {run.job_id}",
         )
-    if journal.job(run.job_id).pruned:
+    job = journal.job(run.job_id)
+    if job.pruned:
         raise JobStateError(
             f"job {run.job_id}'s records were pruned before its receipt on {run.vm} was written",
             hint="a receipt needs the run's whole transcript; none can be made now",
         )
-    envelope = sign_receipt(receipt_payload(journal, run, host_keyid=key.keyid, vm_id=vm_id), key)
+    envelope = sign_receipt(receipt_payload(journal, run, host_keyid=key.keyid, vm_id=vm_id, job=job), key)
     return journal.store_receipt(run.id, run.job_id, envelope.decode("utf-8"), time.time()).encode("utf-8")
 
 
@@ -269,7 +273,7 @@ def receipt_hook(journal: Journal, *, key: PrivateKey | None = None) -> Callable
                 vm_id = None
 
         def write() -> None:
-            run = next(r for r in journal.runs(job_id) if r.id == run_id)
+            (run,) = journal.runs(job_id, run_id)  # this run only: the job's other runs are not read
             write_receipt(journal, run, signer, vm_id=vm_id)
 
         try:

@@ -78,3 +78,23 @@ def test_trust_remove_takes_the_name_trust_list_shows(tmp_path: Path, vmbusops_h
     assert code == OK and out.startswith("removed alice (")
     code, _, err = run("trust", "remove", "alice")
     assert code == USAGE and "'alice' matches 0 trusted keys" in err
+
+
+def test_a_policy_changed_in_place_is_read_again(tmp_path: Path, vmbusops_home: Path) -> None:
+    """The parsed policy is reused only while the file's text is the same: an edit made in place
+    (same inode and size, a scope narrowed by hand) and a rewrite are both seen at once."""
+    from vmbusops.bundle.policy import load_trust_policy
+
+    _, pub, _ = write_keypair(tmp_path, "alice", passphrase=None)
+    assert run("trust", "add", str(pub), "--vms", "web1")[0] == OK
+    path = trust_policy_path()
+    first = load_trust_policy(path)
+    assert load_trust_policy(path) is first and first.scopes[0].vms == ("web1",)
+
+    text = path.read_text()
+    with path.open("r+") as f:  # the same file, the same size: only the content changes
+        f.write(text.replace('"web1"', '"db-1"'))
+    assert load_trust_policy(path).scopes[0].vms == ("db-1",)
+
+    assert run("trust", "remove", "alice")[0] == OK
+    assert not load_trust_policy(path).scopes

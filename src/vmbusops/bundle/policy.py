@@ -393,7 +393,13 @@ def parse_trust_policy(text: str, *, source: str = "trust.toml") -> TrustPolicy:
     return TrustPolicy(keys=keys, scopes=tuple(scopes))
 
 
+#: The last policy parsed from each path, with the text it was parsed from.
+_parsed: dict[str, tuple[str, TrustPolicy]] = {}
+
+
 def load_trust_policy(path: Path) -> TrustPolicy:
+    """The policy the file holds now. The file is read on every call; when its text is the text
+    last parsed from that path, that parse is returned (a fleet agent verifies every run's bundle)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -403,7 +409,12 @@ def load_trust_policy(path: Path) -> TrustPolicy:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TrustPolicyError(f"cannot read trust policy {path}: {exc}") from exc
-    return parse_trust_policy(text, source=str(path))
+    known = _parsed.get(str(path))
+    if known is not None and known[0] == text:
+        return known[1]
+    policy = parse_trust_policy(text, source=str(path))
+    _parsed[str(path)] = (text, policy)
+    return policy
 
 
 def save_trust_policy(policy: TrustPolicy, path: Path) -> None:

@@ -501,7 +501,7 @@ class Journal:
             raise NoSuchJobError(f"no job {job_id} in the journal", hint="list jobs with: vmbusops jobs")
         return found[0]
 
-    def runs(self, job_id: int) -> list[RunView]:
+    def runs(self, job_id: int, run_id: int | None = None) -> list[RunView]:  # one run of it with ``run_id``
         owner = self._read_tuples(
             f"SELECT owner_pid, owner_started, heartbeat_at, {LAST_ALIVE} FROM jobs WHERE id = ?", (job_id,)  # noqa: S608
         )
@@ -510,8 +510,8 @@ class Journal:
         alive = owner_alive(*owner[0][:3], now=time.time())
         rows = self._read_tuples(
             "SELECT id, job_id, vm, state, current_step, started_at, finished_at, error, records, excerpt,"
-            " cancel_requested, code FROM runs WHERE job_id = ? ORDER BY id",
-            (job_id,),
+            " cancel_requested, code FROM runs WHERE job_id = ? AND (? IS NULL OR id = ?) ORDER BY id",
+            (job_id, run_id, run_id),
         )
         return [self._run_view(r, alive, owner[0][3]) for r in rows]
 
