@@ -66,6 +66,7 @@ async def test_fallback_and_failures(lab: Path, tmp_path: Path) -> None:
                 await host.checkpoint_vm(vm, "c1")
             assert failed.value.reason is reason, failed.value
             assert str(failed.value).startswith(f"{vm}: Checkpoint operation failed.")
+            assert "hint" not in str(failed.value), failed.value  # strict01 runs: no "start it first"
         with pytest.raises(CheckpointError) as missing:
             await host.restore_checkpoint("novss01", "nosuch")
         assert missing.value.reason is CheckpointFailure.NOT_FOUND

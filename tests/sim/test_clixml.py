@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from psrpcore.types import PSRPMessageType, deserialize
 
 from vmbusops.sim import clixml
-from vmbusops.sim.streams import SimObject
+from vmbusops.sim.streams import SimError, SimObject
 
 # Everything psrpcore can encode: no lone surrogates outside the range it escapes.
 texts = st.text(
@@ -251,3 +251,9 @@ def test_objects_with_nested_values_keep_psrpcore() -> None:
     inner = SimObject(("Inner",), (("X", 1),))
     value = SimObject(("Outer",), (("Name", "a"), ("Child", inner), ("List", [1, "b"])))
     assert clixml.output_xml(value) == clixml.psrpcore_xml(clixml.to_psobject(value))
+
+
+def test_an_error_record_with_control_characters_is_well_formed_clixml() -> None:
+    xml = clixml.error_xml(SimError(message="boom _x a\x1b]0;T\x07b <&>", fqid="X"))
+    to_string = ElementTree.fromstring(xml).findtext("ToString")
+    assert to_string == "boom _x005F_x a_x001B_]0;T_x0007_b <&>"

@@ -119,7 +119,7 @@ def _runs_table(title: str, runs: list[RunView], *, interrupted: bool = False) -
         table.add_column(col)
     for r in runs:
         step = (Text(r.current_step or ""),) if interrupted else ()
-        error = () if interrupted else (Text(r.error or ""),)
+        error = () if interrupted else (Text(terminal_safe(r.error or "")),)
         table.add_row(Text(r.vm), _state_text(r.state), *step, _duration(r.started_at, r.finished_at, r.state),
                       str(r.records), *error)  # fmt: skip
     return table
@@ -192,7 +192,7 @@ class Progress:
             )
         elif previous != (event.state, event.step):
             step = f" ({event.step})" if event.step else ""
-            error = f": {event.error}" if event.error else ""
+            error = f": {terminal_safe(event.error)}" if event.error else ""
             self.out.write(f"{event.vm:<10} > {event.state.value}{step}{error}\n")
 
     def _record_text(self, event: RecordArrived) -> str | None:

@@ -163,11 +163,11 @@ def print_job(
         f"  duration {duration(job)}"
     )
     if job.get("error"):
-        console.print(f"[red]{escape(job['error'])}[/]")
+        console.print(f"[red]{escape(terminal_safe(job['error']))}[/]")
     for lo in job.get("left_out", []):
         console.print(f"left out {escape(lo['vm'])}: {escape(lo['why'])}")
     for r in runs:
-        error = f"  [red]{escape(r['error'])}[/]" if r.get("error") else ""
+        error = f"  [red]{escape(terminal_safe(r['error']))}[/]" if r.get("error") else ""
         console.print(f"\n[bold]{escape(r['vm'])}[/]  {styled(r['state'])}  {duration(r)}  {r['records']} records{error}")
         waiting = why_waiting(r, runs, holder) if job["state"] in _ACTIVE else None
         if waiting is not None:
@@ -178,7 +178,7 @@ def print_job(
         for c in r.get("checkpoints", []):
             console.print(f"  checkpoint {escape(c['name'])}  {escape(c['type'] or '-')}  {styled(c['outcome'] or c['phase'])}")
         for line in r.get("excerpt", []):
-            console.print(f"    | {line}", markup=False)
+            console.print(f"    | {terminal_safe(line)}", markup=False)
 
 
 def history_table(entries: list[dict[str, Any]], *, with_vm: bool = False) -> Table:
@@ -196,7 +196,7 @@ def history_table(entries: list[dict[str, Any]], *, with_vm: bool = False) -> Ta
             duration(e),
             str(e["records"]),
             escape(e.get("submitter") or "-"),
-            escape(e.get("error") or ""),
+            escape(terminal_safe(e.get("error") or "")),
         )
     return table
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from vmbusops.cli.output import terminal_safe
 from vmbusops.engine.journal import RecordView
 from vmbusops.records import Stream, progress_text, value_display, value_from_json
 from vmbusops.times import iso_time
@@ -66,6 +67,6 @@ def print_records(records: list[RecordView], as_json: bool, width: int) -> None:
         if as_json:
             click.echo(json.dumps(record_json(rec), separators=(",", ":"), ensure_ascii=False))
         else:
-            lines = record_text(rec).splitlines() or [""]
+            lines = terminal_safe(record_text(rec)).splitlines() or [""]
             label = _LABEL.get(rec.stream, "")
             click.echo("\n".join(f"{rec.vm:<{width}} | {label}{line}" for line in lines))

@@ -76,8 +76,9 @@ def _reason(message: str) -> CheckpointFailure:
 def _reclassified(exc: VmbusOpsError) -> VmbusOpsError:
     """A checkpoint cmdlet's failure as a CheckpointError; anything else (VM not found, host
     unreachable...) as it was. The generic classifier may take Hyper-V's "...is not running, or
-    the Backup (volume shadow copy) integration service..." for a VM that is not running."""
-    message = str(exc)
+    the Backup (volume shadow copy) integration service..." for a VM that is not running: its
+    hint ("start it first") is dropped with the class."""
+    message = exc.message
     reason = _reason(message)
     if reason is not CheckpointFailure.OTHER or "checkpoint operation failed" in message.casefold():
         return CheckpointError(message, reason, fqid=getattr(exc, "fqid", None))

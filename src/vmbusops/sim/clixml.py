@@ -410,10 +410,23 @@ def type_name_of(value: Any) -> str | None:
     return "Object"
 
 
+_TO_STRING = re.compile(rb"<ToString>([^<]*)</ToString>")
+
+
+def _escape_to_string(match: re.Match[bytes]) -> bytes:
+    text = match.group(1).decode("utf-8")
+    if _NEEDS_ESCAPE.search(text):
+        text = _ESCAPE.sub(_escape_char, _ESCAPE_ESCAPE.sub("_x005F_\\1", text))
+    return b"<ToString>" + text.encode("utf-8") + b"</ToString>"
+
+
 def error_xml(error: SimError) -> bytes:
+    # psrpcore writes an object's <ToString> raw: a control character in the message (an ESC a
+    # guest wrote) would make the message XML no client can parse. PowerShell escapes it as
+    # _xHHHH_, as in every other string.
     record = to_error_record(error)
     record.serialize_extended_info = False
-    return psrpcore_xml(record)
+    return _TO_STRING.sub(_escape_to_string, psrpcore_xml(record))
 
 
 # ---- PSRP messages and fragments ------------------------------------------------------------
