@@ -200,16 +200,16 @@ def test_a_key_without_the_checkpoints_permission_is_refused_before_anything_run
 
 
 @pytest.mark.parametrize(
-    ("vm", "guard", "says"),
+    ("vm", "guard", "says", "to_do"),
     [
-        (web01(checkpoint_type="Disabled"), {}, "checkpoints are disabled on web01"),
-        (web01(checkpoint_type="Standard"), {}, "takes standard checkpoints only"),
-        (web01(vss=False), {}, "took a standard checkpoint"),
-        (web01(), {"min_free_gb": 60000}, "not enough room for a checkpoint of web01"),
+        (web01(checkpoint_type="Disabled"), {}, "checkpoints are disabled on web01", "Set-VM -CheckpointType"),
+        (web01(checkpoint_type="Standard"), {}, "takes standard checkpoints only", '"production-or-standard"'),
+        (web01(vss=False), {}, "took a standard checkpoint", '"production-or-standard"'),
+        (web01(), {"min_free_gb": 60000}, "not enough room for a checkpoint of web01", "min_free_gb"),
     ],
 )
 def test_policy_refusals_leave_the_guest_and_the_host_untouched(
-    tmp_path: Path, vmbusops_home: Path, vm: VM, guard: dict[str, Any], says: str
+    tmp_path: Path, vmbusops_home: Path, vm: VM, guard: dict[str, Any], says: str, to_do: str
 ) -> None:
     scene = Scene(tmp_path, vmbusops_home, vm)
     scene.visit()
@@ -218,6 +218,7 @@ def test_policy_refusals_leave_the_guest_and_the_host_untouched(
     assert ran.returncode == exitcodes.GUEST_ERRORS, ran
     state, code, error = run_state(scene.db, 1)
     assert (state, code) == ("failed", "CheckpointRefused") and error is not None and says in error, error
+    assert to_do in error, error  # and what to do about it
     assert_same_guest(before, scene.guest())
     assert scene.checkpoints_on_host() == []
 

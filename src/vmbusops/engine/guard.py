@@ -67,6 +67,8 @@ from vmbusops.guestops.checkpoints import CheckpointError
 from vmbusops.records import PSObjectValue
 
 GIB = 1024**3
+#: What a bundle says to accept a standard checkpoint where a production one cannot be had.
+_ACCEPT_STANDARD = '[guard] checkpoint = "production-or-standard"'
 
 
 class Phase(enum.StrEnum):
@@ -198,7 +200,8 @@ class RunGuards:
             with trio.CancelScope(shield=True):
                 await self._refuse(
                     span, name, "Hyper-V took a standard checkpoint (the guest could not make a production one)"
-                    " and the bundle's policy requires production", remove=True)  # fmt: skip
+                    " and the bundle's policy requires production; make the guest's Backup (volume shadow copy)"
+                    f" integration service work, or sign the bundle with {_ACCEPT_STANDARD}", remove=True)  # fmt: skip
         failure: tuple[str, Event] | None = None
         try:
             await self._phase(span, name, Phase.TAKEN, production=info.production)
@@ -236,12 +239,15 @@ class RunGuards:
         needed = int(self.guard.min_free_gb * GIB)
         why: str | None = None
         if room.checkpoint_type == "Disabled":
-            why = f"checkpoints are disabled on {self.ctx.vm}"
+            why = (f"checkpoints are disabled on {self.ctx.vm}; its owner enables them"
+                   " (Set-VM -CheckpointType Production), or the change runs without a guard")  # fmt: skip
         elif room.checkpoint_type == "Standard" and self.guard.checkpoint is CheckpointPolicy.PRODUCTION:
-            why = f"{self.ctx.vm} takes standard checkpoints only and the bundle's policy requires production"
+            why = (f"{self.ctx.vm} takes standard checkpoints only and the bundle's policy requires production;"
+                   f" sign the bundle with {_ACCEPT_STANDARD} to accept one")  # fmt: skip
         elif not room.enough(needed):
             why = (f"not enough room for a checkpoint of {self.ctx.vm}: {room.free_bytes / GIB:.1f} GiB free,"
-                   f" the bundle asks for {self.guard.min_free_gb:g} GiB")  # fmt: skip
+                   f" the bundle asks for {self.guard.min_free_gb:g} GiB; free space on the VM's volumes,"
+                   " or lower the bundle's [guard] min_free_gb")  # fmt: skip
         if why is not None:
             raise StepFailed(Event.FAIL, f"the guarded steps did not start: {why}", FailureCode.CHECKPOINT_REFUSED)
 
