@@ -10,16 +10,22 @@ Every controller runs these tasks (:meth:`Controller.run`):
   (``on_commit``, once per page), which jobs ended (``on_ended``), and wake the planner if the
   page changed what it decides from. A standby does exactly this, so its journal is always the
   active one's, up to the log's head.
-- **govern**: every ``tick`` seconds read the lease, the hosts and the placement buckets. The
-  lease (:class:`.planner.Lease`) says whether this controller is active; a new term starts a new
-  :class:`.planner.Planner`. A standby notes the agent boot id each dispatched run is seen under
-  (:func:`.planner.note_boots`), so the term it may take knows which agents restarted. The
-  active one decides after each look and whenever the follower wakes it (at most every
-  ``min_gap``), once its projection has applied the log as far as it was when its term began:
-  it plans (a pure function of the projection, the hosts and the placement), publishes the
-  facts it decided on the log and sends what hosts must do on their work subjects (each batch
-  pipelined, :meth:`.broker.Broker.publish_many`), waits until its own projection has applied
-  its facts, and then plans again at once.
+- **keep the lease**: every ``tick`` seconds, on its own timer, read the lease and renew or take
+  it (:class:`.planner.Lease`), whatever a decision is doing meanwhile: a slow decision can
+  neither let this controller's lease lapse nor keep a standby from taking a lease whose holder
+  stopped. A new term starts a new :class:`.planner.Planner`; a lapsed lease drops it.
+- **govern**: every ``tick`` seconds read the hosts and the placement buckets. A standby notes
+  the agent boot id each dispatched run is seen under (:func:`.planner.note_boots`), so the term
+  it may take knows which agents restarted. The active one decides after each look and whenever
+  the follower wakes it (at most every ``min_gap``), once its projection has applied the log as
+  far as it was when its term began: it plans (a pure function of the projection, the hosts and
+  the placement), publishes the facts it decided on the log and sends what hosts must do on their
+  work subjects (each batch pipelined, :meth:`.broker.Broker.publish_many`), waits until its own
+  projection has applied its facts, and then plans again at once. A decision runs under a
+  deadline, the moment the lease stops being this controller's by its own clock (``2 * ttl / 3``
+  after the renewal was sent; each renewal moves it on): a controller that could not renew in
+  time is cut off mid-decision, before any standby may take the lease (``ttl`` after it saw the
+  last renewal).
 
 A broker error is transient: it is logged once per kind and the task goes on at its next tick.
 """
@@ -27,6 +33,7 @@ A broker error is transient: it is logged once per kind and the task goes on at 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -114,6 +121,8 @@ class Controller:
         self._decide_wake = trio.Event()
         #: The log's last sequence when this term began (None: not read yet).
         self._term_head: int | None = None
+        #: The decision under way (its deadline follows the lease), None between decisions.
+        self._deciding: trio.CancelScope | None = None
         self._consumers: set[str] = set()
         self._complaints: set[str] = set()
         self.broker_up = False
@@ -145,6 +154,7 @@ class Controller:
         await trio.to_thread.run_sync(self.journal.adopt, current_owner(), self.wall())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.follow)
+            nursery.start_soon(self.keep_lease)
             nursery.start_soon(self.govern)
             nursery.start_soon(self.heartbeat)
             task_status.started()
@@ -214,10 +224,60 @@ class Controller:
             if jobs:
                 await trio.to_thread.run_sync(self.journal.heartbeat, [j.job_id for j in jobs], owner, self.wall())
 
+    async def keep_lease(self) -> None:
+        """Read the lease every ``tick`` and renew or take it, on a timer of its own."""
+        while True:
+            try:
+                await self._lease_pass()
+            except BrokerError as exc:
+                self._complain("keep the lease", exc)
+            else:
+                self._complaints.discard("keep the lease")
+            self._term_follows_lease()
+            await trio.sleep(self.options.tick)
+
+    async def _lease_pass(self) -> None:
+        broker = self.broker
+        entry = await broker.kv_get(LEASES_BUCKET, CONTROLLER_LEASE_KEY)
+        # A standby's clock for "the revision has not moved" starts once it has the answer, and
+        # a renewal counts from before it was sent: both err on the side of no split brain.
+        write = self.lease.observe(entry, trio.current_time())
+        if write is None:
+            return
+        sent = trio.current_time()
+        if write.last is None:
+            revision = await broker.kv_create(LEASES_BUCKET, CONTROLLER_LEASE_KEY, write.value)
+        else:
+            revision = await broker.kv_update(LEASES_BUCKET, CONTROLLER_LEASE_KEY, write.value, last=write.last)
+        self.lease.written(write, revision, sent)
+
+    def _term_follows_lease(self) -> None:
+        """Start a planner for the lease's term, or drop it when the lease is not this
+        controller's; move the deadline of the decision under way to the lease's end."""
+        planner = self.planner
+        if self.active():
+            if planner is None or planner.term != self.lease.term:
+                log.info("controller active", extra={"event": "active", "id": self.options.id, "term": self.lease.term})
+                self.planner = Planner(
+                    controller=self.options.id, canary=self.options.canary, host_ttl=self.options.host_ttl,
+                    placement_timeout=self.options.placement_timeout, term=self.lease.term, boots=self.boots,
+                )  # fmt: skip
+                self._term_head = None
+        elif planner is not None:
+            log.info("controller standby", extra={"event": "standby", "id": self.options.id})
+            self.planner = None
+        if self._deciding is not None:
+            self._deciding.deadline = self._lease_end()
+
+    def _lease_end(self) -> float:
+        end = self.lease.ends()
+        return end if end is not None and self.planner is not None else -math.inf
+
     async def govern(self) -> None:
-        """Look at the lease, the hosts and placement every ``tick``; decide after each look and
-        whenever the projection applied something that changes a decision (a run ended or waits,
-        a job came, a fact of the controller's own), at most every ``min_gap`` seconds."""
+        """Look at the hosts and placement every ``tick``; decide after each look and whenever
+        the projection applied something that changes a decision (a run ended or waits, a job
+        came, a fact of the controller's own), at most every ``min_gap`` seconds, each decision
+        cut off where the lease ends."""
         next_look = trio.current_time()
         while True:
             again = False
@@ -226,43 +286,37 @@ class Controller:
                     next_look = trio.current_time() + self.options.tick
                     await self._look()
                 self._decide_wake = trio.Event()
-                again = await self._decide()
+                self._deciding = deciding = trio.CancelScope(deadline=self._lease_end())
+                with deciding:
+                    again = await self._decide()
+                if deciding.cancelled_caught:
+                    self._cut_off()
             except BrokerError as exc:
                 self._complain("govern", exc)
             except VmbusOpsError as exc:
                 log.warning("cannot decide now", extra={"event": "govern-failed", "error": exc.message})
+            finally:
+                self._deciding = None
             if again:
                 continue  # what it decided is applied: decide again on it at once
             with trio.move_on_at(next_look):
                 await self._decide_wake.wait()
                 await trio.sleep(self.options.min_gap)
 
+    def _cut_off(self) -> None:
+        """A decision outlived the lease: what its planner believes it sent may not have gone,
+        so the term's next planner starts afresh (repeats are harmless: same message ids)."""
+        if self.planner is not None and self.lease.ends() is not None:
+            log.warning("decision cut off", extra={"event": "decision-cut-off", "id": self.options.id})
+        self.planner = None
+        self._term_follows_lease()
+
     async def _look(self) -> None:
         broker = self.broker
-        now = trio.current_time()
-        entry = await broker.kv_get(LEASES_BUCKET, CONTROLLER_LEASE_KEY)
-        write = self.lease.observe(entry, now)
-        if write is not None:
-            if write.last is None:
-                revision = await broker.kv_create(LEASES_BUCKET, CONTROLLER_LEASE_KEY, write.value)
-            else:
-                revision = await broker.kv_update(LEASES_BUCKET, CONTROLLER_LEASE_KEY, write.value, last=write.last)
-            was = self.planner
-            if self.lease.written(write, revision, trio.current_time()) and (was is None or was.term != write.term):
-                log.info("controller active", extra={"event": "active", "id": self.options.id, "term": write.term})
-                self.planner = Planner(
-                    controller=self.options.id, canary=self.options.canary, host_ttl=self.options.host_ttl,
-                    placement_timeout=self.options.placement_timeout, term=write.term, boots=self.boots,
-                )  # fmt: skip
-                self._term_head = None
         self.hosts = self.watch.update(await broker.kv_entries(HOSTS_BUCKET), trio.current_time())
         self.placement = parse_placement(await broker.kv_entries(PLACEMENT_BUCKET))
         self._complaints.discard("govern")
-        planner = self.planner
-        if planner is None or not self.active():
-            if planner is not None:
-                log.info("controller standby", extra={"event": "standby", "id": self.options.id})
-                self.planner = None
+        if self.planner is None or not self.active():
             jobs = await trio.to_thread.run_sync(self.journal.active_jobs)
             note_boots(self.boots, jobs, self.hosts)
             return

@@ -454,7 +454,13 @@ class Lease:
         self.holder_url: str | None = None
 
     def active(self, now: float) -> bool:
-        return self._renewed is not None and now - self._renewed < 2 * self.ttl / 3
+        end = self.ends()
+        return end is not None and now < end
+
+    def ends(self) -> float | None:
+        """When this controller stops acting as the holder, by its own clock (None: it does not
+        hold the lease): ``2 * ttl / 3`` after its last renewal was sent."""
+        return None if self._renewed is None else self._renewed + 2 * self.ttl / 3
 
     def observe(self, entry: KvEntry | None, now: float) -> LeaseWrite | None:
         """The lease as read now; what to write (None: nothing)."""
@@ -491,7 +497,8 @@ class Lease:
         return LeaseWrite(value=value, last=last, term=term)
 
     def written(self, write: LeaseWrite, revision: int | None, now: float) -> bool:
-        """The outcome of ``write`` (None: the compare-and-set lost); True if this one holds it."""
+        """The outcome of ``write`` (None: the compare-and-set lost), sent at ``now``; True if this
+        one holds it."""
         if revision is None:
             self._renewed = None
             return False
