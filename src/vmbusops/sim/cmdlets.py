@@ -80,14 +80,6 @@ HOST_CMDLETS: Final[Mapping[str, HostCmdlet]] = _folded(
     }
 )
 
-#: The Hyper-V module's aliases of host cmdlets: a call by alias runs (and reports errors as) the cmdlet.
-HOST_ALIASES: Final[Mapping[str, str]] = _folded(
-    {
-        "Get-VMCheckpoint": "Get-VMSnapshot",
-        "Restore-VMCheckpoint": "Restore-VMSnapshot",
-        "Remove-VMCheckpoint": "Remove-VMSnapshot",
-    }
-)
 
 
 # ---- the guest -------------------------------------------------------------------------------
@@ -222,7 +214,6 @@ __all__ = [
     "GUEST_CMDLETS",
     "GUEST_CMDLETS_NOT_SIMULATED",
     "GUEST_SCRIPTS",
-    "HOST_ALIASES",
     "HOST_CMDLETS",
     "TASK_SCRIPTS",
     "GuestCatalog",

@@ -7,9 +7,9 @@ and calls :attr:`HostCmdlet.run` with itself as the :class:`HostContext`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from vmbusops.sim.binding import Param
 from vmbusops.sim.lab import Lab, VMSpec
@@ -52,3 +52,16 @@ class HostCmdlet:
 
     params: tuple[Param, ...]
     run: HostRun
+
+
+#: The Hyper-V module's aliases of host cmdlets, folded: a call by alias runs (and reports errors
+#: as) the cmdlet; Get-Command lists them as aliases.
+HOST_ALIASES: Final[Mapping[str, str]] = {
+    alias.casefold(): cmdlet
+    for alias, cmdlet in {
+        "Get-VMCheckpoint": "Get-VMSnapshot",
+        "Restore-VMCheckpoint": "Restore-VMSnapshot",
+        "Remove-VMCheckpoint": "Remove-VMSnapshot",
+    }.items()
+}
+

@@ -23,7 +23,7 @@ import trio
 
 from vmbusops.sim.binding import BindingError, Param, require
 from vmbusops.sim.guest_values import to_text
-from vmbusops.sim.host_command import HostCmdlet, HostContext
+from vmbusops.sim.host_command import HOST_ALIASES, HostCmdlet, HostContext
 from vmbusops.sim.streams import SimError, SimObject, Streams
 
 UTILITY = "Microsoft.PowerShell.Commands"
@@ -140,8 +140,6 @@ def _spelled(name: str) -> str:
 
 
 async def get_command(host: HostContext, b: dict[str, Any], streams: Streams, fq: str) -> None:
-    from vmbusops.sim.cmdlets import HOST_ALIASES
-
     for name in sorted(set(host.command_names) | {"get-command"}):
         if name in HOST_ALIASES:
             # As Get-Command lists an alias: an AliasInfo naming the cmdlet it resolves to.

@@ -40,9 +40,10 @@ from psrpcore.types import PSSecureString
 
 from vmbusops.sim import invoker, pserrors
 from vmbusops.sim.binding import BindingError, bind
-from vmbusops.sim.cmdlets import HOST_ALIASES, HOST_CMDLETS
+from vmbusops.sim.cmdlets import HOST_CMDLETS
 from vmbusops.sim.guest import GuestSession
 from vmbusops.sim.guest_values import Emit, to_text
+from vmbusops.sim.host_command import HOST_ALIASES
 from vmbusops.sim.lab import Lab, VMSpec, VMState, lab_password
 from vmbusops.sim.state import HostStore, VMRuntime
 from vmbusops.sim.streams import (
