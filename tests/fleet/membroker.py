@@ -25,7 +25,10 @@ class Bus:
 
 
 class MemBroker:
-    """:class:`vmbusops.fleet.broker.Broker` over a :class:`Bus`, as the connection ``name``."""
+    """:class:`vmbusops.fleet.broker.Broker` over a :class:`Bus`, as the connection ``name``.
+
+    It serves a controller: what only an agent does (pulling and settling work, bundles in the
+    object store) fails the test that calls it, since these tests run no agent."""
 
     def __init__(self, bus: Bus, name: str) -> None:
         self.bus = bus
@@ -104,13 +107,13 @@ class MemBroker:
         await trio.lowlevel.checkpoint()
 
     async def fetch_work(self, host: str, *, batch: int, timeout: float) -> list[Delivery]:
-        raise NotImplementedError
+        raise _agents_only()
 
     async def ack(self, delivery: Delivery) -> None:
-        raise NotImplementedError
+        raise _agents_only()
 
     async def term(self, delivery: Delivery) -> None:
-        raise NotImplementedError
+        raise _agents_only()
 
     async def read_log(self, *, after: int, batch: int, timeout: float) -> list[StreamMessage]:
         with trio.move_on_after(timeout):
@@ -123,10 +126,15 @@ class MemBroker:
         return len(self.bus.log)
 
     async def put_bundle(self, digest: str, data: bytes) -> None:
-        raise NotImplementedError
+        raise _agents_only()
 
     async def get_bundle(self, digest: str) -> bytes | None:
-        raise NotImplementedError
+        raise _agents_only()
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
+
+
+def _agents_only() -> AssertionError:
+    return AssertionError("MemBroker serves controllers: an agent's calls are tested against a real nats-server")
+
