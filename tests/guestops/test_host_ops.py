@@ -120,7 +120,9 @@ async def test_classified_errors(make_lab: Callable[..., Any], tmp_path: Path) -
 
 
 async def test_restart_then_wait_guest_ready(make_lab: Callable[..., Any]) -> None:
-    lab = make_lab()
+    # Long enough a boot that the command right after the restart still finds it booting on a
+    # loaded machine (over SSH too: tests/remote runs this test again there).
+    lab = make_lab(boot_seconds=2)
     cred = lab.credential()
     async with open_host("sim", config=lab.config) as host:
         await host.restart_vm("web02")
