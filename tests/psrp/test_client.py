@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-from vmbusops.errors import FramingError, HostProcessExitedError, TransportError
+from vmbusops.errors import FramingError, HostProcessExitedError, PSRPError, TransportError
 from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.host import HyperVHost
 from vmbusops.psrp.client import Command, open_runspace_pool
@@ -167,6 +167,20 @@ async def test_garbage_from_the_host_is_a_framing_error(make_lab: Callable[..., 
     with trio.fail_after(20), pytest.raises(FramingError, match="not an OutOfProc packet"):
         async with open_host("sim", config=lab.config) as host:
             await host.list_vms()
+
+
+async def test_a_message_that_is_not_xml_breaks_the_pool_in_one_error(make_lab: Callable[..., Any]) -> None:
+    """A well-framed message the client cannot decode (the simulator's ``malformed_on``: a raw
+    ESC in the CLIXML) breaks the session with one PSRPError for every waiter; nothing escapes
+    the pool's reader and nothing hangs."""
+    lab = make_lab(malformed_on="Get-VM")
+    with trio.fail_after(20):
+        async with open_host("sim", config=lab.config) as host:
+            with pytest.raises(PSRPError, match="sent a message this client cannot read") as info:
+                await host.list_vms()
+            assert "ParseError" in str(info.value) and info.value.hint
+            with pytest.raises(PSRPError, match="cannot read"):
+                await host.run_in_guest("web01", "Write-Output ok", lab.credential())
 
 
 async def test_a_child_that_exits_at_once_is_reported_with_its_last_words() -> None:

@@ -15,7 +15,8 @@ nursery it was opened in:
   control, per command, so one pipeline's start never waits for another's ack.
 
 ``Command``, ``Signal`` and ``Close`` packets are sent by the caller that needs them, which then
-waits for the matching ack (except a finished pipeline's ``Close``, whose ack carries nothing). If the transport ends or the peer writes garbage, the pool becomes
+waits for the matching ack (except a finished pipeline's ``Close``, whose ack carries nothing). If the
+transport ends, or the peer writes garbage or a message that cannot be decoded, the pool becomes
 *broken*: the error is stored once and every waiter - callers waiting for acks, pipelines waiting
 for records, the pool waiting to open - wakes up and raises it. Nothing waits forever.
 
@@ -173,11 +174,13 @@ class RunspacePool:
                     self._reader.feed_eof()
                     detail = await self._transport.failure_detail()
                     if not self._closed:
-                        raise HostProcessExitedError(
-                            f"the PowerShell host {self.description} closed its output"
-                            + (f" ({detail})" if detail else ""),
-                            hint="the host process died or was stopped; any command that was running "
-                            "in a guest may not have finished",
+                        self._fail(
+                            HostProcessExitedError(
+                                f"the PowerShell host {self.description} closed its output"
+                                + (f" ({detail})" if detail else ""),
+                                hint="the host process died or was stopped; any command that was running "
+                                "in a guest may not have finished",
+                            )
                         )
                     return
                 self._reader.feed(data)
@@ -187,6 +190,19 @@ class RunspacePool:
             self._fail(exc)
         except psrpcore.PSRPCoreError as exc:
             self._fail(PSRPError(f"the PowerShell host {self.description} sent an invalid PSRP message: {exc}"))
+        except Exception as exc:  # whatever a message's decoding raises is the peer's doing
+            # A well-framed message whose CLIXML cannot be read (not XML, a shape no decoder knows):
+            # PowerShell's own client breaks the session on a message it cannot deserialize, and
+            # so does this one, rather than let the error escape the reader and its nursery.
+            log.debug("undecodable message from %s", self.description, exc_info=True)
+            self._fail(
+                PSRPError(
+                    f"the PowerShell host {self.description} sent a message this client cannot read "
+                    f"({type(exc).__name__}: {exc})",
+                    hint="the session was closed; run it again, and if it recurs report it with the "
+                    "agent's debug log",
+                )
+            )
 
     async def _on_packet(self, packet: Packet) -> None:
         if packet.kind is PacketKind.DATA:

@@ -70,6 +70,8 @@ class HostStreams(Streams, Protocol):
 
     def inject_garbage(self) -> None: ...
 
+    def inject_malformed(self) -> None: ...
+
     async def crash(self) -> None: ...
 
 
@@ -306,6 +308,8 @@ class HyperVHost:
         host = self.lab.host
         if host.garbage_on is not None and host.garbage_on.casefold() == name.casefold():
             streams.inject_garbage()
+        if host.malformed_on is not None and host.malformed_on.casefold() == name.casefold():
+            streams.inject_malformed()
         if host.crash_on is not None and host.crash_on.casefold() == name.casefold():
             await streams.crash()
 

@@ -9,6 +9,7 @@ A lab is TOML::
     password_seed = "..."        # guest passwords are derived from this (see lab_password)
     crash_on = "Copy-VMFile"     # chaos: the process exits abruptly when this cmdlet starts
     garbage_on = "Get-VM"        # chaos: non-protocol bytes are written to stdout when it starts
+    malformed_on = "Get-VM"      # chaos: it answers with a framed PSRP message that is not XML
 
     [[hosts]]                    # a fleet: several simulated hosts over one lab and one state
     name = "HV-A"                # a host's name, [A-Za-z0-9_-]{1,64}; python -m vmbusops.sim --as HV-A
@@ -133,6 +134,7 @@ class HostConfig:
     password_seed: str = "vmbusops-lab"  # noqa: S105
     crash_on: str | None = None
     garbage_on: str | None = None
+    malformed_on: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -363,13 +365,16 @@ def _parse_host(raw: dict[str, Any], source: str) -> HostConfig:
         password_seed=_str(raw.get("password_seed", "vmbusops-lab"), "host.password_seed", source),
         crash_on=_opt_str(raw.get("crash_on"), "host.crash_on", source),
         garbage_on=_opt_str(raw.get("garbage_on"), "host.garbage_on", source),
+        malformed_on=_opt_str(raw.get("malformed_on"), "host.malformed_on", source),
     )
 
 
 #: The keys each table of a lab file may have (anything else is an error); vmbusops.reference
 #: documents exactly these.
 TOP_KEYS = {"host", "hosts", "vm", "generate", "group"}
-HOST_KEYS = {"name", "session_open_ms", "boot_seconds", "password_seed", "crash_on", "garbage_on"}
+HOST_KEYS = {
+    "name", "session_open_ms", "boot_seconds", "password_seed", "crash_on", "garbage_on", "malformed_on",
+}  # fmt: skip
 FAULT_KEYS = {
     "session_drop_after_records", "corrupt_copies", "hang_on_restart", "connect_fails", "socket_ends_after_records",
 }  # fmt: skip

@@ -85,6 +85,9 @@ MAX_PACKET_DATA = 64 * 1024
 HIGH_WATER = 1024 * 1024
 YIELD_EVERY = 64
 GARBAGE = b"vmbusops simulator: injected garbage that is not an OutOfProc packet\r\n"
+#: A well-framed output message whose CLIXML is not XML: a raw ESC, which PowerShell would have
+#: written as ``_x001B_`` (XML 1.0 has no such character).
+MALFORMED = b"<S>vmbusops simulator: \x1b[31m not XML</S>"
 # psrpcore's own PipelineState Completed message body, serialized once.
 _COMPLETED = clixml.psrpcore_xml(PipelineState(PipelineState=int(PSInvocationState.Completed)))
 
@@ -331,6 +334,9 @@ class _PipelineStreams:
 
     def inject_garbage(self) -> None:
         self._server.outbox.add_line(GARBAGE)
+
+    def inject_malformed(self) -> None:
+        self._queue(PSRPMessageType.PipelineOutput, MALFORMED)
 
     async def crash(self) -> None:
         await self._server.crash()
