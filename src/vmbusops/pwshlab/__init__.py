@@ -48,7 +48,7 @@ Where the lab knowingly differs from a Hyper-V host:
   ``Stop-Computer`` is refused, shadowing PowerShell 7's own;
 - modelled lab settings: ``session_open_ms``, ``latency_ms``, ``boot_seconds``, the faults
   ``connect_fails``, ``hang_on_restart`` and ``corrupt_copies``; not modelled: the faults that
-  break a session after N records, ``crash_on``/``garbage_on``, ``-AsJob``.
+  break a session after N records, ``crash_on``/``garbage_on``/``malformed_on``, ``-AsJob``.
 """
 
 from __future__ import annotations

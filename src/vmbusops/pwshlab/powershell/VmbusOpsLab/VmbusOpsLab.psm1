@@ -26,7 +26,7 @@
 # PowerShell appends ",<function name>" to the FullyQualifiedErrorId of an error a function writes.
 # Checkpoints are in VmbusOpsLab.Checkpoints.ps1. Not modelled here: -AsJob, -CimSession/-ComputerName to other hosts, the VM object parameter sets
 # beyond Get-VMIntegrationService -VM, and the lab faults that live in the simulator's protocol
-# layer (crash_on, garbage_on, session_drop_after_records).
+# layer (crash_on, garbage_on, malformed_on, session_drop_after_records).
 
 Set-StrictMode -Version 3.0
 
