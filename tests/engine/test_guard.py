@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import trio
-from tests.builders import VM, script, write_lab
+from tests.builders import CREDENTIAL, VM, script, write_lab
 from tests.clirun import vmbusops
 from tests.engine.bundles import signed_bundle, trust_and_credential
 from tests.guest_state import assert_same_guest, guest_state_at
@@ -194,9 +194,18 @@ def test_a_key_without_the_checkpoints_permission_is_refused_before_anything_run
     scene = Scene(tmp_path, vmbusops_home, web01(), checkpoints=False)
     ran = vmbusops("run", str(scene.bundle([deploy(status=0)])), env=scene.env)
     assert ran.returncode == exitcodes.BUNDLE_REJECTED, ran
-    assert "guards steps with checkpoints" in ran.stderr and "trust add --checkpoints" in ran.stderr
+    assert "guards steps with checkpoints" in ran.stderr
     assert "Traceback" not in ran.stderr and ran.stderr.count("\n") <= 2
     assert job_ids(scene.db) == []
+    # The hint, followed as written (the key's other scope option: its one credential), works.
+    hint = ran.stderr.split("allow it: ", 1)[1].split(" with the key's other", 1)[0]
+    assert hint == "vmbusops trust remove tests, then vmbusops trust add PUBKEY --name tests --checkpoints"
+    pubkey = tmp_path / "tests.pub"
+    pubkey.write_bytes(scene.key.public_key().to_pem())
+    assert vmbusops("trust", "remove", "tests", env=scene.env).returncode == 0
+    added = vmbusops("trust", "add", str(pubkey), "--name", "tests", "--checkpoints", "--credential", CREDENTIAL, env=scene.env)
+    assert added.returncode == 0, added
+    assert vmbusops("run", str(scene.bundle([deploy(status=0)])), env=scene.env).returncode == exitcodes.OK
 
 
 @pytest.mark.parametrize(

@@ -165,7 +165,7 @@ class TrustPolicy:
                     TargetOutOfScopeError(
                         f"targets {', '.join(uncovered)} are outside the VMs that {who} may sign for"
                         f" ({', '.join(scope.vms)})",
-                        hint="narrow the bundle's targets, or widen the scope: vmbusops trust add --vm",
+                        hint=f"narrow the bundle's targets, or widen the scope: {self._widen(mine, '--vm GLOB')}",
                         keyid=next(iter(mine)),
                     )
                 )
@@ -174,7 +174,7 @@ class TrustPolicy:
                     CredentialOutOfScopeError(
                         f"credential {manifest.credential!r} is not one {who} may use"
                         f" (allowed: {', '.join(scope.credentials)})",
-                        hint="use an allowed credential, or widen the scope: vmbusops trust add --credential",
+                        hint=f"use an allowed credential, or widen the scope: {self._widen(mine, '--credential REF')}",
                         keyid=next(iter(mine)),
                     )
                 )
@@ -183,7 +183,7 @@ class TrustPolicy:
                     StepKindOutOfScopeError(
                         f"step kind(s) {', '.join(kinds)} are not allowed for {who}"
                         f" (allowed: {', '.join(sorted(k.value for k in scope.steps))})",
-                        hint="drop those steps, or widen the scope: vmbusops trust add --steps",
+                        hint=f"drop those steps, or widen the scope: {self._widen(mine, '--steps KINDS')}",
                         keyid=next(iter(mine)),
                     )
                 )
@@ -191,7 +191,7 @@ class TrustPolicy:
                 failures.append(
                     CheckpointOutOfScopeError(
                         f"the bundle guards steps with checkpoints, which {who} may not sign for",
-                        hint="drop the bundle's guard, or allow it: vmbusops trust add --checkpoints",
+                        hint=f"drop the bundle's guard, or allow it: {self._widen(mine, '--checkpoints')}",
                         keyid=next(iter(mine)),
                     )
                 )
@@ -225,6 +225,16 @@ class TrustPolicy:
 
     def _names(self, keyids: Iterable[str]) -> list[str]:
         return sorted(f"{self.keys[k].name} ({k[:12]})" for k in keyids if k in self.keys)
+
+    def _widen(self, keyids: Iterable[str], option: str) -> str:
+        """How to give a signer's key ``option``: a trusted key's scope is changed by removing
+        it and adding it again (``trust add`` refuses a different scope for a key it has)."""
+        names = sorted(self.keys[k].name for k in keyids if k in self.keys)
+        name = names[0] if names else "NAME"
+        return (
+            f"vmbusops trust remove {name}, then vmbusops trust add PUBKEY --name {name} {option}"
+            " with the key's other scope options (vmbusops trust list shows them)"
+        )
 
     # --- editing ----------------------------------------------------------------------------
 
