@@ -209,16 +209,16 @@ def test_a_key_without_the_checkpoints_permission_is_refused_before_anything_run
 
 
 @pytest.mark.parametrize(
-    ("vm", "guard", "says", "to_do"),
+    ("vm", "guard", "says", "to_do", "taken"),
     [
-        (web01(checkpoint_type="Disabled"), {}, "checkpoints are disabled on web01", "Set-VM -CheckpointType"),
-        (web01(checkpoint_type="Standard"), {}, "takes standard checkpoints only", '"production-or-standard"'),
-        (web01(vss=False), {}, "took a standard checkpoint", '"production-or-standard"'),
-        (web01(), {"min_free_gb": 60000}, "not enough room for a checkpoint of web01", "min_free_gb"),
+        (web01(checkpoint_type="Disabled"), {}, "checkpoints are disabled on web01", "Set-VM -CheckpointType", []),
+        (web01(checkpoint_type="Standard"), {}, "takes standard checkpoints only", '"production-or-standard"', []),
+        (web01(vss=False), {}, "took a standard checkpoint", '"production-or-standard"', ["standard"]),
+        (web01(), {"min_free_gb": 60000}, "not enough room for a checkpoint of web01", "min_free_gb", []),
     ],
 )
 def test_policy_refusals_leave_the_guest_and_the_host_untouched(
-    tmp_path: Path, vmbusops_home: Path, vm: VM, guard: dict[str, Any], says: str, to_do: str
+    tmp_path: Path, vmbusops_home: Path, vm: VM, guard: dict[str, Any], says: str, to_do: str, taken: list[str]
 ) -> None:
     scene = Scene(tmp_path, vmbusops_home, vm)
     scene.visit()
@@ -230,6 +230,8 @@ def test_policy_refusals_leave_the_guest_and_the_host_untouched(
     assert to_do in error, error  # and what to do about it
     assert_same_guest(before, scene.guest())
     assert scene.checkpoints_on_host() == []
+    # The receipt says which checkpoint Hyper-V took before it was refused (none, mostly).
+    assert [c["type"] for c in scene.receipt(1)["checkpoints"] if c["type"]] == taken
 
 
 def test_a_standard_checkpoint_is_taken_where_the_policy_accepts_one(tmp_path: Path, vmbusops_home: Path) -> None:

@@ -201,7 +201,8 @@ class RunGuards:
                 await self._refuse(
                     span, name, "Hyper-V took a standard checkpoint (the guest could not make a production one)"
                     " and the bundle's policy requires production; make the guest's Backup (volume shadow copy)"
-                    f" integration service work, or sign the bundle with {_ACCEPT_STANDARD}", remove=True)  # fmt: skip
+                    f" integration service work, or sign the bundle with {_ACCEPT_STANDARD}", remove=True,
+                    production=False)  # fmt: skip
         failure: tuple[str, Event] | None = None
         try:
             await self._phase(span, name, Phase.TAKEN, production=info.production)
@@ -251,10 +252,11 @@ class RunGuards:
         if why is not None:
             raise StepFailed(Event.FAIL, f"the guarded steps did not start: {why}", FailureCode.CHECKPOINT_REFUSED)
 
-    async def _refuse(self, span: Span, name: str, why: str, *, remove: bool) -> None:
+    async def _refuse(self, span: Span, name: str, why: str, *, remove: bool, production: bool | None = None) -> None:
+        """``production``: the type of a checkpoint that was taken and is refused (None: none was)."""
         if remove:
             await self.ctx.host.remove_checkpoint(self.ctx.vm, name, missing_ok=True)
-        await self._phase(span, name, Phase.REMOVED, outcome=Outcome.REFUSED.value, reason=why)
+        await self._phase(span, name, Phase.REMOVED, outcome=Outcome.REFUSED.value, reason=why, production=production)
         raise StepFailed(Event.FAIL, f"the guarded steps did not start: {why}", FailureCode.CHECKPOINT_REFUSED)
 
     async def _remove(self, span: Span, name: str, outcome: Outcome) -> None:
