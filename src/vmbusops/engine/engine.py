@@ -56,7 +56,7 @@ from vmbusops.credentials import GuestCredential
 from vmbusops.engine.context import RunContext, WaitReady, emit
 from vmbusops.engine.events import EngineEvent, JobResult
 from vmbusops.engine.executors import StepFailed, copied_files, executor_of
-from vmbusops.engine.guard import RolledBack, RunGuards, is_open
+from vmbusops.engine.guard import RolledBack, RunGuards, is_open, rolls_back
 from vmbusops.engine.journal import Journal
 from vmbusops.engine.leases import VmLeases
 from vmbusops.engine.machine import JobMachine, Output, RunMachine, StepInfo
@@ -279,11 +279,16 @@ class Engine:
         runs = await self._stored_runs(job_id, source)
         # A run with a checkpoint open resumes whatever its policy says: its guard settles it
         # (restores, removes) when it starts again (see .guard).
-        guarded = {r.id for r in runs if any(map(is_open, await self.writer.call(self.journal.checkpoints, r.id)))}
+        rows = {r.id: await self.writer.call(self.journal.checkpoints, r.id) for r in runs}
+        guarded = {run_id for run_id, checkpoints in rows.items() if any(map(is_open, checkpoints))}
         for run in runs:
             if run.id in guarded:
                 run.steps = [dataclasses.replace(s, resumable=True) for s in run.steps]
-        outputs = [out for run in runs for out in run.resume(abandon=abandon and run.id not in guarded)]
+        outputs = [
+            out
+            for run in runs
+            for out in run.resume(abandon=abandon and run.id not in guarded, rolling_back=rolls_back(rows[run.id]))
+        ]
         job = self._job(job_id, host, source, credential, runs)
         job.machine.state = State.INTERRUPTED
         self._emit([*outputs, *job.machine.resume()])

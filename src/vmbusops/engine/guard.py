@@ -108,6 +108,18 @@ def is_open(row: CheckpointView) -> bool:
     return row.phase != Phase.REMOVED or row.outcome == Outcome.ROLLED_BACK
 
 
+def rolls_back(rows: Sequence[CheckpointView]) -> str | None:
+    """Why a resumed run's guard will roll back (the agent stopped mid-span, or mid-rollback),
+    or None: after a crash, a span's checkpoint taken and not kept is restored (module doc)."""
+    for row in rows:
+        if not is_open(row) or row.phase == Phase.PLANNED or (row.phase == Phase.REMOVING and row.outcome == Outcome.KEPT):
+            continue
+        if row.phase == Phase.TAKEN:
+            return f"the agent stopped while the guarded steps ran; rolled back to checkpoint {row.name}"
+        return f"{row.reason or 'the agent stopped while the guarded steps ran'}; rolled back to checkpoint {row.name}"
+    return None
+
+
 @dataclass(eq=False)
 class RunGuards:
     """The guarded spans of one run, with the journal's rows of them (see the module doc)."""

@@ -233,12 +233,17 @@ class RunMachine:
             *self._finish(Event.CANCEL, f"{self.vm}: cancelled", FailureCode.CANCELLED),
         ]
 
-    def resume(self, *, abandon: bool, cause: str = "the agent stopped under this run") -> list[Output]:
+    def resume(
+        self, *, abandon: bool, cause: str = "the agent stopped under this run", rolling_back: str | None = None
+    ) -> list[Output]:
         """After an interruption: run again from the interrupted step, or abandon the run.
 
         ``abandon`` is the bundle's resume policy saying so; a step that is not resumable
         abandons the run too (it may have done half its work). ``cause`` says what interrupted
-        the run, in the message of a run abandoned by the policy."""
+        the run, in the message of a run abandoned by the policy. ``rolling_back`` (why) says
+        that the run's checkpoint guard will restore its change when the run starts again
+        (:mod:`.guard`): the interrupted step is not run again but ends failed, as it was cut
+        short, and the run resumes so that its guard can roll back."""
         if self.state is not State.INTERRUPTED:
             return []
         self._check(Event.RESUME)
@@ -247,6 +252,9 @@ class RunMachine:
         out: list[Output] = []
         for i, s in enumerate(self.step_states):
             if s is not State.INTERRUPTED:
+                continue
+            if rolling_back is not None:
+                out += self._step(i, Event.ABANDON, error=rolling_back, code=FailureCode.ROLLED_BACK)
                 continue
             if not self.steps[i].resumable:
                 return self._abandon(
