@@ -412,10 +412,10 @@ async def test_a_host_slow_to_list_its_vms_still_beats_with_the_last_listing(
         stalled = trio.Event()
         listing = host.list_vms
 
-        async def stuck(names: Any = None) -> Any:  # Get-VM that does not answer until released
+        async def stuck(names: Any = None, **how: Any) -> Any:  # Get-VM that does not answer until released
             stalled.set()
             await release.wait()
-            return await listing(names)
+            return await listing(names, **how)
 
         host.list_vms = stuck  # type: ignore[method-assign]
         await stalled.wait()
