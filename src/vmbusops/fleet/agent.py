@@ -420,7 +420,7 @@ class FleetAgent:
         await self._publish(fact)
 
     async def _run_one(
-        self, work: messages.DispatchWork, bundle: FleetBundle, start: RunStart, delivery: Delivery
+        self, work: messages.DispatchWork, bundle: FleetBundle, start: RunStart | None, delivery: Delivery
     ) -> None:
         key = FleetRunKey(work.job, work.run, work.epoch)
         verified = bundle.verified
@@ -430,7 +430,7 @@ class FleetAgent:
             source=f"{FLEET_SOURCE_PREFIX}job {work.job} run {work.run} epoch {work.epoch}",
             enable_guest_services=verified.scope.enable_guest_services,
             targets=(work.vm,),
-            envelope=verified.envelope.to_json(),
+            envelope=bundle.envelope_json or verified.envelope.to_json(),
             submitter=f"fleet:{work.controller}",
         )
         created = trio.Event()

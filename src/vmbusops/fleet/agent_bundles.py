@@ -76,6 +76,8 @@ class FleetBundle:
     #: The trust policy it was verified with.
     policy: TrustPolicy | None = None
     digest: str = ""
+    #: ``verified.envelope.to_json()``, made once for the local jobs of its runs.
+    envelope_json: bytes = b""
 
 
 def bundle_cache_dir() -> Path:
@@ -160,7 +162,9 @@ def verify_for_vm(data: bytes, *, vm: str, digest: str, now: datetime | None = N
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
-    return FleetBundle(verified=verified, directory=directory, policy=policy, digest=digest)
+    return FleetBundle(
+        verified=verified, directory=directory, policy=policy, digest=digest, envelope_json=verified.envelope.to_json()
+    )
 
 
 def check_vm(verified: VerifiedBundle, vm: str) -> None:
@@ -194,8 +198,9 @@ async def vm_selected_here(manifest: Manifest, vm: str, host: HyperVHost) -> Non
         )
 
 
-def dispatch_start(work: messages.DispatchWork, steps: int) -> RunStart:
-    """The dispatch's start as the engine takes it; a Refusal when it does not fit the bundle."""
+def dispatch_start(work: messages.DispatchWork, steps: int) -> RunStart | None:
+    """The dispatch's start as the engine takes it (None: from the beginning, nothing of the run
+    done anywhere yet); a Refusal when it does not fit the bundle."""
     try:
         start = RunStart(
             step_states=tuple(State(s) for s in work.start.step_states),
@@ -205,6 +210,8 @@ def dispatch_start(work: messages.DispatchWork, steps: int) -> RunStart:
         start.check(steps)
     except ValueError as exc:
         raise Refusal(FailureCode.INTERNAL.value, f"the dispatch's start does not fit the bundle: {exc}") from None
+    if start.next_seq == 1 and not any(start.attempts) and all(s is State.PENDING for s in start.step_states):
+        return None  # what the engine does anyway, without a commit (and a batch) to say so
     return start
 
 

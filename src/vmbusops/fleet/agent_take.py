@@ -61,7 +61,7 @@ class BundleTaker:
         #: Bundle id -> the fleet job it serves here, as bound (a binding never changes).
         self.bound: dict[str, int] = {}
 
-    async def take(self, work: messages.DispatchWork) -> tuple[FleetBundle, RunStart]:
+    async def take(self, work: messages.DispatchWork) -> tuple[FleetBundle, RunStart | None]:
         """The run's bundle, judged for it and bound to its fleet job, and the dispatch's start
         checked against it; :class:`Refusal` if refused (nothing is left in use then). The
         bundle is the run's until :meth:`release`."""
