@@ -7,20 +7,23 @@ three tasks beside them (see ``docs/adr/0007-fleet.md`` for the whole fleet):
 
 - **presence** (:mod:`.agent_presence`): every ``heartbeat`` the host entry is put (host, cluster,
   this process's boot id, a sequence number, the host's VMs as last listed, ``max_sessions``); apart
-  from the beats, the VMs are listed (``Get-VM``) every ``heartbeat`` and the placement of each VM
-  the host lists is written when it changed (compare-and-set), so a host slow to list never
-  delays a beat. If no beat could be written for ``host_ttl``, the agent has lost the broker: the
+  from the beats, the VMs are listed (``Get-VM``, which is not free on a host with many VMs) every
+  ``list_every`` (5 s; at most ``host_ttl / 2``, never more often than the beats), and at once
+  when a run's VM is found gone (before its ``moved`` fact, so the beats after it no longer claim
+  the VM); the placement of each VM the host lists is written when it changed (compare-and-set),
+  so a host slow to list never delays a beat. If no beat could be written for ``host_ttl``, the agent has lost the broker: the
   controller will judge this host dead and dispatch its runs elsewhere, so every fleet run here is cancelled now (their
   later facts carry the old epoch, which the controller's projection fences off). Beats go on
   being tried, and resume once the broker answers.
 - **work**: the host's durable pull consumer is read in order. A ``dispatch`` is taken once per
   (job, run, epoch) (:class:`.agent_store.FleetStore`); its bundle is fetched by digest, hashed
-  again and verified with this host's own trust policy, scope by the run's VM name, and expiry
+  again and verified with this host's own trust policy (once per digest and policy text, the
+  runs of a job sharing it), and judged for each run on scope by the run's VM name and expiry
   (:mod:`.agent_bundles`); replay: a bundle id serves every run of one fleet job and never a
-  second one (the host's replay store also records it, so ``vmbusops run`` of that bundle here is
-  refused, and a bundle run here before is refused to the fleet). A refusal is published as a
-  ``refused`` fact and nothing runs. Otherwise the local job is created (one run, going on from
-  the dispatch's step states: :meth:`Engine.run_fleet_run`), the message is acked, and the run
+  second one (:mod:`.agent_take`; the host's replay store also records it, so ``vmbusops run``
+  of that bundle here is refused, and a bundle run here before is refused to the fleet). A
+  refusal is published as a ``refused`` fact and nothing runs. Otherwise the local job is created
+  (one run, going on from the dispatch's step states: :meth:`Engine.run_fleet_run`), the message is acked, and the run
   goes in the agent's jobs nursery under the agent's own ``max_sessions``. A ``cancel`` cancels
   that local run. A message that does not parse is logged in one line and terminated.
 - **forwarding** (:mod:`.agent_batches`): the journal writer's ``on_applied`` tap turns each
