@@ -11,7 +11,8 @@ three tasks beside them (see ``docs/adr/0007-fleet.md`` for the whole fleet):
   ``list_every`` (5 s; at most ``host_ttl / 2``, never more often than the beats), and at once
   when a run's VM is found gone (before its ``moved`` fact, so the beats after it no longer claim
   the VM); the placement of each VM the host lists is written when it changed (compare-and-set),
-  so a host slow to list never delays a beat. If no beat could be written for ``host_ttl``, the agent has lost the broker: the
+  so a host slow to list never delays a beat. A finished run's receipt takes its VM's id from that
+  listing too (:class:`.agent_presence.LastListing`), rather than listing again as runs end. If no beat could be written for ``host_ttl``, the agent has lost the broker: the
   controller will judge this host dead and dispatch its runs elsewhere, so every fleet run here is cancelled now (their
   later facts carry the old epoch, which the controller's projection fences off). Beats go on
   being tried, and resume once the broker answers.
@@ -51,9 +52,10 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import trio
 
@@ -74,17 +76,19 @@ from vmbusops.fleet.agent_batches import (
     wire_changes,
 )
 from vmbusops.fleet.agent_bundles import FleetBundle, Refusal
-from vmbusops.fleet.agent_presence import Placement, host_entry, put_host_entry
+from vmbusops.fleet.agent_presence import LastListing, Placement, host_entry, put_host_entry
 from vmbusops.fleet.agent_store import REFUSED, RUNNING, STALE, FleetStore
 from vmbusops.fleet.agent_take import BundleTaker
 from vmbusops.fleet.broker import Broker, BrokerError, Delivery
 from vmbusops.fleet.names import PLACEMENT_BUCKET, check_host_name, host_log_subject
 from vmbusops.fleet.vm_labels import GROUPS_EVERY, group_names, labels_of
-from vmbusops.guestops.host import VMInfo
+from vmbusops.guestops.host import HyperVHost, VMInfo
 from vmbusops.guestops.vm_groups import VMGroupInfo
 from vmbusops.owner import current_owner
 
 log = logging.getLogger("vmbusops.fleet.agent")
+
+AfterRun = Callable[[HyperVHost, int, int, str], Awaitable[None]]
 
 #: At most this many batches, of about this many bytes, go in one message (NATS's default
 #: max_payload is 1 MiB).
@@ -179,6 +183,9 @@ class FleetAgent:
         writer = self.engine.writer
         self._chained = writer.on_applied
         writer.on_applied = self._applied
+        receipt = self.engine.after_run
+        if receipt is not None:
+            self.engine.after_run = partial(self._after_run, receipt)
         self.last_beat_ok = trio.current_time()
         try:
             with self._scope:
@@ -195,6 +202,13 @@ class FleetAgent:
                     task_status.started()
         finally:
             writer.on_applied = self._chained
+            self.engine.after_run = receipt
+
+    async def _after_run(self, receipt: AfterRun, host: HyperVHost, job_id: int, run_id: int, vm: str) -> None:
+        """A finished run's receipt, its VM's id from the last listing when the VM is in it."""
+        if any(v.name.casefold() == vm.casefold() for v in self.vms):
+            host = cast("HyperVHost", LastListing(host, self.vms))  # the receipt only lists VMs
+        await receipt(host, job_id, run_id, vm)
 
     async def stop(self, drain: float) -> None:
         """Take no more work; publish what is queued (for at most ``drain`` seconds); stop."""
