@@ -6,16 +6,18 @@ The agent process keeps its engine, journal, jobs nursery and HTTP API; the flee
 three tasks beside them (see ``docs/adr/0007-fleet.md`` for the whole fleet):
 
 - **presence** (:mod:`.agent_presence`): every ``heartbeat`` the host entry is put (host, cluster,
-  this process's boot id, a sequence number, the host's VMs as last listed, ``max_sessions``); apart
-  from the beats, the VMs are listed (``Get-VM``, which is not free on a host with many VMs) every
-  ``list_every`` (5 s; at most ``host_ttl / 2``, never more often than the beats), and at once
-  when a run's VM is found gone (before its ``moved`` fact, so the beats after it no longer claim
-  the VM); the placement of each VM the host lists is written when it changed (compare-and-set),
-  so a host slow to list never delays a beat. A finished run's receipt takes its VM's id from that
-  listing too (:class:`.agent_presence.LastListing`), rather than listing again as runs end. If no beat could be written for ``host_ttl``, the agent has lost the broker: the
-  controller will judge this host dead and dispatch its runs elsewhere, so every fleet run here is cancelled now (their
-  later facts carry the old epoch, which the controller's projection fences off). Beats go on
-  being tried, and resume once the broker answers.
+  this process's boot id, a sequence number, the host's VMs as last listed, ``max_sessions``);
+  apart from the beats, the VMs are listed (``Get-VM``, which is not free on a host with many
+  VMs) every ``list_every`` (``[fleet] list_seconds``, 5 s; at most ``host_ttl / 2``, never more
+  often than the beats), and at once when a run's VM is found gone (before its ``moved`` fact, so
+  the beats after it no longer claim the VM); the placement of each VM the host lists is written
+  when it changed (compare-and-set), so a host slow to list never delays a beat. A finished run's
+  receipt takes its VM's id from that listing too (:class:`.agent_presence.LastListing`), rather
+  than listing again as runs end. If no beat could be written for ``host_ttl``, the agent has
+  lost the broker: the controller will judge this host dead and dispatch its runs elsewhere, so
+  every fleet run here is cancelled now (their later facts carry the old epoch, which the
+  controller's projection fences off). Beats go on being tried, and resume once the broker
+  answers.
 - **work**: the host's durable pull consumer is read in order. A ``dispatch`` is taken once per
   (job, run, epoch) (:class:`.agent_store.FleetStore`); its bundle is fetched by digest, hashed
   again and verified with this host's own trust policy (once per digest and policy text, the
