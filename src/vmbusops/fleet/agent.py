@@ -26,8 +26,9 @@ three tasks beside them (see ``docs/adr/0007-fleet.md`` for the whole fleet):
   second one (:mod:`.agent_take`; the host's replay store also records it, so ``vmbusops run``
   of that bundle here is refused, and a bundle run here before is refused to the fleet). A
   refusal is published as a ``refused`` fact and nothing runs. Otherwise the local job is created
-  (one run, going on from the dispatch's step states: :meth:`Engine.run_fleet_run`), the message is acked, and the run
-  goes in the agent's jobs nursery under the agent's own ``max_sessions``. A ``cancel`` cancels
+  (one run, going on from the dispatch's step states, or fresh when nothing of it ran anywhere:
+  :meth:`Engine.run_fleet_run`), the message is acked, and the run goes in the agent's jobs
+  nursery under the agent's own ``max_sessions``. A ``cancel`` cancels
   that local run. A message that does not parse is logged in one line and terminated.
 - **forwarding** (:mod:`.agent_batches`): the journal writer's ``on_applied`` tap turns each
   commit into one ``batch`` per fleet run it touched, queued in order; one task publishes them in
