@@ -38,8 +38,9 @@ a file that decides which host the agent drives must not pass silently. ::
     tls_ca = "/etc/vmbusops/nats-ca.pem"       # TLS to NATS, checked against this CA; --fleet-ca
     tls_cert = "/etc/vmbusops/nats-client.pem" # a TLS client certificate for NATS, with tls_key; --fleet-cert
     tls_key = "/etc/vmbusops/nats-client.key"  # its private key (PEM); --fleet-key
-    heartbeat_seconds = 1      # how often the host entry (and the VMs' placement) is written
+    heartbeat_seconds = 1      # how often the host entry is written
     host_ttl_seconds = 10      # no heartbeat written for this long: this host's fleet runs are cancelled
+    list_seconds = 5           # how often the host's VMs are listed and their placement written (at most host_ttl_seconds / 2)
 
     [credentials]
     key_file = "/etc/vmbusops/credentials.key"  # the guest credentials' sealing key, kept outside

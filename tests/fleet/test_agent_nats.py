@@ -180,7 +180,8 @@ async def test_a_dispatched_run_is_forwarded_as_its_local_journal_holds_it_and_r
     nats_server: NatsServer, broker: NatsBroker, tmp_path: Path
 ) -> None:
     async with fleet_of(nats_server, broker, tmp_path) as fleet:
-        digest = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01", "web02"], steps=[SAY, SECOND]))
+        archive = signed_bundle(tmp_path, fleet.key, vms=["web01", "web02"], steps=[SAY, SECOND])
+        digest = await fleet.put(archive)
         await fleet.dispatch(7, 1, "web01", digest, steps=2)
         facts = await fleet.read_until(ended(7))
         found = batches(facts, 7)
@@ -203,6 +204,19 @@ async def test_a_dispatched_run_is_forwarded_as_its_local_journal_holds_it_and_r
         await fleet.dispatch(7, 2, "web02", digest, steps=2)
         await fleet.read_until(ended(7, 2))
         assert fleet.agent.duplicates == 1
+        assert len(local_jobs(fleet.journal)) == 2
+        assert fleet.agent.taker.bundles.verified == 1  # verified (and extracted) once for both runs
+
+        # The same job's next run names an archive whose signature was altered: another digest,
+        # verified afresh, refused; nothing runs.
+        good = archive.read_bytes()
+        at = good.index(b'"sig": "') + 10
+        tampered = tmp_path / "tampered.vmb"
+        tampered.write_bytes(good[:at] + bytes([good[at] ^ 1]) + good[at + 1 :])
+        await fleet.dispatch(7, 3, "web02", await fleet.put(tampered), steps=2)
+        facts = await fleet.read_until(lambda fs: any(isinstance(f, messages.RefusedFact) for f in fs))
+        [refused] = [f for f in facts if isinstance(f, messages.RefusedFact)]
+        assert (refused.job, refused.run, refused.code) == (7, 3, "BundleRejected")
         assert len(local_jobs(fleet.journal)) == 2
 
 
@@ -333,6 +347,8 @@ async def test_a_run_whose_vm_migrates_away_is_reported_moved_not_failed(
         [moved] = [f for f in facts if isinstance(f, messages.MovedFact)]
         assert (moved.job, moved.run, moved.epoch, moved.host) == (12, 1, 1, HOST)
         assert "web01" in moved.reason
+        # Listed again before the fact: the beats that follow it no longer claim the VM.
+        assert "web01" not in [vm.name for vm in fleet.agent.vms]
         # Locally the run failed; the fleet run stands as its batches said: the first step done,
         # the second one as it was when the VM left (resumed by its rules where it is now).
         [job] = local_jobs(fleet.journal)
@@ -412,10 +428,10 @@ async def test_a_host_slow_to_list_its_vms_still_beats_with_the_last_listing(
         stalled = trio.Event()
         listing = host.list_vms
 
-        async def stuck(names: Any = None) -> Any:  # Get-VM that does not answer until released
+        async def stuck(names: Any = None, **how: Any) -> Any:  # Get-VM that does not answer until released
             stalled.set()
             await release.wait()
-            return await listing(names)
+            return await listing(names, **how)
 
         host.list_vms = stuck  # type: ignore[method-assign]
         await stalled.wait()

@@ -185,6 +185,7 @@ def test_joining_options_are_checked_and_the_password_never_comes_from_a_flag(
         fleet_join(FleetConfig(), url=None, host=None, default_host="sim")
     (tmp_path / "config.toml").write_text(
         '[fleet]\nurl = "nats://127.0.0.1:4222"\nhost = "hv02"\ncluster = "c1"\nhost_ttl_seconds = 2\n'
+        "list_seconds = 0.5\n"
     )
     config = load_config(tmp_path / "config.toml")
     with pytest.raises(ConfigError, match="password without a user"):
@@ -192,6 +193,7 @@ def test_joining_options_are_checked_and_the_password_never_comes_from_a_flag(
     monkeypatch.delenv(ENV_NATS_PASSWORD)
     join = fleet_join(config.fleet, url=None, host=None, default_host="sim")
     assert (join.url, join.host, join.cluster, join.host_ttl) == ("nats://127.0.0.1:4222", "hv02", "c1", 2.0)
+    assert join.list_every == 0.5
     (tmp_path / "config.toml").write_text('[fleet]\nheartbeat = 1\n')
     with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[fleet\]"):
         load_config(tmp_path / "config.toml")

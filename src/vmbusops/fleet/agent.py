@@ -6,22 +6,29 @@ The agent process keeps its engine, journal, jobs nursery and HTTP API; the flee
 three tasks beside them (see ``docs/adr/0007-fleet.md`` for the whole fleet):
 
 - **presence** (:mod:`.agent_presence`): every ``heartbeat`` the host entry is put (host, cluster,
-  this process's boot id, a sequence number, the host's VMs as last listed, ``max_sessions``); apart
-  from the beats, the VMs are listed (``Get-VM``) every ``heartbeat`` and the placement of each VM
-  the host lists is written when it changed (compare-and-set), so a host slow to list never
-  delays a beat. If no beat could be written for ``host_ttl``, the agent has lost the broker: the
-  controller will judge this host dead and dispatch its runs elsewhere, so every fleet run here is cancelled now (their
-  later facts carry the old epoch, which the controller's projection fences off). Beats go on
-  being tried, and resume once the broker answers.
+  this process's boot id, a sequence number, the host's VMs as last listed, ``max_sessions``);
+  apart from the beats, the VMs are listed (``Get-VM``, which is not free on a host with many
+  VMs) every ``list_every`` (``[fleet] list_seconds``, 5 s; at most ``host_ttl / 2``, never more
+  often than the beats), and at once when a run's VM is found gone (before its ``moved`` fact, so
+  the beats after it no longer claim the VM); the placement of each VM the host lists is written
+  when it changed (compare-and-set), so a host slow to list never delays a beat. A finished run's
+  receipt takes its VM's id from that listing too (:class:`.agent_presence.LastListing`), rather
+  than listing again as runs end. If no beat could be written for ``host_ttl``, the agent has
+  lost the broker: the controller will judge this host dead and dispatch its runs elsewhere, so
+  every fleet run here is cancelled now (their later facts carry the old epoch, which the
+  controller's projection fences off). Beats go on being tried, and resume once the broker
+  answers.
 - **work**: the host's durable pull consumer is read in order. A ``dispatch`` is taken once per
   (job, run, epoch) (:class:`.agent_store.FleetStore`); its bundle is fetched by digest, hashed
-  again and verified with this host's own trust policy, scope by the run's VM name, and expiry
+  again and verified with this host's own trust policy (once per digest and policy text, the
+  runs of a job sharing it), and judged for each run on scope by the run's VM name and expiry
   (:mod:`.agent_bundles`); replay: a bundle id serves every run of one fleet job and never a
-  second one (the host's replay store also records it, so ``vmbusops run`` of that bundle here is
-  refused, and a bundle run here before is refused to the fleet). A refusal is published as a
-  ``refused`` fact and nothing runs. Otherwise the local job is created (one run, going on from
-  the dispatch's step states: :meth:`Engine.run_fleet_run`), the message is acked, and the run
-  goes in the agent's jobs nursery under the agent's own ``max_sessions``. A ``cancel`` cancels
+  second one (:mod:`.agent_take`; the host's replay store also records it, so ``vmbusops run``
+  of that bundle here is refused, and a bundle run here before is refused to the fleet). A
+  refusal is published as a ``refused`` fact and nothing runs. Otherwise the local job is created
+  (one run, going on from the dispatch's step states, or fresh when nothing of it ran anywhere:
+  :meth:`Engine.run_fleet_run`), the message is acked, and the run goes in the agent's jobs
+  nursery under the agent's own ``max_sessions``. A ``cancel`` cancels
   that local run. A message that does not parse is logged in one line and terminated.
 - **forwarding** (:mod:`.agent_batches`): the journal writer's ``on_applied`` tap turns each
   commit into one ``batch`` per fleet run it touched, queued in order; one task publishes them in
@@ -48,22 +55,20 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import trio
 
-from vmbusops.bundle.errors import ReplayedBundleError
-from vmbusops.engine import acceptance
 from vmbusops.engine.changes import Change
 from vmbusops.engine.engine import Engine
 from vmbusops.engine.journal import StoredRecord
 from vmbusops.engine.run_start import RunStart
 from vmbusops.engine.source import FLEET_SOURCE_PREFIX, JobSource
 from vmbusops.engine.states import State
-from vmbusops.errors import BundleError, FailureCode, VmbusOpsError
+from vmbusops.errors import FailureCode, VmbusOpsError
 from vmbusops.fleet import messages
 from vmbusops.fleet.agent_batches import (
     BatchBuilder,
@@ -73,27 +78,20 @@ from vmbusops.fleet.agent_batches import (
     moved_split,
     wire_changes,
 )
-from vmbusops.fleet.agent_bundles import (
-    REPLAYED_BUNDLE,
-    FleetBundle,
-    Refusal,
-    bundle_cache_dir,
-    dispatch_start,
-    fetch_bundle,
-    remove_bundle,
-    verify_for_vm,
-    vm_selected_here,
-)
-from vmbusops.fleet.agent_presence import Placement, host_entry, put_host_entry
+from vmbusops.fleet.agent_bundles import FleetBundle, Refusal
+from vmbusops.fleet.agent_presence import LastListing, Placement, host_entry, put_host_entry
 from vmbusops.fleet.agent_store import REFUSED, RUNNING, STALE, FleetStore
+from vmbusops.fleet.agent_take import BundleTaker
 from vmbusops.fleet.broker import Broker, BrokerError, Delivery
 from vmbusops.fleet.names import PLACEMENT_BUCKET, check_host_name, host_log_subject
 from vmbusops.fleet.vm_labels import GROUPS_EVERY, group_names, labels_of
-from vmbusops.guestops.host import VMInfo
+from vmbusops.guestops.host import HyperVHost, VMInfo
 from vmbusops.guestops.vm_groups import VMGroupInfo
 from vmbusops.owner import current_owner
 
 log = logging.getLogger("vmbusops.fleet.agent")
+
+AfterRun = Callable[[HyperVHost, int, int, str], Awaitable[None]]
 
 #: At most this many batches, of about this many bytes, go in one message (NATS's default
 #: max_payload is 1 MiB).
@@ -107,6 +105,9 @@ class FleetAgentOptions:
     cluster: str | None = None
     #: Seconds between heartbeats.
     heartbeat: float = 1.0
+    #: Seconds between listings of the host's VMs (``Get-VM``), bounded by heartbeat and
+    #: host_ttl / 2; a run whose VM left this host has the host listed again at once.
+    list_every: float = 5.0
     #: No heartbeat written for this long: the broker is lost, this host's fleet runs stop.
     host_ttl: float = 10.0
     max_sessions: int = 32
@@ -142,6 +143,10 @@ class FleetAgent:
         self.owner = current_owner()
         self.builder = BatchBuilder(max_inline_records=options.max_inline_records)
         self.placement = Placement(broker, self.host, options.cluster, self.boot)
+        self.taker = BundleTaker(
+            broker, engine, store, self.owner, max_bundle_bytes=options.max_bundle_bytes,
+            retrying=lambda call: self._retrying(call, attempts=5),
+        )  # fmt: skip
         #: Fleet runs of this process, by key, while they run.
         self.running: dict[FleetRunKey, Tracked] = {}
         self._wake = trio.Event()
@@ -152,6 +157,10 @@ class FleetAgent:
         #: The host's VMs as last listed (by :meth:`_list_loop`); each beat carries them.
         self.vms: list[VMInfo] = []
         self.listed = trio.Event()
+        self._relist = trio.Event()
+        #: Listings begun and ended (tests read them too).
+        self.list_started = 0
+        self.list_done = 0
         #: The host's VM groups as last listed, when; the groups and tags of its VMs.
         self.groups: list[VMGroupInfo] | None = None
         self.groups_at = 0.0
@@ -177,6 +186,9 @@ class FleetAgent:
         writer = self.engine.writer
         self._chained = writer.on_applied
         writer.on_applied = self._applied
+        receipt = self.engine.after_run
+        if receipt is not None:
+            self.engine.after_run = partial(self._after_run, receipt)
         self.last_beat_ok = trio.current_time()
         try:
             with self._scope:
@@ -193,6 +205,13 @@ class FleetAgent:
                     task_status.started()
         finally:
             writer.on_applied = self._chained
+            self.engine.after_run = receipt
+
+    async def _after_run(self, receipt: AfterRun, host: HyperVHost, job_id: int, run_id: int, vm: str) -> None:
+        """A finished run's receipt, its VM's id from the last listing when the VM is in it."""
+        if any(v.name.casefold() == vm.casefold() for v in self.vms):
+            host = cast("HyperVHost", LastListing(host, self.vms))  # the receipt only lists VMs
+        await receipt(host, job_id, run_id, vm)
 
     async def stop(self, drain: float) -> None:
         """Take no more work; publish what is queued (for at most ``drain`` seconds); stop."""
@@ -228,8 +247,9 @@ class FleetAgent:
     async def _list_vms(self) -> list[VMInfo]:
         """The host's VMs now; none while the host cannot be asked (a VM this host cannot see is
         claimed neither in its entry nor in placement, where another host may have it by now)."""
+        self.list_started += 1
         try:
-            self.vms = await self.engine.host.list_vms()
+            self.vms = await self.engine.host.list_vms(fresh=True)
         except VmbusOpsError as exc:
             if self.vms:
                 log.info("cannot list the host's VMs", extra={"event": "fleet-list-failed", "error": exc.message})
@@ -238,22 +258,36 @@ class FleetAgent:
         return self.vms
 
     async def _list_loop(self) -> None:
-        """Refresh the listing (and the placement it implies) every ``heartbeat``, apart from the
-        beats: a host slow to answer ``Get-VM`` under load must not make the controller think it
-        lost, so each beat carries the last listing this loop got."""
+        """List the VMs (and write the placement that implies) every ``list_every`` and whenever
+        :meth:`relist` asks, apart from the beats: a host slow to answer ``Get-VM`` under load must
+        not make the controller think it lost, so each beat carries the last listing this loop got."""
+        options = self.options
+        every = max(options.heartbeat, min(options.list_every, options.host_ttl / 2))
         while True:
             started = trio.current_time()
+            self._relist = trio.Event()
             vms = await self._list_vms()
             await self._label(vms)
             if not self.beat_failing:
                 try:
-                    with trio.fail_after(max(self.options.host_ttl / 2, self.options.heartbeat)):
+                    with trio.fail_after(max(options.host_ttl / 2, options.heartbeat)):
                         await self.placement.update(vms)
                 except (BrokerError, trio.TooSlowError) as exc:
                     log.info("placement not written; next listing", extra={
                         "event": "fleet-placement-failed", "error": str(exc) or "timed out",
                     })  # fmt: skip
-            await trio.sleep_until(started + self.options.heartbeat)
+            self.list_done = self.list_started
+            self._notify()
+            with trio.move_on_at(started + every):
+                await self._relist.wait()
+            await trio.sleep_until(started + options.heartbeat)  # never more often than the beats
+
+    async def relist(self) -> None:
+        """Return once a listing that began after this call has ended (and been written)."""
+        wanted = self.list_started + 1
+        self._relist.set()
+        while self.list_done < wanted:
+            await self._changed.wait()
 
     async def _label(self, vms: list[VMInfo]) -> None:
         """The groups and tags of ``vms`` for the beats (groups listed every ``GROUPS_EVERY``)."""
@@ -368,9 +402,7 @@ class FleetAgent:
 
     async def _dispatch(self, work: messages.DispatchWork, delivery: Delivery) -> None:
         key = FleetRunKey(work.job, work.run, work.epoch)
-        if self.store.get(work.job, work.run, work.epoch) is not None or (
-            self.store.latest_epoch(work.job, work.run) > work.epoch
-        ):
+        if self.store.taken(work.job, work.run, work.epoch):
             self.duplicates += 1
             log.info("dispatch taken before: not run again", extra={
                 "event": "fleet-duplicate", "fleet_job": work.job, "run": work.run, "epoch": work.epoch,
@@ -380,77 +412,20 @@ class FleetAgent:
         for older in [t for k, t in self.running.items() if (k.job, k.run) == (key.job, key.run)]:
             self.engine.cancel(older.local_job)  # the controller moved the run on from that epoch
         try:
-            bundle, start = await self._bundle(work)
+            bundle, start = await self.taker.take(work)
         except Refusal as refusal:
             await self._refuse(work, refusal)
             self.store.take(work.job, work.run, work.epoch, work.vm, self.owner)
             self.store.set_state(work.job, work.run, work.epoch, REFUSED)
             await self._settle(delivery)
             return
-        # A durable write (synchronous=FULL): off the event loop, which the host's runs share.
-        await trio.to_thread.run_sync(self.store.take, work.job, work.run, work.epoch, work.vm, self.owner)
-        self.jobs.start_soon(self._run_one, work, bundle, start, delivery)
-
-    async def _bundle(self, work: messages.DispatchWork) -> tuple[FleetBundle, RunStart]:
-        """Fetch, verify, and bind the bundle to the fleet job (replay), and check the dispatch's
-        start against it; Refusal if refused (nothing is left behind then)."""
-        data = await self._retrying(
-            lambda: fetch_bundle(
-                self.broker, work.bundle, cache=bundle_cache_dir(), max_bytes=self.options.max_bundle_bytes
-            ),
-            attempts=5,
-        )
-        bundle = await trio.to_thread.run_sync(lambda: verify_for_vm(data, vm=work.vm, digest=work.bundle))
         try:
-            start = dispatch_start(work, len(bundle.verified.manifest.steps))
-            await vm_selected_here(bundle.verified.manifest, work.vm, self.engine.host)
-            try:
-                # Resolved here, from this agent's own store, as for a local job; only found now
-                # (a missing one refuses the run before anything is used up), never sent anywhere.
-                self.engine.credential_for(bundle.verified.manifest.credential)
-            except VmbusOpsError as exc:
-                raise Refusal(exc.code.value, exc.message) from None
-            await trio.to_thread.run_sync(self._bind, bundle, work.job)
+            # A durable write: off the event loop, which the host's runs share.
+            await trio.to_thread.run_sync(self.store.take, work.job, work.run, work.epoch, work.vm, self.owner)
         except BaseException:
-            remove_bundle(bundle)
+            self.taker.release(bundle)
             raise
-        return bundle, start
-
-    def _bind(self, bundle: FleetBundle, job: int) -> None:
-        manifest = bundle.verified.manifest
-        bound = self.store.bundle_job(manifest.id)
-        if bound is None:
-            bound = self.store.bind_bundle(manifest.id, job)
-            if bound == job:
-                # The first run of this job here: the host's replay store judges (and records)
-                # the bundle as for any acceptance, so a bundle run here before never serves the
-                # fleet, and a fleet bundle is never run again by `vmbusops run`. Bound first, so
-                # a crash in between cannot refuse this job's own later runs.
-                try:
-                    self._accept_once(bundle)
-                except Refusal:
-                    self.store.unbind_bundle(manifest.id, job)
-                    raise
-        if bound != job:
-            raise Refusal(
-                REPLAYED_BUNDLE,
-                f"bundle id {manifest.id} ({manifest.name} v{manifest.version}) already served fleet job"
-                f" {bound} on this host; a bundle serves one job",
-            )
-
-    def _accept_once(self, bundle: FleetBundle) -> None:
-        manifest = bundle.verified.manifest
-        with acceptance.open_replay(self.engine.journal) as replay:
-            try:
-                replay.reserve(
-                    bundle_id=manifest.id, name=manifest.name, version=manifest.version,
-                    accepted_at=datetime.now(UTC), holder=self.owner,
-                )  # fmt: skip
-                replay.confirm(manifest.id)
-            except ReplayedBundleError as exc:
-                raise Refusal(REPLAYED_BUNDLE, exc.message) from None
-            except BundleError as exc:
-                raise Refusal(exc.code.value, exc.message) from None
+        self.jobs.start_soon(self._run_one, work, bundle, start, delivery)
 
     async def _refuse(self, work: messages.DispatchWork, refusal: Refusal) -> None:
         self.refused += 1
@@ -465,7 +440,7 @@ class FleetAgent:
         await self._publish(fact)
 
     async def _run_one(
-        self, work: messages.DispatchWork, bundle: FleetBundle, start: RunStart, delivery: Delivery
+        self, work: messages.DispatchWork, bundle: FleetBundle, start: RunStart | None, delivery: Delivery
     ) -> None:
         key = FleetRunKey(work.job, work.run, work.epoch)
         verified = bundle.verified
@@ -475,7 +450,7 @@ class FleetAgent:
             source=f"{FLEET_SOURCE_PREFIX}job {work.job} run {work.run} epoch {work.epoch}",
             enable_guest_services=verified.scope.enable_guest_services,
             targets=(work.vm,),
-            envelope=verified.envelope.to_json(),
+            envelope=bundle.envelope_json or verified.envelope.to_json(),
             submitter=f"fleet:{work.controller}",
         )
         created = trio.Event()
@@ -516,12 +491,12 @@ class FleetAgent:
             finally:
                 self.running.pop(key, None)
                 self._notify()
+                self.taker.release(bundle)
                 if not created.is_set():
                     # Nothing was journaled (the host being reopened, say): forget the dispatch,
                     # unacked, so that its redelivery is taken again.
                     nursery.cancel_scope.cancel()
                     self.store.forget(work.job, work.run, work.epoch)
-                    remove_bundle(bundle)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -590,6 +565,9 @@ class FleetAgent:
             await self._publish(self._batch_fact(pending, changes, records))
         if moved:
             self.moved += 1
+            # Listed again first, so that the beats after the fact no longer claim the VM.
+            with trio.move_on_after(self.options.host_ttl / 2):
+                await self.relist()
             reason = f"VM {tracked.vm} is no longer on host {self.host}"
             log.info("fleet run's VM left this host", extra={
                 "event": "fleet-moved", "fleet_job": key.job, "run": key.run, "epoch": key.epoch, "vm": tracked.vm,

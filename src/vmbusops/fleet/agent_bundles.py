@@ -8,9 +8,15 @@ judges one submitted to its own API:
    from the cache or the broker, is hashed again and refused if it does not match;
 2. :func:`vmbusops.bundle.verify.verify_stream` with this host's trust policy: the signature,
    the trust scope (targets, credential, step kinds, threshold, its end), expiry, every member's
-   SHA-256; extracted into a fresh owner-only directory for the local job;
+   SHA-256; extracted into a fresh owner-only directory;
 3. the run's VM: one of the manifest's targets must name it, and the scope that allowed the
    bundle must cover it by name.
+
+Steps 1 and 2 are done once per digest (:class:`VerifiedBundles`): the runs of one fleet job on
+this host share the bundle as the runs of a local job do. What depends on the run or on the moment
+is judged again for every run: the trust policy must be the one the signatures were verified
+against (its text unchanged; otherwise everything is done again), the bundle not expired nor
+issued in the future, a scope of today's policy must still allow it (a scope's end), and step 3.
 
 Replay (a bundle id serves every run of one fleet job, never a second one) is the agent's own
 store's (:class:`.agent_store.FleetStore`) and the host's replay store's: see :mod:`.agent`.
@@ -21,11 +27,13 @@ A refusal is a :class:`Refusal` (code and one-line reason) that the agent publis
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,9 +42,9 @@ import trio
 
 from vmbusops.bundle.manifest import Manifest
 from vmbusops.bundle.paths import accepted_bundles_dir, trust_policy_path
-from vmbusops.bundle.policy import load_trust_policy
+from vmbusops.bundle.policy import TrustPolicy, load_trust_policy
 from vmbusops.bundle.replay import ReplayStore
-from vmbusops.bundle.verify import VerifiedBundle, verify_stream
+from vmbusops.bundle.verify import DEFAULT_LIMITS, VerifiedBundle, check_freshness, verify_stream
 from vmbusops.engine.run_start import RunStart
 from vmbusops.engine.states import State
 from vmbusops.engine.targets import resolve_on_host
@@ -63,8 +71,13 @@ class Refusal(Exception):
 @dataclass(frozen=True, slots=True)
 class FleetBundle:
     verified: VerifiedBundle
-    #: Where its files were extracted (owned by the local job).
+    #: Where its files were extracted (shared by the runs of its digest: see :class:`VerifiedBundles`).
     directory: Path
+    #: The trust policy it was verified with.
+    policy: TrustPolicy | None = None
+    digest: str = ""
+    #: ``verified.envelope.to_json()``, made once for the local jobs of its runs.
+    envelope_json: bytes = b""
 
 
 def bundle_cache_dir() -> Path:
@@ -132,6 +145,8 @@ def verify_for_vm(data: bytes, *, vm: str, digest: str, now: datetime | None = N
     try:
         try:
             policy = load_trust_policy(trust_policy_path())
+            # The text is read again on every call; an unchanged text gives this same object,
+            # which is how :class:`VerifiedBundles` knows the signatures need no new check.
             # Replay is judged by the caller, per fleet job: this verification checks expiry only.
             verified = verify_stream(
                 io.BytesIO(data),
@@ -147,7 +162,9 @@ def verify_for_vm(data: bytes, *, vm: str, digest: str, now: datetime | None = N
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
-    return FleetBundle(verified=verified, directory=directory)
+    return FleetBundle(
+        verified=verified, directory=directory, policy=policy, digest=digest, envelope_json=verified.envelope.to_json()
+    )
 
 
 def check_vm(verified: VerifiedBundle, vm: str) -> None:
@@ -181,8 +198,9 @@ async def vm_selected_here(manifest: Manifest, vm: str, host: HyperVHost) -> Non
         )
 
 
-def dispatch_start(work: messages.DispatchWork, steps: int) -> RunStart:
-    """The dispatch's start as the engine takes it; a Refusal when it does not fit the bundle."""
+def dispatch_start(work: messages.DispatchWork, steps: int) -> RunStart | None:
+    """The dispatch's start as the engine takes it (None: from the beginning, nothing of the run
+    done anywhere yet); a Refusal when it does not fit the bundle."""
     try:
         start = RunStart(
             step_states=tuple(State(s) for s in work.start.step_states),
@@ -192,6 +210,8 @@ def dispatch_start(work: messages.DispatchWork, steps: int) -> RunStart:
         start.check(steps)
     except ValueError as exc:
         raise Refusal(FailureCode.INTERNAL.value, f"the dispatch's start does not fit the bundle: {exc}") from None
+    if start.next_seq == 1 and not any(start.attempts) and all(s is State.PENDING for s in start.step_states):
+        return None  # what the engine does anyway, without a commit (and a batch) to say so
     return start
 
 
@@ -199,10 +219,101 @@ def remove_bundle(bundle: FleetBundle) -> None:
     shutil.rmtree(bundle.directory, ignore_errors=True)
 
 
+@dataclass(slots=True)
+class _Cached:
+    bundle: FleetBundle
+    #: Runs using its directory now.
+    users: int = 0
+
+
+class VerifiedBundles:
+    """Bundles this agent fetched, verified and extracted, by the SHA-256 of the archive: what a
+    fleet job's runs share on this host (see the module's docstring for what each run is still
+    judged on). At most ``keep`` digests no run uses are kept; the least recently used of the rest
+    are removed (their directories too) when another comes in, as is one verified against a
+    trust policy that changed since, once no run uses it.
+
+    :meth:`take` and :meth:`release` run on the agent's trio thread, :meth:`add` in a worker
+    thread (with the verification before it): a lock keeps them apart."""
+
+    def __init__(self, *, keep: int = 8) -> None:
+        self.keep = keep
+        self._entries: dict[str, _Cached] = {}
+        self._retired: list[_Cached] = []
+        self._lock = threading.Lock()
+        self._freshness: ReplayStore | None = None
+        #: Full verifications made (tests read it).
+        self.verified = 0
+
+    def take(self, digest: str, *, vm: str, now: datetime | None = None) -> FleetBundle | None:
+        """The bundle of ``digest`` judged again for this run, counted as used until
+        :meth:`release`; None when it is not here (or was verified against another trust policy
+        text): then fetch, :func:`verify_for_vm` and :meth:`add`. :class:`Refusal` if this run
+        may not use it."""
+        with self._lock:
+            cached = self._entries.get(digest)
+        if cached is None:
+            return None
+        try:
+            policy = load_trust_policy(trust_policy_path())
+        except BundleError:
+            policy = None  # verified in full again, which refuses it with the policy's own error
+        bundle = cached.bundle
+        if policy is not bundle.policy or policy is None:
+            with self._lock:
+                if self._entries.get(digest) is cached:
+                    del self._entries[digest]
+                    self._retired.append(cached)
+            return None
+        reference = now if now is not None else datetime.now(UTC)
+        manifest = bundle.verified.manifest
+        if self._freshness is None:
+            self._freshness = ReplayStore.in_memory()  # never holds anything: freshness only
+        try:
+            check_freshness(manifest, reference_time=reference, replay=self._freshness, skew=DEFAULT_LIMITS.clock_skew)
+            signers = frozenset(k.keyid for k in bundle.verified.signers)
+            scope = policy.authorize(manifest, signers, reference_time=reference)
+        except BundleError as exc:
+            raise Refusal(exc.code.value, exc.message) from None
+        verified = dataclasses.replace(bundle.verified, scope=scope)
+        check_vm(verified, vm)
+        with self._lock:
+            cached.users += 1
+        return dataclasses.replace(bundle, verified=verified)
+
+    def add(self, bundle: FleetBundle) -> None:
+        """Keep ``bundle`` (just verified, counted as used by the run that verified it); remove
+        what is no longer kept (blocks: a worker thread)."""
+        with self._lock:
+            self.verified += 1
+            old = self._entries.pop(bundle.digest, None)
+            if old is not None:
+                self._retired.append(old)
+            self._entries[bundle.digest] = _Cached(bundle, users=1)
+            doomed = [c for c in self._retired if c.users == 0]
+            self._retired = [c for c in self._retired if c.users > 0]
+            idle = [d for d, c in self._entries.items() if c.users == 0]
+            for digest in idle[: max(0, len(idle) - self.keep)]:  # oldest first (insertion order)
+                doomed.append(self._entries.pop(digest))
+        for cached in doomed:
+            remove_bundle(cached.bundle)
+
+    def release(self, bundle: FleetBundle) -> None:
+        """A run is done with ``bundle``; the most recently released digest is kept longest."""
+        with self._lock:
+            for cached in (self._entries.get(bundle.digest), *self._retired):
+                if cached is not None and cached.bundle.directory == bundle.directory:
+                    cached.users = max(0, cached.users - 1)
+                    if self._entries.get(bundle.digest) is cached:
+                        self._entries[bundle.digest] = self._entries.pop(bundle.digest)
+                    return
+
+
 __all__ = [
     "REPLAYED_BUNDLE",
     "FleetBundle",
     "Refusal",
+    "VerifiedBundles",
     "bundle_cache_dir",
     "check_vm",
     "dispatch_start",

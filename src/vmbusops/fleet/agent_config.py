@@ -13,6 +13,7 @@
     tls_key = "/etc/vmbusops/nats-client.key"
     heartbeat_seconds = 1            # how often the host entry is written
     host_ttl_seconds = 10            # no heartbeat written for this long: this host's fleet runs stop
+    list_seconds = 5                 # how often the VMs are listed (Get-VM); at most host_ttl_seconds / 2
 
 The command line's options win over the section. The password is read from
 ``VMBUSOPS_NATS_PASSWORD`` or the password file, never from a flag or the URL, so it is not in
@@ -34,7 +35,7 @@ from vmbusops.fleet.names import check_host_name
 ENV_NATS_PASSWORD = "VMBUSOPS_NATS_PASSWORD"  # noqa: S105 - the variable's name, not a password
 FLEET_KEYS = frozenset({
     "url", "host", "cluster", "user", "password_file", "tls_ca", "tls_cert", "tls_key", "heartbeat_seconds",
-    "host_ttl_seconds",
+    "host_ttl_seconds", "list_seconds",
 })  # fmt: skip
 _SCHEMES = ("nats", "tls")
 
@@ -51,6 +52,7 @@ class FleetConfig:
     tls_key: str | None = None
     heartbeat_seconds: float = 1.0
     host_ttl_seconds: float = 10.0
+    list_seconds: float = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +69,7 @@ class FleetJoin:
     tls_key: str | None
     heartbeat: float
     host_ttl: float
+    list_every: float = 5.0
 
 
 def parse_fleet_section(section: dict[str, Any], path: Path) -> FleetConfig:
@@ -87,6 +90,7 @@ def parse_fleet_section(section: dict[str, Any], path: Path) -> FleetConfig:
         password_file=text("password_file"), tls_ca=text("tls_ca"), tls_cert=text("tls_cert"),
         tls_key=text("tls_key"), heartbeat_seconds=number("heartbeat_seconds", 1.0, 0.05, 60),
         host_ttl_seconds=number("host_ttl_seconds", 10.0, 0.5, 3600),
+        list_seconds=number("list_seconds", 5.0, 0.05, 3600),
     )  # fmt: skip
 
 
@@ -154,7 +158,7 @@ def fleet_join(
     return FleetJoin(
         url=check_url(merged.url), host=name, cluster=merged.cluster, user=merged.user, password=password,
         tls_ca=merged.tls_ca, tls_cert=merged.tls_cert, tls_key=merged.tls_key,
-        heartbeat=merged.heartbeat_seconds, host_ttl=merged.host_ttl_seconds,
+        heartbeat=merged.heartbeat_seconds, host_ttl=merged.host_ttl_seconds, list_every=merged.list_seconds,
     )  # fmt: skip
 
 

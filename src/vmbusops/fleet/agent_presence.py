@@ -40,7 +40,7 @@ from typing import Any
 
 from vmbusops.fleet.broker import Broker, BrokerError
 from vmbusops.fleet.names import HOSTS_BUCKET, PLACEMENT_BUCKET
-from vmbusops.guestops.host import VMInfo
+from vmbusops.guestops.host import HyperVHost, VMInfo
 
 log = logging.getLogger("vmbusops.fleet.agent")
 
@@ -141,6 +141,22 @@ class Placement:
         self.writes += 1
 
 
+@dataclass(frozen=True, slots=True)
+class LastListing:
+    """``host`` with its full VM listing answered from ``vms``, the fleet agent's last (at most
+    its ``list_every`` old): a finished run's receipt (:func:`vmbusops.receipts.receipt_hook`)
+    takes its VM's id from there instead of having ``Get-VM`` asked again as runs end. A listing
+    by name, or a fresh one, is the host's."""
+
+    host: HyperVHost
+    vms: Sequence[VMInfo]
+
+    async def list_vms(self, names: Sequence[str] | None = None, *, fresh: bool = False) -> list[VMInfo]:
+        if names or fresh:
+            return await self.host.list_vms(names, fresh=fresh)
+        return list(self.vms)
+
+
 def _running_elsewhere(stored: bytes, host: str) -> bool:
     try:
         doc = json.loads(stored)
@@ -149,4 +165,4 @@ def _running_elsewhere(stored: bytes, host: str) -> bool:
     return isinstance(doc, dict) and doc.get("host") != host and doc.get("state") == "Running"
 
 
-__all__ = ["BrokerError", "Placement", "host_entry", "placement_entry", "put_host_entry", "vm_rows"]
+__all__ = ["BrokerError", "LastListing", "Placement", "host_entry", "placement_entry", "put_host_entry", "vm_rows"]

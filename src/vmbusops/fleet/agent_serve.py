@@ -54,7 +54,7 @@ async def start_fleet(
     """Start the fleet worker in ``nursery``; stop it with :meth:`FleetAgent.stop`."""
     store = FleetStore(fleet_store_path(engine.journal.path))
     options = FleetAgentOptions(
-        host=join.host, cluster=join.cluster, heartbeat=join.heartbeat, host_ttl=join.host_ttl,
+        host=join.host, cluster=join.cluster, heartbeat=join.heartbeat, host_ttl=join.host_ttl, list_every=join.list_every,
         max_sessions=engine.options.max_sessions, max_bundle_bytes=config.agent.max_bundle_bytes,
     )  # fmt: skip
     agent = FleetAgent(broker, engine, store, jobs, options)

@@ -14,9 +14,18 @@ States of a row: ``accepted`` (taken, its local job being made), ``running``, ``
 running by an earlier agent process: not resumed here, the controller dispatches it again with a
 new epoch once it sees this process's boot id).
 
-Every call blocks (SQLite, ``synchronous=FULL`` on the writes that decide what runs); the agent
-takes a dispatch and records ended runs in a worker thread, and makes the others (a run's local
-job as it is created, refusals, stale rows) on its trio thread.
+Durability: the file is in WAL mode with ``synchronous=NORMAL``, so a committed write survives
+the agent process being killed at any instant (as the engine's journal does); only a power cut or
+an OS crash may take the last writes back. :meth:`FleetStore.take` alone is written with
+``synchronous=FULL`` (synced before it returns): it is what keeps a dispatch delivered again from
+running twice, so it must hold even then. The other writes may be lost with the OS without harm:
+a run's state and local job (``running``) are what a later process marks ``stale`` (a row left
+``accepted`` is marked so too, and a fleet job's local job refuses ``vmbusops jobs resume`` by its
+source anyway); ``done`` and ``last_n`` only tell a later process the run needs nothing; a bundle's
+binding to its job is also recorded, durably, in the host's replay store at the job's first run.
+
+Every call blocks; the agent takes a dispatch and records ended runs in a worker thread, and
+makes the others (a run's local job as it is created, refusals, stale rows) on its trio thread.
 """
 
 from __future__ import annotations
@@ -77,7 +86,7 @@ class FleetStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = open_wal_database(path, _SCHEMA, what="the fleet agent's store")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -104,15 +113,24 @@ class FleetStore:
         rows = self._run("SELECT COALESCE(MAX(epoch), 0) FROM fleet_runs WHERE job = ? AND run = ?", (job, run))
         return int(rows[0][0])
 
+    def taken(self, job: int, run: int, epoch: int) -> bool:
+        """Whether this dispatch, or a later epoch of its run, was taken here before."""
+        return self.latest_epoch(job, run) >= epoch
+
     def take(self, job: int, run: int, epoch: int, vm: str, owner: Owner) -> bool:
-        """Record that this process takes the dispatch; False if it was taken before (by anyone)."""
+        """Record that this process takes the dispatch, synced to disk; False if it was taken
+        before (by anyone)."""
         with self._lock:
             try:
-                cur = self._db.execute(
-                    "INSERT OR IGNORE INTO fleet_runs (job, run, epoch, vm, state, owner_pid, owner_started)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (job, run, epoch, vm, ACCEPTED, owner.pid, owner.started),
-                )
+                self._db.execute("PRAGMA synchronous=FULL")
+                try:
+                    cur = self._db.execute(
+                        "INSERT OR IGNORE INTO fleet_runs (job, run, epoch, vm, state, owner_pid, owner_started)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (job, run, epoch, vm, ACCEPTED, owner.pid, owner.started),
+                    )
+                finally:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as exc:
                 raise JournalError(f"the fleet agent's store {self.path} cannot be written: {exc}") from exc
             return cur.rowcount == 1

@@ -241,12 +241,13 @@ class HyperVHost:
         self.invoker_as_function = found
 
     # -------------------------------------------------------------- VMs
-    async def list_vms(self, names: Sequence[str] | None = None) -> list[VMInfo]:
-        """Every VM on the host (or those matching ``names``), with the Guest Service Interface state."""
+    async def list_vms(self, names: Sequence[str] | None = None, *, fresh: bool = False) -> list[VMInfo]:
+        """Every VM on the host (or those matching ``names``), with the Guest Service Interface state;
+        ``fresh``: asked of the host now, whatever :meth:`cache_listing` keeps (and kept)."""
         if names or self._listing_ttl <= 0:
             return await self._list_vms(names)
         async with self._listing_lock:
-            if self._listing is None or trio.current_time() - self._listed_at > self._listing_ttl:
+            if fresh or self._listing is None or trio.current_time() - self._listed_at > self._listing_ttl:
                 self._listing = await self._list_vms(None)
                 self._listed_at = trio.current_time()
             return list(self._listing)
