@@ -40,11 +40,10 @@ PEER_VENV="$ROOT/.venv-peer"
 bootstrap_peer_venv() {
     _need_python
     local stamp="$PEER_VENV/.vmbusops-stamp" want="pypsrp==1.0.0b1"
-    if [ ! -x "$PEER_VENV/bin/python" ]; then
-        "$PY" -m venv "$PEER_VENV"
-    fi
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         echo "==> installing the independent PSRP peer ($want) into $PEER_VENV" >&2
+        # Made afresh, so that one left half-made by a stopped run is never taken for whole.
+        "$PY" -m venv --clear "$PEER_VENV"
         "$PEER_VENV/bin/python" -m pip install -q "$want" 2>&1 | grep -v '^WARNING: Location' >&2 || true
         "$PEER_VENV/bin/python" -c 'import psrp' \
             || { echo "installing $want into $PEER_VENV failed" >&2; exit 1; }

@@ -24,6 +24,11 @@ def pytest_configure(config: pytest.Config) -> None:
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if src not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([src, *paths])
+    # pytest-xdist's --dist loadfile hands files out most-tests-first by default, which sends the
+    # long single-test files (a README flow, the soak) out last, where one worker runs them alone
+    # while the other waits. The order of :func:`pytest_collection_modifyitems` is kept instead.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +101,19 @@ def find_pwsh() -> str | None:
     return resolve()
 
 
+def _long_files_first(items: list[pytest.Item]) -> None:
+    """Files with a test marked ``slow`` or ``pwsh`` (a real PowerShell per test) first, each file's
+    tests kept together and in order: the workers start on the long files and end together on the
+    short ones."""
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    long = {f for f, its in files.items() if any(i.get_closest_marker(m) for i in its for m in ("slow", "pwsh"))}
+    items[:] = [i for f in sorted(files, key=lambda f: f not in long) for i in files[f]]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _long_files_first(items)
     if find_pwsh() is not None:
         return
     for item in items:

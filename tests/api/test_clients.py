@@ -8,6 +8,7 @@ import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
 import trio
 from tests.api.conftest import VMBUSOPS, Agent
 from tests.builders import bundle_doc, script, write_bundle_source
@@ -23,6 +24,7 @@ def cli(agent: Agent, *args: str, token: str | None = "admin") -> subprocess.Com
     return subprocess.run([VMBUSOPS, *args], capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
+@pytest.mark.slow
 async def test_submit_follow_and_remote_logs_match_the_local_commands(agent: Agent) -> None:
     steps = [script("greet", 'Write-Output "hello"; Write-Warning "careful"; Write-Error "bad thing"')]
     path = agent.bundle(["a-web01", "a-web02"], steps)
@@ -74,6 +76,7 @@ async def test_submit_follow_json_lines_carry_their_time_as_run_json_does(agent:
     assert all(list(line) == ["event", "vm", "time", "state", "step", "error", "code"] for line in runs), runs
 
 
+@pytest.mark.slow
 async def test_jobs_and_history_globs_read_an_agent_as_the_journal(agent: Agent) -> None:
     path = agent.bundle(["a-web01", "a-web02"], [script("greet", 'Write-Output "hello"')])
     done = await trio.to_thread.run_sync(lambda: cli(agent, "submit", str(path), "--agent", agent.url, "--follow"))

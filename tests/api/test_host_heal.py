@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from tests.api.conftest import TENANT_VMS, Agent, make_tokens, start_agent, submit, wait_ready
 from tests.builders import lab_text, script
@@ -66,6 +67,7 @@ def metric(text: str, name: str) -> float:
     return float(found.group(1))
 
 
+@pytest.mark.slow
 async def test_a_killed_host_is_reopened_and_later_jobs_run(tmp_path: Path, vmbusops_home: Path) -> None:
     lab = crashing_lab(tmp_path)
     agent = start(tmp_path, vmbusops_home, lab)

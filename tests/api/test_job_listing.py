@@ -9,6 +9,7 @@ import subprocess
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from tests.api.conftest import VMBUSOPS, Agent, submit
 from tests.builders import script
@@ -32,6 +33,7 @@ def is_problem(r: httpx.Response, status: int) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.slow
 async def test_job_list_filters_pages_and_refuses_bad_filters(agent: Agent) -> None:
     ok = 'Write-Output "x"'
     jobs: dict[str, int] = {}

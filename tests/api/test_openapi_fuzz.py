@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 from tests.api.conftest import Agent, submit
 from tests.builders import script
@@ -14,6 +15,7 @@ from tests.builders import script
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 
 
+@pytest.mark.slow
 async def test_no_server_errors_under_schema_driven_fuzzing(agent: Agent, tmp_path: Path) -> None:
     # A finished job, so that some generated ids exist.
     r = await submit(agent, agent.bundle(["a-web01"], [script("s", 'Write-Output "x"')]))

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import pytest
 import trio
 from tests.api.conftest import VMBUSOPS, Agent, submit
 from tests.api.test_job_listing import wait_done
@@ -65,6 +66,7 @@ def cli(*args: str, home: Path, token: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([VMBUSOPS, *args], capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
+@pytest.mark.slow
 async def test_receipt_export_and_transcript_through_the_agent_verify_on_the_tenants_side(
     agent: Agent, tmp_path: Path
 ) -> None:

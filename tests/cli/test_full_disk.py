@@ -45,6 +45,7 @@ def only_job(env: dict[str, str]) -> dict[str, object]:
     return job
 
 
+@pytest.mark.slow
 def test_a_run_into_a_full_journal_says_so_in_one_line_and_the_job_resumes(
     tmp_path: Path, vmbusops_home: Path
 ) -> None:
@@ -91,6 +92,7 @@ def tmpfs_home(vmbusops_home: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(vmbusops_home)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_disk_under_home_is_one_line_naming_the_store_and_nothing_is_lost(
     tmp_path: Path, tmpfs_home: Path
 ) -> None:
@@ -120,6 +122,7 @@ def test_a_full_disk_under_home_is_one_line_naming_the_store_and_nothing_is_lost
     assert after[: len(seen)] == seen
 
 
+@pytest.mark.slow
 def test_a_bundle_too_big_for_the_disk_is_refused_in_one_line_and_can_be_run_later(
     tmp_path: Path, tmpfs_home: Path
 ) -> None:

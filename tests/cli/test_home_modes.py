@@ -18,6 +18,7 @@ import tomllib
 from pathlib import Path
 
 import httpx
+import pytest
 import tomli_w
 
 SIM_GUESTS = Path("sim", "guests")
@@ -50,6 +51,7 @@ def loose_paths(home: Path) -> list[str]:
     return loose
 
 
+@pytest.mark.slow
 def test_every_path_under_the_home_is_owner_only(tmp_path: Path, vmbusops_home: Path) -> None:
     env = dict(os.environ, VMBUSOPS_KEY_PASSPHRASE="correct horse battery")
     env.pop("VMBUSOPS_LAB", None)

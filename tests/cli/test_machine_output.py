@@ -41,6 +41,7 @@ def results(text: str) -> dict[str, dict[str, Any]]:
     return {line["vm"]: line for line in ndjson(text) if line["event"] == "result"}
 
 
+@pytest.mark.slow
 def test_exec_reports_the_exit_code_and_fails_on_it_unless_told_to_ignore_it(make_lab: Callable[..., Any]) -> None:
     make_lab()
     failed = vmbusops("exec", "--vm", "web01", "--json", "--", "'a'; exit 3")
@@ -146,6 +147,7 @@ def test_the_readme_lists_every_failure_code_and_every_error_class_has_one() -> 
 LONG = "x" * 6000  # longer than a pipe's atomic write and than a text stream's chunk
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
 def test_lines_from_many_guests_at_once_are_never_torn_in_a_file(
     vmbusops_home: Path, tmp_path: Path, as_json: bool

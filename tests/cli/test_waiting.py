@@ -63,6 +63,7 @@ def runs_once(job_id: int, ready: Callable[[dict[str, dict[str, Any]]], bool]) -
         time.sleep(0.1)  # polled as an operator would; nothing here measures time
 
 
+@pytest.mark.slow
 def test_a_waiting_run_says_why_in_jobs_show(started: Callable[..., None]) -> None:
     # Job 1: two VMs, one at a time: one runs, the other waits for a slot.
     started(["vm01", "vm02"], [HOLD], {"max_concurrency": 1})

@@ -94,6 +94,7 @@ def run_and_kill(env: dict[str, str], home: Path, path: Path) -> int:
     return jobs(home)[-1][0]
 
 
+@pytest.mark.slow
 def test_a_run_refused_for_its_credential_uses_nothing_up(
     tmp_path: Path, env: dict[str, str], key: PrivateKey, vmbusops_home: Path
 ) -> None:
@@ -113,6 +114,7 @@ def test_a_run_refused_for_its_credential_uses_nothing_up(
     assert again.returncode == 4 and "already accepted" in again.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("host", ["missing", "garbage"])
 def test_a_run_whose_host_fails_uses_nothing_up(
     tmp_path: Path, env: dict[str, str], key: PrivateKey, vmbusops_home: Path, host: str
@@ -130,6 +132,7 @@ def test_a_run_whose_host_fails_uses_nothing_up(
     assert ok.returncode == 0, ok.stderr
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_its_job_exists_keeps_the_bundle_used_and_the_job_resumable(
     tmp_path: Path, env: dict[str, str], key: PrivateKey, vmbusops_home: Path
 ) -> None:

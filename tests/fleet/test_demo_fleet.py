@@ -14,6 +14,7 @@ import pytest
 from vmbusops.fleet.natsserver import find_nats_server
 
 
+@pytest.mark.slow
 def test_demo_fleet_shows_a_job_over_every_host_a_migration_and_a_killed_agent_each_resolved(tmp_path: Path) -> None:
     if find_nats_server() is None:
         if os.environ.get("VMBUSOPS_NATS") == "required":

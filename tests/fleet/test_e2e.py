@@ -30,6 +30,8 @@ from vmbusops.fleet.nats_broker import NatsBroker
 from vmbusops.fleet.natsserver import NatsServer
 from vmbusops.fleet.store import FleetJournal
 
+pytestmark = pytest.mark.slow
+
 VMS = {"vm-a1": "HV-A", "vm-a2": "HV-A", "vm-b1": "HV-B", "vm-c1": "HV-C"}
 
 

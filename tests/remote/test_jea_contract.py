@@ -204,6 +204,7 @@ def _dict_keys(node: ast.expr, *, strict: bool = False) -> set[str]:
     return set()
 
 
+@pytest.mark.slow
 def test_the_role_allows_exactly_the_cmdlets_the_agent_sends() -> None:
     allowed = _role()
     sent = _sent()
@@ -221,6 +222,7 @@ def test_the_role_allows_exactly_the_cmdlets_the_agent_sends() -> None:
 USED_INSIDE_THE_ENDPOINT = {"Get-VM": {"Id"}}
 
 
+@pytest.mark.slow
 def test_the_role_allows_exactly_the_parameters_the_agent_sends() -> None:
     allowed = _role()
     sent = _sent()

@@ -7,6 +7,7 @@ import uuid
 from xml.etree import ElementTree
 
 import psrpcore
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from psrpcore.types import PSRPMessageType, deserialize
@@ -55,6 +56,7 @@ def _queued(pipe: psrpcore.ServerPipeline) -> bytes:
     return message.data
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(texts)
 def test_informational_records_equal_psrpcore(message: str) -> None:
@@ -79,6 +81,7 @@ def test_informational_records_equal_psrpcore(message: str) -> None:
         st.booleans(),
     )
 )
+@pytest.mark.slow
 def test_output_primitives_equal_psrpcore(value: object) -> None:
     pipe = _server_pipeline()
     pipe.write_output(value)
