@@ -411,9 +411,8 @@ class NatsBroker:
 
     async def _kv_entries(self, bucket: str) -> dict[str, KvEntry]:
         stream, pre = f"KV_{bucket}", f"$KV.{bucket}."
-        # A bucket nothing was written to (nor removed from) since the last listing has that
-        # listing still: one small request instead of reading every key (placement: one entry
-        # per VM of the fleet, listed every tick, written only when a VM moves).
+        # A bucket nothing was written to since the last listing has that listing still: one
+        # request, not a read of every key (placement: an entry per VM, written when one moves).
         found = (await self._jsc.stream_info(stream)).state
         mark = (found.first_seq, found.last_seq, found.messages)
         cached = self._kv_lists.get(bucket)
@@ -650,10 +649,9 @@ class NatsBroker:
 
 
 def _sequences(msg: Msg) -> tuple[int, int]:
-    """A JetStream message's (stream, consumer) sequences, read from its reply subject
-    (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``)
-    without building nats-py's whole metadata (a datetime per message); any other form through
-    nats-py's own parser."""
+    """A JetStream message's (stream, consumer) sequences from its reply subject (``$JS.ACK.<stream>.
+    <consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``), without nats-py's whole
+    metadata (a datetime per message); any other form through nats-py's parser."""
     tokens = (msg.reply or "").split(".")
     if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
         return int(tokens[5]), int(tokens[6])
