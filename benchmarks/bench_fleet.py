@@ -34,8 +34,8 @@ a round starts once its side says it is ready again (the fleet: every VM on a li
 Figures (medians over rounds, interleaved fleet, peer, single, fleet, peer, single, ... after one
 warm-up round of each, not counted):
 
-* wall: from the POST of the bundle until the job has ended (polled every 50 ms; for the peer,
-  from the first POST until the last of its jobs has ended);
+* wall: from the POST of the bundle until the job has ended (polled every 50 ms from a thread
+  of its own; for the peer, from the first POST until the last of its jobs has ended);
 * ideal = waves x per-run time, waves = ceil(VMs / max concurrency) (the same for both sides:
   ceil(agents x N / C) = ceil(N / (C / agents))), per-run time = the median run duration
   (``started_at`` to ``finished_at``) of the single-host rounds: what one run costs with nothing
@@ -116,6 +116,33 @@ def fleet_lab(agents: int, per_host: int, latency_ms: int) -> str:
     )
 
 
+def wait_ended(jobs: list[tuple[str, str, int]]) -> tuple[float, list[str]]:
+    """Poll each (API url, token, job id) every 50 ms until every job has ended; when (perf
+    counter) the last was seen ended, and their states. Called in a thread of its own: in the
+    event loop it took turns with the followers' tasks, and four hundred of them parsing a
+    backlog (the peer's) made it see the end tens of seconds late."""
+    clients = [httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=300) for url, token, _ in jobs]
+    states = [""] * len(jobs)
+    pending = set(range(len(jobs)))
+    last = 0.0
+    try:
+        while pending:
+            for i in sorted(pending):
+                try:
+                    states[i] = clients[i].get(f"/v1/jobs/{jobs[i][2]}").json()["job"]["state"]
+                except httpx.TransportError:  # a kept-alive connection the agent closed: next time
+                    continue
+                if states[i] not in ACTIVE:
+                    pending.discard(i)
+                    last = time.perf_counter()
+            if pending:
+                time.sleep(0.05)
+    finally:
+        for client in clients:
+            client.close()
+    return last, states
+
+
 async def one_round(url: str, token: str, body: bytes, followers: int, pids: dict[str, list[int]]) -> dict[str, Any]:
     """Submit the bundle ``body``, follow it with ``followers``, wait for its end; wall time, latencies, CPU."""
     got: dict[str, Any] = {"records": 0, "guest": [], "agent": [], "spans": {}}
@@ -133,12 +160,8 @@ async def one_round(url: str, token: str, body: bytes, followers: int, pids: dic
         async with trio.open_nursery() as nursery:
             for _ in range(followers):
                 nursery.start_soon(follow, url, token, job_id, got)
-            while True:
-                job = (await c.get(f"/v1/jobs/{job_id}")).json()["job"]
-                if job["state"] not in ACTIVE:
-                    wall = time.perf_counter() - started
-                    break
-                await trio.sleep(0.05)
+            ended, states = await trio.to_thread.run_sync(wait_ended, [(url, token, job_id)])
+            wall = ended - started
         cpu = {k: sum(cpu_seconds(p) for p in v) - before[k] for k, v in pids.items()}
         now = os.times()
         bench_cpu = now.user + now.system - own.user - own.system
@@ -148,7 +171,7 @@ async def one_round(url: str, token: str, body: bytes, followers: int, pids: dic
     ]
     errors = [f"{x['vm']} {x['state']}: {x['error']}" for x in runs if x["state"] != "success"]
     starts = [seconds_of(x["started_at"]) for x in runs if x["started_at"]]
-    return {"wall": wall, "state": job["state"], "journaled": sum(x["records"] for x in runs), "cpu": cpu,
+    return {"wall": wall, "state": states[0], "journaled": sum(x["records"] for x in runs), "cpu": cpu,
             "durations": durations, "errors": errors, "runs": len(runs), "accepted": accepted, "bench_cpu": bench_cpu,
             "first_start": min(starts) - posted if starts else math.nan, **got}  # fmt: skip
 
@@ -162,8 +185,6 @@ async def peer_round(
     before = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
     own = os.times()
     job_ids = [0] * len(agents)
-    ended = [0.0] * len(agents)
-    states = [""] * len(agents)
     runs: list[dict[str, Any]] = []
     clients = [
         httpx.AsyncClient(base_url=agent.url, headers={"Authorization": f"Bearer {home.token}"}, timeout=300)
@@ -184,14 +205,6 @@ async def peer_round(
         assert r.status_code == 201, r.text
         job_ids[i] = int(r.json()["job"]["id"])
 
-    async def until_ended(i: int) -> None:
-        while True:
-            states[i] = (await get(i, f"/v1/jobs/{job_ids[i]}"))["job"]["state"]
-            if states[i] not in ACTIVE:
-                ended[i] = time.perf_counter()
-                return
-            await trio.sleep(0.05)
-
     try:
         started, posted = time.perf_counter(), time.time()
         async with trio.open_nursery() as nursery:
@@ -202,9 +215,9 @@ async def peer_round(
             for i, (agent, home) in enumerate(agents):
                 for _ in range(followers):
                     nursery.start_soon(follow, agent.url, home.token, job_ids[i], got)
-            for i in range(len(agents)):
-                nursery.start_soon(until_ended, i)
-        wall = max(ended) - started
+            jobs = [(agent.url, home.token, job_ids[i]) for i, (agent, home) in enumerate(agents)]
+            ended, states = await trio.to_thread.run_sync(wait_ended, jobs)
+        wall = ended - started
         cpu = {k: sum(cpu_seconds(p) for p in v) - before[k] for k, v in pids.items()}
         now = os.times()
         bench_cpu = now.user + now.system - own.user - own.system
