@@ -29,7 +29,9 @@ moment they have it off the socket (bench_followers.py's follower).
 
 Each round runs alone: the processes of the other two sides are stopped (SIGSTOP) meanwhile and go
 on (SIGCONT) after, so no side's idle work (the fleet's beats, listings and ticks) slows another;
-a round starts once its side says it is ready again (the fleet: every VM on a live host).
+a round starts once its side says it is ready again (the fleet: every VM on a live host). Going
+on, each fleet agent finds it has not beaten for longer than ``host_ttl`` and logs that it lost the
+broker (with no run to stop); it beats again at once.
 
 Figures (medians over rounds, interleaved fleet, peer, single, fleet, peer, single, ... after one
 warm-up round of each, not counted):
