@@ -258,6 +258,23 @@ def test_a_page_applied_in_one_transaction_is_the_log_applied_message_by_message
     assert paged.last_seq() == len(log.messages)
 
 
+def test_a_page_without_a_skip_and_one_with_a_skip_give_what_the_messages_alone_give(tmp_path: Path) -> None:
+    # A page is applied without savepoints first; one with a message to skip again, with them.
+    log = FactLog()
+    log.job([("vm1", "hv1"), ("vm2", "hv2")])
+    log.add(DispatchFact(job=1, run=1, host="hv1", epoch=1, reason="first dispatch", time=log.tick()))
+    log.add(DispatchFact(job=1, run=2, host="hv2", epoch=1, reason="first dispatch", time=log.tick()))
+    one, two = whole_run("hv1", 1, 1, 1), whole_run("hv2", 1, 2, 1)
+    for fact in (one[0], two[0], one[0], one[1], two[1]):  # one[0] twice: the repeat is fenced
+        log.add(fact)
+    paged = Projection(FleetJournal(tmp_path / "paged.sqlite"), current_owner())
+    applied = paged.apply_page(log.messages[:5]) + paged.apply_page(log.messages[5:])
+    assert [a.skipped is not None for a in applied] == [False] * 5 + [True, False, False]
+    assert paged.journal.counter("fenced") == 1 and paged.journal.job(1).state is State.SUCCESS
+    project(tmp_path / "alone.sqlite", log)
+    assert dump(tmp_path / "paged.sqlite") == dump(tmp_path / "alone.sqlite")
+
+
 def test_a_page_that_fails_midway_leaves_nothing_and_is_applied_whole_again(tmp_path: Path) -> None:
     log = FactLog()
     log.job([("vm1", "hv1"), ("vm2", "hv1")])

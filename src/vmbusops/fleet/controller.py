@@ -6,20 +6,22 @@ Every controller runs these tasks (:meth:`Controller.run`):
 
 - **follow**: read the LOG stream in order from the projection's last applied sequence and
   apply each page of messages read (:meth:`.projection.Projection.apply_page`: one transaction
-  per page, in a worker thread); after each page, tell the API's followers what was committed
-  (``on_commit``, once per page), which jobs ended (``on_ended``), and wake the planner if the
-  page changed what it decides from. A standby does exactly this, so its journal is always the
-  active one's, up to the log's head.
+  per page, in a worker thread), the next page being read while one is applied; after each page,
+  tell the API's followers what was committed (``on_commit``, once per page), which jobs ended
+  (``on_ended``), and wake the planner if the page changed what it decides from. A standby does
+  exactly this, so its journal is always the active one's, up to the log's head.
 - **keep the lease**: every ``tick`` seconds, on its own timer, read the lease and renew or take
   it (:class:`.planner.Lease`), whatever a decision is doing meanwhile: a slow decision can
   neither let this controller's lease lapse nor keep a standby from taking a lease whose holder
   stopped. A new term starts a new :class:`.planner.Planner`; a lapsed lease drops it.
-- **govern**: every ``tick`` seconds read the hosts and the placement buckets. A standby notes
+- **govern**: every ``tick`` seconds read the hosts and the placement buckets (an entry is
+  parsed again only when its revision changed). A standby notes
   the agent boot id each dispatched run is seen under (:func:`.planner.note_boots`), so the term
   it may take knows which agents restarted. The active one decides after each look and whenever
   the follower wakes it (at most every ``min_gap``), once its projection has applied the log as
-  far as it was when its term began: it plans (a pure function of the projection, the hosts and
-  the placement), publishes the facts it decided on the log and sends what hosts must do on their
+  far as it was when its term began: it plans (a pure function of the projection, read on a
+  connection of its own so that it never waits for a page being applied, the hosts and the
+  placement), publishes the facts it decided on the log and sends what hosts must do on their
   work subjects (each batch pipelined, :meth:`.broker.Broker.publish_many`), waits until its own
   projection has applied its facts, and then plans again at once. A decision runs under a
   deadline, the moment the lease stops being this controller's by its own clock (``2 * ttl / 3``
@@ -44,7 +46,7 @@ from vmbusops.engine.events import RunChanged
 from vmbusops.engine.journal import StoredRecord
 from vmbusops.engine.states import State
 from vmbusops.errors import VmbusOpsError
-from vmbusops.fleet.broker import Broker, BrokerError
+from vmbusops.fleet.broker import Broker, BrokerError, StreamMessage
 from vmbusops.fleet.messages import BatchesFact, BatchFact, encode
 from vmbusops.fleet.names import (
     CONTROLLER_LEASE_KEY,
@@ -104,6 +106,10 @@ class Controller:
         self.journal = journal
         self.options = options
         self.projection = Projection(journal, current_owner())
+        #: Where the planner reads the projection: while :meth:`run` runs, a connection of its
+        #: own (WAL: it reads the last commit and never waits for a page being applied, nor
+        #: holds one up).
+        self.reads = journal
         self.on_commit = on_commit
         self.on_ended = on_ended
         self.on_created = on_created
@@ -152,12 +158,17 @@ class Controller:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self._until_ok("create the fleet's streams and buckets", self.broker.ensure_fleet)
         await trio.to_thread.run_sync(self.journal.adopt, current_owner(), self.wall())
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.follow)
-            nursery.start_soon(self.keep_lease)
-            nursery.start_soon(self.govern)
-            nursery.start_soon(self.heartbeat)
-            task_status.started()
+        self.reads = await trio.to_thread.run_sync(lambda: FleetJournal(self.journal.path, readonly=True))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.follow)
+                nursery.start_soon(self.keep_lease)
+                nursery.start_soon(self.govern)
+                nursery.start_soon(self.heartbeat)
+                task_status.started()
+        finally:
+            reads, self.reads = self.reads, self.journal
+            reads.close()
 
     async def _until_ok(self, what: str, fn: Callable[[], Awaitable[object]]) -> None:
         while True:
@@ -177,23 +188,34 @@ class Controller:
             log.warning("broker error", extra={"event": "broker-error", "doing": what, "error": exc.message})
 
     async def follow(self) -> None:
-        """Apply the log to the projection, in order, forever."""
+        """Apply the log to the projection, in order, forever: each page read is applied in a
+        worker thread while the next one is read (:meth:`_read_ahead`)."""
+        send, receive = trio.open_memory_channel[list[StreamMessage]](1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read_ahead, send)
+            async for messages in receive:
+                applied = await trio.to_thread.run_sync(self.projection.apply_page, messages)
+                self._told(applied)
+                self.applied = max(self.applied, messages[-1].seq)
+                self._progress.set()
+                self._progress = trio.Event()
+
+    async def _read_ahead(self, send: trio.MemorySendChannel[list[StreamMessage]]) -> None:
+        """Read the log from the projection's last applied sequence on, a page at a time, and
+        hand each page to :meth:`follow` (one page waits there at most)."""
+        after = self.applied
         while True:
             try:
-                messages = await self.broker.read_log(after=self.applied, batch=LOG_PAGE, timeout=1.0)
+                messages = await self.broker.read_log(after=after, batch=LOG_PAGE, timeout=1.0)
             except BrokerError as exc:
                 self._complain("read the log", exc)
                 await trio.sleep(self.options.tick)
                 continue
             self._complaints.discard("read the log")
             self.broker_up = True
-            if not messages:
-                continue
-            applied = await trio.to_thread.run_sync(self.projection.apply_page, messages)
-            self._told(applied)
-            self.applied = max(self.applied, messages[-1].seq)
-            self._progress.set()
-            self._progress = trio.Event()
+            if messages:
+                after = messages[-1].seq
+                await send.send(messages)
 
     def _told(self, page: list[Applied]) -> None:
         """Tell the API what a page of the log did (the followers once per page), and wake the
@@ -220,7 +242,7 @@ class Controller:
         owner = current_owner()
         while True:
             await trio.sleep(5.0)
-            jobs = await trio.to_thread.run_sync(self.journal.active_jobs)
+            jobs = await trio.to_thread.run_sync(self.reads.active_jobs)
             if jobs:
                 await trio.to_thread.run_sync(self.journal.heartbeat, [j.job_id for j in jobs], owner, self.wall())
 
@@ -314,10 +336,10 @@ class Controller:
     async def _look(self) -> None:
         broker = self.broker
         self.hosts = self.watch.update(await broker.kv_entries(HOSTS_BUCKET), trio.current_time())
-        self.placement = parse_placement(await broker.kv_entries(PLACEMENT_BUCKET))
+        self.placement = parse_placement(await broker.kv_entries(PLACEMENT_BUCKET), self.placement)
         self._complaints.discard("govern")
         if self.planner is None or not self.active():
-            jobs = await trio.to_thread.run_sync(self.journal.active_jobs)
+            jobs = await trio.to_thread.run_sync(self.reads.active_jobs)
             note_boots(self.boots, jobs, self.hosts)
             return
         for host in self.hosts:
@@ -335,11 +357,11 @@ class Controller:
             self._term_head = await broker.last_log_seq()
         if self.applied < self._term_head:
             return False  # a new term decides only once it has applied the log as it found it
-        jobs = await trio.to_thread.run_sync(self.journal.active_jobs)
+        jobs = await trio.to_thread.run_sync(self.reads.active_jobs)
         if not jobs:
             return False
         ids = [r.run_id for j in jobs for r in j.runs if planner.needs_start(r)]
-        starts = await trio.to_thread.run_sync(self.journal.run_starts, ids)
+        starts = await trio.to_thread.run_sync(self.reads.run_starts, ids)
         actions = planner.plan(jobs, self.hosts, self.placement, starts, now=trio.current_time(), wall=self.wall())
         facts = [a for a in actions if isinstance(a, Decide)]
         sends = [a for a in actions if isinstance(a, Send)]

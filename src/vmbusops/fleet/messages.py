@@ -288,21 +288,29 @@ def _parse(data: bytes, kinds: dict[str, type[Any]], where: str) -> Any:
 
 def _build(cls: type[Any], body: dict[str, Any], where: str, header: set[str]) -> Any:
     kind = cls.kind
-    names = [f.name for f in fields(cls)]
-    extra = set(body) - set(names) - header
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        names = tuple(f.name for f in fields(cls))
+        shape = _SHAPES[cls] = (names, frozenset(names), tuple(_OVERRIDES.get((cls, n), _FIELDS[n]) for n in names))
+    names, known, checks = shape
+    extra = body.keys() - known - header
     if extra:
         raise FleetMessageError(f"{where} {kind} message has unknown field(s) {', '.join(sorted(extra))}")
     values: dict[str, Any] = {}
-    for name in names:
+    for name, check in zip(names, checks, strict=True):
         if name not in body:
             if name in _OPTIONAL.get(cls, ()):
                 continue
             raise FleetMessageError(f"{where} {kind} message lacks {name!r}")
         try:
-            values[name] = _OVERRIDES.get((cls, name), _FIELDS[name])(body[name])
+            values[name] = check(body[name])
         except (TypeError, ValueError) as exc:
             raise FleetMessageError(f"{where} {kind} message: {name}: {exc}") from None
     return cls(**values)
+
+
+#: Per message class: its field names, as a set, and each field's check (read once).
+_SHAPES: dict[type[Any], tuple[tuple[str, ...], frozenset[str], tuple[Callable[[Any], Any], ...]]] = {}
 
 
 def _int(v: Any) -> int:
@@ -402,7 +410,7 @@ def _record(v: Any) -> WireRecord:
     r = _list(v)
     if len(r) != 6:
         raise ValueError("a record is [seq, step, attempt, stream, time, json]")
-    return (_pos(r[0]), _opt(_str)(r[1]), _nonneg(r[2]), _str(r[3]), _num(r[4]), _str(r[5]))
+    return (_pos(r[0]), None if r[1] is None else _str(r[1]), _nonneg(r[2]), _str(r[3]), _num(r[4]), _str(r[5]))
 
 
 def _batches(v: Any) -> tuple[BatchFact, ...]:

@@ -15,7 +15,8 @@ What it maps to on JetStream (names in :mod:`vmbusops.fleet.names`):
   sequence; so reads continue exactly after ``after``, without gap or repeat;
 - work: the host's durable pull consumer (explicit ack, redelivery after ``ack_wait``);
 - key-value: nats-py's buckets with direct get (so a host's user can be allowed exactly its keys);
-  compare-and-set failures are ``None``, not errors;
+  compare-and-set failures are ``None``, not errors; a listing of a bucket whose stream has not
+  moved (first and last sequence, message count) since the last listing is that listing again;
 - bundles: nats-py's object store to write; reads by direct get of the metadata and then of each
   chunk, so a host needs no consumer of its own to read a bundle.
 
@@ -108,6 +109,8 @@ class NatsBroker:
         self._log_cseq = 0
         self._log_epoch = -1
         self._cleanup: set[asyncio.Task[None]] = set()
+        #: Bucket -> (its stream's (first seq, last seq, messages), the listing read then).
+        self._kv_lists: dict[str, tuple[tuple[int, int, int], dict[str, KvEntry]]] = {}
 
     # connection --------------------------------------------------------------------------
     @classmethod
@@ -408,6 +411,13 @@ class NatsBroker:
 
     async def _kv_entries(self, bucket: str) -> dict[str, KvEntry]:
         stream, pre = f"KV_{bucket}", f"$KV.{bucket}."
+        # A bucket nothing was written to since the last listing has that listing still: one
+        # request, not a read of every key (placement: an entry per VM, written when one moves).
+        found = (await self._jsc.stream_info(stream)).state
+        mark = (found.first_seq, found.last_seq, found.messages)
+        cached = self._kv_lists.get(bucket)
+        if cached is not None and cached[0] == mark:
+            return dict(cached[1])
         config = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
             filter_subject=pre + ">",
@@ -442,6 +452,9 @@ class NatsBroker:
                         out[key] = KvEntry(key=key, value=msg.data, revision=meta.sequence.stream)
         finally:
             await self._forget(sub, stream, info.name)
+        # Kept under the mark read before the listing: a write during it makes the next
+        # listing read the bucket again.
+        self._kv_lists[bucket] = (mark, dict(out))
         return out
 
     async def _forget(self, sub: JetStreamContext.PullSubscription, stream: str, consumer: str | None) -> None:
@@ -544,14 +557,14 @@ class NatsBroker:
     def _take_log(self, msgs: list[Msg], after: int) -> list[StreamMessage]:
         out: list[StreamMessage] = []
         for msg in msgs:
-            meta = msg.metadata
-            if meta.sequence.consumer != self._log_cseq + 1 or meta.sequence.stream <= after:
+            stream_seq, consumer_seq = _sequences(msg)
+            if consumer_seq != self._log_cseq + 1 or stream_seq <= after:
                 # A gap or a repeat of the consumer's own numbering: what we have is in order
                 # and complete up to here; the next read starts a new consumer after it.
                 self._log_sub_stale()
                 break
             self._log_cseq += 1
-            after = meta.sequence.stream
+            after = stream_seq
             out.append(StreamMessage(subject=msg.subject, seq=after, data=msg.data))
         self._log_next = after + 1
         return out
@@ -633,6 +646,17 @@ class NatsBroker:
             if hashlib.sha256(data).digest() != expected:
                 raise BrokerError(f"bundle {digest[:12]} in the object store is corrupt")
         return data
+
+
+def _sequences(msg: Msg) -> tuple[int, int]:
+    """A JetStream message's (stream, consumer) sequences from its reply subject (``$JS.ACK.<stream>.
+    <consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``), without nats-py's whole
+    metadata (a datetime per message); any other form through nats-py's parser."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[5]), int(tokens[6])
+    meta = msg.metadata
+    return meta.sequence.stream, meta.sequence.consumer
 
 
 @asynccontextmanager

@@ -98,10 +98,16 @@ def parse_host_entry(entry: KvEntry) -> dict[str, Any] | None:
     return body
 
 
-def parse_placement(entries: Mapping[str, KvEntry]) -> dict[str, Placed]:
-    """The placement bucket as VM id -> where it is; entries that do not parse are left out."""
+def parse_placement(entries: Mapping[str, KvEntry], known: Mapping[str, Placed] | None = None) -> dict[str, Placed]:
+    """The placement bucket as VM id -> where it is; entries that do not parse are left out.
+    ``known``: what an earlier call returned; an entry at the revision it was read at then is
+    not parsed again."""
     out: dict[str, Placed] = {}
     for key, entry in entries.items():
+        before = known.get(key.lower()) if known is not None else None
+        if before is not None and before.revision == entry.revision:
+            out[before.vm_id] = before
+            continue
         try:
             body = json.loads(entry.value)
             placed = Placed(
@@ -123,18 +129,20 @@ class HostWatch:
 
     def __init__(self, host_ttl: float) -> None:
         self.host_ttl = host_ttl
-        self._seen: dict[str, tuple[int, float, dict[str, Any]]] = {}
+        #: Host -> (its entry's revision, when it was first seen at it, the entry, the VM ids it lists).
+        self._seen: dict[str, tuple[int, float, dict[str, Any], frozenset[str]]] = {}
         self._beats: dict[str, int] = {}
 
     def update(self, entries: Mapping[str, KvEntry], now: float) -> dict[str, HostView]:
         for key, entry in entries.items():
+            old = self._seen.get(key)
+            if old is not None and old[0] == entry.revision:
+                continue  # read at this revision already
             body = parse_host_entry(entry)
             if body is None:
                 continue
-            old = self._seen.get(key)
-            if old is None or old[0] != entry.revision:
-                self._seen[key] = (entry.revision, now, body)
-                self._beats[key] = self._beats.get(key, 0) + 1
+            self._seen[key] = (entry.revision, now, body, _listed_ids(body))
+            self._beats[key] = self._beats.get(key, 0) + 1
         for key in list(self._seen):
             if key not in entries:
                 del self._seen[key]
@@ -146,9 +154,9 @@ class HostWatch:
             host: HostView(
                 host=host, cluster=body.get("cluster") if isinstance(body.get("cluster"), str) else None,
                 boot=str(body["boot"]), alive=now - seen < self.host_ttl, seen=seen, beats=self._beats.get(host, 0),
-                vm_ids=_listed_ids(body),
+                vm_ids=vm_ids,
             )
-            for host, (_, seen, body) in self._seen.items()
+            for host, (_, seen, body, vm_ids) in self._seen.items()
         }
 
 
