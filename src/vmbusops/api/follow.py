@@ -30,7 +30,6 @@ encoded again: the same object ``vmbusops logs --json`` prints.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from contextlib import aclosing
 from functools import partial
@@ -199,7 +198,6 @@ class JobFollower:
         """What commits bring, at most one chunk every :data:`COALESCE` seconds, until the job ends."""
         service = self.service
         idle_since = trio.current_time()
-        sent_at = -math.inf
         while True:
             if not live.pending and not live.lost:
                 with trio.move_on_after(IDLE_POLL):
@@ -217,9 +215,6 @@ class JobFollower:
                         idle_since = trio.current_time()
                         yield b": keep-alive\n\n"
                     continue
-            soonest = sent_at + COALESCE
-            if trio.current_time() < soonest:
-                await trio.sleep_until(soonest)  # what comes meanwhile goes in the same chunk
             batch, lost = live.take()
             out: list[bytes] = []
             ended = False
@@ -248,13 +243,16 @@ class JobFollower:
                 ended = not job.state.active
                 if not ended:
                     out.append("".join(sse("run", run_data(r)) for r in runs).encode())
-            if out:
-                yield b"".join(out)
-                sent_at = idle_since = trio.current_time()
             if ended:
+                if out:
+                    yield b"".join(out)
                 async for text in self._finish():
                     yield text
                 return
+            if out:
+                yield b"".join(out)
+                idle_since = trio.current_time()
+                await trio.sleep(COALESCE)  # what comes meanwhile goes in the next chunk
 
 
 class EventStream(Response):
