@@ -12,11 +12,23 @@ range scan each), then what commits bring:
 * a committed record beyond the next one means some were not seen live (committed before the
   subscription, or dropped because this follower fell behind): they are in the journal already,
   so the follower reads them from there at once, and goes on;
+* a follower whose queue overflowed (:attr:`~.broadcast.Subscription.lost`) catches up from the
+  journal the same way, and is sent every run's state again as a snapshot, since state events
+  were lost with the records;
 * the stream ends when the job does (:class:`~.broadcast.JobEnded`) after a last catch-up: the
   engine commits every record before the job's final state, so nothing is left behind.
 
-A follower of a job this agent runs does no work while no commit comes (a keep-alive comment
-every :data:`KEEPALIVE` seconds). A job another process runs (``vmbusops run`` beside the agent)
+What a commit brings is text made once: every follower of the job whose position is right before
+the commit's first record sends the same bytes (:meth:`~.broadcast.RecordsCommitted.sse`); only a
+follower at another position (a ``Last-Event-ID`` ahead of the journal) formats its part itself.
+A follower takes everything queued for it at once and sends it as one chunk, then sleeps
+:data:`COALESCE` seconds, so a busy job's follower sends a chunk of several commits at most that
+often, and a record after a quiet spell goes out at once. :class:`EventStream` hands the chunks
+to the HTTP server as they are, with one task watching for the client's disconnect.
+
+A follower of a job this agent runs does no work while no commit comes but look every
+:data:`IDLE_POLL` seconds whether the job still runs here (and send a keep-alive comment every
+:data:`KEEPALIVE` seconds). A job another process runs (``vmbusops run`` beside the agent)
 brings no commits here: its follower reads the journal every :data:`IDLE_POLL` seconds.
 
 Each record event's ``id`` is its ``n``. A client reconnects with ``Last-Event-ID`` (or
