@@ -22,7 +22,9 @@ with F followers. Figures:
   round with none, over the records the followers got; the anchor is the agent's CPU per
   record journaled in the no-follower round;
 * submissions/s: R accepted over HTTP (verify, extract, journal, start), with followers over
-  without (medians of the rounds).
+  without (medians of the rounds);
+* HTTP body chunks per follower-record: what the agent sends costs per chunk as much as per
+  record, so this says how far its followers coalesce (a figure the machine's load hardly moves).
 
 Goals: p99 latency < 50 ms with 500 runs and 500 followers; <= 10 us agent CPU per
 follower-record; submissions/s unaffected by followers (ratio >= 0.9).
@@ -90,6 +92,7 @@ async def follow(url: str, token: str, job_id: int, got: Latencies) -> None:
             if not isinstance(event, h11.Data):
                 break
             now = time.time()
+            got["chunks"] += 1
             buffer += bytes(event.data)
             *blocks, buffer = buffer.split(b"\n\n")
             for block in blocks:
@@ -116,7 +119,7 @@ async def one_round(
     bodies = [b.read_bytes() for b in bundles]
     runs = len(bodies)
     job_ids: list[int] = [0] * runs
-    got: Latencies = {"records": 0, "guest": [], "agent": [], "spans": {}}
+    got: Latencies = {"records": 0, "chunks": 0, "guest": [], "agent": [], "spans": {}}
     accepted: list[float] = []
     failed: list[str] = []
     cpu_before = cpu_seconds(agent_pid)
@@ -216,6 +219,8 @@ def run_config(
     print(f"    agent CPU per follower-record: {cpu_us:.1f} us (rounds: "
           f"{', '.join(f'{x * 1e6:.1f}' for x in per_record)}) = {cpu_us / (own * 1e6):.2f} x its CPU per "
           f"record journaled without followers ({own * 1e6:.0f} us)")  # fmt: skip
+    chunks = sum(x["chunks"] for x in loud) / max(1, sum(x["records"] for x in loud))
+    print(f"    HTTP body chunks per follower-record (as the followers' h11 parses them): {chunks:.2f}")
     print(f"    submissions/s: {sub_l:.0f} with followers, {sub_q:.0f} without = {sub_l / sub_q:.2f}")
     failed = sum(len(x["failed"]) for x in quiet + loud)
     if failed:

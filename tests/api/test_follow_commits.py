@@ -56,10 +56,10 @@ def parse(text: str) -> list[tuple[str, str | None, dict[str, Any]]]:
     return out
 
 
-async def collect(events: AsyncIterator[str], slow: bool) -> list[tuple[str, str | None, dict[str, Any]]]:
+async def collect(events: AsyncIterator[bytes], slow: bool) -> list[tuple[str, str | None, dict[str, Any]]]:
     got = []
     async for chunk in events:
-        got += parse(chunk)
+        got += parse(chunk.decode())
         if slow:
             await trio.sleep(0.05)  # a client that reads slowly: the broadcaster drops for it
     return got
@@ -176,7 +176,7 @@ async def test_followers_catching_up_at_once_read_one_page_at_a_time(
     at_once = most = 0
     page = JobFollower._page
 
-    def counted(self: JobFollower, after: int, j: Journal) -> tuple[int, int, str]:
+    def counted(self: JobFollower, after: int, j: Journal) -> tuple[int, int, bytes]:
         nonlocal at_once, most
         at_once += 1
         most = max(most, at_once)

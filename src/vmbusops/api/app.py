@@ -19,14 +19,14 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from vmbusops import __version__, receipts
 from vmbusops.api.auth import Operation, Principal, Refusal
 from vmbusops.api.console import SecurityHeaders, console_routes
 from vmbusops.api.cursor import CursorError, parse_cursor
-from vmbusops.api.follow import JobFollower, RecordText
+from vmbusops.api.follow import EventStream, JobFollower, RecordText
 from vmbusops.api.listing import JOB_PARAMS, VM_RUN_PARAMS, next_link, parse_list_query
 from vmbusops.api.openapi import openapi_document
 from vmbusops.api.problems import ApiProblem, from_error, host_down, job_not_visible, not_found
@@ -372,11 +372,7 @@ def build_app(service: AgentService) -> Starlette:
         job, runs = await visible(request, who)
         text = request.headers.get("last-event-id") or request.query_params.get("after", "")
         follower = JobFollower(service, job, runs, cursor_at(text))
-        return StreamingResponse(
-            follower.events(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        return EventStream(follower.events(), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     async def schedules(request: Request) -> Response:
         who = authenticate(request, Operation.READ)

@@ -3,17 +3,21 @@
 The engine's journal writer tells the agent of every commit (:meth:`Broadcaster.publish_commit`),
 so a follower is sent only what is durable and numbered: a record's ``n`` is its place in the job
 for good, and a follower's position is one number. Publishing is synchronous on the writer's path
-and must never wait: each follower has a bounded buffer, and a follower too slow to keep up loses
-live events instead of slowing the writer. It notices (the next record it gets is not the next
-``n``) and reads what it missed from the journal, where it already is (see
-:mod:`vmbusops.api.follow`). So the buffer bounds memory, not correctness.
+and must never wait: each follower has a bounded queue (:class:`Subscription`), and a follower too
+slow to keep up loses live events instead of slowing the writer. It notices (the next record it
+gets is not the next ``n``, or its queue says it lost some) and reads what it missed from the
+journal, where it already is (see :mod:`vmbusops.api.follow`). So the queue bounds memory, not
+correctness.
 
-Records go out as one event per job per commit, so a follower's cost is per batch where it can be.
+Records go out as one event per job per commit, the same object to every follower of the job: its
+Server-Sent Events text is made once, by the first follower that sends it, and the others send
+the same bytes (:meth:`RecordsCommitted.sse`). Publishing to a follower is a list append, and a
+wake-up only if it waits; a follower takes all that is queued at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -31,31 +35,72 @@ class JobEnded:
     state: State
 
 
-@dataclass(frozen=True, slots=True)
 class RecordsCommitted:
     """Records of one job that one journal commit made durable, in ``n`` order."""
 
-    job_id: int
-    rows: list[StoredRecord]
+    __slots__ = ("_sse", "job_id", "rows")
+
+    def __init__(self, job_id: int, rows: list[StoredRecord]) -> None:
+        self.job_id = job_id
+        self.rows = rows
+        self._sse: bytes | None = None
+
+    def sse(self, encode: Callable[[list[StoredRecord]], bytes]) -> bytes:
+        """All the rows as SSE events, ``encode``\\ d by the first follower to ask, shared by all."""
+        text = self._sse
+        if text is None:
+            text = self._sse = encode(self.rows)
+        return text
 
 
 StreamEvent = RecordsCommitted | RunChanged | JobEnded
 
 
+class Subscription:
+    """One follower's queue of its job's events, at most ``limit`` long. When full, what comes is
+    dropped and :attr:`lost` set: the follower reads the journal for what it missed."""
+
+    __slots__ = ("_lot", "limit", "lost", "pending")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending: list[StreamEvent] = []
+        self.lost = False
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def put(self, event: StreamEvent) -> bool:
+        if len(self.pending) >= self.limit:
+            self.lost = True
+            return False
+        self.pending.append(event)
+        if self._lot:
+            self._lot.unpark()
+        return True
+
+    async def wait(self) -> None:
+        """Until something is queued (or was lost); at once if it already is."""
+        if not self.pending and not self.lost:
+            await self._lot.park()
+
+    def take(self) -> tuple[list[StreamEvent], bool]:
+        """What is queued, and whether some was lost since the last take; the queue is emptied."""
+        got, lost = self.pending, self.lost
+        self.pending, self.lost = [], False
+        return got, lost
+
+
 class Broadcaster:
     def __init__(self, *, buffer: int = 4096) -> None:
         self.buffer = buffer
-        self._subs: dict[int, set[trio.MemorySendChannel[StreamEvent]]] = {}
+        self._subs: dict[int, set[Subscription]] = {}
         self.dropped = 0
 
     def publish(self, event: StreamEvent) -> None:
         subs = self._subs.get(event.job_id)
         if not subs:
             return
-        for send in subs:
-            try:
-                send.send_nowait(event)
-            except trio.WouldBlock:
+        for sub in subs:
+            if not sub.put(event):
                 self.dropped += 1
 
     def publish_commit(self, records: Sequence[StoredRecord], events: Sequence[RunChanged]) -> None:
@@ -76,19 +121,17 @@ class Broadcaster:
             self.publish(event)
 
     @contextmanager
-    def subscribe(self, job_id: int) -> Iterator[trio.MemoryReceiveChannel[StreamEvent]]:
-        send, receive = trio.open_memory_channel[StreamEvent](self.buffer)
-        self._subs.setdefault(job_id, set()).add(send)
+    def subscribe(self, job_id: int) -> Iterator[Subscription]:
+        sub = Subscription(self.buffer)
+        self._subs.setdefault(job_id, set()).add(sub)
         try:
-            yield receive
+            yield sub
         finally:
             subs = self._subs.get(job_id)
             if subs is not None:
-                subs.discard(send)
+                subs.discard(sub)
                 if not subs:
                     del self._subs[job_id]
-            send.close()
-            receive.close()
 
     @property
     def followers(self) -> int:

@@ -12,11 +12,23 @@ range scan each), then what commits bring:
 * a committed record beyond the next one means some were not seen live (committed before the
   subscription, or dropped because this follower fell behind): they are in the journal already,
   so the follower reads them from there at once, and goes on;
+* a follower whose queue overflowed (:attr:`~.broadcast.Subscription.lost`) catches up from the
+  journal the same way, and is sent every run's state again as a snapshot, since state events
+  were lost with the records;
 * the stream ends when the job does (:class:`~.broadcast.JobEnded`) after a last catch-up: the
   engine commits every record before the job's final state, so nothing is left behind.
 
-A follower of a job this agent runs does no work while no commit comes (a keep-alive comment
-every :data:`KEEPALIVE` seconds). A job another process runs (``vmbusops run`` beside the agent)
+What a commit brings is text made once: every follower of the job whose position is right before
+the commit's first record sends the same bytes (:meth:`~.broadcast.RecordsCommitted.sse`); only a
+follower at another position (a ``Last-Event-ID`` ahead of the journal) formats its part itself.
+A follower takes everything queued for it at once and sends it as one chunk, then sleeps
+:data:`COALESCE` seconds, so a busy job's follower sends a chunk of several commits at most that
+often, and a record after a quiet spell goes out at once. :class:`EventStream` hands the chunks
+to the HTTP server as they are, with one task watching for the client's disconnect.
+
+A follower of a job this agent runs does no work while no commit comes but look every
+:data:`IDLE_POLL` seconds whether the job still runs here (and send a keep-alive comment every
+:data:`KEEPALIVE` seconds). A job another process runs (``vmbusops run`` beside the agent)
 brings no commits here: its follower reads the journal every :data:`IDLE_POLL` seconds.
 
 Each record event's ``id`` is its ``n``. A client reconnects with ``Last-Event-ID`` (or
@@ -30,13 +42,16 @@ encoded again: the same object ``vmbusops logs --json`` prints.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from contextlib import aclosing
 from functools import partial
 from typing import Any
 
 import trio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from vmbusops.api.broadcast import JobEnded, RecordsCommitted
+from vmbusops.api.broadcast import JobEnded, RecordsCommitted, Subscription
 from vmbusops.api.service import AgentService
 from vmbusops.engine import RunChanged
 from vmbusops.engine.journal import JobView, Journal, RunView, StoredRecord
@@ -48,7 +63,11 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 IDLE_POLL = 0.5
 KEEPALIVE = 15.0
 CATCH_UP_BATCH = 2000
-LIVE_BATCH = 512
+#: A follower sends at most one chunk this often: what commits bring meanwhile goes out together.
+#: Each chunk costs the agent tens of microseconds (the HTTP server's send path and a system call)
+#: whatever its size, so a follower of a busy job sends several records per chunk; a record waits
+#: at most this long for it, and not at all when the follower has been quiet that long.
+COALESCE = 0.02
 
 
 def sse(event: str, data: dict[str, Any], ident: str | None = None) -> str:
@@ -96,7 +115,10 @@ class JobFollower:
         self.text = RecordText(runs)
         self.sent = 0
 
-    async def _catch_up(self) -> AsyncIterator[str]:
+    def _encode(self, rows: list[StoredRecord]) -> bytes:
+        return "".join(map(self.text.event, rows)).encode()
+
+    async def _catch_up(self) -> AsyncIterator[bytes]:
         """Every committed record past the position, from the journal, a page at a time (a worker
         thread formats it, one page of one follower at a time: ``service.catch_up``): what is sent
         is never more than a page ahead of the client, and a client that goes away stops the
@@ -110,31 +132,49 @@ class JobFollower:
             if count < CATCH_UP_BATCH:
                 return
 
-    def _page(self, after: int, journal: Journal) -> tuple[int, int, str]:
+    def _page(self, after: int, journal: Journal) -> tuple[int, int, bytes]:
         rows = journal.stored_records(self.job.id, after=after, limit=CATCH_UP_BATCH)
-        return len(rows), rows[-1][1] if rows else after, "".join(map(self.text.event, rows))
+        return len(rows), rows[-1][1] if rows else after, self._encode(rows)
 
-    def _committed(self, rows: list[StoredRecord], out: list[str]) -> bool:
+    def _committed(self, event: RecordsCommitted, out: list[bytes]) -> bool:
         """Append the events of the committed records not sent yet; False at a gap (some were
-        not seen live: the journal has them, and the caller catches up before going on)."""
-        event = self.text.event
+        not seen live: the journal has them, and the caller catches up before going on). A
+        commit that starts right after the position, the usual case, is sent as the text every
+        follower of the job shares."""
+        rows = event.rows
+        last = rows[-1][1]
+        if last <= self.position:
+            return True
+        first = rows[0][1]
+        if first == self.position + 1 and last - first == len(rows) - 1:
+            out.append(event.sse(self._encode))
+            self.position = last
+            self.sent += len(rows)
+            return True
+        mine: list[StoredRecord] = []
+        whole = True
         for row in rows:
             n = row[1]
             if n <= self.position:
                 continue
             if n != self.position + 1:
-                return False
-            out.append(event(row))
+                whole = False
+                break
+            mine.append(row)
             self.position = n
-            self.sent += 1
-        return True
+        if mine:
+            out.append(self._encode(mine))
+            self.sent += len(mine)
+        return whole
 
-    async def _finish(self) -> AsyncIterator[str]:
+    def _states(self, journal: Journal) -> tuple[JobView, list[RunView]]:
+        return journal.job(self.job.id), journal.runs(self.job.id)
+
+    async def _finish(self) -> AsyncIterator[bytes]:
         async for text in self._catch_up():
             yield text
-        job_id = self.job.id
-        job, runs = await self.service.read(lambda j: (j.job(job_id), j.runs(job_id)))
-        yield "".join(sse("run", run_data(r)) for r in runs) + sse("end", job_data(job))
+        job, runs = await self.service.read(self._states)
+        yield ("".join(sse("run", run_data(r)) for r in runs) + sse("end", job_data(job))).encode()
 
     async def _ended_elsewhere(self) -> bool:
         """Whether the job has ended, for a job this agent does not run (or whose end it missed)."""
@@ -144,7 +184,7 @@ class JobFollower:
         job = await self.service.read(lambda j: j.job(job_id))
         return not job.state.active
 
-    async def events(self) -> AsyncIterator[str]:
+    async def events(self) -> AsyncGenerator[bytes, None]:
         service = self.service
         with service.broadcaster.subscribe(self.job.id) as live:
             service.metrics.followers.inc()
@@ -153,59 +193,106 @@ class JobFollower:
                     "retry: 1000\n\n"
                     + sse("job", job_data(self.job))
                     + "".join(sse("run", run_data(r)) for r in self.runs)
-                )
+                ).encode()
                 async for text in self._catch_up():
                     yield text
                 if not self.job.state.active:
                     async for text in self._finish():
                         yield text
                     return
-                idle_since = trio.current_time()
-                while True:
-                    first = None
-                    with trio.move_on_after(IDLE_POLL):
-                        first = await live.receive()
-                    if first is None:
-                        if self.job.id not in service.running:
-                            async for text in self._catch_up():
-                                idle_since = trio.current_time()
-                                yield text
-                            if await self._ended_elsewhere():
-                                async for text in self._finish():
-                                    yield text
-                                return
-                        if trio.current_time() - idle_since > KEEPALIVE:
-                            idle_since = trio.current_time()
-                            yield ": keep-alive\n\n"
-                        continue
-                    batch = [first]
-                    while len(batch) < LIVE_BATCH:
-                        try:
-                            batch.append(live.receive_nowait())
-                        except trio.WouldBlock:
-                            break
-                    out: list[str] = []
-                    ended = False
-                    for event in batch:
-                        if isinstance(event, RecordsCommitted):
-                            if not self._committed(event.rows, out):
-                                if out:
-                                    yield "".join(out)
-                                    out = []
-                                async for text in self._catch_up():
-                                    yield text
-                                self._committed(event.rows, out)  # what is past the journal's read
-                        elif isinstance(event, RunChanged):
-                            out.append(sse("run", changed_data(event)))
-                        elif isinstance(event, JobEnded):
-                            ended = True
-                    if out:
-                        idle_since = trio.current_time()
-                        yield "".join(out)
-                    if ended:
-                        async for text in self._finish():
-                            yield text
-                        return
+                async for text in self._live(live):
+                    yield text
             finally:
                 service.metrics.followers.dec()
                 service.metrics.records_streamed.inc(self.sent)
+
+    async def _live(self, live: Subscription) -> AsyncIterator[bytes]:
+        """What commits bring, at most one chunk every :data:`COALESCE` seconds, until the job ends."""
+        service = self.service
+        idle_since = trio.current_time()
+        while True:
+            if not live.pending and not live.lost:
+                with trio.move_on_after(IDLE_POLL):
+                    await live.wait()
+                if not live.pending and not live.lost:
+                    if self.job.id not in service.running:
+                        async for text in self._catch_up():
+                            idle_since = trio.current_time()
+                            yield text
+                        if await self._ended_elsewhere():
+                            async for text in self._finish():
+                                yield text
+                            return
+                    if trio.current_time() - idle_since > KEEPALIVE:
+                        idle_since = trio.current_time()
+                        yield b": keep-alive\n\n"
+                    continue
+            batch, lost = live.take()
+            out: list[bytes] = []
+            ended = False
+            for event in batch:
+                if type(event) is RecordsCommitted:
+                    if not self._committed(event, out):
+                        if out:
+                            yield b"".join(out)
+                            out = []
+                        async for text in self._catch_up():
+                            yield text
+                        self._committed(event, out)  # what is past the journal's read
+                elif isinstance(event, RunChanged):
+                    out.append(sse("run", changed_data(event)).encode())
+                elif isinstance(event, JobEnded):
+                    ended = True
+            if lost and not ended:
+                # Records and state events were dropped: the records are in the journal, and the
+                # runs' states are sent again as snapshots (or the end, if the job has ended).
+                if out:
+                    yield b"".join(out)
+                    out = []
+                async for text in self._catch_up():
+                    yield text
+                job, runs = await service.read(self._states)
+                ended = not job.state.active
+                if not ended:
+                    out.append("".join(sse("run", run_data(r)) for r in runs).encode())
+            if ended:
+                if out:
+                    yield b"".join(out)
+                async for text in self._finish():
+                    yield text
+                return
+            if out:
+                yield b"".join(out)
+                idle_since = trio.current_time()
+                await trio.sleep(COALESCE)  # what comes meanwhile goes in the next chunk
+
+
+class EventStream(Response):
+    """A follower's events as an HTTP response, each chunk it yields handed to the server as one
+    body message, with nothing in between: no encoding (the chunks are bytes) and no task group
+    of another library. The client's disconnect is noticed by a task waiting for it, which stops
+    the stream at once, even while the follower waits for commits."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, chunks: AsyncGenerator[bytes, None], headers: Mapping[str, str]) -> None:
+        self.chunks = chunks
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def until_disconnect() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until_disconnect)
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async with aclosing(self.chunks) as chunks:
+                async for chunk in chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            nursery.cancel_scope.cancel()
