@@ -108,15 +108,26 @@ def is_open(row: CheckpointView) -> bool:
     return row.phase != Phase.REMOVED or row.outcome == Outcome.ROLLED_BACK
 
 
+_STOPPED_MID_SPAN = "the agent stopped while the guarded steps ran"
+
+
+def rollback_reason(row: CheckpointView) -> str | None:
+    """Why settling ``row`` after a crash rolls its run back, or None when it does not (nothing
+    was taken yet, or the change was being kept): the rule :meth:`RunGuards.settle` acts on."""
+    if not is_open(row) or row.phase == Phase.PLANNED or (row.phase == Phase.REMOVING and row.outcome == Outcome.KEPT):
+        return None
+    if row.phase == Phase.TAKEN:
+        return _STOPPED_MID_SPAN
+    return row.reason or _STOPPED_MID_SPAN
+
+
 def rolls_back(rows: Sequence[CheckpointView]) -> str | None:
     """Why a resumed run's guard will roll back (the agent stopped mid-span, or mid-rollback),
-    or None: after a crash, a span's checkpoint taken and not kept is restored (module doc)."""
+    with the checkpoint it restores, or None (module doc's table)."""
     for row in rows:
-        if not is_open(row) or row.phase == Phase.PLANNED or (row.phase == Phase.REMOVING and row.outcome == Outcome.KEPT):
-            continue
-        if row.phase == Phase.TAKEN:
-            return f"the agent stopped while the guarded steps ran; rolled back to checkpoint {row.name}"
-        return f"{row.reason or 'the agent stopped while the guarded steps ran'}; rolled back to checkpoint {row.name}"
+        reason = rollback_reason(row)
+        if reason is not None:
+            return f"{reason}; rolled back to checkpoint {row.name}"
     return None
 
 
@@ -180,11 +191,9 @@ class RunGuards:
             if phase is Phase.REMOVING and row.outcome == Outcome.KEPT:
                 await self._remove(span, row.name, Outcome.KEPT)
                 continue
-            reason = row.reason or "the agent stopped while the guarded steps ran"
-            if phase is Phase.TAKEN:
-                reason = "the agent stopped while the guarded steps ran"
-                await self._restore(span, row.name, reason)
-            elif phase is Phase.RESTORING:
+            reason = rollback_reason(row)
+            assert reason is not None  # open, and neither planned nor being kept
+            if phase is Phase.TAKEN or phase is Phase.RESTORING:
                 await self._restore(span, row.name, reason)
             elif phase is Phase.RESTORED:
                 await self._after_restore(span, row.name)
