@@ -147,7 +147,7 @@ def wait_ended(jobs: list[tuple[str, str, int]]) -> tuple[float, list[str]]:
 
 async def one_round(url: str, token: str, body: bytes, followers: int, pids: dict[str, list[int]]) -> dict[str, Any]:
     """Submit the bundle ``body``, follow it with ``followers``, wait for its end; wall time, latencies, CPU."""
-    got: dict[str, Any] = {"records": 0, "guest": [], "agent": [], "spans": {}}
+    got: dict[str, Any] = {"records": 0, "chunks": 0, "guest": [], "agent": [], "spans": {}}
     before = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
     own = os.times()
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=300) as c:
@@ -183,7 +183,7 @@ async def peer_round(
 ) -> dict[str, Any]:
     """The peer: submit one bundle to each agent at once, follow each job with ``followers``,
     wait until every job has ended; wall time (first POST to last end), latencies, CPU."""
-    got: dict[str, Any] = {"records": 0, "guest": [], "agent": [], "spans": {}}
+    got: dict[str, Any] = {"records": 0, "chunks": 0, "guest": [], "agent": [], "spans": {}}
     before = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
     own = os.times()
     job_ids = [0] * len(agents)
