@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import trio
 
-from vmbusops.bundle.manifest import ResumePolicy
+from vmbusops.bundle.manifest import Manifest, ResumePolicy
 from vmbusops.config import DEFAULT_MAX_SESSIONS
 from vmbusops.credentials import GuestCredential
 from vmbusops.engine.context import RunContext, WaitReady, emit
@@ -70,6 +70,9 @@ from vmbusops.errors import BundleError, JobStateError, JournalError, VmbusOpsEr
 from vmbusops.guestops.host import HyperVHost
 from vmbusops.guestops.supervisor import HostSupervisor
 from vmbusops.owner import Owner, current_owner
+
+#: How many manifests' JSON texts an engine keeps (:meth:`Engine._manifest_text`).
+_MANIFEST_TEXTS = 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,6 +143,9 @@ class Engine:
         #: Called once a run's end is committed (the agent and `vmbusops run` write its signed
         #: receipt there, :func:`vmbusops.receipts.receipt_hook`): host, job id, run id, VM.
         self.after_run: Callable[[HyperVHost, int, int, str], Awaitable[None]] | None = None
+        #: The JSON text of the last few manifests a job was made of, by identity: a fleet agent
+        #: makes a local job for each run of one bundle, and the text is the same every time.
+        self._manifest_texts: dict[int, tuple[Manifest, str]] = {}
 
     @property
     def host(self) -> HyperVHost:
@@ -209,6 +215,16 @@ class Engine:
             await self.writer.commit()
         return await self._execute(self._job(job_id, host, source, credential, [run]))
 
+    def _manifest_text(self, manifest: Manifest) -> str:
+        kept = self._manifest_texts.get(id(manifest))
+        if kept is not None and kept[0] is manifest:
+            return kept[1]
+        text = manifest.to_json().decode("utf-8")
+        if len(self._manifest_texts) >= _MANIFEST_TEXTS:
+            del self._manifest_texts[next(iter(self._manifest_texts))]
+        self._manifest_texts[id(manifest)] = (manifest, text)  # the reference keeps the id unique
+        return text
+
     async def _create_job(self, source: JobSource, vms: list[str]) -> tuple[int, dict[str, int]]:
         """Journal a pending job of ``source`` with a pending run per VM; its id and run ids."""
         manifest = source.manifest
@@ -218,7 +234,7 @@ class Engine:
                 bundle_version=manifest.version,
                 bundle_id=manifest.id,
                 source=source.source,
-                manifest=manifest.to_json().decode("utf-8"),
+                manifest=self._manifest_text(manifest),
                 bundle_dir=str(source.directory) if source.directory is not None else None,
                 enable_guest_services=source.enable_guest_services,
                 envelope=source.envelope.decode("utf-8") if source.envelope is not None else None,
