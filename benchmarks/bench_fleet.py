@@ -56,7 +56,9 @@ warm-up round of each, not counted):
   run; the same for the fleet's processes (controller, agents, simulated hosts, nats-server);
 * record latency guest -> follower p50/p99 (and the part from the record's ``time``, stamped by
   the agent that received it from the guest, to the follower: in the fleet that is agent ->
-  nats-server -> controller's projection -> SSE);
+  nats-server -> controller's projection -> SSE); for the fleet, the part up to the record's batch
+  being in the LOG stream (JetStream's timestamp of the message, read back after the round), so the
+  controller's share is seen apart, and how many runs were judged lost or moved in each round;
 * per round: how long the POST took (verification, the job fact applied) and when the first run
   started after it (dispatch through the broker);
 * CPU per record: utime + stime from /proc/PID/stat before and after a round, over the records
@@ -98,6 +100,7 @@ from agent_lab import PASSWORD, Agent, AgentHome, cpu_seconds, percentile, prepa
 from bench_followers import follow
 
 from vmbusops.fleet.localfleet import LocalFleet
+from vmbusops.fleet.names import LOG_STREAM
 from vmbusops.times import seconds_of
 
 ACTIVE = ("pending", "in-progress", "delayed")
@@ -345,6 +348,64 @@ def bundle_of(home: AgentHome, name: str, vm_pattern: str, text: str, concurrenc
     return out
 
 
+def log_split(nats_url: str, after: int) -> dict[str, Any]:
+    """The fleet's LOG stream past sequence ``after`` (one round), read once the round has ended:
+    for each record of a ``batch``/``batches`` message, the time from its agent's timestamp to
+    the message being in the stream (JetStream's own timestamp: the agent's commit, forwarding and
+    nats-server), and how many runs were judged ``lost`` or ``moved``. The controller's part of a
+    follower's latency is what is left."""
+    import asyncio
+
+    import nats
+    from nats.js import api
+
+    async def read() -> dict[str, Any]:
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            if (await js.stream_info(LOG_STREAM)).state.last_seq <= after:
+                return {"to_log": [], "lost": 0, "moved": 0}
+            config = api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1,
+                ack_policy=api.AckPolicy.NONE, mem_storage=True, inactive_threshold=30.0,
+            )  # fmt: skip
+            sub = await js.pull_subscribe(">", stream=LOG_STREAM, config=config)
+            last = (await js.stream_info(LOG_STREAM)).state.last_seq
+            to_log: list[float] = []
+            kinds: dict[str, int] = {}
+            seq = after
+            while seq < last:
+                for msg in await sub.fetch(1000, timeout=30):
+                    seq = msg.metadata.sequence.stream
+                    at = msg.metadata.timestamp.timestamp()
+                    body = json.loads(msg.data)
+                    kind = body.get("kind", "")
+                    kinds[kind] = kinds.get(kind, 0) + 1
+                    for batch in body.get("batches") or ([body] if kind == "batch" else []):
+                        to_log += [at - record[4] for record in batch["records"]]
+            return {"to_log": to_log, "lost": kinds.get("lost", 0), "moved": kinds.get("moved", 0)}
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def log_head(nats_url: str) -> int:
+    """The LOG stream's last sequence now."""
+    import asyncio
+
+    import nats
+
+    async def read() -> int:
+        nc = await nats.connect(nats_url)
+        try:
+            return int((await nc.jetstream().stream_info(LOG_STREAM)).state.last_seq)
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
 def pid_of(config: Path) -> int:
     """The process whose command line names ``config`` (the fleet's nats-server)."""
     for proc in Path("/proc").iterdir():
@@ -425,7 +486,9 @@ def main() -> None:
                         settle = trio.run(settled, *apis[side])
                         if side == "fleet":
                             b = bundle_of(signer, tag, "vm*", text, args.concurrency)
+                            head = log_head(fleet.broker_url)
                             out = trio.run(one_round, fleet.url, fleet.token, b.read_bytes(), args.followers, pids)
+                            out |= log_split(fleet.broker_url, head)
                         elif side == "peer":
                             bodies = [bundle_of(home, f"{tag}-{i}", "vm*", text, share).read_bytes() for i, (_, home) in enumerate(peer)]
                             out = trio.run(peer_round, peer, bodies, args.followers, pids)
@@ -438,6 +501,8 @@ def main() -> None:
                           f"accepted in {out['accepted']:.2f} s, first run started {out['first_start']:.2f} s after the POST, "
                           f"CPU {sum(v for k, v in out['cpu'].items() if k.startswith(side + '/')):.1f} s (the other sides', stopped: "
                           f"{background:.1f} s), ready {settle:.1f} s after going on, load {os.getloadavg()[0]:.1f}{warm}")  # fmt: skip
+                    if side == "fleet" and (out["lost"] or out["moved"]):
+                        print(f"    runs judged lost (their host's entry went unwritten for host_ttl): {out['lost']}, moved: {out['moved']}")
                     for line in out["errors"][:3]:
                         print(f"    not successful: {line}")
                     if r:
@@ -488,6 +553,10 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]], w
         print(f"  latency guest -> follower, {side}, {args.followers} followers per job: p50 {ms(guest, 50)} ms, "
               f"p99 {ms(guest, 99)} ms, max {ms(guest, 100)} ms; of it the receiving agent's timestamp -> follower: p50 "
               f"{ms(own, 50)} ms, p99 {ms(own, 99)} ms (follower-records per round {min(got)}..{max(got)})")  # fmt: skip
+    to_log = [v for x in fl for v in x["to_log"]]
+    print(f"    fleet: of it the receiving agent's timestamp -> in the LOG stream (the agent's commit and forwarding, "
+          f"nats-server): p50 {ms(to_log, 50)} ms, p99 {ms(to_log, 99)} ms; the rest is the controller's (reading the "
+          f"log, its projection, SSE) and the follower's")  # fmt: skip
     for side, prefix, xs in (("fleet", "fleet/", fl), ("peer", "peer/", pe), ("single host", "single/", sg)):
         parts = []
         for k in (k for k in xs[0]["cpu"] if k.startswith(prefix)):
