@@ -153,6 +153,38 @@ async def test_kv_entries_end_while_the_bucket_is_written_faster_than_it_is_read
     assert sorted(entries) == ["hv1", "hv2", "hv3"]
 
 
+async def test_kv_entries_leave_out_no_key_while_every_key_is_rewritten(
+    nats_server: NatsServer, broker: NatsBroker
+) -> None:
+    """Hosts beat while the controller lists their entries. A key whose old value was removed
+    before the listing read it, and whose new one came after the listing's count ended, was left
+    out, and the controller called that host dead ("lost its lease") though it beat on time. Here
+    twenty hosts beat as fast as they can through another connection: no listing may lack one
+    (before the fix, about one listing in twenty-five did)."""
+    bucket = names.HOSTS_BUCKET
+    hosts = [f"HV-{i:02d}" for i in range(20)]
+    async with open_broker(nats_server.url, name="agents") as agents:
+        for host in hosts:
+            await agents.kv_put(bucket, host, b"beat 0")
+        incomplete: list[set[str]] = []
+        async with trio.open_nursery() as nursery:
+
+            async def beat(host: str) -> None:
+                n = 0
+                while True:
+                    n += 1
+                    await agents.kv_put(bucket, host, b"beat %d" % n)
+
+            for host in hosts:
+                nursery.start_soon(beat, host)
+            for _ in range(400):
+                listed = await broker.kv_entries(bucket)
+                if set(hosts) - set(listed):
+                    incomplete.append(set(hosts) - set(listed))
+            nursery.cancel_scope.cancel()
+    assert incomplete == []
+
+
 async def test_work_is_redelivered_until_acked_and_never_after_term(broker: NatsBroker) -> None:
     await broker.ensure_work_consumer("HV-A", ack_wait=1.0)
     await broker.publish(names.work_subject("HV-A"), b"dispatch 1", msg_id="dispatch-1")

@@ -15,8 +15,9 @@ What it maps to on JetStream (names in :mod:`vmbusops.fleet.names`):
   sequence; so reads continue exactly after ``after``, without gap or repeat;
 - work: the host's durable pull consumer (explicit ack, redelivery after ``ack_wait``);
 - key-value: nats-py's buckets with direct get (so a host's user can be allowed exactly its keys);
-  compare-and-set failures are ``None``, not errors; a listing of a bucket whose stream has not
-  moved (first and last sequence, message count) since the last listing is that listing again;
+  compare-and-set failures are ``None``, not errors; a listing has every key (one its consumer
+  missed while it was rewritten is read alone); a listing of a bucket whose stream has not moved
+  (first and last sequence, message count) since the last listing is that listing again;
 - bundles: nats-py's object store to write; reads by direct get of the metadata and then of each
   chunk, so a host needs no consumer of its own to read a bundle.
 
@@ -159,8 +160,7 @@ class NatsBroker:
         options: dict[str, Any] = {
             "servers": [url],
             "name": name,
-            # The first connection fails at once (the caller says so, and may try again); once
-            # connected, the client reconnects for ever (see go()).
+            # The first connection fails at once (the caller may try again); then it reconnects for ever.
             "allow_reconnect": False,
             "max_reconnect_attempts": 1,
             "reconnect_time_wait": reconnect_wait,
@@ -357,8 +357,7 @@ class NatsBroker:
 
     # key-value -----------------------------------------------------------------------------
     def _kv(self, bucket: str) -> KeyValue:
-        # Built from what ensure_fleet created (direct get on): no stream lookup, which a host's
-        # user is not allowed.
+        # Built from what ensure_fleet created (direct get on): no stream lookup (a host may not).
         return KeyValue(
             name=bucket, stream=f"KV_{bucket}", pre=f"$KV.{bucket}.", js=self._jsc, direct=True
         )
@@ -427,10 +426,8 @@ class NatsBroker:
             num_replicas=1,
         )
         out: dict[str, KvEntry] = {}
-        # The keys there are now. Reading on "until nothing is pending" chased the tail of a
-        # bucket written faster than it was read (host entries: every beat of every host) and
-        # never ended; the listing ends once each of these keys was read (a key rewritten
-        # meanwhile comes later in the stream, with its newer value).
+        # The keys there are now: reading "until nothing is pending" chased a bucket written
+        # faster than it was read (every beat of every host) for ever. It ends once each was read.
         state = (await self._jsc.stream_info(stream, subjects_filter=pre + ">")).state
         wanted = {subject[len(pre) :] for subject in (state.subjects or {})}
         seen: set[str] = set()
@@ -452,8 +449,13 @@ class NatsBroker:
                         out[key] = KvEntry(key=key, value=msg.data, revision=meta.sequence.stream)
         finally:
             await self._forget(sub, stream, info.name)
-        # Kept under the mark read before the listing: a write during it makes the next
-        # listing read the bucket again.
+        # A key rewritten meanwhile may come after the count or not at all (its old value gone
+        # first): a host missing from one listing looked dead. Each key not read is read alone.
+        for key in sorted(wanted - seen):
+            with suppress(nats.js.errors.KeyNotFoundError):  # deleted meanwhile (KeyDeletedError too)
+                entry = await self._kv(bucket).get(key)
+                out[key] = KvEntry(key=key, value=entry.value or b"", revision=entry.revision or 0)
+        # Kept under the mark read before it: a write during it makes the next listing read again.
         self._kv_lists[bucket] = (mark, dict(out))
         return out
 
@@ -545,8 +547,7 @@ class NatsBroker:
             except (TimeoutError, nats.errors.TimeoutError):
                 return []
             except Exception:
-                # The consumer is gone (removed while idle, a server restarted without it):
-                # make a new one once, from the same place.
+                # The consumer is gone (removed while idle, a server restarted): once more.
                 await self._drop_log_reader()
                 if retried:
                     raise
