@@ -33,6 +33,13 @@ def _nats_binary() -> str:
 
 
 @pytest.fixture
+def nats_binary() -> str:
+    """The nats-server binary, for a test that starts one its own way (the test is skipped
+    without one, or fails where ./scripts/test said one is required)."""
+    return _nats_binary()
+
+
+@pytest.fixture
 def make_nats_server(tmp_path: Path) -> Iterator[Callable[..., NatsServer]]:
     """Start a nats-server (keywords go to :class:`NatsServer`); each is stopped after the test."""
     binary = _nats_binary()

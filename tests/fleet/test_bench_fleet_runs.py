@@ -10,17 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from vmbusops.fleet.natsserver import find_nats_server
-
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_fleet.py"
 
 
 @pytest.mark.slow
-def test_the_fleet_bench_runs_through_and_reports_each_figure(tmp_path: Path) -> None:
-    if find_nats_server() is None:
-        if os.environ.get("VMBUSOPS_NATS") == "required":
-            pytest.fail("no nats-server (./scripts/test should have installed it)")
-        pytest.skip("no nats-server on this machine: run ./scripts/test, which installs Debian's nats-server")
+def test_the_fleet_bench_runs_through_and_reports_each_figure(tmp_path: Path, nats_binary: str) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path), "NO_COLOR": "1"}
     env.pop("VMBUSOPS_HOME", None)
     done = subprocess.run(

@@ -11,15 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from vmbusops.fleet.natsserver import find_nats_server
-
 
 @pytest.mark.slow
-def test_demo_fleet_shows_a_job_over_every_host_a_migration_and_a_killed_agent_each_resolved(tmp_path: Path) -> None:
-    if find_nats_server() is None:
-        if os.environ.get("VMBUSOPS_NATS") == "required":
-            pytest.fail("no nats-server (./scripts/test should have installed it)")
-        pytest.skip("no nats-server on this machine: run ./scripts/test, which installs Debian's nats-server")
+def test_demo_fleet_shows_a_job_over_every_host_a_migration_and_a_killed_agent_each_resolved(
+    tmp_path: Path, nats_binary: str
+) -> None:
     env = {**os.environ, "VMBUSOPS_HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path), "NO_COLOR": "1"}
     env.pop("VMBUSOPS_LAB", None)
     done = subprocess.run(
