@@ -68,6 +68,9 @@ CATCH_UP_BATCH = 2000
 #: whatever its size, so a follower of a busy job sends several records per chunk; a record waits
 #: at most this long for it, and not at all when the follower has been quiet that long.
 COALESCE = 0.02
+#: The scope key under which the application puts the HTTP server's own ``send`` (see
+#: :class:`EventStream`).
+SERVER_SEND = "vmbusops.server_send"
 
 
 def sse(event: str, data: dict[str, Any], ident: str | None = None) -> str:
@@ -271,7 +274,13 @@ class EventStream(Response):
     """A follower's events as an HTTP response, each chunk it yields handed to the server as one
     body message, with nothing in between: no encoding (the chunks are bytes) and no task group
     of another library. The client's disconnect is noticed by a task waiting for it, which stops
-    the stream at once, even while the follower waits for commits."""
+    the stream at once, even while the follower waits for commits.
+
+    The response's start goes through the application's middleware (which adds the security
+    headers and notes that the response has started); its body messages go to the server's own
+    ``send`` when the application put it in the scope (:data:`SERVER_SEND`), past the wrappers
+    each middleware puts around ``send``: none of them looks at a body, and each cost every chunk
+    a call."""
 
     media_type = "text/event-stream"
 
@@ -291,8 +300,9 @@ class EventStream(Response):
 
             nursery.start_soon(until_disconnect)
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            body: Send = scope.get(SERVER_SEND, send)
             async with aclosing(self.chunks) as chunks:
                 async for chunk in chunks:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await body({"type": "http.response.body", "body": chunk, "more_body": True})
+            await body({"type": "http.response.body", "body": b"", "more_body": False})
             nursery.cancel_scope.cancel()
