@@ -99,11 +99,11 @@ class Pacer:
     """Ticks for the followers resting between chunks: :meth:`rest` returns at the next
     :meth:`tick`.
 
-    The agent's journal writer ticks after each commit of its own rhythm (every 20 ms while
+    The agent's journal writer ticks after each commit of its own rhythm (every 30 ms while
     anyone follows: ``EngineOptions.followed_flush_interval``), after it has published what the
     commit carried. A timer bounds the rest should no tick come: the first follower to rest while
-    none keeps time waits ``period`` (twice that once ticks come, so that the timer does not race
-    them) and, when it wakes or is cancelled, wakes every follower that rested meanwhile. So a
+    none keeps time waits ``period`` (four times that once ticks come, so that the timer does not
+    race them) and, when it wakes or is cancelled, wakes every follower that rested meanwhile. So a
     follower that always rests between chunks sends at most one chunk per tick, and each tick
     costs no timer however many follow.
     """
@@ -126,7 +126,7 @@ class Pacer:
             return
         self._keeping = True
         try:
-            with trio.move_on_after(2 * period if self._ticked else period):
+            with trio.move_on_after(4 * period if self._ticked else period):
                 await self._lot.park()
         finally:
             self._keeping = False

@@ -23,7 +23,7 @@ the commit's first record sends the same bytes (:meth:`~.broadcast.RecordsCommit
 follower at another position (a ``Last-Event-ID`` ahead of the journal) formats its part itself.
 A follower takes everything queued for it at once and sends it as one chunk, then rests until
 the next tick of the agent's :class:`~.broadcast.Pacer`: the journal writer ticks it right after
-each commit of its own rhythm (every 20 ms while anyone follows), so a busy job's follower sends
+each commit of its own rhythm (every 30 ms while anyone follows), so a busy job's follower sends
 one chunk per tick with what the commits since its last brought, and a record after a quiet spell
 goes out at once. Should no tick come (a process whose writer does not tick, such as the fleet's
 controller), a follower rests :data:`COALESCE` seconds at most. :class:`EventStream` hands the
@@ -66,7 +66,7 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 IDLE_POLL = 0.5
 KEEPALIVE = 15.0
 CATCH_UP_BATCH = 2000
-#: A follower rests this long at most between two chunks (twice that once the writer ticks the
+#: A follower rests this long at most between two chunks (four times that once the writer ticks the
 #: pacer, whose ticks then end the rest: see :class:`~.broadcast.Pacer`): what commits bring
 #: meanwhile goes out together. Each chunk costs the agent tens of microseconds (the HTTP
 #: server's send path and a system call) whatever its size, so a follower of a busy job sends

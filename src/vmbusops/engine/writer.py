@@ -51,7 +51,7 @@ class JournalWriter:
         *,
         flush_records: int = 1000,
         flush_interval: float = 0.05,
-        followed_interval: float = 0.02,
+        followed_interval: float = 0.03,
         max_buffer: int = 20_000,
         inline_records: int = 64,
     ) -> None:
