@@ -186,6 +186,34 @@ async def test_a_client_that_goes_away_ends_its_follower_while_nothing_comes(tmp
     lab.close()
 
 
+async def test_the_body_goes_to_the_servers_own_send_past_the_middleware(tmp_path: Path) -> None:
+    lab = Lab(tmp_path)
+    await lab.commit(2)
+    await lab.end()
+    via_middleware: list[dict[str, Any]] = []
+    to_server: list[dict[str, Any]] = []
+
+    async def middleware(message: Any) -> None:
+        via_middleware.append(message)
+
+    async def server(message: Any) -> None:
+        to_server.append(message)
+
+    async def receive() -> dict[str, Any]:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    response = EventStream(lab.follower(0), headers={"Cache-Control": "no-store"})
+    with trio.fail_after(10):
+        await response({"type": "http", follow.SERVER_SEND: server}, receive, middleware)
+    assert [m["type"] for m in via_middleware] == ["http.response.start"]
+    assert {m["type"] for m in to_server} == {"http.response.body"}
+    assert [m["more_body"] for m in to_server][-1] is False
+    got = [e for m in to_server for e in parse(m["body"].decode())]
+    assert ids(got) == [1, 2] and got[-1][0] == "end"
+    lab.close()
+
+
 async def test_a_follower_sends_at_most_one_chunk_per_interval(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -169,6 +169,31 @@ async def test_a_writer_nobody_listens_to_keeps_no_events(tmp_path: Path) -> Non
     await trio.lowlevel.checkpoint()
 
 
+async def test_the_writer_ticks_after_each_commit_of_its_rhythm_once_it_is_told(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    job, runs = new_job(journal, ["web01"])
+    writer = JournalWriter(journal, flush_records=10**9, flush_interval=0.05)
+    told: list[tuple[str, float]] = []
+    writer.on_commit = lambda records, events: told.append(("commit", trio.current_time()))
+    writer.on_tick = lambda: told.append(("tick", trio.current_time()))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        start = trio.current_time()
+        await writer.add_record((job, runs["web01"], 1, "s", 1, OutputRecord(value="x"), 0.0))
+        await writer.commit()  # the engine's own commit: no tick
+        assert [name for name, _ in told] == ["commit"]
+        await writer.add_record((job, runs["web01"], 2, "s", 1, OutputRecord(value="y"), 0.0))
+        await trio.sleep(0.12)
+        nursery.cancel_scope.cancel()
+    # The rhythm's commits: the first with record 2 (its tick after it), the next with nothing.
+    assert [(name, round(at - start, 6)) for name, at in told] == [
+        ("commit", 0.0), ("commit", 0.05), ("tick", 0.05), ("tick", 0.1)
+    ]
+    journal.close()
+
+
 async def test_while_someone_follows_the_writer_commits_sooner(tmp_path: Path, autojump_clock: Any) -> None:
     journal = Journal(tmp_path / "j.sqlite")
     job, runs = new_job(journal, ["web01"])

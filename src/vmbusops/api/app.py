@@ -21,12 +21,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from vmbusops import __version__, receipts
 from vmbusops.api.auth import Operation, Principal, Refusal
 from vmbusops.api.console import SecurityHeaders, console_routes
 from vmbusops.api.cursor import CursorError, parse_cursor
-from vmbusops.api.follow import EventStream, JobFollower, RecordText
+from vmbusops.api.follow import SERVER_SEND, EventStream, JobFollower, RecordText
 from vmbusops.api.listing import JOB_PARAMS, VM_RUN_PARAMS, next_link, parse_list_query
 from vmbusops.api.openapi import openapi_document
 from vmbusops.api.problems import ApiProblem, from_error, host_down, job_not_visible, not_found
@@ -47,6 +48,15 @@ MAX_JSON_BODY = 4096
 MAX_ID = (1 << 63) - 1
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Api(Starlette):
+    """The application, which tells its responses the server's own ``send`` (a follower's event
+    stream sends its body there, past the middleware: see :class:`~.follow.EventStream`)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def build_app(service: AgentService) -> Starlette:
@@ -428,7 +438,7 @@ def build_app(service: AgentService) -> Starlette:
         Route("/v1/schedules", schedules, methods=["GET"]),
         *console_routes(service, sessions, authenticate, refuse),
     ]
-    return Starlette(
+    return Api(
         routes=routes,
         middleware=[Middleware(SecurityHeaders)],
         exception_handlers={ApiProblem: on_problem, HTTPException: on_http, Exception: on_error},

@@ -13,6 +13,12 @@ Records go out as one event per job per commit, the same object to every followe
 Server-Sent Events text is made once, by the first follower that sends it, and the others send
 the same bytes (:meth:`RecordsCommitted.sse`). Publishing to a follower is a list append, and a
 wake-up only if it waits; a follower takes all that is queued at once.
+
+Between two chunks a follower rests until the next tick of the agent's one :class:`Pacer`: the
+journal writer ticks it after each commit of its own rhythm, so the followers it releases find
+what that commit brought, and all that rest wait on no timer of their own (a trio timer that
+expires raises ``Cancelled`` in its task: one per chunk per follower was a good part of what a
+follower cost).
 """
 
 from __future__ import annotations
@@ -89,9 +95,48 @@ class Subscription:
         return got, lost
 
 
+class Pacer:
+    """Ticks for the followers resting between chunks: :meth:`rest` returns at the next
+    :meth:`tick`.
+
+    The agent's journal writer ticks after each commit of its own rhythm (every 30 ms while
+    anyone follows: ``EngineOptions.followed_flush_interval``), after it has published what the
+    commit carried. A timer bounds the rest should no tick come: the first follower to rest while
+    none keeps time waits ``period`` (four times that once ticks come, so that the timer does not
+    race them) and, when it wakes or is cancelled, wakes every follower that rested meanwhile. So a
+    follower that always rests between chunks sends at most one chunk per tick, and each tick
+    costs no timer however many follow.
+    """
+
+    __slots__ = ("_keeping", "_lot", "_ticked")
+
+    def __init__(self) -> None:
+        self._lot = trio.lowlevel.ParkingLot()
+        self._keeping = False
+        self._ticked = False
+
+    def tick(self) -> None:
+        self._ticked = True
+        if self._lot:
+            self._lot.unpark_all()
+
+    async def rest(self, period: float) -> None:
+        if self._keeping:
+            await self._lot.park()
+            return
+        self._keeping = True
+        try:
+            with trio.move_on_after(4 * period if self._ticked else period):
+                await self._lot.park()
+        finally:
+            self._keeping = False
+            self._lot.unpark_all()
+
+
 class Broadcaster:
     def __init__(self, *, buffer: int = 4096) -> None:
         self.buffer = buffer
+        self.pacer = Pacer()
         self._subs: dict[int, set[Subscription]] = {}
         self.dropped = 0
 

@@ -21,10 +21,13 @@ range scan each), then what commits bring:
 What a commit brings is text made once: every follower of the job whose position is right before
 the commit's first record sends the same bytes (:meth:`~.broadcast.RecordsCommitted.sse`); only a
 follower at another position (a ``Last-Event-ID`` ahead of the journal) formats its part itself.
-A follower takes everything queued for it at once and sends it as one chunk, then sleeps
-:data:`COALESCE` seconds, so a busy job's follower sends a chunk of several commits at most that
-often, and a record after a quiet spell goes out at once. :class:`EventStream` hands the chunks
-to the HTTP server as they are, with one task watching for the client's disconnect.
+A follower takes everything queued for it at once and sends it as one chunk, then rests until
+the next tick of the agent's :class:`~.broadcast.Pacer`: the journal writer ticks it right after
+each commit of its own rhythm (every 30 ms while anyone follows), so a busy job's follower sends
+one chunk per tick with what the commits since its last brought, and a record after a quiet spell
+goes out at once. Should no tick come (a process whose writer does not tick, such as the fleet's
+controller), a follower rests :data:`COALESCE` seconds at most. :class:`EventStream` hands the
+chunks to the HTTP server as they are, with one task watching for the client's disconnect.
 
 A follower of a job this agent runs does no work while no commit comes but look every
 :data:`IDLE_POLL` seconds whether the job still runs here (and send a keep-alive comment every
@@ -63,11 +66,15 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 IDLE_POLL = 0.5
 KEEPALIVE = 15.0
 CATCH_UP_BATCH = 2000
-#: A follower sends at most one chunk this often: what commits bring meanwhile goes out together.
-#: Each chunk costs the agent tens of microseconds (the HTTP server's send path and a system call)
-#: whatever its size, so a follower of a busy job sends several records per chunk; a record waits
-#: at most this long for it, and not at all when the follower has been quiet that long.
+#: A follower rests this long at most between two chunks (four times that once the writer ticks the
+#: pacer, whose ticks then end the rest: see :class:`~.broadcast.Pacer`): what commits bring
+#: meanwhile goes out together. Each chunk costs the agent tens of microseconds (the HTTP
+#: server's send path and a system call) whatever its size, so a follower of a busy job sends
+#: several records per chunk; a record after a quiet spell does not wait at all.
 COALESCE = 0.02
+#: The scope key under which the application puts the HTTP server's own ``send`` (see
+#: :class:`EventStream`).
+SERVER_SEND = "vmbusops.server_send"
 
 
 def sse(event: str, data: dict[str, Any], ident: str | None = None) -> str:
@@ -207,7 +214,7 @@ class JobFollower:
                 service.metrics.records_streamed.inc(self.sent)
 
     async def _live(self, live: Subscription) -> AsyncIterator[bytes]:
-        """What commits bring, at most one chunk every :data:`COALESCE` seconds, until the job ends."""
+        """What commits bring, at most one chunk per tick of the pacer, until the job ends."""
         service = self.service
         idle_since = trio.current_time()
         while True:
@@ -264,14 +271,20 @@ class JobFollower:
             if out:
                 yield b"".join(out)
                 idle_since = trio.current_time()
-                await trio.sleep(COALESCE)  # what comes meanwhile goes in the next chunk
+                await service.broadcaster.pacer.rest(COALESCE)  # what comes meanwhile: the next chunk
 
 
 class EventStream(Response):
     """A follower's events as an HTTP response, each chunk it yields handed to the server as one
     body message, with nothing in between: no encoding (the chunks are bytes) and no task group
     of another library. The client's disconnect is noticed by a task waiting for it, which stops
-    the stream at once, even while the follower waits for commits."""
+    the stream at once, even while the follower waits for commits.
+
+    The response's start goes through the application's middleware (which adds the security
+    headers and notes that the response has started); its body messages go to the server's own
+    ``send`` when the application put it in the scope (:data:`SERVER_SEND`), past the wrappers
+    each middleware puts around ``send``: none of them looks at a body, and each cost every chunk
+    a call."""
 
     media_type = "text/event-stream"
 
@@ -291,8 +304,9 @@ class EventStream(Response):
 
             nursery.start_soon(until_disconnect)
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            body: Send = scope.get(SERVER_SEND, send)
             async with aclosing(self.chunks) as chunks:
                 async for chunk in chunks:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await body({"type": "http.response.body", "body": chunk, "more_body": True})
+            await body({"type": "http.response.body", "body": b"", "more_body": False})
             nursery.cancel_scope.cancel()

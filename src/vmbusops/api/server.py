@@ -223,6 +223,7 @@ async def _serve(
         engine.writer.on_commit = service.on_commit
         engine.after_run = receipt_hook(journal)  # each finished run's signed receipt
         engine.writer.followed = lambda: broadcaster.followers > 0
+        engine.writer.on_tick = broadcaster.pacer.tick  # followers send after the writer's commits
         metrics.journal_bytes.set_function(lambda: journal_bytes(journal.path))
         retention_scope = trio.CancelScope()
         top.start_soon(partial(keep_retention, config.retention, retention_scope, journal_path=journal.path))

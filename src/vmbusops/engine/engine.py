@@ -84,9 +84,10 @@ class EngineOptions:
     #: The longest a record waits in memory before it is committed. An API follower sees a
     #: record when it is committed (followers are fed from commits), so while any follows, the
     #: writer commits at least every ``followed_flush_interval``; otherwise larger, cheaper
-    #: batches (a commit's cost per record falls with its size).
+    #: batches (a commit's cost per record falls with its size). The agent's followers send
+    #: right after each of these commits (the writer's ``on_tick``), at most one chunk each.
     flush_interval: float = 0.05
-    followed_flush_interval: float = 0.01
+    followed_flush_interval: float = 0.03
     max_buffer: int = 20_000
     heartbeat_interval: float = 1.0
     #: How often a waiting run looks at a VM lease held by another process.

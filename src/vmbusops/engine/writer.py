@@ -51,7 +51,7 @@ class JournalWriter:
         *,
         flush_records: int = 1000,
         flush_interval: float = 0.05,
-        followed_interval: float = 0.01,
+        followed_interval: float = 0.03,
         max_buffer: int = 20_000,
         inline_records: int = 64,
     ) -> None:
@@ -75,6 +75,11 @@ class JournalWriter:
         #: each commit carried for a run, for the controller's journal to apply the same. Like
         #: :attr:`on_commit` it must neither block nor raise (an error would fail the committer).
         self.on_applied: Callable[[list[StoredRecord], list[Change]], None] | None = None
+        #: Told after each commit of the flusher's own rhythm (every ``flush_interval``, or
+        #: ``followed_interval`` while followed, or sooner at ``flush_records``), after
+        #: :attr:`on_commit`: the agent's followers rest between chunks until then, so each
+        #: sends at most one chunk per tick, with what the commit brought.
+        self.on_tick: Callable[[], None] | None = None
         self._lock = trio.Lock()
         self._wake = trio.Event()
         #: CPU seconds spent in journal writes (worker-thread CPU time), and what was written.
@@ -94,6 +99,8 @@ class JournalWriter:
                     await self._wake.wait()
                 self._wake = trio.Event()
                 await self.commit()
+                if self.on_tick is not None:
+                    self.on_tick()
         finally:
             if self.failure is None:
                 await self.commit()

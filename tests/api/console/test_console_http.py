@@ -44,6 +44,20 @@ async def test_files_and_every_answer_carry_the_security_headers(agent: Agent) -
     assert set(FILES) == {"", "console.js", "console.css"}
 
 
+async def test_a_live_stream_carries_the_security_headers_and_its_whole_body(agent: Agent) -> None:
+    """The event stream's body goes to the server past the middleware; its start does not."""
+    job_id = (await submit(agent, agent.bundle(["a-web01"], [script("s", 'Write-Output "x"')]))).json()["job"]["id"]
+    async with agent.client("admin") as c, c.stream("GET", f"/v1/jobs/{job_id}/events") as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert r.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        assert r.headers["x-content-type-options"] == "nosniff"
+        body = (await r.aread()).decode()
+    assert body.startswith("retry: 1000\n\nevent: job\n")
+    assert "id: 1\nevent: record\ndata: {" in body and body.endswith("}\n\n")
+    assert body.rpartition("event: ")[2].startswith("end\n")
+
+
 async def test_sign_in_sets_a_strict_cookie_and_never_echoes_the_token(agent: Agent) -> None:
     token = agent.tokens["tenant_a"]
     async with console(agent) as c:
