@@ -231,3 +231,29 @@ async def test_a_follower_sends_at_most_one_chunk_per_interval(
         await stream.__anext__()
     assert waited.cancelled_caught  # held back: the last chunk was just sent
     lab.close()
+
+
+async def test_followers_of_an_ended_job_share_its_last_chunk_until_it_ends_again(tmp_path: Path) -> None:
+    """Every run's state and the end are made once for the followers of an ended job; a job
+    resumed and ended again (``jobs resume``) has another last chunk, with its new states."""
+    lab = Lab(tmp_path)
+    await lab.commit(2)
+    lab.writer.change([JobChange(job_id=lab.job_id, state=State.SUCCESS, finished_at=1.0)])
+    await lab.writer.commit()
+    lab.service.running.discard(lab.job_id)
+    first = [chunk async for chunk in lab.follower(0)]
+    second = [chunk async for chunk in lab.follower(0)]
+    assert first == second
+    ended = parse(first[-1].decode())
+    assert [(name, data.get("vm"), data["state"]) for name, _, data in ended] == [
+        *(("run", vm, "pending") for vm in VMS), ("end", None, "success")
+    ]
+    lab.journal.apply([], [
+        JobChange(job_id=lab.job_id, state=State.IN_PROGRESS),
+        RunChange(run_id=lab.runs["db01"], state=State.FAILED, current_step=None, records=0),
+        JobChange(job_id=lab.job_id, state=State.FAILED, finished_at=2.0),
+    ])  # fmt: skip
+    third = await rest(lab.follower(0))
+    assert {data["vm"]: data["state"] for name, _, data in third if name == "run"}["db01"] == "failed"
+    assert third[-1][0] == "end" and third[-1][2]["state"] == "failed"
+    lab.close()

@@ -23,7 +23,8 @@ follower cost).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -134,11 +135,30 @@ class Pacer:
 
 
 class Broadcaster:
+    #: Ended jobs whose last chunk (:meth:`final`) is kept.
+    FINALS = 16
+
     def __init__(self, *, buffer: int = 4096) -> None:
         self.buffer = buffer
         self.pacer = Pacer()
         self._subs: dict[int, set[Subscription]] = {}
+        self._finals: dict[Hashable, bytes] = {}
+        self._finals_lock = threading.Lock()
         self.dropped = 0
+
+    def final(self, key: Hashable, make: Callable[[], bytes]) -> bytes:
+        """An ended job's last chunk for its followers (every run's state and the end), made by
+        ``make`` for the first of them and kept under ``key`` (the job's end) for the others; the
+        last :attr:`FINALS` are kept. Called from worker threads: two may both make it."""
+        with self._finals_lock:
+            text = self._finals.get(key)
+        if text is None:
+            text = make()
+            with self._finals_lock:
+                while len(self._finals) >= self.FINALS:
+                    del self._finals[next(iter(self._finals))]
+                self._finals[key] = text
+        return text
 
     def publish(self, event: StreamEvent) -> None:
         subs = self._subs.get(event.job_id)

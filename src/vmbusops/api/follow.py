@@ -177,11 +177,26 @@ class JobFollower:
     def _states(self, journal: Journal) -> tuple[JobView, list[RunView]]:
         return journal.job(self.job.id), journal.runs(self.job.id)
 
+    def _final(self, journal: Journal) -> bytes:
+        """Every run's state and the job's end, the stream's last chunk. Once the job has ended
+        it is the same for every follower, so it is made once and kept with the broadcaster
+        (:meth:`~.broadcast.Broadcaster.final`), under the job's end (a job resumed and ended again
+        has another): a fleet job's runs are many, and its followers all end at once."""
+        job = journal.job(self.job.id)
+
+        def make() -> bytes:
+            runs = journal.runs(self.job.id)
+            return ("".join(sse("run", run_data(r)) for r in runs) + sse("end", job_data(job))).encode()
+
+        if job.state.active or not job.stored_state.terminal:
+            return make()
+        key = (job.id, job.state, job.stored_state, job.finished_at, job.cancel_requested)
+        return self.service.broadcaster.final(key, make)
+
     async def _finish(self) -> AsyncIterator[bytes]:
         async for text in self._catch_up():
             yield text
-        job, runs = await self.service.read(self._states)
-        yield ("".join(sse("run", run_data(r)) for r in runs) + sse("end", job_data(job))).encode()
+        yield await self.service.read(self._final)
 
     async def _ended_elsewhere(self) -> bool:
         """Whether the job has ended, for a job this agent does not run (or whose end it missed)."""
