@@ -32,7 +32,6 @@ One connection is shared by the threads of a process, guarded by a lock.
 
 from __future__ import annotations
 
-import itertools
 import json
 import sqlite3
 import threading
@@ -42,7 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from vmbusops.engine import journal_retention
+from vmbusops.engine import journal_retention, journal_schema
 from vmbusops.engine.changes import Change, PendingRecord
 from vmbusops.engine.journal_history import (
     LAST_ALIVE,
@@ -271,39 +270,25 @@ class Journal:
             )
 
     def apply(self, records: Sequence[RecordRow], changes: Sequence[Change]) -> list[StoredRecord]:
-        """Records, then state changes, in one transaction; returns the records as stored, each
-        numbered after the highest ``n`` its job has committed."""
-        if not records and not changes:
-            return []
-        with self._write() as db:
-            stored: list[StoredRecord] = []
-            if records:
-                number = _numbering(db, {row[0] for row in records})
-                stored = [
-                    (job_id, number[job_id](), run_id, seq, step, attempt, stream, at, content)
-                    for job_id, run_id, seq, step, attempt, stream, at, content in records
-                ]
-                db.executemany(_INSERT_RECORDS, stored)
-            for change in changes:
-                db.execute(*update_sql(change))
-        return stored
+        """Records, then state changes, in one transaction: the records as stored, numbered per job."""
+        return self._apply({r[0] for r in records}, changes, lambda number: [
+            (r[0], number[r[0]](), *r[1:]) for r in records])  # fmt: skip
 
     def apply_pending(self, records: Sequence[PendingRecord], changes: Sequence[Change]) -> list[StoredRecord]:
-        """:meth:`apply` of records still as objects (the writer's flush): each is numbered and
-        encoded (:func:`~vmbusops.records.record_json`) into its stored row in one pass, the
-        one per-record step of a commit besides SQLite's own insert."""
-        if not records and not changes:
+        """:meth:`apply` of records as the writer holds them (its flush): each is numbered and
+        encoded (:func:`~vmbusops.records.record_json`) into its stored row in one pass."""
+        return self._apply({r[0] for r in records}, changes, lambda number: [
+            (job_id, number[job_id](), run_id, seq, step, attempt, STREAM_TEXT[type(rec)], at, RECORD_JSON[type(rec)](rec))
+            for job_id, run_id, seq, step, attempt, rec, at in records
+        ])  # fmt: skip
+
+    def _apply(
+        self, jobs: set[int], changes: Sequence[Change], rows: Callable[[journal_schema.Numbering], list[StoredRecord]]
+    ) -> list[StoredRecord]:
+        if not jobs and not changes:
             return []
         with self._write() as db:
-            stored: list[StoredRecord] = []
-            if records:
-                number = _numbering(db, {row[0] for row in records})
-                stream_of, json_of = STREAM_TEXT, RECORD_JSON
-                stored = [
-                    (job_id, number[job_id](), run_id, seq, step, attempt, stream_of[type(rec)], at, json_of[type(rec)](rec))
-                    for job_id, run_id, seq, step, attempt, rec, at in records
-                ]  # fmt: skip
-                db.executemany(_INSERT_RECORDS, stored)
+            stored = journal_schema.insert_records(db, jobs, rows) if jobs else []
             for change in changes:
                 db.execute(*update_sql(change))
         return stored
@@ -685,20 +670,6 @@ class Journal:
             )
             for r in self.stored_records(job_id, after=after, run_id=run_id, stream=stream, limit=limit)
         ]
-
-
-_INSERT_RECORDS: Final = (
-    "INSERT INTO records (job_id, n, run_id, seq, step, attempt, stream, time, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-def _numbering(db: sqlite3.Connection, job_ids: Iterable[int]) -> dict[int, Callable[[], int]]:
-    """Per job, what gives its next record's ``n``: after the highest the job has committed."""
-    number: dict[int, Callable[[], int]] = {}
-    for job_id in job_ids:
-        last = db.execute("SELECT MAX(n) FROM records WHERE job_id = ?", (job_id,)).fetchone()[0]
-        number[job_id] = itertools.count((last or 0) + 1).__next__
-    return number
 
 
 #: A stored state's text to its State, without an Enum call per row.
