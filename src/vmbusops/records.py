@@ -259,7 +259,7 @@ def record_json(record: Record) -> str:
     field's text is made on its own, a string by json's own escaper and any other value by
     ``json.dumps`` of what :func:`record_to_json` gives for it, so the text cannot differ.
     """
-    return _RECORD_JSON[type(record)](record)
+    return RECORD_JSON[type(record)](record)
 
 
 def _field_json(name: str, value: Any) -> str:
@@ -299,7 +299,8 @@ def _record_json_of(cls: type[Any]) -> Callable[[Any], str]:
     return many_fields
 
 
-_RECORD_JSON: dict[type[Any], Callable[[Any], str]] = {
+#: :func:`record_json` by record class (a loop over many records looks it up itself).
+RECORD_JSON: dict[type[Any], Callable[[Any], str]] = {
     cls: _record_json_of(cls)
     for cls in (
         OutputRecord,
@@ -312,6 +313,11 @@ _RECORD_JSON: dict[type[Any], Callable[[Any], str]] = {
         PipelineStateRecord,
     )
 }
+
+
+#: Each record class's stream as plain text (``cls.stream.value``, without an Enum lookup): the
+#: journal's ``stream`` column, looked up once per journaled record.
+STREAM_TEXT: dict[type[Any], str] = {cls: cls.stream.value for cls in RECORD_JSON}
 
 
 def guest_record_to_json(rec: GuestRecord) -> dict[str, Any]:

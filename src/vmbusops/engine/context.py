@@ -104,11 +104,18 @@ class RunContext:
         await self.commit()
 
     async def record(self, rec: GuestRecord, index: int | None) -> None:
+        if self.queue_record(rec, index):
+            await self.commit()
+
+    def queue_record(self, rec: GuestRecord, index: int | None) -> bool:
+        """:meth:`record` without waiting, for a loop over a guest's records: True when the
+        writer's buffer is full, and the caller must await :meth:`commit` before the next."""
         on_event = self.on_event
         row, arrived = self.machine.record(rec, index, watched=on_event is not None)
-        await self.writer.add_record(row)
-        if on_event is not None and arrived is not None:
+        full = self.writer.queue(row)
+        if arrived is not None and on_event is not None:
             on_event(arrived)
+        return full
 
     def channel(self, index: int) -> StepChannel:
         return StepChannel(self, index)
@@ -152,7 +159,8 @@ class StepChannel:
                     async for rec in inv:
                         records.append(rec.record)
                         if not quiet:
-                            await ctx.record(rec, self.index)
+                            if ctx.queue_record(rec, self.index):
+                                await ctx.commit()
                         elif not isinstance(rec.record, _QUIET):
                             await ctx.record(dataclasses.replace(rec, seq=take_seq()), self.index)
                         if on_record is not None:

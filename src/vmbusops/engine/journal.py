@@ -41,8 +41,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from vmbusops.engine import journal_retention
-from vmbusops.engine.changes import Change
+from vmbusops.engine import journal_retention, journal_schema
+from vmbusops.engine.changes import Change, PendingRecord
 from vmbusops.engine.journal_history import (
     LAST_ALIVE,
     RECORDS_OF_RUN,
@@ -71,6 +71,7 @@ from vmbusops.engine.states import State
 from vmbusops.errors import JobStateError, JournalError, NoSuchJobError
 from vmbusops.home import home_path
 from vmbusops.owner import Owner, owner_alive
+from vmbusops.records import RECORD_JSON, STREAM_TEXT
 from vmbusops.storage import cannot_write, private_database, rollback_quietly
 
 RecordRow = tuple[int, int, int, str | None, int, str, float, str]
@@ -269,25 +270,25 @@ class Journal:
             )
 
     def apply(self, records: Sequence[RecordRow], changes: Sequence[Change]) -> list[StoredRecord]:
-        """Records, then state changes, in one transaction (the writer's flush); returns the
-        records as stored, each numbered after the highest ``n`` its job has committed."""
-        if not records and not changes:
+        """Records, then state changes, in one transaction: the records as stored, numbered per job."""
+        return self._apply({r[0] for r in records}, changes, lambda number: [
+            (r[0], number[r[0]](), *r[1:]) for r in records])  # fmt: skip
+
+    def apply_pending(self, records: Sequence[PendingRecord], changes: Sequence[Change]) -> list[StoredRecord]:
+        """:meth:`apply` of records as the writer holds them (its flush): each is numbered and
+        encoded (:func:`~vmbusops.records.record_json`) into its stored row in one pass."""
+        return self._apply({r[0] for r in records}, changes, lambda number: [
+            (job_id, number[job_id](), run_id, seq, step, attempt, STREAM_TEXT[type(rec)], at, RECORD_JSON[type(rec)](rec))
+            for job_id, run_id, seq, step, attempt, rec, at in records
+        ])  # fmt: skip
+
+    def _apply(
+        self, jobs: set[int], changes: Sequence[Change], rows: Callable[[journal_schema.Numbering], list[StoredRecord]]
+    ) -> list[StoredRecord]:
+        if not jobs and not changes:
             return []
-        stored: list[StoredRecord] = []
         with self._write() as db:
-            if records:
-                last: dict[int, int] = {}
-                for job_id in {row[0] for row in records}:
-                    found = db.execute("SELECT MAX(n) FROM records WHERE job_id = ?", (job_id,)).fetchone()[0]
-                    last[job_id] = found or 0
-                for row in records:
-                    n = last[row[0]] = last[row[0]] + 1
-                    stored.append((row[0], n, *row[1:]))
-                db.executemany(
-                    "INSERT INTO records (job_id, n, run_id, seq, step, attempt, stream, time, content)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    stored,
-                )
+            stored = journal_schema.insert_records(db, jobs, rows) if jobs else []
             for change in changes:
                 db.execute(*update_sql(change))
         return stored

@@ -1,5 +1,6 @@
-"""The journal's tables, how a journal written by an older version is brought up to date, and
-the one UPDATE each state change is written with (:func:`update_sql`).
+"""The journal's tables, how a journal written by an older version is brought up to date, the
+one UPDATE each state change is written with (:func:`update_sql`) and how records are numbered
+and inserted (:func:`insert_records`).
 
 Schema 3 keys records on ``(job_id, n)``: ``n`` numbers a job's records 1, 2, 3... in the order
 they were journaled, so reading a job is a range scan of the primary key with a cursor of one
@@ -17,14 +18,18 @@ in one transaction, numbering each job's records in the order schema 2 read them
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
-from typing import Any, Final
+from collections.abc import Callable, Iterable
+from typing import Any, Final, TypeVar
 
 from vmbusops.engine.changes import Change, CheckpointChange, JobChange, RunChange, StepChange
 from vmbusops.storage import add_missing_columns
 
 SCHEMA_VERSION: Final = 3
+
+_Row = TypeVar("_Row", bound=tuple[Any, ...])
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -160,7 +165,29 @@ def upgrade(db: sqlite3.Connection) -> None:
         db.execute("DROP TABLE records_v2")
 
 
-__all__ = ["ADDED_COLUMNS", "SCHEMA", "SCHEMA_VERSION", "upgrade"]
+Numbering = dict[int, Callable[[], int]]
+"""Per job, what gives its next record's ``n``."""
+
+
+def insert_records(
+    db: sqlite3.Connection, job_ids: Iterable[int], rows: Callable[[Numbering], list[_Row]]
+) -> list[_Row]:
+    """Insert the records ``rows`` makes, numbered after the highest ``n`` each job has committed
+    (inside the caller's write transaction, so that no other writer numbers between): the rows."""
+    number: Numbering = {}
+    for job_id in job_ids:
+        last = db.execute("SELECT MAX(n) FROM records WHERE job_id = ?", (job_id,)).fetchone()[0]
+        number[job_id] = itertools.count((last or 0) + 1).__next__
+    stored = rows(number)
+    db.executemany(
+        "INSERT INTO records (job_id, n, run_id, seq, step, attempt, stream, time, content)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        stored,
+    )
+    return stored
+
+
+__all__ = ["ADDED_COLUMNS", "SCHEMA", "SCHEMA_VERSION", "Numbering", "insert_records", "upgrade"]
 
 
 def update_sql(change: Change) -> tuple[str, list[Any]]:

@@ -37,9 +37,8 @@ import trio
 
 from vmbusops.engine.changes import Change, PendingRecord
 from vmbusops.engine.events import RunChanged
-from vmbusops.engine.journal import Journal, JournalBusy, RecordRow, StoredRecord
+from vmbusops.engine.journal import Journal, JournalBusy, StoredRecord
 from vmbusops.errors import JournalError
-from vmbusops.records import record_json
 
 T = TypeVar("T")
 
@@ -106,11 +105,18 @@ class JournalWriter:
                 await self.commit()
 
     async def add_record(self, row: PendingRecord) -> None:
-        self._records.append(row)
-        if len(self._records) >= self.flush_records:
-            self._wake.set()
-            if len(self._records) >= self.max_buffer:
-                await self.commit()
+        if self.queue(row):
+            await self.commit()
+
+    def queue(self, row: PendingRecord) -> bool:
+        """:meth:`add_record` without waiting: True when the buffer is full, and the caller must
+        await :meth:`commit` before it queues more (the engine's record path, a call the fewer)."""
+        records = self._records
+        records.append(row)
+        if len(records) < self.flush_records:
+            return False
+        self._wake.set()
+        return len(records) >= self.max_buffer
 
     def change(self, changes: Sequence[Change], events: Sequence[RunChanged] = ()) -> None:
         """State changes, written with the next batch (after every record queued before them);
@@ -162,11 +168,7 @@ class JournalWriter:
     def _apply(self, records: list[PendingRecord], changes: list[Change]) -> list[StoredRecord]:
         started = time.thread_time()
         try:
-            rows: list[RecordRow] = [
-                (job_id, run_id, seq, step, attempt, rec.stream.value, at, record_json(rec))
-                for job_id, run_id, seq, step, attempt, rec, at in records
-            ]
-            stored = self.journal.apply(rows, changes)
+            stored = self.journal.apply_pending(records, changes)
         finally:
             self.cpu_seconds += time.thread_time() - started
         self.records_written += len(records)

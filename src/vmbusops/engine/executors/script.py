@@ -101,7 +101,8 @@ async def _invoke(ctx: RunContext, indices: tuple[int, ...]) -> BatchFailure | N
                     async for rec in inv:
                         mark = parse_marker(rec.record)
                         if mark is None:
-                            await ctx.record(rec, tracker.current)
+                            if ctx.queue_record(rec, tracker.current):
+                                await ctx.commit()
                             if isinstance(rec.record, ErrorRecord):
                                 tracker.error_record(rec.record.message)
                             continue
