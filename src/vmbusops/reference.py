@@ -68,7 +68,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "PYTHON": ("./scripts/*, ./vmbusops", "the Python 3.11+ that creates .venv (default python3)"),
     "VMBUSOPS_BROWSER": ("./scripts/test, the web console's browser tests", "required (set by ./scripts/test "
                          "once it installed Chromium): a missing browser fails those tests instead of skipping them"),
-    "VMBUSOPS_TEST_WORKERS": ("./scripts/test", "pytest-xdist workers (default auto; 0: one process)"),
+    "VMBUSOPS_TEST_WORKERS": ("./scripts/test", "pytest-xdist workers (default one more than the cores; 0: one process)"),
     "VMBUSOPS_PEER_PYTHON": ("./scripts/test, the tests", "the interpreter of .venv-peer (the independent "
                              "PSRP client); set by ./scripts/test"),
     "VMBUSOPS_PYTHON": ("the Pester tests", "the Python that has vmbusops installed; set by ./scripts/test"),
