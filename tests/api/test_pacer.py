@@ -36,15 +36,20 @@ async def test_followers_resting_at_once_wake_at_the_same_tick(autojump_clock: t
 async def test_a_follower_cancelled_while_it_keeps_time_wakes_the_others(autojump_clock: trio.testing.MockClock) -> None:
     pacer = Pacer()
     woke: list[float] = []
+    start = trio.current_time()
+    with trio.fail_after(10):
+        await rest_cancelled_soon(pacer, resting(pacer, woke))
+    assert [round(at - start, 6) for at in woke] == [0.25]  # woken with the keeper's end, not stranded
 
-    async def other() -> None:
+
+def resting(pacer: Pacer, woke: list[float]) -> Callable[[], Awaitable[None]]:
+    """A follower that rests once and notes when it woke."""
+
+    async def follower() -> None:
         await pacer.rest(1.0)
         woke.append(trio.current_time())
 
-    start = trio.current_time()
-    with trio.fail_after(10):
-        await rest_cancelled_soon(pacer, other)
-    assert [round(at - start, 6) for at in woke] == [0.25]  # woken with the keeper's end, not stranded
+    return follower
 
 
 async def rest_cancelled_soon(pacer: Pacer, other: Callable[[], Awaitable[None]]) -> None:
@@ -66,11 +71,7 @@ async def test_a_tick_wakes_every_resting_follower_and_the_timer_then_only_bound
 ) -> None:
     pacer = Pacer()
     woke: list[float] = []
-
-    async def follower() -> None:
-        await pacer.rest(1.0)
-        woke.append(trio.current_time())
-
+    follower = resting(pacer, woke)
     start = trio.current_time()
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
