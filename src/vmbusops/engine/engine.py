@@ -506,8 +506,9 @@ class Engine:
 
     async def _execute_run(self, job: _Job, ctx: RunContext) -> None:
         run = ctx.machine
+        # Durable with the first step's start (or the writer's next batch, if sooner): nothing
+        # has happened in the guest until then, and a run that never got further resumes the same.
         ctx.emit(run.start())
-        await self.writer.commit()
         timeout = job.source.manifest.execution.target_timeout_seconds
         with trio.move_on_after(timeout) as scope:
             try:

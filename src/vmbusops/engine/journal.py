@@ -274,23 +274,34 @@ class Journal:
         return self._apply({r[0] for r in records}, changes, lambda number: [
             (r[0], number[r[0]](), *r[1:]) for r in records])  # fmt: skip
 
-    def apply_pending(self, records: Sequence[PendingRecord], changes: Sequence[Change]) -> list[StoredRecord]:
+    def apply_pending(
+        self, records: Sequence[PendingRecord], changes: Sequence[Change], released: Sequence[tuple[str, int]] = ()
+    ) -> list[StoredRecord]:
         """:meth:`apply` of records as the writer holds them (its flush): each is numbered and
-        encoded (:func:`~vmbusops.records.record_json`) into its stored row in one pass."""
+        encoded (:func:`~vmbusops.records.record_json`) into its stored row in one pass; the VM
+        leases ``released`` (VM, run) go in the same transaction, after the changes."""
         return self._apply({r[0] for r in records}, changes, lambda number: [
             (job_id, number[job_id](), run_id, seq, step, attempt, STREAM_TEXT[type(rec)], at, RECORD_JSON[type(rec)](rec))
             for job_id, run_id, seq, step, attempt, rec, at in records
-        ])  # fmt: skip
+        ], released)  # fmt: skip
 
     def _apply(
-        self, jobs: set[int], changes: Sequence[Change], rows: Callable[[journal_schema.Numbering], list[StoredRecord]]
+        self,
+        jobs: set[int],
+        changes: Sequence[Change],
+        rows: Callable[[journal_schema.Numbering], list[StoredRecord]],
+        released: Sequence[tuple[str, int]] = (),
     ) -> list[StoredRecord]:
-        if not jobs and not changes:
+        if not jobs and not changes and not released:
             return []
         with self._write() as db:
             stored = journal_schema.insert_records(db, jobs, rows) if jobs else []
             for change in changes:
                 db.execute(*update_sql(change))
+            if released:
+                db.executemany(
+                    "DELETE FROM vm_leases WHERE vm = ? AND run_id = ?", [(vm.casefold(), r) for vm, r in released]
+                )
         return stored
 
     def next_seq(self, run_id: int) -> int:
@@ -333,25 +344,11 @@ class Journal:
         return {int(r[0]) for r in jobs}, {int(r[0]) for r in runs}
 
     # ------------------------------------------------------------------ VM leases
-    def try_lease_vm(self, vm: str, run_id: int, owner: Owner, now: float) -> int | None:
-        """Take the VM for ``run_id``; None if taken, else the run id of the live holder."""
-        key = vm.casefold()
+    def try_lease_vms(self, wanted: Sequence[tuple[str, int]], owner: Owner, now: float) -> list[int | None]:
+        """Take each VM for its run, all in one transaction; per VM, None if taken, else the run
+        id of the live holder (a dead owner's lease is taken over)."""
         with self._write() as db:
-            row = db.execute(
-                "SELECT run_id, owner_pid, owner_started, heartbeat_at FROM vm_leases WHERE vm = ?", (key,)
-            ).fetchone()
-            if row is not None and row[0] != run_id and owner_alive(row[1], row[2], row[3], now=now):
-                return int(row[0])
-            db.execute(
-                "INSERT OR REPLACE INTO vm_leases (vm, run_id, owner_pid, owner_started, heartbeat_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (key, run_id, owner.pid, owner.started, now),
-            )
-        return None
-
-    def release_vm(self, vm: str, run_id: int) -> None:
-        with self._write() as db:
-            db.execute("DELETE FROM vm_leases WHERE vm = ? AND run_id = ?", (vm.casefold(), run_id))
+            return [journal_schema.take_vm_lease(db, vm, run_id, owner, now) for vm, run_id in wanted]
 
     # ------------------------------------------------------------------ reconciliation
     def reconcile(self, now: float | None = None) -> list[int]:

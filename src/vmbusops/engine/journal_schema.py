@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar
 
 from vmbusops.engine.changes import Change, CheckpointChange, JobChange, RunChange, StepChange
+from vmbusops.owner import Owner, owner_alive
 from vmbusops.storage import add_missing_columns
 
 SCHEMA_VERSION: Final = 3
@@ -187,7 +188,23 @@ def insert_records(
     return stored
 
 
-__all__ = ["ADDED_COLUMNS", "SCHEMA", "SCHEMA_VERSION", "Numbering", "insert_records", "upgrade"]
+def take_vm_lease(db: sqlite3.Connection, vm: str, run_id: int, owner: Owner, now: float) -> int | None:
+    """Take the VM for ``run_id`` (inside the caller's write transaction); None if taken, else
+    the run id of the live holder."""
+    key = vm.casefold()
+    row = db.execute(
+        "SELECT run_id, owner_pid, owner_started, heartbeat_at FROM vm_leases WHERE vm = ?", (key,)
+    ).fetchone()
+    if row is not None and row[0] != run_id and owner_alive(row[1], row[2], row[3], now=now):
+        return int(row[0])
+    db.execute(
+        "INSERT OR REPLACE INTO vm_leases (vm, run_id, owner_pid, owner_started, heartbeat_at) VALUES (?, ?, ?, ?, ?)",
+        (key, run_id, owner.pid, owner.started, now),
+    )
+    return None
+
+
+__all__ = ["ADDED_COLUMNS", "SCHEMA", "SCHEMA_VERSION", "Numbering", "insert_records", "take_vm_lease", "upgrade"]
 
 
 def update_sql(change: Change) -> tuple[str, list[Any]]:
