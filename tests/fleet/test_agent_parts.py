@@ -128,6 +128,22 @@ def test_what_was_queued_goes_in_one_message_within_bounds_and_a_batch_that_may_
     assert builder.next_group(256, 1 << 20) == [queue[8]]
 
 
+def test_a_queue_is_due_at_once_only_when_a_batch_in_it_ends_its_run_or_it_fills_a_message() -> None:
+    builder = BatchBuilder()
+    a = _tracked(5, 40, 90)
+    builder.track(a)
+    builder.applied([_rec(40, 1, 90, 1)], [StepChange(run_id=90, index=0, state=State.IN_PROGRESS, attempts=1)], 1.0)
+    builder.applied([_rec(40, 2, 90, 2)], [], now=2.0)
+    assert not builder.due(256)  # records and a step's start wait for the writer's next tick
+    assert builder.due(2)  # a message's worth
+    ended = RunChange(run_id=90, state=State.SUCCESS, current_step=None, records=2)
+    builder.applied([], [ended], now=3.0)
+    assert builder.due(256) and builder.ending == 1
+    for pending in list(builder.queue):
+        builder.sent(pending)
+    assert not builder.due(1) and builder.ending == 0
+
+
 def test_the_store_records_runs_that_ended_in_one_write(tmp_path: Path) -> None:
     store = FleetStore(tmp_path / "fleet.sqlite")
     me = current_owner()

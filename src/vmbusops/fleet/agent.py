@@ -32,8 +32,10 @@ three tasks beside them (see ``docs/adr/0007-fleet.md`` for the whole fleet):
   that local run. A message that does not parse is logged in one line and terminated.
 - **forwarding** (:mod:`.agent_batches`): the journal writer's ``on_applied`` tap turns each
   commit into one ``batch`` per fleet run it touched, queued in order; one task publishes them in
-  that order, what was queued while it published the last message going in one ``batches``
-  message (so many commits of many runs cost one publish and one acknowledgement), each message
+  that order at the writer's ticks (its ``on_tick``, every ``flush_interval``: the commits of its
+  rhythm carry the records) and at once for a batch that ends a run, what was queued since the
+  last message going in one ``batches`` message (so many commits of many runs, a run's own
+  commits between ticks among them, cost one publish and one acknowledgement), each message
   awaited, retried with the same message id (so a retry is never a duplicate) with backoff on a
   broker error, never dropped nor reordered while the process lives. A batch
   that ends a run failed is held until the VM is looked up by name on this host: if the host no
@@ -118,6 +120,9 @@ class FleetAgentOptions:
     #: Messages taken from the work consumer at once, and how long one fetch waits.
     work_batch: int = 16
     work_wait: float = 1.0
+    #: The longest queued batches wait for the journal writer's next tick (it ticks every
+    #: ``flush_interval``; this bound is for a writer that does not).
+    forward_wait: float = 0.1
     #: Backoff between retries of a publish or a fetch the broker failed.
     retry_min: float = 0.05
     retry_max: float = 2.0
@@ -150,7 +155,10 @@ class FleetAgent:
         #: Fleet runs of this process, by key, while they run.
         self.running: dict[FleetRunKey, Tracked] = {}
         self._wake = trio.Event()
+        #: Set at the writer's tick, or when a queued batch is due (see :meth:`_forward_loop`).
+        self._go = trio.Event()
         self._chained: Callable[[list[StoredRecord], list[Change]], None] | None = None
+        self._chained_tick: Callable[[], None] | None = None
         self.seq = 0
         self.last_beat_ok = 0.0
         self.lost = False
@@ -186,6 +194,8 @@ class FleetAgent:
         writer = self.engine.writer
         self._chained = writer.on_applied
         writer.on_applied = self._applied
+        self._chained_tick = writer.on_tick
+        writer.on_tick = self._ticked
         receipt = self.engine.after_run
         if receipt is not None:
             self.engine.after_run = partial(self._after_run, receipt)
@@ -205,6 +215,7 @@ class FleetAgent:
                     task_status.started()
         finally:
             writer.on_applied = self._chained
+            writer.on_tick = self._chained_tick
             self.engine.after_run = receipt
 
     async def _after_run(self, receipt: AfterRun, host: HyperVHost, job_id: int, run_id: int, vm: str) -> None:
@@ -512,10 +523,18 @@ class FleetAgent:
         try:
             if self.builder.applied(stored, changes, time.time()):
                 self._wake.set()
+                if self.builder.due(MAX_GROUP_BATCHES):
+                    self._go.set()
         except Exception:  # the tap must never fail the journal's committer
             log.exception("cannot queue a fleet batch", extra={"event": "fleet-batch-failed"})
         if self._chained is not None:
             self._chained(stored, changes)
+
+    def _ticked(self) -> None:
+        if self._chained_tick is not None:
+            self._chained_tick()
+        if self.builder.queue:
+            self._go.set()
 
     async def _forward_loop(self) -> None:
         while True:
@@ -523,6 +542,14 @@ class FleetAgent:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 continue
+            if not self.builder.due(MAX_GROUP_BATCHES):
+                # Paced by the writer: the records of a run come in the commits of its rhythm
+                # (every flush_interval), each going out at once, and what the run's own commits
+                # queued in between (its start, a step's) goes with the next, in one message,
+                # rather than a message each. A run's end goes at once.
+                with trio.move_on_after(self.options.forward_wait):
+                    await self._go.wait()
+            self._go = trio.Event()
             group = self.builder.next_group(MAX_GROUP_BATCHES, MAX_GROUP_BYTES)
             if len(group) == 1:
                 await self._forward(group[0])

@@ -101,6 +101,8 @@ class BatchBuilder:
     queue: deque[PendingBatch] = field(default_factory=deque)
     #: Records held in memory by the queued batches.
     inline_records: int = 0
+    #: Queued batches that end their run.
+    ending: int = 0
 
     def track(self, tracked: Tracked) -> None:
         self.by_job[tracked.local_job] = tracked
@@ -149,8 +151,16 @@ class BatchBuilder:
             pending.n = pending.tracked.last_n
             if pending.records is not None:
                 self.inline_records += len(pending.records)
+            if pending.ends:
+                self.ending += 1
             self.queue.append(pending)
         return len(order)
+
+    def due(self, max_batches: int) -> bool:
+        """Whether the queue should go now rather than at the writer's next tick: a batch in it
+        ends its run (the controller decides on that: the VM's next run, the job's end), or it
+        holds a message's worth of batches."""
+        return self.ending > 0 or len(self.queue) >= max_batches
 
     def next_group(self, max_batches: int, max_bytes: int) -> list[PendingBatch]:
         """What to publish next, from the head of the queue (not taken off it): every batch
@@ -174,6 +184,8 @@ class BatchBuilder:
             self.queue.popleft()
         if pending.records is not None:
             self.inline_records -= len(pending.records)
+        if pending.ends:
+            self.ending -= 1
 
 
 def moved_split(changes: Sequence[Change]) -> list[Change]:

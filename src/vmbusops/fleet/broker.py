@@ -104,7 +104,9 @@ class Broker(Protocol):
     async def fetch_work(self, host: str, *, batch: int, timeout: float) -> list[Delivery]:
         """Up to ``batch`` messages for ``host``; [] when none came within ``timeout``."""
 
-    async def ack(self, delivery: Delivery) -> None: ...
+    async def ack(self, delivery: Delivery) -> None:
+        """Done with this message; sent without waiting for the broker to confirm it (one that
+        is lost is delivered again after the consumer's ack wait)."""
 
     async def term(self, delivery: Delivery) -> None:
         """Never deliver this message again (it cannot be understood)."""

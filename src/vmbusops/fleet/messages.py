@@ -237,16 +237,16 @@ def encode(message: LogFact | Work) -> bytes:
         value = getattr(message, f.name)
         if value is None and f.name in _OPTIONAL.get(type(message), ()):
             continue
-        body[f.name] = _plain(value)
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        body[f.name] = value
+    # Tuples go out as arrays as they are; only the nested dataclasses need the hook (a batch's
+    # records are thousands of small tuples a message: not copied into lists first).
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=_plain).encode("utf-8")
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, RunPlacement | RunStartWire | BatchFact):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    return value
+        return {f.name: getattr(value, f.name) for f in fields(value)}
+    raise TypeError(f"a fleet message cannot carry a {type(value).__name__}")
 
 
 # ---------------------------------------------------------------------- decoding

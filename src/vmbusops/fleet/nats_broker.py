@@ -511,11 +511,9 @@ class NatsBroker:
 
     async def ack(self, delivery: Delivery) -> None:
         msg = self._msg(delivery)
-
-        async def go() -> None:
-            await msg.ack_sync(timeout=self._timeout)
-
-        await self._call(f"ack {delivery.subject} #{delivery.seq}", go(), (msg.reply,))
+        # Sent, not confirmed (no reply awaited): one that is lost has the message delivered
+        # again after ack_wait, and the agent finds it taken (FleetStore.take) and runs nothing twice.
+        await self._call(f"ack {delivery.subject} #{delivery.seq}", msg.ack(), (msg.reply,))
 
     async def term(self, delivery: Delivery) -> None:
         msg = self._msg(delivery)
