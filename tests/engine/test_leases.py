@@ -13,7 +13,7 @@ import trio
 from tests.builders import VM, manifest, script, write_lab
 from tests.engine.conftest import harness_for, source
 
-from vmbusops.engine import RunChanged, State
+from vmbusops.engine import EngineEvent, RunChanged, State
 from vmbusops.engine.changes import Change, RunChange
 from vmbusops.engine.journal import StoredRecord
 from vmbusops.owner import process_start_time
@@ -78,15 +78,32 @@ async def test_a_vm_another_live_process_holds_waits_while_the_others_of_its_bat
                 ("vm02", 999_999, other_process.pid, started, time.time()),
             )
 
+        def ended(vm: str) -> bool:
+            return any(isinstance(e, RunChanged) and e.vm == vm and e.state.terminal for e in h.events)
+
+        others_ended = trio.Event()
+        collect = h.engine.on_event
+        assert collect is not None
+
+        def on_event(event: EngineEvent) -> None:
+            collect(event)
+            if ended("vm01") and ended("vm03"):
+                others_ended.set()
+
+        h.engine.on_event = on_event
+
         async def free_vm02_later() -> None:
-            await trio.sleep(0.5)
+            # Held until the other two runs have ended: they never waited for vm02.
+            await others_ended.wait()
+            assert not ended("vm02")
             with sqlite3.connect(journal_file) as db:
                 db.execute("DELETE FROM vm_leases WHERE vm = 'vm02'")
             freed_at.append(time.time())
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(free_vm02_later)
-            result = await h.engine.run_job(source(m))
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(free_vm02_later)
+                result = await h.engine.run_job(source(m))
     assert result.state is State.SUCCESS
     story = [(e.vm, e.state) for e in h.events if isinstance(e, RunChanged) and e.step is None]
     assert ("vm02", State.DELAYED) in story
