@@ -169,7 +169,7 @@ async def test_a_writer_nobody_listens_to_keeps_no_events(tmp_path: Path) -> Non
     await trio.lowlevel.checkpoint()
 
 
-async def test_the_writer_ticks_after_each_commit_of_its_rhythm_once_it_is_told(
+async def test_the_writer_ticks_once_a_rhythm_at_the_first_commit_that_ends_it(
     tmp_path: Path, autojump_clock: Any
 ) -> None:
     journal = Journal(tmp_path / "j.sqlite")
@@ -182,15 +182,36 @@ async def test_the_writer_ticks_after_each_commit_of_its_rhythm_once_it_is_told(
         await nursery.start(writer.run)
         start = trio.current_time()
         await writer.add_record((job, runs["web01"], 1, "s", 1, OutputRecord(value="x"), 0.0))
-        await writer.commit()  # the engine's own commit: no tick
-        assert [name for name, _ in told] == ["commit"]
+        await writer.commit()  # a run's commit: the first tick
+        await trio.sleep(0.01)
         await writer.add_record((job, runs["web01"], 2, "s", 1, OutputRecord(value="y"), 0.0))
-        await trio.sleep(0.12)
+        await writer.commit()  # a run's commit within the rhythm: no tick
+        await trio.sleep(0.11)
         nursery.cancel_scope.cancel()
-    # The rhythm's commits: the first with record 2 (its tick after it), the next with nothing.
+    # The flusher's commits end the next rhythms (with nothing to write, they tick alone).
     assert [(name, round(at - start, 6)) for name, at in told] == [
-        ("commit", 0.0), ("commit", 0.05), ("tick", 0.05), ("tick", 0.1)
+        ("commit", 0.0), ("tick", 0.0), ("commit", 0.01), ("tick", 0.05), ("tick", 0.1)
     ]
+    journal.close()
+
+
+async def test_the_runs_commits_tick_in_rhythm_while_the_flusher_does_not(
+    tmp_path: Path, autojump_clock: Any
+) -> None:
+    """The flusher may wait behind the runs' commits for the writer's lock; the ticks do not."""
+    journal = Journal(tmp_path / "j.sqlite")
+    job, runs = new_job(journal, ["web01"])
+    writer = JournalWriter(journal, flush_records=10**9, flush_interval=5.0, followed_interval=0.03)
+    writer.followed = lambda: True
+    ticks: list[float] = []
+    writer.on_commit = lambda records, events: None
+    writer.on_tick = lambda: ticks.append(trio.current_time())
+    start = trio.current_time()
+    for seq in range(1, 11):  # a run's commit every 10 ms, and no flusher
+        await writer.add_record((job, runs["web01"], seq, "s", 1, OutputRecord(value=str(seq)), 0.0))
+        await writer.commit()
+        await trio.sleep(0.01)
+    assert [round(at - start, 6) for at in ticks] == [0.0, 0.03, 0.06, 0.09]
     journal.close()
 
 

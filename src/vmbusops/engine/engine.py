@@ -85,7 +85,8 @@ class EngineOptions:
     #: record when it is committed (followers are fed from commits), so while any follows, the
     #: writer commits at least every ``followed_flush_interval``; otherwise larger, cheaper
     #: batches (a commit's cost per record falls with its size). The agent's followers send
-    #: right after each of these commits (the writer's ``on_tick``), at most one chunk each.
+    #: once per such interval, after the first commit that ends it (the writer's ``on_tick``),
+    #: at most one chunk each.
     flush_interval: float = 0.05
     followed_flush_interval: float = 0.03
     max_buffer: int = 20_000

@@ -29,6 +29,7 @@ after a crash: the owner's runs read as interrupted once it exits, and resume fr
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -75,11 +76,13 @@ class JournalWriter:
         #: each commit carried for a run, for the controller's journal to apply the same. Like
         #: :attr:`on_commit` it must neither block nor raise (an error would fail the committer).
         self.on_applied: Callable[[list[StoredRecord], list[Change]], None] | None = None
-        #: Told after each commit of the flusher's own rhythm (every ``flush_interval``, or
-        #: ``followed_interval`` while followed, or sooner at ``flush_records``), after
-        #: :attr:`on_commit`: the agent's followers rest between chunks until then, so each
-        #: sends at most one chunk per tick, with what the commit brought.
+        #: Told once per rhythm (``flush_interval``, or ``followed_interval`` while followed),
+        #: after :attr:`on_commit`, at the first commit that ends it: the flusher's own, or a
+        #: run's if that comes first (the flusher may be waiting behind the runs' commits for
+        #: the lock). The agent's followers rest between chunks until then, so each sends at most
+        #: one chunk per tick, with what the commits since the last one brought.
         self.on_tick: Callable[[], None] | None = None
+        self._ticked_at = -math.inf
         self._lock = trio.Lock()
         self._wake = trio.Event()
         #: CPU seconds spent in journal writes (the writing thread's CPU time), counted only
@@ -102,8 +105,7 @@ class JournalWriter:
                     await self._wake.wait()
                 self._wake = trio.Event()
                 await self.commit()
-                if self.on_tick is not None:
-                    self.on_tick()
+                self._tick()
         finally:
             if self.failure is None:
                 await self.commit()
@@ -158,6 +160,18 @@ class JournalWriter:
                 self.on_applied(stored, changes)
             if self.on_commit is not None and (stored or events):
                 self.on_commit(stored, events)
+                self._tick()
+
+    def _tick(self) -> None:
+        """Tell :attr:`on_tick`, if a rhythm has passed since it was last told."""
+        if self.on_tick is None:
+            return
+        followed = self.followed is not None and self.followed()
+        now = trio.current_time()
+        # (A microsecond of slack: the flusher wakes a rhythm after the last tick, to the float.)
+        if now - self._ticked_at >= (self.followed_interval if followed else self.flush_interval) - 1e-6:
+            self._ticked_at = now
+            self.on_tick()
 
     async def _in_journal(self, records: int, fn: Callable[..., T], *args: Any) -> T:
         """Run a journal call here when SQLite takes it at once, else in a worker thread.
