@@ -17,9 +17,9 @@ wake-up only if it waits; a follower takes all that is queued at once.
 Between two chunks a follower rests until the next tick of the agent's one :class:`Pacer`: the
 journal writer ticks it once per rhythm, at the first commit that ends it (see
 :attr:`~vmbusops.engine.writer.JournalWriter.on_tick`), so the followers it releases find what
-the commits since the last tick brought, and all that rest wait on no timer of their own (a trio timer that
-expires raises ``Cancelled`` in its task: one per chunk per follower was a good part of what a
-follower cost).
+the commits since the last tick brought, and all that rest wait on no timer of their own (a
+trio timer that expires raises ``Cancelled`` in its task: one per chunk per follower was a good
+part of what a follower cost).
 """
 
 from __future__ import annotations
@@ -103,11 +103,12 @@ class Pacer:
 
     The agent's journal writer ticks once per rhythm (30 ms while anyone follows:
     ``EngineOptions.followed_flush_interval``), at the first commit that ends it, its flusher's
-    or a run's, after it has published what the commit carried. A timer bounds the rest should no tick come: the first follower to rest while
-    none keeps time waits ``period`` (four times that once ticks come, so that the timer does not
-    race them) and, when it wakes or is cancelled, wakes every follower that rested meanwhile. So a
-    follower that always rests between chunks sends at most one chunk per tick, and each tick
-    costs no timer however many follow.
+    or a run's, after it has published what the commit carried. A timer bounds the rest should
+    no tick come: the first follower to rest while none keeps time waits ``period`` (four times
+    that once ticks come, so that the timer does not race them) and, when it wakes or is
+    cancelled, wakes every follower that rested meanwhile. So a follower that always rests
+    between chunks sends at most one chunk per tick, and each tick costs no timer however many
+    follow.
     """
 
     __slots__ = ("_keeping", "_lot", "_ticked")

@@ -100,8 +100,7 @@ class JournalWriter:
         task_status.started()
         try:
             while True:
-                followed = self.followed is not None and self.followed()
-                with trio.move_on_after(self.followed_interval if followed else self.flush_interval):
+                with trio.move_on_after(self._rhythm()):
                     await self._wake.wait()
                 self._wake = trio.Event()
                 await self.commit()
@@ -162,14 +161,18 @@ class JournalWriter:
                 self.on_commit(stored, events)
                 self._tick()
 
+    def _rhythm(self) -> float:
+        """How often the flusher commits (and :attr:`on_tick` is told): faster while followed."""
+        followed = self.followed is not None and self.followed()
+        return self.followed_interval if followed else self.flush_interval
+
     def _tick(self) -> None:
         """Tell :attr:`on_tick`, if a rhythm has passed since it was last told."""
         if self.on_tick is None:
             return
-        followed = self.followed is not None and self.followed()
         now = trio.current_time()
         # (A microsecond of slack: the flusher wakes a rhythm after the last tick, to the float.)
-        if now - self._ticked_at >= (self.followed_interval if followed else self.flush_interval) - 1e-6:
+        if now - self._ticked_at >= self._rhythm() - 1e-6:
             self._ticked_at = now
             self.on_tick()
 
@@ -192,13 +195,11 @@ class JournalWriter:
     def _apply(
         self, records: list[PendingRecord], changes: list[Change], released: list[tuple[str, int]]
     ) -> list[StoredRecord]:
-        if not self.timed:
+        started = time.thread_time() if self.timed else 0.0
+        try:
             stored = self.journal.apply_pending(records, changes, released)
-        else:
-            started = time.thread_time()
-            try:
-                stored = self.journal.apply_pending(records, changes, released)
-            finally:
+        finally:
+            if self.timed:
                 self.cpu_seconds += time.thread_time() - started
         self.records_written += len(records)
         self.flushes += 1
