@@ -4,10 +4,10 @@
 
 1. the engine's CPU per journaled record over bare ``exec`` (guestops.fanout)'s CPU per record,
    while 100 guests print as fast as they can (CPU-bound): the same fan-out and output, median of
-   interleaved rounds (engine, exec, engine, exec...); with the raw SQLite insert of the same rows
-   as a second anchor (the least a journal of them can cost: in the journal's own commits, of the
-   sizes the round made), that insert without the ``(run_id, seq)`` index beside it (what the
-   per-run index costs), and the journal writes' share;
+   interleaved rounds (engine, exec, engine, exec...); with the raw SQLite insert of the same
+   chunk rows as a second anchor (the least storing them can cost: in the journal's own commits,
+   the chunks already packed), the same records inserted a row each into a table keyed as a
+   row-per-record journal would be (what chunks save), and the journal writes' share;
    ``--profile`` adds a cProfile of one more engine round;
 2. peak RSS while one guest streams --flood-mib of output as long verbose lines: sampled as the
    output grows, so a flat line shows memory is bounded by buffers, not by output size;
@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import bisect
 import cProfile
 import io
 import math
@@ -44,7 +45,7 @@ import trio
 from vmbusops.bundle.manifest import manifest_from_dict
 from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential, Secret
-from vmbusops.engine import EngineOptions, JobSource, Journal, open_engine
+from vmbusops.engine import EngineOptions, JobSource, Journal, journal_records, open_engine
 from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.fanout import exec_in_guests
 from vmbusops.records import GuestRecord
@@ -105,7 +106,7 @@ async def bench_throughput(work: Path, vms: int, lines: int, rounds: int, profil
     engine_cpu: list[float] = []
     exec_cpu: list[float] = []
     floor_cpu: list[float] = []
-    no_run_index: list[float] = []
+    row_each: list[float] = []
     engine_wall: list[float] = []
     exec_wall: list[float] = []
     journal_share: list[float] = []
@@ -128,7 +129,14 @@ async def bench_throughput(work: Path, vms: int, lines: int, rounds: int, profil
                 )
                 written, writer_cpu = engine.writer.records_written, engine.writer.cpu_seconds
                 sizes: list[int] = []
-                engine.writer.on_applied = lambda stored, _, sizes=sizes: sizes.append(len(stored)) if stored else None
+                ends: list[int] = []
+
+                def applied(stored: Any, _: Any, sizes: list[int] = sizes, ends: list[int] = ends) -> None:
+                    if stored:
+                        sizes.append(len(stored))
+                        ends.append(stored[-1][1])
+
+                engine.writer.on_applied = applied
                 cpu0, t0 = cpu_seconds(), time.perf_counter()
                 result = await engine.run_job(job)
                 wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
@@ -141,8 +149,8 @@ async def bench_throughput(work: Path, vms: int, lines: int, rounds: int, profil
                 # The journal's own commits: every flush_interval, flush_records, or a run's step.
                 batches.append(sum(sizes) / len(sizes))
                 big.append(statistics.median(sorted(sizes)[len(sizes) // 2 :]))
-                floor_cpu.append(await bench_sqlite_floor(work, journal, result.job_id, sizes))
-                no_run_index.append(await bench_sqlite_floor(work, journal, result.job_id, sizes, run_index=False))
+                floor_cpu.append(await bench_sqlite_floor(work, journal, result.job_id, ends))
+                row_each.append(await bench_sqlite_floor(work, journal, result.job_id, ends, row_each=True))
                 cpu0, t0 = cpu_seconds(), time.perf_counter()
                 count = await bench_bare(host, names, script, vms)
                 wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
@@ -158,16 +166,16 @@ async def bench_throughput(work: Path, vms: int, lines: int, rounds: int, profil
         + " ".join(f"{a / b:.2f}" for a, b in zip(engine_cpu, exec_cpu, strict=True))
     )
     print(
-        f"    engine minus exec {(e - x) * us:.1f} us/record; raw SQLite insert of the same rows,"
-        f" in the journal's own commits ({median(batches):.0f} rows each on average; the larger half"
-        f" {median(big):.0f}), in their order, content already encoded:"
+        f"    engine minus exec {(e - x) * us:.1f} us/record; raw SQLite insert of the same chunk rows,"
+        f" in the journal's own commits ({median(batches):.0f} records each on average; the larger half"
+        f" {median(big):.0f}), in their order, already packed:"
         f" {f * us:.1f} us/record ({f / x:.2f}x exec); journal writes {100 * median(journal_share):.0f}%"
         " of the engine's CPU"
     )
-    r = median(no_run_index)
+    r = median(row_each)
     print(
-        f"    of the insert, the (run_id, seq) index: {(f - r) * us:.1f} us/record ({(f - r) / x:.2f}x exec);"
-        f" the same rows without it {r * us:.1f} us/record"
+        f"    the same records a row each, keyed (job_id, n) with a (run_id, seq) index, content encoded:"
+        f" {r * us:.1f} us/record ({r / x:.2f}x exec): what chunks save"
     )
     print(
         "    CPU is this process's (time.process_time, all threads), where the engine and exec both run;"
@@ -194,29 +202,37 @@ async def bench_bare(host: Any, vms: list[str], script: str, concurrency: int) -
 
 
 async def bench_sqlite_floor(
-    work: Path, journal: Journal, job_id: int, sizes: list[int], *, run_index: bool = True
+    work: Path, journal: Journal, job_id: int, ends: list[int], *, row_each: bool = False
 ) -> float:
-    """CPU per row to insert a job's stored records, as stored, into an empty copy of their table.
+    """CPU per record to insert a job's stored records, as stored, into an empty copy of their table.
 
-    As the journal wrote them: in the order they were committed, in transactions of the same
-    ``sizes`` (a flood's commits are large, a run's first and last small). Without
-    ``run_index``, the copy lacks the ``(run_id, seq)`` index: what that index costs is the
-    difference (its entries go to one B-tree leaf per run, interleaved as the runs print).
+    As the journal wrote them: in the order they were committed, in transactions that end where
+    the journal's did (``ends``: the ``n`` of each commit's last record), so a flood's commits are
+    large and a run's first and last small. With ``row_each``, the same records a row each into
+    a table keyed as a row-per-record journal's would be: ``(job_id, n)``, and a ``(run_id, seq)``
+    index whose entries go to one B-tree leaf per run, interleaved as the runs print.
     """
 
     def insert() -> float:
         src = sqlite3.connect(journal.path)
-        ddl = [
-            sql
-            for (sql,) in src.execute(
-                "SELECT sql FROM sqlite_master WHERE tbl_name = 'records' AND sql IS NOT NULL"
-                + ("" if run_index else " AND name != 'records_run'")
-            )
-        ]
-        rows = src.execute(
-            "SELECT * FROM records WHERE job_id = ? ORDER BY n",
-            (job_id,),
-        ).fetchall()
+        if row_each:
+            ddl = [
+                "CREATE TABLE records (job_id INTEGER NOT NULL, n INTEGER NOT NULL, run_id INTEGER NOT NULL,"
+                " seq INTEGER NOT NULL, step TEXT, attempt INTEGER NOT NULL, stream TEXT NOT NULL,"
+                " time REAL NOT NULL, content TEXT NOT NULL, PRIMARY KEY (job_id, n)) WITHOUT ROWID",
+                "CREATE UNIQUE INDEX records_run ON records (run_id, seq)",
+            ]
+            rows: list[Any] = journal_records.read(src, job_id)
+            table = "records"
+        else:
+            ddl = [
+                sql
+                for (sql,) in src.execute(
+                    "SELECT sql FROM sqlite_master WHERE tbl_name = 'record_chunks' AND sql IS NOT NULL"
+                )
+            ]
+            rows = src.execute("SELECT * FROM record_chunks WHERE job_id = ? ORDER BY n", (job_id,)).fetchall()
+            table = "record_chunks"
         src.close()
         path = work / "floor.sqlite"
         for suffix in ("", "-wal", "-shm"):
@@ -226,18 +242,23 @@ async def bench_sqlite_floor(
             db.execute(f"PRAGMA {pragma}")
         for sql in ddl:
             db.execute(sql)
-        insert = f"INSERT INTO records VALUES ({', '.join('?' * len(rows[0]))})"
-        cpu0 = time.thread_time()
-        assert sum(sizes) == len(rows), (sum(sizes), len(rows))
+        insert = f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})"
+        n_of = [row[1] for row in rows]  # the n of a record, or of a chunk's last record
+        batches = []
         i = 0
-        for size in sizes:
+        for end in ends:
+            j = bisect.bisect_right(n_of, end, lo=i)
+            batches.append(rows[i:j])
+            i = j
+        assert i == len(rows), (i, len(rows))
+        cpu0 = time.thread_time()
+        for batch in batches:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany(insert, rows[i : i + size])
+            db.executemany(insert, batch)
             db.execute("COMMIT")
-            i += size
         cpu = time.thread_time() - cpu0
         db.close()
-        return cpu / len(rows)
+        return cpu / ends[-1]
 
     return await trio.to_thread.run_sync(insert)
 

@@ -8,9 +8,11 @@
    verbose record of an 80-character message. The whole job is read through
    ``Journal.records`` in pages of --page, as ``vmbusops logs`` and a catching-up SSE follower
    read it; figures are records/s and each page's latency (p50/p99/max). The anchor is the
-   physical floor measured in the same run, interleaved round by round: the same rows read with
-   plain sqlite3 (``SELECT ... FROM records``, a full scan in key order, fetched --page at a
-   time), once as tuples and once with ``json.loads`` of each record's content. Medians of
+   physical floor measured in the same run, interleaved round by round: the same records read
+   with plain sqlite3 (``SELECT ... FROM record_chunks``, a full scan in key order, fetched
+   --page rows at a time, each chunk split into its records' lines), once as text and once with
+   ``json.loads`` of each record's content. Record i belongs to run i mod runs, so every chunk
+   holds one record: the worst case for chunks (a flood's hold dozens). Medians of
    --rounds interleaved rounds. A size whose read passes --cap seconds is given up and said so,
    with how far it got (one round only).
 2. Status during catch-up. A real ``vmbusops agent`` (over the simulator) is started on a home
@@ -132,22 +134,26 @@ def build_journal(path: Path, runs: int, count: int) -> int:
 
 
 def floor_scan(path: Path, page: int, decode: bool) -> tuple[int, float, list[float]]:
-    """The same rows through plain sqlite3: (rows, seconds, each page's seconds)."""
+    """The same records through plain sqlite3: (records, seconds, each page's seconds). The rows
+    are chunks of records (engine.journal_records), fetched --page rows at a time; each is split
+    into its records' lines, the least that gives the records as text."""
     db = sqlite3.connect(path)
     try:
         started = time.perf_counter()
-        cur = db.execute("SELECT run_id, seq, step, attempt, stream, time, content FROM records")
+        cur = db.execute("SELECT count, times, body FROM record_chunks")
         total = 0
         pages: list[float] = []
         loads = json.loads
         while True:
             t = time.perf_counter()
             rows = cur.fetchmany(page)
-            if decode:
-                for row in rows:
-                    loads(row[6])
+            for _, _, body in rows:
+                lines = body.split("\n")
+                total += len(lines)
+                if decode:
+                    for line in lines:
+                        loads(line.split("\t", 1)[1])
             pages.append(time.perf_counter() - t)
-            total += len(rows)
             if len(rows) < page:
                 return total, time.perf_counter() - started, pages
     finally:

@@ -18,6 +18,7 @@ from tests.clirun import vmbusops
 from tests.engine.bundles import signed_bundle, trust_and_credential
 
 from vmbusops.bundle.crypto import PrivateKey
+from vmbusops.engine import journal_records
 
 SLOW = 'Write-Output "one"; Write-Output "two"; Write-Output "three"; Start-Sleep -Seconds 600'
 VMS = ["vm01", "vm02"]
@@ -55,7 +56,8 @@ def wait_committed(db: Path, count: int) -> None:
     while True:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
-            n = con.execute("SELECT COUNT(*) FROM records WHERE stream = 'output'").fetchone()[0]
+            jobs = [job_id for (job_id,) in con.execute("SELECT id FROM jobs")]
+            n = sum(len(journal_records.read(con, job_id, stream="output")) for job_id in jobs)
         finally:
             con.close()
         if n >= count:

@@ -27,6 +27,7 @@ from tests.builders import VM, write_lab
 from tests.engine.bundles import signed_bundle, trust_and_credential
 
 from vmbusops.bundle.crypto import PrivateKey
+from vmbusops.engine import journal_records
 from vmbusops.engine.states import State
 
 SEED = int(os.environ.get("VMBUSOPS_CRASH_SEED", "20240613"))
@@ -45,14 +46,7 @@ STEPS = [
 def snapshot(db: Path, job_id: int) -> dict[str, Any]:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        records = {
-            (r[0], r[1]): r[2:]
-            for r in con.execute(
-                "SELECT r.run_id, r.seq, r.step, r.attempt, r.content FROM records r"
-                " JOIN runs ON runs.id = r.run_id WHERE runs.job_id = ?",
-                (job_id,),
-            )
-        }
+        records = {(r[2], r[3]): (r[4], r[5], r[8]) for r in journal_records.read(con, job_id)}
         steps = {
             (r[0], r[1]): (r[2], r[3], r[4])
             for r in con.execute(

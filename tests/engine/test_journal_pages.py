@@ -18,6 +18,7 @@ import trio
 from vmbusops.engine.changes import RunChange
 from vmbusops.engine.events import RunChanged
 from vmbusops.engine.journal import Journal, RecordRow, StoredRecord
+from vmbusops.engine.journal_records import CHUNK_RECORDS
 from vmbusops.engine.states import State
 from vmbusops.engine.writer import JournalWriter
 from vmbusops.owner import current_owner
@@ -91,7 +92,7 @@ def test_no_page_sorts_and_each_seeks_its_key(tmp_path: Path) -> None:
     for statement in pages:
         plan = " / ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + statement))
         assert "TEMP B-TREE" not in plan, plan
-        assert "SEARCH records USING" in plan, plan
+        assert "SEARCH record_chunks USING" in plan, plan
     db.close()
 
 
@@ -104,7 +105,7 @@ def test_a_schema_2_journal_is_brought_to_numbered_records_once(tmp_path: Path) 
     # The records table as schema 2 had it: keyed on (run_id, seq) alone, no job, no number.
     db = sqlite3.connect(path)
     db.executescript(
-        "DROP TABLE records; CREATE TABLE records (run_id INTEGER NOT NULL, seq INTEGER NOT NULL, step TEXT,"
+        "DROP TABLE record_chunks; CREATE TABLE records (run_id INTEGER NOT NULL, seq INTEGER NOT NULL, step TEXT,"
         " attempt INTEGER NOT NULL, stream TEXT NOT NULL, time REAL NOT NULL, content TEXT NOT NULL,"
         " PRIMARY KEY (run_id, seq)) WITHOUT ROWID; UPDATE meta SET value = '2' WHERE key = 'schema';"
     )
@@ -123,15 +124,93 @@ def test_a_schema_2_journal_is_brought_to_numbered_records_once(tmp_path: Path) 
     assert [r[1] for r in journal.apply([row(job, w1, 3)], [])] == [5]
     journal.close()
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "3"
-    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'records_v2'").fetchone() is None
-    try:
-        db.execute("INSERT INTO records VALUES (?, 99, ?, 1, 's', 1, 'output', 0, '{}')", (job, w1))
-        raise AssertionError("a run's seq was stored twice")
-    except sqlite3.IntegrityError:
-        pass
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "4"
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "records_v2" not in tables and "records" not in tables
     db.close()
     Journal(path).close()  # opening it again changes nothing
+
+
+def test_a_schema_3_journal_keeps_every_record_exactly_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    job, runs = new_job(journal, ["web01", "web02"])
+    journal.close()
+    w1, w2 = runs["web01"], runs["web02"]
+    # Times no shorter text gives back exactly, and contents a line-minded reader would break.
+    old = [
+        (job, 1, w1, 1, "s", 1, "output", 1764600000.1234567, json.dumps({"stream": "output", "value": "a\tb\nc"})),
+        (job, 2, w2, 1, None, 0, "warning", 0.1 + 0.2, json.dumps({"stream": "warning", "message": "x\u2028y\x85z"}, ensure_ascii=False)),
+        (job, 3, w1, 2, "s", 2, "verbose", 1e-300, json.dumps({"stream": "verbose", "message": ""})),
+    ]  # fmt: skip
+    db = sqlite3.connect(path)
+    db.executescript(
+        "DROP TABLE record_chunks; CREATE TABLE records (job_id INTEGER NOT NULL, n INTEGER NOT NULL,"
+        " run_id INTEGER NOT NULL, seq INTEGER NOT NULL, step TEXT, attempt INTEGER NOT NULL,"
+        " stream TEXT NOT NULL, time REAL NOT NULL, content TEXT NOT NULL, PRIMARY KEY (job_id, n)) WITHOUT ROWID;"
+        " CREATE UNIQUE INDEX records_run ON records (run_id, seq); UPDATE meta SET value = '3' WHERE key = 'schema';"
+    )
+    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", old)
+    db.commit()
+    db.close()
+    journal = Journal(path)
+    assert journal.stored_records(job) == old
+    # Chunks of one record each, read past a cursor and by stream.
+    assert journal.stored_records(job, after=1, limit=1) == [old[1]]
+    assert journal.stored_records(job, stream="verbose") == [old[2]]
+    assert journal.stored_records(job, run_id=w1, after=1) == [old[2]]
+    assert journal.next_seq(w1) == 3 and journal.next_seq(w2) == 2
+    assert [r[1] for r in journal.apply([row(job, w2, 2)], [])] == [4]
+    journal.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "4"
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'records'").fetchone() is None
+    db.close()
+
+
+def test_a_commit_is_stored_in_chunks_and_every_page_reads_back_as_committed(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    job, runs = new_job(journal, ["web01", "web02"])
+    other, other_runs = new_job(journal, ["db01"], "other")
+    w1, w2, d1 = runs["web01"], runs["web02"], other_runs["db01"]
+    seqs = {w1: 0, w2: 0, d1: 0}
+
+    def burst(job_id: int, run_id: int, count: int, stream: str = "output") -> list[RecordRow]:
+        out = []
+        for _ in range(count):
+            seqs[run_id] += 1
+            out.append(row(job_id, run_id, seqs[run_id], stream, at=time.time() + seqs[run_id] / 7))
+        return out
+
+    # Bursts of one run, another job's between (it ends a chunk, not this job's numbering), a
+    # change of stream inside a burst, and a burst longer than a chunk holds.
+    commits = [
+        burst(job, w1, 5) + burst(other, d1, 2) + burst(job, w1, 3, "verbose") + burst(job, w2, 4),
+        burst(job, w2, 2) + burst(job, w1, CHUNK_RECORDS + 3),
+        burst(job, w1, 1),
+    ]
+    stored = [r for commit in commits for r in journal.apply(commit, [])]
+    mine = [r for r in stored if r[0] == job]
+    assert [r[1] for r in mine] == list(range(1, len(mine) + 1))
+    db = journal._db
+    chunks = db.execute("SELECT count FROM record_chunks WHERE job_id = ? ORDER BY n", (job,)).fetchall()
+    # w1 5, w1 3 (after the other job's; a stream does not end a chunk), w2 4; w2 2, w1
+    # CHUNK_RECORDS + 3 in two; w1 1.
+    assert [c for (c,) in chunks] == [5, 3, 4, 2, CHUNK_RECORDS, 3, 1]
+    assert journal.stored_records(job, limit=10**6) == mine
+    for after in range(len(mine) + 1):
+        for limit in (1, 3, 300):
+            assert journal.stored_records(job, after=after, limit=limit) == mine[after : after + limit], (after, limit)
+    for run_id in (w1, w2):
+        of_run = [r for r in mine if r[2] == run_id]
+        assert [r[3] for r in of_run] == list(range(1, len(of_run) + 1))
+        for after in (0, 3, 7, 12, len(mine)):
+            expected = [r for r in of_run if r[1] > after][:5]
+            assert journal.stored_records(job, run_id=run_id, after=after, limit=5) == expected
+    verbose = [r for r in mine if r[6] == "verbose"]
+    assert journal.stored_records(job, stream="verbose", after=6, limit=2) == [r for r in verbose if r[1] > 6][:2]
+    assert journal.stored_records(other) == [r for r in stored if r[0] == other]
+    assert journal.next_seq(w1) == seqs[w1] + 1
 
 
 async def test_the_writer_tells_each_commit_numbered_records_then_their_state_events(tmp_path: Path) -> None:

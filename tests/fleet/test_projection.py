@@ -44,7 +44,7 @@ def dump(path: Path) -> list[object]:
         out: list[object] = []
         job_cols = [r[1] for r in db.execute("PRAGMA table_info(jobs)") if r[1] not in ("owner_pid", "owner_started", "heartbeat_at")]
         out.append(db.execute(f"SELECT {', '.join(job_cols)} FROM jobs ORDER BY id").fetchall())
-        for table, order in (("runs", "id"), ("steps", "run_id, idx"), ("records", "job_id, n"), ("fleet_runs", "run_id"), ("fleet_jobs", "job_id"), ("fleet_state", "key")):
+        for table, order in (("runs", "id"), ("steps", "run_id, idx"), ("record_chunks", "job_id, n"), ("fleet_runs", "run_id"), ("fleet_jobs", "job_id"), ("fleet_state", "key")):
             out.append(db.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall())
         return out
     finally:

@@ -430,6 +430,8 @@ def resume_interrupted(home: Path, report: Report) -> None:
 
 
 def check(home: Path, soak: Soak) -> None:
+    from vmbusops.engine import journal_records
+
     report = soak.report
     journal = sqlite3.connect(home / "journal" / "journal.sqlite")
     replay = sqlite3.connect(home / "bundles" / "accepted.sqlite")
@@ -448,15 +450,17 @@ def check(home: Path, soak: Soak) -> None:
     for bundle_id, job_id in soak.accepted.items():
         if jobs.get(job_id, ("", ""))[0] != bundle_id:
             report.violations.append(f"201 named job {job_id} for bundle {bundle_id}, the journal disagrees")
-    for run_id, n, top in journal.execute("SELECT run_id, COUNT(*), MAX(seq) FROM records GROUP BY run_id"):
-        report.records += n
-        if n != top:
-            report.violations.append(f"run {run_id}: {n} records numbered up to {top} (a gap)")
+    stored = [r for job_id in jobs for r in journal_records.read(journal, job_id)]
+    seqs: dict[int, list[int]] = {}
+    for r in stored:
+        seqs.setdefault(r[2], []).append(r[3])
+    for run_id, numbers in seqs.items():
+        report.records += len(numbers)
+        if sorted(numbers) != list(range(1, len(numbers) + 1)):
+            report.violations.append(f"run {run_id}: {len(numbers)} records numbered up to {max(numbers)} (a gap)")
     lines: dict[tuple[int, str | None, int], list[str]] = {}
-    for run_id, step, attempt, content in journal.execute(
-        "SELECT run_id, step, attempt, content FROM records WHERE stream = 'output' ORDER BY run_id, seq"
-    ):
-        value = json.loads(content).get("value")
+    for _, _, run_id, _, step, attempt, stream, _, content in sorted(stored, key=lambda r: (r[2], r[3])):
+        value = json.loads(content).get("value") if stream == "output" else None
         if isinstance(value, str):
             lines.setdefault((run_id, step, attempt), []).append(value)
     # The attempts of each step whose script ran to its end ("done"). A step is idempotent here, so

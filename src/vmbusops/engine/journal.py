@@ -10,13 +10,14 @@ may share the file; every write is one ``BEGIN IMMEDIATE`` transaction.
 
 What is true after any crash, because of how writes are grouped:
 
-* records of a run carry ``seq`` 1, 2, 3... with no gap: a process numbers a run's records from
-  the journal's highest committed ``seq``, so records lost with a crash (never committed) leave no
-  hole, and ``(run_id, seq)`` is unique, so none is stored twice;
+* records of a run carry ``seq`` 1, 2, 3... with no gap: the one process that holds the run's VM
+  lease numbers its records from the journal's highest committed ``seq``, so records lost with a
+  crash (never committed) leave no hole, and none is numbered twice;
 * records of a job carry ``n`` 1, 2, 3... in the order they were committed, numbered inside the
-  writing transaction from the job's highest committed ``n``: ``(job_id, n)`` is the primary key,
-  so a reader pages through a job with one comparison (``n > cursor``), never a sort, and a
-  follower's position in a job is one number (see :mod:`.journal_schema`);
+  writing transaction from the job's highest committed ``n``: ``(job_id, n)`` is the primary key
+  (of the chunks records are stored in, :mod:`.journal_records`), so a reader pages through a job
+  with one comparison (``n > cursor``), never a sort, and a follower's position in a job is one
+  number (see :mod:`.journal_schema`);
 * a step is marked ``success`` in the same transaction as (after) its last records, and the engine
   does not start the next step before that commit; so a step the journal calls finished has all
   its records, and it is never run again unless it says it is idempotent;
@@ -41,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from vmbusops.engine import journal_retention, journal_schema
+from vmbusops.engine import journal_records, journal_retention, journal_schema
 from vmbusops.engine.changes import Change, PendingRecord
 from vmbusops.engine.journal_history import (
     LAST_ALIVE,
@@ -54,6 +55,7 @@ from vmbusops.engine.journal_history import (
     stored_states,
     vm_runs_sql,
 )
+from vmbusops.engine.journal_records import StoredRecord
 from vmbusops.engine.journal_retention import Prunable
 from vmbusops.engine.journal_rows import (
     CHECKPOINTS_OF_RUN,
@@ -77,9 +79,6 @@ from vmbusops.storage import cannot_write, private_database, rollback_quietly
 RecordRow = tuple[int, int, int, str | None, int, str, float, str]
 """(job_id, run_id, seq, step, attempt, stream, time, content JSON), as the writer hands it over."""
 
-StoredRecord = tuple[int, int, int, int, str | None, int, str, float, str]
-"""(job_id, n, run_id, seq, step, attempt, stream, time, content JSON), as stored: ``n`` numbers
-the job's records in the order they were committed."""
 
 
 T = TypeVar("T")
@@ -305,7 +304,7 @@ class Journal:
         return stored
 
     def next_seq(self, run_id: int) -> int:
-        row = self._read("SELECT COALESCE(MAX(seq), 0) FROM records WHERE run_id = ?", (run_id,))
+        row = self._read(journal_records.LAST_SEQ_OF_RUN, (run_id,))
         return int(row[0][0]) + 1
 
     def heartbeat(self, job_ids: Iterable[int], owner: Owner, now: float) -> None:
@@ -592,24 +591,14 @@ class Journal:
     ) -> list[StoredRecord]:
         """A page of the job's records as stored, in the order they were journaled: those
         numbered past ``after`` (the ``n`` of the last record already seen), optionally of one
-        run or stream. One comparison on a key: the cost of a page does not grow with the job."""
-        sql = "SELECT job_id, n, run_id, seq, step, attempt, stream, time, content FROM records"
-        params: list[Any]
-        if run_id is not None:
-            # A run's records are numbered in seq order, so its index (run_id, seq) gives them
-            # in ``n`` order without a sort.
-            sql += " WHERE run_id = ? AND n > ?"
-            params = [run_id, after]
-            order = " ORDER BY seq LIMIT ?"
-        else:
-            sql += " WHERE job_id = ? AND n > ?"
-            params = [job_id, after]
-            order = " ORDER BY n LIMIT ?"
-        if stream is not None:
-            sql += " AND stream = ?"
-            params.append(stream)
-        rows: list[StoredRecord] = self._read_tuples(sql + order, [*params, limit])
-        return rows
+        run or stream. One comparison on a key: the cost of a page does not grow with the job
+        (a stream's page reads past the records of other streams, as a filter on any key must).
+        See :func:`.journal_records.read`."""
+        with self._lock:
+            try:
+                return journal_records.read(self._db, job_id, run_id=run_id, after=after, stream=stream, limit=limit)
+            except (sqlite3.Error, ValueError) as exc:
+                raise JournalError(f"the journal {self.path} cannot be read: {exc}") from exc
 
     def checkpoints(self, run_id: int) -> list[CheckpointView]:
         """The checkpoints of the run's guarded spans (:mod:`.guard`), in span order."""

@@ -5,8 +5,8 @@ Theory of operation
 -------------------
 A run's ``records`` column is written with its state changes, so a run that never ended normally
 (its process interrupted, killed, or out of disk) keeps the count of its last state change while
-the records table holds more. A run's records carry ``seq`` 1, 2, 3... with no gap (see
-:mod:`.journal`), so ``MAX(seq)`` over the ``records_run`` index *is* its count: one index probe,
+the journal holds more records. A run's records carry ``seq`` 1, 2, 3... with no gap (see
+:mod:`.journal`), so its last chunk's ``seq`` *is* its count: one probe of ``record_chunks_run``,
 written down when a job is interrupted (:func:`interrupt_job`) and read for any run that has
 not ended (:data:`RECORDS_OF_RUN`).
 
@@ -27,22 +27,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from vmbusops.engine.journal_records import LAST_SEQ_OF_RUN, LAST_TIME_OF_JOB
 from vmbusops.engine.states import ACTIVE, Event, Level, State, next_state
 
-#: A run's record count as the records table has it (its highest seq: seqs have no gap).
-RECORDS_OF_RUN: Final = "SELECT COALESCE(MAX(seq), 0) FROM records WHERE run_id = ?"
+#: A run's record count as the journal has it (its highest seq: seqs have no gap).
+RECORDS_OF_RUN: Final = LAST_SEQ_OF_RUN
 
 #: A column of ``jobs``: the last moment its owner is known to have worked on it (its heartbeat,
 #: its start, its last committed record: one probe of the records' primary key).
 LAST_ALIVE: Final = (
     "MAX(COALESCE(jobs.heartbeat_at, 0), COALESCE(jobs.started_at, 0),"
-    " COALESCE((SELECT r.time FROM records r WHERE r.job_id = jobs.id ORDER BY r.n DESC LIMIT 1), 0))"
+    f" COALESCE({LAST_TIME_OF_JOB}, 0))"
 )
 
 
 def interrupt_job(db: sqlite3.Connection, job_id: int, state: State, stopped_at: float | None) -> None:
     """Mark an active job, its active runs and their running steps interrupted (inside the caller's
-    write transaction): each run's record count from the records table, and ``stopped_at`` as
+    write transaction): each run's record count from its stored records, and ``stopped_at`` as
     the finish time of the job and of every run it interrupts."""
     new = next_state(Level.JOB, state, Event.INTERRUPT)
     db.execute(

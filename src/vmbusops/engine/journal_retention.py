@@ -50,7 +50,9 @@ def prunable(
     ]
     records = 0
     for job_id in record_jobs:
-        records += int(db.execute("SELECT COUNT(*) FROM records WHERE job_id = ?", (job_id,)).fetchone()[0])
+        records += int(
+            db.execute("SELECT COALESCE(SUM(count), 0) FROM record_chunks WHERE job_id = ?", (job_id,)).fetchone()[0]
+        )
     keep = set(keep_jobs)
     delete_jobs = [
         int(r[0])
@@ -68,11 +70,16 @@ def prunable(
 
 
 def delete_records(db: sqlite3.Connection, job_id: int, batch: int) -> int:
-    """Up to ``batch`` records of the job; how many went (0: none left, and the job says so)."""
-    removed = db.execute(
-        "DELETE FROM records WHERE job_id = ? AND n IN (SELECT n FROM records WHERE job_id = ? ORDER BY n LIMIT ?)",
-        (job_id, job_id, batch),
-    ).rowcount
+    """The job's oldest records, about ``batch`` of them (whole chunks: the oldest always, then
+    those that end within ``batch`` of it); how many went (0: none left, and the job says so)."""
+    removed = sum(
+        int(count)
+        for (count,) in db.execute(
+            "DELETE FROM record_chunks WHERE job_id = ?"
+            " AND n < (SELECT MIN(n) FROM record_chunks WHERE job_id = ?) + MAX(?, 1) RETURNING count",
+            (job_id, job_id, batch),
+        ).fetchall()
+    )
     if removed == 0:
         db.execute("UPDATE jobs SET pruned = 1 WHERE id = ?", (job_id,))
     return removed
@@ -84,7 +91,7 @@ def delete_job(db: sqlite3.Connection, job_id: int) -> None:
     if row is None or row[0] not in _FINISHED:
         return
     runs = "SELECT id FROM runs WHERE job_id = ?"
-    db.execute("DELETE FROM records WHERE job_id = ?", (job_id,))
+    db.execute("DELETE FROM record_chunks WHERE job_id = ?", (job_id,))
     db.execute("DELETE FROM receipts WHERE job_id = ?", (job_id,))
     db.execute(f"DELETE FROM steps WHERE run_id IN ({runs})", (job_id,))  # noqa: S608
     db.execute(f"DELETE FROM checkpoints WHERE run_id IN ({runs})", (job_id,))  # noqa: S608

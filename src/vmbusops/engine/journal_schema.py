@@ -2,18 +2,21 @@
 one UPDATE each state change is written with (:func:`update_sql`) and how records are numbered
 and inserted (:func:`insert_records`).
 
-Schema 3 keys records on ``(job_id, n)``: ``n`` numbers a job's records 1, 2, 3... in the order
-they were journaled, so reading a job is a range scan of the primary key with a cursor of one
-number (``n > cursor``), whatever the job's size or its number of runs. ``(run_id, seq)`` stays
-unique through ``records_run``, which also serves a run's highest ``seq`` and reads of one VM.
+Schema 4 keeps records in chunks (:mod:`.journal_records`): a row of ``record_chunks`` for
+consecutive records of one run, keyed on ``(job_id, n)`` where ``n`` numbers a job's records 1, 2,
+3... in the order they were journaled, so reading a job is a range scan of the primary key with a
+cursor of one number (``n > cursor``), whatever the job's size or its number of runs.
+``record_chunks_run`` finds a run's chunks, its highest ``seq``, and reads of one VM.
 
 Tables added since are created when a journal is opened for writing (every statement of
 :data:`SCHEMA` is ``CREATE ... IF NOT EXISTS``), so an older journal gains them empty: the
 ``receipts`` table (one signed receipt per finished run, :mod:`vmbusops.receipts`) came so, and
 the ``checkpoints`` table (one row per guarded span of a run, :mod:`.guard`).
 
-Schema 2 keyed records on ``(run_id, seq)`` alone; :func:`upgrade` rebuilds such a table once,
-in one transaction, numbering each job's records in the order schema 2 read them (by time).
+Older journals are rebuilt once by :func:`upgrade`, in one transaction. Schema 3 had a row per
+record (``records``, keyed on ``(job_id, n)``): each becomes a chunk of one. Schema 2 keyed records
+on ``(run_id, seq)`` alone: they are first numbered per job in the order schema 2 read them (by
+time), then moved as schema 3's.
 """
 
 from __future__ import annotations
@@ -22,15 +25,16 @@ import itertools
 import json
 import sqlite3
 from collections.abc import Callable, Iterable
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
+from vmbusops.engine import journal_records
 from vmbusops.engine.changes import Change, CheckpointChange, JobChange, RunChange, StepChange
+from vmbusops.engine.journal_records import StoredRecord
 from vmbusops.owner import Owner, owner_alive
 from vmbusops.storage import add_missing_columns
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
-_Row = TypeVar("_Row", bound=tuple[Any, ...])
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -125,8 +129,10 @@ ADDED_COLUMNS: Final = (
 )
 
 
-_RECORDS = """
-CREATE TABLE {if_not_exists}records (
+#: Schema 3's records table, a row per record: what schema 2's is rebuilt as, before its rows
+#: move into chunks.
+_RECORDS_V3 = """
+CREATE TABLE records (
     job_id  INTEGER NOT NULL,
     n       INTEGER NOT NULL,
     run_id  INTEGER NOT NULL,
@@ -138,22 +144,22 @@ CREATE TABLE {if_not_exists}records (
     content TEXT NOT NULL,
     PRIMARY KEY (job_id, n)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX {if_not_exists}records_run ON records (run_id, seq);
+CREATE UNIQUE INDEX records_run ON records (run_id, seq);
 """
 
 #: Every statement is CREATE ... IF NOT EXISTS: safe to run by each process that opens the journal.
-SCHEMA: Final = _TABLES + _RECORDS.format(if_not_exists="IF NOT EXISTS ")
+SCHEMA: Final = _TABLES + journal_records.TABLE
 
 
 def upgrade(db: sqlite3.Connection) -> None:
     """Bring an older journal's tables to this version (inside the caller's write transaction)."""
     add_missing_columns(db, ADDED_COLUMNS)
     columns = {row[1] for row in db.execute("PRAGMA table_info(records)")}
-    if "n" not in columns:
+    if columns and "n" not in columns:
         db.execute("DROP INDEX IF EXISTS records_run")
         db.execute("ALTER TABLE records RENAME TO records_v2")
         # Statement by statement: executescript would commit the caller's transaction.
-        for statement in _RECORDS.format(if_not_exists="").split(";"):
+        for statement in _RECORDS_V3.split(";"):
             if statement.strip():
                 db.execute(statement)
         db.execute(
@@ -164,6 +170,8 @@ def upgrade(db: sqlite3.Connection) -> None:
             " FROM records_v2 r JOIN runs ON runs.id = r.run_id"
         )
         db.execute("DROP TABLE records_v2")
+    if columns:
+        journal_records.upgrade_rows(db)
 
 
 Numbering = dict[int, Callable[[], int]]
@@ -171,20 +179,16 @@ Numbering = dict[int, Callable[[], int]]
 
 
 def insert_records(
-    db: sqlite3.Connection, job_ids: Iterable[int], rows: Callable[[Numbering], list[_Row]]
-) -> list[_Row]:
+    db: sqlite3.Connection, job_ids: Iterable[int], rows: Callable[[Numbering], list[StoredRecord]]
+) -> list[StoredRecord]:
     """Insert the records ``rows`` makes, numbered after the highest ``n`` each job has committed
     (inside the caller's write transaction, so that no other writer numbers between): the rows."""
     number: Numbering = {}
     for job_id in job_ids:
-        last = db.execute("SELECT MAX(n) FROM records WHERE job_id = ?", (job_id,)).fetchone()[0]
+        last = db.execute(journal_records.LAST_N_OF_JOB, (job_id,)).fetchone()[0]
         number[job_id] = itertools.count((last or 0) + 1).__next__
     stored = rows(number)
-    db.executemany(
-        "INSERT INTO records (job_id, n, run_id, seq, step, attempt, stream, time, content)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        stored,
-    )
+    journal_records.insert(db, stored)
     return stored
 
 

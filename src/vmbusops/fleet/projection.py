@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmbusops.bundle.manifest import manifest_from_dict
+from vmbusops.engine import journal_records
 from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
 from vmbusops.engine.changes_json import change_from_json
 from vmbusops.engine.events import RunChanged
@@ -80,10 +81,6 @@ _NOT_STARTED = (State.PENDING, State.DELAYED)
 #: The run states that are not terminal.
 _LIVE = tuple(s.value for s in State if not s.terminal)
 _ANY_LIVE_RUN = "SELECT 1 FROM runs WHERE job_id = ? AND state IN (?, ?, ?, ?) LIMIT 1"
-_INSERT_RECORDS = "INSERT INTO records (job_id, n, run_id, seq, step, attempt, stream, time, content) VALUES "
-_RECORD_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
-#: Records inserted by one statement at most (9 parameters each, well under SQLite's limit).
-_ROWS_PER_INSERT = 64
 assert len(_LIVE) == 4, _LIVE
 
 
@@ -467,7 +464,7 @@ class _Apply:
         """The seq the run's next record takes."""
         last = self.known.last_seq.get(run.run_id)
         if last is None:
-            row = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM records WHERE run_id = ?", (run.run_id,)).fetchone()
+            row = self.db.execute(journal_records.LAST_SEQ_OF_RUN, (run.run_id,)).fetchone()
             last = self.known.last_seq[run.run_id] = int(row[0])
         return last + 1
 
@@ -485,18 +482,17 @@ class _Apply:
         known = self.known
         n = known.last_n.get(job_id)
         if n is None:
-            n = int(self.db.execute("SELECT COALESCE(MAX(n), 0) FROM records WHERE job_id = ?", (job_id,)).fetchone()[0])
+            n = int(self.db.execute(journal_records.LAST_N_OF_JOB, (job_id,)).fetchone()[0] or 0)
         stored: list[StoredRecord] = []
         for row in rows:
             n += 1
             stored.append((row[0], n, *row[1:]))
             known.last_seq[row[1]] = row[2]
         known.last_n[job_id] = n
-        # One statement for many rows rather than one step per row: each step gives up the
-        # interpreter, and a busy controller takes a while to hand it back.
-        for at in range(0, len(stored), _ROWS_PER_INSERT):
-            chunk = stored[at : at + _ROWS_PER_INSERT]
-            self.db.execute(_INSERT_RECORDS + ", ".join([_RECORD_ROW] * len(chunk)), [v for row in chunk for v in row])
+        # A batch is one run's: its records of a step and attempt are one chunk, inserted with
+        # the others by one statement (each step gives up the interpreter, and a busy
+        # controller takes a while to hand it back).
+        journal_records.insert(self.db, stored)
         self.out.records.extend(stored)
 
     def note(self, run: _Run, stream: Stream, text: str, at: float) -> None:
@@ -568,7 +564,10 @@ def _bad_record(record: WireRecord, last: int, steps: list[str]) -> str | None:
         return f"record of unknown step {step!r}"
     if stream not in _STREAMS:
         return f"record of unknown stream {stream!r}"
-    # The API splices the stored JSON after its stream (api.follow.RecordText): it must start so.
+    # The API splices the stored JSON after its stream (api.follow.RecordText): it must start so;
+    # and it is stored as a line of its chunk (engine.journal_records), which a line feed would end.
+    if "\n" in content:
+        return "record content spans lines"
     if not content.startswith(f'{{"stream":"{stream}"'):
         return "record content does not start with its stream"
     try:
