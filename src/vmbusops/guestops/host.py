@@ -34,7 +34,7 @@ from vmbusops.guest_paths import guest_path_problem
 from vmbusops.guestops import checkpoints
 from vmbusops.guestops.checkpoints import CheckpointInfo, CheckpointRoom
 from vmbusops.guestops.classify import classify
-from vmbusops.guestops.invoker import INVOKER_FUNCTION, invoker_command, parse_marker
+from vmbusops.guestops.invoker import INVOKER_FUNCTION, StepMarker, invoker_command, parse_marker
 from vmbusops.guestops.vm_groups import VMGroupInfo, parse_vm_group
 from vmbusops.psrp.client import Command
 from vmbusops.psrp.session import HostSession, RecordStream
@@ -404,7 +404,8 @@ class HyperVHost:
         """Run ``steps`` ((index, script) pairs) in one PowerShell Direct session; yield records live.
 
         The step markers come through with the records (see :func:`.invoker.parse_marker`), with
-        ``seq`` 0: the engine needs them to tell which step a record belongs to, and journals none.
+        ``seq`` 0 and parsed as :attr:`GuestInvocation.marker`: the engine needs them to tell
+        which step a record belongs to, and journals none.
         ``number`` gives the records their ``seq`` (the engine's run numbering); by default they
         are numbered 1, 2, 3... within the invocation.
         """
@@ -509,7 +510,9 @@ class GuestInvocation:
     """Records of one guest invocation, wrapped with VM, sequence number and time.
 
     The invoker's ``end`` markers set ``outcome.exit_code``; with ``markers=False`` the markers
-    are consumed here and the final state record carries the exit code instead.
+    are consumed here and the final state record carries the exit code instead. With markers,
+    :attr:`marker` is the step marker the record just given is (None for any other record), so
+    that a caller does not parse each record again.
     """
 
     def __init__(
@@ -527,6 +530,7 @@ class GuestInvocation:
         self._number = number if number is not None else itertools.count(1).__next__
         self._markers = markers
         self.outcome = InvokeOutcome()
+        self.marker: StepMarker | None = None
 
     def __aiter__(self) -> GuestInvocation:
         return self
@@ -545,9 +549,11 @@ class GuestInvocation:
                     self.outcome.script_errors += mark.errors
                 if not self._markers:
                     continue
+                self.marker = mark
                 return GuestRecord(vm=self.vm, seq=0, time=time.time(), record=record, step=self._step)
             if isinstance(record, PipelineStateRecord) and self.outcome.exit_code is not None:
                 record = PipelineStateRecord(state=record.state, error=record.error, exit_code=self.outcome.exit_code)
+            self.marker = None
             self._observe(record)
             return GuestRecord(vm=self.vm, seq=self._number(), time=time.time(), record=record, step=self._step)
 

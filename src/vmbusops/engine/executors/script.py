@@ -16,7 +16,7 @@ from vmbusops.bundle.manifest import Manifest, ScriptStep, Step
 from vmbusops.engine.batch import BatchFailure, BatchTracker, Next
 from vmbusops.engine.context import RunContext
 from vmbusops.engine.executors.base import attempt_failed, timed_out
-from vmbusops.engine.plan import REBOOT_EXIT_CODES, parse_marker
+from vmbusops.engine.plan import REBOOT_EXIT_CODES
 from vmbusops.errors import FailureCode, VmbusOpsError
 from vmbusops.guestops.dsc import restart_and_wait
 from vmbusops.records import ErrorRecord
@@ -99,7 +99,7 @@ async def _invoke(ctx: RunContext, indices: tuple[int, ...]) -> BatchFailure | N
                     ctx.vm, parts, ctx.credential, arguments=arguments, number=machine.take_seq
                 ) as inv:
                     async for rec in inv:
-                        mark = parse_marker(rec.record)
+                        mark = inv.marker
                         if mark is None:
                             if ctx.queue_record(rec, tracker.current):
                                 await ctx.commit()
