@@ -1,6 +1,6 @@
 """Reading one big job's records from the journal, and the agent's status calls while followers catch up.
 
-    ./scripts/bench journal [--sizes 10000,100000,1000000] [--runs 500] [--page 2000] [--rounds 3]
+    ./scripts/bench journal [--sizes 10000,100000,1000000] [--runs 500] [--burst 1] [--page 2000] [--rounds 3]
                             [--cap 60] [--status-records 200000] [--followers 1,4] [--no-reads] [--no-status]
 
 1. Read rate. For each size, one finished job of that many records spread over --runs runs,
@@ -12,7 +12,8 @@
    with plain sqlite3 (``SELECT ... FROM record_chunks``, a full scan in key order, fetched
    --page rows at a time, each chunk split into its records' lines), once as text and once with
    ``json.loads`` of each record's content. Record i belongs to run i mod runs, so every chunk
-   holds one record: the worst case for chunks (a flood's hold dozens). Medians of
+   holds one record: the worst case for chunks (a flood's hold dozens; ``--burst 34`` writes
+   the runs' records 34 in a row, as 100 guests flooding the engine do on average). Medians of
    --rounds interleaved rounds. A size whose read passes --cap seconds is given up and said so,
    with how far it got (one round only).
 2. Status during catch-up. A real ``vmbusops agent`` (over the simulator) is started on a home
@@ -65,15 +66,19 @@ STEP = "stream"
 
 
 # ---------------------------------------------------------------- the two functions that know the API
-def populate(journal: Any, job_id: int, run_ids: Sequence[int], count: int, *, start: float) -> None:
+def populate(journal: Any, job_id: int, run_ids: Sequence[int], count: int, *, start: float, burst: int = 1) -> None:
     """Write ``count`` records of the job through ``Journal.apply``, 10,000 a transaction:
-    record i is seq i // runs + 1 of run i mod runs, a tenth of a millisecond after record i-1."""
+    records come ``burst`` at a time from one run, the runs in turn (with ``burst`` 1, record i
+    is seq i // runs + 1 of run i mod runs), a tenth of a millisecond after one another."""
     dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
     runs = len(run_ids)
+    seqs = [0] * runs
     batch: list[tuple[int, int, int, str | None, int, str, float, str]] = []
     for i in range(count):
         content = dumps({"stream": "verbose", "message": f"{i:>9} {MESSAGE}"[:80]})
-        batch.append((job_id, run_ids[i % runs], i // runs + 1, STEP, 1, "verbose", start + i * 1e-4, content))
+        r = (i // burst) % runs
+        seqs[r] += 1
+        batch.append((job_id, run_ids[r], seqs[r], STEP, 1, "verbose", start + i * 1e-4, content))
         if len(batch) == 10_000:
             journal.apply(batch, [])
             batch = []
@@ -99,7 +104,7 @@ def read_all(journal: Any, job_id: int, page: int, deadline: float) -> tuple[int
 
 
 # ---------------------------------------------------------------- building a journal
-def build_journal(path: Path, runs: int, count: int) -> int:
+def build_journal(path: Path, runs: int, count: int, burst: int = 1) -> int:
     """A journal file holding one finished job of ``count`` records over ``runs`` runs; its id."""
     from vmbusops.engine.changes import JobChange, RunChange, StepChange
     from vmbusops.engine.journal import Journal
@@ -115,7 +120,7 @@ def build_journal(path: Path, runs: int, count: int) -> int:
             vms=[f"vm{i:04d}" for i in range(runs)], steps=[(STEP, "script")], owner=current_owner(), now=start,
         )  # fmt: skip
         run_ids = list(by_vm.values())
-        populate(journal, job_id, run_ids, count, start=start)
+        populate(journal, job_id, run_ids, count, start=start, burst=burst)
         end = start + count * 1e-4
         changes: list[Any] = [
             JobChange(job_id=job_id, state=State.SUCCESS, started_at=start, finished_at=end)
@@ -171,7 +176,7 @@ def read_rate(args: argparse.Namespace, tmp: Path) -> dict[str | int, Any]:
     for size in args.sizes:
         path = tmp / f"journal-{size}.sqlite"
         built = time.perf_counter()
-        job_id = build_journal(path, args.runs, size)
+        job_id = build_journal(path, args.runs, size, args.burst)
         print(f"  {size:>9,} records: journal built in {time.perf_counter() - built:.1f} s "
               f"({path.stat().st_size / 2**20:.0f} MiB)", flush=True)  # fmt: skip
         ours: list[float] = []
@@ -276,7 +281,7 @@ def status_during_catch_up(args: argparse.Namespace, tmp: Path) -> dict[str, Any
     home = tmp / "home"
     lab = prepare_home(home, ["bench000"])
     built = time.perf_counter()
-    job_id = build_journal(home / "journal" / "journal.sqlite", args.runs, args.status_records)
+    job_id = build_journal(home / "journal" / "journal.sqlite", args.runs, args.status_records, args.burst)
     print(f"  journal of {args.status_records:,} records over {args.runs} runs built in "
           f"{time.perf_counter() - built:.1f} s; agent started on it", flush=True)  # fmt: skip
     quiet: list[float] = []
@@ -344,6 +349,9 @@ def main() -> None:
     ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
     parser.add_argument("--sizes", type=ints, default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument(
+        "--burst", type=int, default=1, help="records of one run in a row (1: the runs interleave record by record)"
+    )
     parser.add_argument("--page", type=int, default=2000)  # the journal's READ_PAGE, as logs reads
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cap", type=float, default=60.0, help="seconds before a read is given up")
@@ -358,7 +366,8 @@ def main() -> None:
         url, job_id, followers, cap = args.follow_child
         follow_child(url, int(job_id), int(followers), float(cap))
         return
-    print(f"journal bench: one job over {args.runs} runs, read in pages of {args.page}, {args.rounds} "
+    print(f"journal bench: one job over {args.runs} runs ({args.burst} record(s) of a run in a row),"
+          f" read in pages of {args.page}, {args.rounds} "
           f"interleaved rounds (ours, raw sqlite3, sqlite3+json.loads)")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="vmbusops-bench-journal-") as name:
         tmp = Path(name)
