@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from vmbusops.engine import journal_retention
 from vmbusops.engine.changes import RunChange
 from vmbusops.engine.events import RunChanged
 from vmbusops.engine.journal import Journal, RecordRow, StoredRecord
@@ -321,3 +322,21 @@ async def test_while_someone_follows_the_writer_commits_sooner(tmp_path: Path, a
         await trio.sleep(0.05)
         assert len(told) == 3 and told[2] - added <= 0.011
         nursery.cancel_scope.cancel()
+
+
+def test_records_are_forgotten_in_whole_chunks_about_a_batch_a_transaction(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    job, runs = new_job(journal, ["web01", "web02"])
+    w1, w2 = runs["web01"], runs["web02"]
+    # Ten chunks of ten records, the runs in turn.
+    journal.apply([row(job, (w1, w2)[c % 2], c // 2 * 10 + i) for c in range(10) for i in range(1, 11)], [])
+    removed = []
+    while True:
+        with journal._write() as db:
+            removed.append(journal_retention.delete_records(db, job, 25))
+        if removed[-1] == 0:
+            break
+    # The oldest chunk always goes, then those ending within the batch of it: never a part of one.
+    assert removed == [30, 30, 30, 10, 0]
+    assert journal.stored_records(job) == []
+    assert journal._db.execute("SELECT pruned FROM jobs WHERE id = ?", (job,)).fetchone()[0] == 1
