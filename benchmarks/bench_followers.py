@@ -228,7 +228,15 @@ def run_config(
     for x in quiet + loud:
         for line in x["errors"]:
             print(f"    not successful: {line}")
-    goals = [f"<= 10 us agent CPU per follower-record: {cpu_us:.1f} us, {'met' if cpu_us <= 10 else 'NOT met'}",
+    # A difference of two rounds' CPU: below zero in any round, the load's noise was larger than
+    # what the followers cost, and a small median says nothing.
+    if cpu_us > 10:
+        cpu_verdict = "NOT met"
+    elif min(per_record) > 0:
+        cpu_verdict = "met"
+    else:
+        cpu_verdict = "not measured (a round with followers used less CPU than the one without: more --rounds)"
+    goals = [f"<= 10 us agent CPU per follower-record: {cpu_us:.1f} us, {cpu_verdict}",
              f"submissions/s unaffected (ratio >= 0.9): {sub_l / sub_q:.2f}, "
              f"{'met' if sub_l / sub_q >= 0.9 else 'NOT met'}"]  # fmt: skip
     if (runs, followers) == (500, 500):
