@@ -21,7 +21,7 @@ from vmbusops.api.broadcast import Broadcaster, JobEnded
 from vmbusops.api.follow import JobFollower, RecordText
 from vmbusops.api.metrics import AgentMetrics
 from vmbusops.cli.record_lines import record_json
-from vmbusops.engine.changes import JobChange
+from vmbusops.engine.changes import JobChange, pending
 from vmbusops.engine.journal import Journal, RecordView, StoredRecord
 from vmbusops.engine.readers import JournalReaders
 from vmbusops.engine.states import State
@@ -82,7 +82,7 @@ async def test_a_follower_sends_every_committed_record_once_in_order(tmp_path: P
     writer.on_commit = broadcaster.publish_commit
     # Some records are committed before the follower comes: it catches up from the journal.
     for i in range(1, 6):
-        await writer.add_record((job_id, runs["web01"], i, "s", 1, OutputRecord(value=f"early {i}"), float(i)))
+        await writer.add_record(pending((job_id, runs["web01"], i, "s", 1, OutputRecord(value=f"early {i}"), float(i))))
     await writer.commit()
     job, view_runs = journal.job(job_id), journal.runs(job_id)
     follower = JobFollower(service, job, view_runs, after=0)  # type: ignore[arg-type]
@@ -102,7 +102,7 @@ async def test_a_follower_sends_every_committed_record_once_in_order(tmp_path: P
                 for _ in range(3):
                     seqs[vm] += 1
                     rec = VerboseRecord(message=f"{vm} {seqs[vm]} \x1b[31m<b>") if burst % 2 else OutputRecord(value=burst)
-                    await writer.add_record((job_id, runs[vm], seqs[vm], "s", 1, rec, 100.0 + total))
+                    await writer.add_record(pending((job_id, runs[vm], seqs[vm], "s", 1, rec, 100.0 + total)))
                     total += 1
             await writer.commit()
             await trio.lowlevel.checkpoint()

@@ -19,7 +19,7 @@ from tests.api.test_follow_commits import VMS, Surroundings, new_job, parse
 from vmbusops.api import follow
 from vmbusops.api.broadcast import Broadcaster, JobEnded
 from vmbusops.api.follow import EventStream, JobFollower, RecordText
-from vmbusops.engine.changes import JobChange, RunChange
+from vmbusops.engine.changes import JobChange, RunChange, pending
 from vmbusops.engine.events import RunChanged
 from vmbusops.engine.journal import Journal
 from vmbusops.engine.states import State
@@ -48,7 +48,7 @@ class Lab:
     async def commit(self, count: int, vm: str = "web01") -> None:
         for _ in range(count):
             self.seq[vm] += 1
-            row = (self.job_id, self.runs[vm], self.seq[vm], "s", 1, OutputRecord(value=f"{vm} {self.seq[vm]}"), 1.0)
+            row = pending((self.job_id, self.runs[vm], self.seq[vm], "s", 1, OutputRecord(value=f"{vm} {self.seq[vm]}"), 1.0))
             await self.writer.add_record(row)
         await self.writer.commit()
 

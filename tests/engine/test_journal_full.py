@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vmbusops.engine.changes import RunChange
+from vmbusops.engine.changes import RunChange, pending
 from vmbusops.engine.journal import Journal, RecordRow
 from vmbusops.engine.states import State
 from vmbusops.engine.writer import JournalWriter
@@ -76,7 +76,7 @@ async def test_after_a_failed_flush_the_writer_writes_nothing_more(tmp_path: Pat
         for _ in range(100):
             for _ in range(50):
                 seq += 1
-                await writer.add_record((job_id, run_id, seq, "s", 1, OutputRecord(value=LINE), 0.0))
+                await writer.add_record(pending((job_id, run_id, seq, "s", 1, OutputRecord(value=LINE), 0.0)))
             await writer.commit()
 
     with pytest.raises(JournalError, match="SQLITE_FULL") as first:
@@ -84,7 +84,7 @@ async def test_after_a_failed_flush_the_writer_writes_nothing_more(tmp_path: Pat
     committed = journal.next_seq(run_id) - 1
     # A later, smaller write would fit; it must not be made: the records of the failed flush are
     # gone, so writing on would leave a hole in the run's records and a state after it.
-    await writer.add_record((job_id, run_id, seq + 1, "s", 1, OutputRecord(value="small"), 0.0))
+    await writer.add_record(pending((job_id, run_id, seq + 1, "s", 1, OutputRecord(value="small"), 0.0)))
     writer.change([RunChange(run_id=run_id, state=State.FAILED, current_step=None, records=seq + 1)])
     with pytest.raises(JournalError) as again:
         await writer.commit()

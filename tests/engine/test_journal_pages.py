@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 from vmbusops.engine import journal_retention
-from vmbusops.engine.changes import RunChange
+from vmbusops.engine.changes import RunChange, pending
 from vmbusops.engine.events import RunChanged
 from vmbusops.engine.journal import Journal, RecordRow, StoredRecord
 from vmbusops.engine.journal_records import CHUNK_RECORDS
@@ -222,8 +222,8 @@ async def test_the_writer_tells_each_commit_numbered_records_then_their_state_ev
     told: list[tuple[list[StoredRecord], list[RunChanged]]] = []
     writer.on_commit = lambda records, events: told.append((records, events))
     done = RunChanged(job_id=job, vm="web01", state=State.SUCCESS, step=None)
-    await writer.add_record((job, run, 1, "s", 1, OutputRecord(value="one"), 1.0))
-    await writer.add_record((job, run, 2, "s", 1, VerboseRecord(message="two"), 2.0))
+    await writer.add_record(pending((job, run, 1, "s", 1, OutputRecord(value="one"), 1.0)))
+    await writer.add_record(pending((job, run, 2, "s", 1, VerboseRecord(message="two"), 2.0)))
     writer.change([RunChange(run_id=run, state=State.SUCCESS, current_step=None, records=2)], [done])
     assert told == []  # nothing is told before it is durable
     await writer.commit()
@@ -261,10 +261,10 @@ async def test_the_writer_ticks_once_a_rhythm_at_the_first_commit_that_ends_it(
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         start = trio.current_time()
-        await writer.add_record((job, runs["web01"], 1, "s", 1, OutputRecord(value="x"), 0.0))
+        await writer.add_record(pending((job, runs["web01"], 1, "s", 1, OutputRecord(value="x"), 0.0)))
         await writer.commit()  # a run's commit: the first tick
         await trio.sleep(0.01)
-        await writer.add_record((job, runs["web01"], 2, "s", 1, OutputRecord(value="y"), 0.0))
+        await writer.add_record(pending((job, runs["web01"], 2, "s", 1, OutputRecord(value="y"), 0.0)))
         await writer.commit()  # a run's commit within the rhythm: no tick
         await trio.sleep(0.11)
         nursery.cancel_scope.cancel()
@@ -288,7 +288,7 @@ async def test_the_runs_commits_tick_in_rhythm_while_the_flusher_does_not(
     writer.on_tick = lambda: ticks.append(trio.current_time())
     start = trio.current_time()
     for seq in range(1, 11):  # a run's commit every 10 ms, and no flusher
-        await writer.add_record((job, runs["web01"], seq, "s", 1, OutputRecord(value=str(seq)), 0.0))
+        await writer.add_record(pending((job, runs["web01"], seq, "s", 1, OutputRecord(value=str(seq)), 0.0)))
         await writer.commit()
         await trio.sleep(0.01)
     assert [round(at - start, 6) for at in ticks] == [0.0, 0.03, 0.06, 0.09]
@@ -305,7 +305,7 @@ async def test_while_someone_follows_the_writer_commits_sooner(tmp_path: Path, a
     writer.followed = lambda: following
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
-        await writer.add_record((job, runs["web01"], 1, "s", 1, OutputRecord(value="x"), 0.0))
+        await writer.add_record(pending((job, runs["web01"], 1, "s", 1, OutputRecord(value="x"), 0.0)))
         await trio.sleep(1.0)
         assert told == []  # nobody follows: the record waits for the larger batch
         await trio.sleep(5.0)
@@ -313,11 +313,11 @@ async def test_while_someone_follows_the_writer_commits_sooner(tmp_path: Path, a
         following = True
         start = trio.current_time()
         await trio.sleep(0.02)  # the writer's current wait ends first, then it looks again
-        await writer.add_record((job, runs["web01"], 2, "s", 1, OutputRecord(value="y"), 0.0))
+        await writer.add_record(pending((job, runs["web01"], 2, "s", 1, OutputRecord(value="y"), 0.0)))
         await trio.sleep(5.0)
         assert len(told) == 2 and told[1] - start <= 5.0
         await trio.sleep(0.05)
-        await writer.add_record((job, runs["web01"], 3, "s", 1, OutputRecord(value="z"), 0.0))
+        await writer.add_record(pending((job, runs["web01"], 3, "s", 1, OutputRecord(value="z"), 0.0)))
         added = trio.current_time()
         await trio.sleep(0.05)
         assert len(told) == 3 and told[2] - added <= 0.011

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vmbusops.engine.states import State
-from vmbusops.records import Record
+from vmbusops.records import RECORD_JSON, STREAM_TEXT, Record
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,7 +82,21 @@ class CheckpointChange:
 
 Change = JobChange | RunChange | StepChange | CheckpointChange
 
-PendingRecord = tuple[int, int, int, str | None, int, Record, float]
-"""(job_id, run_id, seq, step, attempt, record, time): serialised to JSON in the flush, off the stream's path."""
+PendingRecord = tuple[int, int, int, str | None, int, str, float, str]
+"""(job_id, run_id, seq, step, attempt, stream, time, content JSON): a record as the journal
+writer holds it until its flush, encoded as it is queued. A tuple of plain values is one the
+garbage collector stops tracking, and the record object is let go at once: the records waiting
+for a flush (up to a thousand) are no work for the collector's passes, and a flood's records
+no longer outlive its young generation into the older ones."""
 
-__all__ = ["Change", "CheckpointChange", "JobChange", "PendingRecord", "RunChange", "StepChange"]
+
+
+def pending(row: tuple[int, int, int, str | None, int, Record, float]) -> PendingRecord:
+    """``(job_id, run_id, seq, step, attempt, record, time)`` as the writer holds it: the record
+    replaced by its stream's name and its JSON (:func:`~vmbusops.records.record_json`)."""
+    job_id, run_id, seq, step, attempt, record, at = row
+    kind = type(record)
+    return (job_id, run_id, seq, step, attempt, STREAM_TEXT[kind], at, RECORD_JSON[kind](record))
+
+
+__all__ = ["Change", "CheckpointChange", "JobChange", "PendingRecord", "RunChange", "StepChange", "pending"]

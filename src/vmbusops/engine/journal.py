@@ -73,10 +73,9 @@ from vmbusops.engine.states import State
 from vmbusops.errors import JobStateError, JournalError, NoSuchJobError
 from vmbusops.home import home_path
 from vmbusops.owner import Owner, owner_alive
-from vmbusops.records import RECORD_JSON, STREAM_TEXT
 from vmbusops.storage import cannot_write, private_database, rollback_quietly
 
-RecordRow = tuple[int, int, int, str | None, int, str, float, str]
+RecordRow = PendingRecord
 """(job_id, run_id, seq, step, attempt, stream, time, content JSON), as the writer hands it over."""
 
 
@@ -268,21 +267,13 @@ class Journal:
                 (owner.pid, owner.started, now, job_id),
             )
 
-    def apply(self, records: Sequence[RecordRow], changes: Sequence[Change]) -> list[StoredRecord]:
-        """Records, then state changes, in one transaction: the records as stored, numbered per job."""
-        return self._apply({r[0] for r in records}, changes, lambda number: [
-            (r[0], number[r[0]](), *r[1:]) for r in records])  # fmt: skip
-
-    def apply_pending(
-        self, records: Sequence[PendingRecord], changes: Sequence[Change], released: Sequence[tuple[str, int]] = ()
+    def apply(
+        self, records: Sequence[RecordRow], changes: Sequence[Change], released: Sequence[tuple[str, int]] = ()
     ) -> list[StoredRecord]:
-        """:meth:`apply` of records as the writer holds them (its flush): each is numbered and
-        encoded (:func:`~vmbusops.records.record_json`) into its stored row in one pass; the VM
-        leases ``released`` (VM, run) go in the same transaction, after the changes."""
+        """Records, then state changes, in one transaction: the records as stored, numbered per
+        job; the VM leases ``released`` (VM, run) go in the same transaction, after the changes."""
         return self._apply({r[0] for r in records}, changes, lambda number: [
-            (job_id, number[job_id](), run_id, seq, step, attempt, STREAM_TEXT[type(rec)], at, RECORD_JSON[type(rec)](rec))
-            for job_id, run_id, seq, step, attempt, rec, at in records
-        ], released)  # fmt: skip
+            (r[0], number[r[0]](), *r[1:]) for r in records], released)  # fmt: skip
 
     def _apply(
         self,

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from vmbusops.engine.changes import Change, JobChange, PendingRecord, RunChange, StepChange
+from vmbusops.engine.changes import Change, JobChange, PendingRecord, RunChange, StepChange, pending
 from vmbusops.engine.events import RecordArrived, RunChanged
 from vmbusops.engine.run_start import CARRIED_STATES
 from vmbusops.engine.states import (
@@ -137,9 +137,10 @@ class RunMachine:
     ) -> tuple[PendingRecord, RecordArrived | None]:
         """A record of step ``index`` (None: outside any step), numbered by :meth:`take_seq`.
 
-        On the path of every record, so it does as little as it can: JSON and display text are
-        made later (in the journal flush, and for the excerpt when the run ends), and the event
-        for the watchers only when there are some (``watched``).
+        On the path of every record, so it does as little as it can: its JSON, which the
+        journal stores, now (see :data:`~.changes.PendingRecord`); display text later (for the
+        excerpt when the run ends), and the event for the watchers only when there are some
+        (``watched``).
         """
         record = rec.record
         name = self.steps[index].name if index is not None else None
@@ -155,7 +156,7 @@ class RunMachine:
             arrived = RecordArrived(
                 self.job_id, GuestRecord(vm=self.vm, seq=rec.seq, time=rec.time, record=record, step=name)
             )
-        return (self.job_id, self.id, rec.seq, name, attempt, record, rec.time), arrived
+        return pending((self.job_id, self.id, rec.seq, name, attempt, record, rec.time)), arrived
 
     # ------------------------------------------------------------------ the run
     def wait(self) -> list[Output]:

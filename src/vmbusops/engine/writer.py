@@ -197,7 +197,7 @@ class JournalWriter:
     ) -> list[StoredRecord]:
         started = time.thread_time() if self.timed else 0.0
         try:
-            stored = self.journal.apply_pending(records, changes, released)
+            stored = self.journal.apply(records, changes, released)
         finally:
             if self.timed:
                 self.cpu_seconds += time.thread_time() - started
