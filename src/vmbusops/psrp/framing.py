@@ -104,6 +104,10 @@ _DATA_RE = re.compile(
     rb"<Data Stream='(Default|PromptResponse)' PSGuid='([0-9A-Fa-f-]{36})'>([A-Za-z0-9+/=]*)</Data>"
 )
 _GUID_RE = re.compile(rb"<(\w+) PSGuid='([0-9A-Fa-f-]{36})'\s*/>")
+# The same Data shape, its head matched and its base64 left to the strict decoder: that rejects
+# any byte outside the alphabet, so what it takes is what _DATA_RE takes, read in one pass.
+_DATA_HEAD_RE = re.compile(rb"<Data Stream='(Default|PromptResponse)' PSGuid='([0-9A-Fa-f-]{36})'>")
+_DATA_TAIL = b"</Data>"
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -130,6 +134,19 @@ def parse_line(line: bytes) -> Packet:
     """Parse one line (without its newline) into a packet, or raise FramingError."""
     if line.endswith(b"\r"):
         line = line[:-1]
+    m = _DATA_HEAD_RE.match(line)
+    if m is not None and line.endswith(_DATA_TAIL):
+        try:
+            data = base64.b64decode(line[m.end() : -len(_DATA_TAIL)], validate=True)
+        except (binascii.Error, ValueError):
+            pass  # the full match below says what is wrong
+        else:
+            return Packet(
+                kind=PacketKind.DATA,
+                stream=DataStream(m.group(1).decode("ascii")),
+                guid=_parse_guid(m.group(2).decode("ascii"), line),
+                data=data,
+            )
     m = _DATA_RE.fullmatch(line)
     if m is not None:
         return Packet(
