@@ -196,6 +196,14 @@ class GuestSession:
         if host is None or not path.casefold().endswith(".ps1") or not host.is_file():
             raise StatementError(pserrors.command_not_found(target))
         text = (await read_guest_file(host)).decode("utf-8-sig")
+        await self.run_file_text(path, text, arguments, emit)
+
+    async def run_file_text(self, path: str, text: str, arguments: list[Any], emit: Emit) -> None:
+        """The script file at ``path`` (absolute), whose text is ``text``, as ``& <path> args...``.
+
+        For a caller that has just read the file, or has just written it without a checkpoint
+        since: nothing else can have changed it.
+        """
         # A recognised script (the patch step's) written as a step file: Set-Content added a newline.
         scripts = self.catalog.scripts
         equivalent = scripts.get(hashlib.sha256(text.encode("utf-8")).hexdigest()) or (

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
 
+import trio
+
 from vmbusops.sim import pserrors
 from vmbusops.sim.binding import BindingError, Param, bind
 from vmbusops.sim.guest import GuestSession
@@ -83,7 +85,8 @@ _INT32 = (-(2**31), 2**31 - 1)
 
 
 def is_invoker_script(text: str) -> bool:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest() == INVOKER_SHA256
+    # Equal text is equal SHA-256; comparing the text spares hashing it on every call.
+    return text == INVOKER_TEXT
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,11 +364,15 @@ async def run_guest_wrapper(session: GuestSession, call: InvokerCall, emit: Emit
         silenced_before = session.silenced_errors
         try:
             # Windows PowerShell 5.1's Set-Content -Encoding UTF8: a BOM, the text, a newline.
-            host.write_bytes(b"\xef\xbb\xbf" + (text + "\r\n").encode("utf-8"))
+            content = text + "\r\n"
+            host.write_bytes(b"\xef\xbb\xbf" + content.encode("utf-8"))
             session.variables["lastexitcode"] = 0
             outer_try, session.in_try = session.in_try, True
             try:
-                await session.run_script_file(path, list(call.arguments), emit)
+                # `& $path`: the file just written, read back as it was written (nothing ran
+                # since), with the one checkpoint reading it would have taken.
+                await trio.lowlevel.checkpoint()
+                await session.run_file_text(path, content, list(call.arguments), emit)
             except (LoopBreak, LoopContinue):
                 pass  # the wrapper's loop of one: a stray break or continue ends the step
             finally:
