@@ -26,6 +26,7 @@ parse of every VM's state.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -401,29 +402,59 @@ def guest_path_to_host(root: Path, guest_path: str) -> Path | None:
     """Where a guest path lives on the host, matching existing names case-insensitively.
 
     Windows file names are case-insensitive and the host's are not, so each component is
-    looked up among the existing entries before a new name is used as given.
+    looked up among the existing entries before a new name is used as given. (On strings, with
+    pathlib's rules for what exists: every guest call resolves a path or two here.)
     """
     split = split_guest_path(guest_path)
     if split is None:
         return None
     drive, parts = split
-    current = root / drive
+    current = os.path.join(root, drive)
     if len(parts) > 1:
         # Every folder there as named (the common case: one stat, not two per component) is what
         # the lookup below would pick component by component.
-        parent = current.joinpath(*parts[:-1])
+        parent = os.path.join(current, *parts[:-1])
         if os.path.isdir(parent):
             current, parts = parent, parts[-1:]
     for part in parts:
-        candidate = current / part
-        if not candidate.exists() and current.is_dir():
+        candidate = os.path.join(current, part)
+        if not _exists(candidate):
             folded = part.casefold()
-            for entry in current.iterdir():
-                if entry.name.casefold() == folded:
-                    candidate = entry
+            for name in _entries(current):
+                if name.casefold() == folded:
+                    candidate = os.path.join(current, name)
                     break
         current = candidate
-    return current
+    return Path(current)
+
+
+# What pathlib's exists() and is_dir() take to mean "not there" rather than an error.
+_NOT_THERE = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+
+
+def _exists(path: str) -> bool:
+    """``Path(path).exists()``."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno not in _NOT_THERE:
+            raise
+        return False
+    except ValueError:
+        return False
+    return True
+
+
+def _entries(folder: str) -> list[str]:
+    """``[p.name for p in Path(folder).iterdir()] if Path(folder).is_dir() else []``, in one call."""
+    try:
+        return os.listdir(folder)
+    except OSError as exc:
+        if exc.errno not in _NOT_THERE:
+            raise
+        return []
+    except ValueError:
+        return []
 
 
 def host_path_to_guest(root: Path, host_path: Path) -> str:
