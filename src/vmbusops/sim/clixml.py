@@ -75,6 +75,12 @@ def clixml_text(value: str) -> bytes:
 
 def clixml_datetime(value: datetime.datetime) -> bytes:
     """A naive or UTC datetime as psrpcore serializes it (microseconds only when non-zero)."""
+    if value.tzinfo is None and value.year >= 1000:
+        # Every information record's time (now, naive): what strftime writes below, formatted
+        # directly (strftime's %Y does not pad years before 1000, so those take the long way).
+        v = value
+        text = f"{v.year}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}"
+        return (f"{text}.{v.microsecond:06d}" if v.microsecond else text).encode("ascii")
     fraction = value.strftime(".%f") if value.microsecond else ""
     zone = "Z" if value.tzinfo == datetime.UTC else ""
     if value.tzinfo not in (None, datetime.UTC):
