@@ -46,7 +46,9 @@ STEPS = [
 def snapshot(db: Path, job_id: int) -> dict[str, Any]:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        records = {(r[2], r[3]): (r[4], r[5], r[8]) for r in journal_records.read(con, job_id)}
+        stored = journal_records.read(con, job_id)
+        records = {(r[2], r[3]): (r[4], r[5], r[8]) for r in stored}
+        assert len(records) == len(stored), "a run's seq was stored twice"
         steps = {
             (r[0], r[1]): (r[2], r[3], r[4])
             for r in con.execute(

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from vmbusops.engine import journal_retention
@@ -22,6 +23,7 @@ from vmbusops.engine.journal import Journal, RecordRow, StoredRecord
 from vmbusops.engine.journal_records import CHUNK_RECORDS
 from vmbusops.engine.states import State
 from vmbusops.engine.writer import JournalWriter
+from vmbusops.errors import JournalError
 from vmbusops.owner import current_owner
 from vmbusops.records import OutputRecord, VerboseRecord
 
@@ -340,3 +342,101 @@ def test_records_are_forgotten_in_whole_chunks_about_a_batch_a_transaction(tmp_p
     assert removed == [30, 30, 30, 10, 0]
     assert journal.stored_records(job) == []
     assert journal._db.execute("SELECT pruned FROM jobs WHERE id = ?", (job,)).fetchone()[0] == 1
+
+
+V3_RECORDS = (
+    "CREATE TABLE IF NOT EXISTS records (job_id INTEGER NOT NULL, n INTEGER NOT NULL,"
+    " run_id INTEGER NOT NULL, seq INTEGER NOT NULL, step TEXT, attempt INTEGER NOT NULL,"
+    " stream TEXT NOT NULL, time REAL NOT NULL, content TEXT NOT NULL, PRIMARY KEY (job_id, n)) WITHOUT ROWID;"
+    " CREATE UNIQUE INDEX IF NOT EXISTS records_run ON records (run_id, seq);"
+)
+
+
+def test_an_older_journals_odd_rows_are_moved_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    job, runs = new_job(journal, ["web01", "web02"])
+    journal.close()
+    w1, w2 = runs["web01"], runs["web02"]
+
+    def rec(n: int, run: int, seq: int, content: str) -> StoredRecord:
+        return (job, n, run, seq, "s", 1, "output", 100.0 + n, content)
+
+    # Seqs out of n order (schema 2 numbered by time, and a clock can step back), and a host's
+    # JSON with a raw line feed between its tokens (valid JSON; the engine never writes one).
+    old = [
+        rec(1, w1, 1, '{"stream":"output","value":"a"}'),
+        rec(2, w1, 3, '{"stream":"output","value":"c"}'),
+        rec(3, w1, 2, '{"stream":"output","value":"b"}'),
+        rec(4, w1, 4, '{"stream":"output","value":"d"}'),
+        rec(5, w2, 1, '{"stream":"output",\n"value":1}'),
+        rec(6, w2, 2, '{"stream":"output","value":2}'),
+    ]
+    db = sqlite3.connect(path)
+    db.executescript("DROP TABLE record_chunks; " + V3_RECORDS + " UPDATE meta SET value = '3' WHERE key = 'schema';")
+    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", old)
+    db.commit()
+    db.close()
+    journal = Journal(path)
+    assert journal.stored_records(job) == old
+    for after in range(len(old) + 1):
+        for limit in (1, 2, 3):
+            assert journal.stored_records(job, after=after, limit=limit) == old[after : after + limit]
+    assert journal.stored_records(job, run_id=w2) == old[4:]
+    assert journal.next_seq(w1) == 5 and journal.next_seq(w2) == 3
+
+
+def test_records_an_older_version_wrote_after_the_move_are_kept_numbered_after(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    job, runs = new_job(journal, ["web01"])
+    w1 = runs["web01"]
+    first = journal.apply([row(job, w1, s, at=float(s)) for s in (1, 2, 3)], [])
+    journal.close()
+    # An older vmbusops makes its records table again and numbers from 1, as it sees no record.
+    db = sqlite3.connect(path)
+    db.executescript(V3_RECORDS)
+    later = [(job, n, w1, n, "s", 1, "output", 10.0 + n, json.dumps({"stream": "output", "value": f"old {n}"})) for n in (1, 2)]
+    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", later)
+    db.commit()
+    db.close()
+    journal = Journal(path)
+    stored = journal.stored_records(job)
+    assert stored == [*first, (job, 4, w1, 4, *later[0][4:]), (job, 5, w1, 5, *later[1][4:])]
+    assert journal.next_seq(w1) == 6
+
+
+def test_a_journal_of_a_newer_schema_is_not_opened(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    for readonly in (False, True):
+        with pytest.raises(JournalError, match="schema 99, written by a newer vmbusops"):
+            Journal(path, readonly=readonly)
+
+
+def test_a_capped_journal_is_moved_and_compacted(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    job, runs = new_job(journal, ["web01"])
+    journal.close()
+    w1 = runs["web01"]
+    text = json.dumps({"stream": "output", "value": "x" * 200})
+    db = sqlite3.connect(path)
+    db.executescript("DROP TABLE record_chunks; " + V3_RECORDS + " UPDATE meta SET value = '3' WHERE key = 'schema';")
+    db.executemany(
+        "INSERT INTO records VALUES (?, ?, ?, ?, 's', 1, 'output', 0, ?)", [(job, n, w1, n, text) for n in range(1, 8001)]
+    )
+    db.commit()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    # A cap the journal fits under, not with both copies of its records.
+    journal = Journal(path, max_mb=path.stat().st_size * 1.2 / 2**20)
+    assert len(journal.stored_records(job, limit=10**6)) == 8000
+    journal.forget_records(job)
+    journal.compact()
+    assert journal._db.execute("PRAGMA freelist_count").fetchone()[0] == 0
+    journal.close()

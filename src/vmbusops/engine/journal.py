@@ -68,7 +68,7 @@ from vmbusops.engine.journal_rows import (
     VmRunView,
     left_out_of,
 )
-from vmbusops.engine.journal_schema import SCHEMA, SCHEMA_VERSION, update_sql, upgrade
+from vmbusops.engine.journal_schema import SCHEMA, SCHEMA_VERSION, check_version, update_sql, upgrade
 from vmbusops.engine.states import State
 from vmbusops.errors import JobStateError, JournalError, NoSuchJobError
 from vmbusops.home import home_path
@@ -117,9 +117,7 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            if max_mb:
-                page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
-                self._db.execute(f"PRAGMA max_page_count={max(1, int(max_mb * 2**20) // page_size)}")
+            check_version(self._db, self.path)
             if not readonly:
                 self._db.executescript(SCHEMA)
                 with self._write() as db:
@@ -130,6 +128,11 @@ class Journal:
                         " ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE value != excluded.value",
                         (str(SCHEMA_VERSION),),
                     )
+            if max_mb:
+                # After any upgrade: moving an older journal's records needs room for both copies
+                # for a moment, and a journal its cap cannot open would stop the agent for good.
+                page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+                self._db.execute(f"PRAGMA max_page_count={max(1, int(max_mb * 2**20) // page_size)}")
         except (sqlite3.Error, OSError) as exc:
             if isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
                 raise self._cannot_write(exc) from exc

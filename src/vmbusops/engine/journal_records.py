@@ -11,13 +11,14 @@ of ``record_chunks`` (at most :data:`CHUNK_RECORDS` records):
   are numbered ``n - count + 1`` to ``n``, with no gap (a job's records are numbered 1, 2, 3...
   in the order they were committed, and a chunk ends where another run's record comes between);
 * ``seq`` is its last record's ``seq`` in the run, and a chunk's seqs have no gap either (a chunk
-  ends where they would);
+  ends where they would: every record is checked);
 * ``time`` is its last record's time (when the job last did something), and ``times`` every
   record's, as 8-byte IEEE doubles, little-endian, in order (exact, and cheaper to write than
   text);
 * ``body`` holds a line per record: ``stream TAB content``, the content the record's JSON, which
-  is never written with a raw line feed (compact JSON escapes every control character in its
-  strings).
+  the engine never writes with a raw line feed (compact JSON escapes every control character in
+  its strings). A record whose content holds one all the same (an older journal's, from a host
+  that wrote its JSON otherwise) is a chunk of its own, whose body is that one record whole.
 
 So the key ``(job_id, n)`` still pages a job with one comparison: the chunk holding the first
 record past a cursor is the first whose ``n`` is past it, and the page starts inside it. A run's
@@ -92,6 +93,8 @@ _ROWS_PER_INSERT: Final = 64
 
 _group_key = operator.itemgetter(0, 2, 4, 5)  # job, run, step, attempt
 _time = operator.itemgetter(7)
+_n = operator.itemgetter(1)
+_seq = operator.itemgetter(3)
 _SWAP: Final = sys.byteorder != "little"
 _one_time = struct.Struct("<d").unpack
 #: Chunk rows fetched from SQLite at a time while a page fills.
@@ -106,11 +109,17 @@ def chunks(stored: Sequence[StoredRecord]) -> list[ChunkRow]:
         records = list(group)
         for at in range(0, len(records), CHUNK_RECORDS):
             part = records[at : at + CHUNK_RECORDS]
-            first, last = part[0], part[-1]
-            size = len(part)
-            if last[1] - first[1] == size - 1 and last[3] - first[3] == size - 1:
-                rows.append(_chunk(part))
-            else:  # never from the writers here; kept exact all the same
+            first, size = part[0], len(part)
+            # Every record's n and seq, not only the ends: an older journal's seqs may be out of order.
+            if list(map(_n, part)) == list(range(first[1], first[1] + size)) and list(map(_seq, part)) == list(
+                range(first[3], first[3] + size)
+            ):
+                row = _chunk(part)
+                if row[-1].count("\n") == size - 1:
+                    rows.append(row)
+                else:  # a content with a raw line feed: each record a chunk of its own
+                    rows.extend(_chunk([r]) for r in part)
+            else:  # never from the engine's writer
                 rows.extend(_chunk(list(run)) for run in _consecutive(part))
     return rows
 
@@ -154,36 +163,43 @@ def read(
     limit: int = sys.maxsize,
 ) -> list[StoredRecord]:
     """The job's records numbered past ``after``, optionally of one run or stream, up to
-    ``limit``: chunks are read one at a time from the one holding the record after ``after``
-    until the page is full, so a page unpacks at most one chunk more than it returns."""
+    ``limit``: chunks are read a few at a time from the one holding the record after ``after``
+    until the page is full, so a page without a stream unpacks at most one chunk more than it
+    returns (with one, it reads past the other streams' records, as a filter on any key must)."""
     sql, params = (RUN_CHUNKS, (run_id, after)) if run_id is not None else (JOB_CHUNKS, (job_id, after))
     out: list[StoredRecord] = []
     cursor = db.execute(sql, params)
     try:
-        # A few chunks at a time: a chunk holds at least one record, so never more rows than
-        # the page still needs, and few beyond it when chunks are large.
-        while len(out) < limit and (rows := cursor.fetchmany(min(limit - len(out), _FETCH))):
-            for row in rows:
-                if row[4] == 1:  # one record: the common case where runs interleave finely
-                    j, n, r, seq, _, step, attempt, packed, body = row
-                    if n > after:
-                        kind, content = body.split("\t", 1)
-                        if stream is None or kind == stream:
-                            out.append((j, n, r, seq, step, attempt, kind, _one_time(packed)[0], content))
-                else:
-                    unpack(row, after, stream, out, limit)
-                if len(out) >= limit:
-                    break
+        _read_into(cursor, after, stream, out, limit)
+    except struct.error as exc:  # a chunk's times are not 8 bytes a record
+        raise ValueError(f"a chunk of job {job_id} is damaged: {exc}") from exc
     finally:
         cursor.close()
     return out
+
+
+def _read_into(cursor: sqlite3.Cursor, after: int, stream: str | None, out: list[StoredRecord], limit: int) -> None:
+    # A few chunks at a time: a chunk holds at least one record, so never more rows than the
+    # page still needs, and few beyond it when chunks are large.
+    while len(out) < limit and (rows := cursor.fetchmany(min(limit - len(out), _FETCH))):
+        for row in rows:
+            if row[4] == 1:  # one record: the common case where runs interleave finely
+                j, n, r, seq, _, step, attempt, packed, body = row
+                if n > after:
+                    kind, content = body.split("\t", 1)
+                    if stream is None or kind == stream:
+                        out.append((j, n, r, seq, step, attempt, kind, _one_time(packed)[0], content))
+            else:
+                unpack(row, after, stream, out, limit)
+            if len(out) >= limit:
+                break
 
 
 def unpack(row: Sequence[Any], after: int, stream: str | None, out: list[StoredRecord], limit: int) -> None:
     """Append the records of the chunk ``row`` (as :data:`JOB_CHUNKS` reads it) numbered past
     ``after``, of ``stream`` if one is given, to ``out`` until it holds ``limit``."""
     job_id, n, run_id, seq, count, step, attempt, packed, body = row
-    lines = body.split("\n")
+    lines = body.split("\n") if count > 1 else [body]
     if len(lines) != count or len(packed) != 8 * count:
         raise ValueError(f"a chunk of job {job_id} holds {len(lines)} records and {len(packed)} bytes of times, not {count}")
     times = struct.unpack(f"<{count}d", packed)
@@ -200,11 +216,29 @@ def unpack(row: Sequence[Any], after: int, stream: str | None, out: list[StoredR
 
 def upgrade_rows(db: sqlite3.Connection) -> None:
     """Move a schema-3 ``records`` table (a row per record) into chunks, inside the caller's
-    write transaction: each job's records in ``n`` order, chunked as a commit's are."""
+    write transaction: each job's records in ``n`` order, chunked as a commit's are.
+
+    Chunks may hold records of a job already: an older vmbusops that kept writing after this one
+    had moved the journal made its ``records`` table again, and numbered from 1. Such records are
+    moved numbered after the job's last ``n`` and their run's last ``seq``, so none is lost and
+    none shares a number.
+    """
+    after_n: dict[int, int] = {}
+    after_seq: dict[int, int] = {}
     cursor = db.execute("SELECT job_id, n, run_id, seq, step, attempt, stream, time, content FROM records ORDER BY job_id, n")
     while page := cursor.fetchmany(10_000):
-        # A page may end inside a chunk; the next page's first chunk then starts a new one.
-        insert(db, page)
+        moved: list[StoredRecord] = []
+        for job_id, n, run_id, seq, step, attempt, stream, at, content in page:
+            dn = after_n.get(job_id)
+            if dn is None:
+                last = db.execute(LAST_N_OF_JOB, (job_id,)).fetchone()[0]
+                dn = after_n[job_id] = last + 1 - n if last is not None and n <= last else 0
+            ds = after_seq.get(run_id)
+            if ds is None:
+                top = db.execute(LAST_SEQ_OF_RUN, (run_id,)).fetchone()[0]
+                ds = after_seq[run_id] = top + 1 - seq if top and seq <= top else 0
+            moved.append((job_id, n + dn, run_id, seq + ds, step, attempt, stream, at, content))
+        insert(db, moved)
     db.execute("DROP TABLE records")
 
 

@@ -72,17 +72,16 @@ def prunable(
 def delete_records(db: sqlite3.Connection, job_id: int, batch: int) -> int:
     """The job's oldest records, about ``batch`` of them (whole chunks: the oldest always, then
     those that end within ``batch`` of it); how many went (0: none left, and the job says so)."""
-    removed = sum(
-        int(count)
-        for (count,) in db.execute(
-            "DELETE FROM record_chunks WHERE job_id = ?"
-            " AND n < (SELECT MIN(n) FROM record_chunks WHERE job_id = ?) + MAX(?, 1) RETURNING count",
-            (job_id, job_id, batch),
-        ).fetchall()
-    )
-    if removed == 0:
+    first = db.execute("SELECT MIN(n) FROM record_chunks WHERE job_id = ?", (job_id,)).fetchone()[0]
+    if first is None:
         db.execute("UPDATE jobs SET pruned = 1 WHERE id = ?", (job_id,))
-    return removed
+        return 0
+    end = first + max(batch, 1)
+    (removed,) = db.execute(
+        "SELECT COALESCE(SUM(count), 0) FROM record_chunks WHERE job_id = ? AND n < ?", (job_id, end)
+    ).fetchone()
+    db.execute("DELETE FROM record_chunks WHERE job_id = ? AND n < ?", (job_id, end))
+    return int(removed)
 
 
 def delete_job(db: sqlite3.Connection, job_id: int) -> None:
@@ -102,7 +101,8 @@ def delete_job(db: sqlite3.Connection, job_id: int) -> None:
 def compact(db: sqlite3.Connection) -> None:
     """Give freed pages back to the disk: the file shrinks (a journal created with incremental
     auto-vacuum) and the WAL is emptied once no reader needs it."""
-    db.execute("PRAGMA incremental_vacuum").fetchall()
+    # As a script: a statement stepped once (execute) frees one page; the script runs it to its end.
+    db.executescript("PRAGMA incremental_vacuum;")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 

@@ -14,9 +14,11 @@ Tables added since are created when a journal is opened for writing (every state
 the ``checkpoints`` table (one row per guarded span of a run, :mod:`.guard`).
 
 Older journals are rebuilt once by :func:`upgrade`, in one transaction. Schema 3 had a row per
-record (``records``, keyed on ``(job_id, n)``): each becomes a chunk of one. Schema 2 keyed records
-on ``(run_id, seq)`` alone: they are first numbered per job in the order schema 2 read them (by
-time), then moved as schema 3's.
+record (``records``, keyed on ``(job_id, n)``): they are moved into chunks, grouped as a commit's
+records are. Schema 2 keyed records on ``(run_id, seq)`` alone: they are first numbered per job in
+the order schema 2 read them (by time), then moved as schema 3's. A journal of a newer schema than
+:data:`SCHEMA_VERSION` is not opened (:func:`check_version`): this version would not see what the
+newer one keeps, and what it wrote could clash with it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, Final
 from vmbusops.engine import journal_records
 from vmbusops.engine.changes import Change, CheckpointChange, JobChange, RunChange, StepChange
 from vmbusops.engine.journal_records import StoredRecord
+from vmbusops.errors import JournalError
 from vmbusops.owner import Owner, owner_alive
 from vmbusops.storage import add_missing_columns
 
@@ -151,6 +154,20 @@ CREATE UNIQUE INDEX records_run ON records (run_id, seq);
 SCHEMA: Final = _TABLES + journal_records.TABLE
 
 
+def check_version(db: sqlite3.Connection, path: object) -> None:
+    """Refuse a journal that a newer vmbusops has brought past :data:`SCHEMA_VERSION`."""
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    except sqlite3.OperationalError:
+        return  # a new journal: no meta table yet
+    if row is not None and str(row[0]).isdigit() and int(row[0]) > SCHEMA_VERSION:
+        raise JournalError(
+            f"the journal {path} is schema {row[0]}, written by a newer vmbusops; this one reads"
+            f" schema {SCHEMA_VERSION} and older",
+            hint="run the newer vmbusops on this host (every vmbusops that shares the journal must be as new)",
+        )
+
+
 def upgrade(db: sqlite3.Connection) -> None:
     """Bring an older journal's tables to this version (inside the caller's write transaction)."""
     add_missing_columns(db, ADDED_COLUMNS)
@@ -208,7 +225,16 @@ def take_vm_lease(db: sqlite3.Connection, vm: str, run_id: int, owner: Owner, no
     return None
 
 
-__all__ = ["ADDED_COLUMNS", "SCHEMA", "SCHEMA_VERSION", "Numbering", "insert_records", "take_vm_lease", "upgrade"]
+__all__ = [
+    "ADDED_COLUMNS",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "Numbering",
+    "check_version",
+    "insert_records",
+    "take_vm_lease",
+    "upgrade",
+]
 
 
 def update_sql(change: Change) -> tuple[str, list[Any]]:
