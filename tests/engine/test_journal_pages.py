@@ -134,11 +134,36 @@ def test_a_schema_2_journal_is_brought_to_numbered_records_once(tmp_path: Path) 
     Journal(path).close()  # opening it again changes nothing
 
 
+V3_RECORDS = (
+    "CREATE TABLE IF NOT EXISTS records (job_id INTEGER NOT NULL, n INTEGER NOT NULL,"
+    " run_id INTEGER NOT NULL, seq INTEGER NOT NULL, step TEXT, attempt INTEGER NOT NULL,"
+    " stream TEXT NOT NULL, time REAL NOT NULL, content TEXT NOT NULL, PRIMARY KEY (job_id, n)) WITHOUT ROWID;"
+    " CREATE UNIQUE INDEX IF NOT EXISTS records_run ON records (run_id, seq);"
+)
+
+
+def schema_3_journal(path: Path, vms: list[str]) -> tuple[int, dict[str, int]]:
+    """A journal holding a job over ``vms``, its records table as schema 3 had it (a row each)."""
+    journal = Journal(path)
+    job, runs = new_job(journal, vms)
+    journal.close()
+    db = sqlite3.connect(path)
+    db.executescript("DROP TABLE record_chunks; " + V3_RECORDS + " UPDATE meta SET value = '3' WHERE key = 'schema';")
+    db.close()
+    return job, runs
+
+
+def insert_rows(path: Path, rows: list[Any]) -> None:
+    db = sqlite3.connect(path)
+    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.commit()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+
+
 def test_a_schema_3_journal_keeps_every_record_exactly_as_it_was(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
-    journal = Journal(path)
-    job, runs = new_job(journal, ["web01", "web02"])
-    journal.close()
+    job, runs = schema_3_journal(path, ["web01", "web02"])
     w1, w2 = runs["web01"], runs["web02"]
     # Times no shorter text gives back exactly, and contents a line-minded reader would break.
     old = [
@@ -146,16 +171,7 @@ def test_a_schema_3_journal_keeps_every_record_exactly_as_it_was(tmp_path: Path)
         (job, 2, w2, 1, None, 0, "warning", 0.1 + 0.2, json.dumps({"stream": "warning", "message": "x\u2028y\x85z"}, ensure_ascii=False)),
         (job, 3, w1, 2, "s", 2, "verbose", 1e-300, json.dumps({"stream": "verbose", "message": ""})),
     ]  # fmt: skip
-    db = sqlite3.connect(path)
-    db.executescript(
-        "DROP TABLE record_chunks; CREATE TABLE records (job_id INTEGER NOT NULL, n INTEGER NOT NULL,"
-        " run_id INTEGER NOT NULL, seq INTEGER NOT NULL, step TEXT, attempt INTEGER NOT NULL,"
-        " stream TEXT NOT NULL, time REAL NOT NULL, content TEXT NOT NULL, PRIMARY KEY (job_id, n)) WITHOUT ROWID;"
-        " CREATE UNIQUE INDEX records_run ON records (run_id, seq); UPDATE meta SET value = '3' WHERE key = 'schema';"
-    )
-    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", old)
-    db.commit()
-    db.close()
+    insert_rows(path, old)
     journal = Journal(path)
     assert journal.stored_records(job) == old
     # Chunks of one record each, read past a cursor and by stream.
@@ -344,19 +360,9 @@ def test_records_are_forgotten_in_whole_chunks_about_a_batch_a_transaction(tmp_p
     assert journal._db.execute("SELECT pruned FROM jobs WHERE id = ?", (job,)).fetchone()[0] == 1
 
 
-V3_RECORDS = (
-    "CREATE TABLE IF NOT EXISTS records (job_id INTEGER NOT NULL, n INTEGER NOT NULL,"
-    " run_id INTEGER NOT NULL, seq INTEGER NOT NULL, step TEXT, attempt INTEGER NOT NULL,"
-    " stream TEXT NOT NULL, time REAL NOT NULL, content TEXT NOT NULL, PRIMARY KEY (job_id, n)) WITHOUT ROWID;"
-    " CREATE UNIQUE INDEX IF NOT EXISTS records_run ON records (run_id, seq);"
-)
-
-
 def test_an_older_journals_odd_rows_are_moved_exactly(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
-    journal = Journal(path)
-    job, runs = new_job(journal, ["web01", "web02"])
-    journal.close()
+    job, runs = schema_3_journal(path, ["web01", "web02"])
     w1, w2 = runs["web01"], runs["web02"]
 
     def rec(n: int, run: int, seq: int, content: str) -> StoredRecord:
@@ -372,11 +378,7 @@ def test_an_older_journals_odd_rows_are_moved_exactly(tmp_path: Path) -> None:
         rec(5, w2, 1, '{"stream":"output",\n"value":1}'),
         rec(6, w2, 2, '{"stream":"output","value":2}'),
     ]
-    db = sqlite3.connect(path)
-    db.executescript("DROP TABLE record_chunks; " + V3_RECORDS + " UPDATE meta SET value = '3' WHERE key = 'schema';")
-    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", old)
-    db.commit()
-    db.close()
+    insert_rows(path, old)
     journal = Journal(path)
     assert journal.stored_records(job) == old
     for after in range(len(old) + 1):
@@ -420,19 +422,10 @@ def test_a_journal_of_a_newer_schema_is_not_opened(tmp_path: Path) -> None:
 
 def test_a_capped_journal_is_moved_and_compacted(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
-    journal = Journal(path)
-    job, runs = new_job(journal, ["web01"])
-    journal.close()
+    job, runs = schema_3_journal(path, ["web01"])
     w1 = runs["web01"]
     text = json.dumps({"stream": "output", "value": "x" * 200})
-    db = sqlite3.connect(path)
-    db.executescript("DROP TABLE record_chunks; " + V3_RECORDS + " UPDATE meta SET value = '3' WHERE key = 'schema';")
-    db.executemany(
-        "INSERT INTO records VALUES (?, ?, ?, ?, 's', 1, 'output', 0, ?)", [(job, n, w1, n, text) for n in range(1, 8001)]
-    )
-    db.commit()
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.close()
+    insert_rows(path, [(job, n, w1, n, "s", 1, "output", 0.0, text) for n in range(1, 8001)])
     # A cap the journal fits under, not with both copies of its records.
     journal = Journal(path, max_mb=path.stat().st_size * 1.2 / 2**20)
     assert len(journal.stored_records(job, limit=10**6)) == 8000
