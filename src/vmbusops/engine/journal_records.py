@@ -93,7 +93,6 @@ _ROWS_PER_INSERT: Final = 64
 
 _group_key = operator.itemgetter(0, 2, 4, 5)  # job, run, step, attempt
 _time = operator.itemgetter(7)
-_n = operator.itemgetter(1)
 _seq = operator.itemgetter(3)
 _SWAP: Final = sys.byteorder != "little"
 _one_time = struct.Struct("<d").unpack
@@ -102,18 +101,18 @@ _FETCH: Final = 64
 
 
 def chunks(stored: Sequence[StoredRecord]) -> list[ChunkRow]:
-    """``stored`` (in the order committed) as chunk rows: consecutive records of one run, step
-    and attempt whose ``n`` and ``seq`` both follow on, at most :data:`CHUNK_RECORDS` each."""
+    """``stored`` (in the order committed: ``n`` rising) as chunk rows: consecutive records of
+    one run, step and attempt whose ``n`` and ``seq`` both follow on, at most
+    :data:`CHUNK_RECORDS` each."""
     rows: list[ChunkRow] = []
     for _, group in itertools.groupby(stored, _group_key):
         records = list(group)
         for at in range(0, len(records), CHUNK_RECORDS):
             part = records[at : at + CHUNK_RECORDS]
             first, size = part[0], len(part)
-            # Every record's n and seq, not only the ends: an older journal's seqs may be out of order.
-            if list(map(_n, part)) == list(range(first[1], first[1] + size)) and list(map(_seq, part)) == list(
-                range(first[3], first[3] + size)
-            ):
+            # n rises through ``stored`` (every caller numbers, or reads, in n order), so its ends
+            # tell; every seq is checked, since an older journal's may be out of order.
+            if part[-1][1] - first[1] == size - 1 and list(map(_seq, part)) == list(range(first[3], first[3] + size)):
                 row = _chunk(part)
                 if row[-1].count("\n") == size - 1:
                     rows.append(row)
