@@ -20,9 +20,9 @@ from tests.engine.conftest import credential_for, harness_for, source
 
 from vmbusops.bundle.manifest import Manifest
 from vmbusops.engine import Journal, RecordArrived, RunChanged, RunStart, State
-from vmbusops.engine.changes import Change, JobChange, RunChange, StepChange
+from vmbusops.engine.changes import Change, JobChange, PendingRecord, RunChange, StepChange
 from vmbusops.engine.changes_json import change_from_json, change_to_json
-from vmbusops.engine.journal import RecordRow, StoredRecord
+from vmbusops.engine.journal import StoredRecord
 from vmbusops.engine.machine import RunMachine, StepInfo
 from vmbusops.engine.states import TransitionError
 from vmbusops.engine.writer import JournalWriter
@@ -222,7 +222,7 @@ def new_job(journal: Journal, vms: Sequence[str], steps: Sequence[str]) -> tuple
     )  # fmt: skip
 
 
-def rows_for(stored: Sequence[StoredRecord], job_id: int, run_id: int) -> list[RecordRow]:
+def rows_for(stored: Sequence[StoredRecord], job_id: int, run_id: int) -> list[PendingRecord]:
     return [(job_id, run_id, *r[3:]) for r in stored]
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vmbusops.engine.changes import RunChange, pending
-from vmbusops.engine.journal import Journal, RecordRow
+from vmbusops.engine.changes import PendingRecord, RunChange, pending
+from vmbusops.engine.journal import Journal
 from vmbusops.engine.states import State
 from vmbusops.engine.writer import JournalWriter
 from vmbusops.errors import JournalError
@@ -32,7 +32,7 @@ def new_job(journal: Journal) -> tuple[int, int]:
     return job_id, runs["vm01"]
 
 
-def rows(job_id: int, run_id: int, start: int, count: int) -> list[RecordRow]:
+def rows(job_id: int, run_id: int, start: int, count: int) -> list[PendingRecord]:
     return [(job_id, run_id, seq, "s", 1, "output", 0.0, f'"{LINE}"') for seq in range(start, start + count)]
 
 

@@ -17,9 +17,9 @@ import pytest
 import trio
 
 from vmbusops.engine import journal_retention
-from vmbusops.engine.changes import RunChange, pending
+from vmbusops.engine.changes import PendingRecord, RunChange, pending
 from vmbusops.engine.events import RunChanged
-from vmbusops.engine.journal import Journal, RecordRow, StoredRecord
+from vmbusops.engine.journal import Journal, StoredRecord
 from vmbusops.engine.journal_records import CHUNK_RECORDS
 from vmbusops.engine.states import State
 from vmbusops.engine.writer import JournalWriter
@@ -36,7 +36,7 @@ def new_job(journal: Journal, vms: list[str], name: str = "b") -> tuple[int, dic
     )  # fmt: skip
 
 
-def row(job_id: int, run_id: int, seq: int, stream: str = "output", at: float = 0.0) -> RecordRow:
+def row(job_id: int, run_id: int, seq: int, stream: str = "output", at: float = 0.0) -> PendingRecord:
     return (job_id, run_id, seq, "s", 1, stream, at, json.dumps({"stream": stream, "value": f"{run_id}:{seq}"}))
 
 
@@ -194,7 +194,7 @@ def test_a_commit_is_stored_in_chunks_and_every_page_reads_back_as_committed(tmp
     w1, w2, d1 = runs["web01"], runs["web02"], other_runs["db01"]
     seqs = {w1: 0, w2: 0, d1: 0}
 
-    def burst(job_id: int, run_id: int, count: int, stream: str = "output") -> list[RecordRow]:
+    def burst(job_id: int, run_id: int, count: int, stream: str = "output") -> list[PendingRecord]:
         out = []
         for _ in range(count):
             seqs[run_id] += 1

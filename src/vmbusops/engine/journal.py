@@ -46,7 +46,6 @@ from vmbusops.engine import journal_records, journal_retention, journal_schema
 from vmbusops.engine.changes import Change, PendingRecord
 from vmbusops.engine.journal_history import (
     LAST_ALIVE,
-    RECORDS_OF_RUN,
     JobFilter,
     interrupt_job,
     job_where,
@@ -74,11 +73,6 @@ from vmbusops.errors import JobStateError, JournalError, NoSuchJobError
 from vmbusops.home import home_path
 from vmbusops.owner import Owner, owner_alive
 from vmbusops.storage import cannot_write, private_database, rollback_quietly
-
-RecordRow = PendingRecord
-"""(job_id, run_id, seq, step, attempt, stream, time, content JSON), as the writer hands it over."""
-
-
 
 T = TypeVar("T")
 
@@ -271,7 +265,7 @@ class Journal:
             )
 
     def apply(
-        self, records: Sequence[RecordRow], changes: Sequence[Change], released: Sequence[tuple[str, int]] = ()
+        self, records: Sequence[PendingRecord], changes: Sequence[Change], released: Sequence[tuple[str, int]] = ()
     ) -> list[StoredRecord]:
         """Records, then state changes, in one transaction: the records as stored, numbered per
         job; the VM leases ``released`` (VM, run) go in the same transaction, after the changes."""
@@ -512,7 +506,7 @@ class Journal:
         stored = _STATE_OF[r[3]]
         records = r[8]
         if not stored.terminal:
-            records = int(self._read_tuples(RECORDS_OF_RUN, (r[0],))[0][0])
+            records = int(self._read_tuples(journal_records.LAST_SEQ_OF_RUN, (r[0],))[0][0])
         finished = stopped_at(stored, alive, r[6], last_alive) if r[5] is not None else None
         return RunView(
             id=r[0], job_id=r[1], vm=r[2], state=_effective(stored, alive), stored_state=stored,
@@ -670,7 +664,6 @@ __all__ = [
     "JobView",
     "Journal",
     "JournalBusy",
-    "RecordRow",
     "RecordView",
     "RunView",
     "StepView",

@@ -8,7 +8,7 @@ A run's ``records`` column is written with its state changes, so a run that neve
 the journal holds more records. A run's records carry ``seq`` 1, 2, 3... with no gap (see
 :mod:`.journal`), so its last chunk's ``seq`` *is* its count: one probe of ``record_chunks_run``,
 written down when a job is interrupted (:func:`interrupt_job`) and read for any run that has
-not ended (:data:`RECORDS_OF_RUN`).
+not ended (:data:`~.journal_records.LAST_SEQ_OF_RUN`).
 
 An interrupted job's duration ends when it stopped: when its owner marked it interrupted (Ctrl-C,
 SIGTERM, the agent stopping), or, for an owner that died, at the last moment it was known to be
@@ -30,9 +30,6 @@ from typing import Any, Final
 from vmbusops.engine.journal_records import LAST_SEQ_OF_RUN, LAST_TIME_OF_JOB
 from vmbusops.engine.states import ACTIVE, Event, Level, State, next_state
 
-#: A run's record count as the journal has it (its highest seq: seqs have no gap).
-RECORDS_OF_RUN: Final = LAST_SEQ_OF_RUN
-
 #: A column of ``jobs``: the last moment its owner is known to have worked on it (its heartbeat,
 #: its start, its last committed record: one probe of the records' primary key).
 LAST_ALIVE: Final = (
@@ -52,7 +49,7 @@ def interrupt_job(db: sqlite3.Connection, job_id: int, state: State, stopped_at:
     )
     for run_id, run_state in db.execute("SELECT id, state FROM runs WHERE job_id = ?", (job_id,)).fetchall():
         if State(run_state).active:
-            records = db.execute(RECORDS_OF_RUN, (run_id,)).fetchone()[0]
+            records = db.execute(LAST_SEQ_OF_RUN, (run_id,)).fetchone()[0]
             db.execute(
                 "UPDATE runs SET state = ?, records = ?,"
                 " finished_at = CASE WHEN started_at IS NULL THEN NULL ELSE COALESCE(?, finished_at) END"
@@ -158,7 +155,6 @@ def vm_runs_sql(*, since: float | None, before: int | None, states: Sequence[Sta
 
 __all__ = [
     "LAST_ALIVE",
-    "RECORDS_OF_RUN",
     "VM_RUNS",
     "JobFilter",
     "interrupt_job",
