@@ -73,7 +73,7 @@ async def serve_and_measure(args: argparse.Namespace, home: Path) -> list[float]
     from vmbusops.api.console import SecurityHeaders
     from vmbusops.api.follow import EventStream, JobFollower
     from vmbusops.api.metrics import AgentMetrics
-    from vmbusops.engine.changes import JobChange
+    from vmbusops.engine.changes import JobChange, pending
     from vmbusops.engine.engine import EngineOptions
     from vmbusops.engine.journal import Journal
     from vmbusops.engine.readers import JournalReaders
@@ -140,7 +140,7 @@ async def serve_and_measure(args: argparse.Namespace, home: Path) -> list[float]
                 for job_id, run_id in jobs:
                     seq[job_id] += 1
                     record = OutputRecord(value=f"line {seq[job_id]} of job {job_id} at {time.time():.6f}")
-                    await writer.add_record((job_id, run_id, seq[job_id], "stream", 1, record, time.time()))
+                    await writer.add_record(pending((job_id, run_id, seq[job_id], "stream", 1, record, time.time())))
                 due += args.interval_ms / 1000
                 await trio.sleep_until(due)
 
