@@ -10,6 +10,7 @@ import trio
 from tests.engine.test_retention import NOW, add_job, bundle_folder
 
 from vmbusops.engine import Journal, State
+from vmbusops.owner import current_owner
 from vmbusops.retention import DAY
 
 
@@ -34,3 +35,26 @@ async def test_the_agent_prunes_at_start_reports_the_journal_size_and_stops_clea
     [size] = re.findall(r"^vmbusops_journal_bytes (\S+)$", text, re.MULTILINE)
     assert float(size) >= reader.path.stat().st_size > 0
     assert agent.stop() == 0  # the retention task ends with the agent
+
+
+async def test_a_job_deleted_after_its_status_was_read_is_not_found_and_a_new_job_has_its_own_targets(
+    agent_factory: Any,
+) -> None:
+    """The agent keeps a job's targets once read: that holds only while a deleted job is not
+    found and a job id is never used again."""
+    journal = Journal()
+    first = add_job(journal, None, state=State.SUCCESS, finished_days_ago=1)
+    agent = agent_factory()
+    async with agent.client() as client:
+        assert (await client.get(f"/v1/jobs/{first}")).json()["job"]["targets"] == ["vm01"]
+        journal.delete_job(first)  # as retention does, on its own connection
+        assert (await client.get(f"/v1/jobs/{first}")).status_code == 404
+        second, _ = journal.create_job(
+            bundle_name="b", bundle_version=1, bundle_id="id-second", source="test", manifest="{}",
+            bundle_dir=None, enable_guest_services=False, envelope=None, host="sim", vms=["vm02", "vm03"],
+            steps=[("s", "script")], owner=current_owner(), now=NOW,
+        )  # fmt: skip
+        assert second != first
+        assert (await client.get(f"/v1/jobs/{second}")).json()["job"]["targets"] == ["vm02", "vm03"]
+    journal.close()
+    assert agent.stop() == 0

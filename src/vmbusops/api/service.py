@@ -46,6 +46,9 @@ from vmbusops.home import private_dir
 
 log = logging.getLogger("vmbusops.agent")
 T = TypeVar("T")
+#: Jobs whose targets a service keeps (the oldest read goes first): see
+#: :meth:`AgentService.find_job_targets`.
+TARGETS_KEPT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,8 @@ class AgentService:
         #: and lists the schedules (each a JSON object with at least ``targets``).
         self.register_schedule: Callable[[AcceptedBundle], Awaitable[dict[str, Any]]] | None = None
         self.list_schedules: Callable[[], list[dict[str, Any]]] | None = None
+        #: Job id -> the VMs it targets, as read once (see :meth:`find_job_targets`).
+        self._targets: dict[int, list[str]] = {}
 
     # ------------------------------------------------------------------ engine events
     def on_commit(self, records: list[StoredRecord], events: list[RunChanged]) -> None:
@@ -136,15 +141,31 @@ class AgentService:
         return await self.read(get)
 
     async def find_job_targets(self, job_id: int) -> tuple[JobView, list[str]] | None:
-        """The job and the VMs it targets (what a status needs), as :meth:`find_job` does: read on
-        the event loop's own connection (:meth:`JournalReaders.run_here`), a status call being
-        the read that must stay quick while followers page through large jobs in worker threads."""
+        """The job and the VMs it targets (what a status call needs), read on the event loop's
+        own connection (:meth:`JournalReaders.run_here`), a status call being the read that must
+        stay quick while followers page through large jobs in worker threads.
 
-        def get(journal: Journal) -> tuple[JobView, list[str]] | None:
-            found = journal.jobs(job_id=job_id, limit=1)
-            return (found[0], list(journal.run_ids(job_id))) if found else None
+        A job's targets are read once and kept (the last :data:`TARGETS_KEPT` jobs'): its runs
+        are made with it and never added to or renamed, and a job id is never used again (the
+        journal numbers jobs with ``AUTOINCREMENT``), so a job pruned meanwhile is simply not
+        found. A polled status then reads the job's row alone, not its hundreds of runs: each
+        row fetched gives up the interpreter, and while a follower's page holds it in a worker
+        thread, every give-up costs the event loop a switch interval to get it back."""
+        targets = self._targets.get(job_id)
+        if targets is None:
 
-        return await self.readers.run_here(get)
+            def get(journal: Journal) -> tuple[JobView, list[str]] | None:
+                found = journal.jobs(job_id=job_id, limit=1)
+                return (found[0], list(journal.run_ids(job_id))) if found else None
+
+            found = await self.readers.run_here(get)
+            if found is not None:
+                if len(self._targets) >= TARGETS_KEPT:
+                    del self._targets[next(iter(self._targets))]
+                self._targets[job_id] = found[1]
+            return found
+        jobs = await self.readers.run_here(lambda journal: journal.jobs(job_id=job_id, limit=1))
+        return (jobs[0], targets) if jobs else None
 
     async def visible_jobs(self, who: Principal, query: ListQuery) -> tuple[list[JobView], int | None]:
         """A page of the jobs ``who`` may see that ``query`` picks, and the cursor of the next

@@ -54,15 +54,13 @@ if TYPE_CHECKING:
     from vmbusops.api.metrics import AgentMetrics
     from vmbusops.config import AgentConfig
     from vmbusops.engine import Engine
-    from vmbusops.engine.journal import JobView, Journal
+    from vmbusops.engine.journal import Journal
     from vmbusops.engine.readers import JournalReaders
     from vmbusops.fleet.controller import Controller
     from vmbusops.guestops.supervisor import HostSupervisor
 
 #: How long a submission or a cancel waits for the projection to apply its fact.
 APPLY_WAIT_SECONDS = 30.0
-#: Jobs whose targets are kept (the oldest read goes first).
-_TARGETS_KEPT = 1024
 
 
 def _out_of_scope() -> list[str]:
@@ -118,8 +116,6 @@ class FleetService(AgentService):
         self.controller = controller
         #: Bundle id -> the archive's SHA-256, between acceptance and the job fact.
         self._digests: dict[str, str] = {}
-        #: Job id -> the VMs it targets, as read once (see :meth:`find_job_targets`).
-        self._targets: dict[int, list[str]] = {}
 
     # ------------------------------------------------------------------ from the projection
     def job_created(self, job_id: int) -> None:
@@ -130,22 +126,6 @@ class FleetService(AgentService):
         self.running.discard(job_id)
         self.metrics.jobs_running.set(len(self.running))
         self.broadcaster.publish(JobEnded(job_id, state))
-
-    # ------------------------------------------------------------------ reads
-    async def find_job_targets(self, job_id: int) -> tuple[JobView, list[str]] | None:
-        """As the agent's, but a job's targets are read once: a fleet job's runs are all made by
-        its ``job`` fact and never added to, nor removed (the controller applies no retention),
-        so a status call polled by many clients reads the job's row, not its thousand runs."""
-        targets = self._targets.get(job_id)
-        if targets is None:
-            found = await super().find_job_targets(job_id)
-            if found is not None:
-                if len(self._targets) >= _TARGETS_KEPT:
-                    del self._targets[next(iter(self._targets))]
-                self._targets[job_id] = found[1]
-            return found
-        jobs = await self.readers.run_here(lambda journal: journal.jobs(job_id=job_id, limit=1))
-        return (jobs[0], targets) if jobs else None
 
     # ------------------------------------------------------------------ placement
     def _placed_by_name(self) -> dict[str, list[Placed]]:
