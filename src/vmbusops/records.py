@@ -21,7 +21,7 @@ import enum
 import json
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Any, ClassVar, TypeAlias
 
@@ -181,7 +181,6 @@ class GuestRecord:
     time: float
     record: Record
     step: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def stream(self) -> Stream:
@@ -331,7 +330,6 @@ def guest_record_to_json(rec: GuestRecord) -> dict[str, Any]:
     if rec.step is not None:
         out["step"] = rec.step
     out.update(body)
-    out.update(rec.extra)
     return out
 
 
