@@ -32,6 +32,9 @@ __all__ = ["ClientPool", "HostLineEvent", "RecordEvent"]
 _FRAGMENT_HEADER = struct.Struct(">QQBI")
 _MESSAGE_TYPE = struct.Struct("<I")
 _NO_PIPELINE = bytes(16)
+#: Every message type by its number: a dict lookup, where calling the enum costs ten times as
+#: much on the path of every record.
+_TYPES = {t.value: t for t in PSRPMessageType}
 
 # Message types decoded on the fast path. PipelineState is decoded fast too, in next_event,
 # which then moves psrpcore's pipeline to that state itself.
@@ -109,10 +112,9 @@ class ClientPool(psrpcore.ClientRunspacePool):
         if len(raw) < 40:
             raise PSRPError(f"a PSRP message is {len(raw)} bytes, shorter than its 40-byte header")
         (type_value,) = _MESSAGE_TYPE.unpack_from(raw, 4)
-        try:
-            message_type = PSRPMessageType(type_value)
-        except ValueError:
-            raise PSRPError(f"unknown PSRP message type 0x{type_value:08X}") from None
+        message_type = _TYPES.get(type_value)
+        if message_type is None:
+            raise PSRPError(f"unknown PSRP message type 0x{type_value:08X}")
         pid_bytes = raw[24:40]
         pipeline_id = self._pipeline_ids.get(pid_bytes)
         if pipeline_id is None and pid_bytes != _NO_PIPELINE:
