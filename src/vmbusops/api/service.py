@@ -148,8 +148,8 @@ class AgentService:
         A job's targets are read once and kept (the last :data:`TARGETS_KEPT` jobs'): its runs
         are made with it and never added to or renamed, and a job id is never used again (the
         journal numbers jobs with ``AUTOINCREMENT``), so a job pruned meanwhile is simply not
-        found. A polled status then reads the job's row alone, not its hundreds of runs: each
-        row fetched gives up the interpreter, and while a follower's page holds it in a worker
+        found. A polled status then fetches the job's row and its runs' state counts, not its
+        hundreds of runs' names: each row fetched gives up the interpreter, and while a follower's page holds it in a worker
         thread, every give-up costs the event loop a switch interval to get it back."""
         targets = self._targets.get(job_id)
         if targets is None:

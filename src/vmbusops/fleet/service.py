@@ -16,8 +16,8 @@ from the fleet:
 - ``GET /v1/vms`` is the placement: VM, id, host, cluster, state.
 
 Jobs, runs, records and their SSE followers read the controller's journal exactly as the agent
-reads its own (but a job's targets, which never change, are read once: a status call reads the
-job's row); the projection feeds the followers (:meth:`FleetService.on_commit`).
+reads its own (a job's targets, which never change, read once and kept); the projection feeds the
+followers (:meth:`FleetService.on_commit`).
 """
 
 from __future__ import annotations
