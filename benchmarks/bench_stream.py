@@ -70,6 +70,7 @@ async def serve_and_measure(args: argparse.Namespace, home: Path) -> list[float]
 
     from vmbusops.api.app import Api
     from vmbusops.api.broadcast import Broadcaster
+    from vmbusops.api.connection import install_agent_server
     from vmbusops.api.console import SecurityHeaders
     from vmbusops.api.follow import EventStream, JobFollower
     from vmbusops.api.metrics import AgentMetrics
@@ -124,6 +125,7 @@ async def serve_and_measure(args: argparse.Namespace, home: Path) -> list[float]
         return EventStream(follower.events(), headers={"Cache-Control": "no-store"})
 
     app = Api(routes=[Route("/v1/jobs/{job_id:int}/events", events)], middleware=[Middleware(SecurityHeaders)])
+    install_agent_server()
     config = HypercornConfig()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None

@@ -27,7 +27,8 @@ rhythm (30 ms while anyone follows), right after the first commit that ends it, 
 follower sends one chunk per tick with what the commits since its last brought, and a record
 after a quiet spell goes out at once. Should no tick come (a process whose writer does not tick, such as the fleet's
 controller), a follower rests :data:`COALESCE` seconds at most. :class:`EventStream` hands the
-chunks to the HTTP server as they are, with one task watching for the client's disconnect.
+chunks to the HTTP server as they are (on an HTTP/1.1 connection of the agent's, straight to its
+socket: :mod:`.connection`), with one task watching for the client's disconnect.
 
 A follower of a job this agent runs does no work while no commit comes but look every
 :data:`IDLE_POLL` seconds whether the job still runs here (and send a keep-alive comment every
@@ -55,6 +56,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from vmbusops.api.broadcast import JobEnded, RecordsCommitted, Subscription
+from vmbusops.api.connection import body_writer
 from vmbusops.api.service import AgentService
 from vmbusops.engine import RunChanged
 from vmbusops.engine.journal import JobView, Journal, RunView, StoredRecord
@@ -296,10 +298,12 @@ class EventStream(Response):
     the stream at once, even while the follower waits for commits.
 
     The response's start goes through the application's middleware (which adds the security
-    headers and notes that the response has started); its body messages go to the server's own
-    ``send`` when the application put it in the scope (:data:`SERVER_SEND`), past the wrappers
-    each middleware puts around ``send``: none of them looks at a body, and each cost every chunk
-    a call."""
+    headers and notes that the response has started); its body goes past the wrappers each
+    middleware puts around ``send`` (none of them looks at a body, and each cost every chunk a
+    call): on an HTTP/1.1 connection of the agent's, each chunk is framed and written to the
+    socket here (:func:`~.connection.body_writer`), otherwise handed to the server's own
+    ``send`` when the application put it in the scope (:data:`SERVER_SEND`). The body's end
+    always goes to the server's ``send``, which ends it as HTTP has it."""
 
     media_type = "text/event-stream"
 
@@ -320,8 +324,15 @@ class EventStream(Response):
             nursery.start_soon(until_disconnect)
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             body: Send = scope.get(SERVER_SEND, send)
+            direct = body_writer(scope)
             async with aclosing(self.chunks) as chunks:
                 async for chunk in chunks:
+                    if direct is not None:
+                        rest = direct.write(chunk)
+                        if rest is not None:
+                            if rest:
+                                await direct.send_rest(rest)
+                            continue
                     await body({"type": "http.response.body", "body": chunk, "more_body": True})
             await body({"type": "http.response.body", "body": b"", "more_body": False})
             nursery.cancel_scope.cancel()

@@ -42,9 +42,10 @@ from hypercorn.trio import serve
 from vmbusops.api.app import build_app
 from vmbusops.api.auth import PrincipalStore
 from vmbusops.api.broadcast import Broadcaster
+from vmbusops.api.connection import install_agent_server
 from vmbusops.api.metrics import AgentMetrics
 from vmbusops.api.service import AgentService
-from vmbusops.api.tls import configure_tls, install_peer_cert_server
+from vmbusops.api.tls import configure_tls
 from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential
 from vmbusops.engine import EngineOptions, Journal, open_engine
@@ -147,7 +148,7 @@ async def run_agent(
     hconfig.keep_alive_timeout = 75.0
     if agent.tls_cert and agent.tls_key:
         configure_tls(hconfig, cert=agent.tls_cert, key=agent.tls_key, client_ca=agent.client_ca)
-        install_peer_cert_server()
+    install_agent_server()
 
     broadcaster = Broadcaster()
     metrics = AgentMetrics()
