@@ -54,12 +54,17 @@ class BodyWriter:
     """Writes a response's body chunks straight to an HTTP/1.1 connection's socket, or its TLS
     stream (see the module's docstring)."""
 
-    __slots__ = ("_h11", "_server", "_sock")
+    __slots__ = ("_chunked", "_h11", "_server", "_sock")
 
     def __init__(self, server: AgentTCPServer, connection: h11.Connection, sock: socket.socket | None) -> None:
         self._server = server
         self._h11 = connection
         self._sock = sock
+        #: Whether h11 frames this body in chunks, as it told by framing the first one: then the
+        #: others are framed here the same way (h11 keeps no state for a chunk, and its
+        #: connection's state stays as it was), else each is framed by h11 (an HTTP/1.0 client's
+        #: body, which ends when the connection does, goes as it is).
+        self._chunked = False
 
     def write(self, chunk: bytes) -> bytes | None:
         """Write ``chunk`` as the body's next part at once, if it may be: ``None`` if not (the
@@ -69,7 +74,11 @@ class BodyWriter:
         connection = self._h11
         if server.send_lock.locked() or connection.our_state is not h11.SEND_BODY:
             return None
-        data = connection.send(h11.Data(data=chunk))
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunk else b""
+        else:
+            data = connection.send(h11.Data(data=chunk))
+            self._chunked = len(data) > len(chunk)
         if self._sock is None:
             return data  # TLS
         try:
