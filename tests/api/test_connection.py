@@ -239,6 +239,50 @@ async def test_a_client_that_goes_away_ends_the_stream(monkeypatch: pytest.Monke
     assert writes.whole >= 1
 
 
+async def test_while_another_send_is_under_way_a_chunk_waits_its_turn_the_servers_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    feed, writes = Feed(), Writes(monkeypatch)
+    made = connection.body_writer
+    held: list[trio.Lock] = []
+
+    def remembered(scope: Any) -> BodyWriter | None:
+        writer = made(scope)
+        assert writer is not None
+        held.append(writer._server.send_lock)
+        return writer
+
+    monkeypatch.setattr("vmbusops.api.follow.body_writer", remembered)
+    with trio.fail_after(10):
+        async with server(feed, monkeypatch) as port:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            conn = h11.Connection(h11.CLIENT)
+            await request(stream, conn, "/events")
+            assert (await next_event(stream, conn)).status_code == 200
+            await feed.send.send(b"one\n\n")
+            assert (await next_event(stream, conn)).data == b"one\n\n"
+            release = trio.Event()
+
+            async def hold(task_status: trio.TaskStatus[None]) -> None:
+                async with held[0]:
+                    task_status.started()
+                    await release.wait()
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(hold)
+                await feed.send.send(b"two\n\n")  # declined: goes to the server, which waits for the lock
+                await trio.testing.wait_all_tasks_blocked()
+                assert writes.declined == 1
+                release.set()
+            assert (await next_event(stream, conn)).data == b"two\n\n"
+            await feed.send.send(b"three\n\n")  # the lock is free again: written at once
+            assert (await next_event(stream, conn)).data == b"three\n\n"
+            await feed.send.aclose()
+            assert isinstance(await next_event(stream, conn), h11.EndOfMessage)
+            await stream.aclose()
+    assert writes.whole == 2 and writes.declined == 1
+
+
 async def test_a_write_the_socket_refuses_goes_the_servers_way(monkeypatch: pytest.MonkeyPatch) -> None:
     """An error from the socket is left to the server's own send (which, on a real error, closes
     the connection as it always has): here the socket is fine, and the bytes arrive in order."""
