@@ -70,9 +70,10 @@ KEEPALIVE = 15.0
 CATCH_UP_BATCH = 2000
 #: A follower rests this long at most between two chunks (four times that once the writer ticks the
 #: pacer, whose ticks then end the rest: see :class:`~.broadcast.Pacer`): what commits bring
-#: meanwhile goes out together. Each chunk costs the agent tens of microseconds (the HTTP
-#: server's send path and a system call) whatever its size, so a follower of a busy job sends
-#: several records per chunk; a record after a quiet spell does not wait at all.
+#: meanwhile goes out together. Each chunk costs the agent tens of microseconds (a system call,
+#: waking its follower, and the HTTP server's send path where it is taken) whatever its size, so
+#: a follower of a busy job sends several records per chunk; a record after a quiet spell does
+#: not wait at all.
 COALESCE = 0.02
 #: The scope key under which the application puts the HTTP server's own ``send`` (see
 #: :class:`EventStream`).
