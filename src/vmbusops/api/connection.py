@@ -7,9 +7,12 @@ protocol, h11 (which frames it as a chunk), then its TCP server, which takes its
 sends under a shielded cancel scope, two trips through trio's scheduler. An SSE follower sends a
 small chunk per tick of the pacer for as long as it follows, and that path cost it more than the
 system call that sends the chunk. So on an HTTP/1.1 connection whose response's body is under
-way, a chunk is framed by the connection's own h11 ``Connection``, as Hypercorn would have it
-framed (h11's state moves the same way), and, on a plain (not TLS) connection, written to the
-socket at once, with no wait, when no other send is under way. What the socket does not take at
+way, a chunk is framed as Hypercorn would have had it framed: by the connection's own h11
+``Connection`` (whose state moves the same way), which also shows, framing the first, whether
+the body goes in chunks; if so, the others are framed the same way here (h11 keeps no state for
+a chunk). On a plain (not TLS) connection the chunk is then written to the socket (trio's
+socket's own, reached by a non-public name: without it, all goes Hypercorn's way) at once,
+with no wait, when no other send is under way. What the socket does not take at
 once (its buffer is full: a slow client) is sent the TCP server's way, under its send lock, and
 the writer waits for that as it would have waited for Hypercorn's send: a slow client still holds
 back what sends to it, and nothing is buffered but the socket's own buffer and that one chunk's
@@ -19,7 +22,10 @@ and its end (h11's ``EndOfMessage``, the chunked body's last chunk) go all of Hy
 does every body over HTTP/2.
 
 The connection puts itself in a context variable, as the certificate is (see :mod:`.tls`): the
-request's tasks inherit it.
+request's tasks inherit it. What is used of Hypercorn's trio worker (its TCP server's
+``protocol``, ``send_lock`` and ``protocol_send``, its HTTP/1.1 protocol's ``connection``) is
+not its documented interface: ``tests/api/test_connection.py`` checks, against a real server,
+that the way is taken and what goes on the wire.
 """
 
 from __future__ import annotations
