@@ -66,6 +66,7 @@ class Channel:
         *,
         arguments: Sequence[Any] = (),
         on_record: Callable[[Record], Awaitable[None]] | None = None,
+        quiet: bool = False,  # nothing is journaled here, quiet or not
     ) -> GuestRun:
         records, outcome = await self.host.run_in_guest(self.vm, script, CRED, arguments=arguments)
         return GuestRun(outcome, [r.record for r in records])
