@@ -1,0 +1,30 @@
+"""``./scripts/bench journal`` at its smallest runs to its end and prints every figure it
+promises, reads and status calls both (a bench nobody runs breaks quietly)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_journal.py"
+
+
+@pytest.mark.slow
+def test_the_journal_bench_runs_through_and_reports_each_figure(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path), "NO_COLOR": "1"}
+    env.pop("VMBUSOPS_HOME", None)
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--sizes", "1000", "--runs", "5", "--rounds", "1", "--status-records", "1000",
+         "--followers", "1", "--quiet-seconds", "0.5"],
+        capture_output=True, text=True, env=env, timeout=180, check=False,
+    )  # fmt: skip
+    out = done.stdout
+    assert done.returncode == 0, out[-4000:] + done.stderr[-4000:]
+    assert "1,000 records: Journal.records " in out and "pages of 2000: ours p50 " in out, out
+    assert "GET /v1/jobs/{id} (5 runs), no follower: p50 " in out, out
+    assert "with 1 catching-up follower(s): p50 " in out and "each read all 1,000 in " in out, out
+    assert "every page <= 50 ms: worst " in out and "status p99 <= 5 ms during catch-up: " in out, out
