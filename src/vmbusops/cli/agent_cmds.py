@@ -25,6 +25,7 @@ from vmbusops.cli.remote import agent_read_option
 from vmbusops.config import DEFAULT_MAX_SESSIONS, MAX_SESSIONS_LIMIT
 from vmbusops.credentials import credential_resolver
 from vmbusops.errors import ConfigError
+from vmbusops.heap import settle
 from vmbusops.times import iso_time, iso_time_or_none
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
@@ -126,6 +127,7 @@ def agent(
             password_file=password_file, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
         )  # fmt: skip
     configure_json_logging(log_level)
+    settle()  # everything the agent runs is imported: full collections need not look at it again
     code = trio.run(
         lambda: run_agent(
             config,

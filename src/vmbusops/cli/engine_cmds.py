@@ -74,6 +74,7 @@ from vmbusops.engine.journal import READ_PAGE, RunView, journal_path
 from vmbusops.engine.journal_retention import journal_bytes
 from vmbusops.engine.views import run_json
 from vmbusops.guestops.connect import check_host, open_host
+from vmbusops.heap import settle
 from vmbusops.receipts import receipt_hook
 from vmbusops.records import Stream
 from vmbusops.times import iso_time
@@ -545,6 +546,7 @@ def logs_cmd(
     require_run(vm, names, job_id)
     width = max([len(n) for n in names] + [8])
     seen = 0
+    settle()  # a big job's pages must not each risk a full collection of the imported program
 
     def drain() -> None:
         nonlocal seen

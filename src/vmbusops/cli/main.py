@@ -13,6 +13,7 @@ from vmbusops import __version__
 from vmbusops.cli import exitcodes
 from vmbusops.cli.exitcodes import exit_code_for
 from vmbusops.errors import VmbusOpsError
+from vmbusops.heap import program_started
 
 #: Every subcommand: its name -> (module, attribute). A command's module is imported only when
 #: that command runs (or when --help lists them all), so `vmbusops --version` and a short command
@@ -109,6 +110,7 @@ def _click_saw_a_broken_pipe() -> bool:
 
 
 def main() -> None:
+    program_started()  # the commands that read or serve for long may settle the collector
     try:
         sys.exit(cli.main(prog_name="vmbusops", standalone_mode=True))
     except BaseException as exc:
