@@ -2,6 +2,7 @@
 
     ./scripts/bench journal [--sizes 10000,100000,1000000] [--runs 500] [--burst 1] [--page 2000] [--rounds 3]
                             [--cap 60] [--status-records 200000] [--followers 1,4] [--no-reads] [--no-status]
+                            [--no-freeze]
 
 1. Read rate. For each size, one finished job of that many records spread over --runs runs,
    interleaved in time as a fan-out writes them (record i belongs to run i mod runs), each a
@@ -15,7 +16,11 @@
    holds one record: the worst case for chunks (a flood's hold dozens; ``--burst 34`` writes
    the runs' records 34 in a row, as 100 guests flooding the engine do on average). Medians of
    --rounds interleaved rounds. A size whose read passes --cap seconds is given up and said so,
-   with how far it got (one round only).
+   with how far it got (one round only). Before reading, the bench freezes its heap as
+   ``vmbusops logs`` and the agent do once they have imported what they run
+   (``vmbusops.heap.settle``; ``--no-freeze`` reads without, as another caller of the journal
+   would); the garbage collector's time in the pages is printed beside them, and how much of
+   the slowest page it was.
 2. Status during catch-up. A real ``vmbusops agent`` (over the simulator) is started on a home
    whose journal already holds a finished job of --status-records records over --runs runs.
    ``GET /v1/jobs/{id}`` is called back to back (5 ms apart) while N SSE followers (each
@@ -42,6 +47,7 @@ Only two functions know the journal's record API: ``populate`` (how rows are wri
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sqlite3
@@ -85,22 +91,51 @@ def populate(journal: Any, job_id: int, run_ids: Sequence[int], count: int, *, s
     journal.apply(batch, [])
 
 
-def read_all(journal: Any, job_id: int, page: int, deadline: float) -> tuple[int, list[float], bool]:
+def read_all(
+    journal: Any, job_id: int, page: int, deadline: float, collector: CollectorClock
+) -> tuple[int, list[float], list[float], bool]:
     """Page through the whole job as ``vmbusops logs`` does: (records read, each page's seconds,
-    whether it reached the end before ``deadline``). The cursor is the last record's number."""
+    the collector's seconds in each page, whether it reached the end before ``deadline``). The
+    cursor is the last record's number."""
     after = 0
     pages: list[float] = []
+    collecting: list[float] = []
     total = 0
     while time.perf_counter() < deadline:
+        collected = collector.seconds
         started = time.perf_counter()
         batch = journal.records(job_id, after=after, limit=page)
         pages.append(time.perf_counter() - started)
+        collecting.append(collector.seconds - collected)
         if batch:
             after = batch[-1].n
         total += len(batch)
         if len(batch) < page:
-            return total, pages, True
-    return total, pages, False
+            return total, pages, collecting, True
+    return total, pages, collecting, False
+
+
+class CollectorClock:
+    """The cyclic garbage collector's time in this process, from ``gc.callbacks``: in all
+    (``seconds``) and of its full collections (``full``, one entry each)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.full: list[float] = []
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._started = now
+            return
+        self.seconds += now - self._started
+        if info["generation"] == 2:
+            self.full.append(now - self._started)
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._callback)
 
 
 # ---------------------------------------------------------------- building a journal
@@ -170,6 +205,7 @@ def ms(seconds: float) -> str:
 
 
 def read_rate(args: argparse.Namespace, tmp: Path) -> dict[str | int, Any]:
+    from vmbusops import heap
     from vmbusops.engine.journal import Journal
 
     results: dict[str | int, Any] = {"all_pages": []}
@@ -185,14 +221,22 @@ def read_rate(args: argparse.Namespace, tmp: Path) -> dict[str | int, Any]:
         raw_pages: list[float] = []
         decoded: list[float] = []
         gave_up: tuple[float, int] | None = None
+        collecting: list[float] = []
         journal = Journal(path)
+        if not args.no_freeze:  # what `vmbusops logs` does once it has opened the journal
+            heap.program_started()
+            heap.settle()
+        collector = CollectorClock()
         try:
             for _ in range(args.rounds):
                 if gave_up is None:
                     started = time.perf_counter()
-                    got, round_pages, done = read_all(journal, job_id, args.page, started + args.cap)
+                    got, round_pages, round_collecting, done = read_all(
+                        journal, job_id, args.page, started + args.cap, collector
+                    )
                     elapsed = time.perf_counter() - started
                     pages += round_pages
+                    collecting += round_collecting
                     if done:
                         assert got == size, (got, size)
                         ours.append(size / elapsed)
@@ -205,6 +249,7 @@ def read_rate(args: argparse.Namespace, tmp: Path) -> dict[str | int, Any]:
                 n, seconds, _ = floor_scan(path, args.page, decode=True)
                 decoded.append(size / seconds)
         finally:
+            collector.close()
             journal.close()
             path.unlink()
         raw_rate, decoded_rate = statistics.median(raw), statistics.median(decoded)
@@ -224,6 +269,12 @@ def read_rate(args: argparse.Namespace, tmp: Path) -> dict[str | int, Any]:
         print(f"      pages of {args.page}: ours p50 {ms(statistics.median(pages))} ms, p99 {ms(percentile(pages, 99))} "
               f"ms, max {ms(max(pages))} ms over {len(pages)} pages; raw sqlite3 page p50 "
               f"{ms(statistics.median(raw_pages))} ms, max {ms(max(raw_pages))} ms", flush=True)  # fmt: skip
+        slowest = max(range(len(pages)), key=pages.__getitem__)
+        full = collector.full
+        print(f"      the garbage collector: {ms(sum(collecting))} ms in our pages ({len(full)} full collections in "
+              f"all, max {ms(max(full, default=0.0))} ms{'' if args.no_freeze else '; the heap frozen as logs does'});"
+              f" the slowest page {ms(pages[slowest])} ms, of it {ms(collecting[slowest])} ms collecting",
+              flush=True)  # fmt: skip
     return results
 
 
@@ -360,6 +411,10 @@ def main() -> None:
     parser.add_argument("--quiet-seconds", type=float, default=3.0)
     parser.add_argument("--no-reads", action="store_true")
     parser.add_argument("--no-status", action="store_true")
+    parser.add_argument(
+        "--no-freeze", action="store_true",
+        help="read without freezing the heap first (vmbusops.heap.settle, as `vmbusops logs` and the agent do)",
+    )  # fmt: skip
     parser.add_argument("--follow-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.follow_child:
