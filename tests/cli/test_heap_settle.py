@@ -1,0 +1,68 @@
+"""The ``vmbusops`` program freezes the heap it has imported before a long read (vmbusops.heap),
+so that a full collection during a big job's pages no longer traverses the whole program; a
+command run in a caller's own process (a test's) leaves that process's collector alone."""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.clirun import vmbusops
+
+from vmbusops.engine.changes import JobChange
+from vmbusops.engine.journal import Journal
+from vmbusops.engine.states import State
+from vmbusops.owner import current_owner
+
+#: Runs the program's own entry point with the arguments given, and says at exit how many objects
+#: the collector holds frozen.
+AS_THE_PROGRAM = (
+    "import atexit, gc, sys\n"
+    "atexit.register(lambda: print('frozen', gc.get_freeze_count(), file=sys.stderr))\n"
+    "from vmbusops.cli.main import main\n"
+    "sys.argv = ['vmbusops', *sys.argv[1:]]\n"
+    "main()\n"
+)
+
+
+def finished_job() -> int:
+    journal = Journal()
+    job_id, _ = journal.create_job(
+        bundle_name="b", bundle_version=1, bundle_id="id-1", source="test", manifest="{}", bundle_dir=None,
+        enable_guest_services=False, envelope=None, host="sim", vms=["vm01"], steps=[("s", "script")],
+        owner=current_owner(), now=time.time(),
+    )  # fmt: skip
+    journal.apply([], [JobChange(job_id=job_id, state=State.SUCCESS, finished_at=time.time())])
+    journal.close()
+    return job_id
+
+
+def frozen_at_exit(*args: str) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", AS_THE_PROGRAM, *args], capture_output=True, text=True, env=dict(os.environ),
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    found = re.search(r"^frozen (\d+)$", done.stderr, re.MULTILINE)
+    assert found is not None, done.stderr
+    return int(found.group(1))
+
+
+def test_logs_run_as_the_program_freezes_what_it_imported_before_its_pages(vmbusops_home: Path) -> None:
+    job_id = finished_job()
+    assert frozen_at_exit("logs", str(job_id)) > 10_000  # the modules, classes and functions it runs
+    # The check can fail: a command that does not settle the collector leaves nothing frozen.
+    assert frozen_at_exit("jobs", "show", str(job_id)) == 0
+
+
+def test_a_command_run_in_a_callers_own_process_leaves_its_collector_alone(vmbusops_home: Path) -> None:
+    job_id = finished_job()
+    before = gc.get_freeze_count()
+    done = vmbusops("logs", str(job_id))
+    assert done.returncode == 0, done.stderr
+    assert gc.get_freeze_count() == before
