@@ -19,8 +19,9 @@
    with how far it got (one round only). Before reading, the bench freezes its heap as
    ``vmbusops logs`` and the agent do once they have imported what they run
    (``vmbusops.heap.settle``; ``--no-freeze`` reads without, as another caller of the journal
-   would); the garbage collector's time in the pages is printed beside them, and how much of
-   the slowest page it was.
+   would); the garbage collector's time in the pages is printed beside them, and what the
+   slowest pages were made of: collecting, on a CPU, and the rest (waiting for the disk or for
+   a CPU others had).
 2. Status during catch-up. A real ``vmbusops agent`` (over the simulator) is started on a home
    whose journal already holds a finished job of --status-records records over --runs runs.
    ``GET /v1/jobs/{id}`` is called back to back (5 ms apart) while N SSE followers (each
@@ -93,26 +94,27 @@ def populate(journal: Any, job_id: int, run_ids: Sequence[int], count: int, *, s
 
 def read_all(
     journal: Any, job_id: int, page: int, deadline: float, collector: CollectorClock
-) -> tuple[int, list[float], list[float], bool]:
+) -> tuple[int, list[float], list[tuple[float, float]], bool]:
     """Page through the whole job as ``vmbusops logs`` does: (records read, each page's seconds,
-    the collector's seconds in each page, whether it reached the end before ``deadline``). The
-    cursor is the last record's number."""
+    each page's (seconds of the collector, seconds this thread was on a CPU), whether it reached
+    the end before ``deadline``). The cursor is the last record's number."""
     after = 0
     pages: list[float] = []
-    collecting: list[float] = []
+    causes: list[tuple[float, float]] = []
     total = 0
     while time.perf_counter() < deadline:
         collected = collector.seconds
+        on_cpu = time.thread_time()
         started = time.perf_counter()
         batch = journal.records(job_id, after=after, limit=page)
         pages.append(time.perf_counter() - started)
-        collecting.append(collector.seconds - collected)
+        causes.append((collector.seconds - collected, time.thread_time() - on_cpu))
         if batch:
             after = batch[-1].n
         total += len(batch)
         if len(batch) < page:
-            return total, pages, collecting, True
-    return total, pages, collecting, False
+            return total, pages, causes, True
+    return total, pages, causes, False
 
 
 class CollectorClock:
@@ -221,7 +223,7 @@ def read_rate(args: argparse.Namespace, tmp: Path) -> dict[str | int, Any]:
         raw_pages: list[float] = []
         decoded: list[float] = []
         gave_up: tuple[float, int] | None = None
-        collecting: list[float] = []
+        causes: list[tuple[float, float]] = []
         journal = Journal(path)
         if not args.no_freeze:  # what `vmbusops logs` does once it has opened the journal
             heap.program_started()
@@ -231,12 +233,12 @@ def read_rate(args: argparse.Namespace, tmp: Path) -> dict[str | int, Any]:
             for _ in range(args.rounds):
                 if gave_up is None:
                     started = time.perf_counter()
-                    got, round_pages, round_collecting, done = read_all(
+                    got, round_pages, round_causes, done = read_all(
                         journal, job_id, args.page, started + args.cap, collector
                     )
                     elapsed = time.perf_counter() - started
                     pages += round_pages
-                    collecting += round_collecting
+                    causes += round_causes
                     if done:
                         assert got == size, (got, size)
                         ours.append(size / elapsed)
@@ -269,11 +271,14 @@ def read_rate(args: argparse.Namespace, tmp: Path) -> dict[str | int, Any]:
         print(f"      pages of {args.page}: ours p50 {ms(statistics.median(pages))} ms, p99 {ms(percentile(pages, 99))} "
               f"ms, max {ms(max(pages))} ms over {len(pages)} pages; raw sqlite3 page p50 "
               f"{ms(statistics.median(raw_pages))} ms, max {ms(max(raw_pages))} ms", flush=True)  # fmt: skip
-        slowest = max(range(len(pages)), key=pages.__getitem__)
         full = collector.full
-        print(f"      the garbage collector: {ms(sum(collecting))} ms in our pages ({len(full)} full collections in "
-              f"all, max {ms(max(full, default=0.0))} ms{'' if args.no_freeze else '; the heap frozen as logs does'});"
-              f" the slowest page {ms(pages[slowest])} ms, of it {ms(collecting[slowest])} ms collecting",
+        print(f"      the garbage collector: {ms(sum(c for c, _ in causes))} ms in our pages ({len(full)} full "
+              f"collections in all, max {ms(max(full, default=0.0))} ms"
+              f"{'' if args.no_freeze else '; the heap frozen as logs does'})", flush=True)  # fmt: skip
+        slowest = sorted(range(len(pages)), key=pages.__getitem__)[-3:][::-1]
+        print("      the slowest pages: " + "; ".join(
+            f"{ms(pages[i])} ms, of it {ms(causes[i][0])} collecting, {ms(causes[i][1])} on a CPU" for i in slowest
+        ) + " (the rest: this thread waiting, for the disk or for a CPU the machine gave to others)",
               flush=True)  # fmt: skip
     return results
 
