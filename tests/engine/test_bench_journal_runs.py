@@ -25,6 +25,8 @@ def test_the_journal_bench_runs_through_and_reports_each_figure(tmp_path: Path) 
     out = done.stdout
     assert done.returncode == 0, out[-4000:] + done.stderr[-4000:]
     assert "1,000 records: Journal.records " in out and "pages of 2000: ours p50 " in out, out
+    assert "the garbage collector: " in out and "; the heap frozen as logs does)" in out, out
+    assert "the slowest pages: " in out and " on a CPU" in out, out
     assert "GET /v1/jobs/{id} (5 runs), no follower: p50 " in out, out
     assert "with 1 catching-up follower(s): p50 " in out and "each read all 1,000 in " in out, out
     assert "every page <= 50 ms: worst " in out and "status p99 <= 5 ms during catch-up: " in out, out
