@@ -51,6 +51,7 @@ import argparse
 import gc
 import json
 import os
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -94,21 +95,25 @@ def populate(journal: Any, job_id: int, run_ids: Sequence[int], count: int, *, s
 
 def read_all(
     journal: Any, job_id: int, page: int, deadline: float, collector: CollectorClock
-) -> tuple[int, list[float], list[tuple[float, float]], bool]:
+) -> tuple[int, list[float], list[tuple[float, float, int, int]], bool]:
     """Page through the whole job as ``vmbusops logs`` does: (records read, each page's seconds,
-    each page's (seconds of the collector, seconds this thread was on a CPU), whether it reached
-    the end before ``deadline``). The cursor is the last record's number."""
+    each page's (seconds of the collector, seconds this thread was on a CPU, times it waited
+    (for the disk), times the kernel gave its CPU to another), whether it reached the end before
+    ``deadline``). The cursor is the last record's number."""
     after = 0
     pages: list[float] = []
-    causes: list[tuple[float, float]] = []
+    causes: list[tuple[float, float, int, int]] = []
     total = 0
     while time.perf_counter() < deadline:
         collected = collector.seconds
         on_cpu = time.thread_time()
+        switched = resource.getrusage(resource.RUSAGE_THREAD)
         started = time.perf_counter()
         batch = journal.records(job_id, after=after, limit=page)
         pages.append(time.perf_counter() - started)
-        causes.append((collector.seconds - collected, time.thread_time() - on_cpu))
+        now = resource.getrusage(resource.RUSAGE_THREAD)
+        causes.append((collector.seconds - collected, time.thread_time() - on_cpu,
+                       now.ru_nvcsw - switched.ru_nvcsw, now.ru_nivcsw - switched.ru_nivcsw))  # fmt: skip
         if batch:
             after = batch[-1].n
         total += len(batch)
@@ -223,7 +228,7 @@ def read_rate(args: argparse.Namespace, tmp: Path) -> dict[str | int, Any]:
         raw_pages: list[float] = []
         decoded: list[float] = []
         gave_up: tuple[float, int] | None = None
-        causes: list[tuple[float, float]] = []
+        causes: list[tuple[float, float, int, int]] = []
         journal = Journal(path)
         if not args.no_freeze:  # what `vmbusops logs` does once it has opened the journal
             heap.program_started()
@@ -272,13 +277,14 @@ def read_rate(args: argparse.Namespace, tmp: Path) -> dict[str | int, Any]:
               f"ms, max {ms(max(pages))} ms over {len(pages)} pages; raw sqlite3 page p50 "
               f"{ms(statistics.median(raw_pages))} ms, max {ms(max(raw_pages))} ms", flush=True)  # fmt: skip
         full = collector.full
-        print(f"      the garbage collector: {ms(sum(c for c, _ in causes))} ms in our pages ({len(full)} full "
+        print(f"      the garbage collector: {ms(sum(c[0] for c in causes))} ms in our pages ({len(full)} full "
               f"collections in all, max {ms(max(full, default=0.0))} ms"
               f"{'' if args.no_freeze else '; the heap frozen as logs does'})", flush=True)  # fmt: skip
         slowest = sorted(range(len(pages)), key=pages.__getitem__)[-3:][::-1]
         print("      the slowest pages: " + "; ".join(
-            f"{ms(pages[i])} ms, of it {ms(causes[i][0])} collecting, {ms(causes[i][1])} on a CPU" for i in slowest
-        ) + " (the rest: this thread waiting, for the disk or for a CPU the machine gave to others)",
+            f"{ms(pages[i])} ms, of it {ms(causes[i][0])} collecting, {ms(causes[i][1])} on a CPU "
+            f"(waited {causes[i][2]}x, preempted {causes[i][3]}x)" for i in slowest
+        ) + " (off a CPU: waiting for the disk, or preempted by the machine's other work)",
               flush=True)  # fmt: skip
     return results
 
