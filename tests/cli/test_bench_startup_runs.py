@@ -3,25 +3,14 @@ promises (a bench nobody runs breaks quietly)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_startup.py"
+from tests.benchruns import run_bench
 
 
 @pytest.mark.slow
 def test_the_startup_bench_runs_through_and_reports_each_figure(tmp_path: Path) -> None:
-    env = {**os.environ, "TMPDIR": str(tmp_path), "NO_COLOR": "1"}
-    env.pop("VMBUSOPS_HOME", None)
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--rounds", "1"],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
-    )  # fmt: skip
-    out = done.stdout
-    assert done.returncode == 0, out[-4000:] + done.stderr[-4000:]
+    out = run_bench("startup", ["--rounds", "1"], tmp_path)
     for line in ("python -c pass ", "vmbusops --version ", "vmbusops exec --help "):
         assert line in out, out

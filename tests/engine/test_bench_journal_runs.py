@@ -3,27 +3,18 @@ promises, reads and status calls both (a bench nobody runs breaks quietly)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_journal.py"
+from tests.benchruns import run_bench
 
 
 @pytest.mark.slow
 def test_the_journal_bench_runs_through_and_reports_each_figure(tmp_path: Path) -> None:
-    env = {**os.environ, "TMPDIR": str(tmp_path), "NO_COLOR": "1"}
-    env.pop("VMBUSOPS_HOME", None)
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--sizes", "1000", "--runs", "5", "--rounds", "1", "--status-records", "1000",
-         "--followers", "1", "--quiet-seconds", "0.5"],
-        capture_output=True, text=True, env=env, timeout=180, check=False,
+    out = run_bench(
+        "journal", ["--sizes", "1000", "--runs", "5", "--rounds", "1", "--status-records", "1000",
+         "--followers", "1", "--quiet-seconds", "0.5"], tmp_path, timeout=180
     )  # fmt: skip
-    out = done.stdout
-    assert done.returncode == 0, out[-4000:] + done.stderr[-4000:]
     assert "1,000 records: Journal.records " in out and "pages of 2000: ours p50 " in out, out
     assert "the garbage collector: " in out and "; the heap frozen as logs does)" in out, out
     assert "the slowest pages: " in out and " on a CPU" in out, out

@@ -4,25 +4,14 @@ breaks quietly)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_decode.py"
+from tests.benchruns import run_bench
 
 
 @pytest.mark.slow
 def test_the_decode_bench_runs_through_and_reports_each_figure(tmp_path: Path) -> None:
-    env = {**os.environ, "TMPDIR": str(tmp_path), "NO_COLOR": "1"}
-    env.pop("VMBUSOPS_HOME", None)
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "200", "1"],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
-    )  # fmt: skip
-    out = done.stdout
-    assert done.returncode == 0, out[-4000:] + done.stderr[-4000:]
+    out = run_bench("decode", ["200", "1"], tmp_path)
     for kind in ("verbose", "warning", "information", "progress", "error", "output string"):
         assert f"\n{kind} " in out, out
