@@ -106,6 +106,15 @@ async def next_event(stream: trio.SocketStream, conn: h11.Connection) -> Any:
     return event
 
 
+async def following(port: int) -> tuple[trio.SocketStream, h11.Connection]:
+    """A client of ``/events`` past the response's start: its stream and its h11 connection."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    conn = h11.Connection(h11.CLIENT)
+    await request(stream, conn, "/events")
+    assert (await next_event(stream, conn)).status_code == 200
+    return stream, conn
+
+
 def chunked(*chunks: bytes) -> bytes:
     return b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
 
@@ -220,10 +229,7 @@ async def test_a_client_that_goes_away_ends_the_stream(monkeypatch: pytest.Monke
     feed, writes = Feed(), Writes(monkeypatch)
     with trio.fail_after(10):
         async with server(feed, monkeypatch) as port:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            conn = h11.Connection(h11.CLIENT)
-            await request(stream, conn, "/events")
-            assert (await next_event(stream, conn)).status_code == 200
+            stream, conn = await following(port)
             await feed.send.send(b"one\n\n")
             assert (await next_event(stream, conn)).data == b"one\n\n"
             if mid_chunk:
@@ -255,10 +261,7 @@ async def test_while_another_send_is_under_way_a_chunk_waits_its_turn_the_server
     monkeypatch.setattr("vmbusops.api.follow.body_writer", remembered)
     with trio.fail_after(10):
         async with server(feed, monkeypatch) as port:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            conn = h11.Connection(h11.CLIENT)
-            await request(stream, conn, "/events")
-            assert (await next_event(stream, conn)).status_code == 200
+            stream, conn = await following(port)
             await feed.send.send(b"one\n\n")
             assert (await next_event(stream, conn)).data == b"one\n\n"
             release = trio.Event()
@@ -301,10 +304,7 @@ async def test_a_write_the_socket_refuses_goes_the_servers_way(monkeypatch: pyte
     monkeypatch.setattr("vmbusops.api.follow.body_writer", refusing)
     with trio.fail_after(10):
         async with server(feed, monkeypatch) as port:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            conn = h11.Connection(h11.CLIENT)
-            await request(stream, conn, "/events")
-            assert (await next_event(stream, conn)).status_code == 200
+            stream, conn = await following(port)
             for chunk in (b"one\n\n", b"two\n\n"):
                 await feed.send.send(chunk)
                 assert (await next_event(stream, conn)).data == chunk

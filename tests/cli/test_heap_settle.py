@@ -9,15 +9,10 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from tests.cli.test_job_ids import finished_job
 from tests.clirun import vmbusops
-
-from vmbusops.engine.changes import JobChange
-from vmbusops.engine.journal import Journal
-from vmbusops.engine.states import State
-from vmbusops.owner import current_owner
 
 #: Runs the program's own entry point with the arguments given, and says at exit how many objects
 #: the collector holds frozen.
@@ -28,18 +23,6 @@ AS_THE_PROGRAM = (
     "sys.argv = ['vmbusops', *sys.argv[1:]]\n"
     "main()\n"
 )
-
-
-def finished_job() -> int:
-    journal = Journal()
-    job_id, _ = journal.create_job(
-        bundle_name="b", bundle_version=1, bundle_id="id-1", source="test", manifest="{}", bundle_dir=None,
-        enable_guest_services=False, envelope=None, host="sim", vms=["vm01"], steps=[("s", "script")],
-        owner=current_owner(), now=time.time(),
-    )  # fmt: skip
-    journal.apply([], [JobChange(job_id=job_id, state=State.SUCCESS, finished_at=time.time())])
-    journal.close()
-    return job_id
 
 
 def frozen_at_exit(*args: str) -> int:
