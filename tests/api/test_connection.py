@@ -346,3 +346,50 @@ async def test_over_tls_the_body_goes_past_hypercorns_layers_to_its_tls_stream_o
     # Over HTTP/1.1 each chunk is framed here and sent by the server's TCP server, which
     # encrypts it; over HTTP/2 all goes Hypercorn's way.
     assert writes.part == (0 if http2 else 2) and writes.whole == writes.declined == 0
+
+
+class LockedSender:
+    """What a body writer asks of its connection's server, as Hypercorn's trio ``TCPServer`` does
+    it: a send lock, and a send that takes the lock and then sends the whole of its data shielded."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.send_lock = trio.Lock()
+
+    async def protocol_send(self, event: Any) -> None:
+        async with self.send_lock:
+            with trio.CancelScope(shield=True):
+                await self.stream.send_all(event.data)
+
+
+async def test_a_chunk_the_socket_took_in_part_is_sent_whole_even_when_its_follower_is_cancelled() -> None:
+    """Part of the chunk is on the wire: what is left goes too, or the client could read no
+    further in the body."""
+    ours, theirs = trio.socket.socketpair()
+    server_side, client_side = trio.SocketStream(ours), trio.SocketStream(theirs)
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"GET /events HTTP/1.1\r\nHost: test\r\n\r\n")
+    assert isinstance(conn.next_event(), h11.Request)
+    head = conn.send(h11.Response(status_code=200, headers=[("Transfer-Encoding", "chunked")]))
+    await server_side.send_all(head)
+    sender = LockedSender(server_side)
+    writer = BodyWriter(sender, conn, ours._sock)  # type: ignore[arg-type,attr-defined]
+    chunk = b"x" * (8 << 20)  # more than a socket pair's buffers take at once
+    rest = writer.write(chunk)
+    assert rest  # taken in part
+    got = bytearray()
+
+    async def read_all() -> None:
+        await trio.sleep(0.05)  # the cancel comes while the rest waits for the socket
+        while len(got) < len(head) + len(chunked(chunk)) - len(b"0\r\n\r\n"):
+            got.extend(await client_side.receive_some(1 << 20))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await writer.send_rest(rest)
+    assert bytes(got) == head + chunked(chunk)[: -len(b"0\r\n\r\n")]
+    await server_side.aclose()
+    await client_side.aclose()

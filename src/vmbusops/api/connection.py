@@ -6,7 +6,7 @@ Hypercorn hands each body message of a response down its layers: the HTTP stream
 protocol, h11 (which frames it as a chunk), then its TCP server, which takes its send lock and
 sends under a shielded cancel scope, two trips through trio's scheduler. An SSE follower sends a
 small chunk per tick of the pacer for as long as it follows, and that path cost it more than the
-system call that sends the chunk. So on an HTTP/1.1 connection whose response's body is under
+system call that sends the chunk. So on an HTTP/1.x connection whose response's body is under
 way, a chunk is framed as Hypercorn would have had it framed: by the connection's own h11
 ``Connection`` (whose state moves the same way), which also shows, framing the first, whether
 the body goes in chunks; if so, the others are framed the same way here (h11 keeps no state for
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextvars
 import socket
+import weakref
 
 import h11
 import trio
@@ -42,7 +43,9 @@ from starlette.types import Scope
 
 from vmbusops.api.tls import PeerCertTCPServer
 
-_CONNECTION: contextvars.ContextVar[AgentTCPServer | None] = contextvars.ContextVar(
+#: The request's connection, held weakly: a task a request starts (a job's) inherits the context,
+#: and must not keep its closed connection alive until it ends.
+_CONNECTION: contextvars.ContextVar[weakref.ref[AgentTCPServer] | None] = contextvars.ContextVar(
     "vmbusops_connection", default=None
 )
 
@@ -52,12 +55,12 @@ class AgentTCPServer(PeerCertTCPServer):
     request tasks (:func:`body_writer`)."""
 
     async def run(self) -> None:
-        _CONNECTION.set(self)
+        _CONNECTION.set(weakref.ref(self))
         await super().run()
 
 
 class BodyWriter:
-    """Writes a response's body chunks straight to an HTTP/1.1 connection's socket, or its TLS
+    """Writes a response's body chunks straight to an HTTP/1.x connection's socket, or its TLS
     stream (see the module's docstring)."""
 
     __slots__ = ("_chunked", "_h11", "_server", "_sock")
@@ -97,15 +100,19 @@ class BodyWriter:
 
     async def send_rest(self, data: bytes) -> None:
         """Send what :meth:`write` left, the server's way: under its send lock, after any send
-        under way, waiting for the socket to take it."""
-        await self._server.protocol_send(RawData(data=data))
+        under way, waiting for the socket to take it. Shielded from cancellation, as the server
+        shields its own sends: part of the chunk is on the wire already, and a chunk cut short
+        would leave the client a body it cannot read on."""
+        with trio.CancelScope(shield=True):
+            await self._server.protocol_send(RawData(data=data))
 
 
 def body_writer(scope: Scope) -> BodyWriter | None:
     """A writer for the body of the response the request task of ``scope`` has started, when
-    its connection is one of the agent's, HTTP/1.1 and past the start of the response; ``None``
+    its connection is one of the agent's, HTTP/1.0 or 1.1 and past the start of the response; ``None``
     otherwise."""
-    server = _CONNECTION.get()
+    held = _CONNECTION.get()
+    server = held() if held is not None else None
     if server is None or scope.get("method") == "HEAD" or scope.get("http_version") not in ("1.0", "1.1"):
         return None
     stream: object = server.stream  # typed as TLS, which it is only when the server is

@@ -14,7 +14,6 @@ import ssl
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio.tcp_server import TCPServer
 
 _PEER_CERT: contextvars.ContextVar[bytes | None] = contextvars.ContextVar("vmbusops_peer_cert", default=None)
@@ -38,11 +37,6 @@ class PeerCertTCPServer(TCPServer):
             der = stream.getpeercert(binary_form=True)
             _PEER_CERT.set(der or None)
         await super().run()
-
-
-def install_peer_cert_server() -> None:
-    """Make Hypercorn's trio worker build connections with :class:`PeerCertTCPServer`."""
-    hypercorn_run.TCPServer = PeerCertTCPServer  # type: ignore[attr-defined]
 
 
 def configure_tls(config: HypercornConfig, *, cert: str, key: str, client_ca: str | None) -> None:

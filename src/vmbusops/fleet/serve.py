@@ -30,9 +30,10 @@ from hypercorn.trio import serve
 from vmbusops.api.app import build_app
 from vmbusops.api.auth import PrincipalStore
 from vmbusops.api.broadcast import Broadcaster
+from vmbusops.api.connection import install_agent_server
 from vmbusops.api.metrics import AgentMetrics
 from vmbusops.api.server import GIL_SWITCH_SECONDS, _announce, _signals, check_listen
-from vmbusops.api.tls import configure_tls, install_peer_cert_server
+from vmbusops.api.tls import configure_tls
 from vmbusops.config import Config
 from vmbusops.engine.journal import journal_path
 from vmbusops.engine.readers import JournalReaders
@@ -64,7 +65,7 @@ async def run_controller(
     hconfig.keep_alive_timeout = 75.0
     if agent.tls_cert and agent.tls_key:
         configure_tls(hconfig, cert=agent.tls_cert, key=agent.tls_key, client_ca=agent.client_ca)
-        install_peer_cert_server()
+    install_agent_server()  # the peer's certificate, and followers' chunks the short way, as the agent's
     broadcaster = Broadcaster()
     metrics = AgentMetrics()
     principals = PrincipalStore()
