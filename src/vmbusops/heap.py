@@ -8,8 +8,9 @@ job makes a page of views at a time that survive them: reading a million records
 2,000 made one every 25 pages or so, each 25 to 45 ms on two shared cores, on top of the page's
 own 10 ms. The agent pays the same pause in its one event loop, for every follower and API call.
 
-So once a command has imported what it runs, :func:`settle` moves everything alive then into
-the collector's permanent generation (``gc.freeze``): later collections, full ones too, look
+So once a command has imported what it runs, :func:`settle` moves everything it tracks then
+(all of it alive: at the points it is called no cyclic garbage is waiting) into the collector's
+permanent generation (``gc.freeze``): later collections, full ones too, look
 only at what was made since, and take about a millisecond. Frozen objects are still freed when
 their last reference goes; only a reference cycle among them would now never be collected, and
 what is alive at that point lives as long as the process.

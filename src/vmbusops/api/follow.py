@@ -27,8 +27,9 @@ rhythm (30 ms while anyone follows), right after the first commit that ends it, 
 follower sends one chunk per tick with what the commits since its last brought, and a record
 after a quiet spell goes out at once. Should no tick come (a process whose writer does not tick, such as the fleet's
 controller), a follower rests :data:`COALESCE` seconds at most. :class:`EventStream` hands the
-chunks to the HTTP server as they are (on an HTTP/1.1 connection of the agent's, straight to its
-socket: :mod:`.connection`), with one task watching for the client's disconnect.
+chunks to the HTTP server as they are (on an HTTP/1.x connection of the agent's, framed by the
+agent and, unless over TLS, written straight to its socket: :mod:`.connection`), with one task
+watching for the client's disconnect.
 
 A follower of a job this agent runs does no work while no commit comes but look every
 :data:`IDLE_POLL` seconds whether the job still runs here (and send a keep-alive comment every
@@ -301,10 +302,11 @@ class EventStream(Response):
     The response's start goes through the application's middleware (which adds the security
     headers and notes that the response has started); its body goes past the wrappers each
     middleware puts around ``send`` (none of them looks at a body, and each cost every chunk a
-    call): on an HTTP/1.1 connection of the agent's, each chunk is framed and written to the
-    socket here (:func:`~.connection.body_writer`), otherwise handed to the server's own
-    ``send`` when the application put it in the scope (:data:`SERVER_SEND`). The body's end
-    always goes to the server's ``send``, which ends it as HTTP has it."""
+    call): on an HTTP/1.x connection of the agent's, each chunk is framed here and written to the
+    socket, or over TLS handed to the server's TCP server under its send lock
+    (:func:`~.connection.body_writer`); otherwise it goes to the server's own ``send`` when the
+    application put it in the scope (:data:`SERVER_SEND`). The body's end always goes to the
+    server's ``send``, which ends it as HTTP has it."""
 
     media_type = "text/event-stream"
 
