@@ -162,7 +162,9 @@ class JournalWriter:
                 self._tick()
 
     def _rhythm(self) -> float:
-        """How often the flusher commits (and :attr:`on_tick` is told): faster while followed."""
+        """How long the flusher waits after its last commit (and :attr:`on_tick` is told a
+        rhythm after the last tick): shorter while followed. Counted from a commit's end, so under
+        load the commits come this plus a commit's own time apart."""
         followed = self.followed is not None and self.followed()
         return self.followed_interval if followed else self.flush_interval
 
