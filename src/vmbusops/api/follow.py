@@ -23,7 +23,8 @@ the commit's first record sends the same bytes (:meth:`~.broadcast.RecordsCommit
 follower at another position (a ``Last-Event-ID`` ahead of the journal) formats its part itself.
 A follower takes everything queued for it at once and sends it as one chunk, then rests until
 the next tick of the agent's :class:`~.broadcast.Pacer`: the journal writer ticks it once per
-rhythm (30 ms while anyone follows), right after the first commit that ends it, so a busy job's
+rhythm (30 ms while anyone follows, counted from the flusher's last commit's end, so longer
+under load), right after the first commit that ends it, so a busy job's
 follower sends one chunk per tick with what the commits since its last brought, and a record
 after a quiet spell goes out at once. Should no tick come (a process whose writer does not tick, such as the fleet's
 controller), a follower rests :data:`COALESCE` seconds at most. :class:`EventStream` hands the
