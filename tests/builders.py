@@ -5,13 +5,15 @@ A lab is a list of :class:`VM` plus a few ``[host]`` settings, written as TOML b
 A manifest is built from targets and steps by :func:`bundle_doc` (what ``bundle.toml`` says),
 :func:`manifest_doc` (what a built bundle's signed manifest says) and :func:`manifest` (that,
 parsed by the product). Tests that exercise the lab or manifest *parsers* keep their hostile text
-inline; everything else comes from here.
+inline; everything else comes from here. A journal as another version of vmbusops left it is
+:func:`journal_as_left`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import sqlite3
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from typing import Any
 import tomli_w
 
 from vmbusops.bundle.manifest import Manifest, manifest_from_dict
+from vmbusops.engine.journal import Journal
 
 #: The password of every guest of a lab built without a ``password_seed``, so that one credential
 #: reference serves a whole job. Made per test run and never printed.
@@ -168,3 +171,13 @@ def manifest_doc(
 def manifest(vms: Sequence[str], steps: Sequence[Mapping[str, Any]], **fields: Any) -> Manifest:
     """An unsigned manifest for in-process tests (the command line only ever runs verified bundles)."""
     return manifest_from_dict(manifest_doc(vms, steps, **fields))
+
+
+def journal_as_left(path: Path, sql: str) -> Path:
+    """A new journal at ``path``, then ``sql`` run on it: the journal as an older or a newer
+    vmbusops would have left it (a table or column it lacks, another schema number)."""
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.executescript(sql)
+    db.close()
+    return path

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+from tests.builders import journal_as_left
 
 from vmbusops.engine import journal_retention
 from vmbusops.engine.changes import PendingRecord, RunChange, pending
@@ -409,12 +410,7 @@ def test_records_an_older_version_wrote_after_the_move_are_kept_numbered_after(t
 
 
 def test_a_journal_of_a_newer_schema_is_not_opened(tmp_path: Path) -> None:
-    path = tmp_path / "j.sqlite"
-    Journal(path).close()
-    db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
-    db.commit()
-    db.close()
+    path = journal_as_left(tmp_path / "j.sqlite", "UPDATE meta SET value = '99' WHERE key = 'schema'")
     for readonly in (False, True):
         with pytest.raises(JournalError, match="schema 99, written by a newer vmbusops"):
             Journal(path, readonly=readonly)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from tests.builders import PASSWORD, VM, manifest, script, write_lab
+from tests.builders import PASSWORD, VM, journal_as_left, manifest, script, write_lab
 from tests.engine.conftest import harness_for, source
 from tests.engine.test_journal_pages import new_job, row
 
@@ -66,12 +66,7 @@ async def test_receipts_are_written_for_succeeded_failed_and_cancelled_runs(tmp_
 
 
 def test_a_journal_from_before_receipts_gains_the_table_when_opened(tmp_path: Path) -> None:
-    path = tmp_path / "j.sqlite"
-    Journal(path).close()
-    db = sqlite3.connect(path)
-    db.execute("DROP TABLE receipts")  # as a journal written before receipts existed
-    db.commit()
-    db.close()
+    path = journal_as_left(tmp_path / "j.sqlite", "DROP TABLE receipts")  # written before receipts existed
     journal = Journal(path)
     assert journal.receipt(1) is None
     assert journal.store_receipt(1, 1, "first", 0.0) == "first"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from tests.builders import journal_as_left
 
 from vmbusops.bundle.manifest import Manifest, manifest_from_dict
 from vmbusops.engine import JobSource, Journal
@@ -62,12 +63,7 @@ def test_a_resumed_job_keeps_the_permission_its_bundle_was_accepted_with(tmp_pat
 
 
 def test_a_journal_from_before_the_permission_column_opens_and_defaults_it_off(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite"
-    Journal(path).close()
-    db = sqlite3.connect(path)
-    db.execute("ALTER TABLE jobs DROP COLUMN enable_guest_services")
-    db.commit()
-    db.close()
+    path = journal_as_left(tmp_path / "old.sqlite", "ALTER TABLE jobs DROP COLUMN enable_guest_services")
     journal = Journal(path)
     job_id = journal_job(journal, dsc_manifest(), gsi=True)
     assert journal.job(job_id).enable_guest_services is True
