@@ -369,7 +369,7 @@ async def test_a_chunk_the_socket_took_in_part_is_sent_whole_even_when_its_follo
     server_side, client_side = trio.SocketStream(ours), trio.SocketStream(theirs)
     conn = h11.Connection(h11.SERVER)
     conn.receive_data(b"GET /events HTTP/1.1\r\nHost: test\r\n\r\n")
-    assert isinstance(conn.next_event(), h11.Request)
+    conn.next_event()  # the request: the connection may answer it now
     head = conn.send(h11.Response(status_code=200, headers=[("Transfer-Encoding", "chunked")]))
     await server_side.send_all(head)
     sender = LockedSender(server_side)
