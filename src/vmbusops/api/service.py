@@ -149,23 +149,23 @@ class AgentService:
         are made with it and never added to or renamed, and a job id is never used again (the
         journal numbers jobs with ``AUTOINCREMENT``), so a job pruned meanwhile is simply not
         found. A polled status then fetches the job's row and its runs' state counts, not its
-        hundreds of runs' names: each row fetched gives up the interpreter, and while a follower's page holds it in a worker
-        thread, every give-up costs the event loop a switch interval to get it back."""
-        targets = self._targets.get(job_id)
-        if targets is None:
+        hundreds of runs' names: each row fetched gives up the interpreter, and while a
+        follower's page holds it in a worker thread, every give-up costs the event loop a switch
+        interval to get it back."""
+        kept = self._targets.get(job_id)
 
-            def get(journal: Journal) -> tuple[JobView, list[str]] | None:
-                found = journal.jobs(job_id=job_id, limit=1)
-                return (found[0], list(journal.run_ids(job_id))) if found else None
+        def get(journal: Journal) -> tuple[JobView, list[str]] | None:
+            found = journal.jobs(job_id=job_id, limit=1)
+            if not found:
+                return None
+            return found[0], kept if kept is not None else list(journal.run_ids(job_id))
 
-            found = await self.readers.run_here(get)
-            if found is not None:
-                if len(self._targets) >= TARGETS_KEPT:
-                    del self._targets[next(iter(self._targets))]
-                self._targets[job_id] = found[1]
-            return found
-        jobs = await self.readers.run_here(lambda journal: journal.jobs(job_id=job_id, limit=1))
-        return (jobs[0], targets) if jobs else None
+        found = await self.readers.run_here(get)
+        if found is not None and kept is None:
+            if len(self._targets) >= TARGETS_KEPT:
+                del self._targets[next(iter(self._targets))]
+            self._targets[job_id] = found[1]
+        return found
 
     async def visible_jobs(self, who: Principal, query: ListQuery) -> tuple[list[JobView], int | None]:
         """A page of the jobs ``who`` may see that ``query`` picks, and the cursor of the next

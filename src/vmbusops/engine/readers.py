@@ -9,9 +9,10 @@ worker thread at a time. Connections are opened when first needed and kept for r
 A small read (a job's status: its row, its runs' state counts and, once, its VMs' names, well
 under a millisecond) costs less than the trip to a worker thread and back, and a trip to a thread
 is where a busy process makes a caller wait: the thread, and then the event loop again, each wait
-for the interpreter while another thread (a follower's page) holds it. :meth:`JournalReaders.run_here` makes such a read
-on the calling thread, on a connection of its own: a WAL reader takes no lock another
-connection holds for long, so it does not wait on the writer nor on the other readers either.
+for the interpreter while another thread (a follower's page) holds it.
+:meth:`JournalReaders.run_here` makes such a read on the calling thread, on a connection of its
+own: a WAL reader takes no lock another connection holds for long, so it does not wait on the
+writer nor on the other readers either.
 """
 
 from __future__ import annotations
