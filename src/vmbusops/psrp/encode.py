@@ -55,7 +55,8 @@ def add_statements(ps: psrpcore.ClientPowerShell, statements: Iterable[Statement
     """Add statements to a psrpcore pipeline; returns the number of commands.
 
     A statement boundary goes *between* statements only: a trailing one would send an empty
-    statement, which PowerShell refuses.
+    statement, which PowerShell refuses. Each command is sent as PowerShell's own client sends it
+    (``Command.ToPSObjectForRemoting``): its properties and no ``<ToString>``.
     """
     count = 0
     first = True
@@ -66,10 +67,11 @@ def add_statements(ps: psrpcore.ClientPowerShell, statements: Iterable[Statement
             ps.add_statement()
         first = False
         for command in statement:
-            if command.is_script:
-                ps.add_script(command.name)
-            else:
-                ps.add_command(command.name)
+            sent = psrpcore.Command(command.name, command.is_script)
+            # PowerShell's own client writes no <ToString> for a command; psrpcore would write the
+            # command's whole text again there (for the guest invoker, ~4 KB more per run).
+            sent.PSObject.to_string = ""
+            ps.add_command(sent)
             for name, value in command.parameters.items():
                 ps.add_parameter(name, to_psrpcore(value))
             for value in command.arguments:
