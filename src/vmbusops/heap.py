@@ -1,4 +1,5 @@
-"""The cyclic garbage collector in vmbusops' own long reads: the agent, and ``vmbusops logs``.
+"""The cyclic garbage collector in vmbusops' long-running commands: the agent, the fleet's
+controller, and ``vmbusops logs``.
 
 CPython's full collection traverses every object the collector tracks, and a process of ours
 holds tens of thousands of them from the moment it has imported what it runs (modules, classes,
@@ -6,7 +7,8 @@ functions: about 53,000 for ``logs``, 67,000 for the agent), none of which ever 
 A full collection comes once enough objects have survived the young ones, and a reader of a big
 job makes a page of views at a time that survive them: reading a million records in pages of
 2,000 made one every 25 pages or so, each 25 to 45 ms on two shared cores, on top of the page's
-own 10 ms. The agent pays the same pause in its one event loop, for every follower and API call.
+own 10 ms. The agent and the controller pay the same pause in their one event loop, for every
+follower and API call.
 
 So once a command has imported what it runs, :func:`settle` moves everything it tracks then
 (all of it alive: at the points it is called no cyclic garbage is waiting) into the collector's

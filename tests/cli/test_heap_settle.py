@@ -7,10 +7,12 @@ from __future__ import annotations
 import gc
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tests.cli.test_job_ids import finished_job
 from tests.clirun import vmbusops
 
@@ -49,3 +51,34 @@ def test_a_command_run_in_a_callers_own_process_leaves_its_collector_alone(vmbus
     done = vmbusops("logs", str(job_id))
     assert done.returncode == 0, done.stderr
     assert gc.get_freeze_count() == before
+
+
+#: The same, for a fleet command: also whether the NATS client's module was imported before the
+#: heap settled (its ``open_broker`` frozen with the rest) or after (still in a generation).
+AS_THE_PROGRAM_IN_A_FLEET = AS_THE_PROGRAM.replace(
+    "gc.get_freeze_count()",
+    "gc.get_freeze_count(), 'late', any(o is getattr(sys.modules.get('vmbusops.fleet.nats_broker'), "
+    "'open_broker', None) for o in gc.get_objects())",
+)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", [["fleet", "serve"], ["agent", "--host", "sim", "--fleet"]])
+def test_the_fleets_commands_freeze_the_nats_client_with_the_rest(vmbusops_home: Path, command: list[str]) -> None:
+    # No broker answers: the command settles before it connects, then says so and stops (exit 3).
+    url = f"nats://127.0.0.1:{closed_port()}"
+    args = [*command, url] if command[0] == "agent" else [*command, "--nats", url]
+    done = subprocess.run(
+        [sys.executable, "-c", AS_THE_PROGRAM_IN_A_FLEET, *args, "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, env=dict(os.environ), timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    found = re.search(r"^frozen (\d+) late (True|False)$", done.stderr, re.MULTILINE)
+    assert found is not None, done.stderr
+    assert int(found.group(1)) > 10_000
+    assert found.group(2) == "False", "the NATS client was imported after the heap was frozen"

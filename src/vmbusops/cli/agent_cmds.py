@@ -120,6 +120,7 @@ def agent(
         config = dataclasses.replace(config, max_sessions=max_sessions)
     join = None
     if url is not None or config.fleet.url is not None:
+        import vmbusops.fleet.nats_broker  # noqa: F401 (imported before the heap settles, not after)
         from vmbusops.fleet.agent_config import fleet_join
 
         join = fleet_join(

@@ -23,6 +23,7 @@ import trio
 from vmbusops.cli.common import load
 from vmbusops.errors import ConfigError
 from vmbusops.fleet.agent_config import ENV_NATS_PASSWORD, check_url
+from vmbusops.heap import settle
 
 
 @click.group("fleet")
@@ -133,6 +134,9 @@ def serve_cmd(
         id=controller_id or f"{socket.gethostname()}:{bind.rpartition(':')[2]}", url=public_url or "",
         canary=canary, host_ttl=host_ttl, lease_ttl=lease_ttl, placement_timeout=placement_timeout,
     )  # fmt: skip
+    import vmbusops.fleet.nats_broker  # noqa: F401 (imported before the heap settles, not after)
+
+    settle()  # everything the controller runs is imported: full collections need not look at it again
     sys.exit(trio.run(lambda: run_controller(config, open_broker=open_fleet_broker, options=options, listen=listen, ready_file=ready_file)))
 
 
