@@ -122,7 +122,7 @@ async def serve_and_measure(args: argparse.Namespace, home: Path) -> list[float]
         job_id = int(request.path_params["job_id"])
         job, runs = await service.read(lambda j: (j.job(job_id), j.runs(job_id)))
         follower = JobFollower(service, job, runs, max(0, seq[job_id] - 300))  # type: ignore[arg-type]
-        return EventStream(follower.events(), headers={"Cache-Control": "no-store"})
+        return EventStream(follower.events(), headers={"Cache-Control": "no-store"}, on_writer=follower.use_writer)
 
     app = Api(routes=[Route("/v1/jobs/{job_id:int}/events", events)], middleware=[Middleware(SecurityHeaders)])
     install_agent_server()

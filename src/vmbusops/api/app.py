@@ -382,7 +382,11 @@ def build_app(service: AgentService) -> Starlette:
         job, runs = await visible(request, who)
         text = request.headers.get("last-event-id") or request.query_params.get("after", "")
         follower = JobFollower(service, job, runs, cursor_at(text))
-        return EventStream(follower.events(), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return EventStream(
+            follower.events(),
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            on_writer=follower.use_writer,
+        )
 
     async def schedules(request: Request) -> Response:
         who = authenticate(request, Operation.READ)

@@ -16,14 +16,17 @@ wake-up only if it waits; a follower takes all that is queued at once.
 
 Between two chunks a follower rests until the next tick of the agent's one :class:`Pacer`: the
 journal writer ticks it once per rhythm, at the first commit that ends it (see
-:attr:`~vmbusops.engine.writer.JournalWriter.on_tick`), so the followers it releases find what
-the commits since the last tick brought, and all that rest wait on no timer of their own (a
-trio timer that expires raises ``Cancelled`` in its task: one per chunk per follower was a good
-part of what a follower cost).
+:attr:`~vmbusops.engine.writer.JournalWriter.on_tick`). At the tick, what the commits since a
+resting follower's last chunk brought is sent for it, when it is only records that follow its
+position and its connection's socket takes them at once; only a follower with anything else to
+do is woken. All that rest wait on no timer of their own (a trio timer that expires raises
+``Cancelled`` in its task: one per chunk per follower was a good part of what a follower cost),
+and a follower sent for at a tick costs no task switch either.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
@@ -99,41 +102,86 @@ class Subscription:
 
 class Pacer:
     """Ticks for the followers resting between chunks: :meth:`rest` returns at the next
-    :meth:`tick`.
+    :meth:`tick`, unless the follower's ``serve`` sent for it there.
 
     The agent's journal writer ticks once per rhythm (30 ms while anyone follows:
     ``EngineOptions.followed_flush_interval``), at the first commit that ends it, its flusher's
-    or a run's, after it has published what the commit carried. A timer bounds the rest should
-    no tick come: the first follower to rest while none keeps time waits ``period`` (four times
-    that once ticks come, so that the timer does not race them) and, when it wakes or is
-    cancelled, wakes every follower that rested meanwhile. So a follower that always rests
-    between chunks sends at most one chunk per tick, and each tick costs no timer however many
-    follow.
+    or a run's, after it has published what the commit carried. At a tick, each resting
+    follower's ``serve`` (given to :meth:`rest`) may send what the commits since its last chunk
+    brought, as the follower itself would have (:meth:`~vmbusops.api.follow.JobFollower.serve`):
+    if it did, the follower rests on, never woken; any other follower (no ``serve``, or one that
+    could not send it all) wakes. So a busy job's follower sends one chunk per tick without a
+    task switch or a resumed generator, and a follower that has anything else to do (a state
+    change, a gap, a slow client) does it itself.
+
+    A timer bounds the rest should no tick come: the first rest while none keeps time starts a
+    system task that waits ``period`` (four times that once ticks come, so that it does not race
+    them) from that rest, or from the last tick since, and wakes every follower resting then if
+    no tick came in that time. So a follower rests at most that long past the last tick (or past
+    its own rest's start, for the first), and each tick costs no timer however many follow.
     """
 
-    __slots__ = ("_keeping", "_lot", "_ticked")
+    __slots__ = ("_keeping", "_last_tick", "_resting", "_ticked")
 
     def __init__(self) -> None:
-        self._lot = trio.lowlevel.ParkingLot()
+        self._resting: dict[trio.lowlevel.Task, Callable[[], bool] | None] = {}
         self._keeping = False
         self._ticked = False
+        self._last_tick = -math.inf
+
+    @property
+    def resting(self) -> int:
+        """How many followers rest now."""
+        return len(self._resting)
 
     def tick(self) -> None:
         self._ticked = True
-        if self._lot:
-            self._lot.unpark_all()
-
-    async def rest(self, period: float) -> None:
-        if self._keeping:
-            await self._lot.park()
+        self._last_tick = trio.current_time()
+        resting = self._resting
+        if not resting:
             return
-        self._keeping = True
+        woken = [task for task, serve in resting.items() if not _served(serve)]
+        for task in woken:
+            del resting[task]
+            trio.lowlevel.reschedule(task)
+
+    async def rest(self, period: float, serve: Callable[[], bool] | None = None) -> None:
+        """Until the next tick that ``serve`` does not take (or the timer's end)."""
+        task = trio.lowlevel.current_task()
+        self._resting[task] = serve
+        if not self._keeping:
+            self._keeping = True
+            trio.lowlevel.spawn_system_task(self._keep_time, period, trio.current_time(), name="vmbusops-pacer")
+
+        def abort(_: Callable[[], BaseException]) -> trio.lowlevel.Abort:
+            self._resting.pop(task, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def _keep_time(self, period: float, since: float) -> None:
         try:
-            with trio.move_on_after(4 * period if self._ticked else period):
-                await self._lot.park()
+            while self._resting:
+                await trio.sleep_until(since + (4 * period if self._ticked else period))
+                if self._last_tick > since:
+                    since = self._last_tick  # the followers resting now were served then, or came since
+                    continue
+                resting, self._resting = self._resting, {}
+                for task in resting:
+                    trio.lowlevel.reschedule(task)
         finally:
             self._keeping = False
-            self._lot.unpark_all()
+
+
+def _served(serve: Callable[[], bool] | None) -> bool:
+    """Whether ``serve`` sent what its follower had, so that it rests on. One that fails wakes its
+    follower, which meets the same failure on its own path and in its own task."""
+    if serve is None:
+        return False
+    try:
+        return serve()
+    except Exception:  # the writer's commit must not fail for a follower
+        return False
 
 
 class Broadcaster:

@@ -75,6 +75,12 @@ class BodyWriter:
         #: body, which ends when the connection does, goes as it is).
         self._chunked = False
 
+    @property
+    def to_socket(self) -> bool:
+        """Whether chunks go straight to a plain socket (not TLS): :meth:`write` then has
+        sent what it does not return."""
+        return self._sock is not None
+
     def write(self, chunk: bytes) -> bytes | None:
         """Write ``chunk`` as the body's next part at once, if it may be: ``None`` if not (the
         caller sends it the server's way), else what the socket did not take, which the caller

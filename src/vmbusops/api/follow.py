@@ -26,7 +26,11 @@ the next tick of the agent's :class:`~.broadcast.Pacer`: the journal writer tick
 rhythm (30 ms while anyone follows, counted from the flusher's last commit's end, so longer
 under load), right after the first commit that ends it, so a busy job's
 follower sends one chunk per tick with what the commits since its last brought, and a record
-after a quiet spell goes out at once. Should no tick come (a process whose writer does not tick, such as the fleet's
+after a quiet spell goes out at once. The tick itself sends that chunk for a resting follower
+(:meth:`JobFollower.serve`) when it is only records right after the follower's position and
+the connection's socket takes it at once: the follower rests on, never woken, its position
+moved. Anything else (a state change, the job's end, a gap, a lost queue, a socket that took
+part of the chunk, a connection over TLS or HTTP/2) wakes it, and it sends as above. Should no tick come (a process whose writer does not tick, such as the fleet's
 controller), a follower rests :data:`COALESCE` seconds at most. :class:`EventStream` hands the
 chunks to the HTTP server as they are (on an HTTP/1.x connection of the agent's, framed by the
 agent and, unless over TLS, written straight to its socket: :mod:`.connection`), with one task
@@ -48,7 +52,7 @@ encoded again: the same object ``vmbusops logs --json`` prints.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from contextlib import aclosing
 from functools import partial
 from typing import Any
@@ -58,7 +62,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from vmbusops.api.broadcast import JobEnded, RecordsCommitted, Subscription
-from vmbusops.api.connection import body_writer
+from vmbusops.api.connection import BodyWriter, body_writer
 from vmbusops.api.service import AgentService
 from vmbusops.engine import RunChanged
 from vmbusops.engine.journal import JobView, Journal, RunView, StoredRecord
@@ -126,6 +130,20 @@ class JobFollower:
         self.position = after
         self.text = RecordText(runs)
         self.sent = 0
+        #: The connection's writer, when its chunks may go straight to its socket: then a tick
+        #: of the pacer sends for this follower while it rests (:meth:`serve`).
+        self.direct: BodyWriter | None = None
+        #: What :meth:`serve` wrote of a chunk that the socket did not take all of: the rest,
+        #: which this follower sends before anything else once it wakes.
+        self._unsent = b""
+        self._live_sub: Subscription | None = None
+        self._idle_since = 0.0
+
+    def use_writer(self, direct: BodyWriter) -> None:
+        """The connection's body writer (:class:`EventStream`): :meth:`serve` needs it, and
+        only a plain socket's, which takes a chunk at once or says what it did not take."""
+        if direct.to_socket:
+            self.direct = direct
 
     def _encode(self, rows: list[StoredRecord]) -> bytes:
         return "".join(map(self.text.event, rows)).encode()
@@ -178,6 +196,42 @@ class JobFollower:
             out.append(self._encode(mine))
             self.sent += len(mine)
         return whole
+
+    def serve(self) -> bool:
+        """At a tick of the pacer while this follower rests: send what the commits since its last
+        chunk brought, as :meth:`_live` would, when it is only records and they follow the
+        position without a gap (each commit's text is the one every follower of the job
+        shares), straight to the socket. True if it was all sent: the follower rests on. False,
+        and nothing is taken from the queue, for anything else (nothing queued, a state change,
+        the job's end, a gap, a lost queue, another send under way): the follower wakes and sees
+        to it. A socket that takes part of the chunk leaves the rest to the follower, woken."""
+        live, direct = self._live_sub, self.direct
+        if live is None or direct is None or live.lost or not live.pending:
+            return False
+        position = self.position
+        count = 0
+        texts: list[bytes] = []
+        for event in live.pending:
+            if type(event) is not RecordsCommitted:
+                return False
+            rows = event.rows
+            first = rows[0][1]
+            if first != position + 1 or rows[-1][1] - first != len(rows) - 1:
+                return False
+            texts.append(event.sse(self._encode))
+            position = rows[-1][1]
+            count += len(rows)
+        rest = direct.write(texts[0] if len(texts) == 1 else b"".join(texts))
+        if rest is None:
+            return False
+        live.take()
+        self.position = position
+        self.sent += count
+        self._idle_since = trio.current_time()
+        if rest:
+            self._unsent = rest
+            return False
+        return True
 
     def _states(self, journal: Journal) -> tuple[JobView, list[RunView]]:
         return journal.job(self.job.id), journal.runs(self.job.id)
@@ -236,7 +290,9 @@ class JobFollower:
     async def _live(self, live: Subscription) -> AsyncIterator[bytes]:
         """What commits bring, at most one chunk per tick of the pacer, until the job ends."""
         service = self.service
-        idle_since = trio.current_time()
+        self._live_sub = live
+        self._idle_since = trio.current_time()
+        serve = self.serve if self.direct is not None else None
         while True:
             if not live.pending and not live.lost:
                 with trio.move_on_after(IDLE_POLL):
@@ -244,14 +300,14 @@ class JobFollower:
                 if not live.pending and not live.lost:
                     if self.job.id not in service.running:
                         async for text in self._catch_up():
-                            idle_since = trio.current_time()
+                            self._idle_since = trio.current_time()
                             yield text
                         if await self._ended_elsewhere():
                             async for text in self._finish():
                                 yield text
                             return
-                    if trio.current_time() - idle_since > KEEPALIVE:
-                        idle_since = trio.current_time()
+                    if trio.current_time() - self._idle_since > KEEPALIVE:
+                        self._idle_since = trio.current_time()
                         yield b": keep-alive\n\n"
                     continue
             batch, lost = live.take()
@@ -290,8 +346,13 @@ class JobFollower:
                 return
             if out:
                 yield b"".join(out)
-                idle_since = trio.current_time()
-                await service.broadcaster.pacer.rest(COALESCE)  # what comes meanwhile: the next chunk
+                self._idle_since = trio.current_time()
+                # What comes meanwhile: the next chunk, sent by the tick itself while it can be.
+                await service.broadcaster.pacer.rest(COALESCE, serve)
+                if self._unsent:
+                    assert self.direct is not None
+                    unsent, self._unsent = self._unsent, b""
+                    await self.direct.send_rest(unsent)
 
 
 class EventStream(Response):
@@ -311,8 +372,14 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, chunks: AsyncGenerator[bytes, None], headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        chunks: AsyncGenerator[bytes, None],
+        headers: Mapping[str, str],
+        on_writer: Callable[[BodyWriter], None] | None = None,
+    ) -> None:
         self.chunks = chunks
+        self.on_writer = on_writer
         self.status_code = 200
         self.background = None
         self.init_headers(headers)
@@ -329,6 +396,8 @@ class EventStream(Response):
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             body: Send = scope.get(SERVER_SEND, send)
             direct = body_writer(scope)
+            if direct is not None and self.on_writer is not None:
+                self.on_writer(direct)
             async with aclosing(self.chunks) as chunks:
                 async for chunk in chunks:
                     if direct is not None:
