@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from vmbusops.api import follow
 from vmbusops.api.broadcast import Broadcaster, JobEnded
@@ -160,31 +161,44 @@ def new_job(journal: Journal) -> tuple[int, dict[str, int]]:
     )  # fmt: skip
 
 
-async def test_followers_catching_up_at_once_read_one_page_at_a_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Pages hold the interpreter while they are formatted: one at a time, whoever asks, and
-    each follower still gets every record in order."""
-    monkeypatch.setattr(follow, "CATCH_UP_BATCH", 7)
-    path = tmp_path / "j.sqlite"
+def finished_job(path: Path, records: int) -> tuple[Journal, int]:
     journal = Journal(path)
     job_id, runs = new_job(journal)
     rows = [(job_id, runs[VMS[i % 3]], i // 3 + 1, "s", 1, "output", float(i), '{"stream":"output","value":1}')
-            for i in range(50)]  # fmt: skip
+            for i in range(records)]  # fmt: skip
     journal.apply(rows, [JobChange(job_id=job_id, state=State.SUCCESS)])
-    service = Surroundings(path, Broadcaster())
-    at_once = most = 0
+    return journal, job_id
+
+
+class Rests(trio.abc.Instrument):
+    """How many times the event loop has rested (waited with nothing ready to run)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def before_io_wait(self, timeout: float) -> None:
+        if timeout > 0:
+            self.count += 1
+
+
+async def test_followers_catching_up_at_once_read_one_page_per_rest_of_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages are read on the event loop when it would rest, one page of one follower at a time,
+    whoever asks: never two pages back to back, before a call that came meanwhile; and each
+    follower still gets every record in order."""
+    monkeypatch.setattr(follow, "CATCH_UP_BATCH", 7)
+    monkeypatch.setattr(follow, "CATCH_UP_PATIENCE", 60.0)  # only the loop's rests let a page go
+    journal, job_id = finished_job(tmp_path / "j.sqlite", 50)
+    service = Surroundings(tmp_path / "j.sqlite", Broadcaster())
+    rests = Rests()
+    trio.lowlevel.add_instrument(rests)
+    pages: list[int] = []  # the loop's rests before each page
     page = JobFollower._page
 
     def counted(self: JobFollower, after: int, j: Journal) -> tuple[int, int, bytes]:
-        nonlocal at_once, most
-        at_once += 1
-        most = max(most, at_once)
-        try:
-            time.sleep(0.002)  # long enough for another page to start, if one could
-            return page(self, after, j)
-        finally:
-            at_once -= 1
+        pages.append(rests.count)
+        return page(self, after, j)
 
     monkeypatch.setattr(JobFollower, "_page", counted)
     job, view_runs = journal.job(job_id), journal.runs(job_id)
@@ -197,9 +211,83 @@ async def test_followers_catching_up_at_once_read_one_page_at_a_time(
     async with trio.open_nursery() as nursery:
         for i in range(4):
             nursery.start_soon(one, i)
+    trio.lowlevel.remove_instrument(rests)
     assert got == [list(range(1, 51))] * 4
-    assert most == 1
+    assert len(pages) == 4 * 9  # 50 records in pages of 7 (7 full, a short one), then the stream's last catch-up
+    assert len(set(pages)) == len(pages)  # a rest of the loop before every page
     service.readers.close()
+
+
+async def test_a_catch_up_waits_while_other_tasks_are_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    """While another task is always ready to run, a catching-up follower sends no record until
+    its patience runs out (a page per patience): the clock stands still here, so none; once the
+    loop rests, every record goes."""
+    monkeypatch.setattr(follow, "CATCH_UP_BATCH", 7)
+    journal, job_id = finished_job(tmp_path / "j.sqlite", 50)
+    service = Surroundings(tmp_path / "j.sqlite", Broadcaster())
+    await service.readers.run_here(lambda j: None)  # the loop's connection opened (in a thread) beforehand
+    follower = JobFollower(service, journal.job(job_id), journal.runs(job_id), after=0)  # type: ignore[arg-type]
+    got: list[int] = []
+    while_busy: list[int] = []
+
+    async def follow_it() -> None:
+        async for chunk in follower.events():
+            got.extend(int(ident or 0) for event, ident, _ in parse(chunk.decode()) if event == "record")
+
+    async def busy() -> None:
+        for _ in range(500):
+            await trio.lowlevel.checkpoint()
+        while_busy.extend(got)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follow_it)
+        nursery.start_soon(busy)
+    assert while_busy == []
+    assert got == list(range(1, 51))
+    service.readers.close()
+
+
+async def test_a_catch_up_goes_on_a_page_per_patience_when_the_loop_never_rests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    monkeypatch.setattr(follow, "CATCH_UP_BATCH", 7)
+    monkeypatch.setattr(follow, "CATCH_UP_PATIENCE", 0.01)
+    journal, job_id = finished_job(tmp_path / "j.sqlite", 50)
+    service = Surroundings(tmp_path / "j.sqlite", Broadcaster())
+    await service.readers.run_here(lambda j: None)  # the loop's connection opened (in a thread) beforehand
+    follower = JobFollower(service, journal.job(job_id), journal.runs(job_id), after=0)  # type: ignore[arg-type]
+    pages: list[float] = []  # the clock at each page
+    page = JobFollower._page
+
+    def timed(self: JobFollower, after: int, j: Journal) -> tuple[int, int, bytes]:
+        pages.append(trio.current_time())
+        return page(self, after, j)
+
+    monkeypatch.setattr(JobFollower, "_page", timed)
+    got: list[int] = []
+    done = False
+
+    async def follow_it() -> None:
+        nonlocal done
+        async for chunk in follower.events():
+            got.extend(int(ident or 0) for event, ident, _ in parse(chunk.decode()) if event == "record")
+        done = True
+
+    async def busy() -> None:  # always ready, a millisecond passing at each step
+        while not done:
+            mock_clock.jump(0.001)
+            await trio.lowlevel.checkpoint()
+
+    start = trio.current_time()
+    with trio.fail_after(60):  # of the mock clock: a catch-up that never went on would stop here
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(busy)
+            nursery.start_soon(follow_it)
+    assert got == list(range(1, 51))
+    gaps = [b - a for a, b in zip([start, *pages], pages, strict=False)]
+    assert len(gaps) == 9 and min(gaps) >= 0.01  # each page after its patience, the loop never resting
 
 
 async def test_a_read_on_the_loops_own_connection_sees_every_commit(tmp_path: Path) -> None:

@@ -63,6 +63,7 @@ from starlette.types import Receive, Scope, Send
 
 from vmbusops.api.broadcast import JobEnded, RecordsCommitted, Subscription
 from vmbusops.api.connection import BodyWriter, body_writer
+from vmbusops.api.idle import idle
 from vmbusops.api.service import AgentService
 from vmbusops.engine import RunChanged
 from vmbusops.engine.journal import JobView, Journal, RunView, StoredRecord
@@ -73,7 +74,12 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 #: How often a follower of a job run by another process reads the journal while nothing comes.
 IDLE_POLL = 0.5
 KEEPALIVE = 15.0
-CATCH_UP_BATCH = 2000
+#: Records per catch-up page: a page is read, formatted and handed to the socket in one step of
+#: the event loop (about 0.3 ms), which is what a status call arriving meanwhile may wait for.
+CATCH_UP_BATCH = 100
+#: A catch-up page waits for the event loop to rest (:func:`~.idle.idle`) this long at most, so a
+#: loop that is never idle still lets a follower catch up, a page per this long at worst.
+CATCH_UP_PATIENCE = 0.005
 #: A follower rests this long at most between two chunks (four times that once the writer ticks the
 #: pacer, whose ticks then end the rest: see :class:`~.broadcast.Pacer`): what commits bring
 #: meanwhile goes out together. Each chunk costs the agent tens of microseconds (a system call,
@@ -149,13 +155,21 @@ class JobFollower:
         return "".join(map(self.text.event, rows)).encode()
 
     async def _catch_up(self) -> AsyncIterator[bytes]:
-        """Every committed record past the position, from the journal, a page at a time (a worker
-        thread formats it, one page of one follower at a time: ``service.catch_up``): what is sent
-        is never more than a page ahead of the client, and a client that goes away stops the
-        reading at the next page."""
+        """Every committed record past the position, from the journal, a page at a time: what is
+        sent is never more than a page ahead of the client, and a client that goes away stops the
+        reading at the next page.
+
+        A page is read and formatted on the event loop's own reading connection
+        (``readers.run_here``), one page of one follower at a time (``service.catch_up``), and
+        only once the loop has nothing else to run (:func:`~.idle.idle`): the pages of a large job
+        fill the time the loop would rest, and a status call or a live chunk that comes meanwhile
+        waits for one page at most. In a worker thread a page held the interpreter for
+        milliseconds at a time, and the loop had to wait for it at each of its system calls.
+        """
         while True:
             async with self.service.catch_up:
-                count, self.position, text = await self.service.read(partial(self._page, self.position))
+                await idle(CATCH_UP_PATIENCE)
+                count, self.position, text = await self.service.readers.run_here(partial(self._page, self.position))
             self.sent += count
             if text:
                 yield text

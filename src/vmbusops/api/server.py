@@ -137,8 +137,8 @@ async def run_agent(
     fleet: FleetJoin | None = None,
 ) -> int:
     agent = config.agent
-    # Journal reads run in worker threads beside the event loop; a short switch interval lets a
-    # status call's thread have the interpreter soon while a follower's catch-up formats a page.
+    # The journal writer's commits and some reads run in worker threads beside the event loop; a
+    # short switch interval lets the loop have the interpreter back soon after each system call.
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     hconfig = HypercornConfig()
     hconfig.bind = [check_listen(listen or agent.listen)]

@@ -88,9 +88,10 @@ class AgentService:
         #: The connection for the API's own writes (acceptance, cancel requests).
         self.reader = reader
         self.readers = readers
-        #: Followers' catch-up pages are read and formatted one at a time, whoever asks: a page
-        #: holds the interpreter for milliseconds, and several at once would only queue for it
-        #: beside the event loop (and a status call on it); the limiter is first come, first served.
+        #: Followers' catch-up pages are read and formatted on the event loop one at a time,
+        #: whoever asks, each when the loop would rest (:func:`~vmbusops.api.idle.idle`): several
+        #: woken by the same rest would run back to back before a status call that came meanwhile.
+        #: The limiter is first come, first served.
         self.catch_up = trio.CapacityLimiter(1)
         self.jobs_nursery = jobs
         self.principals = principals
@@ -142,16 +143,16 @@ class AgentService:
 
     async def find_job_targets(self, job_id: int) -> tuple[JobView, list[str]] | None:
         """The job and the VMs it targets (what a status call needs), read on the event loop's
-        own connection (:meth:`JournalReaders.run_here`), a status call being the read that must
-        stay quick while followers page through large jobs in worker threads.
+        own connection (:meth:`JournalReaders.run_here`), with no trip to a worker thread and
+        back: each trip is a wait for the interpreter, which the engine's journal writer or
+        another reader's thread may hold.
 
         A job's targets are read once and kept (the last :data:`TARGETS_KEPT` jobs'): its runs
         are made with it and never added to or renamed, and a job id is never used again (the
         journal numbers jobs with ``AUTOINCREMENT``), so a job pruned meanwhile is simply not
         found. A polled status then fetches the job's row and its runs' state counts, not its
-        hundreds of runs' names: each row fetched gives up the interpreter, and while a
-        follower's page holds it in a worker thread, every give-up costs the event loop a switch
-        interval to get it back."""
+        hundreds of runs' names: each row fetched gives up the interpreter, and while a worker
+        thread holds it, every give-up costs the event loop a switch interval to get it back."""
         kept = self._targets.get(job_id)
 
         def get(journal: Journal) -> tuple[JobView, list[str]] | None:

@@ -7,12 +7,15 @@ blocking the writer; :class:`JournalReaders` keeps a few such connections and le
 worker thread at a time. Connections are opened when first needed and kept for reuse.
 
 A small read (a job's status: its row, its runs' state counts and, once, its VMs' names, well
-under a millisecond) costs less than the trip to a worker thread and back, and a trip to a thread
-is where a busy process makes a caller wait: the thread, and then the event loop again, each wait
-for the interpreter while another thread (a follower's page) holds it.
-:meth:`JournalReaders.run_here` makes such a read on the calling thread, on a connection of its
-own: a WAL reader takes no lock another connection holds for long, so it does not wait on the
-writer nor on the other readers either.
+under a millisecond; a follower's catch-up page of a hundred records, a few tenths of one) costs
+less than the trip to a worker thread and back, and a trip to a thread is where a busy process
+makes a caller wait: the thread, and then the event loop again, each wait for the interpreter
+while another thread holds it; and a thread doing Python work beside the loop makes the loop wait
+for the interpreter at each of its system calls. :meth:`JournalReaders.run_here` makes such a
+read on the calling thread, on a connection of its own: a WAL reader takes no lock another
+connection holds for long, so it does not wait on the writer nor on the other readers either. It
+does wait for the disk when the pages it reads are not in memory (a job read long after it was
+written), and the event loop waits with it.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ class JournalReaders:
 
     async def run_here(self, fn: Callable[[Journal], T]) -> T:
         """``fn(journal)`` on this thread (the event loop's), for reads that take well under a
-        millisecond; its connection is used by this thread only, one call at a time."""
+        millisecond; its connection is used by this thread only, one call at a time (``fn``
+        must not keep a cursor open past its return)."""
         here = self._here
         if here is None:
             here = self._keep_here(await trio.to_thread.run_sync(self._connect))
