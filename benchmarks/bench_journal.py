@@ -7,8 +7,9 @@
 1. Read rate. For each size, one finished job of that many records spread over --runs runs,
    interleaved in time as a fan-out writes them (record i belongs to run i mod runs), each a
    verbose record of an 80-character message. The whole job is read through
-   ``Journal.records`` in pages of --page, as ``vmbusops logs`` and a catching-up SSE follower
-   read it; figures are records/s and each page's latency (p50/p99/max). The anchor is the
+   ``Journal.records`` in pages of --page, as ``vmbusops logs`` reads it (a catching-up SSE
+   follower reads the same rows in pages of 100, on the agent's event loop when it would rest:
+   ``api/follow.py``); figures are records/s and each page's latency (p50/p99/max). The anchor is the
    physical floor measured in the same run, interleaved round by round: the same records read
    with plain sqlite3 (``SELECT ... FROM record_chunks``, a full scan in key order, fetched
    --page rows at a time, each chunk split into its records' lines), once as text and once with
