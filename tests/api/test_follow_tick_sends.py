@@ -87,7 +87,7 @@ async def commit_value(lab: Lab, value: str) -> None:
 async def resting(lab: Lab) -> None:
     """Until the follower rests on the pacer, with all it had to send sent."""
     await trio.testing.wait_all_tasks_blocked(0.02)
-    while lab.broadcaster.pacer.resting != 1:  # its catch-up reads in a worker thread
+    while lab.broadcaster.pacer.resting != 1:  # the journal's reading connection opens in a thread
         await trio.testing.wait_all_tasks_blocked(0.02)
 
 

@@ -46,9 +46,10 @@ async def test_a_loop_that_never_rests_lets_a_waiter_go_after_its_patience(mock_
         await idle(patience=0.0105)
         done = True
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(busy)
-        nursery.start_soon(waiter)
+    with trio.fail_after(60):  # the mock clock's: a waiter that never went would fail here, not hang
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(busy)
+            nursery.start_soon(waiter)
     assert jumps >= 10  # it waited its patience out, and no more than that: the test ends
 
 

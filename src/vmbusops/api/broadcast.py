@@ -148,10 +148,10 @@ class Pacer:
     async def rest(self, period: float, serve: Callable[[], bool] | None = None) -> None:
         """Until the next tick that ``serve`` does not take (or the timer's end)."""
         task = trio.lowlevel.current_task()
-        self._resting[task] = serve
         if not self._keeping:
-            self._keeping = True
             trio.lowlevel.spawn_system_task(self._keep_time, period, trio.current_time(), name="vmbusops-pacer")
+            self._keeping = True
+        self._resting[task] = serve
 
         def abort(_: Callable[[], BaseException]) -> trio.lowlevel.Abort:
             self._resting.pop(task, None)
