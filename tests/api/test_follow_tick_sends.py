@@ -151,8 +151,7 @@ async def test_what_the_socket_does_not_take_at_a_tick_is_sent_by_the_woken_foll
             lab.broadcaster.pacer.tick()
             got = await read_to_end(stream, conn)
             await stream.aclose()
-    assert served.answers[0] is True and served.answers[-1] is False
-    assert served.answers.count(False) == 1
+    assert served.answers[0] is True and served.answers[-1] is False  # the socket filled, a tick met it
     records = ids(got)
     assert records == list(range(1, len(served.answers) + 3))  # every record once, in order
     values = [data["value"] for name, _, data in got if name == "record"]
