@@ -445,3 +445,72 @@ def test_a_body_read_again_hands_out_new_values() -> None:
     (command,) = _fast(data)
     assert command.parameters == [("Name", ["web01"])]
     assert command.end_of_statement
+
+
+# -- bodies of one shape: the template of the first, the strings of each ---------------------------
+
+non_empty = strings.filter(bool)
+# The texts of one shape of pipeline: empty strings are written as a shape of their own.
+shape_texts = st.tuples(non_empty, non_empty, non_empty, names)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=shape_texts, then=shape_texts)
+def test_a_body_of_a_shape_read_before_reads_its_own_strings(
+    pair: Pair, first: tuple[str, str, str, str], then: tuple[str, str, str, str]
+) -> None:
+    def invoke(texts: tuple[str, str, str, str]) -> Statement:
+        vm, user, password, script = texts
+        credential = PSCredential(UserName=user, Password=PSSecureString(password))
+        return [
+            ("Invoke-Command", False, [("VMName", [vm, "web01"]), ("Credential", credential), ("ScriptBlock", script)]),
+            (script, True, [(None, vm), ("Name", user)]),
+        ]
+
+    assert_same_reading(pair.send(pipeline(pair, [invoke(first)])))
+    assert_same_reading(pair.send(pipeline(pair, [invoke(then)])))
+
+
+def test_bodies_that_differ_only_in_their_strings_share_one_template() -> None:
+    from vmbusops.sim import create_pipeline
+
+    create_pipeline._templates.clear()
+    for name in ("web01", "db&lt;02", "x" * 600, ""):
+        data = _message(_arg("VMName", f'<Obj N="V"><LST><S>{name}</S></LST></Obj>'))
+        (command,) = _fast(data)
+        assert command.parameters == [("VMName", [name.replace("&lt;", "<")])]
+    assert len(create_pipeline._templates) == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "&#10;", "&#13;", "a\rb", "\r\n", "&#x5F;x0041_", "&quot;&apos;&gt;", "&bogus;", "&#0;", "&", "]]>",
+        "a]]>b", "]]", "\x01", "\x1f", "\t\n", "\ufffe", "\uffff", "\ufdd0", "\U0001f600", "_x000D_",
+    ],
+)  # fmt: skip
+def test_a_leaf_the_template_cannot_vouch_for_is_read_as_the_parser_reads_it(text: str) -> None:
+    def body(value: str) -> bytes:
+        return _message(_arg("Name", f'<S N="V">{value}</S>') + _arg("Other", '<S N="V">same</S>'))
+
+    assert _fast(body("plain")) is not None  # the shape's template is made
+    data = body(text)
+    try:
+        expected = reading(_psrpcore_commands(data))
+    except Exception:
+        assert _fast(data) is None  # not XML to the parser: psrpcore's path says so
+    else:
+        fast = _fast(data)
+        assert fast is not None
+        assert reading(fast) == expected
+
+
+def test_a_body_that_is_not_utf8_or_declares_its_encoding_is_read_as_the_parser_reads_it() -> None:
+    plain = _message(_arg("Name", '<S N="V">caf\u00e9</S>'))
+    assert _fast(plain) is not None
+    assert _fast(plain.replace("caf\u00e9".encode(), b"caf\xe9")) is None  # not UTF-8: not XML
+    declared = b'<?xml version="1.0" encoding="iso-8859-1"?>' + plain.replace("caf\u00e9".encode(), b"caf\xe9")
+    fast = _fast(declared)
+    assert fast is not None
+    assert reading(fast) == reading(_psrpcore_commands(declared))
+    assert fast[0].parameters == [("Name", "caf\u00e9")]

@@ -326,6 +326,8 @@ class RunspacePool:
                     await self._send_control_bytes(b"")
                 while (payload := self._pool.data_to_send(self._fragment_size)) is not None:
                     self._outbox.setdefault(payload.pipeline_id or POOL_GUID, deque()).append(payload)
+                # Every target's next packet in one write: each pipe write wakes the host.
+                batch = bytearray()
                 for guid in [g for g, queue in self._outbox.items() if queue and g not in self._in_flight]:
                     payload = self._outbox[guid].popleft()
                     if not self._outbox[guid]:
@@ -336,9 +338,9 @@ class RunspacePool:
                         else DataStream.DEFAULT
                     )
                     self._in_flight.add(guid)
-                    await self._transport.send_all(
-                        encode(Packet(kind=PacketKind.DATA, guid=guid, data=payload.data, stream=stream))
-                    )
+                    batch += encode(Packet(kind=PacketKind.DATA, guid=guid, data=payload.data, stream=stream))
+                if batch:
+                    await self._transport.send_all(bytes(batch))
         except VmbusOpsError as exc:
             self._fail(exc)
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import re
+import secrets
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -114,12 +115,32 @@ class _SealedCredential:
     secret: str = field(repr=False)
 
 
-# Bodies larger than this are parsed each time (a big script is rarely sent twice, and the cache
-# should stay small); CACHE_ENTRIES bodies are kept, least recently used first out.
-CACHE_MAX_BODY = 16 * 1024
+@dataclass(frozen=True, slots=True)
+class _Hole:
+    """Where a template takes the text of the message's ``index``-th string leaf."""
+
+    index: int
+
+
+# A string leaf: <S> or <SS>, with any attributes, holding text only. Its text is a hole in the
+# message's shape. An attribute value with a '>' in it, CDATA or a child element make the element
+# part of the shape instead, which only costs a cache entry.
+_LEAF = re.compile(rb"(<(S|SS)(?:\s[^<>]*)?>)([^<]*)</\2>")
+# Character data the parser reads without a surprise: no character XML 1.0 forbids, no CR (the
+# parser normalises line ends), no reference but the five named ones. Anything else (a character
+# reference, ']]>', U+FFFE, U+FFFF, text that is not UTF-8) makes that body parsed whole.
+_FORBIDDEN = bytes(c for c in range(32) if c not in b"\t\n")
+_OTHER_REFERENCE = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos);)")
+_NOT_CHARACTERS = (b"\xef\xbf\xbe", b"\xef\xbf\xbf")  # U+FFFE, U+FFFF
+_ENTITY = re.compile(r"&(amp|lt|gt|quot|apos);")
+_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+
+# Shapes whose text without their leaves' text is longer than this are parsed each time (the
+# cache should stay small); CACHE_ENTRIES shapes are kept, least recently used first out.
+CACHE_MAX_SHAPE = 16 * 1024
 CACHE_ENTRIES = 1024
-_Template = tuple[tuple[str, bool, tuple[tuple[str | None, Any], ...], bool], ...]
-_templates: OrderedDict[bytes, _Template | None] = OrderedDict()
+_Template = tuple[tuple[Any, bool, tuple[tuple[Any, Any], ...], bool], ...]
+_templates: OrderedDict[bytes, tuple[_Template, dict[int, bool]] | None] = OrderedDict()
 
 
 class _Unhandled(Exception):
@@ -133,28 +154,135 @@ def parse_create_pipeline(
 
     ``decrypt`` turns a SecureString's text into the plain string (the pool's session key).
     """
-    if len(data) > CACHE_MAX_BODY:
-        template = _template(data)
-    else:
-        key = bytes(data)
-        try:
-            template = _templates[key]
-            _templates.move_to_end(key)
-        except KeyError:
-            template = _templates[key] = _template(data)
-            if len(_templates) > CACHE_ENTRIES:
-                _templates.popitem(last=False)
-    if template is None:
+    found = _filled_template(bytes(data))
+    if found is None:
         return None
+    template, holes = found
     try:
         return [
             PipelineCommand(
-                name, is_script, [(param, _unseal(value, decrypt)) for param, value in parameters], end
+                _fill(name, holes),
+                is_script,
+                [(_fill(param, holes), _unseal(value, decrypt, holes)) for param, value in parameters],
+                end,
             )
             for name, is_script, parameters, end in template
         ]
     except _Unhandled:
         return None
+
+
+def _filled_template(data: bytes) -> tuple[_Template, dict[int, str]] | None:
+    """The template of the body's shape and its leaves' texts, or the body read whole."""
+    pieces, texts = _shape(data)
+    # NUL joins the shape's pieces: a body with a NUL anywhere is not XML. A body that declares
+    # its encoding may not be UTF-8, which the leaves' texts are read as. Both are read whole.
+    shape = b"\0".join(pieces)
+    if len(shape) <= CACHE_MAX_SHAPE and b"\0" not in data and data.startswith(b"<") and not data.startswith(b"<?"):
+        try:
+            entry = _templates[shape]
+            _templates.move_to_end(shape)
+        except KeyError:
+            entry = _templates[shape] = _template_with_holes(pieces)
+            if len(_templates) > CACHE_ENTRIES:
+                _templates.popitem(last=False)
+        if entry is None:
+            return None
+        holes = _hole_texts(texts, entry[1])
+        if holes is not None:
+            return entry[0], holes
+        # A leaf's text the template cannot vouch for: the parser reads this body whole.
+    template = _template(data)
+    return None if template is None else (template, {})
+
+
+def _shape(data: bytes) -> tuple[list[bytes], list[bytes]]:
+    """The markup around the string leaves' text (the shape), and those texts in document order."""
+    pieces: list[bytes] = []
+    texts: list[bytes] = []
+    last = 0
+    for match in _LEAF.finditer(data):
+        start, end = match.span(3)
+        pieces.append(data[last:start])
+        texts.append(match.group(3))
+        last = end
+    pieces.append(data[last:])
+    return pieces, texts
+
+
+def _hole_texts(texts: list[bytes], used: dict[int, bool]) -> dict[int, str] | None:
+    """Each used leaf's text as the parser and psrpcore read it, or None if one is not plain.
+
+    Every leaf is checked, used or not: the parser would reject the whole body for any of them.
+    """
+    decoded: list[str] = []
+    for raw in texts:
+        if (
+            len(raw.translate(None, _FORBIDDEN)) != len(raw)
+            or b"]]>" in raw
+            or (b"&" in raw and _OTHER_REFERENCE.search(raw) is not None)
+        ):
+            return None
+        if raw.isascii():
+            decoded.append(raw.decode("ascii"))
+            continue
+        if any(bad in raw for bad in _NOT_CHARACTERS):
+            return None
+        try:
+            decoded.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+    holes: dict[int, str] = {}
+    for index, clixml in used.items():
+        text = decoded[index]
+        if "&" in text:
+            text = _ENTITY.sub(lambda m: _ENTITIES[m.group(1)], text)
+        # A SecureString's text is the cipher's own; a string's is CLIXML-escaped.
+        holes[index] = (_unescape_long(text) if len(text) > 512 else clixml_unescape(text)) if clixml else text
+    return holes
+
+
+def _template_with_holes(pieces: list[bytes]) -> tuple[_Template, dict[int, bool]] | None:
+    """The template of every body of this shape: read once, a unique marker in each leaf."""
+    nonce = secrets.token_hex(8)
+    marked = bytearray(pieces[0])
+    for index, piece in enumerate(pieces[1:]):
+        marked += f"vmbusopsslot{index}x{nonce}".encode()
+        marked += piece
+    template = _template(bytes(marked))
+    if template is None:
+        return None
+    marker = re.compile(rf"vmbusopsslot(\d+)x{nonce}")
+    used: dict[int, bool] = {}
+
+    def hole(text: Any, clixml: bool) -> Any:
+        if not isinstance(text, str):
+            return text
+        found = marker.fullmatch(text)
+        if found is None:
+            if marker.search(text) is not None:
+                raise _Unhandled  # a marker inside other text: this shape is parsed whole
+            return text
+        index = int(found.group(1))
+        if used.setdefault(index, clixml) != clixml:
+            raise _Unhandled
+        return _Hole(index)
+
+    def holes_in(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return tuple(holes_in(v) for v in value)
+        if isinstance(value, _SealedCredential):
+            return _SealedCredential(UserName=hole(value.UserName, True), secret=hole(value.secret, False))
+        return hole(value, True)
+
+    try:
+        recipe = tuple(
+            (hole(name, True), is_script, tuple((hole(n, True), holes_in(v)) for n, v in parameters), end)
+            for name, is_script, parameters, end in template
+        )
+    except _Unhandled:
+        return None
+    return recipe, used
 
 
 def _template(data: bytes | bytearray) -> _Template | None:
@@ -179,18 +307,24 @@ def _freeze(value: Any) -> Any:
     return tuple(_freeze(v) for v in value) if isinstance(value, list) else value
 
 
-def _unseal(value: Any, decrypt: Callable[[str], str]) -> Any:
-    """A template value as the host cmdlets take it: new lists, credentials decrypted."""
+def _fill(value: Any, holes: dict[int, str]) -> Any:
+    return holes[value.index] if type(value) is _Hole else value
+
+
+def _unseal(value: Any, decrypt: Callable[[str], str], holes: dict[int, str]) -> Any:
+    """A template value as the host cmdlets take it: new lists, leaves filled, credentials decrypted."""
+    if type(value) is _Hole:
+        return holes[value.index]
     if isinstance(value, tuple):
-        return [_unseal(v, decrypt) for v in value]
+        return [_unseal(v, decrypt, holes) for v in value]
     if isinstance(value, _SealedCredential):
         try:
-            password = decrypt(value.secret)
+            password = decrypt(_fill(value.secret, holes))
         except Exception as exc:
             # No session key yet, or another key: psrpcore's path keeps the SecureString and the
             # cmdlet reports the credential invalid, as before.
             raise _Unhandled from exc
-        return GuestCredentialValue(UserName=value.UserName, Password=password)
+        return GuestCredentialValue(UserName=_fill(value.UserName, holes), Password=password)
     return value
 
 
