@@ -365,7 +365,7 @@ async def run_guest_wrapper(session: GuestSession, call: InvokerCall, emit: Emit
         try:
             # Windows PowerShell 5.1's Set-Content -Encoding UTF8: a BOM, the text, a newline.
             content = text + "\r\n"
-            host.write_bytes(b"\xef\xbb\xbf" + content.encode("utf-8"))
+            session.store.spare_files.write(host, b"\xef\xbb\xbf" + content.encode("utf-8"))
             session.variables["lastexitcode"] = 0
             outer_try, session.in_try = session.in_try, True
             try:
@@ -383,7 +383,7 @@ async def run_guest_wrapper(session: GuestSession, call: InvokerCall, emit: Emit
             counted.error(_caught(exc.error))
         finally:
             session.streams = streams
-            host.unlink(missing_ok=True)
+            session.store.spare_files.remove(host)
         code_text = "0" if code is None else to_text(code)
         written = counted.count + session.silenced_errors - silenced_before
         streams.information(

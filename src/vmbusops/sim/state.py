@@ -40,6 +40,7 @@ from typing import Any
 
 from vmbusops.errors import ConfigError
 from vmbusops.sim.lab import Lab, VMSpec, VMState
+from vmbusops.sim.spare_files import SpareFiles
 
 # The lock file holds a random token each writer replaces (see HostStore).
 _TOKEN_BYTES = 16
@@ -215,6 +216,8 @@ class HostStore:
         self._key: _FileKey | None = None
         # Each guest's root and seeded-marker paths, built once (see guest_root).
         self._guest_paths: dict[str, tuple[Path, Path]] = {}
+        #: Inodes kept for the guests' short-lived files (the invoker's step files).
+        self.spare_files = SpareFiles(state_dir / "spare")
 
     def close(self) -> None:
         """Release the lock file; the store opens it again if used afterwards."""
