@@ -10,11 +10,17 @@ reads just those in one walk over the element tree of :func:`xml.etree.ElementTr
 (:func:`~vmbusops.psrp.decode.clixml_unescape`) and psrpcore's session-key cipher for
 SecureStrings.
 
-A fan-out sends the same few message bodies again and again (one per VM and command, repeated
-every wave or poll), so the walk's result is kept per body in a small LRU. What is kept holds
-each credential's SecureString still encrypted (:class:`_SealedCredential`): every use decrypts
-it with the pool's current key, so a key exchanged since, or another pool's key, fails exactly
-as a fresh parse would, and the values handed out are new objects each time.
+A fan-out sends the same few shapes of message again and again: one per VM and command, each
+differing from the next only in the text of its strings (the VM's name, the credential's user
+and SecureString, the step's script). So the walk is kept per *shape*, the body with the text of
+every string leaf (``<S>``, ``<SS>``) taken out, in a small LRU: the first body of a shape is read
+with a unique marker in each leaf, and every later one fills the markers with its own leaves'
+texts, decoded as the parser and psrpcore decode them. A leaf whose text the parser would not
+read as plain characters (a character reference, a CR, ']]>', a character XML forbids, text that
+is not UTF-8) or a body that declares its encoding makes that body read whole, as before. What
+is kept holds each credential's SecureString still encrypted (:class:`_SealedCredential`): every
+use decrypts it with the pool's current key, so a key exchanged since, or another pool's key,
+fails exactly as a fresh parse would, and the values handed out are new objects each time.
 
 It is strict. It reads the values host cmdlets take -- strings, bools, integers, ``$null``,
 lists of those, and PSCredentials (also through a ``<Ref>`` to one read before) -- and returns
@@ -536,7 +542,7 @@ def _string(el: ElementTree.Element) -> str:
         raise _Unhandled
     text = el.text or ""
     # The guest invoker's script text (kilobytes, every line break escaped) is the same in every
-    # pipeline; the values around it are not, so the message-level cache never hits for it.
+    # pipeline, and each fills a template's leaf with it again: its decoding is kept too.
     return _unescape_long(text) if len(text) > 512 else clixml_unescape(text)
 
 
