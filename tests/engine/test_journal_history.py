@@ -107,3 +107,20 @@ def test_since_refuses_what_is_not_a_time_in_one_line(text: str) -> None:
         parse_since(text, 1000.0)
     assert "\n" not in str(caught.value)
     assert "not a time" in str(caught.value)
+
+
+def test_a_read_only_connection_sees_run_states_another_connection_commits(tmp_path: Path) -> None:
+    """A polled job's run-state counts are kept between reads while nothing commits; another
+    connection's commit shows at the next read (the agent reads through its own connections)."""
+    writer = Journal(tmp_path / "j.sqlite")
+    reader = Journal(tmp_path / "j.sqlite", readonly=True)
+    job_id, runs = new_job(writer, ["web01", "db01"], owner=DEAD)
+    first = reader.jobs(job_id=job_id)[0].run_states
+    assert reader.jobs(job_id=job_id)[0].run_states == first
+    assert sum(first.values()) == 2 and "success" not in first
+    finish(writer, job_id, runs, State.SUCCESS)
+    assert reader.jobs(job_id=job_id)[0].run_states == {"success": 2}
+    other, other_runs = new_job(writer, ["web01"], owner=DEAD)
+    finish(writer, other, {"web01": other_runs["web01"]}, State.FAILED)
+    assert reader.jobs(job_id=other)[0].run_states == {"failed": 1}
+    assert reader.jobs(job_id=job_id)[0].run_states == {"success": 2}

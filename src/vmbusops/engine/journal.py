@@ -102,6 +102,10 @@ class Journal:
         self._lock = threading.Lock()
         self._no_wait = threading.local()
         self._limit = f"[retention] journal_max_mb = {max_mb:g}" if max_mb else None
+        #: A read-only connection's jobs' run-state counts, kept while no connection commits (see
+        #: :meth:`_run_state_counts`); a writing connection's own commits would not say so.
+        self._counts: dict[int, list[tuple[Any, ...]]] | None = {} if readonly else None
+        self._counts_at = -1
         try:
             private_database(self.path)  # owner-only, and so are the -wal and -shm files
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -188,6 +192,26 @@ class Journal:
                 return self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise JournalError(f"the journal {self.path} cannot be read: {exc}") from exc
+
+    def _run_state_counts(self, job_id: int) -> list[tuple[Any, ...]]:
+        """(stored state, runs in it) of a job's runs. A polled job's hundreds of runs are not
+        grouped again while SQLite's ``data_version`` says no other connection has committed
+        since they were (a count read after that check is at least as new as it)."""
+        grouped = "SELECT state, COUNT(*) FROM runs WHERE job_id = ? GROUP BY state"
+        if self._counts is None:
+            return self._read_tuples(grouped, (job_id,))
+        with self._lock:
+            try:
+                version = self._db.execute("PRAGMA data_version").fetchone()[0]
+                if version != self._counts_at or len(self._counts) >= 1024:
+                    self._counts.clear()
+                    self._counts_at = version
+                got = self._counts.get(job_id)
+                if got is None:
+                    got = self._counts[job_id] = self._db.execute(grouped, (job_id,)).fetchall()
+            except sqlite3.Error as exc:
+                raise JournalError(f"the journal {self.path} cannot be read: {exc}") from exc
+        return got
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -443,8 +467,7 @@ class Journal:
             alive = owner_alive(r["owner_pid"], r["owner_started"], r["heartbeat_at"], now=now)
             stored = State(r["state"])
             counts: dict[str, int] = {}
-            grouped = "SELECT state, COUNT(*) FROM runs WHERE job_id = ? GROUP BY state"
-            for state, count in self._read_tuples(grouped, (r["id"],)):
+            for state, count in self._run_state_counts(r["id"]):
                 s = _effective(State(state), alive).value
                 counts[s] = counts.get(s, 0) + count
             out.append(
