@@ -12,8 +12,9 @@ for it by id answers 404, exactly like a job that does not exist.
 Tokens look like ``vmo_<id>_<secret>``. The id is public (it names the token in logs and in
 ``vmbusops agent token list``); the secret is 32 random bytes, shown once when the token is made
 and stored only as its SHA-256 (a random 256-bit secret needs no slow hash), compared in constant
-time. The store is a small SQLite file, ``$VMBUSOPS_HOME/agent/principals.sqlite``, read on every
-request so that a revocation takes effect at once.
+time. The store is a small SQLite file, ``$VMBUSOPS_HOME/agent/principals.sqlite``, asked on every
+request whether it has changed (SQLite's ``data_version``, which any other connection's commit
+moves), and a token's row read again when it has, so that a revocation takes effect at once.
 """
 
 from __future__ import annotations
@@ -166,6 +167,10 @@ class PrincipalStore:
         self._lock = threading.Lock()
         self._db = open_wal_database(self.path, _SCHEMA, what="the agent's principal store")
         self.path.chmod(0o600)
+        #: Token id -> (its secret's hash, its principal), as read while ``data_version`` was
+        #: ``_tokens_at``; emptied when another connection commits, or this one writes.
+        self._tokens: dict[str, tuple[str, Principal]] = {}
+        self._tokens_at = -1
 
     def close(self) -> None:
         with self._lock:
@@ -213,6 +218,7 @@ class PrincipalStore:
             )
         ident = secrets.token_hex(6)
         with self._lock:
+            self._tokens.clear()
             try:
                 self._db.execute(
                     "INSERT INTO principals (id, kind, name, secret_hash, fingerprint, operations, vms,"
@@ -266,6 +272,7 @@ class PrincipalStore:
 
     def revoke(self, ident: str) -> Principal:
         with self._lock:
+            self._tokens.clear()
             changed = self._db.execute(
                 "UPDATE principals SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                 (time.time(), ident),
@@ -281,17 +288,36 @@ class PrincipalStore:
         if match is None:
             return Refusal("anonymous", "malformed bearer token")
         ident, secret = match.groups()
-        rows = self._rows("SELECT * FROM principals WHERE id = ? AND kind = 'token'", (ident,))
-        if not rows:
+        found = self._token(ident)
+        if found is None:
             return Refusal(f"token:{ident}", "unknown token")
-        if not hmac.compare_digest(rows[0]["secret_hash"], _digest(secret)):
+        secret_hash, principal = found
+        if not hmac.compare_digest(secret_hash, _digest(secret)):
             return Refusal(f"token:{ident}", "wrong token secret")
-        principal = self._principal(rows[0])
         if principal.revoked_at is not None:
             return Refusal(str(principal), "token revoked")
         if not principal.active(now):
             return Refusal(str(principal), "token expired")
         return principal
+
+    def _token(self, ident: str) -> tuple[str, Principal] | None:
+        """A token's secret hash and principal: as kept, while no connection has committed since
+        it was read (a row read after that check is at least as new as it); an unknown id is
+        read each time (kept ids are the store's own, at most 1,024)."""
+        with self._lock:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._tokens_at or len(self._tokens) >= 1024:
+                self._tokens.clear()
+                self._tokens_at = version
+            found = self._tokens.get(ident)
+            if found is None:
+                cur = self._db.execute("SELECT * FROM principals WHERE id = ? AND kind = 'token'", (ident,))
+                cur.row_factory = sqlite3.Row
+                rows = cur.fetchall()
+                if not rows:
+                    return None
+                found = self._tokens[ident] = (rows[0]["secret_hash"], self._principal(rows[0]))
+            return found
 
     def authenticate_certificate(self, der: bytes, now: float) -> Principal | Refusal:
         fp = hashlib.sha256(der).hexdigest()
