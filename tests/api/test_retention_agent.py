@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import trio
+from starlette.responses import JSONResponse
 from tests.engine.test_retention import NOW, add_job, bundle_folder
 
 from vmbusops.engine import Journal, State
@@ -46,15 +47,19 @@ async def test_a_job_deleted_after_its_status_was_read_is_not_found_and_a_new_jo
     first = add_job(journal, None, state=State.SUCCESS, finished_days_ago=1)
     agent = agent_factory()
     async with agent.client() as client:
-        assert (await client.get(f"/v1/jobs/{first}")).json()["job"]["targets"] == ["vm01"]
+        got = await client.get(f"/v1/jobs/{first}")
+        assert got.json()["job"]["targets"] == ["vm01"]
+        assert got.content == JSONResponse(got.json()).body  # the kept targets' JSON, spliced
         journal.delete_job(first)  # as retention does, on its own connection
         assert (await client.get(f"/v1/jobs/{first}")).status_code == 404
         second, _ = journal.create_job(
             bundle_name="b", bundle_version=1, bundle_id="id-second", source="test", manifest="{}",
-            bundle_dir=None, enable_guest_services=False, envelope=None, host="sim", vms=["vm02", "vm03"],
+            bundle_dir=None, enable_guest_services=False, envelope=None, host="sim", vms=["vm02", "vm03-é"],
             steps=[("s", "script")], owner=current_owner(), now=NOW,
         )  # fmt: skip
         assert second != first
-        assert (await client.get(f"/v1/jobs/{second}")).json()["job"]["targets"] == ["vm02", "vm03"]
+        got = await client.get(f"/v1/jobs/{second}")
+        assert got.json()["job"]["targets"] == ["vm02", "vm03-é"]
+        assert got.content == JSONResponse(got.json()).body
     journal.close()
     assert agent.stop() == 0

@@ -15,6 +15,7 @@ record once it is durable, numbered, and never before.
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import os
 import tempfile
@@ -112,8 +113,8 @@ class AgentService:
         #: and lists the schedules (each a JSON object with at least ``targets``).
         self.register_schedule: Callable[[AcceptedBundle], Awaitable[dict[str, Any]]] | None = None
         self.list_schedules: Callable[[], list[dict[str, Any]]] | None = None
-        #: Job id -> the VMs it targets, as read once (see :meth:`find_job_targets`).
-        self._targets: dict[int, list[str]] = {}
+        #: Job id -> the VMs it targets, as read once, and as JSON (see :meth:`find_job_targets`).
+        self._targets: dict[int, tuple[list[str], str]] = {}
 
     # ------------------------------------------------------------------ engine events
     def on_commit(self, records: list[StoredRecord], events: list[RunChanged]) -> None:
@@ -141,32 +142,35 @@ class AgentService:
 
         return await self.read(get)
 
-    async def find_job_targets(self, job_id: int) -> tuple[JobView, list[str]] | None:
-        """The job and the VMs it targets (what a status call needs), read on the event loop's
-        own connection (:meth:`JournalReaders.run_here`), with no trip to a worker thread and
-        back: each trip is a wait for the interpreter, which the engine's journal writer or
-        another reader's thread may hold.
+    async def find_job_targets(self, job_id: int) -> tuple[JobView, list[str], str] | None:
+        """The job and the VMs it targets, as a list and as JSON (what a status call needs), read
+        on the event loop's own connection (:meth:`JournalReaders.run_here`), with no trip to a
+        worker thread and back: each trip is a wait for the interpreter, which the engine's
+        journal writer or another reader's thread may hold.
 
-        A job's targets are read once and kept (the last :data:`TARGETS_KEPT` jobs'): its runs
-        are made with it and never added to or renamed, and a job id is never used again (the
-        journal numbers jobs with ``AUTOINCREMENT``), so a job pruned meanwhile is simply not
-        found. A polled status then fetches the job's row and its runs' state counts, not its
-        hundreds of runs' names: each row fetched gives up the interpreter, and while a worker
-        thread holds it, every give-up costs the event loop a switch interval to get it back."""
+        A job's targets are read once and kept, and encoded once (the last :data:`TARGETS_KEPT`
+        jobs'): its runs are made with it and never added to or renamed, and a job id is never
+        used again (the journal numbers jobs with ``AUTOINCREMENT``), so a job pruned meanwhile is
+        simply not found. A polled status then fetches the job's row and its runs' state counts,
+        not its hundreds of runs' names: each row fetched gives up the interpreter, and while a
+        worker thread holds it, every give-up costs the event loop a switch interval to get it
+        back; and those names, most of the answer, are not encoded again."""
         kept = self._targets.get(job_id)
 
         def get(journal: Journal) -> tuple[JobView, list[str]] | None:
             found = journal.jobs(job_id=job_id, limit=1)
             if not found:
                 return None
-            return found[0], kept if kept is not None else list(journal.run_ids(job_id))
+            return found[0], kept[0] if kept is not None else list(journal.run_ids(job_id))
 
         found = await self.readers.run_here(get)
-        if found is not None and kept is None:
+        if found is None:
+            return None
+        if kept is None:
             if len(self._targets) >= TARGETS_KEPT:
                 del self._targets[next(iter(self._targets))]
-            self._targets[job_id] = found[1]
-        return found
+            kept = self._targets[job_id] = (found[1], json.dumps(found[1], ensure_ascii=False, separators=(",", ":")))
+        return found[0], kept[0], kept[1]
 
     async def visible_jobs(self, who: Principal, query: ListQuery) -> tuple[list[JobView], int | None]:
         """A page of the jobs ``who`` may see that ``query`` picks, and the cursor of the next
