@@ -156,6 +156,64 @@ def sse_events(url: str, token: str, job_id: int, query: str = "") -> Iterator[t
                     yield name, data
 
 
+@dataclass
+class Answer:
+    status_code: int
+    text: str
+
+
+class PlainClient:
+    """``GET`` over one kept-alive HTTP/1.1 connection, with h11 over a plain socket as
+    :func:`sse_events` reads (opened again when the server closes it): the same round trip as an
+    ``httpx.Client`` makes, for a fraction of the client's own CPU."""
+
+    def __init__(self, url: str, token: str) -> None:
+        parts = urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None
+        self._address = (parts.hostname, parts.port)
+        self._headers = [("Host", parts.netloc), ("Authorization", f"Bearer {token}"), ("Accept", "*/*")]
+        self._sock: socket.socket | None = None
+        self._conn = h11.Connection(h11.CLIENT)
+
+    def get(self, path: str) -> Answer:
+        if self._sock is None:
+            self._sock = socket.create_connection(self._address, timeout=120)
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._conn = h11.Connection(h11.CLIENT)
+        conn, sock = self._conn, self._sock
+        sock.sendall(conn.send(h11.Request(method="GET", target=path, headers=self._headers))
+                     + conn.send(h11.EndOfMessage()))  # fmt: skip
+        status, body = 0, b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(sock.recv(1 << 16))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                raise RuntimeError(f"GET {path}: {event!r}")
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+        else:  # the server closes the connection (Hypercorn does every 1,000 requests)
+            self.close()
+        return Answer(status, body.decode())
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> PlainClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]

@@ -2,7 +2,7 @@
 
     ./scripts/bench journal [--sizes 10000,100000,1000000] [--runs 500] [--burst 1] [--page 2000] [--rounds 3]
                             [--cap 60] [--status-records 200000] [--followers 1,4] [--no-reads] [--no-status]
-                            [--no-freeze]
+                            [--no-freeze] [--client httpx|h11]
 
 1. Read rate. For each size, one finished job of that many records spread over --runs runs,
    interleaved in time as a fan-out writes them (record i belongs to run i mod runs), each a
@@ -32,7 +32,9 @@
    round trip alone: ``GET /v1/health``, which reads no journal, called in turn with the status
    calls, in the quiet periods and during each catch-up: on two shared cores the followers'
    processes and the agent's own sending slow every call, so the health call in the same
-   catch-up is the floor a status call can reach there.
+   catch-up is the floor a status call can reach there. Both are called with an ``httpx.Client``
+   (``--client h11``: with h11 over a plain socket, as the followers read, which costs the bench
+   a fraction of httpx's CPU on the same two cores; either way both calls alike).
 
 Goals: a 1M-record job read at >= 100k records/s; every page <= 50 ms; status p99 <= 5 ms
 during catch-up.
@@ -67,7 +69,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from agent_lab import cpu_seconds, percentile, prepare_home, running_agent, sse_events
+from agent_lab import PlainClient, cpu_seconds, percentile, prepare_home, running_agent, sse_events
 
 #: 80 characters, as a verbose line of an installer or a DSC resource would be.
 MESSAGE = "Installing package contoso-agent 4.2.1 into C:\\Program Files\\Contoso (step 3/7)"
@@ -326,7 +328,7 @@ def wait_idle(pid: int, limit: float = 300.0) -> None:
             return
 
 
-def status_calls(client: httpx.Client, paths: Sequence[str], until: Any) -> list[list[float]]:
+def status_calls(client: httpx.Client | PlainClient, paths: Sequence[str], until: Any) -> list[list[float]]:
     """Seconds of each ``GET path``, the paths taken in turn, 5 ms apart, until ``until()``; one
     list per path."""
     out: list[list[float]] = [[] for _ in paths]
@@ -346,19 +348,17 @@ def status_during_catch_up(args: argparse.Namespace, tmp: Path) -> dict[str, Any
     built = time.perf_counter()
     job_id = build_journal(home / "journal" / "journal.sqlite", args.runs, args.status_records, args.burst)
     print(f"  journal of {args.status_records:,} records over {args.runs} runs built in "
-          f"{time.perf_counter() - built:.1f} s; agent started on it", flush=True)  # fmt: skip
+          f"{time.perf_counter() - built:.1f} s; agent started on it; calls made with {args.client}", flush=True)  # fmt: skip
     quiet: list[float] = []
     health: list[float] = []
     status = f"/v1/jobs/{job_id}"
     busy: dict[int, list[float]] = {f: [] for f in args.followers}
     busy_health: dict[int, list[float]] = {f: [] for f in args.followers}
     catch_up: dict[int, list[tuple[float, int]]] = {f: [] for f in args.followers}
-    with (
-        running_agent(home) as agent,
-        httpx.Client(
-            base_url=agent.url, headers={"Authorization": f"Bearer {lab.token}"}, timeout=120
-        ) as client,
-    ):
+    with running_agent(home) as agent, (
+        httpx.Client(base_url=agent.url, headers={"Authorization": f"Bearer {lab.token}"}, timeout=120)
+        if args.client == "httpx" else PlainClient(agent.url, lab.token)
+    ) as client:
         for _ in range(args.rounds):
             for followers in args.followers:
                 end = time.perf_counter() + args.quiet_seconds
@@ -421,6 +421,10 @@ def main() -> None:
     parser.add_argument("--status-records", type=int, default=200_000)
     parser.add_argument("--followers", type=ints, default=[1, 4])
     parser.add_argument("--quiet-seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--client", choices=("httpx", "h11"), default="httpx",
+        help="the status and health calls' client: httpx, or h11 over a plain socket (agent_lab.PlainClient)",
+    )  # fmt: skip
     parser.add_argument("--no-reads", action="store_true")
     parser.add_argument("--no-status", action="store_true")
     parser.add_argument(
