@@ -1,6 +1,7 @@
 """The job engine against the simulator: journal throughput, memory under a flood, overhead.
 
     ./scripts/bench engine [--vms 100] [--lines 2000] [--rounds 5] [--profile] [--flood-mib 1024] [--session-ms 300]
+                           [--throughput-only | --fan-out-only]
 
 1. the engine's CPU per journaled record over bare ``exec`` (guestops.fanout)'s CPU per record,
    while 100 guests print as fast as they can (CPU-bound): the same fan-out and output, median of
@@ -17,6 +18,8 @@
    waiting on guests: 200 VMs, 250 ms each, 50 at a time (the foundation's fan-out case), and
    500 VMs at 100 sessions (``[host] max_sessions = 100``); each against its ideal,
    ceil(VMs / sessions) x 250 ms, as medians of interleaved rounds (--rounds; --fan-out-only).
+
+``--throughput-only`` runs cases 1 and 3 alone (the same rounds), ``--fan-out-only`` case 5 alone.
 """
 
 from __future__ import annotations
@@ -399,6 +402,8 @@ async def main(args: argparse.Namespace) -> None:
         os.environ["VMBUSOPS_HOME"] = str(work / "home")
         if not args.fan_out_only:
             await bench_throughput(work, args.vms, args.lines, args.rounds, args.profile)
+            if args.throughput_only:
+                return
             await bench_flood(work, args.flood_mib)
             await bench_batching(work, 10, args.session_ms)
         for vms, concurrency in ((200, 50), (500, 100)):
@@ -414,6 +419,8 @@ if __name__ == "__main__":
     parser.add_argument("--profile", action="store_true", help="cProfile one more engine round of case 1")
     parser.add_argument("--flood-mib", type=int, default=256)
     parser.add_argument("--session-ms", type=float, default=300)
-    parser.add_argument("--fan-out-only", action="store_true", help="only the fan-out cases (5)")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--fan-out-only", action="store_true", help="only the fan-out cases (5)")
+    only.add_argument("--throughput-only", action="store_true", help="only the throughput cases (1 and 3)")
     trio.run(main, parser.parse_args())
     sys.exit(0)
