@@ -9,7 +9,10 @@
    chunk rows as a second anchor (the least storing them can cost: in the journal's own commits,
    the chunks already packed), the same records inserted a row each into a table keyed as a
    row-per-record journal would be (what chunks save), and the journal writes' share;
-   ``--profile`` adds a cProfile of one more engine round;
+   ``--profile`` adds a cProfile of one more engine round; each side under its own program's
+   garbage collector: the engine's rounds as the agent settles it (:func:`vmbusops.heap.settle`,
+   called before each: the heap frozen, the young threshold raised), exec's as the ``exec``
+   command leaves it (CPython's defaults, nothing frozen);
 2. peak RSS while one guest streams --flood-mib of output as long verbose lines: sampled as the
    output grows, so a flat line shows memory is bounded by buffers, not by output size;
 3. the engine's wall time per record over bare ``exec``, from the same rounds as case 1;
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import cProfile
+import gc
 import io
 import math
 import os
@@ -45,6 +49,7 @@ from typing import Any
 
 import trio
 
+from vmbusops import heap
 from vmbusops.bundle.manifest import manifest_from_dict
 from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential, Secret
@@ -94,6 +99,23 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+#: The collector as the ``exec`` command runs under it: it never settles the heap.
+EXEC_THRESHOLD = gc.get_threshold()
+
+
+def as_the_agent() -> None:
+    """The collector as the agent runs the engine: settled (:func:`vmbusops.heap.settle`, which
+    the agent calls once it has imported what it runs; here, what is alive at each round)."""
+    heap.program_started()
+    heap.settle()
+
+
+def as_exec() -> None:
+    """The collector as ``vmbusops exec`` runs: nothing frozen, CPython's thresholds."""
+    gc.unfreeze()
+    gc.set_threshold(*EXEC_THRESHOLD)
+
+
 def cpu_seconds() -> float:
     """This process's CPU time, every thread (the journal writer's worker threads too)."""
     return time.process_time()
@@ -140,6 +162,7 @@ async def bench_throughput(work: Path, vms: int, lines: int, rounds: int, profil
                         ends.append(stored[-1][1])
 
                 engine.writer.on_applied = applied
+                as_the_agent()
                 cpu0, t0 = cpu_seconds(), time.perf_counter()
                 result = await engine.run_job(job)
                 wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
@@ -154,12 +177,16 @@ async def bench_throughput(work: Path, vms: int, lines: int, rounds: int, profil
                 big.append(statistics.median(sorted(sizes)[len(sizes) // 2 :]))
                 floor_cpu.append(await bench_sqlite_floor(work, journal, result.job_id, ends))
                 row_each.append(await bench_sqlite_floor(work, journal, result.job_id, ends, row_each=True))
+                as_exec()
                 cpu0, t0 = cpu_seconds(), time.perf_counter()
                 count = await bench_bare(host, names, script, vms)
                 wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
                 exec_cpu.append(cpu / count)
                 exec_wall.append(wall / count)
+            if profile:
+                as_the_agent()
             profiled = await profile_round(engine, script, vms) if profile else ""
+            as_exec()
     e, x, f = median(engine_cpu), median(exec_cpu), median(floor_cpu)
     us = 1e6
     print(
@@ -183,6 +210,11 @@ async def bench_throughput(work: Path, vms: int, lines: int, rounds: int, profil
     print(
         "    CPU is this process's (time.process_time, all threads), where the engine and exec both run;"
         " the simulated host is a child process, not counted; exec only counts its records (writes none)"
+    )
+    print(
+        "    each side under its program's garbage collector: the engine's rounds as the agent runs"
+        f" (vmbusops.heap.settle before each: heap frozen, young threshold {heap.YOUNG_THRESHOLD:,}),"
+        f" exec's as `vmbusops exec` does (nothing frozen, thresholds {EXEC_THRESHOLD})"
     )
     ew, xw = median(engine_wall), median(exec_wall)
     print(
