@@ -294,7 +294,8 @@ class Journal:
         """Records, then state changes, in one transaction: the records as stored, numbered per
         job; the VM leases ``released`` (VM, run) go in the same transaction, after the changes."""
         return self._apply({r[0] for r in records}, changes, lambda number: [
-            (r[0], number[r[0]](), *r[1:]) for r in records], released)  # fmt: skip
+            (j, number[j](), run, seq, step, attempt, stream, at, content)
+            for j, run, seq, step, attempt, stream, at, content in records], released)  # fmt: skip
 
     def _apply(
         self,

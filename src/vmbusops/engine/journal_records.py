@@ -108,7 +108,7 @@ def chunks(stored: Sequence[StoredRecord]) -> list[ChunkRow]:
     for _, group in itertools.groupby(stored, _group_key):
         records = list(group)
         for at in range(0, len(records), CHUNK_RECORDS):
-            part = records[at : at + CHUNK_RECORDS]
+            part = records if len(records) <= CHUNK_RECORDS else records[at : at + CHUNK_RECORDS]
             first, size = part[0], len(part)
             # n rises through ``stored`` (every caller numbers, or reads, in n order), so its ends
             # tell; every seq is checked, since an older journal's may be out of order.
