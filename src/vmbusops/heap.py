@@ -23,7 +23,7 @@ output keeps that many alive for a moment all the time: each record waits in the
 buffer as a tuple until its commit (about a thousand of them), and the commit hands on as many
 stored tuples. So the agent made a young collection every 700 records or so, 0.3 ms each (every
 tuple's items read, none of them garbage), and every tenth an older one: with 100 guests
-printing, about 1 us of every journaled record, where bare ``exec`` spends 0.15. With 10,000
+printing, about 0.8 us of every journaled record, where bare ``exec`` spends 0.15. With 10,000
 the buffer's ebb and flow never reaches it: the records are freed by reference count as they
 always were, and a collection comes only once that many more objects stay alive (or cyclic
 garbage has piled up), a few milliseconds each when it does. The older generations keep their
