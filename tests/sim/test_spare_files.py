@@ -96,3 +96,18 @@ def test_no_more_than_the_limit_are_kept(tmp_path: Path, guest: Path) -> None:
         spares.remove(path)
     assert list(guest.iterdir()) == []
     assert len(list((tmp_path / "spare").iterdir())) == LIMIT
+
+
+def test_step_files_and_spares_are_owner_only(tmp_path: Path, guest: Path) -> None:
+    spares = SpareFiles(tmp_path / "spare")
+    fresh = guest / "run-1-0.ps1"
+    spares.write(fresh, b"one")
+    assert fresh.stat().st_mode & 0o777 == 0o600
+    taken = guest / "run-2-0.ps1"
+    taken.write_bytes(b"a file the step's name already had")
+    taken.chmod(0o644)
+    spares.write(taken, b"two")
+    spares.remove(taken)
+    spares.remove(fresh)
+    assert sorted(p.stat().st_mode & 0o777 for p in (tmp_path / "spare").iterdir()) == [0o600, 0o600]
+    assert (tmp_path / "spare").stat().st_mode & 0o777 == 0o700

@@ -15,7 +15,8 @@ spare renamed into place and overwritten. The guest sees what it always saw: the
 with its content for the step and is gone after it. Anything unusual takes the plain path: a
 path that is not a regular file of one link, no spare left, a spare another process took first
 (stores may be shared between simulated hosts), a rename that fails. Spares left by a process
-that died are adopted by the next one; at most :data:`LIMIT` are kept.
+that died are adopted by the next one; at most :data:`LIMIT` are kept. Every step file, spare or
+new, is its owner's alone (mode 0600), as everything the store keeps outside the guests' disks.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ __all__ = ["LIMIT", "SpareFiles"]
 
 #: Spares a store keeps: about as many step files as run at once in its guests.
 LIMIT = 256
+
+
+def _owner_only(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
 
 
 class SpareFiles:
@@ -52,7 +57,8 @@ class SpareFiles:
         return self._spares
 
     def write(self, path: Path, data: bytes) -> None:
-        """``path.write_bytes(data)`` for a new file, from a spare inode when there is one."""
+        """``path.write_bytes(data)`` for a new file, from a spare inode when there is one; a file
+        made anew is owner-only (mode 0600), as the spares are."""
         spares = self._list()
         while spares:
             spare = spares.pop()
@@ -79,7 +85,9 @@ class SpareFiles:
                     path.unlink(missing_ok=True)
                 break
             return
-        path.write_bytes(data)
+        # A new file, owner-only as the spares are: the store's files are its owner's alone.
+        with open(path, "wb", opener=_owner_only) as file:
+            file.write(data)
 
     def remove(self, path: Path) -> None:
         """``path.unlink(missing_ok=True)``, keeping the inode as a spare when it can."""
@@ -93,6 +101,8 @@ class SpareFiles:
         if info is not None and stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and len(spares) < LIMIT:
             spare = os.path.join(self._folder, f"{self._prefix}{next(self._counter)}")
             try:
+                if stat.S_IMODE(info.st_mode) != 0o600:
+                    os.chmod(path, 0o600)  # a file the step's own name already had
                 os.rename(path, spare)
             except OSError:
                 pass
