@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from vmbusops.errors import ConfigError, JournalError
 from vmbusops.home import PRIVATE_FILE, home_dir, private_file
@@ -28,6 +29,40 @@ def private_database(path: Path) -> Path:
             with contextlib.suppress(FileNotFoundError):
                 side.chmod(PRIVATE_FILE)
     return path
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class UntilCommit(Generic[K, V]):
+    """Values read through one connection, kept while SQLite's ``data_version`` says no other
+    connection has committed since (a value read after that check is at least as new as it).
+
+    The caller holds the connection's lock, and calls :meth:`clear` when its own connection
+    writes (its own commits do not move ``data_version``). At most ``limit`` values are kept;
+    a ``None`` read is not kept.
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._values: dict[K, V] = {}
+        self._at = -1
+        self._limit = limit
+
+    def get(self, db: sqlite3.Connection, key: K, read: Callable[[], V | None]) -> V | None:
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._at or len(self._values) >= self._limit:
+            self._values.clear()
+            self._at = version
+        value = self._values.get(key)
+        if value is None:
+            value = read()
+            if value is not None:
+                self._values[key] = value
+        return value
+
+    def clear(self) -> None:
+        self._values.clear()
 
 
 def add_missing_columns(db: sqlite3.Connection, columns: Sequence[tuple[str, str, str]]) -> None:

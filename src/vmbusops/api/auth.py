@@ -36,7 +36,7 @@ from pathlib import Path
 
 from vmbusops.errors import ConfigError
 from vmbusops.home import home_path
-from vmbusops.storage import open_wal_database
+from vmbusops.storage import UntilCommit, open_wal_database
 
 TOKEN_PREFIX = "vmo_"  # noqa: S105 - the public prefix of every token, not a secret
 _TOKEN_RE = re.compile(r"vmo_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
@@ -167,10 +167,9 @@ class PrincipalStore:
         self._lock = threading.Lock()
         self._db = open_wal_database(self.path, _SCHEMA, what="the agent's principal store")
         self.path.chmod(0o600)
-        #: Token id -> (its secret's hash, its principal), as read while ``data_version`` was
-        #: ``_tokens_at``; emptied when another connection commits, or this one writes.
-        self._tokens: dict[str, tuple[str, Principal]] = {}
-        self._tokens_at = -1
+        #: Token id -> (its secret's hash, its principal), kept until another connection commits,
+        #: and emptied when this one writes.
+        self._tokens: UntilCommit[str, tuple[str, Principal]] = UntilCommit()
 
     def close(self) -> None:
         with self._lock:
@@ -305,19 +304,13 @@ class PrincipalStore:
         it was read (a row read after that check is at least as new as it); an unknown id is
         read each time (kept ids are the store's own, at most 1,024)."""
         with self._lock:
-            version = self._db.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._tokens_at or len(self._tokens) >= 1024:
-                self._tokens.clear()
-                self._tokens_at = version
-            found = self._tokens.get(ident)
-            if found is None:
-                cur = self._db.execute("SELECT * FROM principals WHERE id = ? AND kind = 'token'", (ident,))
-                cur.row_factory = sqlite3.Row
-                rows = cur.fetchall()
-                if not rows:
-                    return None
-                found = self._tokens[ident] = (rows[0]["secret_hash"], self._principal(rows[0]))
-            return found
+            return self._tokens.get(self._db, ident, lambda: self._read_token(ident))
+
+    def _read_token(self, ident: str) -> tuple[str, Principal] | None:
+        cur = self._db.execute("SELECT * FROM principals WHERE id = ? AND kind = 'token'", (ident,))
+        cur.row_factory = sqlite3.Row
+        rows = cur.fetchall()
+        return (rows[0]["secret_hash"], self._principal(rows[0])) if rows else None
 
     def authenticate_certificate(self, der: bytes, now: float) -> Principal | Refusal:
         fp = hashlib.sha256(der).hexdigest()

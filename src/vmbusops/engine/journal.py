@@ -72,7 +72,7 @@ from vmbusops.engine.states import State
 from vmbusops.errors import JobStateError, JournalError, NoSuchJobError
 from vmbusops.home import home_path
 from vmbusops.owner import Owner, owner_alive
-from vmbusops.storage import cannot_write, private_database, rollback_quietly
+from vmbusops.storage import UntilCommit, cannot_write, private_database, rollback_quietly
 
 T = TypeVar("T")
 
@@ -104,8 +104,7 @@ class Journal:
         self._limit = f"[retention] journal_max_mb = {max_mb:g}" if max_mb else None
         #: A read-only connection's jobs' run-state counts, kept while no connection commits (see
         #: :meth:`_run_state_counts`); a writing connection's own commits would not say so.
-        self._counts: dict[int, list[tuple[Any, ...]]] | None = {} if readonly else None
-        self._counts_at = -1
+        self._counts: UntilCommit[int, list[tuple[Any, ...]]] | None = UntilCommit() if readonly else None
         try:
             private_database(self.path)  # owner-only, and so are the -wal and -shm files
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -202,16 +201,10 @@ class Journal:
             return self._read_tuples(grouped, (job_id,))
         with self._lock:
             try:
-                version = self._db.execute("PRAGMA data_version").fetchone()[0]
-                if version != self._counts_at or len(self._counts) >= 1024:
-                    self._counts.clear()
-                    self._counts_at = version
-                got = self._counts.get(job_id)
-                if got is None:
-                    got = self._counts[job_id] = self._db.execute(grouped, (job_id,)).fetchall()
+                got = self._counts.get(self._db, job_id, lambda: self._db.execute(grouped, (job_id,)).fetchall())
             except sqlite3.Error as exc:
                 raise JournalError(f"the journal {self.path} cannot be read: {exc}") from exc
-        return got
+        return got or []
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
