@@ -365,12 +365,15 @@ class Soak:
             nursery.start_soon(self.service_manager, until)
             await self.submitter(until)
             deadline = trio.current_time() + 120
-            async with self.client() as c:
-                while trio.current_time() < deadline:
-                    with contextlib.suppress(httpx.HTTPError):
+            while trio.current_time() < deadline:
+                # The chaos goes on meanwhile: each look goes to the agent's port of the moment, and
+                # an answer that is not the agent's JSON (a killed agent's port, taken by another
+                # process) is no answer.
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    async with self.client() as c:
                         if (await c.get("/v1/health")).json().get("jobs_running", 1) == 0:
                             break
-                    await trio.sleep(0.5)
+                await trio.sleep(0.5)
             for scope in self.followers:
                 scope.cancel()
             await self.came_back()
