@@ -3,7 +3,8 @@
 Records arrive one by one from many guests; writing each in its own transaction would tie the
 stream's pace to the disk. :class:`JournalWriter` buffers them in memory and a flusher task writes
 a batch (one transaction, in a worker thread) every ``flush_records`` records or every
-``flush_interval`` seconds, whichever comes first. State changes queue behind the records that came
+``flush_interval`` seconds, whichever comes first; with nothing queued and nothing committed since
+its last tick it sleeps without a timer until something is queued or committed. State changes queue behind the records that came
 before them and go out in the same transaction, so the journal never shows a step finished without
 its records.
 
@@ -85,6 +86,10 @@ class JournalWriter:
         self._ticked_at = -math.inf
         self._lock = trio.Lock()
         self._wake = trio.Event()
+        #: Something was committed since :attr:`on_tick` was last told; the flusher waits on
+        #: :attr:`_wake` alone (no timer) while it is not and nothing is queued (``_dormant``).
+        self._dirty = False
+        self._dormant = False
         #: CPU seconds spent in journal writes (the writing thread's CPU time), counted only
         #: while :attr:`timed` (a bench's: reading a thread's CPU clock is a system call, and
         #: costs microseconds a flush on a loaded host), and what was written.
@@ -100,6 +105,16 @@ class JournalWriter:
         task_status.started()
         try:
             while True:
+                if not self._dirty and not self._queued():
+                    # Nothing written since the last tick, nothing queued: no timer until
+                    # something is (an idle host would otherwise wake every rhythm); what
+                    # comes then waits a rhythm, as it would have at most before.
+                    self._dormant = True
+                    try:
+                        await self._wake.wait()
+                    finally:
+                        self._dormant = False
+                    self._wake = trio.Event()
                 with trio.move_on_after(self._rhythm()):
                     await self._wake.wait()
                 self._wake = trio.Event()
@@ -108,6 +123,9 @@ class JournalWriter:
         finally:
             if self.failure is None:
                 await self.commit()
+
+    def _queued(self) -> bool:
+        return bool(self._records or self._changes or self._events or self._released)
 
     async def add_record(self, row: PendingRecord) -> None:
         if self.queue(row):
@@ -118,6 +136,8 @@ class JournalWriter:
         await :meth:`commit` before it queues more (the engine's record path, a call the fewer)."""
         records = self._records
         records.append(row)
+        if self._dormant:
+            self._wake.set()
         if len(records) < self.flush_records:
             return False
         self._wake.set()
@@ -129,11 +149,15 @@ class JournalWriter:
         self._changes.extend(changes)
         if self.on_commit is not None:
             self._events.extend(events)
+        if self._dormant:
+            self._wake.set()
 
     def release_vm(self, vm: str, run_id: int) -> None:
         """Release the run's VM lease in the next batch, after everything queued before (the
         run's end: one transaction, and no other process takes the VM before it is written)."""
         self._released.append((vm, run_id))
+        if self._dormant:
+            self._wake.set()
 
     async def commit(self) -> None:
         """Write everything queued so far; return when it is committed."""
@@ -155,6 +179,9 @@ class JournalWriter:
             except JournalError as exc:
                 self.failure = exc
                 raise
+            self._dirty = True  # a tick is owed a rhythm after this commit
+            if self._dormant:
+                self._wake.set()
             if self.on_applied is not None and (stored or changes):
                 self.on_applied(stored, changes)
             if self.on_commit is not None and (stored or events):
@@ -171,11 +198,13 @@ class JournalWriter:
     def _tick(self) -> None:
         """Tell :attr:`on_tick`, if a rhythm has passed since it was last told."""
         if self.on_tick is None:
+            self._dirty = False
             return
         now = trio.current_time()
         # (A microsecond of slack: the flusher wakes a rhythm after the last tick, to the float.)
         if now - self._ticked_at >= self._rhythm() - 1e-6:
             self._ticked_at = now
+            self._dirty = False
             self.on_tick()
 
     async def _in_journal(self, records: int, fn: Callable[..., T], *args: Any) -> T:
