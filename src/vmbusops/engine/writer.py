@@ -4,7 +4,8 @@ Records arrive one by one from many guests; writing each in its own transaction 
 stream's pace to the disk. :class:`JournalWriter` buffers them in memory and a flusher task writes
 a batch (one transaction, in a worker thread) every ``flush_records`` records or every
 ``flush_interval`` seconds, whichever comes first; with nothing queued and nothing committed since
-its last tick it sleeps without a timer until something is queued or committed. State changes queue behind the records that came
+its last tick it sleeps without a timer until something is queued or committed, and commits it when
+the timer would have fired had it kept running. State changes queue behind the records that came
 before them and go out in the same transaction, so the journal never shows a step finished without
 its records.
 
@@ -107,16 +108,23 @@ class JournalWriter:
             while True:
                 if not self._dirty and not self._queued():
                     # Nothing written since the last tick, nothing queued: no timer until
-                    # something is (an idle host would otherwise wake every rhythm); what
-                    # comes then waits a rhythm, as it would have at most before.
+                    # something is (an idle host would otherwise wake every rhythm). What comes
+                    # then is committed when the rhythm's timer would have fired had it kept
+                    # running: no later than before, and batched as before.
+                    since = trio.current_time()
                     self._dormant = True
                     try:
                         await self._wake.wait()
                     finally:
                         self._dormant = False
                     self._wake = trio.Event()
-                with trio.move_on_after(self._rhythm()):
-                    await self._wake.wait()
+                    rhythm = self._rhythm()
+                    due = since + (math.floor((trio.current_time() - since) / rhythm) + 1) * rhythm
+                    with trio.move_on_at(due):
+                        await self._wake.wait()
+                else:
+                    with trio.move_on_after(self._rhythm()):
+                        await self._wake.wait()
                 self._wake = trio.Event()
                 await self.commit()
                 self._tick()
