@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from vmbusops.engine.changes import Change, JobChange, PendingRecord, RunChange, StepChange
+from vmbusops.engine.changes import Change, JobChange, PendingRecord, RunChange, StepChange, pending
 from vmbusops.engine.events import RecordArrived, RunChanged
 from vmbusops.engine.run_start import CARRIED_STATES
 from vmbusops.engine.states import (
@@ -46,15 +46,7 @@ from vmbusops.engine.states import (
     next_state,
 )
 from vmbusops.errors import FailureCode
-from vmbusops.records import (
-    RECORD_JSON,
-    STREAM_TEXT,
-    GuestRecord,
-    PipelineStateRecord,
-    ProgressRecord,
-    Record,
-    display_text,
-)
+from vmbusops.records import GuestRecord, PipelineStateRecord, ProgressRecord, Record, display_text
 
 Output = Change | RunChanged
 """What a machine's method returns: journal changes and view events, in the order they happen."""
@@ -167,9 +159,7 @@ class RunMachine:
             arrived = RecordArrived(
                 self.job_id, GuestRecord(vm=self.vm, seq=rec.seq, time=rec.time, record=record, step=name)
             )
-        # What changes.pending makes of it, built here: a call and a tuple the fewer per record.
-        row = (self.job_id, self.id, rec.seq, name, attempt, STREAM_TEXT[kind], rec.time, RECORD_JSON[kind](record))
-        return row, arrived
+        return pending((self.job_id, self.id, rec.seq, name, attempt, record, rec.time)), arrived
 
     # ------------------------------------------------------------------ the run
     def wait(self) -> list[Output]:

@@ -132,6 +132,11 @@ class JournalWriter:
             if self.failure is None:
                 await self.commit()
 
+    def _stir(self) -> None:
+        """Wake a flusher sleeping with no timer: something is queued, or was committed."""
+        if self._dormant:
+            self._wake.set()
+
     def _queued(self) -> bool:
         return bool(self._records or self._changes or self._events or self._released)
 
@@ -144,8 +149,7 @@ class JournalWriter:
         await :meth:`commit` before it queues more (the engine's record path, a call the fewer)."""
         records = self._records
         records.append(row)
-        if self._dormant:
-            self._wake.set()
+        self._stir()
         if len(records) < self.flush_records:
             return False
         self._wake.set()
@@ -157,15 +161,13 @@ class JournalWriter:
         self._changes.extend(changes)
         if self.on_commit is not None:
             self._events.extend(events)
-        if self._dormant:
-            self._wake.set()
+        self._stir()
 
     def release_vm(self, vm: str, run_id: int) -> None:
         """Release the run's VM lease in the next batch, after everything queued before (the
         run's end: one transaction, and no other process takes the VM before it is written)."""
         self._released.append((vm, run_id))
-        if self._dormant:
-            self._wake.set()
+        self._stir()
 
     async def commit(self) -> None:
         """Write everything queued so far; return when it is committed."""
@@ -188,8 +190,7 @@ class JournalWriter:
                 self.failure = exc
                 raise
             self._dirty = True  # a tick is owed a rhythm after this commit
-            if self._dormant:
-                self._wake.set()
+            self._stir()
             if self.on_applied is not None and (stored or changes):
                 self.on_applied(stored, changes)
             if self.on_commit is not None and (stored or events):
