@@ -57,6 +57,7 @@ from vmbusops.fleet.agent_serve import fleet_broker, start_fleet
 from vmbusops.fleet.broker import Broker
 from vmbusops.guestops.connect import open_host
 from vmbusops.guestops.supervisor import Backoff, HostSupervisor, supervise_host
+from vmbusops.heap import collect_at_rest
 from vmbusops.receipts import receipt_hook
 from vmbusops.retention import keep_retention
 
@@ -140,6 +141,7 @@ async def run_agent(
     # The journal writer's commits and some reads run in worker threads beside the event loop; a
     # short switch interval lets the loop have the interpreter back soon after each system call.
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    collect_at_rest()  # the collector's pauses come when the loop would rest, not in a request
     hconfig = HypercornConfig()
     hconfig.bind = [check_listen(listen or agent.listen)]
     hconfig.accesslog = None
