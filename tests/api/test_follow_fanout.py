@@ -257,3 +257,26 @@ async def test_followers_of_an_ended_job_share_its_last_chunk_until_it_ends_agai
     assert {data["vm"]: data["state"] for name, _, data in third if name == "run"}["db01"] == "failed"
     assert third[-1][0] == "end" and third[-1][2]["state"] == "failed"
     lab.close()
+
+
+async def test_the_snapshot_a_follower_starts_with_comes_a_few_runs_a_chunk_with_a_checkpoint_between(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(follow, "SNAPSHOT_RUNS", 2)  # the job has three runs: two chunks
+    lab = Lab(tmp_path)
+    stream = lab.follower(0)
+    chunks = [await stream.__anext__(), await stream.__anext__()]
+    await stream.aclose()
+    first, second = (parse(c.decode()) for c in chunks)
+    assert chunks[0].startswith(b"retry: 1000\n\n")
+    assert [(name, data.get("vm")) for name, _, data in first] == [("job", None), ("run", "web01"), ("run", "web02")]
+    assert [(name, data["vm"]) for name, _, data in second] == [("run", "db01")]
+    # Between the two, the loop may run other tasks: a cancelled caller is cancelled there.
+    stream = lab.follower(0)
+    await stream.__anext__()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await stream.__anext__()
+    assert scope.cancelled_caught
+    await stream.aclose()
+    lab.close()
