@@ -77,6 +77,22 @@ def test_the_older_generation_is_collected_at_a_rest_once_its_count_has_passed_i
     run_resting(main)
 
 
+def test_the_oldest_generation_is_collected_at_a_rest_once_its_count_has_passed_its_threshold() -> None:
+    kept: list[list[int]] = []
+
+    async def main() -> None:
+        with collections_seen() as seen:
+            gc.collect(2)
+            for _ in range(gc.get_threshold()[2] + 1):
+                gc.collect(1)
+            seen.clear()
+            kept.extend([] for _ in range(2 * heap.REST_YOUNG))
+            await trio.sleep(1)
+            assert seen == [2]
+
+    run_resting(main)
+
+
 def test_only_the_settled_program_collects_at_rest() -> None:
     async def main() -> None:
         heap.collect_at_rest()  # this test's process is not the program: nothing is added
