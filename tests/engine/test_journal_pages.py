@@ -234,6 +234,22 @@ def test_a_commit_is_stored_in_chunks_and_every_page_reads_back_as_committed(tmp
     assert journal.next_seq(w1) == seqs[w1] + 1
 
 
+def test_a_step_or_attempt_that_changes_inside_a_runs_burst_ends_a_chunk(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    job, runs = new_job(journal, ["web01"])
+    run = runs["web01"]
+    keys = [("a", 1)] * 3 + [("b", 1)] * 2 + [("b", 2)] * 2 + [(None, 0)]
+    commit = [
+        pending((job, run, seq, step, attempt, OutputRecord(value=f"r{seq}"), float(seq)))
+        for seq, (step, attempt) in enumerate(keys, 1)
+    ]
+    stored = journal.apply(commit, [])
+    chunks = journal._db.execute("SELECT count, step, attempt FROM record_chunks ORDER BY n").fetchall()
+    assert chunks == [(3, "a", 1), (2, "b", 1), (2, "b", 2), (1, None, 0)]
+    assert [(r[4], r[5]) for r in stored] == keys
+    assert journal.stored_records(job) == stored
+
+
 async def test_the_writer_tells_each_commit_numbered_records_then_their_state_events(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite")
     job, runs = new_job(journal, ["web01"])

@@ -292,21 +292,10 @@ class Journal:
     ) -> list[StoredRecord]:
         """Records, then state changes, in one transaction: the records as stored, numbered per
         job; the VM leases ``released`` (VM, run) go in the same transaction, after the changes."""
-        return self._apply({r[0] for r in records}, changes, lambda number: [
-            (j, number[j](), run, seq, step, attempt, stream, at, content)
-            for j, run, seq, step, attempt, stream, at, content in records], released)  # fmt: skip
-
-    def _apply(
-        self,
-        jobs: set[int],
-        changes: Sequence[Change],
-        rows: Callable[[journal_schema.Numbering], list[StoredRecord]],
-        released: Sequence[tuple[str, int]] = (),
-    ) -> list[StoredRecord]:
-        if not jobs and not changes and not released:
+        if not records and not changes and not released:
             return []
         with self._write() as db:
-            stored = journal_schema.insert_records(db, jobs, rows) if jobs else []
+            stored = journal_schema.insert_records(db, records) if records else []
             for change in changes:
                 db.execute(*update_sql(change))
             if released:

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import operator
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Sequence
 from typing import Any, Final
 
 from vmbusops.engine import journal_records
-from vmbusops.engine.changes import Change, CheckpointChange, JobChange, RunChange, StepChange
+from vmbusops.engine.changes import Change, CheckpointChange, JobChange, PendingRecord, RunChange, StepChange
 from vmbusops.engine.journal_records import StoredRecord
 from vmbusops.errors import JournalError
 from vmbusops.owner import Owner, owner_alive
@@ -191,20 +192,30 @@ def upgrade(db: sqlite3.Connection) -> None:
         journal_records.upgrade_rows(db)
 
 
-Numbering = dict[int, Callable[[], int]]
-"""Per job, what gives its next record's ``n``."""
+_job = operator.itemgetter(0)
 
 
-def insert_records(
-    db: sqlite3.Connection, job_ids: Iterable[int], rows: Callable[[Numbering], list[StoredRecord]]
-) -> list[StoredRecord]:
-    """Insert the records ``rows`` makes, numbered after the highest ``n`` each job has committed
-    (inside the caller's write transaction, so that no other writer numbers between): the rows."""
-    number: Numbering = {}
-    for job_id in job_ids:
-        last = db.execute(journal_records.LAST_N_OF_JOB, (job_id,)).fetchone()[0]
-        number[job_id] = itertools.count((last or 0) + 1).__next__
-    stored = rows(number)
+def insert_records(db: sqlite3.Connection, records: Sequence[PendingRecord]) -> list[StoredRecord]:
+    """Insert ``records``, each job's numbered in their order after the highest ``n`` the job has
+    committed (inside the caller's write transaction, so that no other writer numbers between):
+    the records as stored."""
+    first = {
+        job_id: (db.execute(journal_records.LAST_N_OF_JOB, (job_id,)).fetchone()[0] or 0) + 1
+        for job_id in set(map(_job, records))
+    }
+    stored: list[StoredRecord]
+    if len(first) == 1:  # one job's (a flood's): numbered by position, no lookup per record
+        (n,) = first.values()
+        stored = [
+            (j, n, run, seq, step, attempt, stream, at, content)
+            for n, (j, run, seq, step, attempt, stream, at, content) in zip(itertools.count(n), records)
+        ]
+    else:
+        number = {job_id: itertools.count(n).__next__ for job_id, n in first.items()}
+        stored = [
+            (j, number[j](), run, seq, step, attempt, stream, at, content)
+            for j, run, seq, step, attempt, stream, at, content in records
+        ]
     journal_records.insert(db, stored)
     return stored
 
@@ -229,7 +240,6 @@ __all__ = [
     "ADDED_COLUMNS",
     "SCHEMA",
     "SCHEMA_VERSION",
-    "Numbering",
     "check_version",
     "insert_records",
     "take_vm_lease",
