@@ -23,8 +23,8 @@ is durable. It runs shielded from cancellation, so a cancelled run still records
 cancelled; a flush is bounded by SQLite's busy timeout.
 
 Beside the flusher, :meth:`JournalWriter.keep_checkpoints` takes the write-ahead log's checkpoints
-in a worker thread a second after commits (:mod:`.journal_checkpoints`), not inside a commit on the
-event loop; the engine runs both.
+in a worker thread between two commits, a quarter of a second after commits
+(:mod:`.journal_checkpoints`), not inside a commit on the event loop; the engine runs both.
 
 A flush that fails (a full disk, above all) is rolled back whole, and what it carried is gone. From
 then on the writer writes nothing more and every call raises that first error (:attr:`failure`):
@@ -123,7 +123,11 @@ class JournalWriter:
                 await trio.sleep(CHECKPOINT_DELAY)
                 self._committed = trio.Event()
                 try:
-                    await trio.to_thread.run_sync(self.checkpoints.checkpoint)
+                    # Between two commits: with none of this process's meanwhile, the checkpoint
+                    # copies the whole log, and the next commit starts the log again from its
+                    # beginning (a checkpoint overtaken by commits leaves it to grow).
+                    async with self._lock:
+                        await trio.to_thread.run_sync(self.checkpoints.checkpoint)
                 except JournalError as exc:
                     # Not fatal: the commits' own checkpoints (past BACKSTOP_PAGES) remain.
                     log.warning("%s", exc)
