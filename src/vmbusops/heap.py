@@ -49,9 +49,10 @@ or any other caller of the commands keeps its collector as it was.
 from __future__ import annotations
 
 import gc
-from typing import Final
+from typing import TYPE_CHECKING, Final, cast
 
-import trio
+if TYPE_CHECKING:
+    from trio.abc import Instrument
 
 #: The young generation's collection threshold once settled (CPython's default is 700).
 YOUNG_THRESHOLD: Final = 10_000
@@ -78,14 +79,17 @@ def settle() -> None:
         gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
 
 
-class RestingCollector(trio.abc.Instrument):
+class RestingCollector:
     """Collects when the event loop rests: before each wait of the loop that has a timeout (nothing
     is ready to run), once :data:`REST_YOUNG` more objects are tracked than at the last
     collection, the oldest generation whose count has passed its threshold, else the young one, as
     CPython chooses (a collection of one generation counts towards the next one's threshold).
     CPython also puts off the oldest until a quarter of what it holds is new; this does not, since
     a collection at rest is the one the oldest would get: the automatic ones, at
-    :data:`YOUNG_THRESHOLD`, hardly come any more."""
+    :data:`YOUNG_THRESHOLD`, hardly come any more.
+
+    A trio instrument by its hook's name (trio looks hooks up by name), without importing trio:
+    this module is loaded by every command, the quickest too."""
 
     def before_io_wait(self, timeout: float) -> None:
         if timeout <= 0:
@@ -106,7 +110,9 @@ def collect_at_rest() -> None:
     """In the ``vmbusops`` program, once :func:`settle` has run, collect when the running trio
     loop rests (:class:`RestingCollector`); else nothing."""
     if _program and gc.get_threshold()[0] == YOUNG_THRESHOLD:
-        trio.lowlevel.add_instrument(RestingCollector())
+        import trio  # here: ``vmbusops --version`` and the like load no event loop
+
+        trio.lowlevel.add_instrument(cast("Instrument", RestingCollector()))
 
 
 __all__ = ["REST_YOUNG", "YOUNG_THRESHOLD", "RestingCollector", "collect_at_rest", "program_started", "settle"]

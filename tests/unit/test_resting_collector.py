@@ -7,7 +7,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -39,7 +39,8 @@ def collections_seen() -> Iterator[list[int]]:
 def run_resting(main: Any) -> None:
     # A mock clock that jumps only after the loop has waited a little: the loop's waits have a
     # timeout, as a real loop's rest does.
-    trio.run(main, instruments=[heap.RestingCollector()], clock=trio.testing.MockClock(autojump_threshold=0.001))
+    collector = cast(trio.abc.Instrument, heap.RestingCollector())
+    trio.run(main, instruments=[collector], clock=trio.testing.MockClock(autojump_threshold=0.001))
 
 
 def test_a_resting_loop_collects_the_young_generation_once_enough_objects_are_tracked() -> None:
@@ -47,7 +48,7 @@ def test_a_resting_loop_collects_the_young_generation_once_enough_objects_are_tr
 
     async def main() -> None:
         with collections_seen() as seen:
-            gc.collect(0)
+            gc.collect(2)  # every generation's count at zero: the next at rest is the young one
             seen.clear()
             kept.extend([] for _ in range(heap.REST_YOUNG // 2))
             await trio.sleep(1)
