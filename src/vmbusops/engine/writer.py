@@ -129,8 +129,10 @@ class JournalWriter:
                     async with self._lock:
                         await trio.to_thread.run_sync(self.checkpoints.checkpoint)
                 except JournalError as exc:
-                    # Not fatal: the commits' own checkpoints (past BACKSTOP_PAGES) remain.
-                    log.warning("%s", exc)
+                    # Not fatal: the log keeps what it holds, and the commits' own checkpoints
+                    # (past BACKSTOP_PAGES) remain. A full disk, the likely cause, is said once,
+                    # in one line, by the commit it fails.
+                    log.debug("%s", exc)
         finally:
             self.checkpoints.close()
 
