@@ -21,7 +21,6 @@ from vmbusops.engine import journal_retention
 from vmbusops.engine.changes import PendingRecord, RunChange, pending
 from vmbusops.engine.events import RunChanged
 from vmbusops.engine.journal import Journal, StoredRecord
-from vmbusops.engine.journal_checkpoints import BACKSTOP_PAGES, CHECKPOINT_DELAY
 from vmbusops.engine.journal_records import CHUNK_RECORDS
 from vmbusops.engine.states import State
 from vmbusops.engine.writer import JournalWriter
@@ -472,50 +471,4 @@ def test_a_capped_journal_is_moved_and_compacted(tmp_path: Path) -> None:
     journal.forget_records(job)
     journal.compact()
     assert journal._db.execute("PRAGMA freelist_count").fetchone()[0] == 0
-    journal.close()
-
-
-async def checkpoints_taken(writer: JournalWriter, count: int) -> None:
-    """Until the writer has taken ``count`` checkpoints (in a worker thread: the clock may jump
-    while the thread works), for at most 10 s of the test's clock."""
-    for _ in range(1000):
-        if writer.checkpoints.taken >= count:
-            return
-        await trio.sleep(0.01)
-    raise AssertionError(f"{writer.checkpoints.taken} checkpoints taken, not {count}")
-
-
-async def test_the_logs_checkpoints_follow_commits_in_a_worker_not_inside_them(
-    tmp_path: Path, autojump_clock: Any
-) -> None:
-    """The writing connection checkpoints only past the backstop; the writer's own connection copies
-    the log back a while after commits, and takes none while nothing is committed."""
-    journal = Journal(tmp_path / "j.sqlite")
-    job, runs = new_job(journal, ["web01"])
-    writer = JournalWriter(journal, flush_records=10**9, flush_interval=0.05)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(writer.run)
-        nursery.start_soon(writer.keep_checkpoints)
-        await trio.sleep(0.01)
-        assert journal._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == BACKSTOP_PAGES
-        for seq in range(1, 201):  # commits enough to fill pages; none of them checkpoints
-            await writer.add_record(pending((job, runs["web01"], seq, "s", 1, OutputRecord(value="x" * 500), 0.0)))
-            await writer.commit()
-        assert writer.checkpoints.taken == 0
-        await trio.sleep(CHECKPOINT_DELAY - 0.1)
-        assert writer.checkpoints.taken == 0
-        await checkpoints_taken(writer, 1)
-        assert writer.checkpoints.frames > 0
-        # Everything in the log was copied back: a checkpoint now has nothing left to copy.
-        other = sqlite3.connect(tmp_path / "j.sqlite")
-        _, in_log, copied = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        assert in_log == copied
-        other.close()
-        await trio.sleep(60)  # idle: no commit, no checkpoint
-        assert writer.checkpoints.taken == 1
-        await writer.add_record(pending((job, runs["web01"], 201, "s", 1, OutputRecord(value="y"), 0.0)))
-        await writer.commit()
-        await checkpoints_taken(writer, 2)
-        nursery.cancel_scope.cancel()
-    assert [r.seq for r in journal.records(job, after=0, limit=1000)][-1] == 201
     journal.close()

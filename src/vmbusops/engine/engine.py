@@ -587,7 +587,6 @@ async def open_engine(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
-            nursery.start_soon(writer.keep_checkpoints)
             engine = Engine(
                 host,
                 journal,

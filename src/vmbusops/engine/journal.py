@@ -139,12 +139,6 @@ class Journal:
         with self._lock:
             self._db.close()
 
-    def defer_checkpoints(self, pages: int) -> None:
-        """Checkpoint in this connection's commits only past ``pages`` of log (another connection
-        takes them: :mod:`.journal_checkpoints`)."""
-        with self._lock:
-            self._db.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
-
     # ------------------------------------------------------------------ plumbing
     def without_waiting(self, fn: Callable[..., T], *args: Any) -> T:
         """Call a journal method, raising JournalBusy instead of waiting for another process.

@@ -22,10 +22,6 @@ and every change the commit carried (what a fleet agent forwards to the fleet's 
 is durable. It runs shielded from cancellation, so a cancelled run still records that it was
 cancelled; a flush is bounded by SQLite's busy timeout.
 
-Beside the flusher, :meth:`JournalWriter.keep_checkpoints` takes the write-ahead log's checkpoints
-in a worker thread between two commits, a quarter of a second after commits
-(:mod:`.journal_checkpoints`), not inside a commit on the event loop; the engine runs both.
-
 A flush that fails (a full disk, above all) is rolled back whole, and what it carried is gone. From
 then on the writer writes nothing more and every call raises that first error (:attr:`failure`):
 a later, smaller write could succeed and leave a hole in a run's records, or a state written
@@ -35,7 +31,6 @@ after a crash: the owner's runs read as interrupted once it exits, and resume fr
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -46,12 +41,9 @@ import trio
 from vmbusops.engine.changes import Change, PendingRecord
 from vmbusops.engine.events import RunChanged
 from vmbusops.engine.journal import Journal, JournalBusy, StoredRecord
-from vmbusops.engine.journal_checkpoints import BACKSTOP_PAGES, CHECKPOINT_DELAY, WalCheckpoints
 from vmbusops.errors import JournalError
 
 T = TypeVar("T")
-
-log = logging.getLogger(__name__)
 
 
 class JournalWriter:
@@ -108,33 +100,6 @@ class JournalWriter:
         self.flushes = 0
         #: The error of the flush that failed; once set, nothing more is written.
         self.failure: JournalError | None = None
-        #: The log's checkpoints (:meth:`keep_checkpoints`); set when something was committed.
-        self.checkpoints = WalCheckpoints(journal.path)
-        self._committed = trio.Event()
-
-    async def keep_checkpoints(self) -> None:
-        """Take the log's checkpoints a while after commits, in a worker thread, until cancelled;
-        meanwhile the journal's commits checkpoint only past ``BACKSTOP_PAGES``. No timer while
-        nothing is committed. Start it in a nursery beside :meth:`run`."""
-        self.journal.defer_checkpoints(BACKSTOP_PAGES)
-        try:
-            while True:
-                await self._committed.wait()
-                await trio.sleep(CHECKPOINT_DELAY)
-                self._committed = trio.Event()
-                try:
-                    # Between two commits: with none of this process's meanwhile, the checkpoint
-                    # copies the whole log, and the next commit starts the log again from its
-                    # beginning (a checkpoint overtaken by commits leaves it to grow).
-                    async with self._lock:
-                        await trio.to_thread.run_sync(self.checkpoints.checkpoint)
-                except JournalError as exc:
-                    # Not fatal: the log keeps what it holds, and the commits' own checkpoints
-                    # (past BACKSTOP_PAGES) remain. A full disk, the likely cause, is said once,
-                    # in one line, by the commit it fails.
-                    log.debug("%s", exc)
-        finally:
-            self.checkpoints.close()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The flusher; start it in a nursery. Flushes what is left when cancelled."""
@@ -225,7 +190,6 @@ class JournalWriter:
                 self.failure = exc
                 raise
             self._dirty = True  # a tick is owed a rhythm after this commit
-            self._committed.set()
             self._stir()
             if self.on_applied is not None and (stored or changes):
                 self.on_applied(stored, changes)
