@@ -61,6 +61,7 @@ YOUNG_THRESHOLD: Final = 10_000
 REST_YOUNG: Final = 2_000
 
 _program = False
+_settled = False
 
 
 def program_started() -> None:
@@ -73,10 +74,12 @@ def settle() -> None:
     """Freeze what is alive now and raise the young threshold to :data:`YOUNG_THRESHOLD`, in the
     ``vmbusops`` program (else nothing): a command calls it once it has imported what it runs and
     before it reads or serves for long."""
+    global _settled  # noqa: PLW0603 (one flag for the process, as gc's own state is)
     if _program:
         gc.freeze()
         _, older, oldest = gc.get_threshold()
         gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
+        _settled = True
 
 
 class RestingCollector:
@@ -109,7 +112,7 @@ class RestingCollector:
 def collect_at_rest() -> None:
     """In the ``vmbusops`` program, once :func:`settle` has run, collect when the running trio
     loop rests (:class:`RestingCollector`); else nothing."""
-    if _program and gc.get_threshold()[0] == YOUNG_THRESHOLD:
+    if _settled:
         import trio  # here: ``vmbusops --version`` and the like load no event loop
 
         trio.lowlevel.add_instrument(cast("Instrument", RestingCollector()))

@@ -203,19 +203,11 @@ def insert_records(db: sqlite3.Connection, records: Sequence[PendingRecord]) -> 
         job_id: (db.execute(journal_records.LAST_N_OF_JOB, (job_id,)).fetchone()[0] or 0) + 1
         for job_id in set(map(_job, records))
     }
-    stored: list[StoredRecord]
-    if len(first) == 1:  # one job's (a flood's): numbered by position, no lookup per record
-        (n,) = first.values()
-        stored = [
-            (j, n, run, seq, step, attempt, stream, at, content)
-            for n, (j, run, seq, step, attempt, stream, at, content) in zip(itertools.count(n), records)
-        ]
-    else:
-        number = {job_id: itertools.count(n).__next__ for job_id, n in first.items()}
-        stored = [
-            (j, number[j](), run, seq, step, attempt, stream, at, content)
-            for j, run, seq, step, attempt, stream, at, content in records
-        ]
+    number = {job_id: itertools.count(n).__next__ for job_id, n in first.items()}
+    stored: list[StoredRecord] = [
+        (j, number[j](), run, seq, step, attempt, stream, at, content)
+        for j, run, seq, step, attempt, stream, at, content in records
+    ]
     journal_records.insert(db, stored)
     return stored
 
