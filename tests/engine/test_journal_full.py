@@ -64,6 +64,23 @@ def test_a_full_journal_says_what_is_full_and_what_to_do_and_stays_usable(tmp_pa
     assert journal.request_cancel(job_id) == 1
 
 
+def test_opening_a_journal_whose_log_holds_commits_writes_nothing(tmp_path: Path) -> None:
+    """On a full disk a journal must still open (to list its jobs, or resume one): while another
+    connection keeps the log from being copied back, opening it must not add to the log."""
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    job_id, run_id = new_job(journal)
+    journal.apply(rows(job_id, run_id, 1, 50), [])
+    log = path.with_name("j.sqlite-wal")
+    size = log.stat().st_size
+    for readonly in (False, True):
+        again = Journal(path, readonly=readonly)
+        assert [job.id for job in again.jobs()] == [job_id]
+        again.close()
+        assert log.stat().st_size == size
+    journal.close()
+
+
 async def test_after_a_failed_flush_the_writer_writes_nothing_more(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     journal = Journal(path, max_mb=0.25)

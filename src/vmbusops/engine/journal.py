@@ -109,8 +109,12 @@ class Journal:
             private_database(self.path)  # owner-only, and so are the -wal and -shm files
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
             self._db.execute("PRAGMA busy_timeout=30000")
-            # Before the first table exists, so that pruning can give pages back to the disk.
-            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            # Before the first table exists, so that pruning can give pages back to the disk. Only
+            # then: SQLite writes the mode into the file's header whenever it is set, and opening
+            # a journal whose log holds commits not yet copied back must not need a page (a
+            # full disk would refuse even `vmbusops jobs`).
+            if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+                self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
