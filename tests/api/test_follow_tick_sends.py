@@ -59,6 +59,12 @@ async def follow_server(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
         follower = JobFollower(lab.service, job, runs, after=0)  # type: ignore[arg-type]
         return EventStream(follower.events(), headers={"Cache-Control": "no-store"}, on_writer=follower.use_writer)
 
+    # The loop's reading connection, opened (in a thread) before anyone follows: a follower's way
+    # from its request to waiting for commits is then all on the loop, so that once every task
+    # is blocked (``settled``) it waits for them. Opened by the follower's catch-up instead, the
+    # thread may outlast ``settled`` on a loaded machine; a commit made meanwhile is then read by
+    # the catch-up, and the follower, with nothing new to send, never rests on the pacer.
+    await lab.service.readers.run_here(lambda journal: None)
     config = HypercornConfig()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
@@ -87,7 +93,7 @@ async def commit_value(lab: Lab, value: str) -> None:
 async def resting(lab: Lab) -> None:
     """Until the follower rests on the pacer, with all it had to send sent."""
     await trio.testing.wait_all_tasks_blocked(0.02)
-    while lab.broadcaster.pacer.resting != 1:  # the journal's reading connection opens in a thread
+    while lab.broadcaster.pacer.resting != 1:
         await trio.testing.wait_all_tasks_blocked(0.02)
 
 
