@@ -107,8 +107,7 @@ async def test_a_tick_sends_what_commits_brought_and_the_follower_wakes_only_for
     monkeypatch.setattr(follow, "COALESCE", 3600.0)  # no rest ends but at a tick
     lab, served = Lab(tmp_path), Served(monkeypatch)
     with trio.fail_after(30):
-        async with follow_server(lab, monkeypatch) as port:
-            stream, conn = await following(port)
+        async with follow_server(lab, monkeypatch) as port, following(port) as (stream, conn):
             await settled()
             await lab.commit(3)  # the follower waits for commits: it wakes, sends them, and rests
             await resting(lab)
@@ -126,7 +125,6 @@ async def test_a_tick_sends_what_commits_brought_and_the_follower_wakes_only_for
             await lab.end()
             lab.broadcaster.pacer.tick()  # the job's end: not the tick's either
             got = await read_to_end(stream, conn)
-            await stream.aclose()
     assert ids(got) == list(range(1, 13))  # every record once, in order
     state = next(i for i, (name, _, data) in enumerate(got) if name == "run" and data["state"] == "in-progress")
     assert ids(got[:state]) == list(range(1, 11))  # the state change where it came: after record 10
@@ -141,8 +139,7 @@ async def test_what_the_socket_does_not_take_at_a_tick_is_sent_by_the_woken_foll
     lab, served = Lab(tmp_path), Served(monkeypatch)
     big = "x" * (1 << 16)
     with trio.fail_after(60):
-        async with follow_server(lab, monkeypatch) as port:
-            stream, conn = await following(port)
+        async with follow_server(lab, monkeypatch) as port, following(port) as (stream, conn):
             await settled()
             await lab.commit(1)
             await resting(lab)
@@ -156,7 +153,6 @@ async def test_what_the_socket_does_not_take_at_a_tick_is_sent_by_the_woken_foll
             await lab.end()
             lab.broadcaster.pacer.tick()
             got = await read_to_end(stream, conn)
-            await stream.aclose()
     assert served.answers[0] is True and served.answers[-1] is False  # the socket filled, a tick met it
     records = ids(got)
     assert records == list(range(1, len(served.answers) + 3))  # every record once, in order
