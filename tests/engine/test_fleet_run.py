@@ -165,7 +165,7 @@ def test_only_a_run_that_has_not_begun_here_carries_on() -> None:
         StepChange(run_id=2, index=0, state=S.SUCCESS, attempts=1),
         RunChange(run_id=2, state=None, current_step=None, records=3),
     ]
-    assert run.next_step() == 1 and run.take_seq() == 4
+    assert run.next_step() == 1 and run.next_seq == 4
     run.start()
     with pytest.raises(TransitionError, match="has begun here already"):
         run.carry_on([S.SUCCESS, S.PENDING], [1, 0], 4, abandon=False, cause="moved")

@@ -325,7 +325,7 @@ async def test_an_idle_writer_commits_what_is_queued_when_its_rhythm_would_have(
         await nursery.start(writer.run)
         start = trio.current_time()
         await trio.sleep(10.02)
-        writer.queue(pending((job, runs["web01"], 1, "s", 1, OutputRecord(value="x"), 0.0)))
+        writer.queue([pending((job, runs["web01"], 1, "s", 1, OutputRecord(value="x"), 0.0))])
         await trio.sleep(1.0)
         assert [round(at - start, 6) for at in told] == [10.05]
         writer.change([RunChange(run_id=runs["web01"], state=State.FAILED, current_step=None, records=1, error="gone")])

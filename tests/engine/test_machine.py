@@ -8,12 +8,19 @@ from collections.abc import Callable
 import pytest
 
 from vmbusops.engine.batch import BatchFailure, BatchTracker, Next
-from vmbusops.engine.changes import JobChange, RunChange, StepChange
-from vmbusops.engine.events import RunChanged
+from vmbusops.engine.changes import JobChange, PendingRecord, RunChange, StepChange
+from vmbusops.engine.events import RecordArrived, RunChanged
 from vmbusops.engine.machine import JobMachine, Output, RunMachine, StepInfo
 from vmbusops.engine.states import Event, State, TransitionError
 from vmbusops.errors import GuestNotReadyError
-from vmbusops.records import GuestRecord, InformationRecord, OutputRecord, PipelineState, ProgressRecord
+from vmbusops.records import (
+    GuestRecord,
+    InformationRecord,
+    OutputRecord,
+    PipelineState,
+    ProgressRecord,
+    Record,
+)
 
 S = State
 
@@ -27,9 +34,19 @@ def changes(outputs: list[Output]) -> list[object]:
     return [o for o in outputs if not isinstance(o, RunChanged)]
 
 
+def record(
+    run: RunMachine, rec: Record, index: int | None, *, at: float = 1.0, watched: bool = True
+) -> tuple[PendingRecord, RecordArrived | None]:
+    """One record through the machine: its row, and its event if watched."""
+    rows, arrived = run.records([rec], at, index, watched=watched)
+    assert len(rows) == 1 and len(arrived) == (1 if watched else 0)
+    return rows[0], arrived[0] if arrived else None
+
+
 def text(run: RunMachine, message: str, index: int | None = 0) -> GuestRecord:
-    rec = GuestRecord(vm="web01", seq=run.take_seq(), time=1.0, record=OutputRecord(value=message))
-    return run.record(rec, index)[1].record
+    arrived = record(run, OutputRecord(value=message), index)[1]
+    assert arrived is not None
+    return arrived.record
 
 
 def test_a_run_that_succeeds_says_each_change_once_in_order() -> None:
@@ -63,9 +80,8 @@ def test_records_are_numbered_once_per_run_and_named_by_their_step() -> None:
     run.start()
     run.begin_step(0)
     first = text(run, "one")
-    row, arrived = run.record(
-        GuestRecord(vm="web01", seq=run.take_seq(), time=2.0, record=OutputRecord(value="two")), 0
-    )
+    row, arrived = record(run, OutputRecord(value="two"), 0, at=2.0)
+    assert arrived is not None
     assert (first.seq, arrived.record.seq) == (1, 2)
     assert row[:5] == (7, 3, 2, "a", 1)  # job id, run id, seq, step, attempt
     assert arrived.job_id == 7 and arrived.record.step == "a"
@@ -80,8 +96,7 @@ def test_with_no_watcher_a_record_is_journaled_and_kept_for_the_excerpt_but_no_e
     run = machine("a")
     run.start()
     run.begin_step(0)
-    rec = GuestRecord(vm="web01", seq=run.take_seq(), time=2.0, record=OutputRecord(value="quiet"))
-    row, arrived = run.record(rec, 0, watched=False)
+    row, arrived = record(run, OutputRecord(value="quiet"), 0, at=2.0, watched=False)
     assert arrived is None
     assert row == (7, 3, 1, "a", 1, "output", 2.0, '{"stream":"output","value":"quiet"}')
     assert run.excerpt() == ["quiet"]
@@ -90,7 +105,8 @@ def test_with_no_watcher_a_record_is_journaled_and_kept_for_the_excerpt_but_no_e
 def test_a_resumed_run_numbers_on_from_the_journal() -> None:
     run = machine("a")
     run.next_seq = 42
-    assert run.take_seq() == 42 and run.take_seq() == 43
+    assert [row[2] for row in run.records([OutputRecord(value="a"), OutputRecord(value="b")], 1.0, None)[0]] == [42, 43]
+    assert run.next_seq == 44
 
 
 def test_the_excerpt_keeps_the_head_and_the_tail_and_counts_what_it_dropped() -> None:
@@ -99,9 +115,28 @@ def test_the_excerpt_keeps_the_head_and_the_tail_and_counts_what_it_dropped() ->
     run.begin_step(0)
     for i in range(6):
         text(run, f"line {i}")
-    progress = GuestRecord(vm="web01", seq=run.take_seq(), time=1.0, record=ProgressRecord(activity="x"))
-    run.record(progress, 0)  # progress is shown live, never in the excerpt
+    record(run, ProgressRecord(activity="x"), 0)  # progress is shown live, never in the excerpt
     assert run.excerpt() == ["line 0", "line 1", "... (2 records not shown) ...", "line 4", "line 5"]
+
+
+@pytest.mark.parametrize("watched", [True, False])
+def test_a_run_of_records_at_once_is_told_as_each_alone_would_be(watched: bool) -> None:
+    records: list[Record] = [OutputRecord(value=f"line {i}") for i in range(5)]
+    records[2:2] = [ProgressRecord(activity="x"), InformationRecord(message_data="two\nlines")]
+    alone, together = machine("a", excerpt_lines=3), machine("a", excerpt_lines=3)
+    for run in (alone, together):
+        run.start()
+        run.begin_step(0)
+        text(run, "first")
+    one_by_one = [record(alone, r, 0, at=5.0, watched=watched) for r in records]
+    rows, arrived = together.records(records, 5.0, 0, watched=watched)
+    assert rows == [row for row, _ in one_by_one]
+    assert arrived == [a for _, a in one_by_one if a is not None]
+    assert [row[2] for row in rows] == [2, 3, 4, 5, 6, 7, 8]
+    assert together.next_seq == alone.next_seq == 9
+    assert together.excerpt() == alone.excerpt() == [
+        "first", "line 0", "line 1", "... (1 records not shown) ...", "line 2", "line 3", "line 4",
+    ]  # fmt: skip
 
 
 def test_a_transient_failure_delays_the_step_and_the_next_attempt_starts_clean() -> None:
@@ -312,8 +347,7 @@ def test_a_pipeline_that_ends_mid_step_fails_that_step() -> None:
 
 def test_agent_notes_are_journaled_as_information() -> None:
     run = machine("a")
-    rec = GuestRecord(vm="web01", seq=run.take_seq(), time=1.0, record=InformationRecord(message_data="hi"))
-    row, _ = run.record(rec, 0)
+    row, _ = record(run, InformationRecord(message_data="hi"), 0)
     assert row[2] == 1 and run.excerpt() == ["hi"]
 
 

@@ -88,6 +88,10 @@ async def test_any_other_exit_code_fails_the_step_and_stops_the_batch(lab_dir: P
     assert ("after", "after") not in outputs(journal, result.job_id)
     [run] = journal.runs(result.job_id)
     assert journal.steps(run.id)[0].state is State.FAILED
+    # What came after the failed step's end (the pipeline's end, taken with it) took no number:
+    # the run's count is what it journaled, numbered without a gap.
+    seqs = [r.seq for r in journal.records(result.job_id, vm="web01")]
+    assert seqs == list(range(1, run.records + 1))
 
 
 async def test_a_reboot_beyond_the_budget_fails_the_step(lab_dir: Path, tmp_path: Path) -> None:

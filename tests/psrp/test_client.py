@@ -303,3 +303,18 @@ async def test_every_pipeline_is_closed_on_the_wire(make_lab: Callable[..., Any]
     assert closes[:-1] == ids
     assert closes[-1] == uuid.UUID(int=0)
     assert packets[-1].kind is PacketKind.CLOSE
+
+
+async def test_take_gives_what_has_arrived_in_order_a_packet_at_a_time(make_lab: Callable[..., Any]) -> None:
+    lab = make_lab()
+    script = '1..300 | ForEach-Object { Write-Output "line $_" }'
+    takes: list[list[Any]] = []
+    async with open_host("sim", config=lab.config) as host:
+        async with host.invoke_in_guest("web01", script, lab.credential()) as inv:
+            while taken := await inv.take():
+                takes.append([r for t in taken for r in t.records])
+            assert await inv.take() == []  # and stays ended
+    records = [r for t in takes for r in t]
+    assert [r.value for r in records[:-1]] == [f"line {i}" for i in range(1, 301)]
+    assert records[-1] == PipelineStateRecord(state=PipelineState.COMPLETED, exit_code=0)
+    assert len(takes) < len(records)  # many records to a take: a packet carries many

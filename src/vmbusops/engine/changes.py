@@ -11,6 +11,7 @@ finish time and error.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vmbusops.engine.states import State
@@ -92,11 +93,23 @@ no longer outlive its young generation into the older ones."""
 
 
 def pending(row: tuple[int, int, int, str | None, int, Record, float]) -> PendingRecord:
-    """``(job_id, run_id, seq, step, attempt, record, time)`` as the writer holds it: the record
-    replaced by its stream's name and its JSON (:func:`~vmbusops.records.record_json`)."""
+    """One record, ``(job_id, run_id, seq, step, attempt, record, time)``, as the writer holds it
+    (see :func:`pending_rows`)."""
     job_id, run_id, seq, step, attempt, record, at = row
-    kind = type(record)
-    return (job_id, run_id, seq, step, attempt, STREAM_TEXT[kind], at, RECORD_JSON[kind](record))
+    (held,) = pending_rows((record,), job_id=job_id, run_id=run_id, step=step, attempt=attempt, first_seq=seq, at=at)
+    return held
 
 
-__all__ = ["Change", "CheckpointChange", "JobChange", "PendingRecord", "RunChange", "StepChange", "pending"]
+def pending_rows(
+    records: Iterable[Record], *, job_id: int, run_id: int, step: str | None, attempt: int, first_seq: int, at: float
+) -> list[PendingRecord]:
+    """Consecutive records of one run, step and attempt, numbered from ``first_seq`` and taken at
+    ``at``, as the writer holds them: each record replaced by its stream's name and its JSON
+    (:func:`~vmbusops.records.record_json`)."""
+    return [
+        (job_id, run_id, seq, step, attempt, STREAM_TEXT[type(record)], at, RECORD_JSON[type(record)](record))
+        for seq, record in enumerate(records, first_seq)
+    ]
+
+
+__all__ = ["Change", "CheckpointChange", "JobChange", "PendingRecord", "RunChange", "StepChange", "pending", "pending_rows"]

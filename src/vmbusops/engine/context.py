@@ -6,13 +6,11 @@ them, events to the watchers) and gives the steps their host, guest credential, 
 the host-wide limit on PowerShell Direct sessions. :class:`StepChannel` is one step's view of it, in
 the shape guest-side operations (:mod:`vmbusops.guestops.dsc`, :mod:`vmbusops.guestops.patch`)
 take: every record they see is journaled under the step, live (a quiet run's output and state
-excepted: the agent's own checks, numbered apart so the run's record numbers have no gap).
+excepted: the agent's own checks; the run numbers only what it journals, so its numbers have no gap).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ from vmbusops.engine.writer import JournalWriter
 from vmbusops.errors import VmbusOpsError
 from vmbusops.guestops.dsc import GuestRun
 from vmbusops.guestops.host import HyperVHost, InvokeOutcome
-from vmbusops.records import GuestRecord, InformationRecord, OutputRecord, PipelineStateRecord, Record
+from vmbusops.records import InformationRecord, OutputRecord, PipelineStateRecord, Record
 
 #: What a quiet run (the agent's own checks) does not journal: its objects and its end.
 _QUIET = (OutputRecord, PipelineStateRecord)
@@ -103,18 +101,20 @@ class RunContext:
         self.emit(self.machine.succeed_step(index))
         await self.commit()
 
-    async def record(self, rec: GuestRecord, index: int | None) -> None:
-        if self.queue_record(rec, index):
+    async def record(self, record: Record, index: int | None, at: float) -> None:
+        if self.queue_records((record,), index, at):
             await self.commit()
 
-    def queue_record(self, rec: GuestRecord, index: int | None) -> bool:
-        """:meth:`record` without waiting, for a loop over a guest's records: True when the
-        writer's buffer is full, and the caller must await :meth:`commit` before the next."""
+    def queue_records(self, records: Sequence[Record], index: int | None, at: float) -> bool:
+        """:meth:`record` for consecutive records of step ``index``, without waiting, for a loop
+        over a guest's records (a run of a packet's at a time): True when the writer's buffer is
+        full, and the caller must await :meth:`commit` before the next."""
         on_event = self.on_event
-        row, arrived = self.machine.record(rec, index, watched=on_event is not None)
-        full = self.writer.queue(row)
-        if arrived is not None and on_event is not None:
-            on_event(arrived)
+        rows, arrived = self.machine.records(records, at, index, watched=on_event is not None)
+        full = self.writer.queue(rows)
+        if on_event is not None:
+            for event in arrived:
+                on_event(event)
         return full
 
     def channel(self, index: int) -> StepChannel:
@@ -149,20 +149,13 @@ class StepChannel:
         ctx = self.ctx
         records: list[Record] = []
         outcome = InvokeOutcome()
-        take_seq = ctx.machine.take_seq
         async with ctx.sessions:
             try:
-                async with ctx.host.invoke_in_guest(
-                    ctx.vm, script, ctx.credential, arguments=arguments,
-                    number=itertools.count(1).__next__ if quiet else take_seq,
-                ) as inv:  # fmt: skip
+                async with ctx.host.invoke_in_guest(ctx.vm, script, ctx.credential, arguments=arguments) as inv:
                     async for rec in inv:
                         records.append(rec.record)
-                        if not quiet:
-                            if ctx.queue_record(rec, self.index):
-                                await ctx.commit()
-                        elif not isinstance(rec.record, _QUIET):
-                            await ctx.record(dataclasses.replace(rec, seq=take_seq()), self.index)
+                        if not quiet or not isinstance(rec.record, _QUIET):
+                            await ctx.record(rec.record, self.index, rec.time)
                         if on_record is not None:
                             await on_record(rec.record)
                     outcome = inv.outcome
@@ -176,8 +169,7 @@ class StepChannel:
     async def note(self, text: str) -> None:
         """Journal a line from the agent itself under the step."""
         record = InformationRecord(message_data=text, source="vmbusops", tags=("vmbusops.agent",))
-        rec = GuestRecord(vm=self.ctx.vm, seq=self.ctx.machine.take_seq(), time=time.time(), record=record)
-        await self.ctx.record(rec, self.index)
+        await self.ctx.record(record, self.index, time.time())
 
     def progress(self, text: str) -> None:
         """Where the step is, to the live view and (after the records before it are committed) to

@@ -18,10 +18,10 @@ timeouts, guest pipelines) and hands the outputs to the journal writer and the w
 everything the journal and the watchers ever see of a run is decided here, and is tested here
 (``tests/engine/test_machine.py``) without a process, a host or a database.
 
-Records are numbered here and only here: :meth:`RunMachine.take_seq` gives the next number of the
-run (the guest invocation numbers its records with it, and the agent's own notes take theirs the
-same way), continuing after the highest one the journal holds when a run is resumed, and after
-the fleet run's last one when it carries on from another host.
+Records are numbered here and only here: :meth:`RunMachine.records` numbers the records it is told
+of (a guest's, a run of them at a time, and the agent's own notes alike) on from :attr:`~RunMachine.next_seq`,
+which continues after the highest one the journal holds when a run is resumed, and after the
+fleet run's last one when it carries on from another host.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from vmbusops.engine.changes import Change, JobChange, PendingRecord, RunChange, StepChange, pending
+from vmbusops.engine.changes import Change, JobChange, PendingRecord, RunChange, StepChange, pending_rows
 from vmbusops.engine.events import RecordArrived, RunChanged
 from vmbusops.engine.run_start import CARRIED_STATES
 from vmbusops.engine.states import (
@@ -127,39 +127,46 @@ class RunMachine:
         return [*self._head, *tail]
 
     # ------------------------------------------------------------------ records
-    def take_seq(self) -> int:
-        seq = self.next_seq
-        self.next_seq = seq + 1
-        return seq
+    def records(
+        self, records: Sequence[Record], at: float, index: int | None, *, watched: bool = True
+    ) -> tuple[list[PendingRecord], list[RecordArrived]]:
+        """Consecutive records of step ``index`` (None: outside any step), taken at ``at``: numbered
+        on from the run's last, their rows for the journal writer and their events for the watchers.
 
-    def record(
-        self, rec: GuestRecord, index: int | None, *, watched: bool = True
-    ) -> tuple[PendingRecord, RecordArrived | None]:
-        """A record of step ``index`` (None: outside any step), numbered by :meth:`take_seq`.
-
-        On the path of every record, so it does as little as it can: its JSON, which the
-        journal stores, now (see :data:`~.changes.PendingRecord`); display text later (for the
-        excerpt when the run ends), and the event for the watchers only when there are some
-        (``watched``).
+        On the path of every record, so it does as little as it can, and per run of records (a
+        guest's packet carries dozens) rather than per record where it can: their JSON, which the
+        journal stores, now (see :func:`~.changes.pending_rows`); display text later (for the
+        excerpt when the run ends) but for the run's first lines, and the events for the watchers
+        only when there are some (``watched``).
         """
-        record = rec.record
-        kind = type(record)
         if index is None:
             name, attempt = None, 0
         else:
             name, attempt = self.steps[index].name, self.attempts[index]
-        if kind not in _NOT_IN_EXCERPT:
-            if len(self._head) < self.excerpt_lines:
-                self._head.extend(display_text(record).splitlines() or [""])
-            else:
-                self._tail.append(record)
-                self._tailed += 1
-        arrived = None
+        first = self.next_seq
+        self.next_seq = first + len(records)
+        self._excerpt([record for record in records if type(record) not in _NOT_IN_EXCERPT])
+        arrived = []
         if watched:
-            arrived = RecordArrived(
-                self.job_id, GuestRecord(vm=self.vm, seq=rec.seq, time=rec.time, record=record, step=name)
-            )
-        return pending((self.job_id, self.id, rec.seq, name, attempt, record, rec.time)), arrived
+            job_id, vm = self.job_id, self.vm
+            arrived = [
+                RecordArrived(job_id, GuestRecord(vm=vm, seq=seq, time=at, record=record, step=name))
+                for seq, record in enumerate(records, first)
+            ]
+        rows = pending_rows(
+            records, job_id=self.job_id, run_id=self.id, step=name, attempt=attempt, first_seq=first, at=at
+        )
+        return rows, arrived
+
+    def _excerpt(self, shown: Sequence[Record]) -> None:
+        """Records shown in the excerpt: the first lines of the run in full, then the last."""
+        head, taken = self._head, 0
+        while taken < len(shown) and len(head) < self.excerpt_lines:
+            head.extend(display_text(shown[taken]).splitlines() or [""])
+            taken += 1
+        if taken < len(shown):
+            self._tail.extend(shown[taken:] if taken else shown)
+            self._tailed += len(shown) - taken
 
     # ------------------------------------------------------------------ the run
     def wait(self) -> list[Output]:

@@ -10,7 +10,7 @@ before them and go out in the same transaction, so the journal never shows a ste
 its records.
 
 The buffer is bounded: a producer that gets ``max_buffer`` records ahead of the disk waits for a
-flush (back-pressure through :meth:`add_record`), so memory stays flat however much a guest prints.
+flush (back-pressure through :meth:`add_record` and :meth:`queue`), so memory stays flat however much a guest prints.
 
 Each commit numbers the records it carries (their job's ``n``, see :mod:`.journal_schema`) and,
 after it is durable, tells :attr:`JournalWriter.on_commit` what it carried: the records as stored
@@ -141,14 +141,16 @@ class JournalWriter:
         return bool(self._records or self._changes or self._events or self._released)
 
     async def add_record(self, row: PendingRecord) -> None:
-        if self.queue(row):
+        if self.queue((row,)):
             await self.commit()
 
-    def queue(self, row: PendingRecord) -> bool:
-        """:meth:`add_record` without waiting: True when the buffer is full, and the caller must
-        await :meth:`commit` before it queues more (the engine's record path, a call the fewer)."""
+    def queue(self, rows: Sequence[PendingRecord]) -> bool:
+        """:meth:`add_record` for consecutive records, without waiting: True when the buffer is
+        full, and the caller must await :meth:`commit` before it queues more (the engine's record
+        path: a call per run of a guest's records, so the buffer holds at most one such run past
+        ``max_buffer``)."""
         records = self._records
-        records.append(row)
+        records.extend(rows)
         self._stir()
         if len(records) < self.flush_records:
             return False

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
@@ -399,15 +399,12 @@ class HyperVHost:
         arguments: Sequence[Any] = (),
         step: str | None = None,
         vm_id: str | None = None,
-        number: Callable[[], int] | None = None,
     ) -> AsyncIterator[GuestInvocation]:
         """Run ``steps`` ((index, script) pairs) in one PowerShell Direct session; yield records live.
 
-        The step markers come through with the records (see :func:`.invoker.parse_marker`), with
-        ``seq`` 0 and parsed as :attr:`GuestInvocation.marker`: the engine needs them to tell
-        which step a record belongs to, and journals none.
-        ``number`` gives the records their ``seq`` (the engine's run numbering); by default they
-        are numbered 1, 2, 3... within the invocation.
+        The step markers come through :meth:`GuestInvocation.take` between the records, parsed
+        (see :func:`.invoker.parse_marker`): the engine needs them to tell which step a record
+        belongs to, and journals none.
         """
         # The credential goes to the PSRP layer as is; it is serialized as a PSCredential whose
         # password is a SecureString encrypted with the session key.
@@ -420,7 +417,7 @@ class HyperVHost:
             as_function=self.invoker_as_function,
         )
         async with self.pool.invoke([[command]]) as pipe:
-            yield GuestInvocation(vm, pipe, step, markers=True, number=number)
+            yield GuestInvocation(vm, pipe, step, markers=True)
 
     @asynccontextmanager
     async def invoke_in_guest(
@@ -432,12 +429,11 @@ class HyperVHost:
         arguments: Sequence[Any] = (),
         step: str | None = None,
         vm_id: str | None = None,
-        number: Callable[[], int] | None = None,
     ) -> AsyncIterator[GuestInvocation]:
         """Run one script in the guest through PowerShell Direct; yield its records live.
 
         The step markers are taken out; the script's exit code is ``outcome.exit_code`` and the
-        ``exit_code`` of the final state record. ``number`` as for :meth:`invoke_steps`.
+        ``exit_code`` of the final state record.
         """
         command = invoker_command(
             vm=vm,
@@ -448,7 +444,7 @@ class HyperVHost:
             as_function=self.invoker_as_function,
         )
         async with self.pool.invoke([[command]]) as pipe:
-            yield GuestInvocation(vm, pipe, step, markers=False, number=number)
+            yield GuestInvocation(vm, pipe, step, markers=False)
 
     async def run_in_guest(
         self, vm: str, script: str, credential: GuestCredential, **kwargs: Any
@@ -506,31 +502,34 @@ class HyperVHost:
             delay = min(delay * 1.5, 10.0)
 
 
-class GuestInvocation:
-    """Records of one guest invocation, wrapped with VM, sequence number and time.
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """Consecutive records of a guest invocation as :meth:`GuestInvocation.take` gives them: when
+    the agent took them, and the step marker that came right after them (None: none did yet)."""
 
-    The invoker's ``end`` markers set ``outcome.exit_code``; with ``markers=False`` the markers
-    are consumed here and the final state record carries the exit code instead. With markers,
-    :attr:`marker` is the step marker the record just given is (None for any other record), so
-    that a caller does not parse each record again.
+    time: float
+    records: list[Record]
+    marker: StepMarker | None
+
+
+class GuestInvocation:
+    """Records of one guest invocation.
+
+    Iterate it for the records one by one, each wrapped with VM, sequence number (1, 2, 3...
+    within the invocation) and time; or :meth:`take` what has arrived, a packet's worth or more at
+    a time, for the caller to number (the engine numbers a run's records itself). The invoker's
+    ``end`` markers set ``outcome.exit_code``; with ``markers=False`` the markers are consumed here
+    and the final state record carries the exit code instead. With markers, :meth:`take` gives
+    each parsed, in order between the records; iterating never does.
     """
 
-    def __init__(
-        self,
-        vm: str,
-        pipe: RecordStream,
-        step: str | None,
-        *,
-        markers: bool = True,
-        number: Callable[[], int] | None = None,
-    ) -> None:
+    def __init__(self, vm: str, pipe: RecordStream, step: str | None, *, markers: bool = True) -> None:
         self.vm = vm
         self._pipe = pipe
         self._step = step
-        self._number = number if number is not None else itertools.count(1).__next__
+        self._number = itertools.count(1).__next__
         self._markers = markers
         self.outcome = InvokeOutcome()
-        self.marker: StepMarker | None = None
 
     def __aiter__(self) -> GuestInvocation:
         return self
@@ -542,20 +541,50 @@ class GuestInvocation:
             except VmbusOpsError as exc:
                 self.outcome.failure = self.outcome.failure or exc
                 raise
-            mark = parse_marker(record)
-            if mark is not None:
-                if mark.kind == "end":
-                    self.outcome.exit_code = mark.exit_code if mark.exit_code is not None else 0
-                    self.outcome.script_errors += mark.errors
-                if not self._markers:
-                    continue
-                self.marker = mark
-                return GuestRecord(vm=self.vm, seq=0, time=time.time(), record=record, step=self._step)
-            if isinstance(record, PipelineStateRecord) and self.outcome.exit_code is not None:
-                record = PipelineStateRecord(state=record.state, error=record.error, exit_code=self.outcome.exit_code)
-            self.marker = None
-            self._observe(record)
-            return GuestRecord(vm=self.vm, seq=self._number(), time=time.time(), record=record, step=self._step)
+            one = self._one(record)
+            if one is not None and not isinstance(one, StepMarker):
+                return GuestRecord(vm=self.vm, seq=self._number(), time=time.time(), record=one, step=self._step)
+
+    async def take(self) -> list[Taken]:
+        """What has arrived, at least one record or marker, in order: each run of consecutive
+        records with the step marker that followed it; [] once the invocation has ended. A caller
+        that handles records in bulk waits once per packet, not once per record. The records are
+        not numbered: what a caller leaves of them (it stops at a marker) takes no number."""
+        taken: list[Taken] = []
+        while not taken:
+            try:
+                records = await self._pipe.take()
+            except VmbusOpsError as exc:
+                self.outcome.failure = self.outcome.failure or exc
+                raise
+            if not records:
+                return []
+            now = time.time()
+            run: list[Record] = []
+            for record in records:
+                one = self._one(record)
+                if isinstance(one, StepMarker):
+                    taken.append(Taken(now, run, one))
+                    run = []
+                elif one is not None:
+                    run.append(one)
+            if run:
+                taken.append(Taken(now, run, None))
+        return taken
+
+    def _one(self, record: Record) -> Record | StepMarker | None:
+        """A record from the pipeline as the caller gets it, observed; or the step marker it is
+        (None: a marker the caller does not see)."""
+        mark = parse_marker(record)
+        if mark is not None:
+            if mark.kind == "end":
+                self.outcome.exit_code = mark.exit_code if mark.exit_code is not None else 0
+                self.outcome.script_errors += mark.errors
+            return mark if self._markers else None
+        if isinstance(record, PipelineStateRecord) and self.outcome.exit_code is not None:
+            record = PipelineStateRecord(state=record.state, error=record.error, exit_code=self.outcome.exit_code)
+        self._observe(record)
+        return record
 
     def _observe(self, record: Record) -> None:
         outcome = self.outcome

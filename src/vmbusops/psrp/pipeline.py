@@ -32,7 +32,8 @@ class Pipeline:
 
     Records wait in a bounded queue between the pool's reader and the consumer. The consumer
     wakes once per batch, not per record: one OutOfProc Data packet carries many records, and
-    a trio task switch per record would cost more than decoding it. When the queue is full the
+    a trio task switch per record would cost more than decoding it; :meth:`take` hands over all
+    that is queued at once, for a consumer that handles records in bulk. When the queue is full the
     reader waits, which stops reading from the host: memory stays bounded by the buffer, not by
     how much a guest prints.
     """
@@ -103,6 +104,23 @@ class Pipeline:
         if self._writable and len(self._queue) < self._capacity:
             self._writable.unpark_all()
         return record
+
+    async def take(self) -> list[Record]:
+        """Every record queued now, at least one, as :meth:`__anext__` would give them one by
+        one; [] once the pipeline has ended and its last record was taken. A consumer that handles
+        records in bulk takes a packet's worth (or more) for one wake and one cancellation check."""
+        while not self._queue:
+            if self._ended or self._abandoned:
+                if self.final is None and not self._abandoned:
+                    raise self._pool._broken_error()
+                return []
+            await self._readable.park()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        records = list(self._queue)
+        self._queue.clear()
+        if self._writable:
+            self._writable.unpark_all()
+        return records
 
     async def collect(self) -> list[Record]:
         """Every record until the pipeline ends."""

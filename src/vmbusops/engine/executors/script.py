@@ -19,6 +19,7 @@ from vmbusops.engine.executors.base import attempt_failed, timed_out
 from vmbusops.engine.plan import REBOOT_EXIT_CODES
 from vmbusops.errors import FailureCode, VmbusOpsError
 from vmbusops.guestops.dsc import restart_and_wait
+from vmbusops.guestops.host import GuestInvocation
 from vmbusops.records import ErrorRecord
 
 
@@ -80,7 +81,6 @@ async def _invoke(ctx: RunContext, indices: tuple[int, ...]) -> BatchFailure | N
     again from the first that did not begin).
     """
     tracker = BatchTracker(indices)
-    machine = ctx.machine
     single = len(indices) == 1
     first = _step(ctx, indices[0])
     arguments = first.arguments if single else ()
@@ -95,34 +95,8 @@ async def _invoke(ctx: RunContext, indices: tuple[int, ...]) -> BatchFailure | N
     with step_scope:
         async with ctx.sessions:
             try:
-                async with ctx.host.invoke_steps(
-                    ctx.vm, parts, ctx.credential, arguments=arguments, number=machine.take_seq
-                ) as inv:
-                    async for rec in inv:
-                        mark = inv.marker
-                        if mark is None:
-                            if ctx.queue_record(rec, tracker.current):
-                                await ctx.commit()
-                            if isinstance(rec.record, ErrorRecord):
-                                tracker.error_record(rec.record.message)
-                            continue
-                        if mark.kind == "begin":
-                            verdict = tracker.begin(mark.index)
-                            if verdict is Next.BEGIN:
-                                await ctx.begin(mark.index)
-                                step_scope.deadline = _deadline(ctx, mark.index)
-                        else:
-                            exited = None
-                            if mark.index in tracker.indices and mark.index not in tracker.failed:
-                                exited = await _exited(ctx, mark.index, mark.exit_code or 0, mark.errors)
-                            verdict = tracker.end(mark.index, *(exited or (None, None)))
-                            if verdict is Next.ENDED:
-                                if machine.reboot_for is None:
-                                    await ctx.succeed(mark.index)
-                                # else it succeeds once the VM is back; it ends its batch
-                                step_scope.deadline = math.inf
-                        if verdict is Next.STOP:
-                            break
+                async with ctx.host.invoke_steps(ctx.vm, parts, ctx.credential, arguments=arguments) as inv:
+                    await _follow(ctx, inv, tracker, step_scope)
                     error = inv.outcome.failure
                     state = inv.outcome.state
             except VmbusOpsError as exc:
@@ -136,6 +110,44 @@ async def _invoke(ctx: RunContext, indices: tuple[int, ...]) -> BatchFailure | N
     if tracker.current is not None:
         await ctx.succeed(tracker.current)  # the pipeline completed without its end marker
     return None
+
+
+async def _follow(ctx: RunContext, inv: GuestInvocation, tracker: BatchTracker, step_scope: trio.CancelScope) -> None:
+    """Journal the invocation's records under their steps and act on its markers, in the order
+    they came, until it ends or a step's end stops the batch.
+
+    A packet's worth at a time: each run of records between two markers goes to the journal
+    writer in one call, and the loop waits (and a step's deadline is seen) once per packet.
+    """
+    machine = ctx.machine
+    while taken := await inv.take():
+        for part in taken:
+            if part.records:
+                if ctx.queue_records(part.records, tracker.current, part.time):
+                    await ctx.commit()
+                for record in part.records:
+                    if isinstance(record, ErrorRecord):
+                        tracker.error_record(record.message)
+            mark = part.marker
+            if mark is None:
+                continue
+            if mark.kind == "begin":
+                verdict = tracker.begin(mark.index)
+                if verdict is Next.BEGIN:
+                    await ctx.begin(mark.index)
+                    step_scope.deadline = _deadline(ctx, mark.index)
+            else:
+                exited = None
+                if mark.index in tracker.indices and mark.index not in tracker.failed:
+                    exited = await _exited(ctx, mark.index, mark.exit_code or 0, mark.errors)
+                verdict = tracker.end(mark.index, *(exited or (None, None)))
+                if verdict is Next.ENDED:
+                    if machine.reboot_for is None:
+                        await ctx.succeed(mark.index)
+                    # else it succeeds once the VM is back; it ends its batch
+                    step_scope.deadline = math.inf
+            if verdict is Next.STOP:
+                return
 
 
 async def _reboot_for_script(ctx: RunContext, index: int, code: int) -> BatchFailure | None:
