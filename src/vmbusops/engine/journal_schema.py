@@ -199,11 +199,10 @@ def insert_records(db: sqlite3.Connection, records: Sequence[PendingRecord]) -> 
     """Insert ``records``, each job's numbered in their order after the highest ``n`` the job has
     committed (inside the caller's write transaction, so that no other writer numbers between):
     the records as stored."""
-    first = {
-        job_id: (db.execute(journal_records.LAST_N_OF_JOB, (job_id,)).fetchone()[0] or 0) + 1
+    number = {
+        job_id: itertools.count((db.execute(journal_records.LAST_N_OF_JOB, (job_id,)).fetchone()[0] or 0) + 1).__next__
         for job_id in set(map(_job, records))
     }
-    number = {job_id: itertools.count(n).__next__ for job_id, n in first.items()}
     stored: list[StoredRecord] = [
         (j, number[j](), run, seq, step, attempt, stream, at, content)
         for j, run, seq, step, attempt, stream, at, content in records
