@@ -93,6 +93,12 @@ class Subscription:
         if not self.pending and not self.lost:
             await self._lot.park()
 
+    def wake(self) -> None:
+        """Wake the follower if it waits, with nothing queued: something it cannot hear as an
+        event changed (its job left the agent's running jobs)."""
+        if self._lot:
+            self._lot.unpark()
+
     def take(self) -> tuple[list[StreamEvent], bool]:
         """What is queued, and whether some was lost since the last take; the queue is emptied."""
         got, lost = self.pending, self.lost
@@ -217,6 +223,11 @@ class Broadcaster:
         for sub in subs:
             if not sub.put(event):
                 self.dropped += 1
+
+    def wake(self, job_id: int) -> None:
+        """Wake the job's waiting followers (:meth:`Subscription.wake`)."""
+        for sub in self._subs.get(job_id, ()):
+            sub.wake()
 
     def publish_commit(self, records: Sequence[StoredRecord], events: Sequence[RunChanged]) -> None:
         """One commit: each followed job's records (one event), then the state events, in order."""

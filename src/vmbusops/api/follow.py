@@ -36,10 +36,12 @@ chunks to the HTTP server as they are (on an HTTP/1.x connection of the agent's,
 agent and, unless over TLS, written straight to its socket: :mod:`.connection`), with one task
 watching for the client's disconnect.
 
-A follower of a job this agent runs does no work while no commit comes but look every
-:data:`IDLE_POLL` seconds whether the job still runs here (and send a keep-alive comment every
-:data:`KEEPALIVE` seconds). A job another process runs (``vmbusops run`` beside the agent)
-brings no commits here: its follower reads the journal every :data:`IDLE_POLL` seconds.
+A follower of a job this agent runs does no work while no commit comes: it waits on no timer
+but the keep-alive's (a comment after :data:`KEEPALIVE` seconds without a chunk), and the job's
+leaving the agent's running jobs wakes it (:meth:`~vmbusops.api.service.AgentService.job_left`).
+With hundreds of followers, a look every half second each was a good part of what following
+cost. A job another process runs (``vmbusops run`` beside the agent) brings no commits here: its
+follower reads the journal every :data:`IDLE_POLL` seconds.
 
 Each record event's ``id`` is its ``n``. A client reconnects with ``Last-Event-ID`` (or
 ``?after=``) and continues exactly there. State events (``job``, ``run``) carry no id: they are
@@ -320,7 +322,12 @@ class JobFollower:
         serve = self.serve if self.direct is not None else None
         while True:
             if not live.pending and not live.lost:
-                with trio.move_on_after(IDLE_POLL):
+                # A job this agent runs brings its commits and its end here, and its leaving the
+                # running jobs wakes this wait (AgentService.job_left): only the keep-alive is
+                # timed. Another process's job brings nothing: its journal is read every
+                # IDLE_POLL. (Nothing runs between the look at ``running`` and the wait.)
+                here = self.job.id in service.running
+                with trio.move_on_at(self._idle_since + KEEPALIVE if here else trio.current_time() + IDLE_POLL):
                     await live.wait()
                 if not live.pending and not live.lost:
                     if self.job.id not in service.running:
@@ -331,7 +338,7 @@ class JobFollower:
                             async for text in self._finish():
                                 yield text
                             return
-                    if trio.current_time() - self._idle_since > KEEPALIVE:
+                    if trio.current_time() >= self._idle_since + KEEPALIVE:  # the deadline above, to the float
                         self._idle_since = trio.current_time()
                         yield b": keep-alive\n\n"
                     continue

@@ -105,6 +105,8 @@ class AgentService:
         )
         self.ready = False
         self.stopping = False
+        #: The jobs this process runs now. A follower of one of them waits for its commits on no
+        #: timer, so a job leaves this set only through :meth:`job_left`, which wakes them.
         self.running: set[int] = set()
         self._idle = trio.Event()
         self._idle.set()
@@ -342,10 +344,16 @@ class AgentService:
             self.broadcaster.publish(JobEnded(job_id, State.FAILED))
         finally:
             if job_id:
-                self.running.discard(job_id)
-                self.metrics.jobs_running.set(len(self.running))
+                self.job_left(job_id)
                 if not self.running:
                     self._idle.set()
+
+    def job_left(self, job_id: int) -> None:
+        """The job no longer runs here (ended, or stopped with the agent): its followers wake
+        and see to it (:class:`~vmbusops.api.follow.JobFollower` waits on no timer meanwhile)."""
+        self.running.discard(job_id)
+        self.metrics.jobs_running.set(len(self.running))
+        self.broadcaster.wake(job_id)
 
     async def wait_idle(self) -> None:
         while self.running:

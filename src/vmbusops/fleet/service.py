@@ -123,8 +123,7 @@ class FleetService(AgentService):
         self.metrics.jobs_running.set(len(self.running))
 
     def job_ended(self, job_id: int, state: State) -> None:
-        self.running.discard(job_id)
-        self.metrics.jobs_running.set(len(self.running))
+        self.job_left(job_id)
         self.broadcaster.publish(JobEnded(job_id, state))
 
     # ------------------------------------------------------------------ placement
