@@ -53,7 +53,7 @@ async def lab_with(tmp_path: Path, running: bool) -> tuple[Lab, Service, Looks]:
 async def test_a_follower_of_a_running_job_waits_on_no_timer_but_the_keep_alives(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    lab, service, looks = await lab_with(tmp_path, running=True)
+    lab, _, looks = await lab_with(tmp_path, running=True)
     stream = lab.follower(0)
     await stream.__anext__()  # every run's state
     at = trio.current_time()
@@ -99,7 +99,7 @@ async def test_a_job_leaving_the_agent_wakes_its_followers_at_once(
 async def test_a_follower_of_another_processs_job_reads_the_journal_every_idle_poll(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    lab, service, looks = await lab_with(tmp_path, running=False)
+    lab, _, looks = await lab_with(tmp_path, running=False)
     stream = lab.follower(0)
     await stream.__anext__()
     got: list[bytes] = []

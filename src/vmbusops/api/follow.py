@@ -39,8 +39,7 @@ watching for the client's disconnect.
 A follower of a job this agent runs does no work while no commit comes: it waits on no timer
 but the keep-alive's (a comment after :data:`KEEPALIVE` seconds without a chunk), and the job's
 leaving the agent's running jobs wakes it (:meth:`~vmbusops.api.service.AgentService.job_left`).
-With hundreds of followers, a look every half second each was a good part of what following
-cost. A job another process runs (``vmbusops run`` beside the agent) brings no commits here: its
+A job another process runs (``vmbusops run`` beside the agent) brings no commits here: its
 follower reads the journal every :data:`IDLE_POLL` seconds.
 
 Each record event's ``id`` is its ``n``. A client reconnects with ``Last-Event-ID`` (or
