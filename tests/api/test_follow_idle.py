@@ -9,6 +9,7 @@ only when every task waits, to the next deadline, so a follower that polls moves
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,28 @@ async def test_a_follower_of_a_running_job_waits_on_no_timer_but_the_keep_alives
     lab.close()
 
 
+async def ended_after(lab: Lab, looks: Looks, idle: float, end: Callable[[], None]) -> tuple[int, float, str]:
+    """Follow the job past its first chunk; after ``idle`` seconds of nothing, ``end`` it. Returns
+    how often the follower had looked at the running jobs by then, the clock that passed from
+    ``end`` to the stream's end, and the state its last event (the end) gave."""
+    stream = lab.follower(0)
+    await stream.__anext__()  # every run's state
+    got: list[bytes] = []
+
+    async def follow_it() -> None:
+        got.extend([chunk async for chunk in stream])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follow_it)
+        await trio.sleep(idle)
+        looked = looks.looks
+        at = trio.current_time()
+        end()
+    name, _, data = parse(b"".join(got).decode())[-1]
+    assert name == "end"
+    return looked, trio.current_time() - at, data["state"]
+
+
 async def test_a_job_leaving_the_agent_wakes_its_followers_at_once(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -76,23 +99,15 @@ async def test_a_job_leaving_the_agent_wakes_its_followers_at_once(
     end's event was lost) is not waited for: its leaving the running jobs wakes the follower,
     which reads where it stands from the journal."""
     lab, service, looks = await lab_with(tmp_path, running=True)
-    stream = lab.follower(0)
-    await stream.__anext__()
-    got: list[bytes] = []
 
-    async def follow_it() -> None:
-        got.extend([chunk async for chunk in stream])
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(follow_it)
-        await trio.sleep(1.0)  # the follower waits (a poll would have looked twice by now)
-        assert looks.looks == 1
+    def end() -> None:
         lab.journal.apply([], [JobChange(job_id=lab.job_id, state=State.SUCCESS, finished_at=1.0)])
-        at = trio.current_time()
         service.job_left(lab.job_id)
-    assert trio.current_time() - at < follow.IDLE_POLL
-    events = parse(b"".join(got).decode())
-    assert events[-1][0] == "end" and events[-1][2]["state"] == "success"
+
+    looked, took, state = await ended_after(lab, looks, 1.0, end)
+    assert looked == 1  # once, before it waited: a poll would have looked twice more by then
+    assert took < follow.IDLE_POLL
+    assert state == "success"
     lab.close()
 
 
@@ -100,20 +115,12 @@ async def test_a_follower_of_another_processs_job_reads_the_journal_every_idle_p
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     lab, _, looks = await lab_with(tmp_path, running=False)
-    stream = lab.follower(0)
-    await stream.__anext__()
-    got: list[bytes] = []
 
-    async def follow_it() -> None:
-        got.extend([chunk async for chunk in stream])
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(follow_it)
-        await trio.sleep(2.0 + follow.IDLE_POLL / 2)
-        assert looks.looks >= 4  # polled: nothing else would tell it
+    def end() -> None:
         lab.journal.apply([], [JobChange(job_id=lab.job_id, state=State.FAILED, finished_at=1.0)])
-        at = trio.current_time()
-    assert trio.current_time() - at <= follow.IDLE_POLL
-    events = parse(b"".join(got).decode())
-    assert events[-1][0] == "end" and events[-1][2]["state"] == "failed"
+
+    looked, took, state = await ended_after(lab, looks, 2.0 + follow.IDLE_POLL / 2, end)
+    assert looked >= 4  # polled: nothing else would tell it
+    assert took <= follow.IDLE_POLL
+    assert state == "failed"
     lab.close()
