@@ -36,11 +36,14 @@ chunks to the HTTP server as they are (on an HTTP/1.x connection of the agent's,
 agent and, unless over TLS, written straight to its socket: :mod:`.connection`), with one task
 watching for the client's disconnect.
 
-A follower of a job this agent runs does no work while no commit comes: it waits on no timer
-but the keep-alive's (a comment after :data:`KEEPALIVE` seconds without a chunk), and the job's
-leaving the agent's running jobs wakes it (:meth:`~vmbusops.api.service.AgentService.job_left`).
-A job another process runs (``vmbusops run`` beside the agent) brings no commits here: its
-follower reads the journal every :data:`IDLE_POLL` seconds.
+A follower of a job among the service's running jobs (``AgentService.running``: the jobs the
+agent started, or the fleet controller's active jobs) does no work while no commit comes: it
+waits on no timer but the keep-alive's (a comment after :data:`KEEPALIVE` seconds without a
+chunk), and the job's leaving the running jobs wakes it
+(:meth:`~vmbusops.api.service.AgentService.job_left`). Any other job's follower reads the
+journal every :data:`IDLE_POLL` seconds while nothing comes: a job another process runs
+(``vmbusops run`` beside the agent) brings no commits here, and a fleet agent's local job of a
+fleet run brings its commits but no end event.
 
 Each record event's ``id`` is its ``n``. A client reconnects with ``Last-Event-ID`` (or
 ``?after=``) and continues exactly there. State events (``job``, ``run``) carry no id: they are
@@ -72,7 +75,8 @@ from vmbusops.engine.journal_rows import spliced_record
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
-#: How often a follower of a job run by another process reads the journal while nothing comes.
+#: How often a follower of a job not among the service's running jobs reads the journal while
+#: nothing comes.
 IDLE_POLL = 0.5
 KEEPALIVE = 15.0
 #: Records per catch-up page: a page is read, formatted and handed to the socket in one step of
@@ -321,9 +325,9 @@ class JobFollower:
         serve = self.serve if self.direct is not None else None
         while True:
             if not live.pending and not live.lost:
-                # A job this agent runs brings its commits and its end here, and its leaving the
-                # running jobs wakes this wait (AgentService.job_left): only the keep-alive is
-                # timed. Another process's job brings nothing: its journal is read every
+                # A running job brings its commits and its end here, and its leaving the running
+                # jobs wakes this wait (AgentService.job_left): only the keep-alive is timed. Any
+                # other job's end may come without an event: the journal is read every
                 # IDLE_POLL. (Nothing runs between the look at ``running`` and the wait.)
                 here = self.job.id in service.running
                 with trio.move_on_at(self._idle_since + KEEPALIVE if here else trio.current_time() + IDLE_POLL):
