@@ -105,8 +105,9 @@ class AgentService:
         )
         self.ready = False
         self.stopping = False
-        #: The jobs this process runs now. A follower of one of them waits for its commits on no
-        #: timer, so a job leaves this set only through :meth:`job_left`, which wakes them.
+        #: The jobs this service runs now (the fleet controller's: its active jobs). A follower of
+        #: one of them waits for its commits on no timer, so a job leaves this set only through
+        #: :meth:`job_left`, which wakes them.
         self.running: set[int] = set()
         self._idle = trio.Event()
         self._idle.set()
