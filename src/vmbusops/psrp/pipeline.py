@@ -91,13 +91,20 @@ class Pipeline:
     def __aiter__(self) -> Pipeline:
         return self
 
-    async def __anext__(self) -> Record:
+    async def _wait(self) -> bool:
+        """Until something is queued (True), or the pipeline has ended with nothing left (False;
+        a pool that broke under it raises)."""
         while not self._queue:
             if self._ended or self._abandoned:
                 if self.final is None and not self._abandoned:
                     raise self._pool._broken_error()
-                raise StopAsyncIteration
+                return False
             await self._readable.park()
+        return True
+
+    async def __anext__(self) -> Record:
+        if not self._queue and not await self._wait():
+            raise StopAsyncIteration
         # Honour cancellation even while a backlog drains without parking.
         await trio.lowlevel.checkpoint_if_cancelled()
         record = self._queue.popleft()
@@ -109,12 +116,8 @@ class Pipeline:
         """Every record queued now, at least one, as :meth:`__anext__` would give them one by
         one; [] once the pipeline has ended and its last record was taken. A consumer that handles
         records in bulk takes a packet's worth (or more) for one wake and one cancellation check."""
-        while not self._queue:
-            if self._ended or self._abandoned:
-                if self.final is None and not self._abandoned:
-                    raise self._pool._broken_error()
-                return []
-            await self._readable.park()
+        if not self._queue and not await self._wait():
+            return []
         await trio.lowlevel.checkpoint_if_cancelled()
         records = list(self._queue)
         self._queue.clear()
