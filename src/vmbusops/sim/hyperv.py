@@ -13,9 +13,10 @@ can see how many sessions a client holds (a real host's memory grows with that n
 
 A host of a fleet (``identity``, from ``python -m vmbusops.sim --as NAME``; see
 :mod:`vmbusops.sim.cluster`) has only the VMs it owns now: any other is unknown to its cmdlets
-and to Invoke-Command, with their real errors. A PowerShell Direct session runs beside a watch
-that looks at the VM's owner every :data:`OWNER_POLL_SECONDS` (a look at the state the store keeps
-in memory, read again only when another process changed the file); when the VM left the host
+and to Invoke-Command, with their real errors. The host's open PowerShell Direct sessions are
+watched together (:class:`OwnerWatch`): one task, while any is open, looks at their VMs' owners
+every :data:`OWNER_POLL_SECONDS` (a look at the state the store keeps in memory, read again only
+when another process changed the file); when a session's VM left the host
 (live migration, failover), the session breaks under the running command as a real one does when
 the VM's end of the Hyper-V socket goes away: PowerShell's client
 (``HyperVSocketClientSessionTransportManagerBase.ProcessReaderThread`` in PowerShell's
@@ -198,6 +199,73 @@ class _GuestStreams:
 
 
 
+@dataclass(eq=False, slots=True)
+class _Watched:
+    """One open session of a fleet host: its VM (case-folded), the VM's moves when it opened, the
+    scope that breaks it, and the error the watch met looking, if it met one."""
+
+    key: str
+    moves: int
+    scope: trio.CancelScope
+    error: Exception | None = None
+
+
+class OwnerWatch:
+    """A fleet host's open PowerShell Direct sessions, watched together: while any is open, one
+    task wakes every :data:`OWNER_POLL_SECONDS`, reads the store once, and breaks each session
+    whose VM is no longer here or has moved since it opened (every session, when the host is
+    down). A timer per session would wake the simulator once per session per poll, and on a
+    host with tens of sessions open those wakes are most of what it does while guests wait.
+
+    The task is a system task (:func:`trio.lowlevel.spawn_system_task`): it outlives the
+    session that started it, ends once no session is open, and never raises: an error it meets
+    looking breaks every open session with that error, as a session's own watch did.
+    """
+
+    def __init__(self, host: HyperVHost) -> None:
+        self._host = host
+        self._open: set[_Watched] = set()
+        self._running = False
+
+    def add(self, watched: _Watched) -> None:
+        self._open.add(watched)
+        if not self._running:
+            self._running = True
+            trio.lowlevel.spawn_system_task(self._poll, name="vmbusops.sim.owner-watch")
+
+    def discard(self, watched: _Watched) -> None:
+        self._open.discard(watched)
+
+    async def _poll(self) -> None:
+        try:
+            while self._open:
+                await trio.sleep(OWNER_POLL_SECONDS)
+                try:
+                    self._look()
+                except Exception as exc:  # the sessions fail with it; the simulator goes on
+                    for watched in self._open:
+                        watched.error = exc
+                        watched.scope.cancel()
+                    self._open.clear()
+        finally:
+            self._running = False
+
+    def _look(self) -> None:
+        host = self._host
+        # The host's own death first: a failover moves the VM in the same change.
+        if host.check_down():
+            gone = list(self._open)
+        else:
+            snapshot = host.store.snapshot()
+            gone = [
+                w for w in self._open
+                if (now := snapshot[w.key]).host != host.identity or now.moves != w.moves
+            ]  # fmt: skip
+        for watched in gone:
+            watched.scope.cancel()
+            self._open.discard(watched)
+
+
 @dataclass(slots=True)
 class SessionCount:
     """PowerShell Direct sessions open now on the simulated host, and the most open at once."""
@@ -228,6 +296,8 @@ class HyperVHost:
         #: What a dead node does when it sees it is down: a process exits (``__main__``); without
         #: one (in-process) its commands and sessions fail instead.
         self.on_down = on_down
+        #: The fleet host's open sessions, watched for their VMs leaving (unused without identity).
+        self.owner_watch = OwnerWatch(self)
 
     @property
     def computer_name(self) -> str:
@@ -373,26 +443,16 @@ class HyperVHost:
         streams: HostStreams,
     ) -> None:
         """:meth:`_in_session`, broken as a real session breaks when the VM leaves this host."""
-        moves = rt.moves
-        with trio.CancelScope() as session_scope:
-            async with trio.open_nursery() as nursery:
-
-                async def watch() -> None:
-                    while True:
-                        await trio.sleep(OWNER_POLL_SECONDS)
-                        # The host's own death first: a failover moves the VM in the same change.
-                        if self.check_down():
-                            session_scope.cancel()
-                            return
-                        now = self.store.runtime(spec)
-                        if now.host != self.identity or now.moves != moves:
-                            session_scope.cancel()
-                            return
-
-                nursery.start_soon(watch)
+        watched = _Watched(spec.name.casefold(), rt.moves, trio.CancelScope())
+        self.owner_watch.add(watched)
+        try:
+            with watched.scope:
                 await self._in_session(spec, rt, credential, body, streams)
-                nursery.cancel_scope.cancel()
-        if session_scope.cancelled_caught:
+        finally:
+            self.owner_watch.discard(watched)
+        if watched.error is not None:
+            raise watched.error
+        if watched.scope.cancelled_caught:
             streams.error(pserrors.socket_process_ended(spec.name))
 
     async def _in_session(
