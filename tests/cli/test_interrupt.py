@@ -113,6 +113,23 @@ def test_ctrl_c_prints_where_each_run_stands_and_the_resume_command(tmp_path: Pa
     assert vmbusops("jobs", "--state", "success", "--json", env=env).stdout == ""
 
 
+def test_a_hangup_stops_a_run_as_ctrl_c_does(tmp_path: Path, vmbusops_home: Path) -> None:
+    """The terminal went away (SIGHUP): the guest pipelines are stopped and the job written down
+    interrupted, as on Ctrl-C, instead of the process dying where it stands."""
+    env = env_for(tmp_path, vmbusops_home)
+    proc = start_run(tmp_path, env)
+    first = wait_for_output(proc)
+    job_id = int(first[0].split()[1])
+    proc.send_signal(signal.SIGHUP)
+    rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted, stopping guest pipelines" in err
+    assert rest.endswith(f"2 runs interrupted; resume with: vmbusops jobs resume {job_id}\n"), rest
+    job = shown(env, job_id)
+    assert job["state"] == "interrupted"
+    assert [run["state"] for run in job["runs"]] == ["interrupted", "interrupted"]
+
+
 def test_a_killed_run_reads_interrupted_with_its_journaled_records_and_a_stopped_clock(
     tmp_path: Path, vmbusops_home: Path
 ) -> None:

@@ -9,7 +9,7 @@ says ``host-down`` and submissions get a retryable 503. Once it listens, the age
 *ready*: ``/v1/health`` says so, a JSON line ``{"event": "ready", "listen": [...]}`` goes to
 stdout, the ready file (if asked for) is written, and systemd is notified (``Type=notify``).
 
-Shutdown (SIGTERM or Ctrl-C): new submissions and schedule ticks are refused at once; running
+Shutdown (SIGTERM, Ctrl-C, or a hangup not ignored: :mod:`vmbusops.stop_signals`): new submissions and schedule ticks are refused at once; running
 jobs get ``shutdown_grace_seconds`` to finish; then the rest are cancelled (each guest pipeline
 gets the PSRP stop signal and the journal writes that follow are shielded), the HTTP server
 stops, and the engine flushes the journal before the process exits. A second signal skips the
@@ -60,6 +60,7 @@ from vmbusops.guestops.supervisor import Backoff, HostSupervisor, supervise_host
 from vmbusops.heap import collect_at_rest
 from vmbusops.receipts import receipt_hook
 from vmbusops.retention import keep_retention
+from vmbusops.stop_signals import stop_signals
 
 #: How long a thread may hold the interpreter while another waits (Python's default is 5 ms).
 GIL_SWITCH_SECONDS = 0.0005
@@ -101,8 +102,6 @@ async def _hold_jobs_nursery(
         done.set()
 
 
-def _signals() -> list[int]:
-    return [s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None]
 
 
 def check_listen(bind: str) -> str:
@@ -161,7 +160,7 @@ async def run_agent(
     try:
         # A fleet's broker is reached first: one that cannot be stops the agent before anything starts.
         async with fleet_broker(fleet) as broker:
-            with trio.open_signal_receiver(*_signals()) as signals:
+            with trio.open_signal_receiver(*stop_signals()) as signals:
                 supervisor = HostSupervisor(
                     host or config.host,
                     partial(open_host, host, config=config),

@@ -95,8 +95,8 @@ def agent(
 ) -> None:
     """Run the host agent: engine, scheduler and the HTTP API (JSON logs on stderr).
 
-    Stops gracefully on SIGTERM or Ctrl-C: runs get [agent] shutdown_grace_seconds to finish,
-    then are stopped; a second signal stops them at once.
+    Stops gracefully on SIGTERM, Ctrl-C or a hangup (unless started with nohup): runs get [agent]
+    shutdown_grace_seconds to finish, then are stopped; a second signal stops them at once.
 
     At most --max-sessions guest sessions are open at once; runs beyond it wait for one to end,
     and a bundle's max_concurrency is a limit for its job under this one. The default, 32, is

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -12,6 +11,7 @@ import trio
 from vmbusops.cli import exitcodes
 from vmbusops.config import Config, load_config
 from vmbusops.errors import ConfigError, VmbusOpsError
+from vmbusops.stop_signals import stop_signals
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,7 +29,8 @@ def host_option(fn: F) -> F:
 
 
 def run_trio(fn: Callable[[], Awaitable[int]]) -> int:
-    """Run ``fn`` under trio; the first Ctrl-C (or SIGTERM) cancels it cleanly and gives exit 130.
+    """Run ``fn`` under trio; the first Ctrl-C (or SIGTERM, or a hangup not ignored:
+    :mod:`vmbusops.stop_signals`) cancels it cleanly and gives exit 130.
 
     Cancelling lets every open pipeline send its PSRP stop signal and wait for the guest command
     to end before the process exits; a second Ctrl-C interrupts at once.
@@ -42,10 +43,13 @@ def run_trio(fn: Callable[[], Awaitable[int]]) -> int:
 
             async def watch() -> None:
                 nonlocal interrupted
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                with trio.open_signal_receiver(*stop_signals()) as signals:
                     async for _ in signals:
                         interrupted = True
-                        click.echo("vmbusops: interrupted, stopping guest pipelines...", err=True)
+                        try:
+                            click.echo("vmbusops: interrupted, stopping guest pipelines...", err=True)
+                        except OSError:
+                            pass  # a hangup: the terminal is gone, and the stop goes on without it
                         nursery.cancel_scope.cancel()
                         return
 

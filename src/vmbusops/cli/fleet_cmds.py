@@ -93,8 +93,8 @@ def serve_cmd(
 ) -> None:
     """Run a fleet controller: the agent's HTTP API over the whole fleet (JSON logs on stderr).
 
-    Prints {"event": "ready", "listen": [...]} once it serves. Stops on SIGTERM or Ctrl-C; a
-    standby takes over once the lease has not moved for --lease-ttl.
+    Prints {"event": "ready", "listen": [...]} once it serves. Stops on SIGTERM, Ctrl-C or a hangup
+    (unless started with nohup); a standby takes over once the lease has not moved for --lease-ttl.
     """
     from vmbusops.api.logs import configure_json_logging
     from vmbusops.fleet.controller import ControllerOptions

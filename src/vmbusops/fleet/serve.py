@@ -6,7 +6,7 @@ beside an agent in the same home), start following the log and governing (see
 :mod:`.controller`), then serve the API (Hypercorn, trio worker) exactly as ``vmbusops agent``
 does, and print the same ready line: ``{"event": "ready", "listen": [...]}``.
 
-SIGTERM or Ctrl-C stops it: the HTTP server stops, the tasks are cancelled, the journal is closed.
+SIGTERM, Ctrl-C or a hangup (:mod:`vmbusops.stop_signals`) stops it: the HTTP server stops, the tasks are cancelled, the journal is closed.
 Nothing is lost by stopping: the journal is a projection of the log, and a standby (or this one,
 restarted) goes on from the last sequence it applied. The lease is not given up; a standby takes
 it once it has not moved for the lease's time to live.
@@ -32,7 +32,7 @@ from vmbusops.api.auth import PrincipalStore
 from vmbusops.api.broadcast import Broadcaster
 from vmbusops.api.connection import install_agent_server
 from vmbusops.api.metrics import AgentMetrics
-from vmbusops.api.server import GIL_SWITCH_SECONDS, _announce, _signals, check_listen
+from vmbusops.api.server import GIL_SWITCH_SECONDS, _announce, check_listen
 from vmbusops.api.tls import configure_tls
 from vmbusops.config import Config
 from vmbusops.engine.journal import journal_path
@@ -41,6 +41,7 @@ from vmbusops.fleet.broker import Broker
 from vmbusops.fleet.controller import Controller, ControllerOptions
 from vmbusops.fleet.service import FleetService
 from vmbusops.fleet.store import FleetJournal
+from vmbusops.stop_signals import stop_signals
 
 log = logging.getLogger("vmbusops.fleet")
 
@@ -72,7 +73,7 @@ async def run_controller(
     journal = FleetJournal(journal_path())
     readers = JournalReaders(journal.path)
     try:
-        with trio.open_signal_receiver(*_signals()) as signals:
+        with trio.open_signal_receiver(*stop_signals()) as signals:
             async with open_broker() as broker, trio.open_nursery() as top:
                 controller = Controller(broker, journal, options)
                 service = FleetService(
