@@ -5,6 +5,7 @@ The tour says for each of them whether it was resolved; here each must be."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,40 @@ def test_demo_fleet_shows_a_job_over_every_host_a_migration_and_a_killed_agent_e
     # Everything it started has stopped, and a tour that succeeded leaves no files behind.
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("vmbusops-fleet-demo-")]
     assert processes_under(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_demo_fleet_stopped_by_a_hangup_mid_job_leaves_no_process_running(tmp_path: Path, nats_binary: str) -> None:
+    """The terminal goes away (SIGHUP) while the tour's job runs: the tour stops as on Ctrl-C
+    (exit 130), and the nats-server, controller, agents and simulated hosts it started stop too:
+    they live in sessions of their own, so nothing but the tour can stop them."""
+    env = {**os.environ, "VMBUSOPS_HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path), "NO_COLOR": "1"}
+    env.pop("VMBUSOPS_LAB", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmbusops", "demo", "--fleet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "accepted by the controller" in line:
+                break
+        assert seen and "accepted by the controller" in seen[-1], "".join(seen)[-3000:]
+        assert len(processes_under(tmp_path)) >= 8  # nats-server, a controller, 3 agents and their hosts
+        proc.send_signal(signal.SIGHUP)
+        rest, err = proc.communicate(timeout=120)
+        left = processes_under(tmp_path)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in processes_under(tmp_path):  # a failure here must not leave them to the next tests
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 130, (rest[-3000:], err[-3000:])
+    assert "interrupted, stopping guest pipelines" in err
+    assert left == []
 
 
 def processes_under(directory: Path) -> list[int]:

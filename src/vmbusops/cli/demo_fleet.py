@@ -131,7 +131,10 @@ async def _fleet_tour(console: Console, workdir: Path) -> int:
         console.print(Text(f"  the fleet's logs are in {fleet.logs_dir}", style="yellow"))
         raise
     finally:
-        await trio.to_thread.run_sync(fleet.close)
+        # Shielded: a Ctrl-C, SIGTERM or hangup has cancelled everything around it, and without
+        # the shield this await would raise at once and leave the fleet's processes running.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(fleet.close)
 
 
 async def _job_tour(console: Console, fleet: Any, agent: Any, follow_events: Any) -> int:
