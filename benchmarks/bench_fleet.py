@@ -568,5 +568,14 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]], w
     print(f"  goal p99 < 100 ms guest -> controller follower: {p99:.1f} ms, {'met' if p99 < 100 else 'NOT met'}")
 
 
+def stop_cleanly(signum: int, _: object) -> None:
+    """SIGTERM or a hangup: leave through the ``with`` blocks, so the paused side goes on
+    (SIGCONT) and every process started is stopped; the fleet's live in sessions of their own,
+    and a side left stopped would stay so."""
+    raise SystemExit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop_cleanly)
+    signal.signal(signal.SIGHUP, stop_cleanly)
     main()
