@@ -204,6 +204,13 @@ CASES = [
     # the fleet's controller
     case("fleet-no-url", "fleet", "serve", code=USAGE, says="no NATS URL"),
     case("fleet-bad-url", "fleet", "serve", "--nats", "http://x:4222", code=USAGE, says="bad --nats URL"),
+    # a URL's password is never echoed back, and the hint names fleet serve's own options
+    case("fleet-url-password-bad-port", "fleet", "serve", "--nats", f"nats://bob:{TOKEN}@127.0.0.1:abc", code=USAGE,
+         says="bad --nats URL 'nats://bob:***@127.0.0.1:abc'"),
+    case("fleet-url-password", "fleet", "serve", "--nats", f"nats://bob:{TOKEN}@127.0.0.1:4222", code=USAGE,
+         says="the --nats URL carries a password"),
+    case("agent-url-password-bad-port", "agent", "--fleet", f"tls://bob:{TOKEN}@127.0.0.1:99999", code=USAGE,
+         says="bad --fleet URL 'tls://bob:***@127.0.0.1:99999'"),
     case("fleet-password-no-user", "fleet", "serve", "--nats", "nats://127.0.0.1:1", code=USAGE,
          env={"VMBUSOPS_NATS_PASSWORD": TOKEN}, says="a NATS password without a user"),
     case("fleet-no-broker", "fleet", "serve", "--nats", "nats://127.0.0.1:1", "--listen", "127.0.0.1:0", code=HOST,

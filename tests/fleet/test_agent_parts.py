@@ -184,8 +184,18 @@ def test_joining_options_are_checked_and_the_password_never_comes_from_a_flag(
     for bad in ("http://x:1", "nats://", "nats://h:99999", "127.0.0.1:4222"):
         with pytest.raises(ConfigError, match="bad --fleet URL"):
             check_url(bad)
-    with pytest.raises(ConfigError, match="carries a password"):
+    with pytest.raises(ConfigError, match="carries a password") as refused:
         check_url("nats://hv01:secret@h:4222")
+    assert "--fleet-user" in str(refused.value.hint)
+    with pytest.raises(ConfigError, match="carries a password") as refused:
+        check_url("nats://hv01:secret@h:4222", ("--nats", "--nats-user", "--nats-password-file"))
+    assert "--nats-user" in str(refused.value.hint) and "--fleet" not in str(refused.value.hint)
+    # A bad URL is quoted, but never its password.
+    for bad, shown in (("nats://hv01:secret@h:abc", "'nats://hv01:***@h:abc'"), ("hv01:secret@h:1", "'hv01:***@h:1'"),
+                       ("nats://:secret@h:99999", "'nats://:***@h:99999'"), ("nats://hv01@h:abc", "'nats://hv01@h:abc'")):
+        with pytest.raises(ConfigError, match="bad --fleet URL") as refused:
+            check_url(bad)
+        assert shown in refused.value.message and "secret" not in refused.value.message
     with pytest.raises(ConfigError, match="not valid"):
         fleet_join(FleetConfig(), url="nats://h:1", host="hv.01", default_host="sim")
     monkeypatch.setenv(ENV_NATS_PASSWORD, "from-env")

@@ -105,10 +105,7 @@ def serve_cmd(
     url = url or section.url
     if url is None:
         raise ConfigError("no NATS URL", hint="pass --nats nats://HOST:PORT or set [fleet] url")
-    try:
-        check_url(url)
-    except ConfigError as exc:  # its words name the agent's option
-        raise ConfigError(exc.message.replace("--fleet", "--nats"), hint=exc.hint) from None
+    check_url(url, ("--nats", "--nats-user", "--nats-password-file"))
     user = user or section.user
     tls_ca, tls_cert, tls_key = tls_ca or section.tls_ca, tls_cert or section.tls_cert, tls_key or section.tls_key
     if (tls_cert is None) != (tls_key is None):

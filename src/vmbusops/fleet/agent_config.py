@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,25 +95,42 @@ def parse_fleet_section(section: dict[str, Any], path: Path) -> FleetConfig:
     )  # fmt: skip
 
 
-def check_url(url: str) -> str:
+#: A URL's user information (``user:password@``), as an error quotes the URL without it.
+_USERINFO = re.compile(r"^(?P<head>[^/]*//)?(?P<user>[^/@:]*)(?P<password>:[^/@]*)?@")
+
+
+def shown_url(url: str) -> str:
+    """``url`` as a message may quote it: a password it carries is replaced by ``***``."""
+    return _USERINFO.sub(
+        lambda m: f"{m['head'] or ''}{m['user']}{':***' if m['password'] is not None else ''}@", url, count=1
+    )
+
+
+#: The options an agent gives the broker's URL, user and password file with; ``fleet serve`` has its own.
+AGENT_URL_OPTIONS = ("--fleet", "--fleet-user", "--fleet-password-file")
+
+
+def check_url(url: str, options: tuple[str, str, str] = AGENT_URL_OPTIONS) -> str:
     """``url`` if it names a NATS server (nats:// or tls://, a host, a port if any), else the
-    usage error; a URL that carries a password is refused (it would show in the process list)."""
+    usage error, in the words of the command's own ``options`` (URL, user, password file); a
+    URL that carries a password is refused (it would show in the process list), and no message
+    quotes the password."""
+    option, user_option, password_option = options
+    shown = shown_url(url)
+    example = "for example nats://127.0.0.1:4222"
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise ConfigError(f"bad --fleet URL {url!r}: {exc}", hint="for example nats://127.0.0.1:4222") from None
+        raise ConfigError(f"bad {option} URL {shown!r}: {str(exc).replace(url, shown)}", hint=example) from None
     if parts.scheme not in _SCHEMES or not parts.hostname or parts.path not in ("", "/"):
-        raise ConfigError(
-            f"bad --fleet URL {url!r}: expected nats://HOST[:PORT] or tls://HOST[:PORT]",
-            hint="for example nats://127.0.0.1:4222",
-        )
+        raise ConfigError(f"bad {option} URL {shown!r}: expected nats://HOST[:PORT] or tls://HOST[:PORT]", hint=example)
     if port == 0:
-        raise ConfigError(f"bad --fleet URL {url!r}: port 0", hint="for example nats://127.0.0.1:4222")
+        raise ConfigError(f"bad {option} URL {shown!r}: port 0", hint=example)
     if parts.password is not None:
         raise ConfigError(
-            "the --fleet URL carries a password",
-            hint=f"give the user with --fleet-user and the password in ${ENV_NATS_PASSWORD} or --fleet-password-file",
+            f"the {option} URL carries a password",
+            hint=f"give the user with {user_option} and the password in ${ENV_NATS_PASSWORD} or {password_option}",
         )
     return url
 
@@ -162,4 +180,4 @@ def fleet_join(
     )  # fmt: skip
 
 
-__all__ = ["ENV_NATS_PASSWORD", "FLEET_KEYS", "FleetConfig", "FleetJoin", "check_url", "fleet_join", "parse_fleet_section"]
+__all__ = ["AGENT_URL_OPTIONS", "ENV_NATS_PASSWORD", "FLEET_KEYS", "FleetConfig", "FleetJoin", "check_url", "fleet_join", "parse_fleet_section", "shown_url"]
