@@ -31,7 +31,7 @@ a file that decides which host the agent drives must not pass silently. ::
 
     [fleet]                    # vmbusops agent --fleet: join a fleet (see vmbusops.fleet.agent_config)
     url = "nats://nats.example.net:4222"   # the fleet's NATS server (nats:// or tls://); --fleet wins
-    host = "hv01"              # this host's name in the fleet (default: the --host name); --fleet-host
+    host = "hv01"              # this host's name in the fleet (default: from --host: sim:NAME's NAME, local's machine name); --fleet-host
     cluster = "c1"             # the failover cluster this host is a node of; --cluster
     user = "hv01"              # this host's NATS user (it may use its own subjects only); --fleet-user
     password_file = "/etc/vmbusops/nats.pass"  # its password (else $VMBUSOPS_NATS_PASSWORD; never a flag)

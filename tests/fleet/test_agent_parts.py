@@ -4,6 +4,7 @@ joining options."""
 from __future__ import annotations
 
 import hashlib
+import socket
 from pathlib import Path
 
 import pytest
@@ -198,6 +199,15 @@ def test_joining_options_are_checked_and_the_password_never_comes_from_a_flag(
         assert shown in refused.value.message and "secret" not in refused.value.message
     with pytest.raises(ConfigError, match="not valid"):
         fleet_join(FleetConfig(), url="nats://h:1", host="hv.01", default_host="sim")
+    # With no name given, the host's is taken from --host: each Hyper-V host's own for `local`.
+    monkeypatch.setattr(socket, "gethostname", lambda: "HV07.corp.example")
+    for spec, name in (("sim:HV-A", "HV-A"), ("local", "HV07"), ("ssh://admin@hv02.corp.example:22", "hv02"),
+                       ("winrm://10.0.0.5", "10-0-0-5"), ("sim", "sim"), ("lab-hosts", "lab-hosts")):
+        assert fleet_join(FleetConfig(), url="nats://h:1", host=None, default_host=spec).host == name, spec
+    assert fleet_join(FleetConfig(), url="nats://h:1", host="HV-Z", default_host="sim:HV-A").host == "HV-Z"
+    with pytest.raises(ConfigError, match=r"would be 'a\.b' \(from --host a\.b\)") as refused:
+        fleet_join(FleetConfig(), url="nats://h:1", host=None, default_host="a.b")
+    assert "--fleet-host" in str(refused.value.hint)
     monkeypatch.setenv(ENV_NATS_PASSWORD, "from-env")
     join = fleet_join(FleetConfig(user="hv01"), url="nats://h:1", host=None, default_host="sim")
     assert (join.host, join.user, join.password) == ("sim", "hv01", "from-env")

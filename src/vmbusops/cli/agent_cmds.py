@@ -45,7 +45,8 @@ def _fleet_options(fn: Any) -> Any:
     options: list[tuple[tuple[str, str], dict[str, Any]]] = [
         (("--fleet", "url"), {"metavar": "URL", "help": "Join a fleet: its NATS server, nats://HOST:PORT or tls://..."}),
         (("--fleet-host", "fleet_host"), {"metavar": "NAME",
-            "help": "This host's name in the fleet (default: [fleet] host, else the --host name)."}),
+            "help": "This host's name in the fleet (default: [fleet] host, else from --host: NAME for sim:NAME, "
+                    "this machine's name for local, the remote's for ssh:// and winrm://)."}),
         (("--cluster", "cluster"), {"metavar": "NAME", "help": "The failover cluster this host belongs to."}),
         (("--fleet-user", "user"), {"metavar": "NAME", "help": "NATS user (its password: $VMBUSOPS_NATS_PASSWORD)."}),
         (("--fleet-password-file", "password_file"), {"type": path, "metavar": "FILE",

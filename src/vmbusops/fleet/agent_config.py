@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,23 @@ def check_url(url: str, options: tuple[str, str, str] = AGENT_URL_OPTIONS) -> st
     return url
 
 
+def host_name_of(host: str) -> str:
+    """The fleet host name an agent takes from its ``--host`` when none is given: the simulated
+    host's for ``sim:HOST``, the machine's own (its first label) for ``local`` (every Hyper-V
+    host's agent runs ``--host local``; naming them all "local" would make them one host), the
+    remote machine's (its first label) for ``ssh://`` and ``winrm://``; else the name as given."""
+    kind, sep, rest = host.partition(":")
+    if sep and kind == "sim" and rest:
+        return rest
+    if host == "local":
+        return socket.gethostname().partition(".")[0] or host
+    if host.startswith(("ssh://", "winrm://", "winrms://")):
+        remote = urlsplit(host).hostname
+        if remote:
+            return remote.partition(".")[0] if not remote.replace(".", "").isdigit() else remote.replace(".", "-")
+    return host
+
+
 def fleet_join(
     section: FleetConfig,
     *,
@@ -156,7 +174,17 @@ def fleet_join(
     merged = dataclasses.replace(section, **{k: v for k, v in given.items() if v is not None})
     if merged.url is None:
         raise ConfigError("no fleet URL", hint="pass --fleet nats://HOST:PORT or set [fleet] url")
-    name = check_host_name(merged.host or default_host)
+    if merged.host is not None:
+        name = check_host_name(merged.host)
+    else:
+        derived = host_name_of(default_host)
+        try:
+            name = check_host_name(derived)
+        except ConfigError:
+            raise ConfigError(
+                f"this host's fleet name would be {derived!r} (from --host {default_host}), which is not valid",
+                hint="name it with --fleet-host NAME or [fleet] host: 1 to 64 letters, digits, '-' or '_'",
+            ) from None
     if merged.cluster is not None:
         check_host_name(merged.cluster)
     if (merged.tls_cert is None) != (merged.tls_key is None):
@@ -180,4 +208,4 @@ def fleet_join(
     )  # fmt: skip
 
 
-__all__ = ["AGENT_URL_OPTIONS", "ENV_NATS_PASSWORD", "FLEET_KEYS", "FleetConfig", "FleetJoin", "check_url", "fleet_join", "parse_fleet_section", "shown_url"]
+__all__ = ["AGENT_URL_OPTIONS", "ENV_NATS_PASSWORD", "FLEET_KEYS", "FleetConfig", "FleetJoin", "check_url", "fleet_join", "host_name_of", "parse_fleet_section", "shown_url"]
