@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from tests.api.conftest import Agent, agent_factory  # noqa: F401 - the fixture, for the agent tests
 from tests.builders import PASSWORD, script
@@ -395,6 +397,32 @@ def test_following_an_agent_into_a_reader_that_leaves_is_quiet(agent_factory: Ca
         assert code in (0, 141), (args, code, stderr)
         assert stderr == "", (args, stderr)
         assert agent.tokens["admin"] not in stderr
+
+
+def test_ctrl_c_on_a_follower_of_an_agent_says_the_job_goes_on(agent_factory: Callable[..., Agent]) -> None:  # noqa: F811
+    agent = agent_factory()
+    slow = script("slow", '"first"; Start-Sleep -Seconds 60; "never"')
+    env = {**os.environ, "VMBUSOPS_HOME": str(agent.home), "VMBUSOPS_TOKEN": agent.tokens["admin"], "NO_COLOR": "1"}
+    submitted = subprocess.run(
+        [sys.executable, "-m", "vmbusops", "submit", str(agent.bundle(["a-web01"], [slow])), "--agent", agent.url],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split()[1]
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "vmbusops", "logs", job_id, "-f", "--agent", agent.url],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert follower.stdout is not None
+    while "first" not in (line := follower.stdout.readline()):
+        assert line, follower.stderr.read() if follower.stderr else ""
+    follower.send_signal(signal.SIGINT)
+    _, err = follower.communicate(timeout=60)
+    assert follower.returncode == 130, err
+    assert "nothing was stopped at the agent, its jobs go on" in err and "stopping guest pipelines" not in err
+    assert agent.tokens["admin"] not in err
+    job = httpx.get(f"{agent.url}/v1/jobs/{job_id}", headers=agent.headers(), timeout=30).json()["job"]
+    assert job["state"] == "in-progress"
 
 
 def test_an_agent_that_stopped_is_one_line(agent_factory: Callable[..., Agent]) -> None:  # noqa: F811

@@ -130,6 +130,33 @@ def test_a_hangup_stops_a_run_as_ctrl_c_does(tmp_path: Path, vmbusops_home: Path
     assert [run["state"] for run in job["runs"]] == ["interrupted", "interrupted"]
 
 
+def test_ctrl_c_on_a_follower_stops_the_follower_and_says_the_job_goes_on(tmp_path: Path, vmbusops_home: Path) -> None:
+    """`vmbusops logs -f` of a job `vmbusops run` runs: interrupting the follower stops no
+    pipeline, and it says so rather than that it stops them."""
+    env = env_for(tmp_path, vmbusops_home)
+    proc = start_run(tmp_path, env)
+    try:
+        job_id = int(wait_for_output(proc)[0].split()[1])
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "vmbusops", "logs", str(job_id), "-f"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        assert follower.stdout is not None
+        seen = 0
+        while seen < len(VMS):
+            line = follower.stdout.readline()
+            assert line, follower.stderr.read() if follower.stderr else ""
+            seen += line.rstrip().endswith("| three")
+        follower.send_signal(signal.SIGINT)
+        _, err = follower.communicate(timeout=60)
+        assert follower.returncode == 130, err
+        assert "interrupted; the job goes on where it runs" in err and "stopping guest pipelines" not in err
+        assert shown(env, job_id)["state"] == "in-progress"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+
+
 def test_a_killed_run_reads_interrupted_with_its_journaled_records_and_a_stopped_clock(
     tmp_path: Path, vmbusops_home: Path
 ) -> None:

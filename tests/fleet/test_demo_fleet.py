@@ -70,7 +70,7 @@ def test_demo_fleet_stopped_by_a_hangup_mid_job_leaves_no_process_running(tmp_pa
         for pid in processes_under(tmp_path):  # a failure here must not leave them to the next tests
             os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 130, (rest[-3000:], err[-3000:])
-    assert "interrupted, stopping guest pipelines" in err
+    assert "interrupted, stopping the fleet it started" in err
     assert left == []
 
 

@@ -28,12 +28,18 @@ def host_option(fn: F) -> F:
     )(fn)
 
 
-def run_trio(fn: Callable[[], Awaitable[int]]) -> int:
+#: What an interrupted command says by default: it ran guest pipelines, and stops them.
+STOPPING_PIPELINES = "interrupted, stopping guest pipelines..."
+
+
+def run_trio(fn: Callable[[], Awaitable[int]], *, saying: str = STOPPING_PIPELINES) -> int:
     """Run ``fn`` under trio; the first Ctrl-C (or SIGTERM, or a hangup not ignored:
-    :mod:`vmbusops.stop_signals`) cancels it cleanly and gives exit 130.
+    :mod:`vmbusops.stop_signals`) cancels it cleanly, says ``saying`` on stderr, and gives
+    exit 130.
 
     Cancelling lets every open pipeline send its PSRP stop signal and wait for the guest command
-    to end before the process exits; a second Ctrl-C interrupts at once.
+    to end before the process exits; a second Ctrl-C interrupts at once. A command that runs no
+    pipeline (one that follows a job another process runs) says what stops and what goes on.
     """
 
     async def main() -> int:
@@ -41,19 +47,20 @@ def run_trio(fn: Callable[[], Awaitable[int]]) -> int:
         result = exitcodes.OK
         async with trio.open_nursery() as nursery:
 
-            async def watch() -> None:
+            async def watch(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                 nonlocal interrupted
                 with trio.open_signal_receiver(*stop_signals()) as signals:
+                    task_status.started()  # fn starts once a signal can no longer slip past
                     async for _ in signals:
                         interrupted = True
                         try:
-                            click.echo("vmbusops: interrupted, stopping guest pipelines...", err=True)
+                            click.echo(f"vmbusops: {saying}", err=True)
                         except OSError:
                             pass  # a hangup: the terminal is gone, and the stop goes on without it
                         nursery.cancel_scope.cancel()
                         return
 
-            nursery.start_soon(watch)
+            await nursery.start(watch)
             result = await fn()
             nursery.cancel_scope.cancel()
         return exitcodes.INTERRUPTED if interrupted else result

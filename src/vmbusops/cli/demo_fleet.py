@@ -244,7 +244,7 @@ def run_fleet_demo(console: Console) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="vmbusops-fleet-demo-"))
     from vmbusops.cli.remote import run_client
 
-    code = run_client(lambda: _fleet_tour(console, workdir))
+    code = run_client(lambda: _fleet_tour(console, workdir), saying="interrupted, stopping the fleet it started...")
     if code == exitcodes.OK:
         shutil.rmtree(workdir, ignore_errors=True)
     else:

@@ -548,24 +548,29 @@ def logs_cmd(
     seen = 0
     settle()  # a big job's pages must not each risk a full collection of the imported program
 
-    def drain() -> None:
+    def page() -> bool:
+        """Print the next page of records; False when there was none."""
         nonlocal seen
-        while True:
-            batch = journal.records(job_id, vm=vm, stream=stream, after=seen, limit=READ_PAGE)
-            if not batch:
-                return
+        batch = journal.records(job_id, vm=vm, stream=stream, after=seen, limit=READ_PAGE)
+        if batch:
             print_records(batch, as_json, width)
             seen = batch[-1].n
+        return bool(batch)
 
-    drain()
     if not follow:
+        while page():
+            pass
         return
 
     async def main() -> int:
-        while journal.job(job_id).state.active:
+        # Under the signal watcher from the first page, looked at between pages: a Ctrl-C while
+        # a big job is caught up ends as one while it is followed does.
+        while True:
+            active = journal.job(job_id).state.active  # before reading: what came before the end is read
+            while page():
+                await trio.lowlevel.checkpoint()
+            if not active:
+                return exitcodes.OK
             await trio.sleep(0.2)
-            drain()
-        drain()
-        return exitcodes.OK
 
-    sys.exit(run_trio(main))
+    sys.exit(run_trio(main, saying="interrupted; the job goes on where it runs"))

@@ -164,10 +164,15 @@ async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, dict[str, 
             ident = line[4:]
 
 
-def run_client(fn: Callable[[], Awaitable[int]]) -> int:
+#: What an interrupted client of an agent says: it stopped itself, not what the agent runs.
+CLIENT_INTERRUPTED = "interrupted; nothing was stopped at the agent, its jobs go on"
+
+
+def run_client(fn: Callable[[], Awaitable[int]], *, saying: str = CLIENT_INTERRUPTED) -> int:
     """:func:`run_trio`, with our errors raised as themselves (not inside an exception group), so
     the command line maps them to their exit codes. An agent that cannot be reached (refused,
-    reset, timed out) is a :class:`TransportError` naming its URL, whichever request met it."""
+    reset, timed out) is a :class:`TransportError` naming its URL, whichever request met it.
+    Interrupted, it says ``saying``."""
     failed: list[VmbusOpsError] = []
 
     async def main() -> int:
@@ -179,7 +184,7 @@ def run_client(fn: Callable[[], Awaitable[int]]) -> int:
             failed.append(_transport(exc, _agent_of(exc)))
         return exitcodes.HOST_FAILURE
 
-    code = run_trio(main)
+    code = run_trio(main, saying=saying)
     if failed:
         raise failed[0]
     return code
