@@ -175,7 +175,11 @@ async def test_the_controller_killed_mid_job_is_taken_over_by_a_standby(fleet: F
         fleet.start_agent(host)
     first = fleet.start_controller("ctl1", "--canary", "0")
     standby = fleet.start_controller("ctl2", "--canary", "0")
-    job = await start_job(fleet, first, VMS, [marker_step(1), slow_step(2, 3), marker_step(3)])
+    await placed(first, VMS)
+    bundle = fleet.bundle(sorted(VMS), [marker_step(1), slow_step(2, 3), marker_step(3)], max_concurrency="100%")
+    response = await submit(first, bundle)
+    assert response.status_code == 201, response.text
+    job = int(response.json()["job"]["id"])
     async with standby.client() as client:
         refused = await client.post("/v1/jobs", content=b"x", headers={"Content-Type": "application/octet-stream"})
     assert refused.status_code == 503 and refused.headers["Retry-After"]
@@ -195,6 +199,13 @@ async def test_the_controller_killed_mid_job_is_taken_over_by_a_standby(fleet: F
         stream = await client.get(f"/v1/jobs/{job}/events", headers={"Last-Event-ID": str(cursor)})
     ids = [int(line[4:]) for line in stream.text.splitlines() if line.startswith("id: ")]
     assert ids == list(range(cursor + 1, len(everything) + 1))
+    # The same bundle again, now to the controller that took over: its own replay store never
+    # saw it, the fleet's log did. Refused, and nothing runs.
+    again = await submit(standby, bundle)
+    assert again.status_code == 422, again.text
+    assert again.json()["reason"] == "ReplayedBundleError" and "already accepted by the fleet" in again.text
+    async with standby.client() as client:
+        assert [j["id"] for j in (await client.get("/v1/jobs")).json()["jobs"]] == [job]
 
 
 async def test_nats_server_restarted_on_its_store_mid_job(fleet: FleetProcs, nats_server: NatsServer) -> None:

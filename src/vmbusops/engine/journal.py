@@ -490,6 +490,11 @@ class Journal:
         """Whether a job of this bundle id exists (its acceptance stands: see bundle.replay)."""
         return bool(self._read("SELECT 1 FROM jobs WHERE bundle_id = ? LIMIT 1", (bundle_id,)))
 
+    def last_bundle_version(self, name: str) -> int | None:
+        """The highest version of a bundle of this name that has a job here, if any."""
+        row = self._read("SELECT MAX(bundle_version) FROM jobs WHERE bundle_name = ?", (name,))
+        return None if not row or row[0][0] is None else int(row[0][0])
+
     def job(self, job_id: int) -> JobView:
         found = self.jobs(job_id=job_id, limit=1)
         if not found:

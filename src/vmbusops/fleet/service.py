@@ -6,7 +6,9 @@ records from the journal through the service's readers. :class:`FleetService` an
 from the fleet:
 
 - a submission is verified with this controller's trust policy and replay store
-  (:mod:`vmbusops.engine.acceptance`, as the agent does), its targets resolved against placement
+  (:mod:`vmbusops.engine.acceptance`, as the agent does) and, once the projection has applied the
+  log as it stands, refused if the fleet ran the bundle (or a higher version of its name) before,
+  whichever controller accepted it; its targets resolved against placement
   (names and globs as one agent resolves them against its VMs; groups and tags from what the live
   hosts report, :mod:`vmbusops.fleet.vm_labels`; the caller's scope checked by VM name, the
   signer's scope bounding what groups and tags selected, the rest left out), the archive's bytes put in the object store under their SHA-256, and a ``job`` fact
@@ -36,6 +38,7 @@ import trio
 from vmbusops.api.auth import Principal
 from vmbusops.api.broadcast import JobEnded
 from vmbusops.api.service import AgentService, NotActiveController, TargetsOutOfScope, _reaches_outside
+from vmbusops.bundle.errors import ReplayedBundleError, VersionRollbackError
 from vmbusops.bundle.manifest import Manifest
 from vmbusops.bundle.verify import AcceptedBundle, read_unverified
 from vmbusops.engine import JobSource, acceptance, resolve_targets
@@ -193,13 +196,19 @@ class FleetService(AgentService):
             raise NotActiveController(self.controller.leader_url)
 
     async def accept(self, path: Path, who: Principal) -> tuple[AcceptedBundle, list[str]]:
-        """Verify as the agent does (this controller's trust policy and replay store), resolve
-        the targets against placement, and put the archive in the object store."""
+        """Verify as the agent does (this controller's trust policy and replay store), refuse a
+        bundle the fleet ran before (whichever controller accepted it), resolve the targets
+        against placement, and put the archive in the object store."""
         self._refuse_if_standby()
         _, unverified = await trio.to_thread.run_sync(read_unverified, path)
         targets = await self.check_targets(unverified, who)
         async with self._accept_lock:
             bundle = await trio.to_thread.run_sync(acceptance.accept, path, self.reader)
+            try:
+                await self._refuse_if_the_fleet_had_it(bundle.manifest)
+            except BaseException:
+                await self.settle(bundle, made=False)
+                raise
         try:
             data = await trio.Path(path).read_bytes()
             digest = hashlib.sha256(data).hexdigest()
@@ -209,6 +218,29 @@ class FleetService(AgentService):
             raise
         self._digests[bundle.manifest.id] = digest
         return bundle, targets
+
+    async def _refuse_if_the_fleet_had_it(self, manifest: Manifest) -> None:
+        """This controller's replay store knows only what this controller accepted; after a
+        failover, the bundles the other one accepted are in the log alone. So once the
+        projection has applied the log as it stands now, a job of the same bundle id, or a
+        higher version of the same bundle name, refuses it here as the replay store would."""
+        head = await self.controller.broker.last_log_seq()
+        if not await self.controller.wait_applied(head, APPLY_WAIT_SECONDS):
+            raise FleetNotReady(
+                f"this controller has not yet read the fleet's log up to sequence {head}",
+                hint="submit again in a moment",
+            )
+        seen = await self.read(lambda j: (j.has_bundle(manifest.id), j.last_bundle_version(manifest.name)))
+        if seen[0]:
+            raise ReplayedBundleError(
+                f"bundle id {manifest.id} ({manifest.name} v{manifest.version}) was already accepted by the fleet",
+                hint="a bundle runs once; to run the job again, rebuild it (new id), same or higher version",
+            )
+        if seen[1] is not None and manifest.version < seen[1]:
+            raise VersionRollbackError(
+                f"{manifest.name} v{manifest.version} is older than v{seen[1]}, already accepted by the fleet",
+                hint=f"rebuild the bundle with version >= {seen[1]}",
+            )
 
     async def start_job(self, source: JobSource, *, origin: str) -> int:
         """Publish the job fact; its id once this controller's projection has applied it."""
