@@ -89,6 +89,30 @@ async def test_the_log_survives_a_killed_and_restarted_server(
     assert [m.data for m in before + after] == [b"fact %d" % i for i in range(1, 16)]
 
 
+async def test_reading_the_log_while_the_server_is_down_is_a_broker_error_not_an_empty_page(
+    nats_server: NatsServer, broker: NatsBroker
+) -> None:
+    """An empty page says the reader is up to date (the controller's health says ready on it);
+    with the server gone it is not, and must not look so."""
+    await publish_ctl(broker, 1, 3)
+    assert [m.seq for m in await read_all(broker, 0, 3, batch=3)] == [1, 2, 3]
+    assert await broker.read_log(after=3, batch=3, timeout=0.2) == []  # up to date
+    await trio.to_thread.run_sync(nats_server.stop)
+    try:
+        for _ in range(3):
+            with pytest.raises(BrokerError):
+                await broker.read_log(after=3, batch=3, timeout=0.5)
+    finally:
+        await trio.to_thread.run_sync(nats_server.start)
+    with trio.fail_after(30):
+        while True:
+            try:
+                assert await broker.read_log(after=3, batch=3, timeout=0.5) == []
+                break
+            except BrokerError:
+                await trio.sleep(0.1)
+
+
 async def test_key_value_compare_and_set(broker: NatsBroker) -> None:
     bucket = names.LEASES_BUCKET
     assert await broker.kv_get(bucket, "controller") is None

@@ -543,6 +543,9 @@ class NatsBroker:
             try:
                 msgs = await sub.fetch(batch, timeout=max(left, 0.001))
             except (TimeoutError, nats.errors.TimeoutError):
+                if self._nc is None or not self._nc.is_connected:
+                    # Nothing came because nothing could: the caller must not read "up to date".
+                    raise BrokerError("the broker connection is down (reconnecting)") from None
                 return []
             except Exception:
                 # The consumer is gone (removed while idle, a server restarted): once more.
