@@ -72,3 +72,4 @@ async def test_a_wrong_password_is_a_broker_error_without_it(fleet_server: NatsS
             pass
     assert "not-the-password-42" not in str(caught.value)
     assert "\n" not in caught.value.message
+    assert caught.value.message.endswith("the server refused the user or its password (authorization violation)")

@@ -124,7 +124,8 @@ class CallGuard:
             return "the connection is closed"
         if isinstance(exc, nats.errors.NoServersError):
             return "no server could be reached"
-        if isinstance(exc, nats.errors.AuthorizationError):
+        if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).casefold():
+            # At connect, the client gives the server's -ERR as a plain Error with its text.
             return "the server refused the user or its password (authorization violation)"
         text = str(exc).removeprefix("nats: ").strip()
         return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
