@@ -213,6 +213,8 @@ CASES = [
          says="the --nats URL carries a password"),
     case("agent-url-password-bad-port", "agent", "--fleet", f"tls://bob:{TOKEN}@127.0.0.1:99999", code=USAGE,
          says="bad --fleet URL 'tls://bob:***@127.0.0.1:99999'"),
+    case("fleet-missing-ca", "fleet", "serve", "--nats", "tls://127.0.0.1:1", "--nats-ca", "{tmp}/nosuch-ca.pem",
+         "--listen", "127.0.0.1:0", code=USAGE, says="cannot load the TLS files for tls://127.0.0.1:1"),
     case("fleet-password-no-user", "fleet", "serve", "--nats", "nats://127.0.0.1:1", code=USAGE,
          env={"VMBUSOPS_NATS_PASSWORD": TOKEN}, says="a NATS password without a user"),
     case("fleet-no-broker", "fleet", "serve", "--nats", "nats://127.0.0.1:1", "--listen", "127.0.0.1:0", code=HOST,

@@ -49,6 +49,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from vmbusops.errors import ConfigError
 from vmbusops.fleet import names
 from vmbusops.fleet.broker import BrokerError, Delivery, KvEntry, PubAck, StreamMessage
 from vmbusops.fleet.nats_calls import CallGuard
@@ -155,8 +156,12 @@ class NatsBroker:
                 if tls_cert:
                     tls.load_cert_chain(tls_cert, tls_key)
             except (OSError, ssl.SSLError) as exc:
+                # Files this machine has, or not: the configuration's to mend (exit 2), not the broker's.
                 await bridge.aclose()
-                raise BrokerError(f"cannot load the TLS files for {self._guard.redact(url)}: {exc}") from exc
+                raise ConfigError(
+                    f"cannot load the TLS files for {self._guard.redact(url)}: {exc}",
+                    hint="the CA, certificate and key must be readable PEM files (a certificate goes with its key)",
+                ) from None
         options: dict[str, Any] = {
             "servers": [url],
             "name": name,
