@@ -65,7 +65,8 @@ def fleet_nats_config(
         "# The server reads each user's password from its environment when it starts:",
         *(f"#   {var}  (user {user})" for var, user in variables.items()),
         "# Each host's user may publish only its own facts, take only its own work, write only",
-        "# its own host entry and placement; the controller's user may do anything.",
+        "# its own host entry and any VM's placement (a VM may move to its host; each write is",
+        "# a compare-and-set); the controller's user may do anything.",
     ]
     return "\n".join(header) + "\n" + render_conf(conf) + "\n"
 
