@@ -14,6 +14,7 @@ from tests.fleet.factlog import FactLog, batch, out, run_change, step_change, wh
 from vmbusops.api.follow import RecordText
 from vmbusops.engine.states import State
 from vmbusops.fleet.broker import StreamMessage
+from vmbusops.fleet.controller import in_log_order
 from vmbusops.fleet.messages import (
     BatchesFact,
     CancelFact,
@@ -245,6 +246,27 @@ def test_batches_in_one_message_are_each_applied_or_fenced_as_if_they_came_alone
         assert p.journal.counter("fenced") == 2  # the stale epoch, the repeat
     rows_together, rows_alone = dump(tmp_path / "together.sqlite"), dump(tmp_path / "alone.sqlite")
     assert rows_together[:5] == rows_alone[:5]  # jobs, runs, steps, records, fleet_runs
+
+
+def test_followers_are_told_a_page_in_log_order_each_commit_its_records_then_its_changes(tmp_path: Path) -> None:
+    """An agent's ``batches`` message holds several of its commits: a follower of the controller
+    gets each commit's records and then its run changes, in the order the host made them, as a
+    follower of the agent does; never a later commit's records before an earlier one's changes."""
+    projection = Projection(FleetJournal(tmp_path / "fleet.sqlite"), current_owner())
+    page = projection.apply_page(batches_log().messages)
+    told = [
+        ([(r[2], r[3]) for r in records], sorted({(e.vm, e.state.value, e.step) for e in events}))
+        for records, events in in_log_order(page)
+    ]
+    # Run 1's first commit, run 2's (the same message; a stale epoch and a repeat fenced off),
+    # then run 1's second and run 2's second. One call for the whole page would have told every
+    # event after every record: vm1 in progress at s1 after the records of its s2.
+    assert told == [
+        ([(1, 1), (1, 2), (1, 3)], [("vm1", "in-progress", "s1")]),
+        ([(2, 1), (2, 2), (2, 3)], [("vm2", "in-progress", "s1")]),
+        ([(1, 4), (1, 5), (1, 6)], [("vm1", "success", None)]),
+        ([(2, 4), (2, 5), (2, 6)], [("vm2", "success", None)]),
+    ]
 
 
 def test_a_page_applied_in_one_transaction_is_the_log_applied_message_by_message(tmp_path: Path) -> None:

@@ -218,19 +218,16 @@ class Controller:
                 await send.send(messages)
 
     def _told(self, page: list[Applied]) -> None:
-        """Tell the API what a page of the log did (the followers once per page), and wake the
-        planner if it changed what the planner decides from."""
-        records: list[StoredRecord] = []
-        events: list[RunChanged] = []
+        """Tell the API what a page of the log did (:func:`in_log_order`), and wake the planner
+        if it changed what the planner decides from."""
         for applied in page:
             if applied.created is not None and self.on_created is not None:
                 self.on_created(applied.created)
-            records += applied.records
-            events += applied.events
             if _matters(applied):
                 self._decide_wake.set()
-        if self.on_commit is not None and (records or events):
-            self.on_commit(records, events)
+        if self.on_commit is not None:
+            for records, events in in_log_order(page):
+                self.on_commit(records, events)
         if self.on_ended is not None:
             for applied in page:
                 for job_id, state in applied.ended:
@@ -386,6 +383,26 @@ class Controller:
         return False
 
 
+def in_log_order(page: list[Applied]) -> list[tuple[list[StoredRecord], list[RunChanged]]]:
+    """What a page of the log tells the followers, as few calls as log order allows: each call
+    carries records then events, as one commit of an agent does (an agent's ``batches`` message
+    holds several), so a fact whose records come after events already gathered starts the next
+    call; a step's start is never told after the records of that step."""
+    calls: list[tuple[list[StoredRecord], list[RunChanged]]] = []
+    records: list[StoredRecord] = []
+    events: list[RunChanged] = []
+    for applied in page:
+        for got_records, got_events in applied.segments():
+            if got_records and events:
+                calls.append((records, events))
+                records, events = [], []
+            records += got_records
+            events += got_events
+    if records or events:
+        calls.append((records, events))
+    return calls
+
+
 def _matters(applied: Applied) -> bool:
     """Whether a message the projection applied can change what the planner decides."""
     if applied.skipped is not None and not applied.records and not applied.events:
@@ -397,4 +414,4 @@ def _matters(applied: Applied) -> bool:
     return any(e.state.terminal or e.state is State.DELAYED for e in applied.events)
 
 
-__all__ = ["Controller", "ControllerOptions"]
+__all__ = ["Controller", "ControllerOptions", "in_log_order"]

@@ -111,6 +111,19 @@ class Applied:
     created: int | None = None
     #: Why nothing was changed (None: applied).
     skipped: str | None = None
+    #: Where each applied fact of the message ended in ``records`` and ``events`` (counts): a
+    #: ``batches`` message carries several commits of a host, each its records then its changes,
+    #: and followers must get them in that order (a step's start before the records of that step).
+    bounds: list[tuple[int, int]] = field(default_factory=list)
+
+    def segments(self) -> Iterator[tuple[list[StoredRecord], list[RunChanged]]]:
+        """The records and events of each applied fact, in log order."""
+        r = e = 0
+        for r_end, e_end in self.bounds:
+            yield self.records[r:r_end], self.events[e:e_end]
+            r, e = r_end, e_end
+        if r < len(self.records) or e < len(self.events):
+            yield self.records[r:], self.events[e:]
 
 
 class Projection:
@@ -182,6 +195,7 @@ class Projection:
             try:
                 _Apply(db, out, self.owner, self.known).fact(part)
                 db.execute("RELEASE fact")
+                out.bounds.append((len(out.records), len(out.events)))
             except Skip as skip:
                 db.execute("ROLLBACK TO fact")
                 db.execute("RELEASE fact")
@@ -211,6 +225,7 @@ class Projection:
                 _Apply(db, out, self.owner, self.known).fact(part)
             except Skip:
                 raise _Unusual from None
+            out.bounds.append((len(out.records), len(out.events)))
 
 
 def _parse(message: StreamMessage) -> LogFact:
