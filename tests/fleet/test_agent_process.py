@@ -15,6 +15,7 @@ import trio
 from tests.api.conftest import VMBUSOPS, start_agent, wait_ready
 from tests.builders import VM, write_lab
 from tests.engine.bundles import signed_bundle, trust_and_credential
+from tests.fleet.conftest import PASSWORDS
 
 from vmbusops.bundle.crypto import PrivateKey
 from vmbusops.engine.journal import Journal
@@ -56,6 +57,21 @@ def test_a_bad_fleet_url_or_an_unreachable_broker_stops_the_agent_in_one_line(vm
     assert "Traceback" not in gone.stderr and "never-shown-5e1" not in gone.stderr + gone.stdout
     errors = [line for line in gone.stderr.splitlines() if line.startswith("vmbusops:")]
     assert len(errors) == 1 and url in errors[0], gone.stderr
+
+
+def test_an_agent_joining_as_another_hosts_nats_user_is_refused_at_start(
+    vmbusops_home: Path, fleet_server: NatsServer
+) -> None:
+    """It would say ready and then fail every heartbeat: one line at start instead, exit 2."""
+    password = PASSWORDS["HV-B"]
+    wrong = run_cli("agent", "--host", "sim", "--listen", "127.0.0.1:0", "--fleet", fleet_server.url,
+                    "--fleet-host", "HV-A", "--fleet-user", "HV-B", home=vmbusops_home,
+                    env={"VMBUSOPS_NATS_PASSWORD": password})  # fmt: skip
+    assert wrong.returncode == 2, wrong.stderr
+    errors = [line for line in wrong.stderr.splitlines() if line.startswith("vmbusops:")]
+    assert len(errors) == 1 and "the NATS user HV-B may not use fleet host HV-A's subjects" in errors[0], wrong.stderr
+    assert "--fleet-user" in wrong.stderr and password not in wrong.stderr + wrong.stdout
+    assert '"event": "ready"' not in wrong.stdout
 
 
 async def test_an_agent_killed_under_a_fleet_run_leaves_it_to_the_controller(

@@ -15,10 +15,12 @@ import trio
 
 from vmbusops.config import Config
 from vmbusops.engine.engine import Engine
+from vmbusops.errors import ConfigError
 from vmbusops.fleet.agent import FleetAgent, FleetAgentOptions
 from vmbusops.fleet.agent_config import FleetJoin
 from vmbusops.fleet.agent_store import FleetStore, fleet_store_path
-from vmbusops.fleet.broker import Broker, BrokerError
+from vmbusops.fleet.broker import Broker, BrokerDenied, BrokerError
+from vmbusops.fleet.names import HOSTS_BUCKET
 
 #: How long the agent tries to reach its broker at start before it gives up (exit code 3).
 CONNECT_SECONDS = 10.0
@@ -45,7 +47,25 @@ async def fleet_broker(join: FleetJoin | None) -> AsyncIterator[Broker | None]:
                 f"cannot reach the fleet's broker at {join.url} within {CONNECT_SECONDS:g} s",
                 hint="check the URL and that nats-server runs there (and TLS, user and password, if it asks for them)",
             )
+        await _may_serve(broker, join)
         yield broker
+
+
+async def _may_serve(broker: Broker, join: FleetJoin) -> None:
+    """Refuse to start as a host whose subjects this NATS user may not use (it would say ready,
+    then fail every heartbeat); any other answer, even an error, is left to the heartbeats."""
+    try:
+        with trio.move_on_after(CONNECT_SECONDS):
+            await broker.kv_get(HOSTS_BUCKET, join.host)
+    except BrokerDenied as exc:
+        who = f"the NATS user {join.user}" if join.user else "this connection's NATS user"
+        raise ConfigError(
+            f"{who} may not use fleet host {join.host}'s subjects ({exc.message})",
+            hint="each host joins as its own NATS user: give --fleet-user this host's user, or --fleet-host the host "
+            "this user is for",
+        ) from None
+    except BrokerError:
+        pass
 
 
 async def start_fleet(

@@ -27,6 +27,13 @@ class BrokerError(VmbusOpsError):
     transient = True
 
 
+class BrokerDenied(BrokerError):
+    """The server refused this connection's user a subject: its configuration, not the weather
+    (a host joined as another host's user, or a server whose permissions are not the fleet's)."""
+
+    transient = False
+
+
 @dataclass(frozen=True, slots=True)
 class PubAck:
     stream: str

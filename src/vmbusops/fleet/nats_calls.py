@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import nats.errors
 import nats.js.errors
 
-from vmbusops.fleet.broker import BrokerError
+from vmbusops.fleet.broker import BrokerDenied, BrokerError
 from vmbusops.psrp.ssh_bridge import LoopClosedError
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class CallGuard:
         if isinstance(exc, Denied):
             # The client lowercases the server's error: show the subject as we spelled it.
             subject = next((s for s in subjects if s.lower() == exc.subject.lower()), exc.subject)
-            return BrokerError(
+            return BrokerDenied(
                 f"{what}: the NATS server does not let this user {exc.op} to {subject}"
                 " (a fleet host's user may use its own subjects only)"
             )
