@@ -220,6 +220,36 @@ async def test_nats_server_restarted_on_its_store_mid_job(fleet: FleetProcs, nat
     await check_once(ctl, job, fleet, steps=3)
 
 
+async def test_nats_server_down_longer_than_host_ttl_mid_job_runs_the_stopped_runs_again(
+    fleet: FleetProcs, nats_server: NatsServer
+) -> None:
+    """The whole fleet loses the broker: every agent stops its runs after host_ttl, while the
+    controller, cut off too, judges no host dead. When the broker is back, the stopped runs are
+    handed back and dispatched again, not ended cancelled."""
+    for host in HOSTS:
+        fleet.start_agent(host)
+    ctl = fleet.start_controller("ctl1", "--canary", "0")
+    job = await start_job(fleet, ctl, VMS, [marker_step(1), slow_step(2, 8), marker_step(3)])
+    for vm in VMS:
+        await until_record(ctl, job, vm, "ran s2")
+    await trio.to_thread.run_sync(nats_server.stop)
+    await trio.sleep(fleet.host_ttl + 2)  # real processes: every agent must see host_ttl pass
+    await trio.to_thread.run_sync(nats_server.start)
+    ended = await wait_job(ctl, job)
+    if ended["state"] != "success":
+        print(fleet.logs(20000))
+    assert ended["state"] == "success", ended
+    runs = await check_once(ctl, job, fleet, steps=3, interrupted=frozenset({"s2"}))
+    assert {r["vm"]: r["state"] for r in runs} == dict.fromkeys(VMS, "success")
+    # Each run was handed back by its host, or its host judged lost by the controller once the
+    # broker was back (whichever came first), and dispatched again.
+    records = await records_of(ctl, job)
+    for vm in VMS:
+        notes = [r["message"] for r in records if r["vm"] == vm and controller_note(r)]
+        assert notes and notes[0].startswith(("run left host", "run lost host")), (vm, notes)
+        assert "lost the broker" in notes[0] or notes[0].startswith("run lost host"), (vm, notes)
+
+
 def fleet_counter(ctl: Proc, key: str) -> int:
     """A counter of the controller's projection (``last_seq``, ``fenced``...), from its journal."""
     journal = FleetJournal(ctl.home / "journal" / "journal.sqlite", readonly=True)

@@ -351,6 +351,7 @@ class FleetAgent:
                 "event": "fleet-broker-lost", "runs": len(self.running),
             })  # fmt: skip
             for tracked in list(self.running.values()):
+                tracked.broker_lost = True
                 self.engine.cancel(tracked.local_job)
 
     # ------------------------------------------------------------------ work
@@ -584,7 +585,10 @@ class FleetAgent:
         tracked = pending.tracked
         key = tracked.key
         changes: Sequence[Change] = pending.changes
-        moved = pending.ends_failed and not await self._vm_here(tracked)
+        # A run stopped for losing the broker did not end: if the whole fleet lost it, no host was
+        # judged dead, and the cancel would stand as its end. Handed back as a moved run is.
+        lost = pending.hands_back
+        moved = lost or (pending.ends_failed and not await self._vm_here(tracked))
         if moved:
             changes = moved_split(changes)
         records = pending.records if pending.records is not None else await self._read_back(pending)
@@ -592,13 +596,15 @@ class FleetAgent:
             await self._publish(self._batch_fact(pending, changes, records))
         if moved:
             self.moved += 1
-            # Listed again first, so that the beats after the fact no longer claim the VM.
-            with trio.move_on_after(self.options.host_ttl / 2):
-                await self.relist()
-            reason = f"VM {tracked.vm} is no longer on host {self.host}"
-            log.info("fleet run's VM left this host", extra={
-                "event": "fleet-moved", "fleet_job": key.job, "run": key.run, "epoch": key.epoch, "vm": tracked.vm,
-            })  # fmt: skip
+            if lost:
+                reason = f"host {self.host} lost the broker for {self.options.host_ttl:g} s and stopped the run"
+            else:
+                # Listed again first, so that the beats after the fact no longer claim the VM.
+                with trio.move_on_after(self.options.host_ttl / 2):
+                    await self.relist()
+                reason = f"VM {tracked.vm} is no longer on host {self.host}"
+            log.info("fleet run handed back", extra={"event": "fleet-moved", "fleet_job": key.job, "run": key.run,
+                                                      "epoch": key.epoch, "vm": tracked.vm, "reason": reason})  # fmt: skip
             await self._publish(messages.MovedFact(
                 host=self.host, job=key.job, run=key.run, epoch=key.epoch, reason=reason, time=time.time(),
             ))  # fmt: skip

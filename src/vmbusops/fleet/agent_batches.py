@@ -58,6 +58,9 @@ class Tracked:
     local_run: int
     #: The ``n`` of the last batch built for it.
     last_n: int = 0
+    #: Stopped here because this host lost the broker (``FleetAgent._watch_lease``): its end is
+    #: not the run's, and the controller is to dispatch it again (see ``FleetAgent._forward``).
+    broker_lost: bool = False
 
 
 @dataclass(slots=True)
@@ -80,6 +83,15 @@ class PendingBatch:
     @property
     def ends(self) -> bool:
         return any(isinstance(c, RunChange) and c.state is not None and c.state.terminal for c in self.changes)
+
+    @property
+    def hands_back(self) -> bool:
+        """Whether this commit ends, other than in success, a run this host stopped because it
+        lost the broker: not the run's end (``FleetAgent._forward`` hands the run back)."""
+        return self.tracked.broker_lost and any(
+            isinstance(c, RunChange) and c.state is not None and c.state.terminal and c.state is not State.SUCCESS
+            for c in self.changes
+        )
 
 
 def wire_record(stored: StoredRecord) -> WireRecord:
@@ -165,12 +177,13 @@ class BatchBuilder:
     def next_group(self, max_batches: int, max_bytes: int) -> list[PendingBatch]:
         """What to publish next, from the head of the queue (not taken off it): every batch
         queued, up to ``max_batches`` of about ``max_bytes`` in all, as one message; a batch that
-        may end in a move (:attr:`PendingBatch.ends_failed`), or whose records are to be read back
-        from the journal, goes alone."""
+        may end in a move (:attr:`PendingBatch.ends_failed`) or hand its run back
+        (:attr:`PendingBatch.hands_back`), or whose records are to be read back from the journal,
+        goes alone."""
         group: list[PendingBatch] = []
         size = 0
         for pending in self.queue:
-            if pending.records is None or pending.ends_failed:
+            if pending.records is None or pending.ends_failed or pending.hands_back:
                 break
             size += _BATCH_OVERHEAD + sum(len(r[5]) + _BATCH_OVERHEAD for r in pending.records)
             if group and (len(group) >= max_batches or size > max_bytes):
