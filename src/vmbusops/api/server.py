@@ -9,11 +9,12 @@ says ``host-down`` and submissions get a retryable 503. Once it listens, the age
 *ready*: ``/v1/health`` says so, a JSON line ``{"event": "ready", "listen": [...]}`` goes to
 stdout, the ready file (if asked for) is written, and systemd is notified (``Type=notify``).
 
-Shutdown (SIGTERM, Ctrl-C, or a hangup not ignored: :mod:`vmbusops.stop_signals`): new submissions and schedule ticks are refused at once; running
-jobs get ``shutdown_grace_seconds`` to finish; then the rest are cancelled (each guest pipeline
-gets the PSRP stop signal and the journal writes that follow are shielded), the HTTP server
-stops, and the engine flushes the journal before the process exits. A second signal skips the
-grace period. Runs stopped this way read as interrupted and resume with ``vmbusops jobs resume``.
+Shutdown (SIGTERM, Ctrl-C, or a hangup not ignored: :mod:`vmbusops.stop_signals`): new
+submissions and schedule ticks are refused at once; running jobs get ``shutdown_grace_seconds``
+to finish; then the rest are cancelled (each guest pipeline gets the PSRP stop signal and the
+journal writes that follow are shielded), the HTTP server stops, and the engine flushes the
+journal before the process exits. A second signal skips the grace period. Runs stopped this way
+read as interrupted and resume with ``vmbusops jobs resume``.
 
 With ``--fleet`` the agent also joins a fleet (:mod:`vmbusops.fleet.agent`): the broker is reached
 before the host is opened, and the fleet worker heartbeats, takes this host's work and forwards
@@ -100,8 +101,6 @@ async def _hold_jobs_nursery(
                 await trio.sleep_forever()
     finally:
         done.set()
-
-
 
 
 def check_listen(bind: str) -> str:
