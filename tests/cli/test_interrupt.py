@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tests.builders import VM, write_lab
 from tests.clirun import vmbusops
 from tests.engine.bundles import signed_bundle, trust_and_credential
@@ -85,12 +86,17 @@ def env_for(tmp_path: Path, home: Path) -> dict[str, str]:
     return {**os.environ, "VMBUSOPS_LAB": str(lab), "VMBUSOPS_HOME": str(home), "NO_COLOR": "1"}
 
 
-def test_ctrl_c_prints_where_each_run_stands_and_the_resume_command(tmp_path: Path, vmbusops_home: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hangup"])
+def test_ctrl_c_or_a_hangup_prints_where_each_run_stands_and_the_resume_command(
+    tmp_path: Path, vmbusops_home: Path, sig: signal.Signals
+) -> None:
+    """A hangup (the terminal went away) stops the guest pipelines and writes the job down
+    interrupted as Ctrl-C does, instead of the process dying where it stands."""
     env = env_for(tmp_path, vmbusops_home)
     proc = start_run(tmp_path, env)
     first = wait_for_output(proc)
     job_id = int(first[0].split()[1])
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     rest, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted, stopping guest pipelines" in err
@@ -111,23 +117,6 @@ def test_ctrl_c_prints_where_each_run_stands_and_the_resume_command(tmp_path: Pa
     assert [(j["id"], j["finished_at"]) for j in listed] == [(job_id, job["finished_at"])]
     assert vmbusops("jobs", "--state", "interrupted", "--json", env=env).stdout.count("\n") == 1
     assert vmbusops("jobs", "--state", "success", "--json", env=env).stdout == ""
-
-
-def test_a_hangup_stops_a_run_as_ctrl_c_does(tmp_path: Path, vmbusops_home: Path) -> None:
-    """The terminal went away (SIGHUP): the guest pipelines are stopped and the job written down
-    interrupted, as on Ctrl-C, instead of the process dying where it stands."""
-    env = env_for(tmp_path, vmbusops_home)
-    proc = start_run(tmp_path, env)
-    first = wait_for_output(proc)
-    job_id = int(first[0].split()[1])
-    proc.send_signal(signal.SIGHUP)
-    rest, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "interrupted, stopping guest pipelines" in err
-    assert rest.endswith(f"2 runs interrupted; resume with: vmbusops jobs resume {job_id}\n"), rest
-    job = shown(env, job_id)
-    assert job["state"] == "interrupted"
-    assert [run["state"] for run in job["runs"]] == ["interrupted", "interrupted"]
 
 
 def test_ctrl_c_on_a_follower_stops_the_follower_and_says_the_job_goes_on(tmp_path: Path, vmbusops_home: Path) -> None:

@@ -135,6 +135,18 @@ async def start_job(fleet: FleetProcs, ctl: Proc, vms: dict[str, str], steps: li
     return int(response.json()["job"]["id"])
 
 
+async def every_run_in_s2(fleet: FleetProcs, seconds: int) -> tuple[Proc, int]:
+    """Every host's agent and a controller, and a job of three steps whose runs have all begun
+    s2 (``seconds`` long, idempotent)."""
+    for host in HOSTS:
+        fleet.start_agent(host)
+    ctl = fleet.start_controller("ctl1", "--canary", "0")
+    job = await start_job(fleet, ctl, VMS, [marker_step(1), slow_step(2, seconds), marker_step(3)])
+    for vm in VMS:
+        await until_record(ctl, job, vm, "ran s2")
+    return ctl, job
+
+
 async def test_a_vm_live_migrated_mid_step_goes_on_from_its_last_finished_step_on_its_new_host(
     fleet: FleetProcs,
 ) -> None:
@@ -226,12 +238,7 @@ async def test_nats_server_down_longer_than_host_ttl_mid_job_runs_the_stopped_ru
     """The whole fleet loses the broker: every agent stops its runs after host_ttl, while the
     controller, cut off too, judges no host dead. When the broker is back, the stopped runs are
     handed back and dispatched again, not ended cancelled."""
-    for host in HOSTS:
-        fleet.start_agent(host)
-    ctl = fleet.start_controller("ctl1", "--canary", "0")
-    job = await start_job(fleet, ctl, VMS, [marker_step(1), slow_step(2, 8), marker_step(3)])
-    for vm in VMS:
-        await until_record(ctl, job, vm, "ran s2")
+    ctl, job = await every_run_in_s2(fleet, 8)
     await trio.to_thread.run_sync(nats_server.stop)
     await trio.sleep(fleet.host_ttl + 2)  # real processes: every agent must see host_ttl pass
     await trio.to_thread.run_sync(nats_server.start)
@@ -338,12 +345,7 @@ async def test_a_host_cut_off_from_the_broker_stops_its_run_and_it_goes_on_once_
 
 
 async def test_cancel_reaches_every_host(fleet: FleetProcs) -> None:
-    for host in HOSTS:
-        fleet.start_agent(host)
-    ctl = fleet.start_controller("ctl1", "--canary", "0")
-    job = await start_job(fleet, ctl, VMS, [marker_step(1), slow_step(2, 60), marker_step(3)])
-    for vm in VMS:
-        await until_record(ctl, job, vm, "ran s2")
+    ctl, job = await every_run_in_s2(fleet, 60)
     async with ctl.client() as client:
         response = await client.post(f"/v1/jobs/{job}/cancel")
     assert response.status_code == 202, response.text

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
+from tests.fleet.fleetprocs import lab_text
 from tests.simhost import open_sim_host
 
 from vmbusops.credentials import GuestCredential, Secret
@@ -18,24 +19,7 @@ from vmbusops.sim.lab import load_lab
 from vmbusops.sim.pserrors import SOCKET_PROCESS_ENDED
 from vmbusops.sim.state import HostStore
 
-LAB = """
-[host]
-password_seed = "owner-watch-seed"
-
-[[hosts]]
-name = "HV-A"
-cluster = "CL1"
-[[hosts]]
-name = "HV-B"
-cluster = "CL1"
-
-[[vm]]
-name = "web01"
-[[vm]]
-name = "web02"
-[[vm]]
-name = "web03"
-"""
+VMS = ("web01", "web02", "web03")
 
 TICKS = 'foreach ($i in 1..100000) { Write-Output "tick $i"; Start-Sleep -Milliseconds 20 }'
 
@@ -54,11 +38,11 @@ def watches() -> int:
 
 async def test_sessions_share_one_watch_and_a_migration_breaks_only_the_moved_vms(tmp_path: Path) -> None:
     path = tmp_path / "fleet.toml"
-    path.write_text(LAB, encoding="utf-8")
+    path.write_text(lab_text(dict.fromkeys(VMS, "HV-A")), encoding="utf-8")  # HV-A and HV-B: nodes of CL1
     lab = load_lab(path)
     store = HostStore(lab, default_state_dir())
     credential = {}
-    for vm in ("web01", "web02", "web03"):
+    for vm in VMS:
         user, password = lab.credential(vm)
         credential[vm] = GuestCredential(user, Secret(password), reference="lab")
     ticks: dict[str, int] = {}
