@@ -316,7 +316,7 @@ async def test_host_entry_and_placement_are_kept_with_compare_and_set(
         await until(placed_here)
 
 
-async def test_a_host_that_loses_the_broker_cancels_its_runs_and_comes_back(
+async def test_a_host_that_loses_the_broker_stops_its_runs_and_hands_them_back_once_back(
     nats_server: NatsServer, broker: NatsBroker, tmp_path: Path
 ) -> None:
     async with fleet_of(nats_server, broker, tmp_path, heartbeat=0.1, host_ttl=1.0) as fleet:
@@ -329,9 +329,15 @@ async def test_a_host_that_loses_the_broker_cancels_its_runs_and_comes_back(
         await until(lambda: fleet.journal.runs(job.id)[0].state is State.CANCELLED)
         await trio.to_thread.run_sync(nats_server.start)
         await until(lambda: not fleet.agent.lost)
-        # The run's last batches (its cancellation, epoch 1) were kept and published once back.
-        facts = await fleet.read_until(ended(11))
-        assert replay_changes(batches(facts, 11))[0] is State.CANCELLED
+        # The run's last batches (epoch 1) were kept and published once back, without the local
+        # cancel as the run's end, then a moved fact: the controller is to dispatch it again.
+        facts = await fleet.read_until(lambda fs: any(isinstance(f, messages.MovedFact) for f in fs))
+        [moved] = [f for f in facts if isinstance(f, messages.MovedFact)]
+        assert (moved.job, moved.run, moved.epoch, moved.host) == (11, 1, 1, HOST)
+        assert "lost the broker" in moved.reason
+        assert not ended(11)(facts)
+        assert replay_changes(batches(facts, 11))[0] is State.IN_PROGRESS
+        assert facts.index(moved) == len(facts) - 1  # after the last batch of the run
 
 
 async def test_a_run_whose_vm_migrates_away_is_reported_moved_not_failed(
