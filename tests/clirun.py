@@ -10,6 +10,7 @@ away, start-up imports, an agent serving HTTP) start a real one instead.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,3 +41,14 @@ def vmbusops(
 
 
 __all__ = ["Ran", "vmbusops"]
+
+
+#: Run by :func:`hangup_delivered` before the command: SIGHUP back to its default, then exec.
+_HANGUP_DEFAULT = "import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+
+
+def hangup_delivered(argv: list[str]) -> list[str]:
+    """``argv`` (its first item an absolute path) started with SIGHUP at its default disposition.
+    A test runner started under ``nohup`` passes SIGHUP on ignored to its children, and vmbusops
+    keeps a hangup that its parent ignored ignored; a test of what a hangup does needs it sent."""
+    return [sys.executable, "-c", _HANGUP_DEFAULT, *argv]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from tests.builders import VM, write_lab
-from tests.clirun import vmbusops
+from tests.clirun import hangup_delivered, vmbusops
 from tests.engine.bundles import signed_bundle, trust_and_credential
 
 from vmbusops.bundle.crypto import PrivateKey
@@ -31,7 +31,7 @@ def start_run(tmp_path: Path, env: dict[str, str], *flags: str) -> subprocess.Po
     steps = [{"kind": "script", "name": "hold", "inline": SLOW}]
     bundle = signed_bundle(tmp_path, key, vms=VMS, steps=steps)
     return subprocess.Popen(
-        [sys.executable, "-m", "vmbusops", "run", str(bundle), *flags],
+        hangup_delivered([sys.executable, "-m", "vmbusops", "run", str(bundle), *flags]),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
 
@@ -94,10 +94,15 @@ def test_ctrl_c_or_a_hangup_prints_where_each_run_stands_and_the_resume_command(
     interrupted as Ctrl-C does, instead of the process dying where it stands."""
     env = env_for(tmp_path, vmbusops_home)
     proc = start_run(tmp_path, env)
-    first = wait_for_output(proc)
-    job_id = int(first[0].split()[1])
-    proc.send_signal(sig)
-    rest, err = proc.communicate(timeout=60)
+    try:
+        first = wait_for_output(proc)
+        job_id = int(first[0].split()[1])
+        proc.send_signal(sig)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # failed: nothing of it is left to the next tests
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, err
     assert "interrupted, stopping guest pipelines" in err
     assert f"job {job_id}: 2 interrupted\n" in rest

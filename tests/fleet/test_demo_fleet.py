@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.clirun import hangup_delivered
 
 
 @pytest.mark.slow
@@ -48,8 +49,8 @@ def test_demo_fleet_stopped_by_a_hangup_mid_job_leaves_no_process_running(tmp_pa
     env = {**os.environ, "VMBUSOPS_HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path), "NO_COLOR": "1"}
     env.pop("VMBUSOPS_LAB", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vmbusops", "demo", "--fleet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=env,
+        hangup_delivered([sys.executable, "-m", "vmbusops", "demo", "--fleet"]), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
@@ -66,7 +67,7 @@ def test_demo_fleet_stopped_by_a_hangup_mid_job_leaves_no_process_running(tmp_pa
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.communicate()
         for pid in processes_under(tmp_path):  # a failure here must not leave them to the next tests
             os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 130, (rest[-3000:], err[-3000:])
