@@ -155,13 +155,10 @@ class NatsBroker:
                 tls = ssl.create_default_context(cafile=tls_ca)
                 if tls_cert:
                     tls.load_cert_chain(tls_cert, tls_key)
-            except (OSError, ssl.SSLError) as exc:
-                # Files this machine has, or not: the configuration's to mend (exit 2), not the broker's.
+            except (OSError, ssl.SSLError) as exc:  # the configuration's to mend (exit 2), not the broker's
                 await bridge.aclose()
-                raise ConfigError(
-                    f"cannot load the TLS files for {self._guard.redact(url)}: {exc}",
-                    hint="the CA, certificate and key must be readable PEM files (a certificate goes with its key)",
-                ) from None
+                raise ConfigError(f"cannot load the TLS files for {self._guard.redact(url)}: {exc}",
+                                  hint="the CA, certificate and key must be readable PEM files") from None
         options: dict[str, Any] = {
             "servers": [url],
             "name": name,
@@ -382,9 +379,7 @@ class NatsBroker:
         return await self._call(f"read {bucket}/{key}", go(), self._kv_subjects(bucket, key))
 
     async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
-        return await self._call(
-            f"write {bucket}/{key}", self._kv(bucket).put(key, value), self._kv_subjects(bucket, key)
-        )
+        return await self._call(f"write {bucket}/{key}", self._kv(bucket).put(key, value), self._kv_subjects(bucket, key))
 
     async def kv_create(self, bucket: str, key: str, value: bytes) -> int | None:
         async def go() -> int | None:
@@ -548,8 +543,7 @@ class NatsBroker:
             try:
                 msgs = await sub.fetch(batch, timeout=max(left, 0.001))
             except (TimeoutError, nats.errors.TimeoutError):
-                if self._nc is None or not self._nc.is_connected:
-                    # Nothing came because nothing could: the caller must not read "up to date".
+                if self._nc is None or not self._nc.is_connected:  # not "up to date": nothing could come
                     raise BrokerError("the broker connection is down (reconnecting)") from None
                 return []
             except Exception:
@@ -604,8 +598,7 @@ class NatsBroker:
 
     async def last_log_seq(self) -> int:
         async def go() -> int:
-            info = await self._jsc.stream_info(names.LOG_STREAM)
-            return int(info.state.last_seq)
+            return int((await self._jsc.stream_info(names.LOG_STREAM)).state.last_seq)
 
         return await self._call("read the log's last sequence", go(), ("$JS.API.>",))
 
