@@ -427,6 +427,35 @@ def test_ctrl_c_on_a_follower_of_an_agent_says_the_job_goes_on(agent_factory: Ca
     assert job["state"] == "in-progress"
 
 
+def test_a_follower_whose_agent_dies_says_it_is_trying_again(agent_factory: Callable[..., Agent]) -> None:  # noqa: F811
+    """Not 90 s of silence before the one-line error: the follower says at once that it lost the
+    agent and for how long it will try again."""
+    agent = agent_factory()
+    slow = script("slow", '"first"; Start-Sleep -Seconds 60; "never"')
+    env = {**os.environ, "VMBUSOPS_HOME": str(agent.home), "VMBUSOPS_TOKEN": agent.tokens["admin"], "NO_COLOR": "1"}
+    submitted = subprocess.run(
+        [sys.executable, "-m", "vmbusops", "submit", str(agent.bundle(["a-web01"], [slow])), "--agent", agent.url],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "vmbusops", "logs", submitted.stdout.split()[1], "-f", "--agent", agent.url],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert follower.stdout is not None and follower.stderr is not None
+        while "first" not in (line := follower.stdout.readline()):
+            assert line, follower.stderr.read()
+        agent.process.kill()
+        agent.process.wait()
+        said = follower.stderr.readline()
+        assert said == f"vmbusops: lost the connection to the agent at {agent.url}; trying again for up to 90 s\n"
+        assert follower.poll() is None  # still trying
+    finally:
+        follower.kill()
+        follower.communicate()
+
+
 def test_an_agent_that_stopped_is_one_line(agent_factory: Callable[..., Agent]) -> None:  # noqa: F811
     agent = agent_factory()
     url = agent.url

@@ -33,6 +33,8 @@ ENV_AGENT = "VMBUSOPS_AGENT"
 ENV_TOKEN = "VMBUSOPS_TOKEN"  # noqa: S105 - the name of the variable, not a token
 DEFAULT_AGENT = "http://127.0.0.1:8421"
 RECONNECTS = 30
+#: How long, in all, a follower waits between those tries: what it says it will keep trying for.
+RECONNECT_SECONDS = sum(min(5.0, 0.2 * n) for n in range(1, RECONNECTS + 1))
 
 
 def agent_option(fn: Any) -> Any:
@@ -135,6 +137,9 @@ async def follow_events(
                     if response.status_code != 200:
                         await response.aread()
                         raise problem(response)
+                    if failures:
+                        click.echo(f"vmbusops: connected to the agent at {agent.url} again; going on where it stopped",
+                                   err=True)  # fmt: skip
                     async for name, data, ident in _sse(response.aiter_lines()):
                         failures = 0
                         if ident is not None:
@@ -146,6 +151,9 @@ async def follow_events(
                 failures += 1
                 if failures > RECONNECTS:
                     raise _transport(exc, agent.url) from exc
+                if failures == 1:  # said once per outage, not once per try
+                    click.echo(f"vmbusops: lost the connection to the agent at {agent.url}; trying again for up to "
+                               f"{RECONNECT_SECONDS:g} s", err=True)  # fmt: skip
                 await trio.sleep(min(5.0, 0.2 * failures))
 
 
