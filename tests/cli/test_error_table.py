@@ -401,8 +401,9 @@ def test_following_an_agent_into_a_reader_that_leaves_is_quiet(agent_factory: Ca
         assert agent.tokens["admin"] not in stderr
 
 
-def test_ctrl_c_on_a_follower_of_an_agent_says_the_job_goes_on(agent_factory: Callable[..., Agent]) -> None:  # noqa: F811
-    agent = agent_factory()
+def following_a_slow_job(agent: Agent) -> tuple[subprocess.Popen[str], str]:
+    """A job on ``agent`` that prints "first" and then waits a minute, and a ``logs -f --agent``
+    process following it that has printed "first"; (the follower, the job's id)."""
     slow = script("slow", '"first"; Start-Sleep -Seconds 60; "never"')
     env = {**os.environ, "VMBUSOPS_HOME": str(agent.home), "VMBUSOPS_TOKEN": agent.tokens["admin"], "NO_COLOR": "1"}
     submitted = subprocess.run(
@@ -415,9 +416,17 @@ def test_ctrl_c_on_a_follower_of_an_agent_says_the_job_goes_on(agent_factory: Ca
         [sys.executable, "-m", "vmbusops", "logs", job_id, "-f", "--agent", agent.url],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
-    assert follower.stdout is not None
+    assert follower.stdout is not None and follower.stderr is not None
     while "first" not in (line := follower.stdout.readline()):
-        assert line, follower.stderr.read() if follower.stderr else ""
+        if not line:
+            follower.wait()
+            raise AssertionError(follower.stderr.read())
+    return follower, job_id
+
+
+def test_ctrl_c_on_a_follower_of_an_agent_says_the_job_goes_on(agent_factory: Callable[..., Agent]) -> None:  # noqa: F811
+    agent = agent_factory()
+    follower, job_id = following_a_slow_job(agent)
     follower.send_signal(signal.SIGINT)
     _, err = follower.communicate(timeout=60)
     assert follower.returncode == 130, err
@@ -431,23 +440,11 @@ def test_a_follower_whose_agent_dies_says_it_is_trying_again(agent_factory: Call
     """Not 90 s of silence before the one-line error: the follower says at once that it lost the
     agent and for how long it will try again."""
     agent = agent_factory()
-    slow = script("slow", '"first"; Start-Sleep -Seconds 60; "never"')
-    env = {**os.environ, "VMBUSOPS_HOME": str(agent.home), "VMBUSOPS_TOKEN": agent.tokens["admin"], "NO_COLOR": "1"}
-    submitted = subprocess.run(
-        [sys.executable, "-m", "vmbusops", "submit", str(agent.bundle(["a-web01"], [slow])), "--agent", agent.url],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
-    )  # fmt: skip
-    assert submitted.returncode == 0, submitted.stderr
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "vmbusops", "logs", submitted.stdout.split()[1], "-f", "--agent", agent.url],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+    follower, _ = following_a_slow_job(agent)
     try:
-        assert follower.stdout is not None and follower.stderr is not None
-        while "first" not in (line := follower.stdout.readline()):
-            assert line, follower.stderr.read()
         agent.process.kill()
         agent.process.wait()
+        assert follower.stderr is not None
         said = follower.stderr.readline()
         assert said == f"vmbusops: lost the connection to the agent at {agent.url}; trying again for up to 90 s\n"
         assert follower.poll() is None  # still trying
