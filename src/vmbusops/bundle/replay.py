@@ -57,6 +57,22 @@ HasFact = Callable[[str], bool]
 _Row = tuple[str, str, int, int | None, str | None]
 
 
+def refuse_replay(*, bundle_id: str, name: str, version: int, accepted: bool, last: int | None, where: str) -> None:
+    """The replay rule once what was accepted before is known: refused if this bundle id was
+    (``accepted``), or if its version is below ``last``, the highest accepted under its name;
+    ``where`` says where that was ("on this host", "by the fleet")."""
+    if accepted:
+        raise ReplayedBundleError(
+            f"bundle id {bundle_id} ({name} v{version}) was already accepted {where}",
+            hint="a bundle runs once; to run the job again, rebuild it (new id), same or higher version",
+        )
+    if last is not None and version < last:
+        raise VersionRollbackError(
+            f"{name} v{version} is older than v{last}, already accepted {where}",
+            hint="rebuild the bundle with version >= " + str(last),
+        )
+
+
 class ReplayStore:
     def __init__(self, path: Path | str, *, has_fact: HasFact | None = None) -> None:
         self.path = path
@@ -109,16 +125,9 @@ class ReplayStore:
                     f"bundle id {bundle_id} ({name} v{version}) is being accepted by process {pid}",
                     hint="a bundle runs once; see its job with: vmbusops jobs",
                 )
-            raise ReplayedBundleError(
-                f"bundle id {bundle_id} ({name} v{version}) was already accepted on this host",
-                hint="a bundle runs once; to run the job again, rebuild it (new id), same or higher version",
-            )
+            refuse_replay(bundle_id=bundle_id, name=name, version=version, accepted=True, last=None, where="on this host")
         last = self.last_version(name)
-        if last is not None and version < last:
-            raise VersionRollbackError(
-                f"{name} v{version} is older than v{last}, already accepted on this host",
-                hint="rebuild the bundle with version >= " + str(last),
-            )
+        refuse_replay(bundle_id=bundle_id, name=name, version=version, accepted=False, last=last, where="on this host")
 
     # ------------------------------------------------------------------ writing
     def _transaction(self, what: str, fn: Callable[[], object]) -> None:

@@ -33,8 +33,15 @@ ENV_AGENT = "VMBUSOPS_AGENT"
 ENV_TOKEN = "VMBUSOPS_TOKEN"  # noqa: S105 - the name of the variable, not a token
 DEFAULT_AGENT = "http://127.0.0.1:8421"
 RECONNECTS = 30
+
+
+def _pause(failures: int) -> float:
+    """How long a follower waits after its ``failures``-th failed try in a row."""
+    return min(5.0, 0.2 * failures)
+
+
 #: How long, in all, a follower waits between those tries: what it says it will keep trying for.
-RECONNECT_SECONDS = sum(min(5.0, 0.2 * n) for n in range(1, RECONNECTS + 1))
+RECONNECT_SECONDS = sum(_pause(n) for n in range(1, RECONNECTS + 1))
 
 
 def agent_option(fn: Any) -> Any:
@@ -154,7 +161,7 @@ async def follow_events(
                 if failures == 1:  # said once per outage, not once per try
                     click.echo(f"vmbusops: lost the connection to the agent at {agent.url}; trying again for up to "
                                f"{RECONNECT_SECONDS:g} s", err=True)  # fmt: skip
-                await trio.sleep(min(5.0, 0.2 * failures))
+                await trio.sleep(_pause(failures))
 
 
 async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, dict[str, Any], str | None]]:

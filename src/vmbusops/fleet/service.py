@@ -38,8 +38,8 @@ import trio
 from vmbusops.api.auth import Principal
 from vmbusops.api.broadcast import JobEnded
 from vmbusops.api.service import AgentService, NotActiveController, TargetsOutOfScope, _reaches_outside
-from vmbusops.bundle.errors import ReplayedBundleError, VersionRollbackError
 from vmbusops.bundle.manifest import Manifest
+from vmbusops.bundle.replay import refuse_replay
 from vmbusops.bundle.verify import AcceptedBundle, read_unverified
 from vmbusops.engine import JobSource, acceptance, resolve_targets
 from vmbusops.engine.states import State
@@ -230,17 +230,11 @@ class FleetService(AgentService):
                 f"this controller has not yet read the fleet's log up to sequence {head}",
                 hint="submit again in a moment",
             )
-        seen = await self.read(lambda j: (j.has_bundle(manifest.id), j.last_bundle_version(manifest.name)))
-        if seen[0]:
-            raise ReplayedBundleError(
-                f"bundle id {manifest.id} ({manifest.name} v{manifest.version}) was already accepted by the fleet",
-                hint="a bundle runs once; to run the job again, rebuild it (new id), same or higher version",
-            )
-        if seen[1] is not None and manifest.version < seen[1]:
-            raise VersionRollbackError(
-                f"{manifest.name} v{manifest.version} is older than v{seen[1]}, already accepted by the fleet",
-                hint=f"rebuild the bundle with version >= {seen[1]}",
-            )
+        accepted, last = await self.read(lambda j: (j.has_bundle(manifest.id), j.last_bundle_version(manifest.name)))
+        refuse_replay(
+            bundle_id=manifest.id, name=manifest.name, version=manifest.version, accepted=accepted, last=last,
+            where="by the fleet",
+        )  # fmt: skip
 
     async def start_job(self, source: JobSource, *, origin: str) -> int:
         """Publish the job fact; its id once this controller's projection has applied it."""
