@@ -18,9 +18,15 @@ and the state events of its changes. That is how the agent feeds its followers o
 durable, in the order it was committed. :attr:`JournalWriter.on_applied` is told the same records
 and every change the commit carried (what a fleet agent forwards to the fleet's controller).
 
-:meth:`commit` is the engine's commit point: it flushes everything queued so far and returns once it
-is durable. It runs shielded from cancellation, so a cancelled run still records that it was
-cancelled; a flush is bounded by SQLite's busy timeout.
+:meth:`commit` is the engine's commit point: it returns once everything queued before the call is
+durable. It runs shielded from cancellation, so a cancelled run still records that it was
+cancelled; a flush is bounded by SQLite's busy timeout. A commit is a group commit: it first lets
+the other tasks ready to run queue what they have (one pass of the scheduler), and a caller whose
+writes a flush already carried (another caller's, or the flusher's) returns without one of its
+own, and without the writer's lock. What is queued is counted (:attr:`JournalWriter._queued_at`)
+and each flush notes how far it carried (:attr:`JournalWriter._durable_at`), so a caller knows
+without a lock whether its writes are durable. The runs of a job end together, and their
+commits share a transaction.
 
 A flush that fails (a full disk, above all) is rolled back whole, and what it carried is gone. From
 then on the writer writes nothing more and every call raises that first error (:attr:`failure`):
@@ -69,6 +75,11 @@ class JournalWriter:
         self._changes: list[Change] = []
         self._events: list[RunChanged] = []
         self._released: list[tuple[str, int]] = []
+        #: How many times something was queued (records, changes, events, a lease's release), and
+        #: that count as the last successful flush took what was queued: whatever was queued at or
+        #: before ``_durable_at`` is durable.
+        self._queued_at = 0
+        self._durable_at = 0
         #: Told of every commit, on the trio thread: the records as stored (numbered) and the
         #: state events of the changes it carried, in order. The agent feeds its followers from it.
         self.on_commit: Callable[[list[StoredRecord], list[RunChanged]], None] | None = None
@@ -151,6 +162,7 @@ class JournalWriter:
         ``max_buffer``)."""
         records = self._records
         records.extend(rows)
+        self._queued_at += 1
         self._stir()
         if len(records) < self.flush_records:
             return False
@@ -163,41 +175,54 @@ class JournalWriter:
         self._changes.extend(changes)
         if self.on_commit is not None:
             self._events.extend(events)
+        self._queued_at += 1
         self._stir()
 
     def release_vm(self, vm: str, run_id: int) -> None:
         """Release the run's VM lease in the next batch, after everything queued before (the
         run's end: one transaction, and no other process takes the VM before it is written)."""
         self._released.append((vm, run_id))
+        self._queued_at += 1
         self._stir()
 
     async def commit(self) -> None:
-        """Write everything queued so far; return when it is committed."""
+        """Return when everything queued so far is committed: written by this call, or by a flush
+        that took it meanwhile (see the module's docstring)."""
+        wanted = self._queued_at
+        # One pass of the scheduler: the other runs ready now queue theirs, for the same flush.
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        if self._durable_at >= wanted and self.failure is None:
+            return
         with trio.CancelScope(shield=True):
             async with self._lock:
-                await self._flush()
+                if self._durable_at < wanted or self.failure is not None:
+                    await self._flush()
 
     async def _flush(self) -> None:
         """Write what is queued (the lock held); a failure stops every later write."""
         if self.failure is not None:
             raise self.failure
+        taken = self._queued_at
         records, self._records = self._records, []
         changes, self._changes = self._changes, []
         events, self._events = self._events, []
         released, self._released = self._released, []
-        if records or changes or events or released:
-            try:
-                stored = await self._in_journal(len(records), self._apply, records, changes, released)
-            except JournalError as exc:
-                self.failure = exc
-                raise
-            self._dirty = True  # a tick is owed a rhythm after this commit
-            self._stir()
-            if self.on_applied is not None and (stored or changes):
-                self.on_applied(stored, changes)
-            if self.on_commit is not None and (stored or events):
-                self.on_commit(stored, events)
-                self._tick()
+        if not (records or changes or events or released):
+            self._durable_at = taken  # what earlier flushes (this lock's holders) took is written
+            return
+        try:
+            stored = await self._in_journal(len(records), self._apply, records, changes, released)
+        except JournalError as exc:
+            self.failure = exc
+            raise
+        self._durable_at = taken
+        self._dirty = True  # a tick is owed a rhythm after this commit
+        self._stir()
+        if self.on_applied is not None and (stored or changes):
+            self.on_applied(stored, changes)
+        if self.on_commit is not None and (stored or events):
+            self.on_commit(stored, events)
+            self._tick()
 
     def _rhythm(self) -> float:
         """How long the flusher waits after its last commit (and :attr:`on_tick` is told a
