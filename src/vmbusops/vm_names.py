@@ -21,3 +21,26 @@ def vms_matching(pattern: str, host_vms: Iterable[str]) -> list[str]:
     if is_glob(pattern):
         return [vm for vm in host_vms if fnmatch.fnmatchcase(vm.casefold(), folded)]
     return [vm for vm in host_vms if vm.casefold() == folded][:1]
+
+
+class HostNames:
+    """A host's VM names, matched against many patterns: :func:`vms_matching` for each, with a
+    plain name found by one lookup instead of a pass over the host's VMs (a bundle that names
+    1,000 VMs of a 1,000-VM host made a million comparisons on the agent's event loop)."""
+
+    __slots__ = ("_first", "names")
+
+    def __init__(self, host_vms: Iterable[str]) -> None:
+        self.names = list(host_vms)
+        self._first: dict[str, str] | None = None
+
+    def matching(self, pattern: str) -> list[str]:
+        if is_glob(pattern):
+            return vms_matching(pattern, self.names)
+        first = self._first
+        if first is None:
+            first = self._first = {}
+            for vm in self.names:
+                first.setdefault(vm.casefold(), vm)  # the host's first spelling, as vms_matching takes
+        found = first.get(pattern.casefold())
+        return [] if found is None else [found]

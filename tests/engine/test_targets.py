@@ -13,6 +13,7 @@ from vmbusops.engine.targets import HostVM, resolve_targets, within_scope
 from vmbusops.errors import ConfigError
 from vmbusops.guestops.vm_groups import Member, VMGroupInfo, parse_vm_group
 from vmbusops.records import PSObjectValue
+from vmbusops.vm_names import HostNames, vms_matching
 
 STEPS = [script("hello", "'hello'")]
 VMS = [
@@ -94,3 +95,16 @@ def test_a_manifest_needs_some_target_and_tags_must_be_tag_names() -> None:
         manifest([], STEPS, targets={"vms": []})
     with pytest.raises(ManifestError, match="'a b' is not a tag name"):
         manifest([], STEPS, targets={"tags": ["a b"]})
+
+
+def test_many_names_pick_what_one_name_at_a_time_picks() -> None:
+    """A bundle naming many VMs is resolved with one lookup per name (HostNames); what it picks is
+    what vms_matching picks for each name alone: case-insensitively, the host's first spelling,
+    globs in the host's order, and a name the host lacks kept as given (its run fails there)."""
+    host = ["Web01", "web01", "db01", "it's [odd]", "ÉCOLE", "web10"]
+    patterns = ["WEB01", "db01", "it's [odd]", "école", "ghost", "web1?", "*", "DB0[1]"]
+    index = HostNames(host)
+    assert [index.matching(p) for p in patterns] == [vms_matching(p, host) for p in patterns]
+    assert index.matching("WEB01") == ["Web01"]
+    m = manifest(["web01", "ghost", "DB01", "web01"], STEPS)
+    assert resolve_targets(m, host) == ["Web01", "ghost", "db01"]

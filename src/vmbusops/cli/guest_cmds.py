@@ -24,7 +24,7 @@ from vmbusops.guest_paths import guest_path_problem
 from vmbusops.guestops.connect import check_host, open_host
 from vmbusops.guestops.fanout import exec_in_guests
 from vmbusops.guestops.host import GuestInvocation, HyperVHost, InvokeOutcome, VMInfo
-from vmbusops.vm_names import vms_matching
+from vmbusops.vm_names import HostNames
 
 
 def vm_table(vms: list[VMInfo]) -> Table:
@@ -220,14 +220,15 @@ async def _chosen_guests(hv: HyperVHost, patterns: tuple[str, ...]) -> list[str]
                 hint="start one first (Start-VM), or name VMs with --vm to try them anyway",
             )
         return names
-    host_names = [vm.name for vm in vms]
-    unmatched = [p for p in patterns if not vms_matching(p, host_names)]
+    index = HostNames(vm.name for vm in vms)
+    matched = {p: index.matching(p) for p in patterns}
+    unmatched = [p for p in patterns if not matched[p]]
     if unmatched:
         raise ConfigError(
             f"no VM of the host matches {', '.join(repr(p) for p in unmatched)}",
             hint="list the host's VMs with: vmbusops vms (names and globs match case-insensitively)",
         )
-    return list(dict.fromkeys(name for p in patterns for name in vms_matching(p, host_names)))
+    return list(dict.fromkeys(name for p in patterns for name in matched[p]))
 
 
 @click.command("copy", epilog=exitcodes.EXIT_CODES_HELP)

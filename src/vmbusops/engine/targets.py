@@ -37,7 +37,7 @@ from vmbusops.bundle.policy import scope_covers_vm
 from vmbusops.engine.journal_rows import LeftOut
 from vmbusops.errors import ConfigError
 from vmbusops.guestops.vm_groups import VMGroupInfo, vms_in_groups
-from vmbusops.vm_names import is_glob, vms_matching
+from vmbusops.vm_names import HostNames, is_glob
 from vmbusops.vm_tags import tags_in_notes
 
 if TYPE_CHECKING:
@@ -64,17 +64,18 @@ def resolve_targets(
     Hyper-V's own message in the journal rather than vanishing (unless groups or tags narrow it).
     """
     targets = manifest.targets
-    vms = [HostVM(v) if isinstance(v, str) else HostVM(v.name, v.id, v.notes) for v in host_vms]
-    names = [v.name for v in vms]
+    index = HostNames(v if isinstance(v, str) else v.name for v in host_vms)
+    names = index.names
     chosen: list[str] = []
     seen: set[str] = set()
     for pattern in targets.vms or ("*",):
-        for name in vms_matching(pattern, names) or ([] if is_glob(pattern) else [pattern]):
+        for name in index.matching(pattern) or ([] if is_glob(pattern) else [pattern]):
             if name.casefold() not in seen:
                 seen.add(name.casefold())
                 chosen.append(name)
     if not (targets.groups or targets.tags):
         return chosen
+    vms = [HostVM(v) if isinstance(v, str) else HostVM(v.name, v.id, v.notes) for v in host_vms]
     if targets.groups:
         ids = {v.id.casefold(): v.name for v in vms if v.id}
         members = vms_in_groups(targets.groups, groups, ids, names)
@@ -99,10 +100,11 @@ def within_scope(vms: Sequence[str], scope_vms: Sequence[str] | None) -> tuple[l
     if scope_vms is None:
         return list(vms), []
     kept = [vm for vm in vms if any(scope_covers_vm(g, vm) for g in scope_vms)]
+    covered = set(kept)
     left = [
         LeftOut(vm, f"outside the signer's trust scope ({', '.join(scope_vms)}): not touched")
         for vm in vms
-        if vm not in kept
+        if vm not in covered
     ]
     if vms and not kept:
         raise TargetOutOfScopeError(
