@@ -41,7 +41,7 @@ from psrpcore.types import (
 )
 from psrpcore.types._serializer import _deserialize_string
 
-from vmbusops.psrp.convert import SECURE_STRING, record_from_event, value_from_ps
+from vmbusops.psrp.convert import SECURE_STRING, record_from_event, value_from_ps, whole_text
 from vmbusops.psrp.decode import clixml_unescape, fast_decode
 from vmbusops.records import (
     ErrorRecord as ErrorRecordOut,
@@ -336,7 +336,32 @@ def test_arbitrary_text_decodes_identically(message: str, other: str) -> None:
     )
 )
 def test_clixml_unescape_matches_psrpcore(value: str) -> None:
-    assert clixml_unescape(value) == _deserialize_string(value)
+    # But for a UTF-16 surrogate without its pair, which psrpcore keeps and we make U+FFFD.
+    assert clixml_unescape(value) == whole_text(_deserialize_string(value))
+
+
+def test_a_surrogate_without_its_pair_is_a_replacement_character_on_both_paths() -> None:
+    """A guest's .NET string may hold half a surrogate pair ("a" + [char]0xD800); CLIXML carries it
+    as _xD800_, and no UTF-8 text (the journal, a terminal, JSON) can hold it as it is. Both paths
+    give U+FFFD in its place, as .NET's UTF-8 encoder does; a whole pair stays one character."""
+
+    def body(pipe: psrpcore.ServerPipeline) -> None:
+        pipe.write_output("a\ud800b")
+        pipe.write_output(PSChar(0xDC00))
+        pipe.write_output("x\ud83d\ude00y")
+        pipe.write_output(PSCustomObject(p="q\udfffr", n=["\ud800"]))
+        pipe.write_verbose("v\ud800")
+
+    records = assert_fast_and_equal(samples.exchange(body))
+    values = [r.value for r in records if isinstance(r, OutputRecord)]
+    assert values[:3] == ["a\ufffdb", "\ufffd", "x\U0001f600y"]
+    assert values[3] == PSObjectValue(
+        type_names=("System.Management.Automation.PSCustomObject", "System.Object"),
+        properties=(("p", "q\ufffdr"), ("n", ("\ufffd",))),
+    )
+    assert VerboseRecord(message="v\ufffd") in records
+    for record in records:
+        repr(record).encode("utf-8")  # nothing left that UTF-8 refuses
 
 
 # -- PowerShell 5.1 shapes -------------------------------------------------------------------------

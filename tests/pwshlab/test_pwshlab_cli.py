@@ -101,3 +101,29 @@ def test_a_signed_bundle_runs_on_pwsh_lab(pwsh_lab: PwshLab, tmp_path: Path) -> 
     assert "up on WEB01-LAB" in values
     assert pwsh_lab.guest_file("web01", "ProgramData", "app", "setting.txt").is_file()
     assert pwsh_lab.lab.credential("web01")[1] not in run.stdout + run.stderr
+
+
+def test_half_a_surrogate_pair_in_guest_output_is_kept_as_a_replacement_character(pwsh_lab: PwshLab, tmp_path: Path) -> None:
+    """A .NET string may hold a UTF-16 surrogate without its pair; such a record once stopped the
+    journal's writer (UTF-8 cannot hold it), which took down the agent and every job on it, and
+    `exec` ended in a traceback. It is U+FFFD now, as a Windows console shows it."""
+    script = '"before"; "a" + [char]0xD800 + "b"; [char]0xDC00; "x" + [char]0xD83D + [char]0xDE00; "after"'
+    ran = vmbusops("exec", "--vm", "web01", "--json", "--", script)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    wanted = ["before", "a\ufffdb", "\ufffd", "x\U0001f600", "after"]
+    assert [line["value"] for line in map(json.loads, ran.stdout.splitlines()) if line["stream"] == "output"] == wanted
+
+    key = PrivateKey.generate()
+    scope = Scope(keys=(), vms=("web*",), credentials=("lab-admin",), steps=frozenset(StepKind), threshold=1)
+    save_trust_policy(TrustPolicy().with_key(TrustedKey(name="lab", public=key.public_key()), scope), trust_policy_path())
+    source = write_bundle_source(
+        tmp_path / "bundle", bundle_doc(["web01"], [{"name": "emit", "kind": "script", "inline": script}], name="halves"), {}
+    )
+    bundle = tmp_path / "halves.vmb"
+    build_bundle(source, bundle)
+    sign_bundle(bundle, key)
+    run = vmbusops("run", str(bundle))
+    assert run.returncode == 0, run.stderr[-3000:]
+    logs = run_cli("logs", "1", "--json")
+    assert logs.returncode == 0, logs.stderr
+    assert [line["value"] for line in map(json.loads, logs.stdout.splitlines()) if line["stream"] == "output"] == wanted

@@ -1,7 +1,8 @@
 """CLIXML text and primitive values, decoded exactly as psrpcore decodes them.
 
-The pieces both tiers of :mod:`.decode` share: ``_xHHHH_`` unescaping, the check that a text
-slot a regular expression captured is plain character data, and the primitive elements
+The pieces both tiers of :mod:`.decode` share: ``_xHHHH_`` unescaping (a surrogate without its
+pair made U+FFFD, as :mod:`.convert` does on psrpcore's path: :func:`~.convert.whole_text`), the
+check that a text slot a regular expression captured is plain character data, and the primitive elements
 (``S``, ``I32``, ``DT``, ...) with the ranges and formats psrpcore accepts. Anything not decoded
 exactly raises :class:`Fallback`, and the caller hands the message to psrpcore.
 """
@@ -13,7 +14,7 @@ import datetime
 import decimal
 import re
 
-from vmbusops.psrp.convert import offset_text
+from vmbusops.psrp.convert import offset_text, whole_text
 from vmbusops.records import Value
 
 __all__ = [
@@ -46,11 +47,13 @@ def _unhex(m: re.Match[bytes]) -> bytes:
 
 
 def clixml_unescape(value: str) -> str:
-    """Decode CLIXML ``_xHHHH_`` escapes exactly as psrpcore does."""
+    """Decode CLIXML ``_xHHHH_`` escapes as psrpcore does, but for a UTF-16 code unit without its
+    pair (:func:`~.convert.whole_text`)."""
     if "_x" not in value and "\u5f00" not in value:
         return value
     raw = _CLIXML_ESCAPE.sub(_unhex, value.encode("utf-16-be"))
-    return raw.decode("utf-16-be", errors="surrogatepass")
+    return raw.decode("utf-16-be", errors="replace")
+
 
 
 # What a regex-matched text slot must not contain to be plain character data: characters XML
@@ -155,7 +158,7 @@ def primitive_value(tag: str, text: str | None) -> Value:
         return text.lower()
     if tag == "C":
         code = int_text("U16", text or "")
-        return chr(code)
+        return whole_text(chr(code))
     if tag == "BA":
         return bytes(base64.b64decode(text or ""))
     raise Fallback

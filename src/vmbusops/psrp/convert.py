@@ -68,6 +68,7 @@ import datetime
 import decimal
 import enum
 import queue
+import re
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -114,6 +115,7 @@ __all__ = [
     "progress_from_ps",
     "record_from_event",
     "value_from_ps",
+    "whole_text",
 ]
 
 SECURE_STRING = PSObjectValue(
@@ -275,7 +277,7 @@ def _convert(obj: object, seen: set[int]) -> Value:
     if isinstance(obj, enum.Enum):
         return enum_text(obj)
     if isinstance(obj, PSChar):
-        return chr(int(obj))
+        return whole_text(chr(int(obj)))
     if isinstance(obj, int):
         if isinstance(obj, PSObject) and "System.Enum" in _type_names(obj):
             shown = obj.PSObject.to_string
@@ -402,9 +404,24 @@ def _prop(obj: object, name: str) -> object:
     return None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def whole_text(value: str) -> str:
+    """``value`` with each UTF-16 surrogate that has no pair made U+FFFD.
+
+    A .NET string may hold one (``"a" + [char]0xD800`` in a guest), and CLIXML carries it as
+    ``_xD800_``; psrpcore decodes it to a lone surrogate, which no UTF-8 text can hold: the
+    journal, a terminal and JSON all refuse it. .NET's own UTF-8 encoder writes U+FFFD in its
+    place, so a guest's console shows the same. (A CLIXML escape is the only way in: the XML is
+    UTF-8, which cannot encode a surrogate.)"""
+    return value if value.isascii() or _SURROGATE.search(value) is None else _SURROGATE.sub("\ufffd", value)
+
+
 def _plain(value: str) -> str:
-    # psrpcore's strings are str subclasses carrying a PSObject; records hold plain str.
-    return str.__str__(value)
+    # psrpcore's strings are str subclasses carrying a PSObject; records hold plain str, and
+    # never a surrogate without its pair (psrpcore decodes "_xD800_" to one).
+    return whole_text(str.__str__(value))
 
 
 def _text(value: object) -> str:
