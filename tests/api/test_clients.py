@@ -60,6 +60,23 @@ async def test_submit_follow_and_remote_logs_match_the_local_commands(agent: Age
         assert nosuch.stderr.splitlines()[0] == f"vmbusops: no run on nosuch in job {job_id}"
 
 
+async def test_submit_follow_shows_guest_control_characters_as_logs_does(agent: Agent) -> None:
+    """Guest text is hostile: an ESC, a BEL or a backspace in a record or a run's error reaches the
+    operator's terminal as a visible escape, never as a command, from `submit --follow` as from
+    `logs`."""
+    steps = [script("paint", 'Write-Output "A`e[31mRED`e]0;TITLE`a B`bBS"; Write-Error "bad`e[2J"; exit 3')]
+    path = agent.bundle(["a-web01"], steps)
+    done = await trio.to_thread.run_sync(lambda: cli(agent, "submit", str(path), "--agent", agent.url, "--follow"))
+    assert done.returncode != 0, done.stderr
+    shown = r"A\x1b[31mRED\x1b]0;TITLE\x07 B\x08BS"
+    assert f"a-web01    | {shown}" in done.stdout.splitlines()
+    assert r"ERROR: bad\x1b[2J" in done.stdout
+    assert not set(done.stdout) & {"\x1b", "\x07", "\x08"}
+    job_id = done.stdout.splitlines()[0].split()[1]
+    local = await trio.to_thread.run_sync(lambda: cli(agent, "logs", job_id, token=None))
+    assert f"a-web01  | {shown}" in local.stdout.splitlines()
+
+
 async def test_submit_follow_json_lines_carry_their_time_as_run_json_does(agent: Agent) -> None:
     path = agent.bundle(["a-web01"], [script("greet", 'Write-Output "hello"')])
     done = await trio.to_thread.run_sync(

@@ -23,7 +23,7 @@ import trio
 
 from vmbusops.cli import exitcodes
 from vmbusops.cli.common import require_run, run_trio
-from vmbusops.cli.output import console
+from vmbusops.cli.output import console, terminal_safe
 from vmbusops.cli.record_lines import print_records, record_text
 from vmbusops.engine.journal import RecordView
 from vmbusops.errors import BundleError, ConfigError, TransportError, VmbusOpsError
@@ -243,7 +243,7 @@ class RemoteProgress:
             else:
                 step = f" ({data['step']})" if data.get("step") else ""
                 error = f": {data['error']}" if data.get("error") else ""
-                self.out.write(f"{data['vm']:<10} > {data['state']}{step}{error}\n")
+                self.out.write(terminal_safe(f"{data['vm']:<10} > {data['state']}{step}{error}") + "\n")
         self.out.flush()
 
     def _record(self, data: dict[str, Any]) -> None:
@@ -264,8 +264,9 @@ class RemoteProgress:
             "progress": "PROGRESS: ",
         }
         label = labels.get(data["stream"], "")
-        lines = record_text(_record_view(data)).splitlines() or [""]
-        self.out.write("\n".join(f"{data['vm']:<10} | {label}{line}" for line in lines) + "\n")
+        lines = terminal_safe(record_text(_record_view(data))).splitlines() or [""]
+        vm = terminal_safe(data["vm"])
+        self.out.write("\n".join(f"{vm:<10} | {label}{line}" for line in lines) + "\n")
 
     async def summary(self, agent: AgentClient, job_id: int, state: str) -> list[str]:
         """Print the job's runs as it ended; returns their states."""
@@ -289,7 +290,9 @@ class RemoteProgress:
                 if r["started_at"] and r["finished_at"]
                 else "-"
             )
-            table.add_row(Text(r["vm"]), r["state"], duration, str(r["records"]), Text(r["error"] or ""))
+            table.add_row(
+                Text(terminal_safe(r["vm"])), r["state"], duration, str(r["records"]), Text(terminal_safe(r["error"] or ""))
+            )
         console(self.out, highlight=False, no_color=True).print(table)
         return [r["state"] for r in runs]
 
