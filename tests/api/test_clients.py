@@ -77,6 +77,15 @@ async def test_submit_follow_shows_guest_control_characters_as_logs_does(agent: 
     assert f"a-web01  | {shown}" in local.stdout.splitlines()
 
 
+async def test_a_bundle_whose_globs_match_no_vm_is_refused_and_makes_no_job(agent: Agent) -> None:
+    path = agent.bundle(["nomatch*"], [script("s", "hostname")])
+    done = await trio.to_thread.run_sync(lambda: cli(agent, "submit", str(path), "--agent", agent.url))
+    assert done.returncode == 2, done
+    assert "the bundle's targets (nomatch*) select no VM on this host" in done.stderr
+    listed = await trio.to_thread.run_sync(lambda: cli(agent, "jobs", "--agent", agent.url, "--json"))
+    assert listed.returncode == 0 and listed.stdout.strip() in ("", "[]"), listed
+
+
 async def test_submit_follow_json_lines_carry_their_time_as_run_json_does(agent: Agent) -> None:
     path = agent.bundle(["a-web01"], [script("greet", 'Write-Output "hello"')])
     done = await trio.to_thread.run_sync(

@@ -96,6 +96,17 @@ def test_an_unknown_group_or_a_selection_of_nothing_is_refused_with_why(lab: Pat
     assert code == 2 and "the bundle's targets select no VM on this host (tags nobody)" in stderr, stderr
 
 
+def test_globs_that_match_no_vm_refuse_the_job_instead_of_a_success_of_no_run(lab: Path, tmp_path: Path) -> None:
+    code, summary, stderr = run(tmp_path, ("*",), {"vms": ["nomatch*", "none?"]})
+    assert code == 2, stderr
+    assert "the bundle's targets (nomatch*, none?) select no VM on this host" in stderr
+    assert summary == {}
+    assert vmbusops("jobs", "--json").stdout.strip() in ("", "[]")  # no job of no run
+    # A plain name the host lacks is kept: its run fails there with Hyper-V's message.
+    code, summary, _ = run(tmp_path, ("*",), {"vms": ["nomatch*", "ghost01"]})
+    assert code == 1 and [r["vm"] for r in summary["runs"]] == ["ghost01"]
+
+
 def test_a_cycle_of_management_groups_is_refused(vmbusops_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     groups = [
         {"name": "outer", "type": "ManagementCollectionType", "groups": ["inner"]},

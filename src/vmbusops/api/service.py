@@ -40,7 +40,7 @@ from vmbusops.engine import Engine, JobSource, Journal, State, acceptance
 from vmbusops.engine.events import RunChanged
 from vmbusops.engine.journal import JobFilter, JobView, RunView, StoredRecord, VmRunView
 from vmbusops.engine.readers import JournalReaders
-from vmbusops.engine.targets import resolve_on_host
+from vmbusops.engine.targets import refuse_no_targets, resolve_on_host
 from vmbusops.errors import VmbusOpsError
 from vmbusops.guestops.supervisor import HostSupervisor
 from vmbusops.home import private_dir
@@ -245,6 +245,7 @@ class AgentService:
             raise TargetsOutOfScope(
                 tuple(p for p in manifest.targets.vms if _reaches_outside(p, targets, who))
             )
+        refuse_no_targets(manifest, targets)  # only now: a tenant learns nothing of VMs outside its scope
         return targets
 
     async def vm_listing(self, who: Principal) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmbusops.bundle.manifest import ExecutionPolicy, Manifest, ScriptStep, manifest_from_dict
-from vmbusops.engine.targets import LeftOut, resolve_on_host, resolve_targets, within_scope
+from vmbusops.engine.targets import LeftOut, refuse_no_targets, resolve_on_host, resolve_targets, within_scope
 from vmbusops.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -111,6 +111,7 @@ class JobSource:
         and bounded by the signer's scope: :attr:`targets` the VMs to run on, :attr:`left_out`
         those the scope does not cover. Raises ConfigError or a ScopeError when nothing is left."""
         vms = self.targets if self.targets is not None else await resolve_on_host(self.manifest, host)
+        refuse_no_targets(self.manifest, vms)
         kept, left_out = within_scope(vms, self.scope_vms)
         return replace(self, targets=tuple(kept), left_out=(*self.left_out, *left_out))
 

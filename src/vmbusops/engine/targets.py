@@ -94,6 +94,18 @@ def resolve_targets(
     return chosen
 
 
+def refuse_no_targets(manifest: Manifest, vms: Sequence[str]) -> None:
+    """A bundle whose targets select no VM here is refused, not run as a job of no run that would
+    read as a success: its ``vms`` are globs that match none (a plain name is kept, and its run
+    fails with Hyper-V's message). Called once the caller's scope has been judged, so that a
+    tenant learns nothing of VMs outside it (see ``AgentService.check_targets``)."""
+    if not vms:
+        raise ConfigError(
+            f"{manifest.name}: the bundle's targets ({', '.join(manifest.targets.vms)}) select no VM on this host",
+            hint="list the host's VMs with: vmbusops vms (names and globs match case-insensitively)",
+        )
+
+
 def within_scope(vms: Sequence[str], scope_vms: Sequence[str] | None) -> tuple[list[str], list[LeftOut]]:
     """``vms`` split by the signer's trust scope (its VM globs; None: not checked here): the VMs it
     covers, and those left out. Raises :class:`~vmbusops.bundle.errors.TargetOutOfScopeError` when it covers none of them."""
@@ -122,4 +134,4 @@ async def resolve_on_host(manifest: Manifest, host: HyperVHost) -> list[str]:
     return resolve_targets(manifest, vms, groups)
 
 
-__all__ = ["HostVM", "LeftOut", "resolve_on_host", "resolve_targets", "within_scope"]
+__all__ = ["HostVM", "LeftOut", "refuse_no_targets", "resolve_on_host", "resolve_targets", "within_scope"]
