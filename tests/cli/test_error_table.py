@@ -10,11 +10,13 @@ create. Cases that need a process of their own (a reader that goes away, an agen
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +114,11 @@ CASES = [
     case("agent-env-not-a-url", "submit", "{tmp}/job.vmb", env={"VMBUSOPS_AGENT": "127.0.0.1:8421"}, code=USAGE,
          says="$VMBUSOPS_AGENT '127.0.0.1:8421' is not an agent's URL"),
     case("submit-missing-file", "submit", "{tmp}/nosuch.vmb", "--agent", DEAD_AGENT, code=USAGE, says="cannot read"),
+    # A user and password in the agent's URL: httpx would send them in place of the token; never echoed.
+    case("agent-url-password", "logs", "1", "--agent", f"http://admin:{TOKEN}@127.0.0.1:1", code=USAGE,
+         says="--agent 'http://admin:***@127.0.0.1:1' carries a user name or password"),
+    case("agent-env-url-password", "submit", "{tmp}/job.vmb", env={"VMBUSOPS_AGENT": f"https://admin:{TOKEN}@127.0.0.1:1"}, code=USAGE,
+         says="$VMBUSOPS_AGENT 'https://admin:***@127.0.0.1:1' carries a user name or password"),
     # The host: a name nothing can open is named as such, not blamed on the credential.
     case("host-bogus-exec", "exec", "--host", "bogus", "--vm", "web01", "--credential", "lab-admin", "--", "hostname",
          code=USAGE, says="unknown host 'bogus'", never="credential"),
@@ -194,6 +201,8 @@ CASES = [
     case("agent-listen-unresolvable", "agent", "--listen", "nosuch.invalid:8421", code=USAGE,
          says="cannot listen on nosuch.invalid:8421"),
     case("agent-bad-max-sessions", "agent", "--max-sessions", "0", code=USAGE, says="--max-sessions"),
+    case("agent-ready-file-no-dir", "agent", "--ready-file", "{tmp}/nosuch/ready.json", "--listen", "127.0.0.1:0",
+         code=USAGE, says="/nosuch' does not exist"),
     case("token-bad-duration", "agent", "token", "create", "--name", "x", "--expires-in", "soon", code=USAGE,
          says="bad duration 'soon'"),
     case("token-revoke-missing", "agent", "token", "revoke", "nosuch", code=USAGE, says="no token or certificate"),
@@ -467,3 +476,52 @@ def test_an_agent_that_stopped_is_one_line(agent_factory: Callable[..., Agent]) 
             Ran(ran.returncode, ran.stdout, ran.stderr), code=HOST, says=f"cannot reach the agent at {url}",
             secrets=[agent.tokens["admin"]],
         )
+
+
+class _NotAnAgent(http.server.BaseHTTPRequestHandler):
+    """What may answer at a mistyped --agent: a web server's HTML page, or a JSON problem whose
+    text is hostile (control characters, a second line)."""
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/hostile"):
+            body = json.dumps({"detail": "no job \x1b]0;PWNED\x07\x1b[2J\x1b[31mred\nsecond line"}).encode()
+            self.send_response(404)
+            self.send_header("Content-Type", "application/problem+json")
+        else:
+            body = b"<!DOCTYPE HTML>\n<html><body>\n<h1>Not Found</h1>\n</body></html>\n"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def not_an_agent() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotAnAgent)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_what_answers_at_a_wrong_agent_url_is_said_in_one_line(scene: Scene, not_an_agent: str) -> None:
+    """A web server's page is not printed (it is not the agent's), a problem's text reaches the
+    terminal as one line with its controls escaped, and https:// to a plain-HTTP server says why."""
+    ran = vmbusops("logs", "1", "--agent", f"http://{not_an_agent}")
+    assert_one_line(ran, code=HOST, says="answered HTTP 404 (text/html), not as a vmbusops agent answers",
+                    secrets=scene.secrets, never="<html>")  # fmt: skip
+    ran = vmbusops("jobs", "show", "1", "--agent", f"http://{not_an_agent}/hostile")
+    assert_one_line(ran, code=USAGE, says=r"no job \x1b]0;PWNED\x07\x1b[2J\x1b[31mred second line",
+                    secrets=scene.secrets)  # fmt: skip
+    assert "\x1b" not in ran.stderr and "\x07" not in ran.stderr
+    ran = vmbusops("logs", "1", "--agent", f"https://{not_an_agent}")
+    assert_one_line(ran, code=HOST, says=f"cannot reach the agent at https://{not_an_agent}: ", secrets=scene.secrets)
+    assert not ran.stderr.splitlines()[0].endswith(": "), ran.stderr
+    assert "use http://" in ran.stderr

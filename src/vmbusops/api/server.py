@@ -81,13 +81,28 @@ def _notify_systemd(state: str) -> None:
             log.warning("cannot notify systemd", extra={"event": "notify-failed"})
 
 
+def check_ready_file(ready_file: Path | None) -> None:
+    """Refuse a ``--ready-file`` that could not be written, before anything starts."""
+    if ready_file is not None and not ready_file.parent.is_dir():
+        raise ConfigError(
+            f"--ready-file {str(ready_file)!r}: its directory {str(ready_file.parent)!r} does not exist",
+            hint="give a file in a directory that exists and this user may write",
+        )
+
+
 def _announce(binds: list[str], ready_file: Path | None) -> None:
     sys.stdout.write(json.dumps({"event": "ready", "listen": binds}) + "\n")
     sys.stdout.flush()
     if ready_file is not None:
         tmp = ready_file.with_name(ready_file.name + ".tmp")
-        tmp.write_text(json.dumps({"listen": binds, "pid": os.getpid()}) + "\n", encoding="utf-8")
-        tmp.replace(ready_file)
+        try:
+            tmp.write_text(json.dumps({"listen": binds, "pid": os.getpid()}) + "\n", encoding="utf-8")
+            tmp.replace(ready_file)
+        except OSError as exc:
+            raise ConfigError(
+                f"--ready-file {str(ready_file)!r}: cannot write it: {exc.strerror or exc}",
+                hint="give a file in a directory that exists and this user may write",
+            ) from exc
     _notify_systemd("READY=1")
 
 

@@ -113,9 +113,10 @@ def agent(
     if ctx.invoked_subcommand is not None:
         return
     from vmbusops.api.logs import configure_json_logging
-    from vmbusops.api.server import run_agent
+    from vmbusops.api.server import check_ready_file, run_agent
     from vmbusops.schedule.scheduler import Scheduler
 
+    check_ready_file(ready_file)
     config = load()
     if max_sessions is not None:
         config = dataclasses.replace(config, max_sessions=max_sessions)

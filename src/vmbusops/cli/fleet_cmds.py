@@ -97,6 +97,7 @@ def serve_cmd(
     (unless started with nohup); a standby takes over once the lease has not moved for --lease-ttl.
     """
     from vmbusops.api.logs import configure_json_logging
+    from vmbusops.api.server import check_ready_file
     from vmbusops.fleet.controller import ControllerOptions
     from vmbusops.fleet.serve import run_controller
 
@@ -127,6 +128,7 @@ def serve_cmd(
             configure_json_logging(log_level)
             yield broker
 
+    check_ready_file(ready_file)
     options = ControllerOptions(
         id=controller_id or f"{socket.gethostname()}:{bind.rpartition(':')[2]}", url=public_url or "",
         canary=canary, host_ttl=host_ttl, lease_ttl=lease_ttl, placement_timeout=placement_timeout,

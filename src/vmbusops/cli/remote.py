@@ -28,6 +28,7 @@ from vmbusops.cli.record_lines import print_records, record_text
 from vmbusops.engine.journal import RecordView
 from vmbusops.errors import BundleError, ConfigError, TransportError, VmbusOpsError
 from vmbusops.times import iso_time, seconds_of
+from vmbusops.urls import has_userinfo, shown_url
 
 ENV_AGENT = "VMBUSOPS_AGENT"
 ENV_TOKEN = "VMBUSOPS_TOKEN"  # noqa: S105 - the name of the variable, not a token
@@ -91,20 +92,36 @@ class AgentClient:
         )
 
 
+def _one_line(text: object) -> str:
+    """A server's text as one line of a message: it is the agent's, or whatever answered at its
+    URL, so its control characters are shown as escapes and its line breaks as spaces."""
+    return terminal_safe(str(text)).replace("\n", " ")[:500]
+
+
 def problem(response: httpx.Response) -> VmbusOpsError:
-    body: dict[str, Any] = {}
+    """The error an answer that is not a success says: the agent's problem document, or, for an
+    answer that is not one (another server at the URL), that the URL is not an agent's."""
+    body: Any = None
     try:
         body = response.json()
-        detail = str(body.get("detail") or response.reason_phrase)
-        hint = body.get("hint")
     except ValueError:
-        detail, hint = response.text[:200] or response.reason_phrase, None
+        pass
+    if not isinstance(body, dict) or not ("detail" in body or "title" in body):
+        kind = response.headers.get("content-type", "no content type").split(";")[0]
+        return TransportError(
+            f"the server at {_shown(str(response.request.url))} answered HTTP {response.status_code}"
+            f" ({_one_line(kind)}), not as a vmbusops agent answers",
+            hint=f"check --agent or ${ENV_AGENT}: the URL of a vmbusops agent, such as {DEFAULT_AGENT}",
+        )
+    detail = _one_line(body.get("detail") or body.get("title") or response.reason_phrase)
+    hint = _one_line(body["hint"]) if body.get("hint") else None
     status = response.status_code
-    if status == 422 and body.get("type", "").endswith("bundle-rejected"):
+    if status == 422 and str(body.get("type", "")).endswith("bundle-rejected"):
         return BundleError(f"the agent rejected the bundle: {detail}", hint=hint)
     if status in (401, 403):
         return ConfigError(
-            f"the agent refused: {detail}", hint=f"check the token in ${ENV_TOKEN} and its scope"
+            f"the agent refused: {detail}",
+            hint=f"check the token (--token-file, else ${ENV_TOKEN}) and its scope",
         )
     if status == 404:
         return ConfigError(f"the agent says: {detail}")
@@ -114,7 +131,15 @@ def problem(response: httpx.Response) -> VmbusOpsError:
 
 
 def _transport(exc: httpx.HTTPError, url: str) -> TransportError:
-    return TransportError(f"cannot reach the agent at {url}: {exc}")
+    why = _one_line(exc) or type(exc).__name__
+    hint = None
+    if url.startswith("https://") and isinstance(exc, httpx.ConnectError):
+        hint = "if the agent serves plain HTTP (started without --tls-cert), use http://"
+    return TransportError(f"cannot reach the agent at {_shown(url)}: {why}", hint=hint)
+
+
+def _shown(url: str) -> str:
+    return _one_line(shown_url(url))[:200]
 
 
 #: For the other clients of an agent (:mod:`.jobs_view`): an answer's refusal, and no answer.
@@ -311,14 +336,21 @@ def resolve_agent(agent_url: str | None, token_file: Path | None) -> AgentClient
     A URL that is not an agent's (no http:// or https://, no host) is bad input, said before any
     token is read or any connection tried: nothing could reach it."""
     if agent_url:
-        url, given = agent_url, f"--agent {agent_url[:200]!r}"
+        url, given = agent_url, f"--agent {_shown(agent_url)!r}"
     else:
         url = os.environ.get(ENV_AGENT) or DEFAULT_AGENT
-        given = f"${ENV_AGENT} {url[:200]!r}"
+        given = f"${ENV_AGENT} {_shown(url)!r}"
     if not _is_agent_url(url):
         raise ConfigError(
             f"{given} is not an agent's URL",
             hint=f"give http:// or https://, a host and a port, such as {DEFAULT_AGENT}",
+        )
+    if has_userinfo(url):
+        # httpx would send it as Basic authentication in place of the token, and the agent
+        # takes bearer tokens only; a password there also shows in the process list.
+        raise ConfigError(
+            f"{given} carries a user name or password; an agent takes a bearer token, not those",
+            hint=f"give the URL without user@ and the token in ${ENV_TOKEN} or --token-file",
         )
     return AgentClient(url, read_token(token_file))
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from urllib.parse import urlsplit
 
 from vmbusops.errors import ConfigError
 from vmbusops.fleet.names import check_host_name
+from vmbusops.urls import shown_url
 
 ENV_NATS_PASSWORD = "VMBUSOPS_NATS_PASSWORD"  # noqa: S105 - the variable's name, not a password
 FLEET_KEYS = frozenset({
@@ -94,17 +94,6 @@ def parse_fleet_section(section: dict[str, Any], path: Path) -> FleetConfig:
         host_ttl_seconds=number("host_ttl_seconds", 10.0, 0.5, 3600),
         list_seconds=number("list_seconds", 5.0, 0.05, 3600),
     )  # fmt: skip
-
-
-#: A URL's user information (``user:password@``), as an error quotes the URL without it.
-_USERINFO = re.compile(r"^(?P<head>[^/]*//)?(?P<user>[^/@:]*)(?P<password>:[^/@]*)?@")
-
-
-def shown_url(url: str) -> str:
-    """``url`` as a message may quote it: a password it carries is replaced by ``***``."""
-    return _USERINFO.sub(
-        lambda m: f"{m['head'] or ''}{m['user']}{':***' if m['password'] is not None else ''}@", url, count=1
-    )
 
 
 #: The options an agent gives the broker's URL, user and password file with; ``fleet serve`` has its own.
