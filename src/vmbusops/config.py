@@ -5,7 +5,7 @@ a file that decides which host the agent drives must not pass silently. ::
 
     [host]
     default = "sim"            # sim | sim:HOST | local | pwsh | pwsh-lab  (or VMBUSOPS_HOST, or --host)
-    max_sessions = 32          # PowerShell Direct sessions open at once on the host, all jobs together
+    max_sessions = 32          # PowerShell Direct sessions one vmbusops process opens at once, all its jobs together
     max_runspaces = 64         # the host process's runspace pool; at least max_sessions + 8
 
     [sim]
@@ -116,7 +116,8 @@ class RetentionConfig:
 class Config:
     host: str = "sim"
     max_runspaces: int = 64
-    #: PowerShell Direct sessions open at once on the host, across all jobs (``[host] max_sessions``).
+    #: PowerShell Direct sessions this process opens at once, across all its jobs (``[host] max_sessions``);
+    #: another vmbusops process on the host has a cap of its own.
     max_sessions: int = DEFAULT_MAX_SESSIONS
     lab: str | None = None
     agent: AgentConfig = AgentConfig()

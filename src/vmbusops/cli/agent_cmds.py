@@ -73,7 +73,7 @@ def _fleet_options(fn: Any) -> Any:
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option(
     "--max-sessions", type=click.IntRange(1, MAX_SESSIONS_LIMIT), default=None, metavar="N",
-    help=f"PowerShell Direct sessions open at once on the host, all jobs together (default: [host] "
+    help=f"PowerShell Direct sessions this agent opens at once, all its jobs together (default: [host] "
     f"max_sessions, {DEFAULT_MAX_SESSIONS}).",
 )  # fmt: skip
 @_fleet_options
