@@ -386,7 +386,16 @@ def build_app(service: AgentService) -> Starlette:
         who = authenticate(request, Operation.READ)
         job, runs = await visible(request, who)
         text = request.headers.get("last-event-id") or request.query_params.get("after", "")
-        follower = JobFollower(service, job, runs, cursor_at(text))
+        def still_allowed() -> bool:
+            # As the request was let in: a token revoked or expired, or a session ended since,
+            # ends the stream (and the refusal is logged once, as any other).
+            try:
+                authenticate(request, Operation.READ)
+            except ApiProblem:
+                return False
+            return True
+
+        follower = JobFollower(service, job, runs, cursor_at(text), still_allowed)
         return EventStream(
             follower.events(),
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},

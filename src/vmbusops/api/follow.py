@@ -45,6 +45,10 @@ journal every :data:`IDLE_POLL` seconds while nothing comes: a job another proce
 (``vmbusops run`` beside the agent) brings no commits here, and a fleet agent's local job of a
 fleet run brings its commits but no end event.
 
+A follower is let in as any request is, and asks again, at most every :data:`RECHECK` seconds and
+before it sends anything, whether the credentials it came with still hold: a token revoked or
+expired, or a console session ended, ends its stream, and its client's next request is refused.
+
 Each record event's ``id`` is its ``n``. A client reconnects with ``Last-Event-ID`` (or
 ``?after=``) and continues exactly there. State events (``job``, ``run``) carry no id: they are
 snapshots, sent again in full on every (re)connection.
@@ -95,6 +99,10 @@ CATCH_UP_PATIENCE = 0.001
 #: a follower of a busy job sends several records per chunk; a record after a quiet spell does
 #: not wait at all.
 COALESCE = 0.02
+#: A follower asks at most this often whether the credentials it was let in with still hold (a
+#: token revoked or expired, a console session ended): when they do not, its stream ends, and the
+#: client's next request is refused as any other.
+RECHECK = 1.0
 #: The scope key under which the application puts the HTTP server's own ``send`` (see
 #: :class:`EventStream`).
 SERVER_SEND = "vmbusops.server_send"
@@ -137,8 +145,20 @@ class RecordText:
 
 
 class JobFollower:
-    def __init__(self, service: AgentService, job: JobView, runs: list[RunView], after: int) -> None:
+    def __init__(
+        self,
+        service: AgentService,
+        job: JobView,
+        runs: list[RunView],
+        after: int,
+        allowed: Callable[[], bool] | None = None,
+    ) -> None:
         self.service = service
+        #: Whether the request's credentials still hold (asked every :data:`RECHECK` seconds at
+        #: most); ``None``: not asked.
+        self._allowed = allowed
+        self._checked_at = trio.current_time() if allowed is not None else 0.0
+        self._cut = False
         self.job = job
         self.runs = runs
         self.position = after
@@ -152,6 +172,16 @@ class JobFollower:
         self._unsent = b""
         self._live_sub: Subscription | None = None
         self._idle_since = 0.0
+
+    def still_allowed(self) -> bool:
+        """Whether the follower may go on: its credentials held when last asked (at most
+        :data:`RECHECK` seconds ago). Once they do not, it sends nothing more."""
+        if self._cut:
+            return False
+        if self._allowed is not None and trio.current_time() >= self._checked_at + RECHECK:
+            self._checked_at = trio.current_time()
+            self._cut = not self._allowed()
+        return not self._cut
 
     def use_writer(self, direct: BodyWriter) -> None:
         """The connection's body writer (:class:`EventStream`): :meth:`serve` needs it, and
@@ -174,7 +204,7 @@ class JobFollower:
         waits for one page at most. In a worker thread a page held the interpreter for
         milliseconds at a time, and the loop had to wait for it at each of its system calls.
         """
-        while True:
+        while self.still_allowed():
             async with self.service.catch_up:
                 await idle(CATCH_UP_PATIENCE)
                 count, self.position, text = await self.service.readers.run_here(partial(self._page, self.position))
@@ -228,7 +258,7 @@ class JobFollower:
         the job's end, a gap, a lost queue, another send under way): the follower wakes and sees
         to it. A socket that takes part of the chunk leaves the rest to the follower, woken."""
         live, direct = self._live_sub, self.direct
-        if live is None or direct is None or live.lost or not live.pending:
+        if live is None or direct is None or live.lost or not live.pending or not self.still_allowed():
             return False
         position = self.position
         count = 0
@@ -283,7 +313,8 @@ class JobFollower:
     async def _finish(self) -> AsyncIterator[bytes]:
         async for text in self._catch_up():
             yield text
-        yield await self.service.read(self._final)
+        if self.still_allowed():
+            yield await self.service.read(self._final)
 
     async def _ended_elsewhere(self) -> bool:
         """Whether the job has ended, for a job this agent does not run (or whose end it missed)."""
@@ -323,7 +354,7 @@ class JobFollower:
         self._live_sub = live
         self._idle_since = trio.current_time()
         serve = self.serve if self.direct is not None else None
-        while True:
+        while self.still_allowed():
             if not live.pending and not live.lost:
                 # A running job brings its commits and its end here, and its leaving the running
                 # jobs wakes this wait (AgentService.job_left): only the keep-alive is timed. Any
@@ -345,6 +376,8 @@ class JobFollower:
                         self._idle_since = trio.current_time()
                         yield b": keep-alive\n\n"
                     continue
+            if not self.still_allowed():  # asked again after the wait, before anything is sent
+                return
             batch, lost = live.take()
             out: list[bytes] = []
             ended = False
