@@ -206,6 +206,10 @@ CASES = [
     case("token-bad-duration", "agent", "token", "create", "--name", "x", "--expires-in", "soon", code=USAGE,
          says="bad duration 'soon'"),
     case("token-revoke-missing", "agent", "token", "revoke", "nosuch", code=USAGE, says="no token or certificate"),
+    case("token-name-control", "agent", "token", "create", "--name", "\x1b[31mred", "--scope", "read", "--vm", "*",
+         code=USAGE, says=r"'\x1b[31mred' or a glob holds a control or bidirectional formatting character"),
+    case("token-vm-bidi", "agent", "token", "create", "--name", "x", "--scope", "read", "--vm", "web\u202e*",
+         code=USAGE, says="holds a control or bidirectional formatting character"),
     # the rest
     case("dsc-missing-transcript", "dsc", "parse-lcm", "{tmp}/nosuch.txt", code=USAGE, says="No such file"),
     case("unknown-command", "nosuch", code=USAGE, says="No such command 'nosuch'"),

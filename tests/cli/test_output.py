@@ -25,6 +25,9 @@ HOSTILE = "a\x1b[31mRED\x1b]0;TITLE\x07b\rover\x9bc\tend"
 def test_control_characters_become_visible_escapes() -> None:
     assert terminal_safe(HOSTILE) == "a\\x1b[31mRED\\x1b]0;TITLE\\x07b\\x0dover\\x9bc\tend"
     assert terminal_safe("two\nlines") == "two\nlines"
+    # Bidirectional overrides and isolates reorder what follows them on the line, unseen.
+    assert terminal_safe("invoice\u202egpj.exe \u2066x\u2069") == "invoice\\u202egpj.exe \\u2066x\\u2069"
+    assert terminal_safe("عربى \u200f mixed") == "عربى \u200f mixed"  # marks alone reorder nothing: kept
 
 
 def test_the_live_view_writes_guest_text_without_control_characters() -> None:

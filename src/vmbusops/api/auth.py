@@ -39,6 +39,9 @@ from vmbusops.home import home_path
 from vmbusops.storage import UntilCommit, open_wal_database
 
 TOKEN_PREFIX = "vmo_"  # noqa: S105 - the public prefix of every token, not a secret
+#: What a principal's name or VM glob may not hold: control characters (C0, DEL, C1) and the
+#: bidirectional overrides and isolates, which every listing would have to hide.
+_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _TOKEN_RE = re.compile(r"vmo_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 
 _SCHEMA = """
@@ -214,6 +217,12 @@ class PrincipalStore:
         if not vms:
             raise ConfigError(
                 "a scope needs at least one VM glob", hint="for example --vm 'tenant-a-*' (or '*')"
+            )
+        if _UNSHOWN.search(name) is not None or any(_UNSHOWN.search(v) for v in vms):
+            raise ConfigError(
+                f"a {kind}'s name and VM globs are plain text; {name!r} or a glob holds a control or"
+                " bidirectional formatting character",
+                hint="give letters, digits, spaces and punctuation",
             )
         ident = secrets.token_hex(6)
         with self._lock:

@@ -18,9 +18,10 @@ from typing import Any
 import click
 import trio
 from rich.table import Table
+from rich.text import Text
 
 from vmbusops.cli.common import host_option, load
-from vmbusops.cli.output import console
+from vmbusops.cli.output import console, terminal_safe
 from vmbusops.cli.remote import agent_read_option
 from vmbusops.config import DEFAULT_MAX_SESSIONS, MAX_SESSIONS_LIMIT
 from vmbusops.credentials import credential_resolver
@@ -213,8 +214,9 @@ def _list(kind: str, as_json: bool) -> None:
         status = "revoked" if p.revoked_at else "expired" if not p.active(now) else "active"
         expires = time.strftime("%Y-%m-%d %H:%M", time.localtime(p.expires_at)) if p.expires_at else "never"
         table.add_row(
-            p.id, p.name, ",".join(sorted(o.value for o in p.operations)), ",".join(p.vms), expires, status
-        )
+            p.id, Text(terminal_safe(p.name)), ",".join(sorted(o.value for o in p.operations)),
+            Text(terminal_safe(",".join(p.vms))), expires, status,
+        )  # fmt: skip
     console(highlight=False).print(table)
 
 

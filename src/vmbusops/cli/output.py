@@ -60,12 +60,16 @@ _RESET = "\x1b[0m"
 
 # Guest text is hostile: a control character (ESC starting a colour, a title or a screen clear;
 # BEL; a bare CR that rewrites the line) would reach the operator's terminal as a command. Each
-# is shown as a visible escape instead; tab stays, and line breaks split records into lines.
+# is shown as a visible escape instead; tab stays, and line breaks split records into lines. So
+# are the bidirectional overrides and isolates (U+202A-U+202E, U+2066-U+2069), which reorder how
+# the rest of a line reads without being seen themselves.
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c not in (0x09, 0x0A)}
+_CONTROL.update({c: f"\\u{c:04x}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))})
 
 
 def terminal_safe(text: str) -> str:
-    """``text`` with every control character but tab and newline shown as ``\\xNN``."""
+    """``text`` with every control character but tab and newline shown as ``\\xNN``, and each
+    bidirectional override or isolate as ``\\uNNNN``."""
     return text.translate(_CONTROL)
 
 
