@@ -54,7 +54,7 @@ from vmbusops.cli.jobs_view import (
 )
 from vmbusops.cli.output import RecordPrinter, console, terminal_safe, use_colour
 from vmbusops.cli.record_lines import print_records
-from vmbusops.cli.remote import agent_read_option, remote_logs, resolve_agent
+from vmbusops.cli.remote import agent_read_option, remote_logs, resolve_agent, say_interrupted
 from vmbusops.config import Config
 from vmbusops.credentials import GuestCredential, credential_resolver
 from vmbusops.engine import (
@@ -566,10 +566,11 @@ def logs_cmd(
         # Under the signal watcher from the first page, looked at between pages: a Ctrl-C while
         # a big job is caught up ends as one while it is followed does.
         while True:
-            active = journal.job(job_id).state.active  # before reading: what came before the end is read
+            job = journal.job(job_id)  # before reading: what came before the end is read
             while page():
                 await trio.lowlevel.checkpoint()
-            if not active:
+            if not job.state.active:
+                say_interrupted(job_id, job.state.value)
                 return exitcodes.OK
             await trio.sleep(0.2)
 

@@ -467,7 +467,19 @@ def remote_logs(
                 print_records([_record_view(data)], as_json, width)
                 sys.stdout.flush()
 
-        await follow_events(agent, job_id, on_event)
+        end = await follow_events(agent, job_id, on_event)
+        say_interrupted(job_id, str(end.get("state")))
         return exitcodes.OK
 
     return run_client(main)
+
+
+def say_interrupted(job_id: int, state: str) -> None:
+    """A followed job that ended interrupted (the process running it stopped under it) is said on
+    stderr: its records end there, though the job is not over."""
+    if state == "interrupted":
+        click.echo(
+            f"vmbusops: job {job_id} is interrupted: the process running it stopped before it ended;"
+            f" resume it on its host with: vmbusops jobs resume {job_id}",
+            err=True,
+        )
