@@ -3,7 +3,7 @@
 :class:`RunContext` is what an executor (:mod:`.executors`) is given. It carries out what the
 run's :class:`~.machine.RunMachine` decides (journal changes queued behind the records before
 them, events to the watchers) and gives the steps their host, guest credential, bundle files and
-the host-wide limit on PowerShell Direct sessions. :class:`StepChannel` is one step's view of it, in
+the engine's limit on PowerShell Direct sessions. :class:`StepChannel` is one step's view of it, in
 the shape guest-side operations (:mod:`vmbusops.guestops.dsc`, :mod:`vmbusops.guestops.patch`)
 take: every record they see is journaled under the step, live (a quiet run's output and state
 excepted: the agent's own checks; the run numbers only what it journals, so its numbers have no gap).
@@ -68,7 +68,7 @@ class RunContext:
     credential: GuestCredential
     staging: JobStaging
     writer: JournalWriter
-    #: PowerShell Direct sessions open at once on this host, across all jobs.
+    #: PowerShell Direct sessions this engine opens at once, across all its jobs (one per process).
     sessions: trio.CapacityLimiter
     wait: WaitReady
     on_event: Callable[[EngineEvent], None] | None

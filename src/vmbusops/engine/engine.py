@@ -28,7 +28,7 @@ again; one running there is resumed as after a crash). A run goes through:
    :mod:`.plan` (guest batches, host steps). Each step has its own timeout and retry policy:
    transient errors (``VmbusOpsError.transient``) wait out the backoff (``delayed``) and try
    again; anything else fails the step and the run at once with the real message. Guest
-   invocations also hold a slot of the host-wide PowerShell Direct session limit
+   invocations also hold a slot of the engine's PowerShell Direct session limit, across its jobs
    (``EngineOptions.max_sessions``, from ``[host] max_sessions``).
 
 Cancellation is a cancel scope per run: leaving a guest pipeline's context sends the PSRP stop
@@ -77,8 +77,8 @@ _MANIFEST_TEXTS = 8
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineOptions:
-    #: PowerShell Direct sessions open at once on this host, across all jobs (``[host]
-    #: max_sessions``); a job's own max concurrency is a limit under it.
+    #: PowerShell Direct sessions this engine opens at once, across all its jobs (``[host]
+    #: max_sessions``; another process's engine has its own); a job's max concurrency is a limit under it.
     max_sessions: int = DEFAULT_MAX_SESSIONS
     flush_records: int = 1000
     #: The longest a record waits in memory before it is committed. An API follower sees a

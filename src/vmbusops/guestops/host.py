@@ -468,7 +468,7 @@ class HyperVHost:
         The one wait for a guest, for ``vmbusops`` commands and the engine's steps alike: Get-VM's
         heartbeat first, then a probe through PowerShell Direct (which prints one line); polled
         every ``poll_interval``, backing off by half each time up to 10 s. The probe holds a slot
-        of ``sessions`` (the engine's host-wide session limit) while it runs.
+        of ``sessions`` (the engine's session limit, across its jobs) while it runs.
         """
         deadline = trio.current_time() + timeout
         last: str = "no answer yet"
