@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tests.api.conftest import Agent
+from tests.builders import script
 
 from vmbusops.api.auth import Operation, PrincipalStore
 
@@ -104,3 +105,19 @@ async def test_tls_with_client_certificates(agent_factory: Any, tmp_path: Path) 
         assert r.status_code == 200 and "; Secure" in r.headers["set-cookie"]
     refused = [line for line in agent.log_lines() if line.get("event") == "refused"]
     assert any(line["who"].startswith("cert:sha256=") for line in refused)
+
+    # A follower let in by its certificate is asked again while it follows (a revoked principal's
+    # stream ends), in its own request's context: a job longer than the recheck is followed whole.
+    steps = [script("tick", 'foreach ($i in 1..12) { "line $i"; Start-Sleep -Milliseconds 250 }')]
+    async with client(headers=agent.headers("admin"), timeout=60) as c:
+        r = await c.post("/v1/jobs", content=agent.bundle(["a-web01"], steps).read_bytes(),
+                         headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+        assert r.status_code == 201, r.text
+        job_id = r.json()["job"]["id"]
+    lines: list[str] = []
+    async with client(a_cert, a_key, timeout=60) as c, c.stream("GET", f"/v1/jobs/{job_id}/events") as events:
+        assert events.status_code == 200
+        async for line in events.aiter_lines():
+            lines.append(line)  # to the response's end, which comes after the job's
+    assert sum('"stream":"output"' in line for line in lines) == 12
+    assert any(line.startswith("event: end") for line in lines)

@@ -175,13 +175,16 @@ class JobFollower:
 
     def still_allowed(self) -> bool:
         """Whether the follower may go on: its credentials held when last asked (at most
-        :data:`RECHECK` seconds ago). Once they do not, it sends nothing more."""
-        if self._cut:
-            return False
-        if self._allowed is not None and trio.current_time() >= self._checked_at + RECHECK:
+        :data:`RECHECK` seconds ago). Once they do not, it sends nothing more. Asked in the
+        follower's own task only, which has its request's context (a client certificate's)."""
+        allowed = self._allowed
+        if not self._cut and allowed is not None and trio.current_time() >= self._checked_at + RECHECK:
             self._checked_at = trio.current_time()
-            self._cut = not self._allowed()
+            self._cut = not allowed()
         return not self._cut
+
+    def _recheck_due(self) -> bool:
+        return self._allowed is not None and trio.current_time() >= self._checked_at + RECHECK
 
     def use_writer(self, direct: BodyWriter) -> None:
         """The connection's body writer (:class:`EventStream`): :meth:`serve` needs it, and
@@ -255,11 +258,12 @@ class JobFollower:
         position without a gap (each commit's text is the one every follower of the job
         shares), straight to the socket. True if it was all sent: the follower rests on. False,
         and nothing is taken from the queue, for anything else (nothing queued, a state change,
-        the job's end, a gap, a lost queue, another send under way): the follower wakes and sees
-        to it. A socket that takes part of the chunk leaves the rest to the follower, woken."""
+        the job's end, a gap, a lost queue, another send under way, its credentials to be asked
+        again): the follower wakes and sees to it. A socket that takes part of the chunk leaves
+        the rest to the follower, woken."""
         live, direct = self._live_sub, self.direct
-        if live is None or direct is None or live.lost or not live.pending or not self.still_allowed():
-            return False
+        if live is None or direct is None or live.lost or not live.pending or self._cut or self._recheck_due():
+            return False  # (the credentials are asked again by the follower itself, woken)
         position = self.position
         count = 0
         texts: list[bytes] = []
