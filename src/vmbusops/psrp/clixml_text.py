@@ -1,8 +1,8 @@
 """CLIXML text and primitive values, decoded exactly as psrpcore decodes them.
 
-The pieces both tiers of :mod:`.decode` share: ``_xHHHH_`` unescaping (a surrogate without its
-pair made U+FFFD, as :mod:`.convert` does on psrpcore's path: :func:`~.convert.whole_text`), the
-check that a text slot a regular expression captured is plain character data, and the primitive elements
+The pieces both tiers of :mod:`.decode` share: ``_xHHHH_`` unescaping (for what the client
+receives, a surrogate without its pair made U+FFFD, as :mod:`.convert` does on psrpcore's path:
+:func:`guest_text`), the check that a text slot a regular expression captured is plain character data, and the primitive elements
 (``S``, ``I32``, ``DT``, ...) with the ranges and formats psrpcore accepts. Anything not decoded
 exactly raises :class:`Fallback`, and the caller hands the message to psrpcore.
 """
@@ -24,6 +24,7 @@ __all__ = [
     "clixml_unescape",
     "datetime_text",
     "document_text",
+    "guest_text",
     "int_text",
     "primitive_value",
     "slot_text",
@@ -47,12 +48,21 @@ def _unhex(m: re.Match[bytes]) -> bytes:
 
 
 def clixml_unescape(value: str) -> str:
-    """Decode CLIXML ``_xHHHH_`` escapes as psrpcore does, but for a UTF-16 code unit without its
-    pair (:func:`~.convert.whole_text`)."""
+    """Decode CLIXML ``_xHHHH_`` escapes exactly as psrpcore does: a UTF-16 code unit without its
+    pair stays, as a lone surrogate (the simulator reads what a client sends so, as PowerShell
+    keeps it in a .NET string)."""
     if "_x" not in value and "\u5f00" not in value:
         return value
     raw = _CLIXML_ESCAPE.sub(_unhex, value.encode("utf-16-be"))
-    return raw.decode("utf-16-be", errors="replace")
+    return raw.decode("utf-16-be", errors="surrogatepass")
+
+
+def guest_text(value: str) -> str:
+    """:func:`clixml_unescape` for what the client receives: a surrogate without its pair is
+    U+FFFD (:func:`~.convert.whole_text`), as on psrpcore's path."""
+    if "_x" not in value and "\u5f00" not in value:
+        return value
+    return whole_text(clixml_unescape(value))
 
 
 
@@ -74,7 +84,7 @@ def slot_text(raw: str) -> str:
             .replace("&apos;", "'")
             .replace("&amp;", "&")
         )
-    return clixml_unescape(raw)
+    return guest_text(raw)
 
 
 def document_text(data: bytes) -> str:
@@ -135,7 +145,7 @@ def datetime_text(text: str) -> str:
 def primitive_value(tag: str, text: str | None) -> Value:
     """A primitive element's value from its (XML-decoded) text; unknown tags fall back."""
     if tag == "S":
-        return clixml_unescape(text or "")
+        return guest_text(text or "")
     if tag == "Nil":
         return None
     if tag == "B":

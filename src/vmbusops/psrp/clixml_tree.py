@@ -14,7 +14,7 @@ from xml.etree import ElementTree
 
 from psrpcore.types import ErrorCategory, PSCustomObject
 
-from vmbusops.psrp.clixml_text import INT_RANGES, Fallback, clixml_unescape, int_text, primitive_value
+from vmbusops.psrp.clixml_text import INT_RANGES, Fallback, guest_text, int_text, primitive_value
 from vmbusops.psrp.convert import enum_text, strip_deserialized
 from vmbusops.psrp.psrpcore_private import REHYDRATED_TYPES
 from vmbusops.records import ErrorRecord, PSDictValue, PSObjectValue, Value, value_display
@@ -92,7 +92,7 @@ class Tree:
                 raise Fallback
             props = groups[child.tag] = {}
             for prop in child:
-                name = clixml_unescape(prop.attrib["N"])
+                name = guest_text(prop.attrib["N"])
                 if name in props:
                     raise Fallback  # psrpcore keeps the last, a lookup might find either
                 props[name] = prop
@@ -101,7 +101,7 @@ class Tree:
     def text(self, element: ElementTree.Element) -> str:
         """A string property (``S`` or ``Nil``) as record text."""
         if element.tag == "S":
-            return clixml_unescape(element.text or "")
+            return guest_text(element.text or "")
         if element.tag == "Nil":
             return ""
         raise Fallback
@@ -133,7 +133,7 @@ class Tree:
                 if has_to_string:
                     raise Fallback
                 has_to_string = True
-                to_string = clixml_unescape(child.text or "")
+                to_string = guest_text(child.text or "")
             elif container is not None or primitive is not None:
                 raise Fallback
             elif tag in _CONTAINER_TAGS:
