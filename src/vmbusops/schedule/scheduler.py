@@ -7,7 +7,9 @@ timeout is capped at the cut-off, so no target starts after it either. Every tic
 outcome in the store (``started``, ``skipped: ...``, ``refused: ...``, ``missed``), and every skip
 is logged. Before each tick's job the kept bundle is verified again against today's trust policy
 (the launcher does it): a refusal is the tick's outcome and is logged, and the schedule keeps its
-next ticks, which run again once the bundle passes (an expired bundle ends the schedule).
+next ticks, which run again once the bundle passes (an expired bundle ends the schedule). A job
+that cannot start on the host at its tick (its targets select no VM there now, its credential is
+gone) is refused the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from vmbusops.errors import BundleError, HostDownError
+from vmbusops.errors import BundleError, ConfigError, CredentialStoreError, HostDownError
 from vmbusops.schedule.clock import Clock, SystemClock
 from vmbusops.schedule.plan import Window, catch_up, next_window
 from vmbusops.schedule.store import ScheduleEntry, ScheduleStore
@@ -239,6 +241,14 @@ class Scheduler:
         except BundleError as exc:
             log.warning(
                 "tick refused: the schedule's bundle failed verification again",
+                extra={"event": "schedule-refused", "why": exc.message, **fields},
+            )
+            return f"refused: {exc.message}", None
+        except (ConfigError, CredentialStoreError) as exc:
+            # The job cannot start on this host now (its targets select no VM, its credential is
+            # gone): this tick is refused, the schedule goes on, and so does the agent.
+            log.warning(
+                "tick refused: the job cannot start on this host",
                 extra={"event": "schedule-refused", "why": exc.message, **fields},
             )
             return f"refused: {exc.message}", None
