@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,14 +29,22 @@ class DistrustingHost(Host):
         return await super().launch(entry, window)
 
 
-async def test_a_refused_tick_is_its_outcome_and_later_ticks_still_run(tmp_path: Path) -> None:
-    clock = ManualClock(T0)
-    host = DistrustingHost(clock)
+@asynccontextmanager
+async def scheduling(tmp_path: Path, host: Host) -> AsyncIterator[tuple[Scheduler, ScheduleStore]]:
+    """The nightly schedule registered and its scheduler running on ``host``'s clock."""
     store = ScheduleStore(tmp_path / "schedules.sqlite")
-    scheduler = Scheduler(store, launch=host.launch, job_active=host.job_active, clock=clock, poll=60)
+    scheduler = Scheduler(store, launch=host.launch, job_active=host.job_active, clock=host.clock, poll=60)
     store.register(scheduled(jitter=0), bundle_dir=None, source="test", now=T0)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(scheduler.run)
+        yield scheduler, store
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_tick_is_its_outcome_and_later_ticks_still_run(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    host = DistrustingHost(clock)
+    async with scheduling(tmp_path, host) as (scheduler, store):
         await advance_to(clock, T0 + timedelta(hours=1, minutes=1))
         assert host.launched == []
         outcome = scheduler.history[-1][2]
@@ -44,7 +54,6 @@ async def test_a_refused_tick_is_its_outcome_and_later_ticks_still_run(tmp_path:
         await advance_to(clock, T0 + timedelta(days=1, hours=1, minutes=1))
         assert len(host.launched) == 1
         assert scheduler.history[-1][2] == "started"
-        nursery.cancel_scope.cancel()
 
 
 class VanishedHost(Host):
@@ -62,15 +71,10 @@ class VanishedHost(Host):
 async def test_a_tick_whose_targets_select_no_vm_is_refused_and_the_schedule_goes_on(tmp_path: Path) -> None:
     clock = ManualClock(T0)
     host = VanishedHost(clock)
-    store = ScheduleStore(tmp_path / "schedules.sqlite")
-    scheduler = Scheduler(store, launch=host.launch, job_active=host.job_active, clock=clock, poll=60)
-    store.register(scheduled(jitter=0), bundle_dir=None, source="test", now=T0)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(scheduler.run)
+    async with scheduling(tmp_path, host) as (scheduler, _):
         await advance_to(clock, T0 + timedelta(hours=1, minutes=1))
         outcome = scheduler.history[-1][2]
         assert outcome.startswith("refused: nightly-patch: the bundle's targets") and "select no VM" in outcome
         host.gone = False
         await advance_to(clock, T0 + timedelta(days=1, hours=1, minutes=1))
         assert scheduler.history[-1][2] == "started"
-        nursery.cancel_scope.cancel()
