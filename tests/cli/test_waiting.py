@@ -1,6 +1,7 @@
 """A run that waits says why in `jobs show`: for a concurrency slot, for its VM (another job's run
-holds it), or to retry a step after a transient failure. Real `vmbusops run` processes on the
-simulator, read while they wait, then stopped with Ctrl-C."""
+holds it), to retry a step after a transient failure, or for a host session (its process's
+``[host] max_sessions`` all in use). Real `vmbusops run` processes on the simulator, each with a
+cap of one session, read while they wait, then stopped with Ctrl-C."""
 
 from __future__ import annotations
 
@@ -29,8 +30,12 @@ def started(
     tmp_path: Path, vmbusops_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[..., None]]:
     """Start ``vmbusops run`` of a bundle in the background; every one is stopped (Ctrl-C) at the end."""
-    lab = write_lab(tmp_path, [VM("vm01"), VM("vm02"), VM("vm03", faults={"session_drop_after_records": 1})])
+    lab = write_lab(
+        tmp_path,
+        [VM("vm01"), VM("vm02"), VM("vm03", faults={"session_drop_after_records": 1}), VM("vm04"), VM("vm05")],
+    )
     monkeypatch.setenv("VMBUSOPS_LAB", str(lab))
+    (vmbusops_home / "config.toml").write_text("[host]\nmax_sessions = 1\n")
     key = PrivateKey.generate()
     trust_and_credential(key)
     procs: list[subprocess.Popen[str]] = []
@@ -87,3 +92,14 @@ def test_a_waiting_run_says_why_in_jobs_show(started: Callable[..., None]) -> No
     runs_once(3, lambda rs: rs["vm03"]["steps"][0]["state"] == "delayed")
     text = vmbusops("jobs", "show", "3").stdout
     assert "waiting to retry step hold (attempt 1 failed: " in text, text
+
+    # Job 4: two runs at once, in a process with one session: one holds it, the other's step waits.
+    started(["vm04", "vm05"], [HOLD], {"max_concurrency": 2})
+    runs = runs_once(4, lambda rs: any(r["waiting"] == "session" for r in rs.values()))
+    assert sorted(r["state"] for r in runs.values()) == ["in-progress", "in-progress"]
+    assert sorted(str(r["waiting"]) for r in runs.values()) == ["None", "session"]
+    text = vmbusops("jobs", "show", "4").stdout
+    assert (
+        "step hold waiting for a host session: all PowerShell Direct sessions of the process that runs the job"
+        " are in use ([host] max_sessions, across its jobs)"
+    ) in " ".join(text.split()), text

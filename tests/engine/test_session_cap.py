@@ -14,7 +14,7 @@ from tests.engine.conftest import credential_for, harness_for, source
 from tests.engine.test_rate_control import peak_in_progress, run_story
 from tests.simhost import open_sim_host
 
-from vmbusops.engine import State
+from vmbusops.engine import RunChanged, State
 from vmbusops.guestops.fanout import exec_in_guests
 from vmbusops.sim.hyperv import SessionCount
 
@@ -33,11 +33,16 @@ async def test_no_more_sessions_than_the_cap_while_more_runs_wait(lab_dir: Path,
     sessions = SessionCount()
     async with harness_for(lab, tmp_path / "j.sqlite", sessions=sessions, max_sessions=3) as h:
         result = await h.engine.run_job(source(m))
+        runs = h.journal.runs(result.job_id)
     assert result.state is State.SUCCESS, result.errors
     assert sessions.peak == 3
     assert sessions.open == 0
-    # Every run had its job slot, so all twelve were in progress, nine of them queued for a session.
+    # Every run had its job slot, so all twelve were in progress, nine of them queued for a session,
+    # and each of those said so while it waited; none says it any more.
     assert peak_in_progress(run_story(h.events)) == 12
+    said = [e.vm for e in h.events if isinstance(e, RunChanged) and e.step == "probe: waiting for a host session"]
+    assert len(said) == len(set(said)) == 9
+    assert [r.waiting for r in runs] == [None] * 12
 
 
 async def test_raising_the_cap_runs_more_at_once(lab_dir: Path, tmp_path: Path) -> None:

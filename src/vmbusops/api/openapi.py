@@ -538,6 +538,11 @@ def openapi_document() -> dict[str, Any]:
                             "type": ["string", "null"],
                             "description": "why the run failed, a stable name (README: failure codes)",
                         },
+                        "waiting": {
+                            "type": ["string", "null"],
+                            "description": "what the run, in progress, waits for: \"session\" while a step waits for"
+                            " a PowerShell Direct session of its process, all in use ([host] max_sessions)",
+                        },
                         "steps": {
                             "type": "array",
                             "items": {"type": "object", "description": "name, kind, state, code, exit_code, ..."},

@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vmbusops.cli.output import console, terminal_safe
+from vmbusops.engine.changes import WAITING_SESSION
 from vmbusops.engine.states import ACTIVE, State
 from vmbusops.errors import ConfigError
 from vmbusops.vm_names import is_glob, vms_matching
@@ -130,12 +131,19 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
 
 def why_waiting(run: dict[str, Any], runs: list[dict[str, Any]], holder: Callable[[str], int | None]) -> str | None:
     """Why a run of an active job is not going on now, or None: a step waits out a retry's
-    backoff; or the run waits for its VM (``holder``: the other job whose run on it is in
-    progress) or for a slot of the job's max concurrency."""
+    backoff, or for a PowerShell Direct session of its process; or the run waits for its VM
+    (``holder``: the other job whose run on it is in progress) or for a slot of the job's max
+    concurrency."""
     for s in run.get("steps", []):
         if s["state"] == State.DELAYED.value:
             failed = f": {s['error']}" if s.get("error") else ""
             return f"waiting to retry step {s['name']} (attempt {s.get('attempts', 0)} failed{failed})"
+    if run.get("waiting") == WAITING_SESSION:
+        step = f"step {run['current_step']} " if run.get("current_step") else ""
+        return (
+            f"{step}waiting for a host session: all PowerShell Direct sessions of the process"
+            " that runs the job are in use ([host] max_sessions, across its jobs)"
+        )
     if run["state"] != State.DELAYED.value:
         return None
     other = holder(run["vm"])

@@ -5,14 +5,15 @@ The run machine (:mod:`.machine`) says what changed as :class:`JobChange`, :clas
 :meth:`.journal.Journal.apply` turns each into its one ``UPDATE``. So the SQL lives in the journal
 alone, and what the engine decided can be read (and tested) without a database.
 
-A field left ``None`` is not written; ``clear`` on a step change (a new attempt) empties its
-finish time and error.
+A field left ``None`` is not written (but a run's ``current_step`` and ``waiting``, which every
+run change writes); ``clear`` on a step change (a new attempt) empties its finish time and error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from vmbusops.engine.states import State
 from vmbusops.records import RECORD_JSON, STREAM_TEXT, Record
@@ -42,6 +43,14 @@ class RunChange:
     started_at: float | None = None
     finished_at: float | None = None
     excerpt: list[str] | None = None
+    #: What the run waits for while it is in progress (:data:`WAITING_SESSION`), or None: written
+    #: with every change of the run, so any later one clears it.
+    waiting: str | None = None
+
+
+#: A run's ``waiting`` while a step of it waits for a PowerShell Direct session: all of its
+#: process's (``[host] max_sessions``) are in use.
+WAITING_SESSION: Final = "session"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,4 +121,14 @@ def pending_rows(
     ]
 
 
-__all__ = ["Change", "CheckpointChange", "JobChange", "PendingRecord", "RunChange", "StepChange", "pending", "pending_rows"]
+__all__ = [
+    "WAITING_SESSION",
+    "Change",
+    "CheckpointChange",
+    "JobChange",
+    "PendingRecord",
+    "RunChange",
+    "StepChange",
+    "pending",
+    "pending_rows",
+]

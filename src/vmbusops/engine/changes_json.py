@@ -181,6 +181,7 @@ _FIELDS: Final[Mapping[type, Mapping[str, tuple[Parser, bool]]]] = {
         "started_at": (_time, False),
         "finished_at": (_time, False),
         "excerpt": (_lines, False),
+        "waiting": (_text, False),
     },
     StepChange: {
         "run_id": (_ID, True),

@@ -60,6 +60,36 @@ class WaitReady:
     poll: float
 
 
+class SessionSlot:
+    """One of the engine's PowerShell Direct sessions (``[host] max_sessions``, across its jobs),
+    held by the task that enters it, as ``async with limiter`` would hold it. When none is free,
+    the run says it waits for one (:meth:`~.machine.RunMachine.wait_for_session`: journaled, and
+    shown by ``jobs show`` and the API) until it has one, or is cancelled waiting. Entered again
+    for each guest session the run opens."""
+
+    __slots__ = ("ctx",)
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    async def __aenter__(self) -> None:
+        limiter = self.ctx.sessions
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            limiter.acquire_nowait()
+        except trio.WouldBlock:
+            self.ctx.emit(self.ctx.machine.wait_for_session(True))
+            try:
+                await limiter.acquire()
+            finally:
+                self.ctx.emit(self.ctx.machine.wait_for_session(False))
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.ctx.sessions.release()
+
+
 @dataclass(eq=False, kw_only=True)
 class RunContext:
     machine: RunMachine
@@ -76,6 +106,11 @@ class RunContext:
     @property
     def vm(self) -> str:
         return self.machine.vm
+
+    @property
+    def session(self) -> SessionSlot:
+        """A slot of :attr:`sessions` for one guest session (:class:`SessionSlot`)."""
+        return SessionSlot(self)
 
     @property
     def steps(self) -> Sequence[Step]:
@@ -127,7 +162,7 @@ class RunContext:
             self.credential,
             timeout=self.wait.timeout,
             poll_interval=self.wait.poll,
-            sessions=self.sessions,
+            sessions=self.session,
         )
 
 
@@ -149,7 +184,7 @@ class StepChannel:
         ctx = self.ctx
         records: list[Record] = []
         outcome = InvokeOutcome()
-        async with ctx.sessions:
+        async with ctx.session:
             try:
                 async with ctx.host.invoke_in_guest(ctx.vm, script, ctx.credential, arguments=arguments) as inv:
                     async for rec in inv:
@@ -177,4 +212,4 @@ class StepChannel:
         emit(self.ctx.writer, self.ctx.on_event, [self.ctx.machine.progress(self.index, text)])
 
 
-__all__ = ["RunContext", "StepChannel", "WaitReady", "emit"]
+__all__ = ["RunContext", "SessionSlot", "StepChannel", "WaitReady", "emit"]

@@ -510,7 +510,7 @@ class Journal:
         alive = owner_alive(*owner[0][:3], now=time.time())
         rows = self._read_tuples(
             "SELECT id, job_id, vm, state, current_step, started_at, finished_at, error, records, excerpt,"
-            " cancel_requested, code FROM runs WHERE job_id = ? AND (? IS NULL OR id = ?) ORDER BY id",
+            " cancel_requested, code, waiting FROM runs WHERE job_id = ? AND (? IS NULL OR id = ?) ORDER BY id",
             (job_id, run_id, run_id),
         )
         return [self._run_view(r, alive, owner[0][3]) for r in rows]
@@ -523,10 +523,12 @@ class Journal:
         if not stored.terminal:
             records = int(self._read_tuples(journal_records.LAST_SEQ_OF_RUN, (r[0],))[0][0])
         finished = stopped_at(stored, alive, r[6], last_alive) if r[5] is not None else None
+        state = _effective(stored, alive)
         return RunView(
-            id=r[0], job_id=r[1], vm=r[2], state=_effective(stored, alive), stored_state=stored,
+            id=r[0], job_id=r[1], vm=r[2], state=state, stored_state=stored,
             current_step=r[4], started_at=r[5], finished_at=finished, error=r[7], records=records,
             excerpt_json=r[9], cancel_requested=bool(r[10]), code=r[11],
+            waiting=r[12] if len(r) > 12 and state is State.IN_PROGRESS else None,
         )  # fmt: skip
 
     def vm_history(

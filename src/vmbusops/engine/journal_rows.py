@@ -127,6 +127,8 @@ class RunView:
     code: str | None = None
     #: The excerpt as stored (JSON), decoded only when asked for: a job's status reads every run.
     excerpt_json: str | None = None
+    #: What the run, in progress under a live owner, waits for (:data:`~.changes.WAITING_SESSION`).
+    waiting: str | None = None
 
     @property
     def excerpt(self) -> list[str]:

@@ -130,6 +130,7 @@ ADDED_COLUMNS: Final = (
     ("runs", "code", "TEXT"),
     ("steps", "code", "TEXT"),
     ("steps", "exit_code", "INTEGER"),
+    ("runs", "waiting", "TEXT"),
 )
 
 
@@ -259,8 +260,8 @@ def update_sql(change: Change) -> tuple[str, list[Any]]:
             where, keys = "jobs SET {} WHERE id = ?", [change.job_id]
         case RunChange():
             put("state", change.state.value if change.state is not None else None)
-            sets.append("current_step = ?")
-            params.append(change.current_step)
+            sets += ["current_step = ?", "waiting = ?"]
+            params += [change.current_step, change.waiting]
             put("records", change.records)
             put("error", change.error)
             put("code", change.code)

@@ -32,7 +32,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from vmbusops.engine.changes import Change, JobChange, PendingRecord, RunChange, StepChange, pending_rows
+from vmbusops.engine.changes import (
+    WAITING_SESSION,
+    Change,
+    JobChange,
+    PendingRecord,
+    RunChange,
+    StepChange,
+    pending_rows,
+)
 from vmbusops.engine.events import RecordArrived, RunChanged
 from vmbusops.engine.run_start import CARRIED_STATES
 from vmbusops.engine.states import (
@@ -51,6 +59,8 @@ from vmbusops.records import GuestRecord, PipelineStateRecord, ProgressRecord, R
 Output = Change | RunChanged
 """What a machine's method returns: journal changes and view events, in the order they happen."""
 
+#: The live view's note for a run whose step waits for a session (:meth:`RunMachine.wait_for_session`).
+WAITING_SESSION_NOTE: Final = "waiting for a host session"
 #: Steps a run can still start (a delayed one waits out a retry's backoff).
 _STARTABLE = (State.PENDING, State.DELAYED)
 #: A step's state where a run stood on another host -> its state when the run carries on here
@@ -375,6 +385,21 @@ class RunMachine:
             if s in _STARTABLE:
                 out += self._step(i, Event.SKIP)
         return out
+
+    def wait_for_session(self, waiting: bool) -> list[Output]:
+        """The run waits (or, ``waiting`` False, no longer waits) for one of its process's
+        PowerShell Direct sessions, all of them in use: journaled as the run's ``waiting``
+        (:data:`WAITING_SESSION`), told to the live view in the step column. Any later change of
+        the run's state or place clears it."""
+        where = self._where()
+        change = RunChange(
+            run_id=self.id, state=None, current_step=where.current_step, records=where.records,
+            waiting=WAITING_SESSION if waiting else None,
+        )  # fmt: skip
+        step = self.current_step
+        if waiting:
+            step = f"{step}: {WAITING_SESSION_NOTE}" if step else WAITING_SESSION_NOTE
+        return [change, RunChanged(self.job_id, self.vm, self.state, step)]
 
     def progress(self, index: int, text: str) -> RunChanged:
         """Where a step is (shown in the run view's step column; not journaled)."""

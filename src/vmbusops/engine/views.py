@@ -51,6 +51,7 @@ def run_json(r: RunView, steps: list[StepView], checkpoints: Sequence[Checkpoint
         "code": r.code,
         "excerpt": r.excerpt,
         "cancel_requested": r.cancel_requested,
+        "waiting": r.waiting,
         "steps": [
             {
                 "name": s.name,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
@@ -461,14 +461,15 @@ class HyperVHost:
         *,
         timeout: float = 300.0,
         poll_interval: float = 1.0,
-        sessions: trio.CapacityLimiter | None = None,
+        sessions: AbstractAsyncContextManager[object] | None = None,
     ) -> None:
         """Wait until the heartbeat is OK and PowerShell Direct answers, or raise GuestNotReadyError.
 
         The one wait for a guest, for ``vmbusops`` commands and the engine's steps alike: Get-VM's
         heartbeat first, then a probe through PowerShell Direct (which prints one line); polled
         every ``poll_interval``, backing off by half each time up to 10 s. The probe holds a slot
-        of ``sessions`` (the engine's session limit, across its jobs) while it runs.
+        of ``sessions`` (the engine's session limit, across its jobs, entered again for each probe:
+        :class:`~vmbusops.engine.context.SessionSlot`) while it runs.
         """
         deadline = trio.current_time() + timeout
         last: str = "no answer yet"

@@ -93,7 +93,7 @@ async def _invoke(ctx: RunContext, indices: tuple[int, ...]) -> BatchFailure | N
     error: VmbusOpsError | None = None
     state = None
     with step_scope:
-        async with ctx.sessions:
+        async with ctx.session:
             try:
                 async with ctx.host.invoke_steps(ctx.vm, parts, ctx.credential, arguments=arguments) as inv:
                     await _follow(ctx, inv, tracker, step_scope)
