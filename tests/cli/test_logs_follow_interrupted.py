@@ -26,7 +26,7 @@ def test_following_a_job_that_ends_interrupted_says_how_to_resume_it(vmbusops_ho
     assert ran.returncode == 0, ran.stderr
     assert ran.stderr.strip() == (
         f"vmbusops: job {job_id} is interrupted: the process running it stopped before it ended;"
-        f" resume it on its host with: vmbusops jobs resume {job_id}"
+        f" resume it with: vmbusops jobs resume {job_id}"
     )
     finished = vmbusops("logs", str(job_id))  # without -f: the records, as they are, and nothing said
     assert (finished.returncode, finished.stderr) == (0, "")

@@ -352,9 +352,12 @@ async def test_cancel_reaches_every_host(fleet: FleetProcs) -> None:
     ctl, job = await every_run_in_s2(fleet, 60)
     async with ctl.client() as client:
         response = await client.post(f"/v1/jobs/{job}/cancel")
-    assert response.status_code == 202, response.text
-    ended = await wait_job(ctl, job)
+        assert response.status_code == 202, response.text
+        ended = await wait_job(ctl, job)
+        # The controller resumes nothing through the API: it dispatches a lost host's runs itself.
+        resume = await client.post(f"/v1/jobs/{job}/resume")
     assert ended["state"] == "cancelled", ended
+    assert resume.status_code == 409 and "is a fleet job" in resume.json()["detail"], resume.text
     runs = await check_once(ctl, job, fleet, steps=3)
     assert {r["vm"]: r["state"] for r in runs} == dict.fromkeys(VMS, "cancelled")
     assert all(r["steps"][2]["state"] == "skipped" for r in runs)

@@ -355,6 +355,28 @@ def build_app(service: AgentService) -> Starlette:
         log.info("cancel requested", extra={"event": "cancel", "who": str(who), "job": job.id, "vm": vm})
         return JSONResponse({"job": job.id, "vm": vm, "cancel_requested": True}, status_code=202)
 
+    async def resume(request: Request) -> Response:
+        """Resume an interrupted job here (``vmbusops jobs resume``, through the agent): its
+        bundle is judged again first; refused, the job ends failed and nothing runs (422)."""
+        who = authenticate(request, Operation.SUBMIT)
+        if await read_small_json(request) is not None:
+            raise ApiProblem(400, "bad-request", "Bad request", "send no body: the job is named in the path")
+        job, runs = await visible(request, who)
+        try:
+            await service.resume_job(job.id, origin=str(who))
+        except AgentStopping:
+            raise ApiProblem(503, "stopping", "The agent is stopping", "try again when it is back",
+                             headers={"Retry-After": "5"}) from None  # fmt: skip
+        except JobStateError as exc:
+            raise ApiProblem(409, "not-interrupted", "Not resumable", exc.message, hint=exc.hint,
+                             state=job.state.value) from None  # fmt: skip
+        except VmbusOpsError as exc:
+            log.warning("resume refused", extra={"event": "resume-refused", "who": str(who), "job": job.id, "why": exc.message})
+            raise from_error(exc) from None
+        log.info("job resumed", extra={"event": "resumed", "who": str(who), "job": job.id})
+        now = await service.read(lambda j: j.job(job.id))
+        return JSONResponse({"job": job_json(now, [r.vm for r in runs])}, status_code=202)
+
     async def records(request: Request) -> Response:
         who = authenticate(request, Operation.READ)
         job, runs = await visible(request, who)
@@ -447,6 +469,7 @@ def build_app(service: AgentService) -> Starlette:
         Route("/v1/jobs/{job_id:int}/runs", get_runs, methods=["GET"]),
         Route("/v1/jobs/{job_id:int}/runs/{vm}", get_run, methods=["GET"]),
         Route("/v1/jobs/{job_id:int}/cancel", cancel, methods=["POST"]),
+        Route("/v1/jobs/{job_id:int}/resume", resume, methods=["POST"]),
         Route("/v1/jobs/{job_id:int}/runs/{vm}/cancel", cancel, methods=["POST"]),
         Route("/v1/jobs/{job_id:int}/runs/{vm}/receipt", run_receipt, methods=["GET"]),
         Route("/v1/jobs/{job_id:int}/runs/{vm}/transcript", run_receipt, methods=["GET"]),

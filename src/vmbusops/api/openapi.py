@@ -306,6 +306,26 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/jobs/{job_id}/resume": {
+                "post": {
+                    "summary": "Resume an interrupted job on this agent, as `vmbusops jobs resume` does (scope: submit)",
+                    "description": "Its bundle is verified again first (trust, scope, expiry, the kept files): refused, the"
+                    " job ends failed and nothing runs (422, ran: false). Finished steps never run again. 409 for a job"
+                    " that is not interrupted, one a live process owns, or a fleet job (its controller resumes its runs).",
+                    "parameters": _job_path_params(),
+                    "responses": {
+                        "202": {
+                            "description": "resumed: the job runs again here",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"type": "object", "required": ["job"], "properties": {"job": job_ref}}
+                                }
+                            },
+                        },
+                        **_problems(400, 401, 403, 404, 409, 422, 503),
+                    },
+                }
+            },
             "/v1/jobs/{job_id}/runs/{vm}/cancel": {
                 "post": {
                     "summary": "Cancel one VM's run (scope: cancel)",

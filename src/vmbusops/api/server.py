@@ -14,7 +14,8 @@ submissions and schedule ticks are refused at once; running jobs get ``shutdown_
 to finish; then the rest are cancelled (each guest pipeline gets the PSRP stop signal and the
 journal writes that follow are shielded), the HTTP server stops, and the engine flushes the
 journal before the process exits. A second signal skips the grace period. Runs stopped this way
-read as interrupted and resume with ``vmbusops jobs resume``.
+read as interrupted and resume with ``vmbusops jobs resume`` (or through the next agent's API:
+``POST /v1/jobs/{id}/resume``).
 
 With ``--fleet`` the agent also joins a fleet (:mod:`vmbusops.fleet.agent`): the broker is reached
 before the host is opened, and the fleet worker heartbeats, takes this host's work and forwards

@@ -41,7 +41,7 @@ from vmbusops.engine.events import RunChanged
 from vmbusops.engine.journal import JobFilter, JobView, RunView, StoredRecord, VmRunView
 from vmbusops.engine.readers import JournalReaders
 from vmbusops.engine.targets import refuse_no_targets, resolve_on_host
-from vmbusops.errors import VmbusOpsError
+from vmbusops.errors import JobStateError, VmbusOpsError
 from vmbusops.guestops.supervisor import HostSupervisor
 from vmbusops.home import private_dir
 
@@ -112,6 +112,8 @@ class AgentService:
         self._idle = trio.Event()
         self._idle.set()
         self._accept_lock = trio.Lock()
+        #: Interrupted jobs a request is resuming now (:meth:`resume_job`), until they run.
+        self._resuming: set[int] = set()
         #: Set by the scheduler, if one runs: takes a scheduled bundle instead of running it now,
         #: and lists the schedules (each a JSON object with at least ``targets``).
         self.register_schedule: Callable[[AcceptedBundle], Awaitable[dict[str, Any]]] | None = None
@@ -314,7 +316,25 @@ class AgentService:
             raise AgentStopping()
         return int(await self.jobs_nursery.start(self._job_task, source, origin))
 
-    async def _job_task(self, source: JobSource, origin: str, *, task_status: trio.TaskStatus[int]) -> None:
+    async def resume_job(self, job_id: int, *, origin: str) -> None:
+        """Resume an interrupted job in the job nursery, as ``vmbusops jobs resume`` would in its
+        own process (:meth:`~vmbusops.engine.Engine.resume_job`: its bundle judged again first);
+        returns once it is taken over and its bundle passed. Raises what refused it: a
+        :class:`JobStateError` (not interrupted, owned by a live process, a fleet run, being
+        resumed here already), or the :class:`BundleError` that ended it failed, nothing run."""
+        if self.stopping:
+            raise AgentStopping()
+        if job_id in self.running or job_id in self._resuming:
+            raise JobStateError(f"job {job_id} is running on this agent; only an interrupted job can be resumed")
+        self._resuming.add(job_id)  # before any wait: a second request for it is refused above
+        try:
+            await self.hosts.wait_current(self.config.host_wait_seconds)
+            await self.jobs_nursery.start(self._job_task, job_id, origin)
+        finally:
+            self._resuming.discard(job_id)
+
+    async def _job_task(self, what: JobSource | int, origin: str, *, task_status: trio.TaskStatus[int]) -> None:
+        """Run ``what``: a new job's source, or the id of an interrupted job to resume."""
         job_id = 0
 
         def created(new_id: int) -> None:
@@ -327,7 +347,10 @@ class AgentService:
             task_status.started(new_id)
 
         try:
-            result = await self.engine.run_job(source, on_created=created)
+            if isinstance(what, int):
+                result = await self.engine.resume_job(what, recheck=acceptance.recheck, on_resumed=created)
+            else:
+                result = await self.engine.run_job(what, on_created=created)
             log.info(
                 "job finished",
                 extra={

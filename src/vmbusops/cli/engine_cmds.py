@@ -48,6 +48,7 @@ from vmbusops.cli.jobs_view import (
     remote_get,
     remote_job_pages,
     remote_pages,
+    remote_resume,
     remote_runs,
     since_epoch,
     vm_holder,
@@ -73,6 +74,7 @@ from vmbusops.engine.engine import cancelled_here
 from vmbusops.engine.journal import READ_PAGE, RunView, journal_path
 from vmbusops.engine.journal_retention import journal_bytes
 from vmbusops.engine.views import run_json
+from vmbusops.errors import ConfigError
 from vmbusops.guestops.connect import check_host, open_host
 from vmbusops.heap import settle
 from vmbusops.receipts import receipt_hook
@@ -497,12 +499,26 @@ def jobs_cancel(job_id: int, vm: str | None, agent_url: str | None, token_file: 
 @host_option
 @click.argument("job_id", type=JOB_ID)
 @click.option("--json", "as_json", is_flag=True)
-def jobs_resume(host: str | None, job_id: int, as_json: bool) -> None:
+@agent_read_option("this process, which runs it to its end")
+def jobs_resume(host: str | None, job_id: int, as_json: bool, agent_url: str | None, token_file: Path | None) -> None:
     """Finish an interrupted job according to its bundle's resume policy.
 
     Its bundle is verified again first, against today's trust policy; if that fails, the job ends
     failed with the reason and nothing runs (exit code 4). A job that is not interrupted (it
-    finished, or a live process owns it) is a usage error (exit code 2)."""
+    finished, or a live process owns it) is a usage error (exit code 2). With --agent, the agent
+    resumes it (the token needs the submit scope) and this returns at once: follow it with
+    logs -f --agent; --json prints the job as the agent answers it."""
+    if agent_url is not None:
+        if host is not None:
+            raise ConfigError(
+                "--host and --agent do not go together", hint="the agent resumes the job on its own host"
+            )
+        job, url = remote_resume(agent_url, token_file, job_id)
+        if as_json:
+            click.echo(json.dumps(job))
+        else:
+            click.echo(f"job {job_id} resumed by the agent; follow it with: vmbusops logs {job_id} -f --agent {url}")
+        return
     config = load()
     progress = Progress(as_json=as_json)
     sys.exit(run_trio(lambda: _run_source(config, host, progress, resume=job_id)))

@@ -25,6 +25,7 @@ from vmbusops.cli.output import console, terminal_safe
 from vmbusops.engine.changes import WAITING_SESSION
 from vmbusops.engine.states import ACTIVE, State
 from vmbusops.errors import ConfigError
+from vmbusops.urls import shown_url
 from vmbusops.vm_names import is_glob, vms_matching
 from vmbusops.when import parse_since
 
@@ -421,6 +422,33 @@ def remote_cancel(agent_url: str | None, token_file: Path | None, job_id: int, v
 
     run_client(post)
     return said[0]
+
+
+def remote_resume(agent_url: str | None, token_file: Path | None, job_id: int) -> tuple[dict[str, Any], str]:
+    """``jobs resume --agent``: the agent resumes the interrupted job; the job as it then reads,
+    and the agent's URL as it may be shown.
+    Refused: not interrupted (exit 2), its bundle judged again and rejected (exit 4: the job has
+    ended failed, nothing ran)."""
+    import httpx
+
+    from vmbusops.cli.remote import problem_of, resolve_agent, run_client, transport_error
+
+    agent = resolve_agent(agent_url, token_file)
+    got: list[dict[str, Any]] = []
+
+    async def post() -> int:
+        async with agent.client() as client:
+            try:
+                response = await client.post(f"/v1/jobs/{job_id}/resume")
+            except httpx.HTTPError as exc:
+                raise transport_error(exc, agent.url) from exc
+        if response.status_code != 202:
+            raise problem_of(response)
+        got.append(response.json()["job"])
+        return 0
+
+    run_client(post)
+    return got[0], shown_url(agent.url)
 
 
 # --- history ------------------------------------------------------------------------------------

@@ -468,18 +468,20 @@ def remote_logs(
                 sys.stdout.flush()
 
         end = await follow_events(agent, job_id, on_event)
-        say_interrupted(job_id, str(end.get("state")))
+        say_interrupted(job_id, str(end.get("state")), agent.url)
         return exitcodes.OK
 
     return run_client(main)
 
 
-def say_interrupted(job_id: int, state: str) -> None:
+def say_interrupted(job_id: int, state: str, agent_url: str | None = None) -> None:
     """A followed job that ended interrupted (the process running it stopped under it) is said on
-    stderr: its records end there, though the job is not over."""
+    stderr: its records end there, though the job is not over. Followed through an agent, it is
+    resumed through that agent (``jobs resume --agent``)."""
     if state == "interrupted":
+        through = f" --agent {_shown(agent_url)}" if agent_url is not None else ""
         click.echo(
             f"vmbusops: job {job_id} is interrupted: the process running it stopped before it ended;"
-            f" resume it on its host with: vmbusops jobs resume {job_id}",
+            f" resume it with: vmbusops jobs resume {job_id}{through}",
             err=True,
         )

@@ -44,7 +44,7 @@ from vmbusops.bundle.verify import AcceptedBundle, read_unverified
 from vmbusops.engine import JobSource, acceptance, resolve_targets
 from vmbusops.engine.states import State
 from vmbusops.engine.targets import within_scope
-from vmbusops.errors import ConfigError, VmbusOpsError
+from vmbusops.errors import ConfigError, JobStateError, VmbusOpsError
 from vmbusops.fleet.messages import CancelFact, JobFact, RunPlacement
 from vmbusops.fleet.names import HOSTS_BUCKET
 from vmbusops.fleet.planner import Decide, Placed, parse_host_entry
@@ -284,6 +284,14 @@ class FleetService(AgentService):
         seq = await self.controller.publish_fact(Decide(CancelFact(job=job_id, run=run_id, time=time.time())))
         await self.controller.wait_applied(seq, APPLY_WAIT_SECONDS)
         return 1
+
+    async def resume_job(self, job_id: int, *, origin: str) -> None:
+        """Nothing to resume here: a fleet job's run whose host was lost is dispatched again by the
+        controller once its VM is seen (``docs/adr/0007-fleet.md``)."""
+        raise JobStateError(
+            f"job {job_id} is a fleet job; the controller resumes its runs itself, once their VMs are seen",
+            hint=f"see where its runs stand with: vmbusops jobs show {job_id} --agent URL",
+        )
 
 
 __all__ = ["FleetHosts", "FleetNotReady", "FleetService"]
