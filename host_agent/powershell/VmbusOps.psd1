@@ -8,7 +8,8 @@
     Description       = 'Submit signed job bundles to a vmbusops host agent and follow them from runbooks.'
     PowerShellVersion = '5.1'
     CompatiblePSEditions = @('Desktop', 'Core')
-    FunctionsToExport = @('Submit-VmbusOpsJob', 'Get-VmbusOpsJob', 'Wait-VmbusOpsJob', 'Receive-VmbusOpsJobOutput', 'Stop-VmbusOpsJob')
+    FunctionsToExport = @('Submit-VmbusOpsJob', 'Get-VmbusOpsJob', 'Wait-VmbusOpsJob', 'Receive-VmbusOpsJobOutput', 'Stop-VmbusOpsJob',
+        'Resume-VmbusOpsJob')
     CmdletsToExport   = @()
     VariablesToExport = @()
     AliasesToExport   = @()

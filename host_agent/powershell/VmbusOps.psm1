@@ -13,6 +13,7 @@
         Submit-VmbusOpsJob .\patch.vmb | Receive-VmbusOpsJobOutput -Wait -Stream error,warning
         Submit-VmbusOpsJob .\patch.vmb | Receive-VmbusOpsJobOutput -Follow -Verbose    # live, stream by stream
         Get-VmbusOpsJob -State in-progress | Stop-VmbusOpsJob
+        Get-VmbusOpsJob -State interrupted | Resume-VmbusOpsJob | Wait-VmbusOpsJob    # after the agent's restart
 #>
 
 Set-StrictMode -Version 3.0
@@ -663,5 +664,39 @@ function Stop-VmbusOpsJob {
     }
 }
 
+function Resume-VmbusOpsJob {
+    <#
+    .SYNOPSIS
+        Resume interrupted jobs (a job whose agent stopped under it): the agent takes each over
+        and runs it to its end, under its bundle's resume policy. Finished steps never run again.
+    .DESCRIPTION
+        Asks the agent to resume (POST /v1/jobs/ID/resume); the token needs the submit scope.
+        The agent verifies the job's bundle again first: if it no longer passes (its signer no
+        longer trusted, past its expiry), the job ends failed, nothing runs, and this writes a
+        non-terminating VmbusOps.BundleRejected error. A job that is not interrupted (it ended,
+        or it runs) is a non-terminating VmbusOps.NotInterrupted error, an unknown one
+        VmbusOps.NotFound; the other ids still go. Writes each resumed job as the agent answers
+        it: follow it with Wait-VmbusOpsJob or Receive-VmbusOpsJobOutput -Follow.
+    .OUTPUTS
+        VmbusOps.Job
+    #>
+    [CmdletBinding(SupportsShouldProcess)]
+    [OutputType('VmbusOps.Job')]
+    param(
+        [Parameter(Mandatory, Position = 0, ValueFromPipelineByPropertyName)] [int[]] $Id,
+        [string] $Agent,
+        [securestring] $Token
+    )
+    begin { $connection = Resolve-VmbusOpsConnection -Caller $PSCmdlet -Agent $Agent -Token $Token }
+    process {
+        foreach ($jobId in $Id) {
+            if (-not $PSCmdlet.ShouldProcess("job $jobId", "resume on $($connection.Agent)")) { continue }
+            $answer = Invoke-VmbusOpsApi -Connection $connection -Path "/v1/jobs/$jobId/resume" -Method Post `
+                -NotFoundIsNonTerminating -NonTerminatingCategory 'InvalidOperation', 'InvalidData'
+            if ($null -ne $answer) { ConvertTo-VmbusOpsJob $answer.job $connection }
+        }
+    }
+}
+
 Export-ModuleMember -Function @('Submit-VmbusOpsJob', 'Get-VmbusOpsJob', 'Wait-VmbusOpsJob', 'Receive-VmbusOpsJobOutput',
-    'Stop-VmbusOpsJob')
+    'Stop-VmbusOpsJob', 'Resume-VmbusOpsJob')

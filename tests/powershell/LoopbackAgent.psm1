@@ -94,7 +94,9 @@ function New-LoopbackAgentBundle {
         [string] $Key = 'alice',
         [int] $Version = 1,
         # More top-level TOML (e.g. a [schedule] table), written after the targets.
-        [string[]] $Toml = @()
+        [string[]] $Toml = @(),
+        # Each step may run again when its job is resumed after an interruption.
+        [switch] $Idempotent
     )
     $source = Join-Path $Lab.Root "src-$Name-$Version"
     $null = New-Item -ItemType Directory -Force -Path (Join-Path $source 'scripts')
@@ -111,6 +113,7 @@ function New-LoopbackAgentBundle {
         $lines.Add("name = `"step$i`"")
         $lines.Add('kind = "script"')
         $lines.Add("file = `"scripts/step$i.ps1`"")
+        if ($Idempotent) { $lines.Add('idempotent = true') }
     }
     Set-Content -LiteralPath (Join-Path $source 'bundle.toml') -Value $lines -Encoding utf8NoBOM
     $out = Join-Path $Lab.Root "$Name-$Version.vmb"

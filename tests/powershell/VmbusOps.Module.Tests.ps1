@@ -39,9 +39,10 @@ AfterAll {
 }
 
 Describe 'The module' {
-    It 'exports exactly the five cmdlets the manifest names' {
+    It 'exports exactly the six cmdlets the manifest names' {
         (Get-Module VmbusOps).ExportedFunctions.Keys | Sort-Object |
-            Should -Be @('Get-VmbusOpsJob', 'Receive-VmbusOpsJobOutput', 'Stop-VmbusOpsJob', 'Submit-VmbusOpsJob', 'Wait-VmbusOpsJob')
+            Should -Be @('Get-VmbusOpsJob', 'Receive-VmbusOpsJobOutput', 'Resume-VmbusOpsJob', 'Stop-VmbusOpsJob', 'Submit-VmbusOpsJob',
+                'Wait-VmbusOpsJob')
         Test-ModuleManifest -Path (Join-Path $repo 'host_agent/powershell/VmbusOps.psd1') | Should -Not -BeNullOrEmpty
     }
 }
@@ -420,5 +421,41 @@ Describe 'Answers that are not the agent''s problem details' {
         $err.CategoryInfo.Category | Should -Be 'AuthenticationError'
         $err.Exception.Message | Should -BeLike '*denied by the gateway*'
         $serving.AsyncWaitHandle.WaitOne(5000) | Should -BeTrue -Because 'the server gave all its answers'
+    }
+}
+
+Describe 'Resuming a job its agent''s stop interrupted (Resume-VmbusOpsJob)' {
+    # Last in the file: the agent is stopped and started again, on another port.
+    BeforeAll {
+        $resumable = New-LoopbackAgentBundle -Lab $lab -Name 'resumable' -Idempotent `
+            -Script "Write-Output 'first'", '1..30 | ForEach-Object { Write-Output "line $_"; Start-Sleep -Milliseconds 50 }'
+        $job = Submit-VmbusOpsJob -Path $resumable @admin
+        $deadline = [DateTime]::UtcNow.AddSeconds(30)
+        do {
+            Start-Sleep -Milliseconds 200
+            $run = @((Get-VmbusOpsJob -Id $job.Id -IncludeRuns @admin).RunDetails)[0]
+        } until ($run.Records -ge 4 -or [DateTime]::UtcNow -gt $deadline)
+        Stop-LoopbackAgent -Lab $lab  # SIGTERM: the job's run is stopped under it
+        $restarted = @{ Agent = (Start-LoopbackAgent -Lab $lab); Token = $lab.Tokens['admin'] }
+    }
+
+    It 'reads interrupted, is resumed by the next agent, and ends in success' {
+        (Get-VmbusOpsJob -Id $job.Id @restarted).State | Should -Be 'interrupted'
+        $resumed = Resume-VmbusOpsJob -Id $job.Id @restarted
+        $resumed.PSObject.TypeNames[0] | Should -Be 'VmbusOps.Job'
+        $resumed.Id | Should -Be $job.Id
+        $resumed.State | Should -BeIn @('pending', 'in-progress')
+        ($resumed | Wait-VmbusOpsJob -PollSeconds 1 -TimeoutSeconds 60 @restarted).State | Should -Be 'success'
+        $first = @(Receive-VmbusOpsJobOutput -Id $job.Id @restarted | Where-Object Message -eq 'first')
+        $first.Count | Should -Be 1 -Because 'a finished step never runs again'
+    }
+
+    It 'a finished job is VmbusOps.NotInterrupted, an unknown one NotFound, and each id is tried' {
+        $got = Resume-VmbusOpsJob -Id $job.Id, 99999 @restarted -ErrorAction SilentlyContinue -ErrorVariable failures
+        $got | Should -BeNullOrEmpty
+        $ours = @($failures | Where-Object { $_ -is [System.Management.Automation.ErrorRecord] -and $_.FullyQualifiedErrorId -like 'VmbusOps.*' })
+        $ours.FullyQualifiedErrorId | Should -Be @('VmbusOps.NotInterrupted,Resume-VmbusOpsJob', 'VmbusOps.NotFound,Resume-VmbusOpsJob')
+        $ours[0].CategoryInfo.Category | Should -Be 'InvalidOperation'
+        $ours[0].Exception.Message | Should -BeLike '*only an interrupted job can be resumed*'
     }
 }
