@@ -29,6 +29,12 @@ _NOT_IN_NAMES = frozenset('<>"|?*/')
 MAX_CHARS = 32_767
 
 
+def reserved_name(part: str) -> bool:
+    """Whether ``part``, one component of a path, is a Windows reserved device name (``NUL``,
+    ``com1.txt``, ``CON .log``): Windows opens the device, whatever the folder or extension."""
+    return part.split(".", 1)[0].rstrip(" ").casefold() in _RESERVED
+
+
 def guest_path_problem(path: str) -> str | None:
     """What is wrong with ``path`` as a guest path (a phrase to follow the path in a message),
     or None if it may be used. Sans-IO: the guest's disk is never consulted."""
@@ -57,6 +63,6 @@ def guest_path_problem(path: str) -> str | None:
             return f"has an empty, '.' or '..' component ({part!r})"
         if part.endswith((".", " ")):
             return f"has a component ending in a dot or space ({part!r}); Windows strips it"
-        if part.split(".", 1)[0].rstrip(" ").casefold() in _RESERVED:
+        if reserved_name(part):
             return f"has a reserved device name as a component ({part!r})"
     return None

@@ -203,6 +203,14 @@ def test_path_traversal(lab: Lab, name: str) -> None:
     assert_rejected(lab, bad, E.UnsafePathError, "unsafe path")
 
 
+@pytest.mark.parametrize("name", ["dsc/modules/Demo/nul.txt", "files/CON.psm1", "files/com1", "files/LPT9.log"])
+def test_windows_device_names(lab: Lab, name: str) -> None:
+    """A bundle's files reach Windows guests under their own names (a DSC module's do), where
+    these open a device."""
+    bad = rewrite(lab.good, lab.bad("device"), lambda ms: [*ms, regular(name, b"x")])
+    assert_rejected(lab, bad, E.UnsafePathError, "unsafe path (a Windows reserved device name)")
+
+
 @pytest.mark.parametrize("name", ["/etc/cron.d/evil", "/files/motd.txt"])
 def test_absolute_path(lab: Lab, name: str) -> None:
     bad = rewrite(lab.good, lab.bad("absolute"), lambda ms: [*ms, regular(name, b"x")])

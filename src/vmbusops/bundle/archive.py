@@ -41,6 +41,7 @@ from vmbusops.bundle.errors import (
     UnsafePathError,
 )
 from vmbusops.bundle.member_paths import ENVELOPE_MEMBER, check_bundle_path
+from vmbusops.guest_paths import reserved_name
 
 BLOCK = 512
 RECORD = 20 * BLOCK
@@ -167,8 +168,10 @@ def check_member(header: MemberHeader) -> None:
     try:
         check_bundle_path(name, what="member")
     except ManifestError as exc:
+        device = any(map(reserved_name, name.split("/")))
+        why = "a Windows reserved device name" if device else "absolute, '..', or unusual characters"
         raise UnsafePathError(
-            f"member {name!r} has an unsafe path (absolute, '..', or unusual characters)",
+            f"member {name!r} has an unsafe path ({why})",
             hint="do not run this bundle; rebuild it with `vmbusops bundle build`",
             member=name,
         ) from exc

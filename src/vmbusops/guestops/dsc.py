@@ -49,7 +49,15 @@ from vmbusops.bundle.manifest import DscMode, DscStep, FileEntry, Manifest
 from vmbusops.dsc.lcm import LcmParser
 from vmbusops.dsc.mof import MofSyntaxError, parse_mof, resource_ids
 from vmbusops.dsc.progress import ConfigurationProgress, ResourceState
-from vmbusops.errors import ConfigError, FailureCode, GuestError, GuestServicesDisabledError, VmbusOpsError
+from vmbusops.errors import (
+    ConfigError,
+    FailureCode,
+    GuestError,
+    GuestServicesDisabledError,
+    HostCommandError,
+    VmbusOpsError,
+)
+from vmbusops.guest_paths import guest_path_problem
 from vmbusops.guestops.classify import classify
 from vmbusops.guestops.host import GUEST_SERVICE_INTERFACE, HyperVHost, InvokeOutcome
 from vmbusops.psrp.client import Command
@@ -291,7 +299,15 @@ async def copy_files(host: HyperVHost, vm: str, files: Sequence[GuestFile], *, b
                      parallel: int = COPY_PARALLEL) -> int:  # fmt: skip
     """Copy-VMFile every file, ``batch`` statements per pipeline, ``parallel`` pipelines at once.
 
-    Returns the number of round trips (pipelines). The first error ends the copy, classified."""
+    Returns the number of round trips (pipelines). The first error ends the copy, classified.
+    Every destination is judged by the one rule of guest paths first (as
+    :meth:`~vmbusops.guestops.host.HyperVHost.copy_file` judges one): a bad one copies nothing."""
+    for f in files:
+        problem = guest_path_problem(f.guest)
+        if problem is not None:
+            raise HostCommandError(
+                f"{vm}: guest destination {f.guest!r} {problem}", hint="rename the file in the bundle"
+            )
     chunks = [files[i : i + batch] for i in range(0, len(files), batch)]
     limiter = trio.CapacityLimiter(max(1, parallel))
     errors: list[VmbusOpsError] = []
