@@ -359,8 +359,30 @@ function Wait-VmbusOpsJob {
     }
 }
 
+function ConvertTo-VmbusOpsSafeText {
+    <#
+        Guest text as a console may show it: every control character but tab and newline as
+        \xNN (an escape sequence would clear the screen or set the window's title; a carriage
+        return would overwrite the "[VM]" before it), and each bidirectional override or isolate
+        as \uNNNN, as the vmbusops command line shows them. Windows PowerShell 5.1 strips none.
+    #>
+    param([AllowNull()] [AllowEmptyString()] [string] $Text)
+    if ([string]::IsNullOrEmpty($Text)) { return $Text }
+    $script:UnsafeChar.Replace($Text, {
+            param($m)
+            $c = [int][char]$m.Value
+            if ($c -lt 0x100) { '\x{0:x2}' -f $c } else { '\u{0:x4}' -f $c }
+        })
+}
+
+$script:UnsafeChar = [regex]::new('[\x00-\x08\x0B-\x1F\x7F-\x9F\u202A-\u202E\u2066-\u2069]')
+
 function ConvertTo-VmbusOpsRecord {
-    # One record of the agent's JSON (a records page's or an SSE record event's) as a VmbusOps.Record.
+    <#
+        One record of the agent's JSON (a records page's or an SSE record event's) as a
+        VmbusOps.Record: its Message is the text to show (guest text made safe to show:
+        ConvertTo-VmbusOpsSafeText), its Record the agent's JSON as it came.
+    #>
     param($Record, [int] $JobId)
     $r = $Record
     $text = switch ($r.stream) {
@@ -371,9 +393,9 @@ function ConvertTo-VmbusOpsRecord {
         default { "$($r.message)" }
     }
     [pscustomobject]@{
-        PSTypeName = 'VmbusOps.Record'; JobId = $JobId; VM = $r.vm; Seq = [int]$r.seq
+        PSTypeName = 'VmbusOps.Record'; JobId = $JobId; VM = ConvertTo-VmbusOpsSafeText $r.vm; Seq = [int]$r.seq
         Stream = $r.stream; Step = Get-VmbusOpsProperty $r 'step'; Time = ConvertTo-VmbusOpsTime $r.time
-        Message = $text; Record = $r
+        Message = ConvertTo-VmbusOpsSafeText $text; Record = $r
     }
 }
 
@@ -534,10 +556,11 @@ function Write-VmbusOpsRecordToStream {
         }
         'progress' {
             if (-not $ProgressIds.ContainsKey("$($Item.VM)")) { $ProgressIds["$($Item.VM)"] = $ProgressIds.Count + 1 }
-            $activity = "$(Get-VmbusOpsProperty $r 'activity')"
+            $activity = ConvertTo-VmbusOpsSafeText "$(Get-VmbusOpsProperty $r 'activity')"
             if (-not $activity) { $activity = 'progress' }
+            $status = ConvertTo-VmbusOpsSafeText "$(Get-VmbusOpsProperty $r 'status_description')"
             $progress = [System.Management.Automation.ProgressRecord]::new($ProgressIds["$($Item.VM)"], "[$($Item.VM)] $activity",
-                $(if ("$(Get-VmbusOpsProperty $r 'status_description')") { "$($r.status_description)" } else { 'working' }))
+                $(if ($status) { $status } else { 'working' }))
             $percent = Get-VmbusOpsProperty $r 'percent_complete'
             if ($null -ne $percent -and [int]$percent -ge 0 -and [int]$percent -le 100) { $progress.PercentComplete = [int]$percent }
             if (Get-VmbusOpsProperty $r 'completed') {

@@ -185,6 +185,25 @@ Describe 'Following live over the event stream (-Follow), and cancelling (Stop-V
         (Get-VmbusOpsJob -Id $job.Id @admin).State | Should -Not -BeIn @('pending', 'delayed', 'in-progress')
     }
 
+    It 'shows guest control characters escaped, in every stream and on the objects, and keeps the record as it came' {
+        $hostile = New-LoopbackAgentBundle -Lab $lab -Name 'hostile' -Script (
+            'Write-Output "out`e[2J`aend"; Write-Warning "warn`e[31mred"; Write-Verbose "verb`rCR" -Verbose')
+        $job = Submit-VmbusOpsJob -Path $hostile @admin
+        $all = @(Receive-VmbusOpsJobOutput -Id $job.Id -Follow -Verbose @admin *>&1)
+        $output = @($all | Where-Object { $_.PSObject.TypeNames[0] -eq 'VmbusOps.Record' })
+        $output.Message | Should -Be 'out\x1b[2J\x07end'
+        $output.Record.value | Should -Be "out$([char]27)[2J$([char]7)end"
+        ($all | Where-Object { $_ -is [System.Management.Automation.WarningRecord] }).Message | Should -Be '[web01] warn\x1b[31mred'
+        ($all | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] -and $_.Message -like '*verb*' }).Message |
+            Should -Be '[web01] verb\x0dCR'
+        $paged = @(Receive-VmbusOpsJobOutput -Id $job.Id @admin)
+        ($paged | Where-Object Stream -EQ 'warning').Message | Should -Be 'warn\x1b[31mred'
+        ($paged | Where-Object Stream -EQ 'output').Message | Should -Be 'out\x1b[2J\x07end'
+        $module = Get-Module VmbusOps
+        & $module { ConvertTo-VmbusOpsSafeText "rtl$([char]0x202E)x$([char]0x9B)tab`tnewline`n" } |
+            Should -Be "rtl\u202ex\x9btab`tnewline`n"
+    }
+
     It 'gets each record while the job runs: cancelled on its first line, the job never writes its second' {
         $long = New-LoopbackAgentBundle -Lab $lab -Name 'long' -Script "Write-Output 'first'; Start-Sleep -Seconds 60; Write-Output 'never'"
         $job = Submit-VmbusOpsJob -Path $long @admin
