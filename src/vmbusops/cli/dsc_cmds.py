@@ -8,6 +8,7 @@ from typing import TextIO
 
 import click
 
+from vmbusops.cli.output import terminal_safe
 from vmbusops.dsc.lcm import (
     Event,
     JobCompleted,
@@ -57,7 +58,7 @@ def _emit(event: Event, as_json: bool, out: TextIO) -> None:
     if as_json:
         out.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
     else:
-        out.write(describe(event) + "\n")
+        out.write(terminal_safe(describe(event)) + "\n")  # a transcript is guest text
 
 
 @click.group("dsc")
