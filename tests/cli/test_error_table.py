@@ -171,6 +171,10 @@ CASES = [
          says="is not an absolute Windows path"),
     case("copy-vm-missing", "copy", "--vm", "nosuch", "{tmp}/motd.txt", "C:\\Temp\\x.txt", code=USAGE,
          says="no VM of the host matches 'nosuch'"),
+    case("copy-a-device", "copy", "--vm", "web01", "/dev/zero", "C:\\Temp\\x.txt", code=USAGE,
+         says="/dev/zero is not a regular file"),
+    case("copy-a-fifo", "copy", "--vm", "web01", "{tmp}/fifo", "C:\\Temp\\x.txt", code=USAGE,
+         says="fifo is not a regular file"),
     # bundles, keys and trust
     case("run-missing-bundle", "run", "{tmp}/nosuch.vmb", code=USAGE, says="no bundle file"),
     case("run-garbage-bundle", "run", "{tmp}/garbage.vmb", code=BUNDLE, says="too short to be a tar archive"),
@@ -273,6 +277,7 @@ def scene(tmp_path: Path, make_lab: Callable[..., Any], monkeypatch: pytest.Monk
     (tmp_path / "unknown.toml").write_text("bogus = 1\n")
     (tmp_path / "afile").write_text("")
     (tmp_path / "motd.txt").write_text("hello\n")
+    os.mkfifo(tmp_path / "fifo")
     (tmp_path / "garbage.vmb").write_bytes(b"\x00not a bundle" * 8)
     (tmp_path / "host.pub").write_bytes(PrivateKey.generate().public_key().to_pem())
     (tmp_path / "badconfig").mkdir()

@@ -64,8 +64,9 @@ async def test_copy_in_then_read_back_in_the_guest(make_lab: Callable[..., Any],
             "mode=maintenance"
         ]
         src.write_text("mode=normal\n", encoding="utf-8")
-        with pytest.raises(GuestFileExistsError, match="0x80070050"):
+        with pytest.raises(GuestFileExistsError, match="0x80070050") as exists:
             await host.copy_to_guest("web01", str(src), "C:\\Deep\\New\\Folder\\settings.ini", force=False)
+        assert exists.value.hint and "without --no-force" in exists.value.hint  # the README: every class says what to do
         await host.copy_to_guest("web01", str(src), "C:\\Deep\\New\\Folder\\settings.ini")
         assert await guest_text(host, "web01", "C:\\Deep\\New\\Folder\\settings.ini", lab.credential()) == [
             "mode=normal"

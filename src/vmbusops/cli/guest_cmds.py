@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -249,6 +250,11 @@ def copy_cmd(
     """Copy a host file into guests with Copy-VMFile (over the VMBus; no guest network or credential)."""
     config = load()
     src = str(source.resolve())
+    if not stat.S_ISREG(source.stat().st_mode):  # a FIFO, a socket, a device: Copy-VMFile reads files
+        raise ConfigError(
+            f"{source} is not a regular file; Copy-VMFile copies files",
+            hint="copy the data into a file first, and copy that file",
+        )
     size = source.stat().st_size
     problem = guest_path_problem(dest)
     if problem is not None:  # the same rule the host applies: say it once, before any VM

@@ -97,6 +97,7 @@ def classify(vm: str, record: ErrorRecord) -> VmbusOpsError:
         cls = GuestNotReadyError
     elif any(s in text for s in _FILE_EXISTS):
         cls = GuestFileExistsError
+        hint = "the guest has a file there already: replace it (copy without --no-force), or copy to another path"
     if cls is None:
         return HostCommandError(
             f"{vm}: {record.message}", fqid=record.fqid or None, category=record.category or None
