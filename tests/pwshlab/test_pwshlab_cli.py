@@ -127,3 +127,30 @@ def test_half_a_surrogate_pair_in_guest_output_is_kept_as_a_replacement_characte
     logs = run_cli("logs", "1", "--json")
     assert logs.returncode == 0, logs.stderr
     assert [line["value"] for line in map(json.loads, logs.stdout.splitlines()) if line["stream"] == "output"] == wanted
+
+
+def test_a_patch_step_is_refused_before_anything_runs_and_the_bundle_is_not_used_up(
+    pwsh_lab: PwshLab, tmp_path: Path
+) -> None:
+    """The pwsh-lab's guests have no Windows Update Agent: a patch step failed there only after
+    the steps before it ran and its bundle was used up. It is refused before the job is made."""
+    key = PrivateKey.generate()
+    scope = Scope(keys=(), vms=("web*",), credentials=("lab-admin",), steps=frozenset(StepKind), threshold=1)
+    save_trust_policy(TrustPolicy().with_key(TrustedKey(name="lab", public=key.public_key()), scope), trust_policy_path())
+    steps = [
+        {"name": "first", "kind": "script", "inline": "Write-Output 'ran'"},
+        {"name": "updates", "kind": "patch", "check_only": True},
+    ]
+    source = write_bundle_source(tmp_path / "bundle", bundle_doc(["web01"], steps, name="lab-patch"))
+    bundle = tmp_path / "lab-patch.vmb"
+    build_bundle(source, bundle)
+    sign_bundle(bundle, key)
+
+    refused = vmbusops("run", str(bundle))
+    assert refused.returncode == 2, refused
+    assert refused.stdout == "" and len(refused.stderr.splitlines()) == 2, refused.stderr
+    assert "step updates is a patch step, which this host cannot run: " in refused.stderr
+    assert "--host sim" in refused.stderr
+    assert run_cli("jobs", "--json").stdout == ""  # no job was made
+    ran = run_cli("run", "--host", "sim", str(bundle), "--json")  # the bundle is not used up
+    assert ran.returncode == 0, ran.stderr[-3000:]

@@ -167,6 +167,7 @@ class Engine:
         manifest = source.manifest
         credential = self.credential_for(manifest.credential)
         host = self.host
+        host.refuse_steps((s.name, s.kind.value) for s in manifest.steps)
         source = await source.resolved_on(host)  # the targets, bounded by the signer's scope
         vms = list(source.targets or ())
         job_id, run_ids = await self._create_job(source, vms)

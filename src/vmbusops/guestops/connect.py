@@ -15,6 +15,7 @@ import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Final
 
 import trio
 
@@ -34,6 +35,10 @@ from vmbusops.psrp.transport import (
 HOST_KINDS = ("sim", "local", "pwsh", "pwsh-lab")
 #: ``sim:HOST``: one host of a simulated fleet (the lab's host names: letters, digits, - and _).
 SIM_HOST = re.compile(r"sim:([A-Za-z0-9_-]{1,64})")
+#: What the pwsh-lab's guests (PowerShell 7 on Linux) cannot run, and why.
+PWSH_LAB_REFUSED: Final = {
+    "patch": "the pwsh-lab's guests are PowerShell 7 on Linux, with no Windows Update Agent to drive",
+}
 
 
 def host_argv(kind: str, config: Config) -> tuple[str, ...]:
@@ -115,4 +120,4 @@ async def open_host(
         return await ProcessTransport.start(argv, env=env, nursery=nursery)
 
     async with open_runspace_pool(connect, max_runspaces=max_runspaces or config.pool_runspaces) as pool:
-        yield HyperVHost(pool)
+        yield HyperVHost(pool, refused_steps=PWSH_LAB_REFUSED if local == "pwsh-lab" else None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
@@ -20,6 +20,7 @@ import trio
 
 from vmbusops.credentials import GuestCredential
 from vmbusops.errors import (
+    ConfigError,
     FailureCode,
     GuestError,
     GuestNotReadyError,
@@ -186,10 +187,15 @@ class HyperVHost:
     #: Whether the host's disk is another machine's: then files for Copy-VMFile must be staged.
     is_remote: ClassVar[bool] = False
 
-    def __init__(self, pool: HostSession, *, invoker_as_function: bool = False) -> None:
+    def __init__(
+        self, pool: HostSession, *, invoker_as_function: bool = False, refused_steps: Mapping[str, str] | None = None
+    ) -> None:
         self.pool = pool
         #: A JEA endpoint refuses script commands: call its role's Invoke-VmbusOpsGuest instead.
         self.invoker_as_function = invoker_as_function
+        #: Step kinds this host's guests cannot run -> why (the pwsh-lab's guests have no Windows
+        #: Update Agent): a job with one is refused before it is made (:meth:`refuse_steps`).
+        self.refused_steps: Mapping[str, str] = dict(refused_steps or {})
         self._listing_ttl = 0.0
         self._listing: list[VMInfo] | None = None
         self._listed_at = -float("inf")
@@ -207,6 +213,17 @@ class HyperVHost:
         """
         self._listing_ttl = ttl
         return self
+
+    def refuse_steps(self, steps: Iterable[tuple[str, str]]) -> None:
+        """Raise :class:`ConfigError` for the first of ``steps`` (name, kind) whose kind this
+        host's guests cannot run, before a job is made of them: a refusal uses nothing up."""
+        for name, kind in steps:
+            why = self.refused_steps.get(kind)
+            if why is not None:
+                raise ConfigError(
+                    f"step {name} is a {kind} step, which this host cannot run: {why}",
+                    hint="run it on the simulator (--host sim) or on a Hyper-V host",
+                )
 
     # -------------------------------------------------------------- plumbing
     async def _run_host(self, vm: str | None, *statements: Sequence[Command]) -> list[Value]:
