@@ -157,6 +157,7 @@ async def test_reboot_node_if_needed_needs_a_step_that_allows_reboots_and_the_lc
     refused, _, journal = await run_job(path, source(tmp_path, [base], files, ["web01"]), tmp_path)
     assert refused.state is State.FAILED
     assert "RebootNodeIfNeeded = $true" in refused.errors["web01"]
+    assert refused.errors["web01"].count("step configure: ") == 1, refused.errors  # said once, not twice
     assert not any("copied into the guest" in t for t in _texts(journal, refused.job_id, "web01"))
 
     step = {**base, "allow_reboot": True, "max_reboots": 1}

@@ -211,7 +211,7 @@ def staging_folder(job_id: int, step: str) -> str:
 def dsc_files(manifest: Manifest, step: DscStep, local_path: Callable[[str], Path], staging: str) -> list[GuestFile]:
     """Every file the step puts in the guest: module folders, then the MOF (and meta-MOF)."""
     if len(step.mofs) != 1:
-        raise ConfigError(f"step {step.name}: a dsc step applies one configuration; stage one MOF per step")
+        raise ConfigError(f"a dsc step applies one configuration; stage one MOF per step")
     files: list[GuestFile] = []
     for module in step.modules:
         folder = module.rstrip("/")
@@ -544,7 +544,7 @@ async def apply_dsc(
     try:
         ids = resource_ids(mof.source.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, MofSyntaxError) as exc:
-        raise ConfigError(f"step {step.name}: cannot read the MOF {mof.source.name}: {exc}") from exc
+        raise ConfigError(f"cannot read the MOF {mof.source.name}: {exc}") from exc
     report.progress = ConfigurationProgress.of(ids)
     meta: MetaSettings | None = None
     meta_file = next((f for f in files if f.guest.endswith("\\localhost.meta.mof")), None)
@@ -552,10 +552,10 @@ async def apply_dsc(
         try:
             meta = MetaSettings.of(meta_file.source.read_text(encoding="utf-8-sig"))
         except (OSError, UnicodeDecodeError, MofSyntaxError, ConfigError) as exc:
-            raise ConfigError(f"step {step.name}: cannot read the meta-configuration {meta_file.source.name}: {exc}") from exc
+            raise ConfigError(f"cannot read the meta-configuration {meta_file.source.name}: {exc}") from exc
         if meta.reboot_node_if_needed and not step.allow_reboot:
             raise ConfigError(
-                f"step {step.name}: the meta-configuration lets the LCM restart the guest by itself "
+                "the meta-configuration lets the LCM restart the guest by itself "
                 "(RebootNodeIfNeeded = $true) but the step does not allow reboots",
                 hint="set allow_reboot = true (and max_reboots) on the step, or RebootNodeIfNeeded = $false",
             )
