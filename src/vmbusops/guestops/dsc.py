@@ -211,7 +211,7 @@ def staging_folder(job_id: int, step: str) -> str:
 def dsc_files(manifest: Manifest, step: DscStep, local_path: Callable[[str], Path], staging: str) -> list[GuestFile]:
     """Every file the step puts in the guest: module folders, then the MOF (and meta-MOF)."""
     if len(step.mofs) != 1:
-        raise ConfigError(f"a dsc step applies one configuration; stage one MOF per step")
+        raise ConfigError("a dsc step applies one configuration; stage one MOF per step")
     files: list[GuestFile] = []
     for module in step.modules:
         folder = module.rstrip("/")
