@@ -157,8 +157,23 @@ async def test_a_bundle_with_a_schedule_is_registered_not_run(agent: Agent, tmp_
     assert json.loads(local.stdout)["next_run"] == row["next_run"]
     async with agent.client("tenant_b") as b:
         assert (await b.get("/v1/schedules")).json()["schedules"] == []
+        assert (await b.delete("/v1/schedules/nightly")).status_code == 404  # another tenant's: as none
+    async with agent.client("reader") as r:
+        assert (await r.delete("/v1/schedules/nightly")).status_code == 403  # no cancel scope
     async with agent.client("admin") as c:
         assert (await c.get("/v1/jobs")).json()["jobs"] == []  # nothing ran now
+
+    removed = await trio.to_thread.run_sync(
+        lambda: cli(agent, "schedule", "remove", "nightly", "--agent", agent.url)
+    )
+    assert removed.returncode == 0 and removed.stdout.startswith("schedule nightly removed"), removed
+    again = await trio.to_thread.run_sync(lambda: cli(agent, "schedule", "remove", "nightly", "--agent", agent.url))
+    assert again.returncode == 2 and "no schedule 'nightly' visible to you" in again.stderr, again
+    local = await trio.to_thread.run_sync(lambda: cli(agent, "schedule", "remove", "nightly", token=None))
+    assert local.returncode == 2 and "no schedule named 'nightly'" in local.stderr, local
+    async with agent.client("admin") as c:
+        assert (await c.get("/v1/schedules")).json()["schedules"] == []
+    assert any(line.get("event") == "schedule-removed" for line in agent.log_lines())
 
 
 async def test_submit_follow_exits_5_when_a_guarded_change_was_rolled_back(agent: Agent) -> None:

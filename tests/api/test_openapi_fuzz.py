@@ -40,6 +40,6 @@ async def test_no_server_errors_under_schema_driven_fuzzing(agent: Agent, tmp_pa
     output = done.stdout + done.stderr
     assert agent.tokens["admin"] not in output
     assert done.returncode == 0, output[-4000:]
-    assert "Tested: 17" in output  # every operation of the document was exercised
+    assert "Tested: 18" in output  # every operation of the document was exercised
     server_errors = [line for line in agent.log_lines() if line.get("level") == "error"]
     assert server_errors == []

@@ -151,8 +151,45 @@ async def test_an_expired_bundle_stops_its_schedule(tmp_path: Path) -> None:
         await advance_to(clock, T0 + timedelta(hours=2))
         assert host.launched == []
         assert scheduler.history[-1][2] == "expired"
+        assert store.all() == []  # forgotten: schedule list no longer shows runs to come
         await advance_to(clock, T0 + timedelta(days=2))
         assert host.launched == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_expired_schedule_is_listed_without_a_next_run_and_forgotten_at_start(tmp_path: Path) -> None:
+    clock = ManualClock(T0 + timedelta(days=2))
+    scheduler, _, store = make(tmp_path, clock)
+    store.register(scheduled(expires=T0 + timedelta(days=1)), bundle_dir=None, source="test", now=T0)
+    [shown] = scheduler.listing()
+    assert (shown["expired"], shown["next_run"], shown["next_cutoff"]) == (True, None, None)
+    await scheduler.load()
+    assert store.all() == [] and scheduler.history == []  # no "missed" ticks counted for it
+
+
+async def test_a_removed_schedule_starts_nothing_even_when_removed_by_another_process(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    scheduler, host, store = make(tmp_path, clock)
+    m = scheduled(jitter=0)
+    store.register(m, bundle_dir=None, source="test", now=T0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(scheduler.run)
+        day1 = next_window("nightly-patch", m.schedule, T0)  # type: ignore[arg-type]
+        await advance_to(clock, day1.start_at)
+        assert len(host.launched) == 1
+        # `vmbusops schedule remove` on the host: its own connection to the store, while the
+        # agent's task sleeps until the next tick.
+        elsewhere = ScheduleStore(tmp_path / "schedules.sqlite")
+        assert elsewhere.remove("nightly-patch") and not elsewhere.remove("nightly-patch")
+        elsewhere.close()
+        await advance_to(clock, day1.start_at + timedelta(days=3))
+        assert len(host.launched) == 1
+        # Registered again, then removed through the agent (the API's way): the task stops at once.
+        store.register(m, bundle_dir=None, source="test", now=clock.now())
+        scheduler._start("nightly-patch")
+        assert scheduler.remove("nightly-patch") and not scheduler.remove("nightly-patch")
+        await advance_to(clock, day1.start_at + timedelta(days=6))
+        assert len(host.launched) == 1
         nursery.cancel_scope.cancel()
 
 

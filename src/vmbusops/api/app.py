@@ -429,6 +429,20 @@ def build_app(service: AgentService) -> Starlette:
         listing = service.list_schedules() if service.list_schedules is not None else []
         return JSONResponse({"schedules": [s for s in listing if who.sees_job(s["targets"])]})
 
+    async def remove_schedule(request: Request) -> Response:
+        """Forget a schedule: none of its ticks runs from now on (a job it started goes on). A
+        schedule outside the caller's scope is answered as one that does not exist."""
+        who = authenticate(request, Operation.CANCEL)
+        name = request.path_params["name"]
+        listing = service.list_schedules() if service.list_schedules is not None else []
+        entry = next((s for s in listing if s["name"] == name), None)
+        if entry is None or not who.sees_job(entry["targets"]) or service.remove_schedule is None:
+            refuse(request, 404, str(who), f"no schedule {name!r} visible", "not-visible")
+            raise not_found(f"schedule {name!r} visible to you")
+        service.remove_schedule(name)
+        log.info("schedule removed", extra={"event": "schedule-remove", "who": str(who), "schedule": name})
+        return JSONResponse({"schedule": name, "removed": True})
+
     async def read_small_json(request: Request) -> Any:
         body = b""
         async for chunk in request.stream():
@@ -477,6 +491,7 @@ def build_app(service: AgentService) -> Starlette:
         Route("/v1/jobs/{job_id:int}/events", events, methods=["GET"]),
         Route("/v1/vms/{vm}/runs", vm_runs, methods=["GET"]),
         Route("/v1/schedules", schedules, methods=["GET"]),
+        Route("/v1/schedules/{name}", remove_schedule, methods=["DELETE"]),
         *console_routes(service, sessions, authenticate, refuse),
     ]
     return Api(

@@ -448,6 +448,28 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/schedules/{name}": {
+                "delete": {
+                    "summary": "Forget a schedule: none of its ticks runs from now on; a job it started goes on"
+                    " (scope: cancel, over its targets)",
+                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {
+                            "description": "removed",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["schedule", "removed"],
+                                        "properties": {"schedule": {"type": "string"}, "removed": {"const": True}},
+                                    }
+                                }
+                            },
+                        },
+                        **_problems(401, 403, 404),
+                    },
+                }
+            },
             "/v1/vms": {
                 "get": {
                     "summary": "The host's VMs that the caller's scope covers (scope: read)",
@@ -635,7 +657,8 @@ def openapi_document() -> dict[str, Any]:
                         "cron": {"type": "string"},
                         "timezone": {"type": "string"},
                         "targets": {"type": "array", "items": {"type": "string"}},
-                        "next_run": {"type": ["string", "null"]},
+                        "next_run": {"type": ["string", "null"], "description": "null once the bundle has expired"},
+                        "expired": {"type": "boolean"},
                         "last_job": {"type": ["integer", "null"]},
                     },
                 },

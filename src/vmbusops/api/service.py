@@ -118,6 +118,8 @@ class AgentService:
         #: and lists the schedules (each a JSON object with at least ``targets``).
         self.register_schedule: Callable[[AcceptedBundle], Awaitable[dict[str, Any]]] | None = None
         self.list_schedules: Callable[[], list[dict[str, Any]]] | None = None
+        #: Set by the scheduler: forgets a schedule by name (whether there was one).
+        self.remove_schedule: Callable[[str], bool] | None = None
         #: Job id -> the VMs it targets, as read once, and as JSON (see :meth:`find_job_targets`).
         self._targets: dict[int, tuple[list[str], str]] = {}
 

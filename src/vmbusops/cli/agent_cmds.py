@@ -14,12 +14,15 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 import trio
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from vmbusops.cli import exitcodes
 from vmbusops.cli.common import host_option, load
 from vmbusops.cli.output import console, terminal_safe
 from vmbusops.cli.remote import agent_read_option
@@ -321,7 +324,41 @@ def schedule_list(agent_url: str | None, token_file: Path | None, as_json: bool)
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r["name"], str(r["version"]), r["cron"], r["timezone"], r["next_run"], r["next_cutoff"],
-            str(r["last_job"] or "-"), r["last_outcome"] or "-", str(r["missed"]),
+            escape(r["name"]), str(r["version"]), escape(r["cron"]), escape(r["timezone"]),
+            r["next_run"] or ("expired" if r.get("expired") else "-"), r["next_cutoff"] or "-",
+            str(r["last_job"] or "-"), escape(terminal_safe(r["last_outcome"] or "-")), str(r["missed"]),
         )  # fmt: skip
     console(highlight=False).print(table)
+
+
+@schedule.command("remove", epilog=exitcodes.EXIT_CODES_HELP)
+@click.argument("name")
+@agent_read_option("the local schedule store")
+def schedule_remove(name: str, agent_url: str | None, token_file: Path | None) -> None:
+    """Forget a schedule: none of its ticks runs from now on. A job it started goes on (cancel it
+    with jobs cancel). An agent on this host stops it at once, and through --agent the token needs
+    the cancel scope."""
+    if agent_url is not None:
+        from vmbusops.cli.remote import problem, resolve_agent, run_client
+
+        client = resolve_agent(agent_url, token_file)
+
+        async def delete() -> int:
+            async with client.client() as http:
+                response = await http.delete(f"/v1/schedules/{quote(name, safe='')}")
+                if response.status_code != 200:
+                    raise problem(response)
+            return 0
+
+        run_client(delete)
+    else:
+        from vmbusops.schedule.store import ScheduleStore
+
+        store = ScheduleStore()
+        try:
+            removed = store.remove(name)
+        finally:
+            store.close()
+        if not removed:
+            raise ConfigError(f"no schedule named {name!r}", hint="list them with: vmbusops schedule list")
+    click.echo(f"schedule {terminal_safe(name)} removed; none of its ticks runs from now on")

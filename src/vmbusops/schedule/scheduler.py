@@ -7,7 +7,9 @@ timeout is capped at the cut-off, so no target starts after it either. Every tic
 outcome in the store (``started``, ``skipped: ...``, ``refused: ...``, ``missed``), and every skip
 is logged. Before each tick's job the kept bundle is verified again against today's trust policy
 (the launcher does it): a refusal is the tick's outcome and is logged, and the schedule keeps its
-next ticks, which run again once the bundle passes (an expired bundle ends the schedule). A job
+next ticks, which run again once the bundle passes (an expired bundle ends the schedule, which is
+then removed from the store, as ``schedule remove`` removes one; a task that wakes for a tick of a
+schedule no longer in the store starts nothing). A job
 that cannot start on the host at its tick (its targets select no VM there now, its credential is
 gone) is refused the same way.
 """
@@ -39,9 +41,12 @@ JobActive = Callable[[int], Awaitable[bool]]
 
 
 def entry_json(entry: ScheduleEntry, clock: Clock) -> dict[str, Any]:
+    """A schedule as ``schedule list`` and the API show it; one whose bundle has expired has no
+    next run (the agent forgets it at its next tick, or at its start)."""
     s = entry.manifest.schedule
     assert s is not None
-    upcoming = next_window(entry.name, s, max(entry.last_tick, clock.now()))
+    expired = entry.manifest.is_expired(clock.now())
+    upcoming = None if expired else next_window(entry.name, s, max(entry.last_tick, clock.now()))
     return {
         "name": entry.name,
         "version": entry.version,
@@ -52,9 +57,10 @@ def entry_json(entry: ScheduleEntry, clock: Clock) -> dict[str, Any]:
         "jitter_seconds": s.jitter_seconds,
         "missed_policy": s.missed.value,
         "targets": list(entry.manifest.targets.vms),
-        "next_run": upcoming.start_at.isoformat(),
-        "next_cutoff": upcoming.cutoff_at.isoformat(),
+        "next_run": upcoming.start_at.isoformat() if upcoming is not None else None,
+        "next_cutoff": upcoming.cutoff_at.isoformat() if upcoming is not None else None,
         "expires": entry.manifest.expires.isoformat(),
+        "expired": expired,
         "last_tick": entry.last_tick.isoformat(),
         "last_job": entry.last_job,
         "last_outcome": entry.last_outcome,
@@ -120,10 +126,30 @@ class Scheduler:
         scheduler = cls(store, launch=launch, job_active=job_active, clock=clock)
         service.register_schedule = scheduler.register
         service.list_schedules = scheduler.listing
+        service.remove_schedule = scheduler.remove
         return scheduler
 
     def listing(self) -> list[dict[str, Any]]:
         return [entry_json(e, self.clock) for e in self.store.all()]
+
+    def remove(self, name: str) -> bool:
+        """Forget the schedule ``name`` and stop its task (a job it started goes on); whether
+        there was one."""
+        removed = self.store.remove(name)
+        scope = self._scopes.pop(name, None)
+        if scope is not None:
+            scope.cancel()
+        if removed:
+            log.info("schedule removed", extra={"event": "schedule-removed", "schedule": name})
+        return removed
+
+    def _expired(self, entry: ScheduleEntry) -> None:
+        """The schedule's bundle has expired: no tick of it can ever run, so it is forgotten."""
+        self.store.remove(entry.name)
+        log.warning(
+            "schedule's bundle expired; no more runs, the schedule is removed",
+            extra={"event": "schedule-expired", "schedule": entry.name, "expires": entry.manifest.expires.isoformat()},
+        )
 
     # ------------------------------------------------------------------ start-up
     async def load(self) -> None:
@@ -132,6 +158,9 @@ class Scheduler:
         for entry in self.store.all():
             schedule = entry.manifest.schedule
             if schedule is None:
+                continue
+            if entry.manifest.is_expired(now):
+                self._expired(entry)
                 continue
             caught = catch_up(entry.name, schedule, entry.last_tick, now)
             if not caught.missed:
@@ -192,20 +221,20 @@ class Scheduler:
                     return
                 window = self._makeup.pop(name, None) or next_window(name, schedule, entry.last_tick)
                 await self.clock.sleep_until(window.start_at)
+                if not any(e.name == name and e.bundle_id == entry.bundle_id for e in self.store.all()):
+                    return  # removed (schedule remove, here or in another process) while it slept
                 outcome, job = await self._fire(entry, window)
                 self.history.append((name, window.tick, outcome))
+                if outcome == "expired":
+                    self._expired(entry)
+                    return
                 missed = 0 if outcome == "started" else 1
                 self.store.handled(name, window.tick, outcome=outcome, job=job, missed=missed)
-                if outcome == "expired":
-                    return
 
     async def _fire(self, entry: ScheduleEntry, window: Window) -> tuple[str, int | None]:
         now = self.clock.now()
         fields = {"schedule": entry.name, "tick": window.tick.isoformat()}
         if entry.manifest.is_expired(now):
-            log.warning(
-                "schedule's bundle expired; no more runs", extra={"event": "schedule-expired", **fields}
-            )
             return "expired", None
         if entry.last_job is not None:
             while await self.job_active(entry.last_job):

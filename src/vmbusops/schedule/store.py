@@ -115,8 +115,11 @@ class ScheduleStore:
             (tick.isoformat(), outcome, missed, job, name),
         )
 
-    def remove(self, name: str) -> None:
-        self._exec("DELETE FROM schedules WHERE name = ?", (name,))
+    def remove(self, name: str) -> bool:
+        """Forget the schedule ``name``: no tick of it runs from now on, in any process that reads
+        this store (a running agent looks again before each tick). Whether there was one."""
+        with self._lock:
+            return self._db.execute("DELETE FROM schedules WHERE name = ?", (name,)).rowcount > 0
 
     def get(self, name: str) -> ScheduleEntry:
         found = [e for e in self.all() if e.name == name]
