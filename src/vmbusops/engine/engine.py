@@ -110,7 +110,11 @@ class _Job:
     #: Per run id: its cancel scope, and whether someone asked to cancel it.
     scopes: dict[int, trio.CancelScope]
     cancelled: set[int]
+    #: When a run still waiting for its lease or slot times out (trio's clock): the delivery
+    #: timeout from the job's start here, and never past the source's ``start_by``...
     delivery_deadline: float = 0.0
+    #: ... but for a resumed run that had begun before (it is not starting now): the timeout alone.
+    resumed_deadline: float = 0.0
 
     @property
     def runs(self) -> list[RunMachine]:
@@ -242,6 +246,7 @@ class Engine:
                 enable_guest_services=source.enable_guest_services,
                 envelope=source.envelope.decode("utf-8") if source.envelope is not None else None,
                 submitter=source.submitter,
+                start_by=source.start_by,
                 host=self.host_name,
                 vms=vms,
                 left_out=source.left_out,
@@ -378,9 +383,12 @@ class Engine:
         job_id = job.machine.id
         self._jobs[job_id] = job
         try:
-            job.delivery_deadline = (
-                trio.current_time() + job.source.manifest.execution.delivery_timeout_seconds
-            )
+            # From now, resumed or not; a schedule tick's job never past its cut-off (start_by).
+            wait = job.source.manifest.execution.delivery_timeout_seconds
+            job.resumed_deadline = trio.current_time() + wait
+            if job.source.start_by is not None:
+                wait = min(wait, job.source.start_by - time.time())
+            job.delivery_deadline = trio.current_time() + wait
             self._emit(job.machine.start())
             await self.writer.commit()
             # The job's staged files (remote hosts) outlive every run and go when the job ends.
@@ -464,7 +472,8 @@ class Engine:
         slot = False
         try:
             with scope:
-                with trio.move_on_at(job.delivery_deadline) as delivery:
+                begun = any(run.attempts)  # resumed after its first step had started: not starting now
+                with trio.move_on_at(job.resumed_deadline if begun else job.delivery_deadline) as delivery:
                     await self.leases.take(run.vm, run.id, waiting=lambda: ctx.emit(run.wait()))
                     lease = True
                     if job.limiter.available_tokens == 0:
@@ -472,11 +481,8 @@ class Engine:
                     await job.limiter.acquire_on_behalf_of(run)
                     slot = True
                 if delivery.cancelled_caught:
-                    self._end(
-                        job,
-                        ctx,
-                        run.delivery_timed_out(job.source.manifest.execution.delivery_timeout_seconds),
-                    )
+                    timeout = job.source.manifest.execution.delivery_timeout_seconds
+                    self._end(job, ctx, run.delivery_timed_out(timeout, start_by=job.source.start_by))
                     return
                 if job.machine.over_max_errors:
                     self._end(job, ctx, run.skip(job.machine.errors, job.machine.max_errors))

@@ -232,6 +232,7 @@ class Journal:
         enable_guest_services: bool,
         envelope: str | None,
         submitter: str | None = None,
+        start_by: float | None = None,
         host: str,
         vms: Sequence[str],
         left_out: Sequence[LeftOut] = (),
@@ -240,16 +241,18 @@ class Journal:
         now: float,
     ) -> tuple[int, dict[str, int]]:
         """A new pending job with a pending run per VM and a pending step per (run, step); ``left_out``
-        are VMs its targets selected that it does not touch, with why (:mod:`.targets`)."""
+        are VMs its targets selected that it does not touch, with why (:mod:`.targets`); no run of it
+        starts after ``start_by`` (epoch seconds), if given, resumed or not."""
         with self._write() as db:
             cur = db.execute(
                 "INSERT INTO jobs (bundle_name, bundle_version, bundle_id, source, manifest, bundle_dir,"
                 " enable_guest_services, envelope, submitter, host, state, created_at, owner_pid, owner_started,"
-                " heartbeat_at, left_out) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " heartbeat_at, left_out, start_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     bundle_name, bundle_version, bundle_id, source, manifest, bundle_dir,
                     int(enable_guest_services), envelope, submitter, host, State.PENDING.value, now, owner.pid,
                     owner.started, now, json.dumps([lo.to_json() for lo in left_out]) if left_out else None,
+                    start_by,
                 ),
             )  # fmt: skip
             job_id = int(cur.lastrowid or 0)
@@ -482,6 +485,7 @@ class Journal:
                     pruned=bool(r["pruned"]),
                     envelope=r["envelope"],
                     run_states=counts,
+                    start_by=r["start_by"] if "start_by" in r.keys() else None,  # noqa: SIM118
                 )
             )
         return out

@@ -104,6 +104,8 @@ class JobView:
     run_states: dict[str, int]
     #: VMs the targets selected that the signer's scope left out, with why.
     left_out: tuple[LeftOut, ...] = ()
+    #: No run of the job starts after this (epoch seconds): a schedule tick's cut-off.
+    start_by: float | None = None
 
     @property
     def targets(self) -> int:

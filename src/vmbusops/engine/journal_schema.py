@@ -131,6 +131,7 @@ ADDED_COLUMNS: Final = (
     ("steps", "code", "TEXT"),
     ("steps", "exit_code", "INTEGER"),
     ("runs", "waiting", "TEXT"),
+    ("jobs", "start_by", "REAL"),
 )
 
 

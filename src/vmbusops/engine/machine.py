@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from vmbusops.engine.changes import (
@@ -199,12 +200,15 @@ class RunMachine:
         self.current = None
         return self._finish(Event.SUCCEED, None, None)
 
-    def delivery_timed_out(self, timeout: float) -> list[Output]:
-        return self._finish(
-            Event.DELIVERY_TIMEOUT,
-            f"{self.vm}: not started within the delivery timeout ({timeout:g}s)",
-            FailureCode.DELIVERY_TIMEOUT,
-        )
+    def delivery_timed_out(self, timeout: float, *, start_by: float | None = None) -> list[Output]:
+        """Not started within ``timeout`` seconds, or (``start_by``, a schedule tick's cut-off,
+        epoch seconds) by then, whichever came first."""
+        if start_by is not None and self.clock() >= start_by - 0.001:
+            when = datetime.fromtimestamp(start_by, UTC).isoformat(timespec="seconds")
+            why = f"{self.vm}: not started by its schedule's cut-off ({when})"
+        else:
+            why = f"{self.vm}: not started within the delivery timeout ({timeout:g}s)"
+        return self._finish(Event.DELIVERY_TIMEOUT, why, FailureCode.DELIVERY_TIMEOUT)
 
     def skip(self, errors: int, max_errors: int) -> list[Output]:
         """Not started: max errors was exceeded."""

@@ -53,6 +53,8 @@ class JobSource:
     scope_vms: tuple[str, ...] | None = None
     #: VMs the targets selected that the signer's scope left out (set by :meth:`resolved_on`).
     left_out: tuple[LeftOut, ...] = ()
+    #: No run starts after this (epoch seconds; a schedule tick's cut-off), resumed or not.
+    start_by: float | None = None
 
     @classmethod
     def from_accepted(
@@ -79,6 +81,7 @@ class JobSource:
             enable_guest_services=job.enable_guest_services,
             envelope=job.envelope.encode("utf-8") if job.envelope is not None else None,
             submitter=job.submitter,
+            start_by=job.start_by,
         )
 
     @classmethod
@@ -93,9 +96,11 @@ class JobSource:
         envelope: bytes | None,
         schedule: str,
         scope_vms: tuple[str, ...] | None = None,
+        start_by: float | None = None,
     ) -> JobSource:
         """One tick of the schedule named ``schedule``, under ``execution`` (the tick's window
-        caps it); its submitter is ``schedule:NAME``."""
+        caps it) and, resumed too, no run started after ``start_by`` (the tick's cut-off); its
+        submitter is ``schedule:NAME``."""
         return cls(
             manifest=replace(manifest, execution=execution),
             directory=Path(bundle_dir) if bundle_dir else None,
@@ -104,6 +109,7 @@ class JobSource:
             envelope=envelope,
             submitter=f"schedule:{schedule}",
             scope_vms=scope_vms,
+            start_by=start_by,
         )
 
     async def resolved_on(self, host: HyperVHost) -> JobSource:

@@ -114,6 +114,7 @@ class Scheduler:
                 envelope=entry.envelope,
                 schedule=entry.name,
                 scope_vms=verified.scope.vms,
+                start_by=window.cutoff_at.timestamp(),
             )
             # A host being reopened may come back within the window: wait for it until the cut-off.
             await service.hosts.wait_current(max(0.0, left))

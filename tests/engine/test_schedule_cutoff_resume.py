@@ -1,0 +1,45 @@
+"""A scheduled tick's job never starts a target after the tick's cut-off, even resumed: the
+cut-off is journaled with the job (``start_by``), so ``jobs resume`` after it ends the runs that
+never started as delivery-timed-out, and only carries on the ones that had."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import trio
+from tests.builders import VM, manifest, script, write_lab
+from tests.engine.conftest import harness_for, source
+
+from vmbusops.engine import State
+
+#: Seconds from the job's start to its cut-off: long enough that the first run starts and the
+#: second waits for its slot, short enough to wait out before the resume.
+CUTOFF = 1.5
+
+
+async def test_a_resumed_scheduled_job_starts_nothing_after_the_cut_off(lab_dir: Path, tmp_path: Path) -> None:
+    lab = write_lab(lab_dir, [VM("vm01"), VM("vm02")])
+    m = manifest(
+        ["vm01", "vm02"], [script("hold", "Start-Sleep -Seconds 1; Write-Output 'held'", idempotent=True)],
+        execution={"max_concurrency": 1, "max_errors": 1},  # the late one's error does not skip the other
+    )  # fmt: skip
+    start_by = time.time() + CUTOFF
+    job_source = dataclasses.replace(source(m), start_by=start_by)
+    journal_file = tmp_path / "j.sqlite"
+    async with harness_for(lab, journal_file) as first:
+        with trio.move_on_after(0.5):  # the process stops under the job: one run in progress, one waiting
+            await first.engine.run_job(job_source)
+        [job] = first.journal.jobs(limit=1)
+        assert job.state is State.INTERRUPTED and job.start_by == start_by
+    await trio.sleep(max(0.0, start_by - time.time()) + 0.1)  # past the cut-off
+    async with harness_for(lab, journal_file) as second:
+        result = await second.engine.resume_job(job.id, recheck=None)
+        runs = {r.vm: r for r in second.journal.runs(job.id)}
+    started = [vm for vm, r in runs.items() if r.started_at is not None and r.state is State.SUCCESS]
+    waiting = [vm for vm in runs if vm not in started]
+    assert len(started) == 1 and len(waiting) == 1, runs  # the one that had started carried on
+    assert runs[waiting[0]].state is State.DELIVERY_TIMED_OUT
+    assert "not started by its schedule's cut-off" in (runs[waiting[0]].error or "")
+    assert result.state is State.FAILED
