@@ -204,6 +204,11 @@ def manifest_from_source(
         raise BundleSourceError(
             f"{SOURCE_FILE}: {exc.message.removeprefix('manifest.')}", hint=exc.hint
         ) from None
+    from vmbusops.dsc.documents import manifest_documents_problem
+
+    wrong = manifest_documents_problem(manifest, lambda path: files[path].read_text(encoding="utf-8-sig"))
+    if wrong is not None:  # refused here, before anything is signed, as acceptance would refuse it
+        raise BundleSourceError(f"{SOURCE_FILE}: step {wrong[0]}: {wrong[1].message}", hint=wrong[1].hint)
     return manifest, files
 
 

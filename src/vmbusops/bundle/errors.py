@@ -20,6 +20,7 @@ policy, a key file, a bundle source directory being built) are configuration err
     ├── ManifestError                   the manifest breaks the schema
     │   ├── UnknownFieldError
     │   └── UnknownStepKindError
+    ├── DocumentsError                  a dsc step's MOF cannot be applied (found at acceptance)
     ├── FreshnessError
     │   ├── ExpiredBundleError
     │   ├── NotYetValidError            issued in the future (beyond the allowed clock skew)
@@ -59,6 +60,7 @@ __all__ = [
     "CompressedBundleError",
     "CredentialOutOfScopeError",
     "DigestMismatchError",
+    "DocumentsError",
     "DuplicateMemberError",
     "EnvelopeError",
     "EnvelopeMissingError",
@@ -172,6 +174,13 @@ class ManifestError(_RejectedBundle):
     default_hint = (
         "the author must fix bundle.toml and rebuild; if the field is new, upgrade vmbusops on this host"
     )
+
+
+class DocumentsError(_RejectedBundle):
+    """A dsc step's documents cannot be applied: its MOF does not parse, or its meta-configuration
+    reboots the guest in a step that does not allow reboots (:mod:`vmbusops.dsc.documents`)."""
+
+    default_hint = "the author must fix the configuration, rebuild and sign again"
 
 
 class UnknownFieldError(ManifestError):

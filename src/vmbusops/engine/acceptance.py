@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vmbusops.bundle.errors import DocumentsError
 from vmbusops.bundle.manifest import Manifest
 from vmbusops.bundle.paths import accepted_bundles_dir, replay_store_path, trust_policy_path
 from vmbusops.bundle.policy import load_trust_policy
 from vmbusops.bundle.replay import HasFact, ReplayStore
 from vmbusops.bundle.verify import AcceptedBundle, VerifiedBundle, accept_bundle, release_accepted, reverify
+from vmbusops.dsc.documents import manifest_documents_problem
 from vmbusops.engine.journal import Journal, journal_path
 from vmbusops.engine.source import JobSource
 from vmbusops.schedule.store import ScheduleStore, schedules_path
@@ -58,10 +60,19 @@ def reading_replay() -> ReplayStore:
 
 
 def accept(path: Path, journal: Journal) -> AcceptedBundle:
-    """Verify and extract the bundle file, and reserve it for this process (see the module doc)."""
+    """Verify and extract the bundle file, and reserve it for this process (see the module doc).
+    A dsc step whose documents cannot be applied (:mod:`vmbusops.dsc.documents`) refuses the
+    bundle here, released again: no job is made of it, and it is not used up."""
     policy = load_trust_policy(trust_policy_path())
     with open_replay(journal) as replay:
-        return accept_bundle(path, policy=policy, replay=replay, workdir=accepted_bundles_dir())
+        bundle = accept_bundle(path, policy=policy, replay=replay, workdir=accepted_bundles_dir())
+        wrong = manifest_documents_problem(
+            bundle.manifest, lambda p: bundle.local_path(p).read_text(encoding="utf-8-sig")
+        )
+        if wrong is not None:
+            release_accepted(bundle, replay)
+            raise DocumentsError(f"step {wrong[0]}: {wrong[1].message}", hint=wrong[1].hint, bundle=path.name)
+        return bundle
 
 
 def confirm(bundle: AcceptedBundle, journal: Journal) -> None:

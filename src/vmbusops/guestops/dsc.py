@@ -46,8 +46,9 @@ from typing import Any, Protocol
 import trio
 
 from vmbusops.bundle.manifest import DscMode, DscStep, FileEntry, Manifest
+from vmbusops.dsc.documents import MetaSettings, documents_problem
 from vmbusops.dsc.lcm import LcmParser
-from vmbusops.dsc.mof import MofSyntaxError, parse_mof, resource_ids
+from vmbusops.dsc.mof import resource_ids
 from vmbusops.dsc.progress import ConfigurationProgress, ResourceState
 from vmbusops.errors import (
     ConfigError,
@@ -84,7 +85,6 @@ LCM_POLL_MAX = 5.0
 #: How long a step waits for the LCM to restart the guest itself (RebootNodeIfNeeded) before it
 #: restarts the VM from the host.
 LCM_REBOOT_GRACE = 300.0
-META_CLASS = "MSFT_DSCMetaConfiguration"
 _BUSY = re.compile(r"method is in progress and must return before \S+ can be invoked", re.IGNORECASE)
 
 
@@ -102,26 +102,6 @@ class ConfigurationError(GuestError):
 
 class LcmWaitTimeout(ConfigurationError):
     """The LCM stayed in a state (Busy, PendingReboot) longer than the step could wait."""
-
-
-@dataclass(frozen=True, slots=True)
-class MetaSettings:
-    """What the agent needs to know of a meta-configuration before applying it."""
-
-    action_after_reboot: str = "ContinueConfiguration"
-    reboot_node_if_needed: bool = False
-
-    @classmethod
-    def of(cls, text: str) -> MetaSettings:
-        """Read a compiled meta-configuration MOF; raises MofSyntaxError or ConfigError."""
-        doc = parse_mof(text)
-        meta = next((i for i in doc.instances if i.class_name.casefold() == META_CLASS.casefold()), None)
-        if meta is None:
-            raise ConfigError(f"the meta-configuration has no instance of {META_CLASS}")
-        return cls(
-            action_after_reboot=meta.text("ActionAfterReboot", "ContinueConfiguration"),
-            reboot_node_if_needed=meta.get("RebootNodeIfNeeded") is True,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,24 +521,18 @@ async def apply_dsc(
     Pass ``report`` to keep what happened (resources changed and failed) when it raises."""
     report = report if report is not None else DscReport()
     mof = next(f for f in files if f.guest.endswith("\\localhost.mof"))
-    try:
-        ids = resource_ids(mof.source.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, MofSyntaxError) as exc:
-        raise ConfigError(f"cannot read the MOF {mof.source.name}: {exc}") from exc
+    meta_file = next((f for f in files if f.guest.endswith("\\localhost.meta.mof")), None)
+    local = {step.mofs[0]: mof.source}
+    if meta_file is not None and step.meta_config is not None:
+        local[step.meta_config] = meta_file.source
+    problem = documents_problem(step, lambda path: local[path].read_text(encoding="utf-8-sig"))
+    if problem is not None:  # acceptance judged the same; this is the files as staged
+        raise ConfigError(problem.message, hint=problem.hint)
+    ids = resource_ids(mof.source.read_text(encoding="utf-8-sig"))
     report.progress = ConfigurationProgress.of(ids)
     meta: MetaSettings | None = None
-    meta_file = next((f for f in files if f.guest.endswith("\\localhost.meta.mof")), None)
     if meta_file is not None and step.mode is not DscMode.TEST:
-        try:
-            meta = MetaSettings.of(meta_file.source.read_text(encoding="utf-8-sig"))
-        except (OSError, UnicodeDecodeError, MofSyntaxError, ConfigError) as exc:
-            raise ConfigError(f"cannot read the meta-configuration {meta_file.source.name}: {exc}") from exc
-        if meta.reboot_node_if_needed and not step.allow_reboot:
-            raise ConfigError(
-                "the meta-configuration lets the LCM restart the guest by itself "
-                "(RebootNodeIfNeeded = $true) but the step does not allow reboots",
-                hint="set allow_reboot = true (and max_reboots) on the step, or RebootNodeIfNeeded = $false",
-            )
+        meta = MetaSettings.of(meta_file.source.read_text(encoding="utf-8-sig"))
     deadline = trio.current_time() + (step.timeout_seconds or LCM_BUSY_WAIT)
     if await ensure_guest_services(host, vm, may_enable=may_enable_guest_services):
         await channel.note(f"vmbusops: enabled the Guest Service Interface on {vm} (allowed by the trust scope)")
