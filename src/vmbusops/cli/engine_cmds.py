@@ -505,7 +505,8 @@ def jobs_resume(host: str | None, job_id: int, as_json: bool, agent_url: str | N
 
     Its bundle is verified again first, against today's trust policy; if that fails, the job ends
     failed with the reason and nothing runs (exit code 4). A job that is not interrupted (it
-    finished, or a live process owns it) is a usage error (exit code 2). With --agent, the agent
+    finished, or a live process owns it) is a usage error (exit code 2). It resumes on the host the
+    job ran on (a --host naming another is refused: its VMs are other machines). With --agent, the agent
     resumes it (the token needs the submit scope) and this returns at once: follow it with
     logs -f --agent; --json prints the job as the agent answers it."""
     if agent_url is not None:
@@ -520,6 +521,12 @@ def jobs_resume(host: str | None, job_id: int, as_json: bool, agent_url: str | N
             click.echo(f"job {job_id} resumed by the agent; follow it with: vmbusops logs {job_id} -f --agent {url}")
         return
     config = load()
+    if host is None:  # the job's own host: its runs are that host's VMs
+        journal = Journal(max_mb=config.retention.journal_max_mb)
+        try:
+            host = journal.job(job_id).host
+        finally:
+            journal.close()
     progress = Progress(as_json=as_json)
     sys.exit(run_trio(lambda: _run_source(config, host, progress, resume=job_id)))
 

@@ -287,6 +287,12 @@ class Engine:
                 f"job {job_id} is {view.state.value}; only an interrupted job can be resumed",
                 hint="see it with: vmbusops jobs show " + str(job_id),
             )
+        if view.host != self.host_name:
+            # Its runs are VMs of that host: the same names on another host are other machines.
+            raise JobStateError(
+                f"job {job_id} ran on host {view.host!r}, not on {self.host_name!r}; it is resumed on its own host",
+                hint=f"resume it there: vmbusops jobs resume {job_id} --host {view.host}",
+            )
         await self.writer.call(self.journal.claim_job, job_id, self.owner, time.time())
         source = source if source is not None else JobSource.from_journal(view)
         refused: BundleError | None = None
