@@ -429,19 +429,14 @@ def remote_resume(agent_url: str | None, token_file: Path | None, job_id: int) -
     and the agent's URL as it may be shown.
     Refused: not interrupted (exit 2), its bundle judged again and rejected (exit 4: the job has
     ended failed, nothing ran)."""
-    import httpx
-
-    from vmbusops.cli.remote import problem_of, resolve_agent, run_client, transport_error
+    from vmbusops.cli.remote import problem_of, resolve_agent, run_client
 
     agent = resolve_agent(agent_url, token_file)
     got: list[dict[str, Any]] = []
 
     async def post() -> int:
-        async with agent.client() as client:
-            try:
-                response = await client.post(f"/v1/jobs/{job_id}/resume")
-            except httpx.HTTPError as exc:
-                raise transport_error(exc, agent.url) from exc
+        async with agent.client() as client:  # no answer at all: run_client says so, naming the URL
+            response = await client.post(f"/v1/jobs/{job_id}/resume")
         if response.status_code != 202:
             raise problem_of(response)
         got.append(response.json()["job"])
