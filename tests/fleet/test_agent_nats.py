@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import tomli_w
 import trio
 from tests.builders import VM, bundle_doc, lab_doc, write_bundle_source, write_lab
@@ -57,6 +58,8 @@ class Fleet:
     key: PrivateKey
     after: int = 0
     facts: list[messages.LogFact] | None = None
+    #: The fleet protocol of each host message read (``v``).
+    versions: set[int] | None = None
 
     async def put(self, path: Path) -> str:
         data = await trio.Path(path).read_bytes()
@@ -68,13 +71,14 @@ class Fleet:
         return next(v.id.lower() for v in await self.host.list_vms() if v.name == vm)
 
     async def dispatch(self, job: int, run: int, vm: str, digest: str, *, epoch: int = 1, steps: int = 1,
-                       msg_id: str | None = None) -> messages.DispatchWork:  # fmt: skip
+                       msg_id: str | None = None, version: int = messages.VERSION) -> messages.DispatchWork:  # fmt: skip
         work = messages.DispatchWork(
             job=job, run=run, vm=vm, vm_id=await self.vm_id(vm), epoch=epoch, bundle=digest,
             start=messages.RunStartWire(step_states=("pending",) * steps, attempts=(0,) * steps, next_seq=1),
             controller="test", time=0.0,
         )  # fmt: skip
-        await self.controller.publish(names.work_subject(HOST), messages.encode(work), msg_id=msg_id or work.msg_id())
+        data = messages.encode(work, version)
+        await self.controller.publish(names.work_subject(HOST), data, msg_id=msg_id or work.msg_id())
         return work
 
     async def cancel(self, job: int, run: int, epoch: int = 1) -> None:
@@ -84,12 +88,14 @@ class Fleet:
     async def read_until(self, done: Callable[[list[messages.LogFact]], bool]) -> list[messages.LogFact]:
         """The host's facts so far, read until ``done`` says enough (the test fails after 30 s)."""
         facts = self.facts = self.facts or []
+        versions = self.versions = self.versions or set()
         with trio.fail_after(30):
             while not done(facts):
                 for m in await self.controller.read_log(after=self.after, batch=100, timeout=1.0):
                     self.after = m.seq
                     if m.subject == names.host_log_subject(HOST):
                         fact = messages.parse_host(m.data, host=HOST)
+                        versions.add(json.loads(m.data)["v"])
                         # Batches published together are the same batches, one after another.
                         facts += fact.batches if isinstance(fact, messages.BatchesFact) else [fact]
         return facts
@@ -137,7 +143,7 @@ def cluster_lab(tmp: Path) -> Path:
 @asynccontextmanager
 async def fleet_of(
     nats: NatsServer, controller: NatsBroker, tmp: Path, *, lab: Path | None = None, vms: list[VM] | None = None,
-    password: str | None = None, **options: Any,
+    password: str | None = None, max_sessions: int = 32, **options: Any,
 ) -> AsyncIterator[Fleet]:
     key = PrivateKey.generate()
     trust_and_credential(key)
@@ -152,7 +158,8 @@ async def fleet_of(
         ) as broker,
         open_sim_host(lab, identity=HOST if lab.name == "cluster.toml" else None) as host,
         open_engine(host, journal, credential_for=credential_for,
-                    options=EngineOptions(heartbeat_interval=0.1, lease_poll_interval=0.05)) as engine,  # fmt: skip
+                    options=EngineOptions(heartbeat_interval=0.1, lease_poll_interval=0.05,
+                                          max_sessions=max_sessions)) as engine,  # fmt: skip
         trio.open_nursery() as jobs,
     ):
         agent = FleetAgent(broker, engine, store, jobs, FleetAgentOptions(host=HOST, cluster="c1", **options))
@@ -263,6 +270,26 @@ async def test_a_bundle_this_host_does_not_trust_or_used_by_another_job_is_refus
         assert len(local_jobs(fleet.journal)) == 1 and not marker.exists()
 
 
+@pytest.mark.parametrize("version", range(messages.OLDEST, messages.VERSION + 1))
+async def test_a_runs_facts_are_written_in_the_protocol_of_the_work_that_dispatched_it(
+    nats_server: NatsServer, broker: NatsBroker, tmp_path: Path, version: int
+) -> None:
+    """A fleet upgraded host by host: an older controller dispatched the run, so it must be able
+    to read every fact of it. One session for two runs, so that one waits for it: what only
+    protocol 2 carries."""
+    hold = {"kind": "script", "name": "hold", "inline": 'Start-Sleep -Milliseconds 800; Write-Output "held"'}
+    async with fleet_of(nats_server, broker, tmp_path, max_sessions=1) as fleet:
+        digest = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01", "web02"], steps=[hold]))
+        await fleet.dispatch(8, 1, "web01", digest, version=version)
+        await fleet.dispatch(8, 2, "web02", digest, version=version)
+        # parse_host refuses a protocol-1 message that says what a run waits for.
+        facts = await fleet.read_until(lambda fs: ended(8, 1)(fs) and ended(8, 2)(fs))
+        assert fleet.versions == {version}
+        waited = [c["waiting"] for run in (1, 2) for b in batches(facts, 8, run) for c in b.changes if "waiting" in c]
+        assert waited == (["session"] if version >= 2 else [])
+        assert {replay_changes(batches(facts, 8, run))[0] for run in (1, 2)} == {State.SUCCESS}
+
+
 async def test_cancel_work_cancels_the_local_run(nats_server: NatsServer, broker: NatsBroker, tmp_path: Path) -> None:
     async with fleet_of(nats_server, broker, tmp_path) as fleet:
         digest = await fleet.put(signed_bundle(tmp_path, fleet.key, vms=["web01", "web02"], steps=[SLOW]))
@@ -291,6 +318,7 @@ async def test_host_entry_and_placement_are_kept_with_compare_and_set(
         assert entry is not None
         doc = json.loads(entry.value)
         assert (doc["host"], doc["cluster"], doc["boot"]) == (HOST, "c1", fleet.agent.boot)
+        assert doc["protocol"] == messages.VERSION  # the controller writes this host's work in it
         assert sorted(v["vm"] for v in doc["vms"]) == ["web01", "web02", "web03"]
         vm_id = await fleet.vm_id("web02")
         placed = await broker.kv_get(names.PLACEMENT_BUCKET, vm_id)

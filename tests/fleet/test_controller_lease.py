@@ -16,6 +16,7 @@ from tests.fleet.membroker import Bus, MemBroker
 
 from vmbusops.fleet import messages, names
 from vmbusops.fleet.controller import Controller, ControllerOptions
+from vmbusops.fleet.service import FleetHosts
 from vmbusops.fleet.store import FleetJournal
 
 TTL = 3.0
@@ -106,3 +107,29 @@ async def test_a_controller_that_cannot_renew_stops_deciding_before_the_standby_
             assert [who for kind, who, _ in bus.events[took:] if kind == "fact"] == ["b"]
             assert lease_term(bus) == ("b", 2)
         agents.cancel_scope.cancel()
+
+
+async def test_a_controller_that_cannot_read_the_log_lets_the_lease_go_and_never_takes_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A newer vmbusops took the lease once and wrote a fact of a newer fleet protocol: this
+    build can neither follow the log past it nor decide on it, so it stands aside and says why."""
+    bus = Bus()
+    async with trio.open_nursery() as agents, controller(bus, tmp_path, "a") as (a, _):
+        agents.start_soon(host, MemBroker(bus, "hv1"), "hv1", "vm1")
+        await until(a.active)
+        async with controller(bus, tmp_path, "b") as (b, _):
+            body = json.loads(messages.encode(messages.CancelFact(job=1, run=None, time=0.0)))
+            body["v"] = messages.VERSION + 1
+            newer = await MemBroker(bus, "newer").publish(names.CTL_SUBJECT, json.dumps(body).encode(), msg_id="newer")
+            await submit(bus)  # after it: not applied
+            await until(lambda: a.projection.halted is not None and b.projection.halted is not None)
+            await trio.sleep(10 * TTL)
+            assert not a.active() and not b.active()
+            assert lease_term(bus) == ("a", 1)  # renewed no more, taken by neither
+            assert a.applied == b.applied == newer.seq - 1
+            assert a.journal.fleet_job(1) is None and not bus.work
+            status = FleetHosts(a, since=0.0).status
+            assert not status.up
+            assert status.reason is not None and f"fleet protocol {messages.VERSION + 1}" in status.reason
+            agents.cancel_scope.cancel()

@@ -64,9 +64,46 @@ def _parse_any(message: m.LogFact | m.Work, data: bytes) -> object:
     return m.parse_ctl(data)
 
 
-@given(_facts())
-def test_every_message_round_trips(message: m.LogFact | m.Work) -> None:
-    assert _parse_any(message, m.encode(message)) == message
+@given(_facts(), st.integers(m.OLDEST, m.VERSION))
+def test_every_message_round_trips_in_every_protocol_this_build_writes(message: m.LogFact | m.Work, version: int) -> None:
+    data = m.encode(message, version)
+    assert json.loads(data)["v"] == version
+    assert _parse_any(message, data) == message
+    if isinstance(message, m.DispatchWork | m.CancelWork):
+        assert m.parse_work_versioned(data) == (message, version)
+
+
+def test_a_protocol_this_build_does_not_write_is_refused() -> None:
+    fact = m.CancelWork(job=1, run=1, epoch=1)
+    for version in (m.OLDEST - 1, m.VERSION + 1):
+        with pytest.raises(ValueError, match=f"fleet protocol {version} is not one this build writes"):
+            m.encode(fact, version)
+
+
+def test_a_message_of_a_newer_protocol_says_which() -> None:
+    body = json.loads(m.encode(m.CancelFact(job=1, run=None, time=0)))
+    body["v"] = m.VERSION + 1
+    with pytest.raises(m.NewerProtocolError) as info:
+        m.parse_ctl(json.dumps(body).encode())
+    assert info.value.version == m.VERSION + 1
+    assert "upgrade it" in str(info.value)
+
+
+def test_what_a_run_waits_for_is_carried_from_protocol_2_only() -> None:
+    changes = [{"t": "run", "records": 3, "waiting": "session"}, {"t": "step", "index": 0, "state": "running"}]
+    assert m.changes_for(changes, 2) == changes
+    assert m.changes_for(changes, 1) == [{"t": "run", "records": 3}, changes[1]]
+    fact = m.BatchFact(host="HV-A", job=1, run=2, epoch=1, n=1, records=(), changes=tuple(changes), time=1.0)
+    assert m.parse_host(m.encode(fact, 2), host="HV-A") == fact
+    # Protocol 1 never had it: a message that says it is not one any sender of 1 writes.
+    with pytest.raises(m.FleetMessageError, match="'waiting' is not in fleet protocol 1"):
+        m.parse_host(m.encode(fact, 1), host="HV-A")
+    group = m.BatchesFact(host="HV-A", batches=(fact,))
+    with pytest.raises(m.FleetMessageError, match="'waiting' is not in fleet protocol 1"):
+        m.parse_host(m.encode(group, 1), host="HV-A")
+    stripped = m.BatchFact(host="HV-A", job=1, run=2, epoch=1, n=1, records=(),
+                           changes=tuple(m.changes_for(changes, 1)), time=1.0)  # fmt: skip
+    assert m.parse_host(m.encode(stripped, 1), host="HV-A") == stripped
 
 
 def test_message_ids_name_what_makes_a_fact_the_same_fact() -> None:
@@ -89,7 +126,10 @@ def _batch(**over: object) -> bytes:
     [
         (b"not json", "not JSON"),
         (b"[1]", "not a JSON object"),
-        (_batch(v=2), "version 2"),
+        (_batch(v=0), "version 0, expected 1 to"),
+        (_batch(v=True), "version True"),
+        (_batch(v="2"), "version '2'"),
+        (_batch(v=m.VERSION + 1), f"fleet protocol {m.VERSION + 1}; this vmbusops reads"),
         (_batch(kind="explode"), "unknown kind 'explode'"),
         (_batch(extra=1), "unknown field(s) extra"),
         (_batch(job=True), "job: expected an integer, got bool"),

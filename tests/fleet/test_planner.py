@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from tests.fleet.factlog import FactLog, batch, run_change, step_change, whole_run
 
 from vmbusops.engine.states import State
+from vmbusops.fleet import planner as planner_module
 from vmbusops.fleet.broker import KvEntry
 from vmbusops.fleet.messages import (
+    VERSION,
     CancelFact,
     CancelWork,
     DispatchFact,
@@ -19,7 +22,16 @@ from vmbusops.fleet.messages import (
     MovedFact,
     SkipFact,
 )
-from vmbusops.fleet.planner import Decide, HostView, HostWatch, Lease, Placed, Planner, note_boots
+from vmbusops.fleet.planner import (
+    Decide,
+    HostView,
+    HostWatch,
+    Lease,
+    Placed,
+    Planner,
+    note_boots,
+    work_protocol,
+)
 from vmbusops.fleet.projection import Projection
 from vmbusops.fleet.store import FleetJournal
 from vmbusops.owner import current_owner
@@ -285,6 +297,29 @@ def test_host_watch_judges_liveness_by_revisions_on_its_own_clock() -> None:
     assert w.update({"hv1": entry("hv1", 2, host="hv1", boot="b", seq=2)}, now=2.5)["hv1"].alive
     # An entry that names another host, or is not JSON, is not a host.
     assert "hv2" not in w.update({"hv2": entry("hv2", 1, host="hv1", boot="b")}, now=3.0)
+
+
+def test_each_hosts_work_is_written_in_the_newest_protocol_its_agent_reads(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = HostWatch(host_ttl=2.0)
+    views = w.update({
+        "old": entry("old", 1, host="old", boot="b"),  # an agent from before protocol 2 says none
+        "same": entry("same", 1, host="same", boot="b", protocol=VERSION),
+        "newer": entry("newer", 1, host="newer", boot="b", protocol=VERSION + 3),
+        "bad": entry("bad", 1, host="bad", boot="b", protocol="2"),
+    }, now=0.0)  # fmt: skip
+    assert {h: v.protocol for h, v in views.items()} == {"old": 1, "same": VERSION, "newer": VERSION + 3, "bad": 0}
+    assert [work_protocol(views[h]) for h in ("old", "same", "newer")] == [1, VERSION, VERSION]
+    # A host that reads nothing this controller writes is given no work: it counts as dead, said once.
+    assert [h for h, v in views.items() if not v.alive] == ["bad"]
+    assert [r.getMessage() for r in caplog.records] == ["host's agent is too old for this controller"]
+    assert views["bad"].beats == 1
+    w.update({"bad": entry("bad", 1, host="bad", boot="b", protocol="2")}, now=0.5)
+    assert len(caplog.records) == 1
+    # Once this build writes protocol 2 at the oldest, an agent of protocol 1 is such a host.
+    monkeypatch.setattr(planner_module, "OLDEST", 2)
+    assert not HostWatch(host_ttl=2.0).update({"old": entry("old", 1, host="old", boot="b")}, now=0.0)["old"].alive
 
 
 def test_lease_is_taken_when_free_renewed_and_taken_over_when_it_stops_moving() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from vmbusops.engine.states import State
 from vmbusops.fleet.broker import StreamMessage
 from vmbusops.fleet.controller import in_log_order
 from vmbusops.fleet.messages import (
+    VERSION,
     BatchesFact,
     CancelFact,
     DispatchFact,
@@ -23,9 +25,10 @@ from vmbusops.fleet.messages import (
     MovedFact,
     RefusedFact,
     SkipFact,
+    encode,
     parse_host,
 )
-from vmbusops.fleet.names import CTL_SUBJECT
+from vmbusops.fleet.names import CTL_SUBJECT, host_log_subject
 from vmbusops.fleet.projection import Projection
 from vmbusops.fleet.store import FleetJournal
 from vmbusops.owner import current_owner
@@ -334,3 +337,50 @@ def _failing_after(p: Projection, good: int) -> Iterator[None]:
         yield
     finally:
         p._one = real  # type: ignore[method-assign]
+
+
+def _newer_protocol(data: bytes) -> bytes:
+    body = json.loads(data)
+    body["v"] = VERSION + 1
+    return json.dumps(body).encode()
+
+
+def test_a_controller_fact_of_a_newer_protocol_stops_the_projection_before_it(tmp_path: Path) -> None:
+    """A newer controller wrote it: what comes after may build on it, so nothing from it on is
+    applied (not skipped: once upgraded, the same journal applies it), here or after a restart."""
+    log = FactLog()
+    log.job([("vm1", "hv1"), ("vm2", "hv2")])
+    log.add(DispatchFact(job=1, run=1, host="hv1", epoch=1, reason="first dispatch", time=log.tick()))
+    newer = log.raw(CTL_SUBJECT, _newer_protocol(encode(CancelFact(job=1, run=None, time=log.tick()))))
+    log.add(DispatchFact(job=1, run=2, host="hv2", epoch=1, reason="first dispatch", time=log.tick()))
+    path = tmp_path / "p.sqlite"
+    projection = Projection(FleetJournal(path), current_owner())
+    applied = projection.apply_page(log.messages)
+    assert [a.seq for a in applied] == [1, 2]
+    assert projection.halted is not None
+    assert projection.halted[0] == newer.seq
+    assert f"fleet protocol {VERSION + 1}" in projection.halted[1]
+    assert projection.journal.last_seq() == newer.seq - 1
+    assert [(r.host, r.epoch) for r in projection.journal.fleet_runs(1)] == [("hv1", 1), ("hv2", 0)]
+    assert projection.apply_page(log.messages[newer.seq :]) == []
+    assert projection.journal.last_seq() == newer.seq - 1
+    again = Projection(FleetJournal(path), current_owner())
+    assert again.apply_page(log.messages[newer.seq - 1 :]) == []
+    assert again.halted is not None and again.halted[0] == newer.seq
+
+
+def test_a_host_fact_of_a_newer_protocol_is_skipped_not_obeyed(tmp_path: Path) -> None:
+    """No agent writes one for a controller that cannot read it; a host that does must not be
+    able to stop the controllers."""
+    log = FactLog()
+    log.job([("vm1", "hv1")], steps=1)
+    log.add(DispatchFact(job=1, run=1, host="hv1", epoch=1, reason="first dispatch", time=log.tick()))
+    first = whole_run("hv1", 1, 1, 1)[0]
+    log.raw(host_log_subject("hv1"), _newer_protocol(encode(first)))
+    log.add(SkipFact(job=1, run=1, reason="r", code="c", time=log.tick()))
+    projection = Projection(FleetJournal(tmp_path / "p.sqlite"), current_owner())
+    applied = projection.apply_page(log.messages)
+    assert projection.halted is None
+    assert applied[2].skipped is not None and "fleet protocol" in applied[2].skipped
+    assert projection.journal.counter("bad_messages") == 1
+    assert projection.journal.last_seq() == len(log.messages)

@@ -372,7 +372,7 @@ class FleetAgent:
 
     async def _handle(self, delivery: Delivery) -> None:
         try:
-            work = messages.parse_work(delivery.data)
+            work, version = messages.parse_work_versioned(delivery.data)
         except messages.FleetMessageError as exc:
             log.warning("dropped a work message", extra={"event": "fleet-bad-work", "error": exc.message})
             await self._settle(delivery, term=True)
@@ -382,7 +382,7 @@ class FleetAgent:
             await self._settle(delivery)
             return
         try:
-            await self._dispatch(work, delivery)
+            await self._dispatch(work, delivery, version)
         except VmbusOpsError as exc:
             # The broker or the host could not answer: left unacked, the broker delivers it
             # again after its ack wait, and it is judged afresh then.
@@ -412,7 +412,8 @@ class FleetAgent:
             # Taken, its local job not made yet: cancelled as soon as it is (see _run_one).
             self.cancelled.add(key)
 
-    async def _dispatch(self, work: messages.DispatchWork, delivery: Delivery) -> None:
+    async def _dispatch(self, work: messages.DispatchWork, delivery: Delivery, version: int) -> None:
+        """Take a run; ``version``: the fleet protocol the work came in, which its facts use."""
         key = FleetRunKey(work.job, work.run, work.epoch)
         if self.store.taken(work.job, work.run, work.epoch):
             self.duplicates += 1
@@ -426,7 +427,7 @@ class FleetAgent:
         try:
             bundle, start = await self.taker.take(work)
         except Refusal as refusal:
-            await self._refuse(work, refusal)
+            await self._refuse(work, refusal, version)
             self.store.take(work.job, work.run, work.epoch, work.vm, self.owner)
             self.store.set_state(work.job, work.run, work.epoch, REFUSED)
             await self._settle(delivery)
@@ -437,9 +438,9 @@ class FleetAgent:
         except BaseException:
             self.taker.release(bundle)
             raise
-        self.jobs.start_soon(self._run_one, work, bundle, start, delivery)
+        self.jobs.start_soon(self._run_one, work, bundle, start, delivery, version)
 
-    async def _refuse(self, work: messages.DispatchWork, refusal: Refusal) -> None:
+    async def _refuse(self, work: messages.DispatchWork, refusal: Refusal, version: int) -> None:
         self.refused += 1
         log.warning("refused a dispatched run's bundle", extra={
             "event": "fleet-refused", "fleet_job": work.job, "run": work.run, "epoch": work.epoch,
@@ -449,10 +450,15 @@ class FleetAgent:
             host=self.host, job=work.job, run=work.run, epoch=work.epoch, code=refusal.code,
             reason=refusal.reason, time=time.time(),
         )  # fmt: skip
-        await self._publish(fact)
+        await self._publish(fact, version)
 
     async def _run_one(
-        self, work: messages.DispatchWork, bundle: FleetBundle, start: RunStart | None, delivery: Delivery
+        self,
+        work: messages.DispatchWork,
+        bundle: FleetBundle,
+        start: RunStart | None,
+        delivery: Delivery,
+        version: int,
     ) -> None:
         key = FleetRunKey(work.job, work.run, work.epoch)
         verified = bundle.verified
@@ -470,7 +476,9 @@ class FleetAgent:
         def on_created(local_job: int) -> None:
             # Before the job's first commit: the tap must know the run from its first change.
             local_run = self.engine.journal.run_ids(local_job)[work.vm]
-            tracked = Tracked(key=key, vm=work.vm, vm_id=work.vm_id, local_job=local_job, local_run=local_run)
+            tracked = Tracked(
+                key=key, vm=work.vm, vm_id=work.vm_id, local_job=local_job, local_run=local_run, protocol=version
+            )
             self.builder.track(tracked)
             self.running[key] = tracked
             self.store.set_state(work.job, work.run, work.epoch, RUNNING, local_job=local_job)
@@ -561,17 +569,19 @@ class FleetAgent:
             self._notify()
 
     async def _forward_group(self, group: list[PendingBatch]) -> None:
-        batches = tuple(self._batch_fact(p, p.changes, p.records or []) for p in group)
-        await self._publish(messages.BatchesFact(host=self.host, batches=batches))
+        # One message, one protocol: the oldest any of its runs was dispatched in.
+        version = min(p.tracked.protocol for p in group)
+        batches = tuple(self._batch_fact(p, p.changes, p.records or [], version) for p in group)
+        await self._publish(messages.BatchesFact(host=self.host, batches=batches), version)
         await self._ended([p for p in group if p.ends])
 
     def _batch_fact(
-        self, pending: PendingBatch, changes: Sequence[Change], records: Sequence[messages.WireRecord]
+        self, pending: PendingBatch, changes: Sequence[Change], records: Sequence[messages.WireRecord], version: int
     ) -> messages.BatchFact:
         key = pending.tracked.key
         return messages.BatchFact(
             host=self.host, job=key.job, run=key.run, epoch=key.epoch, n=pending.n, records=tuple(records),
-            changes=tuple(wire_changes(changes)), time=pending.time,
+            changes=tuple(wire_changes(changes, version)), time=pending.time,
         )  # fmt: skip
 
     async def _ended(self, ended: list[PendingBatch]) -> None:
@@ -593,7 +603,7 @@ class FleetAgent:
             changes = moved_split(changes)
         records = pending.records if pending.records is not None else await self._read_back(pending)
         if records or changes or not moved:
-            await self._publish(self._batch_fact(pending, changes, records))
+            await self._publish(self._batch_fact(pending, changes, records, tracked.protocol), tracked.protocol)
         if moved:
             self.moved += 1
             if lost:
@@ -607,7 +617,7 @@ class FleetAgent:
                                                       "epoch": key.epoch, "vm": tracked.vm, "reason": reason})  # fmt: skip
             await self._publish(messages.MovedFact(
                 host=self.host, job=key.job, run=key.run, epoch=key.epoch, reason=reason, time=time.time(),
-            ))  # fmt: skip
+            ), tracked.protocol)  # fmt: skip
         if pending.ends:
             await self._ended([pending])
 
@@ -661,10 +671,13 @@ class FleetAgent:
         return isinstance(host, str) and host != self.host
 
     async def _publish(
-        self, fact: messages.BatchFact | messages.BatchesFact | messages.MovedFact | messages.RefusedFact
+        self,
+        fact: messages.BatchFact | messages.BatchesFact | messages.MovedFact | messages.RefusedFact,
+        version: int,
     ) -> None:
-        """Publish, retried with the same message id until the broker takes it."""
-        data = messages.encode(fact)
+        """Publish in fleet protocol ``version``, retried with the same message id until the
+        broker takes it."""
+        data = messages.encode(fact, version)
         msg_id = fact.msg_id()
         await self._retrying(lambda: self.broker.publish(self.subject, data, msg_id=msg_id), attempts=None)
         self.published += 1

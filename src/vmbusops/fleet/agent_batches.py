@@ -31,7 +31,7 @@ from vmbusops.engine.changes import Change, RunChange, StepChange
 from vmbusops.engine.changes_json import change_to_json
 from vmbusops.engine.journal import StoredRecord
 from vmbusops.engine.states import State
-from vmbusops.fleet.messages import WireRecord
+from vmbusops.fleet.messages import VERSION, WireRecord, changes_for
 
 #: A bound on a batch's or a record's JSON beside the record text, for sizing a message.
 _BATCH_OVERHEAD = 128
@@ -61,6 +61,8 @@ class Tracked:
     #: Stopped here because this host lost the broker (``FleetAgent._watch_lease``): its end is
     #: not the run's, and the controller is to dispatch it again (see ``FleetAgent._forward``).
     broker_lost: bool = False
+    #: The fleet protocol of the work that dispatched it: its facts are written in it.
+    protocol: int = VERSION
 
 
 @dataclass(slots=True)
@@ -99,8 +101,9 @@ def wire_record(stored: StoredRecord) -> WireRecord:
     return (seq, step, attempt, stream, at, content)
 
 
-def wire_changes(changes: Sequence[Change]) -> list[dict[str, Any]]:
-    return [change_to_json(c, ids=False) for c in changes]
+def wire_changes(changes: Sequence[Change], version: int = VERSION) -> list[dict[str, Any]]:
+    """Run and step changes as a batch of fleet protocol ``version`` carries them."""
+    return changes_for([change_to_json(c, ids=False) for c in changes], version)
 
 
 @dataclass

@@ -6,11 +6,13 @@ Host entry (KV ``vmbusops_hosts``, key = the host's fleet name), put every heart
      "seq": 1, 2, ..., "time": <seconds since the epoch>,
      "vms": [{"vm": "web01", "vm_id": "<lowercase guid>", "state": "Running",
               "groups": ["web-tier"], "tags": ["web"]}, ...],
-     "max_sessions": 32, "groups": ["web-tier", ...]}
+     "max_sessions": 32, "groups": ["web-tier", ...], "protocol": 2}
 
 A VM row has ``groups`` and ``tags`` only when it has some, the entry ``groups`` only when the
 host has any (:mod:`vmbusops.fleet.vm_labels`: how the controller resolves a bundle's groups and
-tags over the fleet).
+tags over the fleet). ``protocol`` is the newest fleet protocol the agent reads
+(:data:`vmbusops.fleet.messages.VERSION`; an entry without it is an agent of protocol 1): the
+controller writes the host's work in it.
 
 The controller judges a host alive while the entry's revision keeps changing; a new ``boot``
 tells it the agent process is new (its runs of the old process were not resumed here).
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmbusops.fleet.broker import Broker, BrokerError
+from vmbusops.fleet.messages import VERSION
 from vmbusops.fleet.names import HOSTS_BUCKET, PLACEMENT_BUCKET
 from vmbusops.guestops.host import HyperVHost, VMInfo
 
@@ -72,7 +75,7 @@ def host_entry(
     return _dumps({
         "host": host, "cluster": cluster, "boot": boot, "seq": seq,
         "time": time.time() if now is None else now, "vms": vm_rows(vms, labels), "max_sessions": max_sessions,
-        **({"groups": list(groups)} if groups else {}),
+        **({"groups": list(groups)} if groups else {}), "protocol": VERSION,
     })  # fmt: skip
 
 

@@ -66,6 +66,7 @@ from vmbusops.fleet.planner import (
     Send,
     note_boots,
     parse_placement,
+    work_protocol,
 )
 from vmbusops.fleet.projection import Applied, Projection
 from vmbusops.fleet.store import FleetJournal
@@ -196,9 +197,18 @@ class Controller:
             async for messages in receive:
                 applied = await trio.to_thread.run_sync(self.projection.apply_page, messages)
                 self._told(applied)
-                self.applied = max(self.applied, messages[-1].seq)
+                halted = self.projection.halted
+                self.applied = max(self.applied, messages[-1].seq if halted is None else halted[0] - 1)
                 self._progress.set()
                 self._progress = trio.Event()
+                if halted is not None:
+                    # A newer controller wrote it: this one can neither follow the log nor decide
+                    # on it any more (its lease lapses: keep_lease), and says so until upgraded.
+                    log.error("log written by a newer vmbusops", extra={
+                        "event": "newer-protocol", "seq": halted[0], "why": halted[1],
+                    })  # fmt: skip
+                    nursery.cancel_scope.cancel()
+                    return
 
     async def _read_ahead(self, send: trio.MemorySendChannel[list[StreamMessage]]) -> None:
         """Read the log from the projection's last applied sequence on, a page at a time, and
@@ -256,6 +266,10 @@ class Controller:
             await trio.sleep(self.options.tick)
 
     async def _lease_pass(self) -> None:
+        if self.projection.halted is not None:
+            # Neither taken nor renewed: a controller that cannot read the log cannot decide.
+            self.lease.let_go()
+            return
         broker = self.broker
         entry = await broker.kv_get(LEASES_BUCKET, CONTROLLER_LEASE_KEY)
         # A standby's clock for "the revision has not moved" starts once it has the answer, and
@@ -372,7 +386,12 @@ class Controller:
         if sends:
             try:
                 await broker.publish_many(
-                    [(work_subject(a.host), encode(a.work), a.work.msg_id()) for a in sends]
+                    # Each host's work in the newest protocol its agent reads (a fleet upgraded
+                    # host by host has several).
+                    [
+                        (work_subject(a.host), encode(a.work, work_protocol(self.hosts.get(a.host))), a.work.msg_id())
+                        for a in sends
+                    ]
                 )
             except BrokerError:
                 for send in sends:

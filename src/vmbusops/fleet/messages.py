@@ -14,6 +14,17 @@ Where each goes (see ``docs/adr/0007-fleet.md``):
 
 Each message knows its JetStream message id (:meth:`msg_id`), which makes a repeated publish of
 the same fact a no-op within the stream's duplicate window.
+
+Every message says the fleet protocol it is written in (``v``); a fleet upgraded host by host has
+several at once. This build writes :data:`VERSION` and reads every version from :data:`OLDEST` on:
+
+- 1: the first;
+- 2: a run change in a batch may say what the run waits for (``waiting``: ``session``).
+
+Who writes which (``docs/adr/0007-fleet.md``, "Versions"): a controller writes its own version on
+its subject, and each host's work in the newest version that host reads (its host entry's
+``protocol``); an agent writes a run's facts in the version of the work that dispatched it, so
+whichever controller could dispatch the run can read them.
 """
 
 from __future__ import annotations
@@ -25,12 +36,22 @@ from typing import Any, ClassVar, TypeVar
 
 from vmbusops.errors import VmbusOpsError
 
-VERSION = 1
+#: The fleet protocol this build writes (see the module's docstring), and the oldest it reads.
+VERSION = 2
+OLDEST = 1
 T = TypeVar("T")
 
 
 class FleetMessageError(VmbusOpsError):
     """A message from the broker that is not one of the fleet's messages."""
+
+
+class NewerProtocolError(FleetMessageError):
+    """A message written in a fleet protocol newer than this build's: a later vmbusops wrote it."""
+
+    def __init__(self, message: str, version: int) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 #: (seq, step, attempt, stream, time, record JSON text): a record as a batch carries it.
@@ -231,8 +252,12 @@ _WORK: dict[str, type[Any]] = {c.kind: c for c in (DispatchWork, CancelWork)}
 
 
 # ---------------------------------------------------------------------- encoding
-def encode(message: LogFact | Work) -> bytes:
-    body: dict[str, Any] = {"v": VERSION, "kind": message.kind}
+def encode(message: LogFact | Work, version: int = VERSION) -> bytes:
+    """``message`` as the fleet protocol ``version`` writes it (:data:`OLDEST` to :data:`VERSION`;
+    a batch's changes must already be what that version carries: :func:`changes_for`)."""
+    if not OLDEST <= version <= VERSION:
+        raise ValueError(f"fleet protocol {version} is not one this build writes ({OLDEST} to {VERSION})")
+    body: dict[str, Any] = {"v": version, "kind": message.kind}
     for f in fields(message):
         value = getattr(message, f.name)
         if value is None and f.name in _OPTIONAL.get(type(message), ()):
@@ -267,23 +292,51 @@ def parse_host(data: bytes, *, host: str) -> LogFact:
 
 
 def parse_work(data: bytes) -> Work:
-    return _parse(data, _WORK, "work")  # type: ignore[no-any-return]
+    return parse_work_versioned(data)[0]
+
+
+def parse_work_versioned(data: bytes) -> tuple[Work, int]:
+    """A work message and the fleet protocol it was written in (the agent answers in it)."""
+    return _parse_versioned(data, _WORK, "work")
 
 
 def _parse(data: bytes, kinds: dict[str, type[Any]], where: str) -> Any:
+    return _parse_versioned(data, kinds, where)[0]
+
+
+def _parse_versioned(data: bytes, kinds: dict[str, type[Any]], where: str) -> tuple[Any, int]:
     try:
         body = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FleetMessageError(f"{where} message is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise FleetMessageError(f"{where} message is not a JSON object")
-    if body.get("v") != VERSION:
-        raise FleetMessageError(f"{where} message has version {body.get('v')!r}, expected {VERSION}")
+    version = body.get("v")
+    if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
+        raise NewerProtocolError(
+            f"{where} message is in fleet protocol {version}; this vmbusops reads {OLDEST} to {VERSION}:"
+            " upgrade it", version,
+        )  # fmt: skip
+    if not isinstance(version, int) or isinstance(version, bool) or version < OLDEST:
+        raise FleetMessageError(f"{where} message has version {version!r}, expected {OLDEST} to {VERSION}")
     kind = body.get("kind")
     cls = kinds.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise FleetMessageError(f"{where} message has unknown kind {kind!r}")
-    return _build(cls, body, where, {"v", "kind"})
+    message = _build(cls, body, where, {"v", "kind"})
+    if version < 2 and isinstance(message, BatchFact | BatchesFact):
+        for batch in message.batches if isinstance(message, BatchesFact) else (message,):
+            if any("waiting" in change for change in batch.changes):
+                raise FleetMessageError(f"{where} {cls.kind} message: 'waiting' is not in fleet protocol {version}")
+    return message, version
+
+
+def changes_for(changes: list[dict[str, Any]], version: int) -> list[dict[str, Any]]:
+    """A batch's changes (``change_to_json``) as fleet protocol ``version`` carries them: before 2,
+    a run change does not say what the run waits for."""
+    if version >= 2:
+        return changes
+    return [{k: v for k, v in c.items() if k != "waiting"} if "waiting" in c else c for c in changes]
 
 
 def _build(cls: type[Any], body: dict[str, Any], where: str, header: set[str]) -> Any:

@@ -33,6 +33,7 @@ The rules (docs/adr/0007-fleet.md):
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,8 @@ from vmbusops.engine.states import ERRORS, State
 from vmbusops.errors import FailureCode, VmbusOpsError
 from vmbusops.fleet.broker import KvEntry
 from vmbusops.fleet.messages import (
+    OLDEST,
+    VERSION,
     CancelWork,
     DispatchFact,
     DispatchWork,
@@ -54,6 +57,8 @@ from vmbusops.fleet.messages import (
 )
 from vmbusops.fleet.names import check_host_name
 from vmbusops.fleet.store import FleetJob, FleetRun
+
+log = logging.getLogger("vmbusops.fleet")
 
 CANARY_FAILED = "CanaryFailed"
 NOT_PLACED = "NotPlaced"
@@ -72,6 +77,8 @@ class HostView:
     beats: int = 0
     #: The VM ids its last entry lists.
     vm_ids: frozenset[str] = frozenset()
+    #: The newest fleet protocol its agent reads (its entry's ``protocol``; 1 when it has none).
+    protocol: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +139,8 @@ class HostWatch:
         #: Host -> (its entry's revision, when it was first seen at it, the entry, the VM ids it lists).
         self._seen: dict[str, tuple[int, float, dict[str, Any], frozenset[str]]] = {}
         self._beats: dict[str, int] = {}
+        #: Host -> the entry revision whose too-old protocol was logged.
+        self._told: dict[str, int] = {}
 
     def update(self, entries: Mapping[str, KvEntry], now: float) -> dict[str, HostView]:
         for key, entry in entries.items():
@@ -150,14 +159,37 @@ class HostWatch:
         return self.views(now)
 
     def views(self, now: float) -> dict[str, HostView]:
-        return {
-            host: HostView(
+        """Each host as seen now. A host whose agent reads no protocol this controller writes
+        (older than :data:`.messages.OLDEST`) can be given no work: it counts as dead, and is
+        said once per entry."""
+        out: dict[str, HostView] = {}
+        for host, (revision, seen, body, vm_ids) in self._seen.items():
+            protocol = host_protocol(body)
+            if protocol < OLDEST and self._told.get(host) != revision:
+                self._told[host] = revision
+                log.warning("host's agent is too old for this controller", extra={
+                    "event": "host-protocol", "host": host, "protocol": protocol,
+                    "why": f"its agent reads fleet protocol {protocol}, this controller writes {OLDEST} to {VERSION}:"
+                           " upgrade its agent",
+                })  # fmt: skip
+            out[host] = HostView(
                 host=host, cluster=body.get("cluster") if isinstance(body.get("cluster"), str) else None,
-                boot=str(body["boot"]), alive=now - seen < self.host_ttl, seen=seen, beats=self._beats.get(host, 0),
-                vm_ids=vm_ids,
-            )
-            for host, (_, seen, body, vm_ids) in self._seen.items()
-        }
+                boot=str(body["boot"]), alive=now - seen < self.host_ttl and protocol >= OLDEST, seen=seen,
+                beats=self._beats.get(host, 0), vm_ids=vm_ids, protocol=protocol,
+            )  # fmt: skip
+        return out
+
+
+def host_protocol(body: Mapping[str, Any]) -> int:
+    """The newest fleet protocol a host entry's agent reads: 1 for an entry that does not say
+    (agents from before protocol 2), 0 for one that is not a whole number."""
+    found = body.get("protocol", 1)
+    return found if isinstance(found, int) and not isinstance(found, bool) and found >= 1 else 0
+
+
+def work_protocol(host: HostView | None) -> int:
+    """The protocol to write a host's work in: the newest both read."""
+    return VERSION if host is None else max(OLDEST, min(VERSION, host.protocol))
 
 
 def _listed_ids(body: dict[str, Any]) -> frozenset[str]:
@@ -500,6 +532,10 @@ class Lease:
             return self._write(rev, term + 1)
         return None
 
+    def let_go(self) -> None:
+        """Stop acting as the holder at once (renewing no more, the lease lapses for a standby)."""
+        self._renewed = None
+
     def _write(self, last: int | None, term: int) -> LeaseWrite:
         value = json.dumps({"id": self.me, "url": self.url, "term": term}, separators=(",", ":")).encode()
         return LeaseWrite(value=value, last=last, term=term)
@@ -520,5 +556,5 @@ class Lease:
 
 __all__ = [
     "CANARY_FAILED", "NOT_PLACED", "Action", "Decide", "HostView", "HostWatch", "Lease", "LeaseWrite", "Placed",
-    "Planner", "Send", "note_boots", "parse_placement",
+    "Planner", "Send", "host_protocol", "note_boots", "parse_placement", "work_protocol",
 ]  # fmt: skip

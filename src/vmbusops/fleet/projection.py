@@ -61,6 +61,7 @@ from vmbusops.fleet.messages import (
     LogFact,
     LostFact,
     MovedFact,
+    NewerProtocolError,
     RefusedFact,
     SkipFact,
     WireRecord,
@@ -86,6 +87,10 @@ assert len(_LIVE) == 4, _LIVE
 
 class _Unusual(Exception):
     """A page in which a message does not parse or is skipped: applied again, carefully."""
+
+
+class _Halt(Exception):
+    """A controller fact this build cannot read: nothing from it on is applied."""
 
 
 class Skip(Exception):
@@ -133,6 +138,9 @@ class Projection:
         self.known = _Known()
         #: Whether the page being applied puts each fact in a savepoint (see :meth:`apply_page`).
         self._careful = True
+        #: (sequence, why) of the controller fact in a newer fleet protocol at which this
+        #: projection stopped: it applies nothing from there on (see :meth:`apply_page`).
+        self.halted: tuple[int, str] | None = None
 
     def last_seq(self) -> int:
         return self.journal.last_seq()
@@ -152,7 +160,15 @@ class Projection:
         (two statements fewer per fact: each statement gives up the interpreter, which a busy
         controller then takes a while to hand back); a page in which a message does not parse or
         is skipped is rolled back whole and applied again with them. Either way the effects are
-        the same: a savepoint released changes nothing."""
+        the same: a savepoint released changes nothing.
+
+        A controller fact in a newer fleet protocol (a newer controller wrote it) is neither
+        applied nor skipped: the page is applied up to it, and the projection stops there
+        (:attr:`halted`), for the facts after it may build on it. A host's fact in a newer protocol
+        is skipped as any malformed message is: no agent writes one for a controller that cannot
+        read it, and a host must not be able to stop the controllers."""
+        if self.halted is not None:
+            return []
         try:
             return self._page(messages, careful=False)
         except _Unusual:
@@ -170,7 +186,12 @@ class Projection:
                 if message.seq <= last:
                     out.skipped = "applied already"
                     continue
-                self._one(db, message, out)
+                try:
+                    self._one(db, message, out)
+                except _Halt as halt:
+                    outs.pop()
+                    self.halted = (message.seq, str(halt))
+                    break
                 last = message.seq
             _put(db, "last_seq", last)
         return outs
@@ -181,6 +202,13 @@ class Projection:
             return
         try:
             fact = _parse(message)
+        except NewerProtocolError as exc:
+            if message.subject == CTL_SUBJECT:
+                raise _Halt(f"log message {message.seq}: {exc.message}") from None
+            log.warning("bad log message", extra={"event": "bad-message", "seq": message.seq, "error": exc.message})
+            out.skipped = exc.message
+            _bump(db, "bad_messages")
+            return
         except FleetMessageError as exc:
             log.warning("bad log message", extra={"event": "bad-message", "seq": message.seq, "error": exc.message})
             out.skipped = exc.message

@@ -85,14 +85,16 @@ class FleetHosts:
 
     @property
     def status(self) -> HostStatus:
-        up = self.controller.broker_up
-        return HostStatus(
-            name="fleet", up=up, since=self.since, reason=None if up else "the broker cannot be reached", reconnects=0
-        )
+        halted = self.controller.projection.halted
+        up = self.controller.broker_up and halted is None
+        reason = None if up else "the broker cannot be reached"
+        if halted is not None:
+            reason = f"this controller cannot follow the fleet's log: {halted[1]}"
+        return HostStatus(name="fleet", up=up, since=self.since, reason=reason, reconnects=0)
 
     @property
     def retry_after(self) -> float:
-        return 0.0 if self.controller.broker_up else 2.0
+        return 0.0 if self.controller.broker_up and self.controller.projection.halted is None else 2.0
 
 
 class FleetService(AgentService):
