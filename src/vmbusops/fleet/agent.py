@@ -413,7 +413,6 @@ class FleetAgent:
             self.cancelled.add(key)
 
     async def _dispatch(self, work: messages.DispatchWork, delivery: Delivery, version: int) -> None:
-        """Take a run; ``version``: the fleet protocol the work came in, which its facts use."""
         key = FleetRunKey(work.job, work.run, work.epoch)
         if self.store.taken(work.job, work.run, work.epoch):
             self.duplicates += 1
@@ -446,19 +445,13 @@ class FleetAgent:
             "event": "fleet-refused", "fleet_job": work.job, "run": work.run, "epoch": work.epoch,
             "code": refusal.code, "reason": refusal.reason,
         })  # fmt: skip
-        fact = messages.RefusedFact(
+        await self._publish(messages.RefusedFact(
             host=self.host, job=work.job, run=work.run, epoch=work.epoch, code=refusal.code,
             reason=refusal.reason, time=time.time(),
-        )  # fmt: skip
-        await self._publish(fact, version)
+        ), version)  # fmt: skip
 
     async def _run_one(
-        self,
-        work: messages.DispatchWork,
-        bundle: FleetBundle,
-        start: RunStart | None,
-        delivery: Delivery,
-        version: int,
+        self, work: messages.DispatchWork, bundle: FleetBundle, start: RunStart | None, delivery: Delivery, version: int
     ) -> None:
         key = FleetRunKey(work.job, work.run, work.epoch)
         verified = bundle.verified
@@ -476,9 +469,8 @@ class FleetAgent:
         def on_created(local_job: int) -> None:
             # Before the job's first commit: the tap must know the run from its first change.
             local_run = self.engine.journal.run_ids(local_job)[work.vm]
-            tracked = Tracked(
-                key=key, vm=work.vm, vm_id=work.vm_id, local_job=local_job, local_run=local_run, protocol=version
-            )
+            tracked = Tracked(key=key, vm=work.vm, vm_id=work.vm_id, local_job=local_job, local_run=local_run,
+                              protocol=version)  # fmt: skip
             self.builder.track(tracked)
             self.running[key] = tracked
             self.store.set_state(work.job, work.run, work.epoch, RUNNING, local_job=local_job)
@@ -569,8 +561,7 @@ class FleetAgent:
             self._notify()
 
     async def _forward_group(self, group: list[PendingBatch]) -> None:
-        # One message, one protocol: the oldest any of its runs was dispatched in.
-        version = min(p.tracked.protocol for p in group)
+        version = min(p.tracked.protocol for p in group)  # the oldest its runs were dispatched in
         batches = tuple(self._batch_fact(p, p.changes, p.records or [], version) for p in group)
         await self._publish(messages.BatchesFact(host=self.host, batches=batches), version)
         await self._ended([p for p in group if p.ends])
@@ -670,13 +661,9 @@ class FleetAgent:
             return False
         return isinstance(host, str) and host != self.host
 
-    async def _publish(
-        self,
-        fact: messages.BatchFact | messages.BatchesFact | messages.MovedFact | messages.RefusedFact,
-        version: int,
-    ) -> None:
-        """Publish in fleet protocol ``version``, retried with the same message id until the
-        broker takes it."""
+    async def _publish(self, fact: messages.HostFact, version: int) -> None:
+        """Publish in fleet protocol ``version`` (that of the work that dispatched the run),
+        retried with the same message id until the broker takes it."""
         data = messages.encode(fact, version)
         msg_id = fact.msg_id()
         await self._retrying(lambda: self.broker.publish(self.subject, data, msg_id=msg_id), attempts=None)

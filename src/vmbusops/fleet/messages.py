@@ -246,6 +246,8 @@ LogFact = (
     JobFact | DispatchFact | SkipFact | CancelFact | LostFact | BatchFact | BatchesFact | MovedFact | RefusedFact
 )
 Work = DispatchWork | CancelWork
+#: What a host publishes on its log subject.
+HostFact = BatchFact | BatchesFact | MovedFact | RefusedFact
 _CTL: dict[str, type[Any]] = {c.kind: c for c in (JobFact, DispatchFact, SkipFact, CancelFact, LostFact)}
 _HOST: dict[str, type[Any]] = {c.kind: c for c in (BatchFact, BatchesFact, MovedFact, RefusedFact)}
 _WORK: dict[str, type[Any]] = {c.kind: c for c in (DispatchWork, CancelWork)}
