@@ -23,7 +23,7 @@ again; one running there is resumed as after a crash). A run goes through:
 1. *delivery*: take the VM's lease (:mod:`.leases`: no other job and no other process touches the
    VM meanwhile), then a slot of the job's max concurrency; while it waits it is ``delayed``. Not
    started by the job's delivery deadline: ``delivery-timed-out``. Once it holds a slot it checks
-   max errors: exceeded means ``skipped``.
+   max errors: exceeded means ``skipped``, unless it is a resumed run whose first step had begun.
 2. *execution*, under the run's execution timeout: the steps in order, as units planned by
    :mod:`.plan` (guest batches, host steps). Each step has its own timeout and retry policy:
    transient errors (``VmbusOpsError.transient``) wait out the backoff (``delayed``) and try
@@ -490,7 +490,9 @@ class Engine:
                     timeout = job.source.manifest.execution.delivery_timeout_seconds
                     self._end(job, ctx, run.delivery_timed_out(timeout, start_by=job.source.start_by))
                     return
-                if job.machine.over_max_errors:
+                if job.machine.over_max_errors and not begun:
+                    # Max errors keeps runs from starting; one resumed under way is not starting,
+                    # and goes on as it would have had its process lived.
                     self._end(job, ctx, run.skip(job.machine.errors, job.machine.max_errors))
                     return
                 await self._execute_run(job, ctx)
