@@ -65,12 +65,14 @@ def _parse_any(message: m.LogFact | m.Work, data: bytes) -> object:
 
 
 @given(_facts(), st.integers(m.OLDEST, m.VERSION))
-def test_every_message_round_trips_in_every_protocol_this_build_writes(message: m.LogFact | m.Work, version: int) -> None:
+def test_every_message_round_trips_for_every_protocol_this_build_writes(message: m.LogFact | m.Work, version: int) -> None:
     data = m.encode(message, version)
-    assert json.loads(data)["v"] == version
     assert _parse_any(message, data) == message
     if isinstance(message, m.DispatchWork | m.CancelWork):
+        # Work says the newest protocol its sender and host read: the host answers in it.
         assert m.parse_work_versioned(data) == (message, version)
+    else:
+        assert json.loads(data)["v"] == m.protocol_of(message) == 1  # the oldest that carries it
 
 
 def test_a_protocol_this_build_does_not_write_is_refused() -> None:
@@ -94,15 +96,22 @@ def test_what_a_run_waits_for_is_carried_from_protocol_2_only() -> None:
     assert m.changes_for(changes, 2) == changes
     assert m.changes_for(changes, 1) == [{"t": "run", "records": 3}, changes[1]]
     fact = m.BatchFact(host="HV-A", job=1, run=2, epoch=1, n=1, records=(), changes=tuple(changes), time=1.0)
-    assert m.parse_host(m.encode(fact, 2), host="HV-A") == fact
-    # Protocol 1 never had it: a message that says it is not one any sender of 1 writes.
-    with pytest.raises(m.FleetMessageError, match="'waiting' is not in fleet protocol 1"):
-        m.parse_host(m.encode(fact, 1), host="HV-A")
     group = m.BatchesFact(host="HV-A", batches=(fact,))
-    with pytest.raises(m.FleetMessageError, match="'waiting' is not in fleet protocol 1"):
-        m.parse_host(m.encode(group, 1), host="HV-A")
+    for message in (fact, group):
+        data = m.encode(message)
+        assert json.loads(data)["v"] == 2
+        assert m.parse_host(data, host="HV-A") == message
+        # Not for a reader of protocol 1: its changes are made to fit first.
+        with pytest.raises(ValueError, match="needs fleet protocol 2 for a reader of 1"):
+            m.encode(message, 1)
+        # Protocol 1 never had it: a message that says so is not one any sender of 1 writes.
+        body = json.loads(data)
+        body["v"] = 1
+        with pytest.raises(m.FleetMessageError, match="'waiting' is not in fleet protocol 1"):
+            m.parse_host(json.dumps(body).encode(), host="HV-A")
     stripped = m.BatchFact(host="HV-A", job=1, run=2, epoch=1, n=1, records=(),
                            changes=tuple(m.changes_for(changes, 1)), time=1.0)  # fmt: skip
+    assert json.loads(m.encode(stripped))["v"] == 1
     assert m.parse_host(m.encode(stripped, 1), host="HV-A") == stripped
 
 

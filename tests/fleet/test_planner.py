@@ -315,7 +315,9 @@ def test_each_hosts_work_is_written_in_the_newest_protocol_its_agent_reads(
     assert [h for h, v in views.items() if not v.alive] == ["bad"]
     assert [r.getMessage() for r in caplog.records] == ["host's agent is too old for this controller"]
     assert views["bad"].beats == 1
-    w.update({"bad": entry("bad", 1, host="bad", boot="b", protocol="2")}, now=0.5)
+    for rev in (1, 2, 3):  # its beats
+        w.update({**{h: entry(h, 1, host=h, boot="b") for h in ("old", "same", "newer")},
+                  "bad": entry("bad", rev, host="bad", boot="b", protocol="2")}, now=0.5)  # fmt: skip
     assert len(caplog.records) == 1
     # Once this build writes protocol 2 at the oldest, an agent of protocol 1 is such a host.
     monkeypatch.setattr(planner_module, "OLDEST", 2)

@@ -561,7 +561,7 @@ class FleetAgent:
             self._notify()
 
     async def _forward_group(self, group: list[PendingBatch]) -> None:
-        version = min(p.tracked.protocol for p in group)  # the oldest its runs were dispatched in
+        version = group[0].tracked.protocol  # one for the group (BatchBuilder.next_group)
         batches = tuple(self._batch_fact(p, p.changes, p.records or [], version) for p in group)
         await self._publish(messages.BatchesFact(host=self.host, batches=batches), version)
         await self._ended([p for p in group if p.ends])

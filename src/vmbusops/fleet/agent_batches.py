@@ -182,11 +182,15 @@ class BatchBuilder:
         queued, up to ``max_batches`` of about ``max_bytes`` in all, as one message; a batch that
         may end in a move (:attr:`PendingBatch.ends_failed`) or hand its run back
         (:attr:`PendingBatch.hands_back`), or whose records are to be read back from the journal,
-        goes alone."""
+        goes alone; so do the batches of runs dispatched in another fleet protocol than the first's
+        (one message, one protocol: what a newer one carries is not stripped for an older run's
+        sake)."""
         group: list[PendingBatch] = []
         size = 0
         for pending in self.queue:
             if pending.records is None or pending.ends_failed or pending.hands_back:
+                break
+            if group and pending.tracked.protocol != group[0].tracked.protocol:
                 break
             size += _BATCH_OVERHEAD + sum(len(r[5]) + _BATCH_OVERHEAD for r in pending.records)
             if group and (len(group) >= max_batches or size > max_bytes):

@@ -136,7 +136,7 @@ class Controller:
 
     # ------------------------------------------------------------------ state
     def active(self) -> bool:
-        return self.lease.active(trio.current_time())
+        return self.projection.halted is None and self.lease.active(trio.current_time())
 
     @property
     def leader_url(self) -> str | None:
@@ -203,7 +203,10 @@ class Controller:
                 self._progress = trio.Event()
                 if halted is not None:
                     # A newer controller wrote it: this one can neither follow the log nor decide
-                    # on it any more (its lease lapses: keep_lease), and says so until upgraded.
+                    # on it any more. It stops deciding now (a decision under way is cut off), lets
+                    # the lease lapse (keep_lease), and says so until upgraded.
+                    self.lease.let_go()
+                    self._term_follows_lease()
                     log.error("log written by a newer vmbusops", extra={
                         "event": "newer-protocol", "seq": halted[0], "why": halted[1],
                     })  # fmt: skip
@@ -266,12 +269,14 @@ class Controller:
             await trio.sleep(self.options.tick)
 
     async def _lease_pass(self) -> None:
-        if self.projection.halted is not None:
-            # Neither taken nor renewed: a controller that cannot read the log cannot decide.
-            self.lease.let_go()
-            return
         broker = self.broker
         entry = await broker.kv_get(LEASES_BUCKET, CONTROLLER_LEASE_KEY)
+        if self.projection.halted is not None:
+            # Read (so its holder is the one named to clients), neither taken nor renewed: a
+            # controller that cannot read the log cannot decide.
+            self.lease.observe(entry, trio.current_time())
+            self.lease.let_go()
+            return
         # A standby's clock for "the revision has not moved" starts once it has the answer, and
         # a renewal counts from before it was sent: both err on the side of no split brain.
         write = self.lease.observe(entry, trio.current_time())

@@ -21,10 +21,11 @@ several at once. This build writes :data:`VERSION` and reads every version from 
 - 1: the first;
 - 2: a run change in a batch may say what the run waits for (``waiting``: ``session``).
 
-Who writes which (``docs/adr/0007-fleet.md``, "Versions"): a controller writes its own version on
-its subject, and each host's work in the newest version that host reads (its host entry's
-``protocol``); an agent writes a run's facts in the version of the work that dispatched it, so
-whichever controller could dispatch the run can read them.
+A fact is written in the oldest protocol that carries it (:func:`encode`), so that every build
+that can read what it says does: today every fact but a batch that says what a run waits for is
+protocol 1. A work message goes to one host, and says the newest protocol both its controller
+and that host read (the host entry's ``protocol``); the agent writes the run's facts for it,
+leaving out what it cannot carry (:func:`changes_for`). See ``docs/adr/0007-fleet.md``, "Versions".
 """
 
 from __future__ import annotations
@@ -254,11 +255,16 @@ _WORK: dict[str, type[Any]] = {c.kind: c for c in (DispatchWork, CancelWork)}
 
 
 # ---------------------------------------------------------------------- encoding
-def encode(message: LogFact | Work, version: int = VERSION) -> bytes:
-    """``message`` as the fleet protocol ``version`` writes it (:data:`OLDEST` to :data:`VERSION`;
-    a batch's changes must already be what that version carries: :func:`changes_for`)."""
-    if not OLDEST <= version <= VERSION:
-        raise ValueError(f"fleet protocol {version} is not one this build writes ({OLDEST} to {VERSION})")
+def encode(message: LogFact | Work, newest: int = VERSION) -> bytes:
+    """``message`` for a receiver that reads fleet protocols up to ``newest``: a fact in the oldest
+    protocol that carries it (:func:`protocol_of`; ValueError if that is newer: a batch's changes
+    are made to fit first, :func:`changes_for`), work in ``newest`` itself (its host answers in
+    it: work is the same in every protocol)."""
+    if not OLDEST <= newest <= VERSION:
+        raise ValueError(f"fleet protocol {newest} is not one this build writes ({OLDEST} to {VERSION})")
+    version = newest if isinstance(message, DispatchWork | CancelWork) else protocol_of(message)
+    if version > newest:
+        raise ValueError(f"a {message.kind} message that needs fleet protocol {version} for a reader of {newest}")
     body: dict[str, Any] = {"v": version, "kind": message.kind}
     for f in fields(message):
         value = getattr(message, f.name)
@@ -268,6 +274,16 @@ def encode(message: LogFact | Work, version: int = VERSION) -> bytes:
     # Tuples go out as arrays as they are; only the nested dataclasses need the hook (a batch's
     # records are thousands of small tuples a message: not copied into lists first).
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=_plain).encode("utf-8")
+
+
+def protocol_of(message: LogFact | Work) -> int:
+    """The oldest fleet protocol that carries ``message``: 2 for a batch in which a run change
+    says what the run waits for, else 1 (work too: its ``v`` says more, see :func:`encode`)."""
+    if isinstance(message, BatchFact | BatchesFact):
+        for batch in message.batches if isinstance(message, BatchesFact) else (message,):
+            if any("waiting" in change for change in batch.changes):
+                return 2
+    return OLDEST
 
 
 def _plain(value: Any) -> Any:

@@ -139,8 +139,8 @@ class HostWatch:
         #: Host -> (its entry's revision, when it was first seen at it, the entry, the VM ids it lists).
         self._seen: dict[str, tuple[int, float, dict[str, Any], frozenset[str]]] = {}
         self._beats: dict[str, int] = {}
-        #: Host -> the entry revision whose too-old protocol was logged.
-        self._told: dict[str, int] = {}
+        #: Hosts whose too-old protocol was logged (until their agent reads one again).
+        self._told: set[str] = set()
 
     def update(self, entries: Mapping[str, KvEntry], now: float) -> dict[str, HostView]:
         for key, entry in entries.items():
@@ -156,17 +156,20 @@ class HostWatch:
             if key not in entries:
                 del self._seen[key]
                 self._beats.pop(key, None)
+                self._told.discard(key)
         return self.views(now)
 
     def views(self, now: float) -> dict[str, HostView]:
         """Each host as seen now. A host whose agent reads no protocol this controller writes
         (older than :data:`.messages.OLDEST`) can be given no work: it counts as dead, and is
-        said once per entry."""
+        said once for as long as its agent stays so."""
         out: dict[str, HostView] = {}
-        for host, (revision, seen, body, vm_ids) in self._seen.items():
+        for host, (_, seen, body, vm_ids) in self._seen.items():
             protocol = host_protocol(body)
-            if protocol < OLDEST and self._told.get(host) != revision:
-                self._told[host] = revision
+            if protocol >= OLDEST:
+                self._told.discard(host)
+            elif host not in self._told:
+                self._told.add(host)
                 log.warning("host's agent is too old for this controller", extra={
                     "event": "host-protocol", "host": host, "protocol": protocol,
                     "why": f"its agent reads fleet protocol {protocol}, this controller writes {OLDEST} to {VERSION}:"

@@ -147,7 +147,11 @@ class Projection:
 
     def apply(self, message: StreamMessage) -> Applied:
         """Apply one LOG message (blocking SQLite; the caller runs it off the event loop)."""
-        return self.apply_page([message])[0]
+        applied = self.apply_page([message])
+        if applied:
+            return applied[0]
+        assert self.halted is not None
+        return Applied(seq=message.seq, skipped=f"not applied: the projection stopped at {self.halted[1]}")
 
     def apply_page(self, messages: Sequence[StreamMessage]) -> list[Applied]:
         """Apply LOG messages in order, in one transaction (blocking SQLite; the caller runs it off

@@ -284,7 +284,8 @@ class FleetService(AgentService):
             if run_id is None:
                 return 0
         seq = await self.controller.publish_fact(Decide(CancelFact(job=job_id, run=run_id, time=time.time())))
-        await self.controller.wait_applied(seq, APPLY_WAIT_SECONDS)
+        if self.controller.projection.halted is None:  # a halted one never applies it: the others do
+            await self.controller.wait_applied(seq, APPLY_WAIT_SECONDS)
         return 1
 
     async def resume_job(self, job_id: int, *, origin: str) -> None:
