@@ -19,7 +19,8 @@ Every message says the fleet protocol it is written in (``v``); a fleet upgraded
 several at once. This build writes :data:`VERSION` and reads every version from :data:`OLDEST` on:
 
 - 1: the first;
-- 2: a run change in a batch may say what the run waits for (``waiting``: ``session``).
+- 2: a run change in a batch may say what the run waits for (``waiting``: ``session``). The one
+  release before protocols that had it wrote it under 1, so it is read under either.
 
 A fact is written in the oldest protocol that carries it (:func:`encode`), so that every build
 that can read what it says does: today every fact but a batch that says what a run waits for is
@@ -341,12 +342,7 @@ def _parse_versioned(data: bytes, kinds: dict[str, type[Any]], where: str) -> tu
     cls = kinds.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise FleetMessageError(f"{where} message has unknown kind {kind!r}")
-    message = _build(cls, body, where, {"v", "kind"})
-    if version < 2 and isinstance(message, BatchFact | BatchesFact):
-        for batch in message.batches if isinstance(message, BatchesFact) else (message,):
-            if any("waiting" in change for change in batch.changes):
-                raise FleetMessageError(f"{where} {cls.kind} message: 'waiting' is not in fleet protocol {version}")
-    return message, version
+    return _build(cls, body, where, {"v", "kind"}), version
 
 
 def changes_for(changes: list[dict[str, Any]], version: int) -> list[dict[str, Any]]:
