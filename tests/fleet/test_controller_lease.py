@@ -142,3 +142,23 @@ async def test_a_controller_that_cannot_read_the_log_lets_the_lease_go_and_never
             assert not status.up
             assert status.reason is not None and f"fleet protocol {messages.VERSION + 1}" in status.reason
             agents.cancel_scope.cancel()
+
+
+async def test_a_restarted_controller_takes_no_lease_before_its_projection_caught_up(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The holder restarts on a log it cannot get past (a newer protocol's fact, as a controller
+    left behind by an upgrade would meet, restart after restart): it must not take its own lease
+    back, which would keep an up-to-date standby from taking over for as long as it restarts."""
+    bus = Bus()
+    await submit(bus)
+    body = json.loads(messages.encode(messages.CancelFact(job=1, run=None, time=0.0)))
+    body["v"] = messages.VERSION + 1
+    await MemBroker(bus, "newer").publish(names.CTL_SUBJECT, json.dumps(body).encode(), msg_id="newer")
+    lease = json.dumps({"id": "a", "url": "http://a", "term": 1}).encode()
+    await MemBroker(bus, "before").kv_put(names.LEASES_BUCKET, names.CONTROLLER_LEASE_KEY, lease)
+    async with controller(bus, tmp_path, "a") as (a, _):
+        await until(lambda: a.projection.halted is not None)
+        await trio.sleep(10 * TTL)
+        assert lease_term(bus) == ("a", 1)  # its own, from before the restart: not taken back
+        assert not a.active()

@@ -13,7 +13,9 @@ Every controller runs these tasks (:meth:`Controller.run`):
 - **keep the lease**: every ``tick`` seconds, on its own timer, read the lease and renew or take
   it (:class:`.planner.Lease`), whatever a decision is doing meanwhile: a slow decision can
   neither let this controller's lease lapse nor keep a standby from taking a lease whose holder
-  stopped. A new term starts a new :class:`.planner.Planner`; a lapsed lease drops it.
+  stopped. A new term starts a new :class:`.planner.Planner`; a lapsed lease drops it. The lease
+  is only read, never taken, until the projection has applied the log as far as it was when the
+  process started, and never again once the projection stopped at a newer protocol's fact.
 - **govern**: every ``tick`` seconds read the hosts and the placement buckets (an entry is
   parsed again only when its revision changed). A standby notes
   the agent boot id each dispatched run is seen under (:func:`.planner.note_boots`), so the term
@@ -128,6 +130,9 @@ class Controller:
         self._decide_wake = trio.Event()
         #: The log's last sequence when this term began (None: not read yet).
         self._term_head: int | None = None
+        #: The log's last sequence when this process started: the lease is not taken before the
+        #: projection has applied that far (see :meth:`_lease_pass`).
+        self._start_head: int | None = None
         #: The decision under way (its deadline follows the lease), None between decisions.
         self._deciding: trio.CancelScope | None = None
         self._consumers: set[str] = set()
@@ -158,6 +163,7 @@ class Controller:
     # ------------------------------------------------------------------ tasks
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self._until_ok("create the fleet's streams and buckets", self.broker.ensure_fleet)
+        await self._until_ok("read the log's head", self._read_start_head)
         await trio.to_thread.run_sync(self.journal.adopt, current_owner(), self.wall())
         self.reads = await trio.to_thread.run_sync(lambda: FleetJournal(self.journal.path, readonly=True))
         try:
@@ -170,6 +176,9 @@ class Controller:
         finally:
             reads, self.reads = self.reads, self.journal
             reads.close()
+
+    async def _read_start_head(self) -> None:
+        self._start_head = await self.broker.last_log_seq()
 
     async def _until_ok(self, what: str, fn: Callable[[], Awaitable[object]]) -> None:
         while True:
@@ -271,9 +280,13 @@ class Controller:
     async def _lease_pass(self) -> None:
         broker = self.broker
         entry = await broker.kv_get(LEASES_BUCKET, CONTROLLER_LEASE_KEY)
-        if self.projection.halted is not None:
+        caught_up = self._start_head is not None and self.applied >= self._start_head
+        if self.projection.halted is not None or not caught_up:
             # Read (so its holder is the one named to clients), neither taken nor renewed: a
-            # controller that cannot read the log cannot decide.
+            # controller that cannot read the log cannot decide, and one still applying what was
+            # logged before it started (a restart after a long stop) could not decide yet. Taking
+            # the lease then (even its own, from before a restart) would only keep a standby
+            # that is up to date from taking over.
             self.lease.observe(entry, trio.current_time())
             self.lease.let_go()
             return
