@@ -331,13 +331,13 @@ def _parse_versioned(data: bytes, kinds: dict[str, type[Any]], where: str) -> tu
     if not isinstance(body, dict):
         raise FleetMessageError(f"{where} message is not a JSON object")
     version = body.get("v")
-    if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < OLDEST:
+        raise FleetMessageError(f"{where} message has version {version!r}, expected {OLDEST} to {VERSION}")
+    if version > VERSION:
         raise NewerProtocolError(
             f"{where} message is in fleet protocol {version}; this vmbusops reads {OLDEST} to {VERSION}:"
             " upgrade it", version,
         )  # fmt: skip
-    if not isinstance(version, int) or isinstance(version, bool) or version < OLDEST:
-        raise FleetMessageError(f"{where} message has version {version!r}, expected {OLDEST} to {VERSION}")
     kind = body.get("kind")
     cls = kinds.get(kind) if isinstance(kind, str) else None
     if cls is None:

@@ -94,7 +94,7 @@ class FleetHosts:
 
     @property
     def retry_after(self) -> float:
-        return 0.0 if self.controller.broker_up and self.controller.projection.halted is None else 2.0
+        return 0.0 if self.status.up else 2.0
 
 
 class FleetService(AgentService):
